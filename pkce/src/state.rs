@@ -1,0 +1,126 @@
+//! Random, URL-safe values that bind a response to its request: OAuth
+//! `state` and OpenID Connect `nonce`.
+
+use std::fmt;
+
+use base64::Engine as _;
+use subtle::ConstantTimeEq;
+
+use crate::encoding::{BASE64URL, random_bytes};
+use crate::error::RandomError;
+
+/// Random octets behind a state or nonce: 256 bits, 43 characters.
+const ENTROPY: usize = 32;
+
+fn random_token() -> Result<String, RandomError> {
+    let mut octets = [0u8; ENTROPY];
+    random_bytes(&mut octets)?;
+    Ok(BASE64URL.encode(octets))
+}
+
+macro_rules! random_token_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq)]
+        pub struct $name {
+            value: String,
+        }
+
+        impl $name {
+            #[doc = concat!("Generates a ", $what, " of 43 base64url characters from 32 octets")]
+            /// of the operating system's random source.
+            ///
+            /// # Panics
+            ///
+            /// Panics if the operating system's random source fails; use
+            /// `try_generate` to handle that case.
+            #[must_use]
+            pub fn generate() -> Self {
+                match Self::try_generate() {
+                    Ok(token) => token,
+                    Err(err) => panic!("{err}"),
+                }
+            }
+
+            #[doc = concat!("Generates a ", $what, ", returning an error instead of panicking")]
+            /// when the random source fails.
+            ///
+            /// # Errors
+            ///
+            /// [`RandomError`] when the operating system's random source
+            /// fails.
+            pub fn try_generate() -> Result<Self, RandomError> {
+                random_token().map(|value| Self { value })
+            }
+
+            #[doc = concat!("Restores a ", $what, " kept between the request and the response,")]
+            /// for instance in a session.
+            #[must_use]
+            pub fn from_stored(value: impl Into<String>) -> Self {
+                Self { value: value.into() }
+            }
+
+            /// The value, to send in the request and to keep.
+            #[must_use]
+            pub fn as_str(&self) -> &str {
+                &self.value
+            }
+
+            #[doc = concat!("Whether `received` is this ", $what, ", compared in constant time.")]
+            #[must_use]
+            pub fn matches(&self, received: &str) -> bool {
+                self.value.as_bytes().ct_eq(received.as_bytes()).into()
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple(stringify!($name)).field(&self.value).finish()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.value)
+            }
+        }
+    };
+}
+
+random_token_type!(
+    /// The OAuth `state` parameter: a random value the client sends in the
+    /// authorization request and checks on the redirect, so a response it
+    /// did not ask for (cross-site request forgery) is refused.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use palisade_pkce::State;
+    ///
+    /// let state = State::generate();
+    /// // ... sent in the authorization request, kept in the session ...
+    /// let kept = State::from_stored(state.as_str());
+    /// assert!(kept.matches(state.as_str()));
+    /// assert!(!kept.matches("forged"));
+    /// ```
+    State,
+    "state"
+);
+
+random_token_type!(
+    /// The OpenID Connect `nonce`: a random value the client sends in the
+    /// authorization request and finds again in the ID token, so a replayed
+    /// token is refused.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use palisade_pkce::Nonce;
+    ///
+    /// let nonce = Nonce::generate();
+    /// assert_eq!(nonce.as_str().len(), 43);
+    /// assert!(nonce.matches(nonce.as_str()));
+    /// ```
+    Nonce,
+    "nonce"
+);
