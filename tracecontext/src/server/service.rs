@@ -1,0 +1,73 @@
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response};
+use tower_service::Service;
+use tracing::Instrument as _;
+
+use super::future::ResponseFuture;
+use crate::propagator::Propagator;
+
+/// The service made by [`TraceContextLayer`](super::TraceContextLayer).
+#[derive(Debug, Clone)]
+pub struct TraceContextService<S> {
+    inner: S,
+    propagator: Propagator,
+    traceresponse: bool,
+}
+
+impl<S> TraceContextService<S> {
+    pub(super) const fn new(inner: S, propagator: Propagator, traceresponse: bool) -> Self {
+        Self {
+            inner,
+            propagator,
+            traceresponse,
+        }
+    }
+
+    /// The inner service.
+    pub const fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Takes the inner service back.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for TraceContextService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let context = self.propagator.continue_or_start(request.headers());
+        let span = tracing::info_span!(
+            target: "palisade_tracecontext",
+            "request",
+            trace_id = %context.trace_id(),
+            span_id = %context.span_id(),
+            parent_id = context.parent_id().map(tracing::field::display),
+            sampled = context.flags().is_sampled(),
+        );
+        let traceresponse = self
+            .traceresponse
+            .then(|| HeaderValue::from_bytes(&context.traceparent().encode()).ok())
+            .flatten();
+        request.extensions_mut().insert(context.clone());
+        let inner = context.scope(self.inner.call(request)).instrument(span);
+        ResponseFuture::new(inner, traceresponse)
+    }
+}
