@@ -61,6 +61,31 @@ impl TraceContext {
         }
     }
 
+    #[cfg(feature = "otel")]
+    pub(crate) const fn from_parts(
+        trace_id: TraceId,
+        span_id: SpanId,
+        parent_id: Option<SpanId>,
+        flags: TraceFlags,
+        state: TraceState,
+    ) -> Self {
+        Self {
+            trace_id,
+            span_id,
+            parent_id,
+            flags,
+            state,
+        }
+    }
+
+    /// Takes the ids another tracer gave this span.
+    #[cfg(feature = "otel")]
+    pub(crate) const fn adopt(&mut self, trace_id: TraceId, span_id: SpanId, flags: TraceFlags) {
+        self.trace_id = trace_id;
+        self.span_id = span_id;
+        self.flags = flags;
+    }
+
     /// Continues a remote trace: same trace id and flags, the remote span as
     /// parent, and a new span id of our own.
     #[must_use]

@@ -65,11 +65,22 @@
 //! # Ok(()) }
 //! # tokio::runtime::Runtime::new().unwrap().block_on(example()).unwrap();
 //! ```
+//!
+//! # Feature flags
+//!
+//! - `otel`: [`Propagator`] implements OpenTelemetry's `TextMapPropagator`,
+//!   so it can replace the SDK's propagator; [`TraceContextLayer`] makes each
+//!   request's `tracing` span (as exported by `tracing-opentelemetry`) a
+//!   child of the remote parent and adopts its ids, and [`PropagateLayer`]
+//!   sends the current exported span as the parent, so every id on the wire
+//!   belongs to an exported span.
 
 mod carrier;
 mod context;
 pub mod error;
 mod ids;
+#[cfg(feature = "otel")]
+mod otel;
 mod propagate;
 mod propagator;
 mod rng;

@@ -68,6 +68,20 @@ impl<S> Layer<S> for PropagateLayer {
     }
 }
 
+/// What an outgoing call continues when its request names no parent.
+#[cfg(not(feature = "otel"))]
+fn current_call() -> Option<TraceContext> {
+    TraceContext::current().map(|parent| parent.child())
+}
+
+/// With OpenTelemetry, the current span is exported: the call carries its
+/// id, so the next hop's parent is a span the backend knows.
+#[cfg(feature = "otel")]
+fn current_call() -> Option<TraceContext> {
+    crate::otel::current_span_context()
+        .or_else(|| TraceContext::current().map(|parent| parent.child()))
+}
+
 /// The service made by [`PropagateLayer`].
 #[derive(Debug, Clone)]
 pub struct Propagate<S> {
@@ -107,10 +121,7 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let call = match request.extensions().get::<TraceContext>() {
             Some(parent) => parent.child(),
-            None => match TraceContext::current() {
-                Some(parent) => parent.child(),
-                None => self.propagator.start(),
-            },
+            None => current_call().unwrap_or_else(|| self.propagator.start()),
         };
         self.propagator.inject(&call, request.headers_mut());
         self.inner.call(request)

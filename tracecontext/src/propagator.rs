@@ -36,6 +36,14 @@ use crate::tracestate::TraceState;
 /// propagator.inject(&publish, &mut attributes);
 /// assert_eq!(attributes["traceparent"], publish.traceparent().to_string());
 /// ```
+///
+/// # OpenTelemetry
+///
+/// With the `otel` feature, `Propagator` is also an OpenTelemetry
+/// `TextMapPropagator`: install it with
+/// `opentelemetry::global::set_text_map_propagator(Propagator::new())`. Its
+/// inherent [`extract`](Self::extract) shadows the trait's on a concrete
+/// value; call the trait's as `TextMapPropagator::extract(&propagator, ..)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Propagator {
     new_trace_flags: TraceFlags,

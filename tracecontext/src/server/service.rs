@@ -53,15 +53,19 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let context = self.propagator.continue_or_start(request.headers());
+        #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
+        let mut context = self.propagator.continue_or_start(request.headers());
         let span = tracing::info_span!(
             target: "palisade_tracecontext",
             "request",
-            trace_id = %context.trace_id(),
-            span_id = %context.span_id(),
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
             parent_id = context.parent_id().map(tracing::field::display),
-            sampled = context.flags().is_sampled(),
         );
+        #[cfg(feature = "otel")]
+        crate::otel::bridge_server_span(&span, &mut context);
+        span.record("trace_id", tracing::field::display(context.trace_id()));
+        span.record("span_id", tracing::field::display(context.span_id()));
         let traceresponse = self
             .traceresponse
             .then(|| HeaderValue::from_bytes(&context.traceparent().encode()).ok())

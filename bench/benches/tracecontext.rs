@@ -1,0 +1,98 @@
+//! palisade-tracecontext against the OpenTelemetry SDK's
+//! `TraceContextPropagator` (with `opentelemetry-http`'s header adapters),
+//! on the same `HeaderMap`s.
+//!
+//! - `traceparent`: read a `traceparent` from a request's headers and write
+//!   one to an outgoing request's headers.
+//! - `extract_inject_4_members`: the same with a 4-member `tracestate`,
+//!   carried along.
+//!
+//! palisade's side also makes a new span id for the server and another for
+//! the outgoing call, which the SDK's propagator alone does not do (its
+//! tracer would): the comparison is tilted against palisade, not for it.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::HeaderMap;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use palisade_tracecontext::Propagator;
+
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+const TRACESTATE: &str =
+    "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE,vendor3=abc123,vendor4=opaque-value";
+
+fn requests() -> [(&'static str, HeaderMap); 2] {
+    let mut traceparent_only = HeaderMap::new();
+    traceparent_only.insert("traceparent", TRACEPARENT.parse().unwrap());
+    let mut with_state = traceparent_only.clone();
+    with_state.insert("tracestate", TRACESTATE.parse().unwrap());
+    [
+        ("traceparent", traceparent_only),
+        ("extract_inject_4_members", with_state),
+    ]
+}
+
+fn compare(c: &mut Criterion) {
+    let mut group = c.benchmark_group("peers-tracecontext");
+    let palisade = Propagator::new();
+    let sdk = TraceContextPropagator::new();
+    for (case, incoming) in requests() {
+        group.bench_with_input(
+            BenchmarkId::new("palisade", case),
+            &incoming,
+            |b, incoming| {
+                b.iter(|| {
+                    let server = palisade.continue_or_start(black_box(incoming));
+                    let mut outgoing = HeaderMap::new();
+                    palisade.inject(&server.child(), &mut outgoing);
+                    black_box(outgoing)
+                });
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("opentelemetry_sdk", case),
+            &incoming,
+            |b, incoming| {
+                b.iter(|| {
+                    let context = sdk.extract(&HeaderExtractor(black_box(incoming)));
+                    let mut outgoing = HeaderMap::new();
+                    sdk.inject_context(&context, &mut HeaderInjector(&mut outgoing));
+                    black_box(outgoing)
+                });
+            },
+        );
+    }
+    group.finish();
+}
+
+/// Both sides must produce the same trace on the wire, or the timing
+/// compares different work.
+fn check_equivalence() {
+    let palisade = Propagator::new();
+    let sdk = TraceContextPropagator::new();
+    for (_, incoming) in requests() {
+        let mut ours = HeaderMap::new();
+        palisade.inject(&palisade.continue_or_start(&incoming), &mut ours);
+        let mut theirs = HeaderMap::new();
+        sdk.inject_context(
+            &sdk.extract(&HeaderExtractor(&incoming)),
+            &mut HeaderInjector(&mut theirs),
+        );
+        assert_eq!(
+            ours["traceparent"].as_bytes()[..36],
+            theirs["traceparent"].as_bytes()[..36]
+        );
+        assert_eq!(ours.get("tracestate"), theirs.get("tracestate"));
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    check_equivalence();
+    compare(c);
+}
+
+criterion_group!(tracecontext, benches);
+criterion_main!(tracecontext);
