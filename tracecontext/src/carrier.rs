@@ -13,6 +13,21 @@ pub const TRACESTATE: &str = "tracestate";
 /// The `traceresponse` field name (Trace Context Level 2).
 pub const TRACERESPONSE: &str = "traceresponse";
 
+static TRACEPARENT_HEADER: HeaderName = HeaderName::from_static(TRACEPARENT);
+static TRACESTATE_HEADER: HeaderName = HeaderName::from_static(TRACESTATE);
+pub(crate) static TRACERESPONSE_HEADER: HeaderName = HeaderName::from_static(TRACERESPONSE);
+
+/// The header for one of our field names, built at compile time, so no
+/// request pays for parsing or allocating it.
+fn known_header(name: &str) -> Option<&'static HeaderName> {
+    match name {
+        TRACEPARENT => Some(&TRACEPARENT_HEADER),
+        TRACESTATE => Some(&TRACESTATE_HEADER),
+        TRACERESPONSE => Some(&TRACERESPONSE_HEADER),
+        _ => None,
+    }
+}
+
 /// Something trace context can be read from.
 ///
 /// Implemented for [`http::HeaderMap`] (every line of a field, in order)
@@ -35,20 +50,34 @@ pub trait CarrierMut {
 
 impl Carrier for HeaderMap {
     fn values<'a>(&'a self, name: &'static str) -> impl Iterator<Item = &'a [u8]> {
-        self.get_all(name).iter().map(HeaderValue::as_bytes)
+        let values = match known_header(name) {
+            Some(header) => self.get_all(header),
+            None => self.get_all(name),
+        };
+        values.iter().map(HeaderValue::as_bytes)
     }
 }
 
 impl CarrierMut for HeaderMap {
     fn set(&mut self, name: &'static str, value: &str) {
+        let header = match known_header(name) {
+            Some(header) => header.clone(),
+            None => match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(header) => header,
+                Err(_) => return,
+            },
+        };
         // Trace context values are visible ASCII by construction.
         if let Ok(value) = HeaderValue::from_str(value) {
-            self.insert(HeaderName::from_static(name), value);
+            self.insert(header, value);
         }
     }
 
     fn remove(&mut self, name: &'static str) {
-        HeaderMap::remove(self, name);
+        match known_header(name) {
+            Some(header) => HeaderMap::remove(self, header),
+            None => HeaderMap::remove(self, name),
+        };
     }
 }
 

@@ -180,13 +180,19 @@ pub(crate) fn encode_hex(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
-/// The value of one lowercase hex digit.
-const fn hex_value(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        _ => None,
+/// The value of each byte as a lowercase hex digit; `INVALID` (above any
+/// digit's value) for any other byte.
+const INVALID: u8 = 0xff;
+static HEX_VALUES: [u8; 256] = hex_values();
+
+const fn hex_values() -> [u8; 256] {
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[HEX[i] as usize] = i as u8;
+        i += 1;
     }
+    table
 }
 
 /// Decodes exactly `N * 2` lowercase hex digits. The length is checked
@@ -196,10 +202,16 @@ pub(crate) fn decode_hex<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
         return None;
     }
     let mut out = [0u8; N];
+    let mut invalid = false;
     for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        *byte = (hex_value(pair[0])? << 4) | hex_value(pair[1])?;
+        let (high, low) = (
+            HEX_VALUES[usize::from(pair[0])],
+            HEX_VALUES[usize::from(pair[1])],
+        );
+        invalid |= (high | low) > 0x0f;
+        *byte = (high << 4) | (low & 0x0f);
     }
-    Some(out)
+    (!invalid).then_some(out)
 }
 
 #[cfg(test)]

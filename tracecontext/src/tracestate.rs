@@ -4,7 +4,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::error::TraceStateError;
-use crate::traceparent::trim_ows;
 
 /// The most members a `tracestate` may have.
 pub const MAX_MEMBERS: usize = 32;
@@ -71,32 +70,57 @@ impl TraceState {
     where
         I: IntoIterator<Item = &'a [u8]>,
     {
-        let mut list = String::new();
-        let mut keys = KeyIndex::default();
-        for line in lines {
-            for member in line.split(|&b| b == b',') {
-                let member = trim_ows(member);
-                if member.is_empty() {
-                    continue;
-                }
-                let (key, value) = split_member(member)?;
-                if keys.len == MAX_MEMBERS {
+        // Validate every member in place, without allocating; a member is
+        // its bytes and the length of its key.
+        let mut lines = lines.into_iter();
+        let Some(first) = lines.next() else {
+            return Ok(Self::new());
+        };
+        let mut members: [(&[u8], usize); MAX_MEMBERS] = [(&[], 0); MAX_MEMBERS];
+        let mut count = 0;
+        let mut only_line = Some(first);
+        for (index, line) in std::iter::once(first).chain(lines).enumerate() {
+            if index > 0 {
+                only_line = None;
+            }
+            scan_line(line, |member, key_len| {
+                if count == MAX_MEMBERS {
                     return Err(TraceStateError::TooManyMembers);
                 }
-                if !list.is_empty() {
-                    list.push(',');
-                }
-                let start = list.len();
-                list.push_str(key);
-                if keys.contains(&list, key) {
+                let key = &member[..key_len];
+                if members[..count].iter().any(|(m, k)| &m[..*k] == key) {
                     return Err(TraceStateError::DuplicateKey);
                 }
-                keys.push(start, list.len());
-                list.push('=');
-                list.push_str(value);
-            }
+                members[count] = (member, key_len);
+                count += 1;
+                Ok(())
+            })?;
         }
-        Ok(Self::from_list(list))
+        let members = &members[..count];
+        let joined_len =
+            members.iter().map(|(m, _)| m.len()).sum::<usize>() + count.saturating_sub(1);
+        // A single line already in normal form (no whitespace, no empty
+        // members) is shared as it is: one allocation.
+        let list = match only_line {
+            Some(line) if line.len() == joined_len => std::str::from_utf8(line).map(Arc::from),
+            _ => {
+                let mut joined = Vec::with_capacity(joined_len);
+                for (i, (member, _)) in members.iter().enumerate() {
+                    if i > 0 {
+                        joined.push(b',');
+                    }
+                    joined.extend_from_slice(member);
+                }
+                String::from_utf8(joined)
+                    .map(Arc::from)
+                    .map_err(|err| err.utf8_error())
+            }
+        };
+        // Every byte was checked to be ASCII above, so both conversions hold.
+        let list = list.map_err(|_| TraceStateError::InvalidValue)?;
+        Ok(Self {
+            list: (count > 0).then_some(list),
+        })
     }
 
     fn from_list(list: String) -> Self {
@@ -228,45 +252,89 @@ impl fmt::Display for TraceState {
     }
 }
 
-/// Where each key stands in the list being built, to find duplicates
-/// without allocating.
-#[derive(Default)]
-struct KeyIndex {
-    spans: [(u32, u32); MAX_MEMBERS],
-    len: usize,
+/// Character classes of the grammar, one table lookup per byte.
+const KEY_CHAR: u8 = 1;
+const VALUE_CHAR: u8 = 2;
+static CLASSES: [u8; 256] = classes();
+
+const fn classes() -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        if is_key_char(byte) || byte == b'@' {
+            table[b] |= KEY_CHAR;
+        }
+        if byte >= 0x20 && byte <= 0x7e && byte != b',' && byte != b'=' {
+            table[b] |= VALUE_CHAR;
+        }
+        b += 1;
+    }
+    table
 }
 
-impl KeyIndex {
-    fn contains(&self, list: &str, key: &str) -> bool {
-        self.spans[..self.len]
-            .iter()
-            .any(|&(start, end)| &list[start as usize..end as usize] == key)
-    }
-
-    fn push(&mut self, start: usize, end: usize) {
-        // Lines are bounded by the header size, far below 4 GiB.
-        self.spans[self.len] = (start as u32, end as u32);
-        self.len += 1;
-    }
+const fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
 }
 
-/// Splits a trimmed member at its first `=`, validating both halves.
-fn split_member(member: &[u8]) -> Result<(&str, &str), TraceStateError> {
-    let eq = member
-        .iter()
-        .position(|&b| b == b'=')
-        .ok_or(TraceStateError::MissingEquals)?;
-    let (key, value) = (&member[..eq], &member[eq + 1..]);
-    if !is_valid_key(key) {
-        return Err(TraceStateError::InvalidKey);
-    }
-    if !is_valid_value(value) {
-        return Err(TraceStateError::InvalidValue);
-    }
-    // Both halves are ASCII, checked above.
-    match (std::str::from_utf8(key), std::str::from_utf8(value)) {
-        (Ok(key), Ok(value)) => Ok((key, value)),
-        _ => Err(TraceStateError::InvalidValue),
+/// Splits one header line into members, validating each in a single pass,
+/// and hands each (without surrounding whitespace) and its key length to
+/// `found`.
+fn scan_line<'a>(
+    line: &'a [u8],
+    mut found: impl FnMut(&'a [u8], usize) -> Result<(), TraceStateError>,
+) -> Result<(), TraceStateError> {
+    let class = |i: usize| CLASSES[usize::from(line[i])];
+    let len = line.len();
+    let mut i = 0;
+    loop {
+        while i < len && is_ows(line[i]) {
+            i += 1;
+        }
+        if i == len {
+            return Ok(());
+        }
+        if line[i] == b',' {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < len && class(i) & KEY_CHAR != 0 {
+            i += 1;
+        }
+        let key_end = i;
+        if i == len || line[i] != b'=' {
+            while i < len && is_ows(line[i]) {
+                i += 1;
+            }
+            let ends_member = i == len || line[i] == b',';
+            return Err(if ends_member && key_end > start {
+                TraceStateError::MissingEquals
+            } else {
+                TraceStateError::InvalidKey
+            });
+        }
+        if !is_valid_key(&line[start..key_end]) {
+            return Err(TraceStateError::InvalidKey);
+        }
+        i += 1;
+        let value_start = i;
+        while i < len && class(i) & VALUE_CHAR != 0 {
+            i += 1;
+        }
+        // Trailing spaces are whitespace around the member, not value.
+        let mut value_end = i;
+        while value_end > value_start && line[value_end - 1] == b' ' {
+            value_end -= 1;
+        }
+        while i < len && is_ows(line[i]) {
+            i += 1;
+        }
+        let value_len = value_end - value_start;
+        if (i < len && line[i] != b',') || value_len == 0 || value_len > 256 {
+            return Err(TraceStateError::InvalidValue);
+        }
+        found(&line[start..value_end], key_end - start)?;
     }
 }
 

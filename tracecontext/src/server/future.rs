@@ -4,12 +4,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{HeaderName, HeaderValue, Response};
+use http::{HeaderValue, Response};
 use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
 use tracing::instrument::Instrumented;
 
-use crate::carrier::TRACERESPONSE;
+use crate::carrier::TRACERESPONSE_HEADER;
 use crate::context::TraceContext;
 
 pin_project! {
@@ -47,7 +47,7 @@ where
         if let Some(value) = this.traceresponse.take() {
             response
                 .headers_mut()
-                .insert(HeaderName::from_static(TRACERESPONSE), value);
+                .insert(TRACERESPONSE_HEADER.clone(), value);
         }
         Poll::Ready(Ok(response))
     }
