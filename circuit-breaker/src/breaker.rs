@@ -1,0 +1,614 @@
+//! The breaker's state machine: closed, open, half-open, and the manual
+//! states, in one atomic word.
+//!
+//! The whole state (kind, generation, and the open deadline or the
+//! half-open counters) lives in one `AtomicU64`, so every transition is a
+//! single compare-and-swap: under contention exactly one caller makes it,
+//! the others see the new state and act on it. The generation goes up with
+//! every transition; a permit remembers the generation it was granted in,
+//! so an outcome that arrives after a transition (a late call from a
+//! previous cycle) is ignored instead of counted in the wrong one.
+//!
+//! Time is given as `now` by the caller, so the machine runs under paused
+//! tokio time or in a property test without a runtime.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::error::Open;
+use crate::window::{Counts, Window};
+
+const KIND_SHIFT: u32 = 61;
+const GEN_SHIFT: u32 = 40;
+const GEN_MASK: u64 = (1 << 21) - 1;
+const PAYLOAD_MASK: u64 = (1 << 40) - 1;
+/// Half-open payload: probes issued (bits 32..40), successes (24..32), and
+/// the low 24 bits of the half-open start in milliseconds (0..24).
+const ISSUED_SHIFT: u32 = 32;
+const SUCCESS_SHIFT: u32 = 24;
+const STARTED_MASK: u64 = (1 << 24) - 1;
+
+/// Where a breaker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Calls pass and are counted.
+    Closed,
+    /// Calls are refused until the open duration has passed.
+    Open,
+    /// A limited number of probe calls pass; their outcome decides.
+    HalfOpen,
+    /// Refused by an operator until [`CircuitBreaker::reset`].
+    ForcedOpen,
+    /// Everything passes and nothing is counted.
+    Disabled,
+    /// Calls pass and are counted, but the breaker never opens.
+    MetricsOnly,
+}
+
+impl State {
+    const fn from_bits(bits: u64) -> Self {
+        match bits {
+            0 => Self::Closed,
+            1 => Self::Open,
+            2 => Self::HalfOpen,
+            3 => Self::ForcedOpen,
+            4 => Self::Disabled,
+            _ => Self::MetricsOnly,
+        }
+    }
+
+    const fn bits(self) -> u64 {
+        match self {
+            Self::Closed => 0,
+            Self::Open => 1,
+            Self::HalfOpen => 2,
+            Self::ForcedOpen => 3,
+            Self::Disabled => 4,
+            Self::MetricsOnly => 5,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half-open",
+            Self::ForcedOpen => "forced open",
+            Self::Disabled => "disabled",
+            Self::MetricsOnly => "metrics only",
+        })
+    }
+}
+
+/// The decoded state word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Word(u64);
+
+impl Word {
+    const fn new(state: State, generation: u64, payload: u64) -> Self {
+        Self(
+            (state.bits() << KIND_SHIFT)
+                | ((generation & GEN_MASK) << GEN_SHIFT)
+                | (payload & PAYLOAD_MASK),
+        )
+    }
+
+    const fn half_open(generation: u64, issued: u64, successes: u64, started_ms: u64) -> Self {
+        Self::new(
+            State::HalfOpen,
+            generation,
+            (issued << ISSUED_SHIFT) | (successes << SUCCESS_SHIFT) | (started_ms & STARTED_MASK),
+        )
+    }
+
+    const fn state(self) -> State {
+        State::from_bits(self.0 >> KIND_SHIFT)
+    }
+
+    const fn generation(self) -> u64 {
+        (self.0 >> GEN_SHIFT) & GEN_MASK
+    }
+
+    const fn payload(self) -> u64 {
+        self.0 & PAYLOAD_MASK
+    }
+
+    const fn issued(self) -> u64 {
+        (self.payload() >> ISSUED_SHIFT) & 0xff
+    }
+
+    const fn successes(self) -> u64 {
+        (self.payload() >> SUCCESS_SHIFT) & 0xff
+    }
+
+    /// Milliseconds since the half-open cycle began, wrapping with the 24
+    /// bits kept of its start.
+    const fn half_open_elapsed(self, now_ms: u64) -> u64 {
+        (now_ms.wrapping_sub(self.payload())) & STARTED_MASK
+    }
+}
+
+/// How a call ended, as the classifier sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// It worked.
+    Success,
+    /// It failed in a way that says the dependency is unwell.
+    Failure,
+    /// It says nothing about the dependency (a client error, a
+    /// cancellation): not counted.
+    Ignored,
+}
+
+/// The rates over the current window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Metrics {
+    /// The state.
+    pub state: State,
+    /// Calls, failures and slow calls in the window.
+    pub counts: Counts,
+}
+
+impl Metrics {
+    /// Failures over calls, 0 when there are none.
+    #[must_use]
+    pub fn failure_rate(&self) -> f64 {
+        ratio(self.counts.failures, self.counts.calls)
+    }
+
+    /// Slow calls over calls, 0 when there are none.
+    #[must_use]
+    pub fn slow_call_rate(&self) -> f64 {
+        ratio(self.counts.slow, self.counts.calls)
+    }
+}
+
+fn ratio(part: u32, whole: u32) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        f64::from(part) / f64::from(whole)
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    base: Instant,
+    word: AtomicU64,
+    window: Window,
+    /// Consecutive re-openings from half-open, for the backoff.
+    reopens: AtomicU32,
+}
+
+/// A circuit breaker: shared state behind an `Arc`, cheap to clone.
+///
+/// Ask it for a [`Permit`] before each call with
+/// [`try_acquire`](Self::try_acquire); report how the call went with
+/// [`Permit::record`]. A permit dropped without a record (a cancelled call)
+/// gives back its half-open probe slot and counts nothing.
+///
+/// # Example
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use palisade_circuit_breaker::{CircuitBreaker, Config, Outcome, State};
+///
+/// let breaker = CircuitBreaker::new(
+///     Config::builder().sliding_window(palisade_circuit_breaker::SlidingWindow::Count(4))
+///         .minimum_calls(4).jitter(0.0).open_duration(Duration::from_secs(1)).build()?,
+/// );
+/// let start = Instant::now();
+/// for _ in 0..4 {
+///     let permit = breaker.try_acquire(start)?;
+///     permit.record(Outcome::Failure, start);
+/// }
+/// assert_eq!(breaker.state(), State::Open);
+/// let open = breaker.try_acquire(start).unwrap_err();
+/// assert_eq!(open.retry_after(), Some(Duration::from_secs(1)));
+///
+/// // After the open duration, one probe goes through; its success closes.
+/// let later = start + Duration::from_secs(1);
+/// let probe = breaker.try_acquire(later)?;
+/// assert!(breaker.try_acquire(later).is_err(), "one probe per cycle");
+/// probe.record(Outcome::Success, later);
+/// assert_eq!(breaker.state(), State::Closed);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct CircuitBreaker {
+    inner: Arc<Inner>,
+}
+
+/// What a permit lets its call do to the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Counted in the window (closed or metrics-only).
+    Counted,
+    /// A half-open probe.
+    Probe,
+    /// Passed while disabled: counts nothing.
+    Untracked,
+}
+
+/// The right to make one call, granted by [`CircuitBreaker::try_acquire`].
+///
+/// Record the call's outcome with [`record`](Self::record). Dropping the
+/// permit unrecorded (the call was cancelled) counts nothing and, for a
+/// half-open probe, frees the probe slot for another caller.
+#[derive(Debug)]
+#[must_use = "a permit records nothing unless its outcome is recorded"]
+pub struct Permit {
+    inner: Arc<Inner>,
+    generation: u64,
+    role: Role,
+    started: Instant,
+    settled: bool,
+}
+
+impl CircuitBreaker {
+    /// A closed breaker.
+    #[must_use]
+    pub fn new(config: Config) -> Self {
+        Self::new_at(config, Instant::now())
+    }
+
+    /// A closed breaker whose clock starts at `start`: the times given to
+    /// it later are measured from there (in whole milliseconds). Use it
+    /// with paused or simulated time.
+    #[must_use]
+    pub fn new_at(config: Config, start: Instant) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                window: Window::new(config.window),
+                config,
+                base: start,
+                word: AtomicU64::new(Word::new(State::Closed, 0, 0).0),
+                reopens: AtomicU32::new(0),
+            }),
+        }
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Lets a call through, or says how long the circuit stays open.
+    ///
+    /// An open breaker whose open duration has passed turns half-open here,
+    /// and the first caller gets the first probe permit.
+    ///
+    /// # Errors
+    ///
+    /// [`Open`] while the circuit is open, forced open, or half-open with
+    /// every probe slot taken.
+    pub fn try_acquire(&self, now: Instant) -> Result<Permit, Open> {
+        let inner = &*self.inner;
+        let now_ms = inner.millis(now);
+        let mut word = inner.load();
+        loop {
+            let generation = word.generation();
+            match word.state() {
+                State::Closed | State::MetricsOnly => {
+                    return Ok(self.permit(generation, Role::Counted, now));
+                }
+                State::Disabled => return Ok(self.permit(generation, Role::Untracked, now)),
+                State::ForcedOpen => return Err(Open::new(None)),
+                State::Open => {
+                    let until = word.payload();
+                    if now_ms < until {
+                        return Err(Open::new(Some(Duration::from_millis(until - now_ms))));
+                    }
+                    let next = Word::half_open(generation + 1, 1, 0, now_ms);
+                    match inner.swap(word, next) {
+                        Ok(()) => {
+                            transitioned(State::Open, State::HalfOpen);
+                            return Ok(self.permit(next.generation(), Role::Probe, now));
+                        }
+                        Err(current) => word = current,
+                    }
+                }
+                State::HalfOpen => {
+                    let permits = u64::from(inner.config.half_open_permits);
+                    let elapsed = word.half_open_elapsed(now_ms);
+                    let max_wait = duration_ms(inner.config.half_open_max_wait);
+                    if word.issued() < permits {
+                        let next = Word(word.0 + (1 << ISSUED_SHIFT));
+                        match inner.swap(word, next) {
+                            Ok(()) => return Ok(self.permit(generation, Role::Probe, now)),
+                            Err(current) => word = current,
+                        }
+                    } else if elapsed >= max_wait {
+                        // A probe has run too long: it counts as failed.
+                        if let Err(current) = inner.trip(word, now_ms, None) {
+                            word = current;
+                        } else {
+                            word = inner.load();
+                        }
+                    } else {
+                        return Err(Open::new(Some(Duration::from_millis(max_wait - elapsed))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn permit(&self, generation: u64, role: Role, now: Instant) -> Permit {
+        Permit {
+            inner: Arc::clone(&self.inner),
+            generation,
+            role,
+            started: now,
+            settled: false,
+        }
+    }
+
+    /// The current state. An open breaker whose duration has passed shows
+    /// as open until a call arrives and makes it half-open.
+    #[must_use]
+    pub fn state(&self) -> State {
+        self.inner.load().state()
+    }
+
+    /// The state and the window's counts at `now`.
+    #[must_use]
+    pub fn metrics(&self, now: Instant) -> Metrics {
+        Metrics {
+            state: self.state(),
+            counts: self.inner.window.counts(self.inner.millis(now)),
+        }
+    }
+
+    /// Refuses every call until [`reset`](Self::reset).
+    pub fn force_open(&self) {
+        self.inner.set(State::ForcedOpen);
+    }
+
+    /// Lets every call through and counts nothing, until
+    /// [`reset`](Self::reset).
+    pub fn disable(&self) {
+        self.inner.set(State::Disabled);
+    }
+
+    /// Counts calls but never opens, until [`reset`](Self::reset).
+    pub fn metrics_only(&self) {
+        self.inner.set(State::MetricsOnly);
+    }
+
+    /// Closes the breaker with an empty window.
+    pub fn reset(&self) {
+        self.inner.set(State::Closed);
+    }
+}
+
+impl Inner {
+    fn load(&self) -> Word {
+        Word(self.word.load(Ordering::Acquire))
+    }
+
+    /// One compare-and-swap from `current` to `next`; the state seen
+    /// instead on failure.
+    fn swap(&self, current: Word, next: Word) -> Result<(), Word> {
+        self.word
+            .compare_exchange(current.0, next.0, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| ())
+            .map_err(Word)
+    }
+
+    fn millis(&self, now: Instant) -> u64 {
+        duration_ms(now.saturating_duration_since(self.base))
+    }
+
+    /// Opens from `current` (closed or half-open). The open duration comes
+    /// from the dependency's `hint` when there is one, else from the
+    /// backoff; both are bounded and jittered.
+    fn trip(&self, current: Word, now_ms: u64, hint: Option<Duration>) -> Result<(), Word> {
+        let from = current.state();
+        let reopens = match from {
+            State::HalfOpen => self.reopens.load(Ordering::Relaxed).saturating_add(1),
+            _ => 0,
+        };
+        let config = &self.config;
+        let duration = match hint {
+            Some(hint) => jittered(hint.min(config.max_open_duration), config.jitter, true),
+            None => jittered(config.base_open_duration(reopens), config.jitter, false),
+        }
+        .min(config.max_open_duration);
+        let until = now_ms
+            .saturating_add(duration_ms(duration))
+            .min(PAYLOAD_MASK);
+        let next = Word::new(State::Open, current.generation() + 1, until);
+        self.swap(current, next)?;
+        self.reopens.store(reopens, Ordering::Relaxed);
+        transitioned(from, State::Open);
+        tracing::debug!(
+            target: "palisade_circuit_breaker",
+            open_ms = duration.as_millis() as u64,
+            reopens,
+            "open duration"
+        );
+        Ok(())
+    }
+
+    /// Closes from half-open after enough successful probes.
+    fn close(&self, current: Word) -> Result<(), Word> {
+        self.swap(
+            current,
+            Word::new(State::Closed, current.generation() + 1, 0),
+        )?;
+        self.window.reset();
+        self.reopens.store(0, Ordering::Relaxed);
+        transitioned(State::HalfOpen, State::Closed);
+        Ok(())
+    }
+
+    /// An operator's transition, from any state.
+    fn set(&self, state: State) {
+        let mut current = self.load();
+        loop {
+            let next = Word::new(state, current.generation() + 1, 0);
+            match self.swap(current, next) {
+                Ok(()) => break,
+                Err(seen) => current = seen,
+            }
+        }
+        if state == State::Closed {
+            self.window.reset();
+            self.reopens.store(0, Ordering::Relaxed);
+        }
+        transitioned(current.state(), state);
+    }
+
+    /// Counts a call made while closed (or metrics-only) and opens when a
+    /// threshold is reached.
+    fn record_counted(
+        &self,
+        generation: u64,
+        failed: bool,
+        slow: bool,
+        now_ms: u64,
+        hint: Option<Duration>,
+    ) {
+        let word = self.load();
+        if word.generation() != generation {
+            return;
+        }
+        self.window.record(now_ms, failed, slow);
+        if word.state() != State::Closed {
+            return;
+        }
+        let counts = self.window.counts(now_ms);
+        if self.should_open(counts) {
+            // Losing the race means another caller already opened it.
+            let _ = self.trip(word, now_ms, hint.filter(|_| failed));
+        }
+    }
+
+    fn should_open(&self, counts: Counts) -> bool {
+        let config = &self.config;
+        if counts.calls < config.minimum_calls {
+            return false;
+        }
+        let calls = f64::from(counts.calls);
+        f64::from(counts.failures) / calls >= config.failure_rate_threshold
+            || config
+                .slow_call
+                .is_some_and(|(_, rate)| f64::from(counts.slow) / calls >= rate)
+    }
+
+    /// Settles a probe: a failure re-opens, enough successes close.
+    fn record_probe(&self, generation: u64, failed: bool, now_ms: u64, hint: Option<Duration>) {
+        let mut word = self.load();
+        loop {
+            if word.generation() != generation || word.state() != State::HalfOpen {
+                return;
+            }
+            let result = if failed {
+                self.trip(word, now_ms, hint)
+            } else if word.successes() + 1 >= u64::from(self.config.half_open_successes) {
+                self.close(word)
+            } else {
+                self.swap(word, Word(word.0 + (1 << SUCCESS_SHIFT)))
+            };
+            match result {
+                Ok(()) => return,
+                Err(current) => word = current,
+            }
+        }
+    }
+
+    /// Gives back a probe slot whose call ended without an outcome.
+    fn release_probe(&self, generation: u64) {
+        let mut word = self.load();
+        while word.generation() == generation
+            && word.state() == State::HalfOpen
+            && word.issued() > 0
+        {
+            match self.swap(word, Word(word.0 - (1 << ISSUED_SHIFT))) {
+                Ok(()) => return,
+                Err(current) => word = current,
+            }
+        }
+    }
+}
+
+impl Permit {
+    /// Records how the call went, at `now`.
+    pub fn record(self, outcome: Outcome, now: Instant) {
+        self.record_with_hint(outcome, None, now);
+    }
+
+    /// Records how the call went, with the dependency's own word on how
+    /// long to stay away (a `Retry-After` on a 503 or 429): when this
+    /// failure opens the breaker, the hint sets the open duration, bounded
+    /// by [`max_open_duration`](crate::ConfigBuilder::max_open_duration).
+    pub fn record_with_hint(mut self, outcome: Outcome, hint: Option<Duration>, now: Instant) {
+        self.settled = true;
+        let inner = &*self.inner;
+        let now_ms = inner.millis(now);
+        let elapsed = now.saturating_duration_since(self.started);
+        let slow = inner
+            .config
+            .slow_call
+            .is_some_and(|(limit, _)| elapsed >= limit);
+        match (self.role, outcome) {
+            (Role::Untracked, _) | (Role::Counted, Outcome::Ignored) => {}
+            (Role::Probe, Outcome::Ignored) => inner.release_probe(self.generation),
+            (Role::Counted, _) => {
+                inner.record_counted(
+                    self.generation,
+                    outcome == Outcome::Failure,
+                    slow,
+                    now_ms,
+                    hint,
+                );
+            }
+            (Role::Probe, _) => {
+                inner.record_probe(
+                    self.generation,
+                    outcome == Outcome::Failure || slow,
+                    now_ms,
+                    hint,
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.settled && self.role == Role::Probe {
+            self.inner.release_probe(self.generation);
+        }
+    }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `duration` varied by up to `fraction`: either way, or only upwards (a
+/// hint from the dependency is a minimum).
+fn jittered(duration: Duration, fraction: f64, upwards_only: bool) -> Duration {
+    if fraction == 0.0 {
+        return duration;
+    }
+    let unit = fastrand::f64();
+    let factor = if upwards_only {
+        1.0 + fraction * unit
+    } else {
+        1.0 + fraction * (2.0 * unit - 1.0)
+    };
+    duration.mul_f64(factor)
+}
+
+fn transitioned(from: State, to: State) {
+    tracing::info!(target: "palisade_circuit_breaker", %from, %to, "circuit breaker transition");
+}

@@ -1,0 +1,373 @@
+//! What makes a breaker open, how long it stays open, and how it probes.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// The longest a half-open probe may run before it counts as failed: the
+/// state word keeps the half-open start in 24 bits of milliseconds.
+pub(crate) const MAX_HALF_OPEN_WAIT: Duration = Duration::from_millis((1 << 23) - 1);
+/// The largest count-based window: counts are packed 21 bits each.
+pub(crate) const MAX_WINDOW_CALLS: u32 = (1 << 21) - 1;
+/// The most buckets a time-based window may have.
+pub(crate) const MAX_BUCKETS: u32 = 600;
+
+/// The sliding window the failure and slow-call rates are computed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlidingWindow {
+    /// The last `n` calls, in a ring buffer.
+    Count(u32),
+    /// The calls of the last `duration`, in `buckets` buckets of equal
+    /// length that expire whole.
+    Time {
+        /// How far back the window reaches.
+        duration: Duration,
+        /// How many buckets it is cut into.
+        buckets: u32,
+    },
+}
+
+/// A breaker's configuration, built with [`Config::builder`].
+///
+/// The defaults are the classic ones: open when at least half of the last
+/// 20 calls failed, stay open 30 seconds (with 10% jitter), then let one
+/// probe through.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_circuit_breaker::{Config, SlidingWindow};
+///
+/// let config = Config::builder()
+///     .sliding_window(SlidingWindow::Time { duration: Duration::from_secs(10), buckets: 10 })
+///     .minimum_calls(50)
+///     .failure_rate_threshold(0.25)
+///     .slow_calls(Duration::from_secs(2), 0.5)
+///     .open_duration(Duration::from_secs(5))
+///     .open_backoff(2.0, Duration::from_secs(120))
+///     .half_open_permits(3)
+///     .build()?;
+/// assert_eq!(config.half_open_permits(), 3);
+/// # Ok::<(), palisade_circuit_breaker::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub(crate) window: SlidingWindow,
+    pub(crate) minimum_calls: u32,
+    pub(crate) failure_rate_threshold: f64,
+    pub(crate) slow_call: Option<(Duration, f64)>,
+    pub(crate) open_duration: Duration,
+    pub(crate) backoff: Option<(f64, Duration)>,
+    pub(crate) max_open_duration: Duration,
+    pub(crate) jitter: f64,
+    pub(crate) half_open_permits: u8,
+    pub(crate) half_open_successes: u8,
+    pub(crate) half_open_max_wait: Duration,
+}
+
+impl Config {
+    /// Starts from the defaults.
+    #[must_use]
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder {
+            config: Self::default_unchecked(),
+            successes_set: false,
+        }
+    }
+
+    const fn default_unchecked() -> Self {
+        Self {
+            window: SlidingWindow::Count(20),
+            minimum_calls: 20,
+            failure_rate_threshold: 0.5,
+            slow_call: None,
+            open_duration: Duration::from_secs(30),
+            backoff: None,
+            max_open_duration: Duration::from_secs(300),
+            jitter: 0.1,
+            half_open_permits: 1,
+            half_open_successes: 1,
+            half_open_max_wait: Duration::from_secs(60),
+        }
+    }
+
+    /// The sliding window.
+    #[must_use]
+    pub const fn sliding_window(&self) -> SlidingWindow {
+        self.window
+    }
+
+    /// Calls needed in the window before a rate can open the breaker.
+    #[must_use]
+    pub const fn minimum_calls(&self) -> u32 {
+        self.minimum_calls
+    }
+
+    /// The failure rate (0 to 1) at or above which the breaker opens.
+    #[must_use]
+    pub const fn failure_rate_threshold(&self) -> f64 {
+        self.failure_rate_threshold
+    }
+
+    /// The slow-call duration and rate, when slow calls count.
+    #[must_use]
+    pub const fn slow_calls(&self) -> Option<(Duration, f64)> {
+        self.slow_call
+    }
+
+    /// How long the breaker stays open the first time.
+    #[must_use]
+    pub const fn open_duration(&self) -> Duration {
+        self.open_duration
+    }
+
+    /// Probe calls admitted per half-open cycle.
+    #[must_use]
+    pub const fn half_open_permits(&self) -> u8 {
+        self.half_open_permits
+    }
+
+    /// Successful probes needed to close.
+    #[must_use]
+    pub const fn half_open_successes(&self) -> u8 {
+        self.half_open_successes
+    }
+
+    /// How long a probe may run before it counts as failed.
+    #[must_use]
+    pub const fn half_open_max_wait(&self) -> Duration {
+        self.half_open_max_wait
+    }
+
+    /// The open duration after `reopens` consecutive re-openings, before
+    /// jitter: grows by the backoff factor, capped.
+    pub(crate) fn base_open_duration(&self, reopens: u32) -> Duration {
+        let Some((factor, cap)) = self.backoff else {
+            return self.open_duration;
+        };
+        let exponent = i32::try_from(reopens.min(64)).unwrap_or(64);
+        // In whole nanoseconds, so integral factors give exact durations.
+        let nanos = (self.open_duration.as_nanos() as f64 * factor.powi(exponent)).round();
+        if nanos >= cap.as_nanos() as f64 {
+            cap
+        } else {
+            Duration::from_nanos(nanos as u64)
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::default_unchecked()
+    }
+}
+
+/// Builds a [`Config`]; [`build`](Self::build) checks it.
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder {
+    config: Config,
+    successes_set: bool,
+}
+
+impl ConfigBuilder {
+    /// The sliding window (default: the last 20 calls).
+    #[must_use]
+    pub const fn sliding_window(mut self, window: SlidingWindow) -> Self {
+        self.config.window = window;
+        self
+    }
+
+    /// Calls the window must hold before a rate may open the breaker
+    /// (default 20).
+    #[must_use]
+    pub const fn minimum_calls(mut self, calls: u32) -> Self {
+        self.config.minimum_calls = calls;
+        self
+    }
+
+    /// The failure rate, from 0 (exclusive) to 1, at or above which the
+    /// breaker opens (default 0.5).
+    #[must_use]
+    pub const fn failure_rate_threshold(mut self, rate: f64) -> Self {
+        self.config.failure_rate_threshold = rate;
+        self
+    }
+
+    /// Counts calls slower than `duration` as slow, whatever their result,
+    /// and opens when their rate reaches `rate` (off by default). A slow
+    /// probe counts as failed.
+    #[must_use]
+    pub const fn slow_calls(mut self, duration: Duration, rate: f64) -> Self {
+        self.config.slow_call = Some((duration, rate));
+        self
+    }
+
+    /// How long the breaker stays open (default 30 s).
+    #[must_use]
+    pub const fn open_duration(mut self, duration: Duration) -> Self {
+        self.config.open_duration = duration;
+        self
+    }
+
+    /// Multiplies the open duration by `factor` at each consecutive
+    /// re-opening from half-open, up to `cap` (off by default).
+    #[must_use]
+    pub const fn open_backoff(mut self, factor: f64, cap: Duration) -> Self {
+        self.config.backoff = Some((factor, cap));
+        self
+    }
+
+    /// The longest the breaker stays open, whatever a `Retry-After` hint or
+    /// the backoff asks (default 5 minutes).
+    #[must_use]
+    pub const fn max_open_duration(mut self, duration: Duration) -> Self {
+        self.config.max_open_duration = duration;
+        self
+    }
+
+    /// The open duration varies by up to this fraction either way (default
+    /// 0.1), so a fleet of instances does not half-open in lockstep. 0
+    /// makes it exact, for tests.
+    #[must_use]
+    pub const fn jitter(mut self, fraction: f64) -> Self {
+        self.config.jitter = fraction;
+        self
+    }
+
+    /// Probe calls admitted per half-open cycle (default 1).
+    #[must_use]
+    pub const fn half_open_permits(mut self, permits: u8) -> Self {
+        self.config.half_open_permits = permits;
+        self
+    }
+
+    /// Successful probes needed to close (default: as many as permits).
+    #[must_use]
+    pub const fn half_open_successes(mut self, successes: u8) -> Self {
+        self.config.half_open_successes = successes;
+        self.successes_set = true;
+        self
+    }
+
+    /// How long a probe may run before it counts as failed (default 60 s,
+    /// at most about 2.3 hours).
+    #[must_use]
+    pub const fn half_open_max_wait(mut self, wait: Duration) -> Self {
+        self.config.half_open_max_wait = wait;
+        self
+    }
+
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming the first setting out of range.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let mut config = self.config;
+        if !self.successes_set {
+            config.half_open_successes = config.half_open_permits;
+        }
+        let rate_ok = |rate: f64| rate > 0.0 && rate <= 1.0;
+        match config.window {
+            SlidingWindow::Count(n) if n == 0 || n > MAX_WINDOW_CALLS => {
+                return Err(ConfigError::new(
+                    "sliding_window",
+                    "count must be 1 to 2097151",
+                ));
+            }
+            SlidingWindow::Time { duration, buckets } => {
+                if buckets == 0 || buckets > MAX_BUCKETS {
+                    return Err(ConfigError::new(
+                        "sliding_window",
+                        "buckets must be 1 to 600",
+                    ));
+                }
+                if duration.as_millis() < u128::from(buckets) {
+                    return Err(ConfigError::new(
+                        "sliding_window",
+                        "each bucket must last at least 1 ms",
+                    ));
+                }
+            }
+            SlidingWindow::Count(_) => {}
+        }
+        if config.minimum_calls == 0 {
+            return Err(ConfigError::new("minimum_calls", "must be at least 1"));
+        }
+        if let SlidingWindow::Count(n) = config.window
+            && config.minimum_calls > n
+        {
+            return Err(ConfigError::new(
+                "minimum_calls",
+                "cannot exceed the count-based window's size",
+            ));
+        }
+        if !rate_ok(config.failure_rate_threshold) {
+            return Err(ConfigError::new(
+                "failure_rate_threshold",
+                "must be in (0, 1]",
+            ));
+        }
+        if let Some((_, rate)) = config.slow_call
+            && !rate_ok(rate)
+        {
+            return Err(ConfigError::new("slow_calls", "rate must be in (0, 1]"));
+        }
+        if config.open_duration.is_zero() {
+            return Err(ConfigError::new("open_duration", "must be positive"));
+        }
+        if config.max_open_duration < config.open_duration {
+            return Err(ConfigError::new(
+                "max_open_duration",
+                "must be at least open_duration",
+            ));
+        }
+        if let Some((factor, cap)) = config.backoff {
+            if !(factor.is_finite() && factor >= 1.0) {
+                return Err(ConfigError::new(
+                    "open_backoff",
+                    "factor must be at least 1",
+                ));
+            }
+            if cap < config.open_duration {
+                return Err(ConfigError::new(
+                    "open_backoff",
+                    "cap must be at least open_duration",
+                ));
+            }
+        }
+        if !(0.0..1.0).contains(&config.jitter) {
+            return Err(ConfigError::new("jitter", "must be in [0, 1)"));
+        }
+        if config.half_open_permits == 0 {
+            return Err(ConfigError::new("half_open_permits", "must be at least 1"));
+        }
+        if config.half_open_successes == 0 || config.half_open_successes > config.half_open_permits
+        {
+            return Err(ConfigError::new(
+                "half_open_successes",
+                "must be 1 to half_open_permits",
+            ));
+        }
+        if config.half_open_max_wait.is_zero() || config.half_open_max_wait > MAX_HALF_OPEN_WAIT {
+            return Err(ConfigError::new(
+                "half_open_max_wait",
+                "must be positive and at most 8388 s",
+            ));
+        }
+        Ok(config)
+    }
+}
+
+impl fmt::Display for SlidingWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Count(n) => write!(f, "last {n} calls"),
+            Self::Time { duration, buckets } => {
+                write!(f, "last {duration:?} in {buckets} buckets")
+            }
+        }
+    }
+}

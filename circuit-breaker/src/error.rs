@@ -1,0 +1,68 @@
+//! Error types.
+
+use std::error::Error;
+use std::fmt;
+use std::time::Duration;
+
+/// A call refused because the circuit is open.
+///
+/// It is never worth retrying before [`retry_after`](Self::retry_after).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Open {
+    retry_after: Option<Duration>,
+}
+
+impl Open {
+    pub(crate) const fn new(retry_after: Option<Duration>) -> Self {
+        Self { retry_after }
+    }
+
+    /// How long until the breaker lets a probe through; `None` while it is
+    /// forced open by an operator.
+    #[must_use]
+    pub const fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for Open {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.retry_after {
+            Some(wait) => write!(f, "circuit open, retry after {} ms", wait.as_millis()),
+            None => f.write_str("circuit forced open"),
+        }
+    }
+}
+
+impl Error for Open {}
+
+/// A configuration setting out of range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    setting: &'static str,
+    problem: &'static str,
+}
+
+impl ConfigError {
+    pub(crate) const fn new(setting: &'static str, problem: &'static str) -> Self {
+        Self { setting, problem }
+    }
+
+    /// The setting at fault, as named in the builder.
+    #[must_use]
+    pub const fn setting(&self) -> &'static str {
+        self.setting
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid circuit breaker config: {} {}",
+            self.setting, self.problem
+        )
+    }
+}
+
+impl Error for ConfigError {}

@@ -1,0 +1,48 @@
+//! A circuit breaker: fail fast while a dependency is unwell, then probe it
+//! carefully before trusting it again.
+//!
+//! A service that keeps calling a sick dependency piles up timeouts and
+//! makes the sickness worse. A breaker watches the outcomes of recent calls
+//! in a sliding window; when too many fail (or are too slow) it *opens* and
+//! refuses calls at once, with the time to wait. After the open duration it
+//! turns *half-open* and lets a fixed number of probe calls through: if
+//! they succeed it *closes*, if any fails it opens again, for longer when
+//! backoff is configured, and always with jitter so a fleet of instances
+//! does not probe in lockstep.
+//!
+//! This crate's core is the [`CircuitBreaker`] state machine. It takes no
+//! lock: the state lives in one atomic word and every transition is one
+//! compare-and-swap, so exactly one caller makes each transition however
+//! many race for it; the windows are atomic counters. Probe permits are
+//! values: a permit dropped without an outcome gives its slot back, and an
+//! outcome from an earlier cycle is never counted in the current one.
+//!
+//! ```
+//! use std::time::Instant;
+//! use palisade_circuit_breaker::{CircuitBreaker, Config, Outcome};
+//!
+//! let breaker = CircuitBreaker::new(Config::default()); // 50% of the last 20 calls
+//! match breaker.try_acquire(Instant::now()) {
+//!     Ok(permit) => {
+//!         let worked = true; // ... make the call ...
+//!         let outcome = if worked { Outcome::Success } else { Outcome::Failure };
+//!         permit.record(outcome, Instant::now());
+//!     }
+//!     Err(open) => println!("not calling: {open}"),
+//! }
+//! ```
+
+mod breaker;
+mod config;
+pub mod error;
+mod window;
+
+pub use breaker::{CircuitBreaker, Metrics, Outcome, Permit, State};
+pub use config::{Config, ConfigBuilder, SlidingWindow};
+pub use error::{ConfigError, Open};
+pub use window::Counts;
+
+/// The README's example, compiled and run as a doctest so it stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
