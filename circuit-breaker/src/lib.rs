@@ -17,6 +17,28 @@
 //! values: a permit dropped without an outcome gives its slot back, and an
 //! outcome from an earlier cycle is never counted in the current one.
 //!
+//! In a tower stack it is a [`CircuitBreakerLayer`]: the breaker is created
+//! with the layer and shared by every service and clone it makes, an open
+//! breaker answers from `call` at once, and each call's permit lives in its
+//! response future.
+//!
+//! ```
+//! use palisade_circuit_breaker::{CircuitBreakerLayer, Config};
+//! use tower::{ServiceBuilder, service_fn};
+//!
+//! # fn main() -> Result<(), palisade_circuit_breaker::ConfigError> {
+//! let service = ServiceBuilder::new()
+//!     .layer(CircuitBreakerLayer::new(Config::builder().failure_rate_threshold(0.5).build()?))
+//!     .service(service_fn(|request: String| async move {
+//!         Ok::<_, std::io::Error>(request.len())
+//!     }));
+//! # let _ = service;
+//! # Ok(()) }
+//! ```
+//!
+//! The state machine works without tower too, from a message consumer or a
+//! batch job:
+//!
 //! ```
 //! use std::time::Instant;
 //! use palisade_circuit_breaker::{CircuitBreaker, Config, Outcome};
@@ -33,13 +55,22 @@
 //! ```
 
 mod breaker;
+mod classify;
 mod config;
 pub mod error;
+pub mod future;
+mod layer;
+mod rejection;
+mod service;
 mod window;
 
 pub use breaker::{CircuitBreaker, Metrics, Outcome, Permit, State};
+pub use classify::{Classify, ErrorsAsFailures};
 pub use config::{Config, ConfigBuilder, SlidingWindow};
 pub use error::{ConfigError, Open};
+pub use layer::CircuitBreakerLayer;
+pub use rejection::{BoxErrors, Rejection};
+pub use service::CircuitBreakerService;
 pub use window::Counts;
 
 /// The README's example, compiled and run as a doctest so it stays true.

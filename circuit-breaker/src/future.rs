@@ -1,0 +1,97 @@
+//! Future types.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+
+use crate::breaker::Permit;
+use crate::classify::Classify;
+use crate::error::Open;
+use crate::rejection::Rejection;
+
+pin_project! {
+    /// Response future of [`CircuitBreakerService`](crate::CircuitBreakerService).
+    ///
+    /// It holds the call's permit: the outcome is recorded when the inner
+    /// future finishes, and dropping it unfinished releases the permit
+    /// without recording anything.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F, C, R> {
+        #[pin]
+        kind: Kind<F, C, R>,
+    }
+}
+
+pin_project! {
+    #[project = Projection]
+    #[derive(Debug)]
+    enum Kind<F, C, R> {
+        Called {
+            #[pin]
+            inner: F,
+            permit: Option<Permit>,
+            classifier: C,
+            rejection: R,
+        },
+        Rejected {
+            open: Option<Open>,
+            rejection: R,
+        },
+    }
+}
+
+impl<F, C, R> ResponseFuture<F, C, R> {
+    pub(crate) const fn called(inner: F, permit: Permit, classifier: C, rejection: R) -> Self {
+        Self {
+            kind: Kind::Called {
+                inner,
+                permit: Some(permit),
+                classifier,
+                rejection,
+            },
+        }
+    }
+
+    pub(crate) const fn rejected(open: Open, rejection: R) -> Self {
+        Self {
+            kind: Kind::Rejected {
+                open: Some(open),
+                rejection,
+            },
+        }
+    }
+}
+
+impl<F, T, E, C, R> Future for ResponseFuture<F, C, R>
+where
+    F: Future<Output = Result<T, E>>,
+    C: Classify<T, E>,
+    R: Rejection<T, E>,
+{
+    type Output = Result<T, R::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            Projection::Called {
+                inner,
+                permit,
+                classifier,
+                rejection,
+            } => {
+                let result = ready!(inner.poll(cx));
+                if let Some(permit) = permit.take() {
+                    let outcome = classifier.classify(&result);
+                    let hint = classifier.retry_after(&result);
+                    permit.record_with_hint(outcome, hint, tokio::time::Instant::now().into_std());
+                }
+                Poll::Ready(result.map_err(|err| rejection.error(err)))
+            }
+            Projection::Rejected { open, rejection } => {
+                let open = open.take().expect("ResponseFuture polled after completion");
+                Poll::Ready(rejection.reject(open))
+            }
+        }
+    }
+}

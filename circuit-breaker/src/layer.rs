@@ -1,0 +1,113 @@
+//! The layer that puts a breaker in front of a service.
+
+use tower::Layer;
+
+use crate::breaker::CircuitBreaker;
+use crate::classify::ErrorsAsFailures;
+use crate::config::Config;
+use crate::rejection::BoxErrors;
+use crate::service::CircuitBreakerService;
+
+/// Puts a circuit breaker in front of a service.
+///
+/// The breaker is created with the layer and shared by every service the
+/// layer makes and every clone of them, so axum's and tonic's cloning (and
+/// repeated [`Layer::layer`] calls) all see one breaker.
+///
+/// # Example
+///
+/// ```
+/// use palisade_circuit_breaker::{CircuitBreakerLayer, Config, Open};
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let layer = CircuitBreakerLayer::new(Config::builder().minimum_calls(5).build()?);
+/// let breaker = layer.breaker().clone(); // the operator's handle
+/// let service = ServiceBuilder::new()
+///     .layer(layer)
+///     .service(service_fn(|_: ()| async { Err::<(), _>("dependency down") }));
+///
+/// for _ in 0..5 {
+///     assert!(service.clone().oneshot(()).await.is_err());
+/// }
+/// let err = service.clone().oneshot(()).await.unwrap_err();
+/// assert!(err.is::<Open>(), "refused at once while open");
+/// assert_eq!(breaker.state(), palisade_circuit_breaker::State::Open);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct CircuitBreakerLayer<C = ErrorsAsFailures, R = BoxErrors> {
+    breaker: CircuitBreaker,
+    classifier: C,
+    rejection: R,
+}
+
+impl CircuitBreakerLayer {
+    /// A layer with a new breaker; `Err` counts as failure, and an open
+    /// breaker fails calls with [`Open`](crate::Open).
+    #[must_use]
+    pub fn new(config: Config) -> Self {
+        Self::from_breaker(CircuitBreaker::new_at(
+            config,
+            tokio::time::Instant::now().into_std(),
+        ))
+    }
+
+    /// A layer around an existing breaker, shared with whatever else uses it.
+    ///
+    /// The layer reads the time from tokio's clock; a breaker made with
+    /// [`CircuitBreaker::new`] in a test with paused time should be made
+    /// with [`CircuitBreaker::new_at`] and tokio's `Instant::now()`
+    /// instead.
+    #[must_use]
+    pub const fn from_breaker(breaker: CircuitBreaker) -> Self {
+        Self {
+            breaker,
+            classifier: ErrorsAsFailures,
+            rejection: BoxErrors,
+        }
+    }
+}
+
+impl<C, R> CircuitBreakerLayer<C, R> {
+    /// Classifies results with `classifier` instead.
+    #[must_use]
+    pub fn classify<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2, R> {
+        CircuitBreakerLayer {
+            breaker: self.breaker,
+            classifier,
+            rejection: self.rejection,
+        }
+    }
+
+    /// Answers refused calls with `rejection` instead.
+    #[must_use]
+    pub fn reject_with<R2>(self, rejection: R2) -> CircuitBreakerLayer<C, R2> {
+        CircuitBreakerLayer {
+            breaker: self.breaker,
+            classifier: self.classifier,
+            rejection,
+        }
+    }
+
+    /// The shared breaker: read its state and metrics, force it open,
+    /// disable it, reset it.
+    #[must_use]
+    pub const fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+}
+
+impl<S, C: Clone, R: Clone> Layer<S> for CircuitBreakerLayer<C, R> {
+    type Service = CircuitBreakerService<S, C, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreakerService::new(
+            inner,
+            self.breaker.clone(),
+            self.classifier.clone(),
+            self.rejection.clone(),
+        )
+    }
+}

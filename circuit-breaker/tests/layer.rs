@@ -1,0 +1,211 @@
+//! The tower layer: rejection from `call`, readiness delegated, permits in
+//! the response future, state shared by every clone.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use palisade_circuit_breaker::{
+    CircuitBreakerLayer, Classify, Config, Open, Outcome, SlidingWindow, State,
+};
+use tokio::sync::oneshot;
+use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+use tower_test::{assert_request_eq, mock};
+
+fn config(calls: u32) -> Config {
+    Config::builder()
+        .sliding_window(SlidingWindow::Count(calls))
+        .minimum_calls(calls)
+        .open_duration(Duration::from_secs(10))
+        .jitter(0.0)
+        .build()
+        .unwrap()
+}
+
+async fn failing(_: ()) -> Result<(), BoxError> {
+    Err("down".into())
+}
+
+#[tokio::test(start_paused = true)]
+async fn opens_rejects_with_the_wait_then_probes_and_closes() {
+    let layer = CircuitBreakerLayer::new(config(3));
+    let breaker = layer.breaker().clone();
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = healthy.clone();
+    let service = layer.layer(service_fn(move |(): ()| {
+        let healthy = flag.load(Ordering::SeqCst);
+        async move {
+            if healthy {
+                Ok(())
+            } else {
+                Err::<(), BoxError>("down".into())
+            }
+        }
+    }));
+    for _ in 0..3 {
+        let err = service.clone().oneshot(()).await.unwrap_err();
+        assert!(
+            !err.is::<Open>(),
+            "the dependency's own error passes through"
+        );
+    }
+    assert_eq!(breaker.state(), State::Open);
+    let err = service.clone().oneshot(()).await.unwrap_err();
+    let open = err.downcast_ref::<Open>().expect("an Open error");
+    assert_eq!(open.retry_after(), Some(Duration::from_secs(10)));
+
+    tokio::time::advance(Duration::from_secs(4)).await;
+    let open = service.clone().oneshot(()).await.unwrap_err();
+    assert_eq!(
+        open.downcast_ref::<Open>().unwrap().retry_after(),
+        Some(Duration::from_secs(6))
+    );
+
+    tokio::time::advance(Duration::from_secs(6)).await;
+    healthy.store(true, Ordering::SeqCst);
+    service.clone().oneshot(()).await.unwrap();
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_probe_future_frees_its_permit_without_recording() {
+    let layer = CircuitBreakerLayer::new(config(1));
+    let breaker = layer.breaker().clone();
+    let mut service = layer.layer(service_fn(|gate: oneshot::Receiver<bool>| async move {
+        match gate.await {
+            Ok(true) => Ok(()),
+            _ => Err::<(), BoxError>("down".into()),
+        }
+    }));
+    let (fail, gate) = oneshot::channel();
+    fail.send(false).unwrap();
+    service.ready().await.unwrap().call(gate).await.unwrap_err();
+    assert_eq!(breaker.state(), State::Open);
+    tokio::time::advance(Duration::from_secs(10)).await;
+
+    // The probe is admitted when called, before it is polled.
+    let (_keep, gate) = oneshot::channel::<bool>();
+    let probe = service.ready().await.unwrap().call(gate);
+    let (_, gate) = oneshot::channel::<bool>();
+    let refused = service.ready().await.unwrap().call(gate).await.unwrap_err();
+    assert!(refused.is::<Open>(), "one probe at a time");
+
+    drop(probe);
+    assert_eq!(breaker.state(), State::HalfOpen, "nothing recorded");
+    let (pass, gate) = oneshot::channel();
+    pass.send(true).unwrap();
+    service.ready().await.unwrap().call(gate).await.unwrap();
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+#[tokio::test]
+async fn readiness_is_the_inner_services() {
+    let (inner, mut handle) = mock::pair::<(), ()>();
+    let mut service = CircuitBreakerLayer::new(config(2)).layer(inner);
+    handle.allow(0);
+    assert!(futures_poll_ready(&mut service).is_pending());
+    handle.allow(1);
+    assert!(futures_poll_ready(&mut service).is_ready());
+    let response = service.call(());
+    assert_request_eq!(handle, ()).send_response(());
+    response.await.unwrap();
+}
+
+fn futures_poll_ready<S: Service<()>>(service: &mut S) -> std::task::Poll<Result<(), S::Error>> {
+    let waker = std::task::Waker::noop();
+    service.poll_ready(&mut std::task::Context::from_waker(waker))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_clone_and_every_layered_service_share_one_breaker() {
+    let layer = CircuitBreakerLayer::new(config(20));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let make = |calls: Arc<AtomicUsize>| {
+        layer.layer(service_fn(move |(): ()| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            failing(())
+        }))
+    };
+    // Two services from one layer, as axum's Router::layer makes them, and
+    // many clones of each on many tasks.
+    let services = [make(calls.clone()), make(calls.clone())];
+    let mut tasks = Vec::new();
+    for task in 0..64 {
+        let service = services[task % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let _ = service.clone().oneshot(()).await;
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(layer.breaker().state(), State::Open);
+    let made = calls.load(Ordering::SeqCst);
+    // 20 failures open it; calls already admitted when it opened may still
+    // run, at most one per task.
+    assert!(
+        (20..=20 + 64).contains(&made),
+        "{made} calls reached the dependency"
+    );
+}
+
+/// Results that carry the dependency's own wait.
+#[derive(Clone)]
+struct Hinted;
+
+impl Classify<(), Wait> for Hinted {
+    fn classify(&self, result: &Result<(), Wait>) -> Outcome {
+        if result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        }
+    }
+
+    fn retry_after(&self, result: &Result<(), Wait>) -> Option<Duration> {
+        result.as_ref().err().map(|wait| wait.0)
+    }
+}
+
+#[derive(Debug)]
+struct Wait(Duration);
+
+impl std::fmt::Display for Wait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "retry after {:?}", self.0)
+    }
+}
+
+impl std::error::Error for Wait {}
+
+#[tokio::test(start_paused = true)]
+async fn the_dependencys_retry_after_sets_the_open_duration() {
+    let layer = CircuitBreakerLayer::new(config(1)).classify(Hinted);
+    let breaker = layer.breaker().clone();
+    let service = layer.layer(service_fn(|(): ()| async {
+        Err::<(), _>(Wait(Duration::from_secs(42)))
+    }));
+    let _ = service.clone().oneshot(()).await;
+    assert_eq!(breaker.state(), State::Open);
+    let open = service.clone().oneshot(()).await.unwrap_err();
+    assert_eq!(
+        open.downcast_ref::<Open>().unwrap().retry_after(),
+        Some(Duration::from_secs(42))
+    );
+}
+
+#[tokio::test]
+async fn ignored_outcomes_do_not_count() {
+    let layer =
+        CircuitBreakerLayer::new(config(2)).classify(|_: &Result<(), BoxError>| Outcome::Ignored);
+    let breaker = layer.breaker().clone();
+    let service = layer.layer(service_fn(failing));
+    for _ in 0..10 {
+        let _ = service.clone().oneshot(()).await;
+    }
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.metrics(std::time::Instant::now()).counts.calls, 0);
+}
