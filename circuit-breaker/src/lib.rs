@@ -36,6 +36,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Feature flags
+//!
+//! - `http`: [`CircuitBreakerLayer::new_for_http`]: 5xx and 429 count as
+//!   failures, `Retry-After` sets the open duration, and an open breaker
+//!   answers 503 itself, so the layer goes straight on an axum `Router`.
+//!
 //! The state machine works without tower too, from a message consumer or a
 //! batch job:
 //!
@@ -59,6 +65,8 @@ mod classify;
 mod config;
 pub mod error;
 pub mod future;
+#[cfg(feature = "http")]
+mod http_mode;
 mod layer;
 mod rejection;
 mod service;
@@ -68,6 +76,8 @@ pub use breaker::{CircuitBreaker, Metrics, Outcome, Permit, State};
 pub use classify::{Classify, ErrorsAsFailures};
 pub use config::{Config, ConfigBuilder, SlidingWindow};
 pub use error::{ConfigError, Open};
+#[cfg(feature = "http")]
+pub use http_mode::{ServerErrorsAsFailures, ServiceUnavailable};
 pub use layer::CircuitBreakerLayer;
 pub use rejection::{BoxErrors, Rejection};
 pub use service::CircuitBreakerService;
