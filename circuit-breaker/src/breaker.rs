@@ -184,6 +184,25 @@ struct Inner {
     window: Window,
     /// Consecutive re-openings from half-open, for the backoff.
     reopens: AtomicU32,
+    /// Whether a closed call needs the time: for slow calls or a
+    /// time-based window. Without it, the closed path never reads a clock.
+    needs_clock: bool,
+}
+
+/// Reads a clock at most once, and only if asked.
+struct LazyNow<F> {
+    clock: F,
+    now: Option<Instant>,
+}
+
+impl<F: Fn() -> Instant> LazyNow<F> {
+    const fn new(clock: F) -> Self {
+        Self { clock, now: None }
+    }
+
+    fn get(&mut self) -> Instant {
+        *self.now.get_or_insert_with(&self.clock)
+    }
 }
 
 /// A circuit breaker: shared state behind an `Arc`, cheap to clone.
@@ -247,7 +266,9 @@ pub struct Permit {
     inner: Arc<Inner>,
     generation: u64,
     role: Role,
-    started: Instant,
+    /// When the call began; read only when slow calls are counted or the
+    /// window is time-based.
+    started: Option<Instant>,
     settled: bool,
 }
 
@@ -263,6 +284,7 @@ impl CircuitBreaker {
     /// with paused or simulated time.
     #[must_use]
     pub fn new_at(config: Config, start: Instant) -> Self {
+        let needs_clock = config_needs_clock(&config);
         Self {
             inner: Arc::new(Inner {
                 window: Window::new(config.window),
@@ -270,6 +292,7 @@ impl CircuitBreaker {
                 base: start,
                 word: AtomicU64::new(Word::new(State::Closed, 0, 0).0),
                 reopens: AtomicU32::new(0),
+                needs_clock,
             }),
         }
     }
@@ -297,9 +320,9 @@ impl CircuitBreaker {
             let generation = word.generation();
             match word.state() {
                 State::Closed | State::MetricsOnly => {
-                    return Ok(self.permit(generation, Role::Counted, now));
+                    return Ok(self.permit(generation, Role::Counted, Some(now)));
                 }
-                State::Disabled => return Ok(self.permit(generation, Role::Untracked, now)),
+                State::Disabled => return Ok(self.permit(generation, Role::Untracked, Some(now))),
                 State::ForcedOpen => return Err(Open::new(None)),
                 State::Open => {
                     let until = word.payload();
@@ -310,7 +333,7 @@ impl CircuitBreaker {
                     match inner.swap(word, next) {
                         Ok(()) => {
                             transitioned(State::Open, State::HalfOpen);
-                            return Ok(self.permit(next.generation(), Role::Probe, now));
+                            return Ok(self.permit(next.generation(), Role::Probe, Some(now)));
                         }
                         Err(current) => word = current,
                     }
@@ -322,7 +345,7 @@ impl CircuitBreaker {
                     if word.issued() < permits {
                         let next = Word(word.0 + (1 << ISSUED_SHIFT));
                         match inner.swap(word, next) {
-                            Ok(()) => return Ok(self.permit(generation, Role::Probe, now)),
+                            Ok(()) => return Ok(self.permit(generation, Role::Probe, Some(now))),
                             Err(current) => word = current,
                         }
                     } else if elapsed >= max_wait {
@@ -340,7 +363,21 @@ impl CircuitBreaker {
         }
     }
 
-    fn permit(&self, generation: u64, role: Role, now: Instant) -> Permit {
+    /// Lets a call through like [`try_acquire`](Self::try_acquire), reading
+    /// `clock` only when the answer depends on the time: a closed breaker
+    /// with a count-based window and no slow-call rule never reads it.
+    pub(crate) fn acquire_with(&self, clock: impl Fn() -> Instant) -> Result<Permit, Open> {
+        let word = self.inner.load();
+        match word.state() {
+            State::Closed | State::MetricsOnly if !self.inner.needs_clock => {
+                Ok(self.permit(word.generation(), Role::Counted, None))
+            }
+            State::Disabled => Ok(self.permit(word.generation(), Role::Untracked, None)),
+            _ => self.try_acquire(clock()),
+        }
+    }
+
+    fn permit(&self, generation: u64, role: Role, now: Option<Instant>) -> Permit {
         Permit {
             inner: Arc::clone(&self.inner),
             generation,
@@ -468,26 +505,32 @@ impl Inner {
 
     /// Counts a call made while closed (or metrics-only) and opens when a
     /// threshold is reached.
-    fn record_counted(
+    fn record_counted<F: Fn() -> Instant>(
         &self,
         generation: u64,
         failed: bool,
         slow: bool,
-        now_ms: u64,
+        now: &mut LazyNow<F>,
         hint: Option<Duration>,
     ) {
         let word = self.load();
         if word.generation() != generation {
             return;
         }
-        self.window.record(now_ms, failed, slow);
+        // A count-based window ignores the time: read it only for buckets.
+        let window_ms = if self.needs_clock {
+            self.millis(now.get())
+        } else {
+            0
+        };
+        self.window.record(window_ms, failed, slow);
         if word.state() != State::Closed {
             return;
         }
-        let counts = self.window.counts(now_ms);
+        let counts = self.window.counts(window_ms);
         if self.should_open(counts) {
             // Losing the race means another caller already opened it.
-            let _ = self.trip(word, now_ms, hint.filter(|_| failed));
+            let _ = self.trip(word, self.millis(now.get()), hint.filter(|_| failed));
         }
     }
 
@@ -504,14 +547,20 @@ impl Inner {
     }
 
     /// Settles a probe: a failure re-opens, enough successes close.
-    fn record_probe(&self, generation: u64, failed: bool, now_ms: u64, hint: Option<Duration>) {
+    fn record_probe<F: Fn() -> Instant>(
+        &self,
+        generation: u64,
+        failed: bool,
+        now: &mut LazyNow<F>,
+        hint: Option<Duration>,
+    ) {
         let mut word = self.load();
         loop {
             if word.generation() != generation || word.state() != State::HalfOpen {
                 return;
             }
             let result = if failed {
-                self.trip(word, now_ms, hint)
+                self.trip(word, self.millis(now.get()), hint)
             } else if word.successes() + 1 >= u64::from(self.config.half_open_successes) {
                 self.close(word)
             } else {
@@ -549,35 +598,35 @@ impl Permit {
     /// long to stay away (a `Retry-After` on a 503 or 429): when this
     /// failure opens the breaker, the hint sets the open duration, bounded
     /// by [`max_open_duration`](crate::ConfigBuilder::max_open_duration).
-    pub fn record_with_hint(mut self, outcome: Outcome, hint: Option<Duration>, now: Instant) {
+    pub fn record_with_hint(self, outcome: Outcome, hint: Option<Duration>, now: Instant) {
+        self.settle(outcome, hint, || now);
+    }
+
+    /// Records the outcome, reading `clock` only if the breaker needs the
+    /// time for it.
+    pub(crate) fn settle(
+        mut self,
+        outcome: Outcome,
+        hint: Option<Duration>,
+        clock: impl Fn() -> Instant,
+    ) {
         self.settled = true;
         let inner = &*self.inner;
-        let now_ms = inner.millis(now);
-        let elapsed = now.saturating_duration_since(self.started);
-        let slow = inner
-            .config
-            .slow_call
-            .is_some_and(|(limit, _)| elapsed >= limit);
+        let mut now = LazyNow::new(clock);
+        let slow = match (inner.config.slow_call, self.started) {
+            (Some((limit, _)), Some(started)) => {
+                now.get().saturating_duration_since(started) >= limit
+            }
+            _ => false,
+        };
+        let failed = outcome == Outcome::Failure;
         match (self.role, outcome) {
             (Role::Untracked, _) | (Role::Counted, Outcome::Ignored) => {}
             (Role::Probe, Outcome::Ignored) => inner.release_probe(self.generation),
             (Role::Counted, _) => {
-                inner.record_counted(
-                    self.generation,
-                    outcome == Outcome::Failure,
-                    slow,
-                    now_ms,
-                    hint,
-                );
+                inner.record_counted(self.generation, failed, slow, &mut now, hint);
             }
-            (Role::Probe, _) => {
-                inner.record_probe(
-                    self.generation,
-                    outcome == Outcome::Failure || slow,
-                    now_ms,
-                    hint,
-                );
-            }
+            (Role::Probe, _) => inner.record_probe(self.generation, failed || slow, &mut now, hint),
         }
     }
 }
@@ -588,6 +637,10 @@ impl Drop for Permit {
             self.inner.release_probe(self.generation);
         }
     }
+}
+
+fn config_needs_clock(config: &Config) -> bool {
+    config.slow_call.is_some() || matches!(config.window, crate::config::SlidingWindow::Time { .. })
 }
 
 fn duration_ms(duration: Duration) -> u64 {

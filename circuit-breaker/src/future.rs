@@ -42,6 +42,11 @@ pin_project! {
     }
 }
 
+/// The layer's clock: tokio's, so tests can pause it.
+pub(crate) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 impl<F, C, R> ResponseFuture<F, C, R> {
     pub(crate) const fn called(inner: F, permit: Permit, classifier: C, rejection: R) -> Self {
         Self {
@@ -84,7 +89,7 @@ where
                 if let Some(permit) = permit.take() {
                     let outcome = classifier.classify(&result);
                     let hint = classifier.retry_after(&result);
-                    permit.record_with_hint(outcome, hint, tokio::time::Instant::now().into_std());
+                    permit.settle(outcome, hint, now);
                 }
                 Poll::Ready(result.map_err(|err| rejection.error(err)))
             }

@@ -74,10 +74,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        match self
-            .breaker
-            .try_acquire(tokio::time::Instant::now().into_std())
-        {
+        match self.breaker.acquire_with(crate::future::now) {
             Ok(permit) => ResponseFuture::called(
                 self.inner.call(request),
                 permit,
