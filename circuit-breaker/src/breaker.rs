@@ -539,11 +539,12 @@ impl Inner {
         if counts.calls < config.minimum_calls {
             return false;
         }
+        // Multiplied out, so the hot path divides nothing.
         let calls = f64::from(counts.calls);
-        f64::from(counts.failures) / calls >= config.failure_rate_threshold
+        f64::from(counts.failures) >= config.failure_rate_threshold * calls
             || config
                 .slow_call
-                .is_some_and(|(_, rate)| f64::from(counts.slow) / calls >= rate)
+                .is_some_and(|(_, rate)| f64::from(counts.slow) >= rate * calls)
     }
 
     /// Settles a probe: a failure re-opens, enough successes close.

@@ -2,10 +2,12 @@
 //! or buckets of time that expire whole.
 //!
 //! Counts are packed 21 bits each in one `u64` (calls, failures, slow
-//! calls), so recording is one or two atomic additions and reading is one
-//! load per bucket. Under contention a read may include a call whose slot
-//! has not yet been subtracted; the error is at most the number of calls
-//! being recorded at that instant, and vanishes as they finish.
+//! calls). The ring counts calls by its cursor and touches the packed
+//! counts only when a failure or a slow call enters or leaves it, so a
+//! success replacing a success costs one `fetch_add` and one `swap`. Under
+//! contention a read may include a call whose slot has not yet been
+//! subtracted; the error is at most the number of calls being recorded at
+//! that instant, and vanishes as they finish.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 
@@ -43,7 +45,12 @@ impl Counts {
 
 /// One call's contribution to the packed counts.
 const fn contribution(failed: bool, slow: bool) -> u64 {
-    1 | ((failed as u64) << FIELD_BITS) | ((slow as u64) << (2 * FIELD_BITS))
+    1 | verdicts(failed, slow)
+}
+
+/// The failure and slow-call part of a contribution.
+const fn verdicts(failed: bool, slow: bool) -> u64 {
+    ((failed as u64) << FIELD_BITS) | ((slow as u64) << (2 * FIELD_BITS))
 }
 
 /// A ring slot: 0 when empty, else bit 0 set, bit 1 failed, bit 2 slow.
@@ -51,16 +58,27 @@ const fn slot_value(failed: bool, slow: bool) -> u8 {
     1 | ((failed as u8) << 1) | ((slow as u8) << 2)
 }
 
-const fn slot_contribution(slot: u8) -> u64 {
-    contribution(slot & 2 != 0, slot & 4 != 0)
+const fn slot_verdicts(slot: u8) -> u64 {
+    verdicts(slot & 2 != 0, slot & 4 != 0)
+}
+
+/// `n % len` by multiplication (Lemire's fastmod), without a division on
+/// every call; `magic` is `u64::MAX / len + 1`, wrapping (0 for 1).
+const fn fast_mod(n: u32, len: u32, magic: u64) -> usize {
+    let low = magic.wrapping_mul(n as u64);
+    ((low as u128 * len as u128) >> 64) as usize
 }
 
 #[derive(Debug)]
 pub(crate) enum Window {
     Count {
         slots: Box<[AtomicU8]>,
+        /// `u64::MAX / slots.len() + 1`, for [`fast_mod`].
+        magic: u64,
+        /// Calls recorded since the last reset.
         cursor: AtomicU64,
-        totals: AtomicU64,
+        /// Failures and slow calls in the ring, packed.
+        verdicts: AtomicU64,
     },
     Time {
         bucket_ms: u64,
@@ -76,8 +94,9 @@ impl Window {
         match shape {
             SlidingWindow::Count(n) => Self::Count {
                 slots: (0..n).map(|_| AtomicU8::new(0)).collect(),
+                magic: (u64::MAX / u64::from(n)).wrapping_add(1),
                 cursor: AtomicU64::new(0),
-                totals: AtomicU64::new(0),
+                verdicts: AtomicU64::new(0),
             },
             SlidingWindow::Time { duration, buckets } => {
                 let bucket_ms = u64::try_from(duration.as_millis() / u128::from(buckets))
@@ -97,16 +116,23 @@ impl Window {
         match self {
             Self::Count {
                 slots,
+                magic,
                 cursor,
-                totals,
+                verdicts: totals,
             } => {
-                let len = slots.len() as u64;
-                let index = (cursor.fetch_add(1, Relaxed) % len) as usize;
+                // The index wraps with the low 32 bits of the cursor: once
+                // every 2^32 calls a few slots are reused early.
+                let position = cursor.fetch_add(1, Relaxed) as u32;
+                let index = fast_mod(position, slots.len() as u32, *magic);
                 // Add before subtracting, so no field ever goes below zero.
-                totals.fetch_add(contribution(failed, slow), Relaxed);
+                let added = verdicts(failed, slow);
+                if added != 0 {
+                    totals.fetch_add(added, Relaxed);
+                }
                 let old = slots[index].swap(slot_value(failed, slow), Relaxed);
-                if old != 0 {
-                    totals.fetch_sub(slot_contribution(old), Relaxed);
+                let removed = slot_verdicts(old);
+                if removed != 0 {
+                    totals.fetch_sub(removed, Relaxed);
                 }
             }
             Self::Time {
@@ -138,7 +164,16 @@ impl Window {
     /// The counts over the window at `now_ms`.
     pub(crate) fn counts(&self, now_ms: u64) -> Counts {
         match self {
-            Self::Count { totals, .. } => Counts::unpack(totals.load(Relaxed)),
+            Self::Count {
+                slots,
+                cursor,
+                verdicts: totals,
+                ..
+            } => {
+                let mut counts = Counts::unpack(totals.load(Relaxed));
+                counts.calls = cursor.load(Relaxed).min(slots.len() as u64) as u32;
+                counts
+            }
             Self::Time {
                 bucket_ms,
                 epochs,
@@ -161,11 +196,17 @@ impl Window {
     /// Forgets every call.
     pub(crate) fn reset(&self) {
         match self {
-            Self::Count { slots, totals, .. } => {
+            Self::Count {
+                slots,
+                cursor,
+                verdicts: totals,
+                ..
+            } => {
+                cursor.store(0, Relaxed);
                 for slot in slots.iter() {
-                    let old = slot.swap(0, Relaxed);
-                    if old != 0 {
-                        totals.fetch_sub(slot_contribution(old), Relaxed);
+                    let removed = slot_verdicts(slot.swap(0, Relaxed));
+                    if removed != 0 {
+                        totals.fetch_sub(removed, Relaxed);
                     }
                 }
             }
@@ -210,6 +251,16 @@ mod tests {
         );
         window.reset();
         assert_eq!(window.counts(0), Counts::default());
+    }
+
+    #[test]
+    fn fast_mod_is_modulo() {
+        for len in [1u32, 2, 3, 7, 20, 1000, (1 << 21) - 1] {
+            let magic = (u64::MAX / u64::from(len)).wrapping_add(1);
+            for n in (0..5000).chain([u32::MAX - 1, u32::MAX]) {
+                assert_eq!(fast_mod(n, len, magic), (n % len) as usize, "{n} % {len}");
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,131 @@
+//! palisade-circuit-breaker against `failsafe` and
+//! `tower-resilience-circuitbreaker`, in front of the same no-op service,
+//! closed, on one thread and on two threads sharing one breaker.
+//!
+//! Each breaker is built once, outside the timed loop. A call is `call`
+//! plus polling the returned future to completion with a no-op waker (the
+//! inner future is ready at once, so no runtime is involved). `bare` is the
+//! no-op service alone: a breaker's cost is its time minus `bare`'s.
+
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use tower::{Layer, Service, service_fn};
+
+fn noop(request: u64) -> Ready<Result<u64, Infallible>> {
+    ready(Ok(request))
+}
+
+/// Polls a future to completion on this thread.
+fn complete<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// One way of making a call through a breaker, cloneable per thread.
+trait Caller: Clone + Send + 'static {
+    fn call(&mut self, request: u64) -> bool;
+}
+
+#[derive(Clone)]
+struct Tower<S>(S);
+
+impl<S> Caller for Tower<S>
+where
+    S: Service<u64> + Clone + Send + 'static,
+{
+    fn call(&mut self, request: u64) -> bool {
+        complete(self.0.call(request)).is_ok()
+    }
+}
+
+#[derive(Clone)]
+struct Failsafe<B>(B);
+
+impl<B> Caller for Failsafe<B>
+where
+    B: failsafe::futures::CircuitBreaker + Clone + Send + 'static,
+{
+    fn call(&mut self, request: u64) -> bool {
+        complete(self.0.call(noop(request))).is_ok()
+    }
+}
+
+/// One thread's way to call.
+type Call = Box<dyn FnMut(u64) -> bool + Send>;
+/// Makes a `Call` per thread, all through one shared breaker.
+type MakeCall = Box<dyn Fn() -> Call + Sync>;
+
+fn callers() -> Vec<(&'static str, MakeCall)> {
+    fn boxed<C: Caller + Sync>(caller: C) -> MakeCall {
+        Box::new(move || {
+            let mut caller = caller.clone();
+            Box::new(move |request| caller.call(request))
+        })
+    }
+    let palisade = palisade_circuit_breaker::CircuitBreakerLayer::new(
+        palisade_circuit_breaker::Config::default(),
+    )
+    .layer(service_fn(noop));
+    let resilience = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(20)
+        .build()
+        .expect("valid config")
+        .layer(service_fn(noop));
+    let failsafe = failsafe::Config::new().build();
+    vec![
+        ("bare", boxed(Tower(service_fn(noop)))),
+        ("palisade", boxed(Tower(palisade))),
+        ("failsafe", boxed(Failsafe(failsafe))),
+        ("tower_resilience", boxed(Tower(resilience))),
+    ]
+}
+
+fn compare(c: &mut Criterion) {
+    let mut group = c.benchmark_group("peers-circuit_breaker");
+    for (name, make) in callers() {
+        group.bench_function(BenchmarkId::new(name, "closed_1_thread"), |b| {
+            let mut call = make();
+            let mut request = 0;
+            b.iter(|| {
+                request += 1;
+                black_box(call(black_box(request)))
+            });
+        });
+        group.bench_function(BenchmarkId::new(name, "closed_2_threads"), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                thread::scope(|scope| {
+                    for _ in 0..2 {
+                        let mut call = make();
+                        scope.spawn(move || {
+                            for request in 0..iters {
+                                black_box(call(black_box(request)));
+                            }
+                        });
+                    }
+                });
+                // Both threads made `iters` calls at once: the time per
+                // call each thread saw.
+                start.elapsed().max(Duration::from_nanos(1))
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(circuit_breaker, compare);
+criterion_main!(circuit_breaker);
