@@ -13,12 +13,11 @@
 //! tokio time or in a property test without a runtime.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::error::Open;
+use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
 use crate::window::{Counts, Window};
 
 const KIND_SHIFT: u32 = 61;

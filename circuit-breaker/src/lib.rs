@@ -70,6 +70,7 @@ mod http_mode;
 mod layer;
 mod rejection;
 mod service;
+mod sync;
 mod window;
 
 pub use breaker::{CircuitBreaker, Metrics, Outcome, Permit, State};

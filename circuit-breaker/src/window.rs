@@ -9,7 +9,8 @@
 //! subtracted; the error is at most the number of calls being recorded at
 //! that instant, and vanishes as they finish.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use crate::sync::Ordering::Relaxed;
+use crate::sync::{AtomicU8, AtomicU64};
 
 use crate::config::SlidingWindow;
 

@@ -1,0 +1,12 @@
+//! The atomics and `Arc` the breaker is built on: loom's when model
+//! checking (`RUSTFLAGS="--cfg palisade_loom"`), the standard library's
+//! otherwise.
+
+#[cfg(palisade_loom)]
+pub(crate) use loom::sync::Arc;
+#[cfg(palisade_loom)]
+pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+#[cfg(not(palisade_loom))]
+pub(crate) use std::sync::Arc;
+#[cfg(not(palisade_loom))]
+pub(crate) use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
