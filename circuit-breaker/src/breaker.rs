@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::error::Open;
 use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
 use crate::window::{Counts, Window};
+use tokio::sync::broadcast;
 
 const KIND_SHIFT: u32 = 61;
 const GEN_SHIFT: u32 = 40;
@@ -186,7 +187,22 @@ struct Inner {
     /// Whether a closed call needs the time: for slow calls or a
     /// time-based window. Without it, the closed path never reads a clock.
     needs_clock: bool,
+    /// Every transition, for subscribers.
+    transitions: broadcast::Sender<Transition>,
 }
+
+/// A change of state, as sent to [`CircuitBreaker::subscribe`]rs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// The state left.
+    pub from: State,
+    /// The state entered.
+    pub to: State,
+}
+
+/// How many transitions a slow subscriber may fall behind before it misses
+/// some (it is told how many it missed).
+const TRANSITION_BACKLOG: usize = 64;
 
 /// Reads a clock at most once, and only if asked.
 struct LazyNow<F> {
@@ -292,6 +308,7 @@ impl CircuitBreaker {
                 word: AtomicU64::new(Word::new(State::Closed, 0, 0).0),
                 reopens: AtomicU32::new(0),
                 needs_clock,
+                transitions: broadcast::channel(TRANSITION_BACKLOG).0,
             }),
         }
     }
@@ -331,7 +348,7 @@ impl CircuitBreaker {
                     let next = Word::half_open(generation + 1, 1, 0, now_ms);
                     match inner.swap(word, next) {
                         Ok(()) => {
-                            transitioned(State::Open, State::HalfOpen);
+                            inner.transitioned(State::Open, State::HalfOpen);
                             return Ok(self.permit(next.generation(), Role::Probe, Some(now)));
                         }
                         Err(current) => word = current,
@@ -402,6 +419,17 @@ impl CircuitBreaker {
         }
     }
 
+    /// Every transition from now on, as it happens: to alert, to log in
+    /// your own format, or to export. Each is also a `tracing` event
+    /// (target `palisade_circuit_breaker`, level INFO).
+    ///
+    /// A subscriber that falls more than 64 transitions behind misses the
+    /// oldest and is told so by `recv`.
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
+        self.inner.transitions.subscribe()
+    }
+
     /// Refuses every call until [`reset`](Self::reset).
     pub fn force_open(&self) {
         self.inner.set(State::ForcedOpen);
@@ -463,7 +491,7 @@ impl Inner {
         let next = Word::new(State::Open, current.generation() + 1, until);
         self.swap(current, next)?;
         self.reopens.store(reopens, Ordering::Relaxed);
-        transitioned(from, State::Open);
+        self.transitioned(from, State::Open);
         tracing::debug!(
             target: "palisade_circuit_breaker",
             open_ms = duration.as_millis() as u64,
@@ -471,6 +499,13 @@ impl Inner {
             "open duration"
         );
         Ok(())
+    }
+
+    /// Announces a transition this caller made.
+    fn transitioned(&self, from: State, to: State) {
+        tracing::info!(target: "palisade_circuit_breaker", %from, %to, "circuit breaker transition");
+        // No subscriber is not an error.
+        let _ = self.transitions.send(Transition { from, to });
     }
 
     /// Closes from half-open after enough successful probes.
@@ -481,7 +516,7 @@ impl Inner {
         )?;
         self.window.reset();
         self.reopens.store(0, Ordering::Relaxed);
-        transitioned(State::HalfOpen, State::Closed);
+        self.transitioned(State::HalfOpen, State::Closed);
         Ok(())
     }
 
@@ -499,7 +534,7 @@ impl Inner {
             self.window.reset();
             self.reopens.store(0, Ordering::Relaxed);
         }
-        transitioned(current.state(), state);
+        self.transitioned(current.state(), state);
     }
 
     /// Counts a call made while closed (or metrics-only) and opens when a
@@ -660,8 +695,4 @@ fn jittered(duration: Duration, fraction: f64, upwards_only: bool) -> Duration {
         1.0 + fraction * (2.0 * unit - 1.0)
     };
     duration.mul_f64(factor)
-}
-
-fn transitioned(from: State, to: State) {
-    tracing::info!(target: "palisade_circuit_breaker", %from, %to, "circuit breaker transition");
 }

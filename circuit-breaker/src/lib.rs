@@ -73,7 +73,7 @@ mod service;
 mod sync;
 mod window;
 
-pub use breaker::{CircuitBreaker, Metrics, Outcome, Permit, State};
+pub use breaker::{CircuitBreaker, Metrics, Outcome, Permit, State, Transition};
 pub use classify::{Classify, ErrorsAsFailures};
 pub use config::{Config, ConfigBuilder, SlidingWindow};
 pub use error::{ConfigError, Open};

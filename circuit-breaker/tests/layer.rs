@@ -209,3 +209,31 @@ async fn ignored_outcomes_do_not_count() {
     assert_eq!(breaker.state(), State::Closed);
     assert_eq!(breaker.metrics(std::time::Instant::now()).counts.calls, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn subscribers_see_every_transition_in_order() {
+    use palisade_circuit_breaker::Transition;
+    let layer = CircuitBreakerLayer::new(config(1));
+    let breaker = layer.breaker().clone();
+    let mut transitions = breaker.subscribe();
+    let service = layer.layer(service_fn(failing));
+    let _ = service.clone().oneshot(()).await;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let _ = service.clone().oneshot(()).await;
+    breaker.force_open();
+    breaker.reset();
+    let mut seen = Vec::new();
+    while let Ok(Transition { from, to }) = transitions.try_recv() {
+        seen.push((from, to));
+    }
+    assert_eq!(
+        seen,
+        [
+            (State::Closed, State::Open),
+            (State::Open, State::HalfOpen),
+            (State::HalfOpen, State::Open),
+            (State::Open, State::ForcedOpen),
+            (State::ForcedOpen, State::Closed),
+        ]
+    );
+}
