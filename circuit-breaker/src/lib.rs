@@ -67,6 +67,7 @@ pub mod error;
 pub mod future;
 #[cfg(feature = "http")]
 mod http_mode;
+mod keyed;
 mod layer;
 mod rejection;
 mod service;
@@ -79,6 +80,7 @@ pub use config::{Config, ConfigBuilder, SlidingWindow};
 pub use error::{ConfigError, Open};
 #[cfg(feature = "http")]
 pub use http_mode::{ServerErrorsAsFailures, ServiceUnavailable};
+pub use keyed::{BreakerRegistry, KeyedCircuitBreakerLayer, KeyedCircuitBreakerService};
 pub use layer::CircuitBreakerLayer;
 pub use rejection::{BoxErrors, Rejection};
 pub use service::CircuitBreakerService;

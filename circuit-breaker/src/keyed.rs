@@ -1,0 +1,339 @@
+//! One breaker per key (host, route, tenant): a sick dependency behind one
+//! key does not shut out the others.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::{PoisonError, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tower::{Layer, Service};
+
+use crate::breaker::{CircuitBreaker, State};
+use crate::classify::{Classify, ErrorsAsFailures};
+use crate::config::Config;
+use crate::future::{ResponseFuture, now};
+use crate::rejection::{BoxErrors, Rejection};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The breakers of a [`KeyedCircuitBreakerLayer`], made on first use of a
+/// key from one configuration, and bounded.
+///
+/// When it holds `capacity` breakers and a new key arrives, breakers that
+/// are closed and unused for `idle_after` are dropped to make room; an open
+/// or recently used breaker is never dropped, so a failing key cannot
+/// escape its breaker by crowding it out. If no room can be made, new keys
+/// share one overflow breaker until some is, and a warning is logged.
+pub struct BreakerRegistry<K> {
+    config: Config,
+    capacity: usize,
+    idle_after: Duration,
+    start: Instant,
+    breakers: RwLock<HashMap<K, Entry>>,
+    overflow: CircuitBreaker,
+}
+
+struct Entry {
+    breaker: CircuitBreaker,
+    /// Milliseconds since the registry began, at the key's last call.
+    last_used: AtomicU64,
+}
+
+impl<K: Eq + Hash + Clone> BreakerRegistry<K> {
+    fn new(config: Config, capacity: usize, idle_after: Duration) -> Self {
+        let start = now();
+        Self {
+            overflow: CircuitBreaker::new_at(config.clone(), start),
+            config,
+            capacity: capacity.max(1),
+            idle_after,
+            start,
+            breakers: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The breaker of `key`, made if it has none yet.
+    pub fn get(&self, key: &K) -> CircuitBreaker {
+        let at = now();
+        let now_ms = self.millis(at);
+        {
+            let breakers = self.breakers.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(entry) = breakers.get(key) {
+                entry.last_used.store(now_ms, Ordering::Relaxed);
+                return entry.breaker.clone();
+            }
+        }
+        let mut breakers = self
+            .breakers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = breakers.get(key) {
+            return entry.breaker.clone();
+        }
+        if breakers.len() >= self.capacity {
+            let idle_ms = u64::try_from(self.idle_after.as_millis()).unwrap_or(u64::MAX);
+            breakers.retain(|_, entry| {
+                let idle =
+                    now_ms.saturating_sub(entry.last_used.load(Ordering::Relaxed)) >= idle_ms;
+                !(idle && entry.breaker.state() == State::Closed)
+            });
+            if breakers.len() >= self.capacity {
+                tracing::warn!(
+                    target: "palisade_circuit_breaker",
+                    capacity = self.capacity,
+                    "breaker registry full of busy or open breakers: new keys share the overflow breaker"
+                );
+                return self.overflow.clone();
+            }
+        }
+        let breaker = CircuitBreaker::new_at(self.config.clone(), at);
+        breakers.insert(
+            key.clone(),
+            Entry {
+                breaker: breaker.clone(),
+                last_used: AtomicU64::new(now_ms),
+            },
+        );
+        breaker
+    }
+
+    /// The breaker of `key`, if it has one: to read or force its state.
+    pub fn breaker(&self, key: &K) -> Option<CircuitBreaker> {
+        let breakers = self.breakers.read().unwrap_or_else(PoisonError::into_inner);
+        breakers.get(key).map(|entry| entry.breaker.clone())
+    }
+
+    /// The breaker keys share when the registry is full.
+    pub const fn overflow(&self) -> &CircuitBreaker {
+        &self.overflow
+    }
+
+    /// How many keys have a breaker.
+    pub fn len(&self) -> usize {
+        self.breakers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no key has a breaker yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<K> fmt::Debug for BreakerRegistry<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerRegistry")
+            .field("capacity", &self.capacity)
+            .field("idle_after", &self.idle_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A breaker per key of the request: `key` picks the key (the host, the
+/// route, the tenant), and every key gets its own breaker from `config`.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_circuit_breaker::{Config, KeyedCircuitBreakerLayer};
+/// use tower::{ServiceBuilder, service_fn};
+///
+/// # fn main() -> Result<(), palisade_circuit_breaker::ConfigError> {
+/// // One breaker per upstream host, at most 1,000, idle ones retired after 10 minutes.
+/// let layer = KeyedCircuitBreakerLayer::new(
+///     Config::builder().build()?,
+///     |request: &(String, u32)| request.0.clone(),
+/// )
+/// .capacity(1_000, Duration::from_secs(600));
+/// let service = ServiceBuilder::new()
+///     .layer(layer)
+///     .service(service_fn(|(_host, n): (String, u32)| async move { Ok::<_, std::io::Error>(n) }));
+/// # let _ = service;
+/// # Ok(()) }
+/// ```
+pub struct KeyedCircuitBreakerLayer<K, F, C = ErrorsAsFailures, R = BoxErrors> {
+    registry: Arc<BreakerRegistry<K>>,
+    key: F,
+    classifier: C,
+    rejection: R,
+}
+
+impl<K: Eq + Hash + Clone, F> KeyedCircuitBreakerLayer<K, F> {
+    /// Breakers made from `config`, one per key `key` returns; at most
+    /// 10,000, closed ones retired after 10 idle minutes.
+    pub fn new<Req>(config: Config, key: F) -> Self
+    where
+        F: Fn(&Req) -> K,
+    {
+        Self {
+            registry: Arc::new(BreakerRegistry::new(
+                config,
+                10_000,
+                Duration::from_secs(600),
+            )),
+            key,
+            classifier: ErrorsAsFailures,
+            rejection: BoxErrors,
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, F, C, R> KeyedCircuitBreakerLayer<K, F, C, R> {
+    /// Holds at most `capacity` breakers, retiring closed ones unused for
+    /// `idle_after` to make room. Call it before the layer is used: it
+    /// starts an empty registry.
+    #[must_use]
+    pub fn capacity(mut self, capacity: usize, idle_after: Duration) -> Self {
+        let config = self.registry.config.clone();
+        self.registry = Arc::new(BreakerRegistry::new(config, capacity, idle_after));
+        self
+    }
+
+    /// Classifies results with `classifier` instead.
+    #[must_use]
+    pub fn classify<C2>(self, classifier: C2) -> KeyedCircuitBreakerLayer<K, F, C2, R> {
+        KeyedCircuitBreakerLayer {
+            registry: self.registry,
+            key: self.key,
+            classifier,
+            rejection: self.rejection,
+        }
+    }
+
+    /// Answers refused calls with `rejection` instead.
+    #[must_use]
+    pub fn reject_with<R2>(self, rejection: R2) -> KeyedCircuitBreakerLayer<K, F, C, R2> {
+        KeyedCircuitBreakerLayer {
+            registry: self.registry,
+            key: self.key,
+            classifier: self.classifier,
+            rejection,
+        }
+    }
+
+    /// The shared registry of breakers.
+    #[must_use]
+    pub fn registry(&self) -> &BreakerRegistry<K> {
+        &self.registry
+    }
+}
+
+impl<K, F: Clone, C: Clone, R: Clone> Clone for KeyedCircuitBreakerLayer<K, F, C, R> {
+    fn clone(&self) -> Self {
+        Self {
+            registry: Arc::clone(&self.registry),
+            key: self.key.clone(),
+            classifier: self.classifier.clone(),
+            rejection: self.rejection.clone(),
+        }
+    }
+}
+
+impl<K, F, C: fmt::Debug, R: fmt::Debug> fmt::Debug for KeyedCircuitBreakerLayer<K, F, C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreakerLayer")
+            .field("registry", &*self.registry)
+            .field("classifier", &self.classifier)
+            .field("rejection", &self.rejection)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, F: Clone, C: Clone, R: Clone> Layer<S> for KeyedCircuitBreakerLayer<K, F, C, R> {
+    type Service = KeyedCircuitBreakerService<S, K, F, C, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyedCircuitBreakerService {
+            inner,
+            registry: Arc::clone(&self.registry),
+            key: self.key.clone(),
+            classifier: self.classifier.clone(),
+            rejection: self.rejection.clone(),
+        }
+    }
+}
+
+/// The service made by [`KeyedCircuitBreakerLayer`].
+pub struct KeyedCircuitBreakerService<S, K, F, C, R> {
+    inner: S,
+    registry: Arc<BreakerRegistry<K>>,
+    key: F,
+    classifier: C,
+    rejection: R,
+}
+
+impl<S: Clone, K, F: Clone, C: Clone, R: Clone> Clone
+    for KeyedCircuitBreakerService<S, K, F, C, R>
+{
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            registry: Arc::clone(&self.registry),
+            key: self.key.clone(),
+            classifier: self.classifier.clone(),
+            rejection: self.rejection.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K, F, C, R> fmt::Debug for KeyedCircuitBreakerService<S, K, F, C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedCircuitBreakerService")
+            .field("inner", &self.inner)
+            .field("registry", &*self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, F, C, R> KeyedCircuitBreakerService<S, K, F, C, R> {
+    /// The shared registry of breakers.
+    pub fn registry(&self) -> &BreakerRegistry<K> {
+        &self.registry
+    }
+
+    /// Takes the inner service back.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Req, K, F, C, R> Service<Req> for KeyedCircuitBreakerService<S, K, F, C, R>
+where
+    S: Service<Req>,
+    K: Eq + Hash + Clone,
+    F: Fn(&Req) -> K,
+    C: Classify<S::Response, S::Error> + Clone,
+    R: Rejection<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = R::Error;
+    type Future = ResponseFuture<S::Future, C, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|err| self.rejection.error(err))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let breaker = self.registry.get(&(self.key)(&request));
+        match breaker.acquire_with(now) {
+            Ok(permit) => ResponseFuture::called(
+                self.inner.call(request),
+                permit,
+                self.classifier.clone(),
+                self.rejection.clone(),
+            ),
+            Err(open) => ResponseFuture::rejected(open, self.rejection.clone()),
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Keyed breakers: one per key, independent, bounded, idle ones retired,
+//! open ones kept.
+
+use std::time::Duration;
+
+use palisade_circuit_breaker::{Config, KeyedCircuitBreakerLayer, Open, SlidingWindow, State};
+use tower::{BoxError, Layer, ServiceExt, service_fn};
+
+fn config() -> Config {
+    Config::builder()
+        .sliding_window(SlidingWindow::Count(2))
+        .minimum_calls(2)
+        .open_duration(Duration::from_secs(30))
+        .jitter(0.0)
+        .build()
+        .unwrap()
+}
+
+/// Requests are (host, fail?).
+async fn upstream((_, fail): (&'static str, bool)) -> Result<(), BoxError> {
+    if fail { Err("down".into()) } else { Ok(()) }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_key_does_not_open_the_others() {
+    let layer = KeyedCircuitBreakerLayer::new(config(), |request: &(&'static str, bool)| request.0);
+    let service = layer.layer(service_fn(upstream));
+    for _ in 0..2 {
+        let _ = service.clone().oneshot(("sick", true)).await;
+    }
+    let refused = service.clone().oneshot(("sick", false)).await.unwrap_err();
+    assert!(refused.is::<Open>());
+    service.clone().oneshot(("healthy", false)).await.unwrap();
+    let registry = layer.registry();
+    assert_eq!(registry.breaker(&"sick").unwrap().state(), State::Open);
+    assert_eq!(registry.breaker(&"healthy").unwrap().state(), State::Closed);
+    assert_eq!(registry.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_closed_breakers_make_room_and_open_ones_stay() {
+    let layer = KeyedCircuitBreakerLayer::new(config(), |request: &(&'static str, bool)| request.0)
+        .capacity(2, Duration::from_secs(60));
+    let service = layer.layer(service_fn(upstream));
+    let registry = || layer.registry();
+    for _ in 0..2 {
+        let _ = service.clone().oneshot(("sick", true)).await;
+    }
+    service.clone().oneshot(("quiet", false)).await.unwrap();
+    assert_eq!(registry().len(), 2);
+
+    // Full, nothing idle yet: a new key shares the overflow breaker.
+    service.clone().oneshot(("new", false)).await.unwrap();
+    assert!(registry().breaker(&"new").is_none());
+    assert_eq!(registry().len(), 2);
+
+    // After the idle time the quiet closed breaker is retired; the open
+    // one is kept, idle or not.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    service.clone().oneshot(("new", false)).await.unwrap();
+    assert!(registry().breaker(&"quiet").is_none());
+    assert!(registry().breaker(&"new").is_some());
+    assert_eq!(registry().breaker(&"sick").unwrap().state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_share_the_registry() {
+    let layer = KeyedCircuitBreakerLayer::new(config(), |request: &(&'static str, bool)| request.0);
+    let first = layer.clone().layer(service_fn(upstream));
+    let second = layer.layer(service_fn(upstream));
+    let _ = first.clone().oneshot(("sick", true)).await;
+    let _ = second.clone().oneshot(("sick", true)).await;
+    assert!(
+        first
+            .oneshot(("sick", false))
+            .await
+            .unwrap_err()
+            .is::<Open>()
+    );
+    assert_eq!(second.registry().len(), 1);
+}
