@@ -41,6 +41,9 @@
 //! - `http`: [`CircuitBreakerLayer::new_for_http`]: 5xx and 429 count as
 //!   failures, `Retry-After` sets the open duration, and an open breaker
 //!   answers 503 itself, so the layer goes straight on an axum `Router`.
+//! - `grpc`: [`CircuitBreakerLayer::new_for_grpc`]: `grpc-status` decides,
+//!   from the headers or from the trailers at the end of the body, and an
+//!   open breaker answers `UNAVAILABLE` with `grpc-retry-pushback-ms`.
 //!
 //! The state machine works without tower too, from a message consumer or a
 //! batch job:
@@ -65,6 +68,8 @@ mod classify;
 mod config;
 pub mod error;
 pub mod future;
+#[cfg(feature = "grpc")]
+mod grpc_mode;
 #[cfg(feature = "http")]
 mod http_mode;
 mod keyed;
@@ -78,6 +83,10 @@ pub use breaker::{CircuitBreaker, Metrics, Outcome, Permit, State, Transition};
 pub use classify::{Classify, ErrorsAsFailures};
 pub use config::{Config, ConfigBuilder, SlidingWindow};
 pub use error::{ConfigError, Open};
+#[cfg(feature = "grpc")]
+pub use grpc_mode::{
+    GrpcBody, GrpcCircuitBreakerLayer, GrpcCircuitBreakerService, GrpcResponseFuture,
+};
 #[cfg(feature = "http")]
 pub use http_mode::{ServerErrorsAsFailures, ServiceUnavailable};
 pub use keyed::{BreakerRegistry, KeyedCircuitBreakerLayer, KeyedCircuitBreakerService};

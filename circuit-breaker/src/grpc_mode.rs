@@ -1,0 +1,326 @@
+//! gRPC mode (feature `grpc`): the `grpc-status` decides, whether it comes
+//! in the response headers (a trailers-only response) or in the trailers at
+//! the end of the body; an open breaker answers `UNAVAILABLE` itself.
+//!
+//! When the status is only in the trailers, the call's permit moves into
+//! the response body and is settled when the trailers arrive; a body
+//! dropped before its end settles nothing (a cancelled call).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::breaker::{CircuitBreaker, Outcome, Permit};
+use crate::config::Config;
+use crate::error::Open;
+use crate::future::now;
+use crate::layer::CircuitBreakerLayer;
+
+/// `grpc-status` codes that say the dependency is unwell: UNKNOWN (2),
+/// DEADLINE_EXCEEDED (4), RESOURCE_EXHAUSTED (8), INTERNAL (13) and
+/// UNAVAILABLE (14). Every other code, OK included, is a success: the
+/// dependency answered.
+const FAILURE_CODES: [u32; 5] = [2, 4, 8, 13, 14];
+/// UNAVAILABLE, the answer of an open breaker.
+const UNAVAILABLE: &str = "14";
+
+/// The outcome a `grpc-status` (in headers or trailers) stands for, if one
+/// is there.
+fn outcome_of(fields: &HeaderMap) -> Option<Outcome> {
+    let code = fields.get("grpc-status")?;
+    let code: u32 = code.to_str().ok()?.trim().parse().ok()?;
+    Some(if FAILURE_CODES.contains(&code) {
+        Outcome::Failure
+    } else {
+        Outcome::Success
+    })
+}
+
+/// The server's `grpc-retry-pushback-ms`, its own word on when to retry.
+fn pushback(fields: &HeaderMap) -> Option<Duration> {
+    let ms: u64 = fields
+        .get("grpc-retry-pushback-ms")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms))
+}
+
+/// A circuit breaker for gRPC clients and servers (a tonic `Channel` or
+/// `Server`): `grpc-status` UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
+/// INTERNAL and UNAVAILABLE are failures, read from the headers or, when
+/// only the trailers carry it, at the end of the body; transport errors are
+/// failures; `grpc-retry-pushback-ms` sets the open duration. An open
+/// breaker answers a trailers-only `UNAVAILABLE` with
+/// `grpc-retry-pushback-ms`, without calling the inner service.
+///
+/// Made by [`CircuitBreakerLayer::new_for_grpc`].
+#[derive(Debug, Clone)]
+pub struct GrpcCircuitBreakerLayer {
+    breaker: CircuitBreaker,
+}
+
+impl GrpcCircuitBreakerLayer {
+    /// The shared breaker.
+    #[must_use]
+    pub const fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+}
+
+impl CircuitBreakerLayer {
+    /// A breaker for gRPC (feature `grpc`); see [`GrpcCircuitBreakerLayer`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use palisade_circuit_breaker::{CircuitBreakerLayer, Config};
+    /// use tower::ServiceBuilder;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
+    /// let channel = ServiceBuilder::new()
+    ///     .layer(CircuitBreakerLayer::new_for_grpc(Config::default()))
+    ///     .service(channel);
+    /// let health = tonic_health::pb::health_client::HealthClient::new(channel);
+    /// # let _ = health;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn new_for_grpc(config: Config) -> GrpcCircuitBreakerLayer {
+        GrpcCircuitBreakerLayer {
+            breaker: Self::new(config).breaker().clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for GrpcCircuitBreakerLayer {
+    type Service = GrpcCircuitBreakerService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcCircuitBreakerService {
+            inner,
+            breaker: self.breaker.clone(),
+        }
+    }
+}
+
+/// The service made by [`GrpcCircuitBreakerLayer`].
+#[derive(Debug, Clone)]
+pub struct GrpcCircuitBreakerService<S> {
+    inner: S,
+    breaker: CircuitBreaker,
+}
+
+impl<S> GrpcCircuitBreakerService<S> {
+    /// The shared breaker.
+    pub const fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+
+    /// Takes the inner service back.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for GrpcCircuitBreakerService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<GrpcBody<ResBody>>;
+    type Error = S::Error;
+    type Future = GrpcResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        match self.breaker.acquire_with(now) {
+            Ok(permit) => GrpcResponseFuture {
+                kind: Kind::Called {
+                    inner: self.inner.call(request),
+                    permit: Some(permit),
+                },
+            },
+            Err(open) => GrpcResponseFuture {
+                kind: Kind::Rejected { open: Some(open) },
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`GrpcCircuitBreakerService`].
+    #[derive(Debug)]
+    pub struct GrpcResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProjection]
+    #[derive(Debug)]
+    enum Kind<F> {
+        Called {
+            #[pin]
+            inner: F,
+            permit: Option<Permit>,
+        },
+        Rejected {
+            open: Option<Open>,
+        },
+    }
+}
+
+impl<F, B, E> Future for GrpcResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Default,
+{
+    type Output = Result<Response<GrpcBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProjection::Called { inner, permit } => {
+                let result = ready!(inner.poll(cx));
+                let permit = permit.take();
+                Poll::Ready(match result {
+                    Ok(response) => Ok(settle_on_headers(response, permit)),
+                    Err(err) => {
+                        if let Some(permit) = permit {
+                            permit.settle(Outcome::Failure, None, now);
+                        }
+                        Err(err)
+                    }
+                })
+            }
+            KindProjection::Rejected { open } => {
+                let open = open
+                    .take()
+                    .expect("GrpcResponseFuture polled after completion");
+                Poll::Ready(Ok(unavailable(open)))
+            }
+        }
+    }
+}
+
+/// Settles the permit on a trailers-only response or an HTTP error, or
+/// hands it to the body to settle at the trailers.
+fn settle_on_headers<B>(response: Response<B>, permit: Option<Permit>) -> Response<GrpcBody<B>> {
+    let Some(permit) = permit else {
+        return response.map(|inner| GrpcBody {
+            inner,
+            permit: None,
+        });
+    };
+    let status = response.status();
+    let settled = if !status.is_success() {
+        // Not a gRPC answer at all (a proxy's 503, a 404): 5xx is the
+        // dependency's trouble, the rest is not.
+        let outcome = if status.is_server_error() {
+            Outcome::Failure
+        } else {
+            Outcome::Ignored
+        };
+        permit.settle(outcome, None, now);
+        None
+    } else if let Some(outcome) = outcome_of(response.headers()) {
+        permit.settle(outcome, pushback(response.headers()), now);
+        None
+    } else {
+        Some(permit)
+    };
+    response.map(|inner| GrpcBody {
+        inner,
+        permit: settled,
+    })
+}
+
+/// A trailers-only `UNAVAILABLE`, with the wait as
+/// `grpc-retry-pushback-ms`.
+fn unavailable<B: Default>(open: Open) -> Response<GrpcBody<B>> {
+    let mut response = Response::new(GrpcBody {
+        inner: B::default(),
+        permit: None,
+    });
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from_static(UNAVAILABLE));
+    headers.insert("grpc-message", HeaderValue::from_static("circuit%20open"));
+    if let Some(wait) = open.retry_after() {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        headers.insert("grpc-retry-pushback-ms", HeaderValue::from(ms));
+    }
+    response.extensions_mut().insert(open);
+    response
+}
+
+pin_project! {
+    /// A response body that settles its call's permit when the trailers
+    /// (and their `grpc-status`) arrive. A body that ends without a
+    /// `grpc-status` counts as failed; one dropped before its end counts
+    /// nothing.
+    #[derive(Debug)]
+    pub struct GrpcBody<B> {
+        #[pin]
+        inner: B,
+        permit: Option<Permit>,
+    }
+}
+
+impl<B: Default> Default for GrpcBody<B> {
+    fn default() -> Self {
+        Self {
+            inner: B::default(),
+            permit: None,
+        }
+    }
+}
+
+impl<B: Body> Body for GrpcBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(permit) = this.permit.take() {
+            match &frame {
+                Some(Ok(frame)) => match frame.trailers_ref() {
+                    Some(trailers) => {
+                        let outcome = outcome_of(trailers).unwrap_or(Outcome::Failure);
+                        permit.settle(outcome, pushback(trailers), now);
+                    }
+                    None => *this.permit = Some(permit),
+                },
+                Some(Err(_)) | None => permit.settle(Outcome::Failure, None, now),
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,216 @@
+//! gRPC mode: a tonic client behind the breaker against tonic servers on
+//! loopback, and the status in trailers read at the end of the body.
+#![cfg(feature = "grpc")]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use palisade_circuit_breaker::{CircuitBreakerLayer, Config, SlidingWindow, State};
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Endpoint, Server};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+
+fn config(calls: u32) -> Config {
+    Config::builder()
+        .sliding_window(SlidingWindow::Count(calls))
+        .minimum_calls(calls)
+        .open_duration(Duration::from_secs(30))
+        .jitter(0.0)
+        .build()
+        .unwrap()
+}
+
+/// Counts the calls reaching a tonic server and, when `unavailable`,
+/// answers them all UNAVAILABLE (trailers-only) itself.
+#[derive(Clone)]
+struct Gate<S> {
+    inner: S,
+    unavailable: bool,
+    calls: Arc<AtomicUsize>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S> Service<Request<tonic::body::Body>> for Gate<S>
+where
+    S: Service<Request<tonic::body::Body>, Response = Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.unavailable {
+            Box::pin(async { Ok(tonic::Status::unavailable("down").into_http()) })
+        } else {
+            Box::pin(self.inner.call(request))
+        }
+    }
+}
+
+async fn server(unavailable: bool) -> (String, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let counter = calls.clone();
+    let server = Server::builder()
+        .layer(tower::layer::layer_fn(move |inner| Gate {
+            inner,
+            unavailable,
+            calls: counter.clone(),
+        }))
+        .add_service(health)
+        .serve_with_incoming(TcpIncoming::from(listener));
+    tokio::spawn(server);
+    (format!("http://{address}"), calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_answers_open_it_and_it_answers_unavailable_itself() {
+    let (url, calls) = server(true).await;
+    let layer = CircuitBreakerLayer::new_for_grpc(config(3));
+    let breaker = layer.breaker().clone();
+    let channel = Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+    let mut client = HealthClient::new(ServiceBuilder::new().layer(layer).service(channel));
+    for _ in 0..3 {
+        let status = client
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), "down");
+    }
+    assert_eq!(breaker.state(), State::Open);
+    let status = client
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "circuit open");
+    let pushback: u64 = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30_000).contains(&pushback), "{pushback}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "the server was not called while open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successful_calls_are_read_from_the_trailers_and_keep_it_closed() {
+    let (url, calls) = server(false).await;
+    let layer = CircuitBreakerLayer::new_for_grpc(config(3));
+    let breaker = layer.breaker().clone();
+    let channel = Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+    let mut client = HealthClient::new(ServiceBuilder::new().layer(layer).service(channel));
+    for _ in 0..5 {
+        client.check(HealthCheckRequest::default()).await.unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    assert_eq!(breaker.state(), State::Closed);
+    let counts = breaker.metrics(std::time::Instant::now()).counts;
+    assert_eq!(
+        (counts.calls, counts.failures),
+        (3, 0),
+        "every call settled as a success"
+    );
+}
+
+/// A gRPC-shaped response whose status comes only in the trailers.
+fn trailed(
+    code: &'static str,
+) -> Response<impl hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Default> {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", code.parse().unwrap());
+    let body = Full::new(Bytes::from_static(b"\0\0\0\0\0"))
+        .with_trailers(std::future::ready(Some(Ok(trailers))));
+    Response::new(DefaultBody(Some(body)))
+}
+
+/// `with_trailers` bodies have no `Default`; the breaker needs one for its
+/// own answers.
+struct DefaultBody<B>(Option<B>);
+
+impl<B> Default for DefaultBody<B> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for DefaultBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        match self.0.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failure_in_the_trailers_counts_when_the_body_ends() {
+    let layer = CircuitBreakerLayer::new_for_grpc(config(1));
+    let breaker = layer.breaker().clone();
+    let service = layer.layer(service_fn(|_: Request<()>| async {
+        Ok::<_, std::convert::Infallible>(trailed("14"))
+    }));
+    let response = service.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(
+        breaker.state(),
+        State::Closed,
+        "not settled before the trailers"
+    );
+    let collected = response.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "14");
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[tokio::test]
+async fn a_body_dropped_before_its_trailers_counts_nothing() {
+    let layer = CircuitBreakerLayer::new_for_grpc(config(1));
+    let breaker = layer.breaker().clone();
+    let service = layer.layer(service_fn(|_: Request<()>| async {
+        Ok::<_, std::convert::Infallible>(trailed("14"))
+    }));
+    drop(service.clone().oneshot(Request::new(())).await.unwrap());
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.metrics(std::time::Instant::now()).counts.calls, 0);
+    // An OK in the trailers is a success.
+    let layer = CircuitBreakerLayer::new_for_grpc(config(1));
+    let breaker = layer.breaker().clone();
+    let service = layer.layer(service_fn(|_: Request<()>| async {
+        Ok::<_, std::convert::Infallible>(trailed("0"))
+    }));
+    let response = service.oneshot(Request::new(())).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    assert_eq!(breaker.metrics(std::time::Instant::now()).counts.calls, 1);
+    assert_eq!(breaker.state(), State::Closed);
+}
