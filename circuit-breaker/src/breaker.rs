@@ -177,7 +177,7 @@ fn ratio(part: u32, whole: u32) -> f64 {
 }
 
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     config: Config,
     base: Instant,
     word: AtomicU64,
@@ -189,6 +189,9 @@ struct Inner {
     needs_clock: bool,
     /// Every transition, for subscribers.
     transitions: broadcast::Sender<Transition>,
+    /// OpenTelemetry instruments, once registered.
+    #[cfg(all(feature = "otel", not(palisade_loom)))]
+    instruments: std::sync::OnceLock<crate::otel::Instruments>,
 }
 
 /// A change of state, as sent to [`CircuitBreaker::subscribe`]rs.
@@ -309,6 +312,8 @@ impl CircuitBreaker {
                 reopens: AtomicU32::new(0),
                 needs_clock,
                 transitions: broadcast::channel(TRANSITION_BACKLOG).0,
+                #[cfg(all(feature = "otel", not(palisade_loom)))]
+                instruments: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -329,6 +334,17 @@ impl CircuitBreaker {
     /// [`Open`] while the circuit is open, forced open, or half-open with
     /// every probe slot taken.
     pub fn try_acquire(&self, now: Instant) -> Result<Permit, Open> {
+        let decision = self.decide(now);
+        #[cfg(all(feature = "otel", not(palisade_loom)))]
+        if decision.is_err()
+            && let Some(instruments) = self.inner.instruments.get()
+        {
+            instruments.rejected();
+        }
+        decision
+    }
+
+    fn decide(&self, now: Instant) -> Result<Permit, Open> {
         let inner = &*self.inner;
         let now_ms = inner.millis(now);
         let mut word = inner.load();
@@ -407,7 +423,7 @@ impl CircuitBreaker {
     /// as open until a call arrives and makes it half-open.
     #[must_use]
     pub fn state(&self) -> State {
-        self.inner.load().state()
+        self.inner.state()
     }
 
     /// The state and the window's counts at `now`.
@@ -428,6 +444,19 @@ impl CircuitBreaker {
     #[must_use]
     pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
         self.inner.transitions.subscribe()
+    }
+
+    /// Registers this breaker's OpenTelemetry metrics with `meter`, under
+    /// the attribute `breaker = name` (feature `otel`): calls by outcome,
+    /// rejections, transitions, and the state as a gauge. Once per breaker;
+    /// later calls change nothing.
+    #[cfg(all(feature = "otel", not(palisade_loom)))]
+    pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: impl Into<String>) {
+        let weak = Arc::downgrade(&self.inner);
+        let _ = self
+            .inner
+            .instruments
+            .get_or_init(|| crate::otel::Instruments::new(meter, name.into(), weak));
     }
 
     /// Refuses every call until [`reset`](Self::reset).
@@ -501,9 +530,17 @@ impl Inner {
         Ok(())
     }
 
+    pub(crate) fn state(&self) -> State {
+        self.load().state()
+    }
+
     /// Announces a transition this caller made.
     fn transitioned(&self, from: State, to: State) {
         tracing::info!(target: "palisade_circuit_breaker", %from, %to, "circuit breaker transition");
+        #[cfg(all(feature = "otel", not(palisade_loom)))]
+        if let Some(instruments) = self.instruments.get() {
+            instruments.transition(from, to);
+        }
         // No subscriber is not an error.
         let _ = self.transitions.send(Transition { from, to });
     }
@@ -655,6 +692,12 @@ impl Permit {
             _ => false,
         };
         let failed = outcome == Outcome::Failure;
+        #[cfg(all(feature = "otel", not(palisade_loom)))]
+        if self.role != Role::Untracked
+            && let Some(instruments) = inner.instruments.get()
+        {
+            instruments.call(outcome);
+        }
         match (self.role, outcome) {
             (Role::Untracked, _) | (Role::Counted, Outcome::Ignored) => {}
             (Role::Probe, Outcome::Ignored) => inner.release_probe(self.generation),

@@ -44,6 +44,10 @@
 //! - `grpc`: [`CircuitBreakerLayer::new_for_grpc`]: `grpc-status` decides,
 //!   from the headers or from the trailers at the end of the body, and an
 //!   open breaker answers `UNAVAILABLE` with `grpc-retry-pushback-ms`.
+//! - `otel`: [`CircuitBreaker::instrument`] registers OpenTelemetry metrics:
+//!   `palisade.circuit_breaker.calls` (by `outcome`), `.rejected`,
+//!   `.transitions` (by `from` and `to`) and the `.state` gauge, each with
+//!   the attribute `breaker`.
 //!
 //! The state machine works without tower too, from a message consumer or a
 //! batch job:
@@ -74,6 +78,8 @@ mod grpc_mode;
 mod http_mode;
 mod keyed;
 mod layer;
+#[cfg(all(feature = "otel", not(palisade_loom)))]
+mod otel;
 mod rejection;
 mod service;
 mod sync;
