@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 
-use crate::breaker::Permit;
+use crate::breaker::{CircuitBreaker, Permit};
 use crate::classify::Classify;
 use crate::error::Open;
 use crate::rejection::Rejection;
@@ -48,7 +48,25 @@ pub(crate) fn now() -> std::time::Instant {
 }
 
 impl<F, C, R> ResponseFuture<F, C, R> {
-    pub(crate) const fn called(inner: F, permit: Permit, classifier: C, rejection: R) -> Self {
+    /// Asks `breaker` for a permit and makes the call with `call` if it
+    /// gives one; the refusal otherwise.
+    pub(crate) fn through(
+        breaker: &CircuitBreaker,
+        call: impl FnOnce() -> F,
+        classifier: &C,
+        rejection: &R,
+    ) -> Self
+    where
+        C: Clone,
+        R: Clone,
+    {
+        match breaker.acquire_with(now) {
+            Ok(permit) => Self::called(call(), permit, classifier.clone(), rejection.clone()),
+            Err(open) => Self::rejected(open, rejection.clone()),
+        }
+    }
+
+    const fn called(inner: F, permit: Permit, classifier: C, rejection: R) -> Self {
         Self {
             kind: Kind::Called {
                 inner,
@@ -59,7 +77,7 @@ impl<F, C, R> ResponseFuture<F, C, R> {
         }
     }
 
-    pub(crate) const fn rejected(open: Open, rejection: R) -> Self {
+    const fn rejected(open: Open, rejection: R) -> Self {
         Self {
             kind: Kind::Rejected {
                 open: Some(open),

@@ -326,14 +326,12 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let breaker = self.registry.get(&(self.key)(&request));
-        match breaker.acquire_with(now) {
-            Ok(permit) => ResponseFuture::called(
-                self.inner.call(request),
-                permit,
-                self.classifier.clone(),
-                self.rejection.clone(),
-            ),
-            Err(open) => ResponseFuture::rejected(open, self.rejection.clone()),
-        }
+        let inner = &mut self.inner;
+        ResponseFuture::through(
+            &breaker,
+            || inner.call(request),
+            &self.classifier,
+            &self.rejection,
+        )
     }
 }

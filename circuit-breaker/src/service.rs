@@ -74,14 +74,12 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        match self.breaker.acquire_with(crate::future::now) {
-            Ok(permit) => ResponseFuture::called(
-                self.inner.call(request),
-                permit,
-                self.classifier.clone(),
-                self.rejection.clone(),
-            ),
-            Err(open) => ResponseFuture::rejected(open, self.rejection.clone()),
-        }
+        let inner = &mut self.inner;
+        ResponseFuture::through(
+            &self.breaker,
+            || inner.call(request),
+            &self.classifier,
+            &self.rejection,
+        )
     }
 }
