@@ -1,20 +1,21 @@
 //! One breaker per key (host, route, tenant): a sick dependency behind one
 //! key does not shut out the others.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::{PoisonError, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tower::{Layer, Service};
+use tower::Layer;
 
 use crate::breaker::{CircuitBreaker, State};
-use crate::classify::{Classify, ErrorsAsFailures};
+use crate::classify::ErrorsAsFailures;
 use crate::config::Config;
-use crate::future::{ResponseFuture, now};
-use crate::rejection::{BoxErrors, Rejection};
+use crate::future::now;
+use crate::rejection::BoxErrors;
+use crate::service::{CircuitBreakerService, SelectBreaker};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -252,86 +253,58 @@ impl<S, K, F: Clone, C: Clone, R: Clone> Layer<S> for KeyedCircuitBreakerLayer<K
     type Service = KeyedCircuitBreakerService<S, K, F, C, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        KeyedCircuitBreakerService {
+        CircuitBreakerService::new(
             inner,
-            registry: Arc::clone(&self.registry),
-            key: self.key.clone(),
-            classifier: self.classifier.clone(),
-            rejection: self.rejection.clone(),
-        }
+            KeyedBreakers {
+                registry: Arc::clone(&self.registry),
+                key: self.key.clone(),
+            },
+            self.classifier.clone(),
+            self.rejection.clone(),
+        )
     }
 }
 
 /// The service made by [`KeyedCircuitBreakerLayer`].
-pub struct KeyedCircuitBreakerService<S, K, F, C, R> {
-    inner: S,
+pub type KeyedCircuitBreakerService<S, K, F, C, R> =
+    CircuitBreakerService<S, KeyedBreakers<K, F>, C, R>;
+
+/// A key function and the registry of breakers it picks from.
+pub struct KeyedBreakers<K, F> {
     registry: Arc<BreakerRegistry<K>>,
     key: F,
-    classifier: C,
-    rejection: R,
 }
 
-impl<S: Clone, K, F: Clone, C: Clone, R: Clone> Clone
-    for KeyedCircuitBreakerService<S, K, F, C, R>
-{
+impl<K, F> KeyedBreakers<K, F> {
+    /// The shared registry of breakers.
+    pub fn registry(&self) -> &BreakerRegistry<K> {
+        &self.registry
+    }
+}
+
+impl<K, F: Clone> Clone for KeyedBreakers<K, F> {
     fn clone(&self) -> Self {
         Self {
-            inner: self.inner.clone(),
             registry: Arc::clone(&self.registry),
             key: self.key.clone(),
-            classifier: self.classifier.clone(),
-            rejection: self.rejection.clone(),
         }
     }
 }
 
-impl<S: fmt::Debug, K, F, C, R> fmt::Debug for KeyedCircuitBreakerService<S, K, F, C, R> {
+impl<K, F> fmt::Debug for KeyedBreakers<K, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyedCircuitBreakerService")
-            .field("inner", &self.inner)
+        f.debug_struct("KeyedBreakers")
             .field("registry", &*self.registry)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, K, F, C, R> KeyedCircuitBreakerService<S, K, F, C, R> {
-    /// The shared registry of breakers.
-    pub fn registry(&self) -> &BreakerRegistry<K> {
-        &self.registry
-    }
-
-    /// Takes the inner service back.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S, Req, K, F, C, R> Service<Req> for KeyedCircuitBreakerService<S, K, F, C, R>
+impl<Req, K, F> SelectBreaker<Req> for KeyedBreakers<K, F>
 where
-    S: Service<Req>,
     K: Eq + Hash + Clone,
     F: Fn(&Req) -> K,
-    C: Classify<S::Response, S::Error> + Clone,
-    R: Rejection<S::Response, S::Error> + Clone,
 {
-    type Response = S::Response;
-    type Error = R::Error;
-    type Future = ResponseFuture<S::Future, C, R>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(|err| self.rejection.error(err))
-    }
-
-    fn call(&mut self, request: Req) -> Self::Future {
-        let breaker = self.registry.get(&(self.key)(&request));
-        let inner = &mut self.inner;
-        ResponseFuture::through(
-            &breaker,
-            || inner.call(request),
-            &self.classifier,
-            &self.rejection,
-        )
+    fn select(&self, request: &Req) -> Cow<'_, CircuitBreaker> {
+        Cow::Owned(self.registry.get(&(self.key)(request)))
     }
 }

@@ -100,7 +100,7 @@ impl<C, R> CircuitBreakerLayer<C, R> {
 }
 
 impl<S, C: Clone, R: Clone> Layer<S> for CircuitBreakerLayer<C, R> {
-    type Service = CircuitBreakerService<S, C, R>;
+    type Service = CircuitBreakerService<S, CircuitBreaker, C, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
         CircuitBreakerService::new(

@@ -95,10 +95,12 @@ pub use grpc_mode::{
 };
 #[cfg(feature = "http")]
 pub use http_mode::{ServerErrorsAsFailures, ServiceUnavailable};
-pub use keyed::{BreakerRegistry, KeyedCircuitBreakerLayer, KeyedCircuitBreakerService};
+pub use keyed::{
+    BreakerRegistry, KeyedBreakers, KeyedCircuitBreakerLayer, KeyedCircuitBreakerService,
+};
 pub use layer::CircuitBreakerLayer;
 pub use rejection::{BoxErrors, Rejection};
-pub use service::CircuitBreakerService;
+pub use service::{CircuitBreakerService, SelectBreaker};
 pub use window::Counts;
 
 /// The README's example, compiled and run as a doctest so it stays true.

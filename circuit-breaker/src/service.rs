@@ -1,5 +1,6 @@
 //! The breaker's service.
 
+use std::borrow::Cow;
 use std::task::{Context, Poll};
 
 use tower::Service;
@@ -9,36 +10,48 @@ use crate::classify::Classify;
 use crate::future::ResponseFuture;
 use crate::rejection::Rejection;
 
-/// The service made by [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
+/// Which breaker a request goes through: the one breaker of a
+/// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer), or its key's breaker
+/// for a [`KeyedCircuitBreakerLayer`](crate::KeyedCircuitBreakerLayer).
+pub trait SelectBreaker<Req> {
+    /// The breaker `request` goes through.
+    fn select(&self, request: &Req) -> Cow<'_, CircuitBreaker>;
+}
+
+impl<Req> SelectBreaker<Req> for CircuitBreaker {
+    fn select(&self, _request: &Req) -> Cow<'_, CircuitBreaker> {
+        Cow::Borrowed(self)
+    }
+}
+
+/// The service made by [`CircuitBreakerLayer`](crate::CircuitBreakerLayer)
+/// (with `B` a [`CircuitBreaker`]) and by
+/// [`KeyedCircuitBreakerLayer`](crate::KeyedCircuitBreakerLayer).
 ///
 /// `poll_ready` is the inner service's; an open breaker answers from `call`
 /// at once, without calling the inner service.
 #[derive(Debug, Clone)]
-pub struct CircuitBreakerService<S, C, R> {
+pub struct CircuitBreakerService<S, B, C, R> {
     inner: S,
-    breaker: CircuitBreaker,
+    breakers: B,
     classifier: C,
     rejection: R,
 }
 
-impl<S, C, R> CircuitBreakerService<S, C, R> {
-    pub(crate) const fn new(
-        inner: S,
-        breaker: CircuitBreaker,
-        classifier: C,
-        rejection: R,
-    ) -> Self {
+impl<S, B, C, R> CircuitBreakerService<S, B, C, R> {
+    pub(crate) const fn new(inner: S, breakers: B, classifier: C, rejection: R) -> Self {
         Self {
             inner,
-            breaker,
+            breakers,
             classifier,
             rejection,
         }
     }
 
-    /// The shared breaker.
-    pub const fn breaker(&self) -> &CircuitBreaker {
-        &self.breaker
+    /// Where the breakers come from: the breaker itself, or the keyed
+    /// breakers with their registry.
+    pub const fn breakers(&self) -> &B {
+        &self.breakers
     }
 
     /// The inner service.
@@ -57,9 +70,10 @@ impl<S, C, R> CircuitBreakerService<S, C, R> {
     }
 }
 
-impl<S, Req, C, R> Service<Req> for CircuitBreakerService<S, C, R>
+impl<S, Req, B, C, R> Service<Req> for CircuitBreakerService<S, B, C, R>
 where
     S: Service<Req>,
+    B: SelectBreaker<Req>,
     C: Classify<S::Response, S::Error> + Clone,
     R: Rejection<S::Response, S::Error> + Clone,
 {
@@ -74,9 +88,10 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        let breaker = self.breakers.select(&request);
         let inner = &mut self.inner;
         ResponseFuture::through(
-            &self.breaker,
+            &breaker,
             || inner.call(request),
             &self.classifier,
             &self.rejection,

@@ -77,5 +77,5 @@ async fn clones_share_the_registry() {
             .unwrap_err()
             .is::<Open>()
     );
-    assert_eq!(second.registry().len(), 1);
+    assert_eq!(second.breakers().registry().len(), 1);
 }
