@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use loom::thread;
-use palisade_circuit_breaker::{CircuitBreaker, Config, Outcome, SlidingWindow, State};
+use palisade_circuit_breaker::{CircuitBreaker, Config, Outcome, Permit, SlidingWindow, State};
 
 const OPEN: Duration = Duration::from_secs(1);
 
@@ -32,23 +32,47 @@ fn opened(permits: u8, successes: u8, start: Instant) -> CircuitBreaker {
     breaker
 }
 
+/// Two callers asking for a permit at once; the permits they got, held.
+fn two_callers(breaker: &CircuitBreaker, at: Instant) -> Vec<Permit> {
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let breaker = breaker.clone();
+            thread::spawn(move || breaker.try_acquire(at).ok())
+        })
+        .collect();
+    threads
+        .into_iter()
+        .filter_map(|t| t.join().unwrap())
+        .collect()
+}
+
+/// Two probes of a half-open breaker (2 permits, 2 successes to close),
+/// ending with `first` and `second` at once.
+fn two_probes_end(first: Outcome, second: Outcome) -> CircuitBreaker {
+    let start = Instant::now();
+    let breaker = opened(2, 2, start);
+    let later = start + OPEN;
+    let (a, b) = (
+        breaker.try_acquire(later).unwrap(),
+        breaker.try_acquire(later).unwrap(),
+    );
+    let a = thread::spawn(move || a.record(first, later));
+    let b = thread::spawn(move || b.record(second, later));
+    a.join().unwrap();
+    b.join().unwrap();
+    breaker
+}
+
 #[test]
 fn racing_callers_turn_it_half_open_once() {
     loom::model(|| {
         let start = Instant::now();
         let breaker = opened(1, 1, start);
-        let later = start + OPEN;
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
-                let breaker = breaker.clone();
-                thread::spawn(move || breaker.try_acquire(later).ok())
-            })
-            .collect();
-        let held: Vec<_> = threads
-            .into_iter()
-            .filter_map(|t| t.join().unwrap())
-            .collect();
-        assert_eq!(held.len(), 1, "exactly one probe");
+        assert_eq!(
+            two_callers(&breaker, start + OPEN).len(),
+            1,
+            "exactly one probe"
+        );
         assert_eq!(breaker.state(), State::HalfOpen);
     });
 }
@@ -58,34 +82,19 @@ fn racing_callers_share_the_last_permit() {
     loom::model(|| {
         let start = Instant::now();
         let breaker = opened(2, 2, start);
-        let later = start + OPEN;
-        let _first = breaker.try_acquire(later).unwrap();
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
-                let breaker = breaker.clone();
-                thread::spawn(move || breaker.try_acquire(later).ok())
-            })
-            .collect();
-        let held: Vec<_> = threads
-            .into_iter()
-            .filter_map(|t| t.join().unwrap())
-            .collect();
-        assert_eq!(held.len(), 1, "one slot was left");
+        let _first = breaker.try_acquire(start + OPEN).unwrap();
+        assert_eq!(
+            two_callers(&breaker, start + OPEN).len(),
+            1,
+            "one slot was left"
+        );
     });
 }
 
 #[test]
 fn a_failure_and_a_success_racing_leave_it_open() {
     loom::model(|| {
-        let start = Instant::now();
-        let breaker = opened(2, 2, start);
-        let later = start + OPEN;
-        let first = breaker.try_acquire(later).unwrap();
-        let second = breaker.try_acquire(later).unwrap();
-        let a = thread::spawn(move || first.record(Outcome::Failure, later));
-        let b = thread::spawn(move || second.record(Outcome::Success, later));
-        a.join().unwrap();
-        b.join().unwrap();
+        let breaker = two_probes_end(Outcome::Failure, Outcome::Success);
         assert_eq!(breaker.state(), State::Open);
     });
 }
@@ -93,17 +102,9 @@ fn a_failure_and_a_success_racing_leave_it_open() {
 #[test]
 fn two_successes_racing_close_it_once() {
     loom::model(|| {
-        let start = Instant::now();
-        let breaker = opened(2, 2, start);
-        let later = start + OPEN;
-        let first = breaker.try_acquire(later).unwrap();
-        let second = breaker.try_acquire(later).unwrap();
-        let a = thread::spawn(move || first.record(Outcome::Success, later));
-        let b = thread::spawn(move || second.record(Outcome::Success, later));
-        a.join().unwrap();
-        b.join().unwrap();
+        let breaker = two_probes_end(Outcome::Success, Outcome::Success);
         assert_eq!(breaker.state(), State::Closed);
-        assert_eq!(breaker.metrics(later).counts.calls, 0);
+        assert_eq!(breaker.metrics(Instant::now() + OPEN).counts.calls, 0);
     });
 }
 
