@@ -237,3 +237,51 @@ async fn subscribers_see_every_transition_in_order() {
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn slow_successes_open_a_time_window_breaker() {
+    let config = Config::builder()
+        .sliding_window(SlidingWindow::Time {
+            duration: Duration::from_secs(10),
+            buckets: 10,
+        })
+        .minimum_calls(3)
+        .slow_calls(Duration::from_secs(1), 0.5)
+        .open_duration(Duration::from_secs(5))
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    let layer = CircuitBreakerLayer::new(config);
+    let breaker = layer.breaker().clone();
+    let service = layer.layer(service_fn(|delay: Duration| async move {
+        tokio::time::sleep(delay).await;
+        Ok::<_, BoxError>(())
+    }));
+    // Fast calls, then calls that succeed but take 2 s each.
+    service.clone().oneshot(Duration::ZERO).await.unwrap();
+    for _ in 0..2 {
+        service
+            .clone()
+            .oneshot(Duration::from_secs(2))
+            .await
+            .unwrap();
+    }
+    assert_eq!(breaker.state(), State::Open, "2 of 3 calls were slow");
+    let counts = breaker
+        .metrics(tokio::time::Instant::now().into_std())
+        .counts;
+    assert_eq!((counts.calls, counts.failures, counts.slow), (3, 0, 2));
+
+    // After the open duration a fast probe closes it; the window is then empty.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    service.clone().oneshot(Duration::ZERO).await.unwrap();
+    assert_eq!(breaker.state(), State::Closed);
+
+    // Calls older than the window no longer count.
+    service.clone().oneshot(Duration::ZERO).await.unwrap();
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let counts = breaker
+        .metrics(tokio::time::Instant::now().into_std())
+        .counts;
+    assert_eq!(counts.calls, 0);
+}
