@@ -38,6 +38,20 @@ fn exporting() -> (
     )
 }
 
+/// The server layer's `request` span, once exported.
+fn exported_request(
+    exporter: &InMemorySpanExporter,
+    provider: &SdkTracerProvider,
+) -> opentelemetry_sdk::trace::SpanData {
+    provider.force_flush().unwrap();
+    exporter
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "request")
+        .expect("exported")
+}
+
 fn app() -> Router {
     // Inside the handler, an outgoing call through PropagateLayer.
     let client = ServiceBuilder::new()
@@ -86,12 +100,7 @@ async fn the_exported_server_span_continues_the_remote_parent() {
         &[("traceparent", TP), ("tracestate", "congo=t61rcWkgMzE")],
     )
     .await;
-    provider.force_flush().unwrap();
-    let spans = exporter.get_finished_spans().unwrap();
-    let request = spans
-        .iter()
-        .find(|s| s.name == "request")
-        .expect("exported");
+    let request = exported_request(&exporter, &provider);
 
     let incoming: TraceParent = TP.parse().unwrap();
     assert_eq!(
@@ -120,12 +129,7 @@ async fn the_exported_server_span_continues_the_remote_parent() {
 async fn a_new_trace_takes_the_sdk_ids() {
     let (exporter, provider, _guard) = exporting();
     let (server, _) = call(app(), &[]).await;
-    provider.force_flush().unwrap();
-    let spans = exporter.get_finished_spans().unwrap();
-    let request = spans
-        .iter()
-        .find(|s| s.name == "request")
-        .expect("exported");
+    let request = exported_request(&exporter, &provider);
     assert_eq!(
         server.trace_id().to_bytes(),
         request.span_context.trace_id().to_bytes()
