@@ -14,6 +14,7 @@ use std::time::Duration;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use palisade_hints::grpc;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -23,20 +24,15 @@ use crate::error::Open;
 use crate::future::now;
 use crate::layer::CircuitBreakerLayer;
 
-/// `grpc-status` codes that say the dependency is unwell: UNKNOWN (2),
-/// DEADLINE_EXCEEDED (4), RESOURCE_EXHAUSTED (8), INTERNAL (13) and
-/// UNAVAILABLE (14). Every other code, OK included, is a success: the
-/// dependency answered.
-const FAILURE_CODES: [u32; 5] = [2, 4, 8, 13, 14];
 /// UNAVAILABLE, the answer of an open breaker.
 const UNAVAILABLE: &str = "14";
 
 /// The outcome a `grpc-status` (in headers or trailers) stands for, if one
-/// is there.
+/// is there: the codes that say the dependency is unwell are failures, and
+/// every other code, OK included, a success (the dependency answered).
 fn outcome_of(fields: &HeaderMap) -> Option<Outcome> {
-    let code = fields.get("grpc-status")?;
-    let code: u32 = code.to_str().ok()?.trim().parse().ok()?;
-    Some(if FAILURE_CODES.contains(&code) {
+    let code = grpc::status(fields)?;
+    Some(if grpc::is_dependency_failure(code) {
         Outcome::Failure
     } else {
         Outcome::Success
@@ -45,14 +41,7 @@ fn outcome_of(fields: &HeaderMap) -> Option<Outcome> {
 
 /// The server's `grpc-retry-pushback-ms`, its own word on when to retry.
 fn pushback(fields: &HeaderMap) -> Option<Duration> {
-    let ms: u64 = fields
-        .get("grpc-retry-pushback-ms")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_millis(ms))
+    grpc::pushback(fields)?.wait()
 }
 
 /// A circuit breaker for gRPC clients and servers (a tonic `Channel` or
@@ -262,10 +251,10 @@ fn unavailable<B: Default>(open: Open) -> Response<GrpcBody<B>> {
     headers.insert("grpc-status", HeaderValue::from_static(UNAVAILABLE));
     headers.insert("grpc-message", HeaderValue::from_static("circuit%20open"));
     if let Some(wait) = open.retry_after() {
-        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-        headers.insert("grpc-retry-pushback-ms", HeaderValue::from(ms));
+        headers.insert("grpc-retry-pushback-ms", grpc::pushback_value(wait));
     }
     response.extensions_mut().insert(open);
+    response.extensions_mut().insert(open.refusal());
     response
 }
 

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{HeaderValue, RETRY_AFTER};
+use http::header::RETRY_AFTER;
 use http::{Response, StatusCode};
 
 use crate::breaker::Outcome;
@@ -42,28 +42,18 @@ impl<B, E> Classify<Response<B>, E> for ServerErrorsAsFailures {
         let response = result.as_ref().ok()?;
         match response.status() {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
-                parse_retry_after(response.headers().get(RETRY_AFTER)?, SystemTime::now())
+                palisade_hints::http::retry_after(response.headers(), SystemTime::now())
             }
             _ => None,
         }
     }
 }
 
-/// Reads `Retry-After` as delay-seconds or an HTTP date; `None` when it is
-/// neither, or a date already past.
-fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duration> {
-    let text = value.to_str().ok()?.trim();
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        return text.parse().ok().map(Duration::from_secs);
-    }
-    httpdate::parse_http_date(text)
-        .ok()?
-        .duration_since(now)
-        .ok()
-}
-
 /// Answers a call refused by an open breaker with `503 Service Unavailable`
-/// and `Retry-After` (whole seconds, rounded up), and an empty body.
+/// and `Retry-After` (whole seconds, rounded up), and an empty body. The
+/// response's extensions hold the [`Open`] error and its
+/// [`Refusal`](palisade_hints::Refusal), so a retry layer further out knows
+/// the 503 is the breaker's, not the dependency's.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServiceUnavailable;
 
@@ -74,12 +64,12 @@ impl<B: Default, E> Rejection<Response<B>, E> for ServiceUnavailable {
         let mut response = Response::new(B::default());
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         if let Some(wait) = open.retry_after() {
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             response
                 .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+                .insert(RETRY_AFTER, palisade_hints::http::retry_after_value(wait));
         }
         response.extensions_mut().insert(open);
+        response.extensions_mut().insert(open.refusal());
         Ok(response)
     }
 
@@ -117,32 +107,19 @@ impl CircuitBreakerLayer<ServerErrorsAsFailures, ServiceUnavailable> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_hints::Refusal;
 
     #[test]
-    fn retry_after_reads_seconds_and_dates() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let value = |s: &'static str| HeaderValue::from_static(s);
+    fn the_503_carries_the_wait_and_the_refusal_marker() {
+        let open = Open::new(Some(Duration::from_millis(2500)));
+        let response: Response<String> =
+            Rejection::<Response<String>, ()>::reject(&ServiceUnavailable, open).unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[RETRY_AFTER], "3");
+        assert_eq!(response.extensions().get::<Open>(), Some(&open));
         assert_eq!(
-            parse_retry_after(&value("120"), now),
-            Some(Duration::from_secs(120))
+            response.extensions().get::<Refusal>(),
+            Some(&Refusal::circuit_open(Some(Duration::from_millis(2500))))
         );
-        assert_eq!(
-            parse_retry_after(&value(" 7 "), now),
-            Some(Duration::from_secs(7))
-        );
-        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        let later = HeaderValue::from_str(&later).unwrap();
-        assert_eq!(
-            parse_retry_after(&later, now),
-            Some(Duration::from_secs(30))
-        );
-        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
-        assert_eq!(
-            parse_retry_after(&HeaderValue::from_str(&past).unwrap(), now),
-            None
-        );
-        for bad in ["-1", "1.5", "soon", ""] {
-            assert_eq!(parse_retry_after(&value(bad), now), None, "{bad:?}");
-        }
     }
 }

@@ -53,6 +53,9 @@ async fn opens_rejects_with_the_wait_then_probes_and_closes() {
     let err = service.clone().oneshot(()).await.unwrap_err();
     let open = err.downcast_ref::<Open>().expect("an Open error");
     assert_eq!(open.retry_after(), Some(Duration::from_secs(10)));
+    let refusal = palisade_hints::Refusal::find(&*err).expect("the shared refusal marker");
+    assert!(refusal.is_circuit_open());
+    assert_eq!(refusal.retry_after(), Some(Duration::from_secs(10)));
 
     tokio::time::advance(Duration::from_secs(4)).await;
     let open = service.clone().oneshot(()).await.unwrap_err();

@@ -1,0 +1,44 @@
+//! What a dependency, or a palisade layer standing in front of it, says
+//! about when to call again.
+//!
+//! Several palisade crates read the same signals: a circuit breaker opens
+//! for as long as a `Retry-After` asks, a retry layer waits for it, and
+//! neither may retry a call that a local breaker or rate limiter refused
+//! without reaching the dependency. This crate is the one place those
+//! signals are defined, so every crate reads them the same way:
+//!
+//! - [`Refusal`]: the marker a palisade layer attaches to a call it refused
+//!   locally (an open circuit, an empty token bucket), found in an error's
+//!   source chain or in a response's extensions.
+//! - [`http`] (feature `http`): `Retry-After` as seconds or an HTTP date.
+//! - [`grpc`] (feature `http`): `grpc-status` and `grpc-retry-pushback-ms`.
+//!
+//! It has no runtime and no tower types; users rarely need it directly.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use palisade_hints::Refusal;
+//!
+//! // A layer refuses a call and says why; a retry layer further out finds
+//! // the marker through whatever error wraps it.
+//! let refused: Box<dyn std::error::Error + Send + Sync> =
+//!     Box::new(Refusal::circuit_open(Some(Duration::from_secs(5))));
+//! let found = Refusal::find(&*refused).expect("a refusal");
+//! assert!(found.is_circuit_open());
+//! assert_eq!(found.retry_after(), Some(Duration::from_secs(5)));
+//! ```
+
+#[cfg(feature = "http")]
+pub mod grpc;
+#[cfg(feature = "http")]
+pub mod http;
+mod refusal;
+
+pub use refusal::{Refusal, RefusalReason};
+
+/// The README's example, compiled and run as a doctest so it stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
