@@ -1,0 +1,301 @@
+//! The retry budget: retries may add only a fraction to the traffic a
+//! dependency sees, however badly it fails.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use tokio::time::Instant;
+
+use crate::error::ConfigError;
+
+/// One retry, in the budget's fixed-point unit (thousandths of a retry).
+const RETRY: i64 = 1000;
+
+/// The settings of a retry budget; [`RetryBudget`] is the live account.
+///
+/// Every request deposits `ratio` of a retry; every retry withdraws a whole
+/// one. While the dependency fails every call, retries therefore add at
+/// most `ratio` to its traffic (0.2 by default: 1.2× the normal load), plus
+/// the floor of `min_per_second` retries each second that keeps a quiet
+/// service able to retry at all, plus at most `max_banked` retries saved up
+/// in healthy times.
+///
+/// # Example
+///
+/// ```
+/// use palisade_retry::Budget;
+///
+/// let budget = Budget::new(0.1).min_per_second(5).max_banked(50);
+/// assert_eq!(budget.ratio_of_traffic(), 0.1);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    ratio: f64,
+    min_per_second: u32,
+    max_banked: u32,
+}
+
+impl Default for Budget {
+    /// 20% of the request rate, a floor of 10 retries a second, and at most
+    /// 100 retries banked.
+    fn default() -> Self {
+        Self::new(0.2)
+    }
+}
+
+impl Budget {
+    /// Retries may add `ratio` to the request rate (0.2 = 20%); with a
+    /// floor of 10 a second and 100 banked until changed.
+    #[must_use]
+    pub const fn new(ratio: f64) -> Self {
+        Self {
+            ratio,
+            min_per_second: 10,
+            max_banked: 100,
+        }
+    }
+
+    /// Retries allowed each second whatever the traffic (a burst of up to
+    /// this many at once).
+    #[must_use]
+    pub const fn min_per_second(mut self, retries: u32) -> Self {
+        self.min_per_second = retries;
+        self
+    }
+
+    /// The most retries the deposits of healthy traffic can save up.
+    #[must_use]
+    pub const fn max_banked(mut self, retries: u32) -> Self {
+        self.max_banked = retries;
+        self
+    }
+
+    /// The fraction retries may add to the request rate.
+    #[must_use]
+    pub const fn ratio_of_traffic(&self) -> f64 {
+        self.ratio
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=10.0).contains(&self.ratio) {
+            return Err(ConfigError::new(
+                "budget ratio",
+                "must be within 0.0..=10.0",
+            ));
+        }
+        if self.max_banked > 1_000_000_000 {
+            return Err(ConfigError::new(
+                "budget max_banked",
+                "must be at most 10^9",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A live retry budget, shared by every clone of the layer that made it
+/// (cloning shares the account).
+///
+/// Lock-free: a deposit is one compare-and-swap on the balance and reads no
+/// clock; a withdrawal tries the balance, then the per-second floor.
+#[derive(Debug, Clone)]
+pub struct RetryBudget {
+    account: Arc<Account>,
+}
+
+#[derive(Debug)]
+struct Account {
+    /// Banked retries, in thousandths.
+    balance: AtomicI64,
+    /// What one request deposits, in thousandths of a retry.
+    deposit: i64,
+    /// The most the balance may hold, in thousandths.
+    ceiling: i64,
+    /// The floor as a GCRA: the theoretical arrival time of the next floor
+    /// retry, in nanoseconds since `origin`.
+    floor_tat: AtomicU64,
+    /// Nanoseconds between floor retries; 0 when there is no floor.
+    floor_interval: u64,
+    /// How far ahead of now the floor's arrival time may run (its burst).
+    floor_burst: u64,
+    origin: Instant,
+}
+
+impl RetryBudget {
+    /// A fresh account with nothing banked.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the ratio is outside `0.0..=10.0` or more than
+    /// 10^9 retries could be banked.
+    pub fn new(budget: Budget) -> Result<Self, ConfigError> {
+        budget.validate()?;
+        Ok(Self::from_valid(budget))
+    }
+
+    /// An account for settings already validated.
+    pub(crate) fn from_valid(budget: Budget) -> Self {
+        // Rounded to thousandths of a retry; the ratio is validated finite.
+        #[allow(clippy::cast_possible_truncation)]
+        let deposit = (budget.ratio * RETRY as f64).round() as i64;
+        let floor_interval = match budget.min_per_second {
+            0 => 0,
+            n => 1_000_000_000 / u64::from(n),
+        };
+        Self {
+            account: Arc::new(Account {
+                balance: AtomicI64::new(0),
+                deposit,
+                ceiling: i64::from(budget.max_banked) * RETRY,
+                floor_tat: AtomicU64::new(0),
+                floor_interval,
+                floor_burst: floor_interval * u64::from(budget.min_per_second.saturating_sub(1)),
+                origin: Instant::now(),
+            }),
+        }
+    }
+
+    /// Records one request: it earns `ratio` of a retry.
+    pub fn deposit(&self) {
+        let account = &*self.account;
+        let mut balance = account.balance.load(Ordering::Relaxed);
+        while balance < account.ceiling {
+            let next = (balance + account.deposit).min(account.ceiling);
+            match account.balance.compare_exchange_weak(
+                balance,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => balance = actual,
+            }
+        }
+    }
+
+    /// Takes one retry from the account; `false` when the budget is spent.
+    #[must_use]
+    pub fn withdraw(&self, now: Instant) -> bool {
+        self.withdraw_banked() || self.withdraw_floor(now)
+    }
+
+    fn withdraw_banked(&self) -> bool {
+        self.account
+            .balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |balance| {
+                (balance >= RETRY).then_some(balance - RETRY)
+            })
+            .is_ok()
+    }
+
+    fn withdraw_floor(&self, now: Instant) -> bool {
+        let account = &*self.account;
+        if account.floor_interval == 0 {
+            return false;
+        }
+        let now = u64::try_from(now.saturating_duration_since(account.origin).as_nanos())
+            .unwrap_or(u64::MAX);
+        account
+            .floor_tat
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                let tat = tat.max(now);
+                (tat - now <= account.floor_burst).then(|| tat + account.floor_interval)
+            })
+            .is_ok()
+    }
+
+    /// Whole retries banked now (the floor not included).
+    #[must_use]
+    pub fn banked(&self) -> u32 {
+        let balance = self.account.balance.load(Ordering::Relaxed) / RETRY;
+        u32::try_from(balance).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    #[test]
+    fn retries_are_a_fraction_of_requests() {
+        let budget = RetryBudget::new(Budget::new(0.2).min_per_second(0)).unwrap();
+        let now = Instant::now();
+        let mut retries = 0;
+        for _ in 0..10_000 {
+            budget.deposit();
+            if budget.withdraw(now) {
+                retries += 1;
+            }
+        }
+        assert_eq!(retries, 2000);
+    }
+
+    #[test]
+    fn the_balance_is_capped() {
+        let budget = RetryBudget::new(Budget::new(0.5).min_per_second(0).max_banked(3)).unwrap();
+        for _ in 0..1000 {
+            budget.deposit();
+        }
+        assert_eq!(budget.banked(), 3);
+        let now = Instant::now();
+        assert!((0..3).all(|_| budget.withdraw(now)));
+        assert!(!budget.withdraw(now));
+    }
+
+    #[test]
+    fn the_floor_refills_each_second() {
+        let budget = RetryBudget::new(Budget::new(0.0).min_per_second(4)).unwrap();
+        let start = Instant::now();
+        let granted = (0..10).filter(|_| budget.withdraw(start)).count();
+        assert_eq!(granted, 4, "a burst of one second's floor");
+        let later = start + Duration::from_millis(250);
+        assert!(budget.withdraw(later));
+        assert!(!budget.withdraw(later));
+        let much_later = start + Duration::from_secs(60);
+        assert_eq!((0..10).filter(|_| budget.withdraw(much_later)).count(), 4);
+    }
+
+    #[test]
+    fn bad_ratios_are_refused() {
+        for ratio in [-0.1, 10.5, f64::NAN, f64::INFINITY] {
+            let err = RetryBudget::new(Budget::new(ratio)).unwrap_err();
+            assert_eq!(err.setting(), "budget ratio");
+        }
+    }
+
+    proptest! {
+        /// Over any run, granted retries never exceed ratio × requests plus
+        /// the banked ceiling plus the floor over the elapsed time.
+        #[test]
+        fn grants_stay_within_the_bound(
+            ratio in 0.0f64..2.0,
+            floor in 0u32..20,
+            banked in 0u32..50,
+            steps in proptest::collection::vec((0u8..4, 0u64..500), 1..400),
+        ) {
+            let budget = RetryBudget::new(
+                Budget::new(ratio).min_per_second(floor).max_banked(banked),
+            ).unwrap();
+            let start = Instant::now();
+            let (mut now, mut requests, mut retries) = (start, 0u64, 0u64);
+            for (requests_then, advance_ms) in steps {
+                now += Duration::from_millis(advance_ms);
+                for _ in 0..requests_then {
+                    budget.deposit();
+                    requests += 1;
+                }
+                while budget.withdraw(now) {
+                    retries += 1;
+                }
+            }
+            let seconds = (now - start).as_secs_f64();
+            #[allow(clippy::cast_precision_loss)]
+            let bound = (ratio * 1.001).mul_add(requests as f64, f64::from(banked))
+                + f64::from(floor) * (seconds + 1.0);
+            #[allow(clippy::cast_precision_loss)]
+            let granted = retries as f64;
+            prop_assert!(granted <= bound + 1.0, "{retries} > {bound}");
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Future types.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower::{BoxError, Service};
+
+use crate::classify::{Classify, Verdict};
+use crate::error::DeadlineExceeded;
+use crate::events::GiveUp;
+use crate::layer::RetryLayer;
+use crate::replay::Replay;
+
+pin_project! {
+    /// The response future of [`Retry`](crate::Retry): the current attempt,
+    /// the backoff wait, or the inner service getting ready again.
+    pub struct ResponseFuture<S, C, R, Req>
+    where
+        R: Replay<Req>,
+        S: Service<R::Request>,
+    {
+        #[pin]
+        attempt: Attempt<S::Future>,
+        #[pin]
+        deadline: Option<Sleep>,
+        total: Duration,
+        retrying: Option<Retrying<S, C, R, R::Saved, R::Request>>,
+    }
+}
+
+pin_project! {
+    #[project = AttemptProj]
+    enum Attempt<F> {
+        Calling { #[pin] future: F },
+        Waiting { #[pin] sleep: Sleep },
+        Readying,
+    }
+}
+
+/// [`Retrying`] for the requests `R` keeps.
+pub(crate) type RetryingFor<S, C, R, Req> =
+    Retrying<S, C, R, <R as Replay<Req>>::Saved, <R as Replay<Req>>::Request>;
+
+/// What a retryable request keeps between attempts.
+pub(crate) struct Retrying<S, C, R, Saved, Request> {
+    service: S,
+    shared: Arc<RetryLayer<C, R>>,
+    saved: Saved,
+    next: Option<Request>,
+    attempts: u32,
+    previous_delay: Duration,
+    /// When the current attempt started; read only under a deadline.
+    started: Option<Instant>,
+}
+
+impl<S, C, R, Saved, Request> Retrying<S, C, R, Saved, Request> {
+    pub(crate) const fn new(
+        service: S,
+        shared: Arc<RetryLayer<C, R>>,
+        saved: Saved,
+        started: Option<Instant>,
+    ) -> Self {
+        Self {
+            service,
+            shared,
+            saved,
+            next: None,
+            attempts: 1,
+            previous_delay: Duration::ZERO,
+            started,
+        }
+    }
+
+    /// The wait before the next attempt, with its request made ready, or
+    /// `None` when `result` goes back to the caller.
+    fn next_attempt<Req, Res>(
+        &mut self,
+        result: &Result<Res, BoxError>,
+        deadline: Option<Instant>,
+    ) -> Option<Duration>
+    where
+        C: Classify<Res>,
+        R: Replay<Req, Saved = Saved, Request = Request>,
+    {
+        let shared = &*self.shared;
+        let hint = match shared.classify.classify(result) {
+            Verdict::Return => return None,
+            Verdict::Retry => None,
+            Verdict::RetryAfter(wait) => Some(wait),
+        };
+        let give_up = |reason| {
+            shared.events.gave_up(reason, self.attempts);
+            None
+        };
+        if self.attempts >= shared.config.max_attempts {
+            return give_up(GiveUp::Attempts);
+        }
+        let backoff = shared.config.backoff;
+        let delay = match hint {
+            Some(wait) if wait > backoff.cap() => return give_up(GiveUp::HintOverCap),
+            Some(wait) => wait,
+            None => backoff.delay(
+                self.attempts,
+                self.previous_delay,
+                &mut fastrand::Rng::new(),
+            ),
+        };
+        let now = Instant::now();
+        if let (Some(deadline), Some(started)) = (deadline, self.started) {
+            // The attempt just finished is the estimate of the next one.
+            let estimate = now.saturating_duration_since(started);
+            if now + delay + estimate > deadline {
+                return give_up(GiveUp::Deadline);
+            }
+        }
+        let Some(request) = shared.replay.replay(&self.saved) else {
+            return give_up(GiveUp::NotReplayable);
+        };
+        if let Some(budget) = &shared.budget
+            && !budget.withdraw(now)
+        {
+            return give_up(GiveUp::Budget);
+        }
+        self.attempts += 1;
+        self.previous_delay = delay;
+        self.next = Some(request);
+        shared.events.retrying(self.attempts, delay);
+        Some(delay)
+    }
+}
+
+impl<S, C, R, Req> ResponseFuture<S, C, R, Req>
+where
+    R: Replay<Req>,
+    S: Service<R::Request>,
+{
+    pub(crate) fn new(
+        future: S::Future,
+        retrying: Option<RetryingFor<S, C, R, Req>>,
+        total: Option<Duration>,
+        started: Option<Instant>,
+    ) -> Self {
+        let deadline = total
+            .zip(started)
+            .map(|(total, started)| tokio::time::sleep_until(started + total));
+        Self {
+            attempt: Attempt::Calling { future },
+            deadline,
+            total: total.unwrap_or_default(),
+            retrying,
+        }
+    }
+}
+
+impl<S, C, R, Req> Future for ResponseFuture<S, C, R, Req>
+where
+    R: Replay<Req>,
+    S: Service<R::Request>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.attempt.as_mut().project() {
+                AttemptProj::Calling { future } => {
+                    let result = match future.poll(cx) {
+                        Poll::Ready(result) => result.map_err(Into::into),
+                        Poll::Pending => {
+                            return past_deadline(
+                                this.deadline,
+                                cx,
+                                *this.total,
+                                this.retrying.as_ref(),
+                            );
+                        }
+                    };
+                    let Some(retrying) = this.retrying.as_mut() else {
+                        return Poll::Ready(result);
+                    };
+                    let deadline = this
+                        .deadline
+                        .as_ref()
+                        .as_pin_ref()
+                        .map(|sleep| sleep.deadline());
+                    let Some(delay) = retrying.next_attempt(&result, deadline) else {
+                        return Poll::Ready(result);
+                    };
+                    drop(result);
+                    this.attempt.set(Attempt::Waiting {
+                        sleep: tokio::time::sleep(delay),
+                    });
+                }
+                AttemptProj::Waiting { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.attempt.set(Attempt::Readying);
+                }
+                AttemptProj::Readying => {
+                    let retrying = this
+                        .retrying
+                        .as_mut()
+                        .expect("only a retryable request waits for another attempt");
+                    match retrying.service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+                        Poll::Pending => {
+                            return past_deadline(this.deadline, cx, *this.total, Some(retrying));
+                        }
+                    }
+                    let request = retrying.next.take().expect("made ready with the delay");
+                    retrying.shared.events.attempt();
+                    if retrying.started.is_some() {
+                        retrying.started = Some(Instant::now());
+                    }
+                    let future = retrying.service.call(request);
+                    this.attempt.set(Attempt::Calling { future });
+                }
+            }
+        }
+    }
+}
+
+/// `Pending`, unless the deadline has passed: then the attempt is
+/// abandoned with [`DeadlineExceeded`].
+fn past_deadline<T, S, C, R, Saved, Request>(
+    deadline: Pin<&mut Option<Sleep>>,
+    cx: &mut Context<'_>,
+    total: Duration,
+    retrying: Option<&Retrying<S, C, R, Saved, Request>>,
+) -> Poll<Result<T, BoxError>> {
+    match deadline.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+        Some(Poll::Ready(())) => {
+            let attempts = retrying.map_or(1, |retrying| retrying.attempts);
+            Poll::Ready(Err(DeadlineExceeded::new(total, attempts).into()))
+        }
+        _ => Poll::Pending,
+    }
+}
+
+impl<S, C, R, Req> std::fmt::Debug for ResponseFuture<S, C, R, Req>
+where
+    R: Replay<Req>,
+    S: Service<R::Request>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field(
+                "attempts",
+                &self.retrying.as_ref().map_or(1, |r| r.attempts),
+            )
+            .field("retryable", &self.retrying.is_some())
+            .finish_non_exhaustive()
+    }
+}

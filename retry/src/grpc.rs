@@ -1,0 +1,118 @@
+//! gRPC mode (feature `grpc`): `UNAVAILABLE` is retried, and
+//! `RESOURCE_EXHAUSTED` when the server says when, honouring
+//! `grpc-retry-pushback-ms`.
+//!
+//! Only a trailers-only response can be retried: once a response has
+//! headers and messages, the call is committed and its status arrives with
+//! the trailers, after the caller has the response (gRPC's own retry design
+//! draws the same line). That is how servers answer `UNAVAILABLE`.
+//!
+//! Every gRPC request is a `POST`, so the idempotency gate is open:
+//! `UNAVAILABLE` means the server did not process the call. Message bodies
+//! are recorded up to [`DEFAULT_BODY_CAP`] and replayed.
+//!
+//! # Example
+//!
+//! A tonic channel: the retry layer hands the channel a
+//! [`ReplayBody`](crate::http::ReplayBody), which tonic's body wraps.
+//!
+//! ```
+//! use palisade_retry::{Config, RetryLayer};
+//! use tower::ServiceBuilder;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
+//! let channel = ServiceBuilder::new()
+//!     .layer(RetryLayer::new_for_grpc(Config::default()))
+//!     .map_request(|request: http::Request<_>| request.map(tonic::body::Body::new))
+//!     .service(channel);
+//! let health = tonic_health::pb::health_client::HealthClient::new(channel);
+//! # let _ = health;
+//! # Ok(()) }
+//! ```
+
+use http::Response;
+use palisade_hints::Refusal;
+use palisade_hints::grpc::{self, Pushback};
+use tower::BoxError;
+
+use crate::classify::{Classify, Verdict, refused};
+use crate::config::Config;
+use crate::http::{BufferBody, DEFAULT_BODY_CAP, HttpReplay, Idempotency, classify_error};
+use crate::layer::RetryLayer;
+
+/// The gRPC default: `UNAVAILABLE` is retried (after the pushback when
+/// there is one), `RESOURCE_EXHAUSTED` only with a pushback, and a negative
+/// or unreadable pushback means no retry; connect and timeout errors are
+/// retried; an open breaker's own `UNAVAILABLE` is not.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetryUnavailable;
+
+impl<B> Classify<Response<B>> for RetryUnavailable {
+    fn classify(&self, result: &Result<Response<B>, BoxError>) -> Verdict {
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => return classify_error(&**error),
+        };
+        if let Some(refusal) = response.extensions().get::<Refusal>() {
+            return refused(refusal);
+        }
+        let headers = response.headers();
+        match (grpc::status(headers), grpc::pushback(headers)) {
+            (Some(grpc::UNAVAILABLE), None) => Verdict::Retry,
+            (Some(grpc::UNAVAILABLE | grpc::RESOURCE_EXHAUSTED), Some(Pushback::After(wait))) => {
+                Verdict::RetryAfter(wait)
+            }
+            _ => Verdict::Return,
+        }
+    }
+}
+
+impl RetryLayer {
+    /// A retry layer for gRPC clients (feature `grpc`): see the
+    /// [module docs](crate::grpc).
+    #[must_use]
+    pub fn new_for_grpc(config: Config) -> RetryLayer<RetryUnavailable, HttpReplay<BufferBody>> {
+        Self::new(config)
+            .classify(RetryUnavailable)
+            .replay(HttpReplay {
+                gate: Idempotency::any_method(),
+                keep: BufferBody {
+                    cap: DEFAULT_BODY_CAP,
+                },
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn verdict(status: &'static str, pushback: Option<&'static str>) -> Verdict {
+        let mut response = Response::new(());
+        response
+            .headers_mut()
+            .insert("grpc-status", status.parse().unwrap());
+        if let Some(ms) = pushback {
+            response
+                .headers_mut()
+                .insert("grpc-retry-pushback-ms", ms.parse().unwrap());
+        }
+        RetryUnavailable.classify(&Ok(response))
+    }
+
+    #[test]
+    fn unavailable_and_pushed_back_exhaustion_are_retried() {
+        let ms = Duration::from_millis;
+        assert_eq!(verdict("14", None), Verdict::Retry);
+        assert_eq!(verdict("14", Some("120")), Verdict::RetryAfter(ms(120)));
+        assert_eq!(verdict("14", Some("-1")), Verdict::Return);
+        assert_eq!(verdict("8", Some("300")), Verdict::RetryAfter(ms(300)));
+        assert_eq!(verdict("8", None), Verdict::Return);
+        for other in ["0", "2", "4", "5", "13"] {
+            assert_eq!(verdict(other, None), Verdict::Return, "{other}");
+        }
+    }
+}

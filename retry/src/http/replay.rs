@@ -1,0 +1,89 @@
+//! Keeping HTTP requests for another attempt, behind the idempotency gate.
+
+use http::Request;
+use http::request::Parts;
+use http_body::Body;
+use tower::BoxError;
+
+use super::body::{Recording, ReplayBody};
+use super::idempotency::Idempotency;
+use crate::replay::Replay;
+
+/// The buffer cap of [`RetryLayer::buffer_bodies`](crate::RetryLayer::buffer_bodies)
+/// when none is given: 64 KiB.
+pub const DEFAULT_BODY_CAP: usize = 64 * 1024;
+
+/// Keeps HTTP requests that pass the [`Idempotency`] gate for another
+/// attempt; `K` says how the body is kept ([`CloneBody`] or
+/// [`BufferBody`]).
+#[derive(Debug, Clone)]
+pub struct HttpReplay<K = CloneBody> {
+    pub(crate) gate: Idempotency,
+    pub(crate) keep: K,
+}
+
+/// Bodies that are `Clone` (`String`, `Full<Bytes>`, ...) are cloned; the
+/// inner service receives the caller's request type unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CloneBody;
+
+/// Bodies are recorded as the first attempt streams them, up to a byte
+/// cap, and replayed from the record; the inner service receives
+/// `Request<ReplayBody<B>>`.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferBody {
+    pub(crate) cap: usize,
+}
+
+impl<B: Clone> Replay<Request<B>> for HttpReplay<CloneBody> {
+    type Request = Request<B>;
+    type Saved = Request<B>;
+
+    fn prepare(&self, request: Request<B>) -> (Request<B>, Option<Request<B>>) {
+        if self.gate.allows(&request) {
+            (request.clone(), Some(request))
+        } else {
+            (request, None)
+        }
+    }
+
+    fn replay(&self, saved: &Request<B>) -> Option<Request<B>> {
+        Some(saved.clone())
+    }
+}
+
+/// What [`HttpReplay<BufferBody>`] keeps between attempts: the request
+/// head and the body's recording.
+#[derive(Debug)]
+pub struct RecordedRequest<B> {
+    head: Parts,
+    recording: Recording<B>,
+}
+
+impl<B> Replay<Request<B>> for HttpReplay<BufferBody>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    type Request = Request<ReplayBody<B>>;
+    type Saved = RecordedRequest<B>;
+
+    fn prepare(&self, request: Request<B>) -> (Request<ReplayBody<B>>, Option<RecordedRequest<B>>) {
+        let too_long = request.body().size_hint().lower() > self.keep.cap as u64;
+        if too_long || !self.gate.allows(&request) {
+            return (request.map(ReplayBody::once), None);
+        }
+        let (head, body) = request.into_parts();
+        let (body, recording) = ReplayBody::recorded(body, self.keep.cap);
+        let saved = RecordedRequest {
+            head: head.clone(),
+            recording,
+        };
+        (Request::from_parts(head, body), Some(saved))
+    }
+
+    fn replay(&self, saved: &RecordedRequest<B>) -> Option<Request<ReplayBody<B>>> {
+        let body = saved.recording.replay()?;
+        Some(Request::from_parts(saved.head.clone(), body))
+    }
+}

@@ -1,0 +1,305 @@
+//! HTTP mode against real axum servers on loopback, through hyper's client.
+#![cfg(feature = "http")]
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
+use axum::http::{Method, Request, StatusCode};
+use axum::routing::any;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Frame};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use palisade_circuit_breaker::CircuitBreakerLayer;
+use palisade_retry::http::ReplayBody;
+use palisade_retry::{Backoff, Budget, Config, RetryLayer};
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+
+/// What the server saw, and the statuses it has left to answer (200 once
+/// they run out).
+#[derive(Default)]
+struct Script {
+    statuses: VecDeque<u16>,
+    bodies: Vec<Bytes>,
+}
+
+async fn serve(statuses: &[u16]) -> (SocketAddr, Arc<Mutex<Script>>) {
+    let script = Arc::new(Mutex::new(Script {
+        statuses: statuses.iter().copied().collect(),
+        bodies: Vec::new(),
+    }));
+    let app = app(script.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (address, script)
+}
+
+/// Records each request's body and answers the next scripted status.
+fn app(script: Arc<Mutex<Script>>) -> Router {
+    Router::new().route(
+        "/",
+        any(move |body: Bytes| {
+            let mut script = script.lock().unwrap();
+            script.bodies.push(body);
+            let status = script.statuses.pop_front().unwrap_or(200);
+            async move { StatusCode::from_u16(status).unwrap() }
+        }),
+    )
+}
+
+fn config() -> Config {
+    Config::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(Duration::from_millis(5)))
+        .build()
+        .unwrap()
+}
+
+fn clone_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn request(method: Method, address: SocketAddr, key: bool) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(format!("http://{address}/"));
+    if key {
+        builder = builder.header("idempotency-key", "order-17");
+    }
+    builder
+        .body(Full::new(Bytes::from_static(b"{\"qty\":1}")))
+        .unwrap()
+}
+
+fn calls(script: &Mutex<Script>) -> usize {
+    script.lock().unwrap().bodies.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_then_200_is_retried() {
+    let (address, script) = serve(&[503]).await;
+    let client = ServiceBuilder::new()
+        .layer(RetryLayer::new_for_http(config()))
+        .service(clone_client());
+    let response = client
+        .oneshot(request(Method::GET, address, false))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(calls(&script), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_is_retried_only_with_an_idempotency_key() {
+    let (address, script) = serve(&[503, 503]).await;
+    let client = ServiceBuilder::new()
+        .layer(RetryLayer::new_for_http(config()))
+        .service(clone_client());
+    let response = client
+        .clone()
+        .oneshot(request(Method::POST, address, false))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(calls(&script), 1, "sent once");
+
+    let response = client
+        .oneshot(request(Method::POST, address, true))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(calls(&script), 3, "with a key: 503, then 200");
+    let script = script.lock().unwrap();
+    assert!(script.bodies.iter().all(|body| body == "{\"qty\":1}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4xx_is_never_retried() {
+    let (address, script) = serve(&[404]).await;
+    let client = ServiceBuilder::new()
+        .layer(RetryLayer::new_for_http(config()))
+        .service(clone_client());
+    let response = client
+        .oneshot(request(Method::GET, address, false))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(calls(&script), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_retried_until_the_attempts_run_out() {
+    // Bind and drop a listener: its port now refuses connections.
+    let address = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let attempts = Arc::new(Mutex::new(0));
+    let counted = attempts.clone();
+    let client = ServiceBuilder::new()
+        .layer(RetryLayer::new_for_http(config()))
+        .map_request(move |request: Request<Full<Bytes>>| {
+            *counted.lock().unwrap() += 1;
+            request
+        })
+        .service(clone_client());
+    let err = client
+        .oneshot(request(Method::GET, address, false))
+        .await
+        .unwrap_err();
+    assert!(
+        palisade_retry::http::is_connect_or_timeout(&*err),
+        "{err:?}"
+    );
+    assert_eq!(*attempts.lock().unwrap(), 3);
+}
+
+/// A request body streamed in `chunks` chunks of 512 bytes, not `Clone`.
+struct Streamed {
+    left: u8,
+}
+
+impl hyper::body::Body for Streamed {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        self.left -= 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![
+            b'a' + self.left;
+            512
+        ])))))
+    }
+}
+
+fn streamed(address: SocketAddr, chunks: u8) -> Request<Body> {
+    Request::put(format!("http://{address}/"))
+        .body(Body::new(Streamed { left: chunks }))
+        .unwrap()
+}
+
+fn buffering_client(
+    cap: usize,
+) -> impl tower::Service<
+    Request<Body>,
+    Response = hyper::Response<hyper::body::Incoming>,
+    Error = BoxError,
+    Future: Send,
+> + Clone {
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Body>>();
+    ServiceBuilder::new()
+        .layer(RetryLayer::new_for_http(config()).buffer_bodies(cap))
+        .service(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_under_the_cap_is_replayed_whole() {
+    let (address, script) = serve(&[503]).await;
+    let response = buffering_client(64 * 1024)
+        .oneshot(streamed(address, 8))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let script = script.lock().unwrap();
+    assert_eq!(script.bodies.len(), 2);
+    assert_eq!(script.bodies[0].len(), 4096);
+    assert_eq!(
+        script.bodies[0], script.bodies[1],
+        "the replay is byte for byte"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_over_the_cap_is_sent_once_and_not_retried() {
+    let (address, script) = serve(&[503]).await;
+    let response = buffering_client(1024)
+        .oneshot(streamed(address, 8))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let script = script.lock().unwrap();
+    assert_eq!(script.bodies.len(), 1);
+    assert_eq!(script.bodies[0].len(), 4096, "sent whole, just not kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breakers_own_503_is_not_retried() {
+    let (address, script) = serve(&[]).await;
+    let breaker = CircuitBreakerLayer::new_for_http(palisade_circuit_breaker::Config::default());
+    breaker.breaker().force_open();
+    let client = ServiceBuilder::new()
+        .layer(RetryLayer::new_for_http(config()))
+        .layer(breaker)
+        .map_response(|response: hyper::Response<hyper::body::Incoming>| response.map(Body::new))
+        .service(clone_client());
+    let response = client
+        .oneshot(request(Method::GET, address, false))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        calls(&script),
+        0,
+        "the breaker answered; nothing was retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_budget_serves_every_connection_of_an_axum_router() {
+    // The layer on a Router, retrying a handler that always fails: axum
+    // clones the service per connection, and every clone draws on the one
+    // budget. With 20% and no floor or bank, a clone with its own account
+    // could never afford a retry; the shared one affords one per 5 requests.
+    let script = Arc::new(Mutex::new(Script {
+        statuses: std::iter::repeat_n(503, 10_000).collect(),
+        bodies: Vec::new(),
+    }));
+    let retry = RetryLayer::new_for_http(
+        Config::builder()
+            .max_attempts(2)
+            .backoff(Backoff::constant(Duration::ZERO))
+            .budget(Budget::new(0.2).min_per_second(0).max_banked(1))
+            .build()
+            .unwrap(),
+    )
+    .buffer_bodies(1024);
+    let app = app(script.clone()).layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(|_: BoxError| async {
+                StatusCode::BAD_GATEWAY
+            }))
+            .layer(retry)
+            .map_request(|request: Request<ReplayBody<Body>>| request.map(Body::new)),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    for _ in 0..200 {
+        // A fresh client per request: a new connection, a new clone.
+        let response = clone_client()
+            .oneshot(request(Method::GET, address, false))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let _ = response.into_body().collect().await;
+    }
+    assert_eq!(calls(&script), 240, "200 requests and 20% of them retried");
+}

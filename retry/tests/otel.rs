@@ -1,0 +1,46 @@
+//! OpenTelemetry counters, read back through the SDK's in-memory exporter.
+#![cfg(feature = "otel")]
+
+use std::time::Duration;
+
+use palisade_hints::Refusal;
+use palisade_retry::{Backoff, Budget, Config, RetryLayer};
+use palisade_testkit::MetricsProbe;
+use tower::{BoxError, Layer, ServiceExt, service_fn};
+
+#[tokio::test(start_paused = true)]
+async fn attempts_retries_exhaustions_and_give_ups_are_counted() {
+    let probe = MetricsProbe::default();
+    let config = Config::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(Duration::from_millis(1)))
+        .budget(Budget::new(0.0).min_per_second(2).max_banked(0))
+        .build()
+        .unwrap();
+    let layer = RetryLayer::new(config).instrument(&probe.meter(), "inventory");
+    let failing = layer.layer(service_fn(|open: bool| async move {
+        if open {
+            Err::<(), BoxError>(Box::new(Refusal::circuit_open(None)))
+        } else {
+            Err("reset".into())
+        }
+    }));
+    // Three attempts, two retries from the floor, then out of attempts.
+    failing.clone().oneshot(false).await.unwrap_err();
+    // The floor is spent: one attempt, then the budget refuses.
+    failing.clone().oneshot(false).await.unwrap_err();
+    // An open circuit: one attempt, returned at once, no give-up counted.
+    failing.oneshot(true).await.unwrap_err();
+
+    let client = || vec!["client=inventory".to_owned()];
+    assert_eq!(probe.points("palisade.retry.attempts"), [(client(), 5)]);
+    assert_eq!(probe.points("palisade.retry.retries"), [(client(), 2)]);
+    assert_eq!(
+        probe.points("palisade.retry.budget_exhausted"),
+        [(client(), 1)]
+    );
+    let mut give_ups = probe.points("palisade.retry.give_ups");
+    give_ups.sort();
+    let reason = |r: &str| vec!["client=inventory".to_owned(), format!("reason={r}")];
+    assert_eq!(give_ups, [(reason("attempts"), 1), (reason("budget"), 1)]);
+}

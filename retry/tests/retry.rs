@@ -1,0 +1,268 @@
+//! The generic layer under paused time: backoff, hints, refusals, the
+//! deadline, the budget and readiness.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use palisade_hints::Refusal;
+use palisade_retry::{Backoff, Budget, Config, DeadlineExceeded, RetryLayer};
+use proptest::prelude::*;
+use tokio::time::Instant;
+use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+use tower_test::{assert_request_eq, mock};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A service that fails with `error()` every time and records when it was
+/// called.
+fn always_failing(
+    error: fn() -> BoxError,
+) -> (
+    impl Service<u32, Response = u32, Error = BoxError, Future: Send> + Clone,
+    Arc<Mutex<Vec<Instant>>>,
+) {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let record = calls.clone();
+    let service = service_fn(move |_: u32| {
+        record.lock().unwrap().push(Instant::now());
+        async move { Err::<u32, _>(error()) }
+    });
+    (service, calls)
+}
+
+fn gaps(calls: &Mutex<Vec<Instant>>) -> Vec<Duration> {
+    let calls = calls.lock().unwrap();
+    calls.windows(2).map(|pair| pair[1] - pair[0]).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn waits_follow_the_full_jitter_ceilings() {
+    let config = Config::builder()
+        .max_attempts(5)
+        .backoff(Backoff::full_jitter(ms(100), ms(300)))
+        .unlimited_retries()
+        .build()
+        .unwrap();
+    for _ in 0..50 {
+        let (service, calls) = always_failing(|| "reset".into());
+        let err = RetryLayer::new(config.clone())
+            .layer(service)
+            .oneshot(1)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "reset", "the last error comes back");
+        let gaps = gaps(&calls);
+        assert_eq!(gaps.len(), 4);
+        for (gap, ceiling) in gaps.iter().zip([100, 200, 300, 300]) {
+            assert!(*gap <= ms(ceiling), "{gaps:?}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn constant_backoff_is_exact() {
+    let config = Config::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(70)))
+        .build()
+        .unwrap();
+    let (service, calls) = always_failing(|| "reset".into());
+    RetryLayer::new(config)
+        .layer(service)
+        .oneshot(1)
+        .await
+        .unwrap_err();
+    assert_eq!(gaps(&calls), [ms(70), ms(70)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_refusal_waits_as_told_and_an_open_circuit_is_not_retried() {
+    let config = Config::builder()
+        .max_attempts(3)
+        .backoff(Backoff::full_jitter(ms(10), ms(1000)))
+        .build()
+        .unwrap();
+    let (service, calls) = always_failing(|| Box::new(Refusal::rate_limited(Some(ms(450)))));
+    RetryLayer::new(config.clone())
+        .layer(service)
+        .oneshot(1)
+        .await
+        .unwrap_err();
+    assert_eq!(gaps(&calls), [ms(450), ms(450)]);
+
+    let (service, calls) = always_failing(|| Box::new(Refusal::rate_limited(None)));
+    RetryLayer::new(config.clone())
+        .layer(service)
+        .oneshot(1)
+        .await
+        .unwrap_err();
+    assert_eq!(calls.lock().unwrap().len(), 1, "no wait named, no retry");
+
+    let layer = RetryLayer::new(config);
+    let budget = layer.budget().unwrap().clone();
+    let (service, calls) = always_failing(|| Box::new(Refusal::circuit_open(Some(ms(5)))));
+    let err = layer.layer(service).oneshot(1).await.unwrap_err();
+    assert!(err.is::<Refusal>());
+    assert_eq!(calls.lock().unwrap().len(), 1);
+    assert!(
+        budget.withdraw(Instant::now()),
+        "the refusal spent no budget"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hint_over_the_cap_ends_the_retries() {
+    let config = Config::builder()
+        .backoff(Backoff::full_jitter(ms(10), ms(400)))
+        .build()
+        .unwrap();
+    let (service, calls) = always_failing(|| Box::new(Refusal::rate_limited(Some(ms(401)))));
+    RetryLayer::new(config)
+        .layer(service)
+        .oneshot(1)
+        .await
+        .unwrap_err();
+    assert_eq!(calls.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_attempt_starts_that_cannot_finish_before_the_deadline() {
+    let config = Config::builder()
+        .max_attempts(10)
+        .backoff(Backoff::constant(ms(100)))
+        .deadline(ms(1000))
+        .build()
+        .unwrap();
+    let calls = Arc::new(Mutex::new(0));
+    let count = calls.clone();
+    let slow = service_fn(move |_: u32| {
+        *count.lock().unwrap() += 1;
+        async {
+            tokio::time::sleep(ms(400)).await;
+            Err::<u32, BoxError>("timeout".into())
+        }
+    });
+    let start = Instant::now();
+    let err = RetryLayer::new(config)
+        .layer(slow)
+        .oneshot(1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "timeout");
+    // 0–400 first attempt, 500–900 second; a third would end at 1400.
+    assert_eq!(*calls.lock().unwrap(), 2);
+    assert_eq!(start.elapsed(), ms(900));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_running_at_the_deadline_is_abandoned() {
+    let config = Config::builder().deadline(ms(250)).build().unwrap();
+    let hanging = service_fn(|_: u32| async {
+        std::future::pending::<()>().await;
+        Ok::<u32, BoxError>(0)
+    });
+    let start = Instant::now();
+    let err = RetryLayer::new(config)
+        .layer(hanging)
+        .oneshot(1)
+        .await
+        .unwrap_err();
+    let deadline = err
+        .downcast_ref::<DeadlineExceeded>()
+        .expect("deadline error");
+    assert_eq!(deadline.deadline(), ms(250));
+    assert_eq!(deadline.attempts(), 1);
+    assert_eq!(start.elapsed(), ms(250));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_caps_retries_of_a_dead_dependency_at_its_ratio() {
+    let config = Config::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(1)))
+        .budget(Budget::new(0.2).min_per_second(10).max_banked(50))
+        .build()
+        .unwrap();
+    let layer = RetryLayer::new(config);
+    let (service, calls) = always_failing(|| "503".into());
+    let service = layer.layer(service);
+    let start = Instant::now();
+    let requests = 5000u32;
+    for i in 0..requests {
+        // Every clone (axum makes one per connection) shares the budget.
+        service.clone().oneshot(i).await.unwrap_err();
+        tokio::time::advance(ms(10)).await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let sent = calls.lock().unwrap().len() as f64;
+    let bound = f64::from(requests) * 1.2 + 50.0 + 10.0 * (seconds + 1.0);
+    assert!(
+        sent <= bound,
+        "{sent} calls for {requests} requests, bound {bound}"
+    );
+    assert!(
+        sent >= f64::from(requests) * 1.2,
+        "retries did happen within the budget: {sent}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_inner_service_is_polled_ready_before_each_retry() {
+    let config = Config::builder()
+        .backoff(Backoff::constant(ms(5)))
+        .build()
+        .unwrap();
+    let (inner, mut handle) = mock::pair::<u32, u32>();
+    let mut service = RetryLayer::new(config).layer(inner);
+    handle.allow(1);
+    service.ready().await.unwrap();
+    let response = tokio::spawn(service.call(7));
+    assert_request_eq!(handle, 7).send_error("reset");
+    // No capacity: the retry waits for readiness instead of calling.
+    tokio::time::sleep(ms(50)).await;
+    assert!(!response.is_finished());
+    handle.allow(1);
+    assert_request_eq!(handle, 7).send_response(70);
+    assert_eq!(response.await.unwrap().unwrap(), 70);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// However long attempts take and whatever the backoff, the caller has
+    /// an answer by the deadline.
+    #[test]
+    fn total_time_never_exceeds_the_deadline(
+        durations in proptest::collection::vec(0u64..500, 1..10),
+        base in 0u64..200,
+        cap in 200u64..1000,
+        deadline in 1u64..3000,
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let elapsed = runtime.block_on(async {
+            let config = Config::builder()
+                .max_attempts(10)
+                .backoff(Backoff::full_jitter(ms(base), ms(cap)))
+                .deadline(ms(deadline))
+                .build()
+                .unwrap();
+            let durations = Arc::new(Mutex::new(durations.into_iter().cycle()));
+            let service = service_fn(move |_: u32| {
+                let took = ms(durations.lock().unwrap().next().unwrap());
+                async move {
+                    tokio::time::sleep(took).await;
+                    Err::<u32, BoxError>("down".into())
+                }
+            });
+            let start = Instant::now();
+            let _ = RetryLayer::new(config).layer(service).oneshot(1).await;
+            start.elapsed()
+        });
+        prop_assert!(elapsed <= ms(deadline), "{elapsed:?} > {deadline} ms");
+    }
+}
