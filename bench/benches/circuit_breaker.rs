@@ -7,32 +7,13 @@
 //! inner future is ready at once, so no runtime is involved). `bare` is the
 //! no-op service alone: a breaker's cost is its time minus `bare`'s.
 
-use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use palisade_bench::{complete, noop};
 use tower::{Layer, Service, service_fn};
-
-fn noop(request: u64) -> Ready<Result<u64, Infallible>> {
-    ready(Ok(request))
-}
-
-/// Polls a future to completion on this thread.
-fn complete<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-        std::hint::spin_loop();
-    }
-}
 
 /// One way of making a call through a breaker, cloneable per thread.
 trait Caller: Clone + Send + 'static {

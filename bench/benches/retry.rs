@@ -1,0 +1,64 @@
+//! palisade-retry against `tower-resilience-retry`, in front of the same
+//! no-op service, on the path that matters most: the call succeeds the
+//! first time.
+//!
+//! Each layer is built once, outside the timed loop, with 3 attempts and
+//! exponential backoff; ours also has its default retry budget, which every
+//! call pays into. A call is `call` plus polling the returned future to
+//! completion with a no-op waker. `bare` is the no-op service alone: a
+//! layer's cost is its time minus `bare`'s.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use palisade_bench::{complete, noop};
+use tower::{Layer, Service, service_fn};
+
+fn bench_one<S>(
+    c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut service: S,
+) where
+    S: Service<u64>,
+{
+    c.bench_function(BenchmarkId::new(name, "success"), |b| {
+        let mut request = 0;
+        b.iter(|| {
+            request += 1;
+            black_box(complete(service.call(black_box(request))).is_ok())
+        });
+    });
+}
+
+fn compare(c: &mut Criterion) {
+    // tower-resilience's layer may touch tokio from its future.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let _entered = runtime.enter();
+
+    let palisade = palisade_retry::RetryLayer::new(
+        palisade_retry::Config::builder()
+            .max_attempts(3)
+            .build()
+            .expect("valid config"),
+    )
+    .layer(service_fn(noop));
+    let resilience = tower_resilience_retry::RetryLayer::<u64, u64, Infallible>::builder()
+        .max_attempts(3)
+        .exponential_backoff(Duration::from_millis(50))
+        .build()
+        .layer(service_fn(noop));
+
+    let mut group = c.benchmark_group("peers-retry");
+    bench_one(&mut group, "bare", service_fn(noop));
+    bench_one(&mut group, "palisade", palisade);
+    bench_one(&mut group, "tower_resilience", resilience);
+    group.finish();
+}
+
+criterion_group!(retry, compare);
+criterion_main!(retry);
