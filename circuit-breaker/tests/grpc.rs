@@ -2,10 +2,7 @@
 //! loopback, and the status in trailers read at the end of the body.
 #![cfg(feature = "grpc")]
 
-use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,11 +10,11 @@ use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use palisade_circuit_breaker::{CircuitBreakerLayer, Config, SlidingWindow, State};
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Endpoint, Server};
+use palisade_testkit::grpc::HealthServer;
+use tonic::transport::Endpoint;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
 
 fn config(calls: u32) -> Config {
     Config::builder()
@@ -29,64 +26,21 @@ fn config(calls: u32) -> Config {
         .unwrap()
 }
 
-/// Counts the calls reaching a tonic server and, when `unavailable`,
-/// answers them all UNAVAILABLE (trailers-only) itself.
-#[derive(Clone)]
-struct Gate<S> {
-    inner: S,
-    unavailable: bool,
-    calls: Arc<AtomicUsize>,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S> Service<Request<tonic::body::Body>> for Gate<S>
-where
-    S: Service<Request<tonic::body::Body>, Response = Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.unavailable {
-            Box::pin(async { Ok(tonic::Status::unavailable("down").into_http()) })
-        } else {
-            Box::pin(self.inner.call(request))
-        }
-    }
-}
-
-async fn server(unavailable: bool) -> (String, Arc<AtomicUsize>) {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let counter = calls.clone();
-    let server = Server::builder()
-        .layer(tower::layer::layer_fn(move |inner| Gate {
-            inner,
-            unavailable,
-            calls: counter.clone(),
-        }))
-        .add_service(health)
-        .serve_with_incoming(TcpIncoming::from(listener));
-    tokio::spawn(server);
-    (format!("http://{address}"), calls)
+/// A health server that answers UNAVAILABLE itself when `unavailable`.
+async fn server(unavailable: bool) -> HealthServer {
+    HealthServer::start(move |_| unavailable.then(|| tonic::Status::unavailable("down"))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unavailable_answers_open_it_and_it_answers_unavailable_itself() {
-    let (url, calls) = server(true).await;
+    let server = server(true).await;
     let layer = CircuitBreakerLayer::new_for_grpc(config(3));
     let breaker = layer.breaker().clone();
-    let channel = Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+    let channel = Endpoint::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut client = HealthClient::new(ServiceBuilder::new().layer(layer).service(channel));
     for _ in 0..3 {
         let status = client
@@ -112,24 +66,24 @@ async fn unavailable_answers_open_it_and_it_answers_unavailable_itself() {
         .parse()
         .unwrap();
     assert!((1..=30_000).contains(&pushback), "{pushback}");
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        3,
-        "the server was not called while open"
-    );
+    assert_eq!(server.calls(), 3, "the server was not called while open");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn successful_calls_are_read_from_the_trailers_and_keep_it_closed() {
-    let (url, calls) = server(false).await;
+    let server = server(false).await;
     let layer = CircuitBreakerLayer::new_for_grpc(config(3));
     let breaker = layer.breaker().clone();
-    let channel = Endpoint::from_shared(url).unwrap().connect().await.unwrap();
+    let channel = Endpoint::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut client = HealthClient::new(ServiceBuilder::new().layer(layer).service(channel));
     for _ in 0..5 {
         client.check(HealthCheckRequest::default()).await.unwrap();
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    assert_eq!(server.calls(), 5);
     assert_eq!(breaker.state(), State::Closed);
     let counts = breaker.metrics(std::time::Instant::now()).counts;
     assert_eq!(

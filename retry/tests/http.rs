@@ -85,39 +85,32 @@ fn calls(script: &Mutex<Script>) -> usize {
     script.lock().unwrap().bodies.len()
 }
 
+/// Sends one request through a retrying client; the final status.
+async fn send(method: Method, address: SocketAddr, key: bool) -> StatusCode {
+    ServiceBuilder::new()
+        .layer(RetryLayer::new_for_http(config()))
+        .service(clone_client())
+        .oneshot(request(method, address, key))
+        .await
+        .unwrap()
+        .status()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_then_200_is_retried() {
     let (address, script) = serve(&[503]).await;
-    let client = ServiceBuilder::new()
-        .layer(RetryLayer::new_for_http(config()))
-        .service(clone_client());
-    let response = client
-        .oneshot(request(Method::GET, address, false))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(send(Method::GET, address, false).await, StatusCode::OK);
     assert_eq!(calls(&script), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_is_retried_only_with_an_idempotency_key() {
     let (address, script) = serve(&[503, 503]).await;
-    let client = ServiceBuilder::new()
-        .layer(RetryLayer::new_for_http(config()))
-        .service(clone_client());
-    let response = client
-        .clone()
-        .oneshot(request(Method::POST, address, false))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let status = send(Method::POST, address, false).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(calls(&script), 1, "sent once");
 
-    let response = client
-        .oneshot(request(Method::POST, address, true))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(send(Method::POST, address, true).await, StatusCode::OK);
     assert_eq!(calls(&script), 3, "with a key: 503, then 200");
     let script = script.lock().unwrap();
     assert!(script.bodies.iter().all(|body| body == "{\"qty\":1}"));
@@ -126,14 +119,10 @@ async fn a_post_is_retried_only_with_an_idempotency_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_4xx_is_never_retried() {
     let (address, script) = serve(&[404]).await;
-    let client = ServiceBuilder::new()
-        .layer(RetryLayer::new_for_http(config()))
-        .service(clone_client());
-    let response = client
-        .oneshot(request(Method::GET, address, false))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        send(Method::GET, address, false).await,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(calls(&script), 1);
 }
 

@@ -1,76 +1,11 @@
 //! Test support shared by palisade's crates, so each helper is written
 //! once: reading OpenTelemetry metrics back through the SDK's in-memory
-//! exporter.
+//! exporter (feature `otel`), and a scripted tonic server (feature `grpc`).
 
-use opentelemetry::metrics::{Meter, MeterProvider as _};
-use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
-use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+#[cfg(feature = "grpc")]
+pub mod grpc;
+#[cfg(feature = "otel")]
+mod metrics;
 
-/// A meter whose `u64` data points can be read back.
-#[derive(Debug)]
-pub struct MetricsProbe {
-    exporter: InMemoryMetricExporter,
-    provider: SdkMeterProvider,
-}
-
-impl Default for MetricsProbe {
-    fn default() -> Self {
-        let exporter = InMemoryMetricExporter::default();
-        let provider = SdkMeterProvider::builder()
-            .with_reader(PeriodicReader::builder(exporter.clone()).build())
-            .build();
-        Self { exporter, provider }
-    }
-}
-
-impl MetricsProbe {
-    /// A meter to instrument the code under test with.
-    #[must_use]
-    pub fn meter(&self) -> Meter {
-        self.provider.meter("test")
-    }
-
-    /// Every data point of the `u64` counter or gauge `name` so far, as
-    /// (its attributes as sorted `key=value` strings, its value).
-    ///
-    /// # Panics
-    ///
-    /// When the SDK cannot flush or export.
-    #[must_use]
-    pub fn points(&self, name: &str) -> Vec<(Vec<String>, u64)> {
-        self.provider.force_flush().expect("flush metrics");
-        let label = |attributes: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
-            let mut labels: Vec<String> = attributes
-                .map(|kv| format!("{}={}", kv.key, kv.value))
-                .collect();
-            labels.sort();
-            labels
-        };
-        let mut found = Vec::new();
-        let exported = self
-            .exporter
-            .get_finished_metrics()
-            .expect("exported metrics");
-        // Each flush exports cumulative sums: the last export has them all.
-        let Some(resource) = exported.last() else {
-            return found;
-        };
-        for scope in resource.scope_metrics() {
-            for metric in scope.metrics().filter(|m| m.name() == name) {
-                match metric.data() {
-                    AggregatedMetrics::U64(MetricData::Sum(sum)) => found.extend(
-                        sum.data_points()
-                            .map(|p| (label(&mut p.attributes()), p.value())),
-                    ),
-                    AggregatedMetrics::U64(MetricData::Gauge(gauge)) => found.extend(
-                        gauge
-                            .data_points()
-                            .map(|p| (label(&mut p.attributes()), p.value())),
-                    ),
-                    _ => {}
-                }
-            }
-        }
-        found
-    }
-}
+#[cfg(feature = "otel")]
+pub use metrics::MetricsProbe;
