@@ -1,11 +1,14 @@
 //! Test support shared by palisade's crates, so each helper is written
 //! once: reading OpenTelemetry metrics back through the SDK's in-memory
-//! exporter (feature `otel`), and a scripted tonic server (feature `grpc`).
+//! exporter (feature `otel`), a scripted tonic server (feature `grpc`), and a
+//! TCP proxy that takes a server away mid-test (feature `net`).
 
 #[cfg(feature = "grpc")]
 pub mod grpc;
 #[cfg(feature = "otel")]
 mod metrics;
+#[cfg(feature = "net")]
+pub mod proxy;
 
 #[cfg(feature = "otel")]
 pub use metrics::MetricsProbe;

@@ -1,0 +1,293 @@
+//! The bucket, its decisions, and the arithmetic both stores share.
+//!
+//! A token bucket of `capacity` tokens refilled at `rate` tokens a second is
+//! kept as one number, its *theoretical arrival time* (GCRA): the instant at
+//! which the bucket would be full again. Taking `cost` tokens moves it
+//! `cost` intervals later (an interval being the time one token takes to
+//! refill); a request fits while that instant is at most `capacity`
+//! intervals ahead of now. This is exactly a token bucket with continuous
+//! refill, in one word of state, so one compare-and-swap (in process) or one
+//! short Lua script (in Redis) decides.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// The most tokens a bucket may hold.
+pub const MAX_CAPACITY: u32 = 1_000_000_000;
+
+/// A bucket's size and refill rate.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_token_bucket::Bucket;
+///
+/// // Bursts of up to 20 requests, 5 a second sustained.
+/// let bucket = Bucket::new(20, 5.0)?;
+/// assert_eq!(bucket.interval(), Duration::from_millis(200));
+/// assert_eq!(bucket.refill_time(), Duration::from_secs(4));
+/// # Ok::<(), palisade_token_bucket::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    capacity: u32,
+    rate: f64,
+    /// Nanoseconds one token takes to refill.
+    interval_ns: u64,
+}
+
+impl Bucket {
+    /// A bucket of `capacity` tokens refilled at `per_second` tokens a
+    /// second.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the capacity is 0 or over [`MAX_CAPACITY`], or
+    /// the rate is not a finite number in `0.000001..=1e9` per second.
+    pub fn new(capacity: u32, per_second: f64) -> Result<Self, ConfigError> {
+        if capacity == 0 || capacity > MAX_CAPACITY {
+            return Err(ConfigError::new("capacity", "must be within 1..=1e9"));
+        }
+        if !(1e-6..=1e9).contains(&per_second) {
+            return Err(ConfigError::new(
+                "rate",
+                "must be within 1e-6..=1e9 per second",
+            ));
+        }
+        // Rounded up, so rounding never admits more than the rate.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let interval_ns = (1e9 / per_second).ceil() as u64;
+        Ok(Self {
+            capacity,
+            rate: per_second,
+            interval_ns,
+        })
+    }
+
+    /// `capacity` tokens refilled evenly over `period` (e.g. 100 per minute).
+    ///
+    /// # Errors
+    ///
+    /// As [`Bucket::new`], and when `period` is zero.
+    pub fn per(capacity: u32, period: Duration) -> Result<Self, ConfigError> {
+        if period.is_zero() {
+            return Err(ConfigError::new("period", "must be longer than zero"));
+        }
+        Self::new(capacity, f64::from(capacity) / period.as_secs_f64())
+    }
+
+    /// The most tokens the bucket holds: the largest burst.
+    #[must_use]
+    pub const fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Tokens added per second.
+    #[must_use]
+    pub const fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// The time one token takes to refill.
+    #[must_use]
+    pub const fn interval(&self) -> Duration {
+        Duration::from_nanos(self.interval_ns)
+    }
+
+    /// The time an empty bucket takes to fill.
+    #[must_use]
+    pub const fn refill_time(&self) -> Duration {
+        Duration::from_nanos(self.tolerance_ns())
+    }
+
+    #[cfg(feature = "redis")]
+    pub(crate) const fn interval_ns(&self) -> u64 {
+        self.interval_ns
+    }
+
+    /// How far ahead of now the arrival time may be: `capacity` intervals.
+    pub(crate) const fn tolerance_ns(&self) -> u64 {
+        self.interval_ns.saturating_mul(self.capacity as u64)
+    }
+
+    /// Decides a request of `cost` tokens at `now` against the arrival time
+    /// `tat` (both in nanoseconds from one origin). Returns the new arrival
+    /// time when the request is admitted.
+    pub(crate) fn decide(&self, tat: u64, now: u64, cost: u32) -> (Option<u64>, Decision) {
+        let tolerance = self.tolerance_ns();
+        let start = tat.max(now);
+        let new_tat = start.saturating_add(self.interval_ns.saturating_mul(u64::from(cost)));
+        if new_tat - now <= tolerance {
+            (
+                Some(new_tat),
+                self.decision(true, new_tat - now, Duration::ZERO),
+            )
+        } else {
+            let retry_after =
+                (cost <= self.capacity).then(|| Duration::from_nanos(new_tat - now - tolerance));
+            (
+                None,
+                self.decision(false, start - now, retry_after.unwrap_or(Duration::MAX)),
+            )
+        }
+    }
+
+    /// The decision when the arrival time is `ahead` of now afterwards.
+    pub(crate) fn decision(&self, allowed: bool, ahead: u64, retry_after: Duration) -> Decision {
+        let free = self.tolerance_ns().saturating_sub(ahead) / self.interval_ns;
+        Decision {
+            allowed,
+            remaining: u32::try_from(free).unwrap_or(u32::MAX),
+            retry_after,
+            reset: Duration::from_nanos(ahead),
+            capacity: self.capacity,
+            refill_time: self.refill_time(),
+        }
+    }
+}
+
+/// The answer to one request: admitted or not, and what the caller should
+/// know to come back at the right time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    allowed: bool,
+    remaining: u32,
+    retry_after: Duration,
+    reset: Duration,
+    capacity: u32,
+    refill_time: Duration,
+}
+
+impl Decision {
+    #[cfg(feature = "redis")]
+    /// A decision made without a bucket to consult (a store that failed
+    /// open or closed): `remaining` and `reset` describe a full bucket.
+    pub(crate) fn without_store(bucket: &Bucket, allowed: bool, retry_after: Duration) -> Self {
+        Self {
+            allowed,
+            remaining: bucket.capacity,
+            retry_after,
+            reset: Duration::ZERO,
+            capacity: bucket.capacity,
+            refill_time: bucket.refill_time(),
+        }
+    }
+
+    /// Sets what a store computed itself (Redis, in microseconds).
+    #[cfg(feature = "redis")]
+    pub(crate) const fn set_remaining_and_reset(&mut self, remaining: u32, reset: Duration) {
+        self.remaining = remaining;
+        self.reset = reset;
+    }
+
+    /// Whether the request is admitted.
+    #[must_use]
+    pub const fn is_allowed(&self) -> bool {
+        self.allowed
+    }
+
+    /// Whole tokens left after this decision.
+    #[must_use]
+    pub const fn remaining(&self) -> u32 {
+        self.remaining
+    }
+
+    /// For a denied request, how long until the same request would be
+    /// admitted (`Duration::MAX` when its cost exceeds the capacity and it
+    /// never will); zero when admitted.
+    #[must_use]
+    pub const fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+
+    /// How long until the bucket is full again.
+    #[must_use]
+    pub const fn reset(&self) -> Duration {
+        self.reset
+    }
+
+    /// The bucket's capacity.
+    #[must_use]
+    pub const fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// The time the bucket takes to fill from empty: the policy's window.
+    #[must_use]
+    pub const fn window(&self) -> Duration {
+        self.refill_time
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.allowed {
+            write!(f, "allowed, {} left", self.remaining)
+        } else {
+            write!(
+                f,
+                "rate limited, retry after {} ms",
+                self.retry_after.as_millis()
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_burst_of_capacity_then_one_per_interval() {
+        let bucket = Bucket::new(3, 2.0).unwrap();
+        let mut tat = 0;
+        for left in [2, 1, 0] {
+            let (next, decision) = bucket.decide(tat, 0, 1);
+            assert!(decision.is_allowed());
+            assert_eq!(decision.remaining(), left);
+            tat = next.unwrap();
+        }
+        let (next, denied) = bucket.decide(tat, 0, 1);
+        assert_eq!(next, None);
+        assert_eq!(denied.retry_after(), Duration::from_millis(500));
+        assert_eq!(denied.reset(), Duration::from_millis(1500));
+        let (next, decision) = bucket.decide(tat, SEC / 2, 1);
+        assert!(decision.is_allowed());
+        assert_eq!(decision.remaining(), 0);
+        assert_eq!(next, Some(tat + SEC / 2));
+    }
+
+    #[test]
+    fn costs_take_several_tokens_and_can_never_exceed_the_capacity() {
+        let bucket = Bucket::new(10, 10.0).unwrap();
+        let (tat, decision) = bucket.decide(0, 0, 7);
+        assert_eq!(decision.remaining(), 3);
+        let (_, denied) = bucket.decide(tat.unwrap(), 0, 4);
+        assert_eq!(denied.retry_after(), Duration::from_millis(100));
+        let (_, never) = bucket.decide(0, 0, 11);
+        assert!(!never.is_allowed());
+        assert_eq!(never.retry_after(), Duration::MAX);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        assert_eq!(Bucket::new(0, 1.0).unwrap_err().setting(), "capacity");
+        assert_eq!(Bucket::new(1, 0.0).unwrap_err().setting(), "rate");
+        assert_eq!(Bucket::new(1, f64::NAN).unwrap_err().setting(), "rate");
+        assert_eq!(
+            Bucket::per(1, Duration::ZERO).unwrap_err().setting(),
+            "period"
+        );
+        assert_eq!(
+            Bucket::per(100, Duration::from_secs(60))
+                .unwrap()
+                .interval(),
+            Duration::from_millis(600)
+        );
+    }
+}

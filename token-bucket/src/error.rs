@@ -1,0 +1,151 @@
+//! Error types.
+
+use std::error::Error;
+use std::fmt;
+use std::time::Duration;
+
+use palisade_hints::Refusal;
+
+/// A request refused because its bucket is empty.
+///
+/// Its [`source`](Error::source) is a [`Refusal`], the marker by which
+/// `palisade-retry` knows the dependency was never called, and that it may
+/// retry after [`retry_after`](Self::retry_after).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimited {
+    refusal: Refusal,
+}
+
+impl RateLimited {
+    pub(crate) const fn new(retry_after: Duration) -> Self {
+        let wait = if retry_after.as_secs() == u64::MAX {
+            None
+        } else {
+            Some(retry_after)
+        };
+        Self {
+            refusal: Refusal::rate_limited(wait),
+        }
+    }
+
+    /// How long until the same request would be admitted; `None` when its
+    /// cost exceeds the bucket's capacity, so it never will.
+    #[must_use]
+    pub const fn retry_after(&self) -> Option<Duration> {
+        self.refusal.retry_after()
+    }
+
+    /// The refusal marker shared by palisade's layers.
+    #[must_use]
+    pub const fn refusal(&self) -> Refusal {
+        self.refusal
+    }
+}
+
+impl fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.retry_after() {
+            Some(wait) => write!(f, "rate limited, retry after {} ms", wait.as_millis()),
+            None => f.write_str("rate limited: the request costs more than the bucket holds"),
+        }
+    }
+}
+
+impl Error for RateLimited {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&self.refusal)
+    }
+}
+
+/// A store could not decide: Redis unreachable, too slow, or answering
+/// something unexpected.
+#[derive(Debug)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+}
+
+#[derive(Debug)]
+enum StoreErrorKind {
+    Timeout(Duration),
+    Backend(Box<dyn Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// The store did not answer within `after` (for [`Store`](crate::Store)
+    /// implementations).
+    #[must_use]
+    pub const fn timeout(after: Duration) -> Self {
+        Self {
+            kind: StoreErrorKind::Timeout(after),
+        }
+    }
+
+    /// The store's backend failed with `error` (for
+    /// [`Store`](crate::Store) implementations).
+    pub fn backend(error: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        Self {
+            kind: StoreErrorKind::Backend(error.into()),
+        }
+    }
+
+    /// Whether the store did not answer within its timeout.
+    #[must_use]
+    pub const fn is_timeout(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::Timeout(_))
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            StoreErrorKind::Timeout(after) => {
+                write!(
+                    f,
+                    "rate limit store did not answer within {} ms",
+                    after.as_millis()
+                )
+            }
+            StoreErrorKind::Backend(error) => write!(f, "rate limit store failed: {error}"),
+        }
+    }
+}
+
+impl Error for StoreError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match &self.kind {
+            StoreErrorKind::Timeout(_) => None,
+            StoreErrorKind::Backend(error) => Some(&**error),
+        }
+    }
+}
+
+/// A configuration setting out of range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    setting: &'static str,
+    problem: &'static str,
+}
+
+impl ConfigError {
+    pub(crate) const fn new(setting: &'static str, problem: &'static str) -> Self {
+        Self { setting, problem }
+    }
+
+    /// The setting at fault.
+    #[must_use]
+    pub const fn setting(&self) -> &'static str {
+        self.setting
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid rate limit config: {} {}",
+            self.setting, self.problem
+        )
+    }
+}
+
+impl Error for ConfigError {}

@@ -1,0 +1,152 @@
+//! HTTP mode (feature `http`): `429 Too Many Requests` with `Retry-After`,
+//! and the IETF RateLimit header fields on every answer.
+//!
+//! [`RateLimitLayer::new_for_http`] answers refused requests itself, so the
+//! layer goes straight on an axum `Router` with no `HandleErrorLayer`, and
+//! tells clients where they stand on admitted responses too
+//! (draft-ietf-httpapi-ratelimit-headers):
+//!
+//! ```text
+//! RateLimit-Policy: "default";q=100;w=60     capacity 100, full again in 60 s
+//! RateLimit: "default";r=42;t=35             42 left, full again in 35 s
+//! Retry-After: 1                             (on a 429) seconds until it fits
+//! ```
+//!
+//! [`legacy_headers`](RateLimitLayer::legacy_headers) adds the older
+//! `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`.
+
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Response, StatusCode};
+
+use crate::bucket::{Bucket, Decision};
+use crate::error::{RateLimited, StoreError};
+use crate::key::OneToken;
+use crate::layer::RateLimitLayer;
+use crate::respond::Respond;
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Answers refused requests with `429` and `Retry-After`, a store that
+/// cannot decide with `503`, and puts the RateLimit fields on every
+/// response; keeps the inner service's error type.
+///
+/// A 429's extensions hold the [`RateLimited`] error and its
+/// [`Refusal`](palisade_hints::Refusal), so `palisade-retry` further out
+/// knows the refusal is local and waits as told.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TooManyRequests {
+    legacy: bool,
+}
+
+/// Whole seconds, rounded up.
+fn seconds(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+impl TooManyRequests {
+    fn write(&self, headers: &mut HeaderMap, decision: &Decision) {
+        let policy = format!(
+            "\"default\";q={};w={}",
+            decision.capacity(),
+            seconds(decision.window()).max(1)
+        );
+        let state = format!(
+            "\"default\";r={};t={}",
+            decision.remaining(),
+            seconds(decision.reset())
+        );
+        let value = |text: String| HeaderValue::try_from(text).expect("digits and ASCII");
+        headers.insert(RATELIMIT_POLICY.clone(), value(policy));
+        headers.insert(RATELIMIT.clone(), value(state));
+        if self.legacy {
+            headers.insert(X_LIMIT.clone(), HeaderValue::from(decision.capacity()));
+            headers.insert(X_REMAINING.clone(), HeaderValue::from(decision.remaining()));
+            headers.insert(
+                X_RESET.clone(),
+                HeaderValue::from(seconds(decision.reset())),
+            );
+        }
+    }
+}
+
+impl<B: Default, E> Respond<Response<B>, E> for TooManyRequests {
+    type Error = E;
+
+    fn refused(&self, decision: &Decision) -> Result<Response<B>, E> {
+        let mut response = Response::new(B::default());
+        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        let refusal = RateLimited::new(decision.retry_after());
+        if let Some(wait) = refusal.retry_after() {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, palisade_hints::http::retry_after_value(wait));
+        }
+        self.write(response.headers_mut(), decision);
+        response.extensions_mut().insert(refusal);
+        response.extensions_mut().insert(refusal.refusal());
+        Ok(response)
+    }
+
+    fn store_failed(&self, error: StoreError) -> Result<Response<B>, E> {
+        tracing::warn!(target: "palisade_token_bucket", %error, "no rate limit decision; answering 503");
+        let mut response = Response::new(B::default());
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        Ok(response)
+    }
+
+    fn error(&self, error: E) -> E {
+        error
+    }
+
+    fn admitted(&self, response: &mut Response<B>, decision: &Decision) {
+        self.write(response.headers_mut(), decision);
+    }
+}
+
+impl<St, K> RateLimitLayer<St, K, OneToken, TooManyRequests> {
+    /// A limiter for HTTP services (feature `http`); see the
+    /// [module docs](crate::http).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use axum::{Router, routing::get};
+    /// use palisade_token_bucket::{Bucket, LocalStore, RateLimitLayer, key};
+    ///
+    /// # fn main() -> Result<(), palisade_token_bucket::ConfigError> {
+    /// let app: Router = Router::new()
+    ///     .route("/orders", get(|| async { "ok" }))
+    ///     .layer(RateLimitLayer::new_for_http(
+    ///         LocalStore::default(),
+    ///         Bucket::new(100, 10.0)?,
+    ///         key::header(http::HeaderName::from_static("x-api-key")),
+    ///     ));
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub const fn new_for_http(store: St, bucket: Bucket, key: K) -> Self {
+        Self {
+            store,
+            bucket,
+            key,
+            cost: OneToken,
+            respond: TooManyRequests { legacy: false },
+        }
+    }
+}
+
+impl<St, K, W> RateLimitLayer<St, K, W, TooManyRequests> {
+    /// Also writes `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
+    /// `X-RateLimit-Reset` (seconds), for clients that read only those.
+    #[must_use]
+    pub const fn legacy_headers(mut self) -> Self {
+        self.respond.legacy = true;
+        self
+    }
+}

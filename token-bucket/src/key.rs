@@ -1,0 +1,107 @@
+//! Which bucket a request draws on, and how many tokens it takes.
+
+/// Picks the bucket a request draws on; `None` lets the request through
+/// unlimited (health checks, internal callers).
+///
+/// Implemented for closures `Fn(&Req) -> Option<String>`; see [`header`]
+/// and [`global`] for the common cases. For a client address with axum,
+/// read `ConnectInfo` from the extensions:
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use axum::extract::ConnectInfo;
+///
+/// let by_ip = |request: &http::Request<axum::body::Body>| {
+///     let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
+///     Some(peer.ip().to_string())
+/// };
+/// # let _ = by_ip;
+/// ```
+pub trait Key<Req> {
+    /// The key of `request`'s bucket.
+    fn key(&self, request: &Req) -> Option<String>;
+}
+
+impl<Req, F> Key<Req> for F
+where
+    F: Fn(&Req) -> Option<String>,
+{
+    fn key(&self, request: &Req) -> Option<String> {
+        self(request)
+    }
+}
+
+/// The number of tokens a request takes.
+///
+/// Implemented for closures `Fn(&Req) -> u32`; [`OneToken`] by default.
+pub trait Cost<Req> {
+    /// Tokens `request` takes (0 takes none but is still checked).
+    fn cost(&self, request: &Req) -> u32;
+}
+
+impl<Req, F> Cost<Req> for F
+where
+    F: Fn(&Req) -> u32,
+{
+    fn cost(&self, request: &Req) -> u32 {
+        self(request)
+    }
+}
+
+/// Every request takes one token.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OneToken;
+
+impl<Req> Cost<Req> for OneToken {
+    fn cost(&self, _: &Req) -> u32 {
+        1
+    }
+}
+
+/// Every request draws on one bucket, named `key`.
+#[derive(Debug, Clone)]
+pub struct Global(String);
+
+/// One bucket for all requests.
+#[must_use]
+pub fn global(key: &str) -> Global {
+    Global(key.to_owned())
+}
+
+impl<Req> Key<Req> for Global {
+    fn key(&self, _: &Req) -> Option<String> {
+        Some(self.0.clone())
+    }
+}
+
+/// The bucket named by a request header (an API key, a tenant id); a
+/// request without the header, or with a value that is not visible ASCII,
+/// is not limited by this layer.
+#[cfg(feature = "http")]
+#[derive(Debug, Clone)]
+pub struct Header(http::HeaderName);
+
+/// The bucket named by the header `name` (feature `http`).
+///
+/// # Example
+///
+/// ```
+/// use palisade_token_bucket::key::{Key, header};
+///
+/// let by_api_key = header(http::HeaderName::from_static("x-api-key"));
+/// let request = http::Request::get("/").header("x-api-key", "k-42").body(()).unwrap();
+/// assert_eq!(by_api_key.key(&request).as_deref(), Some("k-42"));
+/// ```
+#[cfg(feature = "http")]
+#[must_use]
+pub const fn header(name: http::HeaderName) -> Header {
+    Header(name)
+}
+
+#[cfg(feature = "http")]
+impl<B> Key<http::Request<B>> for Header {
+    fn key(&self, request: &http::Request<B>) -> Option<String> {
+        let value = request.headers().get(&self.0)?.to_str().ok()?;
+        Some(value.to_owned())
+    }
+}

@@ -1,0 +1,88 @@
+//! The tower layer.
+
+use tower::Layer;
+
+use crate::bucket::Bucket;
+use crate::key::OneToken;
+use crate::respond::BoxErrors;
+use crate::service::RateLimit;
+
+/// Limits requests per key with token buckets in a [`Store`](crate::Store).
+///
+/// The store holds the buckets, so every service this layer makes (axum
+/// makes one per connection) and every clone of those draws on the same
+/// buckets: the limit holds however axum or tonic clone the service, and
+/// across instances with a Redis store.
+///
+/// `K` picks each request's bucket ([`Key`](crate::key::Key)), `W` its cost
+/// ([`Cost`](crate::key::Cost), one token by default) and `R` how refusals
+/// look ([`Respond`](crate::Respond)).
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer<St, K, W = OneToken, R = BoxErrors> {
+    pub(crate) store: St,
+    pub(crate) bucket: Bucket,
+    pub(crate) key: K,
+    pub(crate) cost: W,
+    pub(crate) respond: R,
+}
+
+impl<St, K> RateLimitLayer<St, K> {
+    /// Limits each key to `bucket` in `store`; refusals are
+    /// [`RateLimited`](crate::RateLimited) errors.
+    #[must_use]
+    pub const fn new(store: St, bucket: Bucket, key: K) -> Self {
+        Self {
+            store,
+            bucket,
+            key,
+            cost: OneToken,
+            respond: BoxErrors,
+        }
+    }
+}
+
+impl<St, K, W, R> RateLimitLayer<St, K, W, R> {
+    /// Charges each request `cost` tokens instead of one.
+    #[must_use]
+    pub fn cost<W2>(self, cost: W2) -> RateLimitLayer<St, K, W2, R> {
+        RateLimitLayer {
+            store: self.store,
+            bucket: self.bucket,
+            key: self.key,
+            cost,
+            respond: self.respond,
+        }
+    }
+
+    /// Answers with `respond`.
+    #[must_use]
+    pub fn respond_with<R2>(self, respond: R2) -> RateLimitLayer<St, K, W, R2> {
+        RateLimitLayer {
+            store: self.store,
+            bucket: self.bucket,
+            key: self.key,
+            cost: self.cost,
+            respond,
+        }
+    }
+
+    /// The store.
+    #[must_use]
+    pub const fn store(&self) -> &St {
+        &self.store
+    }
+
+    /// The bucket each key gets.
+    #[must_use]
+    pub const fn bucket(&self) -> &Bucket {
+        &self.bucket
+    }
+}
+
+impl<S, St: Clone, K: Clone, W: Clone, R: Clone> Layer<S> for RateLimitLayer<St, K, W, R> {
+    type Service = RateLimit<S, St, K, W, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, self.clone())
+    }
+}

@@ -1,0 +1,91 @@
+//! A token-bucket rate limiter for tower, shared through Redis or kept in
+//! process.
+//!
+//! Every API gateway settles on the token bucket: each key (a user, an API
+//! key, a client address) has a bucket of `capacity` tokens refilled at
+//! `rate` tokens a second; a request takes one token (or its cost), and
+//! when the bucket is empty it is refused with the time to wait.
+//!
+//! The core is a [`Bucket`] and a [`Store`] of buckets, with no tower in
+//! it:
+//!
+//! - [`LocalStore`]: in process, one atomic word per key and no lock while
+//!   deciding, bounded in memory however many keys arrive.
+//! - [`RedisStore`] (feature `redis`): shared by every instance of a
+//!   service. Each decision is one Lua script run with `EVALSHA`, timed by
+//!   Redis's own clock; keys expire once their bucket is full again and
+//!   stay in one Redis Cluster slot; when Redis fails or is slow an
+//!   explicit [`FailurePolicy`] applies within a per-call timeout.
+//!
+//! In a tower stack it is a [`RateLimitLayer`]. The buckets live in the
+//! store, so every clone axum or tonic makes of the service draws on the
+//! same ones (tower's own `RateLimit` keeps its window per clone and does
+//! not limit under axum). `poll_ready` delegates; a refused request is
+//! answered from `call` without reaching the inner service.
+//!
+//! ```
+//! use palisade_token_bucket::{Bucket, LocalStore, RateLimitLayer, RateLimited};
+//! use tower::{BoxError, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! // 2 requests at once per user, then one every 500 ms.
+//! let limit = RateLimitLayer::new(
+//!     LocalStore::default(),
+//!     Bucket::new(2, 2.0)?,
+//!     |(user, _): &(String, u32)| Some(user.clone()),
+//! );
+//! let service = ServiceBuilder::new()
+//!     .layer(limit)
+//!     .service(service_fn(|(_, order): (String, u32)| async move { Ok::<_, BoxError>(order) }));
+//! let call = |order| service.clone().oneshot(("alice".to_owned(), order));
+//! call(1).await?;
+//! call(2).await?;
+//! let refused = call(3).await.unwrap_err();
+//! let limited = refused.downcast_ref::<RateLimited>().expect("refused by the limiter");
+//! assert!(limited.retry_after().unwrap().as_millis() <= 500);
+//! # Ok(()) }
+//! ```
+//!
+//! # Feature flags
+//!
+//! - `redis`: [`RedisStore`] and [`FailurePolicy`], generic over any
+//!   `redis::aio::ConnectionLike + Clone` (a `ConnectionManager`, a cluster
+//!   connection, a pool).
+//! - `http`: [`RateLimitLayer::new_for_http`] answers `429` with
+//!   `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` fields
+//!   (on admitted responses too), optionally the legacy `X-RateLimit-*`;
+//!   [`key::header`] picks buckets by a header.
+//!
+//! Every refusal carries a [`palisade_hints::Refusal`], so
+//! `palisade-retry` knows it was refused locally and retries only after the
+//! wait it names.
+
+mod bucket;
+pub mod error;
+pub mod future;
+#[cfg(feature = "http")]
+pub mod http;
+pub mod key;
+mod layer;
+mod local;
+#[cfg(feature = "redis")]
+mod redis_store;
+mod respond;
+mod service;
+mod store;
+
+pub use bucket::{Bucket, Decision, MAX_CAPACITY};
+pub use error::{ConfigError, RateLimited, StoreError};
+pub use layer::RateLimitLayer;
+pub use local::LocalStore;
+#[cfg(feature = "redis")]
+pub use redis_store::{FailurePolicy, RedisStore};
+pub use respond::{BoxErrors, Respond};
+pub use service::RateLimit;
+pub use store::Store;
+
+/// The README's example, compiled and run as a doctest so it stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,312 @@
+//! The Redis store (feature `redis`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionLike;
+use tokio::time::Instant;
+
+use crate::bucket::{Bucket, Decision};
+use crate::error::StoreError;
+use crate::local::LocalStore;
+use crate::store::Store;
+
+/// One decision, atomically, on Redis's clock (microseconds).
+///
+/// The bucket is its arrival time (GCRA), stored as text with microsecond
+/// precision, expiring when the bucket would be full again. Returns
+/// `{allowed, remaining, retry_after_us (-1: never), reset_us}`.
+const DECIDE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1]) / 1000
+local capacity = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local tolerance = interval * capacity
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+local start = math.max(tat, now)
+local new_tat = start + interval * cost
+if new_tat - now <= tolerance then
+  local ahead = new_tat - now
+  redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(ahead / 1000))
+  return {1, math.floor((tolerance - ahead) / interval + 1e-9), 0, math.ceil(ahead)}
+end
+local retry = -1
+if cost <= capacity then retry = math.ceil(new_tat - now - tolerance) end
+return {0, math.floor((tolerance - (start - now)) / interval + 1e-9), retry, math.ceil(start - now)}
+";
+
+/// The script, hashed once; `redis::Script` runs it with `EVALSHA` and
+/// loads it again when a server answers `NOSCRIPT` (after a restart or a
+/// failover to a node that never saw it).
+static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DECIDE));
+
+/// What a [`RedisStore`] decides when Redis does not answer in time.
+///
+/// Chosen explicitly, because each choice is a trade: failing open lets
+/// every request through while Redis is away, failing closed refuses them
+/// all, and a local fallback limits each instance on its own, so the fleet
+/// admits up to (instances × its limit): give it a smaller bucket.
+#[derive(Debug, Clone)]
+pub enum FailurePolicy {
+    /// Admit every request.
+    FailOpen,
+    /// Refuse every request, with the time until Redis is tried again.
+    FailClosed,
+    /// Decide in process against `bucket` (usually smaller than the
+    /// shared one).
+    Fallback {
+        /// The in-process buckets.
+        store: LocalStore,
+        /// The limit each instance applies alone.
+        bucket: Bucket,
+    },
+    /// Return the [`StoreError`] to the caller.
+    Propagate,
+}
+
+impl FailurePolicy {
+    const fn name(&self) -> &'static str {
+        match self {
+            Self::FailOpen => "fail open",
+            Self::FailClosed => "fail closed",
+            Self::Fallback { .. } => "local fallback",
+            Self::Propagate => "propagate errors",
+        }
+    }
+}
+
+/// Buckets in Redis, shared by every instance of a service.
+///
+/// - **Atomic and clock-free:** each decision is one Lua script
+///   ([`EVALSHA`](https://redis.io/commands/evalsha), reloaded on
+///   `NOSCRIPT`) that reads Redis's own `TIME`, so client clocks never
+///   matter and N instances sharing a key admit at most
+///   `capacity + rate × elapsed` over any interval.
+/// - **Cluster-ready:** a key is stored as `{prefix:key}`, one hash slot.
+/// - **Self-cleaning:** a key expires when its bucket would be full again.
+/// - **Bounded waits:** each call has a timeout (10 ms by default); when
+///   Redis fails or is slow the [`FailurePolicy`] decides, and while Redis
+///   stays down only one call per probe interval (500 ms) tries it again,
+///   the others applying the policy at once. The change of state is logged
+///   once each way.
+///
+/// Generic over any `redis::aio::ConnectionLike + Clone`: a
+/// `ConnectionManager` (which reconnects by itself), a cluster connection,
+/// or a pooled connection.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use palisade_token_bucket::{FailurePolicy, RedisStore};
+///
+/// # async fn run() -> redis::RedisResult<()> {
+/// let redis = redis::Client::open("redis://127.0.0.1:6379")?
+///     .get_connection_manager()
+///     .await?;
+/// let store = RedisStore::new(redis, FailurePolicy::FailOpen)
+///     .prefix("api")
+///     .timeout(Duration::from_millis(5));
+/// # let _ = store;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore<C> {
+    connection: C,
+    prefix: Arc<str>,
+    timeout: Duration,
+    policy: Arc<FailurePolicy>,
+    health: Arc<Health>,
+}
+
+impl<C> std::fmt::Debug for RedisStore<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("policy", &self.policy.name())
+            .field("redis_down", &self.health.down.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether Redis answers, and when to try it again if not.
+#[derive(Debug)]
+struct Health {
+    down: AtomicBool,
+    /// While down: the next probe, in milliseconds since `origin`.
+    next_probe: AtomicU64,
+    probe_interval: Duration,
+    origin: Instant,
+}
+
+impl Health {
+    fn millis(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether this call should ask Redis: always while it is up; while
+    /// down, one call per probe interval.
+    fn should_try(&self, now: Instant) -> bool {
+        if !self.down.load(Ordering::Acquire) {
+            return true;
+        }
+        let now = self.millis(now);
+        let due = self.next_probe.load(Ordering::Acquire);
+        let next = now + u64::try_from(self.probe_interval.as_millis()).unwrap_or(u64::MAX);
+        now >= due
+            && self
+                .next_probe
+                .compare_exchange(due, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    fn answered(&self) {
+        if self.down.swap(false, Ordering::AcqRel) {
+            tracing::info!(target: "palisade_token_bucket", "redis answers again; deciding in redis");
+        }
+    }
+
+    fn failed(&self, error: &StoreError, policy: &FailurePolicy, now: Instant) {
+        let next =
+            self.millis(now) + u64::try_from(self.probe_interval.as_millis()).unwrap_or(u64::MAX);
+        self.next_probe.store(next, Ordering::Release);
+        if !self.down.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                target: "palisade_token_bucket",
+                %error,
+                policy = policy.name(),
+                "redis failed; applying the failure policy until it answers again"
+            );
+        }
+    }
+}
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// A store on `connection`, applying `policy` when Redis fails. Keys
+    /// are prefixed `palisade:rl` until [`prefix`](Self::prefix) says
+    /// otherwise.
+    #[must_use]
+    pub fn new(connection: C, policy: FailurePolicy) -> Self {
+        Self {
+            connection,
+            prefix: Arc::from("palisade:rl"),
+            timeout: Duration::from_millis(10),
+            policy: Arc::new(policy),
+            health: Arc::new(Health {
+                down: AtomicBool::new(false),
+                next_probe: AtomicU64::new(0),
+                probe_interval: Duration::from_millis(500),
+                origin: Instant::now(),
+            }),
+        }
+    }
+
+    /// The prefix of every key: `{prefix:key}`.
+    #[must_use]
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = Arc::from(prefix);
+        self
+    }
+
+    /// How long one decision may take before the policy applies.
+    #[must_use]
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The Redis key of `key`'s bucket.
+    #[must_use]
+    pub fn key(&self, key: &str) -> String {
+        format!("{{{}:{key}}}", self.prefix)
+    }
+
+    /// Whether the store is applying its failure policy now.
+    #[must_use]
+    pub fn is_degraded(&self) -> bool {
+        self.health.down.load(Ordering::Acquire)
+    }
+
+    fn fall_back(
+        &self,
+        key: &str,
+        bucket: &Bucket,
+        cost: u32,
+        error: StoreError,
+    ) -> Result<Decision, StoreError> {
+        match &*self.policy {
+            FailurePolicy::FailOpen => Ok(Decision::without_store(bucket, true, Duration::ZERO)),
+            FailurePolicy::FailClosed => Ok(Decision::without_store(
+                bucket,
+                false,
+                self.health.probe_interval,
+            )),
+            FailurePolicy::Fallback { store, bucket } => Ok(store.decide_now(key, bucket, cost)),
+            FailurePolicy::Propagate => Err(error),
+        }
+    }
+}
+
+/// The script's answer as a decision.
+fn decision(bucket: &Bucket, reply: (i64, i64, i64, i64)) -> Decision {
+    let (allowed, remaining, retry_us, reset_us) = reply;
+    let micros = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
+    let retry_after = if retry_us < 0 {
+        Duration::MAX
+    } else {
+        micros(retry_us)
+    };
+    let mut decision = bucket.decision(allowed == 1, 0, retry_after);
+    decision.set_remaining_and_reset(u32::try_from(remaining).unwrap_or(0), micros(reset_us));
+    decision
+}
+
+impl<C> Store for RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    type Future = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
+
+    fn decide(&self, key: &str, bucket: &Bucket, cost: u32) -> Self::Future {
+        let store = self.clone();
+        let key = key.to_owned();
+        let bucket = *bucket;
+        Box::pin(async move {
+            let now = Instant::now();
+            if !store.health.should_try(now) {
+                let skipped = StoreError::backend("redis is down; not tried until the next probe");
+                return store.fall_back(&key, &bucket, cost, skipped);
+            }
+            let mut connection = store.connection.clone();
+            let mut invocation = SCRIPT.key(store.key(&key));
+            invocation
+                .arg(bucket.interval_ns())
+                .arg(bucket.capacity())
+                .arg(cost);
+            let error = match tokio::time::timeout(
+                store.timeout,
+                invocation.invoke_async::<(i64, i64, i64, i64)>(&mut connection),
+            )
+            .await
+            {
+                Ok(Ok(reply)) => {
+                    store.health.answered();
+                    return Ok(decision(&bucket, reply));
+                }
+                Ok(Err(error)) => StoreError::backend(error),
+                Err(_) => StoreError::timeout(store.timeout),
+            };
+            store.health.failed(&error, &store.policy, now);
+            store.fall_back(&key, &bucket, cost, error)
+        })
+    }
+}

@@ -1,0 +1,84 @@
+//! The generic layer: refusals as errors, keys and costs, readiness.
+
+use std::time::Duration;
+
+use palisade_hints::Refusal;
+use palisade_token_bucket::key::global;
+use palisade_token_bucket::{Bucket, LocalStore, RateLimitLayer, RateLimited};
+use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
+use tower_test::{assert_request_eq, mock};
+
+fn echo() -> impl Service<(String, u32), Response = u32, Error = BoxError> + Clone {
+    service_fn(|(_, n): (String, u32)| async move { Ok::<_, BoxError>(n) })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_is_a_downcastable_error_with_the_wait() {
+    let layer = RateLimitLayer::new(
+        LocalStore::default(),
+        Bucket::new(2, 4.0).unwrap(),
+        global("all"),
+    );
+    let service = layer.layer(echo());
+    for n in 0..2 {
+        assert_eq!(service.clone().oneshot(("a".into(), n)).await.unwrap(), n);
+    }
+    let err = service.clone().oneshot(("a".into(), 9)).await.unwrap_err();
+    let limited = err.downcast_ref::<RateLimited>().expect("RateLimited");
+    assert_eq!(limited.retry_after(), Some(Duration::from_millis(250)));
+    let refusal = Refusal::find(&*err).expect("the shared refusal marker");
+    assert_eq!(refusal.retry_after(), Some(Duration::from_millis(250)));
+
+    tokio::time::advance(Duration::from_millis(250)).await;
+    assert_eq!(service.oneshot(("a".into(), 3)).await.unwrap(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keys_have_their_own_buckets_costs_weigh_and_no_key_is_unlimited() {
+    let layer = RateLimitLayer::new(
+        LocalStore::default(),
+        Bucket::new(5, 1.0).unwrap(),
+        |(user, _): &(String, u32)| (user != "internal").then(|| user.clone()),
+    )
+    .cost(|(_, weight): &(String, u32)| *weight);
+    let service = layer.layer(echo());
+    let call = |user: &str, weight| service.clone().oneshot((user.to_owned(), weight));
+    assert!(call("alice", 5).await.is_ok());
+    assert!(
+        call("alice", 1).await.is_err(),
+        "alice spent her 5 tokens at once"
+    );
+    assert!(call("bob", 3).await.is_ok());
+    assert!(call("bob", 2).await.is_ok());
+    assert!(call("bob", 1).await.is_err());
+    let err = call("carol", 6).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<RateLimited>().unwrap().retry_after(),
+        None,
+        "a cost over the capacity never fits"
+    );
+    for _ in 0..100 {
+        assert!(call("internal", 1).await.is_ok(), "no key, no limit");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_request_never_reaches_the_inner_service() {
+    let layer = RateLimitLayer::new(
+        LocalStore::default(),
+        Bucket::new(1, 1.0).unwrap(),
+        global("all"),
+    );
+    let (inner, mut handle) = mock::pair::<u32, u32>();
+    let mut service = layer.cost(|_: &u32| 1).layer(inner);
+    handle.allow(2);
+    service.ready().await.unwrap();
+    let first = tokio::spawn(service.call(1));
+    assert_request_eq!(handle, 1).send_response(10);
+    assert_eq!(first.await.unwrap().unwrap(), 10);
+    service.ready().await.unwrap();
+    let err = service.call(2).await.unwrap_err();
+    assert!(err.is::<RateLimited>());
+    // The mock saw one request only: a second would be waiting here.
+    assert!(handle.poll_request().is_pending());
+}

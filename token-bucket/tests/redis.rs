@@ -1,0 +1,264 @@
+//! The Redis store against a real Redis (`REDIS_URL`, default
+//! `redis://127.0.0.1:6379`). Every test uses its own key prefix.
+#![cfg(feature = "redis")]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use palisade_testkit::proxy::Proxy;
+use palisade_token_bucket::{Bucket, FailurePolicy, LocalStore, RedisStore, Store};
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+async fn connect(url: &str) -> ConnectionManager {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(200)))
+        .set_response_timeout(Some(Duration::from_millis(200)))
+        .set_number_of_retries(1);
+    redis::Client::open(url)
+        .unwrap()
+        .get_connection_manager_with_config(config)
+        .await
+        .expect("a reachable Redis (run scripts/services)")
+}
+
+fn prefix() -> String {
+    format!("palisade-test:{}", fastrand::u64(..))
+}
+
+async fn store(policy: FailurePolicy) -> RedisStore<ConnectionManager> {
+    RedisStore::new(connect(&redis_url()).await, policy)
+        .prefix(&prefix())
+        .timeout(Duration::from_millis(250))
+}
+
+#[tokio::test]
+async fn a_burst_passes_then_it_refuses_with_the_wait() {
+    let store = store(FailurePolicy::Propagate).await;
+    let bucket = Bucket::new(5, 10.0).unwrap();
+    for left in (0..5).rev() {
+        let decision = store.decide("k", &bucket, 1).await.unwrap();
+        assert!(decision.is_allowed());
+        assert_eq!(decision.remaining(), left);
+    }
+    let denied = store.decide("k", &bucket, 1).await.unwrap();
+    assert!(!denied.is_allowed());
+    assert_eq!(denied.remaining(), 0);
+    // Exact to the millisecond: one interval (100 ms) less the time since
+    // the burst, which is never negative.
+    assert!(denied.retry_after() > Duration::ZERO);
+    assert!(denied.retry_after() <= Duration::from_millis(100));
+    assert!(denied.reset() <= Duration::from_millis(500));
+    assert!(denied.reset() > Duration::from_millis(400));
+}
+
+#[tokio::test]
+async fn tokens_come_back_at_the_rate() {
+    let store = store(FailurePolicy::Propagate).await;
+    let bucket = Bucket::new(1, 20.0).unwrap();
+    assert!(store.decide("k", &bucket, 1).await.unwrap().is_allowed());
+    let denied = store.decide("k", &bucket, 1).await.unwrap();
+    assert!(!denied.is_allowed());
+    tokio::time::sleep(denied.retry_after() + Duration::from_millis(2)).await;
+    assert!(store.decide("k", &bucket, 1).await.unwrap().is_allowed());
+}
+
+#[tokio::test]
+async fn a_cost_takes_several_tokens() {
+    let store = store(FailurePolicy::Propagate).await;
+    let bucket = Bucket::new(10, 1.0).unwrap();
+    let decision = store.decide("k", &bucket, 7).await.unwrap();
+    assert_eq!(decision.remaining(), 3);
+    let denied = store.decide("k", &bucket, 4).await.unwrap();
+    assert!(!denied.is_allowed());
+    assert!(
+        denied.retry_after() > Duration::ZERO && denied.retry_after() <= Duration::from_secs(1)
+    );
+    let never = store.decide("k", &bucket, 11).await.unwrap();
+    assert!(!never.is_allowed());
+    assert_eq!(
+        never.retry_after(),
+        Duration::MAX,
+        "costs more than the bucket holds"
+    );
+    assert_eq!(store.decide("k", &bucket, 3).await.unwrap().remaining(), 0);
+}
+
+#[tokio::test]
+async fn a_key_expires_when_its_bucket_is_full_again() {
+    let store = store(FailurePolicy::Propagate).await;
+    let bucket = Bucket::new(2, 10.0).unwrap();
+    store.decide("idle", &bucket, 1).await.unwrap();
+    let mut redis = connect(&redis_url()).await;
+    let ttl: i64 = redis.pttl(store.key("idle")).await.unwrap();
+    assert!(
+        (1..=100).contains(&ttl),
+        "expires when full again: {ttl} ms"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let exists: bool = redis.exists(store.key("idle")).await.unwrap();
+    assert!(!exists, "an idle key costs nothing");
+}
+
+#[tokio::test]
+async fn two_instances_share_one_bucket() {
+    let prefix = prefix();
+    let first =
+        RedisStore::new(connect(&redis_url()).await, FailurePolicy::Propagate).prefix(&prefix);
+    let second =
+        RedisStore::new(connect(&redis_url()).await, FailurePolicy::Propagate).prefix(&prefix);
+    let bucket = Bucket::new(10, 0.001).unwrap();
+    let mut admitted = 0;
+    for i in 0..30 {
+        let store = if i % 2 == 0 { &first } else { &second };
+        if store
+            .decide("shared", &bucket, 1)
+            .await
+            .unwrap()
+            .is_allowed()
+        {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 10);
+}
+
+#[tokio::test]
+async fn keys_are_hash_tagged_and_the_script_survives_a_flush() {
+    let store =
+        RedisStore::new(connect(&redis_url()).await, FailurePolicy::Propagate).prefix("api");
+    // Everything between the braces picks the slot: one slot per decision.
+    assert_eq!(store.key("user:7"), "{api:user:7}");
+    let store = store.prefix(&prefix());
+    let bucket = Bucket::new(3, 1.0).unwrap();
+    store.decide("k", &bucket, 1).await.unwrap();
+    // A restart or failover forgets loaded scripts: EVALSHA answers
+    // NOSCRIPT and the script is loaded again.
+    let mut redis = connect(&redis_url()).await;
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .exec_async(&mut redis)
+        .await
+        .unwrap();
+    let decision = store.decide("k", &bucket, 1).await.unwrap();
+    assert_eq!(decision.remaining(), 1);
+}
+
+/// A store reaching Redis through a proxy the test can cut.
+async fn behind_proxy(policy: FailurePolicy) -> (RedisStore<ConnectionManager>, Proxy) {
+    let url = redis_url();
+    let target: SocketAddr =
+        tokio::net::lookup_host(url.trim_start_matches("redis://").trim_end_matches('/'))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+    let proxy = Proxy::start(target).await;
+    let store = RedisStore::new(
+        connect(&format!("redis://{}", proxy.address())).await,
+        policy,
+    )
+    .prefix(&prefix())
+    .timeout(Duration::from_millis(50));
+    (store, proxy)
+}
+
+/// Decides within a hang detector: a store must never wait on a dead Redis.
+async fn decide(
+    store: &RedisStore<ConnectionManager>,
+    bucket: &Bucket,
+) -> palisade_token_bucket::Decision {
+    tokio::time::timeout(Duration::from_secs(5), store.decide("k", bucket, 1))
+        .await
+        .expect("no decision may hang")
+        .expect("the policy decides")
+}
+
+/// Cuts the proxy and waits (bounded) for the store to notice.
+async fn take_redis_away(store: &RedisStore<ConnectionManager>, proxy: &Proxy, bucket: &Bucket) {
+    proxy.cut().await;
+    for _ in 0..100 {
+        decide(store, bucket).await;
+        if store.is_degraded() {
+            return;
+        }
+    }
+    panic!("the store never noticed Redis was gone");
+}
+
+/// Brings the proxy back and waits (bounded) for the store to recover.
+async fn bring_redis_back(store: &RedisStore<ConnectionManager>, proxy: &Proxy, bucket: &Bucket) {
+    proxy.resume().await;
+    for _ in 0..200 {
+        decide(store, bucket).await;
+        if !store.is_degraded() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the store never recovered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_open_admits_while_redis_is_away_and_recovers() {
+    let (store, proxy) = behind_proxy(FailurePolicy::FailOpen).await;
+    let bucket = Bucket::new(1, 0.001).unwrap();
+    assert!(decide(&store, &bucket).await.is_allowed());
+    assert!(
+        !decide(&store, &bucket).await.is_allowed(),
+        "Redis holds the spent bucket"
+    );
+    take_redis_away(&store, &proxy, &bucket).await;
+    for _ in 0..20 {
+        assert!(decide(&store, &bucket).await.is_allowed(), "fail open");
+    }
+    bring_redis_back(&store, &proxy, &bucket).await;
+    assert!(
+        !decide(&store, &bucket).await.is_allowed(),
+        "Redis decides again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_closed_refuses_while_redis_is_away_and_recovers() {
+    let (store, proxy) = behind_proxy(FailurePolicy::FailClosed).await;
+    let bucket = Bucket::new(100, 100.0).unwrap();
+    assert!(decide(&store, &bucket).await.is_allowed());
+    take_redis_away(&store, &proxy, &bucket).await;
+    for _ in 0..20 {
+        let denied = decide(&store, &bucket).await;
+        assert!(!denied.is_allowed(), "fail closed");
+        assert!(denied.retry_after() > Duration::ZERO);
+    }
+    bring_redis_back(&store, &proxy, &bucket).await;
+    assert!(decide(&store, &bucket).await.is_allowed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_fallback_applies_its_own_limit_and_errors_can_propagate() {
+    let fallback = Bucket::new(2, 0.001).unwrap();
+    let (store, proxy) = behind_proxy(FailurePolicy::Fallback {
+        store: LocalStore::new(100),
+        bucket: fallback,
+    })
+    .await;
+    let shared = Bucket::new(1000, 1000.0).unwrap();
+    take_redis_away(&store, &proxy, &shared).await;
+    // The probe that noticed may have spent fallback tokens: at most 2 in all.
+    let mut admitted = 0;
+    for _ in 0..10 {
+        admitted += usize::from(decide(&store, &shared).await.is_allowed());
+    }
+    assert!(admitted <= 2, "{admitted} admitted by a 2-token fallback");
+
+    let (store, proxy) = behind_proxy(FailurePolicy::Propagate).await;
+    proxy.cut().await;
+    let result = tokio::time::timeout(Duration::from_secs(5), store.decide("k", &shared, 1))
+        .await
+        .expect("no decision may hang");
+    assert!(result.is_err(), "the error reaches the caller");
+}
