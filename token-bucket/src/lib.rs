@@ -78,7 +78,7 @@ mod store;
 pub use bucket::{Bucket, Decision, MAX_CAPACITY};
 pub use error::{ConfigError, RateLimited, StoreError};
 pub use layer::RateLimitLayer;
-pub use local::LocalStore;
+pub use local::{Clock, LocalStore};
 #[cfg(feature = "redis")]
 pub use redis_store::{FailurePolicy, RedisStore};
 pub use respond::{BoxErrors, Respond};

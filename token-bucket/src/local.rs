@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 use std::future::{Ready, ready};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-
-use tokio::time::Instant;
+use std::time::Duration;
 
 use crate::bucket::{Bucket, Decision};
 use crate::error::StoreError;
@@ -14,6 +15,19 @@ use crate::store::Store;
 
 /// Shards of the key map: a lookup takes one shard's read lock, briefly.
 const SHARDS: usize = 16;
+
+/// Where a [`LocalStore`] reads the time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Clock {
+    /// The processor's monotonic counter through `quanta` (calibrated
+    /// against the OS clock, which it falls back to where no stable counter
+    /// exists). The default: reading the OS clock would be most of a
+    /// decision's cost.
+    #[default]
+    Fast,
+    /// `tokio::time::Instant`, which follows a paused test runtime.
+    Tokio,
+}
 
 /// Buckets in this process, for single-instance services, the embedded
 /// default, and as the fallback of a Redis store.
@@ -32,8 +46,7 @@ const SHARDS: usize = 16;
 ///
 /// let store = LocalStore::new(10_000);
 /// let bucket = Bucket::new(2, 1.0)?;
-/// let now = tokio::time::Instant::now();
-/// let take = |key| store.decide_at(key, &bucket, 1, now).is_allowed();
+/// let take = |key| store.decide_now(key, &bucket, 1).is_allowed();
 /// assert!(take("alice") && take("alice"));
 /// assert!(!take("alice"), "alice's burst is spent");
 /// assert!(take("bob"), "bob has his own bucket");
@@ -46,12 +59,15 @@ pub struct LocalStore {
 
 #[derive(Debug)]
 struct Inner {
-    shards: [RwLock<HashMap<Box<str>, AtomicU64>>; SHARDS],
+    shards: [RwLock<HashMap<Box<str>, AtomicU64, RandomState>>; SHARDS],
     per_shard: usize,
     /// The bucket shared by new keys while the map is full of active ones.
     overflow: AtomicU64,
     hasher: RandomState,
-    origin: Instant,
+    clock: Clock,
+    fast: quanta::Clock,
+    fast_origin: quanta::Instant,
+    tokio_origin: tokio::time::Instant,
 }
 
 impl Default for LocalStore {
@@ -62,34 +78,59 @@ impl Default for LocalStore {
 }
 
 impl LocalStore {
-    /// A store remembering at most about `max_keys` keys (at least 16).
+    /// A store remembering at most about `max_keys` keys (at least 16),
+    /// on the [`Clock::Fast`] clock.
     #[must_use]
     pub fn new(max_keys: usize) -> Self {
+        Self::with_clock(max_keys, Clock::Fast)
+    }
+
+    /// A store remembering at most about `max_keys` keys that reads the
+    /// time from `clock`.
+    #[must_use]
+    pub fn with_clock(max_keys: usize, clock: Clock) -> Self {
+        // Seeded per store (keys an attacker picks cannot be made to
+        // collide), and fast: the hash is on every decision's path.
+        let hasher = RandomState::default();
+        let fast = quanta::Clock::new();
         Self {
             inner: Arc::new(Inner {
-                shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),
+                shards: std::array::from_fn(|_| RwLock::new(HashMap::with_hasher(hasher.clone()))),
                 per_shard: max_keys.div_ceil(SHARDS).max(1),
                 overflow: AtomicU64::new(0),
-                hasher: RandomState::new(),
-                origin: Instant::now(),
+                hasher,
+                clock,
+                fast_origin: fast.now(),
+                fast,
+                tokio_origin: tokio::time::Instant::now(),
             }),
+        }
+    }
+
+    /// The time since the store was made, on its clock.
+    fn elapsed(&self) -> Duration {
+        let inner = &*self.inner;
+        match inner.clock {
+            Clock::Fast => inner
+                .fast
+                .now()
+                .saturating_duration_since(inner.fast_origin),
+            Clock::Tokio => inner.tokio_origin.elapsed(),
         }
     }
 
     /// Decides a request of `cost` tokens for `key` now.
     #[must_use]
     pub fn decide_now(&self, key: &str, bucket: &Bucket, cost: u32) -> Decision {
-        self.decide_at(key, bucket, cost, Instant::now())
+        self.decide_at(key, bucket, cost, self.elapsed())
     }
 
-    /// Decides a request of `cost` tokens for `key` at `now` (for tests and
-    /// simulations; `now` must not go backwards by more than the store's
-    /// age).
+    /// Decides a request of `cost` tokens for `key` at `elapsed` after the
+    /// store was made, whatever its clock says (for tests and simulations).
     #[must_use]
-    pub fn decide_at(&self, key: &str, bucket: &Bucket, cost: u32, now: Instant) -> Decision {
+    pub fn decide_at(&self, key: &str, bucket: &Bucket, cost: u32, elapsed: Duration) -> Decision {
         let inner = &*self.inner;
-        let now = u64::try_from(now.saturating_duration_since(inner.origin).as_nanos())
-            .unwrap_or(u64::MAX);
+        let now = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let shard = &inner.shards[shard_of(inner.hasher.hash_one(key))];
         {
             let map = shard.read().unwrap_or_else(PoisonError::into_inner);
@@ -127,10 +168,11 @@ impl LocalStore {
     }
 }
 
-/// The shard a key's hash falls in.
+/// The shard a key's hash falls in: middle bits, which the shard's own
+/// table (indexing by the low bits, tagging by the top ones) does not lean on.
 #[allow(clippy::cast_possible_truncation)]
 const fn shard_of(hash: u64) -> usize {
-    (hash >> 60) as usize % SHARDS
+    (hash >> 32) as usize % SHARDS
 }
 
 /// Takes `cost` tokens from the bucket whose arrival time is `tat`.

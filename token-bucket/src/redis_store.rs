@@ -224,6 +224,17 @@ where
         self
     }
 
+    /// The Lua source of the decision script, for operators who want to
+    /// read it, preload it (`SCRIPT LOAD`) or benchmark it.
+    ///
+    /// `KEYS[1]` is the bucket's key; `ARGV` are the refill interval in
+    /// nanoseconds, the capacity and the cost. It returns `{allowed,
+    /// remaining, retry_after_us (-1: never), reset_us}`.
+    #[must_use]
+    pub const fn script_source() -> &'static str {
+        DECIDE
+    }
+
     /// The Redis key of `key`'s bucket.
     #[must_use]
     pub fn key(&self, key: &str) -> String {

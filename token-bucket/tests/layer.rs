@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use palisade_hints::Refusal;
 use palisade_token_bucket::key::global;
-use palisade_token_bucket::{Bucket, LocalStore, RateLimitLayer, RateLimited};
+use palisade_token_bucket::{Bucket, Clock, LocalStore, RateLimitLayer, RateLimited};
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
 use tower_test::{assert_request_eq, mock};
 
@@ -15,7 +15,7 @@ fn echo() -> impl Service<(String, u32), Response = u32, Error = BoxError> + Clo
 #[tokio::test(start_paused = true)]
 async fn a_refusal_is_a_downcastable_error_with_the_wait() {
     let layer = RateLimitLayer::new(
-        LocalStore::default(),
+        LocalStore::with_clock(1000, Clock::Tokio),
         Bucket::new(2, 4.0).unwrap(),
         global("all"),
     );
@@ -36,7 +36,7 @@ async fn a_refusal_is_a_downcastable_error_with_the_wait() {
 #[tokio::test(start_paused = true)]
 async fn keys_have_their_own_buckets_costs_weigh_and_no_key_is_unlimited() {
     let layer = RateLimitLayer::new(
-        LocalStore::default(),
+        LocalStore::with_clock(1000, Clock::Tokio),
         Bucket::new(5, 1.0).unwrap(),
         |(user, _): &(String, u32)| (user != "internal").then(|| user.clone()),
     )
@@ -65,7 +65,7 @@ async fn keys_have_their_own_buckets_costs_weigh_and_no_key_is_unlimited() {
 #[tokio::test(start_paused = true)]
 async fn a_refused_request_never_reaches_the_inner_service() {
     let layer = RateLimitLayer::new(
-        LocalStore::default(),
+        LocalStore::with_clock(1000, Clock::Tokio),
         Bucket::new(1, 1.0).unwrap(),
         global("all"),
     );
