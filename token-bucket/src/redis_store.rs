@@ -15,29 +15,41 @@ use crate::error::StoreError;
 use crate::local::LocalStore;
 use crate::store::Store;
 
-/// One decision, atomically, on Redis's clock (microseconds).
+/// One decision, atomically, on Redis's clock.
 ///
-/// The bucket is its arrival time (GCRA), stored as text with microsecond
-/// precision, expiring when the bucket would be full again. Returns
-/// `{allowed, remaining, retry_after_us (-1: never), reset_us}`.
+/// The bucket is its arrival time (GCRA), stored as `seconds:nanoseconds`
+/// and expiring when the bucket would be full again. Lua numbers are
+/// doubles, so the script never adds nanoseconds to an absolute time:
+/// it works with the distance between the arrival time and now, which is
+/// exact. Returns `{allowed, remaining, retry_after_us (-1: never),
+/// reset_us}`.
 const DECIDE: &str = r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1]) / 1000
+local now_s = tonumber(t[1])
+local now_ns = tonumber(t[2]) * 1000
+local interval = tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local tolerance = interval * capacity
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-local start = math.max(tat, now)
-local new_tat = start + interval * cost
-if new_tat - now <= tolerance then
-  local ahead = new_tat - now
-  redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(ahead / 1000))
-  return {1, math.floor((tolerance - ahead) / interval + 1e-9), 0, math.ceil(ahead)}
+local ahead = 0
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local s, ns = string.match(stored, '^(%d+):(%d+)$')
+  if s then
+    ahead = math.max(0, (tonumber(s) - now_s) * 1e9 + (tonumber(ns) - now_ns))
+  end
+end
+local after = ahead + interval * cost
+if after <= tolerance then
+  local total = now_ns + after
+  local carry = math.floor(total / 1e9)
+  local tat = string.format('%d:%d', now_s + carry, total - carry * 1e9)
+  redis.call('SET', KEYS[1], tat, 'PX', math.max(1, math.ceil(after / 1e6)))
+  return {1, math.floor((tolerance - after) / interval + 1e-9), 0, math.ceil(after / 1000)}
 end
 local retry = -1
-if cost <= capacity then retry = math.ceil(new_tat - now - tolerance) end
-return {0, math.floor((tolerance - (start - now)) / interval + 1e-9), retry, math.ceil(start - now)}
+if cost <= capacity then retry = math.ceil((after - tolerance) / 1000) end
+return {0, math.floor((tolerance - ahead) / interval + 1e-9), retry, math.ceil(ahead / 1000)}
 ";
 
 /// The script, hashed once; `redis::Script` runs it with `EVALSHA` and

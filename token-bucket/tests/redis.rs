@@ -262,3 +262,26 @@ async fn the_local_fallback_applies_its_own_limit_and_errors_can_propagate() {
         .expect("no decision may hang");
     assert!(result.is_err(), "the error reaches the caller");
 }
+
+#[tokio::test]
+async fn nanosecond_intervals_and_huge_buckets_stay_exact() {
+    // Lua numbers are doubles: an arrival time kept in absolute
+    // microseconds would swallow a 1 ns interval.
+    let store = store(FailurePolicy::Propagate).await;
+    let fast = Bucket::new(1_000_000_000, 1e9).unwrap();
+    for spent in 1..=3 {
+        let decision = store.decide("fast", &fast, 1).await.unwrap();
+        assert!(decision.is_allowed());
+        assert!(decision.remaining() >= 1_000_000_000 - spent);
+    }
+    let slow = Bucket::new(1_000_000, 1e-6).unwrap();
+    let decision = store.decide("slow", &slow, 999_999).await.unwrap();
+    assert_eq!(decision.remaining(), 1);
+    let denied = store.decide("slow", &slow, 2).await.unwrap();
+    assert!(!denied.is_allowed());
+    assert!(
+        denied.retry_after() > Duration::from_secs(999_000),
+        "{:?}",
+        denied.retry_after()
+    );
+}
