@@ -1,0 +1,55 @@
+//! Processes sharing one bucket through a real Redis admit at most
+//! `capacity + rate × elapsed` and nearly all of it. A short run with
+//! generous bounds; the `accuracy` example gives the full-length figure.
+#![cfg(feature = "redis")]
+
+#[path = "../examples/accuracy/fleet.rs"]
+mod fleet;
+
+use std::time::Duration;
+
+/// The entry point of the child processes (this test binary run again with
+/// the fleet's settings in its environment), not a test of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by a_fleet_sharing_one_bucket_admits_the_bound in child processes"]
+async fn accuracy_child() {
+    assert!(
+        fleet::child_if_asked().await,
+        "only run as a child of the fleet"
+    );
+}
+
+#[test]
+fn a_fleet_sharing_one_bucket_admits_the_bound() {
+    let run = fleet::Run {
+        processes: 2,
+        tasks: 8,
+        duration: Duration::from_secs(2),
+        capacity: 50,
+        rate: 200.0,
+    };
+    let exe = std::env::current_exe().unwrap();
+    let args = [
+        "--exact",
+        "accuracy_child",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ];
+    let outcome = fleet::run_fleet(&exe, &args, &run);
+    let bound = outcome.bound(&run);
+    #[allow(clippy::cast_precision_loss)]
+    let admitted = outcome.admitted as f64;
+    assert!(
+        outcome.decisions > outcome.admitted * 2,
+        "the fleet hammered the bucket: {outcome:?}"
+    );
+    assert!(
+        admitted <= bound,
+        "{admitted} admitted over a bound of {bound}"
+    );
+    assert!(
+        admitted >= 0.9 * bound,
+        "{admitted} admitted of a bound of {bound}"
+    );
+}
