@@ -1,7 +1,8 @@
 //! Test support shared by palisade's crates, so each helper is written
 //! once: reading OpenTelemetry metrics back through the SDK's in-memory
 //! exporter (feature `otel`), a scripted tonic server (feature `grpc`), and a
-//! TCP proxy that takes a server away mid-test (feature `net`).
+//! TCP proxy that takes a server away mid-test (feature `net`), and a local
+//! Redis Cluster (feature `redis-cluster`).
 
 #[cfg(feature = "grpc")]
 pub mod grpc;
@@ -9,6 +10,8 @@ pub mod grpc;
 mod metrics;
 #[cfg(feature = "net")]
 pub mod proxy;
+#[cfg(feature = "redis-cluster")]
+pub mod redis_cluster;
 
 #[cfg(feature = "otel")]
 pub use metrics::MetricsProbe;
