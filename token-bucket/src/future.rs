@@ -8,6 +8,7 @@ use pin_project_lite::pin_project;
 use tower::Service;
 
 use crate::bucket::Decision;
+use crate::events::Events;
 use crate::respond::Respond;
 use crate::store::Store;
 
@@ -22,6 +23,7 @@ pin_project! {
         #[pin]
         state: State<St::Future, S::Future, S, Req>,
         respond: R,
+        events: Events,
     }
 }
 
@@ -38,13 +40,14 @@ where
     S: Service<Req>,
     St: Store,
 {
-    pub(crate) const fn unlimited(future: S::Future, respond: R) -> Self {
+    pub(crate) const fn unlimited(future: S::Future, respond: R, events: Events) -> Self {
         Self {
             state: State::Calling {
                 future,
                 decision: None,
             },
             respond,
+            events,
         }
     }
 
@@ -53,6 +56,7 @@ where
         service: S,
         request: Req,
         respond: R,
+        events: Events,
     ) -> Self {
         Self {
             state: State::Deciding {
@@ -61,6 +65,7 @@ where
                 request: Some(request),
             },
             respond,
+            events,
         }
     }
 }
@@ -84,8 +89,12 @@ where
                 } => {
                     let decision = match ready!(decision.poll(cx)) {
                         Ok(decision) => decision,
-                        Err(error) => return Poll::Ready(this.respond.store_failed(error)),
+                        Err(error) => {
+                            this.events.store_failed();
+                            return Poll::Ready(this.respond.store_failed(error));
+                        }
                     };
+                    this.events.decided(&decision);
                     if !decision.is_allowed() {
                         return Poll::Ready(this.respond.refused(&decision));
                     }

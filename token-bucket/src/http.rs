@@ -130,14 +130,8 @@ impl<St, K> RateLimitLayer<St, K, OneToken, TooManyRequests> {
     /// # Ok(()) }
     /// ```
     #[must_use]
-    pub const fn new_for_http(store: St, bucket: Bucket, key: K) -> Self {
-        Self {
-            store,
-            bucket,
-            key,
-            cost: OneToken,
-            respond: TooManyRequests { legacy: false },
-        }
+    pub fn new_for_http(store: St, bucket: Bucket, key: K) -> Self {
+        RateLimitLayer::new(store, bucket, key).respond_with(TooManyRequests { legacy: false })
     }
 }
 

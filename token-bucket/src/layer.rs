@@ -3,6 +3,7 @@
 use tower::Layer;
 
 use crate::bucket::Bucket;
+use crate::events::Events;
 use crate::key::OneToken;
 use crate::respond::BoxErrors;
 use crate::service::RateLimit;
@@ -24,6 +25,7 @@ pub struct RateLimitLayer<St, K, W = OneToken, R = BoxErrors> {
     pub(crate) key: K,
     pub(crate) cost: W,
     pub(crate) respond: R,
+    pub(crate) events: Events,
 }
 
 impl<St, K> RateLimitLayer<St, K> {
@@ -37,6 +39,7 @@ impl<St, K> RateLimitLayer<St, K> {
             key,
             cost: OneToken,
             respond: BoxErrors,
+            events: Events::tracing_only(),
         }
     }
 }
@@ -51,6 +54,7 @@ impl<St, K, W, R> RateLimitLayer<St, K, W, R> {
             key: self.key,
             cost,
             respond: self.respond,
+            events: self.events,
         }
     }
 
@@ -63,6 +67,7 @@ impl<St, K, W, R> RateLimitLayer<St, K, W, R> {
             key: self.key,
             cost: self.cost,
             respond,
+            events: self.events,
         }
     }
 

@@ -56,6 +56,9 @@
 //!   `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` fields
 //!   (on admitted responses too), optionally the legacy `X-RateLimit-*`;
 //!   [`key::header`] picks buckets by a header.
+//! - `otel`: [`RateLimitLayer::instrument`] counts decisions by result,
+//!   and `RedisStore::instrument` counts Redis errors and fallback
+//!   decisions and reports the degraded state; see [`otel`].
 //!
 //! Every refusal carries a [`palisade_hints::Refusal`], so
 //! `palisade-retry` knows it was refused locally and retries only after the
@@ -63,12 +66,15 @@
 
 mod bucket;
 pub mod error;
+mod events;
 pub mod future;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod key;
 mod layer;
 mod local;
+#[cfg(feature = "otel")]
+pub mod otel;
 #[cfg(feature = "redis")]
 mod redis_store;
 mod respond;

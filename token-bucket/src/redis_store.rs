@@ -134,6 +134,8 @@ pub struct RedisStore<C> {
     timeout: Duration,
     policy: Arc<FailurePolicy>,
     health: Arc<Health>,
+    #[cfg(feature = "otel")]
+    instruments: Option<Arc<crate::otel::StoreInstruments>>,
 }
 
 impl<C> std::fmt::Debug for RedisStore<C> {
@@ -219,7 +221,34 @@ where
                 probe_interval: Duration::from_millis(500),
                 origin: Instant::now(),
             }),
+            #[cfg(feature = "otel")]
+            instruments: None,
         }
+    }
+
+    /// Counts Redis errors by kind and the decisions its failure policy
+    /// made, and reports whether the policy applies, with OpenTelemetry
+    /// (feature `otel`); `name` becomes the `store` attribute. See the
+    /// [`otel`](crate::otel) module for the names.
+    #[cfg(feature = "otel")]
+    #[must_use]
+    pub fn instrument(
+        mut self,
+        meter: &opentelemetry::metrics::Meter,
+        name: impl Into<String>,
+    ) -> Self {
+        let health = Arc::downgrade(&self.health);
+        let degraded = move || {
+            health
+                .upgrade()
+                .is_some_and(|h| h.down.load(Ordering::Acquire))
+        };
+        self.instruments = Some(Arc::new(crate::otel::StoreInstruments::new(
+            meter,
+            name.into(),
+            degraded,
+        )));
+        self
     }
 
     /// The prefix of every key: `{prefix:key}`.
@@ -266,7 +295,7 @@ where
         cost: u32,
         error: StoreError,
     ) -> Result<Decision, StoreError> {
-        match &*self.policy {
+        let decided = match &*self.policy {
             FailurePolicy::FailOpen => Ok(Decision::without_store(bucket, true, Duration::ZERO)),
             FailurePolicy::FailClosed => Ok(Decision::without_store(
                 bucket,
@@ -275,7 +304,12 @@ where
             )),
             FailurePolicy::Fallback { store, bucket } => Ok(store.decide_now(key, bucket, cost)),
             FailurePolicy::Propagate => Err(error),
+        };
+        #[cfg(feature = "otel")]
+        if let (Ok(_), Some(instruments)) = (&decided, &self.instruments) {
+            instruments.fell_back();
         }
+        decided
     }
 }
 
@@ -328,6 +362,10 @@ where
                 Ok(Err(error)) => StoreError::backend(error),
                 Err(_) => StoreError::timeout(store.timeout),
             };
+            #[cfg(feature = "otel")]
+            if let Some(instruments) = &store.instruments {
+                instruments.failed(error.is_timeout());
+            }
             store.health.failed(&error, &store.policy, now);
             store.fall_back(&key, &bucket, cost, error)
         })

@@ -65,13 +65,23 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let layer = &self.layer;
         let Some(key) = layer.key.key(&request) else {
-            return ResponseFuture::unlimited(self.inner.call(request), layer.respond.clone());
+            return ResponseFuture::unlimited(
+                self.inner.call(request),
+                layer.respond.clone(),
+                layer.events.clone(),
+            );
         };
         let cost = layer.cost.cost(&request);
         let decision = layer.store.decide(&key, &layer.bucket, cost);
         // The service polled ready answers once the store has decided.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::deciding(decision, ready, request, layer.respond.clone())
+        ResponseFuture::deciding(
+            decision,
+            ready,
+            request,
+            layer.respond.clone(),
+            layer.events.clone(),
+        )
     }
 }

@@ -1,0 +1,75 @@
+//! OpenTelemetry metrics, read back through the SDK's in-memory exporter.
+#![cfg(all(feature = "otel", feature = "redis"))]
+
+use std::time::Duration;
+
+use palisade_testkit::MetricsProbe;
+use palisade_testkit::proxy::Proxy;
+use palisade_token_bucket::key::global;
+use palisade_token_bucket::{
+    Bucket, Clock, FailurePolicy, LocalStore, RateLimitLayer, RedisStore, Store,
+};
+use tower::{BoxError, Layer, ServiceExt, service_fn};
+
+#[tokio::test(start_paused = true)]
+async fn decisions_are_counted_by_result() {
+    let probe = MetricsProbe::default();
+    let layer = RateLimitLayer::new(
+        LocalStore::with_clock(100, Clock::Tokio),
+        Bucket::new(2, 1.0).unwrap(),
+        global("all"),
+    )
+    .instrument(&probe.meter(), "api");
+    let service = layer.layer(service_fn(|n: u32| async move { Ok::<_, BoxError>(n) }));
+    for n in 0..5 {
+        let _ = service.clone().oneshot(n).await;
+    }
+    let mut decisions = probe.points("palisade.token_bucket.decisions");
+    decisions.sort();
+    let result = |r: &str| vec!["limiter=api".to_owned(), format!("result={r}")];
+    assert_eq!(decisions, [(result("allowed"), 2), (result("denied"), 3)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_errors_fallbacks_and_the_degraded_state_are_reported() {
+    let probe = MetricsProbe::default();
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let target = tokio::net::lookup_host(url.trim_start_matches("redis://").trim_end_matches('/'))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(target).await;
+    let connection = redis::Client::open(format!("redis://{}", proxy.address()))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let store = RedisStore::new(connection, FailurePolicy::FailOpen)
+        .prefix(&format!("palisade-test:{}", fastrand::u64(..)))
+        .timeout(Duration::from_millis(50))
+        .instrument(&probe.meter(), "shared");
+    let bucket = Bucket::new(10, 10.0).unwrap();
+    store.decide("k", &bucket, 1).await.unwrap();
+    assert_eq!(
+        probe.points("palisade.token_bucket.degraded"),
+        [(vec!["store=shared".to_owned()], 0)]
+    );
+    proxy.cut().await;
+    for _ in 0..3 {
+        assert!(store.decide("k", &bucket, 1).await.unwrap().is_allowed());
+    }
+    assert!(store.is_degraded());
+    let errors: u64 = probe
+        .points("palisade.token_bucket.store_errors")
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert!(errors >= 1, "at least the call that found Redis gone");
+    let fallbacks = probe.points("palisade.token_bucket.fallback_decisions");
+    assert_eq!(fallbacks, [(vec!["store=shared".to_owned()], 3)]);
+    assert_eq!(
+        probe.points("palisade.token_bucket.degraded"),
+        [(vec!["store=shared".to_owned()], 1)]
+    );
+}
