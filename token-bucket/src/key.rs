@@ -105,3 +105,68 @@ impl<B> Key<http::Request<B>> for Header {
         Some(value.to_owned())
     }
 }
+
+/// The bucket named from a typed request extension (a user id an
+/// authentication layer put there); a request without it is not limited by
+/// this layer.
+#[cfg(feature = "http")]
+pub struct Extension<T, F> {
+    name: F,
+    _type: std::marker::PhantomData<fn(&T)>,
+}
+
+/// The bucket named by `name` from the extension `T` (feature `http`).
+///
+/// # Example
+///
+/// ```
+/// use palisade_token_bucket::key::{Key, extension};
+///
+/// #[derive(Clone)]
+/// struct UserId(u64);
+///
+/// let by_user = extension(|user: &UserId| user.0.to_string());
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(UserId(7));
+/// assert_eq!(by_user.key(&request).as_deref(), Some("7"));
+/// ```
+#[cfg(feature = "http")]
+pub const fn extension<T, F>(name: F) -> Extension<T, F>
+where
+    F: Fn(&T) -> String,
+{
+    Extension {
+        name,
+        _type: std::marker::PhantomData,
+    }
+}
+
+#[cfg(feature = "http")]
+impl<T, F: Clone> Clone for Extension<T, F> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            _type: std::marker::PhantomData,
+        }
+    }
+}
+
+#[cfg(feature = "http")]
+impl<T, F> std::fmt::Debug for Extension<T, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extension")
+            .field("type", &std::any::type_name::<T>())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "http")]
+impl<B, T, F> Key<http::Request<B>> for Extension<T, F>
+where
+    T: Send + Sync + 'static,
+    F: Fn(&T) -> String,
+{
+    fn key(&self, request: &http::Request<B>) -> Option<String> {
+        request.extensions().get::<T>().map(&self.name)
+    }
+}
