@@ -1,0 +1,292 @@
+//! Single flight in process: concurrent callers of one key share one
+//! computation.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use crate::error::FlightError;
+
+/// What a flight ends with, shared by every waiter.
+type Landing<V, E> = Option<Result<V, FlightError<E>>>;
+
+/// Concurrent callers of the same key share one computation.
+///
+/// The first caller's computation runs as its own task; every caller of the
+/// key while it runs waits for the same result, and later callers' closures
+/// are never run. The task keeps running while at least one caller waits
+/// (dropping the first caller's future does not cancel it, and the others
+/// do not start their own), and is cancelled when the last waiter leaves.
+/// An error reaches every waiter (shared in an `Arc`), and so does a panic,
+/// as [`FlightError::Panicked`]: never a hang, never a crashed process.
+///
+/// The map of flights is bounded: past `max_flights` keys in flight at
+/// once, a caller computes on its own, uncoalesced, rather than wait for
+/// room. An entry leaves the map when its flight ends.
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use palisade_coalesce::Coalescer;
+///
+/// # #[tokio::main]
+/// # async fn main() {
+/// let coalescer: Coalescer<&str, u64, std::io::Error> = Coalescer::new(10_000);
+/// let origin_calls = Arc::new(AtomicUsize::new(0));
+/// let callers = (0..100).map(|_| {
+///     let (coalescer, calls) = (coalescer.clone(), origin_calls.clone());
+///     tokio::spawn(async move {
+///         coalescer
+///             .run("trending", move || async move {
+///                 calls.fetch_add(1, Ordering::SeqCst);
+///                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+///                 Ok(42)
+///             })
+///             .await
+///     })
+/// });
+/// for caller in callers.collect::<Vec<_>>() {
+///     assert_eq!(caller.await.unwrap().unwrap(), 42);
+/// }
+/// assert_eq!(origin_calls.load(Ordering::SeqCst), 1);
+/// # }
+/// ```
+pub struct Coalescer<K, V, E> {
+    inner: Arc<Inner<K, V, E>>,
+}
+
+impl<K, V, E> Clone for Coalescer<K, V, E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K, V, E> fmt::Debug for Coalescer<K, V, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coalescer")
+            .field("in_flight", &lock(&self.inner.flights).len())
+            .field("max_flights", &self.inner.max_flights)
+            .finish()
+    }
+}
+
+struct Inner<K, V, E> {
+    flights: Mutex<FlightMap<K, V, E>>,
+    max_flights: usize,
+}
+
+/// The flights by key.
+type FlightMap<K, V, E> = HashMap<K, Arc<Flight<V, E>>, foldhash::fast::RandomState>;
+
+/// One computation in flight.
+struct Flight<V, E> {
+    landing: watch::Receiver<Landing<V, E>>,
+    task: AbortHandle,
+    /// Callers waiting; changed only under the map's lock.
+    waiters: std::sync::atomic::AtomicUsize,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<K, V, E> Coalescer<K, V, E>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    /// A coalescer with room for `max_flights` keys in flight at once.
+    #[must_use]
+    pub fn new(max_flights: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                flights: Mutex::new(HashMap::default()),
+                max_flights,
+            }),
+        }
+    }
+
+    /// Keys in flight now.
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        lock(&self.inner.flights).len()
+    }
+
+    /// Callers waiting on `key`'s flight now (0 when none is in flight).
+    #[must_use]
+    pub fn waiters(&self, key: &K) -> usize {
+        lock(&self.inner.flights).get(key).map_or(0, |flight| {
+            flight.waiters.load(std::sync::atomic::Ordering::Relaxed)
+        })
+    }
+
+    /// The result of `compute` for `key`, computed once for every caller
+    /// that asks while it runs.
+    ///
+    /// `compute` runs on the Tokio runtime as a task of its own; it is
+    /// called only if no flight for `key` is running.
+    ///
+    /// # Errors
+    ///
+    /// [`FlightError::Failed`] with the computation's error (shared by
+    /// every waiter), [`FlightError::Panicked`] if it panicked, and
+    /// [`FlightError::Cancelled`] if its task was cancelled from outside
+    /// (the runtime shutting down).
+    pub async fn run<F, Fut>(&self, key: K, compute: F) -> Result<V, FlightError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let (flight, mut landing) = match self.board(&key, compute) {
+            Boarding::Aboard(flight, landing) => (flight, landing),
+            Boarding::Full(compute) => {
+                tracing::debug!(target: "palisade_coalesce", "flight map full; computing uncoalesced");
+                return land(CatchUnwind(Box::pin(compute())).await);
+            }
+        };
+        let waiting = Waiting {
+            inner: &self.inner,
+            key: &key,
+            flight: &flight,
+        };
+        let landed = landing
+            .wait_for(Option::is_some)
+            .await
+            .map(|landed| landed.clone());
+        drop(waiting);
+        match landed {
+            Ok(Some(result)) => result,
+            // The task ended without a result: cancelled from outside.
+            Ok(None) | Err(_) => Err(FlightError::Cancelled),
+        }
+    }
+}
+
+impl<K, V, E> Coalescer<K, V, E>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    /// Joins `key`'s flight, or starts it with `compute`, under the map's
+    /// lock (never held across an await).
+    fn board<F, Fut>(&self, key: &K, compute: F) -> Boarding<V, E, F>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let mut flights = lock(&self.inner.flights);
+        if let Some(flight) = flights.get(key) {
+            flight
+                .waiters
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Boarding::Aboard(flight.clone(), flight.landing.clone());
+        }
+        if flights.len() >= self.inner.max_flights {
+            return Boarding::Full(compute);
+        }
+        let (sender, landing) = watch::channel(None);
+        let inner = Arc::downgrade(&self.inner);
+        let own_key = key.clone();
+        let computation = CatchUnwind(Box::pin(compute()));
+        let task = tokio::spawn(async move {
+            let result = land(computation.await);
+            // Leave the map first: a caller from now on starts anew.
+            if let Some(inner) = inner.upgrade() {
+                lock(&inner.flights).remove(&own_key);
+            }
+            sender.send_replace(Some(result));
+        });
+        let flight = Arc::new(Flight {
+            landing: landing.clone(),
+            task: task.abort_handle(),
+            waiters: std::sync::atomic::AtomicUsize::new(1),
+        });
+        flights.insert(key.clone(), flight.clone());
+        Boarding::Aboard(flight, landing)
+    }
+}
+
+/// A caller's way into a flight.
+enum Boarding<V, E, F> {
+    /// Waiting on this flight.
+    Aboard(Arc<Flight<V, E>>, watch::Receiver<Landing<V, E>>),
+    /// No room: compute alone.
+    Full(F),
+}
+
+/// One caller's place in a flight: leaving makes the flight one waiter
+/// lighter, and cancels it when it was the last.
+struct Waiting<'a, K: Hash + Eq, V, E> {
+    inner: &'a Inner<K, V, E>,
+    key: &'a K,
+    flight: &'a Arc<Flight<V, E>>,
+}
+
+impl<K: Hash + Eq, V, E> Drop for Waiting<'_, K, V, E> {
+    fn drop(&mut self) {
+        let mut flights = lock(&self.inner.flights);
+        let left = self
+            .flight
+            .waiters
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
+            - 1;
+        if left == 0 && self.flight.landing.borrow().is_none() {
+            self.flight.task.abort();
+            if flights
+                .get(self.key)
+                .is_some_and(|f| Arc::ptr_eq(f, self.flight))
+            {
+                flights.remove(self.key);
+            }
+            tracing::debug!(target: "palisade_coalesce", "every waiter left; flight cancelled");
+        }
+    }
+}
+
+/// A computation's end as what its waiters get.
+fn land<V, E>(caught: Result<Result<V, E>, Box<dyn Any + Send>>) -> Result<V, FlightError<E>> {
+    match caught {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(FlightError::Failed(Arc::new(error))),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string panic".to_owned());
+            tracing::error!(target: "palisade_coalesce", %message, "the computation panicked");
+            Err(FlightError::Panicked(message.into()))
+        }
+    }
+}
+
+/// A computation whose panic becomes a value.
+struct CatchUnwind<Fut>(Pin<Box<Fut>>);
+
+impl<T, Fut: Future<Output = T>> Future for CatchUnwind<Fut> {
+    type Output = Result<T, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}

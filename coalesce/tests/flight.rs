@@ -1,0 +1,197 @@
+//! Single flight in process, on a multi-thread runtime. Computations wait
+//! on a gate the test opens once every caller is aboard, so the counts do
+//! not depend on timing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use palisade_coalesce::{Coalescer, FlightError};
+use tokio::sync::Notify;
+
+#[derive(Debug, PartialEq, Eq)]
+struct OriginDown;
+
+type Flights = Coalescer<&'static str, u64, OriginDown>;
+
+/// Waits until `n` callers wait on `key`'s flight.
+async fn until_aboard(coalescer: &Flights, key: &'static str, n: usize) {
+    while coalescer.waiters(&key) < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// `n` callers of `key`, each getting what the (single) computation gives
+/// once `gate` opens; counts origin calls in `calls`.
+fn callers(
+    coalescer: &Flights,
+    key: &'static str,
+    n: usize,
+    gate: &Arc<Notify>,
+    calls: &Arc<AtomicUsize>,
+    result: Result<u64, OriginDown>,
+) -> Vec<tokio::task::JoinHandle<Result<u64, FlightError<OriginDown>>>> {
+    let result = Arc::new(std::sync::Mutex::new(Some(result)));
+    (0..n)
+        .map(|_| {
+            let (coalescer, gate, calls, result) = (
+                coalescer.clone(),
+                gate.clone(),
+                calls.clone(),
+                result.clone(),
+            );
+            tokio::spawn(async move {
+                coalescer
+                    .run(key, move || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        gate.notified().await;
+                        result.lock().unwrap().take().expect("computed once")
+                    })
+                    .await
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_callers_cause_one_computation() {
+    let coalescer = Flights::new(1000);
+    let (gate, calls) = (Arc::new(Notify::new()), Arc::new(AtomicUsize::new(0)));
+    let waiting = callers(&coalescer, "cold", 1000, &gate, &calls, Ok(7));
+    until_aboard(&coalescer, "cold", 1000).await;
+    gate.notify_one();
+    for caller in waiting {
+        assert_eq!(caller.await.unwrap().unwrap(), 7);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        coalescer.in_flight(),
+        0,
+        "the entry leaves when the flight ends"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropping_the_first_caller_neither_cancels_nor_duplicates_the_work() {
+    let coalescer = Flights::new(1000);
+    let (gate, calls) = (Arc::new(Notify::new()), Arc::new(AtomicUsize::new(0)));
+    let mut waiting = callers(&coalescer, "k", 1, &gate, &calls, Ok(9));
+    until_aboard(&coalescer, "k", 1).await;
+    waiting.extend(callers(&coalescer, "k", 20, &gate, &calls, Ok(0)));
+    until_aboard(&coalescer, "k", 21).await;
+    let leader = waiting.remove(0);
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    gate.notify_one();
+    for caller in waiting {
+        assert_eq!(
+            caller.await.unwrap().unwrap(),
+            9,
+            "the leader's computation, finished"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_computation_stops_when_the_last_waiter_leaves() {
+    struct Dropped(Arc<AtomicUsize>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let coalescer = Flights::new(1000);
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let waiting: Vec<_> = (0..5)
+        .map(|_| {
+            let (coalescer, dropped) = (coalescer.clone(), dropped.clone());
+            tokio::spawn(async move {
+                coalescer
+                    .run("k", move || async move {
+                        let _guard = Dropped(dropped);
+                        std::future::pending::<Result<u64, OriginDown>>().await
+                    })
+                    .await
+            })
+        })
+        .collect();
+    until_aboard(&coalescer, "k", 5).await;
+    for caller in waiting {
+        caller.abort();
+        let _ = caller.await;
+    }
+    while dropped.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(coalescer.in_flight(), 0);
+    // A new caller starts afresh.
+    assert_eq!(coalescer.run("k", || async { Ok(3) }).await.unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_error_reaches_every_waiter_shared() {
+    let coalescer = Flights::new(1000);
+    let (gate, calls) = (Arc::new(Notify::new()), Arc::new(AtomicUsize::new(0)));
+    let waiting = callers(&coalescer, "k", 50, &gate, &calls, Err(OriginDown));
+    until_aboard(&coalescer, "k", 50).await;
+    gate.notify_one();
+    let mut errors = Vec::new();
+    for caller in waiting {
+        let error = caller.await.unwrap().unwrap_err();
+        errors.push(error.failure().expect("the origin's error").clone());
+    }
+    assert!(
+        errors.iter().all(|e| Arc::ptr_eq(e, &errors[0])),
+        "one error, shared"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panic_becomes_an_error_for_every_waiter() {
+    let coalescer = Flights::new(1000);
+    let gate = Arc::new(Notify::new());
+    let waiting: Vec<_> = (0..30)
+        .map(|_| {
+            let (coalescer, gate) = (coalescer.clone(), gate.clone());
+            tokio::spawn(async move {
+                coalescer
+                    .run("k", move || async move {
+                        gate.notified().await;
+                        panic!("origin bug");
+                    })
+                    .await
+            })
+        })
+        .collect();
+    until_aboard(&coalescer, "k", 30).await;
+    gate.notify_one();
+    for caller in waiting {
+        match caller.await.unwrap() {
+            Err(FlightError::Panicked(message)) => assert_eq!(&*message, "origin bug"),
+            other => panic!("expected a panic error, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        coalescer.run("k", || async { Ok(1) }).await.unwrap(),
+        1,
+        "still serving"
+    );
+}
+
+#[tokio::test]
+async fn past_its_bound_the_map_lets_callers_compute_alone() {
+    let coalescer = Flights::new(1);
+    let gate = Arc::new(Notify::new());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let first = callers(&coalescer, "a", 1, &gate, &calls, Ok(1));
+    until_aboard(&coalescer, "a", 1).await;
+    // "b" finds no room: it computes on its own, at once.
+    assert_eq!(coalescer.run("b", || async { Ok(2) }).await.unwrap(), 2);
+    assert_eq!(coalescer.in_flight(), 1);
+    gate.notify_one();
+    for caller in first {
+        assert_eq!(caller.await.unwrap().unwrap(), 1);
+    }
+}
