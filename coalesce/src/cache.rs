@@ -1,0 +1,269 @@
+//! A cache in front of a slow origin: coalesced misses, stale-while-
+//! revalidate, stale-if-error and early refresh.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::FlightError;
+use crate::flight::Coalescer;
+use crate::freshness::{Entry, Freshness, State};
+
+/// How a lookup was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// A fresh value from the cache.
+    Fresh,
+    /// A stale value, while one background refresh runs.
+    Stale,
+    /// A value the origin computed for this lookup (alone or coalesced).
+    Miss,
+    /// A stale value standing in for an origin that failed.
+    StaleIfError,
+}
+
+/// A value and how it was served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lookup<V> {
+    /// The value.
+    pub value: V,
+    /// How it was served.
+    pub served: Served,
+    /// How old it is.
+    pub age: Duration,
+}
+
+/// A bounded in-process cache of values computed by a slow origin.
+///
+/// - A miss is computed once however many callers ask at the same time
+///   (through a [`Coalescer`]), and stored with its [`Freshness`].
+/// - A fresh value is served as is; now and then, as expiry nears, a
+///   caller also starts an early background refresh (XFetch).
+/// - A stale value is served at once while one background refresh runs.
+/// - When the origin fails, a value within its stale-if-error window is
+///   served instead of the error.
+///
+/// Background refreshes run as Tokio tasks; their errors keep the old value
+/// (and are logged). The cache holds at most `capacity` entries: past it,
+/// entries past all their windows go first, then the oldest.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_coalesce::{Cache, Freshness, Served};
+///
+/// # #[tokio::main]
+/// # async fn main() {
+/// let freshness = Freshness::new(Duration::from_secs(30))
+///     .stale_while_revalidate(Duration::from_secs(60));
+/// let trending: Cache<String, Vec<u32>, std::io::Error> = Cache::new(1_000, freshness);
+/// let lookup = trending
+///     .get_with("books".to_owned(), || async { Ok(vec![7, 3, 9]) })
+///     .await
+///     .unwrap();
+/// assert_eq!((lookup.value, lookup.served), (vec![7, 3, 9], Served::Miss));
+/// let again = trending.get_with("books".to_owned(), || async { Ok(vec![]) }).await.unwrap();
+/// assert_eq!(again.served, Served::Fresh);
+/// # }
+/// ```
+pub struct Cache<K, V, E> {
+    entries: Arc<Mutex<HashMap<K, Entry<V>, foldhash::fast::RandomState>>>,
+    capacity: usize,
+    freshness: Freshness,
+    flights: Coalescer<K, V, E>,
+}
+
+impl<K, V, E> Clone for Cache<K, V, E> {
+    fn clone(&self) -> Self {
+        Self {
+            entries: self.entries.clone(),
+            capacity: self.capacity,
+            freshness: self.freshness,
+            flights: self.flights.clone(),
+        }
+    }
+}
+
+impl<K, V, E> fmt::Debug for Cache<K, V, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("capacity", &self.capacity)
+            .field("freshness", &self.freshness)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V, E> Cache<K, V, E>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    /// A cache of at most `capacity` entries, each with `freshness`.
+    #[must_use]
+    pub fn new(capacity: usize, freshness: Freshness) -> Self {
+        Self {
+            entries: Arc::new(Mutex::new(HashMap::default())),
+            capacity: capacity.max(1),
+            freshness,
+            flights: Coalescer::new(capacity.max(1)),
+        }
+    }
+
+    /// Entries held now.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether the cache holds nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Entry<V>, foldhash::fast::RandomState>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The value for `key`, from the cache or from `compute`.
+    ///
+    /// `compute` is called at most once per flight: for a miss, or for a
+    /// background refresh (then on a Tokio task of its own).
+    ///
+    /// # Errors
+    ///
+    /// The origin's error (shared, see [`FlightError`]) when there is no
+    /// value usable in its place.
+    pub async fn get_with<F, Fut>(&self, key: K, compute: F) -> Result<Lookup<V>, FlightError<E>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let now = Instant::now();
+        let cached = self.lock().get(&key).cloned();
+        let Some(entry) = cached else {
+            return self.fill(key, compute).await;
+        };
+        let served = match entry.state(now, 1.0 - fastrand::f64()) {
+            State::Fresh => Served::Fresh,
+            State::RefreshEarly => {
+                tracing::debug!(target: "palisade_coalesce", "early refresh");
+                self.refresh_in_background(key, compute);
+                Served::Fresh
+            }
+            State::Stale => {
+                self.refresh_in_background(key, compute);
+                Served::Stale
+            }
+            State::Expired | State::Dead => {
+                return match self.fill(key, compute).await {
+                    Err(error) if entry.usable_on_error(Instant::now()) => {
+                        tracing::warn!(target: "palisade_coalesce", "origin failed; serving a stale value");
+                        let _ = error;
+                        Ok(Lookup {
+                            age: entry.age(Instant::now()),
+                            value: entry.into_value(),
+                            served: Served::StaleIfError,
+                        })
+                    }
+                    result => result,
+                };
+            }
+        };
+        Ok(Lookup {
+            age: entry.age(now),
+            value: entry.into_value(),
+            served,
+        })
+    }
+
+    /// Computes `key` (coalesced) and stores the value.
+    async fn fill<F, Fut>(&self, key: K, compute: F) -> Result<Lookup<V>, FlightError<E>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let value = self
+            .flights
+            .run(key.clone(), self.computation(key, compute))
+            .await?;
+        Ok(Lookup {
+            value,
+            served: Served::Miss,
+            age: Duration::ZERO,
+        })
+    }
+
+    /// Starts one background refresh of `key` (joining one in flight).
+    fn refresh_in_background<F, Fut>(&self, key: K, compute: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        if self.flights.waiters(&key) > 0 {
+            return;
+        }
+        let flights = self.flights.clone();
+        let computation = self.computation(key.clone(), compute);
+        tokio::spawn(async move {
+            if flights.run(key, computation).await.is_err() {
+                tracing::warn!(target: "palisade_coalesce", "background refresh failed; keeping the stale value");
+            }
+        });
+    }
+
+    /// The flight's work: compute, time it, store the entry.
+    fn computation<F, Fut>(
+        &self,
+        key: K,
+        compute: F,
+    ) -> impl FnOnce() -> ComputeFuture<V, E> + use<K, V, E, F, Fut>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let (entries, capacity, freshness) = (self.entries.clone(), self.capacity, self.freshness);
+        move || {
+            Box::pin(async move {
+                let started = Instant::now();
+                let value = compute().await?;
+                let now = Instant::now();
+                let entry = freshness.entry(value.clone(), now, now - started);
+                let mut entries = entries.lock().unwrap_or_else(PoisonError::into_inner);
+                if entries.len() >= capacity && !entries.contains_key(&key) {
+                    evict(&mut entries, now);
+                }
+                entries.insert(key, entry);
+                Ok(value)
+            })
+        }
+    }
+}
+
+/// The boxed work of one flight.
+type ComputeFuture<V, E> = std::pin::Pin<Box<dyn Future<Output = Result<V, E>> + Send>>;
+
+/// Makes room for one entry: everything past all its windows, else the
+/// entry stored longest ago.
+fn evict<K: Hash + Eq + Clone, V>(
+    entries: &mut HashMap<K, Entry<V>, foldhash::fast::RandomState>,
+    now: Instant,
+) {
+    let before = entries.len();
+    entries.retain(|_, entry| entry.keep_until() > now);
+    if entries.len() == before
+        && let Some(oldest) = entries
+            .iter()
+            .min_by_key(|(_, entry)| now - entry.age(now))
+            .map(|(key, _)| key.clone())
+    {
+        entries.remove(&oldest);
+    }
+}

@@ -1,0 +1,162 @@
+//! The cache under paused time: fresh, stale-while-revalidate,
+//! stale-if-error, early refresh, coalesced misses and its bound.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use palisade_coalesce::{Cache, Freshness, Served};
+
+#[derive(Debug)]
+struct OriginDown;
+
+type Trending = Cache<&'static str, u64, OriginDown>;
+
+fn s(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// An origin that takes `took` and answers its call number, or fails when
+/// `failing` is set.
+#[derive(Clone, Default)]
+struct Origin {
+    calls: Arc<AtomicU64>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Origin {
+    fn compute(
+        &self,
+        took: Duration,
+    ) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<u64, OriginDown>> + Send>>
+    + Send
+    + 'static {
+        let origin = self.clone();
+        move || {
+            Box::pin(async move {
+                let call = origin.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(took).await;
+                if origin.failing.load(Ordering::SeqCst) {
+                    Err(OriginDown)
+                } else {
+                    Ok(call)
+                }
+            })
+        }
+    }
+
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// Lets background tasks run to completion (paused time jumps ahead).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    tokio::time::sleep(s(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_miss_is_computed_once_then_served_fresh() {
+    let cache = Trending::new(100, Freshness::new(s(30)).early_refresh(0.0));
+    let origin = Origin::default();
+    let first = cache.get_with("top", origin.compute(s(1))).await.unwrap();
+    assert_eq!((first.value, first.served), (1, Served::Miss));
+    tokio::time::advance(s(10)).await;
+    let again = cache.get_with("top", origin.compute(s(1))).await.unwrap();
+    assert_eq!(
+        (again.value, again.served, again.age),
+        (1, Served::Fresh, s(10))
+    );
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_value_is_served_at_once_while_one_refresh_runs() {
+    let freshness = Freshness::new(s(30))
+        .stale_while_revalidate(s(60))
+        .early_refresh(0.0);
+    let cache = Trending::new(100, freshness);
+    let origin = Origin::default();
+    cache.get_with("top", origin.compute(s(1))).await.unwrap();
+    tokio::time::advance(s(40)).await;
+    for _ in 0..50 {
+        let stale = cache.get_with("top", origin.compute(s(5))).await.unwrap();
+        assert_eq!((stale.value, stale.served), (1, Served::Stale));
+    }
+    settle().await;
+    tokio::time::sleep(s(5)).await;
+    assert_eq!(origin.calls(), 2, "fifty stale reads, one refresh");
+    let fresh = cache.get_with("top", origin.compute(s(1))).await.unwrap();
+    assert_eq!((fresh.value, fresh.served), (2, Served::Fresh));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_origin_is_covered_by_the_stale_value_within_its_window() {
+    let freshness = Freshness::new(s(30))
+        .stale_if_error(s(300))
+        .early_refresh(0.0);
+    let cache = Trending::new(100, freshness);
+    let origin = Origin::default();
+    cache.get_with("top", origin.compute(s(1))).await.unwrap();
+    origin.failing.store(true, Ordering::SeqCst);
+    tokio::time::advance(s(100)).await;
+    let covered = cache.get_with("top", origin.compute(s(1))).await.unwrap();
+    assert_eq!((covered.value, covered.served), (1, Served::StaleIfError));
+    tokio::time::advance(s(300)).await;
+    let error = cache
+        .get_with("top", origin.compute(s(1)))
+        .await
+        .unwrap_err();
+    assert!(error.failure().is_some(), "past the window the error shows");
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_misses_cause_one_origin_call() {
+    let cache = Trending::new(100, Freshness::new(s(30)));
+    let origin = Origin::default();
+    let lookups: Vec<_> = (0..200)
+        .map(|_| {
+            let (cache, compute) = (cache.clone(), origin.compute(s(2)));
+            tokio::spawn(async move { cache.get_with("cold", compute).await })
+        })
+        .collect();
+    for lookup in lookups {
+        assert_eq!(lookup.await.unwrap().unwrap().value, 1);
+    }
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hot_keys_are_refreshed_before_they_expire() {
+    // The value takes 1 s to compute and is fresh for 10 s; at 9.5 s each
+    // read refreshes early with probability exp(-0.5) = 0.61.
+    let cache = Trending::new(100, Freshness::new(s(10)).early_refresh(1.0));
+    let origin = Origin::default();
+    cache.get_with("hot", origin.compute(s(1))).await.unwrap();
+    tokio::time::advance(Duration::from_millis(9500)).await;
+    for _ in 0..30 {
+        let read = cache.get_with("hot", origin.compute(s(1))).await.unwrap();
+        assert_eq!(read.served, Served::Fresh);
+    }
+    settle().await;
+    assert_eq!(origin.calls(), 2, "one early refresh, coalesced");
+    let read = cache.get_with("hot", origin.compute(s(1))).await.unwrap();
+    assert_eq!(
+        (read.value, read.served),
+        (2, Served::Fresh),
+        "never found cold"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_cache_holds_at_most_its_capacity() {
+    let cache: Cache<u32, u32, OriginDown> = Cache::new(16, Freshness::new(s(30)));
+    for key in 0..100 {
+        cache
+            .get_with(key, move || async move { Ok(key) })
+            .await
+            .unwrap();
+    }
+    assert!(cache.len() <= 16, "{} entries", cache.len());
+}
