@@ -73,6 +73,16 @@ impl Freshness {
         self
     }
 
+    /// XFetch's `beta` as applied (0 when off).
+    #[must_use]
+    pub fn beta(&self) -> f64 {
+        if self.beta.is_finite() && self.beta > 0.0 {
+            self.beta
+        } else {
+            0.0
+        }
+    }
+
     /// How long a value is fresh.
     #[must_use]
     pub const fn ttl(&self) -> Duration {
@@ -124,6 +134,67 @@ pub enum State {
     Expired,
     /// Past every window: as good as absent.
     Dead,
+}
+
+/// An entry's instants as milliseconds since the Unix epoch, for stores
+/// outside this process.
+#[cfg(feature = "redis")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WallTimes {
+    pub(crate) stored_at: u64,
+    pub(crate) fresh_until: u64,
+    pub(crate) stale_until: u64,
+    pub(crate) usable_on_error_until: u64,
+    pub(crate) compute_ms: u64,
+}
+
+#[cfg(feature = "redis")]
+impl<V> Entry<V> {
+    /// The entry's instants on the wall clock, `now` being `unix_now` ms.
+    pub(crate) fn wall_times(&self, now: Instant, unix_now: u64) -> WallTimes {
+        let wall = |at: Instant| {
+            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            if at >= now {
+                unix_now.saturating_add(ms(at - now))
+            } else {
+                unix_now.saturating_sub(ms(now - at))
+            }
+        };
+        WallTimes {
+            stored_at: wall(self.stored_at),
+            fresh_until: wall(self.fresh_until),
+            stale_until: wall(self.stale_until),
+            usable_on_error_until: wall(self.usable_on_error_until),
+            compute_ms: u64::try_from(self.compute_time.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The entry stored with `times`, read at `now` (`unix_now` ms).
+    pub(crate) fn from_wall_times(
+        value: V,
+        times: WallTimes,
+        beta: f64,
+        now: Instant,
+        unix_now: u64,
+    ) -> Self {
+        let at = |ms: u64| {
+            if ms >= unix_now {
+                now + Duration::from_millis(ms - unix_now)
+            } else {
+                now.checked_sub(Duration::from_millis(unix_now - ms))
+                    .unwrap_or(now)
+            }
+        };
+        Self {
+            value,
+            stored_at: at(times.stored_at),
+            fresh_until: at(times.fresh_until),
+            stale_until: at(times.stale_until),
+            usable_on_error_until: at(times.usable_on_error_until),
+            compute_time: Duration::from_millis(times.compute_ms),
+            beta,
+        }
+    }
 }
 
 impl<V> Entry<V> {

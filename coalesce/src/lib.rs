@@ -7,16 +7,27 @@
 //! - [`Cache`]: values with a [`Freshness`]: coalesced misses,
 //!   stale-while-revalidate, stale-if-error, and early refresh (XFetch)
 //!   so hot keys are rarely found cold.
+//! - [`RedisCache`] (feature `redis`): the same across processes. One
+//!   process wins a Redis lock (`SET NX PX`, lease extended while it
+//!   computes) and computes; the others wait for a pub/sub wake-up (with a
+//!   polling fallback and a timeout); if the leader dies exactly one waiter
+//!   takes over; without Redis, values are computed in process.
 
 mod cache;
+#[cfg(feature = "redis")]
+mod codec;
 pub mod error;
 mod flight;
 mod freshness;
+#[cfg(feature = "redis")]
+mod redis_cache;
 
 pub use cache::{Cache, Lookup, Served};
 pub use error::FlightError;
 pub use flight::Coalescer;
 pub use freshness::{Entry, Freshness, State};
+#[cfg(feature = "redis")]
+pub use redis_cache::{RedisCache, RedisSettings};
 
 /// The README's example, compiled and run as a doctest so it stays true.
 #[doc = include_str!("../README.md")]

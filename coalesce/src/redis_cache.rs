@@ -1,0 +1,605 @@
+//! Coalescing across processes through Redis (feature `redis`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::ConnectionLike;
+use redis::{AsyncCommands, Script};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::cache::{Lookup, Served};
+use crate::codec;
+use crate::error::FlightError;
+use crate::flight::Coalescer;
+use crate::freshness::{Entry, Freshness, State};
+
+/// Releases the lock if it is still ours.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    )
+});
+
+/// Extends the lock's lease if it is still ours.
+static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0",
+    )
+});
+
+/// Stores the value, wakes the waiters, and releases the lock if still
+/// ours: one round trip.
+static FILL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+if redis.call('GET', KEYS[2]) == ARGV[5] then redis.call('DEL', KEYS[2]) end
+return 1",
+    )
+});
+
+/// How a [`RedisCache`] behaves.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_coalesce::{Freshness, RedisSettings};
+///
+/// let settings = RedisSettings::new(Freshness::new(Duration::from_secs(30)))
+///     .prefix("catalog")
+///     .lock_ttl(Duration::from_secs(5))
+///     .wait_timeout(Duration::from_secs(10));
+/// # let _ = settings;
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    freshness: Freshness,
+    prefix: String,
+    lock_ttl: Duration,
+    wait_timeout: Duration,
+    poll_interval: Duration,
+    timeout: Duration,
+}
+
+impl RedisSettings {
+    /// Entries with `freshness`; keys under `palisade:coalesce`; a 10 s
+    /// lock lease, waits of at most 30 s polled every 250 ms besides the
+    /// wake-up, and 250 ms per Redis call.
+    #[must_use]
+    pub fn new(freshness: Freshness) -> Self {
+        Self {
+            freshness,
+            prefix: "palisade:coalesce".to_owned(),
+            lock_ttl: Duration::from_secs(10),
+            wait_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(250),
+            timeout: Duration::from_millis(250),
+        }
+    }
+
+    /// The prefix of every key: `{prefix:key}:value` and `{prefix:key}:lock`.
+    #[must_use]
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.prefix);
+        self
+    }
+
+    /// The leader's lease on the lock, extended every half of it while it
+    /// computes; a leader that dies is replaced after at most this long.
+    #[must_use]
+    pub const fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock_ttl = ttl;
+        self
+    }
+
+    /// The longest a caller waits for another process's computation before
+    /// computing itself.
+    #[must_use]
+    pub const fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = timeout;
+        self
+    }
+
+    /// How often a waiter looks for the value besides being woken (in case
+    /// a wake-up is lost with the pub/sub connection).
+    #[must_use]
+    pub const fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// How long one Redis call may take before Redis counts as unreachable.
+    #[must_use]
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+/// A cache shared by every process through Redis, computing each value once
+/// across all of them.
+///
+/// Values are bytes (serialise yours). On a miss one process wins a lock
+/// (`SET NX PX` with a random token), computes, stores the value with its
+/// [`Freshness`], publishes a wake-up and releases the lock (only its own,
+/// in one script); a leader computing for longer than half its lease
+/// extends it. The others wait for the wake-up (one pub/sub connection per
+/// cache, fanned out by key), look again every poll interval, and after the
+/// wait timeout compute on their own. If the leader dies, its lease
+/// expires and exactly one waiter wins the lock and takes over. Inside a
+/// process, callers of one key are coalesced first, so a process sends one
+/// request per key however many callers it has.
+///
+/// Stale values are served while one process refreshes them
+/// (stale-while-revalidate), cover a failing origin within their window
+/// (stale-if-error), and hot keys are refreshed early (XFetch).
+///
+/// When Redis is unreachable the value is computed in this process (still
+/// coalesced), never waited for: a Redis outage costs coalescing across
+/// processes, not availability.
+pub struct RedisCache<C, E> {
+    shared: Arc<Shared<C>>,
+    local: Coalescer<String, Lookup<Bytes>, E>,
+}
+
+impl<C, E> Clone for RedisCache<C, E> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            local: self.local.clone(),
+        }
+    }
+}
+
+impl<C, E> std::fmt::Debug for RedisCache<C, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCache")
+            .field("settings", &self.shared.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared<C> {
+    connection: C,
+    settings: RedisSettings,
+    channel: String,
+    wakeups: Arc<Wakeups>,
+    redis_down: AtomicBool,
+}
+
+/// Waiters by key, woken by the pub/sub dispatcher.
+#[derive(Default)]
+struct Wakeups {
+    by_key: Mutex<HashMap<String, Weak<Notify>>>,
+}
+
+impl Wakeups {
+    fn register(&self, key: &str) -> Arc<Notify> {
+        let mut by_key = self.by_key.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(notify) = by_key.get(key).and_then(Weak::upgrade) {
+            return notify;
+        }
+        by_key.retain(|_, notify| notify.strong_count() > 0);
+        let notify = Arc::new(Notify::new());
+        by_key.insert(key.to_owned(), Arc::downgrade(&notify));
+        notify
+    }
+
+    fn wake(&self, key: &str) {
+        let notify = self
+            .by_key
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .and_then(Weak::upgrade);
+        if let Some(notify) = notify {
+            notify.notify_waiters();
+        }
+    }
+}
+
+/// What a waiter found.
+enum Waited {
+    Value(Bytes),
+    LockGone,
+    GaveUp,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl<C, E> RedisCache<C, E>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    /// A cache on `connection`, subscribing for wake-ups through `client`
+    /// (one pub/sub connection, kept up by a background task).
+    ///
+    /// # Errors
+    ///
+    /// The error of the first pub/sub connection; later losses are
+    /// retried in the background while waiters poll.
+    pub async fn connect(
+        client: &redis::Client,
+        connection: C,
+        settings: RedisSettings,
+    ) -> redis::RedisResult<Self> {
+        let channel = format!("{}:filled", settings.prefix);
+        let wakeups = Arc::new(Wakeups::default());
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(&channel).await?;
+        tokio::spawn(dispatch(
+            client.clone(),
+            channel.clone(),
+            pubsub,
+            Arc::downgrade(&wakeups),
+        ));
+        Ok(Self {
+            shared: Arc::new(Shared {
+                connection,
+                settings,
+                channel,
+                wakeups,
+                redis_down: AtomicBool::new(false),
+            }),
+            local: Coalescer::new(100_000),
+        })
+    }
+
+    /// The value for `key`: from Redis, or computed once across every
+    /// process by `compute`.
+    ///
+    /// # Errors
+    ///
+    /// The origin's error (see [`FlightError`]) when no stale value may
+    /// stand in for it.
+    pub async fn get_with<F, Fut>(
+        &self,
+        key: &str,
+        compute: F,
+    ) -> Result<Lookup<Bytes>, FlightError<E>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Bytes, E>> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        let owned = key.to_owned();
+        self.local
+            .run(key.to_owned(), move || resolve(shared, owned, compute))
+            .await
+    }
+}
+
+/// Keeps the wake-up subscription: fans messages out by key, and
+/// reconnects (with backoff) when the connection is lost.
+async fn dispatch(
+    client: redis::Client,
+    channel: String,
+    pubsub: redis::aio::PubSub,
+    wakeups: Weak<Wakeups>,
+) {
+    let mut pubsub = Some(pubsub);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if let Some(connected) = pubsub.take() {
+            backoff = Duration::from_millis(50);
+            let mut messages = connected.into_on_message();
+            while let Some(message) = messages.next().await {
+                let Some(wakeups) = wakeups.upgrade() else {
+                    return;
+                };
+                if let Ok(key) = message.get_payload::<String>() {
+                    wakeups.wake(&key);
+                }
+            }
+            tracing::warn!(target: "palisade_coalesce", "wake-up subscription lost; waiters poll until it is back");
+        }
+        if wakeups.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+        if let Ok(mut connected) = client.get_async_pubsub().await
+            && connected.subscribe(&channel).await.is_ok()
+        {
+            pubsub = Some(connected);
+        }
+    }
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
+    fn value_key(&self, key: &str) -> String {
+        format!("{{{}:{key}}}:value", self.settings.prefix)
+    }
+
+    fn lock_key(&self, key: &str) -> String {
+        format!("{{{}:{key}}}:lock", self.settings.prefix)
+    }
+
+    /// One Redis call within the timeout; `None` when Redis failed.
+    async fn call<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Option<T> {
+        match tokio::time::timeout(self.settings.timeout, call).await {
+            Ok(Ok(value)) => {
+                if self.redis_down.swap(false, Ordering::AcqRel) {
+                    tracing::info!(target: "palisade_coalesce", "redis answers again; coalescing across processes");
+                }
+                Some(value)
+            }
+            Ok(Err(error)) => self.failed(&error),
+            Err(_) => self.failed(&"timed out"),
+        }
+    }
+
+    fn failed<T>(&self, error: &dyn std::fmt::Display) -> Option<T> {
+        if !self.redis_down.swap(true, Ordering::AcqRel) {
+            tracing::warn!(target: "palisade_coalesce", %error, "redis failed; computing in this process");
+        }
+        None
+    }
+
+    /// The entry stored for `key`, if any; `None` when Redis failed.
+    async fn read(&self, key: &str) -> Option<Option<Entry<Bytes>>> {
+        let mut connection = self.connection.clone();
+        let stored: Option<Vec<u8>> = self.call(connection.get(self.value_key(key))).await?;
+        let decoded = stored.and_then(|stored| codec::decode(Bytes::from(stored)));
+        Some(decoded.map(|(times, value)| {
+            Entry::from_wall_times(
+                value,
+                times,
+                self.settings.freshness.beta(),
+                Instant::now(),
+                unix_ms(),
+            )
+        }))
+    }
+
+    /// The lock's token if this process won it; `None` when Redis failed.
+    async fn try_lock(&self, key: &str) -> Option<Option<String>> {
+        let token = format!("{:032x}", fastrand::u128(..));
+        let mut connection = self.connection.clone();
+        let won: Option<String> = self
+            .call(
+                redis::cmd("SET")
+                    .arg(self.lock_key(key))
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms(self.settings.lock_ttl))
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Some(won.map(|_| token))
+    }
+}
+
+fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// One process's answer for `key` (run inside its in-process flight).
+async fn resolve<C, F, Fut, E>(
+    shared: Arc<Shared<C>>,
+    key: String,
+    compute: F,
+) -> Result<Lookup<Bytes>, E>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Bytes, E>> + Send + 'static,
+    E: Send + 'static,
+{
+    let Some(stored) = shared.read(&key).await else {
+        return compute().await.map(miss);
+    };
+    if let Some(entry) = &stored {
+        let now = Instant::now();
+        let served = match entry.state(now, 1.0 - fastrand::f64()) {
+            State::Fresh => Some(Served::Fresh),
+            State::RefreshEarly => {
+                tokio::spawn(refresh(shared.clone(), key.clone(), compute));
+                return Ok(served(entry, Served::Fresh));
+            }
+            State::Stale => {
+                tokio::spawn(refresh(shared.clone(), key.clone(), compute));
+                return Ok(served(entry, Served::Stale));
+            }
+            State::Expired | State::Dead => None,
+        };
+        if let Some(how) = served {
+            return Ok(self::served(entry, how));
+        }
+    }
+    match fill(&shared, &key, compute).await {
+        Ok(value) => Ok(miss(value)),
+        Err(error) => match stored {
+            Some(entry) if entry.usable_on_error(Instant::now()) => {
+                tracing::warn!(target: "palisade_coalesce", "origin failed; serving a stale value");
+                Ok(served(&entry, Served::StaleIfError))
+            }
+            _ => Err(error),
+        },
+    }
+}
+
+fn miss(value: Bytes) -> Lookup<Bytes> {
+    Lookup {
+        value,
+        served: Served::Miss,
+        age: Duration::ZERO,
+    }
+}
+
+fn served(entry: &Entry<Bytes>, served: Served) -> Lookup<Bytes> {
+    Lookup {
+        value: entry.value().clone(),
+        served,
+        age: entry.age(Instant::now()),
+    }
+}
+
+/// A background refresh: leads if it wins the lock, else leaves it to the
+/// process that did.
+async fn refresh<C, F, Fut, E>(shared: Arc<Shared<C>>, key: String, compute: F)
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Bytes, E>> + Send + 'static,
+{
+    if let Some(Some(token)) = shared.try_lock(&key).await
+        && lead(&shared, &key, &token, compute).await.is_err()
+    {
+        tracing::warn!(target: "palisade_coalesce", "background refresh failed; keeping the stale value");
+    }
+}
+
+/// Computes `key` once across processes: leads, or waits for the leader
+/// and takes over if it dies.
+async fn fill<C, F, Fut, E>(shared: &Shared<C>, key: &str, compute: F) -> Result<Bytes, E>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Bytes, E>>,
+{
+    let deadline = Instant::now() + shared.settings.wait_timeout;
+    loop {
+        let Some(won) = shared.try_lock(key).await else {
+            return compute().await;
+        };
+        if let Some(token) = won {
+            return lead(shared, key, &token, compute).await;
+        }
+        match wait(shared, key, deadline).await {
+            Waited::Value(value) => return Ok(value),
+            Waited::LockGone => {
+                tracing::debug!(target: "palisade_coalesce", "the leader's lock is gone; trying to take over");
+            }
+            Waited::GaveUp => {
+                tracing::warn!(target: "palisade_coalesce", "no value before the wait timeout; computing here");
+                return compute().await;
+            }
+        }
+    }
+}
+
+/// Waits for another process's value: woken by its publish, looking again
+/// every poll interval, until the lock is gone or the deadline passes.
+async fn wait<C>(shared: &Shared<C>, key: &str, deadline: Instant) -> Waited
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let wakeup = shared.wakeups.register(key);
+    loop {
+        let woken = wakeup.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        match shared.read(key).await {
+            None => return Waited::GaveUp,
+            Some(Some(entry))
+                if matches!(
+                    entry.state(Instant::now(), 1.0),
+                    State::Fresh | State::RefreshEarly
+                ) =>
+            {
+                return Waited::Value(entry.into_value());
+            }
+            Some(_) => {}
+        }
+        let mut connection = shared.connection.clone();
+        match shared
+            .call(connection.exists::<_, bool>(shared.lock_key(key)))
+            .await
+        {
+            None => return Waited::GaveUp,
+            Some(false) => return Waited::LockGone,
+            Some(true) => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Waited::GaveUp;
+        }
+        let nap = shared.settings.poll_interval.min(deadline - now);
+        tokio::select! {
+            () = &mut woken => {}
+            () = tokio::time::sleep(nap) => {}
+        }
+    }
+}
+
+/// The leader's work: compute while extending the lease, then store the
+/// value, wake the waiters and release the lock in one script.
+async fn lead<C, F, Fut, E>(
+    shared: &Shared<C>,
+    key: &str,
+    token: &str,
+    compute: F,
+) -> Result<Bytes, E>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Bytes, E>>,
+{
+    let lock_key = shared.lock_key(key);
+    let started = Instant::now();
+    let lease = shared.settings.lock_ttl;
+    let extend = async {
+        loop {
+            tokio::time::sleep(lease / 2).await;
+            let mut connection = shared.connection.clone();
+            let mut extension = EXTEND.key(&lock_key);
+            extension.arg(token).arg(ms(lease));
+            let _ = shared
+                .call(extension.invoke_async::<i64>(&mut connection))
+                .await;
+        }
+    };
+    let computed = tokio::select! {
+        computed = compute() => computed,
+        () = extend => unreachable!("the lease loop never ends"),
+    };
+    let mut connection = shared.connection.clone();
+    let value = match computed {
+        Ok(value) => value,
+        Err(error) => {
+            let mut release = RELEASE.key(&lock_key);
+            release.arg(token);
+            let _ = shared
+                .call(release.invoke_async::<i64>(&mut connection))
+                .await;
+            return Err(error);
+        }
+    };
+    let now = Instant::now();
+    let unix_now = unix_ms();
+    let entry = shared
+        .settings
+        .freshness
+        .entry(value.clone(), now, now - started);
+    let times = entry.wall_times(now, unix_now);
+    let keep = times
+        .stale_until
+        .max(times.usable_on_error_until)
+        .saturating_sub(unix_now)
+        .max(1);
+    let mut fill = FILL.key(shared.value_key(key));
+    fill.key(&lock_key)
+        .arg(codec::encode(&times, &value).as_ref())
+        .arg(keep)
+        .arg(&shared.channel)
+        .arg(key)
+        .arg(token);
+    let _ = shared.call(fill.invoke_async::<i64>(&mut connection)).await;
+    Ok(value)
+}
