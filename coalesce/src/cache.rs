@@ -116,6 +116,12 @@ where
         }
     }
 
+    /// The freshness values get when the computation does not say.
+    #[must_use]
+    pub const fn freshness(&self) -> Freshness {
+        self.freshness
+    }
+
     /// Entries held now.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -145,6 +151,30 @@ where
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let freshness = self.freshness;
+        let compute = move || {
+            let computing = compute();
+            async move { computing.await.map(|value| (value, Some(freshness))) }
+        };
+        self.get_with_freshness(key, compute).await
+    }
+
+    /// Like [`get_with`](Self::get_with), for computations that say how
+    /// fresh each value is (from the response's `Cache-Control`, say):
+    /// `None` is not stored, though every waiter of the flight gets it.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_with`](Self::get_with).
+    pub async fn get_with_freshness<F, Fut>(
+        &self,
+        key: K,
+        compute: F,
+    ) -> Result<Lookup<V>, FlightError<E>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(V, Option<Freshness>), E>> + Send + 'static,
     {
         let now = Instant::now();
         let cached = self.lock().get(&key).cloned();
@@ -188,7 +218,7 @@ where
     async fn fill<F, Fut>(&self, key: K, compute: F) -> Result<Lookup<V>, FlightError<E>>
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        Fut: Future<Output = Result<(V, Option<Freshness>), E>> + Send + 'static,
     {
         let value = self
             .flights
@@ -205,7 +235,7 @@ where
     fn refresh_in_background<F, Fut>(&self, key: K, compute: F)
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        Fut: Future<Output = Result<(V, Option<Freshness>), E>> + Send + 'static,
     {
         if self.flights.waiters(&key) > 0 {
             return;
@@ -227,13 +257,16 @@ where
     ) -> impl FnOnce() -> ComputeFuture<V, E> + use<K, V, E, F, Fut>
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        Fut: Future<Output = Result<(V, Option<Freshness>), E>> + Send + 'static,
     {
-        let (entries, capacity, freshness) = (self.entries.clone(), self.capacity, self.freshness);
+        let (entries, capacity) = (self.entries.clone(), self.capacity);
         move || {
             Box::pin(async move {
                 let started = Instant::now();
-                let value = compute().await?;
+                let (value, fresh_for) = compute().await?;
+                let Some(freshness) = fresh_for else {
+                    return Ok(value);
+                };
                 let now = Instant::now();
                 let entry = freshness.entry(value.clone(), now, now - started);
                 let mut entries = entries.lock().unwrap_or_else(PoisonError::into_inner);

@@ -50,6 +50,13 @@ impl Freshness {
         }
     }
 
+    /// The same windows with another `ttl`.
+    #[must_use]
+    pub const fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
     /// Serve the stale value for this long after `ttl` while refreshing.
     #[must_use]
     pub const fn stale_while_revalidate(mut self, window: Duration) -> Self {

@@ -12,6 +12,9 @@
 //!   computes) and computes; the others wait for a pub/sub wake-up (with a
 //!   polling fallback and a timeout); if the leader dies exactly one waiter
 //!   takes over; without Redis, values are computed in process.
+//! - [`http::CoalesceLayer`] (feature `http`): whole `GET`/`HEAD`
+//!   responses served from a [`Cache`], the origin's `Cache-Control`
+//!   deciding what is kept and for how long.
 
 mod cache;
 #[cfg(feature = "redis")]
@@ -19,6 +22,8 @@ mod codec;
 pub mod error;
 mod flight;
 mod freshness;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "redis")]
 mod redis_cache;
 
