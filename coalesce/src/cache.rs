@@ -116,6 +116,15 @@ where
         }
     }
 
+    /// Counts lookups by how they were served, computations, coalesced
+    /// callers and early refreshes with OpenTelemetry (feature `otel`),
+    /// under the attribute `cache = name`; see the crate docs for the
+    /// names. Only the first call registers.
+    #[cfg(feature = "otel")]
+    pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: &str) {
+        self.flights.instrument(meter, name);
+    }
+
     /// The freshness values get when the computation does not say.
     #[must_use]
     pub const fn freshness(&self) -> Freshness {
@@ -179,12 +188,16 @@ where
         let now = Instant::now();
         let cached = self.lock().get(&key).cloned();
         let Some(entry) = cached else {
-            return self.fill(key, compute).await;
+            let filled = self.fill(key, compute).await;
+            if filled.is_ok() {
+                self.flights.events().served(Served::Miss);
+            }
+            return filled;
         };
         let served = match entry.state(now, 1.0 - fastrand::f64()) {
             State::Fresh => Served::Fresh,
             State::RefreshEarly => {
-                tracing::debug!(target: "palisade_coalesce", "early refresh");
+                self.flights.events().early_refresh();
                 self.refresh_in_background(key, compute);
                 Served::Fresh
             }
@@ -193,10 +206,9 @@ where
                 Served::Stale
             }
             State::Expired | State::Dead => {
-                return match self.fill(key, compute).await {
-                    Err(error) if entry.usable_on_error(Instant::now()) => {
+                let filled = match self.fill(key, compute).await {
+                    Err(_) if entry.usable_on_error(Instant::now()) => {
                         tracing::warn!(target: "palisade_coalesce", "origin failed; serving a stale value");
-                        let _ = error;
                         Ok(Lookup {
                             age: entry.age(Instant::now()),
                             value: entry.into_value(),
@@ -205,8 +217,13 @@ where
                     }
                     result => result,
                 };
+                if let Ok(lookup) = &filled {
+                    self.flights.events().served(lookup.served);
+                }
+                return filled;
             }
         };
+        self.flights.events().served(served);
         Ok(Lookup {
             age: entry.age(now),
             value: entry.into_value(),

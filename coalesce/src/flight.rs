@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::error::FlightError;
+use crate::events::Events;
 
 /// What a flight ends with, shared by every waiter.
 type Landing<V, E> = Option<Result<V, FlightError<E>>>;
@@ -86,6 +87,7 @@ impl<K, V, E> fmt::Debug for Coalescer<K, V, E> {
 struct Inner<K, V, E> {
     flights: Mutex<FlightMap<K, V, E>>,
     max_flights: usize,
+    events: Arc<Events>,
 }
 
 /// The flights by key.
@@ -116,8 +118,23 @@ where
             inner: Arc::new(Inner {
                 flights: Mutex::new(HashMap::default()),
                 max_flights,
+                events: Arc::default(),
             }),
         }
+    }
+
+    /// Counts computations started and callers coalesced into running ones
+    /// with OpenTelemetry (feature `otel`), under the attribute
+    /// `cache = name`; see the crate docs for the names. Only the first
+    /// call registers.
+    #[cfg(feature = "otel")]
+    pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: &str) {
+        self.inner.events.instrument(meter, name);
+    }
+
+    /// Where this coalescer's (and its cache's) events go.
+    pub(crate) fn events(&self) -> &Arc<Events> {
+        &self.inner.events
     }
 
     /// Keys in flight now.
@@ -194,8 +211,10 @@ where
             flight
                 .waiters
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.events.joined();
             return Boarding::Aboard(flight.clone(), flight.landing.clone());
         }
+        self.inner.events.started();
         if flights.len() >= self.inner.max_flights {
             return Boarding::Full(compute);
         }

@@ -15,11 +15,26 @@
 //! - [`http::CoalesceLayer`] (feature `http`): whole `GET`/`HEAD`
 //!   responses served from a [`Cache`], the origin's `Cache-Control`
 //!   deciding what is kept and for how long.
+//!
+//! # Metrics
+//!
+//! Every type logs through `tracing` (target `palisade_coalesce`). With
+//! feature `otel`, `instrument(meter, name)` on a [`Coalescer`], a
+//! [`Cache`] or a `RedisCache` counts, under the attribute `cache = name`:
+//!
+//! | name | attributes | counts |
+//! |---|---|---|
+//! | `palisade.coalesce.lookups` | `cache`, `served` (`fresh`, `stale`, `miss`, `stale_if_error`) | lookups, by how they were served |
+//! | `palisade.coalesce.origin_calls` | `cache` | computations started |
+//! | `palisade.coalesce.coalesced` | `cache` | callers that joined a computation already running |
+//! | `palisade.coalesce.early_refreshes` | `cache` | early refreshes (XFetch) started |
+//! | `palisade.coalesce.lock_takeovers` | `cache` | Redis locks won after the leader's lease expired |
 
 mod cache;
 #[cfg(feature = "redis")]
 mod codec;
 pub mod error;
+mod events;
 mod flight;
 mod freshness;
 #[cfg(feature = "http")]

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::cache::{Lookup, Served};
 use crate::codec;
 use crate::error::FlightError;
+use crate::events::Events;
 use crate::flight::Coalescer;
 use crate::freshness::{Entry, Freshness, State};
 
@@ -172,6 +173,7 @@ struct Shared<C> {
     channel: String,
     wakeups: Arc<Wakeups>,
     redis_down: AtomicBool,
+    events: Arc<Events>,
 }
 
 /// Waiters by key, woken by the pub/sub dispatcher.
@@ -245,6 +247,7 @@ where
             pubsub,
             Arc::downgrade(&wakeups),
         ));
+        let local = Coalescer::new(100_000);
         Ok(Self {
             shared: Arc::new(Shared {
                 connection,
@@ -252,9 +255,19 @@ where
                 channel,
                 wakeups,
                 redis_down: AtomicBool::new(false),
+                events: local.events().clone(),
             }),
-            local: Coalescer::new(100_000),
+            local,
         })
+    }
+
+    /// Counts lookups by how they were served, computations, coalesced
+    /// callers, early refreshes and lock takeovers with OpenTelemetry
+    /// (feature `otel`), under the attribute `cache = name`; see the crate
+    /// docs for the names. Only the first call registers.
+    #[cfg(feature = "otel")]
+    pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: &str) {
+        self.local.instrument(meter, name);
     }
 
     /// The value for `key`: from Redis, or computed once across every
@@ -275,9 +288,12 @@ where
     {
         let shared = self.shared.clone();
         let owned = key.to_owned();
-        self.local
+        let lookup = self
+            .local
             .run(key.to_owned(), move || resolve(shared, owned, compute))
-            .await
+            .await?;
+        self.shared.events.served(lookup.served);
+        Ok(lookup)
     }
 }
 
@@ -409,6 +425,7 @@ where
         let served = match entry.state(now, 1.0 - fastrand::f64()) {
             State::Fresh => Some(Served::Fresh),
             State::RefreshEarly => {
+                shared.events.early_refresh();
                 tokio::spawn(refresh(shared.clone(), key.clone(), compute));
                 return Ok(served(entry, Served::Fresh));
             }
@@ -474,17 +491,22 @@ where
     Fut: Future<Output = Result<Bytes, E>>,
 {
     let deadline = Instant::now() + shared.settings.wait_timeout;
+    let mut leader_gone = false;
     loop {
         let Some(won) = shared.try_lock(key).await else {
             return compute().await;
         };
         if let Some(token) = won {
+            if leader_gone {
+                shared.events.took_over();
+            }
             return lead(shared, key, &token, compute).await;
         }
         match wait(shared, key, deadline).await {
             Waited::Value(value) => return Ok(value),
             Waited::LockGone => {
                 tracing::debug!(target: "palisade_coalesce", "the leader's lock is gone; trying to take over");
+                leader_gone = true;
             }
             Waited::GaveUp => {
                 tracing::warn!(target: "palisade_coalesce", "no value before the wait timeout; computing here");

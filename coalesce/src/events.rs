@@ -1,0 +1,121 @@
+//! What the coalescer and the caches report: `tracing` events and, with
+//! feature `otel`, the OpenTelemetry counters listed in the crate docs.
+
+use crate::cache::Served;
+
+/// Where events go: nowhere but `tracing` until instrumented.
+#[derive(Debug, Default)]
+pub(crate) struct Events {
+    #[cfg(feature = "otel")]
+    instruments: std::sync::OnceLock<otel::Instruments>,
+}
+
+impl Events {
+    /// Registers the counters once; later calls keep the first.
+    #[cfg(feature = "otel")]
+    pub(crate) fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: &str) {
+        let _ = self.instruments.set(otel::Instruments::new(meter, name));
+    }
+
+    pub(crate) fn started(&self) {
+        tracing::trace!(target: "palisade_coalesce", "computation started");
+        #[cfg(feature = "otel")]
+        if let Some(instruments) = self.instruments.get() {
+            instruments.origin_calls.add(1, &instruments.cache);
+        }
+    }
+
+    pub(crate) fn joined(&self) {
+        #[cfg(feature = "otel")]
+        if let Some(instruments) = self.instruments.get() {
+            instruments.coalesced.add(1, &instruments.cache);
+        }
+    }
+
+    pub(crate) fn served(&self, served: Served) {
+        #[cfg(feature = "otel")]
+        if let Some(instruments) = self.instruments.get() {
+            instruments
+                .lookups
+                .add(1, &instruments.served[served as usize]);
+        }
+        let _ = served;
+    }
+
+    pub(crate) fn early_refresh(&self) {
+        tracing::debug!(target: "palisade_coalesce", "early refresh");
+        #[cfg(feature = "otel")]
+        if let Some(instruments) = self.instruments.get() {
+            instruments.early_refreshes.add(1, &instruments.cache);
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    pub(crate) fn took_over(&self) {
+        tracing::info!(target: "palisade_coalesce", "the leader's lock expired; this process took over");
+        #[cfg(feature = "otel")]
+        if let Some(instruments) = self.instruments.get() {
+            instruments.lock_takeovers.add(1, &instruments.cache);
+        }
+    }
+}
+
+#[cfg(feature = "otel")]
+mod otel {
+    use opentelemetry::KeyValue;
+    use opentelemetry::metrics::{Counter, Meter};
+
+    /// The counters of one cache, with their attribute sets made once.
+    #[derive(Debug)]
+    pub(super) struct Instruments {
+        pub(super) lookups: Counter<u64>,
+        pub(super) origin_calls: Counter<u64>,
+        pub(super) coalesced: Counter<u64>,
+        pub(super) early_refreshes: Counter<u64>,
+        #[cfg(feature = "redis")]
+        pub(super) lock_takeovers: Counter<u64>,
+        pub(super) cache: [KeyValue; 1],
+        /// By `Served as usize`.
+        pub(super) served: [[KeyValue; 2]; 4],
+    }
+
+    impl Instruments {
+        pub(super) fn new(meter: &Meter, name: &str) -> Self {
+            let cache = KeyValue::new("cache", name.to_owned());
+            let served = |how: &'static str| [cache.clone(), KeyValue::new("served", how)];
+            let counter = |name: &'static str, description: &'static str| {
+                meter
+                    .u64_counter(name)
+                    .with_description(description)
+                    .build()
+            };
+            Self {
+                lookups: counter(
+                    "palisade.coalesce.lookups",
+                    "Cache lookups, by how they were served",
+                ),
+                origin_calls: counter("palisade.coalesce.origin_calls", "Computations started"),
+                coalesced: counter(
+                    "palisade.coalesce.coalesced",
+                    "Callers that joined a computation already running",
+                ),
+                early_refreshes: counter(
+                    "palisade.coalesce.early_refreshes",
+                    "Early refreshes started",
+                ),
+                #[cfg(feature = "redis")]
+                lock_takeovers: counter(
+                    "palisade.coalesce.lock_takeovers",
+                    "Redis locks won after the leader's expired",
+                ),
+                served: [
+                    served("fresh"),
+                    served("stale"),
+                    served("miss"),
+                    served("stale_if_error"),
+                ],
+                cache: [cache],
+            }
+        }
+    }
+}
