@@ -67,6 +67,7 @@ pub struct RedisSettings {
     wait_timeout: Duration,
     poll_interval: Duration,
     timeout: Duration,
+    wake_ups: bool,
 }
 
 impl RedisSettings {
@@ -82,6 +83,7 @@ impl RedisSettings {
             wait_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(250),
             timeout: Duration::from_millis(250),
+            wake_ups: true,
         }
     }
 
@@ -113,6 +115,15 @@ impl RedisSettings {
     #[must_use]
     pub const fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
+        self
+    }
+
+    /// Whether waiters are woken through pub/sub (the default) or only
+    /// poll, for deployments where `SUBSCRIBE` is not allowed; then set a
+    /// short [`poll_interval`](Self::poll_interval).
+    #[must_use]
+    pub const fn wake_ups(mut self, enabled: bool) -> Self {
+        self.wake_ups = enabled;
         self
     }
 
@@ -226,7 +237,8 @@ where
     E: Send + Sync + 'static,
 {
     /// A cache on `connection`, subscribing for wake-ups through `client`
-    /// (one pub/sub connection, kept up by a background task).
+    /// (one pub/sub connection, kept up by a background task) unless
+    /// [`RedisSettings::wake_ups`] is off.
     ///
     /// # Errors
     ///
@@ -239,14 +251,16 @@ where
     ) -> redis::RedisResult<Self> {
         let channel = format!("{}:filled", settings.prefix);
         let wakeups = Arc::new(Wakeups::default());
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(&channel).await?;
-        tokio::spawn(dispatch(
-            client.clone(),
-            channel.clone(),
-            pubsub,
-            Arc::downgrade(&wakeups),
-        ));
+        if settings.wake_ups {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            tokio::spawn(dispatch(
+                client.clone(),
+                channel.clone(),
+                pubsub,
+                Arc::downgrade(&wakeups),
+            ));
+        }
         let local = Coalescer::new(100_000);
         Ok(Self {
             shared: Arc::new(Shared {
