@@ -300,6 +300,37 @@ where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<Bytes, E>> + Send + 'static,
     {
+        let freshness = self.shared.settings.freshness;
+        let compute = move || {
+            let computing = compute();
+            async move { computing.await.map(|value| (value, Some(freshness))) }
+        };
+        self.get_with_freshness(key, compute).await
+    }
+
+    /// The freshness values get when the computation does not say.
+    #[must_use]
+    pub fn freshness(&self) -> Freshness {
+        self.shared.settings.freshness
+    }
+
+    /// Like [`get_with`](Self::get_with), for computations that say how
+    /// fresh each value is: `None` is not stored (the waiters of this
+    /// process's flight get it; waiters in other processes find the lock
+    /// released and compute in turn).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_with`](Self::get_with).
+    pub async fn get_with_freshness<F, Fut>(
+        &self,
+        key: &str,
+        compute: F,
+    ) -> Result<Lookup<Bytes>, FlightError<E>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>> + Send + 'static,
+    {
         let shared = self.shared.clone();
         let owned = key.to_owned();
         let lookup = self
@@ -428,11 +459,11 @@ async fn resolve<C, F, Fut, E>(
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
     F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Bytes, E>> + Send + 'static,
+    Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>> + Send + 'static,
     E: Send + 'static,
 {
     let Some(stored) = shared.read(&key).await else {
-        return compute().await.map(miss);
+        return compute().await.map(|(value, _)| miss(value));
     };
     if let Some(entry) = &stored {
         let now = Instant::now();
@@ -487,7 +518,7 @@ async fn refresh<C, F, Fut, E>(shared: Arc<Shared<C>>, key: String, compute: F)
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
     F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Bytes, E>> + Send + 'static,
+    Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>> + Send + 'static,
 {
     if let Some(Some(token)) = shared.try_lock(&key).await
         && lead(&shared, &key, &token, compute).await.is_err()
@@ -502,13 +533,13 @@ async fn fill<C, F, Fut, E>(shared: &Shared<C>, key: &str, compute: F) -> Result
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Bytes, E>>,
+    Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>>,
 {
     let deadline = Instant::now() + shared.settings.wait_timeout;
     let mut leader_gone = false;
     loop {
         let Some(won) = shared.try_lock(key).await else {
-            return compute().await;
+            return compute().await.map(|(value, _)| value);
         };
         if let Some(token) = won {
             if leader_gone {
@@ -524,7 +555,7 @@ where
             }
             Waited::GaveUp => {
                 tracing::warn!(target: "palisade_coalesce", "no value before the wait timeout; computing here");
-                return compute().await;
+                return compute().await.map(|(value, _)| value);
             }
         }
     }
@@ -585,7 +616,7 @@ async fn lead<C, F, Fut, E>(
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Bytes, E>>,
+    Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>>,
 {
     let lock_key = shared.lock_key(key);
     let started = Instant::now();
@@ -606,23 +637,21 @@ where
         () = extend => unreachable!("the lease loop never ends"),
     };
     let mut connection = shared.connection.clone();
-    let value = match computed {
-        Ok(value) => value,
+    let (value, freshness) = match computed {
+        Ok((value, Some(freshness))) => (value, freshness),
+        Ok((value, None)) => {
+            // Not to be kept: free the lock so the next caller computes.
+            release(shared, &lock_key, token).await;
+            return Ok(value);
+        }
         Err(error) => {
-            let mut release = RELEASE.key(&lock_key);
-            release.arg(token);
-            let _ = shared
-                .call(release.invoke_async::<i64>(&mut connection))
-                .await;
+            release(shared, &lock_key, token).await;
             return Err(error);
         }
     };
     let now = Instant::now();
     let unix_now = unix_ms();
-    let entry = shared
-        .settings
-        .freshness
-        .entry(value.clone(), now, now - started);
+    let entry = freshness.entry(value.clone(), now, now - started);
     let times = entry.wall_times(now, unix_now);
     let keep = times
         .stale_until
@@ -638,4 +667,17 @@ where
         .arg(token);
     let _ = shared.call(fill.invoke_async::<i64>(&mut connection)).await;
     Ok(value)
+}
+
+/// Releases the lock if it is still ours.
+async fn release<C>(shared: &Shared<C>, lock_key: &str, token: &str)
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let mut connection = shared.connection.clone();
+    let mut release = RELEASE.key(lock_key);
+    release.arg(token);
+    let _ = shared
+        .call(release.invoke_async::<i64>(&mut connection))
+        .await;
 }

@@ -144,3 +144,57 @@ async fn the_origins_cache_control_decides_what_is_stored() {
         "max-age=60 is stored"
     );
 }
+
+/// Two instances of one service, each with the layer on a `RedisCache` of
+/// its own connections: concurrent GETs spread over both reach the origin
+/// once.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_redis_reach_the_origin_once() {
+    use palisade_coalesce::{RedisCache, RedisSettings};
+
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)).early_refresh(0.0))
+        .prefix(&format!("palisade-test:{}", fastrand::u64(..)));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let connection = client.get_multiplexed_async_connection().await.unwrap();
+        let cache: RedisCache<_, BoxError> =
+            RedisCache::connect(&client, connection, settings.clone())
+                .await
+                .unwrap();
+        let origin = calls.clone();
+        let app = Router::new()
+            .route(
+                "/slow",
+                get(move || async move {
+                    let n = origin.fetch_add(1, Ordering::SeqCst) + 1;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    format!("call {n}")
+                }),
+            )
+            .layer(
+                ServiceBuilder::new()
+                    .layer(HandleErrorLayer::new(|_: BoxError| async {
+                        StatusCode::BAD_GATEWAY
+                    }))
+                    .layer(CoalesceLayer::new(cache)),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        instances.push(listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    }
+    let requests: Vec<_> = (0..100)
+        .map(|i| {
+            let address = instances[i % 2];
+            tokio::spawn(async move { send(address, "GET", "/slow", &[]).await })
+        })
+        .collect();
+    for request in requests {
+        let (status, _, body) = request.await.unwrap();
+        assert_eq!((status, body), (StatusCode::OK, Bytes::from("call 1")));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

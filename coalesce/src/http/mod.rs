@@ -1,7 +1,8 @@
 //! The HTTP layer (feature `http`): whole responses served from a
 //! [`Cache`], so concurrent identical `GET`s reach the origin once.
 //!
-//! [`CoalesceLayer`] caches `GET` and `HEAD` responses, keyed by method,
+//! [`CoalesceLayer`] caches `GET` and `HEAD` responses in a
+//! [`ResponseCache`] (in process, or through Redis across processes), keyed by method,
 //! URI and the request header fields named with [`vary`](CoalesceLayer::vary).
 //! The origin's `Cache-Control` decides: `no-store` and `private` are never
 //! stored (though every request waiting on the same flight gets that one
@@ -56,26 +57,108 @@ use tower::{BoxError, Layer, Service, ServiceExt};
 pub use cache_control::CacheControl;
 pub use response::CachedResponse;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Lookup};
 use crate::error::FlightError;
 use crate::freshness::Freshness;
 
 /// The default [`max_body`](CoalesceLayer::max_body): 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 
-/// Serves `GET` and `HEAD` responses from a cache, computing each once;
-/// see the [module docs](self).
+/// Where [`CoalesceLayer`] keeps responses: the in-process [`Cache`], or
+/// with feature `redis` a [`RedisCache`](crate::RedisCache) shared by every
+/// process (responses stored in their byte form).
+pub trait ResponseCache: Clone + Send + Sync + 'static {
+    /// The response for `key`, from the cache or from `fetch` (computed
+    /// once for every caller that asks meanwhile).
+    fn lookup<F, Fut>(
+        &self,
+        key: String,
+        fetch: F,
+    ) -> impl Future<Output = Result<Lookup<CachedResponse>, FlightError<BoxError>>> + Send
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut:
+            Future<Output = Result<(CachedResponse, Option<Freshness>), BoxError>> + Send + 'static;
+
+    /// The lifetime of responses that do not say.
+    fn default_freshness(&self) -> Freshness;
+}
+
+impl ResponseCache for Cache<String, CachedResponse, BoxError> {
+    fn lookup<F, Fut>(
+        &self,
+        key: String,
+        fetch: F,
+    ) -> impl Future<Output = Result<Lookup<CachedResponse>, FlightError<BoxError>>> + Send
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut:
+            Future<Output = Result<(CachedResponse, Option<Freshness>), BoxError>> + Send + 'static,
+    {
+        self.get_with_freshness(key, fetch)
+    }
+
+    fn default_freshness(&self) -> Freshness {
+        self.freshness()
+    }
+}
+
+#[cfg(feature = "redis")]
+impl<C> ResponseCache for crate::RedisCache<C, BoxError>
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    fn lookup<F, Fut>(
+        &self,
+        key: String,
+        fetch: F,
+    ) -> impl Future<Output = Result<Lookup<CachedResponse>, FlightError<BoxError>>> + Send
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut:
+            Future<Output = Result<(CachedResponse, Option<Freshness>), BoxError>> + Send + 'static,
+    {
+        let fetch = move || {
+            let fetching = fetch();
+            async move {
+                fetching
+                    .await
+                    .map(|(response, freshness)| (response.to_bytes(), freshness))
+            }
+        };
+        async move {
+            let lookup = self.get_with_freshness(&key, fetch).await?;
+            let response = CachedResponse::from_bytes(lookup.value).ok_or_else(|| {
+                FlightError::Failed(Arc::new(BoxError::from(
+                    "a stored response could not be read",
+                )))
+            })?;
+            Ok(Lookup {
+                value: response,
+                served: lookup.served,
+                age: lookup.age,
+            })
+        }
+    }
+
+    fn default_freshness(&self) -> Freshness {
+        self.freshness()
+    }
+}
+
+/// Serves `GET` and `HEAD` responses from a [`ResponseCache`], computing
+/// each once; see the [module docs](self).
 #[derive(Debug, Clone)]
-pub struct CoalesceLayer {
-    cache: Cache<String, CachedResponse, BoxError>,
+pub struct CoalesceLayer<R = Cache<String, CachedResponse, BoxError>> {
+    cache: R,
     vary: Arc<[HeaderName]>,
     max_body: usize,
 }
 
-impl CoalesceLayer {
+impl<R: ResponseCache> CoalesceLayer<R> {
     /// A layer serving from `cache` (shared by every service it makes).
     #[must_use]
-    pub fn new(cache: Cache<String, CachedResponse, BoxError>) -> Self {
+    pub fn new(cache: R) -> Self {
         Self {
             cache,
             vary: Arc::from([]),
@@ -99,8 +182,8 @@ impl CoalesceLayer {
     }
 }
 
-impl<S> Layer<S> for CoalesceLayer {
-    type Service = Coalesce<S>;
+impl<S, R: Clone> Layer<S> for CoalesceLayer<R> {
+    type Service = Coalesce<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Coalesce {
@@ -112,9 +195,9 @@ impl<S> Layer<S> for CoalesceLayer {
 
 /// The service made by [`CoalesceLayer`].
 #[derive(Debug, Clone)]
-pub struct Coalesce<S> {
+pub struct Coalesce<S, R = Cache<String, CachedResponse, BoxError>> {
     inner: S,
-    layer: CoalesceLayer,
+    layer: CoalesceLayer<R>,
 }
 
 /// The response future of [`Coalesce`]: a flight's landing involves a map,
@@ -122,8 +205,9 @@ pub struct Coalesce<S> {
 pub type ResponseFuture<B> =
     Pin<Box<dyn Future<Output = Result<Response<CoalesceBody<B>>, BoxError>> + Send>>;
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Coalesce<S>
+impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for Coalesce<S, R>
 where
+    R: ResponseCache,
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
@@ -155,13 +239,10 @@ where
             self.layer.max_body,
             self.layer.cache.clone(),
         );
-        let default = cache.freshness();
+        let default = cache.default_freshness();
         Box::pin(async move {
             let compute = move || fetch(origin, request, max_body, default);
-            let lookup = cache
-                .get_with_freshness(key, compute)
-                .await
-                .map_err(flight_error)?;
+            let lookup = cache.lookup(key, compute).await.map_err(flight_error)?;
             let CachedResponse {
                 status,
                 mut headers,
