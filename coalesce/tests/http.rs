@@ -153,7 +153,7 @@ async fn the_origins_cache_control_decides_what_is_stored() {
 async fn instances_sharing_redis_reach_the_origin_once() {
     use palisade_coalesce::{RedisCache, RedisSettings};
 
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let url = palisade_testkit::servers::redis_url();
     let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)).early_refresh(0.0))
         .prefix(&format!("palisade-test:{}", fastrand::u64(..)));
     let calls = Arc::new(AtomicUsize::new(0));

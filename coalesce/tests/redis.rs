@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use palisade_coalesce::{Freshness, RedisCache, RedisSettings, Served};
-use palisade_testkit::proxy::Proxy;
+use palisade_testkit::servers::{redis_proxy, redis_url};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 
@@ -18,10 +18,6 @@ use redis::aio::MultiplexedConnection;
 struct OriginDown;
 
 type Shared = RedisCache<MultiplexedConnection, OriginDown>;
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
 
 fn prefix() -> String {
     format!("palisade-test:{}", fastrand::u64(..))
@@ -197,17 +193,11 @@ async fn a_failing_origin_is_covered_by_the_stale_value() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_values_are_computed_here_and_nothing_hangs() {
-    let url = redis_url();
-    let target = tokio::net::lookup_host(url.trim_start_matches("redis://").trim_end_matches('/'))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = Proxy::start(target).await;
+    let (proxy, through) = redis_proxy().await;
     let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
         .prefix(&prefix())
         .timeout(Duration::from_millis(100));
-    let cache = process(&format!("redis://{}", proxy.address()), settings).await;
+    let cache = process(&through, settings).await;
     proxy.cut().await;
     let calls = Arc::new(AtomicUsize::new(0));
     let callers: Vec<_> = (0..20)

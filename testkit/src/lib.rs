@@ -12,6 +12,8 @@ mod metrics;
 pub mod proxy;
 #[cfg(feature = "redis-cluster")]
 pub mod redis_cluster;
+#[cfg(feature = "net")]
+pub mod servers;
 
 #[cfg(feature = "otel")]
 pub use metrics::MetricsProbe;

@@ -93,7 +93,7 @@ async fn a_burst_then_429_with_the_wait_and_the_ratelimit_fields() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_bucket_through_redis() {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let url = palisade_testkit::servers::redis_url();
     let prefix = format!("palisade-test:{}", fastrand::u64(..));
     let mut instances = Vec::new();
     for _ in 0..2 {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use palisade_testkit::MetricsProbe;
-use palisade_testkit::proxy::Proxy;
+use palisade_testkit::servers::redis_proxy;
 use palisade_token_bucket::key::global;
 use palisade_token_bucket::{
     Bucket, Clock, FailurePolicy, LocalStore, RateLimitLayer, RedisStore, Store,
@@ -33,14 +33,8 @@ async fn decisions_are_counted_by_result() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_errors_fallbacks_and_the_degraded_state_are_reported() {
     let probe = MetricsProbe::default();
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let target = tokio::net::lookup_host(url.trim_start_matches("redis://").trim_end_matches('/'))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = Proxy::start(target).await;
-    let connection = redis::Client::open(format!("redis://{}", proxy.address()))
+    let (proxy, through) = redis_proxy().await;
+    let connection = redis::Client::open(through)
         .unwrap()
         .get_multiplexed_async_connection()
         .await

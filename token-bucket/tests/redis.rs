@@ -2,17 +2,13 @@
 //! `redis://127.0.0.1:6379`). Every test uses its own key prefix.
 #![cfg(feature = "redis")]
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use palisade_testkit::proxy::Proxy;
+use palisade_testkit::servers::{redis_proxy, redis_url};
 use palisade_token_bucket::{Bucket, FailurePolicy, LocalStore, RedisStore, Store};
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
 
 async fn connect(url: &str) -> ConnectionManager {
     let config = ConnectionManagerConfig::new()
@@ -150,20 +146,10 @@ async fn keys_are_hash_tagged_and_the_script_survives_a_flush() {
 
 /// A store reaching Redis through a proxy the test can cut.
 async fn behind_proxy(policy: FailurePolicy) -> (RedisStore<ConnectionManager>, Proxy) {
-    let url = redis_url();
-    let target: SocketAddr =
-        tokio::net::lookup_host(url.trim_start_matches("redis://").trim_end_matches('/'))
-            .await
-            .unwrap()
-            .next()
-            .unwrap();
-    let proxy = Proxy::start(target).await;
-    let store = RedisStore::new(
-        connect(&format!("redis://{}", proxy.address())).await,
-        policy,
-    )
-    .prefix(&prefix())
-    .timeout(Duration::from_millis(50));
+    let (proxy, through) = redis_proxy().await;
+    let store = RedisStore::new(connect(&through).await, policy)
+        .prefix(&prefix())
+        .timeout(Duration::from_millis(50));
     (store, proxy)
 }
 
