@@ -1,0 +1,159 @@
+//! Where the outbox lives and how the relay works it.
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// The outbox's table and the relay's pace.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_outbox::OutboxConfig;
+///
+/// let config = OutboxConfig::new("orders.outbox")?
+///     .batch_size(200)
+///     .max_attempts(10)
+///     .lease(Duration::from_secs(30));
+/// assert_eq!(config.table(), "orders.outbox");
+/// # Ok::<(), palisade_outbox::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxConfig {
+    pub(crate) table: String,
+    pub(crate) batch_size: u32,
+    pub(crate) lease: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_cap: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) ordered: bool,
+    pub(crate) retention: Duration,
+    pub(crate) cleanup_batch: u32,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self::new("palisade_outbox").expect("a valid table name")
+    }
+}
+
+impl OutboxConfig {
+    /// The outbox in `table` (`name` or `schema.name`, lowercase letters,
+    /// digits and `_`). Defaults: batches of 100, a 30 s lease, 10
+    /// attempts with backoff from 100 ms to 5 min, a 1 s polling fallback,
+    /// per-aggregate order, sent rows kept 1 h and deleted 1,000 at a time.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when `table` is not such an identifier.
+    pub fn new(table: &str) -> Result<Self, ConfigError> {
+        let valid = |part: &str| {
+            !part.is_empty()
+                && part.len() <= 63
+                && part.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        let parts: Vec<&str> = table.split('.').collect();
+        if parts.len() > 2 || !parts.iter().all(|part| valid(part)) {
+            return Err(ConfigError::new(
+                "table",
+                "must be `name` or `schema.name` of [a-z0-9_], starting with a letter or `_`",
+            ));
+        }
+        Ok(Self {
+            table: table.to_owned(),
+            batch_size: 100,
+            lease: Duration::from_secs(30),
+            max_attempts: 10,
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(1),
+            ordered: true,
+            retention: Duration::from_secs(3600),
+            cleanup_batch: 1000,
+        })
+    }
+
+    /// Events claimed per batch.
+    #[must_use]
+    pub const fn batch_size(mut self, events: u32) -> Self {
+        self.batch_size = events;
+        self
+    }
+
+    /// How long a claim lasts: a relay that dies loses its claims after
+    /// this long and another relay picks the events up.
+    #[must_use]
+    pub const fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Failed attempts after which an event is dead.
+    #[must_use]
+    pub const fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// The wait after the first failure, doubling up to `cap`.
+    #[must_use]
+    pub const fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_cap = cap;
+        self
+    }
+
+    /// How often the relay looks for work when nothing wakes it.
+    #[must_use]
+    pub const fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Whether events of one aggregate are published strictly in order
+    /// (the default). When on, a dead event holds the later events of its
+    /// aggregate until an operator requeues or deletes it.
+    #[must_use]
+    pub const fn ordered(mut self, ordered: bool) -> Self {
+        self.ordered = ordered;
+        self
+    }
+
+    /// How long sent rows are kept, and how many are deleted per
+    /// statement when they go.
+    #[must_use]
+    pub const fn retention(mut self, age: Duration, batch: u32) -> Self {
+        self.retention = age;
+        self.cleanup_batch = batch;
+        self
+    }
+
+    /// The table.
+    #[must_use]
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The longest an event may wait between its first and last attempt:
+    /// a broker's duplicate window must cover it.
+    #[must_use]
+    pub fn retry_horizon(&self) -> Duration {
+        (0..self.max_attempts)
+            .map(|attempt| self.backoff_after(attempt))
+            .sum::<Duration>()
+            + self.lease
+    }
+
+    /// The wait after failed attempt number `attempt` (0 for the first).
+    #[must_use]
+    pub fn backoff_after(&self, attempt: u32) -> Duration {
+        self.backoff_base
+            .saturating_mul(1 << attempt.min(30))
+            .min(self.backoff_cap)
+    }
+}

@@ -1,0 +1,151 @@
+//! The relay: claims events, publishes them, marks them sent.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use tracing::Instrument;
+
+use crate::publisher::{Published, Publisher};
+use crate::store::OutboxStore;
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchReport {
+    /// Events claimed.
+    pub claimed: usize,
+    /// Events the broker acknowledged (duplicates included).
+    pub published: usize,
+    /// Of those, acknowledged as duplicates.
+    pub duplicates: usize,
+    /// Events that failed and will be retried.
+    pub failed: usize,
+    /// Events that failed their last attempt and are now dead.
+    pub dead: usize,
+}
+
+/// Publishes what the outbox holds, with acknowledgement, as long as it
+/// runs.
+///
+/// Several relays may run against one outbox: each claims its own batches.
+/// A batch's events are published concurrently and marked sent in one
+/// statement; a failed event backs off on its own, and after its last
+/// attempt is dead, without holding up other aggregates.
+#[derive(Debug, Clone)]
+pub struct Relay<St, P> {
+    store: St,
+    publisher: P,
+    clean_up_every: Duration,
+}
+
+impl<St: OutboxStore, P: Publisher> Relay<St, P> {
+    /// A relay from `store` to `publisher`.
+    #[must_use]
+    pub const fn new(store: St, publisher: P) -> Self {
+        Self {
+            store,
+            publisher,
+            clean_up_every: Duration::from_secs(60),
+        }
+    }
+
+    /// Claims, publishes and settles one batch.
+    ///
+    /// # Errors
+    ///
+    /// The database's error; claimed events are retried once their lease
+    /// expires.
+    pub async fn run_once(&self) -> Result<BatchReport, sqlx::Error> {
+        let claimed = self.store.claim().await?;
+        if claimed.is_empty() {
+            return Ok(BatchReport::default());
+        }
+        let span =
+            tracing::info_span!(target: "palisade_outbox", "outbox.batch", claimed = claimed.len());
+        async {
+            let started = Instant::now();
+            let outcomes = join_all(claimed.iter().map(|message| self.publisher.publish(message))).await;
+            let mut report = BatchReport {
+                claimed: claimed.len(),
+                ..BatchReport::default()
+            };
+            let mut sent = Vec::with_capacity(claimed.len());
+            let mut failed = Vec::new();
+            for (message, outcome) in claimed.into_iter().zip(outcomes) {
+                match outcome {
+                    Ok(published) => {
+                        report.duplicates += usize::from(published == Published::Duplicate);
+                        sent.push(message);
+                    }
+                    Err(error) => failed.push((message, error)),
+                }
+            }
+            report.published = sent.len();
+            if !sent.is_empty() {
+                self.store.mark_sent(&sent).await?;
+            }
+            for (message, error) in failed {
+                let dead = self.store.mark_failed(&message, &error.to_string()).await?;
+                if dead {
+                    report.dead += 1;
+                    tracing::error!(
+                        target: "palisade_outbox",
+                        id = %message.event.id,
+                        aggregate = %message.event.aggregate_id,
+                        %error,
+                        "event dead after its last attempt"
+                    );
+                } else {
+                    report.failed += 1;
+                    tracing::warn!(target: "palisade_outbox", id = %message.event.id, %error, "publish failed; backing off");
+                }
+            }
+            tracing::debug!(
+                target: "palisade_outbox",
+                published = report.published,
+                failed = report.failed,
+                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "batch settled"
+            );
+            Ok(report)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Runs until `shutdown` completes: a full batch is followed at once by
+    /// the next; otherwise the relay waits to be woken or for the polling
+    /// interval. Sent events past their retention are deleted now and then.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut last_clean_up = Instant::now();
+        loop {
+            let work = async {
+                match self.run_once().await {
+                    Ok(report) if report.claimed > 0 => {}
+                    Ok(_) => self.store.wait_for_work().await,
+                    Err(error) => {
+                        tracing::warn!(target: "palisade_outbox", %error, "claiming failed; trying again");
+                        self.store.wait_for_work().await;
+                    }
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = work => {}
+            }
+            if last_clean_up.elapsed() >= self.clean_up_every {
+                last_clean_up = Instant::now();
+                match self.store.clean_up().await {
+                    Ok(deleted) if deleted > 0 => {
+                        tracing::debug!(target: "palisade_outbox", deleted, "sent events cleaned up");
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(target: "palisade_outbox", %error, "clean-up failed");
+                    }
+                }
+            }
+        }
+    }
+}

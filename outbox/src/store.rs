@@ -1,0 +1,48 @@
+//! What the relay needs from the database holding the outbox.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::event::Message;
+
+/// The counts an operator watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    /// Events not yet published (including those backing off).
+    pub pending: u64,
+    /// Events given up on, waiting for an operator.
+    pub dead: u64,
+    /// How long the oldest pending event has waited.
+    pub oldest_pending: Option<Duration>,
+}
+
+/// The outbox table, as the relay works it. Implemented for PostgreSQL
+/// (feature `postgres`).
+pub trait OutboxStore: Clone + Send + Sync + 'static {
+    /// Claims up to a batch of publishable events for the lease: pending,
+    /// due, unclaimed, and (when ordered) the first unsent event of their
+    /// aggregate.
+    fn claim(&self) -> impl Future<Output = Result<Vec<Message>, sqlx::Error>> + Send;
+
+    /// Marks these events sent, in one statement.
+    fn mark_sent(&self, sent: &[Message]) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Records a failed attempt: back off, or dead after the last one.
+    /// Returns whether the event is now dead.
+    fn mark_failed(
+        &self,
+        message: &Message,
+        error: &str,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
+    /// Deletes sent events past their retention, one bounded batch;
+    /// returns how many went.
+    fn clean_up(&self) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// Pending and dead counts and the oldest pending age.
+    fn backlog(&self) -> impl Future<Output = Result<Backlog, sqlx::Error>> + Send;
+
+    /// Waits until new events may be there: woken by the database where it
+    /// can, else after the polling interval.
+    fn wait_for_work(&self) -> impl Future<Output = ()> + Send;
+}
