@@ -17,10 +17,14 @@
 //!   attempt, without stalling other aggregates.
 //! - Relays wake on `LISTEN/NOTIFY` ([`PgOutbox::listen`]) and poll as a
 //!   fallback.
+//! - Consumers apply each message once with an [`Inbox`] written in the
+//!   same transaction as the effect.
 
 mod config;
 pub mod error;
 mod event;
+#[cfg(feature = "postgres")]
+mod inbox;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod publisher;
@@ -30,6 +34,8 @@ mod store;
 pub use config::OutboxConfig;
 pub use error::{ConfigError, PublishError};
 pub use event::{Event, Message};
+#[cfg(feature = "postgres")]
+pub use inbox::Inbox;
 #[cfg(feature = "postgres")]
 pub use postgres::PgOutbox;
 pub use publisher::{MemoryBroker, Published, Publisher};

@@ -321,3 +321,48 @@ async fn sent_events_are_cleaned_up_in_bounded_batches() {
     assert_eq!(outbox.clean_up().await.unwrap(), 0);
     drop_schema(&pool, &schema).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_applies_each_message_once_with_its_effect() {
+    let (pool, _, schema) = outbox(|c| c).await;
+    let inbox = palisade_outbox::Inbox::new(pool.clone(), &format!("{schema}.inbox")).unwrap();
+    inbox.migrate().await.unwrap();
+    let message = uuid::Uuid::now_v7();
+    // A first delivery whose effect fails: nothing is recorded.
+    let mut tx = pool.begin().await.unwrap();
+    assert!(
+        inbox
+            .process_once(&mut tx, "reserve", message)
+            .await
+            .unwrap()
+    );
+    tx.rollback().await.unwrap();
+    // The redelivery applies it, once; later deliveries are skipped.
+    let mut applied = 0;
+    for _ in 0..3 {
+        let mut tx = pool.begin().await.unwrap();
+        if inbox
+            .process_once(&mut tx, "reserve", message)
+            .await
+            .unwrap()
+        {
+            applied += 1;
+        }
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(applied, 1);
+    // Another consumer has its own record.
+    let mut tx = pool.begin().await.unwrap();
+    assert!(
+        inbox
+            .process_once(&mut tx, "notify", message)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(
+        inbox.forget_older_than(Duration::ZERO, 10).await.unwrap(),
+        2
+    );
+    drop_schema(&pool, &schema).await;
+}
