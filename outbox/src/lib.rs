@@ -19,12 +19,17 @@
 //!   fallback.
 //! - Consumers apply each message once with an [`Inbox`] written in the
 //!   same transaction as the effect.
+//! - With feature `nats`, [`NatsJetStreamPublisher`] publishes to JetStream
+//!   with `Nats-Msg-Id` and the CloudEvents [`Envelope`] as headers.
 
 mod config;
+mod envelope;
 pub mod error;
 mod event;
 #[cfg(feature = "postgres")]
 mod inbox;
+#[cfg(feature = "nats")]
+mod nats;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod publisher;
@@ -32,10 +37,13 @@ mod relay;
 mod store;
 
 pub use config::OutboxConfig;
+pub use envelope::{Envelope, EnvelopeError};
 pub use error::{ConfigError, PublishError};
 pub use event::{Event, Message};
 #[cfg(feature = "postgres")]
 pub use inbox::Inbox;
+#[cfg(feature = "nats")]
+pub use nats::{NatsJetStreamPublisher, StreamSetupError};
 #[cfg(feature = "postgres")]
 pub use postgres::PgOutbox;
 pub use publisher::{MemoryBroker, Published, Publisher};

@@ -1,0 +1,199 @@
+//! The NATS JetStream publisher (feature `nats`).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+
+use crate::envelope::Envelope;
+use crate::error::PublishError;
+use crate::event::{Event, Message};
+use crate::publisher::{Published, Publisher};
+
+/// Picks the subject of an event.
+type SubjectOf = Arc<dyn Fn(&Event) -> String + Send + Sync>;
+
+/// Publishes events to a JetStream stream with acknowledgement.
+///
+/// Each message carries `Nats-Msg-Id` = the event id, so JetStream drops a
+/// duplicate (a retry after a lost acknowledgement) within the stream's
+/// duplicate window and acknowledges it as such; the CloudEvents envelope
+/// and trace context travel as headers ([`Envelope`]). The subject is
+/// `<prefix>.<aggregate type>.<event type>` unless set with
+/// [`subject`](Self::subject).
+///
+/// [`ensure_stream`](Self::ensure_stream) checks, before the relay starts,
+/// that the stream exists and that its duplicate window covers the relay's
+/// retry horizon: otherwise a late retry would be stored twice.
+///
+/// # Example
+///
+/// ```no_run
+/// use palisade_outbox::{NatsJetStreamPublisher, OutboxConfig};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+/// let publisher = NatsJetStreamPublisher::new(async_nats::jetstream::new(client), "ORDERS", "/orders")
+///     .subject_prefix("orders");
+/// publisher.ensure_stream(&OutboxConfig::default(), true).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct NatsJetStreamPublisher {
+    context: jetstream::Context,
+    stream: String,
+    source: String,
+    prefix: String,
+    subject: Option<SubjectOf>,
+}
+
+impl fmt::Debug for NatsJetStreamPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsJetStreamPublisher")
+            .field("stream", &self.stream)
+            .field("source", &self.source)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stream cannot take the relay's events safely.
+#[derive(Debug)]
+pub struct StreamSetupError(String);
+
+impl fmt::Display for StreamSetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StreamSetupError {}
+
+impl NatsJetStreamPublisher {
+    /// Publishes to `stream` through `context`, naming `source` as the
+    /// CloudEvents source; subjects start with the stream name in
+    /// lowercase until [`subject_prefix`](Self::subject_prefix) says
+    /// otherwise.
+    #[must_use]
+    pub fn new(context: jetstream::Context, stream: &str, source: &str) -> Self {
+        Self {
+            context,
+            stream: stream.to_owned(),
+            source: source.to_owned(),
+            prefix: stream.to_ascii_lowercase(),
+            subject: None,
+        }
+    }
+
+    /// Subjects are `<prefix>.<aggregate type>.<event type>`.
+    #[must_use]
+    pub fn subject_prefix(mut self, prefix: &str) -> Self {
+        prefix.clone_into(&mut self.prefix);
+        self
+    }
+
+    /// Picks each event's subject with `subject` instead.
+    #[must_use]
+    pub fn subject(mut self, subject: impl Fn(&Event) -> String + Send + Sync + 'static) -> Self {
+        self.subject = Some(Arc::new(subject));
+        self
+    }
+
+    fn subject_of(&self, event: &Event) -> String {
+        match &self.subject {
+            Some(subject) => subject(event),
+            None => format!(
+                "{}.{}.{}",
+                self.prefix,
+                event.aggregate_type(),
+                event.event_type()
+            ),
+        }
+    }
+
+    /// Checks that the stream exists and that its duplicate window covers
+    /// `config`'s retry horizon; with `create`, creates the stream (on
+    /// `<prefix>.>`) or widens its window instead of failing.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamSetupError`] saying what is wrong and how to fix it.
+    pub async fn ensure_stream(
+        &self,
+        config: &crate::OutboxConfig,
+        create: bool,
+    ) -> Result<(), StreamSetupError> {
+        let horizon = config.retry_horizon();
+        match self.context.get_stream(&self.stream).await {
+            Ok(mut existing) => {
+                let info = existing.info().await.map_err(|error| {
+                    StreamSetupError(format!("stream {}: {error}", self.stream))
+                })?;
+                let window = info.config.duplicate_window;
+                if window >= horizon {
+                    return Ok(());
+                }
+                if !create {
+                    return Err(StreamSetupError(format!(
+                        "stream {} keeps message ids for {} s, shorter than the relay's retry horizon of {} s: \
+                         a late retry would be stored twice; raise its duplicate_window (or let the \
+                         publisher update it)",
+                        self.stream,
+                        window.as_secs(),
+                        horizon.as_secs()
+                    )));
+                }
+                let mut widened = info.config.clone();
+                widened.duplicate_window = horizon;
+                self.context.update_stream(widened).await.map_err(|error| {
+                    StreamSetupError(format!("widening stream {}: {error}", self.stream))
+                })?;
+                tracing::info!(target: "palisade_outbox", stream = %self.stream, window_s = horizon.as_secs(), "duplicate window widened");
+                Ok(())
+            }
+            Err(_) if create => {
+                self.context
+                    .create_stream(stream::Config {
+                        name: self.stream.clone(),
+                        subjects: vec![format!("{}.>", self.prefix)],
+                        duplicate_window: horizon.max(Duration::from_secs(120)),
+                        ..stream::Config::default()
+                    })
+                    .await
+                    .map_err(|error| {
+                        StreamSetupError(format!("creating stream {}: {error}", self.stream))
+                    })?;
+                Ok(())
+            }
+            Err(error) => Err(StreamSetupError(format!(
+                "stream {} is not there ({error}); create it, or let the publisher create it",
+                self.stream
+            ))),
+        }
+    }
+}
+
+impl Publisher for NatsJetStreamPublisher {
+    async fn publish(&self, message: &Message) -> Result<Published, PublishError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", message.event.id().to_string().as_str());
+        for (name, value) in Envelope::of(message, &self.source).to_headers() {
+            headers.insert(name, value.as_str());
+        }
+        let payload = bytes::Bytes::copy_from_slice(message.event.payload());
+        let ack = self
+            .context
+            .publish_with_headers(self.subject_of(&message.event), headers, payload)
+            .await
+            .map_err(PublishError::new)?
+            .await
+            .map_err(PublishError::new)?;
+        Ok(if ack.duplicate {
+            Published::Duplicate
+        } else {
+            Published::Stored
+        })
+    }
+}

@@ -1,0 +1,173 @@
+//! The JetStream publisher against a real NATS server (`NATS_URL`, default
+//! `nats://127.0.0.1:4222`), fed by the outbox on a real PostgreSQL. Each
+//! test uses its own stream.
+#![cfg(all(feature = "nats", feature = "postgres"))]
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
+use palisade_outbox::{
+    Event, NatsJetStreamPublisher, OutboxConfig, OutboxStore, PgOutbox, Published, Publisher, Relay,
+};
+
+async fn jetstream() -> jetstream::Context {
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    jetstream::new(
+        async_nats::connect(url)
+            .await
+            .expect("a reachable NATS (run scripts/services)"),
+    )
+}
+
+fn unique() -> String {
+    format!("T{}", fastrand::u64(..))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_must_remember_ids_for_the_retry_horizon() {
+    let context = jetstream().await;
+    let name = unique();
+    let config = OutboxConfig::default().max_attempts(5);
+    let publisher = NatsJetStreamPublisher::new(context.clone(), &name, "/test");
+    let missing = publisher.ensure_stream(&config, false).await.unwrap_err();
+    assert!(missing.to_string().contains("is not there"), "{missing}");
+
+    context
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{}.>", name.to_ascii_lowercase())],
+            duplicate_window: Duration::from_secs(1),
+            ..stream::Config::default()
+        })
+        .await
+        .unwrap();
+    let short = publisher.ensure_stream(&config, false).await.unwrap_err();
+    assert!(
+        short
+            .to_string()
+            .contains("shorter than the relay's retry horizon"),
+        "{short}"
+    );
+    publisher.ensure_stream(&config, true).await.unwrap();
+    let window = context
+        .get_stream(&name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .duplicate_window;
+    assert!(window >= config.retry_horizon());
+    context.delete_stream(&name).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_jetstream_once_with_their_envelope() {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let schema = format!("outbox_test_{}", fastrand::u64(..));
+    let outbox = PgOutbox::new(
+        pool.clone(),
+        OutboxConfig::new(&format!("{schema}.outbox")).unwrap(),
+    );
+    outbox.migrate().await.unwrap();
+
+    let context = jetstream().await;
+    let name = unique();
+    let publisher = NatsJetStreamPublisher::new(context.clone(), &name, "/orders");
+    publisher
+        .ensure_stream(outbox.config(), true)
+        .await
+        .unwrap();
+
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let events: Vec<Event> = (0..20)
+        .map(|n| {
+            Event::new(
+                "order",
+                format!("o-{}", n % 4),
+                "OrderCreated",
+                format!("{{\"n\":{n}}}").into_bytes(),
+            )
+            .content_type("application/json")
+            .header("traceparent", traceparent)
+        })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_all(&mut tx, &events).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let relay = Relay::new(outbox.clone(), publisher.clone());
+    let mut published = 0;
+    while published < 20 {
+        published += relay.run_once().await.unwrap().published;
+    }
+    // A retry of an already stored event is acknowledged as a duplicate.
+    let again = outbox_message(&outbox, &pool, &schema, &events[0]).await;
+    assert_eq!(
+        publisher.publish(&again).await.unwrap(),
+        Published::Duplicate
+    );
+
+    let consumer = context
+        .get_stream(&name)
+        .await
+        .unwrap()
+        .create_consumer(consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut messages = consumer
+        .fetch()
+        .max_messages(100)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(message) = messages.next().await {
+        got.push(message.unwrap());
+    }
+    assert_eq!(got.len(), 20, "stored once each");
+    let first = &got[0];
+    let headers = first.headers.as_ref().unwrap();
+    let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(header("ce-specversion").as_deref(), Some("1.0"));
+    assert_eq!(header("ce-type").as_deref(), Some("OrderCreated"));
+    assert_eq!(header("ce-source").as_deref(), Some("/orders"));
+    assert_eq!(header("traceparent").as_deref(), Some(traceparent));
+    assert_eq!(header("Nats-Msg-Id"), header("ce-id"));
+    assert_eq!(
+        first.subject.as_str(),
+        format!("{}.order.OrderCreated", name.to_ascii_lowercase())
+    );
+
+    context.delete_stream(&name).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+/// The outbox message of `event`, as a relay would claim it again.
+async fn outbox_message(
+    outbox: &PgOutbox,
+    pool: &sqlx::PgPool,
+    schema: &str,
+    event: &Event,
+) -> palisade_outbox::Message {
+    sqlx::query(&format!(
+        "UPDATE {schema}.outbox SET status = 'pending' WHERE id = $1"
+    ))
+    .bind(event.id().to_string())
+    .execute(pool)
+    .await
+    .unwrap();
+    let claimed = outbox.claim().await.unwrap();
+    claimed
+        .into_iter()
+        .find(|m| m.event.id() == event.id())
+        .unwrap()
+}
