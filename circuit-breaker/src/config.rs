@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, config_error};
 
 /// The longest a half-open probe may run before it counts as failed: the
 /// state word keeps the half-open start in 24 bits of milliseconds.
@@ -272,20 +272,14 @@ impl ConfigBuilder {
         let rate_ok = |rate: f64| rate > 0.0 && rate <= 1.0;
         match config.window {
             SlidingWindow::Count(n) if n == 0 || n > MAX_WINDOW_CALLS => {
-                return Err(ConfigError::new(
-                    "sliding_window",
-                    "count must be 1 to 2097151",
-                ));
+                return Err(config_error("sliding_window", "count must be 1 to 2097151"));
             }
             SlidingWindow::Time { duration, buckets } => {
                 if buckets == 0 || buckets > MAX_BUCKETS {
-                    return Err(ConfigError::new(
-                        "sliding_window",
-                        "buckets must be 1 to 600",
-                    ));
+                    return Err(config_error("sliding_window", "buckets must be 1 to 600"));
                 }
                 if duration.as_millis() < u128::from(buckets) {
-                    return Err(ConfigError::new(
+                    return Err(config_error(
                         "sliding_window",
                         "each bucket must last at least 1 ms",
                     ));
@@ -294,65 +288,59 @@ impl ConfigBuilder {
             SlidingWindow::Count(_) => {}
         }
         if config.minimum_calls == 0 {
-            return Err(ConfigError::new("minimum_calls", "must be at least 1"));
+            return Err(config_error("minimum_calls", "must be at least 1"));
         }
         if let SlidingWindow::Count(n) = config.window
             && config.minimum_calls > n
         {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "minimum_calls",
                 "cannot exceed the count-based window's size",
             ));
         }
         if !rate_ok(config.failure_rate_threshold) {
-            return Err(ConfigError::new(
-                "failure_rate_threshold",
-                "must be in (0, 1]",
-            ));
+            return Err(config_error("failure_rate_threshold", "must be in (0, 1]"));
         }
         if let Some((_, rate)) = config.slow_call
             && !rate_ok(rate)
         {
-            return Err(ConfigError::new("slow_calls", "rate must be in (0, 1]"));
+            return Err(config_error("slow_calls", "rate must be in (0, 1]"));
         }
         if config.open_duration.is_zero() {
-            return Err(ConfigError::new("open_duration", "must be positive"));
+            return Err(config_error("open_duration", "must be positive"));
         }
         if config.max_open_duration < config.open_duration {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "max_open_duration",
                 "must be at least open_duration",
             ));
         }
         if let Some((factor, cap)) = config.backoff {
             if !(factor.is_finite() && factor >= 1.0) {
-                return Err(ConfigError::new(
-                    "open_backoff",
-                    "factor must be at least 1",
-                ));
+                return Err(config_error("open_backoff", "factor must be at least 1"));
             }
             if cap < config.open_duration {
-                return Err(ConfigError::new(
+                return Err(config_error(
                     "open_backoff",
                     "cap must be at least open_duration",
                 ));
             }
         }
         if !(0.0..1.0).contains(&config.jitter) {
-            return Err(ConfigError::new("jitter", "must be in [0, 1)"));
+            return Err(config_error("jitter", "must be in [0, 1)"));
         }
         if config.half_open_permits == 0 {
-            return Err(ConfigError::new("half_open_permits", "must be at least 1"));
+            return Err(config_error("half_open_permits", "must be at least 1"));
         }
         if config.half_open_successes == 0 || config.half_open_successes > config.half_open_permits
         {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "half_open_successes",
                 "must be 1 to half_open_permits",
             ));
         }
         if config.half_open_max_wait.is_zero() || config.half_open_max_wait > MAX_HALF_OPEN_WAIT {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "half_open_max_wait",
                 "must be positive and at most 8388 s",
             ));

@@ -52,33 +52,9 @@ impl Error for Open {
     }
 }
 
-/// A configuration setting out of range.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    setting: &'static str,
-    problem: &'static str,
+pub use palisade_hints::ConfigError;
+
+/// A `ConfigError` of this crate's builders.
+pub(crate) const fn config_error(setting: &'static str, problem: &'static str) -> ConfigError {
+    ConfigError::new("circuit breaker", setting, problem)
 }
-
-impl ConfigError {
-    pub(crate) const fn new(setting: &'static str, problem: &'static str) -> Self {
-        Self { setting, problem }
-    }
-
-    /// The setting at fault, as named in the builder.
-    #[must_use]
-    pub const fn setting(&self) -> &'static str {
-        self.setting
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid circuit breaker config: {} {}",
-            self.setting, self.problem
-        )
-    }
-}
-
-impl Error for ConfigError {}

@@ -12,6 +12,8 @@
 //!   source chain or in a response's extensions.
 //! - [`http`] (feature `http`): `Retry-After` as seconds or an HTTP date.
 //! - [`grpc`] (feature `http`): `grpc-status` and `grpc-retry-pushback-ms`.
+//! - [`ConfigError`]: the error of every palisade builder, re-exported by
+//!   each crate.
 //!
 //! It has no runtime and no tower types; users rarely need it directly.
 //!
@@ -30,12 +32,14 @@
 //! assert_eq!(found.retry_after(), Some(Duration::from_secs(5)));
 //! ```
 
+mod config_error;
 #[cfg(feature = "http")]
 pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
 mod refusal;
 
+pub use config_error::ConfigError;
 pub use refusal::{Refusal, RefusalReason};
 
 /// The README's example, compiled and run as a doctest so it stays true.

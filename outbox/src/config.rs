@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, config_error};
 
 /// The outbox's table and the relay's pace.
 ///
@@ -59,7 +59,7 @@ impl OutboxConfig {
         };
         let parts: Vec<&str> = table.split('.').collect();
         if parts.len() > 2 || !parts.iter().all(|part| valid(part)) {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "table",
                 "must be `name` or `schema.name` of [a-z0-9_], starting with a letter or `_`",
             ));

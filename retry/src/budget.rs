@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use tokio::time::Instant;
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, config_error};
 
 /// One retry, in the budget's fixed-point unit (thousandths of a retry).
 const RETRY: i64 = 1000;
@@ -77,16 +77,10 @@ impl Budget {
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if !(0.0..=10.0).contains(&self.ratio) {
-            return Err(ConfigError::new(
-                "budget ratio",
-                "must be within 0.0..=10.0",
-            ));
+            return Err(config_error("budget ratio", "must be within 0.0..=10.0"));
         }
         if self.max_banked > 1_000_000_000 {
-            return Err(ConfigError::new(
-                "budget max_banked",
-                "must be at most 10^9",
-            ));
+            return Err(config_error("budget max_banked", "must be at most 10^9"));
         }
         Ok(())
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::backoff::Backoff;
 use crate::budget::Budget;
-use crate::error::ConfigError;
+use crate::error::{ConfigError, config_error};
 
 /// The most attempts a request may be given.
 const MAX_ATTEMPTS: u32 = 100;
@@ -131,13 +131,13 @@ impl ConfigBuilder {
     pub fn build(self) -> Result<Config, ConfigError> {
         let config = self.config;
         if !(1..=MAX_ATTEMPTS).contains(&config.max_attempts) {
-            return Err(ConfigError::new("max_attempts", "must be within 1..=100"));
+            return Err(config_error("max_attempts", "must be within 1..=100"));
         }
         match config.backoff {
             Backoff::FullJitter { base, cap } | Backoff::Decorrelated { base, cap }
                 if base > cap =>
             {
-                return Err(ConfigError::new("backoff", "base must not exceed cap"));
+                return Err(config_error("backoff", "base must not exceed cap"));
             }
             _ => {}
         }
@@ -145,7 +145,7 @@ impl ConfigBuilder {
             budget.validate()?;
         }
         if config.deadline == Some(Duration::ZERO) {
-            return Err(ConfigError::new("deadline", "must be longer than zero"));
+            return Err(config_error("deadline", "must be longer than zero"));
         }
         Ok(config)
     }

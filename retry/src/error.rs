@@ -43,29 +43,9 @@ impl fmt::Display for DeadlineExceeded {
 
 impl Error for DeadlineExceeded {}
 
-/// A configuration setting out of range.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    setting: &'static str,
-    problem: &'static str,
+pub use palisade_hints::ConfigError;
+
+/// A `ConfigError` of this crate's builders.
+pub(crate) const fn config_error(setting: &'static str, problem: &'static str) -> ConfigError {
+    ConfigError::new("retry", setting, problem)
 }
-
-impl ConfigError {
-    pub(crate) const fn new(setting: &'static str, problem: &'static str) -> Self {
-        Self { setting, problem }
-    }
-
-    /// The setting at fault, as named in the builder.
-    #[must_use]
-    pub const fn setting(&self) -> &'static str {
-        self.setting
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid retry config: {} {}", self.setting, self.problem)
-    }
-}
-
-impl Error for ConfigError {}

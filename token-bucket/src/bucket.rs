@@ -12,7 +12,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::error::ConfigError;
+use crate::error::{ConfigError, config_error};
 
 /// The most tokens a bucket may hold.
 pub const MAX_CAPACITY: u32 = 1_000_000_000;
@@ -49,13 +49,10 @@ impl Bucket {
     /// the rate is not a finite number in `0.000001..=1e9` per second.
     pub fn new(capacity: u32, per_second: f64) -> Result<Self, ConfigError> {
         if capacity == 0 || capacity > MAX_CAPACITY {
-            return Err(ConfigError::new("capacity", "must be within 1..=1e9"));
+            return Err(config_error("capacity", "must be within 1..=1e9"));
         }
         if !(1e-6..=1e9).contains(&per_second) {
-            return Err(ConfigError::new(
-                "rate",
-                "must be within 1e-6..=1e9 per second",
-            ));
+            return Err(config_error("rate", "must be within 1e-6..=1e9 per second"));
         }
         // Rounded up, so rounding never admits more than the rate.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -74,7 +71,7 @@ impl Bucket {
     /// As [`Bucket::new`], and when `period` is zero.
     pub fn per(capacity: u32, period: Duration) -> Result<Self, ConfigError> {
         if period.is_zero() {
-            return Err(ConfigError::new("period", "must be longer than zero"));
+            return Err(config_error("period", "must be longer than zero"));
         }
         Self::new(capacity, f64::from(capacity) / period.as_secs_f64())
     }
