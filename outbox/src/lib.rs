@@ -21,6 +21,8 @@
 //!   same transaction as the effect.
 //! - With feature `nats`, [`NatsJetStreamPublisher`] publishes to JetStream
 //!   with `Nats-Msg-Id` and the CloudEvents [`Envelope`] as headers.
+//! - With feature `otel`, [`Relay::instrument`] reports what the relay did
+//!   and the backlog it leaves (see [`otel`]).
 
 mod config;
 mod envelope;
@@ -30,6 +32,8 @@ mod event;
 mod inbox;
 #[cfg(feature = "nats")]
 mod nats;
+#[cfg(feature = "otel")]
+pub mod otel;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod publisher;

@@ -36,6 +36,8 @@ pub struct Relay<St, P> {
     store: St,
     publisher: P,
     clean_up_every: Duration,
+    #[cfg(feature = "otel")]
+    instruments: Option<std::sync::Arc<crate::otel::Instruments>>,
 }
 
 impl<St: OutboxStore, P: Publisher> Relay<St, P> {
@@ -46,6 +48,38 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
             store,
             publisher,
             clean_up_every: Duration::from_secs(60),
+            #[cfg(feature = "otel")]
+            instruments: None,
+        }
+    }
+
+    /// Reports this relay's work with OpenTelemetry (feature `otel`); see
+    /// the [`otel`](crate::otel) module for the names. `name` becomes the
+    /// `relay` attribute.
+    #[cfg(feature = "otel")]
+    #[must_use]
+    pub fn instrument(
+        mut self,
+        meter: &opentelemetry::metrics::Meter,
+        name: impl Into<String>,
+    ) -> Self {
+        self.instruments = Some(std::sync::Arc::new(crate::otel::Instruments::new(
+            meter,
+            name.into(),
+        )));
+        self
+    }
+
+    /// Refreshes the backlog gauges, when instrumented.
+    async fn observe_backlog(&self) {
+        #[cfg(feature = "otel")]
+        if let Some(instruments) = &self.instruments {
+            match self.store.backlog().await {
+                Ok(backlog) => instruments.saw(&backlog),
+                Err(error) => {
+                    tracing::warn!(target: "palisade_outbox", %error, "backlog query failed");
+                }
+            }
         }
     }
 
@@ -84,6 +118,13 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
             if !sent.is_empty() {
                 self.store.mark_sent(&sent).await?;
             }
+            #[cfg(feature = "otel")]
+            let latencies: Vec<i64> = {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                sent.iter().map(|message| now_ms - message.created_at_ms).collect()
+            };
             for (message, error) in failed {
                 let dead = self.store.mark_failed(&message, &error.to_string()).await?;
                 if dead {
@@ -99,6 +140,10 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
                     report.failed += 1;
                     tracing::warn!(target: "palisade_outbox", id = %message.event.id, %error, "publish failed; backing off");
                 }
+            }
+            #[cfg(feature = "otel")]
+            if let Some(instruments) = &self.instruments {
+                instruments.settled(&report, &latencies);
             }
             tracing::debug!(
                 target: "palisade_outbox",
@@ -119,6 +164,7 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut last_clean_up = Instant::now();
+        let mut last_observed: Option<Instant> = None;
         loop {
             let work = async {
                 match self.run_once().await {
@@ -133,6 +179,10 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
             tokio::select! {
                 () = &mut shutdown => return,
                 () = work => {}
+            }
+            if last_observed.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+                last_observed = Some(Instant::now());
+                self.observe_backlog().await;
             }
             if last_clean_up.elapsed() >= self.clean_up_every {
                 last_clean_up = Instant::now();

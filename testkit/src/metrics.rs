@@ -71,4 +71,49 @@ impl MetricsProbe {
         }
         found
     }
+
+    /// The values of the `f64` gauge `name`, and the sample counts of the
+    /// `f64` histogram `name`, by attributes (as [`points`](Self::points)).
+    ///
+    /// # Panics
+    ///
+    /// When the SDK cannot flush or export.
+    #[must_use]
+    pub fn points_f64(&self, name: &str) -> Vec<(Vec<String>, f64)> {
+        self.provider.force_flush().expect("flush metrics");
+        let label = |attributes: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
+            let mut labels: Vec<String> = attributes
+                .map(|kv| format!("{}={}", kv.key, kv.value))
+                .collect();
+            labels.sort();
+            labels
+        };
+        let mut found = Vec::new();
+        let exported = self
+            .exporter
+            .get_finished_metrics()
+            .expect("exported metrics");
+        let Some(resource) = exported.last() else {
+            return found;
+        };
+        for scope in resource.scope_metrics() {
+            for metric in scope.metrics().filter(|m| m.name() == name) {
+                match metric.data() {
+                    AggregatedMetrics::F64(MetricData::Gauge(gauge)) => found.extend(
+                        gauge
+                            .data_points()
+                            .map(|p| (label(&mut p.attributes()), p.value())),
+                    ),
+                    #[allow(clippy::cast_precision_loss)]
+                    AggregatedMetrics::F64(MetricData::Histogram(histogram)) => found.extend(
+                        histogram
+                            .data_points()
+                            .map(|p| (label(&mut p.attributes()), p.count() as f64)),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        found
+    }
 }

@@ -1,0 +1,84 @@
+//! The relay's OpenTelemetry metrics, on a real PostgreSQL, read back
+//! through the SDK's in-memory exporter.
+#![cfg(all(feature = "otel", feature = "postgres"))]
+
+use std::time::Duration;
+
+use palisade_outbox::{
+    Event, MemoryBroker, Message, OutboxConfig, PgOutbox, PublishError, Published, Publisher, Relay,
+};
+use palisade_testkit::MetricsProbe;
+
+/// Refuses events of type `Poison`.
+#[derive(Clone)]
+struct Picky(MemoryBroker);
+
+impl Publisher for Picky {
+    async fn publish(&self, message: &Message) -> Result<Published, PublishError> {
+        if message.event.event_type() == "Poison" {
+            return Err(PublishError::new("refused"));
+        }
+        self.0.publish(message).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_dead_latency_and_backlog_are_reported() {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let schema = format!("outbox_test_{}", fastrand::u64(..));
+    let config = OutboxConfig::new(&format!("{schema}.outbox"))
+        .unwrap()
+        .max_attempts(1);
+    let outbox = PgOutbox::new(pool.clone(), config);
+    outbox.migrate().await.unwrap();
+    let events = [
+        Event::new("order", "a", "OrderCreated", b"1".to_vec()),
+        Event::new("order", "b", "OrderCreated", b"2".to_vec()),
+        Event::new("order", "c", "Poison", b"3".to_vec()),
+    ];
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_all(&mut tx, &events).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let probe = MetricsProbe::default();
+    let relay =
+        Relay::new(outbox, Picky(MemoryBroker::new(10))).instrument(&probe.meter(), "orders");
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(relay.run(async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+    let relay_label = || vec!["relay=orders".to_owned()];
+    // The gauges refresh after the first batch; wait for them (bounded).
+    let mut waited = 0;
+    while probe.points_f64("palisade.outbox.dead_events") != [(relay_label(), 1.0)] {
+        waited += 1;
+        assert!(
+            waited < 1500,
+            "the backlog gauges never showed the dead event"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap();
+
+    assert_eq!(
+        probe.points("palisade.outbox.published"),
+        [(relay_label(), 2)]
+    );
+    assert_eq!(probe.points("palisade.outbox.dead"), [(relay_label(), 1)]);
+    assert_eq!(
+        probe.points_f64("palisade.outbox.publish_latency"),
+        [(relay_label(), 2.0)],
+        "two samples"
+    );
+    assert_eq!(
+        probe.points_f64("palisade.outbox.pending"),
+        [(relay_label(), 0.0)]
+    );
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
