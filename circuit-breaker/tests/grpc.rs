@@ -31,9 +31,13 @@ async fn server(unavailable: bool) -> HealthServer {
     HealthServer::start(move |_| unavailable.then(|| tonic::Status::unavailable("down"))).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unavailable_answers_open_it_and_it_answers_unavailable_itself() {
-    let server = server(true).await;
+/// A health client to `server` behind a breaker opening after 3 failures.
+async fn client(
+    server: &HealthServer,
+) -> (
+    HealthClient<palisade_circuit_breaker::GrpcCircuitBreakerService<tonic::transport::Channel>>,
+    palisade_circuit_breaker::CircuitBreaker,
+) {
     let layer = CircuitBreakerLayer::new_for_grpc(config(3));
     let breaker = layer.breaker().clone();
     let channel = Endpoint::from_shared(server.url.clone())
@@ -41,7 +45,16 @@ async fn unavailable_answers_open_it_and_it_answers_unavailable_itself() {
         .connect()
         .await
         .unwrap();
-    let mut client = HealthClient::new(ServiceBuilder::new().layer(layer).service(channel));
+    (
+        HealthClient::new(ServiceBuilder::new().layer(layer).service(channel)),
+        breaker,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_answers_open_it_and_it_answers_unavailable_itself() {
+    let server = server(true).await;
+    let (mut client, breaker) = client(&server).await;
     for _ in 0..3 {
         let status = client
             .check(HealthCheckRequest::default())
@@ -72,14 +85,7 @@ async fn unavailable_answers_open_it_and_it_answers_unavailable_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn successful_calls_are_read_from_the_trailers_and_keep_it_closed() {
     let server = server(false).await;
-    let layer = CircuitBreakerLayer::new_for_grpc(config(3));
-    let breaker = layer.breaker().clone();
-    let channel = Endpoint::from_shared(server.url.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = HealthClient::new(ServiceBuilder::new().layer(layer).service(channel));
+    let (mut client, breaker) = client(&server).await;
     for _ in 0..5 {
         client.check(HealthCheckRequest::default()).await.unwrap();
     }

@@ -36,40 +36,22 @@ impl MetricsProbe {
     /// When the SDK cannot flush or export.
     #[must_use]
     pub fn points(&self, name: &str) -> Vec<(Vec<String>, u64)> {
-        self.provider.force_flush().expect("flush metrics");
-        let label = |attributes: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
-            let mut labels: Vec<String> = attributes
-                .map(|kv| format!("{}={}", kv.key, kv.value))
-                .collect();
-            labels.sort();
-            labels
-        };
-        let mut found = Vec::new();
-        let exported = self
-            .exporter
-            .get_finished_metrics()
-            .expect("exported metrics");
-        // Each flush exports cumulative sums: the last export has them all.
-        let Some(resource) = exported.last() else {
-            return found;
-        };
-        for scope in resource.scope_metrics() {
-            for metric in scope.metrics().filter(|m| m.name() == name) {
-                match metric.data() {
-                    AggregatedMetrics::U64(MetricData::Sum(sum)) => found.extend(
-                        sum.data_points()
-                            .map(|p| (label(&mut p.attributes()), p.value())),
-                    ),
-                    AggregatedMetrics::U64(MetricData::Gauge(gauge)) => found.extend(
-                        gauge
-                            .data_points()
-                            .map(|p| (label(&mut p.attributes()), p.value())),
-                    ),
-                    _ => {}
-                }
+        self.collect(name, |data, found| match data {
+            AggregatedMetrics::U64(MetricData::Sum(sum)) => {
+                found.extend(
+                    sum.data_points()
+                        .map(|p| (label(p.attributes()), p.value())),
+                );
             }
-        }
-        found
+            AggregatedMetrics::U64(MetricData::Gauge(gauge)) => {
+                found.extend(
+                    gauge
+                        .data_points()
+                        .map(|p| (label(p.attributes()), p.value())),
+                );
+            }
+            _ => {}
+        })
     }
 
     /// The values of the `f64` gauge `name`, and the sample counts of the
@@ -80,40 +62,55 @@ impl MetricsProbe {
     /// When the SDK cannot flush or export.
     #[must_use]
     pub fn points_f64(&self, name: &str) -> Vec<(Vec<String>, f64)> {
+        self.collect(name, |data, found| match data {
+            AggregatedMetrics::F64(MetricData::Gauge(gauge)) => {
+                found.extend(
+                    gauge
+                        .data_points()
+                        .map(|p| (label(p.attributes()), p.value())),
+                );
+            }
+            #[allow(clippy::cast_precision_loss)]
+            AggregatedMetrics::F64(MetricData::Histogram(histogram)) => {
+                found.extend(
+                    histogram
+                        .data_points()
+                        .map(|p| (label(p.attributes()), p.count() as f64)),
+                );
+            }
+            _ => {}
+        })
+    }
+
+    /// Flushes, then lets `pick` take the points of every metric `name` in
+    /// the last export (each export holds the cumulative values).
+    fn collect<T>(
+        &self,
+        name: &str,
+        pick: impl Fn(&AggregatedMetrics, &mut Vec<(Vec<String>, T)>),
+    ) -> Vec<(Vec<String>, T)> {
         self.provider.force_flush().expect("flush metrics");
-        let label = |attributes: &mut dyn Iterator<Item = &opentelemetry::KeyValue>| {
-            let mut labels: Vec<String> = attributes
-                .map(|kv| format!("{}={}", kv.key, kv.value))
-                .collect();
-            labels.sort();
-            labels
-        };
-        let mut found = Vec::new();
         let exported = self
             .exporter
             .get_finished_metrics()
             .expect("exported metrics");
-        let Some(resource) = exported.last() else {
-            return found;
-        };
-        for scope in resource.scope_metrics() {
-            for metric in scope.metrics().filter(|m| m.name() == name) {
-                match metric.data() {
-                    AggregatedMetrics::F64(MetricData::Gauge(gauge)) => found.extend(
-                        gauge
-                            .data_points()
-                            .map(|p| (label(&mut p.attributes()), p.value())),
-                    ),
-                    #[allow(clippy::cast_precision_loss)]
-                    AggregatedMetrics::F64(MetricData::Histogram(histogram)) => found.extend(
-                        histogram
-                            .data_points()
-                            .map(|p| (label(&mut p.attributes()), p.count() as f64)),
-                    ),
-                    _ => {}
+        let mut found = Vec::new();
+        if let Some(resource) = exported.last() {
+            for scope in resource.scope_metrics() {
+                for metric in scope.metrics().filter(|m| m.name() == name) {
+                    pick(metric.data(), &mut found);
                 }
             }
         }
         found
     }
+}
+
+/// A data point's attributes as sorted `key=value` strings.
+fn label<'a>(attributes: impl Iterator<Item = &'a opentelemetry::KeyValue>) -> Vec<String> {
+    let mut labels: Vec<String> = attributes
+        .map(|kv| format!("{}={}", kv.key, kv.value))
+        .collect();
+    labels.sort();
+    labels
 }
