@@ -98,7 +98,7 @@ impl Event {
         &self.headers
     }
 
-    #[cfg(feature = "postgres")]
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub(crate) fn headers_json(&self) -> String {
         serde_json::to_string(&self.headers).unwrap_or_else(|_| "{}".to_owned())
     }
@@ -117,7 +117,7 @@ pub struct Message {
 }
 
 impl Message {
-    #[cfg(feature = "postgres")]
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub(crate) fn from_row(
         seq: i64,
         id: &str,

@@ -3,33 +3,74 @@
 //!
 //! "Save the order, then publish the event" loses the event when the
 //! process dies in between, and publishes a ghost when the transaction
-//! rolls back after the publish. Here the event row is written by
-//! [`PgOutbox::enqueue`] in the caller's own transaction, so the order and
-//! its event commit or roll back together; a [`Relay`] then publishes each
+//! rolls back after the publish. Here the event row is written by the
+//! outbox's `enqueue` in the caller's own transaction, so the order and its
+//! event commit or roll back together; a [`Relay`] then publishes each
 //! event with broker acknowledgement and marks it sent.
 //!
-//! - Several relays can share one outbox: batches are claimed with
-//!   `FOR UPDATE SKIP LOCKED` and a lease; a crashed relay's events are
-//!   claimed again when its lease ends.
+//! - Storage: PostgreSQL ([`PgOutbox`], feature `postgres`) for
+//!   production, SQLite ([`SqliteOutbox`], feature `sqlite`) for an
+//!   embedded service with no server. Each creates its table with
+//!   `migrate`.
+//! - Several relays can share one outbox: batches are claimed with a lease
+//!   (and `FOR UPDATE SKIP LOCKED` in PostgreSQL); a crashed relay's events
+//!   are claimed again when its lease ends.
 //! - Per-aggregate order (on by default): an event is published only after
-//!   every earlier event of its aggregate was acknowledged.
+//!   every earlier event of its aggregate was acknowledged, in commit order.
 //! - A failing event backs off on its own, and is dead after its last
 //!   attempt, without stalling other aggregates.
-//! - Relays wake on `LISTEN/NOTIFY` ([`PgOutbox::listen`]) and poll as a
+//! - Relays wake when events commit (PostgreSQL `LISTEN/NOTIFY` with
+//!   [`PgOutbox::listen`]; SQLite's commit hook in process) and poll as a
 //!   fallback.
-//! - Consumers apply each message once with an [`Inbox`] written in the
-//!   same transaction as the effect.
+//! - Consumers apply each message once with an inbox ([`PgInbox`],
+//!   [`SqliteInbox`]) written in the same transaction as the effect.
 //! - With feature `nats`, [`NatsJetStreamPublisher`] publishes to JetStream
 //!   with `Nats-Msg-Id` and the CloudEvents [`Envelope`] as headers.
 //! - With feature `otel`, [`Relay::instrument`] reports what the relay did
 //!   and the backlog it leaves (see [`otel`]).
+//!
+//! # Example
+//!
+//! The embedded default, end to end: an order and its event in one SQLite
+//! transaction, a relay to the in-process broker, and a consumer applying
+//! it once through its inbox.
+//!
+//! ```
+//! # #[cfg(feature = "sqlite")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use palisade_outbox::{Event, MemoryBroker, OutboxConfig, Relay, SqliteInbox, SqliteOutbox};
+//!
+//! let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+//! let outbox = SqliteOutbox::new(pool.clone(), OutboxConfig::default());
+//! let inbox = SqliteInbox::new(pool.clone(), "inbox")?;
+//! outbox.migrate().await?;
+//! inbox.migrate().await?;
+//!
+//! let mut tx = pool.begin().await?;
+//! // ... write the order in `tx` ...
+//! outbox.enqueue(&mut tx, &Event::new("order", "o-17", "OrderCreated", b"{}".to_vec())).await?;
+//! tx.commit().await?;
+//!
+//! let broker = MemoryBroker::new(1024);
+//! let mut deliveries = broker.subscribe();
+//! Relay::new(outbox, broker).run_once().await?;
+//!
+//! let message = deliveries.recv().await?;
+//! let mut tx = pool.begin().await?;
+//! if inbox.process_once(&mut tx, "reserve-stock", message.event.id()).await? {
+//!     // ... apply the effect in `tx` ...
+//! }
+//! tx.commit().await?; // then acknowledge
+//! # Ok(()) }
+//! # #[cfg(not(feature = "sqlite"))]
+//! # fn main() {}
+//! ```
 
 mod config;
 mod envelope;
 pub mod error;
 mod event;
-#[cfg(feature = "postgres")]
-mod inbox;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "otel")]
@@ -38,20 +79,26 @@ pub mod otel;
 mod postgres;
 mod publisher;
 mod relay;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod store;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod stores;
 
 pub use config::OutboxConfig;
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::{ConfigError, PublishError};
 pub use event::{Event, Message};
-#[cfg(feature = "postgres")]
-pub use inbox::Inbox;
 #[cfg(feature = "nats")]
 pub use nats::{NatsJetStreamPublisher, StreamSetupError};
 #[cfg(feature = "postgres")]
-pub use postgres::PgOutbox;
+pub use postgres::{PgInbox, PgOutbox};
 pub use publisher::{MemoryBroker, Published, Publisher};
 pub use relay::{BatchReport, Relay};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteInbox, SqliteOutbox};
 pub use store::{Backlog, OutboxStore};
 
 /// The README's example, compiled as a doctest so it stays true.

@@ -161,24 +161,33 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
     /// Runs until `shutdown` completes: a full batch is followed at once by
     /// the next; otherwise the relay waits to be woken or for the polling
     /// interval. Sent events past their retention are deleted now and then.
+    ///
+    /// Shutdown is graceful: a batch under way is published and settled
+    /// first, so no event is left claimed (and published again after its
+    /// lease) by a relay that was asked to stop.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut last_clean_up = Instant::now();
         let mut last_observed: Option<Instant> = None;
         loop {
-            let work = async {
-                match self.run_once().await {
-                    Ok(report) if report.claimed > 0 => {}
-                    Ok(_) => self.store.wait_for_work().await,
-                    Err(error) => {
-                        tracing::warn!(target: "palisade_outbox", %error, "claiming failed; trying again");
-                        self.store.wait_for_work().await;
-                    }
+            let busy = match self.run_once().await {
+                Ok(report) => report.claimed > 0,
+                Err(error) => {
+                    tracing::warn!(target: "palisade_outbox", %error, "claiming failed; trying again");
+                    false
                 }
             };
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = work => {}
+            if busy {
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => return,
+                    () = std::future::ready(()) => {}
+                }
+            } else {
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = self.store.wait_for_work() => {}
+                }
             }
             if last_observed.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
                 last_observed = Some(Instant::now());

@@ -1,0 +1,276 @@
+//! The outbox's and the inbox's statements, in each database's dialect.
+//!
+//! Times are the database's own (`now()` in PostgreSQL, `julianday('now')`
+//! in SQLite), never a relay's clock; durations are bound as milliseconds.
+
+use crate::config::OutboxConfig;
+
+/// The SQL dialect of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    #[cfg(feature = "postgres")]
+    Postgres,
+    #[cfg(feature = "sqlite")]
+    Sqlite,
+}
+
+impl Dialect {
+    /// The current time as a column value.
+    const fn now(self) -> &'static str {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres => "now()",
+            // Milliseconds since the Unix epoch, as an integer.
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+        }
+    }
+
+    /// `now` plus (`sign` = "+") or minus the milliseconds bound at `param`.
+    fn shifted(self, sign: char, param: &str) -> String {
+        let now = self.now();
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres => format!("({now} {sign} {param} * interval '1 millisecond')"),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite => format!("({now} {sign} CAST({param} AS INTEGER))"),
+        }
+    }
+
+    /// A time column as milliseconds since the Unix epoch.
+    fn epoch_ms(self, column: &str) -> String {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres => format!("(extract(epoch FROM {column}) * 1000)::bigint"),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite => column.to_owned(),
+        }
+    }
+
+    /// The column type of a point in time.
+    const fn time_type(self) -> &'static str {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres => "TIMESTAMPTZ",
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite => "INTEGER",
+        }
+    }
+
+    /// `table` (maybe `schema.name`) and the name of its index `suffix`, as
+    /// `CREATE INDEX` wants them.
+    fn index(self, table: &str, suffix: &str) -> (String, String) {
+        match (self, table.split_once('.')) {
+            // SQLite: the index is named in the table's (attached) database
+            // and the table without it.
+            #[cfg(feature = "sqlite")]
+            (Self::Sqlite, Some((schema, name))) => {
+                (format!("{schema}.{name}_{suffix}"), name.to_owned())
+            }
+            _ => (
+                format!("{}_{suffix}", table.replace('.', "_")),
+                table.to_owned(),
+            ),
+        }
+    }
+
+    /// Statements run before creating the tables: PostgreSQL makes the
+    /// schema (one instance at a time); SQLite's `schema` is an attached
+    /// database, there already.
+    fn prelude(self, table: &str) -> Vec<String> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres => {
+                let mut prelude =
+                    vec![format!("SELECT pg_advisory_xact_lock(hashtext('{table}'))")];
+                if let Some((schema, _)) = table.split_once('.') {
+                    prelude.push(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
+                }
+                prelude
+            }
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite => {
+                let _ = table;
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// The outbox's statements, with its table in them.
+#[derive(Debug)]
+pub(crate) struct OutboxSql {
+    pub(crate) migrate: Vec<String>,
+    pub(crate) insert: String,
+    pub(crate) claim: String,
+    pub(crate) sent: String,
+    pub(crate) failed: String,
+    pub(crate) clean_up: String,
+    pub(crate) backlog: String,
+    pub(crate) requeue: String,
+}
+
+impl OutboxSql {
+    pub(crate) fn new(dialect: Dialect, config: &OutboxConfig) -> Self {
+        let t = &config.table;
+        let now = dialect.now();
+        let time = dialect.time_type();
+        let (seq, payload) = match dialect {
+            #[cfg(feature = "postgres")]
+            Dialect::Postgres => ("BIGSERIAL PRIMARY KEY", "BYTEA"),
+            #[cfg(feature = "sqlite")]
+            Dialect::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"),
+        };
+        let mut migrate = dialect.prelude(t);
+        migrate.push(format!(
+            "CREATE TABLE IF NOT EXISTS {t} (\
+             seq {seq}, \
+             id TEXT NOT NULL UNIQUE, \
+             aggregate_type TEXT NOT NULL, \
+             aggregate_id TEXT NOT NULL, \
+             event_type TEXT NOT NULL, \
+             payload {payload} NOT NULL, \
+             headers TEXT NOT NULL, \
+             created_at {time} NOT NULL DEFAULT ({now}), \
+             attempts INT NOT NULL DEFAULT 0, \
+             next_attempt_at {time} NOT NULL DEFAULT ({now}), \
+             status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sent', 'dead')), \
+             last_error TEXT, \
+             claimed_until {time}, \
+             sent_at {time})"
+        ));
+        for (suffix, columns, filter) in [
+            (
+                "unsent",
+                "aggregate_type, aggregate_id, seq",
+                "status <> 'sent'",
+            ),
+            ("due", "seq", "status = 'pending'"),
+            ("sent", "sent_at", "status = 'sent'"),
+        ] {
+            let (index, on) = dialect.index(t, suffix);
+            migrate.push(format!(
+                "CREATE INDEX IF NOT EXISTS {index} ON {on} ({columns}) WHERE {filter}"
+            ));
+        }
+
+        // Per-aggregate order: only the first unsent event of an aggregate
+        // is publishable.
+        let order = if config.ordered {
+            format!(
+                "AND NOT EXISTS (SELECT 1 FROM {t} e WHERE e.aggregate_type = o.aggregate_type \
+                 AND e.aggregate_id = o.aggregate_id AND e.seq < o.seq AND e.status <> 'sent')"
+            )
+        } else {
+            String::new()
+        };
+        // PostgreSQL lets several relays claim side by side; SQLite has one
+        // writer at a time, so the statement alone is the claim.
+        let skip_locked = match dialect {
+            #[cfg(feature = "postgres")]
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+            #[cfg(feature = "sqlite")]
+            Dialect::Sqlite => "",
+        };
+        // `$1` is a comma-separated list of seqs.
+        let seqs = match dialect {
+            #[cfg(feature = "postgres")]
+            Dialect::Postgres => "seq = ANY(string_to_array($1, ',')::bigint[])".to_owned(),
+            #[cfg(feature = "sqlite")]
+            Dialect::Sqlite => "seq IN (SELECT value FROM json_each('[' || $1 || ']'))".to_owned(),
+        };
+        Self {
+            migrate,
+            insert: match dialect {
+                // A transaction-scoped lock per aggregate: a second
+                // transaction writing the same aggregate waits for the first
+                // to end before it takes its `seq`, so `seq` order is commit
+                // order within an aggregate.
+                #[cfg(feature = "postgres")]
+                Dialect::Postgres => format!(
+                    "WITH aggregate AS (SELECT pg_advisory_xact_lock(hashtextextended($2 || '/' || $3, 0))) \
+                     INSERT INTO {t} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
+                     SELECT $1, $2, $3, $4, $5, $6 FROM aggregate"
+                ),
+                // One writer at a time: `seq` order is commit order.
+                #[cfg(feature = "sqlite")]
+                Dialect::Sqlite => format!(
+                    "INSERT INTO {t} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
+                     VALUES ($1, $2, $3, $4, $5, $6)"
+                ),
+            },
+            claim: format!(
+                "UPDATE {t} SET claimed_until = {lease} WHERE seq IN (SELECT o.seq FROM {t} o \
+                 WHERE o.status = 'pending' AND o.next_attempt_at <= {now} \
+                 AND (o.claimed_until IS NULL OR o.claimed_until < {now}) {order} \
+                 ORDER BY o.seq LIMIT $1 {skip_locked}) \
+                 RETURNING seq, id, aggregate_type, aggregate_id, event_type, payload, headers, \
+                 {created} AS created_at_ms, attempts",
+                lease = dialect.shifted('+', "$2"),
+                created = dialect.epoch_ms("created_at"),
+            ),
+            sent: format!(
+                "UPDATE {t} SET status = 'sent', sent_at = {now}, claimed_until = NULL WHERE {seqs}"
+            ),
+            failed: format!(
+                "UPDATE {t} SET attempts = attempts + 1, last_error = $2, claimed_until = NULL, \
+                 next_attempt_at = {backoff}, \
+                 status = CASE WHEN attempts + 1 >= $4 THEN 'dead' ELSE 'pending' END \
+                 WHERE seq = $1 RETURNING status = 'dead'",
+                backoff = dialect.shifted('+', "$3"),
+            ),
+            clean_up: format!(
+                "DELETE FROM {t} WHERE seq IN (SELECT seq FROM {t} WHERE status = 'sent' \
+                 AND sent_at < {cutoff} ORDER BY seq LIMIT $2 {skip_locked})",
+                cutoff = dialect.shifted('-', "$1"),
+            ),
+            backlog: format!(
+                "SELECT count(*) FILTER (WHERE status = 'pending'), \
+                 count(*) FILTER (WHERE status = 'dead'), \
+                 {now_ms} - min({created}) FILTER (WHERE status = 'pending') \
+                 FROM {t} WHERE status <> 'sent'",
+                now_ms = dialect.epoch_ms(now),
+                created = dialect.epoch_ms("created_at"),
+            ),
+            requeue: format!(
+                "UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_at = {now}, \
+                 last_error = NULL WHERE id = $1 AND status = 'dead'"
+            ),
+        }
+    }
+}
+
+/// The inbox's statements.
+#[derive(Debug)]
+pub(crate) struct InboxSql {
+    pub(crate) migrate: Vec<String>,
+    pub(crate) record: String,
+    pub(crate) forget: String,
+}
+
+impl InboxSql {
+    pub(crate) fn new(dialect: Dialect, table: &str) -> Self {
+        let mut migrate = dialect.prelude(table);
+        migrate.push(format!(
+            "CREATE TABLE IF NOT EXISTS {table} (consumer TEXT NOT NULL, message_id TEXT NOT NULL, \
+             processed_at {time} NOT NULL DEFAULT ({now}), PRIMARY KEY (consumer, message_id))",
+            time = dialect.time_type(),
+            now = dialect.now(),
+        ));
+        let (index, on) = dialect.index(table, "processed");
+        migrate.push(format!(
+            "CREATE INDEX IF NOT EXISTS {index} ON {on} (processed_at)"
+        ));
+        Self {
+            migrate,
+            record: format!(
+                "INSERT INTO {table} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            ),
+            forget: format!(
+                "DELETE FROM {table} WHERE (consumer, message_id) IN (SELECT consumer, message_id \
+                 FROM {table} WHERE processed_at < {cutoff} ORDER BY processed_at LIMIT $2)",
+                cutoff = dialect.shifted('-', "$1"),
+            ),
+        }
+    }
+}

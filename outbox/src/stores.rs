@@ -1,0 +1,295 @@
+//! The outbox and the inbox on an sqlx database, written once for every
+//! database: each backend module instantiates these with its pool and
+//! connection types and its [`Dialect`](crate::sql::Dialect), and adds what
+//! only it has (PostgreSQL's `LISTEN`, SQLite's commit hook).
+
+/// Defines an outbox type: `$name` over `$pool` whose transactions are
+/// `$conn`s. The backend module implements `announce(&self, tx)`: have
+/// relays woken (through `self.wake` or the database) once the transaction
+/// commits.
+macro_rules! sql_outbox {
+    ($(#[$doc:meta])* $name:ident, $pool:ty, $conn:ty, $dialect:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            pool: $pool,
+            config: std::sync::Arc<$crate::config::OutboxConfig>,
+            sql: std::sync::Arc<$crate::sql::OutboxSql>,
+            wake: std::sync::Arc<tokio::sync::Notify>,
+        }
+
+        impl $name {
+            /// The outbox described by `config`, in the database of `pool`.
+            #[must_use]
+            pub fn new(pool: $pool, config: $crate::config::OutboxConfig) -> Self {
+                Self {
+                    sql: std::sync::Arc::new($crate::sql::OutboxSql::new($dialect, &config)),
+                    pool,
+                    config: std::sync::Arc::new(config),
+                    wake: std::sync::Arc::new(tokio::sync::Notify::new()),
+                }
+            }
+
+            /// The configuration.
+            #[must_use]
+            pub fn config(&self) -> &$crate::config::OutboxConfig {
+                &self.config
+            }
+
+            /// Creates the table and its indexes if they are missing (and
+            /// in PostgreSQL the schema), in one transaction.
+            ///
+            /// # Errors
+            ///
+            /// The database's error.
+            pub async fn migrate(&self) -> Result<(), sqlx::Error> {
+                let mut tx = self.pool.begin().await?;
+                for statement in &self.sql.migrate {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                tx.commit().await
+            }
+
+            /// Writes `event` in the caller's transaction (nothing is
+            /// written outside it); relays are told once it commits.
+            ///
+            /// # Errors
+            ///
+            /// The database's error; the caller's transaction is then to
+            /// be rolled back.
+            pub async fn enqueue(&self, tx: &mut $conn, event: &$crate::Event) -> Result<(), sqlx::Error> {
+                self.enqueue_all(tx, std::slice::from_ref(event)).await
+            }
+
+            /// Writes `events`, in order, in the caller's transaction.
+            ///
+            /// # Errors
+            ///
+            /// As [`enqueue`](Self::enqueue).
+            pub async fn enqueue_all(
+                &self,
+                tx: &mut $conn,
+                events: &[$crate::Event],
+            ) -> Result<(), sqlx::Error> {
+                for event in events {
+                    sqlx::query(&self.sql.insert)
+                        .bind(event.id.to_string())
+                        .bind(&event.aggregate_type)
+                        .bind(&event.aggregate_id)
+                        .bind(&event.event_type)
+                        .bind(&event.payload)
+                        .bind(event.headers_json())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                self.announce(tx).await
+            }
+
+            /// Puts a dead event back in line, its attempts reset; `false`
+            /// if no dead event has this id.
+            ///
+            /// # Errors
+            ///
+            /// The database's error.
+            pub async fn requeue(&self, id: uuid::Uuid) -> Result<bool, sqlx::Error> {
+                let done = sqlx::query(&self.sql.requeue)
+                    .bind(id.to_string())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+        }
+
+        impl $crate::store::OutboxStore for $name {
+            async fn claim(&self) -> Result<Vec<$crate::Message>, sqlx::Error> {
+                use sqlx::Row as _;
+                let rows = sqlx::query(&self.sql.claim)
+                    .bind(i64::from(self.config.batch_size))
+                    .bind($crate::stores::millis(self.config.lease))
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut messages: Vec<$crate::Message> = rows
+                    .iter()
+                    .map(|row| {
+                        $crate::Message::from_row(
+                            row.get("seq"),
+                            row.get::<&str, _>("id"),
+                            (row.get("aggregate_type"), row.get("aggregate_id")),
+                            row.get("event_type"),
+                            row.get("payload"),
+                            row.get::<&str, _>("headers"),
+                            (row.get("created_at_ms"), row.get("attempts")),
+                        )
+                    })
+                    .collect();
+                messages.sort_by_key(|message| message.seq);
+                Ok(messages)
+            }
+
+            async fn mark_sent(&self, sent: &[$crate::Message]) -> Result<(), sqlx::Error> {
+                sqlx::query(&self.sql.sent)
+                    .bind($crate::stores::seq_list(sent))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn mark_failed(&self, message: &$crate::Message, error: &str) -> Result<bool, sqlx::Error> {
+                let attempt = u32::try_from(message.attempts).unwrap_or(0);
+                let dead: bool = sqlx::query_scalar(&self.sql.failed)
+                    .bind(message.seq)
+                    .bind(error)
+                    .bind($crate::stores::millis(self.config.backoff_after(attempt)))
+                    .bind(i32::try_from(self.config.max_attempts).unwrap_or(i32::MAX))
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(dead)
+            }
+
+            async fn clean_up(&self) -> Result<u64, sqlx::Error> {
+                let done = sqlx::query(&self.sql.clean_up)
+                    .bind($crate::stores::millis(self.config.retention))
+                    .bind(i64::from(self.config.cleanup_batch))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn backlog(&self) -> Result<$crate::Backlog, sqlx::Error> {
+                let counts: (i64, i64, Option<i64>) = sqlx::query_as(&self.sql.backlog)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok($crate::stores::backlog(counts))
+            }
+
+            async fn wait_for_work(&self) {
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+            }
+        }
+    };
+}
+
+/// Defines an inbox type: `$name` over `$pool` whose transactions are
+/// `$conn`s.
+macro_rules! sql_inbox {
+    ($(#[$doc:meta])* $name:ident, $pool:ty, $conn:ty, $dialect:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            pool: $pool,
+            sql: std::sync::Arc<$crate::sql::InboxSql>,
+        }
+
+        impl $name {
+            /// The inbox in `table` (`name`, or `schema.name`).
+            ///
+            /// # Errors
+            ///
+            /// [`ConfigError`](crate::ConfigError) when `table` is not a
+            /// plain identifier.
+            pub fn new(pool: $pool, table: &str) -> Result<Self, $crate::ConfigError> {
+                $crate::config::OutboxConfig::new(table)?;
+                Ok(Self {
+                    pool,
+                    sql: std::sync::Arc::new($crate::sql::InboxSql::new($dialect, table)),
+                })
+            }
+
+            /// Creates the table if missing (and in PostgreSQL the
+            /// schema), in one transaction.
+            ///
+            /// # Errors
+            ///
+            /// The database's error.
+            pub async fn migrate(&self) -> Result<(), sqlx::Error> {
+                let mut tx = self.pool.begin().await?;
+                for statement in &self.sql.migrate {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                tx.commit().await
+            }
+
+            /// Records that `consumer` processes `message_id` in the
+            /// caller's transaction; `true` the first time, `false` for a
+            /// message already processed (skip its effect, and acknowledge
+            /// it).
+            ///
+            /// # Errors
+            ///
+            /// The database's error.
+            pub async fn process_once(
+                &self,
+                tx: &mut $conn,
+                consumer: &str,
+                message_id: uuid::Uuid,
+            ) -> Result<bool, sqlx::Error> {
+                let inserted = sqlx::query(&self.sql.record)
+                    .bind(consumer)
+                    .bind(message_id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(inserted.rows_affected() == 1)
+            }
+
+            /// Forgets records older than `age`, at most `batch` of them;
+            /// returns how many went. Keep `age` longer than the broker may
+            /// redeliver or duplicate (JetStream: its duplicate window and
+            /// the consumer's redelivery horizon): a message redelivered
+            /// after its record is gone would be processed again.
+            ///
+            /// # Errors
+            ///
+            /// The database's error.
+            pub async fn forget_older_than(
+                &self,
+                age: std::time::Duration,
+                batch: u32,
+            ) -> Result<u64, sqlx::Error> {
+                let done = sqlx::query(&self.sql.forget)
+                    .bind($crate::stores::millis(age))
+                    .bind(i64::from(batch))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+        }
+    };
+}
+
+pub(crate) use {sql_inbox, sql_outbox};
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::event::Message;
+use crate::store::Backlog;
+
+/// A duration bound as milliseconds.
+pub(crate) fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// The seqs of `messages`, comma-separated, as the `sent` statement takes
+/// them.
+pub(crate) fn seq_list(messages: &[Message]) -> String {
+    let mut list = String::with_capacity(messages.len() * 8);
+    for (n, message) in messages.iter().enumerate() {
+        if n > 0 {
+            list.push(',');
+        }
+        let _ = write!(list, "{}", message.seq);
+    }
+    list
+}
+
+/// The backlog statement's row.
+pub(crate) fn backlog((pending, dead, oldest_ms): (i64, i64, Option<i64>)) -> Backlog {
+    Backlog {
+        pending: u64::try_from(pending).unwrap_or(0),
+        dead: u64::try_from(dead).unwrap_or(0),
+        oldest_pending: oldest_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+    }
+}

@@ -1,0 +1,118 @@
+//! The outbox on SQLite, the embedded default: each test in a fresh file.
+#![cfg(feature = "sqlite")]
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use palisade_outbox::{Event, OutboxConfig, SqliteInbox, SqliteOutbox};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use support::Harness;
+use uuid::Uuid;
+
+struct Lite {
+    pool: SqlitePool,
+    outbox: SqliteOutbox,
+    inbox: SqliteInbox,
+    file: PathBuf,
+}
+
+impl Harness for Lite {
+    type Store = SqliteOutbox;
+
+    async fn start(config: impl FnOnce(OutboxConfig) -> OutboxConfig + Send) -> Self {
+        let file = std::env::temp_dir().join(format!("palisade-outbox-{}.db", fastrand::u64(..)));
+        let options = SqliteConnectOptions::new()
+            .filename(&file)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let outbox = SqliteOutbox::new(pool.clone(), config(OutboxConfig::new("outbox").unwrap()));
+        outbox.migrate().await.unwrap();
+        let inbox = SqliteInbox::new(pool.clone(), "inbox").unwrap();
+        inbox.migrate().await.unwrap();
+        sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        Self {
+            pool,
+            outbox,
+            inbox,
+            file,
+        }
+    }
+
+    fn store(&self) -> &SqliteOutbox {
+        &self.outbox
+    }
+
+    async fn place(&self, events: &[Event], commit: bool) {
+        let mut tx = self.pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO orders (id) VALUES ($1)")
+            .bind(format!("order-{}", fastrand::u64(..)))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        self.outbox.enqueue_all(&mut tx, events).await.unwrap();
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+    }
+
+    async fn requeue(&self, id: Uuid) -> bool {
+        self.outbox.requeue(id).await.unwrap()
+    }
+
+    async fn listen(&self) {}
+
+    async fn process_once(&self, consumer: &str, message: Uuid, commit: bool) -> bool {
+        let mut tx = self.pool.begin().await.unwrap();
+        let first = self
+            .inbox
+            .process_once(&mut tx, consumer, message)
+            .await
+            .unwrap();
+        if commit {
+            tx.commit().await.unwrap();
+        } else {
+            tx.rollback().await.unwrap();
+        }
+        first
+    }
+
+    async fn forget_inbox(&self) -> u64 {
+        self.inbox
+            .forget_older_than(Duration::ZERO, 10)
+            .await
+            .unwrap()
+    }
+
+    async fn finish(self) {
+        self.pool.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = self.file.clone().into_os_string();
+            name.push(suffix);
+            let _ = std::fs::remove_file(name);
+        }
+    }
+}
+
+scenarios!(Lite:
+    an_event_exists_only_if_its_transaction_commits,
+    two_relays_publish_each_event_once_in_aggregate_order,
+    a_poison_event_dies_alone_and_holds_only_its_aggregate,
+    a_crashed_relays_claims_return_when_its_lease_ends,
+    a_commit_wakes_a_relay_that_would_poll_only_every_minute,
+    sent_events_are_cleaned_up_in_bounded_batches,
+    the_backlog_reports_the_oldest_pending_age,
+    the_inbox_applies_each_message_once_with_its_effect,
+);

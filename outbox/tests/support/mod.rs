@@ -1,0 +1,305 @@
+//! The outbox's behaviour, written once and run on every database: each
+//! database's test file implements [`Harness`] and lists the scenarios with
+//! [`scenarios!`].
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use palisade_outbox::{
+    Event, MemoryBroker, Message, OutboxConfig, OutboxStore, PublishError, Published, Publisher,
+    Relay,
+};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+/// One fresh outbox (and inbox) in a database of its own kind, next to an
+/// `orders` table.
+pub trait Harness: Sized + Send + Sync {
+    type Store: OutboxStore;
+
+    /// A fresh outbox in table `table`, configured by `config`.
+    async fn start(config: impl FnOnce(OutboxConfig) -> OutboxConfig + Send) -> Self;
+    fn store(&self) -> &Self::Store;
+    /// Writes an order and `events` in one transaction, committed or not.
+    async fn place(&self, events: &[Event], commit: bool);
+    async fn requeue(&self, id: Uuid) -> bool;
+    /// Makes the relays wake when events commit (PostgreSQL's LISTEN;
+    /// SQLite needs nothing).
+    async fn listen(&self);
+    /// In one transaction: the inbox's verdict on (`consumer`,
+    /// `message`), then commit or roll back.
+    async fn process_once(&self, consumer: &str, message: Uuid, commit: bool) -> bool;
+    async fn forget_inbox(&self) -> u64;
+    /// Cleans up after a test that passed.
+    async fn finish(self);
+}
+
+/// Lists each scenario as a test of this file's `$harness`.
+#[macro_export]
+macro_rules! scenarios {
+    ($harness:ty: $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                support::$name::<$harness>().await;
+            }
+        )*
+    };
+}
+
+pub fn event(aggregate: &str, n: u32) -> Event {
+    Event::new(
+        "order",
+        aggregate,
+        "OrderUpdated",
+        n.to_string().into_bytes(),
+    )
+}
+
+pub fn drain(subscriber: &mut broadcast::Receiver<Message>) -> Vec<Message> {
+    let mut got = Vec::new();
+    while let Ok(message) = subscriber.try_recv() {
+        got.push(message);
+    }
+    got
+}
+
+fn payload(message: &Message) -> String {
+    String::from_utf8_lossy(message.event.payload()).into_owned()
+}
+
+pub async fn an_event_exists_only_if_its_transaction_commits<H: Harness>() {
+    let h = H::start(|c| c).await;
+    h.place(&[event("a", 1)], false).await;
+    assert_eq!(
+        h.store().backlog().await.unwrap().pending,
+        0,
+        "rolled back: no event"
+    );
+    h.place(&[event("a", 2)], true).await;
+    assert_eq!(h.store().backlog().await.unwrap().pending, 1);
+
+    let broker = MemoryBroker::new(100);
+    let mut subscriber = broker.subscribe();
+    let relay = Relay::new(h.store().clone(), broker);
+    let report = relay.run_once().await.unwrap();
+    assert_eq!((report.claimed, report.published), (1, 1));
+    assert_eq!(relay.run_once().await.unwrap().claimed, 0, "published once");
+    let got = drain(&mut subscriber);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].event.payload(), b"2");
+    assert_eq!(h.store().backlog().await.unwrap().pending, 0);
+    h.finish().await;
+}
+
+pub async fn two_relays_publish_each_event_once_in_aggregate_order<H: Harness>() {
+    let h = H::start(|c| c.batch_size(7)).await;
+    for n in 0..40 {
+        let events: Vec<Event> = ["a", "b", "c"]
+            .iter()
+            .map(|aggregate| event(aggregate, n))
+            .collect();
+        h.place(&events, true).await;
+    }
+    let broker = MemoryBroker::new(1000);
+    let mut subscriber = broker.subscribe();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let relays: Vec<_> = (0..2)
+        .map(|_| {
+            let relay = Relay::new(h.store().clone(), broker.clone());
+            let mut stopped = stopped.clone();
+            tokio::spawn(relay.run(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }))
+        })
+        .collect();
+    let mut got = Vec::new();
+    while got.len() < 120 {
+        let message = tokio::time::timeout(Duration::from_secs(30), subscriber.recv())
+            .await
+            .expect("every event is published")
+            .unwrap();
+        got.push(message);
+    }
+    stop.send(true).unwrap();
+    for relay in relays {
+        relay.await.unwrap();
+    }
+    let ids: HashSet<_> = got.iter().map(|m| m.event.id()).collect();
+    assert_eq!(ids.len(), 120, "no event published twice");
+    let mut by_aggregate: HashMap<String, Vec<u32>> = HashMap::new();
+    for message in &got {
+        by_aggregate
+            .entry(message.event.aggregate_id().to_owned())
+            .or_default()
+            .push(payload(message).parse().unwrap());
+    }
+    for (aggregate, numbers) in by_aggregate {
+        assert_eq!(
+            numbers,
+            (0..40).collect::<Vec<_>>(),
+            "aggregate {aggregate} in order"
+        );
+    }
+    h.finish().await;
+}
+
+/// Fails every event of type `Poison` while `failing` is set.
+#[derive(Clone)]
+struct Poisoned {
+    broker: MemoryBroker,
+    failing: Arc<AtomicBool>,
+}
+
+impl Publisher for Poisoned {
+    async fn publish(&self, message: &Message) -> Result<Published, PublishError> {
+        if message.event.event_type() == "Poison" && self.failing.load(Ordering::SeqCst) {
+            return Err(PublishError::new("the broker rejects this event"));
+        }
+        self.broker.publish(message).await
+    }
+}
+
+pub async fn a_poison_event_dies_alone_and_holds_only_its_aggregate<H: Harness>() {
+    let h = H::start(|c| {
+        c.max_attempts(3)
+            .backoff(Duration::from_millis(1), Duration::from_millis(5))
+    })
+    .await;
+    let poison = Event::new("order", "a", "Poison", b"p".to_vec());
+    let poison_id = poison.id();
+    h.place(&[event("a", 1), event("b", 1)], true).await;
+    h.place(&[poison, event("b", 2)], true).await;
+    h.place(&[event("a", 3), event("b", 3)], true).await;
+
+    let broker = MemoryBroker::new(100);
+    let mut subscriber = broker.subscribe();
+    let failing = Arc::new(AtomicBool::new(true));
+    let relay = Relay::new(
+        h.store().clone(),
+        Poisoned {
+            broker,
+            failing: failing.clone(),
+        },
+    );
+    let mut dead = 0;
+    for _ in 0..200 {
+        dead += relay.run_once().await.unwrap().dead;
+        if dead == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(dead, 1, "dead after its third attempt");
+    let got = drain(&mut subscriber);
+    let of = |aggregate: &str| -> Vec<String> {
+        got.iter()
+            .filter(|m| m.event.aggregate_id() == aggregate)
+            .map(payload)
+            .collect()
+    };
+    assert_eq!(
+        of("b"),
+        ["1", "2", "3"],
+        "the other aggregate was not held up"
+    );
+    assert_eq!(
+        of("a"),
+        ["1"],
+        "later events of the poisoned aggregate wait"
+    );
+    let backlog = h.store().backlog().await.unwrap();
+    assert_eq!((backlog.pending, backlog.dead), (1, 1));
+
+    // An operator fixes the cause and requeues: the aggregate resumes in order.
+    failing.store(false, Ordering::SeqCst);
+    assert!(h.requeue(poison_id).await);
+    assert!(!h.requeue(poison_id).await, "no longer dead");
+    relay.run_once().await.unwrap();
+    relay.run_once().await.unwrap();
+    let resumed: Vec<String> = drain(&mut subscriber).iter().map(payload).collect();
+    assert_eq!(resumed, ["p", "3"]);
+    h.finish().await;
+}
+
+pub async fn a_crashed_relays_claims_return_when_its_lease_ends<H: Harness>() {
+    let h = H::start(|c| c.lease(Duration::from_millis(300))).await;
+    h.place(&[event("a", 1), event("b", 1)], true).await;
+    // A relay claims, then dies before publishing.
+    assert_eq!(h.store().claim().await.unwrap().len(), 2);
+    let relay = Relay::new(h.store().clone(), MemoryBroker::new(10));
+    assert_eq!(relay.run_once().await.unwrap().claimed, 0, "still leased");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        relay.run_once().await.unwrap().published,
+        2,
+        "the lease ended"
+    );
+    h.finish().await;
+}
+
+pub async fn a_commit_wakes_a_relay_that_would_poll_only_every_minute<H: Harness>() {
+    let h = H::start(|c| c.poll_interval(Duration::from_secs(60))).await;
+    h.listen().await;
+    let broker = MemoryBroker::new(10);
+    let mut subscriber = broker.subscribe();
+    let relay = tokio::spawn(Relay::new(h.store().clone(), broker).run(std::future::pending()));
+    // The relay is now waiting (nothing to do); a commit wakes it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.place(&[event("a", 1)], true).await;
+    let message = tokio::time::timeout(Duration::from_secs(30), subscriber.recv())
+        .await
+        .expect("woken long before the minute is up")
+        .unwrap();
+    assert_eq!(message.event.payload(), b"1");
+    relay.abort();
+    h.finish().await;
+}
+
+pub async fn sent_events_are_cleaned_up_in_bounded_batches<H: Harness>() {
+    let h = H::start(|c| c.retention(Duration::ZERO, 2)).await;
+    let events: Vec<Event> = (0..5).map(|n| event(&format!("x{n}"), n)).collect();
+    h.place(&events, true).await;
+    let relay = Relay::new(h.store().clone(), MemoryBroker::new(10));
+    assert_eq!(relay.run_once().await.unwrap().published, 5);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for expected in [2, 2, 1, 0] {
+        assert_eq!(h.store().clean_up().await.unwrap(), expected);
+    }
+    h.finish().await;
+}
+
+pub async fn the_backlog_reports_the_oldest_pending_age<H: Harness>() {
+    let h = H::start(|c| c).await;
+    assert_eq!(h.store().backlog().await.unwrap().oldest_pending, None);
+    h.place(&[event("a", 1)], true).await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    h.place(&[event("b", 1)], true).await;
+    let oldest = h.store().backlog().await.unwrap().oldest_pending.unwrap();
+    assert!(
+        oldest >= Duration::from_millis(50) && oldest < Duration::from_secs(30),
+        "{oldest:?}"
+    );
+    h.finish().await;
+}
+
+pub async fn the_inbox_applies_each_message_once_with_its_effect<H: Harness>() {
+    let h = H::start(|c| c).await;
+    let message = Uuid::now_v7();
+    // A first delivery whose effect fails: nothing is recorded.
+    assert!(h.process_once("reserve", message, false).await);
+    // The redelivery applies it, once; later deliveries are skipped.
+    let mut applied = 0;
+    for _ in 0..3 {
+        applied += usize::from(h.process_once("reserve", message, true).await);
+    }
+    assert_eq!(applied, 1);
+    // Another consumer has its own record.
+    assert!(h.process_once("notify", message, true).await);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(h.forget_inbox().await, 2);
+    h.finish().await;
+}
