@@ -68,6 +68,8 @@
 //! ```
 
 mod config;
+#[cfg(all(feature = "nats", any(feature = "postgres", feature = "sqlite")))]
+mod consumer;
 mod envelope;
 pub mod error;
 mod event;
@@ -88,6 +90,11 @@ mod store;
 mod stores;
 
 pub use config::OutboxConfig;
+#[cfg(all(feature = "nats", any(feature = "postgres", feature = "sqlite")))]
+pub use consumer::{
+    BoxError, ConsumerConfig, ConsumerSetupError, ConsumerStats, Delivery, Handled, Handler,
+    JetStreamConsumer,
+};
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::{ConfigError, PublishError};
 pub use event::{Event, Message};
@@ -99,6 +106,8 @@ pub use publisher::{MemoryBroker, Published, Publisher};
 pub use relay::{BatchReport, Relay};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteInbox, SqliteOutbox};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use store::InboxStore;
 pub use store::{Backlog, OutboxStore};
 
 /// The README's example, compiled as a doctest so it stays true.

@@ -71,7 +71,7 @@ sql_inbox! {
     /// tx.commit().await?; // then acknowledge the message
     /// # Ok(()) }
     /// ```
-    PgInbox, PgPool, PgConnection, Dialect::Postgres
+    PgInbox, sqlx::Postgres, PgPool, PgConnection, Dialect::Postgres
 }
 
 impl PgOutbox {

@@ -77,7 +77,7 @@ sql_inbox! {
     /// }
     /// # Ok(()) }
     /// ```
-    SqliteInbox, SqlitePool, SqliteConnection, Dialect::Sqlite
+    SqliteInbox, sqlx::Sqlite, SqlitePool, SqliteConnection, Dialect::Sqlite
 }
 
 impl SqliteOutbox {

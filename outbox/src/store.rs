@@ -46,3 +46,25 @@ pub trait OutboxStore: Clone + Send + Sync + 'static {
     /// can, else after the polling interval.
     fn wait_for_work(&self) -> impl Future<Output = ()> + Send;
 }
+
+/// An inbox whose transactions a consumer can open: [`PgInbox`](crate::PgInbox)
+/// or [`SqliteInbox`](crate::SqliteInbox).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub trait InboxStore: Clone + Send + Sync + 'static {
+    /// The database.
+    type Database: sqlx::Database;
+
+    /// Begins a transaction in the inbox's database.
+    fn begin(
+        &self,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>> + Send;
+
+    /// As the inbox's own `process_once`: `true` the first time
+    /// `consumer` sees `message_id`, recorded in `tx`.
+    fn process_once(
+        &self,
+        tx: &mut <Self::Database as sqlx::Database>::Connection,
+        consumer: &str,
+        message_id: uuid::Uuid,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+}

@@ -175,7 +175,7 @@ macro_rules! sql_outbox {
 /// Defines an inbox type: `$name` over `$pool` whose transactions are
 /// `$conn`s.
 macro_rules! sql_inbox {
-    ($(#[$doc:meta])* $name:ident, $pool:ty, $conn:ty, $dialect:expr) => {
+    ($(#[$doc:meta])* $name:ident, $db:ty, $pool:ty, $conn:ty, $dialect:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone)]
         pub struct $name {
@@ -254,6 +254,23 @@ macro_rules! sql_inbox {
                     .execute(&self.pool)
                     .await?;
                 Ok(done.rows_affected())
+            }
+        }
+
+        impl $crate::store::InboxStore for $name {
+            type Database = $db;
+
+            async fn begin(&self) -> Result<sqlx::Transaction<'static, $db>, sqlx::Error> {
+                self.pool.begin().await
+            }
+
+            async fn process_once(
+                &self,
+                tx: &mut $conn,
+                consumer: &str,
+                message_id: uuid::Uuid,
+            ) -> Result<bool, sqlx::Error> {
+                $name::process_once(self, tx, consumer, message_id).await
             }
         }
     };

@@ -1,0 +1,489 @@
+//! The consumer's side on JetStream (feature `nats` with a database): a
+//! durable pull consumer whose handler runs in a transaction with the inbox
+//! check, acknowledged after the commit.
+
+use std::error::Error;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::{self, consumer::pull};
+use futures_util::StreamExt;
+
+use crate::envelope::{Envelope, EnvelopeError};
+use crate::error::{ConfigError, config_error};
+use crate::store::InboxStore;
+
+/// A boxed error, as handlers return them.
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
+/// A message as the handler sees it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The CloudEvents envelope: id, type, subject (aggregate id), trace
+    /// context.
+    pub envelope: Envelope,
+    /// The NATS subject it was published on.
+    pub subject: String,
+    /// The payload.
+    pub payload: bytes::Bytes,
+    /// Which delivery this is (1 for the first).
+    pub attempt: u64,
+}
+
+/// What the handler did with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// The effect is written in the transaction.
+    Applied,
+    /// Not for this consumer (an event type it does not know, say from a
+    /// newer producer during a rolling deploy): acknowledged, not a
+    /// failure.
+    Ignored,
+}
+
+/// Applies deliveries in the consumer's transaction.
+///
+/// Return `Err` for a failure worth retrying: the transaction is rolled
+/// back, and the message is delivered again after a delay, until its last
+/// attempt sends it to the dead-letter subject.
+pub trait Handler<C>: Send + Sync + 'static {
+    /// Applies `delivery` in `tx`; the consumer commits it.
+    fn handle(
+        &self,
+        tx: &mut C,
+        delivery: &Delivery,
+    ) -> impl Future<Output = Result<Handled, BoxError>> + Send;
+}
+
+/// The consumer's counters since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConsumerStats {
+    /// Deliveries applied and committed.
+    pub applied: u64,
+    /// Deliveries the inbox had already seen: acknowledged, not applied.
+    pub duplicates: u64,
+    /// Deliveries the handler ignored.
+    pub ignored: u64,
+    /// Handler or database failures, delivered again later.
+    pub retried: u64,
+    /// Deliveries sent to the dead-letter subject.
+    pub dead_lettered: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    applied: AtomicU64,
+    duplicates: AtomicU64,
+    ignored: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> ConsumerStats {
+        ConsumerStats {
+            applied: self.applied.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            ignored: self.ignored.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How a [`JetStreamConsumer`] pulls, retries and gives up.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_outbox::ConsumerConfig;
+///
+/// let config = ConsumerConfig::new("ORDERS", "inventory", "orders.dead")?
+///     .filter_subject("orders.order.>")
+///     .max_deliver(5)
+///     .retry_delay(Duration::from_millis(200), Duration::from_secs(30));
+/// # Ok::<(), palisade_outbox::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    stream: String,
+    durable: String,
+    dead_letter_subject: String,
+    filter_subject: Option<String>,
+    max_deliver: u64,
+    retry_base: Duration,
+    retry_cap: Duration,
+    ack_wait: Duration,
+}
+
+impl ConsumerConfig {
+    /// The durable consumer `durable` on `stream`, which sends messages it
+    /// gives up on to `dead_letter_subject` (which a stream must capture).
+    /// `durable` is also the consumer's name in the inbox. Defaults: every
+    /// subject of the stream, 5 deliveries, retries after 1 s doubling to
+    /// 1 min, a 30 s ack wait.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when a name is empty or `durable` holds a character
+    /// JetStream refuses in consumer names (`.`, `*`, `>`, whitespace).
+    pub fn new(
+        stream: &str,
+        durable: &str,
+        dead_letter_subject: &str,
+    ) -> Result<Self, ConfigError> {
+        if stream.is_empty() {
+            return Err(config_error("stream", "must not be empty"));
+        }
+        if durable.is_empty()
+            || durable
+                .chars()
+                .any(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace())
+        {
+            return Err(config_error(
+                "durable",
+                "must be a non-empty name without `.`, `*`, `>` or whitespace",
+            ));
+        }
+        if dead_letter_subject.is_empty() {
+            return Err(config_error("dead_letter_subject", "must not be empty"));
+        }
+        Ok(Self {
+            stream: stream.to_owned(),
+            durable: durable.to_owned(),
+            dead_letter_subject: dead_letter_subject.to_owned(),
+            filter_subject: None,
+            max_deliver: 5,
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(60),
+            ack_wait: Duration::from_secs(30),
+        })
+    }
+
+    /// Only messages on subjects matching `filter`.
+    #[must_use]
+    pub fn filter_subject(mut self, filter: &str) -> Self {
+        self.filter_subject = Some(filter.to_owned());
+        self
+    }
+
+    /// Deliveries after which a failing message goes to the dead-letter
+    /// subject (at least 1).
+    #[must_use]
+    pub fn max_deliver(mut self, deliveries: u64) -> Self {
+        self.max_deliver = deliveries.max(1);
+        self
+    }
+
+    /// The delay before the second delivery, doubling up to `cap`.
+    #[must_use]
+    pub const fn retry_delay(mut self, base: Duration, cap: Duration) -> Self {
+        self.retry_base = base;
+        self.retry_cap = cap;
+        self
+    }
+
+    /// How long JetStream waits for an acknowledgement before delivering
+    /// again (a consumer that died mid-message).
+    #[must_use]
+    pub const fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = wait;
+        self
+    }
+
+    fn delay_after(&self, attempt: u64) -> Duration {
+        let doublings = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(30);
+        self.retry_base
+            .saturating_mul(1 << doublings)
+            .min(self.retry_cap)
+    }
+}
+
+/// Consumes a JetStream stream into a database, applying each message once.
+///
+/// For every message, in order: read its CloudEvents [`Envelope`]; begin a
+/// transaction; skip it if the inbox has seen its id; run the [`Handler`];
+/// commit; then acknowledge. So the effect and the inbox record commit
+/// together, and a redelivery (a lost ack, a crash before the ack, a
+/// duplicate outside JetStream's window) is acknowledged without being
+/// applied again.
+///
+/// - A handler error rolls back and naks with a growing delay; on the last
+///   allowed delivery the message is published to the dead-letter subject
+///   (headers kept, plus `palisade-error`, `palisade-consumer` and
+///   `palisade-deliveries`) and terminated.
+/// - A message without a valid envelope goes to the dead-letter subject at
+///   once: no retry can fix it.
+/// - A database failure (begin, inbox, commit) naks with a delay and never
+///   dead-letters: it is not the message's fault.
+/// - If the dead-letter publish is not acknowledged, the message is nak'ed
+///   instead: nothing is dropped.
+///
+/// Messages are handled one at a time per consumer instance; run more
+/// instances on the same durable consumer to share the work.
+pub struct JetStreamConsumer<I, H> {
+    context: jetstream::Context,
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    config: ConsumerConfig,
+    inbox: I,
+    handler: Arc<H>,
+    counters: Arc<Counters>,
+}
+
+impl<I, H> fmt::Debug for JetStreamConsumer<I, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JetStreamConsumer")
+            .field("config", &self.config)
+            .field("stats", &self.counters.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stream or the consumer could not be set up.
+#[derive(Debug)]
+pub struct ConsumerSetupError(String);
+
+impl fmt::Display for ConsumerSetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Error for ConsumerSetupError {}
+
+/// Why one message was not acknowledged as applied.
+enum Failure {
+    /// The database: retry, never dead-letter.
+    Database(sqlx::Error),
+    /// The handler: retry, then dead-letter.
+    Handler(BoxError),
+}
+
+impl<I, H> JetStreamConsumer<I, H>
+where
+    I: InboxStore,
+    H: Handler<<I::Database as sqlx::Database>::Connection>,
+{
+    /// Creates (or binds to) the durable pull consumer described by
+    /// `config`, applying messages with `handler` and deduplicating them
+    /// with `inbox`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConsumerSetupError`] when the stream is missing or the consumer
+    /// cannot be created.
+    pub async fn new(
+        context: jetstream::Context,
+        config: ConsumerConfig,
+        inbox: I,
+        handler: H,
+    ) -> Result<Self, ConsumerSetupError> {
+        let stream = context.get_stream(&config.stream).await.map_err(|error| {
+            ConsumerSetupError(format!("stream {} is not there: {error}", config.stream))
+        })?;
+        let consumer = stream
+            .get_or_create_consumer(
+                &config.durable,
+                pull::Config {
+                    durable_name: Some(config.durable.clone()),
+                    filter_subject: config.filter_subject.clone().unwrap_or_default(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: config.ack_wait,
+                    // Redeliveries are counted here, not capped by the
+                    // server: the last one goes to the dead-letter subject.
+                    max_deliver: -1,
+                    ..pull::Config::default()
+                },
+            )
+            .await
+            .map_err(|error| {
+                ConsumerSetupError(format!(
+                    "consumer {} on stream {}: {error}",
+                    config.durable, config.stream
+                ))
+            })?;
+        Ok(Self {
+            context,
+            consumer,
+            config,
+            inbox,
+            handler: Arc::new(handler),
+            counters: Arc::default(),
+        })
+    }
+
+    /// What the consumer has done so far.
+    #[must_use]
+    pub fn stats(&self) -> ConsumerStats {
+        self.counters.snapshot()
+    }
+
+    /// Consumes until `shutdown` completes; the message under way is
+    /// finished (committed and acknowledged, or nak'ed) first.
+    ///
+    /// # Errors
+    ///
+    /// The pull subscription's error, when JetStream refuses it.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
+        tokio::pin!(shutdown);
+        let mut messages = self.consumer.messages().await?;
+        loop {
+            let next = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => self.process(&message).await,
+                Some(Err(error)) => {
+                    tracing::warn!(target: "palisade_outbox", %error, "pulling messages failed; pulling again");
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Handles one message and settles it with JetStream.
+    async fn process(&self, message: &jetstream::Message) {
+        let attempt = message
+            .info()
+            .map_or(1, |info| u64::try_from(info.delivered).unwrap_or(1));
+        let envelope = match read_envelope(message) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                tracing::error!(target: "palisade_outbox", subject = %message.subject, %error, "not a CloudEvents message; dead-lettered");
+                self.dead_letter(message, attempt, &error.to_string()).await;
+                return;
+            }
+        };
+        let delivery = Delivery {
+            envelope,
+            subject: message.subject.to_string(),
+            payload: message.payload.clone(),
+            attempt,
+        };
+        let outcome = match self.apply(&delivery).await {
+            Ok(outcome) => outcome,
+            Err(Failure::Handler(error)) if attempt >= self.config.max_deliver => {
+                tracing::error!(target: "palisade_outbox", id = %delivery.envelope.id, attempt, %error, "handler failed its last delivery; dead-lettered");
+                self.dead_letter(message, attempt, &error.to_string()).await;
+                return;
+            }
+            Err(Failure::Handler(error)) => {
+                tracing::warn!(target: "palisade_outbox", id = %delivery.envelope.id, attempt, %error, "handler failed; delivering again later");
+                self.retry(message, attempt).await;
+                return;
+            }
+            Err(Failure::Database(error)) => {
+                tracing::warn!(target: "palisade_outbox", id = %delivery.envelope.id, %error, "inbox database failed; delivering again later");
+                self.retry(message, attempt).await;
+                return;
+            }
+        };
+        Counters::add(outcome);
+        // Acknowledged after the commit: a lost ack means a redelivery,
+        // which the inbox turns into a duplicate.
+        if let Err(error) = message.ack().await {
+            tracing::warn!(target: "palisade_outbox", %error, "ack lost; the redelivery will be a duplicate");
+        }
+    }
+
+    /// Runs the inbox check and the handler in one transaction; the
+    /// counter to bump once it committed.
+    async fn apply(&self, delivery: &Delivery) -> Result<&AtomicU64, Failure> {
+        let mut tx = self.inbox.begin().await.map_err(Failure::Database)?;
+        let first = self
+            .inbox
+            .process_once(&mut tx, &self.config.durable, delivery.envelope.id)
+            .await
+            .map_err(Failure::Database)?;
+        if !first {
+            return Ok(&self.counters.duplicates);
+        }
+        let handled = self
+            .handler
+            .handle(&mut tx, delivery)
+            .await
+            .map_err(Failure::Handler)?;
+        tx.commit().await.map_err(Failure::Database)?;
+        Ok(match handled {
+            Handled::Applied => &self.counters.applied,
+            Handled::Ignored => &self.counters.ignored,
+        })
+    }
+
+    async fn retry(&self, message: &jetstream::Message, attempt: u64) {
+        Counters::add(&self.counters.retried);
+        let delay = self.config.delay_after(attempt);
+        if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
+            tracing::warn!(target: "palisade_outbox", %error, "nak lost; JetStream delivers again after the ack wait");
+        }
+    }
+
+    /// Publishes `message` to the dead-letter subject with why, then
+    /// terminates it; if the dead letter is not stored, naks instead.
+    async fn dead_letter(&self, message: &jetstream::Message, attempt: u64, error: &str) {
+        let mut headers = message.headers.clone().unwrap_or_default();
+        headers.insert("palisade-error", one_line(error).as_str());
+        headers.insert("palisade-consumer", self.config.durable.as_str());
+        headers.insert("palisade-deliveries", attempt.to_string().as_str());
+        // The original id would be dropped as a duplicate if the stream
+        // also captures the dead-letter subject.
+        if let Some(id) = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
+            headers.insert(
+                "Nats-Msg-Id",
+                format!("{}:dead:{}", id.as_str(), self.config.durable).as_str(),
+            );
+        }
+        let stored = match self
+            .context
+            .publish_with_headers(
+                self.config.dead_letter_subject.clone(),
+                headers,
+                message.payload.clone(),
+            )
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(BoxError::from),
+            Err(error) => Err(error.into()),
+        };
+        match stored {
+            Ok(()) => {
+                Counters::add(&self.counters.dead_lettered);
+                if let Err(error) = message.ack_with(AckKind::Term).await {
+                    tracing::warn!(target: "palisade_outbox", %error, "term lost; the redelivery will be dead-lettered again");
+                }
+            }
+            Err(error) => {
+                tracing::error!(target: "palisade_outbox", %error, subject = %self.config.dead_letter_subject, "dead letter not stored; delivering again later");
+                self.retry(message, attempt).await;
+            }
+        }
+    }
+}
+
+fn read_envelope(message: &jetstream::Message) -> Result<Envelope, EnvelopeError> {
+    let empty = HeaderMap::new();
+    let headers = message.headers.as_ref().unwrap_or(&empty);
+    Envelope::from_headers(
+        headers
+            .iter()
+            .filter_map(|(name, values)| Some((name.as_ref(), values.first()?.as_str()))),
+    )
+}
+
+/// A header value must be one line.
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}

@@ -1,0 +1,268 @@
+//! The JetStream consumer helper against real NATS and PostgreSQL: events
+//! go outbox → relay → JetStream → consumer → the consumer's tables, each
+//! applied once, failures retried and then dead-lettered.
+#![cfg(all(feature = "nats", feature = "postgres"))]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures_util::StreamExt;
+use palisade_outbox::{
+    BoxError, ConsumerConfig, ConsumerStats, Delivery, Event, Handled, Handler, JetStreamConsumer,
+    NatsJetStreamPublisher, OutboxConfig, PgInbox, PgOutbox, Relay,
+};
+use sqlx::PgConnection;
+
+async fn jetstream() -> jetstream::Context {
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    jetstream::new(
+        async_nats::connect(url)
+            .await
+            .expect("a reachable NATS (run scripts/services)"),
+    )
+}
+
+/// Writes each applied event into `applied`; `Flaky` fails its first two
+/// deliveries, `Bad` every one; unknown types are ignored.
+struct Apply {
+    schema: String,
+    deliveries: Mutex<HashMap<uuid::Uuid, u32>>,
+}
+
+impl Handler<PgConnection> for Apply {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        delivery: &Delivery,
+    ) -> Result<Handled, BoxError> {
+        let seen = {
+            let mut deliveries = self.deliveries.lock().unwrap();
+            let seen = deliveries.entry(delivery.envelope.id).or_default();
+            *seen += 1;
+            *seen
+        };
+        match delivery.envelope.event_type.as_str() {
+            "Good" => {}
+            "Flaky" if seen > 2 => {}
+            "Flaky" | "Bad" => return Err(format!("cannot apply yet (delivery {seen})").into()),
+            _ => return Ok(Handled::Ignored),
+        }
+        sqlx::query(&format!(
+            "INSERT INTO {}.applied (id, payload) VALUES ($1, $2)",
+            self.schema
+        ))
+        .bind(delivery.envelope.id.to_string())
+        .bind(delivery.payload.to_vec())
+        .execute(tx)
+        .await?;
+        Ok(Handled::Applied)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let schema = format!("outbox_test_{}", fastrand::u64(..));
+    let outbox = PgOutbox::new(
+        pool.clone(),
+        OutboxConfig::new(&format!("{schema}.outbox")).unwrap(),
+    );
+    outbox.migrate().await.unwrap();
+    let inbox = PgInbox::new(pool.clone(), &format!("{schema}.inbox")).unwrap();
+    inbox.migrate().await.unwrap();
+    sqlx::query(&format!(
+        "CREATE TABLE {schema}.applied (id TEXT PRIMARY KEY, payload BYTEA)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let context = jetstream().await;
+    let stream = format!("C{}", fastrand::u64(..));
+    let prefix = stream.to_ascii_lowercase();
+    let publisher = NatsJetStreamPublisher::new(context.clone(), &stream, "/test");
+    publisher
+        .ensure_stream(outbox.config(), true)
+        .await
+        .unwrap();
+
+    let mut events: Vec<Event> = (0..5)
+        .map(|n| Event::new("order", format!("o-{n}"), "Good", vec![n]))
+        .collect();
+    events.push(Event::new("order", "o-f", "Flaky", b"f".to_vec()));
+    events.push(Event::new("order", "o-b", "Bad", b"b".to_vec()));
+    events.push(Event::new("order", "o-u", "FromTheFuture", b"u".to_vec()));
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_all(&mut tx, &events).await.unwrap();
+    tx.commit().await.unwrap();
+    let relay = Relay::new(outbox.clone(), publisher);
+    let mut published = 0;
+    while published < events.len() {
+        published += relay.run_once().await.unwrap().published;
+    }
+
+    // A copy of the first event that slipped past JetStream's window (a new
+    // Nats-Msg-Id, the same event id), and a message with no envelope.
+    let copy = context
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    let mut headers = copy.headers.clone();
+    headers.insert("Nats-Msg-Id", "another-id");
+    context
+        .publish_with_headers(copy.subject.clone(), headers, copy.payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    context
+        .publish(format!("{prefix}.order.Raw"), "no envelope".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let dead_letters = format!("{prefix}.dead");
+    let config = ConsumerConfig::new(&stream, "apply", &dead_letters)
+        .unwrap()
+        .filter_subject(&format!("{prefix}.order.>"))
+        .max_deliver(3)
+        .retry_delay(Duration::from_millis(20), Duration::from_millis(100));
+    let handler = Apply {
+        schema: schema.clone(),
+        deliveries: Mutex::default(),
+    };
+    let consumer = Arc::new(
+        JetStreamConsumer::new(context.clone(), config, inbox, handler)
+            .await
+            .unwrap(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let consumer = consumer.clone();
+        tokio::spawn(async move {
+            consumer
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    let expected = ConsumerStats {
+        applied: 6,
+        duplicates: 1,
+        ignored: 1,
+        retried: 4,
+        dead_lettered: 2,
+    };
+    let mut stats = consumer.stats();
+    for _ in 0..600 {
+        if stats == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stats = consumer.stats();
+    }
+    assert_eq!(stats, expected);
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+
+    let applied: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.applied"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 6, "five good events and the flaky one, once each");
+
+    // Nothing is left unacknowledged.
+    let mut durable = context
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .get_consumer::<consumer::pull::Config>("apply")
+        .await
+        .unwrap();
+    let info = durable.info().await.unwrap();
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+
+    // The two dead letters say why, and keep the original headers.
+    let letters = context
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .create_consumer(consumer::pull::Config {
+            filter_subject: dead_letters.clone(),
+            ..consumer::pull::Config::default()
+        })
+        .await
+        .unwrap()
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap()
+        .map(|message| message.unwrap())
+        .collect::<Vec<_>>()
+        .await;
+    assert_eq!(letters.len(), 2);
+    let mut reasons: Vec<(String, String)> = letters
+        .iter()
+        .map(|letter| {
+            let headers = letter.headers.as_ref().unwrap();
+            let get = |name: &str| {
+                headers
+                    .get(name)
+                    .map_or_else(String::new, |v| v.to_string())
+            };
+            (get("ce-type"), get("palisade-deliveries"))
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            (String::new(), "1".to_owned()),
+            ("Bad".to_owned(), "3".to_owned())
+        ],
+        "the raw message at once, the bad event after its third delivery"
+    );
+    let bad = letters
+        .iter()
+        .find_map(|l| {
+            l.headers
+                .as_ref()?
+                .get("palisade-error")
+                .map(|v| v.to_string())
+        })
+        .unwrap();
+    assert!(
+        bad.contains("cannot apply yet") || bad.contains("CloudEvents"),
+        "{bad}"
+    );
+
+    context.delete_stream(&stream).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+#[test]
+fn consumer_names_are_checked() {
+    for (stream, durable, dead) in [
+        ("", "a", "d"),
+        ("S", "a.b", "d"),
+        ("S", "a b", "d"),
+        ("S", "a", ""),
+    ] {
+        let error = ConsumerConfig::new(stream, durable, dead).unwrap_err();
+        assert!(error.to_string().contains("outbox"), "{error}");
+    }
+}
