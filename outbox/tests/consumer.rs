@@ -16,7 +16,7 @@ use palisade_outbox::{
 use sqlx::PgConnection;
 
 async fn jetstream() -> jetstream::Context {
-    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let url = palisade_testkit::servers::nats_url();
     jetstream::new(
         async_nats::connect(url)
             .await
@@ -63,8 +63,7 @@ impl Handler<PgConnection> for Apply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let url = palisade_testkit::servers::database_url();
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let schema = format!("outbox_test_{}", fastrand::u64(..));
     let outbox = PgOutbox::new(

@@ -12,7 +12,7 @@ use palisade_outbox::{
 };
 
 async fn jetstream() -> jetstream::Context {
-    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let url = palisade_testkit::servers::nats_url();
     jetstream::new(
         async_nats::connect(url)
             .await
@@ -65,8 +65,7 @@ async fn the_stream_must_remember_ids_for_the_retry_horizon() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_jetstream_once_with_their_envelope() {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let url = palisade_testkit::servers::database_url();
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let schema = format!("outbox_test_{}", fastrand::u64(..));
     let outbox = PgOutbox::new(

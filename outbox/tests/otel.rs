@@ -24,8 +24,7 @@ impl Publisher for Picky {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_dead_latency_and_backlog_are_reported() {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let url = palisade_testkit::servers::database_url();
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let schema = format!("outbox_test_{}", fastrand::u64(..));
     let config = OutboxConfig::new(&format!("{schema}.outbox"))

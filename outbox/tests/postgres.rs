@@ -20,8 +20,7 @@ struct Pg {
 }
 
 async fn pool() -> PgPool {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let url = palisade_testkit::servers::database_url();
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(8)
         .connect(&url)
