@@ -34,16 +34,6 @@ async fn cache(
     RedisCache::connect(client, connection, settings).await
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index].as_secs_f64() * 1000.0
-}
-
 /// Wake-up latencies over many rounds: a leader in one process computes for
 /// 20 ms; waiters in another note how long after the computation ended they
 /// got the value.
@@ -114,13 +104,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "  pub/sub          p50 {:.3} ms  p99 {:.3} ms",
-        percentile(&woken, 0.5),
-        percentile(&woken, 0.99)
+        palisade_bench::percentile_ms(&woken, 0.5),
+        palisade_bench::percentile_ms(&woken, 0.99)
     );
     println!(
         "  20 ms polling    p50 {:.3} ms  p99 {:.3} ms",
-        percentile(&polled, 0.5),
-        percentile(&polled, 0.99)
+        palisade_bench::percentile_ms(&polled, 0.5),
+        palisade_bench::percentile_ms(&polled, 0.99)
     );
 
     // Fresh hits: the value is stored once, then read for 3 s.

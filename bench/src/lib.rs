@@ -27,3 +27,20 @@ pub fn complete<F: Future>(future: F) -> F::Output {
         std::hint::spin_loop();
     }
 }
+
+/// The `p` quantile (0 to 1, nearest rank) of `sorted` durations, in
+/// milliseconds, as the run-by-script examples report them.
+///
+/// # Panics
+///
+/// When `sorted` is empty.
+#[must_use]
+pub fn percentile_ms(sorted: &[std::time::Duration], p: f64) -> f64 {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index].as_secs_f64() * 1000.0
+}

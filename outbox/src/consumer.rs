@@ -201,6 +201,19 @@ impl ConsumerConfig {
         self
     }
 
+    /// The longest JetStream may take to deliver a message for the last
+    /// time: every retry delay, plus an ack wait for each delivery (a
+    /// consumer that died holding it).
+    #[must_use]
+    pub fn redelivery_horizon(&self) -> Duration {
+        (1..self.max_deliver)
+            .map(|attempt| self.delay_after(attempt))
+            .sum::<Duration>()
+            + self
+                .ack_wait
+                .saturating_mul(u32::try_from(self.max_deliver).unwrap_or(u32::MAX))
+    }
+
     fn delay_after(&self, attempt: u64) -> Duration {
         let doublings = u32::try_from(attempt.saturating_sub(1))
             .unwrap_or(u32::MAX)
@@ -240,6 +253,9 @@ pub struct JetStreamConsumer<I, H> {
     inbox: I,
     handler: Arc<H>,
     counters: Arc<Counters>,
+    /// How long the inbox must remember a message: the longer of the
+    /// redelivery horizon and the stream's duplicate window.
+    retention: Duration,
 }
 
 impl<I, H> fmt::Debug for JetStreamConsumer<I, H> {
@@ -290,7 +306,7 @@ where
         inbox: I,
         handler: H,
     ) -> Result<Self, ConsumerSetupError> {
-        let stream = context.get_stream(&config.stream).await.map_err(|error| {
+        let mut stream = context.get_stream(&config.stream).await.map_err(|error| {
             ConsumerSetupError(format!("stream {} is not there: {error}", config.stream))
         })?;
         let consumer = stream
@@ -314,7 +330,14 @@ where
                     config.durable, config.stream
                 ))
             })?;
+        let window = stream
+            .info()
+            .await
+            .map_err(|error| ConsumerSetupError(format!("stream {}: {error}", config.stream)))?
+            .config
+            .duplicate_window;
         Ok(Self {
+            retention: config.redelivery_horizon().max(window),
             context,
             consumer,
             config,
@@ -328,6 +351,33 @@ where
     #[must_use]
     pub fn stats(&self) -> ConsumerStats {
         self.counters.snapshot()
+    }
+
+    /// The shortest safe retention of the inbox's records: the longer of
+    /// the redelivery horizon and the stream's duplicate window.
+    #[must_use]
+    pub const fn inbox_retention(&self) -> Duration {
+        self.retention
+    }
+
+    /// Forgets inbox records of this consumer's database older than `age`,
+    /// at most `batch` of them. Warns when `age` is shorter than
+    /// [`inbox_retention`](Self::inbox_retention): a message redelivered
+    /// after its record is gone would be applied again.
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn forget_processed(&self, age: Duration, batch: u32) -> Result<u64, sqlx::Error> {
+        if age < self.retention {
+            tracing::warn!(
+                target: "palisade_outbox",
+                retention_s = age.as_secs(),
+                needed_s = self.retention.as_secs(),
+                "inbox retention is shorter than JetStream may redeliver or duplicate: a late message would be applied twice"
+            );
+        }
+        self.inbox.forget_older_than(age, batch).await
     }
 
     /// Consumes until `shutdown` completes; the message under way is

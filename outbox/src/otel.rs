@@ -10,6 +10,7 @@
 //! | `palisade.outbox.publish_latency` | histogram (s) | from the event's commit to the broker's acknowledgement |
 //! | `palisade.outbox.pending` | gauge | events not yet published |
 //! | `palisade.outbox.dead_events` | gauge | dead events waiting for an operator |
+//! | `palisade.outbox.held` | gauge | pending events held behind a dead event of their aggregate |
 //! | `palisade.outbox.oldest_pending_age` | gauge (s) | how long the oldest pending event has waited |
 //!
 //! Each carries the attribute `relay`. The gauges are refreshed from the
@@ -29,6 +30,7 @@ use crate::store::Backlog;
 struct Seen {
     pending: AtomicU64,
     dead: AtomicU64,
+    held: AtomicU64,
     oldest_ms: AtomicU64,
 }
 
@@ -41,7 +43,7 @@ pub(crate) struct Instruments {
     dead: Counter<u64>,
     latency: Histogram<f64>,
     seen: Arc<Seen>,
-    _gauges: [ObservableGauge<f64>; 3],
+    _gauges: [ObservableGauge<f64>; 4],
     relay: [KeyValue; 1],
 }
 
@@ -68,6 +70,11 @@ impl Instruments {
                 "palisade.outbox.dead_events",
                 "Dead events waiting for an operator",
                 |seen| seen.dead.load(Ordering::Relaxed) as f64,
+            ),
+            gauge(
+                "palisade.outbox.held",
+                "Pending events held behind a dead event of their aggregate",
+                |seen| seen.held.load(Ordering::Relaxed) as f64,
             ),
             gauge(
                 "palisade.outbox.oldest_pending_age",
@@ -124,6 +131,7 @@ impl Instruments {
     pub(crate) fn saw(&self, backlog: &Backlog) {
         self.seen.pending.store(backlog.pending, Ordering::Relaxed);
         self.seen.dead.store(backlog.dead, Ordering::Relaxed);
+        self.seen.held.store(backlog.held, Ordering::Relaxed);
         let oldest = backlog
             .oldest_pending
             .map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));

@@ -227,10 +227,20 @@ impl OutboxSql {
             backlog: format!(
                 "SELECT count(*) FILTER (WHERE status = 'pending'), \
                  count(*) FILTER (WHERE status = 'dead'), \
-                 {now_ms} - min({created}) FILTER (WHERE status = 'pending') \
-                 FROM {t} WHERE status <> 'sent'",
+                 {now_ms} - min({created}) FILTER (WHERE status = 'pending'), \
+                 {held} \
+                 FROM {t} o WHERE status <> 'sent'",
                 now_ms = dialect.epoch_ms(now),
-                created = dialect.epoch_ms("created_at"),
+                created = dialect.epoch_ms("o.created_at"),
+                held = if config.ordered {
+                    format!(
+                        "count(*) FILTER (WHERE o.status = 'pending' AND EXISTS (SELECT 1 FROM {t} d \
+                         WHERE d.status = 'dead' AND d.aggregate_type = o.aggregate_type \
+                         AND d.aggregate_id = o.aggregate_id AND d.seq < o.seq))"
+                    )
+                } else {
+                    "0".to_owned()
+                },
             ),
             requeue: format!(
                 "UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_at = {now}, \

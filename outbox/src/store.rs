@@ -12,6 +12,10 @@ pub struct Backlog {
     pub pending: u64,
     /// Events given up on, waiting for an operator.
     pub dead: u64,
+    /// Of the pending events, those held behind a dead event of their
+    /// aggregate (per-aggregate order): they move once it is requeued or
+    /// deleted.
+    pub held: u64,
     /// How long the oldest pending event has waited.
     pub oldest_pending: Option<Duration>,
 }
@@ -67,4 +71,11 @@ pub trait InboxStore: Clone + Send + Sync + 'static {
         consumer: &str,
         message_id: uuid::Uuid,
     ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
+    /// As the inbox's own `forget_older_than`.
+    fn forget_older_than(
+        &self,
+        age: Duration,
+        batch: u32,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 }

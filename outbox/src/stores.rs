@@ -156,7 +156,7 @@ macro_rules! sql_outbox {
             }
 
             async fn backlog(&self) -> Result<$crate::Backlog, sqlx::Error> {
-                let counts: (i64, i64, Option<i64>) = sqlx::query_as(&self.sql.backlog)
+                let counts: (i64, i64, Option<i64>, i64) = sqlx::query_as(&self.sql.backlog)
                     .fetch_one(&self.pool)
                     .await?;
                 Ok($crate::stores::backlog(counts))
@@ -272,6 +272,14 @@ macro_rules! sql_inbox {
             ) -> Result<bool, sqlx::Error> {
                 $name::process_once(self, tx, consumer, message_id).await
             }
+
+            async fn forget_older_than(
+                &self,
+                age: std::time::Duration,
+                batch: u32,
+            ) -> Result<u64, sqlx::Error> {
+                $name::forget_older_than(self, age, batch).await
+            }
         }
     };
 }
@@ -303,10 +311,11 @@ pub(crate) fn seq_list(messages: &[Message]) -> String {
 }
 
 /// The backlog statement's row.
-pub(crate) fn backlog((pending, dead, oldest_ms): (i64, i64, Option<i64>)) -> Backlog {
+pub(crate) fn backlog((pending, dead, oldest_ms, held): (i64, i64, Option<i64>, i64)) -> Backlog {
     Backlog {
         pending: u64::try_from(pending).unwrap_or(0),
         dead: u64::try_from(dead).unwrap_or(0),
+        held: u64::try_from(held).unwrap_or(0),
         oldest_pending: oldest_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
     }
 }

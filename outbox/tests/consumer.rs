@@ -173,6 +173,23 @@ async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
 
+    // The inbox must remember a message as long as JetStream may bring it
+    // back: here the stream's duplicate window is the longer.
+    let retention = consumer.inbox_retention();
+    assert!(
+        retention >= outbox.config().retry_horizon(),
+        "{retention:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        consumer
+            .forget_processed(Duration::ZERO, 100)
+            .await
+            .unwrap(),
+        7,
+        "six applied and one ignored were recorded; failures were rolled back"
+    );
+
     let applied: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.applied"))
         .fetch_one(&pool)
         .await
@@ -251,6 +268,20 @@ async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
         .execute(&pool)
         .await
         .unwrap();
+}
+
+#[test]
+fn the_redelivery_horizon_counts_every_delay_and_ack_wait() {
+    let config = ConsumerConfig::new("S", "c", "dead")
+        .unwrap()
+        .max_deliver(3)
+        .retry_delay(Duration::from_millis(20), Duration::from_millis(30))
+        .ack_wait(Duration::from_secs(2));
+    // Delays before deliveries 2 and 3: 20 ms, then 40 ms capped at 30 ms.
+    assert_eq!(
+        config.redelivery_horizon(),
+        Duration::from_millis(50) + Duration::from_secs(6)
+    );
 }
 
 #[test]

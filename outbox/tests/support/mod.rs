@@ -212,7 +212,11 @@ pub async fn a_poison_event_dies_alone_and_holds_only_its_aggregate<H: Harness>(
         "later events of the poisoned aggregate wait"
     );
     let backlog = h.store().backlog().await.unwrap();
-    assert_eq!((backlog.pending, backlog.dead), (1, 1));
+    assert_eq!(
+        (backlog.pending, backlog.dead, backlog.held),
+        (1, 1, 1),
+        "a/3 is held behind the dead event"
+    );
 
     // An operator fixes the cause and requeues: the aggregate resumes in order.
     failing.store(false, Ordering::SeqCst);
