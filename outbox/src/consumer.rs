@@ -35,6 +35,31 @@ pub struct Delivery {
     pub attempt: u64,
 }
 
+#[cfg(feature = "tracecontext")]
+impl Delivery {
+    /// A span of this consumer in the trace the message carries (a new
+    /// trace when it carries none, or an invalid one). The consumer runs
+    /// the handler with it current, so events the handler enqueues
+    /// continue the trace.
+    #[must_use]
+    pub fn trace_context(&self) -> palisade_tracecontext::TraceContext {
+        let mut carrier = std::collections::BTreeMap::new();
+        let fields = [
+            (
+                palisade_tracecontext::TRACEPARENT,
+                &self.envelope.traceparent,
+            ),
+            (palisade_tracecontext::TRACESTATE, &self.envelope.tracestate),
+        ];
+        for (name, value) in fields {
+            if let Some(value) = value {
+                carrier.insert(name.to_owned(), value.clone());
+            }
+        }
+        palisade_tracecontext::Propagator::new().continue_or_start(&carrier)
+    }
+}
+
 /// What the handler did with a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
@@ -347,6 +372,12 @@ where
         })
     }
 
+    /// The handler.
+    #[must_use]
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
     /// What the consumer has done so far.
     #[must_use]
     pub fn stats(&self) -> ConsumerStats {
@@ -461,11 +492,10 @@ where
         if !first {
             return Ok(&self.counters.duplicates);
         }
-        let handled = self
-            .handler
-            .handle(&mut tx, delivery)
-            .await
-            .map_err(Failure::Handler)?;
+        let handling = self.handler.handle(&mut tx, delivery);
+        #[cfg(feature = "tracecontext")]
+        let handling = delivery.trace_context().scope(handling);
+        let handled = handling.await.map_err(Failure::Handler)?;
         tx.commit().await.map_err(Failure::Database)?;
         Ok(match handled {
             Handled::Applied => &self.counters.applied,

@@ -32,6 +32,12 @@ pub struct Event {
 impl Event {
     /// An event of `event_type` about the aggregate `aggregate_type` /
     /// `aggregate_id`, with a fresh UUID v7 id (time-ordered).
+    ///
+    /// With feature `tracecontext`, the current
+    /// [`TraceContext`](palisade_tracecontext::TraceContext) (inside a
+    /// handler behind `TraceContextLayer`, or a consumer's handler) is
+    /// captured as the `traceparent` and `tracestate` headers, so the trace
+    /// crosses the broker.
     #[must_use]
     pub fn new(
         aggregate_type: impl Into<String>,
@@ -45,7 +51,7 @@ impl Event {
             aggregate_id: aggregate_id.into(),
             event_type: event_type.into(),
             payload: payload.into(),
-            headers: BTreeMap::new(),
+            headers: current_trace(),
         }
     }
 
@@ -102,6 +108,17 @@ impl Event {
     pub(crate) fn headers_json(&self) -> String {
         serde_json::to_string(&self.headers).unwrap_or_else(|_| "{}".to_owned())
     }
+}
+
+/// The current trace context as headers (feature `tracecontext`).
+fn current_trace() -> BTreeMap<String, String> {
+    #[allow(unused_mut)]
+    let mut headers = BTreeMap::new();
+    #[cfg(feature = "tracecontext")]
+    if let Some(context) = palisade_tracecontext::TraceContext::current() {
+        palisade_tracecontext::Propagator::new().inject(&context, &mut headers);
+    }
+    headers
 }
 
 /// An event the relay claimed, to publish.

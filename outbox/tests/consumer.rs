@@ -13,6 +13,7 @@ use palisade_outbox::{
     BoxError, ConsumerConfig, ConsumerStats, Delivery, Event, Handled, Handler, JetStreamConsumer,
     NatsJetStreamPublisher, OutboxConfig, PgInbox, PgOutbox, Relay,
 };
+use palisade_tracecontext::{TraceContext, TraceFlags, TraceId};
 use sqlx::PgConnection;
 
 async fn jetstream() -> jetstream::Context {
@@ -29,6 +30,8 @@ async fn jetstream() -> jetstream::Context {
 struct Apply {
     schema: String,
     deliveries: Mutex<HashMap<uuid::Uuid, u32>>,
+    /// The trace each applied event was handled in.
+    traces: Mutex<Vec<Option<TraceId>>>,
 }
 
 impl Handler<PgConnection> for Apply {
@@ -49,6 +52,10 @@ impl Handler<PgConnection> for Apply {
             "Flaky" | "Bad" => return Err(format!("cannot apply yet (delivery {seen})").into()),
             _ => return Ok(Handled::Ignored),
         }
+        self.traces
+            .lock()
+            .unwrap()
+            .push(TraceContext::current().map(|context| context.trace_id()));
         sqlx::query(&format!(
             "INSERT INTO {}.applied (id, payload) VALUES ($1, $2)",
             self.schema
@@ -89,9 +96,16 @@ async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
         .await
         .unwrap();
 
-    let mut events: Vec<Event> = (0..5)
-        .map(|n| Event::new("order", format!("o-{n}"), "Good", vec![n]))
-        .collect();
+    // Written inside a request's trace: the events carry it.
+    let trace = TraceContext::new_root(TraceFlags::SAMPLED);
+    let mut events: Vec<Event> = trace
+        .clone()
+        .scope(async {
+            (0..5)
+                .map(|n| Event::new("order", format!("o-{n}"), "Good", vec![n]))
+                .collect()
+        })
+        .await;
     events.push(Event::new("order", "o-f", "Flaky", b"f".to_vec()));
     events.push(Event::new("order", "o-b", "Bad", b"b".to_vec()));
     events.push(Event::new("order", "o-u", "FromTheFuture", b"u".to_vec()));
@@ -137,6 +151,7 @@ async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
     let handler = Apply {
         schema: schema.clone(),
         deliveries: Mutex::default(),
+        traces: Mutex::default(),
     };
     let consumer = Arc::new(
         JetStreamConsumer::new(context.clone(), config, inbox, handler)
@@ -195,6 +210,20 @@ async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
         .await
         .unwrap();
     assert_eq!(applied, 6, "five good events and the flaky one, once each");
+    let traces = consumer.handler().traces.lock().unwrap().clone();
+    assert_eq!(traces.len(), 6);
+    assert_eq!(
+        traces
+            .iter()
+            .filter(|t| **t == Some(trace.trace_id()))
+            .count(),
+        5,
+        "the good events were handled in the trace they were written in: {traces:?}"
+    );
+    assert!(
+        traces.iter().all(Option::is_some),
+        "the flaky one in a new trace"
+    );
 
     // Nothing is left unacknowledged.
     let mut durable = context
