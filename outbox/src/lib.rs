@@ -56,7 +56,7 @@
 //! let mut deliveries = broker.subscribe();
 //! Relay::new(outbox, broker).run_once().await?;
 //!
-//! let message = deliveries.recv().await?;
+//! let message = deliveries.recv().await.expect("published");
 //! let mut tx = pool.begin().await?;
 //! if inbox.process_once(&mut tx, "reserve-stock", message.event.id()).await? {
 //!     // ... apply the effect in `tx` ...
@@ -68,11 +68,13 @@
 //! ```
 
 mod config;
-#[cfg(all(feature = "nats", any(feature = "postgres", feature = "sqlite")))]
-mod consumer;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod consume;
 mod envelope;
 pub mod error;
 mod event;
+#[cfg(all(feature = "nats", any(feature = "postgres", feature = "sqlite")))]
+mod jetstream;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "otel")]
@@ -90,14 +92,13 @@ mod store;
 mod stores;
 
 pub use config::OutboxConfig;
-#[cfg(all(feature = "nats", any(feature = "postgres", feature = "sqlite")))]
-pub use consumer::{
-    BoxError, ConsumerConfig, ConsumerSetupError, ConsumerStats, Delivery, Handled, Handler,
-    JetStreamConsumer,
-};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use consume::{BoxError, ConsumerStats, Delivery, Handled, Handler, MemoryConsumer};
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::{ConfigError, PublishError};
 pub use event::{Event, Message};
+#[cfg(all(feature = "nats", any(feature = "postgres", feature = "sqlite")))]
+pub use jetstream::{ConsumerConfig, ConsumerSetupError, JetStreamConsumer};
 #[cfg(feature = "nats")]
 pub use nats::{NatsJetStreamPublisher, StreamSetupError};
 #[cfg(feature = "postgres")]

@@ -4,7 +4,7 @@ use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 
 use crate::error::PublishError;
 use crate::event::Message;
@@ -29,53 +29,90 @@ pub trait Publisher: Send + Sync + 'static {
 }
 
 /// An in-process broker, for the embedded default and for tests without a
-/// server: every subscriber gets every event (bounded: a subscriber more
-/// than `capacity` events behind misses the oldest), and an event id seen
-/// among the last `capacity` is acknowledged as a duplicate, as JetStream
-/// does within its window.
+/// server.
+///
+/// Every subscriber gets every event published after it subscribed, in
+/// order, through a queue of `capacity` events. Nothing is dropped: a
+/// publish is acknowledged once every subscriber's queue took the event,
+/// so a subscriber that falls `capacity` events behind holds the relays
+/// back until it catches up (drop the receiver to unsubscribe). An event id
+/// seen among the last `capacity` is acknowledged as a duplicate and not
+/// delivered again, as JetStream does within its window.
+///
+/// It keeps nothing across a restart: events acknowledged but not yet
+/// consumed when the process ends are gone. Use a durable broker (feature
+/// `nats`) where that matters.
 #[derive(Debug, Clone)]
 pub struct MemoryBroker {
-    sender: broadcast::Sender<Message>,
+    subscribers: Arc<Mutex<Vec<mpsc::Sender<Message>>>>,
     recent: Arc<Mutex<(HashSet<uuid::Uuid>, VecDeque<uuid::Uuid>)>>,
     capacity: usize,
 }
 
 impl MemoryBroker {
-    /// A broker keeping `capacity` events for slow subscribers and for
-    /// duplicate detection.
+    /// A broker with queues of `capacity` events per subscriber, and
+    /// duplicate detection over the last `capacity` ids.
     #[must_use]
     pub fn new(capacity: usize) -> Self {
         Self {
-            sender: broadcast::channel(capacity.max(1)).0,
+            subscribers: Arc::default(),
             recent: Arc::default(),
             capacity: capacity.max(1),
         }
     }
 
-    /// A new subscriber, receiving events published from now on.
+    /// A new subscriber, receiving events published from now on. The
+    /// subscription ends (`recv` gives `None`) once every handle of the
+    /// broker is dropped.
     #[must_use]
-    pub fn subscribe(&self) -> broadcast::Receiver<Message> {
-        self.sender.subscribe()
+    pub fn subscribe(&self) -> mpsc::Receiver<Message> {
+        let (sender, receiver) = mpsc::channel(self.capacity);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(sender);
+        receiver
+    }
+
+    /// Whether `id` was seen among the last `capacity` ids; records it.
+    fn seen(&self, id: uuid::Uuid) -> bool {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let (seen, order) = &mut *recent;
+        if !seen.insert(id) {
+            return true;
+        }
+        order.push_back(id);
+        if order.len() > self.capacity
+            && let Some(oldest) = order.pop_front()
+        {
+            seen.remove(&oldest);
+        }
+        false
     }
 }
 
 impl Publisher for MemoryBroker {
     async fn publish(&self, message: &Message) -> Result<Published, PublishError> {
-        {
-            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-            let (seen, order) = &mut *recent;
-            if !seen.insert(message.event.id) {
-                return Ok(Published::Duplicate);
-            }
-            order.push_back(message.event.id);
-            if order.len() > self.capacity
-                && let Some(oldest) = order.pop_front()
-            {
-                seen.remove(&oldest);
-            }
+        if self.seen(message.event.id) {
+            return Ok(Published::Duplicate);
+        }
+        let subscribers: Vec<_> = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut gone = false;
+        for subscriber in &subscribers {
+            // Waits while the subscriber's queue is full: backpressure.
+            gone |= subscriber.send(message.clone()).await.is_err();
+        }
+        if gone {
+            self.subscribers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|subscriber| !subscriber.is_closed());
         }
         // No subscriber is not an error: the broker has it.
-        let _ = self.sender.send(message.clone());
         Ok(Published::Stored)
     }
 }

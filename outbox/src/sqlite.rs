@@ -47,7 +47,7 @@ sql_outbox! {
     /// let broker = MemoryBroker::new(16);
     /// let mut subscriber = broker.subscribe();
     /// Relay::new(outbox, broker).run_once().await?;
-    /// assert_eq!(subscriber.recv().await?.event.event_type(), "OrderCreated");
+    /// assert_eq!(subscriber.recv().await.unwrap().event.event_type(), "OrderCreated");
     /// # Ok(()) }
     /// ```
     SqliteOutbox, SqlitePool, SqliteConnection, Dialect::Sqlite

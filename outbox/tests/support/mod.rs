@@ -12,7 +12,7 @@ use palisade_outbox::{
     Event, MemoryBroker, Message, OutboxConfig, OutboxStore, PublishError, Published, Publisher,
     Relay,
 };
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// One fresh outbox (and inbox) in a database of its own kind, next to an
@@ -59,7 +59,7 @@ pub fn event(aggregate: &str, n: u32) -> Event {
     )
 }
 
-pub fn drain(subscriber: &mut broadcast::Receiver<Message>) -> Vec<Message> {
+pub fn drain(subscriber: &mut mpsc::Receiver<Message>) -> Vec<Message> {
     let mut got = Vec::new();
     while let Ok(message) = subscriber.try_recv() {
         got.push(message);

@@ -6,7 +6,6 @@ use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -14,116 +13,12 @@ use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, consumer::pull};
 use futures_util::StreamExt;
 
+use crate::consume::{
+    BoxError, ConsumerStats, Counters, Delivery, Failure, Handler, apply, retry_delay,
+};
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::{ConfigError, config_error};
 use crate::store::InboxStore;
-
-/// A boxed error, as handlers return them.
-pub type BoxError = Box<dyn Error + Send + Sync>;
-
-/// A message as the handler sees it.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// The CloudEvents envelope: id, type, subject (aggregate id), trace
-    /// context.
-    pub envelope: Envelope,
-    /// The NATS subject it was published on.
-    pub subject: String,
-    /// The payload.
-    pub payload: bytes::Bytes,
-    /// Which delivery this is (1 for the first).
-    pub attempt: u64,
-}
-
-#[cfg(feature = "tracecontext")]
-impl Delivery {
-    /// A span of this consumer in the trace the message carries (a new
-    /// trace when it carries none, or an invalid one). The consumer runs
-    /// the handler with it current, so events the handler enqueues
-    /// continue the trace.
-    #[must_use]
-    pub fn trace_context(&self) -> palisade_tracecontext::TraceContext {
-        let mut carrier = std::collections::BTreeMap::new();
-        let fields = [
-            (
-                palisade_tracecontext::TRACEPARENT,
-                &self.envelope.traceparent,
-            ),
-            (palisade_tracecontext::TRACESTATE, &self.envelope.tracestate),
-        ];
-        for (name, value) in fields {
-            if let Some(value) = value {
-                carrier.insert(name.to_owned(), value.clone());
-            }
-        }
-        palisade_tracecontext::Propagator::new().continue_or_start(&carrier)
-    }
-}
-
-/// What the handler did with a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handled {
-    /// The effect is written in the transaction.
-    Applied,
-    /// Not for this consumer (an event type it does not know, say from a
-    /// newer producer during a rolling deploy): acknowledged, not a
-    /// failure.
-    Ignored,
-}
-
-/// Applies deliveries in the consumer's transaction.
-///
-/// Return `Err` for a failure worth retrying: the transaction is rolled
-/// back, and the message is delivered again after a delay, until its last
-/// attempt sends it to the dead-letter subject.
-pub trait Handler<C>: Send + Sync + 'static {
-    /// Applies `delivery` in `tx`; the consumer commits it.
-    fn handle(
-        &self,
-        tx: &mut C,
-        delivery: &Delivery,
-    ) -> impl Future<Output = Result<Handled, BoxError>> + Send;
-}
-
-/// The consumer's counters since it started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ConsumerStats {
-    /// Deliveries applied and committed.
-    pub applied: u64,
-    /// Deliveries the inbox had already seen: acknowledged, not applied.
-    pub duplicates: u64,
-    /// Deliveries the handler ignored.
-    pub ignored: u64,
-    /// Handler or database failures, delivered again later.
-    pub retried: u64,
-    /// Deliveries sent to the dead-letter subject.
-    pub dead_lettered: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    applied: AtomicU64,
-    duplicates: AtomicU64,
-    ignored: AtomicU64,
-    retried: AtomicU64,
-    dead_lettered: AtomicU64,
-}
-
-impl Counters {
-    fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn snapshot(&self) -> ConsumerStats {
-        ConsumerStats {
-            applied: self.applied.load(Ordering::Relaxed),
-            duplicates: self.duplicates.load(Ordering::Relaxed),
-            ignored: self.ignored.load(Ordering::Relaxed),
-            retried: self.retried.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-        }
-    }
-}
 
 /// How a [`JetStreamConsumer`] pulls, retries and gives up.
 ///
@@ -240,12 +135,7 @@ impl ConsumerConfig {
     }
 
     fn delay_after(&self, attempt: u64) -> Duration {
-        let doublings = u32::try_from(attempt.saturating_sub(1))
-            .unwrap_or(u32::MAX)
-            .min(30);
-        self.retry_base
-            .saturating_mul(1 << doublings)
-            .min(self.retry_cap)
+        retry_delay(self.retry_base, self.retry_cap, attempt)
     }
 }
 
@@ -303,14 +193,6 @@ impl fmt::Display for ConsumerSetupError {
 }
 
 impl Error for ConsumerSetupError {}
-
-/// Why one message was not acknowledged as applied.
-enum Failure {
-    /// The database: retry, never dead-letter.
-    Database(sqlx::Error),
-    /// The handler: retry, then dead-letter.
-    Handler(BoxError),
-}
 
 impl<I, H> JetStreamConsumer<I, H>
 where
@@ -454,7 +336,15 @@ where
             payload: message.payload.clone(),
             attempt,
         };
-        let outcome = match self.apply(&delivery).await {
+        let applied = apply(
+            &self.inbox,
+            &self.config.durable,
+            &*self.handler,
+            &self.counters,
+            &delivery,
+        )
+        .await;
+        let outcome = match applied {
             Ok(outcome) => outcome,
             Err(Failure::Handler(error)) if attempt >= self.config.max_deliver => {
                 tracing::error!(target: "palisade_outbox", id = %delivery.envelope.id, attempt, %error, "handler failed its last delivery; dead-lettered");
@@ -478,29 +368,6 @@ where
         if let Err(error) = message.ack().await {
             tracing::warn!(target: "palisade_outbox", %error, "ack lost; the redelivery will be a duplicate");
         }
-    }
-
-    /// Runs the inbox check and the handler in one transaction; the
-    /// counter to bump once it committed.
-    async fn apply(&self, delivery: &Delivery) -> Result<&AtomicU64, Failure> {
-        let mut tx = self.inbox.begin().await.map_err(Failure::Database)?;
-        let first = self
-            .inbox
-            .process_once(&mut tx, &self.config.durable, delivery.envelope.id)
-            .await
-            .map_err(Failure::Database)?;
-        if !first {
-            return Ok(&self.counters.duplicates);
-        }
-        let handling = self.handler.handle(&mut tx, delivery);
-        #[cfg(feature = "tracecontext")]
-        let handling = delivery.trace_context().scope(handling);
-        let handled = handling.await.map_err(Failure::Handler)?;
-        tx.commit().await.map_err(Failure::Database)?;
-        Ok(match handled {
-            Handled::Applied => &self.counters.applied,
-            Handled::Ignored => &self.counters.ignored,
-        })
     }
 
     async fn retry(&self, message: &jetstream::Message, attempt: u64) {

@@ -1,0 +1,212 @@
+//! Every service in one process: SQLite files in a data directory, the
+//! in-process broker, one relay per outbox, one consumer per service.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use palisade_outbox::{Handler, MemoryBroker, MemoryConsumer, Relay, SqliteInbox};
+use sqlx::SqliteConnection;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::db::ServiceDb;
+use crate::gateway::{self, Services};
+use crate::inventory::{self, Inventory};
+use crate::orders::{self, Orders};
+use crate::payment::{self, Payment};
+use crate::processor::CardProcessor;
+use crate::shipping::{self, Shipping};
+
+/// Where and how the embedded system runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The directory of the SQLite files (created if missing).
+    pub data_dir: PathBuf,
+    /// Where the gateway listens (port 0: any free port).
+    pub listen: SocketAddr,
+}
+
+/// The running system.
+#[derive(Debug)]
+pub struct System {
+    /// Where the gateway listens.
+    pub address: SocketAddr,
+    /// The services, for checks from the same process.
+    pub services: Services,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// The saga consumers' capacity of events queued each.
+const QUEUE: usize = 4096;
+
+impl System {
+    /// Opens the databases, starts the relays, the consumers and the
+    /// gateway.
+    ///
+    /// # Errors
+    ///
+    /// A database or the listening socket could not be opened.
+    pub async fn start(
+        settings: Settings,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        std::fs::create_dir_all(&settings.data_dir)?;
+        let dir = &settings.data_dir;
+        let orders = Orders::new(ServiceDb::open(dir, "orders", orders::TABLES).await?);
+        let inventory =
+            Inventory::new(ServiceDb::open(dir, "inventory", inventory::TABLES).await?).await?;
+        let payment = Payment::new(
+            ServiceDb::open(dir, "payment", payment::TABLES).await?,
+            CardProcessor::default(),
+        );
+        let shipping = Shipping::new(ServiceDb::open(dir, "shipping", shipping::TABLES).await?);
+
+        let broker = MemoryBroker::new(QUEUE);
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let until_stopped = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+        let consumers = Consumers::default();
+        consumers.spawn(
+            &mut tasks,
+            &broker,
+            "orders",
+            orders.db(),
+            orders.clone(),
+            orders::CONSUMES,
+            until_stopped(),
+        );
+        consumers.spawn(
+            &mut tasks,
+            &broker,
+            "inventory",
+            inventory.db(),
+            inventory.clone(),
+            inventory::CONSUMES,
+            until_stopped(),
+        );
+        consumers.spawn(
+            &mut tasks,
+            &broker,
+            "payment",
+            payment.db(),
+            payment.clone(),
+            payment::CONSUMES,
+            until_stopped(),
+        );
+        consumers.spawn(
+            &mut tasks,
+            &broker,
+            "shipping",
+            shipping.db(),
+            shipping.clone(),
+            shipping::CONSUMES,
+            until_stopped(),
+        );
+        for db in [orders.db(), inventory.db(), payment.db(), shipping.db()] {
+            let relay = Relay::new(db.outbox.clone(), broker.clone());
+            tasks.spawn(relay.run(until_stopped()));
+        }
+
+        let services = Services {
+            orders,
+            inventory,
+            payment,
+            shipping,
+            consumers,
+        };
+        let listener = TcpListener::bind(settings.listen).await?;
+        let address = listener.local_addr()?;
+        let app = gateway::router(services.clone());
+        let shutdown = until_stopped();
+        tasks.spawn(async move {
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(%error, "gateway stopped");
+            }
+        });
+        tracing::info!(%address, data_dir = %settings.data_dir.display(), "order system running (embedded)");
+        Ok(Self {
+            address,
+            services,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops every task, letting the batch or message under way finish.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// A service's consumer, by the service's name.
+type Named = (String, Arc<dyn StatsSource>);
+
+/// The consumers' counters, by service, for the books.
+#[derive(Debug, Clone, Default)]
+pub struct Consumers {
+    stats: Arc<std::sync::Mutex<Vec<Named>>>,
+}
+
+/// A consumer whose counters can be read.
+pub trait StatsSource: Send + Sync + std::fmt::Debug {
+    /// The counters.
+    fn stats(&self) -> palisade_outbox::ConsumerStats;
+}
+
+impl<H> StatsSource for MemoryConsumer<SqliteInbox, H>
+where
+    H: Handler<SqliteConnection> + std::fmt::Debug,
+{
+    fn stats(&self) -> palisade_outbox::ConsumerStats {
+        Self::stats(self)
+    }
+}
+
+impl Consumers {
+    #[allow(clippy::too_many_arguments)]
+    fn spawn<H>(
+        &self,
+        tasks: &mut JoinSet<()>,
+        broker: &MemoryBroker,
+        name: &str,
+        db: &ServiceDb,
+        handler: H,
+        consumes: &[&str],
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) where
+        H: Handler<SqliteConnection> + std::fmt::Debug,
+    {
+        let consumer = Arc::new(
+            MemoryConsumer::new(name, db.inbox.clone(), handler).only(consumes.iter().copied()),
+        );
+        self.stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((name.to_owned(), consumer.clone()));
+        let subscription = broker.subscribe();
+        tasks.spawn(async move { consumer.run(subscription, shutdown).await });
+    }
+
+    /// Each consumer's counters.
+    #[must_use]
+    pub fn stats(&self) -> Vec<(String, palisade_outbox::ConsumerStats)> {
+        self.stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(name, consumer)| (name.clone(), consumer.stats()))
+            .collect()
+    }
+}

@@ -1,0 +1,237 @@
+//! The gateway: the HTTP API clients use, in front of the services.
+//!
+//! - `POST /orders` with an `Idempotency-Key` header and a JSON
+//!   [`NewOrder`]: 201 with the order, or 200 with the order first placed
+//!   under that key.
+//! - `GET /orders/{id}`: the order and where its saga stands.
+//! - `GET /books`: every service's books and the invariants they must keep.
+//! - `GET /healthz`.
+//!
+//! Requests carry W3C trace context (`TraceContextLayer`): an order's
+//! events continue the trace of the request that placed it.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use palisade_outbox::Backlog;
+use palisade_tracecontext::TraceContextLayer;
+use serde::{Deserialize, Serialize};
+
+use crate::embedded::Consumers;
+use crate::inventory::{CATALOG, Inventory, StockLevel};
+use crate::orders::{NewOrder, Orders};
+use crate::payment::Payment;
+use crate::shipping::Shipping;
+
+/// The services behind the gateway.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// Orders.
+    pub orders: Orders,
+    /// Inventory.
+    pub inventory: Inventory,
+    /// Payment.
+    pub payment: Payment,
+    /// Shipping.
+    pub shipping: Shipping,
+    /// The consumers' counters.
+    pub consumers: Consumers,
+}
+
+/// The gateway's routes.
+pub fn router(services: Services) -> Router {
+    Router::new()
+        .route("/orders", post(place))
+        .route("/orders/{id}", get(order))
+        .route("/books", get(books))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(TraceContextLayer::new())
+        .with_state(services)
+}
+
+/// A problem, as JSON with the status it goes with.
+fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": detail.into() }))).into_response()
+}
+
+fn internal(error: &dyn std::error::Error) -> Response {
+    tracing::error!(%error, "request failed");
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the service could not complete the request; try again",
+    )
+}
+
+async fn place(
+    State(services): State<Services>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(key) = headers
+        .get("idempotency-key")
+        .and_then(|value| value.to_str().ok())
+        .filter(|key| !key.is_empty() && key.len() <= 128)
+    else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "an Idempotency-Key header (1 to 128 visible characters) is required",
+        );
+    };
+    let order: NewOrder = match serde_json::from_slice(&body) {
+        Ok(order) => order,
+        Err(error) => {
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("not an order: {error}"),
+            );
+        }
+    };
+    if !(1..=100).contains(&order.quantity) {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "quantity must be 1 to 100",
+        );
+    }
+    if !CATALOG.iter().any(|(sku, _)| *sku == order.sku) {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("unknown sku {:?}", order.sku),
+        );
+    }
+    if order.card.len() < 12 || !order.card.bytes().all(|b| b.is_ascii_digit()) {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "card must be 12 or more digits",
+        );
+    }
+    match services.orders.place(key, &order).await {
+        Ok((order, true)) => (StatusCode::CREATED, Json(order)).into_response(),
+        Ok((order, false)) => (StatusCode::OK, Json(order)).into_response(),
+        Err(error) => internal(&error),
+    }
+}
+
+async fn order(State(services): State<Services>, Path(id): Path<String>) -> Response {
+    match services.orders.find(&id).await {
+        Ok(Some(order)) => Json(order).into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, format!("no order {id}")),
+        Err(error) => internal(&error),
+    }
+}
+
+/// Every service's books, and what they must show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Books {
+    /// Orders by status and reason: (status, reason, count).
+    pub orders: Vec<(String, Option<String>, i64)>,
+    /// Every product's stock.
+    pub stock: Vec<StockLevel>,
+    /// Compensations run.
+    pub compensations: i64,
+    /// Compensations that ran a second time for the same order.
+    pub compensations_repeated: i64,
+    /// Each outbox's backlog: (service, pending, dead).
+    pub outboxes: Vec<(String, u64, u64)>,
+    /// Each consumer's counters: (service, applied, duplicates dropped,
+    /// given up on).
+    pub consumers: Vec<(String, u64, u64, u64)>,
+}
+
+impl Books {
+    /// The invariants that do not hold: empty when the books are straight.
+    /// With `settled`, every order must also have ended and every outbox
+    /// be drained.
+    #[must_use]
+    pub fn violations(&self, settled: bool) -> Vec<String> {
+        let mut violations = Vec::new();
+        for level in &self.stock {
+            if !level.balances() {
+                violations.push(format!(
+                    "stock of {} does not balance: initial {} != available {} + reserved {} + shipped {}",
+                    level.sku, level.initial, level.available, level.reserved, level.shipped
+                ));
+            }
+            if settled && level.reserved != 0 {
+                violations.push(format!(
+                    "{} still has {} reserved",
+                    level.sku, level.reserved
+                ));
+            }
+        }
+        if self.compensations_repeated != 0 {
+            violations.push(format!(
+                "{} compensations ran twice",
+                self.compensations_repeated
+            ));
+        }
+        for (service, _, _, given_up) in &self.consumers {
+            if *given_up != 0 {
+                violations.push(format!("{service} gave up on {given_up} events"));
+            }
+        }
+        for (service, pending, dead) in &self.outboxes {
+            if *dead != 0 {
+                violations.push(format!("{service}'s outbox has {dead} dead events"));
+            }
+            if settled && *pending != 0 {
+                violations.push(format!(
+                    "{service}'s outbox still has {pending} pending events"
+                ));
+            }
+        }
+        if settled {
+            let pending: i64 = self
+                .orders
+                .iter()
+                .filter(|(status, _, _)| status == "pending")
+                .map(|(_, _, count)| count)
+                .sum();
+            if pending != 0 {
+                violations.push(format!("{pending} orders neither confirmed nor cancelled"));
+            }
+        }
+        violations
+    }
+}
+
+/// Reads every service's books.
+///
+/// # Errors
+///
+/// A database's error.
+pub async fn read_books(services: &Services) -> Result<Books, sqlx::Error> {
+    let (compensations, compensations_repeated) = services.inventory.compensations().await?;
+    let mut outboxes = Vec::new();
+    for (name, db) in [
+        ("orders", services.orders.db()),
+        ("inventory", services.inventory.db()),
+        ("payment", services.payment.db()),
+        ("shipping", services.shipping.db()),
+    ] {
+        let Backlog { pending, dead, .. } =
+            palisade_outbox::OutboxStore::backlog(&db.outbox).await?;
+        outboxes.push((name.to_owned(), pending, dead));
+    }
+    Ok(Books {
+        orders: services.orders.counts().await?,
+        stock: services.inventory.stock().await?,
+        compensations,
+        compensations_repeated,
+        outboxes,
+        consumers: services
+            .consumers
+            .stats()
+            .into_iter()
+            .map(|(name, stats)| (name, stats.applied, stats.duplicates, stats.dead_lettered))
+            .collect(),
+    })
+}
+
+async fn books(State(services): State<Services>) -> Response {
+    match read_books(&services).await {
+        Ok(books) => Json(books).into_response(),
+        Err(error) => internal(&error),
+    }
+}

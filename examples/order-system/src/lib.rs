@@ -1,0 +1,25 @@
+//! The palisade order system: every pattern of palisade composed into one
+//! saga.
+//!
+//! An order goes `OrderCreated → InventoryReserved → PaymentSucceeded →
+//! ShippingScheduled → OrderConfirmed`; a declined card runs the
+//! compensation `PaymentFailed → InventoryReleased → OrderCancelled`, and
+//! missing stock `InventoryRejected → OrderCancelled`. Each step is one
+//! local transaction writing the service's rows and its outbox event
+//! ([`palisade_outbox`]); each service applies the events it consumes once,
+//! through its inbox, in the same transaction as the effect.
+//!
+//! [`embedded::System`] runs every service in one process on SQLite files
+//! and the in-process broker; [`load::run`] places orders through the
+//! gateway and checks the books afterwards.
+
+pub mod db;
+pub mod embedded;
+pub mod events;
+pub mod gateway;
+pub mod inventory;
+pub mod load;
+pub mod orders;
+pub mod payment;
+pub mod processor;
+pub mod shipping;

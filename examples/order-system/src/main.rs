@@ -1,0 +1,106 @@
+//! `order-system`: runs the order system, or places load on it.
+//!
+//! ```text
+//! order-system [run] [--data DIR] [--listen ADDR]
+//! order-system load [--gateway URL] [--orders N] [--concurrency C] [--decline-rate P]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use palisade_order_system::embedded::{Settings, System};
+use palisade_order_system::load::{self, LoadSettings};
+
+const USAGE: &str = "usage:
+  order-system [run] [--data DIR] [--listen ADDR]
+      every service in one process on SQLite files in DIR (default: ./order-system-data),
+      the gateway on ADDR (default: 127.0.0.1:8080)
+  order-system load [--gateway URL] [--orders N] [--concurrency C] [--decline-rate P]
+      places N orders (default 1000), C at a time (default 64), a share P of them
+      with a card that is declined (default 0.2), waits for every saga and checks the books";
+
+/// The value after `flag` in `args`, parsed.
+fn flag<T: std::str::FromStr>(args: &[String], flag: &str, default: T) -> Result<T, String> {
+    match args.iter().position(|arg| arg == flag) {
+        None => Ok(default),
+        Some(at) => args
+            .get(at + 1)
+            .and_then(|value| value.parse().ok())
+            .ok_or_else(|| format!("{flag} needs a valid value")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = args
+        .first()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with("--"));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("order-system: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = match command {
+        None | Some("run") => runtime.block_on(run(&args)),
+        Some("load") => runtime.block_on(load_command(&args)),
+        Some("help" | "--help" | "-h") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => Err(format!("unknown command {other:?}\n{USAGE}")),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("order-system: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: &[String]) -> Result<ExitCode, String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .init();
+    let settings = Settings {
+        data_dir: flag(args, "--data", PathBuf::from("order-system-data"))?,
+        listen: flag(args, "--listen", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+    };
+    let system = System::start(settings).await.map_err(|e| e.to_string())?;
+    println!(
+        "order system running on http://{0} (embedded: SQLite, in-process broker)\n\
+         place orders:  cargo run -p palisade-order-system -- load --gateway http://{0} --orders 1000\n\
+         stop: Ctrl-C",
+        system.address
+    );
+    tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+    system.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn load_command(args: &[String]) -> Result<ExitCode, String> {
+    let settings = LoadSettings {
+        gateway: flag(args, "--gateway", "http://127.0.0.1:8080".to_owned())?,
+        orders: flag(args, "--orders", 1000)?,
+        concurrency: flag(args, "--concurrency", 64)?,
+        decline_rate: flag(args, "--decline-rate", 0.2)?,
+        progress: true,
+    };
+    if !(0.0..=1.0).contains(&settings.decline_rate) {
+        return Err("--decline-rate must be between 0 and 1".to_owned());
+    }
+    let summary = load::run(&settings).await.map_err(|e| e.to_string())?;
+    print!("{}", summary.table());
+    Ok(if summary.violations.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,246 @@
+//! The orders service: accepts orders (once per idempotency key) and
+//! records how each saga ended.
+
+use palisade_outbox::{BoxError, Delivery, Handled, Handler, OutboxStore};
+use serde::{Deserialize, Serialize};
+use sqlx::{Row, SqliteConnection};
+
+use crate::db::ServiceDb;
+use crate::events::{Line, SagaEvent, types};
+
+/// The orders service's tables.
+pub const TABLES: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, idempotency_key TEXT NOT NULL UNIQUE, \
+     sku TEXT NOT NULL, quantity INTEGER NOT NULL, amount_cents INTEGER NOT NULL, card TEXT NOT NULL, \
+     status TEXT NOT NULL, reason TEXT, created_ms INTEGER NOT NULL, finished_ms INTEGER)",
+];
+
+/// The events the orders service consumes.
+pub const CONSUMES: &[&str] = &[
+    types::SHIPPING_SCHEDULED,
+    types::INVENTORY_REJECTED,
+    types::INVENTORY_RELEASED,
+];
+
+/// An order as placed by a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewOrder {
+    /// The product.
+    pub sku: String,
+    /// How many (1 to 100).
+    pub quantity: i64,
+    /// The card to charge.
+    pub card: String,
+}
+
+/// An order and where its saga stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// The order's id.
+    pub id: String,
+    /// The product.
+    pub sku: String,
+    /// How many.
+    pub quantity: i64,
+    /// What it costs, in cents.
+    pub amount_cents: i64,
+    /// `pending`, `confirmed` or `cancelled`.
+    pub status: String,
+    /// Why it was cancelled.
+    pub reason: Option<String>,
+    /// Milliseconds from placement to the end of the saga.
+    pub saga_ms: Option<i64>,
+}
+
+/// The price of one unit of any product, in cents.
+pub const UNIT_PRICE_CENTS: i64 = 1_250;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The orders service.
+#[derive(Debug, Clone)]
+pub struct Orders {
+    db: ServiceDb,
+}
+
+impl Orders {
+    /// The service on its database.
+    #[must_use]
+    pub const fn new(db: ServiceDb) -> Self {
+        Self { db }
+    }
+
+    /// Places `order` under `idempotency_key`: the order and its
+    /// `OrderCreated` in one transaction. The same key again returns the
+    /// first order (`false`: not created now).
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn place(
+        &self,
+        idempotency_key: &str,
+        order: &NewOrder,
+    ) -> Result<(Order, bool), sqlx::Error> {
+        let line = Line {
+            order_id: uuid::Uuid::now_v7().to_string(),
+            sku: order.sku.clone(),
+            quantity: order.quantity,
+            amount_cents: order.quantity * UNIT_PRICE_CENTS,
+            card: order.card.clone(),
+        };
+        let mut tx = self.db.pool.begin().await?;
+        // The insert comes first, so the transaction writes from its first
+        // statement (SQLite never has to upgrade a reader to a writer).
+        let inserted = sqlx::query(
+            "INSERT INTO orders (id, idempotency_key, sku, quantity, amount_cents, card, status, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7) ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(&line.order_id)
+        .bind(idempotency_key)
+        .bind(&line.sku)
+        .bind(line.quantity)
+        .bind(line.amount_cents)
+        .bind(&line.card)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            tx.rollback().await?;
+            let existing = self
+                .find_by_key(idempotency_key)
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?;
+            return Ok((existing, false));
+        }
+        self.db
+            .outbox
+            .enqueue(&mut tx, &SagaEvent::OrderCreated(line.clone()).to_event())
+            .await?;
+        tx.commit().await?;
+        let order = self
+            .find(&line.order_id)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
+        Ok((order, true))
+    }
+
+    /// The order `id`.
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn find(&self, id: &str) -> Result<Option<Order>, sqlx::Error> {
+        self.find_where("id", id).await
+    }
+
+    async fn find_by_key(&self, key: &str) -> Result<Option<Order>, sqlx::Error> {
+        self.find_where("idempotency_key", key).await
+    }
+
+    async fn find_where(&self, column: &str, value: &str) -> Result<Option<Order>, sqlx::Error> {
+        let row = sqlx::query(&format!(
+            "SELECT id, sku, quantity, amount_cents, status, reason, finished_ms - created_ms AS saga_ms \
+             FROM orders WHERE {column} = $1"
+        ))
+        .bind(value)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        Ok(row.map(|row| Order {
+            id: row.get("id"),
+            sku: row.get("sku"),
+            quantity: row.get("quantity"),
+            amount_cents: row.get("amount_cents"),
+            status: row.get("status"),
+            reason: row.get("reason"),
+            saga_ms: row.get("saga_ms"),
+        }))
+    }
+
+    /// Orders by status.
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn counts(&self) -> Result<Vec<(String, Option<String>, i64)>, sqlx::Error> {
+        sqlx::query_as("SELECT status, reason, count(*) FROM orders GROUP BY status, reason ORDER BY status, reason")
+            .fetch_all(&self.db.pool)
+            .await
+    }
+
+    /// The database.
+    #[must_use]
+    pub const fn db(&self) -> &ServiceDb {
+        &self.db
+    }
+
+    /// The outbox's backlog.
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn backlog(&self) -> Result<palisade_outbox::Backlog, sqlx::Error> {
+        self.db.outbox.backlog().await
+    }
+
+    /// Ends the saga of `order_id` as `status`, once.
+    async fn finish(
+        &self,
+        tx: &mut SqliteConnection,
+        order_id: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Result<(), BoxError> {
+        let done = sqlx::query(
+            "UPDATE orders SET status = $2, reason = $3, finished_ms = $4 WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(order_id)
+        .bind(status)
+        .bind(reason)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(format!("order {order_id} is not pending; cannot become {status}").into());
+        }
+        let event = match reason {
+            None => SagaEvent::OrderConfirmed {
+                order_id: order_id.to_owned(),
+            },
+            Some(reason) => SagaEvent::OrderCancelled {
+                order_id: order_id.to_owned(),
+                reason: reason.to_owned(),
+            },
+        };
+        self.db.outbox.enqueue(tx, &event.to_event()).await?;
+        Ok(())
+    }
+}
+
+impl Handler<SqliteConnection> for Orders {
+    async fn handle(
+        &self,
+        tx: &mut SqliteConnection,
+        delivery: &Delivery,
+    ) -> Result<Handled, BoxError> {
+        match SagaEvent::from_delivery(delivery)? {
+            SagaEvent::ShippingScheduled(line) => {
+                self.finish(tx, &line.order_id, "confirmed", None).await?;
+            }
+            SagaEvent::InventoryRejected { order_id } => {
+                self.finish(tx, &order_id, "cancelled", Some("out_of_stock"))
+                    .await?;
+            }
+            SagaEvent::InventoryReleased { order_id } => {
+                self.finish(tx, &order_id, "cancelled", Some("payment_declined"))
+                    .await?;
+            }
+            _ => return Ok(Handled::Ignored),
+        }
+        Ok(Handled::Applied)
+    }
+}

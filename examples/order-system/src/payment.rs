@@ -1,0 +1,79 @@
+//! The payment service: charges the card of every order whose stock is
+//! reserved, through the card processor.
+
+use palisade_outbox::{BoxError, Delivery, Handled, Handler};
+use sqlx::SqliteConnection;
+
+use crate::db::ServiceDb;
+use crate::events::{SagaEvent, types};
+use crate::processor::{CardProcessor, Charge};
+
+/// The payment service's tables.
+pub const TABLES: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS payments (order_id TEXT PRIMARY KEY, amount_cents INTEGER NOT NULL, \
+     status TEXT NOT NULL, reason TEXT)",
+];
+
+/// The events the payment service consumes.
+pub const CONSUMES: &[&str] = &[types::INVENTORY_RESERVED];
+
+/// The payment service.
+#[derive(Debug, Clone)]
+pub struct Payment {
+    db: ServiceDb,
+    processor: CardProcessor,
+}
+
+impl Payment {
+    /// The service on its database, charging through `processor`.
+    #[must_use]
+    pub const fn new(db: ServiceDb, processor: CardProcessor) -> Self {
+        Self { db, processor }
+    }
+
+    /// The database.
+    #[must_use]
+    pub const fn db(&self) -> &ServiceDb {
+        &self.db
+    }
+}
+
+impl Handler<SqliteConnection> for Payment {
+    async fn handle(
+        &self,
+        tx: &mut SqliteConnection,
+        delivery: &Delivery,
+    ) -> Result<Handled, BoxError> {
+        let SagaEvent::InventoryReserved(line) = SagaEvent::from_delivery(delivery)? else {
+            return Ok(Handled::Ignored);
+        };
+        // The processor charges once per order id, so a retry after a
+        // failure here is not a second charge.
+        let (status, reason, event) = match self
+            .processor
+            .charge(&line.order_id, &line.card, line.amount_cents)
+            .await?
+        {
+            Charge::Approved => ("succeeded", None, SagaEvent::PaymentSucceeded(line.clone())),
+            Charge::Declined(reason) => (
+                "failed",
+                Some(reason.clone()),
+                SagaEvent::PaymentFailed {
+                    line: line.clone(),
+                    reason,
+                },
+            ),
+        };
+        sqlx::query(
+            "INSERT INTO payments (order_id, amount_cents, status, reason) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&line.order_id)
+        .bind(line.amount_cents)
+        .bind(status)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        self.db.outbox.enqueue(tx, &event.to_event()).await?;
+        Ok(Handled::Applied)
+    }
+}

@@ -1,0 +1,360 @@
+//! Applying messages once: what a consumer's handler sees and returns, the
+//! transaction that runs it with the inbox check, and the in-process
+//! consumer of [`MemoryBroker`](crate::MemoryBroker) subscriptions.
+
+use std::error::Error;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::envelope::Envelope;
+use crate::event::Message;
+use crate::store::InboxStore;
+
+/// A boxed error, as handlers return them.
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
+/// A message as the handler sees it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The CloudEvents envelope: id, type, subject (aggregate id), trace
+    /// context.
+    pub envelope: Envelope,
+    /// The NATS subject it was published on.
+    pub subject: String,
+    /// The payload.
+    pub payload: bytes::Bytes,
+    /// Which delivery this is (1 for the first).
+    pub attempt: u64,
+}
+
+#[cfg(feature = "tracecontext")]
+impl Delivery {
+    /// A span of this consumer in the trace the message carries (a new
+    /// trace when it carries none, or an invalid one). The consumer runs
+    /// the handler with it current, so events the handler enqueues
+    /// continue the trace.
+    #[must_use]
+    pub fn trace_context(&self) -> palisade_tracecontext::TraceContext {
+        let mut carrier = std::collections::BTreeMap::new();
+        let fields = [
+            (
+                palisade_tracecontext::TRACEPARENT,
+                &self.envelope.traceparent,
+            ),
+            (palisade_tracecontext::TRACESTATE, &self.envelope.tracestate),
+        ];
+        for (name, value) in fields {
+            if let Some(value) = value {
+                carrier.insert(name.to_owned(), value.clone());
+            }
+        }
+        palisade_tracecontext::Propagator::new().continue_or_start(&carrier)
+    }
+}
+
+/// What the handler did with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// The effect is written in the transaction.
+    Applied,
+    /// Not for this consumer (an event type it does not know, say from a
+    /// newer producer during a rolling deploy): acknowledged, not a
+    /// failure.
+    Ignored,
+}
+
+/// Applies deliveries in the consumer's transaction.
+///
+/// Return `Err` for a failure worth retrying: the transaction is rolled
+/// back, and the message is delivered again after a delay, until its last
+/// attempt gives up on it (to the dead-letter subject, on JetStream).
+pub trait Handler<C>: Send + Sync + 'static {
+    /// Applies `delivery` in `tx`; the consumer commits it.
+    fn handle(
+        &self,
+        tx: &mut C,
+        delivery: &Delivery,
+    ) -> impl Future<Output = Result<Handled, BoxError>> + Send;
+}
+
+/// The consumer's counters since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConsumerStats {
+    /// Deliveries applied and committed.
+    pub applied: u64,
+    /// Deliveries the inbox had already seen: acknowledged, not applied.
+    pub duplicates: u64,
+    /// Deliveries the handler ignored.
+    pub ignored: u64,
+    /// Handler or database failures, delivered again later.
+    pub retried: u64,
+    /// Deliveries given up on (sent to the dead-letter subject, on
+    /// JetStream).
+    pub dead_lettered: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) applied: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) ignored: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> ConsumerStats {
+        ConsumerStats {
+            applied: self.applied.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            ignored: self.ignored.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Why one message was not acknowledged as applied.
+pub(crate) enum Failure {
+    /// The database: retry, never dead-letter.
+    Database(sqlx::Error),
+    /// The handler: retry, then dead-letter.
+    Handler(BoxError),
+}
+
+/// Runs the inbox check and `handler` in one transaction of `inbox`'s
+/// database, as `consumer`; the counter to bump once it committed.
+pub(crate) async fn apply<'c, I, H>(
+    inbox: &I,
+    consumer: &str,
+    handler: &H,
+    counters: &'c Counters,
+    delivery: &Delivery,
+) -> Result<&'c AtomicU64, Failure>
+where
+    I: InboxStore,
+    H: Handler<<I::Database as sqlx::Database>::Connection>,
+{
+    let mut tx = inbox.begin().await.map_err(Failure::Database)?;
+    let first = inbox
+        .process_once(&mut tx, consumer, delivery.envelope.id)
+        .await
+        .map_err(Failure::Database)?;
+    if !first {
+        return Ok(&counters.duplicates);
+    }
+    let handling = handler.handle(&mut tx, delivery);
+    #[cfg(feature = "tracecontext")]
+    let handling = delivery.trace_context().scope(handling);
+    let handled = handling.await.map_err(Failure::Handler)?;
+    tx.commit().await.map_err(Failure::Database)?;
+    Ok(match handled {
+        Handled::Applied => &counters.applied,
+        Handled::Ignored => &counters.ignored,
+    })
+}
+
+/// The delay before delivery `attempt + 1`: `base`, doubling up to `cap`.
+pub(crate) fn retry_delay(base: Duration, cap: Duration, attempt: u64) -> Duration {
+    let doublings = u32::try_from(attempt.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(30);
+    base.saturating_mul(1 << doublings).min(cap)
+}
+
+/// Consumes a [`MemoryBroker`](crate::MemoryBroker) subscription into a
+/// database, applying each message once: the in-process counterpart of
+/// `JetStreamConsumer`, for the embedded default.
+///
+/// Messages are handled one at a time, in the order published. A handler
+/// error rolls back and the message is tried again after a growing delay;
+/// after `max_deliver` tries it is given up on (logged as an error and
+/// counted as dead-lettered) and the next message goes. A database failure
+/// is retried until the database answers, never given up on. Messages whose
+/// type is not among [`only`](Self::only) are skipped without a
+/// transaction.
+///
+/// # Example
+///
+/// ```
+/// use palisade_outbox::{
+///     BoxError, Delivery, Event, Handled, Handler, MemoryBroker, MemoryConsumer, OutboxConfig,
+///     Relay, SqliteInbox, SqliteOutbox,
+/// };
+/// use sqlx::SqliteConnection;
+///
+/// struct CountOrders;
+///
+/// impl Handler<SqliteConnection> for CountOrders {
+///     async fn handle(&self, tx: &mut SqliteConnection, _: &Delivery) -> Result<Handled, BoxError> {
+///         sqlx::query("UPDATE counts SET orders = orders + 1").execute(tx).await?;
+///         Ok(Handled::Applied)
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+/// sqlx::query("CREATE TABLE counts (orders INTEGER)").execute(&pool).await?;
+/// sqlx::query("INSERT INTO counts VALUES (0)").execute(&pool).await?;
+/// let outbox = SqliteOutbox::new(pool.clone(), OutboxConfig::default());
+/// let inbox = SqliteInbox::new(pool.clone(), "inbox")?;
+/// outbox.migrate().await?;
+/// inbox.migrate().await?;
+///
+/// let broker = MemoryBroker::new(64);
+/// let consumer = MemoryConsumer::new("counter", inbox, CountOrders).only(["OrderCreated"]);
+/// let subscription = broker.subscribe();
+///
+/// let mut tx = pool.begin().await?;
+/// outbox.enqueue(&mut tx, &Event::new("order", "o-1", "OrderCreated", b"{}".to_vec())).await?;
+/// tx.commit().await?;
+/// Relay::new(outbox, broker.clone()).run_once().await?;
+/// drop(broker); // the subscription ends once the broker is gone
+///
+/// consumer.run(subscription, std::future::pending()).await;
+/// assert_eq!(consumer.stats().applied, 1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct MemoryConsumer<I, H> {
+    name: String,
+    inbox: I,
+    handler: H,
+    counters: Counters,
+    only: Option<Vec<String>>,
+    max_deliver: u64,
+    retry_base: Duration,
+    retry_cap: Duration,
+}
+
+impl<I, H> MemoryConsumer<I, H>
+where
+    I: InboxStore,
+    H: Handler<<I::Database as sqlx::Database>::Connection>,
+{
+    /// The consumer `name` (its name in the inbox), applying messages with
+    /// `handler`. Defaults: every event type, 5 tries, retries after
+    /// 100 ms doubling to 5 s.
+    #[must_use]
+    pub fn new(name: &str, inbox: I, handler: H) -> Self {
+        Self {
+            name: name.to_owned(),
+            inbox,
+            handler,
+            counters: Counters::default(),
+            only: None,
+            max_deliver: 5,
+            retry_base: Duration::from_millis(100),
+            retry_cap: Duration::from_secs(5),
+        }
+    }
+
+    /// Only these event types reach the handler; others are skipped.
+    #[must_use]
+    pub fn only<T: Into<String>>(mut self, event_types: impl IntoIterator<Item = T>) -> Self {
+        self.only = Some(event_types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Tries before a failing message is given up on (at least 1).
+    #[must_use]
+    pub fn max_deliver(mut self, tries: u64) -> Self {
+        self.max_deliver = tries.max(1);
+        self
+    }
+
+    /// The delay before the second try, doubling up to `cap`.
+    #[must_use]
+    pub const fn retry_delay(mut self, base: Duration, cap: Duration) -> Self {
+        self.retry_base = base;
+        self.retry_cap = cap;
+        self
+    }
+
+    /// The handler.
+    #[must_use]
+    pub const fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// What the consumer has done so far.
+    #[must_use]
+    pub fn stats(&self) -> ConsumerStats {
+        self.counters.snapshot()
+    }
+
+    /// Consumes `subscription` until `shutdown` completes or the broker is
+    /// gone; the message under way is finished first.
+    pub async fn run(
+        &self,
+        mut subscription: mpsc::Receiver<Message>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let message = tokio::select! {
+                () = &mut shutdown => return,
+                message = subscription.recv() => match message {
+                    Some(message) => message,
+                    None => return,
+                },
+            };
+            self.process(&message).await;
+        }
+    }
+
+    async fn process(&self, message: &Message) {
+        let event = &message.event;
+        if let Some(only) = &self.only
+            && !only.iter().any(|t| t == event.event_type())
+        {
+            return;
+        }
+        let mut delivery = Delivery {
+            envelope: Envelope::of(message, "/palisade-outbox/memory"),
+            subject: format!("{}.{}", event.aggregate_type(), event.event_type()),
+            payload: bytes::Bytes::copy_from_slice(event.payload()),
+            attempt: 1,
+        };
+        loop {
+            let failed = match apply(
+                &self.inbox,
+                &self.name,
+                &self.handler,
+                &self.counters,
+                &delivery,
+            )
+            .await
+            {
+                Ok(counter) => {
+                    Counters::add(counter);
+                    return;
+                }
+                Err(Failure::Handler(error)) if delivery.attempt >= self.max_deliver => {
+                    Counters::add(&self.counters.dead_lettered);
+                    tracing::error!(target: "palisade_outbox", consumer = %self.name, id = %event.id(), attempt = delivery.attempt, %error, "handler failed its last try; given up on");
+                    return;
+                }
+                Err(Failure::Handler(error)) => {
+                    tracing::warn!(target: "palisade_outbox", consumer = %self.name, id = %event.id(), attempt = delivery.attempt, %error, "handler failed; trying again later");
+                    delivery.attempt
+                }
+                Err(Failure::Database(error)) => {
+                    tracing::warn!(target: "palisade_outbox", consumer = %self.name, id = %event.id(), %error, "inbox database failed; trying again later");
+                    delivery.attempt.min(self.max_deliver)
+                }
+            };
+            Counters::add(&self.counters.retried);
+            tokio::time::sleep(retry_delay(self.retry_base, self.retry_cap, failed)).await;
+            delivery.attempt += 1;
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The in-process broker and consumer: nothing dropped (backpressure
+//! instead), duplicates acknowledged, each message applied once through a
+//! SQLite inbox, failures retried and then given up on.
+#![cfg(feature = "sqlite")]
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use palisade_outbox::{
+    BoxError, ConsumerStats, Delivery, Event, Handled, Handler, MemoryBroker, MemoryConsumer,
+    Message, OutboxConfig, Published, Publisher, Relay, SqliteInbox, SqliteOutbox,
+};
+use sqlx::{SqliteConnection, SqlitePool};
+use tokio::sync::mpsc;
+
+/// `n` events of distinct types `T0`, `T1`… as the relay hands them out.
+async fn messages(events: Vec<Event>) -> (SqlitePool, Vec<Message>) {
+    let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
+    let outbox = SqliteOutbox::new(pool.clone(), OutboxConfig::default().ordered(false));
+    outbox.migrate().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_all(&mut tx, &events).await.unwrap();
+    tx.commit().await.unwrap();
+    let broker = MemoryBroker::new(events.len());
+    let mut subscription = broker.subscribe();
+    Relay::new(outbox, broker).run_once().await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(message) = subscription.try_recv() {
+        got.push(message);
+    }
+    (pool, got)
+}
+
+#[tokio::test]
+async fn a_full_subscriber_holds_publishes_back_and_loses_nothing() {
+    let events: Vec<Event> = (0..3)
+        .map(|n| Event::new("order", format!("o-{n}"), "Placed", vec![n]))
+        .collect();
+    let (_, source) = messages(events).await;
+    let broker = MemoryBroker::new(2);
+    let mut subscriber = broker.subscribe();
+    for message in &source[..2] {
+        assert_eq!(broker.publish(message).await.unwrap(), Published::Stored);
+    }
+    let mut third = Box::pin(broker.publish(&source[2]));
+    assert!(
+        third.as_mut().now_or_never().is_none(),
+        "the queue is full: the publish waits"
+    );
+    assert_eq!(subscriber.recv().await.unwrap().event.payload(), [0]);
+    assert_eq!(third.await.unwrap(), Published::Stored);
+    assert_eq!(subscriber.recv().await.unwrap().event.payload(), [1]);
+    assert_eq!(subscriber.recv().await.unwrap().event.payload(), [2]);
+    assert_eq!(
+        broker.publish(&source[2]).await.unwrap(),
+        Published::Duplicate
+    );
+    assert!(
+        subscriber.try_recv().is_err(),
+        "a duplicate is not delivered"
+    );
+    // A dropped subscriber holds nothing back. (The first event is out of
+    // the two-id duplicate window by now, so it is stored again.)
+    drop(subscriber);
+    assert_eq!(
+        broker
+            .publish(&source[0])
+            .now_or_never()
+            .map(Result::unwrap),
+        Some(Published::Stored)
+    );
+}
+
+/// Records applied payloads; `Flaky` fails twice, `Bad` always.
+#[derive(Debug, Default)]
+struct Record {
+    tries: Mutex<HashMap<String, u32>>,
+}
+
+impl Handler<SqliteConnection> for Record {
+    async fn handle(
+        &self,
+        tx: &mut SqliteConnection,
+        delivery: &Delivery,
+    ) -> Result<Handled, BoxError> {
+        let kind = delivery.envelope.event_type.clone();
+        let tries = {
+            let mut tries = self.tries.lock().unwrap();
+            let n = tries.entry(kind.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        if kind == "Bad" || (kind == "Flaky" && tries <= 2) {
+            return Err(format!("{kind} fails (try {tries})").into());
+        }
+        sqlx::query("INSERT INTO applied (kind) VALUES ($1)")
+            .bind(kind)
+            .execute(tx)
+            .await?;
+        Ok(Handled::Applied)
+    }
+}
+
+#[tokio::test]
+async fn the_memory_consumer_applies_once_retries_and_gives_up() {
+    let events = ["Good", "Flaky", "Bad", "Skipped"]
+        .iter()
+        .map(|kind| Event::new("order", "o-1", *kind, b"{}".to_vec()))
+        .collect();
+    let (pool, source) = messages(events).await;
+    sqlx::query("CREATE TABLE applied (kind TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let inbox = SqliteInbox::new(pool.clone(), "inbox").unwrap();
+    inbox.migrate().await.unwrap();
+    let consumer = MemoryConsumer::new("recorder", inbox, Record::default())
+        .only(["Good", "Flaky", "Bad"])
+        .max_deliver(3)
+        .retry_delay(Duration::from_millis(1), Duration::from_millis(2));
+
+    // Every message twice, as a redelivery would bring it.
+    let (sender, receiver) = mpsc::channel(16);
+    for message in source.iter().chain(&source) {
+        sender.send(message.clone()).await.unwrap();
+    }
+    drop(sender);
+    consumer.run(receiver, std::future::pending()).await;
+
+    assert_eq!(
+        consumer.stats(),
+        ConsumerStats {
+            applied: 2,
+            duplicates: 2,
+            ignored: 0,
+            // Flaky twice; Bad twice, on each of its two deliveries.
+            retried: 6,
+            dead_lettered: 2,
+        }
+    );
+    let applied: Vec<String> = sqlx::query_scalar("SELECT kind FROM applied ORDER BY rowid")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, ["Good", "Flaky"]);
+}
