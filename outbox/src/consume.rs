@@ -129,36 +129,109 @@ pub(crate) enum Failure {
     Handler(BoxError),
 }
 
-/// Runs the inbox check and `handler` in one transaction of `inbox`'s
-/// database, as `consumer`; the counter to bump once it committed.
-pub(crate) async fn apply<'c, I, H>(
+/// Applies one delivery: the inbox check and `handler` in one transaction
+/// of `inbox`'s database, as `consumer`, counted once committed.
+pub(crate) async fn apply<I, H>(
     inbox: &I,
     consumer: &str,
     handler: &H,
-    counters: &'c Counters,
+    counters: &Counters,
     delivery: &Delivery,
-) -> Result<&'c AtomicU64, Failure>
+) -> Result<(), Failure>
 where
     I: InboxStore,
     H: Handler<<I::Database as sqlx::Database>::Connection>,
 {
-    let mut tx = inbox.begin().await.map_err(Failure::Database)?;
-    let first = inbox
-        .process_once(&mut tx, consumer, delivery.envelope.id)
-        .await
-        .map_err(Failure::Database)?;
-    if !first {
-        return Ok(&counters.duplicates);
+    match apply_batch(
+        inbox,
+        consumer,
+        handler,
+        counters,
+        std::slice::from_ref(delivery),
+    )
+    .await
+    {
+        Ok((_, None)) => Ok(()),
+        Ok((_, Some(error))) => Err(Failure::Handler(error)),
+        Err(error) => Err(Failure::Database(error)),
     }
-    let handling = handler.handle(&mut tx, delivery);
+}
+
+/// Applies `deliveries` in order in one transaction, stopping at the first
+/// the handler fails: returns how many were applied and committed, and that
+/// failure. The whole batch is counted once committed; a database error
+/// applies nothing.
+///
+/// Failures are rare, so the batch runs without savepoints: when the
+/// handler fails on one, the transaction is rolled back and the deliveries
+/// before it are applied again without it. Handlers may therefore run twice
+/// for those; what they do outside the transaction must be idempotent (it
+/// must be anyway: a broker redelivers).
+pub(crate) async fn apply_batch<I, H>(
+    inbox: &I,
+    consumer: &str,
+    handler: &H,
+    counters: &Counters,
+    deliveries: &[Delivery],
+) -> Result<(usize, Option<BoxError>), sqlx::Error>
+where
+    I: InboxStore,
+    H: Handler<<I::Database as sqlx::Database>::Connection>,
+{
+    let mut len = deliveries.len();
+    let mut failure = None;
+    while len > 0 {
+        let mut tx = inbox.begin().await?;
+        let mut settled: Vec<&AtomicU64> = Vec::with_capacity(len);
+        for delivery in &deliveries[..len] {
+            match apply_in(inbox, consumer, handler, counters, &mut tx, delivery).await? {
+                Ok(counter) => settled.push(counter),
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        if settled.len() == len {
+            tx.commit().await?;
+            for counter in &settled {
+                Counters::add(counter);
+            }
+            return Ok((len, failure));
+        }
+        // Rolled back as `tx` drops; again without the failing one.
+        len = settled.len();
+    }
+    Ok((0, failure))
+}
+
+/// The inbox check and the handler for one delivery, in `tx`: the counter
+/// to bump, or the handler's error (the caller rolls back).
+async fn apply_in<'c, I, H>(
+    inbox: &I,
+    consumer: &str,
+    handler: &H,
+    counters: &'c Counters,
+    tx: &mut <I::Database as sqlx::Database>::Connection,
+    delivery: &Delivery,
+) -> Result<Result<&'c AtomicU64, BoxError>, sqlx::Error>
+where
+    I: InboxStore,
+    H: Handler<<I::Database as sqlx::Database>::Connection>,
+{
+    if !inbox
+        .process_once(tx, consumer, delivery.envelope.id)
+        .await?
+    {
+        return Ok(Ok(&counters.duplicates));
+    }
+    let handling = handler.handle(tx, delivery);
     #[cfg(feature = "tracecontext")]
     let handling = delivery.trace_context().scope(handling);
-    let handled = handling.await.map_err(Failure::Handler)?;
-    tx.commit().await.map_err(Failure::Database)?;
-    Ok(match handled {
+    Ok(handling.await.map(|handled| match handled {
         Handled::Applied => &counters.applied,
         Handled::Ignored => &counters.ignored,
-    })
+    }))
 }
 
 /// The delay before delivery `attempt + 1`: `base`, doubling up to `cap`.
@@ -173,10 +246,14 @@ pub(crate) fn retry_delay(base: Duration, cap: Duration, attempt: u64) -> Durati
 /// database, applying each message once: the in-process counterpart of
 /// `JetStreamConsumer`, for the embedded default.
 ///
-/// Messages are handled one at a time, in the order published. A handler
-/// error rolls back and the message is tried again after a growing delay;
-/// after `max_deliver` tries it is given up on (logged as an error and
-/// counted as dead-lettered) and the next message goes. A database failure
+/// Messages are applied in the order published; those that queue up are
+/// applied together, one transaction for up to [`batch`](Self::batch) of
+/// them. A handler error rolls that message back alone (the messages
+/// before it are applied again in a new transaction: what a handler does
+/// outside the transaction must be idempotent); it is tried again
+/// after a growing delay, before any later message, and after
+/// `max_deliver` tries it is given up on (logged as an error and counted as
+/// dead-lettered) and the next message goes. A database failure
 /// is retried until the database answers, never given up on. Messages whose
 /// type is not among [`only`](Self::only) are skipped without a
 /// transaction.
@@ -230,6 +307,7 @@ pub struct MemoryConsumer<I, H> {
     handler: H,
     counters: Counters,
     only: Option<Vec<String>>,
+    batch: usize,
     max_deliver: u64,
     retry_base: Duration,
     retry_cap: Duration,
@@ -241,8 +319,8 @@ where
     H: Handler<<I::Database as sqlx::Database>::Connection>,
 {
     /// The consumer `name` (its name in the inbox), applying messages with
-    /// `handler`. Defaults: every event type, 5 tries, retries after
-    /// 100 ms doubling to 5 s.
+    /// `handler`. Defaults: every event type, up to 64 queued messages per
+    /// transaction, 5 tries, retries after 100 ms doubling to 5 s.
     #[must_use]
     pub fn new(name: &str, inbox: I, handler: H) -> Self {
         Self {
@@ -251,6 +329,7 @@ where
             handler,
             counters: Counters::default(),
             only: None,
+            batch: 64,
             max_deliver: 5,
             retry_base: Duration::from_millis(100),
             retry_cap: Duration::from_secs(5),
@@ -261,6 +340,15 @@ where
     #[must_use]
     pub fn only<T: Into<String>>(mut self, event_types: impl IntoIterator<Item = T>) -> Self {
         self.only = Some(event_types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Messages applied per transaction at most, when they queue up (at
+    /// least 1). One that fails is rolled back alone and retried before the
+    /// next.
+    #[must_use]
+    pub fn batch(mut self, messages: usize) -> Self {
+        self.batch = messages.max(1);
         self
     }
 
@@ -292,69 +380,114 @@ where
     }
 
     /// Consumes `subscription` until `shutdown` completes or the broker is
-    /// gone; the message under way is finished first.
+    /// gone; the messages under way are finished first.
     pub async fn run(
         &self,
         mut subscription: mpsc::Receiver<Message>,
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        let mut batch = Vec::with_capacity(self.batch);
         loop {
-            let message = tokio::select! {
+            let first = tokio::select! {
                 () = &mut shutdown => return,
                 message = subscription.recv() => match message {
                     Some(message) => message,
                     None => return,
                 },
             };
-            self.process(&message).await;
+            batch.push(first);
+            while batch.len() < self.batch {
+                match subscription.try_recv() {
+                    Ok(message) => batch.push(message),
+                    Err(_) => break,
+                }
+            }
+            self.process(&batch).await;
+            batch.clear();
         }
     }
 
-    async fn process(&self, message: &Message) {
-        let event = &message.event;
-        if let Some(only) = &self.only
-            && !only.iter().any(|t| t == event.event_type())
-        {
-            return;
+    /// Applies `messages` in order, as many per transaction as go through;
+    /// one that fails is retried on its own before the next.
+    async fn process(&self, messages: &[Message]) {
+        let deliveries: Vec<Delivery> = messages
+            .iter()
+            .filter(|message| {
+                self.only
+                    .as_ref()
+                    .is_none_or(|only| only.iter().any(|t| t == message.event.event_type()))
+            })
+            .map(|message| Delivery {
+                envelope: Envelope::of(message, "/palisade-outbox/memory"),
+                subject: format!(
+                    "{}.{}",
+                    message.event.aggregate_type(),
+                    message.event.event_type()
+                ),
+                payload: bytes::Bytes::copy_from_slice(message.event.payload()),
+                attempt: 1,
+            })
+            .collect();
+        let mut rest = &deliveries[..];
+        while !rest.is_empty() {
+            match apply_batch(&self.inbox, &self.name, &self.handler, &self.counters, rest).await {
+                Ok((done, None)) => rest = &rest[done..],
+                Ok((done, Some(error))) => {
+                    self.retry(rest[done].clone(), error).await;
+                    rest = &rest[done + 1..];
+                }
+                Err(error) => {
+                    tracing::warn!(target: "palisade_outbox", consumer = %self.name, %error, "inbox database failed; trying again later");
+                    Counters::add(&self.counters.retried);
+                    tokio::time::sleep(self.retry_base).await;
+                }
+            }
         }
-        let mut delivery = Delivery {
-            envelope: Envelope::of(message, "/palisade-outbox/memory"),
-            subject: format!("{}.{}", event.aggregate_type(), event.event_type()),
-            payload: bytes::Bytes::copy_from_slice(event.payload()),
-            attempt: 1,
-        };
+    }
+
+    /// Tries `delivery` again, alone, after its handler failed with
+    /// `error`, until it goes through or its last try.
+    async fn retry(&self, mut delivery: Delivery, mut error: BoxError) {
+        let id = delivery.envelope.id;
         loop {
-            let failed = match apply(
-                &self.inbox,
-                &self.name,
-                &self.handler,
-                &self.counters,
-                &delivery,
-            )
-            .await
-            {
-                Ok(counter) => {
-                    Counters::add(counter);
-                    return;
-                }
-                Err(Failure::Handler(error)) if delivery.attempt >= self.max_deliver => {
-                    Counters::add(&self.counters.dead_lettered);
-                    tracing::error!(target: "palisade_outbox", consumer = %self.name, id = %event.id(), attempt = delivery.attempt, %error, "handler failed its last try; given up on");
-                    return;
-                }
-                Err(Failure::Handler(error)) => {
-                    tracing::warn!(target: "palisade_outbox", consumer = %self.name, id = %event.id(), attempt = delivery.attempt, %error, "handler failed; trying again later");
-                    delivery.attempt
-                }
-                Err(Failure::Database(error)) => {
-                    tracing::warn!(target: "palisade_outbox", consumer = %self.name, id = %event.id(), %error, "inbox database failed; trying again later");
-                    delivery.attempt.min(self.max_deliver)
-                }
-            };
+            if delivery.attempt >= self.max_deliver {
+                Counters::add(&self.counters.dead_lettered);
+                tracing::error!(target: "palisade_outbox", consumer = %self.name, %id, attempt = delivery.attempt, %error, "handler failed its last try; given up on");
+                return;
+            }
+            tracing::warn!(target: "palisade_outbox", consumer = %self.name, %id, attempt = delivery.attempt, %error, "handler failed; trying again later");
             Counters::add(&self.counters.retried);
-            tokio::time::sleep(retry_delay(self.retry_base, self.retry_cap, failed)).await;
+            tokio::time::sleep(retry_delay(
+                self.retry_base,
+                self.retry_cap,
+                delivery.attempt,
+            ))
+            .await;
             delivery.attempt += 1;
+            loop {
+                match apply(
+                    &self.inbox,
+                    &self.name,
+                    &self.handler,
+                    &self.counters,
+                    &delivery,
+                )
+                .await
+                {
+                    Ok(()) => return,
+                    Err(Failure::Handler(again)) => {
+                        error = again;
+                        break;
+                    }
+                    // Not the message's fault: this try does not count.
+                    Err(Failure::Database(failure)) => {
+                        tracing::warn!(target: "palisade_outbox", consumer = %self.name, %id, error = %failure, "inbox database failed; trying again later");
+                        Counters::add(&self.counters.retried);
+                        tokio::time::sleep(self.retry_base).await;
+                    }
+                }
+            }
         }
     }
 }

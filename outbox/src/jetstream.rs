@@ -344,8 +344,8 @@ where
             &delivery,
         )
         .await;
-        let outcome = match applied {
-            Ok(outcome) => outcome,
+        match applied {
+            Ok(()) => {}
             Err(Failure::Handler(error)) if attempt >= self.config.max_deliver => {
                 tracing::error!(target: "palisade_outbox", id = %delivery.envelope.id, attempt, %error, "handler failed its last delivery; dead-lettered");
                 self.dead_letter(message, attempt, &error.to_string()).await;
@@ -362,7 +362,6 @@ where
                 return;
             }
         };
-        Counters::add(outcome);
         // Acknowledged after the commit: a lost ack means a redelivery,
         // which the inbox turns into a duplicate.
         if let Err(error) = message.ack().await {

@@ -132,14 +132,33 @@ impl SagaEvent {
             .content_type("application/json")
     }
 
-    /// Reads the event a delivery carries.
+    /// Reads the event a delivery carries, and logs (at debug level) that
+    /// `service` handles it, with the trace it belongs to.
     ///
     /// # Errors
     ///
     /// When the payload is not a saga event.
-    pub fn from_delivery(delivery: &Delivery) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(&delivery.payload)
+    pub fn from_delivery(service: &str, delivery: &Delivery) -> Result<Self, serde_json::Error> {
+        let event: Self = serde_json::from_slice(&delivery.payload)?;
+        tracing::debug!(
+            service,
+            event = event.type_name(),
+            order_id = event.order_id(),
+            trace_id = current_trace_id(),
+            attempt = delivery.attempt,
+            "saga step"
+        );
+        Ok(event)
     }
+}
+
+/// The id of the trace the current task runs in, for logs; empty outside
+/// any.
+#[must_use]
+pub fn current_trace_id() -> String {
+    palisade_tracecontext::TraceContext::current()
+        .map(|context| context.trace_id().to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

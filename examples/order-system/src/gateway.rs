@@ -107,7 +107,10 @@ async fn place(
         );
     }
     match services.orders.place(key, &order).await {
-        Ok((order, true)) => (StatusCode::CREATED, Json(order)).into_response(),
+        Ok((order, true)) => {
+            tracing::debug!(order_id = %order.id, trace_id = crate::events::current_trace_id(), "order placed");
+            (StatusCode::CREATED, Json(order)).into_response()
+        }
         Ok((order, false)) => (StatusCode::OK, Json(order)).into_response(),
         Err(error) => internal(&error),
     }

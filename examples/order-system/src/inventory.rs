@@ -181,7 +181,7 @@ impl Handler<SqliteConnection> for Inventory {
         tx: &mut SqliteConnection,
         delivery: &Delivery,
     ) -> Result<Handled, BoxError> {
-        match SagaEvent::from_delivery(delivery)? {
+        match SagaEvent::from_delivery("inventory", delivery)? {
             SagaEvent::OrderCreated(line) => self.reserve(tx, line).await?,
             SagaEvent::PaymentFailed { line, .. } => {
                 self.settle(tx, &line.order_id, "released").await?;

@@ -122,10 +122,15 @@ impl Orders {
             .enqueue(&mut tx, &SagaEvent::OrderCreated(line.clone()).to_event())
             .await?;
         tx.commit().await?;
-        let order = self
-            .find(&line.order_id)
-            .await?
-            .ok_or(sqlx::Error::RowNotFound)?;
+        let order = Order {
+            id: line.order_id,
+            sku: line.sku,
+            quantity: line.quantity,
+            amount_cents: line.amount_cents,
+            status: "pending".to_owned(),
+            reason: None,
+            saga_ms: None,
+        };
         Ok((order, true))
     }
 
@@ -227,7 +232,7 @@ impl Handler<SqliteConnection> for Orders {
         tx: &mut SqliteConnection,
         delivery: &Delivery,
     ) -> Result<Handled, BoxError> {
-        match SagaEvent::from_delivery(delivery)? {
+        match SagaEvent::from_delivery("orders", delivery)? {
             SagaEvent::ShippingScheduled(line) => {
                 self.finish(tx, &line.order_id, "confirmed", None).await?;
             }

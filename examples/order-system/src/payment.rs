@@ -44,7 +44,8 @@ impl Handler<SqliteConnection> for Payment {
         tx: &mut SqliteConnection,
         delivery: &Delivery,
     ) -> Result<Handled, BoxError> {
-        let SagaEvent::InventoryReserved(line) = SagaEvent::from_delivery(delivery)? else {
+        let SagaEvent::InventoryReserved(line) = SagaEvent::from_delivery("payment", delivery)?
+        else {
             return Ok(Handled::Ignored);
         };
         // The processor charges once per order id, so a retry after a

@@ -40,7 +40,8 @@ impl Handler<SqliteConnection> for Shipping {
         tx: &mut SqliteConnection,
         delivery: &Delivery,
     ) -> Result<Handled, BoxError> {
-        let SagaEvent::PaymentSucceeded(line) = SagaEvent::from_delivery(delivery)? else {
+        let SagaEvent::PaymentSucceeded(line) = SagaEvent::from_delivery("shipping", delivery)?
+        else {
             return Ok(Handled::Ignored);
         };
         sqlx::query("INSERT INTO shipments (order_id, sku, quantity) VALUES ($1, $2, $3)")
