@@ -37,7 +37,7 @@ impl ServiceDb {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(2)
             .connect_with(options)
             .await?;
         let outbox = SqliteOutbox::new(

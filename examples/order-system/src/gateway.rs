@@ -3,14 +3,15 @@
 //! - `POST /orders` with an `Idempotency-Key` header and a JSON
 //!   [`NewOrder`]: 201 with the order, or 200 with the order first placed
 //!   under that key.
-//! - `GET /orders/{id}`: the order and where its saga stands.
+//! - `GET /orders/{id}`: the order and where its saga stands; with
+//!   `?wait_ms=N`, once its saga ended (or after N ms).
 //! - `GET /books`: every service's books and the invariants they must keep.
 //! - `GET /healthz`.
 //!
 //! Requests carry W3C trace context (`TraceContextLayer`): an order's
 //! events continue the trace of the request that placed it.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -116,8 +117,21 @@ async fn place(
     }
 }
 
-async fn order(State(services): State<Services>, Path(id): Path<String>) -> Response {
-    match services.orders.find(&id).await {
+/// `GET /orders/{id}` parameters.
+#[derive(Debug, Deserialize)]
+struct OrderQuery {
+    /// Wait up to this many milliseconds (at most 30,000) for the saga to
+    /// end before answering.
+    wait_ms: Option<u64>,
+}
+
+async fn order(
+    State(services): State<Services>,
+    Path(id): Path<String>,
+    Query(query): Query<OrderQuery>,
+) -> Response {
+    let wait = std::time::Duration::from_millis(query.wait_ms.unwrap_or(0).min(30_000));
+    match services.orders.wait_for_end(&id, wait).await {
         Ok(Some(order)) => Json(order).into_response(),
         Ok(None) => problem(StatusCode::NOT_FOUND, format!("no order {id}")),
         Err(error) => internal(&error),

@@ -13,7 +13,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::Semaphore;
 
 use crate::gateway::Books;
 use crate::inventory::CATALOG;
@@ -49,8 +48,9 @@ pub struct Summary {
     pub cancelled: BTreeMap<String, usize>,
     /// Not finished when the run ended.
     pub unfinished: usize,
-    /// Saga latencies (placement to end), sorted, in milliseconds.
-    pub saga_ms: Vec<i64>,
+    /// Saga latencies as the client saw them (from sending the order to
+    /// learning how it ended), sorted.
+    pub saga: Vec<Duration>,
     /// From the first placement to the last saga's end.
     pub elapsed: Duration,
     /// The books after the run.
@@ -70,17 +70,17 @@ impl Summary {
 
     /// The `p` quantile of saga latency, in milliseconds.
     #[must_use]
-    pub fn saga_percentile(&self, p: f64) -> i64 {
-        if self.saga_ms.is_empty() {
-            return 0;
+    pub fn saga_percentile(&self, p: f64) -> f64 {
+        if self.saga.is_empty() {
+            return 0.0;
         }
         #[allow(
             clippy::cast_possible_truncation,
             clippy::cast_sign_loss,
             clippy::cast_precision_loss
         )]
-        let index = ((self.saga_ms.len() - 1) as f64 * p).round() as usize;
-        self.saga_ms[index]
+        let index = ((self.saga.len() - 1) as f64 * p).round() as usize;
+        self.saga[index].as_secs_f64() * 1000.0
     }
 
     /// The summary as a table.
@@ -108,7 +108,7 @@ impl Summary {
         rows.push((
             "saga latency p50 / p95 / p99".into(),
             format!(
-                "{} / {} / {} ms",
+                "{:.1} / {:.1} / {:.1} ms",
                 self.saga_percentile(0.5),
                 self.saga_percentile(0.95),
                 self.saga_percentile(0.99)
@@ -222,7 +222,9 @@ fn random_order(decline_rate: f64) -> NewOrder {
     }
 }
 
-/// Places the orders, waits for their sagas, reads the books.
+/// Places the orders, `concurrency` sagas at a time (each worker places
+/// an order and waits for its saga to end before the next), then waits for
+/// the outboxes to drain and reads the books.
 ///
 /// # Errors
 ///
@@ -233,83 +235,67 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
         base: settings.gateway.trim_end_matches('/').to_owned(),
     };
     let started = Instant::now();
-    let placed = Arc::new(AtomicUsize::new(0));
-    let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
-    let mut placing = tokio::task::JoinSet::new();
-    for _ in 0..settings.orders {
-        let (gateway, permits, placed) = (gateway.clone(), permits.clone(), placed.clone());
-        let order = random_order(settings.decline_rate);
-        placing.spawn(async move {
-            let _permit = permits.acquire_owned().await?;
-            let order = gateway.place(&order).await?;
-            placed.fetch_add(1, Ordering::Relaxed);
-            Ok::<String, Error>(order.id)
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..settings.concurrency.clamp(1, settings.orders.max(1)) {
+        let (gateway, next) = (gateway.clone(), next.clone());
+        let (total, decline_rate, progress) =
+            (settings.orders, settings.decline_rate, settings.progress);
+        workers.spawn(async move {
+            let mut ended = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let sent = Instant::now();
+                let order = gateway.place(&random_order(decline_rate)).await?;
+                let order: Order = gateway
+                    .get(&format!("/orders/{}?wait_ms=30000", order.id))
+                    .await?;
+                ended.push((order, sent.elapsed()));
+                if progress && fastrand::u8(..) == 0 {
+                    let done = next.load(Ordering::Relaxed).min(total);
+                    eprint!("\rorders: {done}/{total}");
+                }
+            }
+            Ok::<_, Error>(ended)
         });
     }
-    let mut ids = Vec::with_capacity(settings.orders);
-    while let Some(result) = placing.join_next().await {
-        ids.push(result??);
-        if settings.progress && ids.len() % 50 == 0 {
-            eprint!("\rplacing orders: {}/{}", ids.len(), settings.orders);
+    let mut summary = Summary::default();
+    while let Some(ended) = workers.join_next().await {
+        for (order, latency) in ended?? {
+            summary.placed += 1;
+            match order.status.as_str() {
+                "confirmed" => summary.confirmed += 1,
+                "cancelled" => {
+                    *summary
+                        .cancelled
+                        .entry(order.reason.unwrap_or_default())
+                        .or_default() += 1;
+                }
+                _ => summary.unfinished += 1,
+            }
+            summary.saga.push(latency);
         }
     }
+    summary.elapsed = started.elapsed();
+    summary.saga.sort_unstable();
+    if settings.progress {
+        eprintln!("\rorders: {0}/{0}", settings.orders);
+    }
 
-    // Wait for the books to settle: no order pending, every outbox drained.
-    let deadline = Instant::now() + Duration::from_secs(600);
+    // The sagas ended; the last events (OrderConfirmed…) may still be on
+    // their way out of the outboxes.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let books = loop {
         let books: Books = gateway.get("/books").await?;
-        let pending: i64 = books
-            .orders
-            .iter()
-            .filter(|(status, _, _)| status == "pending")
-            .map(|(_, _, count)| count)
-            .sum();
         let unsent: u64 = books.outboxes.iter().map(|(_, pending, _)| pending).sum();
-        if settings.progress {
-            eprint!("\rplaced {}; sagas under way: {pending:<8}", ids.len());
-        }
-        if (pending == 0 && unsent == 0) || Instant::now() > deadline {
+        if unsent == 0 || Instant::now() > deadline {
             break books;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let elapsed = started.elapsed();
-    if settings.progress {
-        eprintln!();
-    }
-
-    let mut summary = Summary {
-        placed: ids.len(),
-        elapsed,
-        ..Summary::default()
-    };
-    let mut reading = tokio::task::JoinSet::new();
-    for id in ids {
-        let (gateway, permits) = (gateway.clone(), permits.clone());
-        reading.spawn(async move {
-            let _permit = permits.acquire_owned().await?;
-            gateway.get::<Order>(&format!("/orders/{id}")).await
-        });
-    }
-    while let Some(order) = reading.join_next().await {
-        let order = order??;
-        match order.status.as_str() {
-            "confirmed" => summary.confirmed += 1,
-            "cancelled" => {
-                *summary
-                    .cancelled
-                    .entry(order.reason.unwrap_or_default())
-                    .or_default() += 1;
-            }
-            _ => summary.unfinished += 1,
-        }
-        summary.saga_ms.extend(order.saga_ms);
-    }
-    summary.saga_ms.sort_unstable();
     summary.violations = books.violations(true);
     if summary.unfinished > 0 {
         summary.violations.push(format!(
-            "{} orders of this run did not finish",
+            "{} orders of this run had not ended after 30 s",
             summary.unfinished
         ));
     }

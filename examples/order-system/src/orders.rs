@@ -1,9 +1,14 @@
 //! The orders service: accepts orders (once per idempotency key) and
 //! records how each saga ended.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
 use palisade_outbox::{BoxError, Delivery, Handled, Handler, OutboxStore};
 use serde::{Deserialize, Serialize};
 use sqlx::{Row, SqliteConnection};
+use tokio::sync::Notify;
 
 use crate::db::ServiceDb;
 use crate::events::{Line, SagaEvent, types};
@@ -65,13 +70,60 @@ fn now_ms() -> i64 {
 #[derive(Debug, Clone)]
 pub struct Orders {
     db: ServiceDb,
+    /// Requests waiting for an order's saga to end, by order id; an entry
+    /// lives only while someone waits.
+    waiting: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
 }
 
 impl Orders {
     /// The service on its database.
     #[must_use]
-    pub const fn new(db: ServiceDb) -> Self {
-        Self { db }
+    pub fn new(db: ServiceDb) -> Self {
+        Self {
+            db,
+            waiting: Arc::default(),
+        }
+    }
+
+    /// The order `id` once its saga ended, or as it stands after `wait`.
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn wait_for_end(
+        &self,
+        id: &str,
+        wait: Duration,
+    ) -> Result<Option<Order>, sqlx::Error> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let notify = self
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id.to_owned())
+            .or_default()
+            .clone();
+        let found = loop {
+            // Registered before reading, so an end between the read and the
+            // wait is not missed; the commit may trail the wake-up, hence
+            // the short re-reads.
+            let notified = notify.notified();
+            let order = self.find(id).await?;
+            let ended = order.as_ref().is_none_or(|order| order.status != "pending");
+            if ended || tokio::time::Instant::now() >= deadline {
+                break order;
+            }
+            let _ = tokio::time::timeout_at(
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(50)),
+                notified,
+            )
+            .await;
+        };
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        if Arc::strong_count(&notify) == 2 {
+            waiting.remove(id);
+        }
+        Ok(found)
     }
 
     /// Places `order` under `idempotency_key`: the order and its
@@ -211,6 +263,14 @@ impl Orders {
         .await?;
         if done.rows_affected() != 1 {
             return Err(format!("order {order_id} is not pending; cannot become {status}").into());
+        }
+        if let Some(waiter) = self
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(order_id)
+        {
+            waiter.notify_waiters();
         }
         let event = match reason {
             None => SagaEvent::OrderConfirmed {
