@@ -3,29 +3,29 @@
 //! none is lost or dead, and the backlog drains once the broker is back.
 #![cfg(all(feature = "nats", feature = "postgres"))]
 
+mod support;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
-use palisade_outbox::{Event, NatsJetStreamPublisher, OutboxConfig, OutboxStore, PgOutbox, Relay};
-use palisade_testkit::servers::{database_url, nats_proxy, nats_url};
+use palisade_outbox::{Event, NatsJetStreamPublisher, OutboxStore, Relay};
+use palisade_testkit::servers::{nats_proxy, nats_url};
 
 const OUTAGE: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_wait_out_a_broker_outage_and_drain_after() {
-    let pool = sqlx::PgPool::connect(&database_url()).await.unwrap();
-    let schema = format!("outbox_test_{}", fastrand::u64(..));
-    let outbox = PgOutbox::new(
-        pool.clone(),
-        OutboxConfig::new(&format!("{schema}.outbox"))
-            .unwrap()
-            .max_attempts(30)
-            .backoff(Duration::from_millis(100), Duration::from_secs(1))
-            .poll_interval(Duration::from_millis(100)),
-    );
-    outbox.migrate().await.unwrap();
+    let db = support::PgSchema::new().await;
+    let pool = db.pool.clone();
+    let outbox = db
+        .outbox(|c| {
+            c.max_attempts(30)
+                .backoff(Duration::from_millis(100), Duration::from_secs(1))
+                .poll_interval(Duration::from_millis(100))
+        })
+        .await;
 
     // The relay reaches NATS through the proxy; the test checks directly.
     let (proxy, through) = nats_proxy().await;
@@ -138,8 +138,5 @@ async fn events_wait_out_a_broker_outage_and_drain_after() {
     );
 
     direct.delete_stream(&stream).await.unwrap();
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    db.drop().await;
 }

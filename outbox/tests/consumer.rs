@@ -3,6 +3,8 @@
 //! applied once, failures retried and then dead-lettered.
 #![cfg(all(feature = "nats", feature = "postgres"))]
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,7 +13,7 @@ use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
 use palisade_outbox::{
     BoxError, ConsumerConfig, ConsumerStats, Delivery, Event, Handled, Handler, JetStreamConsumer,
-    NatsJetStreamPublisher, OutboxConfig, PgInbox, PgOutbox, Relay,
+    NatsJetStreamPublisher, PgInbox, Relay,
 };
 use palisade_tracecontext::{TraceContext, TraceFlags, TraceId};
 use sqlx::PgConnection;
@@ -70,14 +72,9 @@ impl Handler<PgConnection> for Apply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
-    let url = palisade_testkit::servers::database_url();
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    let schema = format!("outbox_test_{}", fastrand::u64(..));
-    let outbox = PgOutbox::new(
-        pool.clone(),
-        OutboxConfig::new(&format!("{schema}.outbox")).unwrap(),
-    );
-    outbox.migrate().await.unwrap();
+    let db = support::PgSchema::new().await;
+    let (pool, schema) = (db.pool.clone(), db.name.clone());
+    let outbox = db.outbox(|c| c).await;
     let inbox = PgInbox::new(pool.clone(), &format!("{schema}.inbox")).unwrap();
     inbox.migrate().await.unwrap();
     sqlx::query(&format!(
@@ -293,10 +290,7 @@ async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
     );
 
     context.delete_stream(&stream).await.unwrap();
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    db.drop().await;
 }
 
 #[test]

@@ -7,6 +7,8 @@
 //! `PALISADE_CRASH_RELAY=<schema>:<stream>` it is the relay process the run
 //! kills; without it, it is the run.
 
+mod support;
+
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -97,8 +99,9 @@ fn spawn_relay(target: &str) -> Child {
 
 async fn run() {
     let started = Instant::now();
-    let (pool, context) = connect().await;
-    let schema = format!("outbox_crash_{}", fastrand::u64(..));
+    let (_, context) = connect().await;
+    let db = support::PgSchema::new().await;
+    let (pool, schema) = (db.pool.clone(), db.name.clone());
     let stream = format!("CRASH{}", fastrand::u64(..));
     let target = format!("{schema}:{stream}");
     let outbox = PgOutbox::new(pool.clone(), outbox_config(&schema));
@@ -238,8 +241,5 @@ async fn run() {
     );
 
     context.delete_stream(&stream).await.unwrap();
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    db.drop().await;
 }

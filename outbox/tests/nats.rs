@@ -3,6 +3,8 @@
 //! test uses its own stream.
 #![cfg(all(feature = "nats", feature = "postgres"))]
 
+mod support;
+
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -65,14 +67,9 @@ async fn the_stream_must_remember_ids_for_the_retry_horizon() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_jetstream_once_with_their_envelope() {
-    let url = palisade_testkit::servers::database_url();
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    let schema = format!("outbox_test_{}", fastrand::u64(..));
-    let outbox = PgOutbox::new(
-        pool.clone(),
-        OutboxConfig::new(&format!("{schema}.outbox")).unwrap(),
-    );
-    outbox.migrate().await.unwrap();
+    let db = support::PgSchema::new().await;
+    let (pool, schema) = (db.pool.clone(), db.name.clone());
+    let outbox = db.outbox(|c| c).await;
 
     let context = jetstream().await;
     let name = unique();
@@ -144,10 +141,7 @@ async fn events_reach_jetstream_once_with_their_envelope() {
     );
 
     context.delete_stream(&name).await.unwrap();
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    db.drop().await;
 }
 
 /// The outbox message of `event`, as a relay would claim it again.

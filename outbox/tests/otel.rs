@@ -2,11 +2,11 @@
 //! through the SDK's in-memory exporter.
 #![cfg(all(feature = "otel", feature = "postgres"))]
 
+mod support;
+
 use std::time::Duration;
 
-use palisade_outbox::{
-    Event, MemoryBroker, Message, OutboxConfig, PgOutbox, PublishError, Published, Publisher, Relay,
-};
+use palisade_outbox::{Event, MemoryBroker, Message, PublishError, Published, Publisher, Relay};
 use palisade_testkit::MetricsProbe;
 
 /// Refuses events of type `Poison`.
@@ -24,14 +24,9 @@ impl Publisher for Picky {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_dead_latency_and_backlog_are_reported() {
-    let url = palisade_testkit::servers::database_url();
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    let schema = format!("outbox_test_{}", fastrand::u64(..));
-    let config = OutboxConfig::new(&format!("{schema}.outbox"))
-        .unwrap()
-        .max_attempts(1);
-    let outbox = PgOutbox::new(pool.clone(), config);
-    outbox.migrate().await.unwrap();
+    let db = support::PgSchema::new().await;
+    let pool = db.pool.clone();
+    let outbox = db.outbox(|c| c.max_attempts(1)).await;
     let events = [
         Event::new("order", "a", "OrderCreated", b"1".to_vec()),
         Event::new("order", "b", "OrderCreated", b"2".to_vec()),
@@ -76,8 +71,5 @@ async fn published_dead_latency_and_backlog_are_reported() {
         probe.points_f64("palisade.outbox.pending"),
         [(relay_label(), 0.0)]
     );
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    db.drop().await;
 }

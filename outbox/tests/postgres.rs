@@ -59,52 +59,10 @@ impl Harness for Pg {
         &self.outbox
     }
 
-    async fn place(&self, events: &[Event], commit: bool) {
-        let mut tx = self.pool.begin().await.unwrap();
-        sqlx::query(&format!(
-            "INSERT INTO {}.orders (id) VALUES ($1)",
-            self.schema
-        ))
-        .bind(format!("order-{}", fastrand::u64(..)))
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-        self.outbox.enqueue_all(&mut tx, events).await.unwrap();
-        if commit {
-            tx.commit().await.unwrap();
-        } else {
-            tx.rollback().await.unwrap();
-        }
-    }
-
-    async fn requeue(&self, id: Uuid) -> bool {
-        self.outbox.requeue(id).await.unwrap()
-    }
+    same_on_every_database!(|h: &Self| format!("{}.orders", h.schema));
 
     async fn listen(&self) {
         self.outbox.listen().await.unwrap();
-    }
-
-    async fn process_once(&self, consumer: &str, message: Uuid, commit: bool) -> bool {
-        let mut tx = self.pool.begin().await.unwrap();
-        let first = self
-            .inbox
-            .process_once(&mut tx, consumer, message)
-            .await
-            .unwrap();
-        if commit {
-            tx.commit().await.unwrap();
-        } else {
-            tx.rollback().await.unwrap();
-        }
-        first
-    }
-
-    async fn forget_inbox(&self) -> u64 {
-        self.inbox
-            .forget_older_than(Duration::ZERO, 10)
-            .await
-            .unwrap()
     }
 
     async fn finish(self) {

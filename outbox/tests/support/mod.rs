@@ -37,6 +37,103 @@ pub trait Harness: Sized + Send + Sync {
     async fn finish(self);
 }
 
+/// The harness methods every database writes the same way, given the
+/// harness's `pool`, `outbox` and `inbox` fields and the name of its
+/// `orders` table.
+#[macro_export]
+macro_rules! same_on_every_database {
+    ($orders:expr) => {
+        async fn place(&self, events: &[Event], commit: bool) {
+            let mut tx = self.pool.begin().await.unwrap();
+            sqlx::query(&format!("INSERT INTO {} (id) VALUES ($1)", $orders(self)))
+                .bind(format!("order-{}", fastrand::u64(..)))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            self.outbox.enqueue_all(&mut tx, events).await.unwrap();
+            if commit {
+                tx.commit().await.unwrap();
+            } else {
+                tx.rollback().await.unwrap();
+            }
+        }
+
+        async fn requeue(&self, id: Uuid) -> bool {
+            self.outbox.requeue(id).await.unwrap()
+        }
+
+        async fn process_once(&self, consumer: &str, message: Uuid, commit: bool) -> bool {
+            let mut tx = self.pool.begin().await.unwrap();
+            let first = self
+                .inbox
+                .process_once(&mut tx, consumer, message)
+                .await
+                .unwrap();
+            if commit {
+                tx.commit().await.unwrap();
+            } else {
+                tx.rollback().await.unwrap();
+            }
+            first
+        }
+
+        async fn forget_inbox(&self) -> u64 {
+            self.inbox
+                .forget_older_than(Duration::ZERO, 10)
+                .await
+                .unwrap()
+        }
+    };
+}
+
+/// A fresh PostgreSQL schema for one test (`DATABASE_URL`), dropped by
+/// [`drop`](Self::drop) once the test passed.
+#[cfg(feature = "postgres")]
+pub struct PgSchema {
+    pub pool: sqlx::PgPool,
+    pub name: String,
+}
+
+#[cfg(feature = "postgres")]
+impl PgSchema {
+    pub async fn new() -> Self {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&palisade_testkit::servers::database_url())
+            .await
+            .expect("a reachable PostgreSQL (run scripts/services)");
+        Self {
+            pool,
+            name: format!("outbox_test_{}", fastrand::u64(..)),
+        }
+    }
+
+    /// `table` in this schema.
+    pub fn table(&self, table: &str) -> String {
+        format!("{}.{table}", self.name)
+    }
+
+    /// The migrated outbox `<schema>.outbox`, configured by `config`.
+    pub async fn outbox(
+        &self,
+        config: impl FnOnce(OutboxConfig) -> OutboxConfig,
+    ) -> palisade_outbox::PgOutbox {
+        let outbox = palisade_outbox::PgOutbox::new(
+            self.pool.clone(),
+            config(OutboxConfig::new(&self.table("outbox")).unwrap()),
+        );
+        outbox.migrate().await.unwrap();
+        outbox
+    }
+
+    pub async fn drop(self) {
+        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+}
+
 /// Lists each scenario as a test of this file's `$harness`.
 #[macro_export]
 macro_rules! scenarios {
