@@ -108,6 +108,7 @@ pub(crate) struct OutboxSql {
     pub(crate) clean_up: String,
     pub(crate) backlog: String,
     pub(crate) requeue: String,
+    pub(crate) discard: String,
 }
 
 impl OutboxSql {
@@ -246,6 +247,7 @@ impl OutboxSql {
                 "UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_at = {now}, \
                  last_error = NULL WHERE id = $1 AND status = 'dead'"
             ),
+            discard: format!("DELETE FROM {t} WHERE id = $1 AND status = 'dead'"),
         }
     }
 }

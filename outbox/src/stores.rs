@@ -98,6 +98,21 @@ macro_rules! sql_outbox {
                     .await?;
                 Ok(done.rows_affected() == 1)
             }
+
+            /// Deletes a dead event for good (an operator gave up on it),
+            /// releasing the later events of its aggregate; `false` if no
+            /// dead event has this id.
+            ///
+            /// # Errors
+            ///
+            /// The database's error.
+            pub async fn discard(&self, id: uuid::Uuid) -> Result<bool, sqlx::Error> {
+                let done = sqlx::query(&self.sql.discard)
+                    .bind(id.to_string())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
         }
 
         impl $crate::store::OutboxStore for $name {

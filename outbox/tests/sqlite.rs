@@ -71,6 +71,7 @@ scenarios!(Lite:
     an_event_exists_only_if_its_transaction_commits,
     two_relays_publish_each_event_once_in_aggregate_order,
     a_poison_event_dies_alone_and_holds_only_its_aggregate,
+    a_discarded_dead_event_releases_its_aggregate,
     a_crashed_relays_claims_return_when_its_lease_ends,
     a_commit_wakes_a_relay_that_would_poll_only_every_minute,
     sent_events_are_cleaned_up_in_bounded_batches,

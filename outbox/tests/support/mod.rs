@@ -26,6 +26,7 @@ pub trait Harness: Sized + Send + Sync {
     /// Writes an order and `events` in one transaction, committed or not.
     async fn place(&self, events: &[Event], commit: bool);
     async fn requeue(&self, id: Uuid) -> bool;
+    async fn discard(&self, id: Uuid) -> bool;
     /// Makes the relays wake when events commit (PostgreSQL's LISTEN;
     /// SQLite needs nothing).
     async fn listen(&self);
@@ -60,6 +61,10 @@ macro_rules! same_on_every_database {
 
         async fn requeue(&self, id: Uuid) -> bool {
             self.outbox.requeue(id).await.unwrap()
+        }
+
+        async fn discard(&self, id: Uuid) -> bool {
+            self.outbox.discard(id).await.unwrap()
         }
 
         async fn process_once(&self, consumer: &str, message: Uuid, commit: bool) -> bool {
@@ -323,6 +328,33 @@ pub async fn a_poison_event_dies_alone_and_holds_only_its_aggregate<H: Harness>(
     relay.run_once().await.unwrap();
     let resumed: Vec<String> = drain(&mut subscriber).iter().map(payload).collect();
     assert_eq!(resumed, ["p", "3"]);
+    h.finish().await;
+}
+
+pub async fn a_discarded_dead_event_releases_its_aggregate<H: Harness>() {
+    let h = H::start(|c| c.max_attempts(1)).await;
+    let poison = Event::new("order", "a", "Poison", b"p".to_vec());
+    let poison_id = poison.id();
+    h.place(&[poison, event("a", 2)], true).await;
+    let broker = MemoryBroker::new(10);
+    let mut subscriber = broker.subscribe();
+    let relay = Relay::new(
+        h.store().clone(),
+        Poisoned {
+            broker,
+            failing: Arc::new(AtomicBool::new(true)),
+        },
+    );
+    assert_eq!(relay.run_once().await.unwrap().dead, 1);
+    assert_eq!(h.store().backlog().await.unwrap().held, 1);
+    assert!(!h.discard(Uuid::now_v7()).await, "no such dead event");
+    assert!(h.discard(poison_id).await);
+    assert!(!h.requeue(poison_id).await, "gone for good");
+    relay.run_once().await.unwrap();
+    let got: Vec<String> = drain(&mut subscriber).iter().map(payload).collect();
+    assert_eq!(got, ["2"], "the aggregate moves on");
+    let backlog = h.store().backlog().await.unwrap();
+    assert_eq!((backlog.pending, backlog.dead, backlog.held), (0, 0, 0));
     h.finish().await;
 }
 
