@@ -27,6 +27,21 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Where the gateway listens (port 0: any free port).
     pub listen: SocketAddr,
+    /// Each user's token bucket at the gateway.
+    pub per_user: palisade_token_bucket::Bucket,
+}
+
+impl Settings {
+    /// The defaults: `./order-system-data`, `127.0.0.1:8080`, and
+    /// [`gateway::per_user`].
+    #[must_use]
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            data_dir,
+            listen,
+            per_user: gateway::per_user(),
+        }
+    }
 }
 
 /// The running system.
@@ -116,6 +131,7 @@ impl System {
         }
 
         let services = Services {
+            auth: crate::auth::Auth::default(),
             orders,
             inventory,
             payment,
@@ -124,7 +140,7 @@ impl System {
         };
         let listener = TcpListener::bind(settings.listen).await?;
         let address = listener.local_addr()?;
-        let app = gateway::router(services.clone());
+        let app = gateway::router(services.clone(), settings.per_user);
         let shutdown = until_stopped();
         tasks.spawn(async move {
             if let Err(error) = axum::serve(listener, app)

@@ -1,22 +1,32 @@
 //! The gateway: the HTTP API clients use, in front of the services.
 //!
+//! Requests go through W3C trace context (`TraceContextLayer`), then a
+//! token bucket per bearer token (`RateLimitLayer`, by default 100 requests
+//! at once and 50 a second; 429 with `Retry-After` beyond), then the bearer
+//! check.
+//!
+//! - `GET /authorize`, `POST /token`: the auth service's PKCE login (see
+//!   [`auth`](crate::auth)); no token needed.
 //! - `POST /orders` with an `Idempotency-Key` header and a JSON
 //!   [`NewOrder`]: 201 with the order, or 200 with the order first placed
-//!   under that key.
+//!   under that key by the same user.
 //! - `GET /orders/{id}`: the order and where its saga stands; with
 //!   `?wait_ms=N`, once its saga ended (or after N ms).
 //! - `GET /books`: every service's books and the invariants they must keep.
 //! - `GET /healthz`.
 //!
-//! Requests carry W3C trace context (`TraceContextLayer`): an order's
-//! events continue the trace of the request that placed it.
+//! An order's events continue the trace of the request that placed it.
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use std::collections::HashMap;
+
+use axum::extract::{Extension, Form, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use palisade_outbox::Backlog;
+use palisade_token_bucket::{Bucket, LocalStore, RateLimitLayer, key};
 use palisade_tracecontext::TraceContextLayer;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +39,8 @@ use crate::shipping::Shipping;
 /// The services behind the gateway.
 #[derive(Debug, Clone)]
 pub struct Services {
+    /// Auth.
+    pub auth: crate::auth::Auth,
     /// Orders.
     pub orders: Orders,
     /// Inventory.
@@ -41,15 +53,89 @@ pub struct Services {
     pub consumers: Consumers,
 }
 
-/// The gateway's routes.
-pub fn router(services: Services) -> Router {
-    Router::new()
+/// The signed-in user, put in the request's extensions by the bearer
+/// check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User(pub String);
+
+/// Each user's bucket by default: 100 requests at once, then 50 a second.
+#[must_use]
+pub fn per_user() -> Bucket {
+    Bucket::new(100, 50.0).unwrap_or_else(|_| unreachable!("a valid bucket"))
+}
+
+/// The gateway's routes, with `per_user` as each user's token bucket.
+pub fn router(services: Services, per_user: Bucket) -> Router {
+    let signed_in = Router::new()
         .route("/orders", post(place))
         .route("/orders/{id}", get(order))
+        .route_layer(middleware::from_fn_with_state(
+            services.clone(),
+            require_bearer,
+        ))
+        .layer(RateLimitLayer::new_for_http(
+            LocalStore::default(),
+            per_user,
+            key::header(header::AUTHORIZATION),
+        ));
+    Router::new()
+        .route("/authorize", get(authorize))
+        .route("/token", post(token))
         .route("/books", get(books))
         .route("/healthz", get(|| async { "ok" }))
+        .merge(signed_in)
         .layer(TraceContextLayer::new())
         .with_state(services)
+}
+
+/// Lets through requests with a good bearer token, as their [`User`].
+async fn require_bearer(
+    State(services): State<Services>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let user = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|token| services.auth.user(token));
+    match user {
+        Some(user) => {
+            request.extensions_mut().insert(User(user));
+            next.run(request).await
+        }
+        None => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(serde_json::json!({ "error": "a valid bearer token is required (GET /authorize, POST /token)" })),
+        )
+            .into_response(),
+    }
+}
+
+async fn authorize(
+    State(services): State<Services>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    match services.auth.authorize(&query) {
+        Ok(callback) => (
+            StatusCode::FOUND,
+            [(header::LOCATION, callback.to_string())],
+        )
+            .into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn token(
+    State(services): State<Services>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    match services.auth.token(&form) {
+        Ok(token) => ([(header::CACHE_CONTROL, "no-store")], Json(token)).into_response(),
+        Err(error) => error.into_response(),
+    }
 }
 
 /// A problem, as JSON with the status it goes with.
@@ -67,6 +153,7 @@ fn internal(error: &dyn std::error::Error) -> Response {
 
 async fn place(
     State(services): State<Services>,
+    Extension(User(user)): Extension<User>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
@@ -107,7 +194,7 @@ async fn place(
             "card must be 12 or more digits",
         );
     }
-    match services.orders.place(key, &order).await {
+    match services.orders.place(&user, key, &order).await {
         Ok((order, true)) => {
             tracing::debug!(order_id = %order.id, trace_id = crate::events::current_trace_id(), "order placed");
             (StatusCode::CREATED, Json(order)).into_response()
@@ -127,11 +214,12 @@ struct OrderQuery {
 
 async fn order(
     State(services): State<Services>,
+    Extension(User(user)): Extension<User>,
     Path(id): Path<String>,
     Query(query): Query<OrderQuery>,
 ) -> Response {
     let wait = std::time::Duration::from_millis(query.wait_ms.unwrap_or(0).min(30_000));
-    match services.orders.wait_for_end(&id, wait).await {
+    match services.orders.wait_for_end(&user, &id, wait).await {
         Ok(Some(order)) => Json(order).into_response(),
         Ok(None) => problem(StatusCode::NOT_FOUND, format!("no order {id}")),
         Err(error) => internal(&error),

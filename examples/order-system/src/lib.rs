@@ -13,6 +13,7 @@
 //! and the in-process broker; [`load::run`] places orders through the
 //! gateway and checks the books afterwards.
 
+pub mod auth;
 pub mod db;
 pub mod embedded;
 pub mod events;

@@ -14,6 +14,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use palisade_pkce::{AuthorizationUrl, CodeChallenge, CodeVerifier, State, Url};
+
+use crate::auth::TokenResponse;
 use crate::gateway::Books;
 use crate::inventory::CATALOG;
 use crate::orders::{NewOrder, Order};
@@ -48,6 +51,8 @@ pub struct Summary {
     pub cancelled: BTreeMap<String, usize>,
     /// Not finished when the run ended.
     pub unfinished: usize,
+    /// Placements refused by the rate limit (429) and tried again.
+    pub rate_limited: usize,
     /// Saga latencies as the client saw them (from sending the order to
     /// learning how it ended), sorted.
     pub saga: Vec<Duration>,
@@ -94,6 +99,10 @@ impl Summary {
             rows.push((format!("cancelled: {reason}"), count.to_string()));
         }
         rows.push(("unfinished".into(), self.unfinished.to_string()));
+        rows.push((
+            "429s (rate limited, retried)".into(),
+            self.rate_limited.to_string(),
+        ));
         if let Some(books) = &self.books {
             rows.push((
                 "compensations run (all time)".into(),
@@ -138,29 +147,144 @@ impl Summary {
     }
 }
 
+/// An HTTP client of the gateway, signed in or not.
 #[derive(Clone)]
-struct Gateway {
+pub struct Gateway {
     client: Client<HttpConnector, Full<Bytes>>,
     base: String,
+    /// `Bearer <token>` once signed in.
+    authorization: Option<String>,
 }
 
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("base", &self.base)
+            .field("signed_in", &self.authorization.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the auth service sends the browser back; the load command reads
+/// the code from the redirect instead of following it.
+const REDIRECT_URI: &str = "http://localhost/callback";
+const CLIENT_ID: &str = "order-system-load";
+
 impl Gateway {
-    async fn send(
+    /// A client of the gateway at `base` (`http://host:port`).
+    #[must_use]
+    pub fn new(base: &str) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: base.trim_end_matches('/').to_owned(),
+            authorization: None,
+        }
+    }
+
+    /// Sends a request to `path` with `headers` (and the bearer token once
+    /// signed in); the whole response.
+    ///
+    /// # Errors
+    ///
+    /// The gateway could not be reached.
+    pub async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<http::Response<Bytes>, Error> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(authorization) = &self.authorization {
+            request = request.header(http::header::AUTHORIZATION, authorization);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = self.client.request(request.body(Full::new(body))?).await?;
+        let (parts, body) = response.into_parts();
+        Ok(http::Response::from_parts(
+            parts,
+            body.collect().await?.to_bytes(),
+        ))
+    }
+
+    /// As [`exchange`](Self::exchange), the status and body.
+    ///
+    /// # Errors
+    ///
+    /// The gateway could not be reached.
+    pub async fn send(
         &self,
         method: Method,
         path: &str,
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), Error> {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
+        let response = self.exchange(method, path, headers, body).await?;
+        Ok((response.status(), response.into_body()))
+    }
+
+    /// The `Authorization` header value once signed in (`Bearer …`).
+    #[must_use]
+    pub fn authorization(&self) -> Option<&str> {
+        self.authorization.as_deref()
+    }
+
+    /// Signs in as `user` through the authorization code flow with PKCE,
+    /// as a browser-less client would.
+    ///
+    /// # Errors
+    ///
+    /// The login was refused or the gateway could not be reached.
+    pub async fn sign_in(&mut self, user: &str) -> Result<(), Error> {
+        let verifier = CodeVerifier::generate();
+        let state = State::generate();
+        let url = AuthorizationUrl::new(&format!("{}/authorize", self.base), CLIENT_ID)?
+            .param("login_hint", user)?
+            .redirect_uri(REDIRECT_URI)
+            .build(&CodeChallenge::s256(&verifier), &state);
+        let path = &url.as_str()[self.base.len()..];
+        let redirect = self.exchange(Method::GET, path, &[], Bytes::new()).await?;
+        let location = redirect
+            .headers()
+            .get(http::header::LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .ok_or_else(|| format!("GET /authorize: {}: no redirect", redirect.status()))?;
+        let callback = Url::parse(location)?;
+        let query: std::collections::HashMap<_, _> = callback.query_pairs().into_owned().collect();
+        if !query
+            .get("state")
+            .is_some_and(|returned| state.matches(returned))
+        {
+            return Err("the callback's state is not ours".into());
         }
-        let response = self.client.request(request.body(Full::new(body))?).await?;
-        let status = response.status();
-        Ok((status, response.into_body().collect().await?.to_bytes()))
+        let code = query.get("code").ok_or("no code in the callback")?;
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "authorization_code")
+            .append_pair("code", code)
+            .append_pair("redirect_uri", REDIRECT_URI)
+            .append_pair("client_id", CLIENT_ID)
+            .append_pair("code_verifier", verifier.expose_secret())
+            .finish();
+        let (status, body) = self
+            .send(
+                Method::POST,
+                "/token",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                Bytes::from(form),
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(
+                format!("POST /token: {status}: {}", String::from_utf8_lossy(&body)).into(),
+            );
+        }
+        let token: TokenResponse = serde_json::from_slice(&body)?;
+        self.authorization = Some(format!("Bearer {}", token.access_token));
+        Ok(())
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
@@ -171,34 +295,46 @@ impl Gateway {
         Ok(serde_json::from_slice(&body)?)
     }
 
-    async fn place(&self, order: &NewOrder) -> Result<Order, Error> {
+    /// Places `order` under a fresh idempotency key. A 503 (the service
+    /// busy) is tried again after a short wait and a 429 after its
+    /// `Retry-After`, with the same key, so the gateway places it once
+    /// whatever happens; `rate_limited` counts the 429s.
+    async fn place(&self, order: &NewOrder, rate_limited: &AtomicUsize) -> Result<Order, Error> {
         let key = uuid::Uuid::now_v7().to_string();
         let body = Bytes::from(serde_json::to_vec(order)?);
-        // A 503 (the service busy) is tried again with the same key: the
-        // gateway places it once whatever happens.
-        for attempt in 0..5 {
-            let (status, reply) = self
-                .send(
-                    Method::POST,
-                    "/orders",
-                    &[
-                        ("idempotency-key", &key),
-                        ("content-type", "application/json"),
-                    ],
-                    body.clone(),
-                )
+        let headers = [
+            ("idempotency-key", key.as_str()),
+            ("content-type", "application/json"),
+        ];
+        for attempt in 0..10 {
+            let reply = self
+                .exchange(Method::POST, "/orders", &headers, body.clone())
                 .await?;
+            let status = reply.status();
             if status.is_success() {
-                return Ok(serde_json::from_slice(&reply)?);
+                return Ok(serde_json::from_slice(reply.body())?);
             }
-            if status != StatusCode::SERVICE_UNAVAILABLE || attempt == 4 {
+            let wait = match status {
+                StatusCode::TOO_MANY_REQUESTS => {
+                    rate_limited.fetch_add(1, Ordering::Relaxed);
+                    let seconds = reply
+                        .headers()
+                        .get(http::header::RETRY_AFTER)
+                        .and_then(|value| value.to_str().ok()?.parse().ok())
+                        .unwrap_or(1);
+                    Duration::from_secs(seconds)
+                }
+                StatusCode::SERVICE_UNAVAILABLE => Duration::from_millis(50 << attempt.min(6)),
+                _ => Duration::MAX,
+            };
+            if wait == Duration::MAX || attempt == 9 {
                 return Err(format!(
                     "POST /orders: {status}: {}",
-                    String::from_utf8_lossy(&reply)
+                    String::from_utf8_lossy(reply.body())
                 )
                 .into());
             }
-            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            tokio::time::sleep(wait).await;
         }
         unreachable!("the last attempt returns")
     }
@@ -230,22 +366,25 @@ fn random_order(decline_rate: f64) -> NewOrder {
 ///
 /// The gateway could not be reached or answered wrongly.
 pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
-    let gateway = Gateway {
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        base: settings.gateway.trim_end_matches('/').to_owned(),
-    };
+    let gateway = Gateway::new(&settings.gateway);
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
+    let rate_limited = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..settings.concurrency.clamp(1, settings.orders.max(1)) {
-        let (gateway, next) = (gateway.clone(), next.clone());
+    for worker in 0..settings.concurrency.clamp(1, settings.orders.max(1)) {
+        let (mut gateway, next, rate_limited) =
+            (gateway.clone(), next.clone(), rate_limited.clone());
         let (total, decline_rate, progress) =
             (settings.orders, settings.decline_rate, settings.progress);
         workers.spawn(async move {
+            // Each worker is a user of its own, with its own rate limit.
+            gateway.sign_in(&format!("load-{worker}")).await?;
             let mut ended = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let sent = Instant::now();
-                let order = gateway.place(&random_order(decline_rate)).await?;
+                let order = gateway
+                    .place(&random_order(decline_rate), &rate_limited)
+                    .await?;
                 let order: Order = gateway
                     .get(&format!("/orders/{}?wait_ms=30000", order.id))
                     .await?;
@@ -276,6 +415,7 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
         }
     }
     summary.elapsed = started.elapsed();
+    summary.rate_limited = rate_limited.load(Ordering::Relaxed);
     summary.saga.sort_unstable();
     if settings.progress {
         eprintln!("\rorders: {0}/{0}", settings.orders);

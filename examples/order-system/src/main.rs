@@ -3,6 +3,7 @@
 //! ```text
 //! order-system [run] [--data DIR] [--listen ADDR]
 //! order-system load [--gateway URL] [--orders N] [--concurrency C] [--decline-rate P]
+//! order-system token [--gateway URL] [--user NAME]
 //! ```
 
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use palisade_order_system::embedded::{Settings, System};
-use palisade_order_system::load::{self, LoadSettings};
+use palisade_order_system::load::{self, Gateway, LoadSettings};
 
 const USAGE: &str = "usage:
   order-system [run] [--data DIR] [--listen ADDR]
@@ -18,7 +19,9 @@ const USAGE: &str = "usage:
       the gateway on ADDR (default: 127.0.0.1:8080)
   order-system load [--gateway URL] [--orders N] [--concurrency C] [--decline-rate P]
       places N orders (default 1000), C at a time (default 64), a share P of them
-      with a card that is declined (default 0.2), waits for every saga and checks the books";
+      with a card that is declined (default 0.2), waits for every saga and checks the books
+  order-system token [--gateway URL] [--user NAME]
+      signs in as NAME (default demo) with the PKCE flow and prints the bearer token";
 
 /// The value after `flag` in `args`, parsed.
 fn flag<T: std::str::FromStr>(args: &[String], flag: &str, default: T) -> Result<T, String> {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
     let outcome = match command {
         None | Some("run") => runtime.block_on(run(&args)),
         Some("load") => runtime.block_on(load_command(&args)),
+        Some("token") => runtime.block_on(token_command(&args)),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -69,10 +73,10 @@ async fn run(args: &[String]) -> Result<ExitCode, String> {
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .init();
-    let settings = Settings {
-        data_dir: flag(args, "--data", PathBuf::from("order-system-data"))?,
-        listen: flag(args, "--listen", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
-    };
+    let settings = Settings::new(
+        flag(args, "--data", PathBuf::from("order-system-data"))?,
+        flag(args, "--listen", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+    );
     let system = System::start(settings).await.map_err(|e| e.to_string())?;
     println!(
         "order system running on http://{0} (embedded: SQLite, in-process broker)\n\
@@ -103,4 +107,22 @@ async fn load_command(args: &[String]) -> Result<ExitCode, String> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+async fn token_command(args: &[String]) -> Result<ExitCode, String> {
+    let mut gateway = Gateway::new(&flag(
+        args,
+        "--gateway",
+        "http://127.0.0.1:8080".to_owned(),
+    )?);
+    gateway
+        .sign_in(&flag(args, "--user", "demo".to_owned())?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let token = gateway
+        .authorization()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or("no token")?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
 }

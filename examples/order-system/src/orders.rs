@@ -15,9 +15,10 @@ use crate::events::{Line, SagaEvent, types};
 
 /// The orders service's tables.
 pub const TABLES: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, idempotency_key TEXT NOT NULL UNIQUE, \
-     sku TEXT NOT NULL, quantity INTEGER NOT NULL, amount_cents INTEGER NOT NULL, card TEXT NOT NULL, \
-     status TEXT NOT NULL, reason TEXT, created_ms INTEGER NOT NULL, finished_ms INTEGER)",
+    "CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, \
+     idempotency_key TEXT NOT NULL, sku TEXT NOT NULL, quantity INTEGER NOT NULL, amount_cents INTEGER NOT NULL, card TEXT NOT NULL, \
+     status TEXT NOT NULL, reason TEXT, created_ms INTEGER NOT NULL, finished_ms INTEGER, \
+     UNIQUE (user_id, idempotency_key))",
 ];
 
 /// The events the orders service consumes.
@@ -85,13 +86,15 @@ impl Orders {
         }
     }
 
-    /// The order `id` once its saga ended, or as it stands after `wait`.
+    /// `user`'s order `id` once its saga ended, or as it stands after
+    /// `wait`.
     ///
     /// # Errors
     ///
     /// The database's error.
     pub async fn wait_for_end(
         &self,
+        user: &str,
         id: &str,
         wait: Duration,
     ) -> Result<Option<Order>, sqlx::Error> {
@@ -108,7 +111,7 @@ impl Orders {
             // wait is not missed; the commit may trail the wake-up, hence
             // the short re-reads.
             let notified = notify.notified();
-            let order = self.find(id).await?;
+            let order = self.find(user, id).await?;
             let ended = order.as_ref().is_none_or(|order| order.status != "pending");
             if ended || tokio::time::Instant::now() >= deadline {
                 break order;
@@ -126,15 +129,16 @@ impl Orders {
         Ok(found)
     }
 
-    /// Places `order` under `idempotency_key`: the order and its
-    /// `OrderCreated` in one transaction. The same key again returns the
-    /// first order (`false`: not created now).
+    /// Places `user`'s `order` under `idempotency_key`: the order and its
+    /// `OrderCreated` in one transaction. The same user's same key again
+    /// returns the first order (`false`: not created now).
     ///
     /// # Errors
     ///
     /// The database's error.
     pub async fn place(
         &self,
+        user: &str,
         idempotency_key: &str,
         order: &NewOrder,
     ) -> Result<(Order, bool), sqlx::Error> {
@@ -149,8 +153,8 @@ impl Orders {
         // The insert comes first, so the transaction writes from its first
         // statement (SQLite never has to upgrade a reader to a writer).
         let inserted = sqlx::query(
-            "INSERT INTO orders (id, idempotency_key, sku, quantity, amount_cents, card, status, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7) ON CONFLICT (idempotency_key) DO NOTHING",
+            "INSERT INTO orders (id, user_id, idempotency_key, sku, quantity, amount_cents, card, status, created_ms) \
+             VALUES ($1, $8, $2, $3, $4, $5, $6, 'pending', $7) ON CONFLICT (user_id, idempotency_key) DO NOTHING",
         )
         .bind(&line.order_id)
         .bind(idempotency_key)
@@ -159,12 +163,17 @@ impl Orders {
         .bind(line.amount_cents)
         .bind(&line.card)
         .bind(now_ms())
+        .bind(user)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {
             tx.rollback().await?;
             let existing = self
-                .find_by_key(idempotency_key)
+                .find_where(
+                    "user_id = $1 AND idempotency_key = $2",
+                    user,
+                    idempotency_key,
+                )
                 .await?
                 .ok_or(sqlx::Error::RowNotFound)?;
             return Ok((existing, false));
@@ -186,24 +195,26 @@ impl Orders {
         Ok((order, true))
     }
 
-    /// The order `id`.
+    /// `user`'s order `id`.
     ///
     /// # Errors
     ///
     /// The database's error.
-    pub async fn find(&self, id: &str) -> Result<Option<Order>, sqlx::Error> {
-        self.find_where("id", id).await
+    pub async fn find(&self, user: &str, id: &str) -> Result<Option<Order>, sqlx::Error> {
+        self.find_where("user_id = $1 AND id = $2", user, id).await
     }
 
-    async fn find_by_key(&self, key: &str) -> Result<Option<Order>, sqlx::Error> {
-        self.find_where("idempotency_key", key).await
-    }
-
-    async fn find_where(&self, column: &str, value: &str) -> Result<Option<Order>, sqlx::Error> {
+    async fn find_where(
+        &self,
+        condition: &str,
+        user: &str,
+        value: &str,
+    ) -> Result<Option<Order>, sqlx::Error> {
         let row = sqlx::query(&format!(
             "SELECT id, sku, quantity, amount_cents, status, reason, finished_ms - created_ms AS saga_ms \
-             FROM orders WHERE {column} = $1"
+             FROM orders WHERE {condition}"
         ))
+        .bind(user)
         .bind(value)
         .fetch_optional(&self.db.pool)
         .await?;

@@ -1,18 +1,25 @@
 //! The order system on its embedded defaults (SQLite files, the in-process
 //! broker), driven through its gateway on loopback.
 
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
 use palisade_order_system::embedded::{Settings, System};
-use palisade_order_system::load::{self, LoadSettings};
+use palisade_order_system::load::{self, Gateway, LoadSettings};
+use palisade_token_bucket::Bucket;
+
+async fn start_with(per_user: Option<Bucket>) -> (System, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("palisade-order-system-{}", fastrand::u64(..)));
+    let mut settings = Settings::new(dir.clone(), ([127, 0, 0, 1], 0).into());
+    if let Some(bucket) = per_user {
+        settings.per_user = bucket;
+    }
+    (System::start(settings).await.unwrap(), dir)
+}
 
 async fn start() -> (System, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("palisade-order-system-{}", fastrand::u64(..)));
-    let system = System::start(Settings {
-        data_dir: dir.clone(),
-        listen: ([127, 0, 0, 1], 0).into(),
-    })
-    .await
-    .unwrap();
-    (system, dir)
+    start_with(None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,42 +58,59 @@ async fn three_hundred_orders_end_confirmed_or_cancelled_with_the_books_straight
     let _ = std::fs::remove_dir_all(dir);
 }
 
+async fn post_order(
+    gateway: &Gateway,
+    key: Option<&str>,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(key) = key {
+        headers.push(("idempotency-key", key));
+    }
+    let (status, body) = gateway
+        .send(
+            Method::POST,
+            "/orders",
+            &headers,
+            Bytes::from(body.to_owned()),
+        )
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_idempotency_key_places_one_order_and_bad_requests_are_refused() {
     let (system, dir) = start().await;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
     let base = format!("http://{}", system.address);
-    let post = |key: Option<&str>, body: &str| {
-        let mut request = http::Request::post(format!("{base}/orders"));
-        if let Some(key) = key {
-            request = request.header("idempotency-key", key);
-        }
-        let request = request
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                body.to_owned(),
-            )))
-            .unwrap();
-        let client = client.clone();
-        async move {
-            use http_body_util::BodyExt;
-            let response = client.request(request).await.unwrap();
-            let status = response.status();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            (
-                status,
-                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
-            )
-        }
-    };
     let order = r#"{"sku":"sku-1","quantity":2,"card":"4242424242424242"}"#;
-    let (first, placed) = post(Some("key-1"), order).await;
-    let (again, replayed) = post(Some("key-1"), order).await;
+
+    let anonymous = Gateway::new(&base);
+    let (status, _) = post_order(&anonymous, Some("key-1"), order).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "no token, no order");
+
+    let mut alice = Gateway::new(&base);
+    alice.sign_in("alice").await.unwrap();
+    let (first, placed) = post_order(&alice, Some("key-1"), order).await;
+    let (again, replayed) = post_order(&alice, Some("key-1"), order).await;
     assert_eq!((first.as_u16(), again.as_u16()), (201, 200));
     assert_eq!(placed["id"], replayed["id"], "the same order");
     assert_eq!(placed["amount_cents"], 2500);
 
-    let (status, problem) = post(None, order).await;
+    // Another user's key is their own, and alice's order is not theirs.
+    let mut bob = Gateway::new(&base);
+    bob.sign_in("bob").await.unwrap();
+    let (status, bobs) = post_order(&bob, Some("key-1"), order).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_ne!(bobs["id"], placed["id"]);
+    let path = format!("/orders/{}", placed["id"].as_str().unwrap());
+    let (status, _) = bob
+        .send(Method::GET, &path, &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, problem) = post_order(&alice, None, order).await;
     assert_eq!(status.as_u16(), 400);
     assert!(
         problem["error"]
@@ -100,14 +124,128 @@ async fn one_idempotency_key_places_one_order_and_bad_requests_are_refused() {
         r#"{"sku":"nope","quantity":1,"card":"4242424242424242"}"#,
         r#"{"sku":"sku-1","quantity":1,"card":"12ab"}"#,
     ] {
-        let (status, _) = post(Some("key-bad"), bad).await;
+        let (status, _) = post_order(&alice, Some("key-bad"), bad).await;
         assert_eq!(status.as_u16(), 422, "{bad}");
     }
     let books = palisade_order_system::gateway::read_books(&system.services)
         .await
         .unwrap();
     let placed_orders: i64 = books.orders.iter().map(|(_, _, n)| n).sum();
-    assert_eq!(placed_orders, 1, "one order for two requests with one key");
+    assert_eq!(
+        placed_orders, 2,
+        "alice's two requests with one key made one order, bob's one"
+    );
+    system.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_works_once_and_only_with_its_verifier() {
+    let (system, dir) = start().await;
+    let auth = &system.services.auth;
+    let verifier = palisade_pkce::CodeVerifier::generate();
+    let challenge = palisade_pkce::CodeChallenge::s256(&verifier);
+    let query = |challenge: &str| -> HashMap<String, String> {
+        [
+            ("response_type", "code"),
+            ("client_id", "app"),
+            ("redirect_uri", "http://localhost/cb"),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+            ("state", "s1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    };
+    let code_of = |url: palisade_pkce::Url| {
+        url.query_pairs()
+            .find(|(k, _)| k == "code")
+            .map(|(_, v)| v.into_owned())
+            .unwrap()
+    };
+    let form = |code: &str, verifier: &str| -> HashMap<String, String> {
+        [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", "http://localhost/cb"),
+            ("client_id", "app"),
+            ("code_verifier", verifier),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    };
+    // PKCE is required.
+    let mut without = query("x");
+    without.remove("code_challenge");
+    without.remove("code_challenge_method");
+    assert_eq!(
+        auth.authorize(&without).unwrap_err().error,
+        "invalid_request"
+    );
+
+    let code = code_of(auth.authorize(&query(challenge.as_str())).unwrap());
+    let token = auth.token(&form(&code, verifier.expose_secret())).unwrap();
+    assert_eq!(auth.user(&token.access_token).as_deref(), Some("demo"));
+    assert_eq!(
+        auth.token(&form(&code, verifier.expose_secret()))
+            .unwrap_err()
+            .error,
+        "invalid_grant",
+        "a code works once"
+    );
+    // A stolen code with another verifier is refused, and revoked.
+    let code = code_of(auth.authorize(&query(challenge.as_str())).unwrap());
+    let thief = palisade_pkce::CodeVerifier::generate();
+    assert_eq!(
+        auth.token(&form(&code, thief.expose_secret()))
+            .unwrap_err()
+            .error,
+        "invalid_grant"
+    );
+    assert_eq!(
+        auth.token(&form(&code, verifier.expose_secret()))
+            .unwrap_err()
+            .error,
+        "invalid_grant",
+        "revoked by the wrong verifier"
+    );
+    assert_eq!(auth.user("not-a-token"), None);
+    system.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_user_has_a_rate_limit_of_their_own() {
+    // Five requests, then one every 1,000 s: the sixth is refused.
+    let (system, dir) = start_with(Some(Bucket::new(5, 0.001).unwrap())).await;
+    let base = format!("http://{}", system.address);
+    let (mut alice, mut bob) = (Gateway::new(&base), Gateway::new(&base));
+    alice.sign_in("alice").await.unwrap();
+    bob.sign_in("bob").await.unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let reply = alice
+            .exchange(Method::GET, "/orders/none", &[], Bytes::new())
+            .await
+            .unwrap();
+        statuses.push(reply.status().as_u16());
+        if reply.status() == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after: u64 = reply.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(retry_after > 900, "{retry_after}");
+        }
+    }
+    assert_eq!(statuses, [404, 404, 404, 404, 404, 429]);
+    let (status, _) = bob
+        .send(Method::GET, "/orders/none", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND, "bob has his own bucket");
     system.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
