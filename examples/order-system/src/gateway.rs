@@ -13,6 +13,7 @@
 //! - `GET /orders/{id}`: the order and where its saga stands; with
 //!   `?wait_ms=N`, once its saga ended (or after N ms).
 //! - `GET /books`: every service's books and the invariants they must keep.
+//! - `GET /metrics`: the same books in the Prometheus text format.
 //! - `GET /healthz`.
 //!
 //! An order's events continue the trace of the request that placed it.
@@ -82,6 +83,7 @@ pub fn router(services: Services, per_user: Bucket) -> Router {
         .route("/authorize", get(authorize))
         .route("/token", post(token))
         .route("/books", get(books))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .merge(signed_in)
         .layer(TraceContextLayer::new())
@@ -332,6 +334,20 @@ pub async fn read_books(services: &Services) -> Result<Books, sqlx::Error> {
             .map(|(name, stats)| (name, stats.applied, stats.duplicates, stats.dead_lettered))
             .collect(),
     })
+}
+
+async fn metrics(State(services): State<Services>) -> Response {
+    match read_books(&services).await {
+        Ok(books) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::render(&books),
+        )
+            .into_response(),
+        Err(error) => internal(&error),
+    }
 }
 
 async fn books(State(services): State<Services>) -> Response {

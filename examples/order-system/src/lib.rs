@@ -20,6 +20,7 @@ pub mod events;
 pub mod gateway;
 pub mod inventory;
 pub mod load;
+pub mod metrics;
 pub mod orders;
 pub mod payment;
 pub mod processor;

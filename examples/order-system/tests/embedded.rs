@@ -54,6 +54,23 @@ async fn three_hundred_orders_end_confirmed_or_cancelled_with_the_books_straight
     );
     let shipped: i64 = books.stock.iter().map(|level| level.shipped).sum();
     assert!(shipped > 0);
+
+    // The same books, scraped as Prometheus metrics.
+    let gateway = Gateway::new(&format!("http://{}", system.address));
+    let (status, text) = gateway
+        .send(Method::GET, "/metrics", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    assert!(
+        text.contains(&format!(
+            "palisade_orders{{status=\"confirmed\",reason=\"\"}} {}\n",
+            summary.confirmed
+        )),
+        "{text}"
+    );
+    assert!(text.contains(&format!("palisade_compensations_total {declined}\n")));
     system.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
