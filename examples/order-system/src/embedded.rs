@@ -29,6 +29,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Each user's token bucket at the gateway.
     pub per_user: palisade_token_bucket::Bucket,
+    /// Adjusts the catalog (its query's delay, its freshness).
+    pub catalog: fn(crate::catalog::Catalog) -> crate::catalog::Catalog,
 }
 
 impl Settings {
@@ -40,6 +42,7 @@ impl Settings {
             data_dir,
             listen,
             per_user: gateway::per_user(),
+            catalog: |catalog| catalog,
         }
     }
 }
@@ -132,6 +135,7 @@ impl System {
 
         let services = Services {
             auth: crate::auth::Auth::default(),
+            catalog: (settings.catalog)(crate::catalog::Catalog::new(inventory.clone())),
             orders,
             inventory,
             payment,

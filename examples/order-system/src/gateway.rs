@@ -12,6 +12,9 @@
 //!   under that key by the same user.
 //! - `GET /orders/{id}`: the order and where its saga stands; with
 //!   `?wait_ms=N`, once its saga ended (or after N ms).
+//! - `GET /catalog/trending`: the products by units shipped, a slow query
+//!   served through `CoalesceLayer` (see [`catalog`](crate::catalog)); no
+//!   token needed.
 //! - `GET /books`: every service's books and the invariants they must keep.
 //! - `GET /metrics`: the same books in the Prometheus text format.
 //! - `GET /healthz`.
@@ -26,6 +29,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use palisade_coalesce::http::{CachedResponse, CoalesceLayer};
+use palisade_coalesce::{Cache, Freshness};
 use palisade_outbox::Backlog;
 use palisade_token_bucket::{Bucket, LocalStore, RateLimitLayer, key};
 use palisade_tracecontext::TraceContextLayer;
@@ -42,6 +47,8 @@ use crate::shipping::Shipping;
 pub struct Services {
     /// Auth.
     pub auth: crate::auth::Auth,
+    /// The catalog.
+    pub catalog: crate::catalog::Catalog,
     /// Orders.
     pub orders: Orders,
     /// Inventory.
@@ -79,6 +86,28 @@ pub fn router(services: Services, per_user: Bucket) -> Router {
             per_user,
             key::header(header::AUTHORIZATION),
         ));
+    // The ranking is the same for everyone: cached whole, computed once
+    // per crowd; what the origin says (max-age, stale-while-revalidate)
+    // decides how long. A failed flight answers 502.
+    let catalog = Router::new()
+        .route("/catalog/trending", get(trending))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    |error: tower::BoxError| async move {
+                        tracing::warn!(%error, "trending flight failed");
+                        StatusCode::BAD_GATEWAY
+                    },
+                ))
+                .layer(CoalesceLayer::new(Cache::<
+                    String,
+                    CachedResponse,
+                    tower::BoxError,
+                >::new(
+                    16,
+                    Freshness::new(std::time::Duration::from_secs(5)),
+                ))),
+        );
     Router::new()
         .route("/authorize", get(authorize))
         .route("/token", post(token))
@@ -86,6 +115,7 @@ pub fn router(services: Services, per_user: Bucket) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .merge(signed_in)
+        .merge(catalog)
         .layer(TraceContextLayer::new())
         .with_state(services)
 }
@@ -334,6 +364,10 @@ pub async fn read_books(services: &Services) -> Result<Books, sqlx::Error> {
             .map(|(name, stats)| (name, stats.applied, stats.duplicates, stats.dead_lettered))
             .collect(),
     })
+}
+
+async fn trending(State(services): State<Services>) -> Response {
+    services.catalog.respond().await
 }
 
 async fn metrics(State(services): State<Services>) -> Response {

@@ -14,6 +14,7 @@
 //! gateway and checks the books afterwards.
 
 pub mod auth;
+pub mod catalog;
 pub mod db;
 pub mod embedded;
 pub mod events;

@@ -266,3 +266,72 @@ async fn each_user_has_a_rate_limit_of_their_own() {
     system.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `n` concurrent `GET /catalog/trending`: the statuses and bodies.
+async fn crowd(gateway: &Gateway, n: usize) -> Vec<(StatusCode, Bytes)> {
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let gateway = gateway.clone();
+        requests.spawn(async move {
+            gateway
+                .send(Method::GET, "/catalog/trending", &[], Bytes::new())
+                .await
+                .unwrap()
+        });
+    }
+    requests.join_all().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_requests_for_trending_cost_one_query() {
+    let (system, dir) = start().await;
+    let gateway = Gateway::new(&format!("http://{}", system.address));
+    let answers = crowd(&gateway, 500).await;
+    assert!(answers.iter().all(|(status, _)| *status == StatusCode::OK));
+    assert!(
+        answers.iter().all(|(_, body)| *body == answers[0].1),
+        "one answer for all"
+    );
+    let ranking: Vec<serde_json::Value> = serde_json::from_slice(&answers[0].1).unwrap();
+    assert_eq!(ranking.len(), 5, "every product ranked");
+    assert_eq!(system.services.catalog.queries(), 1);
+    system.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_at_expiry_is_served_stale_while_one_query_refreshes() {
+    let dir = std::env::temp_dir().join(format!("palisade-order-system-{}", fastrand::u64(..)));
+    let mut settings = Settings::new(dir.clone(), ([127, 0, 0, 1], 0).into());
+    settings.catalog = |catalog| {
+        catalog
+            .delay(std::time::Duration::from_millis(20))
+            .freshness(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(600),
+            )
+    };
+    let system = System::start(settings).await.unwrap();
+    let gateway = Gateway::new(&format!("http://{}", system.address));
+    let catalog = &system.services.catalog;
+    assert_eq!(crowd(&gateway, 1).await[0].0, StatusCode::OK);
+    assert_eq!(catalog.queries(), 1);
+    // Past max-age, within stale-while-revalidate.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+
+    // The refresh hangs: the whole crowd is served the stale ranking, and
+    // no second refresh starts while the first runs.
+    let held = catalog.hold().await;
+    let answers = crowd(&gateway, 500).await;
+    assert!(answers.iter().all(|(status, _)| *status == StatusCode::OK));
+    let mut waited = 0;
+    while catalog.queries() < 2 {
+        waited += 1;
+        assert!(waited < 1_000, "the refresh never started");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(catalog.queries(), 2, "one refresh for the whole crowd");
+    drop(held);
+    system.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
