@@ -55,6 +55,48 @@ impl Delivery {
     }
 }
 
+/// A handler error that is not the message's fault (a dependency down, a
+/// circuit open): the consumer tries the message again, with the growing
+/// delay, for as long as it takes, and never gives up on it for this.
+///
+/// # Example
+///
+/// ```
+/// use palisade_outbox::{BoxError, Transient};
+///
+/// fn from_processor(status: &str) -> BoxError {
+///     Box::new(Transient::new(format!("card processor: {status}")))
+/// }
+/// assert!(palisade_outbox::Transient::is(&*from_processor("UNAVAILABLE")));
+/// ```
+#[derive(Debug)]
+pub struct Transient(BoxError);
+
+impl Transient {
+    /// Marks `error` as transient.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Self(error.into())
+    }
+
+    /// Whether `error` is marked transient.
+    #[must_use]
+    pub fn is(error: &(dyn Error + 'static)) -> bool {
+        error.is::<Self>()
+    }
+}
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "transient: {}", self.0)
+    }
+}
+
+impl Error for Transient {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
 /// What the handler did with a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
@@ -253,7 +295,8 @@ pub(crate) fn retry_delay(base: Duration, cap: Duration, attempt: u64) -> Durati
 /// outside the transaction must be idempotent); it is tried again
 /// after a growing delay, before any later message, and after
 /// `max_deliver` tries it is given up on (logged as an error and counted as
-/// dead-lettered) and the next message goes. A database failure
+/// dead-lettered) and the next message goes; a [`Transient`] error is
+/// tried again until it goes through. A database failure
 /// is retried until the database answers, never given up on. Messages whose
 /// type is not among [`only`](Self::only) are skipped without a
 /// transaction.
@@ -451,7 +494,7 @@ where
     async fn retry(&self, mut delivery: Delivery, mut error: BoxError) {
         let id = delivery.envelope.id;
         loop {
-            if delivery.attempt >= self.max_deliver {
+            if delivery.attempt >= self.max_deliver && !Transient::is(&*error) {
                 Counters::add(&self.counters.dead_lettered);
                 tracing::error!(target: "palisade_outbox", consumer = %self.name, %id, attempt = delivery.attempt, %error, "handler failed its last try; given up on");
                 return;

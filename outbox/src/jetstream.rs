@@ -14,7 +14,7 @@ use async_nats::jetstream::{self, consumer::pull};
 use futures_util::StreamExt;
 
 use crate::consume::{
-    BoxError, ConsumerStats, Counters, Delivery, Failure, Handler, apply, retry_delay,
+    BoxError, ConsumerStats, Counters, Delivery, Failure, Handler, Transient, apply, retry_delay,
 };
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::{ConfigError, config_error};
@@ -149,7 +149,8 @@ impl ConsumerConfig {
 /// applied again.
 ///
 /// - A handler error rolls back and naks with a growing delay; on the last
-///   allowed delivery the message is published to the dead-letter subject
+///   allowed delivery (unless the error is [`Transient`](crate::Transient))
+///   the message is published to the dead-letter subject
 ///   (headers kept, plus `palisade-error`, `palisade-consumer` and
 ///   `palisade-deliveries`) and terminated.
 /// - A message without a valid envelope goes to the dead-letter subject at
@@ -346,7 +347,9 @@ where
         .await;
         match applied {
             Ok(()) => {}
-            Err(Failure::Handler(error)) if attempt >= self.config.max_deliver => {
+            Err(Failure::Handler(error))
+                if attempt >= self.config.max_deliver && !Transient::is(&*error) =>
+            {
                 tracing::error!(target: "palisade_outbox", id = %delivery.envelope.id, attempt, %error, "handler failed its last delivery; dead-lettered");
                 self.dead_letter(message, attempt, &error.to_string()).await;
                 return;

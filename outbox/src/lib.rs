@@ -93,7 +93,7 @@ mod stores;
 
 pub use config::OutboxConfig;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub use consume::{BoxError, ConsumerStats, Delivery, Handled, Handler, MemoryConsumer};
+pub use consume::{BoxError, ConsumerStats, Delivery, Handled, Handler, MemoryConsumer, Transient};
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::{ConfigError, PublishError};
 pub use event::{Event, Message};

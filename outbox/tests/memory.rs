@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use palisade_outbox::{
     BoxError, ConsumerStats, Delivery, Event, Handled, Handler, MemoryBroker, MemoryConsumer,
-    Message, OutboxConfig, Published, Publisher, Relay, SqliteInbox, SqliteOutbox,
+    Message, OutboxConfig, Published, Publisher, Relay, SqliteInbox, SqliteOutbox, Transient,
 };
 use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::mpsc;
@@ -145,4 +145,40 @@ async fn the_memory_consumer_applies_once_retries_and_gives_up() {
         .await
         .unwrap();
     assert_eq!(applied, ["Good", "Flaky"]);
+}
+
+/// Down for its first five tries: a dependency outage, not the message.
+#[derive(Debug, Default)]
+struct Outage {
+    tries: Mutex<u32>,
+}
+
+impl Handler<SqliteConnection> for Outage {
+    async fn handle(&self, _: &mut SqliteConnection, _: &Delivery) -> Result<Handled, BoxError> {
+        let mut tries = self.tries.lock().unwrap();
+        *tries += 1;
+        if *tries <= 5 {
+            return Err(Box::new(Transient::new("the card processor is down")));
+        }
+        Ok(Handled::Applied)
+    }
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_past_max_deliver() {
+    let (pool, source) = messages(vec![Event::new("order", "o-1", "Paid", b"{}".to_vec())]).await;
+    let inbox = SqliteInbox::new(pool, "inbox").unwrap();
+    inbox.migrate().await.unwrap();
+    let consumer = MemoryConsumer::new("payment", inbox, Outage::default())
+        .max_deliver(2)
+        .retry_delay(Duration::from_millis(1), Duration::from_millis(2));
+    let (sender, receiver) = mpsc::channel(1);
+    sender.send(source[0].clone()).await.unwrap();
+    drop(sender);
+    consumer.run(receiver, std::future::pending()).await;
+    let stats = consumer.stats();
+    assert_eq!(
+        (stats.applied, stats.retried, stats.dead_lettered),
+        (1, 5, 0)
+    );
 }

@@ -17,7 +17,7 @@ use crate::gateway::{self, Services};
 use crate::inventory::{self, Inventory};
 use crate::orders::{self, Orders};
 use crate::payment::{self, Payment};
-use crate::processor::CardProcessor;
+use crate::processor::{self as card, ProcessorClient, ProcessorServer, Simulator};
 use crate::shipping::{self, Shipping};
 
 /// Where and how the embedded system runs.
@@ -31,6 +31,8 @@ pub struct Settings {
     pub per_user: palisade_token_bucket::Bucket,
     /// Adjusts the catalog (its query's delay, its freshness).
     pub catalog: fn(crate::catalog::Catalog) -> crate::catalog::Catalog,
+    /// The circuit breaker on payment's channel to the card processor.
+    pub breaker: palisade_circuit_breaker::Config,
 }
 
 impl Settings {
@@ -43,6 +45,7 @@ impl Settings {
             listen,
             per_user: gateway::per_user(),
             catalog: |catalog| catalog,
+            breaker: card::breaker_config(),
         }
     }
 }
@@ -56,6 +59,7 @@ pub struct System {
     pub services: Services,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    processor_task: tokio::task::JoinHandle<()>,
 }
 
 /// The saga consumers' capacity of events queued each.
@@ -76,13 +80,6 @@ impl System {
         let orders = Orders::new(ServiceDb::open(dir, "orders", orders::TABLES).await?);
         let inventory =
             Inventory::new(ServiceDb::open(dir, "inventory", inventory::TABLES).await?).await?;
-        let payment = Payment::new(
-            ServiceDb::open(dir, "payment", payment::TABLES).await?,
-            CardProcessor::default(),
-        );
-        let shipping = Shipping::new(ServiceDb::open(dir, "shipping", shipping::TABLES).await?);
-
-        let broker = MemoryBroker::new(QUEUE);
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let until_stopped = move || {
@@ -91,6 +88,36 @@ impl System {
                 let _ = stopped.wait_for(|stop| *stop).await;
             }
         };
+
+        // The card processor, served over gRPC on a loopback port of its
+        // own; payment reaches it through trace context, retry and a
+        // circuit breaker.
+        let simulator = Simulator::default();
+        let processor_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let processor_address = processor_listener.local_addr()?;
+        // Stopped last, by `stop`: payment's channel keeps a connection to
+        // it open, and the payment under way may still need it.
+        let serving = tonic::transport::Server::builder()
+            .add_service(ProcessorServer(simulator.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(
+                processor_listener,
+            ));
+        let processor_task = tokio::spawn(async move {
+            if let Err(error) = serving.await {
+                tracing::error!(%error, "card processor stopped");
+            }
+        });
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{processor_address}"))?
+                .connect_lazy();
+        let (channel, breaker) = card::stack(channel, settings.breaker.clone());
+        let payment = Payment::new(
+            ServiceDb::open(dir, "payment", payment::TABLES).await?,
+            ProcessorClient::new(channel),
+        );
+        let shipping = Shipping::new(ServiceDb::open(dir, "shipping", shipping::TABLES).await?);
+
+        let broker = MemoryBroker::new(QUEUE);
         let consumers = Consumers::default();
         consumers.spawn(
             &mut tasks,
@@ -133,7 +160,31 @@ impl System {
             tasks.spawn(relay.run(until_stopped()));
         }
 
+        let breaker_opens = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut transitions = breaker.subscribe();
+        let opens = breaker_opens.clone();
+        let stopped = until_stopped();
+        tasks.spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            tokio::pin!(stopped);
+            loop {
+                let transition = tokio::select! {
+                    () = &mut stopped => return,
+                    transition = transitions.recv() => transition,
+                };
+                match transition {
+                    Ok(transition) if transition.to == palisade_circuit_breaker::State::Open => {
+                        opens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
         let services = Services {
+            processor: simulator,
+            breaker,
+            breaker_opens,
             auth: crate::auth::Auth::default(),
             catalog: (settings.catalog)(crate::catalog::Catalog::new(inventory.clone())),
             orders,
@@ -160,13 +211,16 @@ impl System {
             services,
             stop,
             tasks,
+            processor_task,
         })
     }
 
-    /// Stops every task, letting the batch or message under way finish.
+    /// Stops every task, letting the batch or message under way finish,
+    /// then the card processor.
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
+        self.processor_task.abort();
     }
 }
 

@@ -45,6 +45,12 @@ use crate::shipping::Shipping;
 /// The services behind the gateway.
 #[derive(Debug, Clone)]
 pub struct Services {
+    /// The card processor simulator (its faults can be set).
+    pub processor: crate::processor::Simulator,
+    /// The circuit breaker of payment's channel to the processor.
+    pub breaker: crate::processor::Breaker,
+    /// How many times that breaker opened.
+    pub breaker_opens: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Auth.
     pub auth: crate::auth::Auth,
     /// The catalog.
@@ -274,6 +280,10 @@ pub struct Books {
     /// Each consumer's counters: (service, applied, duplicates dropped,
     /// given up on).
     pub consumers: Vec<(String, u64, u64, u64)>,
+    /// The card processor breaker's state (`Closed`, `Open`, …).
+    pub breaker_state: String,
+    /// How many times it opened.
+    pub breaker_opens: u64,
 }
 
 impl Books {
@@ -363,6 +373,10 @@ pub async fn read_books(services: &Services) -> Result<Books, sqlx::Error> {
             .into_iter()
             .map(|(name, stats)| (name, stats.applied, stats.duplicates, stats.dead_lettered))
             .collect(),
+        breaker_state: format!("{:?}", services.breaker.state()),
+        breaker_opens: services
+            .breaker_opens
+            .load(std::sync::atomic::Ordering::Relaxed),
     })
 }
 

@@ -110,6 +110,10 @@ impl Summary {
             ));
             let duplicates: u64 = books.consumers.iter().map(|c| c.2).sum();
             rows.push((
+                "breaker opens (all time)".into(),
+                books.breaker_opens.to_string(),
+            ));
+            rows.push((
                 "duplicates dropped by inboxes".into(),
                 duplicates.to_string(),
             ));

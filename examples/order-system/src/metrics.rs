@@ -74,6 +74,22 @@ pub fn render(books: &Books) -> String {
             family.sample(name, &[("sku", &level.sku), ("state", state)], units);
         }
     }
+    let name = "palisade_breaker_opens_total";
+    Family::new(
+        &mut out,
+        name,
+        "counter",
+        "Times the card processor's circuit breaker opened.",
+    )
+    .sample(name, &[], books.breaker_opens);
+    let name = "palisade_breaker_open";
+    Family::new(
+        &mut out,
+        name,
+        "gauge",
+        "Whether the card processor's circuit breaker refuses calls now.",
+    )
+    .sample(name, &[], u8::from(books.breaker_state.contains("Open")));
     let name = "palisade_compensations_total";
     Family::new(
         &mut out,
@@ -148,12 +164,16 @@ mod tests {
             compensations_repeated: 0,
             outboxes: vec![("orders".into(), 0, 0)],
             consumers: vec![("inventory".into(), 12, 1, 0)],
+            breaker_state: "Closed".into(),
+            breaker_opens: 1,
         };
         let text = render(&books);
         assert!(text.contains("# TYPE palisade_orders gauge\n"));
         assert!(text.contains("palisade_orders{status=\"confirmed\",reason=\"\"} 7\n"));
         assert!(text.contains("palisade_stock_units{sku=\"sku-1\",state=\"shipped\"} 3\n"));
         assert!(text.contains("palisade_compensations_total 2\n"));
+        assert!(text.contains("palisade_breaker_opens_total 1\n"));
+        assert!(text.contains("palisade_breaker_open 0\n"));
         assert!(text.contains("palisade_consumer_duplicates_total{service=\"inventory\"} 1\n"));
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|line| !line.starts_with('#')) {

@@ -1,12 +1,13 @@
 //! The payment service: charges the card of every order whose stock is
-//! reserved, through the card processor.
+//! reserved, through the card processor over gRPC (with retry and a
+//! circuit breaker, see [`processor::stack`](crate::processor::stack)).
 
-use palisade_outbox::{BoxError, Delivery, Handled, Handler};
+use palisade_outbox::{BoxError, Delivery, Handled, Handler, Transient};
 use sqlx::SqliteConnection;
 
 use crate::db::ServiceDb;
 use crate::events::{SagaEvent, types};
-use crate::processor::{CardProcessor, Charge};
+use crate::processor::{Charge, ProcessorClient};
 
 /// The payment service's tables.
 pub const TABLES: &[&str] = &[
@@ -21,13 +22,13 @@ pub const CONSUMES: &[&str] = &[types::INVENTORY_RESERVED];
 #[derive(Debug, Clone)]
 pub struct Payment {
     db: ServiceDb,
-    processor: CardProcessor,
+    processor: ProcessorClient,
 }
 
 impl Payment {
     /// The service on its database, charging through `processor`.
     #[must_use]
-    pub const fn new(db: ServiceDb, processor: CardProcessor) -> Self {
+    pub const fn new(db: ServiceDb, processor: ProcessorClient) -> Self {
         Self { db, processor }
     }
 
@@ -49,12 +50,15 @@ impl Handler<SqliteConnection> for Payment {
             return Ok(Handled::Ignored);
         };
         // The processor charges once per order id, so a retry after a
-        // failure here is not a second charge.
-        let (status, reason, event) = match self
+        // failure here is not a second charge. It being down (retries
+        // spent, or the breaker open) is not the order's fault: transient,
+        // tried again until it is back.
+        let charge = self
             .processor
             .charge(&line.order_id, &line.card, line.amount_cents)
-            .await?
-        {
+            .await
+            .map_err(|status| Transient::new(format!("card processor: {status}")))?;
+        let (status, reason, event) = match charge {
             Charge::Approved => ("succeeded", None, SagaEvent::PaymentSucceeded(line.clone())),
             Charge::Declined(reason) => (
                 "failed",

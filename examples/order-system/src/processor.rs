@@ -1,14 +1,61 @@
-//! The card processor the payment service calls: a simulator that declines
-//! some cards.
+//! The card processor, reached by gRPC: a simulator that declines some
+//! cards and can be made slow or unavailable, and the client payment calls
+//! it with (trace context, retry, circuit breaker).
 //!
-//! In the embedded default it runs in process. Cards ending in `0002` are
-//! declined (`insufficient_funds`); every other card is approved. A charge
-//! is idempotent per order id: asking again answers as the first time.
+//! The wire contract is `proto/card_processor.proto`; the messages, the
+//! server routing and the client below are written by hand in the shape
+//! tonic's code generator gives, so no `protoc` is needed.
+//!
+//! The simulator declines cards ending in `0002` (`insufficient_funds`) and
+//! approves the others; a charge is idempotent per order id. Its
+//! [`Faults`] make it answer `UNAVAILABLE`, or slowly, on demand.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-/// The processor's answer.
+use palisade_circuit_breaker::CircuitBreakerLayer;
+use palisade_retry::RetryLayer;
+use palisade_tracecontext::PropagateLayer;
+use tonic::codegen::{BoxFuture, Service, StdError, http};
+use tonic::transport::Channel;
+
+/// The gRPC method's path.
+const CHARGE: &str = "/palisade.processor.v1.CardProcessor/Charge";
+
+/// The card that is always declined.
+pub const DECLINED_CARD: &str = "4000000000000002";
+/// A card that is always approved.
+pub const GOOD_CARD: &str = "4242424242424242";
+
+/// `ChargeRequest`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ChargeRequest {
+    /// The order, and the charge's idempotency key.
+    #[prost(string, tag = "1")]
+    pub order_id: String,
+    /// The card number.
+    #[prost(string, tag = "2")]
+    pub card: String,
+    /// How much.
+    #[prost(int64, tag = "3")]
+    pub amount_cents: i64,
+}
+
+/// `ChargeReply`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ChargeReply {
+    /// Whether the card was charged.
+    #[prost(bool, tag = "1")]
+    pub approved: bool,
+    /// Why not, when declined.
+    #[prost(string, tag = "2")]
+    pub decline_reason: String,
+}
+
+/// The processor's answer, as payment reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Charge {
     /// The card was charged.
@@ -17,38 +64,262 @@ pub enum Charge {
     Declined(String),
 }
 
-/// The card that is always declined.
-pub const DECLINED_CARD: &str = "4000000000000002";
-/// A card that is always approved.
-pub const GOOD_CARD: &str = "4242424242424242";
-
-/// The simulated card processor.
-#[derive(Debug, Clone, Default)]
-pub struct CardProcessor {
-    charges: Arc<Mutex<HashMap<String, Charge>>>,
+/// What the simulator is made to do wrong (fault injection).
+#[derive(Debug, Default)]
+pub struct Faults {
+    unavailable: AtomicBool,
+    delay_ms: AtomicU64,
 }
 
-impl CardProcessor {
-    /// Charges `amount_cents` to `card` for `order_id`, once.
+impl Faults {
+    /// Answer every charge `UNAVAILABLE` (`true`) or serve again.
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.unavailable.store(unavailable, Ordering::SeqCst);
+    }
+
+    /// Take `delay` more over every charge.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+}
+
+/// The simulated processor: its answers, bounded, and its faults.
+#[derive(Debug, Clone, Default)]
+pub struct Simulator {
+    charges: Arc<Mutex<HashMap<String, Charge>>>,
+    faults: Arc<Faults>,
+    calls: Arc<AtomicU64>,
+}
+
+/// Charges remembered for idempotency; the oldest half is forgotten past
+/// this (a retry comes within seconds, not after 100,000 other orders).
+const REMEMBERED: usize = 100_000;
+
+impl Simulator {
+    /// The faults to inject.
+    #[must_use]
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Charges seen, `UNAVAILABLE` answers included.
+    #[must_use]
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    async fn charge(&self, request: ChargeRequest) -> Result<ChargeReply, tonic::Status> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let delay = self.faults.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if self.faults.unavailable.load(Ordering::SeqCst) {
+            return Err(tonic::Status::unavailable("the card processor is down"));
+        }
+        if request.order_id.is_empty() || request.amount_cents <= 0 {
+            return Err(tonic::Status::invalid_argument(
+                "an order id and a positive amount are required",
+            ));
+        }
+        let answer = if request.card.ends_with("0002") {
+            Charge::Declined("insufficient_funds".to_owned())
+        } else {
+            Charge::Approved
+        };
+        let mut charges = self.charges.lock().unwrap_or_else(PoisonError::into_inner);
+        if charges.len() >= REMEMBERED {
+            // Without an order of insertion, forget an arbitrary half: only
+            // a retry within moments needs the memory.
+            let forget: Vec<String> = charges.keys().take(REMEMBERED / 2).cloned().collect();
+            for key in forget {
+                charges.remove(&key);
+            }
+        }
+        let answer = charges.entry(request.order_id).or_insert(answer).clone();
+        Ok(match answer {
+            Charge::Approved => ChargeReply {
+                approved: true,
+                decline_reason: String::new(),
+            },
+            Charge::Declined(reason) => ChargeReply {
+                approved: false,
+                decline_reason: reason,
+            },
+        })
+    }
+}
+
+/// The simulator as a tonic service (what `tonic-build` would generate as
+/// `CardProcessorServer`).
+#[derive(Debug, Clone)]
+pub struct ProcessorServer(pub Simulator);
+
+impl tonic::server::NamedService for ProcessorServer {
+    const NAME: &'static str = "palisade.processor.v1.CardProcessor";
+}
+
+/// The one unary method.
+struct ChargeMethod(Simulator);
+
+impl tonic::server::UnaryService<ChargeRequest> for ChargeMethod {
+    type Response = ChargeReply;
+    type Future = BoxFuture<tonic::Response<ChargeReply>, tonic::Status>;
+
+    fn call(&mut self, request: tonic::Request<ChargeRequest>) -> Self::Future {
+        let simulator = self.0.clone();
+        Box::pin(async move {
+            simulator
+                .charge(request.into_inner())
+                .await
+                .map(tonic::Response::new)
+        })
+    }
+}
+
+impl<B> Service<http::Request<B>> for ProcessorServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() == CHARGE {
+            let method = ChargeMethod(self.0.clone());
+            return Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+                Ok(grpc.unary(method, request).await)
+            });
+        }
+        Box::pin(async move { Ok(tonic::Status::unimplemented("no such method").into_http()) })
+    }
+}
+
+/// Payment's channel to the processor: trace context on every call, then
+/// retries (UNAVAILABLE, with a budget), then a circuit breaker (gRPC
+/// classification) under them, so each attempt counts and an open breaker
+/// is never retried.
+pub type ProcessorChannel = tower::util::BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    ChannelError,
+>;
+
+/// A call through payment's channel failed below gRPC (transport, retry
+/// deadline). A concrete type rather than a boxed error: proving a tonic
+/// call `Send` inside a generic handler with a boxed error trips a compiler
+/// limitation (rust-lang/rust#102211).
+#[derive(Debug)]
+pub struct ChannelError(tower::BoxError);
+
+impl std::fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ChannelError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// The breaker of payment's channel, to watch.
+pub type Breaker = palisade_circuit_breaker::CircuitBreaker;
+
+/// The breaker payment uses by default: open after 10 calls with half of
+/// the last 20 failing, for 2 s (growing with repeated opens, with
+/// jitter), so a demo outage shows it open and then recover.
+#[must_use]
+pub fn breaker_config() -> palisade_circuit_breaker::Config {
+    palisade_circuit_breaker::Config::builder()
+        .minimum_calls(10)
+        .open_duration(Duration::from_secs(2))
+        .build()
+        .unwrap_or_else(|_| unreachable!("a valid breaker config"))
+}
+
+/// Builds payment's channel to the processor at `channel`, with a breaker
+/// of `config`.
+#[must_use]
+pub fn stack(
+    channel: Channel,
+    config: palisade_circuit_breaker::Config,
+) -> (ProcessorChannel, Breaker) {
+    let breaker = CircuitBreakerLayer::new_for_grpc(config);
+    let handle = breaker.breaker().clone();
+    let service = tower::ServiceBuilder::new()
+        // Outermost: the breaker's body (classified at the end of the
+        // stream) as tonic's.
+        .map_response(|response: http::Response<_>| response.map(tonic::body::Body::new))
+        .map_err(ChannelError)
+        .layer(PropagateLayer::new())
+        .layer(RetryLayer::new_for_grpc(palisade_retry::Config::default()))
+        .layer(breaker)
+        .map_request(|request: http::Request<_>| request.map(tonic::body::Body::new))
+        .service(channel);
+    (tower::util::BoxCloneSyncService::new(service), handle)
+}
+
+/// Payment's client of the processor (what `tonic-build` would generate as
+/// `CardProcessorClient`).
+#[derive(Debug, Clone)]
+pub struct ProcessorClient {
+    grpc: tonic::client::Grpc<ProcessorChannel>,
+}
+
+impl ProcessorClient {
+    /// A client over `channel`.
+    #[must_use]
+    pub fn new(channel: ProcessorChannel) -> Self {
+        Self {
+            grpc: tonic::client::Grpc::new(channel),
+        }
+    }
+
+    /// Charges `amount_cents` to `card` for `order_id`.
     ///
     /// # Errors
     ///
-    /// Never in process; the signature leaves room for a remote processor.
-    #[allow(clippy::unused_async)]
+    /// The call's status: `UNAVAILABLE` once retries are spent or while
+    /// the breaker is open.
     pub async fn charge(
         &self,
         order_id: &str,
         card: &str,
         amount_cents: i64,
-    ) -> Result<Charge, palisade_outbox::BoxError> {
-        let answer = if card.ends_with("0002") {
-            Charge::Declined("insufficient_funds".to_owned())
-        } else if amount_cents <= 0 {
-            Charge::Declined("invalid_amount".to_owned())
-        } else {
+    ) -> Result<Charge, tonic::Status> {
+        let mut grpc = self.grpc.clone();
+        let request = tonic::Request::new(ChargeRequest {
+            order_id: order_id.to_owned(),
+            card: card.to_owned(),
+            amount_cents,
+        });
+        grpc.ready().await.map_err(|error| {
+            tonic::Status::unavailable(format!("processor channel not ready: {error}"))
+        })?;
+        let reply: ChargeReply = grpc
+            .unary(
+                request,
+                http::uri::PathAndQuery::from_static(CHARGE),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await?
+            .into_inner();
+        Ok(if reply.approved {
             Charge::Approved
-        };
-        let mut charges = self.charges.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(charges.entry(order_id.to_owned()).or_insert(answer).clone())
+        } else {
+            Charge::Declined(reply.decline_reason)
+        })
     }
 }

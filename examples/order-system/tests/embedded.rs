@@ -335,3 +335,44 @@ async fn a_crowd_at_expiry_is_served_stale_while_one_query_refreshes() {
     system.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_outage_opens_the_breaker_and_every_order_still_ends() {
+    let (system, dir) = start().await;
+    let mut transitions = system.services.breaker.subscribe();
+    let faults = system.services.processor.clone();
+    faults.faults().set_unavailable(true);
+    let settings = LoadSettings {
+        gateway: format!("http://{}", system.address),
+        orders: 100,
+        concurrency: 16,
+        decline_rate: 0.2,
+        progress: false,
+    };
+    let load = tokio::spawn(async move { load::run(&settings).await.unwrap() });
+
+    // Payments fail, retries are spent, the breaker opens; then the
+    // processor comes back.
+    loop {
+        let transition =
+            tokio::time::timeout(std::time::Duration::from_secs(60), transitions.recv())
+                .await
+                .expect("the breaker opens while the processor is down")
+                .unwrap();
+        if transition.to == palisade_circuit_breaker::State::Open {
+            break;
+        }
+    }
+    faults.faults().set_unavailable(false);
+
+    let summary = load.await.unwrap();
+    println!("{}", summary.table());
+    assert_eq!(summary.violations, Vec::<String>::new());
+    assert_eq!((summary.placed, summary.unfinished), (100, 0));
+    let books = summary.books.unwrap();
+    assert!(books.breaker_opens >= 1);
+    assert_eq!(books.breaker_state, "Closed", "recovered");
+    assert!(faults.calls() > 100, "the outage's failed calls were made");
+    system.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
