@@ -18,6 +18,9 @@
 //! - `GET /books`: every service's books and the invariants they must keep.
 //! - `GET /metrics`: the same books in the Prometheus text format.
 //! - `GET /healthz`.
+//! - `GET`/`PUT /admin/processor`: the card processor's injected faults
+//!   (`{"unavailable": true, "delay_ms": 200}`), for the user `operator`
+//!   only.
 //!
 //! An order's events continue the trace of the request that placed it.
 
@@ -83,6 +86,10 @@ pub fn router(services: Services, per_user: Bucket) -> Router {
     let signed_in = Router::new()
         .route("/orders", post(place))
         .route("/orders/{id}", get(order))
+        .route(
+            "/admin/processor",
+            get(processor_faults).put(set_processor_faults),
+        )
         .route_layer(middleware::from_fn_with_state(
             services.clone(),
             require_bearer,
@@ -378,6 +385,76 @@ pub async fn read_books(services: &Services) -> Result<Books, sqlx::Error> {
             .breaker_opens
             .load(std::sync::atomic::Ordering::Relaxed),
     })
+}
+
+/// The user allowed on `/admin` routes.
+pub const OPERATOR: &str = "operator";
+
+/// What `/admin/processor` shows: the faults and the breaker in front of
+/// the processor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessorStatus {
+    /// The faults injected now.
+    pub faults: crate::processor::FaultSettings,
+    /// The breaker's state.
+    pub breaker_state: String,
+    /// Charges the processor has seen.
+    pub calls: u64,
+}
+
+fn processor_status(services: &Services) -> ProcessorStatus {
+    ProcessorStatus {
+        faults: services.processor.faults().settings(),
+        breaker_state: format!("{:?}", services.breaker.state()),
+        calls: services.processor.calls(),
+    }
+}
+
+fn forbidden_unless_operator(user: &str) -> Option<Response> {
+    (user != OPERATOR).then(|| {
+        problem(
+            StatusCode::FORBIDDEN,
+            format!("only the {OPERATOR:?} user may change the card processor's faults"),
+        )
+    })
+}
+
+async fn processor_faults(
+    State(services): State<Services>,
+    Extension(User(user)): Extension<User>,
+) -> Response {
+    if let Some(refusal) = forbidden_unless_operator(&user) {
+        return refusal;
+    }
+    Json(processor_status(&services)).into_response()
+}
+
+async fn set_processor_faults(
+    State(services): State<Services>,
+    Extension(User(user)): Extension<User>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(refusal) = forbidden_unless_operator(&user) {
+        return refusal;
+    }
+    let settings: crate::processor::FaultSettings = match serde_json::from_slice(&body) {
+        Ok(settings) => settings,
+        Err(error) => {
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("not processor faults: {error}"),
+            );
+        }
+    };
+    if settings.delay_ms > 60_000 {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "delay_ms must be at most 60000",
+        );
+    }
+    services.processor.faults().apply(settings);
+    tracing::warn!(?settings, "card processor faults set");
+    Json(processor_status(&services)).into_response()
 }
 
 async fn trending(State(services): State<Services>) -> Response {

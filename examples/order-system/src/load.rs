@@ -38,6 +38,10 @@ pub struct LoadSettings {
     pub decline_rate: f64,
     /// Whether to draw progress on standard error.
     pub progress: bool,
+    /// Makes the card processor unavailable for this long, once a quarter
+    /// of the orders are placed (through `/admin/processor`, as the
+    /// `operator` user).
+    pub processor_outage: Option<Duration>,
 }
 
 /// What happened.
@@ -299,6 +303,30 @@ impl Gateway {
         Ok(serde_json::from_slice(&body)?)
     }
 
+    /// Turns the card processor's outage on or off (as the `operator`).
+    async fn set_processor_unavailable(&self, unavailable: bool) -> Result<(), Error> {
+        let body = serde_json::to_vec(&crate::processor::FaultSettings {
+            unavailable,
+            delay_ms: 0,
+        })?;
+        let (status, reply) = self
+            .send(
+                Method::PUT,
+                "/admin/processor",
+                &[("content-type", "application/json")],
+                Bytes::from(body),
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(format!(
+                "PUT /admin/processor: {status}: {}",
+                String::from_utf8_lossy(&reply)
+            )
+            .into());
+        }
+        Ok(())
+    }
+
     /// Places `order` under a fresh idempotency key. A 503 (the service
     /// busy) is tried again after a short wait and a 429 after its
     /// `Retry-After`, with the same key, so the gateway places it once
@@ -401,6 +429,22 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
             Ok::<_, Error>(ended)
         });
     }
+    let outage = match settings.processor_outage {
+        Some(length) => {
+            let mut operator = gateway.clone();
+            operator.sign_in(crate::gateway::OPERATOR).await?;
+            let (next, quarter) = (next.clone(), settings.orders / 4);
+            Some(tokio::spawn(async move {
+                while next.load(Ordering::Relaxed) < quarter {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                operator.set_processor_unavailable(true).await?;
+                tokio::time::sleep(length).await;
+                operator.set_processor_unavailable(false).await
+            }))
+        }
+        None => None,
+    };
     let mut summary = Summary::default();
     while let Some(ended) = workers.join_next().await {
         for (order, latency) in ended?? {
@@ -417,6 +461,9 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
             }
             summary.saga.push(latency);
         }
+    }
+    if let Some(outage) = outage {
+        outage.await??;
     }
     summary.elapsed = started.elapsed();
     summary.rate_limited = rate_limited.load(Ordering::Relaxed);

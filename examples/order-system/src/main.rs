@@ -3,12 +3,14 @@
 //! ```text
 //! order-system [run] [--data DIR] [--listen ADDR]
 //! order-system load [--gateway URL] [--orders N] [--concurrency C] [--decline-rate P]
+//!                   [--processor-outage SECONDS]
 //! order-system token [--gateway URL] [--user NAME]
 //! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use palisade_order_system::embedded::{Settings, System};
 use palisade_order_system::load::{self, Gateway, LoadSettings};
@@ -18,8 +20,11 @@ const USAGE: &str = "usage:
       every service in one process on SQLite files in DIR (default: ./order-system-data),
       the gateway on ADDR (default: 127.0.0.1:8080)
   order-system load [--gateway URL] [--orders N] [--concurrency C] [--decline-rate P]
+                    [--processor-outage SECONDS]
       places N orders (default 1000), C at a time (default 64), a share P of them
-      with a card that is declined (default 0.2), waits for every saga and checks the books
+      with a card that is declined (default 0.2), waits for every saga and checks the books;
+      with --processor-outage, the card processor is down for SECONDS once a quarter
+      of the orders are placed
   order-system token [--gateway URL] [--user NAME]
       signs in as NAME (default demo) with the PKCE flow and prints the bearer token";
 
@@ -96,6 +101,11 @@ async fn load_command(args: &[String]) -> Result<ExitCode, String> {
         concurrency: flag(args, "--concurrency", 64)?,
         decline_rate: flag(args, "--decline-rate", 0.2)?,
         progress: true,
+        processor_outage: match flag(args, "--processor-outage", 0_u64)? {
+            0 => None,
+            seconds @ 1..=600 => Some(Duration::from_secs(seconds)),
+            _ => return Err("--processor-outage must be 0 to 600 seconds".to_owned()),
+        },
     };
     if !(0.0..=1.0).contains(&settings.decline_rate) {
         return Err("--decline-rate must be between 0 and 1".to_owned());

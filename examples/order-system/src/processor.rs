@@ -71,7 +71,33 @@ pub struct Faults {
     delay_ms: AtomicU64,
 }
 
+/// The faults as set, for the admin endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct FaultSettings {
+    /// Every charge answers `UNAVAILABLE`.
+    #[serde(default)]
+    pub unavailable: bool,
+    /// Milliseconds added to every charge.
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
 impl Faults {
+    /// The faults now.
+    #[must_use]
+    pub fn settings(&self) -> FaultSettings {
+        FaultSettings {
+            unavailable: self.unavailable.load(Ordering::SeqCst),
+            delay_ms: self.delay_ms.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Sets every fault at once.
+    pub fn apply(&self, settings: FaultSettings) {
+        self.set_unavailable(settings.unavailable);
+        self.set_delay(Duration::from_millis(settings.delay_ms));
+    }
+
     /// Answer every charge `UNAVAILABLE` (`true`) or serve again.
     pub fn set_unavailable(&self, unavailable: bool) {
         self.unavailable.store(unavailable, Ordering::SeqCst);

@@ -31,6 +31,7 @@ async fn three_hundred_orders_end_confirmed_or_cancelled_with_the_books_straight
         concurrency: 32,
         decline_rate: 0.2,
         progress: false,
+        processor_outage: None,
     })
     .await
     .unwrap();
@@ -339,40 +340,57 @@ async fn a_crowd_at_expiry_is_served_stale_while_one_query_refreshes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_processor_outage_opens_the_breaker_and_every_order_still_ends() {
     let (system, dir) = start().await;
-    let mut transitions = system.services.breaker.subscribe();
-    let faults = system.services.processor.clone();
-    faults.faults().set_unavailable(true);
     let settings = LoadSettings {
         gateway: format!("http://{}", system.address),
-        orders: 100,
+        orders: 200,
         concurrency: 16,
         decline_rate: 0.2,
         progress: false,
+        // Through the admin endpoint, once 50 orders are placed.
+        processor_outage: Some(std::time::Duration::from_secs(2)),
     };
-    let load = tokio::spawn(async move { load::run(&settings).await.unwrap() });
-
-    // Payments fail, retries are spent, the breaker opens; then the
-    // processor comes back.
-    loop {
-        let transition =
-            tokio::time::timeout(std::time::Duration::from_secs(60), transitions.recv())
-                .await
-                .expect("the breaker opens while the processor is down")
-                .unwrap();
-        if transition.to == palisade_circuit_breaker::State::Open {
-            break;
-        }
-    }
-    faults.faults().set_unavailable(false);
-
-    let summary = load.await.unwrap();
+    let summary = load::run(&settings).await.unwrap();
     println!("{}", summary.table());
     assert_eq!(summary.violations, Vec::<String>::new());
-    assert_eq!((summary.placed, summary.unfinished), (100, 0));
+    assert_eq!((summary.placed, summary.unfinished), (200, 0));
     let books = summary.books.unwrap();
-    assert!(books.breaker_opens >= 1);
+    assert!(books.breaker_opens >= 1, "{books:?}");
     assert_eq!(books.breaker_state, "Closed", "recovered");
-    assert!(faults.calls() > 100, "the outage's failed calls were made");
+    assert!(!system.services.processor.faults().settings().unavailable);
+    system.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_operator_sets_the_processor_faults() {
+    let (system, dir) = start().await;
+    let base = format!("http://{}", system.address);
+    let (mut alice, mut operator) = (Gateway::new(&base), Gateway::new(&base));
+    alice.sign_in("alice").await.unwrap();
+    operator.sign_in("operator").await.unwrap();
+    let faults = Bytes::from_static(br#"{"unavailable":true,"delay_ms":5}"#);
+    let json = [("content-type", "application/json")];
+    let (status, _) = alice
+        .send(Method::PUT, "/admin/processor", &json, faults.clone())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = operator
+        .send(Method::PUT, "/admin/processor", &json, faults)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let shown: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        shown["faults"],
+        serde_json::json!({"unavailable": true, "delay_ms": 5})
+    );
+    let bad = Bytes::from_static(br#"{"delay_ms":600000}"#);
+    let (status, _) = operator
+        .send(Method::PUT, "/admin/processor", &json, bad)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     system.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
