@@ -130,7 +130,17 @@ impl Window {
                 if added != 0 {
                     totals.fetch_add(added, Relaxed);
                 }
-                let old = slots[index].swap(slot_value(failed, slow), Relaxed);
+                // A slot that already holds this verdict (the steady state:
+                // success after success) needs no write, and a load costs
+                // far less than a swap. A writer racing for the same slot
+                // (`len` calls apart) then simply lands after this one.
+                let value = slot_value(failed, slow);
+                let slot = &slots[index];
+                let old = if slot.load(Relaxed) == value {
+                    value
+                } else {
+                    slot.swap(value, Relaxed)
+                };
                 let removed = slot_verdicts(old);
                 if removed != 0 {
                     totals.fetch_sub(removed, Relaxed);
