@@ -110,7 +110,9 @@ impl System {
         let channel =
             tonic::transport::Endpoint::from_shared(format!("http://{processor_address}"))?
                 .connect_lazy();
-        let (channel, breaker) = card::stack(channel, settings.breaker.clone());
+        let telemetry = crate::telemetry::Telemetry::default();
+        let meter = telemetry.meter();
+        let (channel, breaker) = card::stack(channel, settings.breaker.clone(), &meter);
         let payment = Payment::new(
             ServiceDb::open(dir, "payment", payment::TABLES).await?,
             ProcessorClient::new(channel),
@@ -155,8 +157,13 @@ impl System {
             shipping::CONSUMES,
             until_stopped(),
         );
-        for db in [orders.db(), inventory.db(), payment.db(), shipping.db()] {
-            let relay = Relay::new(db.outbox.clone(), broker.clone());
+        for (name, db) in [
+            ("orders", orders.db()),
+            ("inventory", inventory.db()),
+            ("payment", payment.db()),
+            ("shipping", shipping.db()),
+        ] {
+            let relay = Relay::new(db.outbox.clone(), broker.clone()).instrument(&meter, name);
             tasks.spawn(relay.run(until_stopped()));
         }
 
@@ -182,6 +189,7 @@ impl System {
             }
         });
         let services = Services {
+            telemetry,
             processor: simulator,
             breaker,
             breaker_opens,
@@ -195,7 +203,7 @@ impl System {
         };
         let listener = TcpListener::bind(settings.listen).await?;
         let address = listener.local_addr()?;
-        let app = gateway::router(services.clone(), settings.per_user);
+        let app = gateway::router(services.clone(), settings.per_user, &meter);
         let shutdown = until_stopped();
         tasks.spawn(async move {
             if let Err(error) = axum::serve(listener, app)

@@ -16,7 +16,9 @@
 //!   served through `CoalesceLayer` (see [`catalog`](crate::catalog)); no
 //!   token needed.
 //! - `GET /books`: every service's books and the invariants they must keep.
-//! - `GET /metrics`: the same books in the Prometheus text format.
+//! - `GET /metrics`: the same books in the Prometheus text format, and
+//!   the palisade crates' own OpenTelemetry metrics (breaker, retry, rate
+//!   limit, relays, catalog cache).
 //! - `GET /healthz`.
 //! - `GET`/`PUT /admin/processor`: the card processor's injected faults
 //!   (`{"unavailable": true, "delay_ms": 200}`), for the user `operator`
@@ -48,6 +50,8 @@ use crate::shipping::Shipping;
 /// The services behind the gateway.
 #[derive(Debug, Clone)]
 pub struct Services {
+    /// The crates' own metrics.
+    pub telemetry: crate::telemetry::Telemetry,
     /// The card processor simulator (its faults can be set).
     pub processor: crate::processor::Simulator,
     /// The circuit breaker of payment's channel to the processor.
@@ -81,8 +85,13 @@ pub fn per_user() -> Bucket {
     Bucket::new(100, 50.0).unwrap_or_else(|_| unreachable!("a valid bucket"))
 }
 
-/// The gateway's routes, with `per_user` as each user's token bucket.
-pub fn router(services: Services, per_user: Bucket) -> Router {
+/// The gateway's routes, with `per_user` as each user's token bucket; the
+/// rate limiter and the catalog's cache report to `meter`.
+pub fn router(
+    services: Services,
+    per_user: Bucket,
+    meter: &opentelemetry::metrics::Meter,
+) -> Router {
     let signed_in = Router::new()
         .route("/orders", post(place))
         .route("/orders/{id}", get(order))
@@ -94,11 +103,19 @@ pub fn router(services: Services, per_user: Bucket) -> Router {
             services.clone(),
             require_bearer,
         ))
-        .layer(RateLimitLayer::new_for_http(
-            LocalStore::default(),
-            per_user,
-            key::header(header::AUTHORIZATION),
-        ));
+        .layer(
+            RateLimitLayer::new_for_http(
+                LocalStore::default(),
+                per_user,
+                key::header(header::AUTHORIZATION),
+            )
+            .instrument(meter, "per-user"),
+        );
+    let trending_cache = Cache::<String, CachedResponse, tower::BoxError>::new(
+        16,
+        Freshness::new(std::time::Duration::from_secs(5)),
+    );
+    trending_cache.instrument(meter, "trending");
     // The ranking is the same for everyone: cached whole, computed once
     // per crowd; what the origin says (max-age, stale-while-revalidate)
     // decides how long. A failed flight answers 502.
@@ -112,14 +129,7 @@ pub fn router(services: Services, per_user: Bucket) -> Router {
                         StatusCode::BAD_GATEWAY
                     },
                 ))
-                .layer(CoalesceLayer::new(Cache::<
-                    String,
-                    CachedResponse,
-                    tower::BoxError,
-                >::new(
-                    16,
-                    Freshness::new(std::time::Duration::from_secs(5)),
-                ))),
+                .layer(CoalesceLayer::new(trending_cache)),
         );
     Router::new()
         .route("/authorize", get(authorize))
@@ -463,14 +473,22 @@ async fn trending(State(services): State<Services>) -> Response {
 
 async fn metrics(State(services): State<Services>) -> Response {
     match read_books(&services).await {
-        Ok(books) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            crate::metrics::render(&books),
-        )
-            .into_response(),
+        Ok(books) => {
+            let telemetry = services.telemetry.clone();
+            // The export runs on the metrics reader's thread; wait for it
+            // off the runtime's workers.
+            let crates = tokio::task::spawn_blocking(move || telemetry.render())
+                .await
+                .unwrap_or_default();
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                crate::metrics::render(&books) + &crates,
+            )
+                .into_response()
+        }
         Err(error) => internal(&error),
     }
 }

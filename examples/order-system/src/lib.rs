@@ -26,3 +26,4 @@ pub mod orders;
 pub mod payment;
 pub mod processor;
 pub mod shipping;
+pub mod telemetry;

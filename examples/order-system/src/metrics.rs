@@ -6,17 +6,22 @@ use std::fmt::Write as _;
 use crate::gateway::Books;
 
 /// One metric family: its help, type and samples.
-struct Family<'a> {
+pub(crate) struct Family<'a> {
     out: &'a mut String,
 }
 
 impl<'a> Family<'a> {
-    fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Self {
+    pub(crate) fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Self {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         Self { out }
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    pub(crate) fn sample(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: impl std::fmt::Display,
+    ) {
         let _ = write!(self.out, "{name}");
         if !labels.is_empty() {
             self.out.push('{');
@@ -98,23 +103,8 @@ pub fn render(books: &Books) -> String {
         "Compensations run (reservations released).",
     )
     .sample(name, &[], books.compensations);
-    for (name, help, pick) in [
-        (
-            "palisade_outbox_pending",
-            "Events not yet published, by service.",
-            1,
-        ),
-        ("palisade_outbox_dead", "Events given up on, by service.", 2),
-    ] {
-        let mut family = Family::new(&mut out, name, "gauge", help);
-        for (service, pending, dead) in &books.outboxes {
-            family.sample(
-                name,
-                &[("service", service)],
-                if pick == 1 { pending } else { dead },
-            );
-        }
-    }
+    // The outboxes' backlogs are the relays' own gauges
+    // (`palisade_outbox_pending{relay}`, see the telemetry module).
     for (name, help, pick) in [
         (
             "palisade_consumer_applied_total",

@@ -276,21 +276,27 @@ pub fn breaker_config() -> palisade_circuit_breaker::Config {
 }
 
 /// Builds payment's channel to the processor at `channel`, with a breaker
-/// of `config`.
+/// of `config`; the breaker and the retries report to `meter` as
+/// `card-processor`.
 #[must_use]
 pub fn stack(
     channel: Channel,
     config: palisade_circuit_breaker::Config,
+    meter: &opentelemetry::metrics::Meter,
 ) -> (ProcessorChannel, Breaker) {
     let breaker = CircuitBreakerLayer::new_for_grpc(config);
     let handle = breaker.breaker().clone();
+    handle.instrument(meter, "card-processor");
     let service = tower::ServiceBuilder::new()
         // Outermost: the breaker's body (classified at the end of the
         // stream) as tonic's.
         .map_response(|response: http::Response<_>| response.map(tonic::body::Body::new))
         .map_err(ChannelError)
         .layer(PropagateLayer::new())
-        .layer(RetryLayer::new_for_grpc(palisade_retry::Config::default()))
+        .layer(
+            RetryLayer::new_for_grpc(palisade_retry::Config::default())
+                .instrument(meter, "card-processor"),
+        )
         .layer(breaker)
         .map_request(|request: http::Request<_>| request.map(tonic::body::Body::new))
         .service(channel);

@@ -72,6 +72,19 @@ async fn three_hundred_orders_end_confirmed_or_cancelled_with_the_books_straight
         "{text}"
     );
     assert!(text.contains(&format!("palisade_compensations_total {declined}\n")));
+    // And the crates' own metrics: the relays, the rate limiter, the
+    // breaker and the retries in front of the card processor.
+    for family in [
+        "palisade_outbox_published_total{relay=\"orders\"}",
+        "palisade_token_bucket_decisions_total{",
+        "palisade_circuit_breaker_calls_total{",
+        "palisade_retry_attempts_total{",
+    ] {
+        assert!(text.contains(family), "{family} in {text}");
+    }
+    let families: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+    let distinct: std::collections::HashSet<&&str> = families.iter().collect();
+    assert_eq!(families.len(), distinct.len(), "each family once");
     system.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
