@@ -17,7 +17,7 @@ use palisade_outbox::{
     NatsJetStreamPublisher, OutboxConfig, OutboxStore, PgInbox, PgOutbox, Relay,
 };
 use palisade_testkit::servers::{database_url, nats_url};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 const EVENTS: u32 = 20_000;
 const AGGREGATES: u32 = 200;
@@ -32,16 +32,11 @@ fn outbox_config(schema: &str) -> OutboxConfig {
         .poll_interval(Duration::from_millis(200))
 }
 
-async fn connect() -> (PgPool, async_nats::jetstream::Context) {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(6)
-        .connect(&database_url())
-        .await
-        .expect("a reachable PostgreSQL (run scripts/services)");
+async fn jetstream() -> async_nats::jetstream::Context {
     let nats = async_nats::connect(nats_url())
         .await
         .expect("a reachable NATS (run scripts/services)");
-    (pool, async_nats::jetstream::new(nats))
+    async_nats::jetstream::new(nats)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -55,8 +50,13 @@ async fn main() {
 /// The relay process: publishes until it is killed.
 async fn relay(target: &str) {
     let (schema, stream) = target.split_once(':').expect("<schema>:<stream>");
-    let (pool, context) = connect().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&database_url())
+        .await
+        .expect("a reachable PostgreSQL (run scripts/services)");
     let outbox = PgOutbox::new(pool, outbox_config(schema));
+    let context = jetstream().await;
     outbox.listen().await.unwrap();
     let publisher = NatsJetStreamPublisher::new(context, stream, "/crash");
     Relay::new(outbox, publisher)
@@ -99,7 +99,7 @@ fn spawn_relay(target: &str) -> Child {
 
 async fn run() {
     let started = Instant::now();
-    let (_, context) = connect().await;
+    let context = jetstream().await;
     let db = support::PgSchema::new().await;
     let (pool, schema) = (db.pool.clone(), db.name.clone());
     let stream = format!("CRASH{}", fastrand::u64(..));
