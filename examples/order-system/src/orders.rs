@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use palisade_outbox::{BoxError, Delivery, Handled, Handler, OutboxStore};
+use palisade_outbox::{BoxError, Delivery, Handled, Handler};
 use serde::{Deserialize, Serialize};
 use sqlx::{Row, SqliteConnection};
 use tokio::sync::Notify;
@@ -244,15 +244,6 @@ impl Orders {
     #[must_use]
     pub const fn db(&self) -> &ServiceDb {
         &self.db
-    }
-
-    /// The outbox's backlog.
-    ///
-    /// # Errors
-    ///
-    /// The database's error.
-    pub async fn backlog(&self) -> Result<palisade_outbox::Backlog, sqlx::Error> {
-        self.db.outbox.backlog().await
     }
 
     /// Ends the saga of `order_id` as `status`, once.
