@@ -1,22 +1,70 @@
-//! One service's database: its tables, its outbox and its inbox, in a
-//! SQLite file of its own (the embedded default).
+//! One service's database: its tables, its outbox and its inbox. Embedded,
+//! a SQLite file of its own; on real infrastructure, a PostgreSQL schema of
+//! its own (named after the service, the pool's `search_path`).
+//!
+//! The services' SQL is the subset both databases speak, written once:
+//! statements on the pool go through [`on_pool!`](crate::on_pool), which
+//! expands the same code for each database, and the saga handlers work on
+//! any [`Tx`] (a transaction's connection of either database).
 
+use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
-use palisade_outbox::{OutboxConfig, SqliteInbox, SqliteOutbox};
-use sqlx::SqlitePool;
+use palisade_outbox::{
+    Backlog, Event, OutboxConfig, OutboxStore, PgInbox, PgOutbox, SqliteInbox, SqliteOutbox,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, PgConnection, PgPool, SqliteConnection, SqlitePool};
 
 /// A service's database.
 #[derive(Debug, Clone)]
-pub struct ServiceDb {
-    /// The pool.
-    pub pool: SqlitePool,
-    /// The service's outbox: the events it publishes.
-    pub outbox: SqliteOutbox,
-    /// The service's inbox: the events it has applied.
-    pub inbox: SqliteInbox,
+pub enum ServiceDb {
+    /// The embedded default: a SQLite file.
+    Sqlite {
+        /// The pool.
+        pool: SqlitePool,
+        /// The events the service publishes.
+        outbox: SqliteOutbox,
+        /// The events it has applied.
+        inbox: SqliteInbox,
+    },
+    /// A schema of a PostgreSQL database.
+    Postgres {
+        /// The pool (its `search_path` is the service's schema).
+        pool: PgPool,
+        /// The events the service publishes.
+        outbox: PgOutbox,
+        /// The events it has applied.
+        inbox: PgInbox,
+    },
+}
+
+/// Runs `$body` with `$pool` bound to the service database's pool, whichever
+/// database it is: the body is compiled once for each.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::db::ServiceDb::Sqlite { pool: $pool, .. } => $body,
+            $crate::db::ServiceDb::Postgres { pool: $pool, .. } => $body,
+        }
+    };
+}
+
+fn config_error(error: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
+    sqlx::Error::Configuration(error.into())
+}
+
+/// The outbox's pace: batches of 500, a poll every half second besides
+/// the wake-ups on commit.
+fn outbox_config(table: &str) -> Result<OutboxConfig, sqlx::Error> {
+    Ok(OutboxConfig::new(table)
+        .map_err(config_error)?
+        .batch_size(500)
+        .poll_interval(Duration::from_millis(500)))
 }
 
 impl ServiceDb {
@@ -27,7 +75,11 @@ impl ServiceDb {
     /// # Errors
     ///
     /// The database's error.
-    pub async fn open(dir: &Path, service: &str, tables: &[&str]) -> Result<Self, sqlx::Error> {
+    pub async fn open_sqlite(
+        dir: &Path,
+        service: &str,
+        tables: &[&str],
+    ) -> Result<Self, sqlx::Error> {
         let options = SqliteConnectOptions::new()
             .filename(dir.join(format!("{service}.db")))
             .create_if_missing(true)
@@ -36,28 +88,169 @@ impl ServiceDb {
             // commits may be lost on a power cut, which the demo accepts.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30));
+        // Two connections: sqlx-sqlite runs each on a thread of its own, and
+        // on two cores more of them only add thread switches.
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .connect_with(options)
             .await?;
-        let outbox = SqliteOutbox::new(
-            pool.clone(),
-            OutboxConfig::new("outbox")
-                .map_err(|error| sqlx::Error::Configuration(error.into()))?
-                .batch_size(500)
-                .poll_interval(Duration::from_millis(500)),
-        );
+        let outbox = SqliteOutbox::new(pool.clone(), outbox_config("outbox")?);
         outbox.migrate().await?;
-        let inbox = SqliteInbox::new(pool.clone(), "inbox")
-            .map_err(|error| sqlx::Error::Configuration(error.into()))?;
+        let inbox = SqliteInbox::new(pool.clone(), "inbox").map_err(config_error)?;
         inbox.migrate().await?;
         for table in tables {
             sqlx::query(table).execute(&pool).await?;
         }
-        Ok(Self {
+        Ok(Self::Sqlite {
             pool,
             outbox,
             inbox,
         })
     }
+
+    /// Opens the schema `service` of the PostgreSQL database at `url`
+    /// (creating it, its outbox, its inbox and `tables` if needed), with
+    /// up to `connections` connections.
+    ///
+    /// Replicas starting at once create the schema one at a time (under
+    /// an advisory lock).
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn open_postgres(
+        url: &str,
+        service: &str,
+        tables: &[&str],
+        connections: u32,
+    ) -> Result<Self, sqlx::Error> {
+        if service.is_empty() || !service.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(sqlx::Error::Configuration(
+                format!("{service:?} is not a schema name (lowercase letters and `_`)").into(),
+            ));
+        }
+        let options: PgConnectOptions = url.parse()?;
+        let mut setup = PgConnection::connect_with(&options).await?;
+        sqlx::query("SELECT pg_advisory_lock(hashtext('palisade-order-system schemas'))")
+            .execute(&mut setup)
+            .await?;
+        let opened = async {
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {service}"))
+                .execute(&mut setup)
+                .await?;
+            let pool = PgPoolOptions::new()
+                .max_connections(connections)
+                .connect_with(options.clone().options([("search_path", service)]))
+                .await?;
+            let outbox = PgOutbox::new(pool.clone(), outbox_config(&format!("{service}.outbox"))?);
+            outbox.migrate().await?;
+            let inbox =
+                PgInbox::new(pool.clone(), &format!("{service}.inbox")).map_err(config_error)?;
+            inbox.migrate().await?;
+            for table in tables {
+                sqlx::query(table).execute(&pool).await?;
+            }
+            Ok(Self::Postgres {
+                pool,
+                outbox,
+                inbox,
+            })
+        }
+        .await;
+        // Closing the session releases the lock whatever happened.
+        let _ = setup.close().await;
+        opened
+    }
+
+    /// The outbox's backlog.
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn backlog(&self) -> Result<Backlog, sqlx::Error> {
+        match self {
+            Self::Sqlite { outbox, .. } => outbox.backlog().await,
+            Self::Postgres { outbox, .. } => outbox.backlog().await,
+        }
+    }
+
+    /// Appends `event` to the outbox in `tx`, the transaction writing the
+    /// change it announces.
+    ///
+    /// # Errors
+    ///
+    /// The database's error, or a configuration error when `tx` is of the
+    /// other database.
+    pub async fn enqueue<C: Tx>(&self, tx: &mut C, event: &Event) -> Result<(), sqlx::Error> {
+        tx.enqueue(self, event).await
+    }
 }
+
+/// A value bound to a statement's placeholder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Param<'a> {
+    /// Text.
+    Text(&'a str),
+    /// Text or `NULL`.
+    OptionalText(Option<&'a str>),
+    /// An integer.
+    Int(i64),
+}
+
+/// A transaction's connection, of either database: what the saga handlers
+/// write through.
+pub trait Tx: Send {
+    /// Runs `sql` with `params` bound to `$1`, `$2`, …; the number of rows
+    /// it changed.
+    fn execute(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// Appends `event` to `db`'s outbox in this transaction.
+    fn enqueue(
+        &mut self,
+        db: &ServiceDb,
+        event: &Event,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+macro_rules! tx {
+    ($connection:ty, $variant:ident) => {
+        impl Tx for $connection {
+            async fn execute(
+                &mut self,
+                sql: &str,
+                params: &[Param<'_>],
+            ) -> Result<u64, sqlx::Error> {
+                let mut query = sqlx::query(sql);
+                for param in params {
+                    query = match *param {
+                        Param::Text(value) => query.bind(value),
+                        Param::OptionalText(value) => query.bind(value),
+                        Param::Int(value) => query.bind(value),
+                    };
+                }
+                Ok(query.execute(&mut *self).await?.rows_affected())
+            }
+
+            async fn enqueue(&mut self, db: &ServiceDb, event: &Event) -> Result<(), sqlx::Error> {
+                match db {
+                    ServiceDb::$variant { outbox, .. } => outbox.enqueue(self, event).await,
+                    _ => Err(sqlx::Error::Configuration(
+                        concat!(
+                            "a ",
+                            stringify!($variant),
+                            " transaction cannot write to another database's outbox"
+                        )
+                        .into(),
+                    )),
+                }
+            }
+        }
+    };
+}
+
+tx!(SqliteConnection, Sqlite);
+tx!(PgConnection, Postgres);

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use palisade_outbox::{Handler, MemoryBroker, MemoryConsumer, Relay, SqliteInbox};
+use palisade_outbox::{Handler, MemoryBroker, MemoryConsumer, Relay, SqliteInbox, SqliteOutbox};
 use sqlx::SqliteConnection;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -77,9 +77,10 @@ impl System {
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         std::fs::create_dir_all(&settings.data_dir)?;
         let dir = &settings.data_dir;
-        let orders = Orders::new(ServiceDb::open(dir, "orders", orders::TABLES).await?);
+        let orders = Orders::new(ServiceDb::open_sqlite(dir, "orders", orders::TABLES).await?);
         let inventory =
-            Inventory::new(ServiceDb::open(dir, "inventory", inventory::TABLES).await?).await?;
+            Inventory::new(ServiceDb::open_sqlite(dir, "inventory", inventory::TABLES).await?)
+                .await?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let until_stopped = move || {
@@ -114,10 +115,11 @@ impl System {
         let meter = telemetry.meter();
         let (channel, breaker) = card::stack(channel, settings.breaker.clone(), &meter);
         let payment = Payment::new(
-            ServiceDb::open(dir, "payment", payment::TABLES).await?,
+            ServiceDb::open_sqlite(dir, "payment", payment::TABLES).await?,
             ProcessorClient::new(channel),
         );
-        let shipping = Shipping::new(ServiceDb::open(dir, "shipping", shipping::TABLES).await?);
+        let shipping =
+            Shipping::new(ServiceDb::open_sqlite(dir, "shipping", shipping::TABLES).await?);
 
         let broker = MemoryBroker::new(QUEUE);
         let consumers = Consumers::default();
@@ -163,7 +165,7 @@ impl System {
             ("payment", payment.db()),
             ("shipping", shipping.db()),
         ] {
-            let relay = Relay::new(db.outbox.clone(), broker.clone()).instrument(&meter, name);
+            let relay = Relay::new(sqlite(db).0.clone(), broker.clone()).instrument(&meter, name);
             tasks.spawn(relay.run(until_stopped()));
         }
 
@@ -232,6 +234,14 @@ impl System {
     }
 }
 
+/// The outbox and inbox of a database the embedded system opened.
+fn sqlite(db: &ServiceDb) -> (&SqliteOutbox, &SqliteInbox) {
+    match db {
+        ServiceDb::Sqlite { outbox, inbox, .. } => (outbox, inbox),
+        ServiceDb::Postgres { .. } => unreachable!("the embedded system opens SQLite files only"),
+    }
+}
+
 /// A service's consumer, by the service's name.
 type Named = (String, Arc<dyn StatsSource>);
 
@@ -271,7 +281,7 @@ impl Consumers {
         H: Handler<SqliteConnection> + std::fmt::Debug,
     {
         let consumer = Arc::new(
-            MemoryConsumer::new(name, db.inbox.clone(), handler).only(consumes.iter().copied()),
+            MemoryConsumer::new(name, sqlite(db).1.clone(), handler).only(consumes.iter().copied()),
         );
         self.stats
             .lock()

@@ -374,8 +374,7 @@ pub async fn read_books(services: &Services) -> Result<Books, sqlx::Error> {
         ("payment", services.payment.db()),
         ("shipping", services.shipping.db()),
     ] {
-        let Backlog { pending, dead, .. } =
-            palisade_outbox::OutboxStore::backlog(&db.outbox).await?;
+        let Backlog { pending, dead, .. } = db.backlog().await?;
         outboxes.push((name.to_owned(), pending, dead));
     }
     Ok(Books {

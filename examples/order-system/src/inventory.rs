@@ -5,18 +5,17 @@
 
 use palisade_outbox::{BoxError, Delivery, Handled, Handler};
 use serde::{Deserialize, Serialize};
-use sqlx::SqliteConnection;
 
-use crate::db::ServiceDb;
+use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{Line, SagaEvent, types};
 
 /// The inventory service's tables.
 pub const TABLES: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS stock (sku TEXT PRIMARY KEY, initial INTEGER NOT NULL, \
-     available INTEGER NOT NULL, reserved INTEGER NOT NULL DEFAULT 0, shipped INTEGER NOT NULL DEFAULT 0, \
+    "CREATE TABLE IF NOT EXISTS stock (sku TEXT PRIMARY KEY, initial BIGINT NOT NULL, \
+     available BIGINT NOT NULL, reserved BIGINT NOT NULL DEFAULT 0, shipped BIGINT NOT NULL DEFAULT 0, \
      CHECK (available >= 0 AND reserved >= 0 AND shipped >= 0))",
     "CREATE TABLE IF NOT EXISTS reservations (order_id TEXT PRIMARY KEY, sku TEXT NOT NULL, \
-     quantity INTEGER NOT NULL, status TEXT NOT NULL CHECK (status IN ('reserved', 'released', 'shipped')))",
+     quantity BIGINT NOT NULL, status TEXT NOT NULL CHECK (status IN ('reserved', 'released', 'shipped')))",
     // Every compensation run, to prove none ran twice.
     "CREATE TABLE IF NOT EXISTS compensations (order_id TEXT NOT NULL, kind TEXT NOT NULL)",
 ];
@@ -76,13 +75,16 @@ impl Inventory {
     /// The database's error.
     pub async fn new(db: ServiceDb) -> Result<Self, sqlx::Error> {
         for (sku, initial) in CATALOG {
-            sqlx::query(
+            crate::on_pool!(&db, |pool| {
+                sqlx::query(
                 "INSERT INTO stock (sku, initial, available) VALUES ($1, $2, $2) ON CONFLICT DO NOTHING",
             )
             .bind(sku)
             .bind(initial)
-            .execute(&db.pool)
-            .await?;
+            .execute(pool)
+            .await
+            .map(drop)
+            })?;
         }
         Ok(Self { db })
     }
@@ -99,9 +101,13 @@ impl Inventory {
     ///
     /// The database's error.
     pub async fn stock(&self) -> Result<Vec<StockLevel>, sqlx::Error> {
-        sqlx::query_as("SELECT sku, initial, available, reserved, shipped FROM stock ORDER BY sku")
-            .fetch_all(&self.db.pool)
+        crate::on_pool!(&self.db, |pool| {
+            sqlx::query_as(
+                "SELECT sku, initial, available, reserved, shipped FROM stock ORDER BY sku",
+            )
+            .fetch_all(pool)
             .await
+        })
     }
 
     /// Compensations run, and how many orders had one run more than once.
@@ -110,89 +116,89 @@ impl Inventory {
     ///
     /// The database's error.
     pub async fn compensations(&self) -> Result<(i64, i64), sqlx::Error> {
-        sqlx::query_as("SELECT count(*), count(*) - count(DISTINCT order_id || '/' || kind) FROM compensations")
-            .fetch_one(&self.db.pool)
-            .await
+        crate::on_pool!(&self.db, |pool| sqlx::query_as(
+            "SELECT count(*), count(*) - count(DISTINCT order_id || '/' || kind) FROM compensations"
+        )
+        .fetch_one(pool)
+        .await)
     }
 
-    async fn reserve(&self, tx: &mut SqliteConnection, line: Line) -> Result<(), BoxError> {
-        let taken = sqlx::query(
-            "UPDATE stock SET available = available - $2, reserved = reserved + $2 \
-             WHERE sku = $1 AND available >= $2",
-        )
-        .bind(&line.sku)
-        .bind(line.quantity)
-        .execute(&mut *tx)
-        .await?;
-        let event = if taken.rows_affected() == 1 {
-            sqlx::query("INSERT INTO reservations (order_id, sku, quantity, status) VALUES ($1, $2, $3, 'reserved')")
-                .bind(&line.order_id)
-                .bind(&line.sku)
-                .bind(line.quantity)
-                .execute(&mut *tx)
-                .await?;
+    async fn reserve<C: Tx>(&self, tx: &mut C, line: Line) -> Result<(), BoxError> {
+        let taken = tx
+            .execute(
+                "UPDATE stock SET available = available - $2, reserved = reserved + $2 \
+                 WHERE sku = $1 AND available >= $2",
+                &[Param::Text(&line.sku), Param::Int(line.quantity)],
+            )
+            .await?;
+        let event = if taken == 1 {
+            tx.execute(
+                "INSERT INTO reservations (order_id, sku, quantity, status) VALUES ($1, $2, $3, 'reserved')",
+                &[
+                    Param::Text(&line.order_id),
+                    Param::Text(&line.sku),
+                    Param::Int(line.quantity),
+                ],
+            )
+            .await?;
             SagaEvent::InventoryReserved(line)
         } else {
             SagaEvent::InventoryRejected {
                 order_id: line.order_id,
             }
         };
-        self.db.outbox.enqueue(tx, &event.to_event()).await?;
+        self.db.enqueue(tx, &event.to_event()).await?;
         Ok(())
     }
 
-    /// Moves a reservation of `order_id` from `reserved` to `to`, with the
-    /// stock; an error if it is not reserved (a step run twice).
-    async fn settle(
-        &self,
-        tx: &mut SqliteConnection,
-        order_id: &str,
-        to: &str,
-    ) -> Result<(), BoxError> {
-        let reservation: Option<(String, i64)> = sqlx::query_as(
-            "UPDATE reservations SET status = $2 WHERE order_id = $1 AND status = 'reserved' RETURNING sku, quantity",
-        )
-        .bind(order_id)
-        .bind(to)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((sku, quantity)) = reservation else {
-            return Err(format!("order {order_id} has no reservation to mark {to}").into());
-        };
+    /// Moves the reservation of `order_id` from `reserved` to `to`
+    /// (`released`: back on the shelf; `shipped`: gone), with the stock; an
+    /// error if it is not reserved (a step run twice).
+    async fn settle<C: Tx>(&self, tx: &mut C, order_id: &str, to: &str) -> Result<(), BoxError> {
         let column = if to == "released" {
             "available"
         } else {
             "shipped"
         };
-        sqlx::query(&format!(
-            "UPDATE stock SET reserved = reserved - $2, {column} = {column} + $2 WHERE sku = $1"
-        ))
-        .bind(&sku)
-        .bind(quantity)
-        .execute(&mut *tx)
-        .await?;
+        // The stock first, while the reservation still reads `reserved`.
+        let moved = tx
+            .execute(
+                &format!(
+                    "UPDATE stock SET reserved = reserved - r.quantity, {column} = {column} + r.quantity \
+                     FROM (SELECT sku, quantity FROM reservations WHERE order_id = $1 AND status = 'reserved') AS r \
+                     WHERE stock.sku = r.sku"
+                ),
+                &[Param::Text(order_id)],
+            )
+            .await?;
+        let marked = tx
+            .execute(
+                "UPDATE reservations SET status = $2 WHERE order_id = $1 AND status = 'reserved'",
+                &[Param::Text(order_id), Param::Text(to)],
+            )
+            .await?;
+        if moved != 1 || marked != 1 {
+            return Err(format!("order {order_id} has no reservation to mark {to}").into());
+        }
         Ok(())
     }
 }
 
-impl Handler<SqliteConnection> for Inventory {
-    async fn handle(
-        &self,
-        tx: &mut SqliteConnection,
-        delivery: &Delivery,
-    ) -> Result<Handled, BoxError> {
+impl<C: Tx> Handler<C> for Inventory {
+    async fn handle(&self, tx: &mut C, delivery: &Delivery) -> Result<Handled, BoxError> {
         match SagaEvent::from_delivery("inventory", delivery)? {
             SagaEvent::OrderCreated(line) => self.reserve(tx, line).await?,
             SagaEvent::PaymentFailed { line, .. } => {
                 self.settle(tx, &line.order_id, "released").await?;
-                sqlx::query("INSERT INTO compensations (order_id, kind) VALUES ($1, 'release')")
-                    .bind(&line.order_id)
-                    .execute(&mut *tx)
-                    .await?;
+                tx.execute(
+                    "INSERT INTO compensations (order_id, kind) VALUES ($1, 'release')",
+                    &[Param::Text(&line.order_id)],
+                )
+                .await?;
                 let released = SagaEvent::InventoryReleased {
                     order_id: line.order_id,
                 };
-                self.db.outbox.enqueue(tx, &released.to_event()).await?;
+                self.db.enqueue(tx, &released.to_event()).await?;
             }
             SagaEvent::ShippingScheduled(line) => {
                 self.settle(tx, &line.order_id, "shipped").await?;

@@ -7,17 +7,17 @@ use std::time::Duration;
 
 use palisade_outbox::{BoxError, Delivery, Handled, Handler};
 use serde::{Deserialize, Serialize};
-use sqlx::{Row, SqliteConnection};
+use sqlx::Row;
 use tokio::sync::Notify;
 
-use crate::db::ServiceDb;
+use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{Line, SagaEvent, types};
 
 /// The orders service's tables.
 pub const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, \
-     idempotency_key TEXT NOT NULL, sku TEXT NOT NULL, quantity INTEGER NOT NULL, amount_cents INTEGER NOT NULL, card TEXT NOT NULL, \
-     status TEXT NOT NULL, reason TEXT, created_ms INTEGER NOT NULL, finished_ms INTEGER, \
+     idempotency_key TEXT NOT NULL, sku TEXT NOT NULL, quantity BIGINT NOT NULL, amount_cents BIGINT NOT NULL, card TEXT NOT NULL, \
+     status TEXT NOT NULL, reason TEXT, created_ms BIGINT NOT NULL, finished_ms BIGINT, \
      UNIQUE (user_id, idempotency_key))",
 ];
 
@@ -149,25 +149,38 @@ impl Orders {
             amount_cents: order.quantity * UNIT_PRICE_CENTS,
             card: order.card.clone(),
         };
-        let mut tx = self.db.pool.begin().await?;
-        // The insert comes first, so the transaction writes from its first
-        // statement (SQLite never has to upgrade a reader to a writer).
-        let inserted = sqlx::query(
-            "INSERT INTO orders (id, user_id, idempotency_key, sku, quantity, amount_cents, card, status, created_ms) \
-             VALUES ($1, $8, $2, $3, $4, $5, $6, 'pending', $7) ON CONFLICT (user_id, idempotency_key) DO NOTHING",
-        )
-        .bind(&line.order_id)
-        .bind(idempotency_key)
-        .bind(&line.sku)
-        .bind(line.quantity)
-        .bind(line.amount_cents)
-        .bind(&line.card)
-        .bind(now_ms())
-        .bind(user)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            tx.rollback().await?;
+        let event = SagaEvent::OrderCreated(line.clone()).to_event();
+        let created = crate::on_pool!(&self.db, |pool| {
+            let mut tx = pool.begin().await?;
+            // The insert comes first, so the transaction writes from its
+            // first statement (SQLite never has to upgrade a reader to a
+            // writer).
+            let inserted = tx
+                .execute(
+                    "INSERT INTO orders (id, user_id, idempotency_key, sku, quantity, amount_cents, card, status, created_ms) \
+                     VALUES ($1, $8, $2, $3, $4, $5, $6, 'pending', $7) ON CONFLICT (user_id, idempotency_key) DO NOTHING",
+                    &[
+                        Param::Text(&line.order_id),
+                        Param::Text(idempotency_key),
+                        Param::Text(&line.sku),
+                        Param::Int(line.quantity),
+                        Param::Int(line.amount_cents),
+                        Param::Text(&line.card),
+                        Param::Int(now_ms()),
+                        Param::Text(user),
+                    ],
+                )
+                .await?;
+            if inserted == 0 {
+                tx.rollback().await?;
+                false
+            } else {
+                self.db.enqueue(&mut *tx, &event).await?;
+                tx.commit().await?;
+                true
+            }
+        });
+        if !created {
             let existing = self
                 .find_where(
                     "user_id = $1 AND idempotency_key = $2",
@@ -178,11 +191,6 @@ impl Orders {
                 .ok_or(sqlx::Error::RowNotFound)?;
             return Ok((existing, false));
         }
-        self.db
-            .outbox
-            .enqueue(&mut tx, &SagaEvent::OrderCreated(line.clone()).to_event())
-            .await?;
-        tx.commit().await?;
         let order = Order {
             id: line.order_id,
             sku: line.sku,
@@ -210,34 +218,40 @@ impl Orders {
         user: &str,
         value: &str,
     ) -> Result<Option<Order>, sqlx::Error> {
-        let row = sqlx::query(&format!(
+        let sql = format!(
             "SELECT id, sku, quantity, amount_cents, status, reason, finished_ms - created_ms AS saga_ms \
              FROM orders WHERE {condition}"
-        ))
-        .bind(user)
-        .bind(value)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        Ok(row.map(|row| Order {
-            id: row.get("id"),
-            sku: row.get("sku"),
-            quantity: row.get("quantity"),
-            amount_cents: row.get("amount_cents"),
-            status: row.get("status"),
-            reason: row.get("reason"),
-            saga_ms: row.get("saga_ms"),
-        }))
+        );
+        crate::on_pool!(&self.db, |pool| {
+            let row = sqlx::query(&sql)
+                .bind(user)
+                .bind(value)
+                .fetch_optional(pool)
+                .await?;
+            Ok(row.map(|row| Order {
+                id: row.get("id"),
+                sku: row.get("sku"),
+                quantity: row.get("quantity"),
+                amount_cents: row.get("amount_cents"),
+                status: row.get("status"),
+                reason: row.get("reason"),
+                saga_ms: row.get("saga_ms"),
+            }))
+        })
     }
-
     /// Orders by status.
     ///
     /// # Errors
     ///
     /// The database's error.
     pub async fn counts(&self) -> Result<Vec<(String, Option<String>, i64)>, sqlx::Error> {
-        sqlx::query_as("SELECT status, reason, count(*) FROM orders GROUP BY status, reason ORDER BY status, reason")
-            .fetch_all(&self.db.pool)
-            .await
+        crate::on_pool!(&self.db, |pool| {
+            sqlx::query_as(
+            "SELECT status, reason, count(*) FROM orders GROUP BY status, reason ORDER BY status, reason"
+        )
+        .fetch_all(pool)
+        .await
+        })
     }
 
     /// The database.
@@ -247,23 +261,25 @@ impl Orders {
     }
 
     /// Ends the saga of `order_id` as `status`, once.
-    async fn finish(
+    async fn finish<C: Tx>(
         &self,
-        tx: &mut SqliteConnection,
+        tx: &mut C,
         order_id: &str,
         status: &str,
         reason: Option<&str>,
     ) -> Result<(), BoxError> {
-        let done = sqlx::query(
-            "UPDATE orders SET status = $2, reason = $3, finished_ms = $4 WHERE id = $1 AND status = 'pending'",
-        )
-        .bind(order_id)
-        .bind(status)
-        .bind(reason)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 1 {
+        let done = tx
+            .execute(
+                "UPDATE orders SET status = $2, reason = $3, finished_ms = $4 WHERE id = $1 AND status = 'pending'",
+                &[
+                    Param::Text(order_id),
+                    Param::Text(status),
+                    Param::OptionalText(reason),
+                    Param::Int(now_ms()),
+                ],
+            )
+            .await?;
+        if done != 1 {
             return Err(format!("order {order_id} is not pending; cannot become {status}").into());
         }
         if let Some(waiter) = self
@@ -283,17 +299,13 @@ impl Orders {
                 reason: reason.to_owned(),
             },
         };
-        self.db.outbox.enqueue(tx, &event.to_event()).await?;
+        self.db.enqueue(tx, &event.to_event()).await?;
         Ok(())
     }
 }
 
-impl Handler<SqliteConnection> for Orders {
-    async fn handle(
-        &self,
-        tx: &mut SqliteConnection,
-        delivery: &Delivery,
-    ) -> Result<Handled, BoxError> {
+impl<C: Tx> Handler<C> for Orders {
+    async fn handle(&self, tx: &mut C, delivery: &Delivery) -> Result<Handled, BoxError> {
         match SagaEvent::from_delivery("orders", delivery)? {
             SagaEvent::ShippingScheduled(line) => {
                 self.finish(tx, &line.order_id, "confirmed", None).await?;

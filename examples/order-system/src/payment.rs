@@ -3,15 +3,14 @@
 //! circuit breaker, see [`processor::stack`](crate::processor::stack)).
 
 use palisade_outbox::{BoxError, Delivery, Handled, Handler, Transient};
-use sqlx::SqliteConnection;
 
-use crate::db::ServiceDb;
+use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{SagaEvent, types};
 use crate::processor::{Charge, ProcessorClient};
 
 /// The payment service's tables.
 pub const TABLES: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS payments (order_id TEXT PRIMARY KEY, amount_cents INTEGER NOT NULL, \
+    "CREATE TABLE IF NOT EXISTS payments (order_id TEXT PRIMARY KEY, amount_cents BIGINT NOT NULL, \
      status TEXT NOT NULL, reason TEXT)",
 ];
 
@@ -39,12 +38,8 @@ impl Payment {
     }
 }
 
-impl Handler<SqliteConnection> for Payment {
-    async fn handle(
-        &self,
-        tx: &mut SqliteConnection,
-        delivery: &Delivery,
-    ) -> Result<Handled, BoxError> {
+impl<C: Tx> Handler<C> for Payment {
+    async fn handle(&self, tx: &mut C, delivery: &Delivery) -> Result<Handled, BoxError> {
         let SagaEvent::InventoryReserved(line) = SagaEvent::from_delivery("payment", delivery)?
         else {
             return Ok(Handled::Ignored);
@@ -69,16 +64,17 @@ impl Handler<SqliteConnection> for Payment {
                 },
             ),
         };
-        sqlx::query(
+        tx.execute(
             "INSERT INTO payments (order_id, amount_cents, status, reason) VALUES ($1, $2, $3, $4)",
+            &[
+                Param::Text(&line.order_id),
+                Param::Int(line.amount_cents),
+                Param::Text(status),
+                Param::OptionalText(reason.as_deref()),
+            ],
         )
-        .bind(&line.order_id)
-        .bind(line.amount_cents)
-        .bind(status)
-        .bind(reason)
-        .execute(&mut *tx)
         .await?;
-        self.db.outbox.enqueue(tx, &event.to_event()).await?;
+        self.db.enqueue(tx, &event.to_event()).await?;
         Ok(Handled::Applied)
     }
 }

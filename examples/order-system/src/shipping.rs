@@ -1,14 +1,13 @@
 //! The shipping service: schedules a parcel for every paid order.
 
 use palisade_outbox::{BoxError, Delivery, Handled, Handler};
-use sqlx::SqliteConnection;
 
-use crate::db::ServiceDb;
+use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{SagaEvent, types};
 
 /// The shipping service's tables.
 pub const TABLES: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS shipments (order_id TEXT PRIMARY KEY, sku TEXT NOT NULL, quantity INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS shipments (order_id TEXT PRIMARY KEY, sku TEXT NOT NULL, quantity BIGINT NOT NULL)",
 ];
 
 /// The events the shipping service consumes.
@@ -34,24 +33,22 @@ impl Shipping {
     }
 }
 
-impl Handler<SqliteConnection> for Shipping {
-    async fn handle(
-        &self,
-        tx: &mut SqliteConnection,
-        delivery: &Delivery,
-    ) -> Result<Handled, BoxError> {
+impl<C: Tx> Handler<C> for Shipping {
+    async fn handle(&self, tx: &mut C, delivery: &Delivery) -> Result<Handled, BoxError> {
         let SagaEvent::PaymentSucceeded(line) = SagaEvent::from_delivery("shipping", delivery)?
         else {
             return Ok(Handled::Ignored);
         };
-        sqlx::query("INSERT INTO shipments (order_id, sku, quantity) VALUES ($1, $2, $3)")
-            .bind(&line.order_id)
-            .bind(&line.sku)
-            .bind(line.quantity)
-            .execute(&mut *tx)
-            .await?;
+        tx.execute(
+            "INSERT INTO shipments (order_id, sku, quantity) VALUES ($1, $2, $3)",
+            &[
+                Param::Text(&line.order_id),
+                Param::Text(&line.sku),
+                Param::Int(line.quantity),
+            ],
+        )
+        .await?;
         self.db
-            .outbox
             .enqueue(tx, &SagaEvent::ShippingScheduled(line).to_event())
             .await?;
         Ok(Handled::Applied)
