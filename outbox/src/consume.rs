@@ -122,6 +122,23 @@ pub trait Handler<C>: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Handled, BoxError>> + Send;
 }
 
+/// The event types a consumer hands to its handler: every type, unless
+/// narrowed with `only`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EventTypes(Option<Vec<String>>);
+
+impl EventTypes {
+    pub(crate) fn only<T: Into<String>>(event_types: impl IntoIterator<Item = T>) -> Self {
+        Self(Some(event_types.into_iter().map(Into::into).collect()))
+    }
+
+    pub(crate) fn admits(&self, event_type: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|t| t == event_type))
+    }
+}
+
 /// The consumer's counters since it started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ConsumerStats {
@@ -349,7 +366,7 @@ pub struct MemoryConsumer<I, H> {
     inbox: I,
     handler: H,
     counters: Counters,
-    only: Option<Vec<String>>,
+    only: EventTypes,
     batch: usize,
     max_deliver: u64,
     retry_base: Duration,
@@ -371,7 +388,7 @@ where
             inbox,
             handler,
             counters: Counters::default(),
-            only: None,
+            only: EventTypes::default(),
             batch: 64,
             max_deliver: 5,
             retry_base: Duration::from_millis(100),
@@ -382,7 +399,7 @@ where
     /// Only these event types reach the handler; others are skipped.
     #[must_use]
     pub fn only<T: Into<String>>(mut self, event_types: impl IntoIterator<Item = T>) -> Self {
-        self.only = Some(event_types.into_iter().map(Into::into).collect());
+        self.only = EventTypes::only(event_types);
         self
     }
 
@@ -456,11 +473,7 @@ where
     async fn process(&self, messages: &[Message]) {
         let deliveries: Vec<Delivery> = messages
             .iter()
-            .filter(|message| {
-                self.only
-                    .as_ref()
-                    .is_none_or(|only| only.iter().any(|t| t == message.event.event_type()))
-            })
+            .filter(|message| self.only.admits(message.event.event_type()))
             .map(|message| Delivery {
                 envelope: Envelope::of(message, "/palisade-outbox/memory"),
                 subject: format!(

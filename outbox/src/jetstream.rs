@@ -14,7 +14,8 @@ use async_nats::jetstream::{self, consumer::pull};
 use futures_util::StreamExt;
 
 use crate::consume::{
-    BoxError, ConsumerStats, Counters, Delivery, Failure, Handler, Transient, apply, retry_delay,
+    BoxError, ConsumerStats, Counters, Delivery, EventTypes, Failure, Handler, Transient, apply,
+    retry_delay,
 };
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::{ConfigError, config_error};
@@ -168,6 +169,7 @@ pub struct JetStreamConsumer<I, H> {
     config: ConsumerConfig,
     inbox: I,
     handler: Arc<H>,
+    only: EventTypes,
     counters: Arc<Counters>,
     /// How long the inbox must remember a message: the longer of the
     /// redelivery horizon and the stream's duplicate window.
@@ -251,8 +253,19 @@ where
             config,
             inbox,
             handler: Arc::new(handler),
+            only: EventTypes::default(),
             counters: Arc::default(),
         })
+    }
+
+    /// Only messages of these event types reach the handler; others are
+    /// acknowledged without a transaction. On a NATS server older than
+    /// 2.10 (one filter subject per consumer), this is how a service takes
+    /// a few types from a stream carrying many.
+    #[must_use]
+    pub fn only<T: Into<String>>(mut self, event_types: impl IntoIterator<Item = T>) -> Self {
+        self.only = EventTypes::only(event_types);
+        self
     }
 
     /// The handler.
@@ -331,6 +344,12 @@ where
                 return;
             }
         };
+        if !self.only.admits(&envelope.event_type) {
+            if let Err(error) = message.ack().await {
+                tracing::debug!(target: "palisade_outbox", %error, "ack of a skipped message lost; it will be skipped again");
+            }
+            return;
+        }
         let delivery = Delivery {
             envelope,
             subject: message.subject.to_string(),

@@ -293,6 +293,104 @@ async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
     db.drop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_types_asked_for_reach_the_handler_and_the_rest_are_acknowledged() {
+    let db = support::PgSchema::new().await;
+    let (pool, schema) = (db.pool.clone(), db.name.clone());
+    let outbox = db.outbox(|c| c).await;
+    let inbox = PgInbox::new(pool.clone(), &format!("{schema}.inbox")).unwrap();
+    inbox.migrate().await.unwrap();
+    sqlx::query(&format!(
+        "CREATE TABLE {schema}.applied (id TEXT PRIMARY KEY, payload BYTEA)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let context = jetstream().await;
+    let stream = format!("O{}", fastrand::u64(..));
+    let publisher = NatsJetStreamPublisher::new(context.clone(), &stream, "/test");
+    publisher
+        .ensure_stream(outbox.config(), true)
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..6)
+        .map(|n| {
+            let kind = if n % 2 == 0 { "Good" } else { "Bad" };
+            Event::new("order", format!("o-{n}"), kind, vec![n])
+        })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_all(&mut tx, &events).await.unwrap();
+    tx.commit().await.unwrap();
+    let relay = Relay::new(outbox.clone(), publisher);
+    let mut published = 0;
+    while published < events.len() {
+        published += relay.run_once().await.unwrap().published;
+    }
+
+    let config = ConsumerConfig::new(
+        &stream,
+        "goods",
+        &format!("{}.dead", stream.to_ascii_lowercase()),
+    )
+    .unwrap();
+    let handler = Apply {
+        schema: schema.clone(),
+        deliveries: Mutex::default(),
+        traces: Mutex::default(),
+    };
+    let consumer = Arc::new(
+        JetStreamConsumer::new(context.clone(), config, inbox, handler)
+            .await
+            .unwrap()
+            .only(["Good"]),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = {
+        let consumer = consumer.clone();
+        tokio::spawn(async move {
+            consumer
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    let mut durable = context
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .get_consumer::<consumer::pull::Config>("goods")
+        .await
+        .unwrap();
+    for _ in 0..600 {
+        let info = durable.info().await.unwrap();
+        if (info.num_pending, info.num_ack_pending) == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let info = durable.info().await.unwrap();
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+    assert_eq!(
+        consumer.stats(),
+        ConsumerStats {
+            applied: 3,
+            ..ConsumerStats::default()
+        },
+        "the Bad events never reached the handler (it fails them all)"
+    );
+    let recorded: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.inbox"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 3, "skipped messages cost no inbox record");
+    context.delete_stream(&stream).await.unwrap();
+    db.drop().await;
+}
+
 #[test]
 fn the_redelivery_horizon_counts_every_delay_and_ack_wait() {
     let config = ConsumerConfig::new("S", "c", "dead")
