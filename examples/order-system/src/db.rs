@@ -162,6 +162,24 @@ impl ServiceDb {
         opened
     }
 
+    /// The outbox and inbox, when the database is SQLite.
+    #[must_use]
+    pub const fn as_sqlite(&self) -> Option<(&SqliteOutbox, &SqliteInbox)> {
+        match self {
+            Self::Sqlite { outbox, inbox, .. } => Some((outbox, inbox)),
+            Self::Postgres { .. } => None,
+        }
+    }
+
+    /// The outbox and inbox, when the database is PostgreSQL.
+    #[must_use]
+    pub const fn as_postgres(&self) -> Option<(&PgOutbox, &PgInbox)> {
+        match self {
+            Self::Postgres { outbox, inbox, .. } => Some((outbox, inbox)),
+            Self::Sqlite { .. } => None,
+        }
+    }
+
     /// The outbox's backlog.
     ///
     /// # Errors

@@ -169,43 +169,29 @@ impl System {
             tasks.spawn(relay.run(until_stopped()));
         }
 
-        let breaker_opens = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let mut transitions = breaker.subscribe();
-        let opens = breaker_opens.clone();
-        let stopped = until_stopped();
-        tasks.spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            tokio::pin!(stopped);
-            loop {
-                let transition = tokio::select! {
-                    () = &mut stopped => return,
-                    transition = transitions.recv() => transition,
-                };
-                match transition {
-                    Ok(transition) if transition.to == palisade_circuit_breaker::State::Open => {
-                        opens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Ok(_) | Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
+        {
+            let (payment, breaker, stopped) = (payment.clone(), breaker.clone(), until_stopped());
+            tasks.spawn(async move { payment.record_transitions(&breaker, stopped).await });
+        }
         let services = Services {
             telemetry,
-            processor: simulator,
-            breaker,
-            breaker_opens,
+            processor: Some(simulator),
+            breaker: Some(breaker),
             auth: crate::auth::Auth::default(),
             catalog: (settings.catalog)(crate::catalog::Catalog::new(inventory.clone())),
             orders,
             inventory,
-            payment,
-            shipping,
+            payment: payment.db().clone(),
+            shipping: shipping.db().clone(),
             consumers,
         };
         let listener = TcpListener::bind(settings.listen).await?;
         let address = listener.local_addr()?;
-        let app = gateway::router(services.clone(), settings.per_user, &meter);
+        let app = gateway::router(
+            services.clone(),
+            gateway::Shared::local(settings.per_user, &meter),
+            &meter,
+        );
         let shutdown = until_stopped();
         tasks.spawn(async move {
             if let Err(error) = axum::serve(listener, app)
@@ -236,10 +222,8 @@ impl System {
 
 /// The outbox and inbox of a database the embedded system opened.
 fn sqlite(db: &ServiceDb) -> (&SqliteOutbox, &SqliteInbox) {
-    match db {
-        ServiceDb::Sqlite { outbox, inbox, .. } => (outbox, inbox),
-        ServiceDb::Postgres { .. } => unreachable!("the embedded system opens SQLite files only"),
-    }
+    db.as_sqlite()
+        .unwrap_or_else(|| unreachable!("the embedded system opens SQLite files only"))
 }
 
 /// A service's consumer, by the service's name.
@@ -283,12 +267,17 @@ impl Consumers {
         let consumer = Arc::new(
             MemoryConsumer::new(name, sqlite(db).1.clone(), handler).only(consumes.iter().copied()),
         );
+        self.add(name, consumer.clone());
+        let subscription = broker.subscribe();
+        tasks.spawn(async move { consumer.run(subscription, shutdown).await });
+    }
+
+    /// Counts `consumer` as `name`'s.
+    pub fn add(&self, name: &str, consumer: Arc<dyn StatsSource>) {
         self.stats
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((name.to_owned(), consumer.clone()));
-        let subscription = broker.subscribe();
-        tasks.spawn(async move { consumer.run(subscription, shutdown).await });
+            .push((name.to_owned(), consumer));
     }
 
     /// Each consumer's counters.

@@ -34,30 +34,30 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use palisade_coalesce::http::{CachedResponse, CoalesceLayer};
+use palisade_coalesce::http::{CachedResponse, CoalesceLayer, ResponseCache};
 use palisade_coalesce::{Cache, Freshness};
 use palisade_outbox::Backlog;
 use palisade_token_bucket::{Bucket, LocalStore, RateLimitLayer, key};
 use palisade_tracecontext::TraceContextLayer;
 use serde::{Deserialize, Serialize};
 
+use crate::db::ServiceDb;
 use crate::embedded::Consumers;
 use crate::inventory::{CATALOG, Inventory, StockLevel};
 use crate::orders::{NewOrder, Orders};
-use crate::payment::Payment;
-use crate::shipping::Shipping;
+use crate::payment::BreakerHistory;
 
 /// The services behind the gateway.
 #[derive(Debug, Clone)]
 pub struct Services {
     /// The crates' own metrics.
     pub telemetry: crate::telemetry::Telemetry,
-    /// The card processor simulator (its faults can be set).
-    pub processor: crate::processor::Simulator,
-    /// The circuit breaker of payment's channel to the processor.
-    pub breaker: crate::processor::Breaker,
-    /// How many times that breaker opened.
-    pub breaker_opens: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The card processor simulator (its faults can be set), when it runs
+    /// in this process.
+    pub processor: Option<crate::processor::Simulator>,
+    /// The circuit breaker of payment's channel to the processor, when
+    /// payment runs in this process.
+    pub breaker: Option<crate::processor::Breaker>,
     /// Auth.
     pub auth: crate::auth::Auth,
     /// The catalog.
@@ -66,10 +66,10 @@ pub struct Services {
     pub orders: Orders,
     /// Inventory.
     pub inventory: Inventory,
-    /// Payment.
-    pub payment: Payment,
-    /// Shipping.
-    pub shipping: Shipping,
+    /// Payment's database (for the books).
+    pub payment: ServiceDb,
+    /// Shipping's database (for the books).
+    pub shipping: ServiceDb,
     /// The consumers' counters.
     pub consumers: Consumers,
 }
@@ -85,13 +85,44 @@ pub fn per_user() -> Bucket {
     Bucket::new(100, 50.0).unwrap_or_else(|_| unreachable!("a valid bucket"))
 }
 
-/// The gateway's routes, with `per_user` as each user's token bucket; the
-/// rate limiter and the catalog's cache report to `meter`.
-pub fn router(
+/// Where the gateway keeps what its replicas share: the token buckets
+/// and the catalog's cached answers.
+#[derive(Debug, Clone)]
+pub struct Shared<St, R> {
+    /// The rate limiter's store.
+    pub limits: St,
+    /// Each user's token bucket.
+    pub per_user: Bucket,
+    /// The cache in front of `GET /catalog/trending`.
+    pub trending: R,
+}
+
+impl Shared<LocalStore, Cache<String, CachedResponse, tower::BoxError>> {
+    /// In process: for one gateway (the embedded default). The cache
+    /// reports to `meter`.
+    #[must_use]
+    pub fn local(per_user: Bucket, meter: &opentelemetry::metrics::Meter) -> Self {
+        let trending = Cache::new(16, Freshness::new(std::time::Duration::from_secs(5)));
+        trending.instrument(meter, "trending");
+        Self {
+            limits: LocalStore::default(),
+            per_user,
+            trending,
+        }
+    }
+}
+
+/// The gateway's routes, limiting and caching through `shared`; the rate
+/// limiter reports to `meter`.
+pub fn router<St, R>(
     services: Services,
-    per_user: Bucket,
+    shared: Shared<St, R>,
     meter: &opentelemetry::metrics::Meter,
-) -> Router {
+) -> Router
+where
+    St: palisade_token_bucket::Store,
+    R: ResponseCache,
+{
     let signed_in = Router::new()
         .route("/orders", post(place))
         .route("/orders/{id}", get(order))
@@ -105,17 +136,12 @@ pub fn router(
         ))
         .layer(
             RateLimitLayer::new_for_http(
-                LocalStore::default(),
-                per_user,
+                shared.limits,
+                shared.per_user,
                 key::header(header::AUTHORIZATION),
             )
             .instrument(meter, "per-user"),
         );
-    let trending_cache = Cache::<String, CachedResponse, tower::BoxError>::new(
-        16,
-        Freshness::new(std::time::Duration::from_secs(5)),
-    );
-    trending_cache.instrument(meter, "trending");
     // The ranking is the same for everyone: cached whole, computed once
     // per crowd; what the origin says (max-age, stale-while-revalidate)
     // decides how long. A failed flight answers 502.
@@ -129,7 +155,7 @@ pub fn router(
                         StatusCode::BAD_GATEWAY
                     },
                 ))
-                .layer(CoalesceLayer::new(trending_cache)),
+                .layer(CoalesceLayer::new(shared.trending)),
         );
     Router::new()
         .route("/authorize", get(authorize))
@@ -297,9 +323,10 @@ pub struct Books {
     /// Each consumer's counters: (service, applied, duplicates dropped,
     /// given up on).
     pub consumers: Vec<(String, u64, u64, u64)>,
-    /// The card processor breaker's state (`Closed`, `Open`, …).
+    /// The card processor breaker's last state (`Closed`, `Open`, …), as
+    /// payment recorded it.
     pub breaker_state: String,
-    /// How many times it opened.
+    /// How many times it opened (every payment replica's, all time).
     pub breaker_opens: u64,
 }
 
@@ -367,12 +394,13 @@ impl Books {
 /// A database's error.
 pub async fn read_books(services: &Services) -> Result<Books, sqlx::Error> {
     let (compensations, compensations_repeated) = services.inventory.compensations().await?;
+    let breaker = BreakerHistory::read(&services.payment).await?;
     let mut outboxes = Vec::new();
     for (name, db) in [
         ("orders", services.orders.db()),
         ("inventory", services.inventory.db()),
-        ("payment", services.payment.db()),
-        ("shipping", services.shipping.db()),
+        ("payment", &services.payment),
+        ("shipping", &services.shipping),
     ] {
         let Backlog { pending, dead, .. } = db.backlog().await?;
         outboxes.push((name.to_owned(), pending, dead));
@@ -389,10 +417,8 @@ pub async fn read_books(services: &Services) -> Result<Books, sqlx::Error> {
             .into_iter()
             .map(|(name, stats)| (name, stats.applied, stats.duplicates, stats.dead_lettered))
             .collect(),
-        breaker_state: format!("{:?}", services.breaker.state()),
-        breaker_opens: services
-            .breaker_opens
-            .load(std::sync::atomic::Ordering::Relaxed),
+        breaker_state: breaker.state,
+        breaker_opens: breaker.opens,
     })
 }
 
@@ -411,12 +437,25 @@ pub struct ProcessorStatus {
     pub calls: u64,
 }
 
-fn processor_status(services: &Services) -> ProcessorStatus {
+fn processor_status(
+    processor: &crate::processor::Simulator,
+    breaker: Option<&crate::processor::Breaker>,
+) -> ProcessorStatus {
     ProcessorStatus {
-        faults: services.processor.faults().settings(),
-        breaker_state: format!("{:?}", services.breaker.state()),
-        calls: services.processor.calls(),
+        faults: processor.faults().settings(),
+        breaker_state: breaker.map_or_else(|| "unknown".to_owned(), |b| format!("{:?}", b.state())),
+        calls: processor.calls(),
     }
+}
+
+/// The simulator, or the answer saying it runs elsewhere.
+fn local_processor(services: &Services) -> Result<&crate::processor::Simulator, Response> {
+    services.processor.as_ref().ok_or_else(|| {
+        problem(
+            StatusCode::NOT_FOUND,
+            "the card processor runs as a service of its own: use its /admin/processor",
+        )
+    })
 }
 
 fn forbidden_unless_operator(user: &str) -> Option<Response> {
@@ -435,7 +474,12 @@ async fn processor_faults(
     if let Some(refusal) = forbidden_unless_operator(&user) {
         return refusal;
     }
-    Json(processor_status(&services)).into_response()
+    match local_processor(&services) {
+        Ok(processor) => {
+            Json(processor_status(processor, services.breaker.as_ref())).into_response()
+        }
+        Err(answer) => answer,
+    }
 }
 
 async fn set_processor_faults(
@@ -446,24 +490,17 @@ async fn set_processor_faults(
     if let Some(refusal) = forbidden_unless_operator(&user) {
         return refusal;
     }
-    let settings: crate::processor::FaultSettings = match serde_json::from_slice(&body) {
-        Ok(settings) => settings,
-        Err(error) => {
-            return problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("not processor faults: {error}"),
-            );
-        }
+    let processor = match local_processor(&services) {
+        Ok(processor) => processor,
+        Err(answer) => return answer,
     };
-    if settings.delay_ms > 60_000 {
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "delay_ms must be at most 60000",
-        );
-    }
-    services.processor.faults().apply(settings);
+    let settings = match crate::processor::FaultSettings::from_json(&body) {
+        Ok(settings) => settings,
+        Err(problem_text) => return problem(StatusCode::UNPROCESSABLE_ENTITY, problem_text),
+    };
+    processor.faults().apply(settings);
     tracing::warn!(?settings, "card processor faults set");
-    Json(processor_status(&services)).into_response()
+    Json(processor_status(processor, services.breaker.as_ref())).into_response()
 }
 
 async fn trending(State(services): State<Services>) -> Response {

@@ -25,5 +25,6 @@ pub mod metrics;
 pub mod orders;
 pub mod payment;
 pub mod processor;
+pub mod serve;
 pub mod shipping;
 pub mod telemetry;

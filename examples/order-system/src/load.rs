@@ -42,6 +42,10 @@ pub struct LoadSettings {
     /// of the orders are placed (through `/admin/processor`, as the
     /// `operator` user).
     pub processor_outage: Option<Duration>,
+    /// Where the card processor's faults are set, when it runs as a
+    /// service of its own (its HTTP base URL); by default through the
+    /// gateway.
+    pub processor_admin: Option<String>,
 }
 
 /// What happened.
@@ -431,8 +435,14 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
     }
     let outage = match settings.processor_outage {
         Some(length) => {
-            let mut operator = gateway.clone();
-            operator.sign_in(crate::gateway::OPERATOR).await?;
+            let operator = match &settings.processor_admin {
+                Some(url) => Gateway::new(url),
+                None => {
+                    let mut operator = gateway.clone();
+                    operator.sign_in(crate::gateway::OPERATOR).await?;
+                    operator
+                }
+            };
             let (next, quarter) = (next.clone(), settings.orders / 4);
             Some(tokio::spawn(async move {
                 while next.load(Ordering::Relaxed) < quarter {

@@ -4,6 +4,8 @@
 //! order-system [run] [--data DIR] [--listen ADDR]
 //! order-system load [--gateway URL] [--orders N] [--concurrency C] [--decline-rate P]
 //!                   [--processor-outage SECONDS]
+//! order-system serve SERVICE [--listen ADDR] [--postgres URL] [--nats URL] [--redis URL]
+//!                    [--grpc ADDR] [--processor URL]
 //! order-system token [--gateway URL] [--user NAME]
 //! ```
 
@@ -14,17 +16,26 @@ use std::time::Duration;
 
 use palisade_order_system::embedded::{Settings, System};
 use palisade_order_system::load::{self, Gateway, LoadSettings};
+use palisade_order_system::serve::{self, Infrastructure, Role, ServeSettings};
 
 const USAGE: &str = "usage:
   order-system [run] [--data DIR] [--listen ADDR]
       every service in one process on SQLite files in DIR (default: ./order-system-data),
       the gateway on ADDR (default: 127.0.0.1:8080)
   order-system load [--gateway URL] [--orders N] [--concurrency C] [--decline-rate P]
-                    [--processor-outage SECONDS]
+                    [--processor-outage SECONDS] [--processor-admin URL]
       places N orders (default 1000), C at a time (default 64), a share P of them
       with a card that is declined (default 0.2), waits for every saga and checks the books;
       with --processor-outage, the card processor is down for SECONDS once a quarter
-      of the orders are placed
+      of the orders are placed (through the gateway, or the processor's own
+      HTTP address given as --processor-admin)
+  order-system serve SERVICE [--listen ADDR] [--postgres URL] [--nats URL] [--redis URL]
+                     [--grpc ADDR] [--processor URL]
+      one service as a process of its own on PostgreSQL, NATS JetStream and Redis
+      (default: the local servers, or PALISADE_POSTGRES, PALISADE_NATS, PALISADE_REDIS);
+      SERVICE is one of processor, relay, inventory, payment, shipping, gateway.
+      ADDR: its HTTP address (default 127.0.0.1:8080); --grpc: the processor's
+      gRPC address (default 127.0.0.1:50051); --processor: payment's URL of it
   order-system token [--gateway URL] [--user NAME]
       signs in as NAME (default demo) with the PKCE flow and prints the bearer token";
 
@@ -56,6 +67,7 @@ fn main() -> ExitCode {
         None | Some("run") => runtime.block_on(run(&args)),
         Some("load") => runtime.block_on(load_command(&args)),
         Some("token") => runtime.block_on(token_command(&args)),
+        Some("serve") => runtime.block_on(serve_command(&args)),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -71,13 +83,57 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: &[String]) -> Result<ExitCode, String> {
+fn init_logs() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .init();
+}
+
+/// Completes on Ctrl-C or `SIGTERM`.
+async fn stop_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = async {
+            match terminate.as_mut() {
+                Some(terminate) => { terminate.recv().await; }
+                None => std::future::pending().await,
+            }
+        } => {}
+    }
+}
+
+async fn serve_command(args: &[String]) -> Result<ExitCode, String> {
+    let role: Role = args
+        .get(1)
+        .ok_or_else(|| format!("serve needs a service\n{USAGE}"))?
+        .parse()?;
+    let env = Infrastructure::from_env();
+    let infrastructure = Infrastructure {
+        postgres: flag(args, "--postgres", env.postgres)?,
+        nats: flag(args, "--nats", env.nats)?,
+        redis: flag(args, "--redis", env.redis)?,
+    };
+    let mut settings = ServeSettings::new(
+        role,
+        infrastructure,
+        flag(args, "--listen", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+    );
+    settings.grpc = flag(args, "--grpc", settings.grpc)?;
+    settings.processor = flag(args, "--processor", settings.processor)?;
+    init_logs();
+    serve::serve(settings, stop_signal())
+        .await
+        .map_err(|error| format!("{}: {error}", role.name()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(args: &[String]) -> Result<ExitCode, String> {
+    init_logs();
     let settings = Settings::new(
         flag(args, "--data", PathBuf::from("order-system-data"))?,
         flag(args, "--listen", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
@@ -89,7 +145,7 @@ async fn run(args: &[String]) -> Result<ExitCode, String> {
          stop: Ctrl-C",
         system.address
     );
-    tokio::signal::ctrl_c().await.map_err(|e| e.to_string())?;
+    stop_signal().await;
     system.stop().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -105,6 +161,10 @@ async fn load_command(args: &[String]) -> Result<ExitCode, String> {
             0 => None,
             seconds @ 1..=600 => Some(Duration::from_secs(seconds)),
             _ => return Err("--processor-outage must be 0 to 600 seconds".to_owned()),
+        },
+        processor_admin: match flag(args, "--processor-admin", String::new())? {
+            url if url.is_empty() => None,
+            url => Some(url),
         },
     };
     if !(0.0..=1.0).contains(&settings.decline_rate) {

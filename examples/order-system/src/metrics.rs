@@ -105,6 +105,14 @@ pub fn render(books: &Books) -> String {
     .sample(name, &[], books.compensations);
     // The outboxes' backlogs are the relays' own gauges
     // (`palisade_outbox_pending{relay}`, see the telemetry module).
+    out + &consumers(&books.consumers)
+}
+
+/// Consumers' counters, `(service, applied, duplicates dropped, given
+/// up)`, as Prometheus metrics.
+#[must_use]
+pub fn consumers(consumers: &[(String, u64, u64, u64)]) -> String {
+    let mut out = String::new();
     for (name, help, pick) in [
         (
             "palisade_consumer_applied_total",
@@ -123,7 +131,7 @@ pub fn render(books: &Books) -> String {
         ),
     ] {
         let mut family = Family::new(&mut out, name, "counter", help);
-        for (service, applied, duplicates, given_up) in &books.consumers {
+        for (service, applied, duplicates, given_up) in consumers {
             let value = [applied, duplicates, given_up][pick];
             family.sample(name, &[("service", service)], value);
         }

@@ -61,7 +61,8 @@ pub struct Order {
 /// The price of one unit of any product, in cents.
 pub const UNIT_PRICE_CENTS: i64 = 1_250;
 
-fn now_ms() -> i64 {
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -82,6 +82,23 @@ pub struct FaultSettings {
     pub delay_ms: u64,
 }
 
+impl FaultSettings {
+    /// Reads the settings a `PUT /admin/processor` body asks for.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with the body: not JSON of this shape, or a delay
+    /// over a minute.
+    pub fn from_json(body: &[u8]) -> Result<Self, String> {
+        let settings: Self = serde_json::from_slice(body)
+            .map_err(|error| format!("not processor faults: {error}"))?;
+        if settings.delay_ms > 60_000 {
+            return Err("delay_ms must be at most 60000".to_owned());
+        }
+        Ok(settings)
+    }
+}
+
 impl Faults {
     /// The faults now.
     #[must_use]

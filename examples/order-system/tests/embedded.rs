@@ -32,6 +32,7 @@ async fn three_hundred_orders_end_confirmed_or_cancelled_with_the_books_straight
         decline_rate: 0.2,
         progress: false,
         processor_outage: None,
+        processor_admin: None,
     })
     .await
     .unwrap();
@@ -361,6 +362,7 @@ async fn a_processor_outage_opens_the_breaker_and_every_order_still_ends() {
         progress: false,
         // Through the admin endpoint, once 50 orders are placed.
         processor_outage: Some(std::time::Duration::from_secs(2)),
+        processor_admin: None,
     };
     let summary = load::run(&settings).await.unwrap();
     println!("{}", summary.table());
@@ -369,7 +371,16 @@ async fn a_processor_outage_opens_the_breaker_and_every_order_still_ends() {
     let books = summary.books.unwrap();
     assert!(books.breaker_opens >= 1, "{books:?}");
     assert_eq!(books.breaker_state, "Closed", "recovered");
-    assert!(!system.services.processor.faults().settings().unavailable);
+    assert!(
+        !system
+            .services
+            .processor
+            .as_ref()
+            .unwrap()
+            .faults()
+            .settings()
+            .unavailable
+    );
     system.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,0 +1,627 @@
+//! Each service as a process of its own, on real infrastructure:
+//! PostgreSQL (a schema per service), NATS JetStream (one stream,
+//! [`STREAM`], which every relay publishes to and every service consumes
+//! from) and Redis (the gateway's rate limits and cached catalog).
+//!
+//! ```text
+//! order-system serve processor --listen 127.0.0.1:9106 --grpc 127.0.0.1:50051
+//! order-system serve relay     --listen 127.0.0.1:9105
+//! order-system serve inventory --listen 127.0.0.1:9102
+//! order-system serve payment   --listen 127.0.0.1:9103 --processor http://127.0.0.1:50051
+//! order-system serve shipping  --listen 127.0.0.1:9104
+//! order-system serve gateway   --listen 127.0.0.1:8080
+//! ```
+//!
+//! - **gateway**: the HTTP API, in front of the orders service (it places
+//!   orders and consumes the events that end sagas), auth and the
+//!   catalog.
+//! - **inventory**, **payment**, **shipping**: a durable JetStream consumer
+//!   each, applying events through the service's inbox.
+//! - **relay**: the relays of all four outboxes.
+//! - **processor**: the card processor simulator, over gRPC, with its
+//!   faults at `/admin/processor` on its HTTP port.
+//!
+//! Every process answers `GET /healthz` and `GET /metrics` on its
+//! `--listen` address. Replicas share the work: consumers of a service bind
+//! to the same durable consumer, relays claim batches with `SKIP LOCKED`,
+//! gateways share rate limits and cached answers through Redis. Sign-in
+//! codes and tokens live in the gateway's memory, so one gateway signs in
+//! a user and answers for them (see the crate README).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use palisade_coalesce::{Freshness, RedisCache, RedisSettings};
+use palisade_outbox::{
+    ConsumerConfig, Handler, JetStreamConsumer, NatsJetStreamPublisher, OutboxConfig, PgInbox,
+    PgOutbox, Relay,
+};
+use palisade_token_bucket::{Bucket, FailurePolicy, LocalStore, RedisStore};
+use sqlx::PgConnection;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::db::ServiceDb;
+use crate::embedded::{Consumers, StatsSource};
+use crate::gateway::{self, Services, Shared};
+use crate::inventory::{self, Inventory};
+use crate::orders::{self, Orders};
+use crate::payment::{self, Payment};
+use crate::processor::{self as card, ProcessorClient, ProcessorServer, Simulator};
+use crate::shipping::{self, Shipping};
+use crate::telemetry::Telemetry;
+
+/// An error that stops a service.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The JetStream stream the saga's events go through.
+pub const STREAM: &str = "ORDERS";
+/// The subjects of the saga's events in [`STREAM`]; dead letters go to
+/// `orders.dead.<service>`, in the same stream.
+const EVENTS: &str = "orders.order.>";
+
+/// The services that own a database, with their tables.
+const DATABASES: [(&str, &[&str]); 4] = [
+    ("orders", orders::TABLES),
+    ("inventory", inventory::TABLES),
+    ("payment", payment::TABLES),
+    ("shipping", shipping::TABLES),
+];
+
+/// What a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The HTTP API, the orders service, auth and the catalog.
+    Gateway,
+    /// The inventory service's consumer.
+    Inventory,
+    /// The payment service's consumer.
+    Payment,
+    /// The shipping service's consumer.
+    Shipping,
+    /// The relays of every outbox.
+    Relay,
+    /// The card processor simulator.
+    Processor,
+}
+
+impl Role {
+    /// Every role, in the order a system is best started.
+    pub const ALL: [Self; 6] = [
+        Self::Processor,
+        Self::Relay,
+        Self::Inventory,
+        Self::Payment,
+        Self::Shipping,
+        Self::Gateway,
+    ];
+
+    /// The role's name on the command line.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::Inventory => "inventory",
+            Self::Payment => "payment",
+            Self::Shipping => "shipping",
+            Self::Relay => "relay",
+            Self::Processor => "processor",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|role| role.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|role| role.name()).collect();
+                format!("no service {name:?}; one of {}", names.join(", "))
+            })
+    }
+}
+
+/// Where the servers are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Infrastructure {
+    /// A PostgreSQL URL.
+    pub postgres: String,
+    /// A NATS URL (JetStream enabled).
+    pub nats: String,
+    /// A Redis URL.
+    pub redis: String,
+}
+
+impl Infrastructure {
+    /// From `PALISADE_POSTGRES`, `PALISADE_NATS` and `PALISADE_REDIS`, each
+    /// defaulting to the server on loopback that `scripts/services` starts.
+    #[must_use]
+    pub fn from_env() -> Self {
+        let var =
+            |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+        Self {
+            postgres: var(
+                "PALISADE_POSTGRES",
+                "postgres://postgres@127.0.0.1:5432/test",
+            ),
+            nats: var("PALISADE_NATS", "nats://127.0.0.1:4222"),
+            redis: var("PALISADE_REDIS", "redis://127.0.0.1:6379"),
+        }
+    }
+}
+
+/// How one process runs.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// What it runs.
+    pub role: Role,
+    /// The servers.
+    pub infrastructure: Infrastructure,
+    /// Its HTTP address: the API for the gateway, `/healthz` and `/metrics`
+    /// (and the processor's `/admin/processor`) for the others.
+    pub listen: SocketAddr,
+    /// The processor's gRPC address.
+    pub grpc: SocketAddr,
+    /// The processor's URL, for payment.
+    pub processor: String,
+    /// Each user's token bucket, for the gateway.
+    pub per_user: Bucket,
+    /// Payment's circuit breaker in front of the processor.
+    pub breaker: palisade_circuit_breaker::Config,
+}
+
+impl ServeSettings {
+    /// `role` on `infrastructure`, listening on `listen`; the processor's
+    /// gRPC on `127.0.0.1:50051`, the gateway's and payment's defaults.
+    #[must_use]
+    pub fn new(role: Role, infrastructure: Infrastructure, listen: SocketAddr) -> Self {
+        Self {
+            role,
+            infrastructure,
+            listen,
+            grpc: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            processor: "http://127.0.0.1:50051".to_owned(),
+            per_user: gateway::per_user(),
+            breaker: card::breaker_config(),
+        }
+    }
+}
+
+/// Tells every task of a process to stop.
+#[derive(Debug, Clone)]
+struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    /// Completes once the process is asked to stop.
+    fn signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopped = self.0.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+/// Runs `settings.role` until `shutdown` completes, then lets the work under
+/// way finish.
+///
+/// # Errors
+///
+/// A server that cannot be reached at start, an address that cannot be
+/// bound, or JetStream refusing the stream or consumer.
+pub async fn serve(
+    settings: ServeSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), BoxError> {
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let stop = Stop(stopped);
+    let listener = TcpListener::bind(settings.listen).await?;
+    let telemetry = Telemetry::default();
+    tracing::info!(service = settings.role.name(), address = %listener.local_addr()?, "starting");
+    match settings.role {
+        Role::Processor => processor(&settings, listener, telemetry, &stop).await,
+        Role::Relay => relays(&settings, listener, telemetry, &stop).await,
+        Role::Gateway => gateway(&settings, listener, telemetry, &stop).await,
+        Role::Inventory => {
+            let db = open(&settings, "inventory", inventory::TABLES, 4).await?;
+            let inventory = Inventory::new(db).await?;
+            let consumer = consumer(
+                &settings,
+                "inventory",
+                inventory.db(),
+                inventory.clone(),
+                inventory::CONSUMES,
+            )
+            .await?;
+            consume(
+                "inventory",
+                listener,
+                telemetry,
+                consumer,
+                JoinSet::new(),
+                &stop,
+            )
+            .await
+        }
+        Role::Payment => {
+            let channel =
+                tonic::transport::Endpoint::from_shared(settings.processor.clone())?.connect_lazy();
+            let (channel, breaker) =
+                card::stack(channel, settings.breaker.clone(), &telemetry.meter());
+            let db = open(&settings, "payment", payment::TABLES, 4).await?;
+            let payment = Payment::new(db, ProcessorClient::new(channel));
+            let mut tasks = JoinSet::new();
+            let (recorder, signal) = (payment.clone(), stop.signal());
+            tasks.spawn(async move { recorder.record_transitions(&breaker, signal).await });
+            let consumer = consumer(
+                &settings,
+                "payment",
+                payment.db(),
+                payment.clone(),
+                payment::CONSUMES,
+            )
+            .await?;
+            consume("payment", listener, telemetry, consumer, tasks, &stop).await
+        }
+        Role::Shipping => {
+            let shipping = Shipping::new(open(&settings, "shipping", shipping::TABLES, 4).await?);
+            let consumer = consumer(
+                &settings,
+                "shipping",
+                shipping.db(),
+                shipping.clone(),
+                shipping::CONSUMES,
+            )
+            .await?;
+            consume(
+                "shipping",
+                listener,
+                telemetry,
+                consumer,
+                JoinSet::new(),
+                &stop,
+            )
+            .await
+        }
+    }
+}
+
+async fn open(
+    settings: &ServeSettings,
+    service: &str,
+    tables: &[&str],
+    connections: u32,
+) -> Result<ServiceDb, BoxError> {
+    ServiceDb::open_postgres(
+        &settings.infrastructure.postgres,
+        service,
+        tables,
+        connections,
+    )
+    .await
+    .map_err(|error| format!("PostgreSQL ({service}): {error}").into())
+}
+
+fn postgres(db: &ServiceDb) -> (&PgOutbox, &PgInbox) {
+    db.as_postgres()
+        .unwrap_or_else(|| unreachable!("serve opens PostgreSQL databases only"))
+}
+
+async fn connect_jetstream(settings: &ServeSettings) -> Result<jetstream::Context, BoxError> {
+    let client = async_nats::connect(&settings.infrastructure.nats)
+        .await
+        .map_err(|error| format!("NATS at {}: {error}", settings.infrastructure.nats))?;
+    Ok(jetstream::new(client))
+}
+
+/// Makes sure [`STREAM`] exists with a duplicate window covering the
+/// relays' retries; processes starting together may race to create it,
+/// hence the second try.
+async fn ensure_stream(
+    context: &jetstream::Context,
+    config: &OutboxConfig,
+) -> Result<(), BoxError> {
+    let publisher = publisher(context, "setup");
+    match publisher.ensure_stream(config, true).await {
+        Ok(()) => Ok(()),
+        Err(_) => Ok(publisher.ensure_stream(config, true).await?),
+    }
+}
+
+fn publisher(context: &jetstream::Context, service: &str) -> NatsJetStreamPublisher {
+    NatsJetStreamPublisher::new(context.clone(), STREAM, &format!("/order-system/{service}"))
+}
+
+/// `service`'s durable consumer of the saga's events, taking only
+/// `consumes`.
+async fn consumer<H>(
+    settings: &ServeSettings,
+    service: &str,
+    db: &ServiceDb,
+    handler: H,
+    consumes: &[&str],
+) -> Result<Arc<JetStreamConsumer<PgInbox, H>>, BoxError>
+where
+    H: Handler<PgConnection> + std::fmt::Debug,
+{
+    let (outbox, inbox) = postgres(db);
+    let context = connect_jetstream(settings).await?;
+    ensure_stream(&context, outbox.config()).await?;
+    let config = ConsumerConfig::new(STREAM, service, &format!("orders.dead.{service}"))?
+        .filter_subject(EVENTS)
+        .max_deliver(5)
+        .retry_delay(Duration::from_millis(200), Duration::from_secs(5))
+        // A replica killed holding a message: another gets it after this.
+        .ack_wait(Duration::from_secs(10));
+    let consumer = JetStreamConsumer::new(context, config, inbox.clone(), handler)
+        .await?
+        .only(consumes.iter().copied());
+    Ok(Arc::new(consumer))
+}
+
+impl<H> StatsSource for JetStreamConsumer<PgInbox, H>
+where
+    H: Handler<PgConnection> + std::fmt::Debug,
+{
+    fn stats(&self) -> palisade_outbox::ConsumerStats {
+        Self::stats(self)
+    }
+}
+
+/// Runs `consumer` with `/healthz` and `/metrics` on `listener`, and
+/// forgets its inbox records once JetStream can no longer bring them back.
+async fn consume<H>(
+    service: &str,
+    listener: TcpListener,
+    telemetry: Telemetry,
+    consumer: Arc<JetStreamConsumer<PgInbox, H>>,
+    mut tasks: JoinSet<()>,
+    stop: &Stop,
+) -> Result<(), BoxError>
+where
+    H: Handler<PgConnection> + std::fmt::Debug,
+{
+    let consumers = Consumers::default();
+    consumers.add(service, consumer.clone());
+    tasks.spawn(serve_http(
+        listener,
+        internal(telemetry, consumers),
+        stop.signal(),
+    ));
+    let (forgetting, signal) = (consumer.clone(), stop.signal());
+    tasks.spawn(async move {
+        tokio::pin!(signal);
+        let retention = forgetting.inbox_retention();
+        loop {
+            tokio::select! {
+                () = &mut signal => return,
+                () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            }
+            if let Err(error) = forgetting.forget_processed(retention, 10_000).await {
+                tracing::warn!(%error, "old inbox records not forgotten; trying again later");
+            }
+        }
+    });
+    let consumed = consumer.run(stop.signal()).await;
+    tasks.shutdown().await;
+    consumed
+}
+
+/// `/healthz`, and `/metrics`: the crates' metrics and the consumers'
+/// counters.
+fn internal(telemetry: Telemetry, consumers: Consumers) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let (telemetry, consumers) = (telemetry.clone(), consumers.clone());
+                async move {
+                    let crates = tokio::task::spawn_blocking(move || telemetry.render())
+                        .await
+                        .unwrap_or_default();
+                    let counters: Vec<(String, u64, u64, u64)> = consumers
+                        .stats()
+                        .into_iter()
+                        .map(|(name, s)| (name, s.applied, s.duplicates, s.dead_lettered))
+                        .collect();
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        crate::metrics::consumers(&counters) + &crates,
+                    )
+                }
+            }),
+        )
+}
+
+async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) {
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::error!(%error, "HTTP server stopped");
+    }
+}
+
+/// The relays of every service's outbox, each woken by `LISTEN`.
+async fn relays(
+    settings: &ServeSettings,
+    listener: TcpListener,
+    telemetry: Telemetry,
+    stop: &Stop,
+) -> Result<(), BoxError> {
+    let context = connect_jetstream(settings).await?;
+    let meter = telemetry.meter();
+    let mut tasks = JoinSet::new();
+    for (service, tables) in DATABASES {
+        let db = open(settings, service, tables, 2).await?;
+        let (outbox, _) = postgres(&db);
+        outbox.listen().await?;
+        ensure_stream(&context, outbox.config()).await?;
+        let relay =
+            Relay::new(outbox.clone(), publisher(&context, service)).instrument(&meter, service);
+        tasks.spawn(relay.run(stop.signal()));
+    }
+    tasks.spawn(serve_http(
+        listener,
+        internal(telemetry, Consumers::default()),
+        stop.signal(),
+    ));
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// The card processor over gRPC on `settings.grpc`, its faults on
+/// `listener`'s `/admin/processor`.
+async fn processor(
+    settings: &ServeSettings,
+    listener: TcpListener,
+    telemetry: Telemetry,
+    stop: &Stop,
+) -> Result<(), BoxError> {
+    let simulator = Simulator::default();
+    let grpc = TcpListener::bind(settings.grpc).await?;
+    tracing::info!(address = %grpc.local_addr()?, "card processor (gRPC)");
+    let mut tasks = JoinSet::new();
+    let serving = tonic::transport::Server::builder()
+        .add_service(ProcessorServer(simulator.clone()))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(grpc),
+            stop.signal(),
+        );
+    tasks.spawn(async move {
+        if let Err(error) = serving.await {
+            tracing::error!(%error, "card processor stopped");
+        }
+    });
+    let app = internal(telemetry, Consumers::default()).merge(
+        Router::new()
+            .route("/admin/processor", get(faults).put(set_faults))
+            .with_state(simulator),
+    );
+    tasks.spawn(serve_http(listener, app, stop.signal()));
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn faults(State(simulator): State<Simulator>) -> Response {
+    axum::Json(simulator.faults().settings()).into_response()
+}
+
+async fn set_faults(State(simulator): State<Simulator>, body: Bytes) -> Response {
+    match card::FaultSettings::from_json(&body) {
+        Ok(settings) => {
+            simulator.faults().apply(settings);
+            tracing::warn!(?settings, "card processor faults set");
+            axum::Json(settings).into_response()
+        }
+        Err(problem) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(serde_json::json!({ "error": problem })),
+        )
+            .into_response(),
+    }
+}
+
+/// The gateway: the API, the orders service (placing orders, and its
+/// consumer ending sagas), auth and the catalog; rate limits and the
+/// catalog's cache in Redis.
+async fn gateway(
+    settings: &ServeSettings,
+    listener: TcpListener,
+    telemetry: Telemetry,
+    stop: &Stop,
+) -> Result<(), BoxError> {
+    let orders = Orders::new(open(settings, "orders", orders::TABLES, 16).await?);
+    let inventory =
+        Inventory::new(open(settings, "inventory", inventory::TABLES, 2).await?).await?;
+    let payment = open(settings, "payment", payment::TABLES, 1).await?;
+    let shipping = open(settings, "shipping", shipping::TABLES, 1).await?;
+    let meter = telemetry.meter();
+
+    let redis_error =
+        |error: redis::RedisError| format!("Redis at {}: {error}", settings.infrastructure.redis);
+    let client =
+        redis::Client::open(settings.infrastructure.redis.as_str()).map_err(redis_error)?;
+    let connection = redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .map_err(redis_error)?;
+    // Redis down: each gateway limits alone with the same bucket, rather
+    // than refusing everyone or letting everyone through.
+    let limits = RedisStore::new(
+        connection.clone(),
+        FailurePolicy::Fallback {
+            store: LocalStore::default(),
+            bucket: settings.per_user,
+        },
+    )
+    .prefix("palisade:order-system:rl")
+    .instrument(&meter, "per-user");
+    let trending = RedisCache::<_, tower::BoxError>::connect(
+        &client,
+        connection,
+        RedisSettings::new(Freshness::new(Duration::from_secs(5)))
+            .prefix("palisade:order-system:catalog"),
+    )
+    .await
+    .map_err(redis_error)?;
+    trending.instrument(&meter, "trending");
+
+    let consumer = consumer(
+        settings,
+        "orders",
+        orders.db(),
+        orders.clone(),
+        orders::CONSUMES,
+    )
+    .await?;
+    let consumers = Consumers::default();
+    consumers.add("orders", consumer.clone());
+    let services = Services {
+        telemetry,
+        processor: None,
+        breaker: None,
+        auth: crate::auth::Auth::default(),
+        catalog: crate::catalog::Catalog::new(inventory.clone()),
+        orders,
+        inventory,
+        payment,
+        shipping,
+        consumers,
+    };
+    let shared = Shared {
+        limits,
+        per_user: settings.per_user,
+        trending,
+    };
+    let app = gateway::router(services, shared, &meter);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(serve_http(listener, app, stop.signal()));
+    let consumed = consumer.run(stop.signal()).await;
+    while tasks.join_next().await.is_some() {}
+    consumed
+}
