@@ -59,12 +59,14 @@ fn config_error(error: impl std::error::Error + Send + Sync + 'static) -> sqlx::
 }
 
 /// The outbox's pace: batches of 500, a poll every half second besides
-/// the wake-ups on commit.
+/// the wake-ups on commit, and a 5 s lease (a relay killed mid-batch holds
+/// its events that long; publishing 500 takes milliseconds).
 fn outbox_config(table: &str) -> Result<OutboxConfig, sqlx::Error> {
     Ok(OutboxConfig::new(table)
         .map_err(config_error)?
         .batch_size(500)
-        .poll_interval(Duration::from_millis(500)))
+        .poll_interval(Duration::from_millis(500))
+        .lease(Duration::from_secs(5)))
 }
 
 impl ServiceDb {
@@ -108,7 +110,8 @@ impl ServiceDb {
         })
     }
 
-    /// Opens the schema `service` of the PostgreSQL database at `url`
+    /// Opens the schema `service` (lowercase letters, digits and `_`) of
+    /// the PostgreSQL database at `url`
     /// (creating it, its outbox, its inbox and `tables` if needed), with
     /// up to `connections` connections.
     ///
@@ -124,9 +127,14 @@ impl ServiceDb {
         tables: &[&str],
         connections: u32,
     ) -> Result<Self, sqlx::Error> {
-        if service.is_empty() || !service.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        if !service.starts_with(|c: char| c.is_ascii_lowercase())
+            || !service
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
             return Err(sqlx::Error::Configuration(
-                format!("{service:?} is not a schema name (lowercase letters and `_`)").into(),
+                format!("{service:?} is not a schema name (lowercase letters, digits and `_`)")
+                    .into(),
             ));
         }
         let options: PgConnectOptions = url.parse()?;

@@ -25,6 +25,10 @@ use crate::processor::{DECLINED_CARD, GOOD_CARD};
 /// A boxed error.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// How long a saga may take before the run counts it unfinished: long
+/// enough for a service killed mid-message to be redelivered it.
+pub const SAGA_DEADLINE: Duration = Duration::from_secs(120);
+
 /// What to send.
 #[derive(Debug, Clone)]
 pub struct LoadSettings {
@@ -331,6 +335,16 @@ impl Gateway {
         Ok(())
     }
 
+    /// Order `id` once its saga ended, or as it stands at `deadline`.
+    async fn wait_for_end(&self, id: &str, deadline: Instant) -> Result<Order, Error> {
+        loop {
+            let order: Order = self.get(&format!("/orders/{id}?wait_ms=30000")).await?;
+            if order.status != "pending" || Instant::now() >= deadline {
+                return Ok(order);
+            }
+        }
+    }
+
     /// Places `order` under a fresh idempotency key. A 503 (the service
     /// busy) is tried again after a short wait and a 429 after its
     /// `Retry-After`, with the same key, so the gateway places it once
@@ -421,8 +435,8 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
                 let order = gateway
                     .place(&random_order(decline_rate), &rate_limited)
                     .await?;
-                let order: Order = gateway
-                    .get(&format!("/orders/{}?wait_ms=30000", order.id))
+                let order = gateway
+                    .wait_for_end(&order.id, sent + SAGA_DEADLINE)
                     .await?;
                 ended.push((order, sent.elapsed()));
                 if progress && fastrand::u8(..) == 0 {
@@ -496,8 +510,9 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
     summary.violations = books.violations(true);
     if summary.unfinished > 0 {
         summary.violations.push(format!(
-            "{} orders of this run had not ended after 30 s",
-            summary.unfinished
+            "{} orders of this run had not ended after {} s",
+            summary.unfinished,
+            SAGA_DEADLINE.as_secs()
         ));
     }
     summary.books = Some(books);

@@ -5,7 +5,7 @@
 //! order-system load [--gateway URL] [--orders N] [--concurrency C] [--decline-rate P]
 //!                   [--processor-outage SECONDS]
 //! order-system serve SERVICE [--listen ADDR] [--postgres URL] [--nats URL] [--redis URL]
-//!                    [--grpc ADDR] [--processor URL]
+//!                    [--grpc ADDR] [--processor URL] [--namespace NS]
 //! order-system token [--gateway URL] [--user NAME]
 //! ```
 
@@ -30,12 +30,13 @@ const USAGE: &str = "usage:
       of the orders are placed (through the gateway, or the processor's own
       HTTP address given as --processor-admin)
   order-system serve SERVICE [--listen ADDR] [--postgres URL] [--nats URL] [--redis URL]
-                     [--grpc ADDR] [--processor URL]
+                     [--grpc ADDR] [--processor URL] [--namespace NS]
       one service as a process of its own on PostgreSQL, NATS JetStream and Redis
       (default: the local servers, or PALISADE_POSTGRES, PALISADE_NATS, PALISADE_REDIS);
       SERVICE is one of processor, relay, inventory, payment, shipping, gateway.
       ADDR: its HTTP address (default 127.0.0.1:8080); --grpc: the processor's
-      gRPC address (default 127.0.0.1:50051); --processor: payment's URL of it
+      gRPC address (default 127.0.0.1:50051); --processor: payment's URL of it;
+      --namespace (or PALISADE_NAMESPACE): schemas NS_<service>, stream ORDERS_NS
   order-system token [--gateway URL] [--user NAME]
       signs in as NAME (default demo) with the PKCE flow and prints the bearer token";
 
@@ -125,6 +126,11 @@ async fn serve_command(args: &[String]) -> Result<ExitCode, String> {
     );
     settings.grpc = flag(args, "--grpc", settings.grpc)?;
     settings.processor = flag(args, "--processor", settings.processor)?;
+    settings.namespace = flag(
+        args,
+        "--namespace",
+        std::env::var("PALISADE_NAMESPACE").unwrap_or_default(),
+    )?;
     init_logs();
     serve::serve(settings, stop_signal())
         .await

@@ -98,9 +98,8 @@ impl Payment {
                 format!("{:?}", transition.from),
                 format!("{:?}", transition.to),
             );
-            let recorded =
-                crate::on_pool!(&self.db, |pool| {
-                    sqlx::query(
+            let recorded = crate::on_pool!(&self.db, |pool| {
+                sqlx::query(
                 "INSERT INTO breaker_transitions (at_ms, from_state, to_state) VALUES ($1, $2, $3)"
             )
             .bind(crate::orders::now_ms())
@@ -109,7 +108,7 @@ impl Payment {
             .execute(pool)
             .await
             .map(drop)
-                });
+            });
             if let Err(error) = recorded {
                 tracing::warn!(%error, "breaker transition not recorded");
             }

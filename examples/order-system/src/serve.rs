@@ -65,11 +65,11 @@ use crate::telemetry::Telemetry;
 /// An error that stops a service.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The JetStream stream the saga's events go through.
+/// The JetStream stream the saga's events go through (with a namespace
+/// `ns`, `ORDERS_NS`). Events are on `orders.order.<type>` (`orders_ns.…`),
+/// and each consumer's dead letters on `orders.dead.<service>`, in the same
+/// stream.
 pub const STREAM: &str = "ORDERS";
-/// The subjects of the saga's events in [`STREAM`]; dead letters go to
-/// `orders.dead.<service>`, in the same stream.
-const EVENTS: &str = "orders.order.>";
 
 /// The services that own a database, with their tables.
 const DATABASES: [(&str, &[&str]); 4] = [
@@ -182,6 +182,10 @@ pub struct ServeSettings {
     pub per_user: Bucket,
     /// Payment's circuit breaker in front of the processor.
     pub breaker: palisade_circuit_breaker::Config,
+    /// Keeps several systems apart on the same servers (tests running at
+    /// once): schemas `<namespace>_<service>`, the stream
+    /// `ORDERS_<NAMESPACE>`, Redis keys under it. Empty: none.
+    pub namespace: String,
 }
 
 impl ServeSettings {
@@ -197,7 +201,51 @@ impl ServeSettings {
             processor: "http://127.0.0.1:50051".to_owned(),
             per_user: gateway::per_user(),
             breaker: card::breaker_config(),
+            namespace: String::new(),
         }
+    }
+
+    /// `service`'s schema.
+    fn schema(&self, service: &str) -> String {
+        self.namespaced(service, "_")
+    }
+
+    /// `name` in the namespace, joined with `separator`.
+    fn namespaced(&self, name: &str, separator: &str) -> String {
+        if self.namespace.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}{separator}{name}", self.namespace)
+        }
+    }
+
+    /// The stream's name.
+    fn stream(&self) -> String {
+        if self.namespace.is_empty() {
+            STREAM.to_owned()
+        } else {
+            format!("{STREAM}_{}", self.namespace.to_ascii_uppercase())
+        }
+    }
+
+    /// The first token of the stream's subjects.
+    fn subjects(&self) -> String {
+        self.stream().to_ascii_lowercase()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let ns = &self.namespace;
+        if !ns.is_empty()
+            && !(ns.starts_with(|c: char| c.is_ascii_lowercase())
+                && ns
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+        {
+            return Err(format!(
+                "namespace {ns:?}: lowercase letters, digits and `_`, starting with a letter"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -226,6 +274,7 @@ pub async fn serve(
     settings: ServeSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
+    settings.check()?;
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -309,9 +358,10 @@ async fn open(
     tables: &[&str],
     connections: u32,
 ) -> Result<ServiceDb, BoxError> {
+    let schema = settings.schema(service);
     ServiceDb::open_postgres(
         &settings.infrastructure.postgres,
-        service,
+        &schema,
         tables,
         connections,
     )
@@ -331,22 +381,31 @@ async fn connect_jetstream(settings: &ServeSettings) -> Result<jetstream::Contex
     Ok(jetstream::new(client))
 }
 
-/// Makes sure [`STREAM`] exists with a duplicate window covering the
+/// Makes sure the stream exists with a duplicate window covering the
 /// relays' retries; processes starting together may race to create it,
 /// hence the second try.
 async fn ensure_stream(
+    settings: &ServeSettings,
     context: &jetstream::Context,
     config: &OutboxConfig,
 ) -> Result<(), BoxError> {
-    let publisher = publisher(context, "setup");
+    let publisher = publisher(settings, context, "setup");
     match publisher.ensure_stream(config, true).await {
         Ok(()) => Ok(()),
         Err(_) => Ok(publisher.ensure_stream(config, true).await?),
     }
 }
 
-fn publisher(context: &jetstream::Context, service: &str) -> NatsJetStreamPublisher {
-    NatsJetStreamPublisher::new(context.clone(), STREAM, &format!("/order-system/{service}"))
+fn publisher(
+    settings: &ServeSettings,
+    context: &jetstream::Context,
+    service: &str,
+) -> NatsJetStreamPublisher {
+    NatsJetStreamPublisher::new(
+        context.clone(),
+        &settings.stream(),
+        &format!("/order-system/{service}"),
+    )
 }
 
 /// `service`'s durable consumer of the saga's events, taking only
@@ -363,13 +422,18 @@ where
 {
     let (outbox, inbox) = postgres(db);
     let context = connect_jetstream(settings).await?;
-    ensure_stream(&context, outbox.config()).await?;
-    let config = ConsumerConfig::new(STREAM, service, &format!("orders.dead.{service}"))?
-        .filter_subject(EVENTS)
-        .max_deliver(5)
-        .retry_delay(Duration::from_millis(200), Duration::from_secs(5))
-        // A replica killed holding a message: another gets it after this.
-        .ack_wait(Duration::from_secs(10));
+    ensure_stream(settings, &context, outbox.config()).await?;
+    let subjects = settings.subjects();
+    let config = ConsumerConfig::new(
+        &settings.stream(),
+        service,
+        &format!("{subjects}.dead.{service}"),
+    )?
+    .filter_subject(&format!("{subjects}.order.>"))
+    .max_deliver(5)
+    .retry_delay(Duration::from_millis(200), Duration::from_secs(5))
+    // A replica killed holding a message: another gets it after this.
+    .ack_wait(Duration::from_secs(10));
     let consumer = JetStreamConsumer::new(context, config, inbox.clone(), handler)
         .await?
         .only(consumes.iter().copied());
@@ -481,9 +545,9 @@ async fn relays(
         let db = open(settings, service, tables, 2).await?;
         let (outbox, _) = postgres(&db);
         outbox.listen().await?;
-        ensure_stream(&context, outbox.config()).await?;
-        let relay =
-            Relay::new(outbox.clone(), publisher(&context, service)).instrument(&meter, service);
+        ensure_stream(settings, &context, outbox.config()).await?;
+        let relay = Relay::new(outbox.clone(), publisher(settings, &context, service))
+            .instrument(&meter, service);
         tasks.spawn(relay.run(stop.signal()));
     }
     tasks.spawn(serve_http(
@@ -579,13 +643,13 @@ async fn gateway(
             bucket: settings.per_user,
         },
     )
-    .prefix("palisade:order-system:rl")
+    .prefix(&settings.namespaced("palisade:order-system:rl", ":"))
     .instrument(&meter, "per-user");
     let trending = RedisCache::<_, tower::BoxError>::connect(
         &client,
         connection,
         RedisSettings::new(Freshness::new(Duration::from_secs(5)))
-            .prefix("palisade:order-system:catalog"),
+            .prefix(&settings.namespaced("palisade:order-system:catalog", ":")),
     )
     .await
     .map_err(redis_error)?;

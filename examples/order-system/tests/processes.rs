@@ -1,0 +1,322 @@
+//! The order system as separate processes (`order-system serve …`) on real
+//! PostgreSQL, NATS JetStream and Redis, driven through its gateway: the
+//! books keep straight with replicas, and through chaos (services killed
+//! with `SIGKILL` and restarted, the card processor down until the breaker
+//! opens).
+//!
+//! Each test runs in a namespace of its own (schemas, stream, Redis keys),
+//! dropped at the end.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use palisade_order_system::gateway::Books;
+use palisade_order_system::load::{self, Gateway, LoadSettings, Summary};
+use palisade_testkit::servers::{database_url, nats_url, redis_url};
+
+/// A free port on loopback (the OS picks it; the process binds it a moment
+/// later).
+fn free_address() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+}
+
+/// One system: its processes, by name (`inventory`, `inventory-2`, …).
+struct System {
+    namespace: String,
+    logs: std::path::PathBuf,
+    grpc: SocketAddr,
+    processes: HashMap<String, (Vec<String>, SocketAddr, Child)>,
+}
+
+impl System {
+    fn new() -> Self {
+        let namespace = format!("t{}", fastrand::u64(..) % 1_000_000_000);
+        let logs = std::env::temp_dir().join(format!("palisade-order-system-{namespace}"));
+        std::fs::create_dir_all(&logs).unwrap();
+        Self {
+            namespace,
+            logs,
+            grpc: free_address(),
+            processes: HashMap::new(),
+        }
+    }
+
+    /// Starts `service` as `name` and waits for its `/healthz`.
+    async fn start(&mut self, name: &str, service: &str) {
+        let listen = free_address();
+        let mut args: Vec<String> = [
+            "serve",
+            service,
+            "--listen",
+            &listen.to_string(),
+            "--namespace",
+            &self.namespace,
+            "--postgres",
+            &database_url(),
+            "--nats",
+            &nats_url(),
+            "--redis",
+            &redis_url(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        match service {
+            "processor" => args.extend(["--grpc".to_owned(), self.grpc.to_string()]),
+            "payment" => args.extend(["--processor".to_owned(), format!("http://{}", self.grpc)]),
+            _ => {}
+        }
+        let child = self.spawn(name, &args);
+        self.processes
+            .insert(name.to_owned(), (args, listen, child));
+        self.wait_healthy(name, listen).await;
+    }
+
+    fn spawn(&self, name: &str, args: &[String]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{name}.log")))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_order-system"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    async fn wait_healthy(&mut self, name: &str, address: SocketAddr) {
+        let health = Gateway::new(&format!("http://{address}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answered = health
+                .send(http::Method::GET, "/healthz", &[], bytes::Bytes::new())
+                .await;
+            if matches!(answered, Ok((status, _)) if status.is_success()) {
+                return;
+            }
+            let (_, _, child) = self.processes.get_mut(name).unwrap();
+            if let Ok(Some(exit)) = child.try_wait() {
+                panic!("{name} exited ({exit}); see {}", self.logs.display());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} not healthy after 60 s; see {}",
+                self.logs.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills `name` with `SIGKILL`: no shutdown, no goodbye.
+    fn kill(&mut self, name: &str) {
+        let (_, _, child) = self.processes.get_mut(name).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts `name` again, as it was started.
+    async fn restart(&mut self, name: &str) {
+        let (args, listen, _) = &self.processes[name];
+        let (args, listen) = (args.clone(), *listen);
+        let child = self.spawn(name, &args);
+        self.processes.get_mut(name).unwrap().2 = child;
+        self.wait_healthy(name, listen).await;
+    }
+
+    fn address(&self, name: &str) -> String {
+        format!("http://{}", self.processes[name].1)
+    }
+
+    /// Every service, with two replicas of inventory and of the relay.
+    async fn start_all(&mut self) {
+        for (name, service) in [
+            ("processor", "processor"),
+            ("relay", "relay"),
+            ("relay-2", "relay"),
+            ("inventory", "inventory"),
+            ("inventory-2", "inventory"),
+            ("payment", "payment"),
+            ("shipping", "shipping"),
+            ("gateway", "gateway"),
+        ] {
+            self.start(name, service).await;
+        }
+    }
+
+    async fn books(&self) -> Books {
+        let (status, body) = Gateway::new(&self.address("gateway"))
+            .send(http::Method::GET, "/books", &[], bytes::Bytes::new())
+            .await
+            .unwrap();
+        assert!(status.is_success(), "GET /books: {status}");
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    async fn set_processor_unavailable(&self, unavailable: bool) {
+        let body = serde_json::json!({ "unavailable": unavailable }).to_string();
+        let (status, _) = Gateway::new(&self.address("processor"))
+            .send(
+                http::Method::PUT,
+                "/admin/processor",
+                &[("content-type", "application/json")],
+                bytes::Bytes::from(body),
+            )
+            .await
+            .unwrap();
+        assert!(status.is_success());
+    }
+
+    fn load(&self, orders: usize) -> LoadSettings {
+        LoadSettings {
+            gateway: self.address("gateway"),
+            orders,
+            concurrency: 32,
+            decline_rate: 0.2,
+            progress: false,
+            processor_outage: None,
+            processor_admin: None,
+        }
+    }
+
+    /// Stops every process and drops the namespace's schemas and stream.
+    async fn remove(mut self) {
+        let names: Vec<String> = self.processes.keys().cloned().collect();
+        for name in names {
+            self.kill(&name);
+        }
+        let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url())
+            .await
+            .unwrap();
+        for service in ["orders", "inventory", "payment", "shipping"] {
+            sqlx::query(&format!(
+                "DROP SCHEMA IF EXISTS {}_{service} CASCADE",
+                self.namespace
+            ))
+            .execute(&mut db)
+            .await
+            .unwrap();
+        }
+        let nats = async_nats::connect(nats_url()).await.unwrap();
+        let _ = async_nats::jetstream::new(nats)
+            .delete_stream(format!("ORDERS_{}", self.namespace.to_ascii_uppercase()))
+            .await;
+        let _ = std::fs::remove_dir_all(&self.logs);
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        for (_, _, child) in self.processes.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn assert_straight(summary: &Summary, orders: usize) {
+    println!("{}", summary.table());
+    assert_eq!(summary.violations, Vec::<String>::new());
+    assert_eq!(summary.placed, orders);
+    let cancelled: usize = summary.cancelled.values().sum();
+    assert_eq!(summary.confirmed + cancelled, orders);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_as_processes_with_replicas_keep_the_books_straight() {
+    let mut system = System::new();
+    system.start_all().await;
+    let summary = load::run(&system.load(300)).await.unwrap();
+    assert_straight(&summary, 300);
+    let books = summary.books.unwrap();
+    let declined = summary
+        .cancelled
+        .get("payment_declined")
+        .copied()
+        .unwrap_or(0);
+    assert!(declined > 0, "about 60 declined cards");
+    assert_eq!(books.compensations, i64::try_from(declined).unwrap());
+
+    // Both replicas of inventory took a share of its events.
+    for name in ["inventory", "inventory-2"] {
+        let (status, metrics) = Gateway::new(&system.address(name))
+            .send(http::Method::GET, "/metrics", &[], bytes::Bytes::new())
+            .await
+            .unwrap();
+        assert!(status.is_success());
+        let metrics = String::from_utf8(metrics.to_vec()).unwrap();
+        let applied: u64 = metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("palisade_consumer_applied_total{service=\"inventory\"} ")
+            })
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0);
+        assert!(applied > 0, "{name} applied nothing:\n{metrics}");
+    }
+    system.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_kills_and_an_outage_lose_nothing() {
+    let seed = fastrand::u64(..);
+    println!("chaos seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut system = System::new();
+    system.start_all().await;
+
+    // Orders flow while inventory, payment and the relays are killed at
+    // random moments and restarted.
+    let first = 600;
+    let settings = system.load(first);
+    let running = tokio::spawn(async move { load::run(&settings).await });
+    let victims = ["inventory", "payment", "relay", "inventory-2", "relay-2"];
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
+        let victim = victims[rng.usize(..victims.len())];
+        println!("round {round}: SIGKILL {victim}");
+        system.kill(victim);
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..500))).await;
+        system.restart(victim).await;
+    }
+    let summary = running.await.unwrap().unwrap();
+    assert_straight(&summary, first);
+
+    // The card processor goes down with sagas waiting on it: they stall,
+    // payment's breaker opens; it comes back, the breaker closes and
+    // every saga ends.
+    let opens_before = system.books().await.breaker_opens;
+    system.set_processor_unavailable(true).await;
+    let second = 200;
+    let settings = system.load(second);
+    let running = tokio::spawn(async move { load::run(&settings).await });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while system.books().await.breaker_opens == opens_before {
+        assert!(Instant::now() < deadline, "the breaker never opened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    system.set_processor_unavailable(false).await;
+    let summary = running.await.unwrap().unwrap();
+    assert_straight(&summary, second);
+    // Payment records the breaker's way back (half-open, then closed) as
+    // it happens.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let books = system.books().await;
+        if books.breaker_state == "Closed" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the breaker did not close: {books:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    system.remove().await;
+}
