@@ -11,10 +11,10 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, consumer::pull};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use crate::consume::{
-    BoxError, ConsumerStats, Counters, Delivery, EventTypes, Failure, Handler, Transient, apply,
+    BoxError, ConsumerStats, Counters, Delivery, EventTypes, Handler, Transient, apply_batch,
     retry_delay,
 };
 use crate::envelope::{Envelope, EnvelopeError};
@@ -161,8 +161,12 @@ impl ConsumerConfig {
 /// - If the dead-letter publish is not acknowledged, the message is nak'ed
 ///   instead: nothing is dropped.
 ///
-/// Messages are handled one at a time per consumer instance; run more
-/// instances on the same durable consumer to share the work.
+/// Messages that have already arrived when one is taken (up to
+/// [`batch`](Self::batch), 64 by default) are applied in one transaction,
+/// in order, and acknowledged after its commit; one whose handler fails is
+/// rolled back alone (the others are applied again without it) and settled
+/// as above. Run more instances on the same durable consumer to share the
+/// work.
 pub struct JetStreamConsumer<I, H> {
     context: jetstream::Context,
     consumer: jetstream::consumer::Consumer<pull::Config>,
@@ -170,6 +174,7 @@ pub struct JetStreamConsumer<I, H> {
     inbox: I,
     handler: Arc<H>,
     only: EventTypes,
+    batch: usize,
     counters: Arc<Counters>,
     /// How long the inbox must remember a message: the longer of the
     /// redelivery horizon and the stream's duplicate window.
@@ -254,6 +259,7 @@ where
             inbox,
             handler: Arc::new(handler),
             only: EventTypes::default(),
+            batch: 64,
             counters: Arc::default(),
         })
     }
@@ -265,6 +271,14 @@ where
     #[must_use]
     pub fn only<T: Into<String>>(mut self, event_types: impl IntoIterator<Item = T>) -> Self {
         self.only = EventTypes::only(event_types);
+        self
+    }
+
+    /// Messages applied per transaction at most, when they have arrived
+    /// together (at least 1).
+    #[must_use]
+    pub fn batch(mut self, messages: usize) -> Self {
+        self.batch = messages.max(1);
         self
     }
 
@@ -316,78 +330,121 @@ where
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
         tokio::pin!(shutdown);
         let mut messages = self.consumer.messages().await?;
+        let mut batch = Vec::with_capacity(self.batch);
         loop {
             let next = tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 next = messages.next() => next,
             };
-            match next {
-                Some(Ok(message)) => self.process(&message).await,
-                Some(Err(error)) => {
-                    tracing::warn!(target: "palisade_outbox", %error, "pulling messages failed; pulling again");
+            let mut ended = next.is_none();
+            Self::take(next, &mut batch);
+            // What has already arrived joins the batch; nothing waits.
+            while !ended && batch.len() < self.batch {
+                match messages.next().now_or_never() {
+                    Some(next) => {
+                        ended = next.is_none();
+                        Self::take(next, &mut batch);
+                    }
+                    None => break,
                 }
-                None => return Ok(()),
+            }
+            self.process(&batch).await;
+            batch.clear();
+            if ended {
+                return Ok(());
             }
         }
     }
 
-    /// Handles one message and settles it with JetStream.
-    async fn process(&self, message: &jetstream::Message) {
-        let attempt = message
-            .info()
-            .map_or(1, |info| u64::try_from(info.delivered).unwrap_or(1));
-        let envelope = match read_envelope(message) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                tracing::error!(target: "palisade_outbox", subject = %message.subject, %error, "not a CloudEvents message; dead-lettered");
-                self.dead_letter(message, attempt, &error.to_string()).await;
-                return;
+    /// Adds a pulled message to `batch`; a pull error is logged (the
+    /// stream pulls again).
+    fn take<E: fmt::Display>(
+        next: Option<Result<jetstream::Message, E>>,
+        batch: &mut Vec<jetstream::Message>,
+    ) {
+        match next {
+            Some(Ok(message)) => batch.push(message),
+            Some(Err(error)) => {
+                tracing::warn!(target: "palisade_outbox", %error, "pulling messages failed; pulling again");
             }
-        };
-        if !self.only.admits(&envelope.event_type) {
-            if let Err(error) = message.ack().await {
-                tracing::debug!(target: "palisade_outbox", %error, "ack of a skipped message lost; it will be skipped again");
-            }
-            return;
+            None => {}
         }
-        let delivery = Delivery {
-            envelope,
-            subject: message.subject.to_string(),
-            payload: message.payload.clone(),
-            attempt,
-        };
-        let applied = apply(
-            &self.inbox,
-            &self.config.durable,
-            &*self.handler,
-            &self.counters,
-            &delivery,
-        )
-        .await;
-        match applied {
-            Ok(()) => {}
-            Err(Failure::Handler(error))
-                if attempt >= self.config.max_deliver && !Transient::is(&*error) =>
-            {
-                tracing::error!(target: "palisade_outbox", id = %delivery.envelope.id, attempt, %error, "handler failed its last delivery; dead-lettered");
-                self.dead_letter(message, attempt, &error.to_string()).await;
-                return;
+    }
+
+    /// Applies `messages` in order, as many per transaction as go through,
+    /// and settles each with JetStream.
+    async fn process(&self, messages: &[jetstream::Message]) {
+        // The messages to apply, and their deliveries, index for index.
+        let mut kept: Vec<&jetstream::Message> = Vec::with_capacity(messages.len());
+        let mut deliveries: Vec<Delivery> = Vec::with_capacity(messages.len());
+        for message in messages {
+            let attempt = message
+                .info()
+                .map_or(1, |info| u64::try_from(info.delivered).unwrap_or(1));
+            let envelope = match read_envelope(message) {
+                Ok(envelope) => envelope,
+                Err(error) => {
+                    tracing::error!(target: "palisade_outbox", subject = %message.subject, %error, "not a CloudEvents message; dead-lettered");
+                    self.dead_letter(message, attempt, &error.to_string()).await;
+                    continue;
+                }
+            };
+            if !self.only.admits(&envelope.event_type) {
+                if let Err(error) = message.ack().await {
+                    tracing::debug!(target: "palisade_outbox", %error, "ack of a skipped message lost; it will be skipped again");
+                }
+                continue;
             }
-            Err(Failure::Handler(error)) => {
-                tracing::warn!(target: "palisade_outbox", id = %delivery.envelope.id, attempt, %error, "handler failed; delivering again later");
-                self.retry(message, attempt).await;
-                return;
+            let delivery = Delivery {
+                envelope,
+                subject: message.subject.to_string(),
+                payload: message.payload.clone(),
+                attempt,
+            };
+            kept.push(message);
+            deliveries.push(delivery);
+        }
+        let mut at = 0;
+        while at < deliveries.len() {
+            let rest = &deliveries[at..];
+            let applied = apply_batch(
+                &self.inbox,
+                &self.config.durable,
+                &*self.handler,
+                &self.counters,
+                rest,
+            )
+            .await;
+            let (done, failure) = match applied {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    tracing::warn!(target: "palisade_outbox", %error, "inbox database failed; delivering again later");
+                    for (message, delivery) in kept[at..].iter().zip(rest) {
+                        self.retry(message, delivery.attempt).await;
+                    }
+                    return;
+                }
+            };
+            // Acknowledged after the commit: a lost ack means a
+            // redelivery, which the inbox turns into a duplicate.
+            for message in &kept[at..at + done] {
+                if let Err(error) = message.ack().await {
+                    tracing::warn!(target: "palisade_outbox", %error, "ack lost; the redelivery will be a duplicate");
+                }
             }
-            Err(Failure::Database(error)) => {
-                tracing::warn!(target: "palisade_outbox", id = %delivery.envelope.id, %error, "inbox database failed; delivering again later");
-                self.retry(message, attempt).await;
-                return;
+            at += done;
+            if let Some(error) = failure {
+                let (message, delivery) = (kept[at], &deliveries[at]);
+                let attempt = delivery.attempt;
+                if attempt >= self.config.max_deliver && !Transient::is(&*error) {
+                    tracing::error!(target: "palisade_outbox", id = %delivery.envelope.id, attempt, %error, "handler failed its last delivery; dead-lettered");
+                    self.dead_letter(message, attempt, &error.to_string()).await;
+                } else {
+                    tracing::warn!(target: "palisade_outbox", id = %delivery.envelope.id, attempt, %error, "handler failed; delivering again later");
+                    self.retry(message, attempt).await;
+                }
+                at += 1;
             }
-        };
-        // Acknowledged after the commit: a lost ack means a redelivery,
-        // which the inbox turns into a duplicate.
-        if let Err(error) = message.ack().await {
-            tracing::warn!(target: "palisade_outbox", %error, "ack lost; the redelivery will be a duplicate");
         }
     }
 

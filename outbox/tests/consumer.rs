@@ -32,8 +32,9 @@ async fn jetstream() -> jetstream::Context {
 struct Apply {
     schema: String,
     deliveries: Mutex<HashMap<uuid::Uuid, u32>>,
-    /// The trace each applied event was handled in.
-    traces: Mutex<Vec<Option<TraceId>>>,
+    /// The trace each applied event was handled in, by event id (a batch
+    /// rolled back for another event's failure runs the handler again).
+    traces: Mutex<HashMap<uuid::Uuid, Option<TraceId>>>,
 }
 
 impl Handler<PgConnection> for Apply {
@@ -54,10 +55,10 @@ impl Handler<PgConnection> for Apply {
             "Flaky" | "Bad" => return Err(format!("cannot apply yet (delivery {seen})").into()),
             _ => return Ok(Handled::Ignored),
         }
-        self.traces
-            .lock()
-            .unwrap()
-            .push(TraceContext::current().map(|context| context.trace_id()));
+        self.traces.lock().unwrap().insert(
+            delivery.envelope.id,
+            TraceContext::current().map(|context| context.trace_id()),
+        );
         sqlx::query(&format!(
             "INSERT INTO {}.applied (id, payload) VALUES ($1, $2)",
             self.schema
@@ -207,7 +208,14 @@ async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
         .await
         .unwrap();
     assert_eq!(applied, 6, "five good events and the flaky one, once each");
-    let traces = consumer.handler().traces.lock().unwrap().clone();
+    let traces: Vec<Option<TraceId>> = consumer
+        .handler()
+        .traces
+        .lock()
+        .unwrap()
+        .values()
+        .copied()
+        .collect();
     assert_eq!(traces.len(), 6);
     assert_eq!(
         traces
