@@ -127,11 +127,7 @@ impl ServiceDb {
         tables: &[&str],
         connections: u32,
     ) -> Result<Self, sqlx::Error> {
-        if !service.starts_with(|c: char| c.is_ascii_lowercase())
-            || !service
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
+        if !is_identifier(service) {
             return Err(sqlx::Error::Configuration(
                 format!("{service:?} is not a schema name (lowercase letters, digits and `_`)")
                     .into(),
@@ -210,6 +206,16 @@ impl ServiceDb {
     pub async fn enqueue<C: Tx>(&self, tx: &mut C, event: &Event) -> Result<(), sqlx::Error> {
         tx.enqueue(self, event).await
     }
+}
+
+/// Whether `name` is lowercase letters, digits and `_`, starting with a
+/// letter: safe as a schema name (and as a prefix of one).
+#[must_use]
+pub fn is_identifier(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// A value bound to a statement's placeholder.

@@ -448,14 +448,12 @@ fn processor_status(
     }
 }
 
-/// The simulator, or the answer saying it runs elsewhere.
-fn local_processor(services: &Services) -> Result<&crate::processor::Simulator, Response> {
-    services.processor.as_ref().ok_or_else(|| {
-        problem(
-            StatusCode::NOT_FOUND,
-            "the card processor runs as a service of its own: use its /admin/processor",
-        )
-    })
+/// The answer when the card processor is not in this process.
+fn processor_elsewhere() -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "the card processor runs as a service of its own: use its /admin/processor",
+    )
 }
 
 fn forbidden_unless_operator(user: &str) -> Option<Response> {
@@ -474,11 +472,11 @@ async fn processor_faults(
     if let Some(refusal) = forbidden_unless_operator(&user) {
         return refusal;
     }
-    match local_processor(&services) {
-        Ok(processor) => {
+    match &services.processor {
+        Some(processor) => {
             Json(processor_status(processor, services.breaker.as_ref())).into_response()
         }
-        Err(answer) => answer,
+        None => processor_elsewhere(),
     }
 }
 
@@ -490,9 +488,8 @@ async fn set_processor_faults(
     if let Some(refusal) = forbidden_unless_operator(&user) {
         return refusal;
     }
-    let processor = match local_processor(&services) {
-        Ok(processor) => processor,
-        Err(answer) => return answer,
+    let Some(processor) = &services.processor else {
+        return processor_elsewhere();
     };
     let settings = match crate::processor::FaultSettings::from_json(&body) {
         Ok(settings) => settings,

@@ -29,6 +29,9 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 /// enough for a service killed mid-message to be redelivered it.
 pub const SAGA_DEADLINE: Duration = Duration::from_secs(120);
 
+/// How long the books may take to settle after the last saga ended.
+pub const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
+
 /// What to send.
 #[derive(Debug, Clone)]
 pub struct LoadSettings {
@@ -496,18 +499,22 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
         eprintln!("\rorders: {0}/{0}", settings.orders);
     }
 
-    // The sagas ended; the last events (OrderConfirmed…) may still be on
-    // their way out of the outboxes.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let books = loop {
+    // The sagas ended, but the last events may still be on their way:
+    // out of an outbox, or to a second consumer (inventory ships the stock
+    // of a confirmed order on the same event that confirmed it, perhaps
+    // after a redelivery). The books must balance once the system is
+    // quiet; what still does not after a minute is a violation.
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    let (books, violations) = loop {
         let books: Books = gateway.get("/books").await?;
         let unsent: u64 = books.outboxes.iter().map(|(_, pending, _)| pending).sum();
-        if unsent == 0 || Instant::now() > deadline {
-            break books;
+        let violations = books.violations(true);
+        if (unsent == 0 && violations.is_empty()) || Instant::now() > deadline {
+            break (books, violations);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    summary.violations = books.violations(true);
+    summary.violations = violations;
     if summary.unfinished > 0 {
         summary.violations.push(format!(
             "{} orders of this run had not ended after {} s",

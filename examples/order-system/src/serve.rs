@@ -235,12 +235,7 @@ impl ServeSettings {
 
     fn check(&self) -> Result<(), String> {
         let ns = &self.namespace;
-        if !ns.is_empty()
-            && !(ns.starts_with(|c: char| c.is_ascii_lowercase())
-                && ns
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
-        {
+        if !ns.is_empty() && !crate::db::is_identifier(ns) {
             return Err(format!(
                 "namespace {ns:?}: lowercase letters, digits and `_`, starting with a letter"
             ));
