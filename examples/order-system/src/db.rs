@@ -240,6 +240,16 @@ pub trait Tx: Send {
         params: &[Param<'_>],
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
+    /// Locks every row of `table`, in `key` order, until the transaction
+    /// ends: transactions that write several of its rows in any order then
+    /// take turns instead of deadlocking. (SQLite has one writer at a time:
+    /// nothing to do.) `table` and `key` are the caller's constants.
+    fn lock_in_order(
+        &mut self,
+        table: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
     /// Appends `event` to `db`'s outbox in this transaction.
     fn enqueue(
         &mut self,
@@ -249,7 +259,7 @@ pub trait Tx: Send {
 }
 
 macro_rules! tx {
-    ($connection:ty, $variant:ident) => {
+    ($connection:ty, $variant:ident, row_locks: $row_locks:literal) => {
         impl Tx for $connection {
             async fn execute(
                 &mut self,
@@ -265,6 +275,15 @@ macro_rules! tx {
                     };
                 }
                 Ok(query.execute(&mut *self).await?.rows_affected())
+            }
+
+            async fn lock_in_order(&mut self, table: &str, key: &str) -> Result<(), sqlx::Error> {
+                if $row_locks {
+                    sqlx::query(&format!("SELECT 1 FROM {table} ORDER BY {key} FOR UPDATE"))
+                        .execute(&mut *self)
+                        .await?;
+                }
+                Ok(())
             }
 
             async fn enqueue(&mut self, db: &ServiceDb, event: &Event) -> Result<(), sqlx::Error> {
@@ -284,5 +303,5 @@ macro_rules! tx {
     };
 }
 
-tx!(SqliteConnection, Sqlite);
-tx!(PgConnection, Postgres);
+tx!(SqliteConnection, Sqlite, row_locks: false);
+tx!(PgConnection, Postgres, row_locks: true);

@@ -10,7 +10,9 @@
 //! through its inbox, in the same transaction as the effect.
 //!
 //! [`embedded::System`] runs every service in one process on SQLite files
-//! and the in-process broker; [`load::run`] places orders through the
+//! and the in-process broker; [`serve::serve`] runs one service as a process
+//! of its own on PostgreSQL, NATS JetStream and Redis. The services' code is
+//! the same in both ([`db`]). [`load::run`] places orders through the
 //! gateway and checks the books afterwards.
 
 pub mod auth;
