@@ -13,7 +13,7 @@ use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
 use palisade_outbox::{
     BoxError, ConsumerConfig, ConsumerStats, Delivery, Event, Handled, Handler, JetStreamConsumer,
-    NatsJetStreamPublisher, PgInbox, Relay,
+    NatsJetStreamPublisher, PgInbox, PgOutbox, Relay,
 };
 use palisade_tracecontext::{TraceContext, TraceFlags, TraceId};
 use sqlx::PgConnection;
@@ -71,28 +71,83 @@ impl Handler<PgConnection> for Apply {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
-    let db = support::PgSchema::new().await;
-    let (pool, schema) = (db.pool.clone(), db.name.clone());
-    let outbox = db.outbox(|c| c).await;
-    let inbox = PgInbox::new(pool.clone(), &format!("{schema}.inbox")).unwrap();
-    inbox.migrate().await.unwrap();
-    sqlx::query(&format!(
-        "CREATE TABLE {schema}.applied (id TEXT PRIMARY KEY, payload BYTEA)"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+/// A schema with an outbox, an inbox and the `applied` table, and a
+/// fresh stream the outbox's events are relayed to.
+struct Rig {
+    db: support::PgSchema,
+    outbox: PgOutbox,
+    inbox: PgInbox,
+    context: jetstream::Context,
+    stream: String,
+}
 
-    let context = jetstream().await;
-    let stream = format!("C{}", fastrand::u64(..));
-    let prefix = stream.to_ascii_lowercase();
-    let publisher = NatsJetStreamPublisher::new(context.clone(), &stream, "/test");
-    publisher
-        .ensure_stream(outbox.config(), true)
+impl Rig {
+    async fn new() -> Self {
+        let db = support::PgSchema::new().await;
+        let schema = &db.name;
+        let outbox = db.outbox(|c| c).await;
+        let inbox = PgInbox::new(db.pool.clone(), &format!("{schema}.inbox")).unwrap();
+        inbox.migrate().await.unwrap();
+        sqlx::query(&format!(
+            "CREATE TABLE {schema}.applied (id TEXT PRIMARY KEY, payload BYTEA)"
+        ))
+        .execute(&db.pool)
         .await
         .unwrap();
+        let context = jetstream().await;
+        let stream = format!("C{}", fastrand::u64(..));
+        NatsJetStreamPublisher::new(context.clone(), &stream, "/test")
+            .ensure_stream(outbox.config(), true)
+            .await
+            .unwrap();
+        Self {
+            db,
+            outbox,
+            inbox,
+            context,
+            stream,
+        }
+    }
+
+    /// Writes `events` in one transaction and relays every one.
+    async fn publish(&self, events: &[Event]) {
+        let mut tx = self.db.pool.begin().await.unwrap();
+        self.outbox.enqueue_all(&mut tx, events).await.unwrap();
+        tx.commit().await.unwrap();
+        let publisher = NatsJetStreamPublisher::new(self.context.clone(), &self.stream, "/test");
+        let relay = Relay::new(self.outbox.clone(), publisher);
+        let mut published = 0;
+        while published < events.len() {
+            published += relay.run_once().await.unwrap().published;
+        }
+    }
+
+    fn handler(&self) -> Apply {
+        Apply {
+            schema: self.db.name.clone(),
+            deliveries: Mutex::default(),
+            traces: Mutex::default(),
+        }
+    }
+
+    async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {}.{table}", self.db.name))
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn remove(self) {
+        self.context.delete_stream(&self.stream).await.unwrap();
+        self.db.drop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
+    let rig = Rig::new().await;
+    let (context, stream, outbox) = (&rig.context, &rig.stream, &rig.outbox);
+    let prefix = stream.to_ascii_lowercase();
 
     // Written inside a request's trace: the events carry it.
     let trace = TraceContext::new_root(TraceFlags::SAMPLED);
@@ -107,14 +162,7 @@ async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
     events.push(Event::new("order", "o-f", "Flaky", b"f".to_vec()));
     events.push(Event::new("order", "o-b", "Bad", b"b".to_vec()));
     events.push(Event::new("order", "o-u", "FromTheFuture", b"u".to_vec()));
-    let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue_all(&mut tx, &events).await.unwrap();
-    tx.commit().await.unwrap();
-    let relay = Relay::new(outbox.clone(), publisher);
-    let mut published = 0;
-    while published < events.len() {
-        published += relay.run_once().await.unwrap().published;
-    }
+    rig.publish(&events).await;
 
     // A copy of the first event that slipped past JetStream's window (a new
     // Nats-Msg-Id, the same event id), and a message with no envelope.
@@ -141,32 +189,17 @@ async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
         .unwrap();
 
     let dead_letters = format!("{prefix}.dead");
-    let config = ConsumerConfig::new(&stream, "apply", &dead_letters)
+    let config = ConsumerConfig::new(stream, "apply", &dead_letters)
         .unwrap()
         .filter_subject(&format!("{prefix}.order.>"))
         .max_deliver(3)
         .retry_delay(Duration::from_millis(20), Duration::from_millis(100));
-    let handler = Apply {
-        schema: schema.clone(),
-        deliveries: Mutex::default(),
-        traces: Mutex::default(),
-    };
     let consumer = Arc::new(
-        JetStreamConsumer::new(context.clone(), config, inbox, handler)
+        JetStreamConsumer::new(context.clone(), config, rig.inbox.clone(), rig.handler())
             .await
             .unwrap(),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let consumer = consumer.clone();
-        tokio::spawn(async move {
-            consumer
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-        })
-    };
+    let (stop, running) = start(&consumer);
     let expected = ConsumerStats {
         applied: 6,
         duplicates: 1,
@@ -203,10 +236,7 @@ async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
         "six applied and one ignored were recorded; failures were rolled back"
     );
 
-    let applied: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.applied"))
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let applied = rig.count("applied").await;
     assert_eq!(applied, 6, "five good events and the flaky one, once each");
     let traces: Vec<Option<TraceId>> = consumer
         .handler()
@@ -297,75 +327,37 @@ async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
         "{bad}"
     );
 
-    context.delete_stream(&stream).await.unwrap();
-    db.drop().await;
+    rig.remove().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_types_asked_for_reach_the_handler_and_the_rest_are_acknowledged() {
-    let db = support::PgSchema::new().await;
-    let (pool, schema) = (db.pool.clone(), db.name.clone());
-    let outbox = db.outbox(|c| c).await;
-    let inbox = PgInbox::new(pool.clone(), &format!("{schema}.inbox")).unwrap();
-    inbox.migrate().await.unwrap();
-    sqlx::query(&format!(
-        "CREATE TABLE {schema}.applied (id TEXT PRIMARY KEY, payload BYTEA)"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
-    let context = jetstream().await;
-    let stream = format!("O{}", fastrand::u64(..));
-    let publisher = NatsJetStreamPublisher::new(context.clone(), &stream, "/test");
-    publisher
-        .ensure_stream(outbox.config(), true)
-        .await
-        .unwrap();
+    let rig = Rig::new().await;
     let events: Vec<Event> = (0..6)
         .map(|n| {
             let kind = if n % 2 == 0 { "Good" } else { "Bad" };
             Event::new("order", format!("o-{n}"), kind, vec![n])
         })
         .collect();
-    let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue_all(&mut tx, &events).await.unwrap();
-    tx.commit().await.unwrap();
-    let relay = Relay::new(outbox.clone(), publisher);
-    let mut published = 0;
-    while published < events.len() {
-        published += relay.run_once().await.unwrap().published;
-    }
+    rig.publish(&events).await;
 
-    let config = ConsumerConfig::new(
-        &stream,
-        "goods",
-        &format!("{}.dead", stream.to_ascii_lowercase()),
-    )
-    .unwrap();
-    let handler = Apply {
-        schema: schema.clone(),
-        deliveries: Mutex::default(),
-        traces: Mutex::default(),
-    };
+    let dead_letters = format!("{}.dead", rig.stream.to_ascii_lowercase());
+    let config = ConsumerConfig::new(&rig.stream, "goods", &dead_letters).unwrap();
     let consumer = Arc::new(
-        JetStreamConsumer::new(context.clone(), config, inbox, handler)
-            .await
-            .unwrap()
-            .only(["Good"]),
+        JetStreamConsumer::new(
+            rig.context.clone(),
+            config,
+            rig.inbox.clone(),
+            rig.handler(),
+        )
+        .await
+        .unwrap()
+        .only(["Good"]),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = {
-        let consumer = consumer.clone();
-        tokio::spawn(async move {
-            consumer
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-        })
-    };
-    let mut durable = context
-        .get_stream(&stream)
+    let (stop, running) = start(&consumer);
+    let mut durable = rig
+        .context
+        .get_stream(&rig.stream)
         .await
         .unwrap()
         .get_consumer::<consumer::pull::Config>("goods")
@@ -390,13 +382,31 @@ async fn only_the_types_asked_for_reach_the_handler_and_the_rest_are_acknowledge
         },
         "the Bad events never reached the handler (it fails them all)"
     );
-    let recorded: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {schema}.inbox"))
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(recorded, 3, "skipped messages cost no inbox record");
-    context.delete_stream(&stream).await.unwrap();
-    db.drop().await;
+    assert_eq!(
+        rig.count("inbox").await,
+        3,
+        "skipped messages cost no inbox record"
+    );
+    rig.remove().await;
+}
+
+/// Runs `consumer` until the returned sender is used.
+fn start(
+    consumer: &Arc<JetStreamConsumer<PgInbox, Apply>>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), BoxError>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let consumer = consumer.clone();
+    let running = tokio::spawn(async move {
+        consumer
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (stop, running)
 }
 
 #[test]

@@ -277,73 +277,80 @@ pub async fn serve(
     });
     let stop = Stop(stopped);
     let listener = TcpListener::bind(settings.listen).await?;
-    let telemetry = Telemetry::default();
     tracing::info!(service = settings.role.name(), address = %listener.local_addr()?, "starting");
+    let mut process = Process {
+        listener,
+        telemetry: Telemetry::default(),
+        tasks: JoinSet::new(),
+        stop: &stop,
+    };
     match settings.role {
-        Role::Processor => processor(&settings, listener, telemetry, &stop).await,
-        Role::Relay => relays(&settings, listener, telemetry, &stop).await,
-        Role::Gateway => gateway(&settings, listener, telemetry, &stop).await,
+        Role::Processor => processor(&settings, process).await,
+        Role::Relay => relays(&settings, process).await,
+        Role::Gateway => gateway(&settings, process).await,
         Role::Inventory => {
             let db = open(&settings, "inventory", inventory::TABLES, 4).await?;
             let inventory = Inventory::new(db).await?;
-            let consumer = consumer(
+            let db = inventory.db().clone();
+            consume(
                 &settings,
                 "inventory",
-                inventory.db(),
-                inventory.clone(),
+                &db,
+                inventory,
                 inventory::CONSUMES,
-            )
-            .await?;
-            consume(
-                "inventory",
-                listener,
-                telemetry,
-                consumer,
-                JoinSet::new(),
-                &stop,
+                process,
             )
             .await
         }
         Role::Payment => {
             let channel =
                 tonic::transport::Endpoint::from_shared(settings.processor.clone())?.connect_lazy();
-            let (channel, breaker) =
-                card::stack(channel, settings.breaker.clone(), &telemetry.meter());
+            let meter = process.telemetry.meter();
+            let (channel, breaker) = card::stack(channel, settings.breaker.clone(), &meter);
             let db = open(&settings, "payment", payment::TABLES, 4).await?;
-            let payment = Payment::new(db, ProcessorClient::new(channel));
-            let mut tasks = JoinSet::new();
+            let payment = Payment::new(db.clone(), ProcessorClient::new(channel));
             let (recorder, signal) = (payment.clone(), stop.signal());
-            tasks.spawn(async move { recorder.record_transitions(&breaker, signal).await });
-            let consumer = consumer(
+            process
+                .tasks
+                .spawn(async move { recorder.record_transitions(&breaker, signal).await });
+            consume(
                 &settings,
                 "payment",
-                payment.db(),
-                payment.clone(),
+                &db,
+                payment,
                 payment::CONSUMES,
-            )
-            .await?;
-            consume("payment", listener, telemetry, consumer, tasks, &stop).await
-        }
-        Role::Shipping => {
-            let shipping = Shipping::new(open(&settings, "shipping", shipping::TABLES, 4).await?);
-            let consumer = consumer(
-                &settings,
-                "shipping",
-                shipping.db(),
-                shipping.clone(),
-                shipping::CONSUMES,
-            )
-            .await?;
-            consume(
-                "shipping",
-                listener,
-                telemetry,
-                consumer,
-                JoinSet::new(),
-                &stop,
+                process,
             )
             .await
         }
+        Role::Shipping => {
+            let db = open(&settings, "shipping", shipping::TABLES, 4).await?;
+            let shipping = Shipping::new(db.clone());
+            consume(
+                &settings,
+                "shipping",
+                &db,
+                shipping,
+                shipping::CONSUMES,
+                process,
+            )
+            .await
+        }
+    }
+}
+
+/// What every process has: its HTTP listener, its metrics, its tasks
+/// besides the main one, and the signal to stop.
+struct Process<'a> {
+    listener: TcpListener,
+    telemetry: Telemetry,
+    tasks: JoinSet<()>,
+    stop: &'a Stop,
+}
+
+impl<'a> Process<'a> {
+    fn into_parts(self) -> (TcpListener, Telemetry, JoinSet<()>, &'a Stop) {
+        (self.listener, self.telemetry, self.tasks, self.stop)
     }
 }
 
@@ -444,19 +451,22 @@ where
     }
 }
 
-/// Runs `consumer` with `/healthz` and `/metrics` on `listener`, and
-/// forgets its inbox records once JetStream can no longer bring them back.
+/// Runs `service`'s consumer of `db` (see [`consumer`]) with `/healthz`
+/// and `/metrics` on the process's listener, and forgets its inbox records
+/// once JetStream can no longer bring them back.
 async fn consume<H>(
+    settings: &ServeSettings,
     service: &str,
-    listener: TcpListener,
-    telemetry: Telemetry,
-    consumer: Arc<JetStreamConsumer<PgInbox, H>>,
-    mut tasks: JoinSet<()>,
-    stop: &Stop,
+    db: &ServiceDb,
+    handler: H,
+    consumes: &[&str],
+    process: Process<'_>,
 ) -> Result<(), BoxError>
 where
     H: Handler<PgConnection> + std::fmt::Debug,
 {
+    let consumer = consumer(settings, service, db, handler, consumes).await?;
+    let (listener, telemetry, mut tasks, stop) = process.into_parts();
     let consumers = Consumers::default();
     consumers.add(service, consumer.clone());
     tasks.spawn(serve_http(
@@ -527,15 +537,10 @@ async fn serve_http(
 }
 
 /// The relays of every service's outbox, each woken by `LISTEN`.
-async fn relays(
-    settings: &ServeSettings,
-    listener: TcpListener,
-    telemetry: Telemetry,
-    stop: &Stop,
-) -> Result<(), BoxError> {
+async fn relays(settings: &ServeSettings, process: Process<'_>) -> Result<(), BoxError> {
+    let (listener, telemetry, mut tasks, stop) = process.into_parts();
     let context = connect_jetstream(settings).await?;
     let meter = telemetry.meter();
-    let mut tasks = JoinSet::new();
     for (service, tables) in DATABASES {
         let db = open(settings, service, tables, 2).await?;
         let (outbox, _) = postgres(&db);
@@ -556,16 +561,11 @@ async fn relays(
 
 /// The card processor over gRPC on `settings.grpc`, its faults on
 /// `listener`'s `/admin/processor`.
-async fn processor(
-    settings: &ServeSettings,
-    listener: TcpListener,
-    telemetry: Telemetry,
-    stop: &Stop,
-) -> Result<(), BoxError> {
+async fn processor(settings: &ServeSettings, process: Process<'_>) -> Result<(), BoxError> {
+    let (listener, telemetry, mut tasks, stop) = process.into_parts();
     let simulator = Simulator::default();
     let grpc = TcpListener::bind(settings.grpc).await?;
     tracing::info!(address = %grpc.local_addr()?, "card processor (gRPC)");
-    let mut tasks = JoinSet::new();
     let serving = tonic::transport::Server::builder()
         .add_service(ProcessorServer(simulator.clone()))
         .serve_with_incoming_shutdown(
@@ -609,12 +609,8 @@ async fn set_faults(State(simulator): State<Simulator>, body: Bytes) -> Response
 /// The gateway: the API, the orders service (placing orders, and its
 /// consumer ending sagas), auth and the catalog; rate limits and the
 /// catalog's cache in Redis.
-async fn gateway(
-    settings: &ServeSettings,
-    listener: TcpListener,
-    telemetry: Telemetry,
-    stop: &Stop,
-) -> Result<(), BoxError> {
+async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), BoxError> {
+    let (listener, telemetry, mut tasks, stop) = process.into_parts();
     let orders = Orders::new(open(settings, "orders", orders::TABLES, 16).await?);
     let inventory =
         Inventory::new(open(settings, "inventory", inventory::TABLES, 2).await?).await?;
@@ -678,7 +674,6 @@ async fn gateway(
         trending,
     };
     let app = gateway::router(services, shared, &meter);
-    let mut tasks = JoinSet::new();
     tasks.spawn(serve_http(listener, app, stop.signal()));
     let consumed = consumer.run(stop.signal()).await;
     while tasks.join_next().await.is_some() {}
