@@ -9,9 +9,13 @@
 //!   live 60 s, are bound to the client and redirect URI, work once, and are
 //!   revoked by a wrong verifier. The answer is a bearer token for 15 min.
 //!
-//! Codes and tokens live in memory, bounded: at the cap, expired entries
-//! are swept, and if none are, new logins are refused
-//! (`temporarily_unavailable`) rather than memory growing.
+//! Codes and tokens live in memory ([`Auth::default`], for one gateway),
+//! bounded: at the cap, expired entries are swept, and if none are, new
+//! logins are refused (`temporarily_unavailable`) rather than memory
+//! growing. Or in Redis ([`Auth::redis`], shared by every gateway): each
+//! with its lifetime as its TTL, a code taken with `GETDEL` so that it
+//! works once whichever gateway redeems it. Redis down means no sign-in
+//! and no token check: `503`, never a token let through unchecked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,8 +24,10 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use palisade_pkce::{CodeChallenge, ServerPolicy, State, Url};
-use serde::Serialize;
+use palisade_pkce::{ChallengeMethod, CodeChallenge, ServerPolicy, State, Url};
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
 
 /// How long a code can be redeemed.
 pub const CODE_LIFETIME: Duration = Duration::from_secs(60);
@@ -31,26 +37,194 @@ const MAX_CODES: usize = 10_000;
 const MAX_TOKENS: usize = 100_000;
 
 /// What the server remembers about a code it issued.
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Grant {
     user: String,
     client_id: String,
     redirect_uri: String,
-    challenge: Option<CodeChallenge>,
-    expires_at: Instant,
+    /// The challenge and its method (`S256`), if PKCE was used.
+    challenge: Option<(String, String)>,
 }
 
-/// A user signed in with a token.
+impl Grant {
+    fn challenge(&self) -> Result<Option<CodeChallenge>, OAuthError> {
+        self.challenge
+            .as_ref()
+            .map(|(value, method)| {
+                let method: ChallengeMethod = method
+                    .parse()
+                    .map_err(|error| OAuthError::new("invalid_grant", &error))?;
+                CodeChallenge::parse(value, method)
+                    .map_err(|error| OAuthError::new("invalid_grant", &error))
+            })
+            .transpose()
+    }
+}
+
+/// Something with an expiry, in memory.
 #[derive(Debug)]
-struct Session {
-    user: String,
+struct Expiring<T> {
+    value: T,
     expires_at: Instant,
 }
 
+/// Codes and tokens in process.
 #[derive(Debug, Default)]
 struct Books {
-    codes: HashMap<String, Grant>,
-    tokens: HashMap<String, Session>,
+    codes: HashMap<String, Expiring<Grant>>,
+    tokens: HashMap<String, Expiring<String>>,
+}
+
+/// Where codes and tokens are kept.
+#[derive(Clone)]
+enum Store {
+    Memory(Arc<Mutex<Books>>),
+    Redis {
+        connection: ConnectionManager,
+        prefix: Arc<str>,
+    },
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory(_) => f.write_str("Memory"),
+            Self::Redis { prefix, .. } => f.debug_struct("Redis").field("prefix", prefix).finish(),
+        }
+    }
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::Memory(Arc::default())
+    }
+}
+
+/// The sign-in store did not answer.
+fn unavailable(error: &redis::RedisError) -> OAuthError {
+    tracing::warn!(%error, "sign-in store (Redis) failed");
+    OAuthError::new(
+        "temporarily_unavailable",
+        &"the sign-in store is not answering; try again shortly",
+    )
+}
+
+fn seconds(lifetime: Duration) -> u64 {
+    lifetime.as_secs().max(1)
+}
+
+impl Store {
+    async fn save_code(&self, code: &str, grant: Grant) -> Result<(), OAuthError> {
+        match self {
+            Self::Memory(books) => {
+                let now = Instant::now();
+                let mut books = books.lock().unwrap_or_else(PoisonError::into_inner);
+                if !room(&mut books.codes, MAX_CODES, now) {
+                    return Err(OAuthError::new(
+                        "temporarily_unavailable",
+                        &"too many logins under way",
+                    ));
+                }
+                books.codes.insert(
+                    code.to_owned(),
+                    Expiring {
+                        value: grant,
+                        expires_at: now + CODE_LIFETIME,
+                    },
+                );
+                Ok(())
+            }
+            Self::Redis { connection, prefix } => {
+                let json = serde_json::to_string(&grant)
+                    .map_err(|error| OAuthError::new("server_error", &error))?;
+                connection
+                    .clone()
+                    .set_ex::<_, _, ()>(
+                        format!("{prefix}:code:{code}"),
+                        json,
+                        seconds(CODE_LIFETIME),
+                    )
+                    .await
+                    .map_err(|error| unavailable(&error))
+            }
+        }
+    }
+
+    /// The grant of `code`, which is spent whatever happens next; `None`
+    /// if unknown, used or expired.
+    async fn take_code(&self, code: &str) -> Result<Option<Grant>, OAuthError> {
+        match self {
+            Self::Memory(books) => Ok(books
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .codes
+                .remove(code)
+                .filter(|grant| grant.expires_at > Instant::now())
+                .map(|grant| grant.value)),
+            Self::Redis { connection, prefix } => {
+                let json: Option<String> = connection
+                    .clone()
+                    .get_del(format!("{prefix}:code:{code}"))
+                    .await
+                    .map_err(|error| unavailable(&error))?;
+                json.map(|json| {
+                    serde_json::from_str(&json)
+                        .map_err(|error| OAuthError::new("server_error", &error))
+                })
+                .transpose()
+            }
+        }
+    }
+
+    async fn save_token(&self, token: &str, user: String) -> Result<(), OAuthError> {
+        match self {
+            Self::Memory(books) => {
+                let now = Instant::now();
+                let mut books = books.lock().unwrap_or_else(PoisonError::into_inner);
+                if !room(&mut books.tokens, MAX_TOKENS, now) {
+                    return Err(OAuthError::new(
+                        "temporarily_unavailable",
+                        &"too many sessions",
+                    ));
+                }
+                books.tokens.insert(
+                    token.to_owned(),
+                    Expiring {
+                        value: user,
+                        expires_at: now + TOKEN_LIFETIME,
+                    },
+                );
+                Ok(())
+            }
+            Self::Redis { connection, prefix } => connection
+                .clone()
+                .set_ex::<_, _, ()>(
+                    format!("{prefix}:token:{token}"),
+                    user,
+                    seconds(TOKEN_LIFETIME),
+                )
+                .await
+                .map_err(|error| unavailable(&error)),
+        }
+    }
+
+    async fn user(&self, token: &str) -> Result<Option<String>, OAuthError> {
+        match self {
+            Self::Memory(books) => {
+                let books = books.lock().unwrap_or_else(PoisonError::into_inner);
+                Ok(books
+                    .tokens
+                    .get(token)
+                    .filter(|session| session.expires_at > Instant::now())
+                    .map(|session| session.value.clone()))
+            }
+            Self::Redis { connection, prefix } => connection
+                .clone()
+                .get(format!("{prefix}:token:{token}"))
+                .await
+                .map_err(|error| unavailable(&error)),
+        }
+    }
 }
 
 /// An OAuth error answer (RFC 6749 §5.2): `400` with `error` and
@@ -98,25 +272,38 @@ pub struct TokenResponse {
 #[derive(Debug, Clone, Default)]
 pub struct Auth {
     policy: ServerPolicy,
-    books: Arc<Mutex<Books>>,
+    store: Store,
 }
 
-/// Makes room in `map` (at `cap`) by sweeping expired entries; `false`
-/// when there is still none.
-fn room<V>(map: &mut HashMap<String, V>, cap: usize, expired: impl Fn(&V) -> bool) -> bool {
+/// Makes room in `map` (at `cap`) by sweeping what expired by `now`;
+/// `false` when there is still none.
+fn room<V>(map: &mut HashMap<String, Expiring<V>>, cap: usize, now: Instant) -> bool {
     if map.len() >= cap {
-        map.retain(|_, value| !expired(value));
+        map.retain(|_, entry| entry.expires_at > now);
     }
     map.len() < cap
 }
 
 impl Auth {
+    /// Codes and tokens in Redis on `connection`, under `prefix`: every
+    /// gateway sharing them signs in and checks the same users.
+    #[must_use]
+    pub fn redis(connection: ConnectionManager, prefix: &str) -> Self {
+        Self {
+            policy: ServerPolicy::default(),
+            store: Store::Redis {
+                connection,
+                prefix: Arc::from(prefix),
+            },
+        }
+    }
+
     /// `GET /authorize`: the redirect back to the client, with a code.
     ///
     /// # Errors
     ///
     /// [`OAuthError`] for a request that is not a PKCE code request.
-    pub fn authorize(&self, query: &HashMap<String, String>) -> Result<Url, OAuthError> {
+    pub async fn authorize(&self, query: &HashMap<String, String>) -> Result<Url, OAuthError> {
         let param = |name: &str| query.get(name).map(String::as_str);
         if param("response_type") != Some("code") {
             return Err(OAuthError::new(
@@ -145,26 +332,13 @@ impl Auth {
             ));
         }
         let code = State::generate().to_string();
-        let now = Instant::now();
-        {
-            let mut books = self.books.lock().unwrap_or_else(PoisonError::into_inner);
-            if !room(&mut books.codes, MAX_CODES, |grant| grant.expires_at <= now) {
-                return Err(OAuthError::new(
-                    "temporarily_unavailable",
-                    &"too many logins under way",
-                ));
-            }
-            books.codes.insert(
-                code.clone(),
-                Grant {
-                    user: user.to_owned(),
-                    client_id: client_id.to_owned(),
-                    redirect_uri: redirect_uri.to_owned(),
-                    challenge,
-                    expires_at: now + CODE_LIFETIME,
-                },
-            );
-        }
+        let grant = Grant {
+            user: user.to_owned(),
+            client_id: client_id.to_owned(),
+            redirect_uri: redirect_uri.to_owned(),
+            challenge: challenge.map(|c| (c.as_str().to_owned(), c.method().as_str().to_owned())),
+        };
+        self.store.save_code(&code, grant).await?;
         callback.query_pairs_mut().append_pair("code", &code);
         if let Some(state) = param("state") {
             callback.query_pairs_mut().append_pair("state", state);
@@ -179,7 +353,7 @@ impl Auth {
     ///
     /// [`OAuthError`]: `invalid_grant` for an unknown, used, expired or
     /// misbound code or a wrong verifier.
-    pub fn token(&self, form: &HashMap<String, String>) -> Result<TokenResponse, OAuthError> {
+    pub async fn token(&self, form: &HashMap<String, String>) -> Result<TokenResponse, OAuthError> {
         let field = |name: &str| form.get(name).map(String::as_str);
         if field("grant_type") != Some("authorization_code") {
             return Err(OAuthError::new(
@@ -187,17 +361,13 @@ impl Auth {
                 &"only authorization_code",
             ));
         }
-        let now = Instant::now();
         let grant = self
-            .books
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .codes
-            .remove(field("code").unwrap_or_default())
-            .ok_or_else(|| OAuthError::new("invalid_grant", &"unknown, used or revoked code"))?;
-        if now >= grant.expires_at {
-            return Err(OAuthError::new("invalid_grant", &"code expired"));
-        }
+            .store
+            .take_code(field("code").unwrap_or_default())
+            .await?
+            .ok_or_else(|| {
+                OAuthError::new("invalid_grant", &"unknown, used, expired or revoked code")
+            })?;
         if field("client_id") != Some(grant.client_id.as_str())
             || field("redirect_uri") != Some(grant.redirect_uri.as_str())
         {
@@ -207,25 +377,10 @@ impl Auth {
             ));
         }
         self.policy
-            .verify(grant.challenge.as_ref(), field("code_verifier"))
+            .verify(grant.challenge()?.as_ref(), field("code_verifier"))
             .map_err(|error| OAuthError::new(error.oauth_error(), &error))?;
         let token = State::generate().to_string();
-        let mut books = self.books.lock().unwrap_or_else(PoisonError::into_inner);
-        if !room(&mut books.tokens, MAX_TOKENS, |session| {
-            session.expires_at <= now
-        }) {
-            return Err(OAuthError::new(
-                "temporarily_unavailable",
-                &"too many sessions",
-            ));
-        }
-        books.tokens.insert(
-            token.clone(),
-            Session {
-                user: grant.user,
-                expires_at: now + TOKEN_LIFETIME,
-            },
-        );
+        self.store.save_token(&token, grant.user).await?;
         Ok(TokenResponse {
             access_token: token,
             token_type: "Bearer".to_owned(),
@@ -234,10 +389,11 @@ impl Auth {
     }
 
     /// The user a bearer token belongs to, while it is good.
-    #[must_use]
-    pub fn user(&self, token: &str) -> Option<String> {
-        let books = self.books.lock().unwrap_or_else(PoisonError::into_inner);
-        let session = books.tokens.get(token)?;
-        (session.expires_at > Instant::now()).then(|| session.user.clone())
+    ///
+    /// # Errors
+    ///
+    /// `temporarily_unavailable` when the store does not answer.
+    pub async fn user(&self, token: &str) -> Result<Option<String>, OAuthError> {
+        self.store.user(token).await
     }
 }

@@ -175,18 +175,22 @@ async fn require_bearer(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let user = request
+    let token = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .and_then(|token| services.auth.user(token));
+        .and_then(|value| value.strip_prefix("Bearer "));
+    let user = match token {
+        Some(token) => services.auth.user(token).await,
+        None => Ok(None),
+    };
     match user {
-        Some(user) => {
+        Ok(Some(user)) => {
             request.extensions_mut().insert(User(user));
             next.run(request).await
         }
-        None => (
+        Err(unavailable) => unavailable.into_response(),
+        Ok(None) => (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
             Json(serde_json::json!({ "error": "a valid bearer token is required (GET /authorize, POST /token)" })),
@@ -199,7 +203,7 @@ async fn authorize(
     State(services): State<Services>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    match services.auth.authorize(&query) {
+    match services.auth.authorize(&query).await {
         Ok(callback) => (
             StatusCode::FOUND,
             [(header::LOCATION, callback.to_string())],
@@ -213,7 +217,7 @@ async fn token(
     State(services): State<Services>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    match services.auth.token(&form) {
+    match services.auth.token(&form).await {
         Ok(token) => ([(header::CACHE_CONTROL, "no-store")], Json(token)).into_response(),
         Err(error) => error.into_response(),
     }

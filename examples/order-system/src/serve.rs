@@ -1,7 +1,7 @@
 //! Each service as a process of its own, on real infrastructure:
 //! PostgreSQL (a schema per service), NATS JetStream (one stream,
 //! [`STREAM`], which every relay publishes to and every service consumes
-//! from) and Redis (the gateway's rate limits and cached catalog).
+//! from) and Redis (the gateway's rate limits, cached catalog and sign-in).
 //!
 //! ```text
 //! order-system serve processor --listen 127.0.0.1:9106 --grpc 127.0.0.1:50051
@@ -24,9 +24,8 @@
 //! Every process answers `GET /healthz` and `GET /metrics` on its
 //! `--listen` address. Replicas share the work: consumers of a service bind
 //! to the same durable consumer, relays claim batches with `SKIP LOCKED`,
-//! gateways share rate limits and cached answers through Redis. Sign-in
-//! codes and tokens live in the gateway's memory, so one gateway signs in
-//! a user and answers for them (see the crate README).
+//! gateways share rate limits, cached answers, sign-in codes and tokens
+//! through Redis.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -607,8 +606,8 @@ async fn set_faults(State(simulator): State<Simulator>, body: Bytes) -> Response
 }
 
 /// The gateway: the API, the orders service (placing orders, and its
-/// consumer ending sagas), auth and the catalog; rate limits and the
-/// catalog's cache in Redis.
+/// consumer ending sagas), auth and the catalog; rate limits, the
+/// catalog's cache and sign-in in Redis.
 async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), BoxError> {
     let (listener, telemetry, mut tasks, stop) = process.into_parts();
     let orders = Orders::new(open(settings, "orders", orders::TABLES, 16).await?);
@@ -638,7 +637,7 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
     .instrument(&meter, "per-user");
     let trending = RedisCache::<_, tower::BoxError>::connect(
         &client,
-        connection,
+        connection.clone(),
         RedisSettings::new(Freshness::new(Duration::from_secs(5)))
             .prefix(&settings.namespaced("palisade:order-system:catalog", ":")),
     )
@@ -660,7 +659,10 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
         telemetry,
         processor: None,
         breaker: None,
-        auth: crate::auth::Auth::default(),
+        auth: crate::auth::Auth::redis(
+            connection.clone(),
+            &settings.namespaced("palisade:order-system:auth", ":"),
+        ),
         catalog: crate::catalog::Catalog::new(inventory.clone()),
         orders,
         inventory,

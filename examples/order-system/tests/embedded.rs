@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use palisade_order_system::auth::Auth;
 use palisade_order_system::embedded::{Settings, System};
 use palisade_order_system::load::{self, Gateway, LoadSettings};
 use palisade_token_bucket::Bucket;
@@ -174,78 +175,149 @@ async fn one_idempotency_key_places_one_order_and_bad_requests_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_code_works_once_and_only_with_its_verifier() {
     let (system, dir) = start().await;
-    let auth = &system.services.auth;
+    a_code_works_once_and_only_with_its_verifier_in(&system.services.auth).await;
+    system.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_and_tokens_in_redis_keep_the_same_rules_for_every_gateway() {
+    let client = redis::Client::open(palisade_testkit::servers::redis_url()).unwrap();
+    let connection = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let prefix = format!("palisade:test:auth:{}", fastrand::u64(..));
+    a_code_works_once_and_only_with_its_verifier_in(&Auth::redis(connection.clone(), &prefix))
+        .await;
+
+    // Signed in through one gateway, known to another.
+    let (one, another) = (
+        Auth::redis(connection.clone(), &prefix),
+        Auth::redis(connection, &prefix),
+    );
     let verifier = palisade_pkce::CodeVerifier::generate();
     let challenge = palisade_pkce::CodeChallenge::s256(&verifier);
-    let query = |challenge: &str| -> HashMap<String, String> {
-        [
-            ("response_type", "code"),
-            ("client_id", "app"),
-            ("redirect_uri", "http://localhost/cb"),
-            ("code_challenge", challenge),
-            ("code_challenge_method", "S256"),
-            ("state", "s1"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-    };
-    let code_of = |url: palisade_pkce::Url| {
-        url.query_pairs()
-            .find(|(k, _)| k == "code")
-            .map(|(_, v)| v.into_owned())
-            .unwrap()
-    };
-    let form = |code: &str, verifier: &str| -> HashMap<String, String> {
-        [
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", "http://localhost/cb"),
-            ("client_id", "app"),
-            ("code_verifier", verifier),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-    };
+    let callback = one.authorize(&query(challenge.as_str())).await.unwrap();
+    let token = another
+        .token(&form(&code_of(&callback), verifier.expose_secret()))
+        .await
+        .unwrap();
+    assert_eq!(
+        one.user(&token.access_token).await.unwrap().as_deref(),
+        Some("demo")
+    );
+
+    // Redis gone: no sign-in and no token check, said as such; back, the
+    // token works again.
+    let (proxy, url) = palisade_testkit::servers::redis_proxy().await;
+    let through = redis::aio::ConnectionManager::new(redis::Client::open(url).unwrap())
+        .await
+        .unwrap();
+    let cut = Auth::redis(through, &prefix);
+    proxy.cut().await;
+    assert_eq!(
+        cut.user(&token.access_token).await.unwrap_err().error,
+        "temporarily_unavailable"
+    );
+    assert_eq!(
+        cut.authorize(&query(challenge.as_str()))
+            .await
+            .unwrap_err()
+            .error,
+        "temporarily_unavailable"
+    );
+    proxy.resume().await;
+    let mut back = None;
+    for _ in 0..100 {
+        if let Ok(user) = cut.user(&token.access_token).await {
+            back = user;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(back.as_deref(), Some("demo"));
+}
+
+fn query(challenge: &str) -> HashMap<String, String> {
+    [
+        ("response_type", "code"),
+        ("client_id", "app"),
+        ("redirect_uri", "http://localhost/cb"),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+        ("state", "s1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn code_of(url: &palisade_pkce::Url) -> String {
+    url.query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap()
+}
+
+fn form(code: &str, verifier: &str) -> HashMap<String, String> {
+    [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", "http://localhost/cb"),
+        ("client_id", "app"),
+        ("code_verifier", verifier),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+async fn a_code_works_once_and_only_with_its_verifier_in(auth: &Auth) {
+    let verifier = palisade_pkce::CodeVerifier::generate();
+    let challenge = palisade_pkce::CodeChallenge::s256(&verifier);
     // PKCE is required.
     let mut without = query("x");
     without.remove("code_challenge");
     without.remove("code_challenge_method");
     assert_eq!(
-        auth.authorize(&without).unwrap_err().error,
+        auth.authorize(&without).await.unwrap_err().error,
         "invalid_request"
     );
 
-    let code = code_of(auth.authorize(&query(challenge.as_str())).unwrap());
-    let token = auth.token(&form(&code, verifier.expose_secret())).unwrap();
-    assert_eq!(auth.user(&token.access_token).as_deref(), Some("demo"));
+    let code = code_of(&auth.authorize(&query(challenge.as_str())).await.unwrap());
+    let token = auth
+        .token(&form(&code, verifier.expose_secret()))
+        .await
+        .unwrap();
+    assert_eq!(
+        auth.user(&token.access_token).await.unwrap().as_deref(),
+        Some("demo")
+    );
     assert_eq!(
         auth.token(&form(&code, verifier.expose_secret()))
+            .await
             .unwrap_err()
             .error,
         "invalid_grant",
         "a code works once"
     );
     // A stolen code with another verifier is refused, and revoked.
-    let code = code_of(auth.authorize(&query(challenge.as_str())).unwrap());
+    let code = code_of(&auth.authorize(&query(challenge.as_str())).await.unwrap());
     let thief = palisade_pkce::CodeVerifier::generate();
     assert_eq!(
         auth.token(&form(&code, thief.expose_secret()))
+            .await
             .unwrap_err()
             .error,
         "invalid_grant"
     );
     assert_eq!(
         auth.token(&form(&code, verifier.expose_secret()))
+            .await
             .unwrap_err()
             .error,
         "invalid_grant",
         "revoked by the wrong verifier"
     );
-    assert_eq!(auth.user("not-a-token"), None);
-    system.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+    assert_eq!(auth.user("not-a-token").await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,6 +145,7 @@ impl System {
             ("payment", "payment"),
             ("shipping", "shipping"),
             ("gateway", "gateway"),
+            ("gateway-2", "gateway"),
         ] {
             self.start(name, service).await;
         }
@@ -242,6 +243,34 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
         .unwrap_or(0);
     assert!(declined > 0, "about 60 declined cards");
     assert_eq!(books.compensations, i64::try_from(declined).unwrap());
+
+    // Signed in through one gateway, known to the other; the same
+    // Idempotency-Key through either places one order.
+    let mut one = Gateway::new(&system.address("gateway"));
+    one.sign_in("alice").await.unwrap();
+    let token = one.authorization().unwrap().to_owned();
+    let order = br#"{"sku":"sku-1","quantity":1,"card":"4242424242424242"}"#;
+    let mut placed = Vec::new();
+    for gateway in ["gateway-2", "gateway"] {
+        let (status, body) = Gateway::new(&system.address(gateway))
+            .send(
+                http::Method::POST,
+                "/orders",
+                &[
+                    ("authorization", token.as_str()),
+                    ("idempotency-key", "alice-1"),
+                    ("content-type", "application/json"),
+                ],
+                bytes::Bytes::from_static(order),
+            )
+            .await
+            .unwrap();
+        let order: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        placed.push((status, order["id"].clone()));
+    }
+    assert_eq!(placed[0].0, http::StatusCode::CREATED, "{placed:?}");
+    assert_eq!(placed[1].0, http::StatusCode::OK, "{placed:?}");
+    assert_eq!(placed[0].1, placed[1].1, "one order");
 
     // Both replicas of inventory took a share of its events.
     for name in ["inventory", "inventory-2"] {
