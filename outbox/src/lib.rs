@@ -106,7 +106,7 @@ pub use postgres::{PgInbox, PgOutbox};
 pub use publisher::{MemoryBroker, Published, Publisher};
 pub use relay::{BatchReport, Relay};
 #[cfg(feature = "sqlite")]
-pub use sqlite::{SqliteInbox, SqliteOutbox};
+pub use sqlite::{CommitWake, SqliteInbox, SqliteOutbox};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use store::InboxStore;
 pub use store::{Backlog, OutboxStore};

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use sqlx::SqliteConnection;
 use sqlx::sqlite::SqlitePool;
+use tokio::sync::Notify;
 
 use crate::sql::Dialect;
 use crate::stores::{sql_inbox, sql_outbox};
@@ -20,8 +21,9 @@ sql_outbox! {
     ///
     /// Relays in this process are woken when a transaction that enqueued
     /// commits (through SQLite's commit hook on that connection, which
-    /// replaces any commit hook of your own there); relays in other
-    /// processes poll.
+    /// replaces any commit hook of your own there; or, with
+    /// [`woken_by`](Self::woken_by), a hook installed once per
+    /// connection); relays in other processes poll.
     ///
     /// Times are SQLite's `julianday('now')`, kept as milliseconds since
     /// the Unix epoch. A `schema.name` table lives in the attached database
@@ -80,16 +82,77 @@ sql_inbox! {
     SqliteInbox, sqlx::Sqlite, SqlitePool, SqliteConnection, Dialect::Sqlite
 }
 
+/// Wakes an outbox's relays whenever a connection it is installed on
+/// commits: installed once per connection, when the pool opens it, instead
+/// of by every [`SqliteOutbox::enqueue`] (each install is a round trip to
+/// the connection's thread).
+///
+/// Every commit on those connections wakes the relays, events or not; a
+/// relay woken for nothing finds nothing to claim and waits again.
+///
+/// # Example
+///
+/// ```
+/// use palisade_outbox::{CommitWake, OutboxConfig, SqliteOutbox};
+/// use sqlx::sqlite::SqlitePoolOptions;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let wake = CommitWake::default();
+/// let installer = wake.clone();
+/// let pool = SqlitePoolOptions::new()
+///     .after_connect(move |connection, _| {
+///         let installer = installer.clone();
+///         Box::pin(async move { installer.install(connection).await })
+///     })
+///     .connect("sqlite::memory:")
+///     .await?;
+/// let outbox = SqliteOutbox::new(pool, OutboxConfig::new("outbox")?).woken_by(wake);
+/// outbox.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct CommitWake(Arc<Notify>);
+
+impl CommitWake {
+    /// Installs the hook on `connection` (replacing any commit hook of
+    /// your own there).
+    ///
+    /// # Errors
+    ///
+    /// The connection's error.
+    pub async fn install(&self, connection: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        hook(connection, &self.0).await
+    }
+}
+
+/// Sets `connection`'s commit hook to wake `wake`'s waiters (while anyone
+/// still holds `wake`).
+async fn hook(connection: &mut SqliteConnection, wake: &Arc<Notify>) -> Result<(), sqlx::Error> {
+    let wake = Arc::downgrade(wake);
+    connection.lock_handle().await?.set_commit_hook(move || {
+        if let Some(wake) = wake.upgrade() {
+            wake.notify_one();
+        }
+        true
+    });
+    Ok(())
+}
+
 impl SqliteOutbox {
+    /// Relays wake through `wake`, which the pool installs on every
+    /// connection it opens (see [`CommitWake`]); `enqueue` then sets no hook
+    /// of its own. Every connection of the pool must have it, or relays
+    /// wait for their next poll.
+    #[must_use]
+    pub fn woken_by(mut self, wake: CommitWake) -> Self {
+        self.wake = wake.0;
+        self.hooked = true;
+        self
+    }
+
     /// Has this process's relays woken when the transaction commits.
     async fn announce(&self, tx: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-        let wake = Arc::downgrade(&self.wake);
-        tx.lock_handle().await?.set_commit_hook(move || {
-            if let Some(wake) = wake.upgrade() {
-                wake.notify_one();
-            }
-            true
-        });
-        Ok(())
+        hook(tx, &self.wake).await
     }
 }

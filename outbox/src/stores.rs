@@ -16,6 +16,9 @@ macro_rules! sql_outbox {
             config: std::sync::Arc<$crate::config::OutboxConfig>,
             sql: std::sync::Arc<$crate::sql::OutboxSql>,
             wake: std::sync::Arc<tokio::sync::Notify>,
+            /// Every connection of the pool wakes the relays on commit
+            /// already (SQLite's `woken_by`): `enqueue` need not announce.
+            hooked: bool,
         }
 
         impl $name {
@@ -27,6 +30,7 @@ macro_rules! sql_outbox {
                     pool,
                     config: std::sync::Arc::new(config),
                     wake: std::sync::Arc::new(tokio::sync::Notify::new()),
+                    hooked: false,
                 }
             }
 
@@ -81,6 +85,9 @@ macro_rules! sql_outbox {
                         .bind(event.headers_json())
                         .execute(&mut *tx)
                         .await?;
+                }
+                if self.hooked {
+                    return Ok(());
                 }
                 self.announce(tx).await
             }

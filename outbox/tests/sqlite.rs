@@ -6,20 +6,23 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use palisade_outbox::{Event, OutboxConfig, SqliteInbox, SqliteOutbox};
+use palisade_outbox::{CommitWake, Event, OutboxConfig, SqliteInbox, SqliteOutbox};
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use support::Harness;
 use uuid::Uuid;
 
-struct Lite {
+/// `HOOKED`: the pool installs a [`CommitWake`] on each connection
+/// (`SqliteOutbox::woken_by`) instead of `enqueue` hooking each
+/// transaction.
+struct Lite<const HOOKED: bool = false> {
     pool: SqlitePool,
     outbox: SqliteOutbox,
     inbox: SqliteInbox,
     file: PathBuf,
 }
 
-impl Harness for Lite {
+impl<const HOOKED: bool> Harness for Lite<HOOKED> {
     type Store = SqliteOutbox;
 
     async fn start(config: impl FnOnce(OutboxConfig) -> OutboxConfig + Send) -> Self {
@@ -28,12 +31,21 @@ impl Harness for Lite {
             .filename(&file)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .unwrap();
-        let outbox = SqliteOutbox::new(pool.clone(), config(OutboxConfig::new("outbox").unwrap()));
+        let wake = CommitWake::default();
+        let mut pool = SqlitePoolOptions::new().max_connections(4);
+        if HOOKED {
+            let installer = wake.clone();
+            pool = pool.after_connect(move |connection, _| {
+                let installer = installer.clone();
+                Box::pin(async move { installer.install(connection).await })
+            });
+        }
+        let pool = pool.connect_with(options).await.unwrap();
+        let mut outbox =
+            SqliteOutbox::new(pool.clone(), config(OutboxConfig::new("outbox").unwrap()));
+        if HOOKED {
+            outbox = outbox.woken_by(wake);
+        }
         outbox.migrate().await.unwrap();
         let inbox = SqliteInbox::new(pool.clone(), "inbox").unwrap();
         inbox.migrate().await.unwrap();
@@ -78,3 +90,13 @@ scenarios!(Lite:
     the_backlog_reports_the_oldest_pending_age,
     the_inbox_applies_each_message_once_with_its_effect,
 );
+
+/// The same wake-up and order with the hook installed once per connection.
+mod hooked {
+    use super::{Lite, support};
+
+    crate::scenarios!(Lite<true>:
+        a_commit_wakes_a_relay_that_would_poll_only_every_minute,
+        two_relays_publish_each_event_once_in_aggregate_order,
+    );
+}

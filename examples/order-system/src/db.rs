@@ -12,7 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use palisade_outbox::{
-    Backlog, Event, OutboxConfig, OutboxStore, PgInbox, PgOutbox, SqliteInbox, SqliteOutbox,
+    Backlog, CommitWake, Event, OutboxConfig, OutboxStore, PgInbox, PgOutbox, SqliteInbox,
+    SqliteOutbox,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -90,13 +91,25 @@ impl ServiceDb {
             // commits may be lost on a power cut, which the demo accepts.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30));
-        // Two connections: sqlx-sqlite runs each on a thread of its own, and
-        // on two cores more of them only add thread switches.
+        // Two connections: on two cores more of them only add thread
+        // switches.
+        // sqlx-sqlite runs each connection on a thread of its own: every
+        // statement is a round trip between threads, so the pool saves the
+        // ones it can. A file's connection does not go stale (no ping each
+        // time it is taken), and the relays' wake-up is installed once per
+        // connection rather than by every transaction that enqueues.
+        let wake = CommitWake::default();
+        let installer = wake.clone();
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
+            .test_before_acquire(false)
+            .after_connect(move |connection, _| {
+                let installer = installer.clone();
+                Box::pin(async move { installer.install(connection).await })
+            })
             .connect_with(options)
             .await?;
-        let outbox = SqliteOutbox::new(pool.clone(), outbox_config("outbox")?);
+        let outbox = SqliteOutbox::new(pool.clone(), outbox_config("outbox")?).woken_by(wake);
         outbox.migrate().await?;
         let inbox = SqliteInbox::new(pool.clone(), "inbox").map_err(config_error)?;
         inbox.migrate().await?;
