@@ -120,6 +120,14 @@ pub trait Handler<C>: Send + Sync + 'static {
         tx: &mut C,
         delivery: &Delivery,
     ) -> impl Future<Output = Result<Handled, BoxError>> + Send;
+
+    /// Called once the transaction that applied `delivery` has committed
+    /// (not for duplicates, ignored deliveries or rolled-back attempts):
+    /// the place to tell the rest of the process, now that the effect is
+    /// visible to every reader. Nothing by default.
+    fn committed(&self, delivery: &Delivery) {
+        let _ = delivery;
+    }
 }
 
 /// The event types a consumer hands to its handler: every type, unless
@@ -253,8 +261,11 @@ where
         }
         if settled.len() == len {
             tx.commit().await?;
-            for counter in &settled {
+            for (counter, delivery) in settled.iter().zip(deliveries) {
                 Counters::add(counter);
+                if std::ptr::eq(*counter, &counters.applied) {
+                    handler.committed(delivery);
+                }
             }
             return Ok((len, failure));
         }

@@ -2,9 +2,10 @@
 //! default: one file, no server.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sqlx::SqliteConnection;
-use sqlx::sqlite::SqlitePool;
+use sqlx::sqlite::{SqliteOperation, SqlitePool};
 use tokio::sync::Notify;
 
 use crate::sql::Dialect;
@@ -82,13 +83,14 @@ sql_inbox! {
     SqliteInbox, sqlx::Sqlite, SqlitePool, SqliteConnection, Dialect::Sqlite
 }
 
-/// Wakes an outbox's relays whenever a connection it is installed on
-/// commits: installed once per connection, when the pool opens it, instead
-/// of by every [`SqliteOutbox::enqueue`] (each install is a round trip to
-/// the connection's thread).
+/// Wakes an outbox's relays when a transaction that wrote to the outbox
+/// commits on a connection it is installed on: installed once per
+/// connection, when the pool opens it, instead of by every
+/// [`SqliteOutbox::enqueue`] (each install is a round trip to the
+/// connection's thread).
 ///
-/// Every commit on those connections wakes the relays, events or not; a
-/// relay woken for nothing finds nothing to claim and waits again.
+/// It takes the connection's update, commit and rollback hooks (replacing
+/// any of your own there).
 ///
 /// # Example
 ///
@@ -98,7 +100,8 @@ sql_inbox! {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let wake = CommitWake::default();
+/// let config = OutboxConfig::new("outbox")?;
+/// let wake = CommitWake::new(&config);
 /// let installer = wake.clone();
 /// let pool = SqlitePoolOptions::new()
 ///     .after_connect(move |connection, _| {
@@ -107,31 +110,67 @@ sql_inbox! {
 ///     })
 ///     .connect("sqlite::memory:")
 ///     .await?;
-/// let outbox = SqliteOutbox::new(pool, OutboxConfig::new("outbox")?).woken_by(wake);
+/// let outbox = SqliteOutbox::new(pool, config).woken_by(wake);
 /// outbox.migrate().await?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Default)]
-pub struct CommitWake(Arc<Notify>);
+#[derive(Debug, Clone)]
+pub struct CommitWake {
+    wake: Arc<Notify>,
+    table: Arc<str>,
+}
 
 impl CommitWake {
-    /// Installs the hook on `connection` (replacing any commit hook of
-    /// your own there).
+    /// A wake-up for the outbox `config` describes.
+    #[must_use]
+    pub fn new(config: &crate::OutboxConfig) -> Self {
+        Self {
+            wake: Arc::default(),
+            table: Arc::from(config.table()),
+        }
+    }
+
+    /// Installs the hooks on `connection`.
     ///
     /// # Errors
     ///
     /// The connection's error.
     pub async fn install(&self, connection: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-        hook(connection, &self.0).await
+        hook(connection, &self.wake, &self.table, false).await
     }
 }
 
-/// Sets `connection`'s commit hook to wake `wake`'s waiters (while anyone
-/// still holds `wake`).
-async fn hook(connection: &mut SqliteConnection, wake: &Arc<Notify>) -> Result<(), sqlx::Error> {
+/// Sets `connection`'s hooks so that a transaction that inserted into
+/// `table` wakes `wake`'s waiters when it commits (while anyone still holds
+/// `wake`); `enqueued`: the transaction under way has already. Other
+/// commits (the relay's own claims and settlements among them) wake
+/// nobody: a relay must not wake itself.
+async fn hook(
+    connection: &mut SqliteConnection,
+    wake: &Arc<Notify>,
+    table: &str,
+    enqueued: bool,
+) -> Result<(), sqlx::Error> {
+    let (database, name) = table.split_once('.').unwrap_or(("main", table));
+    let (database, name) = (database.to_owned(), name.to_owned());
+    let enqueued = Arc::new(AtomicBool::new(enqueued));
+    let mut handle = connection.lock_handle().await?;
+    let inserted = enqueued.clone();
+    handle.set_update_hook(move |change| {
+        if matches!(change.operation, SqliteOperation::Insert)
+            && change.table == name
+            && change.database == database
+        {
+            inserted.store(true, Ordering::Relaxed);
+        }
+    });
+    let rolled_back = enqueued.clone();
+    handle.set_rollback_hook(move || rolled_back.store(false, Ordering::Relaxed));
     let wake = Arc::downgrade(wake);
-    connection.lock_handle().await?.set_commit_hook(move || {
-        if let Some(wake) = wake.upgrade() {
+    handle.set_commit_hook(move || {
+        if enqueued.swap(false, Ordering::Relaxed)
+            && let Some(wake) = wake.upgrade()
+        {
             wake.notify_one();
         }
         true
@@ -144,15 +183,87 @@ impl SqliteOutbox {
     /// connection it opens (see [`CommitWake`]); `enqueue` then sets no hook
     /// of its own. Every connection of the pool must have it, or relays
     /// wait for their next poll.
+    ///
+    /// # Panics
+    ///
+    /// If `wake` was made for another outbox table.
     #[must_use]
     pub fn woken_by(mut self, wake: CommitWake) -> Self {
-        self.wake = wake.0;
+        assert_eq!(
+            &*wake.table,
+            self.config.table(),
+            "a CommitWake made for another outbox"
+        );
+        self.wake = wake.wake;
         self.hooked = true;
         self
     }
 
     /// Has this process's relays woken when the transaction commits.
     async fn announce(&self, tx: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-        hook(tx, &self.wake).await
+        // The insert happened already: this transaction has enqueued.
+        hook(tx, &self.wake, self.config.table(), true).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+    use sqlx::sqlite::SqlitePoolOptions;
+
+    use super::*;
+    use crate::{Event, OutboxConfig};
+
+    /// Whether a wake-up is waiting (taking it).
+    fn woken(wake: &CommitWake) -> bool {
+        wake.wake.notified().now_or_never().is_some()
+    }
+
+    #[tokio::test]
+    async fn only_a_committed_transaction_that_enqueued_wakes_the_relays() {
+        let config = OutboxConfig::new("outbox").unwrap();
+        let wake = CommitWake::new(&config);
+        let installer = wake.clone();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .after_connect(move |connection, _| {
+                let installer = installer.clone();
+                Box::pin(async move { installer.install(connection).await })
+            })
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let outbox = SqliteOutbox::new(pool.clone(), config).woken_by(wake.clone());
+        outbox.migrate().await.unwrap();
+        sqlx::query("CREATE TABLE orders (id TEXT)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let _ = woken(&wake);
+        let event = || Event::new("order", "o-1", "OrderCreated", b"{}".to_vec());
+
+        // Another table's write, and the outbox's own updates (a relay's
+        // claims and settlements): nobody is woken.
+        sqlx::query("INSERT INTO orders (id) VALUES ('o-1')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE outbox SET attempts = attempts")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert!(!woken(&wake));
+
+        // An enqueue rolled back: nobody.
+        let mut tx = pool.begin().await.unwrap();
+        outbox.enqueue(&mut tx, &event()).await.unwrap();
+        tx.rollback().await.unwrap();
+        assert!(!woken(&wake));
+
+        // An enqueue committed: the relays.
+        let mut tx = pool.begin().await.unwrap();
+        outbox.enqueue(&mut tx, &event()).await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(woken(&wake));
     }
 }

@@ -35,6 +35,8 @@ struct Apply {
     /// The trace each applied event was handled in, by event id (a batch
     /// rolled back for another event's failure runs the handler again).
     traces: Mutex<HashMap<uuid::Uuid, Option<TraceId>>>,
+    /// The events whose transaction committed, as told.
+    committed: Mutex<Vec<uuid::Uuid>>,
 }
 
 impl Handler<PgConnection> for Apply {
@@ -68,6 +70,10 @@ impl Handler<PgConnection> for Apply {
         .execute(tx)
         .await?;
         Ok(Handled::Applied)
+    }
+
+    fn committed(&self, delivery: &Delivery) {
+        self.committed.lock().unwrap().push(delivery.envelope.id);
     }
 }
 
@@ -127,6 +133,7 @@ impl Rig {
             schema: self.db.name.clone(),
             deliveries: Mutex::default(),
             traces: Mutex::default(),
+            committed: Mutex::default(),
         }
     }
 
@@ -238,6 +245,17 @@ async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
 
     let applied = rig.count("applied").await;
     assert_eq!(applied, 6, "five good events and the flaky one, once each");
+    let mut committed = consumer.handler().committed.lock().unwrap().clone();
+    committed.sort();
+    committed.dedup();
+    assert_eq!(
+        (
+            committed.len(),
+            consumer.handler().committed.lock().unwrap().len()
+        ),
+        (6, 6),
+        "told once for each applied event, never for a rolled-back attempt"
+    );
     let traces: Vec<Option<TraceId>> = consumer
         .handler()
         .traces

@@ -31,7 +31,8 @@ impl<const HOOKED: bool> Harness for Lite<HOOKED> {
             .filename(&file)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal);
-        let wake = CommitWake::default();
+        let config = config(OutboxConfig::new("outbox").unwrap());
+        let wake = CommitWake::new(&config);
         let mut pool = SqlitePoolOptions::new().max_connections(4);
         if HOOKED {
             let installer = wake.clone();
@@ -41,8 +42,7 @@ impl<const HOOKED: bool> Harness for Lite<HOOKED> {
             });
         }
         let pool = pool.connect_with(options).await.unwrap();
-        let mut outbox =
-            SqliteOutbox::new(pool.clone(), config(OutboxConfig::new("outbox").unwrap()));
+        let mut outbox = SqliteOutbox::new(pool.clone(), config);
         if HOOKED {
             outbox = outbox.woken_by(wake);
         }

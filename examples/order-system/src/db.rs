@@ -98,7 +98,8 @@ impl ServiceDb {
         // ones it can. A file's connection does not go stale (no ping each
         // time it is taken), and the relays' wake-up is installed once per
         // connection rather than by every transaction that enqueues.
-        let wake = CommitWake::default();
+        let config = outbox_config("outbox")?;
+        let wake = CommitWake::new(&config);
         let installer = wake.clone();
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
@@ -109,7 +110,7 @@ impl ServiceDb {
             })
             .connect_with(options)
             .await?;
-        let outbox = SqliteOutbox::new(pool.clone(), outbox_config("outbox")?).woken_by(wake);
+        let outbox = SqliteOutbox::new(pool.clone(), config).woken_by(wake);
         outbox.migrate().await?;
         let inbox = SqliteInbox::new(pool.clone(), "inbox").map_err(config_error)?;
         inbox.migrate().await?;

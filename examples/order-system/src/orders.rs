@@ -108,9 +108,10 @@ impl Orders {
             .or_default()
             .clone();
         let found = loop {
-            // Registered before reading, so an end between the read and the
-            // wait is not missed; the commit may trail the wake-up, hence
-            // the short re-reads.
+            // Registered before reading, so an end committed between the
+            // read and the wait is not missed. The wake-up comes after the
+            // commit (`committed`); the short re-reads are for ends that a
+            // consumer in another process commits.
             let notified = notify.notified();
             let order = self.find(user, id).await?;
             let ended = order.as_ref().is_none_or(|order| order.status != "pending");
@@ -283,14 +284,6 @@ impl Orders {
         if done != 1 {
             return Err(format!("order {order_id} is not pending; cannot become {status}").into());
         }
-        if let Some(waiter) = self
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(order_id)
-        {
-            waiter.notify_waiters();
-        }
         let event = match reason {
             None => SagaEvent::OrderConfirmed {
                 order_id: order_id.to_owned(),
@@ -322,5 +315,20 @@ impl<C: Tx> Handler<C> for Orders {
             _ => return Ok(Handled::Ignored),
         }
         Ok(Handled::Applied)
+    }
+
+    /// The saga's end is committed: whoever waits for it reads it now.
+    fn committed(&self, delivery: &Delivery) {
+        let Ok(event) = serde_json::from_slice::<SagaEvent>(&delivery.payload) else {
+            return;
+        };
+        if let Some(waiter) = self
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(event.order_id())
+        {
+            waiter.notify_waiters();
+        }
     }
 }
