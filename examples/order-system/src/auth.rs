@@ -116,24 +116,13 @@ fn seconds(lifetime: Duration) -> u64 {
 impl Store {
     async fn save_code(&self, code: &str, grant: Grant) -> Result<(), OAuthError> {
         match self {
-            Self::Memory(books) => {
-                let now = Instant::now();
-                let mut books = books.lock().unwrap_or_else(PoisonError::into_inner);
-                if !room(&mut books.codes, MAX_CODES, now) {
-                    return Err(OAuthError::new(
-                        "temporarily_unavailable",
-                        &"too many logins under way",
-                    ));
-                }
-                books.codes.insert(
-                    code.to_owned(),
-                    Expiring {
-                        value: grant,
-                        expires_at: now + CODE_LIFETIME,
-                    },
-                );
-                Ok(())
-            }
+            Self::Memory(books) => remember(
+                &mut books.lock().unwrap_or_else(PoisonError::into_inner).codes,
+                (code, grant),
+                MAX_CODES,
+                CODE_LIFETIME,
+                "too many logins under way",
+            ),
             Self::Redis { connection, prefix } => {
                 let json = serde_json::to_string(&grant)
                     .map_err(|error| OAuthError::new("server_error", &error))?;
@@ -178,24 +167,13 @@ impl Store {
 
     async fn save_token(&self, token: &str, user: String) -> Result<(), OAuthError> {
         match self {
-            Self::Memory(books) => {
-                let now = Instant::now();
-                let mut books = books.lock().unwrap_or_else(PoisonError::into_inner);
-                if !room(&mut books.tokens, MAX_TOKENS, now) {
-                    return Err(OAuthError::new(
-                        "temporarily_unavailable",
-                        &"too many sessions",
-                    ));
-                }
-                books.tokens.insert(
-                    token.to_owned(),
-                    Expiring {
-                        value: user,
-                        expires_at: now + TOKEN_LIFETIME,
-                    },
-                );
-                Ok(())
-            }
+            Self::Memory(books) => remember(
+                &mut books.lock().unwrap_or_else(PoisonError::into_inner).tokens,
+                (token, user),
+                MAX_TOKENS,
+                TOKEN_LIFETIME,
+                "too many sessions",
+            ),
             Self::Redis { connection, prefix } => connection
                 .clone()
                 .set_ex::<_, _, ()>(
@@ -275,13 +253,30 @@ pub struct Auth {
     store: Store,
 }
 
-/// Makes room in `map` (at `cap`) by sweeping what expired by `now`;
-/// `false` when there is still none.
-fn room<V>(map: &mut HashMap<String, Expiring<V>>, cap: usize, now: Instant) -> bool {
+/// Keeps `value` under `key` in `map` for `lifetime`, making room (at `cap`) by
+/// sweeping what expired; refused with `full` when there is still none.
+fn remember<V>(
+    map: &mut HashMap<String, Expiring<V>>,
+    (key, value): (&str, V),
+    cap: usize,
+    lifetime: Duration,
+    full: &'static str,
+) -> Result<(), OAuthError> {
+    let now = Instant::now();
     if map.len() >= cap {
         map.retain(|_, entry| entry.expires_at > now);
     }
-    map.len() < cap
+    if map.len() >= cap {
+        return Err(OAuthError::new("temporarily_unavailable", &full));
+    }
+    map.insert(
+        key.to_owned(),
+        Expiring {
+            value,
+            expires_at: now + lifetime,
+        },
+    );
+    Ok(())
 }
 
 impl Auth {

@@ -288,7 +288,7 @@ pub async fn serve(
         Role::Relay => relays(&settings, process).await,
         Role::Gateway => gateway(&settings, process).await,
         Role::Inventory => {
-            let db = open(&settings, "inventory", inventory::TABLES, 4).await?;
+            let db = open(&settings, "inventory", inventory::TABLES, 2).await?;
             let inventory = Inventory::new(db).await?;
             let db = inventory.db().clone();
             consume(
@@ -306,7 +306,7 @@ pub async fn serve(
                 tonic::transport::Endpoint::from_shared(settings.processor.clone())?.connect_lazy();
             let meter = process.telemetry.meter();
             let (channel, breaker) = card::stack(channel, settings.breaker.clone(), &meter);
-            let db = open(&settings, "payment", payment::TABLES, 4).await?;
+            let db = open(&settings, "payment", payment::TABLES, 2).await?;
             let payment = Payment::new(db.clone(), ProcessorClient::new(channel));
             let (recorder, signal) = (payment.clone(), stop.signal());
             process
@@ -323,7 +323,7 @@ pub async fn serve(
             .await
         }
         Role::Shipping => {
-            let db = open(&settings, "shipping", shipping::TABLES, 4).await?;
+            let db = open(&settings, "shipping", shipping::TABLES, 2).await?;
             let shipping = Shipping::new(db.clone());
             consume(
                 &settings,
@@ -610,7 +610,7 @@ async fn set_faults(State(simulator): State<Simulator>, body: Bytes) -> Response
 /// catalog's cache and sign-in in Redis.
 async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), BoxError> {
     let (listener, telemetry, mut tasks, stop) = process.into_parts();
-    let orders = Orders::new(open(settings, "orders", orders::TABLES, 16).await?);
+    let orders = Orders::new(open(settings, "orders", orders::TABLES, 8).await?);
     let inventory =
         Inventory::new(open(settings, "inventory", inventory::TABLES, 2).await?).await?;
     let payment = open(settings, "payment", payment::TABLES, 1).await?;

@@ -16,6 +16,10 @@ use palisade_order_system::gateway::Books;
 use palisade_order_system::load::{self, Gateway, LoadSettings, Summary};
 use palisade_testkit::servers::{database_url, nats_url, redis_url};
 
+/// Each test starts a whole system (some 50 PostgreSQL connections at
+/// most); one at a time keeps them within the server's connection limit.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A free port on loopback (the OS picks it; the process binds it a moment
 /// later).
 fn free_address() -> SocketAddr {
@@ -231,6 +235,7 @@ fn assert_straight(summary: &Summary, orders: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_as_processes_with_replicas_keep_the_books_straight() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let mut system = System::new();
     system.start_all().await;
     let summary = load::run(&system.load(300)).await.unwrap();
@@ -294,6 +299,7 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_kills_and_an_outage_lose_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let seed = fastrand::u64(..);
     println!("chaos seed {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
