@@ -42,8 +42,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use palisade_coalesce::{Freshness, RedisCache, RedisSettings};
 use palisade_outbox::{
-    ConsumerConfig, Handler, JetStreamConsumer, NatsJetStreamPublisher, OutboxConfig, PgInbox,
-    PgOutbox, Relay,
+    BoxError, ConsumerConfig, Handler, JetStreamConsumer, NatsJetStreamPublisher, OutboxConfig,
+    PgInbox, PgOutbox, Relay,
 };
 use palisade_token_bucket::{Bucket, FailurePolicy, LocalStore, RedisStore};
 use sqlx::PgConnection;
@@ -60,9 +60,6 @@ use crate::payment::{self, Payment};
 use crate::processor::{self as card, ProcessorClient, ProcessorServer, Simulator};
 use crate::shipping::{self, Shipping};
 use crate::telemetry::Telemetry;
-
-/// An error that stops a service.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The JetStream stream the saga's events go through (with a namespace
 /// `ns`, `ORDERS_NS`). Events are on `orders.order.<type>` (`orders_ns.…`),
