@@ -288,29 +288,41 @@ impl Gateway {
             .append_pair("client_id", CLIENT_ID)
             .append_pair("code_verifier", verifier.expose_secret())
             .finish();
-        let (status, body) = self
-            .send(
+        let body = self
+            .send_ok(
                 Method::POST,
                 "/token",
                 &[("content-type", "application/x-www-form-urlencoded")],
                 Bytes::from(form),
             )
             .await?;
-        if !status.is_success() {
-            return Err(
-                format!("POST /token: {status}: {}", String::from_utf8_lossy(&body)).into(),
-            );
-        }
         let token: TokenResponse = serde_json::from_slice(&body)?;
         self.authorization = Some(format!("Bearer {}", token.access_token));
         Ok(())
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
-        let (status, body) = self.send(Method::GET, path, &[], Bytes::new()).await?;
+    /// Sends the request and returns the body of a success; anything else
+    /// is an error saying what was asked and what came back.
+    async fn send_ok(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Bytes, Error> {
+        let (status, reply) = self.send(method.clone(), path, headers, body).await?;
         if !status.is_success() {
-            return Err(format!("GET {path}: {status}: {}", String::from_utf8_lossy(&body)).into());
+            return Err(format!(
+                "{method} {path}: {status}: {}",
+                String::from_utf8_lossy(&reply)
+            )
+            .into());
         }
+        Ok(reply)
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        let body = self.send_ok(Method::GET, path, &[], Bytes::new()).await?;
         Ok(serde_json::from_slice(&body)?)
     }
 
@@ -320,21 +332,13 @@ impl Gateway {
             unavailable,
             delay_ms: 0,
         })?;
-        let (status, reply) = self
-            .send(
-                Method::PUT,
-                "/admin/processor",
-                &[("content-type", "application/json")],
-                Bytes::from(body),
-            )
-            .await?;
-        if !status.is_success() {
-            return Err(format!(
-                "PUT /admin/processor: {status}: {}",
-                String::from_utf8_lossy(&reply)
-            )
-            .into());
-        }
+        self.send_ok(
+            Method::PUT,
+            "/admin/processor",
+            &[("content-type", "application/json")],
+            Bytes::from(body),
+        )
+        .await?;
         Ok(())
     }
 

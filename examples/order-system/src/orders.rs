@@ -319,14 +319,15 @@ impl<C: Tx> Handler<C> for Orders {
 
     /// The saga's end is committed: whoever waits for it reads it now.
     fn committed(&self, delivery: &Delivery) {
-        let Ok(event) = serde_json::from_slice::<SagaEvent>(&delivery.payload) else {
+        // The event's subject is its aggregate: the order.
+        let Some(order_id) = delivery.envelope.subject.as_deref() else {
             return;
         };
         if let Some(waiter) = self
             .waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(event.order_id())
+            .get(order_id)
         {
             waiter.notify_waiters();
         }

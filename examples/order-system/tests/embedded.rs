@@ -270,6 +270,12 @@ fn form(code: &str, verifier: &str) -> HashMap<String, String> {
     .collect()
 }
 
+/// The OAuth error `auth` answers for redeeming `code` with `verifier`
+/// (which must fail).
+async fn refusal(auth: &Auth, code: &str, verifier: &str) -> &'static str {
+    auth.token(&form(code, verifier)).await.unwrap_err().error
+}
+
 async fn a_code_works_once_and_only_with_its_verifier_in(auth: &Auth) {
     let verifier = palisade_pkce::CodeVerifier::generate();
     let challenge = palisade_pkce::CodeChallenge::s256(&verifier);
@@ -292,10 +298,7 @@ async fn a_code_works_once_and_only_with_its_verifier_in(auth: &Auth) {
         Some("demo")
     );
     assert_eq!(
-        auth.token(&form(&code, verifier.expose_secret()))
-            .await
-            .unwrap_err()
-            .error,
+        refusal(auth, &code, verifier.expose_secret()).await,
         "invalid_grant",
         "a code works once"
     );
@@ -303,17 +306,11 @@ async fn a_code_works_once_and_only_with_its_verifier_in(auth: &Auth) {
     let code = code_of(&auth.authorize(&query(challenge.as_str())).await.unwrap());
     let thief = palisade_pkce::CodeVerifier::generate();
     assert_eq!(
-        auth.token(&form(&code, thief.expose_secret()))
-            .await
-            .unwrap_err()
-            .error,
+        refusal(auth, &code, thief.expose_secret()).await,
         "invalid_grant"
     );
     assert_eq!(
-        auth.token(&form(&code, verifier.expose_secret()))
-            .await
-            .unwrap_err()
-            .error,
+        refusal(auth, &code, verifier.expose_secret()).await,
         "invalid_grant",
         "revoked by the wrong verifier"
     );
