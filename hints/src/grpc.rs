@@ -6,7 +6,14 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+/// `grpc-status` UNAUTHENTICATED.
+const UNAUTHENTICATED: u32 = 16;
+/// `grpc-status` PERMISSION_DENIED.
+const PERMISSION_DENIED: u32 = 7;
+/// `grpc-status` UNIMPLEMENTED.
+const UNIMPLEMENTED: u32 = 12;
 
 /// `grpc-status` UNKNOWN.
 pub const UNKNOWN: u32 = 2;
@@ -48,6 +55,45 @@ pub fn status(fields: &HeaderMap) -> Option<u32> {
         .ok()
 }
 
+/// The status a gRPC client gives a response whose HTTP status is not 200
+/// and which carries no `grpc-status` of its own (a proxy or load balancer
+/// answered, not the gRPC server), per gRPC's HTTP-to-gRPC status mapping:
+/// 400 is INTERNAL, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED,
+/// 404 UNIMPLEMENTED, 429, 502, 503 and 504 UNAVAILABLE, anything else
+/// UNKNOWN. A 200 is `None`: its status comes with the trailers.
+///
+/// # Example
+///
+/// ```
+/// use http::StatusCode;
+/// use palisade_hints::grpc::{status_of_http, UNAVAILABLE};
+///
+/// assert_eq!(status_of_http(StatusCode::SERVICE_UNAVAILABLE), Some(UNAVAILABLE));
+/// assert_eq!(status_of_http(StatusCode::TOO_MANY_REQUESTS), Some(UNAVAILABLE));
+/// assert_eq!(status_of_http(StatusCode::OK), None);
+/// ```
+#[must_use]
+pub fn status_of_http(status: StatusCode) -> Option<u32> {
+    Some(match status.as_u16() {
+        200 => return None,
+        400 => INTERNAL,
+        401 => UNAUTHENTICATED,
+        403 => PERMISSION_DENIED,
+        404 => UNIMPLEMENTED,
+        429 | 502 | 503 | 504 => UNAVAILABLE,
+        _ => UNKNOWN,
+    })
+}
+
+/// The `grpc-status` a response's head settles, if it settles one: its own
+/// `grpc-status` header (a trailers-only response), or else, for an HTTP
+/// status other than 200, [`status_of_http`]. `None` means the status is
+/// still to come, in the trailers.
+#[must_use]
+pub fn head_status(status: StatusCode, headers: &HeaderMap) -> Option<u32> {
+    self::status(headers).or_else(|| status_of_http(status))
+}
+
 /// What a server's `grpc-retry-pushback-ms` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushback {
@@ -75,7 +121,7 @@ impl Pushback {
 ///
 /// ```
 /// use std::time::Duration;
-/// use http::{HeaderMap, HeaderValue};
+/// use http::{HeaderMap, HeaderValue, StatusCode};
 /// use palisade_hints::grpc::{pushback, Pushback};
 ///
 /// let mut trailers = HeaderMap::new();
@@ -120,6 +166,28 @@ mod tests {
         assert_eq!(status(&HeaderMap::new()), None);
         assert!(is_dependency_failure(INTERNAL));
         assert!(!is_dependency_failure(5), "NOT_FOUND is an answer");
+    }
+
+    #[test]
+    fn http_statuses_map_as_grpc_clients_map_them() {
+        for code in [429, 502, 503, 504] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert_eq!(status_of_http(status), Some(UNAVAILABLE), "{code}");
+        }
+        assert_eq!(status_of_http(StatusCode::BAD_REQUEST), Some(INTERNAL));
+        assert_eq!(status_of_http(StatusCode::UNAUTHORIZED), Some(16));
+        assert_eq!(status_of_http(StatusCode::FORBIDDEN), Some(7));
+        assert_eq!(status_of_http(StatusCode::NOT_FOUND), Some(12));
+        assert_eq!(status_of_http(StatusCode::IM_A_TEAPOT), Some(UNKNOWN));
+        assert_eq!(status_of_http(StatusCode::OK), None);
+        // The server's own status wins over the HTTP one.
+        let own = fields("grpc-status", "5");
+        assert_eq!(head_status(StatusCode::SERVICE_UNAVAILABLE, &own), Some(5));
+        assert_eq!(head_status(StatusCode::OK, &HeaderMap::new()), None);
+        assert_eq!(
+            head_status(StatusCode::BAD_GATEWAY, &HeaderMap::new()),
+            Some(UNAVAILABLE)
+        );
     }
 
     #[test]
