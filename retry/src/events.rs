@@ -14,7 +14,8 @@ pub(crate) enum GiveUp {
     Deadline,
     /// The retry budget is spent.
     Budget,
-    /// The request cannot be sent again (its body outgrew the buffer).
+    /// The request cannot be sent again: its body outgrew the buffer, or an
+    /// earlier attempt's transport still held it when the wait was over.
     NotReplayable,
 }
 

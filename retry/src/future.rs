@@ -25,7 +25,7 @@ pin_project! {
         S: Service<R::Request>,
     {
         #[pin]
-        attempt: Attempt<S::Future>,
+        attempt: Attempt<S::Future, S::Response>,
         #[pin]
         deadline: Option<Sleep>,
         total: Duration,
@@ -35,9 +35,11 @@ pin_project! {
 
 pin_project! {
     #[project = AttemptProj]
-    enum Attempt<F> {
+    enum Attempt<F, T> {
         Calling { #[pin] future: F },
-        Waiting { #[pin] sleep: Sleep },
+        // The failed attempt's result is kept through the wait: it goes back
+        // to the caller if the request cannot be made again after all.
+        Waiting { #[pin] sleep: Sleep, last: Option<Result<T, BoxError>> },
         Readying,
     }
 }
@@ -76,8 +78,9 @@ impl<S, C, R, Saved, Request> Retrying<S, C, R, Saved, Request> {
         }
     }
 
-    /// The wait before the next attempt, with its request made ready, or
-    /// `None` when `result` goes back to the caller.
+    /// The wait before the next attempt, or `None` when `result` goes back
+    /// to the caller. The request itself is made after the wait
+    /// ([`Self::replay`]).
     fn next_attempt<Req, Res>(
         &mut self,
         result: &Result<Res, BoxError>,
@@ -112,25 +115,41 @@ impl<S, C, R, Saved, Request> Retrying<S, C, R, Saved, Request> {
         };
         let now = Instant::now();
         if let (Some(deadline), Some(started)) = (deadline, self.started) {
-            // The attempt just finished is the estimate of the next one.
+            // The attempt just finished is the estimate of the next one. A
+            // server's hint can be as long as it likes: an end past what an
+            // `Instant` holds is past any deadline.
             let estimate = now.saturating_duration_since(started);
-            if now + delay + estimate > deadline {
+            let end = now.checked_add(delay.saturating_add(estimate));
+            if end.is_none_or(|end| end > deadline) {
                 return give_up(GiveUp::Deadline);
             }
         }
-        let Some(request) = shared.replay.replay(&self.saved) else {
+        if !shared.replay.can_replay(&self.saved) {
             return give_up(GiveUp::NotReplayable);
-        };
+        }
         if let Some(budget) = &shared.budget
             && !budget.withdraw(now)
         {
             return give_up(GiveUp::Budget);
         }
-        self.attempts += 1;
         self.previous_delay = delay;
-        self.next = Some(request);
-        shared.events.retrying(self.attempts, delay);
+        shared.events.retrying(self.attempts + 1, delay);
         Some(delay)
+    }
+
+    /// Makes the next attempt's request once the wait is over (an earlier
+    /// attempt's transport may have let go of the body meanwhile); `false`
+    /// when it cannot be made and the last result goes back to the caller.
+    fn replay<Req>(&mut self) -> bool
+    where
+        R: Replay<Req, Saved = Saved, Request = Request>,
+    {
+        let shared = &*self.shared;
+        self.next = shared.replay.replay(&self.saved);
+        if self.next.is_none() {
+            shared.events.gave_up(GiveUp::NotReplayable, self.attempts);
+        }
+        self.next.is_some()
     }
 }
 
@@ -145,9 +164,13 @@ where
         total: Option<Duration>,
         started: Option<Instant>,
     ) -> Self {
-        let deadline = total
-            .zip(started)
-            .map(|(total, started)| tokio::time::sleep_until(started + total));
+        let deadline = total.zip(started).map(|(total, started)| {
+            // A deadline past what an `Instant` holds is as good as none:
+            // tokio's `sleep` takes it as its farthest future.
+            started
+                .checked_add(total)
+                .map_or_else(|| tokio::time::sleep(total), tokio::time::sleep_until)
+        });
         Self {
             attempt: Attempt::Calling { future },
             deadline,
@@ -193,13 +216,21 @@ where
                     let Some(delay) = retrying.next_attempt(&result, deadline) else {
                         return Poll::Ready(result);
                     };
-                    drop(result);
                     this.attempt.set(Attempt::Waiting {
                         sleep: tokio::time::sleep(delay),
+                        last: Some(result),
                     });
                 }
-                AttemptProj::Waiting { sleep } => {
+                AttemptProj::Waiting { sleep, last } => {
                     ready!(sleep.poll(cx));
+                    let retrying = this
+                        .retrying
+                        .as_mut()
+                        .expect("only a retryable request waits for another attempt");
+                    if !retrying.replay() {
+                        let last = last.take().expect("kept until the wait is over");
+                        return Poll::Ready(last);
+                    }
                     this.attempt.set(Attempt::Readying);
                 }
                 AttemptProj::Readying => {
@@ -214,7 +245,8 @@ where
                             return past_deadline(this.deadline, cx, *this.total, Some(retrying));
                         }
                     }
-                    let request = retrying.next.take().expect("made ready with the delay");
+                    let request = retrying.next.take().expect("made after the wait");
+                    retrying.attempts += 1;
                     retrying.shared.events.attempt();
                     if retrying.started.is_some() {
                         retrying.started = Some(Instant::now());

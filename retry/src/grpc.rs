@@ -5,7 +5,9 @@
 //! Only a trailers-only response can be retried: once a response has
 //! headers and messages, the call is committed and its status arrives with
 //! the trailers, after the caller has the response (gRPC's own retry design
-//! draws the same line). That is how servers answer `UNAVAILABLE`.
+//! draws the same line). That is how servers answer `UNAVAILABLE`. A
+//! response from a proxy without any `grpc-status` is mapped as gRPC clients
+//! map it: HTTP 429, 502, 503 and 504 are `UNAVAILABLE`, and retried.
 //!
 //! Every gRPC request is a `POST`, so the idempotency gate is open:
 //! `UNAVAILABLE` means the server did not process the call. Message bodies
@@ -46,6 +48,11 @@ use crate::layer::RetryLayer;
 /// there is one), `RESOURCE_EXHAUSTED` only with a pushback, and a negative
 /// or unreadable pushback means no retry; connect and timeout errors are
 /// retried; an open breaker's own `UNAVAILABLE` is not.
+///
+/// A response without a `grpc-status` of its own (a proxy or load balancer
+/// answered) is read as gRPC clients read it
+/// ([`palisade_hints::grpc::head_status`]): 429, 502, 503 and 504 are
+/// `UNAVAILABLE` and retried, other statuses are answers.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RetryUnavailable;
 
@@ -59,7 +66,10 @@ impl<B> Classify<Response<B>> for RetryUnavailable {
             return refused(refusal);
         }
         let headers = response.headers();
-        match (grpc::status(headers), grpc::pushback(headers)) {
+        match (
+            grpc::head_status(response.status(), headers),
+            grpc::pushback(headers),
+        ) {
             (Some(grpc::UNAVAILABLE), None) => Verdict::Retry,
             (Some(grpc::UNAVAILABLE | grpc::RESOURCE_EXHAUSTED), Some(Pushback::After(wait))) => {
                 Verdict::RetryAfter(wait)
@@ -114,5 +124,33 @@ mod tests {
         for other in ["0", "2", "4", "5", "13"] {
             assert_eq!(verdict(other, None), Verdict::Return, "{other}");
         }
+    }
+
+    #[test]
+    fn http_429_502_503_504_without_grpc_status_are_unavailable_and_retried() {
+        let verdict = |status: u16, pushback: Option<&'static str>| {
+            let mut response = Response::new(());
+            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            if let Some(ms) = pushback {
+                response
+                    .headers_mut()
+                    .insert("grpc-retry-pushback-ms", ms.parse().unwrap());
+            }
+            RetryUnavailable.classify(&Ok(response))
+        };
+        // A proxy or load balancer answered, not the gRPC server.
+        for status in [429, 502, 503, 504] {
+            assert_eq!(verdict(status, None), Verdict::Retry, "{status}");
+        }
+        assert_eq!(
+            verdict(503, Some("40")),
+            Verdict::RetryAfter(Duration::from_millis(40))
+        );
+        // INTERNAL, UNIMPLEMENTED, UNKNOWN: answers, not retried.
+        for status in [400, 404, 500] {
+            assert_eq!(verdict(status, None), Verdict::Return, "{status}");
+        }
+        // A 200's status is still to come, in the trailers.
+        assert_eq!(verdict(200, None), Verdict::Return);
     }
 }

@@ -57,12 +57,13 @@
 //!
 //! - `http`: [`RetryLayer::new_for_http`]: retries 502, 503, 504, 429 with
 //!   a hint, and connect and timeout errors, of idempotent requests only
-//!   (`GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE`, or any request with an
-//!   `Idempotency-Key`); bodies that are not `Clone` are replayed from a
-//!   bounded buffer ([`http::ReplayBody`]).
-//! - `grpc`: [`RetryLayer::new_for_grpc`]: retries `UNAVAILABLE`, and
-//!   `RESOURCE_EXHAUSTED` when the server sends a pushback, honouring
-//!   `grpc-retry-pushback-ms`.
+//!   (`GET`, `HEAD`, `OPTIONS`, `PUT`, `DELETE`, `TRACE`, or any request
+//!   with an `Idempotency-Key`); bodies that are not `Clone` are replayed
+//!   from a bounded buffer ([`http::ReplayBody`]).
+//! - `grpc`: [`RetryLayer::new_for_grpc`]: retries `UNAVAILABLE` (and a
+//!   proxy's 429, 502, 503 or 504 without a `grpc-status`, which gRPC reads
+//!   as `UNAVAILABLE`), and `RESOURCE_EXHAUSTED` when the server sends a
+//!   pushback, honouring `grpc-retry-pushback-ms`.
 //! - `otel`: [`RetryLayer::instrument`] registers OpenTelemetry counters:
 //!   `palisade.retry.attempts`, `.retries`, `.budget_exhausted` and
 //!   `.give_ups` (by `reason`), each with the attribute `client`.

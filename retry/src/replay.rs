@@ -6,8 +6,11 @@
 /// [`prepare`](Self::prepare) runs once per request, before the first
 /// attempt; returning no saved copy means the request is sent once and never
 /// retried (a `POST` without an idempotency key, in HTTP mode).
-/// [`replay`](Self::replay) makes each further attempt's request, or `None`
-/// when it can no longer be made (a streamed body over its buffer cap).
+/// [`can_replay`](Self::can_replay) is asked when a retry is considered,
+/// before the backoff wait, and [`replay`](Self::replay) makes the retry's
+/// request after the wait (an earlier attempt's transport may have let go
+/// of the body meanwhile), or `None` when it cannot be made: then the last
+/// result goes back to the caller.
 pub trait Replay<Req> {
     /// The request the inner service receives.
     type Request;
@@ -17,8 +20,18 @@ pub trait Replay<Req> {
     /// The first attempt's request, and what is kept for the others.
     fn prepare(&self, request: Req) -> (Self::Request, Option<Self::Saved>);
 
-    /// Another attempt's request.
+    /// Another attempt's request, made when the backoff wait is over.
     fn replay(&self, saved: &Self::Saved) -> Option<Self::Request>;
+
+    /// Whether another attempt's request may still be made, asked before
+    /// the backoff wait: `false` returns the result at once, without a
+    /// wait or a withdrawal from the retry budget (a body already over its
+    /// buffer cap). `true`, the default, leaves the decision to
+    /// [`replay`](Self::replay), after the wait.
+    fn can_replay(&self, saved: &Self::Saved) -> bool {
+        let _ = saved;
+        true
+    }
 }
 
 /// The generic default: requests that are `Clone` are cloned for each

@@ -107,3 +107,30 @@ async fn a_hint_longer_than_the_time_left_stops_retrying() {
     assert!(gaps.is_empty());
     assert_eq!(start.elapsed(), Duration::ZERO);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_server_retry_after_of_twenty_nines_with_a_duration_max_cap_does_not_panic() {
+    let (service, calls) = origin(answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some("99999999999999999999".into()),
+    ));
+    let config = Config::builder()
+        .backoff(Backoff::full_jitter(
+            Duration::from_millis(10),
+            Duration::MAX,
+        ))
+        .deadline(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let response = RetryLayer::new_for_http(config)
+        .layer(service)
+        .oneshot(Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        calls.lock().unwrap().len(),
+        1,
+        "the wait outlasts the deadline"
+    );
+}

@@ -292,3 +292,85 @@ async fn one_budget_serves_every_connection_of_an_axum_router() {
     }
     assert_eq!(calls(&script), 240, "200 requests and 20% of them retried");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_body_the_transport_releases_during_the_backoff_is_replayed() {
+    // The first attempt reads one chunk, answers 503 and hands its body to
+    // a task that lets go of it 1 ms later (a connection still draining
+    // it), well inside the 50 ms backoff: the retry must take it from there.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let origin = tower::service_fn(move |request: Request<ReplayBody<Body>>| {
+        let record = record.clone();
+        async move {
+            let first = record.lock().unwrap().is_empty();
+            let mut body = request.into_body();
+            if first {
+                let chunk = body.frame().await.unwrap().unwrap().into_data().unwrap();
+                record.lock().unwrap().push(chunk);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    drop(body);
+                });
+                return Ok::<_, BoxError>(http::Response::builder().status(503).body(()).unwrap());
+            }
+            let whole = body.collect().await?.to_bytes();
+            record.lock().unwrap().push(whole);
+            Ok(http::Response::new(()))
+        }
+    });
+    let config = Config::builder()
+        .backoff(Backoff::constant(Duration::from_millis(50)))
+        .build()
+        .unwrap();
+    let response = ServiceBuilder::new()
+        .layer(RetryLayer::new_for_http(config).buffer_bodies(64 * 1024))
+        .service(origin)
+        .oneshot(streamed("127.0.0.1:9".parse().unwrap(), 3))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "retried");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[1].len(),
+        3 * 512,
+        "the whole body, replayed then streamed"
+    );
+    assert!(seen[1].starts_with(&seen[0]));
+}
+
+#[test]
+fn the_crate_docs_list_trace_and_every_other_method_the_gate_allows() {
+    let gate = palisade_retry::http::Idempotency::default();
+    let methods = [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::TRACE,
+        Method::POST,
+        Method::PATCH,
+        Method::CONNECT,
+    ];
+    let allowed: Vec<_> = methods
+        .into_iter()
+        .filter(|method| gate.allows(&Request::builder().method(method.clone()).body(()).unwrap()))
+        .collect();
+    assert!(
+        allowed.contains(&Method::TRACE),
+        "RFC 9110: TRACE is idempotent"
+    );
+    for (file, docs) in [
+        ("src/lib.rs", include_str!("../src/lib.rs")),
+        ("src/http/mod.rs", include_str!("../src/http/mod.rs")),
+    ] {
+        for method in &allowed {
+            assert!(
+                docs.contains(&format!("`{method}`")),
+                "{file} omits {method}"
+            );
+        }
+    }
+}

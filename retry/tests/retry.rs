@@ -178,6 +178,44 @@ async fn an_attempt_running_at_the_deadline_is_abandoned() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_deadline_of_duration_max_does_not_panic() {
+    let config = Config::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(10)))
+        .deadline(Duration::MAX)
+        .build()
+        .unwrap();
+    let (service, calls) = always_failing(|| "reset".into());
+    let err = RetryLayer::new(config)
+        .layer(service)
+        .oneshot(1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "reset");
+    assert_eq!(calls.lock().unwrap().len(), 3, "no deadline to speak of");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_hint_under_a_duration_max_cap_and_a_deadline_does_not_panic() {
+    let config = Config::builder()
+        .backoff(Backoff::full_jitter(ms(10), Duration::MAX))
+        .deadline(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let (service, calls) =
+        always_failing(|| Box::new(Refusal::rate_limited(Some(Duration::from_secs(u64::MAX)))));
+    let start = Instant::now();
+    let err = RetryLayer::new(config)
+        .layer(service)
+        .oneshot(1)
+        .await
+        .unwrap_err();
+    assert!(err.is::<Refusal>());
+    assert_eq!(calls.lock().unwrap().len(), 1, "longer than the time left");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_budget_caps_retries_of_a_dead_dependency_at_its_ratio() {
     let config = Config::builder()
         .max_attempts(3)
@@ -228,16 +266,27 @@ async fn the_inner_service_is_polled_ready_before_each_retry() {
     assert_eq!(response.await.unwrap().unwrap(), 70);
 }
 
+/// A hint a server may send: none, a wait of a few hundred milliseconds, or
+/// one as long as a `Duration` holds.
+fn any_hint() -> impl Strategy<Value = Option<Duration>> {
+    prop_oneof![
+        Just(None),
+        (0u64..600).prop_map(|n| Some(ms(n))),
+        any::<u64>().prop_map(|s| Some(Duration::from_secs(s))),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
-    /// However long attempts take and whatever the backoff, the caller has
-    /// an answer by the deadline.
+    /// However long attempts take, whatever the jittered backoff (its cap up
+    /// to `Duration::MAX`) and whatever waits the dependency asks for, the
+    /// caller has an answer by the deadline, and nothing panics.
     #[test]
     fn total_time_never_exceeds_the_deadline(
-        durations in proptest::collection::vec(0u64..500, 1..10),
+        attempts in proptest::collection::vec((0u64..500, any_hint()), 1..10),
         base in 0u64..200,
-        cap in 200u64..1000,
-        deadline in 1u64..3000,
+        cap in prop_oneof![(200u64..1000).prop_map(ms), Just(Duration::MAX)],
+        deadline in prop_oneof![(1u64..3000).prop_map(ms), Just(Duration::MAX)],
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -247,22 +296,26 @@ proptest! {
         let elapsed = runtime.block_on(async {
             let config = Config::builder()
                 .max_attempts(10)
-                .backoff(Backoff::full_jitter(ms(base), ms(cap)))
-                .deadline(ms(deadline))
+                .backoff(Backoff::full_jitter(ms(base), cap))
+                .deadline(deadline)
                 .build()
                 .unwrap();
-            let durations = Arc::new(Mutex::new(durations.into_iter().cycle()));
+            let attempts = Arc::new(Mutex::new(attempts.into_iter().cycle()));
             let service = service_fn(move |_: u32| {
-                let took = ms(durations.lock().unwrap().next().unwrap());
+                let (took, hint) = attempts.lock().unwrap().next().unwrap();
                 async move {
-                    tokio::time::sleep(took).await;
-                    Err::<u32, BoxError>("down".into())
+                    tokio::time::sleep(ms(took)).await;
+                    let error: BoxError = match hint {
+                        Some(wait) => Box::new(Refusal::rate_limited(Some(wait))),
+                        None => "down".into(),
+                    };
+                    Err::<u32, BoxError>(error)
                 }
             });
             let start = Instant::now();
             let _ = RetryLayer::new(config).layer(service).oneshot(1).await;
             start.elapsed()
         });
-        prop_assert!(elapsed <= ms(deadline), "{elapsed:?} > {deadline} ms");
+        prop_assert!(elapsed <= deadline, "{elapsed:?} > {deadline:?}");
     }
 }

@@ -120,6 +120,12 @@ pub(crate) struct Recording<B> {
 }
 
 impl<B: Body> Recording<B> {
+    /// Whether no attempt can ever be replayed: more than the cap was sent,
+    /// or the original failed.
+    pub(crate) fn is_spoiled(&self) -> bool {
+        lock(&self.tape).spoiled
+    }
+
     /// A body for another attempt, unless the recording was spoiled or an
     /// earlier attempt still holds the unread rest of the original.
     pub(crate) fn replay(&self) -> Option<ReplayBody<B>> {

@@ -86,4 +86,8 @@ where
         let body = saved.recording.replay()?;
         Some(Request::from_parts(saved.head.clone(), body))
     }
+
+    fn can_replay(&self, saved: &RecordedRequest<B>) -> bool {
+        !saved.recording.is_spoiled()
+    }
 }
