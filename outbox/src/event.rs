@@ -125,6 +125,8 @@ fn current_trace() -> BTreeMap<String, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub(crate) seq: i64,
+    /// The claim it was handed out under, which fences its settle.
+    pub(crate) claim: Uuid,
     /// The event as enqueued.
     pub event: Event,
     /// When it was enqueued, in milliseconds since the Unix epoch.
@@ -136,7 +138,7 @@ pub struct Message {
 impl Message {
     #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub(crate) fn from_row(
-        seq: i64,
+        (seq, claim): (i64, Uuid),
         id: &str,
         aggregate: (String, String),
         event_type: String,
@@ -146,6 +148,7 @@ impl Message {
     ) -> Self {
         Self {
             seq,
+            claim,
             event: Event {
                 id: Uuid::parse_str(id).unwrap_or_default(),
                 aggregate_type: aggregate.0,

@@ -14,7 +14,9 @@
 //!   `migrate`.
 //! - Several relays can share one outbox: batches are claimed with a lease
 //!   (and `FOR UPDATE SKIP LOCKED` in PostgreSQL); a crashed relay's events
-//!   are claimed again when its lease ends.
+//!   are claimed again when its lease ends. A publish is cut when its
+//!   lease ends, and every settle is fenced by the claim that produced it,
+//!   so a relay that stalled cannot undo what another did since.
 //! - Per-aggregate order (on by default): an event is published only after
 //!   every earlier event of its aggregate was acknowledged, in commit order.
 //! - A failing event backs off on its own, and is dead after its last
@@ -109,7 +111,7 @@ pub use relay::{BatchReport, Relay};
 pub use sqlite::{CommitWake, SqliteInbox, SqliteOutbox};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use store::InboxStore;
-pub use store::{Backlog, OutboxStore};
+pub use store::{Backlog, Failed, OutboxStore};
 
 /// The README's example, compiled as a doctest so it stays true.
 #[doc = include_str!("../README.md")]

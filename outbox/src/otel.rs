@@ -7,6 +7,7 @@
 //! | `palisade.outbox.duplicates` | counter | of those, acknowledged as duplicates |
 //! | `palisade.outbox.failed` | counter | failed attempts that will be retried |
 //! | `palisade.outbox.dead` | counter | events that failed their last attempt |
+//! | `palisade.outbox.superseded` | counter | settles left undone: the claim had passed to another relay |
 //! | `palisade.outbox.publish_latency` | histogram (s) | from the event's commit to the broker's acknowledgement |
 //! | `palisade.outbox.pending` | gauge | events not yet published |
 //! | `palisade.outbox.dead_events` | gauge | dead events waiting for an operator |
@@ -41,6 +42,7 @@ pub(crate) struct Instruments {
     duplicates: Counter<u64>,
     failed: Counter<u64>,
     dead: Counter<u64>,
+    superseded: Counter<u64>,
     latency: Histogram<f64>,
     seen: Arc<Seen>,
     _gauges: [ObservableGauge<f64>; 4],
@@ -105,6 +107,10 @@ impl Instruments {
                 "palisade.outbox.dead",
                 "Events that failed their last attempt",
             ),
+            superseded: counter(
+                "palisade.outbox.superseded",
+                "Settles left undone: the claim had passed to another relay",
+            ),
             latency: meter
                 .f64_histogram("palisade.outbox.publish_latency")
                 .with_unit("s")
@@ -122,6 +128,7 @@ impl Instruments {
         self.duplicates.add(count(report.duplicates), &self.relay);
         self.failed.add(count(report.failed), &self.relay);
         self.dead.add(count(report.dead), &self.relay);
+        self.superseded.add(count(report.superseded), &self.relay);
         for &ms in latencies_ms {
             #[allow(clippy::cast_precision_loss)]
             self.latency.record(ms.max(0) as f64 / 1000.0, &self.relay);

@@ -6,8 +6,21 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use tracing::Instrument;
 
+use crate::error::PublishError;
 use crate::publisher::{Published, Publisher};
-use crate::store::OutboxStore;
+use crate::store::{Failed, OutboxStore};
+
+/// A publish still unacknowledged when its claim's lease ended.
+#[derive(Debug)]
+struct LeaseEnded;
+
+impl std::fmt::Display for LeaseEnded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no acknowledgement before the claim's lease ended")
+    }
+}
+
+impl std::error::Error for LeaseEnded {}
 
 /// What one batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -22,6 +35,9 @@ pub struct BatchReport {
     pub failed: usize,
     /// Events that failed their last attempt and are now dead.
     pub dead: usize,
+    /// Events whose claim had ended and passed to another relay before
+    /// this one settled them: left to the newer claim, unchanged.
+    pub superseded: usize,
 }
 
 /// Publishes what the outbox holds, with acknowledgement, as long as it
@@ -31,6 +47,12 @@ pub struct BatchReport {
 /// A batch's events are published concurrently and marked sent in one
 /// statement; a failed event backs off on its own, and after its last
 /// attempt is dead, without holding up other aggregates.
+///
+/// A publish never outlives its claim's lease: one still unacknowledged
+/// when the lease ends is given up as a failed attempt, before another
+/// relay may claim the event again. And every settle is fenced by the claim
+/// that produced it (see [`OutboxStore`]): a relay that stalled past its
+/// lease cannot undo another relay's "sent".
 #[derive(Debug, Clone)]
 pub struct Relay<St, P> {
     store: St,
@@ -90,6 +112,8 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
     /// The database's error; claimed events are retried once their lease
     /// expires.
     pub async fn run_once(&self) -> Result<BatchReport, sqlx::Error> {
+        // Read before the claim: the lease the database grants ends later.
+        let lease_ends = tokio::time::Instant::now() + self.store.lease();
         let claimed = self.store.claim().await?;
         if claimed.is_empty() {
             return Ok(BatchReport::default());
@@ -98,7 +122,10 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
             tracing::info_span!(target: "palisade_outbox", "outbox.batch", claimed = claimed.len());
         async {
             let started = Instant::now();
-            let outcomes = join_all(claimed.iter().map(|message| self.publisher.publish(message))).await;
+            let outcomes = join_all(claimed.iter().map(|message| {
+                tokio::time::timeout_at(lease_ends, self.publisher.publish(message))
+            }))
+            .await;
             let mut report = BatchReport {
                 claimed: claimed.len(),
                 ..BatchReport::default()
@@ -107,16 +134,18 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
             let mut failed = Vec::new();
             for (message, outcome) in claimed.into_iter().zip(outcomes) {
                 match outcome {
-                    Ok(published) => {
+                    Ok(Ok(published)) => {
                         report.duplicates += usize::from(published == Published::Duplicate);
                         sent.push(message);
                     }
-                    Err(error) => failed.push((message, error)),
+                    Ok(Err(error)) => failed.push((message, error)),
+                    Err(_) => failed.push((message, PublishError::new(LeaseEnded))),
                 }
             }
             report.published = sent.len();
             if !sent.is_empty() {
-                self.store.mark_sent(&sent).await?;
+                let settled = self.store.mark_sent(&sent).await?;
+                report.superseded += sent.len().saturating_sub(settled);
             }
             #[cfg(feature = "otel")]
             let latencies: Vec<i64> = {
@@ -126,20 +155,30 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
                 sent.iter().map(|message| now_ms - message.created_at_ms).collect()
             };
             for (message, error) in failed {
-                let dead = self.store.mark_failed(&message, &error.to_string()).await?;
-                if dead {
-                    report.dead += 1;
-                    tracing::error!(
-                        target: "palisade_outbox",
-                        id = %message.event.id,
-                        aggregate = %message.event.aggregate_id,
-                        %error,
-                        "event dead after its last attempt"
-                    );
-                } else {
-                    report.failed += 1;
-                    tracing::warn!(target: "palisade_outbox", id = %message.event.id, %error, "publish failed; backing off");
+                match self.store.mark_failed(&message, &error.to_string()).await? {
+                    Failed::Dead => {
+                        report.dead += 1;
+                        tracing::error!(
+                            target: "palisade_outbox",
+                            id = %message.event.id,
+                            aggregate = %message.event.aggregate_id,
+                            %error,
+                            "event dead after its last attempt"
+                        );
+                    }
+                    Failed::BackingOff => {
+                        report.failed += 1;
+                        tracing::warn!(target: "palisade_outbox", id = %message.event.id, %error, "publish failed; backing off");
+                    }
+                    Failed::Superseded => report.superseded += 1,
                 }
+            }
+            if report.superseded > 0 {
+                tracing::warn!(
+                    target: "palisade_outbox",
+                    superseded = report.superseded,
+                    "claims ended before they were settled; left to the relays that claimed them since"
+                );
             }
             #[cfg(feature = "otel")]
             if let Some(instruments) = &self.instruments {

@@ -138,6 +138,7 @@ impl OutboxSql {
              status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sent', 'dead')), \
              last_error TEXT, \
              claimed_until {time}, \
+             claim_id TEXT, \
              sent_at {time})"
         ));
         for (suffix, columns, filter) in [
@@ -173,7 +174,9 @@ impl OutboxSql {
             #[cfg(feature = "sqlite")]
             Dialect::Sqlite => "",
         };
-        // `$1` is a comma-separated list of seqs.
+        // `$1` is a comma-separated list of seqs. Every settle is fenced by
+        // the claim that produced it: it changes a row only while the row
+        // still carries that claim's id.
         let seqs = match dialect {
             #[cfg(feature = "postgres")]
             Dialect::Postgres => "seq = ANY(string_to_array($1, ',')::bigint[])".to_owned(),
@@ -201,7 +204,7 @@ impl OutboxSql {
                 ),
             },
             claim: format!(
-                "UPDATE {t} SET claimed_until = {lease} WHERE seq IN (SELECT o.seq FROM {t} o \
+                "UPDATE {t} SET claimed_until = {lease}, claim_id = $3 WHERE seq IN (SELECT o.seq FROM {t} o \
                  WHERE o.status = 'pending' AND o.next_attempt_at <= {now} \
                  AND (o.claimed_until IS NULL OR o.claimed_until < {now}) {order} \
                  ORDER BY o.seq LIMIT $1 {skip_locked}) \
@@ -211,13 +214,14 @@ impl OutboxSql {
                 created = dialect.epoch_ms("created_at"),
             ),
             sent: format!(
-                "UPDATE {t} SET status = 'sent', sent_at = {now}, claimed_until = NULL WHERE {seqs}"
+                "UPDATE {t} SET status = 'sent', sent_at = {now}, claimed_until = NULL, claim_id = NULL \
+                 WHERE {seqs} AND claim_id = $2"
             ),
             failed: format!(
                 "UPDATE {t} SET attempts = attempts + 1, last_error = $2, claimed_until = NULL, \
-                 next_attempt_at = {backoff}, \
+                 claim_id = NULL, next_attempt_at = {backoff}, \
                  status = CASE WHEN attempts + 1 >= $4 THEN 'dead' ELSE 'pending' END \
-                 WHERE seq = $1 RETURNING status = 'dead'",
+                 WHERE seq = $1 AND claim_id = $5 RETURNING status = 'dead'",
                 backoff = dialect.shifted('+', "$3"),
             ),
             clean_up: format!(

@@ -20,24 +20,52 @@ pub struct Backlog {
     pub oldest_pending: Option<Duration>,
 }
 
+/// What [`OutboxStore::mark_failed`] did with a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    /// Pending again, once its backoff has passed.
+    BackingOff,
+    /// That was its last attempt: dead until an operator requeues it.
+    Dead,
+    /// Nothing: the claim the attempt came from had ended and the event
+    /// was claimed again since (by another relay, after the lease), so the
+    /// newer claim settles it.
+    Superseded,
+}
+
 /// The outbox table, as the relay works it. Implemented for PostgreSQL
-/// (feature `postgres`).
+/// (feature `postgres`) and SQLite (feature `sqlite`).
+///
+/// Every settle is fenced by the claim that produced it: a claim stamps its
+/// events with a claim id of its own, and `mark_sent` / `mark_failed`
+/// change an event only while it still carries that id. A relay that
+/// stalled past its lease, while another relay claimed its events again,
+/// can no longer undo what the other relay did.
 pub trait OutboxStore: Clone + Send + Sync + 'static {
     /// Claims up to a batch of publishable events for the lease: pending,
     /// due, unclaimed, and (when ordered) the first unsent event of their
     /// aggregate.
     fn claim(&self) -> impl Future<Output = Result<Vec<Message>, sqlx::Error>> + Send;
 
-    /// Marks these events sent, in one statement.
-    fn mark_sent(&self, sent: &[Message]) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    /// How long a claim lasts: the relay gives up on a publish once its
+    /// claim's lease has run out.
+    fn lease(&self) -> Duration;
 
-    /// Records a failed attempt: back off, or dead after the last one.
-    /// Returns whether the event is now dead.
+    /// Marks these events sent, in one statement, each only if it is still
+    /// under the claim it came from; returns how many were (the others
+    /// were [`Superseded`](Failed::Superseded)).
+    fn mark_sent(
+        &self,
+        sent: &[Message],
+    ) -> impl Future<Output = Result<usize, sqlx::Error>> + Send;
+
+    /// Records a failed attempt, if the event is still under the claim it
+    /// came from: back off, or dead after the last attempt.
     fn mark_failed(
         &self,
         message: &Message,
         error: &str,
-    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<Failed, sqlx::Error>> + Send;
 
     /// Deletes sent events past their retention, one bounded batch;
     /// returns how many went.

@@ -125,16 +125,18 @@ macro_rules! sql_outbox {
         impl $crate::store::OutboxStore for $name {
             async fn claim(&self) -> Result<Vec<$crate::Message>, sqlx::Error> {
                 use sqlx::Row as _;
+                let claim = uuid::Uuid::now_v7();
                 let rows = sqlx::query(&self.sql.claim)
                     .bind(i64::from(self.config.batch_size))
                     .bind($crate::stores::millis(self.config.lease))
+                    .bind(claim.to_string())
                     .fetch_all(&self.pool)
                     .await?;
                 let mut messages: Vec<$crate::Message> = rows
                     .iter()
                     .map(|row| {
                         $crate::Message::from_row(
-                            row.get("seq"),
+                            (row.get("seq"), claim),
                             row.get::<&str, _>("id"),
                             (row.get("aggregate_type"), row.get("aggregate_id")),
                             row.get("event_type"),
@@ -148,24 +150,43 @@ macro_rules! sql_outbox {
                 Ok(messages)
             }
 
-            async fn mark_sent(&self, sent: &[$crate::Message]) -> Result<(), sqlx::Error> {
-                sqlx::query(&self.sql.sent)
-                    .bind($crate::stores::seq_list(sent))
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
+            fn lease(&self) -> std::time::Duration {
+                self.config.lease
             }
 
-            async fn mark_failed(&self, message: &$crate::Message, error: &str) -> Result<bool, sqlx::Error> {
+            async fn mark_sent(&self, sent: &[$crate::Message]) -> Result<usize, sqlx::Error> {
+                let mut settled = 0;
+                // One statement per claim (a relay's batch is one claim).
+                for claim in $crate::stores::claims(sent) {
+                    let done = sqlx::query(&self.sql.sent)
+                        .bind($crate::stores::seq_list(claim))
+                        .bind(claim[0].claim.to_string())
+                        .execute(&self.pool)
+                        .await?;
+                    settled += usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
+                }
+                Ok(settled)
+            }
+
+            async fn mark_failed(
+                &self,
+                message: &$crate::Message,
+                error: &str,
+            ) -> Result<$crate::Failed, sqlx::Error> {
                 let attempt = u32::try_from(message.attempts).unwrap_or(0);
-                let dead: bool = sqlx::query_scalar(&self.sql.failed)
+                let dead: Option<bool> = sqlx::query_scalar(&self.sql.failed)
                     .bind(message.seq)
                     .bind(error)
                     .bind($crate::stores::millis(self.config.backoff_after(attempt)))
                     .bind(i32::try_from(self.config.max_attempts).unwrap_or(i32::MAX))
-                    .fetch_one(&self.pool)
+                    .bind(message.claim.to_string())
+                    .fetch_optional(&self.pool)
                     .await?;
-                Ok(dead)
+                Ok(match dead {
+                    Some(true) => $crate::Failed::Dead,
+                    Some(false) => $crate::Failed::BackingOff,
+                    None => $crate::Failed::Superseded,
+                })
             }
 
             async fn clean_up(&self) -> Result<u64, sqlx::Error> {
@@ -317,6 +338,11 @@ use crate::store::Backlog;
 /// A duration bound as milliseconds.
 pub(crate) fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
+}
+
+/// `messages` in runs of one claim each, in order.
+pub(crate) fn claims(messages: &[Message]) -> impl Iterator<Item = &[Message]> {
+    messages.chunk_by(|a, b| a.claim == b.claim)
 }
 
 /// The seqs of `messages`, comma-separated, as the `sent` statement takes

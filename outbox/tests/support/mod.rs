@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use palisade_outbox::{
-    Event, MemoryBroker, Message, OutboxConfig, OutboxStore, PublishError, Published, Publisher,
-    Relay,
+    Event, Failed, MemoryBroker, Message, OutboxConfig, OutboxStore, PublishError, Published,
+    Publisher, Relay,
 };
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -371,6 +371,108 @@ pub async fn a_crashed_relays_claims_return_when_its_lease_ends<H: Harness>() {
         2,
         "the lease ended"
     );
+    h.finish().await;
+}
+
+/// Holds every publish until the end of time: a stalled broker connection.
+#[derive(Clone)]
+struct Stalled;
+
+impl Publisher for Stalled {
+    async fn publish(&self, _: &Message) -> Result<Published, PublishError> {
+        std::future::pending().await
+    }
+}
+
+/// Claims again until the lease of `store`'s last claim has ended and the
+/// claim comes back (the database's clock decides, so poll).
+async fn claim_after_the_lease<S: OutboxStore>(store: &S) -> Vec<Message> {
+    for _ in 0..600 {
+        let claimed = store.claim().await.unwrap();
+        if !claimed.is_empty() {
+            return claimed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the lease never ended");
+}
+
+/// Relay A stalls past its lease; B claims the event again, publishes it
+/// and marks it sent, then publishes the aggregate's next event. A's late
+/// failure must change nothing: the claim it comes from is over.
+pub async fn a_late_failure_does_not_undo_another_relays_sent<H: Harness>() {
+    let h = H::start(|c| c.lease(Duration::from_millis(200)).max_attempts(2)).await;
+    h.place(&[event("a", 1), event("a", 2)], true).await;
+    let stalled = h.store().claim().await.unwrap();
+    assert_eq!(stalled.len(), 1, "a/1 first: per-aggregate order");
+
+    let broker = MemoryBroker::new(10);
+    let mut subscriber = broker.subscribe();
+    let relay = Relay::new(h.store().clone(), broker);
+    let taken_over = claim_after_the_lease(h.store()).await;
+    assert_eq!(taken_over[0].event.id(), stalled[0].event.id());
+    assert_eq!(h.store().mark_sent(&taken_over).await.unwrap(), 1);
+    assert_eq!(relay.run_once().await.unwrap().published, 1, "a/2");
+
+    // A's publish times out at last.
+    assert_eq!(
+        h.store()
+            .mark_failed(&stalled[0], "timed out")
+            .await
+            .unwrap(),
+        Failed::Superseded
+    );
+    let backlog = h.store().backlog().await.unwrap();
+    assert_eq!((backlog.pending, backlog.dead), (0, 0), "{backlog:?}");
+    assert_eq!(
+        relay.run_once().await.unwrap().claimed,
+        0,
+        "not published again"
+    );
+    let got: Vec<String> = drain(&mut subscriber).iter().map(payload).collect();
+    assert_eq!(got, ["2"]);
+    h.finish().await;
+}
+
+/// Relay A's claim ends while B holds the event: A's late "sent" must not
+/// settle B's claim (B's publish may yet fail, and the aggregate's next
+/// event must wait for B's outcome).
+pub async fn a_late_sent_does_not_settle_another_relays_claim<H: Harness>() {
+    let h = H::start(|c| {
+        c.lease(Duration::from_millis(200))
+            .backoff(Duration::from_secs(60), Duration::from_secs(60))
+    })
+    .await;
+    h.place(&[event("a", 1)], true).await;
+    let stalled = h.store().claim().await.unwrap();
+    let taken_over = claim_after_the_lease(h.store()).await;
+    assert_eq!(h.store().mark_sent(&stalled).await.unwrap(), 0);
+    let backlog = h.store().backlog().await.unwrap();
+    assert_eq!(backlog.pending, 1, "still B's to settle: {backlog:?}");
+    assert_eq!(
+        h.store()
+            .mark_failed(&taken_over[0], "rejected")
+            .await
+            .unwrap(),
+        Failed::BackingOff
+    );
+    let backlog = h.store().backlog().await.unwrap();
+    assert_eq!(backlog.pending, 1, "B's failure counts: {backlog:?}");
+    h.finish().await;
+}
+
+/// A publish that hangs is cut when the claim's lease ends, and counts as
+/// a failed attempt: the relay goes on, and the event backs off.
+pub async fn a_publish_never_outlives_its_lease<H: Harness>() {
+    let h = H::start(|c| c.lease(Duration::from_millis(300))).await;
+    h.place(&[event("a", 1)], true).await;
+    let relay = Relay::new(h.store().clone(), Stalled);
+    let report = tokio::time::timeout(Duration::from_secs(30), relay.run_once())
+        .await
+        .expect("the publish is cut at the end of its lease")
+        .unwrap();
+    assert_eq!((report.claimed, report.failed), (1, 1), "{report:?}");
+    assert_eq!(h.store().backlog().await.unwrap().pending, 1);
     h.finish().await;
 }
 
