@@ -198,11 +198,11 @@ where
             State::Fresh => Served::Fresh,
             State::RefreshEarly => {
                 self.flights.events().early_refresh();
-                self.refresh_in_background(key, compute);
+                self.refresh_in_background(&key, compute);
                 Served::Fresh
             }
             State::Stale => {
-                self.refresh_in_background(key, compute);
+                self.refresh_in_background(&key, compute);
                 Served::Stale
             }
             State::Expired | State::Dead => {
@@ -248,20 +248,23 @@ where
         })
     }
 
-    /// Starts one background refresh of `key` (joining one in flight).
-    fn refresh_in_background<F, Fut>(&self, key: K, compute: F)
+    /// Starts one background refresh of `key`, unless a flight of `key`
+    /// is running already (decided now, not when a task first runs, so a
+    /// burst of stale reads starts one refresh and one task).
+    fn refresh_in_background<F, Fut>(&self, key: &K, compute: F)
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<(V, Option<Freshness>), E>> + Send + 'static,
     {
-        if self.flights.waiters(&key) > 0 {
-            return;
-        }
-        let flights = self.flights.clone();
         let computation = self.computation(key.clone(), compute);
-        tokio::spawn(async move {
-            if flights.run(key, computation).await.is_err() {
-                tracing::warn!(target: "palisade_coalesce", "background refresh failed; keeping the stale value");
+        self.flights.start(key, move || {
+            let refreshing = computation();
+            async move {
+                let refreshed = refreshing.await;
+                if refreshed.is_err() {
+                    tracing::warn!(target: "palisade_coalesce", "background refresh failed; keeping the stale value");
+                }
+                refreshed
             }
         });
     }
@@ -282,6 +285,12 @@ where
                 let started = Instant::now();
                 let (value, fresh_for) = compute().await?;
                 let Some(freshness) = fresh_for else {
+                    // Not to be kept: nor is an older value to be served
+                    // (stale, or in place of an error) in its place.
+                    entries
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&key);
                     return Ok(value);
                 };
                 let now = Instant::now();

@@ -8,7 +8,8 @@ use std::future::Future;
 use std::hash::Hash;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
 use tokio::sync::watch;
@@ -96,9 +97,10 @@ type FlightMap<K, V, E> = HashMap<K, Arc<Flight<V, E>>, foldhash::fast::RandomSt
 /// One computation in flight.
 struct Flight<V, E> {
     landing: watch::Receiver<Landing<V, E>>,
-    task: AbortHandle,
+    /// Set by the caller that started the flight, before it can leave.
+    task: OnceLock<AbortHandle>,
     /// Callers waiting; changed only under the map's lock.
-    waiters: std::sync::atomic::AtomicUsize,
+    waiters: AtomicUsize,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -143,19 +145,22 @@ where
         lock(&self.inner.flights).len()
     }
 
-    /// Callers waiting on `key`'s flight now (0 when none is in flight).
+    /// Callers waiting on `key`'s flight now (0 when none is in flight; a
+    /// cache's background refresh counts as one).
     #[must_use]
     pub fn waiters(&self, key: &K) -> usize {
-        lock(&self.inner.flights).get(key).map_or(0, |flight| {
-            flight.waiters.load(std::sync::atomic::Ordering::Relaxed)
-        })
+        lock(&self.inner.flights)
+            .get(key)
+            .map_or(0, |flight| flight.waiters.load(Ordering::Relaxed))
     }
 
     /// The result of `compute` for `key`, computed once for every caller
     /// that asks while it runs.
     ///
-    /// `compute` runs on the Tokio runtime as a task of its own; it is
-    /// called only if no flight for `key` is running.
+    /// `compute` is called only if no flight for `key` is running, outside
+    /// the coalescer's lock (it may look at this coalescer), and its future
+    /// runs on the Tokio runtime as a task of its own. A panic in either
+    /// reaches every waiter as [`FlightError::Panicked`].
     ///
     /// # Errors
     ///
@@ -168,12 +173,14 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
-        let (flight, mut landing) = match self.board(&key, compute) {
+        let (flight, mut landing) = match self.board(&key, compute, true) {
             Boarding::Aboard(flight, landing) => (flight, landing),
             Boarding::Full(compute) => {
                 tracing::debug!(target: "palisade_coalesce", "flight map full; computing uncoalesced");
-                return land(CatchUnwind(Box::pin(compute())).await);
+                self.inner.events.started();
+                return land(CatchUnwind::call(compute).await);
             }
+            Boarding::Running => unreachable!("a joining caller boards a running flight"),
         };
         let waiting = Waiting {
             inner: &self.inner,
@@ -199,43 +206,76 @@ where
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
 {
-    /// Joins `key`'s flight, or starts it with `compute`, under the map's
-    /// lock (never held across an await).
-    fn board<F, Fut>(&self, key: &K, compute: F) -> Boarding<V, E, F>
+    /// Starts a flight for `key` with `compute` unless one is running,
+    /// without waiting for it: a background refresh. The flight counts
+    /// one waiter that never leaves, so it runs to its end whoever joins
+    /// and leaves it. With the map full, nothing starts.
+    pub(crate) fn start<F, Fut>(&self, key: &K, compute: F)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
-        let mut flights = lock(&self.inner.flights);
-        if let Some(flight) = flights.get(key) {
-            flight
-                .waiters
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.inner.events.joined();
-            return Boarding::Aboard(flight.clone(), flight.landing.clone());
+        if let Boarding::Full(_) = self.board(key, compute, false) {
+            tracing::debug!(target: "palisade_coalesce", "flight map full; background refresh skipped");
         }
+    }
+
+    /// Joins `key`'s flight (unless `join` is off), or starts it with
+    /// `compute`. The map's lock is held only to look and insert: the
+    /// closure is called after, so it may panic or use this coalescer.
+    fn board<F, Fut>(&self, key: &K, compute: F, join: bool) -> Boarding<V, E, F>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
+        let (flight, landing) = {
+            let mut flights = lock(&self.inner.flights);
+            if let Some(flight) = flights.get(key) {
+                if !join {
+                    return Boarding::Running;
+                }
+                flight.waiters.fetch_add(1, Ordering::Relaxed);
+                self.inner.events.joined();
+                return Boarding::Aboard(flight.clone(), flight.landing.clone());
+            }
+            if flights.len() >= self.inner.max_flights {
+                return Boarding::Full(compute);
+            }
+            let (sender, landing) = watch::channel(None);
+            let flight = Arc::new(Flight {
+                landing: landing.clone(),
+                task: OnceLock::new(),
+                waiters: AtomicUsize::new(1),
+            });
+            flights.insert(key.clone(), flight.clone());
+            (flight, (sender, landing))
+        };
+        let (sender, landing) = landing;
         self.inner.events.started();
-        if flights.len() >= self.inner.max_flights {
-            return Boarding::Full(compute);
-        }
-        let (sender, landing) = watch::channel(None);
-        let inner = Arc::downgrade(&self.inner);
-        let own_key = key.clone();
-        let computation = CatchUnwind(Box::pin(compute()));
+        let computation = CatchUnwind::call(compute);
+        let (inner, own_key, own) = (
+            Arc::downgrade(&self.inner),
+            key.clone(),
+            Arc::downgrade(&flight),
+        );
         let task = tokio::spawn(async move {
             let result = land(computation.await);
-            // Leave the map first: a caller from now on starts anew.
+            // Leave the map first (unless a newer flight of the key took
+            // this one's place): a caller from now on starts anew.
             if let Some(inner) = inner.upgrade() {
-                lock(&inner.flights).remove(&own_key);
+                let mut flights = lock(&inner.flights);
+                if flights
+                    .get(&own_key)
+                    .is_some_and(|f| std::ptr::eq(Arc::as_ptr(f), own.as_ptr()))
+                {
+                    flights.remove(&own_key);
+                }
             }
             sender.send_replace(Some(result));
         });
-        let flight = Arc::new(Flight {
-            landing: landing.clone(),
-            task: task.abort_handle(),
-            waiters: std::sync::atomic::AtomicUsize::new(1),
-        });
-        flights.insert(key.clone(), flight.clone());
+        // The starting caller counts as a waiter until `board` returns, so
+        // no one can find the flight abandoned before this is set.
+        let _ = flight.task.set(task.abort_handle());
         Boarding::Aboard(flight, landing)
     }
 }
@@ -246,6 +286,8 @@ enum Boarding<V, E, F> {
     Aboard(Arc<Flight<V, E>>, watch::Receiver<Landing<V, E>>),
     /// No room: compute alone.
     Full(F),
+    /// A flight is running and the caller did not join it.
+    Running,
 }
 
 /// One caller's place in a flight: leaving makes the flight one waiter
@@ -259,13 +301,11 @@ struct Waiting<'a, K: Hash + Eq, V, E> {
 impl<K: Hash + Eq, V, E> Drop for Waiting<'_, K, V, E> {
     fn drop(&mut self) {
         let mut flights = lock(&self.inner.flights);
-        let left = self
-            .flight
-            .waiters
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
-            - 1;
+        let left = self.flight.waiters.fetch_sub(1, Ordering::Relaxed) - 1;
         if left == 0 && self.flight.landing.borrow().is_none() {
-            self.flight.task.abort();
+            if let Some(task) = self.flight.task.get() {
+                task.abort();
+            }
             if flights
                 .get(self.key)
                 .is_some_and(|f| Arc::ptr_eq(f, self.flight))
@@ -294,14 +334,37 @@ fn land<V, E>(caught: Result<Result<V, E>, Box<dyn Any + Send>>) -> Result<V, Fl
     }
 }
 
-/// A computation whose panic becomes a value.
-struct CatchUnwind<Fut>(Pin<Box<Fut>>);
+/// A computation whose panic, in its closure or its future, becomes a
+/// value.
+enum CatchUnwind<Fut> {
+    Running(Pin<Box<Fut>>),
+    /// The closure panicked; the panic, until polled.
+    Panicked(Option<Box<dyn Any + Send>>),
+}
+
+impl<Fut> CatchUnwind<Fut> {
+    /// Calls `compute`, catching a panic before its future exists.
+    fn call(compute: impl FnOnce() -> Fut) -> Self {
+        match std::panic::catch_unwind(AssertUnwindSafe(compute)) {
+            Ok(future) => Self::Running(Box::pin(future)),
+            Err(panic) => Self::Panicked(Some(panic)),
+        }
+    }
+}
 
 impl<T, Fut: Future<Output = T>> Future for CatchUnwind<Fut> {
     type Output = Result<T, Box<dyn Any + Send>>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let future = self.0.as_mut();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The future is boxed: nothing here is pinned in place.
+        let future = match self.get_mut() {
+            Self::Running(future) => future.as_mut(),
+            Self::Panicked(panic) => {
+                return Poll::Ready(Err(panic
+                    .take()
+                    .unwrap_or_else(|| Box::new("polled again"))));
+            }
+        };
         match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),

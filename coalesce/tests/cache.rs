@@ -80,10 +80,18 @@ async fn a_stale_value_is_served_at_once_while_one_refresh_runs() {
     let origin = Origin::default();
     cache.get_with("top", origin.compute(s(1))).await.unwrap();
     tokio::time::advance(s(40)).await;
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    // No read yields: each finds the refresh the first one started.
     for _ in 0..50 {
         let stale = cache.get_with("top", origin.compute(s(5))).await.unwrap();
         assert_eq!((stale.value, stale.served), (1, Served::Stale));
     }
+    assert_eq!(tasks(), before + 1, "one refresh task, not one per read");
     settle().await;
     tokio::time::sleep(s(5)).await;
     assert_eq!(origin.calls(), 2, "fifty stale reads, one refresh");
@@ -159,4 +167,31 @@ async fn the_cache_holds_at_most_its_capacity() {
             .unwrap();
     }
     assert!(cache.len() <= 16, "{} entries", cache.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_that_may_not_be_stored_drops_the_old_entry() {
+    let freshness = Freshness::new(s(30))
+        .stale_while_revalidate(s(60))
+        .stale_if_error(s(600))
+        .early_refresh(0.0);
+    let cache = Trending::new(100, freshness);
+    cache
+        .get_with_freshness("top", move || async move { Ok((1, Some(freshness))) })
+        .await
+        .unwrap();
+    tokio::time::advance(s(40)).await;
+    // The origin now says the value may not be kept (`no-store`, say).
+    let stale = cache
+        .get_with_freshness("top", || async { Ok((2, None)) })
+        .await
+        .unwrap();
+    assert_eq!((stale.value, stale.served), (1, Served::Stale));
+    settle().await;
+    assert!(cache.is_empty(), "the old entry is dropped, not kept stale");
+    let next = cache
+        .get_with_freshness("top", || async { Ok((3, None)) })
+        .await
+        .unwrap();
+    assert_eq!((next.value, next.served), (3, Served::Miss));
 }

@@ -195,3 +195,122 @@ async fn past_its_bound_the_map_lets_callers_compute_alone() {
         assert_eq!(caller.await.unwrap().unwrap(), 1);
     }
 }
+
+/// A value that says when the last copy of it is dropped: the flight's
+/// channel keeps it until the flight's task has ended.
+#[derive(Debug)]
+struct Ended(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        if let Some(ended) = self.0.lock().unwrap().take() {
+            let _ = ended.send(());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_flight_leaves_a_newer_flight_of_its_key_in_place() {
+    let coalescer: Coalescer<&'static str, Arc<Ended>, OriginDown> = Coalescer::new(1000);
+    let (gate, (entered, entered_rx)) = (Arc::new(Notify::new()), tokio::sync::oneshot::channel());
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (ended, task_ended) = tokio::sync::oneshot::channel();
+    let first = {
+        let (coalescer, gate) = (coalescer.clone(), gate.clone());
+        tokio::spawn(async move {
+            coalescer
+                .run("k", move || async move {
+                    gate.notified().await;
+                    // The flight's last poll, held on its worker thread while
+                    // its waiter leaves and a new caller starts a new flight.
+                    entered.send(()).unwrap();
+                    released.recv().unwrap();
+                    Ok(Arc::new(Ended(std::sync::Mutex::new(Some(ended)))))
+                })
+                .await
+        })
+    };
+    while coalescer.waiters(&"k") < 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    gate.notify_one();
+    entered_rx.await.unwrap();
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    assert_eq!(coalescer.in_flight(), 0, "the last waiter left");
+    let second = {
+        let coalescer = coalescer.clone();
+        tokio::spawn(async move {
+            coalescer
+                .run("k", || {
+                    std::future::pending::<Result<Arc<Ended>, OriginDown>>()
+                })
+                .await
+        })
+    };
+    while coalescer.waiters(&"k") < 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    release.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task_ended)
+        .await
+        .expect("the first flight's task ends")
+        .unwrap();
+    assert_eq!(
+        (coalescer.in_flight(), coalescer.waiters(&"k")),
+        (1, 1),
+        "the second caller's flight is still in the map"
+    );
+    second.abort();
+}
+
+#[test]
+fn a_re_entrant_call_from_the_closure_does_not_deadlock() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let coalescer = Flights::new(1000);
+        let inside = coalescer.clone();
+        let result = runtime.block_on(coalescer.run("k", move || {
+            // The closure looks at the coalescer before returning its future.
+            let in_flight = inside.in_flight();
+            async move { Ok(u64::try_from(in_flight).unwrap()) }
+        }));
+        done.send(result).unwrap();
+    });
+    let result = finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the call returns rather than deadlock");
+    assert_eq!(result.unwrap(), 1, "its own flight is in the map");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_synchronous_panic_in_the_closure_does_not_escape() {
+    let coalescer = Flights::new(1000);
+    let caller = {
+        let coalescer = coalescer.clone();
+        tokio::spawn(async move {
+            coalescer
+                .run("k", || -> std::future::Ready<Result<u64, OriginDown>> {
+                    panic!("bad configuration")
+                })
+                .await
+        })
+    };
+    match caller.await.expect("the caller's task did not panic") {
+        Err(FlightError::Panicked(message)) => assert_eq!(&*message, "bad configuration"),
+        other => panic!("expected a panic error, got {other:?}"),
+    }
+    assert_eq!(coalescer.in_flight(), 0);
+    // Past the map's bound too (computing alone).
+    let full = Flights::new(0);
+    let alone = full
+        .run("k", || -> std::future::Ready<Result<u64, OriginDown>> {
+            panic!("bad configuration")
+        })
+        .await;
+    assert!(matches!(alone, Err(FlightError::Panicked(_))));
+}
