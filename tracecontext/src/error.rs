@@ -62,8 +62,6 @@ impl Error for TraceParentError {}
 pub enum TraceStateError {
     /// More than 32 members.
     TooManyMembers,
-    /// The same key twice.
-    DuplicateKey,
     /// A member without `=`.
     MissingEquals,
     /// A key outside the key grammar.
@@ -77,7 +75,6 @@ impl fmt::Display for TraceStateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::TooManyMembers => "tracestate has more than 32 members",
-            Self::DuplicateKey => "tracestate has a key twice",
             Self::MissingEquals => "tracestate member has no '='",
             Self::InvalidKey => "tracestate key breaks the key grammar",
             Self::InvalidValue => "tracestate value breaks the value grammar",

@@ -22,6 +22,14 @@
 //! suite requires. The sampled and random flags are kept exactly as
 //! received; undefined flag bits are dropped.
 //!
+//! The text followed is W3C Trace Context Level 2
+//! (<https://www.w3.org/TR/trace-context-2/>, Candidate Recommendation
+//! Draft), not the 2021 Recommendation: a `tracestate` key is one rule of up
+//! to 256 characters with `@` an ordinary character, and a repeated key
+//! keeps its first member instead of discarding the header. The
+//! w3c/trace-context harness (`main`, `SPEC_LEVEL=2 STRICT_LEVEL=2`) tests
+//! that text, and `tests/conformance.rs` ports its cases.
+//!
 //! # Example
 //!
 //! A service that continues incoming traces and propagates them to the

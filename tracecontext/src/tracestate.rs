@@ -16,18 +16,26 @@ const LONG_MEMBER: usize = 128;
 /// A validated `tracestate`: an ordered list of `key=value` members, most
 /// recent vendor first.
 ///
-/// Parsing follows the W3C Trace Context specification exactly, and a
-/// header that breaks any rule is discarded whole:
+/// Parsing follows the `tracestate` rules of W3C Trace Context Level 2
+/// (<https://www.w3.org/TR/trace-context-2/>, the Candidate Recommendation
+/// Draft text, as tested by the w3c/trace-context harness since its
+/// Level 2 key grammar update, w3c/trace-context#584), and a header that
+/// breaks any rule is discarded whole:
 ///
 /// - all header lines are combined in order; members are separated by `,`
 ///   with optional spaces and tabs; empty members are dropped;
-/// - at most 32 members, and no key twice;
-/// - a key is `lcalpha` then up to 255 of `[a-z0-9_\-*/]`, or a
-///   multi-tenant key `tenant@system`: a tenant of 1 to 241 characters
-///   starting with `lcalpha` or a digit, and a system of 1 to 14 starting
-///   with `lcalpha`;
+/// - at most 32 members, counted as received;
+/// - a key is `( lcalpha / DIGIT ) 0*255 ( keychar )` with
+///   `keychar = lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@"`: 1 to 256
+///   characters starting with `a`-`z` or `0`-`9`, `@` an ordinary character
+///   after the first (the Recommendation's separate `tenant@system` rule is
+///   gone);
 /// - a value is 1 to 256 printable ASCII characters other than `,` and
 ///   `=`, and does not end with a space.
+///
+/// A key that appears more than once is not an error: the first member,
+/// the most recent, is kept and later ones are dropped, as Level 2 allows a
+/// participant to discard duplicate keys it did not write.
 ///
 /// Cloning is cheap (the list is shared); an empty state writes no header.
 ///
@@ -45,6 +53,10 @@ const LONG_MEMBER: usize = 128;
 ///
 /// // One bad member discards the whole header.
 /// assert!(TraceState::parse_lines([&b"rojo=1,Bad=2"[..]]).is_err());
+///
+/// // A repeated key keeps its first member.
+/// let state = TraceState::parse_lines([&b"rojo=1,congo=2"[..], b"rojo=3"])?;
+/// assert_eq!(state.header_value(), Some("rojo=1,congo=2"));
 /// # Ok::<(), palisade_tracecontext::TraceStateError>(())
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
@@ -62,6 +74,8 @@ impl TraceState {
 
     /// Parses and combines the lines of a `tracestate` header, in order.
     ///
+    /// A repeated key keeps its first member; later ones are dropped.
+    ///
     /// # Errors
     ///
     /// [`TraceStateError`] naming the first rule broken; the specification
@@ -71,12 +85,14 @@ impl TraceState {
         I: IntoIterator<Item = &'a [u8]>,
     {
         // Validate every member in place, without allocating; a member is
-        // its bytes and the length of its key.
+        // its bytes and the length of its key. `received` counts every
+        // member, `count` those kept (a repeated key is dropped).
         let mut lines = lines.into_iter();
         let Some(first) = lines.next() else {
             return Ok(Self::new());
         };
         let mut members: [(&[u8], usize); MAX_MEMBERS] = [(&[], 0); MAX_MEMBERS];
+        let mut received = 0;
         let mut count = 0;
         let mut only_line = Some(first);
         for (index, line) in std::iter::once(first).chain(lines).enumerate() {
@@ -84,15 +100,15 @@ impl TraceState {
                 only_line = None;
             }
             scan_line(line, |member, key_len| {
-                if count == MAX_MEMBERS {
+                if received == MAX_MEMBERS {
                     return Err(TraceStateError::TooManyMembers);
                 }
+                received += 1;
                 let key = &member[..key_len];
-                if members[..count].iter().any(|(m, k)| &m[..*k] == key) {
-                    return Err(TraceStateError::DuplicateKey);
+                if members[..count].iter().all(|(m, k)| &m[..*k] != key) {
+                    members[count] = (member, key_len);
+                    count += 1;
                 }
-                members[count] = (member, key_len);
-                count += 1;
                 Ok(())
             })?;
         }
@@ -100,7 +116,7 @@ impl TraceState {
         let joined_len =
             members.iter().map(|(m, _)| m.len()).sum::<usize>() + count.saturating_sub(1);
         // A single line already in normal form (no whitespace, no empty
-        // members) is shared as it is: one allocation.
+        // members, no repeated key) is shared as it is: one allocation.
         let list = match only_line {
             Some(line) if line.len() == joined_len => std::str::from_utf8(line).map(Arc::from),
             _ => {
@@ -262,7 +278,7 @@ const fn classes() -> [u8; 256] {
     let mut b = 0;
     while b < 256 {
         let byte = b as u8;
-        if is_key_char(byte) || byte == b'@' {
+        if is_key_char(byte) {
             table[b] |= KEY_CHAR;
         }
         if byte >= 0x20 && byte <= 0x7e && byte != b',' && byte != b'=' {
@@ -338,32 +354,16 @@ fn scan_line<'a>(
     }
 }
 
-const fn is_lcalpha(b: u8) -> bool {
-    b.is_ascii_lowercase()
-}
-
+/// `keychar` of the specification.
 const fn is_key_char(b: u8) -> bool {
-    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/')
+    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/' | b'@')
 }
 
-/// `simple-key` or `multi-tenant-key` of the specification.
+/// `key = ( lcalpha / DIGIT ) 0*255 ( keychar )`.
 fn is_valid_key(key: &[u8]) -> bool {
-    match key.iter().position(|&b| b == b'@') {
-        None => {
-            matches!(key.first(), Some(&b) if is_lcalpha(b))
-                && key.len() <= 256
-                && key[1..].iter().all(|&b| is_key_char(b))
-        }
-        Some(at) => {
-            let (tenant, system) = (&key[..at], &key[at + 1..]);
-            matches!(tenant.first(), Some(&b) if is_lcalpha(b) || b.is_ascii_digit())
-                && tenant.len() <= 241
-                && tenant[1..].iter().all(|&b| is_key_char(b))
-                && matches!(system.first(), Some(&b) if is_lcalpha(b))
-                && system.len() <= 14
-                && system[1..].iter().all(|&b| is_key_char(b))
-        }
-    }
+    matches!(key.first(), Some(&b) if b.is_ascii_lowercase() || b.is_ascii_digit())
+        && key.len() <= 256
+        && key.iter().all(|&b| is_key_char(b))
 }
 
 /// 1 to 256 of `%x20-2B / %x2D-3C / %x3E-7E`, not ending in a space.

@@ -20,10 +20,11 @@ fn valid_traceparent() -> impl Strategy<Value = String> {
         .prop_map(|(t, p, f)| format!("00-{t}-{p}-{f:02x}"))
 }
 
+/// Level 2: `( lcalpha / DIGIT ) 0*255 ( keychar )`, `@` a `keychar`.
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
-        "[a-z][a-z0-9_*/-]{0,20}",
-        "[a-z0-9][a-z0-9_*/-]{0,10}@[a-z][a-z0-9_*/-]{0,13}",
+        4 => "[a-z0-9][a-z0-9_*/@-]{0,20}",
+        1 => "[a-z0-9][a-z0-9_*/@-]{230,255}",
     ]
 }
 
@@ -72,6 +73,26 @@ proptest! {
         prop_assert_eq!(&parsed, &members);
         let again = TraceState::parse_lines([state.to_string().as_bytes()]).unwrap();
         prop_assert_eq!(again, state);
+    }
+
+    #[test]
+    fn repeated_keys_keep_their_first_member(
+        members in proptest::collection::vec(("[a-c]", value()), 1..=32),
+        split in 0usize..32,
+    ) {
+        let joined: Vec<String> = members.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let split = split.min(joined.len());
+        let lines = [joined[..split].join(","), joined[split..].join(" , ")];
+        let state = TraceState::parse_lines(lines.iter().map(|l| l.as_bytes())).unwrap();
+        let mut expected: Vec<(String, String)> = Vec::new();
+        for (k, v) in members {
+            if expected.iter().all(|(seen, _)| *seen != k) {
+                expected.push((k, v));
+            }
+        }
+        let parsed: Vec<(String, String)> =
+            state.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        prop_assert_eq!(parsed, expected);
     }
 
     #[test]

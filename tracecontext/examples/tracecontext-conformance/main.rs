@@ -7,8 +7,13 @@
 //!
 //! ```sh
 //! cargo run -p palisade-tracecontext --example tracecontext-conformance -- --listen 127.0.0.1:5000
-//! python test/test.py http://127.0.0.1:5000/test   # in a checkout of w3c/trace-context
+//! # in a checkout of w3c/trace-context (main):
+//! SPEC_LEVEL=2 STRICT_LEVEL=2 python test/test.py http://127.0.0.1:5000/test
 //! ```
+//!
+//! It follows the Level 2 text the harness tests on `main`: `@` is an
+//! ordinary `tracestate` key character and a repeated key keeps its first
+//! member (see `palisade_tracecontext::TraceState`).
 
 use std::net::SocketAddr;
 
