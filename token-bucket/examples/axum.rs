@@ -8,12 +8,15 @@
 //!
 //! Each key may send 5 requests at once and one a second after that; the
 //! sixth gets `429 Too Many Requests` with `Retry-After` and the RateLimit
-//! fields. With `--redis`, start two copies on two ports (`--port 3001`):
-//! they share each key's bucket.
+//! fields. A request without an API key is limited by its client's address.
+//! With `--redis`, start two copies on two ports (`--port 3001`): they share
+//! each key's bucket.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::routing::get;
 use palisade_token_bucket::{Bucket, FailurePolicy, LocalStore, RateLimitLayer, RedisStore, key};
 
@@ -27,7 +30,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let port = flag("--port").map_or(Ok(3000), |p| p.parse())?;
     let bucket = Bucket::new(5, 1.0)?;
-    let by_api_key = key::header(http::HeaderName::from_static("x-api-key"));
+    let by_api_key = key::or(
+        key::header(http::HeaderName::from_static("x-api-key")),
+        key::extension(|ConnectInfo(peer): &ConnectInfo<SocketAddr>| peer.ip().to_string()),
+    );
     let routes = Router::new().route("/orders", get(|| async { "your orders\n" }));
     let app = match flag("--redis") {
         Some(url) => {
@@ -53,6 +59,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "listening on http://{}/orders; try: curl -si -H 'x-api-key: demo' localhost:{port}/orders",
         listener.local_addr()?
     );
-    axum::serve(listener, app).await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }

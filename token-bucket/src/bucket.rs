@@ -137,6 +137,7 @@ impl Bucket {
         let free = self.tolerance_ns().saturating_sub(ahead) / self.interval_ns;
         Decision {
             allowed,
+            from_bucket: true,
             remaining: u32::try_from(free).unwrap_or(u32::MAX),
             retry_after,
             reset: Duration::from_nanos(ahead),
@@ -151,6 +152,8 @@ impl Bucket {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     allowed: bool,
+    /// Whether a bucket was consulted (false: a failure policy decided).
+    from_bucket: bool,
     remaining: u32,
     retry_after: Duration,
     reset: Duration,
@@ -161,10 +164,12 @@ pub struct Decision {
 impl Decision {
     #[cfg(feature = "redis")]
     /// A decision made without a bucket to consult (a store that failed
-    /// open or closed): `remaining` and `reset` describe a full bucket.
+    /// open or closed): `remaining` and `reset` describe nothing (see
+    /// [`Decision::is_from_bucket`]).
     pub(crate) fn without_store(bucket: &Bucket, allowed: bool, retry_after: Duration) -> Self {
         Self {
             allowed,
+            from_bucket: false,
             remaining: bucket.capacity,
             retry_after,
             reset: Duration::ZERO,
@@ -184,6 +189,17 @@ impl Decision {
     #[must_use]
     pub const fn is_allowed(&self) -> bool {
         self.allowed
+    }
+
+    /// Whether a bucket decided: `false` when a store's failure policy
+    /// answered without one (Redis away under
+    /// [`FailOpen`](crate::FailurePolicy::FailOpen) or
+    /// [`FailClosed`](crate::FailurePolicy::FailClosed)); then
+    /// [`remaining`](Self::remaining) and [`reset`](Self::reset) describe
+    /// no bucket, and HTTP mode sends no RateLimit fields.
+    #[must_use]
+    pub const fn is_from_bucket(&self) -> bool {
+        self.from_bucket
     }
 
     /// Whole tokens left after this decision.

@@ -7,10 +7,24 @@
 //! (draft-ietf-httpapi-ratelimit-headers):
 //!
 //! ```text
-//! RateLimit-Policy: "default";q=100;w=60     capacity 100, full again in 60 s
+//! RateLimit-Policy: "default";q=100;w=60     100 tokens refilled in 60 s
 //! RateLimit: "default";r=42;t=35             42 left, full again in 35 s
 //! Retry-After: 1                             (on a 429) seconds until it fits
 //! ```
+//!
+//! The policy's window `w` is the time the bucket takes to fill from
+//! empty, in whole seconds rounded up (at least 1), and its quota `q` the
+//! tokens refilled in that window, so `q / w` is the enforced rate: capacity
+//! 100 at 10 a second is `q=100;w=10`, and capacity 5 at 100 a second, full
+//! in 50 ms, is `q=100;w=1`. The burst is the capacity, which `r` shows.
+//!
+//! When the store could not decide and its failure policy answered
+//! ([`FailOpen`](crate::FailurePolicy::FailOpen),
+//! [`FailClosed`](crate::FailurePolicy::FailClosed)), no bucket was
+//! consulted and no RateLimit field is sent (nor the legacy ones): a
+//! fail-closed `429` carries only `Retry-After`, the time until the store is
+//! tried again. A [`Fallback`](crate::FailurePolicy::Fallback) bucket's
+//! decisions are described as its own.
 //!
 //! [`legacy_headers`](RateLimitLayer::legacy_headers) adds the older
 //! `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`.
@@ -49,13 +63,22 @@ fn seconds(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
+/// The policy's quota and window: the bucket's refill time in whole
+/// seconds (at least 1), and the tokens refilled in it, rounded down.
+fn quota_and_window(decision: &Decision) -> (u128, u64) {
+    let window = seconds(decision.window()).max(1);
+    let refill = decision.window().as_nanos().max(1);
+    let quota = u128::from(decision.capacity()) * u128::from(window) * 1_000_000_000 / refill;
+    (quota, window)
+}
+
 impl TooManyRequests {
     fn write(&self, headers: &mut HeaderMap, decision: &Decision) {
-        let policy = format!(
-            "\"default\";q={};w={}",
-            decision.capacity(),
-            seconds(decision.window()).max(1)
-        );
+        if !decision.is_from_bucket() {
+            return;
+        }
+        let (quota, window) = quota_and_window(decision);
+        let policy = format!("\"default\";q={quota};w={window}");
         let state = format!(
             "\"default\";r={};t={}",
             decision.remaining(),

@@ -74,9 +74,64 @@ impl<Req> Key<Req> for Global {
     }
 }
 
+/// Two ways to name a bucket: `first`'s key, or for a request it names none
+/// for, `fallback`'s; made by [`or`].
+#[derive(Debug, Clone)]
+pub struct Or<A, B> {
+    first: A,
+    fallback: B,
+}
+
+/// `first`'s key, or `fallback`'s for a request without one: an API key,
+/// or else the client's address, so a request that omits the header is
+/// still limited.
+///
+/// The two keys are kept apart (each is tagged with its source), so a
+/// client cannot spend another's fallback bucket by sending its key as its
+/// own: an API key `10.0.0.2` and the address `10.0.0.2` are two buckets.
+/// A request neither names a bucket for is not limited; for one bucket
+/// shared by all of those, end with [`global`].
+///
+/// # Example
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use axum::extract::ConnectInfo;
+/// use palisade_token_bucket::key::{self, Key};
+///
+/// let by_api_key_or_address = key::or(
+///     key::header(http::HeaderName::from_static("x-api-key")),
+///     key::extension(|ConnectInfo(peer): &ConnectInfo<SocketAddr>| peer.ip().to_string()),
+/// );
+/// let mut anonymous = http::Request::new(());
+/// anonymous
+///     .extensions_mut()
+///     .insert(ConnectInfo("10.0.0.2:5000".parse::<SocketAddr>().unwrap()));
+/// let keyed = http::Request::get("/").header("x-api-key", "10.0.0.2").body(()).unwrap();
+/// assert!(by_api_key_or_address.key(&anonymous).is_some());
+/// assert_ne!(by_api_key_or_address.key(&anonymous), by_api_key_or_address.key(&keyed));
+/// ```
+#[must_use]
+pub const fn or<A, B>(first: A, fallback: B) -> Or<A, B> {
+    Or { first, fallback }
+}
+
+impl<Req, A: Key<Req>, B: Key<Req>> Key<Req> for Or<A, B> {
+    fn key(&self, request: &Req) -> Option<String> {
+        let (tag, key) = match self.first.key(request) {
+            Some(key) => ("1:", key),
+            None => ("2:", self.fallback.key(request)?),
+        };
+        let mut tagged = String::with_capacity(tag.len() + key.len());
+        tagged.push_str(tag);
+        tagged.push_str(&key);
+        Some(tagged)
+    }
+}
+
 /// The bucket named by a request header (an API key, a tenant id); a
 /// request without the header, or with a value that is not visible ASCII,
-/// is not limited by this layer.
+/// is not limited by this layer unless a fallback names one ([`or`]).
 #[cfg(feature = "http")]
 #[derive(Debug, Clone)]
 pub struct Header(http::HeaderName);
@@ -107,8 +162,9 @@ impl<B> Key<http::Request<B>> for Header {
 }
 
 /// The bucket named from a typed request extension (a user id an
-/// authentication layer put there); a request without it is not limited by
-/// this layer.
+/// authentication layer put there, or axum's `ConnectInfo` for the client's
+/// address); a request without it is not limited by this layer unless a
+/// fallback names one ([`or`]).
 #[cfg(feature = "http")]
 pub struct Extension<T, F> {
     name: F,

@@ -9,8 +9,10 @@
 //! The core is a [`Bucket`] and a [`Store`] of buckets, with no tower in
 //! it:
 //!
-//! - [`LocalStore`]: in process, one atomic word per key and no lock while
-//!   deciding, bounded in memory however many keys arrive.
+//! - [`LocalStore`]: in process, one atomic word per key updated by
+//!   compare-and-swap under a shard's read lock (decisions never wait for
+//!   each other), bounded in memory, in keys and in bytes, however many
+//!   keys arrive and however long they are.
 //! - [`RedisStore`] (feature `redis`): shared by every instance of a
 //!   service. Each decision is one Lua script run with `EVALSHA`, timed by
 //!   Redis's own clock; keys expire once their bucket is full again and
@@ -84,7 +86,7 @@ mod store;
 pub use bucket::{Bucket, Decision, MAX_CAPACITY};
 pub use error::{ConfigError, RateLimited, StoreError};
 pub use layer::RateLimitLayer;
-pub use local::{Clock, LocalStore};
+pub use local::{Clock, LocalStore, MAX_KEY_BYTES};
 #[cfg(feature = "redis")]
 pub use redis_store::{FailurePolicy, RedisStore};
 pub use respond::{BoxErrors, Respond};

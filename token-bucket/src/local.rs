@@ -1,6 +1,6 @@
 //! The in-process store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::{Ready, ready};
 use std::hash::BuildHasher;
 
@@ -15,6 +15,14 @@ use crate::store::Store;
 
 /// Shards of the key map: a lookup takes one shard's read lock, briefly.
 const SHARDS: usize = 16;
+
+/// Keys up to this many bytes are remembered as they are; longer ones by a
+/// 128-bit hash of themselves, so no key costs more than this.
+pub const MAX_KEY_BYTES: usize = 64;
+
+/// Entries a new key looks at, at most, to find an idle one to replace
+/// when its shard is full.
+const EVICTION_SAMPLE: usize = 8;
 
 /// Where a [`LocalStore`] reads the time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,11 +41,19 @@ pub enum Clock {
 /// default, and as the fallback of a Redis store.
 ///
 /// Each key's state is one atomic word, its bucket's arrival time, updated
-/// with one compare-and-swap: no lock is held while deciding. The key map
-/// is bounded: at `max_keys` it first forgets keys whose buckets are full
-/// again (they behave exactly as unknown keys), and when every key is
-/// active, further new keys share one overflow bucket, so an attacker
-/// rotating keys can neither exhaust memory nor escape the limit.
+/// with one compare-and-swap under its shard's read lock: deciding never
+/// waits for another decision, only (briefly) for a new key being added to
+/// the same shard.
+///
+/// Memory is bounded in keys and in bytes: a key longer than
+/// [`MAX_KEY_BYTES`] (an 8 KiB header value, say) is remembered by a
+/// 128-bit hash of itself, seeded per store. At `max_keys` a new key
+/// replaces a key whose bucket is full again (it behaves exactly as an
+/// unknown key), looking at a few of them in the order they came, so
+/// admitting a new key costs the same however many are remembered. When
+/// those it looks at are all active, the new key shares one overflow bucket
+/// with the others, so an attacker rotating keys can neither exhaust memory
+/// nor escape the limit.
 ///
 /// # Example
 ///
@@ -59,15 +75,64 @@ pub struct LocalStore {
 
 #[derive(Debug)]
 struct Inner {
-    shards: [RwLock<HashMap<Box<str>, AtomicU64, RandomState>>; SHARDS],
+    shards: [RwLock<Shard>; SHARDS],
     per_shard: usize,
     /// The bucket shared by new keys while the map is full of active ones.
     overflow: AtomicU64,
     hasher: RandomState,
+    /// A second, independent hash: with `hasher`, 128 bits of a long key.
+    long_hasher: RandomState,
     clock: Clock,
     fast: quanta::Clock,
     fast_origin: quanta::Instant,
     tokio_origin: tokio::time::Instant,
+}
+
+/// One shard's keys: the map decisions read, and the keys in the order
+/// they came, which a new key walks to find an idle one to replace.
+#[derive(Debug)]
+struct Shard {
+    map: HashMap<Arc<[u8]>, AtomicU64, RandomState>,
+    arrivals: VecDeque<Arc<[u8]>>,
+}
+
+impl Shard {
+    /// Forgets one key whose bucket is full at `now`, looking at no more
+    /// than [`EVICTION_SAMPLE`] keys; those still active go to the back of
+    /// the line. `false` when none of them was idle.
+    fn make_room(&mut self, now: u64) -> bool {
+        for _ in 0..EVICTION_SAMPLE.min(self.arrivals.len()) {
+            let Some(key) = self.arrivals.pop_front() else {
+                break;
+            };
+            let idle = self
+                .map
+                .get(&key)
+                .is_none_or(|tat| tat.load(Ordering::Relaxed) <= now);
+            if idle {
+                self.map.remove(&key);
+                return true;
+            }
+            self.arrivals.push_back(key);
+        }
+        false
+    }
+}
+
+/// A key as the map keeps it: its bytes, or for a long key 16 bytes of
+/// hash and a final 0xFF, which no UTF-8 text (a short key) ends with.
+enum Stored<'a> {
+    Short(&'a [u8]),
+    Long([u8; 17]),
+}
+
+impl Stored<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Short(bytes) => bytes,
+            Self::Long(digest) => digest,
+        }
+    }
 }
 
 impl Default for LocalStore {
@@ -95,10 +160,16 @@ impl LocalStore {
         let fast = quanta::Clock::new();
         Self {
             inner: Arc::new(Inner {
-                shards: std::array::from_fn(|_| RwLock::new(HashMap::with_hasher(hasher.clone()))),
+                shards: std::array::from_fn(|_| {
+                    RwLock::new(Shard {
+                        map: HashMap::with_hasher(hasher.clone()),
+                        arrivals: VecDeque::new(),
+                    })
+                }),
                 per_shard: max_keys.div_ceil(SHARDS).max(1),
                 overflow: AtomicU64::new(0),
                 hasher,
+                long_hasher: RandomState::default(),
                 clock,
                 fast_origin: fast.now(),
                 fast,
@@ -131,24 +202,40 @@ impl LocalStore {
     pub fn decide_at(&self, key: &str, bucket: &Bucket, cost: u32, elapsed: Duration) -> Decision {
         let inner = &*self.inner;
         let now = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let stored = self.stored(key);
+        let key = stored.bytes();
         let shard = &inner.shards[shard_of(inner.hasher.hash_one(key))];
         {
-            let map = shard.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(tat) = map.get(key) {
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(tat) = shard.map.get(key) {
                 return take(tat, bucket, now, cost);
             }
         }
-        let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
-        if !map.contains_key(key) && map.len() >= inner.per_shard {
-            // Full buckets hold nothing a new entry would not: forget them.
-            map.retain(|_, tat| tat.load(Ordering::Relaxed) > now);
-            if map.len() >= inner.per_shard {
-                tracing::debug!(target: "palisade_token_bucket", "key map full; using the overflow bucket");
-                return take(&inner.overflow, bucket, now, cost);
-            }
+        let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tat) = shard.map.get(key) {
+            // Added by another caller since the read.
+            return take(tat, bucket, now, cost);
         }
-        let tat = map.entry(key.into()).or_insert_with(|| AtomicU64::new(0));
+        if shard.map.len() >= inner.per_shard && !shard.make_room(now) {
+            tracing::debug!(target: "palisade_token_bucket", "key map full; using the overflow bucket");
+            return take(&inner.overflow, bucket, now, cost);
+        }
+        let key: Arc<[u8]> = Arc::from(key);
+        shard.arrivals.push_back(key.clone());
+        let tat = shard.map.entry(key).or_insert_with(|| AtomicU64::new(0));
         take(tat, bucket, now, cost)
+    }
+
+    /// How `key` is remembered: as it is, or hashed when it is long.
+    fn stored<'a>(&self, key: &'a str) -> Stored<'a> {
+        if key.len() <= MAX_KEY_BYTES {
+            return Stored::Short(key.as_bytes());
+        }
+        let inner = &*self.inner;
+        let mut digest = [0xFF; 17];
+        digest[..8].copy_from_slice(&inner.hasher.hash_one(key).to_le_bytes());
+        digest[8..16].copy_from_slice(&inner.long_hasher.hash_one(key).to_le_bytes());
+        Stored::Long(digest)
     }
 
     /// Keys remembered now.
@@ -157,7 +244,13 @@ impl LocalStore {
         self.inner
             .shards
             .iter()
-            .map(|shard| shard.read().unwrap_or_else(PoisonError::into_inner).len())
+            .map(|shard| {
+                shard
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .map
+                    .len()
+            })
             .sum()
     }
 

@@ -23,7 +23,13 @@ use crate::store::Store;
 /// it works with the distance between the arrival time and now, which is
 /// exact. Returns `{allowed, remaining, retry_after_us (-1: never),
 /// reset_us}`.
+///
+/// It reads `TIME` before it writes: Redis 3.2 to 4.x refuse a write after a
+/// non-deterministic command unless the script first asks for its effects
+/// to be replicated (`redis.replicate_commands()`, the default from Redis 5
+/// on and a no-op since 7).
 const DECIDE: &str = r"
+redis.replicate_commands()
 local t = redis.call('TIME')
 local now_s = tonumber(t[1])
 local now_ns = tonumber(t[2]) * 1000
@@ -106,6 +112,14 @@ impl FailurePolicy {
 ///   stays down only one call per probe interval (500 ms) tries it again,
 ///   the others applying the policy at once. The change of state is logged
 ///   once each way.
+/// - **A timeout is not a refund:** a call that timed out may still have
+///   reached Redis, which then ran the script and took the tokens; the
+///   request is decided by the policy all the same. Under a timeout too
+///   short for the round trip a key is charged for requests the policy
+///   decided, so set it above Redis's usual latency (it bounds the wait, it
+///   is not a deadline for Redis).
+/// - **Redis 3.2 or later** (the script asks for effects replication, which
+///   3.2 introduced, before writing after `TIME`); no module needed.
 ///
 /// Generic over any `redis::aio::ConnectionLike + Clone`: a
 /// `ConnectionManager` (which reconnects by itself), a cluster connection,
@@ -259,6 +273,9 @@ where
     }
 
     /// How long one decision may take before the policy applies.
+    ///
+    /// A call that times out is abandoned, not undone: Redis may still run
+    /// the script and take the tokens of a request the policy decided.
     #[must_use]
     pub const fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;

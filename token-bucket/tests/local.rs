@@ -90,12 +90,13 @@ fn many_threads_sharing_a_key_admit_exactly_the_burst() {
     let store = LocalStore::default();
     let bucket = Bucket::new(1000, 1e-6).unwrap();
     let admitted = Arc::new(AtomicU32::new(0));
-    let now = Duration::from_secs(1);
     std::thread::scope(|scope| {
-        for _ in 0..8 {
+        for thread in 0..8 {
             let (store, admitted) = (store.clone(), admitted.clone());
+            // Each thread reads its own clock, a little apart from the others.
             scope.spawn(move || {
-                for _ in 0..500 {
+                for i in 0..500 {
+                    let now = Duration::from_secs(1) + Duration::from_micros(thread * 1000 + i);
                     if store.decide_at("shared", &bucket, 1, now).is_allowed() {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
@@ -104,4 +105,88 @@ fn many_threads_sharing_a_key_admit_exactly_the_burst() {
         }
     });
     assert_eq!(admitted.load(Ordering::Relaxed), 1000);
+}
+
+#[test]
+fn a_new_key_in_a_full_map_does_not_sweep_the_whole_map() {
+    // 16 shards of 64 keys, all spent at 0 and full again at 1 s.
+    let store = LocalStore::new(1024);
+    let bucket = Bucket::new(1, 1.0).unwrap();
+    let mut key = 0;
+    while store.len() < 1024 {
+        let _ = store.decide_at(&format!("k-{key}"), &bucket, 1, Duration::ZERO);
+        key += 1;
+    }
+    // Every key is idle at 2 s. Making room for a newcomer forgets a few
+    // of them, not the whole shard: admission costs O(1), not O(keys).
+    for newcomer in 0..16 {
+        let decision = store.decide_at(
+            &format!("new-{newcomer}"),
+            &bucket,
+            1,
+            Duration::from_secs(2),
+        );
+        assert!(decision.is_allowed());
+    }
+    assert!(store.len() >= 1024 - 16, "{} keys left", store.len());
+}
+
+#[test]
+fn a_map_full_of_active_keys_still_admits_new_keys_once_old_ones_are_idle() {
+    let store = LocalStore::new(256);
+    let bucket = Bucket::new(1, 1.0).unwrap();
+    for key in 0..1000 {
+        let _ = store.decide_at(&format!("k-{key}"), &bucket, 1, Duration::ZERO);
+    }
+    // All active: newcomers share the overflow bucket, spent by now.
+    assert!(
+        !store
+            .decide_at("early", &bucket, 1, Duration::from_millis(500))
+            .is_allowed()
+    );
+    // Once the old keys are idle, every newcomer gets its own bucket (each
+    // one idle again when the next comes).
+    for newcomer in 0..100 {
+        let later = Duration::from_secs(2 + newcomer);
+        assert!(
+            store
+                .decide_at(&format!("new-{newcomer}"), &bucket, 1, later)
+                .is_allowed(),
+            "newcomer {newcomer}"
+        );
+    }
+    assert!(store.len() <= 256 + 16);
+}
+
+#[test]
+fn the_docs_do_not_promise_decisions_without_a_lock() {
+    // A decision takes its shard's read lock (readers never wait for each
+    // other, only for a new key's insertion); the docs must say so.
+    for (file, text) in [
+        ("src/lib.rs", include_str!("../src/lib.rs")),
+        ("src/local.rs", include_str!("../src/local.rs")),
+    ] {
+        assert!(!text.contains("no lock"), "{file} promises no lock");
+    }
+}
+
+#[test]
+fn rotating_keys_from_many_threads_stay_within_the_bound() {
+    let store = LocalStore::new(256);
+    let bucket = Bucket::new(1, 10.0).unwrap();
+    std::thread::scope(|scope| {
+        for thread in 0..8u64 {
+            let store = store.clone();
+            scope.spawn(move || {
+                for i in 0..5000u64 {
+                    // Distinct clocks per thread; keys idle after 100 ms.
+                    let now = Duration::from_micros(i * 100 + thread * 7);
+                    let _ = store.decide_at(&format!("t{thread}-{i}"), &bucket, 1, now);
+                }
+            });
+        }
+    });
+    assert!(store.len() <= 256 + 16, "{} keys kept", store.len());
+    let later = Duration::from_secs(10);
+    assert!(store.decide_at("late", &bucket, 1, later).is_allowed());
 }

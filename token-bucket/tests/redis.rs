@@ -271,3 +271,57 @@ async fn nanosecond_intervals_and_huge_buckets_stay_exact() {
         denied.retry_after()
     );
 }
+
+#[cfg(feature = "http")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_closed_or_open_advertises_no_ratelimit_it_does_not_know() {
+    use http::{Request, Response, StatusCode};
+    use palisade_token_bucket::{RateLimitLayer, key};
+    use tower::{BoxError, Layer, ServiceExt, service_fn};
+
+    let bucket = Bucket::new(100, 100.0).unwrap();
+    for policy in [FailurePolicy::FailClosed, FailurePolicy::FailOpen] {
+        let closed = matches!(policy, FailurePolicy::FailClosed);
+        let (store, proxy) = behind_proxy(policy).await;
+        take_redis_away(&store, &proxy, &bucket).await;
+        let service = RateLimitLayer::new_for_http(store, bucket, key::global("all"))
+            .legacy_headers()
+            .layer(service_fn(|_: Request<()>| async {
+                Ok::<_, BoxError>(Response::new(()))
+            }));
+        let response = service.oneshot(Request::new(())).await.unwrap();
+        let expected = if closed {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(response.status(), expected);
+        let headers = response.headers();
+        // No bucket was consulted: a full quota would be a lie.
+        for field in [
+            "ratelimit",
+            "ratelimit-policy",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+            "x-ratelimit-limit",
+        ] {
+            assert!(
+                !headers.contains_key(field),
+                "{field}: {:?}",
+                headers[field]
+            );
+        }
+        assert_eq!(headers.contains_key("retry-after"), closed);
+    }
+}
+
+#[test]
+fn the_script_replicates_effects_before_it_writes_after_time() {
+    // Redis before 5 refuses a write after a non-deterministic command
+    // (TIME) unless the script asks for effects replication first.
+    let script = RedisStore::<ConnectionManager>::script_source();
+    let replicate = script
+        .find("redis.replicate_commands()")
+        .expect("effects replication asked for");
+    assert!(replicate < script.find("'TIME'").unwrap());
+}

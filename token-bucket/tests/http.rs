@@ -1,0 +1,101 @@
+//! HTTP mode as a tower service, no server: what the RateLimit fields say,
+//! and which bucket a request without the configured key draws on.
+#![cfg(feature = "http")]
+
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+use http::{HeaderName, Request, Response, StatusCode};
+use palisade_token_bucket::{Bucket, Clock, LocalStore, RateLimitLayer, key};
+use tower::{BoxError, Layer, ServiceExt, service_fn};
+
+fn ok() -> impl tower::Service<Request<()>, Response = Response<()>, Error = BoxError> + Clone {
+    service_fn(|_: Request<()>| async { Ok::<_, BoxError>(Response::new(())) })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sub_second_refill_advertises_the_enforced_rate_not_capacity_per_second() {
+    // 5 at once, 100 a second: 100 are admitted in every second, so a
+    // one-second window must say 100, not 5.
+    let layer = RateLimitLayer::new_for_http(
+        LocalStore::with_clock(100, Clock::Tokio),
+        Bucket::new(5, 100.0).unwrap(),
+        key::global("all"),
+    );
+    let response = layer.layer(ok()).oneshot(Request::new(())).await.unwrap();
+    assert_eq!(
+        response.headers()["ratelimit-policy"],
+        "\"default\";q=100;w=1"
+    );
+
+    // A refill time of whole seconds is the window, and the capacity its quota.
+    let layer = RateLimitLayer::new_for_http(
+        LocalStore::with_clock(100, Clock::Tokio),
+        Bucket::new(100, 10.0).unwrap(),
+        key::global("all"),
+    );
+    let response = layer.layer(ok()).oneshot(Request::new(())).await.unwrap();
+    assert_eq!(
+        response.headers()["ratelimit-policy"],
+        "\"default\";q=100;w=10"
+    );
+
+    // 10 at once, 4 a second: full in 2.5 s; a 3 s window refills 12.
+    let layer = RateLimitLayer::new_for_http(
+        LocalStore::with_clock(100, Clock::Tokio),
+        Bucket::new(10, 4.0).unwrap(),
+        key::global("all"),
+    );
+    let response = layer.layer(ok()).oneshot(Request::new(())).await.unwrap();
+    assert_eq!(
+        response.headers()["ratelimit-policy"],
+        "\"default\";q=12;w=3"
+    );
+}
+
+fn from(peer: &str, api_key: Option<&str>) -> Request<()> {
+    let mut request = Request::get("/orders");
+    if let Some(api_key) = api_key {
+        request = request.header("x-api-key", api_key);
+    }
+    let mut request = request.body(()).unwrap();
+    let peer: SocketAddr = peer.parse().unwrap();
+    request.extensions_mut().insert(ConnectInfo(peer));
+    request
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_without_the_api_key_falls_back_to_its_client_address() {
+    let by_api_key_or_address = key::or(
+        key::header(HeaderName::from_static("x-api-key")),
+        key::extension(|ConnectInfo(peer): &ConnectInfo<SocketAddr>| peer.ip().to_string()),
+    );
+    let service = RateLimitLayer::new_for_http(
+        LocalStore::with_clock(100, Clock::Tokio),
+        Bucket::new(1, 0.001).unwrap(),
+        by_api_key_or_address,
+    )
+    .layer(ok());
+    let status = |request| {
+        let service = service.clone();
+        async move { service.oneshot(request).await.unwrap().status() }
+    };
+    assert_eq!(status(from("10.0.0.1:5000", None)).await, StatusCode::OK);
+    assert_eq!(
+        status(from("10.0.0.1:5001", None)).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "no API key: limited by its address, whatever the port"
+    );
+    assert_eq!(status(from("10.0.0.2:5000", None)).await, StatusCode::OK);
+    // An API key that spells an address draws on its own bucket, so nobody
+    // can spend another client's address bucket by naming it.
+    assert_eq!(
+        status(from("10.0.0.9:5000", Some("10.0.0.2"))).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(from("10.0.0.1:5000", Some("k-1"))).await,
+        StatusCode::OK,
+        "with a key, the key's bucket"
+    );
+}
