@@ -171,7 +171,8 @@ where
 
     /// Like [`get_with`](Self::get_with), for computations that say how
     /// fresh each value is (from the response's `Cache-Control`, say):
-    /// `None` is not stored, though every waiter of the flight gets it.
+    /// `None` is not stored, and drops the value stored before, though
+    /// every waiter of the flight gets it.
     ///
     /// # Errors
     ///

@@ -18,7 +18,7 @@ use crate::codec;
 use crate::error::FlightError;
 use crate::events::Events;
 use crate::flight::Coalescer;
-use crate::freshness::{Entry, Freshness, State};
+use crate::freshness::{Entry, Freshness, State, WallTimes};
 
 /// Releases the lock if it is still ours.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
@@ -34,13 +34,27 @@ static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// Stores the value, wakes the waiters, and releases the lock if still
-/// ours: one round trip.
+/// If the lock is still ours: stores the value, wakes the waiters and
+/// releases the lock, in one round trip. A leader whose lease ran out
+/// writes nothing (the process that took over may have stored a newer
+/// value).
 static FILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        r"if redis.call('GET', KEYS[2]) ~= ARGV[5] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
-if redis.call('GET', KEYS[2]) == ARGV[5] then redis.call('DEL', KEYS[2]) end
+redis.call('DEL', KEYS[2])
+return 1",
+    )
+});
+
+/// If the lock is still ours: drops the stored value (the origin said the
+/// new one may not be kept, so the old one may not be served either) and
+/// releases the lock.
+static FORGET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
 return 1",
     )
 });
@@ -218,6 +232,13 @@ impl Wakeups {
     }
 }
 
+/// An entry as read from Redis, with its stored instants, which tell one
+/// write from another.
+struct Stored {
+    entry: Entry<Bytes>,
+    times: WallTimes,
+}
+
 /// What a waiter found.
 enum Waited {
     Value(Bytes),
@@ -240,10 +261,14 @@ where
     /// (one pub/sub connection, kept up by a background task) unless
     /// [`RedisSettings::wake_ups`] is off.
     ///
+    /// When the subscription cannot be made now (Redis down, `SUBSCRIBE`
+    /// refused), the cache still works: it is retried in the background
+    /// while waiters poll, as when it is lost later.
+    ///
     /// # Errors
     ///
-    /// The error of the first pub/sub connection; later losses are
-    /// retried in the background while waiters poll.
+    /// None today: the `Result` leaves room for settings checked against
+    /// the server.
     pub async fn connect(
         client: &redis::Client,
         connection: C,
@@ -252,12 +277,14 @@ where
         let channel = format!("{}:filled", settings.prefix);
         let wakeups = Arc::new(Wakeups::default());
         if settings.wake_ups {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
+            let pubsub = subscribe(client, &channel, settings.timeout).await;
+            if let Err(error) = &pubsub {
+                tracing::warn!(target: "palisade_coalesce", %error, "no wake-up subscription; waiters poll until it is made");
+            }
             tokio::spawn(dispatch(
                 client.clone(),
                 channel.clone(),
-                pubsub,
+                pubsub.ok(),
                 Arc::downgrade(&wakeups),
             ));
         }
@@ -315,9 +342,10 @@ where
     }
 
     /// Like [`get_with`](Self::get_with), for computations that say how
-    /// fresh each value is: `None` is not stored (the waiters of this
-    /// process's flight get it; waiters in other processes find the lock
-    /// released and compute in turn).
+    /// fresh each value is: `None` is not stored, and the value stored
+    /// before is dropped (the waiters of this process's flight get it;
+    /// waiters in other processes find the lock released and compute in
+    /// turn).
     ///
     /// # Errors
     ///
@@ -342,15 +370,30 @@ where
     }
 }
 
+/// A pub/sub connection subscribed to `channel`, within `timeout`.
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+    timeout: Duration,
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let subscribing = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(channel).await?;
+        Ok(pubsub)
+    };
+    tokio::time::timeout(timeout, subscribing)
+        .await
+        .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "subscribing timed out").into()))
+}
+
 /// Keeps the wake-up subscription: fans messages out by key, and
-/// reconnects (with backoff) when the connection is lost.
+/// (re)connects with backoff while there is none.
 async fn dispatch(
     client: redis::Client,
     channel: String,
-    pubsub: redis::aio::PubSub,
+    mut pubsub: Option<redis::aio::PubSub>,
     wakeups: Weak<Wakeups>,
 ) {
-    let mut pubsub = Some(pubsub);
     let mut backoff = Duration::from_millis(50);
     loop {
         if let Some(connected) = pubsub.take() {
@@ -371,11 +414,9 @@ async fn dispatch(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
-        if let Ok(mut connected) = client.get_async_pubsub().await
-            && connected.subscribe(&channel).await.is_ok()
-        {
-            pubsub = Some(connected);
-        }
+        pubsub = subscribe(&client, &channel, Duration::from_secs(5))
+            .await
+            .ok();
     }
 }
 
@@ -410,18 +451,19 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
     }
 
     /// The entry stored for `key`, if any; `None` when Redis failed.
-    async fn read(&self, key: &str) -> Option<Option<Entry<Bytes>>> {
+    async fn read(&self, key: &str) -> Option<Option<Stored>> {
         let mut connection = self.connection.clone();
         let stored: Option<Vec<u8>> = self.call(connection.get(self.value_key(key))).await?;
         let decoded = stored.and_then(|stored| codec::decode(Bytes::from(stored)));
-        Some(decoded.map(|(times, value)| {
-            Entry::from_wall_times(
+        Some(decoded.map(|(times, value)| Stored {
+            entry: Entry::from_wall_times(
                 value,
                 times,
                 self.settings.freshness.beta(),
                 Instant::now(),
                 unix_ms(),
-            )
+            ),
+            times,
         }))
     }
 
@@ -465,17 +507,18 @@ where
     let Some(stored) = shared.read(&key).await else {
         return compute().await.map(|(value, _)| miss(value));
     };
-    if let Some(entry) = &stored {
+    let seen = stored.as_ref().map(|stored| stored.times);
+    if let Some(Stored { entry, .. }) = &stored {
         let now = Instant::now();
         let served = match entry.state(now, 1.0 - fastrand::f64()) {
             State::Fresh => Some(Served::Fresh),
             State::RefreshEarly => {
                 shared.events.early_refresh();
-                tokio::spawn(refresh(shared.clone(), key.clone(), compute));
+                tokio::spawn(refresh(shared.clone(), key.clone(), seen, compute));
                 return Ok(served(entry, Served::Fresh));
             }
             State::Stale => {
-                tokio::spawn(refresh(shared.clone(), key.clone(), compute));
+                tokio::spawn(refresh(shared.clone(), key.clone(), seen, compute));
                 return Ok(served(entry, Served::Stale));
             }
             State::Expired | State::Dead => None,
@@ -484,10 +527,10 @@ where
             return Ok(self::served(entry, how));
         }
     }
-    match fill(&shared, &key, compute).await {
+    match fill(&shared, &key, seen, compute).await {
         Ok(value) => Ok(miss(value)),
         Err(error) => match stored {
-            Some(entry) if entry.usable_on_error(Instant::now()) => {
+            Some(Stored { entry, .. }) if entry.usable_on_error(Instant::now()) => {
                 tracing::warn!(target: "palisade_coalesce", "origin failed; serving a stale value");
                 Ok(served(&entry, Served::StaleIfError))
             }
@@ -512,24 +555,33 @@ fn served(entry: &Entry<Bytes>, served: Served) -> Lookup<Bytes> {
     }
 }
 
-/// A background refresh: leads if it wins the lock, else leaves it to the
-/// process that did.
-async fn refresh<C, F, Fut, E>(shared: Arc<Shared<C>>, key: String, compute: F)
-where
+/// A background refresh of the entry `seen`: leads if it wins the lock,
+/// else leaves it to the process that did.
+async fn refresh<C, F, Fut, E>(
+    shared: Arc<Shared<C>>,
+    key: String,
+    seen: Option<WallTimes>,
+    compute: F,
+) where
     C: ConnectionLike + Clone + Send + Sync + 'static,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>> + Send + 'static,
 {
     if let Some(Some(token)) = shared.try_lock(&key).await
-        && lead(&shared, &key, &token, compute).await.is_err()
+        && lead(&shared, &key, &token, seen, compute).await.is_err()
     {
         tracing::warn!(target: "palisade_coalesce", "background refresh failed; keeping the stale value");
     }
 }
 
 /// Computes `key` once across processes: leads, or waits for the leader
-/// and takes over if it dies.
-async fn fill<C, F, Fut, E>(shared: &Shared<C>, key: &str, compute: F) -> Result<Bytes, E>
+/// and takes over if it dies. `seen` is the entry the caller found, if any.
+async fn fill<C, F, Fut, E>(
+    shared: &Shared<C>,
+    key: &str,
+    seen: Option<WallTimes>,
+    compute: F,
+) -> Result<Bytes, E>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
     F: FnOnce() -> Fut,
@@ -545,7 +597,7 @@ where
             if leader_gone {
                 shared.events.took_over();
             }
-            return lead(shared, key, &token, compute).await;
+            return lead(shared, key, &token, seen, compute).await;
         }
         match wait(shared, key, deadline).await {
             Waited::Value(value) => return Ok(value),
@@ -574,12 +626,7 @@ where
         woken.as_mut().enable();
         match shared.read(key).await {
             None => return Waited::GaveUp,
-            Some(Some(entry))
-                if matches!(
-                    entry.state(Instant::now(), 1.0),
-                    State::Fresh | State::RefreshEarly
-                ) =>
-            {
+            Some(Some(Stored { entry, .. })) if is_fresh(&entry) => {
                 return Waited::Value(entry.into_value());
             }
             Some(_) => {}
@@ -605,12 +652,26 @@ where
     }
 }
 
+/// Whether an entry may be served as is.
+fn is_fresh(entry: &Entry<Bytes>) -> bool {
+    matches!(
+        entry.state(Instant::now(), 1.0),
+        State::Fresh | State::RefreshEarly
+    )
+}
+
 /// The leader's work: compute while extending the lease, then store the
-/// value, wake the waiters and release the lock in one script.
+/// value, wake the waiters and release the lock in one script, fenced by
+/// the lock's token.
+///
+/// A fresh value stored since the caller saw `seen` (by a leader that
+/// released the lock between the caller's look and its lock attempt) is
+/// taken rather than computed again.
 async fn lead<C, F, Fut, E>(
     shared: &Shared<C>,
     key: &str,
     token: &str,
+    seen: Option<WallTimes>,
     compute: F,
 ) -> Result<Bytes, E>
 where
@@ -619,6 +680,14 @@ where
     Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>>,
 {
     let lock_key = shared.lock_key(key);
+    if let Some(Some(stored)) = shared.read(key).await
+        && Some(stored.times) != seen
+        && is_fresh(&stored.entry)
+    {
+        tracing::debug!(target: "palisade_coalesce", "a value was stored before the lock was won; not computing");
+        release(shared, &lock_key, token).await;
+        return Ok(stored.entry.into_value());
+    }
     let started = Instant::now();
     let lease = shared.settings.lock_ttl;
     let extend = async {
@@ -640,8 +709,13 @@ where
     let (value, freshness) = match computed {
         Ok((value, Some(freshness))) => (value, freshness),
         Ok((value, None)) => {
-            // Not to be kept: free the lock so the next caller computes.
-            release(shared, &lock_key, token).await;
+            // Not to be kept, nor the old value served in its place: drop
+            // it and free the lock so the next caller computes.
+            let mut forget = FORGET.key(shared.value_key(key));
+            forget.key(&lock_key).arg(token);
+            let _ = shared
+                .call(forget.invoke_async::<i64>(&mut connection))
+                .await;
             return Ok(value);
         }
         Err(error) => {
@@ -665,7 +739,9 @@ where
         .arg(&shared.channel)
         .arg(key)
         .arg(token);
-    let _ = shared.call(fill.invoke_async::<i64>(&mut connection)).await;
+    if shared.call(fill.invoke_async::<i64>(&mut connection)).await == Some(0) {
+        tracing::warn!(target: "palisade_coalesce", "the lock's lease ran out before the value was stored; another process's value stands");
+    }
     Ok(value)
 }
 

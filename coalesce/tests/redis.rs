@@ -220,3 +220,216 @@ async fn without_redis_values_are_computed_here_and_nothing_hangs() {
         "still coalesced in process"
     );
 }
+
+fn value_key(prefix: &str, key: &str) -> String {
+    format!("{{{prefix}:{key}}}:value")
+}
+
+async fn direct() -> MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_does_not_overwrite_the_newer_value() {
+    let prefix = prefix();
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)).early_refresh(0.0))
+        .prefix(&prefix);
+    let (paused, successor, reader) = (
+        process(&redis_url(), settings.clone()).await,
+        process(&redis_url(), settings.clone()).await,
+        process(&redis_url(), settings).await,
+    );
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let slow = {
+        let gate = gate.clone();
+        tokio::spawn(async move {
+            paused
+                .get_with("k", move || async move {
+                    gate.notified().await;
+                    Ok(Bytes::from("old"))
+                })
+                .await
+        })
+    };
+    let mut redis = direct().await;
+    let lock = format!("{{{prefix}:k}}:lock");
+    while !redis.exists::<_, bool>(&lock).await.unwrap() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Its lease runs out while it is paused: no extension reached Redis.
+    let _: () = redis.del(&lock).await.unwrap();
+    let newer = successor
+        .get_with("k", || async { Ok(Bytes::from("new")) })
+        .await
+        .unwrap();
+    assert_eq!(newer.value, "new");
+    gate.notify_one();
+    assert_eq!(
+        slow.await.unwrap().unwrap().value,
+        "old",
+        "its own callers get what it computed"
+    );
+    let read = reader
+        .get_with("k", || async { Ok(Bytes::from("recomputed")) })
+        .await
+        .unwrap();
+    assert_eq!(
+        (read.value, read.served),
+        (Bytes::from("new"), Served::Fresh),
+        "the newer value stays"
+    );
+}
+
+/// What [`BeforeLock`] runs once.
+type Hook = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A connection that runs a hook just before its first lock attempt
+/// (`SET ... NX`) reaches Redis.
+#[derive(Clone)]
+struct BeforeLock {
+    inner: MultiplexedConnection,
+    hook: Arc<std::sync::Mutex<Option<Hook>>>,
+}
+
+impl redis::aio::ConnectionLike for BeforeLock {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        let locking = cmd
+            .args_iter()
+            .any(|arg| matches!(arg, redis::Arg::Simple(b"NX")));
+        let hook = if locking {
+            self.hook.lock().unwrap().take()
+        } else {
+            None
+        };
+        Box::pin(async move {
+            if let Some(hook) = hook {
+                hook.await;
+            }
+            self.inner.req_packed_command(cmd).await
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.inner.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_wins_the_lock_after_the_value_was_written_reads_it() {
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)).early_refresh(0.0))
+        .prefix(&prefix())
+        .timeout(Duration::from_secs(10));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let leader = process(&redis_url(), settings.clone()).await;
+    // Between this process's first look (nothing stored) and its lock
+    // attempt, another process computes, stores and releases the lock.
+    let before_lock = {
+        let compute = origin(&calls, Duration::ZERO);
+        Box::pin(async move {
+            leader.get_with("k", compute).await.unwrap();
+        })
+    };
+    let client = redis::Client::open(redis_url()).unwrap();
+    let connection = BeforeLock {
+        inner: client.get_multiplexed_async_connection().await.unwrap(),
+        hook: Arc::new(std::sync::Mutex::new(Some(before_lock))),
+    };
+    let late: RedisCache<BeforeLock, OriginDown> =
+        RedisCache::connect(&client, connection, settings)
+            .await
+            .unwrap();
+    let lookup = late
+        .get_with("k", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(lookup.value, "v1", "the value already stored");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "no second origin call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_succeeds_when_pub_sub_cannot_connect() {
+    // Nothing listens on port 1: the wake-up subscription cannot connect.
+    let nowhere = redis::Client::open("redis://127.0.0.1:1").unwrap();
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
+        .prefix(&prefix())
+        .poll_interval(Duration::from_millis(20));
+    let cache: Shared = RedisCache::connect(&nowhere, direct().await, settings)
+        .await
+        .expect("an outage of pub/sub costs wake-ups, not the cache");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let lookup = cache
+        .get_with("k", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(
+        (lookup.value, lookup.served),
+        (Bytes::from("v1"), Served::Miss)
+    );
+    let again = cache
+        .get_with("k", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.value, again.served),
+        (Bytes::from("v1"), Served::Fresh)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_may_not_be_stored_drops_the_shared_entry() {
+    let prefix = prefix();
+    let freshness = Freshness::new(Duration::from_millis(200))
+        .stale_while_revalidate(Duration::from_secs(30))
+        .stale_if_error(Duration::from_secs(30))
+        .early_refresh(0.0);
+    let settings = RedisSettings::new(freshness).prefix(&prefix);
+    let (first, second) = (
+        process(&redis_url(), settings.clone()).await,
+        process(&redis_url(), settings).await,
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    first
+        .get_with("k", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The origin now says the value may not be kept (`no-store`, say).
+    let stale = first
+        .get_with_freshness("k", || async { Ok((Bytes::from("private"), None)) })
+        .await
+        .unwrap();
+    assert_eq!(
+        (stale.value, stale.served),
+        (Bytes::from("v1"), Served::Stale)
+    );
+    let mut redis = direct().await;
+    let value = value_key(&prefix, "k");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while redis.exists::<_, bool>(&value).await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the old entry is dropped, not kept stale");
+    let next = second
+        .get_with("k", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!((next.value, next.served), (Bytes::from("v2"), Served::Miss));
+}
