@@ -81,7 +81,11 @@
 //!   request's `tracing` span (as exported by `tracing-opentelemetry`) a
 //!   child of the remote parent and adopts its ids, and [`PropagateLayer`]
 //!   sends the current exported span as the parent, so every id on the wire
-//!   belongs to an exported span.
+//!   belongs to an exported span. OpenTelemetry's `TraceState` still has the
+//!   Recommendation's key rule and cannot hold some Level 2 keys
+//!   (`foo@@bar`, more than 14 characters after an `@`): span contexts carry
+//!   the other members, and the `tracestate` received is passed on whole
+//!   unless it was changed through OpenTelemetry.
 
 mod carrier;
 mod context;

@@ -9,6 +9,12 @@
 //!   propagated downstream are those of exported spans.
 //! - [`PropagateLayer`](crate::PropagateLayer) takes the current span's
 //!   OpenTelemetry context as the parent when it has one.
+//!
+//! OpenTelemetry's `TraceState` keeps the 2021 Recommendation's key rule
+//! and refuses some Level 2 keys (`foo@@bar`, more than 14 characters after
+//! an `@`). A span context holds the members it can; the `tracestate` we
+//! received is passed on exactly, unless it was changed through
+//! OpenTelemetry on the way.
 
 use std::sync::LazyLock;
 
@@ -52,9 +58,17 @@ impl CarrierMut for InjectorCarrier<'_> {
     fn remove(&mut self, _name: &'static str) {}
 }
 
+/// The `tracestate` extracted into an OpenTelemetry `Context`, exactly as
+/// received, with the trace it belongs to.
+struct Received {
+    trace_id: TraceId,
+    state: TraceState,
+}
+
 impl TextMapPropagator for Propagator {
     fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
-        if let Some(context) = from_span_context(cx.span().span_context()) {
+        let received = cx.get::<Received>().map(|r| (r.trace_id, &r.state));
+        if let Some(context) = from_span_context(cx.span().span_context(), received) {
             self.inject(&context, &mut InjectorCarrier(injector));
         }
     }
@@ -62,8 +76,13 @@ impl TextMapPropagator for Propagator {
     fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
         match self.extract(&ExtractorCarrier(extractor)) {
             Ok((parent, state)) => {
+                let received = Received {
+                    trace_id: parent.trace_id(),
+                    state: state.clone(),
+                };
                 let context = TraceContext::continue_from(parent, state);
                 cx.with_remote_span_context(remote_parent(&context))
+                    .with_value(received)
             }
             Err(_) => cx.clone(),
         }
@@ -82,21 +101,47 @@ fn remote_parent(context: &TraceContext) -> otel::SpanContext {
         otel::SpanId::from_bytes(parent.to_bytes()),
         otel::TraceFlags::new(context.flags().to_wire()),
         true,
-        context
-            .trace_state()
-            .header_value()
-            .and_then(|header| header.parse().ok())
-            .unwrap_or_default(),
+        otel_trace_state(context.trace_state()),
     )
 }
 
+/// `state` as OpenTelemetry can hold it: the members whose keys its older
+/// rule refuses are left out, not the whole state.
+fn otel_trace_state(state: &TraceState) -> otel::TraceState {
+    otel::TraceState::from_key_value(state.iter())
+        .or_else(|_| {
+            otel::TraceState::from_key_value(
+                state
+                    .iter()
+                    .filter(|&member| otel::TraceState::from_key_value([member]).is_ok()),
+            )
+        })
+        .unwrap_or_default()
+}
+
 /// Our view of an OpenTelemetry span: `None` when it is not valid.
-fn from_span_context(span: &otel::SpanContext) -> Option<TraceContext> {
+///
+/// `received` is the `tracestate` this process received for a trace: when
+/// it is the span's trace and the span's state is what OpenTelemetry made
+/// of it, unchanged, the received state is taken whole, with the members
+/// OpenTelemetry could not hold.
+fn from_span_context(
+    span: &otel::SpanContext,
+    received: Option<(TraceId, &TraceState)>,
+) -> Option<TraceContext> {
     if !span.is_valid() {
         return None;
     }
-    let state =
-        TraceState::parse_lines([span.trace_state().header().as_bytes()]).unwrap_or_default();
+    let held = span.trace_state();
+    let state = match received {
+        Some((trace_id, state))
+            if trace_id.to_bytes() == span.trace_id().to_bytes()
+                && (state.iter().eq(held) || otel_trace_state(state) == *held) =>
+        {
+            state.clone()
+        }
+        _ => TraceState::parse_lines([held.header().as_bytes()]).unwrap_or_default(),
+    };
     Some(TraceContext::from_parts(
         TraceId::from_bytes(span.trace_id().to_bytes())?,
         SpanId::from_bytes(span.span_id().to_bytes())?,
@@ -142,5 +187,9 @@ pub(crate) fn bridge_server_span(span: &tracing::Span, context: &mut TraceContex
 pub(crate) fn current_span_context() -> Option<TraceContext> {
     let current = tracing::Span::current().context();
     let span = current.span();
-    from_span_context(span.span_context())
+    let ours = TraceContext::current();
+    let received = ours
+        .as_ref()
+        .map(|ours| (ours.trace_id(), ours.trace_state()));
+    from_span_context(span.span_context(), received)
 }

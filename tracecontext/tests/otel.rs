@@ -192,3 +192,92 @@ fn text_map_propagator_extracts_and_injects_exactly() {
     propagator.inject_context(&opentelemetry::Context::new(), &mut out);
     assert!(out.is_empty());
 }
+
+/// A `tracestate` with Level 2 keys that OpenTelemetry's `TraceState`
+/// refuses (it keeps the Recommendation's `tenant@system` limits):
+/// `foo@@bar` and 15 characters after an `@`.
+const LEVEL_2_STATE: &str = "foo@@bar=1,congo=2,t@vvvvvvvvvvvvvvv=3";
+
+#[tokio::test]
+async fn level_2_tracestate_keys_survive_the_opentelemetry_bridge() {
+    let (exporter, provider, _guard) = exporting();
+    let client = ServiceBuilder::new()
+        .layer(PropagateLayer::new())
+        .service(service_fn(|request: Request<()>| async move {
+            Ok::<_, std::convert::Infallible>(Response::new(request.headers().clone()))
+        }));
+    let app: Router = Router::new()
+        .route(
+            "/",
+            get(move || async move {
+                let sent = client.oneshot(Request::new(())).await.unwrap().into_body();
+                sent.get("tracestate")
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default()
+            }),
+        )
+        .layer(TraceContextLayer::new());
+    let response = app
+        .oneshot(
+            Request::get("/")
+                .header("traceparent", TP)
+                .header("tracestate", LEVEL_2_STATE)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    // The next hop gets every member we received, in order.
+    assert_eq!(std::str::from_utf8(&body).unwrap(), LEVEL_2_STATE);
+    // The exported span keeps the members OpenTelemetry can hold.
+    let request = exported_request(&exporter, &provider);
+    assert_eq!(request.span_context.trace_state().header(), "congo=2");
+}
+
+#[test]
+fn text_map_propagator_passes_on_level_2_keys() {
+    let propagator = Propagator::new();
+    let carrier = HashMap::from([
+        ("traceparent".to_owned(), TP.to_owned()),
+        ("tracestate".to_owned(), LEVEL_2_STATE.to_owned()),
+    ]);
+    let cx = TextMapPropagator::extract(&propagator, &carrier);
+    let span = cx.span();
+    assert_eq!(span.span_context().trace_state().header(), "congo=2");
+    let mut out: HashMap<String, String> = HashMap::new();
+    propagator.inject_context(&cx, &mut out);
+    assert_eq!(out["tracestate"], LEVEL_2_STATE);
+
+    // A state changed through OpenTelemetry is sent as changed.
+    let changed = span
+        .span_context()
+        .trace_state()
+        .insert("ours", "1")
+        .unwrap();
+    let remote = span.span_context();
+    let cx = cx.with_remote_span_context(opentelemetry::trace::SpanContext::new(
+        remote.trace_id(),
+        remote.span_id(),
+        remote.trace_flags(),
+        true,
+        changed,
+    ));
+    let mut out: HashMap<String, String> = HashMap::new();
+    propagator.inject_context(&cx, &mut out);
+    assert_eq!(out["tracestate"], "ours=1,congo=2");
+
+    // Another trace in the same context does not inherit what we received.
+    let other = opentelemetry::trace::SpanContext::new(
+        opentelemetry::trace::TraceId::from_bytes([7; 16]),
+        remote.span_id(),
+        remote.trace_flags(),
+        true,
+        opentelemetry::trace::TraceState::default(),
+    );
+    let mut out: HashMap<String, String> = HashMap::new();
+    propagator.inject_context(&cx.with_remote_span_context(other), &mut out);
+    assert!(!out.contains_key("tracestate"), "{out:?}");
+}
