@@ -48,7 +48,8 @@ static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// Answers refused requests with `429` and `Retry-After`, a store that
 /// cannot decide with `503`, and puts the RateLimit fields on every
-/// response; keeps the inner service's error type.
+/// response a bucket decided (none when a failure policy answered without
+/// one); keeps the inner service's error type.
 ///
 /// A 429's extensions hold the [`RateLimited`] error and its
 /// [`Refusal`](palisade_hints::Refusal), so `palisade-retry` further out

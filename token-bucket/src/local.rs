@@ -16,8 +16,9 @@ use crate::store::Store;
 /// Shards of the key map: a lookup takes one shard's read lock, briefly.
 const SHARDS: usize = 16;
 
-/// Keys up to this many bytes are remembered as they are; longer ones by a
-/// 128-bit hash of themselves, so no key costs more than this.
+/// The longest key a [`LocalStore`] remembers as it is: a longer one is
+/// remembered by a 128-bit hash of itself (seeded per store), so no key
+/// costs the store more than this many bytes.
 pub const MAX_KEY_BYTES: usize = 64;
 
 /// Entries a new key looks at, at most, to find an idle one to replace
