@@ -9,8 +9,14 @@
 //! so an outcome that arrives after a transition (a late call from a
 //! previous cycle) is ignored instead of counted in the wrong one.
 //!
+//! Half-open probes each hold a slot stamped with their start, beside the
+//! word, so a probe that runs longer than the max wait is found however
+//! many probes came and went before it.
+//!
 //! Time is given as `now` by the caller, so the machine runs under paused
-//! tokio time or in a property test without a runtime.
+//! tokio time or in a property test without a runtime. Callers' readings
+//! may disagree by a little (two threads read the clock a millisecond
+//! apart): a reading older than the state it meets never trips anything.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -25,11 +31,12 @@ const KIND_SHIFT: u32 = 61;
 const GEN_SHIFT: u32 = 40;
 const GEN_MASK: u64 = (1 << 21) - 1;
 const PAYLOAD_MASK: u64 = (1 << 40) - 1;
-/// Half-open payload: probes issued (bits 32..40), successes (24..32), and
-/// the low 24 bits of the half-open start in milliseconds (0..24).
-const ISSUED_SHIFT: u32 = 32;
-const SUCCESS_SHIFT: u32 = 24;
-const STARTED_MASK: u64 = (1 << 24) - 1;
+/// Half-open payload: probes issued (bits 8..16) and successes (0..8).
+const ISSUED_SHIFT: u32 = 8;
+const SUCCESS_SHIFT: u32 = 0;
+/// A held probe slot: this bit, the generation (bits 40..61) and the
+/// probe's start in milliseconds (0..40); 0 is a free slot.
+const SLOT_HELD: u64 = 1 << 63;
 
 /// Where a breaker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -98,11 +105,11 @@ impl Word {
         )
     }
 
-    const fn half_open(generation: u64, issued: u64, successes: u64, started_ms: u64) -> Self {
+    const fn half_open(generation: u64, issued: u64, successes: u64) -> Self {
         Self::new(
             State::HalfOpen,
             generation,
-            (issued << ISSUED_SHIFT) | (successes << SUCCESS_SHIFT) | (started_ms & STARTED_MASK),
+            (issued << ISSUED_SHIFT) | (successes << SUCCESS_SHIFT),
         )
     }
 
@@ -125,12 +132,22 @@ impl Word {
     const fn successes(self) -> u64 {
         (self.payload() >> SUCCESS_SHIFT) & 0xff
     }
+}
 
-    /// Milliseconds since the half-open cycle began, wrapping with the 24
-    /// bits kept of its start.
-    const fn half_open_elapsed(self, now_ms: u64) -> u64 {
-        (now_ms.wrapping_sub(self.payload())) & STARTED_MASK
-    }
+/// The value of a probe slot held by a probe of `generation` that began at
+/// `started_ms`.
+const fn slot_value(generation: u64, started_ms: u64) -> u64 {
+    let started_ms = if started_ms < PAYLOAD_MASK {
+        started_ms
+    } else {
+        PAYLOAD_MASK
+    };
+    SLOT_HELD | ((generation & GEN_MASK) << GEN_SHIFT) | started_ms
+}
+
+/// Whether a probe slot holds a probe of `generation`.
+const fn slot_held_by(value: u64, generation: u64) -> bool {
+    value & SLOT_HELD != 0 && (value >> GEN_SHIFT) & GEN_MASK == generation & GEN_MASK
 }
 
 /// How a call ended, as the classifier sees it.
@@ -168,11 +185,11 @@ impl Metrics {
     }
 }
 
-fn ratio(part: u32, whole: u32) -> f64 {
+fn ratio(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
     } else {
-        f64::from(part) / f64::from(whole)
+        part as f64 / whole as f64
     }
 }
 
@@ -181,6 +198,8 @@ pub(crate) struct Inner {
     config: Config,
     base: Instant,
     word: AtomicU64,
+    /// One slot per half-open permit: the start of the probe holding it.
+    probes: Box<[AtomicU64]>,
     window: Window,
     /// Consecutive re-openings from half-open, for the backoff.
     reopens: AtomicU32,
@@ -252,7 +271,7 @@ impl<F: Fn() -> Instant> LazyNow<F> {
 /// // After the open duration, one probe goes through; its success closes.
 /// let later = start + Duration::from_secs(1);
 /// let probe = breaker.try_acquire(later)?;
-/// assert!(breaker.try_acquire(later).is_err(), "one probe per cycle");
+/// assert!(breaker.try_acquire(later).is_err(), "one probe at a time");
 /// probe.record(Outcome::Success, later);
 /// assert_eq!(breaker.state(), State::Closed);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -267,8 +286,9 @@ pub struct CircuitBreaker {
 enum Role {
     /// Counted in the window (closed or metrics-only).
     Counted,
-    /// A half-open probe.
-    Probe,
+    /// A half-open probe, holding this probe slot (none if every slot was
+    /// taken in a race, which the slots' count makes impossible).
+    Probe(Option<u8>),
     /// Passed while disabled: counts nothing.
     Untracked,
 }
@@ -306,6 +326,9 @@ impl CircuitBreaker {
         Self {
             inner: Arc::new(Inner {
                 window: Window::new(config.window),
+                probes: (0..config.half_open_permits)
+                    .map(|_| AtomicU64::new(0))
+                    .collect(),
                 config,
                 base: start,
                 word: AtomicU64::new(Word::new(State::Closed, 0, 0).0),
@@ -361,35 +384,38 @@ impl CircuitBreaker {
                     if now_ms < until {
                         return Err(Open::new(Some(Duration::from_millis(until - now_ms))));
                     }
-                    let next = Word::half_open(generation + 1, 1, 0, now_ms);
+                    let next = Word::half_open(generation + 1, 1, 0);
                     match inner.swap(word, next) {
                         Ok(()) => {
                             inner.transitioned(State::Open, State::HalfOpen);
-                            return Ok(self.permit(next.generation(), Role::Probe, Some(now)));
+                            return Ok(self.probe(next.generation(), now_ms, now));
                         }
                         Err(current) => word = current,
                     }
                 }
                 State::HalfOpen => {
-                    let permits = u64::from(inner.config.half_open_permits);
-                    let elapsed = word.half_open_elapsed(now_ms);
-                    let max_wait = duration_ms(inner.config.half_open_max_wait);
-                    if word.issued() < permits {
+                    if word.issued() < u64::from(inner.config.half_open_permits) {
                         let next = Word(word.0 + (1 << ISSUED_SHIFT));
                         match inner.swap(word, next) {
-                            Ok(()) => return Ok(self.permit(generation, Role::Probe, Some(now))),
+                            Ok(()) => return Ok(self.probe(generation, now_ms, now)),
                             Err(current) => word = current,
                         }
-                    } else if elapsed >= max_wait {
-                        // A probe has run too long: it counts as failed.
-                        if let Err(current) = inner.trip(word, now_ms, None) {
-                            word = current;
-                        } else {
-                            word = inner.load();
-                        }
-                    } else {
+                        continue;
+                    }
+                    // Every slot is taken: wait for the oldest probe, or
+                    // count it as failed once it has run too long. A
+                    // reading older than its start has waited nothing.
+                    let max_wait = duration_ms(inner.config.half_open_max_wait);
+                    let elapsed = inner
+                        .oldest_probe(generation)
+                        .map_or(0, |started| now_ms.saturating_sub(started));
+                    if elapsed < max_wait {
                         return Err(Open::new(Some(Duration::from_millis(max_wait - elapsed))));
                     }
+                    word = match inner.trip(word, now_ms, None) {
+                        Ok(()) => inner.load(),
+                        Err(current) => current,
+                    };
                 }
             }
         }
@@ -407,6 +433,12 @@ impl CircuitBreaker {
             State::Disabled => Ok(self.permit(word.generation(), Role::Untracked, None)),
             _ => self.try_acquire(clock()),
         }
+    }
+
+    /// A probe permit of `generation`, in a probe slot stamped `now_ms`.
+    fn probe(&self, generation: u64, now_ms: u64, now: Instant) -> Permit {
+        let slot = self.inner.claim_probe_slot(generation, now_ms);
+        self.permit(generation, Role::Probe(slot), Some(now))
     }
 
     fn permit(&self, generation: u64, role: Role, now: Option<Instant>) -> Permit {
@@ -499,31 +531,24 @@ impl Inner {
         duration_ms(now.saturating_duration_since(self.base))
     }
 
-    /// Opens from `current` (closed or half-open). The open duration comes
-    /// from the dependency's `hint` when there is one, else from the
-    /// backoff; both are bounded and jittered.
+    /// Opens from `current` (closed or half-open), for the backoff's
+    /// duration or longer if the dependency's `hint` asks, bounded and
+    /// jittered (see [`Config::open_ms`]).
     fn trip(&self, current: Word, now_ms: u64, hint: Option<Duration>) -> Result<(), Word> {
         let from = current.state();
         let reopens = match from {
             State::HalfOpen => self.reopens.load(Ordering::Relaxed).saturating_add(1),
             _ => 0,
         };
-        let config = &self.config;
-        let duration = match hint {
-            Some(hint) => jittered(hint.min(config.max_open_duration), config.jitter, true),
-            None => jittered(config.base_open_duration(reopens), config.jitter, false),
-        }
-        .min(config.max_open_duration);
-        let until = now_ms
-            .saturating_add(duration_ms(duration))
-            .min(PAYLOAD_MASK);
+        let open_ms = self.config.open_ms(reopens, hint, fastrand::f64());
+        let until = now_ms.saturating_add(open_ms).min(PAYLOAD_MASK);
         let next = Word::new(State::Open, current.generation() + 1, until);
         self.swap(current, next)?;
         self.reopens.store(reopens, Ordering::Relaxed);
         self.transitioned(from, State::Open);
         tracing::debug!(
             target: "palisade_circuit_breaker",
-            open_ms = duration.as_millis() as u64,
+            open_ms,
             reopens,
             "open duration"
         );
@@ -607,15 +632,15 @@ impl Inner {
 
     fn should_open(&self, counts: Counts) -> bool {
         let config = &self.config;
-        if counts.calls < config.minimum_calls {
+        if counts.calls < u64::from(config.minimum_calls) {
             return false;
         }
         // Multiplied out, so the hot path divides nothing.
-        let calls = f64::from(counts.calls);
-        f64::from(counts.failures) >= config.failure_rate_threshold * calls
+        let calls = counts.calls as f64;
+        counts.failures as f64 >= config.failure_rate_threshold * calls
             || config
                 .slow_call
-                .is_some_and(|(_, rate)| f64::from(counts.slow) >= rate * calls)
+                .is_some_and(|(_, rate)| counts.slow as f64 >= rate * calls)
     }
 
     /// Settles a probe: a failure re-opens, enough successes close.
@@ -645,6 +670,53 @@ impl Inner {
         }
     }
 
+    /// Takes a free probe slot (or one left by an earlier cycle) for a
+    /// probe of `generation` starting at `now_ms`. The caller has counted
+    /// its probe in the word, and every probe frees its slot before it
+    /// uncounts itself, so fewer than `half_open_permits` slots are held
+    /// by this cycle's other probes and one is always free.
+    fn claim_probe_slot(&self, generation: u64, now_ms: u64) -> Option<u8> {
+        let value = slot_value(generation, now_ms);
+        // Racing claimers may take the slot this one saw free; a second
+        // pass finds the one left.
+        for _ in 0..2 {
+            for (index, slot) in self.probes.iter().enumerate() {
+                let seen = slot.load(Ordering::Acquire);
+                if !slot_held_by(seen, generation)
+                    && slot
+                        .compare_exchange(seen, value, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    return u8::try_from(index).ok();
+                }
+            }
+        }
+        None
+    }
+
+    /// Frees probe slot `index` if a probe of `generation` still holds it.
+    fn free_probe_slot(&self, index: Option<u8>, generation: u64) {
+        let Some(slot) = index.and_then(|index| self.probes.get(usize::from(index))) else {
+            return;
+        };
+        let seen = slot.load(Ordering::Acquire);
+        if slot_held_by(seen, generation) {
+            // Only this probe holds a slot of its cycle: nobody else
+            // writes it meanwhile.
+            let _ = slot.compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    /// The start of the oldest probe of `generation` still running.
+    fn oldest_probe(&self, generation: u64) -> Option<u64> {
+        self.probes
+            .iter()
+            .map(|slot| slot.load(Ordering::Acquire))
+            .filter(|&value| slot_held_by(value, generation))
+            .map(|value| value & PAYLOAD_MASK)
+            .min()
+    }
+
     /// Gives back a probe slot whose call ended without an outcome.
     fn release_probe(&self, generation: u64) {
         let mut word = self.load();
@@ -668,8 +740,10 @@ impl Permit {
 
     /// Records how the call went, with the dependency's own word on how
     /// long to stay away (a `Retry-After` on a 503 or 429): when this
-    /// failure opens the breaker, the hint sets the open duration, bounded
-    /// by [`max_open_duration`](crate::ConfigBuilder::max_open_duration).
+    /// failure opens the breaker, a hint longer than the configured open
+    /// duration (with backoff) lengthens it, jittered and bounded by
+    /// [`max_open_duration`](crate::ConfigBuilder::max_open_duration); a
+    /// shorter one, 0 included, changes nothing.
     pub fn record_with_hint(self, outcome: Outcome, hint: Option<Duration>, now: Instant) {
         self.settle(outcome, hint, || now);
     }
@@ -700,18 +774,26 @@ impl Permit {
         }
         match (self.role, outcome) {
             (Role::Untracked, _) | (Role::Counted, Outcome::Ignored) => {}
-            (Role::Probe, Outcome::Ignored) => inner.release_probe(self.generation),
             (Role::Counted, _) => {
                 inner.record_counted(self.generation, failed, slow, &mut now, hint);
             }
-            (Role::Probe, _) => inner.record_probe(self.generation, failed || slow, &mut now, hint),
+            (Role::Probe(slot), outcome) => {
+                // No longer running, whatever it counts for.
+                inner.free_probe_slot(slot, self.generation);
+                if outcome == Outcome::Ignored {
+                    inner.release_probe(self.generation);
+                } else {
+                    inner.record_probe(self.generation, failed || slow, &mut now, hint);
+                }
+            }
         }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if !self.settled && self.role == Role::Probe {
+        if let (false, Role::Probe(slot)) = (self.settled, self.role) {
+            self.inner.free_probe_slot(slot, self.generation);
             self.inner.release_probe(self.generation);
         }
     }
@@ -723,19 +805,4 @@ fn config_needs_clock(config: &Config) -> bool {
 
 fn duration_ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// `duration` varied by up to `fraction`: either way, or only upwards (a
-/// hint from the dependency is a minimum).
-fn jittered(duration: Duration, fraction: f64, upwards_only: bool) -> Duration {
-    if fraction == 0.0 {
-        return duration;
-    }
-    let unit = fastrand::f64();
-    let factor = if upwards_only {
-        1.0 + fraction * unit
-    } else {
-        1.0 + fraction * (2.0 * unit - 1.0)
-    };
-    duration.mul_f64(factor)
 }

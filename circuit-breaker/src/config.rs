@@ -5,9 +5,6 @@ use std::time::Duration;
 
 use crate::error::{ConfigError, config_error};
 
-/// The longest a half-open probe may run before it counts as failed: the
-/// state word keeps the half-open start in 24 bits of milliseconds.
-pub(crate) const MAX_HALF_OPEN_WAIT: Duration = Duration::from_millis((1 << 23) - 1);
 /// The largest count-based window: counts are packed 21 bits each.
 pub(crate) const MAX_WINDOW_CALLS: u32 = (1 << 21) - 1;
 /// The most buckets a time-based window may have.
@@ -123,7 +120,20 @@ impl Config {
         self.open_duration
     }
 
-    /// Probe calls admitted per half-open cycle.
+    /// The longest the breaker stays open, whatever a hint or the backoff
+    /// asks.
+    #[must_use]
+    pub const fn max_open_duration(&self) -> Duration {
+        self.max_open_duration
+    }
+
+    /// The fraction by which the open duration varies.
+    #[must_use]
+    pub const fn jitter(&self) -> f64 {
+        self.jitter
+    }
+
+    /// Probe calls admitted at a time while half-open.
     #[must_use]
     pub const fn half_open_permits(&self) -> u8 {
         self.half_open_permits
@@ -142,19 +152,44 @@ impl Config {
     }
 
     /// The open duration after `reopens` consecutive re-openings, before
-    /// jitter: grows by the backoff factor, capped.
-    pub(crate) fn base_open_duration(&self, reopens: u32) -> Duration {
+    /// jitter, in milliseconds: grows by the backoff factor, capped.
+    fn base_open_ms(&self, reopens: u32) -> f64 {
+        let open = millis(self.open_duration);
         let Some((factor, cap)) = self.backoff else {
-            return self.open_duration;
+            return open;
         };
         let exponent = i32::try_from(reopens.min(64)).unwrap_or(64);
-        // In whole nanoseconds, so integral factors give exact durations.
-        let nanos = (self.open_duration.as_nanos() as f64 * factor.powi(exponent)).round();
-        if nanos >= cap.as_nanos() as f64 {
-            cap
+        // An overflow to infinity is capped like any large value.
+        (open * factor.powi(exponent)).min(millis(cap))
+    }
+
+    /// How long to stay open, in whole milliseconds, after `reopens`
+    /// consecutive re-openings, given the dependency's `hint` and `unit`,
+    /// a uniform random number in [0, 1).
+    ///
+    /// The backoff's duration is the floor, varied by up to the jitter
+    /// either way. A hint longer than the floor replaces it and is varied
+    /// upwards only (it is the dependency's minimum); a shorter one (a
+    /// `Retry-After: 0`, a date in the past) changes nothing. Past
+    /// `max_open_duration` the time is drawn below it instead, so an
+    /// instance capped by a long hint is jittered too. No setting or hint
+    /// overflows: the arithmetic is in `f64` and saturates.
+    pub(crate) fn open_ms(&self, reopens: u32, hint: Option<Duration>, unit: f64) -> u64 {
+        let floor = self.base_open_ms(reopens);
+        let max = millis(self.max_open_duration);
+        let jitter = self.jitter;
+        let jittered = match hint.map(millis).filter(|&hint| hint > floor) {
+            Some(hint) => hint * (1.0 + jitter * unit),
+            None => floor * (1.0 + jitter * (2.0 * unit - 1.0)),
+        };
+        let ms = if jittered <= max {
+            jittered
         } else {
-            Duration::from_nanos(nanos as u64)
-        }
+            max * (1.0 - jitter * unit)
+        };
+        // Rounded up: a breaker never half-opens before its time, and
+        // stays open at least 1 ms. `as` saturates.
+        (ms.ceil() as u64).max(1)
     }
 }
 
@@ -236,7 +271,9 @@ impl ConfigBuilder {
         self
     }
 
-    /// Probe calls admitted per half-open cycle (default 1).
+    /// Probe calls admitted at a time while half-open (default 1). A probe
+    /// cancelled without an outcome frees its slot for another caller, so a
+    /// cycle may see more probes than this, never more at once.
     #[must_use]
     pub const fn half_open_permits(mut self, permits: u8) -> Self {
         self.config.half_open_permits = permits;
@@ -251,8 +288,9 @@ impl ConfigBuilder {
         self
     }
 
-    /// How long a probe may run before it counts as failed (default 60 s,
-    /// at most about 2.3 hours).
+    /// How long a probe may run before it counts as failed (default 60 s):
+    /// once the oldest probe still running has run this long, the next
+    /// caller that finds every probe slot taken re-opens the breaker.
     #[must_use]
     pub const fn half_open_max_wait(mut self, wait: Duration) -> Self {
         self.config.half_open_max_wait = wait;
@@ -339,14 +377,16 @@ impl ConfigBuilder {
                 "must be 1 to half_open_permits",
             ));
         }
-        if config.half_open_max_wait.is_zero() || config.half_open_max_wait > MAX_HALF_OPEN_WAIT {
-            return Err(config_error(
-                "half_open_max_wait",
-                "must be positive and at most 8388 s",
-            ));
+        if config.half_open_max_wait.is_zero() {
+            return Err(config_error("half_open_max_wait", "must be positive"));
         }
         Ok(config)
     }
+}
+
+/// `duration` in milliseconds, exactly for whole milliseconds.
+fn millis(duration: Duration) -> f64 {
+    duration.as_nanos() as f64 / 1e6
 }
 
 impl fmt::Display for SlidingWindow {
@@ -357,5 +397,42 @@ impl fmt::Display for SlidingWindow {
                 write!(f, "last {duration:?} in {buckets} buckets")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_ms_keeps_the_floor_and_the_jitter() {
+        let config = Config::builder()
+            .open_duration(Duration::from_secs(10))
+            .max_open_duration(Duration::from_secs(20))
+            .jitter(0.5)
+            .build()
+            .unwrap();
+        let hint = |secs| Some(Duration::from_secs(secs));
+        // The floor, jittered either way.
+        assert_eq!(config.open_ms(0, None, 0.0), 5_000);
+        assert_eq!(config.open_ms(0, None, 0.5), 10_000);
+        assert_eq!(config.open_ms(0, hint(0), 0.5), 10_000);
+        // A longer hint, jittered upwards, capped with jitter below the cap.
+        assert_eq!(config.open_ms(0, hint(12), 0.0), 12_000);
+        assert_eq!(config.open_ms(0, hint(12), 0.5), 15_000);
+        assert_eq!(config.open_ms(0, hint(12), 0.9), 17_400);
+        assert_eq!(config.open_ms(0, hint(100), 0.0), 20_000);
+        assert_eq!(config.open_ms(0, hint(100), 0.5), 15_000);
+        // Whatever the numbers, no overflow and at least 1 ms.
+        let extreme = Config::builder()
+            .open_duration(Duration::from_nanos(1))
+            .max_open_duration(Duration::MAX)
+            .open_backoff(f64::MAX, Duration::MAX)
+            .build()
+            .unwrap();
+        assert_eq!(extreme.open_ms(0, None, 0.5), 1);
+        let longest = extreme.open_ms(64, Some(Duration::MAX), 0.99);
+        assert!(longest >= 1);
+        assert!(u128::from(longest) <= Duration::MAX.as_millis());
     }
 }

@@ -14,11 +14,12 @@ use std::time::Duration;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use palisade_hints::grpc;
+use palisade_hints::{Refusal, grpc};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::breaker::{CircuitBreaker, Outcome, Permit};
+use crate::classify::is_refusal;
 use crate::config::Config;
 use crate::error::Open;
 use crate::future::now;
@@ -27,16 +28,15 @@ use crate::layer::CircuitBreakerLayer;
 /// UNAVAILABLE, the answer of an open breaker.
 const UNAVAILABLE: &str = "14";
 
-/// The outcome a `grpc-status` (in headers or trailers) stands for, if one
-/// is there: the codes that say the dependency is unwell are failures, and
-/// every other code, OK included, a success (the dependency answered).
-fn outcome_of(fields: &HeaderMap) -> Option<Outcome> {
-    let code = grpc::status(fields)?;
-    Some(if grpc::is_dependency_failure(code) {
+/// The outcome a `grpc-status` code stands for: the codes that say the
+/// dependency is unwell are failures, and every other code, OK included, a
+/// success (the dependency answered).
+fn outcome_of(code: u32) -> Outcome {
+    if grpc::is_dependency_failure(code) {
         Outcome::Failure
     } else {
         Outcome::Success
-    })
+    }
 }
 
 /// The server's `grpc-retry-pushback-ms`, its own word on when to retry.
@@ -48,9 +48,16 @@ fn pushback(fields: &HeaderMap) -> Option<Duration> {
 /// `Server`): `grpc-status` UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
 /// INTERNAL and UNAVAILABLE are failures, read from the headers or, when
 /// only the trailers carry it, at the end of the body; transport errors are
-/// failures; `grpc-retry-pushback-ms` sets the open duration. An open
-/// breaker answers a trailers-only `UNAVAILABLE` with
+/// failures; `grpc-retry-pushback-ms` may lengthen the open duration, never
+/// shorten it. An open breaker answers a trailers-only `UNAVAILABLE` with
 /// `grpc-retry-pushback-ms`, without calling the inner service.
+///
+/// A response whose HTTP status is not 200 and that carries no
+/// `grpc-status` (a proxy or load balancer answered) gets the status gRPC
+/// clients give it: 429, 502, 503 and 504 are UNAVAILABLE, 400 INTERNAL,
+/// 401, 403 and 404 answers, anything else UNKNOWN. A response or error
+/// carrying the [`Refusal`] marker (a palisade layer beneath refused the
+/// call itself) is neither a success nor a failure.
 ///
 /// Made by [`CircuitBreakerLayer::new_for_grpc`].
 #[derive(Debug, Clone)]
@@ -126,6 +133,7 @@ impl<S> GrpcCircuitBreakerService<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for GrpcCircuitBreakerService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: 'static,
     ResBody: Default,
 {
     type Response = Response<GrpcBody<ResBody>>;
@@ -178,6 +186,7 @@ pin_project! {
 impl<F, B, E> Future for GrpcResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    E: 'static,
     B: Default,
 {
     type Output = Result<Response<GrpcBody<B>>, E>;
@@ -191,7 +200,12 @@ where
                     Ok(response) => Ok(settle_on_headers(response, permit)),
                     Err(err) => {
                         if let Some(permit) = permit {
-                            permit.settle(Outcome::Failure, None, now);
+                            let outcome = if is_refusal(&err) {
+                                Outcome::Ignored
+                            } else {
+                                Outcome::Failure
+                            };
+                            permit.settle(outcome, None, now);
                         }
                         Err(err)
                     }
@@ -207,8 +221,8 @@ where
     }
 }
 
-/// Settles the permit on a trailers-only response or an HTTP error, or
-/// hands it to the body to settle at the trailers.
+/// Settles the permit on a trailers-only response, an HTTP error or a
+/// local refusal, or hands it to the body to settle at the trailers.
 fn settle_on_headers<B>(response: Response<B>, permit: Option<Permit>) -> Response<GrpcBody<B>> {
     let Some(permit) = permit else {
         return response.map(|inner| GrpcBody {
@@ -216,19 +230,11 @@ fn settle_on_headers<B>(response: Response<B>, permit: Option<Permit>) -> Respon
             permit: None,
         });
     };
-    let status = response.status();
-    let settled = if !status.is_success() {
-        // Not a gRPC answer at all (a proxy's 503, a 404): 5xx is the
-        // dependency's trouble, the rest is not.
-        let outcome = if status.is_server_error() {
-            Outcome::Failure
-        } else {
-            Outcome::Ignored
-        };
-        permit.settle(outcome, None, now);
+    let settled = if response.extensions().get::<Refusal>().is_some() {
+        permit.settle(Outcome::Ignored, None, now);
         None
-    } else if let Some(outcome) = outcome_of(response.headers()) {
-        permit.settle(outcome, pushback(response.headers()), now);
+    } else if let Some(code) = grpc::head_status(response.status(), response.headers()) {
+        permit.settle(outcome_of(code), pushback(response.headers()), now);
         None
     } else {
         Some(permit)
@@ -294,7 +300,7 @@ impl<B: Body> Body for GrpcBody<B> {
             match &frame {
                 Some(Ok(frame)) => match frame.trailers_ref() {
                     Some(trailers) => {
-                        let outcome = outcome_of(trailers).unwrap_or(Outcome::Failure);
+                        let outcome = grpc::status(trailers).map_or(Outcome::Failure, outcome_of);
                         permit.settle(outcome, pushback(trailers), now);
                     }
                     None => *this.permit = Some(permit),

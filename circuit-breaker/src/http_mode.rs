@@ -11,8 +11,10 @@ use std::time::{Duration, SystemTime};
 use http::header::RETRY_AFTER;
 use http::{Response, StatusCode};
 
+use palisade_hints::Refusal;
+
 use crate::breaker::Outcome;
-use crate::classify::Classify;
+use crate::classify::{Classify, is_refusal};
 use crate::config::Config;
 use crate::error::Open;
 use crate::layer::CircuitBreakerLayer;
@@ -20,13 +22,20 @@ use crate::rejection::Rejection;
 
 /// Classifies HTTP responses: 5xx and 429 are failures, every other status
 /// a success, and a transport error a failure. A `Retry-After` on a 503 or
-/// 429 (seconds or an HTTP date) is the dependency's own wait.
+/// 429 (seconds or an HTTP date) is the dependency's own wait: it may make
+/// the breaker stay open longer than configured, never shorter.
+///
+/// A response or error carrying the [`Refusal`] marker (the 429 of a
+/// palisade rate limiter beneath, the 503 of another breaker) is neither a
+/// success nor a failure: it is ignored, so one client over its own quota
+/// cannot open the breaker for everyone.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerErrorsAsFailures;
 
-impl<B, E> Classify<Response<B>, E> for ServerErrorsAsFailures {
+impl<B, E: 'static> Classify<Response<B>, E> for ServerErrorsAsFailures {
     fn classify(&self, result: &Result<Response<B>, E>) -> Outcome {
         match result {
+            Ok(response) if response.extensions().get::<Refusal>().is_some() => Outcome::Ignored,
             Ok(response)
                 if response.status().is_server_error()
                     || response.status() == StatusCode::TOO_MANY_REQUESTS =>
@@ -34,6 +43,7 @@ impl<B, E> Classify<Response<B>, E> for ServerErrorsAsFailures {
                 Outcome::Failure
             }
             Ok(_) => Outcome::Success,
+            Err(error) if is_refusal(error) => Outcome::Ignored,
             Err(_) => Outcome::Failure,
         }
     }
@@ -80,8 +90,9 @@ impl<B: Default, E> Rejection<Response<B>, E> for ServiceUnavailable {
 
 impl CircuitBreakerLayer<ServerErrorsAsFailures, ServiceUnavailable> {
     /// A breaker for HTTP services (feature `http`): 5xx and 429 responses
-    /// and transport errors count as failures, a `Retry-After` on a 503 or
-    /// 429 sets the open duration, and an open breaker answers 503 with
+    /// and transport errors count as failures (unless a palisade layer
+    /// beneath refused the call itself), a `Retry-After` on a 503 or 429
+    /// may lengthen the open duration, and an open breaker answers 503 with
     /// `Retry-After` itself, keeping the inner service's error type.
     ///
     /// # Example
@@ -107,7 +118,6 @@ impl CircuitBreakerLayer<ServerErrorsAsFailures, ServiceUnavailable> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use palisade_hints::Refusal;
 
     #[test]
     fn the_503_carries_the_wait_and_the_refusal_marker() {

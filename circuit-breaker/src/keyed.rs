@@ -19,27 +19,83 @@ use crate::service::{CircuitBreakerService, SelectBreaker};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// How many breakers a new key arriving at a full registry looks at for
+/// one to retire.
+const SCAN_BUDGET: usize = 16;
+
 /// The breakers of a [`KeyedCircuitBreakerLayer`], made on first use of a
 /// key from one configuration, and bounded.
 ///
-/// When it holds `capacity` breakers and a new key arrives, breakers that
-/// are closed and unused for `idle_after` are dropped to make room; an open
-/// or recently used breaker is never dropped, so a failing key cannot
-/// escape its breaker by crowding it out. If no room can be made, new keys
-/// share one overflow breaker until some is, and a warning is logged.
+/// When it holds `capacity` breakers and a new key arrives, a breaker that
+/// is closed and unused for `idle_after` is retired to make room; an open,
+/// half-open, forced or recently used breaker is never retired, so a
+/// failing key cannot escape its breaker by crowding it out. The search is
+/// a clock: a hand goes round the breakers and looks at 16 at most per new
+/// key, from where it stopped last, so admitting a key costs the same
+/// however full the registry is and a flood of new keys cannot make the
+/// registry scan itself over and over under its lock. If none of those 16
+/// can be retired, the new key shares one overflow breaker (a later key
+/// looks further round), and a warning is logged.
 pub struct BreakerRegistry<K> {
     config: Config,
     capacity: usize,
     idle_after: Duration,
     start: Instant,
-    breakers: RwLock<HashMap<K, Entry>>,
+    breakers: RwLock<Breakers<K>>,
     overflow: CircuitBreaker,
 }
 
-struct Entry {
+/// The breakers, in the order the clock hand visits them.
+struct Breakers<K> {
+    /// Each key's place in `entries`.
+    index: HashMap<K, usize>,
+    entries: Vec<Entry<K>>,
+    /// The next entry the hand looks at.
+    hand: usize,
+}
+
+struct Entry<K> {
+    key: K,
     breaker: CircuitBreaker,
     /// Milliseconds since the registry began, at the key's last call.
     last_used: AtomicU64,
+}
+
+impl<K: Eq + Hash + Clone> Breakers<K> {
+    fn get(&self, key: &K) -> Option<&Entry<K>> {
+        self.index.get(key).map(|&at| &self.entries[at])
+    }
+
+    /// Moves the hand over at most [`SCAN_BUDGET`] entries; the place of
+    /// the first closed one unused for `idle_ms`, if any.
+    fn retirable(&mut self, now_ms: u64, idle_ms: u64) -> Option<usize> {
+        for _ in 0..SCAN_BUDGET.min(self.entries.len()) {
+            let at = self.hand;
+            self.hand = (at + 1) % self.entries.len();
+            let entry = &self.entries[at];
+            let idle = now_ms.saturating_sub(entry.last_used.load(Ordering::Relaxed)) >= idle_ms;
+            if idle && entry.breaker.state() == State::Closed {
+                return Some(at);
+            }
+        }
+        None
+    }
+
+    /// Puts `entry` at `at` (a retired entry's place) or at the end.
+    fn insert(&mut self, entry: Entry<K>, at: Option<usize>) {
+        let key = entry.key.clone();
+        match at {
+            Some(at) => {
+                let retired = std::mem::replace(&mut self.entries[at], entry);
+                self.index.remove(&retired.key);
+                self.index.insert(key, at);
+            }
+            None => {
+                self.index.insert(key, self.entries.len());
+                self.entries.push(entry);
+            }
+        }
+    }
 }
 
 impl<K: Eq + Hash + Clone> BreakerRegistry<K> {
@@ -51,7 +107,11 @@ impl<K: Eq + Hash + Clone> BreakerRegistry<K> {
             capacity: capacity.max(1),
             idle_after,
             start,
-            breakers: RwLock::new(HashMap::new()),
+            breakers: RwLock::new(Breakers {
+                index: HashMap::new(),
+                entries: Vec::new(),
+                hand: 0,
+            }),
         }
     }
 
@@ -77,29 +137,28 @@ impl<K: Eq + Hash + Clone> BreakerRegistry<K> {
         if let Some(entry) = breakers.get(key) {
             return entry.breaker.clone();
         }
-        if breakers.len() >= self.capacity {
+        let place = if breakers.entries.len() >= self.capacity {
             let idle_ms = u64::try_from(self.idle_after.as_millis()).unwrap_or(u64::MAX);
-            breakers.retain(|_, entry| {
-                let idle =
-                    now_ms.saturating_sub(entry.last_used.load(Ordering::Relaxed)) >= idle_ms;
-                !(idle && entry.breaker.state() == State::Closed)
-            });
-            if breakers.len() >= self.capacity {
+            let Some(place) = breakers.retirable(now_ms, idle_ms) else {
                 tracing::warn!(
                     target: "palisade_circuit_breaker",
                     capacity = self.capacity,
-                    "breaker registry full of busy or open breakers: new keys share the overflow breaker"
+                    "breaker registry full of busy or open breakers: a new key shares the overflow breaker"
                 );
                 return self.overflow.clone();
-            }
-        }
+            };
+            Some(place)
+        } else {
+            None
+        };
         let breaker = CircuitBreaker::new_at(self.config.clone(), at);
         breakers.insert(
-            key.clone(),
             Entry {
+                key: key.clone(),
                 breaker: breaker.clone(),
                 last_used: AtomicU64::new(now_ms),
             },
+            place,
         );
         breaker
     }
@@ -120,6 +179,7 @@ impl<K: Eq + Hash + Clone> BreakerRegistry<K> {
         self.breakers
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .entries
             .len()
     }
 

@@ -5,7 +5,7 @@
 //! makes the sickness worse. A breaker watches the outcomes of recent calls
 //! in a sliding window; when too many fail (or are too slow) it *opens* and
 //! refuses calls at once, with the time to wait. After the open duration it
-//! turns *half-open* and lets a fixed number of probe calls through: if
+//! turns *half-open* and lets a few probe calls through at a time: if
 //! they succeed it *closes*, if any fails it opens again, for longer when
 //! backoff is configured, and always with jitter so a fleet of instances
 //! does not probe in lockstep.
@@ -39,11 +39,17 @@
 //! # Feature flags
 //!
 //! - `http`: [`CircuitBreakerLayer::new_for_http`]: 5xx and 429 count as
-//!   failures, `Retry-After` sets the open duration, and an open breaker
-//!   answers 503 itself, so the layer goes straight on an axum `Router`.
+//!   failures, `Retry-After` may lengthen the open duration, and an open
+//!   breaker answers 503 itself, so the layer goes straight on an axum
+//!   `Router`.
 //! - `grpc`: [`CircuitBreakerLayer::new_for_grpc`]: `grpc-status` decides,
-//!   from the headers or from the trailers at the end of the body, and an
+//!   from the headers or from the trailers at the end of the body (or
+//!   gRPC's mapping of the HTTP status when a proxy answered), and an
 //!   open breaker answers `UNAVAILABLE` with `grpc-retry-pushback-ms`.
+//!
+//! In every mode, a call a palisade layer beneath refused itself (the
+//! [`Refusal`](palisade_hints::Refusal) marker on the error or the
+//! response) is neither a success nor a failure.
 //! - `otel`: [`CircuitBreaker::instrument`] registers OpenTelemetry metrics:
 //!   `palisade.circuit_breaker.calls` (by `outcome`), `.rejected`,
 //!   `.transitions` (by `from` and `to`) and the `.state` gauge, each with

@@ -5,8 +5,8 @@
 #[cfg(palisade_loom)]
 pub(crate) use loom::sync::Arc;
 #[cfg(palisade_loom)]
-pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 #[cfg(not(palisade_loom))]
 pub(crate) use std::sync::Arc;
 #[cfg(not(palisade_loom))]
-pub(crate) use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+pub(crate) use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, fence};

@@ -1,16 +1,24 @@
 //! Sliding windows of call outcomes, lock-free: a ring of the last N calls,
 //! or buckets of time that expire whole.
 //!
-//! Counts are packed 21 bits each in one `u64` (calls, failures, slow
-//! calls). The ring counts calls by its cursor and touches the packed
-//! counts only when a failure or a slow call enters or leaves it, so a
-//! success replacing a success costs one `fetch_add` and one `swap`. Under
-//! contention a read may include a call whose slot has not yet been
-//! subtracted; the error is at most the number of calls being recorded at
-//! that instant, and vanishes as they finish.
+//! The ring's failures and slow calls are packed 21 bits each in one `u64`
+//! (the ring holds at most 2^21 - 1 calls, so they cannot overflow). It
+//! counts calls by its cursor and touches the packed counts only when a
+//! failure or a slow call enters or leaves it, so a success replacing a
+//! success costs one `fetch_add` and one `swap`. Under contention a read
+//! may include a call whose slot has not yet been subtracted; the error is
+//! at most the number of calls being recorded at that instant, and
+//! vanishes as they finish.
+//!
+//! A time bucket has a 64-bit counter each for calls, failures and slow
+//! calls, so no rate of calls overflows it; a success costs one
+//! `fetch_add`. A bucket reused for a new lap is emptied under a marker
+//! epoch, and readers check its epoch before and after reading its
+//! counters (a sequence lock), so a read never mixes the previous lap's
+//! counts into the current one.
 
-use crate::sync::Ordering::Relaxed;
-use crate::sync::{AtomicU8, AtomicU64};
+use crate::sync::Ordering::{Acquire, Relaxed, Release};
+use crate::sync::{AtomicU8, AtomicU64, fence};
 
 use crate::config::SlidingWindow;
 
@@ -21,35 +29,116 @@ const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     /// Calls recorded.
-    pub calls: u32,
+    pub calls: u64,
     /// Of which failed.
-    pub failures: u32,
+    pub failures: u64,
     /// Of which were slow.
-    pub slow: u32,
+    pub slow: u64,
 }
 
 impl Counts {
-    const fn unpack(packed: u64) -> Self {
+    /// The ring's packed failures and slow calls, with its `calls`.
+    const fn unpack(calls: u64, packed: u64) -> Self {
         Self {
-            calls: (packed & FIELD_MASK) as u32,
-            failures: ((packed >> FIELD_BITS) & FIELD_MASK) as u32,
-            slow: ((packed >> (2 * FIELD_BITS)) & FIELD_MASK) as u32,
+            calls,
+            failures: (packed >> FIELD_BITS) & FIELD_MASK,
+            slow: (packed >> (2 * FIELD_BITS)) & FIELD_MASK,
         }
     }
 
-    fn add(&mut self, other: Self) {
-        self.calls += other.calls;
-        self.failures += other.failures;
-        self.slow += other.slow;
+    const fn add(&mut self, other: Self) {
+        self.calls = self.calls.saturating_add(other.calls);
+        self.failures = self.failures.saturating_add(other.failures);
+        self.slow = self.slow.saturating_add(other.slow);
     }
 }
 
-/// One call's contribution to the packed counts.
-const fn contribution(failed: bool, slow: bool) -> u64 {
-    1 | verdicts(failed, slow)
+/// A bucket's epoch while it is being emptied for a new lap.
+const EMPTYING: u64 = u64::MAX - 1;
+/// A bucket's epoch before its first call.
+const UNUSED: u64 = u64::MAX;
+
+/// One bucket of a time window.
+#[derive(Debug)]
+pub(crate) struct Bucket {
+    /// The bucket index (time / bucket length) the counters hold, or
+    /// [`UNUSED`], or [`EMPTYING`].
+    epoch: AtomicU64,
+    calls: AtomicU64,
+    failures: AtomicU64,
+    slow: AtomicU64,
 }
 
-/// The failure and slow-call part of a contribution.
+impl Bucket {
+    fn new() -> Self {
+        Self {
+            epoch: AtomicU64::new(UNUSED),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            slow: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a call of `epoch`. A call older than the bucket's lap, or
+    /// arriving while the bucket is being emptied, is dropped: the window
+    /// is a statistic.
+    fn record(&self, epoch: u64, failed: bool, slow: bool) {
+        let seen = self.epoch.load(Acquire);
+        if seen != epoch {
+            if seen == EMPTYING || (seen != UNUSED && seen > epoch) {
+                return;
+            }
+            if self
+                .epoch
+                .compare_exchange(seen, EMPTYING, Relaxed, Relaxed)
+                .is_ok()
+            {
+                // Readers that see the zeros also see EMPTYING.
+                fence(Release);
+                self.calls.store(0, Relaxed);
+                self.failures.store(0, Relaxed);
+                self.slow.store(0, Relaxed);
+                self.epoch.store(epoch, Release);
+            } else if self.epoch.load(Acquire) != epoch {
+                return;
+            }
+        }
+        self.calls.fetch_add(1, Relaxed);
+        if failed {
+            self.failures.fetch_add(1, Relaxed);
+        }
+        if slow {
+            self.slow.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The bucket's counts if the epoch it holds is one of `epochs`,
+    /// checked before and after reading the counters.
+    fn counts(&self, epochs: std::ops::RangeInclusive<u64>) -> Option<Counts> {
+        let epoch = self.epoch.load(Acquire);
+        if !epochs.contains(&epoch) {
+            return None;
+        }
+        let counts = Counts {
+            calls: self.calls.load(Relaxed),
+            failures: self.failures.load(Relaxed),
+            slow: self.slow.load(Relaxed),
+        };
+        fence(Acquire);
+        // Moved on to a later lap meanwhile: out of the window, since one
+        // index holds one epoch of the window.
+        (self.epoch.load(Relaxed) == epoch).then_some(counts)
+    }
+
+    fn reset(&self) {
+        self.epoch.store(UNUSED, Relaxed);
+        self.calls.store(0, Relaxed);
+        self.failures.store(0, Relaxed);
+        self.slow.store(0, Relaxed);
+    }
+}
+
+/// A call's failure and slow-call bits in the ring's packed counts.
 const fn verdicts(failed: bool, slow: bool) -> u64 {
     ((failed as u64) << FIELD_BITS) | ((slow as u64) << (2 * FIELD_BITS))
 }
@@ -83,10 +172,7 @@ pub(crate) enum Window {
     },
     Time {
         bucket_ms: u64,
-        /// The bucket index (time / bucket length) each bucket holds;
-        /// `u64::MAX` when empty.
-        epochs: Box<[AtomicU64]>,
-        counts: Box<[AtomicU64]>,
+        buckets: Box<[Bucket]>,
     },
 }
 
@@ -105,8 +191,7 @@ impl Window {
                     .max(1);
                 Self::Time {
                     bucket_ms,
-                    epochs: (0..buckets).map(|_| AtomicU64::new(u64::MAX)).collect(),
-                    counts: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+                    buckets: (0..buckets).map(|_| Bucket::new()).collect(),
                 }
             }
         }
@@ -146,28 +231,9 @@ impl Window {
                     totals.fetch_sub(removed, Relaxed);
                 }
             }
-            Self::Time {
-                bucket_ms,
-                epochs,
-                counts,
-            } => {
+            Self::Time { bucket_ms, buckets } => {
                 let epoch = now_ms / bucket_ms;
-                let index = (epoch % epochs.len() as u64) as usize;
-                let seen = epochs[index].load(Relaxed);
-                if seen != epoch
-                    && (seen == u64::MAX || seen < epoch)
-                    && epochs[index]
-                        .compare_exchange(seen, epoch, Relaxed, Relaxed)
-                        .is_ok()
-                {
-                    // This thread moved the bucket to the new epoch: it
-                    // empties it. A call recorded by another thread in
-                    // between may be lost; the window is a statistic.
-                    counts[index].store(0, Relaxed);
-                }
-                if epochs[index].load(Relaxed) == epoch {
-                    counts[index].fetch_add(contribution(failed, slow), Relaxed);
-                }
+                buckets[(epoch % buckets.len() as u64) as usize].record(epoch, failed, slow);
             }
         }
     }
@@ -181,22 +247,16 @@ impl Window {
                 verdicts: totals,
                 ..
             } => {
-                let mut counts = Counts::unpack(totals.load(Relaxed));
-                counts.calls = cursor.load(Relaxed).min(slots.len() as u64) as u32;
-                counts
+                let calls = cursor.load(Relaxed).min(slots.len() as u64);
+                Counts::unpack(calls, totals.load(Relaxed))
             }
-            Self::Time {
-                bucket_ms,
-                epochs,
-                counts,
-            } => {
+            Self::Time { bucket_ms, buckets } => {
                 let current = now_ms / bucket_ms;
-                let oldest = current.saturating_sub(epochs.len() as u64 - 1);
+                let oldest = current.saturating_sub(buckets.len() as u64 - 1);
                 let mut sum = Counts::default();
-                for (epoch, count) in epochs.iter().zip(counts.iter()) {
-                    let epoch = epoch.load(Relaxed);
-                    if (oldest..=current).contains(&epoch) {
-                        sum.add(Counts::unpack(count.load(Relaxed)));
+                for bucket in buckets {
+                    if let Some(counts) = bucket.counts(oldest..=current) {
+                        sum.add(counts);
                     }
                 }
                 sum
@@ -221,10 +281,9 @@ impl Window {
                     }
                 }
             }
-            Self::Time { epochs, counts, .. } => {
-                for (epoch, count) in epochs.iter().zip(counts.iter()) {
-                    epoch.store(u64::MAX, Relaxed);
-                    count.store(0, Relaxed);
+            Self::Time { buckets, .. } => {
+                for bucket in buckets {
+                    bucket.reset();
                 }
             }
         }
@@ -310,5 +369,22 @@ mod tests {
             }
         );
         assert_eq!(window.counts(10_000), Counts::default());
+    }
+
+    #[test]
+    fn time_buckets_do_not_overflow_at_2_pow_21_calls() {
+        // 35k calls a second for 60 s land in one bucket.
+        let window = Window::new(SlidingWindow::Time {
+            duration: Duration::from_secs(60),
+            buckets: 1,
+        });
+        let calls = (1u64 << 21) + 5;
+        for i in 0..calls {
+            window.record(0, i % 2 == 0, false);
+        }
+        let counts = window.counts(0);
+        assert_eq!(counts.calls, calls);
+        assert_eq!(counts.failures, calls.div_ceil(2));
+        assert_eq!(counts.slow, 0);
     }
 }

@@ -7,7 +7,9 @@ use std::sync::{Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use palisade_circuit_breaker::{CircuitBreaker, Config, Outcome, Permit, SlidingWindow, State};
+use palisade_circuit_breaker::{
+    CircuitBreaker, Config, Outcome, Permit, SlidingWindow, State, Transition,
+};
 
 const THREADS: usize = 8;
 const PERMITS: u8 = 3;
@@ -42,27 +44,37 @@ fn race<T: Send>(work: impl Fn(usize) -> T + Sync) -> Vec<T> {
     })
 }
 
+/// Thread `i`'s clock reading: `now` plus `i` milliseconds, so the
+/// threads disagree as real callers do.
+fn reading(now: Instant, thread: usize) -> Instant {
+    now + Duration::from_millis(thread as u64)
+}
+
 #[test]
 fn half_open_admits_exactly_its_permits_cycle_after_cycle() {
     let start = Instant::now();
     let breaker = breaker(start);
+    let mut transitions = breaker.subscribe();
     let mut now = start;
     for cycle in 0..200 {
         // Closed: failures from every thread open it once.
-        let opened = race(|_| {
+        race(|i| {
+            let now = reading(now, i);
             for _ in 0..4 {
                 if let Ok(permit) = breaker.try_acquire(now) {
                     permit.record(Outcome::Failure, now);
                 }
             }
         });
-        assert_eq!(opened.len(), THREADS);
         assert_eq!(breaker.state(), State::Open, "cycle {cycle}");
 
-        // Half-open: every thread grabs what it can and holds it.
-        now += OPEN;
+        // Half-open: every thread grabs what it can and holds it, each
+        // with its own clock reading, some earlier than the one that
+        // turned it half-open.
+        now += OPEN + Duration::from_millis(THREADS as u64);
         let held: Mutex<Vec<Permit>> = Mutex::new(Vec::new());
-        race(|_| {
+        race(|i| {
+            let now = reading(now, i);
             for _ in 0..50 {
                 if let Ok(permit) = breaker.try_acquire(now) {
                     held.lock().unwrap().push(permit);
@@ -71,13 +83,14 @@ fn half_open_admits_exactly_its_permits_cycle_after_cycle() {
         });
         let mut held = held.into_inner().unwrap();
         assert_eq!(held.len(), usize::from(PERMITS), "cycle {cycle}");
-        assert_eq!(breaker.state(), State::HalfOpen);
+        assert_eq!(breaker.state(), State::HalfOpen, "cycle {cycle}");
 
         // Cancelled probes give their slots back: not stuck.
         held.truncate(1);
         let refilled = AtomicUsize::new(0);
         let more: Mutex<Vec<Permit>> = Mutex::new(Vec::new());
-        race(|_| {
+        race(|i| {
+            let now = reading(now, THREADS - 1 - i);
             for _ in 0..20 {
                 if let Ok(permit) = breaker.try_acquire(now) {
                     refilled.fetch_add(1, Ordering::Relaxed);
@@ -91,10 +104,10 @@ fn half_open_admits_exactly_its_permits_cycle_after_cycle() {
         // Every probe succeeds at once: it closes exactly once, and the
         // successes that arrive after the close are ignored.
         let probes = Mutex::new(held);
-        race(|_| {
+        race(|i| {
             let permit = probes.lock().unwrap().pop();
             if let Some(permit) = permit {
-                permit.record(Outcome::Success, now);
+                permit.record(Outcome::Success, reading(now, i));
             }
         });
         assert_eq!(breaker.state(), State::Closed, "cycle {cycle}");
@@ -103,7 +116,21 @@ fn half_open_admits_exactly_its_permits_cycle_after_cycle() {
             0,
             "a closed cycle starts empty"
         );
-        now += Duration::from_millis(1);
+        // Each transition happened exactly once, in order.
+        let mut seen = Vec::new();
+        while let Ok(Transition { from, to }) = transitions.try_recv() {
+            seen.push((from, to));
+        }
+        assert_eq!(
+            seen,
+            [
+                (State::Closed, State::Open),
+                (State::Open, State::HalfOpen),
+                (State::HalfOpen, State::Closed),
+            ],
+            "cycle {cycle}"
+        );
+        now += Duration::from_millis(THREADS as u64);
     }
 }
 

@@ -174,3 +174,70 @@ async fn a_body_dropped_before_its_trailers_counts_nothing() {
     assert_eq!(breaker.metrics(std::time::Instant::now()).counts.calls, 1);
     assert_eq!(breaker.state(), State::Closed);
 }
+
+/// A response with HTTP status `status` and no `grpc-status`: a proxy's
+/// answer, not the gRPC server's.
+fn proxied(status: u16) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::default());
+    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    response
+}
+
+#[tokio::test]
+async fn http_429_502_503_504_without_grpc_status_are_unavailable() {
+    for status in [429, 502, 503, 504] {
+        let layer = CircuitBreakerLayer::new_for_grpc(config(1));
+        let breaker = layer.breaker().clone();
+        let service = layer.layer(service_fn(move |_: Request<()>| async move {
+            Ok::<_, std::convert::Infallible>(proxied(status))
+        }));
+        service.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(breaker.state(), State::Open, "HTTP {status}");
+    }
+    // 404 is UNIMPLEMENTED under gRPC's mapping: an answer, not a failure.
+    let layer = CircuitBreakerLayer::new_for_grpc(config(1));
+    let breaker = layer.breaker().clone();
+    let service = layer.layer(service_fn(|_: Request<()>| async {
+        Ok::<_, std::convert::Infallible>(proxied(404))
+    }));
+    service.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.metrics(std::time::Instant::now()).counts.calls, 1);
+}
+
+#[tokio::test]
+async fn a_refusal_beneath_a_grpc_breaker_is_not_a_failure() {
+    let inner = CircuitBreakerLayer::new_for_grpc(config(1));
+    inner.breaker().force_open();
+    let outer = CircuitBreakerLayer::new_for_grpc(config(1));
+    let breaker = outer.breaker().clone();
+    let service = outer.layer(inner.layer(service_fn(|_: Request<()>| async {
+        Ok::<_, std::convert::Infallible>(trailed("0"))
+    })));
+    for _ in 0..3 {
+        let response = service.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(response.headers()["grpc-status"], "14");
+    }
+    assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(breaker.metrics(std::time::Instant::now()).counts.calls, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushback_zero_keeps_the_configured_open_duration() {
+    let layer = CircuitBreakerLayer::new_for_grpc(config(1));
+    let breaker = layer.breaker().clone();
+    let service = layer.layer(service_fn(|_: Request<()>| async {
+        let mut response = Response::new(Full::<Bytes>::default());
+        response
+            .headers_mut()
+            .insert("grpc-status", "14".parse().unwrap());
+        response
+            .headers_mut()
+            .insert("grpc-retry-pushback-ms", "0".parse().unwrap());
+        Ok::<_, std::convert::Infallible>(response)
+    }));
+    service.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(breaker.state(), State::Open);
+    let refused = service.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(refused.headers()["grpc-retry-pushback-ms"], "30000");
+}

@@ -79,3 +79,53 @@ async fn clones_share_the_registry() {
     );
     assert_eq!(second.breakers().registry().len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_flood_examines_a_bounded_number_of_breakers_per_new_key() {
+    const CAPACITY: usize = 256;
+    let layer =
+        KeyedCircuitBreakerLayer::new(config(), |request: &(String, bool)| request.0.clone())
+            .capacity(CAPACITY, Duration::from_secs(60));
+    let service = layer.layer(service_fn(|(_, fail): (String, bool)| async move {
+        if fail {
+            Err::<(), BoxError>("down".into())
+        } else {
+            Ok(())
+        }
+    }));
+    let call = |key: String| service.clone().oneshot((key, false));
+    for i in 0..CAPACITY {
+        call(format!("busy-{i}")).await.unwrap();
+    }
+    // Every key but the last stays busy; the last one goes idle.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    for i in 0..CAPACITY - 1 {
+        call(format!("busy-{i}")).await.unwrap();
+    }
+    let registry = layer.registry();
+    // A new key looks at a bounded number of breakers, not the whole
+    // registry: the first newcomers share the overflow breaker...
+    call("new-0".to_owned()).await.unwrap();
+    assert!(
+        registry.breaker(&"new-0".to_owned()).is_none(),
+        "the whole registry was scanned for one new key"
+    );
+    // ...and, round after round, the scan reaches the idle breaker and
+    // retires it.
+    let mut admitted = None;
+    for i in 1..CAPACITY {
+        let key = format!("new-{i}");
+        call(key.clone()).await.unwrap();
+        if registry.breaker(&key).is_some() {
+            admitted = Some(i);
+            break;
+        }
+    }
+    assert!(admitted.is_some(), "the idle breaker was never retired");
+    assert!(
+        registry
+            .breaker(&format!("busy-{}", CAPACITY - 1))
+            .is_none()
+    );
+    assert_eq!(registry.len(), CAPACITY);
+}

@@ -32,12 +32,19 @@ fn opened(permits: u8, successes: u8, start: Instant) -> CircuitBreaker {
     breaker
 }
 
-/// Two callers asking for a permit at once; the permits they got, held.
+/// Caller `i`'s clock reading: `at` plus `i` milliseconds, so racing
+/// callers disagree about the time as real ones do.
+fn reading(at: Instant, caller: u64) -> Instant {
+    at + Duration::from_millis(caller)
+}
+
+/// Two callers asking for a permit at once, each with its own clock
+/// reading; the permits they got, held.
 fn two_callers(breaker: &CircuitBreaker, at: Instant) -> Vec<Permit> {
     let threads: Vec<_> = (0..2)
-        .map(|_| {
+        .map(|i| {
             let breaker = breaker.clone();
-            thread::spawn(move || breaker.try_acquire(at).ok())
+            thread::spawn(move || breaker.try_acquire(reading(at, i)).ok())
         })
         .collect();
     threads
@@ -56,8 +63,8 @@ fn two_probes_end(first: Outcome, second: Outcome) -> CircuitBreaker {
         breaker.try_acquire(later).unwrap(),
         breaker.try_acquire(later).unwrap(),
     );
-    let a = thread::spawn(move || a.record(first, later));
-    let b = thread::spawn(move || b.record(second, later));
+    let a = thread::spawn(move || a.record(first, reading(later, 1)));
+    let b = thread::spawn(move || b.record(second, reading(later, 2)));
     a.join().unwrap();
     b.join().unwrap();
     breaker
@@ -117,11 +124,45 @@ fn a_cancelled_probe_and_a_new_caller_never_leak_the_permit() {
         let probe = breaker.try_acquire(later).unwrap();
         let canceller = thread::spawn(move || drop(probe));
         let other = breaker.clone();
-        let caller = thread::spawn(move || other.try_acquire(later).ok());
+        let caller = thread::spawn(move || other.try_acquire(reading(later, 1)).ok());
         canceller.join().unwrap();
         let got = caller.join().unwrap();
         // Either the caller got the freed slot, or the slot is free now.
         let now = got.or_else(|| breaker.try_acquire(later).ok());
         assert!(now.is_some(), "the permit leaked");
+    });
+}
+
+#[test]
+fn a_reused_bucket_is_never_read_with_the_previous_laps_counts() {
+    loom::model(|| {
+        let start = Instant::now();
+        let config = Config::builder()
+            .sliding_window(SlidingWindow::Time {
+                duration: Duration::from_secs(2),
+                buckets: 2,
+            })
+            .minimum_calls(100)
+            .build()
+            .unwrap();
+        let breaker = CircuitBreaker::new_at(config, start);
+        breaker
+            .try_acquire(start)
+            .unwrap()
+            .record(Outcome::Failure, start);
+        // One lap later the first bucket is reused by a success while
+        // another thread reads the window.
+        let lap = start + Duration::from_secs(2);
+        let writer = breaker.clone();
+        let writer = thread::spawn(move || {
+            writer
+                .try_acquire(lap)
+                .unwrap()
+                .record(Outcome::Success, lap)
+        });
+        let counts = breaker.metrics(reading(lap, 1)).counts;
+        writer.join().unwrap();
+        assert_eq!(counts.failures, 0, "the previous lap's failure was read");
+        assert!(counts.calls <= 1, "{counts:?}");
     });
 }

@@ -1,7 +1,9 @@
 //! The breaker against a small reference model: after every step of a
-//! random sequence of calls, outcomes, cancellations, time and operator
-//! actions, both are in the same state and admit or refuse the same calls
-//! with the same wait.
+//! random sequence of calls (some with an older clock reading), outcomes
+//! with and without the dependency's hint, cancellations, time and
+//! operator actions, both are in the same state and admit or refuse the
+//! same calls with the same wait; the open time is checked against the
+//! range the jitter allows.
 
 use std::time::Duration;
 
@@ -14,6 +16,9 @@ mod model;
 use model::{Op, Setup};
 
 fn op() -> impl Strategy<Value = Op> {
+    // The dependency's Retry-After or pushback: 0, below the open
+    // duration, above it, or past the longest open time.
+    let hint = prop_oneof![Just(0u64), 0u64..20_000];
     let outcome = prop_oneof![
         3 => Just(Outcome::Failure),
         3 => Just(Outcome::Success),
@@ -22,7 +27,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0u64..1_500).prop_map(Op::Advance),
         6 => Just(Op::Acquire),
-        6 => (0usize..8, outcome, proptest::option::weighted(0.2, 0u64..20_000))
+        2 => (1u64..50).prop_map(Op::AcquireEarlier),
+        6 => (0usize..8, outcome, proptest::option::weighted(0.3, hint))
             .prop_map(|(i, o, h)| Op::Record(i, o, h)),
         1 => (0usize..8).prop_map(Op::Drop),
         1 => prop_oneof![
@@ -53,6 +59,7 @@ fn setup() -> impl Strategy<Value = Setup> {
         1u8..4,
         1u8..4,
         100u64..3_000,
+        prop_oneof![Just(0.0), Just(0.1), Just(0.5), Just(0.9)],
     )
         .prop_map(
             |(
@@ -65,6 +72,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                 permits,
                 successes,
                 max_wait_ms,
+                jitter,
             )| {
                 let minimum = match window {
                     SlidingWindow::Count(n) => minimum.min(n),
@@ -77,6 +85,7 @@ fn setup() -> impl Strategy<Value = Setup> {
                     slow,
                     open_ms,
                     backoff,
+                    jitter,
                     permits,
                     successes: successes.min(permits),
                     max_wait_ms,

@@ -1,6 +1,7 @@
-//! Arbitrary sequences of calls, outcomes, cancellations, time and operator
-//! actions, run on the breaker and on the reference model side by side:
-//! they must agree after every step.
+//! Arbitrary sequences of calls (some with an older clock reading),
+//! outcomes with hints, cancellations, time and operator actions, run on
+//! the breaker (with jitter) and on the reference model side by side: they
+//! must agree after every step.
 #![no_main]
 
 use std::time::Duration;
@@ -24,6 +25,7 @@ struct Input {
     slow: Option<(u16, bool)>,
     open_ms: u16,
     backoff: bool,
+    jitter: u8,
     permits: u8,
     successes: u8,
     max_wait_ms: u16,
@@ -56,6 +58,7 @@ impl Input {
                 .map(|(ms, half)| (u64::from(ms % 800) + 1, if half { 0.5 } else { 1.0 })),
             open_ms: u64::from(self.open_ms % 2000) + 100,
             backoff: self.backoff,
+            jitter: [0.0, 0.1, 0.5, 0.9][usize::from(self.jitter % 4)],
             permits,
             successes: self.successes % permits + 1,
             max_wait_ms: u64::from(self.max_wait_ms % 3000) + 100,
@@ -70,12 +73,14 @@ impl Input {
             .take(300)
             .map(|&(kind, value, extra)| match kind % 8 {
                 0 | 1 => Op::Advance(u64::from(value % 1500)),
-                2..=4 => Op::Acquire,
-                5 => Op::Record(
-                    usize::from(value),
-                    outcome(extra),
-                    (extra & 0x80 != 0).then(|| u64::from(value) * 3),
-                ),
+                2 | 3 => Op::Acquire,
+                4 => Op::AcquireEarlier(u64::from(value % 50) + 1),
+                5 => {
+                    // The dependency's hint, 0 included.
+                    let hint = u64::from(value % 16_000) * u64::from(1 + (extra & 1));
+                    let hint = (extra & 0x80 != 0).then_some(hint);
+                    Op::Record(usize::from(value), outcome(extra), hint)
+                }
                 6 => Op::Drop(usize::from(value)),
                 _ => Op::Operator(
                     [

@@ -15,14 +15,22 @@ pub(crate) struct Model {
     generation: u64,
     /// (time in ms, failed, slow), oldest first.
     window: VecDeque<(u64, bool, bool)>,
-    open_until: u64,
+    /// The earliest and the latest the open state may end (in ms), as the
+    /// jitter allows; narrowed to the instant once the breaker tells it.
+    open_until: (u64, u64),
     issued: u8,
     successes: u8,
-    half_open_since: u64,
+    /// The probes of this half-open cycle still running: (id, start).
+    running: Vec<(u64, u64)>,
+    next_id: u64,
     reopens: u32,
     /// Whether the open duration doubles at each re-opening.
     backoff: bool,
 }
+
+/// What the breaker answered a caller: a permit, or a refusal with the
+/// wait in milliseconds.
+pub(crate) type Answer = Result<(), Option<u64>>;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Role {
@@ -32,7 +40,8 @@ enum Role {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct ModelPermit {
+pub(crate) struct ModelPermit {
+    id: u64,
     generation: u64,
     role: Role,
     started: u64,
@@ -49,16 +58,17 @@ impl Model {
             state: State::Closed,
             generation: 0,
             window: VecDeque::new(),
-            open_until: 0,
+            open_until: (0, 0),
             issued: 0,
             successes: 0,
-            half_open_since: 0,
+            running: Vec::new(),
+            next_id: 0,
             reopens: 0,
             backoff: false,
         }
     }
 
-    fn counts(&self, now: u64) -> (u32, u32, u32) {
+    fn counts(&self, now: u64) -> (u64, u64, u64) {
         let in_window: Vec<_> = match self.config.sliding_window() {
             SlidingWindow::Count(n) => self.window.iter().rev().take(n as usize).collect(),
             SlidingWindow::Time { duration, buckets } => {
@@ -71,50 +81,117 @@ impl Model {
                     .collect()
             }
         };
-        let calls = in_window.len() as u32;
-        let failures = in_window.iter().filter(|(_, f, _)| *f).count() as u32;
-        let slow = in_window.iter().filter(|(_, _, s)| *s).count() as u32;
+        let calls = in_window.len() as u64;
+        let failures = in_window.iter().filter(|(_, f, _)| *f).count() as u64;
+        let slow = in_window.iter().filter(|(_, _, s)| *s).count() as u64;
         (calls, failures, slow)
     }
 
-    fn acquire(&mut self, now: u64) -> Result<ModelPermit, Option<u64>> {
+    /// A caller asks at `now` and the breaker gave `answer`: the model's
+    /// permit if it admits, or the difference.
+    fn acquire(&mut self, now: u64, answer: Answer) -> Result<Option<ModelPermit>, String> {
+        let expect_refusal = |wait: Option<u64>| match answer {
+            Err(real) if real == wait => Ok(None),
+            _ => Err(format!(
+                "breaker answered {answer:?}, model refuses with {wait:?} ms"
+            )),
+        };
         loop {
-            let permit = |role| ModelPermit {
-                generation: self.generation,
+            let id = self.next_id;
+            let permit = |generation, role| ModelPermit {
+                id,
+                generation,
                 role,
                 started: now,
             };
-            match self.state {
-                State::Closed | State::MetricsOnly => return Ok(permit(Role::Counted)),
-                State::Disabled => return Ok(permit(Role::Untracked)),
-                State::ForcedOpen => return Err(None),
-                State::Open if now < self.open_until => return Err(Some(self.open_until - now)),
+            let admitted = match self.state {
+                State::Closed | State::MetricsOnly => permit(self.generation, Role::Counted),
+                State::Disabled => permit(self.generation, Role::Untracked),
+                State::ForcedOpen => return expect_refusal(None),
                 State::Open => {
+                    let (earliest, latest) = self.open_until;
+                    match answer {
+                        // Refused with the wait: the deadline, exactly.
+                        Err(Some(wait)) if now < latest => {
+                            let until = now + wait;
+                            if wait == 0 || !(earliest..=latest).contains(&until) {
+                                return Err(format!(
+                                    "refused until {until} ms, model: {earliest}..={latest} ms"
+                                ));
+                            }
+                            self.open_until = (until, until);
+                            return Ok(None);
+                        }
+                        Ok(()) if now >= earliest => {}
+                        _ => {
+                            return Err(format!(
+                                "breaker answered {answer:?}, model open until {earliest}..={latest} ms"
+                            ));
+                        }
+                    }
                     self.state = State::HalfOpen;
                     self.generation += 1;
                     self.issued = 1;
                     self.successes = 0;
-                    self.half_open_since = now;
-                    return Ok(ModelPermit {
-                        generation: self.generation,
-                        role: Role::Probe,
-                        started: now,
-                    });
+                    self.running = vec![(id, now)];
+                    permit(self.generation, Role::Probe)
                 }
                 State::HalfOpen => {
-                    let max_wait = ms(self.config.half_open_max_wait());
-                    let elapsed = now - self.half_open_since;
                     if self.issued < self.config.half_open_permits() {
                         self.issued += 1;
-                        return Ok(permit(Role::Probe));
-                    } else if elapsed >= max_wait {
-                        self.trip(now, None);
+                        self.running.push((id, now));
+                        permit(self.generation, Role::Probe)
                     } else {
-                        return Err(Some(max_wait - elapsed));
+                        // The oldest probe still running decides; a
+                        // reading older than its start has waited nothing.
+                        let max_wait = ms(self.config.half_open_max_wait());
+                        let elapsed = self
+                            .running
+                            .iter()
+                            .map(|&(_, start)| start)
+                            .min()
+                            .map_or(0, |oldest| now.saturating_sub(oldest));
+                        if elapsed < max_wait {
+                            return expect_refusal(Some(max_wait - elapsed));
+                        }
+                        self.trip(now, None);
+                        continue;
                     }
                 }
-            }
+            };
+            return match answer {
+                Ok(()) => {
+                    self.next_id += 1;
+                    Ok(Some(admitted))
+                }
+                Err(wait) => Err(format!("breaker refused with {wait:?} ms, model admits")),
+            };
         }
+    }
+
+    /// The open duration's bounds in milliseconds, written from the
+    /// specification: the backoff's duration is the floor, jittered either
+    /// way; a longer hint replaces it, jittered upwards only; past the
+    /// maximum, the time is drawn below the maximum.
+    fn open_bounds(&self, reopens: u32, hint: Option<u64>) -> (u64, u64) {
+        let max = ms(Duration::from_secs(10)) as f64;
+        let jitter = self.config.jitter();
+        let open = ms(self.config.open_duration());
+        let floor = if self.backoff {
+            (open * 2u64.pow(reopens.min(20))).min(max_backoff().max(open))
+        } else {
+            open
+        } as f64;
+        let (low, high) = match hint.map(|hint| hint as f64).filter(|&hint| hint > floor) {
+            Some(hint) => (hint, hint * (1.0 + jitter)),
+            None => (floor * (1.0 - jitter), floor * (1.0 + jitter)),
+        };
+        let (low, high) = if high > max {
+            (low.min(max * (1.0 - jitter)), max)
+        } else {
+            (low, high)
+        };
+        ((low.floor() as u64).max(1), (high.ceil() as u64).max(1))
     }
 
     fn trip(&mut self, now: u64, hint: Option<u64>) {
@@ -123,23 +200,11 @@ impl Model {
         } else {
             0
         };
-        let max = ms(Duration::from_secs(10));
-        let duration = match hint {
-            Some(hint) => hint.min(max),
-            None => {
-                let base = ms(self.config.open_duration());
-                if self.backoff {
-                    (base * 2u64.pow(reopens.min(20)))
-                        .min(max_backoff())
-                        .min(max)
-                } else {
-                    base
-                }
-            }
-        };
+        let (shortest, longest) = self.open_bounds(reopens, hint);
         self.state = State::Open;
         self.generation += 1;
-        self.open_until = now + duration;
+        self.open_until = (now + shortest, now + longest);
+        self.running.clear();
         self.reopens = reopens;
     }
 
@@ -159,8 +224,8 @@ impl Model {
                 self.window.push_back((now, failed, slow));
                 if self.state == State::Closed {
                     let (calls, failures, slow_calls) = self.counts(now);
-                    let over = |part: u32, rate: f64| f64::from(part) / f64::from(calls) >= rate;
-                    if calls >= self.config.minimum_calls()
+                    let over = |part: u64, rate: f64| part as f64 / calls as f64 >= rate;
+                    if calls >= u64::from(self.config.minimum_calls())
                         && (over(failures, self.config.failure_rate_threshold())
                             || self
                                 .config
@@ -175,6 +240,7 @@ impl Model {
                 if permit.generation != self.generation || self.state != State::HalfOpen {
                     return;
                 }
+                self.running.retain(|&(id, _)| id != permit.id);
                 if failed || slow {
                     self.trip(now, hint);
                 } else if self.successes + 1 >= self.config.half_open_successes() {
@@ -193,12 +259,14 @@ impl Model {
             && self.issued > 0
         {
             self.issued -= 1;
+            self.running.retain(|&(id, _)| id != permit.id);
         }
     }
 
     fn set(&mut self, state: State) {
         self.state = state;
         self.generation += 1;
+        self.running.clear();
         if state == State::Closed {
             self.window.clear();
             self.reopens = 0;
@@ -216,7 +284,12 @@ pub(crate) enum Op {
     Advance(u64),
     /// A call asks to go through.
     Acquire,
-    /// The n-th outstanding call ends, with a hint in milliseconds.
+    /// A call asks to go through with a clock reading this many
+    /// milliseconds older than the latest (another thread's, read a little
+    /// earlier).
+    AcquireEarlier(u64),
+    /// The n-th outstanding call ends, with the dependency's hint in
+    /// milliseconds (a `Retry-After` or a pushback; 0 included).
     Record(usize, Outcome, Option<u64>),
     /// The n-th outstanding call is cancelled.
     Drop(usize),
@@ -232,6 +305,7 @@ pub(crate) struct Setup {
     pub(crate) slow: Option<(u64, f64)>,
     pub(crate) open_ms: u64,
     pub(crate) backoff: bool,
+    pub(crate) jitter: f64,
     pub(crate) permits: u8,
     pub(crate) successes: u8,
     pub(crate) max_wait_ms: u64,
@@ -245,7 +319,7 @@ impl Setup {
             .failure_rate_threshold(self.threshold)
             .open_duration(Duration::from_millis(self.open_ms))
             .max_open_duration(Duration::from_secs(10))
-            .jitter(0.0)
+            .jitter(self.jitter)
             .half_open_permits(self.permits)
             .half_open_successes(self.successes)
             .half_open_max_wait(Duration::from_millis(self.max_wait_ms));
@@ -275,24 +349,23 @@ pub(crate) fn run(setup: &Setup, ops: &[Op]) -> Result<(), String> {
     for op in ops {
         match *op {
             Op::Advance(ms) => now += ms,
-            Op::Acquire => match (breaker.try_acquire(at(now)), model.acquire(now)) {
-                (Ok(p), Ok(m)) => permits.push((p, m)),
-                (Err(open), Err(wait)) => {
-                    if open.retry_after() != wait.map(Duration::from_millis) {
-                        return Err(format!(
-                            "at {now} ms: refused with {:?}, model says {wait:?} ms",
-                            open.retry_after()
-                        ));
-                    }
+            Op::Acquire | Op::AcquireEarlier(_) => {
+                let reading = match *op {
+                    Op::AcquireEarlier(lag) => now.saturating_sub(lag),
+                    _ => now,
+                };
+                let real = breaker.try_acquire(at(reading));
+                let answer = match &real {
+                    Ok(_) => Ok(()),
+                    Err(open) => Err(open.retry_after().map(ms)),
+                };
+                let admitted = model
+                    .acquire(reading, answer)
+                    .map_err(|difference| format!("at {reading} ms: {difference}"))?;
+                if let (Ok(p), Some(m)) = (real, admitted) {
+                    permits.push((p, m));
                 }
-                (real, expected) => {
-                    return Err(format!(
-                        "at {now} ms: breaker admits {}, model admits {}",
-                        real.is_ok(),
-                        expected.is_ok()
-                    ));
-                }
-            },
+            }
             Op::Record(i, outcome, hint) if !permits.is_empty() => {
                 let (p, m) = permits.remove(i % permits.len());
                 p.record_with_hint(outcome, hint.map(Duration::from_millis), at(now));
