@@ -16,7 +16,8 @@ use crate::store::InboxStore;
 /// A boxed error, as handlers return them.
 pub type BoxError = Box<dyn Error + Send + Sync>;
 
-/// A message as the handler sees it.
+/// A message as the handler sees it: its envelope carries the event's own
+/// headers as [`extensions`](Envelope::extensions).
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// The CloudEvents envelope: id, type, subject (aggregate id), trace
@@ -290,7 +291,7 @@ where
     H: Handler<<I::Database as sqlx::Database>::Connection>,
 {
     if !inbox
-        .process_once(tx, consumer, delivery.envelope.id)
+        .process_once(tx, consumer, &delivery.envelope.id)
         .await?
     {
         return Ok(Ok(&counters.duplicates));
@@ -516,7 +517,7 @@ where
     /// Tries `delivery` again, alone, after its handler failed with
     /// `error`, until it goes through or its last try.
     async fn retry(&self, mut delivery: Delivery, mut error: BoxError) {
-        let id = delivery.envelope.id;
+        let id = delivery.envelope.id.clone();
         loop {
             if delivery.attempt >= self.max_deliver && !Transient::is(&*error) {
                 Counters::add(&self.counters.dead_lettered);

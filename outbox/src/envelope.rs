@@ -4,16 +4,21 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use uuid::Uuid;
-
 use crate::event::Message;
 
 /// The CloudEvents attributes (and trace context) of a message.
 ///
-/// Headers: `ce-id`, `ce-source`, `ce-type`, `ce-specversion` (`1.0`),
-/// `ce-subject` (the aggregate id), `ce-time` (RFC 3339, UTC),
-/// `content-type` (`datacontenttype`), `traceparent` and `tracestate`
-/// (the distributed-tracing extension), and `ce-aggregatetype`.
+/// In binary mode, as the CloudEvents NATS protocol binding (1.0.3) has
+/// it: every attribute, extensions included, travels as the header
+/// `ce-<attribute>` — `ce-id`, `ce-source`, `ce-type`, `ce-specversion`
+/// (`1.0`), `ce-subject` (the aggregate id), `ce-time` (RFC 3339, UTC),
+/// `ce-datacontenttype`, `ce-traceparent` and `ce-tracestate` (the
+/// distributed-tracing extension), `ce-aggregatetype`, and one per other
+/// extension (an event's own headers, such as a tenant) — with its value
+/// percent-encoded (space, `"`, `%` and anything outside printable ASCII),
+/// so no value can break a header. Reading also accepts double-quoted
+/// values, and `content-type`, `traceparent` and `tracestate` without the
+/// prefix from older writers.
 ///
 /// # Example
 ///
@@ -21,22 +26,25 @@ use crate::event::Message;
 /// use palisade_outbox::Envelope;
 ///
 /// let headers = [
-///     ("ce-id", "01890a5d-ac96-774b-bcce-b302099a8057"),
+///     ("ce-id", "A234-1234-1234"),
 ///     ("ce-source", "/orders"),
 ///     ("ce-type", "OrderCreated"),
 ///     ("ce-specversion", "1.0"),
 ///     ("ce-subject", "o-17"),
 ///     ("ce-time", "2026-11-29T10:20:00.123Z"),
+///     ("ce-tenant", "acme%20corp"),
 /// ];
 /// let envelope = Envelope::from_headers(headers)?;
 /// assert_eq!(envelope.event_type, "OrderCreated");
 /// assert_eq!(envelope.time_ms, Some(1_795_947_600_123));
+/// assert_eq!(envelope.extensions["tenant"], "acme corp");
 /// # Ok::<(), palisade_outbox::EnvelopeError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
-    /// `id`: the event id, also the broker's deduplication id.
-    pub id: Uuid,
+    /// `id`: unique per source (an outbox event's UUID); consumers'
+    /// inboxes deduplicate by it.
+    pub id: String,
     /// `source`: the producing service.
     pub source: String,
     /// `type`: the event type.
@@ -49,10 +57,13 @@ pub struct Envelope {
     pub time_ms: Option<i64>,
     /// `datacontenttype`.
     pub content_type: Option<String>,
-    /// W3C `traceparent`.
+    /// W3C `traceparent` (distributed-tracing extension).
     pub traceparent: Option<String>,
-    /// W3C `tracestate`.
+    /// W3C `tracestate` (distributed-tracing extension).
     pub tracestate: Option<String>,
+    /// The other extension attributes, by name (lowercase ASCII letters
+    /// and digits): an outbox event's own headers, such as `tenant`.
+    pub extensions: BTreeMap<String, String>,
 }
 
 /// Headers that are not a CloudEvents 1.0 envelope.
@@ -75,14 +86,60 @@ fn problem(text: impl Into<String>) -> EnvelopeError {
     }
 }
 
+/// The attributes the envelope has fields for: never extensions.
+const ATTRIBUTES: [&str; 11] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "data",
+    "aggregatetype",
+    "traceparent",
+    "tracestate",
+];
+
+/// A CloudEvents attribute name: lowercase ASCII letters and digits.
+fn is_attribute_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// The extension attribute an event header is carried as: its ASCII
+/// letters and digits, lowercased; `None` when that leaves nothing or an
+/// attribute the envelope has a field for.
+pub(crate) fn extension_name(header: &str) -> Option<String> {
+    let name: String = header
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    (!name.is_empty() && !ATTRIBUTES.contains(&name.as_str())).then_some(name)
+}
+
 impl Envelope {
-    /// The envelope of a claimed outbox message, from `source`.
+    /// The envelope of a claimed outbox message, from `source`. The
+    /// event's headers `content-type`, `traceparent` and `tracestate` fill
+    /// their attributes; every other header is an extension (see
+    /// [`Event::header`](crate::Event::header)).
     #[must_use]
     pub fn of(message: &Message, source: &str) -> Self {
         let event = &message.event;
         let header = |name: &str| event.headers().get(name).cloned();
+        let extensions = event
+            .headers()
+            .iter()
+            .filter(|(name, _)| {
+                !matches!(name.as_str(), "content-type" | "traceparent" | "tracestate")
+            })
+            .filter_map(|(name, value)| Some((extension_name(name)?, value.clone())))
+            .collect();
         Self {
-            id: event.id(),
+            id: event.id().to_string(),
             source: source.to_owned(),
             event_type: event.event_type().to_owned(),
             subject: Some(event.aggregate_id().to_owned()),
@@ -91,81 +148,175 @@ impl Envelope {
             content_type: header("content-type"),
             traceparent: header("traceparent"),
             tracestate: header("tracestate"),
+            extensions,
         }
     }
 
-    /// The envelope as header fields, in binary mode.
+    /// The envelope as header fields, in binary mode: `ce-<attribute>`,
+    /// values percent-encoded.
     #[must_use]
-    pub fn to_headers(&self) -> Vec<(&'static str, String)> {
-        let mut headers = vec![
-            ("ce-specversion", "1.0".to_owned()),
-            ("ce-id", self.id.to_string()),
-            ("ce-source", self.source.clone()),
-            ("ce-type", self.event_type.clone()),
+    pub fn to_headers(&self) -> Vec<(String, String)> {
+        let required = [
+            ("specversion", "1.0"),
+            ("id", self.id.as_str()),
+            ("source", self.source.as_str()),
+            ("type", self.event_type.as_str()),
         ];
+        let time = self.time_ms.map(format_rfc3339);
         let optional = [
-            ("ce-subject", self.subject.clone()),
-            ("ce-aggregatetype", self.aggregate_type.clone()),
-            ("ce-time", self.time_ms.map(format_rfc3339)),
-            ("content-type", self.content_type.clone()),
-            ("traceparent", self.traceparent.clone()),
-            ("tracestate", self.tracestate.clone()),
+            ("subject", self.subject.as_deref()),
+            ("aggregatetype", self.aggregate_type.as_deref()),
+            ("time", time.as_deref()),
+            ("datacontenttype", self.content_type.as_deref()),
+            ("traceparent", self.traceparent.as_deref()),
+            ("tracestate", self.tracestate.as_deref()),
         ];
-        headers.extend(
-            optional
-                .into_iter()
-                .filter_map(|(name, value)| Some((name, value?))),
-        );
-        headers
+        required
+            .into_iter()
+            .chain(
+                optional
+                    .into_iter()
+                    .filter_map(|(name, value)| Some((name, value?))),
+            )
+            .chain(
+                self.extensions
+                    .iter()
+                    .filter(|(name, _)| {
+                        is_attribute_name(name) && !ATTRIBUTES.contains(&name.as_str())
+                    })
+                    .map(|(name, value)| (name.as_str(), value.as_str())),
+            )
+            .map(|(name, value)| (format!("ce-{name}"), percent_encode(value)))
+            .collect()
     }
 
-    /// Reads an envelope from header fields (names case-insensitive).
+    /// Reads an envelope from header fields (names case-insensitive,
+    /// values percent-decoded).
     ///
     /// # Errors
     ///
-    /// [`EnvelopeError`] when `ce-specversion` is not `1.0`, `ce-id` is not
-    /// a UUID, `ce-source` or `ce-type` is missing or empty, or `ce-time`
-    /// is not an RFC 3339 time.
+    /// [`EnvelopeError`] when `ce-specversion` is not `1.0`, `ce-id`,
+    /// `ce-source` or `ce-type` is missing or empty, a `ce-` value is not
+    /// valid percent-encoded UTF-8, or `ce-time` is not an RFC 3339 time.
     pub fn from_headers<'a>(
         headers: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self, EnvelopeError> {
-        let fields: BTreeMap<String, &str> = headers
-            .into_iter()
-            .map(|(name, value)| (name.to_ascii_lowercase(), value))
-            .collect();
-        let get = |name: &str| fields.get(name).copied();
-        match get("ce-specversion") {
+        let mut attributes: BTreeMap<String, String> = BTreeMap::new();
+        let mut plain: BTreeMap<String, &str> = BTreeMap::new();
+        for (name, value) in headers {
+            let name = name.to_ascii_lowercase();
+            match name.strip_prefix("ce-") {
+                Some(attribute) => {
+                    let value = percent_decode(value)
+                        .ok_or_else(|| problem(format!("{name} is not percent-encoded UTF-8")))?;
+                    attributes.insert(attribute.to_owned(), value);
+                }
+                None => {
+                    plain.insert(name, value);
+                }
+            }
+        }
+        match attributes.get("specversion").map(String::as_str) {
             Some("1.0") => {}
             Some(other) => return Err(problem(format!("specversion {other:?}"))),
             None => return Err(problem("no ce-specversion")),
         }
-        let id = get("ce-id").ok_or_else(|| problem("no ce-id"))?;
-        let id = Uuid::parse_str(id).map_err(|_| problem("ce-id is not a UUID"))?;
-        let required = |name: &str| {
-            get(name)
+        let mut take = |name: &str| attributes.remove(name);
+        let mut required = |name: &str| {
+            take(name)
                 .filter(|value| !value.is_empty())
-                .map(str::to_owned)
-                .ok_or_else(|| problem(format!("no {name}")))
+                .ok_or_else(|| problem(format!("no ce-{name}")))
         };
-        let time_ms = match get("ce-time") {
+        let (id, source, event_type) = (required("id")?, required("source")?, required("type")?);
+        let time_ms = match attributes.remove("time") {
             Some(time) => {
-                Some(parse_rfc3339(time).ok_or_else(|| problem("ce-time is not RFC 3339"))?)
+                Some(parse_rfc3339(&time).ok_or_else(|| problem("ce-time is not RFC 3339"))?)
             }
             None => None,
         };
-        let optional = |name: &str| get(name).map(str::to_owned);
+        // Older writers: the attribute without its prefix.
+        let mut with_fallback = |name: &str, fallback: &str| {
+            attributes
+                .remove(name)
+                .or_else(|| plain.get(fallback).map(|value| (*value).to_owned()))
+        };
+        let content_type = with_fallback("datacontenttype", "content-type");
+        let traceparent = with_fallback("traceparent", "traceparent");
+        let tracestate = with_fallback("tracestate", "tracestate");
+        let subject = attributes.remove("subject");
+        let aggregate_type = attributes.remove("aggregatetype");
+        attributes
+            .retain(|name, _| is_attribute_name(name) && !ATTRIBUTES.contains(&name.as_str()));
         Ok(Self {
             id,
-            source: required("ce-source")?,
-            event_type: required("ce-type")?,
-            subject: optional("ce-subject"),
-            aggregate_type: optional("ce-aggregatetype"),
+            source,
+            event_type,
+            subject,
+            aggregate_type,
             time_ms,
-            content_type: optional("content-type"),
-            traceparent: optional("traceparent"),
-            tracestate: optional("tracestate"),
+            content_type,
+            traceparent,
+            tracestate,
+            extensions: attributes,
         })
     }
+}
+
+/// A header value as the NATS binding writes it: space, `"`, `%` and every
+/// character outside printable ASCII as `%XY` per UTF-8 byte.
+fn percent_encode(value: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut encoded = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if (0x21..=0x7e).contains(&byte) && byte != b'"' && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push('%');
+            encoded.push(char::from(HEX[usize::from(byte >> 4)]));
+            encoded.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+    }
+    encoded
+}
+
+/// A header value as the NATS binding reads it: a double-quoted string
+/// unescaped, then one round of percent-decoding; `None` for a broken
+/// escape or bytes that are not UTF-8.
+fn percent_decode(value: &str) -> Option<String> {
+    let unquoted;
+    let value = match value.trim().strip_prefix('"') {
+        Some(quoted) => {
+            let quoted = quoted.strip_suffix('"')?;
+            let mut out = String::with_capacity(quoted.len());
+            let mut chars = quoted.chars();
+            while let Some(c) = chars.next() {
+                out.push(if c == '\\' { chars.next()? } else { c });
+            }
+            unquoted = out;
+            unquoted.as_str()
+        }
+        None => value.trim(),
+    };
+    let hex = |b: u8| {
+        char::from(b)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let bytes = value.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] == b'%' {
+            let high = hex(*bytes.get(at + 1)?)?;
+            let low = hex(*bytes.get(at + 2)?)?;
+            decoded.push(high << 4 | low);
+            at += 3;
+        } else {
+            decoded.push(bytes[at]);
+            at += 1;
+        }
+    }
+    String::from_utf8(decoded).ok()
 }
 
 /// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
@@ -268,8 +419,13 @@ fn parse_rfc3339(text: &str) -> Option<i64> {
             if offset.len() != 6 || !matches!(offset[0], b'+' | b'-') || offset[3] != b':' {
                 return None;
             }
-            let hours: i64 = rest[1..3].parse().ok()?;
-            let minutes: i64 = rest[4..6].parse().ok()?;
+            // Two digits each: `parse` alone would take `-1` or `+1`.
+            let two_digits = |at: usize| -> Option<i64> {
+                let (tens, ones) = (offset[at], offset[at + 1]);
+                (tens.is_ascii_digit() && ones.is_ascii_digit())
+                    .then(|| i64::from(tens - b'0') * 10 + i64::from(ones - b'0'))
+            };
+            let (hours, minutes) = (two_digits(1)?, two_digits(4)?);
             if hours > 23 || minutes > 59 {
                 return None;
             }
@@ -284,6 +440,8 @@ fn parse_rfc3339(text: &str) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use uuid::Uuid;
+
     use super::*;
 
     #[test]
@@ -307,10 +465,88 @@ mod tests {
         }
     }
 
+    /// A minimal envelope's headers, with `id`.
+    fn minimal(id: &str) -> Vec<(&str, &str)> {
+        vec![
+            ("ce-specversion", "1.0"),
+            ("ce-id", id),
+            ("ce-source", "/elsewhere"),
+            ("ce-type", "Shipped"),
+        ]
+    }
+
+    #[test]
+    fn an_id_that_is_not_a_uuid_is_still_an_id() {
+        // CloudEvents: `id` is any non-empty string, unique per source.
+        for id in ["A234-1234-1234", "42", "order 17/3"] {
+            let envelope = Envelope::from_headers(minimal(id));
+            assert!(envelope.is_ok(), "{id}: {envelope:?}");
+        }
+        assert!(Envelope::from_headers(minimal("")).is_err());
+        assert_eq!(
+            Envelope::from_headers(minimal("order%2017")).unwrap().id,
+            "order 17"
+        );
+    }
+
+    #[test]
+    fn values_are_percent_decoded_and_broken_escapes_refused() {
+        let mut headers = minimal("1");
+        headers.push(("ce-tenant", "\"acme%20%E2%82%ac\""));
+        headers.push(("ce-Region", "eu"));
+        headers.push(("ce-not-an-attribute", "skipped"));
+        let envelope = Envelope::from_headers(headers).unwrap();
+        assert_eq!(
+            envelope.extensions,
+            [
+                ("region".to_owned(), "eu".to_owned()),
+                ("tenant".to_owned(), "acme \u{20ac}".to_owned()),
+            ]
+            .into()
+        );
+        for broken in ["%", "%4", "%zz", "%C0%A0", "%FF"] {
+            let mut headers = minimal("1");
+            headers.push(("ce-tenant", broken));
+            assert!(Envelope::from_headers(headers).is_err(), "{broken}");
+        }
+    }
+
+    #[test]
+    fn attributes_use_the_nats_bindings_header_names() {
+        let mut envelope =
+            Envelope::from_headers(minimal("01890a5d-ac96-774b-bcce-b302099a8057")).unwrap();
+        envelope.content_type = Some("application/json".to_owned());
+        envelope.traceparent =
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned());
+        envelope.tracestate = Some("congo=t61rcWkgMzE".to_owned());
+        let headers = envelope.to_headers();
+        let names: Vec<&str> = headers.iter().map(|(name, _)| name.as_str()).collect();
+        for name in ["ce-datacontenttype", "ce-traceparent", "ce-tracestate"] {
+            assert!(names.contains(&name), "{name} in {names:?}");
+        }
+        assert!(
+            names.iter().all(|name| name.starts_with("ce-")),
+            "every attribute as ce-<name>: {names:?}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_offset_is_refused() {
+        for bad in [
+            "2026-11-29T10:20:00+-1:00",
+            "2026-11-29T10:20:00-+1:00",
+            "2026-11-29T10:20:00+01:-1",
+            "2026-11-29T10:20:00+01:+1",
+            "2026-11-29T10:20:00+ 1:00",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
     #[test]
     fn an_envelope_round_trips_through_headers() {
         let envelope = Envelope {
-            id: Uuid::now_v7(),
+            id: Uuid::now_v7().to_string(),
             source: "/orders".to_owned(),
             event_type: "OrderCreated".to_owned(),
             subject: Some("o-17".to_owned()),
@@ -319,14 +555,26 @@ mod tests {
             content_type: Some("application/json".to_owned()),
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
             tracestate: None,
+            extensions: [(
+                "tenant".to_owned(),
+                "acme \"corp\" 100% \u{20ac}\r\n".to_owned(),
+            )]
+            .into(),
         };
         let headers = envelope.to_headers();
-        let read = Envelope::from_headers(headers.iter().map(|(n, v)| (*n, v.as_str()))).unwrap();
+        assert!(
+            headers
+                .iter()
+                .all(|(_, value)| value.bytes().all(|b| (0x21..=0x7e).contains(&b))),
+            "every value printable ASCII: {headers:?}"
+        );
+        let read =
+            Envelope::from_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))).unwrap();
         assert_eq!(read, envelope);
         let missing: Vec<_> = headers
             .iter()
-            .filter(|(n, _)| *n != "ce-type")
-            .map(|(n, v)| (*n, v.as_str()))
+            .filter(|(n, _)| n != "ce-type")
+            .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
         assert_eq!(
             Envelope::from_headers(missing).unwrap_err().to_string(),

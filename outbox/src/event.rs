@@ -16,7 +16,8 @@ use uuid::Uuid;
 ///
 /// let event = Event::new("order", "o-17", "OrderCreated", br#"{"total":42}"#.to_vec())
 ///     .content_type("application/json")
-///     .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+///     .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+///     .header("tenant", "acme");
 /// assert_eq!(event.aggregate_id(), "o-17");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,15 @@ impl Event {
     }
 
     /// Adds a header carried with the message (`traceparent`, a tenant…).
+    ///
+    /// `content-type`, `traceparent` and `tracestate` fill the CloudEvents
+    /// attributes of those names; any other header travels as a
+    /// CloudEvents extension attribute (`ce-<name>` on NATS, and in
+    /// [`Envelope::extensions`](crate::Envelope::extensions) for the
+    /// consumer's handler) named by its ASCII letters and digits,
+    /// lowercased: `tenant` as `tenant`, `X-Tenant` as `xtenant`. A name
+    /// that leaves nothing, or an attribute the envelope has already (`id`,
+    /// `source`, `type`, `subject`, `time`, …), is not carried.
     #[must_use]
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(name.into(), value.into());

@@ -19,8 +19,9 @@ type SubjectOf = Arc<dyn Fn(&Event) -> String + Send + Sync>;
 ///
 /// Each message carries `Nats-Msg-Id` = the event id, so JetStream drops a
 /// duplicate (a retry after a lost acknowledgement) within the stream's
-/// duplicate window and acknowledges it as such; the CloudEvents envelope
-/// and trace context travel as headers ([`Envelope`]). The subject is
+/// duplicate window and acknowledges it as such; the CloudEvents envelope,
+/// trace context and the event's own headers travel as `ce-` headers
+/// ([`Envelope`]). The subject is
 /// `<prefix>.<aggregate type>.<event type>` unless set with
 /// [`subject`](Self::subject).
 ///
@@ -180,7 +181,7 @@ impl Publisher for NatsJetStreamPublisher {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", message.event.id().to_string().as_str());
         for (name, value) in Envelope::of(message, &self.source).to_headers() {
-            headers.insert(name, value.as_str());
+            headers.insert(name.as_str(), value.as_str());
         }
         let payload = bytes::Bytes::copy_from_slice(message.event.payload());
         let ack = self

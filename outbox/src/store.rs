@@ -97,7 +97,7 @@ pub trait InboxStore: Clone + Send + Sync + 'static {
         &self,
         tx: &mut <Self::Database as sqlx::Database>::Connection,
         consumer: &str,
-        message_id: uuid::Uuid,
+        message_id: &str,
     ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
 
     /// As the inbox's own `forget_older_than`.

@@ -255,10 +255,10 @@ macro_rules! sql_inbox {
                 tx.commit().await
             }
 
-            /// Records that `consumer` processes `message_id` in the
-            /// caller's transaction; `true` the first time, `false` for a
-            /// message already processed (skip its effect, and acknowledge
-            /// it).
+            /// Records that `consumer` processes `message_id` (an outbox
+            /// event's UUID, or any CloudEvents `id`) in the caller's
+            /// transaction; `true` the first time, `false` for a message
+            /// already processed (skip its effect, and acknowledge it).
             ///
             /// # Errors
             ///
@@ -267,7 +267,7 @@ macro_rules! sql_inbox {
                 &self,
                 tx: &mut $conn,
                 consumer: &str,
-                message_id: uuid::Uuid,
+                message_id: impl std::fmt::Display,
             ) -> Result<bool, sqlx::Error> {
                 let inserted = sqlx::query(&self.sql.record)
                     .bind(consumer)
@@ -311,7 +311,7 @@ macro_rules! sql_inbox {
                 &self,
                 tx: &mut $conn,
                 consumer: &str,
-                message_id: uuid::Uuid,
+                message_id: &str,
             ) -> Result<bool, sqlx::Error> {
                 $name::process_once(self, tx, consumer, message_id).await
             }

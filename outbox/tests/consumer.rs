@@ -31,12 +31,14 @@ async fn jetstream() -> jetstream::Context {
 /// deliveries, `Bad` every one; unknown types are ignored.
 struct Apply {
     schema: String,
-    deliveries: Mutex<HashMap<uuid::Uuid, u32>>,
+    deliveries: Mutex<HashMap<String, u32>>,
     /// The trace each applied event was handled in, by event id (a batch
     /// rolled back for another event's failure runs the handler again).
-    traces: Mutex<HashMap<uuid::Uuid, Option<TraceId>>>,
+    traces: Mutex<HashMap<String, Option<TraceId>>>,
     /// The events whose transaction committed, as told.
-    committed: Mutex<Vec<uuid::Uuid>>,
+    committed: Mutex<Vec<String>>,
+    /// The extension attributes of each applied event.
+    extensions: Mutex<Vec<std::collections::BTreeMap<String, String>>>,
 }
 
 impl Handler<PgConnection> for Apply {
@@ -47,7 +49,7 @@ impl Handler<PgConnection> for Apply {
     ) -> Result<Handled, BoxError> {
         let seen = {
             let mut deliveries = self.deliveries.lock().unwrap();
-            let seen = deliveries.entry(delivery.envelope.id).or_default();
+            let seen = deliveries.entry(delivery.envelope.id.clone()).or_default();
             *seen += 1;
             *seen
         };
@@ -57,15 +59,19 @@ impl Handler<PgConnection> for Apply {
             "Flaky" | "Bad" => return Err(format!("cannot apply yet (delivery {seen})").into()),
             _ => return Ok(Handled::Ignored),
         }
+        self.extensions
+            .lock()
+            .unwrap()
+            .push(delivery.envelope.extensions.clone());
         self.traces.lock().unwrap().insert(
-            delivery.envelope.id,
+            delivery.envelope.id.clone(),
             TraceContext::current().map(|context| context.trace_id()),
         );
         sqlx::query(&format!(
             "INSERT INTO {}.applied (id, payload) VALUES ($1, $2)",
             self.schema
         ))
-        .bind(delivery.envelope.id.to_string())
+        .bind(&delivery.envelope.id)
         .bind(delivery.payload.to_vec())
         .execute(tx)
         .await?;
@@ -73,7 +79,10 @@ impl Handler<PgConnection> for Apply {
     }
 
     fn committed(&self, delivery: &Delivery) {
-        self.committed.lock().unwrap().push(delivery.envelope.id);
+        self.committed
+            .lock()
+            .unwrap()
+            .push(delivery.envelope.id.clone());
     }
 }
 
@@ -95,7 +104,7 @@ impl Rig {
         let inbox = PgInbox::new(db.pool.clone(), &format!("{schema}.inbox")).unwrap();
         inbox.migrate().await.unwrap();
         sqlx::query(&format!(
-            "CREATE TABLE {schema}.applied (id TEXT PRIMARY KEY, payload BYTEA)"
+            "CREATE TABLE {schema}.applied (id TEXT PRIMARY KEY, payload BYTEA, n BIGSERIAL)"
         ))
         .execute(&db.pool)
         .await
@@ -134,6 +143,7 @@ impl Rig {
             deliveries: Mutex::default(),
             traces: Mutex::default(),
             committed: Mutex::default(),
+            extensions: Mutex::default(),
         }
     }
 
@@ -404,6 +414,58 @@ async fn only_the_types_asked_for_reach_the_handler_and_the_rest_are_acknowledge
         rig.count("inbox").await,
         3,
         "skipped messages cost no inbox record"
+    );
+    rig.remove().await;
+}
+
+/// An event's own headers (a tenant) travel as CloudEvents extension
+/// attributes, `ce-<name>`, and reach the handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_event_headers_reach_nats_and_the_handler() {
+    let rig = Rig::new().await;
+    let event = Event::new("order", "o-1", "Good", b"{}".to_vec()).header("tenant", "acme");
+    rig.publish(std::slice::from_ref(&event)).await;
+    let stored = rig
+        .context
+        .get_stream(&rig.stream)
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.headers.get("ce-tenant").map(|v| v.as_str()),
+        Some("acme"),
+        "{:?}",
+        stored.headers
+    );
+
+    let dead_letters = format!("{}.dead", rig.stream.to_ascii_lowercase());
+    let config = ConsumerConfig::new(&rig.stream, "tenants", &dead_letters).unwrap();
+    let consumer = Arc::new(
+        JetStreamConsumer::new(
+            rig.context.clone(),
+            config,
+            rig.inbox.clone(),
+            rig.handler(),
+        )
+        .await
+        .unwrap(),
+    );
+    let (stop, running) = start(&consumer);
+    for _ in 0..600 {
+        if consumer.stats().applied == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let seen = consumer.handler().extensions.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [[("tenant".to_owned(), "acme".to_owned())].into()],
+        "the handler sees the tenant"
     );
     rig.remove().await;
 }

@@ -133,7 +133,11 @@ async fn events_reach_jetstream_once_with_their_envelope() {
     assert_eq!(header("ce-specversion").as_deref(), Some("1.0"));
     assert_eq!(header("ce-type").as_deref(), Some("OrderCreated"));
     assert_eq!(header("ce-source").as_deref(), Some("/orders"));
-    assert_eq!(header("traceparent").as_deref(), Some(traceparent));
+    assert_eq!(header("ce-traceparent").as_deref(), Some(traceparent));
+    assert_eq!(
+        header("ce-datacontenttype").as_deref(),
+        Some("application/json")
+    );
     assert_eq!(header("Nats-Msg-Id"), header("ce-id"));
     assert_eq!(
         first.subject.as_str(),
