@@ -1,5 +1,6 @@
 //! The Redis store (feature `redis`).
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use redis::Script;
 use redis::aio::ConnectionLike;
+use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::bucket::{Bucket, Decision};
@@ -293,10 +295,23 @@ where
         DECIDE
     }
 
-    /// The Redis key of `key`'s bucket.
+    /// The Redis key of `key`'s bucket: `{prefix:key}`, or, for a key
+    /// longer than [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES) (an 8 KiB header
+    /// value, say), `{prefix:#<SHA-256 of the key, in hex>}`, so Redis
+    /// memory is bounded in bytes as well as by the keys' expiry. The hash
+    /// is the same in every process, so a fleet shares the bucket; no short
+    /// key can spell it (it is one byte longer than the longest).
     #[must_use]
     pub fn key(&self, key: &str) -> String {
-        format!("{{{}:{key}}}", self.prefix)
+        if key.len() <= crate::MAX_KEY_BYTES {
+            return format!("{{{}:{key}}}", self.prefix);
+        }
+        let digest = Sha256::digest(key.as_bytes());
+        let mut hex = String::with_capacity(2 * digest.len());
+        for byte in digest {
+            let _ = write!(hex, "{byte:02x}");
+        }
+        format!("{{{}:#{hex}}}", self.prefix)
     }
 
     /// Whether the store is applying its failure policy now.

@@ -124,6 +124,36 @@ async fn two_instances_share_one_bucket() {
 }
 
 #[tokio::test]
+async fn long_keys_take_bounded_bytes_in_redis_and_one_bucket_across_stores() {
+    let prefix = prefix();
+    let store = async || {
+        RedisStore::new(connect(&redis_url()).await, FailurePolicy::Propagate)
+            .prefix(&prefix)
+            .timeout(Duration::from_millis(250))
+    };
+    let (one, two) = (store().await, store().await);
+    // An 8 KiB header value as the key, and another one differing only at
+    // its end.
+    let long = "k".repeat(8 * 1024);
+    let other = format!("{}x", &long[1..]);
+    let redis_key = one.key(&long);
+    // `{`, the prefix, `:#`, 64 hex digits, `}`.
+    assert_eq!(redis_key.len(), prefix.len() + 68, "{redis_key}");
+    assert_ne!(redis_key, one.key(&other));
+    let short = "s".repeat(palisade_token_bucket::MAX_KEY_BYTES);
+    assert_eq!(one.key(&short), format!("{{{prefix}:{short}}}"));
+    // Two processes (two stores) spend one bucket for the same long key.
+    let bucket = Bucket::new(2, 0.001).unwrap();
+    assert!(one.decide(&long, &bucket, 1).await.unwrap().is_allowed());
+    assert!(two.decide(&long, &bucket, 1).await.unwrap().is_allowed());
+    assert!(!one.decide(&long, &bucket, 1).await.unwrap().is_allowed());
+    assert!(two.decide(&other, &bucket, 1).await.unwrap().is_allowed());
+    let mut redis = connect(&redis_url()).await;
+    let stored: bool = redis.exists(&redis_key).await.unwrap();
+    assert!(stored, "the bucket lives under the hashed key");
+}
+
+#[tokio::test]
 async fn keys_are_hash_tagged_and_the_script_survives_a_flush() {
     let store =
         RedisStore::new(connect(&redis_url()).await, FailurePolicy::Propagate).prefix("api");
