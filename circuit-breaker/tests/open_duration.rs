@@ -143,3 +143,28 @@ fn extreme_settings_never_panic() {
         }
     }
 }
+
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_of_zero_or_in_the_past_keeps_the_configured_open_duration() {
+    use ::http::{Response, StatusCode, header::RETRY_AFTER};
+    use palisade_circuit_breaker::CircuitBreakerLayer;
+    use tower::{Layer, ServiceExt, service_fn};
+
+    for retry_after in ["0", "Sun, 06 Nov 1994 08:49:57 GMT"] {
+        let layer = CircuitBreakerLayer::new_for_http(builder().jitter(0.0).build().unwrap());
+        let breaker = layer.breaker().clone();
+        let service = layer.layer(service_fn(move |(): ()| async move {
+            let mut response = Response::new(String::new());
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, retry_after.parse().unwrap());
+            Ok::<_, std::convert::Infallible>(response)
+        }));
+        service.clone().oneshot(()).await.unwrap();
+        assert_eq!(breaker.state(), State::Open, "{retry_after}");
+        let refused = service.clone().oneshot(()).await.unwrap();
+        assert_eq!(refused.headers()[RETRY_AFTER], "10", "{retry_after}");
+    }
+}
