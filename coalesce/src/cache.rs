@@ -143,6 +143,12 @@ where
         self.len() == 0
     }
 
+    /// Drops the value stored for `key`, if any: the next lookup computes
+    /// it. A flight already running still stores what it computes.
+    pub fn invalidate(&self, key: &K) {
+        self.lock().remove(key);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Entry<V>, foldhash::fast::RandomState>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }

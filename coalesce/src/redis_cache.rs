@@ -335,6 +335,18 @@ where
         self.get_with_freshness(key, compute).await
     }
 
+    /// Drops the value stored for `key` in Redis, if any: the next lookup
+    /// in any process computes it. A leader already computing still
+    /// stores what it computes; when Redis is unreachable, nothing is
+    /// dropped (and the failure is logged).
+    pub async fn invalidate(&self, key: &str) {
+        let mut connection = self.shared.connection.clone();
+        let _ = self
+            .shared
+            .call(connection.del::<_, i64>(self.shared.value_key(key)))
+            .await;
+    }
+
     /// The freshness values get when the computation does not say.
     #[must_use]
     pub fn freshness(&self) -> Freshness {

@@ -114,10 +114,12 @@ async fn no_cache_requests_and_posts_go_to_the_origin() {
     let (_, _, body) = send(address, "GET", "/slow", &[("pragma", "no-cache")]).await;
     assert_eq!(body, "call 3");
     assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let (_, _, body) = send(address, "GET", "/slow", &[]).await;
+    assert_eq!(body, "call 1", "the cached response is still served");
     let (_, _, body) = send(address, "POST", "/slow", &[]).await;
     assert_eq!(body, "posted");
     let (_, _, body) = send(address, "GET", "/slow", &[]).await;
-    assert_eq!(body, "call 1", "the cached response is still served");
+    assert_eq!(body, "call 4", "a successful POST invalidated it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,10 +188,13 @@ async fn instances_sharing_redis_reach_the_origin_once() {
         instances.push(listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     }
+    // Behind one name, as a load balancer's clients see them.
     let requests: Vec<_> = (0..100)
         .map(|i| {
             let address = instances[i % 2];
-            tokio::spawn(async move { send(address, "GET", "/slow", &[]).await })
+            tokio::spawn(async move {
+                send(address, "GET", "/slow", &[("host", "catalog.example")]).await
+            })
         })
         .collect();
     for request in requests {
@@ -197,4 +202,470 @@ async fn instances_sharing_redis_reach_the_origin_once() {
         assert_eq!((status, body), (StatusCode::OK, Bytes::from("call 1")));
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+// The layer over an origin in process, under paused time: the faults where
+// one user, one request or one origin answer meets another.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+
+use axum::http::{HeaderName, Response};
+use palisade_coalesce::http::CoalesceBody;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceExt};
+
+/// The layer over an [`Origin`], boxed.
+type Layered = BoxCloneSyncService<Request<Empty<Bytes>>, Response<CoalesceBody<String>>, BoxError>;
+
+type Answer = dyn Fn(&Request<Empty<Bytes>>, usize) -> Response<String> + Send + Sync;
+
+/// An origin that takes a second and answers what `answer` makes of the
+/// request and its call number.
+#[derive(Clone)]
+struct Origin {
+    calls: Arc<AtomicUsize>,
+    answer: Arc<Answer>,
+}
+
+impl Service<Request<Empty<Bytes>>> for Origin {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<String>, Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Empty<Bytes>>) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        let response = (self.answer)(&request, n);
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(response)
+        })
+    }
+}
+
+/// A response with `fields` and `body`.
+fn answer(fields: &[(&str, String)], body: String) -> Response<String> {
+    let mut response = Response::new(body);
+    for (name, value) in fields {
+        response.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    response
+}
+
+/// A header of the request, as text ("" when absent).
+fn field(request: &Request<Empty<Bytes>>, name: &str) -> String {
+    request
+        .headers()
+        .get_all(name)
+        .iter()
+        .map(|value| value.to_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+/// The layer (default lifetime 60 s, stale for 60 s more while
+/// revalidating) over an origin answering with `answer`.
+fn layered(
+    vary: &[HeaderName],
+    answer: impl Fn(&Request<Empty<Bytes>>, usize) -> Response<String> + Send + Sync + 'static,
+) -> (Layered, Arc<AtomicUsize>) {
+    let freshness = Freshness::new(Duration::from_secs(60))
+        .stale_while_revalidate(Duration::from_secs(60))
+        .early_refresh(0.0);
+    let cache: Cache<String, CachedResponse, BoxError> = Cache::new(1000, freshness);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = Origin {
+        calls: calls.clone(),
+        answer: Arc::new(answer),
+    };
+    let layered = CoalesceLayer::new(cache)
+        .vary(vary.iter().cloned())
+        .layer(origin);
+    (BoxCloneSyncService::new(layered), calls)
+}
+
+/// One request through the layer.
+async fn call(
+    service: &Layered,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Bytes) {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = service
+        .clone()
+        .oneshot(request.body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
+/// Two requests at once: the first reaches the origin, then the second
+/// arrives while the origin still works (paused time stands still until
+/// both wait).
+async fn together(
+    service: &Layered,
+    calls: &AtomicUsize,
+    first: (
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str)],
+    ),
+    second: (
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str)],
+    ),
+) -> [(StatusCode, HeaderMap, Bytes); 2] {
+    let before = calls.load(Ordering::SeqCst);
+    let leader = {
+        let service = service.clone();
+        tokio::spawn(async move { call(&service, first.0, first.1, first.2).await })
+    };
+    while calls.load(Ordering::SeqCst) == before {
+        tokio::task::yield_now().await;
+    }
+    let follower = {
+        let service = service.clone();
+        tokio::spawn(async move { call(&service, second.0, second.1, second.2).await })
+    };
+    [leader.await.unwrap(), follower.await.unwrap()]
+}
+
+fn body_of(response: &(StatusCode, HeaderMap, Bytes)) -> &str {
+    std::str::from_utf8(&response.2).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_with_credentials_never_gets_another_users_response() {
+    let (service, calls) = layered(&[], |request, n| {
+        let who = format!(
+            "{}{}",
+            field(request, "authorization"),
+            field(request, "cookie")
+        );
+        answer(
+            &[("cache-control", "max-age=60".into())],
+            format!("{who} {n}"),
+        )
+    });
+    let [alice, bob] = together(
+        &service,
+        &calls,
+        ("GET", "/me", &[("authorization", "Bearer alice")]),
+        ("GET", "/me", &[("authorization", "Bearer bob")]),
+    )
+    .await;
+    assert_eq!(body_of(&alice), "Bearer alice 1");
+    assert_eq!(body_of(&bob), "Bearer bob 2", "not alice's response");
+    let carol = call(&service, "GET", "/me", &[("cookie", "session=carol")]).await;
+    assert_eq!(body_of(&carol), "session=carol 3");
+    let anonymous = call(&service, "GET", "/me", &[]).await;
+    assert_eq!(body_of(&anonymous), " 4", "no user's response is stored");
+    let dave = call(&service, "GET", "/me", &[("cookie", "session=dave")]).await;
+    assert_eq!(
+        body_of(&dave),
+        "session=dave 5",
+        "nor the anonymous one served to a user"
+    );
+
+    // Opting in: a key that includes the credential.
+    let (service, calls) = layered(&[http::header::AUTHORIZATION], |request, n| {
+        let who = field(request, "authorization");
+        answer(
+            &[("cache-control", "max-age=60".into())],
+            format!("{who} {n}"),
+        )
+    });
+    let alice = [("authorization", "Bearer alice")];
+    call(&service, "GET", "/me", &alice).await;
+    let again = call(&service, "GET", "/me", &alice).await;
+    assert_eq!(body_of(&again), "Bearer alice 1");
+    let bob = call(&service, "GET", "/me", &[("authorization", "Bearer bob")]).await;
+    assert_eq!(body_of(&bob), "Bearer bob 2");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_private_no_store_or_set_cookie_response_is_never_handed_to_other_waiters() {
+    let (service, calls) = layered(&[], |request, n| {
+        let fields: &[(&str, String)] = match request.uri().path() {
+            "/private" => &[("cache-control", "private, max-age=60".into())],
+            "/no-store" => &[("cache-control", "no-store".into())],
+            _ => &[("set-cookie", format!("id={n}"))],
+        };
+        answer(fields, format!("call {n}"))
+    });
+    for path in ["/private", "/no-store", "/cookie"] {
+        let before = calls.load(Ordering::SeqCst);
+        let path: &'static str = path;
+        let [first, second] =
+            together(&service, &calls, ("GET", path, &[]), ("GET", path, &[])).await;
+        assert_ne!(
+            body_of(&first),
+            body_of(&second),
+            "{path}: one response each"
+        );
+        let third = call(&service, "GET", path, &[]).await;
+        assert_eq!(
+            body_of(&third),
+            format!("call {}", before + 3),
+            "{path}: not stored"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_host_is_part_of_the_key() {
+    let (service, _) = layered(&[], |request, n| {
+        let host = request
+            .uri()
+            .authority()
+            .map_or_else(|| field(request, "host"), ToString::to_string);
+        answer(&[], format!("{host} {n}"))
+    });
+    let a = call(&service, "GET", "/", &[("host", "a.example")]).await;
+    let b = call(&service, "GET", "/", &[("host", "b.example")]).await;
+    let c = call(&service, "GET", "http://c.example/", &[]).await;
+    assert_eq!(
+        [body_of(&a), body_of(&b), body_of(&c)],
+        ["a.example 1", "b.example 2", "c.example 3"]
+    );
+    let again = call(&service, "GET", "/", &[("host", "A.example")]).await;
+    assert_eq!(
+        body_of(&again),
+        "a.example 1",
+        "host names are case-insensitive"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leaders_conditional_or_range_request_does_not_give_waiters_a_304_or_206() {
+    // An origin that honours If-None-Match and Range itself.
+    let (service, calls) = layered(&[], |request, n| {
+        let fields = [
+            ("etag", "\"v1\"".to_owned()),
+            ("cache-control", "max-age=60".to_owned()),
+        ];
+        if field(request, "if-none-match") == "\"v1\"" {
+            let mut response = answer(&fields, String::new());
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            return response;
+        }
+        if field(request, "range") == "bytes=0-1" {
+            let mut response = answer(&[("content-range", "bytes 0-1/6".into())], "ca".into());
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            return response;
+        }
+        answer(&fields, format!("call {n}"))
+    });
+    let [leader, waiter] = together(
+        &service,
+        &calls,
+        ("GET", "/conditional", &[("if-none-match", "\"v1\"")]),
+        ("GET", "/conditional", &[]),
+    )
+    .await;
+    assert_eq!(
+        leader.0,
+        StatusCode::NOT_MODIFIED,
+        "the leader's own condition holds"
+    );
+    assert_eq!((waiter.0, body_of(&waiter)), (StatusCode::OK, "call 1"));
+    let revalidated = call(
+        &service,
+        "GET",
+        "/conditional",
+        &[("if-none-match", "W/\"v1\"")],
+    )
+    .await;
+    assert_eq!(
+        revalidated.0,
+        StatusCode::NOT_MODIFIED,
+        "answered from the cache"
+    );
+    let changed = call(
+        &service,
+        "GET",
+        "/conditional",
+        &[("if-none-match", "\"v0\"")],
+    )
+    .await;
+    assert_eq!((changed.0, body_of(&changed)), (StatusCode::OK, "call 1"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    let [ranged, whole] = together(
+        &service,
+        &calls,
+        ("GET", "/range", &[("range", "bytes=0-1")]),
+        ("GET", "/range", &[]),
+    )
+    .await;
+    assert_eq!(
+        (ranged.0, body_of(&ranged)),
+        (StatusCode::PARTIAL_CONTENT, "ca")
+    );
+    assert_eq!((whole.0, body_of(&whole)), (StatusCode::OK, "call 3"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_origins_vary_is_honoured() {
+    let (service, calls) = layered(&[], |request, n| {
+        let vary = if request.uri().path() == "/star" {
+            "*"
+        } else {
+            "accept-encoding"
+        };
+        answer(
+            &[
+                ("vary", vary.into()),
+                ("cache-control", "max-age=60".into()),
+            ],
+            format!("{} {n}", field(request, "accept-encoding")),
+        )
+    });
+    let [gzip, br] = together(
+        &service,
+        &calls,
+        ("GET", "/", &[("accept-encoding", "gzip")]),
+        ("GET", "/", &[("accept-encoding", "br")]),
+    )
+    .await;
+    assert_eq!([body_of(&gzip), body_of(&br)], ["gzip 1", "br 2"]);
+    let later = call(&service, "GET", "/", &[("accept-encoding", "br")]).await;
+    assert_eq!(body_of(&later), "br 3", "never the gzip variant");
+    let star = call(&service, "GET", "/star", &[]).await;
+    let again = call(&service, "GET", "/star", &[]).await;
+    assert_ne!(
+        body_of(&star),
+        body_of(&again),
+        "Vary: * matches no other request"
+    );
+
+    // With the field in the layer's key, each variant is kept.
+    let (service, calls) = layered(&[http::header::ACCEPT_ENCODING], |request, n| {
+        answer(
+            &[("vary", "Accept-Encoding".into())],
+            format!("{} {n}", field(request, "accept-encoding")),
+        )
+    });
+    for encoding in ["gzip", "br", "gzip", "br"] {
+        call(&service, "GET", "/", &[("accept-encoding", encoding)]).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_no_cache_response_is_not_served_without_revalidation() {
+    let (service, _) = layered(&[], |_, n| {
+        answer(
+            &[("cache-control", "no-cache, max-age=60".into())],
+            format!("call {n}"),
+        )
+    });
+    call(&service, "GET", "/", &[]).await;
+    let again = call(&service, "GET", "/", &[]).await;
+    assert_eq!(body_of(&again), "call 2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn must_revalidate_proxy_revalidate_and_s_maxage_forbid_stale_serving() {
+    let (service, _) = layered(&[], |request, n| {
+        let directive = request.uri().path().trim_start_matches('/').to_owned();
+        answer(&[("cache-control", directive)], format!("call {n}"))
+    });
+    for path in [
+        "/max-age=10,must-revalidate",
+        "/max-age=10,proxy-revalidate",
+        "/s-maxage=10",
+    ] {
+        let first = call(&service, "GET", path, &[]).await;
+        tokio::time::advance(Duration::from_secs(15)).await;
+        let after = call(&service, "GET", path, &[]).await;
+        assert_ne!(
+            body_of(&first),
+            body_of(&after),
+            "{path}: no stale response"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_origins_age_counts_against_its_lifetime() {
+    let (service, calls) = layered(&[], |_, n| {
+        answer(
+            &[("cache-control", "max-age=60".into()), ("age", "50".into())],
+            format!("call {n}"),
+        )
+    });
+    let first = call(&service, "GET", "/", &[]).await;
+    assert_eq!(first.1["age"], "50", "the origin's Age is kept");
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let cached = call(&service, "GET", "/", &[]).await;
+    assert_eq!(
+        (body_of(&cached), &cached.1["age"]),
+        ("call 1", &"55".parse::<http::HeaderValue>().unwrap())
+    );
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let later = call(&service, "GET", "/", &[]).await;
+    assert_eq!(later.1["age"], "65");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "65 s old: stale, so refreshed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unsafe_method_invalidates_the_cached_get_of_its_uri() {
+    let (service, _) = layered(&[], |request, n| {
+        let mut response = answer(
+            &[("cache-control", "max-age=60".into())],
+            format!("call {n}"),
+        );
+        if request.uri().query() == Some("fail") {
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        response
+    });
+    call(&service, "GET", "/orders", &[]).await;
+    call(&service, "POST", "/orders?fail", &[]).await;
+    let kept = call(&service, "GET", "/orders", &[]).await;
+    assert_eq!(
+        body_of(&kept),
+        "call 1",
+        "a failed POST to another URI changes nothing"
+    );
+    call(&service, "DELETE", "/orders", &[]).await;
+    let after = call(&service, "GET", "/orders", &[]).await;
+    assert_eq!(body_of(&after), "call 4", "the DELETE invalidated it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn vary_keys_tell_a_comma_in_a_value_from_two_lines() {
+    let (service, calls) = layered(&[http::header::ACCEPT], |_, n| {
+        answer(&[], format!("call {n}"))
+    });
+    call(&service, "GET", "/", &[("accept", "a,b")]).await;
+    call(&service, "GET", "/", &[("accept", "a"), ("accept", "b")]).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 }

@@ -22,7 +22,7 @@ fuzz_target!(|input: (&[u8], &[u8])| {
         headers.insert(http::header::CACHE_CONTROL, value);
         let directives = CacheControl::parse(&headers);
         let freshness = directives.freshness(Freshness::new(Duration::from_secs(10)));
-        if directives.no_store || directives.private {
+        if directives.no_store || directives.private || directives.no_cache {
             assert!(freshness.is_none());
         }
         if let Some(freshness) = freshness {

@@ -35,10 +35,17 @@ const MAX_DELTA: u64 = 2_147_483_648;
 pub struct CacheControl {
     /// `no-store`: never store the message.
     pub no_store: bool,
-    /// `no-cache`: (in a request) do not answer from the cache.
+    /// `no-cache`: in a request, do not answer from the cache; in a
+    /// response, do not reuse it without revalidation (so this cache, which
+    /// does not revalidate, does not store it).
     pub no_cache: bool,
     /// `private`: not for a shared cache.
     pub private: bool,
+    /// `must-revalidate`: never served stale, not even when the origin
+    /// fails.
+    pub must_revalidate: bool,
+    /// `proxy-revalidate`: `must-revalidate` for shared caches.
+    pub proxy_revalidate: bool,
     /// `max-age`.
     pub max_age: Option<Duration>,
     /// `s-maxage`: `max-age` for shared caches, which wins over it.
@@ -74,6 +81,8 @@ impl CacheControl {
                     "no-store" => directives.no_store = true,
                     "no-cache" => directives.no_cache = true,
                     "private" => directives.private = true,
+                    "must-revalidate" => directives.must_revalidate = true,
+                    "proxy-revalidate" => directives.proxy_revalidate = true,
                     "max-age" => directives.max_age = Some(seconds().unwrap_or(Duration::ZERO)),
                     "s-maxage" => directives.s_maxage = Some(seconds().unwrap_or(Duration::ZERO)),
                     "stale-while-revalidate" => directives.stale_while_revalidate = seconds(),
@@ -86,11 +95,15 @@ impl CacheControl {
     }
 
     /// How long a response with these directives may be kept by a shared
-    /// cache: `None` when it may not be stored (`no-store`, `private`, or
-    /// a zero lifetime). Unset values come from `default`.
+    /// cache: `None` when it may not be stored (`no-store`, `private`,
+    /// `no-cache`, or a zero lifetime). Unset values come from `default`.
+    ///
+    /// `must-revalidate`, `proxy-revalidate` and `s-maxage` (which implies
+    /// `proxy-revalidate`, RFC 9111 §5.2.2.10) close every stale window,
+    /// the default's and the response's own.
     #[must_use]
     pub fn freshness(&self, default: Freshness) -> Option<Freshness> {
-        if self.no_store || self.private {
+        if self.no_store || self.private || self.no_cache {
             return None;
         }
         let ttl = self
@@ -101,6 +114,13 @@ impl CacheControl {
             return None;
         }
         let mut freshness = default.with_ttl(ttl);
+        if self.must_revalidate || self.proxy_revalidate || self.s_maxage.is_some() {
+            return Some(
+                freshness
+                    .stale_while_revalidate(Duration::ZERO)
+                    .stale_if_error(Duration::ZERO),
+            );
+        }
         if let Some(window) = self.stale_while_revalidate {
             freshness = freshness.stale_while_revalidate(window);
         }
@@ -133,7 +153,13 @@ mod tests {
         assert_eq!(directives.s_maxage, Some(Duration::from_secs(30)));
         assert_eq!(directives.stale_if_error, Some(Duration::from_secs(600)));
         assert!(directives.no_cache);
-        let freshness = directives
+        // A response with `no-cache` is not stored; without it, s-maxage
+        // sets the lifetime.
+        let reusable = CacheControl {
+            no_cache: false,
+            ..directives
+        };
+        let freshness = reusable
             .freshness(Freshness::new(Duration::from_secs(5)))
             .unwrap();
         assert_eq!(
@@ -141,6 +167,28 @@ mod tests {
             Duration::from_secs(30),
             "s-maxage wins for a shared cache"
         );
+    }
+
+    #[test]
+    fn revalidation_closes_the_stale_windows() {
+        let default = Freshness::new(Duration::from_secs(5))
+            .stale_while_revalidate(Duration::from_secs(60))
+            .stale_if_error(Duration::from_secs(600));
+        let closed = Freshness::new(Duration::from_secs(10))
+            .stale_while_revalidate(Duration::ZERO)
+            .stale_if_error(Duration::ZERO);
+        for directives in [
+            "max-age=10, must-revalidate, stale-while-revalidate=30",
+            "max-age=10, Proxy-Revalidate",
+            "s-maxage=10, stale-if-error=60",
+        ] {
+            assert_eq!(
+                parse(&[directives]).freshness(default),
+                Some(closed),
+                "{directives}"
+            );
+        }
+        assert_eq!(parse(&["no-cache, max-age=60"]).freshness(default), None);
     }
 
     #[test]

@@ -2,14 +2,32 @@
 //! [`Cache`], so concurrent identical `GET`s reach the origin once.
 //!
 //! [`CoalesceLayer`] caches `GET` and `HEAD` responses in a
-//! [`ResponseCache`] (in process, or through Redis across processes), keyed by method,
-//! URI and the request header fields named with [`vary`](CoalesceLayer::vary).
-//! The origin's `Cache-Control` decides: `no-store` and `private` are never
-//! stored (though every request waiting on the same flight gets that one
-//! response), `s-maxage` or `max-age` sets the lifetime (the cache's
-//! [`Freshness`] when absent), and `stale-while-revalidate` and
-//! `stale-if-error` open their windows. Served responses carry `Age`. A
-//! request with `Cache-Control: no-cache` goes to the origin.
+//! [`ResponseCache`] (in process, or through Redis across processes), keyed
+//! by method, host (the URI's authority, else `Host`), path and query, and
+//! the request header fields named with [`vary`](CoalesceLayer::vary), as
+//! a shared cache must (RFC 9111):
+//!
+//! - **One user's response never reaches another.** A request with
+//!   `Authorization` or `Cookie` goes to the origin on its own unless that
+//!   field is one of the layer's [`vary`](CoalesceLayer::vary) fields (then
+//!   it is part of the key). A response with `private`, `no-store`,
+//!   `no-cache` or `Set-Cookie`, or with a `Vary` naming a field outside the
+//!   layer's `vary` (or `Vary: *`), is neither stored nor handed to the
+//!   other requests of its flight: each of them asks the origin itself.
+//! - **Each caller's own conditions.** The origin is asked without
+//!   `If-None-Match` and `If-Modified-Since`; the layer answers each caller's
+//!   conditions itself (`304 Not Modified`). Requests with `Range`,
+//!   `If-Range`, `If-Match` or `If-Unmodified-Since` go to the origin on
+//!   their own.
+//! - **The origin's lifetime.** `s-maxage` or `max-age` sets it (the cache's
+//!   [`Freshness`] when absent), less the `Age` the response already has;
+//!   `stale-while-revalidate` and `stale-if-error` open their windows, which
+//!   `must-revalidate`, `proxy-revalidate` and `s-maxage` close. Served
+//!   responses carry `Age`: the origin's plus the time spent in the cache.
+//! - **Writes invalidate.** A successful (2xx or 3xx) response to an unsafe
+//!   method (`POST`, `PUT`, `DELETE`…) drops the cached `GET` and `HEAD`
+//!   responses of its URI (those keyed with the same `vary` values).
+//! - A request with `Cache-Control: no-cache` goes to the origin.
 //!
 //! Bodies are kept whole, up to [`max_body`](CoalesceLayer::max_body)
 //! bytes (1 MiB by default); a larger response fails its flight with
@@ -46,10 +64,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AGE, HeaderValue, PRAGMA};
-use http::{HeaderName, Method, Request, Response, StatusCode};
+use http::header::{
+    AGE, AUTHORIZATION, CACHE_CONTROL, CONTENT_LOCATION, COOKIE, DATE, ETAG, EXPIRES, HOST,
+    HeaderValue, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE,
+    LAST_MODIFIED, PRAGMA, RANGE, SET_COOKIE, VARY,
+};
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
 use tower::{BoxError, Layer, Service, ServiceExt};
@@ -82,6 +105,10 @@ pub trait ResponseCache: Clone + Send + Sync + 'static {
 
     /// The lifetime of responses that do not say.
     fn default_freshness(&self) -> Freshness;
+
+    /// Drops the response stored under `key`, if any (an unsafe request
+    /// changed its resource).
+    fn invalidate(&self, key: String) -> impl Future<Output = ()> + Send;
 }
 
 impl ResponseCache for Cache<String, CachedResponse, BoxError> {
@@ -100,6 +127,11 @@ impl ResponseCache for Cache<String, CachedResponse, BoxError> {
 
     fn default_freshness(&self) -> Freshness {
         self.freshness()
+    }
+
+    fn invalidate(&self, key: String) -> impl Future<Output = ()> + Send {
+        Cache::invalidate(self, &key);
+        std::future::ready(())
     }
 }
 
@@ -144,6 +176,10 @@ where
     fn default_freshness(&self) -> Freshness {
         self.freshness()
     }
+
+    async fn invalidate(&self, key: String) {
+        crate::RedisCache::invalidate(self, &key).await;
+    }
 }
 
 /// Serves `GET` and `HEAD` responses from a [`ResponseCache`], computing
@@ -167,7 +203,13 @@ impl<R: ResponseCache> CoalesceLayer<R> {
     }
 
     /// Request fields whose values tell responses apart (`Accept`,
-    /// `Accept-Encoding`, `Authorization` for per-user responses…).
+    /// `Accept-Encoding`, `Authorization` for per-user responses…): part of
+    /// the key, so each combination of values is a response of its own.
+    ///
+    /// Name here the fields the origin's `Vary` names, or its responses are
+    /// not stored; name `Authorization` or `Cookie` to cache per-user
+    /// responses (per credential), or requests carrying them bypass the
+    /// cache.
     #[must_use]
     pub fn vary(mut self, fields: impl IntoIterator<Item = HeaderName>) -> Self {
         self.vary = fields.into_iter().collect();
@@ -224,63 +266,279 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let cacheable_method = matches!(*request.method(), Method::GET | Method::HEAD);
-        if !cacheable_method || bypasses(&request) {
+        if !matches!(*request.method(), Method::GET | Method::HEAD) {
+            return self.call_uncached(request);
+        }
+        if bypasses(&request, &self.layer.vary) {
             let response = self.inner.call(request);
             return Box::pin(async move {
                 let response = response.await.map_err(Into::into)?;
                 Ok(response.map(CoalesceBody::origin))
             });
         }
-        let key = key(&request, &self.layer.vary);
+        let key = key(request.method(), &request, &self.layer.vary);
         let head = request.method() == Method::HEAD;
-        let (origin, max_body, cache) = (
+        let conditions = Conditions::of(request.headers());
+        let (origin, fallback, cache, vary, max_body) = (
             self.inner.clone(),
-            self.layer.max_body,
+            self.inner.clone(),
             self.layer.cache.clone(),
+            self.layer.vary.clone(),
+            self.layer.max_body,
         );
         let default = cache.default_freshness();
+        // The request goes to the origin with whichever caller's closure
+        // runs; the others keep theirs, in case the response may not be
+        // shared.
+        let own = Arc::new(std::sync::Mutex::new(Some(request)));
         Box::pin(async move {
-            let compute = move || fetch(origin, request, max_body, default);
+            let sent = own.clone();
+            let fetch_vary = vary.clone();
+            let compute = move || {
+                let request = take(&sent);
+                async move {
+                    let request = request.ok_or("the request was sent already")?;
+                    fetch(origin, request, max_body, default, &fetch_vary).await
+                }
+            };
             let lookup = cache.lookup(key, compute).await.map_err(flight_error)?;
-            let CachedResponse {
-                status,
-                mut headers,
-                body,
-            } = lookup.value;
-            let age = HeaderValue::from(lookup.age.as_secs());
-            headers.insert(AGE, age);
-            let mut response =
-                Response::new(CoalesceBody::cached(if head { Bytes::new() } else { body }));
-            *response.status_mut() = status;
-            *response.headers_mut() = headers;
-            Ok(response)
+            if !shareable(&lookup.value.headers, &vary)
+                && let Some(request) = take(&own)
+            {
+                // Another caller's response, not for sharing: ask the
+                // origin for this caller's own.
+                let response = fallback.oneshot(request).await.map_err(Into::into)?;
+                return Ok(response.map(CoalesceBody::origin));
+            }
+            Ok(respond(lookup, head, &conditions))
         })
     }
 }
 
-/// Whether the request asks to skip the cache (`no-cache`).
-fn bypasses<B>(request: &Request<B>) -> bool {
-    CacheControl::parse(request.headers()).no_cache
-        || request
-            .headers()
-            .get(PRAGMA)
-            .is_some_and(|pragma| pragma.as_bytes().eq_ignore_ascii_case(b"no-cache"))
+impl<S, R> Coalesce<S, R> {
+    /// A request of another method: to the origin; an unsafe one that
+    /// succeeds drops the cached `GET` and `HEAD` of its URI.
+    fn call_uncached<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+    ) -> ResponseFuture<ResBody>
+    where
+        R: ResponseCache,
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ResBody: Send + 'static,
+    {
+        let safe = matches!(*request.method(), Method::OPTIONS | Method::TRACE);
+        let stale = (!safe).then(|| {
+            [Method::GET, Method::HEAD].map(|method| key(&method, &request, &self.layer.vary))
+        });
+        let cache = self.layer.cache.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await.map_err(Into::into)?;
+            let status = response.status();
+            if let Some(stale) = stale
+                && (status.is_success() || status.is_redirection())
+            {
+                for key in stale {
+                    cache.invalidate(key).await;
+                }
+            }
+            Ok(response.map(CoalesceBody::origin))
+        })
+    }
 }
 
-/// The cache key: method, URI and the varying fields.
-fn key<B>(request: &Request<B>, vary: &[HeaderName]) -> String {
-    let mut key = format!("{} {}", request.method(), request.uri());
+/// The request in `slot`, taken.
+fn take<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+}
+
+/// Whether the request goes to the origin on its own: it asks to skip the
+/// cache (`no-cache`), carries credentials the key does not include, or
+/// asks for part of a response or a condition the layer does not answer.
+fn bypasses<B>(request: &Request<B>, vary: &[HeaderName]) -> bool {
+    let headers = request.headers();
+    let personal = |field: &HeaderName| headers.contains_key(field) && !vary.contains(field);
+    CacheControl::parse(headers).no_cache
+        || headers
+            .get(PRAGMA)
+            .is_some_and(|pragma| pragma.as_bytes().eq_ignore_ascii_case(b"no-cache"))
+        || personal(&AUTHORIZATION)
+        || personal(&COOKIE)
+        || [RANGE, IF_RANGE, IF_MATCH, IF_UNMODIFIED_SINCE]
+            .iter()
+            .any(|field| headers.contains_key(field))
+}
+
+/// The cache key of `request` as `method`: the method, the host (the
+/// URI's authority, else `Host`, lowercased), the path and query, then
+/// each varying field's values. Field values are escaped, and each ends
+/// with a comma, so a comma inside a value, two field lines and no line
+/// at all give three keys.
+fn key<B>(method: &Method, request: &Request<B>, vary: &[HeaderName]) -> String {
+    let uri = request.uri();
+    let host = uri.authority().map_or_else(
+        || {
+            request
+                .headers()
+                .get(HOST)
+                .map_or(&b""[..], HeaderValue::as_bytes)
+        },
+        |authority| authority.as_str().as_bytes(),
+    );
+    let path = uri.path_and_query().map_or("/", |path| path.as_str());
+    let mut key = String::with_capacity(method.as_str().len() + host.len() + path.len() + 2);
+    key.push_str(method.as_str());
+    key.push(' ');
+    escape(&mut key, &host.to_ascii_lowercase());
+    key.push_str(path);
     for name in vary {
         key.push('\n');
         key.push_str(name.as_str());
         key.push(':');
         for value in request.headers().get_all(name) {
-            key.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            escape(&mut key, value.as_bytes());
             key.push(',');
         }
     }
     key
+}
+
+/// `bytes` into `key`, with every byte outside visible ASCII, and `%`, `,`
+/// and `/`, written as `%XX`.
+fn escape(key: &mut String, bytes: &[u8]) {
+    use std::fmt::Write;
+    for &byte in bytes {
+        if byte.is_ascii_graphic() && !matches!(byte, b'%' | b',' | b'/') {
+            key.push(char::from(byte));
+        } else {
+            let _ = write!(key, "%{byte:02X}");
+        }
+    }
+}
+
+/// Whether a response may serve requests other than the one that asked
+/// for it (RFC 9111 §3, §4.1): not `private`, `no-store` or `no-cache`,
+/// no `Set-Cookie`, and a `Vary` naming only fields the key includes.
+fn shareable(headers: &HeaderMap, vary: &[HeaderName]) -> bool {
+    let directives = CacheControl::parse(headers);
+    if directives.private || directives.no_store || directives.no_cache {
+        return false;
+    }
+    if headers.contains_key(SET_COOKIE) {
+        return false;
+    }
+    headers.get_all(VARY).iter().all(|value| {
+        value.to_str().is_ok_and(|names| {
+            names.split(',').map(str::trim).all(|name| {
+                name.is_empty()
+                    || (name != "*" && vary.iter().any(|n| n.as_str().eq_ignore_ascii_case(name)))
+            })
+        })
+    })
+}
+
+/// The `Age` a response carries (RFC 9111 §5.1); 0 when absent or
+/// unreadable.
+fn age_of(headers: &HeaderMap) -> Duration {
+    headers
+        .get(AGE)
+        .and_then(|age| age.to_str().ok())
+        .and_then(|age| age.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs)
+}
+
+/// A caller's own `If-None-Match` and `If-Modified-Since`, which the
+/// layer answers (the origin is asked without them).
+struct Conditions {
+    if_none_match: Vec<HeaderValue>,
+    if_modified_since: Option<HeaderValue>,
+}
+
+impl Conditions {
+    fn of(headers: &HeaderMap) -> Self {
+        Self {
+            if_none_match: headers.get_all(IF_NONE_MATCH).iter().cloned().collect(),
+            if_modified_since: headers.get(IF_MODIFIED_SINCE).cloned(),
+        }
+    }
+
+    /// Whether the caller has this response already (RFC 9110 §13.2.2):
+    /// `If-None-Match` by weak comparison, else `If-Modified-Since` against
+    /// `Last-Modified`; only for a 2xx response.
+    fn not_modified(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        if !status.is_success() {
+            return false;
+        }
+        if !self.if_none_match.is_empty() {
+            let etag = headers.get(ETAG).and_then(|etag| etag.to_str().ok());
+            let weak = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+            return self.if_none_match.iter().any(|value| {
+                value.to_str().is_ok_and(|tags| {
+                    tags.split(',').any(|tag| {
+                        tag.trim() == "*" || etag.is_some_and(|etag| weak(etag) == weak(tag))
+                    })
+                })
+            });
+        }
+        let date = |value: Option<&HeaderValue>| {
+            value
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| httpdate::parse_http_date(value).ok())
+        };
+        match (
+            date(self.if_modified_since.as_ref()),
+            date(headers.get(LAST_MODIFIED)),
+        ) {
+            (Some(since), Some(modified)) => modified <= since,
+            _ => false,
+        }
+    }
+}
+
+/// The response a caller gets from `lookup`: the whole response, or `304
+/// Not Modified` when its conditions say it has it; with `Age`.
+fn respond<B>(
+    lookup: Lookup<CachedResponse>,
+    head: bool,
+    conditions: &Conditions,
+) -> Response<CoalesceBody<B>> {
+    let CachedResponse {
+        status,
+        mut headers,
+        body,
+    } = lookup.value;
+    let age = age_of(&headers).saturating_add(lookup.age);
+    let (status, body) = if conditions.not_modified(status, &headers) {
+        // Only the fields a 304 carries (RFC 9110 §15.4.5).
+        let mut kept = HeaderMap::new();
+        for field in [
+            CACHE_CONTROL,
+            CONTENT_LOCATION,
+            DATE,
+            ETAG,
+            EXPIRES,
+            VARY,
+            LAST_MODIFIED,
+        ] {
+            for value in headers.get_all(&field) {
+                kept.append(field.clone(), value.clone());
+            }
+        }
+        headers = kept;
+        (StatusCode::NOT_MODIFIED, Bytes::new())
+    } else {
+        (status, if head { Bytes::new() } else { body })
+    };
+    headers.insert(AGE, HeaderValue::from(age.as_secs()));
+    let mut response = Response::new(CoalesceBody::cached(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
 }
 
 /// Statuses a shared cache may store by default (RFC 9110 §15.1).
@@ -291,13 +549,14 @@ fn storable(status: StatusCode) -> bool {
     )
 }
 
-/// The flight's work: ask the origin, keep the whole response, and say how
-/// long it may be kept.
+/// The flight's work: ask the origin (without the caller's own
+/// conditions), keep the whole response, and say how long it may be kept.
 async fn fetch<S, ReqBody, ResBody>(
     origin: S,
-    request: Request<ReqBody>,
+    mut request: Request<ReqBody>,
     max_body: usize,
     default: Freshness,
+    vary: &[HeaderName],
 ) -> Result<(CachedResponse, Option<Freshness>), BoxError>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -305,6 +564,8 @@ where
     ResBody: Body<Data = Bytes>,
     ResBody::Error: Into<BoxError>,
 {
+    request.headers_mut().remove(IF_NONE_MATCH);
+    request.headers_mut().remove(IF_MODIFIED_SINCE);
     let response = origin.oneshot(request).await.map_err(Into::into)?;
     let (parts, body) = response.into_parts();
     let body = match Limited::new(body, max_body).collect().await {
@@ -314,8 +575,15 @@ where
         }
         Err(error) => return Err(error),
     };
-    let freshness = if storable(parts.status) {
-        CacheControl::parse(&parts.headers).freshness(default)
+    let freshness = if storable(parts.status) && shareable(&parts.headers, vary) {
+        // The response is `Age` old already (RFC 9111 §4.2.3).
+        let age = age_of(&parts.headers);
+        CacheControl::parse(&parts.headers)
+            .freshness(default)
+            .and_then(|freshness| {
+                let ttl = freshness.ttl().saturating_sub(age);
+                (!ttl.is_zero()).then(|| freshness.with_ttl(ttl))
+            })
     } else {
         None
     };
