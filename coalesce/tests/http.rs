@@ -669,3 +669,23 @@ async fn vary_keys_tell_a_comma_in_a_value_from_two_lines() {
     call(&service, "GET", "/", &[("accept", "a"), ("accept", "b")]).await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_that_now_says_no_store_drops_the_old_entry() {
+    let (service, calls) = layered(&[], |_, n| {
+        let directive = if n == 1 { "max-age=10" } else { "no-store" };
+        answer(&[("cache-control", directive.into())], format!("call {n}"))
+    });
+    call(&service, "GET", "/", &[]).await;
+    tokio::time::advance(Duration::from_secs(15)).await;
+    let stale = call(&service, "GET", "/", &[]).await;
+    assert_eq!(body_of(&stale), "call 1", "served stale while it refreshes");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "refreshed");
+    let after = call(&service, "GET", "/", &[]).await;
+    assert_eq!(
+        body_of(&after),
+        "call 3",
+        "the old response is not served again"
+    );
+}
