@@ -313,6 +313,81 @@ pub(crate) fn retry_delay(base: Duration, cap: Duration, attempt: u64) -> Durati
     base.saturating_mul(1 << doublings).min(cap)
 }
 
+/// How a consumer retries a failing delivery.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RetryPolicy {
+    pub(crate) max_deliver: u64,
+    pub(crate) base: Duration,
+    pub(crate) cap: Duration,
+}
+
+/// What became of a delivery retried in place.
+pub(crate) enum Retried {
+    /// Applied and committed at last.
+    Applied,
+    /// Its last try failed with this error: give up on it.
+    GaveUp(BoxError),
+    /// The consumer is stopping: the delivery is not settled.
+    Stopped,
+}
+
+/// Tries `delivery` again, alone and in place, after its handler failed
+/// with `error`: after the growing delay, until it is applied, or its last
+/// try fails (never for a [`Transient`] error). Nothing after it is applied
+/// meanwhile, so per-aggregate order holds. A database failure is waited
+/// out and does not count as a try. `wait(delay)` sleeps (a JetStream
+/// consumer keeps the message's acknowledgement alive meanwhile) and says
+/// `false` when the consumer is stopping.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "apply's four, and the retry's own four"
+)]
+pub(crate) async fn retry_in_place<I, H, W, F>(
+    inbox: &I,
+    consumer: &str,
+    handler: &H,
+    counters: &Counters,
+    policy: RetryPolicy,
+    delivery: &mut Delivery,
+    mut error: BoxError,
+    mut wait: W,
+) -> Retried
+where
+    I: InboxStore,
+    H: Handler<<I::Database as sqlx::Database>::Connection>,
+    W: FnMut(Duration) -> F,
+    F: Future<Output = bool>,
+{
+    loop {
+        if delivery.attempt >= policy.max_deliver && !Transient::is(&*error) {
+            return Retried::GaveUp(error);
+        }
+        tracing::warn!(target: "palisade_outbox", consumer, id = %delivery.envelope.id, attempt = delivery.attempt, %error, "handler failed; trying again later");
+        Counters::add(&counters.retried);
+        if !wait(retry_delay(policy.base, policy.cap, delivery.attempt)).await {
+            return Retried::Stopped;
+        }
+        delivery.attempt += 1;
+        loop {
+            match apply(inbox, consumer, handler, counters, delivery).await {
+                Ok(()) => return Retried::Applied,
+                Err(Failure::Handler(again)) => {
+                    error = again;
+                    break;
+                }
+                // Not the message's fault: this try does not count.
+                Err(Failure::Database(failure)) => {
+                    tracing::warn!(target: "palisade_outbox", consumer, id = %delivery.envelope.id, error = %failure, "inbox database failed; trying again later");
+                    Counters::add(&counters.retried);
+                    if !wait(policy.base).await {
+                        return Retried::Stopped;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Consumes a [`MemoryBroker`](crate::MemoryBroker) subscription into a
 /// database, applying each message once: the in-process counterpart of
 /// `JetStreamConsumer`, for the embedded default.
@@ -514,48 +589,32 @@ where
         }
     }
 
-    /// Tries `delivery` again, alone, after its handler failed with
-    /// `error`, until it goes through or its last try.
-    async fn retry(&self, mut delivery: Delivery, mut error: BoxError) {
-        let id = delivery.envelope.id.clone();
-        loop {
-            if delivery.attempt >= self.max_deliver && !Transient::is(&*error) {
-                Counters::add(&self.counters.dead_lettered);
-                tracing::error!(target: "palisade_outbox", consumer = %self.name, %id, attempt = delivery.attempt, %error, "handler failed its last try; given up on");
-                return;
-            }
-            tracing::warn!(target: "palisade_outbox", consumer = %self.name, %id, attempt = delivery.attempt, %error, "handler failed; trying again later");
-            Counters::add(&self.counters.retried);
-            tokio::time::sleep(retry_delay(
-                self.retry_base,
-                self.retry_cap,
-                delivery.attempt,
-            ))
-            .await;
-            delivery.attempt += 1;
-            loop {
-                match apply(
-                    &self.inbox,
-                    &self.name,
-                    &self.handler,
-                    &self.counters,
-                    &delivery,
-                )
-                .await
-                {
-                    Ok(()) => return,
-                    Err(Failure::Handler(again)) => {
-                        error = again;
-                        break;
-                    }
-                    // Not the message's fault: this try does not count.
-                    Err(Failure::Database(failure)) => {
-                        tracing::warn!(target: "palisade_outbox", consumer = %self.name, %id, error = %failure, "inbox database failed; trying again later");
-                        Counters::add(&self.counters.retried);
-                        tokio::time::sleep(self.retry_base).await;
-                    }
-                }
-            }
+    /// Tries `delivery` again in place after its handler failed with
+    /// `error`; gives up on it after its last try.
+    async fn retry(&self, mut delivery: Delivery, error: BoxError) {
+        let policy = RetryPolicy {
+            max_deliver: self.max_deliver,
+            base: self.retry_base,
+            cap: self.retry_cap,
+        };
+        let sleep = |delay| async move {
+            tokio::time::sleep(delay).await;
+            true
+        };
+        let retried = retry_in_place(
+            &self.inbox,
+            &self.name,
+            &self.handler,
+            &self.counters,
+            policy,
+            &mut delivery,
+            error,
+            sleep,
+        )
+        .await;
+        if let Retried::GaveUp(error) = retried {
+            Counters::add(&self.counters.dead_lettered);
+            tracing::error!(target: "palisade_outbox", consumer = %self.name, id = %delivery.envelope.id, attempt = delivery.attempt, %error, "handler failed its last try; given up on");
         }
     }
 }

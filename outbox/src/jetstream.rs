@@ -11,11 +11,12 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, consumer::pull};
+use futures_util::future::Shared;
 use futures_util::{FutureExt, StreamExt};
 
 use crate::consume::{
-    BoxError, ConsumerStats, Counters, Delivery, EventTypes, Handler, Transient, apply_batch,
-    retry_delay,
+    BoxError, ConsumerStats, Counters, Delivery, EventTypes, Handler, Retried, RetryPolicy,
+    apply_batch, retry_delay, retry_in_place,
 };
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::{ConfigError, config_error};
@@ -149,17 +150,21 @@ impl ConsumerConfig {
 /// duplicate outside JetStream's window) is acknowledged without being
 /// applied again.
 ///
-/// - A handler error rolls back and naks with a growing delay; on the last
-///   allowed delivery (unless the error is [`Transient`](crate::Transient))
-///   the message is published to the dead-letter subject
-///   (headers kept, plus `palisade-error`, `palisade-consumer` and
-///   `palisade-deliveries`) and terminated.
+/// - A handler error rolls back, and the message is tried again in place
+///   after a growing delay, before any later message, so the messages of
+///   an aggregate are applied in order (its acknowledgement is kept alive
+///   meanwhile); after its last try (unless the error is
+///   [`Transient`](crate::Transient)) the message is published to the
+///   dead-letter subject (headers kept, plus `palisade-error`,
+///   `palisade-consumer` and `palisade-deliveries`) and terminated.
 /// - A message without a valid envelope goes to the dead-letter subject at
 ///   once: no retry can fix it.
-/// - A database failure (begin, inbox, commit) naks with a delay and never
-///   dead-letters: it is not the message's fault.
+/// - A database failure (begin, inbox, commit) is waited out, in place, and
+///   never dead-letters: it is not the message's fault.
 /// - If the dead-letter publish is not acknowledged, the message is nak'ed
 ///   instead: nothing is dropped.
+/// - Asked to stop while it retries, the consumer naks what it holds,
+///   for JetStream to deliver again.
 ///
 /// Messages that have already arrived when one is taken (up to
 /// [`batch`](Self::batch), 64 by default) are applied in one transaction,
@@ -321,18 +326,20 @@ where
         self.inbox.forget_older_than(age, batch).await
     }
 
-    /// Consumes until `shutdown` completes; the message under way is
-    /// finished (committed and acknowledged, or nak'ed) first.
+    /// Consumes until `shutdown` completes; the messages under way are
+    /// finished (committed and acknowledged) first, or, when one is waiting
+    /// to be tried again, nak'ed.
     ///
     /// # Errors
     ///
     /// The pull subscription's error, when JetStream refuses it.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
-        tokio::pin!(shutdown);
+        let mut shutdown = Box::pin(shutdown).shared();
         let mut messages = self.consumer.messages().await?;
         let mut batch = Vec::with_capacity(self.batch);
         loop {
             let next = tokio::select! {
+                biased;
                 () = &mut shutdown => return Ok(()),
                 next = messages.next() => next,
             };
@@ -348,9 +355,9 @@ where
                     None => break,
                 }
             }
-            self.process(&batch).await;
+            let stopped = !self.process(&batch, &shutdown).await;
             batch.clear();
-            if ended {
+            if ended || stopped {
                 return Ok(());
             }
         }
@@ -372,8 +379,12 @@ where
     }
 
     /// Applies `messages` in order, as many per transaction as go through,
-    /// and settles each with JetStream.
-    async fn process(&self, messages: &[jetstream::Message]) {
+    /// and settles each with JetStream; `false` when it stopped for
+    /// `shutdown`.
+    async fn process<S>(&self, messages: &[jetstream::Message], shutdown: &Shared<S>) -> bool
+    where
+        S: Future<Output = ()> + Unpin,
+    {
         // The messages to apply, and their deliveries, index for index.
         let mut kept: Vec<&jetstream::Message> = Vec::with_capacity(messages.len());
         let mut deliveries: Vec<Delivery> = Vec::with_capacity(messages.len());
@@ -404,6 +415,11 @@ where
             kept.push(message);
             deliveries.push(delivery);
         }
+        let policy = RetryPolicy {
+            max_deliver: self.config.max_deliver,
+            base: self.config.retry_base,
+            cap: self.config.retry_cap,
+        };
         let mut at = 0;
         while at < deliveries.len() {
             let rest = &deliveries[at..];
@@ -418,36 +434,102 @@ where
             let (done, failure) = match applied {
                 Ok(outcome) => outcome,
                 Err(error) => {
-                    tracing::warn!(target: "palisade_outbox", %error, "inbox database failed; delivering again later");
-                    for (message, delivery) in kept[at..].iter().zip(rest) {
-                        self.retry(message, delivery.attempt).await;
+                    // Waited out in place: naks would let later messages
+                    // of an aggregate overtake earlier ones.
+                    tracing::warn!(target: "palisade_outbox", %error, "inbox database failed; trying again later");
+                    Counters::add(&self.counters.retried);
+                    if !self.hold(&kept[at..], policy.base, shutdown).await {
+                        self.release(&kept[at..]).await;
+                        return false;
                     }
-                    return;
+                    continue;
                 }
             };
             // Acknowledged after the commit: a lost ack means a
             // redelivery, which the inbox turns into a duplicate.
             for message in &kept[at..at + done] {
-                if let Err(error) = message.ack().await {
-                    tracing::warn!(target: "palisade_outbox", %error, "ack lost; the redelivery will be a duplicate");
-                }
+                Self::ack(message).await;
             }
             at += done;
-            if let Some(error) = failure {
-                let (message, delivery) = (kept[at], &deliveries[at]);
-                let attempt = delivery.attempt;
-                if attempt >= self.config.max_deliver && !Transient::is(&*error) {
-                    tracing::error!(target: "palisade_outbox", id = %delivery.envelope.id, attempt, %error, "handler failed its last delivery; dead-lettered");
-                    self.dead_letter(message, attempt, &error.to_string()).await;
-                } else {
-                    tracing::warn!(target: "palisade_outbox", id = %delivery.envelope.id, attempt, %error, "handler failed; delivering again later");
-                    self.retry(message, attempt).await;
+            let Some(error) = failure else { continue };
+            let held = &kept[at..];
+            let retried = retry_in_place(
+                &self.inbox,
+                &self.config.durable,
+                &*self.handler,
+                &self.counters,
+                policy,
+                &mut deliveries[at],
+                error,
+                |delay| self.hold(held, delay, shutdown),
+            )
+            .await;
+            let (message, delivery) = (kept[at], &deliveries[at]);
+            match retried {
+                Retried::Applied => Self::ack(message).await,
+                Retried::GaveUp(error) => {
+                    tracing::error!(target: "palisade_outbox", id = %delivery.envelope.id, attempt = delivery.attempt, %error, "handler failed its last delivery; dead-lettered");
+                    self.dead_letter(message, delivery.attempt, &error.to_string())
+                        .await;
                 }
-                at += 1;
+                Retried::Stopped => {
+                    self.release(held).await;
+                    return false;
+                }
+            }
+            at += 1;
+        }
+        true
+    }
+
+    async fn ack(message: &jetstream::Message) {
+        if let Err(error) = message.ack().await {
+            tracing::warn!(target: "palisade_outbox", %error, "ack lost; the redelivery will be a duplicate");
+        }
+    }
+
+    /// Waits `delay` while holding `messages` back, keeping their
+    /// acknowledgements alive (JetStream would deliver them again after
+    /// the ack wait); `false` when `shutdown` came first.
+    async fn hold<S>(
+        &self,
+        messages: &[&jetstream::Message],
+        delay: Duration,
+        shutdown: &Shared<S>,
+    ) -> bool
+    where
+        S: Future<Output = ()> + Unpin,
+    {
+        let deadline = tokio::time::Instant::now() + delay;
+        let step = (self.config.ack_wait / 2).max(Duration::from_millis(100));
+        loop {
+            for message in messages {
+                if let Err(error) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!(target: "palisade_outbox", %error, "in-progress ack lost; JetStream may deliver the message again");
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            tokio::select! {
+                biased;
+                () = shutdown.clone() => return false,
+                () = tokio::time::sleep_until(deadline.min(now + step)) => {}
             }
         }
     }
 
+    /// Hands `messages` back to JetStream at once (the consumer stops).
+    async fn release(&self, messages: &[&jetstream::Message]) {
+        for message in messages {
+            if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
+                tracing::warn!(target: "palisade_outbox", %error, "nak lost; JetStream delivers again after the ack wait");
+            }
+        }
+    }
+
+    /// Has `message` delivered again after the delay of `attempt`.
     async fn retry(&self, message: &jetstream::Message, attempt: u64) {
         Counters::add(&self.counters.retried);
         let delay = self.config.delay_after(attempt);

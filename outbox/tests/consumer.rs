@@ -418,6 +418,50 @@ async fn only_the_types_asked_for_reach_the_handler_and_the_rest_are_acknowledge
     rig.remove().await;
 }
 
+/// The event `Flaky` fails its first two deliveries: the aggregate's next
+/// event must not be applied before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_message_holds_back_later_messages_of_its_aggregate() {
+    let rig = Rig::new().await;
+    let events = [
+        Event::new("order", "o-1", "Flaky", b"first".to_vec()),
+        Event::new("order", "o-1", "Good", b"second".to_vec()),
+    ];
+    rig.publish(&events).await;
+    let dead_letters = format!("{}.dead", rig.stream.to_ascii_lowercase());
+    let config = ConsumerConfig::new(&rig.stream, "ordered", &dead_letters)
+        .unwrap()
+        .retry_delay(Duration::from_millis(20), Duration::from_millis(100));
+    let consumer = Arc::new(
+        JetStreamConsumer::new(
+            rig.context.clone(),
+            config,
+            rig.inbox.clone(),
+            rig.handler(),
+        )
+        .await
+        .unwrap(),
+    );
+    let (stop, running) = start(&consumer);
+    for _ in 0..600 {
+        if consumer.stats().applied == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let order: Vec<Vec<u8>> = sqlx::query_scalar(&format!(
+        "SELECT payload FROM {}.applied ORDER BY n",
+        rig.db.name
+    ))
+    .fetch_all(&rig.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(order, [b"first".to_vec(), b"second".to_vec()]);
+    rig.remove().await;
+}
+
 /// An event's own headers (a tenant) travel as CloudEvents extension
 /// attributes, `ce-<name>`, and reach the handler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

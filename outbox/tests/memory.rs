@@ -182,3 +182,31 @@ async fn a_transient_failure_is_retried_past_max_deliver() {
         (1, 5, 0)
     );
 }
+
+#[tokio::test]
+async fn a_retried_message_holds_back_later_messages_of_its_aggregate() {
+    let events = ["Flaky", "Good"]
+        .iter()
+        .map(|kind| Event::new("order", "o-1", *kind, b"{}".to_vec()))
+        .collect();
+    let (pool, source) = messages(events).await;
+    sqlx::query("CREATE TABLE applied (kind TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let inbox = SqliteInbox::new(pool.clone(), "inbox").unwrap();
+    inbox.migrate().await.unwrap();
+    let consumer = MemoryConsumer::new("recorder", inbox, Record::default())
+        .retry_delay(Duration::from_millis(1), Duration::from_millis(2));
+    let (sender, receiver) = mpsc::channel(4);
+    for message in &source {
+        sender.send(message.clone()).await.unwrap();
+    }
+    drop(sender);
+    consumer.run(receiver, std::future::pending()).await;
+    let applied: Vec<String> = sqlx::query_scalar("SELECT kind FROM applied ORDER BY rowid")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, ["Flaky", "Good"]);
+}
