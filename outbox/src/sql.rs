@@ -101,6 +101,10 @@ impl Dialect {
 #[derive(Debug)]
 pub(crate) struct OutboxSql {
     pub(crate) migrate: Vec<String>,
+    /// Whether the table has its `claim_id` column (1) or was made before
+    /// it (0), and the statement that adds it.
+    pub(crate) has_claim_id: String,
+    pub(crate) add_claim_id: String,
     pub(crate) insert: String,
     pub(crate) claim: String,
     pub(crate) sent: String,
@@ -185,6 +189,22 @@ impl OutboxSql {
         };
         Self {
             migrate,
+            has_claim_id: match dialect {
+                #[cfg(feature = "postgres")]
+                Dialect::Postgres => format!(
+                    "SELECT count(*) FROM pg_attribute WHERE attrelid = '{t}'::regclass \
+                     AND attname = 'claim_id' AND NOT attisdropped"
+                ),
+                #[cfg(feature = "sqlite")]
+                Dialect::Sqlite => {
+                    let (schema, name) = t.split_once('.').unwrap_or(("main", t));
+                    format!(
+                        "SELECT count(*) FROM pragma_table_info('{name}', '{schema}') \
+                         WHERE name = 'claim_id'"
+                    )
+                }
+            },
+            add_claim_id: format!("ALTER TABLE {t} ADD COLUMN claim_id TEXT"),
             insert: match dialect {
                 // A transaction-scoped lock per aggregate: a second
                 // transaction writing the same aggregate waits for the first

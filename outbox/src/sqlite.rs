@@ -220,6 +220,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_table_made_before_claim_ids_gains_the_column() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let outbox = SqliteOutbox::new(pool.clone(), OutboxConfig::new("outbox").unwrap());
+        outbox.migrate().await.unwrap();
+        sqlx::query("ALTER TABLE outbox DROP COLUMN claim_id")
+            .execute(&pool)
+            .await
+            .unwrap();
+        outbox.migrate().await.unwrap();
+        outbox.migrate().await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        let event = Event::new("order", "o-1", "OrderCreated", b"{}".to_vec());
+        outbox.enqueue(&mut tx, &event).await.unwrap();
+        tx.commit().await.unwrap();
+        let broker = crate::MemoryBroker::new(1);
+        let report = crate::Relay::new(outbox, broker).run_once().await.unwrap();
+        assert_eq!(report.published, 1);
+    }
+
+    #[tokio::test]
     async fn only_a_committed_transaction_that_enqueued_wakes_the_relays() {
         let config = OutboxConfig::new("outbox").unwrap();
         let wake = CommitWake::new(&config);

@@ -41,7 +41,8 @@ macro_rules! sql_outbox {
             }
 
             /// Creates the table and its indexes if they are missing (and
-            /// in PostgreSQL the schema), in one transaction.
+            /// in PostgreSQL the schema), in one transaction; a table made
+            /// by an earlier version gains the columns it lacks.
             ///
             /// # Errors
             ///
@@ -50,6 +51,12 @@ macro_rules! sql_outbox {
                 let mut tx = self.pool.begin().await?;
                 for statement in &self.sql.migrate {
                     sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                let has_claim_id: i64 = sqlx::query_scalar(&self.sql.has_claim_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if has_claim_id == 0 {
+                    sqlx::query(&self.sql.add_claim_id).execute(&mut *tx).await?;
                 }
                 tx.commit().await
             }

@@ -125,6 +125,24 @@ async fn events_of_one_aggregate_are_published_in_commit_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_made_before_claim_ids_gains_the_column() {
+    let h = Pg::start(|c| c).await;
+    sqlx::query(&format!(
+        "ALTER TABLE {}.outbox DROP COLUMN claim_id",
+        h.schema
+    ))
+    .execute(&h.pool)
+    .await
+    .unwrap();
+    h.outbox.migrate().await.unwrap();
+    h.outbox.migrate().await.unwrap();
+    h.place(&[event("a", 1)], true).await;
+    let relay = Relay::new(h.outbox.clone(), MemoryBroker::new(1));
+    assert_eq!(relay.run_once().await.unwrap().published, 1);
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_table_name_is_refused() {
     for bad in ["Orders", "a.b.c", "1x", "x;drop", ""] {
         let error = PgInbox::new(pool().await, bad).unwrap_err();
