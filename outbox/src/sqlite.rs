@@ -221,7 +221,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_table_made_before_claim_ids_gains_the_column() {
-        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
         let outbox = SqliteOutbox::new(pool.clone(), OutboxConfig::new("outbox").unwrap());
         outbox.migrate().await.unwrap();
         sqlx::query("ALTER TABLE outbox DROP COLUMN claim_id")
