@@ -462,6 +462,46 @@ async fn a_retried_message_holds_back_later_messages_of_its_aggregate() {
     rig.remove().await;
 }
 
+/// A message waiting out a long retry delay does not hold up shutdown: it
+/// is handed back to JetStream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_while_a_message_waits_for_its_retry_hands_it_back() {
+    let rig = Rig::new().await;
+    rig.publish(&[Event::new("order", "o-1", "Bad", b"b".to_vec())])
+        .await;
+    let dead_letters = format!("{}.dead", rig.stream.to_ascii_lowercase());
+    let config = ConsumerConfig::new(&rig.stream, "stopping", &dead_letters)
+        .unwrap()
+        .max_deliver(100)
+        .retry_delay(Duration::from_secs(600), Duration::from_secs(600));
+    let consumer = Arc::new(
+        JetStreamConsumer::new(
+            rig.context.clone(),
+            config,
+            rig.inbox.clone(),
+            rig.handler(),
+        )
+        .await
+        .unwrap(),
+    );
+    let (stop, running) = start(&consumer);
+    for _ in 0..600 {
+        if consumer.stats().retried == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(consumer.stats().retried, 1, "waiting for its retry");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("stopped without waiting out the delay")
+        .unwrap()
+        .unwrap();
+    assert_eq!(consumer.stats().dead_lettered, 0);
+    rig.remove().await;
+}
+
 /// An event's own headers (a tenant) travel as CloudEvents extension
 /// attributes, `ce-<name>`, and reach the handler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
