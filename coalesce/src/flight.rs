@@ -21,6 +21,9 @@ use crate::events::Events;
 /// What a flight ends with, shared by every waiter.
 type Landing<V, E> = Option<Result<V, FlightError<E>>>;
 
+/// Where a flight's task sends its landing.
+type LandingSender<V, E> = watch::Sender<Landing<V, E>>;
+
 /// Concurrent callers of the same key share one computation.
 ///
 /// The first caller's computation runs as its own task; every caller of the
@@ -173,14 +176,13 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
-        let (flight, mut landing) = match self.board(&key, compute, true) {
+        let (flight, mut landing) = match self.board(&key, compute) {
             Boarding::Aboard(flight, landing) => (flight, landing),
             Boarding::Full(compute) => {
                 tracing::debug!(target: "palisade_coalesce", "flight map full; computing uncoalesced");
                 self.inner.events.started();
                 return land(CatchUnwind::call(compute).await);
             }
-            Boarding::Running => unreachable!("a joining caller boards a running flight"),
         };
         let waiting = Waiting {
             inner: &self.inner,
@@ -215,48 +217,60 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
-        if let Boarding::Full(_) = self.board(key, compute, false) {
-            tracing::debug!(target: "palisade_coalesce", "flight map full; background refresh skipped");
+        let mut flights = lock(&self.inner.flights);
+        if flights.contains_key(key) {
+            return;
         }
+        if flights.len() >= self.inner.max_flights {
+            drop(flights);
+            tracing::debug!(target: "palisade_coalesce", "flight map full; background refresh skipped");
+            return;
+        }
+        let (flight, sender) = insert(&mut flights, key);
+        drop(flights);
+        self.launch(key, &flight, sender, compute);
     }
 
-    /// Joins `key`'s flight (unless `join` is off), or starts it with
-    /// `compute`. The map's lock is held only to look and insert: the
-    /// closure is called after, so it may panic or use this coalescer.
-    fn board<F, Fut>(&self, key: &K, compute: F, join: bool) -> Boarding<V, E, F>
+    /// Joins `key`'s flight, or starts it with `compute`.
+    fn board<F, Fut>(&self, key: &K, compute: F) -> Boarding<V, E, F>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
-        let (flight, landing) = {
-            let mut flights = lock(&self.inner.flights);
-            if let Some(flight) = flights.get(key) {
-                if !join {
-                    return Boarding::Running;
-                }
-                flight.waiters.fetch_add(1, Ordering::Relaxed);
-                self.inner.events.joined();
-                return Boarding::Aboard(flight.clone(), flight.landing.clone());
-            }
-            if flights.len() >= self.inner.max_flights {
-                return Boarding::Full(compute);
-            }
-            let (sender, landing) = watch::channel(None);
-            let flight = Arc::new(Flight {
-                landing: landing.clone(),
-                task: OnceLock::new(),
-                waiters: AtomicUsize::new(1),
-            });
-            flights.insert(key.clone(), flight.clone());
-            (flight, (sender, landing))
-        };
-        let (sender, landing) = landing;
+        let mut flights = lock(&self.inner.flights);
+        if let Some(flight) = flights.get(key) {
+            flight.waiters.fetch_add(1, Ordering::Relaxed);
+            self.inner.events.joined();
+            return Boarding::Aboard(flight.clone(), flight.landing.clone());
+        }
+        if flights.len() >= self.inner.max_flights {
+            return Boarding::Full(compute);
+        }
+        let (flight, sender) = insert(&mut flights, key);
+        drop(flights);
+        self.launch(key, &flight, sender, compute);
+        let landing = flight.landing.clone();
+        Boarding::Aboard(flight, landing)
+    }
+
+    /// Calls `compute` and runs its future as `flight`'s task. The map's
+    /// lock is not held: the closure may panic or use this coalescer.
+    fn launch<F, Fut>(
+        &self,
+        key: &K,
+        flight: &Arc<Flight<V, E>>,
+        sender: LandingSender<V, E>,
+        compute: F,
+    ) where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+    {
         self.inner.events.started();
         let computation = CatchUnwind::call(compute);
         let (inner, own_key, own) = (
             Arc::downgrade(&self.inner),
             key.clone(),
-            Arc::downgrade(&flight),
+            Arc::downgrade(flight),
         );
         let task = tokio::spawn(async move {
             let result = land(computation.await);
@@ -273,11 +287,26 @@ where
             }
             sender.send_replace(Some(result));
         });
-        // The starting caller counts as a waiter until `board` returns, so
-        // no one can find the flight abandoned before this is set.
+        // The starting caller counts as a waiter until it has returned
+        // from here, so no one can find the flight abandoned before this
+        // is set.
         let _ = flight.task.set(task.abort_handle());
-        Boarding::Aboard(flight, landing)
     }
+}
+
+/// A new flight of `key` in `flights`, with one waiter: its starter.
+fn insert<K: Hash + Eq + Clone, V, E>(
+    flights: &mut FlightMap<K, V, E>,
+    key: &K,
+) -> (Arc<Flight<V, E>>, LandingSender<V, E>) {
+    let (sender, landing) = watch::channel(None);
+    let flight = Arc::new(Flight {
+        landing,
+        task: OnceLock::new(),
+        waiters: AtomicUsize::new(1),
+    });
+    flights.insert(key.clone(), flight.clone());
+    (flight, sender)
 }
 
 /// A caller's way into a flight.
@@ -286,8 +315,6 @@ enum Boarding<V, E, F> {
     Aboard(Arc<Flight<V, E>>, watch::Receiver<Landing<V, E>>),
     /// No room: compute alone.
     Full(F),
-    /// A flight is running and the caller did not join it.
-    Running,
 }
 
 /// One caller's place in a flight: leaving makes the flight one waiter
