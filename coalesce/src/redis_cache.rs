@@ -153,10 +153,12 @@ impl RedisSettings {
 /// across all of them.
 ///
 /// Values are bytes (serialise yours). On a miss one process wins a lock
-/// (`SET NX PX` with a random token), computes, stores the value with its
-/// [`Freshness`], publishes a wake-up and releases the lock (only its own,
-/// in one script); a leader computing for longer than half its lease
-/// extends it. The others wait for the wake-up (one pub/sub connection per
+/// (`SET NX PX` with a random token), looks once more for a value stored
+/// meanwhile, computes, and, in one script fenced by its token, stores the
+/// value with its [`Freshness`], publishes a wake-up and releases the
+/// lock; a leader computing for longer than half its lease extends it,
+/// and one whose lease ran out anyway (a long pause) stores nothing, so
+/// the value of the process that took over stands. The others wait for the wake-up (one pub/sub connection per
 /// cache, fanned out by key), look again every poll interval, and after the
 /// wait timeout compute on their own. If the leader dies, its lease
 /// expires and exactly one waiter wins the lock and takes over. Inside a
