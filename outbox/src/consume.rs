@@ -314,7 +314,7 @@ pub(crate) fn retry_delay(base: Duration, cap: Duration, attempt: u64) -> Durati
 }
 
 /// How a consumer retries a failing delivery.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RetryPolicy {
     pub(crate) max_deliver: u64,
     pub(crate) base: Duration,
@@ -455,9 +455,7 @@ pub struct MemoryConsumer<I, H> {
     counters: Counters,
     only: EventTypes,
     batch: usize,
-    max_deliver: u64,
-    retry_base: Duration,
-    retry_cap: Duration,
+    retry: RetryPolicy,
 }
 
 impl<I, H> MemoryConsumer<I, H>
@@ -477,9 +475,11 @@ where
             counters: Counters::default(),
             only: EventTypes::default(),
             batch: 64,
-            max_deliver: 5,
-            retry_base: Duration::from_millis(100),
-            retry_cap: Duration::from_secs(5),
+            retry: RetryPolicy {
+                max_deliver: 5,
+                base: Duration::from_millis(100),
+                cap: Duration::from_secs(5),
+            },
         }
     }
 
@@ -502,15 +502,15 @@ where
     /// Tries before a failing message is given up on (at least 1).
     #[must_use]
     pub fn max_deliver(mut self, tries: u64) -> Self {
-        self.max_deliver = tries.max(1);
+        self.retry.max_deliver = tries.max(1);
         self
     }
 
     /// The delay before the second try, doubling up to `cap`.
     #[must_use]
     pub const fn retry_delay(mut self, base: Duration, cap: Duration) -> Self {
-        self.retry_base = base;
-        self.retry_cap = cap;
+        self.retry.base = base;
+        self.retry.cap = cap;
         self
     }
 
@@ -583,7 +583,7 @@ where
                 Err(error) => {
                     tracing::warn!(target: "palisade_outbox", consumer = %self.name, %error, "inbox database failed; trying again later");
                     Counters::add(&self.counters.retried);
-                    tokio::time::sleep(self.retry_base).await;
+                    tokio::time::sleep(self.retry.base).await;
                 }
             }
         }
@@ -592,11 +592,6 @@ where
     /// Tries `delivery` again in place after its handler failed with
     /// `error`; gives up on it after its last try.
     async fn retry(&self, mut delivery: Delivery, error: BoxError) {
-        let policy = RetryPolicy {
-            max_deliver: self.max_deliver,
-            base: self.retry_base,
-            cap: self.retry_cap,
-        };
         let sleep = |delay| async move {
             tokio::time::sleep(delay).await;
             true
@@ -606,7 +601,7 @@ where
             &self.name,
             &self.handler,
             &self.counters,
-            policy,
+            self.retry,
             &mut delivery,
             error,
             sleep,

@@ -42,9 +42,7 @@ pub struct ConsumerConfig {
     durable: String,
     dead_letter_subject: String,
     filter_subject: Option<String>,
-    max_deliver: u64,
-    retry_base: Duration,
-    retry_cap: Duration,
+    retry: RetryPolicy,
     ack_wait: Duration,
 }
 
@@ -85,9 +83,11 @@ impl ConsumerConfig {
             durable: durable.to_owned(),
             dead_letter_subject: dead_letter_subject.to_owned(),
             filter_subject: None,
-            max_deliver: 5,
-            retry_base: Duration::from_secs(1),
-            retry_cap: Duration::from_secs(60),
+            retry: RetryPolicy {
+                max_deliver: 5,
+                base: Duration::from_secs(1),
+                cap: Duration::from_secs(60),
+            },
             ack_wait: Duration::from_secs(30),
         })
     }
@@ -103,15 +103,15 @@ impl ConsumerConfig {
     /// subject (at least 1).
     #[must_use]
     pub fn max_deliver(mut self, deliveries: u64) -> Self {
-        self.max_deliver = deliveries.max(1);
+        self.retry.max_deliver = deliveries.max(1);
         self
     }
 
     /// The delay before the second delivery, doubling up to `cap`.
     #[must_use]
     pub const fn retry_delay(mut self, base: Duration, cap: Duration) -> Self {
-        self.retry_base = base;
-        self.retry_cap = cap;
+        self.retry.base = base;
+        self.retry.cap = cap;
         self
     }
 
@@ -128,16 +128,16 @@ impl ConsumerConfig {
     /// consumer that died holding it).
     #[must_use]
     pub fn redelivery_horizon(&self) -> Duration {
-        (1..self.max_deliver)
+        (1..self.retry.max_deliver)
             .map(|attempt| self.delay_after(attempt))
             .sum::<Duration>()
             + self
                 .ack_wait
-                .saturating_mul(u32::try_from(self.max_deliver).unwrap_or(u32::MAX))
+                .saturating_mul(u32::try_from(self.retry.max_deliver).unwrap_or(u32::MAX))
     }
 
     fn delay_after(&self, attempt: u64) -> Duration {
-        retry_delay(self.retry_base, self.retry_cap, attempt)
+        retry_delay(self.retry.base, self.retry.cap, attempt)
     }
 }
 
@@ -415,11 +415,7 @@ where
             kept.push(message);
             deliveries.push(delivery);
         }
-        let policy = RetryPolicy {
-            max_deliver: self.config.max_deliver,
-            base: self.config.retry_base,
-            cap: self.config.retry_cap,
-        };
+        let policy = self.config.retry;
         let mut at = 0;
         while at < deliveries.len() {
             let rest = &deliveries[at..];

@@ -22,6 +22,7 @@ pub struct Backlog {
 
 /// What [`OutboxStore::mark_failed`] did with a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Failed {
     /// Pending again, once its backoff has passed.
     BackingOff,
