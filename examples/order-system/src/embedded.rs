@@ -1,5 +1,10 @@
 //! Every service in one process: SQLite files in a data directory, the
 //! in-process broker, one relay per outbox, one consumer per service.
+//!
+//! Who may sign in comes from an identity file
+//! ([`identity`](crate::identity)); without one, the data directory's,
+//! made with demo users and generated passwords on first start
+//! ([`seed_demo`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +19,7 @@ use tokio::task::JoinSet;
 
 use crate::db::ServiceDb;
 use crate::gateway::{self, Services};
+use crate::identity::{Identity, Seeded, seed_demo};
 use crate::inventory::{self, Inventory};
 use crate::orders::{self, Orders};
 use crate::payment::{self, Payment};
@@ -33,11 +39,18 @@ pub struct Settings {
     pub catalog: fn(crate::catalog::Catalog) -> crate::catalog::Catalog,
     /// The circuit breaker on payment's channel to the card processor.
     pub breaker: palisade_circuit_breaker::Config,
+    /// The identity file; `None`: the data directory's, with demo users
+    /// made on first start.
+    pub identity: Option<PathBuf>,
+    /// How many `load-NN` demo users a first start makes (one per load
+    /// worker gives each worker a rate limit of its own).
+    pub demo_load_users: usize,
 }
 
 impl Settings {
-    /// The defaults: `./order-system-data`, `127.0.0.1:8080`, and
-    /// [`gateway::per_user`].
+    /// The defaults: `./order-system-data`, `127.0.0.1:8080`,
+    /// [`gateway::per_user`], the data directory's identity with 64 demo
+    /// load users.
     #[must_use]
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
         Self {
@@ -46,6 +59,8 @@ impl Settings {
             per_user: gateway::per_user(),
             catalog: |catalog| catalog,
             breaker: card::breaker_config(),
+            identity: None,
+            demo_load_users: 64,
         }
     }
 }
@@ -57,6 +72,9 @@ pub struct System {
     pub address: SocketAddr,
     /// The services, for checks from the same process.
     pub services: Services,
+    /// The demo identity and its passwords, unless an identity file was
+    /// given.
+    pub demo: Option<Seeded>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     processor_task: tokio::task::JoinHandle<()>,
@@ -71,12 +89,20 @@ impl System {
     ///
     /// # Errors
     ///
-    /// A database or the listening socket could not be opened.
+    /// A database or the listening socket could not be opened, or the
+    /// identity could not be read or made.
     pub async fn start(
         settings: Settings,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         std::fs::create_dir_all(&settings.data_dir)?;
         let dir = &settings.data_dir;
+        let (identity, demo) = match &settings.identity {
+            Some(path) => (Identity::load(path)?, None),
+            None => {
+                let seeded = seed_demo(dir, settings.demo_load_users).await?;
+                (Identity::load(&seeded.identity)?, Some(seeded))
+            }
+        };
         let orders = Orders::new(ServiceDb::open_sqlite(dir, "orders", orders::TABLES).await?);
         let inventory =
             Inventory::new(ServiceDb::open_sqlite(dir, "inventory", inventory::TABLES).await?)
@@ -177,7 +203,7 @@ impl System {
             telemetry,
             processor: Some(simulator),
             breaker: Some(breaker),
-            auth: crate::auth::Auth::default(),
+            auth: crate::auth::Auth::new(identity, crate::auth::Sessions::default()),
             catalog: (settings.catalog)(crate::catalog::Catalog::new(inventory.clone())),
             orders,
             inventory,
@@ -205,6 +231,7 @@ impl System {
         Ok(Self {
             address,
             services,
+            demo,
             stop,
             tasks,
             processor_task,

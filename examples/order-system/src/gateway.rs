@@ -1,12 +1,13 @@
 //! The gateway: the HTTP API clients use, in front of the services.
 //!
-//! Requests go through W3C trace context (`TraceContextLayer`), then a
-//! token bucket per bearer token (`RateLimitLayer`, by default 100 requests
-//! at once and 50 a second; 429 with `Retry-After` beyond), then the bearer
-//! check.
+//! Requests go through W3C trace context (`TraceContextLayer`); signed-in
+//! routes then through the bearer check ([`auth::require_bearer`]), then a
+//! token bucket per signed-in user, keyed by the user the token stands for
+//! (`RateLimitLayer`, by default 100 requests at once and 50 a second; 429
+//! with `Retry-After` beyond).
 //!
-//! - `GET /authorize`, `POST /token`: the auth service's PKCE login (see
-//!   [`auth`](crate::auth)); no token needed.
+//! - `GET`/`POST /authorize`, `POST /token`: the auth service's sign-in
+//!   form and PKCE login (see [`auth`]); no token needed.
 //! - `POST /orders` with an `Idempotency-Key` header and a JSON
 //!   [`NewOrder`]: 201 with the order, or 200 with the order first placed
 //!   under that key by the same user.
@@ -21,16 +22,16 @@
 //!   limit, relays, catalog cache).
 //! - `GET /healthz`.
 //! - `GET`/`PUT /admin/processor`: the card processor's injected faults
-//!   (`{"unavailable": true, "delay_ms": 200}`), for the user `operator`
-//!   only.
+//!   (`{"unavailable": true, "delay_ms": 200}`), for users granted
+//!   [`Role::Operator`] only.
 //!
 //! An order's events continue the trace of the request that placed it.
 
 use std::collections::HashMap;
 
-use axum::extract::{Extension, Form, Path, Query, Request, State};
+use axum::extract::{Extension, Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -41,8 +42,10 @@ use palisade_token_bucket::{Bucket, LocalStore, RateLimitLayer, key};
 use palisade_tracecontext::TraceContextLayer;
 use serde::{Deserialize, Serialize};
 
+use crate::auth;
 use crate::db::ServiceDb;
 use crate::embedded::Consumers;
+use crate::identity::{Principal, Role};
 use crate::inventory::{CATALOG, Inventory, StockLevel};
 use crate::orders::{NewOrder, Orders};
 use crate::payment::BreakerHistory;
@@ -59,7 +62,7 @@ pub struct Services {
     /// payment runs in this process.
     pub breaker: Option<crate::processor::Breaker>,
     /// Auth.
-    pub auth: crate::auth::Auth,
+    pub auth: auth::Auth,
     /// The catalog.
     pub catalog: crate::catalog::Catalog,
     /// Orders.
@@ -73,11 +76,6 @@ pub struct Services {
     /// The consumers' counters.
     pub consumers: Consumers,
 }
-
-/// The signed-in user, put in the request's extensions by the bearer
-/// check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User(pub String);
 
 /// Each user's bucket by default: 100 requests at once, then 50 a second.
 #[must_use]
@@ -123,25 +121,32 @@ where
     St: palisade_token_bucket::Store,
     R: ResponseCache,
 {
-    let signed_in = Router::new()
-        .route("/orders", post(place))
-        .route("/orders/{id}", get(order))
+    let admin = Router::new()
         .route(
             "/admin/processor",
             get(processor_faults).put(set_processor_faults),
         )
-        .route_layer(middleware::from_fn_with_state(
-            services.clone(),
-            require_bearer,
-        ))
-        .layer(
+        .route_layer(middleware::from_fn(|request, next| {
+            auth::require_role(Role::Operator, request, next)
+        }));
+    // Layers added later run first: the bearer check, then the user's
+    // bucket (keyed by who the token stands for, never by the header).
+    let signed_in = Router::new()
+        .route("/orders", post(place))
+        .route("/orders/{id}", get(order))
+        .merge(admin)
+        .route_layer(
             RateLimitLayer::new_for_http(
                 shared.limits,
                 shared.per_user,
-                key::header(header::AUTHORIZATION),
+                key::extension(|principal: &Principal| principal.user.clone()),
             )
             .instrument(meter, "per-user"),
-        );
+        )
+        .route_layer(middleware::from_fn_with_state(
+            services.auth.sessions().clone(),
+            auth::require_bearer,
+        ));
     // The ranking is the same for everyone: cached whole, computed once
     // per crowd; what the origin says (max-age, stale-while-revalidate)
     // decides how long. A failed flight answers 502.
@@ -158,7 +163,7 @@ where
                 .layer(CoalesceLayer::new(shared.trending)),
         );
     Router::new()
-        .route("/authorize", get(authorize))
+        .route("/authorize", get(sign_in_form).post(authorize))
         .route("/token", post(token))
         .route("/books", get(books))
         .route("/metrics", get(metrics))
@@ -169,44 +174,31 @@ where
         .with_state(services)
 }
 
-/// Lets through requests with a good bearer token, as their [`User`].
-async fn require_bearer(
-    State(services): State<Services>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    let user = match token {
-        Some(token) => services.auth.user(token).await,
-        None => Ok(None),
-    };
-    match user {
-        Ok(Some(user)) => {
-            request.extensions_mut().insert(User(user));
-            next.run(request).await
-        }
-        Err(unavailable) => unavailable.into_response(),
-        Ok(None) => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(serde_json::json!({ "error": "a valid bearer token is required (GET /authorize, POST /token)" })),
-        )
-            .into_response(),
-    }
-}
-
-async fn authorize(
+async fn sign_in_form(
     State(services): State<Services>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    match services.auth.authorize(&query).await {
+    match services.auth.sign_in_form(&query) {
+        Ok(form) => form.into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// The form's `POST`: the redirect with a code, or the form again (`401`)
+/// for a wrong password.
+async fn authorize(
+    State(services): State<Services>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    match services.auth.authorize(&form).await {
         Ok(callback) => (
             StatusCode::FOUND,
             [(header::LOCATION, callback.to_string())],
+        )
+            .into_response(),
+        Err(error) if error.error == "access_denied" => (
+            StatusCode::UNAUTHORIZED,
+            auth::form_page(&form, Some(&error.error_description)),
         )
             .into_response(),
         Err(error) => error.into_response(),
@@ -238,7 +230,7 @@ fn internal(error: &dyn std::error::Error) -> Response {
 
 async fn place(
     State(services): State<Services>,
-    Extension(User(user)): Extension<User>,
+    Extension(Principal { user, .. }): Extension<Principal>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
@@ -299,7 +291,7 @@ struct OrderQuery {
 
 async fn order(
     State(services): State<Services>,
-    Extension(User(user)): Extension<User>,
+    Extension(Principal { user, .. }): Extension<Principal>,
     Path(id): Path<String>,
     Query(query): Query<OrderQuery>,
 ) -> Response {
@@ -426,9 +418,6 @@ pub async fn read_books(services: &Services) -> Result<Books, sqlx::Error> {
     })
 }
 
-/// The user allowed on `/admin` routes.
-pub const OPERATOR: &str = "operator";
-
 /// What `/admin/processor` shows: the faults and the breaker in front of
 /// the processor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -460,22 +449,7 @@ fn processor_elsewhere() -> Response {
     )
 }
 
-fn forbidden_unless_operator(user: &str) -> Option<Response> {
-    (user != OPERATOR).then(|| {
-        problem(
-            StatusCode::FORBIDDEN,
-            format!("only the {OPERATOR:?} user may change the card processor's faults"),
-        )
-    })
-}
-
-async fn processor_faults(
-    State(services): State<Services>,
-    Extension(User(user)): Extension<User>,
-) -> Response {
-    if let Some(refusal) = forbidden_unless_operator(&user) {
-        return refusal;
-    }
+async fn processor_faults(State(services): State<Services>) -> Response {
     match &services.processor {
         Some(processor) => {
             Json(processor_status(processor, services.breaker.as_ref())).into_response()
@@ -486,12 +460,8 @@ async fn processor_faults(
 
 async fn set_processor_faults(
     State(services): State<Services>,
-    Extension(User(user)): Extension<User>,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(refusal) = forbidden_unless_operator(&user) {
-        return refusal;
-    }
     let Some(processor) = &services.processor else {
         return processor_elsewhere();
     };

@@ -21,6 +21,7 @@ pub mod db;
 pub mod embedded;
 pub mod events;
 pub mod gateway;
+pub mod identity;
 pub mod inventory;
 pub mod load;
 pub mod metrics;

@@ -18,6 +18,7 @@ use palisade_pkce::{AuthorizationUrl, CodeChallenge, CodeVerifier, State, Url};
 
 use crate::auth::TokenResponse;
 use crate::gateway::Books;
+use crate::identity::{CLI_CLIENT_ID, CLI_REDIRECT_URI, Credential, Credentials, Role};
 use crate::inventory::CATALOG;
 use crate::orders::{NewOrder, Order};
 use crate::processor::{DECLINED_CARD, GOOD_CARD};
@@ -45,9 +46,13 @@ pub struct LoadSettings {
     pub decline_rate: f64,
     /// Whether to draw progress on standard error.
     pub progress: bool,
+    /// Who signs in: each worker as one of the users granted no role
+    /// (taken in turn), the outage as the first user granted
+    /// [`Role::Operator`].
+    pub credentials: Credentials,
     /// Makes the card processor unavailable for this long, once a quarter
-    /// of the orders are placed (through `/admin/processor`, as the
-    /// `operator` user).
+    /// of the orders are placed (through `/admin/processor`, as an
+    /// operator).
     pub processor_outage: Option<Duration>,
     /// Where the card processor's faults are set, when it runs as a
     /// service of its own (its HTTP base URL); by default through the
@@ -184,11 +189,6 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-/// Where the auth service sends the browser back; the load command reads
-/// the code from the redirect instead of following it.
-const REDIRECT_URI: &str = "http://localhost/callback";
-const CLIENT_ID: &str = "order-system-load";
-
 impl Gateway {
     /// A client of the gateway at `base` (`http://host:port`).
     #[must_use]
@@ -252,26 +252,78 @@ impl Gateway {
         self.authorization.as_deref()
     }
 
-    /// Signs in as `user` through the authorization code flow with PKCE,
-    /// as a browser-less client would.
+    /// This client, sending `authorization` (another client's, see
+    /// [`authorization`](Self::authorization)) with every request: a
+    /// token used on another server that accepts it.
+    #[must_use]
+    pub fn with_authorization(mut self, authorization: Option<&str>) -> Self {
+        self.authorization = authorization.map(str::to_owned);
+        self
+    }
+
+    /// Signs in as `credential`'s user through the sign-in form and the
+    /// authorization code flow with PKCE, as a browser-less client would
+    /// (the CLI client, [`CLI_CLIENT_ID`]).
+    ///
+    /// A `503` (the sign-in store busy) is tried again, from the start,
+    /// after a short wait.
     ///
     /// # Errors
     ///
     /// The login was refused or the gateway could not be reached.
-    pub async fn sign_in(&mut self, user: &str) -> Result<(), Error> {
+    pub async fn sign_in(&mut self, credential: &Credential) -> Result<(), Error> {
+        for attempt in 0..6 {
+            if self.sign_in_once(credential).await? {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+        }
+        Err(format!(
+            "{} could not sign in: the gateway answered 503 six times",
+            credential.name
+        )
+        .into())
+    }
+
+    /// One sign-in; `false` when the gateway answered `503`.
+    async fn sign_in_once(&mut self, credential: &Credential) -> Result<bool, Error> {
         let verifier = CodeVerifier::generate();
         let state = State::generate();
-        let url = AuthorizationUrl::new(&format!("{}/authorize", self.base), CLIENT_ID)?
-            .param("login_hint", user)?
-            .redirect_uri(REDIRECT_URI)
+        let url = AuthorizationUrl::new(&format!("{}/authorize", self.base), CLI_CLIENT_ID)?
+            .redirect_uri(CLI_REDIRECT_URI)
             .build(&CodeChallenge::s256(&verifier), &state);
-        let path = &url.as_str()[self.base.len()..];
-        let redirect = self.exchange(Method::GET, path, &[], Bytes::new()).await?;
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(url.query_pairs())
+            .append_pair("username", &credential.name)
+            .append_pair("password", &credential.password)
+            .finish();
+        let redirect = self
+            .exchange(
+                Method::POST,
+                "/authorize",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                Bytes::from(form),
+            )
+            .await?;
+        if redirect.status() == StatusCode::SERVICE_UNAVAILABLE {
+            return Ok(false);
+        }
         let location = redirect
             .headers()
             .get(http::header::LOCATION)
             .and_then(|value| value.to_str().ok())
-            .ok_or_else(|| format!("GET /authorize: {}: no redirect", redirect.status()))?;
+            .ok_or_else(|| match redirect.status() {
+                StatusCode::UNAUTHORIZED => {
+                    format!(
+                        "{} may not sign in: wrong user name or password",
+                        credential.name
+                    )
+                }
+                status => format!(
+                    "POST /authorize: {status}: {}",
+                    String::from_utf8_lossy(redirect.body())
+                ),
+            })?;
         let callback = Url::parse(location)?;
         let query: std::collections::HashMap<_, _> = callback.query_pairs().into_owned().collect();
         if !query
@@ -284,21 +336,29 @@ impl Gateway {
         let form = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "authorization_code")
             .append_pair("code", code)
-            .append_pair("redirect_uri", REDIRECT_URI)
-            .append_pair("client_id", CLIENT_ID)
+            .append_pair("redirect_uri", CLI_REDIRECT_URI)
+            .append_pair("client_id", CLI_CLIENT_ID)
             .append_pair("code_verifier", verifier.expose_secret())
             .finish();
-        let body = self
-            .send_ok(
+        let (status, body) = self
+            .send(
                 Method::POST,
                 "/token",
                 &[("content-type", "application/x-www-form-urlencoded")],
                 Bytes::from(form),
             )
             .await?;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            return Ok(false);
+        }
+        if !status.is_success() {
+            return Err(
+                format!("POST /token: {status}: {}", String::from_utf8_lossy(&body)).into(),
+            );
+        }
         let token: TokenResponse = serde_json::from_slice(&body)?;
         self.authorization = Some(format!("Bearer {}", token.access_token));
-        Ok(())
+        Ok(true)
     }
 
     /// Sends the request and returns the body of a success; anything else
@@ -326,7 +386,8 @@ impl Gateway {
         Ok(serde_json::from_slice(&body)?)
     }
 
-    /// Turns the card processor's outage on or off (as the `operator`).
+    /// Turns the card processor's outage on or off (signed in as an
+    /// operator).
     async fn set_processor_unavailable(&self, unavailable: bool) -> Result<(), Error> {
         let body = serde_json::to_vec(&crate::processor::FaultSettings {
             unavailable,
@@ -424,6 +485,15 @@ fn random_order(decline_rate: f64) -> NewOrder {
 /// The gateway could not be reached or answered wrongly.
 pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
     let gateway = Gateway::new(&settings.gateway);
+    let users: Vec<Credential> = settings
+        .credentials
+        .without_roles()
+        .into_iter()
+        .cloned()
+        .collect();
+    if users.is_empty() {
+        return Err("the credentials name no user without a role to place orders as".into());
+    }
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let rate_limited = Arc::new(AtomicUsize::new(0));
@@ -431,11 +501,13 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
     for worker in 0..settings.concurrency.clamp(1, settings.orders.max(1)) {
         let (mut gateway, next, rate_limited) =
             (gateway.clone(), next.clone(), rate_limited.clone());
+        let user = users[worker % users.len()].clone();
         let (total, decline_rate, progress) =
             (settings.orders, settings.decline_rate, settings.progress);
         workers.spawn(async move {
-            // Each worker is a user of its own, with its own rate limit.
-            gateway.sign_in(&format!("load-{worker}")).await?;
+            // Each worker signs in once, as a user of its own (while there
+            // are enough), with its own rate limit.
+            gateway.sign_in(&user).await?;
             let mut ended = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let sent = Instant::now();
@@ -456,14 +528,15 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
     }
     let outage = match settings.processor_outage {
         Some(length) => {
-            let operator = match &settings.processor_admin {
-                Some(url) => Gateway::new(url),
-                None => {
-                    let mut operator = gateway.clone();
-                    operator.sign_in(crate::gateway::OPERATOR).await?;
-                    operator
-                }
-            };
+            let credential = settings
+                .credentials
+                .with_role(Role::Operator)
+                .ok_or("a processor outage needs the credentials of an operator")?;
+            let mut operator = gateway.clone();
+            operator.sign_in(credential).await?;
+            if let Some(url) = &settings.processor_admin {
+                operator = Gateway::new(url).with_authorization(operator.authorization());
+            }
             let (next, quarter) = (next.clone(), settings.orders / 4);
             Some(tokio::spawn(async move {
                 while next.load(Ordering::Relaxed) < quarter {

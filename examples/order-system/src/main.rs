@@ -1,13 +1,6 @@
 //! `order-system`: runs the order system, or places load on it.
 //!
-//! ```text
-//! order-system [run] [--data DIR] [--listen ADDR]
-//! order-system load [--gateway URL] [--orders N] [--concurrency C] [--decline-rate P]
-//!                   [--processor-outage SECONDS]
-//! order-system serve SERVICE [--listen ADDR] [--postgres URL] [--nats URL] [--redis URL]
-//!                    [--grpc ADDR] [--processor URL] [--namespace NS]
-//! order-system token [--gateway URL] [--user NAME]
-//! ```
+//! See `order-system help` ([`USAGE`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,30 +8,47 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use palisade_order_system::embedded::{Settings, System};
+use palisade_order_system::identity::{self, Credential, Credentials};
 use palisade_order_system::load::{self, Gateway, LoadSettings};
 use palisade_order_system::serve::{self, Infrastructure, Role, ServeSettings};
 
+/// The command line.
 const USAGE: &str = "usage:
-  order-system [run] [--data DIR] [--listen ADDR]
+  order-system [run] [--data DIR] [--listen ADDR] [--identity FILE]
       every service in one process on SQLite files in DIR (default: ./order-system-data),
-      the gateway on ADDR (default: 127.0.0.1:8080)
-  order-system load [--gateway URL] [--orders N] [--concurrency C] [--decline-rate P]
-                    [--processor-outage SECONDS] [--processor-admin URL]
+      the gateway on ADDR (default: 127.0.0.1:8080); who may sign in comes from FILE
+      (or PALISADE_IDENTITY), else from DIR/identity.json, made on first start with
+      demo users whose generated passwords are in DIR/credentials.json
+  order-system load [--gateway URL] [--credentials FILE] [--orders N] [--concurrency C]
+                    [--decline-rate P] [--processor-outage SECONDS] [--processor-admin URL]
       places N orders (default 1000), C at a time (default 64), a share P of them
       with a card that is declined (default 0.2), waits for every saga and checks the books;
-      with --processor-outage, the card processor is down for SECONDS once a quarter
-      of the orders are placed (through the gateway, or the processor's own
-      HTTP address given as --processor-admin)
+      each worker signs in once as a user of FILE granted no role (default:
+      ./order-system-data/credentials.json); with --processor-outage, the card processor
+      is down for SECONDS once a quarter of the orders are placed, set by FILE's operator
+      through the gateway, or the processor's own HTTP address given as --processor-admin
   order-system serve SERVICE [--listen ADDR] [--postgres URL] [--nats URL] [--redis URL]
-                     [--grpc ADDR] [--processor URL] [--namespace NS]
+                     [--grpc ADDR] [--processor URL] [--namespace NS] [--identity FILE]
       one service as a process of its own on PostgreSQL, NATS JetStream and Redis
       (default: the local servers, or PALISADE_POSTGRES, PALISADE_NATS, PALISADE_REDIS);
       SERVICE is one of processor, relay, inventory, payment, shipping, gateway.
       ADDR: its HTTP address (default 127.0.0.1:8080); --grpc: the processor's
-      gRPC address (default 127.0.0.1:50051); --processor: payment's URL of it;
-      --namespace (or PALISADE_NAMESPACE): schemas NS_<service>, stream ORDERS_NS
-  order-system token [--gateway URL] [--user NAME]
-      signs in as NAME (default demo) with the PKCE flow and prints the bearer token";
+      gRPC address (default 127.0.0.1:50051, loopback); --processor: payment's URL of it;
+      --namespace (or PALISADE_NAMESPACE): schemas NS_<service>, stream ORDERS_NS;
+      --identity (or PALISADE_IDENTITY, required for the gateway): who may sign in
+  order-system identity DIR [--load-users N]
+      writes DIR/identity.json with demo users (alice, bob, operator with the operator role,
+      N load users, default 64) and DIR/credentials.json with their generated passwords,
+      unless DIR/identity.json exists
+  order-system token [--gateway URL] [--user NAME] [--password P | --credentials FILE]
+      signs in as NAME (default alice) with the PKCE flow and prints the bearer token;
+      the password is P, or NAME's in FILE (default ./order-system-data/credentials.json)
+
+An identity file is JSON: {\"users\": [{\"name\", \"password_hash\" (Argon2id PHC string),
+\"roles\": [\"operator\"]}], \"clients\": [{\"client_id\", \"redirect_uris\": [...]}]}";
+
+/// Where the embedded default keeps its demo users' passwords.
+const DEFAULT_CREDENTIALS: &str = "order-system-data/credentials.json";
 
 /// The value after `flag` in `args`, parsed.
 fn flag<T: std::str::FromStr>(args: &[String], flag: &str, default: T) -> Result<T, String> {
@@ -69,6 +79,7 @@ fn main() -> ExitCode {
         Some("load") => runtime.block_on(load_command(&args)),
         Some("token") => runtime.block_on(token_command(&args)),
         Some("serve") => runtime.block_on(serve_command(&args)),
+        Some("identity") => runtime.block_on(identity_command(&args)),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -82,6 +93,22 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `--identity FILE`, else `PALISADE_IDENTITY`, else none.
+fn identity_file(args: &[String]) -> Result<Option<PathBuf>, String> {
+    let env = std::env::var("PALISADE_IDENTITY").unwrap_or_default();
+    let file: String = flag(args, "--identity", env)?;
+    Ok((!file.is_empty()).then(|| PathBuf::from(file)))
+}
+
+/// The credentials file named by `--credentials`, or the embedded
+/// default's.
+fn credentials(args: &[String]) -> Result<Credentials, String> {
+    let path: PathBuf = flag(args, "--credentials", PathBuf::from(DEFAULT_CREDENTIALS))?;
+    Credentials::load(&path).map_err(|error| {
+        format!("{error}\n(the embedded default writes it on first start; --credentials FILE names another)")
+    })
 }
 
 fn init_logs() {
@@ -131,6 +158,7 @@ async fn serve_command(args: &[String]) -> Result<ExitCode, String> {
         "--namespace",
         std::env::var("PALISADE_NAMESPACE").unwrap_or_default(),
     )?;
+    settings.identity = identity_file(args)?;
     init_logs();
     serve::serve(settings, stop_signal())
         .await
@@ -140,11 +168,23 @@ async fn serve_command(args: &[String]) -> Result<ExitCode, String> {
 
 async fn run(args: &[String]) -> Result<ExitCode, String> {
     init_logs();
-    let settings = Settings::new(
+    let mut settings = Settings::new(
         flag(args, "--data", PathBuf::from("order-system-data"))?,
         flag(args, "--listen", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
     );
+    settings.identity = identity_file(args)?;
     let system = System::start(settings).await.map_err(|e| e.to_string())?;
+    if let Some(demo) = &system.demo {
+        println!(
+            "{} demo users; their passwords are in {} (readable by you only)",
+            if demo.created {
+                "created"
+            } else {
+                "signing in"
+            },
+            demo.credentials.display()
+        );
+    }
     println!(
         "order system running on http://{0} (embedded: SQLite, in-process broker)\n\
          place orders:  cargo run -p palisade-order-system -- load --gateway http://{0} --orders 1000\n\
@@ -163,6 +203,7 @@ async fn load_command(args: &[String]) -> Result<ExitCode, String> {
         concurrency: flag(args, "--concurrency", 64)?,
         decline_rate: flag(args, "--decline-rate", 0.2)?,
         progress: true,
+        credentials: credentials(args)?,
         processor_outage: match flag(args, "--processor-outage", 0_u64)? {
             0 => None,
             seconds @ 1..=600 => Some(Duration::from_secs(seconds)),
@@ -191,8 +232,21 @@ async fn token_command(args: &[String]) -> Result<ExitCode, String> {
         "--gateway",
         "http://127.0.0.1:8080".to_owned(),
     )?);
+    let name: String = flag(args, "--user", "alice".to_owned())?;
+    let credential = match flag(args, "--password", String::new())? {
+        password if password.is_empty() => {
+            credentials(args)?.of(&name).cloned().ok_or_else(|| {
+                format!("no password for {name:?} in the credentials; give --password")
+            })?
+        }
+        password => Credential {
+            name,
+            password,
+            roles: Vec::new(),
+        },
+    };
     gateway
-        .sign_in(&flag(args, "--user", "demo".to_owned())?)
+        .sign_in(&credential)
         .await
         .map_err(|e| e.to_string())?;
     let token = gateway
@@ -200,5 +254,24 @@ async fn token_command(args: &[String]) -> Result<ExitCode, String> {
         .and_then(|value| value.strip_prefix("Bearer "))
         .ok_or("no token")?;
     println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn identity_command(args: &[String]) -> Result<ExitCode, String> {
+    let dir = args
+        .get(1)
+        .filter(|dir| !dir.starts_with("--"))
+        .ok_or_else(|| format!("identity needs a directory\n{USAGE}"))?;
+    let dir = PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+    let seeded = identity::seed_demo(&dir, flag(args, "--load-users", 64)?)
+        .await
+        .map_err(|error| error.to_string())?;
+    println!(
+        "{} {} (demo users); their passwords are in {}",
+        if seeded.created { "wrote" } else { "kept" },
+        seeded.identity.display(),
+        seeded.credentials.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

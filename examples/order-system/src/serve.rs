@@ -9,17 +9,19 @@
 //! order-system serve inventory --listen 127.0.0.1:9102
 //! order-system serve payment   --listen 127.0.0.1:9103 --processor http://127.0.0.1:50051
 //! order-system serve shipping  --listen 127.0.0.1:9104
-//! order-system serve gateway   --listen 127.0.0.1:8080
+//! order-system serve gateway   --listen 127.0.0.1:8080 --identity identity.json
 //! ```
 //!
 //! - **gateway**: the HTTP API, in front of the orders service (it places
-//!   orders and consumes the events that end sagas), auth and the
-//!   catalog.
+//!   orders and consumes the events that end sagas), auth (its users and
+//!   clients from the `--identity` file) and the catalog.
 //! - **inventory**, **payment**, **shipping**: a durable JetStream consumer
 //!   each, applying events through the service's inbox.
 //! - **relay**: the relays of all four outboxes.
-//! - **processor**: the card processor simulator, over gRPC, with its
-//!   faults at `/admin/processor` on its HTTP port.
+//! - **processor**: the card processor simulator, over gRPC (on loopback
+//!   unless `--grpc` says otherwise), with its faults at `/admin/processor`
+//!   on its HTTP port, for a bearer token of a user granted the operator
+//!   role (checked in the gateways' sign-in store in Redis).
 //!
 //! Every process answers `GET /healthz` and `GET /metrics` on its
 //! `--listen` address. Replicas share the work: consumers of a service bind
@@ -29,6 +31,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +41,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use palisade_coalesce::{Freshness, RedisCache, RedisSettings};
@@ -51,9 +55,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::auth::{self, Sessions};
 use crate::db::ServiceDb;
 use crate::embedded::{Consumers, StatsSource};
 use crate::gateway::{self, Services, Shared};
+use crate::identity::{self, Identity};
 use crate::inventory::{self, Inventory};
 use crate::orders::{self, Orders};
 use crate::payment::{self, Payment};
@@ -182,6 +188,9 @@ pub struct ServeSettings {
     /// once): schemas `<namespace>_<service>`, the stream
     /// `ORDERS_<NAMESPACE>`, Redis keys under it. Empty: none.
     pub namespace: String,
+    /// The gateway's identity file: who may sign in, through which
+    /// clients (required for the gateway).
+    pub identity: Option<PathBuf>,
 }
 
 impl ServeSettings {
@@ -198,6 +207,7 @@ impl ServeSettings {
             per_user: gateway::per_user(),
             breaker: card::breaker_config(),
             namespace: String::new(),
+            identity: None,
         }
     }
 
@@ -222,6 +232,11 @@ impl ServeSettings {
         } else {
             format!("{STREAM}_{}", self.namespace.to_ascii_uppercase())
         }
+    }
+
+    /// The prefix of the sign-in store's keys in Redis.
+    fn sessions_prefix(&self) -> String {
+        self.namespaced("palisade:order-system:auth", ":")
     }
 
     /// The first token of the stream's subjects.
@@ -555,10 +570,26 @@ async fn relays(settings: &ServeSettings, process: Process<'_>) -> Result<(), Bo
     Ok(())
 }
 
+/// Connects to Redis.
+async fn connect_redis(
+    settings: &ServeSettings,
+) -> Result<(redis::Client, redis::aio::ConnectionManager), BoxError> {
+    let redis_error =
+        |error: redis::RedisError| format!("Redis at {}: {error}", settings.infrastructure.redis);
+    let client =
+        redis::Client::open(settings.infrastructure.redis.as_str()).map_err(redis_error)?;
+    let connection = redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .map_err(redis_error)?;
+    Ok((client, connection))
+}
+
 /// The card processor over gRPC on `settings.grpc`, its faults on
-/// `listener`'s `/admin/processor`.
+/// `listener`'s `/admin/processor` for operators signed in at a gateway.
 async fn processor(settings: &ServeSettings, process: Process<'_>) -> Result<(), BoxError> {
     let (listener, telemetry, mut tasks, stop) = process.into_parts();
+    let (_, connection) = connect_redis(settings).await?;
+    let sessions = Sessions::redis(connection, &settings.sessions_prefix());
     let simulator = Simulator::default();
     let grpc = TcpListener::bind(settings.grpc).await?;
     tracing::info!(address = %grpc.local_addr()?, "card processor (gRPC)");
@@ -576,6 +607,13 @@ async fn processor(settings: &ServeSettings, process: Process<'_>) -> Result<(),
     let app = internal(telemetry, Consumers::default()).merge(
         Router::new()
             .route("/admin/processor", get(faults).put(set_faults))
+            .route_layer(middleware::from_fn(|request, next| {
+                auth::require_role(identity::Role::Operator, request, next)
+            }))
+            .route_layer(middleware::from_fn_with_state(
+                sessions,
+                auth::require_bearer,
+            ))
             .with_state(simulator),
     );
     tasks.spawn(serve_http(listener, app, stop.signal()));
@@ -606,6 +644,10 @@ async fn set_faults(State(simulator): State<Simulator>, body: Bytes) -> Response
 /// consumer ending sagas), auth and the catalog; rate limits, the
 /// catalog's cache and sign-in in Redis.
 async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), BoxError> {
+    let identity = Identity::load(settings.identity.as_deref().ok_or(
+        "the gateway needs --identity FILE (or PALISADE_IDENTITY): who may sign in \
+         (`order-system identity DIR` makes one with demo users)",
+    )?)?;
     let (listener, telemetry, mut tasks, stop) = process.into_parts();
     let orders = Orders::new(open(settings, "orders", orders::TABLES, 8).await?);
     let inventory =
@@ -614,13 +656,7 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
     let shipping = open(settings, "shipping", shipping::TABLES, 1).await?;
     let meter = telemetry.meter();
 
-    let redis_error =
-        |error: redis::RedisError| format!("Redis at {}: {error}", settings.infrastructure.redis);
-    let client =
-        redis::Client::open(settings.infrastructure.redis.as_str()).map_err(redis_error)?;
-    let connection = redis::aio::ConnectionManager::new(client.clone())
-        .await
-        .map_err(redis_error)?;
+    let (client, connection) = connect_redis(settings).await?;
     // Redis down: each gateway limits alone with the same bucket, rather
     // than refusing everyone or letting everyone through.
     let limits = RedisStore::new(
@@ -642,7 +678,7 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
             .prefix(&settings.namespaced("palisade:order-system:catalog", ":")),
     )
     .await
-    .map_err(redis_error)?;
+    .map_err(|error| format!("Redis at {}: {error}", settings.infrastructure.redis))?;
     trending.instrument(&meter, "trending");
 
     let consumer = consumer(
@@ -659,9 +695,9 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
         telemetry,
         processor: None,
         breaker: None,
-        auth: crate::auth::Auth::redis(
-            connection.clone(),
-            &settings.namespaced("palisade:order-system:auth", ":"),
+        auth: auth::Auth::new(
+            identity,
+            Sessions::redis(connection.clone(), &settings.sessions_prefix()),
         ),
         catalog: crate::catalog::Catalog::new(inventory.clone()),
         orders,

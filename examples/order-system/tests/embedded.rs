@@ -5,38 +5,32 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use palisade_order_system::auth::Auth;
-use palisade_order_system::embedded::{Settings, System};
+use palisade_order_system::auth::{Auth, Sessions, digest};
+use palisade_order_system::embedded::System;
+use palisade_order_system::identity::{Identity, hash_password};
 use palisade_order_system::load::{self, Gateway, LoadSettings};
 use palisade_token_bucket::Bucket;
 
-async fn start_with(per_user: Option<Bucket>) -> (System, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("palisade-order-system-{}", fastrand::u64(..)));
-    let mut settings = Settings::new(dir.clone(), ([127, 0, 0, 1], 0).into());
-    if let Some(bucket) = per_user {
-        settings.per_user = bucket;
-    }
-    (System::start(settings).await.unwrap(), dir)
-}
+mod support;
+use support::{credentials, settings, signed_in, start, start_with};
 
-async fn start() -> (System, std::path::PathBuf) {
-    start_with(None).await
+fn load_settings(system: &System, orders: usize, concurrency: usize) -> LoadSettings {
+    LoadSettings {
+        gateway: format!("http://{}", system.address),
+        orders,
+        concurrency,
+        decline_rate: 0.2,
+        progress: false,
+        credentials: credentials(system),
+        processor_outage: None,
+        processor_admin: None,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_orders_end_confirmed_or_cancelled_with_the_books_straight() {
     let (system, dir) = start().await;
-    let summary = load::run(&LoadSettings {
-        gateway: format!("http://{}", system.address),
-        orders: 300,
-        concurrency: 32,
-        decline_rate: 0.2,
-        progress: false,
-        processor_outage: None,
-        processor_admin: None,
-    })
-    .await
-    .unwrap();
+    let summary = load::run(&load_settings(&system, 300, 32)).await.unwrap();
     println!("{}", summary.table());
     assert_eq!(summary.violations, Vec::<String>::new());
     assert_eq!(summary.placed, 300);
@@ -122,8 +116,7 @@ async fn one_idempotency_key_places_one_order_and_bad_requests_are_refused() {
     let (status, _) = post_order(&anonymous, Some("key-1"), order).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "no token, no order");
 
-    let mut alice = Gateway::new(&base);
-    alice.sign_in("alice").await.unwrap();
+    let alice = signed_in(&system, "alice").await;
     let (first, placed) = post_order(&alice, Some("key-1"), order).await;
     let (again, replayed) = post_order(&alice, Some("key-1"), order).await;
     assert_eq!((first.as_u16(), again.as_u16()), (201, 200));
@@ -131,8 +124,7 @@ async fn one_idempotency_key_places_one_order_and_bad_requests_are_refused() {
     assert_eq!(placed["amount_cents"], 2500);
 
     // Another user's key is their own, and alice's order is not theirs.
-    let mut bob = Gateway::new(&base);
-    bob.sign_in("bob").await.unwrap();
+    let bob = signed_in(&system, "bob").await;
     let (status, bobs) = post_order(&bob, Some("key-1"), order).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_ne!(bobs["id"], placed["id"]);
@@ -174,10 +166,27 @@ async fn one_idempotency_key_places_one_order_and_bad_requests_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_code_works_once_and_only_with_its_verifier() {
-    let (system, dir) = start().await;
-    a_code_works_once_and_only_with_its_verifier_in(&system.services.auth).await;
-    system.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+    a_code_works_once_and_only_with_its_verifier_in(&Auth::new(identity(), Sessions::default()))
+        .await;
+}
+
+/// An identity with the user `alice` (password `pw`) and the client
+/// `app` (redirect URI `http://localhost/cb`).
+fn identity() -> Identity {
+    Identity::from_json(&format!(
+        r#"{{"users":[{{"name":"alice","password_hash":"{}"}}],
+            "clients":[{{"client_id":"app","redirect_uris":["http://localhost/cb"]}}]}}"#,
+        hash_password("pw").unwrap()
+    ))
+    .unwrap()
+}
+
+/// The user a token stands for, in `auth`.
+async fn user_of(auth: &Auth, token: &str) -> Option<String> {
+    auth.principal(token)
+        .await
+        .unwrap()
+        .map(|principal| principal.user)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,25 +194,41 @@ async fn codes_and_tokens_in_redis_keep_the_same_rules_for_every_gateway() {
     let client = redis::Client::open(palisade_testkit::servers::redis_url()).unwrap();
     let connection = redis::aio::ConnectionManager::new(client).await.unwrap();
     let prefix = format!("palisade:test:auth:{}", fastrand::u64(..));
-    a_code_works_once_and_only_with_its_verifier_in(&Auth::redis(connection.clone(), &prefix))
-        .await;
+    let identity = identity();
+    let in_redis = |connection| Auth::new(identity.clone(), Sessions::redis(connection, &prefix));
+    a_code_works_once_and_only_with_its_verifier_in(&in_redis(connection.clone())).await;
 
     // Signed in through one gateway, known to another.
-    let (one, another) = (
-        Auth::redis(connection.clone(), &prefix),
-        Auth::redis(connection, &prefix),
-    );
+    let (one, another) = (in_redis(connection.clone()), in_redis(connection.clone()));
     let verifier = palisade_pkce::CodeVerifier::generate();
     let challenge = palisade_pkce::CodeChallenge::s256(&verifier);
     let callback = one.authorize(&query(challenge.as_str())).await.unwrap();
+    let code = code_of(&callback);
     let token = another
-        .token(&form(&code_of(&callback), verifier.expose_secret()))
+        .token(&form(&code, verifier.expose_secret()))
         .await
         .unwrap();
     assert_eq!(
-        one.user(&token.access_token).await.unwrap().as_deref(),
-        Some("demo")
+        user_of(&one, &token.access_token).await.as_deref(),
+        Some("alice")
     );
+
+    // Redis holds the token and the code under their digests only.
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut connection.clone())
+        .await
+        .unwrap();
+    assert!(
+        keys.contains(&format!("{prefix}:token:{}", digest(&token.access_token))),
+        "{keys:?}"
+    );
+    for key in &keys {
+        assert!(
+            !key.contains(&token.access_token) && !key.contains(&code),
+            "{key}"
+        );
+    }
 
     // Redis gone: no sign-in and no token check, said as such; back, the
     // token works again.
@@ -211,10 +236,10 @@ async fn codes_and_tokens_in_redis_keep_the_same_rules_for_every_gateway() {
     let through = redis::aio::ConnectionManager::new(redis::Client::open(url).unwrap())
         .await
         .unwrap();
-    let cut = Auth::redis(through, &prefix);
+    let cut = in_redis(through);
     proxy.cut().await;
     assert_eq!(
-        cut.user(&token.access_token).await.unwrap_err().error,
+        cut.principal(&token.access_token).await.unwrap_err().error,
         "temporarily_unavailable"
     );
     assert_eq!(
@@ -227,13 +252,13 @@ async fn codes_and_tokens_in_redis_keep_the_same_rules_for_every_gateway() {
     proxy.resume().await;
     let mut back = None;
     for _ in 0..100 {
-        if let Ok(user) = cut.user(&token.access_token).await {
-            back = user;
+        if let Ok(principal) = cut.principal(&token.access_token).await {
+            back = principal.map(|principal| principal.user);
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(back.as_deref(), Some("demo"));
+    assert_eq!(back.as_deref(), Some("alice"));
 }
 
 fn query(challenge: &str) -> HashMap<String, String> {
@@ -244,6 +269,8 @@ fn query(challenge: &str) -> HashMap<String, String> {
         ("code_challenge", challenge),
         ("code_challenge_method", "S256"),
         ("state", "s1"),
+        ("username", "alice"),
+        ("password", "pw"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -294,8 +321,8 @@ async fn a_code_works_once_and_only_with_its_verifier_in(auth: &Auth) {
         .await
         .unwrap();
     assert_eq!(
-        auth.user(&token.access_token).await.unwrap().as_deref(),
-        Some("demo")
+        user_of(auth, &token.access_token).await.as_deref(),
+        Some("alice")
     );
     assert_eq!(
         refusal(auth, &code, verifier.expose_secret()).await,
@@ -314,17 +341,17 @@ async fn a_code_works_once_and_only_with_its_verifier_in(auth: &Auth) {
         "invalid_grant",
         "revoked by the wrong verifier"
     );
-    assert_eq!(auth.user("not-a-token").await.unwrap(), None);
+    assert_eq!(auth.principal("not-a-token").await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_user_has_a_rate_limit_of_their_own() {
     // Five requests, then one every 1,000 s: the sixth is refused.
     let (system, dir) = start_with(Some(Bucket::new(5, 0.001).unwrap())).await;
-    let base = format!("http://{}", system.address);
-    let (mut alice, mut bob) = (Gateway::new(&base), Gateway::new(&base));
-    alice.sign_in("alice").await.unwrap();
-    bob.sign_in("bob").await.unwrap();
+    let (alice, bob) = (
+        signed_in(&system, "alice").await,
+        signed_in(&system, "bob").await,
+    );
     let mut statuses = Vec::new();
     for _ in 0..6 {
         let reply = alice
@@ -385,8 +412,7 @@ async fn five_hundred_requests_for_trending_cost_one_query() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowd_at_expiry_is_served_stale_while_one_query_refreshes() {
-    let dir = std::env::temp_dir().join(format!("palisade-order-system-{}", fastrand::u64(..)));
-    let mut settings = Settings::new(dir.clone(), ([127, 0, 0, 1], 0).into());
+    let (mut settings, dir) = settings();
     settings.catalog = |catalog| {
         catalog
             .delay(std::time::Duration::from_millis(20))
@@ -424,14 +450,9 @@ async fn a_crowd_at_expiry_is_served_stale_while_one_query_refreshes() {
 async fn a_processor_outage_opens_the_breaker_and_every_order_still_ends() {
     let (system, dir) = start().await;
     let settings = LoadSettings {
-        gateway: format!("http://{}", system.address),
-        orders: 200,
-        concurrency: 16,
-        decline_rate: 0.2,
-        progress: false,
         // Through the admin endpoint, once 50 orders are placed.
         processor_outage: Some(std::time::Duration::from_secs(2)),
-        processor_admin: None,
+        ..load_settings(&system, 200, 16)
     };
     let summary = load::run(&settings).await.unwrap();
     println!("{}", summary.table());
@@ -450,40 +471,6 @@ async fn a_processor_outage_opens_the_breaker_and_every_order_still_ends() {
             .settings()
             .unavailable
     );
-    system.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_operator_sets_the_processor_faults() {
-    let (system, dir) = start().await;
-    let base = format!("http://{}", system.address);
-    let (mut alice, mut operator) = (Gateway::new(&base), Gateway::new(&base));
-    alice.sign_in("alice").await.unwrap();
-    operator.sign_in("operator").await.unwrap();
-    let faults = Bytes::from_static(br#"{"unavailable":true,"delay_ms":5}"#);
-    let json = [("content-type", "application/json")];
-    let (status, _) = alice
-        .send(Method::PUT, "/admin/processor", &json, faults.clone())
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, body) = operator
-        .send(Method::PUT, "/admin/processor", &json, faults)
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::OK);
-    let shown: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(
-        shown["faults"],
-        serde_json::json!({"unavailable": true, "delay_ms": 5})
-    );
-    let bad = Bytes::from_static(br#"{"delay_ms":600000}"#);
-    let (status, _) = operator
-        .send(Method::PUT, "/admin/processor", &json, bad)
-        .await
-        .unwrap();
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     system.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use palisade_order_system::gateway::Books;
+use palisade_order_system::identity::{Credentials, Role, seed_demo};
 use palisade_order_system::load::{self, Gateway, LoadSettings, Summary};
 use palisade_testkit::servers::{database_url, nats_url, redis_url};
 
@@ -33,18 +34,25 @@ struct System {
     namespace: String,
     logs: std::path::PathBuf,
     grpc: SocketAddr,
+    /// The gateways' identity file (demo users) and their passwords.
+    identity: std::path::PathBuf,
+    credentials: Credentials,
     processes: HashMap<String, (Vec<String>, SocketAddr, Child)>,
 }
 
 impl System {
-    fn new() -> Self {
+    async fn new() -> Self {
         let namespace = format!("t{}", fastrand::u64(..) % 1_000_000_000);
         let logs = std::env::temp_dir().join(format!("palisade-order-system-{namespace}"));
         std::fs::create_dir_all(&logs).unwrap();
+        // One load user per worker of `load`.
+        let seeded = seed_demo(&logs, 32).await.unwrap();
         Self {
             namespace,
-            logs,
             grpc: free_address(),
+            identity: seeded.identity,
+            credentials: Credentials::load(&seeded.credentials).unwrap(),
+            logs,
             processes: HashMap::new(),
         }
     }
@@ -71,6 +79,9 @@ impl System {
         match service {
             "processor" => args.extend(["--grpc".to_owned(), self.grpc.to_string()]),
             "payment" => args.extend(["--processor".to_owned(), format!("http://{}", self.grpc)]),
+            "gateway" => {
+                args.extend(["--identity".to_owned(), self.identity.display().to_string()]);
+            }
             _ => {}
         }
         let child = self.spawn(name, &args);
@@ -164,9 +175,30 @@ impl System {
         serde_json::from_slice(&body).unwrap()
     }
 
+    /// A client of the gateway signed in as the demo user `name`.
+    async fn signed_in(&self, name: &str) -> Gateway {
+        let mut gateway = Gateway::new(&self.address("gateway"));
+        gateway
+            .sign_in(self.credentials.of(name).unwrap())
+            .await
+            .unwrap();
+        gateway
+    }
+
+    /// A client of the card processor's admin with `as_who`'s token.
+    fn processor_admin(&self, as_who: &Gateway) -> Gateway {
+        Gateway::new(&self.address("processor")).with_authorization(as_who.authorization())
+    }
+
     async fn set_processor_unavailable(&self, unavailable: bool) {
         let body = serde_json::json!({ "unavailable": unavailable }).to_string();
-        let (status, _) = Gateway::new(&self.address("processor"))
+        let operator = self
+            .credentials
+            .with_role(Role::Operator)
+            .map(|operator| operator.name.clone())
+            .unwrap();
+        let (status, _) = self
+            .processor_admin(&self.signed_in(&operator).await)
             .send(
                 http::Method::PUT,
                 "/admin/processor",
@@ -185,6 +217,7 @@ impl System {
             concurrency: 32,
             decline_rate: 0.2,
             progress: false,
+            credentials: self.credentials.clone(),
             processor_outage: None,
             processor_admin: None,
         }
@@ -236,7 +269,7 @@ fn assert_straight(summary: &Summary, orders: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_as_processes_with_replicas_keep_the_books_straight() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let mut system = System::new();
+    let mut system = System::new().await;
     system.start_all().await;
     let summary = load::run(&system.load(300)).await.unwrap();
     assert_straight(&summary, 300);
@@ -251,8 +284,7 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
 
     // Signed in through one gateway, known to the other; the same
     // Idempotency-Key through either places one order.
-    let mut one = Gateway::new(&system.address("gateway"));
-    one.sign_in("alice").await.unwrap();
+    let one = system.signed_in("alice").await;
     let token = one.authorization().unwrap().to_owned();
     let order = br#"{"sku":"sku-1","quantity":1,"card":"4242424242424242"}"#;
     let mut placed = Vec::new();
@@ -276,6 +308,34 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
     assert_eq!(placed[0].0, http::StatusCode::CREATED, "{placed:?}");
     assert_eq!(placed[1].0, http::StatusCode::OK, "{placed:?}");
     assert_eq!(placed[0].1, placed[1].1, "one order");
+
+    // The processor's own admin takes an operator's token from a gateway,
+    // and nothing less.
+    let anonymous = Gateway::new(&system.address("processor"));
+    for (who, admin, expected) in [
+        ("nobody", anonymous, http::StatusCode::UNAUTHORIZED),
+        (
+            "alice",
+            system.processor_admin(&one),
+            http::StatusCode::FORBIDDEN,
+        ),
+        (
+            "operator",
+            system.processor_admin(&system.signed_in("operator").await),
+            http::StatusCode::OK,
+        ),
+    ] {
+        let (status, _) = admin
+            .send(
+                http::Method::PUT,
+                "/admin/processor",
+                &[("content-type", "application/json")],
+                bytes::Bytes::from_static(br#"{"delay_ms":0}"#),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, expected, "{who}");
+    }
 
     // Both replicas of inventory took a share of its events.
     for name in ["inventory", "inventory-2"] {
@@ -303,7 +363,7 @@ async fn chaos_kills_and_an_outage_lose_nothing() {
     let seed = fastrand::u64(..);
     println!("chaos seed {seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut system = System::new();
+    let mut system = System::new().await;
     system.start_all().await;
 
     // Orders flow while inventory, payment and the relays are killed at
