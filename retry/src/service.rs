@@ -58,6 +58,8 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    // See `ResponseFuture::new`: inlined so the future is built in place.
+    #[inline(always)]
     fn call(&mut self, request: Req) -> Self::Future {
         let shared = &self.shared;
         if let Some(budget) = &shared.budget {
