@@ -139,6 +139,22 @@ pub fn hash_password(password: &str) -> Result<String, IdentityError> {
         .map_err(|error| IdentityError(format!("cannot hash a password: {error}")))
 }
 
+/// Runs `work` (hashing) on tokio's blocking threads, at most one per
+/// core at once: each hash takes 19 MiB, so a crowd signing in costs a
+/// queue, not a thread and 19 MiB each; and the runtime's workers stay
+/// free.
+async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    static HASHERS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    let hashers = HASHERS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, usize::from))
+    });
+    let _permit = hashers.acquire().await;
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
 /// A hash no password matches, checked for unknown users so that they
 /// take as long as known ones.
 fn decoy() -> &'static str {
@@ -248,11 +264,12 @@ impl Identity {
     }
 
     /// The user `name` with its roles, if `password` is theirs. The check
-    /// runs on a blocking thread, and takes as long for an unknown user.
+    /// runs on a blocking thread (one per core at once), and takes as long
+    /// for an unknown user.
     pub async fn verify(&self, name: &str, password: &str) -> Option<Principal> {
         let user = self.users.get(name).cloned();
         let password = password.to_owned();
-        tokio::task::spawn_blocking(move || {
+        hashing(move || {
             let hash = user
                 .as_ref()
                 .map_or_else(|| decoy(), |user| user.password_hash.as_str());
@@ -263,8 +280,6 @@ impl Identity {
             })
         })
         .await
-        .ok()
-        .flatten()
     }
 }
 
@@ -379,19 +394,19 @@ pub async fn seed_demo(dir: &Path, load_users: usize) -> Result<Seeded, Identity
             roles,
         })
         .collect();
-    let mut hashing = tokio::task::JoinSet::new();
+    let mut hashes = tokio::task::JoinSet::new();
     for credential in &credentials {
         let credential = credential.clone();
-        hashing.spawn_blocking(move || {
+        hashes.spawn(hashing(move || {
             hash_password(&credential.password).map(|password_hash| UserEntry {
                 name: credential.name,
                 password_hash,
                 roles: credential.roles,
             })
-        });
+        }));
     }
     let mut users = Vec::new();
-    while let Some(user) = hashing.join_next().await {
+    while let Some(user) = hashes.join_next().await {
         users.push(user.map_err(|error| IdentityError(error.to_string()))??);
     }
     users.sort_by(|a, b| a.name.cmp(&b.name));
