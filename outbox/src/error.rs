@@ -10,25 +10,85 @@ pub(crate) const fn config_error(setting: &'static str, problem: &'static str) -
     ConfigError::new("outbox", setting, problem)
 }
 
+/// What a failed publish says: about the broker, or about the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PublishErrorKind {
+    /// The broker could not take any message (it cannot be reached, timed
+    /// out, has no responders or no stream, is unavailable, or a breaker
+    /// in front of it is open): the event is handed back with its attempts
+    /// untouched and published once the broker is back, however long that
+    /// takes.
+    Unavailable,
+    /// The broker refused this message (too large, over the stream's
+    /// limits): the failure spends one of the event's attempts, and after
+    /// its last one the event is dead.
+    Rejected,
+}
+
 /// A publisher could not hand an event to the broker.
+///
+/// Its [`kind`](Self::kind) decides what the relay does with the event: an
+/// [`Unavailable`](PublishErrorKind::Unavailable) broker is waited out, a
+/// [`Rejected`](PublishErrorKind::Rejected) message spends an attempt.
+///
+/// # Example
+///
+/// ```
+/// use palisade_outbox::{PublishError, PublishErrorKind};
+///
+/// let down = PublishError::unavailable("connection refused");
+/// assert_eq!(down.kind(), PublishErrorKind::Unavailable);
+/// assert_eq!(down.to_string(), "broker unavailable: connection refused");
+/// assert!(!PublishError::rejected("message too large").is_unavailable());
+/// ```
 #[derive(Debug)]
-pub struct PublishError(Box<dyn Error + Send + Sync>);
+pub struct PublishError {
+    kind: PublishErrorKind,
+    source: Box<dyn Error + Send + Sync>,
+}
 
 impl PublishError {
-    /// Wraps the broker's error.
-    pub fn new(error: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
-        Self(error.into())
+    /// The broker could not take any message: wait it out.
+    pub fn unavailable(error: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        Self {
+            kind: PublishErrorKind::Unavailable,
+            source: error.into(),
+        }
+    }
+
+    /// The broker refused this message: it spends an attempt.
+    pub fn rejected(error: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        Self {
+            kind: PublishErrorKind::Rejected,
+            source: error.into(),
+        }
+    }
+
+    /// Whether the broker or the message failed.
+    #[must_use]
+    pub const fn kind(&self) -> PublishErrorKind {
+        self.kind
+    }
+
+    /// Whether the broker could not take any message.
+    #[must_use]
+    pub const fn is_unavailable(&self) -> bool {
+        matches!(self.kind, PublishErrorKind::Unavailable)
     }
 }
 
 impl fmt::Display for PublishError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "publish failed: {}", self.0)
+        match self.kind {
+            PublishErrorKind::Unavailable => write!(f, "broker unavailable: {}", self.source),
+            PublishErrorKind::Rejected => write!(f, "message rejected: {}", self.source),
+        }
     }
 }
 
 impl Error for PublishError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&*self.0)
+        Some(&*self.source)
     }
 }

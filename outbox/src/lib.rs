@@ -19,8 +19,12 @@
 //!   so a relay that stalled cannot undo what another did since.
 //! - Per-aggregate order (on by default): an event is published only after
 //!   every earlier event of its aggregate was acknowledged, in commit order.
-//! - A failing event backs off on its own, and is dead after its last
-//!   attempt, without stalling other aggregates.
+//! - An event the broker rejects backs off on its own, and is dead after
+//!   its last attempt, without stalling other aggregates; an operator
+//!   lists, requeues or discards dead events ([`DeadEvents`]). A broker
+//!   that is unavailable spends no attempt: its events wait for as long
+//!   as the outage lasts, optionally behind a circuit breaker (feature
+//!   `circuit-breaker`).
 //! - Relays wake when events commit (PostgreSQL `LISTEN/NOTIFY` with
 //!   [`PgOutbox::listen`]; SQLite's commit hook in process) and poll as a
 //!   fallback.
@@ -69,6 +73,7 @@
 //! # fn main() {}
 //! ```
 
+mod availability;
 mod config;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod consume;
@@ -97,7 +102,7 @@ pub use config::OutboxConfig;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use consume::{BoxError, ConsumerStats, Delivery, Handled, Handler, MemoryConsumer, Transient};
 pub use envelope::{Envelope, EnvelopeError};
-pub use error::{ConfigError, PublishError};
+pub use error::{ConfigError, PublishError, PublishErrorKind};
 pub use event::{Event, Message};
 #[cfg(all(feature = "nats", any(feature = "postgres", feature = "sqlite")))]
 pub use jetstream::{ConsumerConfig, ConsumerSetupError, JetStreamConsumer};
@@ -111,7 +116,7 @@ pub use relay::{BatchReport, Relay};
 pub use sqlite::{CommitWake, SqliteInbox, SqliteOutbox};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use store::InboxStore;
-pub use store::{Backlog, Failed, OutboxStore};
+pub use store::{Backlog, DeadEvent, DeadEvents, Failed, OutboxStore};
 
 /// The README's example, compiled as a doctest so it stays true.
 #[doc = include_str!("../README.md")]

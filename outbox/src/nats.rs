@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::context::{PublishError as JetStreamError, PublishErrorKind};
+use async_nats::jetstream::{self, ErrorCode, stream};
 
 use crate::envelope::Envelope;
 use crate::error::PublishError;
@@ -188,13 +189,148 @@ impl Publisher for NatsJetStreamPublisher {
             .context
             .publish_with_headers(self.subject_of(&message.event), headers, payload)
             .await
-            .map_err(PublishError::new)?
+            .map_err(classify)?
             .await
-            .map_err(PublishError::new)?;
+            .map_err(classify)?;
         Ok(if ack.duplicate {
             Published::Duplicate
         } else {
             Published::Stored
         })
+    }
+}
+
+/// Says whether a JetStream publish failed for the broker (waited out, the
+/// event's attempts untouched) or for the message (an attempt spent).
+fn classify(error: JetStreamError) -> PublishError {
+    let rejected = match error.kind() {
+        // The message itself: too large for the server, or an expectation
+        // of the stream it does not meet.
+        PublishErrorKind::MaxPayloadExceeded
+        | PublishErrorKind::WrongLastMessageId
+        | PublishErrorKind::WrongLastSequence => true,
+        // No acknowledgement in time (the server gone, or slow), the
+        // connection lost, too many acknowledgements outstanding, and no
+        // responders on the subject (no stream, or JetStream down).
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::MaxAckPending
+        | PublishErrorKind::StreamNotFound => false,
+        // JetStream's own answer, or the client's: an invalid subject is
+        // the message's; anything else (the connection's channel closed,
+        // an unreadable acknowledgement) the broker's.
+        _ => {
+            let source = std::error::Error::source(&error);
+            match source.and_then(|source| source.downcast_ref::<jetstream::Error>()) {
+                Some(answer) => refuses_message(answer),
+                None => {
+                    source.is_some_and(|source| source.is::<async_nats::subject::SubjectError>())
+                }
+            }
+        }
+    };
+    if rejected {
+        PublishError::rejected(error)
+    } else {
+        PublishError::unavailable(error)
+    }
+}
+
+/// Whether JetStream's error answer to a publish refuses the message
+/// itself: over the stream's or the account's limits (`maximum messages
+/// exceeded` comes as a 503 "store failed"), too large, or any other 4xx.
+/// Other answers (503 "JetStream not enabled", "temporarily unavailable", a
+/// cluster without quorum) say the broker cannot take messages now.
+fn refuses_message(answer: &jetstream::Error) -> bool {
+    matches!(
+        answer.error_code(),
+        ErrorCode::STREAM_STORE_FAILED
+            | ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM
+            | ErrorCode::ACCOUNT_RESOURCES_EXCEEDED
+    ) || (400..500).contains(&answer.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PublishErrorKind as Verdict;
+
+    fn answer(code: u16, err_code: u64, description: &str) -> jetstream::Error {
+        serde_json::from_value(serde_json::json!({
+            "code": code,
+            "err_code": err_code,
+            "description": description,
+        }))
+        .unwrap()
+    }
+
+    fn verdict(error: JetStreamError) -> Verdict {
+        classify(error).kind()
+    }
+
+    #[test]
+    fn the_broker_out_of_reach_is_unavailable() {
+        for kind in [
+            PublishErrorKind::TimedOut,
+            PublishErrorKind::BrokenPipe,
+            PublishErrorKind::MaxAckPending,
+            // What no responders (JetStream down, no stream) becomes.
+            PublishErrorKind::StreamNotFound,
+        ] {
+            assert_eq!(
+                verdict(JetStreamError::new(kind)),
+                Verdict::Unavailable,
+                "{kind:?}"
+            );
+        }
+        let closed = JetStreamError::with_source(PublishErrorKind::Other, "channel closed");
+        assert_eq!(verdict(closed), Verdict::Unavailable);
+    }
+
+    #[test]
+    fn jetstream_answering_503_is_unavailable() {
+        for (err_code, description) in [
+            (10076, "jetstream not enabled"),
+            (10008, "jetstream system temporarily unavailable"),
+            (10023, "insufficient resources"),
+        ] {
+            let error = JetStreamError::with_source(
+                PublishErrorKind::Other,
+                answer(503, err_code, description),
+            );
+            assert_eq!(verdict(error), Verdict::Unavailable, "{description}");
+        }
+    }
+
+    #[test]
+    fn a_message_the_stream_refuses_is_rejected() {
+        for (code, err_code, description) in [
+            (503, 10077, "maximum messages exceeded"),
+            (400, 10054, "message size exceeds maximum allowed"),
+            (400, 10002, "resource limits exceeded for account"),
+            (400, 10999, "a refusal this crate does not know"),
+        ] {
+            let error = JetStreamError::with_source(
+                PublishErrorKind::Other,
+                answer(code, err_code, description),
+            );
+            assert_eq!(verdict(error), Verdict::Rejected, "{description}");
+        }
+        for kind in [
+            PublishErrorKind::MaxPayloadExceeded,
+            PublishErrorKind::WrongLastMessageId,
+            PublishErrorKind::WrongLastSequence,
+        ] {
+            assert_eq!(
+                verdict(JetStreamError::new(kind)),
+                Verdict::Rejected,
+                "{kind:?}"
+            );
+        }
+        let subject = JetStreamError::with_source(
+            PublishErrorKind::Other,
+            async_nats::subject::SubjectError::InvalidFormat,
+        );
+        assert_eq!(verdict(subject), Verdict::Rejected);
     }
 }

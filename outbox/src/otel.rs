@@ -5,7 +5,8 @@
 //! |---|---|---|
 //! | `palisade.outbox.published` | counter | events the broker acknowledged (duplicates included) |
 //! | `palisade.outbox.duplicates` | counter | of those, acknowledged as duplicates |
-//! | `palisade.outbox.failed` | counter | failed attempts that will be retried |
+//! | `palisade.outbox.failed` | counter | attempts the broker rejected, to be retried |
+//! | `palisade.outbox.unavailable` | counter | publishes that found the broker unavailable (attempts untouched) |
 //! | `palisade.outbox.dead` | counter | events that failed their last attempt |
 //! | `palisade.outbox.superseded` | counter | settles left undone: the claim had passed to another relay |
 //! | `palisade.outbox.publish_latency` | histogram (s) | from the event's commit to the broker's acknowledgement |
@@ -13,9 +14,11 @@
 //! | `palisade.outbox.dead_events` | gauge | dead events waiting for an operator |
 //! | `palisade.outbox.held` | gauge | pending events held behind a dead event of their aggregate |
 //! | `palisade.outbox.oldest_pending_age` | gauge (s) | how long the oldest pending event has waited |
+//! | `palisade.outbox.broker_available` | gauge | 1 while the broker takes the relay's batches, 0 during an outage |
 //!
-//! Each carries the attribute `relay`. The gauges are refreshed from the
-//! table every few seconds while the relay runs.
+//! Each carries the attribute `relay`. The backlog gauges are refreshed
+//! from the table every few seconds while the relay runs;
+//! `broker_available` after every batch.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
 
+use crate::availability::Availability;
 use crate::relay::BatchReport;
 use crate::store::Backlog;
 
@@ -41,16 +45,18 @@ pub(crate) struct Instruments {
     published: Counter<u64>,
     duplicates: Counter<u64>,
     failed: Counter<u64>,
+    unavailable: Counter<u64>,
     dead: Counter<u64>,
     superseded: Counter<u64>,
     latency: Histogram<f64>,
     seen: Arc<Seen>,
     _gauges: [ObservableGauge<f64>; 4],
+    _available: ObservableGauge<u64>,
     relay: [KeyValue; 1],
 }
 
 impl Instruments {
-    pub(crate) fn new(meter: &Meter, name: String) -> Self {
+    pub(crate) fn new(meter: &Meter, name: String, availability: Arc<Availability>) -> Self {
         let relay = [KeyValue::new("relay", name)];
         let seen = Arc::new(Seen::default());
         let gauge = |name: &'static str, description: &'static str, read: fn(&Seen) -> f64| {
@@ -84,6 +90,18 @@ impl Instruments {
                 |seen| seen.oldest_ms.load(Ordering::Relaxed) as f64 / 1000.0,
             ),
         ];
+        let available = {
+            let relay = relay.clone();
+            meter
+                .u64_observable_gauge("palisade.outbox.broker_available")
+                .with_description(
+                    "1 while the broker takes the relay's batches, 0 during an outage",
+                )
+                .with_callback(move |observer| {
+                    observer.observe(u64::from(availability.is_available()), &relay);
+                })
+                .build()
+        };
         let counter = |name: &'static str, description: &'static str| {
             meter
                 .u64_counter(name)
@@ -101,7 +119,11 @@ impl Instruments {
             ),
             failed: counter(
                 "palisade.outbox.failed",
-                "Failed attempts that will be retried",
+                "Attempts the broker rejected, to be retried",
+            ),
+            unavailable: counter(
+                "palisade.outbox.unavailable",
+                "Publishes that found the broker unavailable; attempts untouched",
             ),
             dead: counter(
                 "palisade.outbox.dead",
@@ -118,6 +140,7 @@ impl Instruments {
                 .build(),
             seen,
             _gauges: gauges,
+            _available: available,
             relay,
         }
     }
@@ -127,6 +150,7 @@ impl Instruments {
         self.published.add(count(report.published), &self.relay);
         self.duplicates.add(count(report.duplicates), &self.relay);
         self.failed.add(count(report.failed), &self.relay);
+        self.unavailable.add(count(report.unavailable), &self.relay);
         self.dead.add(count(report.dead), &self.relay);
         self.superseded.add(count(report.superseded), &self.relay);
         for &ms in latencies_ms {

@@ -1,11 +1,13 @@
 //! The relay: claims events, publishes them, marks them sent.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tracing::Instrument;
 
+use crate::availability::{Availability, outage_backoff};
 use crate::error::PublishError;
 use crate::publisher::{Published, Publisher};
 use crate::store::{Failed, OutboxStore};
@@ -31,8 +33,11 @@ pub struct BatchReport {
     pub published: usize,
     /// Of those, acknowledged as duplicates.
     pub duplicates: usize,
-    /// Events that failed and will be retried.
+    /// Events the broker rejected, which will be retried.
     pub failed: usize,
+    /// Events the broker could not take (it was unavailable): handed back
+    /// with their attempts untouched.
+    pub unavailable: usize,
     /// Events that failed their last attempt and are now dead.
     pub dead: usize,
     /// Events whose claim had ended and passed to another relay before
@@ -45,34 +50,104 @@ pub struct BatchReport {
 ///
 /// Several relays may run against one outbox: each claims its own batches.
 /// A batch's events are published concurrently and marked sent in one
-/// statement; a failed event backs off on its own, and after its last
-/// attempt is dead, without holding up other aggregates.
+/// statement. What happens to an event whose publish failed depends on the
+/// [`PublishError`]'s kind:
+///
+/// - the broker **rejected** the message: the event backs off on its own,
+///   and after its last attempt is dead, without holding up other
+///   aggregates;
+/// - the broker was **unavailable** (cannot connect, timeout, no
+///   responders, no stream, 503): the event is handed back with its
+///   attempts untouched, to wait [`outage_backoff`](Self::outage_backoff)
+///   (doubling while the outage lasts), for as long as the outage lasts. The
+///   outage is logged once when it starts and once when it ends.
+///
+/// With feature `circuit-breaker`, [`circuit_breaker`](Self::circuit_breaker)
+/// puts a breaker in front of the publisher: once enough publishes found
+/// the broker unavailable it opens, publishes are refused without calling
+/// the broker, their events wait the breaker's open duration, and a probe
+/// tells when the broker is back. A rejection counts as a success there:
+/// the broker answered.
 ///
 /// A publish never outlives its claim's lease: one still unacknowledged
-/// when the lease ends is given up as a failed attempt, before another
-/// relay may claim the event again. And every settle is fenced by the claim
-/// that produced it (see [`OutboxStore`]): a relay that stalled past its
-/// lease cannot undo another relay's "sent".
+/// when the lease ends is given up (as a timeout, the broker's failure),
+/// before another relay may claim the event again. And every settle is
+/// fenced by the claim that produced it (see [`OutboxStore`]): a relay that
+/// stalled past its lease cannot undo another relay's "sent".
 #[derive(Debug, Clone)]
 pub struct Relay<St, P> {
     store: St,
     publisher: P,
     clean_up_every: Duration,
+    outage_backoff: (Duration, Duration),
+    availability: Arc<Availability>,
+    #[cfg(feature = "circuit-breaker")]
+    breaker: Option<palisade_circuit_breaker::CircuitBreaker>,
     #[cfg(feature = "otel")]
-    instruments: Option<std::sync::Arc<crate::otel::Instruments>>,
+    instruments: Option<Arc<crate::otel::Instruments>>,
 }
 
 impl<St: OutboxStore, P: Publisher> Relay<St, P> {
-    /// A relay from `store` to `publisher`.
+    /// A relay from `store` to `publisher`, waiting out an unavailable
+    /// broker from 100 ms to 5 s, with no breaker.
     #[must_use]
-    pub const fn new(store: St, publisher: P) -> Self {
+    pub fn new(store: St, publisher: P) -> Self {
         Self {
             store,
             publisher,
             clean_up_every: Duration::from_secs(60),
+            outage_backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+            availability: Arc::default(),
+            #[cfg(feature = "circuit-breaker")]
+            breaker: None,
             #[cfg(feature = "otel")]
             instruments: None,
         }
+    }
+
+    /// How long events wait when the broker could not take them: `base`
+    /// after the first batch that reached no broker, doubling while the
+    /// outage lasts, up to `cap`. Their attempts are untouched however long
+    /// it lasts. (Events a breaker refused wait its open duration instead.)
+    #[must_use]
+    pub const fn outage_backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.outage_backoff = (base, cap);
+        self
+    }
+
+    /// Publishes through `breaker` (feature `circuit-breaker`): while it is
+    /// open, events are handed back without calling the broker, to wait
+    /// until it lets a probe through. Publishes that find the broker
+    /// unavailable count as its failures; every answer of the broker,
+    /// rejections included, as its successes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use palisade_circuit_breaker::{CircuitBreaker, Config};
+    /// use palisade_outbox::{MemoryBroker, OutboxConfig, Relay, SqliteOutbox};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+    /// let outbox = SqliteOutbox::new(pool, OutboxConfig::default());
+    /// let breaker = CircuitBreaker::new(
+    ///     Config::builder()
+    ///         .minimum_calls(5)
+    ///         .open_duration(Duration::from_secs(1))
+    ///         .open_backoff(2.0, Duration::from_secs(30))
+    ///         .build()?,
+    /// );
+    /// let relay = Relay::new(outbox, MemoryBroker::new(64)).circuit_breaker(breaker);
+    /// # let _ = relay;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "circuit-breaker")]
+    #[must_use]
+    pub fn circuit_breaker(mut self, breaker: palisade_circuit_breaker::CircuitBreaker) -> Self {
+        self.breaker = Some(breaker);
+        self
     }
 
     /// Reports this relay's work with OpenTelemetry (feature `otel`); see
@@ -85,9 +160,10 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
         meter: &opentelemetry::metrics::Meter,
         name: impl Into<String>,
     ) -> Self {
-        self.instruments = Some(std::sync::Arc::new(crate::otel::Instruments::new(
+        self.instruments = Some(Arc::new(crate::otel::Instruments::new(
             meter,
             name.into(),
+            self.availability.clone(),
         )));
         self
     }
@@ -103,6 +179,60 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
                 }
             }
         }
+    }
+
+    /// Publishes `message` through the breaker, if any, cut at
+    /// `lease_ends`.
+    async fn publish(
+        &self,
+        message: &crate::Message,
+        lease_ends: tokio::time::Instant,
+    ) -> Result<Published, PublishError> {
+        #[cfg(feature = "circuit-breaker")]
+        let permit = match &self.breaker {
+            Some(breaker) => Some(
+                breaker
+                    .try_acquire(Instant::now())
+                    .map_err(PublishError::unavailable)?,
+            ),
+            None => None,
+        };
+        let outcome = tokio::time::timeout_at(lease_ends, self.publisher.publish(message))
+            .await
+            .unwrap_or_else(|_| Err(PublishError::unavailable(LeaseEnded)));
+        #[cfg(feature = "circuit-breaker")]
+        if let Some(permit) = permit {
+            use palisade_circuit_breaker::Outcome;
+            let broker_failed = outcome.as_ref().is_err_and(PublishError::is_unavailable);
+            let recorded = if broker_failed {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            permit.record(recorded, Instant::now());
+        }
+        outcome
+    }
+
+    /// How long events the broker could not take wait: the breaker's open
+    /// duration when it refused them, else the outage backoff after
+    /// `batches` batches in a row reached no broker.
+    fn wait_for_broker(&self, errors: &[PublishError], batches: u32) -> Duration {
+        #[cfg(feature = "circuit-breaker")]
+        {
+            let open = errors
+                .iter()
+                .filter_map(|error| std::error::Error::source(error)?.downcast_ref())
+                .filter_map(palisade_circuit_breaker::Open::retry_after)
+                .max();
+            if let Some(open) = open {
+                return open;
+            }
+        }
+        #[cfg(not(feature = "circuit-breaker"))]
+        let _ = errors;
+        let (base, cap) = self.outage_backoff;
+        outage_backoff(base, cap, batches)
     }
 
     /// Claims, publishes and settles one batch.
@@ -122,9 +252,11 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
             tracing::info_span!(target: "palisade_outbox", "outbox.batch", claimed = claimed.len());
         async {
             let started = Instant::now();
-            let outcomes = join_all(claimed.iter().map(|message| {
-                tokio::time::timeout_at(lease_ends, self.publisher.publish(message))
-            }))
+            let outcomes = join_all(
+                claimed
+                    .iter()
+                    .map(|message| self.publish(message, lease_ends)),
+            )
             .await;
             let mut report = BatchReport {
                 claimed: claimed.len(),
@@ -132,20 +264,48 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
             };
             let mut sent = Vec::with_capacity(claimed.len());
             let mut failed = Vec::new();
+            let (mut unavailable, mut unavailable_errors) = (Vec::new(), Vec::new());
             for (message, outcome) in claimed.into_iter().zip(outcomes) {
                 match outcome {
-                    Ok(Ok(published)) => {
+                    Ok(published) => {
                         report.duplicates += usize::from(published == Published::Duplicate);
                         sent.push(message);
                     }
-                    Ok(Err(error)) => failed.push((message, error)),
-                    Err(_) => failed.push((message, PublishError::new(LeaseEnded))),
+                    Err(error) if error.is_unavailable() => {
+                        unavailable.push(message);
+                        unavailable_errors.push(error);
+                    }
+                    Err(error) => failed.push((message, error)),
                 }
             }
             report.published = sent.len();
             if !sent.is_empty() {
                 let settled = self.store.mark_sent(&sent).await?;
                 report.superseded += sent.len().saturating_sub(settled);
+            }
+            report.unavailable = unavailable.len();
+            let outage = if sent.is_empty() && failed.is_empty() {
+                unavailable_errors
+                    .first()
+                    .map_or(0, |error| self.availability.unreachable(error))
+            } else {
+                self.availability.reached();
+                0
+            };
+            if let Some(error) = unavailable_errors.first() {
+                let wait = self.wait_for_broker(&unavailable_errors, outage);
+                let settled = self
+                    .store
+                    .release(&unavailable, wait, &error.to_string())
+                    .await?;
+                report.superseded += unavailable.len().saturating_sub(settled);
+                tracing::debug!(
+                    target: "palisade_outbox",
+                    events = unavailable.len(),
+                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    %error,
+                    "broker unavailable; events handed back, attempts untouched"
+                );
             }
             #[cfg(feature = "otel")]
             let latencies: Vec<i64> = {
@@ -168,7 +328,7 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
                     }
                     Failed::BackingOff => {
                         report.failed += 1;
-                        tracing::warn!(target: "palisade_outbox", id = %message.event.id, %error, "publish failed; backing off");
+                        tracing::warn!(target: "palisade_outbox", id = %message.event.id, %error, "publish rejected; backing off");
                     }
                     Failed::Superseded => report.superseded += 1,
                 }
@@ -188,6 +348,7 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
                 target: "palisade_outbox",
                 published = report.published,
                 failed = report.failed,
+                unavailable = report.unavailable,
                 elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 "batch settled"
             );

@@ -108,10 +108,13 @@ pub(crate) struct OutboxSql {
     pub(crate) insert: String,
     pub(crate) claim: String,
     pub(crate) sent: String,
+    pub(crate) release: String,
     pub(crate) failed: String,
     pub(crate) clean_up: String,
     pub(crate) backlog: String,
+    pub(crate) dead_events: String,
     pub(crate) requeue: String,
+    pub(crate) requeue_all: String,
     pub(crate) discard: String,
 }
 
@@ -181,6 +184,10 @@ impl OutboxSql {
         // `$1` is a comma-separated list of seqs. Every settle is fenced by
         // the claim that produced it: it changes a row only while the row
         // still carries that claim's id.
+        let requeue = format!(
+            "UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_at = {now}, \
+             last_error = NULL WHERE status = 'dead'"
+        );
         let seqs = match dialect {
             #[cfg(feature = "postgres")]
             Dialect::Postgres => "seq = ANY(string_to_array($1, ',')::bigint[])".to_owned(),
@@ -237,6 +244,12 @@ impl OutboxSql {
                 "UPDATE {t} SET status = 'sent', sent_at = {now}, claimed_until = NULL, claim_id = NULL \
                  WHERE {seqs} AND claim_id = $2"
             ),
+            // Attempts untouched: the broker failed, not the event.
+            release: format!(
+                "UPDATE {t} SET last_error = $4, claimed_until = NULL, claim_id = NULL, \
+                 next_attempt_at = {delay} WHERE {seqs} AND claim_id = $2",
+                delay = dialect.shifted('+', "$3"),
+            ),
             failed: format!(
                 "UPDATE {t} SET attempts = attempts + 1, last_error = $2, claimed_until = NULL, \
                  claim_id = NULL, next_attempt_at = {backoff}, \
@@ -267,10 +280,13 @@ impl OutboxSql {
                     "0".to_owned()
                 },
             ),
-            requeue: format!(
-                "UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_at = {now}, \
-                 last_error = NULL WHERE id = $1 AND status = 'dead'"
+            dead_events: format!(
+                "SELECT id, aggregate_type, aggregate_id, event_type, attempts, last_error, \
+                 {created} AS created_at_ms FROM {t} WHERE status = 'dead' ORDER BY seq LIMIT $1",
+                created = dialect.epoch_ms("created_at"),
             ),
+            requeue: format!("{requeue} AND id = $1"),
+            requeue_all: requeue,
             discard: format!("DELETE FROM {t} WHERE id = $1 AND status = 'dead'"),
         }
     }

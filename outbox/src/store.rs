@@ -60,6 +60,20 @@ pub trait OutboxStore: Clone + Send + Sync + 'static {
         sent: &[Message],
     ) -> impl Future<Output = Result<usize, sqlx::Error>> + Send;
 
+    /// Hands these events back without spending an attempt (the broker
+    /// could not take them: see [`PublishErrorKind::Unavailable`]): pending
+    /// again once `delay` has passed, with `error` as their last error,
+    /// each only if it is still under the claim it came from; returns how
+    /// many were.
+    ///
+    /// [`PublishErrorKind::Unavailable`]: crate::PublishErrorKind::Unavailable
+    fn release(
+        &self,
+        released: &[Message],
+        delay: Duration,
+        error: &str,
+    ) -> impl Future<Output = Result<usize, sqlx::Error>> + Send;
+
     /// Records a failed attempt, if the event is still under the claim it
     /// came from: back off, or dead after the last attempt.
     fn mark_failed(
@@ -78,6 +92,55 @@ pub trait OutboxStore: Clone + Send + Sync + 'static {
     /// Waits until new events may be there: woken by the database where it
     /// can, else after the polling interval.
     fn wait_for_work(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// An event given up on after its last attempt, as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadEvent {
+    /// The event id.
+    pub id: uuid::Uuid,
+    /// The kind of aggregate it belongs to.
+    pub aggregate_type: String,
+    /// Which aggregate.
+    pub aggregate_id: String,
+    /// What happened.
+    pub event_type: String,
+    /// Attempts spent.
+    pub attempts: u32,
+    /// The error of its last attempt.
+    pub last_error: Option<String>,
+    /// When it was written, in milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+}
+
+/// The dead events of an outbox, for an operator: list them, put them back
+/// in line, or give up on them for good. Implemented for PostgreSQL
+/// (feature `postgres`) and SQLite (feature `sqlite`).
+///
+/// An event is dead after its last attempt was spent on a rejection of the
+/// message (a broker that was unavailable spends none). With per-aggregate
+/// order, it holds the later events of its aggregate until it is requeued
+/// or discarded. Each change is fenced by the event's dead status: an
+/// event that is not dead (any more) is left as it is.
+pub trait DeadEvents: Send + Sync {
+    /// The oldest `limit` dead events, oldest first.
+    fn dead_events(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<DeadEvent>, sqlx::Error>> + Send;
+
+    /// Puts the dead event `id` back in line, its attempts reset; `false`
+    /// if no dead event has this id.
+    fn requeue(&self, id: uuid::Uuid) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
+    /// Puts every dead event back in line, attempts reset; returns how
+    /// many.
+    fn requeue_all(&self) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// Deletes the dead event `id` for good, releasing the later events of
+    /// its aggregate; `false` if no dead event has this id.
+    fn discard(&self, id: uuid::Uuid) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
 }
 
 /// An inbox whose transactions a consumer can open: [`PgInbox`](crate::PgInbox)

@@ -99,6 +99,36 @@ macro_rules! sql_outbox {
                 self.announce(tx).await
             }
 
+            /// The oldest `limit` dead events, oldest first.
+            ///
+            /// # Errors
+            ///
+            /// The database's error.
+            pub async fn dead_events(&self, limit: u32) -> Result<Vec<$crate::DeadEvent>, sqlx::Error> {
+                use sqlx::Row as _;
+                let rows = sqlx::query(&self.sql.dead_events)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        let id: &str = row.try_get("id")?;
+                        Ok($crate::DeadEvent {
+                            id: id.parse().map_err(|error| sqlx::Error::ColumnDecode {
+                                index: "id".to_owned(),
+                                source: Box::new(error),
+                            })?,
+                            aggregate_type: row.try_get("aggregate_type")?,
+                            aggregate_id: row.try_get("aggregate_id")?,
+                            event_type: row.try_get("event_type")?,
+                            attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+                            last_error: row.try_get("last_error")?,
+                            created_at_ms: row.try_get("created_at_ms")?,
+                        })
+                    })
+                    .collect()
+            }
+
             /// Puts a dead event back in line, its attempts reset; `false`
             /// if no dead event has this id.
             ///
@@ -111,6 +141,17 @@ macro_rules! sql_outbox {
                     .execute(&self.pool)
                     .await?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            /// Puts every dead event back in line, attempts reset; returns
+            /// how many.
+            ///
+            /// # Errors
+            ///
+            /// The database's error.
+            pub async fn requeue_all(&self) -> Result<u64, sqlx::Error> {
+                let done = sqlx::query(&self.sql.requeue_all).execute(&self.pool).await?;
+                Ok(done.rows_affected())
             }
 
             /// Deletes a dead event for good (an operator gave up on it),
@@ -126,6 +167,24 @@ macro_rules! sql_outbox {
                     .execute(&self.pool)
                     .await?;
                 Ok(done.rows_affected() == 1)
+            }
+        }
+
+        impl $crate::store::DeadEvents for $name {
+            async fn dead_events(&self, limit: u32) -> Result<Vec<$crate::DeadEvent>, sqlx::Error> {
+                $name::dead_events(self, limit).await
+            }
+
+            async fn requeue(&self, id: uuid::Uuid) -> Result<bool, sqlx::Error> {
+                $name::requeue(self, id).await
+            }
+
+            async fn requeue_all(&self) -> Result<u64, sqlx::Error> {
+                $name::requeue_all(self).await
+            }
+
+            async fn discard(&self, id: uuid::Uuid) -> Result<bool, sqlx::Error> {
+                $name::discard(self, id).await
             }
         }
 
@@ -168,6 +227,26 @@ macro_rules! sql_outbox {
                     let done = sqlx::query(&self.sql.sent)
                         .bind($crate::stores::seq_list(claim))
                         .bind(claim[0].claim.to_string())
+                        .execute(&self.pool)
+                        .await?;
+                    settled += usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
+                }
+                Ok(settled)
+            }
+
+            async fn release(
+                &self,
+                released: &[$crate::Message],
+                delay: std::time::Duration,
+                error: &str,
+            ) -> Result<usize, sqlx::Error> {
+                let mut settled = 0;
+                for claim in $crate::stores::claims(released) {
+                    let done = sqlx::query(&self.sql.release)
+                        .bind($crate::stores::seq_list(claim))
+                        .bind(claim[0].claim.to_string())
+                        .bind($crate::stores::millis(delay))
+                        .bind(error)
                         .execute(&self.pool)
                         .await?;
                     settled += usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);

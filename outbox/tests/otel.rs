@@ -16,7 +16,7 @@ struct Picky(MemoryBroker);
 impl Publisher for Picky {
     async fn publish(&self, message: &Message) -> Result<Published, PublishError> {
         if message.event.event_type() == "Poison" {
-            return Err(PublishError::new("refused"));
+            return Err(PublishError::rejected("refused"));
         }
         self.0.publish(message).await
     }

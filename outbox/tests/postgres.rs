@@ -78,6 +78,7 @@ scenarios!(Pg:
     two_relays_publish_each_event_once_in_aggregate_order,
     a_poison_event_dies_alone_and_holds_only_its_aggregate,
     a_discarded_dead_event_releases_its_aggregate,
+    dead_events_are_listed_and_requeued_with_fresh_attempts,
     a_crashed_relays_claims_return_when_its_lease_ends,
     a_late_failure_does_not_undo_another_relays_sent,
     a_late_sent_does_not_settle_another_relays_claim,

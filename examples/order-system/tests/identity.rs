@@ -375,3 +375,46 @@ async fn the_demo_passwords_are_generated_and_kept_private() {
     assert_eq!(support::credentials(&system), credentials);
     stop(system, dir).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_command_signs_in_with_the_demo_credentials() {
+    let (system, dir) = start().await;
+    let gateway = format!("http://{}", system.address);
+    let token = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_order-system"))
+            .args(["token", "--gateway", &gateway, "--user", "bob"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let credentials = system
+        .demo
+        .as_ref()
+        .unwrap()
+        .credentials
+        .display()
+        .to_string();
+    let signed_in = token(&["--credentials", &credentials]);
+    assert!(signed_in.status.success(), "{signed_in:?}");
+    let bearer = format!(
+        "bearer {}",
+        String::from_utf8(signed_in.stdout).unwrap().trim()
+    );
+    let (status, _) = Gateway::new(&gateway)
+        .send(
+            Method::GET,
+            "/orders/none",
+            &[("authorization", bearer.as_str())],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND, "signed in as bob");
+
+    let refused = token(&["--password", "guess"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("bob may not sign in"), "{said}");
+    assert!(refused.stdout.is_empty());
+    stop(system, dir).await;
+}

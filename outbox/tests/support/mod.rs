@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use palisade_outbox::{
-    Event, Failed, MemoryBroker, Message, OutboxConfig, OutboxStore, PublishError, Published,
-    Publisher, Relay,
+    DeadEvents, Event, Failed, MemoryBroker, Message, OutboxConfig, OutboxStore, PublishError,
+    Published, Publisher, Relay,
 };
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -18,7 +18,7 @@ use uuid::Uuid;
 /// One fresh outbox (and inbox) in a database of its own kind, next to an
 /// `orders` table.
 pub trait Harness: Sized + Send + Sync {
-    type Store: OutboxStore;
+    type Store: OutboxStore + DeadEvents;
 
     /// A fresh outbox in table `table`, configured by `config`.
     async fn start(config: impl FnOnce(OutboxConfig) -> OutboxConfig + Send) -> Self;
@@ -277,7 +277,7 @@ struct Poisoned {
 impl Publisher for Poisoned {
     async fn publish(&self, message: &Message) -> Result<Published, PublishError> {
         if message.event.event_type() == "Poison" && self.failing.load(Ordering::SeqCst) {
-            return Err(PublishError::new("the broker rejects this event"));
+            return Err(PublishError::rejected("the broker rejects this event"));
         }
         self.broker.publish(message).await
     }
@@ -346,6 +346,75 @@ pub async fn a_poison_event_dies_alone_and_holds_only_its_aggregate<H: Harness>(
     relay.run_once().await.unwrap();
     let resumed: Vec<String> = drain(&mut subscriber).iter().map(payload).collect();
     assert_eq!(resumed, ["p", "3"]);
+    h.finish().await;
+}
+
+/// An operator lists the dead events, oldest first, and requeues them (all,
+/// or one by id) with their attempts reset.
+pub async fn dead_events_are_listed_and_requeued_with_fresh_attempts<H: Harness>() {
+    let h = H::start(|c| c.max_attempts(1)).await;
+    let poison: Vec<Event> = (0..3)
+        .map(|n| Event::new("order", format!("p{n}"), "Poison", b"p".to_vec()))
+        .collect();
+    h.place(&poison, true).await;
+    h.place(&[event("a", 1)], true).await;
+    let failing = Arc::new(AtomicBool::new(true));
+    let relay = Relay::new(
+        h.store().clone(),
+        Poisoned {
+            broker: MemoryBroker::new(10),
+            failing: failing.clone(),
+        },
+    );
+    assert_eq!(relay.run_once().await.unwrap().dead, 3);
+
+    let oldest = h.store().dead_events(2).await.unwrap();
+    let ids: Vec<Uuid> = oldest.iter().map(|dead| dead.id).collect();
+    assert_eq!(ids, [poison[0].id(), poison[1].id()], "oldest first");
+    let first = &oldest[0];
+    assert_eq!(
+        (
+            first.aggregate_type.as_str(),
+            first.aggregate_id.as_str(),
+            first.event_type.as_str(),
+            first.attempts
+        ),
+        ("order", "p0", "Poison", 1)
+    );
+    assert!(
+        first
+            .last_error
+            .as_deref()
+            .is_some_and(|error| error.contains("rejects this event")),
+        "{first:?}"
+    );
+    assert!(first.created_at_ms > 0);
+
+    // Requeued with fresh attempts: each gets its one attempt again.
+    assert_eq!(h.store().requeue_all().await.unwrap(), 3);
+    assert!(h.store().dead_events(10).await.unwrap().is_empty());
+    assert_eq!(h.store().requeue_all().await.unwrap(), 0, "none dead now");
+    assert_eq!(relay.run_once().await.unwrap().dead, 3);
+
+    // The cause fixed, one by id.
+    failing.store(false, Ordering::SeqCst);
+    assert!(
+        DeadEvents::requeue(h.store(), poison[2].id())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !DeadEvents::requeue(h.store(), poison[2].id())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !DeadEvents::requeue(h.store(), Uuid::now_v7())
+            .await
+            .unwrap()
+    );
+    assert_eq!(relay.run_once().await.unwrap().published, 1);
+    assert_eq!(h.store().dead_events(10).await.unwrap().len(), 2);
     h.finish().await;
 }
 
@@ -440,6 +509,14 @@ pub async fn a_late_failure_does_not_undo_another_relays_sent<H: Harness>() {
             .unwrap(),
         Failed::Superseded
     );
+    // Nor may A hand it back as if the broker were unavailable.
+    assert_eq!(
+        h.store()
+            .release(&stalled, Duration::ZERO, "broker unavailable")
+            .await
+            .unwrap(),
+        0
+    );
     let backlog = h.store().backlog().await.unwrap();
     assert_eq!((backlog.pending, backlog.dead), (0, 0), "{backlog:?}");
     assert_eq!(
@@ -479,8 +556,8 @@ pub async fn a_late_sent_does_not_settle_another_relays_claim<H: Harness>() {
     h.finish().await;
 }
 
-/// A publish that hangs is cut when the claim's lease ends, and counts as
-/// a failed attempt: the relay goes on, and the event backs off.
+/// A publish that hangs is cut when the claim's lease ends, as a timeout:
+/// the relay goes on, and the event waits with its attempts untouched.
 pub async fn a_publish_never_outlives_its_lease<H: Harness>() {
     let h = H::start(|c| c.lease(Duration::from_millis(300))).await;
     h.place(&[event("a", 1)], true).await;
@@ -489,8 +566,13 @@ pub async fn a_publish_never_outlives_its_lease<H: Harness>() {
         .await
         .expect("the publish is cut at the end of its lease")
         .unwrap();
-    assert_eq!((report.claimed, report.failed), (1, 1), "{report:?}");
+    assert_eq!(
+        (report.claimed, report.unavailable, report.failed),
+        (1, 1, 0),
+        "{report:?}"
+    );
     assert_eq!(h.store().backlog().await.unwrap().pending, 1);
+    assert!(h.store().dead_events(10).await.unwrap().is_empty());
     h.finish().await;
 }
 

@@ -1,0 +1,89 @@
+//! The broker's availability as a relay sees it: an outage is logged once
+//! when it starts and once when it ends, and read by the
+//! `palisade.outbox.broker_available` gauge (feature `otel`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::error::PublishError;
+
+/// An outage under way.
+#[derive(Debug, Clone, Copy)]
+struct Outage {
+    since: Instant,
+    /// Batches in a row that reached no broker.
+    batches: u32,
+}
+
+/// Whether the broker took the relay's last batch, and since when it has
+/// not.
+#[derive(Debug)]
+pub(crate) struct Availability {
+    available: AtomicBool,
+    outage: Mutex<Option<Outage>>,
+}
+
+impl Default for Availability {
+    fn default() -> Self {
+        Self {
+            available: AtomicBool::new(true),
+            outage: Mutex::new(None),
+        }
+    }
+}
+
+impl Availability {
+    /// A batch reached the broker (it stored or refused a message): an
+    /// outage under way is over.
+    pub(crate) fn reached(&self) {
+        let ended = self
+            .outage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(outage) = ended {
+            self.available.store(true, Ordering::Relaxed);
+            tracing::info!(
+                target: "palisade_outbox",
+                down_for_ms = u64::try_from(outage.since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                batches = outage.batches,
+                "broker available again; the events that waited are published"
+            );
+        }
+    }
+
+    /// A batch reached no broker, failing with `error` (among others):
+    /// returns how many batches in a row have not, this one included.
+    pub(crate) fn unreachable(&self, error: &PublishError) -> u32 {
+        let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(outage) = outage.as_mut() {
+            outage.batches = outage.batches.saturating_add(1);
+            return outage.batches;
+        }
+        *outage = Some(Outage {
+            since: Instant::now(),
+            batches: 1,
+        });
+        self.available.store(false, Ordering::Relaxed);
+        tracing::warn!(
+            target: "palisade_outbox",
+            %error,
+            "broker unavailable; events wait, their attempts untouched, until it is back"
+        );
+        1
+    }
+
+    /// Whether the last batch reached the broker.
+    #[cfg(feature = "otel")]
+    pub(crate) fn is_available(&self) -> bool {
+        self.available.load(Ordering::Relaxed)
+    }
+}
+
+/// The wait after `batches` batches in a row reached no broker: `base`,
+/// doubling, up to `cap`.
+pub(crate) fn outage_backoff(base: Duration, cap: Duration, batches: u32) -> Duration {
+    base.saturating_mul(1 << batches.saturating_sub(1).min(30))
+        .min(cap)
+}

@@ -1,0 +1,171 @@
+//! A broker that cannot take messages never kills an event: the relay hands
+//! its events back with their attempts untouched for as long as the outage
+//! lasts, a breaker in front of the publisher stops calling a broker that
+//! is down, and the outage shows on the `broker_available` gauge. (The same
+//! against a real NATS server: `broker_down.rs`.)
+#![cfg(all(feature = "sqlite", feature = "circuit-breaker", feature = "otel"))]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use palisade_circuit_breaker::{CircuitBreaker, Config, State};
+use palisade_outbox::{
+    Event, MemoryBroker, Message, OutboxConfig, OutboxStore, PublishError, Published, Publisher,
+    Relay, SqliteOutbox,
+};
+use palisade_testkit::MetricsProbe;
+use sqlx::SqlitePool;
+
+/// A broker that is unavailable while `down` is set, counting the calls
+/// that reach it.
+#[derive(Clone)]
+struct Switched {
+    broker: MemoryBroker,
+    down: Arc<AtomicBool>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Switched {
+    fn new(broker: MemoryBroker) -> Self {
+        Self {
+            broker,
+            down: Arc::new(AtomicBool::new(true)),
+            calls: Arc::default(),
+        }
+    }
+}
+
+impl Publisher for Switched {
+    async fn publish(&self, message: &Message) -> Result<Published, PublishError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(PublishError::unavailable("no responders"));
+        }
+        self.broker.publish(message).await
+    }
+}
+
+/// A migrated SQLite outbox (one in-memory database) with a short ladder:
+/// two attempts, 1 ms apart.
+async fn outbox() -> (SqlitePool, SqliteOutbox) {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let config = OutboxConfig::new("outbox")
+        .unwrap()
+        .max_attempts(2)
+        .backoff(Duration::from_millis(1), Duration::from_millis(1));
+    let outbox = SqliteOutbox::new(pool.clone(), config);
+    outbox.migrate().await.unwrap();
+    (pool, outbox)
+}
+
+async fn place(pool: &SqlitePool, outbox: &SqliteOutbox, events: &[Event]) {
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_all(&mut tx, events).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+fn event(aggregate: &str) -> Event {
+    Event::new("order", aggregate, "OrderCreated", b"{}".to_vec())
+}
+
+/// The attempts spent by every event still in the outbox.
+async fn attempts(pool: &SqlitePool) -> Vec<i64> {
+    sqlx::query_scalar("SELECT attempts FROM outbox WHERE status <> 'sent'")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_broker_spends_no_attempt_however_long_it_lasts() {
+    let (pool, outbox) = outbox().await;
+    place(&pool, &outbox, &[event("a"), event("b")]).await;
+    let broker = MemoryBroker::new(10);
+    let mut subscriber = broker.subscribe();
+    let publisher = Switched::new(broker);
+    let probe = MetricsProbe::default();
+    let relay = Relay::new(outbox.clone(), publisher.clone())
+        .outage_backoff(Duration::from_millis(1), Duration::from_millis(2))
+        .instrument(&probe.meter(), "orders");
+
+    // Ten times the events' two attempts, each found the broker down.
+    let mut unavailable = 0;
+    for _ in 0..10_000 {
+        if unavailable >= 40 {
+            break;
+        }
+        let report = relay.run_once().await.unwrap();
+        assert_eq!((report.failed, report.dead), (0, 0), "{report:?}");
+        unavailable += report.unavailable;
+        tokio::task::yield_now().await;
+    }
+    assert!(unavailable >= 40, "the relay stopped trying: {unavailable}");
+    assert_eq!(attempts(&pool).await, [0, 0], "no attempt spent");
+    assert_eq!(outbox.backlog().await.unwrap().dead, 0);
+    let label = || vec!["relay=orders".to_owned()];
+    assert_eq!(
+        probe.points("palisade.outbox.broker_available"),
+        [(label(), 0)]
+    );
+
+    publisher.down.store(false, Ordering::SeqCst);
+    let mut published = 0;
+    for _ in 0..10_000 {
+        if published == 2 {
+            break;
+        }
+        published += relay.run_once().await.unwrap().published;
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(published, 2, "both events go once the broker is back");
+    assert!(subscriber.try_recv().is_ok() && subscriber.try_recv().is_ok());
+    assert!(subscriber.try_recv().is_err(), "each once");
+    assert_eq!(
+        probe.points("palisade.outbox.broker_available"),
+        [(label(), 1)]
+    );
+    assert!(probe.points("palisade.outbox.unavailable")[0].1 >= 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_hands_events_back_without_calling_the_broker() {
+    let (pool, outbox) = outbox().await;
+    let publisher = Switched::new(MemoryBroker::new(10));
+    let breaker = CircuitBreaker::new(
+        Config::builder()
+            .minimum_calls(4)
+            .failure_rate_threshold(0.5)
+            // Open for the rest of the test.
+            .open_duration(Duration::from_secs(300))
+            .build()
+            .unwrap(),
+    );
+    let relay = Relay::new(outbox.clone(), publisher.clone())
+        .outage_backoff(Duration::ZERO, Duration::ZERO)
+        .circuit_breaker(breaker.clone());
+    place(&pool, &outbox, &[event("a"), event("b")]).await;
+    while breaker.state() != State::Open {
+        let report = relay.run_once().await.unwrap();
+        assert_eq!(report.dead, 0);
+    }
+    let calls = publisher.calls.load(Ordering::SeqCst);
+    assert_eq!(calls, 4, "the breaker opened after its minimum calls");
+
+    // New events while it is open, and the two that opened it (handed
+    // back with no wait): handed back, the broker never called.
+    place(&pool, &outbox, &[event("c"), event("d"), event("e")]).await;
+    let report = relay.run_once().await.unwrap();
+    assert_eq!((report.claimed, report.unavailable), (5, 5), "{report:?}");
+    assert_eq!(publisher.calls.load(Ordering::SeqCst), calls);
+    assert_eq!(
+        relay.run_once().await.unwrap().claimed,
+        0,
+        "they wait for the breaker's probe"
+    );
+    assert_eq!(attempts(&pool).await, [0; 5]);
+}
