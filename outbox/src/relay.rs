@@ -125,23 +125,21 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use palisade_circuit_breaker::{CircuitBreaker, Config};
-    /// use palisade_outbox::{MemoryBroker, OutboxConfig, Relay, SqliteOutbox};
+    /// use palisade_circuit_breaker::{CircuitBreaker, Config, ConfigError};
+    /// use palisade_outbox::{OutboxStore, Publisher, Relay};
     ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
-    /// let outbox = SqliteOutbox::new(pool, OutboxConfig::default());
-    /// let breaker = CircuitBreaker::new(
-    ///     Config::builder()
-    ///         .minimum_calls(5)
-    ///         .open_duration(Duration::from_secs(1))
-    ///         .open_backoff(2.0, Duration::from_secs(30))
-    ///         .build()?,
-    /// );
-    /// let relay = Relay::new(outbox, MemoryBroker::new(64)).circuit_breaker(breaker);
-    /// # let _ = relay;
-    /// # Ok(()) }
+    /// fn probing<St: OutboxStore, P: Publisher>(relay: Relay<St, P>) -> Result<Relay<St, P>, ConfigError> {
+    ///     // Open once half of the last publishes (5 at least) found the
+    ///     // broker down; probe after 1 s, then 2 s, 4 s, ... up to 30 s.
+    ///     let breaker = CircuitBreaker::new(
+    ///         Config::builder()
+    ///             .minimum_calls(5)
+    ///             .open_duration(Duration::from_secs(1))
+    ///             .open_backoff(2.0, Duration::from_secs(30))
+    ///             .build()?,
+    ///     );
+    ///     Ok(relay.circuit_breaker(breaker))
+    /// }
     /// ```
     #[cfg(feature = "circuit-breaker")]
     #[must_use]
