@@ -120,22 +120,6 @@ impl Shard {
     }
 }
 
-/// A key as the map keeps it: its bytes, or for a long key 16 bytes of
-/// hash and a final 0xFF, which no UTF-8 text (a short key) ends with.
-enum Stored<'a> {
-    Short(&'a [u8]),
-    Long([u8; 17]),
-}
-
-impl Stored<'_> {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Self::Short(bytes) => bytes,
-            Self::Long(digest) => digest,
-        }
-    }
-}
-
 impl Default for LocalStore {
     /// Room for 100,000 keys.
     fn default() -> Self {
@@ -203,8 +187,13 @@ impl LocalStore {
     pub fn decide_at(&self, key: &str, bucket: &Bucket, cost: u32, elapsed: Duration) -> Decision {
         let inner = &*self.inner;
         let now = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        let stored = self.stored(key);
-        let key = stored.bytes();
+        let digest;
+        let key = if key.len() <= MAX_KEY_BYTES {
+            key.as_bytes()
+        } else {
+            digest = self.digest(key);
+            &digest
+        };
         let shard = &inner.shards[shard_of(inner.hasher.hash_one(key))];
         {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
@@ -227,16 +216,15 @@ impl LocalStore {
         take(tat, bucket, now, cost)
     }
 
-    /// How `key` is remembered: as it is, or hashed when it is long.
-    fn stored<'a>(&self, key: &'a str) -> Stored<'a> {
-        if key.len() <= MAX_KEY_BYTES {
-            return Stored::Short(key.as_bytes());
-        }
+    /// How a key longer than [`MAX_KEY_BYTES`] is remembered: 16 bytes of
+    /// hash and a final 0xFF, which no UTF-8 text (a short key) ends with.
+    #[cold]
+    fn digest(&self, key: &str) -> [u8; 17] {
         let inner = &*self.inner;
         let mut digest = [0xFF; 17];
         digest[..8].copy_from_slice(&inner.hasher.hash_one(key).to_le_bytes());
         digest[8..16].copy_from_slice(&inner.long_hasher.hash_one(key).to_le_bytes());
-        Stored::Long(digest)
+        digest
     }
 
     /// Keys remembered now.
