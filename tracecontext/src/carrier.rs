@@ -18,14 +18,16 @@ static TRACESTATE_HEADER: HeaderName = HeaderName::from_static(TRACESTATE);
 pub(crate) static TRACERESPONSE_HEADER: HeaderName = HeaderName::from_static(TRACERESPONSE);
 
 /// The header for one of our field names, built at compile time, so no
-/// request pays for parsing or allocating it.
+/// request pays for parsing or allocating it. The three names differ in
+/// length, so one comparison of lengths picks the candidate.
 fn known_header(name: &str) -> Option<&'static HeaderName> {
-    match name {
-        TRACEPARENT => Some(&TRACEPARENT_HEADER),
-        TRACESTATE => Some(&TRACESTATE_HEADER),
-        TRACERESPONSE => Some(&TRACERESPONSE_HEADER),
-        _ => None,
-    }
+    let (known, header) = match name.len() {
+        11 => (TRACEPARENT, &TRACEPARENT_HEADER),
+        10 => (TRACESTATE, &TRACESTATE_HEADER),
+        13 => (TRACERESPONSE, &TRACERESPONSE_HEADER),
+        _ => return None,
+    };
+    (name == known).then_some(header)
 }
 
 /// Something trace context can be read from.
@@ -37,6 +39,22 @@ fn known_header(name: &str) -> Option<&'static HeaderName> {
 pub trait Carrier {
     /// Every value of the field `name` (given in lowercase), in order.
     fn values<'a>(&'a self, name: &'static str) -> impl Iterator<Item = &'a [u8]>;
+
+    /// Every value of the field `name` as an [`http::HeaderValue`], in
+    /// order, when the carrier holds them so: then
+    /// [`extract`](crate::Propagator::extract) keeps a `tracestate` by
+    /// sharing its bytes instead of copying them (see
+    /// [`TraceState::parse_header_values`](crate::TraceState::parse_header_values)).
+    ///
+    /// `None`, the default, has [`values`](Self::values) read instead.
+    /// [`http::HeaderMap`] gives its values.
+    fn header_values<'a>(
+        &'a self,
+        name: &'static str,
+    ) -> Option<impl Iterator<Item = &'a HeaderValue>> {
+        let _ = name;
+        None::<std::iter::Empty<&'a HeaderValue>>
+    }
 }
 
 /// Something trace context can be written to.
@@ -44,31 +62,67 @@ pub trait CarrierMut {
     /// Sets the field `name`, replacing every value it had.
     fn set(&mut self, name: &'static str, value: &str);
 
+    /// Sets the field `name` to a ready header value, replacing every value
+    /// it had. [`inject`](crate::Propagator::inject) writes `tracestate`
+    /// this way: the state already is a header value, so a carrier that
+    /// stores header values ([`http::HeaderMap`]) takes it as it is, its
+    /// bytes shared, with no copy and no second check.
+    ///
+    /// The default writes the value's text through [`set`](Self::set) (a
+    /// value that is not UTF-8 is not written: trace context values are
+    /// ASCII).
+    fn set_value(&mut self, name: &'static str, value: HeaderValue) {
+        if let Ok(value) = std::str::from_utf8(value.as_bytes()) {
+            self.set(name, value);
+        }
+    }
+
     /// Removes every value of the field `name`.
     fn remove(&mut self, name: &'static str);
 }
 
 impl Carrier for HeaderMap {
     fn values<'a>(&'a self, name: &'static str) -> impl Iterator<Item = &'a [u8]> {
-        let values = match known_header(name) {
-            Some(header) => self.get_all(header),
-            None => self.get_all(name),
-        };
-        values.iter().map(HeaderValue::as_bytes)
+        header_values(self, name).map(HeaderValue::as_bytes)
+    }
+
+    fn header_values<'a>(
+        &'a self,
+        name: &'static str,
+    ) -> Option<impl Iterator<Item = &'a HeaderValue>> {
+        Some(header_values(self, name))
+    }
+}
+
+fn header_values<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+) -> impl Iterator<Item = &'a HeaderValue> {
+    let values = match known_header(name) {
+        Some(header) => headers.get_all(header),
+        None => headers.get_all(name),
+    };
+    values.iter()
+}
+
+/// The `HeaderName` for `name`; `None` when it is not a valid one.
+fn header_name(name: &'static str) -> Option<HeaderName> {
+    match known_header(name) {
+        Some(header) => Some(header.clone()),
+        None => HeaderName::from_bytes(name.as_bytes()).ok(),
     }
 }
 
 impl CarrierMut for HeaderMap {
     fn set(&mut self, name: &'static str, value: &str) {
-        let header = match known_header(name) {
-            Some(header) => header.clone(),
-            None => match HeaderName::from_bytes(name.as_bytes()) {
-                Ok(header) => header,
-                Err(_) => return,
-            },
-        };
         // Trace context values are visible ASCII by construction.
-        if let Ok(value) = HeaderValue::from_str(value) {
+        if let (Some(header), Ok(value)) = (header_name(name), HeaderValue::from_str(value)) {
+            self.insert(header, value);
+        }
+    }
+
+    fn set_value(&mut self, name: &'static str, value: HeaderValue) {
+        if let Some(header) = header_name(name) {
             self.insert(header, value);
         }
     }

@@ -172,12 +172,42 @@ impl fmt::Display for TraceFlags {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// One in every byte of a `u64`, and the high bit of every byte: the
+/// constants of the eight-bytes-at-a-time ("SWAR") hex routines below.
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = ONES * 0x80;
+
 /// Writes `bytes` as lowercase hex into `out`, which is twice as long.
+/// Inlined, so the fixed lengths of ids unroll it.
+#[inline]
 pub(crate) fn encode_hex(bytes: &[u8], out: &mut [u8]) {
-    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+    let mut bytes = bytes.chunks_exact(4);
+    let mut out = out.chunks_exact_mut(8);
+    for (four, eight) in (&mut bytes).zip(&mut out) {
+        let four: [u8; 4] = four.try_into().unwrap_or_default();
+        eight.copy_from_slice(&encode_4(four));
+    }
+    for (pair, byte) in out
+        .into_remainder()
+        .chunks_exact_mut(2)
+        .zip(bytes.remainder())
+    {
         pair[0] = HEX[usize::from(byte >> 4)];
         pair[1] = HEX[usize::from(byte & 0x0f)];
     }
+}
+
+/// Four bytes as eight lowercase hex digits, all at once in a `u64`.
+const fn encode_4(bytes: [u8; 4]) -> [u8; 8] {
+    // Each byte into the low half of its own 16-bit lane, ...
+    let x = u32::from_be_bytes(bytes) as u64;
+    let x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+    let x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+    // ... then its high nibble into the lane's high byte: one nibble a byte.
+    let nibbles = ((x << 4) & 0x0f00_0f00_0f00_0f00) | (x & 0x000f_000f_000f_000f);
+    // A nibble over 9 sets the high bit of `nibble + 0x76`; it is a letter.
+    let letters = ((nibbles + ONES * 0x76) & HIGH) >> 7;
+    (nibbles + ONES * b'0' as u64 + letters * (b'a' - b'0' - 10) as u64).to_be_bytes()
 }
 
 /// The value of each byte as a lowercase hex digit; `INVALID` (above any
@@ -197,13 +227,28 @@ const fn hex_values() -> [u8; 256] {
 
 /// Decodes exactly `N * 2` lowercase hex digits. The length is checked
 /// first, and each digit on its own: no sign, no uppercase, no padding.
+/// Inlined, so the fixed lengths of ids unroll it.
+#[inline]
 pub(crate) fn decode_hex<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
     if hex.len() != N * 2 {
         return None;
     }
     let mut out = [0u8; N];
+    let mut eights = hex.chunks_exact(8);
+    let mut fours = out.chunks_exact_mut(4);
     let mut invalid = false;
-    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+    for (eight, four) in (&mut eights).zip(&mut fours) {
+        let eight: [u8; 8] = eight.try_into().unwrap_or_default();
+        match decode_8(eight) {
+            Some(decoded) => four.copy_from_slice(&decoded),
+            None => invalid = true,
+        }
+    }
+    for (byte, pair) in fours
+        .into_remainder()
+        .iter_mut()
+        .zip(eights.remainder().chunks_exact(2))
+    {
         let (high, low) = (
             HEX_VALUES[usize::from(pair[0])],
             HEX_VALUES[usize::from(pair[1])],
@@ -212,6 +257,30 @@ pub(crate) fn decode_hex<const N: usize>(hex: &[u8]) -> Option<[u8; N]> {
         *byte = (high << 4) | (low & 0x0f);
     }
     (!invalid).then_some(out)
+}
+
+/// Eight lowercase hex digits as four bytes, all at once in a `u64`; `None`
+/// when any byte is not one of `0-9a-f`.
+fn decode_8(hex: [u8; 8]) -> Option<[u8; 4]> {
+    let x = u64::from_be_bytes(hex);
+    // For bytes under 0x80 (checked below), adding `0x80 - lo` sets a
+    // byte's high bit exactly when it is at least `lo`, with no carry into
+    // the next byte; adding `0x7f - hi`, when it is above `hi`.
+    let at_least = |lo: u8| x.wrapping_add(ONES * (0x80 - lo) as u64) & HIGH;
+    let above = |hi: u8| x.wrapping_add(ONES * (0x7f - hi) as u64) & HIGH;
+    let digits = at_least(b'0') & !above(b'9');
+    let letters = at_least(b'a') & !above(b'f');
+    if x & HIGH != 0 || digits | letters != HIGH {
+        return None;
+    }
+    // `0`-`9` are 0x30-0x39 and `a`-`f` 0x61-0x66: the low nibble, plus 9
+    // for a letter.
+    let nibbles = (x & (ONES * 0x0f)) + (letters >> 7) * 9;
+    // Each pair of nibbles into one byte, then the four bytes together.
+    let x = (nibbles | (nibbles >> 4)) & 0x00ff_00ff_00ff_00ff;
+    let x = (x | (x >> 8)) & 0x0000_ffff_0000_ffff;
+    let x = (x | (x >> 16)) & 0xffff_ffff;
+    Some((x as u32).to_be_bytes())
 }
 
 #[cfg(test)]
@@ -247,6 +316,40 @@ mod tests {
         let b = TraceId::random();
         assert_ne!(a, b);
         assert_ne!(SpanId::random(), SpanId::random());
+    }
+
+    /// The eight-at-a-time routines agree with the table, digit by digit:
+    /// every byte value in every position of a chunk.
+    #[test]
+    fn swar_hex_agrees_with_the_table() {
+        for byte in 0..=255u8 {
+            let mut hex = *b"0123abcd";
+            for position in 0..8 {
+                let saved = hex[position];
+                hex[position] = byte;
+                let table = hex
+                    .iter()
+                    .all(|&b| HEX_VALUES[usize::from(b)] <= 0x0f)
+                    .then(|| {
+                        let mut out = [0u8; 4];
+                        for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+                            *o = (HEX_VALUES[usize::from(pair[0])] << 4)
+                                | HEX_VALUES[usize::from(pair[1])];
+                        }
+                        out
+                    });
+                assert_eq!(decode_8(hex), table, "{hex:?}");
+                hex[position] = saved;
+            }
+            let bytes = [byte, !byte, byte ^ 0x5a, byte.wrapping_mul(7)];
+            let mut table = [0u8; 8];
+            for (pair, b) in table.chunks_exact_mut(2).zip(bytes) {
+                pair[0] = HEX[usize::from(b >> 4)];
+                pair[1] = HEX[usize::from(b & 0x0f)];
+            }
+            assert_eq!(encode_4(bytes), table);
+            assert_eq!(decode_8(table), Some(bytes));
+        }
     }
 
     #[test]

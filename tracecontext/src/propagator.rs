@@ -116,7 +116,11 @@ impl Propagator {
             return Err(ExtractError::Duplicated);
         }
         let parent = TraceParent::parse(first)?;
-        let mut state = match TraceState::parse_lines(carrier.values(TRACESTATE)) {
+        let state = match carrier.header_values(TRACESTATE) {
+            Some(lines) => TraceState::parse_header_values(lines),
+            None => TraceState::parse_lines(carrier.values(TRACESTATE)),
+        };
+        let mut state = match state {
             Ok(state) => state,
             Err(err) => {
                 tracing::debug!(target: "palisade_tracecontext", %err, "tracestate discarded");
@@ -152,14 +156,18 @@ impl Propagator {
     /// Writes `context` to `carrier`: `traceparent` naming its span as the
     /// parent, and `tracestate` when it has members (an empty one is
     /// removed, never written).
+    ///
+    /// The `tracestate` goes through [`CarrierMut::set_value`]: an
+    /// [`http::HeaderMap`] shares the state's bytes, so the only allocation
+    /// is the `traceparent`'s value.
     pub fn inject<C: CarrierMut + ?Sized>(&self, context: &TraceContext, carrier: &mut C) {
         let encoded: [u8; TRACEPARENT_LEN] = context.traceparent().encode();
         carrier.set(
             TRACEPARENT,
             std::str::from_utf8(&encoded).unwrap_or_default(),
         );
-        match context.trace_state().header_value() {
-            Some(state) => carrier.set(TRACESTATE, state),
+        match context.trace_state().as_header_value() {
+            Some(state) => carrier.set_value(TRACESTATE, state.clone()),
             None => carrier.remove(TRACESTATE),
         }
     }

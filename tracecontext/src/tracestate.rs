@@ -1,7 +1,9 @@
 //! The `tracestate` header: up to 32 vendor entries, validated as a whole.
 
 use std::fmt;
-use std::sync::Arc;
+use std::hash::{Hash, Hasher};
+
+use http::HeaderValue;
 
 use crate::error::TraceStateError;
 
@@ -37,7 +39,20 @@ const LONG_MEMBER: usize = 128;
 /// the most recent, is kept and later ones are dropped, as Level 2 allows a
 /// participant to discard duplicate keys it did not write.
 ///
-/// Cloning is cheap (the list is shared); an empty state writes no header.
+/// The members are kept as the header value to send, an
+/// [`http::HeaderValue`]: cloning is cheap (the bytes are shared, not
+/// copied), a carrier that takes header values (an [`http::HeaderMap`])
+/// writes it without copying or checking it again
+/// ([`as_header_value`](Self::as_header_value)), and an empty state writes
+/// no header.
+///
+/// A state read from `http` header values with
+/// [`parse_header_values`](Self::parse_header_values) (as
+/// [`Propagator::extract`](crate::Propagator::extract) does from an
+/// [`http::HeaderMap`]) shares the received line when it is already in
+/// normal form, so it keeps the buffer that line was read into (with hyper,
+/// the request head's) alive as long as the request's own headers would,
+/// until it is dropped or changed.
 ///
 /// # Example
 ///
@@ -59,10 +74,41 @@ const LONG_MEMBER: usize = 128;
 /// assert_eq!(state.header_value(), Some("rojo=1,congo=2"));
 /// # Ok::<(), palisade_tracecontext::TraceStateError>(())
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default)]
 pub struct TraceState {
-    /// Members joined by `,` with no whitespace; `None` when there are none.
-    list: Option<Arc<str>>,
+    /// Members joined by `,` with no whitespace, only visible ASCII and
+    /// spaces; `None` when there are none.
+    list: Option<HeaderValue>,
+}
+
+/// A `tracestate` line to parse: its bytes, and whether it can be kept as
+/// it is instead of copied.
+trait Line<'a>: Copy {
+    fn bytes(self) -> &'a [u8];
+    /// The line as a header value to keep, if it can be shared.
+    fn share(self) -> Option<HeaderValue>;
+}
+
+impl<'a> Line<'a> for &'a [u8] {
+    fn bytes(self) -> &'a [u8] {
+        self
+    }
+
+    fn share(self) -> Option<HeaderValue> {
+        None
+    }
+}
+
+impl<'a> Line<'a> for &'a HeaderValue {
+    fn bytes(self) -> &'a [u8] {
+        self.as_bytes()
+    }
+
+    fn share(self) -> Option<HeaderValue> {
+        let mut value = self.clone();
+        value.set_sensitive(false);
+        Some(value)
+    }
 }
 
 impl TraceState {
@@ -84,65 +130,123 @@ impl TraceState {
     where
         I: IntoIterator<Item = &'a [u8]>,
     {
-        // Validate every member in place, without allocating; a member is
-        // its bytes and the length of its key. `received` counts every
-        // member, `count` those kept (a repeated key is dropped).
+        Self::parse(lines)
+    }
+
+    /// [`parse_lines`](Self::parse_lines) for the lines of an `http`
+    /// header (`headers.get_all("tracestate")`): a single line already in
+    /// normal form (no whitespace, no empty member, no repeated key), as
+    /// senders write it, is kept as it is, its bytes shared rather than
+    /// copied; no allocation.
+    ///
+    /// # Errors
+    ///
+    /// As [`parse_lines`](Self::parse_lines).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use palisade_tracecontext::TraceState;
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("tracestate", "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE".parse()?);
+    /// let state = TraceState::parse_header_values(&headers.get_all("tracestate"))?;
+    /// assert_eq!(state.as_header_value(), headers.get("tracestate"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn parse_header_values<'a, I>(lines: I) -> Result<Self, TraceStateError>
+    where
+        I: IntoIterator<Item = &'a HeaderValue>,
+    {
+        Self::parse(lines)
+    }
+
+    fn parse<'a, L: Line<'a>>(lines: impl IntoIterator<Item = L>) -> Result<Self, TraceStateError> {
+        // Validate every member in place, without allocating. `received`
+        // counts every member, `members` holds those kept (a repeated key
+        // is dropped) and `kept_len` their length.
         let mut lines = lines.into_iter();
         let Some(first) = lines.next() else {
             return Ok(Self::new());
         };
-        let mut members: [(&[u8], usize); MAX_MEMBERS] = [(&[], 0); MAX_MEMBERS];
+        let mut members: [&[u8]; MAX_MEMBERS] = [&[]; MAX_MEMBERS];
         let mut received = 0;
         let mut count = 0;
-        let mut only_line = Some(first);
-        for (index, line) in std::iter::once(first).chain(lines).enumerate() {
-            if index > 0 {
-                only_line = None;
+        let mut kept_len = 0;
+        let mut keep = |member: &'a [u8], key_len: usize| {
+            if received == MAX_MEMBERS {
+                return Err(TraceStateError::TooManyMembers);
             }
-            scan_line(line, |member, key_len| {
-                if received == MAX_MEMBERS {
-                    return Err(TraceStateError::TooManyMembers);
-                }
-                received += 1;
-                let key = &member[..key_len];
-                if members[..count].iter().all(|(m, k)| &m[..*k] != key) {
-                    members[count] = (member, key_len);
-                    count += 1;
-                }
-                Ok(())
-            })?;
+            received += 1;
+            let key = &member[..key_len];
+            // A kept member has this key when it starts with the key and
+            // `=` (keys have no `=`).
+            // (Compared byte by byte: keys are short, a call to `memcmp`
+            // costs more.)
+            let repeated = members[..count].iter().any(|kept| {
+                kept.len() > key_len
+                    && kept[key_len] == b'='
+                    && kept.iter().zip(key).all(|(a, b)| a == b)
+            });
+            if !repeated {
+                members[count] = member;
+                count += 1;
+                kept_len += member.len();
+            }
+            Ok(())
+        };
+        scan_line(first.bytes(), &mut keep)?;
+        let mut only_line = Some(first);
+        for line in lines {
+            only_line = None;
+            scan_line(line.bytes(), &mut keep)?;
+        }
+        if count == 0 {
+            return Ok(Self::new());
         }
         let members = &members[..count];
-        let joined_len =
-            members.iter().map(|(m, _)| m.len()).sum::<usize>() + count.saturating_sub(1);
+        let joined_len = kept_len + count - 1;
         // A single line already in normal form (no whitespace, no empty
-        // members, no repeated key) is shared as it is: one allocation.
+        // members, no repeated key) is kept as it is: shared, or one copy.
         let list = match only_line {
-            Some(line) if line.len() == joined_len => std::str::from_utf8(line).map(Arc::from),
+            Some(line) if line.bytes().len() == joined_len => match line.share() {
+                Some(shared) => Ok(shared),
+                None => HeaderValue::from_bytes(line.bytes()),
+            },
             _ => {
                 let mut joined = Vec::with_capacity(joined_len);
-                for (i, (member, _)) in members.iter().enumerate() {
+                for (i, member) in members.iter().enumerate() {
                     if i > 0 {
                         joined.push(b',');
                     }
                     joined.extend_from_slice(member);
                 }
-                String::from_utf8(joined)
-                    .map(Arc::from)
-                    .map_err(|err| err.utf8_error())
+                HeaderValue::try_from(joined)
             }
         };
-        // Every byte was checked to be ASCII above, so both conversions hold.
+        // Every byte was checked to be visible ASCII or a space above, so
+        // both conversions hold.
         let list = list.map_err(|_| TraceStateError::InvalidValue)?;
-        Ok(Self {
-            list: (count > 0).then_some(list),
-        })
+        Ok(Self { list: Some(list) })
     }
 
     fn from_list(list: String) -> Self {
         Self {
-            list: (!list.is_empty()).then(|| Arc::from(list)),
+            // `list` is made of members already checked.
+            list: HeaderValue::try_from(list)
+                .ok()
+                .filter(|list| !list.is_empty()),
         }
+    }
+
+    /// The members joined by `,`; empty when there are none.
+    fn as_str(&self) -> &str {
+        // Only visible ASCII and spaces, as checked when it was made.
+        self.list
+            .as_ref()
+            .and_then(|list| std::str::from_utf8(list.as_bytes()).ok())
+            .unwrap_or_default()
     }
 
     /// Whether there are no members.
@@ -159,9 +263,7 @@ impl TraceState {
 
     /// The members in order, as `(key, value)`.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.list
-            .as_deref()
-            .unwrap_or_default()
+        self.as_str()
             .split(',')
             .filter(|member| !member.is_empty())
             .filter_map(|member| member.split_once('='))
@@ -189,7 +291,7 @@ impl TraceState {
             return Err(TraceStateError::InvalidValue);
         }
         let mut list = String::with_capacity(
-            key.len() + value.len() + 2 + self.list.as_deref().map_or(0, str::len),
+            key.len() + value.len() + 2 + self.list.as_ref().map_or(0, HeaderValue::len),
         );
         list.push_str(key);
         list.push('=');
@@ -218,7 +320,7 @@ impl TraceState {
     /// 128 characters first, longest first, then from the right.
     pub fn truncate(&mut self, max_len: usize) {
         let limit = max_len.max(MIN_PROPAGATED_LEN);
-        while self.list.as_deref().map_or(0, str::len) > limit {
+        while self.list.as_ref().map_or(0, HeaderValue::len) > limit {
             let longest = self
                 .iter()
                 .enumerate()
@@ -252,7 +354,30 @@ impl TraceState {
     /// empty `tracestate` header is never written.
     #[must_use]
     pub fn header_value(&self) -> Option<&str> {
-        self.list.as_deref()
+        self.list.as_ref().map(|_| self.as_str())
+    }
+
+    /// The header value to send as an [`http::HeaderValue`], to write
+    /// without copying it (clone it: its bytes are shared), or `None` when
+    /// there are no members.
+    #[must_use]
+    pub const fn as_header_value(&self) -> Option<&HeaderValue> {
+        self.list.as_ref()
+    }
+}
+
+impl PartialEq for TraceState {
+    fn eq(&self, other: &Self) -> bool {
+        self.list.as_ref().map(HeaderValue::as_bytes)
+            == other.list.as_ref().map(HeaderValue::as_bytes)
+    }
+}
+
+impl Eq for TraceState {}
+
+impl Hash for TraceState {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.list.as_ref().map(HeaderValue::as_bytes).hash(state);
     }
 }
 
@@ -264,13 +389,15 @@ impl fmt::Debug for TraceState {
 
 impl fmt::Display for TraceState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.list.as_deref().unwrap_or_default())
+        f.write_str(self.as_str())
     }
 }
 
 /// Character classes of the grammar, one table lookup per byte.
 const KEY_CHAR: u8 = 1;
 const VALUE_CHAR: u8 = 2;
+/// What a key may start with: `lcalpha / DIGIT`.
+const KEY_FIRST: u8 = 4;
 static CLASSES: [u8; 256] = classes();
 
 const fn classes() -> [u8; 256] {
@@ -280,6 +407,9 @@ const fn classes() -> [u8; 256] {
         let byte = b as u8;
         if is_key_char(byte) {
             table[b] |= KEY_CHAR;
+        }
+        if byte.is_ascii_lowercase() || byte.is_ascii_digit() {
+            table[b] |= KEY_FIRST;
         }
         if byte >= 0x20 && byte <= 0x7e && byte != b',' && byte != b'=' {
             table[b] |= VALUE_CHAR;
@@ -293,64 +423,149 @@ const fn is_ows(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
-/// Splits one header line into members, validating each in a single pass,
-/// and hands each (without surrounding whitespace) and its key length to
-/// `found`.
+/// The class bits of `byte`.
+fn class(byte: u8) -> u8 {
+    CLASSES[usize::from(byte)]
+}
+
+/// Splits one header line into members, validating each, and hands each
+/// (without surrounding whitespace) and its key length to `found`.
+///
+/// Plain members (`key=value` with no space in the value, then `,` or the
+/// end: what senders write) are read by a fast path; from the first member
+/// that is not plain on, [`scan_exact`] reads the rest of the line, as it
+/// would have from there.
 fn scan_line<'a>(
     line: &'a [u8],
-    mut found: impl FnMut(&'a [u8], usize) -> Result<(), TraceStateError>,
+    found: &mut impl FnMut(&'a [u8], usize) -> Result<(), TraceStateError>,
 ) -> Result<(), TraceStateError> {
-    let class = |i: usize| CLASSES[usize::from(line[i])];
-    let len = line.len();
-    let mut i = 0;
+    let mut rest = line;
+    while let Some((member_len, key_len)) = plain_member(rest) {
+        found(&rest[..member_len], key_len)?;
+        match rest.get(member_len + 1..) {
+            Some(next) => rest = next,
+            None => return Ok(()),
+        }
+    }
+    scan_exact(rest, found)
+}
+
+/// The lengths of the plain member at the start of `rest` and of its key,
+/// when it is one: a valid key, `=`, a valid value with no space, then `,`
+/// or the end of the line. `None` for anything else.
+fn plain_member(rest: &[u8]) -> Option<(usize, usize)> {
+    let mut key_len = 0;
+    while key_len < rest.len() && class(rest[key_len]) & KEY_CHAR != 0 {
+        key_len += 1;
+    }
+    if key_len == 0 || key_len > 256 || class(rest[0]) & KEY_FIRST == 0 {
+        return None;
+    }
+    let value = rest.get(key_len + 1..).filter(|_| rest[key_len] == b'=')?;
+    let value_len = plain_value_len(value);
+    let ends = matches!(value.get(value_len), None | Some(b','));
+    (ends && (1..=256).contains(&value_len)).then_some((key_len + 1 + value_len, key_len))
+}
+
+/// How many bytes at the start of `value` are value characters other than
+/// space (`%x21-2B / %x2D-3C / %x3E-7E`), eight at a time.
+fn plain_value_len(value: &[u8]) -> usize {
+    let mut chunks = value.chunks_exact(8);
+    let mut len = 0;
+    for chunk in &mut chunks {
+        let stops = not_plain(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
+        if stops != 0 {
+            return len + (stops.trailing_zeros() / 8) as usize;
+        }
+        len += 8;
+    }
+    let tail = chunks.remainder();
+    if tail.is_empty() {
+        return len;
+    }
+    // The last eight bytes, overlapping bytes already found plain (which
+    // the test leaves unmarked).
+    if let Some(last) = value.last_chunk::<8>() {
+        let stops = not_plain(u64::from_le_bytes(*last));
+        return match stops {
+            0 => value.len(),
+            _ => value.len() - 8 + (stops.trailing_zeros() / 8) as usize,
+        };
+    }
+    tail.iter()
+        .position(|&b| class(b) & VALUE_CHAR == 0 || b == b' ')
+        .unwrap_or(tail.len())
+}
+
+/// The high bit of each byte of `x` (in memory order from the lowest) that
+/// is not a plain value character: below `!`, above `~`, `,` or `=`. A
+/// test can also mark bytes after the first it marks (a borrow), never
+/// before it, so the lowest mark is exact.
+const fn not_plain(x: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0x80;
+    const fn zero_bytes(v: u64) -> u64 {
+        v.wrapping_sub(ONES) & !v & HIGH
+    }
+    let below = x.wrapping_sub(ONES * 0x21) & !x & HIGH;
+    let above = x & HIGH | zero_bytes(x ^ (ONES * 0x7f));
+    let separators = zero_bytes(x ^ (ONES * b',' as u64)) | zero_bytes(x ^ (ONES * b'=' as u64));
+    below | above | separators
+}
+
+/// Splits a header line, from the start of a member (or of the line), into
+/// members exactly as the grammar says, validating each in a single pass,
+/// and hands each (without surrounding whitespace) and its key length to
+/// `found`.
+fn scan_exact<'a>(
+    line: &'a [u8],
+    found: &mut impl FnMut(&'a [u8], usize) -> Result<(), TraceStateError>,
+) -> Result<(), TraceStateError> {
+    let mut rest = line;
     loop {
-        while i < len && is_ows(line[i]) {
-            i += 1;
-        }
-        if i == len {
+        // Whitespace and empty members.
+        let Some(start) = rest.iter().position(|&b| !is_ows(b) && b != b',') else {
             return Ok(());
-        }
-        if line[i] == b',' {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < len && class(i) & KEY_CHAR != 0 {
-            i += 1;
-        }
-        let key_end = i;
-        if i == len || line[i] != b'=' {
-            while i < len && is_ows(line[i]) {
-                i += 1;
-            }
-            let ends_member = i == len || line[i] == b',';
-            return Err(if ends_member && key_end > start {
+        };
+        rest = &rest[start..];
+        let key_len = rest
+            .iter()
+            .position(|&b| class(b) & KEY_CHAR == 0)
+            .unwrap_or(rest.len());
+        let Some((&b'=', after)) = rest[key_len..].split_first() else {
+            let next = rest[key_len..].iter().find(|&&b| !is_ows(b));
+            let ends_member = matches!(next, None | Some(b','));
+            return Err(if ends_member && key_len > 0 {
                 TraceStateError::MissingEquals
             } else {
                 TraceStateError::InvalidKey
             });
-        }
-        if !is_valid_key(&line[start..key_end]) {
+        };
+        // Every byte is a keychar: check the first and the length.
+        if key_len == 0 || key_len > 256 || class(rest[0]) & KEY_FIRST == 0 {
             return Err(TraceStateError::InvalidKey);
         }
-        i += 1;
-        let value_start = i;
-        while i < len && class(i) & VALUE_CHAR != 0 {
-            i += 1;
-        }
+        let value_run = after
+            .iter()
+            .position(|&b| class(b) & VALUE_CHAR == 0)
+            .unwrap_or(after.len());
         // Trailing spaces are whitespace around the member, not value.
-        let mut value_end = i;
-        while value_end > value_start && line[value_end - 1] == b' ' {
-            value_end -= 1;
-        }
-        while i < len && is_ows(line[i]) {
-            i += 1;
-        }
-        let value_len = value_end - value_start;
-        if (i < len && line[i] != b',') || value_len == 0 || value_len > 256 {
+        let value_len = after[..value_run]
+            .iter()
+            .rposition(|&b| b != b' ')
+            .map_or(0, |last| last + 1);
+        let next = after[value_run..].iter().position(|&b| !is_ows(b));
+        if next.is_some_and(|next| after[value_run + next] != b',')
+            || value_len == 0
+            || value_len > 256
+        {
             return Err(TraceStateError::InvalidValue);
         }
-        found(&line[start..value_end], key_end - start)?;
+        found(&rest[..key_len + 1 + value_len], key_len)?;
+        rest = match next {
+            Some(next) => &after[value_run + next..],
+            None => return Ok(()),
+        };
     }
 }
 
@@ -361,7 +576,7 @@ const fn is_key_char(b: u8) -> bool {
 
 /// `key = ( lcalpha / DIGIT ) 0*255 ( keychar )`.
 fn is_valid_key(key: &[u8]) -> bool {
-    matches!(key.first(), Some(&b) if b.is_ascii_lowercase() || b.is_ascii_digit())
+    matches!(key.first(), Some(&b) if class(b) & KEY_FIRST != 0)
         && key.len() <= 256
         && key.iter().all(|&b| is_key_char(b))
 }
