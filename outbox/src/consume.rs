@@ -1,6 +1,7 @@
 //! Applying messages once: what a consumer's handler sees and returns, the
 //! transaction that runs it with the inbox check, and the in-process
-//! consumer of [`MemoryBroker`](crate::MemoryBroker) subscriptions.
+//! consumer of [`HandoffBroker`](crate::HandoffBroker) and
+//! [`MemoryBroker`](crate::MemoryBroker) subscriptions.
 
 use std::error::Error;
 use std::future::Future;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::envelope::Envelope;
-use crate::event::Message;
+use crate::handoff::Inbound;
 use crate::store::InboxStore;
 
 /// A boxed error, as handlers return them.
@@ -388,9 +389,11 @@ where
     }
 }
 
-/// Consumes a [`MemoryBroker`](crate::MemoryBroker) subscription into a
-/// database, applying each message once: the in-process counterpart of
-/// `JetStreamConsumer`, for the embedded default.
+/// Consumes an in-process subscription into a database, applying each
+/// message once: the in-process counterpart of `JetStreamConsumer`, for the
+/// embedded default. On a [`HandoffBroker`](crate::HandoffBroker)
+/// subscription it settles each message once applied, which is what
+/// acknowledges the publish.
 ///
 /// Messages are applied in the order published; those that queue up are
 /// applied together, one transaction for up to [`batch`](Self::batch) of
@@ -526,11 +529,15 @@ where
         self.counters.snapshot()
     }
 
-    /// Consumes `subscription` until `shutdown` completes or the broker is
-    /// gone; the messages under way are finished first.
-    pub async fn run(
+    /// Consumes `subscription` (of a [`MemoryBroker`](crate::MemoryBroker)
+    /// or a [`HandoffBroker`](crate::HandoffBroker)) until `shutdown`
+    /// completes or the broker is gone; the messages under way are
+    /// finished, and settled, first. Each message is settled once its
+    /// transaction committed (or it was skipped, a duplicate, or given up
+    /// on); those still queued when it stops are not.
+    pub async fn run<M: Inbound>(
         &self,
-        mut subscription: mpsc::Receiver<Message>,
+        mut subscription: mpsc::Receiver<M>,
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
@@ -551,15 +558,16 @@ where
                 }
             }
             self.process(&batch).await;
-            batch.clear();
+            batch.drain(..).for_each(Inbound::settle);
         }
     }
 
     /// Applies `messages` in order, as many per transaction as go through;
     /// one that fails is retried on its own before the next.
-    async fn process(&self, messages: &[Message]) {
+    async fn process<M: Inbound>(&self, messages: &[M]) {
         let deliveries: Vec<Delivery> = messages
             .iter()
+            .map(Inbound::message)
             .filter(|message| self.only.admits(message.event.event_type()))
             .map(|message| Delivery {
                 envelope: Envelope::of(message, "/palisade-outbox/memory"),

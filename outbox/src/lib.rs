@@ -30,6 +30,10 @@
 //!   fallback.
 //! - Consumers apply each message once with an inbox ([`PgInbox`],
 //!   [`SqliteInbox`]) written in the same transaction as the effect.
+//! - In process, [`HandoffBroker`] acknowledges a publish only once every
+//!   consumer ([`MemoryConsumer`]) applied the event, so the outbox stays
+//!   the log and a crash or a stop loses nothing (the embedded default);
+//!   [`MemoryBroker`] acknowledges once the event is queued, for tests.
 //! - With feature `nats`, [`NatsJetStreamPublisher`] publishes to JetStream
 //!   with `Nats-Msg-Id` and the CloudEvents [`Envelope`] as headers.
 //! - With feature `otel`, [`Relay::instrument`] reports what the relay did
@@ -37,9 +41,10 @@
 //!
 //! # Example
 //!
-//! The embedded default, end to end: an order and its event in one SQLite
-//! transaction, a relay to the in-process broker, and a consumer applying
-//! it once through its inbox.
+//! End to end in one SQLite database: an order and its event in one
+//! transaction, a relay to an in-process broker, and a consumer applying
+//! it once through its inbox, by hand (see [`HandoffBroker`] for the
+//! embedded default, where [`MemoryConsumer`] does it).
 //!
 //! ```
 //! # #[cfg(feature = "sqlite")]
@@ -80,6 +85,8 @@ mod consume;
 mod envelope;
 pub mod error;
 mod event;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod handoff;
 #[cfg(all(feature = "nats", any(feature = "postgres", feature = "sqlite")))]
 mod jetstream;
 #[cfg(feature = "nats")]
@@ -104,6 +111,8 @@ pub use consume::{BoxError, ConsumerStats, Delivery, Handled, Handler, MemoryCon
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::{ConfigError, PublishError, PublishErrorKind};
 pub use event::{Event, Message};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use handoff::{Handoff, HandoffBroker, Inbound};
 #[cfg(all(feature = "nats", any(feature = "postgres", feature = "sqlite")))]
 pub use jetstream::{ConsumerConfig, ConsumerSetupError, JetStreamConsumer};
 #[cfg(feature = "nats")]

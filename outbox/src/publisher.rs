@@ -28,8 +28,8 @@ pub trait Publisher: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Published, PublishError>> + Send;
 }
 
-/// An in-process broker, for the embedded default and for tests without a
-/// server.
+/// An in-process broker that acknowledges once the event is queued, for
+/// tests without a server.
 ///
 /// Every subscriber gets every event published after it subscribed, in
 /// order, through a queue of `capacity` events. Nothing is dropped: a
@@ -39,9 +39,13 @@ pub trait Publisher: Send + Sync + 'static {
 /// seen among the last `capacity` is acknowledged as a duplicate and not
 /// delivered again, as JetStream does within its window.
 ///
-/// It keeps nothing across a restart: events acknowledged but not yet
-/// consumed when the process ends are gone. Use a durable broker (feature
-/// `nats`) where that matters.
+/// Its acknowledgement is not durable: events acknowledged (and so marked
+/// sent by the relay) but not yet consumed when the process ends, or when
+/// a subscriber stops with its queue unread, are gone; a subscriber that
+/// is gone misses what is published meanwhile. Where that matters, use
+/// [`HandoffBroker`](crate::HandoffBroker) in process (feature `sqlite` or
+/// `postgres`: acknowledged once applied, the outbox stays the log), or a
+/// durable broker (feature `nats`).
 #[derive(Debug, Clone)]
 pub struct MemoryBroker {
     subscribers: Arc<Mutex<Vec<mpsc::Sender<Message>>>>,
