@@ -113,10 +113,20 @@ struct IdentityFile {
 }
 
 /// The users and OAuth clients, checked when read.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Identity {
     users: Arc<HashMap<String, UserEntry>>,
     clients: Arc<HashMap<String, Vec<String>>>,
+}
+
+/// Names only: no hash in logs.
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .field("clients", &self.clients)
+            .finish()
+    }
 }
 
 /// The password hasher: Argon2id, m = 19 MiB, t = 2, p = 1.
@@ -499,6 +509,11 @@ mod tests {
             user("ops", r#"["operator"]"#)
         );
         let identity = Identity::from_json(&good).unwrap();
+        let shown = format!("{identity:?}");
+        assert!(
+            shown.contains("ops") && !shown.contains("argon2"),
+            "{shown}"
+        );
         assert!(identity.allows_redirect("c", "http://localhost/cb"));
         assert!(!identity.allows_redirect("c", "http://localhost/cb/"));
         assert!(!identity.allows_redirect("d", "http://localhost/cb"));
