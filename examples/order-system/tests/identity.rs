@@ -8,6 +8,7 @@ use palisade_order_system::embedded::System;
 use palisade_order_system::identity::{CLI_CLIENT_ID, CLI_REDIRECT_URI, Credential, hash_password};
 use palisade_order_system::load::Gateway;
 use palisade_pkce::{CodeChallenge, CodeVerifier};
+use palisade_token_bucket::Bucket;
 
 mod support;
 use support::{credentials, settings, signed_in, start};
@@ -416,5 +417,27 @@ async fn the_token_command_signs_in_with_the_demo_credentials() {
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("bob may not sign in"), "{said}");
     assert!(refused.stdout.is_empty());
+    stop(system, dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_follows_the_user_not_the_token() {
+    // Five requests, then one every 1,000 s, per user: a second token of
+    // the same user (a fresh sign-in) draws on the same bucket.
+    let (system, dir) = support::start_with(Some(Bucket::new(5, 0.001).unwrap())).await;
+    let (first, second) = (
+        signed_in(&system, "alice").await,
+        signed_in(&system, "alice").await,
+    );
+    assert_ne!(first.authorization(), second.authorization());
+    let mut statuses = Vec::new();
+    for gateway in [&first, &second, &first, &second, &first, &second] {
+        let (status, _) = gateway
+            .send(Method::GET, "/orders/none", &[], Bytes::new())
+            .await
+            .unwrap();
+        statuses.push(status.as_u16());
+    }
+    assert_eq!(statuses, [404, 404, 404, 404, 404, 429]);
     stop(system, dir).await;
 }
