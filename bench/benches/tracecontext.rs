@@ -6,6 +6,9 @@
 //!   one to an outgoing request's headers.
 //! - `extract_inject_4_members`: the same with a 4-member `tracestate`,
 //!   carried along.
+//! - `extract_4_members`: only reading the request's headers (palisade
+//!   continues the trace with a span id of its own; the SDK builds its
+//!   `Context`).
 //!
 //! Both sides write into one outgoing `HeaderMap` that is cleared between
 //! iterations, as a real outgoing request already has its header map:
@@ -71,6 +74,14 @@ fn compare(c: &mut Criterion) {
             },
         );
     }
+    let (_, incoming) = &requests()[1];
+    group.bench_function(BenchmarkId::new("palisade", "extract_4_members"), |b| {
+        b.iter(|| black_box(palisade.continue_or_start(black_box(incoming))));
+    });
+    group.bench_function(
+        BenchmarkId::new("opentelemetry_sdk", "extract_4_members"),
+        |b| b.iter(|| black_box(sdk.extract(&HeaderExtractor(black_box(incoming))))),
+    );
     group.finish();
 }
 

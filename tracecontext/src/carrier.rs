@@ -20,6 +20,7 @@ pub(crate) static TRACERESPONSE_HEADER: HeaderName = HeaderName::from_static(TRA
 /// The header for one of our field names, built at compile time, so no
 /// request pays for parsing or allocating it. The three names differ in
 /// length, so one comparison of lengths picks the candidate.
+#[inline]
 fn known_header(name: &str) -> Option<&'static HeaderName> {
     let (known, header) = match name.len() {
         11 => (TRACEPARENT, &TRACEPARENT_HEADER),
@@ -94,6 +95,7 @@ impl Carrier for HeaderMap {
     }
 }
 
+#[inline]
 fn header_values<'a>(
     headers: &'a HeaderMap,
     name: &'static str,

@@ -161,10 +161,11 @@ impl Propagator {
     /// [`http::HeaderMap`] shares the state's bytes, so the only allocation
     /// is the `traceparent`'s value.
     pub fn inject<C: CarrierMut + ?Sized>(&self, context: &TraceContext, carrier: &mut C) {
-        let encoded: [u8; TRACEPARENT_LEN] = context.traceparent().encode();
+        // Word-aligned, so `from_utf8` checks it a word at a time.
+        let encoded = Aligned(context.traceparent().encode());
         carrier.set(
             TRACEPARENT,
-            std::str::from_utf8(&encoded).unwrap_or_default(),
+            std::str::from_utf8(&encoded.0).unwrap_or_default(),
         );
         match context.trace_state().as_header_value() {
             Some(state) => carrier.set_value(TRACESTATE, state.clone()),
@@ -172,6 +173,10 @@ impl Propagator {
         }
     }
 }
+
+/// A `traceparent` in a buffer aligned to a machine word.
+#[repr(align(8))]
+struct Aligned([u8; TRACEPARENT_LEN]);
 
 impl Default for Propagator {
     fn default() -> Self {

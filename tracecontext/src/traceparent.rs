@@ -146,6 +146,9 @@ impl FromStr for TraceParent {
 /// Strips HTTP's optional whitespace (spaces and tabs) from both ends.
 pub(crate) fn trim_ows(value: &[u8]) -> &[u8] {
     let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
+    if !value.first().is_some_and(is_ows) && !value.last().is_some_and(is_ows) {
+        return value;
+    }
     let start = value.iter().position(|b| !is_ows(b)).unwrap_or(value.len());
     let end = value
         .iter()
