@@ -3,7 +3,9 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
+use bytes::Bytes;
 use http::HeaderValue;
+use http::header::InvalidHeaderValue;
 
 use crate::error::TraceStateError;
 
@@ -212,17 +214,28 @@ impl TraceState {
         let list = match only_line {
             Some(line) if line.bytes().len() == joined_len => match line.share() {
                 Some(shared) => Ok(shared),
-                None => HeaderValue::from_bytes(line.bytes()),
+                None => copied(line.bytes()),
             },
             _ => {
-                let mut joined = Vec::with_capacity(joined_len);
-                for (i, member) in members.iter().enumerate() {
-                    if i > 0 {
-                        joined.push(b',');
+                // Joined on the stack when it fits, then copied once.
+                let mut stack = [0u8; 488];
+                let mut heap = Vec::new();
+                let joined = if joined_len <= stack.len() {
+                    &mut stack[..joined_len]
+                } else {
+                    heap.resize(joined_len, 0);
+                    &mut heap[..]
+                };
+                let mut at = 0;
+                for member in members {
+                    if at > 0 {
+                        joined[at] = b',';
+                        at += 1;
                     }
-                    joined.extend_from_slice(member);
+                    joined[at..at + member.len()].copy_from_slice(member);
+                    at += member.len();
                 }
-                HeaderValue::try_from(joined)
+                copied(joined)
             }
         };
         // Every byte was checked to be visible ASCII or a space above, so
@@ -391,6 +404,42 @@ impl fmt::Display for TraceState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// `bytes` as a header value in one allocation that clones share: held
+/// inline by a `Bytes` owner, in one of a few sizes. (A `Bytes` made from a
+/// `Vec` allocates again when it is first cloned, and a state is cloned for
+/// every child span.) Longer values take the `Vec` way.
+fn copied(bytes: &[u8]) -> Result<HeaderValue, InvalidHeaderValue> {
+    match bytes.len() {
+        0..=40 => inline::<40>(bytes),
+        41..=104 => inline::<104>(bytes),
+        105..=232 => inline::<232>(bytes),
+        233..=488 => inline::<488>(bytes),
+        _ => HeaderValue::from_bytes(bytes),
+    }
+}
+
+/// Up to `N` bytes kept inline; the allocation of `Bytes::from_owner` adds
+/// 24 bytes, so the sizes above fill 64, 128, 256 and 512 bytes.
+struct Inline<const N: usize> {
+    len: usize,
+    buf: [u8; N],
+}
+
+impl<const N: usize> AsRef<[u8]> for Inline<N> {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+fn inline<const N: usize>(bytes: &[u8]) -> Result<HeaderValue, InvalidHeaderValue> {
+    let mut inline = Inline {
+        len: bytes.len(),
+        buf: [0; N],
+    };
+    inline.buf[..bytes.len()].copy_from_slice(bytes);
+    HeaderValue::from_maybe_shared(Bytes::from_owner(inline))
 }
 
 /// Character classes of the grammar, one table lookup per byte.
