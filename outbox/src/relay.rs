@@ -65,9 +65,9 @@ pub struct BatchReport {
 /// With feature `circuit-breaker`, [`circuit_breaker`](Self::circuit_breaker)
 /// puts a breaker in front of the publisher: once enough publishes found
 /// the broker unavailable it opens, publishes are refused without calling
-/// the broker, their events wait the breaker's open duration, and a probe
-/// tells when the broker is back. A rejection counts as a success there:
-/// the broker answered.
+/// the broker (their events wait as above, or until the breaker lets a
+/// probe through if that comes sooner), and a probe tells when the broker
+/// is back. A rejection counts as a success there: the broker answered.
 ///
 /// A publish never outlives its claim's lease: one still unacknowledged
 /// when the lease ends is given up (as a timeout, the broker's failure),
@@ -107,8 +107,9 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
 
     /// How long events wait when the broker could not take them: `base`
     /// after the first batch that reached no broker, doubling while the
-    /// outage lasts, up to `cap`. Their attempts are untouched however long
-    /// it lasts. (Events a breaker refused wait its open duration instead.)
+    /// outage lasts, up to `cap` (or until a breaker that refused them lets
+    /// a probe through, if sooner). Their attempts are untouched however
+    /// long it lasts.
     #[must_use]
     pub const fn outage_backoff(mut self, base: Duration, cap: Duration) -> Self {
         self.outage_backoff = (base, cap);
@@ -117,7 +118,7 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
 
     /// Publishes through `breaker` (feature `circuit-breaker`): while it is
     /// open, events are handed back without calling the broker, to wait
-    /// until it lets a probe through. Publishes that find the broker
+    /// the outage backoff or until it lets a probe through. Publishes that find the broker
     /// unavailable count as its failures; every answer of the broker,
     /// rejections included, as its successes.
     ///
@@ -212,25 +213,22 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
         outcome
     }
 
-    /// How long events the broker could not take wait: the breaker's open
-    /// duration when it refused them, else the outage backoff after
-    /// `batches` batches in a row reached no broker.
+    /// How long events the broker could not take wait: the outage backoff
+    /// after `batches` batches in a row reached no broker, or less when a
+    /// breaker that refused them lets a probe through sooner.
     fn wait_for_broker(&self, errors: &[PublishError], batches: u32) -> Duration {
+        let (base, cap) = self.outage_backoff;
+        let backoff = outage_backoff(base, cap, batches);
         #[cfg(feature = "circuit-breaker")]
-        {
-            let open = errors
-                .iter()
-                .filter_map(|error| std::error::Error::source(error)?.downcast_ref())
-                .filter_map(palisade_circuit_breaker::Open::retry_after)
-                .max();
-            if let Some(open) = open {
-                return open;
-            }
-        }
+        let backoff = errors
+            .iter()
+            .filter_map(|error| std::error::Error::source(error)?.downcast_ref())
+            .filter_map(palisade_circuit_breaker::Open::retry_after)
+            .max()
+            .map_or(backoff, |open| open.min(backoff));
         #[cfg(not(feature = "circuit-breaker"))]
         let _ = errors;
-        let (base, cap) = self.outage_backoff;
-        outage_backoff(base, cap, batches)
+        backoff
     }
 
     /// Claims, publishes and settles one batch.

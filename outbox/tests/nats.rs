@@ -10,7 +10,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use palisade_outbox::{
-    Event, NatsJetStreamPublisher, OutboxConfig, OutboxStore, PgOutbox, Published, Publisher, Relay,
+    Event, NatsJetStreamPublisher, OutboxConfig, OutboxStore, PgOutbox, PublishErrorKind,
+    Published, Publisher, Relay,
 };
 
 async fn jetstream() -> jetstream::Context {
@@ -144,6 +145,61 @@ async fn events_reach_jetstream_once_with_their_envelope() {
         format!("{}.order.OrderCreated", name.to_ascii_lowercase())
     );
 
+    context.delete_stream(&name).await.unwrap();
+    db.drop().await;
+}
+
+/// A message the stream refuses (over its limits, too large) is the
+/// message's fault and spends an attempt; a subject no stream captures is
+/// the broker's (no responders): it is waited out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_message_is_rejected_and_no_stream_is_unavailable() {
+    let db = support::PgSchema::new().await;
+    let pool = db.pool.clone();
+    let outbox = db.outbox(|c| c.max_attempts(1)).await;
+    let context = jetstream().await;
+    let name = unique();
+    context
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{}.>", name.to_ascii_lowercase())],
+            max_messages: 1,
+            max_message_size: 1024,
+            discard: stream::DiscardPolicy::New,
+            duplicate_window: Duration::from_secs(120),
+            ..stream::Config::default()
+        })
+        .await
+        .unwrap();
+    let events = [
+        Event::new("order", "o-1", "Placed", b"{}".to_vec()),
+        Event::new("order", "o-2", "Placed", b"{}".to_vec()),
+        Event::new("order", "o-3", "Placed", vec![b'x'; 2048]),
+    ];
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_all(&mut tx, &events).await.unwrap();
+    tx.commit().await.unwrap();
+    let claimed = outbox.claim().await.unwrap();
+    assert_eq!(claimed.len(), 3);
+
+    let publisher = NatsJetStreamPublisher::new(context.clone(), &name, "/test");
+    assert_eq!(
+        publisher.publish(&claimed[0]).await.unwrap(),
+        Published::Stored
+    );
+    let full = publisher.publish(&claimed[1]).await.unwrap_err();
+    assert_eq!(full.kind(), PublishErrorKind::Rejected, "{full}");
+    let large = publisher.publish(&claimed[2]).await.unwrap_err();
+    assert_eq!(large.kind(), PublishErrorKind::Rejected, "{large}");
+
+    let nowhere = NatsJetStreamPublisher::new(context.clone(), &name, "/test")
+        .subject_prefix(&format!("nowhere{}", unique().to_ascii_lowercase()));
+    let unavailable = nowhere.publish(&claimed[1]).await.unwrap_err();
+    assert_eq!(
+        unavailable.kind(),
+        PublishErrorKind::Unavailable,
+        "{unavailable}"
+    );
     context.delete_stream(&name).await.unwrap();
     db.drop().await;
 }

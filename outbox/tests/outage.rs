@@ -146,26 +146,28 @@ async fn an_open_breaker_hands_events_back_without_calling_the_broker() {
             .unwrap(),
     );
     let relay = Relay::new(outbox.clone(), publisher.clone())
-        .outage_backoff(Duration::ZERO, Duration::ZERO)
+        .outage_backoff(Duration::from_secs(60), Duration::from_secs(60))
         .circuit_breaker(breaker.clone());
-    place(&pool, &outbox, &[event("a"), event("b")]).await;
-    while breaker.state() != State::Open {
-        let report = relay.run_once().await.unwrap();
-        assert_eq!(report.dead, 0);
-    }
-    let calls = publisher.calls.load(Ordering::SeqCst);
-    assert_eq!(calls, 4, "the breaker opened after its minimum calls");
+    // One batch of four fails: the breaker opens.
+    place(
+        &pool,
+        &outbox,
+        &[event("a"), event("b"), event("c"), event("d")],
+    )
+    .await;
+    assert_eq!(relay.run_once().await.unwrap().unavailable, 4);
+    assert_eq!(breaker.state(), State::Open);
+    assert_eq!(publisher.calls.load(Ordering::SeqCst), 4);
 
-    // New events while it is open, and the two that opened it (handed
-    // back with no wait): handed back, the broker never called.
-    place(&pool, &outbox, &[event("c"), event("d"), event("e")]).await;
+    // New events while it is open: handed back, the broker never called.
+    place(&pool, &outbox, &[event("e")]).await;
     let report = relay.run_once().await.unwrap();
-    assert_eq!((report.claimed, report.unavailable), (5, 5), "{report:?}");
-    assert_eq!(publisher.calls.load(Ordering::SeqCst), calls);
+    assert_eq!((report.claimed, report.unavailable), (1, 1), "{report:?}");
+    assert_eq!(publisher.calls.load(Ordering::SeqCst), 4);
     assert_eq!(
         relay.run_once().await.unwrap().claimed,
         0,
-        "they wait for the breaker's probe"
+        "they wait: the breaker is open, the outage backoff long"
     );
     assert_eq!(attempts(&pool).await, [0; 5]);
 }
