@@ -80,10 +80,18 @@ impl Transient {
         Self(error.into())
     }
 
-    /// Whether `error` is marked transient.
+    /// Whether `error`, or an error it wraps (along its
+    /// [`source`](Error::source) chain), is marked transient.
     #[must_use]
     pub fn is(error: &(dyn Error + 'static)) -> bool {
-        error.is::<Self>()
+        let mut next = Some(error);
+        while let Some(error) = next {
+            if error.is::<Self>() {
+                return true;
+            }
+            next = error.source();
+        }
+        false
     }
 }
 
@@ -334,7 +342,7 @@ pub(crate) enum Retried {
 
 /// Tries `delivery` again, alone and in place, after its handler failed
 /// with `error`: after the growing delay, until it is applied, or its last
-/// try fails (never for a [`Transient`] error). Nothing after it is applied
+/// try fails ([`Transient`] failures spend no try, so never for one). Nothing after it is applied
 /// meanwhile, so per-aggregate order holds. A database failure is waited
 /// out and does not count as a try. `wait(delay)` sleeps (a JetStream
 /// consumer keeps the message's acknowledgement alive meanwhile) and says
@@ -359,8 +367,13 @@ where
     W: FnMut(Duration) -> F,
     F: Future<Output = bool>,
 {
+    // Transient failures are not the message's: they spend none of its
+    // tries.
+    let mut transient = 0;
     loop {
-        if delivery.attempt >= policy.max_deliver && !Transient::is(&*error) {
+        if Transient::is(&*error) {
+            transient += 1;
+        } else if delivery.attempt.saturating_sub(transient) >= policy.max_deliver {
             return Retried::GaveUp(error);
         }
         tracing::warn!(target: "palisade_outbox", consumer, id = %delivery.envelope.id, attempt = delivery.attempt, %error, "handler failed; trying again later");

@@ -1,8 +1,9 @@
 //! A broker that cannot take messages never kills an event: the relay hands
 //! its events back with their attempts untouched for as long as the outage
 //! lasts, a breaker in front of the publisher stops calling a broker that
-//! is down, and the outage shows on the `broker_available` gauge. (The same
-//! against a real NATS server: `broker_down.rs`.)
+//! is down, and the outage shows on the `broker_available` gauge; a
+//! consumer's handler failing as [`Transient`] spends none of its tries.
+//! (The same against a real NATS server: `broker_down.rs`.)
 #![cfg(all(feature = "sqlite", feature = "circuit-breaker", feature = "otel"))]
 
 use std::sync::Arc;
@@ -11,11 +12,12 @@ use std::time::Duration;
 
 use palisade_circuit_breaker::{CircuitBreaker, Config, State};
 use palisade_outbox::{
-    Event, MemoryBroker, Message, OutboxConfig, OutboxStore, PublishError, Published, Publisher,
-    Relay, SqliteOutbox,
+    BoxError, Delivery, Event, Handled, Handler, MemoryBroker, MemoryConsumer, Message,
+    OutboxConfig, OutboxStore, PublishError, Published, Publisher, Relay, SqliteInbox,
+    SqliteOutbox, Transient,
 };
 use palisade_testkit::MetricsProbe;
-use sqlx::SqlitePool;
+use sqlx::{SqliteConnection, SqlitePool};
 
 /// A broker that is unavailable while `down` is set, counting the calls
 /// that reach it.
@@ -170,4 +172,63 @@ async fn an_open_breaker_hands_events_back_without_calling_the_broker() {
         "they wait: the breaker is open, the outage backoff long"
     );
     assert_eq!(attempts(&pool).await, [0; 5]);
+}
+
+/// An error of the handler's own that wraps the cause.
+#[derive(Debug)]
+struct Charging(BoxError);
+
+impl std::fmt::Display for Charging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "charging failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for Charging {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// Fails three deliveries with a wrapped [`Transient`] (a processor down),
+/// the fourth with a plain error, and applies the fifth.
+struct Recovering;
+
+impl Handler<SqliteConnection> for Recovering {
+    async fn handle(
+        &self,
+        _: &mut SqliteConnection,
+        delivery: &Delivery,
+    ) -> Result<Handled, BoxError> {
+        match delivery.attempt {
+            1..=3 => Err(Box::new(Charging(Box::new(Transient::new(
+                "the processor is down",
+            ))))),
+            4 => Err("the processor declined".into()),
+            _ => Ok(Handled::Applied),
+        }
+    }
+}
+
+/// A consumer's tries are spent only by failures that are not transient,
+/// however the handler wraps the transient one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_spend_none_of_a_consumers_tries() {
+    let (pool, outbox) = outbox().await;
+    let inbox = SqliteInbox::new(pool.clone(), "inbox").unwrap();
+    inbox.migrate().await.unwrap();
+    let broker = MemoryBroker::new(10);
+    let subscription = broker.subscribe();
+    place(&pool, &outbox, &[event("a")]).await;
+    Relay::new(outbox, broker).run_once().await.unwrap();
+    let consumer = MemoryConsumer::new("payment", inbox, Recovering)
+        .max_deliver(2)
+        .retry_delay(Duration::from_millis(1), Duration::from_millis(2));
+    consumer.run(subscription, std::future::pending()).await;
+    let stats = consumer.stats();
+    assert_eq!(
+        (stats.applied, stats.retried, stats.dead_lettered),
+        (1, 4, 0),
+        "{stats:?}"
+    );
 }
