@@ -10,7 +10,11 @@
 //!   form and PKCE login (see [`auth`]); no token needed.
 //! - `POST /orders` with an `Idempotency-Key` header and a JSON
 //!   [`NewOrder`]: 201 with the order, or 200 with the order first placed
-//!   under that key by the same user.
+//!   under that key by the same user within the key's window (see
+//!   [`orders`](crate::orders)); 422 when the key was used for another
+//!   order, 409 while a request with the key is being placed. Refusals on
+//!   the orders routes are RFC 9457 problem details
+//!   (`application/problem+json`).
 //! - `GET /orders/{id}`: the order and where its saga stands; with
 //!   `?wait_ms=N`, once its saga ended (or after N ms).
 //! - `GET /catalog/trending`: the products by units shipped, a slow query
@@ -47,7 +51,7 @@ use crate::db::ServiceDb;
 use crate::embedded::Consumers;
 use crate::identity::{Principal, Role};
 use crate::inventory::{CATALOG, Inventory, StockLevel};
-use crate::orders::{NewOrder, Orders};
+use crate::orders::{NewOrder, Orders, PlaceError, Placement};
 use crate::payment::BreakerHistory;
 
 /// The services behind the gateway.
@@ -228,6 +232,96 @@ fn internal(error: &dyn std::error::Error) -> Response {
     )
 }
 
+/// An RFC 9457 problem detail, answered as `application/problem+json`.
+#[derive(Debug, Serialize)]
+struct Problem {
+    /// What kind of problem: a URI, `about:blank` when the status says
+    /// it all.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'static str,
+    #[serde(serialize_with = "status_code")]
+    status: StatusCode,
+    detail: String,
+    /// The `Idempotency-Key` the problem is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
+}
+
+fn status_code<S: serde::Serializer>(status: &StatusCode, to: S) -> Result<S::Ok, S::Error> {
+    to.serialize_u16(status.as_u16())
+}
+
+impl Problem {
+    /// A problem its status describes (`about:blank`).
+    fn status(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status,
+            detail: detail.into(),
+            idempotency_key: None,
+        }
+    }
+
+    /// `key` was used for another order (422,
+    /// draft-ietf-httpapi-idempotency-key-header-07 section 2.7).
+    fn key_reused(key: &str) -> Self {
+        Self {
+            kind: "tag:palisade.example,2026:idempotency-key-reused",
+            title: "Idempotency-Key is already used",
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            detail: format!(
+                "the Idempotency-Key {key:?} was used for a different order; \
+                 a new order needs a new key"
+            ),
+            idempotency_key: Some(key.to_owned()),
+        }
+    }
+
+    /// A request with `key` is being placed (409, the same section).
+    fn key_in_progress(key: &str) -> Self {
+        Self {
+            kind: "tag:palisade.example,2026:idempotency-key-in-progress",
+            title: "A request is outstanding for this Idempotency-Key",
+            status: StatusCode::CONFLICT,
+            detail: format!(
+                "a request with the Idempotency-Key {key:?} is being processed; \
+                 send it again once that one is answered"
+            ),
+            idempotency_key: Some(key.to_owned()),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            Json(self),
+        )
+            .into_response()
+    }
+}
+
+/// The order in `body`, checked.
+fn new_order(body: &[u8]) -> Result<NewOrder, Problem> {
+    let invalid = |detail: String| Problem::status(StatusCode::UNPROCESSABLE_ENTITY, detail);
+    let order: NewOrder =
+        serde_json::from_slice(body).map_err(|error| invalid(format!("not an order: {error}")))?;
+    if !(1..=100).contains(&order.quantity) {
+        return Err(invalid("quantity must be 1 to 100".to_owned()));
+    }
+    if !CATALOG.iter().any(|(sku, _)| *sku == order.sku) {
+        return Err(invalid(format!("unknown sku {:?}", order.sku)));
+    }
+    if order.card.len() < 12 || !order.card.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid("card must be 12 or more digits".to_owned()));
+    }
+    Ok(order)
+}
+
 async fn place(
     State(services): State<Services>,
     Extension(Principal { user, .. }): Extension<Principal>,
@@ -239,45 +333,25 @@ async fn place(
         .and_then(|value| value.to_str().ok())
         .filter(|key| !key.is_empty() && key.len() <= 128)
     else {
-        return problem(
+        return Problem::status(
             StatusCode::BAD_REQUEST,
             "an Idempotency-Key header (1 to 128 visible characters) is required",
-        );
+        )
+        .into_response();
     };
-    let order: NewOrder = match serde_json::from_slice(&body) {
+    let order = match new_order(&body) {
         Ok(order) => order,
-        Err(error) => {
-            return problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("not an order: {error}"),
-            );
-        }
+        Err(problem) => return problem.into_response(),
     };
-    if !(1..=100).contains(&order.quantity) {
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "quantity must be 1 to 100",
-        );
-    }
-    if !CATALOG.iter().any(|(sku, _)| *sku == order.sku) {
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("unknown sku {:?}", order.sku),
-        );
-    }
-    if order.card.len() < 12 || !order.card.bytes().all(|b| b.is_ascii_digit()) {
-        return problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "card must be 12 or more digits",
-        );
-    }
     match services.orders.place(&user, key, &order).await {
-        Ok((order, true)) => {
+        Ok(Placement::Created(order)) => {
             tracing::debug!(order_id = %order.id, trace_id = crate::events::current_trace_id(), "order placed");
             (StatusCode::CREATED, Json(order)).into_response()
         }
-        Ok((order, false)) => (StatusCode::OK, Json(order)).into_response(),
-        Err(error) => internal(&error),
+        Ok(Placement::Replayed(order)) => (StatusCode::OK, Json(order)).into_response(),
+        Err(PlaceError::KeyReused) => Problem::key_reused(key).into_response(),
+        Err(PlaceError::InProgress) => Problem::key_in_progress(key).into_response(),
+        Err(PlaceError::Database(error)) => internal(&error),
     }
 }
 
@@ -298,7 +372,9 @@ async fn order(
     let wait = std::time::Duration::from_millis(query.wait_ms.unwrap_or(0).min(30_000));
     match services.orders.wait_for_end(&user, &id, wait).await {
         Ok(Some(order)) => Json(order).into_response(),
-        Ok(None) => problem(StatusCode::NOT_FOUND, format!("no order {id}")),
+        Ok(None) => {
+            Problem::status(StatusCode::NOT_FOUND, format!("no order {id}")).into_response()
+        }
         Err(error) => internal(&error),
     }
 }

@@ -1,25 +1,46 @@
 //! The orders service: accepts orders (once per idempotency key) and
 //! records how each saga ended.
+//!
+//! An idempotency key (draft-ietf-httpapi-idempotency-key-header-07) is
+//! the user's own and lasts [`IDEMPOTENCY_WINDOW`] from its order's
+//! placement: within it, the same order again is the first order
+//! ([`Placement::Replayed`]), another order is refused
+//! ([`PlaceError::KeyReused`]), and a request sent while the first is
+//! still being placed is refused too ([`PlaceError::InProgress`]). Past
+//! it, the key is released from its order when reused, and places a new
+//! one.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use palisade_outbox::{BoxError, Delivery, Handled, Handler};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
-use tokio::sync::Notify;
 
 use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{Line, SagaEvent, types};
 
-/// The orders service's tables.
+mod idempotency;
+mod waiters;
+
+use idempotency::{InFlight, fingerprint};
+use waiters::Waiters;
+
+/// The orders service's tables. An order keeps its idempotency key and
+/// its request's fingerprint until the key is reused past its window
+/// (then both are `NULL`).
 pub const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, \
-     idempotency_key TEXT NOT NULL, sku TEXT NOT NULL, quantity BIGINT NOT NULL, amount_cents BIGINT NOT NULL, card TEXT NOT NULL, \
+     idempotency_key TEXT, request_fingerprint TEXT, sku TEXT NOT NULL, quantity BIGINT NOT NULL, amount_cents BIGINT NOT NULL, card TEXT NOT NULL, \
      status TEXT NOT NULL, reason TEXT, created_ms BIGINT NOT NULL, finished_ms BIGINT, \
      UNIQUE (user_id, idempotency_key))",
 ];
+
+/// How long an idempotency key is remembered by default: 24 hours from
+/// its order's placement.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How many orders requests may wait for at once with a wake-up; past
+/// that, a wait re-reads its order every 50 ms.
+pub const WAITED_ORDERS: usize = 10_000;
 
 /// The events the orders service consumes.
 pub const CONSUMES: &[&str] = &[
@@ -58,6 +79,78 @@ pub struct Order {
     pub saga_ms: Option<i64>,
 }
 
+/// What [`Orders::place`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// The order was placed now.
+    Created(Order),
+    /// The key was used for the same order within its window: that order,
+    /// as it stands.
+    Replayed(Order),
+}
+
+/// Why [`Orders::place`] placed no order.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PlaceError {
+    /// The key was used for a different order within its window.
+    KeyReused,
+    /// Another request with the key is being placed now.
+    InProgress,
+    /// The database's error.
+    Database(sqlx::Error),
+}
+
+impl std::fmt::Display for PlaceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::KeyReused => f.write_str("idempotency key already used for another order"),
+            Self::InProgress => f.write_str("a request with this idempotency key is in progress"),
+            Self::Database(error) => write!(f, "orders database: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for PlaceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Database(error) => Some(error),
+            Self::KeyReused | Self::InProgress => None,
+        }
+    }
+}
+
+impl From<sqlx::Error> for PlaceError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error)
+    }
+}
+
+/// An order's columns, as [`Orders::find`] selects them.
+type OrderRow = (
+    String,
+    String,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<i64>,
+);
+
+impl From<OrderRow> for Order {
+    fn from((id, sku, quantity, amount_cents, status, reason, saga_ms): OrderRow) -> Self {
+        Self {
+            id,
+            sku,
+            quantity,
+            amount_cents,
+            status,
+            reason,
+            saga_ms,
+        }
+    }
+}
+
 /// The price of one unit of any product, in cents.
 pub const UNIT_PRICE_CENTS: i64 = 1_250;
 
@@ -72,23 +165,52 @@ pub(crate) fn now_ms() -> i64 {
 #[derive(Debug, Clone)]
 pub struct Orders {
     db: ServiceDb,
-    /// Requests waiting for an order's saga to end, by order id; an entry
-    /// lives only while someone waits.
-    waiting: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    /// How long an idempotency key is remembered.
+    window: Duration,
+    /// The keys being placed now.
+    placing: InFlight,
+    /// Requests waiting for an order's saga to end.
+    waiters: Waiters,
 }
 
 impl Orders {
-    /// The service on its database.
+    /// The service on its database, remembering idempotency keys for
+    /// [`IDEMPOTENCY_WINDOW`].
     #[must_use]
     pub fn new(db: ServiceDb) -> Self {
         Self {
             db,
-            waiting: Arc::default(),
+            window: IDEMPOTENCY_WINDOW,
+            placing: InFlight::default(),
+            waiters: Waiters::new(WAITED_ORDERS),
         }
     }
 
+    /// Remembers idempotency keys for `window` from their order's
+    /// placement instead.
+    #[must_use]
+    pub const fn idempotency_window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// How many idempotency keys are being placed now (in this process).
+    #[must_use]
+    pub fn placing(&self) -> usize {
+        self.placing.len()
+    }
+
+    /// How many orders someone waits for now.
+    #[must_use]
+    pub fn waiting(&self) -> usize {
+        self.waiters.len()
+    }
+
     /// `user`'s order `id` once its saga ended, or as it stands after
-    /// `wait`.
+    /// `wait`; `None` when `user` has no such order.
+    ///
+    /// Only a pending order is waited for; the wait leaves nothing
+    /// behind, however it ends (see [`WAITED_ORDERS`]).
     ///
     /// # Errors
     ///
@@ -100,50 +222,56 @@ impl Orders {
         wait: Duration,
     ) -> Result<Option<Order>, sqlx::Error> {
         let deadline = tokio::time::Instant::now() + wait;
-        let notify = self
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(id.to_owned())
-            .or_default()
-            .clone();
-        let found = loop {
+        let order = self.find(user, id).await?;
+        if order.as_ref().is_none_or(|order| order.status != "pending") || wait.is_zero() {
+            return Ok(order);
+        }
+        let waiter = self.waiters.register(id);
+        loop {
             // Registered before reading, so an end committed between the
             // read and the wait is not missed. The wake-up comes after the
             // commit (`committed`); the short re-reads are for ends that a
             // consumer in another process commits.
-            let notified = notify.notified();
+            let notified = waiter.as_ref().map(waiters::Waiter::notified);
             let order = self.find(user, id).await?;
             let ended = order.as_ref().is_none_or(|order| order.status != "pending");
             if ended || tokio::time::Instant::now() >= deadline {
-                break order;
+                return Ok(order);
             }
-            let _ = tokio::time::timeout_at(
-                deadline.min(tokio::time::Instant::now() + Duration::from_millis(50)),
-                notified,
-            )
-            .await;
-        };
-        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        if Arc::strong_count(&notify) == 2 {
-            waiting.remove(id);
+            let tick = deadline.min(tokio::time::Instant::now() + Duration::from_millis(50));
+            match notified {
+                Some(notified) => {
+                    let _ = tokio::time::timeout_at(tick, notified).await;
+                }
+                None => tokio::time::sleep_until(tick).await,
+            }
         }
-        Ok(found)
     }
 
     /// Places `user`'s `order` under `idempotency_key`: the order and its
-    /// `OrderCreated` in one transaction. The same user's same key again
-    /// returns the first order (`false`: not created now).
+    /// `OrderCreated` in one transaction. The same user's same key within
+    /// its window answers for the first order (see the [module](self)).
+    ///
+    /// "Being placed" is this process's knowledge: a request with the
+    /// key sent to another process (another gateway on the same
+    /// database) while this one places it waits for it on the key's
+    /// unique index, then answers as a later request would.
     ///
     /// # Errors
     ///
-    /// The database's error.
+    /// [`PlaceError::KeyReused`], [`PlaceError::InProgress`], or the
+    /// database's error.
     pub async fn place(
         &self,
         user: &str,
         idempotency_key: &str,
         order: &NewOrder,
-    ) -> Result<(Order, bool), sqlx::Error> {
+    ) -> Result<Placement, PlaceError> {
+        let _claim = self
+            .placing
+            .claim(user, idempotency_key)
+            .ok_or(PlaceError::InProgress)?;
+        let fingerprint = fingerprint(order);
         let line = Line {
             order_id: uuid::Uuid::now_v7().to_string(),
             sku: order.sku.clone(),
@@ -151,49 +279,64 @@ impl Orders {
             amount_cents: order.quantity * UNIT_PRICE_CENTS,
             card: order.card.clone(),
         };
+        let now = now_ms();
+        let window = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
+        let insert = "INSERT INTO orders (id, user_id, idempotency_key, request_fingerprint, sku, quantity, amount_cents, card, status, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9) ON CONFLICT (user_id, idempotency_key) DO NOTHING";
+        let params = [
+            Param::Text(&line.order_id),
+            Param::Text(user),
+            Param::Text(idempotency_key),
+            Param::Text(&fingerprint),
+            Param::Text(&line.sku),
+            Param::Int(line.quantity),
+            Param::Int(line.amount_cents),
+            Param::Text(&line.card),
+            Param::Int(now),
+        ];
         let event = SagaEvent::OrderCreated(line.clone()).to_event();
-        let created = crate::on_pool!(&self.db, |pool| {
+        crate::on_pool!(&self.db, |pool| {
             let mut tx = pool.begin().await?;
             // The insert comes first, so the transaction writes from its
             // first statement (SQLite never has to upgrade a reader to a
             // writer).
-            let inserted = tx
-                .execute(
-                    "INSERT INTO orders (id, user_id, idempotency_key, sku, quantity, amount_cents, card, status, created_ms) \
-                     VALUES ($1, $8, $2, $3, $4, $5, $6, 'pending', $7) ON CONFLICT (user_id, idempotency_key) DO NOTHING",
-                    &[
-                        Param::Text(&line.order_id),
-                        Param::Text(idempotency_key),
-                        Param::Text(&line.sku),
-                        Param::Int(line.quantity),
-                        Param::Int(line.amount_cents),
-                        Param::Text(&line.card),
-                        Param::Int(now_ms()),
-                        Param::Text(user),
-                    ],
+            if tx.execute(insert, &params).await? == 0 {
+                let (first, recorded, placed_ms): (String, Option<String>, i64) = sqlx::query_as(
+                    "SELECT id, request_fingerprint, created_ms FROM orders \
+                     WHERE user_id = $1 AND idempotency_key = $2",
+                )
+                .bind(user)
+                .bind(idempotency_key)
+                .fetch_one(&mut *tx)
+                .await?;
+                if placed_ms > now.saturating_sub(window) {
+                    tx.rollback().await?;
+                    if recorded.as_deref() != Some(fingerprint.as_str()) {
+                        return Err(PlaceError::KeyReused);
+                    }
+                    let first = self.find(user, &first).await?;
+                    return first
+                        .map(Placement::Replayed)
+                        .ok_or(PlaceError::Database(sqlx::Error::RowNotFound));
+                }
+                // Past its window: the key leaves its first order. A
+                // request from another process that released it first and
+                // placed its own order has it now: that one is still
+                // being answered.
+                tx.execute(
+                    "UPDATE orders SET idempotency_key = NULL, request_fingerprint = NULL WHERE id = $1",
+                    &[Param::Text(&first)],
                 )
                 .await?;
-            if inserted == 0 {
-                tx.rollback().await?;
-                false
-            } else {
-                self.db.enqueue(&mut *tx, &event).await?;
-                tx.commit().await?;
-                true
+                if tx.execute(insert, &params).await? == 0 {
+                    tx.rollback().await?;
+                    return Err(PlaceError::InProgress);
+                }
             }
+            self.db.enqueue(&mut *tx, &event).await?;
+            tx.commit().await?;
         });
-        if !created {
-            let existing = self
-                .find_where(
-                    "user_id = $1 AND idempotency_key = $2",
-                    user,
-                    idempotency_key,
-                )
-                .await?
-                .ok_or(sqlx::Error::RowNotFound)?;
-            return Ok((existing, false));
-        }
-        let order = Order {
+        Ok(Placement::Created(Order {
             id: line.order_id,
             sku: line.sku,
             quantity: line.quantity,
@@ -201,8 +344,7 @@ impl Orders {
             status: "pending".to_owned(),
             reason: None,
             saga_ms: None,
-        };
-        Ok((order, true))
+        }))
     }
 
     /// `user`'s order `id`.
@@ -211,36 +353,19 @@ impl Orders {
     ///
     /// The database's error.
     pub async fn find(&self, user: &str, id: &str) -> Result<Option<Order>, sqlx::Error> {
-        self.find_where("user_id = $1 AND id = $2", user, id).await
-    }
-
-    async fn find_where(
-        &self,
-        condition: &str,
-        user: &str,
-        value: &str,
-    ) -> Result<Option<Order>, sqlx::Error> {
-        let sql = format!(
-            "SELECT id, sku, quantity, amount_cents, status, reason, finished_ms - created_ms AS saga_ms \
-             FROM orders WHERE {condition}"
-        );
         crate::on_pool!(&self.db, |pool| {
-            let row = sqlx::query(&sql)
-                .bind(user)
-                .bind(value)
-                .fetch_optional(pool)
-                .await?;
-            Ok(row.map(|row| Order {
-                id: row.get("id"),
-                sku: row.get("sku"),
-                quantity: row.get("quantity"),
-                amount_cents: row.get("amount_cents"),
-                status: row.get("status"),
-                reason: row.get("reason"),
-                saga_ms: row.get("saga_ms"),
-            }))
+            let row: Option<OrderRow> = sqlx::query_as(
+                "SELECT id, sku, quantity, amount_cents, status, reason, finished_ms - created_ms \
+                 FROM orders WHERE user_id = $1 AND id = $2",
+            )
+            .bind(user)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+            Ok(row.map(Order::from))
         })
     }
+
     /// Orders by status.
     ///
     /// # Errors
@@ -323,13 +448,6 @@ impl<C: Tx> Handler<C> for Orders {
         let Some(order_id) = delivery.envelope.subject.as_deref() else {
             return;
         };
-        if let Some(waiter) = self
-            .waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(order_id)
-        {
-            waiter.notify_waiters();
-        }
+        self.waiters.wake(order_id);
     }
 }

@@ -138,7 +138,7 @@ async fn one_idempotency_key_places_one_order_and_bad_requests_are_refused() {
     let (status, problem) = post_order(&alice, None, order).await;
     assert_eq!(status.as_u16(), 400);
     assert!(
-        problem["error"]
+        problem["detail"]
             .as_str()
             .unwrap()
             .contains("Idempotency-Key")

@@ -1,0 +1,316 @@
+//! The orders routes through the embedded system's gateway: idempotency
+//! keys (draft-ietf-httpapi-idempotency-key-header) and waiting for a
+//! saga's end; and the orders service's idempotency on PostgreSQL.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use palisade_order_system::db::ServiceDb;
+use palisade_order_system::embedded::System;
+use palisade_order_system::load::Gateway;
+use palisade_order_system::orders::{self, NewOrder, Orders, PlaceError, Placement};
+
+mod support;
+use support::{signed_in, start};
+
+const ORDER: &str = r#"{"sku":"sku-1","quantity":2,"card":"4242424242424242"}"#;
+
+/// `POST /orders` under `key`: the status, the `Content-Type` and the
+/// body as JSON.
+async fn post_order(
+    gateway: &Gateway,
+    key: &str,
+    body: &str,
+) -> (StatusCode, String, serde_json::Value) {
+    let reply = gateway
+        .exchange(
+            Method::POST,
+            "/orders",
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", key),
+            ],
+            Bytes::from(body.to_owned()),
+        )
+        .await
+        .unwrap();
+    let content_type = reply.headers()[http::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (
+        reply.status(),
+        content_type,
+        serde_json::from_slice(reply.body()).unwrap(),
+    )
+}
+
+/// Waits (up to 30 s) until `condition` holds.
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    for _ in 0..3_000 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: not within 30 s");
+}
+
+async fn stop(system: System, dir: std::path::PathBuf) {
+    system.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_reused_for_another_order_is_refused_with_a_problem_naming_it() {
+    let (system, dir) = start().await;
+    let alice = signed_in(&system, "alice").await;
+    let (status, _, first) = post_order(&alice, "key-1", ORDER).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // The same order, written differently: the same request.
+    let same = r#"{ "card": "4242424242424242", "quantity": 2, "sku": "sku-1" }"#;
+    let (status, _, replayed) = post_order(&alice, "key-1", same).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(replayed["id"], first["id"]);
+
+    let other = r#"{"sku":"sku-1","quantity":3,"card":"4242424242424242"}"#;
+    let (status, content_type, problem) = post_order(&alice, "key-1", other).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(content_type, "application/problem+json");
+    assert_eq!(problem["status"], 422);
+    assert_eq!(problem["idempotency_key"], "key-1");
+    assert!(problem["type"].is_string() && problem["title"].is_string());
+    assert!(problem["detail"].as_str().unwrap().contains("key-1"));
+
+    // Keys are the user's own: bob's key-1 is a key of his.
+    let bob = signed_in(&system, "bob").await;
+    let (status, _, bobs) = post_order(&bob, "key-1", other).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_ne!(bobs["id"], first["id"]);
+
+    let books = palisade_order_system::gateway::read_books(&system.services)
+        .await
+        .unwrap();
+    let placed: i64 = books.orders.iter().map(|(_, _, n)| n).sum();
+    assert_eq!(placed, 2, "alice's one order and bob's");
+    stop(system, dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_sent_while_the_first_is_being_placed_gets_409() {
+    let (system, dir) = start().await;
+    let alice = signed_in(&system, "alice").await;
+    let orders = system.services.orders.clone();
+
+    // Another writer holds the orders database: the first request waits
+    // inside its placement.
+    let mut writer = {
+        use sqlx::Connection;
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", dir.join("orders.db").display()))
+            .await
+            .unwrap()
+    };
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let alice = alice.clone();
+        async move { post_order(&alice, "key-1", ORDER).await }
+    });
+    eventually("the first request is being placed", || {
+        orders.placing() == 1
+    })
+    .await;
+
+    for body in [
+        ORDER,
+        r#"{"sku":"sku-2","quantity":1,"card":"4242424242424242"}"#,
+    ] {
+        let (status, content_type, problem) = post_order(&alice, "key-1", body).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+        assert_eq!(content_type, "application/problem+json");
+        assert_eq!(problem["idempotency_key"], "key-1");
+    }
+
+    sqlx::query("ROLLBACK").execute(&mut writer).await.unwrap();
+    let (status, _, placed) = first.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _, replayed) = post_order(&alice, "key-1", ORDER).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(replayed["id"], placed["id"]);
+    assert_eq!(orders.placing(), 0);
+    stop(system, dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_past_its_window_places_a_new_order() {
+    let (system, dir) = start().await;
+    let alice = signed_in(&system, "alice").await;
+    let (_, _, first) = post_order(&alice, "key-1", ORDER).await;
+    let first_id = first["id"].as_str().unwrap();
+
+    // The first order placed a day and a minute ago.
+    let window = i64::try_from(orders::IDEMPOTENCY_WINDOW.as_millis()).unwrap();
+    let aged = palisade_order_system::on_pool!(system.services.orders.db(), |pool| {
+        sqlx::query("UPDATE orders SET created_ms = created_ms - $1 WHERE id = $2")
+            .bind(window + 60_000)
+            .bind(first_id)
+            .execute(pool)
+            .await
+            .unwrap()
+            .rows_affected()
+    });
+    assert_eq!(aged, 1);
+    let other = r#"{"sku":"sku-2","quantity":1,"card":"4242424242424242"}"#;
+    let (status, _, second) = post_order(&alice, "key-1", other).await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    assert_ne!(second["id"], first["id"]);
+    let (status, _, replayed) = post_order(&alice, "key-1", other).await;
+    assert_eq!((status, &replayed["id"]), (StatusCode::OK, &second["id"]));
+    // The first order is still alice's.
+    let (status, _) = alice
+        .send(
+            Method::GET,
+            &format!("/orders/{first_id}"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    stop(system, dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_dropped_by_its_client_leaves_no_waiter() {
+    let (system, dir) = start().await;
+    let alice = signed_in(&system, "alice").await;
+    let operator = signed_in(&system, "operator").await;
+    let faults = |unavailable: bool| {
+        let operator = operator.clone();
+        async move {
+            let (status, _) = operator
+                .send(
+                    Method::PUT,
+                    "/admin/processor",
+                    &[("content-type", "application/json")],
+                    Bytes::from(format!(r#"{{"unavailable":{unavailable}}}"#)),
+                )
+                .await
+                .unwrap();
+            assert_eq!(status, StatusCode::OK);
+        }
+    };
+    // The card processor down: the order stays pending.
+    faults(true).await;
+    let (_, _, order) = post_order(&alice, "key-1", ORDER).await;
+    let path = format!("/orders/{}?wait_ms=30000", order["id"].as_str().unwrap());
+    let orders = system.services.orders.clone();
+
+    let waits: Vec<_> = (0..2)
+        .map(|_| {
+            let (alice, path) = (alice.clone(), path.clone());
+            tokio::spawn(async move { alice.send(Method::GET, &path, &[], Bytes::new()).await })
+        })
+        .collect();
+    eventually("both requests wait", || orders.waiting() == 1).await;
+    waits[0].abort();
+    // One client still waits for the order.
+    let (status, _) = alice
+        .send(Method::GET, "/orders/unknown?wait_ms=0", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(orders.waiting(), 1);
+    waits[1].abort();
+    eventually("the dropped waits are gone", || orders.waiting() == 0).await;
+
+    faults(false).await;
+    stop(system, dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_whose_lookup_fails_leaves_no_waiter() {
+    let (system, dir) = start().await;
+    let alice = signed_in(&system, "alice").await;
+    palisade_order_system::on_pool!(system.services.orders.db(), |pool| pool.close().await);
+    for id in ["unknown-1", "unknown-2"] {
+        let (status, _) = alice
+            .send(
+                Method::GET,
+                &format!("/orders/{id}?wait_ms=1000"),
+                &[],
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(system.services.orders.waiting(), 0);
+    stop(system, dir).await;
+}
+
+fn new_order(quantity: i64) -> NewOrder {
+    NewOrder {
+        sku: "sku-1".to_owned(),
+        quantity,
+        card: "4242424242424242".to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_on_postgres_replay_refuse_and_expire() {
+    let schema = format!("orders_idempotency_{}", fastrand::u64(..));
+    let db = ServiceDb::open_postgres(
+        &palisade_testkit::servers::database_url(),
+        &schema,
+        orders::TABLES,
+        2,
+    )
+    .await
+    .unwrap();
+    let orders = Orders::new(db.clone()).idempotency_window(Duration::from_secs(3_600));
+
+    let Placement::Created(first) = orders.place("alice", "k", &new_order(1)).await.unwrap() else {
+        panic!("the first placement creates");
+    };
+    assert_eq!(
+        orders.place("alice", "k", &new_order(1)).await.unwrap(),
+        Placement::Replayed(first.clone())
+    );
+    assert!(matches!(
+        orders.place("alice", "k", &new_order(2)).await,
+        Err(PlaceError::KeyReused)
+    ));
+    assert!(matches!(
+        orders.place("bob", "k", &new_order(2)).await.unwrap(),
+        Placement::Created(_)
+    ));
+
+    let aged = palisade_order_system::on_pool!(&db, |pool| {
+        sqlx::query("UPDATE orders SET created_ms = created_ms - 3600001 WHERE id = $1")
+            .bind(&first.id)
+            .execute(pool)
+            .await
+            .unwrap()
+            .rows_affected()
+    });
+    assert_eq!(aged, 1);
+    let Placement::Created(second) = orders.place("alice", "k", &new_order(2)).await.unwrap()
+    else {
+        panic!("an expired key places a new order");
+    };
+    assert_ne!(second.id, first.id);
+    assert_eq!(orders.find("alice", &first.id).await.unwrap(), Some(first));
+
+    palisade_order_system::on_pool!(&db, |pool| {
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(pool)
+            .await
+            .map(|_| ())
+            .unwrap();
+    });
+}
