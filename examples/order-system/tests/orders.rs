@@ -314,3 +314,59 @@ async fn idempotency_keys_on_postgres_replay_refuse_and_expire() {
             .unwrap();
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_duplicate_sent_to_another_gateway_waits_for_the_first_and_replays_it() {
+    use sqlx::Connection;
+    let url = palisade_testkit::servers::database_url();
+    let schema = format!("orders_duplicate_{}", fastrand::u64(..));
+    let db = ServiceDb::open_postgres(&url, &schema, orders::TABLES, 2)
+        .await
+        .unwrap();
+    // Two gateways' orders services on one database.
+    let (one, another) = (Orders::new(db.clone()), Orders::new(db.clone()));
+
+    // A transaction of a third holds the key's index entry: both
+    // placements wait on it.
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.orders (id, user_id, idempotency_key, sku, quantity, amount_cents, card, status, created_ms) \
+         VALUES ('held', 'carol', 'k', 'sku-1', 1, 1250, '4242424242424242', 'pending', 0)"
+    ))
+    .execute(&mut holder)
+    .await
+    .unwrap();
+    let placements = [one, another]
+        .map(|orders| tokio::spawn(async move { orders.place("carol", "k", &new_order(1)).await }));
+    for _ in 0..3_000 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO orders%'",
+        )
+        .fetch_one(&mut holder)
+        .await
+        .unwrap();
+        if waiting >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+
+    let mut created = Vec::new();
+    let mut replayed = Vec::new();
+    for placement in placements {
+        match placement.await.unwrap().unwrap() {
+            Placement::Created(order) => created.push(order),
+            Placement::Replayed(order) => replayed.push(order),
+        }
+    }
+    assert_eq!(created.len(), 1, "one order: {created:?} {replayed:?}");
+    assert_eq!(replayed, created, "the other answers with it");
+
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+}
