@@ -1,14 +1,14 @@
 //! A broker that cannot take messages never kills an event: the relay hands
 //! its events back with their attempts untouched for as long as the outage
 //! lasts, a breaker in front of the publisher stops calling a broker that
-//! is down, and the outage is logged once each way and shows on the
-//! `broker_available` gauge; a
-//! consumer's handler failing as [`Transient`] spends none of its tries.
-//! (The same against a real NATS server: `broker_down.rs`.)
+//! is down, and the outage shows on the `broker_available` gauge (and is
+//! logged once each way: `outage_log.rs`); a consumer's handler failing as
+//! [`Transient`] spends none of its tries. (The same against a real NATS
+//! server: `broker_down.rs`.)
 #![cfg(all(feature = "sqlite", feature = "circuit-breaker", feature = "otel"))]
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use palisade_circuit_breaker::{CircuitBreaker, Config, State};
@@ -133,57 +133,6 @@ async fn an_unavailable_broker_spends_no_attempt_however_long_it_lasts() {
         [(label(), 1)]
     );
     assert!(probe.points("palisade.outbox.unavailable")[0].1 >= 40);
-}
-
-/// Log lines, as written.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn count(&self, line: &str) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .matches(line)
-            .count()
-    }
-}
-
-/// However many batches an outage fails, it is logged once when it starts
-/// and once when it ends.
-#[tokio::test]
-async fn an_outage_is_logged_once_each_way() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let _logging = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish(),
-    );
-    let (pool, outbox) = outbox().await;
-    let publisher = Switched::new(MemoryBroker::new(10));
-    let relay = Relay::new(outbox.clone(), publisher.clone())
-        .outage_backoff(Duration::ZERO, Duration::ZERO);
-    place(&pool, &outbox, &[event("a"), event("b")]).await;
-    for _ in 0..20 {
-        assert_eq!(relay.run_once().await.unwrap().unavailable, 2);
-    }
-    publisher.down.store(false, Ordering::SeqCst);
-    assert_eq!(relay.run_once().await.unwrap().published, 2);
-    place(&pool, &outbox, &[event("c")]).await;
-    assert_eq!(relay.run_once().await.unwrap().published, 1);
-    assert_eq!(logs.count("broker unavailable; events wait"), 1);
-    assert_eq!(logs.count("broker available again"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
