@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod db;
+pub mod dead_events;
 pub mod embedded;
 pub mod events;
 pub mod gateway;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use palisade_order_system::dead_events::{self, Location, Requeue};
 use palisade_order_system::embedded::{Settings, System};
 use palisade_order_system::identity::{self, Credential, Credentials};
 use palisade_order_system::load::{self, Gateway, LoadSettings};
@@ -43,6 +44,13 @@ const USAGE: &str = "usage:
   order-system token [--gateway URL] [--user NAME] [--password P | --credentials FILE]
       signs in as NAME (default alice) with the PKCE flow and prints the bearer token;
       the password is P, or NAME's in FILE (default ./order-system-data/credentials.json)
+  order-system dead-events list --service SERVICE [--limit N] [--data DIR | --postgres URL [--namespace NS]]
+  order-system dead-events requeue --service SERVICE (--id ID | --all) [--data DIR | --postgres URL [--namespace NS]]
+      the events SERVICE's outbox gave up on after their last attempt (SERVICE: orders,
+      inventory, payment, shipping): listed, oldest first (N, default 100), or put back
+      in line with their attempts reset, the one with event id ID or all of them; in the
+      embedded data directory DIR (default ./order-system-data), or with --postgres in
+      the schemas `serve` uses (NS: --namespace or PALISADE_NAMESPACE)
 
 An identity file is JSON: {\"users\": [{\"name\", \"password_hash\" (Argon2id PHC string),
 \"roles\": [\"operator\"]}], \"clients\": [{\"client_id\", \"redirect_uris\": [...]}]}";
@@ -80,6 +88,7 @@ fn main() -> ExitCode {
         Some("token") => runtime.block_on(token_command(&args)),
         Some("serve") => runtime.block_on(serve_command(&args)),
         Some("identity") => runtime.block_on(identity_command(&args)),
+        Some("dead-events") => runtime.block_on(dead_events_command(&args)),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -273,5 +282,61 @@ async fn identity_command(args: &[String]) -> Result<ExitCode, String> {
         seeded.identity.display(),
         seeded.credentials.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dead_events_command(args: &[String]) -> Result<ExitCode, String> {
+    let action = args
+        .get(1)
+        .map(String::as_str)
+        .filter(|action| ["list", "requeue"].contains(action))
+        .ok_or_else(|| format!("dead-events needs list or requeue\n{USAGE}"))?;
+    let service: String = flag(args, "--service", String::new())?;
+    if service.is_empty() {
+        return Err(format!("dead-events needs --service SERVICE\n{USAGE}"));
+    }
+    let location = match flag(args, "--postgres", String::new())? {
+        url if url.is_empty() => {
+            Location::Data(flag(args, "--data", PathBuf::from("order-system-data"))?)
+        }
+        url => Location::Postgres {
+            url,
+            namespace: flag(
+                args,
+                "--namespace",
+                std::env::var("PALISADE_NAMESPACE").unwrap_or_default(),
+            )?,
+        },
+    };
+    let failed = |error: dead_events::Error| format!("{service}: {error}");
+    let db = location.open(&service).await.map_err(failed)?;
+    if action == "list" {
+        let dead = dead_events::list(&db, flag(args, "--limit", 100)?)
+            .await
+            .map_err(failed)?;
+        if dead.is_empty() {
+            println!("{service}: no dead events");
+        }
+        for event in dead {
+            println!(
+                "{}  {} of {} {}  {} attempts  {}",
+                event.id,
+                event.event_type,
+                event.aggregate_type,
+                event.aggregate_id,
+                event.attempts,
+                event.last_error.unwrap_or_default()
+            );
+        }
+    } else {
+        let id: String = flag(args, "--id", String::new())?;
+        let which = Requeue::parse(
+            (!id.is_empty()).then_some(id.as_str()),
+            args.iter().any(|arg| arg == "--all"),
+        )
+        .map_err(|problem| format!("dead-events requeue: {problem} (--id ID or --all)"))?;
+        let requeued = dead_events::requeue(&db, which).await.map_err(failed)?;
+        println!("{service}: {requeued} requeued");
+    }
     Ok(ExitCode::SUCCESS)
 }
