@@ -28,7 +28,10 @@ type SubjectOf = Arc<dyn Fn(&Event) -> String + Send + Sync>;
 ///
 /// [`ensure_stream`](Self::ensure_stream) checks, before the relay starts,
 /// that the stream exists and that its duplicate window covers the relay's
-/// retry horizon: otherwise a late retry would be stored twice.
+/// retry horizon: otherwise a late retry would be stored twice. An outage
+/// spends no attempts and may outlast any window: an event whose publish
+/// was stored but whose acknowledgement was lost as the broker went away
+/// may be stored again after the outage, which consumers' inboxes drop.
 ///
 /// # Example
 ///
