@@ -322,23 +322,52 @@ fn new_order(body: &[u8]) -> Result<NewOrder, Problem> {
     Ok(order)
 }
 
+/// A request's `Idempotency-Key`: a structured field string (RFC 8941,
+/// `"…"` with `\"` and `\\` escaped) as the draft has it, or the bare
+/// value as earlier clients send it (`"k"` and `k` are one key); 1 to 128
+/// characters.
+fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("idempotency-key")?.to_str().ok()?;
+    let key = match value.strip_prefix('"') {
+        Some(quoted) => sf_string(quoted)?,
+        None => value.to_owned(),
+    };
+    (!key.is_empty() && key.len() <= 128).then_some(key)
+}
+
+/// An RFC 8941 string after its opening quote, unescaped; `None` unless
+/// it is well formed and ends at its closing quote.
+fn sf_string(quoted: &str) -> Option<String> {
+    let mut string = String::with_capacity(quoted.len());
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next()? {
+                escaped @ ('"' | '\\') => string.push(escaped),
+                _ => return None,
+            },
+            '"' => return chars.as_str().is_empty().then_some(string),
+            ' '..='~' => string.push(c),
+            _ => return None,
+        }
+    }
+    None
+}
+
 async fn place(
     State(services): State<Services>,
     Extension(Principal { user, .. }): Extension<Principal>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some(key) = headers
-        .get("idempotency-key")
-        .and_then(|value| value.to_str().ok())
-        .filter(|key| !key.is_empty() && key.len() <= 128)
-    else {
+    let Some(key) = idempotency_key(&headers) else {
         return Problem::status(
             StatusCode::BAD_REQUEST,
-            "an Idempotency-Key header (1 to 128 visible characters) is required",
+            "an Idempotency-Key header (a string of 1 to 128 visible characters) is required",
         )
         .into_response();
     };
+    let key = key.as_str();
     let order = match new_order(&body) {
         Ok(order) => order,
         Err(problem) => return problem.into_response(),

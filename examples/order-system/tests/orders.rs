@@ -99,6 +99,22 @@ async fn an_idempotency_key_reused_for_another_order_is_refused_with_a_problem_n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_sent_as_a_structured_field_string_is_the_same_key() {
+    let (system, dir) = start().await;
+    let alice = signed_in(&system, "alice").await;
+    let (status, _, first) = post_order(&alice, r#""key \"1\"""#, ORDER).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _, replayed) = post_order(&alice, r#"key "1""#, ORDER).await;
+    assert_eq!((status, &replayed["id"]), (StatusCode::OK, &first["id"]));
+    for malformed in [r#""key"#, r#""key\x""#, r#""key" 2"#, r#""""#] {
+        let (status, content_type, problem) = post_order(&alice, malformed, ORDER).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{malformed}: {problem}");
+        assert_eq!(content_type, "application/problem+json");
+    }
+    stop(system, dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_sent_while_the_first_is_being_placed_gets_409() {
     let (system, dir) = start().await;
     let alice = signed_in(&system, "alice").await;
