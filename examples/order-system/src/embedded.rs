@@ -23,7 +23,7 @@ use crate::identity::{Identity, Seeded, seed_demo};
 use crate::inventory::{self, Inventory};
 use crate::orders::{self, Orders};
 use crate::payment::{self, Payment};
-use crate::processor::{self as card, ProcessorClient, ProcessorServer, Simulator};
+use crate::processor::{self as card, ChargeStore, ProcessorClient, ProcessorServer, Simulator};
 use crate::shipping::{self, Shipping};
 
 /// Where and how the embedded system runs.
@@ -117,9 +117,9 @@ impl System {
         };
 
         // The card processor, served over gRPC on a loopback port of its
-        // own; payment reaches it through trace context, retry and a
-        // circuit breaker.
-        let simulator = Simulator::default();
+        // own, its charges in a file of its own; payment reaches it through
+        // trace context, retry and a circuit breaker.
+        let simulator = Simulator::new(ChargeStore::open_sqlite(dir).await?);
         let processor_listener = TcpListener::bind("127.0.0.1:0").await?;
         let processor_address = processor_listener.local_addr()?;
         // Stopped last, by `stop`: payment's channel keeps a connection to
@@ -196,8 +196,10 @@ impl System {
         }
 
         {
-            let (payment, breaker, stopped) = (payment.clone(), breaker.clone(), until_stopped());
-            tasks.spawn(async move { payment.record_transitions(&breaker, stopped).await });
+            let (recorder, breaker, stopped) = (payment.clone(), breaker.clone(), until_stopped());
+            tasks.spawn(async move { recorder.record_transitions(&breaker, stopped).await });
+            let (charger, stopped) = (payment.clone(), until_stopped());
+            tasks.spawn(async move { charger.charge_intents(stopped).await });
         }
         let services = Services {
             telemetry,

@@ -523,26 +523,29 @@ pub async fn read_books(services: &Services) -> Result<Books, sqlx::Error> {
     })
 }
 
-/// What `/admin/processor` shows: the faults and the breaker in front of
-/// the processor.
+/// What `/admin/processor` shows: the processor's own report (faults,
+/// calls, ledger) and the breaker in front of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessorStatus {
-    /// The faults injected now.
-    pub faults: crate::processor::FaultSettings,
+    /// What the processor reports.
+    #[serde(flatten)]
+    pub processor: crate::processor::Report,
     /// The breaker's state.
     pub breaker_state: String,
-    /// Charges the processor has seen.
-    pub calls: u64,
 }
 
-fn processor_status(
+async fn processor_status(
     processor: &crate::processor::Simulator,
     breaker: Option<&crate::processor::Breaker>,
-) -> ProcessorStatus {
-    ProcessorStatus {
-        faults: processor.faults().settings(),
-        breaker_state: breaker.map_or_else(|| "unknown".to_owned(), |b| format!("{:?}", b.state())),
-        calls: processor.calls(),
+) -> Response {
+    match processor.report().await {
+        Ok(report) => Json(ProcessorStatus {
+            processor: report,
+            breaker_state: breaker
+                .map_or_else(|| "unknown".to_owned(), |b| format!("{:?}", b.state())),
+        })
+        .into_response(),
+        Err(error) => internal(&error),
     }
 }
 
@@ -556,9 +559,7 @@ fn processor_elsewhere() -> Response {
 
 async fn processor_faults(State(services): State<Services>) -> Response {
     match &services.processor {
-        Some(processor) => {
-            Json(processor_status(processor, services.breaker.as_ref())).into_response()
-        }
+        Some(processor) => processor_status(processor, services.breaker.as_ref()).await,
         None => processor_elsewhere(),
     }
 }
@@ -576,7 +577,7 @@ async fn set_processor_faults(
     };
     processor.faults().apply(settings);
     tracing::warn!(?settings, "card processor faults set");
-    Json(processor_status(processor, services.breaker.as_ref())).into_response()
+    processor_status(processor, services.breaker.as_ref()).await
 }
 
 async fn trending(State(services): State<Services>) -> Response {

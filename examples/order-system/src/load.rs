@@ -21,7 +21,7 @@ use crate::gateway::Books;
 use crate::identity::{CLI_CLIENT_ID, CLI_REDIRECT_URI, Credential, Credentials, Role};
 use crate::inventory::CATALOG;
 use crate::orders::{NewOrder, Order};
-use crate::processor::{DECLINED_CARD, GOOD_CARD};
+use crate::processor::{DECLINED_CARD, GOOD_CARD, Ledger, Report};
 
 /// A boxed error.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -80,6 +80,9 @@ pub struct Summary {
     pub elapsed: Duration,
     /// The books after the run.
     pub books: Option<Books>,
+    /// The card processor's ledger after the run, read through its API as
+    /// the operator (`None`: no operator among the credentials).
+    pub ledger: Option<Ledger>,
     /// Invariants that did not hold.
     pub violations: Vec<String>,
 }
@@ -138,6 +141,13 @@ impl Summary {
                 duplicates.to_string(),
             ));
         }
+        rows.push((
+            "card charges / charged twice".into(),
+            self.ledger.map_or_else(
+                || "not checked (no operator)".to_owned(),
+                |ledger| format!("{} / {}", ledger.charges, ledger.charged_twice),
+            ),
+        ));
         rows.push((
             "saga latency p50 / p95 / p99".into(),
             format!(
@@ -526,17 +536,24 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
             Ok::<_, Error>(ended)
         });
     }
-    let outage = match settings.processor_outage {
-        Some(length) => {
-            let credential = settings
-                .credentials
-                .with_role(Role::Operator)
-                .ok_or("a processor outage needs the credentials of an operator")?;
+    // The operator, at the processor's admin: for the outage, and to read
+    // the processor's ledger at the end.
+    let operator = match settings.credentials.with_role(Role::Operator) {
+        Some(credential) => {
             let mut operator = gateway.clone();
             operator.sign_in(credential).await?;
-            if let Some(url) = &settings.processor_admin {
-                operator = Gateway::new(url).with_authorization(operator.authorization());
-            }
+            Some(match &settings.processor_admin {
+                Some(url) => Gateway::new(url).with_authorization(operator.authorization()),
+                None => operator,
+            })
+        }
+        None => None,
+    };
+    let outage = match settings.processor_outage {
+        Some(length) => {
+            let operator = operator
+                .clone()
+                .ok_or("a processor outage needs the credentials of an operator")?;
             let (next, quarter) = (next.clone(), settings.orders / 4);
             Some(tokio::spawn(async move {
                 while next.load(Ordering::Relaxed) < quarter {
@@ -592,6 +609,27 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     summary.violations = violations;
+    // No order charged twice: the processor's own ledger, through its API
+    // (its data is its own).
+    if let Some(operator) = &operator {
+        let ledger = operator
+            .get::<Report>("/admin/processor")
+            .await
+            .map_err(|error| {
+                format!(
+                    "the card processor's ledger: {error} (on real infrastructure, \
+                     --processor-admin says where its admin is)"
+                )
+            })?
+            .ledger;
+        if ledger.charged_twice != 0 {
+            summary.violations.push(format!(
+                "{} orders charged twice by the card processor",
+                ledger.charged_twice
+            ));
+        }
+        summary.ledger = Some(ledger);
+    }
     if summary.unfinished > 0 {
         summary.violations.push(format!(
             "{} orders of this run had not ended after {} s",

@@ -1,19 +1,41 @@
 //! The payment service: charges the card of every order whose stock is
-//! reserved, through the card processor over gRPC (with retry and a
-//! circuit breaker, see [`processor::stack`](crate::processor::stack)).
+//! reserved, through the card processor over gRPC (with retry, a deadline
+//! and a circuit breaker, see [`processor::stack`](crate::processor::stack)).
+//!
+//! No call to the processor is made inside a database transaction. The
+//! handler of `InventoryReserved` records a payment intent in its inbox
+//! transaction; [`Payment::charge_intents`] claims the intents that are
+//! due, charges them outside any transaction, and records each result (the
+//! payment, and `PaymentSucceeded` or `PaymentFailed` in the outbox) in a
+//! second transaction, fenced by its claim. A processor that is down, slow
+//! or behind an open breaker leaves the intents pending in their turn
+//! while the worker backs off; it is no decline. The processor charges once per order id, so an intent
+//! charged again after a crash between the call and the record is not a
+//! second charge.
 
 use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use palisade_outbox::{BoxError, Delivery, Handled, Handler, Transient};
+use palisade_outbox::{BoxError, Delivery, Event, Handled, Handler};
+use palisade_tracecontext::{TraceContext, TraceParent, TraceState};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
 
 use crate::db::{Param, ServiceDb, Tx};
-use crate::events::{SagaEvent, types};
+use crate::events::{Line, SagaEvent, types};
 use crate::processor::{Breaker, Charge, ProcessorClient};
 
 /// The payment service's tables.
 pub const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS payments (order_id TEXT PRIMARY KEY, amount_cents BIGINT NOT NULL, \
      status TEXT NOT NULL, reason TEXT)",
+    // Charges to make: the order's line (JSON), the trace it belongs to,
+    // when it is next due (a claim moves it past the claim's lease) and
+    // the claim that holds it.
+    "CREATE TABLE IF NOT EXISTS payment_intents (order_id TEXT PRIMARY KEY, line TEXT NOT NULL, \
+     traceparent TEXT, due_ms BIGINT NOT NULL, attempts BIGINT NOT NULL DEFAULT 0, claim TEXT)",
     // Every state change of the card processor's breaker, by every
     // replica: its history survives restarts and is read by the books.
     "CREATE TABLE IF NOT EXISTS breaker_transitions (at_ms BIGINT NOT NULL, from_state TEXT NOT NULL, \
@@ -54,18 +76,65 @@ impl BreakerHistory {
 /// The events the payment service consumes.
 pub const CONSUMES: &[&str] = &[types::INVENTORY_RESERVED];
 
+/// Intents one round claims, and charges at once.
+const BATCH: i64 = 64;
+
+/// How long a claim keeps other workers off its intents: twice the call's
+/// deadline ([`CALL_DEADLINE`](crate::processor::CALL_DEADLINE)), so a
+/// claim lapses only when its worker died (and should one still record,
+/// its claim fences it out).
+const CLAIM: Duration = Duration::from_secs(10);
+
+/// How often the worker looks for due intents with no wake-up: intents
+/// backed off, or recorded by another replica.
+const POLL: Duration = Duration::from_millis(500);
+
+/// The worker's wait after `rounds` rounds in a row charged nothing (the
+/// processor down, slow or behind an open breaker): 200 ms doubling up to
+/// 2 s (the breaker's open time), with up to a fifth more at random.
+fn backoff(rounds: u32) -> Duration {
+    let base = Duration::from_millis(200)
+        .saturating_mul(1 << (rounds.clamp(1, 5) - 1))
+        .min(Duration::from_secs(2));
+    base + base.mul_f64(fastrand::f64() / 5.0)
+}
+
 /// The payment service.
 #[derive(Debug, Clone)]
 pub struct Payment {
     db: ServiceDb,
     processor: ProcessorClient,
+    /// Wakes [`charge_intents`](Self::charge_intents) once an intent is
+    /// committed.
+    recorded: Arc<Notify>,
 }
+
+/// A claimed intent: the order's line and the trace it belongs to.
+struct Intent {
+    line: Line,
+    trace: Option<TraceContext>,
+}
+
+/// What a round of the worker came to: intents claimed, and charged
+/// (approved or declined).
+struct Round {
+    claimed: i64,
+    charged: i64,
+}
+
+/// What charging an intent came to: the saga's next step and its outbox
+/// event (made in the intent's trace), or the failure to back off from.
+type Outcome = (Intent, Result<(SagaEvent, Event), tonic::Status>);
 
 impl Payment {
     /// The service on its database, charging through `processor`.
     #[must_use]
-    pub const fn new(db: ServiceDb, processor: ProcessorClient) -> Self {
-        Self { db, processor }
+    pub fn new(db: ServiceDb, processor: ProcessorClient) -> Self {
+        Self {
+            db,
+            processor,
+            recorded: Arc::default(),
+        }
     }
 
     /// The database.
@@ -114,6 +183,197 @@ impl Payment {
             }
         }
     }
+
+    /// Charges the payment intents as they become due, until `stopped`
+    /// completes (the charges under way are recorded first). A round's
+    /// database error is logged and the round tried again later: the
+    /// intents stay recorded.
+    pub async fn charge_intents(&self, stopped: impl Future<Output = ()>) {
+        tokio::pin!(stopped);
+        let mut failed_rounds = 0;
+        loop {
+            let idle = match self.charge_round().await {
+                Ok(round) if round.claimed > 0 && round.charged == 0 => {
+                    // Nothing charged: the processor is out, not the
+                    // intents; the worker waits, and they keep their turn.
+                    failed_rounds += 1;
+                    backoff(failed_rounds)
+                }
+                Ok(round) => {
+                    failed_rounds = 0;
+                    // A full round: more may be due at once.
+                    if round.claimed == BATCH {
+                        Duration::ZERO
+                    } else {
+                        POLL
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "payment intents not charged; trying again");
+                    POLL
+                }
+            };
+            tokio::select! {
+                biased;
+                () = &mut stopped => return,
+                () = self.recorded.notified(), if failed_rounds == 0 => {}
+                () = tokio::time::sleep(idle) => {}
+            }
+        }
+    }
+
+    /// Claims the due intents, charges them at once, and records what
+    /// came of each.
+    async fn charge_round(&self) -> Result<Round, BoxError> {
+        let claim = uuid::Uuid::now_v7().to_string();
+        let intents = self.claim(&claim).await?;
+        let claimed = i64::try_from(intents.len()).unwrap_or(BATCH);
+        let mut charging = JoinSet::new();
+        for intent in intents {
+            let processor = self.processor.clone();
+            charging.spawn(async move {
+                let charging = charge(&processor, &intent.line);
+                let outcome = match intent.trace.clone() {
+                    Some(trace) => trace.scope(charging).await,
+                    None => charging.await,
+                };
+                (intent, outcome)
+            });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(outcome) = charging.join_next().await {
+            outcomes.push(outcome?);
+        }
+        self.record(&claim, &outcomes).await?;
+        let charged = outcomes
+            .iter()
+            .filter(|(_, outcome)| outcome.is_ok())
+            .count();
+        Ok(Round {
+            claimed,
+            charged: i64::try_from(charged).unwrap_or(claimed),
+        })
+    }
+
+    /// Claims up to [`BATCH`] due intents for [`CLAIM`]: no other worker
+    /// takes them meanwhile.
+    async fn claim(&self, claim: &str) -> Result<Vec<Intent>, BoxError> {
+        let now = crate::orders::now_ms();
+        let lease = i64::try_from(CLAIM.as_millis()).unwrap_or(i64::MAX);
+        let rows: Vec<(String, Option<String>)> = crate::on_pool!(&self.db, |pool| {
+            sqlx::query_as(
+                "UPDATE payment_intents SET claim = $1, due_ms = $2 + $3 \
+                 WHERE due_ms <= $2 AND order_id IN \
+                 (SELECT order_id FROM payment_intents WHERE due_ms <= $2 ORDER BY due_ms LIMIT $4) \
+                 RETURNING line, traceparent",
+            )
+            .bind(claim)
+            .bind(now)
+            .bind(lease)
+            .bind(BATCH)
+            .fetch_all(pool)
+            .await
+        })?;
+        rows.into_iter()
+            .map(|(line, traceparent)| {
+                Ok(Intent {
+                    line: serde_json::from_str(&line)?,
+                    trace: traceparent
+                        .and_then(|text| TraceParent::from_str(&text).ok())
+                        .map(|parent| TraceContext::continue_from(parent, TraceState::default())),
+                })
+            })
+            .collect()
+    }
+
+    /// Records what came of a round's charges in one transaction, each
+    /// fenced by `claim`: an intent charged is settled (its payment and its
+    /// event written, the intent gone), one whose call failed is due again
+    /// in its turn (the worker backs off). An intent whose claim lapsed is left to the
+    /// worker that holds it now.
+    async fn record(&self, claim: &str, outcomes: &[Outcome]) -> Result<(), BoxError> {
+        crate::on_pool!(&self.db, |pool| {
+            let mut tx = pool.begin().await?;
+            for (intent, outcome) in outcomes {
+                self.record_one(&mut *tx, claim, intent, outcome).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, BoxError>(())
+        })
+    }
+
+    async fn record_one<C: Tx>(
+        &self,
+        tx: &mut C,
+        claim: &str,
+        intent: &Intent,
+        outcome: &Result<(SagaEvent, Event), tonic::Status>,
+    ) -> Result<(), BoxError> {
+        let order_id = intent.line.order_id.as_str();
+        let (step, event) = match outcome {
+            Ok(charged) => charged,
+            Err(status) => {
+                tracing::debug!(order_id, %status, "charge failed; the intent waits");
+                tx.execute(
+                    "UPDATE payment_intents SET due_ms = $1, attempts = attempts + 1, claim = NULL \
+                     WHERE order_id = $2 AND claim = $3",
+                    &[
+                        Param::Int(crate::orders::now_ms()),
+                        Param::Text(order_id),
+                        Param::Text(claim),
+                    ],
+                )
+                .await?;
+                return Ok(());
+            }
+        };
+        let settled = tx
+            .execute(
+                "DELETE FROM payment_intents WHERE order_id = $1 AND claim = $2",
+                &[Param::Text(order_id), Param::Text(claim)],
+            )
+            .await?;
+        if settled == 0 {
+            return Ok(());
+        }
+        let (status, reason) = match step {
+            SagaEvent::PaymentFailed { reason, .. } => ("failed", Some(reason.as_str())),
+            _ => ("succeeded", None),
+        };
+        tx.execute(
+            "INSERT INTO payments (order_id, amount_cents, status, reason) VALUES ($1, $2, $3, $4)",
+            &[
+                Param::Text(order_id),
+                Param::Int(intent.line.amount_cents),
+                Param::Text(status),
+                Param::OptionalText(reason),
+            ],
+        )
+        .await?;
+        self.db.enqueue(tx, event).await?;
+        Ok(())
+    }
+}
+
+/// Charges `line`'s card (within the channel's deadline): the saga's
+/// next step and its event, in the current trace, or the call's failure
+/// (the processor down, slow, or behind an open breaker).
+async fn charge(
+    processor: &ProcessorClient,
+    line: &Line,
+) -> Result<(SagaEvent, Event), tonic::Status> {
+    let step = match processor
+        .charge(&line.order_id, &line.card, line.amount_cents)
+        .await?
+    {
+        Charge::Approved => SagaEvent::PaymentSucceeded(line.clone()),
+        Charge::Declined(reason) => SagaEvent::PaymentFailed {
+            line: line.clone(),
+            reason,
+        },
+    };
+    let event = step.to_event();
+    Ok((step, event))
 }
 
 impl<C: Tx> Handler<C> for Payment {
@@ -122,37 +382,23 @@ impl<C: Tx> Handler<C> for Payment {
         else {
             return Ok(Handled::Ignored);
         };
-        // The processor charges once per order id, so a retry after a
-        // failure here is not a second charge. It being down (retries
-        // spent, or the breaker open) is not the order's fault: transient,
-        // tried again until it is back.
-        let charge = self
-            .processor
-            .charge(&line.order_id, &line.card, line.amount_cents)
-            .await
-            .map_err(|status| Transient::new(format!("card processor: {status}")))?;
-        let (status, reason, event) = match charge {
-            Charge::Approved => ("succeeded", None, SagaEvent::PaymentSucceeded(line.clone())),
-            Charge::Declined(reason) => (
-                "failed",
-                Some(reason.clone()),
-                SagaEvent::PaymentFailed {
-                    line: line.clone(),
-                    reason,
-                },
-            ),
-        };
+        // The intent only: the charge is made outside this transaction.
+        let traceparent = TraceContext::current().map(|context| context.traceparent().to_string());
         tx.execute(
-            "INSERT INTO payments (order_id, amount_cents, status, reason) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO payment_intents (order_id, line, traceparent, due_ms) \
+             VALUES ($1, $2, $3, $4)",
             &[
                 Param::Text(&line.order_id),
-                Param::Int(line.amount_cents),
-                Param::Text(status),
-                Param::OptionalText(reason.as_deref()),
+                Param::Text(&serde_json::to_string(&line)?),
+                Param::OptionalText(traceparent.as_deref()),
+                Param::Int(crate::orders::now_ms()),
             ],
         )
         .await?;
-        self.db.enqueue(tx, &event.to_event()).await?;
         Ok(Handled::Applied)
+    }
+
+    fn committed(&self, _: &Delivery) {
+        self.recorded.notify_one();
     }
 }

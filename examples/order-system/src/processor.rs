@@ -7,18 +7,23 @@
 //! tonic's code generator gives, so no `protoc` is needed.
 //!
 //! The simulator declines cards ending in `0002` (`insufficient_funds`) and
-//! approves the others; a charge is idempotent per order id. Its
-//! [`Faults`] make it answer `UNAVAILABLE`, or slowly, on demand.
+//! approves the others; a charge is idempotent per order id, kept durably in
+//! a [`ChargeStore`] of its own (so the same order asked again after the
+//! processor's restart gets the same answer, charged once). Its [`Faults`]
+//! make it answer `UNAVAILABLE`, or slowly, on demand.
 
-use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use palisade_circuit_breaker::CircuitBreakerLayer;
 use palisade_retry::RetryLayer;
 use palisade_tracecontext::PropagateLayer;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{PgPool, SqlitePool};
 use tonic::codegen::{BoxFuture, Service, StdError, http};
 use tonic::transport::Channel;
 
@@ -129,19 +134,195 @@ impl Faults {
     }
 }
 
-/// The simulated processor: its answers, bounded, and its faults.
-#[derive(Debug, Clone, Default)]
+/// The card processor's own record of its charges: what it answered each
+/// order (the idempotency record, one row per order id) and the money it
+/// moved (the ledger, one row per capture). A SQLite file in the embedded
+/// system, a PostgreSQL schema of its own on real infrastructure; no other
+/// service reads it (they ask the processor, see [`Ledger`]).
+#[derive(Debug, Clone)]
+pub enum ChargeStore {
+    /// A SQLite file.
+    Sqlite(SqlitePool),
+    /// A PostgreSQL schema (the pool's `search_path`).
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the store's pool, compiled for each
+/// database.
+macro_rules! on_store {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            ChargeStore::Sqlite($pool) => $body,
+            ChargeStore::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// The store's tables: the answer given to each order, and the ledger,
+/// which has no key of its own so that a second capture for one order
+/// would show (see [`Ledger::charged_twice`]).
+const CHARGE_TABLES: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS charges (order_id TEXT PRIMARY KEY, amount_cents BIGINT NOT NULL, \
+     decline_reason TEXT)",
+    "CREATE TABLE IF NOT EXISTS ledger (order_id TEXT NOT NULL, amount_cents BIGINT NOT NULL)",
+];
+
+/// What the processor's ledger shows: the books' check that no order was
+/// charged twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Ledger {
+    /// Captures, all time.
+    pub charges: u64,
+    /// Orders captured more than once.
+    pub charged_twice: u64,
+}
+
+/// What the processor tells its operators (`GET /admin/processor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    /// The faults injected now.
+    pub faults: FaultSettings,
+    /// Charges seen since it started, `UNAVAILABLE` answers included.
+    pub calls: u64,
+    /// Its ledger's totals.
+    pub ledger: Ledger,
+}
+
+impl ChargeStore {
+    /// Opens (creating if needed) `dir/processor.db`.
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn open_sqlite(dir: &Path) -> Result<Self, sqlx::Error> {
+        let options = SqliteConnectOptions::new()
+            .filename(dir.join("processor.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await?;
+        Self::Sqlite(pool).migrated().await
+    }
+
+    /// Opens the schema `schema` (a name [`is_identifier`] accepts) of
+    /// the PostgreSQL database at `url`, creating it if needed.
+    ///
+    /// [`is_identifier`]: crate::db::is_identifier
+    ///
+    /// # Errors
+    ///
+    /// The database's error, or a configuration error for a bad schema
+    /// name.
+    pub async fn open_postgres(url: &str, schema: &str) -> Result<Self, sqlx::Error> {
+        if !crate::db::is_identifier(schema) {
+            return Err(sqlx::Error::Configuration(
+                format!("{schema:?} is not a schema name (lowercase letters, digits and `_`)")
+                    .into(),
+            ));
+        }
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.options([("search_path", schema)]))
+            .await?;
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&pool)
+            .await?;
+        Self::Postgres(pool).migrated().await
+    }
+
+    async fn migrated(self) -> Result<Self, sqlx::Error> {
+        for table in CHARGE_TABLES {
+            on_store!(&self, |pool| sqlx::query(table)
+                .execute(pool)
+                .await
+                .map(drop))?;
+        }
+        Ok(self)
+    }
+
+    /// Charges `request` once per order id: the first time, `answer` is
+    /// recorded (and captured in the ledger when approved); every time,
+    /// the answer recorded first comes back.
+    async fn charge(&self, request: &ChargeRequest, answer: Charge) -> Result<Charge, sqlx::Error> {
+        let reason = match &answer {
+            Charge::Approved => None,
+            Charge::Declined(reason) => Some(reason.as_str()),
+        };
+        let recorded: Option<String> = on_store!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let first = sqlx::query(
+                "INSERT INTO charges (order_id, amount_cents, decline_reason) VALUES ($1, $2, $3) \
+                 ON CONFLICT (order_id) DO NOTHING",
+            )
+            .bind(&request.order_id)
+            .bind(request.amount_cents)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if first && reason.is_none() {
+                sqlx::query("INSERT INTO ledger (order_id, amount_cents) VALUES ($1, $2)")
+                    .bind(&request.order_id)
+                    .bind(request.amount_cents)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let (recorded,): (Option<String>,) =
+                sqlx::query_as("SELECT decline_reason FROM charges WHERE order_id = $1")
+                    .bind(&request.order_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            tx.commit().await?;
+            recorded
+        });
+        Ok(recorded.map_or(Charge::Approved, Charge::Declined))
+    }
+
+    /// The ledger's totals.
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn ledger(&self) -> Result<Ledger, sqlx::Error> {
+        let (charges, twice): (i64, i64) = on_store!(self, |pool| sqlx::query_as(
+            "SELECT (SELECT count(*) FROM ledger), \
+             (SELECT count(*) FROM (SELECT order_id FROM ledger GROUP BY order_id \
+              HAVING count(*) > 1) AS twice)"
+        )
+        .fetch_one(pool)
+        .await)?;
+        Ok(Ledger {
+            charges: u64::try_from(charges).unwrap_or(0),
+            charged_twice: u64::try_from(twice).unwrap_or(0),
+        })
+    }
+}
+
+/// The simulated processor: its charges (kept in its [`ChargeStore`]) and
+/// its faults.
+#[derive(Debug, Clone)]
 pub struct Simulator {
-    charges: Arc<Mutex<HashMap<String, Charge>>>,
+    charges: ChargeStore,
     faults: Arc<Faults>,
     calls: Arc<AtomicU64>,
 }
 
-/// Charges remembered for idempotency; the oldest half is forgotten past
-/// this (a retry comes within seconds, not after 100,000 other orders).
-const REMEMBERED: usize = 100_000;
-
 impl Simulator {
+    /// The processor keeping its charges in `charges`, with no faults.
+    #[must_use]
+    pub fn new(charges: ChargeStore) -> Self {
+        Self {
+            charges,
+            faults: Arc::default(),
+            calls: Arc::default(),
+        }
+    }
+
     /// The faults to inject.
     #[must_use]
     pub fn faults(&self) -> &Faults {
@@ -152,6 +333,19 @@ impl Simulator {
     #[must_use]
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Its faults, calls and ledger.
+    ///
+    /// # Errors
+    ///
+    /// The charge store's error.
+    pub async fn report(&self) -> Result<Report, sqlx::Error> {
+        Ok(Report {
+            faults: self.faults.settings(),
+            calls: self.calls(),
+            ledger: self.charges.ledger().await?,
+        })
     }
 
     async fn charge(&self, request: ChargeRequest) -> Result<ChargeReply, tonic::Status> {
@@ -173,16 +367,14 @@ impl Simulator {
         } else {
             Charge::Approved
         };
-        let mut charges = self.charges.lock().unwrap_or_else(PoisonError::into_inner);
-        if charges.len() >= REMEMBERED {
-            // Without an order of insertion, forget an arbitrary half: only
-            // a retry within moments needs the memory.
-            let forget: Vec<String> = charges.keys().take(REMEMBERED / 2).cloned().collect();
-            for key in forget {
-                charges.remove(&key);
-            }
-        }
-        let answer = charges.entry(request.order_id).or_insert(answer).clone();
+        let answer = self
+            .charges
+            .charge(&request, answer)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "charge not recorded");
+                tonic::Status::unavailable("the card processor cannot record charges")
+            })?;
         Ok(match answer {
             Charge::Approved => ChargeReply {
                 approved: true,
@@ -249,9 +441,11 @@ where
 }
 
 /// Payment's channel to the processor: trace context on every call, then
-/// retries (UNAVAILABLE, with a budget), then a circuit breaker (gRPC
-/// classification) under them, so each attempt counts and an open breaker
-/// is never retried.
+/// retries (UNAVAILABLE, with a budget, within [`CALL_DEADLINE`]), then a
+/// circuit breaker (gRPC classification, slow calls counted) over a
+/// per-attempt timeout ([`ATTEMPT_TIMEOUT`]), so each attempt counts, a
+/// stalled processor fails each attempt in bounded time, and an open
+/// breaker is never retried.
 pub type ProcessorChannel = tower::util::BoxCloneSyncService<
     http::Request<tonic::body::Body>,
     http::Response<tonic::body::Body>,
@@ -280,13 +474,22 @@ impl std::error::Error for ChannelError {
 /// The breaker of payment's channel, to watch.
 pub type Breaker = palisade_circuit_breaker::CircuitBreaker;
 
+/// How long one attempt of a charge may take before it fails (and counts
+/// as a failure, and a slow call, for the breaker).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a charge may take, all attempts and the waits between them.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(5);
+
 /// The breaker payment uses by default: open after 10 calls with half of
-/// the last 20 failing, for 2 s (growing with repeated opens, with
-/// jitter), so a demo outage shows it open and then recover.
+/// the last 20 failing or taking a second or more (a stalled processor),
+/// for 2 s (growing with repeated opens, with jitter), so a demo outage
+/// shows it open and then recover.
 #[must_use]
 pub fn breaker_config() -> palisade_circuit_breaker::Config {
     palisade_circuit_breaker::Config::builder()
         .minimum_calls(10)
+        .slow_calls(Duration::from_secs(1), 0.5)
         .open_duration(Duration::from_secs(2))
         .build()
         .unwrap_or_else(|_| unreachable!("a valid breaker config"))
@@ -304,17 +507,21 @@ pub fn stack(
     let breaker = CircuitBreakerLayer::new_for_grpc(config);
     let handle = breaker.breaker().clone();
     handle.instrument(meter, "card-processor");
+    let retries = palisade_retry::Config::builder()
+        .deadline(CALL_DEADLINE)
+        .build()
+        .unwrap_or_else(|_| unreachable!("a valid retry config"));
     let service = tower::ServiceBuilder::new()
         // Outermost: the breaker's body (classified at the end of the
         // stream) as tonic's.
         .map_response(|response: http::Response<_>| response.map(tonic::body::Body::new))
         .map_err(ChannelError)
         .layer(PropagateLayer::new())
-        .layer(
-            RetryLayer::new_for_grpc(palisade_retry::Config::default())
-                .instrument(meter, "card-processor"),
-        )
+        .layer(RetryLayer::new_for_grpc(retries).instrument(meter, "card-processor"))
         .layer(breaker)
+        // Under the breaker, so that an attempt cut short is recorded as
+        // a failure rather than dropped unrecorded.
+        .timeout(ATTEMPT_TIMEOUT)
         .map_request(|request: http::Request<_>| request.map(tonic::body::Body::new))
         .service(channel);
     (tower::util::BoxCloneSyncService::new(service), handle)
@@ -340,8 +547,8 @@ impl ProcessorClient {
     ///
     /// # Errors
     ///
-    /// The call's status: `UNAVAILABLE` once retries are spent or while
-    /// the breaker is open.
+    /// The call's status: `UNAVAILABLE` once retries are spent, while the
+    /// breaker is open, or past the deadline.
     pub async fn charge(
         &self,
         order_id: &str,

@@ -63,7 +63,7 @@ use crate::identity::{self, Identity};
 use crate::inventory::{self, Inventory};
 use crate::orders::{self, Orders};
 use crate::payment::{self, Payment};
-use crate::processor::{self as card, ProcessorClient, ProcessorServer, Simulator};
+use crate::processor::{self as card, ChargeStore, ProcessorClient, ProcessorServer, Simulator};
 use crate::shipping::{self, Shipping};
 use crate::telemetry::Telemetry;
 
@@ -324,6 +324,10 @@ pub async fn serve(
             process
                 .tasks
                 .spawn(async move { recorder.record_transitions(&breaker, signal).await });
+            let (charger, signal) = (payment.clone(), stop.signal());
+            process
+                .tasks
+                .spawn(async move { charger.charge_intents(signal).await });
             consume(
                 &settings,
                 "payment",
@@ -590,7 +594,13 @@ async fn processor(settings: &ServeSettings, process: Process<'_>) -> Result<(),
     let (listener, telemetry, mut tasks, stop) = process.into_parts();
     let (_, connection) = connect_redis(settings).await?;
     let sessions = Sessions::redis(connection, &settings.sessions_prefix());
-    let simulator = Simulator::default();
+    let charges = ChargeStore::open_postgres(
+        &settings.infrastructure.postgres,
+        &settings.schema("processor"),
+    )
+    .await
+    .map_err(|error| format!("PostgreSQL (processor): {error}"))?;
+    let simulator = Simulator::new(charges);
     let grpc = TcpListener::bind(settings.grpc).await?;
     tracing::info!(address = %grpc.local_addr()?, "card processor (gRPC)");
     let serving = tonic::transport::Server::builder()
@@ -622,7 +632,7 @@ async fn processor(settings: &ServeSettings, process: Process<'_>) -> Result<(),
 }
 
 async fn faults(State(simulator): State<Simulator>) -> Response {
-    axum::Json(simulator.faults().settings()).into_response()
+    status(&simulator).await
 }
 
 async fn set_faults(State(simulator): State<Simulator>, body: Bytes) -> Response {
@@ -630,11 +640,23 @@ async fn set_faults(State(simulator): State<Simulator>, body: Bytes) -> Response
         Ok(settings) => {
             simulator.faults().apply(settings);
             tracing::warn!(?settings, "card processor faults set");
-            axum::Json(settings).into_response()
+            status(&simulator).await
         }
         Err(problem) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             axum::Json(serde_json::json!({ "error": problem })),
+        )
+            .into_response(),
+    }
+}
+
+/// What the processor's `/admin/processor` shows: its [`card::Report`].
+async fn status(simulator: &Simulator) -> Response {
+    match simulator.report().await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "error": format!("the ledger: {error}") })),
         )
             .into_response(),
     }

@@ -219,7 +219,7 @@ impl System {
             progress: false,
             credentials: self.credentials.clone(),
             processor_outage: None,
-            processor_admin: None,
+            processor_admin: Some(self.address("processor")),
         }
     }
 
@@ -232,7 +232,7 @@ impl System {
         let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url())
             .await
             .unwrap();
-        for service in ["orders", "inventory", "payment", "shipping"] {
+        for service in ["orders", "inventory", "payment", "shipping", "processor"] {
             sqlx::query(&format!(
                 "DROP SCHEMA IF EXISTS {}_{service} CASCADE",
                 self.namespace
@@ -264,6 +264,7 @@ fn assert_straight(summary: &Summary, orders: usize) {
     assert_eq!(summary.placed, orders);
     let cancelled: usize = summary.cancelled.values().sum();
     assert_eq!(summary.confirmed + cancelled, orders);
+    assert!(summary.ledger.is_some(), "the processor's ledger was read");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
