@@ -6,8 +6,10 @@
 //! carries waits, and with per-aggregate order so do the later events of
 //! its order. Requeued, it is published again with its attempts reset, and
 //! the saga goes on. Both run modes reach them the same way
-//! ([`palisade_outbox::DeadEvents`]), with `order-system dead-events` on a
-//! data directory or a PostgreSQL database ([`Location`]).
+//! ([`palisade_outbox::DeadEvents`]): through the gateway's
+//! `/admin/dead-events/{service}` for the operator role ([`admin`]), or
+//! with `order-system dead-events` on a data directory or a PostgreSQL
+//! database ([`Location`]).
 //!
 //! A consumer that gives up on an event keeps no copy of it here: the
 //! embedded consumer logs it, a JetStream consumer publishes it to its
@@ -31,11 +33,17 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use palisade_outbox::{DeadEvent, DeadEvents};
 use serde::{Deserialize, Serialize};
 use sqlx::Connection as _;
 
 use crate::db::ServiceDb;
+use crate::gateway::{Services, internal, problem};
 
 /// The services with an outbox.
 pub const SERVICES: [&str; 4] = ["orders", "inventory", "payment", "shipping"];
@@ -240,6 +248,99 @@ impl Location {
                 Ok(ServiceDb::open_postgres(url, &schema, &[], 1).await?)
             }
         }
+    }
+}
+
+/// The gateway's routes, to be put behind the operator role:
+///
+/// - `GET /admin/dead-events/{service}` (`?limit=N`, 1 to 1,000, default
+///   100): `{"service": …, "dead": […]}`, each a [`Dead`], oldest first;
+/// - `POST /admin/dead-events/{service}/requeue` with `{"id": "…"}` or
+///   `{"all": true}`: `{"service": …, "requeued": N}`; `404` for an id
+///   that is not a dead event of the service, `422` for another body.
+///
+/// `404` for a service without an outbox.
+pub fn admin() -> Router<Services> {
+    Router::new()
+        .route("/admin/dead-events/{service}", get(listed))
+        .route("/admin/dead-events/{service}/requeue", post(requeued))
+}
+
+/// `GET /admin/dead-events/{service}` parameters.
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    /// At most this many, oldest first.
+    limit: Option<u32>,
+}
+
+/// `POST /admin/dead-events/{service}/requeue`'s body: one of the two.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequeueBody {
+    /// The dead event's id.
+    id: Option<String>,
+    /// Every dead event of the service.
+    #[serde(default)]
+    all: bool,
+}
+
+/// `service`'s database, if it has one.
+fn database_of<'a>(services: &'a Services, service: &str) -> Option<&'a ServiceDb> {
+    services
+        .databases()
+        .into_iter()
+        .find_map(|(name, db)| (name == service).then_some(db))
+}
+
+/// The answer for a service without a database.
+fn unknown(service: &str) -> Response {
+    let error = Error::UnknownService(service.to_owned());
+    problem(StatusCode::NOT_FOUND, error.to_string())
+}
+
+async fn listed(
+    State(services): State<Services>,
+    Path(service): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    let Some(db) = database_of(&services, &service) else {
+        return unknown(&service);
+    };
+    match list(db, query.limit.unwrap_or(100).clamp(1, 1_000)).await {
+        Ok(dead) => Json(serde_json::json!({ "service": service, "dead": dead })).into_response(),
+        Err(error) => internal(&error),
+    }
+}
+
+async fn requeued(
+    State(services): State<Services>,
+    Path(service): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(db) = database_of(&services, &service) else {
+        return unknown(&service);
+    };
+    let which = serde_json::from_slice::<RequeueBody>(&body)
+        .map_err(|error| format!("not a requeue: {error}"))
+        .and_then(|body| Requeue::parse(body.id.as_deref(), body.all));
+    let which = match which {
+        Ok(which) => which,
+        Err(problem_text) => {
+            return problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{problem_text} ({{\"id\": \"…\"}} or {{\"all\": true}})"),
+            );
+        }
+    };
+    match requeue(db, which).await {
+        Ok(requeued) => {
+            tracing::warn!(%service, ?which, requeued, "dead events requeued");
+            Json(serde_json::json!({ "service": service, "requeued": requeued })).into_response()
+        }
+        Err(error @ Error::NotDead(_)) => {
+            problem(StatusCode::NOT_FOUND, format!("{service}: {error}"))
+        }
+        Err(error) => internal(&error),
     }
 }
 

@@ -20,13 +20,19 @@
 //! - `GET /catalog/trending`: the products by units shipped, a slow query
 //!   served through `CoalesceLayer` (see [`catalog`](crate::catalog)); no
 //!   token needed.
-//! - `GET /books`: every service's books and the invariants they must keep.
-//! - `GET /metrics`: the same books in the Prometheus text format, and
-//!   the palisade crates' own OpenTelemetry metrics (breaker, retry, rate
-//!   limit, relays, catalog cache).
+//! - `GET /books`: every service's books and the invariants they must keep,
+//!   with the sagas pending past a threshold (`?stuck_after_ms=N`, by
+//!   default [`STUCK_AFTER`]).
+//! - `GET /metrics`: the same books in the Prometheus text format (the
+//!   same `?stuck_after_ms`), and the palisade crates' own OpenTelemetry
+//!   metrics (breaker, retry, rate limit, relays, catalog cache).
 //! - `GET /healthz`.
 //! - `GET`/`PUT /admin/processor`: the card processor's injected faults
 //!   (`{"unavailable": true, "delay_ms": 200}`), for users granted
+//!   [`Role::Operator`] only.
+//! - `GET /admin/dead-events/{service}`, `POST
+//!   /admin/dead-events/{service}/requeue`: the service's dead events,
+//!   listed and put back in line ([`dead_events::admin`]), for
 //!   [`Role::Operator`] only.
 //!
 //! An order's events continue the trace of the request that placed it.
@@ -48,11 +54,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth;
 use crate::db::ServiceDb;
+use crate::dead_events;
 use crate::embedded::Consumers;
 use crate::identity::{Principal, Role};
 use crate::inventory::{CATALOG, Inventory, StockLevel};
 use crate::orders::{NewOrder, Orders, PlaceError, Placement};
 use crate::payment::BreakerHistory;
+use crate::stuck::{self, STUCK_AFTER};
 
 /// The services behind the gateway.
 #[derive(Debug, Clone)]
@@ -79,6 +87,20 @@ pub struct Services {
     pub shipping: ServiceDb,
     /// The consumers' counters.
     pub consumers: Consumers,
+}
+
+impl Services {
+    /// Each service's database, by the service's name: the ones with an
+    /// outbox.
+    #[must_use]
+    pub fn databases(&self) -> [(&'static str, &ServiceDb); 4] {
+        [
+            ("orders", self.orders.db()),
+            ("inventory", self.inventory.db()),
+            ("payment", &self.payment),
+            ("shipping", &self.shipping),
+        ]
+    }
 }
 
 /// Each user's bucket by default: 100 requests at once, then 50 a second.
@@ -130,6 +152,7 @@ where
             "/admin/processor",
             get(processor_faults).put(set_processor_faults),
         )
+        .merge(dead_events::admin())
         .route_layer(middleware::from_fn(|request, next| {
             auth::require_role(Role::Operator, request, next)
         }));
@@ -220,11 +243,11 @@ async fn token(
 }
 
 /// A problem, as JSON with the status it goes with.
-fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
+pub(crate) fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": detail.into() }))).into_response()
 }
 
-fn internal(error: &dyn std::error::Error) -> Response {
+pub(crate) fn internal(error: &dyn std::error::Error) -> Response {
     tracing::error!(%error, "request failed");
     problem(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -415,6 +438,12 @@ pub struct Books {
     pub orders: Vec<(String, Option<String>, i64)>,
     /// Every product's stock.
     pub stock: Vec<StockLevel>,
+    /// Orders pending for longer than [`stuck_after_ms`](Self::stuck_after_ms):
+    /// sagas held up somewhere (a dead event, a service down).
+    pub stuck_sagas: u64,
+    /// How long an order may be pending before it counts as stuck, in
+    /// milliseconds.
+    pub stuck_after_ms: u64,
     /// Compensations run.
     pub compensations: i64,
     /// Compensations that ran a second time for the same order.
@@ -488,27 +517,38 @@ impl Books {
     }
 }
 
-/// Reads every service's books.
+/// Reads every service's books, sagas counted as stuck after
+/// [`STUCK_AFTER`].
 ///
 /// # Errors
 ///
 /// A database's error.
 pub async fn read_books(services: &Services) -> Result<Books, sqlx::Error> {
+    read_books_stuck_after(services, STUCK_AFTER).await
+}
+
+/// Reads every service's books, sagas counted as stuck once pending for
+/// longer than `stuck_after`.
+///
+/// # Errors
+///
+/// A database's error.
+pub async fn read_books_stuck_after(
+    services: &Services,
+    stuck_after: std::time::Duration,
+) -> Result<Books, sqlx::Error> {
     let (compensations, compensations_repeated) = services.inventory.compensations().await?;
     let breaker = BreakerHistory::read(&services.payment).await?;
     let mut outboxes = Vec::new();
-    for (name, db) in [
-        ("orders", services.orders.db()),
-        ("inventory", services.inventory.db()),
-        ("payment", &services.payment),
-        ("shipping", &services.shipping),
-    ] {
+    for (name, db) in services.databases() {
         let Backlog { pending, dead, .. } = db.backlog().await?;
         outboxes.push((name.to_owned(), pending, dead));
     }
     Ok(Books {
         orders: services.orders.counts().await?,
         stock: services.inventory.stock().await?,
+        stuck_sagas: stuck::count(&services.orders, stuck_after).await?,
+        stuck_after_ms: u64::try_from(stuck_after.as_millis()).unwrap_or(u64::MAX),
         compensations,
         compensations_repeated,
         outboxes,
@@ -584,8 +624,25 @@ async fn trending(State(services): State<Services>) -> Response {
     services.catalog.respond().await
 }
 
-async fn metrics(State(services): State<Services>) -> Response {
-    match read_books(&services).await {
+/// `GET /books` and `GET /metrics` parameters.
+#[derive(Debug, Deserialize)]
+struct BooksQuery {
+    /// Count an order as stuck once pending for longer than this many
+    /// milliseconds (by default [`STUCK_AFTER`]).
+    stuck_after_ms: Option<u64>,
+}
+
+impl BooksQuery {
+    async fn read(&self, services: &Services) -> Result<Books, sqlx::Error> {
+        let stuck_after = self
+            .stuck_after_ms
+            .map_or(STUCK_AFTER, std::time::Duration::from_millis);
+        read_books_stuck_after(services, stuck_after).await
+    }
+}
+
+async fn metrics(State(services): State<Services>, Query(query): Query<BooksQuery>) -> Response {
+    match query.read(&services).await {
         Ok(books) => {
             let telemetry = services.telemetry.clone();
             // The export runs on the metrics reader's thread; wait for it
@@ -606,8 +663,8 @@ async fn metrics(State(services): State<Services>) -> Response {
     }
 }
 
-async fn books(State(services): State<Services>) -> Response {
-    match read_books(&services).await {
+async fn books(State(services): State<Services>, Query(query): Query<BooksQuery>) -> Response {
+    match query.read(&services).await {
         Ok(books) => Json(books).into_response(),
         Err(error) => internal(&error),
     }

@@ -31,4 +31,5 @@ pub mod payment;
 pub mod processor;
 pub mod serve;
 pub mod shipping;
+pub mod stuck;
 pub mod telemetry;

@@ -79,6 +79,26 @@ pub fn render(books: &Books) -> String {
             family.sample(name, &[("sku", &level.sku), ("state", state)], units);
         }
     }
+    let name = "palisade_sagas_stuck";
+    Family::new(
+        &mut out,
+        name,
+        "gauge",
+        "Orders pending for longer than palisade_sagas_stuck_after_seconds.",
+    )
+    .sample(name, &[], books.stuck_sagas);
+    let name = "palisade_sagas_stuck_after_seconds";
+    Family::new(
+        &mut out,
+        name,
+        "gauge",
+        "How long an order may be pending before it counts as stuck.",
+    )
+    .sample(
+        name,
+        &[],
+        std::time::Duration::from_millis(books.stuck_after_ms).as_secs_f64(),
+    );
     let name = "palisade_breaker_opens_total";
     Family::new(
         &mut out,
@@ -158,6 +178,8 @@ mod tests {
                 reserved: 1,
                 shipped: 3,
             }],
+            stuck_sagas: 3,
+            stuck_after_ms: 60_000,
             compensations: 2,
             compensations_repeated: 0,
             outboxes: vec![("orders".into(), 0, 0)],
@@ -170,6 +192,8 @@ mod tests {
         assert!(text.contains("palisade_orders{status=\"confirmed\",reason=\"\"} 7\n"));
         assert!(text.contains("palisade_stock_units{sku=\"sku-1\",state=\"shipped\"} 3\n"));
         assert!(text.contains("palisade_compensations_total 2\n"));
+        assert!(text.contains("# TYPE palisade_sagas_stuck gauge\npalisade_sagas_stuck 3\n"));
+        assert!(text.contains("palisade_sagas_stuck_after_seconds 60\n"));
         assert!(text.contains("palisade_breaker_opens_total 1\n"));
         assert!(text.contains("palisade_breaker_open 0\n"));
         assert!(text.contains("palisade_consumer_duplicates_total{service=\"inventory\"} 1\n"));

@@ -1,6 +1,8 @@
 //! Dead events have a way back: an operator lists and requeues them, per
-//! service, with `order-system dead-events` (a data directory, or
-//! PostgreSQL in a namespace); the saga held up by one then ends.
+//! service, through the gateway's `/admin/dead-events` and through
+//! `order-system dead-events` (a data directory, or PostgreSQL in a
+//! namespace); the saga held up by one then ends; and `/books` and
+//! `/metrics` count the sagas pending past a threshold meanwhile.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,8 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use palisade_order_system::db::ServiceDb;
+use palisade_order_system::dead_events::Dead;
 use palisade_order_system::embedded::System;
 use palisade_order_system::events::{Line, SagaEvent};
+use palisade_order_system::gateway::Books;
 use palisade_order_system::load::Gateway;
 use palisade_order_system::orders::{self, Order};
 use palisade_outbox::{
@@ -95,6 +99,37 @@ async fn cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+async fn books(gateway: &Gateway, stuck_after_ms: u64) -> Books {
+    let (status, body) = gateway
+        .send(
+            Method::GET,
+            &format!("/books?stuck_after_ms={stuck_after_ms}"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Waits until `/books` counts `stuck` sagas pending for longer than
+/// `stuck_after_ms`.
+async fn wait_for_stuck(gateway: &Gateway, stuck_after_ms: u64, stuck: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counted = books(gateway, stuck_after_ms).await.stuck_sagas;
+        if counted == stuck {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{counted} stuck sagas, never {stuck}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits for alice's order `id` to end.
 async fn ended(alice: &Gateway, id: &str) -> Order {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -115,6 +150,112 @@ async fn ended(alice: &Gateway, id: &str) -> Order {
         }
         assert!(Instant::now() < deadline, "order {id} never ended");
     }
+}
+
+async fn dead_listed(gateway: &Gateway, service: &str) -> (StatusCode, Vec<Dead>) {
+    let (status, body) = gateway
+        .send(
+            Method::GET,
+            &format!("/admin/dead-events/{service}"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    let dead = if status == StatusCode::OK {
+        let listed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        serde_json::from_value(listed["dead"].clone()).unwrap()
+    } else {
+        Vec::new()
+    };
+    (status, dead)
+}
+
+async fn requeue(gateway: &Gateway, service: &str, body: &str) -> (StatusCode, serde_json::Value) {
+    let (status, body) = gateway
+        .send(
+            Method::POST,
+            &format!("/admin/dead-events/{service}/requeue"),
+            &[("content-type", "application/json")],
+            Bytes::from(body.to_owned()),
+        )
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&body).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_requeues_a_dead_event_through_the_gateway_and_its_saga_ends() {
+    let (settings, dir) = settings();
+    let order_id = order_with_a_dead_event(&dir).await;
+    let system = System::start(settings).await.unwrap();
+    let open = Gateway::new(&format!("http://{}", system.address));
+    let alice = signed_in(&system, "alice").await;
+    let operator = signed_in(&system, "operator").await;
+
+    // Its saga is held up: stuck past a threshold of zero, not of an hour,
+    // and the gauge says so.
+    wait_for_stuck(&open, 0, 1).await;
+    assert_eq!(books(&open, 3_600_000).await.stuck_sagas, 0);
+    let (_, metrics) = open
+        .send(Method::GET, "/metrics?stuck_after_ms=0", &[], Bytes::new())
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    assert!(metrics.contains("\npalisade_sagas_stuck 1\n"), "{metrics}");
+    assert!(metrics.contains("\npalisade_sagas_stuck_after_seconds 0\n"));
+
+    // Operators only.
+    assert_eq!(dead_listed(&alice, "orders").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        requeue(&alice, "orders", r#"{"all": true}"#).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        dead_listed(&open, "orders").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let (status, dead) = dead_listed(&operator, "orders").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_type, "OrderCreated");
+    assert_eq!(dead[0].aggregate_id, order_id);
+    assert_eq!(dead[0].attempts, 1);
+    assert_eq!(
+        dead_listed(&operator, "payment").await,
+        (StatusCode::OK, vec![])
+    );
+    assert_eq!(
+        dead_listed(&operator, "billing").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        requeue(&operator, "orders", "{}").await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    let id = &dead[0].id;
+    let (status, requeued) = requeue(&operator, "orders", &format!(r#"{{"id": "{id}"}}"#)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(requeued["requeued"], 1);
+
+    assert_eq!(ended(&alice, &order_id).await.status, "confirmed");
+    wait_for_stuck(&open, 0, 0).await;
+    assert_eq!(
+        dead_listed(&operator, "orders").await,
+        (StatusCode::OK, vec![])
+    );
+    // Requeued once: not dead any more.
+    assert_eq!(
+        requeue(&operator, "orders", &format!(r#"{{"id": "{id}"}}"#))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    let books = books(&open, 0).await;
+    assert_eq!(books.violations(false), Vec::<String>::new());
+    system.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
