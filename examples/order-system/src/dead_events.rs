@@ -44,9 +44,7 @@ use sqlx::Connection as _;
 
 use crate::db::ServiceDb;
 use crate::gateway::{Services, internal, problem};
-
-/// The services with an outbox.
-pub const SERVICES: [&str; 4] = ["orders", "inventory", "payment", "shipping"];
+use crate::serve::DATABASES;
 
 /// A dead event as an operator reads it (the admin API's JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,7 +126,8 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UnknownService(name) => {
-                write!(f, "no service {name:?}; one of {}", SERVICES.join(", "))
+                let names: Vec<&str> = DATABASES.iter().map(|(name, _)| *name).collect();
+                write!(f, "no service {name:?}; one of {}", names.join(", "))
             }
             Self::NoDatabase(what) => write!(f, "{what}"),
             Self::NotDead(id) => write!(f, "no dead event {id}"),
@@ -211,7 +210,7 @@ impl Location {
     /// [`Error::UnknownService`], [`Error::NoDatabase`], or the database's
     /// error.
     pub async fn open(&self, service: &str) -> Result<ServiceDb, Error> {
-        if !SERVICES.contains(&service) {
+        if !DATABASES.iter().any(|(name, _)| *name == service) {
             return Err(Error::UnknownService(service.to_owned()));
         }
         match self {
@@ -226,12 +225,7 @@ impl Location {
                 Ok(ServiceDb::open_sqlite(dir, service, &[]).await?)
             }
             Self::Postgres { url, namespace } => {
-                // As `order-system serve` names it.
-                let schema = if namespace.is_empty() {
-                    service.to_owned()
-                } else {
-                    format!("{namespace}_{service}")
-                };
+                let schema = crate::serve::schema(namespace, service);
                 let mut connection = sqlx::PgConnection::connect(url).await?;
                 let exists: bool = sqlx::query_scalar(
                     "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",

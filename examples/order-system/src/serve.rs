@@ -74,7 +74,7 @@ use crate::telemetry::Telemetry;
 pub const STREAM: &str = "ORDERS";
 
 /// The services that own a database, with their tables.
-const DATABASES: [(&str, &[&str]); 4] = [
+pub(crate) const DATABASES: [(&str, &[&str]); 4] = [
     ("orders", orders::TABLES),
     ("inventory", inventory::TABLES),
     ("payment", payment::TABLES),
@@ -213,16 +213,12 @@ impl ServeSettings {
 
     /// `service`'s schema.
     fn schema(&self, service: &str) -> String {
-        self.namespaced(service, "_")
+        schema(&self.namespace, service)
     }
 
     /// `name` in the namespace, joined with `separator`.
     fn namespaced(&self, name: &str, separator: &str) -> String {
-        if self.namespace.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{}{separator}{name}", self.namespace)
-        }
+        namespaced(&self.namespace, name, separator)
     }
 
     /// The stream's name.
@@ -252,6 +248,20 @@ impl ServeSettings {
             ));
         }
         Ok(())
+    }
+}
+
+/// `service`'s schema in `namespace` (empty: none): `NS_service`.
+pub(crate) fn schema(namespace: &str, service: &str) -> String {
+    namespaced(namespace, service, "_")
+}
+
+/// `name` in `namespace` (empty: none), joined with `separator`.
+fn namespaced(namespace: &str, name: &str, separator: &str) -> String {
+    if namespace.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{namespace}{separator}{name}")
     }
 }
 
