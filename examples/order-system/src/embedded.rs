@@ -1,5 +1,8 @@
 //! Every service in one process: SQLite files in a data directory, the
-//! in-process broker, one relay per outbox, one consumer per service.
+//! in-process [`HandoffBroker`] (a publish is acknowledged once its
+//! consumers applied the event, so a crash or Ctrl-C leaves what they had
+//! not in the outbox, published again on the next start), one relay per
+//! outbox, one consumer per service.
 //!
 //! Who may sign in comes from an identity file
 //! ([`identity`](crate::identity)); without one, the data directory's,
@@ -11,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use palisade_outbox::{Handler, MemoryBroker, MemoryConsumer, Relay, SqliteInbox, SqliteOutbox};
+use palisade_outbox::{Handler, HandoffBroker, MemoryConsumer, Relay, SqliteInbox, SqliteOutbox};
 use sqlx::SqliteConnection;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -147,7 +150,7 @@ impl System {
         let shipping =
             Shipping::new(ServiceDb::open_sqlite(dir, "shipping", shipping::TABLES).await?);
 
-        let broker = MemoryBroker::new(QUEUE);
+        let broker = HandoffBroker::new(QUEUE);
         let consumers = Consumers::default();
         consumers.spawn(
             &mut tasks,
@@ -284,7 +287,7 @@ impl Consumers {
     fn spawn<H>(
         &self,
         tasks: &mut JoinSet<()>,
-        broker: &MemoryBroker,
+        broker: &HandoffBroker,
         name: &str,
         db: &ServiceDb,
         handler: H,
@@ -297,7 +300,7 @@ impl Consumers {
             MemoryConsumer::new(name, sqlite(db).1.clone(), handler).only(consumes.iter().copied()),
         );
         self.add(name, consumer.clone());
-        let subscription = broker.subscribe();
+        let subscription = broker.subscribe_to(consumes.iter().copied());
         tasks.spawn(async move { consumer.run(subscription, shutdown).await });
     }
 
