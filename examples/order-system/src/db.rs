@@ -222,6 +222,43 @@ impl ServiceDb {
     }
 }
 
+/// `url` fit for an error or a log: its password (and a NATS token, the
+/// user part of a `nats://` or `tls://` URL without a password) replaced by
+/// `***`. A URL that does not parse is shown as `<URL not shown>` unless it
+/// has no `@` (so no credentials) at all.
+///
+/// ```
+/// use palisade_order_system::db::redact_url;
+///
+/// assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+/// assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+/// ```
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return if url.contains('@') {
+            "<URL not shown>".to_owned()
+        } else {
+            url.to_owned()
+        };
+    };
+    let token = matches!(parsed.scheme(), "nats" | "tls")
+        && parsed.password().is_none()
+        && !parsed.username().is_empty();
+    let redacted = if parsed.password().is_some() {
+        parsed.set_password(Some("***")).is_ok()
+    } else if token {
+        parsed.set_username("***").is_ok()
+    } else {
+        true
+    };
+    if redacted {
+        parsed.to_string()
+    } else {
+        "<URL not shown>".to_owned()
+    }
+}
+
 /// Whether `name` is lowercase letters, digits and `_`, starting with a
 /// letter: safe as a schema name (and as a prefix of one).
 #[must_use]
@@ -319,3 +356,36 @@ macro_rules! tx {
 
 tx!(SqliteConnection, Sqlite, row_locks: false);
 tx!(PgConnection, Postgres, row_locks: true);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_urls_lose_their_passwords() {
+        for (url, shown) in [
+            ("postgres://u:secret@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://postgres:secret@127.0.0.1:5432/test?sslmode=disable",
+                "postgres://postgres:***@127.0.0.1:5432/test?sslmode=disable",
+            ),
+            (
+                "redis://:secret@127.0.0.1:6379/0",
+                "redis://:***@127.0.0.1:6379/0",
+            ),
+            ("nats://alice:secret@h:4222", "nats://alice:***@h:4222"),
+            ("nats://secret@h:4222", "nats://***@h:4222"),
+            (
+                "postgres://postgres@127.0.0.1:5432/test",
+                "postgres://postgres@127.0.0.1:5432/test",
+            ),
+            ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+            ("not a url : secret@", "<URL not shown>"),
+            ("not a url", "not a url"),
+        ] {
+            let redacted = redact_url(url);
+            assert_eq!(redacted, shown, "{url}");
+            assert!(!redacted.contains("secret"), "{redacted}");
+        }
+    }
+}

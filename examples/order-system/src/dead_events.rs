@@ -187,7 +187,8 @@ async fn requeue_in(outbox: &impl DeadEvents, which: Requeue) -> Result<u64, Err
 }
 
 /// Where the services' databases are, for the `dead-events` command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` shows the URL without its password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Location {
     /// The embedded system's data directory (`SERVICE.db` files).
     Data(PathBuf),
@@ -199,6 +200,19 @@ pub enum Location {
         /// The namespace; empty: none.
         namespace: String,
     },
+}
+
+impl fmt::Debug for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Data(dir) => f.debug_tuple("Data").field(dir).finish(),
+            Self::Postgres { url, namespace } => f
+                .debug_struct("Postgres")
+                .field("url", &crate::db::redact_url(url))
+                .field("namespace", namespace)
+                .finish(),
+        }
+    }
 }
 
 impl Location {

@@ -57,7 +57,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::auth::{self, Sessions};
-use crate::db::ServiceDb;
+use crate::db::{ServiceDb, redact_url};
 use crate::embedded::{Consumers, StatsSource};
 use crate::gateway::{self, Services, Shared};
 use crate::identity::{self, Identity};
@@ -138,8 +138,9 @@ impl FromStr for Role {
     }
 }
 
-/// Where the servers are.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the servers are. `Debug` shows the URLs without their passwords
+/// ([`redact_url`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Infrastructure {
     /// A PostgreSQL URL.
     pub postgres: String,
@@ -147,6 +148,16 @@ pub struct Infrastructure {
     pub nats: String,
     /// A Redis URL.
     pub redis: String,
+}
+
+impl std::fmt::Debug for Infrastructure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Infrastructure")
+            .field("postgres", &redact_url(&self.postgres))
+            .field("nats", &redact_url(&self.nats))
+            .field("redis", &redact_url(&self.redis))
+            .finish()
+    }
 }
 
 impl Infrastructure {
@@ -405,7 +416,12 @@ fn postgres(db: &ServiceDb) -> (&PgOutbox, &PgInbox) {
 async fn connect_jetstream(settings: &ServeSettings) -> Result<jetstream::Context, BoxError> {
     let client = async_nats::connect(&settings.infrastructure.nats)
         .await
-        .map_err(|error| format!("NATS at {}: {error}", settings.infrastructure.nats))?;
+        .map_err(|error| {
+            format!(
+                "NATS at {}: {error}",
+                redact_url(&settings.infrastructure.nats)
+            )
+        })?;
     Ok(jetstream::new(client))
 }
 
@@ -608,8 +624,12 @@ fn broker_breaker_config() -> palisade_circuit_breaker::Config {
 async fn connect_redis(
     settings: &ServeSettings,
 ) -> Result<(redis::Client, redis::aio::ConnectionManager), BoxError> {
-    let redis_error =
-        |error: redis::RedisError| format!("Redis at {}: {error}", settings.infrastructure.redis);
+    let redis_error = |error: redis::RedisError| {
+        format!(
+            "Redis at {}: {error}",
+            redact_url(&settings.infrastructure.redis)
+        )
+    };
     let client =
         redis::Client::open(settings.infrastructure.redis.as_str()).map_err(redis_error)?;
     let connection = redis::aio::ConnectionManager::new(client.clone())
@@ -730,7 +750,12 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
             .prefix(&settings.namespaced("palisade:order-system:catalog", ":")),
     )
     .await
-    .map_err(|error| format!("Redis at {}: {error}", settings.infrastructure.redis))?;
+    .map_err(|error| {
+        format!(
+            "Redis at {}: {error}",
+            redact_url(&settings.infrastructure.redis)
+        )
+    })?;
     trending.instrument(&meter, "trending");
 
     let consumer = consumer(
