@@ -7,7 +7,10 @@
 //! Who may sign in comes from an identity file
 //! ([`identity`](crate::identity)); without one, the data directory's,
 //! made with demo users and generated passwords on first start
-//! ([`seed_demo`]).
+//! ([`seed_demo`]). The card vault's key is the data directory's
+//! `payment-vault.key`, made on first start (see
+//! [`VaultKey::load_or_create`]): next to the data it protects, which is
+//! for a demo only; real infrastructure takes it from configuration.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +28,8 @@ use crate::gateway::{self, Services};
 use crate::identity::{Identity, Seeded, seed_demo};
 use crate::inventory::{self, Inventory};
 use crate::orders::{self, Orders};
+use crate::payment::cards::Tokenizer;
+use crate::payment::vault::{self, Vault, VaultKey};
 use crate::payment::{self, Payment};
 use crate::processor::{self as card, ChargeStore, ProcessorClient, ProcessorServer, Simulator};
 use crate::shipping::{self, Shipping};
@@ -92,8 +97,9 @@ impl System {
     ///
     /// # Errors
     ///
-    /// A database or the listening socket could not be opened, or the
-    /// identity could not be read or made.
+    /// A database or the listening socket could not be opened, the
+    /// identity could not be read or made, or the card vault's key could
+    /// not be read or made, or does not open the cards stored.
     pub async fn start(
         settings: Settings,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
@@ -143,10 +149,12 @@ impl System {
         let telemetry = crate::telemetry::Telemetry::default();
         let meter = telemetry.meter();
         let (channel, breaker) = card::stack(channel, settings.breaker.clone(), &meter);
-        let payment = Payment::new(
-            ServiceDb::open_sqlite(dir, "payment", payment::TABLES).await?,
-            ProcessorClient::new(channel),
-        );
+        // The card vault's key: made in the data directory on first
+        // start (0600), read from there after.
+        let payment_db = ServiceDb::open_sqlite(dir, "payment", payment::TABLES).await?;
+        let vault_key = VaultKey::load_or_create(&dir.join(vault::KEY_FILE))?;
+        let vault = Vault::open(payment_db.clone(), &vault_key).await?;
+        let payment = Payment::new(payment_db, ProcessorClient::new(channel), vault.clone());
         let shipping =
             Shipping::new(ServiceDb::open_sqlite(dir, "shipping", shipping::TABLES).await?);
 
@@ -213,6 +221,7 @@ impl System {
             orders,
             inventory,
             payment: payment.db().clone(),
+            cards: Tokenizer::InProcess(vault),
             shipping: shipping.db().clone(),
             consumers,
         };

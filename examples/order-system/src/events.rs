@@ -15,8 +15,11 @@ pub struct Line {
     pub quantity: i64,
     /// What it costs, in cents.
     pub amount_cents: i64,
-    /// The card to charge.
-    pub card: String,
+    /// The card to charge: its token in payment's vault (never the
+    /// number; see [`card`](crate::card)).
+    pub card_token: String,
+    /// The card number's last four digits.
+    pub card_last4: String,
 }
 
 /// One step of the saga.
@@ -172,7 +175,8 @@ mod tests {
             sku: "sku-1".into(),
             quantity: 2,
             amount_cents: 4200,
-            card: "4242424242424242".into(),
+            card_token: "card_0123456789abcdef0123456789abcdef".into(),
+            card_last4: "4242".into(),
         };
         let failed = SagaEvent::PaymentFailed {
             line,

@@ -16,6 +16,7 @@
 //! gateway and checks the books afterwards.
 
 pub mod auth;
+pub mod card;
 pub mod catalog;
 pub mod db;
 pub mod dead_events;

@@ -17,6 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use palisade_pkce::{AuthorizationUrl, CodeChallenge, CodeVerifier, State, Url};
 
 use crate::auth::TokenResponse;
+use crate::card::CardNumber;
 use crate::gateway::Books;
 use crate::identity::{CLI_CLIENT_ID, CLI_REDIRECT_URI, Credential, Credentials, Role};
 use crate::inventory::CATALOG;
@@ -477,12 +478,12 @@ fn random_order(decline_rate: f64) -> NewOrder {
     NewOrder {
         sku: sku.to_owned(),
         quantity: fastrand::i64(1..=3),
-        card: if fastrand::f64() < decline_rate {
+        card: CardNumber::parse(if fastrand::f64() < decline_rate {
             DECLINED_CARD
         } else {
             GOOD_CARD
-        }
-        .to_owned(),
+        })
+        .unwrap_or_else(|_| unreachable!("the processor's test cards are card numbers")),
     }
 }
 

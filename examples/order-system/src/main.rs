@@ -19,7 +19,8 @@ const USAGE: &str = "usage:
       every service in one process on SQLite files in DIR (default: ./order-system-data),
       the gateway on ADDR (default: 127.0.0.1:8080); who may sign in comes from FILE
       (or PALISADE_IDENTITY), else from DIR/identity.json, made on first start with
-      demo users whose generated passwords are in DIR/credentials.json
+      demo users whose generated passwords are in DIR/credentials.json; the card vault's
+      key is DIR/payment-vault.key, made on first start
   order-system load [--gateway URL] [--credentials FILE] [--orders N] [--concurrency C]
                     [--decline-rate P] [--processor-outage SECONDS] [--processor-admin URL]
       places N orders (default 1000), C at a time (default 64), a share P of them
@@ -29,12 +30,16 @@ const USAGE: &str = "usage:
       is down for SECONDS once a quarter of the orders are placed, set by FILE's operator
       through the gateway, or the processor's own HTTP address given as --processor-admin
   order-system serve SERVICE [--listen ADDR] [--postgres URL] [--nats URL] [--redis URL]
-                     [--grpc ADDR] [--processor URL] [--namespace NS] [--identity FILE]
+                     [--grpc ADDR] [--processor URL] [--payment URL] [--namespace NS]
+                     [--identity FILE]
       one service as a process of its own on PostgreSQL, NATS JetStream and Redis
       (default: the local servers, or PALISADE_POSTGRES, PALISADE_NATS, PALISADE_REDIS);
       SERVICE is one of processor, relay, inventory, payment, shipping, gateway.
       ADDR: its HTTP address (default 127.0.0.1:8080); --grpc: the processor's
       gRPC address (default 127.0.0.1:50051, loopback); --processor: payment's URL of it;
+      --payment (or PALISADE_PAYMENT, required for the gateway): payment's HTTP URL
+      (its ADDR), where the gateway has card numbers tokenized; payment's card vault key
+      comes from PAYMENT_VAULT_KEY (64 hex digits, required for payment);
       --namespace (or PALISADE_NAMESPACE): schemas NS_<service>, stream ORDERS_NS;
       --identity (or PALISADE_IDENTITY, required for the gateway): who may sign in
   order-system identity DIR [--load-users N]
@@ -162,6 +167,12 @@ async fn serve_command(args: &[String]) -> Result<ExitCode, String> {
     );
     settings.grpc = flag(args, "--grpc", settings.grpc)?;
     settings.processor = flag(args, "--processor", settings.processor)?;
+    let payment: String = flag(
+        args,
+        "--payment",
+        std::env::var("PALISADE_PAYMENT").unwrap_or_default(),
+    )?;
+    settings.payment = (!payment.is_empty()).then_some(payment);
     settings.namespace = flag(
         args,
         "--namespace",

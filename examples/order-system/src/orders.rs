@@ -15,6 +15,7 @@ use std::time::Duration;
 use palisade_outbox::{BoxError, Delivery, Handled, Handler};
 use serde::{Deserialize, Serialize};
 
+use crate::card::{CardNumber, CardToken};
 use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{Line, SagaEvent, types};
 
@@ -29,8 +30,8 @@ use waiters::Waiters;
 /// (then both are `NULL`).
 pub const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, \
-     idempotency_key TEXT, request_fingerprint TEXT, sku TEXT NOT NULL, quantity BIGINT NOT NULL, amount_cents BIGINT NOT NULL, card TEXT NOT NULL, \
-     status TEXT NOT NULL, reason TEXT, created_ms BIGINT NOT NULL, finished_ms BIGINT, \
+     idempotency_key TEXT, request_fingerprint TEXT, sku TEXT NOT NULL, quantity BIGINT NOT NULL, amount_cents BIGINT NOT NULL, card_token TEXT NOT NULL, \
+     card_last4 TEXT NOT NULL,      status TEXT NOT NULL, reason TEXT, created_ms BIGINT NOT NULL, finished_ms BIGINT, \
      UNIQUE (user_id, idempotency_key))",
 ];
 
@@ -49,7 +50,10 @@ pub const CONSUMES: &[&str] = &[
     types::INVENTORY_RELEASED,
 ];
 
-/// An order as placed by a client.
+/// An order as placed by a client (the body of `POST /orders`).
+///
+/// Its `Debug` shows the card's last four digits only (see
+/// [`CardNumber`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewOrder {
     /// The product.
@@ -57,7 +61,31 @@ pub struct NewOrder {
     /// How many (1 to 100).
     pub quantity: i64,
     /// The card to charge.
-    pub card: String,
+    pub card: CardNumber,
+}
+
+impl NewOrder {
+    /// The order with its card as payment's vault tokenized it.
+    #[must_use]
+    pub fn tokenized(&self, card: CardToken) -> TokenizedOrder {
+        TokenizedOrder {
+            sku: self.sku.clone(),
+            quantity: self.quantity,
+            card,
+        }
+    }
+}
+
+/// An order as the orders service places it: the card is a token of
+/// payment's vault, and its last four digits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizedOrder {
+    /// The product.
+    pub sku: String,
+    /// How many (1 to 100).
+    pub quantity: i64,
+    /// The card to charge.
+    pub card: CardToken,
 }
 
 /// An order and where its saga stands.
@@ -265,7 +293,7 @@ impl Orders {
         &self,
         user: &str,
         idempotency_key: &str,
-        order: &NewOrder,
+        order: &TokenizedOrder,
     ) -> Result<Placement, PlaceError> {
         let _claim = self
             .placing
@@ -277,12 +305,13 @@ impl Orders {
             sku: order.sku.clone(),
             quantity: order.quantity,
             amount_cents: order.quantity * UNIT_PRICE_CENTS,
-            card: order.card.clone(),
+            card_token: order.card.token.clone(),
+            card_last4: order.card.last4.clone(),
         };
         let now = now_ms();
         let window = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
-        let insert = "INSERT INTO orders (id, user_id, idempotency_key, request_fingerprint, sku, quantity, amount_cents, card, status, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9) ON CONFLICT (user_id, idempotency_key) DO NOTHING";
+        let insert = "INSERT INTO orders (id, user_id, idempotency_key, request_fingerprint, sku, quantity, amount_cents, card_token, card_last4, status, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10) ON CONFLICT (user_id, idempotency_key) DO NOTHING";
         let params = [
             Param::Text(&line.order_id),
             Param::Text(user),
@@ -291,7 +320,8 @@ impl Orders {
             Param::Text(&line.sku),
             Param::Int(line.quantity),
             Param::Int(line.amount_cents),
-            Param::Text(&line.card),
+            Param::Text(&line.card_token),
+            Param::Text(&line.card_last4),
             Param::Int(now),
         ];
         let event = SagaEvent::OrderCreated(line.clone()).to_event();

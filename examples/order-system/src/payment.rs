@@ -12,6 +12,13 @@
 //! while the worker backs off; it is no decline. The processor charges once per order id, so an intent
 //! charged again after a crash between the call and the record is not a
 //! second charge.
+//!
+//! Payment owns the card numbers: its [`vault`] keeps them encrypted, the
+//! gateway tokenizes through it ([`cards`]) before an order is placed, and
+//! the saga's events carry the token and the last four digits only. The
+//! worker reveals a number to hand it to the processor; a token the vault
+//! does not know, or a row that does not decrypt, fails the payment
+//! (`PaymentFailed` with the reason `card_unknown` or `card_unreadable`).
 
 use std::future::Future;
 use std::str::FromStr;
@@ -27,6 +34,11 @@ use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{Line, SagaEvent, types};
 use crate::processor::{Breaker, Charge, ProcessorClient};
 
+pub mod cards;
+pub mod vault;
+
+use vault::{Vault, VaultError};
+
 /// The payment service's tables.
 pub const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS payments (order_id TEXT PRIMARY KEY, amount_cents BIGINT NOT NULL, \
@@ -40,6 +52,8 @@ pub const TABLES: &[&str] = &[
     // replica: its history survives restarts and is read by the books.
     "CREATE TABLE IF NOT EXISTS breaker_transitions (at_ms BIGINT NOT NULL, from_state TEXT NOT NULL, \
      to_state TEXT NOT NULL)",
+    // The card vault.
+    vault::TABLE,
 ];
 
 /// The card processor's breaker, as payment's records tell: its last
@@ -104,6 +118,7 @@ fn backoff(rounds: u32) -> Duration {
 pub struct Payment {
     db: ServiceDb,
     processor: ProcessorClient,
+    vault: Vault,
     /// Wakes [`charge_intents`](Self::charge_intents) once an intent is
     /// committed.
     recorded: Arc<Notify>,
@@ -124,17 +139,25 @@ struct Round {
 
 /// What charging an intent came to: the saga's next step and its outbox
 /// event (made in the intent's trace), or the failure to back off from.
-type Outcome = (Intent, Result<(SagaEvent, Event), tonic::Status>);
+type Outcome = (Intent, Result<(SagaEvent, Event), BoxError>);
 
 impl Payment {
-    /// The service on its database, charging through `processor`.
+    /// The service on its database, charging through `processor` the
+    /// cards of `vault` (opened on the same database).
     #[must_use]
-    pub fn new(db: ServiceDb, processor: ProcessorClient) -> Self {
+    pub fn new(db: ServiceDb, processor: ProcessorClient, vault: Vault) -> Self {
         Self {
             db,
             processor,
+            vault,
             recorded: Arc::default(),
         }
+    }
+
+    /// The card vault.
+    #[must_use]
+    pub const fn vault(&self) -> &Vault {
+        &self.vault
     }
 
     /// The database.
@@ -230,9 +253,9 @@ impl Payment {
         let claimed = i64::try_from(intents.len()).unwrap_or(BATCH);
         let mut charging = JoinSet::new();
         for intent in intents {
-            let processor = self.processor.clone();
+            let (processor, vault) = (self.processor.clone(), self.vault.clone());
             charging.spawn(async move {
-                let charging = charge(&processor, &intent.line);
+                let charging = charge(&processor, &vault, &intent.line);
                 let outcome = match intent.trace.clone() {
                     Some(trace) => trace.scope(charging).await,
                     None => charging.await,
@@ -307,13 +330,13 @@ impl Payment {
         tx: &mut C,
         claim: &str,
         intent: &Intent,
-        outcome: &Result<(SagaEvent, Event), tonic::Status>,
+        outcome: &Result<(SagaEvent, Event), BoxError>,
     ) -> Result<(), BoxError> {
         let order_id = intent.line.order_id.as_str();
         let (step, event) = match outcome {
             Ok(charged) => charged,
-            Err(status) => {
-                tracing::debug!(order_id, %status, "charge failed; the intent waits");
+            Err(error) => {
+                tracing::debug!(order_id, %error, "charge failed; the intent waits");
                 tx.execute(
                     "UPDATE payment_intents SET due_ms = $1, attempts = attempts + 1, claim = NULL \
                      WHERE order_id = $2 AND claim = $3",
@@ -356,21 +379,40 @@ impl Payment {
 }
 
 /// Charges `line`'s card (within the channel's deadline): the saga's
-/// next step and its event, in the current trace, or the call's failure
-/// (the processor down, slow, or behind an open breaker).
+/// next step and its event, in the current trace, or the failure to try
+/// again after (the processor down, slow, or behind an open breaker; the
+/// vault's database). A card the vault does not have, or cannot open,
+/// fails the payment: trying again would not find it.
 async fn charge(
     processor: &ProcessorClient,
+    vault: &Vault,
     line: &Line,
-) -> Result<(SagaEvent, Event), tonic::Status> {
-    let step = match processor
-        .charge(&line.order_id, &line.card, line.amount_cents)
-        .await?
-    {
-        Charge::Approved => SagaEvent::PaymentSucceeded(line.clone()),
-        Charge::Declined(reason) => SagaEvent::PaymentFailed {
-            line: line.clone(),
-            reason,
+) -> Result<(SagaEvent, Event), BoxError> {
+    let failed = |reason: &str| SagaEvent::PaymentFailed {
+        line: line.clone(),
+        reason: reason.to_owned(),
+    };
+    let step = match vault.reveal(&line.card_token).await {
+        Ok(number) => match processor
+            .charge(&line.order_id, &number, line.amount_cents)
+            .await?
+        {
+            Charge::Approved => SagaEvent::PaymentSucceeded(line.clone()),
+            Charge::Declined(reason) => failed(&reason),
         },
+        Err(VaultError::UnknownToken) => {
+            tracing::warn!(order_id = %line.order_id, "the order's card token is not in the vault");
+            failed("card_unknown")
+        }
+        Err(VaultError::Unreadable) => {
+            tracing::error!(
+                order_id = %line.order_id,
+                "the order's card does not decrypt with the vault's key \
+                 (tampered with, or sealed under another key)"
+            );
+            failed("card_unreadable")
+        }
+        Err(error) => return Err(error.into()),
     };
     let event = step.to_event();
     Ok((step, event))

@@ -27,6 +27,8 @@ use sqlx::{PgPool, SqlitePool};
 use tonic::codegen::{BoxFuture, Service, StdError, http};
 use tonic::transport::Channel;
 
+use crate::card::CardNumber;
+
 /// The gRPC method's path.
 const CHARGE: &str = "/palisade.processor.v1.CardProcessor/Charge";
 
@@ -35,8 +37,9 @@ pub const DECLINED_CARD: &str = "4000000000000002";
 /// A card that is always approved.
 pub const GOOD_CARD: &str = "4242424242424242";
 
-/// `ChargeRequest`.
+/// `ChargeRequest`. Its `Debug` shows the card's last four digits only.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
+#[prost(skip_debug)]
 pub struct ChargeRequest {
     /// The order, and the charge's idempotency key.
     #[prost(string, tag = "1")]
@@ -47,6 +50,23 @@ pub struct ChargeRequest {
     /// How much.
     #[prost(int64, tag = "3")]
     pub amount_cents: i64,
+}
+
+impl std::fmt::Debug for ChargeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let digits = self.card.len();
+        f.debug_struct("ChargeRequest")
+            .field("order_id", &self.order_id)
+            .field(
+                "card",
+                &format_args!(
+                    "…{}",
+                    self.card.get(digits.saturating_sub(4)..).unwrap_or("")
+                ),
+            )
+            .field("amount_cents", &self.amount_cents)
+            .finish()
+    }
 }
 
 /// `ChargeReply`.
@@ -543,7 +563,8 @@ impl ProcessorClient {
         }
     }
 
-    /// Charges `amount_cents` to `card` for `order_id`.
+    /// Charges `amount_cents` to `card` for `order_id` (the number goes
+    /// to the processor, the one party past payment that needs it).
     ///
     /// # Errors
     ///
@@ -552,13 +573,13 @@ impl ProcessorClient {
     pub async fn charge(
         &self,
         order_id: &str,
-        card: &str,
+        card: &CardNumber,
         amount_cents: i64,
     ) -> Result<Charge, tonic::Status> {
         let mut grpc = self.grpc.clone();
         let request = tonic::Request::new(ChargeRequest {
             order_id: order_id.to_owned(),
-            card: card.to_owned(),
+            card: card.expose().to_owned(),
             amount_cents,
         });
         grpc.ready().await.map_err(|error| {
@@ -577,5 +598,24 @@ impl ProcessorClient {
         } else {
             Charge::Declined(reply.decline_reason)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_charge_request_shows_the_last_four_digits_only() {
+        let request = ChargeRequest {
+            order_id: "o-1".to_owned(),
+            card: GOOD_CARD.to_owned(),
+            amount_cents: 1250,
+        };
+        let shown = format!("{request:?}");
+        assert_eq!(
+            shown,
+            r#"ChargeRequest { order_id: "o-1", card: …4242, amount_cents: 1250 }"#
+        );
     }
 }

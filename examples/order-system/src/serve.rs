@@ -7,16 +7,25 @@
 //! order-system serve processor --listen 127.0.0.1:9106 --grpc 127.0.0.1:50051
 //! order-system serve relay     --listen 127.0.0.1:9105
 //! order-system serve inventory --listen 127.0.0.1:9102
+//! PAYMENT_VAULT_KEY=$(openssl rand -hex 32) \
 //! order-system serve payment   --listen 127.0.0.1:9103 --processor http://127.0.0.1:50051
 //! order-system serve shipping  --listen 127.0.0.1:9104
-//! order-system serve gateway   --listen 127.0.0.1:8080 --identity identity.json
+//! order-system serve gateway   --listen 127.0.0.1:8080 --identity identity.json \
+//!                              --payment http://127.0.0.1:9103
 //! ```
 //!
 //! - **gateway**: the HTTP API, in front of the orders service (it places
 //!   orders and consumes the events that end sagas), auth (its users and
-//!   clients from the `--identity` file) and the catalog.
+//!   clients from the `--identity` file) and the catalog. It has each
+//!   order's card number tokenized by payment (`POST /cards` at
+//!   `--payment`) before placing the order.
 //! - **inventory**, **payment**, **shipping**: a durable JetStream consumer
-//!   each, applying events through the service's inbox.
+//!   each, applying events through the service's inbox. Payment also keeps
+//!   the card vault ([`payment::vault`]), its key
+//!   from `PAYMENT_VAULT_KEY` (64 hex digits; the same for every replica),
+//!   and tokenizes card numbers at `POST /cards` on its `--listen`
+//!   address ([`payment::cards`]), which is
+//!   internal like every process's `/metrics`.
 //! - **relay**: the relays of all four outboxes.
 //! - **processor**: the card processor simulator, over gRPC (on loopback
 //!   unless `--grpc` says otherwise), with its faults at `/admin/processor`
@@ -63,6 +72,8 @@ use crate::gateway::{self, Services, Shared};
 use crate::identity::{self, Identity};
 use crate::inventory::{self, Inventory};
 use crate::orders::{self, Orders};
+use crate::payment::cards::{self, RemoteVault, Tokenizer};
+use crate::payment::vault::{Vault, VaultKey};
 use crate::payment::{self, Payment};
 use crate::processor::{self as card, ChargeStore, ProcessorClient, ProcessorServer, Simulator};
 use crate::shipping::{self, Shipping};
@@ -192,6 +203,12 @@ pub struct ServeSettings {
     pub grpc: SocketAddr,
     /// The processor's URL, for payment.
     pub processor: String,
+    /// Payment's HTTP URL (its `--listen` address), where the gateway
+    /// tokenizes card numbers (required for the gateway).
+    pub payment: Option<String>,
+    /// The card vault's key, for payment; `None`: from
+    /// [`PAYMENT_VAULT_KEY`](crate::payment::vault::KEY_VARIABLE).
+    pub vault_key: Option<VaultKey>,
     /// Each user's token bucket, for the gateway.
     pub per_user: Bucket,
     /// Payment's circuit breaker in front of the processor.
@@ -216,6 +233,8 @@ impl ServeSettings {
             listen,
             grpc: SocketAddr::from(([127, 0, 0, 1], 50051)),
             processor: "http://127.0.0.1:50051".to_owned(),
+            payment: None,
+            vault_key: None,
             per_user: gateway::per_user(),
             breaker: card::breaker_config(),
             namespace: String::new(),
@@ -316,6 +335,7 @@ pub async fn serve(
         telemetry: Telemetry::default(),
         tasks: JoinSet::new(),
         stop: &stop,
+        routes: Router::new(),
     };
     match settings.role {
         Role::Processor => processor(&settings, process).await,
@@ -340,8 +360,13 @@ pub async fn serve(
                 tonic::transport::Endpoint::from_shared(settings.processor.clone())?.connect_lazy();
             let meter = process.telemetry.meter();
             let (channel, breaker) = card::stack(channel, settings.breaker.clone(), &meter);
+            let vault_key = match &settings.vault_key {
+                Some(key) => key.clone(),
+                None => VaultKey::from_env()?,
+            };
             let db = open(&settings, "payment", payment::TABLES, 2).await?;
-            let payment = Payment::new(db.clone(), ProcessorClient::new(channel));
+            let vault = Vault::open(db.clone(), &vault_key).await?;
+            let payment = Payment::new(db.clone(), ProcessorClient::new(channel), vault.clone());
             let (recorder, signal) = (payment.clone(), stop.signal());
             process
                 .tasks
@@ -356,7 +381,7 @@ pub async fn serve(
                 &db,
                 payment,
                 payment::CONSUMES,
-                process,
+                process.with_routes(cards::routes(vault)),
             )
             .await
         }
@@ -383,11 +408,19 @@ struct Process<'a> {
     telemetry: Telemetry,
     tasks: JoinSet<()>,
     stop: &'a Stop,
+    /// Routes the service serves besides `/healthz` and `/metrics`.
+    routes: Router,
 }
 
 impl<'a> Process<'a> {
     fn into_parts(self) -> (TcpListener, Telemetry, JoinSet<()>, &'a Stop) {
         (self.listener, self.telemetry, self.tasks, self.stop)
+    }
+
+    /// Serves `routes` too.
+    fn with_routes(mut self, routes: Router) -> Self {
+        self.routes = self.routes.merge(routes);
+        self
     }
 }
 
@@ -493,8 +526,8 @@ where
     }
 }
 
-/// Runs `service`'s consumer of `db` (see [`consumer`]) with `/healthz`
-/// and `/metrics` on the process's listener, and forgets its inbox records
+/// Runs `service`'s consumer of `db` (see [`consumer`]) with `/healthz`,
+/// `/metrics` and the process's routes on its listener, and forgets its inbox records
 /// once JetStream can no longer bring them back.
 async fn consume<H>(
     settings: &ServeSettings,
@@ -508,12 +541,13 @@ where
     H: Handler<PgConnection> + std::fmt::Debug,
 {
     let consumer = consumer(settings, service, db, handler, consumes).await?;
+    let routes = process.routes.clone();
     let (listener, telemetry, mut tasks, stop) = process.into_parts();
     let consumers = Consumers::default();
     consumers.add(service, consumer.clone());
     tasks.spawn(serve_http(
         listener,
-        internal(telemetry, consumers),
+        internal(telemetry, consumers).merge(routes),
         stop.signal(),
     ));
     let (forgetting, signal) = (consumer.clone(), stop.signal());
@@ -720,6 +754,10 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
         "the gateway needs --identity FILE (or PALISADE_IDENTITY): who may sign in \
          (`order-system identity DIR` makes one with demo users)",
     )?)?;
+    let cards = RemoteVault::new(settings.payment.as_deref().ok_or(
+        "the gateway needs --payment URL (or PALISADE_PAYMENT): payment's HTTP address, \
+         where card numbers are tokenized",
+    )?)?;
     let (listener, telemetry, mut tasks, stop) = process.into_parts();
     let orders = Orders::new(open(settings, "orders", orders::TABLES, 8).await?);
     let inventory =
@@ -780,6 +818,7 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
         orders,
         inventory,
         payment,
+        cards: Tokenizer::Remote(Box::new(cards)),
         shipping,
         consumers,
     };

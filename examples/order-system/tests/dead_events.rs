@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use palisade_order_system::card::{CardNumber, CardToken};
 use palisade_order_system::db::ServiceDb;
 use palisade_order_system::dead_events::Dead;
 use palisade_order_system::embedded::System;
@@ -16,6 +17,11 @@ use palisade_order_system::events::{Line, SagaEvent};
 use palisade_order_system::gateway::Books;
 use palisade_order_system::load::Gateway;
 use palisade_order_system::orders::{self, Order};
+use palisade_order_system::payment::{
+    self,
+    vault::{self, Vault, VaultKey},
+};
+use palisade_order_system::processor::GOOD_CARD;
 use palisade_outbox::{
     Event, Message, OutboxConfig, PgOutbox, PublishError, Published, Publisher, Relay, SqliteOutbox,
 };
@@ -33,11 +39,28 @@ impl Publisher for Refusing {
     }
 }
 
+/// Payment's token of the card that is approved, in the vault of `dir`
+/// (as the gateway has it tokenized).
+async fn good_card_token(dir: &Path) -> CardToken {
+    let db = ServiceDb::open_sqlite(dir, "payment", payment::TABLES)
+        .await
+        .unwrap();
+    let key = VaultKey::load_or_create(&dir.join(vault::KEY_FILE)).unwrap();
+    let vault = Vault::open(db.clone(), &key).await.unwrap();
+    let card = vault
+        .tokenize(&CardNumber::parse(GOOD_CARD).unwrap())
+        .await
+        .unwrap();
+    palisade_order_system::on_pool!(&db, |pool| pool.close().await);
+    card
+}
+
 /// Writes alice's order to the orders database of `dir` as the gateway
 /// places one (the order and its `OrderCreated` in one transaction), the
 /// event then made dead by one refused attempt; the order's id.
 async fn order_with_a_dead_event(dir: &Path) -> String {
     std::fs::create_dir_all(dir).unwrap();
+    let card = good_card_token(dir).await;
     let db = ServiceDb::open_sqlite(dir, "orders", orders::TABLES)
         .await
         .unwrap();
@@ -49,7 +72,8 @@ async fn order_with_a_dead_event(dir: &Path) -> String {
         sku: "sku-1".to_owned(),
         quantity: 1,
         amount_cents: orders::UNIT_PRICE_CENTS,
-        card: "4242424242424242".to_owned(),
+        card_token: card.token,
+        card_last4: card.last4,
     };
     let placed_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -57,14 +81,15 @@ async fn order_with_a_dead_event(dir: &Path) -> String {
         .as_millis();
     let mut tx = pool.begin().await.unwrap();
     sqlx::query(
-        "INSERT INTO orders (id, user_id, idempotency_key, sku, quantity, amount_cents, card, status, created_ms) \
-         VALUES ($1, 'alice', 'dead-1', $2, $3, $4, $5, 'pending', $6)",
+        "INSERT INTO orders (id, user_id, idempotency_key, sku, quantity, amount_cents, card_token, card_last4, status, created_ms) \
+         VALUES ($1, 'alice', 'dead-1', $2, $3, $4, $5, $6, 'pending', $7)",
     )
     .bind(&line.order_id)
     .bind(&line.sku)
     .bind(line.quantity)
     .bind(line.amount_cents)
-    .bind(&line.card)
+    .bind(&line.card_token)
+    .bind(&line.card_last4)
     .bind(i64::try_from(placed_ms).unwrap())
     .execute(&mut *tx)
     .await

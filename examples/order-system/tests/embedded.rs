@@ -474,3 +474,141 @@ async fn a_processor_outage_opens_the_breaker_and_every_order_still_ends() {
     system.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A Luhn-valid number of `len` digits: `4`, zeros, and its check digit.
+fn luhn_valid(len: usize) -> String {
+    let body = format!("4{}", "0".repeat(len - 2));
+    (0..10)
+        .map(|digit| format!("{body}{digit}"))
+        .find(|number| palisade_order_system::card::luhn(number))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_refuses_a_card_number_failing_luhn_or_of_20_digits_without_echoing_it() {
+    let (system, dir) = start().await;
+    let alice = signed_in(&system, "alice").await;
+    let (twenty, eleven) = (luhn_valid(20), luhn_valid(11));
+    let refused = [
+        ("a bad Luhn check digit", r#""4242424242424241""#.to_owned()),
+        ("20 digits", format!("\"{twenty}\"")),
+        ("11 digits", format!("\"{eleven}\"")),
+        ("a number, not a string", "4242424242424241".to_owned()),
+        ("spaces", r#""4242 4242 4242 4242""#.to_owned()),
+    ];
+    for (n, (what, card)) in refused.iter().enumerate() {
+        let body = format!(r#"{{"sku":"sku-1","quantity":1,"card":{card}}}"#);
+        let (status, problem) = post_order(&alice, Some(&format!("bad-{n}")), &body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{what}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("card must be"), "{what}: {detail}");
+        let digits: String = card.chars().filter(char::is_ascii_digit).collect();
+        assert!(
+            !problem.to_string().contains(&digits[..11]),
+            "{what}: the number echoed in {problem}"
+        );
+    }
+    // Nothing was placed, nothing went to the vault.
+    let books = palisade_order_system::gateway::read_books(&system.services)
+        .await
+        .unwrap();
+    assert_eq!(books.orders, Vec::new());
+    assert_eq!(cards_in_vault(&system).await, 0);
+
+    // 12 and 19 digits passing the check are card numbers.
+    for (n, len) in [12, 19].into_iter().enumerate() {
+        let body = format!(
+            r#"{{"sku":"sku-1","quantity":1,"card":"{}"}}"#,
+            luhn_valid(len)
+        );
+        let (status, order) = post_order(&alice, Some(&format!("good-{n}")), &body).await;
+        assert_eq!(status, StatusCode::CREATED, "{len} digits: {order}");
+    }
+    assert_eq!(cards_in_vault(&system).await, 2);
+    system.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The cards in payment's vault.
+async fn cards_in_vault(system: &System) -> i64 {
+    let palisade_order_system::db::ServiceDb::Sqlite { pool, .. } = &system.services.payment else {
+        unreachable!("the embedded system runs on SQLite")
+    };
+    sqlx::query_scalar("SELECT count(*) FROM cards")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_token_the_vault_does_not_hold_fails_the_payment() {
+    use palisade_order_system::db::ServiceDb;
+    use palisade_order_system::events::{Line, SagaEvent};
+
+    let (system, dir) = start().await;
+    // An order placed as the gateway places one, with a token no card was
+    // stored under.
+    let line = Line {
+        order_id: uuid::Uuid::now_v7().to_string(),
+        sku: "sku-1".to_owned(),
+        quantity: 1,
+        amount_cents: palisade_order_system::orders::UNIT_PRICE_CENTS,
+        card_token: "card_00000000000000000000000000000000".to_owned(),
+        card_last4: "4242".to_owned(),
+    };
+    let orders = system.services.orders.db();
+    let ServiceDb::Sqlite { pool, .. } = orders else {
+        unreachable!("the embedded system runs on SQLite")
+    };
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO orders (id, user_id, sku, quantity, amount_cents, card_token, card_last4, \
+         status, created_ms) VALUES ($1, 'alice', $2, $3, $4, $5, $6, 'pending', 0)",
+    )
+    .bind(&line.order_id)
+    .bind(&line.sku)
+    .bind(line.quantity)
+    .bind(line.amount_cents)
+    .bind(&line.card_token)
+    .bind(&line.card_last4)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    orders
+        .enqueue(&mut *tx, &SagaEvent::OrderCreated(line.clone()).to_event())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // The saga ends, compensated, once: not a panic, not retried forever.
+    let order = system
+        .services
+        .orders
+        .wait_for_end("alice", &line.order_id, std::time::Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (order.status.as_str(), order.reason.as_deref()),
+        ("cancelled", Some("payment_declined"))
+    );
+    let ServiceDb::Sqlite { pool, .. } = &system.services.payment else {
+        unreachable!("the embedded system runs on SQLite")
+    };
+    let (status, reason): (String, Option<String>) =
+        sqlx::query_as("SELECT status, reason FROM payments WHERE order_id = $1")
+            .bind(&line.order_id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_deref()),
+        ("failed", Some("card_unknown"))
+    );
+    let books = palisade_order_system::gateway::read_books(&system.services)
+        .await
+        .unwrap();
+    assert_eq!(books.violations(false), Vec::<String>::new());
+    system.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use palisade_order_system::card::CardToken;
 use palisade_order_system::db::ServiceDb;
 use palisade_order_system::embedded::System;
 use palisade_order_system::load::Gateway;
-use palisade_order_system::orders::{self, NewOrder, Orders, PlaceError, Placement};
+use palisade_order_system::orders::{self, Orders, PlaceError, Placement, TokenizedOrder};
 
 mod support;
 use support::{signed_in, start};
@@ -269,11 +270,14 @@ async fn a_wait_whose_lookup_fails_leaves_no_waiter() {
     stop(system, dir).await;
 }
 
-fn new_order(quantity: i64) -> NewOrder {
-    NewOrder {
+fn new_order(quantity: i64) -> TokenizedOrder {
+    TokenizedOrder {
         sku: "sku-1".to_owned(),
         quantity,
-        card: "4242424242424242".to_owned(),
+        card: CardToken {
+            token: "card_0123456789abcdef0123456789abcdef".to_owned(),
+            last4: "4242".to_owned(),
+        },
     }
 }
 
@@ -347,8 +351,8 @@ async fn on_postgres_a_duplicate_sent_to_another_gateway_waits_for_the_first_and
     let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
     sqlx::query(&format!(
-        "INSERT INTO {schema}.orders (id, user_id, idempotency_key, sku, quantity, amount_cents, card, status, created_ms) \
-         VALUES ('held', 'carol', 'k', 'sku-1', 1, 1250, '4242424242424242', 'pending', 0)"
+        "INSERT INTO {schema}.orders (id, user_id, idempotency_key, sku, quantity, amount_cents, card_token, card_last4, status, created_ms) \
+         VALUES ('held', 'carol', 'k', 'sku-1', 1, 1250, 'card_0123456789abcdef0123456789abcdef', '4242', 'pending', 0)"
     ))
     .execute(&mut holder)
     .await

@@ -6,6 +6,11 @@
 //!
 //! Each test runs in a namespace of its own (schemas, stream, Redis keys),
 //! dropped at the end.
+//!
+//! After a run, no card number is in clear anywhere: in any table of the
+//! namespace's schemas (outboxes, inboxes, orders, payment's vault …), in
+//! any message of its stream (the saga's events and dead letters), or in
+//! any process's log.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -15,6 +20,8 @@ use std::time::{Duration, Instant};
 use palisade_order_system::gateway::Books;
 use palisade_order_system::identity::{Credentials, Role, seed_demo};
 use palisade_order_system::load::{self, Gateway, LoadSettings, Summary};
+use palisade_order_system::payment::vault::{KEY_VARIABLE, VaultKey};
+use palisade_order_system::processor::{DECLINED_CARD, GOOD_CARD};
 use palisade_testkit::servers::{database_url, nats_url, redis_url};
 
 /// Each test starts a whole system (some 50 PostgreSQL connections at
@@ -37,6 +44,11 @@ struct System {
     /// The gateways' identity file (demo users) and their passwords.
     identity: std::path::PathBuf,
     credentials: Credentials,
+    /// Payment's card vault key (64 hex digits), the same for every
+    /// replica.
+    vault_key: String,
+    /// The processes' `RUST_LOG`.
+    log_filter: String,
     processes: HashMap<String, (Vec<String>, SocketAddr, Child)>,
 }
 
@@ -52,6 +64,8 @@ impl System {
             grpc: free_address(),
             identity: seeded.identity,
             credentials: Credentials::load(&seeded.credentials).unwrap(),
+            vault_key: VaultKey::generate().to_hex().to_string(),
+            log_filter: "warn".to_owned(),
             logs,
             processes: HashMap::new(),
         }
@@ -81,6 +95,7 @@ impl System {
             "payment" => args.extend(["--processor".to_owned(), format!("http://{}", self.grpc)]),
             "gateway" => {
                 args.extend(["--identity".to_owned(), self.identity.display().to_string()]);
+                args.extend(["--payment".to_owned(), self.address("payment")]);
             }
             _ => {}
         }
@@ -96,9 +111,13 @@ impl System {
             .append(true)
             .open(self.logs.join(format!("{name}.log")))
             .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_order-system"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_order-system"));
+        if args[1] == "payment" {
+            command.env(KEY_VARIABLE, &self.vault_key);
+        }
+        command
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -223,6 +242,86 @@ impl System {
         }
     }
 
+    /// Checks that no card number the load pays with is in clear in any
+    /// table of the namespace's schemas, any message of its stream, or any
+    /// process's log.
+    async fn assert_no_card_number_in_clear(&self) {
+        let in_clear = |text: &[u8]| {
+            [GOOD_CARD, DECLINED_CARD]
+                .iter()
+                .any(|card| text.windows(card.len()).any(|at| at == card.as_bytes()))
+        };
+        let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url())
+            .await
+            .unwrap();
+        let tables: Vec<(String, String)> = sqlx::query_as(
+            "SELECT table_schema::text, table_name::text FROM information_schema.tables \
+             WHERE table_schema LIKE $1 AND table_type = 'BASE TABLE'",
+        )
+        .bind(format!("{}\\_%", self.namespace))
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+        let names: Vec<String> = tables.iter().map(|(s, t)| format!("{s}.{t}")).collect();
+        for service in ["orders", "inventory", "payment", "shipping"] {
+            for table in ["outbox", "inbox"] {
+                let name = format!("{}_{service}.{table}", self.namespace);
+                assert!(names.contains(&name), "{name} in {names:?}");
+            }
+        }
+        let mut rows_read = 0;
+        for (schema, table) in &tables {
+            let rows: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT t::text FROM {schema}.{table} t"))
+                    .fetch_all(&mut db)
+                    .await
+                    .unwrap();
+            rows_read += rows.len();
+            for row in rows {
+                assert!(!in_clear(row.as_bytes()), "{schema}.{table}: {row}");
+            }
+        }
+        assert!(rows_read > 300, "{rows_read} rows read");
+
+        let nats = async_nats::connect(nats_url()).await.unwrap();
+        let mut stream = async_nats::jetstream::new(nats)
+            .get_stream(format!("ORDERS_{}", self.namespace.to_ascii_uppercase()))
+            .await
+            .unwrap();
+        let state = stream.info().await.unwrap().state.clone();
+        let mut messages = 0;
+        for sequence in state.first_sequence..=state.last_sequence {
+            let Ok(message) = stream.get_raw_message(sequence).await else {
+                continue;
+            };
+            messages += 1;
+            assert!(
+                !in_clear(&message.payload),
+                "message {sequence} on {}: {:?}",
+                message.subject,
+                message.payload
+            );
+            for (name, values) in message.headers.iter() {
+                for value in values {
+                    assert!(!in_clear(value.as_str().as_bytes()), "{name}: {value}");
+                }
+            }
+        }
+        assert!(messages > 300, "{messages} messages read");
+
+        let mut logs = 0;
+        for entry in std::fs::read_dir(&self.logs).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|ext| ext == "log") {
+                let text = std::fs::read(&path).unwrap();
+                logs += 1;
+                assert!(!in_clear(&text), "{} logs a card number", path.display());
+            }
+        }
+        assert_eq!(logs, self.processes.len(), "a log per process");
+        println!("no card number in {rows_read} rows, {messages} messages, {logs} logs");
+    }
+
     /// Stops every process and drops the namespace's schemas and stream.
     async fn remove(mut self) {
         let names: Vec<String> = self.processes.keys().cloned().collect();
@@ -271,6 +370,8 @@ fn assert_straight(summary: &Summary, orders: usize) {
 async fn services_as_processes_with_replicas_keep_the_books_straight() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let mut system = System::new().await;
+    // The services' own debug lines too, for the card number check.
+    system.log_filter = "info,palisade_order_system=debug,palisade_outbox=debug".to_owned();
     system.start_all().await;
     let summary = load::run(&system.load(300)).await.unwrap();
     assert_straight(&summary, 300);
@@ -309,6 +410,33 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
     assert_eq!(placed[0].0, http::StatusCode::CREATED, "{placed:?}");
     assert_eq!(placed[1].0, http::StatusCode::OK, "{placed:?}");
     assert_eq!(placed[0].1, placed[1].1, "one order");
+
+    // Payment down: the gateway cannot have the card tokenized; it
+    // answers 503 and places nothing.
+    let count = |books: Books| -> i64 { books.orders.iter().map(|(_, _, n)| n).sum() };
+    let before = count(system.books().await);
+    system.kill("payment");
+    let (status, body) = Gateway::new(&system.address("gateway"))
+        .send(
+            http::Method::POST,
+            "/orders",
+            &[
+                ("authorization", token.as_str()),
+                ("idempotency-key", "alice-2"),
+                ("content-type", "application/json"),
+            ],
+            bytes::Bytes::from_static(order),
+        )
+        .await
+        .unwrap();
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("payment"),
+        "{problem}"
+    );
+    assert_eq!(count(system.books().await), before, "nothing placed");
+    system.restart("payment").await;
 
     // The processor's own admin takes an operator's token from a gateway,
     // and nothing less.
@@ -355,6 +483,7 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
             .unwrap_or(0);
         assert!(applied > 0, "{name} applied nothing:\n{metrics}");
     }
+    system.assert_no_card_number_in_clear().await;
     system.remove().await;
 }
 

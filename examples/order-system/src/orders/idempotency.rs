@@ -4,20 +4,22 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::NewOrder;
+use super::TokenizedOrder;
 
 /// The fingerprint of a request: SHA-256 (hex) of the order as canonical
 /// JSON (every field, names sorted, no whitespace), so the same order
-/// written differently is the same request.
-pub(crate) fn fingerprint(order: &NewOrder) -> String {
+/// written differently is the same request. The card is its vault token
+/// (one per card number), so no digest of a card number is kept.
+pub(crate) fn fingerprint(order: &TokenizedOrder) -> String {
     // Destructured: a field added to the order is a compile error here
     // until it is part of the fingerprint.
-    let NewOrder {
+    let TokenizedOrder {
         sku,
         quantity,
         card,
     } = order;
-    let canonical = serde_json::json!({ "card": card, "quantity": quantity, "sku": sku });
+    let canonical =
+        serde_json::json!({ "card_token": card.token, "quantity": quantity, "sku": sku });
     crate::auth::digest(&canonical.to_string())
 }
 
@@ -81,10 +83,13 @@ mod tests {
 
     #[test]
     fn the_same_order_has_one_fingerprint_and_another_order_another() {
-        let order = |quantity| NewOrder {
+        let order = |quantity| TokenizedOrder {
             sku: "sku-1".to_owned(),
             quantity,
-            card: "4242424242424242".to_owned(),
+            card: crate::card::CardToken {
+                token: "card_0123456789abcdef0123456789abcdef".to_owned(),
+                last4: "4242".to_owned(),
+            },
         };
         assert_eq!(fingerprint(&order(1)), fingerprint(&order(1)));
         assert_ne!(fingerprint(&order(1)), fingerprint(&order(2)));
