@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use palisade_outbox::{BoxError, Delivery, Event, Handled, Handler};
 use palisade_tracecontext::{TraceContext, TraceParent, TraceState};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::db::{Param, ServiceDb, Tx};
@@ -92,6 +92,11 @@ pub const CONSUMES: &[&str] = &[types::INVENTORY_RESERVED];
 
 /// Intents one round claims, and charges at once.
 const BATCH: i64 = 64;
+
+/// Rounds [`Payment::charge_intents`] runs at once: one claims and
+/// records while another's calls are out (one alone left the intents
+/// waiting for the slowest call of the round before).
+const CHARGERS: usize = 2;
 
 /// How long a claim keeps other workers off its intents: twice the call's
 /// deadline ([`CALL_DEADLINE`](crate::processor::CALL_DEADLINE)), so a
@@ -208,13 +213,26 @@ impl Payment {
     }
 
     /// Charges the payment intents as they become due, until `stopped`
-    /// completes (the charges under way are recorded first). A round's
-    /// database error is logged and the round tried again later: the
-    /// intents stay recorded.
+    /// completes (the charges under way are recorded first). Two rounds
+    /// run at once, so the next intents are claimed while a round's calls
+    /// are out. A round's database error is logged and the
+    /// round tried again later: the intents stay recorded.
     pub async fn charge_intents(&self, stopped: impl Future<Output = ()>) {
-        tokio::pin!(stopped);
+        let (stop, stopping) = watch::channel(false);
+        let mut chargers = JoinSet::new();
+        for _ in 0..CHARGERS {
+            let (payment, stopping) = (self.clone(), stopping.clone());
+            chargers.spawn(async move { payment.charge_rounds(stopping).await });
+        }
+        stopped.await;
+        let _ = stop.send(true);
+        while chargers.join_next().await.is_some() {}
+    }
+
+    /// One charger: rounds after rounds until `stopping` turns true.
+    async fn charge_rounds(&self, mut stopping: watch::Receiver<bool>) {
         let mut failed_rounds = 0;
-        loop {
+        while !*stopping.borrow() {
             let idle = match self.charge_round().await {
                 Ok(round) if round.claimed > 0 && round.charged == 0 => {
                     // Nothing charged: the processor is out, not the
@@ -238,7 +256,7 @@ impl Payment {
             };
             tokio::select! {
                 biased;
-                () = &mut stopped => return,
+                _ = stopping.wait_for(|stop| *stop) => return,
                 () = self.recorded.notified(), if failed_rounds == 0 => {}
                 () = tokio::time::sleep(idle) => {}
             }
