@@ -16,6 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use palisade_outbox::{Handler, HandoffBroker, MemoryConsumer, Relay, SqliteInbox, SqliteOutbox};
 use sqlx::SqliteConnection;
@@ -112,7 +113,10 @@ impl System {
                 (Identity::load(&seeded.identity)?, Some(seeded))
             }
         };
-        let orders = Orders::new(ServiceDb::open_sqlite(dir, "orders", orders::TABLES).await?);
+        // Every end is committed by this process's consumer, which wakes
+        // its waiters: re-reading is only a safety net here.
+        let orders = Orders::new(ServiceDb::open_sqlite(dir, "orders", orders::TABLES).await?)
+            .reread_ends(Duration::from_secs(1));
         let inventory =
             Inventory::new(ServiceDb::open_sqlite(dir, "inventory", inventory::TABLES).await?)
                 .await?;

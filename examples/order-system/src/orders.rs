@@ -40,8 +40,12 @@ pub const TABLES: &[&str] = &[
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How many orders requests may wait for at once with a wake-up; past
-/// that, a wait re-reads its order every 50 ms.
+/// that, a wait re-reads its order every [`REREAD_ENDS`].
 pub const WAITED_ORDERS: usize = 10_000;
+
+/// How often a request waiting for an order's end reads it again, by
+/// default (see [`Orders::reread_ends`]).
+pub const REREAD_ENDS: Duration = Duration::from_millis(50);
 
 /// The events the orders service consumes.
 pub const CONSUMES: &[&str] = &[
@@ -199,6 +203,9 @@ pub struct Orders {
     placing: InFlight,
     /// Requests waiting for an order's saga to end.
     waiters: Waiters,
+    /// How often a waiting request reads its order again, for ends that
+    /// another process commits.
+    reread: Duration,
 }
 
 impl Orders {
@@ -211,7 +218,19 @@ impl Orders {
             window: IDEMPOTENCY_WINDOW,
             placing: InFlight::default(),
             waiters: Waiters::new(WAITED_ORDERS),
+            reread: REREAD_ENDS,
         }
+    }
+
+    /// Reads a waited-for order again every `every` instead of every
+    /// [`REREAD_ENDS`]. Ends this process's consumer commits wake their
+    /// waiters at once; the re-reads are for the ends that a consumer in
+    /// another process (another gateway on the same database) commits, so a
+    /// single process can read rarely: `embedded` uses one second.
+    #[must_use]
+    pub const fn reread_ends(mut self, every: Duration) -> Self {
+        self.reread = every;
+        self
     }
 
     /// Remembers idempotency keys for `window` from their order's
@@ -266,12 +285,14 @@ impl Orders {
             if ended || tokio::time::Instant::now() >= deadline {
                 return Ok(order);
             }
-            let tick = deadline.min(tokio::time::Instant::now() + Duration::from_millis(50));
+            let now = tokio::time::Instant::now();
             match notified {
                 Some(notified) => {
+                    let tick = deadline.min(now + self.reread);
                     let _ = tokio::time::timeout_at(tick, notified).await;
                 }
-                None => tokio::time::sleep_until(tick).await,
+                // No room to be woken: read again soon.
+                None => tokio::time::sleep_until(deadline.min(now + REREAD_ENDS)).await,
             }
         }
     }
