@@ -284,6 +284,10 @@ impl Vault {
     /// When the system's random source fails.
     pub async fn tokenize(&self, number: &CardNumber) -> Result<CardToken, VaultError> {
         let lookup = self.lookup(number);
+        // A number seen before (the usual case) costs one read.
+        if let Some(known) = self.token_of(&lookup).await? {
+            return Ok(known);
+        }
         let token = format!("card_{}", crate::identity::random_secret());
         let mut nonce = [0_u8; 12];
         getrandom::fill(&mut nonce).unwrap_or_else(|error| panic!("no randomness: {error}"));
@@ -298,7 +302,7 @@ impl Vault {
                 },
             )
             .map_err(|_| VaultError::Unreadable)?;
-        let (token, last4): (String, String) = crate::on_pool!(&self.db, |pool| {
+        crate::on_pool!(&self.db, |pool| {
             sqlx::query(
                 "INSERT INTO cards (token, lookup, last4, nonce, ciphertext, created_ms) \
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (lookup) DO NOTHING",
@@ -310,13 +314,24 @@ impl Vault {
             .bind(hex(&ciphertext))
             .bind(crate::orders::now_ms())
             .execute(pool)
-            .await?;
+            .await
+            .map(drop)
+        })?;
+        // Ours, or the one a concurrent request stored first.
+        self.token_of(&lookup)
+            .await?
+            .ok_or_else(|| VaultError::Database(sqlx::Error::RowNotFound))
+    }
+
+    /// The token stored for the number whose lookup is `lookup`, if any.
+    async fn token_of(&self, lookup: &str) -> Result<Option<CardToken>, VaultError> {
+        let row: Option<(String, String)> = crate::on_pool!(&self.db, |pool| {
             sqlx::query_as("SELECT token, last4 FROM cards WHERE lookup = $1")
-                .bind(&lookup)
-                .fetch_one(pool)
+                .bind(lookup)
+                .fetch_optional(pool)
                 .await
         })?;
-        Ok(CardToken { token, last4 })
+        Ok(row.map(|(token, last4)| CardToken { token, last4 }))
     }
 
     /// The number stored under `token`.
