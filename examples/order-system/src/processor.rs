@@ -13,8 +13,8 @@
 //! make it answer `UNAVAILABLE`, or slowly, on demand.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use palisade_tracecontext::PropagateLayer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
+use tokio::sync::oneshot;
 use tonic::codegen::{BoxFuture, Service, StdError, http};
 use tonic::transport::Channel;
 
@@ -268,48 +269,47 @@ impl ChargeStore {
         Ok(self)
     }
 
-    /// Charges `request` once per order id: the first time, `answer` is
-    /// recorded (and captured in the ledger when approved); every time,
-    /// the answer recorded first comes back.
-    async fn charge(&self, request: &ChargeRequest, answer: Charge) -> Result<Charge, sqlx::Error> {
-        let reason = match &answer {
-            Charge::Approved => None,
-            Charge::Declined(reason) => Some(reason.as_str()),
-        };
-        let recorded: Option<String> = on_store!(self, |pool| {
+    /// Records `charges` in one transaction, each once per order id: the
+    /// first time, its answer is recorded (and captured in the ledger when
+    /// approved); every time, the answer recorded first comes back (in
+    /// `charges`' order; `None` for approved, else the decline reason).
+    async fn charge_all(&self, charges: &[Pending]) -> Result<Vec<Option<String>>, sqlx::Error> {
+        on_store!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let first = sqlx::query(
-                "INSERT INTO charges (order_id, amount_cents, decline_reason) VALUES ($1, $2, $3) \
-                 ON CONFLICT (order_id) DO NOTHING",
-            )
-            .bind(&request.order_id)
-            .bind(request.amount_cents)
-            .bind(reason)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            let recorded = if first {
-                if reason.is_none() {
-                    sqlx::query("INSERT INTO ledger (order_id, amount_cents) VALUES ($1, $2)")
-                        .bind(&request.order_id)
-                        .bind(request.amount_cents)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                reason.map(str::to_owned)
-            } else {
-                let (recorded,): (Option<String>,) =
-                    sqlx::query_as("SELECT decline_reason FROM charges WHERE order_id = $1")
-                        .bind(&request.order_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                recorded
-            };
+            let mut answers = Vec::with_capacity(charges.len());
+            for charge in charges {
+                let first = sqlx::query(
+                    "INSERT INTO charges (order_id, amount_cents, decline_reason) \
+                     VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
+                )
+                .bind(&charge.order_id)
+                .bind(charge.amount_cents)
+                .bind(charge.reason.as_deref())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                answers.push(if first {
+                    if charge.reason.is_none() {
+                        sqlx::query("INSERT INTO ledger (order_id, amount_cents) VALUES ($1, $2)")
+                            .bind(&charge.order_id)
+                            .bind(charge.amount_cents)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    charge.reason.clone()
+                } else {
+                    let (recorded,): (Option<String>,) =
+                        sqlx::query_as("SELECT decline_reason FROM charges WHERE order_id = $1")
+                            .bind(&charge.order_id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    recorded
+                });
+            }
             tx.commit().await?;
-            recorded
-        });
-        Ok(recorded.map_or(Charge::Approved, Charge::Declined))
+            Ok(answers)
+        })
     }
 
     /// The ledger's totals.
@@ -332,11 +332,95 @@ impl ChargeStore {
     }
 }
 
+/// A charge waiting for its answer to be recorded.
+struct Pending {
+    order_id: String,
+    amount_cents: i64,
+    /// `None` to approve, else the decline reason.
+    reason: Option<String>,
+    reply: oneshot::Sender<Result<Option<String>, Arc<str>>>,
+}
+
+/// Group commit of the charges' records: concurrent charges queue, and
+/// whoever holds the writer's turn records every charge queued by then in
+/// one transaction, so a round of calls costs a commit, not one each.
+#[derive(Debug, Default)]
+struct GroupCommit {
+    queue: std::sync::Mutex<Vec<Pending>>,
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("order_id", &self.order_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupCommit {
+    /// Records `order_id`'s charge in `store` (with the charges queued
+    /// alongside) and answers what was recorded for it first.
+    async fn record(
+        &self,
+        store: &ChargeStore,
+        order_id: String,
+        amount_cents: i64,
+        answer: Charge,
+    ) -> Result<Charge, Arc<str>> {
+        let (reply, replied) = oneshot::channel();
+        let reason = match answer {
+            Charge::Approved => None,
+            Charge::Declined(reason) => Some(reason),
+        };
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Pending {
+                order_id,
+                amount_cents,
+                reason,
+                reply,
+            });
+        {
+            // Our charge is recorded by the time we hold the turn: by an
+            // earlier holder, or by us now.
+            let _turn = self.writing.lock().await;
+            let batch =
+                std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
+            if !batch.is_empty() {
+                match store.charge_all(&batch).await {
+                    Ok(answers) => {
+                        for (pending, answer) in batch.into_iter().zip(answers) {
+                            let _ = pending.reply.send(Ok(answer));
+                        }
+                    }
+                    Err(error) => {
+                        let error: Arc<str> = error.to_string().into();
+                        for pending in batch {
+                            let _ = pending.reply.send(Err(error.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        match replied.await {
+            Ok(recorded) => {
+                recorded.map(|reason| reason.map_or(Charge::Approved, Charge::Declined))
+            }
+            // The call that held the turn was dropped mid-transaction:
+            // nothing of the batch was committed.
+            Err(_) => Err("the transaction recording the charge was abandoned".into()),
+        }
+    }
+}
+
 /// The simulated processor: its charges (kept in its [`ChargeStore`]) and
 /// its faults.
 #[derive(Debug, Clone)]
 pub struct Simulator {
     charges: ChargeStore,
+    recording: Arc<GroupCommit>,
     faults: Arc<Faults>,
     calls: Arc<AtomicU64>,
 }
@@ -347,6 +431,7 @@ impl Simulator {
     pub fn new(charges: ChargeStore) -> Self {
         Self {
             charges,
+            recording: Arc::default(),
             faults: Arc::default(),
             calls: Arc::default(),
         }
@@ -397,8 +482,13 @@ impl Simulator {
             Charge::Approved
         };
         let answer = self
-            .charges
-            .charge(&request, answer)
+            .recording
+            .record(
+                &self.charges,
+                request.order_id,
+                request.amount_cents,
+                answer,
+            )
             .await
             .map_err(|error| {
                 tracing::error!(%error, "charge not recorded");
@@ -612,6 +702,8 @@ impl ProcessorClient {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     #[test]
@@ -626,5 +718,46 @@ mod tests {
             shown,
             r#"ChargeRequest { order_id: "o-1", card: …4242, amount_cents: 1250 }"#
         );
+    }
+
+    /// Many concurrent charges share commits, and each order keeps the
+    /// answer recorded first and is captured once, whichever call's turn
+    /// recorded it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_charges_committed_together_keep_one_answer_per_order() {
+        let dir = std::env::temp_dir().join(format!("palisade-charges-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = ChargeStore::open_sqlite(&dir).await.unwrap();
+        let recording = Arc::new(GroupCommit::default());
+        let mut calls = tokio::task::JoinSet::new();
+        for call in 0..200_u32 {
+            let (store, recording) = (store.clone(), recording.clone());
+            calls.spawn(async move {
+                let order = call % 20;
+                // Each order's calls disagree; the first recorded wins.
+                let answer = if call % 3 == 0 {
+                    Charge::Declined("insufficient_funds".to_owned())
+                } else {
+                    Charge::Approved
+                };
+                let recorded = recording
+                    .record(&store, format!("o-{order}"), 100, answer)
+                    .await
+                    .unwrap();
+                (order, recorded)
+            });
+        }
+        let mut answers: HashMap<u32, Charge> = HashMap::new();
+        while let Some(joined) = calls.join_next().await {
+            let (order, recorded) = joined.unwrap();
+            let first = answers.entry(order).or_insert_with(|| recorded.clone());
+            assert_eq!(*first, recorded, "order o-{order} answered two ways");
+        }
+        assert_eq!(answers.len(), 20);
+        let approved = answers.values().filter(|a| **a == Charge::Approved).count();
+        let ledger = store.ledger().await.unwrap();
+        assert_eq!(ledger.charges, u64::try_from(approved).unwrap());
+        assert_eq!(ledger.charged_twice, 0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
