@@ -759,7 +759,12 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
          where card numbers are tokenized",
     )?)?;
     let (listener, telemetry, mut tasks, stop) = process.into_parts();
-    let orders = Orders::new(open(settings, "orders", orders::TABLES, 8).await?);
+    // This gateway's consumer wakes the requests waiting for the ends it
+    // commits; the re-reads catch those another gateway's consumer
+    // commits (its replicas share the durable consumer), a quarter of a
+    // second late at most.
+    let orders = Orders::new(open(settings, "orders", orders::TABLES, 8).await?)
+        .reread_ends(Duration::from_millis(250));
     let inventory =
         Inventory::new(open(settings, "inventory", inventory::TABLES, 2).await?).await?;
     let payment = open(settings, "payment", payment::TABLES, 1).await?;
