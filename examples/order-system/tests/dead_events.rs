@@ -13,7 +13,7 @@ use palisade_order_system::card::{CardNumber, CardToken};
 use palisade_order_system::db::ServiceDb;
 use palisade_order_system::dead_events::Dead;
 use palisade_order_system::embedded::System;
-use palisade_order_system::events::{Line, SagaEvent};
+use palisade_order_system::events::Line;
 use palisade_order_system::gateway::Books;
 use palisade_order_system::load::Gateway;
 use palisade_order_system::orders::{self, Order};
@@ -28,7 +28,7 @@ use palisade_outbox::{
 use tokio::time::Instant;
 
 mod support;
-use support::{settings, signed_in};
+use support::{place_directly, settings, signed_in};
 
 /// A broker that refuses every message: each attempt is spent.
 struct Refusing;
@@ -64,9 +64,6 @@ async fn order_with_a_dead_event(dir: &Path) -> String {
     let db = ServiceDb::open_sqlite(dir, "orders", orders::TABLES)
         .await
         .unwrap();
-    let ServiceDb::Sqlite { pool, .. } = &db else {
-        unreachable!("a SQLite file")
-    };
     let line = Line {
         order_id: uuid::Uuid::now_v7().to_string(),
         sku: "sku-1".to_owned(),
@@ -79,25 +76,10 @@ async fn order_with_a_dead_event(dir: &Path) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis();
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query(
-        "INSERT INTO orders (id, user_id, idempotency_key, sku, quantity, amount_cents, card_token, card_last4, status, created_ms) \
-         VALUES ($1, 'alice', 'dead-1', $2, $3, $4, $5, $6, 'pending', $7)",
-    )
-    .bind(&line.order_id)
-    .bind(&line.sku)
-    .bind(line.quantity)
-    .bind(line.amount_cents)
-    .bind(&line.card_token)
-    .bind(&line.card_last4)
-    .bind(i64::try_from(placed_ms).unwrap())
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    db.enqueue(&mut *tx, &SagaEvent::OrderCreated(line.clone()).to_event())
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    place_directly(&db, &line, i64::try_from(placed_ms).unwrap()).await;
+    let ServiceDb::Sqlite { pool, .. } = &db else {
+        unreachable!("a SQLite file")
+    };
 
     let one_try = OutboxConfig::new("outbox").unwrap().max_attempts(1);
     Relay::new(SqliteOutbox::new(pool.clone(), one_try), Refusing)

@@ -12,7 +12,7 @@ use palisade_order_system::load::{self, Gateway, LoadSettings};
 use palisade_token_bucket::Bucket;
 
 mod support;
-use support::{credentials, settings, signed_in, start, start_with};
+use support::{credentials, place_directly, settings, signed_in, start, start_with};
 
 fn load_settings(system: &System, orders: usize, concurrency: usize) -> LoadSettings {
     LoadSettings {
@@ -543,7 +543,7 @@ async fn cards_in_vault(system: &System) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_card_token_the_vault_does_not_hold_fails_the_payment() {
     use palisade_order_system::db::ServiceDb;
-    use palisade_order_system::events::{Line, SagaEvent};
+    use palisade_order_system::events::Line;
 
     let (system, dir) = start().await;
     // An order placed as the gateway places one, with a token no card was
@@ -556,29 +556,7 @@ async fn a_card_token_the_vault_does_not_hold_fails_the_payment() {
         card_token: "card_00000000000000000000000000000000".to_owned(),
         card_last4: "4242".to_owned(),
     };
-    let orders = system.services.orders.db();
-    let ServiceDb::Sqlite { pool, .. } = orders else {
-        unreachable!("the embedded system runs on SQLite")
-    };
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query(
-        "INSERT INTO orders (id, user_id, sku, quantity, amount_cents, card_token, card_last4, \
-         status, created_ms) VALUES ($1, 'alice', $2, $3, $4, $5, $6, 'pending', 0)",
-    )
-    .bind(&line.order_id)
-    .bind(&line.sku)
-    .bind(line.quantity)
-    .bind(line.amount_cents)
-    .bind(&line.card_token)
-    .bind(&line.card_last4)
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    orders
-        .enqueue(&mut *tx, &SagaEvent::OrderCreated(line.clone()).to_event())
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    place_directly(system.services.orders.db(), &line, 0).await;
 
     // The saga ends, compensated, once: not a panic, not retried forever.
     let order = system
