@@ -30,6 +30,7 @@ use palisade_tracecontext::{TraceContext, TraceParent, TraceState};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
+use crate::card::CardNumber;
 use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{Line, SagaEvent, types};
 use crate::processor::{Breaker, Charge, ProcessorClient};
@@ -269,11 +270,38 @@ impl Payment {
         let claim = uuid::Uuid::now_v7().to_string();
         let intents = self.claim(&claim).await?;
         let claimed = i64::try_from(intents.len()).unwrap_or(BATCH);
+        // The round's cards in one read; the vault's database down fails
+        // every charge of the round, to be tried again in its turn.
+        let tokens: Vec<&str> = intents
+            .iter()
+            .map(|intent| intent.line.card_token.as_str())
+            .collect();
+        let numbers = match self.vault.reveal_all(&tokens).await {
+            Ok(numbers) => numbers,
+            Err(error) => {
+                let error = error.to_string();
+                let outcomes: Vec<Outcome> = intents
+                    .into_iter()
+                    .map(|intent| (intent, Err(error.clone().into())))
+                    .collect();
+                self.record(&claim, &outcomes).await?;
+                return Ok(Round {
+                    claimed,
+                    charged: 0,
+                });
+            }
+        };
         let mut charging = JoinSet::new();
         for intent in intents {
-            let (processor, vault) = (self.processor.clone(), self.vault.clone());
+            let processor = self.processor.clone();
+            // Several orders may share a card, hence a token.
+            let revealed = match numbers.get(&intent.line.card_token) {
+                Some(Ok(number)) => Ok(number.clone()),
+                Some(Err(VaultError::Unreadable)) => Err(VaultError::Unreadable),
+                _ => Err(VaultError::UnknownToken),
+            };
             charging.spawn(async move {
-                let charging = charge(&processor, &vault, &intent.line);
+                let charging = charge(&processor, revealed, &intent.line);
                 let outcome = match intent.trace.clone() {
                     Some(trace) => trace.scope(charging).await,
                     None => charging.await,
@@ -396,21 +424,21 @@ impl Payment {
     }
 }
 
-/// Charges `line`'s card (within the channel's deadline): the saga's
-/// next step and its event, in the current trace, or the failure to try
-/// again after (the processor down, slow, or behind an open breaker; the
-/// vault's database). A card the vault does not have, or cannot open,
-/// fails the payment: trying again would not find it.
+/// Charges `line`'s card, `revealed` from the vault (within the
+/// channel's deadline): the saga's next step and its event, in the current
+/// trace, or the failure to try again after (the processor down, slow, or
+/// behind an open breaker). A card the vault does not have, or cannot
+/// open, fails the payment: trying again would not find it.
 async fn charge(
     processor: &ProcessorClient,
-    vault: &Vault,
+    revealed: Result<CardNumber, VaultError>,
     line: &Line,
 ) -> Result<(SagaEvent, Event), BoxError> {
     let failed = |reason: &str| SagaEvent::PaymentFailed {
         line: line.clone(),
         reason: reason.to_owned(),
     };
-    let step = match vault.reveal(&line.card_token).await {
+    let step = match revealed {
         Ok(number) => match processor
             .charge(&line.order_id, &number, line.amount_cents)
             .await?

@@ -20,6 +20,7 @@
 //! payment reveals the number ([`Vault::reveal`]) only to hand it to the
 //! card processor.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -342,17 +343,57 @@ impl Vault {
     /// tampered with, or sealed under another key), or the database's
     /// error.
     pub async fn reveal(&self, token: &str) -> Result<CardNumber, VaultError> {
-        let row: Option<(String, String)> = crate::on_pool!(&self.db, |pool| {
-            sqlx::query_as("SELECT nonce, ciphertext FROM cards WHERE token = $1")
-                .bind(token)
-                .fetch_optional(pool)
+        self.reveal_all(&[token])
+            .await?
+            .remove(token)
+            .unwrap_or(Err(VaultError::UnknownToken))
+    }
+
+    /// The numbers stored under `tokens`, read in one query: for each
+    /// token, its number, [`VaultError::UnknownToken`] or
+    /// [`VaultError::Unreadable`].
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn reveal_all(
+        &self,
+        tokens: &[&str],
+    ) -> Result<HashMap<String, Result<CardNumber, VaultError>>, VaultError> {
+        let mut revealed: HashMap<String, Result<CardNumber, VaultError>> = tokens
+            .iter()
+            .map(|token| ((*token).to_owned(), Err(VaultError::UnknownToken)))
+            .collect();
+        if revealed.is_empty() {
+            return Ok(revealed);
+        }
+        let wanted: Vec<&String> = revealed.keys().collect();
+        let placeholders = (1..=wanted.len())
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let query =
+            format!("SELECT token, nonce, ciphertext FROM cards WHERE token IN ({placeholders})");
+        let rows: Vec<(String, String, String)> = crate::on_pool!(&self.db, |pool| {
+            wanted
+                .iter()
+                .fold(sqlx::query_as(&query), |query, token| query.bind(*token))
+                .fetch_all(pool)
                 .await
         })?;
-        let (nonce, ciphertext) = row.ok_or(VaultError::UnknownToken)?;
-        let nonce: [u8; 12] = unhex(&nonce)
+        for (token, nonce, ciphertext) in rows {
+            let number = self.unseal(&token, &nonce, &ciphertext);
+            revealed.insert(token, number);
+        }
+        Ok(revealed)
+    }
+
+    /// Decrypts the row of `token`.
+    fn unseal(&self, token: &str, nonce: &str, ciphertext: &str) -> Result<CardNumber, VaultError> {
+        let nonce: [u8; 12] = unhex(nonce)
             .and_then(|nonce| nonce.try_into().ok())
             .ok_or(VaultError::Unreadable)?;
-        let ciphertext = unhex(&ciphertext).ok_or(VaultError::Unreadable)?;
+        let ciphertext = unhex(ciphertext).ok_or(VaultError::Unreadable)?;
         let plain = Zeroizing::new(
             self.keys
                 .cipher
@@ -448,6 +489,51 @@ mod tests {
         for row in rows {
             assert!(!format!("{row:?}").contains("42424242"), "{row:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_rounds_cards_are_revealed_in_one_read_each_token_with_its_own_answer() {
+        let (db, _dir) = payment_db().await;
+        let vault = Vault::open(db.clone(), &VaultKey::generate())
+            .await
+            .unwrap();
+        let good = vault.tokenize(&card("4242424242424242")).await.unwrap();
+        let other = vault.tokenize(&card("4000000000000002")).await.unwrap();
+        let spoiled = vault.tokenize(&card("5555555555554444")).await.unwrap();
+        execute(
+            &db,
+            &format!(
+                "UPDATE cards SET ciphertext = ciphertext || '00' WHERE token = '{}'",
+                spoiled.token
+            ),
+        )
+        .await;
+        let unknown = "card_00000000000000000000000000000000";
+        let revealed = vault
+            .reveal_all(&[
+                &good.token,
+                unknown,
+                &other.token,
+                &good.token,
+                &spoiled.token,
+            ])
+            .await
+            .unwrap();
+        assert_eq!(revealed.len(), 4, "one answer a token");
+        assert_eq!(
+            revealed[&good.token].as_ref().unwrap(),
+            &card("4242424242424242")
+        );
+        assert_eq!(
+            revealed[&other.token].as_ref().unwrap(),
+            &card("4000000000000002")
+        );
+        assert!(matches!(revealed[unknown], Err(VaultError::UnknownToken)));
+        assert!(matches!(
+            revealed[&spoiled.token],
+            Err(VaultError::Unreadable)
+        ));
+        assert!(vault.reveal_all(&[]).await.unwrap().is_empty());
     }
 
     #[tokio::test]
