@@ -15,20 +15,32 @@
 //!   revoked by a wrong verifier. The answer is a bearer token for 15 min.
 //!
 //! [`Sessions`] keep codes and tokens, each under the SHA-256 of its value
-//! (never the value itself): in memory ([`Sessions::default`], for one
-//! gateway), bounded: at the cap, expired entries are swept, and if none
-//! are, new logins are refused (`temporarily_unavailable`) rather than
-//! memory growing. Or in Redis ([`Sessions::redis`], shared by every
-//! gateway and by the card processor's admin): each with its lifetime as
-//! its TTL, a code taken with `GETDEL` so that it works once whichever
-//! gateway redeems it. Redis down means no sign-in and no token check:
-//! `503`, never a token let through unchecked. A token stands for a
-//! [`Principal`]: the user and the roles granted at sign-in.
+//! (never the value itself), bounded per user: a user holds at most
+//! [`CODES_PER_USER`] pending codes and [`TOKENS_PER_USER`] live tokens,
+//! and signing in past that drops the user's oldest, so one user (or one
+//! stolen password) minting codes or tokens can fill neither the store nor
+//! anyone else's share of it. Codes and tokens are only issued to users of
+//! the [`Identity`], so the store holds at most that many per user in all.
+//! In memory ([`Sessions::default`], for one gateway) there is a total cap
+//! besides: at the cap, expired entries are swept, and if none are, new
+//! logins are refused (`temporarily_unavailable`) rather than memory
+//! growing. Or in Redis ([`Sessions::redis`], shared by every gateway and
+//! by the card processor's admin): each with its lifetime as its TTL, a
+//! user's bound kept by one script (Redis 5 or later, one server, not a
+//! cluster: it drops a user's oldest entries by name), a code taken with
+//! `GETDEL` so that it works once whichever gateway redeems it. Redis down
+//! means no sign-in and no token check: `503`, never a token let through
+//! unchecked. A token stands for a [`Principal`]: the user and the roles
+//! granted at sign-in.
+//!
+//! What is stored is bounded in size too: a code's client and redirect URI
+//! are one of a registered client's, its challenge is PKCE's, and the
+//! sign-in parameters are refused past [`MAX_PARAMETER`] bytes each.
 //!
 //! [`require_bearer`] and [`require_role`] are the checks in front of
 //! signed-in and admin routes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -49,6 +61,13 @@ use crate::identity::{Identity, Principal, Role};
 pub const CODE_LIFETIME: Duration = Duration::from_secs(60);
 /// How long a token is good for.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
+/// How many codes a user may have pending; a new one drops the oldest.
+pub const CODES_PER_USER: usize = 8;
+/// How many tokens a user may hold; a new one revokes the oldest.
+pub const TOKENS_PER_USER: usize = 32;
+/// The longest sign-in parameter taken (`client_id`, `redirect_uri`,
+/// `state`, `username`, `password`…), in bytes.
+pub const MAX_PARAMETER: usize = 1024;
 const MAX_CODES: usize = 10_000;
 const MAX_TOKENS: usize = 100_000;
 
@@ -84,12 +103,53 @@ struct Expiring<T> {
     expires_at: Instant,
 }
 
-/// Codes and tokens in process, by digest.
+/// Entries of one kind in process: by digest, and each user's digests in
+/// the order they were issued (some perhaps taken or expired since).
+#[derive(Debug)]
+struct Kept<V> {
+    entries: HashMap<String, Expiring<V>>,
+    by_user: HashMap<String, VecDeque<String>>,
+}
+
+impl<V> Default for Kept<V> {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::new(),
+            by_user: HashMap::new(),
+        }
+    }
+}
+
+/// Codes and tokens in process.
 #[derive(Debug, Default)]
 struct Books {
-    codes: HashMap<String, Expiring<Grant>>,
-    tokens: HashMap<String, Expiring<Principal>>,
+    codes: Kept<Grant>,
+    tokens: Kept<Principal>,
 }
+
+/// How many entries of a kind are kept.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    per_user: usize,
+    total: usize,
+    lifetime: Duration,
+    /// Why a new entry is refused at the total.
+    full: &'static str,
+}
+
+const CODES: Bounds = Bounds {
+    per_user: CODES_PER_USER,
+    total: MAX_CODES,
+    lifetime: CODE_LIFETIME,
+    full: "too many logins under way",
+};
+
+const TOKENS: Bounds = Bounds {
+    per_user: TOKENS_PER_USER,
+    total: MAX_TOKENS,
+    lifetime: TOKEN_LIFETIME,
+    full: "too many sessions",
+};
 
 /// Where codes and tokens are kept, each under the SHA-256 of its value.
 #[derive(Clone)]
@@ -129,10 +189,6 @@ fn unavailable(error: &redis::RedisError) -> OAuthError {
     )
 }
 
-fn seconds(lifetime: Duration) -> u64 {
-    lifetime.as_secs().max(1)
-}
-
 /// The SHA-256 of a code or token, in hex: what the store keys it by.
 #[must_use]
 pub fn digest(secret: &str) -> String {
@@ -160,23 +216,26 @@ impl Sessions {
 
     async fn save_code(&self, code: &str, grant: Grant) -> Result<(), OAuthError> {
         let key = digest(code);
+        let user = grant.principal.user.clone();
         match &self.0 {
             Store::Memory(books) => remember(
                 &mut books.lock().unwrap_or_else(PoisonError::into_inner).codes,
+                &user,
                 (key, grant),
-                MAX_CODES,
-                CODE_LIFETIME,
-                "too many logins under way",
+                CODES,
             ),
-            Store::Redis { connection, prefix } => connection
-                .clone()
-                .set_ex::<_, _, ()>(
-                    format!("{prefix}:code:{key}"),
-                    to_json(&grant)?,
-                    seconds(CODE_LIFETIME),
+            Store::Redis { connection, prefix } => {
+                keep_in_redis(
+                    connection,
+                    prefix,
+                    "code",
+                    &user,
+                    &key,
+                    &to_json(&grant)?,
+                    CODES,
                 )
                 .await
-                .map_err(|error| unavailable(&error)),
+            }
         }
     }
 
@@ -189,6 +248,7 @@ impl Sessions {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .codes
+                .entries
                 .remove(&key)
                 .filter(|grant| grant.expires_at > Instant::now())
                 .map(|grant| grant.value)),
@@ -205,23 +265,18 @@ impl Sessions {
 
     async fn save_token(&self, token: &str, principal: Principal) -> Result<(), OAuthError> {
         let key = digest(token);
+        let user = principal.user.clone();
         match &self.0 {
             Store::Memory(books) => remember(
                 &mut books.lock().unwrap_or_else(PoisonError::into_inner).tokens,
+                &user,
                 (key, principal),
-                MAX_TOKENS,
-                TOKEN_LIFETIME,
-                "too many sessions",
+                TOKENS,
             ),
-            Store::Redis { connection, prefix } => connection
-                .clone()
-                .set_ex::<_, _, ()>(
-                    format!("{prefix}:token:{key}"),
-                    to_json(&principal)?,
-                    seconds(TOKEN_LIFETIME),
-                )
-                .await
-                .map_err(|error| unavailable(&error)),
+            Store::Redis { connection, prefix } => {
+                let json = to_json(&principal)?;
+                keep_in_redis(connection, prefix, "token", &user, &key, &json, TOKENS).await
+            }
         }
     }
 
@@ -237,6 +292,7 @@ impl Sessions {
                 let books = books.lock().unwrap_or_else(PoisonError::into_inner);
                 Ok(books
                     .tokens
+                    .entries
                     .get(&key)
                     .filter(|session| session.expires_at > Instant::now())
                     .map(|session| session.value.clone()))
@@ -303,29 +359,104 @@ pub struct Auth {
     sessions: Sessions,
 }
 
-/// Keeps `value` under `key` in `map` for `lifetime`, making room (at `cap`) by
-/// sweeping what expired; refused with `full` when there is still none.
+/// Keeps `value` under `key` as `user`'s for `bounds.lifetime`, dropping
+/// the user's oldest entries beyond `bounds.per_user`, and making room at
+/// `bounds.total` by sweeping what expired; refused when there is still
+/// none.
 fn remember<V>(
-    map: &mut HashMap<String, Expiring<V>>,
+    kept: &mut Kept<V>,
+    user: &str,
     (key, value): (String, V),
-    cap: usize,
-    lifetime: Duration,
-    full: &'static str,
+    bounds: Bounds,
 ) -> Result<(), OAuthError> {
     let now = Instant::now();
-    if map.len() >= cap {
-        map.retain(|_, entry| entry.expires_at > now);
+    let Kept { entries, by_user } = kept;
+    let issued = by_user.entry(user.to_owned()).or_default();
+    issued.retain(|digest| entries.get(digest).is_some_and(|e| e.expires_at > now));
+    while issued.len() >= bounds.per_user {
+        if let Some(oldest) = issued.pop_front() {
+            entries.remove(&oldest);
+        }
     }
-    if map.len() >= cap {
-        return Err(OAuthError::new("temporarily_unavailable", &full));
+    if entries.len() >= bounds.total {
+        entries.retain(|_, entry| entry.expires_at > now);
     }
-    map.insert(
+    if entries.len() >= bounds.total {
+        return Err(OAuthError::new("temporarily_unavailable", &bounds.full));
+    }
+    issued.push_back(key.clone());
+    entries.insert(
         key,
         Expiring {
             value,
-            expires_at: now + lifetime,
+            expires_at: now + bounds.lifetime,
         },
     );
+    Ok(())
+}
+
+/// Keeps `ARGV[1]` under `KEYS[1]` for `ARGV[2]` ms, and the user's index
+/// of such entries (`KEYS[2]`, each entry by its key) ordered by issue,
+/// dropping the oldest beyond `ARGV[3]`. Scores are expiries in
+/// microseconds by the server's clock, made strictly increasing per user
+/// so that two entries issued in one microsecond keep their order.
+const KEEP: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local lifetime = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3]) + 1
+if over > 0 then
+  local oldest = redis.call('ZPOPMIN', KEYS[2], over)
+  for i = 1, #oldest, 2 do
+    redis.call('DEL', oldest[i])
+  end
+end
+local expiry = now + lifetime * 1000
+local newest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if newest[2] and tonumber(newest[2]) >= expiry then
+  expiry = tonumber(newest[2]) + 1
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', lifetime)
+redis.call('ZADD', KEYS[2], expiry, KEYS[1])
+redis.call('PEXPIRE', KEYS[2], lifetime)
+";
+
+/// Keeps `json` as `user`'s `kind` (`code`, `token`) under `digest` in
+/// Redis, within `bounds.per_user`.
+async fn keep_in_redis(
+    connection: &ConnectionManager,
+    prefix: &str,
+    kind: &str,
+    user: &str,
+    digest: &str,
+    json: &str,
+    bounds: Bounds,
+) -> Result<(), OAuthError> {
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(KEEP));
+    SCRIPT
+        .key(format!("{prefix}:{kind}:{digest}"))
+        .key(format!("{prefix}:{kind}s-of:{user}"))
+        .arg(json)
+        .arg(u64::try_from(bounds.lifetime.as_millis()).unwrap_or(u64::MAX))
+        .arg(bounds.per_user)
+        .invoke_async::<()>(&mut connection.clone())
+        .await
+        .map_err(|error| unavailable(&error))
+}
+
+/// Refuses parameters (names or values) longer than [`MAX_PARAMETER`].
+fn within_bounds(params: &HashMap<String, String>) -> Result<(), OAuthError> {
+    if params
+        .iter()
+        .any(|(name, value)| name.len().max(value.len()) > MAX_PARAMETER)
+    {
+        return Err(OAuthError::new(
+            "invalid_request",
+            &format!("a parameter is longer than {MAX_PARAMETER} bytes"),
+        ));
+    }
     Ok(())
 }
 
@@ -361,6 +492,7 @@ impl Auth {
         &self,
         params: &'a HashMap<String, String>,
     ) -> Result<CodeRequest<'a>, OAuthError> {
+        within_bounds(params)?;
         let param = |name: &str| params.get(name).map(String::as_str);
         let (Some(client_id), Some(redirect_uri)) = (param("client_id"), param("redirect_uri"))
         else {
@@ -450,6 +582,7 @@ impl Auth {
     /// [`OAuthError`]: `invalid_grant` for an unknown, used, expired or
     /// misbound code or a wrong verifier.
     pub async fn token(&self, form: &HashMap<String, String>) -> Result<TokenResponse, OAuthError> {
+        within_bounds(form)?;
         let field = |name: &str| form.get(name).map(String::as_str);
         if field("grant_type") != Some("authorization_code") {
             return Err(OAuthError::new(
@@ -631,7 +764,12 @@ mod tests {
         };
         {
             let books = books.lock().unwrap();
-            let keys: Vec<&String> = books.tokens.keys().chain(books.codes.keys()).collect();
+            let keys: Vec<&String> = books
+                .tokens
+                .entries
+                .keys()
+                .chain(books.codes.entries.keys())
+                .collect();
             assert_eq!(keys, [&digest("the-token"), &digest("the-code")]);
             assert!(keys.iter().all(|key| !key.contains("the-")));
         }
@@ -643,6 +781,85 @@ mod tests {
             sessions.principal(&digest("the-token")).await.unwrap(),
             None
         );
+    }
+
+    fn principal(user: &str) -> Principal {
+        Principal {
+            user: user.to_owned(),
+            roles: Vec::new(),
+        }
+    }
+
+    fn grant(user: &str) -> Grant {
+        Grant {
+            principal: principal(user),
+            client_id: "c".to_owned(),
+            redirect_uri: "http://localhost/cb".to_owned(),
+            challenge: None,
+        }
+    }
+
+    /// mallory mints three times her share of tokens and codes: she keeps
+    /// her newest share, and alice still gets hers.
+    async fn one_user_keeps_only_her_share(sessions: &Sessions) {
+        let run = fastrand::u64(..);
+        let tokens: Vec<String> = (0..TOKENS_PER_USER * 3)
+            .map(|i| format!("mallory-token-{run}-{i}"))
+            .collect();
+        for token in &tokens {
+            sessions
+                .save_token(token, principal("mallory"))
+                .await
+                .unwrap();
+        }
+        let mut live = Vec::new();
+        for token in &tokens {
+            if sessions.principal(token).await.unwrap().is_some() {
+                live.push(token);
+            }
+        }
+        let newest: Vec<&String> = tokens[tokens.len() - TOKENS_PER_USER..].iter().collect();
+        assert_eq!(live, newest, "the newest {TOKENS_PER_USER} tokens");
+
+        let codes: Vec<String> = (0..CODES_PER_USER * 3)
+            .map(|i| format!("mallory-code-{run}-{i}"))
+            .collect();
+        for code in &codes {
+            sessions.save_code(code, grant("mallory")).await.unwrap();
+        }
+        let mut pending = Vec::new();
+        for code in &codes {
+            if sessions.take_code(code).await.unwrap().is_some() {
+                pending.push(code);
+            }
+        }
+        let newest: Vec<&String> = codes[codes.len() - CODES_PER_USER..].iter().collect();
+        assert_eq!(pending, newest, "the newest {CODES_PER_USER} codes");
+
+        let (token, code) = (format!("alice-token-{run}"), format!("alice-code-{run}"));
+        sessions
+            .save_token(&token, principal("alice"))
+            .await
+            .unwrap();
+        sessions.save_code(&code, grant("alice")).await.unwrap();
+        assert_eq!(
+            sessions.principal(&token).await.unwrap(),
+            Some(principal("alice"))
+        );
+        assert!(sessions.take_code(&code).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn one_user_minting_tokens_and_codes_keeps_only_her_share_in_memory() {
+        one_user_keeps_only_her_share(&Sessions::default()).await;
+    }
+
+    #[tokio::test]
+    async fn one_user_minting_tokens_and_codes_keeps_only_her_share_in_redis() {
+        let client = redis::Client::open(palisade_testkit::servers::redis_url()).unwrap();
+        let connection = ConnectionManager::new(client).await.unwrap();
+        let prefix = format!("palisade:order-system:test:{}", fastrand::u64(..));
+        one_user_keeps_only_her_share(&Sessions::redis(connection, &prefix)).await;
     }
 
     #[test]

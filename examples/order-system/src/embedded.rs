@@ -42,8 +42,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Where the gateway listens (port 0: any free port).
     pub listen: SocketAddr,
-    /// Each user's token bucket at the gateway.
-    pub per_user: palisade_token_bucket::Bucket,
+    /// The gateway's token buckets: by client address, for signing in,
+    /// by user.
+    pub limits: crate::limits::Limits,
     /// Adjusts the catalog (its query's delay, its freshness).
     pub catalog: fn(crate::catalog::Catalog) -> crate::catalog::Catalog,
     /// The circuit breaker on payment's channel to the card processor.
@@ -58,14 +59,14 @@ pub struct Settings {
 
 impl Settings {
     /// The defaults: `./order-system-data`, `127.0.0.1:8080`,
-    /// [`gateway::per_user`], the data directory's identity with 64 demo
+    /// the default [`Limits`](crate::limits::Limits), the data directory's identity with 64 demo
     /// load users.
     #[must_use]
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
         Self {
             data_dir,
             listen,
-            per_user: gateway::per_user(),
+            limits: crate::limits::Limits::default(),
             catalog: |catalog| catalog,
             breaker: card::breaker_config(),
             identity: None,
@@ -233,11 +234,12 @@ impl System {
         let address = listener.local_addr()?;
         let app = gateway::router(
             services.clone(),
-            gateway::Shared::local(settings.per_user, &meter),
+            gateway::Shared::local(settings.limits, &meter),
             &meter,
         );
         let shutdown = until_stopped();
         tasks.spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(error) = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await

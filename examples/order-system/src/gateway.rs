@@ -1,10 +1,11 @@
 //! The gateway: the HTTP API clients use, in front of the services.
 //!
-//! Requests go through W3C trace context (`TraceContextLayer`); signed-in
-//! routes then through the bearer check ([`auth::require_bearer`]), then a
-//! token bucket per signed-in user, keyed by the user the token stands for
-//! (`RateLimitLayer`, by default 100 requests at once and 50 a second; 429
-//! with `Retry-After` beyond).
+//! Requests go through W3C trace context (`TraceContextLayer`), then their
+//! client address's token bucket, the sign-in routes through a tighter one
+//! besides; signed-in routes then through the bearer check
+//! ([`auth::require_bearer`]), then a token bucket per signed-in user,
+//! keyed by the user the token stands for (`RateLimitLayer`s, 429 with
+//! `Retry-After` beyond; see [`limits`]).
 //!
 //! - `GET`/`POST /authorize`, `POST /token`: the auth service's sign-in
 //!   form and PKCE login (see [`auth`]); no token needed.
@@ -21,7 +22,7 @@
 //!   `?wait_ms=N`, once its saga ended (or after N ms).
 //! - `GET /catalog/trending`: the products by units shipped, a slow query
 //!   served through `CoalesceLayer` (see [`catalog`](crate::catalog)); no
-//!   token needed.
+//!   token needed, and nothing a client adds reaches the cache.
 //! - `GET /books`: every service's books and the invariants they must keep,
 //!   with the sagas pending past a threshold (`?stuck_after_ms=N`, by
 //!   default [`STUCK_AFTER`]).
@@ -50,7 +51,7 @@ use axum::{Json, Router};
 use palisade_coalesce::http::{CachedResponse, CoalesceLayer, ResponseCache};
 use palisade_coalesce::{Cache, Freshness};
 use palisade_outbox::Backlog;
-use palisade_token_bucket::{Bucket, LocalStore, RateLimitLayer, key};
+use palisade_token_bucket::{LocalStore, RateLimitLayer, key};
 use palisade_tracecontext::TraceContextLayer;
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +61,7 @@ use crate::dead_events;
 use crate::embedded::Consumers;
 use crate::identity::{Principal, Role};
 use crate::inventory::{CATALOG, Inventory, StockLevel};
+use crate::limits::{self, Limited, Limits};
 use crate::orders::{NewOrder, Orders, PlaceError, Placement};
 use crate::payment::BreakerHistory;
 use crate::stuck::{self, STUCK_AFTER};
@@ -107,20 +109,13 @@ impl Services {
     }
 }
 
-/// Each user's bucket by default: 100 requests at once, then 50 a second.
-#[must_use]
-pub fn per_user() -> Bucket {
-    Bucket::new(100, 50.0).unwrap_or_else(|_| unreachable!("a valid bucket"))
-}
-
 /// Where the gateway keeps what its replicas share: the token buckets
 /// and the catalog's cached answers.
 #[derive(Debug, Clone)]
 pub struct Shared<St, R> {
-    /// The rate limiter's store.
-    pub limits: St,
-    /// Each user's token bucket.
-    pub per_user: Bucket,
+    /// The rate limiter's buckets and their stores (see
+    /// [`limits`]).
+    pub limits: Limited<St>,
     /// The cache in front of `GET /catalog/trending`.
     pub trending: R,
 }
@@ -129,16 +124,18 @@ impl Shared<LocalStore, Cache<String, CachedResponse, tower::BoxError>> {
     /// In process: for one gateway (the embedded default). The cache
     /// reports to `meter`.
     #[must_use]
-    pub fn local(per_user: Bucket, meter: &opentelemetry::metrics::Meter) -> Self {
+    pub fn local(limits: Limits, meter: &opentelemetry::metrics::Meter) -> Self {
         let trending = Cache::new(16, Freshness::new(std::time::Duration::from_secs(5)));
         trending.instrument(meter, "trending");
         Self {
-            limits: LocalStore::default(),
-            per_user,
+            limits: limits.stored(|_, _| LocalStore::default()),
             trending,
         }
     }
 }
+
+/// The largest sign-in form taken (`413` beyond).
+const SIGN_IN_BODY: usize = 16 * 1024;
 
 /// The gateway's routes, limiting and caching through `shared`; the rate
 /// limiter reports to `meter`.
@@ -160,6 +157,12 @@ where
         .route_layer(middleware::from_fn(|request, next| {
             auth::require_role(Role::Operator, request, next)
         }));
+    let Limited {
+        per_address,
+        sign_in,
+        per_user,
+        buckets,
+    } = shared.limits;
     // Layers added later run first: the bearer check, then the user's
     // bucket (keyed by who the token stands for, never by the header).
     let signed_in = Router::new()
@@ -168,8 +171,8 @@ where
         .merge(admin)
         .route_layer(
             RateLimitLayer::new_for_http(
-                shared.limits,
-                shared.per_user,
+                per_user,
+                buckets.per_user,
                 key::extension(|principal: &Principal| principal.user.clone()),
             )
             .instrument(meter, "per-user"),
@@ -178,6 +181,14 @@ where
             services.auth.sessions().clone(),
             auth::require_bearer,
         ));
+    let sign_in = Router::new()
+        .route("/authorize", get(sign_in_form).post(authorize))
+        .route("/token", post(token))
+        .layer(axum::extract::DefaultBodyLimit::max(SIGN_IN_BODY))
+        .route_layer(
+            RateLimitLayer::new_for_http(sign_in, buckets.sign_in, limits::client_address())
+                .instrument(meter, "sign-in"),
+        );
     // The ranking is the same for everyone: cached whole, computed once
     // per crowd; what the origin says (max-age, stale-while-revalidate)
     // decides how long. A failed flight answers 502.
@@ -191,16 +202,26 @@ where
                         StatusCode::BAD_GATEWAY
                     },
                 ))
+                .map_request(for_the_crowd)
                 .layer(CoalesceLayer::new(shared.trending)),
         );
+    // Every request draws on its address's bucket first, before a token
+    // is looked up.
     Router::new()
-        .route("/authorize", get(sign_in_form).post(authorize))
-        .route("/token", post(token))
         .route("/books", get(books))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
+        .merge(sign_in)
         .merge(signed_in)
         .merge(catalog)
+        .layer(
+            RateLimitLayer::new_for_http(
+                per_address,
+                buckets.per_address,
+                limits::client_address(),
+            )
+            .instrument(meter, "per-address"),
+        )
         .layer(TraceContextLayer::new())
         .with_state(services)
 }
@@ -644,6 +665,27 @@ async fn set_processor_faults(
 
 async fn trending(State(services): State<Services>) -> Response {
     services.catalog.respond().await
+}
+
+/// `GET /catalog/trending` as the cache in front of it sees it: the path
+/// alone, and of the headers only the conditions the cache answers for
+/// each caller itself (`If-None-Match`, `If-Modified-Since`).
+///
+/// The route uses nothing else, and everything else would send a request
+/// to the slow query on its own: another query string or `Host` is another
+/// key, and `Cache-Control: no-cache`, `Pragma`, credentials, `Range` or
+/// the other conditions bypass the cache. Normalised here, a client
+/// cannot buy one query per request.
+fn for_the_crowd(mut request: axum::extract::Request) -> axum::extract::Request {
+    *request.uri_mut() = http::Uri::from_static("/catalog/trending");
+    let mut kept = HeaderMap::new();
+    for name in [header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE] {
+        for value in request.headers().get_all(&name) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    *request.headers_mut() = kept;
+    request
 }
 
 /// `GET /books` and `GET /metrics` parameters.

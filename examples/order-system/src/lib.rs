@@ -25,6 +25,7 @@ pub mod events;
 pub mod gateway;
 pub mod identity;
 pub mod inventory;
+pub mod limits;
 pub mod load;
 pub mod metrics;
 pub mod orders;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -211,6 +212,19 @@ impl Gateway {
         }
     }
 
+    /// A client of the gateway at `base` whose connections come from the
+    /// address `local`: another client, as the gateway's limits by address
+    /// see it (on loopback, any of `127.0.0.0/8`).
+    #[must_use]
+    pub fn from_address(base: &str, local: IpAddr) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(local));
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            ..Self::new(base)
+        }
+    }
+
     /// Sends a request to `path` with `headers` (and the bearer token once
     /// signed in); the whole response.
     ///
@@ -277,27 +291,33 @@ impl Gateway {
     /// (the CLI client, [`CLI_CLIENT_ID`]).
     ///
     /// A `503` (the sign-in store busy) is tried again, from the start,
-    /// after a short wait.
+    /// after a short wait, and a `429` (the address's sign-in limit) after
+    /// its `Retry-After`.
     ///
     /// # Errors
     ///
     /// The login was refused or the gateway could not be reached.
     pub async fn sign_in(&mut self, credential: &Credential) -> Result<(), Error> {
         for attempt in 0..6 {
-            if self.sign_in_once(credential).await? {
-                return Ok(());
+            match self.sign_in_once(credential, attempt).await? {
+                None => return Ok(()),
+                Some(wait) => tokio::time::sleep(wait).await,
             }
-            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
         }
         Err(format!(
-            "{} could not sign in: the gateway answered 503 six times",
+            "{} could not sign in: the gateway answered 503 or 429 six times",
             credential.name
         )
         .into())
     }
 
-    /// One sign-in; `false` when the gateway answered `503`.
-    async fn sign_in_once(&mut self, credential: &Credential) -> Result<bool, Error> {
+    /// One sign-in; how long to wait before the next when the gateway
+    /// answered `503` or `429`.
+    async fn sign_in_once(
+        &mut self,
+        credential: &Credential,
+        attempt: u32,
+    ) -> Result<Option<Duration>, Error> {
         let verifier = CodeVerifier::generate();
         let state = State::generate();
         let url = AuthorizationUrl::new(&format!("{}/authorize", self.base), CLI_CLIENT_ID)?
@@ -316,8 +336,8 @@ impl Gateway {
                 Bytes::from(form),
             )
             .await?;
-        if redirect.status() == StatusCode::SERVICE_UNAVAILABLE {
-            return Ok(false);
+        if let Some(wait) = again_after(&redirect, attempt) {
+            return Ok(Some(wait));
         }
         let location = redirect
             .headers()
@@ -351,17 +371,18 @@ impl Gateway {
             .append_pair("client_id", CLI_CLIENT_ID)
             .append_pair("code_verifier", verifier.expose_secret())
             .finish();
-        let (status, body) = self
-            .send(
+        let reply = self
+            .exchange(
                 Method::POST,
                 "/token",
                 &[("content-type", "application/x-www-form-urlencoded")],
                 Bytes::from(form),
             )
             .await?;
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            return Ok(false);
+        if let Some(wait) = again_after(&reply, attempt) {
+            return Ok(Some(wait));
         }
+        let (status, body) = (reply.status(), reply.into_body());
         if !status.is_success() {
             return Err(
                 format!("POST /token: {status}: {}", String::from_utf8_lossy(&body)).into(),
@@ -369,7 +390,7 @@ impl Gateway {
         }
         let token: TokenResponse = serde_json::from_slice(&body)?;
         self.authorization = Some(format!("Bearer {}", token.access_token));
-        Ok(true)
+        Ok(None)
     }
 
     /// Sends the request and returns the body of a success; anything else
@@ -443,19 +464,10 @@ impl Gateway {
             if status.is_success() {
                 return Ok(serde_json::from_slice(reply.body())?);
             }
-            let wait = match status {
-                StatusCode::TOO_MANY_REQUESTS => {
-                    rate_limited.fetch_add(1, Ordering::Relaxed);
-                    let seconds = reply
-                        .headers()
-                        .get(http::header::RETRY_AFTER)
-                        .and_then(|value| value.to_str().ok()?.parse().ok())
-                        .unwrap_or(1);
-                    Duration::from_secs(seconds)
-                }
-                StatusCode::SERVICE_UNAVAILABLE => Duration::from_millis(50 << attempt.min(6)),
-                _ => Duration::MAX,
-            };
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                rate_limited.fetch_add(1, Ordering::Relaxed);
+            }
+            let wait = again_after(&reply, attempt).unwrap_or(Duration::MAX);
             if wait == Duration::MAX || attempt == 9 {
                 return Err(format!(
                     "POST /orders: {status}: {}",
@@ -466,6 +478,33 @@ impl Gateway {
             tokio::time::sleep(wait).await;
         }
         unreachable!("the last attempt returns")
+    }
+}
+
+/// The loopback address of the load's `worker`th client: `127.1.0.1`,
+/// `127.1.0.2`, … (200 to the third byte).
+fn worker_address(worker: usize) -> IpAddr {
+    let [third, fourth] =
+        [worker / 200, worker % 200 + 1].map(|byte| u8::try_from(byte).unwrap_or(u8::MAX));
+    IpAddr::V4(Ipv4Addr::new(127, 1, third, fourth))
+}
+
+/// How long to wait before sending a request again after `reply` (the
+/// `attempt`th, from 0): a `429`'s `Retry-After` (1 s without one), a
+/// short backoff for a `503` (the service busy); `None` for any other
+/// answer.
+fn again_after(reply: &http::Response<Bytes>, attempt: u32) -> Option<Duration> {
+    match reply.status() {
+        StatusCode::TOO_MANY_REQUESTS => {
+            let seconds = reply
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok()?.parse().ok())
+                .unwrap_or(1);
+            Some(Duration::from_secs(seconds))
+        }
+        StatusCode::SERVICE_UNAVAILABLE => Some(Duration::from_millis(50 << attempt.min(6))),
+        _ => None,
     }
 }
 
@@ -509,9 +548,17 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
     let next = Arc::new(AtomicUsize::new(0));
     let rate_limited = Arc::new(AtomicUsize::new(0));
     let mut workers = tokio::task::JoinSet::new();
+    // On IPv4 loopback, each worker is a client of its own address, as the
+    // users of a real gateway are: the gateway limits by address too.
+    let on_loopback = Url::parse(&settings.gateway)
+        .is_ok_and(|url| matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback()));
     for worker in 0..settings.concurrency.clamp(1, settings.orders.max(1)) {
-        let (mut gateway, next, rate_limited) =
-            (gateway.clone(), next.clone(), rate_limited.clone());
+        let mut gateway = if on_loopback {
+            Gateway::from_address(&settings.gateway, worker_address(worker))
+        } else {
+            gateway.clone()
+        };
+        let (next, rate_limited) = (next.clone(), rate_limited.clone());
         let user = users[worker % users.len()].clone();
         let (total, decline_rate, progress) =
             (settings.orders, settings.decline_rate, settings.progress);

@@ -59,7 +59,7 @@ use palisade_outbox::{
     BoxError, ConsumerConfig, Handler, JetStreamConsumer, NatsJetStreamPublisher, OutboxConfig,
     PgInbox, PgOutbox, Relay,
 };
-use palisade_token_bucket::{Bucket, FailurePolicy, LocalStore, RedisStore};
+use palisade_token_bucket::{FailurePolicy, LocalStore, RedisStore};
 use sqlx::PgConnection;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -71,6 +71,7 @@ use crate::embedded::{Consumers, StatsSource};
 use crate::gateway::{self, Services, Shared};
 use crate::identity::{self, Identity};
 use crate::inventory::{self, Inventory};
+use crate::limits::Limits;
 use crate::orders::{self, Orders};
 use crate::payment::cards::{self, RemoteVault, Tokenizer};
 use crate::payment::vault::{Vault, VaultKey};
@@ -209,8 +210,9 @@ pub struct ServeSettings {
     /// The card vault's key, for payment; `None`: from
     /// [`PAYMENT_VAULT_KEY`](crate::payment::vault::KEY_VARIABLE).
     pub vault_key: Option<VaultKey>,
-    /// Each user's token bucket, for the gateway.
-    pub per_user: Bucket,
+    /// The gateway's token buckets: by client address, for signing in,
+    /// by user.
+    pub limits: Limits,
     /// Payment's circuit breaker in front of the processor.
     pub breaker: palisade_circuit_breaker::Config,
     /// Keeps several systems apart on the same servers (tests running at
@@ -235,7 +237,7 @@ impl ServeSettings {
             processor: "http://127.0.0.1:50051".to_owned(),
             payment: None,
             vault_key: None,
-            per_user: gateway::per_user(),
+            limits: Limits::default(),
             breaker: card::breaker_config(),
             namespace: String::new(),
             identity: None,
@@ -604,6 +606,7 @@ async fn serve_http(
     app: Router,
     stopped: impl Future<Output = ()> + Send + 'static,
 ) {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(stopped)
         .await
@@ -773,19 +776,22 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
 
     let (client, connection) = connect_redis(settings).await?;
     // Redis down: each gateway limits alone with the same bucket, rather
-    // than refusing everyone or letting everyone through.
-    let limits = RedisStore::new(
-        connection.clone(),
-        FailurePolicy::Fallback {
-            store: LocalStore::default(),
-            bucket: settings.per_user,
-        },
-    )
-    .prefix(&settings.namespaced("palisade:order-system:rl", ":"))
-    // Redis shares the gateway's cores: under full load a 10 ms answer
-    // is late for reasons that are not Redis's; 50 ms still fails fast.
-    .timeout(Duration::from_millis(50))
-    .instrument(&meter, "per-user");
+    // than refusing everyone or letting everyone through. Each bucket has
+    // its keys under a prefix of its own.
+    let limits = settings.limits.stored(|name, bucket| {
+        RedisStore::new(
+            connection.clone(),
+            FailurePolicy::Fallback {
+                store: LocalStore::default(),
+                bucket,
+            },
+        )
+        .prefix(&settings.namespaced(&format!("palisade:order-system:rl:{name}"), ":"))
+        // Redis shares the gateway's cores: under full load a 10 ms answer
+        // is late for reasons that are not Redis's; 50 ms still fails fast.
+        .timeout(Duration::from_millis(50))
+        .instrument(&meter, name)
+    });
     let trending = RedisCache::<_, tower::BoxError>::connect(
         &client,
         connection.clone(),
@@ -827,11 +833,7 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
         shipping,
         consumers,
     };
-    let shared = Shared {
-        limits,
-        per_user: settings.per_user,
-        trending,
-    };
+    let shared = Shared { limits, trending };
     let app = gateway::router(services, shared, &meter);
     tasks.spawn(serve_http(listener, app, stop.signal()));
     let consumed = consumer.run(stop.signal()).await;

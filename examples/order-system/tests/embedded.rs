@@ -378,11 +378,17 @@ async fn each_user_has_a_rate_limit_of_their_own() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// `n` concurrent `GET /catalog/trending`: the statuses and bodies.
-async fn crowd(gateway: &Gateway, n: usize) -> Vec<(StatusCode, Bytes)> {
+/// `n` concurrent `GET /catalog/trending`, each from an address of its
+/// own (a crowd, as the gateway's limits by address see it): the statuses
+/// and bodies.
+async fn crowd(system: &System, n: usize) -> Vec<(StatusCode, Bytes)> {
     let mut requests = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        let gateway = gateway.clone();
+    for i in 0..n {
+        let [third, fourth] = [i / 200, i % 200 + 1].map(|byte| u8::try_from(byte).unwrap());
+        let gateway = Gateway::from_address(
+            &format!("http://{}", system.address),
+            std::net::Ipv4Addr::new(127, 2, third, fourth).into(),
+        );
         requests.spawn(async move {
             gateway
                 .send(Method::GET, "/catalog/trending", &[], Bytes::new())
@@ -396,8 +402,7 @@ async fn crowd(gateway: &Gateway, n: usize) -> Vec<(StatusCode, Bytes)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_requests_for_trending_cost_one_query() {
     let (system, dir) = start().await;
-    let gateway = Gateway::new(&format!("http://{}", system.address));
-    let answers = crowd(&gateway, 500).await;
+    let answers = crowd(&system, 500).await;
     assert!(answers.iter().all(|(status, _)| *status == StatusCode::OK));
     assert!(
         answers.iter().all(|(_, body)| *body == answers[0].1),
@@ -406,6 +411,55 @@ async fn five_hundred_requests_for_trending_cost_one_query() {
     let ranking: Vec<serde_json::Value> = serde_json::from_slice(&answers[0].1).unwrap();
     assert_eq!(ranking.len(), 5, "every product ranked");
     assert_eq!(system.services.catalog.queries(), 1);
+    system.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_bypass_the_trending_cache_into_the_slow_query() {
+    let (mut settings, dir) = settings();
+    settings.catalog = |catalog| {
+        catalog.freshness(
+            std::time::Duration::from_secs(600),
+            std::time::Duration::from_secs(600),
+        )
+    };
+    let system = System::start(settings).await.unwrap();
+    let gateway = Gateway::new(&format!("http://{}", system.address));
+    let (status, first) = gateway
+        .send(Method::GET, "/catalog/trending", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    // What the route does not use: each would be a query of its own if it
+    // reached the cache as sent.
+    let tries: [(&str, &[(&str, &str)]); 10] = [
+        ("/catalog/trending?page=1", &[]),
+        ("/catalog/trending?x=907134", &[]),
+        ("/catalog/trending", &[("cache-control", "no-cache")]),
+        ("/catalog/trending", &[("pragma", "no-cache")]),
+        ("/catalog/trending", &[("authorization", "Bearer 0x5eed")]),
+        ("/catalog/trending", &[("cookie", "session=1")]),
+        ("/catalog/trending", &[("range", "bytes=0-9")]),
+        ("/catalog/trending", &[("if-match", "*")]),
+        ("/catalog/trending", &[("host", "elsewhere.example")]),
+        (
+            "/catalog/trending",
+            &[("if-unmodified-since", "Sat, 01 Jan 2000 00:00:00 GMT")],
+        ),
+    ];
+    for (path, headers) in tries {
+        let (status, body) = gateway
+            .send(Method::GET, path, headers, Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, &body),
+            (StatusCode::OK, &first),
+            "{path} {headers:?}"
+        );
+    }
+    assert_eq!(system.services.catalog.queries(), 1, "one query in all");
     system.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -422,9 +476,8 @@ async fn a_crowd_at_expiry_is_served_stale_while_one_query_refreshes() {
             )
     };
     let system = System::start(settings).await.unwrap();
-    let gateway = Gateway::new(&format!("http://{}", system.address));
     let catalog = &system.services.catalog;
-    assert_eq!(crowd(&gateway, 1).await[0].0, StatusCode::OK);
+    assert_eq!(crowd(&system, 1).await[0].0, StatusCode::OK);
     assert_eq!(catalog.queries(), 1);
     // Past max-age, within stale-while-revalidate.
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
@@ -432,7 +485,7 @@ async fn a_crowd_at_expiry_is_served_stale_while_one_query_refreshes() {
     // The refresh hangs: the whole crowd is served the stale ranking, and
     // no second refresh starts while the first runs.
     let held = catalog.hold().await;
-    let answers = crowd(&gateway, 500).await;
+    let answers = crowd(&system, 500).await;
     assert!(answers.iter().all(|(status, _)| *status == StatusCode::OK));
     let mut waited = 0;
     while catalog.queries() < 2 {

@@ -21,7 +21,7 @@ pub fn settings() -> (Settings, std::path::PathBuf) {
 pub async fn start_with(per_user: Option<Bucket>) -> (System, std::path::PathBuf) {
     let (mut settings, dir) = settings();
     if let Some(bucket) = per_user {
-        settings.per_user = bucket;
+        settings.limits.per_user = bucket;
     }
     (System::start(settings).await.unwrap(), dir)
 }

@@ -1,0 +1,147 @@
+//! The gateway's abuse limits: token buckets by client address before a
+//! request is authenticated, and by user after.
+//!
+//! - **Every request** draws first on its client address's bucket
+//!   ([`Limits::per_address`]), before its bearer token is looked up: a
+//!   flood of random or stolen-and-revoked tokens is refused by the
+//!   address (`429`), and never costs the token store more than the
+//!   address's rate.
+//! - **Signing in** (`/authorize`, `/token`) draws besides on a tighter
+//!   bucket of the address ([`Limits::sign_in`]): each `POST /authorize`
+//!   checks a password with Argon2id, and a flood from one address must
+//!   neither burn the gateway's cores nor queue ahead of other people's
+//!   sign-ins.
+//! - **Signed-in requests** then draw on their user's bucket
+//!   ([`Limits::per_user`]), keyed by the user the token stands for, never
+//!   by the token: signing in again earns no fresh burst.
+//!
+//! The client address is the connection's peer (axum's `ConnectInfo`); an
+//! IPv6 client is its `/64`, the block one subscriber is given, so cycling
+//! through the addresses of one block earns nothing. A request whose
+//! connection carries no address (one routed in process) draws on one
+//! bucket shared by all such requests. Behind a reverse proxy every client
+//! has the proxy's address: limit there, or key by the address it
+//! forwards, which only a proxy you run may be trusted to set.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::ConnectInfo;
+use palisade_token_bucket::Bucket;
+use palisade_token_bucket::key;
+
+/// The gateway's buckets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Every request, by client address, before authentication: by default
+    /// 200 at once, then 100 a second.
+    pub per_address: Bucket,
+    /// `/authorize` and `/token`, by client address: by default 20 at
+    /// once, then one a second.
+    pub sign_in: Bucket,
+    /// Signed-in requests, by user: by default 100 at once, then 50 a
+    /// second.
+    pub per_user: Bucket,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let bucket = |capacity, per_second| {
+            Bucket::new(capacity, per_second).unwrap_or_else(|_| unreachable!("a valid bucket"))
+        };
+        Self {
+            per_address: bucket(200, 100.0),
+            sign_in: bucket(20, 1.0),
+            per_user: bucket(100, 50.0),
+        }
+    }
+}
+
+impl Limits {
+    /// Each bucket with the store its keys are kept in, made by `store`
+    /// from the bucket's name (`per-address`, `sign-in`, `per-user`) and
+    /// the bucket. The stores must be apart (or their keys prefixed
+    /// apart): the two address buckets are keyed alike.
+    pub fn stored<St>(self, mut store: impl FnMut(&'static str, Bucket) -> St) -> Limited<St> {
+        Limited {
+            per_address: store("per-address", self.per_address),
+            sign_in: store("sign-in", self.sign_in),
+            per_user: store("per-user", self.per_user),
+            buckets: self,
+        }
+    }
+}
+
+/// The gateway's buckets and their stores.
+#[derive(Debug, Clone)]
+pub struct Limited<St> {
+    /// The store of [`Limits::per_address`].
+    pub per_address: St,
+    /// The store of [`Limits::sign_in`].
+    pub sign_in: St,
+    /// The store of [`Limits::per_user`].
+    pub per_user: St,
+    /// The buckets.
+    pub buckets: Limits,
+}
+
+/// The rate-limit key of a request's client: its peer address (an IPv6
+/// address's `/64`), or one shared key when the connection has none.
+#[must_use]
+pub fn client_address() -> ClientAddress {
+    key::or(
+        key::extension(peer_key as fn(&ConnectInfo<SocketAddr>) -> String),
+        key::global("no-address"),
+    )
+}
+
+/// The key [`client_address`] makes.
+pub type ClientAddress = key::Or<
+    key::Extension<ConnectInfo<SocketAddr>, fn(&ConnectInfo<SocketAddr>) -> String>,
+    key::Global,
+>;
+
+fn peer_key(ConnectInfo(peer): &ConnectInfo<SocketAddr>) -> String {
+    address_key(peer.ip())
+}
+
+/// An address as its bucket's key: IPv4 whole, IPv6 by its `/64` (an
+/// IPv4-mapped IPv6 address as the IPv4 address).
+fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                format!("{a:x}:{b:x}:{c:x}:{d:x}::/64")
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_token_bucket::key::Key;
+
+    #[test]
+    fn an_ipv6_client_is_its_block_and_a_mapped_ipv4_its_address() {
+        let key = |ip: &str| address_key(ip.parse().unwrap());
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:bbbb::9"), key("2001:db8:1:2:aaaa::1"));
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+    }
+
+    #[test]
+    fn a_request_without_an_address_draws_on_one_shared_bucket() {
+        let by_address = client_address();
+        let bare = http::Request::new(());
+        let mut from = http::Request::new(());
+        from.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 7], 5000))));
+        assert!(by_address.key(&bare).is_some());
+        assert_ne!(by_address.key(&bare), by_address.key(&from));
+    }
+}
