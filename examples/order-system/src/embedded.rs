@@ -42,6 +42,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Where the gateway listens (port 0: any free port).
     pub listen: SocketAddr,
+    /// Where the gateway's admin routes (`/books`, `/metrics`) listen:
+    /// `127.0.0.1:8081` by default, loopback.
+    pub admin_listen: SocketAddr,
     /// The gateway's token buckets: by client address, for signing in,
     /// by user.
     pub limits: crate::limits::Limits,
@@ -66,6 +69,7 @@ impl Settings {
         Self {
             data_dir,
             listen,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             limits: crate::limits::Limits::default(),
             catalog: |catalog| catalog,
             breaker: card::breaker_config(),
@@ -80,6 +84,8 @@ impl Settings {
 pub struct System {
     /// Where the gateway listens.
     pub address: SocketAddr,
+    /// Where the gateway's admin routes listen.
+    pub admin_address: SocketAddr,
     /// The services, for checks from the same process.
     pub services: Services,
     /// The demo identity and its passwords, unless an identity file was
@@ -232,24 +238,32 @@ impl System {
         };
         let listener = TcpListener::bind(settings.listen).await?;
         let address = listener.local_addr()?;
+        let admin_listener = TcpListener::bind(settings.admin_listen).await?;
+        let admin_address = admin_listener.local_addr()?;
         let app = gateway::router(
             services.clone(),
             gateway::Shared::local(settings.limits, &meter),
             &meter,
         );
-        let shutdown = until_stopped();
-        tasks.spawn(async move {
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(%error, "gateway stopped");
-            }
-        });
-        tracing::info!(%address, data_dir = %settings.data_dir.display(), "order system running (embedded)");
+        for (listener, app) in [
+            (listener, app),
+            (admin_listener, gateway::admin_router(services.clone())),
+        ] {
+            let shutdown = until_stopped();
+            tasks.spawn(async move {
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                if let Err(error) = axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(%error, "gateway stopped");
+                }
+            });
+        }
+        tracing::info!(%address, %admin_address, data_dir = %settings.data_dir.display(), "order system running (embedded)");
         Ok(Self {
             address,
+            admin_address,
             services,
             demo,
             stop,

@@ -23,12 +23,6 @@
 //! - `GET /catalog/trending`: the products by units shipped, a slow query
 //!   served through `CoalesceLayer` (see [`catalog`](crate::catalog)); no
 //!   token needed, and nothing a client adds reaches the cache.
-//! - `GET /books`: every service's books and the invariants they must keep,
-//!   with the sagas pending past a threshold (`?stuck_after_ms=N`, by
-//!   default [`STUCK_AFTER`]).
-//! - `GET /metrics`: the same books in the Prometheus text format (the
-//!   same `?stuck_after_ms`), and the palisade crates' own OpenTelemetry
-//!   metrics (breaker, retry, rate limit, relays, catalog cache).
 //! - `GET /healthz`.
 //! - `GET`/`PUT /admin/processor`: the card processor's injected faults
 //!   (`{"unavailable": true, "delay_ms": 200}`), for users granted
@@ -37,6 +31,17 @@
 //!   /admin/dead-events/{service}/requeue`: the service's dead events,
 //!   listed and put back in line ([`dead_events::admin`]), for
 //!   [`Role::Operator`] only.
+//!
+//! On the admin listener ([`admin_router`]), loopback by default and never
+//! the public address, since each reads whole tables:
+//!
+//! - `GET /books`: every service's books and the invariants they must keep,
+//!   with the sagas pending past a threshold (`?stuck_after_ms=N`, by
+//!   default [`STUCK_AFTER`]).
+//! - `GET /metrics`: the same books in the Prometheus text format (the
+//!   same `?stuck_after_ms`), and the palisade crates' own OpenTelemetry
+//!   metrics (breaker, retry, rate limit, relays, catalog cache).
+//! - `GET /healthz`.
 //!
 //! An order's events continue the trace of the request that placed it.
 
@@ -134,6 +139,21 @@ impl Shared<LocalStore, Cache<String, CachedResponse, tower::BoxError>> {
     }
 }
 
+/// The admin listener's routes: `GET /books` and `GET /metrics` (reads
+/// of every table, for operators and scrapers, never on the public
+/// address), and `GET /healthz`.
+pub fn admin_router(services: Services) -> Router {
+    Router::new()
+        .route("/books", get(books))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(services)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
 /// The largest sign-in form taken (`413` beyond).
 const SIGN_IN_BODY: usize = 16 * 1024;
 
@@ -194,7 +214,9 @@ where
     // decides how long. A failed flight answers 502.
     let catalog = Router::new()
         .route("/catalog/trending", get(trending))
-        .layer(
+        // On the route only: a layer on the router would wrap its 404
+        // fallback too, and cache an unknown path's answer as the ranking.
+        .route_layer(
             tower::ServiceBuilder::new()
                 .layer(axum::error_handling::HandleErrorLayer::new(
                     |error: tower::BoxError| async move {
@@ -208,9 +230,7 @@ where
     // Every request draws on its address's bucket first, before a token
     // is looked up.
     Router::new()
-        .route("/books", get(books))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .merge(sign_in)
         .merge(signed_in)
         .merge(catalog)

@@ -40,6 +40,9 @@ pub const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
 pub struct LoadSettings {
     /// The gateway's base URL, e.g. `http://127.0.0.1:8080`.
     pub gateway: String,
+    /// The gateway's admin URL, where the books are read, e.g.
+    /// `http://127.0.0.1:8081`.
+    pub admin: String,
     /// Orders to place.
     pub orders: usize,
     /// Orders in flight at once.
@@ -647,8 +650,9 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
     // after a redelivery). The books must balance once the system is
     // quiet; what still does not after a minute is a violation.
     let deadline = Instant::now() + SETTLE_DEADLINE;
+    let admin = Gateway::new(&settings.admin);
     let (books, violations) = loop {
-        let books: Books = gateway.get("/books").await?;
+        let books: Books = admin.get("/books").await?;
         let unsent: u64 = books.outboxes.iter().map(|(_, pending, _)| pending).sum();
         let violations = books.violations(true);
         if (unsent == 0 && violations.is_empty()) || Instant::now() > deadline {

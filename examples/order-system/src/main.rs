@@ -15,23 +15,26 @@ use palisade_order_system::serve::{self, Infrastructure, Role, ServeSettings};
 
 /// The command line.
 const USAGE: &str = "usage:
-  order-system [run] [--data DIR] [--listen ADDR] [--identity FILE]
+  order-system [run] [--data DIR] [--listen ADDR] [--admin-listen ADDR] [--identity FILE]
       every service in one process on SQLite files in DIR (default: ./order-system-data),
-      the gateway on ADDR (default: 127.0.0.1:8080); who may sign in comes from FILE
+      the gateway on ADDR (default: 127.0.0.1:8080), its /books and /metrics on the
+      --admin-listen ADDR (default: 127.0.0.1:8081); who may sign in comes from FILE
       (or PALISADE_IDENTITY), else from DIR/identity.json, made on first start with
       demo users whose generated passwords are in DIR/credentials.json; the card vault's
       key is DIR/payment-vault.key, made on first start
-  order-system load [--gateway URL] [--credentials FILE] [--orders N] [--concurrency C]
-                    [--decline-rate P] [--processor-outage SECONDS] [--processor-admin URL]
+  order-system load [--gateway URL] [--admin URL] [--credentials FILE] [--orders N]
+                    [--concurrency C] [--decline-rate P] [--processor-outage SECONDS]
+                    [--processor-admin URL]
       places N orders (default 1000), C at a time (default 64), a share P of them
-      with a card that is declined (default 0.2), waits for every saga and checks the books;
+      with a card that is declined (default 0.2), waits for every saga and checks the books
+      at the gateway's admin URL (default http://127.0.0.1:8081);
       each worker signs in once as a user of FILE granted no role (default:
       ./order-system-data/credentials.json); with --processor-outage, the card processor
       is down for SECONDS once a quarter of the orders are placed, set by FILE's operator
       through the gateway, or the processor's own HTTP address given as --processor-admin
   order-system serve SERVICE [--listen ADDR] [--postgres URL] [--nats URL] [--redis URL]
                      [--grpc ADDR] [--processor URL] [--payment URL] [--namespace NS]
-                     [--identity FILE]
+                     [--identity FILE] [--admin-listen ADDR]
       one service as a process of its own on PostgreSQL, NATS JetStream and Redis
       (default: the local servers, or PALISADE_POSTGRES, PALISADE_NATS, PALISADE_REDIS);
       SERVICE is one of processor, relay, inventory, payment, shipping, gateway.
@@ -41,7 +44,8 @@ const USAGE: &str = "usage:
       (its ADDR), where the gateway has card numbers tokenized; payment's card vault key
       comes from PAYMENT_VAULT_KEY (64 hex digits, required for payment);
       --namespace (or PALISADE_NAMESPACE): schemas NS_<service>, stream ORDERS_NS;
-      --identity (or PALISADE_IDENTITY, required for the gateway): who may sign in
+      --identity (or PALISADE_IDENTITY, required for the gateway): who may sign in;
+      --admin-listen: the gateway's address for /books and /metrics (default 127.0.0.1:8081)
   order-system identity DIR [--load-users N]
       writes DIR/identity.json with demo users (alice, bob, operator with the operator role,
       N load users, default 64) and DIR/credentials.json with their generated passwords,
@@ -166,6 +170,7 @@ async fn serve_command(args: &[String]) -> Result<ExitCode, String> {
         flag(args, "--listen", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
     );
     settings.grpc = flag(args, "--grpc", settings.grpc)?;
+    settings.admin_listen = flag(args, "--admin-listen", settings.admin_listen)?;
     settings.processor = flag(args, "--processor", settings.processor)?;
     let payment: String = flag(
         args,
@@ -192,6 +197,7 @@ async fn run(args: &[String]) -> Result<ExitCode, String> {
         flag(args, "--data", PathBuf::from("order-system-data"))?,
         flag(args, "--listen", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
     );
+    settings.admin_listen = flag(args, "--admin-listen", settings.admin_listen)?;
     settings.identity = identity_file(args)?;
     let system = System::start(settings).await.map_err(|e| e.to_string())?;
     if let Some(demo) = &system.demo {
@@ -207,9 +213,10 @@ async fn run(args: &[String]) -> Result<ExitCode, String> {
     }
     println!(
         "order system running on http://{0} (embedded: SQLite, in-process broker)\n\
-         place orders:  cargo run -p palisade-order-system -- load --gateway http://{0} --orders 1000\n\
+         books and metrics (admin, not public): http://{1}/books, http://{1}/metrics\n\
+         place orders:  cargo run -p palisade-order-system -- load --gateway http://{0} --admin http://{1} --orders 1000\n\
          stop: Ctrl-C",
-        system.address
+        system.address, system.admin_address
     );
     stop_signal().await;
     system.stop().await;
@@ -219,6 +226,7 @@ async fn run(args: &[String]) -> Result<ExitCode, String> {
 async fn load_command(args: &[String]) -> Result<ExitCode, String> {
     let settings = LoadSettings {
         gateway: flag(args, "--gateway", "http://127.0.0.1:8080".to_owned())?,
+        admin: flag(args, "--admin", "http://127.0.0.1:8081".to_owned())?,
         orders: flag(args, "--orders", 1000)?,
         concurrency: flag(args, "--concurrency", 64)?,
         decline_rate: flag(args, "--decline-rate", 0.2)?,

@@ -18,7 +18,9 @@
 //!   orders and consumes the events that end sagas), auth (its users and
 //!   clients from the `--identity` file) and the catalog. It has each
 //!   order's card number tokenized by payment (`POST /cards` at
-//!   `--payment`) before placing the order.
+//!   `--payment`) before placing the order. Its `/books` and `/metrics`
+//!   are on `--admin-listen` (`127.0.0.1:8081` by default), not on the
+//!   public `--listen`.
 //! - **inventory**, **payment**, **shipping**: a durable JetStream consumer
 //!   each, applying events through the service's inbox. Payment also keeps
 //!   the card vault ([`payment::vault`]), its key
@@ -32,8 +34,8 @@
 //!   on its HTTP port, for a bearer token of a user granted the operator
 //!   role (checked in the gateways' sign-in store in Redis).
 //!
-//! Every process answers `GET /healthz` and `GET /metrics` on its
-//! `--listen` address. Replicas share the work: consumers of a service bind
+//! Every other process answers `GET /healthz` and `GET /metrics` on its
+//! `--listen` address, which is internal. Replicas share the work: consumers of a service bind
 //! to the same durable consumer, relays claim batches with `SKIP LOCKED`,
 //! gateways share rate limits, cached answers, sign-in codes and tokens
 //! through Redis.
@@ -200,6 +202,9 @@ pub struct ServeSettings {
     /// Its HTTP address: the API for the gateway, `/healthz` and `/metrics`
     /// (and the processor's `/admin/processor`) for the others.
     pub listen: SocketAddr,
+    /// The gateway's admin address, for `/books` and `/metrics`:
+    /// `127.0.0.1:8081` by default, loopback.
+    pub admin_listen: SocketAddr,
     /// The processor's gRPC address.
     pub grpc: SocketAddr,
     /// The processor's URL, for payment.
@@ -233,6 +238,7 @@ impl ServeSettings {
             role,
             infrastructure,
             listen,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             grpc: SocketAddr::from(([127, 0, 0, 1], 50051)),
             processor: "http://127.0.0.1:50051".to_owned(),
             payment: None,
@@ -761,6 +767,9 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
         "the gateway needs --payment URL (or PALISADE_PAYMENT): payment's HTTP address, \
          where card numbers are tokenized",
     )?)?;
+    let admin_listener = TcpListener::bind(settings.admin_listen)
+        .await
+        .map_err(|error| format!("--admin-listen {}: {error}", settings.admin_listen))?;
     let (listener, telemetry, mut tasks, stop) = process.into_parts();
     // This gateway's consumer wakes the requests waiting for the ends it
     // commits; the re-reads catch those another gateway's consumer
@@ -834,8 +843,10 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
         consumers,
     };
     let shared = Shared { limits, trending };
+    let admin = gateway::admin_router(services.clone());
     let app = gateway::router(services, shared, &meter);
     tasks.spawn(serve_http(listener, app, stop.signal()));
+    tasks.spawn(serve_http(admin_listener, admin, stop.signal()));
     let consumed = consumer.run(stop.signal()).await;
     while tasks.join_next().await.is_some() {}
     consumed

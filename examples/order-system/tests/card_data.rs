@@ -73,6 +73,7 @@ async fn no_card_number_is_stored_or_logged_in_clear_by_a_full_run() {
     let orders = 200;
     let summary = load::run(&LoadSettings {
         gateway: format!("http://{}", system.address),
+        admin: format!("http://{}", system.admin_address),
         orders,
         concurrency: 16,
         decline_rate: 0.2,

@@ -22,6 +22,7 @@ const SETTLE: Duration = Duration::from_secs(180);
 struct Embedded {
     dir: PathBuf,
     listen: SocketAddr,
+    admin_listen: SocketAddr,
     child: Option<Child>,
 }
 
@@ -29,18 +30,25 @@ impl Embedded {
     fn new() -> Self {
         let dir = std::env::temp_dir().join(format!("palisade-crash-{}", fastrand::u64(..)));
         std::fs::create_dir_all(&dir).unwrap();
-        let listen = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port");
+        let free = || {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free port")
+        };
         Self {
             dir,
-            listen,
+            listen: free(),
+            admin_listen: free(),
             child: None,
         }
     }
 
     fn gateway(&self) -> Gateway {
         Gateway::new(&format!("http://{}", self.listen))
+    }
+
+    fn admin(&self) -> Gateway {
+        Gateway::new(&format!("http://{}", self.admin_listen))
     }
 
     /// Starts the system on its data directory and waits for `/healthz`.
@@ -54,6 +62,7 @@ impl Embedded {
             .args(["run", "--data"])
             .arg(&self.dir)
             .args(["--listen", &self.listen.to_string()])
+            .args(["--admin-listen", &self.admin_listen.to_string()])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -108,6 +117,7 @@ impl Embedded {
     fn load(&self) -> tokio::task::JoinHandle<()> {
         let settings = LoadSettings {
             gateway: format!("http://{}", self.listen),
+            admin: format!("http://{}", self.admin_listen),
             orders: 1_000_000,
             concurrency: 32,
             decline_rate: 0.2,
@@ -128,7 +138,7 @@ impl Embedded {
         let deadline = Instant::now() + SETTLE;
         loop {
             let (status, body) = self
-                .gateway()
+                .admin()
                 .send(http::Method::GET, "/books", &[], bytes::Bytes::new())
                 .await
                 .unwrap();

@@ -196,7 +196,7 @@ async fn an_operator_requeues_a_dead_event_through_the_gateway_and_its_saga_ends
     let (settings, dir) = settings();
     let order_id = order_with_a_dead_event(&dir).await;
     let system = System::start(settings).await.unwrap();
-    let open = Gateway::new(&format!("http://{}", system.address));
+    let open = support::admin(&system);
     let alice = signed_in(&system, "alice").await;
     let operator = signed_in(&system, "operator").await;
 
@@ -219,7 +219,12 @@ async fn an_operator_requeues_a_dead_event_through_the_gateway_and_its_saga_ends
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        dead_listed(&open, "orders").await.0,
+        dead_listed(
+            &Gateway::new(&format!("http://{}", system.address)),
+            "orders"
+        )
+        .await
+        .0,
         StatusCode::UNAUTHORIZED
     );
 

@@ -17,6 +17,7 @@ use support::{credentials, place_directly, settings, signed_in, start, start_wit
 fn load_settings(system: &System, orders: usize, concurrency: usize) -> LoadSettings {
     LoadSettings {
         gateway: format!("http://{}", system.address),
+        admin: format!("http://{}", system.admin_address),
         orders,
         concurrency,
         decline_rate: 0.2,
@@ -53,8 +54,7 @@ async fn three_hundred_orders_end_confirmed_or_cancelled_with_the_books_straight
     assert!(shipped > 0);
 
     // The same books, scraped as Prometheus metrics.
-    let gateway = Gateway::new(&format!("http://{}", system.address));
-    let (status, text) = gateway
+    let (status, text) = support::admin(&system)
         .send(Method::GET, "/metrics", &[], Bytes::new())
         .await
         .unwrap();

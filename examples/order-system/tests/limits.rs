@@ -206,3 +206,32 @@ async fn oversized_sign_in_parameters_are_refused_and_nothing_is_issued() {
     assert_eq!(accepted.status(), StatusCode::FOUND);
     stop(system, dir).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn books_and_metrics_answer_on_the_admin_listener_only() {
+    let (system, dir) = support::start().await;
+    assert_ne!(system.admin_address, system.address);
+    let public = client(&system, 6);
+    let admin = support::admin(&system);
+    for path in ["/books", "/metrics", "/books?stuck_after_ms=0"] {
+        let (status, _) = public
+            .send(Method::GET, path, &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::NOT_FOUND, "public {path}");
+        let (status, _) = admin
+            .send(Method::GET, path, &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK, "admin {path}");
+    }
+    // The API is not on the admin listener.
+    for (gateway, expected) in [(&public, StatusCode::OK), (&admin, StatusCode::NOT_FOUND)] {
+        let (status, _) = gateway
+            .send(Method::GET, "/catalog/trending", &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(status, expected);
+    }
+    stop(system, dir).await;
+}

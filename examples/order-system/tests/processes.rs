@@ -50,6 +50,8 @@ struct System {
     /// The processes' `RUST_LOG`.
     log_filter: String,
     processes: HashMap<String, (Vec<String>, SocketAddr, Child)>,
+    /// Each gateway's admin address (`/books`, `/metrics`).
+    admins: HashMap<String, SocketAddr>,
 }
 
 impl System {
@@ -68,6 +70,7 @@ impl System {
             log_filter: "warn".to_owned(),
             logs,
             processes: HashMap::new(),
+            admins: HashMap::new(),
         }
     }
 
@@ -94,6 +97,9 @@ impl System {
             "processor" => args.extend(["--grpc".to_owned(), self.grpc.to_string()]),
             "payment" => args.extend(["--processor".to_owned(), format!("http://{}", self.grpc)]),
             "gateway" => {
+                let admin = free_address();
+                self.admins.insert(name.to_owned(), admin);
+                args.extend(["--admin-listen".to_owned(), admin.to_string()]);
                 args.extend(["--identity".to_owned(), self.identity.display().to_string()]);
                 args.extend(["--payment".to_owned(), self.address("payment")]);
             }
@@ -168,6 +174,11 @@ impl System {
         format!("http://{}", self.processes[name].1)
     }
 
+    /// The gateway `name`'s admin URL.
+    fn admin(&self, name: &str) -> String {
+        format!("http://{}", self.admins[name])
+    }
+
     /// Every service, with two replicas of inventory and of the relay.
     async fn start_all(&mut self) {
         for (name, service) in [
@@ -186,7 +197,7 @@ impl System {
     }
 
     async fn books(&self) -> Books {
-        let (status, body) = Gateway::new(&self.address("gateway"))
+        let (status, body) = Gateway::new(&self.admin("gateway"))
             .send(http::Method::GET, "/books", &[], bytes::Bytes::new())
             .await
             .unwrap();
@@ -232,6 +243,7 @@ impl System {
     fn load(&self, orders: usize) -> LoadSettings {
         LoadSettings {
             gateway: self.address("gateway"),
+            admin: self.admin("gateway"),
             orders,
             concurrency: 32,
             decline_rate: 0.2,

@@ -54,7 +54,7 @@ async fn writable(db: &std::path::Path) -> bool {
 async fn a_stalled_processor_opens_the_breaker_holds_no_transaction_and_every_saga_ends() {
     let (system, dir) = start().await;
     let operator = signed_in(&system, "operator").await;
-    let gateway = Gateway::new(&format!("http://{}", system.address));
+    let gateway = support::admin(&system);
     let books = || async {
         let (status, body) = gateway
             .send(Method::GET, "/books", &[], Bytes::new())
@@ -68,6 +68,7 @@ async fn a_stalled_processor_opens_the_breaker_holds_no_transaction_and_every_sa
     set_delay(&operator, 60_000).await;
     let settings = LoadSettings {
         gateway: format!("http://{}", system.address),
+        admin: format!("http://{}", system.admin_address),
         orders: 40,
         concurrency: 16,
         decline_rate: 0.2,

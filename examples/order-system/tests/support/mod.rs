@@ -14,6 +14,7 @@ use palisade_token_bucket::Bucket;
 pub fn settings() -> (Settings, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("palisade-order-system-{}", fastrand::u64(..)));
     let mut settings = Settings::new(dir.clone(), ([127, 0, 0, 1], 0).into());
+    settings.admin_listen = ([127, 0, 0, 1], 0).into();
     settings.demo_load_users = 16;
     (settings, dir)
 }
@@ -33,6 +34,11 @@ pub async fn start() -> (System, std::path::PathBuf) {
 /// The demo users' passwords the system wrote on its first start.
 pub fn credentials(system: &System) -> Credentials {
     Credentials::load(&system.demo.as_ref().unwrap().credentials).unwrap()
+}
+
+/// A client of `system`'s admin listener (`/books`, `/metrics`).
+pub fn admin(system: &System) -> Gateway {
+    Gateway::new(&format!("http://{}", system.admin_address))
 }
 
 /// A client of `system`'s gateway signed in as the demo user `name`.
