@@ -15,6 +15,13 @@
 //!   ([`Limits::per_user`]), keyed by the user the token stands for, never
 //!   by the token: signing in again earns no fresh burst.
 //!
+//! The address buckets are each gateway's own, in process, whatever
+//! store the user buckets are in: the gate in front of the token lookup
+//! and the password check costs no round trip, so a flood is refused
+//! before it becomes load on the shared store. With several gateways
+//! behind a balancer an address gets up to that many times its rate;
+//! the user buckets, in a shared store, are the fleet's.
+//!
 //! The client address is the connection's peer (axum's `ConnectInfo`); an
 //! IPv6 client is its `/64`, the block one subscriber is given, so cycling
 //! through the addresses of one block earns nothing. A request whose
@@ -26,8 +33,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::ConnectInfo;
-use palisade_token_bucket::Bucket;
 use palisade_token_bucket::key;
+use palisade_token_bucket::{Bucket, LocalStore};
 
 /// The gateway's buckets.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,14 +64,14 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Each bucket with the store its keys are kept in, made by `store`
-    /// from the bucket's name (`per-address`, `sign-in`, `per-user`) and
-    /// the bucket. The stores must be apart (or their keys prefixed
-    /// apart): the two address buckets are keyed alike.
-    pub fn stored<St>(self, mut store: impl FnMut(&'static str, Bucket) -> St) -> Limited<St> {
+    /// The buckets with their stores: the address buckets in process
+    /// (one [`LocalStore`] each, since they are keyed alike), the user
+    /// buckets in the store `store` makes from the bucket's name
+    /// (`per-user`) and the bucket.
+    pub fn stored<St>(self, store: impl FnOnce(&'static str, Bucket) -> St) -> Limited<St> {
         Limited {
-            per_address: store("per-address", self.per_address),
-            sign_in: store("sign-in", self.sign_in),
+            per_address: LocalStore::default(),
+            sign_in: LocalStore::default(),
             per_user: store("per-user", self.per_user),
             buckets: self,
         }
@@ -74,10 +81,10 @@ impl Limits {
 /// The gateway's buckets and their stores.
 #[derive(Debug, Clone)]
 pub struct Limited<St> {
-    /// The store of [`Limits::per_address`].
-    pub per_address: St,
-    /// The store of [`Limits::sign_in`].
-    pub sign_in: St,
+    /// The store of [`Limits::per_address`]: this gateway's.
+    pub per_address: LocalStore,
+    /// The store of [`Limits::sign_in`]: this gateway's.
+    pub sign_in: LocalStore,
     /// The store of [`Limits::per_user`].
     pub per_user: St,
     /// The buckets.
