@@ -30,8 +30,10 @@ pin_project! {
     {
         #[pin]
         attempt: Attempt<S::Future, S::Response>,
-        #[pin]
-        deadline: Option<Sleep>,
+        // Boxed, as the backoff wait is: a tokio `Sleep` is large, and only
+        // a call under a deadline pays for it; every other call's future
+        // stays small enough to build and move cheaply.
+        deadline: Option<Pin<Box<Sleep>>>,
         total: Duration,
         retrying: Option<Retrying<S, C, R, R::Saved, R::Request>>,
     }
@@ -180,7 +182,7 @@ where
             let end = started
                 .checked_add(total)
                 .unwrap_or_else(|| started + FAR_FUTURE);
-            tokio::time::sleep_until(end)
+            Box::pin(tokio::time::sleep_until(end))
         });
         Self {
             attempt: Attempt::Calling { future },
@@ -219,11 +221,7 @@ where
                     let Some(retrying) = this.retrying.as_mut() else {
                         return Poll::Ready(result);
                     };
-                    let deadline = this
-                        .deadline
-                        .as_ref()
-                        .as_pin_ref()
-                        .map(|sleep| sleep.deadline());
+                    let deadline = this.deadline.as_ref().map(|sleep| sleep.deadline());
                     let Some(delay) = retrying.next_attempt(&result, deadline) else {
                         return Poll::Ready(result);
                     };
@@ -273,12 +271,12 @@ where
 /// `Pending`, unless the deadline has passed: then the attempt is
 /// abandoned with [`DeadlineExceeded`].
 fn past_deadline<T, S, C, R, Saved, Request>(
-    deadline: Pin<&mut Option<Sleep>>,
+    deadline: &mut Option<Pin<Box<Sleep>>>,
     cx: &mut Context<'_>,
     total: Duration,
     retrying: Option<&Retrying<S, C, R, Saved, Request>>,
 ) -> Poll<Result<T, BoxError>> {
-    match deadline.as_pin_mut().map(|sleep| sleep.poll(cx)) {
+    match deadline.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
         Some(Poll::Ready(())) => {
             let attempts = retrying.map_or(1, |retrying| retrying.attempts);
             Poll::Ready(Err(DeadlineExceeded::new(total, attempts).into()))
