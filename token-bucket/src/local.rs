@@ -1,10 +1,11 @@
 //! The in-process store.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::{Ready, ready};
 use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState;
+use hashbrown::HashTable;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -89,30 +90,37 @@ struct Inner {
     tokio_origin: tokio::time::Instant,
 }
 
-/// One shard's keys: the map decisions read, and the keys in the order
-/// they came, which a new key walks to find an idle one to replace.
+/// One shard's keys: the map decisions read (a table looked up with the
+/// hash that already chose the shard, so a key is hashed once a decision),
+/// and the keys in the order they came, which a new key walks to find an
+/// idle one to replace.
 #[derive(Debug)]
 struct Shard {
-    map: HashMap<Arc<[u8]>, AtomicU64, RandomState>,
+    map: HashTable<(Arc<[u8]>, AtomicU64)>,
     arrivals: VecDeque<Arc<[u8]>>,
+}
+
+/// Whether a table entry is `key`'s.
+fn is(key: &[u8]) -> impl Fn(&(Arc<[u8]>, AtomicU64)) -> bool + '_ {
+    move |(stored, _)| **stored == *key
 }
 
 impl Shard {
     /// Forgets one key whose bucket is full at `now`, looking at no more
     /// than [`EVICTION_SAMPLE`] keys; those still active go to the back of
     /// the line. `false` when none of them was idle.
-    fn make_room(&mut self, now: u64) -> bool {
+    fn make_room(&mut self, now: u64, hasher: &RandomState) -> bool {
         for _ in 0..EVICTION_SAMPLE.min(self.arrivals.len()) {
             let Some(key) = self.arrivals.pop_front() else {
                 break;
             };
-            let idle = self
-                .map
-                .get(&key)
-                .is_none_or(|tat| tat.load(Ordering::Relaxed) <= now);
-            if idle {
-                self.map.remove(&key);
-                return true;
+            match self.map.find_entry(hasher.hash_one(&*key), is(&key)) {
+                Ok(entry) if entry.get().1.load(Ordering::Relaxed) > now => {}
+                Ok(entry) => {
+                    entry.remove();
+                    return true;
+                }
+                Err(_) => return true,
             }
             self.arrivals.push_back(key);
         }
@@ -147,7 +155,7 @@ impl LocalStore {
             inner: Arc::new(Inner {
                 shards: std::array::from_fn(|_| {
                     RwLock::new(Shard {
-                        map: HashMap::with_hasher(hasher.clone()),
+                        map: HashTable::new(),
                         arrivals: VecDeque::new(),
                     })
                 }),
@@ -194,25 +202,32 @@ impl LocalStore {
             digest = self.digest(key);
             &digest
         };
-        let shard = &inner.shards[shard_of(inner.hasher.hash_one(key))];
+        let hash = inner.hasher.hash_one(key);
+        let shard = &inner.shards[shard_of(hash)];
         {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(tat) = shard.map.get(key) {
+            if let Some((_, tat)) = shard.map.find(hash, is(key)) {
                 return take(tat, bucket, now, cost);
             }
         }
         let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(tat) = shard.map.get(key) {
+        if let Some((_, tat)) = shard.map.find(hash, is(key)) {
             // Added by another caller since the read.
             return take(tat, bucket, now, cost);
         }
-        if shard.map.len() >= inner.per_shard && !shard.make_room(now) {
+        if shard.map.len() >= inner.per_shard && !shard.make_room(now, &inner.hasher) {
             tracing::debug!(target: "palisade_token_bucket", "key map full; using the overflow bucket");
             return take(&inner.overflow, bucket, now, cost);
         }
         let key: Arc<[u8]> = Arc::from(key);
         shard.arrivals.push_back(key.clone());
-        let tat = shard.map.entry(key).or_insert_with(|| AtomicU64::new(0));
+        let hasher = &inner.hasher;
+        let (_, tat) = shard
+            .map
+            .insert_unique(hash, (key, AtomicU64::new(0)), |(stored, _)| {
+                hasher.hash_one(&**stored)
+            })
+            .into_mut();
         take(tat, bucket, now, cost)
     }
 
