@@ -11,7 +11,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use palisade_hints::{Refusal, grpc};
@@ -24,9 +23,6 @@ use crate::config::Config;
 use crate::error::Open;
 use crate::future::now;
 use crate::layer::CircuitBreakerLayer;
-
-/// UNAVAILABLE, the answer of an open breaker.
-const UNAVAILABLE: &str = "14";
 
 /// The outcome a `grpc-status` code stands for: the codes that say the
 /// dependency is unwell are failures, and every other code, OK included, a
@@ -248,19 +244,8 @@ fn settle_on_headers<B>(response: Response<B>, permit: Option<Permit>) -> Respon
 /// A trailers-only `UNAVAILABLE`, with the wait as
 /// `grpc-retry-pushback-ms`.
 fn unavailable<B: Default>(open: Open) -> Response<GrpcBody<B>> {
-    let mut response = Response::new(GrpcBody {
-        inner: B::default(),
-        permit: None,
-    });
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    headers.insert("grpc-status", HeaderValue::from_static(UNAVAILABLE));
-    headers.insert("grpc-message", HeaderValue::from_static("circuit%20open"));
-    if let Some(wait) = open.retry_after() {
-        headers.insert("grpc-retry-pushback-ms", grpc::pushback_value(wait));
-    }
+    let mut response = grpc::refusal_response(grpc::UNAVAILABLE, "circuit%20open", open.refusal());
     response.extensions_mut().insert(open);
-    response.extensions_mut().insert(open.refusal());
     response
 }
 

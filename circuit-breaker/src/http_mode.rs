@@ -8,7 +8,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::RETRY_AFTER;
 use http::{Response, StatusCode};
 
 use palisade_hints::Refusal;
@@ -71,15 +70,9 @@ impl<B: Default, E> Rejection<Response<B>, E> for ServiceUnavailable {
     type Error = E;
 
     fn reject(&self, open: Open) -> Result<Response<B>, E> {
-        let mut response = Response::new(B::default());
-        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        if let Some(wait) = open.retry_after() {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, palisade_hints::http::retry_after_value(wait));
-        }
+        let mut response =
+            palisade_hints::http::refusal_response(StatusCode::SERVICE_UNAVAILABLE, open.refusal());
         response.extensions_mut().insert(open);
-        response.extensions_mut().insert(open.refusal());
         Ok(response)
     }
 
@@ -117,6 +110,8 @@ impl CircuitBreakerLayer<ServerErrorsAsFailures, ServiceUnavailable> {
 
 #[cfg(test)]
 mod tests {
+    use http::header::RETRY_AFTER;
+
     use super::*;
 
     #[test]

@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+use crate::Refusal;
 
 /// `grpc-status` UNAUTHENTICATED.
 const UNAUTHENTICATED: u32 = 16;
@@ -148,9 +151,65 @@ pub fn pushback_value(wait: Duration) -> HeaderValue {
     HeaderValue::from(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
+/// The trailers-only response a layer answers for a call it refused:
+/// `grpc-status` `code` (UNAVAILABLE for an open circuit,
+/// RESOURCE_EXHAUSTED for an empty bucket) with `message`
+/// (percent-encoded, as `grpc-message` is), `grpc-retry-pushback-ms` when
+/// the refusal knows its wait, and the [`Refusal`] in the extensions, so
+/// layers further out tell it from the server's own answer. The body is
+/// empty: a gRPC client reads the status from these headers.
+#[must_use]
+pub fn refusal_response<B: Default>(
+    code: u32,
+    message: &'static str,
+    refusal: Refusal,
+) -> Response<B> {
+    let mut response = trailers_only(code, message);
+    if let Some(wait) = refusal.retry_after() {
+        response
+            .headers_mut()
+            .insert("grpc-retry-pushback-ms", pushback_value(wait));
+    }
+    response.extensions_mut().insert(refusal);
+    response
+}
+
+/// A trailers-only response: HTTP 200, an empty body, `grpc-status` `code`
+/// and `grpc-message` `message` (percent-encoded) in the headers.
+#[must_use]
+pub fn trailers_only<B: Default>(code: u32, message: &'static str) -> Response<B> {
+    let mut response = Response::new(B::default());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(code));
+    headers.insert("grpc-message", HeaderValue::from_static(message));
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_response_is_trailers_only_with_its_wait_and_its_marker() {
+        let refusal = Refusal::rate_limited(Some(Duration::from_micros(2_500)));
+        let response: Response<()> =
+            refusal_response(RESOURCE_EXHAUSTED, "rate%20limited", refusal);
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers();
+        assert_eq!(headers[CONTENT_TYPE], "application/grpc");
+        assert_eq!(status(headers), Some(RESOURCE_EXHAUSTED));
+        assert_eq!(headers["grpc-message"], "rate%20limited");
+        assert_eq!(
+            pushback(headers),
+            Some(Pushback::After(Duration::from_millis(3)))
+        );
+        assert_eq!(response.extensions().get(), Some(&refusal));
+
+        let forced = Refusal::circuit_open(None);
+        let response: Response<()> = refusal_response(UNAVAILABLE, "circuit%20open", forced);
+        assert!(pushback(response.headers()).is_none());
+    }
 
     fn fields(name: &'static str, value: &'static str) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -3,8 +3,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::HeaderMap;
 use http::header::{HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Response, StatusCode};
+
+use crate::Refusal;
 
 /// The wait a `Retry-After` value asks for, measured from `now` when it is
 /// an HTTP date.
@@ -58,10 +60,42 @@ pub fn retry_after_value(wait: Duration) -> HeaderValue {
     HeaderValue::from(seconds.max(1))
 }
 
+/// The response a layer answers for a call it refused: `status` (503 for
+/// an open circuit, 429 for an empty bucket) with an empty body,
+/// `Retry-After` when the refusal knows its wait, and the [`Refusal`] in
+/// the extensions, so layers further out tell it from the dependency's own
+/// answer. The layer adds its own fields and extensions.
+#[must_use]
+pub fn refusal_response<B: Default>(status: StatusCode, refusal: Refusal) -> Response<B> {
+    let mut response = Response::new(B::default());
+    *response.status_mut() = status;
+    if let Some(wait) = refusal.retry_after() {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, retry_after_value(wait));
+    }
+    response.extensions_mut().insert(refusal);
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_refusal_response_carries_its_wait_and_its_marker() {
+        let refusal = Refusal::rate_limited(Some(Duration::from_millis(1_500)));
+        let response: Response<()> = refusal_response(StatusCode::TOO_MANY_REQUESTS, refusal);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[RETRY_AFTER], "2");
+        assert_eq!(response.extensions().get(), Some(&refusal));
+
+        let forced = Refusal::circuit_open(None);
+        let response: Response<()> = refusal_response(StatusCode::SERVICE_UNAVAILABLE, forced);
+        assert!(response.headers().get(RETRY_AFTER).is_none());
+        assert_eq!(response.extensions().get(), Some(&forced));
+    }
 
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)

@@ -31,7 +31,7 @@
 
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 
 use crate::bucket::{Bucket, Decision};
@@ -103,17 +103,13 @@ impl<B: Default, E> Respond<Response<B>, E> for TooManyRequests {
     type Error = E;
 
     fn refused(&self, decision: &Decision) -> Result<Response<B>, E> {
-        let mut response = Response::new(B::default());
-        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-        let refusal = RateLimited::new(decision.retry_after());
-        if let Some(wait) = refusal.retry_after() {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, palisade_hints::http::retry_after_value(wait));
-        }
+        let refused = RateLimited::new(decision.retry_after());
+        let mut response = palisade_hints::http::refusal_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            refused.refusal(),
+        );
         self.write(response.headers_mut(), decision);
-        response.extensions_mut().insert(refusal);
-        response.extensions_mut().insert(refusal.refusal());
+        response.extensions_mut().insert(refused);
         Ok(response)
     }
 

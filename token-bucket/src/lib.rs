@@ -58,6 +58,9 @@
 //!   `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` fields
 //!   (on admitted responses too), optionally the legacy `X-RateLimit-*`;
 //!   [`key::header`] picks buckets by a header.
+//! - `grpc` (implies `http`): [`RateLimitLayer::new_for_grpc`] answers a
+//!   trailers-only `RESOURCE_EXHAUSTED` with `grpc-retry-pushback-ms`, on a
+//!   tonic `Server` or in front of a `Channel`.
 //! - `otel`: [`RateLimitLayer::instrument`] counts decisions by result,
 //!   and `RedisStore::instrument` counts Redis errors and fallback
 //!   decisions and reports the degraded state; see [`otel`].
@@ -70,6 +73,8 @@ mod bucket;
 pub mod error;
 mod events;
 pub mod future;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod key;
