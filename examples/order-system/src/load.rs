@@ -25,6 +25,10 @@ use crate::inventory::CATALOG;
 use crate::orders::{NewOrder, Order};
 use crate::processor::{DECLINED_CARD, GOOD_CARD, Ledger, Report};
 
+mod progress;
+
+pub use progress::Progress;
+
 /// A boxed error.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -49,8 +53,8 @@ pub struct LoadSettings {
     pub concurrency: usize,
     /// The share of orders paid with a card the processor declines.
     pub decline_rate: f64,
-    /// Whether to draw progress on standard error.
-    pub progress: bool,
+    /// How progress is shown on standard error.
+    pub progress: Progress,
     /// Who signs in: each worker as one of the users granted no role
     /// (taken in turn), the outage as the first user granted
     /// [`Role::Operator`].
@@ -550,6 +554,7 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let rate_limited = Arc::new(AtomicUsize::new(0));
+    let meter = settings.progress.start(settings.orders);
     let mut workers = tokio::task::JoinSet::new();
     // On IPv4 loopback, each worker is a client of its own address, as the
     // users of a real gateway are: the gateway limits by address too.
@@ -563,8 +568,7 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
         };
         let (next, rate_limited) = (next.clone(), rate_limited.clone());
         let user = users[worker % users.len()].clone();
-        let (total, decline_rate, progress) =
-            (settings.orders, settings.decline_rate, settings.progress);
+        let (total, decline_rate, meter) = (settings.orders, settings.decline_rate, meter.clone());
         workers.spawn(async move {
             // Each worker signs in once, as a user of its own (while there
             // are enough), with its own rate limit.
@@ -579,10 +583,7 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
                     .wait_for_end(&order.id, sent + SAGA_DEADLINE)
                     .await?;
                 ended.push((order, sent.elapsed()));
-                if progress && fastrand::u8(..) == 0 {
-                    let done = next.load(Ordering::Relaxed).min(total);
-                    eprint!("\rorders: {done}/{total}");
-                }
+                meter.ended();
             }
             Ok::<_, Error>(ended)
         });
@@ -640,9 +641,7 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
     summary.elapsed = started.elapsed();
     summary.rate_limited = rate_limited.load(Ordering::Relaxed);
     summary.saga.sort_unstable();
-    if settings.progress {
-        eprintln!("\rorders: {0}/{0}", settings.orders);
-    }
+    meter.finish();
 
     // The sagas ended, but the last events may still be on their way:
     // out of an outbox, or to a second consumer (inventory ships the stock

@@ -1,89 +1,347 @@
 //! `order-system`: runs the order system, or places load on it.
 //!
-//! See `order-system help` ([`USAGE`]).
+//! The command line is [`Cli`]; `order-system help COMMAND` (or
+//! `COMMAND --help`) says what each command takes, with the environment
+//! variables its flags fall back on.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::{Args, Parser, Subcommand};
 use palisade_order_system::dead_events::{self, Location, Requeue};
 use palisade_order_system::embedded::{Settings, System};
 use palisade_order_system::identity::{self, Credential, Credentials};
-use palisade_order_system::load::{self, Gateway, LoadSettings};
+use palisade_order_system::load::{self, Gateway, LoadSettings, Progress};
 use palisade_order_system::serve::{self, Infrastructure, Role, ServeSettings};
 
-/// The command line.
-const USAGE: &str = "usage:
-  order-system [run] [--data DIR] [--listen ADDR] [--admin-listen ADDR] [--identity FILE]
-      every service in one process on SQLite files in DIR (default: ./order-system-data),
-      the gateway on ADDR (default: 127.0.0.1:8080), its /books and /metrics on the
-      --admin-listen ADDR (default: 127.0.0.1:8081); who may sign in comes from FILE
-      (or PALISADE_IDENTITY), else from DIR/identity.json, made on first start with
-      demo users whose generated passwords are in DIR/credentials.json; the card vault's
-      key is DIR/payment-vault.key, made on first start
-  order-system load [--gateway URL] [--admin URL] [--credentials FILE] [--orders N]
-                    [--concurrency C] [--decline-rate P] [--processor-outage SECONDS]
-                    [--processor-admin URL]
-      places N orders (default 1000), C at a time (default 64), a share P of them
-      with a card that is declined (default 0.2), waits for every saga and checks the books
-      at the gateway's admin URL (default http://127.0.0.1:8081);
-      each worker signs in once as a user of FILE granted no role (default:
-      ./order-system-data/credentials.json); with --processor-outage, the card processor
-      is down for SECONDS once a quarter of the orders are placed, set by FILE's operator
-      through the gateway, or the processor's own HTTP address given as --processor-admin
-  order-system serve SERVICE [--listen ADDR] [--postgres URL] [--nats URL] [--redis URL]
-                     [--grpc ADDR] [--processor URL] [--payment URL] [--namespace NS]
-                     [--identity FILE] [--admin-listen ADDR]
-      one service as a process of its own on PostgreSQL, NATS JetStream and Redis
-      (default: the local servers, or PALISADE_POSTGRES, PALISADE_NATS, PALISADE_REDIS);
-      SERVICE is one of processor, relay, inventory, payment, shipping, gateway.
-      ADDR: its HTTP address (default 127.0.0.1:8080); --grpc: the processor's
-      gRPC address (default 127.0.0.1:50051, loopback); --processor: payment's URL of it;
-      --payment (or PALISADE_PAYMENT, required for the gateway): payment's HTTP URL
-      (its ADDR), where the gateway has card numbers tokenized; payment's card vault key
-      comes from PAYMENT_VAULT_KEY (64 hex digits, required for payment);
-      --namespace (or PALISADE_NAMESPACE): schemas NS_<service>, stream ORDERS_NS;
-      --identity (or PALISADE_IDENTITY, required for the gateway): who may sign in;
-      --admin-listen: the gateway's address for /books and /metrics (default 127.0.0.1:8081)
-  order-system identity DIR [--load-users N]
-      writes DIR/identity.json with demo users (alice, bob, operator with the operator role,
-      N load users, default 64) and DIR/credentials.json with their generated passwords,
-      unless DIR/identity.json exists
-  order-system token [--gateway URL] [--user NAME] [--password P | --credentials FILE]
-      signs in as NAME (default alice) with the PKCE flow and prints the bearer token;
-      the password is P, or NAME's in FILE (default ./order-system-data/credentials.json)
-  order-system dead-events list --service SERVICE [--limit N] [--data DIR | --postgres URL [--namespace NS]]
-  order-system dead-events requeue --service SERVICE (--id ID | --all) [--data DIR | --postgres URL [--namespace NS]]
-      the events SERVICE's outbox gave up on after their last attempt (SERVICE: orders,
-      inventory, payment, shipping): listed, oldest first (N, default 100), or put back
-      in line with their attempts reset, the one with event id ID or all of them; in the
-      embedded data directory DIR (default ./order-system-data), or with --postgres in
-      the schemas `serve` uses (NS: --namespace or PALISADE_NAMESPACE)
+/// Runs the palisade order system (order → inventory → payment → shipping,
+/// with compensations), or places load on it.
+///
+/// Without a command, runs every service in one process (`run`).
+#[derive(Debug, Parser)]
+#[command(
+    name = "order-system",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = "An identity file is JSON: {\"users\": [{\"name\", \"password_hash\" \
+                  (Argon2id PHC string), \"roles\": [\"operator\"]}], \"clients\": \
+                  [{\"client_id\", \"redirect_uris\": [...]}]}"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// `run`'s flags, when no command is named.
+    #[command(flatten)]
+    run: RunArgs,
+}
 
-An identity file is JSON: {\"users\": [{\"name\", \"password_hash\" (Argon2id PHC string),
-\"roles\": [\"operator\"]}], \"clients\": [{\"client_id\", \"redirect_uris\": [...]}]}";
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every service in one process, on SQLite files and an in-process
+    /// broker (the default).
+    ///
+    /// Who may sign in comes from --identity, else from DIR/identity.json,
+    /// made on first start with demo users whose generated passwords are in
+    /// DIR/credentials.json. The card vault's key is DIR/payment-vault.key,
+    /// made on first start.
+    Run(RunArgs),
+    /// Places orders through the gateway, waits for every saga and checks
+    /// the books.
+    ///
+    /// Each worker signs in once as a user of the credentials file granted
+    /// no role. With --processor-outage, the card processor is down for that
+    /// long once a quarter of the orders are placed, set by the file's
+    /// operator through the gateway, or at --processor-admin.
+    Load(LoadArgs),
+    /// One service as a process of its own, on PostgreSQL, NATS JetStream
+    /// and Redis.
+    ///
+    /// Payment's card vault key comes from PAYMENT_VAULT_KEY (64 hex digits,
+    /// the same for every replica; required for payment).
+    Serve(ServeArgs),
+    /// Writes DIR/identity.json with demo users (alice, bob, operator with
+    /// the operator role, and load users) and DIR/credentials.json with
+    /// their generated passwords, unless DIR/identity.json exists.
+    Identity(IdentityArgs),
+    /// Signs in with the PKCE flow and prints the bearer token.
+    Token(TokenArgs),
+    /// The events a service's outbox gave up on after their last attempt.
+    #[command(subcommand)]
+    DeadEvents(DeadEvents),
+}
 
-/// Where the embedded default keeps its demo users' passwords.
-const DEFAULT_CREDENTIALS: &str = "order-system-data/credentials.json";
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The data directory: one SQLite file per service, the demo users, the
+    /// vault key.
+    #[arg(long, value_name = "DIR", default_value = "order-system-data")]
+    data: PathBuf,
+    /// The gateway's public address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The gateway's admin address, for /books, /metrics and /admin
+    /// (keep it on loopback or a private network).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+    admin_listen: SocketAddr,
+    #[command(flatten)]
+    identity: IdentityFile,
+}
 
-/// The value after `flag` in `args`, parsed.
-fn flag<T: std::str::FromStr>(args: &[String], flag: &str, default: T) -> Result<T, String> {
-    match args.iter().position(|arg| arg == flag) {
-        None => Ok(default),
-        Some(at) => args
-            .get(at + 1)
-            .and_then(|value| value.parse().ok())
-            .ok_or_else(|| format!("{flag} needs a valid value")),
+/// Who may sign in.
+#[derive(Debug, Args)]
+struct IdentityFile {
+    /// Who may sign in: an identity file (see `order-system --help`).
+    #[arg(long = "identity", value_name = "FILE", env = "PALISADE_IDENTITY")]
+    file: Option<PathBuf>,
+}
+
+impl IdentityFile {
+    /// The file, unless its variable is set but empty.
+    fn path(self) -> Option<PathBuf> {
+        self.file.filter(|file| !file.as_os_str().is_empty())
+    }
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// The gateway's public URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    gateway: String,
+    /// The gateway's admin URL, where the books are read.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8081")]
+    admin: String,
+    #[command(flatten)]
+    credentials: CredentialsFile,
+    /// Orders to place.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    orders: usize,
+    /// Orders in flight at once.
+    #[arg(long, value_name = "C", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// The share of orders paid with a card the processor declines.
+    #[arg(long, value_name = "P", default_value_t = 0.2, value_parser = share)]
+    decline_rate: f64,
+    /// Makes the card processor unavailable for this long, once a quarter of
+    /// the orders are placed.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
+    processor_outage: Option<u64>,
+    /// Where the card processor's faults are set when it runs as a service
+    /// of its own (its HTTP URL); by default, through the gateway.
+    #[arg(long, value_name = "URL")]
+    processor_admin: Option<String>,
+    /// How progress is shown on standard error: a bar with rate and ETA, a
+    /// line every tenth of the orders, or nothing; `auto` draws the bar on a
+    /// terminal and the lines elsewhere.
+    #[arg(long, value_name = "HOW", default_value = "auto")]
+    progress: ProgressArg,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ProgressArg {
+    Auto,
+    Bar,
+    Lines,
+    None,
+}
+
+/// A share: a number from 0 to 1.
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{text:?} is not a number from 0 to 1")),
+    }
+}
+
+/// The demo users' passwords.
+#[derive(Debug, Args)]
+struct CredentialsFile {
+    /// The users' passwords, as `identity` or the embedded default writes
+    /// them.
+    #[arg(
+        id = "credentials",
+        long = "credentials",
+        value_name = "FILE",
+        default_value = "order-system-data/credentials.json"
+    )]
+    file: PathBuf,
+}
+
+impl CredentialsFile {
+    fn load(&self) -> Result<Credentials, String> {
+        Credentials::load(&self.file).map_err(|error| {
+            format!("{error}\n(the embedded default writes it on first start; --credentials FILE names another)")
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The service this process runs.
+    #[arg(value_name = "SERVICE", value_parser = role)]
+    role: Role,
+    /// Its HTTP address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// A PostgreSQL URL.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PALISADE_POSTGRES",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    postgres: String,
+    /// A NATS URL (JetStream enabled).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PALISADE_NATS",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats: String,
+    /// A Redis URL.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PALISADE_REDIS",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis: String,
+    /// The processor's gRPC address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
+    grpc: SocketAddr,
+    /// Payment's URL of the processor's gRPC.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:50051")]
+    processor: String,
+    /// Payment's HTTP URL, where the gateway has card numbers tokenized
+    /// (required for the gateway).
+    #[arg(long, value_name = "URL", env = "PALISADE_PAYMENT")]
+    payment: Option<String>,
+    #[command(flatten)]
+    namespace: Namespace,
+    #[command(flatten)]
+    identity: IdentityFile,
+    /// The gateway's admin address, for /books, /metrics and /admin.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+    admin_listen: SocketAddr,
+}
+
+/// A service's name as `serve` takes it.
+fn role(name: &str) -> Result<Role, String> {
+    name.parse()
+}
+
+/// Where several systems share servers.
+#[derive(Debug, Args)]
+struct Namespace {
+    /// Schemas are NS_SERVICE and the stream ORDERS_NS, so several systems
+    /// share the servers.
+    #[arg(
+        long = "namespace",
+        value_name = "NS",
+        env = "PALISADE_NAMESPACE",
+        default_value = ""
+    )]
+    name: String,
+}
+
+#[derive(Debug, Args)]
+struct IdentityArgs {
+    /// Where the files are written.
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+    /// How many load users (load-1, load-2, …) besides alice, bob and
+    /// operator.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    load_users: usize,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The gateway's public URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    gateway: String,
+    /// Who signs in.
+    #[arg(long, value_name = "NAME", default_value = "alice")]
+    user: String,
+    /// Their password; else the one the credentials file holds for them.
+    #[arg(long, value_name = "P", conflicts_with = "credentials")]
+    password: Option<String>,
+    #[command(flatten)]
+    credentials: CredentialsFile,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadEvents {
+    /// Lists a service's dead events, oldest first.
+    List {
+        #[command(flatten)]
+        service: DeadEventsOf,
+        /// At most this many.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: u32,
+    },
+    /// Puts dead events back in line, their attempts reset.
+    Requeue {
+        #[command(flatten)]
+        service: DeadEventsOf,
+        #[command(flatten)]
+        which: Which,
+    },
+}
+
+/// Which dead events to requeue: exactly one of the two.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct Which {
+    /// The one with this event id.
+    #[arg(long, value_name = "ID")]
+    id: Option<uuid::Uuid>,
+    /// All of the service's.
+    #[arg(long)]
+    all: bool,
+}
+
+/// Whose dead events, and where their outbox is.
+#[derive(Debug, Args)]
+struct DeadEventsOf {
+    /// orders, inventory, payment or shipping.
+    #[arg(long, value_name = "SERVICE")]
+    service: String,
+    /// The embedded system's data directory.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "order-system-data",
+        conflicts_with = "postgres"
+    )]
+    data: PathBuf,
+    /// A PostgreSQL URL: the outbox in the schemas `serve` uses.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+    #[command(flatten)]
+    namespace: Namespace,
+}
+
+impl DeadEventsOf {
+    fn location(&self) -> Location {
+        match &self.postgres {
+            Some(url) => Location::Postgres {
+                url: url.clone(),
+                namespace: self.namespace.name.clone(),
+            },
+            None => Location::Data(self.data.clone()),
+        }
     }
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = args
-        .first()
-        .map(String::as_str)
-        .filter(|a| !a.starts_with("--"));
+    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -91,19 +349,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = match command {
-        None | Some("run") => runtime.block_on(run(&args)),
-        Some("load") => runtime.block_on(load_command(&args)),
-        Some("token") => runtime.block_on(token_command(&args)),
-        Some("serve") => runtime.block_on(serve_command(&args)),
-        Some("identity") => runtime.block_on(identity_command(&args)),
-        Some("dead-events") => runtime.block_on(dead_events_command(&args)),
-        Some("help" | "--help" | "-h") => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            None => run(cli.run).await,
+            Some(Command::Run(args)) => run(args).await,
+            Some(Command::Load(args)) => load_command(args).await,
+            Some(Command::Serve(args)) => serve_command(args).await,
+            Some(Command::Identity(args)) => identity_command(args).await,
+            Some(Command::Token(args)) => token_command(args).await,
+            Some(Command::DeadEvents(action)) => dead_events_command(action).await,
         }
-        Some(other) => Err(format!("unknown command {other:?}\n{USAGE}")),
-    };
+    });
     match outcome {
         Ok(code) => code,
         Err(error) => {
@@ -111,22 +367,6 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// `--identity FILE`, else `PALISADE_IDENTITY`, else none.
-fn identity_file(args: &[String]) -> Result<Option<PathBuf>, String> {
-    let env = std::env::var("PALISADE_IDENTITY").unwrap_or_default();
-    let file: String = flag(args, "--identity", env)?;
-    Ok((!file.is_empty()).then(|| PathBuf::from(file)))
-}
-
-/// The credentials file named by `--credentials`, or the embedded
-/// default's.
-fn credentials(args: &[String]) -> Result<Credentials, String> {
-    let path: PathBuf = flag(args, "--credentials", PathBuf::from(DEFAULT_CREDENTIALS))?;
-    Credentials::load(&path).map_err(|error| {
-        format!("{error}\n(the embedded default writes it on first start; --credentials FILE names another)")
-    })
 }
 
 fn init_logs() {
@@ -153,37 +393,20 @@ async fn stop_signal() {
     }
 }
 
-async fn serve_command(args: &[String]) -> Result<ExitCode, String> {
-    let role: Role = args
-        .get(1)
-        .ok_or_else(|| format!("serve needs a service\n{USAGE}"))?
-        .parse()?;
-    let env = Infrastructure::from_env();
+async fn serve_command(args: ServeArgs) -> Result<ExitCode, String> {
+    let role = args.role;
     let infrastructure = Infrastructure {
-        postgres: flag(args, "--postgres", env.postgres)?,
-        nats: flag(args, "--nats", env.nats)?,
-        redis: flag(args, "--redis", env.redis)?,
+        postgres: args.postgres,
+        nats: args.nats,
+        redis: args.redis,
     };
-    let mut settings = ServeSettings::new(
-        role,
-        infrastructure,
-        flag(args, "--listen", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
-    );
-    settings.grpc = flag(args, "--grpc", settings.grpc)?;
-    settings.admin_listen = flag(args, "--admin-listen", settings.admin_listen)?;
-    settings.processor = flag(args, "--processor", settings.processor)?;
-    let payment: String = flag(
-        args,
-        "--payment",
-        std::env::var("PALISADE_PAYMENT").unwrap_or_default(),
-    )?;
-    settings.payment = (!payment.is_empty()).then_some(payment);
-    settings.namespace = flag(
-        args,
-        "--namespace",
-        std::env::var("PALISADE_NAMESPACE").unwrap_or_default(),
-    )?;
-    settings.identity = identity_file(args)?;
+    let mut settings = ServeSettings::new(role, infrastructure, args.listen);
+    settings.grpc = args.grpc;
+    settings.admin_listen = args.admin_listen;
+    settings.processor = args.processor;
+    settings.payment = args.payment.filter(|url| !url.is_empty());
+    settings.namespace = args.namespace.name;
+    settings.identity = args.identity.path();
     init_logs();
     serve::serve(settings, stop_signal())
         .await
@@ -191,14 +414,11 @@ async fn serve_command(args: &[String]) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(args: &[String]) -> Result<ExitCode, String> {
+async fn run(args: RunArgs) -> Result<ExitCode, String> {
     init_logs();
-    let mut settings = Settings::new(
-        flag(args, "--data", PathBuf::from("order-system-data"))?,
-        flag(args, "--listen", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
-    );
-    settings.admin_listen = flag(args, "--admin-listen", settings.admin_listen)?;
-    settings.identity = identity_file(args)?;
+    let mut settings = Settings::new(args.data, args.listen);
+    settings.admin_listen = args.admin_listen;
+    settings.identity = args.identity.path();
     let system = System::start(settings).await.map_err(|e| e.to_string())?;
     if let Some(demo) = &system.demo {
         println!(
@@ -223,28 +443,23 @@ async fn run(args: &[String]) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn load_command(args: &[String]) -> Result<ExitCode, String> {
+async fn load_command(args: LoadArgs) -> Result<ExitCode, String> {
     let settings = LoadSettings {
-        gateway: flag(args, "--gateway", "http://127.0.0.1:8080".to_owned())?,
-        admin: flag(args, "--admin", "http://127.0.0.1:8081".to_owned())?,
-        orders: flag(args, "--orders", 1000)?,
-        concurrency: flag(args, "--concurrency", 64)?,
-        decline_rate: flag(args, "--decline-rate", 0.2)?,
-        progress: true,
-        credentials: credentials(args)?,
-        processor_outage: match flag(args, "--processor-outage", 0_u64)? {
-            0 => None,
-            seconds @ 1..=600 => Some(Duration::from_secs(seconds)),
-            _ => return Err("--processor-outage must be 0 to 600 seconds".to_owned()),
+        gateway: args.gateway,
+        admin: args.admin,
+        orders: args.orders,
+        concurrency: args.concurrency.into(),
+        decline_rate: args.decline_rate,
+        progress: match args.progress {
+            ProgressArg::Auto => Progress::for_stderr(),
+            ProgressArg::Bar => Progress::Bar,
+            ProgressArg::Lines => Progress::Lines,
+            ProgressArg::None => Progress::Hidden,
         },
-        processor_admin: match flag(args, "--processor-admin", String::new())? {
-            url if url.is_empty() => None,
-            url => Some(url),
-        },
+        credentials: args.credentials.load()?,
+        processor_outage: args.processor_outage.map(Duration::from_secs),
+        processor_admin: args.processor_admin,
     };
-    if !(0.0..=1.0).contains(&settings.decline_rate) {
-        return Err("--decline-rate must be between 0 and 1".to_owned());
-    }
     let summary = load::run(&settings).await.map_err(|e| e.to_string())?;
     print!("{}", summary.table());
     Ok(if summary.violations.is_empty() {
@@ -254,24 +469,25 @@ async fn load_command(args: &[String]) -> Result<ExitCode, String> {
     })
 }
 
-async fn token_command(args: &[String]) -> Result<ExitCode, String> {
-    let mut gateway = Gateway::new(&flag(
-        args,
-        "--gateway",
-        "http://127.0.0.1:8080".to_owned(),
-    )?);
-    let name: String = flag(args, "--user", "alice".to_owned())?;
-    let credential = match flag(args, "--password", String::new())? {
-        password if password.is_empty() => {
-            credentials(args)?.of(&name).cloned().ok_or_else(|| {
-                format!("no password for {name:?} in the credentials; give --password")
-            })?
-        }
-        password => Credential {
-            name,
+async fn token_command(args: TokenArgs) -> Result<ExitCode, String> {
+    let mut gateway = Gateway::new(&args.gateway);
+    let credential = match args.password {
+        Some(password) => Credential {
+            name: args.user,
             password,
             roles: Vec::new(),
         },
+        None => args
+            .credentials
+            .load()?
+            .of(&args.user)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "no password for {:?} in the credentials; give --password",
+                    args.user
+                )
+            })?,
     };
     gateway
         .sign_in(&credential)
@@ -285,14 +501,10 @@ async fn token_command(args: &[String]) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn identity_command(args: &[String]) -> Result<ExitCode, String> {
-    let dir = args
-        .get(1)
-        .filter(|dir| !dir.starts_with("--"))
-        .ok_or_else(|| format!("identity needs a directory\n{USAGE}"))?;
-    let dir = PathBuf::from(dir);
+async fn identity_command(args: IdentityArgs) -> Result<ExitCode, String> {
+    let dir = args.dir;
     std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
-    let seeded = identity::seed_demo(&dir, flag(args, "--load-users", 64)?)
+    let seeded = identity::seed_demo(&dir, args.load_users)
         .await
         .map_err(|error| error.to_string())?;
     println!(
@@ -304,58 +516,55 @@ async fn identity_command(args: &[String]) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn dead_events_command(args: &[String]) -> Result<ExitCode, String> {
-    let action = args
-        .get(1)
-        .map(String::as_str)
-        .filter(|action| ["list", "requeue"].contains(action))
-        .ok_or_else(|| format!("dead-events needs list or requeue\n{USAGE}"))?;
-    let service: String = flag(args, "--service", String::new())?;
-    if service.is_empty() {
-        return Err(format!("dead-events needs --service SERVICE\n{USAGE}"));
-    }
-    let location = match flag(args, "--postgres", String::new())? {
-        url if url.is_empty() => {
-            Location::Data(flag(args, "--data", PathBuf::from("order-system-data"))?)
-        }
-        url => Location::Postgres {
-            url,
-            namespace: flag(
-                args,
-                "--namespace",
-                std::env::var("PALISADE_NAMESPACE").unwrap_or_default(),
-            )?,
-        },
+async fn dead_events_command(action: DeadEvents) -> Result<ExitCode, String> {
+    let of = match &action {
+        DeadEvents::List { service, .. } | DeadEvents::Requeue { service, .. } => service,
     };
+    let service = of.service.as_str();
     let failed = |error: dead_events::Error| format!("{service}: {error}");
-    let db = location.open(&service).await.map_err(failed)?;
-    if action == "list" {
-        let dead = dead_events::list(&db, flag(args, "--limit", 100)?)
-            .await
-            .map_err(failed)?;
-        if dead.is_empty() {
-            println!("{service}: no dead events");
+    let db = of.location().open(service).await.map_err(failed)?;
+    match &action {
+        DeadEvents::List { limit, .. } => {
+            let dead = dead_events::list(&db, *limit).await.map_err(failed)?;
+            if dead.is_empty() {
+                println!("{service}: no dead events");
+            }
+            for event in dead {
+                println!(
+                    "{}  {} of {} {}  {} attempts  {}",
+                    event.id,
+                    event.event_type,
+                    event.aggregate_type,
+                    event.aggregate_id,
+                    event.attempts,
+                    event.last_error.unwrap_or_default()
+                );
+            }
         }
-        for event in dead {
-            println!(
-                "{}  {} of {} {}  {} attempts  {}",
-                event.id,
-                event.event_type,
-                event.aggregate_type,
-                event.aggregate_id,
-                event.attempts,
-                event.last_error.unwrap_or_default()
-            );
+        DeadEvents::Requeue { which, .. } => {
+            let which = which.id.map_or(Requeue::All, Requeue::One);
+            let requeued = dead_events::requeue(&db, which).await.map_err(failed)?;
+            println!("{service}: {requeued} requeued");
         }
-    } else {
-        let id: String = flag(args, "--id", String::new())?;
-        let which = Requeue::parse(
-            (!id.is_empty()).then_some(id.as_str()),
-            args.iter().any(|arg| arg == "--all"),
-        )
-        .map_err(|problem| format!("dead-events requeue: {problem} (--id ID or --all)"))?;
-        let requeued = dead_events::requeue(&db, which).await.map_err(failed)?;
-        println!("{service}: {requeued} requeued");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_command_runs_the_embedded_system_with_run_s_flags() {
+        let cli = Cli::try_parse_from(["order-system", "--data", "elsewhere"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.data, PathBuf::from("elsewhere"));
+    }
 }

@@ -174,24 +174,6 @@ impl std::fmt::Debug for Infrastructure {
     }
 }
 
-impl Infrastructure {
-    /// From `PALISADE_POSTGRES`, `PALISADE_NATS` and `PALISADE_REDIS`, each
-    /// defaulting to the server on loopback that `scripts/services` starts.
-    #[must_use]
-    pub fn from_env() -> Self {
-        let var =
-            |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
-        Self {
-            postgres: var(
-                "PALISADE_POSTGRES",
-                "postgres://postgres@127.0.0.1:5432/test",
-            ),
-            nats: var("PALISADE_NATS", "nats://127.0.0.1:4222"),
-            redis: var("PALISADE_REDIS", "redis://127.0.0.1:6379"),
-        }
-    }
-}
-
 /// How one process runs.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {

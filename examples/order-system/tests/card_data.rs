@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use palisade_order_system::db::ServiceDb;
-use palisade_order_system::load::{self, LoadSettings};
+use palisade_order_system::load::{self, LoadSettings, Progress};
 use palisade_order_system::processor::{DECLINED_CARD, GOOD_CARD};
 
 mod support;
@@ -77,7 +77,7 @@ async fn no_card_number_is_stored_or_logged_in_clear_by_a_full_run() {
         orders,
         concurrency: 16,
         decline_rate: 0.2,
-        progress: false,
+        progress: Progress::Hidden,
         credentials: credentials(&system),
         processor_outage: None,
         processor_admin: None,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use palisade_order_system::gateway::Books;
 use palisade_order_system::identity::Credentials;
-use palisade_order_system::load::{self, Gateway, LoadSettings};
+use palisade_order_system::load::{self, Gateway, LoadSettings, Progress};
 
 /// How long the system may take to settle after its last start: the
 /// events a killed relay had claimed wait out their lease (30 s) first.
@@ -121,7 +121,7 @@ impl Embedded {
             orders: 1_000_000,
             concurrency: 32,
             decline_rate: 0.2,
-            progress: false,
+            progress: Progress::Hidden,
             credentials: Credentials::load(&self.dir.join("credentials.json")).unwrap(),
             processor_outage: None,
             processor_admin: None,

@@ -321,7 +321,7 @@ async fn the_cli_requeues_a_dead_event_in_a_data_directory_and_its_saga_ends() {
     ])
     .await;
     assert!(!ok);
-    assert!(error.contains("--id ID or --all"), "{error}");
+    assert!(error.contains("<--id <ID>|--all>"), "{error}");
 
     let (ok, requeued, error) = cli(&[
         "dead-events",

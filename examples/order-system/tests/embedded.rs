@@ -8,7 +8,7 @@ use http::{Method, StatusCode};
 use palisade_order_system::auth::{Auth, Sessions, digest};
 use palisade_order_system::embedded::System;
 use palisade_order_system::identity::{Identity, hash_password};
-use palisade_order_system::load::{self, Gateway, LoadSettings};
+use palisade_order_system::load::{self, Gateway, LoadSettings, Progress};
 use palisade_token_bucket::Bucket;
 
 mod support;
@@ -21,7 +21,7 @@ fn load_settings(system: &System, orders: usize, concurrency: usize) -> LoadSett
         orders,
         concurrency,
         decline_rate: 0.2,
-        progress: false,
+        progress: Progress::Hidden,
         credentials: credentials(system),
         processor_outage: None,
         processor_admin: None,

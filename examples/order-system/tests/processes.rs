@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use palisade_order_system::gateway::Books;
 use palisade_order_system::identity::{Credentials, Role, seed_demo};
-use palisade_order_system::load::{self, Gateway, LoadSettings, Summary};
+use palisade_order_system::load::{self, Gateway, LoadSettings, Progress, Summary};
 use palisade_order_system::payment::vault::{KEY_VARIABLE, VaultKey};
 use palisade_order_system::processor::{DECLINED_CARD, GOOD_CARD};
 use palisade_testkit::servers::{database_url, nats_url, redis_url};
@@ -247,7 +247,7 @@ impl System {
             orders,
             concurrency: 32,
             decline_rate: 0.2,
-            progress: false,
+            progress: Progress::Hidden,
             credentials: self.credentials.clone(),
             processor_outage: None,
             processor_admin: Some(self.address("processor")),

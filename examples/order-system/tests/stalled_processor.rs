@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Method;
-use palisade_order_system::load::{self, Gateway, LoadSettings};
+use palisade_order_system::load::{self, Gateway, LoadSettings, Progress};
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
@@ -72,7 +72,7 @@ async fn a_stalled_processor_opens_the_breaker_holds_no_transaction_and_every_sa
         orders: 40,
         concurrency: 16,
         decline_rate: 0.2,
-        progress: false,
+        progress: Progress::Hidden,
         credentials: credentials(&system),
         processor_outage: None,
         processor_admin: None,
