@@ -145,7 +145,7 @@ impl System {
         // Stopped last, by `stop`: payment's channel keeps a connection to
         // it open, and the payment under way may still need it.
         let serving = tonic::transport::Server::builder()
-            .add_service(ProcessorServer(simulator.clone()))
+            .add_service(ProcessorServer::new(simulator.clone()))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(
                 processor_listener,
             ));

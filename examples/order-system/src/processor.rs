@@ -2,9 +2,9 @@
 //! cards and can be made slow or unavailable, and the client payment calls
 //! it with (trace context, retry, circuit breaker).
 //!
-//! The wire contract is `proto/card_processor.proto`; the messages, the
-//! server routing and the client below are written by hand in the shape
-//! tonic's code generator gives, so no `protoc` is needed.
+//! The wire contract is `proto/card_processor.proto`; its messages, client
+//! and server ([`wire`]) are generated at build time by protox and tonic's
+//! code generator (`build.rs`), so no `protoc` is needed.
 //!
 //! The simulator declines cards ending in `0002` (`insufficient_funds`) and
 //! approves the others; a charge is idempotent per order id, kept durably in
@@ -15,7 +15,6 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use palisade_circuit_breaker::CircuitBreakerLayer;
@@ -25,34 +24,35 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 use tokio::sync::oneshot;
-use tonic::codegen::{BoxFuture, Service, StdError, http};
+use tonic::codegen::http;
 use tonic::transport::Channel;
 
 use crate::card::CardNumber;
-
-/// The gRPC method's path.
-const CHARGE: &str = "/palisade.processor.v1.CardProcessor/Charge";
 
 /// The card that is always declined.
 pub const DECLINED_CARD: &str = "4000000000000002";
 /// A card that is always approved.
 pub const GOOD_CARD: &str = "4242424242424242";
 
-/// `ChargeRequest`. Its `Debug` shows the card's last four digits only.
-#[derive(Clone, PartialEq, Eq, prost::Message)]
-#[prost(skip_debug)]
-pub struct ChargeRequest {
-    /// The order, and the charge's idempotency key.
-    #[prost(string, tag = "1")]
-    pub order_id: String,
-    /// The card number.
-    #[prost(string, tag = "2")]
-    pub card: String,
-    /// How much.
-    #[prost(int64, tag = "3")]
-    pub amount_cents: i64,
+/// The code generated from `proto/card_processor.proto`.
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    unused_qualifications,
+    clippy::all,
+    clippy::pedantic
+)]
+pub mod wire {
+    tonic::include_proto!("palisade.processor.v1");
 }
 
+pub use wire::{ChargeReply, ChargeRequest};
+
+/// The simulator as a tonic service.
+pub type ProcessorServer = wire::card_processor_server::CardProcessorServer<Simulator>;
+
+/// Its `Debug` shows the card's last four digits only.
 impl std::fmt::Debug for ChargeRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let digits = self.card.len();
@@ -68,17 +68,6 @@ impl std::fmt::Debug for ChargeRequest {
             .field("amount_cents", &self.amount_cents)
             .finish()
     }
-}
-
-/// `ChargeReply`.
-#[derive(Clone, PartialEq, Eq, prost::Message)]
-pub struct ChargeReply {
-    /// Whether the card was charged.
-    #[prost(bool, tag = "1")]
-    pub approved: bool,
-    /// Why not, when declined.
-    #[prost(string, tag = "2")]
-    pub decline_reason: String,
 }
 
 /// The processor's answer, as payment reads it.
@@ -462,7 +451,8 @@ impl Simulator {
         })
     }
 
-    async fn charge(&self, request: ChargeRequest) -> Result<ChargeReply, tonic::Status> {
+    /// Answers one charge.
+    async fn answer(&self, request: ChargeRequest) -> Result<ChargeReply, tonic::Status> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let delay = self.faults.delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
@@ -507,55 +497,15 @@ impl Simulator {
     }
 }
 
-/// The simulator as a tonic service (what `tonic-build` would generate as
-/// `CardProcessorServer`).
-#[derive(Debug, Clone)]
-pub struct ProcessorServer(pub Simulator);
-
-impl tonic::server::NamedService for ProcessorServer {
-    const NAME: &'static str = "palisade.processor.v1.CardProcessor";
-}
-
-/// The one unary method.
-struct ChargeMethod(Simulator);
-
-impl tonic::server::UnaryService<ChargeRequest> for ChargeMethod {
-    type Response = ChargeReply;
-    type Future = BoxFuture<tonic::Response<ChargeReply>, tonic::Status>;
-
-    fn call(&mut self, request: tonic::Request<ChargeRequest>) -> Self::Future {
-        let simulator = self.0.clone();
-        Box::pin(async move {
-            simulator
-                .charge(request.into_inner())
-                .await
-                .map(tonic::Response::new)
-        })
-    }
-}
-
-impl<B> Service<http::Request<B>> for ProcessorServer
-where
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() == CHARGE {
-            let method = ChargeMethod(self.0.clone());
-            return Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-                Ok(grpc.unary(method, request).await)
-            });
-        }
-        Box::pin(async move { Ok(tonic::Status::unimplemented("no such method").into_http()) })
+#[tonic::async_trait]
+impl wire::card_processor_server::CardProcessor for Simulator {
+    async fn charge(
+        &self,
+        request: tonic::Request<ChargeRequest>,
+    ) -> Result<tonic::Response<ChargeReply>, tonic::Status> {
+        self.answer(request.into_inner())
+            .await
+            .map(tonic::Response::new)
     }
 }
 
@@ -646,11 +596,10 @@ pub fn stack(
     (tower::util::BoxCloneSyncService::new(service), handle)
 }
 
-/// Payment's client of the processor (what `tonic-build` would generate as
-/// `CardProcessorClient`).
+/// Payment's client of the processor.
 #[derive(Debug, Clone)]
 pub struct ProcessorClient {
-    grpc: tonic::client::Grpc<ProcessorChannel>,
+    client: wire::card_processor_client::CardProcessorClient<ProcessorChannel>,
 }
 
 impl ProcessorClient {
@@ -658,7 +607,7 @@ impl ProcessorClient {
     #[must_use]
     pub fn new(channel: ProcessorChannel) -> Self {
         Self {
-            grpc: tonic::client::Grpc::new(channel),
+            client: wire::card_processor_client::CardProcessorClient::new(channel),
         }
     }
 
@@ -675,21 +624,14 @@ impl ProcessorClient {
         card: &CardNumber,
         amount_cents: i64,
     ) -> Result<Charge, tonic::Status> {
-        let mut grpc = self.grpc.clone();
-        let request = tonic::Request::new(ChargeRequest {
-            order_id: order_id.to_owned(),
-            card: card.expose().to_owned(),
-            amount_cents,
-        });
-        grpc.ready().await.map_err(|error| {
-            tonic::Status::unavailable(format!("processor channel not ready: {error}"))
-        })?;
-        let reply: ChargeReply = grpc
-            .unary(
-                request,
-                http::uri::PathAndQuery::from_static(CHARGE),
-                tonic_prost::ProstCodec::default(),
-            )
+        let reply = self
+            .client
+            .clone()
+            .charge(ChargeRequest {
+                order_id: order_id.to_owned(),
+                card: card.expose().to_owned(),
+                amount_cents,
+            })
             .await?
             .into_inner();
         Ok(if reply.approved {

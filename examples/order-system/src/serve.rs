@@ -679,7 +679,7 @@ async fn processor(settings: &ServeSettings, process: Process<'_>) -> Result<(),
     let grpc = TcpListener::bind(settings.grpc).await?;
     tracing::info!(address = %grpc.local_addr()?, "card processor (gRPC)");
     let serving = tonic::transport::Server::builder()
-        .add_service(ProcessorServer(simulator.clone()))
+        .add_service(ProcessorServer::new(simulator.clone()))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc),
             stop.signal(),
