@@ -7,8 +7,9 @@ use std::time::Duration;
 use palisade_hints::Refusal;
 use tower::BoxError;
 
-use crate::breaker::Outcome;
+use crate::breaker::{Outcome, Permit};
 use crate::error::Open;
+use crate::future::now;
 
 /// Decides how a call's result counts: success, failure or ignored, and
 /// whether the dependency said how long to stay away.
@@ -42,6 +43,101 @@ pub trait Classify<T, E> {
     }
 }
 
+/// How a call's result settles its permit, and what the caller gets back:
+/// the step between the inner service's answer and the caller.
+///
+/// A [`CircuitBreakerLayer`](crate::CircuitBreakerLayer) or
+/// [`KeyedCircuitBreakerLayer`](crate::KeyedCircuitBreakerLayer) takes
+/// any of these in `classify`:
+///
+/// - a closure `Fn(&Result<T, E>) -> Outcome`, [`ErrorsAsFailures`], or
+///   [`ServerErrorsAsFailures`](crate::ServerErrorsAsFailures) (feature
+///   `http`): they decide from the result at once and hand it back
+///   unchanged;
+/// - a [`Classify`] of your own (one that also reads a `Retry-After`, say),
+///   as [`AtOnce`]`(classifier)`;
+/// - [`GrpcStatus`](crate::GrpcStatus) (feature `grpc`): it decides from a
+///   response's head when the head says (a trailers-only status, an HTTP
+///   error), and otherwise moves the permit into the response body, which
+///   settles it when the trailers arrive; the caller gets that body.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot settle a breaker's permit from a `Result<{T}, {E}>`",
+    note = "a `Classify` of your own goes in as `AtOnce(classifier)`"
+)]
+pub trait Settle<T, E> {
+    /// What the caller gets: the inner service's response, or that
+    /// response with the permit carried in its body.
+    type Response;
+
+    /// Settles `permit` from `result`, now or when the response's body
+    /// ends.
+    ///
+    /// # Errors
+    ///
+    /// The inner service's error, unchanged.
+    fn settle(&self, result: Result<T, E>, permit: Permit) -> Result<Self::Response, E>;
+}
+
+/// Settles `permit` at once by `classifier`'s verdict and hint.
+pub(crate) fn settle_at_once<T, E, C: Classify<T, E>>(
+    classifier: &C,
+    result: Result<T, E>,
+    permit: Permit,
+) -> Result<T, E> {
+    permit.settle(
+        classifier.classify(&result),
+        classifier.retry_after(&result),
+        now,
+    );
+    result
+}
+
+/// A [`Classify`] of your own, as a layer's classifier: it decides from
+/// each result at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_circuit_breaker::{AtOnce, CircuitBreakerLayer, Classify, Config, Outcome};
+///
+/// /// Every error is a failure, and asks for a minute away.
+/// #[derive(Clone)]
+/// struct Patient;
+///
+/// impl Classify<u32, std::io::Error> for Patient {
+///     fn classify(&self, result: &Result<u32, std::io::Error>) -> Outcome {
+///         if result.is_ok() { Outcome::Success } else { Outcome::Failure }
+///     }
+///
+///     fn retry_after(&self, result: &Result<u32, std::io::Error>) -> Option<Duration> {
+///         result.is_err().then_some(Duration::from_secs(60))
+///     }
+/// }
+///
+/// let layer = CircuitBreakerLayer::new(Config::default()).classify(AtOnce(Patient));
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AtOnce<C>(pub C);
+
+impl<T, E, C: Classify<T, E>> Settle<T, E> for AtOnce<C> {
+    type Response = T;
+
+    fn settle(&self, result: Result<T, E>, permit: Permit) -> Result<T, E> {
+        settle_at_once(&self.0, result, permit)
+    }
+}
+
+impl<T, E, F> Settle<T, E> for F
+where
+    F: Fn(&Result<T, E>) -> Outcome,
+{
+    type Response = T;
+
+    fn settle(&self, result: Result<T, E>, permit: Permit) -> Result<T, E> {
+        settle_at_once(self, result, permit)
+    }
+}
+
 /// The default for generic services: every `Ok` is a success, every `Err`
 /// a failure, except a local refusal.
 ///
@@ -62,6 +158,14 @@ impl<T, E: 'static> Classify<T, E> for ErrorsAsFailures {
             Err(error) if is_refusal(error) => Outcome::Ignored,
             Err(_) => Outcome::Failure,
         }
+    }
+}
+
+impl<T, E: 'static> Settle<T, E> for ErrorsAsFailures {
+    type Response = T;
+
+    fn settle(&self, result: Result<T, E>, permit: Permit) -> Result<T, E> {
+        settle_at_once(self, result, permit)
     }
 }
 

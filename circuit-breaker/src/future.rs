@@ -7,7 +7,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 
 use crate::breaker::{CircuitBreaker, Permit};
-use crate::classify::Classify;
+use crate::classify::Settle;
 use crate::error::Open;
 use crate::rejection::Rejection;
 
@@ -15,8 +15,9 @@ pin_project! {
     /// Response future of [`CircuitBreakerService`](crate::CircuitBreakerService).
     ///
     /// It holds the call's permit: the outcome is recorded when the inner
-    /// future finishes, and dropping it unfinished releases the permit
-    /// without recording anything.
+    /// future finishes (or, for a classifier that waits for the end of the
+    /// response body, when the body ends), and dropping it unfinished
+    /// releases the permit without recording anything.
     #[derive(Debug)]
     pub struct ResponseFuture<F, C, R> {
         #[pin]
@@ -90,10 +91,10 @@ impl<F, C, R> ResponseFuture<F, C, R> {
 impl<F, T, E, C, R> Future for ResponseFuture<F, C, R>
 where
     F: Future<Output = Result<T, E>>,
-    C: Classify<T, E>,
-    R: Rejection<T, E>,
+    C: Settle<T, E>,
+    R: Rejection<C::Response, E>,
 {
-    type Output = Result<T, R::Error>;
+    type Output = Result<C::Response, R::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
@@ -104,12 +105,14 @@ where
                 rejection,
             } => {
                 let result = ready!(inner.poll(cx));
-                if let Some(permit) = permit.take() {
-                    let outcome = classifier.classify(&result);
-                    let hint = classifier.retry_after(&result);
-                    permit.settle(outcome, hint, now);
-                }
-                Poll::Ready(result.map_err(|err| rejection.error(err)))
+                let permit = permit
+                    .take()
+                    .expect("ResponseFuture polled after completion");
+                Poll::Ready(
+                    classifier
+                        .settle(result, permit)
+                        .map_err(|err| rejection.error(err)),
+                )
             }
             Projection::Rejected { open, rejection } => {
                 let open = open.take().expect("ResponseFuture polled after completion");

@@ -6,23 +6,22 @@
 //! the response body and is settled when the trailers arrive; a body
 //! dropped before its end settles nothing (a cancelled call).
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use palisade_hints::{Refusal, grpc};
 use pin_project_lite::pin_project;
-use tower::{Layer, Service};
 
-use crate::breaker::{CircuitBreaker, Outcome, Permit};
-use crate::classify::is_refusal;
+use crate::breaker::{Outcome, Permit};
+use crate::classify::{Settle, is_refusal};
 use crate::config::Config;
 use crate::error::Open;
 use crate::future::now;
 use crate::layer::CircuitBreakerLayer;
+use crate::rejection::Rejection;
 
 /// The outcome a `grpc-status` code stands for: the codes that say the
 /// dependency is unwell are failures, and every other code, OK included, a
@@ -40,13 +39,13 @@ fn pushback(fields: &HeaderMap) -> Option<Duration> {
     grpc::pushback(fields)?.wait()
 }
 
-/// A circuit breaker for gRPC clients and servers (a tonic `Channel` or
+/// Classifies gRPC calls, for clients and servers (a tonic `Channel` or
 /// `Server`): `grpc-status` UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
 /// INTERNAL and UNAVAILABLE are failures, read from the headers or, when
-/// only the trailers carry it, at the end of the body; transport errors are
-/// failures; `grpc-retry-pushback-ms` may lengthen the open duration, never
-/// shorten it. An open breaker answers a trailers-only `UNAVAILABLE` with
-/// `grpc-retry-pushback-ms`, without calling the inner service.
+/// only the trailers carry it, at the end of the body ([`GrpcBody`] carries
+/// the permit there); transport errors are failures;
+/// `grpc-retry-pushback-ms` may lengthen the open duration, never shorten
+/// it.
 ///
 /// A response whose HTTP status is not 200 and that carries no
 /// `grpc-status` (a proxy or load balancer answered) gets the status gRPC
@@ -55,22 +54,64 @@ fn pushback(fields: &HeaderMap) -> Option<Duration> {
 /// carrying the [`Refusal`] marker (a palisade layer beneath refused the
 /// call itself) is neither a success nor a failure.
 ///
-/// Made by [`CircuitBreakerLayer::new_for_grpc`].
-#[derive(Debug, Clone)]
-pub struct GrpcCircuitBreakerLayer {
-    breaker: CircuitBreaker,
+/// [`CircuitBreakerLayer::new_for_grpc`] pairs it with [`Unavailable`]; a
+/// [`KeyedCircuitBreakerLayer`](crate::KeyedCircuitBreakerLayer) takes the
+/// same pair with `.classify(GrpcStatus).reject_with(Unavailable)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcStatus;
+
+impl<B, E: 'static> Settle<Response<B>, E> for GrpcStatus {
+    type Response = Response<GrpcBody<B>>;
+
+    fn settle(
+        &self,
+        result: Result<Response<B>, E>,
+        permit: Permit,
+    ) -> Result<Response<GrpcBody<B>>, E> {
+        match result {
+            Ok(response) => Ok(settle_on_headers(response, permit)),
+            Err(error) => {
+                let outcome = if is_refusal(&error) {
+                    Outcome::Ignored
+                } else {
+                    Outcome::Failure
+                };
+                permit.settle(outcome, None, now);
+                Err(error)
+            }
+        }
+    }
 }
 
-impl GrpcCircuitBreakerLayer {
-    /// The shared breaker.
-    #[must_use]
-    pub const fn breaker(&self) -> &CircuitBreaker {
-        &self.breaker
+/// Answers a call refused by an open breaker with a trailers-only
+/// `UNAVAILABLE` and the wait as `grpc-retry-pushback-ms`, without calling
+/// the inner service; keeps the inner service's error type. The response's
+/// extensions hold the [`Open`] error and its [`Refusal`], so a retry layer
+/// further out does not retry it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unavailable;
+
+impl<B: Default, E> Rejection<Response<GrpcBody<B>>, E> for Unavailable {
+    type Error = E;
+
+    fn reject(&self, open: Open) -> Result<Response<GrpcBody<B>>, E> {
+        let mut response =
+            grpc::refusal_response(grpc::UNAVAILABLE, "circuit%20open", open.refusal());
+        response.extensions_mut().insert(open);
+        Ok(response)
+    }
+
+    fn error(&self, error: E) -> E {
+        error
     }
 }
 
 impl CircuitBreakerLayer {
-    /// A breaker for gRPC (feature `grpc`); see [`GrpcCircuitBreakerLayer`].
+    /// A breaker for gRPC clients and servers (feature `grpc`): calls
+    /// classified by [`GrpcStatus`], refusals answered by [`Unavailable`].
+    /// The service keeps the inner service's error type; its responses'
+    /// bodies are [`GrpcBody`], which a tonic client or server takes as it
+    /// is.
     ///
     /// # Example
     ///
@@ -89,143 +130,16 @@ impl CircuitBreakerLayer {
     /// # Ok(()) }
     /// ```
     #[must_use]
-    pub fn new_for_grpc(config: Config) -> GrpcCircuitBreakerLayer {
-        GrpcCircuitBreakerLayer {
-            breaker: Self::new(config).breaker().clone(),
-        }
-    }
-}
-
-impl<S> Layer<S> for GrpcCircuitBreakerLayer {
-    type Service = GrpcCircuitBreakerService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        GrpcCircuitBreakerService {
-            inner,
-            breaker: self.breaker.clone(),
-        }
-    }
-}
-
-/// The service made by [`GrpcCircuitBreakerLayer`].
-#[derive(Debug, Clone)]
-pub struct GrpcCircuitBreakerService<S> {
-    inner: S,
-    breaker: CircuitBreaker,
-}
-
-impl<S> GrpcCircuitBreakerService<S> {
-    /// The shared breaker.
-    pub const fn breaker(&self) -> &CircuitBreaker {
-        &self.breaker
-    }
-
-    /// Takes the inner service back.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for GrpcCircuitBreakerService<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Error: 'static,
-    ResBody: Default,
-{
-    type Response = Response<GrpcBody<ResBody>>;
-    type Error = S::Error;
-    type Future = GrpcResponseFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        match self.breaker.acquire_with(now) {
-            Ok(permit) => GrpcResponseFuture {
-                kind: Kind::Called {
-                    inner: self.inner.call(request),
-                    permit: Some(permit),
-                },
-            },
-            Err(open) => GrpcResponseFuture {
-                kind: Kind::Rejected { open: Some(open) },
-            },
-        }
-    }
-}
-
-pin_project! {
-    /// Response future of [`GrpcCircuitBreakerService`].
-    #[derive(Debug)]
-    pub struct GrpcResponseFuture<F> {
-        #[pin]
-        kind: Kind<F>,
-    }
-}
-
-pin_project! {
-    #[project = KindProjection]
-    #[derive(Debug)]
-    enum Kind<F> {
-        Called {
-            #[pin]
-            inner: F,
-            permit: Option<Permit>,
-        },
-        Rejected {
-            open: Option<Open>,
-        },
-    }
-}
-
-impl<F, B, E> Future for GrpcResponseFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    E: 'static,
-    B: Default,
-{
-    type Output = Result<Response<GrpcBody<B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProjection::Called { inner, permit } => {
-                let result = ready!(inner.poll(cx));
-                let permit = permit.take();
-                Poll::Ready(match result {
-                    Ok(response) => Ok(settle_on_headers(response, permit)),
-                    Err(err) => {
-                        if let Some(permit) = permit {
-                            let outcome = if is_refusal(&err) {
-                                Outcome::Ignored
-                            } else {
-                                Outcome::Failure
-                            };
-                            permit.settle(outcome, None, now);
-                        }
-                        Err(err)
-                    }
-                })
-            }
-            KindProjection::Rejected { open } => {
-                let open = open
-                    .take()
-                    .expect("GrpcResponseFuture polled after completion");
-                Poll::Ready(Ok(unavailable(open)))
-            }
-        }
+    pub fn new_for_grpc(config: Config) -> CircuitBreakerLayer<GrpcStatus, Unavailable> {
+        Self::new(config)
+            .classify(GrpcStatus)
+            .reject_with(Unavailable)
     }
 }
 
 /// Settles the permit on a trailers-only response, an HTTP error or a
 /// local refusal, or hands it to the body to settle at the trailers.
-fn settle_on_headers<B>(response: Response<B>, permit: Option<Permit>) -> Response<GrpcBody<B>> {
-    let Some(permit) = permit else {
-        return response.map(|inner| GrpcBody {
-            inner,
-            permit: None,
-        });
-    };
+fn settle_on_headers<B>(response: Response<B>, permit: Permit) -> Response<GrpcBody<B>> {
     let settled = if response.extensions().get::<Refusal>().is_some() {
         permit.settle(Outcome::Ignored, None, now);
         None
@@ -239,14 +153,6 @@ fn settle_on_headers<B>(response: Response<B>, permit: Option<Permit>) -> Respon
         inner,
         permit: settled,
     })
-}
-
-/// A trailers-only `UNAVAILABLE`, with the wait as
-/// `grpc-retry-pushback-ms`.
-fn unavailable<B: Default>(open: Open) -> Response<GrpcBody<B>> {
-    let mut response = grpc::refusal_response(grpc::UNAVAILABLE, "circuit%20open", open.refusal());
-    response.extensions_mut().insert(open);
-    response
 }
 
 pin_project! {

@@ -12,8 +12,8 @@ use http::{Response, StatusCode};
 
 use palisade_hints::Refusal;
 
-use crate::breaker::Outcome;
-use crate::classify::{Classify, is_refusal};
+use crate::breaker::{Outcome, Permit};
+use crate::classify::{Classify, Settle, is_refusal, settle_at_once};
 use crate::config::Config;
 use crate::error::Open;
 use crate::layer::CircuitBreakerLayer;
@@ -55,6 +55,14 @@ impl<B, E: 'static> Classify<Response<B>, E> for ServerErrorsAsFailures {
             }
             _ => None,
         }
+    }
+}
+
+impl<B, E: 'static> Settle<Response<B>, E> for ServerErrorsAsFailures {
+    type Response = Response<B>;
+
+    fn settle(&self, result: Result<Response<B>, E>, permit: Permit) -> Result<Response<B>, E> {
+        settle_at_once(self, result, permit)
     }
 }
 

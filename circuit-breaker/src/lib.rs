@@ -45,7 +45,9 @@
 //! - `grpc`: [`CircuitBreakerLayer::new_for_grpc`]: `grpc-status` decides,
 //!   from the headers or from the trailers at the end of the body (or
 //!   gRPC's mapping of the HTTP status when a proxy answered), and an
-//!   open breaker answers `UNAVAILABLE` with `grpc-retry-pushback-ms`.
+//!   open breaker answers `UNAVAILABLE` with `grpc-retry-pushback-ms`. It
+//!   is the same layer with another classifier ([`GrpcStatus`]) and
+//!   answer ([`Unavailable`]), so keyed breakers serve gRPC too.
 //!
 //! In every mode, a call a palisade layer beneath refused itself (the
 //! [`Refusal`](palisade_hints::Refusal) marker on the error or the
@@ -92,13 +94,11 @@ mod sync;
 mod window;
 
 pub use breaker::{CircuitBreaker, Metrics, Outcome, Permit, State, Transition};
-pub use classify::{Classify, ErrorsAsFailures};
+pub use classify::{AtOnce, Classify, ErrorsAsFailures, Settle};
 pub use config::{Config, ConfigBuilder, SlidingWindow};
 pub use error::{ConfigError, Open};
 #[cfg(feature = "grpc")]
-pub use grpc_mode::{
-    GrpcBody, GrpcCircuitBreakerLayer, GrpcCircuitBreakerService, GrpcResponseFuture,
-};
+pub use grpc_mode::{GrpcBody, GrpcStatus, Unavailable};
 #[cfg(feature = "http")]
 pub use http_mode::{ServerErrorsAsFailures, ServiceUnavailable};
 pub use keyed::{

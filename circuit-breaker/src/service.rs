@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use tower::Service;
 
 use crate::breaker::CircuitBreaker;
-use crate::classify::Classify;
+use crate::classify::Settle;
 use crate::future::ResponseFuture;
 use crate::rejection::Rejection;
 
@@ -74,10 +74,10 @@ impl<S, Req, B, C, R> Service<Req> for CircuitBreakerService<S, B, C, R>
 where
     S: Service<Req>,
     B: SelectBreaker<Req>,
-    C: Classify<S::Response, S::Error> + Clone,
-    R: Rejection<S::Response, S::Error> + Clone,
+    C: Settle<S::Response, S::Error> + Clone,
+    R: Rejection<C::Response, S::Error> + Clone,
 {
-    type Response = S::Response;
+    type Response = C::Response;
     type Error = R::Error;
     type Future = ResponseFuture<S::Future, C, R>;
 

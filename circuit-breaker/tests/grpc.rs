@@ -9,7 +9,10 @@ use std::time::Duration;
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use palisade_circuit_breaker::{CircuitBreakerLayer, Config, SlidingWindow, State};
+use palisade_circuit_breaker::{
+    CircuitBreakerLayer, Config, GrpcStatus, KeyedCircuitBreakerLayer, SlidingWindow, State,
+    Unavailable,
+};
 use palisade_testkit::grpc::HealthServer;
 use tonic::transport::Endpoint;
 use tonic_health::pb::HealthCheckRequest;
@@ -35,7 +38,14 @@ async fn server(unavailable: bool) -> HealthServer {
 async fn client(
     server: &HealthServer,
 ) -> (
-    HealthClient<palisade_circuit_breaker::GrpcCircuitBreakerService<tonic::transport::Channel>>,
+    HealthClient<
+        palisade_circuit_breaker::CircuitBreakerService<
+            tonic::transport::Channel,
+            palisade_circuit_breaker::CircuitBreaker,
+            GrpcStatus,
+            Unavailable,
+        >,
+    >,
     palisade_circuit_breaker::CircuitBreaker,
 ) {
     let layer = CircuitBreakerLayer::new_for_grpc(config(3));
@@ -240,4 +250,31 @@ async fn pushback_zero_keeps_the_configured_open_duration() {
     assert_eq!(breaker.state(), State::Open);
     let refused = service.clone().oneshot(Request::new(())).await.unwrap();
     assert_eq!(refused.headers()["grpc-retry-pushback-ms"], "30000");
+}
+
+#[tokio::test]
+async fn keyed_breakers_serve_grpc_one_per_key_with_the_status_from_the_trailers() {
+    // One breaker per tenant; tenant "a"'s calls fail in their trailers,
+    // tenant "b"'s succeed.
+    let layer =
+        KeyedCircuitBreakerLayer::new(config(2), |request: &Request<&'static str>| *request.body())
+            .classify(GrpcStatus)
+            .reject_with(Unavailable);
+    let registry = layer.registry();
+    let service = layer.layer(service_fn(|request: Request<&'static str>| async move {
+        let code = if *request.body() == "a" { "14" } else { "0" };
+        Ok::<_, std::convert::Infallible>(trailed(code))
+    }));
+    for tenant in ["a", "b", "a", "b"] {
+        let response = service.clone().oneshot(Request::new(tenant)).await.unwrap();
+        response.into_body().collect().await.unwrap();
+    }
+    assert_eq!(registry.get(&"a").state(), State::Open);
+    assert_eq!(registry.get(&"b").state(), State::Closed);
+    let refused = service.clone().oneshot(Request::new("a")).await.unwrap();
+    assert_eq!(refused.headers()["grpc-status"], "14");
+    assert_eq!(refused.headers()["grpc-message"], "circuit%20open");
+    let served = service.clone().oneshot(Request::new("b")).await.unwrap();
+    let trailers = served.into_body().collect().await.unwrap();
+    assert_eq!(trailers.trailers().unwrap()["grpc-status"], "0");
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use palisade_circuit_breaker::{
-    CircuitBreakerLayer, Classify, Config, Open, Outcome, SlidingWindow, State,
+    AtOnce, CircuitBreakerLayer, Classify, Config, Open, Outcome, SlidingWindow, State,
 };
 use tokio::sync::oneshot;
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
@@ -186,7 +186,7 @@ impl std::error::Error for Wait {}
 
 #[tokio::test(start_paused = true)]
 async fn the_dependencys_retry_after_sets_the_open_duration() {
-    let layer = CircuitBreakerLayer::new(config(1)).classify(Hinted);
+    let layer = CircuitBreakerLayer::new(config(1)).classify(AtOnce(Hinted));
     let breaker = layer.breaker().clone();
     let service = layer.layer(service_fn(|(): ()| async {
         Err::<(), _>(Wait(Duration::from_secs(42)))
