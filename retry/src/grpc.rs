@@ -13,26 +13,14 @@
 //! `UNAVAILABLE` means the server did not process the call. Message bodies
 //! are recorded up to [`DEFAULT_BODY_CAP`] and replayed.
 //!
-//! # Example
+//! # Presets
 //!
-//! A tonic channel: the retry layer hands the channel a
-//! [`ReplayBody`](crate::http::ReplayBody), which tonic's body wraps.
-//!
-//! ```
-//! use palisade_retry::{Config, RetryLayer};
-//! use tower::ServiceBuilder;
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
-//! let channel = ServiceBuilder::new()
-//!     .layer(RetryLayer::new_for_grpc(Config::default()))
-//!     .map_request(|request: http::Request<_>| request.map(tonic::body::Body::new))
-//!     .service(channel);
-//! let health = tonic_health::pb::health_client::HealthClient::new(channel);
-//! # let _ = health;
-//! # Ok(()) }
-//! ```
+//! - [`RetryLayer::new_for_tonic`] (feature `tonic`): takes and passes on
+//!   tonic's own body, so it goes straight in front of a tonic `Channel`
+//!   (or a breaker over one) and a generated client takes the stack as it
+//!   is; see its example.
+//! - [`RetryLayer::new_for_grpc`]: the same for other gRPC stacks; its
+//!   inner service receives a [`ReplayBody`](crate::http::ReplayBody).
 
 use http::Response;
 use palisade_hints::Refusal;
@@ -89,6 +77,43 @@ impl RetryLayer {
             .replay(HttpReplay {
                 gate: Idempotency::any_method(),
                 keep: BufferBody {
+                    cap: DEFAULT_BODY_CAP,
+                },
+            })
+    }
+
+    /// A retry layer for tonic clients (feature `tonic`): as
+    /// [`new_for_grpc`](Self::new_for_grpc), taking and passing on tonic's
+    /// own body, so it stacks in front of a `Channel` (or a breaker over
+    /// one) with nothing between, and a generated client takes the stack
+    /// as it is.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use palisade_retry::{Config, RetryLayer};
+    /// use tower::ServiceBuilder;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
+    /// let channel = ServiceBuilder::new()
+    ///     .layer(RetryLayer::new_for_tonic(Config::default()))
+    ///     .service(channel);
+    /// let health = tonic_health::pb::health_client::HealthClient::new(channel);
+    /// # let _ = health;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tonic")]
+    #[must_use]
+    pub fn new_for_tonic(
+        config: Config,
+    ) -> RetryLayer<RetryUnavailable, HttpReplay<crate::http::TonicBody>> {
+        Self::new(config)
+            .classify(RetryUnavailable)
+            .replay(HttpReplay {
+                gate: Idempotency::any_method(),
+                keep: crate::http::TonicBody {
                     cap: DEFAULT_BODY_CAP,
                 },
             })

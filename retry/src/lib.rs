@@ -64,6 +64,9 @@
 //!   proxy's 429, 502, 503 or 504 without a `grpc-status`, which gRPC reads
 //!   as `UNAVAILABLE`), and `RESOURCE_EXHAUSTED` when the server sends a
 //!   pushback, honouring `grpc-retry-pushback-ms`.
+//! - `tonic` (implies `grpc`): `RetryLayer::new_for_tonic`, the same taking
+//!   and passing on `tonic::body::Body`, straight in front of a tonic
+//!   `Channel`.
 //! - `otel`: [`RetryLayer::instrument`] registers OpenTelemetry counters:
 //!   `palisade.retry.attempts`, `.retries`, `.budget_exhausted` and
 //!   `.give_ups` (by `reason`), each with the attribute `client`.

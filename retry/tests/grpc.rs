@@ -1,13 +1,12 @@
 //! gRPC mode: a tonic client behind the retry layer against a tonic server
 //! on loopback that answers trailers-only errors on demand.
-#![cfg(feature = "grpc")]
+#![cfg(feature = "tonic")]
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use http::Request;
 use palisade_retry::grpc::RetryUnavailable;
-use palisade_retry::http::{BufferBody, HttpReplay, ReplayBody};
+use palisade_retry::http::{HttpReplay, TonicBody};
 use palisade_retry::{Backoff, Config, Retry, RetryLayer};
 use palisade_testkit::grpc::HealthServer;
 use tonic::transport::{Channel, Endpoint};
@@ -15,19 +14,10 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tower::ServiceBuilder;
-use tower::util::MapRequest;
 
-/// The channel as a user stacks it: retry, then tonic's body around the
-/// replayable one.
-type Stack = Retry<
-    MapRequest<Channel, fn(Request<ReplayBody<tonic::body::Body>>) -> Request<tonic::body::Body>>,
-    RetryUnavailable,
-    HttpReplay<BufferBody>,
->;
-
-fn to_tonic(request: Request<ReplayBody<tonic::body::Body>>) -> Request<tonic::body::Body> {
-    request.map(tonic::body::Body::new)
-}
+/// The channel as a user stacks it: the tonic preset, straight in front of
+/// the channel.
+type Stack = Retry<Channel, RetryUnavailable, HttpReplay<TonicBody>>;
 
 /// A health server that answers `script` in order, then lets calls through,
 /// and a client to it through the retry layer.
@@ -47,8 +37,7 @@ async fn connect(script: Vec<tonic::Status>) -> (HealthClient<Stack>, HealthServ
         .build()
         .unwrap();
     let channel = ServiceBuilder::new()
-        .layer(RetryLayer::new_for_grpc(config))
-        .map_request(to_tonic as fn(_) -> _)
+        .layer(RetryLayer::new_for_tonic(config))
         .service(channel);
     (HealthClient::new(channel), server)
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use http::Request;
 use palisade_circuit_breaker::{CircuitBreakerLayer, Config as BreakerConfig, State};
-use palisade_retry::http::ReplayBody;
 use palisade_retry::{Backoff, Config as RetryConfig, RetryLayer};
 use palisade_token_bucket::grpc::ResourceExhausted;
 use palisade_token_bucket::key::{Global, OneToken, global};
@@ -181,10 +180,10 @@ async fn retry_waits_out_the_pushback_of_a_refusal_beneath_it() {
     let decided = Arc::new(AtomicUsize::new(0));
     let counted = decided.clone();
     let stack = ServiceBuilder::new()
-        .layer(RetryLayer::new_for_grpc(config))
-        .map_request(move |request: Request<ReplayBody<Body>>| {
+        .layer(RetryLayer::new_for_tonic(config))
+        .map_request(move |request: Request<Body>| {
             counted.fetch_add(1, Ordering::SeqCst);
-            request.map(Body::new)
+            request
         })
         .layer(limit)
         .service(channel(&url).await);

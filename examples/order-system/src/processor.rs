@@ -24,7 +24,6 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 use tokio::sync::oneshot;
-use tonic::codegen::http;
 use tonic::transport::Channel;
 
 use crate::card::CardNumber;
@@ -514,31 +513,20 @@ impl wire::card_processor_server::CardProcessor for Simulator {
 /// circuit breaker (gRPC classification, slow calls counted) over a
 /// per-attempt timeout ([`ATTEMPT_TIMEOUT`]), so each attempt counts, a
 /// stalled processor fails each attempt in bounded time, and an open
-/// breaker is never retried.
-pub type ProcessorChannel = tower::util::BoxCloneSyncService<
-    http::Request<tonic::body::Body>,
-    http::Response<tonic::body::Body>,
-    ChannelError,
+/// breaker is never retried. Each layer is its crate's tonic preset: the
+/// stack takes and gives tonic's bodies, with nothing between the layers.
+pub type ProcessorChannel = palisade_tracecontext::Propagate<
+    palisade_retry::Retry<
+        palisade_circuit_breaker::CircuitBreakerService<
+            tower::timeout::Timeout<Channel>,
+            Breaker,
+            palisade_circuit_breaker::GrpcStatus,
+            palisade_circuit_breaker::Unavailable,
+        >,
+        palisade_retry::grpc::RetryUnavailable,
+        palisade_retry::http::HttpReplay<palisade_retry::http::TonicBody>,
+    >,
 >;
-
-/// A call through payment's channel failed below gRPC (transport, retry
-/// deadline). A concrete type rather than a boxed error: proving a tonic
-/// call `Send` inside a generic handler with a boxed error trips a compiler
-/// limitation (rust-lang/rust#102211).
-#[derive(Debug)]
-pub struct ChannelError(tower::BoxError);
-
-impl std::fmt::Display for ChannelError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for ChannelError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
-}
 
 /// The breaker of payment's channel, to watch.
 pub type Breaker = palisade_circuit_breaker::CircuitBreaker;
@@ -581,19 +569,14 @@ pub fn stack(
         .build()
         .unwrap_or_else(|_| unreachable!("a valid retry config"));
     let service = tower::ServiceBuilder::new()
-        // Outermost: the breaker's body (classified at the end of the
-        // stream) as tonic's.
-        .map_response(|response: http::Response<_>| response.map(tonic::body::Body::new))
-        .map_err(ChannelError)
         .layer(PropagateLayer::new())
-        .layer(RetryLayer::new_for_grpc(retries).instrument(meter, "card-processor"))
+        .layer(RetryLayer::new_for_tonic(retries).instrument(meter, "card-processor"))
         .layer(breaker)
         // Under the breaker, so that an attempt cut short is recorded as
         // a failure rather than dropped unrecorded.
         .timeout(ATTEMPT_TIMEOUT)
-        .map_request(|request: http::Request<_>| request.map(tonic::body::Body::new))
         .service(channel);
-    (tower::util::BoxCloneSyncService::new(service), handle)
+    (service, handle)
 }
 
 /// Payment's client of the processor.

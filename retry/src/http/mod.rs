@@ -45,6 +45,8 @@ pub use body::ReplayBody;
 pub(crate) use classify::classify_error;
 pub use classify::{RetryServerErrors, is_connect_or_timeout};
 pub use idempotency::Idempotency;
+#[cfg(feature = "tonic")]
+pub use replay::TonicBody;
 pub use replay::{BufferBody, CloneBody, DEFAULT_BODY_CAP, HttpReplay, RecordedRequest};
 
 use crate::config::Config;

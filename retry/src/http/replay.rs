@@ -69,25 +69,77 @@ where
     type Saved = RecordedRequest<B>;
 
     fn prepare(&self, request: Request<B>) -> (Request<ReplayBody<B>>, Option<RecordedRequest<B>>) {
-        let too_long = request.body().size_hint().lower() > self.keep.cap as u64;
-        if too_long || !self.gate.allows(&request) {
-            return (request.map(ReplayBody::once), None);
-        }
-        let (head, body) = request.into_parts();
-        let (body, recording) = ReplayBody::recorded(body, self.keep.cap);
-        let saved = RecordedRequest {
-            head: head.clone(),
-            recording,
-        };
-        (Request::from_parts(head, body), Some(saved))
+        record(&self.gate, self.keep.cap, request)
     }
 
     fn replay(&self, saved: &RecordedRequest<B>) -> Option<Request<ReplayBody<B>>> {
-        let body = saved.recording.replay()?;
-        Some(Request::from_parts(saved.head.clone(), body))
+        saved.replay()
     }
 
     fn can_replay(&self, saved: &RecordedRequest<B>) -> bool {
-        !saved.recording.is_spoiled()
+        saved.can_replay()
+    }
+}
+
+/// The first attempt's request, recording its body when the gate allows a
+/// retry and the body announces no more than `cap` bytes.
+fn record<B: Body>(
+    gate: &Idempotency,
+    cap: usize,
+    request: Request<B>,
+) -> (Request<ReplayBody<B>>, Option<RecordedRequest<B>>) {
+    let too_long = request.body().size_hint().lower() > cap as u64;
+    if too_long || !gate.allows(&request) {
+        return (request.map(ReplayBody::once), None);
+    }
+    let (head, body) = request.into_parts();
+    let (body, recording) = ReplayBody::recorded(body, cap);
+    let saved = RecordedRequest {
+        head: head.clone(),
+        recording,
+    };
+    (Request::from_parts(head, body), Some(saved))
+}
+
+impl<B: Body> RecordedRequest<B> {
+    fn replay(&self) -> Option<Request<ReplayBody<B>>> {
+        let body = self.recording.replay()?;
+        Some(Request::from_parts(self.head.clone(), body))
+    }
+
+    fn can_replay(&self) -> bool {
+        !self.recording.is_spoiled()
+    }
+}
+
+/// Bodies are recorded as with [`BufferBody`], and each attempt's body is
+/// tonic's own around the replayable one: the retry layer takes and passes
+/// on `Request<tonic::body::Body>`, so it goes straight in front of a tonic
+/// `Channel` (feature `tonic`).
+#[cfg(feature = "tonic")]
+#[derive(Debug, Clone, Copy)]
+pub struct TonicBody {
+    pub(crate) cap: usize,
+}
+
+#[cfg(feature = "tonic")]
+impl Replay<Request<tonic::body::Body>> for HttpReplay<TonicBody> {
+    type Request = Request<tonic::body::Body>;
+    type Saved = RecordedRequest<tonic::body::Body>;
+
+    fn prepare(
+        &self,
+        request: Request<tonic::body::Body>,
+    ) -> (Request<tonic::body::Body>, Option<Self::Saved>) {
+        let (first, saved) = record(&self.gate, self.keep.cap, request);
+        (first.map(tonic::body::Body::new), saved)
+    }
+
+    fn replay(&self, saved: &Self::Saved) -> Option<Request<tonic::body::Body>> {
+        Some(saved.replay()?.map(tonic::body::Body::new))
+    }
+
+    fn can_replay(&self, saved: &Self::Saved) -> bool {
+        saved.can_replay()
     }
 }
