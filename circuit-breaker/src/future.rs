@@ -9,7 +9,7 @@ use pin_project_lite::pin_project;
 use crate::breaker::{CircuitBreaker, Permit};
 use crate::classify::Settle;
 use crate::error::Open;
-use crate::rejection::Rejection;
+use crate::respond::Respond;
 
 pin_project! {
     /// Response future of [`CircuitBreakerService`](crate::CircuitBreakerService).
@@ -34,11 +34,11 @@ pin_project! {
             inner: F,
             permit: Option<Permit>,
             classifier: C,
-            rejection: R,
+            respond: R,
         },
         Rejected {
             open: Option<Open>,
-            rejection: R,
+            respond: R,
         },
     }
 }
@@ -55,34 +55,34 @@ impl<F, C, R> ResponseFuture<F, C, R> {
         breaker: &CircuitBreaker,
         call: impl FnOnce() -> F,
         classifier: &C,
-        rejection: &R,
+        respond: &R,
     ) -> Self
     where
         C: Clone,
         R: Clone,
     {
         match breaker.acquire_with(now) {
-            Ok(permit) => Self::called(call(), permit, classifier.clone(), rejection.clone()),
-            Err(open) => Self::rejected(open, rejection.clone()),
+            Ok(permit) => Self::called(call(), permit, classifier.clone(), respond.clone()),
+            Err(open) => Self::rejected(open, respond.clone()),
         }
     }
 
-    const fn called(inner: F, permit: Permit, classifier: C, rejection: R) -> Self {
+    const fn called(inner: F, permit: Permit, classifier: C, respond: R) -> Self {
         Self {
             kind: Kind::Called {
                 inner,
                 permit: Some(permit),
                 classifier,
-                rejection,
+                respond,
             },
         }
     }
 
-    const fn rejected(open: Open, rejection: R) -> Self {
+    const fn rejected(open: Open, respond: R) -> Self {
         Self {
             kind: Kind::Rejected {
                 open: Some(open),
-                rejection,
+                respond,
             },
         }
     }
@@ -92,7 +92,7 @@ impl<F, T, E, C, R> Future for ResponseFuture<F, C, R>
 where
     F: Future<Output = Result<T, E>>,
     C: Settle<T, E>,
-    R: Rejection<C::Response, E>,
+    R: Respond<C::Response, E>,
 {
     type Output = Result<C::Response, R::Error>;
 
@@ -102,7 +102,7 @@ where
                 inner,
                 permit,
                 classifier,
-                rejection,
+                respond,
             } => {
                 let result = ready!(inner.poll(cx));
                 let permit = permit
@@ -111,12 +111,12 @@ where
                 Poll::Ready(
                     classifier
                         .settle(result, permit)
-                        .map_err(|err| rejection.error(err)),
+                        .map_err(|err| respond.error(err)),
                 )
             }
-            Projection::Rejected { open, rejection } => {
+            Projection::Rejected { open, respond } => {
                 let open = open.take().expect("ResponseFuture polled after completion");
-                Poll::Ready(rejection.reject(open))
+                Poll::Ready(respond.refused(open))
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::error::Open;
 use crate::future::now;
 use crate::layer::CircuitBreakerLayer;
-use crate::rejection::Rejection;
+use crate::respond::Respond;
 
 /// The outcome a `grpc-status` code stands for: the codes that say the
 /// dependency is unwell are failures, and every other code, OK included, a
@@ -56,7 +56,7 @@ fn pushback(fields: &HeaderMap) -> Option<Duration> {
 ///
 /// [`CircuitBreakerLayer::new_for_grpc`] pairs it with [`Unavailable`]; a
 /// [`KeyedCircuitBreakerLayer`](crate::KeyedCircuitBreakerLayer) takes the
-/// same pair with `.classify(GrpcStatus).reject_with(Unavailable)`.
+/// same pair with `.classify(GrpcStatus).respond_with(Unavailable)`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcStatus;
 
@@ -91,10 +91,10 @@ impl<B, E: 'static> Settle<Response<B>, E> for GrpcStatus {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unavailable;
 
-impl<B: Default, E> Rejection<Response<GrpcBody<B>>, E> for Unavailable {
+impl<B: Default, E> Respond<Response<GrpcBody<B>>, E> for Unavailable {
     type Error = E;
 
-    fn reject(&self, open: Open) -> Result<Response<GrpcBody<B>>, E> {
+    fn refused(&self, open: Open) -> Result<Response<GrpcBody<B>>, E> {
         let mut response =
             grpc::refusal_response(grpc::UNAVAILABLE, "circuit%20open", open.refusal());
         response.extensions_mut().insert(open);
@@ -133,7 +133,7 @@ impl CircuitBreakerLayer {
     pub fn new_for_grpc(config: Config) -> CircuitBreakerLayer<GrpcStatus, Unavailable> {
         Self::new(config)
             .classify(GrpcStatus)
-            .reject_with(Unavailable)
+            .respond_with(Unavailable)
     }
 }
 

@@ -17,7 +17,7 @@ use crate::classify::{Classify, Settle, is_refusal, settle_at_once};
 use crate::config::Config;
 use crate::error::Open;
 use crate::layer::CircuitBreakerLayer;
-use crate::rejection::Rejection;
+use crate::respond::Respond;
 
 /// Classifies HTTP responses: 5xx and 429 are failures, every other status
 /// a success, and a transport error a failure. A `Retry-After` on a 503 or
@@ -74,10 +74,10 @@ impl<B, E: 'static> Settle<Response<B>, E> for ServerErrorsAsFailures {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServiceUnavailable;
 
-impl<B: Default, E> Rejection<Response<B>, E> for ServiceUnavailable {
+impl<B: Default, E> Respond<Response<B>, E> for ServiceUnavailable {
     type Error = E;
 
-    fn reject(&self, open: Open) -> Result<Response<B>, E> {
+    fn refused(&self, open: Open) -> Result<Response<B>, E> {
         let mut response =
             palisade_hints::http::refusal_response(StatusCode::SERVICE_UNAVAILABLE, open.refusal());
         response.extensions_mut().insert(open);
@@ -112,7 +112,7 @@ impl CircuitBreakerLayer<ServerErrorsAsFailures, ServiceUnavailable> {
     pub fn new_for_http(config: Config) -> Self {
         CircuitBreakerLayer::new(config)
             .classify(ServerErrorsAsFailures)
-            .reject_with(ServiceUnavailable)
+            .respond_with(ServiceUnavailable)
     }
 }
 
@@ -126,7 +126,7 @@ mod tests {
     fn the_503_carries_the_wait_and_the_refusal_marker() {
         let open = Open::new(Some(Duration::from_millis(2500)));
         let response: Response<String> =
-            Rejection::<Response<String>, ()>::reject(&ServiceUnavailable, open).unwrap();
+            Respond::<Response<String>, ()>::refused(&ServiceUnavailable, open).unwrap();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[RETRY_AFTER], "3");
         assert_eq!(response.extensions().get::<Open>(), Some(&open));

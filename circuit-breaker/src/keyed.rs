@@ -14,7 +14,7 @@ use crate::breaker::{CircuitBreaker, State};
 use crate::classify::ErrorsAsFailures;
 use crate::config::Config;
 use crate::future::now;
-use crate::rejection::BoxErrors;
+use crate::respond::BoxErrors;
 use crate::service::{CircuitBreakerService, SelectBreaker};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -225,7 +225,7 @@ pub struct KeyedCircuitBreakerLayer<K, F, C = ErrorsAsFailures, R = BoxErrors> {
     registry: Arc<BreakerRegistry<K>>,
     key: F,
     classifier: C,
-    rejection: R,
+    respond: R,
 }
 
 impl<K: Eq + Hash + Clone, F> KeyedCircuitBreakerLayer<K, F> {
@@ -243,7 +243,7 @@ impl<K: Eq + Hash + Clone, F> KeyedCircuitBreakerLayer<K, F> {
             )),
             key,
             classifier: ErrorsAsFailures,
-            rejection: BoxErrors,
+            respond: BoxErrors,
         }
     }
 }
@@ -266,18 +266,18 @@ impl<K: Eq + Hash + Clone, F, C, R> KeyedCircuitBreakerLayer<K, F, C, R> {
             registry: self.registry,
             key: self.key,
             classifier,
-            rejection: self.rejection,
+            respond: self.respond,
         }
     }
 
-    /// Answers refused calls with `rejection` instead.
+    /// Answers refused calls with `respond` instead.
     #[must_use]
-    pub fn reject_with<R2>(self, rejection: R2) -> KeyedCircuitBreakerLayer<K, F, C, R2> {
+    pub fn respond_with<R2>(self, respond: R2) -> KeyedCircuitBreakerLayer<K, F, C, R2> {
         KeyedCircuitBreakerLayer {
             registry: self.registry,
             key: self.key,
             classifier: self.classifier,
-            rejection,
+            respond,
         }
     }
 
@@ -294,7 +294,7 @@ impl<K, F: Clone, C: Clone, R: Clone> Clone for KeyedCircuitBreakerLayer<K, F, C
             registry: Arc::clone(&self.registry),
             key: self.key.clone(),
             classifier: self.classifier.clone(),
-            rejection: self.rejection.clone(),
+            respond: self.respond.clone(),
         }
     }
 }
@@ -304,7 +304,7 @@ impl<K, F, C: fmt::Debug, R: fmt::Debug> fmt::Debug for KeyedCircuitBreakerLayer
         f.debug_struct("KeyedCircuitBreakerLayer")
             .field("registry", &*self.registry)
             .field("classifier", &self.classifier)
-            .field("rejection", &self.rejection)
+            .field("respond", &self.respond)
             .finish_non_exhaustive()
     }
 }
@@ -320,7 +320,7 @@ impl<S, K, F: Clone, C: Clone, R: Clone> Layer<S> for KeyedCircuitBreakerLayer<K
                 key: self.key.clone(),
             },
             self.classifier.clone(),
-            self.rejection.clone(),
+            self.respond.clone(),
         )
     }
 }

@@ -5,7 +5,7 @@ use tower::Layer;
 use crate::breaker::CircuitBreaker;
 use crate::classify::ErrorsAsFailures;
 use crate::config::Config;
-use crate::rejection::BoxErrors;
+use crate::respond::BoxErrors;
 use crate::service::CircuitBreakerService;
 
 /// Puts a circuit breaker in front of a service.
@@ -40,7 +40,7 @@ use crate::service::CircuitBreakerService;
 pub struct CircuitBreakerLayer<C = ErrorsAsFailures, R = BoxErrors> {
     breaker: CircuitBreaker,
     classifier: C,
-    rejection: R,
+    respond: R,
 }
 
 impl CircuitBreakerLayer {
@@ -65,7 +65,7 @@ impl CircuitBreakerLayer {
         Self {
             breaker,
             classifier: ErrorsAsFailures,
-            rejection: BoxErrors,
+            respond: BoxErrors,
         }
     }
 }
@@ -77,17 +77,17 @@ impl<C, R> CircuitBreakerLayer<C, R> {
         CircuitBreakerLayer {
             breaker: self.breaker,
             classifier,
-            rejection: self.rejection,
+            respond: self.respond,
         }
     }
 
-    /// Answers refused calls with `rejection` instead.
+    /// Answers refused calls with `respond` instead.
     #[must_use]
-    pub fn reject_with<R2>(self, rejection: R2) -> CircuitBreakerLayer<C, R2> {
+    pub fn respond_with<R2>(self, respond: R2) -> CircuitBreakerLayer<C, R2> {
         CircuitBreakerLayer {
             breaker: self.breaker,
             classifier: self.classifier,
-            rejection,
+            respond,
         }
     }
 
@@ -107,7 +107,7 @@ impl<S, C: Clone, R: Clone> Layer<S> for CircuitBreakerLayer<C, R> {
             inner,
             self.breaker.clone(),
             self.classifier.clone(),
-            self.rejection.clone(),
+            self.respond.clone(),
         )
     }
 }

@@ -88,7 +88,7 @@ mod keyed;
 mod layer;
 #[cfg(all(feature = "otel", not(palisade_loom)))]
 mod otel;
-mod rejection;
+mod respond;
 mod service;
 mod sync;
 mod window;
@@ -105,7 +105,7 @@ pub use keyed::{
     BreakerRegistry, KeyedBreakers, KeyedCircuitBreakerLayer, KeyedCircuitBreakerService,
 };
 pub use layer::CircuitBreakerLayer;
-pub use rejection::{BoxErrors, Rejection};
+pub use respond::{BoxErrors, Respond};
 pub use service::{CircuitBreakerService, SelectBreaker};
 pub use window::Counts;
 

@@ -8,7 +8,7 @@ use tower::Service;
 use crate::breaker::CircuitBreaker;
 use crate::classify::Settle;
 use crate::future::ResponseFuture;
-use crate::rejection::Rejection;
+use crate::respond::Respond;
 
 /// Which breaker a request goes through: the one breaker of a
 /// [`CircuitBreakerLayer`](crate::CircuitBreakerLayer), or its key's breaker
@@ -35,16 +35,16 @@ pub struct CircuitBreakerService<S, B, C, R> {
     inner: S,
     breakers: B,
     classifier: C,
-    rejection: R,
+    respond: R,
 }
 
 impl<S, B, C, R> CircuitBreakerService<S, B, C, R> {
-    pub(crate) const fn new(inner: S, breakers: B, classifier: C, rejection: R) -> Self {
+    pub(crate) const fn new(inner: S, breakers: B, classifier: C, respond: R) -> Self {
         Self {
             inner,
             breakers,
             classifier,
-            rejection,
+            respond,
         }
     }
 
@@ -75,7 +75,7 @@ where
     S: Service<Req>,
     B: SelectBreaker<Req>,
     C: Settle<S::Response, S::Error> + Clone,
-    R: Rejection<C::Response, S::Error> + Clone,
+    R: Respond<C::Response, S::Error> + Clone,
 {
     type Response = C::Response;
     type Error = R::Error;
@@ -84,7 +84,7 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner
             .poll_ready(cx)
-            .map_err(|err| self.rejection.error(err))
+            .map_err(|err| self.respond.error(err))
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
@@ -94,7 +94,7 @@ where
             &breaker,
             || inner.call(request),
             &self.classifier,
-            &self.rejection,
+            &self.respond,
         )
     }
 }

@@ -259,7 +259,7 @@ async fn keyed_breakers_serve_grpc_one_per_key_with_the_status_from_the_trailers
     let layer =
         KeyedCircuitBreakerLayer::new(config(2), |request: &Request<&'static str>| *request.body())
             .classify(GrpcStatus)
-            .reject_with(Unavailable);
+            .respond_with(Unavailable);
     let registry = layer.registry();
     let service = layer.layer(service_fn(|request: Request<&'static str>| async move {
         let code = if *request.body() == "a" { "14" } else { "0" };
