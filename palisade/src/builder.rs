@@ -1,0 +1,355 @@
+//! `ServiceBuilder` methods for each pattern's presets.
+
+use tower::ServiceBuilder;
+#[cfg(any(
+    feature = "breaker",
+    feature = "retry",
+    feature = "rate-limit",
+    feature = "coalesce",
+    feature = "tracecontext"
+))]
+use tower::layer::util::Stack;
+
+/// Each pattern's presets as `ServiceBuilder` methods, in tower-http's
+/// style: `.circuit_breaker_for_http(config)` is
+/// `.layer(CircuitBreakerLayer::new_for_http(config))`.
+///
+/// A method exists for each feature chosen; the first layer added is the
+/// outermost, as with `ServiceBuilder::layer`. To keep a handle on a
+/// layer's shared state (a breaker to watch, a limiter's store), build the
+/// layer and give it to `layer` instead.
+///
+/// Implemented for `tower::ServiceBuilder` only.
+pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
+    /// A circuit breaker for generic services: `Err` is a failure, and an
+    /// open breaker fails calls with
+    /// [`Open`](palisade_circuit_breaker::Open) (feature `breaker`).
+    #[cfg(feature = "breaker")]
+    #[must_use]
+    fn circuit_breaker(
+        self,
+        config: palisade_circuit_breaker::Config,
+    ) -> ServiceBuilder<Stack<palisade_circuit_breaker::CircuitBreakerLayer, L>>;
+
+    /// A circuit breaker for HTTP: 5xx and 429 are failures, and an open
+    /// breaker answers 503 itself (features `breaker`, `http`).
+    #[cfg(all(feature = "breaker", feature = "http"))]
+    #[must_use]
+    fn circuit_breaker_for_http(
+        self,
+        config: palisade_circuit_breaker::Config,
+    ) -> ServiceBuilder<
+        Stack<
+            palisade_circuit_breaker::CircuitBreakerLayer<
+                palisade_circuit_breaker::ServerErrorsAsFailures,
+                palisade_circuit_breaker::ServiceUnavailable,
+            >,
+            L,
+        >,
+    >;
+
+    /// A circuit breaker for gRPC: the `grpc-status` decides, from the
+    /// headers or the trailers, and an open breaker answers `UNAVAILABLE`
+    /// itself (features `breaker`, `grpc`).
+    #[cfg(all(feature = "breaker", feature = "grpc"))]
+    #[must_use]
+    fn circuit_breaker_for_grpc(
+        self,
+        config: palisade_circuit_breaker::Config,
+    ) -> ServiceBuilder<
+        Stack<
+            palisade_circuit_breaker::CircuitBreakerLayer<
+                palisade_circuit_breaker::GrpcStatus,
+                palisade_circuit_breaker::Unavailable,
+            >,
+            L,
+        >,
+    >;
+
+    /// Retries for generic services: every error is retried (feature
+    /// `retry`).
+    #[cfg(feature = "retry")]
+    #[must_use]
+    fn retry(
+        self,
+        config: palisade_retry::Config,
+    ) -> ServiceBuilder<Stack<palisade_retry::RetryLayer, L>>;
+
+    /// Retries for HTTP clients: 502, 503, 504 and transport errors, 429
+    /// with a `Retry-After`, idempotent requests only (features `retry`,
+    /// `http`).
+    #[cfg(all(feature = "retry", feature = "http"))]
+    #[must_use]
+    fn retry_for_http(
+        self,
+        config: palisade_retry::Config,
+    ) -> ServiceBuilder<
+        Stack<
+            palisade_retry::RetryLayer<
+                palisade_retry::http::RetryServerErrors,
+                palisade_retry::http::HttpReplay<palisade_retry::http::CloneBody>,
+            >,
+            L,
+        >,
+    >;
+
+    /// Retries for tonic clients: `UNAVAILABLE`, and `RESOURCE_EXHAUSTED`
+    /// with a pushback, taking and passing on tonic's body (features
+    /// `retry`, `tonic`).
+    #[cfg(all(feature = "retry", feature = "tonic"))]
+    #[must_use]
+    fn retry_for_tonic(
+        self,
+        config: palisade_retry::Config,
+    ) -> ServiceBuilder<
+        Stack<
+            palisade_retry::RetryLayer<
+                palisade_retry::grpc::RetryUnavailable,
+                palisade_retry::http::HttpReplay<palisade_retry::http::TonicBody>,
+            >,
+            L,
+        >,
+    >;
+
+    /// A rate limit for generic services: a refused call fails with
+    /// [`RateLimited`](palisade_token_bucket::RateLimited) (feature
+    /// `rate-limit`).
+    #[cfg(feature = "rate-limit")]
+    #[must_use]
+    fn rate_limit<St, K>(
+        self,
+        store: St,
+        bucket: palisade_token_bucket::Bucket,
+        key: K,
+    ) -> ServiceBuilder<Stack<palisade_token_bucket::RateLimitLayer<St, K>, L>>;
+
+    /// A rate limit for HTTP services: 429 with `Retry-After` and the
+    /// RateLimit fields (features `rate-limit`, `http`).
+    #[cfg(all(feature = "rate-limit", feature = "http"))]
+    #[must_use]
+    fn rate_limit_for_http<St, K>(
+        self,
+        store: St,
+        bucket: palisade_token_bucket::Bucket,
+        key: K,
+    ) -> ServiceBuilder<
+        Stack<
+            palisade_token_bucket::RateLimitLayer<
+                St,
+                K,
+                palisade_token_bucket::key::OneToken,
+                palisade_token_bucket::http::TooManyRequests,
+            >,
+            L,
+        >,
+    >;
+
+    /// A rate limit for gRPC: a trailers-only `RESOURCE_EXHAUSTED` with
+    /// `grpc-retry-pushback-ms` (features `rate-limit`, `grpc`).
+    #[cfg(all(feature = "rate-limit", feature = "grpc"))]
+    #[must_use]
+    fn rate_limit_for_grpc<St, K>(
+        self,
+        store: St,
+        bucket: palisade_token_bucket::Bucket,
+        key: K,
+    ) -> ServiceBuilder<
+        Stack<
+            palisade_token_bucket::RateLimitLayer<
+                St,
+                K,
+                palisade_token_bucket::key::OneToken,
+                palisade_token_bucket::grpc::ResourceExhausted,
+            >,
+            L,
+        >,
+    >;
+
+    /// Sends the current trace on with every request, as a new child span
+    /// (feature `tracecontext`).
+    #[cfg(feature = "tracecontext")]
+    #[must_use]
+    fn propagate_trace(self) -> ServiceBuilder<Stack<palisade_tracecontext::PropagateLayer, L>>;
+
+    /// Continues an incoming trace or starts one, on a server (feature
+    /// `tracecontext`).
+    #[cfg(feature = "tracecontext")]
+    #[must_use]
+    fn trace_context(self) -> ServiceBuilder<Stack<palisade_tracecontext::TraceContextLayer, L>>;
+
+    /// Coalesces identical `GET`s into one origin call, through `cache`
+    /// (features `coalesce`, `http`).
+    #[cfg(all(feature = "coalesce", feature = "http"))]
+    #[must_use]
+    fn coalesce<R: palisade_coalesce::http::ResponseCache>(
+        self,
+        cache: R,
+    ) -> ServiceBuilder<Stack<palisade_coalesce::http::CoalesceLayer<R>, L>>;
+}
+
+impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
+    #[cfg(feature = "breaker")]
+    fn circuit_breaker(
+        self,
+        config: palisade_circuit_breaker::Config,
+    ) -> ServiceBuilder<Stack<palisade_circuit_breaker::CircuitBreakerLayer, L>> {
+        self.layer(palisade_circuit_breaker::CircuitBreakerLayer::new(config))
+    }
+
+    #[cfg(all(feature = "breaker", feature = "http"))]
+    fn circuit_breaker_for_http(
+        self,
+        config: palisade_circuit_breaker::Config,
+    ) -> ServiceBuilder<
+        Stack<
+            palisade_circuit_breaker::CircuitBreakerLayer<
+                palisade_circuit_breaker::ServerErrorsAsFailures,
+                palisade_circuit_breaker::ServiceUnavailable,
+            >,
+            L,
+        >,
+    > {
+        self.layer(palisade_circuit_breaker::CircuitBreakerLayer::new_for_http(
+            config,
+        ))
+    }
+
+    #[cfg(all(feature = "breaker", feature = "grpc"))]
+    fn circuit_breaker_for_grpc(
+        self,
+        config: palisade_circuit_breaker::Config,
+    ) -> ServiceBuilder<
+        Stack<
+            palisade_circuit_breaker::CircuitBreakerLayer<
+                palisade_circuit_breaker::GrpcStatus,
+                palisade_circuit_breaker::Unavailable,
+            >,
+            L,
+        >,
+    > {
+        self.layer(palisade_circuit_breaker::CircuitBreakerLayer::new_for_grpc(
+            config,
+        ))
+    }
+
+    #[cfg(feature = "retry")]
+    fn retry(
+        self,
+        config: palisade_retry::Config,
+    ) -> ServiceBuilder<Stack<palisade_retry::RetryLayer, L>> {
+        self.layer(palisade_retry::RetryLayer::new(config))
+    }
+
+    #[cfg(all(feature = "retry", feature = "http"))]
+    fn retry_for_http(
+        self,
+        config: palisade_retry::Config,
+    ) -> ServiceBuilder<
+        Stack<
+            palisade_retry::RetryLayer<
+                palisade_retry::http::RetryServerErrors,
+                palisade_retry::http::HttpReplay<palisade_retry::http::CloneBody>,
+            >,
+            L,
+        >,
+    > {
+        self.layer(palisade_retry::RetryLayer::new_for_http(config))
+    }
+
+    #[cfg(all(feature = "retry", feature = "tonic"))]
+    fn retry_for_tonic(
+        self,
+        config: palisade_retry::Config,
+    ) -> ServiceBuilder<
+        Stack<
+            palisade_retry::RetryLayer<
+                palisade_retry::grpc::RetryUnavailable,
+                palisade_retry::http::HttpReplay<palisade_retry::http::TonicBody>,
+            >,
+            L,
+        >,
+    > {
+        self.layer(palisade_retry::RetryLayer::new_for_tonic(config))
+    }
+
+    #[cfg(feature = "rate-limit")]
+    fn rate_limit<St, K>(
+        self,
+        store: St,
+        bucket: palisade_token_bucket::Bucket,
+        key: K,
+    ) -> ServiceBuilder<Stack<palisade_token_bucket::RateLimitLayer<St, K>, L>> {
+        self.layer(palisade_token_bucket::RateLimitLayer::new(
+            store, bucket, key,
+        ))
+    }
+
+    #[cfg(all(feature = "rate-limit", feature = "http"))]
+    fn rate_limit_for_http<St, K>(
+        self,
+        store: St,
+        bucket: palisade_token_bucket::Bucket,
+        key: K,
+    ) -> ServiceBuilder<
+        Stack<
+            palisade_token_bucket::RateLimitLayer<
+                St,
+                K,
+                palisade_token_bucket::key::OneToken,
+                palisade_token_bucket::http::TooManyRequests,
+            >,
+            L,
+        >,
+    > {
+        self.layer(palisade_token_bucket::RateLimitLayer::new_for_http(
+            store, bucket, key,
+        ))
+    }
+
+    #[cfg(all(feature = "rate-limit", feature = "grpc"))]
+    fn rate_limit_for_grpc<St, K>(
+        self,
+        store: St,
+        bucket: palisade_token_bucket::Bucket,
+        key: K,
+    ) -> ServiceBuilder<
+        Stack<
+            palisade_token_bucket::RateLimitLayer<
+                St,
+                K,
+                palisade_token_bucket::key::OneToken,
+                palisade_token_bucket::grpc::ResourceExhausted,
+            >,
+            L,
+        >,
+    > {
+        self.layer(palisade_token_bucket::RateLimitLayer::new_for_grpc(
+            store, bucket, key,
+        ))
+    }
+
+    #[cfg(feature = "tracecontext")]
+    fn propagate_trace(self) -> ServiceBuilder<Stack<palisade_tracecontext::PropagateLayer, L>> {
+        self.layer(palisade_tracecontext::PropagateLayer::new())
+    }
+
+    #[cfg(feature = "tracecontext")]
+    fn trace_context(self) -> ServiceBuilder<Stack<palisade_tracecontext::TraceContextLayer, L>> {
+        self.layer(palisade_tracecontext::TraceContextLayer::new())
+    }
+
+    #[cfg(all(feature = "coalesce", feature = "http"))]
+    fn coalesce<R: palisade_coalesce::http::ResponseCache>(
+        self,
+        cache: R,
+    ) -> ServiceBuilder<Stack<palisade_coalesce::http::CoalesceLayer<R>, L>> {
+        self.layer(palisade_coalesce::http::CoalesceLayer::new(cache))
+    }
+}
+
+mod sealed {
+    /// Only `tower::ServiceBuilder` has the extension's methods.
+    pub trait Sealed<L> {}
+
+    impl<L> Sealed<L> for tower::ServiceBuilder<L> {}
+}

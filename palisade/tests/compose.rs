@@ -1,0 +1,77 @@
+//! The facade's stacks, as the README writes them, against real servers:
+//! a tonic client over a real tonic server, and an axum router.
+#![cfg(all(
+    feature = "breaker",
+    feature = "retry",
+    feature = "rate-limit",
+    feature = "tracecontext",
+    feature = "tonic"
+))]
+
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use palisade::prelude::*;
+use palisade_testkit::grpc::HealthServer;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tower::{ServiceBuilder, ServiceExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tonic_client_stacked_with_the_facade_retries_past_a_restart() {
+    // The server answers UNAVAILABLE to its first call, as one restarting
+    // would, then serves.
+    let server =
+        HealthServer::start(|call| (call == 1).then(|| tonic::Status::unavailable("restarting")))
+            .await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let retries = RetryConfig::builder()
+        .backoff(Backoff::full_jitter(
+            Duration::from_millis(1),
+            Duration::from_millis(50),
+        ))
+        .build()
+        .unwrap();
+    let channel = ServiceBuilder::new()
+        .propagate_trace()
+        .retry_for_tonic(retries)
+        .circuit_breaker_for_grpc(BreakerConfig::default())
+        .rate_limit_for_grpc(
+            LocalStore::default(),
+            Bucket::new(100, 50.0).unwrap(),
+            key::global("health"),
+        )
+        .service(channel);
+    let mut client = HealthClient::new(channel);
+    let reply = client.check(HealthCheckRequest::default()).await.unwrap();
+    assert_eq!(reply.into_inner().status(), ServingStatus::Serving);
+    assert_eq!(server.calls(), 2, "the UNAVAILABLE was retried once");
+}
+
+#[tokio::test]
+async fn an_axum_router_takes_the_http_presets_as_they_are() {
+    // One request at once, then one every 1,000 s, for everyone.
+    let app: axum::Router = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "served" }))
+        .layer(
+            ServiceBuilder::new()
+                .trace_context()
+                .circuit_breaker_for_http(BreakerConfig::default())
+                .rate_limit_for_http(
+                    LocalStore::default(),
+                    Bucket::new(1, 0.001).unwrap(),
+                    key::global("everyone"),
+                ),
+        );
+    let request = || Request::get("/").body(axum::body::Body::empty()).unwrap();
+    let served = app.clone().oneshot(request()).await.unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    let refused = app.clone().oneshot(request()).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key(http::header::RETRY_AFTER));
+}
