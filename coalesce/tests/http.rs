@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::error_handling::HandleErrorLayer;
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::routing::get;
 use http_body_util::{BodyExt, Empty};
@@ -17,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use palisade_coalesce::http::{CachedResponse, CoalesceLayer};
 use palisade_coalesce::{Cache, Freshness};
-use tower::{BoxError, ServiceBuilder};
+use tower::BoxError;
 
 /// An origin whose `/slow` takes 200 ms and answers its call number, and
 /// whose other routes answer with the Cache-Control in their path.
@@ -47,13 +46,11 @@ async fn serve() -> (SocketAddr, Arc<AtomicUsize>) {
                 },
             ),
         )
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(|_: BoxError| async {
-                    StatusCode::BAD_GATEWAY
-                }))
-                .layer(CoalesceLayer::new(cache)),
-        );
+        .route(
+            "/large",
+            get(|| async { "a body larger than the cache keeps" }),
+        )
+        .layer(CoalesceLayer::new(cache).max_body(16).answer_failures());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -177,13 +174,7 @@ async fn instances_sharing_redis_reach_the_origin_once() {
                     format!("call {n}")
                 }),
             )
-            .layer(
-                ServiceBuilder::new()
-                    .layer(HandleErrorLayer::new(|_: BoxError| async {
-                        StatusCode::BAD_GATEWAY
-                    }))
-                    .layer(CoalesceLayer::new(cache)),
-            );
+            .layer(CoalesceLayer::new(cache).answer_failures());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         instances.push(listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -687,5 +678,42 @@ async fn a_refresh_that_now_says_no_store_drops_the_old_entry() {
         body_of(&after),
         "call 3",
         "the old response is not served again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_router_the_layers_own_failure_is_a_502_not_an_error() {
+    let (address, _) = serve().await;
+    let (status, _, body) = send(address, "GET", "/large", &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.is_empty());
+    // The connection and the router are still there for the next request.
+    let (status, _, body) = send(address, "GET", "/with/max-age=60", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "call 1");
+}
+
+#[tokio::test]
+async fn the_502_carries_the_failure() {
+    use tower::ServiceExt;
+    let cache: Cache<String, CachedResponse, BoxError> =
+        Cache::new(10, Freshness::new(Duration::from_secs(60)));
+    let app = Router::new()
+        .route("/", get(|| async { "more than eight bytes" }))
+        .layer(CoalesceLayer::new(cache).max_body(8).answer_failures());
+    let response = app
+        .oneshot(Request::get("/").body(axum::body::Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let failure = response
+        .extensions()
+        .get::<palisade_coalesce::http::SharedError>()
+        .expect("the failure in the extensions");
+    assert!(
+        failure
+            .to_string()
+            .contains("larger than the cache's 8 bytes"),
+        "{failure}"
     );
 }

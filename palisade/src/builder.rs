@@ -177,14 +177,19 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     #[must_use]
     fn trace_context(self) -> ServiceBuilder<Stack<palisade_tracecontext::TraceContextLayer, L>>;
 
-    /// Coalesces identical `GET`s into one origin call, through `cache`
-    /// (features `coalesce`, `http`).
+    /// Coalesces identical `GET`s to a router's routes into one handler
+    /// call, through `cache`; a failed flight answers 502, so the stack
+    /// goes on an axum `Router` as it is (features `coalesce`, `http`). For
+    /// a client, whose errors are the caller's to see, give
+    /// `CoalesceLayer::new(cache)` to `layer`.
     #[cfg(all(feature = "coalesce", feature = "http"))]
     #[must_use]
     fn coalesce<R: palisade_coalesce::http::ResponseCache>(
         self,
         cache: R,
-    ) -> ServiceBuilder<Stack<palisade_coalesce::http::CoalesceLayer<R>, L>>;
+    ) -> ServiceBuilder<
+        Stack<palisade_coalesce::http::CoalesceLayer<R, palisade_coalesce::http::BadGateway>, L>,
+    >;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -342,8 +347,10 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     fn coalesce<R: palisade_coalesce::http::ResponseCache>(
         self,
         cache: R,
-    ) -> ServiceBuilder<Stack<palisade_coalesce::http::CoalesceLayer<R>, L>> {
-        self.layer(palisade_coalesce::http::CoalesceLayer::new(cache))
+    ) -> ServiceBuilder<
+        Stack<palisade_coalesce::http::CoalesceLayer<R, palisade_coalesce::http::BadGateway>, L>,
+    > {
+        self.layer(palisade_coalesce::http::CoalesceLayer::new(cache).answer_failures())
     }
 }
 

@@ -75,3 +75,51 @@ async fn an_axum_router_takes_the_http_presets_as_they_are() {
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(refused.headers().contains_key(http::header::RETRY_AFTER));
 }
+
+#[cfg(feature = "coalesce")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coalesced_route_reaches_its_handler_once_for_a_crowd() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use palisade::coalesce::http::CachedResponse;
+    use palisade::coalesce::{Cache, Freshness};
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let cache: Cache<String, CachedResponse, tower::BoxError> =
+        Cache::new(100, Freshness::new(Duration::from_secs(60)));
+    let app: axum::Router = axum::Router::new()
+        .route(
+            "/ranking",
+            axum::routing::get(move || async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                "[7, 3, 9]"
+            }),
+        )
+        .layer(ServiceBuilder::new().trace_context().coalesce(cache));
+    let crowd: Vec<_> = (0..20)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let request = Request::get("/ranking")
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                let response = app.oneshot(request).await.unwrap();
+                let status = response.status();
+                let body = http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                (status, body)
+            })
+        })
+        .collect();
+    for answer in crowd {
+        let (status, body) = answer.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "[7, 3, 9]");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

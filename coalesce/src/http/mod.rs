@@ -45,13 +45,9 @@
 //! let cache: Cache<String, CachedResponse, tower::BoxError> = Cache::new(10_000, freshness);
 //! let app: Router = Router::new()
 //!     .route("/catalog/trending", get(|| async { "[7, 3, 9]" }))
-//!     .layer(
-//!         tower::ServiceBuilder::new()
-//!             .layer(axum::error_handling::HandleErrorLayer::new(|_: tower::BoxError| async {
-//!                 http::StatusCode::BAD_GATEWAY
-//!             }))
-//!             .layer(CoalesceLayer::new(cache)),
-//!     );
+//!     // A failed flight answers 502 Bad Gateway, so the layer goes on the
+//!     // router as it is.
+//!     .layer(CoalesceLayer::new(cache).answer_failures());
 //! # let _ = app;
 //! ```
 
@@ -184,24 +180,64 @@ where
 
 /// Serves `GET` and `HEAD` responses from a [`ResponseCache`], computing
 /// each once; see the [module docs](self).
+///
+/// `F` says what the layer's own failures become (a flight that failed, a
+/// body over [`max_body`](Self::max_body), a stored response that cannot
+/// be read): errors ([`BoxErrors`], the default, for clients), or `502 Bad
+/// Gateway` responses ([`BadGateway`], with
+/// [`answer_failures`](Self::answer_failures), for an axum `Router`).
 #[derive(Debug, Clone)]
-pub struct CoalesceLayer<R = Cache<String, CachedResponse, BoxError>> {
+pub struct CoalesceLayer<R = Cache<String, CachedResponse, BoxError>, F = BoxErrors> {
     cache: R,
     vary: Arc<[HeaderName]>,
     max_body: usize,
+    failures: F,
 }
 
 impl<R: ResponseCache> CoalesceLayer<R> {
-    /// A layer serving from `cache` (shared by every service it makes).
+    /// A layer serving from `cache` (shared by every service it makes);
+    /// its own failures are errors.
     #[must_use]
     pub fn new(cache: R) -> Self {
         Self {
             cache,
             vary: Arc::from([]),
             max_body: DEFAULT_MAX_BODY,
+            failures: BoxErrors,
         }
     }
 
+    /// Answers the layer's own failures with `502 Bad Gateway` instead of
+    /// an error, the failure in the response's extensions as a
+    /// [`SharedError`]; the service then has the inner service's error
+    /// type, `Infallible`, so it stacks on an axum `Router` (or a route) as
+    /// it is, with no `HandleErrorLayer`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use axum::{Router, routing::get};
+    /// use palisade_coalesce::http::{CachedResponse, CoalesceLayer};
+    /// use palisade_coalesce::{Cache, Freshness};
+    ///
+    /// let cache: Cache<String, CachedResponse, tower::BoxError> =
+    ///     Cache::new(10_000, Freshness::new(Duration::from_secs(10)));
+    /// let app: Router = Router::new()
+    ///     .route("/catalog/trending", get(|| async { "[7, 3, 9]" }))
+    ///     .layer(CoalesceLayer::new(cache).answer_failures());
+    /// # let _ = app;
+    /// ```
+    #[must_use]
+    pub fn answer_failures(self) -> CoalesceLayer<R, BadGateway> {
+        CoalesceLayer {
+            cache: self.cache,
+            vary: self.vary,
+            max_body: self.max_body,
+            failures: BadGateway,
+        }
+    }
+}
+
+impl<R, F> CoalesceLayer<R, F> {
     /// Request fields whose values tell responses apart (`Accept`,
     /// `Accept-Encoding`, `Authorization` for per-user responses…): part of
     /// the key, so each combination of values is a response of its own.
@@ -224,8 +260,8 @@ impl<R: ResponseCache> CoalesceLayer<R> {
     }
 }
 
-impl<S, R: Clone> Layer<S> for CoalesceLayer<R> {
-    type Service = Coalesce<S, R>;
+impl<S, R: Clone, F: Clone> Layer<S> for CoalesceLayer<R, F> {
+    type Service = Coalesce<S, R, F>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Coalesce {
@@ -237,19 +273,84 @@ impl<S, R: Clone> Layer<S> for CoalesceLayer<R> {
 
 /// The service made by [`CoalesceLayer`].
 #[derive(Debug, Clone)]
-pub struct Coalesce<S, R = Cache<String, CachedResponse, BoxError>> {
+pub struct Coalesce<S, R = Cache<String, CachedResponse, BoxError>, F = BoxErrors> {
     inner: S,
-    layer: CoalesceLayer<R>,
+    layer: CoalesceLayer<R, F>,
 }
 
 /// The response future of [`Coalesce`]: a flight's landing involves a map,
 /// a task and a channel, beside which one allocation is nothing.
-pub type ResponseFuture<B> =
-    Pin<Box<dyn Future<Output = Result<Response<CoalesceBody<B>>, BoxError>> + Send>>;
+pub type ResponseFuture<B, E = BoxError> =
+    Pin<Box<dyn Future<Output = Result<Response<CoalesceBody<B>>, E>> + Send>>;
 
-impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for Coalesce<S, R>
+/// What the layer's own failures become, and the service's error type.
+pub trait Failures<B, E>: Clone + Send + Sync + 'static {
+    /// The service's error type.
+    type Error;
+
+    /// The answer to a request the layer failed (the failure, or the inner
+    /// service's error, boxed).
+    ///
+    /// # Errors
+    ///
+    /// Whatever this strategy makes of the failure.
+    fn failed(&self, failure: BoxError) -> Result<Response<CoalesceBody<B>>, Self::Error>;
+
+    /// The inner service's readiness error, as this service's.
+    fn not_ready(&self, error: E) -> Self::Error;
+}
+
+/// Failures as [`BoxError`]s: the default, for clients, where the inner
+/// service's errors (a connection refused) are the caller's to see.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BoxErrors;
+
+impl<B, E: Into<BoxError>> Failures<B, E> for BoxErrors {
+    type Error = BoxError;
+
+    fn failed(&self, failure: BoxError) -> Result<Response<CoalesceBody<B>>, BoxError> {
+        Err(failure)
+    }
+
+    fn not_ready(&self, error: E) -> BoxError {
+        error.into()
+    }
+}
+
+/// Failures as `502 Bad Gateway` with an empty body and the failure in the
+/// extensions ([`SharedError`]), for inner services that never fail (an
+/// axum `Router`'s routes); made by
+/// [`CoalesceLayer::answer_failures`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BadGateway;
+
+impl<B> Failures<B, std::convert::Infallible> for BadGateway {
+    type Error = std::convert::Infallible;
+
+    fn failed(
+        &self,
+        failure: BoxError,
+    ) -> Result<Response<CoalesceBody<B>>, std::convert::Infallible> {
+        tracing::warn!(target: "palisade_coalesce", error = %failure, "coalesced request failed; answering 502");
+        let mut response = Response::new(CoalesceBody::cached(Bytes::new()));
+        *response.status_mut() = StatusCode::BAD_GATEWAY;
+        let shared = match failure.downcast::<SharedError>() {
+            Ok(shared) => *shared,
+            Err(failure) => SharedError(Arc::new(failure)),
+        };
+        response.extensions_mut().insert(shared);
+        Ok(response)
+    }
+
+    fn not_ready(&self, error: std::convert::Infallible) -> std::convert::Infallible {
+        error
+    }
+}
+
+impl<S, R, F, ReqBody, ResBody> Service<Request<ReqBody>> for Coalesce<S, R, F>
 where
     R: ResponseCache,
+    F: Failures<ResBody, S::Error>,
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
@@ -258,14 +359,40 @@ where
     ResBody::Error: Into<BoxError>,
 {
     type Response = Response<CoalesceBody<ResBody>>;
-    type Error = BoxError;
-    type Future = ResponseFuture<ResBody>;
+    type Error = F::Error;
+    type Future = ResponseFuture<ResBody, F::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), F::Error>> {
+        let failures = &self.layer.failures;
+        self.inner
+            .poll_ready(cx)
+            .map_err(|error| failures.not_ready(error))
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let failures = self.layer.failures.clone();
+        let answer = self.answer(request);
+        Box::pin(async move {
+            match answer.await {
+                Ok(response) => Ok(response),
+                Err(failure) => failures.failed(failure),
+            }
+        })
+    }
+}
+
+impl<S, R, F> Coalesce<S, R, F> {
+    /// The response to `request`, or the layer's failure.
+    fn answer<ReqBody, ResBody>(&mut self, request: Request<ReqBody>) -> ResponseFuture<ResBody>
+    where
+        R: ResponseCache,
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError>,
+        ReqBody: Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
         if !matches!(*request.method(), Method::GET | Method::HEAD) {
             return self.call_uncached(request);
         }
@@ -315,7 +442,7 @@ where
     }
 }
 
-impl<S, R> Coalesce<S, R> {
+impl<S, R, F> Coalesce<S, R, F> {
     /// A request of another method: to the origin; an unsafe one that
     /// succeeds drops the cached `GET` and `HEAD` of its URI.
     fn call_uncached<ReqBody, ResBody>(

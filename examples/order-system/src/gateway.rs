@@ -218,14 +218,8 @@ where
         // fallback too, and cache an unknown path's answer as the ranking.
         .route_layer(
             tower::ServiceBuilder::new()
-                .layer(axum::error_handling::HandleErrorLayer::new(
-                    |error: tower::BoxError| async move {
-                        tracing::warn!(%error, "trending flight failed");
-                        StatusCode::BAD_GATEWAY
-                    },
-                ))
                 .map_request(for_the_crowd)
-                .layer(CoalesceLayer::new(shared.trending)),
+                .layer(CoalesceLayer::new(shared.trending).answer_failures()),
         );
     // Every request draws on its address's bucket first, before a token
     // is looked up.
