@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tower::BoxError;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -28,9 +29,6 @@ use crate::processor::{DECLINED_CARD, GOOD_CARD, Ledger, Report};
 mod progress;
 
 pub use progress::Progress;
-
-/// A boxed error.
-pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long a saga may take before the run counts it unfinished: long
 /// enough for a service killed mid-message to be redelivered it.
@@ -244,7 +242,7 @@ impl Gateway {
         path: &str,
         headers: &[(&str, &str)],
         body: Bytes,
-    ) -> Result<http::Response<Bytes>, Error> {
+    ) -> Result<http::Response<Bytes>, BoxError> {
         let mut request = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
@@ -273,7 +271,7 @@ impl Gateway {
         path: &str,
         headers: &[(&str, &str)],
         body: Bytes,
-    ) -> Result<(StatusCode, Bytes), Error> {
+    ) -> Result<(StatusCode, Bytes), BoxError> {
         let response = self.exchange(method, path, headers, body).await?;
         Ok((response.status(), response.into_body()))
     }
@@ -304,7 +302,7 @@ impl Gateway {
     /// # Errors
     ///
     /// The login was refused or the gateway could not be reached.
-    pub async fn sign_in(&mut self, credential: &Credential) -> Result<(), Error> {
+    pub async fn sign_in(&mut self, credential: &Credential) -> Result<(), BoxError> {
         for attempt in 0..6 {
             match self.sign_in_once(credential, attempt).await? {
                 None => return Ok(()),
@@ -324,7 +322,7 @@ impl Gateway {
         &mut self,
         credential: &Credential,
         attempt: u32,
-    ) -> Result<Option<Duration>, Error> {
+    ) -> Result<Option<Duration>, BoxError> {
         let verifier = CodeVerifier::generate();
         let state = State::generate();
         let url = AuthorizationUrl::new(&format!("{}/authorize", self.base), CLI_CLIENT_ID)?
@@ -408,7 +406,7 @@ impl Gateway {
         path: &str,
         headers: &[(&str, &str)],
         body: Bytes,
-    ) -> Result<Bytes, Error> {
+    ) -> Result<Bytes, BoxError> {
         let (status, reply) = self.send(method.clone(), path, headers, body).await?;
         if !status.is_success() {
             return Err(format!(
@@ -420,14 +418,14 @@ impl Gateway {
         Ok(reply)
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, BoxError> {
         let body = self.send_ok(Method::GET, path, &[], Bytes::new()).await?;
         Ok(serde_json::from_slice(&body)?)
     }
 
     /// Turns the card processor's outage on or off (signed in as an
     /// operator).
-    async fn set_processor_unavailable(&self, unavailable: bool) -> Result<(), Error> {
+    async fn set_processor_unavailable(&self, unavailable: bool) -> Result<(), BoxError> {
         let body = serde_json::to_vec(&crate::processor::FaultSettings {
             unavailable,
             delay_ms: 0,
@@ -443,7 +441,7 @@ impl Gateway {
     }
 
     /// Order `id` once its saga ended, or as it stands at `deadline`.
-    async fn wait_for_end(&self, id: &str, deadline: Instant) -> Result<Order, Error> {
+    async fn wait_for_end(&self, id: &str, deadline: Instant) -> Result<Order, BoxError> {
         loop {
             let order: Order = self.get(&format!("/orders/{id}?wait_ms=30000")).await?;
             if order.status != "pending" || Instant::now() >= deadline {
@@ -456,7 +454,7 @@ impl Gateway {
     /// busy) is tried again after a short wait and a 429 after its
     /// `Retry-After`, with the same key, so the gateway places it once
     /// whatever happens; `rate_limited` counts the 429s.
-    async fn place(&self, order: &NewOrder, rate_limited: &AtomicUsize) -> Result<Order, Error> {
+    async fn place(&self, order: &NewOrder, rate_limited: &AtomicUsize) -> Result<Order, BoxError> {
         let key = uuid::Uuid::now_v7().to_string();
         let body = Bytes::from(serde_json::to_vec(order)?);
         let headers = [
@@ -540,7 +538,7 @@ fn random_order(decline_rate: f64) -> NewOrder {
 /// # Errors
 ///
 /// The gateway could not be reached or answered wrongly.
-pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
+pub async fn run(settings: &LoadSettings) -> Result<Summary, BoxError> {
     let gateway = Gateway::new(&settings.gateway);
     let users: Vec<Credential> = settings
         .credentials
@@ -585,7 +583,7 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, Error> {
                 ended.push((order, sent.elapsed()));
                 meter.ended();
             }
-            Ok::<_, Error>(ended)
+            Ok::<_, BoxError>(ended)
         });
     }
     // The operator, at the processor's admin: for the outage, and to read

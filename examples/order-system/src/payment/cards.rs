@@ -6,6 +6,7 @@
 //! keep it off public interfaces.
 
 use std::time::Duration;
+use tower::BoxError;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -21,9 +22,6 @@ use serde::{Deserialize, Serialize};
 
 use super::vault::Vault;
 use crate::card::{CardNumber, CardToken};
-
-/// A boxed error; none holds a card number.
-pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long the gateway waits for payment's answer, the whole exchange.
 pub const TOKENIZE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,8 +47,8 @@ impl Tokenizer {
     /// # Errors
     ///
     /// The vault's error, or payment unreachable, failing, or slower than
-    /// [`TOKENIZE_TIMEOUT`].
-    pub async fn tokenize(&self, number: &CardNumber) -> Result<CardToken, Error> {
+    /// [`TOKENIZE_TIMEOUT`]; no error holds the card number.
+    pub async fn tokenize(&self, number: &CardNumber) -> Result<CardToken, BoxError> {
         match self {
             Self::InProcess(vault) => Ok(vault.tokenize(number).await?),
             Self::Remote(remote) => remote.tokenize(number).await,
@@ -87,7 +85,7 @@ impl RemoteVault {
         })
     }
 
-    async fn tokenize(&self, number: &CardNumber) -> Result<CardToken, Error> {
+    async fn tokenize(&self, number: &CardNumber) -> Result<CardToken, BoxError> {
         let body = serde_json::to_vec(&CardRequest {
             number: number.clone(),
         })?;
@@ -98,7 +96,7 @@ impl RemoteVault {
             let response = self.client.request(request).await?;
             let status = response.status();
             let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, Error>((status, body))
+            Ok::<_, BoxError>((status, body))
         };
         let (status, body) = tokio::time::timeout(TOKENIZE_TIMEOUT, exchange)
             .await
