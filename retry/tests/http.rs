@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::error_handling::HandleErrorLayer;
 use axum::http::{Method, Request, StatusCode};
 use axum::routing::any;
 use http_body_util::{BodyExt, Full};
@@ -268,15 +267,9 @@ async fn one_budget_serves_every_connection_of_an_axum_router() {
             .build()
             .unwrap(),
     )
-    .buffer_bodies(1024);
-    let app = app(script.clone()).layer(
-        ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(|_: BoxError| async {
-                StatusCode::BAD_GATEWAY
-            }))
-            .layer(retry)
-            .map_request(|request: Request<ReplayBody<Body>>| request.map(Body::new)),
-    );
+    .buffer_bodies_into(1024, Body::new)
+    .answer_failures();
+    let app = app(script.clone()).layer(retry);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -373,4 +366,38 @@ fn the_crate_docs_list_trace_and_every_other_method_the_gate_allows() {
             );
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_a_router_a_deadline_passed_is_a_504_not_an_error() {
+    let retry = RetryLayer::new_for_http(
+        Config::builder()
+            .deadline(Duration::from_millis(100))
+            .build()
+            .unwrap(),
+    )
+    .buffer_bodies_into(1024, Body::new)
+    .answer_failures();
+    let app = Router::new()
+        .route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        )
+        .layer(retry);
+    let response = app
+        .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let failure = response
+        .extensions()
+        .get::<palisade_retry::http::RetryFailure>()
+        .expect("the failure in the extensions");
+    assert!(
+        failure.0.is::<palisade_retry::DeadlineExceeded>(),
+        "{failure}"
+    );
 }

@@ -35,11 +35,13 @@
 //! # Ok(()) }
 //! ```
 
+mod answer;
 mod body;
 mod classify;
 mod idempotency;
 mod replay;
 
+pub use answer::{AnswerFailures, AnswerFailuresLayer, AnsweredFuture, RetryFailure};
 pub use body::ReplayBody;
 #[cfg(feature = "grpc")]
 pub(crate) use classify::classify_error;
@@ -47,7 +49,9 @@ pub use classify::{RetryServerErrors, is_connect_or_timeout};
 pub use idempotency::Idempotency;
 #[cfg(feature = "tonic")]
 pub use replay::TonicBody;
-pub use replay::{BufferBody, CloneBody, DEFAULT_BODY_CAP, HttpReplay, RecordedRequest};
+pub use replay::{
+    BufferBody, BufferInto, CloneBody, DEFAULT_BODY_CAP, HttpReplay, RecordedRequest,
+};
 
 use crate::config::Config;
 use crate::layer::RetryLayer;
@@ -104,6 +108,23 @@ impl<C, K> RetryLayer<C, HttpReplay<K>> {
         self.replay(HttpReplay {
             gate,
             keep: BufferBody { cap },
+        })
+    }
+
+    /// As [`buffer_bodies`](Self::buffer_bodies), with each attempt's body
+    /// wrapped by `into`, so the inner service receives the body type it
+    /// takes: `axum::body::Body::new` in front of an axum `Router`, with no
+    /// `map_request` between.
+    #[must_use]
+    pub fn buffer_bodies_into<F>(
+        self,
+        cap: usize,
+        into: F,
+    ) -> RetryLayer<C, HttpReplay<BufferInto<F>>> {
+        let gate = self.replay.gate.clone();
+        self.replay(HttpReplay {
+            gate,
+            keep: BufferInto { cap, into },
         })
     }
 }

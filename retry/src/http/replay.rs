@@ -143,3 +143,36 @@ impl Replay<Request<tonic::body::Body>> for HttpReplay<TonicBody> {
         saved.can_replay()
     }
 }
+
+/// Bodies are recorded as with [`BufferBody`], and each attempt's body is
+/// `into`'s wrapping of the replayable one, so the inner service receives
+/// its own body type: `axum::body::Body::new` for an axum `Router`, say.
+/// Made by [`RetryLayer::buffer_bodies_into`](crate::RetryLayer::buffer_bodies_into).
+#[derive(Debug, Clone, Copy)]
+pub struct BufferInto<F> {
+    pub(crate) cap: usize,
+    pub(crate) into: F,
+}
+
+impl<B, B2, F> Replay<Request<B>> for HttpReplay<BufferInto<F>>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+    F: Fn(ReplayBody<B>) -> B2,
+{
+    type Request = Request<B2>;
+    type Saved = RecordedRequest<B>;
+
+    fn prepare(&self, request: Request<B>) -> (Request<B2>, Option<RecordedRequest<B>>) {
+        let (first, saved) = record(&self.gate, self.keep.cap, request);
+        (first.map(&self.keep.into), saved)
+    }
+
+    fn replay(&self, saved: &RecordedRequest<B>) -> Option<Request<B2>> {
+        Some(saved.replay()?.map(&self.keep.into))
+    }
+
+    fn can_replay(&self, saved: &RecordedRequest<B>) -> bool {
+        saved.can_replay()
+    }
+}
