@@ -80,14 +80,7 @@ async fn unavailable_answers_open_it_and_it_answers_unavailable_itself() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert_eq!(status.message(), "circuit open");
-    let pushback: u64 = status
-        .metadata()
-        .get("grpc-retry-pushback-ms")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pushback = palisade_testkit::grpc::pushback_ms(&status);
     assert!((1..=30_000).contains(&pushback), "{pushback}");
     assert_eq!(server.calls(), 3, "the server was not called while open");
 }

@@ -27,6 +27,9 @@ use palisade_circuit_breaker::{CircuitBreakerLayer, Config, Open, SlidingWindow}
 use palisade_hints::Refusal;
 use tower::{Layer, ServiceExt};
 
+#[path = "paused.rs"]
+mod paused;
+
 #[derive(Debug, Clone, Arbitrary)]
 enum Answer {
     /// A transport error.
@@ -140,12 +143,7 @@ fn consume<B: Body + Unpin>(mut body: B, read: Option<u8>) {
 }
 
 fuzz_target!(|steps: Vec<Step>| {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
+    paused::run(async move {
         let config = Config::builder()
             .sliding_window(SlidingWindow::Count(10))
             .minimum_calls(3)

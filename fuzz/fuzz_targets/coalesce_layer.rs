@@ -22,6 +22,9 @@ use palisade_coalesce::http::{CachedResponse, CoalesceLayer};
 use palisade_coalesce::{Cache, Freshness};
 use tower::{BoxError, Layer, ServiceExt};
 
+#[path = "paused.rs"]
+mod paused;
+
 const CACHE_CONTROL: [&str; 6] = [
     "max-age=60",
     "no-store",
@@ -56,12 +59,7 @@ fuzz_target!(|input: Input| {
     let status = STATUSES[usize::from(input.status) % STATUSES.len()];
     let cache_control = CACHE_CONTROL[usize::from(input.cache_control) % CACHE_CONTROL.len()];
     let body = usize::from(input.body % 48);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
+    paused::run(async move {
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
         let origin = tower::service_fn(move |_: Request<()>| {

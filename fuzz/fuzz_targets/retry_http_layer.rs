@@ -25,6 +25,9 @@ use palisade_retry::http::ReplayBody;
 use palisade_retry::{Backoff, Config, RetryLayer};
 use tower::{BoxError, Layer, ServiceExt};
 
+#[path = "paused.rs"]
+mod paused;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Arbitrary)]
 enum Answer {
     Ok,
@@ -81,12 +84,7 @@ impl Body for Chunks {
 type Seen = Arc<Mutex<Vec<(Vec<u8>, bool, Answer)>>>;
 
 fuzz_target!(|input: Input| {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
+    paused::run(async move {
         let chunks: Vec<Bytes> = input
             .chunks
             .iter()

@@ -17,6 +17,9 @@ use palisade_hints::Refusal;
 use palisade_token_bucket::{Bucket, Clock, LocalStore, RateLimitLayer, RateLimited, key};
 use tower::{Layer, ServiceExt};
 
+#[path = "paused.rs"]
+mod paused;
+
 #[path = "../../token-bucket/tests/support/model.rs"]
 mod model;
 
@@ -33,12 +36,7 @@ fuzz_target!(|input: (u8, u8, Vec<(bool, u8, u32)>)| {
     let capacity = u32::from(capacity % 20) + 1;
     let bucket = Bucket::new(capacity, RATES[usize::from(rate) % RATES.len()]).unwrap();
     let interval = u64::try_from(bucket.interval().as_nanos()).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
+    paused::run(async move {
         let by_key = || key::header(HeaderName::from_static("x-key"));
         let reached = Arc::new(AtomicUsize::new(0));
         let counted = reached.clone();

@@ -98,3 +98,20 @@ where
         }
     }
 }
+
+/// The `grpc-retry-pushback-ms` a status carries, in milliseconds.
+///
+/// # Panics
+///
+/// When it carries none, or not a number.
+#[must_use]
+pub fn pushback_ms(status: &tonic::Status) -> u64 {
+    status
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .expect("a grpc-retry-pushback-ms")
+        .to_str()
+        .expect("ASCII")
+        .parse()
+        .expect("milliseconds")
+}

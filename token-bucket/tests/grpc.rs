@@ -80,14 +80,7 @@ async fn a_tonic_client_sees_resource_exhausted_with_the_pushback() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert_eq!(status.message(), "rate limited");
-    let pushback: u64 = status
-        .metadata()
-        .get("grpc-retry-pushback-ms")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pushback = palisade_testkit::grpc::pushback_ms(&status);
     assert!((1..=2_000).contains(&pushback), "{pushback}");
     assert_eq!(
         reached.load(Ordering::SeqCst),
