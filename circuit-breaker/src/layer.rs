@@ -97,6 +97,20 @@ impl<C, R> CircuitBreakerLayer<C, R> {
     pub const fn breaker(&self) -> &CircuitBreaker {
         &self.breaker
     }
+
+    /// Registers the breaker's OpenTelemetry metrics with `meter` as
+    /// `name` (feature `otel`), in the builder shape every palisade layer's
+    /// `instrument` has; see [`CircuitBreaker::instrument`].
+    #[cfg(all(feature = "otel", not(palisade_loom)))]
+    #[must_use]
+    pub fn instrument(
+        self,
+        meter: &opentelemetry::metrics::Meter,
+        name: impl Into<String>,
+    ) -> Self {
+        self.breaker.instrument(meter, name);
+        self
+    }
 }
 
 impl<S, C: Clone, R: Clone> Layer<S> for CircuitBreakerLayer<C, R> {

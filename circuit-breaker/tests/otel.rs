@@ -60,3 +60,21 @@ fn calls_rejections_transitions_and_state_are_exported() {
     let state = probe.points("palisade.circuit_breaker.state");
     assert_eq!(state, [(vec!["breaker=payments".to_owned()], 1)], "open");
 }
+
+#[tokio::test]
+async fn a_layer_is_instrumented_in_the_builder_shape() {
+    use tower::{Layer, ServiceExt};
+
+    let probe = MetricsProbe::default();
+    let layer = palisade_circuit_breaker::CircuitBreakerLayer::new(Config::default())
+        .instrument(&probe.meter(), "search");
+    let service = layer.layer(tower::service_fn(|(): ()| async {
+        Ok::<_, tower::BoxError>(())
+    }));
+    service.oneshot(()).await.unwrap();
+    let calls = probe.points("palisade.circuit_breaker.calls");
+    assert!(
+        calls.contains(&(vec!["breaker=search".into(), "outcome=success".into()], 1)),
+        "{calls:?}"
+    );
+}

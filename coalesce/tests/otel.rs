@@ -56,3 +56,31 @@ async fn lookups_origin_calls_and_coalesced_callers_are_counted() {
         [(cache_label(), 4)]
     );
 }
+
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn a_layer_is_instrumented_in_the_builder_shape() {
+    use palisade_coalesce::http::{CachedResponse, CoalesceLayer};
+    use tower::{Layer, ServiceExt};
+
+    let probe = MetricsProbe::default();
+    let cache: Cache<String, CachedResponse, tower::BoxError> =
+        Cache::new(10, Freshness::new(Duration::from_secs(10)));
+    let layer = CoalesceLayer::new(cache).instrument(&probe.meter(), "ranking");
+    let service = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+        Ok::<_, tower::BoxError>(http::Response::new(http_body_util::Full::new(
+            bytes::Bytes::from_static(b"[7, 3, 9]"),
+        )))
+    }));
+    let request = || {
+        http::Request::get("http://catalog.example/ranking")
+            .body(())
+            .unwrap()
+    };
+    service.clone().oneshot(request()).await.unwrap();
+    service.oneshot(request()).await.unwrap();
+    assert_eq!(
+        probe.points("palisade.coalesce.origin_calls"),
+        [(vec!["cache=ranking".to_owned()], 1)]
+    );
+}

@@ -260,6 +260,42 @@ impl<R, F> CoalesceLayer<R, F> {
     }
 }
 
+#[cfg(feature = "otel")]
+impl<F> CoalesceLayer<Cache<String, CachedResponse, BoxError>, F> {
+    /// Registers the cache's flight metrics with `meter` as `name`
+    /// (feature `otel`), in the builder shape every palisade layer's
+    /// `instrument` has; see [`Cache::instrument`].
+    #[must_use]
+    pub fn instrument(
+        self,
+        meter: &opentelemetry::metrics::Meter,
+        name: impl Into<String>,
+    ) -> Self {
+        self.cache.instrument(meter, &name.into());
+        self
+    }
+}
+
+#[cfg(all(feature = "otel", feature = "redis"))]
+impl<C, F> CoalesceLayer<crate::RedisCache<C, BoxError>, F>
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// Registers the cache's flight metrics with `meter` as `name`
+    /// (features `otel`, `redis`), in the builder shape every palisade
+    /// layer's `instrument` has; see
+    /// [`RedisCache::instrument`](crate::RedisCache::instrument).
+    #[must_use]
+    pub fn instrument(
+        self,
+        meter: &opentelemetry::metrics::Meter,
+        name: impl Into<String>,
+    ) -> Self {
+        self.cache.instrument(meter, &name.into());
+        self
+    }
+}
+
 impl<S, R: Clone, F: Clone> Layer<S> for CoalesceLayer<R, F> {
     type Service = Coalesce<S, R, F>;
 

@@ -561,9 +561,8 @@ pub fn stack(
     config: palisade_circuit_breaker::Config,
     meter: &opentelemetry::metrics::Meter,
 ) -> (ProcessorChannel, Breaker) {
-    let breaker = CircuitBreakerLayer::new_for_grpc(config);
+    let breaker = CircuitBreakerLayer::new_for_grpc(config).instrument(meter, "card-processor");
     let handle = breaker.breaker().clone();
-    handle.instrument(meter, "card-processor");
     let retries = palisade_retry::Config::builder()
         .deadline(CALL_DEADLINE)
         .build()
