@@ -123,3 +123,74 @@ async fn a_coalesced_route_reaches_its_handler_once_for_a_crowd() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tonic_server_takes_the_grpc_presets_with_layer() {
+    use tonic::transport::Server;
+    use tonic::transport::server::TcpIncoming;
+
+    // Trace context, a breaker and a limit of two calls at once (then one
+    // every 1,000 s), on the server's side of the wire.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let presets = ServiceBuilder::new()
+        .trace_context()
+        .circuit_breaker_for_grpc(BreakerConfig::default())
+        .rate_limit_for_grpc(
+            LocalStore::default(),
+            Bucket::new(2, 0.001).unwrap(),
+            key::global("all"),
+        )
+        .into_inner();
+    tokio::spawn(
+        Server::builder()
+            .layer(presets)
+            .add_service(health)
+            .serve_with_incoming(TcpIncoming::from(listener)),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    for _ in 0..2 {
+        client.check(HealthCheckRequest::default()).await.unwrap();
+    }
+    let refused = client
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+}
+
+/// The client stack of the README is what a user stores in a struct and
+/// calls from a generic handler: `Clone + Send + Sync`, with `Send`
+/// futures, and no boxing.
+#[test]
+fn the_client_stack_is_clone_send_and_sync() {
+    fn storable<T: Clone + Send + Sync + 'static>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _entered = runtime.enter();
+    let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+    let stack = ServiceBuilder::new()
+        .propagate_trace()
+        .retry_for_tonic(RetryConfig::default())
+        .circuit_breaker_for_grpc(BreakerConfig::default())
+        .rate_limit_for_grpc(
+            LocalStore::default(),
+            Bucket::new(100, 50.0).unwrap(),
+            key::global("health"),
+        )
+        .service(channel);
+    storable(&stack);
+    let mut client = HealthClient::new(stack);
+    let call = async move { client.check(HealthCheckRequest::default()).await };
+    send(&call);
+}
