@@ -121,7 +121,7 @@ where
     /// under the attribute `cache = name`; see the crate docs for the
     /// names. Only the first call registers.
     #[cfg(feature = "otel")]
-    pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: &str) {
+    pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: impl Into<String>) {
         self.flights.instrument(meter, name);
     }
 

@@ -133,8 +133,8 @@ where
     /// `cache = name`; see the crate docs for the names. Only the first
     /// call registers.
     #[cfg(feature = "otel")]
-    pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: &str) {
-        self.inner.events.instrument(meter, name);
+    pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: impl Into<String>) {
+        self.inner.events.instrument(meter, &name.into());
     }
 
     /// Where this coalescer's (and its cache's) events go.

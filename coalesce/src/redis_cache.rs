@@ -309,7 +309,7 @@ where
     /// (feature `otel`), under the attribute `cache = name`; see the crate
     /// docs for the names. Only the first call registers.
     #[cfg(feature = "otel")]
-    pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: &str) {
+    pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: impl Into<String>) {
         self.local.instrument(meter, name);
     }
 

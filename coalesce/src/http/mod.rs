@@ -271,7 +271,7 @@ impl<F> CoalesceLayer<Cache<String, CachedResponse, BoxError>, F> {
         meter: &opentelemetry::metrics::Meter,
         name: impl Into<String>,
     ) -> Self {
-        self.cache.instrument(meter, &name.into());
+        self.cache.instrument(meter, name);
         self
     }
 }
@@ -291,7 +291,7 @@ where
         meter: &opentelemetry::metrics::Meter,
         name: impl Into<String>,
     ) -> Self {
-        self.cache.instrument(meter, &name.into());
+        self.cache.instrument(meter, name);
         self
     }
 }
