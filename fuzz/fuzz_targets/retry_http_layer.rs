@@ -7,7 +7,8 @@
 //! Invariants: nothing panics; no more attempts than configured; each
 //! attempt reads a prefix of the caller's body, byte for byte, and one that
 //! reads to the end reads all of it; a body over the cap is sent once; the
-//! caller gets the last attempt's answer.
+//! caller gets the last attempt's answer; over several calls, the retry
+//! budget never goes below zero (no more retries than the calls paid for).
 #![no_main]
 
 use std::collections::VecDeque;
@@ -22,7 +23,7 @@ use http_body::{Body, Frame, SizeHint};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use palisade_retry::http::ReplayBody;
-use palisade_retry::{Backoff, Config, RetryLayer};
+use palisade_retry::{Backoff, Budget, Config, RetryLayer};
 use tower::{BoxError, Layer, ServiceExt};
 
 #[path = "paused.rs"]
@@ -51,6 +52,10 @@ struct Input {
     sized: bool,
     cap: u8,
     attempts: Vec<Attempt>,
+    /// Calls made one after another through the same service (1 to 4).
+    calls: u8,
+    /// The retry budget's ratio, in tenths (0 to 2.0).
+    ratio: u8,
 }
 
 /// The caller's body: its chunks, one frame each; not `Clone`.
@@ -147,60 +152,76 @@ fuzz_target!(|input: Input| {
                 Ok::<_, BoxError>(response)
             }
         });
+        // No floor: every retry is paid for by the calls' deposits.
+        let ratio = f64::from(input.ratio % 21) / 10.0;
         let config = Config::builder()
             .backoff(Backoff::full_jitter(
                 Duration::from_millis(1),
                 Duration::from_secs(5),
             ))
+            .budget(Budget::new(ratio).min_per_second(0).max_banked(100))
             .build()
             .unwrap();
         let attempts = config.max_attempts();
         let service = RetryLayer::new_for_http(config)
             .buffer_bodies(cap)
             .layer(origin);
-        let request = Request::builder()
-            .method(Method::PUT)
-            .uri("/resource")
-            .body(Chunks {
-                chunks: chunks.into(),
-                sized: input.sized,
-            })
-            .unwrap();
-        let result = service.oneshot(request).await;
+        let calls = u32::from(input.calls % 4) + 1;
+        let mut retries = 0;
+        for _ in 0..calls {
+            seen.lock().unwrap().clear();
+            let request = Request::builder()
+                .method(Method::PUT)
+                .uri("/resource")
+                .body(Chunks {
+                    chunks: chunks.iter().cloned().collect(),
+                    sized: input.sized,
+                })
+                .unwrap();
+            let result = service.clone().oneshot(request).await;
 
-        let seen = seen.lock().unwrap();
-        assert!(!seen.is_empty(), "the first attempt is always made");
-        assert!(seen.len() <= attempts as usize, "{} attempts", seen.len());
-        for (bytes, ended, _) in seen.iter() {
-            assert!(whole.starts_with(bytes), "an attempt read other bytes");
-            if *ended {
-                assert_eq!(bytes, &whole, "an attempt read to the end, not all of it");
+            let seen = seen.lock().unwrap();
+            assert!(!seen.is_empty(), "the first attempt is always made");
+            assert!(seen.len() <= attempts as usize, "{} attempts", seen.len());
+            retries += seen.len() - 1;
+            for (bytes, ended, _) in seen.iter() {
+                assert!(whole.starts_with(bytes), "an attempt read other bytes");
+                if *ended {
+                    assert_eq!(bytes, &whole, "an attempt read to the end, not all of it");
+                }
+            }
+            if input.sized && whole.len() > cap {
+                assert_eq!(seen.len(), 1, "a body announced over the cap is sent once");
+            }
+            // The last attempt's answer is the caller's.
+            let last = seen.last().map(|(_, _, answer)| *answer);
+            match (last, result) {
+                (Some(Answer::Refused), Err(error)) => {
+                    assert_eq!(error.to_string(), "connection refused")
+                }
+                (Some(Answer::Refused), Ok(response)) => {
+                    panic!("an error became {:?}", response.status())
+                }
+                (Some(answer), Ok(response)) => {
+                    let status = match answer {
+                        Answer::Ok => StatusCode::OK,
+                        Answer::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                        Answer::BadGateway => StatusCode::BAD_GATEWAY,
+                        Answer::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+                        Answer::Refused => unreachable!(),
+                    };
+                    assert_eq!(response.status(), status);
+                }
+                (_, Err(error)) => panic!("a response became an error: {error}"),
+                (None, Ok(_)) => unreachable!("the first attempt is always made"),
             }
         }
-        if input.sized && whole.len() > cap {
-            assert_eq!(seen.len(), 1, "a body announced over the cap is sent once");
-        }
-        // The last attempt's answer is the caller's.
-        let last = seen.last().map(|(_, _, answer)| *answer);
-        match (last, result) {
-            (Some(Answer::Refused), Err(error)) => {
-                assert_eq!(error.to_string(), "connection refused")
-            }
-            (Some(Answer::Refused), Ok(response)) => {
-                panic!("an error became {:?}", response.status())
-            }
-            (Some(answer), Ok(response)) => {
-                let status = match answer {
-                    Answer::Ok => StatusCode::OK,
-                    Answer::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-                    Answer::BadGateway => StatusCode::BAD_GATEWAY,
-                    Answer::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-                    Answer::Refused => unreachable!(),
-                };
-                assert_eq!(response.status(), status);
-            }
-            (_, Err(error)) => panic!("a response became an error: {error}"),
-            (None, Ok(_)) => unreachable!("the first attempt is always made"),
-        }
+        // The budget never goes below zero: the retries taken are at most
+        // what the calls deposited (ratio of a retry each, in thousandths).
+        let deposited = u64::from(calls) * (ratio * 1000.0).round() as u64;
+        assert!(
+            retries as u64 * 1000 <= deposited,
+            "{retries} retries on {calls} calls at {ratio}"
+        );
     });
 });
