@@ -139,6 +139,12 @@ impl OutboxConfig {
         &self.table
     }
 
+    /// The `NOTIFY` channel of the table's relays in PostgreSQL: its name
+    /// with `_` for `.` (an identifier, so safe within a statement).
+    pub(crate) fn notify_channel(&self) -> String {
+        format!("palisade_outbox_{}", self.table.replace('.', "_"))
+    }
+
     /// The longest an event may wait between its first and last attempt:
     /// a broker's duplicate window must cover it.
     #[must_use]

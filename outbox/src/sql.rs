@@ -216,12 +216,16 @@ impl OutboxSql {
                 // A transaction-scoped lock per aggregate: a second
                 // transaction writing the same aggregate waits for the first
                 // to end before it takes its `seq`, so `seq` order is commit
-                // order within an aggregate.
+                // order within an aggregate. The same statement asks PostgreSQL to wake the listening
+                // relays once the transaction commits: no round trip of
+                // its own.
                 #[cfg(feature = "postgres")]
                 Dialect::Postgres => format!(
-                    "WITH aggregate AS (SELECT pg_advisory_xact_lock(hashtextextended($2 || '/' || $3, 0))) \
+                    "WITH aggregate AS (SELECT pg_advisory_xact_lock(hashtextextended($2 || '/' || $3, 0))), \
+                     wake AS (SELECT pg_notify('{channel}', '')) \
                      INSERT INTO {t} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
-                     SELECT $1, $2, $3, $4, $5, $6 FROM aggregate"
+                     SELECT $1, $2, $3, $4, $5, $6 FROM aggregate, wake",
+                    channel = config.notify_channel()
                 ),
                 // One writer at a time: `seq` order is commit order.
                 #[cfg(feature = "sqlite")]
