@@ -475,6 +475,18 @@ fn publisher(
     )
 }
 
+/// What `consumes` are published on in the stream whose subjects start
+/// with `subjects`: the event type's own subject when there is one (the
+/// other events never reach the consumer), else every saga event's, the
+/// consumer skipping those it does not consume (NATS 2.9 filters a consumer
+/// on one subject only).
+fn filter_subject(subjects: &str, consumes: &[&str]) -> String {
+    match consumes {
+        [only] => format!("{subjects}.order.{only}"),
+        _ => format!("{subjects}.order.>"),
+    }
+}
+
 /// `service`'s durable consumer of the saga's events, taking only
 /// `consumes`.
 async fn consumer<H>(
@@ -496,7 +508,7 @@ where
         service,
         &format!("{subjects}.dead.{service}"),
     )?
-    .filter_subject(&format!("{subjects}.order.>"))
+    .filter_subject(&filter_subject(&subjects, consumes))
     .max_deliver(5)
     .retry_delay(Duration::from_millis(200), Duration::from_secs(5))
     // A replica killed holding a message: another gets it after this.

@@ -17,6 +17,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_util::TryStreamExt as _;
+
 use palisade_order_system::gateway::Books;
 use palisade_order_system::identity::{Credentials, Role, seed_demo};
 use palisade_order_system::load::{self, Gateway, LoadSettings, Progress, Summary};
@@ -254,6 +256,47 @@ impl System {
         }
     }
 
+    /// Checks that JetStream delivered payment's and shipping's durable
+    /// consumers the events of the one type each consumes and nothing
+    /// else: as many deliveries as the stream holds of that type (a few
+    /// more for redeliveries), not every saga event.
+    async fn assert_delivered_only_what_they_consume(&self) {
+        let stream_name = format!("ORDERS_{}", self.namespace.to_ascii_uppercase());
+        let subjects = stream_name.to_ascii_lowercase();
+        let nats = async_nats::connect(nats_url()).await.unwrap();
+        let mut stream = async_nats::jetstream::new(nats)
+            .get_stream(&stream_name)
+            .await
+            .unwrap();
+        let all = stream.info().await.unwrap().state.messages;
+        for (durable, consumes) in [
+            ("payment", "InventoryReserved"),
+            ("shipping", "PaymentSucceeded"),
+        ] {
+            let subject = format!("{subjects}.order.{consumes}");
+            let published = stream
+                .info_with_subjects(&subject)
+                .await
+                .unwrap()
+                .try_fold(0, |sum, (_, count)| async move { Ok(sum + count) })
+                .await
+                .map(|count| u64::try_from(count).unwrap())
+                .unwrap();
+            let delivered = stream
+                .consumer_info(durable)
+                .await
+                .unwrap()
+                .delivered
+                .consumer_sequence;
+            assert!(published > 0, "no {consumes} in the stream");
+            assert!(
+                (published..published + 10).contains(&delivered),
+                "{durable}: {delivered} deliveries for {published} {consumes} events \
+                 ({all} messages in the stream)"
+            );
+        }
+    }
+
     /// Checks that no card number the load pays with is in clear in any
     /// table of the namespace's schemas, any message of its stream, or any
     /// process's log.
@@ -395,6 +438,7 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
         .unwrap_or(0);
     assert!(declined > 0, "about 60 declined cards");
     assert_eq!(books.compensations, i64::try_from(declined).unwrap());
+    system.assert_delivered_only_what_they_consume().await;
 
     // Signed in through one gateway, known to the other; the same
     // Idempotency-Key through either places one order.
