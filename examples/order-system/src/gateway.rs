@@ -143,9 +143,15 @@ impl Shared<LocalStore, Cache<String, CachedResponse, tower::BoxError>> {
 /// of every table, for operators and scrapers, never on the public
 /// address), and `GET /healthz`.
 pub fn admin_router(services: Services) -> Router {
+    let meter = services.telemetry.meter();
+    crate::metrics::observe_consumers(&meter, &services.consumers);
+    let books_read = crate::metrics::observe_books(&meter);
     Router::new()
         .route("/books", get(books))
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            get(move |services, query| metrics(services, query, books_read)),
+        )
         .route("/healthz", get(healthz))
         .with_state(services)
 }
@@ -719,24 +725,17 @@ impl BooksQuery {
     }
 }
 
-async fn metrics(State(services): State<Services>, Query(query): Query<BooksQuery>) -> Response {
+async fn metrics(
+    State(services): State<Services>,
+    Query(query): Query<BooksQuery>,
+    books_read: crate::metrics::BooksSlot,
+) -> Response {
     match query.read(&services).await {
-        Ok(books) => {
-            let telemetry = services.telemetry.clone();
-            // The export runs on the metrics reader's thread; wait for it
-            // off the runtime's workers.
-            let crates = tokio::task::spawn_blocking(move || telemetry.render())
-                .await
-                .unwrap_or_default();
-            (
-                [(
-                    header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                )],
-                crate::metrics::render(&books) + &crates,
-            )
-                .into_response()
-        }
+        Ok(books) => (
+            [(header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)],
+            services.telemetry.render_with(&books_read, books).await,
+        )
+            .into_response(),
         Err(error) => internal(&error),
     }
 }

@@ -1,171 +1,181 @@
-//! `GET /metrics`: the system's books in the Prometheus text format
-//! (version 0.0.4), read fresh at each scrape.
+//! The system's own instruments, next to the crates' on `/metrics` (see
+//! [`telemetry`](crate::telemetry)): each consumer's counters, and the
+//! books (orders by state, stock, stuck sagas, the breaker's history,
+//! compensations), read fresh from the databases at each scrape of the
+//! admin listener.
 
-use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Meter;
+
+use crate::embedded::Consumers;
 use crate::gateway::Books;
 
-/// One metric family: its help, type and samples.
-pub(crate) struct Family<'a> {
-    out: &'a mut String,
-}
-
-impl<'a> Family<'a> {
-    pub(crate) fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Self {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        Self { out }
-    }
-
-    pub(crate) fn sample(
-        &mut self,
-        name: &str,
-        labels: &[(&str, &str)],
-        value: impl std::fmt::Display,
-    ) {
-        let _ = write!(self.out, "{name}");
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (n, (label, value)) in labels.iter().enumerate() {
-                if n > 0 {
-                    self.out.push(',');
-                }
-                let escaped = value
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                let _ = write!(self.out, "{label}=\"{escaped}\"");
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
-}
-
-/// The books as Prometheus metrics.
-#[must_use]
-pub fn render(books: &Books) -> String {
-    let mut out = String::new();
-    let name = "palisade_orders";
-    let mut family = Family::new(
-        &mut out,
-        name,
-        "gauge",
-        "Orders by status and cancellation reason.",
-    );
-    for (status, reason, count) in &books.orders {
-        family.sample(
-            name,
-            &[
-                ("status", status),
-                ("reason", reason.as_deref().unwrap_or("")),
-            ],
-            count,
-        );
-    }
-    let name = "palisade_stock_units";
-    let mut family = Family::new(
-        &mut out,
-        name,
-        "gauge",
-        "Units of each product, by where they are.",
-    );
-    for level in &books.stock {
-        for (state, units) in [
-            ("initial", level.initial),
-            ("available", level.available),
-            ("reserved", level.reserved),
-            ("shipped", level.shipped),
-        ] {
-            family.sample(name, &[("sku", &level.sku), ("state", state)], units);
-        }
-    }
-    let name = "palisade_sagas_stuck";
-    Family::new(
-        &mut out,
-        name,
-        "gauge",
-        "Orders pending for longer than palisade_sagas_stuck_after_seconds.",
-    )
-    .sample(name, &[], books.stuck_sagas);
-    let name = "palisade_sagas_stuck_after_seconds";
-    Family::new(
-        &mut out,
-        name,
-        "gauge",
-        "How long an order may be pending before it counts as stuck.",
-    )
-    .sample(
-        name,
-        &[],
-        std::time::Duration::from_millis(books.stuck_after_ms).as_secs_f64(),
-    );
-    let name = "palisade_breaker_opens_total";
-    Family::new(
-        &mut out,
-        name,
-        "counter",
-        "Times the card processor's circuit breaker opened.",
-    )
-    .sample(name, &[], books.breaker_opens);
-    let name = "palisade_breaker_open";
-    Family::new(
-        &mut out,
-        name,
-        "gauge",
-        "Whether the card processor's circuit breaker refuses calls now.",
-    )
-    .sample(name, &[], u8::from(books.breaker_state.contains("Open")));
-    let name = "palisade_compensations_total";
-    Family::new(
-        &mut out,
-        name,
-        "counter",
-        "Compensations run (reservations released).",
-    )
-    .sample(name, &[], books.compensations);
-    // The outboxes' backlogs are the relays' own gauges
-    // (`palisade_outbox_pending{relay}`, see the telemetry module).
-    out + &consumers(&books.consumers)
-}
-
-/// Consumers' counters, `(service, applied, duplicates dropped, given
-/// up)`, as Prometheus metrics.
-#[must_use]
-pub fn consumers(consumers: &[(String, u64, u64, u64)]) -> String {
-    let mut out = String::new();
-    for (name, help, pick) in [
+/// Counts each of `consumers`' deliveries, by service: applied, dropped
+/// as duplicates, given up on.
+pub fn observe_consumers(meter: &Meter, consumers: &Consumers) {
+    type Pick = fn(&palisade_outbox::ConsumerStats) -> u64;
+    let counters: [(&'static str, &'static str, Pick); 3] = [
         (
-            "palisade_consumer_applied_total",
+            "palisade.consumer.applied",
             "Events applied, by consuming service.",
-            0,
+            |stats| stats.applied,
         ),
         (
-            "palisade_consumer_duplicates_total",
+            "palisade.consumer.duplicates",
             "Redelivered events the inbox dropped, by service.",
-            1,
+            |stats| stats.duplicates,
         ),
         (
-            "palisade_consumer_given_up_total",
+            "palisade.consumer.given_up",
             "Events a consumer gave up on, by service.",
-            2,
+            |stats| stats.dead_lettered,
         ),
-    ] {
-        let mut family = Family::new(&mut out, name, "counter", help);
-        for (service, applied, duplicates, given_up) in consumers {
-            let value = [applied, duplicates, given_up][pick];
-            family.sample(name, &[("service", service)], value);
-        }
+    ];
+    for (name, description, pick) in counters {
+        let consumers = consumers.clone();
+        let _ = meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(move |observer| {
+                for (service, stats) in consumers.stats() {
+                    observer.observe(pick(&stats), &[KeyValue::new("service", service)]);
+                }
+            })
+            .build();
     }
-    out
+}
+
+/// Where a scrape puts the books it read for the instruments of
+/// [`observe_books`] (see [`Telemetry::render_with`](crate::telemetry::Telemetry::render_with)).
+pub type BooksSlot = Arc<Mutex<Option<Books>>>;
+
+/// A gauge's points: each value with its attributes.
+type Points = Vec<(i64, Vec<KeyValue>)>;
+
+/// Measures the books a scrape put in the slot it returns.
+#[must_use]
+pub fn observe_books(meter: &Meter) -> BooksSlot {
+    let slot = BooksSlot::default();
+    let gauge =
+        |name: &'static str, description: &'static str, observe: fn(&Books, &mut Points)| {
+            let slot = slot.clone();
+            let _ = meter
+                .i64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |observer| {
+                    let mut points = Vec::new();
+                    if let Some(books) = &*slot.lock().unwrap_or_else(PoisonError::into_inner) {
+                        observe(books, &mut points);
+                    }
+                    for (value, attributes) in points {
+                        observer.observe(value, &attributes);
+                    }
+                })
+                .build();
+        };
+    let counter = |name: &'static str, description: &'static str, pick: fn(&Books) -> u64| {
+        let slot = slot.clone();
+        let _ = meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(move |observer| {
+                if let Some(books) = &*slot.lock().unwrap_or_else(PoisonError::into_inner) {
+                    observer.observe(pick(books), &[]);
+                }
+            })
+            .build();
+    };
+    gauge(
+        "palisade.orders",
+        "Orders by status and cancellation reason.",
+        |books, points| {
+            for (status, reason, count) in &books.orders {
+                points.push((
+                    *count,
+                    vec![
+                        KeyValue::new("status", status.clone()),
+                        KeyValue::new("reason", reason.clone().unwrap_or_default()),
+                    ],
+                ));
+            }
+        },
+    );
+    gauge(
+        "palisade.stock.units",
+        "Units of each product, by where they are.",
+        |books, points| {
+            for level in &books.stock {
+                for (state, units) in [
+                    ("initial", level.initial),
+                    ("available", level.available),
+                    ("reserved", level.reserved),
+                    ("shipped", level.shipped),
+                ] {
+                    points.push((
+                        units,
+                        vec![
+                            KeyValue::new("sku", level.sku.clone()),
+                            KeyValue::new("state", state),
+                        ],
+                    ));
+                }
+            }
+        },
+    );
+    gauge(
+        "palisade.sagas.stuck",
+        "Orders pending for longer than palisade_sagas_stuck_after_seconds.",
+        |books, points| {
+            points.push((
+                i64::try_from(books.stuck_sagas).unwrap_or(i64::MAX),
+                Vec::new(),
+            ));
+        },
+    );
+    gauge(
+        "palisade.breaker.open",
+        "Whether the card processor's circuit breaker refuses calls now.",
+        |books, points| points.push((i64::from(books.breaker_state.contains("Open")), Vec::new())),
+    );
+    counter(
+        "palisade.breaker.opens",
+        "Times the card processor's circuit breaker opened.",
+        |books| books.breaker_opens,
+    );
+    counter(
+        "palisade.compensations",
+        "Compensations run (reservations released).",
+        |books| u64::try_from(books.compensations).unwrap_or(0),
+    );
+    let stuck_after = slot.clone();
+    let _ = meter
+        .f64_observable_gauge("palisade.sagas.stuck_after")
+        .with_description("How long an order may be pending before it counts as stuck.")
+        .with_unit("s")
+        .with_callback(move |observer| {
+            if let Some(books) = &*stuck_after.lock().unwrap_or_else(PoisonError::into_inner) {
+                observer.observe(
+                    std::time::Duration::from_millis(books.stuck_after_ms).as_secs_f64(),
+                    &[],
+                );
+            }
+        })
+        .build();
+    // The outboxes' backlogs are the relays' own gauges
+    // (`palisade_outbox_pending{relay}`).
+    slot
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::inventory::StockLevel;
+    use crate::telemetry::Telemetry;
 
-    #[test]
-    fn the_books_read_as_prometheus_text() {
+    #[tokio::test]
+    async fn the_books_read_as_prometheus_text() {
         let books = Books {
             orders: vec![
                 ("confirmed".into(), None, 7),
@@ -187,16 +197,22 @@ mod tests {
             breaker_state: "Closed".into(),
             breaker_opens: 1,
         };
-        let text = render(&books);
-        assert!(text.contains("# TYPE palisade_orders gauge\n"));
-        assert!(text.contains("palisade_orders{status=\"confirmed\",reason=\"\"} 7\n"));
-        assert!(text.contains("palisade_stock_units{sku=\"sku-1\",state=\"shipped\"} 3\n"));
-        assert!(text.contains("palisade_compensations_total 2\n"));
-        assert!(text.contains("# TYPE palisade_sagas_stuck gauge\npalisade_sagas_stuck 3\n"));
-        assert!(text.contains("palisade_sagas_stuck_after_seconds 60\n"));
-        assert!(text.contains("palisade_breaker_opens_total 1\n"));
-        assert!(text.contains("palisade_breaker_open 0\n"));
-        assert!(text.contains("palisade_consumer_duplicates_total{service=\"inventory\"} 1\n"));
+        let telemetry = Telemetry::default();
+        let slot = observe_books(&telemetry.meter());
+        let text = telemetry.render_with(&slot, books).await;
+        for line in [
+            "# TYPE palisade_orders gauge\n",
+            "palisade_orders{reason=\"\",status=\"confirmed\"} 7\n",
+            "palisade_orders{reason=\"payment_declined\",status=\"cancelled\"} 2\n",
+            "palisade_stock_units{sku=\"sku-1\",state=\"shipped\"} 3\n",
+            "palisade_compensations_total 2\n",
+            "# TYPE palisade_sagas_stuck gauge\npalisade_sagas_stuck 3\n",
+            "palisade_sagas_stuck_after_seconds 60\n",
+            "palisade_breaker_opens_total 1\n",
+            "palisade_breaker_open 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in:\n{text}");
+        }
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|line| !line.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();

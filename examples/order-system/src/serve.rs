@@ -547,9 +547,10 @@ where
     let (listener, telemetry, mut tasks, stop) = process.into_parts();
     let consumers = Consumers::default();
     consumers.add(service, consumer.clone());
+    crate::metrics::observe_consumers(&telemetry.meter(), &consumers);
     tasks.spawn(serve_http(
         listener,
-        internal(telemetry, consumers).merge(routes),
+        internal(telemetry).merge(routes),
         stop.signal(),
     ));
     let (forgetting, signal) = (consumer.clone(), stop.signal());
@@ -571,32 +572,17 @@ where
     consumed
 }
 
-/// `/healthz`, and `/metrics`: the crates' metrics and the consumers'
-/// counters.
-fn internal(telemetry: Telemetry, consumers: Consumers) -> Router {
+/// `/healthz`, and `/metrics`: every instrument of `telemetry`'s meter.
+fn internal(telemetry: Telemetry) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/metrics",
-            get(move || {
-                let (telemetry, consumers) = (telemetry.clone(), consumers.clone());
-                async move {
-                    let crates = tokio::task::spawn_blocking(move || telemetry.render())
-                        .await
-                        .unwrap_or_default();
-                    let counters: Vec<(String, u64, u64, u64)> = consumers
-                        .stats()
-                        .into_iter()
-                        .map(|(name, s)| (name, s.applied, s.duplicates, s.dead_lettered))
-                        .collect();
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        crate::metrics::consumers(&counters) + &crates,
-                    )
-                }
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)],
+                    telemetry.render(),
+                )
             }),
         )
 }
@@ -635,11 +621,7 @@ async fn relays(settings: &ServeSettings, process: Process<'_>) -> Result<(), Bo
             .instrument(&meter, service);
         tasks.spawn(relay.run(stop.signal()));
     }
-    tasks.spawn(serve_http(
-        listener,
-        internal(telemetry, Consumers::default()),
-        stop.signal(),
-    ));
+    tasks.spawn(serve_http(listener, internal(telemetry), stop.signal()));
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
@@ -701,7 +683,7 @@ async fn processor(settings: &ServeSettings, process: Process<'_>) -> Result<(),
             tracing::error!(%error, "card processor stopped");
         }
     });
-    let app = internal(telemetry, Consumers::default()).merge(
+    let app = internal(telemetry).merge(
         Router::new()
             .route("/admin/processor", get(faults).put(set_faults))
             .route_layer(middleware::from_fn(|request, next| {

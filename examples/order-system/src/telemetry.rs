@@ -1,43 +1,50 @@
-//! The palisade crates' own OpenTelemetry metrics (breaker, retry, rate
-//! limit, relays, catalog cache), exposed on `/metrics` in the Prometheus
-//! text format next to the books.
+//! The system's metrics on `/metrics`: the palisade crates' own
+//! OpenTelemetry instruments (breaker, retry, rate limit, relays, catalog
+//! cache) and the system's own (the consumers' counters, the books; see
+//! [`metrics`](crate::metrics)), exposed in the Prometheus text format by
+//! OpenTelemetry's Prometheus exporter (`opentelemetry-prometheus`).
 //!
-//! A [`PeriodicReader`] whose exporter renders each export as Prometheus
-//! text; `/metrics` forces an export and serves the text. The reader's own
-//! interval is an hour: scrapes drive it.
+//! The exporter is a pull reader: a scrape collects every instrument at
+//! that moment, running the observable instruments' callbacks, and nothing
+//! runs between scrapes.
 
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
 use opentelemetry::metrics::{Meter, MeterProvider as _};
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
-use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use prometheus::{Registry, TextEncoder};
 
-use crate::metrics::Family;
+/// The content type of what [`Telemetry::render`] returns.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The meter the system instruments its layers with, and the text of its
-/// last export.
+/// The meter the system instruments its layers with, and the registry the
+/// exporter fills at each scrape.
 #[derive(Debug, Clone)]
 pub struct Telemetry {
     provider: SdkMeterProvider,
-    text: Arc<Mutex<String>>,
+    registry: Registry,
+    /// One scrape at a time reads the books it was given (see
+    /// [`render_with`](Self::render_with)).
+    scraping: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Default for Telemetry {
     fn default() -> Self {
-        let text = Arc::new(Mutex::new(String::new()));
-        let exporter = PrometheusText { text: text.clone() };
-        let provider = SdkMeterProvider::builder()
-            .with_reader(
-                PeriodicReader::builder(exporter)
-                    .with_interval(Duration::from_secs(3600))
-                    .build(),
-            )
-            .build();
-        Self { provider, text }
+        let registry = Registry::new();
+        // Neither `target_info` nor the scope's labels: one process, one
+        // scope, and series named as the crates' docs name them.
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            .scope_info_enabled(false)
+            .build()
+            .unwrap_or_else(|error| unreachable!("a fresh registry takes the exporter: {error}"));
+        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        Self {
+            provider,
+            registry,
+            scraping: Arc::default(),
+        }
     }
 }
 
@@ -48,138 +55,35 @@ impl Telemetry {
         self.provider.meter("palisade-order-system")
     }
 
-    /// Exports now (blocking: the reader's thread does it) and returns the
-    /// Prometheus text.
+    /// Collects every instrument now, as Prometheus text.
     #[must_use]
     pub fn render(&self) -> String {
-        if let Err(error) = self.provider.force_flush() {
-            tracing::warn!(%error, "metrics export failed");
-        }
-        self.text
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "metrics not encoded");
+                String::new()
+            })
+    }
+
+    /// Puts `value` where the observable instruments of this scrape read
+    /// it (`slot`), collects, and empties the slot again: a value read
+    /// asynchronously (the books, from the databases) measured by
+    /// instruments whose callbacks cannot wait.
+    pub async fn render_with<T: Send>(
+        &self,
+        slot: &std::sync::Mutex<Option<T>>,
+        value: T,
+    ) -> String {
+        let _turn = self.scraping.lock().await;
+        *slot
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
-/// Renders each export as Prometheus text.
-#[derive(Debug)]
-struct PrometheusText {
-    text: Arc<Mutex<String>>,
-}
-
-impl PushMetricExporter for PrometheusText {
-    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        let rendered = render(metrics);
-        *self.text.lock().unwrap_or_else(PoisonError::into_inner) = rendered;
-        Ok(())
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn temporality(&self) -> Temporality {
-        Temporality::Cumulative
-    }
-}
-
-/// `palisade.outbox.published` → `palisade_outbox_published`.
-fn prometheus_name(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
-}
-
-fn labels<'a>(
-    attributes: impl Iterator<Item = &'a opentelemetry::KeyValue>,
-) -> Vec<(String, String)> {
-    attributes
-        .map(|kv| (prometheus_name(kv.key.as_str()), kv.value.to_string()))
-        .collect()
-}
-
-fn render(metrics: &ResourceMetrics) -> String {
-    let mut out = String::new();
-    for scope in metrics.scope_metrics() {
-        for metric in scope.metrics() {
-            let name = prometheus_name(metric.name());
-            match metric.data() {
-                AggregatedMetrics::U64(data) => {
-                    render_data(&mut out, &name, metric.description(), data);
-                }
-                AggregatedMetrics::I64(data) => {
-                    render_data(&mut out, &name, metric.description(), data);
-                }
-                AggregatedMetrics::F64(data) => {
-                    render_data(&mut out, &name, metric.description(), data);
-                }
-            }
-        }
-    }
-    out
-}
-
-fn as_str(labels: &[(String, String)]) -> Vec<(&str, &str)> {
-    labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect()
-}
-
-fn render_data<T: Copy + std::fmt::Display>(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    data: &MetricData<T>,
-) {
-    match data {
-        MetricData::Sum(sum) => {
-            let (kind, name) = if sum.is_monotonic() {
-                ("counter", format!("{name}_total"))
-            } else {
-                ("gauge", name.to_owned())
-            };
-            let mut family = Family::new(out, &name, kind, help);
-            for point in sum.data_points() {
-                let labels = labels(point.attributes());
-                family.sample(&name, &as_str(&labels), point.value());
-            }
-        }
-        MetricData::Gauge(gauge) => {
-            let mut family = Family::new(out, name, "gauge", help);
-            for point in gauge.data_points() {
-                let labels = labels(point.attributes());
-                family.sample(name, &as_str(&labels), point.value());
-            }
-        }
-        MetricData::Histogram(histogram) => {
-            let mut family = Family::new(out, name, "histogram", help);
-            for point in histogram.data_points() {
-                let labels = labels(point.attributes());
-                let mut cumulative = 0;
-                let bounds: Vec<String> = point
-                    .bounds()
-                    .map(|bound| bound.to_string())
-                    .chain(std::iter::once("+Inf".to_owned()))
-                    .collect();
-                for (bound, count) in bounds.iter().zip(point.bucket_counts()) {
-                    cumulative += count;
-                    let mut with_le = as_str(&labels);
-                    with_le.push(("le", bound));
-                    family.sample(&format!("{name}_bucket"), &with_le, cumulative);
-                }
-                family.sample(&format!("{name}_sum"), &as_str(&labels), point.sum());
-                family.sample(&format!("{name}_count"), &as_str(&labels), point.count());
-            }
-        }
-        MetricData::ExponentialHistogram(_) => {
-            let _ = writeln!(out, "# {name}: exponential histograms are not exported");
-        }
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
+        let rendered = self.render();
+        slot.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        rendered
     }
 }
 
@@ -207,26 +111,35 @@ mod tests {
         latency.record(0.5, &[]);
         latency.record(5.0, &[]);
         let text = telemetry.render();
-        assert!(
-            text.contains("# TYPE palisade_test_calls_total counter\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("palisade_test_calls_total{breaker=\"card-processor\"} 3\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("palisade_test_latency_bucket{le=\"0.1\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("palisade_test_latency_bucket{le=\"1\"} 2\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("palisade_test_latency_bucket{le=\"+Inf\"} 3\n"),
-            "{text}"
-        );
-        assert!(text.contains("palisade_test_latency_count 3\n"), "{text}");
+        for line in [
+            "# TYPE palisade_test_calls_total counter\n",
+            "palisade_test_calls_total{breaker=\"card-processor\"} 3\n",
+            "palisade_test_latency_bucket{le=\"0.1\"} 1\n",
+            "palisade_test_latency_bucket{le=\"1\"} 2\n",
+            "palisade_test_latency_bucket{le=\"+Inf\"} 3\n",
+            "palisade_test_latency_count 3\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in:\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_value_read_for_a_scrape_is_measured_by_it_and_by_it_only() {
+        let telemetry = Telemetry::default();
+        let slot = Arc::new(std::sync::Mutex::new(None::<u64>));
+        let reading = slot.clone();
+        let _ = telemetry
+            .meter()
+            .u64_observable_gauge("palisade.test.read")
+            .with_callback(move |observer| {
+                if let Some(value) = *reading.lock().unwrap() {
+                    observer.observe(value, &[]);
+                }
+            })
+            .build();
+        let text = telemetry.render_with(&slot, 42).await;
+        assert!(text.contains("palisade_test_read 42\n"), "{text}");
+        assert!(slot.lock().unwrap().is_none());
+        assert!(!telemetry.render().contains("palisade_test_read 42"));
     }
 }

@@ -62,7 +62,7 @@ async fn three_hundred_orders_end_confirmed_or_cancelled_with_the_books_straight
     let text = String::from_utf8(text.to_vec()).unwrap();
     assert!(
         text.contains(&format!(
-            "palisade_orders{{status=\"confirmed\",reason=\"\"}} {}\n",
+            "palisade_orders{{reason=\"\",status=\"confirmed\"}} {}\n",
             summary.confirmed
         )),
         "{text}"
