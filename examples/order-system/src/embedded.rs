@@ -18,8 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_outbox::{Handler, HandoffBroker, MemoryConsumer, Relay, SqliteInbox, SqliteOutbox};
-use sqlx::SqliteConnection;
+use palisade_outbox::{HandoffBroker, MemoryConsumer, Relay, SqliteInbox, SqliteOutbox};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -27,13 +26,14 @@ use tokio::task::JoinSet;
 use crate::db::ServiceDb;
 use crate::gateway::{self, Services};
 use crate::identity::{Identity, Seeded, seed_demo};
-use crate::inventory::{self, Inventory};
-use crate::orders::{self, Orders};
+use crate::inventory::Inventory;
+use crate::orders::Orders;
+use crate::payment::Payment;
 use crate::payment::cards::Tokenizer;
 use crate::payment::vault::{self, Vault, VaultKey};
-use crate::payment::{self, Payment};
 use crate::processor::{self as card, ChargeStore, ProcessorClient, ProcessorServer, Simulator};
-use crate::shipping::{self, Shipping};
+use crate::service::{Consumers, Consuming, SagaService};
+use crate::shipping::Shipping;
 
 /// Where and how the embedded system runs.
 #[derive(Debug, Clone)]
@@ -122,10 +122,10 @@ impl System {
         };
         // Every end is committed by this process's consumer, which wakes
         // its waiters: re-reading is only a safety net here.
-        let orders = Orders::new(ServiceDb::open_sqlite(dir, "orders", orders::TABLES).await?)
+        let orders = Orders::new(ServiceDb::open_sqlite(dir, Orders::NAME, Orders::TABLES).await?)
             .reread_ends(Duration::from_secs(1));
         let inventory =
-            Inventory::new(ServiceDb::open_sqlite(dir, "inventory", inventory::TABLES).await?)
+            Inventory::new(ServiceDb::open_sqlite(dir, Inventory::NAME, Inventory::TABLES).await?)
                 .await?;
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -162,56 +162,48 @@ impl System {
         let (channel, breaker) = card::stack(channel, settings.breaker.clone(), &meter);
         // The card vault's key: made in the data directory on first
         // start (0600), read from there after.
-        let payment_db = ServiceDb::open_sqlite(dir, "payment", payment::TABLES).await?;
+        let payment_db = ServiceDb::open_sqlite(dir, Payment::NAME, Payment::TABLES).await?;
         let vault_key = VaultKey::load_or_create(&dir.join(vault::KEY_FILE))?;
         let vault = Vault::open(payment_db.clone(), &vault_key).await?;
         let payment = Payment::new(payment_db, ProcessorClient::new(channel), vault.clone());
         let shipping =
-            Shipping::new(ServiceDb::open_sqlite(dir, "shipping", shipping::TABLES).await?);
+            Shipping::new(ServiceDb::open_sqlite(dir, Shipping::NAME, Shipping::TABLES).await?);
 
         let broker = HandoffBroker::new(QUEUE);
         let consumers = Consumers::default();
-        consumers.spawn(
+        spawn_consumer(
+            &consumers,
             &mut tasks,
             &broker,
-            "orders",
-            orders.db(),
             orders.clone(),
-            orders::CONSUMES,
             until_stopped(),
         );
-        consumers.spawn(
+        spawn_consumer(
+            &consumers,
             &mut tasks,
             &broker,
-            "inventory",
-            inventory.db(),
             inventory.clone(),
-            inventory::CONSUMES,
             until_stopped(),
         );
-        consumers.spawn(
+        spawn_consumer(
+            &consumers,
             &mut tasks,
             &broker,
-            "payment",
-            payment.db(),
             payment.clone(),
-            payment::CONSUMES,
             until_stopped(),
         );
-        consumers.spawn(
+        spawn_consumer(
+            &consumers,
             &mut tasks,
             &broker,
-            "shipping",
-            shipping.db(),
             shipping.clone(),
-            shipping::CONSUMES,
             until_stopped(),
         );
         for (name, db) in [
-            ("orders", orders.db()),
-            ("inventory", inventory.db()),
-            ("payment", payment.db()),
-            ("shipping", shipping.db()),
+            (Orders::NAME, orders.db()),
+            (Inventory::NAME, inventory.db()),
+            (Payment::NAME, payment.db()),
+            (Shipping::NAME, shipping.db()),
         ] {
             let relay = Relay::new(sqlite(db).0.clone(), broker.clone()).instrument(&meter, name);
             tasks.spawn(relay.run(until_stopped()));
@@ -287,68 +279,20 @@ fn sqlite(db: &ServiceDb) -> (&SqliteOutbox, &SqliteInbox) {
         .unwrap_or_else(|| unreachable!("the embedded system opens SQLite files only"))
 }
 
-/// A service's consumer, by the service's name.
-type Named = (String, Arc<dyn StatsSource>);
-
-/// The consumers' counters, by service, for the books.
-#[derive(Debug, Clone, Default)]
-pub struct Consumers {
-    stats: Arc<std::sync::Mutex<Vec<Named>>>,
-}
-
-/// A consumer whose counters can be read.
-pub trait StatsSource: Send + Sync + std::fmt::Debug {
-    /// The counters.
-    fn stats(&self) -> palisade_outbox::ConsumerStats;
-}
-
-impl<H> StatsSource for MemoryConsumer<SqliteInbox, H>
-where
-    H: Handler<SqliteConnection> + std::fmt::Debug,
-{
-    fn stats(&self) -> palisade_outbox::ConsumerStats {
-        Self::stats(self)
-    }
-}
-
-impl Consumers {
-    #[allow(clippy::too_many_arguments)]
-    fn spawn<H>(
-        &self,
-        tasks: &mut JoinSet<()>,
-        broker: &HandoffBroker,
-        name: &str,
-        db: &ServiceDb,
-        handler: H,
-        consumes: &[&str],
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) where
-        H: Handler<SqliteConnection> + std::fmt::Debug,
-    {
-        let consumer = Arc::new(
-            MemoryConsumer::new(name, sqlite(db).1.clone(), handler).only(consumes.iter().copied()),
-        );
-        self.add(name, consumer.clone());
-        let subscription = broker.subscribe_to(consumes.iter().copied());
-        tasks.spawn(async move { consumer.run(subscription, shutdown).await });
-    }
-
-    /// Counts `consumer` as `name`'s.
-    pub fn add(&self, name: &str, consumer: Arc<dyn StatsSource>) {
-        self.stats
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((name.to_owned(), consumer));
-    }
-
-    /// Each consumer's counters.
-    #[must_use]
-    pub fn stats(&self) -> Vec<(String, palisade_outbox::ConsumerStats)> {
-        self.stats
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|(name, consumer)| (name.clone(), consumer.stats()))
-            .collect()
-    }
+/// Runs `service`'s consumer of `broker`'s events in `tasks` until
+/// `shutdown`, its counters counted in `consumers`.
+fn spawn_consumer<S: SagaService>(
+    consumers: &Consumers,
+    tasks: &mut JoinSet<()>,
+    broker: &HandoffBroker,
+    service: S,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let inbox = sqlite(service.db()).1.clone();
+    let consumer = Arc::new(
+        MemoryConsumer::new(S::NAME, inbox, Consuming(service)).only(S::CONSUMES.iter().copied()),
+    );
+    consumers.add(S::NAME, consumer.clone());
+    let subscription = broker.subscribe_to(S::CONSUMES.iter().copied());
+    tasks.spawn(async move { consumer.run(subscription, shutdown).await });
 }

@@ -63,12 +63,13 @@ use serde::{Deserialize, Serialize};
 use crate::auth;
 use crate::db::ServiceDb;
 use crate::dead_events;
-use crate::embedded::Consumers;
 use crate::identity::{Principal, Role};
 use crate::inventory::{CATALOG, Inventory, StockLevel};
 use crate::limits::{self, Limited, Limits};
 use crate::orders::{NewOrder, Orders, PlaceError, Placement};
 use crate::payment::BreakerHistory;
+use crate::service::Consumers;
+use crate::service::SagaService;
 use crate::stuck::{self, STUCK_AFTER};
 
 /// The services behind the gateway.
@@ -106,10 +107,10 @@ impl Services {
     #[must_use]
     pub fn databases(&self) -> [(&'static str, &ServiceDb); 4] {
         [
-            ("orders", self.orders.db()),
-            ("inventory", self.inventory.db()),
-            ("payment", &self.payment),
-            ("shipping", &self.shipping),
+            (Orders::NAME, self.orders.db()),
+            (Inventory::NAME, self.inventory.db()),
+            (crate::payment::Payment::NAME, &self.payment),
+            (crate::shipping::Shipping::NAME, &self.shipping),
         ]
     }
 }

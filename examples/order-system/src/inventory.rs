@@ -3,29 +3,12 @@
 //! scheduled. Its books always balance: `initial = available + reserved +
 //! shipped` for every product.
 
-use palisade_outbox::{BoxError, Delivery, Handled, Handler};
+use palisade_outbox::BoxError;
 use serde::{Deserialize, Serialize};
 
 use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{Line, SagaEvent, types};
-
-/// The inventory service's tables.
-pub const TABLES: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS stock (sku TEXT PRIMARY KEY, initial BIGINT NOT NULL, \
-     available BIGINT NOT NULL, reserved BIGINT NOT NULL DEFAULT 0, shipped BIGINT NOT NULL DEFAULT 0, \
-     CHECK (available >= 0 AND reserved >= 0 AND shipped >= 0))",
-    "CREATE TABLE IF NOT EXISTS reservations (order_id TEXT PRIMARY KEY, sku TEXT NOT NULL, \
-     quantity BIGINT NOT NULL, status TEXT NOT NULL CHECK (status IN ('reserved', 'released', 'shipped')))",
-    // Every compensation run, to prove none ran twice.
-    "CREATE TABLE IF NOT EXISTS compensations (order_id TEXT NOT NULL, kind TEXT NOT NULL)",
-];
-
-/// The events the inventory service consumes.
-pub const CONSUMES: &[&str] = &[
-    types::ORDER_CREATED,
-    types::PAYMENT_FAILED,
-    types::SHIPPING_SCHEDULED,
-];
+use crate::service::{SagaService, not_consumed};
 
 /// The products and their starting stock: plenty of most, few of
 /// `sku-rare`, so that some orders are cancelled for lack of stock.
@@ -87,12 +70,6 @@ impl Inventory {
             })?;
         }
         Ok(Self { db })
-    }
-
-    /// The database.
-    #[must_use]
-    pub const fn db(&self) -> &ServiceDb {
-        &self.db
     }
 
     /// Every product's books.
@@ -184,17 +161,28 @@ impl Inventory {
     }
 }
 
-impl<C: Tx> Handler<C> for Inventory {
-    async fn handle(&self, tx: &mut C, delivery: &Delivery) -> Result<Handled, BoxError> {
-        let event = SagaEvent::from_delivery("inventory", delivery)?;
-        if !matches!(
-            event,
-            SagaEvent::OrderCreated(_)
-                | SagaEvent::PaymentFailed { .. }
-                | SagaEvent::ShippingScheduled(_)
-        ) {
-            return Ok(Handled::Ignored);
-        }
+impl SagaService for Inventory {
+    const NAME: &'static str = "inventory";
+    const TABLES: &'static [&'static str] = &[
+        "CREATE TABLE IF NOT EXISTS stock (sku TEXT PRIMARY KEY, initial BIGINT NOT NULL, \
+         available BIGINT NOT NULL, reserved BIGINT NOT NULL DEFAULT 0, shipped BIGINT NOT NULL DEFAULT 0, \
+         CHECK (available >= 0 AND reserved >= 0 AND shipped >= 0))",
+        "CREATE TABLE IF NOT EXISTS reservations (order_id TEXT PRIMARY KEY, sku TEXT NOT NULL, \
+         quantity BIGINT NOT NULL, status TEXT NOT NULL CHECK (status IN ('reserved', 'released', 'shipped')))",
+        // Every compensation run, to prove none ran twice.
+        "CREATE TABLE IF NOT EXISTS compensations (order_id TEXT NOT NULL, kind TEXT NOT NULL)",
+    ];
+    const CONSUMES: &'static [&'static str] = &[
+        types::ORDER_CREATED,
+        types::PAYMENT_FAILED,
+        types::SHIPPING_SCHEDULED,
+    ];
+
+    fn db(&self) -> &ServiceDb {
+        &self.db
+    }
+
+    async fn apply<C: Tx>(&self, tx: &mut C, event: SagaEvent) -> Result<(), BoxError> {
         // The stock rows are the hot spot: a batch of events writes several
         // of them, in any order. Replicas take turns rather than deadlock.
         tx.lock_in_order("stock", "sku").await?;
@@ -215,8 +203,8 @@ impl<C: Tx> Handler<C> for Inventory {
             SagaEvent::ShippingScheduled(line) => {
                 self.settle(tx, &line.order_id, "shipped").await?;
             }
-            _ => return Ok(Handled::Ignored),
+            other => return Err(not_consumed(Self::NAME, &other)),
         }
-        Ok(Handled::Applied)
+        Ok(())
     }
 }

@@ -7,7 +7,9 @@
 //! missing stock `InventoryRejected → OrderCancelled`. Each step is one
 //! local transaction writing the service's rows and its outbox event
 //! ([`palisade_outbox`]); each service applies the events it consumes once,
-//! through its inbox, in the same transaction as the effect.
+//! through its inbox, in the same transaction as the effect. Each service
+//! says once what it is (its name, tables, the events it consumes and its
+//! step) as a [`service::SagaService`].
 //!
 //! [`embedded::System`] runs every service in one process on SQLite files
 //! and the in-process broker; [`serve::serve`] runs one service as a process
@@ -32,6 +34,7 @@ pub mod orders;
 pub mod payment;
 pub mod processor;
 pub mod serve;
+pub mod service;
 pub mod shipping;
 pub mod stuck;
 pub mod telemetry;

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
 
-use crate::embedded::Consumers;
 use crate::gateway::Books;
+use crate::service::Consumers;
 
 /// Counts each of `consumers`' deliveries, by service: applied, dropped
 /// as duplicates, given up on.

@@ -12,28 +12,19 @@
 
 use std::time::Duration;
 
-use palisade_outbox::{BoxError, Delivery, Handled, Handler};
+use palisade_outbox::{BoxError, Delivery};
 use serde::{Deserialize, Serialize};
 
 use crate::card::{CardNumber, CardToken};
 use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{Line, SagaEvent, types};
+use crate::service::{SagaService, not_consumed};
 
 mod idempotency;
 mod waiters;
 
 use idempotency::{InFlight, fingerprint};
 use waiters::Waiters;
-
-/// The orders service's tables. An order keeps its idempotency key and
-/// its request's fingerprint until the key is reused past its window
-/// (then both are `NULL`).
-pub const TABLES: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, \
-     idempotency_key TEXT, request_fingerprint TEXT, sku TEXT NOT NULL, quantity BIGINT NOT NULL, amount_cents BIGINT NOT NULL, card_token TEXT NOT NULL, \
-     card_last4 TEXT NOT NULL,      status TEXT NOT NULL, reason TEXT, created_ms BIGINT NOT NULL, finished_ms BIGINT, \
-     UNIQUE (user_id, idempotency_key))",
-];
 
 /// How long an idempotency key is remembered by default: 24 hours from
 /// its order's placement.
@@ -46,13 +37,6 @@ pub const WAITED_ORDERS: usize = 10_000;
 /// How often a request waiting for an order's end reads it again, by
 /// default (see [`Orders::reread_ends`]).
 pub const REREAD_ENDS: Duration = Duration::from_millis(50);
-
-/// The events the orders service consumes.
-pub const CONSUMES: &[&str] = &[
-    types::SHIPPING_SCHEDULED,
-    types::INVENTORY_REJECTED,
-    types::INVENTORY_RELEASED,
-];
 
 /// An order as placed by a client (the body of `POST /orders`).
 ///
@@ -432,12 +416,6 @@ impl Orders {
         })
     }
 
-    /// The database.
-    #[must_use]
-    pub const fn db(&self) -> &ServiceDb {
-        &self.db
-    }
-
     /// Ends the saga of `order_id` as `status`, once.
     async fn finish<C: Tx>(
         &self,
@@ -474,9 +452,28 @@ impl Orders {
     }
 }
 
-impl<C: Tx> Handler<C> for Orders {
-    async fn handle(&self, tx: &mut C, delivery: &Delivery) -> Result<Handled, BoxError> {
-        match SagaEvent::from_delivery("orders", delivery)? {
+impl SagaService for Orders {
+    const NAME: &'static str = "orders";
+    /// An order keeps its idempotency key and its request's fingerprint
+    /// until the key is reused past its window (then both are `NULL`).
+    const TABLES: &'static [&'static str] = &[
+        "CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, \
+         idempotency_key TEXT, request_fingerprint TEXT, sku TEXT NOT NULL, quantity BIGINT NOT NULL, amount_cents BIGINT NOT NULL, card_token TEXT NOT NULL, \
+         card_last4 TEXT NOT NULL,      status TEXT NOT NULL, reason TEXT, created_ms BIGINT NOT NULL, finished_ms BIGINT, \
+         UNIQUE (user_id, idempotency_key))",
+    ];
+    const CONSUMES: &'static [&'static str] = &[
+        types::SHIPPING_SCHEDULED,
+        types::INVENTORY_REJECTED,
+        types::INVENTORY_RELEASED,
+    ];
+
+    fn db(&self) -> &ServiceDb {
+        &self.db
+    }
+
+    async fn apply<C: Tx>(&self, tx: &mut C, event: SagaEvent) -> Result<(), BoxError> {
+        match event {
             SagaEvent::ShippingScheduled(line) => {
                 self.finish(tx, &line.order_id, "confirmed", None).await?;
             }
@@ -488,9 +485,9 @@ impl<C: Tx> Handler<C> for Orders {
                 self.finish(tx, &order_id, "cancelled", Some("payment_declined"))
                     .await?;
             }
-            _ => return Ok(Handled::Ignored),
+            other => return Err(not_consumed(Self::NAME, &other)),
         }
-        Ok(Handled::Applied)
+        Ok(())
     }
 
     /// The saga's end is committed: whoever waits for it reads it now.

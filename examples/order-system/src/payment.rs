@@ -25,7 +25,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_outbox::{BoxError, Delivery, Event, Handled, Handler};
+use palisade_outbox::{BoxError, Delivery, Event};
 use palisade_tracecontext::{TraceContext, TraceParent, TraceState};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -34,28 +34,12 @@ use crate::card::CardNumber;
 use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{Line, SagaEvent, types};
 use crate::processor::{Breaker, Charge, ProcessorClient};
+use crate::service::{SagaService, not_consumed};
 
 pub mod cards;
 pub mod vault;
 
 use vault::{Vault, VaultError};
-
-/// The payment service's tables.
-pub const TABLES: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS payments (order_id TEXT PRIMARY KEY, amount_cents BIGINT NOT NULL, \
-     status TEXT NOT NULL, reason TEXT)",
-    // Charges to make: the order's line (JSON), the trace it belongs to,
-    // when it is next due (a claim moves it past the claim's lease) and
-    // the claim that holds it.
-    "CREATE TABLE IF NOT EXISTS payment_intents (order_id TEXT PRIMARY KEY, line TEXT NOT NULL, \
-     traceparent TEXT, due_ms BIGINT NOT NULL, attempts BIGINT NOT NULL DEFAULT 0, claim TEXT)",
-    // Every state change of the card processor's breaker, by every
-    // replica: its history survives restarts and is read by the books.
-    "CREATE TABLE IF NOT EXISTS breaker_transitions (at_ms BIGINT NOT NULL, from_state TEXT NOT NULL, \
-     to_state TEXT NOT NULL)",
-    // The card vault.
-    vault::TABLE,
-];
 
 /// The card processor's breaker, as payment's records tell: its last
 /// state and how many times it opened.
@@ -87,9 +71,6 @@ impl BreakerHistory {
         })
     }
 }
-
-/// The events the payment service consumes.
-pub const CONSUMES: &[&str] = &[types::INVENTORY_RESERVED];
 
 /// Intents one round claims, and charges at once.
 const BATCH: i64 = 64;
@@ -164,12 +145,6 @@ impl Payment {
     #[must_use]
     pub const fn vault(&self) -> &Vault {
         &self.vault
-    }
-
-    /// The database.
-    #[must_use]
-    pub const fn db(&self) -> &ServiceDb {
-        &self.db
     }
 
     /// Records every transition of `breaker` until `stopped` completes.
@@ -464,11 +439,32 @@ async fn charge(
     Ok((step, event))
 }
 
-impl<C: Tx> Handler<C> for Payment {
-    async fn handle(&self, tx: &mut C, delivery: &Delivery) -> Result<Handled, BoxError> {
-        let SagaEvent::InventoryReserved(line) = SagaEvent::from_delivery("payment", delivery)?
-        else {
-            return Ok(Handled::Ignored);
+impl SagaService for Payment {
+    const NAME: &'static str = "payment";
+    const TABLES: &'static [&'static str] = &[
+        "CREATE TABLE IF NOT EXISTS payments (order_id TEXT PRIMARY KEY, amount_cents BIGINT NOT NULL, \
+         status TEXT NOT NULL, reason TEXT)",
+        // Charges to make: the order's line (JSON), the trace it belongs to,
+        // when it is next due (a claim moves it past the claim's lease) and
+        // the claim that holds it.
+        "CREATE TABLE IF NOT EXISTS payment_intents (order_id TEXT PRIMARY KEY, line TEXT NOT NULL, \
+         traceparent TEXT, due_ms BIGINT NOT NULL, attempts BIGINT NOT NULL DEFAULT 0, claim TEXT)",
+        // Every state change of the card processor's breaker, by every
+        // replica: its history survives restarts and is read by the books.
+        "CREATE TABLE IF NOT EXISTS breaker_transitions (at_ms BIGINT NOT NULL, from_state TEXT NOT NULL, \
+         to_state TEXT NOT NULL)",
+        // The card vault.
+        vault::TABLE,
+    ];
+    const CONSUMES: &'static [&'static str] = &[types::INVENTORY_RESERVED];
+
+    fn db(&self) -> &ServiceDb {
+        &self.db
+    }
+
+    async fn apply<C: Tx>(&self, tx: &mut C, event: SagaEvent) -> Result<(), BoxError> {
+        let SagaEvent::InventoryReserved(line) = event else {
+            return Err(not_consumed(Self::NAME, &event));
         };
         // The intent only: the charge is made outside this transaction.
         let traceparent = TraceContext::current().map(|context| context.traceparent().to_string());
@@ -483,7 +479,7 @@ impl<C: Tx> Handler<C> for Payment {
             ],
         )
         .await?;
-        Ok(Handled::Applied)
+        Ok(())
     }
 
     fn committed(&self, _: &Delivery) {

@@ -23,10 +23,10 @@
 //!   public `--listen`.
 //! - **inventory**, **payment**, **shipping**: a durable JetStream consumer
 //!   each, applying events through the service's inbox. Payment also keeps
-//!   the card vault ([`payment::vault`]), its key
+//!   the card vault ([`payment::vault`](crate::payment::vault)), its key
 //!   from `PAYMENT_VAULT_KEY` (64 hex digits; the same for every replica),
 //!   and tokenizes card numbers at `POST /cards` on its `--listen`
-//!   address ([`payment::cards`]), which is
+//!   address ([`payment::cards`](crate::payment::cards)), which is
 //!   internal like every process's `/metrics`.
 //! - **relay**: the relays of all four outboxes.
 //! - **processor**: the card processor simulator, over gRPC (on loopback
@@ -58,28 +58,27 @@ use axum::routing::get;
 use palisade_circuit_breaker::CircuitBreaker;
 use palisade_coalesce::{Freshness, RedisCache, RedisSettings};
 use palisade_outbox::{
-    BoxError, ConsumerConfig, Handler, JetStreamConsumer, NatsJetStreamPublisher, OutboxConfig,
-    PgInbox, PgOutbox, Relay,
+    BoxError, ConsumerConfig, JetStreamConsumer, NatsJetStreamPublisher, OutboxConfig, PgInbox,
+    PgOutbox, Relay,
 };
 use palisade_token_bucket::{FailurePolicy, LocalStore, RedisStore};
-use sqlx::PgConnection;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::auth::{self, Sessions};
 use crate::db::{ServiceDb, redact_url};
-use crate::embedded::{Consumers, StatsSource};
 use crate::gateway::{self, Services, Shared};
 use crate::identity::{self, Identity};
-use crate::inventory::{self, Inventory};
+use crate::inventory::Inventory;
 use crate::limits::Limits;
-use crate::orders::{self, Orders};
+use crate::orders::Orders;
+use crate::payment::Payment;
 use crate::payment::cards::{self, RemoteVault, Tokenizer};
 use crate::payment::vault::{Vault, VaultKey};
-use crate::payment::{self, Payment};
 use crate::processor::{self as card, ChargeStore, ProcessorClient, ProcessorServer, Simulator};
-use crate::shipping::{self, Shipping};
+use crate::service::{Consumers, Consuming, SagaService};
+use crate::shipping::Shipping;
 use crate::telemetry::Telemetry;
 
 /// The JetStream stream the saga's events go through (with a namespace
@@ -90,10 +89,10 @@ pub const STREAM: &str = "ORDERS";
 
 /// The services that own a database, with their tables.
 pub(crate) const DATABASES: [(&str, &[&str]); 4] = [
-    ("orders", orders::TABLES),
-    ("inventory", inventory::TABLES),
-    ("payment", payment::TABLES),
-    ("shipping", shipping::TABLES),
+    (Orders::NAME, Orders::TABLES),
+    (Inventory::NAME, Inventory::TABLES),
+    (Payment::NAME, Payment::TABLES),
+    (Shipping::NAME, Shipping::TABLES),
 ];
 
 /// What a process runs.
@@ -129,9 +128,9 @@ impl Role {
     pub const fn name(self) -> &'static str {
         match self {
             Self::Gateway => "gateway",
-            Self::Inventory => "inventory",
-            Self::Payment => "payment",
-            Self::Shipping => "shipping",
+            Self::Inventory => Inventory::NAME,
+            Self::Payment => Payment::NAME,
+            Self::Shipping => Shipping::NAME,
             Self::Relay => "relay",
             Self::Processor => "processor",
         }
@@ -332,18 +331,8 @@ pub async fn serve(
         Role::Relay => relays(&settings, process).await,
         Role::Gateway => gateway(&settings, process).await,
         Role::Inventory => {
-            let db = open(&settings, "inventory", inventory::TABLES, 2).await?;
-            let inventory = Inventory::new(db).await?;
-            let db = inventory.db().clone();
-            consume(
-                &settings,
-                "inventory",
-                &db,
-                inventory,
-                inventory::CONSUMES,
-                process,
-            )
-            .await
+            let db = open(&settings, Inventory::NAME, Inventory::TABLES, 2).await?;
+            consume(&settings, Inventory::new(db).await?, process).await
         }
         Role::Payment => {
             let channel =
@@ -354,7 +343,7 @@ pub async fn serve(
                 Some(key) => key.clone(),
                 None => VaultKey::from_env()?,
             };
-            let db = open(&settings, "payment", payment::TABLES, 2).await?;
+            let db = open(&settings, Payment::NAME, Payment::TABLES, 2).await?;
             let vault = Vault::open(db.clone(), &vault_key).await?;
             let payment = Payment::new(db.clone(), ProcessorClient::new(channel), vault.clone());
             let (recorder, signal) = (payment.clone(), stop.signal());
@@ -367,26 +356,14 @@ pub async fn serve(
                 .spawn(async move { charger.charge_intents(signal).await });
             consume(
                 &settings,
-                "payment",
-                &db,
                 payment,
-                payment::CONSUMES,
                 process.with_routes(cards::routes(vault)),
             )
             .await
         }
         Role::Shipping => {
-            let db = open(&settings, "shipping", shipping::TABLES, 2).await?;
-            let shipping = Shipping::new(db.clone());
-            consume(
-                &settings,
-                "shipping",
-                &db,
-                shipping,
-                shipping::CONSUMES,
-                process,
-            )
-            .await
+            let db = open(&settings, Shipping::NAME, Shipping::TABLES, 2).await?;
+            consume(&settings, Shipping::new(db), process).await
         }
     }
 }
@@ -487,66 +464,45 @@ fn filter_subject(subjects: &str, consumes: &[&str]) -> String {
     }
 }
 
-/// `service`'s durable consumer of the saga's events, taking only
-/// `consumes`.
-async fn consumer<H>(
+/// `service`'s durable consumer of the saga's events it consumes.
+async fn consumer<S: SagaService>(
     settings: &ServeSettings,
-    service: &str,
-    db: &ServiceDb,
-    handler: H,
-    consumes: &[&str],
-) -> Result<Arc<JetStreamConsumer<PgInbox, H>>, BoxError>
-where
-    H: Handler<PgConnection> + std::fmt::Debug,
-{
-    let (outbox, inbox) = postgres(db);
+    service: S,
+) -> Result<Arc<JetStreamConsumer<PgInbox, Consuming<S>>>, BoxError> {
+    let (outbox, inbox) = postgres(service.db());
     let context = connect_jetstream(settings).await?;
     ensure_stream(settings, &context, outbox.config()).await?;
     let subjects = settings.subjects();
     let config = ConsumerConfig::new(
         &settings.stream(),
-        service,
-        &format!("{subjects}.dead.{service}"),
+        S::NAME,
+        &format!("{subjects}.dead.{}", S::NAME),
     )?
-    .filter_subject(&filter_subject(&subjects, consumes))
+    .filter_subject(&filter_subject(&subjects, S::CONSUMES))
     .max_deliver(5)
     .retry_delay(Duration::from_millis(200), Duration::from_secs(5))
     // A replica killed holding a message: another gets it after this.
     .ack_wait(Duration::from_secs(10));
-    let consumer = JetStreamConsumer::new(context, config, inbox.clone(), handler)
+    let inbox = inbox.clone();
+    let consumer = JetStreamConsumer::new(context, config, inbox, Consuming(service))
         .await?
-        .only(consumes.iter().copied());
+        .only(S::CONSUMES.iter().copied());
     Ok(Arc::new(consumer))
-}
-
-impl<H> StatsSource for JetStreamConsumer<PgInbox, H>
-where
-    H: Handler<PgConnection> + std::fmt::Debug,
-{
-    fn stats(&self) -> palisade_outbox::ConsumerStats {
-        Self::stats(self)
-    }
 }
 
 /// Runs `service`'s consumer of `db` (see [`consumer`]) with `/healthz`,
 /// `/metrics` and the process's routes on its listener, and forgets its inbox records
 /// once JetStream can no longer bring them back.
-async fn consume<H>(
+async fn consume<S: SagaService>(
     settings: &ServeSettings,
-    service: &str,
-    db: &ServiceDb,
-    handler: H,
-    consumes: &[&str],
+    service: S,
     process: Process<'_>,
-) -> Result<(), BoxError>
-where
-    H: Handler<PgConnection> + std::fmt::Debug,
-{
-    let consumer = consumer(settings, service, db, handler, consumes).await?;
+) -> Result<(), BoxError> {
+    let consumer = consumer(settings, service).await?;
     let routes = process.routes.clone();
     let (listener, telemetry, mut tasks, stop) = process.into_parts();
     let consumers = Consumers::default();
-    consumers.add(service, consumer.clone());
+    consumers.add(S::NAME, consumer.clone());
     crate::metrics::observe_consumers(&telemetry.meter(), &consumers);
     tasks.spawn(serve_http(
         listener,
@@ -751,12 +707,12 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
     // commits; the re-reads catch those another gateway's consumer
     // commits (its replicas share the durable consumer), a quarter of a
     // second late at most.
-    let orders = Orders::new(open(settings, "orders", orders::TABLES, 8).await?)
+    let orders = Orders::new(open(settings, Orders::NAME, Orders::TABLES, 8).await?)
         .reread_ends(Duration::from_millis(250));
     let inventory =
-        Inventory::new(open(settings, "inventory", inventory::TABLES, 2).await?).await?;
-    let payment = open(settings, "payment", payment::TABLES, 1).await?;
-    let shipping = open(settings, "shipping", shipping::TABLES, 1).await?;
+        Inventory::new(open(settings, Inventory::NAME, Inventory::TABLES, 2).await?).await?;
+    let payment = open(settings, Payment::NAME, Payment::TABLES, 1).await?;
+    let shipping = open(settings, Shipping::NAME, Shipping::TABLES, 1).await?;
     let meter = telemetry.meter();
 
     let (client, connection) = connect_redis(settings).await?;
@@ -792,16 +748,9 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
     })?;
     trending.instrument(&meter, "trending");
 
-    let consumer = consumer(
-        settings,
-        "orders",
-        orders.db(),
-        orders.clone(),
-        orders::CONSUMES,
-    )
-    .await?;
+    let consumer = consumer(settings, orders.clone()).await?;
     let consumers = Consumers::default();
-    consumers.add("orders", consumer.clone());
+    consumers.add(Orders::NAME, consumer.clone());
     let services = Services {
         telemetry,
         processor: None,

@@ -1,17 +1,10 @@
 //! The shipping service: schedules a parcel for every paid order.
 
-use palisade_outbox::{BoxError, Delivery, Handled, Handler};
+use palisade_outbox::BoxError;
 
 use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{SagaEvent, types};
-
-/// The shipping service's tables.
-pub const TABLES: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS shipments (order_id TEXT PRIMARY KEY, sku TEXT NOT NULL, quantity BIGINT NOT NULL)",
-];
-
-/// The events the shipping service consumes.
-pub const CONSUMES: &[&str] = &[types::PAYMENT_SUCCEEDED];
+use crate::service::{SagaService, not_consumed};
 
 /// The shipping service.
 #[derive(Debug, Clone)]
@@ -25,19 +18,22 @@ impl Shipping {
     pub const fn new(db: ServiceDb) -> Self {
         Self { db }
     }
-
-    /// The database.
-    #[must_use]
-    pub const fn db(&self) -> &ServiceDb {
-        &self.db
-    }
 }
 
-impl<C: Tx> Handler<C> for Shipping {
-    async fn handle(&self, tx: &mut C, delivery: &Delivery) -> Result<Handled, BoxError> {
-        let SagaEvent::PaymentSucceeded(line) = SagaEvent::from_delivery("shipping", delivery)?
-        else {
-            return Ok(Handled::Ignored);
+impl SagaService for Shipping {
+    const NAME: &'static str = "shipping";
+    const TABLES: &'static [&'static str] = &[
+        "CREATE TABLE IF NOT EXISTS shipments (order_id TEXT PRIMARY KEY, sku TEXT NOT NULL, quantity BIGINT NOT NULL)",
+    ];
+    const CONSUMES: &'static [&'static str] = &[types::PAYMENT_SUCCEEDED];
+
+    fn db(&self) -> &ServiceDb {
+        &self.db
+    }
+
+    async fn apply<C: Tx>(&self, tx: &mut C, event: SagaEvent) -> Result<(), BoxError> {
+        let SagaEvent::PaymentSucceeded(line) = event else {
+            return Err(not_consumed(Self::NAME, &event));
         };
         tx.execute(
             "INSERT INTO shipments (order_id, sku, quantity) VALUES ($1, $2, $3)",
@@ -51,6 +47,6 @@ impl<C: Tx> Handler<C> for Shipping {
         self.db
             .enqueue(tx, &SagaEvent::ShippingScheduled(line).to_event())
             .await?;
-        Ok(Handled::Applied)
+        Ok(())
     }
 }

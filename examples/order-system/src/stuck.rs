@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::orders::{Orders, now_ms};
+use crate::service::SagaService;
 
 /// How long a saga may be pending before it counts as stuck, unless the
 /// reader says otherwise: a saga takes milliseconds, and a processor

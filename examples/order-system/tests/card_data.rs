@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use palisade_order_system::db::ServiceDb;
 use palisade_order_system::load::{self, LoadSettings, Progress};
 use palisade_order_system::processor::{DECLINED_CARD, GOOD_CARD};
+use palisade_order_system::service::SagaService;
 
 mod support;
 use support::{credentials, start};

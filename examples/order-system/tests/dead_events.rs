@@ -16,12 +16,13 @@ use palisade_order_system::embedded::System;
 use palisade_order_system::events::Line;
 use palisade_order_system::gateway::Books;
 use palisade_order_system::load::Gateway;
-use palisade_order_system::orders::{self, Order};
+use palisade_order_system::orders::{self, Order, Orders};
 use palisade_order_system::payment::{
-    self,
+    Payment,
     vault::{self, Vault, VaultKey},
 };
 use palisade_order_system::processor::GOOD_CARD;
+use palisade_order_system::service::SagaService;
 use palisade_outbox::{
     Event, Message, OutboxConfig, PgOutbox, PublishError, Published, Publisher, Relay, SqliteOutbox,
 };
@@ -42,7 +43,7 @@ impl Publisher for Refusing {
 /// Payment's token of the card that is approved, in the vault of `dir`
 /// (as the gateway has it tokenized).
 async fn good_card_token(dir: &Path) -> CardToken {
-    let db = ServiceDb::open_sqlite(dir, "payment", payment::TABLES)
+    let db = ServiceDb::open_sqlite(dir, Payment::NAME, Payment::TABLES)
         .await
         .unwrap();
     let key = VaultKey::load_or_create(&dir.join(vault::KEY_FILE)).unwrap();
@@ -61,7 +62,7 @@ async fn good_card_token(dir: &Path) -> CardToken {
 async fn order_with_a_dead_event(dir: &Path) -> String {
     std::fs::create_dir_all(dir).unwrap();
     let card = good_card_token(dir).await;
-    let db = ServiceDb::open_sqlite(dir, "orders", orders::TABLES)
+    let db = ServiceDb::open_sqlite(dir, Orders::NAME, Orders::TABLES)
         .await
         .unwrap();
     let line = Line {

@@ -9,6 +9,7 @@ use palisade_order_system::auth::{Auth, Sessions, digest};
 use palisade_order_system::embedded::System;
 use palisade_order_system::identity::{Identity, hash_password};
 use palisade_order_system::load::{self, Gateway, LoadSettings, Progress};
+use palisade_order_system::service::SagaService;
 use palisade_token_bucket::Bucket;
 
 mod support;

@@ -11,6 +11,7 @@ use palisade_order_system::db::ServiceDb;
 use palisade_order_system::embedded::System;
 use palisade_order_system::load::Gateway;
 use palisade_order_system::orders::{self, Orders, PlaceError, Placement, TokenizedOrder};
+use palisade_order_system::service::SagaService;
 
 mod support;
 use support::{signed_in, start};
@@ -287,7 +288,7 @@ async fn idempotency_keys_on_postgres_replay_refuse_and_expire() {
     let db = ServiceDb::open_postgres(
         &palisade_testkit::servers::database_url(),
         &schema,
-        orders::TABLES,
+        Orders::TABLES,
         2,
     )
     .await
@@ -340,7 +341,7 @@ async fn on_postgres_a_duplicate_sent_to_another_gateway_waits_for_the_first_and
     use sqlx::Connection;
     let url = palisade_testkit::servers::database_url();
     let schema = format!("orders_duplicate_{}", fastrand::u64(..));
-    let db = ServiceDb::open_postgres(&url, &schema, orders::TABLES, 2)
+    let db = ServiceDb::open_postgres(&url, &schema, Orders::TABLES, 2)
         .await
         .unwrap();
     // Two gateways' orders services on one database.

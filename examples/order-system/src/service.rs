@@ -1,0 +1,211 @@
+//! What a saga service is, stated once: its name, its tables, the events
+//! it consumes and how it applies them ([`SagaService`]). The embedded
+//! system ([`embedded`](crate::embedded)) and the per-process mode
+//! ([`serve`](crate::serve)) open, subscribe and relay every service
+//! through this description and nothing else.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use palisade_outbox::{
+    BoxError, ConsumerStats, Delivery, Handled, Handler, JetStreamConsumer, MemoryConsumer,
+    PgInbox, SqliteInbox,
+};
+use sqlx::{PgConnection, SqliteConnection};
+
+use crate::db::{ServiceDb, Tx};
+use crate::events::SagaEvent;
+
+/// A step of the saga: a service with a database of its own, applying the
+/// events it consumes in the transaction that also writes its next event.
+pub trait SagaService: Clone + std::fmt::Debug + Send + Sync + 'static {
+    /// Its name: its database (a SQLite file, a PostgreSQL schema), its
+    /// durable consumer, its relay.
+    const NAME: &'static str;
+    /// Its own tables (`CREATE TABLE IF NOT EXISTS`).
+    const TABLES: &'static [&'static str];
+    /// The event types it consumes: what it subscribes to, and the only
+    /// events [`apply`](Self::apply) is given.
+    const CONSUMES: &'static [&'static str];
+
+    /// Its database.
+    fn db(&self) -> &ServiceDb;
+
+    /// Applies `event`, of one of the [`CONSUMES`](Self::CONSUMES) types,
+    /// in `tx`.
+    fn apply<C: Tx>(
+        &self,
+        tx: &mut C,
+        event: SagaEvent,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Called once the transaction that applied `delivery` committed.
+    fn committed(&self, delivery: &Delivery) {
+        let _ = delivery;
+    }
+}
+
+/// A service as its consumer's handler: each delivery of a type it
+/// consumes is applied, any other ignored (and `apply` never sees it).
+#[derive(Debug, Clone)]
+pub struct Consuming<S>(pub S);
+
+impl<S: SagaService, C: Tx> Handler<C> for Consuming<S> {
+    async fn handle(&self, tx: &mut C, delivery: &Delivery) -> Result<Handled, BoxError> {
+        if !S::CONSUMES.contains(&delivery.envelope.event_type.as_str()) {
+            return Ok(Handled::Ignored);
+        }
+        let event = SagaEvent::from_delivery(S::NAME, delivery)?;
+        self.0.apply(tx, event).await?;
+        Ok(Handled::Applied)
+    }
+
+    fn committed(&self, delivery: &Delivery) {
+        self.0.committed(delivery);
+    }
+}
+
+/// The error of a service given an event it does not consume: the wiring
+/// delivers none, so this is a bug, failed loudly rather than ignored.
+#[must_use]
+pub fn not_consumed(service: &str, event: &SagaEvent) -> BoxError {
+    format!("{service} does not consume {}", event.type_name()).into()
+}
+
+/// A service's consumer, by the service's name.
+type Named = (String, Arc<dyn StatsSource>);
+
+/// The consumers' counters, by service, for the books and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Consumers {
+    stats: Arc<Mutex<Vec<Named>>>,
+}
+
+/// A consumer whose counters can be read: the in-process one (embedded)
+/// and the JetStream one (per process).
+pub trait StatsSource: Send + Sync + std::fmt::Debug {
+    /// The counters.
+    fn stats(&self) -> ConsumerStats;
+}
+
+impl<H> StatsSource for MemoryConsumer<SqliteInbox, H>
+where
+    H: Handler<SqliteConnection> + std::fmt::Debug,
+{
+    fn stats(&self) -> ConsumerStats {
+        Self::stats(self)
+    }
+}
+
+impl<H> StatsSource for JetStreamConsumer<PgInbox, H>
+where
+    H: Handler<PgConnection> + std::fmt::Debug,
+{
+    fn stats(&self) -> ConsumerStats {
+        Self::stats(self)
+    }
+}
+
+impl Consumers {
+    /// Counts `consumer` as `name`'s.
+    pub fn add(&self, name: &str, consumer: Arc<dyn StatsSource>) {
+        self.stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((name.to_owned(), consumer));
+    }
+
+    /// Each consumer's counters.
+    #[must_use]
+    pub fn stats(&self) -> Vec<(String, ConsumerStats)> {
+        self.stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(name, consumer)| (name.clone(), consumer.stats()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use palisade_outbox::Envelope;
+
+    use super::*;
+    use crate::events::Line;
+    use crate::shipping::Shipping;
+
+    fn delivery(event: &SagaEvent) -> Delivery {
+        Delivery {
+            envelope: Envelope {
+                id: uuid::Uuid::now_v7().to_string(),
+                source: "/test".to_owned(),
+                event_type: event.type_name().to_owned(),
+                subject: Some(event.order_id().to_owned()),
+                aggregate_type: Some("order".to_owned()),
+                time_ms: None,
+                content_type: None,
+                traceparent: None,
+                tracestate: None,
+                extensions: std::collections::BTreeMap::new(),
+            },
+            subject: format!("orders.order.{}", event.type_name()),
+            payload: serde_json::to_vec(event).unwrap().into(),
+            attempt: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_applies_what_it_consumes_and_ignores_the_rest_unseen() {
+        let dir = std::env::temp_dir().join(format!("palisade-service-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = ServiceDb::open_sqlite(&dir, Shipping::NAME, Shipping::TABLES)
+            .await
+            .unwrap();
+        let handler = Consuming(Shipping::new(db.clone()));
+        let line = Line {
+            order_id: "o-1".to_owned(),
+            sku: "sku-1".to_owned(),
+            quantity: 2,
+            amount_cents: 500,
+            card_token: "t".to_owned(),
+            card_last4: "4242".to_owned(),
+        };
+        let shipments = || async {
+            crate::on_pool!(&db, |pool| sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM shipments"
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap())
+        };
+        let ServiceDb::Sqlite { pool, .. } = db.clone() else {
+            unreachable!("a SQLite file was opened")
+        };
+
+        // Not a type shipping consumes: ignored before it is read.
+        let mut tx = pool.begin().await.unwrap();
+        let created = delivery(&SagaEvent::OrderCreated(line.clone()));
+        let handled = handler.handle(&mut *tx, &created).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(handled, Handled::Ignored);
+        assert_eq!(shipments().await, 0);
+
+        let mut tx = pool.begin().await.unwrap();
+        let paid = delivery(&SagaEvent::PaymentSucceeded(line.clone()));
+        let handled = handler.handle(&mut *tx, &paid).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(handled, Handled::Applied);
+        assert_eq!(shipments().await, 1);
+
+        // Given anyway, an event it does not consume is an error, never a
+        // silent success.
+        let mut tx = pool.begin().await.unwrap();
+        let error = Shipping::new(db.clone())
+            .apply(&mut *tx, SagaEvent::OrderCreated(line))
+            .await
+            .unwrap_err();
+        assert_eq!(error.to_string(), "shipping does not consume OrderCreated");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
