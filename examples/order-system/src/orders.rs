@@ -142,8 +142,9 @@ impl From<sqlx::Error> for PlaceError {
     }
 }
 
-/// An order's columns, as [`Orders::find`] selects them.
+/// An order's columns, as [`Orders::find`] selects them: its user's first.
 type OrderRow = (
+    String,
     String,
     String,
     i64,
@@ -154,7 +155,7 @@ type OrderRow = (
 );
 
 impl From<OrderRow> for Order {
-    fn from((id, sku, quantity, amount_cents, status, reason, saga_ms): OrderRow) -> Self {
+    fn from((_, id, sku, quantity, amount_cents, status, reason, saga_ms): OrderRow) -> Self {
         Self {
             id,
             sku,
@@ -389,15 +390,18 @@ impl Orders {
     /// The database's error.
     pub async fn find(&self, user: &str, id: &str) -> Result<Option<Order>, sqlx::Error> {
         crate::on_pool!(&self.db, |pool| {
+            // By the primary key alone, the user checked here: with the
+            // user in the statement too, a plan cached while the table was
+            // small can take the (user_id, idempotency_key) index and read
+            // every order of the user at each lookup.
             let row: Option<OrderRow> = sqlx::query_as(
-                "SELECT id, sku, quantity, amount_cents, status, reason, finished_ms - created_ms \
-                 FROM orders WHERE user_id = $1 AND id = $2",
+                "SELECT user_id, id, sku, quantity, amount_cents, status, reason, \
+                 finished_ms - created_ms FROM orders WHERE id = $1",
             )
-            .bind(user)
             .bind(id)
             .fetch_optional(pool)
             .await?;
-            Ok(row.map(Order::from))
+            Ok(row.filter(|row| row.0 == user).map(Order::from))
         })
     }
 

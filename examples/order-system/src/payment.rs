@@ -449,6 +449,8 @@ impl SagaService for Payment {
         // the claim that holds it.
         "CREATE TABLE IF NOT EXISTS payment_intents (order_id TEXT PRIMARY KEY, line TEXT NOT NULL, \
          traceparent TEXT, due_ms BIGINT NOT NULL, attempts BIGINT NOT NULL DEFAULT 0, claim TEXT)",
+        // Each round claims the intents due first.
+        "CREATE INDEX IF NOT EXISTS payment_intents_due ON payment_intents (due_ms)",
         // Every state change of the card processor's breaker, by every
         // replica: its history survives restarts and is read by the books.
         "CREATE TABLE IF NOT EXISTS breaker_transitions (at_ms BIGINT NOT NULL, from_state TEXT NOT NULL, \
