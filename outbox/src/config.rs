@@ -141,6 +141,7 @@ impl OutboxConfig {
 
     /// The `NOTIFY` channel of the table's relays in PostgreSQL: its name
     /// with `_` for `.` (an identifier, so safe within a statement).
+    #[cfg(feature = "postgres")]
     pub(crate) fn notify_channel(&self) -> String {
         format!("palisade_outbox_{}", self.table.replace('.', "_"))
     }
