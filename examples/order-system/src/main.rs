@@ -70,6 +70,9 @@ enum Command {
     /// The events a service's outbox gave up on after their last attempt.
     #[command(subcommand)]
     DeadEvents(DeadEvents),
+    /// Removes a system run with --namespace NS from the servers (its
+    /// schemas, its stream, its Redis keys), once its processes stopped.
+    RemoveNamespace(RemoveNamespaceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +188,30 @@ struct ServeArgs {
     /// Its HTTP address.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    #[command(flatten)]
+    servers: Servers,
+    /// The processor's gRPC address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
+    grpc: SocketAddr,
+    /// Payment's URL of the processor's gRPC.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:50051")]
+    processor: String,
+    /// Payment's HTTP URL, where the gateway has card numbers tokenized
+    /// (required for the gateway).
+    #[arg(long, value_name = "URL", env = "PALISADE_PAYMENT")]
+    payment: Option<String>,
+    #[command(flatten)]
+    namespace: Namespace,
+    #[command(flatten)]
+    identity: IdentityFile,
+    /// The gateway's admin address, for /books, /metrics and /admin.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+    admin_listen: SocketAddr,
+}
+
+/// Where the servers are.
+#[derive(Debug, Args)]
+struct Servers {
     /// A PostgreSQL URL.
     #[arg(
         long,
@@ -212,23 +239,25 @@ struct ServeArgs {
         default_value = "redis://127.0.0.1:6379"
     )]
     redis: String,
-    /// The processor's gRPC address.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:50051")]
-    grpc: SocketAddr,
-    /// Payment's URL of the processor's gRPC.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:50051")]
-    processor: String,
-    /// Payment's HTTP URL, where the gateway has card numbers tokenized
-    /// (required for the gateway).
-    #[arg(long, value_name = "URL", env = "PALISADE_PAYMENT")]
-    payment: Option<String>,
+}
+
+impl Servers {
+    fn infrastructure(self) -> Infrastructure {
+        Infrastructure {
+            postgres: self.postgres,
+            nats: self.nats,
+            redis: self.redis,
+        }
+    }
+}
+
+/// `remove-namespace`'s flags.
+#[derive(Debug, Args)]
+struct RemoveNamespaceArgs {
+    #[command(flatten)]
+    servers: Servers,
     #[command(flatten)]
     namespace: Namespace,
-    #[command(flatten)]
-    identity: IdentityFile,
-    /// The gateway's admin address, for /books, /metrics and /admin.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
-    admin_listen: SocketAddr,
 }
 
 /// A service's name as `serve` takes it.
@@ -358,6 +387,7 @@ fn main() -> ExitCode {
             Some(Command::Identity(args)) => identity_command(args).await,
             Some(Command::Token(args)) => token_command(args).await,
             Some(Command::DeadEvents(action)) => dead_events_command(action).await,
+            Some(Command::RemoveNamespace(args)) => remove_namespace(args).await,
         }
     });
     match outcome {
@@ -395,12 +425,7 @@ async fn stop_signal() {
 
 async fn serve_command(args: ServeArgs) -> Result<ExitCode, String> {
     let role = args.role;
-    let infrastructure = Infrastructure {
-        postgres: args.postgres,
-        nats: args.nats,
-        redis: args.redis,
-    };
-    let mut settings = ServeSettings::new(role, infrastructure, args.listen);
+    let mut settings = ServeSettings::new(role, args.servers.infrastructure(), args.listen);
     settings.grpc = args.grpc;
     settings.admin_listen = args.admin_listen;
     settings.processor = args.processor;
@@ -411,6 +436,24 @@ async fn serve_command(args: ServeArgs) -> Result<ExitCode, String> {
     serve::serve(settings, stop_signal())
         .await
         .map_err(|error| format!("{}: {error}", role.name()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn remove_namespace(args: RemoveNamespaceArgs) -> Result<ExitCode, String> {
+    let namespace = args.namespace.name;
+    let removed = serve::remove_namespace(args.servers.infrastructure(), &namespace)
+        .await
+        .map_err(|error| format!("namespace {namespace:?}: {error}"))?;
+    println!(
+        "namespace {namespace}: {} schemas dropped, stream {}, {} Redis keys deleted",
+        removed.schemas,
+        if removed.stream {
+            "deleted"
+        } else {
+            "not there"
+        },
+        removed.keys
+    );
     Ok(ExitCode::SUCCESS)
 }
 

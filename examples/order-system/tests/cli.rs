@@ -100,7 +100,15 @@ fn each_command_has_its_help_with_the_variables_it_reads() {
         String::from_utf8(output.stdout).unwrap()
     };
     let top = help(&["--help"]);
-    for command in ["run", "load", "serve", "identity", "token", "dead-events"] {
+    for command in [
+        "run",
+        "load",
+        "serve",
+        "identity",
+        "token",
+        "dead-events",
+        "remove-namespace",
+    ] {
         assert!(top.contains(command), "{command}: {top}");
     }
     let serve = help(&["serve", "--help"]);
@@ -143,4 +151,21 @@ fn a_server_url_from_the_environment_is_not_shown_in_the_help() {
     let help = String::from_utf8(output.stdout).unwrap();
     assert!(help.contains("PALISADE_POSTGRES"), "{help}");
     assert!(!help.contains("hunter2"), "{help}");
+}
+
+#[test]
+fn the_default_system_is_never_removed_as_a_namespace() {
+    let output = Command::new(env!("CARGO_BIN_EXE_order-system"))
+        .arg("remove-namespace")
+        .env_remove("PALISADE_NAMESPACE")
+        // Nothing listens there: the refusal comes before any connection.
+        .env("PALISADE_POSTGRES", "postgres://nobody@127.0.0.1:1/none")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{said}");
+    assert!(
+        said.contains("refusing to remove the default system"),
+        "{said}"
+    );
 }

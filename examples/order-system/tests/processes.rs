@@ -24,6 +24,7 @@ use palisade_order_system::identity::{Credentials, Role, seed_demo};
 use palisade_order_system::load::{self, Gateway, LoadSettings, Progress, Summary};
 use palisade_order_system::payment::vault::{KEY_VARIABLE, VaultKey};
 use palisade_order_system::processor::{DECLINED_CARD, GOOD_CARD};
+use palisade_order_system::serve::{Infrastructure, Removed, remove_namespace};
 use palisade_testkit::servers::{database_url, nats_url, redis_url};
 
 /// Each test starts a whole system (some 50 PostgreSQL connections at
@@ -383,22 +384,22 @@ impl System {
         for name in names {
             self.kill(&name);
         }
-        let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url())
+        // Everything the system left on the servers goes, and only once.
+        let infrastructure = Infrastructure {
+            postgres: database_url(),
+            nats: nats_url(),
+            redis: redis_url(),
+        };
+        let removed = remove_namespace(infrastructure.clone(), &self.namespace)
             .await
             .unwrap();
-        for service in ["orders", "inventory", "payment", "shipping", "processor"] {
-            sqlx::query(&format!(
-                "DROP SCHEMA IF EXISTS {}_{service} CASCADE",
-                self.namespace
-            ))
-            .execute(&mut db)
+        assert_eq!(removed.schemas, 5, "{removed:?}");
+        assert!(removed.stream, "{removed:?}");
+        assert!(removed.keys > 0, "sign-in and rate limits: {removed:?}");
+        let again = remove_namespace(infrastructure, &self.namespace)
             .await
             .unwrap();
-        }
-        let nats = async_nats::connect(nats_url()).await.unwrap();
-        let _ = async_nats::jetstream::new(nats)
-            .delete_stream(format!("ORDERS_{}", self.namespace.to_ascii_uppercase()))
-            .await;
+        assert_eq!(again, Removed::default());
         let _ = std::fs::remove_dir_all(&self.logs);
     }
 }
