@@ -169,6 +169,8 @@ impl System {
         let shipping =
             Shipping::new(ServiceDb::open_sqlite(dir, Shipping::NAME, Shipping::TABLES).await?);
 
+        // Every consumer subscribes before any relay publishes: the broker
+        // hands an event only to the subscriptions it has.
         let broker = HandoffBroker::new(QUEUE);
         let consumers = Consumers::default();
         spawn_consumer(

@@ -68,8 +68,7 @@ use crate::inventory::{CATALOG, Inventory, StockLevel};
 use crate::limits::{self, Limited, Limits};
 use crate::orders::{NewOrder, Orders, PlaceError, Placement};
 use crate::payment::BreakerHistory;
-use crate::service::Consumers;
-use crate::service::SagaService;
+use crate::service::{Consumers, SagaService};
 use crate::stuck::{self, STUCK_AFTER};
 
 /// The services behind the gateway.

@@ -327,7 +327,7 @@ pub async fn remove_namespace(
             .await
             .map_err(|error| format!("PostgreSQL: {error}"))?;
     let services = DATABASES.iter().map(|(service, _)| *service);
-    for service in services.chain(["processor"]) {
+    for service in services.chain([Role::Processor.name()]) {
         let schema = settings.schema(service);
         let existed: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM information_schema.schemata WHERE schema_name = $1)",
@@ -358,7 +358,8 @@ pub async fn remove_namespace(
     };
 
     let (_, mut redis) = connect_redis(&settings).await?;
-    let pattern = format!("{namespace}:*");
+    // Every key the system writes is under `namespaced(…, ":")`.
+    let pattern = format!("{}*", settings.namespaced("", ":"));
     let mut cursor: u64 = 0;
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -589,8 +590,8 @@ async fn consumer<S: SagaService>(
     Ok(Arc::new(consumer))
 }
 
-/// Runs `service`'s consumer of `db` (see [`consumer`]) with `/healthz`,
-/// `/metrics` and the process's routes on its listener, and forgets its inbox records
+/// Runs `service`'s consumer (see [`consumer`]) with `/healthz`, `/metrics`
+/// and the process's routes on its listener, and forgets its inbox records
 /// once JetStream can no longer bring them back.
 async fn consume<S: SagaService>(
     settings: &ServeSettings,
@@ -720,7 +721,7 @@ async fn processor(settings: &ServeSettings, process: Process<'_>) -> Result<(),
     let sessions = Sessions::redis(connection, &settings.sessions_prefix());
     let charges = ChargeStore::open_postgres(
         &settings.infrastructure.postgres,
-        &settings.schema("processor"),
+        &settings.schema(Role::Processor.name()),
     )
     .await
     .map_err(|error| format!("PostgreSQL (processor): {error}"))?;
