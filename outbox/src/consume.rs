@@ -131,6 +131,16 @@ pub trait Handler<C>: Send + Sync + 'static {
         delivery: &Delivery,
     ) -> impl Future<Output = Result<Handled, BoxError>> + Send;
 
+    /// Called once in each transaction, before the first delivery handed
+    /// to [`handle`](Self::handle) in it: the place for what a batch
+    /// needs once rather than for each of its deliveries, such as row
+    /// locks taken in a fixed order. An error counts as that delivery's.
+    /// Nothing by default.
+    fn prepare(&self, tx: &mut C) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = tx;
+        std::future::ready(Ok(()))
+    }
+
     /// Called once the transaction that applied `delivery` has committed
     /// (not for duplicates, ignored deliveries or rolled-back attempts):
     /// the place to tell the rest of the process, now that the effect is
@@ -259,9 +269,20 @@ where
     let mut failure = None;
     while len > 0 {
         let mut tx = inbox.begin().await?;
+        let ids: Vec<&str> = deliveries[..len]
+            .iter()
+            .map(|delivery| delivery.envelope.id.as_str())
+            .collect();
+        let first_times = inbox.process_all(&mut tx, consumer, &ids).await?;
         let mut settled: Vec<&AtomicU64> = Vec::with_capacity(len);
-        for delivery in &deliveries[..len] {
-            match apply_in(inbox, consumer, handler, counters, &mut tx, delivery).await? {
+        let mut prepared = false;
+        for (delivery, first_time) in deliveries[..len].iter().zip(first_times) {
+            let applied = if first_time {
+                apply_in(handler, counters, &mut *tx, delivery, &mut prepared).await
+            } else {
+                Ok(&counters.duplicates)
+            };
+            match applied {
                 Ok(counter) => settled.push(counter),
                 Err(error) => {
                     failure = Some(error);
@@ -285,33 +306,30 @@ where
     Ok((0, failure))
 }
 
-/// The inbox check and the handler for one delivery, in `tx`: the counter
-/// to bump, or the handler's error (the caller rolls back).
-async fn apply_in<'c, I, H>(
-    inbox: &I,
-    consumer: &str,
+/// The handler for one delivery seen for the first time, in `tx` (which
+/// it prepares first unless `prepared`): the counter to bump, or the
+/// handler's error (the caller rolls back).
+async fn apply_in<'c, C, H>(
     handler: &H,
     counters: &'c Counters,
-    tx: &mut <I::Database as sqlx::Database>::Connection,
+    tx: &mut C,
     delivery: &Delivery,
-) -> Result<Result<&'c AtomicU64, BoxError>, sqlx::Error>
+    prepared: &mut bool,
+) -> Result<&'c AtomicU64, BoxError>
 where
-    I: InboxStore,
-    H: Handler<<I::Database as sqlx::Database>::Connection>,
+    H: Handler<C>,
 {
-    if !inbox
-        .process_once(tx, consumer, &delivery.envelope.id)
-        .await?
-    {
-        return Ok(Ok(&counters.duplicates));
+    if !*prepared {
+        handler.prepare(tx).await?;
+        *prepared = true;
     }
     let handling = handler.handle(tx, delivery);
     #[cfg(feature = "tracecontext")]
     let handling = delivery.trace_context().scope(handling);
-    Ok(handling.await.map(|handled| match handled {
+    handling.await.map(|handled| match handled {
         Handled::Applied => &counters.applied,
         Handled::Ignored => &counters.ignored,
-    }))
+    })
 }
 
 /// The delay before delivery `attempt + 1`: `base`, doubling up to `cap`.

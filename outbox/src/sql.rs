@@ -15,6 +15,16 @@ pub(crate) enum Dialect {
 }
 
 impl Dialect {
+    /// The rows `id` of the JSON array of strings `param`.
+    fn json_texts(self, param: &str) -> String {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres => format!("jsonb_array_elements_text({param}::jsonb) AS ids (id)"),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite => format!("(SELECT value AS id FROM json_each({param}))"),
+        }
+    }
+
     /// The current time as a column value.
     const fn now(self) -> &'static str {
         match self {
@@ -301,6 +311,9 @@ impl OutboxSql {
 pub(crate) struct InboxSql {
     pub(crate) migrate: Vec<String>,
     pub(crate) record: String,
+    /// Records a JSON array of message ids (`$2`) at once, returning
+    /// those not recorded before.
+    pub(crate) record_all: String,
     pub(crate) forget: String,
 }
 
@@ -321,6 +334,13 @@ impl InboxSql {
             migrate,
             record: format!(
                 "INSERT INTO {table} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            ),
+            // SQLite needs the `WHERE` to read `ON CONFLICT` as the
+            // upsert's, not a join's.
+            record_all: format!(
+                "INSERT INTO {table} (consumer, message_id) SELECT $1, id FROM {ids} WHERE true \
+                 ON CONFLICT DO NOTHING RETURNING message_id",
+                ids = dialect.json_texts("$2"),
             ),
             forget: format!(
                 "DELETE FROM {table} WHERE (consumer, message_id) IN (SELECT consumer, message_id \

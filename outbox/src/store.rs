@@ -155,14 +155,14 @@ pub trait InboxStore: Clone + Send + Sync + 'static {
         &self,
     ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>> + Send;
 
-    /// As the inbox's own `process_once`: `true` the first time
-    /// `consumer` sees `message_id`, recorded in `tx`.
-    fn process_once(
+    /// As the inbox's own `process_all`: for each of `message_ids`, `true`
+    /// the first time `consumer` sees it, all recorded in `tx`.
+    fn process_all(
         &self,
         tx: &mut <Self::Database as sqlx::Database>::Connection,
         consumer: &str,
-        message_id: &str,
-    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+        message_ids: &[&str],
+    ) -> impl Future<Output = Result<Vec<bool>, sqlx::Error>> + Send;
 
     /// As the inbox's own `forget_older_than`.
     fn forget_older_than(

@@ -363,6 +363,34 @@ macro_rules! sql_inbox {
                 Ok(inserted.rows_affected() == 1)
             }
 
+            /// Records that `consumer` processes each of `message_ids`, in
+            /// the caller's transaction and one statement: for each id in
+            /// order, `true` where it is seen for the first time (never
+            /// recorded, and its first place in the list), `false` for one
+            /// already processed. A batch's check costs one round trip
+            /// instead of one per message.
+            ///
+            /// # Errors
+            ///
+            /// The database's error.
+            pub async fn process_all<S: AsRef<str>>(
+                &self,
+                tx: &mut $conn,
+                consumer: &str,
+                message_ids: &[S],
+            ) -> Result<Vec<bool>, sqlx::Error> {
+                if message_ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let list = $crate::stores::json_list(message_ids);
+                let recorded: Vec<String> = sqlx::query_scalar(&self.sql.record_all)
+                    .bind(consumer)
+                    .bind(list)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                Ok($crate::stores::first_times(message_ids, recorded))
+            }
+
             /// Forgets records older than `age`, at most `batch` of them;
             /// returns how many went. Keep `age` longer than the broker may
             /// redeliver or duplicate (JetStream: its duplicate window and
@@ -393,13 +421,13 @@ macro_rules! sql_inbox {
                 self.pool.begin().await
             }
 
-            async fn process_once(
+            async fn process_all(
                 &self,
                 tx: &mut $conn,
                 consumer: &str,
-                message_id: &str,
-            ) -> Result<bool, sqlx::Error> {
-                $name::process_once(self, tx, consumer, message_id).await
+                message_ids: &[&str],
+            ) -> Result<Vec<bool>, sqlx::Error> {
+                $name::process_all(self, tx, consumer, message_ids).await
             }
 
             async fn forget_older_than(
@@ -442,6 +470,21 @@ pub(crate) fn seq_list(messages: &[Message]) -> String {
         let _ = write!(list, "{}", message.seq);
     }
     list
+}
+
+/// `ids` as a JSON array of strings, as the inbox's `record_all` takes
+/// them.
+pub(crate) fn json_list<S: AsRef<str>>(ids: &[S]) -> String {
+    serde_json::to_string(&ids.iter().map(AsRef::as_ref).collect::<Vec<_>>())
+        .unwrap_or_else(|_| unreachable!("a list of strings is JSON"))
+}
+
+/// For each of `ids` in order: whether it is among `recorded` (the ids a
+/// statement recorded for the first time), counting only its first place
+/// in `ids`.
+pub(crate) fn first_times<S: AsRef<str>>(ids: &[S], recorded: Vec<String>) -> Vec<bool> {
+    let mut recorded: std::collections::HashSet<String> = recorded.into_iter().collect();
+    ids.iter().map(|id| recorded.remove(id.as_ref())).collect()
 }
 
 /// The backlog statement's row.

@@ -147,6 +147,95 @@ async fn the_memory_consumer_applies_once_retries_and_gives_up() {
     assert_eq!(applied, ["Good", "Flaky"]);
 }
 
+/// Prepares each transaction by writing a row in it, counting its calls;
+/// `Bad` fails.
+#[derive(Debug, Default)]
+struct Prepared {
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl Handler<SqliteConnection> for Prepared {
+    async fn prepare(&self, tx: &mut SqliteConnection) -> Result<(), BoxError> {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sqlx::query("INSERT INTO prepared DEFAULT VALUES")
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut SqliteConnection,
+        delivery: &Delivery,
+    ) -> Result<Handled, BoxError> {
+        let kind = delivery.envelope.event_type.clone();
+        if kind == "Bad" {
+            return Err("Bad fails".into());
+        }
+        sqlx::query("INSERT INTO applied (kind) VALUES ($1)")
+            .bind(kind)
+            .execute(tx)
+            .await?;
+        Ok(Handled::Applied)
+    }
+}
+
+#[tokio::test]
+async fn each_transaction_is_prepared_once_and_only_for_new_deliveries() {
+    let events = ["A", "Bad", "C"]
+        .iter()
+        .map(|kind| Event::new("order", format!("o-{kind}"), *kind, b"{}".to_vec()))
+        .collect();
+    let (pool, source) = messages(events).await;
+    for table in [
+        "CREATE TABLE applied (kind TEXT)",
+        "CREATE TABLE prepared (n INTEGER)",
+    ] {
+        sqlx::query(table).execute(&pool).await.unwrap();
+    }
+    let inbox = SqliteInbox::new(pool.clone(), "inbox").unwrap();
+    inbox.migrate().await.unwrap();
+    let consumer = MemoryConsumer::new("prepared", inbox, Prepared::default()).max_deliver(1);
+    let deliver = |messages: Vec<Message>| {
+        let (sender, receiver) = mpsc::channel(16);
+        for message in messages {
+            sender.try_send(message).unwrap();
+        }
+        receiver
+    };
+
+    // One batch: A, then Bad fails and rolls back; A again without it
+    // (prepared again), Bad given up on, then C in a transaction of its own.
+    consumer
+        .run(deliver(source.clone()), std::future::pending())
+        .await;
+    // Then A and C again: only duplicates, nothing to prepare.
+    let again = vec![source[0].clone(), source[2].clone()];
+    consumer.run(deliver(again), std::future::pending()).await;
+
+    let stats = consumer.stats();
+    assert_eq!(
+        (stats.applied, stats.duplicates, stats.dead_lettered),
+        (2, 2, 1)
+    );
+    let calls = consumer
+        .handler()
+        .calls
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(calls, 3, "the rolled-back transaction, A's and C's");
+    let prepared: i64 = sqlx::query_scalar("SELECT count(*) FROM prepared")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(prepared, 2, "in the committed transactions, once each");
+    let applied: Vec<String> = sqlx::query_scalar("SELECT kind FROM applied ORDER BY rowid")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, ["A", "C"]);
+}
+
 /// Down for its first five tries: a dependency outage, not the message.
 #[derive(Debug, Default)]
 struct Outage {

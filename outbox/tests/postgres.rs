@@ -87,6 +87,7 @@ scenarios!(Pg:
     sent_events_are_cleaned_up_in_bounded_batches,
     the_backlog_reports_the_oldest_pending_age,
     the_inbox_applies_each_message_once_with_its_effect,
+    the_inbox_checks_a_batch_at_once,
 );
 
 /// Two transactions writing one aggregate: the second waits for the first,

@@ -93,6 +93,7 @@ scenarios!(Lite:
     sent_events_are_cleaned_up_in_bounded_batches,
     the_backlog_reports_the_oldest_pending_age,
     the_inbox_applies_each_message_once_with_its_effect,
+    the_inbox_checks_a_batch_at_once,
 );
 
 /// The same wake-up and order with the hook installed once per connection.

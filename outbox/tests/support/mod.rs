@@ -33,6 +33,8 @@ pub trait Harness: Sized + Send + Sync {
     /// In one transaction: the inbox's verdict on (`consumer`,
     /// `message`), then commit or roll back.
     async fn process_once(&self, consumer: &str, message: Uuid, commit: bool) -> bool;
+    /// The same for a batch of message ids, checked at once.
+    async fn process_all(&self, consumer: &str, messages: &[&str], commit: bool) -> Vec<bool>;
     async fn forget_inbox(&self) -> u64;
     /// Cleans up after a test that passed.
     async fn finish(self);
@@ -80,6 +82,21 @@ macro_rules! same_on_every_database {
                 tx.rollback().await.unwrap();
             }
             first
+        }
+
+        async fn process_all(&self, consumer: &str, messages: &[&str], commit: bool) -> Vec<bool> {
+            let mut tx = self.pool.begin().await.unwrap();
+            let first_times = self
+                .inbox
+                .process_all(&mut tx, consumer, messages)
+                .await
+                .unwrap();
+            if commit {
+                tx.commit().await.unwrap();
+            } else {
+                tx.rollback().await.unwrap();
+            }
+            first_times
         }
 
         async fn forget_inbox(&self) -> u64 {
@@ -636,5 +653,35 @@ pub async fn the_inbox_applies_each_message_once_with_its_effect<H: Harness>() {
     assert!(h.process_once("notify", message, true).await);
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(h.forget_inbox().await, 2);
+    h.finish().await;
+}
+
+pub async fn the_inbox_checks_a_batch_at_once<H: Harness>() {
+    let h = H::start(|c| c).await;
+    let done = Uuid::now_v7();
+    assert!(h.process_once("reserve", done, true).await);
+    let done = done.to_string();
+    // Any CloudEvents id, not only UUIDs: commas, quotes, other scripts.
+    let (odd, other) = ("a,b \"c\"", "réservé/1");
+    // One already processed, one twice in the batch (its first place
+    // only is new), one new; rolled back, so nothing is recorded.
+    assert_eq!(
+        h.process_all("reserve", &[&done, odd, other, odd], false)
+            .await,
+        [false, true, true, false]
+    );
+    assert_eq!(
+        h.process_all("reserve", &[odd, other], true).await,
+        [true, true]
+    );
+    assert_eq!(
+        h.process_all("reserve", &[other, &done, odd], true).await,
+        [false, false, false]
+    );
+    // Another consumer has its own records; an empty batch records nothing.
+    assert_eq!(h.process_all("notify", &[&done], true).await, [true]);
+    assert!(h.process_all("notify", &[], true).await.is_empty());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(h.forget_inbox().await, 4);
     h.finish().await;
 }
