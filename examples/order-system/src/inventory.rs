@@ -182,10 +182,15 @@ impl SagaService for Inventory {
         &self.db
     }
 
-    async fn apply<C: Tx>(&self, tx: &mut C, event: SagaEvent) -> Result<(), BoxError> {
-        // The stock rows are the hot spot: a batch of events writes several
-        // of them, in any order. Replicas take turns rather than deadlock.
+    /// The stock rows are the hot spot: a batch of events writes several
+    /// of them, in any order. Each batch locks them all in one order first,
+    /// so replicas take turns rather than deadlock.
+    async fn prepare<C: Tx>(&self, tx: &mut C) -> Result<(), BoxError> {
         tx.lock_in_order("stock", "sku").await?;
+        Ok(())
+    }
+
+    async fn apply<C: Tx>(&self, tx: &mut C, event: SagaEvent) -> Result<(), BoxError> {
         match event {
             SagaEvent::OrderCreated(line) => self.reserve(tx, line).await?,
             SagaEvent::PaymentFailed { line, .. } => {

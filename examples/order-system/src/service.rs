@@ -31,8 +31,15 @@ pub trait SagaService: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// Its database.
     fn db(&self) -> &ServiceDb;
 
+    /// Prepares a transaction for the batch of events it will apply,
+    /// before the first (see [`Handler::prepare`]). Nothing by default.
+    fn prepare<C: Tx>(&self, tx: &mut C) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = tx;
+        std::future::ready(Ok(()))
+    }
+
     /// Applies `event`, of one of the [`CONSUMES`](Self::CONSUMES) types,
-    /// in `tx`.
+    /// in `tx`, once [`prepare`](Self::prepare)d.
     fn apply<C: Tx>(
         &self,
         tx: &mut C,
@@ -58,6 +65,10 @@ impl<S: SagaService, C: Tx> Handler<C> for Consuming<S> {
         let event = SagaEvent::from_delivery(S::NAME, delivery)?;
         self.0.apply(tx, event).await?;
         Ok(Handled::Applied)
+    }
+
+    async fn prepare(&self, tx: &mut C) -> Result<(), BoxError> {
+        self.0.prepare(tx).await
     }
 
     fn committed(&self, delivery: &Delivery) {
