@@ -253,11 +253,10 @@ impl Orders {
         id: &str,
         wait: Duration,
     ) -> Result<Option<Order>, sqlx::Error> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let order = self.find(user, id).await?;
-        if order.as_ref().is_none_or(|order| order.status != "pending") || wait.is_zero() {
-            return Ok(order);
+        if wait.is_zero() {
+            return self.find(user, id).await;
         }
+        let deadline = tokio::time::Instant::now() + wait;
         let waiter = self.waiters.register(id);
         loop {
             // Registered before reading, so an end committed between the
