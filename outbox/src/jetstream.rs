@@ -576,6 +576,65 @@ where
     }
 }
 
+/// Every message of `stream` on subjects matching `filter`, from the first
+/// the stream keeps to the last it held when called, in stream order, as
+/// deliveries: what a read model is built again from (a projection's
+/// rebuild). A message without a valid envelope is left out, with a
+/// warning. Nothing is acknowledged or changed: the messages are read
+/// through an ephemeral consumer, deleted once read.
+///
+/// The whole history is held in memory: replay a stream whose matching
+/// messages fit in it.
+///
+/// # Errors
+///
+/// JetStream's, when the stream is missing or its messages cannot be read.
+pub async fn replay(
+    context: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+) -> Result<Vec<Delivery>, BoxError> {
+    let stream = context.get_stream(stream).await?;
+    let mut consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: filter.to_owned(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            // Gone on its own should this process die while reading.
+            inactive_threshold: Duration::from_secs(60),
+            ..pull::Config::default()
+        })
+        .await?;
+    let info = consumer.info().await?.clone();
+    let mut remaining = info.num_pending;
+    let mut deliveries = Vec::with_capacity(usize::try_from(remaining).unwrap_or(0));
+    if remaining > 0 {
+        let mut messages = consumer.messages().await?;
+        while remaining > 0 {
+            let Some(message) = messages.next().await else {
+                return Err("the replay's messages ended early".into());
+            };
+            let message = message?;
+            remaining -= 1;
+            match read_envelope(&message) {
+                Ok(envelope) => deliveries.push(Delivery {
+                    envelope,
+                    subject: message.subject.to_string(),
+                    payload: message.payload.clone(),
+                    attempt: 1,
+                }),
+                Err(error) => {
+                    tracing::warn!(target: "palisade_outbox", subject = %message.subject, %error, "not a CloudEvents message; left out of the replay");
+                }
+            }
+        }
+    }
+    if let Err(error) = stream.delete_consumer(&info.name).await {
+        tracing::debug!(target: "palisade_outbox", %error, "replay's consumer not deleted; it goes once inactive");
+    }
+    Ok(deliveries)
+}
+
 fn read_envelope(message: &jetstream::Message) -> Result<Envelope, EnvelopeError> {
     let empty = HeaderMap::new();
     let headers = message.headers.as_ref().unwrap_or(&empty);

@@ -114,7 +114,7 @@ pub use event::{Event, Message};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use handoff::{Handoff, HandoffBroker, Inbound};
 #[cfg(all(feature = "nats", any(feature = "postgres", feature = "sqlite")))]
-pub use jetstream::{ConsumerConfig, ConsumerSetupError, JetStreamConsumer};
+pub use jetstream::{ConsumerConfig, ConsumerSetupError, JetStreamConsumer, replay};
 #[cfg(feature = "nats")]
 pub use nats::{NatsJetStreamPublisher, StreamSetupError};
 #[cfg(feature = "postgres")]

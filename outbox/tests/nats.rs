@@ -224,3 +224,72 @@ async fn outbox_message(
         .find(|m| m.event.id() == event.id())
         .unwrap()
 }
+
+/// A read model is rebuilt from the stream: the replay reads the matching
+/// history in stream order, leaves out what has no envelope, and consumes
+/// nothing (a second replay reads it all again; no consumer is left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_reads_the_matching_history_in_order_and_changes_nothing() {
+    let db = support::PgSchema::new().await;
+    let pool = db.pool.clone();
+    let outbox = db.outbox(|c| c).await;
+    let context = jetstream().await;
+    let name = unique();
+    let prefix = name.to_ascii_lowercase();
+    let publisher = NatsJetStreamPublisher::new(context.clone(), &name, "/orders");
+    publisher
+        .ensure_stream(outbox.config(), true)
+        .await
+        .unwrap();
+    let empty = palisade_outbox::replay(&context, &name, &format!("{prefix}.order.Shipped"))
+        .await
+        .unwrap();
+    assert!(empty.is_empty());
+
+    let events: Vec<Event> = (0..12)
+        .map(|n| {
+            let kind = if n % 3 == 0 { "Shipped" } else { "Placed" };
+            Event::new("order", format!("o-{n}"), kind, vec![n])
+        })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_all(&mut tx, &events).await.unwrap();
+    tx.commit().await.unwrap();
+    let relay = Relay::new(outbox.clone(), publisher);
+    let mut published = 0;
+    while published < events.len() {
+        published += relay.run_once().await.unwrap().published;
+    }
+    context
+        .publish(format!("{prefix}.order.Shipped"), "no envelope".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let shipped: Vec<String> = events
+        .iter()
+        .filter(|event| event.event_type() == "Shipped")
+        .map(|event| event.id().to_string())
+        .collect();
+    for _ in 0..2 {
+        let replayed = palisade_outbox::replay(&context, &name, &format!("{prefix}.order.Shipped"))
+            .await
+            .unwrap();
+        let ids: Vec<&str> = replayed.iter().map(|d| d.envelope.id.as_str()).collect();
+        assert_eq!(ids, shipped);
+        assert_eq!(replayed[1].payload.as_ref(), [3]);
+        assert_eq!(
+            replayed[1].subject,
+            format!("{prefix}.order.Shipped"),
+            "{replayed:?}"
+        );
+    }
+    let mut stream = context.get_stream(&name).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.consumer_count, 0);
+    let missing = palisade_outbox::replay(&context, &unique(), ">").await;
+    assert!(missing.is_err());
+
+    context.delete_stream(&name).await.unwrap();
+    db.drop().await;
+}
