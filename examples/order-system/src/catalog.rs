@@ -1,9 +1,15 @@
-//! The catalog: a deliberately slow "trending" query, served to the crowd
-//! through `palisade-coalesce`.
+//! The catalog: the products ranked by units shipped, a read model of the
+//! saga's events (CQRS), served to the crowd through `palisade-coalesce`.
 //!
-//! The query ranks the products by units shipped, reading the inventory's
-//! books, and takes [`Catalog::delay`] more (300 ms by default) as a real
-//! ranking query would. `GET /catalog/trending` answers with
+//! The ranking is a projection. The catalog consumes `ShippingScheduled`
+//! into a table of its own (`trending`, in the catalog's database) and
+//! reads no other service's data. It can be built again from the stream
+//! ([`rebuild`](Catalog::rebuild), `order-system rebuild-catalog`), and its
+//! lag, from an event's creation to its place in the ranking, is the
+//! `palisade_read_model_lag_seconds` histogram.
+//!
+//! The ranking query takes [`Catalog::delay`] more (300 ms by default), as
+//! a real ranking query would. `GET /catalog/trending` answers with
 //! `Cache-Control: public, max-age=…, stale-while-revalidate=…`; the
 //! gateway's `CoalesceLayer` runs the query once for every request that
 //! arrives while it runs, and serves the stale ranking while one request
@@ -16,13 +22,18 @@ use std::time::Duration;
 use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Histogram, Meter};
+use palisade_outbox::{BoxError, Delivery, Handler, InboxStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
-use crate::inventory::Inventory;
+use crate::db::{Param, ServiceDb, Tx};
+use crate::events::{SagaEvent, types};
+use crate::service::{Consuming, SagaService, not_consumed};
 
 /// A product's place in the ranking.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Trending {
     /// The product.
     pub sku: String,
@@ -33,7 +44,7 @@ pub struct Trending {
 /// The catalog service.
 #[derive(Debug, Clone)]
 pub struct Catalog {
-    inventory: Inventory,
+    db: ServiceDb,
     delay: Duration,
     max_age: Duration,
     stale_while_revalidate: Duration,
@@ -41,21 +52,40 @@ pub struct Catalog {
     /// Held by [`hold`](Self::hold): queries wait for it (fault injection:
     /// a query that hangs).
     gate: Arc<RwLock<()>>,
+    lag: Option<Histogram<f64>>,
 }
 
 impl Catalog {
-    /// The catalog over `inventory`'s books: 300 ms a query, answers fresh
-    /// for 5 s and served stale for 60 s more while one request refreshes.
+    /// The catalog in its database `db` (opened with [`TABLES`](SagaService::TABLES)):
+    /// 300 ms a query, answers fresh for 5 s and served stale for 60 s
+    /// more while one request refreshes.
     #[must_use]
-    pub fn new(inventory: Inventory) -> Self {
+    pub fn new(db: ServiceDb) -> Self {
         Self {
-            inventory,
+            db,
             delay: Duration::from_millis(300),
             max_age: Duration::from_secs(5),
             stale_while_revalidate: Duration::from_secs(60),
             queries: Arc::default(),
             gate: Arc::default(),
+            lag: None,
         }
+    }
+
+    /// Measures the ranking's lag with `meter`: the
+    /// `palisade.read_model.lag` histogram (seconds from an event's
+    /// creation to its commit in the ranking), labelled
+    /// `read_model="catalog"`.
+    #[must_use]
+    pub fn instrument(mut self, meter: &Meter) -> Self {
+        self.lag = Some(
+            meter
+                .f64_histogram("palisade.read_model.lag")
+                .with_unit("s")
+                .with_description("From an event's creation to its commit in a read model")
+                .build(),
+        );
+        self
     }
 
     /// How long answers stay fresh, and how long after that they are
@@ -94,18 +124,58 @@ impl Catalog {
         self.queries.fetch_add(1, Ordering::Relaxed);
         let _open = self.gate.read().await;
         tokio::time::sleep(self.delay).await;
-        let mut ranking: Vec<Trending> = self
-            .inventory
-            .stock()
-            .await?
-            .into_iter()
-            .map(|level| Trending {
-                sku: level.sku,
-                shipped: level.shipped,
-            })
-            .collect();
-        ranking.sort_by(|a, b| b.shipped.cmp(&a.shipped).then_with(|| a.sku.cmp(&b.sku)));
-        Ok(ranking)
+        crate::on_pool!(&self.db, |pool| {
+            sqlx::query_as("SELECT sku, shipped FROM trending ORDER BY shipped DESC, sku")
+                .fetch_all(pool)
+                .await
+        })
+    }
+
+    /// Builds the ranking again from `deliveries`, the stream's
+    /// `ShippingScheduled` events from its start (see
+    /// [`palisade_outbox::replay`]), in one transaction: the ranking and
+    /// the catalog's inbox records are cleared, then every delivery is
+    /// applied as the consumer would. The consumer, still running, waits
+    /// for the tables meanwhile, then skips what the rebuild applied and
+    /// applies what came after it. Returns the events applied.
+    ///
+    /// # Errors
+    ///
+    /// The database's, or an event that cannot be read.
+    pub async fn rebuild(&self, deliveries: &[Delivery]) -> Result<u64, BoxError> {
+        match &self.db {
+            ServiceDb::Sqlite { inbox, .. } => self.rebuild_in(inbox, deliveries).await,
+            ServiceDb::Postgres { inbox, .. } => self.rebuild_in(inbox, deliveries).await,
+        }
+    }
+
+    async fn rebuild_in<I>(&self, inbox: &I, deliveries: &[Delivery]) -> Result<u64, BoxError>
+    where
+        I: InboxStore,
+        <I::Database as sqlx::Database>::Connection: Tx,
+    {
+        let mut transaction = inbox.begin().await?;
+        let tx = &mut *transaction;
+        // The consumer's writes wait until the rebuild commits.
+        tx.lock_tables(&[crate::db::INBOX, "trending"]).await?;
+        tx.execute("DELETE FROM trending", &[]).await?;
+        tx.execute(
+            &format!("DELETE FROM {} WHERE consumer = $1", crate::db::INBOX),
+            &[Param::Text(Self::NAME)],
+        )
+        .await?;
+        let ids: Vec<&str> = deliveries.iter().map(|d| d.envelope.id.as_str()).collect();
+        let first_times = inbox.process_all(tx, Self::NAME, &ids).await?;
+        let handler = Consuming(self.clone());
+        let mut applied = 0;
+        for (delivery, first_time) in deliveries.iter().zip(first_times) {
+            if first_time {
+                handler.handle(tx, delivery).await?;
+                applied += 1;
+            }
+        }
+        transaction.commit().await?;
+        Ok(applied)
     }
 
     /// `GET /catalog/trending`, with its caching instructions.
@@ -131,6 +201,43 @@ impl Catalog {
                 )
                     .into_response()
             }
+        }
+    }
+}
+
+impl SagaService for Catalog {
+    const NAME: &'static str = "catalog";
+    const TABLES: &'static [&'static str] =
+        &["CREATE TABLE IF NOT EXISTS trending (sku TEXT PRIMARY KEY, shipped BIGINT NOT NULL)"];
+    const CONSUMES: &'static [&'static str] = &[types::SHIPPING_SCHEDULED];
+
+    fn db(&self) -> &ServiceDb {
+        &self.db
+    }
+
+    async fn apply<C: Tx>(&self, tx: &mut C, event: SagaEvent) -> Result<(), BoxError> {
+        match event {
+            SagaEvent::ShippingScheduled(line) => {
+                tx.execute(
+                    "INSERT INTO trending (sku, shipped) VALUES ($1, $2) ON CONFLICT (sku) \
+                     DO UPDATE SET shipped = trending.shipped + excluded.shipped",
+                    &[Param::Text(&line.sku), Param::Int(line.quantity)],
+                )
+                .await?;
+                Ok(())
+            }
+            other => Err(not_consumed(Self::NAME, &other)),
+        }
+    }
+
+    fn committed(&self, delivery: &Delivery) {
+        if let (Some(lag), Some(created_ms)) = (&self.lag, delivery.envelope.time_ms) {
+            let lag_ms = crate::orders::now_ms().saturating_sub(created_ms).max(0);
+            #[allow(clippy::cast_precision_loss)]
+            lag.record(
+                lag_ms as f64 / 1000.0,
+                &[KeyValue::new("read_model", Self::NAME)],
+            );
         }
     }
 }

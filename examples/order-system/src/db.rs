@@ -55,6 +55,9 @@ macro_rules! on_pool {
     };
 }
 
+/// The inbox's table in each service's database.
+pub(crate) const INBOX: &str = "inbox";
+
 fn config_error(error: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
     sqlx::Error::Configuration(error.into())
 }
@@ -112,7 +115,7 @@ impl ServiceDb {
             .await?;
         let outbox = SqliteOutbox::new(pool.clone(), config).woken_by(wake);
         outbox.migrate().await?;
-        let inbox = SqliteInbox::new(pool.clone(), "inbox").map_err(config_error)?;
+        let inbox = SqliteInbox::new(pool.clone(), INBOX).map_err(config_error)?;
         inbox.migrate().await?;
         for table in tables {
             sqlx::query(table).execute(&pool).await?;
@@ -163,7 +166,7 @@ impl ServiceDb {
             let outbox = PgOutbox::new(pool.clone(), outbox_config(&format!("{service}.outbox"))?);
             outbox.migrate().await?;
             let inbox =
-                PgInbox::new(pool.clone(), &format!("{service}.inbox")).map_err(config_error)?;
+                PgInbox::new(pool.clone(), &format!("{service}.{INBOX}")).map_err(config_error)?;
             inbox.migrate().await?;
             for table in tables {
                 sqlx::query(table).execute(&pool).await?;
@@ -301,6 +304,14 @@ pub trait Tx: Send {
         key: &str,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
+    /// Keeps every other transaction from writing to `tables` until this
+    /// one ends (they may still read them). (SQLite has one writer at a
+    /// time: nothing to do.) `tables` are the caller's constants.
+    fn lock_tables(
+        &mut self,
+        tables: &[&str],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
     /// Appends `event` to `db`'s outbox in this transaction.
     fn enqueue(
         &mut self,
@@ -333,6 +344,18 @@ macro_rules! tx {
                     sqlx::query(&format!("SELECT 1 FROM {table} ORDER BY {key} FOR UPDATE"))
                         .execute(&mut *self)
                         .await?;
+                }
+                Ok(())
+            }
+
+            async fn lock_tables(&mut self, tables: &[&str]) -> Result<(), sqlx::Error> {
+                if $row_locks {
+                    sqlx::query(&format!(
+                        "LOCK TABLE {} IN EXCLUSIVE MODE",
+                        tables.join(", ")
+                    ))
+                    .execute(&mut *self)
+                    .await?;
                 }
                 Ok(())
             }

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::catalog::Catalog;
 use crate::db::ServiceDb;
 use crate::gateway::{self, Services};
 use crate::identity::{Identity, Seeded, seed_demo};
@@ -49,7 +50,7 @@ pub struct Settings {
     /// by user.
     pub limits: crate::limits::Limits,
     /// Adjusts the catalog (its query's delay, its freshness).
-    pub catalog: fn(crate::catalog::Catalog) -> crate::catalog::Catalog,
+    pub catalog: fn(Catalog) -> Catalog,
     /// The circuit breaker on payment's channel to the card processor.
     pub breaker: palisade_circuit_breaker::Config,
     /// The identity file; `None`: the data directory's, with demo users
@@ -168,6 +169,10 @@ impl System {
         let payment = Payment::new(payment_db, ProcessorClient::new(channel), vault.clone());
         let shipping =
             Shipping::new(ServiceDb::open_sqlite(dir, Shipping::NAME, Shipping::TABLES).await?);
+        let catalog = (settings.catalog)(
+            Catalog::new(ServiceDb::open_sqlite(dir, Catalog::NAME, Catalog::TABLES).await?)
+                .instrument(&meter),
+        );
 
         // Every consumer subscribes before any relay publishes: the broker
         // hands an event only to the subscriptions it has.
@@ -201,6 +206,13 @@ impl System {
             shipping.clone(),
             until_stopped(),
         );
+        spawn_consumer(
+            &consumers,
+            &mut tasks,
+            &broker,
+            catalog.clone(),
+            until_stopped(),
+        );
         for (name, db) in [
             (Orders::NAME, orders.db()),
             (Inventory::NAME, inventory.db()),
@@ -222,7 +234,7 @@ impl System {
             processor: Some(simulator),
             breaker: Some(breaker),
             auth: crate::auth::Auth::new(identity, crate::auth::Sessions::default()),
-            catalog: (settings.catalog)(crate::catalog::Catalog::new(inventory.clone())),
+            catalog,
             orders,
             inventory,
             payment: payment.db().clone(),

@@ -72,7 +72,12 @@ enum Command {
     DeadEvents(DeadEvents),
     /// Removes a system run with --namespace NS from the servers (its
     /// schemas, its stream, its Redis keys), once its processes stopped.
-    RemoveNamespace(RemoveNamespaceArgs),
+    RemoveNamespace(OnServers),
+    /// Builds the catalog's ranking (a read model of the saga's events)
+    /// again from the stream, while the system may be running: every
+    /// ShippingScheduled the stream keeps is replayed into the catalog's
+    /// schema.
+    RebuildCatalog(OnServers),
 }
 
 #[derive(Debug, Args)]
@@ -251,9 +256,10 @@ impl Servers {
     }
 }
 
-/// `remove-namespace`'s flags.
+/// A system on the servers: `remove-namespace`'s and `rebuild-catalog`'s
+/// flags.
 #[derive(Debug, Args)]
-struct RemoveNamespaceArgs {
+struct OnServers {
     #[command(flatten)]
     servers: Servers,
     #[command(flatten)]
@@ -388,6 +394,7 @@ fn main() -> ExitCode {
             Some(Command::Token(args)) => token_command(args).await,
             Some(Command::DeadEvents(action)) => dead_events_command(action).await,
             Some(Command::RemoveNamespace(args)) => remove_namespace(args).await,
+            Some(Command::RebuildCatalog(args)) => rebuild_catalog(args).await,
         }
     });
     match outcome {
@@ -439,7 +446,15 @@ async fn serve_command(args: ServeArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn remove_namespace(args: RemoveNamespaceArgs) -> Result<ExitCode, String> {
+async fn rebuild_catalog(args: OnServers) -> Result<ExitCode, String> {
+    let applied = serve::rebuild_catalog(args.servers.infrastructure(), &args.namespace.name)
+        .await
+        .map_err(|error| format!("the catalog: {error}"))?;
+    println!("catalog rebuilt from {applied} ShippingScheduled events");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn remove_namespace(args: OnServers) -> Result<ExitCode, String> {
     let namespace = args.namespace.name;
     let removed = serve::remove_namespace(args.servers.infrastructure(), &namespace)
         .await

@@ -67,6 +67,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::auth::{self, Sessions};
+use crate::catalog::Catalog;
 use crate::db::{ServiceDb, redact_url};
 use crate::gateway::{self, Services, Shared};
 use crate::identity::{self, Identity};
@@ -296,6 +297,34 @@ pub struct Removed {
     pub keys: u64,
 }
 
+/// Builds the catalog's ranking again from the stream of the system in
+/// `namespace` (empty: the default system), while it may be running:
+/// see [`Catalog::rebuild`]. Returns the events applied.
+///
+/// # Errors
+///
+/// The namespace is not a name, or PostgreSQL or JetStream failed (the
+/// stream must exist: the system ran at least once).
+pub async fn rebuild_catalog(
+    infrastructure: Infrastructure,
+    namespace: &str,
+) -> Result<u64, BoxError> {
+    let mut settings = ServeSettings::new(
+        Role::Gateway,
+        infrastructure,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    );
+    settings.namespace = namespace.to_owned();
+    settings.check()?;
+    let catalog = Catalog::new(open(&settings, Catalog::NAME, Catalog::TABLES, 1).await?);
+    let context = connect_jetstream(&settings).await?;
+    let filter = filter_subject(&settings.subjects(), Catalog::CONSUMES);
+    let deliveries = palisade_outbox::replay(&context, &settings.stream(), &filter)
+        .await
+        .map_err(|error| format!("replaying stream {}: {error}", settings.stream()))?;
+    catalog.rebuild(&deliveries).await
+}
+
 /// Removes every trace of the system in `namespace` from the servers: the
 /// services' and the processor's schemas, the stream, and the Redis keys
 /// (rate limits, cached answers, sign-in), so that a namespace used for a
@@ -327,7 +356,7 @@ pub async fn remove_namespace(
             .await
             .map_err(|error| format!("PostgreSQL: {error}"))?;
     let services = DATABASES.iter().map(|(service, _)| *service);
-    for service in services.chain([Role::Processor.name()]) {
+    for service in services.chain([Catalog::NAME, Role::Processor.name()]) {
         let schema = settings.schema(service);
         let existed: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM information_schema.schemata WHERE schema_name = $1)",
@@ -814,6 +843,8 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
     let payment = open(settings, Payment::NAME, Payment::TABLES, 1).await?;
     let shipping = open(settings, Shipping::NAME, Shipping::TABLES, 1).await?;
     let meter = telemetry.meter();
+    let catalog =
+        Catalog::new(open(settings, Catalog::NAME, Catalog::TABLES, 2).await?).instrument(&meter);
 
     let (client, connection) = connect_redis(settings).await?;
     // Redis down: each gateway limits alone with the same bucket, rather
@@ -848,9 +879,12 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
     })?;
     trending.instrument(&meter, "trending");
 
+    // The catalog's read model is kept beside the API that serves it.
+    let projection = consumer(settings, catalog.clone()).await?;
     let consumer = consumer(settings, orders.clone()).await?;
     let consumers = Consumers::default();
     consumers.add(Orders::NAME, consumer.clone());
+    consumers.add(Catalog::NAME, projection.clone());
     let services = Services {
         telemetry,
         processor: None,
@@ -859,7 +893,7 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
             identity,
             Sessions::redis(connection.clone(), &settings.sessions_prefix()),
         ),
-        catalog: crate::catalog::Catalog::new(inventory.clone()),
+        catalog,
         orders,
         inventory,
         payment,
@@ -872,6 +906,12 @@ async fn gateway(settings: &ServeSettings, process: Process<'_>) -> Result<(), B
     let app = gateway::router(services, shared, &meter);
     tasks.spawn(serve_http(listener, app, stop.signal()));
     tasks.spawn(serve_http(admin_listener, admin, stop.signal()));
+    let signal = stop.signal();
+    tasks.spawn(async move {
+        if let Err(error) = projection.run(signal).await {
+            tracing::error!(%error, "the catalog's consumer stopped");
+        }
+    });
     let consumed = consumer.run(stop.signal()).await;
     while tasks.join_next().await.is_some() {}
     consumed

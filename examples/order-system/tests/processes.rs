@@ -24,7 +24,7 @@ use palisade_order_system::identity::{Credentials, Role, seed_demo};
 use palisade_order_system::load::{self, Gateway, LoadSettings, Progress, Summary};
 use palisade_order_system::payment::vault::{KEY_VARIABLE, VaultKey};
 use palisade_order_system::processor::{DECLINED_CARD, GOOD_CARD};
-use palisade_order_system::serve::{Infrastructure, Removed, remove_namespace};
+use palisade_order_system::serve::{Infrastructure, Removed, rebuild_catalog, remove_namespace};
 use palisade_testkit::servers::{database_url, nats_url, redis_url};
 
 /// Each test starts a whole system (some 50 PostgreSQL connections at
@@ -378,6 +378,62 @@ impl System {
         println!("no card number in {rows_read} rows, {messages} messages, {logs} logs");
     }
 
+    /// The catalog's ranking as its table holds it: (sku, shipped), by sku.
+    async fn trending(&self) -> Vec<(String, i64)> {
+        let pool = sqlx::PgPool::connect(&database_url()).await.unwrap();
+        let schema = format!("{}_catalog", self.namespace);
+        let ranking = sqlx::query_as(&format!(
+            "SELECT sku, shipped FROM {schema}.trending ORDER BY sku"
+        ))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        ranking
+    }
+
+    /// Checks that the catalog's ranking, a read model of the shipments,
+    /// agrees with inventory's books once it caught up with the stream;
+    /// then that, lost, it is built again the same from the stream while
+    /// the gateways run.
+    async fn assert_trending_rebuilds(&self, books: &Books) {
+        let shipped: Vec<(String, i64)> = books
+            .stock
+            .iter()
+            .filter(|level| level.shipped > 0)
+            .map(|level| (level.sku.clone(), level.shipped))
+            .collect();
+        assert!(!shipped.is_empty(), "orders were shipped");
+        let mut trending = self.trending().await;
+        for _ in 0..300 {
+            if trending == shipped {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            trending = self.trending().await;
+        }
+        assert_eq!(trending, shipped, "the read model caught up");
+
+        let pool = sqlx::PgPool::connect(&database_url()).await.unwrap();
+        sqlx::query(&format!("DELETE FROM {}_catalog.trending", self.namespace))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        assert!(self.trending().await.is_empty());
+        let applied = rebuild_catalog(infrastructure(), &self.namespace)
+            .await
+            .unwrap();
+        let shipments: i64 = books
+            .orders
+            .iter()
+            .filter(|(status, _, _)| status == "confirmed")
+            .map(|(_, _, n)| n)
+            .sum();
+        assert_eq!(applied, u64::try_from(shipments).unwrap());
+        assert_eq!(self.trending().await, shipped, "rebuilt from the stream");
+    }
+
     /// Stops every process and drops the namespace's schemas and stream.
     async fn remove(mut self) {
         let names: Vec<String> = self.processes.keys().cloned().collect();
@@ -385,18 +441,13 @@ impl System {
             self.kill(&name);
         }
         // Everything the system left on the servers goes, and only once.
-        let infrastructure = Infrastructure {
-            postgres: database_url(),
-            nats: nats_url(),
-            redis: redis_url(),
-        };
-        let removed = remove_namespace(infrastructure.clone(), &self.namespace)
+        let removed = remove_namespace(infrastructure(), &self.namespace)
             .await
             .unwrap();
-        assert_eq!(removed.schemas, 5, "{removed:?}");
+        assert_eq!(removed.schemas, 6, "{removed:?}");
         assert!(removed.stream, "{removed:?}");
         assert!(removed.keys > 0, "sign-in and rate limits: {removed:?}");
-        let again = remove_namespace(infrastructure, &self.namespace)
+        let again = remove_namespace(infrastructure(), &self.namespace)
             .await
             .unwrap();
         assert_eq!(again, Removed::default());
@@ -410,6 +461,15 @@ impl Drop for System {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// The servers the tests run on.
+fn infrastructure() -> Infrastructure {
+    Infrastructure {
+        postgres: database_url(),
+        nats: nats_url(),
+        redis: redis_url(),
     }
 }
 
@@ -440,6 +500,7 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
     assert!(declined > 0, "about 60 declined cards");
     assert_eq!(books.compensations, i64::try_from(declined).unwrap());
     system.assert_delivered_only_what_they_consume().await;
+    system.assert_trending_rebuilds(&books).await;
 
     // Signed in through one gateway, known to the other; the same
     // Idempotency-Key through either places one order.
