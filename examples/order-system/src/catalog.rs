@@ -15,6 +15,7 @@
 //! arrives while it runs, and serves the stale ranking while one request
 //! refreshes it, so a crowd at expiry costs one query.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -131,32 +132,39 @@ impl Catalog {
         })
     }
 
-    /// Builds the ranking again from `deliveries`, the stream's
+    /// Builds the ranking again from `history`, the stream's
     /// `ShippingScheduled` events from its start (see
     /// [`palisade_outbox::replay`]), in one transaction: the ranking and
-    /// the catalog's inbox records are cleared, then every delivery is
-    /// applied as the consumer would. The consumer, still running, waits
-    /// for the tables meanwhile, then skips what the rebuild applied and
-    /// applies what came after it. Returns the events applied.
+    /// the catalog's inbox records are locked and cleared, the history is
+    /// read, then every event in it applied as the consumer would. Returns
+    /// the events applied.
+    ///
+    /// The consumer may run meanwhile and loses nothing: the history is
+    /// read once the lock is held, so it holds every event the consumer
+    /// committed before; the consumer's later writes wait for the rebuild
+    /// to end, then skip what it applied and apply what came after.
     ///
     /// # Errors
     ///
-    /// The database's, or an event that cannot be read.
-    pub async fn rebuild(&self, deliveries: &[Delivery]) -> Result<u64, BoxError> {
+    /// The database's, the history's, or an event that cannot be read.
+    pub async fn rebuild<F>(&self, history: F) -> Result<u64, BoxError>
+    where
+        F: Future<Output = Result<Vec<Delivery>, BoxError>> + Send,
+    {
         match &self.db {
-            ServiceDb::Sqlite { inbox, .. } => self.rebuild_in(inbox, deliveries).await,
-            ServiceDb::Postgres { inbox, .. } => self.rebuild_in(inbox, deliveries).await,
+            ServiceDb::Sqlite { inbox, .. } => self.rebuild_in(inbox, history).await,
+            ServiceDb::Postgres { inbox, .. } => self.rebuild_in(inbox, history).await,
         }
     }
 
-    async fn rebuild_in<I>(&self, inbox: &I, deliveries: &[Delivery]) -> Result<u64, BoxError>
+    async fn rebuild_in<I, F>(&self, inbox: &I, history: F) -> Result<u64, BoxError>
     where
         I: InboxStore,
         <I::Database as sqlx::Database>::Connection: Tx,
+        F: Future<Output = Result<Vec<Delivery>, BoxError>> + Send,
     {
         let mut transaction = inbox.begin().await?;
         let tx = &mut *transaction;
-        // The consumer's writes wait until the rebuild commits.
         tx.lock_tables(&[crate::db::INBOX, "trending"]).await?;
         tx.execute("DELETE FROM trending", &[]).await?;
         tx.execute(
@@ -164,6 +172,7 @@ impl Catalog {
             &[Param::Text(Self::NAME)],
         )
         .await?;
+        let deliveries = history.await?;
         let ids: Vec<&str> = deliveries.iter().map(|d| d.envelope.id.as_str()).collect();
         let first_times = inbox.process_all(tx, Self::NAME, &ids).await?;
         let handler = Consuming(self.clone());

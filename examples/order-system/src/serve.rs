@@ -319,10 +319,14 @@ pub async fn rebuild_catalog(
     let catalog = Catalog::new(open(&settings, Catalog::NAME, Catalog::TABLES, 1).await?);
     let context = connect_jetstream(&settings).await?;
     let filter = filter_subject(&settings.subjects(), Catalog::CONSUMES);
-    let deliveries = palisade_outbox::replay(&context, &settings.stream(), &filter)
-        .await
-        .map_err(|error| format!("replaying stream {}: {error}", settings.stream()))?;
-    catalog.rebuild(&deliveries).await
+    let stream = settings.stream();
+    // Boxed: reading a stream is a large future to hold in the rebuild's.
+    let history = Box::pin(async {
+        palisade_outbox::replay(&context, &stream, &filter)
+            .await
+            .map_err(|error| format!("replaying stream {stream}: {error}").into())
+    });
+    catalog.rebuild(history).await
 }
 
 /// Removes every trace of the system in `namespace` from the servers: the
