@@ -1,0 +1,126 @@
+//! The gateway's process: the API, the orders service, auth and the
+//! catalog.
+
+use std::time::Duration;
+
+use palisade_coalesce::{Freshness, RedisCache, RedisSettings};
+use palisade_outbox::BoxError;
+use palisade_token_bucket::{FailurePolicy, LocalStore, RedisStore};
+use tokio::net::TcpListener;
+
+use super::{Process, ServeSettings, connect_redis, consumer, open, serve_http};
+use crate::auth::{self, Sessions};
+use crate::catalog::Catalog;
+use crate::db::redact_url;
+use crate::gateway::{self, Services, Shared};
+use crate::identity::Identity;
+use crate::inventory::Inventory;
+use crate::orders::Orders;
+use crate::payment::Payment;
+use crate::payment::cards::{RemoteVault, Tokenizer};
+use crate::service::{Consumers, SagaService};
+use crate::shipping::Shipping;
+
+/// The gateway: the API, the orders service (placing orders, and its
+/// consumer ending sagas), auth and the catalog; rate limits, the
+/// catalog's cache and sign-in in Redis.
+pub(super) async fn gateway(
+    settings: &ServeSettings,
+    process: Process<'_>,
+) -> Result<(), BoxError> {
+    let identity = Identity::load(settings.identity.as_deref().ok_or(
+        "the gateway needs --identity FILE (or PALISADE_IDENTITY): who may sign in \
+         (`order-system identity DIR` makes one with demo users)",
+    )?)?;
+    let cards = RemoteVault::new(settings.payment.as_deref().ok_or(
+        "the gateway needs --payment URL (or PALISADE_PAYMENT): payment's HTTP address, \
+         where card numbers are tokenized",
+    )?)?;
+    let admin_listener = TcpListener::bind(settings.admin_listen)
+        .await
+        .map_err(|error| format!("--admin-listen {}: {error}", settings.admin_listen))?;
+    let (listener, telemetry, mut tasks, stop) = process.into_parts();
+    // This gateway's consumer wakes the requests waiting for the ends it
+    // commits; the re-reads catch those another gateway's consumer
+    // commits (its replicas share the durable consumer), a quarter of a
+    // second late at most.
+    let orders = Orders::new(open(settings, Orders::NAME, Orders::TABLES, 8).await?)
+        .reread_ends(Duration::from_millis(250));
+    let inventory =
+        Inventory::new(open(settings, Inventory::NAME, Inventory::TABLES, 2).await?).await?;
+    let payment = open(settings, Payment::NAME, Payment::TABLES, 1).await?;
+    let shipping = open(settings, Shipping::NAME, Shipping::TABLES, 1).await?;
+    let meter = telemetry.meter();
+    let catalog =
+        Catalog::new(open(settings, Catalog::NAME, Catalog::TABLES, 2).await?).instrument(&meter);
+
+    let (client, connection) = connect_redis(settings).await?;
+    // Redis down: each gateway limits alone with the same bucket, rather
+    // than refusing everyone or letting everyone through. Each bucket has
+    // its keys under a prefix of its own.
+    let limits = settings.limits.stored(|name, bucket| {
+        RedisStore::new(
+            connection.clone(),
+            FailurePolicy::Fallback {
+                store: LocalStore::default(),
+                bucket,
+            },
+        )
+        .prefix(&settings.namespaced(&format!("palisade:order-system:rl:{name}"), ":"))
+        // Redis shares the gateway's cores: under full load a 10 ms answer
+        // is late for reasons that are not Redis's; 50 ms still fails fast.
+        .timeout(Duration::from_millis(50))
+        .instrument(&meter, name)
+    });
+    let trending = RedisCache::<_, tower::BoxError>::connect(
+        &client,
+        connection.clone(),
+        RedisSettings::new(Freshness::new(Duration::from_secs(5)))
+            .prefix(&settings.namespaced("palisade:order-system:catalog", ":")),
+    )
+    .await
+    .map_err(|error| {
+        format!(
+            "Redis at {}: {error}",
+            redact_url(&settings.infrastructure.redis)
+        )
+    })?;
+    trending.instrument(&meter, "trending");
+
+    // The catalog's read model is kept beside the API that serves it.
+    let projection = consumer(settings, catalog.clone()).await?;
+    let consumer = consumer(settings, orders.clone()).await?;
+    let consumers = Consumers::default();
+    consumers.add(Orders::NAME, consumer.clone());
+    consumers.add(Catalog::NAME, projection.clone());
+    let services = Services {
+        telemetry,
+        processor: None,
+        breaker: None,
+        auth: auth::Auth::new(
+            identity,
+            Sessions::redis(connection.clone(), &settings.sessions_prefix()),
+        ),
+        catalog,
+        orders,
+        inventory,
+        payment,
+        cards: Tokenizer::Remote(Box::new(cards)),
+        shipping,
+        consumers,
+    };
+    let shared = Shared { limits, trending };
+    let admin = gateway::admin_router(services.clone());
+    let app = gateway::router(services, shared, &meter);
+    tasks.spawn(serve_http(listener, app, stop.signal()));
+    tasks.spawn(serve_http(admin_listener, admin, stop.signal()));
+    let signal = stop.signal();
+    tasks.spawn(async move {
+        if let Err(error) = projection.run(signal).await {
+            tracing::error!(%error, "the catalog's consumer stopped");
+        }
+    });
+    let consumed = consumer.run(stop.signal()).await;
+    while tasks.join_next().await.is_some() {}
+    consumed
+}
