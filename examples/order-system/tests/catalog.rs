@@ -9,6 +9,8 @@ use palisade_order_system::events::{Line, SagaEvent};
 use palisade_order_system::service::{Consuming, SagaService};
 use palisade_outbox::{Delivery, Envelope, Handler, InboxStore};
 
+mod support;
+
 /// `ShippingScheduled` for `quantity` of `sku`, as the stream delivers it.
 fn shipped(sku: &str, quantity: i64) -> Delivery {
     let event = SagaEvent::ShippingScheduled(Line {
@@ -94,19 +96,7 @@ async fn a_rebuild_while_the_consumer_runs_loses_nothing_and_counts_nothing_twic
             let mut watcher = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
                 .await
                 .unwrap();
-            for _ in 0..3_000 {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO%inbox%'",
-                )
-                .fetch_one(&mut watcher)
-                .await
-                .unwrap();
-                if waiting > 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            support::wait_for_lock_waiters(&mut watcher, "INSERT INTO%inbox%", 1).await;
             Ok(history)
         })
         .await

@@ -360,19 +360,7 @@ async fn on_postgres_a_duplicate_sent_to_another_gateway_waits_for_the_first_and
     .unwrap();
     let placements = [one, another]
         .map(|orders| tokio::spawn(async move { orders.place("carol", "k", &new_order(1)).await }));
-    for _ in 0..3_000 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO orders%'",
-        )
-        .fetch_one(&mut holder)
-        .await
-        .unwrap();
-        if waiting >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::wait_for_lock_waiters(&mut holder, "INSERT INTO orders%", 2).await;
     sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
 
     let mut created = Vec::new();
