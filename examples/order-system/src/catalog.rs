@@ -33,6 +33,12 @@ use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{SagaEvent, types};
 use crate::service::{Consuming, SagaService, not_consumed};
 
+/// The products on sale: the catalog's own list, which the gateway
+/// checks orders against. Inventory stocks each of them
+/// ([`STARTING_STOCK`](crate::inventory::STARTING_STOCK)); `sku-rare`, last,
+/// runs out.
+pub const PRODUCTS: &[&str] = &["sku-1", "sku-2", "sku-3", "sku-4", "sku-rare"];
+
 /// A product's place in the ranking.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Trending {
@@ -248,5 +254,17 @@ impl SagaService for Catalog {
                 &[KeyValue::new("read_model", Self::NAME)],
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PRODUCTS;
+    use crate::inventory::STARTING_STOCK;
+
+    #[test]
+    fn every_product_on_sale_is_stocked_and_nothing_else_is() {
+        let stocked: Vec<&str> = STARTING_STOCK.iter().map(|(sku, _)| *sku).collect();
+        assert_eq!(stocked, PRODUCTS);
     }
 }

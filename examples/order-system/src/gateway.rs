@@ -61,10 +61,11 @@ use palisade_tracecontext::TraceContextLayer;
 use serde::{Deserialize, Serialize};
 
 use crate::auth;
+use crate::catalog::PRODUCTS;
 use crate::db::ServiceDb;
 use crate::dead_events;
 use crate::identity::{Principal, Role};
-use crate::inventory::{CATALOG, Inventory, StockLevel};
+use crate::inventory::{Inventory, StockLevel};
 use crate::limits::{self, Limited, Limits};
 use crate::orders::{NewOrder, Orders, PlaceError, Placement};
 use crate::payment::BreakerHistory;
@@ -385,7 +386,7 @@ fn new_order(body: &[u8]) -> Result<NewOrder, Problem> {
     if !(1..=100).contains(&order.quantity) {
         return Err(invalid("quantity must be 1 to 100".to_owned()));
     }
-    if !CATALOG.iter().any(|(sku, _)| *sku == order.sku) {
+    if !PRODUCTS.contains(&order.sku.as_str()) {
         return Err(invalid(format!("unknown sku {:?}", order.sku)));
     }
     Ok(order)

@@ -10,9 +10,10 @@ use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{Line, SagaEvent, types};
 use crate::service::{SagaService, not_consumed};
 
-/// The products and their starting stock: plenty of most, few of
-/// `sku-rare`, so that some orders are cancelled for lack of stock.
-pub const CATALOG: &[(&str, i64)] = &[
+/// The stock of each product on sale ([`PRODUCTS`](crate::catalog::PRODUCTS))
+/// at the start: plenty of most, few of `sku-rare`, so that some orders
+/// are cancelled for lack of stock.
+pub const STARTING_STOCK: &[(&str, i64)] = &[
     ("sku-1", 1_000_000),
     ("sku-2", 1_000_000),
     ("sku-3", 1_000_000),
@@ -50,14 +51,14 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// The service on its database, stocked with [`CATALOG`] the first
+    /// The service on its database, stocked with [`STARTING_STOCK`] the first
     /// time.
     ///
     /// # Errors
     ///
     /// The database's error.
     pub async fn new(db: ServiceDb) -> Result<Self, sqlx::Error> {
-        for (sku, initial) in CATALOG {
+        for (sku, initial) in STARTING_STOCK {
             crate::on_pool!(&db, |pool| {
                 sqlx::query(
                 "INSERT INTO stock (sku, initial, available) VALUES ($1, $2, $2) ON CONFLICT DO NOTHING",

@@ -20,9 +20,9 @@ use palisade_pkce::{AuthorizationUrl, CodeChallenge, CodeVerifier, State, Url};
 
 use crate::auth::TokenResponse;
 use crate::card::CardNumber;
+use crate::catalog::PRODUCTS;
 use crate::gateway::Books;
 use crate::identity::{CLI_CLIENT_ID, CLI_REDIRECT_URI, Credential, Credentials, Role};
-use crate::inventory::CATALOG;
 use crate::orders::{NewOrder, Order};
 use crate::processor::{DECLINED_CARD, GOOD_CARD, Ledger, Report};
 
@@ -517,7 +517,7 @@ fn random_order(decline_rate: f64) -> NewOrder {
     let sku = if fastrand::f64() < 0.03 {
         "sku-rare"
     } else {
-        CATALOG[fastrand::usize(..CATALOG.len() - 1)].0
+        PRODUCTS[fastrand::usize(..PRODUCTS.len() - 1)]
     };
     NewOrder {
         sku: sku.to_owned(),
