@@ -333,44 +333,103 @@ impl Payment {
     /// Records what came of a round's charges in one transaction, each
     /// fenced by `claim`: an intent charged is settled (its payment and its
     /// event written, the intent gone), one whose call failed is due again
-    /// in its turn (the worker backs off). An intent whose claim lapsed is left to the
-    /// worker that holds it now.
+    /// in its turn (the worker backs off). An intent whose claim lapsed is
+    /// left to the worker that holds it now.
+    ///
+    /// The charged intents are settled together: one statement removes
+    /// them and one writes their payments. Should a claim have lapsed
+    /// (fewer removed than charged), that is rolled back and each is
+    /// settled on its own.
     async fn record(&self, claim: &str, outcomes: &[Outcome]) -> Result<(), BoxError> {
         crate::on_pool!(&self.db, |pool| {
             let mut tx = pool.begin().await?;
-            for (intent, outcome) in outcomes {
-                self.record_one(&mut *tx, claim, intent, outcome).await?;
+            if !self.settle_together(&mut *tx, claim, outcomes).await? {
+                drop(tx);
+                tx = pool.begin().await?;
+                for (intent, outcome) in outcomes {
+                    self.settle_one(&mut *tx, claim, intent, outcome).await?;
+                }
             }
             tx.commit().await?;
             Ok::<_, BoxError>(())
         })
     }
 
-    async fn record_one<C: Tx>(
+    /// Records `outcomes` in `tx` as [`record`](Self::record) says, with
+    /// the charged intents settled at once; `false` (and `tx` to be rolled
+    /// back) when one of them is no longer `claim`'s.
+    async fn settle_together<C: Tx>(
+        &self,
+        tx: &mut C,
+        claim: &str,
+        outcomes: &[Outcome],
+    ) -> Result<bool, BoxError> {
+        let mut charged = Vec::with_capacity(outcomes.len());
+        for (intent, outcome) in outcomes {
+            match outcome {
+                Ok((step, event)) => charged.push((intent, step, event)),
+                Err(error) => Self::due_again(tx, claim, intent, error).await?,
+            }
+        }
+        if charged.is_empty() {
+            return Ok(true);
+        }
+        // Every intent of the claim left is one charged.
+        let settled = tx
+            .execute(
+                "DELETE FROM payment_intents WHERE claim = $1",
+                &[Param::Text(claim)],
+            )
+            .await?;
+        if settled != u64::try_from(charged.len()).unwrap_or(u64::MAX) {
+            return Ok(false);
+        }
+        let mut values = Vec::with_capacity(charged.len());
+        let mut params = Vec::with_capacity(charged.len() * 4);
+        for (n, (intent, step, _)) in charged.iter().enumerate() {
+            let at = n * 4;
+            values.push(format!(
+                "(${}, ${}, ${}, ${})",
+                at + 1,
+                at + 2,
+                at + 3,
+                at + 4
+            ));
+            let (status, reason) = payment_status(step);
+            params.extend([
+                Param::Text(&intent.line.order_id),
+                Param::Int(intent.line.amount_cents),
+                Param::Text(status),
+                Param::OptionalText(reason),
+            ]);
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO payments (order_id, amount_cents, status, reason) VALUES {}",
+                values.join(", ")
+            ),
+            &params,
+        )
+        .await?;
+        for (_, _, event) in &charged {
+            self.db.enqueue(tx, event).await?;
+        }
+        Ok(true)
+    }
+
+    /// Records one outcome in `tx`, fenced by `claim`.
+    async fn settle_one<C: Tx>(
         &self,
         tx: &mut C,
         claim: &str,
         intent: &Intent,
         outcome: &Result<(SagaEvent, Event), BoxError>,
     ) -> Result<(), BoxError> {
-        let order_id = intent.line.order_id.as_str();
         let (step, event) = match outcome {
             Ok(charged) => charged,
-            Err(error) => {
-                tracing::debug!(order_id, %error, "charge failed; the intent waits");
-                tx.execute(
-                    "UPDATE payment_intents SET due_ms = $1, attempts = attempts + 1, claim = NULL \
-                     WHERE order_id = $2 AND claim = $3",
-                    &[
-                        Param::Int(crate::orders::now_ms()),
-                        Param::Text(order_id),
-                        Param::Text(claim),
-                    ],
-                )
-                .await?;
-                return Ok(());
-            }
+            Err(error) => return Self::due_again(tx, claim, intent, error).await,
         };
+        let order_id = intent.line.order_id.as_str();
         let settled = tx
             .execute(
                 "DELETE FROM payment_intents WHERE order_id = $1 AND claim = $2",
@@ -380,10 +439,7 @@ impl Payment {
         if settled == 0 {
             return Ok(());
         }
-        let (status, reason) = match step {
-            SagaEvent::PaymentFailed { reason, .. } => ("failed", Some(reason.as_str())),
-            _ => ("succeeded", None),
-        };
+        let (status, reason) = payment_status(step);
         tx.execute(
             "INSERT INTO payments (order_id, amount_cents, status, reason) VALUES ($1, $2, $3, $4)",
             &[
@@ -396,6 +452,37 @@ impl Payment {
         .await?;
         self.db.enqueue(tx, event).await?;
         Ok(())
+    }
+
+    /// An intent whose charge failed with `error`: due again now (the
+    /// worker backs off), fenced by `claim`.
+    async fn due_again<C: Tx>(
+        tx: &mut C,
+        claim: &str,
+        intent: &Intent,
+        error: &BoxError,
+    ) -> Result<(), BoxError> {
+        let order_id = intent.line.order_id.as_str();
+        tracing::debug!(order_id, %error, "charge failed; the intent waits");
+        tx.execute(
+            "UPDATE payment_intents SET due_ms = $1, attempts = attempts + 1, claim = NULL \
+             WHERE order_id = $2 AND claim = $3",
+            &[
+                Param::Int(crate::orders::now_ms()),
+                Param::Text(order_id),
+                Param::Text(claim),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// A payment's status and reason, as `payments` records them.
+fn payment_status(step: &SagaEvent) -> (&'static str, Option<&str>) {
+    match step {
+        SagaEvent::PaymentFailed { reason, .. } => ("failed", Some(reason.as_str())),
+        _ => ("succeeded", None),
     }
 }
 
@@ -486,5 +573,102 @@ impl SagaService for Payment {
 
     fn committed(&self, _: &Delivery) {
         self.recorded.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payment::vault::VaultKey;
+
+    fn line(order_id: &str) -> Line {
+        Line {
+            order_id: order_id.to_owned(),
+            sku: "sku-1".to_owned(),
+            quantity: 1,
+            amount_cents: 1250,
+            card_token: "card_0123456789abcdef0123456789abcdef".to_owned(),
+            card_last4: "4242".to_owned(),
+        }
+    }
+
+    fn charged(order_id: &str) -> Outcome {
+        let step = SagaEvent::PaymentSucceeded(line(order_id));
+        let event = step.to_event();
+        (intent(order_id), Ok((step, event)))
+    }
+
+    fn intent(order_id: &str) -> Intent {
+        Intent {
+            line: line(order_id),
+            trace: None,
+        }
+    }
+
+    async fn texts(db: &ServiceDb, sql: &str) -> Vec<String> {
+        crate::on_pool!(db, |pool| sqlx::query_scalar(sql)
+            .fetch_all(pool)
+            .await
+            .unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_round_is_settled_at_once_unless_a_claim_lapsed() {
+        let dir = std::env::temp_dir().join(format!("palisade-payment-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = ServiceDb::open_sqlite(&dir, Payment::NAME, Payment::TABLES)
+            .await
+            .unwrap();
+        let vault = Vault::open(db.clone(), &VaultKey::generate())
+            .await
+            .unwrap();
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let meter = opentelemetry::global::meter("test");
+        let (channel, _) =
+            crate::processor::stack(channel, palisade_circuit_breaker::Config::default(), &meter);
+        let payment = Payment::new(db.clone(), ProcessorClient::new(channel), vault);
+        for (order_id, claim) in [
+            ("a", "c1"),
+            ("b", "c1"),
+            ("c", "c1"),
+            ("d", "c2"),
+            ("e", "c3"),
+        ] {
+            crate::on_pool!(&db, |pool| {
+                sqlx::query(
+                    "INSERT INTO payment_intents (order_id, line, due_ms, claim) \
+                     VALUES ($1, '{}', 0, $2)",
+                )
+                .bind(order_id)
+                .bind(claim)
+                .execute(pool)
+                .await
+                .unwrap();
+            });
+        }
+
+        // All of c1's: a and b settled together, c due again.
+        let failed: Outcome = (intent("c"), Err("the processor is down".into()));
+        payment
+            .record("c1", &[charged("a"), charged("b"), failed])
+            .await
+            .unwrap();
+        let paid = "SELECT order_id FROM payments ORDER BY order_id";
+        assert_eq!(texts(&db, paid).await, ["a", "b"]);
+        let waiting = "SELECT order_id || ':' || coalesce(claim, '-') || ':' || attempts \
+                       FROM payment_intents ORDER BY order_id";
+        assert_eq!(texts(&db, waiting).await, ["c:-:1", "d:c2:0", "e:c3:0"]);
+
+        // c2 claimed d and e, but e's claim lapsed and c3 holds it: d is
+        // settled on its own, e left to c3.
+        payment
+            .record("c2", &[charged("d"), charged("e")])
+            .await
+            .unwrap();
+        assert_eq!(texts(&db, paid).await, ["a", "b", "d"]);
+        assert_eq!(texts(&db, waiting).await, ["c:-:1", "e:c3:0"]);
+        let events = "SELECT aggregate_id FROM outbox ORDER BY seq";
+        assert_eq!(texts(&db, events).await, ["a", "b", "d"]);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
