@@ -594,8 +594,10 @@ pub async fn replay(
     stream: &str,
     filter: &str,
 ) -> Result<Vec<Delivery>, BoxError> {
-    let stream = context.get_stream(stream).await?;
-    let mut consumer = stream
+    let mut stream = context.get_stream(stream).await?;
+    // The end of the history: the last message stored now.
+    let last = stream.info().await?.state.last_sequence;
+    let consumer = stream
         .create_consumer(pull::Config {
             filter_subject: filter.to_owned(),
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
@@ -605,17 +607,45 @@ pub async fn replay(
             ..pull::Config::default()
         })
         .await?;
-    let info = consumer.info().await?.clone();
-    let mut remaining = info.num_pending;
-    let mut deliveries = Vec::with_capacity(usize::try_from(remaining).unwrap_or(0));
-    if remaining > 0 {
-        let mut messages = consumer.messages().await?;
-        while remaining > 0 {
-            let Some(message) = messages.next().await else {
-                return Err("the replay's messages ended early".into());
-            };
+    let (name, matching) = {
+        let info = consumer.cached_info();
+        (info.name.clone(), info.num_pending)
+    };
+    let read = read_history(&consumer, last, matching).await;
+    if let Err(error) = stream.delete_consumer(&name).await {
+        tracing::debug!(target: "palisade_outbox", %error, "replay's consumer not deleted; it goes once inactive");
+    }
+    read
+}
+
+/// `consumer`'s messages up to the stream's sequence `last`, as
+/// deliveries. It ends there, once it read the `matching` messages the
+/// consumer had when made, or at the first pull that finds nothing (some
+/// may have been removed by the stream's limits since): it never waits
+/// for messages to come.
+async fn read_history(
+    consumer: &jetstream::consumer::Consumer<pull::Config>,
+    last: u64,
+    matching: u64,
+) -> Result<Vec<Delivery>, BoxError> {
+    let mut deliveries = Vec::new();
+    let mut read = 0;
+    while read < matching {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(REPLAY_BATCH)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await?;
+        let mut pulled = 0;
+        while let Some(message) = batch.next().await {
             let message = message?;
-            remaining -= 1;
+            pulled += 1;
+            read += 1;
+            let sequence = message.info()?.stream_sequence;
+            if sequence > last {
+                return Ok(deliveries);
+            }
             match read_envelope(&message) {
                 Ok(envelope) => deliveries.push(Delivery {
                     envelope,
@@ -627,13 +657,19 @@ pub async fn replay(
                     tracing::warn!(target: "palisade_outbox", subject = %message.subject, %error, "not a CloudEvents message; left out of the replay");
                 }
             }
+            if sequence == last || read == matching {
+                return Ok(deliveries);
+            }
         }
-    }
-    if let Err(error) = stream.delete_consumer(&info.name).await {
-        tracing::debug!(target: "palisade_outbox", %error, "replay's consumer not deleted; it goes once inactive");
+        if pulled == 0 {
+            return Ok(deliveries);
+        }
     }
     Ok(deliveries)
 }
+
+/// How many messages a replay pulls at once.
+const REPLAY_BATCH: usize = 512;
 
 fn read_envelope(message: &jetstream::Message) -> Result<Envelope, EnvelopeError> {
     let empty = HeaderMap::new();
