@@ -25,7 +25,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter};
-use palisade_outbox::{BoxError, Delivery, Handler, InboxStore};
+use palisade_outbox::{BoxError, Delivery, Handled, Handler, InboxStore};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
@@ -148,7 +148,11 @@ impl Catalog {
     /// The consumer may run meanwhile and loses nothing: the history is
     /// read once the lock is held, so it holds every event the consumer
     /// committed before; the consumer's later writes wait for the rebuild
-    /// to end, then skip what it applied and apply what came after.
+    /// to end, then skip what it applied and apply what came after. (A
+    /// rebuild longer than JetStream's ack wait has the waiting batches
+    /// delivered again meanwhile: duplicates, skipped.) An event that
+    /// cannot be read is left out with a warning, as the consumer gives up
+    /// on it.
     ///
     /// # Errors
     ///
@@ -182,11 +186,19 @@ impl Catalog {
         let ids: Vec<&str> = deliveries.iter().map(|d| d.envelope.id.as_str()).collect();
         let first_times = inbox.process_all(tx, Self::NAME, &ids).await?;
         let handler = Consuming(self.clone());
+        handler.prepare(tx).await?;
         let mut applied = 0;
         for (delivery, first_time) in deliveries.iter().zip(first_times) {
-            if first_time {
-                handler.handle(tx, delivery).await?;
-                applied += 1;
+            if !first_time {
+                continue;
+            }
+            match handler.handle(tx, delivery).await {
+                Ok(Handled::Applied) => applied += 1,
+                Ok(Handled::Ignored) => {}
+                Err(error) if error.is::<serde_json::Error>() => {
+                    tracing::warn!(id = %delivery.envelope.id, %error, "unreadable event left out of the rebuild");
+                }
+                Err(error) => return Err(error),
             }
         }
         transaction.commit().await?;
@@ -228,6 +240,14 @@ impl SagaService for Catalog {
 
     fn db(&self) -> &ServiceDb {
         &self.db
+    }
+
+    /// Replicas applying batches upsert the same products in any order:
+    /// they take turns rather than deadlock. (After the inbox, as the
+    /// rebuild locks them.)
+    async fn prepare<C: Tx>(&self, tx: &mut C) -> Result<(), BoxError> {
+        tx.lock_tables(&["trending"]).await?;
+        Ok(())
     }
 
     async fn apply<C: Tx>(&self, tx: &mut C, event: SagaEvent) -> Result<(), BoxError> {

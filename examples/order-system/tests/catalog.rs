@@ -90,13 +90,17 @@ async fn a_rebuild_while_the_consumer_runs_loses_nothing_and_counts_nothing_twic
     let (live, late) = (catalog.clone(), c.clone());
     let (started, consumer) = tokio::sync::oneshot::channel();
     let history = vec![a.clone(), b.clone()];
+    let blocked = format!("INSERT INTO {schema}.inbox%");
     let applied = catalog
         .rebuild(async move {
             let _ = started.send(tokio::spawn(async move { consume(&live, &late).await }));
             let mut watcher = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
                 .await
                 .unwrap();
-            support::wait_for_lock_waiters(&mut watcher, "INSERT INTO%inbox%", 1).await;
+            assert!(
+                support::wait_for_lock_waiters(&mut watcher, &blocked, 1).await,
+                "the consumer waits for the rebuild"
+            );
             Ok(history)
         })
         .await
@@ -106,9 +110,12 @@ async fn a_rebuild_while_the_consumer_runs_loses_nothing_and_counts_nothing_twic
     let trending = catalog.trending().await.unwrap();
     assert_eq!(trending, ranking(&[("sku-1", 5), ("sku-2", 1)]), "C kept");
 
-    // Rebuilt again from a history that holds C; C delivered again is a
-    // duplicate.
-    let everything = vec![a.clone(), b.clone(), c.clone()];
+    // Rebuilt again from a history that holds C, and an event no one can
+    // read (the consumer gave up on it: left out); C delivered again is
+    // a duplicate.
+    let mut unreadable = shipped("sku-2", 7);
+    unreadable.payload = bytes::Bytes::from_static(b"not an event");
+    let everything = vec![a.clone(), unreadable, b.clone(), c.clone()];
     let applied = catalog.rebuild(async { Ok(everything) }).await.unwrap();
     assert_eq!(applied, 3);
     consume(&catalog, &c).await;

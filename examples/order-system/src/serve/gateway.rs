@@ -114,13 +114,15 @@ pub(super) async fn gateway(
     let app = gateway::router(services, shared, &meter);
     tasks.spawn(serve_http(listener, app, stop.signal()));
     tasks.spawn(serve_http(admin_listener, admin, stop.signal()));
-    let signal = stop.signal();
-    tasks.spawn(async move {
-        if let Err(error) = projection.run(signal).await {
-            tracing::error!(%error, "the catalog's consumer stopped");
-        }
-    });
-    let consumed = consumer.run(stop.signal()).await;
-    while tasks.join_next().await.is_some() {}
+    // Either consumer failing stops the process with its error, rather
+    // than serving sagas or a ranking that no longer move.
+    let consumed =
+        tokio::try_join!(consumer.run(stop.signal()), projection.run(stop.signal())).map(drop);
+    if consumed.is_ok() {
+        // Stopped: the servers finish what they serve.
+        while tasks.join_next().await.is_some() {}
+    } else {
+        tasks.shutdown().await;
+    }
     consumed
 }

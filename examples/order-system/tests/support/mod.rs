@@ -84,12 +84,12 @@ pub async fn place_directly(orders: &ServiceDb, line: &Line, created_ms: i64) {
 
 /// Waits (30 s at most) until `at_least` PostgreSQL sessions wait for a
 /// lock while running a statement `LIKE` `statement`, as seen by
-/// `watcher`'s session.
+/// `watcher`'s session: `false` when they did not.
 pub async fn wait_for_lock_waiters(
     watcher: &mut sqlx::PgConnection,
     statement: &str,
     at_least: i64,
-) {
+) -> bool {
     for _ in 0..3_000 {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1",
@@ -99,8 +99,9 @@ pub async fn wait_for_lock_waiters(
         .await
         .unwrap();
         if waiting >= at_least {
-            return;
+            return true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    false
 }
