@@ -1,8 +1,6 @@
 //! A system run in a namespace, removed from the servers once its
 //! processes stopped ([`remove_namespace`]).
 
-use std::net::SocketAddr;
-
 use async_nats::jetstream;
 use palisade_outbox::BoxError;
 
@@ -38,13 +36,7 @@ pub async fn remove_namespace(
     if namespace.is_empty() {
         return Err("refusing to remove the default system: name a --namespace".into());
     }
-    let mut settings = ServeSettings::new(
-        Role::Relay,
-        infrastructure,
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    );
-    settings.namespace = namespace.to_owned();
-    settings.check()?;
+    let settings = ServeSettings::of_system(infrastructure, namespace)?;
     let mut removed = Removed::default();
 
     let mut db =

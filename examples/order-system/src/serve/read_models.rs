@@ -1,10 +1,8 @@
 //! The read models, built again from the stream while the system runs.
 
-use std::net::SocketAddr;
-
 use palisade_outbox::BoxError;
 
-use super::{Infrastructure, Role, ServeSettings, connect_jetstream, filter_subject, open};
+use super::{Infrastructure, ServeSettings, connect_jetstream, filter_subject, open};
 use crate::catalog::Catalog;
 use crate::service::SagaService;
 
@@ -20,13 +18,7 @@ pub async fn rebuild_catalog(
     infrastructure: Infrastructure,
     namespace: &str,
 ) -> Result<u64, BoxError> {
-    let mut settings = ServeSettings::new(
-        Role::Gateway,
-        infrastructure,
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    );
-    settings.namespace = namespace.to_owned();
-    settings.check()?;
+    let settings = ServeSettings::of_system(infrastructure, namespace)?;
     let catalog = Catalog::new(open(&settings, Catalog::NAME, Catalog::TABLES, 1).await?);
     let context = connect_jetstream(&settings).await?;
     let filter = filter_subject(&settings.subjects(), Catalog::CONSUMES);

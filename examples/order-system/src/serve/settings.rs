@@ -150,6 +150,26 @@ impl ServeSettings {
         }
     }
 
+    /// The settings of a command run against the system in `namespace`
+    /// on `infrastructure` (no process: its role and address are unused).
+    ///
+    /// # Errors
+    ///
+    /// `namespace` is not a name.
+    pub(super) fn of_system(
+        infrastructure: Infrastructure,
+        namespace: &str,
+    ) -> Result<Self, String> {
+        let mut settings = Self::new(
+            Role::Relay,
+            infrastructure,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        );
+        settings.namespace = namespace.to_owned();
+        settings.check()?;
+        Ok(settings)
+    }
+
     /// `service`'s schema.
     pub(super) fn schema(&self, service: &str) -> String {
         schema(&self.namespace, service)
