@@ -7,7 +7,7 @@ use palisade_order_system::catalog::{Catalog, Trending};
 use palisade_order_system::db::ServiceDb;
 use palisade_order_system::events::{Line, SagaEvent};
 use palisade_order_system::service::{Consuming, SagaService};
-use palisade_outbox::{Delivery, Envelope, Handler, InboxStore};
+use palisade_outbox::{Delivery, Handler, InboxStore};
 
 mod support;
 
@@ -21,23 +21,7 @@ fn shipped(sku: &str, quantity: i64) -> Delivery {
         card_token: "card_0123456789abcdef0123456789abcdef".to_owned(),
         card_last4: "4242".to_owned(),
     });
-    Delivery {
-        envelope: Envelope {
-            id: uuid::Uuid::now_v7().to_string(),
-            source: "/shipping".to_owned(),
-            event_type: event.type_name().to_owned(),
-            subject: Some(event.order_id().to_owned()),
-            aggregate_type: Some("order".to_owned()),
-            time_ms: None,
-            content_type: None,
-            traceparent: None,
-            tracestate: None,
-            extensions: std::collections::BTreeMap::new(),
-        },
-        subject: format!("orders.order.{}", event.type_name()),
-        payload: serde_json::to_vec(&event).unwrap().into(),
-        attempt: 1,
-    }
+    support::delivery(&event)
 }
 
 /// What the catalog's consumer does with `delivery`: the inbox check and

@@ -7,6 +7,7 @@ use palisade_order_system::embedded::{Settings, System};
 use palisade_order_system::events::{Line, SagaEvent};
 use palisade_order_system::identity::Credentials;
 use palisade_order_system::load::Gateway;
+use palisade_outbox::{Delivery, Envelope};
 use palisade_token_bucket::Bucket;
 
 /// Settings for a system in a fresh data directory, with 16 demo load
@@ -104,4 +105,25 @@ pub async fn wait_for_lock_waiters(
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     false
+}
+
+/// `event` as a consumer is handed it from the stream.
+pub fn delivery(event: &SagaEvent) -> Delivery {
+    Delivery {
+        envelope: Envelope {
+            id: uuid::Uuid::now_v7().to_string(),
+            source: "/test".to_owned(),
+            event_type: event.type_name().to_owned(),
+            subject: Some(event.order_id().to_owned()),
+            aggregate_type: Some("order".to_owned()),
+            time_ms: None,
+            content_type: None,
+            traceparent: None,
+            tracestate: None,
+            extensions: std::collections::BTreeMap::new(),
+        },
+        subject: format!("orders.order.{}", event.type_name()),
+        payload: serde_json::to_vec(event).unwrap().into(),
+        attempt: 1,
+    }
 }

@@ -1,0 +1,64 @@
+//! A saga service as its consumer's handler: what it consumes is applied,
+//! the rest ignored unseen.
+
+use palisade_order_system::db::ServiceDb;
+use palisade_order_system::events::{Line, SagaEvent};
+use palisade_order_system::service::{Consuming, SagaService};
+use palisade_order_system::shipping::Shipping;
+use palisade_outbox::{Handled, Handler};
+
+mod support;
+
+#[tokio::test]
+async fn a_service_applies_what_it_consumes_and_ignores_the_rest_unseen() {
+    let dir = std::env::temp_dir().join(format!("palisade-service-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = ServiceDb::open_sqlite(&dir, Shipping::NAME, Shipping::TABLES)
+        .await
+        .unwrap();
+    let handler = Consuming(Shipping::new(db.clone()));
+    let line = Line {
+        order_id: "o-1".to_owned(),
+        sku: "sku-1".to_owned(),
+        quantity: 2,
+        amount_cents: 500,
+        card_token: "t".to_owned(),
+        card_last4: "4242".to_owned(),
+    };
+    let shipments = || async {
+        palisade_order_system::on_pool!(&db, |pool| sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM shipments"
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap())
+    };
+    let ServiceDb::Sqlite { pool, .. } = db.clone() else {
+        unreachable!("a SQLite file was opened")
+    };
+
+    // Not a type shipping consumes: ignored before it is read.
+    let mut tx = pool.begin().await.unwrap();
+    let created = support::delivery(&SagaEvent::OrderCreated(line.clone()));
+    let handled = handler.handle(&mut *tx, &created).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(handled, Handled::Ignored);
+    assert_eq!(shipments().await, 0);
+
+    let mut tx = pool.begin().await.unwrap();
+    let paid = support::delivery(&SagaEvent::PaymentSucceeded(line.clone()));
+    let handled = handler.handle(&mut *tx, &paid).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(handled, Handled::Applied);
+    assert_eq!(shipments().await, 1);
+
+    // Given anyway, an event it does not consume is an error, never a
+    // silent success.
+    let mut tx = pool.begin().await.unwrap();
+    let error = Shipping::new(db.clone())
+        .apply(&mut *tx, SagaEvent::OrderCreated(line))
+        .await
+        .unwrap_err();
+    assert_eq!(error.to_string(), "shipping does not consume OrderCreated");
+    let _ = std::fs::remove_dir_all(dir);
+}
