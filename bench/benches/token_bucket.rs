@@ -1,5 +1,7 @@
 //! palisade-token-bucket's local store against governor's keyed limiter:
-//! one decision for a hot key, and for keys rotating over 1,000.
+//! one decision for a hot key, and for keys rotating over 1,000. The hot
+//! key is also measured against governor's direct (unkeyed) limiter, the
+//! floor a one-bucket limiter (`key::global`) is held to.
 //!
 //! Both limiters are built once, with a quota so large that every request
 //! is admitted (the common case), and both take the key by reference. Ours
@@ -46,6 +48,10 @@ fn compare(c: &mut Criterion) {
     let governor = RateLimiter::keyed(quota);
     group.bench_function(BenchmarkId::new("governor", "one_key"), |b| {
         b.iter(|| black_box(governor.check_key(black_box(&keys[0])).is_ok()));
+    });
+    let direct = RateLimiter::direct(quota);
+    group.bench_function(BenchmarkId::new("governor_direct", "one_key"), |b| {
+        b.iter(|| black_box(direct.check().is_ok()));
     });
     let mut next = 0;
     group.bench_function(BenchmarkId::new("governor", "1000_keys"), |b| {
