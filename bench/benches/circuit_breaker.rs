@@ -6,14 +6,21 @@
 //! plus polling the returned future to completion with a no-op waker (the
 //! inner future is ready at once, so no runtime is involved). `bare` is the
 //! no-op service alone: a breaker's cost is its time minus `bare`'s.
+//!
+//! `closed_ready_call` drives the tower services as users do:
+//! `ServiceExt::ready(&mut service).await`, then `service.call(request)
+//! .await`, in a loop inside one `block_on` of a current-thread runtime, so
+//! `poll_ready` is counted too. `failsafe` is not a tower service and has
+//! no such case.
 
 use std::hint::black_box;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
 use palisade_bench::{complete, noop};
-use tower::{Layer, Service, service_fn};
+use tower::{Layer, Service, ServiceExt, service_fn};
 
 /// One way of making a call through a breaker, cloneable per thread.
 trait Caller: Clone + Send + 'static {
@@ -56,23 +63,55 @@ fn callers() -> Vec<(&'static str, MakeCall)> {
             Box::new(move |request| caller.call(request))
         })
     }
-    let palisade = palisade_circuit_breaker::CircuitBreakerLayer::new(
-        palisade_circuit_breaker::Config::default(),
-    )
-    .layer(service_fn(noop));
-    let resilience = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+    let failsafe = failsafe::Config::new().build();
+    vec![
+        ("bare", boxed(Tower(service_fn(noop)))),
+        ("palisade", boxed(Tower(palisade()))),
+        ("failsafe", boxed(Failsafe(failsafe))),
+        ("tower_resilience", boxed(Tower(tower_resilience()))),
+    ]
+}
+
+fn palisade() -> impl Service<u64, Response = u64, Future: Send> + Clone + Send + Sync + 'static {
+    palisade_circuit_breaker::CircuitBreakerLayer::new(palisade_circuit_breaker::Config::default())
+        .layer(service_fn(noop))
+}
+
+fn tower_resilience()
+-> impl Service<u64, Response = u64, Future: Send> + Clone + Send + Sync + 'static {
+    tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
         .failure_rate_threshold(0.5)
         .sliding_window_size(20)
         .build()
         .expect("valid config")
-        .layer(service_fn(noop));
-    let failsafe = failsafe::Config::new().build();
-    vec![
-        ("bare", boxed(Tower(service_fn(noop)))),
-        ("palisade", boxed(Tower(palisade))),
-        ("failsafe", boxed(Failsafe(failsafe))),
-        ("tower_resilience", boxed(Tower(resilience))),
-    ]
+        .layer(service_fn(noop))
+}
+
+/// `service` driven as users drive it: `ready().await`, then
+/// `call(..).await`, `iters` times inside one `block_on`.
+fn ready_then_call<S: Service<u64>>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    mut service: S,
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
+    group.bench_function(BenchmarkId::new(name, "closed_ready_call"), |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for request in 0..iters {
+                    let called = match service.ready().await {
+                        Ok(ready) => ready.call(black_box(request)).await.is_ok(),
+                        Err(_) => false,
+                    };
+                    black_box(called);
+                }
+                start.elapsed()
+            })
+        });
+    });
 }
 
 fn compare(c: &mut Criterion) {
@@ -105,6 +144,9 @@ fn compare(c: &mut Criterion) {
             });
         });
     }
+    ready_then_call(&mut group, "bare", service_fn(noop));
+    ready_then_call(&mut group, "palisade", palisade());
+    ready_then_call(&mut group, "tower_resilience", tower_resilience());
     group.finish();
 }
 
