@@ -170,21 +170,26 @@ fn the_default_system_is_never_removed_as_a_namespace() {
     );
 }
 
-/// A rebuild needs the system's stream: in a namespace that never ran,
-/// `rebuild-catalog` fails with the stream it could not replay (the
-/// catalog's schema it made on the way is removed after).
-#[test]
-fn a_catalog_rebuild_without_a_stream_says_so() {
-    let namespace = format!("never{}", fastrand::u32(..));
-    let output = Command::new(env!("CARGO_BIN_EXE_order-system"))
-        .args(["rebuild-catalog", "--namespace", &namespace])
+/// The order system run with `args` against the test servers.
+fn on_servers(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_order-system"))
+        .args(args)
         .env(
             "PALISADE_POSTGRES",
             palisade_testkit::servers::database_url(),
         )
         .env("PALISADE_NATS", palisade_testkit::servers::nats_url())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// A rebuild needs the system's stream: in a namespace that never ran,
+/// `rebuild-catalog` fails with the stream it could not replay (the
+/// catalog's schema it made on the way is removed after).
+#[test]
+fn a_catalog_rebuild_without_a_stream_says_so() {
+    let namespace = format!("never{}", fastrand::u32(..));
+    let output = on_servers(&["rebuild-catalog", "--namespace", &namespace]);
     let said = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{said}");
     assert!(
@@ -194,14 +199,6 @@ fn a_catalog_rebuild_without_a_stream_says_so() {
         )),
         "{said}"
     );
-    let removed = Command::new(env!("CARGO_BIN_EXE_order-system"))
-        .args(["remove-namespace", "--namespace", &namespace])
-        .env(
-            "PALISADE_POSTGRES",
-            palisade_testkit::servers::database_url(),
-        )
-        .env("PALISADE_NATS", palisade_testkit::servers::nats_url())
-        .output()
-        .unwrap();
+    let removed = on_servers(&["remove-namespace", "--namespace", &namespace]);
     assert!(removed.status.success(), "{removed:?}");
 }

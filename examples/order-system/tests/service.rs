@@ -37,19 +37,24 @@ async fn a_service_applies_what_it_consumes_and_ignores_the_rest_unseen() {
         unreachable!("a SQLite file was opened")
     };
 
+    // `event` handed to the consumer's handler in a transaction of its own.
+    let handle = async |event: SagaEvent| {
+        let mut tx = pool.begin().await.unwrap();
+        let handled = handler
+            .handle(&mut *tx, &support::delivery(&event))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        handled
+    };
+
     // Not a type shipping consumes: ignored before it is read.
-    let mut tx = pool.begin().await.unwrap();
-    let created = support::delivery(&SagaEvent::OrderCreated(line.clone()));
-    let handled = handler.handle(&mut *tx, &created).await.unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(handled, Handled::Ignored);
+    let created = SagaEvent::OrderCreated(line.clone());
+    assert_eq!(handle(created).await, Handled::Ignored);
     assert_eq!(shipments().await, 0);
 
-    let mut tx = pool.begin().await.unwrap();
-    let paid = support::delivery(&SagaEvent::PaymentSucceeded(line.clone()));
-    let handled = handler.handle(&mut *tx, &paid).await.unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(handled, Handled::Applied);
+    let paid = SagaEvent::PaymentSucceeded(line.clone());
+    assert_eq!(handle(paid).await, Handled::Applied);
     assert_eq!(shipments().await, 1);
 
     // Given anyway, an event it does not consume is an error, never a
