@@ -17,10 +17,9 @@ use std::hint::black_box;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use criterion::measurement::WallTime;
-use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
-use palisade_bench::{complete, noop};
-use tower::{Layer, Service, ServiceExt, service_fn};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use palisade_bench::{complete, noop, ready_then_call};
+use tower::{Layer, Service, service_fn};
 
 /// One way of making a call through a breaker, cloneable per thread.
 trait Caller: Clone + Send + 'static {
@@ -87,33 +86,6 @@ fn tower_resilience()
         .layer(service_fn(noop))
 }
 
-/// `service` driven as users drive it: `ready().await`, then
-/// `call(..).await`, `iters` times inside one `block_on`.
-fn ready_then_call<S: Service<u64>>(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    name: &str,
-    mut service: S,
-) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("a current-thread runtime");
-    group.bench_function(BenchmarkId::new(name, "closed_ready_call"), |b| {
-        b.iter_custom(|iters| {
-            runtime.block_on(async {
-                let start = Instant::now();
-                for request in 0..iters {
-                    let called = match service.ready().await {
-                        Ok(ready) => ready.call(black_box(request)).await.is_ok(),
-                        Err(_) => false,
-                    };
-                    black_box(called);
-                }
-                start.elapsed()
-            })
-        });
-    });
-}
-
 fn compare(c: &mut Criterion) {
     let mut group = c.benchmark_group("peers-circuit_breaker");
     for (name, make) in callers() {
@@ -144,9 +116,10 @@ fn compare(c: &mut Criterion) {
             });
         });
     }
-    ready_then_call(&mut group, "bare", service_fn(noop));
-    ready_then_call(&mut group, "palisade", palisade());
-    ready_then_call(&mut group, "tower_resilience", tower_resilience());
+    let case = |name| BenchmarkId::new(name, "closed_ready_call");
+    ready_then_call(&mut group, case("bare"), service_fn(noop));
+    ready_then_call(&mut group, case("palisade"), palisade());
+    ready_then_call(&mut group, case("tower_resilience"), tower_resilience());
     group.finish();
 }
 

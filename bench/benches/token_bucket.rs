@@ -4,16 +4,23 @@
 //! floor a one-bucket limiter (`key::global`) is held to.
 //!
 //! Both limiters are built once, with a quota so large that every request
-//! is admitted (the common case), and both take the key by reference. Ours
-//! reads `tokio::time::Instant` (the monotonic clock outside a paused
-//! runtime); governor reads its own clock.
+//! is admitted (the common case), and both take the key by reference. Both
+//! read the processor's counter through `quanta`.
+//!
+//! `global_ready_call` is the layer with `key::global` in front of a no-op
+//! service, driven as users drive a tower service (`ready().await`, then
+//! `call().await`, in one `block_on` of a current-thread runtime); `bare`
+//! is the no-op service alone, and governor's direct limiter, which has no
+//! tower layer, is the floor the layer's cost is held to.
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use governor::{Quota, RateLimiter};
-use palisade_token_bucket::{Bucket, LocalStore};
+use palisade_bench::{noop, ready_then_call};
+use palisade_token_bucket::{Bucket, LocalStore, RateLimitLayer, key};
+use tower::{Layer, service_fn};
 
 const RATE: u32 = 1_000_000_000;
 
@@ -43,6 +50,15 @@ fn compare(c: &mut Criterion) {
             )
         });
     });
+
+    let pinned = store.pin("everyone");
+    group.bench_function(BenchmarkId::new("palisade_pinned", "one_key"), |b| {
+        b.iter(|| black_box(pinned.decide_now(&bucket, 1).is_allowed()));
+    });
+    let case = |name| BenchmarkId::new(name, "global_ready_call");
+    ready_then_call(&mut group, case("bare"), service_fn(noop));
+    let layer = RateLimitLayer::new(store.clone(), bucket, key::global("all"));
+    ready_then_call(&mut group, case("palisade"), layer.layer(service_fn(noop)));
 
     let quota = Quota::per_second(NonZeroU32::new(RATE).expect("non-zero"));
     let governor = RateLimiter::keyed(quota);

@@ -1,10 +1,17 @@
 //! What every benchmark in `benches/` shares: the no-op service the layers
-//! wrap, and a way to run a call's future to completion without a runtime.
+//! wrap, a way to run a call's future to completion without a runtime, and
+//! a way to drive a service as its users do.
 
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
+use std::hint::black_box;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId};
+use tower::{Service, ServiceExt};
 
 /// The wrapped service: answers its request at once.
 ///
@@ -26,6 +33,40 @@ pub fn complete<F: Future>(future: F) -> F::Output {
         }
         std::hint::spin_loop();
     }
+}
+
+/// Benchmarks `service` driven as users drive a tower service:
+/// `ServiceExt::ready(&mut service).await`, then `call(request).await`, in
+/// a loop inside one `block_on` of a current-thread runtime, so
+/// `poll_ready` is counted as well as the call.
+///
+/// # Panics
+///
+/// When no runtime can be built.
+pub fn ready_then_call<S: Service<u64>>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    mut service: S,
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread runtime");
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for request in 0..iters {
+                    let called = match service.ready().await {
+                        Ok(ready) => ready.call(black_box(request)).await.is_ok(),
+                        Err(_) => false,
+                    };
+                    black_box(called);
+                }
+                start.elapsed()
+            })
+        });
+    });
 }
 
 /// The `p` quantile (0 to 1, nearest rank) of `sorted` durations, in

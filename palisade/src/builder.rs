@@ -116,7 +116,7 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// `rate-limit`).
     #[cfg(feature = "rate-limit")]
     #[must_use]
-    fn rate_limit<St, K>(
+    fn rate_limit<St: palisade_token_bucket::Store, K>(
         self,
         store: St,
         bucket: palisade_token_bucket::Bucket,
@@ -127,7 +127,7 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// RateLimit fields (features `rate-limit`, `http`).
     #[cfg(all(feature = "rate-limit", feature = "http"))]
     #[must_use]
-    fn rate_limit_for_http<St, K>(
+    fn rate_limit_for_http<St: palisade_token_bucket::Store, K>(
         self,
         store: St,
         bucket: palisade_token_bucket::Bucket,
@@ -148,7 +148,7 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// `grpc-retry-pushback-ms` (features `rate-limit`, `grpc`).
     #[cfg(all(feature = "rate-limit", feature = "grpc"))]
     #[must_use]
-    fn rate_limit_for_grpc<St, K>(
+    fn rate_limit_for_grpc<St: palisade_token_bucket::Store, K>(
         self,
         store: St,
         bucket: palisade_token_bucket::Bucket,
@@ -278,7 +278,7 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     #[cfg(feature = "rate-limit")]
-    fn rate_limit<St, K>(
+    fn rate_limit<St: palisade_token_bucket::Store, K>(
         self,
         store: St,
         bucket: palisade_token_bucket::Bucket,
@@ -290,7 +290,7 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     #[cfg(all(feature = "rate-limit", feature = "http"))]
-    fn rate_limit_for_http<St, K>(
+    fn rate_limit_for_http<St: palisade_token_bucket::Store, K>(
         self,
         store: St,
         bucket: palisade_token_bucket::Bucket,
@@ -312,7 +312,7 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     #[cfg(all(feature = "rate-limit", feature = "grpc"))]
-    fn rate_limit_for_grpc<St, K>(
+    fn rate_limit_for_grpc<St: palisade_token_bucket::Store, K>(
         self,
         store: St,
         bucket: palisade_token_bucket::Bucket,

@@ -113,52 +113,74 @@ impl Bucket {
     /// Decides a request of `cost` tokens at `now` against the arrival time
     /// `tat` (both in nanoseconds from one origin). Returns the new arrival
     /// time when the request is admitted.
+    #[inline]
     pub(crate) fn decide(&self, tat: u64, now: u64, cost: u32) -> (Option<u64>, Decision) {
         let tolerance = self.tolerance_ns();
         let start = tat.max(now);
         let new_tat = start.saturating_add(self.interval_ns.saturating_mul(u64::from(cost)));
         if new_tat - now <= tolerance {
-            (
-                Some(new_tat),
-                self.decision(true, new_tat - now, Duration::ZERO),
-            )
+            (Some(new_tat), self.decision(true, new_tat - now, 0))
         } else {
-            let retry_after =
-                (cost <= self.capacity).then(|| Duration::from_nanos(new_tat - now - tolerance));
-            (
-                None,
-                self.decision(false, start - now, retry_after.unwrap_or(Duration::MAX)),
-            )
+            let retry_after = if cost <= self.capacity {
+                new_tat - now - tolerance
+            } else {
+                NEVER
+            };
+            (None, self.decision(false, start - now, retry_after))
         }
     }
 
-    /// The decision when the arrival time is `ahead` of now afterwards.
-    pub(crate) fn decision(&self, allowed: bool, ahead: u64, retry_after: Duration) -> Decision {
-        let free = self.tolerance_ns().saturating_sub(ahead) / self.interval_ns;
+    /// The decision when the arrival time is `ahead` nanoseconds ahead of
+    /// now afterwards, and the request fits again after `retry_after_ns`
+    /// ([`NEVER`]: it never does).
+    pub(crate) const fn decision(
+        &self,
+        allowed: bool,
+        ahead_ns: u64,
+        retry_after_ns: u64,
+    ) -> Decision {
         Decision {
             allowed,
             from_bucket: true,
-            remaining: u32::try_from(free).unwrap_or(u32::MAX),
-            retry_after,
-            reset: Duration::from_nanos(ahead),
             capacity: self.capacity,
-            refill_time: self.refill_time(),
+            counted: COMPUTED,
+            interval_ns: self.interval_ns,
+            ahead_ns,
+            retry_after_ns,
         }
     }
 }
 
+/// `Decision::retry_after_ns` of a request that never fits.
+pub(crate) const NEVER: u64 = u64::MAX;
+
+/// `Decision::counted` when the tokens left are computed from the arrival
+/// time (no store counts as many: [`MAX_CAPACITY`] is less).
+const COMPUTED: u32 = u32::MAX;
+
 /// The answer to one request: admitted or not, and what the caller should
 /// know to come back at the right time.
+///
+/// Small (40 bytes) and computed lazily: what is only read when asked for,
+/// the tokens left, is worked out then, so a layer that only reads
+/// [`is_allowed`](Self::is_allowed) pays for no division.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
+    capacity: u32,
+    /// Whole tokens left as a store counted them itself (Redis), or
+    /// [`COMPUTED`].
+    counted: u32,
+    /// Nanoseconds one token takes to refill.
+    interval_ns: u64,
+    /// How far ahead of now the arrival time is afterwards: the time until
+    /// the bucket is full again.
+    ahead_ns: u64,
+    /// For a denied request, the wait until it fits ([`NEVER`]: it never
+    /// does); zero when admitted.
+    retry_after_ns: u64,
     allowed: bool,
     /// Whether a bucket was consulted (false: a failure policy decided).
     from_bucket: bool,
-    remaining: u32,
-    retry_after: Duration,
-    reset: Duration,
-    capacity: u32,
-    refill_time: Duration,
 }
 
 impl Decision {
@@ -168,21 +190,25 @@ impl Decision {
     /// [`Decision::is_from_bucket`]).
     pub(crate) fn without_store(bucket: &Bucket, allowed: bool, retry_after: Duration) -> Self {
         Self {
-            allowed,
             from_bucket: false,
-            remaining: bucket.capacity,
-            retry_after,
-            reset: Duration::ZERO,
-            capacity: bucket.capacity,
-            refill_time: bucket.refill_time(),
+            counted: bucket.capacity,
+            ..bucket.decision(allowed, 0, nanos(retry_after))
         }
     }
 
-    /// Sets what a store computed itself (Redis, in microseconds).
+    /// A decision as a store counted it itself (Redis, in microseconds).
     #[cfg(feature = "redis")]
-    pub(crate) const fn set_remaining_and_reset(&mut self, remaining: u32, reset: Duration) {
-        self.remaining = remaining;
-        self.reset = reset;
+    pub(crate) fn counted(
+        bucket: &Bucket,
+        allowed: bool,
+        remaining: u32,
+        retry_after: Duration,
+        reset: Duration,
+    ) -> Self {
+        Self {
+            counted: remaining.min(bucket.capacity),
+            ..bucket.decision(allowed, nanos(reset), nanos(retry_after))
+        }
     }
 
     /// Whether the request is admitted.
@@ -205,7 +231,15 @@ impl Decision {
     /// Whole tokens left after this decision.
     #[must_use]
     pub const fn remaining(&self) -> u32 {
-        self.remaining
+        if self.counted != COMPUTED {
+            return self.counted;
+        }
+        let tolerance = self.interval_ns.saturating_mul(self.capacity as u64);
+        let free = tolerance.saturating_sub(self.ahead_ns) / self.interval_ns;
+        // At most the capacity, itself a `u32`.
+        #[allow(clippy::cast_possible_truncation)]
+        let free = free as u32;
+        free
     }
 
     /// For a denied request, how long until the same request would be
@@ -213,13 +247,17 @@ impl Decision {
     /// never will); zero when admitted.
     #[must_use]
     pub const fn retry_after(&self) -> Duration {
-        self.retry_after
+        if self.retry_after_ns == NEVER {
+            Duration::MAX
+        } else {
+            Duration::from_nanos(self.retry_after_ns)
+        }
     }
 
     /// How long until the bucket is full again.
     #[must_use]
     pub const fn reset(&self) -> Duration {
-        self.reset
+        Duration::from_nanos(self.ahead_ns)
     }
 
     /// The bucket's capacity.
@@ -231,19 +269,24 @@ impl Decision {
     /// The time the bucket takes to fill from empty: the policy's window.
     #[must_use]
     pub const fn window(&self) -> Duration {
-        self.refill_time
+        Duration::from_nanos(self.interval_ns.saturating_mul(self.capacity as u64))
     }
+}
+
+/// `duration` in nanoseconds, saturating (585 years, which is never).
+pub(crate) fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.allowed {
-            write!(f, "allowed, {} left", self.remaining)
+            write!(f, "allowed, {} left", self.remaining())
         } else {
             write!(
                 f,
                 "rate limited, retry after {} ms",
-                self.retry_after.as_millis()
+                self.retry_after().as_millis()
             )
         }
     }
@@ -285,6 +328,15 @@ mod tests {
         let (_, never) = bucket.decide(0, 0, 11);
         assert!(!never.is_allowed());
         assert_eq!(never.retry_after(), Duration::MAX);
+    }
+
+    #[test]
+    fn a_decision_is_small_and_counts_its_tokens_when_asked() {
+        assert_eq!(size_of::<Decision>(), 40);
+        let bucket = Bucket::new(1_000_000_000, 1e9).unwrap();
+        let (_, decision) = bucket.decide(0, 0, 1);
+        assert_eq!(decision.remaining(), 999_999_999);
+        assert_eq!(decision.window(), Duration::from_secs(1));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::error::{RateLimited, StoreError};
 use crate::key::OneToken;
 use crate::layer::RateLimitLayer;
 use crate::respond::Respond;
+use crate::store::Store;
 
 /// Answers refused calls with a trailers-only `RESOURCE_EXHAUSTED` and the
 /// wait as `grpc-retry-pushback-ms`, and a store that cannot decide with
@@ -63,7 +64,7 @@ impl<B: Default, E> Respond<Response<B>, E> for ResourceExhausted {
     fn admitted(&self, _: &mut Response<B>, _: &Decision) {}
 }
 
-impl<St, K> RateLimitLayer<St, K, OneToken, ResourceExhausted> {
+impl<St: Store, K> RateLimitLayer<St, K, OneToken, ResourceExhausted> {
     /// A limiter for gRPC services and clients (feature `grpc`); see the
     /// [module docs](crate::grpc).
     ///

@@ -39,6 +39,7 @@ use crate::error::{RateLimited, StoreError};
 use crate::key::OneToken;
 use crate::layer::RateLimitLayer;
 use crate::respond::Respond;
+use crate::store::Store;
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -129,7 +130,7 @@ impl<B: Default, E> Respond<Response<B>, E> for TooManyRequests {
     }
 }
 
-impl<St, K> RateLimitLayer<St, K, OneToken, TooManyRequests> {
+impl<St: Store, K> RateLimitLayer<St, K, OneToken, TooManyRequests> {
     /// A limiter for HTTP services (feature `http`); see the
     /// [module docs](crate::http).
     ///
@@ -155,7 +156,7 @@ impl<St, K> RateLimitLayer<St, K, OneToken, TooManyRequests> {
     }
 }
 
-impl<St, K, W> RateLimitLayer<St, K, W, TooManyRequests> {
+impl<St: Store, K, W> RateLimitLayer<St, K, W, TooManyRequests> {
     /// Also writes `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
     /// `X-RateLimit-Reset` (seconds), for clients that read only those.
     #[must_use]

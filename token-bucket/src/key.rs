@@ -20,6 +20,18 @@
 pub trait Key<Req> {
     /// The key of `request`'s bucket.
     fn key(&self, request: &Req) -> Option<String>;
+
+    /// The one key every request names, when it never depends on the
+    /// request ([`global`]): the layer then [pins](crate::Store::pin) that
+    /// key's bucket on its first request and decides every later one
+    /// through it, without asking for the key again or finding its bucket.
+    ///
+    /// `None`, the default, asks [`key`](Self::key) on each request. A key
+    /// that returns `Some` must return the same key every time, and the
+    /// same as [`key`](Self::key) does.
+    fn fixed(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl<Req, F> Key<Req> for F
@@ -63,6 +75,10 @@ impl<Req> Cost<Req> for OneToken {
 pub struct Global(String);
 
 /// One bucket for all requests.
+///
+/// The layer finds it once, on its first request, and holds it: with a
+/// [`LocalStore`](crate::LocalStore) a decision is then one clock read and
+/// one compare-and-swap.
 #[must_use]
 pub fn global(key: &str) -> Global {
     Global(key.to_owned())
@@ -71,6 +87,10 @@ pub fn global(key: &str) -> Global {
 impl<Req> Key<Req> for Global {
     fn key(&self, _: &Req) -> Option<String> {
         Some(self.0.clone())
+    }
+
+    fn fixed(&self) -> Option<&str> {
+        Some(&self.0)
     }
 }
 

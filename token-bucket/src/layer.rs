@@ -1,5 +1,7 @@
 //! The tower layer.
 
+use std::sync::{Arc, OnceLock};
+
 use tower::Layer;
 
 use crate::bucket::Bucket;
@@ -7,6 +9,7 @@ use crate::events::Events;
 use crate::key::OneToken;
 use crate::respond::BoxErrors;
 use crate::service::RateLimit;
+use crate::store::Store;
 
 /// Limits requests per key with token buckets in a [`Store`](crate::Store).
 ///
@@ -19,20 +22,23 @@ use crate::service::RateLimit;
 /// ([`Cost`](crate::key::Cost), one token by default) and `R` how refusals
 /// look ([`Respond`](crate::Respond)).
 #[derive(Debug, Clone)]
-pub struct RateLimitLayer<St, K, W = OneToken, R = BoxErrors> {
+pub struct RateLimitLayer<St: Store, K, W = OneToken, R = BoxErrors> {
     pub(crate) store: St,
     pub(crate) bucket: Bucket,
     pub(crate) key: K,
     pub(crate) cost: W,
     pub(crate) respond: R,
     pub(crate) events: Events,
+    /// The bucket of a [fixed](crate::key::Key::fixed) key, pinned on the
+    /// first request and shared by every service the layer makes.
+    pub(crate) pinned: Arc<OnceLock<St::Pinned>>,
 }
 
-impl<St, K> RateLimitLayer<St, K> {
+impl<St: Store, K> RateLimitLayer<St, K> {
     /// Limits each key to `bucket` in `store`; refusals are
     /// [`RateLimited`](crate::RateLimited) errors.
     #[must_use]
-    pub const fn new(store: St, bucket: Bucket, key: K) -> Self {
+    pub fn new(store: St, bucket: Bucket, key: K) -> Self {
         Self {
             store,
             bucket,
@@ -40,11 +46,12 @@ impl<St, K> RateLimitLayer<St, K> {
             cost: OneToken,
             respond: BoxErrors,
             events: Events::tracing_only(),
+            pinned: Arc::default(),
         }
     }
 }
 
-impl<St, K, W, R> RateLimitLayer<St, K, W, R> {
+impl<St: Store, K, W, R> RateLimitLayer<St, K, W, R> {
     /// Charges each request `cost` tokens instead of one.
     #[must_use]
     pub fn cost<W2>(self, cost: W2) -> RateLimitLayer<St, K, W2, R> {
@@ -55,6 +62,7 @@ impl<St, K, W, R> RateLimitLayer<St, K, W, R> {
             cost,
             respond: self.respond,
             events: self.events,
+            pinned: self.pinned,
         }
     }
 
@@ -68,6 +76,7 @@ impl<St, K, W, R> RateLimitLayer<St, K, W, R> {
             cost: self.cost,
             respond,
             events: self.events,
+            pinned: self.pinned,
         }
     }
 
@@ -84,7 +93,7 @@ impl<St, K, W, R> RateLimitLayer<St, K, W, R> {
     }
 }
 
-impl<S, St: Clone, K: Clone, W: Clone, R: Clone> Layer<S> for RateLimitLayer<St, K, W, R> {
+impl<S, St: Store, K: Clone, W: Clone, R: Clone> Layer<S> for RateLimitLayer<St, K, W, R> {
     type Service = RateLimit<S, St, K, W, R>;
 
     fn layer(&self, inner: S) -> Self::Service {

@@ -91,7 +91,7 @@ mod store;
 pub use bucket::{Bucket, Decision, MAX_CAPACITY};
 pub use error::{ConfigError, RateLimited, StoreError};
 pub use layer::RateLimitLayer;
-pub use local::{Clock, LocalStore, MAX_KEY_BYTES};
+pub use local::{Clock, LocalStore, MAX_KEY_BYTES, PinnedBucket};
 #[cfg(feature = "redis")]
 pub use redis_store::{FailurePolicy, RedisStore};
 pub use respond::{BoxErrors, Respond};

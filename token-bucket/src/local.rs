@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use crate::bucket::{Bucket, Decision};
+use crate::bucket::{Bucket, Decision, nanos};
 use crate::error::StoreError;
 use crate::store::Store;
 
@@ -45,7 +45,10 @@ pub enum Clock {
 /// Each key's state is one atomic word, its bucket's arrival time, updated
 /// with one compare-and-swap under its shard's read lock: deciding never
 /// waits for another decision, only (briefly) for a new key being added to
-/// the same shard.
+/// the same shard. A key [pinned](Self::pin) (as a limiter whose every
+/// request names one key, [`key::global`](crate::key::global), pins it) is
+/// decided with the compare-and-swap alone, skipping the hash, the shard
+/// and its lock.
 ///
 /// Memory is bounded in keys and in bytes: a key longer than
 /// [`MAX_KEY_BYTES`] (an 8 KiB header value, say) is remembered by a
@@ -86,45 +89,90 @@ struct Inner {
     long_hasher: RandomState,
     clock: Clock,
     fast: quanta::Clock,
-    fast_origin: quanta::Instant,
+    /// The fast clock's raw reading when the store was made.
+    fast_origin: u64,
     tokio_origin: tokio::time::Instant,
 }
 
+/// A key's bucket in the table: its arrival time, or, once the key is
+/// [pinned](LocalStore::pin), the word its [`PinnedBucket`]s share.
+#[derive(Debug)]
+enum Slot {
+    Own(AtomicU64),
+    Pinned(Arc<AtomicU64>),
+}
+
+impl Slot {
+    /// The bucket's arrival time.
+    fn tat(&self) -> &AtomicU64 {
+        match self {
+            Self::Own(tat) => tat,
+            Self::Pinned(tat) => tat,
+        }
+    }
+}
+
+/// A table entry: a key as the store remembers it, and its bucket.
+type Entry = (Arc<[u8]>, Slot);
+
 /// One shard's keys: the map decisions read (a table looked up with the
 /// hash that already chose the shard, so a key is hashed once a decision),
-/// and the keys in the order they came, which a new key walks to find an
-/// idle one to replace.
+/// and the unpinned keys in the order they came, which a new key walks to
+/// find an idle one to replace.
 #[derive(Debug)]
 struct Shard {
-    map: HashTable<(Arc<[u8]>, AtomicU64)>,
+    map: HashTable<Entry>,
     arrivals: VecDeque<Arc<[u8]>>,
 }
 
 /// Whether a table entry is `key`'s.
-fn is(key: &[u8]) -> impl Fn(&(Arc<[u8]>, AtomicU64)) -> bool + '_ {
+fn is(key: &[u8]) -> impl Fn(&Entry) -> bool + '_ {
     move |(stored, _)| **stored == *key
 }
 
 impl Shard {
     /// Forgets one key whose bucket is full at `now`, looking at no more
     /// than [`EVICTION_SAMPLE`] keys; those still active go to the back of
-    /// the line. `false` when none of them was idle.
+    /// the line, and pinned ones (never forgotten) leave it. `false` when
+    /// none of them was idle.
     fn make_room(&mut self, now: u64, hasher: &RandomState) -> bool {
         for _ in 0..EVICTION_SAMPLE.min(self.arrivals.len()) {
             let Some(key) = self.arrivals.pop_front() else {
                 break;
             };
             match self.map.find_entry(hasher.hash_one(&*key), is(&key)) {
-                Ok(entry) if entry.get().1.load(Ordering::Relaxed) > now => {}
-                Ok(entry) => {
-                    entry.remove();
-                    return true;
-                }
+                Ok(entry) => match &entry.get().1 {
+                    Slot::Pinned(_) => continue,
+                    Slot::Own(tat) if tat.load(Ordering::Relaxed) > now => {}
+                    Slot::Own(_) => {
+                        entry.remove();
+                        return true;
+                    }
+                },
                 Err(_) => return true,
             }
             self.arrivals.push_back(key);
         }
         false
+    }
+
+    /// Adds `key` (not in the table) with `slot`; the key's `Arc` is
+    /// returned for the line of arrivals.
+    fn insert(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        slot: Slot,
+        hasher: &RandomState,
+    ) -> (Arc<[u8]>, &Slot) {
+        let key: Arc<[u8]> = Arc::from(key);
+        let (_, slot) = self
+            .map
+            .insert_unique(hash, (key.clone(), slot), |(stored, _)| {
+                hasher.hash_one(&**stored)
+            })
+            .into_mut();
+        (key, slot)
     }
 }
 
@@ -164,71 +212,128 @@ impl LocalStore {
                 hasher,
                 long_hasher: RandomState::default(),
                 clock,
-                fast_origin: fast.now(),
+                fast_origin: fast.raw(),
                 fast,
                 tokio_origin: tokio::time::Instant::now(),
             }),
         }
     }
 
-    /// The time since the store was made, on its clock.
-    fn elapsed(&self) -> Duration {
+    /// The time since the store was made, on its clock, in nanoseconds.
+    #[inline]
+    fn now(&self) -> u64 {
         let inner = &*self.inner;
         match inner.clock {
             Clock::Fast => inner
                 .fast
-                .now()
-                .saturating_duration_since(inner.fast_origin),
-            Clock::Tokio => inner.tokio_origin.elapsed(),
+                .delta_as_nanos(inner.fast_origin, inner.fast.raw()),
+            Clock::Tokio => nanos(inner.tokio_origin.elapsed()),
         }
     }
 
     /// Decides a request of `cost` tokens for `key` now.
     #[must_use]
     pub fn decide_now(&self, key: &str, bucket: &Bucket, cost: u32) -> Decision {
-        self.decide_at(key, bucket, cost, self.elapsed())
+        self.decide(key, bucket, cost, self.now())
     }
 
     /// Decides a request of `cost` tokens for `key` at `elapsed` after the
     /// store was made, whatever its clock says (for tests and simulations).
     #[must_use]
     pub fn decide_at(&self, key: &str, bucket: &Bucket, cost: u32, elapsed: Duration) -> Decision {
+        self.decide(key, bucket, cost, nanos(elapsed))
+    }
+
+    fn decide(&self, key: &str, bucket: &Bucket, cost: u32, now: u64) -> Decision {
         let inner = &*self.inner;
-        let now = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        let digest;
-        let key = if key.len() <= MAX_KEY_BYTES {
-            key.as_bytes()
-        } else {
-            digest = self.digest(key);
-            &digest
-        };
+        let mut digest = [0; 17];
+        let key = self.remembered(key, &mut digest);
         let hash = inner.hasher.hash_one(key);
         let shard = &inner.shards[shard_of(hash)];
         {
             let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some((_, tat)) = shard.map.find(hash, is(key)) {
-                return take(tat, bucket, now, cost);
+            if let Some((_, slot)) = shard.map.find(hash, is(key)) {
+                return take(slot.tat(), bucket, now, cost);
             }
         }
         let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, tat)) = shard.map.find(hash, is(key)) {
+        if let Some((_, slot)) = shard.map.find(hash, is(key)) {
             // Added by another caller since the read.
-            return take(tat, bucket, now, cost);
+            return take(slot.tat(), bucket, now, cost);
         }
         if shard.map.len() >= inner.per_shard && !shard.make_room(now, &inner.hasher) {
             tracing::debug!(target: "palisade_token_bucket", "key map full; using the overflow bucket");
             return take(&inner.overflow, bucket, now, cost);
         }
-        let key: Arc<[u8]> = Arc::from(key);
-        shard.arrivals.push_back(key.clone());
-        let hasher = &inner.hasher;
-        let (_, tat) = shard
-            .map
-            .insert_unique(hash, (key, AtomicU64::new(0)), |(stored, _)| {
-                hasher.hash_one(&**stored)
-            })
-            .into_mut();
-        take(tat, bucket, now, cost)
+        let (key, slot) = shard.insert(hash, key, Slot::Own(AtomicU64::new(0)), &inner.hasher);
+        let decision = take(slot.tat(), bucket, now, cost);
+        shard.arrivals.push_back(key);
+        decision
+    }
+
+    /// Holds `key`'s bucket: deciding through the [`PinnedBucket`] skips
+    /// finding the key (the hash, the shard and its lock), and the store never forgets
+    /// the key, whatever `max_keys` says (pin a few keys, not one per
+    /// client).
+    ///
+    /// The bucket is the key's, pinned or not: [`decide_now`](Self::decide_now)
+    /// with the same key and the pinned bucket draw on the same tokens, and
+    /// pinning a key the store knows keeps its state. Pinning a key twice
+    /// gives the same bucket.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use palisade_token_bucket::{Bucket, LocalStore};
+    ///
+    /// let store = LocalStore::new(10_000);
+    /// let bucket = Bucket::new(2, 1.0)?;
+    /// let everyone = store.pin("everyone");
+    /// assert!(everyone.decide_now(&bucket, 1).is_allowed());
+    /// assert!(store.decide_now("everyone", &bucket, 1).is_allowed());
+    /// assert!(!everyone.decide_now(&bucket, 1).is_allowed(), "one bucket, spent");
+    /// # Ok::<(), palisade_token_bucket::ConfigError>(())
+    /// ```
+    #[must_use]
+    pub fn pin(&self, key: &str) -> PinnedBucket {
+        let inner = &*self.inner;
+        let mut digest = [0; 17];
+        let key = self.remembered(key, &mut digest);
+        let hash = inner.hasher.hash_one(key);
+        let mut shard = inner.shards[shard_of(hash)]
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let tat = match shard.map.find_mut(hash, is(key)) {
+            Some((_, Slot::Pinned(tat))) => Arc::clone(tat),
+            Some((_, slot)) => {
+                // Under the write lock no decision holds the word: its
+                // state moves to the shared one whole.
+                let tat = Arc::new(AtomicU64::new(slot.tat().load(Ordering::Acquire)));
+                *slot = Slot::Pinned(Arc::clone(&tat));
+                tat
+            }
+            None => {
+                let tat = Arc::new(AtomicU64::new(0));
+                shard.insert(hash, key, Slot::Pinned(Arc::clone(&tat)), &inner.hasher);
+                tat
+            }
+        };
+        PinnedBucket {
+            store: self.clone(),
+            tat,
+        }
+    }
+
+    /// `key` as the store remembers it: itself, or for a key longer than
+    /// [`MAX_KEY_BYTES`], its digest written to `digest`.
+    #[inline]
+    fn remembered<'k>(&self, key: &'k str, digest: &'k mut [u8; 17]) -> &'k [u8] {
+        if key.len() <= MAX_KEY_BYTES {
+            key.as_bytes()
+        } else {
+            *digest = self.digest(key);
+            digest
+        }
     }
 
     /// How a key longer than [`MAX_KEY_BYTES`] is remembered: 16 bytes of
@@ -272,6 +377,33 @@ const fn shard_of(hash: u64) -> usize {
     (hash >> 32) as usize % SHARDS
 }
 
+/// One key's bucket in a [`LocalStore`], held; made by [`LocalStore::pin`].
+///
+/// Deciding through it is one clock read and one compare-and-swap on the
+/// bucket's word, shared with every other holder and with decisions made
+/// by the key's name. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PinnedBucket {
+    store: LocalStore,
+    tat: Arc<AtomicU64>,
+}
+
+impl PinnedBucket {
+    /// Decides a request of `cost` tokens now, on the store's clock.
+    #[must_use]
+    #[inline]
+    pub fn decide_now(&self, bucket: &Bucket, cost: u32) -> Decision {
+        take(&self.tat, bucket, self.store.now(), cost)
+    }
+
+    /// Decides a request of `cost` tokens at `elapsed` after the store was
+    /// made (for tests and simulations).
+    #[must_use]
+    pub fn decide_at(&self, bucket: &Bucket, cost: u32, elapsed: Duration) -> Decision {
+        take(&self.tat, bucket, nanos(elapsed), cost)
+    }
+}
+
 /// Takes `cost` tokens from the bucket whose arrival time is `tat`.
 fn take(tat: &AtomicU64, bucket: &Bucket, now: u64, cost: u32) -> Decision {
     let mut current = tat.load(Ordering::Acquire);
@@ -289,8 +421,18 @@ fn take(tat: &AtomicU64, bucket: &Bucket, now: u64, cost: u32) -> Decision {
 
 impl Store for LocalStore {
     type Future = Ready<Result<Decision, StoreError>>;
+    type Pinned = PinnedBucket;
 
     fn decide(&self, key: &str, bucket: &Bucket, cost: u32) -> Self::Future {
         ready(Ok(self.decide_now(key, bucket, cost)))
+    }
+
+    fn pin(&self, key: &str) -> PinnedBucket {
+        Self::pin(self, key)
+    }
+
+    #[inline]
+    fn decide_pinned(&self, pinned: &PinnedBucket, bucket: &Bucket, cost: u32) -> Self::Future {
+        ready(Ok(pinned.decide_now(bucket, cost)))
     }
 }

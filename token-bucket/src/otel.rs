@@ -23,6 +23,7 @@ use opentelemetry::metrics::{Counter, Meter};
 
 use crate::events::Events;
 use crate::layer::RateLimitLayer;
+use crate::store::Store;
 
 /// A layer's counters, with their attribute sets made once.
 #[derive(Debug)]
@@ -45,7 +46,7 @@ impl LayerInstruments {
     }
 }
 
-impl<St, K, W, R> RateLimitLayer<St, K, W, R> {
+impl<St: Store, K, W, R> RateLimitLayer<St, K, W, R> {
     /// Counts this layer's decisions by result, and the calls its store
     /// could not decide, with OpenTelemetry (feature `otel`); `name` becomes
     /// the `limiter` attribute. See the [`otel`](crate::otel) module for

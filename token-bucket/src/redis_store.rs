@@ -354,9 +354,14 @@ fn decision(bucket: &Bucket, reply: (i64, i64, i64, i64)) -> Decision {
     } else {
         micros(retry_us)
     };
-    let mut decision = bucket.decision(allowed == 1, 0, retry_after);
-    decision.set_remaining_and_reset(u32::try_from(remaining).unwrap_or(0), micros(reset_us));
-    decision
+    let remaining = u32::try_from(remaining).unwrap_or(0);
+    Decision::counted(
+        bucket,
+        allowed == 1,
+        remaining,
+        retry_after,
+        micros(reset_us),
+    )
 }
 
 impl<C> Store for RedisStore<C>
@@ -364,6 +369,17 @@ where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     type Future = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
+    /// The key's name: each decision is a round trip to Redis whatever the
+    /// key, so holding it saves only the limiter's copy of the name.
+    type Pinned = Arc<str>;
+
+    fn pin(&self, key: &str) -> Arc<str> {
+        Arc::from(key)
+    }
+
+    fn decide_pinned(&self, pinned: &Arc<str>, bucket: &Bucket, cost: u32) -> Self::Future {
+        self.decide(pinned, bucket, cost)
+    }
 
     fn decide(&self, key: &str, bucket: &Bucket, cost: u32) -> Self::Future {
         let store = self.clone();

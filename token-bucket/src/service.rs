@@ -17,12 +17,12 @@ use crate::store::Store;
 /// admitted request goes to the service that was polled ready, and a
 /// refused one is answered without calling it.
 #[derive(Debug, Clone)]
-pub struct RateLimit<S, St, K, W, R> {
+pub struct RateLimit<S, St: Store, K, W, R> {
     inner: S,
     layer: RateLimitLayer<St, K, W, R>,
 }
 
-impl<S, St, K, W, R> RateLimit<S, St, K, W, R> {
+impl<S, St: Store, K, W, R> RateLimit<S, St, K, W, R> {
     pub(crate) const fn new(inner: S, layer: RateLimitLayer<St, K, W, R>) -> Self {
         Self { inner, layer }
     }
@@ -64,15 +64,21 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let layer = &self.layer;
-        let Some(key) = layer.key.key(&request) else {
-            return ResponseFuture::unlimited(
-                self.inner.call(request),
-                layer.respond.clone(),
-                layer.events.clone(),
-            );
+        let decision = if let Some(key) = layer.key.fixed() {
+            let pinned = layer.pinned.get_or_init(|| layer.store.pin(key));
+            let cost = layer.cost.cost(&request);
+            layer.store.decide_pinned(pinned, &layer.bucket, cost)
+        } else {
+            let Some(key) = layer.key.key(&request) else {
+                return ResponseFuture::unlimited(
+                    self.inner.call(request),
+                    layer.respond.clone(),
+                    layer.events.clone(),
+                );
+            };
+            let cost = layer.cost.cost(&request);
+            layer.store.decide(&key, &layer.bucket, cost)
         };
-        let cost = layer.cost.cost(&request);
-        let decision = layer.store.decide(&key, &layer.bucket, cost);
         // The service polled ready answers once the store has decided.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);

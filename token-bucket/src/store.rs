@@ -1,5 +1,6 @@
 //! Where buckets live.
 
+use std::fmt::Debug;
 use std::future::Future;
 
 use crate::bucket::{Bucket, Decision};
@@ -14,6 +15,19 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// The decision, when it comes.
     type Future: Future<Output = Result<Decision, StoreError>> + Send + 'static;
 
+    /// One key's bucket held by a limiter whose every request names that
+    /// key ([`key::global`](crate::key::global)), made once by
+    /// [`pin`](Self::pin): a [`PinnedBucket`](crate::PinnedBucket) in
+    /// process, the key's name in Redis.
+    type Pinned: Clone + Debug + Send + Sync + 'static;
+
     /// Takes `cost` tokens from `key`'s bucket if it holds them.
     fn decide(&self, key: &str, bucket: &Bucket, cost: u32) -> Self::Future;
+
+    /// Holds `key`'s bucket for [`decide_pinned`](Self::decide_pinned):
+    /// the same bucket as [`decide`](Self::decide) with `key`, found once.
+    fn pin(&self, key: &str) -> Self::Pinned;
+
+    /// Takes `cost` tokens from the bucket this store pinned as `pinned`.
+    fn decide_pinned(&self, pinned: &Self::Pinned, bucket: &Bucket, cost: u32) -> Self::Future;
 }

@@ -96,8 +96,16 @@ struct Down;
 impl Store for Down {
     type Future = std::future::Ready<Result<Decision, StoreError>>;
 
+    type Pinned = ();
+
     fn decide(&self, _: &str, _: &Bucket, _: u32) -> Self::Future {
         std::future::ready(Err(StoreError::backend("connection refused")))
+    }
+
+    fn pin(&self, _: &str) {}
+
+    fn decide_pinned(&self, (): &(), bucket: &Bucket, cost: u32) -> Self::Future {
+        self.decide("", bucket, cost)
     }
 }
 

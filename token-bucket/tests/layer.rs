@@ -1,5 +1,6 @@
 //! The generic layer: refusals as errors, keys and costs, readiness.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use palisade_hints::Refusal;
@@ -81,4 +82,42 @@ async fn a_refused_request_never_reaches_the_inner_service() {
     assert!(err.is::<RateLimited>());
     // The mock saw one request only: a second would be waiting here.
     assert!(handle.poll_request().is_pending());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn global_layers_share_one_pinned_bucket_with_the_key_s_name() {
+    let store = LocalStore::default();
+    // No refill within the test: exactly the capacity is admitted.
+    let bucket = Bucket::new(200, 1e-6).unwrap();
+    for _ in 0..50 {
+        assert!(store.decide_now("api", &bucket, 1).is_allowed());
+    }
+    // Two layers naming the same key, each making a service per task, as
+    // axum makes one per connection.
+    let layers = [
+        RateLimitLayer::new(store.clone(), bucket, global("api")),
+        RateLimitLayer::new(store.clone(), bucket, global("api")),
+    ];
+    let tasks: Vec<_> = (0..64)
+        .map(|task| {
+            let echo = service_fn(|(_, n): (String, u32)| async move { Ok::<_, Infallible>(n) });
+            let service = layers[task % 2].layer(echo);
+            tokio::spawn(async move {
+                let mut admitted = 0;
+                for n in 0..10 {
+                    match service.clone().oneshot(("anyone".into(), n)).await {
+                        Ok(_) => admitted += 1,
+                        Err(err) => assert!(err.is::<RateLimited>(), "{err}"),
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += task.await.unwrap();
+    }
+    assert_eq!(admitted, 150, "the 200 tokens less the 50 spent by name");
+    assert!(!store.decide_now("api", &bucket, 1).is_allowed());
 }

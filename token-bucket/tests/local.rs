@@ -4,6 +4,7 @@
 #[path = "support/model.rs"]
 mod model;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -22,13 +23,17 @@ proptest! {
     fn decisions_match_the_reference_bucket(
         capacity in 1u32..20,
         rate in proptest::sample::select(RATES.to_vec()),
-        steps in proptest::collection::vec((0u32..4, 1u32..6, 0u64..3_000_000_000), 1..200),
+        steps in proptest::collection::vec(
+            (0u32..4, 1u32..6, 0u64..3_000_000_000, any::<bool>()),
+            1..200,
+        ),
     ) {
         let bucket = Bucket::new(capacity, rate).unwrap();
         let store = LocalStore::new(1000);
         let mut model = Model::new(capacity, bucket.interval().as_nanos().try_into().unwrap());
+        let mut pinned = HashMap::new();
         let mut now = 0u64;
-        for (key, cost, advance) in steps {
+        for (key, cost, advance, through_pin) in steps {
             now += advance;
             let expected = model.decide(key, cost, now);
             // Odd keys are longer than the store keeps as they are: hashed.
@@ -37,7 +42,16 @@ proptest! {
             } else {
                 key.to_string()
             };
-            let got = store.decide_at(&name, &bucket, cost, Duration::from_nanos(now));
+            let at = Duration::from_nanos(now);
+            // A key is pinned the first time a step goes through a pin,
+            // after it may have been decided by name: the pin takes over
+            // its state, and later steps by name still see it.
+            let got = if through_pin {
+                let pin = pinned.entry(key).or_insert_with(|| store.pin(&name));
+                pin.decide_at(&bucket, cost, at)
+            } else {
+                store.decide_at(&name, &bucket, cost, at)
+            };
             prop_assert_eq!(got.is_allowed(), expected.allowed, "at {} ns", now);
             prop_assert_eq!(u64::from(got.remaining()), expected.remaining);
             let retry = expected.retry_after.map_or(Duration::MAX, Duration::from_nanos);
@@ -104,6 +118,59 @@ fn many_threads_sharing_a_key_admit_exactly_the_burst() {
                 for i in 0..500 {
                     let now = Duration::from_secs(1) + Duration::from_micros(thread * 1000 + i);
                     if store.decide_at("shared", &bucket, 1, now).is_allowed() {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(admitted.load(Ordering::Relaxed), 1000);
+}
+
+#[test]
+fn a_pinned_key_is_never_forgotten_and_is_shared_by_name_and_by_pin() {
+    let store = LocalStore::new(16);
+    let bucket = Bucket::new(3, 1.0).unwrap();
+    let everyone = store.pin("everyone");
+    assert!(everyone.decide_at(&bucket, 1, Duration::ZERO).is_allowed());
+    // Thousands of keys come and go (all idle again a second later): the
+    // pinned key stays, its two spent tokens remembered.
+    for key in 0..5000 {
+        let at = Duration::from_millis(key * 10);
+        let _ = store.decide_at(&format!("k-{key}"), &bucket, 1, at);
+    }
+    let at = Duration::from_millis(50_000);
+    assert!(store.len() <= 16 + 16, "{} keys kept", store.len());
+    assert_eq!(store.decide_at("everyone", &bucket, 1, at).remaining(), 2);
+    // Pinning again hands out the same bucket.
+    let again = store.pin("everyone");
+    assert_eq!(again.decide_at(&bucket, 1, at).remaining(), 1);
+    assert_eq!(everyone.decide_at(&bucket, 1, at).remaining(), 0);
+    assert!(!store.decide_at("everyone", &bucket, 1, at).is_allowed());
+}
+
+#[test]
+fn threads_deciding_by_pin_and_by_name_admit_exactly_the_burst() {
+    let store = LocalStore::default();
+    let bucket = Bucket::new(1000, 1e-6).unwrap();
+    let admitted = Arc::new(AtomicU32::new(0));
+    std::thread::scope(|scope| {
+        for thread in 0..8u64 {
+            let (store, admitted) = (store.clone(), admitted.clone());
+            scope.spawn(move || {
+                // Half the threads pin the key, at different moments of a
+                // run in which the others decide it by name.
+                let mut pin = None;
+                for i in 0..500 {
+                    let now = Duration::from_secs(1) + Duration::from_micros(thread * 1000 + i);
+                    if thread % 2 == 1 && i == thread * 50 {
+                        pin = Some(store.pin("shared"));
+                    }
+                    let decision = match &pin {
+                        Some(pin) => pin.decide_at(&bucket, 1, now),
+                        None => store.decide_at("shared", &bucket, 1, now),
+                    };
+                    if decision.is_allowed() {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                 }

@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use palisade_testkit::proxy::Proxy;
 use palisade_testkit::servers::{redis_proxy, redis_url};
-use palisade_token_bucket::{Bucket, FailurePolicy, LocalStore, RedisStore, Store};
+use palisade_token_bucket::{
+    Bucket, FailurePolicy, LocalStore, RateLimitLayer, RedisStore, Store, key,
+};
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tower::{BoxError, Layer, ServiceExt, service_fn};
 
 async fn connect(url: &str) -> ConnectionManager {
     let config = ConnectionManagerConfig::new()
@@ -117,6 +120,41 @@ async fn two_instances_share_one_bucket() {
             .unwrap()
             .is_allowed()
         {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 10);
+}
+
+#[tokio::test]
+async fn global_layers_on_two_instances_share_the_key_s_bucket() {
+    let prefix = prefix();
+    let bucket = Bucket::new(10, 0.001).unwrap();
+    let instance = |connection| {
+        let store = RedisStore::new(connection, FailurePolicy::Propagate).prefix(&prefix);
+        let layer = RateLimitLayer::new(store.clone(), bucket, key::global("shared"));
+        (
+            store,
+            layer.layer(service_fn(|n: u32| async move { Ok::<_, BoxError>(n) })),
+        )
+    };
+    let (first, first_service) = instance(connect(&redis_url()).await);
+    let (_, second_service) = instance(connect(&redis_url()).await);
+    assert!(
+        first
+            .decide("shared", &bucket, 1)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    let mut admitted = 1;
+    for n in 0..30 {
+        let service = if n % 2 == 0 {
+            &first_service
+        } else {
+            &second_service
+        };
+        if service.clone().oneshot(n).await.is_ok() {
             admitted += 1;
         }
     }
@@ -306,8 +344,6 @@ async fn nanosecond_intervals_and_huge_buckets_stay_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_closed_or_open_advertises_no_ratelimit_it_does_not_know() {
     use http::{Request, Response, StatusCode};
-    use palisade_token_bucket::{RateLimitLayer, key};
-    use tower::{BoxError, Layer, ServiceExt, service_fn};
 
     let bucket = Bucket::new(100, 100.0).unwrap();
     for policy in [FailurePolicy::FailClosed, FailurePolicy::FailOpen] {
