@@ -7,13 +7,17 @@
 //! call pays into. A call is `call` plus polling the returned future to
 //! completion with a no-op waker. `bare` is the no-op service alone: a
 //! layer's cost is its time minus `bare`'s.
+//!
+//! `success_ready_call` drives the same services as users drive a tower
+//! service: `ready().await`, then `call().await`, in one `block_on` of a
+//! current-thread runtime, so `poll_ready` is counted too.
 
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use palisade_bench::{complete, noop};
+use palisade_bench::{complete, noop, ready_then_call};
 use tower::{Layer, Service, service_fn};
 
 fn bench_one<S>(
@@ -55,8 +59,12 @@ fn compare(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("peers-retry");
     bench_one(&mut group, "bare", service_fn(noop));
-    bench_one(&mut group, "palisade", palisade);
-    bench_one(&mut group, "tower_resilience", resilience);
+    bench_one(&mut group, "palisade", palisade.clone());
+    bench_one(&mut group, "tower_resilience", resilience.clone());
+    let case = |name| BenchmarkId::new(name, "success_ready_call");
+    ready_then_call(&mut group, case("bare"), service_fn(noop));
+    ready_then_call(&mut group, case("palisade"), palisade);
+    ready_then_call(&mut group, case("tower_resilience"), resilience);
     group.finish();
 }
 
