@@ -113,3 +113,64 @@ impl PgOutbox {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Row;
+
+    use crate::{Event, OutboxConfig, PgOutbox};
+
+    /// A backlog PostgreSQL's statistics never saw (a table never
+    /// analyzed, as on an outbox that is usually near empty) is claimed by
+    /// walking the pending index in `seq` order, stopping at the batch:
+    /// without the claim's planner settings, PostgreSQL 15 reads and sorts
+    /// every pending event for each claim (a bitmap scan), 167 ms against
+    /// 9 ms over 50,000 events.
+    #[tokio::test]
+    async fn a_backlog_the_statistics_never_saw_is_claimed_in_index_order() {
+        let pool = sqlx::PgPool::connect(&palisade_testkit::servers::database_url())
+            .await
+            .expect("a reachable PostgreSQL (run scripts/services)");
+        let schema = format!("outbox_plan_{}", fastrand::u64(..));
+        let config = OutboxConfig::new(&format!("{schema}.outbox")).unwrap();
+        let outbox = PgOutbox::new(pool.clone(), config.batch_size(500));
+        outbox.migrate().await.unwrap();
+        let events: Vec<Event> = (0..20_000)
+            .map(|n| Event::new("order", format!("o-{}", n % 1000), "Placed", b"{}".to_vec()))
+            .collect();
+        let mut tx = pool.begin().await.unwrap();
+        outbox.enqueue_all(&mut tx, &events).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let mut tx = pool.begin().await.unwrap();
+        let plan = outbox
+            .sql
+            .claim_plan
+            .expect("PostgreSQL claims under settings");
+        sqlx::query(plan).execute(&mut *tx).await.unwrap();
+        let explained = sqlx::query(&format!("EXPLAIN {}", outbox.sql.claim))
+            .bind(500_i64)
+            .bind(30_000.0_f64)
+            .bind("claim")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        let plan: Vec<String> = explained.iter().map(|row| row.get(0)).collect();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Bitmap") && !plan.contains("Sort"), "{plan}");
+        assert!(
+            plan.contains(&format!("Index Scan using {schema}_outbox_due")),
+            "{plan}"
+        );
+
+        // And the claim itself takes the first 500, in order.
+        let claimed = crate::store::OutboxStore::claim(&outbox).await.unwrap();
+        let seqs: Vec<i64> = claimed.iter().map(|message| message.seq).collect();
+        assert_eq!(seqs, (1..=500).collect::<Vec<_>>());
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+}

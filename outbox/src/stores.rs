@@ -192,12 +192,23 @@ macro_rules! sql_outbox {
             async fn claim(&self) -> Result<Vec<$crate::Message>, sqlx::Error> {
                 use sqlx::Row as _;
                 let claim = uuid::Uuid::now_v7();
-                let rows = sqlx::query(&self.sql.claim)
-                    .bind(i64::from(self.config.batch_size))
-                    .bind($crate::stores::millis(self.config.lease))
-                    .bind(claim.to_string())
-                    .fetch_all(&self.pool)
-                    .await?;
+                let id = claim.to_string();
+                let query = || {
+                    sqlx::query(&self.sql.claim)
+                        .bind(i64::from(self.config.batch_size))
+                        .bind($crate::stores::millis(self.config.lease))
+                        .bind(&id)
+                };
+                let rows = match self.sql.claim_plan {
+                    Some(plan) => {
+                        let mut tx = self.pool.begin().await?;
+                        sqlx::query(plan).execute(&mut *tx).await?;
+                        let rows = query().fetch_all(&mut *tx).await?;
+                        tx.commit().await?;
+                        rows
+                    }
+                    None => query().fetch_all(&self.pool).await?,
+                };
                 let mut messages: Vec<$crate::Message> = rows
                     .iter()
                     .map(|row| {
