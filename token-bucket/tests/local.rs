@@ -5,7 +5,6 @@
 mod model;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -105,26 +104,38 @@ fn memory_stays_bounded_and_new_keys_cannot_escape_the_limit() {
     assert!(store.len() <= 64 + 16);
 }
 
-#[test]
-fn many_threads_sharing_a_key_admit_exactly_the_burst() {
-    let store = LocalStore::default();
-    let bucket = Bucket::new(1000, 1e-6).unwrap();
-    let admitted = Arc::new(AtomicU32::new(0));
+/// How many of 8 threads' 500 decisions each `decider(thread)` admits,
+/// each thread reading its own clock, a little apart from the others.
+fn admitted_by_eight_threads<F>(decider: impl Fn(u64) -> F + Sync) -> u32
+where
+    F: FnMut(u64, Duration) -> bool,
+{
+    let admitted = AtomicU32::new(0);
     std::thread::scope(|scope| {
-        for thread in 0..8 {
-            let (store, admitted) = (store.clone(), admitted.clone());
-            // Each thread reads its own clock, a little apart from the others.
+        for thread in 0..8u64 {
+            let (admitted, decider) = (&admitted, &decider);
             scope.spawn(move || {
+                let mut decide = decider(thread);
                 for i in 0..500 {
                     let now = Duration::from_secs(1) + Duration::from_micros(thread * 1000 + i);
-                    if store.decide_at("shared", &bucket, 1, now).is_allowed() {
+                    if decide(i, now) {
                         admitted.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             });
         }
     });
-    assert_eq!(admitted.load(Ordering::Relaxed), 1000);
+    admitted.into_inner()
+}
+
+#[test]
+fn many_threads_sharing_a_key_admit_exactly_the_burst() {
+    let store = LocalStore::default();
+    let bucket = Bucket::new(1000, 1e-6).unwrap();
+    let admitted = admitted_by_eight_threads(|_| {
+        |_, now| store.decide_at("shared", &bucket, 1, now).is_allowed()
+    });
+    assert_eq!(admitted, 1000);
 }
 
 #[test]
@@ -153,31 +164,22 @@ fn a_pinned_key_is_never_forgotten_and_is_shared_by_name_and_by_pin() {
 fn threads_deciding_by_pin_and_by_name_admit_exactly_the_burst() {
     let store = LocalStore::default();
     let bucket = Bucket::new(1000, 1e-6).unwrap();
-    let admitted = Arc::new(AtomicU32::new(0));
-    std::thread::scope(|scope| {
-        for thread in 0..8u64 {
-            let (store, admitted) = (store.clone(), admitted.clone());
-            scope.spawn(move || {
-                // Half the threads pin the key, at different moments of a
-                // run in which the others decide it by name.
-                let mut pin = None;
-                for i in 0..500 {
-                    let now = Duration::from_secs(1) + Duration::from_micros(thread * 1000 + i);
-                    if thread % 2 == 1 && i == thread * 50 {
-                        pin = Some(store.pin("shared"));
-                    }
-                    let decision = match &pin {
-                        Some(pin) => pin.decide_at(&bucket, 1, now),
-                        None => store.decide_at("shared", &bucket, 1, now),
-                    };
-                    if decision.is_allowed() {
-                        admitted.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
+    // Half the threads pin the key, at different moments of a run in which
+    // the others decide it by name.
+    let admitted = admitted_by_eight_threads(|thread| {
+        let (store, mut pin) = (&store, None);
+        move |i, now| {
+            if thread % 2 == 1 && i == thread * 50 {
+                pin = Some(store.pin("shared"));
+            }
+            let decision = match &pin {
+                Some(pin) => pin.decide_at(&bucket, 1, now),
+                None => store.decide_at("shared", &bucket, 1, now),
+            };
+            decision.is_allowed()
         }
     });
-    assert_eq!(admitted.load(Ordering::Relaxed), 1000);
+    assert_eq!(admitted, 1000);
 }
 
 #[test]
