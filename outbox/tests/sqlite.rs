@@ -86,6 +86,7 @@ scenarios!(Lite:
     a_discarded_dead_event_releases_its_aggregate,
     dead_events_are_listed_and_requeued_with_fresh_attempts,
     a_crashed_relays_claims_return_when_its_lease_ends,
+    a_stopped_relay_leaves_no_event_claimed,
     a_late_failure_does_not_undo_another_relays_sent,
     a_late_sent_does_not_settle_another_relays_claim,
     a_publish_never_outlives_its_lease,

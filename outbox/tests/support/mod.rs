@@ -4,7 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -475,6 +475,55 @@ pub async fn a_crashed_relays_claims_return_when_its_lease_ends<H: Harness>() {
         2,
         "the lease ended"
     );
+    h.finish().await;
+}
+
+/// Asks the relay to stop at its first publish.
+#[derive(Clone)]
+struct StopAtFirstPublish {
+    broker: MemoryBroker,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+    published: Arc<AtomicUsize>,
+}
+
+impl Publisher for StopAtFirstPublish {
+    async fn publish(&self, message: &Message) -> Result<Published, PublishError> {
+        self.stop.send_replace(true);
+        self.published.fetch_add(1, Ordering::SeqCst);
+        self.broker.publish(message).await
+    }
+}
+
+/// A relay asked to stop while a full batch is published settles what it
+/// claimed before it returns: every event is either published or claimable
+/// at once, none left leased until the lease ends.
+pub async fn a_stopped_relay_leaves_no_event_claimed<H: Harness>() {
+    let h = H::start(|c| c.batch_size(5).lease(Duration::from_secs(600))).await;
+    let events: Vec<Event> = (0..15).map(|n| event(&format!("agg-{n}"), 0)).collect();
+    h.place(&events, true).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let publisher = StopAtFirstPublish {
+        broker: MemoryBroker::new(100),
+        stop: Arc::new(stop),
+        published: Arc::default(),
+    };
+    let mut stopped = stopped.clone();
+    Relay::new(h.store().clone(), publisher.clone())
+        .run(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })
+        .await;
+    let published = publisher.published.load(Ordering::SeqCst);
+    assert!(published >= 5, "the batch under way was published");
+    let mut claimable = 0;
+    loop {
+        let claimed = h.store().claim().await.unwrap().len();
+        if claimed == 0 {
+            break;
+        }
+        claimable += claimed;
+    }
+    assert_eq!(published + claimable, 15, "no event left leased");
     h.finish().await;
 }
 
