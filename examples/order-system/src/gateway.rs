@@ -142,11 +142,13 @@ impl Shared<LocalStore, Cache<String, CachedResponse, tower::BoxError>> {
 
 /// The admin listener's routes: `GET /books` and `GET /metrics` (reads
 /// of every table, for operators and scrapers, never on the public
-/// address), and `GET /healthz`.
+/// address), `GET /dashboard` (the live page drawn from `/metrics`), and
+/// `GET /healthz`.
 pub fn admin_router(services: Services) -> Router {
     let meter = services.telemetry.meter();
     crate::metrics::observe_consumers(&meter, &services.consumers);
     let books_read = crate::metrics::observe_books(&meter);
+    let dashboard = crate::dashboard::routes(services.clone(), books_read.clone());
     Router::new()
         .route("/books", get(books))
         .route(
@@ -155,6 +157,7 @@ pub fn admin_router(services: Services) -> Router {
         )
         .route("/healthz", get(healthz))
         .with_state(services)
+        .merge(dashboard)
 }
 
 async fn healthz() -> &'static str {
@@ -522,6 +525,27 @@ pub struct Books {
     pub breaker_state: String,
     /// How many times it opened (every payment replica's, all time).
     pub breaker_opens: u64,
+    /// The median and 99th percentile of how long the sagas that ended in
+    /// the last [`LATENCY_WINDOW`] took, in milliseconds; `None` when none
+    /// ended.
+    #[serde(default)]
+    pub saga_latency_ms: Option<[i64; 2]>,
+}
+
+/// The sagas [`Books::saga_latency_ms`] describes: those that ended this
+/// recently.
+pub const LATENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The `p` quantile (0 to 1, nearest rank) of `sorted`, if it has any.
+fn quantile(sorted: &[i64], p: f64) -> Option<i64> {
+    let last = sorted.len().checked_sub(1)?;
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let rank = (last as f64 * p).round() as usize;
+    sorted.get(rank).copied()
 }
 
 impl Books {
@@ -602,6 +626,7 @@ pub async fn read_books_stuck_after(
     stuck_after: std::time::Duration,
 ) -> Result<Books, sqlx::Error> {
     let (compensations, compensations_repeated) = services.inventory.compensations().await?;
+    let recent = services.orders.recent_saga_ms(LATENCY_WINDOW).await?;
     let breaker = BreakerHistory::read(&services.payment).await?;
     let mut outboxes = Vec::new();
     for (name, db) in services.databases() {
@@ -624,6 +649,9 @@ pub async fn read_books_stuck_after(
             .collect(),
         breaker_state: breaker.state,
         breaker_opens: breaker.opens,
+        saga_latency_ms: quantile(&recent, 0.5)
+            .zip(quantile(&recent, 0.99))
+            .map(|(p50, p99)| [p50, p99]),
     })
 }
 

@@ -20,6 +20,7 @@
 pub mod auth;
 pub mod card;
 pub mod catalog;
+pub mod dashboard;
 pub mod db;
 pub mod dead_events;
 pub mod embedded;

@@ -492,6 +492,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, String> {
     println!(
         "order system running on http://{0} (embedded: SQLite, in-process broker)\n\
          books and metrics (admin, not public): http://{1}/books, http://{1}/metrics\n\
+         live dashboard: http://{1}/dashboard\n\
          place orders:  cargo run -p palisade-order-system -- load --gateway http://{0} --admin http://{1} --orders 1000\n\
          stop: Ctrl-C",
         system.address, system.admin_address

@@ -163,6 +163,22 @@ pub fn observe_books(meter: &Meter) -> BooksSlot {
             }
         })
         .build();
+    let latency = slot.clone();
+    let _ = meter
+        .f64_observable_gauge("palisade.sagas.latency")
+        .with_description("How long the sagas that ended in the last minute took, by quantile.")
+        .with_unit("s")
+        .with_callback(move |observer| {
+            let books = latency.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some([p50, p99]) = books.as_ref().and_then(|books| books.saga_latency_ms) {
+                for (quantile, ms) in [("0.5", p50), ("0.99", p99)] {
+                    #[allow(clippy::cast_precision_loss)]
+                    let seconds = ms as f64 / 1000.0;
+                    observer.observe(seconds, &[KeyValue::new("quantile", quantile)]);
+                }
+            }
+        })
+        .build();
     // The outboxes' backlogs are the relays' own gauges
     // (`palisade_outbox_pending{relay}`).
     slot
@@ -196,6 +212,7 @@ mod tests {
             consumers: vec![("inventory".into(), 12, 1, 0)],
             breaker_state: "Closed".into(),
             breaker_opens: 1,
+            saga_latency_ms: Some([12, 1_250]),
         };
         let telemetry = Telemetry::default();
         let slot = observe_books(&telemetry.meter());
@@ -210,6 +227,8 @@ mod tests {
             "palisade_sagas_stuck_after_seconds 60\n",
             "palisade_breaker_opens_total 1\n",
             "palisade_breaker_open 0\n",
+            "palisade_sagas_latency_seconds{quantile=\"0.5\"} 0.012\n",
+            "palisade_sagas_latency_seconds{quantile=\"0.99\"} 1.25\n",
         ] {
             assert!(text.contains(line), "{line:?} not in:\n{text}");
         }

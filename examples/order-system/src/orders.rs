@@ -419,6 +419,24 @@ impl Orders {
         })
     }
 
+    /// How long the sagas that ended in the last `window` took (from the
+    /// order's placing to its end), in milliseconds, shortest first.
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn recent_saga_ms(&self, window: Duration) -> Result<Vec<i64>, sqlx::Error> {
+        let since = now_ms().saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+        crate::on_pool!(&self.db, |pool| {
+            sqlx::query_scalar(
+                "SELECT finished_ms - created_ms FROM orders WHERE finished_ms >= $1 ORDER BY 1",
+            )
+            .bind(since)
+            .fetch_all(pool)
+            .await
+        })
+    }
+
     /// Ends the saga of `order_id` as `status`, once.
     async fn finish<C: Tx>(
         &self,
