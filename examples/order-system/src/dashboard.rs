@@ -5,12 +5,19 @@
 //! orders by state, rate-limit decisions, each outbox's backlog and each
 //! consumer's applied, duplicate and given-up messages.
 //!
-//! Its numbers are the admin listener's own `/metrics`, read here every
-//! second from the first time the page is opened, and kept for five
-//! minutes: a page opened late still draws the minutes before it, and the
-//! page asks `/dashboard/readings` only for the readings it has not drawn.
+//! Its numbers are the admin listener's own `/metrics`, and in per-process
+//! mode every other process's too (the gateway's `--dashboard-from`), read
+//! here every second from the first time the page is opened, and kept for
+//! five minutes: a page opened late still draws the minutes before it, and
+//! the page asks `/dashboard/readings` only for the readings it has not
+//! drawn.
+//!
+//! Several processes' numbers are added up where they count events (a
+//! `_total` counter: each replica counts its own) and the largest is taken
+//! where they describe a shared thing (a gauge: replicas of one service
+//! see the same outbox backlog).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -20,7 +27,10 @@ use axum::response::{Html, IntoResponse, Json};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
+use bytes::Bytes;
+
 use crate::gateway::Services;
+use crate::load::Gateway;
 use crate::metrics::BooksSlot;
 
 /// How often the metrics are read.
@@ -80,8 +90,15 @@ impl Readings {
 #[derive(Clone)]
 struct Dashboard {
     readings: Arc<Readings>,
+    source: Arc<Source>,
+}
+
+/// Where the readings come from: this listener's metrics (with the books),
+/// and other processes' `/metrics`.
+struct Source {
     services: Services,
     books_read: BooksSlot,
+    others: Vec<Gateway>,
 }
 
 impl Dashboard {
@@ -89,13 +106,12 @@ impl Dashboard {
     fn sample(&self) {
         self.readings.sampling.get_or_init(|| {
             let readings = Arc::downgrade(&self.readings);
-            let (services, books_read) = (self.services.clone(), self.books_read.clone());
-            tokio::spawn(sample(readings, services, books_read));
+            tokio::spawn(sample(readings, self.source.clone()));
         });
     }
 }
 
-async fn sample(readings: Weak<Readings>, services: Services, books_read: BooksSlot) {
+async fn sample(readings: Weak<Readings>, source: Arc<Source>) {
     let mut every = tokio::time::interval(EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -103,36 +119,90 @@ async fn sample(readings: Weak<Readings>, services: Services, books_read: BooksS
         let Some(readings) = readings.upgrade() else {
             return;
         };
-        let books = match crate::gateway::read_books(&services).await {
+        let books = match crate::gateway::read_books(&source.services).await {
             Ok(books) => books,
             Err(error) => {
                 tracing::debug!(%error, "the dashboard could not read the books");
                 continue;
             }
         };
-        let text = services.telemetry.render_with(&books_read, books).await;
-        let metrics = text
-            .lines()
-            .filter(|line| DRAWN.iter().any(|name| line.starts_with(name)))
-            .fold(String::new(), |mut kept, line| {
-                kept.push_str(line);
-                kept.push('\n');
-                kept
-            });
+        let mut texts = vec![
+            source
+                .services
+                .telemetry
+                .render_with(&source.books_read, books)
+                .await,
+        ];
+        for other in &source.others {
+            match other
+                .send(http::Method::GET, "/metrics", &[], Bytes::new())
+                .await
+            {
+                Ok((status, body)) if status.is_success() => {
+                    texts.push(String::from_utf8_lossy(&body).into_owned());
+                }
+                Ok((status, _)) => tracing::debug!(%status, "a process's /metrics answered"),
+                Err(error) => tracing::debug!(%error, "a process's /metrics could not be read"),
+            }
+        }
         readings.push(Reading {
             at: crate::orders::now_ms(),
-            metrics,
+            metrics: drawn(&texts),
         });
     }
 }
 
+/// The drawn metrics of several processes' Prometheus texts, as one:
+/// counters (`_total`) added up, gauges the largest.
+fn drawn(texts: &[String]) -> String {
+    let mut merged: BTreeMap<&str, f64> = BTreeMap::new();
+    for line in texts.iter().flat_map(|text| text.lines()) {
+        if !DRAWN.iter().any(|name| line.starts_with(name)) {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let counter = series
+            .split('{')
+            .next()
+            .is_some_and(|name| name.ends_with("_total"));
+        merged
+            .entry(series)
+            .and_modify(|kept| {
+                *kept = if counter {
+                    *kept + value
+                } else {
+                    kept.max(value)
+                }
+            })
+            .or_insert(value);
+    }
+    merged
+        .into_iter()
+        .fold(String::new(), |mut text, (series, value)| {
+            text.push_str(series);
+            text.push(' ');
+            text.push_str(&value.to_string());
+            text.push('\n');
+            text
+        })
+}
+
 /// `/dashboard` (the page) and `/dashboard/readings` (what it draws),
-/// reading `services`' metrics as `/metrics` does, through `books_read`.
-pub fn routes(services: Services, books_read: BooksSlot) -> Router {
+/// reading `services`' metrics as `/metrics` does (through `books_read`)
+/// and the `/metrics` of the processes at `others` (their base URLs).
+pub fn routes(services: Services, books_read: BooksSlot, others: &[String]) -> Router {
     let dashboard = Dashboard {
         readings: Arc::default(),
-        services,
-        books_read,
+        source: Arc::new(Source {
+            services,
+            books_read,
+            others: others.iter().map(|url| Gateway::new(url)).collect(),
+        }),
     };
     Router::new()
         .route("/dashboard", get(page))
@@ -157,4 +227,32 @@ async fn readings(
 ) -> impl IntoResponse {
     dashboard.sample();
     Json(dashboard.readings.since(since))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drawn;
+
+    #[test]
+    fn processes_counters_add_up_and_their_gauges_take_the_largest() {
+        let gateway = "# TYPE palisade_orders gauge\n\
+                       palisade_orders{reason=\"\",status=\"confirmed\"} 7\n\
+                       palisade_outbox_pending{relay=\"orders\"} 2\n\
+                       palisade_retry_attempts_total 40\n"
+            .to_owned();
+        let inventory = "palisade_consumer_applied_total{service=\"inventory\"} 10\n\
+                         palisade_outbox_pending{relay=\"inventory\"} 5\n"
+            .to_owned();
+        let inventory_2 = "palisade_consumer_applied_total{service=\"inventory\"} 12\n\
+                           palisade_outbox_pending{relay=\"inventory\"} 4\n"
+            .to_owned();
+        assert_eq!(
+            drawn(&[gateway, inventory, inventory_2]),
+            "palisade_consumer_applied_total{service=\"inventory\"} 22\n\
+             palisade_orders{reason=\"\",status=\"confirmed\"} 7\n\
+             palisade_outbox_pending{relay=\"inventory\"} 5\n\
+             palisade_outbox_pending{relay=\"orders\"} 2\n",
+            "what the page does not draw is left out"
+        );
+    }
 }

@@ -253,7 +253,7 @@ impl System {
         );
         for (listener, app) in [
             (listener, app),
-            (admin_listener, gateway::admin_router(services.clone())),
+            (admin_listener, gateway::admin_router(services.clone(), &[])),
         ] {
             let shutdown = until_stopped();
             tasks.spawn(async move {

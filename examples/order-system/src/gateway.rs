@@ -142,13 +142,14 @@ impl Shared<LocalStore, Cache<String, CachedResponse, tower::BoxError>> {
 
 /// The admin listener's routes: `GET /books` and `GET /metrics` (reads
 /// of every table, for operators and scrapers, never on the public
-/// address), `GET /dashboard` (the live page drawn from `/metrics`), and
+/// address), `GET /dashboard` (the live page drawn from `/metrics`, with
+/// the `/metrics` of the processes at the base URLs `others`), and
 /// `GET /healthz`.
-pub fn admin_router(services: Services) -> Router {
+pub fn admin_router(services: Services, others: &[String]) -> Router {
     let meter = services.telemetry.meter();
     crate::metrics::observe_consumers(&meter, &services.consumers);
     let books_read = crate::metrics::observe_books(&meter);
-    let dashboard = crate::dashboard::routes(services.clone(), books_read.clone());
+    let dashboard = crate::dashboard::routes(services.clone(), books_read.clone(), others);
     Router::new()
         .route("/books", get(books))
         .route(

@@ -212,6 +212,15 @@ struct ServeArgs {
     /// The gateway's admin address, for /books, /metrics and /admin.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     admin_listen: SocketAddr,
+    /// The other processes' HTTP URLs (each one's --listen), whose /metrics
+    /// the gateway's dashboard adds to its own.
+    #[arg(
+        long,
+        value_name = "URL",
+        value_delimiter = ',',
+        env = "PALISADE_DASHBOARD_FROM"
+    )]
+    dashboard_from: Vec<String>,
 }
 
 /// Where the servers are.
@@ -439,6 +448,7 @@ async fn serve_command(args: ServeArgs) -> Result<ExitCode, String> {
     settings.payment = args.payment.filter(|url| !url.is_empty());
     settings.namespace = args.namespace.name;
     settings.identity = args.identity.path();
+    settings.dashboard_from = args.dashboard_from;
     init_logs();
     serve::serve(settings, stop_signal())
         .await

@@ -105,6 +105,14 @@ impl System {
                 args.extend(["--admin-listen".to_owned(), admin.to_string()]);
                 args.extend(["--identity".to_owned(), self.identity.display().to_string()]);
                 args.extend(["--payment".to_owned(), self.address("payment")]);
+                // Every process started before it, for its dashboard.
+                let others: Vec<String> = self
+                    .processes
+                    .iter()
+                    .filter(|(_, (args, _, _))| args[1] != "gateway")
+                    .map(|(_, (_, listen, _))| format!("http://{listen}"))
+                    .collect();
+                args.extend(["--dashboard-from".to_owned(), others.join(",")]);
             }
             _ => {}
         }
@@ -180,6 +188,68 @@ impl System {
     /// The gateway `name`'s admin URL.
     fn admin(&self, name: &str) -> String {
         format!("http://{}", self.admins[name])
+    }
+
+    /// What `name`'s `/metrics` says of `series` (`name{labels}`).
+    async fn metric(&self, address: &str, series: &str) -> Option<f64> {
+        let (status, metrics) = Gateway::new(address)
+            .send(http::Method::GET, "/metrics", &[], bytes::Bytes::new())
+            .await
+            .unwrap();
+        assert!(status.is_success());
+        String::from_utf8(metrics.to_vec())
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// The gateway's dashboard reads every process's `/metrics`: a
+    /// consumer's counters are its replicas' added up, and the services in
+    /// other processes are there.
+    async fn assert_dashboard_adds_up_every_process(&self) {
+        let admin = Gateway::new(&self.admin("gateway"));
+        let mut reading = None;
+        for _ in 0..100 {
+            let (status, body) = admin
+                .send(
+                    http::Method::GET,
+                    "/dashboard/readings",
+                    &[],
+                    bytes::Bytes::new(),
+                )
+                .await
+                .unwrap();
+            assert!(status.is_success());
+            let readings: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+            if let Some(last) = readings.last() {
+                reading = Some(last["metrics"].as_str().unwrap().to_owned());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let reading = reading.expect("the dashboard took a reading");
+        let drawn = |series: &str| {
+            reading.lines().find_map(|line| {
+                line.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
+        };
+        let inventory = "palisade_consumer_applied_total{service=\"inventory\"}";
+        let mut replicas = 0.0;
+        for name in ["inventory", "inventory-2"] {
+            replicas += self
+                .metric(&self.address(name), inventory)
+                .await
+                .unwrap_or(0.0);
+        }
+        assert!(replicas > 0.0);
+        assert_eq!(drawn(inventory), Some(replicas), "{reading}");
+        for service in ["payment", "shipping"] {
+            let series = format!("palisade_consumer_applied_total{{service=\"{service}\"}}");
+            assert!(drawn(&series).is_some(), "no {service} in:\n{reading}");
+        }
     }
 
     /// Every service, with two replicas of inventory and of the relay.
@@ -601,6 +671,7 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
             .unwrap_or(0);
         assert!(applied > 0, "{name} applied nothing:\n{metrics}");
     }
+    system.assert_dashboard_adds_up_every_process().await;
     system.assert_no_card_number_in_clear().await;
     system.remove().await;
 }

@@ -110,7 +110,7 @@ pub(super) async fn gateway(
         consumers,
     };
     let shared = Shared { limits, trending };
-    let admin = gateway::admin_router(services.clone());
+    let admin = gateway::admin_router(services.clone(), &settings.dashboard_from);
     let app = gateway::router(services, shared, &meter);
     tasks.spawn(serve_http(listener, app, stop.signal()));
     tasks.spawn(serve_http(admin_listener, admin, stop.signal()));

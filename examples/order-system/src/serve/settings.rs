@@ -127,6 +127,9 @@ pub struct ServeSettings {
     /// The gateway's identity file: who may sign in, through which
     /// clients (required for the gateway).
     pub identity: Option<PathBuf>,
+    /// The other processes' HTTP URLs (their `--listen`), whose `/metrics`
+    /// the gateway's dashboard adds to its own.
+    pub dashboard_from: Vec<String>,
 }
 
 impl ServeSettings {
@@ -147,6 +150,7 @@ impl ServeSettings {
             breaker: card::breaker_config(),
             namespace: String::new(),
             identity: None,
+            dashboard_from: Vec::new(),
         }
     }
 
