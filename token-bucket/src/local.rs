@@ -123,6 +123,9 @@ type Entry = (Arc<[u8]>, Slot);
 struct Shard {
     map: HashTable<Entry>,
     arrivals: VecDeque<Arc<[u8]>>,
+    /// How many of the keys are pinned: they are over and above the
+    /// shard's room.
+    pinned: usize,
 }
 
 /// Whether a table entry is `key`'s.
@@ -205,6 +208,7 @@ impl LocalStore {
                     RwLock::new(Shard {
                         map: HashTable::new(),
                         arrivals: VecDeque::new(),
+                        pinned: 0,
                     })
                 }),
                 per_shard: max_keys.div_ceil(SHARDS).max(1),
@@ -261,7 +265,8 @@ impl LocalStore {
             // Added by another caller since the read.
             return take(slot.tat(), bucket, now, cost);
         }
-        if shard.map.len() >= inner.per_shard && !shard.make_room(now, &inner.hasher) {
+        if shard.map.len() - shard.pinned >= inner.per_shard && !shard.make_room(now, &inner.hasher)
+        {
             tracing::debug!(target: "palisade_token_bucket", "key map full; using the overflow bucket");
             return take(&inner.overflow, bucket, now, cost);
         }
@@ -273,8 +278,8 @@ impl LocalStore {
 
     /// Holds `key`'s bucket: deciding through the [`PinnedBucket`] skips
     /// finding the key (the hash, the shard and its lock), and the store never forgets
-    /// the key, whatever `max_keys` says (pin a few keys, not one per
-    /// client).
+    /// the key. Pinned keys are over and above `max_keys`: they take no
+    /// room from the others (pin a few keys, not one per client).
     ///
     /// The bucket is the key's, pinned or not: [`decide_now`](Self::decide_now)
     /// with the same key and the pinned bucket draw on the same tokens, and
@@ -310,11 +315,13 @@ impl LocalStore {
                 // state moves to the shared one whole.
                 let tat = Arc::new(AtomicU64::new(slot.tat().load(Ordering::Acquire)));
                 *slot = Slot::Pinned(Arc::clone(&tat));
+                shard.pinned += 1;
                 tat
             }
             None => {
                 let tat = Arc::new(AtomicU64::new(0));
                 shard.insert(hash, key, Slot::Pinned(Arc::clone(&tat)), &inner.hasher);
+                shard.pinned += 1;
                 tat
             }
         };
@@ -347,7 +354,7 @@ impl LocalStore {
         digest
     }
 
-    /// Keys remembered now.
+    /// Keys remembered now, pinned ones included.
     #[must_use]
     pub fn len(&self) -> usize {
         self.inner

@@ -161,6 +161,27 @@ fn a_pinned_key_is_never_forgotten_and_is_shared_by_name_and_by_pin() {
 }
 
 #[test]
+fn pinned_keys_leave_max_keys_to_the_others() {
+    // 16 shards of room for 16 keys each, and about 64 pins in each shard:
+    // the pins are over and above max_keys, so 16 new keys each get their
+    // own bucket rather than sharing the overflow one.
+    let store = LocalStore::new(16 * 16);
+    let bucket = Bucket::new(1, 1.0).unwrap();
+    let pins: Vec<_> = (0..1024)
+        .map(|key| store.pin(&format!("p-{key}")))
+        .collect();
+    let admitted = (0..16)
+        .filter(|key| {
+            store
+                .decide_at(&format!("k-{key}"), &bucket, 1, Duration::ZERO)
+                .is_allowed()
+        })
+        .count();
+    assert_eq!(admitted, 16);
+    assert_eq!(store.len(), pins.len() + 16);
+}
+
+#[test]
 fn threads_deciding_by_pin_and_by_name_admit_exactly_the_burst() {
     let store = LocalStore::default();
     let bucket = Bucket::new(1000, 1e-6).unwrap();
