@@ -120,6 +120,35 @@ mod tests {
 
     use crate::{Event, OutboxConfig, PgOutbox};
 
+    /// The outbox's pages are kept half empty, set once: a later start
+    /// leaves the table's catalog row alone (altering it on every start
+    /// would make every session re-plan its statements on the table).
+    #[tokio::test]
+    async fn migrate_sets_the_fillfactor_once() {
+        let pool = sqlx::PgPool::connect(&palisade_testkit::servers::database_url())
+            .await
+            .expect("a reachable PostgreSQL (run scripts/services)");
+        let schema = format!("outbox_fill_{}", fastrand::u64(..));
+        let table = format!("{schema}.outbox");
+        let outbox = PgOutbox::new(pool.clone(), OutboxConfig::new(&table).unwrap());
+        let catalog_row = || {
+            sqlx::query_as::<_, (String, Vec<String>)>(
+                "SELECT xmin::text, reloptions FROM pg_class WHERE oid = $1::regclass",
+            )
+            .bind(&table)
+            .fetch_one(&pool)
+        };
+        outbox.migrate().await.unwrap();
+        let (version, options) = catalog_row().await.unwrap();
+        assert_eq!(options, ["fillfactor=50"]);
+        outbox.migrate().await.unwrap();
+        assert_eq!(catalog_row().await.unwrap().0, version, "altered again");
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
     /// A backlog PostgreSQL's statistics never saw (a table never
     /// analyzed, as on an outbox that is usually near empty) is claimed by
     /// walking the pending index in `seq` order, stopping at the batch:
