@@ -133,16 +133,30 @@ async fn sample(readings: Weak<Readings>, source: Arc<Source>) {
                 .render_with(&source.books_read, books)
                 .await,
         ];
+        let mut others = tokio::task::JoinSet::new();
         for other in &source.others {
-            match other
-                .send(http::Method::GET, "/metrics", &[], Bytes::new())
+            let other = other.clone();
+            others.spawn(async move {
+                tokio::time::timeout(
+                    EVERY / 2,
+                    other.send(http::Method::GET, "/metrics", &[], Bytes::new()),
+                )
                 .await
-            {
-                Ok((status, body)) if status.is_success() => {
+            });
+        }
+        while let Some(read) = others.join_next().await {
+            match read {
+                Ok(Ok(Ok((status, body)))) if status.is_success() => {
                     texts.push(String::from_utf8_lossy(&body).into_owned());
                 }
-                Ok((status, _)) => tracing::debug!(%status, "a process's /metrics answered"),
-                Err(error) => tracing::debug!(%error, "a process's /metrics could not be read"),
+                Ok(Ok(Ok((status, _)))) => {
+                    tracing::debug!(%status, "a process's /metrics answered");
+                }
+                Ok(Ok(Err(error))) => {
+                    tracing::debug!(%error, "a process's /metrics could not be read");
+                }
+                Ok(Err(_)) => tracing::debug!("a process's /metrics did not answer in time"),
+                Err(error) => tracing::debug!(%error, "reading a process's /metrics failed"),
             }
         }
         readings.push(Reading {

@@ -105,7 +105,8 @@ impl System {
                 args.extend(["--admin-listen".to_owned(), admin.to_string()]);
                 args.extend(["--identity".to_owned(), self.identity.display().to_string()]);
                 args.extend(["--payment".to_owned(), self.address("payment")]);
-                // Every process started before it, for its dashboard.
+                // Every process started before it but the gateways, for its
+                // dashboard (a gateway's own numbers are on its own page).
                 let others: Vec<String> = self
                     .processes
                     .iter()
@@ -197,59 +198,57 @@ impl System {
             .await
             .unwrap();
         assert!(status.is_success());
-        String::from_utf8(metrics.to_vec())
-            .unwrap()
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        drawn(std::str::from_utf8(&metrics).unwrap(), series)
     }
 
     /// The gateway's dashboard reads every process's `/metrics`: a
     /// consumer's counters are its replicas' added up, and the services in
     /// other processes are there.
     async fn assert_dashboard_adds_up_every_process(&self) {
-        let admin = Gateway::new(&self.admin("gateway"));
-        let mut reading = None;
+        let inventory = "palisade_consumer_applied_total{service=\"inventory\"}";
+        // The dashboard reads once a second and the replicas may still be
+        // applying: ask until a reading and the replicas agree.
+        let (mut reading, mut replicas) = (String::new(), 0.0);
         for _ in 0..100 {
-            let (status, body) = admin
-                .send(
-                    http::Method::GET,
-                    "/dashboard/readings",
-                    &[],
-                    bytes::Bytes::new(),
-                )
-                .await
-                .unwrap();
-            assert!(status.is_success());
-            let readings: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
-            if let Some(last) = readings.last() {
-                reading = Some(last["metrics"].as_str().unwrap().to_owned());
+            replicas = 0.0;
+            for name in ["inventory", "inventory-2"] {
+                replicas += self
+                    .metric(&self.address(name), inventory)
+                    .await
+                    .unwrap_or(0.0);
+            }
+            reading = self.dashboard_reading().await.unwrap_or_default();
+            if replicas > 0.0 && drawn(&reading, inventory) == Some(replicas) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let reading = reading.expect("the dashboard took a reading");
-        let drawn = |series: &str| {
-            reading.lines().find_map(|line| {
-                line.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .parse::<f64>()
-                    .ok()
-            })
-        };
-        let inventory = "palisade_consumer_applied_total{service=\"inventory\"}";
-        let mut replicas = 0.0;
-        for name in ["inventory", "inventory-2"] {
-            replicas += self
-                .metric(&self.address(name), inventory)
-                .await
-                .unwrap_or(0.0);
-        }
         assert!(replicas > 0.0);
-        assert_eq!(drawn(inventory), Some(replicas), "{reading}");
+        assert_eq!(drawn(&reading, inventory), Some(replicas), "{reading}");
         for service in ["payment", "shipping"] {
             let series = format!("palisade_consumer_applied_total{{service=\"{service}\"}}");
-            assert!(drawn(&series).is_some(), "no {service} in:\n{reading}");
+            assert!(
+                drawn(&reading, &series).is_some(),
+                "no {service} in:\n{reading}"
+            );
         }
+    }
+
+    /// The metrics of the gateway dashboard's latest reading, if it took one.
+    async fn dashboard_reading(&self) -> Option<String> {
+        let admin = Gateway::new(&self.admin("gateway"));
+        let (status, body) = admin
+            .send(
+                http::Method::GET,
+                "/dashboard/readings",
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert!(status.is_success());
+        let readings: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+        Some(readings.last()?["metrics"].as_str().unwrap().to_owned())
     }
 
     /// Every service, with two replicas of inventory and of the relay.
@@ -733,4 +732,14 @@ async fn chaos_kills_and_an_outage_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     system.remove().await;
+}
+
+/// The value of `series` in a Prometheus text.
+fn drawn(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .parse::<f64>()
+            .ok()
+    })
 }
