@@ -131,11 +131,12 @@ impl Catalog {
         self.queries.fetch_add(1, Ordering::Relaxed);
         let _open = self.gate.read().await;
         tokio::time::sleep(self.delay).await;
-        crate::on_pool!(&self.db, |pool| {
-            sqlx::query_as("SELECT sku, shipped FROM trending ORDER BY shipped DESC, sku")
-                .fetch_all(pool)
-                .await
-        })
+        self.db
+            .fetch_all(
+                "SELECT sku, shipped FROM trending ORDER BY shipped DESC, sku",
+                &[],
+            )
+            .await
     }
 
     /// Builds the ranking again from `history`, the stream's

@@ -2,10 +2,12 @@
 //! a SQLite file of its own; on real infrastructure, a PostgreSQL schema of
 //! its own (named after the service, the pool's `search_path`).
 //!
-//! The services' SQL is the subset both databases speak, written once:
-//! statements on the pool go through [`on_pool!`](crate::on_pool), which
-//! expands the same code for each database, and the saga handlers work on
-//! any [`Tx`] (a transaction's connection of either database).
+//! The services' SQL is the subset both databases speak, written once and
+//! one way: a statement and its [`Param`]s, run through [`Tx`], which a
+//! transaction's connection of either database is (what the saga handlers
+//! are given), and so is a [`ServiceTx`] (a transaction a service begins
+//! itself, [`ServiceDb::begin`]). A statement outside a transaction runs on
+//! the [`ServiceDb`] itself, with the same methods.
 
 use std::future::Future;
 use std::path::Path;
@@ -15,9 +17,14 @@ use palisade_outbox::{
     Backlog, CommitWake, Event, OutboxConfig, OutboxStore, PgInbox, PgOutbox, SqliteInbox,
     SqliteOutbox,
 };
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, PgConnection, PgPool, SqliteConnection, SqlitePool};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{
+    Connection, FromRow, PgConnection, PgPool, Postgres, Sqlite, SqliteConnection, SqlitePool,
+    Transaction,
+};
 
 /// A service's database.
 #[derive(Debug, Clone)]
@@ -42,15 +49,19 @@ pub enum ServiceDb {
     },
 }
 
-/// Runs `$body` with `$pool` bound to the service database's pool, whichever
-/// database it is: the body is compiled once for each.
-#[macro_export]
-#[doc(hidden)]
-macro_rules! on_pool {
-    ($db:expr, |$pool:ident| $body:expr) => {
+/// Runs `$body` with `$connection` a connection taken from the service
+/// database's pool, whichever database it is.
+macro_rules! on_connection {
+    ($db:expr, |$connection:ident| $body:expr) => {
         match $db {
-            $crate::db::ServiceDb::Sqlite { pool: $pool, .. } => $body,
-            $crate::db::ServiceDb::Postgres { pool: $pool, .. } => $body,
+            ServiceDb::Sqlite { pool, .. } => {
+                let $connection = &mut *pool.acquire().await?;
+                $body
+            }
+            ServiceDb::Postgres { pool, .. } => {
+                let $connection = &mut *pool.acquire().await?;
+                $body
+            }
         }
     };
 }
@@ -213,6 +224,80 @@ impl ServiceDb {
         }
     }
 
+    /// Runs `sql` with `params` bound to `$1`, `$2`, … outside a
+    /// transaction; the number of rows it changed.
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, sqlx::Error> {
+        on_connection!(self, |connection| connection.execute(sql, params).await)
+    }
+
+    /// The rows `sql` returns, `params` bound, outside a transaction.
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn fetch_all<T: Row>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<T>, sqlx::Error> {
+        on_connection!(self, |connection| connection.fetch_all(sql, params).await)
+    }
+
+    /// The first row `sql` returns, if any, `params` bound, outside a
+    /// transaction.
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn fetch_optional<T: Row>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Option<T>, sqlx::Error> {
+        on_connection!(self, |connection| connection
+            .fetch_optional(sql, params)
+            .await)
+    }
+
+    /// The first row `sql` returns, `params` bound, outside a transaction.
+    ///
+    /// # Errors
+    ///
+    /// The database's error, or [`sqlx::Error::RowNotFound`].
+    pub async fn fetch_one<T: Row>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<T, sqlx::Error> {
+        self.fetch_optional(sql, params)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// Begins a transaction of the service's own.
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn begin(&self) -> Result<ServiceTx, sqlx::Error> {
+        Ok(match self {
+            Self::Sqlite { pool, .. } => ServiceTx::Sqlite(pool.begin().await?),
+            Self::Postgres { pool, .. } => ServiceTx::Postgres(pool.begin().await?),
+        })
+    }
+
+    /// Closes the pool: every statement after fails.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite { pool, .. } => pool.close().await,
+            Self::Postgres { pool, .. } => pool.close().await,
+        }
+    }
+
     /// Appends `event` to the outbox in `tx`, the transaction writing the
     /// change it announces.
     ///
@@ -283,8 +368,16 @@ pub enum Param<'a> {
     Int(i64),
 }
 
-/// A transaction's connection, of either database: what the saga handlers
-/// write through.
+/// A row a statement returns, read the same way from either database: a
+/// tuple of columns (`(i64,)` for one), or a struct deriving
+/// [`sqlx::FromRow`].
+pub trait Row: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
+
+impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
+{}
+
+/// A connection of either database, in a transaction or not: what the
+/// services' SQL runs through.
 pub trait Tx: Send {
     /// Runs `sql` with `params` bound to `$1`, `$2`, …; the number of rows
     /// it changed.
@@ -293,6 +386,20 @@ pub trait Tx: Send {
         sql: &str,
         params: &[Param<'_>],
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// The rows `sql` returns, `params` bound.
+    fn fetch_all<T: Row>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> impl Future<Output = Result<Vec<T>, sqlx::Error>> + Send;
+
+    /// The first row `sql` returns, if any, `params` bound.
+    fn fetch_optional<T: Row>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> impl Future<Output = Result<Option<T>, sqlx::Error>> + Send;
 
     /// Locks every row of `table`, in `key` order, until the transaction
     /// ends: transactions that write several of its rows in any order then
@@ -320,6 +427,21 @@ pub trait Tx: Send {
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
+/// `$query` with `$params` bound, in order.
+macro_rules! bound {
+    ($query:expr, $params:expr) => {{
+        let mut query = $query;
+        for param in $params {
+            query = match *param {
+                Param::Text(value) => query.bind(value),
+                Param::OptionalText(value) => query.bind(value),
+                Param::Int(value) => query.bind(value),
+            };
+        }
+        query
+    }};
+}
+
 macro_rules! tx {
     ($connection:ty, $variant:ident, row_locks: $row_locks:literal) => {
         impl Tx for $connection {
@@ -328,15 +450,30 @@ macro_rules! tx {
                 sql: &str,
                 params: &[Param<'_>],
             ) -> Result<u64, sqlx::Error> {
-                let mut query = sqlx::query(sql);
-                for param in params {
-                    query = match *param {
-                        Param::Text(value) => query.bind(value),
-                        Param::OptionalText(value) => query.bind(value),
-                        Param::Int(value) => query.bind(value),
-                    };
-                }
-                Ok(query.execute(&mut *self).await?.rows_affected())
+                Ok(bound!(sqlx::query(sql), params)
+                    .execute(&mut *self)
+                    .await?
+                    .rows_affected())
+            }
+
+            async fn fetch_all<T: Row>(
+                &mut self,
+                sql: &str,
+                params: &[Param<'_>],
+            ) -> Result<Vec<T>, sqlx::Error> {
+                bound!(sqlx::query_as(sql), params)
+                    .fetch_all(&mut *self)
+                    .await
+            }
+
+            async fn fetch_optional<T: Row>(
+                &mut self,
+                sql: &str,
+                params: &[Param<'_>],
+            ) -> Result<Option<T>, sqlx::Error> {
+                bound!(sqlx::query_as(sql), params)
+                    .fetch_optional(&mut *self)
+                    .await
             }
 
             async fn lock_in_order(&mut self, table: &str, key: &str) -> Result<(), sqlx::Error> {
@@ -379,6 +516,96 @@ macro_rules! tx {
 
 tx!(SqliteConnection, Sqlite, row_locks: false);
 tx!(PgConnection, Postgres, row_locks: true);
+
+/// A transaction a service begins itself ([`ServiceDb::begin`]), of either
+/// database; it rolls back unless [`commit`](Self::commit)ted.
+#[derive(Debug)]
+pub enum ServiceTx {
+    /// On SQLite.
+    Sqlite(Transaction<'static, Sqlite>),
+    /// On PostgreSQL.
+    Postgres(Transaction<'static, Postgres>),
+}
+
+impl ServiceTx {
+    /// Commits the transaction.
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Sqlite(tx) => tx.commit().await,
+            Self::Postgres(tx) => tx.commit().await,
+        }
+    }
+
+    /// Rolls the transaction back now (dropping it does too, later).
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Sqlite(tx) => tx.rollback().await,
+            Self::Postgres(tx) => tx.rollback().await,
+        }
+    }
+}
+
+/// Runs `$body` with `$connection` the transaction's connection.
+macro_rules! in_tx {
+    ($tx:expr, |$connection:ident| $body:expr) => {
+        match $tx {
+            ServiceTx::Sqlite(tx) => {
+                let $connection = &mut **tx;
+                $body
+            }
+            ServiceTx::Postgres(tx) => {
+                let $connection = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
+impl Tx for ServiceTx {
+    async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, sqlx::Error> {
+        in_tx!(self, |connection| connection.execute(sql, params).await)
+    }
+
+    async fn fetch_all<T: Row>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<T>, sqlx::Error> {
+        in_tx!(self, |connection| connection.fetch_all(sql, params).await)
+    }
+
+    async fn fetch_optional<T: Row>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Option<T>, sqlx::Error> {
+        in_tx!(self, |connection| connection
+            .fetch_optional(sql, params)
+            .await)
+    }
+
+    async fn lock_in_order(&mut self, table: &str, key: &str) -> Result<(), sqlx::Error> {
+        in_tx!(self, |connection| connection
+            .lock_in_order(table, key)
+            .await)
+    }
+
+    async fn lock_tables(&mut self, tables: &[&str]) -> Result<(), sqlx::Error> {
+        in_tx!(self, |connection| connection.lock_tables(tables).await)
+    }
+
+    async fn enqueue(&mut self, db: &ServiceDb, event: &Event) -> Result<(), sqlx::Error> {
+        in_tx!(self, |connection| connection.enqueue(db, event).await)
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -59,16 +59,11 @@ impl Inventory {
     /// The database's error.
     pub async fn new(db: ServiceDb) -> Result<Self, sqlx::Error> {
         for (sku, initial) in STARTING_STOCK {
-            crate::on_pool!(&db, |pool| {
-                sqlx::query(
+            db.execute(
                 "INSERT INTO stock (sku, initial, available) VALUES ($1, $2, $2) ON CONFLICT DO NOTHING",
+                &[Param::Text(sku), Param::Int(*initial)],
             )
-            .bind(sku)
-            .bind(initial)
-            .execute(pool)
-            .await
-            .map(drop)
-            })?;
+            .await?;
         }
         Ok(Self { db })
     }
@@ -79,13 +74,12 @@ impl Inventory {
     ///
     /// The database's error.
     pub async fn stock(&self) -> Result<Vec<StockLevel>, sqlx::Error> {
-        crate::on_pool!(&self.db, |pool| {
-            sqlx::query_as(
+        self.db
+            .fetch_all(
                 "SELECT sku, initial, available, reserved, shipped FROM stock ORDER BY sku",
+                &[],
             )
-            .fetch_all(pool)
             .await
-        })
     }
 
     /// Compensations run, and how many orders had one run more than once.
@@ -94,11 +88,12 @@ impl Inventory {
     ///
     /// The database's error.
     pub async fn compensations(&self) -> Result<(i64, i64), sqlx::Error> {
-        crate::on_pool!(&self.db, |pool| sqlx::query_as(
-            "SELECT count(*), count(*) - count(DISTINCT order_id || '/' || kind) FROM compensations"
-        )
-        .fetch_one(pool)
-        .await)
+        self.db
+            .fetch_one(
+                "SELECT count(*), count(*) - count(DISTINCT order_id || '/' || kind) FROM compensations",
+                &[],
+            )
+            .await
     }
 
     async fn reserve<C: Tx>(&self, tx: &mut C, line: Line) -> Result<(), BoxError> {

@@ -330,47 +330,43 @@ impl Orders {
             Param::Int(now),
         ];
         let event = SagaEvent::OrderCreated(line.clone()).to_event();
-        crate::on_pool!(&self.db, |pool| {
-            let mut tx = pool.begin().await?;
-            // The insert comes first, so the transaction writes from its
-            // first statement (SQLite never has to upgrade a reader to a
-            // writer).
-            if tx.execute(insert, &params).await? == 0 {
-                let (first, recorded, placed_ms): (String, Option<String>, i64) = sqlx::query_as(
+        let mut tx = self.db.begin().await?;
+        // The insert comes first, so the transaction writes from its first
+        // statement (SQLite never has to upgrade a reader to a writer).
+        if tx.execute(insert, &params).await? == 0 {
+            let (first, recorded, placed_ms): (String, Option<String>, i64) = tx
+                .fetch_optional(
                     "SELECT id, request_fingerprint, created_ms FROM orders \
                      WHERE user_id = $1 AND idempotency_key = $2",
+                    &[Param::Text(user), Param::Text(idempotency_key)],
                 )
-                .bind(user)
-                .bind(idempotency_key)
-                .fetch_one(&mut *tx)
-                .await?;
-                if placed_ms > now.saturating_sub(window) {
-                    tx.rollback().await?;
-                    if recorded.as_deref() != Some(fingerprint.as_str()) {
-                        return Err(PlaceError::KeyReused);
-                    }
-                    let first = self.find(user, &first).await?;
-                    return first
-                        .map(Placement::Replayed)
-                        .ok_or(PlaceError::Database(sqlx::Error::RowNotFound));
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?;
+            if placed_ms > now.saturating_sub(window) {
+                tx.rollback().await?;
+                if recorded.as_deref() != Some(fingerprint.as_str()) {
+                    return Err(PlaceError::KeyReused);
                 }
-                // Past its window: the key leaves its first order. A
-                // request from another process that released it first and
-                // placed its own order has it now: that one is still
-                // being answered.
-                tx.execute(
-                    "UPDATE orders SET idempotency_key = NULL, request_fingerprint = NULL WHERE id = $1",
-                    &[Param::Text(&first)],
-                )
-                .await?;
-                if tx.execute(insert, &params).await? == 0 {
-                    tx.rollback().await?;
-                    return Err(PlaceError::InProgress);
-                }
+                let first = self.find(user, &first).await?;
+                return first
+                    .map(Placement::Replayed)
+                    .ok_or(PlaceError::Database(sqlx::Error::RowNotFound));
             }
-            self.db.enqueue(&mut *tx, &event).await?;
-            tx.commit().await?;
-        });
+            // Past its window: the key leaves its first order. A request
+            // from another process that released it first and placed its
+            // own order has it now: that one is still being answered.
+            tx.execute(
+                "UPDATE orders SET idempotency_key = NULL, request_fingerprint = NULL WHERE id = $1",
+                &[Param::Text(&first)],
+            )
+            .await?;
+            if tx.execute(insert, &params).await? == 0 {
+                tx.rollback().await?;
+                return Err(PlaceError::InProgress);
+            }
+        }
+        self.db.enqueue(&mut tx, &event).await?;
+        tx.commit().await?;
         Ok(Placement::Created(Order {
             id: line.order_id,
             sku: line.sku,
@@ -388,20 +384,19 @@ impl Orders {
     ///
     /// The database's error.
     pub async fn find(&self, user: &str, id: &str) -> Result<Option<Order>, sqlx::Error> {
-        crate::on_pool!(&self.db, |pool| {
-            // By the primary key alone, the user checked here: with the
-            // user in the statement too, a plan cached while the table was
-            // small can take the (user_id, idempotency_key) index and read
-            // every order of the user at each lookup.
-            let row: Option<OrderRow> = sqlx::query_as(
+        // By the primary key alone, the user checked here: with the user in
+        // the statement too, a plan cached while the table was small can
+        // take the (user_id, idempotency_key) index and read every order of
+        // the user at each lookup.
+        let row: Option<OrderRow> = self
+            .db
+            .fetch_optional(
                 "SELECT user_id, id, sku, quantity, amount_cents, status, reason, \
                  finished_ms - created_ms FROM orders WHERE id = $1",
+                &[Param::Text(id)],
             )
-            .bind(id)
-            .fetch_optional(pool)
             .await?;
-            Ok(row.filter(|row| row.0 == user).map(Order::from))
-        })
+        Ok(row.filter(|row| row.0 == user).map(Order::from))
     }
 
     /// Orders by status.
@@ -410,13 +405,12 @@ impl Orders {
     ///
     /// The database's error.
     pub async fn counts(&self) -> Result<Vec<(String, Option<String>, i64)>, sqlx::Error> {
-        crate::on_pool!(&self.db, |pool| {
-            sqlx::query_as(
-            "SELECT status, reason, count(*) FROM orders GROUP BY status, reason ORDER BY status, reason"
-        )
-        .fetch_all(pool)
-        .await
-        })
+        self.db
+            .fetch_all(
+                "SELECT status, reason, count(*) FROM orders GROUP BY status, reason ORDER BY status, reason",
+                &[],
+            )
+            .await
     }
 
     /// How long the sagas that ended in the last `window` took (from the
@@ -427,14 +421,14 @@ impl Orders {
     /// The database's error.
     pub async fn recent_saga_ms(&self, window: Duration) -> Result<Vec<i64>, sqlx::Error> {
         let since = now_ms().saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
-        crate::on_pool!(&self.db, |pool| {
-            sqlx::query_scalar(
+        let rows: Vec<(i64,)> = self
+            .db
+            .fetch_all(
                 "SELECT finished_ms - created_ms FROM orders WHERE finished_ms >= $1 ORDER BY 1",
+                &[Param::Int(since)],
             )
-            .bind(since)
-            .fetch_all(pool)
-            .await
-        })
+            .await?;
+        Ok(rows.into_iter().map(|(ms,)| ms).collect())
     }
 
     /// Ends the saga of `order_id` as `status`, once.

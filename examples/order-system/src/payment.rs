@@ -59,12 +59,13 @@ impl BreakerHistory {
     ///
     /// The database's error.
     pub async fn read(db: &ServiceDb) -> Result<Self, sqlx::Error> {
-        let (opens, state): (i64, Option<String>) = crate::on_pool!(db, |pool| sqlx::query_as(
-            "SELECT (SELECT count(*) FROM breaker_transitions WHERE to_state = 'Open'), \
-             (SELECT to_state FROM breaker_transitions ORDER BY at_ms DESC LIMIT 1)"
-        )
-        .fetch_one(pool)
-        .await)?;
+        let (opens, state): (i64, Option<String>) = db
+            .fetch_one(
+                "SELECT (SELECT count(*) FROM breaker_transitions WHERE to_state = 'Open'), \
+                 (SELECT to_state FROM breaker_transitions ORDER BY at_ms DESC LIMIT 1)",
+                &[],
+            )
+            .await?;
         Ok(Self {
             state: state.unwrap_or_else(|| "Closed".to_owned()),
             opens: u64::try_from(opens).unwrap_or(0),
@@ -171,17 +172,17 @@ impl Payment {
                 format!("{:?}", transition.from),
                 format!("{:?}", transition.to),
             );
-            let recorded = crate::on_pool!(&self.db, |pool| {
-                sqlx::query(
-                "INSERT INTO breaker_transitions (at_ms, from_state, to_state) VALUES ($1, $2, $3)"
-            )
-            .bind(crate::orders::now_ms())
-            .bind(&from)
-            .bind(&to)
-            .execute(pool)
-            .await
-            .map(drop)
-            });
+            let recorded = self
+                .db
+                .execute(
+                    "INSERT INTO breaker_transitions (at_ms, from_state, to_state) VALUES ($1, $2, $3)",
+                    &[
+                        Param::Int(crate::orders::now_ms()),
+                        Param::Text(&from),
+                        Param::Text(&to),
+                    ],
+                )
+                .await;
             if let Err(error) = recorded {
                 tracing::warn!(%error, "breaker transition not recorded");
             }
@@ -304,20 +305,21 @@ impl Payment {
     async fn claim(&self, claim: &str) -> Result<Vec<Intent>, BoxError> {
         let now = crate::orders::now_ms();
         let lease = i64::try_from(CLAIM.as_millis()).unwrap_or(i64::MAX);
-        let rows: Vec<(String, Option<String>)> = crate::on_pool!(&self.db, |pool| {
-            sqlx::query_as(
+        let rows: Vec<(String, Option<String>)> = self
+            .db
+            .fetch_all(
                 "UPDATE payment_intents SET claim = $1, due_ms = $2 + $3 \
                  WHERE due_ms <= $2 AND order_id IN \
                  (SELECT order_id FROM payment_intents WHERE due_ms <= $2 ORDER BY due_ms LIMIT $4) \
                  RETURNING line, traceparent",
+                &[
+                    Param::Text(claim),
+                    Param::Int(now),
+                    Param::Int(lease),
+                    Param::Int(BATCH),
+                ],
             )
-            .bind(claim)
-            .bind(now)
-            .bind(lease)
-            .bind(BATCH)
-            .fetch_all(pool)
-            .await
-        })?;
+            .await?;
         rows.into_iter()
             .map(|(line, traceparent)| {
                 Ok(Intent {
@@ -341,18 +343,16 @@ impl Payment {
     /// (fewer removed than charged), that is rolled back and each is
     /// settled on its own.
     async fn record(&self, claim: &str, outcomes: &[Outcome]) -> Result<(), BoxError> {
-        crate::on_pool!(&self.db, |pool| {
-            let mut tx = pool.begin().await?;
-            if !self.settle_together(&mut *tx, claim, outcomes).await? {
-                drop(tx);
-                tx = pool.begin().await?;
-                for (intent, outcome) in outcomes {
-                    self.settle_one(&mut *tx, claim, intent, outcome).await?;
-                }
+        let mut tx = self.db.begin().await?;
+        if !self.settle_together(&mut tx, claim, outcomes).await? {
+            tx.rollback().await?;
+            tx = self.db.begin().await?;
+            for (intent, outcome) in outcomes {
+                self.settle_one(&mut tx, claim, intent, outcome).await?;
             }
-            tx.commit().await?;
-            Ok::<_, BoxError>(())
-        })
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Records `outcomes` in `tx` as [`record`](Self::record) says, with
@@ -606,10 +606,8 @@ mod tests {
     }
 
     async fn texts(db: &ServiceDb, sql: &str) -> Vec<String> {
-        crate::on_pool!(db, |pool| sqlx::query_scalar(sql)
-            .fetch_all(pool)
-            .await
-            .unwrap())
+        let rows: Vec<(String,)> = db.fetch_all(sql, &[]).await.unwrap();
+        rows.into_iter().map(|(text,)| text).collect()
     }
 
     #[tokio::test]
@@ -634,17 +632,13 @@ mod tests {
             ("d", "c2"),
             ("e", "c3"),
         ] {
-            crate::on_pool!(&db, |pool| {
-                sqlx::query(
-                    "INSERT INTO payment_intents (order_id, line, due_ms, claim) \
-                     VALUES ($1, '{}', 0, $2)",
-                )
-                .bind(order_id)
-                .bind(claim)
-                .execute(pool)
-                .await
-                .unwrap();
-            });
+            db.execute(
+                "INSERT INTO payment_intents (order_id, line, due_ms, claim) \
+                 VALUES ($1, '{}', 0, $2)",
+                &[Param::Text(order_id), Param::Text(claim)],
+            )
+            .await
+            .unwrap();
         }
 
         // All of c1's: a and b settled together, c due again.

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::db::Param;
 use crate::orders::{Orders, now_ms};
 use crate::service::SagaService;
 
@@ -21,13 +22,12 @@ pub const STUCK_AFTER: Duration = Duration::from_secs(60);
 pub async fn count(orders: &Orders, after: Duration) -> Result<u64, sqlx::Error> {
     let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
     let placed_before = now_ms().saturating_sub(after_ms);
-    let stuck: i64 = crate::on_pool!(orders.db(), |pool| {
-        sqlx::query_scalar(
+    let (stuck,): (i64,) = orders
+        .db()
+        .fetch_one(
             "SELECT count(*) FROM orders WHERE status = 'pending' AND created_ms < $1",
+            &[Param::Int(placed_before)],
         )
-        .bind(placed_before)
-        .fetch_one(pool)
-        .await?
-    });
+        .await?;
     Ok(u64::try_from(stuck).unwrap_or(0))
 }

@@ -8,7 +8,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use palisade_order_system::db::ServiceDb;
 use palisade_order_system::load::{self, LoadSettings, Progress};
 use palisade_order_system::processor::{DECLINED_CARD, GOOD_CARD};
 use palisade_order_system::service::SagaService;
@@ -102,28 +101,23 @@ async fn no_card_number_is_stored_or_logged_in_clear_by_a_full_run() {
 
     // What the services kept of the cards: the vault's two rows, and in
     // the orders their tokens and last four digits.
-    let ServiceDb::Sqlite {
-        pool: orders_db, ..
-    } = system.services.orders.db()
-    else {
-        unreachable!("the embedded system runs on SQLite")
-    };
-    let kept: Vec<(String, String)> =
-        sqlx::query_as("SELECT DISTINCT card_token, card_last4 FROM orders ORDER BY card_last4")
-            .fetch_all(orders_db)
-            .await
-            .unwrap();
+    let kept: Vec<(String, String)> = system
+        .services
+        .orders
+        .db()
+        .fetch_all(
+            "SELECT DISTINCT card_token, card_last4 FROM orders ORDER BY card_last4",
+            &[],
+        )
+        .await
+        .unwrap();
     let last4: Vec<&str> = kept.iter().map(|(_, last4)| last4.as_str()).collect();
     assert_eq!(last4, ["0002", "4242"], "{kept:?}");
     assert!(kept.iter().all(|(token, _)| token.starts_with("card_")));
-    let ServiceDb::Sqlite {
-        pool: payment_db, ..
-    } = &system.services.payment
-    else {
-        unreachable!("the embedded system runs on SQLite")
-    };
-    let cards: i64 = sqlx::query_scalar("SELECT count(*) FROM cards")
-        .fetch_one(payment_db)
+    let (cards,): (i64,) = system
+        .services
+        .payment
+        .fetch_one("SELECT count(*) FROM cards", &[])
         .await
         .unwrap();
     assert_eq!(cards, 2, "one vault row per card");

@@ -109,11 +109,7 @@ async fn a_rebuild_while_the_consumer_runs_loses_nothing_and_counts_nothing_twic
         "nothing counted twice"
     );
 
-    palisade_order_system::on_pool!(&db, |pool| {
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(pool)
-            .await
-            .map(|_| ())
-            .unwrap();
-    });
+    db.execute(&format!("DROP SCHEMA {schema} CASCADE"), &[])
+        .await
+        .unwrap();
 }

@@ -52,7 +52,7 @@ async fn good_card_token(dir: &Path) -> CardToken {
         .tokenize(&CardNumber::parse(GOOD_CARD).unwrap())
         .await
         .unwrap();
-    palisade_order_system::on_pool!(&db, |pool| pool.close().await);
+    db.close().await;
     card
 }
 
@@ -360,9 +360,9 @@ async fn the_cli_requeues_dead_events_on_postgresql_in_a_namespace() {
     let ServiceDb::Postgres { pool, .. } = &db else {
         unreachable!("a PostgreSQL schema")
     };
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
     let event = Event::new("order", "o-1", "PaymentSucceeded", b"{}".to_vec());
-    db.enqueue(&mut *tx, &event).await.unwrap();
+    db.enqueue(&mut tx, &event).await.unwrap();
     tx.commit().await.unwrap();
     let one_try = OutboxConfig::new(&format!("{schema}.outbox"))
         .unwrap()

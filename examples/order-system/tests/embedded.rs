@@ -613,18 +613,18 @@ async fn the_gateway_refuses_a_card_number_failing_luhn_or_of_20_digits_without_
 
 /// The cards in payment's vault.
 async fn cards_in_vault(system: &System) -> i64 {
-    let palisade_order_system::db::ServiceDb::Sqlite { pool, .. } = &system.services.payment else {
-        unreachable!("the embedded system runs on SQLite")
-    };
-    sqlx::query_scalar("SELECT count(*) FROM cards")
-        .fetch_one(pool)
+    let (cards,): (i64,) = system
+        .services
+        .payment
+        .fetch_one("SELECT count(*) FROM cards", &[])
         .await
-        .unwrap()
+        .unwrap();
+    cards
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_card_token_the_vault_does_not_hold_fails_the_payment() {
-    use palisade_order_system::db::ServiceDb;
+    use palisade_order_system::db::Param;
     use palisade_order_system::events::Line;
 
     let (system, dir) = start().await;
@@ -652,15 +652,15 @@ async fn a_card_token_the_vault_does_not_hold_fails_the_payment() {
         (order.status.as_str(), order.reason.as_deref()),
         ("cancelled", Some("payment_declined"))
     );
-    let ServiceDb::Sqlite { pool, .. } = &system.services.payment else {
-        unreachable!("the embedded system runs on SQLite")
-    };
-    let (status, reason): (String, Option<String>) =
-        sqlx::query_as("SELECT status, reason FROM payments WHERE order_id = $1")
-            .bind(&line.order_id)
-            .fetch_one(pool)
-            .await
-            .unwrap();
+    let (status, reason): (String, Option<String>) = system
+        .services
+        .payment
+        .fetch_one(
+            "SELECT status, reason FROM payments WHERE order_id = $1",
+            &[Param::Text(&line.order_id)],
+        )
+        .await
+        .unwrap();
     assert_eq!(
         (status.as_str(), reason.as_deref()),
         ("failed", Some("card_unknown"))

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use palisade_order_system::card::CardToken;
-use palisade_order_system::db::ServiceDb;
+use palisade_order_system::db::{Param, ServiceDb};
 use palisade_order_system::embedded::System;
 use palisade_order_system::load::Gateway;
 use palisade_order_system::orders::{self, Orders, PlaceError, Placement, TokenizedOrder};
@@ -172,15 +172,16 @@ async fn an_idempotency_key_past_its_window_places_a_new_order() {
 
     // The first order placed a day and a minute ago.
     let window = i64::try_from(orders::IDEMPOTENCY_WINDOW.as_millis()).unwrap();
-    let aged = palisade_order_system::on_pool!(system.services.orders.db(), |pool| {
-        sqlx::query("UPDATE orders SET created_ms = created_ms - $1 WHERE id = $2")
-            .bind(window + 60_000)
-            .bind(first_id)
-            .execute(pool)
-            .await
-            .unwrap()
-            .rows_affected()
-    });
+    let aged = system
+        .services
+        .orders
+        .db()
+        .execute(
+            "UPDATE orders SET created_ms = created_ms - $1 WHERE id = $2",
+            &[Param::Int(window + 60_000), Param::Text(first_id)],
+        )
+        .await
+        .unwrap();
     assert_eq!(aged, 1);
     let other = r#"{"sku":"sku-2","quantity":1,"card":"4242424242424242"}"#;
     let (status, _, second) = post_order(&alice, "key-1", other).await;
@@ -254,7 +255,7 @@ async fn a_wait_dropped_by_its_client_leaves_no_waiter() {
 async fn a_wait_whose_lookup_fails_leaves_no_waiter() {
     let (system, dir) = start().await;
     let alice = signed_in(&system, "alice").await;
-    palisade_order_system::on_pool!(system.services.orders.db(), |pool| pool.close().await);
+    system.services.orders.db().close().await;
     for id in ["unknown-1", "unknown-2"] {
         let (status, _) = alice
             .send(
@@ -311,14 +312,13 @@ async fn idempotency_keys_on_postgres_replay_refuse_and_expire() {
         Placement::Created(_)
     ));
 
-    let aged = palisade_order_system::on_pool!(&db, |pool| {
-        sqlx::query("UPDATE orders SET created_ms = created_ms - 3600001 WHERE id = $1")
-            .bind(&first.id)
-            .execute(pool)
-            .await
-            .unwrap()
-            .rows_affected()
-    });
+    let aged = db
+        .execute(
+            "UPDATE orders SET created_ms = created_ms - 3600001 WHERE id = $1",
+            &[Param::Text(&first.id)],
+        )
+        .await
+        .unwrap();
     assert_eq!(aged, 1);
     let Placement::Created(second) = orders.place("alice", "k", &new_order(2)).await.unwrap()
     else {
@@ -327,13 +327,9 @@ async fn idempotency_keys_on_postgres_replay_refuse_and_expire() {
     assert_ne!(second.id, first.id);
     assert_eq!(orders.find("alice", &first.id).await.unwrap(), Some(first));
 
-    palisade_order_system::on_pool!(&db, |pool| {
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(pool)
-            .await
-            .map(|_| ())
-            .unwrap();
-    });
+    db.execute(&format!("DROP SCHEMA {schema} CASCADE"), &[])
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,12 +26,11 @@ async fn a_service_applies_what_it_consumes_and_ignores_the_rest_unseen() {
         card_last4: "4242".to_owned(),
     };
     let shipments = || async {
-        palisade_order_system::on_pool!(&db, |pool| sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM shipments"
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap())
+        let (count,): (i64,) = db
+            .fetch_one("SELECT count(*) FROM shipments", &[])
+            .await
+            .unwrap();
+        count
     };
     let ServiceDb::Sqlite { pool, .. } = db.clone() else {
         unreachable!("a SQLite file was opened")

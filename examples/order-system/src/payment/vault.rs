@@ -31,7 +31,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::card::{CardNumber, CardToken};
-use crate::db::ServiceDb;
+use crate::db::{Param, ServiceDb};
 use crate::identity::hex;
 
 /// The vault's table, in payment's database.
@@ -230,11 +230,13 @@ impl Vault {
     /// database's error.
     pub async fn open(db: ServiceDb, key: &VaultKey) -> Result<Self, VaultError> {
         let vault = Self::with_key(db, key);
-        let newest: Option<(String,)> = crate::on_pool!(&vault.db, |pool| {
-            sqlx::query_as("SELECT token FROM cards ORDER BY created_ms DESC LIMIT 1")
-                .fetch_optional(pool)
-                .await
-        })?;
+        let newest: Option<(String,)> = vault
+            .db
+            .fetch_optional(
+                "SELECT token FROM cards ORDER BY created_ms DESC LIMIT 1",
+                &[],
+            )
+            .await?;
         if let Some((token,)) = newest {
             match vault.reveal(&token).await {
                 Ok(_) => {}
@@ -303,21 +305,20 @@ impl Vault {
                 },
             )
             .map_err(|_| VaultError::Unreadable)?;
-        crate::on_pool!(&self.db, |pool| {
-            sqlx::query(
+        self.db
+            .execute(
                 "INSERT INTO cards (token, lookup, last4, nonce, ciphertext, created_ms) \
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (lookup) DO NOTHING",
+                &[
+                    Param::Text(&token),
+                    Param::Text(&lookup),
+                    Param::Text(number.last4()),
+                    Param::Text(&hex(&nonce)),
+                    Param::Text(&hex(&ciphertext)),
+                    Param::Int(crate::orders::now_ms()),
+                ],
             )
-            .bind(&token)
-            .bind(&lookup)
-            .bind(number.last4())
-            .bind(hex(&nonce))
-            .bind(hex(&ciphertext))
-            .bind(crate::orders::now_ms())
-            .execute(pool)
-            .await
-            .map(drop)
-        })?;
+            .await?;
         // Ours, or the one a concurrent request stored first.
         self.token_of(&lookup)
             .await?
@@ -326,12 +327,13 @@ impl Vault {
 
     /// The token stored for the number whose lookup is `lookup`, if any.
     async fn token_of(&self, lookup: &str) -> Result<Option<CardToken>, VaultError> {
-        let row: Option<(String, String)> = crate::on_pool!(&self.db, |pool| {
-            sqlx::query_as("SELECT token, last4 FROM cards WHERE lookup = $1")
-                .bind(lookup)
-                .fetch_optional(pool)
-                .await
-        })?;
+        let row: Option<(String, String)> = self
+            .db
+            .fetch_optional(
+                "SELECT token, last4 FROM cards WHERE lookup = $1",
+                &[Param::Text(lookup)],
+            )
+            .await?;
         Ok(row.map(|(token, last4)| CardToken { token, last4 }))
     }
 
@@ -374,13 +376,8 @@ impl Vault {
             .join(", ");
         let query =
             format!("SELECT token, nonce, ciphertext FROM cards WHERE token IN ({placeholders})");
-        let rows: Vec<(String, String, String)> = crate::on_pool!(&self.db, |pool| {
-            wanted
-                .iter()
-                .fold(sqlx::query_as(&query), |query, token| query.bind(*token))
-                .fetch_all(pool)
-                .await
-        })?;
+        let params: Vec<Param<'_>> = wanted.iter().map(|token| Param::Text(token)).collect();
+        let rows: Vec<(String, String, String)> = self.db.fetch_all(&query, &params).await?;
         for (token, nonce, ciphertext) in rows {
             let number = self.unseal(&token, &nonce, &ciphertext);
             revealed.insert(token, number);
@@ -450,7 +447,7 @@ mod tests {
     }
 
     async fn execute(db: &ServiceDb, sql: &str) {
-        crate::on_pool!(db, |pool| sqlx::query(sql).execute(pool).await.map(drop)).unwrap();
+        db.execute(sql, &[]).await.unwrap();
     }
 
     #[tokio::test]
@@ -480,12 +477,10 @@ mod tests {
             card("4000000000000002")
         );
         // What the table holds: no digits of the number.
-        let rows: Vec<(String, String, String)> = crate::on_pool!(&db, |pool| {
-            sqlx::query_as("SELECT lookup, nonce, ciphertext FROM cards")
-                .fetch_all(pool)
-                .await
-        })
-        .unwrap();
+        let rows: Vec<(String, String, String)> = db
+            .fetch_all("SELECT lookup, nonce, ciphertext FROM cards", &[])
+            .await
+            .unwrap();
         for row in rows {
             assert!(!format!("{row:?}").contains("42424242"), "{row:?}");
         }
@@ -568,13 +563,13 @@ mod tests {
         let other = vault.tokenize(&card("4000000000000002")).await.unwrap();
 
         // One bit of the ciphertext flipped.
-        let (ciphertext,): (String,) = crate::on_pool!(&db, |pool| {
-            sqlx::query_as("SELECT ciphertext FROM cards WHERE token = $1")
-                .bind(&good.token)
-                .fetch_one(pool)
-                .await
-        })
-        .unwrap();
+        let (ciphertext,): (String,) = db
+            .fetch_one(
+                "SELECT ciphertext FROM cards WHERE token = $1",
+                &[Param::Text(&good.token)],
+            )
+            .await
+            .unwrap();
         let mut bytes = unhex(&ciphertext).unwrap();
         bytes[0] ^= 1;
         execute(

@@ -2,7 +2,7 @@
 //! directory, and clients signed in as its demo users.
 #![allow(dead_code, unreachable_pub)]
 
-use palisade_order_system::db::ServiceDb;
+use palisade_order_system::db::{Param, ServiceDb, Tx};
 use palisade_order_system::embedded::{Settings, System};
 use palisade_order_system::events::{Line, SagaEvent};
 use palisade_order_system::identity::Credentials;
@@ -57,27 +57,25 @@ pub async fn signed_in(system: &System, name: &str) -> Gateway {
 /// file: an order as the gateway places one, without the gateway's checks
 /// (for orders no client could place).
 pub async fn place_directly(orders: &ServiceDb, line: &Line, created_ms: i64) {
-    let ServiceDb::Sqlite { pool, .. } = orders else {
-        unreachable!("the embedded system runs on SQLite")
-    };
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query(
+    let mut tx = orders.begin().await.unwrap();
+    tx.execute(
         "INSERT INTO orders (id, user_id, idempotency_key, sku, quantity, amount_cents, \
          card_token, card_last4, status, created_ms) \
          VALUES ($1, 'alice', $1, $2, $3, $4, $5, $6, 'pending', $7)",
+        &[
+            Param::Text(&line.order_id),
+            Param::Text(&line.sku),
+            Param::Int(line.quantity),
+            Param::Int(line.amount_cents),
+            Param::Text(&line.card_token),
+            Param::Text(&line.card_last4),
+            Param::Int(created_ms),
+        ],
     )
-    .bind(&line.order_id)
-    .bind(&line.sku)
-    .bind(line.quantity)
-    .bind(line.amount_cents)
-    .bind(&line.card_token)
-    .bind(&line.card_last4)
-    .bind(created_ms)
-    .execute(&mut *tx)
     .await
     .unwrap();
     orders
-        .enqueue(&mut *tx, &SagaEvent::OrderCreated(line.clone()).to_event())
+        .enqueue(&mut tx, &SagaEvent::OrderCreated(line.clone()).to_event())
         .await
         .unwrap();
     tx.commit().await.unwrap();
