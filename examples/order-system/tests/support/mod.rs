@@ -90,6 +90,12 @@ pub async fn wait_for_lock_waiters(
     at_least: i64,
 ) -> bool {
     for _ in 0..3_000 {
+        // The watcher may be in a transaction, where PostgreSQL keeps the
+        // first view of pg_stat_activity it took: drop it each time.
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&mut *watcher)
+            .await
+            .unwrap();
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1",
         )
