@@ -6,7 +6,7 @@
 //! consumer's applied, duplicate and given-up messages.
 //!
 //! Its numbers are the admin listener's own `/metrics`, and in per-process
-//! mode every other process's too (the gateway's `--dashboard-from`), read
+//! mode every other process's too (the gateway's `--peers`), read
 //! here every second from the first time the page is opened, and kept for
 //! five minutes: a page opened late still draws the minutes before it, and
 //! the page asks `/dashboard/readings` only for the readings it has not
@@ -26,8 +26,6 @@ use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Json};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
-
-use bytes::Bytes;
 
 use crate::gateway::Services;
 use crate::load::Gateway;
@@ -94,11 +92,10 @@ struct Dashboard {
 }
 
 /// Where the readings come from: this listener's metrics (with the books),
-/// and other processes' `/metrics`.
+/// and its peers' `/metrics`.
 struct Source {
     services: Services,
     books_read: BooksSlot,
-    others: Vec<Gateway>,
 }
 
 impl Dashboard {
@@ -119,7 +116,7 @@ async fn sample(readings: Weak<Readings>, source: Arc<Source>) {
         let Some(readings) = readings.upgrade() else {
             return;
         };
-        let books = match crate::gateway::read_books(&source.services).await {
+        let books = match crate::books::read_books(&source.services).await {
             Ok(books) => books,
             Err(error) => {
                 tracing::debug!(%error, "the dashboard could not read the books");
@@ -133,30 +130,13 @@ async fn sample(readings: Weak<Readings>, source: Arc<Source>) {
                 .render_with(&source.books_read, books)
                 .await,
         ];
-        let mut others = tokio::task::JoinSet::new();
-        for other in &source.others {
-            let other = other.clone();
-            others.spawn(async move {
-                tokio::time::timeout(
-                    EVERY / 2,
-                    other.send(http::Method::GET, "/metrics", &[], Bytes::new()),
-                )
-                .await
-            });
-        }
-        while let Some(read) = others.join_next().await {
+        for (peer, read) in Gateway::get_each(&source.services.peers, "/metrics", EVERY / 2).await {
             match read {
-                Ok(Ok(Ok((status, body)))) if status.is_success() => {
+                Ok((status, body)) if status.is_success() => {
                     texts.push(String::from_utf8_lossy(&body).into_owned());
                 }
-                Ok(Ok(Ok((status, _)))) => {
-                    tracing::debug!(%status, "a process's /metrics answered");
-                }
-                Ok(Ok(Err(error))) => {
-                    tracing::debug!(%error, "a process's /metrics could not be read");
-                }
-                Ok(Err(_)) => tracing::debug!("a process's /metrics did not answer in time"),
-                Err(error) => tracing::debug!(%error, "reading a process's /metrics failed"),
+                Ok((status, _)) => tracing::debug!(?peer, %status, "a peer's /metrics answered"),
+                Err(error) => tracing::debug!(?peer, %error, "a peer's /metrics could not be read"),
             }
         }
         readings.push(Reading {
@@ -208,14 +188,13 @@ fn drawn(texts: &[String]) -> String {
 
 /// `/dashboard` (the page) and `/dashboard/readings` (what it draws),
 /// reading `services`' metrics as `/metrics` does (through `books_read`)
-/// and the `/metrics` of the processes at `others` (their base URLs).
-pub fn routes(services: Services, books_read: BooksSlot, others: &[String]) -> Router {
+/// and the `/metrics` of their peers.
+pub fn routes(services: Services, books_read: BooksSlot) -> Router {
     let dashboard = Dashboard {
         readings: Arc::default(),
         source: Arc::new(Source {
             services,
             books_read,
-            others: others.iter().map(|url| Gateway::new(url)).collect(),
         }),
     };
     Router::new()

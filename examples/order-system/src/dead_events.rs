@@ -113,6 +113,9 @@ impl Requeue {
 pub enum Error {
     /// No service of this name has an outbox.
     UnknownService(String),
+    /// The service runs in a process of its own, whose database this
+    /// process does not open.
+    Elsewhere(String),
     /// The service's database is not there (nothing ran there yet, or the
     /// location is wrong).
     NoDatabase(String),
@@ -129,6 +132,11 @@ impl fmt::Display for Error {
                 let names: Vec<&str> = DATABASES.iter().map(|(name, _)| *name).collect();
                 write!(f, "no service {name:?}; one of {}", names.join(", "))
             }
+            Self::Elsewhere(name) => write!(
+                f,
+                "{name} runs in a process of its own: `order-system dead-events` \
+                 lists and requeues its dead events on its database"
+            ),
             Self::NoDatabase(what) => write!(f, "{what}"),
             Self::NotDead(id) => write!(f, "no dead event {id}"),
             Self::Database(error) => write!(f, "database: {error}"),
@@ -300,9 +308,13 @@ fn database_of<'a>(services: &'a Services, service: &str) -> Option<&'a ServiceD
         .find_map(|(name, db)| (name == service).then_some(db))
 }
 
-/// The answer for a service without a database.
+/// The answer for a service without a database in this process.
 fn unknown(service: &str) -> Response {
-    let error = Error::UnknownService(service.to_owned());
+    let error = if DATABASES.iter().any(|(name, _)| *name == service) {
+        Error::Elsewhere(service.to_owned())
+    } else {
+        Error::UnknownService(service.to_owned())
+    };
     problem(StatusCode::NOT_FOUND, error.to_string())
 }
 

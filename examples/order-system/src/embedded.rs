@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 
 use crate::catalog::Catalog;
 use crate::db::ServiceDb;
-use crate::gateway::{self, Services};
+use crate::gateway::{self, Services, Steps};
 use crate::identity::{Identity, Seeded, seed_demo};
 use crate::inventory::Inventory;
 use crate::orders::Orders;
@@ -89,6 +89,9 @@ pub struct System {
     pub admin_address: SocketAddr,
     /// The services, for checks from the same process.
     pub services: Services,
+    /// Inventory, payment and shipping (also in
+    /// [`services`](Self::services), which may have none).
+    pub steps: Steps,
     /// The demo identity and its passwords, unless an identity file was
     /// given.
     pub demo: Option<Seeded>,
@@ -229,6 +232,11 @@ impl System {
             let (charger, stopped) = (payment.clone(), until_stopped());
             tasks.spawn(async move { charger.charge_intents(stopped).await });
         }
+        let steps = Steps {
+            inventory,
+            payment,
+            shipping,
+        };
         let services = Services {
             telemetry,
             processor: Some(simulator),
@@ -236,11 +244,10 @@ impl System {
             auth: crate::auth::Auth::new(identity, crate::auth::Sessions::default()),
             catalog,
             orders,
-            inventory,
-            payment: payment.db().clone(),
+            steps: Some(steps.clone()),
             cards: Tokenizer::InProcess(vault),
-            shipping: shipping.db().clone(),
             consumers,
+            peers: Vec::new(),
         };
         let listener = TcpListener::bind(settings.listen).await?;
         let address = listener.local_addr()?;
@@ -253,7 +260,7 @@ impl System {
         );
         for (listener, app) in [
             (listener, app),
-            (admin_listener, gateway::admin_router(services.clone(), &[])),
+            (admin_listener, gateway::admin_router(services.clone())),
         ] {
             let shutdown = until_stopped();
             tasks.spawn(async move {
@@ -271,6 +278,7 @@ impl System {
             address,
             admin_address,
             services,
+            steps,
             demo,
             stop,
             tasks,

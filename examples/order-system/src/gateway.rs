@@ -37,7 +37,8 @@
 //!
 //! - `GET /books`: every service's books and the invariants they must keep,
 //!   with the sagas pending past a threshold (`?stuck_after_ms=N`, by
-//!   default [`STUCK_AFTER`]).
+//!   default [`STUCK_AFTER`]): those of the services in this process and
+//!   those its peers give (see [`books`](crate::books)).
 //! - `GET /metrics`: the same books in the Prometheus text format (the
 //!   same `?stuck_after_ms`), and the palisade crates' own OpenTelemetry
 //!   metrics (breaker, retry, rate limit, relays, catalog cache).
@@ -55,7 +56,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use palisade_coalesce::http::{CachedResponse, CoalesceLayer, ResponseCache};
 use palisade_coalesce::{Cache, Freshness};
-use palisade_outbox::Backlog;
 use palisade_token_bucket::{LocalStore, RateLimitLayer, key};
 use palisade_tracecontext::TraceContextLayer;
 use serde::{Deserialize, Serialize};
@@ -65,12 +65,14 @@ use crate::catalog::PRODUCTS;
 use crate::db::ServiceDb;
 use crate::dead_events;
 use crate::identity::{Principal, Role};
-use crate::inventory::{Inventory, StockLevel};
+use crate::inventory::Inventory;
 use crate::limits::{self, Limited, Limits};
+use crate::load::Gateway;
 use crate::orders::{NewOrder, Orders, PlaceError, Placement};
-use crate::payment::BreakerHistory;
+use crate::payment::Payment;
 use crate::service::{Consumers, SagaService};
-use crate::stuck::{self, STUCK_AFTER};
+use crate::shipping::Shipping;
+use crate::stuck::STUCK_AFTER;
 
 /// The services behind the gateway.
 #[derive(Debug, Clone)]
@@ -89,29 +91,44 @@ pub struct Services {
     pub catalog: crate::catalog::Catalog,
     /// Orders.
     pub orders: Orders,
-    /// Inventory.
-    pub inventory: Inventory,
-    /// Payment's database (for the books).
-    pub payment: ServiceDb,
+    /// The saga's other steps, when they run in this process (embedded);
+    /// `None` when they run in processes of their own.
+    pub steps: Option<Steps>,
     /// Where card numbers become tokens before an order is placed.
     pub cards: crate::payment::cards::Tokenizer,
-    /// Shipping's database (for the books).
-    pub shipping: ServiceDb,
     /// The consumers' counters.
     pub consumers: Consumers,
+    /// The processes whose books (`GET /books`) and metrics (`GET
+    /// /metrics`, on the dashboard) this one adds to its own: per process,
+    /// every other one.
+    pub peers: Vec<Gateway>,
+}
+
+/// The saga's steps after the order, in the gateway's process.
+#[derive(Debug, Clone)]
+pub struct Steps {
+    /// Inventory.
+    pub inventory: Inventory,
+    /// Payment.
+    pub payment: Payment,
+    /// Shipping.
+    pub shipping: Shipping,
 }
 
 impl Services {
-    /// Each service's database, by the service's name: the ones with an
-    /// outbox.
+    /// The databases of the services in this process that have an outbox,
+    /// by the service's name.
     #[must_use]
-    pub fn databases(&self) -> [(&'static str, &ServiceDb); 4] {
-        [
-            (Orders::NAME, self.orders.db()),
-            (Inventory::NAME, self.inventory.db()),
-            (crate::payment::Payment::NAME, &self.payment),
-            (crate::shipping::Shipping::NAME, &self.shipping),
-        ]
+    pub fn databases(&self) -> Vec<(&'static str, &ServiceDb)> {
+        let mut databases = vec![(Orders::NAME, self.orders.db())];
+        if let Some(steps) = &self.steps {
+            databases.extend([
+                (Inventory::NAME, steps.inventory.db()),
+                (Payment::NAME, steps.payment.db()),
+                (Shipping::NAME, steps.shipping.db()),
+            ]);
+        }
+        databases
     }
 }
 
@@ -142,14 +159,13 @@ impl Shared<LocalStore, Cache<String, CachedResponse, tower::BoxError>> {
 
 /// The admin listener's routes: `GET /books` and `GET /metrics` (reads
 /// of every table, for operators and scrapers, never on the public
-/// address), `GET /dashboard` (the live page drawn from `/metrics`, with
-/// the `/metrics` of the processes at the base URLs `others`), and
-/// `GET /healthz`.
-pub fn admin_router(services: Services, others: &[String]) -> Router {
+/// address; the peers' books added), `GET /dashboard` (the live page
+/// drawn from `/metrics`, the peers' added), and `GET /healthz`.
+pub fn admin_router(services: Services) -> Router {
     let meter = services.telemetry.meter();
     crate::metrics::observe_consumers(&meter, &services.consumers);
     let books_read = crate::metrics::observe_books(&meter);
-    let dashboard = crate::dashboard::routes(services.clone(), books_read.clone(), others);
+    let dashboard = crate::dashboard::routes(services.clone(), books_read.clone());
     Router::new()
         .route("/books", get(books))
         .route(
@@ -499,163 +515,6 @@ async fn order(
     }
 }
 
-/// Every service's books, and what they must show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Books {
-    /// Orders by status and reason: (status, reason, count).
-    pub orders: Vec<(String, Option<String>, i64)>,
-    /// Every product's stock.
-    pub stock: Vec<StockLevel>,
-    /// Orders pending for longer than [`stuck_after_ms`](Self::stuck_after_ms):
-    /// sagas held up somewhere (a dead event, a service down).
-    pub stuck_sagas: u64,
-    /// How long an order may be pending before it counts as stuck, in
-    /// milliseconds.
-    pub stuck_after_ms: u64,
-    /// Compensations run.
-    pub compensations: i64,
-    /// Compensations that ran a second time for the same order.
-    pub compensations_repeated: i64,
-    /// Each outbox's backlog: (service, pending, dead).
-    pub outboxes: Vec<(String, u64, u64)>,
-    /// Each consumer's counters: (service, applied, duplicates dropped,
-    /// given up on).
-    pub consumers: Vec<(String, u64, u64, u64)>,
-    /// The card processor breaker's last state (`Closed`, `Open`, …), as
-    /// payment recorded it.
-    pub breaker_state: String,
-    /// How many times it opened (every payment replica's, all time).
-    pub breaker_opens: u64,
-    /// The median and 99th percentile of how long the sagas that ended in
-    /// the last [`LATENCY_WINDOW`] took, in milliseconds; `None` when none
-    /// ended.
-    #[serde(default)]
-    pub saga_latency_ms: Option<[i64; 2]>,
-}
-
-/// The sagas [`Books::saga_latency_ms`] describes: those that ended this
-/// recently.
-pub const LATENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// The `p` quantile (0 to 1, nearest rank) of `sorted`, if it has any.
-fn quantile(sorted: &[i64], p: f64) -> Option<i64> {
-    let last = sorted.len().checked_sub(1)?;
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let rank = (last as f64 * p).round() as usize;
-    sorted.get(rank).copied()
-}
-
-impl Books {
-    /// The invariants that do not hold: empty when the books are straight.
-    /// With `settled`, every order must also have ended and every outbox
-    /// be drained.
-    #[must_use]
-    pub fn violations(&self, settled: bool) -> Vec<String> {
-        let mut violations = Vec::new();
-        for level in &self.stock {
-            if !level.balances() {
-                violations.push(format!(
-                    "stock of {} does not balance: initial {} != available {} + reserved {} + shipped {}",
-                    level.sku, level.initial, level.available, level.reserved, level.shipped
-                ));
-            }
-            if settled && level.reserved != 0 {
-                violations.push(format!(
-                    "{} still has {} reserved",
-                    level.sku, level.reserved
-                ));
-            }
-        }
-        if self.compensations_repeated != 0 {
-            violations.push(format!(
-                "{} compensations ran twice",
-                self.compensations_repeated
-            ));
-        }
-        for (service, _, _, given_up) in &self.consumers {
-            if *given_up != 0 {
-                violations.push(format!("{service} gave up on {given_up} events"));
-            }
-        }
-        for (service, pending, dead) in &self.outboxes {
-            if *dead != 0 {
-                violations.push(format!("{service}'s outbox has {dead} dead events"));
-            }
-            if settled && *pending != 0 {
-                violations.push(format!(
-                    "{service}'s outbox still has {pending} pending events"
-                ));
-            }
-        }
-        if settled {
-            let pending: i64 = self
-                .orders
-                .iter()
-                .filter(|(status, _, _)| status == "pending")
-                .map(|(_, _, count)| count)
-                .sum();
-            if pending != 0 {
-                violations.push(format!("{pending} orders neither confirmed nor cancelled"));
-            }
-        }
-        violations
-    }
-}
-
-/// Reads every service's books, sagas counted as stuck after
-/// [`STUCK_AFTER`].
-///
-/// # Errors
-///
-/// A database's error.
-pub async fn read_books(services: &Services) -> Result<Books, sqlx::Error> {
-    read_books_stuck_after(services, STUCK_AFTER).await
-}
-
-/// Reads every service's books, sagas counted as stuck once pending for
-/// longer than `stuck_after`.
-///
-/// # Errors
-///
-/// A database's error.
-pub async fn read_books_stuck_after(
-    services: &Services,
-    stuck_after: std::time::Duration,
-) -> Result<Books, sqlx::Error> {
-    let (compensations, compensations_repeated) = services.inventory.compensations().await?;
-    let recent = services.orders.recent_saga_ms(LATENCY_WINDOW).await?;
-    let breaker = BreakerHistory::read(&services.payment).await?;
-    let mut outboxes = Vec::new();
-    for (name, db) in services.databases() {
-        let Backlog { pending, dead, .. } = db.backlog().await?;
-        outboxes.push((name.to_owned(), pending, dead));
-    }
-    Ok(Books {
-        orders: services.orders.counts().await?,
-        stock: services.inventory.stock().await?,
-        stuck_sagas: stuck::count(&services.orders, stuck_after).await?,
-        stuck_after_ms: u64::try_from(stuck_after.as_millis()).unwrap_or(u64::MAX),
-        compensations,
-        compensations_repeated,
-        outboxes,
-        consumers: services
-            .consumers
-            .stats()
-            .into_iter()
-            .map(|(name, stats)| (name, stats.applied, stats.duplicates, stats.dead_lettered))
-            .collect(),
-        breaker_state: breaker.state,
-        breaker_opens: breaker.opens,
-        saga_latency_ms: quantile(&recent, 0.5)
-            .zip(quantile(&recent, 0.99))
-            .map(|(p50, p99)| [p50, p99]),
-    })
-}
-
 /// What `/admin/processor` shows: the processor's own report (faults,
 /// calls, ledger) and the breaker in front of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -747,11 +606,11 @@ struct BooksQuery {
 }
 
 impl BooksQuery {
-    async fn read(&self, services: &Services) -> Result<Books, sqlx::Error> {
+    async fn read(&self, services: &Services) -> Result<crate::books::Books, sqlx::Error> {
         let stuck_after = self
             .stuck_after_ms
             .map_or(STUCK_AFTER, std::time::Duration::from_millis);
-        read_books_stuck_after(services, stuck_after).await
+        crate::books::read_books_stuck_after(services, stuck_after).await
     }
 }
 

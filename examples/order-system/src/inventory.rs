@@ -6,6 +6,7 @@
 use palisade_outbox::BoxError;
 use serde::{Deserialize, Serialize};
 
+use crate::books::Books;
 use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{Line, SagaEvent, types};
 use crate::service::{SagaService, not_consumed};
@@ -176,6 +177,17 @@ impl SagaService for Inventory {
 
     fn db(&self) -> &ServiceDb {
         &self.db
+    }
+
+    /// Every product's stock, and the compensations run.
+    async fn books(&self, _stuck_after: std::time::Duration) -> Result<Books, sqlx::Error> {
+        let (compensations, compensations_repeated) = self.compensations().await?;
+        Ok(Books {
+            stock: self.stock().await?,
+            compensations,
+            compensations_repeated,
+            ..Books::of_outbox(Self::NAME, &self.db).await?
+        })
     }
 
     /// The stock rows are the hot spot: a batch of events writes several

@@ -18,6 +18,7 @@
 //! gateway and checks the books afterwards.
 
 pub mod auth;
+pub mod books;
 pub mod card;
 pub mod catalog;
 pub mod dashboard;

@@ -19,9 +19,9 @@ use hyper_util::rt::TokioExecutor;
 use palisade_pkce::{AuthorizationUrl, CodeChallenge, CodeVerifier, State, Url};
 
 use crate::auth::TokenResponse;
+use crate::books::Books;
 use crate::card::CardNumber;
 use crate::catalog::PRODUCTS;
-use crate::gateway::Books;
 use crate::identity::{CLI_CLIENT_ID, CLI_REDIRECT_URI, Credential, Credentials, Role};
 use crate::orders::{NewOrder, Order};
 use crate::processor::{DECLINED_CARD, GOOD_CARD, Ledger, Report};
@@ -274,6 +274,34 @@ impl Gateway {
     ) -> Result<(StatusCode, Bytes), BoxError> {
         let response = self.exchange(method, path, headers, body).await?;
         Ok((response.status(), response.into_body()))
+    }
+
+    /// `GET path` of each of `servers` at once, each given `within` to
+    /// answer: each one's status and body, or why it gave none.
+    pub async fn get_each(
+        servers: &[Self],
+        path: &'static str,
+        within: Duration,
+    ) -> Vec<(Self, Result<(StatusCode, Bytes), BoxError>)> {
+        let mut gets = tokio::task::JoinSet::new();
+        for server in servers {
+            let server = server.clone();
+            gets.spawn(async move {
+                let got =
+                    tokio::time::timeout(within, server.send(Method::GET, path, &[], Bytes::new()))
+                        .await
+                        .unwrap_or_else(|_| Err(format!("no answer within {within:?}").into()));
+                (server, got)
+            });
+        }
+        let mut answers = Vec::with_capacity(servers.len());
+        while let Some(answer) = gets.join_next().await {
+            match answer {
+                Ok(answer) => answers.push(answer),
+                Err(error) => tracing::warn!(%error, "a GET {path} task failed"),
+            }
+        }
+        answers
     }
 
     /// The `Authorization` header value once signed in (`Bearer …`).

@@ -212,15 +212,16 @@ struct ServeArgs {
     /// The gateway's admin address, for /books, /metrics and /admin.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     admin_listen: SocketAddr,
-    /// The other processes' HTTP URLs (each one's --listen), whose /metrics
-    /// the gateway's dashboard adds to its own.
+    /// The other processes' HTTP URLs (each one's --listen): the gateway's
+    /// /books adds the books of the services they run, and its dashboard
+    /// their /metrics.
     #[arg(
         long,
         value_name = "URL",
         value_delimiter = ',',
-        env = "PALISADE_DASHBOARD_FROM"
+        env = "PALISADE_PEERS"
     )]
-    dashboard_from: Vec<String>,
+    peers: Vec<String>,
 }
 
 /// Where the servers are.
@@ -448,7 +449,7 @@ async fn serve_command(args: ServeArgs) -> Result<ExitCode, String> {
     settings.payment = args.payment.filter(|url| !url.is_empty());
     settings.namespace = args.namespace.name;
     settings.identity = args.identity.path();
-    settings.dashboard_from = args.dashboard_from;
+    settings.peers = args.peers;
     init_logs();
     serve::serve(settings, stop_signal())
         .await

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
 
-use crate::gateway::Books;
+use crate::books::Books;
 use crate::service::Consumers;
 
 /// Counts each of `consumers`' deliveries, by service: applied, dropped
@@ -213,6 +213,7 @@ mod tests {
             breaker_state: "Closed".into(),
             breaker_opens: 1,
             saga_latency_ms: Some([12, 1_250]),
+            ..Books::default()
         };
         let telemetry = Telemetry::default();
         let slot = observe_books(&telemetry.meter());

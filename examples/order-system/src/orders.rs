@@ -15,6 +15,7 @@ use std::time::Duration;
 use palisade_outbox::{BoxError, Delivery};
 use serde::{Deserialize, Serialize};
 
+use crate::books::{Books, LATENCY_WINDOW, quantile};
 use crate::card::{CardNumber, CardToken};
 use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{Line, SagaEvent, types};
@@ -485,6 +486,21 @@ impl SagaService for Orders {
 
     fn db(&self) -> &ServiceDb {
         &self.db
+    }
+
+    /// Orders by state, the sagas stuck past `stuck_after`, and how long
+    /// the sagas that ended in the last [`LATENCY_WINDOW`] took.
+    async fn books(&self, stuck_after: Duration) -> Result<Books, sqlx::Error> {
+        let recent = self.recent_saga_ms(LATENCY_WINDOW).await?;
+        Ok(Books {
+            orders: self.counts().await?,
+            stuck_sagas: crate::stuck::count(self, stuck_after).await?,
+            stuck_after_ms: u64::try_from(stuck_after.as_millis()).unwrap_or(u64::MAX),
+            saga_latency_ms: quantile(&recent, 0.5)
+                .zip(quantile(&recent, 0.99))
+                .map(|(p50, p99)| [p50, p99]),
+            ..Books::of_outbox(Self::NAME, &self.db).await?
+        })
     }
 
     async fn apply<C: Tx>(&self, tx: &mut C, event: SagaEvent) -> Result<(), BoxError> {

@@ -30,6 +30,7 @@ use palisade_tracecontext::{TraceContext, TraceParent, TraceState};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
+use crate::books::Books;
 use crate::card::CardNumber;
 use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{Line, SagaEvent, types};
@@ -549,6 +550,16 @@ impl SagaService for Payment {
 
     fn db(&self) -> &ServiceDb {
         &self.db
+    }
+
+    /// The card processor breaker's history, as payment recorded it.
+    async fn books(&self, _stuck_after: Duration) -> Result<Books, sqlx::Error> {
+        let breaker = BreakerHistory::read(&self.db).await?;
+        Ok(Books {
+            breaker_state: breaker.state,
+            breaker_opens: breaker.opens,
+            ..Books::of_outbox(Self::NAME, &self.db).await?
+        })
     }
 
     async fn apply<C: Tx>(&self, tx: &mut C, event: SagaEvent) -> Result<(), BoxError> {

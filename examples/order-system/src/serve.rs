@@ -20,7 +20,11 @@
 //!   order's card number tokenized by payment (`POST /cards` at
 //!   `--payment`) before placing the order. Its `/books` and `/metrics`
 //!   are on `--admin-listen` (`127.0.0.1:8081` by default), not on the
-//!   public `--listen`.
+//!   public `--listen`; it opens no schema but the orders' and the
+//!   catalog's, and the books of the other services come from the
+//!   processes `--peers` names.
+//! - each of **inventory**, **payment**, **shipping** gives its service's
+//!   books at `GET /books` on its `--listen`, read from its own schema.
 //! - **inventory**, **payment**, **shipping**: a durable JetStream consumer
 //!   each, applying events through the service's inbox. Payment also keeps
 //!   the card vault ([`payment::vault`](crate::payment::vault)), its key

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use palisade_outbox::{
     BoxError, ConsumerStats, Delivery, Handled, Handler, JetStreamConsumer, MemoryConsumer,
@@ -13,6 +14,7 @@ use palisade_outbox::{
 };
 use sqlx::{PgConnection, SqliteConnection};
 
+use crate::books::Books;
 use crate::db::{ServiceDb, Tx};
 use crate::events::SagaEvent;
 
@@ -49,6 +51,17 @@ pub trait SagaService: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// Called once the transaction that applied `delivery` committed.
     fn committed(&self, delivery: &Delivery) {
         let _ = delivery;
+    }
+
+    /// Its books, from its own database: its outbox's backlog by default,
+    /// and whatever else it keeps that the invariants are checked against
+    /// (orders count sagas pending longer than `stuck_after` as stuck).
+    fn books(
+        &self,
+        stuck_after: Duration,
+    ) -> impl Future<Output = Result<Books, sqlx::Error>> + Send {
+        let _ = stuck_after;
+        Books::of_outbox(Self::NAME, self.db())
     }
 }
 

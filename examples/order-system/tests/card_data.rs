@@ -115,8 +115,9 @@ async fn no_card_number_is_stored_or_logged_in_clear_by_a_full_run() {
     assert_eq!(last4, ["0002", "4242"], "{kept:?}");
     assert!(kept.iter().all(|(token, _)| token.starts_with("card_")));
     let (cards,): (i64,) = system
-        .services
+        .steps
         .payment
+        .db()
         .fetch_one("SELECT count(*) FROM cards", &[])
         .await
         .unwrap();

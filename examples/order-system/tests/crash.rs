@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use palisade_order_system::gateway::Books;
+use palisade_order_system::books::Books;
 use palisade_order_system::identity::Credentials;
 use palisade_order_system::load::{self, Gateway, LoadSettings, Progress};
 

@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use palisade_order_system::books::read_books;
 use palisade_order_system::embedded::System;
-use palisade_order_system::gateway::read_books;
 use palisade_order_system::load::{self, LoadSettings, Progress};
 
 mod support;

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use palisade_order_system::books::Books;
 use palisade_order_system::card::{CardNumber, CardToken};
 use palisade_order_system::db::ServiceDb;
 use palisade_order_system::dead_events::Dead;
 use palisade_order_system::embedded::System;
 use palisade_order_system::events::Line;
-use palisade_order_system::gateway::Books;
 use palisade_order_system::load::Gateway;
 use palisade_order_system::orders::{self, Order, Orders};
 use palisade_order_system::payment::{

@@ -177,7 +177,7 @@ async fn one_idempotency_key_places_one_order_and_bad_requests_are_refused() {
         let (status, _) = post_order(&alice, Some("key-bad"), bad).await;
         assert_eq!(status.as_u16(), 422, "{bad}");
     }
-    let books = palisade_order_system::gateway::read_books(&system.services)
+    let books = palisade_order_system::books::read_books(&system.services)
         .await
         .unwrap();
     let placed_orders: i64 = books.orders.iter().map(|(_, _, n)| n).sum();
@@ -591,7 +591,7 @@ async fn the_gateway_refuses_a_card_number_failing_luhn_or_of_20_digits_without_
         );
     }
     // Nothing was placed, nothing went to the vault.
-    let books = palisade_order_system::gateway::read_books(&system.services)
+    let books = palisade_order_system::books::read_books(&system.services)
         .await
         .unwrap();
     assert_eq!(books.orders, Vec::new());
@@ -614,8 +614,9 @@ async fn the_gateway_refuses_a_card_number_failing_luhn_or_of_20_digits_without_
 /// The cards in payment's vault.
 async fn cards_in_vault(system: &System) -> i64 {
     let (cards,): (i64,) = system
-        .services
+        .steps
         .payment
+        .db()
         .fetch_one("SELECT count(*) FROM cards", &[])
         .await
         .unwrap();
@@ -653,8 +654,9 @@ async fn a_card_token_the_vault_does_not_hold_fails_the_payment() {
         ("cancelled", Some("payment_declined"))
     );
     let (status, reason): (String, Option<String>) = system
-        .services
+        .steps
         .payment
+        .db()
         .fetch_one(
             "SELECT status, reason FROM payments WHERE order_id = $1",
             &[Param::Text(&line.order_id)],
@@ -665,7 +667,7 @@ async fn a_card_token_the_vault_does_not_hold_fails_the_payment() {
         (status.as_str(), reason.as_deref()),
         ("failed", Some("card_unknown"))
     );
-    let books = palisade_order_system::gateway::read_books(&system.services)
+    let books = palisade_order_system::books::read_books(&system.services)
         .await
         .unwrap();
     assert_eq!(books.violations(false), Vec::<String>::new());

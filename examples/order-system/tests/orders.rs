@@ -92,7 +92,7 @@ async fn an_idempotency_key_reused_for_another_order_is_refused_with_a_problem_n
     assert_eq!(status, StatusCode::CREATED);
     assert_ne!(bobs["id"], first["id"]);
 
-    let books = palisade_order_system::gateway::read_books(&system.services)
+    let books = palisade_order_system::books::read_books(&system.services)
         .await
         .unwrap();
     let placed: i64 = books.orders.iter().map(|(_, _, n)| n).sum();

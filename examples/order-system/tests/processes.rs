@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt as _;
 
-use palisade_order_system::gateway::Books;
+use palisade_order_system::books::Books;
 use palisade_order_system::identity::{Credentials, Role, seed_demo};
 use palisade_order_system::load::{self, Gateway, LoadSettings, Progress, Summary};
 use palisade_order_system::payment::vault::{KEY_VARIABLE, VaultKey};
@@ -105,15 +105,15 @@ impl System {
                 args.extend(["--admin-listen".to_owned(), admin.to_string()]);
                 args.extend(["--identity".to_owned(), self.identity.display().to_string()]);
                 args.extend(["--payment".to_owned(), self.address("payment")]);
-                // Every process started before it but the gateways, for its
-                // dashboard (a gateway's own numbers are on its own page).
+                // Every process started before it but the gateways: their
+                // books and metrics (a gateway's own are on its own page).
                 let others: Vec<String> = self
                     .processes
                     .iter()
                     .filter(|(_, (args, _, _))| args[1] != "gateway")
                     .map(|(_, (_, listen, _))| format!("http://{listen}"))
                     .collect();
-                args.extend(["--dashboard-from".to_owned(), others.join(",")]);
+                args.extend(["--peers".to_owned(), others.join(",")]);
             }
             _ => {}
         }
@@ -568,6 +568,35 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
         .unwrap_or(0);
     assert!(declined > 0, "about 60 declined cards");
     assert_eq!(books.compensations, i64::try_from(declined).unwrap());
+    // The gateway opened no schema but its own: the books of the other
+    // services came from their processes, and so do their dead events.
+    assert_eq!(
+        books.services,
+        ["orders", "inventory", "payment", "shipping"],
+        "{books:?}"
+    );
+    assert!(books.unread.is_empty(), "{books:?}");
+    let operator = system
+        .credentials
+        .with_role(Role::Operator)
+        .map(|operator| operator.name.clone())
+        .unwrap();
+    let (status, body) = system
+        .signed_in(&operator)
+        .await
+        .send(
+            http::Method::GET,
+            "/admin/dead-events/payment",
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, http::StatusCode::NOT_FOUND);
+    assert!(
+        String::from_utf8_lossy(&body).contains("order-system dead-events"),
+        "{body:?}"
+    );
     system.assert_delivered_only_what_they_consume().await;
     system.assert_trending_rebuilds(&books).await;
 

@@ -61,7 +61,7 @@ async fn a_stalled_processor_opens_the_breaker_holds_no_transaction_and_every_sa
             .await
             .unwrap();
         assert!(status.is_success());
-        serde_json::from_slice::<palisade_order_system::gateway::Books>(&body).unwrap()
+        serde_json::from_slice::<palisade_order_system::books::Books>(&body).unwrap()
     };
 
     // A minute a charge: far past payment's deadline.

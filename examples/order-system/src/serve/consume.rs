@@ -1,30 +1,40 @@
-//! A saga service's process: its consumer, `/healthz` and `/metrics`,
-//! and its inbox kept short.
+//! A saga service's process: its consumer, `/healthz`, `/metrics` and
+//! `/books` (the service's books, for the gateway's), and its inbox kept
+//! short.
 
 use std::time::Duration;
 
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use palisade_outbox::BoxError;
 
 use super::{Process, ServeSettings, consumer, internal, serve_http};
+use crate::books::{Books, consumers_books};
 use crate::service::{Consumers, SagaService};
+use crate::stuck::STUCK_AFTER;
 
-/// Runs `service`'s consumer (see [`consumer`]) with `/healthz`, `/metrics`
-/// and the process's routes on its listener, and forgets its inbox records
-/// once JetStream can no longer bring them back.
+/// Runs `service`'s consumer (see [`consumer`]) with `/healthz`, `/metrics`,
+/// `/books` and the process's routes on its listener, and forgets its
+/// inbox records once JetStream can no longer bring them back.
 pub(super) async fn consume<S: SagaService>(
     settings: &ServeSettings,
     service: S,
     process: Process<'_>,
 ) -> Result<(), BoxError> {
-    let consumer = consumer(settings, service).await?;
+    let consumer = consumer(settings, service.clone()).await?;
     let routes = process.routes.clone();
     let (listener, telemetry, mut tasks, stop) = process.into_parts();
     let consumers = Consumers::default();
     consumers.add(S::NAME, consumer.clone());
     crate::metrics::observe_consumers(&telemetry.meter(), &consumers);
+    let books = Router::new().route(
+        "/books",
+        get(move || books(service.clone(), consumers.clone())),
+    );
     tasks.spawn(serve_http(
         listener,
-        internal(telemetry).merge(routes),
+        internal(telemetry).merge(routes).merge(books),
         stop.signal(),
     ));
     let (forgetting, signal) = (consumer.clone(), stop.signal());
@@ -44,4 +54,18 @@ pub(super) async fn consume<S: SagaService>(
     let consumed = consumer.run(stop.signal()).await;
     tasks.shutdown().await;
     consumed
+}
+
+/// `GET /books`: `service`'s books and this process's consumers'.
+async fn books<S: SagaService>(service: S, consumers: Consumers) -> Response {
+    match service.books(STUCK_AFTER).await {
+        Ok(mut books) => {
+            books.merge(consumers_books(&consumers));
+            Json::<Books>(books).into_response()
+        }
+        Err(error) => {
+            tracing::error!(%error, "the books could not be read");
+            http::StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+    }
 }

@@ -14,12 +14,10 @@ use crate::catalog::Catalog;
 use crate::db::redact_url;
 use crate::gateway::{self, Services, Shared};
 use crate::identity::Identity;
-use crate::inventory::Inventory;
+use crate::load::Gateway;
 use crate::orders::Orders;
-use crate::payment::Payment;
 use crate::payment::cards::{RemoteVault, Tokenizer};
 use crate::service::{Consumers, SagaService};
-use crate::shipping::Shipping;
 
 /// The gateway: the API, the orders service (placing orders, and its
 /// consumer ending sagas), auth and the catalog; rate limits, the
@@ -46,10 +44,6 @@ pub(super) async fn gateway(
     // second late at most.
     let orders = Orders::new(open(settings, Orders::NAME, Orders::TABLES, 8).await?)
         .reread_ends(Duration::from_millis(250));
-    let inventory =
-        Inventory::new(open(settings, Inventory::NAME, Inventory::TABLES, 2).await?).await?;
-    let payment = open(settings, Payment::NAME, Payment::TABLES, 1).await?;
-    let shipping = open(settings, Shipping::NAME, Shipping::TABLES, 1).await?;
     let meter = telemetry.meter();
     let catalog =
         Catalog::new(open(settings, Catalog::NAME, Catalog::TABLES, 2).await?).instrument(&meter);
@@ -103,14 +97,15 @@ pub(super) async fn gateway(
         ),
         catalog,
         orders,
-        inventory,
-        payment,
+        // Inventory, payment and shipping run in processes of their own:
+        // their books come from the peers.
+        steps: None,
         cards: Tokenizer::Remote(Box::new(cards)),
-        shipping,
         consumers,
+        peers: settings.peers.iter().map(|url| Gateway::new(url)).collect(),
     };
     let shared = Shared { limits, trending };
-    let admin = gateway::admin_router(services.clone(), &settings.dashboard_from);
+    let admin = gateway::admin_router(services.clone());
     let app = gateway::router(services, shared, &meter);
     tasks.spawn(serve_http(listener, app, stop.signal()));
     tasks.spawn(serve_http(admin_listener, admin, stop.signal()));

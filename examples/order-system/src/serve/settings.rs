@@ -127,9 +127,10 @@ pub struct ServeSettings {
     /// The gateway's identity file: who may sign in, through which
     /// clients (required for the gateway).
     pub identity: Option<PathBuf>,
-    /// The other processes' HTTP URLs (their `--listen`), whose `/metrics`
-    /// the gateway's dashboard adds to its own.
-    pub dashboard_from: Vec<String>,
+    /// The other processes' HTTP URLs (their `--listen`): the gateway's
+    /// `/books` adds the books of the services they run (it reads no
+    /// other service's tables), and its dashboard their `/metrics`.
+    pub peers: Vec<String>,
 }
 
 impl ServeSettings {
@@ -150,7 +151,7 @@ impl ServeSettings {
             breaker: card::breaker_config(),
             namespace: String::new(),
             identity: None,
-            dashboard_from: Vec::new(),
+            peers: Vec::new(),
         }
     }
 

@@ -1,0 +1,351 @@
+//! The books: what every service keeps that the system's invariants are
+//! checked against (orders by state, stock, compensations, the breaker's
+//! history, outboxes, consumers), each service's read from its own
+//! database by the service ([`SagaService::books`]).
+//!
+//! A process reads the books of the services it runs, and adds those of
+//! the processes it names as its peers, each one's `GET /books` on its
+//! internal address ([`read_books`]): embedded, every service is in the
+//! process; per process, the gateway reads the orders service's books and
+//! its peers give the rest, so no process reads another service's tables.
+
+use std::time::Duration;
+
+use palisade_outbox::Backlog;
+use serde::{Deserialize, Serialize};
+
+use crate::db::ServiceDb;
+use crate::gateway::Services;
+use crate::inventory::{Inventory, StockLevel};
+use crate::load::Gateway;
+use crate::orders::Orders;
+use crate::payment::Payment;
+use crate::service::{Consumers, SagaService};
+use crate::shipping::Shipping;
+use crate::stuck::STUCK_AFTER;
+
+/// The services whose books the system's are, in the saga's order.
+const SERVICES: [&str; 4] = [Orders::NAME, Inventory::NAME, Payment::NAME, Shipping::NAME];
+
+/// How long a peer has to give its books.
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Every service's books, and what they must show.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Books {
+    /// The services whose books these are.
+    pub services: Vec<String>,
+    /// The services whose books no process gave (down, or not named by
+    /// `--peers`): a violation.
+    pub unread: Vec<String>,
+    /// Orders by status and reason: (status, reason, count).
+    pub orders: Vec<(String, Option<String>, i64)>,
+    /// Every product's stock.
+    pub stock: Vec<StockLevel>,
+    /// Orders pending for longer than [`stuck_after_ms`](Self::stuck_after_ms):
+    /// sagas held up somewhere (a dead event, a service down).
+    pub stuck_sagas: u64,
+    /// How long an order may be pending before it counts as stuck, in
+    /// milliseconds.
+    pub stuck_after_ms: u64,
+    /// Compensations run.
+    pub compensations: i64,
+    /// Compensations that ran a second time for the same order.
+    pub compensations_repeated: i64,
+    /// Each outbox's backlog: (service, pending, dead).
+    pub outboxes: Vec<(String, u64, u64)>,
+    /// Each consumer's counters: (service, applied, duplicates dropped,
+    /// given up on).
+    pub consumers: Vec<(String, u64, u64, u64)>,
+    /// The card processor breaker's last state (`Closed`, `Open`, …), as
+    /// payment recorded it.
+    pub breaker_state: String,
+    /// How many times it opened (every payment replica's, all time).
+    pub breaker_opens: u64,
+    /// The median and 99th percentile of how long the sagas that ended in
+    /// the last [`LATENCY_WINDOW`] took, in milliseconds; `None` when none
+    /// ended.
+    pub saga_latency_ms: Option<[i64; 2]>,
+}
+
+/// The sagas [`Books::saga_latency_ms`] describes: those that ended this
+/// recently.
+pub const LATENCY_WINDOW: Duration = Duration::from_secs(60);
+
+/// The `p` quantile (0 to 1, nearest rank) of `sorted`, if it has any.
+pub(crate) fn quantile(sorted: &[i64], p: f64) -> Option<i64> {
+    let last = sorted.len().checked_sub(1)?;
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let rank = (last as f64 * p).round() as usize;
+    sorted.get(rank).copied()
+}
+
+impl Books {
+    /// The invariants that do not hold: empty when the books are straight.
+    /// With `settled`, every order must also have ended and every outbox
+    /// be drained.
+    #[must_use]
+    pub fn violations(&self, settled: bool) -> Vec<String> {
+        let mut violations = Vec::new();
+        if !self.unread.is_empty() {
+            violations.push(format!(
+                "no process gave the books of {}",
+                self.unread.join(", ")
+            ));
+        }
+        for level in &self.stock {
+            if !level.balances() {
+                violations.push(format!(
+                    "stock of {} does not balance: initial {} != available {} + reserved {} + shipped {}",
+                    level.sku, level.initial, level.available, level.reserved, level.shipped
+                ));
+            }
+            if settled && level.reserved != 0 {
+                violations.push(format!(
+                    "{} still has {} reserved",
+                    level.sku, level.reserved
+                ));
+            }
+        }
+        if self.compensations_repeated != 0 {
+            violations.push(format!(
+                "{} compensations ran twice",
+                self.compensations_repeated
+            ));
+        }
+        for (service, _, _, given_up) in &self.consumers {
+            if *given_up != 0 {
+                violations.push(format!("{service} gave up on {given_up} events"));
+            }
+        }
+        for (service, pending, dead) in &self.outboxes {
+            if *dead != 0 {
+                violations.push(format!("{service}'s outbox has {dead} dead events"));
+            }
+            if settled && *pending != 0 {
+                violations.push(format!(
+                    "{service}'s outbox still has {pending} pending events"
+                ));
+            }
+        }
+        if settled {
+            let pending: i64 = self
+                .orders
+                .iter()
+                .filter(|(status, _, _)| status == "pending")
+                .map(|(_, _, count)| count)
+                .sum();
+            if pending != 0 {
+                violations.push(format!("{pending} orders neither confirmed nor cancelled"));
+            }
+        }
+        violations
+    }
+
+    /// The books of `service` that every service keeps: its outbox's
+    /// backlog.
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn of_outbox(service: &str, db: &ServiceDb) -> Result<Self, sqlx::Error> {
+        let Backlog { pending, dead, .. } = db.backlog().await?;
+        Ok(Self {
+            services: vec![service.to_owned()],
+            outboxes: vec![(service.to_owned(), pending, dead)],
+            ..Self::default()
+        })
+    }
+
+    /// Adds `part`, another service's (or process's) books: the tables of
+    /// a service not read yet are taken from it (a replica reads the same
+    /// tables again: the first reading is kept), and the consumers'
+    /// counters, which are each process's own, are added up by service.
+    pub fn merge(&mut self, part: Self) {
+        for service in &part.services {
+            if self.services.contains(service) {
+                continue;
+            }
+            self.services.push(service.clone());
+            match service.as_str() {
+                Orders::NAME => {
+                    self.orders.clone_from(&part.orders);
+                    self.stuck_sagas = part.stuck_sagas;
+                    self.stuck_after_ms = part.stuck_after_ms;
+                    self.saga_latency_ms = part.saga_latency_ms;
+                }
+                Inventory::NAME => {
+                    self.stock.clone_from(&part.stock);
+                    self.compensations = part.compensations;
+                    self.compensations_repeated = part.compensations_repeated;
+                }
+                Payment::NAME => {
+                    self.breaker_state.clone_from(&part.breaker_state);
+                    self.breaker_opens = part.breaker_opens;
+                }
+                _ => {}
+            }
+            self.outboxes.extend(
+                part.outboxes
+                    .iter()
+                    .filter(|(name, _, _)| name == service)
+                    .cloned(),
+            );
+        }
+        for (service, applied, duplicates, given_up) in part.consumers {
+            match self.consumers.iter_mut().find(|kept| kept.0 == service) {
+                Some(kept) => {
+                    kept.1 += applied;
+                    kept.2 += duplicates;
+                    kept.3 += given_up;
+                }
+                None => self
+                    .consumers
+                    .push((service, applied, duplicates, given_up)),
+            }
+        }
+    }
+}
+
+/// Reads every service's books, sagas counted as stuck after
+/// [`STUCK_AFTER`].
+///
+/// # Errors
+///
+/// A database's error.
+pub async fn read_books(services: &Services) -> Result<Books, sqlx::Error> {
+    read_books_stuck_after(services, STUCK_AFTER).await
+}
+
+/// Reads every service's books, sagas counted as stuck once pending for
+/// longer than `stuck_after`: those of the services in this process, then
+/// those its peers give. A service whose books no one gave is named in
+/// [`Books::unread`].
+///
+/// # Errors
+///
+/// A database's error (in this process; a peer that fails is unread).
+pub async fn read_books_stuck_after(
+    services: &Services,
+    stuck_after: Duration,
+) -> Result<Books, sqlx::Error> {
+    let mut books = services.orders.books(stuck_after).await?;
+    books.stuck_after_ms = u64::try_from(stuck_after.as_millis()).unwrap_or(u64::MAX);
+    if let Some(steps) = &services.steps {
+        books.merge(steps.inventory.books(stuck_after).await?);
+        books.merge(steps.payment.books(stuck_after).await?);
+        books.merge(steps.shipping.books(stuck_after).await?);
+    }
+    books.merge(consumers_books(&services.consumers));
+    for part in peers_books(&services.peers).await {
+        books.merge(part);
+    }
+    // In the saga's order, whichever peer answered first.
+    let rank = |service: &str| SERVICES.iter().position(|known| *known == service);
+    books.services.sort_by_key(|service| rank(service));
+    books.outboxes.sort_by_key(|outbox| rank(&outbox.0));
+    books
+        .consumers
+        .sort_by_key(|consumer| (rank(&consumer.0).is_none(), rank(&consumer.0)));
+    books.unread = SERVICES
+        .into_iter()
+        .filter(|service| !books.services.iter().any(|read| read == service))
+        .map(str::to_owned)
+        .collect();
+    Ok(books)
+}
+
+/// The counters of a process's consumers, as books of no service.
+#[must_use]
+pub fn consumers_books(consumers: &Consumers) -> Books {
+    Books {
+        consumers: consumers
+            .stats()
+            .into_iter()
+            .map(|(name, stats)| (name, stats.applied, stats.duplicates, stats.dead_lettered))
+            .collect(),
+        ..Books::default()
+    }
+}
+
+/// The books each of `peers` gives at `GET /books`, read at once: a peer
+/// that keeps none (a relay, the processor: 404) gives nothing, nor does
+/// one that fails or is late.
+async fn peers_books(peers: &[Gateway]) -> Vec<Books> {
+    let mut parts = Vec::new();
+    for (peer, read) in Gateway::get_each(peers, "/books", PEER_TIMEOUT).await {
+        match read {
+            Ok((status, body)) if status.is_success() => {
+                match serde_json::from_slice::<Books>(&body) {
+                    Ok(part) => parts.push(part),
+                    Err(error) => tracing::warn!(?peer, %error, "a peer's books do not read"),
+                }
+            }
+            Ok((http::StatusCode::NOT_FOUND, _)) => {}
+            Ok((status, _)) => tracing::debug!(?peer, %status, "a peer did not give its books"),
+            Err(error) => tracing::debug!(?peer, %error, "a peer gave no books"),
+        }
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(service: &str, consumed: u64) -> Books {
+        Books {
+            services: vec![service.to_owned()],
+            outboxes: vec![(service.to_owned(), consumed, 0)],
+            consumers: vec![(service.to_owned(), consumed, 1, 0)],
+            ..Books::default()
+        }
+    }
+
+    #[test]
+    fn replicas_give_a_services_tables_once_and_their_consumers_add_up() {
+        let mut books = part(Orders::NAME, 5);
+        let mut first = part(Inventory::NAME, 7);
+        first.compensations = 2;
+        let mut second = part(Inventory::NAME, 3);
+        second.compensations = 2;
+        let mut payment = part(Payment::NAME, 4);
+        payment.breaker_state = "Open".to_owned();
+        payment.breaker_opens = 1;
+        for part in [first, second, payment] {
+            books.merge(part);
+        }
+        assert_eq!(books.services, ["orders", "inventory", "payment"]);
+        assert_eq!(books.compensations, 2, "the same table, read twice");
+        assert_eq!(
+            books.outboxes,
+            [
+                ("orders".to_owned(), 5, 0),
+                ("inventory".to_owned(), 7, 0),
+                ("payment".to_owned(), 4, 0)
+            ]
+        );
+        assert_eq!(books.consumers[1], ("inventory".to_owned(), 10, 2, 0));
+        assert_eq!(
+            (books.breaker_state.as_str(), books.breaker_opens),
+            ("Open", 1)
+        );
+    }
+
+    #[test]
+    fn books_nobody_gave_are_a_violation() {
+        let books = Books {
+            unread: vec!["shipping".to_owned()],
+            ..part(Orders::NAME, 0)
+        };
+        assert_eq!(
+            books.violations(false),
+            ["no process gave the books of shipping"]
+        );
+    }
+}
