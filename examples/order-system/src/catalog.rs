@@ -4,9 +4,9 @@
 //! The ranking is a projection. The catalog consumes `ShippingScheduled`
 //! into a table of its own (`trending`, in the catalog's database) and
 //! reads no other service's data. It can be built again from the stream
-//! ([`rebuild`](Catalog::rebuild), `order-system rebuild-catalog`), and its
-//! lag, from an event's creation to its place in the ranking, is the
-//! `palisade_read_model_lag_seconds` histogram.
+//! ([`read_model::rebuild`](crate::read_model::rebuild), `order-system
+//! rebuild-catalog`), and its lag, from an event's creation to its place in
+//! the ranking, is the `palisade_read_model_lag_seconds` histogram.
 //!
 //! The ranking query takes [`Catalog::delay`] more (300 ms by default), as
 //! a real ranking query would. `GET /catalog/trending` answers with
@@ -15,7 +15,6 @@
 //! arrives while it runs, and serves the stale ranking while one request
 //! refreshes it, so a crowd at expiry costs one query.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,15 +22,15 @@ use std::time::Duration;
 use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Histogram, Meter};
-use palisade_outbox::{BoxError, Delivery, Handled, Handler, InboxStore};
+use opentelemetry::metrics::Meter;
+use palisade_outbox::{BoxError, Delivery};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
 use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{SagaEvent, types};
-use crate::service::{Consuming, SagaService, not_consumed};
+use crate::read_model::{Lag, ReadModel};
+use crate::service::{SagaService, not_consumed};
 
 /// The products on sale: the catalog's own list, which the gateway
 /// checks orders against. Inventory stocks each of them
@@ -59,7 +58,7 @@ pub struct Catalog {
     /// Held by [`hold`](Self::hold): queries wait for it (fault injection:
     /// a query that hangs).
     gate: Arc<RwLock<()>>,
-    lag: Option<Histogram<f64>>,
+    lag: Lag,
 }
 
 impl Catalog {
@@ -75,23 +74,15 @@ impl Catalog {
             stale_while_revalidate: Duration::from_secs(60),
             queries: Arc::default(),
             gate: Arc::default(),
-            lag: None,
+            lag: Lag::default(),
         }
     }
 
-    /// Measures the ranking's lag with `meter`: the
-    /// `palisade.read_model.lag` histogram (seconds from an event's
-    /// creation to its commit in the ranking), labelled
-    /// `read_model="catalog"`.
+    /// Measures the ranking's [`Lag`] with `meter`
+    /// (`read_model="catalog"`).
     #[must_use]
     pub fn instrument(mut self, meter: &Meter) -> Self {
-        self.lag = Some(
-            meter
-                .f64_histogram("palisade.read_model.lag")
-                .with_unit("s")
-                .with_description("From an event's creation to its commit in a read model")
-                .build(),
-        );
+        self.lag = Lag::instrument(meter);
         self
     }
 
@@ -137,73 +128,6 @@ impl Catalog {
                 &[],
             )
             .await
-    }
-
-    /// Builds the ranking again from `history`, the stream's
-    /// `ShippingScheduled` events from its start (see
-    /// [`palisade_outbox::replay`]), in one transaction: the ranking and
-    /// the catalog's inbox records are locked and cleared, the history is
-    /// read, then every event in it applied as the consumer would. Returns
-    /// the events applied.
-    ///
-    /// The consumer may run meanwhile and loses nothing: the history is
-    /// read once the lock is held, so it holds every event the consumer
-    /// committed before; the consumer's later writes wait for the rebuild
-    /// to end, then skip what it applied and apply what came after. (A
-    /// rebuild longer than JetStream's ack wait has the waiting batches
-    /// delivered again meanwhile: duplicates, skipped.) An event that
-    /// cannot be read is left out with a warning, as the consumer gives up
-    /// on it.
-    ///
-    /// # Errors
-    ///
-    /// The database's, the history's, or an event that cannot be read.
-    pub async fn rebuild<F>(&self, history: F) -> Result<u64, BoxError>
-    where
-        F: Future<Output = Result<Vec<Delivery>, BoxError>> + Send,
-    {
-        match &self.db {
-            ServiceDb::Sqlite { inbox, .. } => self.rebuild_in(inbox, history).await,
-            ServiceDb::Postgres { inbox, .. } => self.rebuild_in(inbox, history).await,
-        }
-    }
-
-    async fn rebuild_in<I, F>(&self, inbox: &I, history: F) -> Result<u64, BoxError>
-    where
-        I: InboxStore,
-        <I::Database as sqlx::Database>::Connection: Tx,
-        F: Future<Output = Result<Vec<Delivery>, BoxError>> + Send,
-    {
-        let mut transaction = inbox.begin().await?;
-        let tx = &mut *transaction;
-        tx.lock_tables(&[crate::db::INBOX, "trending"]).await?;
-        tx.execute("DELETE FROM trending", &[]).await?;
-        tx.execute(
-            &format!("DELETE FROM {} WHERE consumer = $1", crate::db::INBOX),
-            &[Param::Text(Self::NAME)],
-        )
-        .await?;
-        let deliveries = history.await?;
-        let ids: Vec<&str> = deliveries.iter().map(|d| d.envelope.id.as_str()).collect();
-        let first_times = inbox.process_all(tx, Self::NAME, &ids).await?;
-        let handler = Consuming(self.clone());
-        handler.prepare(tx).await?;
-        let mut applied = 0;
-        for (delivery, first_time) in deliveries.iter().zip(first_times) {
-            if !first_time {
-                continue;
-            }
-            match handler.handle(tx, delivery).await {
-                Ok(Handled::Applied) => applied += 1,
-                Ok(Handled::Ignored) => {}
-                Err(error) if error.is::<serde_json::Error>() => {
-                    tracing::warn!(id = %delivery.envelope.id, %error, "unreadable event left out of the rebuild");
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        transaction.commit().await?;
-        Ok(applied)
     }
 
     /// `GET /catalog/trending`, with its caching instructions.
@@ -267,15 +191,12 @@ impl SagaService for Catalog {
     }
 
     fn committed(&self, delivery: &Delivery) {
-        if let (Some(lag), Some(created_ms)) = (&self.lag, delivery.envelope.time_ms) {
-            let lag_ms = crate::orders::now_ms().saturating_sub(created_ms).max(0);
-            #[allow(clippy::cast_precision_loss)]
-            lag.record(
-                lag_ms as f64 / 1000.0,
-                &[KeyValue::new("read_model", Self::NAME)],
-            );
-        }
+        self.lag.committed(Self::NAME, delivery);
     }
+}
+
+impl ReadModel for Catalog {
+    const PROJECTED: &'static [&'static str] = &["trending"];
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 use crate::catalog::Catalog;
 use crate::db::ServiceDb;
 use crate::gateway::{self, Services, Steps};
+use crate::history::History;
 use crate::identity::{Identity, Seeded, seed_demo};
 use crate::inventory::Inventory;
 use crate::orders::Orders;
@@ -176,6 +177,9 @@ impl System {
             Catalog::new(ServiceDb::open_sqlite(dir, Catalog::NAME, Catalog::TABLES).await?)
                 .instrument(&meter),
         );
+        let history =
+            History::new(ServiceDb::open_sqlite(dir, History::NAME, History::TABLES).await?)
+                .instrument(&meter);
 
         // Every consumer subscribes before any relay publishes: the broker
         // hands an event only to the subscriptions it has.
@@ -216,6 +220,13 @@ impl System {
             catalog.clone(),
             until_stopped(),
         );
+        spawn_consumer(
+            &consumers,
+            &mut tasks,
+            &broker,
+            history.clone(),
+            until_stopped(),
+        );
         for (name, db) in [
             (Orders::NAME, orders.db()),
             (Inventory::NAME, inventory.db()),
@@ -243,6 +254,7 @@ impl System {
             breaker: Some(breaker),
             auth: crate::auth::Auth::new(identity, crate::auth::Sessions::default()),
             catalog,
+            history,
             orders,
             steps: Some(steps.clone()),
             cards: Tokenizer::InProcess(vault),

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 pub struct Line {
     /// The order.
     pub order_id: String,
+    /// Whose order it is (empty in events written before it was carried).
+    #[serde(default)]
+    pub user_id: String,
     /// The product.
     pub sku: String,
     /// How many.
@@ -172,6 +175,7 @@ mod tests {
     fn events_round_trip_and_name_their_type_and_order() {
         let line = Line {
             order_id: "o-1".into(),
+            user_id: "alice".into(),
             sku: "sku-1".into(),
             quantity: 2,
             amount_cents: 4200,

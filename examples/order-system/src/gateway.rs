@@ -20,6 +20,9 @@
 //!   (`application/problem+json`).
 //! - `GET /orders/{id}`: the order and where its saga stands; with
 //!   `?wait_ms=N`, once its saga ended (or after N ms).
+//! - `GET /orders`: the user's orders, newest first (`?limit=N`, at most
+//!   100; `?before=ID` for the next page), from the order history, a read
+//!   model a moment behind (see [`history`](crate::history)).
 //! - `GET /catalog/trending`: the products by units shipped, a slow query
 //!   served through `CoalesceLayer` (see [`catalog`](crate::catalog)); no
 //!   token needed, and nothing a client adds reaches the cache.
@@ -89,6 +92,8 @@ pub struct Services {
     pub auth: auth::Auth,
     /// The catalog.
     pub catalog: crate::catalog::Catalog,
+    /// Each user's order history.
+    pub history: crate::history::History,
     /// Orders.
     pub orders: Orders,
     /// The saga's other steps, when they run in this process (embedded);
@@ -213,7 +218,7 @@ where
     // Layers added later run first: the bearer check, then the user's
     // bucket (keyed by who the token stands for, never by the header).
     let signed_in = Router::new()
-        .route("/orders", post(place))
+        .route("/orders", post(place).get(history))
         .route("/orders/{id}", get(order))
         .merge(admin)
         .route_layer(
@@ -497,6 +502,33 @@ struct OrderQuery {
     /// Wait up to this many milliseconds (at most 30,000) for the saga to
     /// end before answering.
     wait_ms: Option<u64>,
+}
+
+/// `GET /orders` parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    /// The most orders to answer with (1 to 100; 20 by default).
+    limit: Option<i64>,
+    /// Only orders placed before this one (the next page).
+    before: Option<String>,
+}
+
+/// `GET /orders`: the signed-in user's orders, newest first, from the
+/// history read model.
+async fn history(
+    State(services): State<Services>,
+    Extension(Principal { user, .. }): Extension<Principal>,
+    Query(query): Query<HistoryQuery>,
+) -> Response {
+    let page = services
+        .history
+        .of_user(&user, query.before.as_deref(), query.limit.unwrap_or(20))
+        .await;
+    match page {
+        Ok(orders) => Json(serde_json::json!({ "orders": orders })).into_response(),
+        Err(error) => internal(&error),
+    }
 }
 
 async fn order(

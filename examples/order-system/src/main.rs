@@ -4,6 +4,7 @@
 //! `COMMAND --help`) says what each command takes, with the environment
 //! variables its flags fall back on.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +79,11 @@ enum Command {
     /// ShippingScheduled the stream keeps is replayed into the catalog's
     /// schema.
     RebuildCatalog(OnServers),
+    /// Builds the order history (a read model of the saga's events) again
+    /// from the stream, while the system may be running: every
+    /// OrderCreated, OrderConfirmed and OrderCancelled the stream keeps is
+    /// replayed into the history's schema.
+    RebuildHistory(OnServers),
 }
 
 #[derive(Debug, Args)]
@@ -266,8 +272,7 @@ impl Servers {
     }
 }
 
-/// A system on the servers: `remove-namespace`'s and `rebuild-catalog`'s
-/// flags.
+/// A system on the servers: `remove-namespace`'s and the rebuilds' flags.
 #[derive(Debug, Args)]
 struct OnServers {
     #[command(flatten)]
@@ -405,6 +410,7 @@ fn main() -> ExitCode {
             Some(Command::DeadEvents(action)) => dead_events_command(action).await,
             Some(Command::RemoveNamespace(args)) => remove_namespace(args).await,
             Some(Command::RebuildCatalog(args)) => rebuild_catalog(args).await,
+            Some(Command::RebuildHistory(args)) => rebuild_history(args).await,
         }
     });
     match outcome {
@@ -458,10 +464,23 @@ async fn serve_command(args: ServeArgs) -> Result<ExitCode, String> {
 }
 
 async fn rebuild_catalog(args: OnServers) -> Result<ExitCode, String> {
-    let applied = serve::rebuild_catalog(args.servers.infrastructure(), &args.namespace.name)
-        .await
-        .map_err(|error| format!("the catalog: {error}"))?;
-    println!("catalog rebuilt from {applied} ShippingScheduled events");
+    let rebuilt = serve::rebuild_catalog(args.servers.infrastructure(), &args.namespace.name);
+    rebuilt_read_model("the catalog", "ShippingScheduled events", rebuilt).await
+}
+
+async fn rebuild_history(args: OnServers) -> Result<ExitCode, String> {
+    let rebuilt = serve::rebuild_history(args.servers.infrastructure(), &args.namespace.name);
+    rebuilt_read_model("the order history", "events", rebuilt).await
+}
+
+/// Says what a rebuild of the read model `name` did.
+async fn rebuilt_read_model(
+    name: &str,
+    events: &str,
+    rebuilt: impl Future<Output = Result<u64, palisade_outbox::BoxError>>,
+) -> Result<ExitCode, String> {
+    let applied = rebuilt.await.map_err(|error| format!("{name}: {error}"))?;
+    println!("{name} rebuilt from {applied} {events}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -308,6 +308,7 @@ impl Orders {
         let fingerprint = fingerprint(order);
         let line = Line {
             order_id: uuid::Uuid::now_v7().to_string(),
+            user_id: user.to_owned(),
             sku: order.sku.clone(),
             quantity: order.quantity,
             amount_cents: order.quantity * UNIT_PRICE_CENTS,

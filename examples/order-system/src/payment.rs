@@ -595,6 +595,7 @@ mod tests {
     fn line(order_id: &str) -> Line {
         Line {
             order_id: order_id.to_owned(),
+            user_id: "alice".into(),
             sku: "sku-1".to_owned(),
             quantity: 1,
             amount_cents: 1250,

@@ -62,7 +62,7 @@ mod settings;
 mod stream;
 
 pub use namespace::{Removed, remove_namespace};
-pub use read_models::rebuild_catalog;
+pub use read_models::{rebuild_catalog, rebuild_history};
 pub(crate) use settings::schema;
 pub use settings::{Infrastructure, Role, ServeSettings};
 

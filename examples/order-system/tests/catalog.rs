@@ -6,6 +6,7 @@ use std::time::Duration;
 use palisade_order_system::catalog::{Catalog, Trending};
 use palisade_order_system::db::ServiceDb;
 use palisade_order_system::events::{Line, SagaEvent};
+use palisade_order_system::read_model::rebuild;
 use palisade_order_system::service::{Consuming, SagaService};
 use palisade_outbox::{Delivery, Handler, InboxStore};
 
@@ -15,6 +16,7 @@ mod support;
 fn shipped(sku: &str, quantity: i64) -> Delivery {
     let event = SagaEvent::ShippingScheduled(Line {
         order_id: uuid::Uuid::now_v7().to_string(),
+        user_id: "alice".into(),
         sku: sku.to_owned(),
         quantity,
         amount_cents: 1250 * quantity,
@@ -75,20 +77,19 @@ async fn a_rebuild_while_the_consumer_runs_loses_nothing_and_counts_nothing_twic
     let (started, consumer) = tokio::sync::oneshot::channel();
     let history = vec![a.clone(), b.clone()];
     let blocked = format!("INSERT INTO {schema}.inbox%");
-    let applied = catalog
-        .rebuild(async move {
-            let _ = started.send(tokio::spawn(async move { consume(&live, &late).await }));
-            let mut watcher = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-                .await
-                .unwrap();
-            assert!(
-                support::wait_for_lock_waiters(&mut watcher, &blocked, 1).await,
-                "the consumer waits for the rebuild"
-            );
-            Ok(history)
-        })
-        .await
-        .unwrap();
+    let applied = rebuild(&catalog, async move {
+        let _ = started.send(tokio::spawn(async move { consume(&live, &late).await }));
+        let mut watcher = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        assert!(
+            support::wait_for_lock_waiters(&mut watcher, &blocked, 1).await,
+            "the consumer waits for the rebuild"
+        );
+        Ok(history)
+    })
+    .await
+    .unwrap();
     consumer.await.unwrap().await.unwrap();
     assert_eq!(applied, 2);
     let trending = catalog.trending().await.unwrap();
@@ -100,7 +101,7 @@ async fn a_rebuild_while_the_consumer_runs_loses_nothing_and_counts_nothing_twic
     let mut unreadable = shipped("sku-2", 7);
     unreadable.payload = bytes::Bytes::from_static(b"not an event");
     let everything = vec![a.clone(), unreadable, b.clone(), c.clone()];
-    let applied = catalog.rebuild(async { Ok(everything) }).await.unwrap();
+    let applied = rebuild(&catalog, async { Ok(everything) }).await.unwrap();
     assert_eq!(applied, 3);
     consume(&catalog, &c).await;
     assert_eq!(

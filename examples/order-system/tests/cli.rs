@@ -184,21 +184,26 @@ fn on_servers(args: &[&str]) -> Output {
 }
 
 /// A rebuild needs the system's stream: in a namespace that never ran,
-/// `rebuild-catalog` fails with the stream it could not replay (the
-/// catalog's schema it made on the way is removed after).
+/// `rebuild-catalog` and `rebuild-history` fail with the stream they could
+/// not replay (the schemas made on the way are removed after).
 #[test]
-fn a_catalog_rebuild_without_a_stream_says_so() {
+fn a_read_model_rebuild_without_a_stream_says_so() {
     let namespace = format!("never{}", fastrand::u32(..));
-    let output = on_servers(&["rebuild-catalog", "--namespace", &namespace]);
-    let said = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{said}");
-    assert!(
-        said.contains(&format!(
-            "replaying stream ORDERS_{}",
-            namespace.to_ascii_uppercase()
-        )),
-        "{said}"
-    );
+    for (command, model) in [
+        ("rebuild-catalog", "the catalog"),
+        ("rebuild-history", "the order history"),
+    ] {
+        let output = on_servers(&[command, "--namespace", &namespace]);
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{said}");
+        assert!(
+            said.contains(&format!(
+                "{model}: replaying stream ORDERS_{}",
+                namespace.to_ascii_uppercase()
+            )),
+            "{said}"
+        );
+    }
     let removed = on_servers(&["remove-namespace", "--namespace", &namespace]);
     assert!(removed.status.success(), "{removed:?}");
 }

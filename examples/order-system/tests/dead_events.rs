@@ -67,6 +67,7 @@ async fn order_with_a_dead_event(dir: &Path) -> String {
         .unwrap();
     let line = Line {
         order_id: uuid::Uuid::now_v7().to_string(),
+        user_id: "alice".into(),
         sku: "sku-1".to_owned(),
         quantity: 1,
         amount_cents: orders::UNIT_PRICE_CENTS,

@@ -633,6 +633,7 @@ async fn a_card_token_the_vault_does_not_hold_fails_the_payment() {
     // stored under.
     let line = Line {
         order_id: uuid::Uuid::now_v7().to_string(),
+        user_id: "alice".into(),
         sku: "sku-1".to_owned(),
         quantity: 1,
         amount_cents: palisade_order_system::orders::UNIT_PRICE_CENTS,

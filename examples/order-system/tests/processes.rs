@@ -24,7 +24,9 @@ use palisade_order_system::identity::{Credentials, Role, seed_demo};
 use palisade_order_system::load::{self, Gateway, LoadSettings, Progress, Summary};
 use palisade_order_system::payment::vault::{KEY_VARIABLE, VaultKey};
 use palisade_order_system::processor::{DECLINED_CARD, GOOD_CARD};
-use palisade_order_system::serve::{Infrastructure, Removed, rebuild_catalog, remove_namespace};
+use palisade_order_system::serve::{
+    Infrastructure, Removed, rebuild_catalog, rebuild_history, remove_namespace,
+};
 use palisade_testkit::servers::{database_url, nats_url, redis_url};
 
 /// Each test starts a whole system (some 50 PostgreSQL connections at
@@ -503,6 +505,52 @@ impl System {
         assert_eq!(self.trending().await, shipped, "rebuilt from the stream");
     }
 
+    /// The order history, a read model kept by the gateways, caught up
+    /// with the orders (every order, as it ended), and is built again from
+    /// the stream.
+    async fn assert_history_rebuilds(&self, books: &Books) {
+        let pool = sqlx::PgPool::connect(&database_url()).await.unwrap();
+        let by_status = format!(
+            "SELECT status, reason, count(*) FROM {}_history.order_history \
+             WHERE user_id IS NOT NULL GROUP BY status, reason ORDER BY status, reason",
+            self.namespace
+        );
+        let history = || async {
+            sqlx::query_as::<_, (String, Option<String>, i64)>(&by_status)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        };
+        let mut seen = history().await;
+        for _ in 0..300 {
+            if seen == books.orders {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            seen = history().await;
+        }
+        assert_eq!(seen, books.orders, "the history caught up");
+
+        sqlx::query(&format!(
+            "DELETE FROM {}_history.order_history",
+            self.namespace
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        let applied = rebuild_history(infrastructure(), &self.namespace)
+            .await
+            .unwrap();
+        let orders: i64 = books.orders.iter().map(|(_, _, n)| n).sum();
+        assert_eq!(
+            applied,
+            2 * u64::try_from(orders).unwrap(),
+            "a creation and an end each"
+        );
+        assert_eq!(history().await, books.orders, "rebuilt from the stream");
+        pool.close().await;
+    }
+
     /// Stops every process and drops the namespace's schemas and stream.
     async fn remove(mut self) {
         let names: Vec<String> = self.processes.keys().cloned().collect();
@@ -513,7 +561,7 @@ impl System {
         let removed = remove_namespace(infrastructure(), &self.namespace)
             .await
             .unwrap();
-        assert_eq!(removed.schemas, 6, "{removed:?}");
+        assert_eq!(removed.schemas, 7, "{removed:?}");
         assert!(removed.stream, "{removed:?}");
         assert!(removed.keys > 0, "sign-in and rate limits: {removed:?}");
         let again = remove_namespace(infrastructure(), &self.namespace)
@@ -576,13 +624,8 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
         "{books:?}"
     );
     assert!(books.unread.is_empty(), "{books:?}");
-    let operator = system
-        .credentials
-        .with_role(Role::Operator)
-        .map(|operator| operator.name.clone())
-        .unwrap();
     let (status, body) = system
-        .signed_in(&operator)
+        .signed_in("operator")
         .await
         .send(
             http::Method::GET,
@@ -599,6 +642,7 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
     );
     system.assert_delivered_only_what_they_consume().await;
     system.assert_trending_rebuilds(&books).await;
+    system.assert_history_rebuilds(&books).await;
 
     // Signed in through one gateway, known to the other; the same
     // Idempotency-Key through either places one order.

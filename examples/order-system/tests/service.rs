@@ -19,6 +19,7 @@ async fn a_service_applies_what_it_consumes_and_ignores_the_rest_unseen() {
     let handler = Consuming(Shipping::new(db.clone()));
     let line = Line {
         order_id: "o-1".to_owned(),
+        user_id: "alice".into(),
         sku: "sku-1".to_owned(),
         quantity: 2,
         amount_cents: 500,

@@ -1,5 +1,5 @@
-//! The gateway's process: the API, the orders service, auth and the
-//! catalog.
+//! The gateway's process: the API, the orders service, auth and the read
+//! models (the catalog, the order history).
 
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use crate::auth::{self, Sessions};
 use crate::catalog::Catalog;
 use crate::db::redact_url;
 use crate::gateway::{self, Services, Shared};
+use crate::history::History;
 use crate::identity::Identity;
 use crate::load::Gateway;
 use crate::orders::Orders;
@@ -47,6 +48,8 @@ pub(super) async fn gateway(
     let meter = telemetry.meter();
     let catalog =
         Catalog::new(open(settings, Catalog::NAME, Catalog::TABLES, 2).await?).instrument(&meter);
+    let history =
+        History::new(open(settings, History::NAME, History::TABLES, 2).await?).instrument(&meter);
 
     let (client, connection) = connect_redis(settings).await?;
     // Redis down: each gateway limits alone with the same bucket, rather
@@ -81,12 +84,14 @@ pub(super) async fn gateway(
     })?;
     trending.instrument(&meter, "trending");
 
-    // The catalog's read model is kept beside the API that serves it.
-    let projection = consumer(settings, catalog.clone()).await?;
+    // The read models are kept beside the API that serves them.
+    let ranking = consumer(settings, catalog.clone()).await?;
+    let histories = consumer(settings, history.clone()).await?;
     let consumer = consumer(settings, orders.clone()).await?;
     let consumers = Consumers::default();
     consumers.add(Orders::NAME, consumer.clone());
-    consumers.add(Catalog::NAME, projection.clone());
+    consumers.add(Catalog::NAME, ranking.clone());
+    consumers.add(History::NAME, histories.clone());
     let services = Services {
         telemetry,
         processor: None,
@@ -96,6 +101,7 @@ pub(super) async fn gateway(
             Sessions::redis(connection.clone(), &settings.sessions_prefix()),
         ),
         catalog,
+        history,
         orders,
         // Inventory, payment and shipping run in processes of their own:
         // their books come from the peers.
@@ -109,10 +115,14 @@ pub(super) async fn gateway(
     let app = gateway::router(services, shared, &meter);
     tasks.spawn(serve_http(listener, app, stop.signal()));
     tasks.spawn(serve_http(admin_listener, admin, stop.signal()));
-    // Either consumer failing stops the process with its error, rather
-    // than serving sagas or a ranking that no longer move.
-    let consumed =
-        tokio::try_join!(consumer.run(stop.signal()), projection.run(stop.signal())).map(drop);
+    // Any consumer failing stops the process with its error, rather than
+    // serving sagas or read models that no longer move.
+    let consumed = tokio::try_join!(
+        consumer.run(stop.signal()),
+        ranking.run(stop.signal()),
+        histories.run(stop.signal())
+    )
+    .map(drop);
     if consumed.is_ok() {
         // Stopped: the servers finish what they serve.
         while tasks.join_next().await.is_some() {}

@@ -6,6 +6,7 @@ use palisade_outbox::BoxError;
 
 use super::{DATABASES, Infrastructure, Role, ServeSettings, connect_jetstream, connect_redis};
 use crate::catalog::Catalog;
+use crate::history::History;
 use crate::service::SagaService;
 
 /// What [`remove_namespace`] removed.
@@ -44,7 +45,7 @@ pub async fn remove_namespace(
             .await
             .map_err(|error| format!("PostgreSQL: {error}"))?;
     let services = DATABASES.iter().map(|(service, _)| *service);
-    for service in services.chain([Catalog::NAME, Role::Processor.name()]) {
+    for service in services.chain([Catalog::NAME, History::NAME, Role::Processor.name()]) {
         let schema = settings.schema(service);
         let existed: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM information_schema.schemata WHERE schema_name = $1)",

@@ -4,11 +4,13 @@ use palisade_outbox::BoxError;
 
 use super::{Infrastructure, ServeSettings, connect_jetstream, filter_subject, open};
 use crate::catalog::Catalog;
-use crate::service::SagaService;
+use crate::db::ServiceDb;
+use crate::history::History;
+use crate::read_model::{ReadModel, rebuild};
 
 /// Builds the catalog's ranking again from the stream of the system in
 /// `namespace` (empty: the default system), while it may be running:
-/// see [`Catalog::rebuild`]. Returns the events applied.
+/// see [`rebuild`]. Returns the events applied.
 ///
 /// # Errors
 ///
@@ -18,16 +20,39 @@ pub async fn rebuild_catalog(
     infrastructure: Infrastructure,
     namespace: &str,
 ) -> Result<u64, BoxError> {
+    // Boxed: reading a stream is a large future to hold in the caller's.
+    Box::pin(rebuild_from_stream(infrastructure, namespace, Catalog::new)).await
+}
+
+/// Builds the order history again from the stream of the system in
+/// `namespace`, as [`rebuild_catalog`] does the ranking.
+///
+/// # Errors
+///
+/// As [`rebuild_catalog`].
+pub async fn rebuild_history(
+    infrastructure: Infrastructure,
+    namespace: &str,
+) -> Result<u64, BoxError> {
+    Box::pin(rebuild_from_stream(infrastructure, namespace, History::new)).await
+}
+
+/// Builds the read model `made` on its schema again from the events of the
+/// types it consumes that the system's stream keeps.
+async fn rebuild_from_stream<R: ReadModel>(
+    infrastructure: Infrastructure,
+    namespace: &str,
+    made: fn(ServiceDb) -> R,
+) -> Result<u64, BoxError> {
     let settings = ServeSettings::of_system(infrastructure, namespace)?;
-    let catalog = Catalog::new(open(&settings, Catalog::NAME, Catalog::TABLES, 1).await?);
+    let model = made(open(&settings, R::NAME, R::TABLES, 1).await?);
     let context = connect_jetstream(&settings).await?;
-    let filter = filter_subject(&settings.subjects(), Catalog::CONSUMES);
+    let filter = filter_subject(&settings.subjects(), R::CONSUMES);
     let stream = settings.stream();
-    // Boxed: reading a stream is a large future to hold in the rebuild's.
     let history = Box::pin(async {
         palisade_outbox::replay(&context, &stream, &filter)
             .await
             .map_err(|error| format!("replaying stream {stream}: {error}").into())
     });
-    catalog.rebuild(history).await
+    rebuild(&model, history).await
 }
