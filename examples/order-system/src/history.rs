@@ -18,32 +18,15 @@
 
 use opentelemetry::metrics::Meter;
 use palisade_outbox::{BoxError, Delivery};
-use serde::{Deserialize, Serialize};
 
 use crate::db::{Param, ServiceDb, Tx};
 use crate::events::{SagaEvent, types};
+use crate::orders::Order;
 use crate::read_model::{Lag, ReadModel};
 use crate::service::{SagaService, not_consumed};
 
 /// The most orders one page of history holds.
 pub const MAX_PAGE: i64 = 100;
-
-/// An order as the history shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
-pub struct PastOrder {
-    /// The order's id.
-    pub id: String,
-    /// The product.
-    pub sku: String,
-    /// How many.
-    pub quantity: i64,
-    /// What it cost, in cents.
-    pub amount_cents: i64,
-    /// `pending`, `confirmed` or `cancelled`.
-    pub status: String,
-    /// Why it was cancelled.
-    pub reason: Option<String>,
-}
 
 /// The order history service.
 #[derive(Debug, Clone)]
@@ -73,6 +56,7 @@ impl History {
 
     /// `user`'s orders, newest first: at most `limit` (1 to [`MAX_PAGE`]),
     /// those placed before the order `before` when given (the next page).
+    /// The history keeps no saga times: `saga_ms` is `None`.
     ///
     /// # Errors
     ///
@@ -82,17 +66,19 @@ impl History {
         user: &str,
         before: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<PastOrder>, sqlx::Error> {
+    ) -> Result<Vec<Order>, sqlx::Error> {
         // Order ids are UUID v7: their order is the order of placing.
         let limit = Param::Int(limit.clamp(1, MAX_PAGE));
         let (sql, params) = match before {
             None => (
-                "SELECT order_id AS id, sku, quantity, amount_cents, status, reason \
+                "SELECT order_id AS id, sku, quantity, amount_cents, status, reason, \
+                 CAST(NULL AS BIGINT) AS saga_ms \
                  FROM order_history WHERE user_id = $1 ORDER BY order_id DESC LIMIT $2",
                 vec![Param::Text(user), limit],
             ),
             Some(before) => (
-                "SELECT order_id AS id, sku, quantity, amount_cents, status, reason \
+                "SELECT order_id AS id, sku, quantity, amount_cents, status, reason, \
+                 CAST(NULL AS BIGINT) AS saga_ms \
                  FROM order_history WHERE user_id = $1 AND order_id < $2 \
                  ORDER BY order_id DESC LIMIT $3",
                 vec![Param::Text(user), Param::Text(before), limit],

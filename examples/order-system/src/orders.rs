@@ -78,7 +78,7 @@ pub struct TokenizedOrder {
 }
 
 /// An order and where its saga stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Order {
     /// The order's id.
     pub id: String,

@@ -7,8 +7,9 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use palisade_order_system::db::ServiceDb;
 use palisade_order_system::events::{Line, SagaEvent};
-use palisade_order_system::history::{History, PastOrder};
+use palisade_order_system::history::History;
 use palisade_order_system::load::Gateway;
+use palisade_order_system::orders::Order;
 use palisade_order_system::processor::{DECLINED_CARD, GOOD_CARD};
 use palisade_order_system::service::{Consuming, SagaService};
 use palisade_outbox::Handler;
@@ -52,7 +53,7 @@ async fn placed(client: &Gateway, key: &str, quantity: i64, card: &str) -> Strin
 }
 
 /// `GET /orders` with `query`.
-async fn history(client: &Gateway, query: &str) -> (StatusCode, Vec<PastOrder>) {
+async fn history(client: &Gateway, query: &str) -> (StatusCode, Vec<Order>) {
     let (status, body) = client
         .send(Method::GET, &format!("/orders{query}"), &[], Bytes::new())
         .await
@@ -171,13 +172,14 @@ async fn an_orders_end_applied_before_its_creation_ends_the_same_row() {
     apply(SagaEvent::OrderCreated(line("o-2"))).await;
 
     let rows = history.of_user("alice", None, 10).await.unwrap();
-    let as_past = |id: &str| PastOrder {
+    let as_past = |id: &str| Order {
         id: id.to_owned(),
         sku: "sku-2".to_owned(),
         quantity: 4,
         amount_cents: 5_000,
         status: "cancelled".to_owned(),
         reason: Some("out_of_stock".to_owned()),
+        saga_ms: None,
     };
     assert_eq!(rows, [as_past("o-2"), as_past("o-1")]);
     let _ = std::fs::remove_dir_all(dir);

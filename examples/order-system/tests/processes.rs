@@ -670,6 +670,26 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
     assert_eq!(placed[0].0, http::StatusCode::CREATED, "{placed:?}");
     assert_eq!(placed[1].0, http::StatusCode::OK, "{placed:?}");
     assert_eq!(placed[0].1, placed[1].1, "one order");
+    // In alice's history (on PostgreSQL) once it reached the read model.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = one
+            .send(
+                http::Method::GET,
+                "/orders?limit=5",
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, http::StatusCode::OK);
+        let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if page["orders"][0]["id"] == placed[0].1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not in the history: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Payment down: the gateway cannot have the card tokenized; it
     // answers 503 and places nothing.
