@@ -164,7 +164,11 @@ const COMPUTED: u32 = u32::MAX;
 /// Small (40 bytes) and computed lazily: what is only read when asked for,
 /// the tokens left, is worked out then, so a layer that only reads
 /// [`is_allowed`](Self::is_allowed) pays for no division.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Two decisions are equal when every accessor says the same of them,
+/// whether a store counted the tokens left (Redis) or they are worked out
+/// when read (the local store).
+#[derive(Debug, Clone, Copy)]
 pub struct Decision {
     capacity: u32,
     /// Whole tokens left as a store counted them itself (Redis), or
@@ -273,6 +277,20 @@ impl Decision {
     }
 }
 
+impl PartialEq for Decision {
+    fn eq(&self, other: &Self) -> bool {
+        self.allowed == other.allowed
+            && self.from_bucket == other.from_bucket
+            && self.capacity == other.capacity
+            && self.interval_ns == other.interval_ns
+            && self.ahead_ns == other.ahead_ns
+            && self.retry_after_ns == other.retry_after_ns
+            && self.remaining() == other.remaining()
+    }
+}
+
+impl Eq for Decision {}
+
 /// `duration` in nanoseconds, saturating (585 years, which is never).
 pub(crate) fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
@@ -297,6 +315,20 @@ mod tests {
     use super::*;
 
     const SEC: u64 = 1_000_000_000;
+
+    /// Equal decisions say the same through every accessor, whichever
+    /// store worked them out.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn a_decision_a_store_counted_equals_the_same_decision_worked_out() {
+        let bucket = Bucket::new(3, 2.0).unwrap();
+        let (_, local) = bucket.decide(0, 0, 1);
+        let counted = Decision::counted(&bucket, true, 2, Duration::ZERO, local.reset());
+        assert_eq!(counted.remaining(), local.remaining());
+        assert_eq!(counted, local);
+        let fewer = Decision::counted(&bucket, true, 1, Duration::ZERO, local.reset());
+        assert_ne!(fewer, local);
+    }
 
     #[test]
     fn a_burst_of_capacity_then_one_per_interval() {
