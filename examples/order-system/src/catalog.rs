@@ -27,7 +27,7 @@ use palisade_outbox::{BoxError, Delivery};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
-use crate::db::{Param, ServiceDb, Tx};
+use crate::db::{Param, ServiceDb, Statements, Tx};
 use crate::events::{SagaEvent, types};
 use crate::read_model::{Lag, ReadModel};
 use crate::service::{SagaService, not_consumed};

@@ -6,8 +6,8 @@
 //! one way: a statement and its [`Param`]s, run through [`Tx`], which a
 //! transaction's connection of either database is (what the saga handlers
 //! are given), and so is a [`ServiceTx`] (a transaction a service begins
-//! itself, [`ServiceDb::begin`]). A statement outside a transaction runs on
-//! the [`ServiceDb`] itself, with the same methods.
+//! itself, [`Statements::begin`]). A statement outside a transaction runs
+//! on the [`ServiceDb`] itself, with the same methods ([`Statements`]).
 
 use std::future::Future;
 use std::path::Path;
@@ -49,21 +49,123 @@ pub enum ServiceDb {
     },
 }
 
-/// Runs `$body` with `$connection` a connection taken from the service
-/// database's pool, whichever database it is.
+/// A pool of either database, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub enum Pool<'a> {
+    /// SQLite's.
+    Sqlite(&'a SqlitePool),
+    /// PostgreSQL's.
+    Postgres(&'a PgPool),
+}
+
+/// Runs `$body` with `$connection` a connection taken from `$pool`,
+/// whichever database it is.
 macro_rules! on_connection {
-    ($db:expr, |$connection:ident| $body:expr) => {
-        match $db {
-            ServiceDb::Sqlite { pool, .. } => {
+    ($pool:expr, |$connection:ident| $body:expr) => {
+        match $pool {
+            Pool::Sqlite(pool) => {
                 let $connection = &mut *pool.acquire().await?;
                 $body
             }
-            ServiceDb::Postgres { pool, .. } => {
+            Pool::Postgres(pool) => {
                 let $connection = &mut *pool.acquire().await?;
                 $body
             }
         }
     };
+}
+
+/// Statements outside a consumer's transaction, written as [`Tx`]'s are:
+/// what anything with a pool of either database runs its SQL through (a
+/// [`ServiceDb`], the card processor's
+/// [`ChargeStore`](crate::processor::ChargeStore)).
+pub trait Statements: Sync {
+    /// The pool the statements run on.
+    fn pool(&self) -> Pool<'_>;
+
+    /// Runs `sql` with `params` bound to `$1`, `$2`, … outside a
+    /// transaction; the number of rows it changed.
+    fn execute(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send {
+        async move {
+            on_connection!(self.pool(), |connection| connection
+                .execute(sql, params)
+                .await)
+        }
+    }
+
+    /// The rows `sql` returns, `params` bound, outside a transaction.
+    fn fetch_all<T: Row>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> impl Future<Output = Result<Vec<T>, sqlx::Error>> + Send {
+        async move {
+            on_connection!(self.pool(), |connection| connection
+                .fetch_all(sql, params)
+                .await)
+        }
+    }
+
+    /// The first row `sql` returns, if any, `params` bound, outside a
+    /// transaction.
+    fn fetch_optional<T: Row>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> impl Future<Output = Result<Option<T>, sqlx::Error>> + Send {
+        async move {
+            on_connection!(self.pool(), |connection| connection
+                .fetch_optional(sql, params)
+                .await)
+        }
+    }
+
+    /// The first row `sql` returns, `params` bound, outside a transaction
+    /// ([`sqlx::Error::RowNotFound`] when none).
+    fn fetch_one<T: Row>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> impl Future<Output = Result<T, sqlx::Error>> + Send {
+        async move {
+            self.fetch_optional(sql, params)
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)
+        }
+    }
+
+    /// Begins a transaction.
+    fn begin(&self) -> impl Future<Output = Result<ServiceTx, sqlx::Error>> + Send {
+        async move {
+            Ok(match self.pool() {
+                Pool::Sqlite(pool) => ServiceTx::Sqlite(pool.begin().await?),
+                Pool::Postgres(pool) => ServiceTx::Postgres(pool.begin().await?),
+            })
+        }
+    }
+
+    /// Closes the pool: every statement after fails.
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        async move {
+            match self.pool() {
+                Pool::Sqlite(pool) => pool.close().await,
+                Pool::Postgres(pool) => pool.close().await,
+            }
+        }
+    }
+}
+
+impl Statements for ServiceDb {
+    fn pool(&self) -> Pool<'_> {
+        match self {
+            Self::Sqlite { pool, .. } => Pool::Sqlite(pool),
+            Self::Postgres { pool, .. } => Pool::Postgres(pool),
+        }
+    }
 }
 
 /// The inbox's table in each service's database.
@@ -221,80 +323,6 @@ impl ServiceDb {
         match self {
             Self::Sqlite { outbox, .. } => outbox.backlog().await,
             Self::Postgres { outbox, .. } => outbox.backlog().await,
-        }
-    }
-
-    /// Runs `sql` with `params` bound to `$1`, `$2`, … outside a
-    /// transaction; the number of rows it changed.
-    ///
-    /// # Errors
-    ///
-    /// The database's error.
-    pub async fn execute(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, sqlx::Error> {
-        on_connection!(self, |connection| connection.execute(sql, params).await)
-    }
-
-    /// The rows `sql` returns, `params` bound, outside a transaction.
-    ///
-    /// # Errors
-    ///
-    /// The database's error.
-    pub async fn fetch_all<T: Row>(
-        &self,
-        sql: &str,
-        params: &[Param<'_>],
-    ) -> Result<Vec<T>, sqlx::Error> {
-        on_connection!(self, |connection| connection.fetch_all(sql, params).await)
-    }
-
-    /// The first row `sql` returns, if any, `params` bound, outside a
-    /// transaction.
-    ///
-    /// # Errors
-    ///
-    /// The database's error.
-    pub async fn fetch_optional<T: Row>(
-        &self,
-        sql: &str,
-        params: &[Param<'_>],
-    ) -> Result<Option<T>, sqlx::Error> {
-        on_connection!(self, |connection| connection
-            .fetch_optional(sql, params)
-            .await)
-    }
-
-    /// The first row `sql` returns, `params` bound, outside a transaction.
-    ///
-    /// # Errors
-    ///
-    /// The database's error, or [`sqlx::Error::RowNotFound`].
-    pub async fn fetch_one<T: Row>(
-        &self,
-        sql: &str,
-        params: &[Param<'_>],
-    ) -> Result<T, sqlx::Error> {
-        self.fetch_optional(sql, params)
-            .await?
-            .ok_or(sqlx::Error::RowNotFound)
-    }
-
-    /// Begins a transaction of the service's own.
-    ///
-    /// # Errors
-    ///
-    /// The database's error.
-    pub async fn begin(&self) -> Result<ServiceTx, sqlx::Error> {
-        Ok(match self {
-            Self::Sqlite { pool, .. } => ServiceTx::Sqlite(pool.begin().await?),
-            Self::Postgres { pool, .. } => ServiceTx::Postgres(pool.begin().await?),
-        })
-    }
-
-    /// Closes the pool: every statement after fails.
-    pub async fn close(&self) {
-        match self {
-            Self::Sqlite { pool, .. } => pool.close().await,
-            Self::Postgres { pool, .. } => pool.close().await,
         }
     }
 

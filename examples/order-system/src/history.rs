@@ -19,7 +19,7 @@
 use opentelemetry::metrics::Meter;
 use palisade_outbox::{BoxError, Delivery};
 
-use crate::db::{Param, ServiceDb, Tx};
+use crate::db::{Param, ServiceDb, Statements, Tx};
 use crate::events::{SagaEvent, types};
 use crate::orders::Order;
 use crate::read_model::{Lag, ReadModel};

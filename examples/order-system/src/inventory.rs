@@ -7,7 +7,7 @@ use palisade_outbox::BoxError;
 use serde::{Deserialize, Serialize};
 
 use crate::books::Books;
-use crate::db::{Param, ServiceDb, Tx};
+use crate::db::{Param, ServiceDb, Statements, Tx};
 use crate::events::{Line, SagaEvent, types};
 use crate::service::{SagaService, not_consumed};
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::books::{Books, LATENCY_WINDOW, quantile};
 use crate::card::{CardNumber, CardToken};
-use crate::db::{Param, ServiceDb, Tx};
+use crate::db::{Param, ServiceDb, Statements, Tx};
 use crate::events::{Line, SagaEvent, types};
 use crate::service::{SagaService, not_consumed};
 

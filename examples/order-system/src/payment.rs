@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 
 use crate::books::Books;
 use crate::card::CardNumber;
-use crate::db::{Param, ServiceDb, Tx};
+use crate::db::{Param, ServiceDb, Statements, Tx};
 use crate::events::{Line, SagaEvent, types};
 use crate::processor::{Breaker, Charge, ProcessorClient};
 use crate::service::{SagaService, not_consumed};

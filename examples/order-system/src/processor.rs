@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 use crate::card::CardNumber;
+use crate::db::{Param, Pool, Statements, Tx};
 
 /// The card that is always declined.
 pub const DECLINED_CARD: &str = "4000000000000002";
@@ -156,15 +157,13 @@ pub enum ChargeStore {
     Postgres(PgPool),
 }
 
-/// Runs `$body` with `$pool` bound to the store's pool, compiled for each
-/// database.
-macro_rules! on_store {
-    ($store:expr, |$pool:ident| $body:expr) => {
-        match $store {
-            ChargeStore::Sqlite($pool) => $body,
-            ChargeStore::Postgres($pool) => $body,
+impl Statements for ChargeStore {
+    fn pool(&self) -> Pool<'_> {
+        match self {
+            Self::Sqlite(pool) => Pool::Sqlite(pool),
+            Self::Postgres(pool) => Pool::Postgres(pool),
         }
-    };
+    }
 }
 
 /// The store's tables: the answer given to each order, and the ledger,
@@ -249,10 +248,7 @@ impl ChargeStore {
 
     async fn migrated(self) -> Result<Self, sqlx::Error> {
         for table in CHARGE_TABLES {
-            on_store!(&self, |pool| sqlx::query(table)
-                .execute(pool)
-                .await
-                .map(drop))?;
+            self.execute(table, &[]).await?;
         }
         Ok(self)
     }
@@ -262,42 +258,46 @@ impl ChargeStore {
     /// approved); every time, the answer recorded first comes back (in
     /// `charges`' order; `None` for approved, else the decline reason).
     async fn charge_all(&self, charges: &[Pending]) -> Result<Vec<Option<String>>, sqlx::Error> {
-        on_store!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            let mut answers = Vec::with_capacity(charges.len());
-            for charge in charges {
-                let first = sqlx::query(
+        let mut tx = self.begin().await?;
+        let mut answers = Vec::with_capacity(charges.len());
+        for charge in charges {
+            let first = tx
+                .execute(
                     "INSERT INTO charges (order_id, amount_cents, decline_reason) \
                      VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
+                    &[
+                        Param::Text(&charge.order_id),
+                        Param::Int(charge.amount_cents),
+                        Param::OptionalText(charge.reason.as_deref()),
+                    ],
                 )
-                .bind(&charge.order_id)
-                .bind(charge.amount_cents)
-                .bind(charge.reason.as_deref())
-                .execute(&mut *tx)
                 .await?
-                .rows_affected()
-                    == 1;
-                answers.push(if first {
-                    if charge.reason.is_none() {
-                        sqlx::query("INSERT INTO ledger (order_id, amount_cents) VALUES ($1, $2)")
-                            .bind(&charge.order_id)
-                            .bind(charge.amount_cents)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    charge.reason.clone()
-                } else {
-                    let (recorded,): (Option<String>,) =
-                        sqlx::query_as("SELECT decline_reason FROM charges WHERE order_id = $1")
-                            .bind(&charge.order_id)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                    recorded
-                });
-            }
-            tx.commit().await?;
-            Ok(answers)
-        })
+                == 1;
+            answers.push(if first {
+                if charge.reason.is_none() {
+                    tx.execute(
+                        "INSERT INTO ledger (order_id, amount_cents) VALUES ($1, $2)",
+                        &[
+                            Param::Text(&charge.order_id),
+                            Param::Int(charge.amount_cents),
+                        ],
+                    )
+                    .await?;
+                }
+                charge.reason.clone()
+            } else {
+                let (recorded,): (Option<String>,) = tx
+                    .fetch_optional(
+                        "SELECT decline_reason FROM charges WHERE order_id = $1",
+                        &[Param::Text(&charge.order_id)],
+                    )
+                    .await?
+                    .ok_or(sqlx::Error::RowNotFound)?;
+                recorded
+            });
+        }
+        tx.commit().await?;
+        Ok(answers)
     }
 
     /// The ledger's totals.
@@ -306,13 +306,14 @@ impl ChargeStore {
     ///
     /// The database's error.
     pub async fn ledger(&self) -> Result<Ledger, sqlx::Error> {
-        let (charges, twice): (i64, i64) = on_store!(self, |pool| sqlx::query_as(
-            "SELECT (SELECT count(*) FROM ledger), \
-             (SELECT count(*) FROM (SELECT order_id FROM ledger GROUP BY order_id \
-              HAVING count(*) > 1) AS twice)"
-        )
-        .fetch_one(pool)
-        .await)?;
+        let (charges, twice): (i64, i64) = self
+            .fetch_one(
+                "SELECT (SELECT count(*) FROM ledger), \
+                 (SELECT count(*) FROM (SELECT order_id FROM ledger GROUP BY order_id \
+                  HAVING count(*) > 1) AS twice)",
+                &[],
+            )
+            .await?;
         Ok(Ledger {
             charges: u64::try_from(charges).unwrap_or(0),
             charged_twice: u64::try_from(twice).unwrap_or(0),

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::db::Param;
+use crate::db::{Param, Statements};
 use crate::orders::{Orders, now_ms};
 use crate::service::SagaService;
 

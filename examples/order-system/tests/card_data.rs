@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use palisade_order_system::db::Statements;
 use palisade_order_system::load::{self, LoadSettings, Progress};
 use palisade_order_system::processor::{DECLINED_CARD, GOOD_CARD};
 use palisade_order_system::service::SagaService;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use palisade_order_system::catalog::{Catalog, Trending};
-use palisade_order_system::db::ServiceDb;
+use palisade_order_system::db::{ServiceDb, Statements};
 use palisade_order_system::events::{Line, SagaEvent};
 use palisade_order_system::read_model::rebuild;
 use palisade_order_system::service::{Consuming, SagaService};

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use palisade_order_system::books::Books;
 use palisade_order_system::card::{CardNumber, CardToken};
-use palisade_order_system::db::ServiceDb;
+use palisade_order_system::db::{ServiceDb, Statements};
 use palisade_order_system::dead_events::Dead;
 use palisade_order_system::embedded::System;
 use palisade_order_system::events::Line;

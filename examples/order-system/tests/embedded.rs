@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use palisade_order_system::auth::{Auth, Sessions, digest};
 use palisade_order_system::catalog::Trending;
+use palisade_order_system::db::Statements;
 use palisade_order_system::embedded::System;
 use palisade_order_system::identity::{Identity, hash_password};
 use palisade_order_system::load::{self, Gateway, LoadSettings, Progress};

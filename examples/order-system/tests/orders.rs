@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use palisade_order_system::card::CardToken;
-use palisade_order_system::db::{Param, ServiceDb};
+use palisade_order_system::db::{Param, ServiceDb, Statements};
 use palisade_order_system::embedded::System;
 use palisade_order_system::load::Gateway;
 use palisade_order_system::orders::{self, Orders, PlaceError, Placement, TokenizedOrder};

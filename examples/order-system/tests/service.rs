@@ -1,7 +1,7 @@
 //! A saga service as its consumer's handler: what it consumes is applied,
 //! the rest ignored unseen.
 
-use palisade_order_system::db::ServiceDb;
+use palisade_order_system::db::{ServiceDb, Statements};
 use palisade_order_system::events::{Line, SagaEvent};
 use palisade_order_system::service::{Consuming, SagaService};
 use palisade_order_system::shipping::Shipping;

@@ -31,7 +31,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::card::{CardNumber, CardToken};
-use crate::db::{Param, ServiceDb};
+use crate::db::{Param, ServiceDb, Statements};
 use crate::identity::hex;
 
 /// The vault's table, in payment's database.

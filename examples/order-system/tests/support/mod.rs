@@ -2,7 +2,7 @@
 //! directory, and clients signed in as its demo users.
 #![allow(dead_code, unreachable_pub)]
 
-use palisade_order_system::db::{Param, ServiceDb, Tx};
+use palisade_order_system::db::{Param, ServiceDb, Statements, Tx};
 use palisade_order_system::embedded::{Settings, System};
 use palisade_order_system::events::{Line, SagaEvent};
 use palisade_order_system::identity::Credentials;
