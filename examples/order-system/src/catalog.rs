@@ -27,7 +27,7 @@ use palisade_outbox::{BoxError, Delivery};
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
-use crate::db::{Param, ServiceDb, Statements, Tx};
+use crate::db::{Emit, Param, ServiceDb, Statements, Tx};
 use crate::events::{SagaEvent, types};
 use crate::read_model::{Lag, ReadModel};
 use crate::service::{SagaService, not_consumed};
@@ -175,7 +175,7 @@ impl SagaService for Catalog {
         Ok(())
     }
 
-    async fn apply<C: Tx>(&self, tx: &mut C, event: SagaEvent) -> Result<(), BoxError> {
+    async fn apply<T: Emit>(&self, tx: &mut T, event: SagaEvent) -> Result<(), BoxError> {
         match event {
             SagaEvent::ShippingScheduled(line) => {
                 tx.execute(

@@ -6,8 +6,14 @@
 //! one way: a statement and its [`Param`]s, run through [`Tx`], which a
 //! transaction's connection of either database is (what the saga handlers
 //! are given), and so is a [`ServiceTx`] (a transaction a service begins
-//! itself, [`Statements::begin`]). A statement outside a transaction runs
+//! itself, [`ServiceDb::begin`]). A statement outside a transaction runs
 //! on the [`ServiceDb`] itself, with the same methods ([`Statements`]).
+//!
+//! The database's kind is carried by types where events are written: an
+//! event is appended through [`Emit`], which only a transaction that came
+//! with its service's outbox offers (a [`ServiceTx`], or a consumer's
+//! transaction as [`Emitting`] hands it to the service), so no
+//! transaction can write to another database's outbox.
 
 use std::future::Future;
 use std::path::Path;
@@ -135,16 +141,6 @@ pub trait Statements: Sync {
             self.fetch_optional(sql, params)
                 .await?
                 .ok_or(sqlx::Error::RowNotFound)
-        }
-    }
-
-    /// Begins a transaction.
-    fn begin(&self) -> impl Future<Output = Result<ServiceTx, sqlx::Error>> + Send {
-        async move {
-            Ok(match self.pool() {
-                Pool::Sqlite(pool) => ServiceTx::Sqlite(pool.begin().await?),
-                Pool::Postgres(pool) => ServiceTx::Postgres(pool.begin().await?),
-            })
         }
     }
 
@@ -326,15 +322,20 @@ impl ServiceDb {
         }
     }
 
-    /// Appends `event` to the outbox in `tx`, the transaction writing the
-    /// change it announces.
+    /// Begins a transaction of the service's own, with its outbox.
     ///
     /// # Errors
     ///
-    /// The database's error, or a configuration error when `tx` is of the
-    /// other database.
-    pub async fn enqueue<C: Tx>(&self, tx: &mut C, event: &Event) -> Result<(), sqlx::Error> {
-        tx.enqueue(self, event).await
+    /// The database's error.
+    pub async fn begin(&self) -> Result<ServiceTx, sqlx::Error> {
+        Ok(match self {
+            Self::Sqlite { pool, outbox, .. } => {
+                ServiceTx::Sqlite(pool.begin().await?, outbox.clone())
+            }
+            Self::Postgres { pool, outbox, .. } => {
+                ServiceTx::Postgres(pool.begin().await?, outbox.clone())
+            }
+        })
     }
 }
 
@@ -446,13 +447,87 @@ pub trait Tx: Send {
         &mut self,
         tables: &[&str],
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
 
-    /// Appends `event` to `db`'s outbox in this transaction.
+/// A transaction that also appends events to its service's outbox: the
+/// outbox comes with the transaction (a [`ServiceTx`] holds its service's,
+/// a consumer's transaction is handed to the service with its own, see
+/// [`Emitting`]), so no event can go to another database's outbox.
+pub trait Emit: Tx {
+    /// Appends `event` to the outbox in this transaction, the one writing
+    /// the change it announces.
+    fn enqueue(&mut self, event: &Event) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+/// An outbox of either database, and the connection its events are
+/// written on.
+pub trait Outbox: Clone + Send + Sync + std::fmt::Debug + 'static {
+    /// The connection of its database.
+    type Connection: Tx;
+
+    /// Appends `event` on `connection`, in its transaction.
     fn enqueue(
-        &mut self,
-        db: &ServiceDb,
+        &self,
+        connection: &mut Self::Connection,
         event: &Event,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+/// A consumer's transaction with its service's outbox: what a service's
+/// [`apply`](crate::service::SagaService::apply) is given.
+#[derive(Debug)]
+pub struct Emitting<'a, O: Outbox> {
+    /// The transaction's connection.
+    pub connection: &'a mut O::Connection,
+    /// The service's outbox.
+    pub outbox: &'a O,
+}
+
+impl<O: Outbox> Tx for Emitting<'_, O> {
+    fn execute(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send {
+        self.connection.execute(sql, params)
+    }
+
+    fn fetch_all<T: Row>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> impl Future<Output = Result<Vec<T>, sqlx::Error>> + Send {
+        self.connection.fetch_all(sql, params)
+    }
+
+    fn fetch_optional<T: Row>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> impl Future<Output = Result<Option<T>, sqlx::Error>> + Send {
+        self.connection.fetch_optional(sql, params)
+    }
+
+    fn lock_in_order(
+        &mut self,
+        table: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        self.connection.lock_in_order(table, key)
+    }
+
+    fn lock_tables(
+        &mut self,
+        tables: &[&str],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        self.connection.lock_tables(tables)
+    }
+}
+
+impl<O: Outbox> Emit for Emitting<'_, O> {
+    fn enqueue(&mut self, event: &Event) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        self.outbox.enqueue(self.connection, event)
+    }
 }
 
 /// `$query` with `$params` bound, in order.
@@ -471,7 +546,7 @@ macro_rules! bound {
 }
 
 macro_rules! tx {
-    ($connection:ty, $variant:ident, row_locks: $row_locks:literal) => {
+    ($connection:ty, $outbox:ty, row_locks: $row_locks:literal) => {
         impl Tx for $connection {
             async fn execute(
                 &mut self,
@@ -524,35 +599,34 @@ macro_rules! tx {
                 }
                 Ok(())
             }
+        }
 
-            async fn enqueue(&mut self, db: &ServiceDb, event: &Event) -> Result<(), sqlx::Error> {
-                match db {
-                    ServiceDb::$variant { outbox, .. } => outbox.enqueue(self, event).await,
-                    _ => Err(sqlx::Error::Configuration(
-                        concat!(
-                            "a ",
-                            stringify!($variant),
-                            " transaction cannot write to another database's outbox"
-                        )
-                        .into(),
-                    )),
-                }
+        impl Outbox for $outbox {
+            type Connection = $connection;
+
+            fn enqueue(
+                &self,
+                connection: &mut $connection,
+                event: &Event,
+            ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+                <$outbox>::enqueue(self, connection, event)
             }
         }
     };
 }
 
-tx!(SqliteConnection, Sqlite, row_locks: false);
-tx!(PgConnection, Postgres, row_locks: true);
+tx!(SqliteConnection, SqliteOutbox, row_locks: false);
+tx!(PgConnection, PgOutbox, row_locks: true);
 
 /// A transaction a service begins itself ([`ServiceDb::begin`]), of either
-/// database; it rolls back unless [`commit`](Self::commit)ted.
+/// database, with the service's outbox; it rolls back unless
+/// [`commit`](Self::commit)ted.
 #[derive(Debug)]
 pub enum ServiceTx {
     /// On SQLite.
-    Sqlite(Transaction<'static, Sqlite>),
+    Sqlite(Transaction<'static, Sqlite>, SqliteOutbox),
     /// On PostgreSQL.
-    Postgres(Transaction<'static, Postgres>),
+    Postgres(Transaction<'static, Postgres>, PgOutbox),
 }
 
 impl ServiceTx {
@@ -563,8 +637,8 @@ impl ServiceTx {
     /// The database's error.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         match self {
-            Self::Sqlite(tx) => tx.commit().await,
-            Self::Postgres(tx) => tx.commit().await,
+            Self::Sqlite(tx, _) => tx.commit().await,
+            Self::Postgres(tx, _) => tx.commit().await,
         }
     }
 
@@ -575,21 +649,22 @@ impl ServiceTx {
     /// The database's error.
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         match self {
-            Self::Sqlite(tx) => tx.rollback().await,
-            Self::Postgres(tx) => tx.rollback().await,
+            Self::Sqlite(tx, _) => tx.rollback().await,
+            Self::Postgres(tx, _) => tx.rollback().await,
         }
     }
 }
 
-/// Runs `$body` with `$connection` the transaction's connection.
+/// Runs `$body` with `$connection` the transaction's connection and
+/// `$outbox` its service's outbox.
 macro_rules! in_tx {
-    ($tx:expr, |$connection:ident| $body:expr) => {
+    ($tx:expr, |$connection:ident, $outbox:pat_param| $body:expr) => {
         match $tx {
-            ServiceTx::Sqlite(tx) => {
+            ServiceTx::Sqlite(tx, $outbox) => {
                 let $connection = &mut **tx;
                 $body
             }
-            ServiceTx::Postgres(tx) => {
+            ServiceTx::Postgres(tx, $outbox) => {
                 let $connection = &mut **tx;
                 $body
             }
@@ -599,7 +674,7 @@ macro_rules! in_tx {
 
 impl Tx for ServiceTx {
     async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, sqlx::Error> {
-        in_tx!(self, |connection| connection.execute(sql, params).await)
+        in_tx!(self, |connection, _| connection.execute(sql, params).await)
     }
 
     async fn fetch_all<T: Row>(
@@ -607,7 +682,9 @@ impl Tx for ServiceTx {
         sql: &str,
         params: &[Param<'_>],
     ) -> Result<Vec<T>, sqlx::Error> {
-        in_tx!(self, |connection| connection.fetch_all(sql, params).await)
+        in_tx!(self, |connection, _| connection
+            .fetch_all(sql, params)
+            .await)
     }
 
     async fn fetch_optional<T: Row>(
@@ -615,23 +692,27 @@ impl Tx for ServiceTx {
         sql: &str,
         params: &[Param<'_>],
     ) -> Result<Option<T>, sqlx::Error> {
-        in_tx!(self, |connection| connection
+        in_tx!(self, |connection, _| connection
             .fetch_optional(sql, params)
             .await)
     }
 
     async fn lock_in_order(&mut self, table: &str, key: &str) -> Result<(), sqlx::Error> {
-        in_tx!(self, |connection| connection
+        in_tx!(self, |connection, _| connection
             .lock_in_order(table, key)
             .await)
     }
 
     async fn lock_tables(&mut self, tables: &[&str]) -> Result<(), sqlx::Error> {
-        in_tx!(self, |connection| connection.lock_tables(tables).await)
+        in_tx!(self, |connection, _| connection.lock_tables(tables).await)
     }
+}
 
-    async fn enqueue(&mut self, db: &ServiceDb, event: &Event) -> Result<(), sqlx::Error> {
-        in_tx!(self, |connection| connection.enqueue(db, event).await)
+impl Emit for ServiceTx {
+    async fn enqueue(&mut self, event: &Event) -> Result<(), sqlx::Error> {
+        in_tx!(self, |connection, outbox| outbox
+            .enqueue(connection, event)
+            .await)
     }
 }
 

@@ -322,9 +322,11 @@ fn spawn_consumer<S: SagaService>(
     service: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let inbox = sqlite(service.db()).1.clone();
+    let (outbox, inbox) = sqlite(service.db());
+    let (outbox, inbox) = (outbox.clone(), inbox.clone());
     let consumer = Arc::new(
-        MemoryConsumer::new(S::NAME, inbox, Consuming(service)).only(S::CONSUMES.iter().copied()),
+        MemoryConsumer::new(S::NAME, inbox, Consuming(service, outbox))
+            .only(S::CONSUMES.iter().copied()),
     );
     consumers.add(S::NAME, consumer.clone());
     let subscription = broker.subscribe_to(S::CONSUMES.iter().copied());

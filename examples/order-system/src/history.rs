@@ -19,7 +19,7 @@
 use opentelemetry::metrics::Meter;
 use palisade_outbox::{BoxError, Delivery};
 
-use crate::db::{Param, ServiceDb, Statements, Tx};
+use crate::db::{Emit, Param, ServiceDb, Statements, Tx};
 use crate::events::{SagaEvent, types};
 use crate::orders::Order;
 use crate::read_model::{Lag, ReadModel};
@@ -108,7 +108,7 @@ impl SagaService for History {
         &self.db
     }
 
-    async fn apply<C: Tx>(&self, tx: &mut C, event: SagaEvent) -> Result<(), BoxError> {
+    async fn apply<T: Emit>(&self, tx: &mut T, event: SagaEvent) -> Result<(), BoxError> {
         match event {
             SagaEvent::OrderCreated(line) => {
                 tx.execute(

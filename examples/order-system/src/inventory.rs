@@ -7,7 +7,7 @@ use palisade_outbox::BoxError;
 use serde::{Deserialize, Serialize};
 
 use crate::books::Books;
-use crate::db::{Param, ServiceDb, Statements, Tx};
+use crate::db::{Emit, Param, ServiceDb, Statements, Tx};
 use crate::events::{Line, SagaEvent, types};
 use crate::service::{SagaService, not_consumed};
 
@@ -97,7 +97,7 @@ impl Inventory {
             .await
     }
 
-    async fn reserve<C: Tx>(&self, tx: &mut C, line: Line) -> Result<(), BoxError> {
+    async fn reserve<C: Emit>(&self, tx: &mut C, line: Line) -> Result<(), BoxError> {
         let taken = tx
             .execute(
                 "UPDATE stock SET available = available - $2, reserved = reserved + $2 \
@@ -121,14 +121,14 @@ impl Inventory {
                 order_id: line.order_id,
             }
         };
-        self.db.enqueue(tx, &event.to_event()).await?;
+        tx.enqueue(&event.to_event()).await?;
         Ok(())
     }
 
     /// Moves the reservation of `order_id` from `reserved` to `to`
     /// (`released`: back on the shelf; `shipped`: gone), with the stock; an
     /// error if it is not reserved (a step run twice).
-    async fn settle<C: Tx>(&self, tx: &mut C, order_id: &str, to: &str) -> Result<(), BoxError> {
+    async fn settle<C: Emit>(&self, tx: &mut C, order_id: &str, to: &str) -> Result<(), BoxError> {
         let column = if to == "released" {
             "available"
         } else {
@@ -198,7 +198,7 @@ impl SagaService for Inventory {
         Ok(())
     }
 
-    async fn apply<C: Tx>(&self, tx: &mut C, event: SagaEvent) -> Result<(), BoxError> {
+    async fn apply<T: Emit>(&self, tx: &mut T, event: SagaEvent) -> Result<(), BoxError> {
         match event {
             SagaEvent::OrderCreated(line) => self.reserve(tx, line).await?,
             SagaEvent::PaymentFailed { line, .. } => {
@@ -211,7 +211,7 @@ impl SagaService for Inventory {
                 let released = SagaEvent::InventoryReleased {
                     order_id: line.order_id,
                 };
-                self.db.enqueue(tx, &released.to_event()).await?;
+                tx.enqueue(&released.to_event()).await?;
             }
             SagaEvent::ShippingScheduled(line) => {
                 self.settle(tx, &line.order_id, "shipped").await?;

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::books::{Books, LATENCY_WINDOW, quantile};
 use crate::card::{CardNumber, CardToken};
-use crate::db::{Param, ServiceDb, Statements, Tx};
+use crate::db::{Emit, Param, ServiceDb, Statements, Tx};
 use crate::events::{Line, SagaEvent, types};
 use crate::service::{SagaService, not_consumed};
 
@@ -367,7 +367,7 @@ impl Orders {
                 return Err(PlaceError::InProgress);
             }
         }
-        self.db.enqueue(&mut tx, &event).await?;
+        tx.enqueue(&event).await?;
         tx.commit().await?;
         Ok(Placement::Created(Order {
             id: line.order_id,
@@ -434,7 +434,7 @@ impl Orders {
     }
 
     /// Ends the saga of `order_id` as `status`, once.
-    async fn finish<C: Tx>(
+    async fn finish<C: Emit>(
         &self,
         tx: &mut C,
         order_id: &str,
@@ -464,7 +464,7 @@ impl Orders {
                 reason: reason.to_owned(),
             },
         };
-        self.db.enqueue(tx, &event.to_event()).await?;
+        tx.enqueue(&event.to_event()).await?;
         Ok(())
     }
 }
@@ -504,7 +504,7 @@ impl SagaService for Orders {
         })
     }
 
-    async fn apply<C: Tx>(&self, tx: &mut C, event: SagaEvent) -> Result<(), BoxError> {
+    async fn apply<T: Emit>(&self, tx: &mut T, event: SagaEvent) -> Result<(), BoxError> {
         match event {
             SagaEvent::ShippingScheduled(line) => {
                 self.finish(tx, &line.order_id, "confirmed", None).await?;

@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 
 use crate::books::Books;
 use crate::card::CardNumber;
-use crate::db::{Param, ServiceDb, Statements, Tx};
+use crate::db::{Emit, Param, ServiceDb, Statements, Tx};
 use crate::events::{Line, SagaEvent, types};
 use crate::processor::{Breaker, Charge, ProcessorClient};
 use crate::service::{SagaService, not_consumed};
@@ -359,7 +359,7 @@ impl Payment {
     /// Records `outcomes` in `tx` as [`record`](Self::record) says, with
     /// the charged intents settled at once; `false` (and `tx` to be rolled
     /// back) when one of them is no longer `claim`'s.
-    async fn settle_together<C: Tx>(
+    async fn settle_together<C: Emit>(
         &self,
         tx: &mut C,
         claim: &str,
@@ -413,13 +413,13 @@ impl Payment {
         )
         .await?;
         for (_, _, event) in &charged {
-            self.db.enqueue(tx, event).await?;
+            tx.enqueue(event).await?;
         }
         Ok(true)
     }
 
     /// Records one outcome in `tx`, fenced by `claim`.
-    async fn settle_one<C: Tx>(
+    async fn settle_one<C: Emit>(
         &self,
         tx: &mut C,
         claim: &str,
@@ -451,7 +451,7 @@ impl Payment {
             ],
         )
         .await?;
-        self.db.enqueue(tx, event).await?;
+        tx.enqueue(event).await?;
         Ok(())
     }
 
@@ -562,7 +562,7 @@ impl SagaService for Payment {
         })
     }
 
-    async fn apply<C: Tx>(&self, tx: &mut C, event: SagaEvent) -> Result<(), BoxError> {
+    async fn apply<T: Emit>(&self, tx: &mut T, event: SagaEvent) -> Result<(), BoxError> {
         let SagaEvent::InventoryReserved(line) = event else {
             return Err(not_consumed(Self::NAME, &event));
         };

@@ -258,46 +258,20 @@ impl ChargeStore {
     /// approved); every time, the answer recorded first comes back (in
     /// `charges`' order; `None` for approved, else the decline reason).
     async fn charge_all(&self, charges: &[Pending]) -> Result<Vec<Option<String>>, sqlx::Error> {
-        let mut tx = self.begin().await?;
-        let mut answers = Vec::with_capacity(charges.len());
-        for charge in charges {
-            let first = tx
-                .execute(
-                    "INSERT INTO charges (order_id, amount_cents, decline_reason) \
-                     VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
-                    &[
-                        Param::Text(&charge.order_id),
-                        Param::Int(charge.amount_cents),
-                        Param::OptionalText(charge.reason.as_deref()),
-                    ],
-                )
-                .await?
-                == 1;
-            answers.push(if first {
-                if charge.reason.is_none() {
-                    tx.execute(
-                        "INSERT INTO ledger (order_id, amount_cents) VALUES ($1, $2)",
-                        &[
-                            Param::Text(&charge.order_id),
-                            Param::Int(charge.amount_cents),
-                        ],
-                    )
-                    .await?;
-                }
-                charge.reason.clone()
-            } else {
-                let (recorded,): (Option<String>,) = tx
-                    .fetch_optional(
-                        "SELECT decline_reason FROM charges WHERE order_id = $1",
-                        &[Param::Text(&charge.order_id)],
-                    )
-                    .await?
-                    .ok_or(sqlx::Error::RowNotFound)?;
-                recorded
-            });
+        match self {
+            Self::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let answers = charge_in(&mut *tx, charges).await?;
+                tx.commit().await?;
+                Ok(answers)
+            }
+            Self::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let answers = charge_in(&mut *tx, charges).await?;
+                tx.commit().await?;
+                Ok(answers)
+            }
         }
-        tx.commit().await?;
-        Ok(answers)
     }
 
     /// The ledger's totals.
@@ -319,6 +293,51 @@ impl ChargeStore {
             charged_twice: u64::try_from(twice).unwrap_or(0),
         })
     }
+}
+
+/// Records `charges` in `tx` (see [`ChargeStore::charge_all`]).
+async fn charge_in<C: Tx>(
+    tx: &mut C,
+    charges: &[Pending],
+) -> Result<Vec<Option<String>>, sqlx::Error> {
+    let mut answers = Vec::with_capacity(charges.len());
+    for charge in charges {
+        let first = tx
+            .execute(
+                "INSERT INTO charges (order_id, amount_cents, decline_reason) \
+                 VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
+                &[
+                    Param::Text(&charge.order_id),
+                    Param::Int(charge.amount_cents),
+                    Param::OptionalText(charge.reason.as_deref()),
+                ],
+            )
+            .await?
+            == 1;
+        answers.push(if first {
+            if charge.reason.is_none() {
+                tx.execute(
+                    "INSERT INTO ledger (order_id, amount_cents) VALUES ($1, $2)",
+                    &[
+                        Param::Text(&charge.order_id),
+                        Param::Int(charge.amount_cents),
+                    ],
+                )
+                .await?;
+            }
+            charge.reason.clone()
+        } else {
+            let (recorded,): (Option<String>,) = tx
+                .fetch_optional(
+                    "SELECT decline_reason FROM charges WHERE order_id = $1",
+                    &[Param::Text(&charge.order_id)],
+                )
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?;
+            recorded
+        });
+    }
+    Ok(answers)
 }
 
 /// A charge waiting for its answer to be recorded.

@@ -12,7 +12,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter};
 use palisade_outbox::{BoxError, Delivery, Handled, Handler, InboxStore};
 
-use crate::db::{INBOX, Param, ServiceDb, Tx};
+use crate::db::{INBOX, Outbox, Param, ServiceDb, Tx};
 use crate::service::{Consuming, SagaService};
 
 /// A service whose tables are a projection of the events it consumes.
@@ -45,16 +45,24 @@ where
     F: Future<Output = Result<Vec<Delivery>, BoxError>> + Send,
 {
     match model.db() {
-        ServiceDb::Sqlite { inbox, .. } => rebuild_in(model, inbox, history).await,
-        ServiceDb::Postgres { inbox, .. } => rebuild_in(model, inbox, history).await,
+        ServiceDb::Sqlite { inbox, outbox, .. } => rebuild_in(model, inbox, outbox, history).await,
+        ServiceDb::Postgres { inbox, outbox, .. } => {
+            rebuild_in(model, inbox, outbox, history).await
+        }
     }
 }
 
-async fn rebuild_in<R, I, F>(model: &R, inbox: &I, history: F) -> Result<u64, BoxError>
+async fn rebuild_in<R, I, O, F>(
+    model: &R,
+    inbox: &I,
+    outbox: &O,
+    history: F,
+) -> Result<u64, BoxError>
 where
     R: ReadModel,
     I: InboxStore,
     <I::Database as sqlx::Database>::Connection: Tx,
+    O: Outbox<Connection = <I::Database as sqlx::Database>::Connection>,
     F: Future<Output = Result<Vec<Delivery>, BoxError>> + Send,
 {
     let mut transaction = inbox.begin().await?;
@@ -73,7 +81,7 @@ where
     let deliveries = history.await?;
     let ids: Vec<&str> = deliveries.iter().map(|d| d.envelope.id.as_str()).collect();
     let first_times = inbox.process_all(tx, R::NAME, &ids).await?;
-    let handler = Consuming(model.clone());
+    let handler = Consuming(model.clone(), outbox.clone());
     handler.prepare(tx).await?;
     let mut applied = 0;
     for (delivery, first_time) in deliveries.iter().zip(first_times) {

@@ -15,7 +15,7 @@ use palisade_outbox::{
 use sqlx::{PgConnection, SqliteConnection};
 
 use crate::books::Books;
-use crate::db::{ServiceDb, Tx};
+use crate::db::{Emit, Emitting, Outbox, ServiceDb, Tx};
 use crate::events::SagaEvent;
 
 /// A step of the saga: a service with a database of its own, applying the
@@ -41,10 +41,11 @@ pub trait SagaService: Clone + std::fmt::Debug + Send + Sync + 'static {
     }
 
     /// Applies `event`, of one of the [`CONSUMES`](Self::CONSUMES) types,
-    /// in `tx`, once [`prepare`](Self::prepare)d.
-    fn apply<C: Tx>(
+    /// in `tx`, once [`prepare`](Self::prepare)d; the events it announces
+    /// go to the service's outbox through `tx`.
+    fn apply<T: Emit>(
         &self,
-        tx: &mut C,
+        tx: &mut T,
         event: SagaEvent,
     ) -> impl Future<Output = Result<(), BoxError>> + Send;
 
@@ -65,22 +66,31 @@ pub trait SagaService: Clone + std::fmt::Debug + Send + Sync + 'static {
     }
 }
 
-/// A service as its consumer's handler: each delivery of a type it
+/// A service as its consumer's handler, with the service's outbox (of
+/// the consumer's database, as its type says): each delivery of a type it
 /// consumes is applied, any other ignored (and `apply` never sees it).
 #[derive(Debug, Clone)]
-pub struct Consuming<S>(pub S);
+pub struct Consuming<S, O>(pub S, pub O);
 
-impl<S: SagaService, C: Tx> Handler<C> for Consuming<S> {
-    async fn handle(&self, tx: &mut C, delivery: &Delivery) -> Result<Handled, BoxError> {
+impl<S: SagaService, O: Outbox> Handler<O::Connection> for Consuming<S, O> {
+    async fn handle(
+        &self,
+        tx: &mut O::Connection,
+        delivery: &Delivery,
+    ) -> Result<Handled, BoxError> {
         if !S::CONSUMES.contains(&delivery.envelope.event_type.as_str()) {
             return Ok(Handled::Ignored);
         }
         let event = SagaEvent::from_delivery(S::NAME, delivery)?;
-        self.0.apply(tx, event).await?;
+        let mut emitting = Emitting {
+            connection: tx,
+            outbox: &self.1,
+        };
+        self.0.apply(&mut emitting, event).await?;
         Ok(Handled::Applied)
     }
 
-    async fn prepare(&self, tx: &mut C) -> Result<(), BoxError> {
+    async fn prepare(&self, tx: &mut O::Connection) -> Result<(), BoxError> {
         self.0.prepare(tx).await
     }
 

@@ -2,7 +2,7 @@
 
 use palisade_outbox::BoxError;
 
-use crate::db::{Param, ServiceDb, Tx};
+use crate::db::{Emit, Param, ServiceDb};
 use crate::events::{SagaEvent, types};
 use crate::service::{SagaService, not_consumed};
 
@@ -31,7 +31,7 @@ impl SagaService for Shipping {
         &self.db
     }
 
-    async fn apply<C: Tx>(&self, tx: &mut C, event: SagaEvent) -> Result<(), BoxError> {
+    async fn apply<T: Emit>(&self, tx: &mut T, event: SagaEvent) -> Result<(), BoxError> {
         let SagaEvent::PaymentSucceeded(line) = event else {
             return Err(not_consumed(Self::NAME, &event));
         };
@@ -44,8 +44,7 @@ impl SagaService for Shipping {
             ],
         )
         .await?;
-        self.db
-            .enqueue(tx, &SagaEvent::ShippingScheduled(line).to_event())
+        tx.enqueue(&SagaEvent::ShippingScheduled(line).to_event())
             .await?;
         Ok(())
     }

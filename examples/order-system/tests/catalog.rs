@@ -29,14 +29,14 @@ fn shipped(sku: &str, quantity: i64) -> Delivery {
 /// What the catalog's consumer does with `delivery`: the inbox check and
 /// the handler in one transaction.
 async fn consume(catalog: &Catalog, delivery: &Delivery) {
-    let (_, inbox) = catalog.db().as_postgres().unwrap();
+    let (outbox, inbox) = catalog.db().as_postgres().unwrap();
     let mut tx = inbox.begin().await.unwrap();
     let first_time = inbox
         .process_all(&mut tx, Catalog::NAME, &[delivery.envelope.id.as_str()])
         .await
         .unwrap();
     if first_time[0] {
-        Consuming(catalog.clone())
+        Consuming(catalog.clone(), outbox.clone())
             .handle(&mut *tx, delivery)
             .await
             .unwrap();

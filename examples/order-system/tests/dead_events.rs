@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use palisade_order_system::books::Books;
 use palisade_order_system::card::{CardNumber, CardToken};
-use palisade_order_system::db::{ServiceDb, Statements};
+use palisade_order_system::db::{Emit, ServiceDb, Statements};
 use palisade_order_system::dead_events::Dead;
 use palisade_order_system::embedded::System;
 use palisade_order_system::events::Line;
@@ -363,7 +363,7 @@ async fn the_cli_requeues_dead_events_on_postgresql_in_a_namespace() {
     };
     let mut tx = db.begin().await.unwrap();
     let event = Event::new("order", "o-1", "PaymentSucceeded", b"{}".to_vec());
-    db.enqueue(&mut tx, &event).await.unwrap();
+    tx.enqueue(&event).await.unwrap();
     tx.commit().await.unwrap();
     let one_try = OutboxConfig::new(&format!("{schema}.outbox"))
         .unwrap()

@@ -137,10 +137,10 @@ async fn an_orders_end_applied_before_its_creation_ends_the_same_row() {
         .await
         .unwrap();
     let history = History::new(db.clone());
-    let ServiceDb::Sqlite { pool, .. } = db.clone() else {
+    let ServiceDb::Sqlite { pool, outbox, .. } = db.clone() else {
         unreachable!("a SQLite file was opened")
     };
-    let handler = Consuming(history.clone());
+    let handler = Consuming(history.clone(), outbox);
     let apply = async |event: SagaEvent| {
         let mut tx = pool.begin().await.unwrap();
         handler

@@ -1,7 +1,7 @@
 //! A saga service as its consumer's handler: what it consumes is applied,
 //! the rest ignored unseen.
 
-use palisade_order_system::db::{ServiceDb, Statements};
+use palisade_order_system::db::{Emitting, ServiceDb, Statements};
 use palisade_order_system::events::{Line, SagaEvent};
 use palisade_order_system::service::{Consuming, SagaService};
 use palisade_order_system::shipping::Shipping;
@@ -16,7 +16,6 @@ async fn a_service_applies_what_it_consumes_and_ignores_the_rest_unseen() {
     let db = ServiceDb::open_sqlite(&dir, Shipping::NAME, Shipping::TABLES)
         .await
         .unwrap();
-    let handler = Consuming(Shipping::new(db.clone()));
     let line = Line {
         order_id: "o-1".to_owned(),
         user_id: "alice".into(),
@@ -33,9 +32,10 @@ async fn a_service_applies_what_it_consumes_and_ignores_the_rest_unseen() {
             .unwrap();
         count
     };
-    let ServiceDb::Sqlite { pool, .. } = db.clone() else {
+    let ServiceDb::Sqlite { pool, outbox, .. } = db.clone() else {
         unreachable!("a SQLite file was opened")
     };
+    let handler = Consuming(Shipping::new(db.clone()), outbox.clone());
 
     // `event` handed to the consumer's handler in a transaction of its own.
     let handle = async |event: SagaEvent| {
@@ -60,8 +60,12 @@ async fn a_service_applies_what_it_consumes_and_ignores_the_rest_unseen() {
     // Given anyway, an event it does not consume is an error, never a
     // silent success.
     let mut tx = pool.begin().await.unwrap();
+    let mut emitting = Emitting {
+        connection: &mut *tx,
+        outbox: &outbox,
+    };
     let error = Shipping::new(db.clone())
-        .apply(&mut *tx, SagaEvent::OrderCreated(line))
+        .apply(&mut emitting, SagaEvent::OrderCreated(line))
         .await
         .unwrap_err();
     assert_eq!(error.to_string(), "shipping does not consume OrderCreated");

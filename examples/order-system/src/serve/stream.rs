@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use palisade_outbox::{
     BoxError, ConsumerConfig, JetStreamConsumer, NatsJetStreamPublisher, OutboxConfig, PgInbox,
+    PgOutbox,
 };
 
 use super::{ServeSettings, postgres};
@@ -70,7 +71,7 @@ pub(super) fn filter_subject(subjects: &str, consumes: &[&str]) -> String {
 pub(super) async fn consumer<S: SagaService>(
     settings: &ServeSettings,
     service: S,
-) -> Result<Arc<JetStreamConsumer<PgInbox, Consuming<S>>>, BoxError> {
+) -> Result<Arc<JetStreamConsumer<PgInbox, Consuming<S, PgOutbox>>>, BoxError> {
     let (outbox, inbox) = postgres(service.db());
     let context = connect_jetstream(settings).await?;
     ensure_stream(settings, &context, outbox.config()).await?;
@@ -85,8 +86,8 @@ pub(super) async fn consumer<S: SagaService>(
     .retry_delay(Duration::from_millis(200), Duration::from_secs(5))
     // A replica killed holding a message: another gets it after this.
     .ack_wait(Duration::from_secs(10));
-    let inbox = inbox.clone();
-    let consumer = JetStreamConsumer::new(context, config, inbox, Consuming(service))
+    let (outbox, inbox) = (outbox.clone(), inbox.clone());
+    let consumer = JetStreamConsumer::new(context, config, inbox, Consuming(service, outbox))
         .await?
         .only(S::CONSUMES.iter().copied());
     Ok(Arc::new(consumer))

@@ -2,7 +2,7 @@
 //! directory, and clients signed in as its demo users.
 #![allow(dead_code, unreachable_pub)]
 
-use palisade_order_system::db::{Param, ServiceDb, Statements, Tx};
+use palisade_order_system::db::{Emit, Param, ServiceDb, Tx};
 use palisade_order_system::embedded::{Settings, System};
 use palisade_order_system::events::{Line, SagaEvent};
 use palisade_order_system::identity::Credentials;
@@ -74,8 +74,7 @@ pub async fn place_directly(orders: &ServiceDb, line: &Line, created_ms: i64) {
     )
     .await
     .unwrap();
-    orders
-        .enqueue(&mut tx, &SagaEvent::OrderCreated(line.clone()).to_event())
+    tx.enqueue(&SagaEvent::OrderCreated(line.clone()).to_event())
         .await
         .unwrap();
     tx.commit().await.unwrap();
