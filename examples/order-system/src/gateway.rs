@@ -55,7 +55,7 @@ use axum::extract::{Extension, Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use palisade_coalesce::http::{CachedResponse, CoalesceLayer, ResponseCache};
 use palisade_coalesce::{Cache, Freshness};
@@ -200,11 +200,12 @@ where
     St: palisade_token_bucket::Store,
     R: ResponseCache,
 {
+    let processor = match &services.processor {
+        Some(simulator) => crate::processor::admin(simulator.clone(), services.breaker.clone()),
+        None => Router::new().route("/admin/processor", any(processor_elsewhere)),
+    };
     let admin = Router::new()
-        .route(
-            "/admin/processor",
-            get(processor_faults).put(set_processor_faults),
-        )
+        .merge(processor)
         .merge(dead_events::admin())
         .route_layer(middleware::from_fn(|request, next| {
             auth::require_role(Role::Operator, request, next)
@@ -547,61 +548,13 @@ async fn order(
     }
 }
 
-/// What `/admin/processor` shows: the processor's own report (faults,
-/// calls, ledger) and the breaker in front of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessorStatus {
-    /// What the processor reports.
-    #[serde(flatten)]
-    pub processor: crate::processor::Report,
-    /// The breaker's state.
-    pub breaker_state: String,
-}
-
-async fn processor_status(
-    processor: &crate::processor::Simulator,
-    breaker: Option<&crate::processor::Breaker>,
-) -> Response {
-    match processor.report().await {
-        Ok(report) => Json(ProcessorStatus {
-            processor: report,
-            breaker_state: breaker
-                .map_or_else(|| "unknown".to_owned(), |b| format!("{:?}", b.state())),
-        })
-        .into_response(),
-        Err(error) => internal(&error),
-    }
-}
-
-/// The answer when the card processor is not in this process.
-fn processor_elsewhere() -> Response {
+/// `/admin/processor` when the card processor runs in a process of its
+/// own.
+async fn processor_elsewhere() -> Response {
     problem(
         StatusCode::NOT_FOUND,
         "the card processor runs as a service of its own: use its /admin/processor",
     )
-}
-
-async fn processor_faults(State(services): State<Services>) -> Response {
-    match &services.processor {
-        Some(processor) => processor_status(processor, services.breaker.as_ref()).await,
-        None => processor_elsewhere(),
-    }
-}
-
-async fn set_processor_faults(
-    State(services): State<Services>,
-    body: axum::body::Bytes,
-) -> Response {
-    let Some(processor) = &services.processor else {
-        return processor_elsewhere();
-    };
-    let settings = match crate::processor::FaultSettings::from_json(&body) {
-        Ok(settings) => settings,
-        Err(problem_text) => return problem(StatusCode::UNPROCESSABLE_ENTITY, problem_text),
-    };
-    processor.faults().apply(settings);
-    tracing::warn!(?settings, "card processor faults set");
-    processor_status(processor, services.breaker.as_ref()).await
 }
 
 async fn trending(State(services): State<Services>) -> Response {

@@ -17,6 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use palisade_circuit_breaker::CircuitBreakerLayer;
 use palisade_retry::RetryLayer;
 use palisade_tracecontext::PropagateLayer;
@@ -338,6 +342,71 @@ async fn charge_in<C: Tx>(
         });
     }
     Ok(answers)
+}
+
+/// What `/admin/processor` shows: the simulator's own report (faults,
+/// calls, ledger), and the breaker in front of it when payment runs in the
+/// same process.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AdminStatus {
+    /// What the processor reports.
+    #[serde(flatten)]
+    pub processor: Report,
+    /// Payment's breaker's state (`Closed`, `Open`, …), when payment runs
+    /// in the same process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker_state: Option<String>,
+}
+
+/// `GET /admin/processor` (the [`AdminStatus`]) and `PUT /admin/processor`
+/// (sets the injected [`FaultSettings`], `422` for settings out of range),
+/// for `simulator` and, when payment runs in the same process, its
+/// `breaker`. Mount it behind the operator check: the embedded gateway and
+/// the processor's own process both do.
+pub fn admin<S: Clone + Send + Sync + 'static>(
+    simulator: Simulator,
+    breaker: Option<Breaker>,
+) -> axum::Router<S> {
+    axum::Router::new()
+        .route(
+            "/admin/processor",
+            axum::routing::get(admin_status).put(set_faults),
+        )
+        .with_state(Admin { simulator, breaker })
+}
+
+/// What the admin routes hold.
+#[derive(Clone)]
+struct Admin {
+    simulator: Simulator,
+    breaker: Option<Breaker>,
+}
+
+async fn admin_status(State(admin): State<Admin>) -> Response {
+    match admin.simulator.report().await {
+        Ok(report) => axum::Json(AdminStatus {
+            processor: report,
+            breaker_state: admin
+                .breaker
+                .map(|breaker| format!("{:?}", breaker.state())),
+        })
+        .into_response(),
+        Err(error) => crate::gateway::problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the ledger: {error}"),
+        ),
+    }
+}
+
+async fn set_faults(State(admin): State<Admin>, body: Bytes) -> Response {
+    match FaultSettings::from_json(&body) {
+        Ok(settings) => {
+            admin.simulator.faults().apply(settings);
+            tracing::warn!(?settings, "card processor faults set");
+            admin_status(State(admin)).await
+        }
+        Err(problem) => crate::gateway::problem(StatusCode::UNPROCESSABLE_ENTITY, problem),
+    }
 }
 
 /// A charge waiting for its answer to be recorded.

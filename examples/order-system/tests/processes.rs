@@ -745,6 +745,24 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
             .unwrap();
         assert_eq!(status, expected, "{who}");
     }
+    // The same routes as the embedded gateway's: settings out of range are
+    // refused, saying why, as there.
+    let response = system
+        .processor_admin(&system.signed_in("operator").await)
+        .exchange(
+            http::Method::PUT,
+            "/admin/processor",
+            &[("content-type", "application/json")],
+            bytes::Bytes::from_static(br#"{"delay_ms":600000}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), http::StatusCode::UNPROCESSABLE_ENTITY);
+    let refused: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+    assert!(
+        refused["error"].as_str().unwrap().contains("delay_ms"),
+        "{refused}"
+    );
 
     // Both replicas of inventory took a share of its events.
     for name in ["inventory", "inventory-2"] {

@@ -1,13 +1,7 @@
 //! The card processor's process: the simulator over gRPC, its faults at
 //! `/admin/processor` for an operator.
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
 use axum::middleware;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use palisade_outbox::BoxError;
 use tokio::net::TcpListener;
 
@@ -46,49 +40,16 @@ pub(super) async fn processor(
         }
     });
     let app = internal(telemetry).merge(
-        Router::new()
-            .route("/admin/processor", get(faults).put(set_faults))
+        card::admin(simulator, None)
             .route_layer(middleware::from_fn(|request, next| {
                 auth::require_role(identity::Role::Operator, request, next)
             }))
             .route_layer(middleware::from_fn_with_state(
                 sessions,
                 auth::require_bearer,
-            ))
-            .with_state(simulator),
+            )),
     );
     tasks.spawn(serve_http(listener, app, stop.signal()));
     while tasks.join_next().await.is_some() {}
     Ok(())
-}
-
-async fn faults(State(simulator): State<Simulator>) -> Response {
-    status(&simulator).await
-}
-
-async fn set_faults(State(simulator): State<Simulator>, body: Bytes) -> Response {
-    match card::FaultSettings::from_json(&body) {
-        Ok(settings) => {
-            simulator.faults().apply(settings);
-            tracing::warn!(?settings, "card processor faults set");
-            status(&simulator).await
-        }
-        Err(problem) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            axum::Json(serde_json::json!({ "error": problem })),
-        )
-            .into_response(),
-    }
-}
-
-/// What the processor's `/admin/processor` shows: its [`card::Report`].
-async fn status(simulator: &Simulator) -> Response {
-    match simulator.report().await {
-        Ok(report) => axum::Json(report).into_response(),
-        Err(error) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "error": format!("the ledger: {error}") })),
-        )
-            .into_response(),
-    }
 }
