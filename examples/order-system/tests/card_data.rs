@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use palisade_order_system::db::Statements;
-use palisade_order_system::load::{self, LoadSettings, Progress};
+use palisade_order_system::load;
 use palisade_order_system::processor::{DECLINED_CARD, GOOD_CARD};
 use palisade_order_system::service::SagaService;
 
 mod support;
-use support::{credentials, start};
+use support::{load_settings, start};
 
 /// Where the run's log lines go.
 #[derive(Clone, Default)]
@@ -72,19 +72,9 @@ async fn no_card_number_is_stored_or_logged_in_clear_by_a_full_run() {
     let logs = capture_logs();
     let (system, dir) = start().await;
     let orders = 200;
-    let summary = load::run(&LoadSettings {
-        gateway: format!("http://{}", system.address),
-        admin: format!("http://{}", system.admin_address),
-        orders,
-        concurrency: 16,
-        decline_rate: 0.2,
-        progress: Progress::Hidden,
-        credentials: credentials(&system),
-        processor_outage: None,
-        processor_admin: None,
-    })
-    .await
-    .unwrap();
+    let summary = load::run(&load_settings(&system, orders, 16))
+        .await
+        .unwrap();
     println!("{}", summary.table());
     assert_eq!(summary.violations, Vec::<String>::new());
     assert_eq!((summary.placed, summary.unfinished), (orders, 0));

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use palisade_order_system::books::read_books;
 use palisade_order_system::embedded::System;
-use palisade_order_system::load::{self, LoadSettings, Progress};
+use palisade_order_system::load;
 
 mod support;
-use support::{credentials, start};
+use support::{load_settings, start};
 
 /// The headless browser on `PATH`.
 fn browser() -> PathBuf {
@@ -102,20 +102,6 @@ async fn page_showing(system: &System, shows: impl Fn(&Page) -> bool) -> Page {
     panic!("the page never showed it: {}", Page::load(system).await.dom);
 }
 
-fn settings(system: &System, orders: usize) -> LoadSettings {
-    LoadSettings {
-        gateway: format!("http://{}", system.address),
-        admin: format!("http://{}", system.admin_address),
-        orders,
-        concurrency: 8,
-        decline_rate: 0.2,
-        progress: Progress::Hidden,
-        credentials: credentials(system),
-        processor_outage: None,
-        processor_admin: None,
-    }
-}
-
 /// Waits until the books say the breaker is (or is not) open.
 async fn breaker_open(system: &System, open: bool) {
     for _ in 0..600 {
@@ -134,7 +120,7 @@ async fn breaker_open(system: &System, open: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_sagas_ending_and_the_breaker_opening() {
     let (system, dir) = start().await;
-    let summary = load::run(&settings(&system, 40)).await.unwrap();
+    let summary = load::run(&load_settings(&system, 40, 8)).await.unwrap();
     assert_eq!(summary.unfinished, 0);
 
     // The first request starts the readings; the page draws the first.
@@ -152,7 +138,7 @@ async fn the_dashboard_shows_sagas_ending_and_the_breaker_opening() {
     let processor = system.services.processor.as_ref().unwrap();
     processor.faults().set_unavailable(true);
     let more = {
-        let settings = settings(&system, 40);
+        let settings = load_settings(&system, 40, 8);
         tokio::spawn(async move { load::run(&settings).await.unwrap() })
     };
     breaker_open(&system, true).await;
@@ -165,7 +151,10 @@ async fn the_dashboard_shows_sagas_ending_and_the_breaker_opening() {
     processor.faults().set_unavailable(false);
     assert_eq!(more.await.unwrap().unfinished, 0);
     assert_eq!(
-        load::run(&settings(&system, 10)).await.unwrap().unfinished,
+        load::run(&load_settings(&system, 10, 8))
+            .await
+            .unwrap()
+            .unfinished,
         0
     );
     breaker_open(&system, false).await;

@@ -10,26 +10,12 @@ use palisade_order_system::catalog::Trending;
 use palisade_order_system::db::Statements;
 use palisade_order_system::embedded::System;
 use palisade_order_system::identity::{Identity, hash_password};
-use palisade_order_system::load::{self, Gateway, LoadSettings, Progress};
+use palisade_order_system::load::{self, Gateway, LoadSettings};
 use palisade_order_system::service::SagaService;
 use palisade_token_bucket::Bucket;
 
 mod support;
-use support::{credentials, place_directly, settings, signed_in, start, start_with};
-
-fn load_settings(system: &System, orders: usize, concurrency: usize) -> LoadSettings {
-    LoadSettings {
-        gateway: format!("http://{}", system.address),
-        admin: format!("http://{}", system.admin_address),
-        orders,
-        concurrency,
-        decline_rate: 0.2,
-        progress: Progress::Hidden,
-        credentials: credentials(system),
-        processor_outage: None,
-        processor_admin: None,
-    }
-}
+use support::{load_settings, place_directly, settings, signed_in, start, start_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_orders_end_confirmed_or_cancelled_with_the_books_straight() {

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Method;
-use palisade_order_system::load::{self, Gateway, LoadSettings, Progress};
+use palisade_order_system::load::{self, Gateway};
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
 mod support;
-use support::{credentials, signed_in, start};
+use support::{load_settings, signed_in, start};
 
 /// Sets the processor's delay through the gateway, as the operator.
 async fn set_delay(operator: &Gateway, delay_ms: u64) {
@@ -66,17 +66,7 @@ async fn a_stalled_processor_opens_the_breaker_holds_no_transaction_and_every_sa
 
     // A minute a charge: far past payment's deadline.
     set_delay(&operator, 60_000).await;
-    let settings = LoadSettings {
-        gateway: format!("http://{}", system.address),
-        admin: format!("http://{}", system.admin_address),
-        orders: 40,
-        concurrency: 16,
-        decline_rate: 0.2,
-        progress: Progress::Hidden,
-        credentials: credentials(&system),
-        processor_outage: None,
-        processor_admin: None,
-    };
+    let settings = load_settings(&system, 40, 16);
     let running = tokio::spawn(async move { load::run(&settings).await });
 
     // The slow calls open the breaker.

@@ -6,7 +6,7 @@ use palisade_order_system::db::{Emit, Param, ServiceDb, Tx};
 use palisade_order_system::embedded::{Settings, System};
 use palisade_order_system::events::{Line, SagaEvent};
 use palisade_order_system::identity::Credentials;
-use palisade_order_system::load::Gateway;
+use palisade_order_system::load::{Gateway, LoadSettings, Progress};
 use palisade_outbox::{Delivery, Envelope};
 use palisade_token_bucket::Bucket;
 
@@ -30,6 +30,22 @@ pub async fn start_with(per_user: Option<Bucket>) -> (System, std::path::PathBuf
 
 pub async fn start() -> (System, std::path::PathBuf) {
     start_with(None).await
+}
+
+/// A load of `orders` orders, `concurrency` at a time, a fifth of them
+/// declined, on `system`, quietly.
+pub fn load_settings(system: &System, orders: usize, concurrency: usize) -> LoadSettings {
+    LoadSettings {
+        gateway: format!("http://{}", system.address),
+        admin: format!("http://{}", system.admin_address),
+        orders,
+        concurrency,
+        decline_rate: 0.2,
+        progress: Progress::Hidden,
+        credentials: credentials(system),
+        processor_outage: None,
+        processor_admin: None,
+    }
 }
 
 /// The demo users' passwords the system wrote on its first start.
