@@ -235,7 +235,6 @@ pub async fn read_books_stuck_after(
     stuck_after: Duration,
 ) -> Result<Books, sqlx::Error> {
     let mut books = services.orders.books(stuck_after).await?;
-    books.stuck_after_ms = u64::try_from(stuck_after.as_millis()).unwrap_or(u64::MAX);
     if let Some(steps) = &services.steps {
         books.merge(steps.inventory.books(stuck_after).await?);
         books.merge(steps.payment.books(stuck_after).await?);
