@@ -1,20 +1,25 @@
-//! Decisions per second of palisade's `RedisStore`, 64 tasks sharing one
-//! multiplexed connection, against `redis-benchmark` running `EVALSHA` of
-//! the same script with 64 clients, in the same run.
+//! Decisions per second of palisade's `RedisStore` and `LeasingStore`, 64
+//! tasks sharing one multiplexed connection, against `redis-benchmark`
+//! running `EVALSHA` of the same script with 64 clients, one command at a
+//! time and pipelined 16 deep (the Redis ceiling), in the same run.
 //!
 //! ```sh
 //! cargo run --release -p palisade-bench --example redis_throughput -- [seconds]
 //! ```
 //!
-//! Uses `REDIS_URL` (default `redis://127.0.0.1:6379`) and a key under
+//! Uses `REDIS_URL` (default `redis://127.0.0.1:6379`) and keys under
 //! `palisade-bench:`. Prints decisions per second and the p50 / p99
-//! latency of both, and their ratio.
+//! latency of each, and the ratios.
 
 use std::time::{Duration, Instant};
 
-use palisade_token_bucket::{Bucket, FailurePolicy, RedisStore, Store};
+use palisade_token_bucket::{Bucket, FailurePolicy, Leasing, LeasingStore, RedisStore, Store};
+use redis::aio::MultiplexedConnection;
 
 const TASKS: usize = 64;
+
+/// Decisions per second, p50 and p99 in milliseconds.
+type Figures = (f64, f64, f64);
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,19 +32,53 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .timeout(Duration::from_secs(1));
     let bucket = Bucket::new(1_000_000_000, 1e9)?;
 
-    // Warm up: loads the script, fills the connection.
+    let plain = measure(&store, "hot", &bucket, seconds).await?;
+    print_figures("palisade RedisStore", plain);
+    let leasing = LeasingStore::new(store, Leasing::new())?;
+    let leased = measure(&leasing, "leased", &bucket, seconds).await?;
+    leasing.give_back().await;
+    print_figures("palisade LeasingStore", leased);
+
+    let requests = ((plain.0 * seconds as f64) as u64).max(100_000);
+    let one_at_a_time = redis_benchmark(&url, connection.clone(), &bucket, requests, 1).await?;
+    print_figures("redis-benchmark EVALSHA", one_at_a_time);
+    let pipelined = redis_benchmark(&url, connection, &bucket, requests * 4, 16).await?;
+    print_figures("redis-benchmark EVALSHA -P 16", pipelined);
+
+    println!(
+        "RedisStore / redis-benchmark = {:.0}%; RedisStore / -P 16 = {:.0}%; LeasingStore / -P 16 = {:.1}x",
+        plain.0 / one_at_a_time.0 * 100.0,
+        plain.0 / pipelined.0 * 100.0,
+        leased.0 / pipelined.0
+    );
+    Ok(())
+}
+
+fn print_figures(name: &str, (rate, p50, p99): Figures) {
+    println!("{name:<30} {rate:>11.0} decisions/s  p50 {p50:.4} ms  p99 {p99:.4} ms");
+}
+
+/// `TASKS` tasks deciding `key` through `store` on one connection for
+/// `seconds`, after a warm-up that loads the script.
+async fn measure<St: Store>(
+    store: &St,
+    key: &'static str,
+    bucket: &Bucket,
+    seconds: u64,
+) -> Result<Figures, Box<dyn std::error::Error>> {
     for _ in 0..1000 {
-        store.decide("hot", &bucket, 1).await?;
+        store.decide(key, bucket, 1).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for _ in 0..TASKS {
         let store = store.clone();
+        let bucket = *bucket;
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let start = Instant::now();
-                store.decide("hot", &bucket, 1).await.expect("a decision");
+                store.decide(key, &bucket, 1).await.expect("a decision");
                 latencies.push(start.elapsed());
             }
             latencies
@@ -62,24 +101,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         latencies[index].as_secs_f64() * 1000.0
     };
     #[allow(clippy::cast_precision_loss)]
-    let ours = latencies.len() as f64 / elapsed;
-    println!(
-        "palisade RedisStore   {ours:>10.0} decisions/s  p50 {:.3} ms  p99 {:.3} ms  ({TASKS} tasks, one multiplexed connection)",
-        percentile(0.5),
-        percentile(0.99)
-    );
+    let rate = latencies.len() as f64 / elapsed;
+    Ok((rate, percentile(0.5), percentile(0.99)))
+}
 
-    let mut redis = connection;
+/// `redis-benchmark` running the decision script `requests` times with 64
+/// clients, `pipeline` commands deep.
+async fn redis_benchmark(
+    url: &str,
+    mut redis: MultiplexedConnection,
+    bucket: &Bucket,
+    requests: u64,
+    pipeline: u32,
+) -> Result<Figures, Box<dyn std::error::Error>> {
     let sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
-        .arg(RedisStore::<redis::aio::MultiplexedConnection>::script_source())
+        .arg(RedisStore::<MultiplexedConnection>::script_source())
         .query_async(&mut redis)
         .await?;
     let address = url.trim_start_matches("redis://").trim_end_matches('/');
     let (host, port) = address.rsplit_once(':').unwrap_or((address, "6379"));
-    let requests = ((ours * seconds as f64) as u64).max(100_000).to_string();
     let output = tokio::process::Command::new("redis-benchmark")
-        .args(["-h", host, "-p", port, "-c", "64", "-n", &requests, "--csv"])
+        .args(["-h", host, "-p", port, "-c", "64", "--csv"])
+        .args(["-n", &requests.to_string(), "-P", &pipeline.to_string()])
         .args(["EVALSHA", &sha, "1", "{palisade-bench:hot}"])
         .arg(bucket.interval().as_nanos().to_string())
         .args([bucket.capacity().to_string(), "1".to_owned()])
@@ -92,10 +136,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .skip(1)
         .map(|field| field.trim_matches('"').parse().unwrap_or(f64::NAN))
         .collect();
-    let (theirs, p50, p99) = (fields[0], fields[3], fields[5]);
-    println!(
-        "redis-benchmark EVALSHA {theirs:>8.0} requests/s   p50 {p50:.3} ms  p99 {p99:.3} ms  (64 clients)"
-    );
-    println!("palisade / redis-benchmark = {:.0}%", ours / theirs * 100.0);
-    Ok(())
+    Ok((fields[0], fields[3], fields[5]))
 }

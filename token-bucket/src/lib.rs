@@ -18,6 +18,11 @@
 //!   Redis's own clock; keys expire once their bucket is full again and
 //!   stay in one Redis Cluster slot; when Redis fails or is slow an
 //!   explicit [`FailurePolicy`] applies within a per-call timeout.
+//! - [`LeasingStore`] (feature `redis`): a [`RedisStore`] that takes a
+//!   hot key's tokens a batch at a time and spends them in process, so
+//!   most decisions cost no round trip; the fleet may admit at most one
+//!   lease per process more than the bucket over an interval, a bound set
+//!   by [`Leasing::max_share`].
 //!
 //! In a tower stack it is a [`RateLimitLayer`]. The buckets live in the
 //! store, so every clone axum or tonic makes of the service draws on the
@@ -51,7 +56,7 @@
 //!
 //! # Feature flags
 //!
-//! - `redis`: [`RedisStore`] and [`FailurePolicy`], generic over any
+//! - `redis`: [`RedisStore`], [`LeasingStore`] and [`FailurePolicy`], generic over any
 //!   `redis::aio::ConnectionLike + Clone` (a `ConnectionManager`, a cluster
 //!   connection, a pool).
 //! - `http`: [`RateLimitLayer::new_for_http`] answers `429` with
@@ -79,6 +84,8 @@ pub mod grpc;
 pub mod http;
 pub mod key;
 mod layer;
+#[cfg(feature = "redis")]
+mod leasing;
 mod local;
 #[cfg(feature = "otel")]
 pub mod otel;
@@ -91,6 +98,8 @@ mod store;
 pub use bucket::{Bucket, Decision, MAX_CAPACITY};
 pub use error::{ConfigError, RateLimited, StoreError};
 pub use layer::RateLimitLayer;
+#[cfg(feature = "redis")]
+pub use leasing::{LeaseDecision, LeasedKey, Leasing, LeasingStore};
 pub use local::{Clock, LocalStore, MAX_KEY_BYTES, PinnedBucket};
 #[cfg(feature = "redis")]
 pub use redis_store::{FailurePolicy, RedisStore};

@@ -17,14 +17,19 @@ use crate::error::StoreError;
 use crate::local::LocalStore;
 use crate::store::Store;
 
-/// One decision, atomically, on Redis's clock.
+/// One decision, atomically, on Redis's clock; also a lease's refill.
 ///
 /// The bucket is its arrival time (GCRA), stored as `seconds:nanoseconds`
 /// and expiring when the bucket would be full again. Lua numbers are
 /// doubles, so the script never adds nanoseconds to an absolute time:
 /// it works with the distance between the arrival time and now, which is
-/// exact. Returns `{allowed, remaining, retry_after_us (-1: never),
-/// reset_us}`.
+/// exact.
+///
+/// `ARGV` are the refill interval in nanoseconds, the capacity and the
+/// cost; a lease ([`LeasingStore`](crate::LeasingStore)) adds how many
+/// tokens it would like (at least the cost, up to what the bucket holds)
+/// and how many unspent ones it gives back first. Returns `{allowed,
+/// remaining, retry_after_us (-1: never), reset_us, taken}`.
 ///
 /// It reads `TIME` before it writes: Redis 3.2 to 4.x refuse a write after a
 /// non-deterministic command unless the script first asks for its effects
@@ -38,6 +43,8 @@ local now_ns = tonumber(t[2]) * 1000
 local interval = tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
+local want = tonumber(ARGV[4] or ARGV[3])
+local give_back = tonumber(ARGV[5] or 0)
 local tolerance = interval * capacity
 local ahead = 0
 local stored = redis.call('GET', KEYS[1])
@@ -47,17 +54,30 @@ if stored then
     ahead = math.max(0, (tonumber(s) - now_s) * 1e9 + (tonumber(ns) - now_ns))
   end
 end
-local after = ahead + interval * cost
-if after <= tolerance then
-  local total = now_ns + after
-  local carry = math.floor(total / 1e9)
-  local tat = string.format('%d:%d', now_s + carry, total - carry * 1e9)
-  redis.call('SET', KEYS[1], tat, 'PX', math.max(1, math.ceil(after / 1e6)))
-  return {1, math.floor((tolerance - after) / interval + 1e-9), 0, math.ceil(after / 1000)}
+local function store(ahead)
+  if ahead > 0 then
+    local total = now_ns + ahead
+    local carry = math.floor(total / 1e9)
+    local tat = string.format('%d:%d', now_s + carry, total - carry * 1e9)
+    redis.call('SET', KEYS[1], tat, 'PX', math.max(1, math.ceil(ahead / 1e6)))
+  else
+    redis.call('DEL', KEYS[1])
+  end
 end
+if give_back > 0 then
+  ahead = math.max(0, ahead - interval * give_back)
+end
+local take = math.max(cost, math.min(want, math.floor((tolerance - ahead) / interval)))
+if take > cost and ahead + interval * take > tolerance then take = cost end
+local after = ahead + interval * take
+if after <= tolerance then
+  store(after)
+  return {1, math.floor((tolerance - after) / interval + 1e-9), 0, math.ceil(after / 1000), take}
+end
+if give_back > 0 then store(ahead) end
 local retry = -1
-if cost <= capacity then retry = math.ceil((after - tolerance) / 1000) end
-return {0, math.floor((tolerance - ahead) / interval + 1e-9), retry, math.ceil(ahead / 1000)}
+if cost <= capacity then retry = math.ceil((ahead + interval * cost - tolerance) / 1000) end
+return {0, math.floor((tolerance - ahead) / interval + 1e-9), retry, math.ceil(ahead / 1000), 0}
 ";
 
 /// The script, hashed once; `redis::Script` runs it with `EVALSHA` and
@@ -288,8 +308,10 @@ where
     /// read it, preload it (`SCRIPT LOAD`) or benchmark it.
     ///
     /// `KEYS[1]` is the bucket's key; `ARGV` are the refill interval in
-    /// nanoseconds, the capacity and the cost. It returns `{allowed,
-    /// remaining, retry_after_us (-1: never), reset_us}`.
+    /// nanoseconds, the capacity and the cost, then (leases only) the
+    /// tokens wanted in all and the unspent ones given back first. It
+    /// returns `{allowed, remaining, retry_after_us (-1: never), reset_us,
+    /// taken}`.
     #[must_use]
     pub const fn script_source() -> &'static str {
         DECIDE
@@ -345,9 +367,27 @@ where
     }
 }
 
-/// The script's answer as a decision.
-fn decision(bucket: &Bucket, reply: (i64, i64, i64, i64)) -> Decision {
-    let (allowed, remaining, retry_us, reset_us) = reply;
+/// What one run of the script asks of a bucket: the request's `cost`, up
+/// to `want` tokens in all (a lease), after `give_back` unspent ones.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ask {
+    pub(crate) cost: u32,
+    pub(crate) want: u32,
+    pub(crate) give_back: u32,
+}
+
+/// The answer to an [`Ask`]: the decision on the request, and the tokens
+/// taken with it (its cost included), `None` when the failure policy
+/// decided without Redis.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Grant {
+    pub(crate) decision: Decision,
+    pub(crate) taken: Option<u32>,
+}
+
+/// The script's answer as a grant.
+fn grant(bucket: &Bucket, reply: (i64, i64, i64, i64, i64)) -> Grant {
+    let (allowed, remaining, retry_us, reset_us, taken) = reply;
     let micros = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
     let retry_after = if retry_us < 0 {
         Duration::MAX
@@ -355,13 +395,71 @@ fn decision(bucket: &Bucket, reply: (i64, i64, i64, i64)) -> Decision {
         micros(retry_us)
     };
     let remaining = u32::try_from(remaining).unwrap_or(0);
-    Decision::counted(
-        bucket,
-        allowed == 1,
-        remaining,
-        retry_after,
-        micros(reset_us),
-    )
+    Grant {
+        decision: Decision::counted(
+            bucket,
+            allowed == 1,
+            remaining,
+            retry_after,
+            micros(reset_us),
+        ),
+        taken: Some(u32::try_from(taken).unwrap_or(0)),
+    }
+}
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// Runs the script for `key` within the timeout; when Redis fails, is
+    /// slow or is known to be down, the failure policy decides.
+    pub(crate) async fn ask(
+        &self,
+        key: &str,
+        bucket: &Bucket,
+        ask: Ask,
+    ) -> Result<Grant, StoreError> {
+        let now = Instant::now();
+        let policy = |error| {
+            self.fall_back(key, bucket, ask.cost, error)
+                .map(|decision| Grant {
+                    decision,
+                    taken: None,
+                })
+        };
+        if !self.health.should_try(now) {
+            return policy(StoreError::backend(
+                "redis is down; not tried until the next probe",
+            ));
+        }
+        let mut connection = self.connection.clone();
+        let mut invocation = SCRIPT.key(self.key(key));
+        invocation
+            .arg(bucket.interval_ns())
+            .arg(bucket.capacity())
+            .arg(ask.cost)
+            .arg(ask.want)
+            .arg(ask.give_back);
+        let error = match tokio::time::timeout(
+            self.timeout,
+            invocation.invoke_async::<(i64, i64, i64, i64, i64)>(&mut connection),
+        )
+        .await
+        {
+            Ok(Ok(reply)) => {
+                self.health.answered();
+                return Ok(grant(bucket, reply));
+            }
+            Ok(Err(error)) => StoreError::backend(error),
+            Err(_) => StoreError::timeout(self.timeout),
+        };
+        #[cfg(feature = "otel")]
+        if let Some(instruments) = &self.instruments {
+            instruments.failed(error.is_timeout());
+        }
+        self.health.failed(&error, &self.policy, now);
+        policy(error)
+    }
 }
 
 impl<C> Store for RedisStore<C>
@@ -385,37 +483,14 @@ where
         let store = self.clone();
         let key = key.to_owned();
         let bucket = *bucket;
+        let ask = Ask {
+            cost,
+            want: cost,
+            give_back: 0,
+        };
         Box::pin(async move {
-            let now = Instant::now();
-            if !store.health.should_try(now) {
-                let skipped = StoreError::backend("redis is down; not tried until the next probe");
-                return store.fall_back(&key, &bucket, cost, skipped);
-            }
-            let mut connection = store.connection.clone();
-            let mut invocation = SCRIPT.key(store.key(&key));
-            invocation
-                .arg(bucket.interval_ns())
-                .arg(bucket.capacity())
-                .arg(cost);
-            let error = match tokio::time::timeout(
-                store.timeout,
-                invocation.invoke_async::<(i64, i64, i64, i64)>(&mut connection),
-            )
-            .await
-            {
-                Ok(Ok(reply)) => {
-                    store.health.answered();
-                    return Ok(decision(&bucket, reply));
-                }
-                Ok(Err(error)) => StoreError::backend(error),
-                Err(_) => StoreError::timeout(store.timeout),
-            };
-            #[cfg(feature = "otel")]
-            if let Some(instruments) = &store.instruments {
-                instruments.failed(error.is_timeout());
-            }
-            store.health.failed(&error, &store.policy, now);
-            store.fall_back(&key, &bucket, cost, error)
+            let grant = store.ask(&key, &bucket, ask).await?;
+            Ok(grant.decision)
         })
     }
 }

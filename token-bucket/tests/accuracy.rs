@@ -21,12 +21,22 @@ async fn accuracy_child() {
 
 #[test]
 fn a_fleet_sharing_one_bucket_admits_the_bound() {
+    admits_the_bound(false);
+}
+
+#[test]
+fn a_fleet_leasing_from_one_bucket_admits_the_bound() {
+    admits_the_bound(true);
+}
+
+fn admits_the_bound(leasing: bool) {
     let run = fleet::Run {
         processes: 2,
         tasks: 8,
         duration: Duration::from_secs(2),
         capacity: 50,
         rate: 200.0,
+        leasing,
     };
     let exe = std::env::current_exe().unwrap();
     let args = [

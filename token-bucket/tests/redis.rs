@@ -10,24 +10,12 @@ use palisade_token_bucket::{
     Bucket, FailurePolicy, LocalStore, RateLimitLayer, RedisStore, Store, key,
 };
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use tower::{BoxError, Layer, ServiceExt, service_fn};
 
-async fn connect(url: &str) -> ConnectionManager {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(200)))
-        .set_response_timeout(Some(Duration::from_millis(200)))
-        .set_number_of_retries(1);
-    redis::Client::open(url)
-        .unwrap()
-        .get_connection_manager_with_config(config)
-        .await
-        .expect("a reachable Redis (run scripts/services)")
-}
-
-fn prefix() -> String {
-    format!("palisade-test:{}", fastrand::u64(..))
-}
+#[path = "support/redis.rs"]
+mod support;
+use support::{connect, prefix};
 
 async fn store(policy: FailurePolicy) -> RedisStore<ConnectionManager> {
     RedisStore::new(connect(&redis_url()).await, policy)

@@ -9,12 +9,16 @@
 //! the same machine clock, so every decision falls between the earliest
 //! first request and the latest last answer: over that span the bucket may
 //! admit at most `capacity + rate × span`.
+//!
+//! With `leasing`, each process decides through a `LeasingStore` in front
+//! of its `RedisStore`. Every token is still taken from Redis before it is
+//! spent, and no lease is older than the run, so the bound is the same.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use palisade_token_bucket::{Bucket, FailurePolicy, RedisStore, Store};
+use palisade_token_bucket::{Bucket, FailurePolicy, Leasing, LeasingStore, RedisStore, Store};
 
 const CHILD: &str = "PALISADE_ACCURACY_CHILD";
 const LINE: &str = "accuracy-child";
@@ -27,6 +31,8 @@ pub(crate) struct Run {
     pub(crate) duration: Duration,
     pub(crate) capacity: u32,
     pub(crate) rate: f64,
+    /// Whether each process leases its tokens.
+    pub(crate) leasing: bool,
 }
 
 /// What the fleet did.
@@ -60,11 +66,12 @@ pub(crate) fn run_fleet(exe: &Path, args: &[&str], run: &Run) -> Outcome {
     // Every process starts together, after they all had time to connect.
     let start = micros(SystemTime::now()) + 1_500_000;
     let settings = format!(
-        "{prefix} {start} {} {} {} {}",
+        "{prefix} {start} {} {} {} {} {}",
         run.duration.as_micros(),
         run.tasks,
         run.capacity,
-        run.rate
+        run.rate,
+        run.leasing
     );
     let children: Vec<_> = (0..run.processes)
         .map(|_| {
@@ -128,9 +135,31 @@ pub(crate) async fn child_if_asked() -> bool {
         .timeout(Duration::from_secs(2));
     let wait = start.saturating_sub(micros(SystemTime::now()));
     tokio::time::sleep(Duration::from_micros(wait)).await;
+    let counts = if fields[6].parse().expect("leasing") {
+        let leasing = LeasingStore::new(store, Leasing::new()).expect("valid settings");
+        let counts = hammer(&leasing, &bucket, tasks, end).await;
+        leasing.give_back().await;
+        counts
+    } else {
+        hammer(&store, &bucket, tasks, end).await
+    };
+    let (admitted, decisions, first, last) = counts;
+    println!("{LINE} {admitted} {decisions} {first} {last}");
+    true
+}
+
+/// `tasks` tasks deciding one key until `end`: admitted, decisions, and
+/// the first request and last answer.
+async fn hammer<St: Store>(
+    store: &St,
+    bucket: &Bucket,
+    tasks: u32,
+    end: u64,
+) -> (u64, u64, u64, u64) {
     let handles: Vec<_> = (0..tasks)
         .map(|_| {
             let store = store.clone();
+            let bucket = *bucket;
             tokio::spawn(async move {
                 let (mut admitted, mut decisions, mut first, mut last) =
                     (0u64, 0u64, u64::MAX, 0u64);
@@ -160,6 +189,5 @@ pub(crate) async fn child_if_asked() -> bool {
         first = first.min(f);
         last = last.max(l);
     }
-    println!("{LINE} {admitted} {decisions} {first} {last}");
-    true
+    (admitted, decisions, first, last)
 }

@@ -1,0 +1,385 @@
+//! The leasing store against a real Redis (`REDIS_URL`, default
+//! `redis://127.0.0.1:6379`). Every test uses its own key prefix.
+//!
+//! The buckets refill at a thousandth of a token a second, so a test's
+//! few seconds add no token and every count is exact; the leases cover an
+//! hour of traffic, so their sizes do not depend on the machine's speed.
+#![cfg(feature = "redis")]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Waker};
+use std::time::Duration;
+
+use palisade_testkit::servers::{redis_proxy, redis_url};
+use palisade_token_bucket::{
+    Bucket, FailurePolicy, Leasing, LeasingStore, RateLimitLayer, RateLimited, RedisStore, Store,
+    key,
+};
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+use tower::{Layer, ServiceExt, service_fn};
+
+#[path = "support/redis.rs"]
+mod support;
+use support::{connect, prefix};
+
+/// A connection that counts the commands sent through it: the round trips
+/// a store made.
+#[derive(Clone)]
+struct Counting {
+    inner: ConnectionManager,
+    commands: Arc<AtomicUsize>,
+}
+
+impl ConnectionLike for Counting {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.commands.fetch_add(1, Ordering::Relaxed);
+        self.inner.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.commands.fetch_add(1, Ordering::Relaxed);
+        self.inner.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+/// A bucket of `capacity` that adds no token while a test runs.
+fn bucket(capacity: u32) -> Bucket {
+    Bucket::new(capacity, 0.001).unwrap()
+}
+
+/// Leases that cover an hour, each up to half the bucket.
+fn leasing() -> Leasing {
+    Leasing::new()
+        .cover(Duration::from_secs(3600))
+        .hold(Duration::from_secs(3600))
+        .max_share(0.5)
+}
+
+/// A leasing store on `url` under `prefix`, counting its round trips.
+async fn leasing_store(
+    prefix: &str,
+    url: &str,
+    leasing: Leasing,
+    policy: FailurePolicy,
+) -> (LeasingStore<Counting>, Arc<AtomicUsize>) {
+    let commands = Arc::new(AtomicUsize::new(0));
+    let inner = connect(url).await;
+    // Loads the script on this connection first, so counts start after it.
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(RedisStore::<ConnectionManager>::script_source())
+        .exec_async(&mut inner.clone())
+        .await
+        .unwrap();
+    let counting = Counting {
+        inner,
+        commands: Arc::clone(&commands),
+    };
+    let redis = RedisStore::new(counting, policy)
+        .prefix(prefix)
+        .timeout(Duration::from_millis(250));
+    (LeasingStore::new(redis, leasing).unwrap(), commands)
+}
+
+struct Fixture {
+    store: LeasingStore<Counting>,
+    /// The same buckets, without leases: how Redis sees them.
+    plain: RedisStore<ConnectionManager>,
+    prefix: String,
+    commands: Arc<AtomicUsize>,
+}
+
+async fn fixture(leasing: Leasing, policy: FailurePolicy, url: &str) -> Fixture {
+    let prefix = prefix();
+    let (store, commands) = leasing_store(&prefix, url, leasing, policy).await;
+    let plain = RedisStore::new(connect(&redis_url()).await, FailurePolicy::Propagate)
+        .prefix(&prefix)
+        .timeout(Duration::from_secs(1));
+    Fixture {
+        store,
+        plain,
+        prefix,
+        commands,
+    }
+}
+
+impl Fixture {
+    /// Tokens Redis has for anyone now.
+    async fn left_in_redis(&self, key: &str, bucket: &Bucket) -> u32 {
+        self.plain.decide(key, bucket, 0).await.unwrap().remaining()
+    }
+
+    fn commands(&self) -> usize {
+        self.commands.load(Ordering::Relaxed)
+    }
+}
+
+#[tokio::test]
+async fn a_hot_key_spends_leased_tokens_without_asking_redis_each_time() {
+    let fixture = fixture(leasing(), FailurePolicy::Propagate, &redis_url()).await;
+    let bucket = bucket(1_000);
+    for _ in 0..1_000 {
+        let decision = fixture.store.decide("hot", &bucket, 1).await.unwrap();
+        assert!(decision.is_allowed());
+    }
+    // Leases double from one token up to half the bucket (500): 1, 2, 4,
+    // …, 256, then what is left.
+    let asked = fixture.commands();
+    assert!(asked <= 12, "{asked} round trips for 1,000 decisions");
+    assert_eq!(fixture.store.held(), 0, "the bucket is spent exactly");
+    let refused = fixture.store.decide("hot", &bucket, 1).await.unwrap();
+    assert!(!refused.is_allowed());
+    assert_eq!(fixture.left_in_redis("hot", &bucket).await, 0);
+}
+
+#[tokio::test]
+async fn tokens_taken_are_tokens_spent_or_held_and_given_back() {
+    let fixture = fixture(leasing(), FailurePolicy::Propagate, &redis_url()).await;
+    let bucket = bucket(100);
+    for _ in 0..40 {
+        let decision = fixture.store.decide("k", &bucket, 1).await.unwrap();
+        assert!(decision.is_allowed());
+    }
+    let held = u32::try_from(fixture.store.held()).unwrap();
+    assert!(held > 0, "a lease larger than one request is held");
+    assert_eq!(fixture.left_in_redis("k", &bucket).await, 100 - 40 - held);
+
+    assert_eq!(fixture.store.give_back().await, u64::from(held));
+    assert_eq!(fixture.store.held(), 0);
+    assert_eq!(fixture.left_in_redis("k", &bucket).await, 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processes_sharing_a_bucket_admit_exactly_its_tokens() {
+    // Four stores (as four processes would), each with its own connection
+    // and sixteen tasks, drain one key, then give back what they hold:
+    // every token Redis handed out was admitted once or came back.
+    let bucket = bucket(2_000);
+    let fixture = fixture(leasing(), FailurePolicy::Propagate, &redis_url()).await;
+    let mut stores = vec![fixture.store.clone()];
+    for _ in 0..3 {
+        let url = redis_url();
+        let leasing = leasing().max_share(0.1);
+        stores.push(
+            leasing_store(&fixture.prefix, &url, leasing, FailurePolicy::Propagate)
+                .await
+                .0,
+        );
+    }
+    let mut tasks = Vec::new();
+    for store in &stores {
+        for _ in 0..16 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut admitted = 0_u32;
+                for _ in 0..200 {
+                    admitted += u32::from(
+                        store
+                            .decide("shared", &bucket, 1)
+                            .await
+                            .unwrap()
+                            .is_allowed(),
+                    );
+                }
+                admitted
+            }));
+        }
+    }
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += task.await.unwrap();
+    }
+    // 64 tasks × 200 asks for 2,000 tokens: the bucket runs dry.
+    assert_eq!(
+        admitted + u32::try_from(stores.iter().map(LeasingStore::held).sum::<u64>()).unwrap(),
+        2_000
+    );
+    for store in &stores {
+        store.give_back().await;
+    }
+    assert_eq!(
+        fixture.left_in_redis("shared", &bucket).await,
+        2_000 - admitted
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_is_remembered_until_its_wait() {
+    let fixture = fixture(leasing(), FailurePolicy::Propagate, &redis_url()).await;
+    let bucket = bucket(2);
+    assert!(
+        fixture
+            .store
+            .decide("k", &bucket, 2)
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+    let refused = fixture.store.decide("k", &bucket, 1).await.unwrap();
+    assert!(!refused.is_allowed());
+    let asked = fixture.commands();
+    for _ in 0..100 {
+        let again = fixture.store.decide("k", &bucket, 1).await.unwrap();
+        assert!(!again.is_allowed());
+        assert!(again.retry_after() <= refused.retry_after());
+        assert!(
+            again.retry_after() > Duration::from_secs(900),
+            "a thousandth of a token a second"
+        );
+    }
+    assert_eq!(
+        fixture.commands(),
+        asked,
+        "refused here, without asking Redis"
+    );
+    // A request the bucket cannot hold at all is refused for good.
+    let never = fixture.store.decide("k", &bucket, 3).await.unwrap();
+    assert_eq!(never.retry_after(), Duration::MAX);
+}
+
+#[tokio::test]
+async fn a_cold_key_leases_only_what_it_asks_for() {
+    let fixture = fixture(leasing(), FailurePolicy::Propagate, &redis_url()).await;
+    let bucket = bucket(100);
+    for user in 0..50 {
+        let decision = fixture
+            .store
+            .decide(&format!("user-{user}"), &bucket, 1)
+            .await
+            .unwrap();
+        assert!(decision.is_allowed());
+        assert_eq!(decision.remaining(), 99);
+    }
+    assert_eq!(fixture.store.held(), 0);
+}
+
+#[tokio::test]
+async fn unspent_tokens_go_back_once_held_long_enough() {
+    let leasing = Leasing::new()
+        .cover(Duration::from_millis(50))
+        .hold(Duration::from_millis(200))
+        .max_share(0.5);
+    let fixture = fixture(leasing, FailurePolicy::Propagate, &redis_url()).await;
+    let bucket = bucket(100);
+    let mut spent = 0;
+    while fixture.store.held() == 0 {
+        assert!(
+            fixture
+                .store
+                .decide("quiet", &bucket, 1)
+                .await
+                .unwrap()
+                .is_allowed()
+        );
+        spent += 1;
+    }
+    // The key goes quiet: the sweep gives its lease back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while fixture.store.held() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease is still held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fixture.left_in_redis("quiet", &bucket).await, 100 - spent);
+}
+
+#[tokio::test]
+async fn with_redis_away_leased_tokens_still_spend_then_the_policy_decides() {
+    let (proxy, url) = redis_proxy().await;
+    let fixture = fixture(leasing(), FailurePolicy::FailClosed, &url).await;
+    let bucket = bucket(100);
+    while fixture.store.held() < 4 {
+        assert!(
+            fixture
+                .store
+                .decide("k", &bucket, 1)
+                .await
+                .unwrap()
+                .is_allowed()
+        );
+    }
+    proxy.cut().await;
+    let held = fixture.store.held();
+    for _ in 0..held {
+        assert!(
+            fixture
+                .store
+                .decide("k", &bucket, 1)
+                .await
+                .unwrap()
+                .is_allowed()
+        );
+    }
+    let closed = fixture.store.decide("k", &bucket, 1).await.unwrap();
+    assert!(!closed.is_allowed());
+    assert!(!closed.is_from_bucket(), "the failure policy decided");
+    assert!(fixture.store.redis().is_degraded());
+}
+
+#[tokio::test]
+async fn a_refill_dropped_mid_call_leaves_no_request_waiting() {
+    let fixture = fixture(leasing(), FailurePolicy::Propagate, &redis_url()).await;
+    let bucket = bucket(100);
+    {
+        // Sent to Redis, then abandoned before the answer.
+        let mut asking = pin!(fixture.store.decide("k", &bucket, 1));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(asking.as_mut().poll(&mut cx).is_pending());
+    }
+    let decision = tokio::time::timeout(
+        Duration::from_secs(10),
+        fixture.store.decide("k", &bucket, 1),
+    )
+    .await
+    .expect("decided, not left waiting for the abandoned refill")
+    .unwrap();
+    assert!(decision.is_allowed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_global_limit_through_the_layer_admits_its_capacity() {
+    let fixture = fixture(leasing(), FailurePolicy::Propagate, &redis_url()).await;
+    let layer = RateLimitLayer::new(fixture.store.clone(), bucket(300), key::global("api"));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        // A service per task, as axum makes one per connection.
+        let service = layer.layer(service_fn(|n: u32| async move { Ok::<_, Infallible>(n) }));
+        tasks.push(tokio::spawn(async move {
+            let mut admitted = 0_u32;
+            for n in 0..10 {
+                match service.clone().oneshot(n).await {
+                    Ok(_) => admitted += 1,
+                    Err(error) => assert!(error.is::<RateLimited>(), "{error}"),
+                }
+            }
+            admitted
+        }));
+    }
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += task.await.unwrap();
+    }
+    let held = u32::try_from(fixture.store.held()).unwrap();
+    assert_eq!(admitted + held, 300);
+    assert!(
+        fixture.commands() < 100,
+        "{} round trips for 640 requests",
+        fixture.commands()
+    );
+}
