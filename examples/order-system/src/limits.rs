@@ -20,7 +20,10 @@
 //! and the password check costs no round trip, so a flood is refused
 //! before it becomes load on the shared store. With several gateways
 //! behind a balancer an address gets up to that many times its rate;
-//! the user buckets, in a shared store, are the fleet's.
+//! the user buckets, in a shared store, are the fleet's. On real
+//! infrastructure each gateway leases a busy user's tokens from Redis (a
+//! `LeasingStore`, at most a tenth of the bucket a lease), so a user may
+//! get up to that much more per gateway over an interval.
 //!
 //! The client address is the connection's peer (axum's `ConnectInfo`); an
 //! IPv6 client is its `/64`, the block one subscriber is given, so cycling

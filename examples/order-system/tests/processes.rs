@@ -505,6 +505,41 @@ impl System {
         assert_eq!(self.trending().await, shipped, "rebuilt from the stream");
     }
 
+    /// A user's requests through both gateways draw on one bucket (100 at
+    /// once, 50 a second), which each gateway leases from Redis a tenth at
+    /// most at a time: over the flood, at most `100 + 50 × elapsed + 2 ×
+    /// 10` are admitted. They come from an address of their own, whose
+    /// buckets (200 at each gateway) the flood never empties.
+    async fn assert_a_users_bucket_is_the_fleets(&self, token: &str) {
+        let address = std::net::IpAddr::from([127, 0, 0, 77]);
+        let gateways = ["gateway", "gateway-2"]
+            .map(|name| Gateway::from_address(&self.address(name), address));
+        let (mut admitted, mut refused) = (0_u32, 0_u32);
+        let started = Instant::now();
+        for n in 0..300 {
+            let (status, _) = gateways[n % 2]
+                .send(
+                    http::Method::GET,
+                    "/orders/none",
+                    &[("authorization", token)],
+                    bytes::Bytes::new(),
+                )
+                .await
+                .unwrap();
+            match status {
+                http::StatusCode::NOT_FOUND => admitted += 1,
+                http::StatusCode::TOO_MANY_REQUESTS => refused += 1,
+                other => panic!("{other}"),
+            }
+        }
+        let bound = 100.0 + 50.0 * started.elapsed().as_secs_f64() + 20.0;
+        assert!(refused > 0, "{admitted} admitted");
+        assert!(
+            f64::from(admitted) <= bound,
+            "{admitted} admitted over a bound of {bound:.1}"
+        );
+    }
+
     /// The order history, a read model kept by the gateways, caught up
     /// with the orders (every order, as it ended), and is built again from
     /// the stream.
@@ -690,6 +725,8 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
         assert!(Instant::now() < deadline, "not in the history: {page}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    system.assert_a_users_bucket_is_the_fleets(&token).await;
 
     // Payment down: the gateway cannot have the card tokenized; it
     // answers 503 and places nothing.

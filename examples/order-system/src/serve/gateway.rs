@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use palisade_coalesce::{Freshness, RedisCache, RedisSettings};
 use palisade_outbox::BoxError;
-use palisade_token_bucket::{FailurePolicy, LocalStore, RedisStore};
+use palisade_token_bucket::{FailurePolicy, Leasing, LeasingStore, LocalStore, RedisStore};
 use tokio::net::TcpListener;
 
 use super::{Process, ServeSettings, connect_redis, consumer, open, serve_http};
@@ -15,6 +15,7 @@ use crate::db::redact_url;
 use crate::gateway::{self, Services, Shared};
 use crate::history::History;
 use crate::identity::Identity;
+use crate::limits::Limited;
 use crate::load::Gateway;
 use crate::orders::Orders;
 use crate::payment::cards::{RemoteVault, Tokenizer};
@@ -55,7 +56,7 @@ pub(super) async fn gateway(
     // Redis down: each gateway limits alone with the same bucket, rather
     // than refusing everyone or letting everyone through. Each bucket has
     // its keys under a prefix of its own.
-    let limits = settings.limits.stored(|name, bucket| {
+    let limited = settings.limits.stored(|name, bucket| {
         RedisStore::new(
             connection.clone(),
             FailurePolicy::Fallback {
@@ -69,6 +70,16 @@ pub(super) async fn gateway(
         .timeout(Duration::from_millis(50))
         .instrument(&meter, name)
     });
+    // A user's requests through this gateway spend tokens it leased from
+    // the user's bucket in Redis: a user busy here costs a round trip per
+    // lease, not per request (at most a tenth of the bucket each).
+    let per_user = LeasingStore::new(limited.per_user, Leasing::new())?;
+    let limits = Limited {
+        per_user: per_user.clone(),
+        per_address: limited.per_address,
+        sign_in: limited.sign_in,
+        buckets: limited.buckets,
+    };
     let trending = RedisCache::<_, tower::BoxError>::connect(
         &client,
         connection.clone(),
@@ -129,5 +140,7 @@ pub(super) async fn gateway(
     } else {
         tasks.shutdown().await;
     }
+    // The users' unspent leased tokens go back to the other gateways.
+    per_user.give_back().await;
     consumed
 }
