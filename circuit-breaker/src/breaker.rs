@@ -211,6 +211,22 @@ pub(crate) struct Inner {
     /// OpenTelemetry instruments, once registered.
     #[cfg(all(feature = "otel", not(palisade_loom)))]
     instruments: std::sync::OnceLock<crate::otel::Instruments>,
+    /// Where this breaker's own openings and closings go once it has
+    /// joined a fleet ([`crate::fleet`]).
+    #[cfg(all(feature = "redis", not(palisade_loom)))]
+    fleet: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Own>>,
+}
+
+/// A transition this breaker made on its own calls' outcomes, as its
+/// fleet link is told of it (not the fleet's own, nor an operator's).
+#[cfg(all(feature = "redis", not(palisade_loom)))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Own {
+    /// Opened (from closed, or from half-open when a probe failed) until
+    /// this instant.
+    Opened(Instant),
+    /// Closed from half-open: the probes succeeded.
+    Closed,
 }
 
 /// A change of state, as sent to [`CircuitBreaker::subscribe`]rs.
@@ -337,6 +353,8 @@ impl CircuitBreaker {
                 transitions: broadcast::channel(TRANSITION_BACKLOG).0,
                 #[cfg(all(feature = "otel", not(palisade_loom)))]
                 instruments: std::sync::OnceLock::new(),
+                #[cfg(all(feature = "redis", not(palisade_loom)))]
+                fleet: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -513,6 +531,78 @@ impl CircuitBreaker {
     }
 }
 
+/// What the fleet link does to the breaker ([`crate::fleet`]): never on
+/// a call's path, and never told back to the link.
+#[cfg(all(feature = "redis", not(palisade_loom)))]
+impl CircuitBreaker {
+    /// Starts telling `link` of this breaker's own transitions; `false`
+    /// when it has a link already.
+    pub(crate) fn join_fleet(&self, link: tokio::sync::mpsc::UnboundedSender<Own>) -> bool {
+        self.inner.fleet.set(link).is_ok()
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Self> {
+        weak.upgrade().map(|inner| Self { inner })
+    }
+
+    /// Opens, or stays open, until `until`, as the fleet says: from
+    /// closed, open or half-open (a probe of this breaker in flight then
+    /// counts for nothing). An operator's state, and metrics-only, are
+    /// left as they are.
+    pub(crate) fn open_for_fleet(&self, until: Instant) {
+        let inner = &*self.inner;
+        let until_ms = inner.millis(until).min(PAYLOAD_MASK);
+        let mut word = inner.load();
+        loop {
+            let from = word.state();
+            if !matches!(from, State::Closed | State::Open | State::HalfOpen)
+                || (from == State::Open && word.payload() == until_ms)
+            {
+                return;
+            }
+            let next = Word::new(State::Open, word.generation() + 1, until_ms);
+            match inner.swap(word, next) {
+                Ok(()) => break,
+                Err(current) => word = current,
+            }
+        }
+        if word.state() != State::Open {
+            inner.transitioned(word.state(), State::Open);
+        }
+    }
+
+    /// Closes with an empty window from open or half-open: a probe
+    /// elsewhere in the fleet succeeded.
+    pub(crate) fn close_for_fleet(&self) {
+        let inner = &*self.inner;
+        let mut word = inner.load();
+        loop {
+            if !matches!(word.state(), State::Open | State::HalfOpen) {
+                return;
+            }
+            let next = Word::new(State::Closed, word.generation() + 1, 0);
+            match inner.swap(word, next) {
+                Ok(()) => break,
+                Err(current) => word = current,
+            }
+        }
+        inner.window.reset();
+        inner.reopens.store(0, Ordering::Relaxed);
+        inner.transitioned(word.state(), State::Closed);
+    }
+
+    /// Until when an open breaker stays open, as it stands.
+    pub(crate) fn open_until(&self) -> Option<Instant> {
+        let word = self.inner.load();
+        (word.state() == State::Open)
+            .then(|| self.inner.base + Duration::from_millis(word.payload()))
+    }
+}
+
 impl Inner {
     fn load(&self) -> Word {
         Word(self.word.load(Ordering::Acquire))
@@ -546,6 +636,8 @@ impl Inner {
         self.swap(current, next)?;
         self.reopens.store(reopens, Ordering::Relaxed);
         self.transitioned(from, State::Open);
+        #[cfg(all(feature = "redis", not(palisade_loom)))]
+        self.tell_fleet(Own::Opened(self.base + Duration::from_millis(until)));
         tracing::debug!(
             target: "palisade_circuit_breaker",
             open_ms,
@@ -579,7 +671,17 @@ impl Inner {
         self.window.reset();
         self.reopens.store(0, Ordering::Relaxed);
         self.transitioned(State::HalfOpen, State::Closed);
+        #[cfg(all(feature = "redis", not(palisade_loom)))]
+        self.tell_fleet(Own::Closed);
         Ok(())
+    }
+
+    #[cfg(all(feature = "redis", not(palisade_loom)))]
+    fn tell_fleet(&self, own: Own) {
+        if let Some(link) = self.fleet.get() {
+            // A link that has stopped has nothing left to tell.
+            let _ = link.send(own);
+        }
     }
 
     /// An operator's transition, from any state.

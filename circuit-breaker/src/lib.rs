@@ -56,6 +56,10 @@
 //!   `palisade.circuit_breaker.calls` (by `outcome`), `.rejected`,
 //!   `.transitions` (by `from` and `to`) and the `.state` gauge, each with
 //!   the attribute `breaker`.
+//! - `redis`: [`fleet::Fleet`] shares a breaker's transitions across the
+//!   replicas of a service: one replica's trip opens them all, and each
+//!   half-open cycle sends one probe for the whole fleet. Calls never
+//!   wait on Redis; without it each replica goes on alone.
 //!
 //! The state machine works without tower too, from a message consumer or a
 //! batch job:
@@ -79,6 +83,8 @@ mod breaker;
 mod classify;
 mod config;
 pub mod error;
+#[cfg(all(feature = "redis", not(palisade_loom)))]
+pub mod fleet;
 pub mod future;
 #[cfg(feature = "grpc")]
 mod grpc_mode;

@@ -1,0 +1,689 @@
+//! A breaker the fleet shares (feature `redis`).
+//!
+//! Each replica keeps its own lock-free [`CircuitBreaker`] on its calls'
+//! path; what the replicas share through Redis is only the breaker's
+//! transitions, carried by a task per breaker (the link):
+//!
+//! - **Open together.** A replica whose own window trips publishes the
+//!   open state (until when) to Redis; the others open on it as soon as
+//!   they hear (pub/sub, with a poll as a fallback for a lost message),
+//!   without waiting for failures of their own.
+//! - **One probe per fleet.** When the open period ends, the replicas race
+//!   for a lease on the probe in Redis; the winner's breaker turns
+//!   half-open and probes, the others stay open. The winner publishes the
+//!   verdict (closed, or open until when) under the lease's token, so a
+//!   replica whose lease ran out cannot overwrite a newer verdict. A
+//!   winner that dies mid-probe loses its lease after the breaker's
+//!   [`half_open_max_wait`](crate::ConfigBuilder::half_open_max_wait), and
+//!   the others race again.
+//! - **Redis away.** Calls never wait on Redis: a closed call touches no
+//!   network, and the link works beside it. When Redis fails, each replica
+//!   goes on with its breaker alone (a fleet's open period it was holding
+//!   ends when its own would have), says so once in the log, and rejoins
+//!   when Redis answers again.
+//!
+//! Clocks: open periods cross replicas as wall-clock times, so replicas
+//! whose clocks disagree by a few milliseconds half-open that much apart;
+//! the probe lease keeps it to one probe all the same.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Script};
+use tokio::sync::mpsc;
+
+use crate::breaker::{CircuitBreaker, Inner, Own};
+
+/// The scripts, hashed once; run with `EVALSHA`, loaded again on
+/// `NOSCRIPT`.
+static OPEN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(OPEN));
+static PROBE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PROBE));
+static VERDICT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(VERDICT));
+
+/// A replica opened on its own: `KEYS[1]` holds the fleet's open state
+/// (until when, in Unix milliseconds). The later of its until and the one
+/// standing wins, is published on `ARGV[4]` when it is the new one, and
+/// is returned.
+const OPEN: &str = r"
+local standing = tonumber(redis.call('GET', KEYS[1]) or '0')
+local asked = tonumber(ARGV[1])
+if standing >= asked then return standing end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+return asked
+";
+
+/// The race for the probe: `1` when this replica's token (`ARGV[1]`) now
+/// holds `KEYS[2]` for `ARGV[2]` ms, `0` when another's does, `-1` when
+/// the fleet is no longer open (`KEYS[1]` is gone).
+const PROBE: &str = r"
+if not redis.call('GET', KEYS[1]) then return -1 end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+";
+
+/// The probe's verdict, only under its token (`ARGV[1]` must still hold
+/// `KEYS[2]`): `ARGV[2]` is `closed` or the new until; `1` when given.
+const VERDICT: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+if ARGV[2] == 'closed' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+redis.call('PUBLISH', ARGV[5], ARGV[4])
+return 1
+";
+
+/// Where a fleet's breakers meet: a Redis server, and the prefix of the
+/// keys and channels they use there.
+///
+/// # Example
+///
+/// ```no_run
+/// use palisade_circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Config};
+/// use palisade_circuit_breaker::fleet::Fleet;
+/// use tower::{BoxError, ServiceBuilder, service_fn};
+///
+/// # async fn run() -> Result<(), BoxError> {
+/// let breaker = CircuitBreaker::new(Config::default());
+/// // Every replica of the service joins the breaker by the same name.
+/// let fleet = Fleet::new(redis::Client::open("redis://127.0.0.1:6379")?);
+/// let member = fleet.join("card-processor", &breaker)?;
+/// let service = ServiceBuilder::new()
+///     .layer(CircuitBreakerLayer::from_breaker(breaker))
+///     .service(service_fn(|request: u32| async move { Ok::<_, BoxError>(request) }));
+/// # let _ = (service, member);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    client: redis::Client,
+    prefix: Arc<str>,
+    poll: Duration,
+    timeout: Duration,
+}
+
+/// One breaker's place in its fleet, from [`Fleet::join`].
+///
+/// The link runs as long as the breaker lives, whether or not this is
+/// kept; it tells whether the breaker is with its fleet now.
+#[derive(Debug, Clone)]
+pub struct Member {
+    alone: Arc<AtomicBool>,
+}
+
+impl Member {
+    /// Whether the breaker is going on alone (Redis does not answer, or
+    /// has not yet), rather than with its fleet.
+    #[must_use]
+    pub fn is_alone(&self) -> bool {
+        self.alone.load(Ordering::Acquire)
+    }
+}
+
+/// [`Fleet::join`] was asked for a breaker that has joined a fleet already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlreadyJoined;
+
+impl std::fmt::Display for AlreadyJoined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("this circuit breaker has joined a fleet already")
+    }
+}
+
+impl std::error::Error for AlreadyJoined {}
+
+impl Fleet {
+    /// The fleet on `client`'s server, with keys and channels under
+    /// `palisade:cb` until [`prefix`](Self::prefix) says otherwise.
+    #[must_use]
+    pub fn new(client: redis::Client) -> Self {
+        Self {
+            client,
+            prefix: Arc::from("palisade:cb"),
+            poll: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// The prefix of the fleet's keys and channels: `{prefix:name}`.
+    #[must_use]
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = Arc::from(prefix);
+        self
+    }
+
+    /// How often a link reads the fleet's state besides hearing it (a
+    /// message lost with a connection is caught up then), and how soon it
+    /// tries Redis again while alone: every second by default.
+    #[must_use]
+    pub const fn poll_every(mut self, every: Duration) -> Self {
+        self.poll = every;
+        self
+    }
+
+    /// How long one Redis command of the link may take before Redis is
+    /// taken as away (one second by default).
+    #[must_use]
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Shares `breaker`'s transitions with every breaker that joined as
+    /// `name`, from a task spawned on the current tokio runtime, which
+    /// ends when the breaker is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`AlreadyJoined`] when the breaker has joined a fleet before.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn join(&self, name: &str, breaker: &CircuitBreaker) -> Result<Member, AlreadyJoined> {
+        let (tell, told) = mpsc::unbounded_channel();
+        if !breaker.join_fleet(tell) {
+            return Err(AlreadyJoined);
+        }
+        let alone = Arc::new(AtomicBool::new(true));
+        let config = breaker.config();
+        let key = format!("{{{}:{name}}}", self.prefix);
+        let link = Link {
+            client: self.client.clone(),
+            breaker: breaker.downgrade(),
+            name: Arc::from(name),
+            open_key: format!("{key}:open"),
+            probe_key: format!("{key}:probe"),
+            channel: key,
+            replica: format!("{:016x}", fastrand::u64(..)),
+            probes: 0,
+            lease: config.half_open_max_wait(),
+            grace: config.half_open_max_wait() + self.poll,
+            poll: self.poll,
+            timeout: self.timeout,
+            alone: Arc::clone(&alone),
+            fleet_until: None,
+            probe_at: None,
+            token: None,
+        };
+        tokio::spawn(link.run(told));
+        Ok(Member { alone })
+    }
+}
+
+/// Why the link left Redis.
+enum Left {
+    /// The breaker is gone: nothing left to share.
+    Gone,
+    /// Redis failed.
+    Failed(RedisError),
+}
+
+impl From<RedisError> for Left {
+    fn from(error: RedisError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+/// A message on the fleet's channel.
+#[derive(Debug, PartialEq, Eq)]
+enum Heard<'a> {
+    Open { until_ms: u64, replica: &'a str },
+    Closed { replica: &'a str },
+}
+
+impl<'a> Heard<'a> {
+    fn parse(message: &'a str) -> Option<Self> {
+        let mut words = message.split(' ');
+        match (words.next()?, words.next()?, words.next(), words.next()) {
+            ("open", until, Some(replica), None) => Some(Self::Open {
+                until_ms: until.parse().ok()?,
+                replica,
+            }),
+            ("closed", replica, None, None) => Some(Self::Closed { replica }),
+            _ => None,
+        }
+    }
+}
+
+/// One breaker's link with its fleet, run by one task.
+struct Link {
+    client: redis::Client,
+    breaker: Weak<Inner>,
+    name: Arc<str>,
+    channel: String,
+    open_key: String,
+    probe_key: String,
+    /// This link's name in messages and tokens.
+    replica: String,
+    /// Probe leases this link has raced for, to make each token unique.
+    probes: u64,
+    /// How long a probe lease lasts: the breaker's half-open max wait.
+    lease: Duration,
+    /// How long past the fleet's open period the breaker is held open
+    /// waiting for the probe's verdict before it half-opens on its own.
+    grace: Duration,
+    poll: Duration,
+    timeout: Duration,
+    alone: Arc<AtomicBool>,
+    /// The fleet's open period this breaker is in, until then (Unix ms).
+    fleet_until: Option<u64>,
+    /// When to race for the probe.
+    probe_at: Option<tokio::time::Instant>,
+    /// The probe lease this link holds.
+    token: Option<String>,
+}
+
+impl Link {
+    async fn run(mut self, mut told: mpsc::UnboundedReceiver<Own>) {
+        let mut warned = false;
+        loop {
+            let left = match self.connect().await {
+                Ok((connection, messages)) => {
+                    self.alone.store(false, Ordering::Release);
+                    if warned {
+                        tracing::info!(
+                            target: "palisade_circuit_breaker",
+                            breaker = %self.name,
+                            "redis answers again; the breaker is with its fleet"
+                        );
+                        warned = false;
+                    }
+                    self.serve(connection, messages, &mut told).await
+                }
+                Err(error) => Left::Failed(error),
+            };
+            let Left::Failed(error) = left else { return };
+            self.go_alone();
+            if !warned {
+                tracing::warn!(
+                    target: "palisade_circuit_breaker",
+                    breaker = %self.name,
+                    %error,
+                    "redis failed; the breaker goes on alone until it answers again"
+                );
+                warned = true;
+            }
+            // Alone: nothing to tell the fleet until Redis answers again.
+            let wait = tokio::time::sleep(self.poll);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    () = &mut wait => break,
+                    own = told.recv() => if own.is_none() { return },
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<(ConnectionManager, redis::aio::PubSubStream), RedisError> {
+        let connecting = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&self.channel).await?;
+            let connection = self.client.get_connection_manager().await?;
+            Ok((connection, pubsub.into_on_message()))
+        };
+        tokio::time::timeout(self.timeout, connecting)
+            .await
+            .unwrap_or_else(|_| Err(timed_out()))
+    }
+
+    async fn serve(
+        &mut self,
+        mut connection: ConnectionManager,
+        mut messages: redis::aio::PubSubStream,
+        told: &mut mpsc::UnboundedReceiver<Own>,
+    ) -> Left {
+        // What was missed while away: the fleet's state, and this
+        // breaker's own open period, which the fleet has not heard of.
+        if let Err(left) = self.catch_up(&mut connection).await {
+            return left;
+        }
+        let mut poll = tokio::time::interval(self.poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let probe_at = self.probe_at;
+            let race = async move {
+                match probe_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let step = tokio::select! {
+                own = told.recv() => match own {
+                    Some(own) => self.on_own(own, &mut connection).await,
+                    None => Err(Left::Gone),
+                },
+                message = messages.next() => match message {
+                    Some(message) => {
+                        self.on_message(message.get_payload_bytes());
+                        Ok(())
+                    }
+                    None => Err(Left::Failed(lost())),
+                },
+                () = race => self.race_for_probe(&mut connection).await,
+                _ = poll.tick() => self.catch_up(&mut connection).await,
+            };
+            if let Err(left) = step {
+                return left;
+            }
+        }
+    }
+
+    fn breaker(&self) -> Result<CircuitBreaker, Left> {
+        CircuitBreaker::upgrade(&self.breaker).ok_or(Left::Gone)
+    }
+
+    /// This breaker opened or closed on its own calls.
+    async fn on_own(&mut self, own: Own, connection: &mut ConnectionManager) -> Result<(), Left> {
+        match (own, self.token.take()) {
+            (Own::Opened(until), Some(token)) => {
+                let until_ms = unix_ms(until);
+                let given = self.verdict(connection, &token, Some(until_ms)).await?;
+                if given {
+                    self.hold_open(until_ms)?;
+                } else {
+                    self.catch_up(connection).await?;
+                }
+            }
+            (Own::Opened(until), None) => {
+                let until_ms = unix_ms(until);
+                let message = format!("open {until_ms} {}", self.replica);
+                let standing: u64 = self
+                    .command(
+                        connection,
+                        OPEN_SCRIPT
+                            .key(&self.open_key)
+                            .arg(until_ms)
+                            .arg(self.px(until_ms))
+                            .arg(message)
+                            .arg(&self.channel),
+                    )
+                    .await?;
+                self.hold_open(standing)?;
+            }
+            (Own::Closed, Some(token)) => {
+                self.verdict(connection, &token, None).await?;
+                self.leave_open_period();
+            }
+            // A cycle of its own while the fleet was away: nothing the
+            // fleet is waiting to hear.
+            (Own::Closed, None) => self.leave_open_period(),
+        }
+        Ok(())
+    }
+
+    /// Publishes the probe's verdict under `token`: `Some(until)` open
+    /// again, `None` closed. `false` when the lease had run out.
+    async fn verdict(
+        &self,
+        connection: &mut ConnectionManager,
+        token: &str,
+        until_ms: Option<u64>,
+    ) -> Result<bool, Left> {
+        let (verdict, message) = match until_ms {
+            Some(until) => (until.to_string(), format!("open {until} {}", self.replica)),
+            None => ("closed".to_owned(), format!("closed {}", self.replica)),
+        };
+        let given: i64 = self
+            .command(
+                connection,
+                VERDICT_SCRIPT
+                    .key(&self.open_key)
+                    .key(&self.probe_key)
+                    .arg(token)
+                    .arg(verdict)
+                    .arg(self.px(until_ms.unwrap_or(0)))
+                    .arg(message)
+                    .arg(&self.channel),
+            )
+            .await?;
+        Ok(given == 1)
+    }
+
+    /// What another replica published.
+    fn on_message(&mut self, payload: &[u8]) {
+        let Some(heard) = std::str::from_utf8(payload).ok().and_then(Heard::parse) else {
+            tracing::debug!(target: "palisade_circuit_breaker", breaker = %self.name, "unreadable fleet message ignored");
+            return;
+        };
+        let result = match heard {
+            Heard::Open { replica, .. } | Heard::Closed { replica } if replica == self.replica => {
+                Ok(())
+            }
+            Heard::Open { until_ms, .. } => self.hold_open(until_ms),
+            Heard::Closed { .. } => self.close(),
+        };
+        // The breaker is gone: the link ends with the next message from it.
+        let _ = result;
+    }
+
+    /// The fleet is open until `until_ms`: this breaker stays open past it
+    /// until the probe's verdict, and races for the probe then.
+    fn hold_open(&mut self, until_ms: u64) -> Result<(), Left> {
+        if until_ms <= unix_now_ms() && self.token.is_none() {
+            // Over already: the race for the probe is now.
+            self.probe_at = Some(tokio::time::Instant::now());
+        } else {
+            self.probe_at = Some(tokio::time::Instant::from_std(instant_of(until_ms)));
+        }
+        self.fleet_until = Some(until_ms);
+        self.breaker()?
+            .open_for_fleet(instant_of(until_ms) + self.grace);
+        Ok(())
+    }
+
+    /// A probe elsewhere succeeded, or the fleet's open state is gone.
+    fn close(&mut self) -> Result<(), Left> {
+        self.leave_open_period();
+        self.breaker()?.close_for_fleet();
+        Ok(())
+    }
+
+    fn leave_open_period(&mut self) {
+        self.fleet_until = None;
+        self.probe_at = None;
+        self.token = None;
+    }
+
+    /// The fleet's open period is over: one replica wins the lease on the
+    /// probe and half-opens; the others wait for its verdict.
+    async fn race_for_probe(&mut self, connection: &mut ConnectionManager) -> Result<(), Left> {
+        self.probes += 1;
+        let token = format!("{}:{}", self.replica, self.probes);
+        let won: i64 = self
+            .command(
+                connection,
+                PROBE_SCRIPT
+                    .key(&self.open_key)
+                    .key(&self.probe_key)
+                    .arg(&token)
+                    .arg(millis(self.lease)),
+            )
+            .await?;
+        match won {
+            1 => {
+                self.token = Some(token);
+                self.probe_at = None;
+                // Half-opens with the next call, which is the probe.
+                self.breaker()?.open_for_fleet(Instant::now());
+            }
+            0 => {
+                // Another replica probes: its verdict comes, or its lease
+                // runs out and the race is on again.
+                self.probe_at = Some(tokio::time::Instant::now() + self.lease);
+            }
+            _ => {
+                // Nobody holds the fleet open any more (its state ran out
+                // with no verdict heard): this breaker probes on its own.
+                self.leave_open_period();
+                self.breaker()?.open_for_fleet(Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the fleet's state and follows it: what a lost message or a
+    /// time away from Redis missed.
+    async fn catch_up(&mut self, connection: &mut ConnectionManager) -> Result<(), Left> {
+        let standing: Option<u64> = self
+            .command(connection, redis::cmd("GET").arg(&self.open_key))
+            .await?;
+        let breaker = self.breaker()?;
+        match standing {
+            Some(until_ms) if self.fleet_until != Some(until_ms) && self.token.is_none() => {
+                self.hold_open(until_ms)?;
+            }
+            Some(_) => {}
+            None if self.fleet_until.is_some() && self.token.is_none() => self.close()?,
+            None => {
+                // Open on its own while away: the fleet hears of it now.
+                if let (Some(until), None) = (breaker.open_until(), self.fleet_until) {
+                    return Box::pin(self.on_own(Own::Opened(until), connection)).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Redis is away: the breaker goes on alone, and an open period the
+    /// fleet held it in ends when the fleet's would have.
+    fn go_alone(&mut self) {
+        self.alone.store(true, Ordering::Release);
+        if let (Some(until_ms), Some(breaker)) =
+            (self.fleet_until, CircuitBreaker::upgrade(&self.breaker))
+        {
+            breaker.open_for_fleet(instant_of(until_ms));
+        }
+        self.leave_open_period();
+    }
+
+    /// How long the fleet's open state lives in Redis: its open period,
+    /// then the grace for the probe's verdict.
+    fn px(&self, until_ms: u64) -> u64 {
+        until_ms.saturating_sub(unix_now_ms()) + millis(self.grace)
+    }
+
+    async fn command<T: redis::FromRedisValue>(
+        &self,
+        connection: &mut ConnectionManager,
+        command: impl Runnable,
+    ) -> Result<T, Left> {
+        tokio::time::timeout(self.timeout, command.run(connection))
+            .await
+            .unwrap_or_else(|_| Err(timed_out()))
+            .map_err(Left::Failed)
+    }
+}
+
+/// A script invocation or a plain command, run on the link's connection.
+trait Runnable {
+    fn run<T: redis::FromRedisValue>(
+        self,
+        connection: &mut ConnectionManager,
+    ) -> impl Future<Output = Result<T, RedisError>>;
+}
+
+impl Runnable for &mut redis::Cmd {
+    fn run<T: redis::FromRedisValue>(
+        self,
+        connection: &mut ConnectionManager,
+    ) -> impl Future<Output = Result<T, RedisError>> {
+        self.query_async(connection)
+    }
+}
+
+impl Runnable for &mut redis::ScriptInvocation<'_> {
+    fn run<T: redis::FromRedisValue>(
+        self,
+        connection: &mut ConnectionManager,
+    ) -> impl Future<Output = Result<T, RedisError>> {
+        self.invoke_async(connection)
+    }
+}
+
+fn timed_out() -> RedisError {
+    RedisError::from((redis::ErrorKind::Io, "timed out"))
+}
+
+fn lost() -> RedisError {
+    RedisError::from((redis::ErrorKind::Io, "the subscription was lost"))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Now, in Unix milliseconds.
+fn unix_now_ms() -> u64 {
+    millis(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// An instant on this process's monotonic clock in Unix milliseconds.
+fn unix_ms(instant: Instant) -> u64 {
+    let (now, current) = (Instant::now(), unix_now_ms());
+    match instant.checked_duration_since(now) {
+        Some(ahead) => current + millis(ahead),
+        None => current.saturating_sub(millis(now.duration_since(instant))),
+    }
+}
+
+/// Unix milliseconds as an instant on this process's monotonic clock.
+fn instant_of(unix_ms: u64) -> Instant {
+    let (now, current) = (Instant::now(), unix_now_ms());
+    if unix_ms >= current {
+        now + Duration::from_millis(unix_ms - current)
+    } else {
+        now.checked_sub(Duration::from_millis(current - unix_ms))
+            .unwrap_or(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_read_as_written_and_nothing_else() {
+        assert_eq!(
+            Heard::parse("open 1700000000000 ab12"),
+            Some(Heard::Open {
+                until_ms: 1_700_000_000_000,
+                replica: "ab12"
+            })
+        );
+        assert_eq!(
+            Heard::parse("closed ab12"),
+            Some(Heard::Closed { replica: "ab12" })
+        );
+        for garbage in [
+            "",
+            "open",
+            "open soon ab12",
+            "closed",
+            "closed a b",
+            "opened 1 a",
+        ] {
+            assert_eq!(Heard::parse(garbage), None, "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn unix_time_and_instants_round_trip_to_the_millisecond() {
+        let later = Instant::now() + Duration::from_secs(5);
+        let back = instant_of(unix_ms(later));
+        let apart = back.max(later) - back.min(later);
+        assert!(apart <= Duration::from_millis(2), "{apart:?}");
+    }
+}

@@ -1,0 +1,233 @@
+//! Breakers sharing their transitions through a real Redis (`REDIS_URL`,
+//! default `redis://127.0.0.1:6379`): replicas here are breakers in one
+//! process, each with its own link and its own connections, under a fleet
+//! name of its test's own. `tests/fleet_processes.rs` runs them as
+//! processes.
+#![cfg(feature = "redis")]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use palisade_circuit_breaker::fleet::{AlreadyJoined, Fleet, Member};
+use palisade_circuit_breaker::{CircuitBreaker, Config, Outcome, SlidingWindow, State};
+use palisade_testkit::servers::{redis_proxy, redis_url};
+
+/// Ten failures open it for 300 ms; one probe, whose success closes it.
+fn config(max_wait: Duration) -> Config {
+    Config::builder()
+        .sliding_window(SlidingWindow::Count(10))
+        .minimum_calls(10)
+        .open_duration(Duration::from_millis(300))
+        .jitter(0.0)
+        .half_open_permits(1)
+        .half_open_successes(1)
+        .half_open_max_wait(max_wait)
+        .build()
+        .unwrap()
+}
+
+/// A fleet on `url` under a prefix of the test's own.
+fn fleet(url: &str) -> Fleet {
+    fleet_under(url, &format!("palisade-test:{}", fastrand::u64(..)))
+}
+
+fn fleet_under(url: &str, prefix: &str) -> Fleet {
+    Fleet::new(redis::Client::open(url).unwrap())
+        .prefix(prefix)
+        .poll_every(Duration::from_millis(200))
+        .timeout(Duration::from_millis(200))
+}
+
+/// `replicas` breakers joined to one fleet, once every link is up.
+async fn replicas(
+    fleet: &Fleet,
+    replicas: usize,
+    max_wait: Duration,
+) -> Vec<(CircuitBreaker, Member)> {
+    let joined: Vec<_> = (0..replicas)
+        .map(|_| {
+            let breaker = CircuitBreaker::new(config(max_wait));
+            let member = fleet.join("dependency", &breaker).unwrap();
+            (breaker, member)
+        })
+        .collect();
+    for (_, member) in &joined {
+        eventually("every link is up", || !member.is_alone()).await;
+    }
+    joined
+}
+
+/// Waits until `done` says so, or fails the test after ten seconds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Failed calls through `breaker` until its own window trips.
+fn trip(breaker: &CircuitBreaker) {
+    while breaker.state() == State::Closed {
+        let now = Instant::now();
+        breaker
+            .try_acquire(now)
+            .expect("closed")
+            .record(Outcome::Failure, now);
+    }
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_tripping_opens_the_fleet() {
+    let fleet = fleet(&redis_url());
+    let joined = replicas(&fleet, 3, Duration::from_secs(5)).await;
+    trip(&joined[0].0);
+    for (breaker, _) in &joined[1..] {
+        eventually("the others open", || breaker.state() == State::Open).await;
+        let counts = breaker.metrics(Instant::now()).counts;
+        assert_eq!(counts.calls, 0, "opened without a failure of its own");
+        assert!(breaker.try_acquire(Instant::now()).is_err());
+    }
+}
+
+/// Every replica asks for a permit every few milliseconds; a permit is a
+/// probe (the fleet is open), which `outcome` settles. Returns when each
+/// replica's task has seen `probes` probes in all, with who probed when.
+async fn probe_until(
+    joined: &[(CircuitBreaker, Member)],
+    probes: usize,
+    outcome: Outcome,
+) -> Vec<(usize, Instant)> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tasks: Vec<_> = joined
+        .iter()
+        .enumerate()
+        .map(|(replica, (breaker, _))| {
+            let (breaker, seen) = (breaker.clone(), seen.clone());
+            tokio::spawn(async move {
+                while seen.lock().unwrap().len() < probes {
+                    let now = Instant::now();
+                    if let Ok(permit) = breaker.try_acquire(now) {
+                        seen.lock().unwrap().push((replica, now));
+                        permit.record(outcome, now);
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        within(Duration::from_secs(30), task).await.unwrap();
+    }
+    std::sync::Arc::into_inner(seen)
+        .expect("every task has ended")
+        .into_inner()
+        .unwrap()
+}
+
+async fn within<F: Future>(limit: Duration, future: F) -> F::Output {
+    tokio::time::timeout(limit, future).await.expect("in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_probe_reaches_the_dependency_per_half_open_cycle() {
+    let fleet = fleet(&redis_url());
+    let joined = replicas(&fleet, 3, Duration::from_secs(10)).await;
+    trip(&joined[0].0);
+    for (breaker, _) in &joined {
+        eventually("all open", || breaker.state() == State::Open).await;
+    }
+    // The dependency stays down: each probe fails and opens the fleet for
+    // another 300 ms. Three replicas asking all the time get one probe
+    // a cycle between them, never two in one open period.
+    let probes = probe_until(&joined, 4, Outcome::Failure).await;
+    assert_eq!(probes.len(), 4, "{probes:?}");
+    for pair in probes.windows(2) {
+        let apart = pair[1].1.duration_since(pair[0].1);
+        assert!(
+            apart >= Duration::from_millis(250),
+            "two probes {apart:?} apart: {probes:?}"
+        );
+    }
+    // It comes back: the next probe closes every replica.
+    let closing = probe_until(&joined, 1, Outcome::Success).await;
+    assert_eq!(closing.len(), 1);
+    for (breaker, _) in &joined {
+        eventually("all closed", || breaker.state() == State::Closed).await;
+        assert!(breaker.try_acquire(Instant::now()).is_ok());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_whose_replica_went_away_is_taken_over_after_its_lease() {
+    let fleet = fleet(&redis_url());
+    let mut joined = replicas(&fleet, 2, Duration::from_millis(500)).await;
+    trip(&joined[0].0);
+    let (survivor, _) = joined.pop().unwrap();
+    eventually("the survivor opens", || survivor.state() == State::Open).await;
+    // The replica that tripped wins the first race (the survivor heard of
+    // the open period later, so races later) and takes no call: it is
+    // gone, and its lease runs out.
+    let (gone, _) = joined.pop().unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    drop(gone);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let permit = loop {
+        if let Ok(permit) = survivor.try_acquire(Instant::now()) {
+            break permit;
+        }
+        assert!(Instant::now() < deadline, "the survivor never probed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(survivor.state(), State::HalfOpen);
+    permit.record(Outcome::Success, Instant::now());
+    assert_eq!(survivor.state(), State::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_cut_a_replica_goes_on_alone_and_rejoins() {
+    let (proxy, url) = redis_proxy().await;
+    let prefix = format!("palisade-test:{}", fastrand::u64(..));
+    let joined = replicas(&fleet_under(&url, &prefix), 1, Duration::from_secs(5)).await;
+    let (breaker, member) = &joined[0];
+    proxy.cut().await;
+    // Closed calls never wait on Redis.
+    for _ in 0..1_000 {
+        let now = Instant::now();
+        breaker
+            .try_acquire(now)
+            .expect("closed")
+            .record(Outcome::Success, now);
+    }
+    eventually("the link notices", || member.is_alone()).await;
+    // Alone, it opens and half-opens on its own.
+    trip(breaker);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let probe = breaker.try_acquire(Instant::now()).expect("its own probe");
+    probe.record(Outcome::Failure, Instant::now());
+    assert_eq!(breaker.state(), State::Open);
+
+    // Back with the fleet, which hears of its open period: a replica
+    // joining now starts open.
+    proxy.resume().await;
+    eventually("the link is back", || !member.is_alone()).await;
+    let newcomer = replicas(
+        &fleet_under(&redis_url(), &prefix),
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    eventually("the newcomer opens", || {
+        newcomer[0].0.state() == State::Open
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_breaker_joins_one_fleet() {
+    let fleet = fleet(&redis_url());
+    let breaker = CircuitBreaker::new(config(Duration::from_secs(1)));
+    let _member = fleet.join("dependency", &breaker).unwrap();
+    assert_eq!(fleet.join("other", &breaker).unwrap_err(), AlreadyJoined);
+}
