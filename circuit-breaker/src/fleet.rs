@@ -58,12 +58,16 @@ return asked
 ";
 
 /// The race for the probe: `1` when this replica's token (`ARGV[1]`) now
-/// holds `KEYS[2]` for `ARGV[2]` ms, `0` when another's does, `-1` when
-/// the fleet is no longer open (`KEYS[1]` is gone).
+/// holds `KEYS[2]` for `ARGV[2]` ms, `0` when another replica's does, `-1`
+/// when the fleet is no longer open (`KEYS[1]` is gone). A lease this
+/// replica (tokens begin with `ARGV[3]`) took before it lost Redis for a
+/// while is its own to take again: nobody else could give its verdict.
 const PROBE: &str = r"
 if not redis.call('GET', KEYS[1]) then return -1 end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-return 0
+local holder = redis.call('GET', KEYS[2])
+if holder and string.sub(holder, 1, #ARGV[3]) ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
 ";
 
 /// The probe's verdict, only under its token (`ARGV[1]` must still hold
@@ -505,7 +509,8 @@ impl Link {
                     .key(&self.open_key)
                     .key(&self.probe_key)
                     .arg(&token)
-                    .arg(millis(self.lease)),
+                    .arg(millis(self.lease))
+                    .arg(format!("{}:", self.replica)),
             )
             .await?;
         match won {

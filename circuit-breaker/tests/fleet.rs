@@ -35,7 +35,6 @@ fn fleet_under(url: &str, prefix: &str) -> Fleet {
     Fleet::new(redis::Client::open(url).unwrap())
         .prefix(prefix)
         .poll_every(Duration::from_millis(200))
-        .timeout(Duration::from_millis(200))
 }
 
 /// `replicas` breakers joined to one fleet, once every link is up.
