@@ -236,7 +236,9 @@ impl From<RedisError> for Left {
     }
 }
 
-/// A message on the fleet's channel.
+/// A message on the fleet's channel: `open UNTIL REPLICA WHY` (`trip`: its
+/// own window tripped; `probe`: the fleet's probe failed) or `closed
+/// REPLICA` (the fleet's probe succeeded), for operators to watch too.
 #[derive(Debug, PartialEq, Eq)]
 enum Heard<'a> {
     Open { until_ms: u64, replica: &'a str },
@@ -246,12 +248,18 @@ enum Heard<'a> {
 impl<'a> Heard<'a> {
     fn parse(message: &'a str) -> Option<Self> {
         let mut words = message.split(' ');
-        match (words.next()?, words.next()?, words.next(), words.next()) {
-            ("open", until, Some(replica), None) => Some(Self::Open {
+        match (
+            words.next()?,
+            words.next()?,
+            words.next(),
+            words.next(),
+            words.next(),
+        ) {
+            ("open", until, Some(replica), Some("trip" | "probe"), None) => Some(Self::Open {
                 until_ms: until.parse().ok()?,
                 replica,
             }),
-            ("closed", replica, None, None) => Some(Self::Closed { replica }),
+            ("closed", replica, None, None, None) => Some(Self::Closed { replica }),
             _ => None,
         }
     }
@@ -399,7 +407,7 @@ impl Link {
             }
             (Own::Opened(until), None) => {
                 let until_ms = unix_ms(until);
-                let message = format!("open {until_ms} {}", self.replica);
+                let message = format!("open {until_ms} {} trip", self.replica);
                 let standing: u64 = self
                     .command(
                         connection,
@@ -433,7 +441,10 @@ impl Link {
         until_ms: Option<u64>,
     ) -> Result<bool, Left> {
         let (verdict, message) = match until_ms {
-            Some(until) => (until.to_string(), format!("open {until} {}", self.replica)),
+            Some(until) => (
+                until.to_string(),
+                format!("open {until} {} probe", self.replica),
+            ),
             None => ("closed".to_owned(), format!("closed {}", self.replica)),
         };
         let given: i64 = self
@@ -662,7 +673,7 @@ mod tests {
     #[test]
     fn messages_are_read_as_written_and_nothing_else() {
         assert_eq!(
-            Heard::parse("open 1700000000000 ab12"),
+            Heard::parse("open 1700000000000 ab12 trip"),
             Some(Heard::Open {
                 until_ms: 1_700_000_000_000,
                 replica: "ab12"
