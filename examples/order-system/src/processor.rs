@@ -620,6 +620,10 @@ pub type ProcessorChannel = palisade_tracecontext::Propagate<
 /// The breaker of payment's channel, to watch.
 pub type Breaker = palisade_circuit_breaker::CircuitBreaker;
 
+/// The name payment's breaker and retries report as, and the name its
+/// replicas share the breaker by.
+pub const BREAKER: &str = "card-processor";
+
 /// How long one attempt of a charge may take before it fails (and counts
 /// as a failure, and a slow call, for the breaker).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -650,7 +654,7 @@ pub fn stack(
     config: palisade_circuit_breaker::Config,
     meter: &opentelemetry::metrics::Meter,
 ) -> (ProcessorChannel, Breaker) {
-    let breaker = CircuitBreakerLayer::new_for_grpc(config).instrument(meter, "card-processor");
+    let breaker = CircuitBreakerLayer::new_for_grpc(config).instrument(meter, BREAKER);
     let handle = breaker.breaker().clone();
     let retries = palisade_retry::Config::builder()
         .deadline(CALL_DEADLINE)
@@ -658,7 +662,7 @@ pub fn stack(
         .unwrap_or_else(|_| unreachable!("a valid retry config"));
     let service = tower::ServiceBuilder::new()
         .layer(PropagateLayer::new())
-        .layer(RetryLayer::new_for_tonic(retries).instrument(meter, "card-processor"))
+        .layer(RetryLayer::new_for_tonic(retries).instrument(meter, BREAKER))
         .layer(breaker)
         // Under the breaker, so that an attempt cut short is recorded as
         // a failure rather than dropped unrecorded.

@@ -78,6 +78,7 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::http::header;
 use axum::routing::get;
+use palisade_circuit_breaker::fleet::Fleet;
 use palisade_outbox::{BoxError, PgInbox, PgOutbox};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -99,6 +100,10 @@ use crate::telemetry::Telemetry;
 /// and each consumer's dead letters on `orders.dead.<service>`, in the same
 /// stream.
 pub const STREAM: &str = "ORDERS";
+
+/// Where payment's replicas share their breaker in Redis (under the
+/// namespace): keys and channel `{palisade:order-system:cb:card-processor}`.
+pub const FLEET_PREFIX: &str = "palisade:order-system:cb";
 
 /// The services that own a database, with their tables.
 pub(crate) const DATABASES: [(&str, &[&str]); 4] = [
@@ -162,6 +167,14 @@ pub async fn serve(
                 tonic::transport::Endpoint::from_shared(settings.processor.clone())?.connect_lazy();
             let meter = process.telemetry.meter();
             let (channel, breaker) = card::stack(channel, settings.breaker.clone(), &meter);
+            // Payment's replicas share the breaker: one's trip opens them
+            // all, and one probe a cycle goes to the processor. Without
+            // Redis each goes on with its own.
+            let redis = redis::Client::open(settings.infrastructure.redis.as_str())
+                .map_err(|error| format!("--redis: {error}"))?;
+            Fleet::new(redis)
+                .prefix(&settings.namespaced(FLEET_PREFIX, ":"))
+                .join(card::BREAKER, &breaker)?;
             let vault_key = match &settings.vault_key {
                 Some(key) => key.clone(),
                 None => VaultKey::from_env()?,

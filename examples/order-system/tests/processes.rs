@@ -17,15 +17,15 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures_util::TryStreamExt as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 
 use palisade_order_system::books::Books;
 use palisade_order_system::identity::{Credentials, Role, seed_demo};
 use palisade_order_system::load::{self, Gateway, LoadSettings, Progress, Summary};
 use palisade_order_system::payment::vault::{KEY_VARIABLE, VaultKey};
-use palisade_order_system::processor::{DECLINED_CARD, GOOD_CARD};
+use palisade_order_system::processor::{AdminStatus, BREAKER, DECLINED_CARD, GOOD_CARD};
 use palisade_order_system::serve::{
-    Infrastructure, Removed, rebuild_catalog, rebuild_history, remove_namespace,
+    FLEET_PREFIX, Infrastructure, Removed, rebuild_catalog, rebuild_history, remove_namespace,
 };
 use palisade_testkit::servers::{database_url, nats_url, redis_url};
 
@@ -262,6 +262,7 @@ impl System {
             ("inventory", "inventory"),
             ("inventory-2", "inventory"),
             ("payment", "payment"),
+            ("payment-2", "payment"),
             ("shipping", "shipping"),
             ("gateway", "gateway"),
             ("gateway-2", "gateway"),
@@ -294,15 +295,38 @@ impl System {
         Gateway::new(&self.address("processor")).with_authorization(as_who.authorization())
     }
 
-    async fn set_processor_unavailable(&self, unavailable: bool) {
-        let body = serde_json::json!({ "unavailable": unavailable }).to_string();
+    async fn operator(&self) -> Gateway {
         let operator = self
             .credentials
             .with_role(Role::Operator)
             .map(|operator| operator.name.clone())
             .unwrap();
+        self.signed_in(&operator).await
+    }
+
+    /// The charges the card processor has seen, refused ones included.
+    async fn processor_calls(&self) -> u64 {
+        let (status, body) = self
+            .processor_admin(&self.operator().await)
+            .send(
+                http::Method::GET,
+                "/admin/processor",
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert!(status.is_success());
+        serde_json::from_slice::<AdminStatus>(&body)
+            .unwrap()
+            .processor
+            .calls
+    }
+
+    async fn set_processor_unavailable(&self, unavailable: bool) {
+        let body = serde_json::json!({ "unavailable": unavailable }).to_string();
         let (status, _) = self
-            .processor_admin(&self.signed_in(&operator).await)
+            .processor_admin(&self.operator().await)
             .send(
                 http::Method::PUT,
                 "/admin/processor",
@@ -586,6 +610,44 @@ impl System {
         pool.close().await;
     }
 
+    /// Both payment replicas hold the breaker open while the processor is
+    /// down, and between them send it one probe an open period: over two
+    /// cycles or more, the processor sees as many calls as the fleet
+    /// published failed probes (give or take the one whose verdict falls
+    /// on the edge of the count), where two breakers alone would probe
+    /// twice a cycle.
+    async fn assert_one_probe_a_cycle(&self, fleet: &FleetMessages) {
+        // Both replicas opened: the first open heard, and a little more.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while fleet.heard(|_| true) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the fleet never heard of an open breaker"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (start, calls_before) = (Instant::now(), self.processor_calls().await);
+        let probed =
+            |message: &(Instant, String)| message.0 > start && message.1.ends_with(" probe");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while fleet.heard(probed) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than two probes failed: {:?}",
+                fleet.all()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let probes = fleet.heard(probed);
+        let calls = self.processor_calls().await - calls_before;
+        assert!(
+            calls.abs_diff(u64::try_from(probes).unwrap()) <= 1,
+            "{calls} calls reached the processor for {probes} probes: {:?}",
+            fleet.all()
+        );
+    }
+
     /// Stops every process and drops the namespace's schemas and stream.
     async fn remove(mut self) {
         let names: Vec<String> = self.processes.keys().cloned().collect();
@@ -603,6 +665,17 @@ impl System {
             .await
             .unwrap();
         assert_eq!(again, Removed::default());
+        let mut redis = redis::Client::open(redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("*{}:*", self.namespace))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "left in Redis: {left:?}");
         let _ = std::fs::remove_dir_all(&self.logs);
     }
 }
@@ -853,6 +926,7 @@ async fn chaos_kills_and_an_outage_lose_nothing() {
     // payment's breaker opens; it comes back, the breaker closes and
     // every saga ends.
     let opens_before = system.books().await.breaker_opens;
+    let fleet = FleetMessages::listen(&system.namespace).await;
     system.set_processor_unavailable(true).await;
     let second = 200;
     let settings = system.load(second);
@@ -862,6 +936,7 @@ async fn chaos_kills_and_an_outage_lose_nothing() {
         assert!(Instant::now() < deadline, "the breaker never opened");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    system.assert_one_probe_a_cycle(&fleet).await;
     system.set_processor_unavailable(false).await;
     let summary = running.await.unwrap().unwrap();
     assert_straight(&summary, second);
@@ -880,6 +955,52 @@ async fn chaos_kills_and_an_outage_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     system.remove().await;
+}
+
+/// What payment's replicas say on the channel of the breaker they share.
+struct FleetMessages {
+    heard: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+}
+
+impl FleetMessages {
+    async fn listen(namespace: &str) -> Self {
+        let mut pubsub = redis::Client::open(redis_url())
+            .unwrap()
+            .get_async_pubsub()
+            .await
+            .unwrap();
+        let channel = format!("{{{namespace}:{FLEET_PREFIX}:{BREAKER}}}");
+        pubsub.subscribe(&channel).await.unwrap();
+        let heard: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>> =
+            std::sync::Arc::default();
+        let hearing = std::sync::Arc::clone(&heard);
+        tokio::spawn(async move {
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                let text: String = message.get_payload().unwrap();
+                hearing.lock().unwrap().push((Instant::now(), text));
+            }
+        });
+        Self { heard }
+    }
+
+    fn heard(&self, which: impl Fn(&(Instant, String)) -> bool) -> usize {
+        self.heard
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| which(m))
+            .count()
+    }
+
+    fn all(&self) -> Vec<String> {
+        self.heard
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
 }
 
 /// The value of `series` in a Prometheus text.

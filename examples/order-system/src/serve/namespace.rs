@@ -76,29 +76,33 @@ pub async fn remove_namespace(
     };
 
     let (_, mut redis) = connect_redis(&settings).await?;
-    // Every key the system writes is under `namespaced(…, ":")`.
-    let pattern = format!("{}*", settings.namespaced("", ":"));
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut redis)
-            .await?;
-        if !keys.is_empty() {
-            let deleted: u64 = redis::cmd("UNLINK")
-                .arg(&keys)
+    // Every key the system writes is under `namespaced(…, ":")`, some of
+    // them in braces (one Redis Cluster slot a key: rate limits, the
+    // breaker payment's replicas share).
+    let namespace = settings.namespaced("", ":");
+    for pattern in [format!("{namespace}*"), format!("{{{namespace}*")] {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
                 .query_async(&mut redis)
                 .await?;
-            removed.keys += deleted;
+            if !keys.is_empty() {
+                let deleted: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut redis)
+                    .await?;
+                removed.keys += deleted;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
     }
     Ok(removed)
 }
