@@ -43,7 +43,14 @@ pub struct BreakerRegistry<K> {
     start: Instant,
     breakers: RwLock<Breakers<K>>,
     overflow: CircuitBreaker,
+    /// Joins each breaker made to its fleet, once [shared](Self::share).
+    #[cfg(all(feature = "redis", not(palisade_loom)))]
+    fleet: std::sync::OnceLock<Joiner<K>>,
 }
+
+/// What joins a key's breaker to the registry's fleet.
+#[cfg(all(feature = "redis", not(palisade_loom)))]
+type Joiner<K> = Box<dyn Fn(&K, &CircuitBreaker) + Send + Sync>;
 
 /// The breakers, in the order the clock hand visits them.
 struct Breakers<K> {
@@ -112,6 +119,8 @@ impl<K: Eq + Hash + Clone> BreakerRegistry<K> {
                 entries: Vec::new(),
                 hand: 0,
             }),
+            #[cfg(all(feature = "redis", not(palisade_loom)))]
+            fleet: std::sync::OnceLock::new(),
         }
     }
 
@@ -152,6 +161,10 @@ impl<K: Eq + Hash + Clone> BreakerRegistry<K> {
             None
         };
         let breaker = CircuitBreaker::new_at(self.config.clone(), at);
+        #[cfg(all(feature = "redis", not(palisade_loom)))]
+        if let Some(join) = self.fleet.get() {
+            join(key, &breaker);
+        }
         breakers.insert(
             Entry {
                 key: key.clone(),
@@ -186,6 +199,53 @@ impl<K: Eq + Hash + Clone> BreakerRegistry<K> {
     /// Whether no key has a breaker yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(all(feature = "redis", not(palisade_loom)))]
+impl<K: Eq + Hash + Clone + fmt::Display> BreakerRegistry<K> {
+    /// Shares each key's breaker with the registries of the other
+    /// replicas that share as `name` through `fleet` (feature `redis`):
+    /// key `k`'s breaker joins as `name:k` (one key's trip opens that key
+    /// everywhere, and no other), the overflow breaker as
+    /// `name#overflow`. Breakers there now join at once, those made later
+    /// as they are made; a retired breaker leaves its fleet.
+    ///
+    /// The links of all the keys share the fleet's one connection and one
+    /// subscription.
+    ///
+    /// # Errors
+    ///
+    /// [`AlreadyJoined`](crate::fleet::AlreadyJoined) when the registry
+    /// shares already.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn share(
+        &self,
+        fleet: &crate::fleet::Fleet,
+        name: &str,
+    ) -> Result<(), crate::fleet::AlreadyJoined> {
+        let (joining, prefix) = (fleet.clone(), name.to_owned());
+        let join: Joiner<K> = Box::new(move |key, breaker| {
+            // A breaker this registry just made has joined no fleet.
+            let _ = joining.join(&format!("{prefix}:{key}"), breaker);
+        });
+        // Under the lock, so no breaker is made between the joins of those
+        // there and the first made after.
+        let breakers = self
+            .breakers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.fleet
+            .set(join)
+            .map_err(|_| crate::fleet::AlreadyJoined)?;
+        fleet.join(&format!("{name}#overflow"), &self.overflow)?;
+        for entry in &breakers.entries {
+            fleet.join(&format!("{name}:{}", entry.key), &entry.breaker)?;
+        }
+        Ok(())
     }
 }
 

@@ -1,15 +1,17 @@
 //! Breakers sharing their transitions through a real Redis (`REDIS_URL`,
 //! default `redis://127.0.0.1:6379`): replicas here are breakers in one
-//! process, each with its own link and its own connections, under a fleet
-//! name of its test's own. `tests/fleet_processes.rs` runs them as
-//! processes.
+//! process, each with its own link (a replica of its own to the others),
+//! under a prefix of its test's own. `tests/fleet_processes.rs` runs them
+//! as processes.
 #![cfg(feature = "redis")]
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use palisade_circuit_breaker::fleet::{AlreadyJoined, Fleet, Member};
-use palisade_circuit_breaker::{CircuitBreaker, Config, Outcome, SlidingWindow, State};
+use palisade_circuit_breaker::{
+    CircuitBreaker, Config, KeyedCircuitBreakerLayer, Outcome, SlidingWindow, State,
+};
 use palisade_testkit::servers::{redis_proxy, redis_url};
 
 /// Ten failures open it for 300 ms; one probe, whose success closes it.
@@ -229,4 +231,45 @@ async fn a_breaker_joins_one_fleet() {
     let breaker = CircuitBreaker::new(config(Duration::from_secs(1)));
     let _member = fleet.join("dependency", &breaker).unwrap();
     assert_eq!(fleet.join("other", &breaker).unwrap_err(), AlreadyJoined);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_breakers_share_each_key_alone() {
+    // Two replicas' registries of breakers by host, sharing as "hosts".
+    let fleet = fleet(&redis_url());
+    let layers: Vec<_> = (0..2)
+        .map(|_| {
+            let layer =
+                KeyedCircuitBreakerLayer::new(config(Duration::from_secs(5)), |host: &String| {
+                    host.clone()
+                });
+            layer.registry().share(&fleet, "hosts").unwrap();
+            layer
+        })
+        .collect();
+    let key = |name: &str| name.to_owned();
+    let (here, there) = (layers[0].registry(), layers[1].registry());
+    let healthy = there.get(&key("b.example"));
+    let before = there.get(&key("a.example"));
+    // Whether or not the links are up yet: one that comes up tells the
+    // fleet of its breaker's open period, and one that joins reads it.
+    trip(&here.get(&key("a.example")));
+    eventually("a.example opens there too", || {
+        before.state() == State::Open
+    })
+    .await;
+    assert_eq!(healthy.state(), State::Closed, "another key is not touched");
+    // A replica that makes the key's breaker only now starts it open.
+    let third =
+        KeyedCircuitBreakerLayer::new(config(Duration::from_secs(5)), |host: &String| host.clone());
+    third.registry().share(&fleet, "hosts").unwrap();
+    let late = third.registry().get(&key("a.example"));
+    eventually("a late replica opens a.example", || {
+        late.state() == State::Open
+    })
+    .await;
+    assert!(
+        third.registry().share(&fleet, "hosts").is_err(),
+        "shares once"
+    );
 }

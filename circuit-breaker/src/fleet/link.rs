@@ -1,41 +1,16 @@
-//! A breaker the fleet shares (feature `redis`).
-//!
-//! Each replica keeps its own lock-free [`CircuitBreaker`] on its calls'
-//! path; what the replicas share through Redis is only the breaker's
-//! transitions, carried by a task per breaker (the link):
-//!
-//! - **Open together.** A replica whose own window trips publishes the
-//!   open state (until when) to Redis; the others open on it as soon as
-//!   they hear (pub/sub, with a poll as a fallback for a lost message),
-//!   without waiting for failures of their own.
-//! - **One probe per fleet.** When the open period ends, the replicas race
-//!   for a lease on the probe in Redis; the winner's breaker turns
-//!   half-open and probes, the others stay open. The winner publishes the
-//!   verdict (closed, or open until when) under the lease's token, so a
-//!   replica whose lease ran out cannot overwrite a newer verdict. A
-//!   winner that dies mid-probe loses its lease after the breaker's
-//!   [`half_open_max_wait`](crate::ConfigBuilder::half_open_max_wait), and
-//!   the others race again.
-//! - **Redis away.** Calls never wait on Redis: a closed call touches no
-//!   network, and the link works beside it. When Redis fails, each replica
-//!   goes on with its breaker alone (a fleet's open period it was holding
-//!   ends when its own would have), says so once in the log, and rejoins
-//!   when Redis answers again.
-//!
-//! Clocks: open periods cross replicas as wall-clock times, so replicas
-//! whose clocks disagree by a few milliseconds half-open that much apart;
-//! the probe lease keeps it to one probe all the same.
+//! One breaker's link with its fleet: what it publishes, what it hears,
+//! and the race for the probe.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
 use tokio::sync::mpsc;
 
+use super::hub::{Event, Hub, within};
 use crate::breaker::{CircuitBreaker, Inner, Own};
 
 /// The scripts, hashed once; run with `EVALSHA`, loaded again on
@@ -84,150 +59,14 @@ redis.call('PUBLISH', ARGV[5], ARGV[4])
 return 1
 ";
 
-/// Where a fleet's breakers meet: a Redis server, and the prefix of the
-/// keys and channels they use there.
-///
-/// # Example
-///
-/// ```no_run
-/// use palisade_circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Config};
-/// use palisade_circuit_breaker::fleet::Fleet;
-/// use tower::{BoxError, ServiceBuilder, service_fn};
-///
-/// # async fn run() -> Result<(), BoxError> {
-/// let breaker = CircuitBreaker::new(Config::default());
-/// // Every replica of the service joins the breaker by the same name.
-/// let fleet = Fleet::new(redis::Client::open("redis://127.0.0.1:6379")?);
-/// let member = fleet.join("card-processor", &breaker)?;
-/// let service = ServiceBuilder::new()
-///     .layer(CircuitBreakerLayer::from_breaker(breaker))
-///     .service(service_fn(|request: u32| async move { Ok::<_, BoxError>(request) }));
-/// # let _ = (service, member);
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone)]
-pub struct Fleet {
-    client: redis::Client,
-    prefix: Arc<str>,
-    poll: Duration,
-    timeout: Duration,
-}
-
-/// One breaker's place in its fleet, from [`Fleet::join`].
-///
-/// The link runs as long as the breaker lives, whether or not this is
-/// kept; it tells whether the breaker is with its fleet now.
-#[derive(Debug, Clone)]
-pub struct Member {
-    alone: Arc<AtomicBool>,
-}
-
-impl Member {
-    /// Whether the breaker is going on alone (Redis does not answer, or
-    /// has not yet), rather than with its fleet.
-    #[must_use]
-    pub fn is_alone(&self) -> bool {
-        self.alone.load(Ordering::Acquire)
-    }
-}
-
-/// [`Fleet::join`] was asked for a breaker that has joined a fleet already.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AlreadyJoined;
-
-impl std::fmt::Display for AlreadyJoined {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("this circuit breaker has joined a fleet already")
-    }
-}
-
-impl std::error::Error for AlreadyJoined {}
-
-impl Fleet {
-    /// The fleet on `client`'s server, with keys and channels under
-    /// `palisade:cb` until [`prefix`](Self::prefix) says otherwise.
-    #[must_use]
-    pub fn new(client: redis::Client) -> Self {
-        Self {
-            client,
-            prefix: Arc::from("palisade:cb"),
-            poll: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-        }
-    }
-
-    /// The prefix of the fleet's keys and channels: `{prefix:name}`.
-    #[must_use]
-    pub fn prefix(mut self, prefix: &str) -> Self {
-        self.prefix = Arc::from(prefix);
-        self
-    }
-
-    /// How often a link reads the fleet's state besides hearing it (a
-    /// message lost with a connection is caught up then), and how soon it
-    /// tries Redis again while alone: every second by default.
-    #[must_use]
-    pub const fn poll_every(mut self, every: Duration) -> Self {
-        self.poll = every;
-        self
-    }
-
-    /// How long one Redis command of the link may take before Redis is
-    /// taken as away (one second by default).
-    #[must_use]
-    pub const fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Shares `breaker`'s transitions with every breaker that joined as
-    /// `name`, from a task spawned on the current tokio runtime, which
-    /// ends when the breaker is dropped.
-    ///
-    /// # Errors
-    ///
-    /// [`AlreadyJoined`] when the breaker has joined a fleet before.
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime.
-    pub fn join(&self, name: &str, breaker: &CircuitBreaker) -> Result<Member, AlreadyJoined> {
-        let (tell, told) = mpsc::unbounded_channel();
-        if !breaker.join_fleet(tell) {
-            return Err(AlreadyJoined);
-        }
-        let alone = Arc::new(AtomicBool::new(true));
-        let config = breaker.config();
-        let key = format!("{{{}:{name}}}", self.prefix);
-        let link = Link {
-            client: self.client.clone(),
-            breaker: breaker.downgrade(),
-            name: Arc::from(name),
-            open_key: format!("{key}:open"),
-            probe_key: format!("{key}:probe"),
-            channel: key,
-            replica: format!("{:016x}", fastrand::u64(..)),
-            probes: 0,
-            lease: config.half_open_max_wait(),
-            grace: config.half_open_max_wait() + self.poll,
-            poll: self.poll,
-            timeout: self.timeout,
-            alone: Arc::clone(&alone),
-            fleet_until: None,
-            probe_at: None,
-            token: None,
-        };
-        tokio::spawn(link.run(told));
-        Ok(Member { alone })
-    }
-}
-
-/// Why the link left Redis.
+/// Why the link stopped working with its fleet.
 enum Left {
     /// The breaker is gone: nothing left to share.
     Gone,
-    /// Redis failed.
+    /// A command failed; the connection may serve again after a poll.
     Failed(RedisError),
+    /// The hub lost Redis: nothing is heard until it is back.
+    Down(Arc<str>),
 }
 
 impl From<RedisError> for Left {
@@ -266,8 +105,10 @@ impl<'a> Heard<'a> {
 }
 
 /// One breaker's link with its fleet, run by one task.
-struct Link {
-    client: redis::Client,
+pub(super) struct Link {
+    hub: Hub,
+    /// This link's number at the hub.
+    link: u64,
     breaker: Weak<Inner>,
     name: Arc<str>,
     channel: String,
@@ -291,72 +132,109 @@ struct Link {
     probe_at: Option<tokio::time::Instant>,
     /// The probe lease this link holds.
     token: Option<String>,
+    /// Whether it said it goes on alone, and has not said it is back.
+    warned: bool,
 }
 
 impl Link {
-    async fn run(mut self, mut told: mpsc::UnboundedReceiver<Own>) {
-        let mut warned = false;
+    pub(super) fn new(
+        breaker: &CircuitBreaker,
+        name: &str,
+        channel: String,
+        (hub, link): (Hub, u64),
+        poll: Duration,
+        timeout: Duration,
+        alone: Arc<AtomicBool>,
+    ) -> Self {
+        let lease = breaker.config().half_open_max_wait();
+        Self {
+            hub,
+            link,
+            breaker: breaker.downgrade(),
+            name: Arc::from(name),
+            open_key: format!("{channel}:open"),
+            probe_key: format!("{channel}:probe"),
+            channel,
+            replica: format!("{:016x}", fastrand::u64(..)),
+            probes: 0,
+            lease,
+            grace: lease + poll,
+            poll,
+            timeout,
+            alone,
+            fleet_until: None,
+            probe_at: None,
+            token: None,
+            warned: false,
+        }
+    }
+
+    /// Works with the fleet while Redis answers, alone while it does not,
+    /// until the breaker is gone.
+    pub(super) async fn run(
+        mut self,
+        mut told: mpsc::UnboundedReceiver<Own>,
+        mut events: mpsc::UnboundedReceiver<Event>,
+    ) {
+        let mut connection = None;
         loop {
-            let left = match self.connect().await {
-                Ok((connection, messages)) => {
-                    self.alone.store(false, Ordering::Release);
-                    if warned {
-                        tracing::info!(
-                            target: "palisade_circuit_breaker",
-                            breaker = %self.name,
-                            "redis answers again; the breaker is with its fleet"
-                        );
-                        warned = false;
+            if let Some(up) = connection.clone() {
+                match self.serve(up, &mut events, &mut told).await {
+                    Left::Gone => break,
+                    Left::Failed(error) => self.go_alone(&error),
+                    Left::Down(error) => {
+                        connection = None;
+                        self.go_alone(&error);
                     }
-                    self.serve(connection, messages, &mut told).await
                 }
-                Err(error) => Left::Failed(error),
-            };
-            let Left::Failed(error) = left else { return };
-            self.go_alone();
-            if !warned {
-                tracing::warn!(
-                    target: "palisade_circuit_breaker",
-                    breaker = %self.name,
-                    %error,
-                    "redis failed; the breaker goes on alone until it answers again"
-                );
-                warned = true;
             }
-            // Alone: nothing to tell the fleet until Redis answers again.
+            // Alone: the hub says when Redis is back; a connection that
+            // failed a command is tried again after a poll.
             let wait = tokio::time::sleep(self.poll);
             tokio::pin!(wait);
             loop {
                 tokio::select! {
-                    () = &mut wait => break,
-                    own = told.recv() => if own.is_none() { return },
+                    () = &mut wait, if connection.is_some() => break,
+                    event = events.recv() => match event {
+                        Some(Event::Up(up)) => {
+                            connection = Some(up);
+                            break;
+                        }
+                        Some(Event::Down(error)) => {
+                            connection = None;
+                            self.go_alone(&error);
+                        }
+                        Some(Event::Message(_)) => {}
+                        None => return,
+                    },
+                    own = told.recv() => if own.is_none() {
+                        self.hub.leave(&self.channel, self.link);
+                        return;
+                    },
                 }
             }
         }
-    }
-
-    async fn connect(&self) -> Result<(ConnectionManager, redis::aio::PubSubStream), RedisError> {
-        let connecting = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(&self.channel).await?;
-            let connection = self.client.get_connection_manager().await?;
-            Ok((connection, pubsub.into_on_message()))
-        };
-        tokio::time::timeout(self.timeout, connecting)
-            .await
-            .unwrap_or_else(|_| Err(timed_out()))
+        self.hub.leave(&self.channel, self.link);
     }
 
     async fn serve(
         &mut self,
         mut connection: ConnectionManager,
-        mut messages: redis::aio::PubSubStream,
+        events: &mut mpsc::UnboundedReceiver<Event>,
         told: &mut mpsc::UnboundedReceiver<Own>,
     ) -> Left {
         // What was missed while away: the fleet's state, and this
         // breaker's own open period, which the fleet has not heard of.
         if let Err(left) = self.catch_up(&mut connection).await {
             return left;
+        }
+        self.alone.store(false, Ordering::Release);
+        if std::mem::take(&mut self.warned) {
+            tracing::info!(
+                target: "palisade_circuit_breaker",
+                breaker = %self.name,
+                "redis answers again; the breaker is with its fleet"
+            );
         }
         let mut poll = tokio::time::interval(self.poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -373,12 +251,17 @@ impl Link {
                     Some(own) => self.on_own(own, &mut connection).await,
                     None => Err(Left::Gone),
                 },
-                message = messages.next() => match message {
-                    Some(message) => {
-                        self.on_message(message.get_payload_bytes());
+                event = events.recv() => match event {
+                    Some(Event::Message(payload)) => {
+                        self.on_message(&payload);
                         Ok(())
                     }
-                    None => Err(Left::Failed(lost())),
+                    Some(Event::Up(up)) => {
+                        connection = up;
+                        self.catch_up(&mut connection).await
+                    }
+                    Some(Event::Down(error)) => Err(Left::Down(error)),
+                    None => Err(Left::Gone),
                 },
                 () = race => self.race_for_probe(&mut connection).await,
                 _ = poll.tick() => self.catch_up(&mut connection).await,
@@ -571,8 +454,16 @@ impl Link {
 
     /// Redis is away: the breaker goes on alone, and an open period the
     /// fleet held it in ends when the fleet's would have.
-    fn go_alone(&mut self) {
+    fn go_alone(&mut self, error: &dyn std::fmt::Display) {
         self.alone.store(true, Ordering::Release);
+        if !std::mem::replace(&mut self.warned, true) {
+            tracing::warn!(
+                target: "palisade_circuit_breaker",
+                breaker = %self.name,
+                %error,
+                "redis failed; the breaker goes on alone until it answers again"
+            );
+        }
         if let (Some(until_ms), Some(breaker)) =
             (self.fleet_until, CircuitBreaker::upgrade(&self.breaker))
         {
@@ -592,9 +483,8 @@ impl Link {
         connection: &mut ConnectionManager,
         command: impl Runnable,
     ) -> Result<T, Left> {
-        tokio::time::timeout(self.timeout, command.run(connection))
+        within(self.timeout, command.run(connection))
             .await
-            .unwrap_or_else(|_| Err(timed_out()))
             .map_err(Left::Failed)
     }
 }
@@ -623,14 +513,6 @@ impl Runnable for &mut redis::ScriptInvocation<'_> {
     ) -> impl Future<Output = Result<T, RedisError>> {
         self.invoke_async(connection)
     }
-}
-
-fn timed_out() -> RedisError {
-    RedisError::from((redis::ErrorKind::Io, "timed out"))
-}
-
-fn lost() -> RedisError {
-    RedisError::from((redis::ErrorKind::Io, "the subscription was lost"))
 }
 
 fn millis(duration: Duration) -> u64 {

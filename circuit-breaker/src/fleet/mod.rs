@@ -1,0 +1,186 @@
+//! A breaker the fleet shares (feature `redis`).
+//!
+//! Each replica keeps its own lock-free [`CircuitBreaker`] on its calls'
+//! path; what the replicas share through Redis is only the breaker's
+//! transitions, carried by a task per breaker (its link) over one
+//! connection and one subscription per [`Fleet`], however many breakers
+//! (keys of a [`BreakerRegistry`](crate::BreakerRegistry), say) join it:
+//!
+//! - **Open together.** A replica whose own window trips publishes the
+//!   open state (until when) to Redis; the others open on it as soon as
+//!   they hear (pub/sub, with a poll as a fallback for a lost message),
+//!   without waiting for failures of their own.
+//! - **One probe per fleet.** When the open period ends, the replicas race
+//!   for a lease on the probe in Redis; the winner's breaker turns
+//!   half-open and probes, the others stay open. The winner publishes the
+//!   verdict (closed, or open until when) under the lease's token, so a
+//!   replica whose lease ran out cannot overwrite a newer verdict. A
+//!   winner that dies mid-probe loses its lease after the breaker's
+//!   [`half_open_max_wait`](crate::ConfigBuilder::half_open_max_wait), and
+//!   the others race again.
+//! - **Redis away.** Calls never wait on Redis: a closed call touches no
+//!   network, and the link works beside it. When Redis fails, each replica
+//!   goes on with its breaker alone (a fleet's open period it was holding
+//!   ends when its own would have), says so once in the log, and rejoins
+//!   when Redis answers again.
+//!
+//! Clocks: open periods cross replicas as wall-clock times, so replicas
+//! whose clocks disagree by a few milliseconds half-open that much apart;
+//! the probe lease keeps it to one probe all the same.
+//!
+//! What operators can watch: the channel `{prefix:name}` carries `open
+//! UNTIL_MS REPLICA trip|probe` and `closed REPLICA`; the key
+//! `{prefix:name}:open` holds the fleet's open period while it lasts, and
+//! `{prefix:name}:probe` the token of the replica probing.
+
+mod hub;
+mod link;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::breaker::CircuitBreaker;
+use hub::Hub;
+use link::Link;
+
+/// Where a fleet's breakers meet: a Redis server, and the prefix of the
+/// keys and channels they use there.
+///
+/// # Example
+///
+/// ```no_run
+/// use palisade_circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Config};
+/// use palisade_circuit_breaker::fleet::Fleet;
+/// use tower::{BoxError, ServiceBuilder, service_fn};
+///
+/// # async fn run() -> Result<(), BoxError> {
+/// let breaker = CircuitBreaker::new(Config::default());
+/// // Every replica of the service joins the breaker by the same name.
+/// let fleet = Fleet::new(redis::Client::open("redis://127.0.0.1:6379")?);
+/// let member = fleet.join("card-processor", &breaker)?;
+/// let service = ServiceBuilder::new()
+///     .layer(CircuitBreakerLayer::from_breaker(breaker))
+///     .service(service_fn(|request: u32| async move { Ok::<_, BoxError>(request) }));
+/// # let _ = (service, member);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    client: redis::Client,
+    prefix: Arc<str>,
+    poll: Duration,
+    timeout: Duration,
+    /// The connection and subscription the fleet's links share, started
+    /// with the first to join.
+    hub: Arc<OnceLock<Hub>>,
+}
+
+/// One breaker's place in its fleet, from [`Fleet::join`].
+///
+/// The link runs as long as the breaker lives, whether or not this is
+/// kept; it tells whether the breaker is with its fleet now.
+#[derive(Debug, Clone)]
+pub struct Member {
+    alone: Arc<AtomicBool>,
+}
+
+impl Member {
+    /// Whether the breaker is going on alone (Redis does not answer, or
+    /// has not yet), rather than with its fleet.
+    #[must_use]
+    pub fn is_alone(&self) -> bool {
+        self.alone.load(Ordering::Acquire)
+    }
+}
+
+/// [`Fleet::join`] was asked for a breaker that has joined a fleet already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlreadyJoined;
+
+impl std::fmt::Display for AlreadyJoined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("this circuit breaker has joined a fleet already")
+    }
+}
+
+impl std::error::Error for AlreadyJoined {}
+
+impl Fleet {
+    /// The fleet on `client`'s server, with keys and channels under
+    /// `palisade:cb` until [`prefix`](Self::prefix) says otherwise.
+    #[must_use]
+    pub fn new(client: redis::Client) -> Self {
+        Self {
+            client,
+            prefix: Arc::from("palisade:cb"),
+            poll: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            hub: Arc::default(),
+        }
+    }
+
+    /// The prefix of the fleet's keys and channels: `{prefix:name}`.
+    #[must_use]
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = Arc::from(prefix);
+        self
+    }
+
+    /// How often a link reads the fleet's state besides hearing it (a
+    /// message lost with a connection is caught up then), and how soon it
+    /// tries Redis again while alone: every second by default.
+    #[must_use]
+    pub fn poll_every(mut self, every: Duration) -> Self {
+        self.poll = every;
+        // Settings are the hub's from its start: a changed fleet has its own.
+        self.hub = Arc::default();
+        self
+    }
+
+    /// How long one Redis command of the link may take before Redis is
+    /// taken as away (one second by default).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self.hub = Arc::default();
+        self
+    }
+
+    /// Shares `breaker`'s transitions with every breaker that joined as
+    /// `name`, from a task spawned on the current tokio runtime, which
+    /// ends when the breaker is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`AlreadyJoined`] when the breaker has joined a fleet before.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn join(&self, name: &str, breaker: &CircuitBreaker) -> Result<Member, AlreadyJoined> {
+        let (tell, told) = mpsc::unbounded_channel();
+        if !breaker.join_fleet(tell) {
+            return Err(AlreadyJoined);
+        }
+        let hub = self
+            .hub
+            .get_or_init(|| Hub::start(self.client.clone(), self.poll, self.timeout));
+        let alone = Arc::new(AtomicBool::new(true));
+        let channel = format!("{{{}:{name}}}", self.prefix);
+        let (link, events) = hub.join(&channel);
+        let link = Link::new(
+            breaker,
+            name,
+            channel,
+            (hub.clone(), link),
+            self.poll,
+            self.timeout,
+            Arc::clone(&alone),
+        );
+        tokio::spawn(link.run(told, events));
+        Ok(Member { alone })
+    }
+}
