@@ -123,6 +123,15 @@ impl Fixture {
         self.plain.decide(key, bucket, 0).await.unwrap().remaining()
     }
 
+    /// Whether the leasing store admits a request of `cost` for `key`.
+    async fn admits(&self, key: &str, bucket: &Bucket, cost: u32) -> bool {
+        self.store
+            .decide(key, bucket, cost)
+            .await
+            .unwrap()
+            .is_allowed()
+    }
+
     fn commands(&self) -> usize {
         self.commands.load(Ordering::Relaxed)
     }
@@ -221,14 +230,7 @@ async fn processes_sharing_a_bucket_admit_exactly_its_tokens() {
 async fn a_refusal_is_remembered_until_its_wait() {
     let fixture = fixture(leasing(), FailurePolicy::Propagate, &redis_url()).await;
     let bucket = bucket(2);
-    assert!(
-        fixture
-            .store
-            .decide("k", &bucket, 2)
-            .await
-            .unwrap()
-            .is_allowed()
-    );
+    assert!(fixture.admits("k", &bucket, 2).await);
     let refused = fixture.store.decide("k", &bucket, 1).await.unwrap();
     assert!(!refused.is_allowed());
     let asked = fixture.commands();
@@ -277,14 +279,7 @@ async fn unspent_tokens_go_back_once_held_long_enough() {
     let bucket = bucket(100);
     let mut spent = 0;
     while fixture.store.held() == 0 {
-        assert!(
-            fixture
-                .store
-                .decide("quiet", &bucket, 1)
-                .await
-                .unwrap()
-                .is_allowed()
-        );
+        assert!(fixture.admits("quiet", &bucket, 1).await);
         spent += 1;
     }
     // The key goes quiet: the sweep gives its lease back.
@@ -305,26 +300,12 @@ async fn with_redis_away_leased_tokens_still_spend_then_the_policy_decides() {
     let fixture = fixture(leasing(), FailurePolicy::FailClosed, &url).await;
     let bucket = bucket(100);
     while fixture.store.held() < 4 {
-        assert!(
-            fixture
-                .store
-                .decide("k", &bucket, 1)
-                .await
-                .unwrap()
-                .is_allowed()
-        );
+        assert!(fixture.admits("k", &bucket, 1).await);
     }
     proxy.cut().await;
     let held = fixture.store.held();
     for _ in 0..held {
-        assert!(
-            fixture
-                .store
-                .decide("k", &bucket, 1)
-                .await
-                .unwrap()
-                .is_allowed()
-        );
+        assert!(fixture.admits("k", &bucket, 1).await);
     }
     let closed = fixture.store.decide("k", &bucket, 1).await.unwrap();
     assert!(!closed.is_allowed());

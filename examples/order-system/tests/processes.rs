@@ -195,11 +195,7 @@ impl System {
 
     /// What `name`'s `/metrics` says of `series` (`name{labels}`).
     async fn metric(&self, address: &str, series: &str) -> Option<f64> {
-        let (status, metrics) = Gateway::new(address)
-            .send(http::Method::GET, "/metrics", &[], bytes::Bytes::new())
-            .await
-            .unwrap();
-        assert!(status.is_success());
+        let metrics = fetched(&Gateway::new(address), "/metrics").await;
         drawn(std::str::from_utf8(&metrics).unwrap(), series)
     }
 
@@ -238,17 +234,7 @@ impl System {
 
     /// The metrics of the gateway dashboard's latest reading, if it took one.
     async fn dashboard_reading(&self) -> Option<String> {
-        let admin = Gateway::new(&self.admin("gateway"));
-        let (status, body) = admin
-            .send(
-                http::Method::GET,
-                "/dashboard/readings",
-                &[],
-                bytes::Bytes::new(),
-            )
-            .await
-            .unwrap();
-        assert!(status.is_success());
+        let body = fetched(&Gateway::new(&self.admin("gateway")), "/dashboard/readings").await;
         let readings: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
         Some(readings.last()?["metrics"].as_str().unwrap().to_owned())
     }
@@ -272,11 +258,7 @@ impl System {
     }
 
     async fn books(&self) -> Books {
-        let (status, body) = Gateway::new(&self.admin("gateway"))
-            .send(http::Method::GET, "/books", &[], bytes::Bytes::new())
-            .await
-            .unwrap();
-        assert!(status.is_success(), "GET /books: {status}");
+        let body = fetched(&Gateway::new(&self.admin("gateway")), "/books").await;
         serde_json::from_slice(&body).unwrap()
     }
 
@@ -306,17 +288,8 @@ impl System {
 
     /// The charges the card processor has seen, refused ones included.
     async fn processor_calls(&self) -> u64 {
-        let (status, body) = self
-            .processor_admin(&self.operator().await)
-            .send(
-                http::Method::GET,
-                "/admin/processor",
-                &[],
-                bytes::Bytes::new(),
-            )
-            .await
-            .unwrap();
-        assert!(status.is_success());
+        let admin = self.processor_admin(&self.operator().await);
+        let body = fetched(&admin, "/admin/processor").await;
         serde_json::from_slice::<AdminStatus>(&body)
             .unwrap()
             .processor
@@ -876,11 +849,7 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
 
     // Both replicas of inventory took a share of its events.
     for name in ["inventory", "inventory-2"] {
-        let (status, metrics) = Gateway::new(&system.address(name))
-            .send(http::Method::GET, "/metrics", &[], bytes::Bytes::new())
-            .await
-            .unwrap();
-        assert!(status.is_success());
+        let metrics = fetched(&Gateway::new(&system.address(name)), "/metrics").await;
         let metrics = String::from_utf8(metrics.to_vec()).unwrap();
         let applied: u64 = metrics
             .lines()
@@ -1001,6 +970,16 @@ impl FleetMessages {
             .map(|(_, m)| m.clone())
             .collect()
     }
+}
+
+/// `GET path` from `gateway`, which must answer 2xx.
+async fn fetched(gateway: &Gateway, path: &str) -> bytes::Bytes {
+    let (status, body) = gateway
+        .send(http::Method::GET, path, &[], bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert!(status.is_success(), "GET {path}: {status}");
+    body
 }
 
 /// The value of `series` in a Prometheus text.
