@@ -364,3 +364,61 @@ async fn a_global_limit_through_the_layer_admits_its_capacity() {
         fixture.commands()
     );
 }
+
+/// One step of the conservation model: a store decides a request, or
+/// gives back what it holds.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Decide { store: usize, cost: u32 },
+    GiveBack { store: usize },
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (0..2_usize, 1..5_u32).prop_map(|(store, cost)| Step::Decide { store, cost }),
+        1 => (0..2_usize).prop_map(|store| Step::GiveBack { store }),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Whatever two stores sharing a key do, in any order, every token of
+    /// the bucket is in exactly one place: admitted, held in a lease, or
+    /// left in Redis.
+    #[test]
+    fn every_token_is_admitted_held_or_in_redis(
+        steps in proptest::collection::vec(step(), 1..60)
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let bucket = bucket(40);
+            let first = fixture(leasing(), FailurePolicy::Propagate, &redis_url()).await;
+            let second = leasing_store(&first.prefix, &redis_url(), leasing(), FailurePolicy::Propagate)
+                .await
+                .0;
+            let stores = [first.store.clone(), second];
+            let mut admitted = 0;
+            for step in steps {
+                match step {
+                    Step::Decide { store, cost } => {
+                        let decision = stores[store].decide("k", &bucket, cost).await.unwrap();
+                        if decision.is_allowed() {
+                            admitted += u64::from(cost);
+                        }
+                    }
+                    Step::GiveBack { store } => {
+                        stores[store].give_back().await;
+                    }
+                }
+                let held: u64 = stores.iter().map(LeasingStore::held).sum();
+                let left = u64::from(first.left_in_redis("k", &bucket).await);
+                assert_eq!(admitted + held + left, 40, "after {step:?}");
+            }
+        });
+    }
+}
