@@ -18,8 +18,9 @@
 //! their own refusals with 503 or 429 and stack on an axum `Router` as
 //! they are), `grpc` (grpc-status, pushback, trailers-only refusals),
 //! `tonic` (the stack takes and gives `tonic::body::Body`, so a `Channel`
-//! and a generated client take it as it is), `redis` (shared buckets and
-//! caches) and `otel` (OpenTelemetry metrics). [`hints`] is always there:
+//! and a generated client take it as it is), `redis` (shared and leased
+//! buckets, shared caches, the breaker a fleet shares) and `otel`
+//! (OpenTelemetry metrics). [`hints`] is always there:
 //! the signals every layer reads the same way.
 //!
 //! # Example
