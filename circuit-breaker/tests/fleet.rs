@@ -190,8 +190,22 @@ async fn a_probe_whose_replica_went_away_is_taken_over_after_its_lease() {
 async fn with_redis_cut_a_replica_goes_on_alone_and_rejoins() {
     let (proxy, url) = redis_proxy().await;
     let prefix = format!("palisade-test:{}", fastrand::u64(..));
-    let joined = replicas(&fleet_under(&url, &prefix), 1, Duration::from_secs(5)).await;
-    let (breaker, member) = &joined[0];
+    // Open 300 ms, then a minute once its probe fails: the open period is
+    // still on when it rejoins, however long that takes.
+    let config = Config::builder()
+        .sliding_window(SlidingWindow::Count(10))
+        .minimum_calls(10)
+        .open_duration(Duration::from_millis(300))
+        .open_backoff(200.0, Duration::from_secs(60))
+        .max_open_duration(Duration::from_secs(60))
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    let breaker = &CircuitBreaker::new(config);
+    let member = &fleet_under(&url, &prefix)
+        .join("dependency", breaker)
+        .unwrap();
+    eventually("the link is up", || !member.is_alone()).await;
     proxy.cut().await;
     // Closed calls never wait on Redis.
     for _ in 0..1_000 {

@@ -443,8 +443,13 @@ impl Link {
             Some(_) => {}
             None if self.fleet_until.is_some() && self.token.is_none() => self.close()?,
             None => {
-                // Open on its own while away: the fleet hears of it now.
-                if let (Some(until), None) = (breaker.open_until(), self.fleet_until) {
+                // Open on its own while away, and still within its open
+                // period: the fleet hears of it now. (One whose period
+                // has passed half-opens with its next call, its own
+                // business.)
+                if let (Some(until), None) = (breaker.open_until(), self.fleet_until)
+                    && until > Instant::now()
+                {
                     return Box::pin(self.on_own(Own::Opened(until), connection)).await;
                 }
             }

@@ -17,7 +17,9 @@
 //!   replica whose lease ran out cannot overwrite a newer verdict. A
 //!   winner that dies mid-probe loses its lease after the breaker's
 //!   [`half_open_max_wait`](crate::ConfigBuilder::half_open_max_wait), and
-//!   the others race again.
+//!   the others race again. The winner's half-open is its breaker's own:
+//!   with more than one half-open permit or success asked for, it makes
+//!   them, alone, within that wait.
 //! - **Redis away.** Calls never wait on Redis: a closed call touches no
 //!   network, and the link works beside it. When Redis fails, each replica
 //!   goes on with its breaker alone (a fleet's open period it was holding
