@@ -235,6 +235,8 @@ struct Leases {
     hasher: RandomState,
     /// Whether the sweep has been started.
     sweeping: AtomicBool,
+    #[cfg(feature = "otel")]
+    instruments: std::sync::OnceLock<crate::otel::LeaseInstruments>,
 }
 
 /// One key's lease.
@@ -454,6 +456,27 @@ impl Leases {
         unspent
     }
 
+    /// Counts a refill that leased `leased` tokens beyond its request's
+    /// cost after giving back `returned` (feature `otel`).
+    fn refilled(&self, leased: u32, returned: u32) {
+        #[cfg(feature = "otel")]
+        if let Some(instruments) = self.instruments.get() {
+            instruments.refilled(leased, returned);
+        }
+        #[cfg(not(feature = "otel"))]
+        let _ = (leased, returned);
+    }
+
+    /// Counts `tokens` given back (feature `otel`).
+    fn returned(&self, tokens: u32) {
+        #[cfg(feature = "otel")]
+        if let Some(instruments) = self.instruments.get() {
+            instruments.returned(tokens);
+        }
+        #[cfg(not(feature = "otel"))]
+        let _ = tokens;
+    }
+
     /// Tokens held in every lease now.
     fn held(&self) -> u64 {
         self.shards
@@ -491,8 +514,30 @@ where
                 per_shard: leasing.max_keys.div_ceil(SHARDS).max(1),
                 hasher,
                 sweeping: AtomicBool::new(false),
+                #[cfg(feature = "otel")]
+                instruments: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Counts refills, leased and returned tokens, and reports the tokens
+    /// held, with OpenTelemetry (feature `otel`); `name` becomes the
+    /// `store` attribute. Once per store and its clones; later calls
+    /// change nothing. See the [`otel`](crate::otel) module for the names.
+    #[cfg(feature = "otel")]
+    #[must_use]
+    pub fn instrument(
+        self,
+        meter: &opentelemetry::metrics::Meter,
+        name: impl Into<String>,
+    ) -> Self {
+        let leases = Arc::downgrade(&self.leases);
+        let held = move || leases.upgrade().map_or(0, |leases| leases.held());
+        let _ = self
+            .leases
+            .instruments
+            .get_or_init(|| crate::otel::LeaseInstruments::new(meter, name.into(), held));
+        self
     }
 
     /// The Redis store leases are taken from.
@@ -512,7 +557,7 @@ where
     /// not be given back (Redis away) are lost to the bucket until it
     /// refills: a shortfall, never an excess.
     pub async fn give_back(&self) -> u64 {
-        give_back(&self.redis, self.leases.take_unspent(true)).await
+        give_back(&self.redis, &self.leases, self.leases.take_unspent(true)).await
     }
 
     /// Decides from `lease`, asking Redis when it must.
@@ -562,6 +607,10 @@ where
                 lease
                     .held()
                     .refilled(grant, ask, bucket, settings.hold, Instant::now());
+                if let Some(taken) = grant.taken {
+                    self.leases
+                        .refilled(taken.saturating_sub(cost), ask.give_back);
+                }
                 if grant.taken.is_some_and(|taken| taken > cost) {
                     self.sweep_from_now_on();
                 }
@@ -594,16 +643,21 @@ where
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        let Some(unspent) = leases.upgrade().map(|leases| leases.take_unspent(false)) else {
+        let Some(leases) = leases.upgrade() else {
             return;
         };
-        give_back(&redis, unspent).await;
+        let unspent = leases.take_unspent(false);
+        give_back(&redis, &leases, unspent).await;
     }
 }
 
 /// Gives `unspent` tokens back to their buckets; returns how many Redis
 /// took.
-async fn give_back<C>(redis: &RedisStore<C>, unspent: Vec<(Arc<str>, Bucket, u32)>) -> u64
+async fn give_back<C>(
+    redis: &RedisStore<C>,
+    leases: &Leases,
+    unspent: Vec<(Arc<str>, Bucket, u32)>,
+) -> u64
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
@@ -615,7 +669,10 @@ where
             give_back: tokens,
         };
         match redis.ask(&name, &bucket, ask).await {
-            Ok(Grant { taken: Some(_), .. }) => given += u64::from(tokens),
+            Ok(Grant { taken: Some(_), .. }) => {
+                given += u64::from(tokens);
+                leases.returned(tokens);
+            }
             Ok(_) | Err(_) => tracing::debug!(
                 target: "palisade_token_bucket",
                 key = %name,

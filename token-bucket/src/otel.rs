@@ -15,6 +15,16 @@
 //! | `palisade.token_bucket.store_errors` | counter | `store`, `kind` (`timeout`, `backend`) |
 //! | `palisade.token_bucket.fallback_decisions` | counter | `store`: decisions made by the failure policy |
 //! | `palisade.token_bucket.degraded` | gauge | `store`: 1 while the failure policy applies |
+//!
+//! [`LeasingStore::instrument`](crate::LeasingStore::instrument) (with
+//! feature `redis`), beside its Redis store's own:
+//!
+//! | name | kind | attributes |
+//! |---|---|---|
+//! | `palisade.token_bucket.refills` | counter | `store`: round trips made for a key whose lease was spent |
+//! | `palisade.token_bucket.leased_tokens` | counter | `store`: tokens taken beyond the cost of the request that asked |
+//! | `palisade.token_bucket.returned_tokens` | counter | `store`: unspent tokens given back to Redis |
+//! | `palisade.token_bucket.held_tokens` | gauge | `store`: tokens held in leases now |
 
 use std::sync::Arc;
 
@@ -131,5 +141,62 @@ impl StoreInstruments {
 
     pub(crate) fn fell_back(&self) {
         self.fallback_decisions.add(1, &self.store);
+    }
+}
+
+/// A leasing store's instruments.
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+pub(crate) struct LeaseInstruments {
+    refills: Counter<u64>,
+    leased: Counter<u64>,
+    returned: Counter<u64>,
+    _held: opentelemetry::metrics::ObservableGauge<u64>,
+    store: [KeyValue; 1],
+}
+
+#[cfg(feature = "redis")]
+impl LeaseInstruments {
+    pub(crate) fn new(
+        meter: &Meter,
+        name: String,
+        held: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> Self {
+        let store = [KeyValue::new("store", name)];
+        let gauge_store = store.clone();
+        Self {
+            refills: meter
+                .u64_counter("palisade.token_bucket.refills")
+                .with_description("Round trips to Redis for a key whose lease was spent")
+                .build(),
+            leased: meter
+                .u64_counter("palisade.token_bucket.leased_tokens")
+                .with_description("Tokens leased beyond the cost of the request that asked")
+                .build(),
+            returned: meter
+                .u64_counter("palisade.token_bucket.returned_tokens")
+                .with_description("Unspent leased tokens given back to Redis")
+                .build(),
+            _held: meter
+                .u64_observable_gauge("palisade.token_bucket.held_tokens")
+                .with_description("Tokens held in leases now")
+                .with_callback(move |observer| observer.observe(held(), &gauge_store))
+                .build(),
+            store,
+        }
+    }
+
+    /// A refill took `leased` tokens beyond its request's cost, after
+    /// giving back `returned`.
+    pub(crate) fn refilled(&self, leased: u32, returned: u32) {
+        self.refills.add(1, &self.store);
+        self.leased.add(u64::from(leased), &self.store);
+        self.returned(returned);
+    }
+
+    pub(crate) fn returned(&self, tokens: u32) {
+        if tokens > 0 {
+            self.returned.add(u64::from(tokens), &self.store);
+        }
     }
 }

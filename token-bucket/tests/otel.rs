@@ -7,7 +7,8 @@ use palisade_testkit::MetricsProbe;
 use palisade_testkit::servers::redis_proxy;
 use palisade_token_bucket::key::global;
 use palisade_token_bucket::{
-    Bucket, Clock, FailurePolicy, LocalStore, RateLimitLayer, RedisStore, Store,
+    Bucket, Clock, FailurePolicy, Leasing, LeasingStore, LocalStore, RateLimitLayer, RedisStore,
+    Store,
 };
 use tower::{BoxError, Layer, ServiceExt, service_fn};
 
@@ -66,4 +67,48 @@ async fn store_errors_fallbacks_and_the_degraded_state_are_reported() {
         probe.points("palisade.token_bucket.degraded"),
         [(vec!["store=shared".to_owned()], 1)]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_counted_and_the_tokens_held_reported() {
+    let probe = MetricsProbe::default();
+    let connection = redis::Client::open(palisade_testkit::servers::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let redis = RedisStore::new(connection, FailurePolicy::Propagate)
+        .prefix(&format!("palisade-test:{}", fastrand::u64(..)))
+        .timeout(Duration::from_secs(1));
+    // Leases cover an hour, so their sizes (1, 2, 4, …) do not depend on
+    // the machine's speed.
+    let leasing = Leasing::new()
+        .cover(Duration::from_secs(3600))
+        .hold(Duration::from_secs(3600))
+        .max_share(0.5);
+    let store = LeasingStore::new(redis, leasing)
+        .unwrap()
+        .instrument(&probe.meter(), "leased");
+    let bucket = Bucket::new(100, 0.001).unwrap();
+    for _ in 0..10 {
+        assert!(store.decide("k", &bucket, 1).await.unwrap().is_allowed());
+    }
+    let at = |name: &str| {
+        probe
+            .points(name)
+            .into_iter()
+            .map(|(attributes, n)| {
+                assert_eq!(attributes, ["store=leased"]);
+                n
+            })
+            .sum::<u64>()
+    };
+    // Leases of 1, 2, 4 and 8 tokens: ten spent, five held.
+    assert_eq!(at("palisade.token_bucket.refills"), 4);
+    // Beyond the cost of each request that asked: 0, 1, 3 and 7.
+    assert_eq!(at("palisade.token_bucket.leased_tokens"), 11);
+    assert_eq!(at("palisade.token_bucket.held_tokens"), 5);
+    assert_eq!(store.give_back().await, 5);
+    assert_eq!(at("palisade.token_bucket.returned_tokens"), 5);
+    assert_eq!(at("palisade.token_bucket.held_tokens"), 0);
 }

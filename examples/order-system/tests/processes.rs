@@ -531,6 +531,24 @@ impl System {
         }
         let bound = 100.0 + 50.0 * started.elapsed().as_secs_f64() + 20.0;
         assert!(refused > 0, "{admitted} admitted");
+        // Each gateway asked Redis once a lease, and says so.
+        for gateway in ["gateway", "gateway-2"] {
+            let admin = self.admin(gateway);
+            let refills = self
+                .metric(
+                    &admin,
+                    "palisade_token_bucket_refills_total{store=\"per-user\"}",
+                )
+                .await;
+            assert!(refills.is_some_and(|n| n > 0.0), "{gateway}: {refills:?}");
+            let held = self
+                .metric(
+                    &admin,
+                    "palisade_token_bucket_held_tokens{store=\"per-user\"}",
+                )
+                .await;
+            assert!(held.is_some(), "{gateway} reports the tokens it holds");
+        }
         assert!(
             f64::from(admitted) <= bound,
             "{admitted} admitted over a bound of {bound:.1}"

@@ -73,7 +73,8 @@ pub(super) async fn gateway(
     // A user's requests through this gateway spend tokens it leased from
     // the user's bucket in Redis: a user busy here costs a round trip per
     // lease, not per request (at most a tenth of the bucket each).
-    let per_user = LeasingStore::new(limited.per_user, Leasing::new())?;
+    let per_user =
+        LeasingStore::new(limited.per_user, Leasing::new())?.instrument(&meter, "per-user");
     let limits = Limited {
         per_user: per_user.clone(),
         per_address: limited.per_address,
