@@ -221,7 +221,9 @@ impl<K: Eq + Hash + Clone + fmt::Display> BreakerRegistry<K> {
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime.
+    /// Outside a tokio runtime; and so does [`get`](Self::get) once the
+    /// registry shares, when it makes a key's breaker outside one (a
+    /// layer's services are called within one).
     pub fn share(
         &self,
         fleet: &crate::fleet::Fleet,
