@@ -239,6 +239,35 @@ async fn with_redis_cut_a_replica_goes_on_alone_and_rejoins() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoining_replica_keeps_an_open_period_that_has_passed_to_itself() {
+    let (proxy, url) = redis_proxy().await;
+    let prefix = format!("palisade-test:{}", fastrand::u64(..));
+    let joined = replicas(&fleet_under(&url, &prefix), 1, Duration::from_secs(5)).await;
+    let (breaker, member) = &joined[0];
+    proxy.cut().await;
+    eventually("the link notices", || member.is_alone()).await;
+    // Alone, it trips; its 300 ms pass with no call, so it is still open
+    // (it half-opens with its next call) when Redis comes back.
+    trip(breaker);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    proxy.resume().await;
+    // Back only once it has read the fleet's state and said its own.
+    eventually("the link is back", || !member.is_alone()).await;
+    assert_eq!(breaker.state(), State::Open);
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let open: Option<String> = redis::cmd("GET")
+        .arg(format!("{{{prefix}:dependency}}:open"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(open, None, "an open period over already opens no one");
+}
+
 #[tokio::test]
 async fn a_breaker_joins_one_fleet() {
     let fleet = fleet(&redis_url());
