@@ -252,10 +252,7 @@ impl Link {
                     None => Err(Left::Gone),
                 },
                 event = events.recv() => match event {
-                    Some(Event::Message(payload)) => {
-                        self.on_message(&payload);
-                        Ok(())
-                    }
+                    Some(Event::Message(payload)) => self.on_message(&payload),
                     Some(Event::Up(up)) => {
                         connection = up;
                         self.catch_up(&mut connection).await
@@ -293,13 +290,13 @@ impl Link {
                 let message = format!("open {until_ms} {} trip", self.replica);
                 let standing: u64 = self
                     .command(
-                        connection,
                         OPEN_SCRIPT
                             .key(&self.open_key)
                             .arg(until_ms)
                             .arg(self.px(until_ms))
                             .arg(message)
-                            .arg(&self.channel),
+                            .arg(&self.channel)
+                            .invoke_async(connection),
                     )
                     .await?;
                 self.hold_open(standing)?;
@@ -332,7 +329,6 @@ impl Link {
         };
         let given: i64 = self
             .command(
-                connection,
                 VERDICT_SCRIPT
                     .key(&self.open_key)
                     .key(&self.probe_key)
@@ -340,27 +336,26 @@ impl Link {
                     .arg(verdict)
                     .arg(self.px(until_ms.unwrap_or(0)))
                     .arg(message)
-                    .arg(&self.channel),
+                    .arg(&self.channel)
+                    .invoke_async(connection),
             )
             .await?;
         Ok(given == 1)
     }
 
     /// What another replica published.
-    fn on_message(&mut self, payload: &[u8]) {
+    fn on_message(&mut self, payload: &[u8]) -> Result<(), Left> {
         let Some(heard) = std::str::from_utf8(payload).ok().and_then(Heard::parse) else {
             tracing::debug!(target: "palisade_circuit_breaker", breaker = %self.name, "unreadable fleet message ignored");
-            return;
+            return Ok(());
         };
-        let result = match heard {
+        match heard {
             Heard::Open { replica, .. } | Heard::Closed { replica } if replica == self.replica => {
                 Ok(())
             }
             Heard::Open { until_ms, .. } => self.hold_open(until_ms),
             Heard::Closed { .. } => self.close(),
-        };
-        // The breaker is gone: the link ends with the next message from it.
-        let _ = result;
+        }
     }
 
     /// The fleet is open until `until_ms`: this breaker stays open past it
@@ -398,13 +393,13 @@ impl Link {
         let token = format!("{}:{}", self.replica, self.probes);
         let won: i64 = self
             .command(
-                connection,
                 PROBE_SCRIPT
                     .key(&self.open_key)
                     .key(&self.probe_key)
                     .arg(&token)
                     .arg(millis(self.lease))
-                    .arg(format!("{}:", self.replica)),
+                    .arg(format!("{}:", self.replica))
+                    .invoke_async(connection),
             )
             .await?;
         match won {
@@ -433,7 +428,11 @@ impl Link {
     /// time away from Redis missed.
     async fn catch_up(&mut self, connection: &mut ConnectionManager) -> Result<(), Left> {
         let standing: Option<u64> = self
-            .command(connection, redis::cmd("GET").arg(&self.open_key))
+            .command(
+                redis::cmd("GET")
+                    .arg(&self.open_key)
+                    .query_async(connection),
+            )
             .await?;
         let breaker = self.breaker()?;
         match standing {
@@ -483,40 +482,13 @@ impl Link {
         until_ms.saturating_sub(unix_now_ms()) + millis(self.grace)
     }
 
-    async fn command<T: redis::FromRedisValue>(
+    /// `reply` within the link's timeout; a failure of Redis's leaves
+    /// the fleet for now.
+    async fn command<T>(
         &self,
-        connection: &mut ConnectionManager,
-        command: impl Runnable,
+        reply: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, Left> {
-        within(self.timeout, command.run(connection))
-            .await
-            .map_err(Left::Failed)
-    }
-}
-
-/// A script invocation or a plain command, run on the link's connection.
-trait Runnable {
-    fn run<T: redis::FromRedisValue>(
-        self,
-        connection: &mut ConnectionManager,
-    ) -> impl Future<Output = Result<T, RedisError>>;
-}
-
-impl Runnable for &mut redis::Cmd {
-    fn run<T: redis::FromRedisValue>(
-        self,
-        connection: &mut ConnectionManager,
-    ) -> impl Future<Output = Result<T, RedisError>> {
-        self.query_async(connection)
-    }
-}
-
-impl Runnable for &mut redis::ScriptInvocation<'_> {
-    fn run<T: redis::FromRedisValue>(
-        self,
-        connection: &mut ConnectionManager,
-    ) -> impl Future<Output = Result<T, RedisError>> {
-        self.invoke_async(connection)
+        within(self.timeout, reply).await.map_err(Left::Failed)
     }
 }
 
