@@ -298,16 +298,8 @@ impl System {
 
     async fn set_processor_unavailable(&self, unavailable: bool) {
         let body = serde_json::json!({ "unavailable": unavailable }).to_string();
-        let (status, _) = self
-            .processor_admin(&self.operator().await)
-            .send(
-                http::Method::PUT,
-                "/admin/processor",
-                &[("content-type", "application/json")],
-                bytes::Bytes::from(body),
-            )
-            .await
-            .unwrap();
+        let admin = self.processor_admin(&self.operator().await);
+        let (status, _) = processor_settings(&admin, body).await;
         assert!(status.is_success());
     }
 
@@ -835,31 +827,15 @@ async fn services_as_processes_with_replicas_keep_the_books_straight() {
             http::StatusCode::OK,
         ),
     ] {
-        let (status, _) = admin
-            .send(
-                http::Method::PUT,
-                "/admin/processor",
-                &[("content-type", "application/json")],
-                bytes::Bytes::from_static(br#"{"delay_ms":0}"#),
-            )
-            .await
-            .unwrap();
+        let (status, _) = processor_settings(&admin, r#"{"delay_ms":0}"#).await;
         assert_eq!(status, expected, "{who}");
     }
     // The same routes as the embedded gateway's: settings out of range are
     // refused, saying why, as there.
-    let response = system
-        .processor_admin(&system.signed_in("operator").await)
-        .exchange(
-            http::Method::PUT,
-            "/admin/processor",
-            &[("content-type", "application/json")],
-            bytes::Bytes::from_static(br#"{"delay_ms":600000}"#),
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status(), http::StatusCode::UNPROCESSABLE_ENTITY);
-    let refused: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+    let admin = system.processor_admin(&system.signed_in("operator").await);
+    let (status, body) = processor_settings(&admin, r#"{"delay_ms":600000}"#).await;
+    assert_eq!(status, http::StatusCode::UNPROCESSABLE_ENTITY);
+    let refused: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert!(
         refused["error"].as_str().unwrap().contains("delay_ms"),
         "{refused}"
@@ -988,6 +964,22 @@ impl FleetMessages {
             .map(|(_, m)| m.clone())
             .collect()
     }
+}
+
+/// `PUT /admin/processor` with the JSON `settings`, through `admin`.
+async fn processor_settings(
+    admin: &Gateway,
+    settings: impl Into<bytes::Bytes>,
+) -> (http::StatusCode, bytes::Bytes) {
+    admin
+        .send(
+            http::Method::PUT,
+            "/admin/processor",
+            &[("content-type", "application/json")],
+            settings.into(),
+        )
+        .await
+        .unwrap()
 }
 
 /// `GET path` from `gateway`, which must answer 2xx.
