@@ -331,11 +331,18 @@ impl OutboxSql {
                  FROM {t} o WHERE status <> 'sent'",
                 now_ms = dialect.epoch_ms(now),
                 created = dialect.epoch_ms("o.created_at"),
+                // Held: pending events after their aggregate's first dead
+                // one. Joined from the dead events' first seqs, which are
+                // few, so it is one pass over the pending events; a search
+                // for a dead predecessor of each pending event made the
+                // count quadratic in an aggregate's backlog.
                 held = if config.ordered {
                     format!(
-                        "count(*) FILTER (WHERE o.status = 'pending' AND EXISTS (SELECT 1 FROM {t} d \
-                         WHERE d.status = 'dead' AND d.aggregate_type = o.aggregate_type \
-                         AND d.aggregate_id = o.aggregate_id AND d.seq < o.seq))"
+                        "(SELECT count(*) FROM {t} p JOIN (SELECT aggregate_type, aggregate_id, \
+                         min(seq) AS seq FROM {t} WHERE status = 'dead' \
+                         GROUP BY aggregate_type, aggregate_id) d \
+                         ON p.aggregate_type = d.aggregate_type AND p.aggregate_id = d.aggregate_id \
+                         AND p.seq > d.seq WHERE p.status = 'pending')"
                     )
                 } else {
                     "0".to_owned()
