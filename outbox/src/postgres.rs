@@ -117,36 +117,67 @@ impl PgOutbox {
 #[cfg(test)]
 mod tests {
     use sqlx::Row;
+    use sqlx::postgres::PgRow;
 
     use crate::{Event, OutboxConfig, PgOutbox};
+
+    /// An outbox of its own on the local server, in a schema `drop`
+    /// removes.
+    struct Fixture {
+        pool: sqlx::PgPool,
+        schema: String,
+        outbox: PgOutbox,
+    }
+
+    impl Fixture {
+        async fn new(name: &str, configure: impl FnOnce(OutboxConfig) -> OutboxConfig) -> Self {
+            let pool = sqlx::PgPool::connect(&palisade_testkit::servers::database_url())
+                .await
+                .expect("a reachable PostgreSQL (run scripts/services)");
+            let schema = format!("outbox_{name}_{}", fastrand::u64(..));
+            let config = OutboxConfig::new(&format!("{schema}.outbox")).unwrap();
+            let outbox = PgOutbox::new(pool.clone(), configure(config));
+            outbox.migrate().await.unwrap();
+            Self {
+                pool,
+                schema,
+                outbox,
+            }
+        }
+
+        async fn drop(self) {
+            sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
+                .execute(&self.pool)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// The lines of an `EXPLAIN`'s answer, as one text.
+    fn plan(explained: &[PgRow]) -> String {
+        let lines: Vec<String> = explained.iter().map(|row| row.get(0)).collect();
+        lines.join("\n")
+    }
 
     /// The outbox's pages are kept half empty, set once: a later start
     /// leaves the table's catalog row alone (altering it on every start
     /// would make every session re-plan its statements on the table).
     #[tokio::test]
     async fn migrate_sets_the_fillfactor_once() {
-        let pool = sqlx::PgPool::connect(&palisade_testkit::servers::database_url())
-            .await
-            .expect("a reachable PostgreSQL (run scripts/services)");
-        let schema = format!("outbox_fill_{}", fastrand::u64(..));
-        let table = format!("{schema}.outbox");
-        let outbox = PgOutbox::new(pool.clone(), OutboxConfig::new(&table).unwrap());
+        let fixture = Fixture::new("fill", |config| config).await;
+        let table = format!("{}.outbox", fixture.schema);
         let catalog_row = || {
             sqlx::query_as::<_, (String, Vec<String>)>(
                 "SELECT xmin::text, reloptions FROM pg_class WHERE oid = $1::regclass",
             )
             .bind(&table)
-            .fetch_one(&pool)
+            .fetch_one(&fixture.pool)
         };
-        outbox.migrate().await.unwrap();
         let (version, options) = catalog_row().await.unwrap();
         assert_eq!(options, ["fillfactor=50"]);
-        outbox.migrate().await.unwrap();
+        fixture.outbox.migrate().await.unwrap();
         assert_eq!(catalog_row().await.unwrap().0, version, "altered again");
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&pool)
-            .await
-            .unwrap();
+        fixture.drop().await;
     }
 
     /// The backlog is counted in passes over the unsent events, never an
@@ -156,26 +187,14 @@ mod tests {
     /// 30 ms, and a dashboard reads the backlog every second.
     #[tokio::test]
     async fn the_backlog_is_counted_without_a_probe_per_event() {
-        let pool = sqlx::PgPool::connect(&palisade_testkit::servers::database_url())
-            .await
-            .expect("a reachable PostgreSQL (run scripts/services)");
-        let schema = format!("outbox_backlog_{}", fastrand::u64(..));
-        let outbox = PgOutbox::new(
-            pool.clone(),
-            OutboxConfig::new(&format!("{schema}.outbox")).unwrap(),
-        );
-        outbox.migrate().await.unwrap();
-        let explained = sqlx::query(&format!("EXPLAIN {}", outbox.sql.backlog))
-            .fetch_all(&pool)
+        let fixture = Fixture::new("backlog", |config| config).await;
+        let explained = sqlx::query(&format!("EXPLAIN {}", fixture.outbox.sql.backlog))
+            .fetch_all(&fixture.pool)
             .await
             .unwrap();
-        let plan: Vec<String> = explained.iter().map(|row| row.get(0)).collect();
-        let plan = plan.join("\n");
+        let plan = plan(&explained);
         assert!(!plan.contains("SubPlan"), "{plan}");
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&pool)
-            .await
-            .unwrap();
+        fixture.drop().await;
     }
 
     /// A backlog PostgreSQL's statistics never saw (a table never
@@ -186,13 +205,8 @@ mod tests {
     /// 9 ms over 50,000 events.
     #[tokio::test]
     async fn a_backlog_the_statistics_never_saw_is_claimed_in_index_order() {
-        let pool = sqlx::PgPool::connect(&palisade_testkit::servers::database_url())
-            .await
-            .expect("a reachable PostgreSQL (run scripts/services)");
-        let schema = format!("outbox_plan_{}", fastrand::u64(..));
-        let config = OutboxConfig::new(&format!("{schema}.outbox")).unwrap();
-        let outbox = PgOutbox::new(pool.clone(), config.batch_size(500));
-        outbox.migrate().await.unwrap();
+        let fixture = Fixture::new("plan", |config| config.batch_size(500)).await;
+        let (pool, outbox) = (&fixture.pool, &fixture.outbox);
         let events: Vec<Event> = (0..20_000)
             .map(|n| Event::new("order", format!("o-{}", n % 1000), "Placed", b"{}".to_vec()))
             .collect();
@@ -201,11 +215,11 @@ mod tests {
         tx.commit().await.unwrap();
 
         let mut tx = pool.begin().await.unwrap();
-        let plan = outbox
+        let settings = outbox
             .sql
             .claim_plan
             .expect("PostgreSQL claims under settings");
-        sqlx::query(plan).execute(&mut *tx).await.unwrap();
+        sqlx::query(settings).execute(&mut *tx).await.unwrap();
         let explained = sqlx::query(&format!("EXPLAIN {}", outbox.sql.claim))
             .bind(500_i64)
             .bind(30_000.0_f64)
@@ -214,21 +228,17 @@ mod tests {
             .await
             .unwrap();
         tx.rollback().await.unwrap();
-        let plan: Vec<String> = explained.iter().map(|row| row.get(0)).collect();
-        let plan = plan.join("\n");
+        let plan = plan(&explained);
         assert!(!plan.contains("Bitmap") && !plan.contains("Sort"), "{plan}");
         assert!(
-            plan.contains(&format!("Index Scan using {schema}_outbox_due")),
+            plan.contains(&format!("Index Scan using {}_outbox_due", fixture.schema)),
             "{plan}"
         );
 
         // And the claim itself takes the first 500, in order.
-        let claimed = crate::store::OutboxStore::claim(&outbox).await.unwrap();
+        let claimed = crate::store::OutboxStore::claim(outbox).await.unwrap();
         let seqs: Vec<i64> = claimed.iter().map(|message| message.seq).collect();
         assert_eq!(seqs, (1..=500).collect::<Vec<_>>());
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&pool)
-            .await
-            .unwrap();
+        fixture.drop().await;
     }
 }
