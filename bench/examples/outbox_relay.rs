@@ -15,6 +15,8 @@
 //! cargo run --release -p palisade-bench --example outbox_relay
 //! # Only the ceiling and the drains, one relay then two, 5 rounds:
 //! cargo run --release -p palisade-bench --example outbox_relay -- drain 5
+//! # One relay over 1,000, 100 and 10 aggregates:
+//! cargo run --release -p palisade-bench --example outbox_relay -- hot
 //! ```
 //!
 //! Uses `DATABASE_URL` and `NATS_URL` (defaults: the local servers of
@@ -113,20 +115,25 @@ async fn ceiling(context: &jetstream::Context) -> Result<f64, Error> {
     Ok(f64::from(CEILING_MESSAGES) / elapsed.as_secs_f64())
 }
 
-/// Enqueues `DRAIN_EVENTS` events, then times `relays` relays draining
-/// them.
-async fn drain(pool: &PgPool, context: &jetstream::Context, relays: usize) -> Result<f64, Error> {
+/// Enqueues `events` events (a multiple of 1,000) over `aggregates`
+/// aggregates, then times `relays` relays draining them.
+async fn drain(
+    pool: &PgPool,
+    context: &jetstream::Context,
+    relays: usize,
+    (events, aggregates): (u32, u32),
+) -> Result<f64, Error> {
     let (outbox, publisher, schema, stream) = setup(pool, context, |c| {
         c.batch_size(500).poll_interval(Duration::from_millis(50))
     })
     .await?;
-    for chunk in 0..DRAIN_EVENTS / 1000 {
+    for chunk in 0..events / 1000 {
         let events: Vec<Event> = (0..1000)
             .map(|i| {
                 let n = chunk * 1000 + i;
                 Event::new(
                     "order",
-                    format!("o-{}", n % 1000),
+                    format!("o-{}", n % aggregates),
                     "OrderPlaced",
                     payload(n),
                 )
@@ -171,9 +178,9 @@ async fn drain(pool: &PgPool, context: &jetstream::Context, relays: usize) -> Re
         .await?
         .state
         .messages;
-    assert_eq!(stored, u64::from(DRAIN_EVENTS), "every event stored once");
+    assert_eq!(stored, u64::from(events), "every event stored once");
     teardown(pool, context, &schema, &stream).await?;
-    Ok(f64::from(DRAIN_EVENTS) / elapsed.as_secs_f64())
+    Ok(f64::from(events) / elapsed.as_secs_f64())
 }
 
 /// Commit → subscriber latencies at `RATE` events/s.
@@ -233,6 +240,22 @@ async fn latencies(
     Ok(seen)
 }
 
+/// One relay draining the same number of events over fewer and fewer
+/// aggregates. Per-aggregate order lets a claim take one event of each
+/// aggregate, and its walk of the pending index does not stop before the
+/// batch is full: over few aggregates, every claim walks the whole
+/// backlog.
+async fn hot_aggregates(pool: &PgPool, context: &jetstream::Context) -> Result<(), Error> {
+    const EVENTS: u32 = 10_000;
+    for aggregates in [1000, 100, 10] {
+        let rate = drain(pool, context, 1, (EVENTS, aggregates)).await?;
+        println!(
+            "relay drain, 1 relay, {EVENTS} events over {aggregates:>4} aggregates: {rate:>8.0} events/s"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Error> {
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -246,7 +269,11 @@ async fn main() -> Result<(), Error> {
     let context = jetstream::new(client.clone());
 
     let mut args = std::env::args().skip(1);
-    let drain_only = args.next().is_some_and(|arg| arg == "drain");
+    let part = args.next();
+    if part.as_deref() == Some("hot") {
+        return hot_aggregates(&pool, &context).await;
+    }
+    let drain_only = part.is_some_and(|arg| arg == "drain");
     let rounds: usize = args.next().map_or(Ok(1), |n| n.parse())?;
 
     let ceiling = ceiling(&context).await?;
@@ -257,7 +284,7 @@ async fn main() -> Result<(), Error> {
     let mut rates = [Vec::new(), Vec::new()];
     for _ in 0..rounds {
         for (relays, seen) in (1..).zip(&mut rates) {
-            let rate = drain(&pool, &context, relays).await?;
+            let rate = drain(&pool, &context, relays, (DRAIN_EVENTS, 1000)).await?;
             println!(
                 "relay drain, {relays} relay(s), {DRAIN_EVENTS} events: {rate:>8.0} events/s ({:.0}% of the ceiling)",
                 rate / ceiling * 100.0
