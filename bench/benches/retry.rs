@@ -8,6 +8,10 @@
 //! completion with a no-op waker. `bare` is the no-op service alone: a
 //! layer's cost is its time minus `bare`'s.
 //!
+//! `palisade_leaked` is the same layer [leaked](palisade_retry::RetryLayer::leak)
+//! (built once for the process): its calls reach the layer's state by a
+//! plain reference instead of a counted one.
+//!
 //! `success_ready_call` drives the same services as users drive a tower
 //! service: `ready().await`, then `call().await`, in one `block_on` of a
 //! current-thread runtime, so `poll_ready` is counted too.
@@ -44,13 +48,14 @@ fn compare(c: &mut Criterion) {
         .expect("a runtime");
     let _entered = runtime.enter();
 
-    let palisade = palisade_retry::RetryLayer::new(
+    let layer = palisade_retry::RetryLayer::new(
         palisade_retry::Config::builder()
             .max_attempts(3)
             .build()
             .expect("valid config"),
-    )
-    .layer(service_fn(noop));
+    );
+    let palisade = layer.layer(service_fn(noop));
+    let leaked = layer.leak().layer(service_fn(noop));
     let resilience = tower_resilience_retry::RetryLayer::<u64, u64, Infallible>::builder()
         .max_attempts(3)
         .exponential_backoff(Duration::from_millis(50))
@@ -60,10 +65,12 @@ fn compare(c: &mut Criterion) {
     let mut group = c.benchmark_group("peers-retry");
     bench_one(&mut group, "bare", service_fn(noop));
     bench_one(&mut group, "palisade", palisade.clone());
+    bench_one(&mut group, "palisade_leaked", leaked.clone());
     bench_one(&mut group, "tower_resilience", resilience.clone());
     let case = |name| BenchmarkId::new(name, "success_ready_call");
     ready_then_call(&mut group, case("bare"), service_fn(noop));
     ready_then_call(&mut group, case("palisade"), palisade);
+    ready_then_call(&mut group, case("palisade_leaked"), leaked);
     ready_then_call(&mut group, case("tower_resilience"), resilience);
     group.finish();
 }

@@ -1,6 +1,8 @@
 //! Future types.
 
 use std::future::Future;
+use std::marker::PhantomData;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -23,7 +25,11 @@ const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 pin_project! {
     /// The response future of [`Retry`](crate::Retry): the current attempt,
     /// the backoff wait, or the inner service getting ready again.
-    pub struct ResponseFuture<S, C, R, Req>
+    ///
+    /// `L` is how the future reaches the layer: counted (an `Arc`, from a
+    /// [`RetryLayer`]) or by reference (from a
+    /// [`LeakedRetryLayer`](crate::LeakedRetryLayer)).
+    pub struct ResponseFuture<S, C, R, Req, L = Arc<RetryLayer<C, R>>>
     where
         R: Replay<Req>,
         S: Service<R::Request>,
@@ -35,7 +41,8 @@ pin_project! {
         // stays small enough to build and move cheaply.
         deadline: Option<Pin<Box<Sleep>>>,
         total: Duration,
-        retrying: Option<Retrying<S, C, R, R::Saved, R::Request>>,
+        retrying: Option<Retrying<S, L, R::Saved, R::Request>>,
+        classify: PhantomData<fn() -> C>,
     }
 }
 
@@ -53,13 +60,14 @@ pin_project! {
 }
 
 /// [`Retrying`] for the requests `R` keeps.
-pub(crate) type RetryingFor<S, C, R, Req> =
-    Retrying<S, C, R, <R as Replay<Req>>::Saved, <R as Replay<Req>>::Request>;
+pub(crate) type RetryingFor<S, R, Req, L> =
+    Retrying<S, L, <R as Replay<Req>>::Saved, <R as Replay<Req>>::Request>;
 
 /// What a retryable request keeps between attempts.
-pub(crate) struct Retrying<S, C, R, Saved, Request> {
+pub(crate) struct Retrying<S, L, Saved, Request> {
     service: S,
-    shared: Arc<RetryLayer<C, R>>,
+    /// The layer: an `Arc` or a `&'static` one, dereferenced to it.
+    shared: L,
     saved: Saved,
     next: Option<Request>,
     attempts: u32,
@@ -68,13 +76,8 @@ pub(crate) struct Retrying<S, C, R, Saved, Request> {
     started: Option<Instant>,
 }
 
-impl<S, C, R, Saved, Request> Retrying<S, C, R, Saved, Request> {
-    pub(crate) const fn new(
-        service: S,
-        shared: Arc<RetryLayer<C, R>>,
-        saved: Saved,
-        started: Option<Instant>,
-    ) -> Self {
+impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
+    pub(crate) const fn new(service: S, shared: L, saved: Saved, started: Option<Instant>) -> Self {
         Self {
             service,
             shared,
@@ -89,12 +92,13 @@ impl<S, C, R, Saved, Request> Retrying<S, C, R, Saved, Request> {
     /// The wait before the next attempt, or `None` when `result` goes back
     /// to the caller. The request itself is made after the wait
     /// ([`Self::replay`]).
-    fn next_attempt<Req, Res>(
+    fn next_attempt<C, R, Req, Res>(
         &mut self,
         result: &Result<Res, BoxError>,
         deadline: Option<Instant>,
     ) -> Option<Duration>
     where
+        L: Deref<Target = RetryLayer<C, R>>,
         C: Classify<Res>,
         R: Replay<Req, Saved = Saved, Request = Request>,
     {
@@ -148,8 +152,9 @@ impl<S, C, R, Saved, Request> Retrying<S, C, R, Saved, Request> {
     /// Makes the next attempt's request once the wait is over (an earlier
     /// attempt's transport may have let go of the body meanwhile); `false`
     /// when it cannot be made and the last result goes back to the caller.
-    fn replay<Req>(&mut self) -> bool
+    fn replay<C, R, Req>(&mut self) -> bool
     where
+        L: Deref<Target = RetryLayer<C, R>>,
         R: Replay<Req, Saved = Saved, Request = Request>,
     {
         let shared = &*self.shared;
@@ -161,7 +166,7 @@ impl<S, C, R, Saved, Request> Retrying<S, C, R, Saved, Request> {
     }
 }
 
-impl<S, C, R, Req> ResponseFuture<S, C, R, Req>
+impl<S, C, R, Req, L> ResponseFuture<S, C, R, Req, L>
 where
     R: Replay<Req>,
     S: Service<R::Request>,
@@ -172,7 +177,7 @@ where
     #[inline(always)]
     pub(crate) fn new(
         future: S::Future,
-        retrying: Option<RetryingFor<S, C, R, Req>>,
+        retrying: Option<RetryingFor<S, R, Req, L>>,
         total: Option<Duration>,
         started: Option<Instant>,
     ) -> Self {
@@ -189,12 +194,14 @@ where
             deadline,
             total: total.unwrap_or_default(),
             retrying,
+            classify: PhantomData,
         }
     }
 }
 
-impl<S, C, R, Req> Future for ResponseFuture<S, C, R, Req>
+impl<S, C, R, Req, L> Future for ResponseFuture<S, C, R, Req, L>
 where
+    L: Deref<Target = RetryLayer<C, R>>,
     R: Replay<Req>,
     S: Service<R::Request>,
     S::Error: Into<BoxError>,
@@ -270,11 +277,11 @@ where
 
 /// `Pending`, unless the deadline has passed: then the attempt is
 /// abandoned with [`DeadlineExceeded`].
-fn past_deadline<T, S, C, R, Saved, Request>(
+fn past_deadline<T, S, L, Saved, Request>(
     deadline: &mut Option<Pin<Box<Sleep>>>,
     cx: &mut Context<'_>,
     total: Duration,
-    retrying: Option<&Retrying<S, C, R, Saved, Request>>,
+    retrying: Option<&Retrying<S, L, Saved, Request>>,
 ) -> Poll<Result<T, BoxError>> {
     match deadline.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
         Some(Poll::Ready(())) => {
@@ -285,7 +292,7 @@ fn past_deadline<T, S, C, R, Saved, Request>(
     }
 }
 
-impl<S, C, R, Req> std::fmt::Debug for ResponseFuture<S, C, R, Req>
+impl<S, C, R, Req, L> std::fmt::Debug for ResponseFuture<S, C, R, Req, L>
 where
     R: Replay<Req>,
     S: Service<R::Request>,

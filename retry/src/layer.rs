@@ -88,6 +88,41 @@ impl<C, R> RetryLayer<C, R> {
     pub const fn config(&self) -> &Config {
         &self.config
     }
+
+    /// Gives the layer the process's lifetime, for a layer built once at
+    /// start-up: the services it makes, and every call, then reach its
+    /// configuration and budget by a plain reference.
+    ///
+    /// A layer kept as it is hands each call's response future a counted
+    /// reference to its state: two atomic read-modify-writes a call, on a
+    /// cache line every caller of the layer shares, and most of what the
+    /// layer costs a call that succeeds. A leaked layer's calls touch no
+    /// reference count. Its memory (the layer, a few hundred bytes with its
+    /// classifier and replay) is never freed, so leak a layer once, not one
+    /// per request or per test case.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use palisade_retry::{Config, RetryLayer};
+    /// use tower::ServiceBuilder;
+    /// # use tower::service_fn;
+    /// # async fn call(request: u32) -> Result<u32, std::convert::Infallible> { Ok(request) }
+    ///
+    /// let retry = RetryLayer::new(Config::default()).leak();
+    /// let service = ServiceBuilder::new().layer(retry).service(service_fn(call));
+    /// // Every service made from `retry` draws on one budget, as before.
+    /// let another = ServiceBuilder::new().layer(retry).service(service_fn(call));
+    /// # drop((service, another));
+    /// ```
+    #[must_use]
+    pub fn leak(self) -> LeakedRetryLayer<C, R>
+    where
+        C: 'static,
+        R: 'static,
+    {
+        LeakedRetryLayer(Box::leak(Box::new(self)))
+    }
 }
 
 impl<S, C: Clone, R: Clone> Layer<S> for RetryLayer<C, R> {
@@ -95,5 +130,37 @@ impl<S, C: Clone, R: Clone> Layer<S> for RetryLayer<C, R> {
 
     fn layer(&self, inner: S) -> Self::Service {
         Retry::new(inner, Arc::new(self.clone()))
+    }
+}
+
+/// A [`RetryLayer`] given the process's lifetime by
+/// [`RetryLayer::leak`]: the services it makes share it by reference.
+/// Copy it freely; every copy is the same layer, with one budget.
+#[derive(Debug)]
+pub struct LeakedRetryLayer<C: 'static = RetryErrors, R: 'static = CloneRequest>(
+    &'static RetryLayer<C, R>,
+);
+
+impl<C, R> Clone for LeakedRetryLayer<C, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C, R> Copy for LeakedRetryLayer<C, R> {}
+
+impl<C, R> std::ops::Deref for LeakedRetryLayer<C, R> {
+    type Target = RetryLayer<C, R>;
+
+    fn deref(&self) -> &RetryLayer<C, R> {
+        self.0
+    }
+}
+
+impl<S, C, R> Layer<S> for LeakedRetryLayer<C, R> {
+    type Service = Retry<S, C, R, &'static RetryLayer<C, R>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry::new(inner, self.0)
     }
 }

@@ -53,6 +53,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A layer built once at start-up can be [leaked](RetryLayer::leak): its
+//! calls then reach its configuration and budget by a plain reference
+//! instead of a counted one, which is most of what the layer adds to a
+//! call that succeeds.
+//!
 //! # Feature flags
 //!
 //! - `http`: [`RetryLayer::new_for_http`]: retries 502, 503, 504, 429 with
@@ -96,7 +101,7 @@ pub use budget::{Budget, RetryBudget};
 pub use classify::{Classify, RetryErrors, Verdict};
 pub use config::{Config, ConfigBuilder};
 pub use error::{ConfigError, DeadlineExceeded};
-pub use layer::RetryLayer;
+pub use layer::{LeakedRetryLayer, RetryLayer};
 pub use replay::{CloneRequest, Replay};
 pub use service::Retry;
 

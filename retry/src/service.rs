@@ -1,5 +1,7 @@
 //! The retry service.
 
+use std::marker::PhantomData;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -16,15 +18,24 @@ use crate::replay::{CloneRequest, Replay};
 /// `poll_ready` delegates to the inner service and the first attempt goes
 /// to the service that was polled ready. Each retry goes to a clone kept in
 /// the response future, which is polled ready again before it is called.
+///
+/// `L` is how the service and its calls reach the layer: counted (an
+/// `Arc`, from a [`RetryLayer`]) or by reference (from a
+/// [`LeakedRetryLayer`](crate::LeakedRetryLayer)).
 #[derive(Debug, Clone)]
-pub struct Retry<S, C = RetryErrors, R = CloneRequest> {
+pub struct Retry<S, C = RetryErrors, R = CloneRequest, L = Arc<RetryLayer<C, R>>> {
     inner: S,
-    shared: Arc<RetryLayer<C, R>>,
+    shared: L,
+    layer: PhantomData<fn() -> (C, R)>,
 }
 
-impl<S, C, R> Retry<S, C, R> {
-    pub(crate) const fn new(inner: S, shared: Arc<RetryLayer<C, R>>) -> Self {
-        Self { inner, shared }
+impl<S, C, R, L> Retry<S, C, R, L> {
+    pub(crate) const fn new(inner: S, shared: L) -> Self {
+        Self {
+            inner,
+            shared,
+            layer: PhantomData,
+        }
     }
 
     /// The inner service.
@@ -43,8 +54,9 @@ impl<S, C, R> Retry<S, C, R> {
     }
 }
 
-impl<S, C, R, Req> Service<Req> for Retry<S, C, R>
+impl<S, C, R, L, Req> Service<Req> for Retry<S, C, R, L>
 where
+    L: Deref<Target = RetryLayer<C, R>> + Clone,
     R: Replay<Req>,
     S: Service<R::Request> + Clone,
     S::Error: Into<BoxError>,
@@ -52,7 +64,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S, C, R, Req>;
+    type Future = ResponseFuture<S, C, R, Req, L>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -61,7 +73,7 @@ where
     // See `ResponseFuture::new`: inlined so the future is built in place.
     #[inline(always)]
     fn call(&mut self, request: Req) -> Self::Future {
-        let shared = &self.shared;
+        let shared = &*self.shared;
         if let Some(budget) = &shared.budget {
             budget.deposit();
         }
@@ -69,8 +81,8 @@ where
         let started = shared.config.deadline.map(|_| Instant::now());
         let (first, saved) = shared.replay.prepare(request);
         let future = self.inner.call(first);
-        let retrying =
-            saved.map(|saved| Retrying::new(self.inner.clone(), shared.clone(), saved, started));
+        let retrying = saved
+            .map(|saved| Retrying::new(self.inner.clone(), self.shared.clone(), saved, started));
         ResponseFuture::new(future, retrying, shared.config.deadline, started)
     }
 }

@@ -112,6 +112,33 @@ async fn a_rate_limit_refusal_waits_as_told_and_an_open_circuit_is_not_retried()
     );
 }
 
+/// A leaked layer retries as the layer it was, and every service made
+/// from it (or from a copy) draws on the one budget.
+#[tokio::test(start_paused = true)]
+async fn a_leaked_layer_retries_alike_on_one_budget() {
+    let builder = || {
+        Config::builder()
+            .max_attempts(3)
+            .backoff(Backoff::constant(ms(70)))
+    };
+    let leaked = RetryLayer::new(builder().unlimited_retries().build().unwrap()).leak();
+    let (service, calls) = always_failing(|| "reset".into());
+    leaked.layer(service).oneshot(1).await.unwrap_err();
+    assert_eq!(gaps(&calls), [ms(70), ms(70)], "as a layer kept as it is");
+
+    let empty = Budget::new(0.0).min_per_second(0).max_banked(0);
+    let leaked = RetryLayer::new(builder().budget(empty).build().unwrap()).leak();
+    let budget = leaked.budget().expect("a budget").clone();
+    let copy = leaked;
+    let (first, first_calls) = always_failing(|| "reset".into());
+    let (second, second_calls) = always_failing(|| "reset".into());
+    leaked.layer(first).oneshot(1).await.unwrap_err();
+    copy.layer(second).oneshot(1).await.unwrap_err();
+    assert_eq!(first_calls.lock().unwrap().len(), 1, "an empty budget");
+    assert_eq!(second_calls.lock().unwrap().len(), 1, "the same budget");
+    assert!(!budget.withdraw(Instant::now()));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hint_over_the_cap_ends_the_retries() {
     let config = Config::builder()

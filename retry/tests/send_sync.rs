@@ -3,8 +3,8 @@
 
 use palisade_retry::future::ResponseFuture;
 use palisade_retry::{
-    Backoff, Budget, CloneRequest, Config, ConfigError, DeadlineExceeded, Retry, RetryBudget,
-    RetryErrors, RetryLayer,
+    Backoff, Budget, CloneRequest, Config, ConfigError, DeadlineExceeded, LeakedRetryLayer, Retry,
+    RetryBudget, RetryErrors, RetryLayer,
 };
 
 const fn send_sync<T: Send + Sync + 'static>() {}
@@ -24,9 +24,11 @@ fn public_types_are_send_sync() {
         send_sync::<Retry<Inner>>();
         send_sync::<RetryBudget>();
         send_sync::<RetryLayer>();
+        send_sync::<LeakedRetryLayer>();
         send::<ResponseFuture<Inner, RetryErrors, CloneRequest, u32>>();
         clone::<Retry<Inner>>();
         clone::<RetryLayer>();
+        clone::<LeakedRetryLayer>();
     }
 }
 
