@@ -273,7 +273,11 @@ async fn main() -> Result<(), Error> {
     if part.as_deref() == Some("hot") {
         return hot_aggregates(&pool, &context).await;
     }
-    let drain_only = part.is_some_and(|arg| arg == "drain");
+    let drain_only = match part.as_deref() {
+        None => false,
+        Some("drain") => true,
+        Some(other) => return Err(format!("unknown part {other:?}: drain [ROUNDS] or hot").into()),
+    };
     let rounds: usize = args.next().map_or(Ok(1), |n| n.parse())?;
 
     let ceiling = ceiling(&context).await?;
