@@ -12,16 +12,19 @@ use std::time::Duration;
 use foldhash::fast::RandomState;
 use hashbrown::HashMap;
 use redis::aio::ConnectionLike;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::bucket::{Bucket, Decision};
 use crate::error::{ConfigError, StoreError, config_error};
-use crate::redis_store::{Ask, Grant, RedisStore};
+use crate::redis_store::{Answer, Ask, Ran, RedisStore};
 use crate::store::Store;
 
 /// Shards of the lease map: a decision takes one shard's read lock.
 const SHARDS: usize = 16;
+
+/// The longest [`Leasing::hold`]: a day.
+const LONGEST_HOLD: Duration = Duration::from_secs(86_400);
 
 /// How a [`LeasingStore`] sizes, holds and keeps its leases.
 ///
@@ -89,9 +92,10 @@ impl Leasing {
         self
     }
 
-    /// How long leased tokens may wait to be spent: those still here then
-    /// go back to Redis, by the key's next refill or by the store's sweep,
-    /// so a process whose traffic stopped keeps nothing from the others.
+    /// How long leased tokens may wait to be spent (at most a day): those
+    /// still here then go back to Redis, by the key's next refill or by the
+    /// store's sweep, so a process whose traffic stopped keeps nothing from
+    /// the others.
     #[must_use]
     pub const fn hold(mut self, hold: Duration) -> Self {
         self.hold = hold;
@@ -125,6 +129,9 @@ impl Leasing {
                 "leasing hold",
                 "must be at least the traffic a lease covers",
             ));
+        }
+        if self.hold > LONGEST_HOLD {
+            return Err(config_error("leasing hold", "must be at most a day"));
         }
         Ok(())
     }
@@ -167,7 +174,13 @@ impl Leasing {
 ///   began: at most one lease per process and key, so at most
 ///   `processes × max_share × capacity` more.
 /// - **Redis down:** the [`RedisStore`]'s failure policy decides each
-///   request that needs Redis; tokens already leased are still spent.
+///   request that needs Redis; tokens already leased are still spent, and
+///   those given back to a Redis that was not reached stay held.
+/// - **Callers that leave:** Redis is asked by a task of the store's own,
+///   so a request abandoned mid-call (a timeout above the limiter, a
+///   client gone) loses nothing: the lease Redis grants is kept, the
+///   abandoned request's cost included, and the key's other requests get
+///   their answer. The store needs a Tokio runtime.
 /// - A key longer than [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES) is decided
 ///   in Redis one request at a time, as is a key past
 ///   [`Leasing::max_keys`].
@@ -345,26 +358,43 @@ impl Held {
         }
     }
 
-    /// Keeps what Redis answered to `ask`.
-    fn refilled(&mut self, grant: &Grant, ask: Ask, bucket: &Bucket, hold: Duration, now: Instant) {
-        let Some(taken) = grant.taken else {
-            // The failure policy decided; nothing was taken.
-            return;
+    /// Keeps what Redis answered to `ask`, sent at `asked_at`: the waits
+    /// Redis names count from then, never from its reply.
+    fn refilled(
+        &mut self,
+        decision: Option<Decision>,
+        ran: Ran,
+        ask: Ask,
+        bucket: &Bucket,
+        hold: Duration,
+        asked_at: Instant,
+    ) {
+        let (decision, taken) = match (decision, ran) {
+            (Some(decision), Ran::Took(taken)) => (decision, taken),
+            // The tokens given back never reached Redis: still ours.
+            (_, Ran::No) => return self.keep(ask.give_back),
+            // The failure policy decided; whether Redis took the tokens
+            // given back is unknown, so they are not spent twice.
+            _ => return,
         };
-        let decision = &grant.decision;
-        self.full_at = now + decision.reset();
+        self.full_at = asked_at + decision.reset();
         self.left_in_redis = decision.remaining();
         if decision.is_allowed() {
-            self.tokens = taken.saturating_sub(ask.cost);
-            self.expires = now + hold;
+            self.keep(taken.saturating_sub(ask.cost));
+            self.expires = asked_at + hold;
             self.bucket = Some(*bucket);
             self.refused = None;
         } else {
-            let until = now
+            let until = asked_at
                 .checked_add(decision.retry_after())
-                .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365));
+                .unwrap_or_else(|| asked_at + LONGEST_HOLD * 365);
             self.refused = Some((until, ask.cost));
         }
+    }
+
+    /// Adds `tokens` taken from Redis to those held.
+    const fn keep(&mut self, tokens: u32) {
+        self.tokens = self.tokens.saturating_add(tokens);
     }
 
     /// Takes the tokens to give back: every one, or only expired ones.
@@ -388,6 +418,29 @@ impl Held {
 impl Lease {
     fn held(&self) -> MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A refill's answer to the request that asked for it.
+struct Refilled {
+    decision: Result<Decision, StoreError>,
+    /// Whether Redis took the request's cost.
+    spent: bool,
+}
+
+/// A request waiting for its refill's answer: dropped before reading an
+/// answer whose cost Redis took, it leaves that cost to the lease.
+struct Awaiting<'a> {
+    lease: &'a Lease,
+    cost: u32,
+    answer: oneshot::Receiver<Refilled>,
+}
+
+impl Drop for Awaiting<'_> {
+    fn drop(&mut self) {
+        if let Ok(Refilled { spent: true, .. }) = self.answer.try_recv() {
+            self.lease.held().keep(self.cost);
+        }
     }
 }
 
@@ -454,6 +507,17 @@ impl Leases {
             });
         }
         unspent
+    }
+
+    /// Keeps `tokens` of `name`'s bucket that Redis was not reached to
+    /// take back, for the next sweep or refill to give back.
+    fn keep(&self, name: &str, bucket: Bucket, tokens: u32) {
+        let Some(lease) = self.find_or_make(name, true) else {
+            return;
+        };
+        let mut held = lease.held();
+        held.keep(tokens);
+        held.bucket.get_or_insert(bucket);
     }
 
     /// Counts a refill that leased `leased` tokens beyond its request's
@@ -553,9 +617,11 @@ where
     }
 
     /// Gives every unspent leased token back to Redis now (for a process
-    /// about to stop); returns how many Redis took back. Tokens that could
-    /// not be given back (Redis away) are lost to the bucket until it
-    /// refills: a shortfall, never an excess.
+    /// about to stop); returns how many Redis took back. Tokens Redis surely
+    /// did not get (it was known to be down, or refused the connection)
+    /// stay held for a later call or the sweep; those it may have got (a
+    /// timeout, a connection lost mid-call) are dropped: a shortfall to the
+    /// bucket until it refills, never an excess.
     pub async fn give_back(&self) -> u64 {
         give_back(&self.redis, &self.leases, self.leases.take_unspent(true)).await
     }
@@ -575,7 +641,7 @@ where
     /// that finds another asking waits for its answer, then decides again.
     async fn refill(
         &self,
-        lease: &Lease,
+        lease: &Arc<Lease>,
         bucket: &Bucket,
         cost: u32,
     ) -> Result<Decision, StoreError> {
@@ -601,23 +667,60 @@ where
                 answered.await;
                 continue;
             };
-            let refilling = Refilling(lease);
-            let grant = self.redis.ask(&lease.name, bucket, ask).await;
-            if let Ok(grant) = &grant {
-                lease
-                    .held()
-                    .refilled(grant, ask, bucket, settings.hold, Instant::now());
-                if let Some(taken) = grant.taken {
-                    self.leases
-                        .refilled(taken.saturating_sub(cost), ask.give_back);
-                }
-                if grant.taken.is_some_and(|taken| taken > cost) {
-                    self.sweep_from_now_on();
-                }
-            }
-            drop(refilling);
-            return grant.map(|grant| grant.decision);
+            // Redis's answer is kept by a task of its own, so a caller that
+            // stops waiting (a timeout above, a client gone) or stops
+            // polling loses neither the lease Redis grants nor the key's
+            // other requests, which wait for it.
+            let (caller, answer) = oneshot::channel();
+            tokio::spawn(
+                self.clone()
+                    .ask_redis(Arc::clone(lease), *bucket, ask, caller),
+            );
+            let mut awaiting = Awaiting {
+                lease,
+                cost,
+                answer,
+            };
+            return match (&mut awaiting.answer).await {
+                Ok(refilled) => refilled.decision,
+                Err(_) => Err(StoreError::backend(
+                    "the lease's refill stopped before Redis answered",
+                )),
+            };
         }
+    }
+
+    /// Asks Redis for `lease`'s key, tells `caller` and keeps the answer;
+    /// the cost of a request granted after its caller left is kept too.
+    async fn ask_redis(
+        self,
+        lease: Arc<Lease>,
+        bucket: Bucket,
+        ask: Ask,
+        caller: oneshot::Sender<Refilled>,
+    ) {
+        let refilling = Refilling(&lease);
+        let asked_at = Instant::now();
+        let Answer { decision, ran } = self.redis.ask(&lease.name, &bucket, ask).await;
+        let decided = decision.as_ref().ok().copied();
+        if let Ran::Took(taken) = ran {
+            self.leases
+                .refilled(taken.saturating_sub(ask.cost), ask.give_back);
+            if taken > ask.cost {
+                self.sweep_from_now_on();
+            }
+        }
+        let spent = matches!(ran, Ran::Took(_)) && decided.is_some_and(|d| d.is_allowed());
+        let unread = caller.send(Refilled { decision, spent }).is_err();
+        {
+            let mut held = lease.held();
+            let hold = self.leases.settings.hold;
+            held.refilled(decided, ran, ask, &bucket, hold, asked_at);
+            if unread && spent {
+                held.keep(ask.cost);
+            }
+        }
+        drop(refilling);
     }
 
     /// Starts the sweep with the first lease of more than one request.
@@ -668,16 +771,17 @@ where
             want: 0,
             give_back: tokens,
         };
-        match redis.ask(&name, &bucket, ask).await {
-            Ok(Grant { taken: Some(_), .. }) => {
+        match redis.ask(&name, &bucket, ask).await.ran {
+            Ran::Took(_) => {
                 given += u64::from(tokens);
                 leases.returned(tokens);
             }
-            Ok(_) | Err(_) => tracing::debug!(
+            Ran::No => leases.keep(&name, bucket, tokens),
+            Ran::Unknown => tracing::debug!(
                 target: "palisade_token_bucket",
                 key = %name,
                 tokens,
-                "leased tokens not given back: redis did not answer"
+                "leased tokens perhaps not given back: redis did not answer"
             ),
         }
     }
@@ -792,9 +896,55 @@ mod tests {
             (Leasing::new().max_share(f64::NAN), "max_share"),
             (Leasing::new().cover(Duration::ZERO), "cover"),
             (Leasing::new().hold(Duration::from_millis(10)), "hold"),
+            (Leasing::new().hold(Duration::MAX), "hold"),
+            (Leasing::new().hold(Duration::from_secs(86_401)), "hold"),
         ] {
             let error = leasing.validate().unwrap_err();
             assert!(error.to_string().contains(setting), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_counts_its_wait_from_when_redis_was_asked() {
+        let settings = Leasing::new();
+        let bucket = Bucket::new(10, 1.0).unwrap();
+        let asked_at = Instant::now();
+        let mut held = Held::new(asked_at);
+        let ask = held.ask(&settings, &bucket, 1, asked_at);
+        let wait = Duration::from_millis(100);
+        let refused = Decision::counted(&bucket, false, 0, wait, Duration::from_secs(1));
+        held.refilled(
+            Some(refused),
+            Ran::Took(0),
+            ask,
+            &bucket,
+            settings.hold,
+            asked_at,
+        );
+        held.refilling = false;
+        let later = asked_at + Duration::from_millis(40);
+        let remembered = held.decide_here(&bucket, 1, later).unwrap();
+        assert!(!remembered.is_allowed());
+        assert_eq!(remembered.retry_after(), Duration::from_millis(60));
+        assert!(
+            held.decide_here(&bucket, 1, asked_at + wait).is_none(),
+            "Redis is asked again once the wait it named has passed"
+        );
+    }
+
+    #[test]
+    fn tokens_given_back_stay_held_unless_redis_may_have_them() {
+        let settings = Leasing::new();
+        let bucket = Bucket::new(10, 1.0).unwrap();
+        let now = Instant::now();
+        for (ran, kept) in [(Ran::No, 3), (Ran::Unknown, 0)] {
+            let mut held = Held::new(now);
+            held.tokens = 3;
+            held.bucket = Some(bucket);
+            let ask = held.ask(&settings, &bucket, 5, now);
+            assert_eq!(held.tokens, 0, "given back with the refill");
+            held.refilled(None, ran, ask, &bucket, settings.hold, now);
+            assert_eq!(held.tokens, kept, "{ran:?}");
         }
     }
 

@@ -376,17 +376,27 @@ pub(crate) struct Ask {
     pub(crate) give_back: u32,
 }
 
-/// The answer to an [`Ask`]: the decision on the request, and the tokens
-/// taken with it (its cost included), `None` when the failure policy
-/// decided without Redis.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Grant {
-    pub(crate) decision: Decision,
-    pub(crate) taken: Option<u32>,
+/// The answer to an [`Ask`]: the decision on the request (the failure
+/// policy's, when Redis failed), and what the script did.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) decision: Result<Decision, StoreError>,
+    pub(crate) ran: Ran,
 }
 
-/// The script's answer as a grant.
-fn grant(bucket: &Bucket, reply: (i64, i64, i64, i64, i64)) -> Grant {
+/// Whether the script ran, for a caller that gave tokens back with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ran {
+    /// It ran, and took these tokens (the request's cost included).
+    Took(u32),
+    /// It surely did not: Redis was not asked, or refused the connection.
+    No,
+    /// Perhaps: the call failed or timed out after it was sent.
+    Unknown,
+}
+
+/// The script's reply as an answer.
+fn answer(bucket: &Bucket, reply: (i64, i64, i64, i64, i64)) -> Answer {
     let (allowed, remaining, retry_us, reset_us, taken) = reply;
     let micros = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
     let retry_after = if retry_us < 0 {
@@ -395,15 +405,15 @@ fn grant(bucket: &Bucket, reply: (i64, i64, i64, i64, i64)) -> Grant {
         micros(retry_us)
     };
     let remaining = u32::try_from(remaining).unwrap_or(0);
-    Grant {
-        decision: Decision::counted(
+    Answer {
+        decision: Ok(Decision::counted(
             bucket,
             allowed == 1,
             remaining,
             retry_after,
             micros(reset_us),
-        ),
-        taken: Some(u32::try_from(taken).unwrap_or(0)),
+        )),
+        ran: Ran::Took(u32::try_from(taken).unwrap_or(0)),
     }
 }
 
@@ -413,24 +423,17 @@ where
 {
     /// Runs the script for `key` within the timeout; when Redis fails, is
     /// slow or is known to be down, the failure policy decides.
-    pub(crate) async fn ask(
-        &self,
-        key: &str,
-        bucket: &Bucket,
-        ask: Ask,
-    ) -> Result<Grant, StoreError> {
+    pub(crate) async fn ask(&self, key: &str, bucket: &Bucket, ask: Ask) -> Answer {
         let now = Instant::now();
-        let policy = |error| {
-            self.fall_back(key, bucket, ask.cost, error)
-                .map(|decision| Grant {
-                    decision,
-                    taken: None,
-                })
+        let policy = |error, ran| Answer {
+            decision: self.fall_back(key, bucket, ask.cost, error),
+            ran,
         };
         if !self.health.should_try(now) {
-            return policy(StoreError::backend(
-                "redis is down; not tried until the next probe",
-            ));
+            return policy(
+                StoreError::backend("redis is down; not tried until the next probe"),
+                Ran::No,
+            );
         }
         let mut connection = self.connection.clone();
         let mut invocation = SCRIPT.key(self.key(key));
@@ -440,7 +443,7 @@ where
             .arg(ask.cost)
             .arg(ask.want)
             .arg(ask.give_back);
-        let error = match tokio::time::timeout(
+        let (error, ran) = match tokio::time::timeout(
             self.timeout,
             invocation.invoke_async::<(i64, i64, i64, i64, i64)>(&mut connection),
         )
@@ -448,17 +451,24 @@ where
         {
             Ok(Ok(reply)) => {
                 self.health.answered();
-                return Ok(grant(bucket, reply));
+                return answer(bucket, reply);
             }
-            Ok(Err(error)) => StoreError::backend(error),
-            Err(_) => StoreError::timeout(self.timeout),
+            Ok(Err(error)) => {
+                let ran = if error.is_connection_refusal() {
+                    Ran::No
+                } else {
+                    Ran::Unknown
+                };
+                (StoreError::backend(error), ran)
+            }
+            Err(_) => (StoreError::timeout(self.timeout), Ran::Unknown),
         };
         #[cfg(feature = "otel")]
         if let Some(instruments) = &self.instruments {
             instruments.failed(error.is_timeout());
         }
         self.health.failed(&error, &self.policy, now);
-        policy(error)
+        policy(error, ran)
     }
 }
 
@@ -488,9 +498,6 @@ where
             want: cost,
             give_back: 0,
         };
-        Box::pin(async move {
-            let grant = store.ask(&key, &bucket, ask).await?;
-            Ok(grant.decision)
-        })
+        Box::pin(async move { store.ask(&key, &bucket, ask).await.decision })
     }
 }

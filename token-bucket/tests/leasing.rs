@@ -333,6 +333,95 @@ async fn a_refill_dropped_mid_call_leaves_no_request_waiting() {
     assert!(decision.is_allowed());
 }
 
+#[tokio::test]
+async fn a_refill_abandoned_mid_call_keeps_the_lease_redis_granted() {
+    let fixture = fixture(leasing(), FailurePolicy::Propagate, &redis_url()).await;
+    let bucket = bucket(100);
+    assert!(fixture.admits("k", &bucket, 1).await);
+    {
+        // Polled once, then abandoned once Redis has taken its lease,
+        // before its caller saw the answer.
+        let mut asking = pin!(fixture.store.decide("k", &bucket, 1));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(asking.as_mut().poll(&mut cx).is_pending());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while fixture.left_in_redis("k", &bucket).await == 99 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the refill never reached Redis"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert!(fixture.admits("k", &bucket, 1).await);
+    let held = u32::try_from(fixture.store.held()).unwrap();
+    assert_eq!(
+        fixture.left_in_redis("k", &bucket).await + held + 2,
+        100,
+        "every token Redis handed out was admitted or is held"
+    );
+}
+
+#[tokio::test]
+async fn a_refill_polled_once_and_left_keeps_no_request_waiting() {
+    let fixture = fixture(leasing(), FailurePolicy::Propagate, &redis_url()).await;
+    let bucket = bucket(100);
+    // Its caller polls it once, then stops polling without dropping it.
+    let mut stalled = Box::pin(fixture.store.decide("k", &bucket, 1));
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(stalled.as_mut().poll(&mut cx).is_pending());
+    let decision = tokio::time::timeout(
+        Duration::from_secs(10),
+        fixture.store.decide("k", &bucket, 1),
+    )
+    .await
+    .expect("decided, not left waiting for the stalled refill")
+    .unwrap();
+    assert!(decision.is_allowed());
+    assert!(
+        stalled.await.unwrap().is_allowed(),
+        "and it still has its answer"
+    );
+}
+
+#[tokio::test]
+async fn tokens_given_back_to_a_redis_not_reached_stay_held() {
+    let (proxy, url) = redis_proxy().await;
+    let fixture = fixture(leasing(), FailurePolicy::FailClosed, &url).await;
+    let bucket = bucket(100);
+    let mut admitted = 0;
+    while fixture.store.held() < 4 {
+        assert!(fixture.admits("k", &bucket, 1).await);
+        admitted += 1;
+    }
+    let held = fixture.store.held();
+    proxy.cut().await;
+    // Another key finds Redis away: the store stops asking it until its
+    // next probe.
+    assert!(!fixture.admits("other", &bucket, 1).await);
+    assert!(fixture.store.redis().is_degraded());
+    // A request larger than the lease gives the lease back with its
+    // refill, which does not reach Redis.
+    let larger = u32::try_from(held).unwrap() + 1;
+    assert!(!fixture.admits("k", &bucket, larger).await);
+    assert_eq!(fixture.store.held(), held, "the lease is still held");
+
+    // Given back once Redis answers again (the store probes it every
+    // 500 ms): nothing was lost on the way.
+    proxy.resume().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while fixture.store.give_back().await == 0 {
+        assert_eq!(fixture.store.held(), held, "kept while Redis is away");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fixture.store.held(), 0);
+    assert_eq!(fixture.left_in_redis("k", &bucket).await, 100 - admitted);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_global_limit_through_the_layer_admits_its_capacity() {
     let fixture = fixture(leasing(), FailurePolicy::Propagate, &redis_url()).await;
