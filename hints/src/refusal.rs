@@ -12,6 +12,9 @@ pub enum RefusalReason {
     CircuitOpen,
     /// A rate limiter's bucket is empty: the caller is over its limit.
     RateLimited,
+    /// Load shedding: a low-priority call refused while the service's
+    /// error budget burns too fast.
+    Shed,
 }
 
 /// A call a palisade layer refused without calling the dependency.
@@ -45,6 +48,17 @@ impl Refusal {
     pub const fn rate_limited(retry_after: Option<Duration>) -> Self {
         Self {
             reason: RefusalReason::RateLimited,
+            retry_after,
+        }
+    }
+
+    /// A low-priority call shed while the service's error budget burns too
+    /// fast; worth trying again after `retry_after`, when the shedding layer
+    /// next looks at the budget.
+    #[must_use]
+    pub const fn shed(retry_after: Option<Duration>) -> Self {
+        Self {
+            reason: RefusalReason::Shed,
             retry_after,
         }
     }
@@ -86,6 +100,7 @@ impl fmt::Display for Refusal {
         f.write_str(match self.reason {
             RefusalReason::CircuitOpen => "circuit open",
             RefusalReason::RateLimited => "rate limited",
+            RefusalReason::Shed => "shed while the error budget burns",
         })?;
         match self.retry_after {
             Some(wait) => write!(f, ", retry after {} ms", wait.as_millis()),

@@ -1,0 +1,116 @@
+//! The tower layer.
+
+use tower::Layer;
+
+use crate::budget::ErrorBudget;
+use crate::classify::ErrorsAreBad;
+use crate::respond::BoxErrors;
+use crate::service::Slo;
+use crate::shed::{ShedNothing, Shedding};
+
+/// Counts every call into an [`ErrorBudget`], and sheds low-priority calls
+/// while the budget burns (when told to, with [`shed`](Self::shed)).
+///
+/// The budget is shared by every service the layer makes and their clones,
+/// and by every clone of the [`ErrorBudget`] handle, so a `/metrics`
+/// handler reads the same windows the layer counts into.
+///
+/// A call is counted when its response future ends, as its classifier
+/// says ([`ErrorsAreBad`] by default), and bad if it took longer than the
+/// objective's latency threshold. A call dropped before it ended (a
+/// client gone, a timeout further out) is counted bad if it had already
+/// run past the threshold, and not at all otherwise.
+///
+/// # Example
+///
+/// ```
+/// use palisade_slo::{ErrorBudget, Objective, SloLayer};
+/// use tower::{ServiceBuilder, service_fn};
+///
+/// # fn main() -> Result<(), palisade_slo::ConfigError> {
+/// let budget = ErrorBudget::new(Objective::new(0.999))?;
+/// let service = ServiceBuilder::new()
+///     .layer(SloLayer::new(budget.clone()))
+///     .service(service_fn(|query: String| async move {
+///         Ok::<_, std::io::Error>(query.len())
+///     }));
+/// # let _ = service;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SloLayer<C = ErrorsAreBad, R = BoxErrors, P = ShedNothing> {
+    budget: ErrorBudget,
+    classifier: C,
+    respond: R,
+    shedding: Shedding<P>,
+}
+
+impl SloLayer {
+    /// Counts calls into `budget`: `Ok` good, `Err` bad; sheds nothing.
+    #[must_use]
+    pub fn new(budget: ErrorBudget) -> Self {
+        Self {
+            budget,
+            classifier: ErrorsAreBad,
+            respond: BoxErrors,
+            shedding: Shedding::default(),
+        }
+    }
+}
+
+impl<C, R, P> SloLayer<C, R, P> {
+    /// Decides with `classifier` how a call counts.
+    #[must_use]
+    pub fn classify<C2>(self, classifier: C2) -> SloLayer<C2, R, P> {
+        SloLayer {
+            budget: self.budget,
+            classifier,
+            respond: self.respond,
+            shedding: self.shedding,
+        }
+    }
+
+    /// Answers shed calls, and maps the inner service's errors, with
+    /// `respond`.
+    #[must_use]
+    pub fn respond_with<R2>(self, respond: R2) -> SloLayer<C, R2, P> {
+        SloLayer {
+            budget: self.budget,
+            classifier: self.classifier,
+            respond,
+            shedding: self.shedding,
+        }
+    }
+
+    /// Sheds low-priority calls while the budget burns, as `shedding`
+    /// says.
+    #[must_use]
+    pub fn shed<P2>(self, shedding: Shedding<P2>) -> SloLayer<C, R, P2> {
+        SloLayer {
+            budget: self.budget,
+            classifier: self.classifier,
+            respond: self.respond,
+            shedding,
+        }
+    }
+
+    /// The budget calls are counted into.
+    #[must_use]
+    pub const fn budget(&self) -> &ErrorBudget {
+        &self.budget
+    }
+}
+
+impl<S, C: Clone, R: Clone, P: Clone> Layer<S> for SloLayer<C, R, P> {
+    type Service = Slo<S, C, R, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Slo::new(
+            inner,
+            self.budget.clone(),
+            self.classifier.clone(),
+            self.respond.clone(),
+            self.shedding.clone(),
+        )
+    }
+}

@@ -1,0 +1,36 @@
+#![doc = include_str!("../README.md")]
+//!
+//! # The parts
+//!
+//! - [`Objective`] and [`BurnAlert`]: what the service promises, and when
+//!   its burn should page.
+//! - [`ErrorBudget`]: the rolling windows, fed by [`record`](ErrorBudget::record)
+//!   and read as a [`Report`] or a [`BudgetSignal`]. It knows nothing of
+//!   tower: a message consumer can feed it as well.
+//! - [`SloLayer`]: the tower adapter, with a [`Classify`] that decides
+//!   how a call counts and a [`Shedding`] that says what to shed.
+
+mod budget;
+mod classify;
+mod error;
+pub mod future;
+#[cfg(feature = "http")]
+mod http_mode;
+mod layer;
+mod objective;
+mod respond;
+mod service;
+mod shed;
+mod window;
+
+pub use budget::{BudgetSignal, Burn, ErrorBudget, Report};
+pub use classify::{Classify, ErrorsAreBad, Event};
+pub use error::{ConfigError, Shed};
+#[cfg(feature = "http")]
+pub use http_mode::{LowPriority, Marked, ServerErrorsAreBad, ServiceUnavailable};
+pub use layer::SloLayer;
+pub use objective::{BurnAlert, Objective, Severity};
+pub use respond::{BoxErrors, Respond};
+pub use service::Slo;
+pub use shed::{Prioritize, ShedNothing, Shedding};
+pub use window::Counts;

@@ -1,0 +1,107 @@
+//! The layer's service.
+
+use std::task::{Context, Poll};
+
+use tokio::time::Instant;
+use tower::Service;
+
+use crate::budget::ErrorBudget;
+use crate::classify::Classify;
+use crate::error::Shed;
+use crate::future::ResponseFuture;
+use crate::respond::Respond;
+use crate::shed::{Prioritize, Shedding};
+
+/// The service made by [`SloLayer`](crate::SloLayer).
+///
+/// `poll_ready` is the inner service's; a shed call is answered from
+/// `call` at once, without calling the inner service.
+#[derive(Debug, Clone)]
+pub struct Slo<S, C, R, P> {
+    inner: S,
+    budget: ErrorBudget,
+    classifier: C,
+    respond: R,
+    shedding: Shedding<P>,
+}
+
+impl<S, C, R, P> Slo<S, C, R, P> {
+    pub(crate) const fn new(
+        inner: S,
+        budget: ErrorBudget,
+        classifier: C,
+        respond: R,
+        shedding: Shedding<P>,
+    ) -> Self {
+        Self {
+            inner,
+            budget,
+            classifier,
+            respond,
+            shedding,
+        }
+    }
+
+    /// The budget calls are counted into.
+    pub const fn budget(&self) -> &ErrorBudget {
+        &self.budget
+    }
+
+    /// The inner service.
+    pub const fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Takes the inner service back.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Req, C, R, P> Service<Req> for Slo<S, C, R, P>
+where
+    S: Service<Req>,
+    C: Classify<S::Response, S::Error> + Clone,
+    R: Respond<S::Response, S::Error> + Clone,
+    P: Prioritize<Req>,
+{
+    type Response = S::Response;
+    type Error = R::Error;
+    type Future = ResponseFuture<S::Future, C, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|error| self.respond.error(error))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        if self.shedding.priority.is_low_priority(&request) {
+            let signal = self.budget.signal_ms(self.budget.at(Instant::now()));
+            if signal.is_firing(self.shedding.when) {
+                let severity = signal.firing().unwrap_or(self.shedding.when);
+                let shed = Shed::new(severity, self.shedding.retry_after);
+                return ResponseFuture::shed(shed, self.respond.clone());
+            }
+        }
+        // Timed only when the objective has a threshold; the call is
+        // counted at the time it ends either way.
+        let started = self
+            .budget
+            .objective()
+            .latency_threshold()
+            .map(|_| Instant::now());
+        ResponseFuture::called(
+            self.inner.call(request),
+            self.budget.clone(),
+            self.classifier.clone(),
+            self.respond.clone(),
+            started,
+        )
+    }
+}

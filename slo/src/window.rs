@@ -1,0 +1,215 @@
+//! Rolling counts of good and bad calls in fixed memory: a ring of time
+//! buckets, each counter tagged with the bucket it counts.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Bits of a counter word that count; the rest tag the bucket.
+const COUNT_BITS: u32 = 40;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+/// Tags are bucket numbers modulo 2^24.
+const TAG_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
+
+/// Good and bad calls over a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Calls that met the objective.
+    pub good: u64,
+    /// Calls that did not.
+    pub bad: u64,
+}
+
+impl Counts {
+    /// Every call counted.
+    #[must_use]
+    pub const fn total(&self) -> u64 {
+        self.good + self.bad
+    }
+
+    /// The share of calls that were bad (0 when there were none).
+    #[must_use]
+    pub fn bad_ratio(&self) -> f64 {
+        match self.total() {
+            0 => 0.0,
+            // Counts far below 2^52: exact as floats.
+            #[allow(clippy::cast_precision_loss)]
+            total => self.bad as f64 / total as f64,
+        }
+    }
+}
+
+/// One bucket: its good and its bad calls, each a word whose top bits tag
+/// the bucket number it counts, so a bucket left from an earlier lap of
+/// the ring reads as empty and is restarted by the first call of the new
+/// one. No lock, no reset pass.
+#[derive(Debug, Default)]
+struct Slot {
+    good: AtomicU64,
+    bad: AtomicU64,
+}
+
+/// A ring of buckets of `resolution_ms` each, a power of two of them (a
+/// bucket's slot is a mask away, not a division).
+#[derive(Debug)]
+pub(crate) struct Ring {
+    resolution_ms: u64,
+    mask: u64,
+    slots: Box<[Slot]>,
+}
+
+const fn tag(bucket: u64) -> u64 {
+    bucket & TAG_MASK
+}
+
+/// Whether tag `ours` is of a later bucket than tag `theirs` (tags wrap).
+const fn is_later(ours: u64, theirs: u64) -> bool {
+    let ahead = ours.wrapping_sub(theirs) & TAG_MASK;
+    ahead != 0 && ahead < TAG_MASK / 2
+}
+
+impl Ring {
+    /// A ring of at least `len` buckets.
+    pub(crate) fn new(resolution_ms: u64, len: usize) -> Self {
+        let len = len.next_power_of_two();
+        Self {
+            resolution_ms,
+            mask: len as u64 - 1,
+            slots: (0..len).map(|_| Slot::default()).collect(),
+        }
+    }
+
+    pub(crate) const fn resolution_ms(&self) -> u64 {
+        self.resolution_ms
+    }
+
+    /// How many buckets the ring holds.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn slot(&self, bucket: u64) -> &Slot {
+        // Masked below the length, a `usize`.
+        #[allow(clippy::cast_possible_truncation)]
+        &self.slots[(bucket & self.mask) as usize]
+    }
+
+    /// Counts a call that ended at `at_ms` (milliseconds since the epoch).
+    pub(crate) fn record(&self, at_ms: u64, good: bool) {
+        let bucket = at_ms / self.resolution_ms;
+        let slot = self.slot(bucket);
+        bump(if good { &slot.good } else { &slot.bad }, tag(bucket));
+    }
+
+    /// The calls of the `buckets` buckets up to the one holding `at_ms`.
+    pub(crate) fn counts(&self, at_ms: u64, buckets: usize) -> Counts {
+        let last = at_ms / self.resolution_ms;
+        let buckets = buckets.min(self.slots.len()) as u64;
+        let mut counts = Counts::default();
+        for bucket in last.saturating_sub(buckets - 1)..=last {
+            let slot = self.slot(bucket);
+            counts.good += read(&slot.good, tag(bucket));
+            counts.bad += read(&slot.bad, tag(bucket));
+        }
+        counts
+    }
+}
+
+/// Adds one to `word` for the bucket tagged `tag`.
+fn bump(word: &AtomicU64, tag: u64) {
+    let mut seen = word.load(Ordering::Relaxed);
+    loop {
+        let theirs = seen >> COUNT_BITS;
+        if theirs == tag {
+            // The tag can change under this add only when the ring has
+            // gone a whole lap since the load (minutes at least).
+            word.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if !is_later(tag, theirs) && seen != 0 {
+            // A call from a bucket the ring has already gone past a lap
+            // beyond: older than any window, counted nowhere.
+            return;
+        }
+        match word.compare_exchange_weak(
+            seen,
+            (tag << COUNT_BITS) | 1,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return,
+            Err(now) => seen = now,
+        }
+    }
+}
+
+/// The count `word` holds for the bucket tagged `tag`; 0 if it holds an
+/// other bucket's.
+fn read(word: &AtomicU64, tag: u64) -> u64 {
+    let word = word.load(Ordering::Relaxed);
+    if word >> COUNT_BITS == tag {
+        word & COUNT_MASK
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_bucket_of_an_earlier_lap_reads_empty_and_restarts() {
+        let ring = Ring::new(1_000, 4);
+        ring.record(500, true);
+        ring.record(900, false);
+        assert_eq!(ring.counts(900, 1), Counts { good: 1, bad: 1 });
+        // Four buckets later the same slot counts a new bucket.
+        assert_eq!(ring.counts(4_100, 4), Counts::default());
+        ring.record(4_100, true);
+        assert_eq!(ring.counts(4_100, 1), Counts { good: 1, bad: 0 });
+        // A late call from the old bucket is older than the ring: dropped.
+        ring.record(600, true);
+        assert_eq!(ring.counts(4_100, 4), Counts { good: 1, bad: 0 });
+    }
+
+    #[test]
+    fn tags_compare_across_their_wrap() {
+        assert!(is_later(0, TAG_MASK));
+        assert!(is_later(5, 3));
+        assert!(!is_later(3, 5));
+        assert!(!is_later(3, 3));
+    }
+
+    proptest! {
+        /// Against a model that keeps every call: the counts of any window
+        /// the ring spans are exact at any time after the calls.
+        #[test]
+        fn counts_match_a_model_that_keeps_every_call(
+            calls in proptest::collection::vec((0_u64..60_000, any::<bool>()), 0..300),
+            len in 1_usize..20,
+            resolution_ms in 1_u64..5_000,
+            read_after in 0_u64..10_000,
+            buckets in 1_usize..25,
+        ) {
+            let ring = Ring::new(resolution_ms, len);
+            let mut calls = calls;
+            calls.sort_unstable();
+            for &(at, good) in &calls {
+                ring.record(at, good);
+            }
+            let now = calls.last().map_or(0, |&(at, _)| at) + read_after;
+            let last = now / resolution_ms;
+            let spanned = buckets.min(len.next_power_of_two()) as u64;
+            let first = last.saturating_sub(spanned - 1);
+            let mut expected = Counts::default();
+            for &(at, good) in &calls {
+                let bucket = at / resolution_ms;
+                if (first..=last).contains(&bucket) {
+                    if good { expected.good += 1 } else { expected.bad += 1 }
+                }
+            }
+            prop_assert_eq!(ring.counts(now, buckets), expected);
+        }
+    }
+}

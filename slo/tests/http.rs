@@ -1,0 +1,95 @@
+//! HTTP mode on an axum `Router`: 5xx responses are bad, a limiter's 429
+//! is not counted, and requests marked `LowPriority` are answered 503
+//! while the budget pages.
+#![cfg(feature = "http")]
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header::RETRY_AFTER};
+use axum::routing::get;
+use palisade_hints::{Refusal, RefusalReason};
+use palisade_slo::{
+    BurnAlert, Counts, ErrorBudget, LowPriority, Marked, Objective, Severity, Shedding, SloLayer,
+};
+use tower::ServiceExt;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn budget() -> ErrorBudget {
+    ErrorBudget::new(
+        Objective::new(0.9)
+            .over(60 * MINUTE)
+            .alerts([BurnAlert::new(Severity::Page, 5.0, 10 * MINUTE, MINUTE)]),
+    )
+    .unwrap()
+}
+
+fn app(budget: &ErrorBudget) -> Router {
+    Router::new()
+        .route("/orders", get(|| async { "ok" }))
+        .route(
+            "/broken",
+            get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+        )
+        .route("/missing", get(|| async { StatusCode::NOT_FOUND }))
+        .route(
+            "/limited",
+            get(|| async {
+                let mut response = axum::response::Response::new(Body::empty());
+                *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                response
+                    .extensions_mut()
+                    .insert(Refusal::rate_limited(Some(Duration::from_secs(1))));
+                response
+            }),
+        )
+        .route("/reports", get(|| async { "report" }))
+        .layer(SloLayer::new_for_http(budget.clone()).shed(Shedding::low_priority(Marked)))
+}
+
+async fn get_status(app: &Router, path: &str, low_priority: bool) -> axum::response::Response {
+    let mut request = Request::get(path).body(Body::empty()).unwrap();
+    if low_priority {
+        request.extensions_mut().insert(LowPriority);
+    }
+    app.clone().oneshot(request).await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_errors_burn_the_budget_and_marked_requests_are_shed() {
+    let budget = budget();
+    let app = app(&budget);
+    for path in ["/orders", "/missing", "/limited"] {
+        get_status(&app, path, false).await;
+    }
+    assert_eq!(
+        budget.report(budget.now()).counts(),
+        Counts { good: 2, bad: 0 },
+        "a 404 is good, a limiter's 429 not counted"
+    );
+    for _ in 0..10 {
+        let response = get_status(&app, "/broken", false).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    tokio::time::advance(Duration::from_secs(1)).await;
+
+    let shed = get_status(&app, "/reports", true).await;
+    assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(shed.headers()[RETRY_AFTER], "30");
+    assert_eq!(
+        shed.extensions().get::<Refusal>().map(Refusal::reason),
+        Some(RefusalReason::Shed)
+    );
+    let unmarked = get_status(&app, "/reports", false).await;
+    assert_eq!(
+        unmarked.status(),
+        StatusCode::OK,
+        "only marked requests are shed"
+    );
+    assert_eq!(
+        budget.report(budget.now()).counts(),
+        Counts { good: 3, bad: 10 }
+    );
+}
