@@ -316,3 +316,157 @@ async fn keyed_breakers_share_each_key_alone() {
         "shares once"
     );
 }
+
+/// Samples every breaker for `how_long`: none may close, since no probe
+/// succeeded.
+async fn none_closes(breakers: &[&CircuitBreaker], how_long: Duration) {
+    let until = Instant::now() + how_long;
+    while Instant::now() < until {
+        for breaker in breakers {
+            assert_ne!(
+                breaker.state(),
+                State::Closed,
+                "closed with no probe succeeding"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_outlives_the_fleets_open_state_and_fails_closes_no_one() {
+    let fleet = fleet(&redis_url());
+    let joined = replicas(&fleet, 2, Duration::from_millis(300)).await;
+    trip(&joined[0].0);
+    for (breaker, _) in &joined {
+        eventually("all open", || breaker.state() == State::Open).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (prober, permit) = 'won: loop {
+        for (breaker, _) in &joined {
+            if let Ok(permit) = breaker.try_acquire(Instant::now()) {
+                break 'won (breaker, permit);
+            }
+        }
+        assert!(Instant::now() < deadline, "nobody probed");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    // The probe hangs past its lease and the fleet's open state (300 ms
+    // and the 200 ms poll after it), then fails.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    permit.record(Outcome::Failure, Instant::now());
+    assert_eq!(prober.state(), State::Open);
+    none_closes(&[&joined[0].0, &joined[1].0], Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleets_open_state_gone_from_redis_closes_no_one() {
+    let prefix = format!("palisade-test:{}", fastrand::u64(..));
+    let joined = replicas(
+        &fleet_under(&redis_url(), &prefix),
+        2,
+        Duration::from_secs(5),
+    )
+    .await;
+    trip(&joined[0].0);
+    for (breaker, _) in &joined {
+        eventually("all open", || breaker.state() == State::Open).await;
+    }
+    // Evicted, lost in a failover: no verdict was given.
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deleted: u32 = redis::cmd("DEL")
+        .arg(format!("{{{prefix}:dependency}}:open"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    none_closes(&[&joined[0].0, &joined[1].0], Duration::from_secs(1)).await;
+    // Each probes on its own instead: a success closes it.
+    for (breaker, _) in &joined {
+        let permit = breaker.try_acquire(Instant::now()).expect("a probe");
+        permit.record(Outcome::Success, Instant::now());
+        assert_eq!(breaker.state(), State::Closed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_period_heard_far_in_the_future_is_held_no_longer_than_the_longest() {
+    let prefix = format!("palisade-test:{}", fastrand::u64(..));
+    let config = Config::builder()
+        .open_duration(Duration::from_millis(300))
+        .max_open_duration(Duration::from_millis(500))
+        .half_open_max_wait(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let breaker = CircuitBreaker::new(config);
+    let member = fleet_under(&redis_url(), &prefix)
+        .join("dependency", &breaker)
+        .unwrap();
+    eventually("the link is up", || !member.is_alone()).await;
+    // A replica an hour ahead of this one's clock, or anyone on the channel.
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let hour_ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3_600_000;
+    let () = redis::cmd("SET")
+        .arg(format!("{{{prefix}:dependency}}:open"))
+        .arg(hour_ahead.to_string())
+        .arg("PX")
+        .arg(3_600_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: u32 = redis::cmd("PUBLISH")
+        .arg(format!("{{{prefix}:dependency}}"))
+        .arg(format!("open {hour_ahead} 00ff trip"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    eventually("it opens", || breaker.state() == State::Open).await;
+    eventually("it probes within its longest open period and grace", || {
+        breaker.try_acquire(Instant::now()).is_ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_settings_neither_panic_nor_leave_the_fleet() {
+    // A fleet that polls all the time; then no wait limit on a probe.
+    let endless = Config::builder()
+        .sliding_window(SlidingWindow::Count(10))
+        .minimum_calls(10)
+        .half_open_max_wait(Duration::MAX)
+        .build()
+        .unwrap();
+    for (fleet, config) in [
+        (
+            fleet(&redis_url()).poll_every(Duration::ZERO),
+            config(Duration::from_secs(5)),
+        ),
+        (fleet(&redis_url()), endless),
+    ] {
+        let joined: Vec<_> = (0..2)
+            .map(|_| {
+                let breaker = CircuitBreaker::new(config.clone());
+                let member = fleet.join("dependency", &breaker).unwrap();
+                (breaker, member)
+            })
+            .collect();
+        for (_, member) in &joined {
+            eventually("every link is up", || !member.is_alone()).await;
+        }
+        trip(&joined[0].0);
+        eventually("the other opens", || joined[1].0.state() == State::Open).await;
+        assert!(joined.iter().all(|(_, member)| !member.is_alone()));
+    }
+}

@@ -37,11 +37,16 @@ return asked
 /// when the fleet is no longer open (`KEYS[1]` is gone). A lease this
 /// replica (tokens begin with `ARGV[3]`) took before it lost Redis for a
 /// while is its own to take again: nobody else could give its verdict.
+/// The fleet's open state then lives at least `ARGV[4]` ms more, so it
+/// outlasts the lease: the others wait for the verdict, not for the key.
 const PROBE: &str = r"
 if not redis.call('GET', KEYS[1]) then return -1 end
 local holder = redis.call('GET', KEYS[2])
 if holder and string.sub(holder, 1, #ARGV[3]) ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
 return 1
 ";
 
@@ -120,6 +125,9 @@ pub(super) struct Link {
     probes: u64,
     /// How long a probe lease lasts: the breaker's half-open max wait.
     lease: Duration,
+    /// The longest open period the breaker may have: one heard to last
+    /// longer (a replica's clock far ahead) is held no longer.
+    longest: Duration,
     /// How long past the fleet's open period the breaker is held open
     /// waiting for the probe's verdict before it half-opens on its own.
     grace: Duration,
@@ -147,6 +155,7 @@ impl Link {
         alone: Arc<AtomicBool>,
     ) -> Self {
         let lease = breaker.config().half_open_max_wait();
+        let longest = breaker.config().max_open_duration();
         Self {
             hub,
             link,
@@ -158,7 +167,8 @@ impl Link {
             replica: format!("{:016x}", fastrand::u64(..)),
             probes: 0,
             lease,
-            grace: lease + poll,
+            longest,
+            grace: lease.saturating_add(poll),
             poll,
             timeout,
             alone,
@@ -278,29 +288,16 @@ impl Link {
         match (own, self.token.take()) {
             (Own::Opened(until), Some(token)) => {
                 let until_ms = unix_ms(until);
-                let given = self.verdict(connection, &token, Some(until_ms)).await?;
-                if given {
+                if self.verdict(connection, &token, Some(until_ms)).await? {
                     self.hold_open(until_ms)?;
                 } else {
-                    self.catch_up(connection).await?;
+                    // The lease ran out before the probe failed: its
+                    // failure is a trip all the same, never a reason to
+                    // follow a fleet that may have let its state go.
+                    self.publish_trip(until_ms, connection).await?;
                 }
             }
-            (Own::Opened(until), None) => {
-                let until_ms = unix_ms(until);
-                let message = format!("open {until_ms} {} trip", self.replica);
-                let standing: u64 = self
-                    .command(
-                        OPEN_SCRIPT
-                            .key(&self.open_key)
-                            .arg(until_ms)
-                            .arg(self.px(until_ms))
-                            .arg(message)
-                            .arg(&self.channel)
-                            .invoke_async(connection),
-                    )
-                    .await?;
-                self.hold_open(standing)?;
-            }
+            (Own::Opened(until), None) => self.publish_trip(unix_ms(until), connection).await?,
             (Own::Closed, Some(token)) => {
                 self.verdict(connection, &token, None).await?;
                 self.leave_open_period();
@@ -310,6 +307,28 @@ impl Link {
             (Own::Closed, None) => self.leave_open_period(),
         }
         Ok(())
+    }
+
+    /// Publishes this breaker's own trip, open until `until_ms` (or
+    /// later, when a later open period stands), and holds it open.
+    async fn publish_trip(
+        &mut self,
+        until_ms: u64,
+        connection: &mut ConnectionManager,
+    ) -> Result<(), Left> {
+        let message = format!("open {until_ms} {} trip", self.replica);
+        let standing: u64 = self
+            .command(
+                OPEN_SCRIPT
+                    .key(&self.open_key)
+                    .arg(until_ms)
+                    .arg(self.px(until_ms))
+                    .arg(message)
+                    .arg(&self.channel)
+                    .invoke_async(connection),
+            )
+            .await?;
+        self.hold_open(standing)
     }
 
     /// Publishes the probe's verdict under `token`: `Some(until)` open
@@ -361,19 +380,27 @@ impl Link {
     /// The fleet is open until `until_ms`: this breaker stays open past it
     /// until the probe's verdict, and races for the probe then.
     fn hold_open(&mut self, until_ms: u64) -> Result<(), Left> {
+        self.fleet_until = Some(until_ms);
+        let until_ms = self.held_until(until_ms);
         if until_ms <= unix_now_ms() && self.token.is_none() {
             // Over already: the race for the probe is now.
             self.probe_at = Some(tokio::time::Instant::now());
         } else {
             self.probe_at = Some(tokio::time::Instant::from_std(instant_of(until_ms)));
         }
-        self.fleet_until = Some(until_ms);
         self.breaker()?
-            .open_for_fleet(instant_of(until_ms) + self.grace);
+            .open_for_fleet(later(instant_of(until_ms), self.grace));
         Ok(())
     }
 
-    /// A probe elsewhere succeeded, or the fleet's open state is gone.
+    /// How long this breaker holds an open period heard to last until
+    /// `until_ms`: no longer than its own longest from now (a replica's
+    /// clock far ahead, or a stray message, holds it no longer).
+    fn held_until(&self, until_ms: u64) -> u64 {
+        until_ms.min(unix_now_ms().saturating_add(millis(self.longest)))
+    }
+
+    /// A probe elsewhere succeeded.
     fn close(&mut self) -> Result<(), Left> {
         self.leave_open_period();
         self.breaker()?.close_for_fleet();
@@ -397,8 +424,9 @@ impl Link {
                     .key(&self.open_key)
                     .key(&self.probe_key)
                     .arg(&token)
-                    .arg(millis(self.lease))
+                    .arg(px(self.lease))
                     .arg(format!("{}:", self.replica))
+                    .arg(px(self.grace))
                     .invoke_async(connection),
             )
             .await?;
@@ -412,15 +440,19 @@ impl Link {
             0 => {
                 // Another replica probes: its verdict comes, or its lease
                 // runs out and the race is on again.
-                self.probe_at = Some(tokio::time::Instant::now() + self.lease);
+                self.probe_at = Some(later(Instant::now(), self.lease).into());
             }
-            _ => {
-                // Nobody holds the fleet open any more (its state ran out
-                // with no verdict heard): this breaker probes on its own.
-                self.leave_open_period();
-                self.breaker()?.open_for_fleet(Instant::now());
-            }
+            _ => self.probe_alone()?,
         }
+        Ok(())
+    }
+
+    /// Nobody holds the fleet open any more and no verdict was heard (its
+    /// state ran out, or was evicted or lost in a failover): this breaker
+    /// probes on its own, never closes on its own.
+    fn probe_alone(&mut self) -> Result<(), Left> {
+        self.leave_open_period();
+        self.breaker()?.open_for_fleet(Instant::now());
         Ok(())
     }
 
@@ -440,7 +472,7 @@ impl Link {
                 self.hold_open(until_ms)?;
             }
             Some(_) => {}
-            None if self.fleet_until.is_some() && self.token.is_none() => self.close()?,
+            None if self.fleet_until.is_some() && self.token.is_none() => self.probe_alone()?,
             None => {
                 // Open on its own while away, and still within its open
                 // period: the fleet hears of it now. (One whose period
@@ -471,7 +503,7 @@ impl Link {
         if let (Some(until_ms), Some(breaker)) =
             (self.fleet_until, CircuitBreaker::upgrade(&self.breaker))
         {
-            breaker.open_for_fleet(instant_of(until_ms));
+            breaker.open_for_fleet(instant_of(self.held_until(until_ms)));
         }
         self.leave_open_period();
     }
@@ -479,7 +511,10 @@ impl Link {
     /// How long the fleet's open state lives in Redis: its open period,
     /// then the grace for the probe's verdict.
     fn px(&self, until_ms: u64) -> u64 {
-        until_ms.saturating_sub(unix_now_ms()) + millis(self.grace)
+        px(
+            Duration::from_millis(until_ms.saturating_sub(unix_now_ms()))
+                .saturating_add(self.grace),
+        )
     }
 
     /// `reply` within the link's timeout; a failure of Redis's leaves
@@ -494,6 +529,24 @@ impl Link {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The longest expiry the link sets in Redis: ten years, where the
+/// settings say "never" (`Duration::MAX`).
+const LONGEST_PX: u64 = 10 * 365 * 86_400_000;
+
+/// `duration` as a Redis expiry: a whole millisecond at least (`PX 0` is
+/// an error), ten years at most.
+fn px(duration: Duration) -> u64 {
+    millis(duration).clamp(1, LONGEST_PX)
+}
+
+/// `duration` after `instant`, or ten years after it where that is past
+/// what an instant can hold.
+fn later(instant: Instant, duration: Duration) -> Instant {
+    instant
+        .checked_add(duration)
+        .unwrap_or_else(|| instant + Duration::from_millis(LONGEST_PX))
 }
 
 /// Now, in Unix milliseconds.
@@ -518,7 +571,7 @@ fn unix_ms(instant: Instant) -> u64 {
 fn instant_of(unix_ms: u64) -> Instant {
     let (now, current) = (Instant::now(), unix_now_ms());
     if unix_ms >= current {
-        now + Duration::from_millis(unix_ms - current)
+        later(now, Duration::from_millis(unix_ms - current))
     } else {
         now.checked_sub(Duration::from_millis(current - unix_ms))
             .unwrap_or(now)

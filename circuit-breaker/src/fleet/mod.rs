@@ -17,7 +17,10 @@
 //!   replica whose lease ran out cannot overwrite a newer verdict. A
 //!   winner that dies mid-probe loses its lease after the breaker's
 //!   [`half_open_max_wait`](crate::ConfigBuilder::half_open_max_wait), and
-//!   the others race again. The winner's half-open is its breaker's own:
+//!   the others race again. Should the fleet's open state be gone from
+//!   Redis with no verdict heard (evicted, lost in a failover), each
+//!   replica probes on its own: none closes without a probe that
+//!   succeeded. The winner's half-open is its breaker's own:
 //!   with more than one half-open permit or success asked for, it makes
 //!   them, alone, within that wait.
 //! - **Redis away.** Calls never wait on Redis: a closed call touches no
@@ -133,20 +136,21 @@ impl Fleet {
 
     /// How often a link reads the fleet's state besides hearing it (a
     /// message lost with a connection is caught up then), and how soon it
-    /// tries Redis again while alone: every second by default.
+    /// tries Redis again while alone: every second by default, every
+    /// millisecond at most.
     #[must_use]
     pub fn poll_every(mut self, every: Duration) -> Self {
-        self.poll = every;
+        self.poll = every.max(Duration::from_millis(1));
         // Settings are the hub's from its start: a changed fleet has its own.
         self.hub = Arc::default();
         self
     }
 
     /// How long one Redis command of the link may take before Redis is
-    /// taken as away (one second by default).
+    /// taken as away (one second by default, a millisecond at least).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = timeout.max(Duration::from_millis(1));
         self.hub = Arc::default();
         self
     }
