@@ -470,3 +470,56 @@ async fn extreme_settings_neither_panic_nor_leave_the_fleet() {
         assert!(joined.iter().all(|(_, member)| !member.is_alone()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_probe_does_not_end_a_newer_trip() {
+    let prefix = format!("palisade-test:{}", fastrand::u64(..));
+    let joined = replicas(
+        &fleet_under(&redis_url(), &prefix),
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    let breaker = &joined[0].0;
+    trip(breaker);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let permit = loop {
+        if let Ok(permit) = breaker.try_acquire(Instant::now()) {
+            break permit;
+        }
+        assert!(Instant::now() < deadline, "it never probed");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    // Meanwhile another replica, outside this open period, tripped; its
+    // message is not heard yet.
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let newer = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 60_000;
+    let open_key = format!("{{{prefix}:dependency}}:open");
+    let () = redis::cmd("SET")
+        .arg(&open_key)
+        .arg(newer.to_string())
+        .arg("PX")
+        .arg(120_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    permit.record(Outcome::Success, Instant::now());
+    eventually("it follows the newer trip", || {
+        breaker.state() == State::Open
+    })
+    .await;
+    let standing: Option<String> = redis::cmd("GET")
+        .arg(&open_key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(standing, Some(newer.to_string()), "the newer trip stands");
+}

@@ -51,18 +51,33 @@ return 1
 ";
 
 /// The probe's verdict, only under its token (`ARGV[1]` must still hold
-/// `KEYS[2]`): `ARGV[2]` is `closed` or the new until; `1` when given.
+/// `KEYS[2]`) and only on the open period it probed (`KEYS[1]` still holds
+/// `ARGV[6]`): `ARGV[2]` is `closed` or the new until. `{1, 0}` when
+/// given, `{0, 0}` when the lease had run out, `{2, until}` when a trip
+/// newer than the period probed stands: not the probe's to end.
 const VERDICT: &str = r"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {0, 0} end
 redis.call('DEL', KEYS[2])
+local standing = redis.call('GET', KEYS[1])
+if standing and standing ~= ARGV[6] then return {2, tonumber(standing)} end
 if ARGV[2] == 'closed' then
   redis.call('DEL', KEYS[1])
 else
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 end
 redis.call('PUBLISH', ARGV[5], ARGV[4])
-return 1
+return {1, 0}
 ";
+
+/// What became of a probe's verdict.
+enum Verdict {
+    Given,
+    /// The lease had run out: another replica may probe.
+    LeaseGone,
+    /// A replica tripped since the open period probed began: its open
+    /// period, until then, stands.
+    NewerOpen(u64),
+}
 
 /// Why the link stopped working with its fleet.
 enum Left {
@@ -288,20 +303,22 @@ impl Link {
         match (own, self.token.take()) {
             (Own::Opened(until), Some(token)) => {
                 let until_ms = unix_ms(until);
-                if self.verdict(connection, &token, Some(until_ms)).await? {
-                    self.hold_open(until_ms)?;
-                } else {
-                    // The lease ran out before the probe failed: its
-                    // failure is a trip all the same, never a reason to
-                    // follow a fleet that may have let its state go.
-                    self.publish_trip(until_ms, connection).await?;
+                match self.verdict(connection, &token, Some(until_ms)).await? {
+                    Verdict::Given => self.hold_open(until_ms)?,
+                    // The lease ran out before the probe failed, or a
+                    // newer trip stands: its failure is a trip all the
+                    // same (the later open period wins), never a reason
+                    // to follow a fleet that may have let its state go.
+                    Verdict::LeaseGone | Verdict::NewerOpen(_) => {
+                        self.publish_trip(until_ms, connection).await?;
+                    }
                 }
             }
             (Own::Opened(until), None) => self.publish_trip(unix_ms(until), connection).await?,
-            (Own::Closed, Some(token)) => {
-                self.verdict(connection, &token, None).await?;
-                self.leave_open_period();
-            }
+            (Own::Closed, Some(token)) => match self.verdict(connection, &token, None).await? {
+                Verdict::NewerOpen(until_ms) => self.hold_open(until_ms)?,
+                Verdict::Given | Verdict::LeaseGone => self.leave_open_period(),
+            },
             // A cycle of its own while the fleet was away: nothing the
             // fleet is waiting to hear.
             (Own::Closed, None) => self.leave_open_period(),
@@ -332,13 +349,13 @@ impl Link {
     }
 
     /// Publishes the probe's verdict under `token`: `Some(until)` open
-    /// again, `None` closed. `false` when the lease had run out.
+    /// again, `None` closed.
     async fn verdict(
         &self,
         connection: &mut ConnectionManager,
         token: &str,
         until_ms: Option<u64>,
-    ) -> Result<bool, Left> {
+    ) -> Result<Verdict, Left> {
         let (verdict, message) = match until_ms {
             Some(until) => (
                 until.to_string(),
@@ -346,7 +363,8 @@ impl Link {
             ),
             None => ("closed".to_owned(), format!("closed {}", self.replica)),
         };
-        let given: i64 = self
+        let probed = self.fleet_until.map(|until| until.to_string());
+        let (given, standing): (i64, u64) = self
             .command(
                 VERDICT_SCRIPT
                     .key(&self.open_key)
@@ -356,10 +374,15 @@ impl Link {
                     .arg(self.px(until_ms.unwrap_or(0)))
                     .arg(message)
                     .arg(&self.channel)
+                    .arg(probed.unwrap_or_default())
                     .invoke_async(connection),
             )
             .await?;
-        Ok(given == 1)
+        Ok(match given {
+            1 => Verdict::Given,
+            2 => Verdict::NewerOpen(standing),
+            _ => Verdict::LeaseGone,
+        })
     }
 
     /// What another replica published.
