@@ -225,6 +225,8 @@ pub(crate) enum Own {
     /// Opened (from closed, or from half-open when a probe failed) until
     /// this instant.
     Opened(Instant),
+    /// Half-opened: its first probe has started.
+    HalfOpened,
     /// Closed from half-open: the probes succeeded.
     Closed,
 }
@@ -406,6 +408,8 @@ impl CircuitBreaker {
                     match inner.swap(word, next) {
                         Ok(()) => {
                             inner.transitioned(State::Open, State::HalfOpen);
+                            #[cfg(all(feature = "redis", not(palisade_loom)))]
+                            inner.tell_fleet(Own::HalfOpened);
                             return Ok(self.probe(next.generation(), now_ms, now));
                         }
                         Err(current) => word = current,

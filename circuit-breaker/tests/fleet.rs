@@ -523,3 +523,40 @@ async fn a_successful_probe_does_not_end_a_newer_trip() {
         .unwrap();
     assert_eq!(standing, Some(newer.to_string()), "the newer trip stands");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_started_late_in_its_lease_keeps_the_others_from_probing() {
+    // Open 300 ms; a probe may run a second.
+    let fleet = fleet(&redis_url());
+    let joined = replicas(&fleet, 2, Duration::from_secs(1)).await;
+    let tripped = Instant::now();
+    trip(&joined[0].0);
+    for (breaker, _) in &joined {
+        eventually("all open", || breaker.state() == State::Open).await;
+    }
+    // The race is won at about 300 ms; the winner's first call comes
+    // 600 ms into its lease.
+    tokio::time::sleep_until((tripped + Duration::from_millis(900)).into()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (winner, _probe) = 'won: loop {
+        for (replica, (breaker, _)) in joined.iter().enumerate() {
+            if let Ok(permit) = breaker.try_acquire(Instant::now()) {
+                break 'won (replica, permit);
+            }
+        }
+        assert!(Instant::now() < deadline, "nobody probed");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let started = Instant::now();
+    let other = &joined[1 - winner].0;
+    // Its lease runs from the probe's start: the other replica does not
+    // probe beside it, though the lease taken at the race has run out.
+    while started.elapsed() < Duration::from_millis(900) {
+        assert!(
+            other.try_acquire(Instant::now()).is_err(),
+            "a second probe {:?} into the first",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

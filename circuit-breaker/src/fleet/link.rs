@@ -18,6 +18,7 @@ use crate::breaker::{CircuitBreaker, Inner, Own};
 static OPEN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(OPEN));
 static PROBE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PROBE));
 static VERDICT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(VERDICT));
+static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW));
 
 /// A replica opened on its own: `KEYS[1]` holds the fleet's open state
 /// (until when, in Unix milliseconds). The later of its until and the one
@@ -67,6 +68,18 @@ else
 end
 redis.call('PUBLISH', ARGV[5], ARGV[4])
 return {1, 0}
+";
+
+/// The probe has started: its lease (`KEYS[2]`, still under `ARGV[1]`)
+/// runs `ARGV[2]` ms from now, and the fleet's open state at least
+/// `ARGV[3]`; `1` when renewed, `0` when the lease had run out.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return 1
 ";
 
 /// What became of a probe's verdict.
@@ -322,6 +335,30 @@ impl Link {
             // A cycle of its own while the fleet was away: nothing the
             // fleet is waiting to hear.
             (Own::Closed, None) => self.leave_open_period(),
+            // The probe starts now, maybe long after the race was won: its
+            // lease runs from now, so no other replica probes beside it.
+            (Own::HalfOpened, Some(token)) => {
+                let renewed: i64 = self
+                    .command(
+                        RENEW_SCRIPT
+                            .key(&self.open_key)
+                            .key(&self.probe_key)
+                            .arg(&token)
+                            .arg(px(self.lease))
+                            .arg(px(self.grace))
+                            .invoke_async(connection),
+                    )
+                    .await?;
+                if renewed == 0 {
+                    tracing::debug!(
+                        target: "palisade_circuit_breaker",
+                        breaker = %self.name,
+                        "probe started after its lease ran out"
+                    );
+                }
+                self.token = Some(token);
+            }
+            (Own::HalfOpened, None) => {}
         }
         Ok(())
     }
@@ -462,8 +499,11 @@ impl Link {
             }
             0 => {
                 // Another replica probes: its verdict comes, or its lease
-                // runs out and the race is on again.
-                self.probe_at = Some(later(Instant::now(), self.lease).into());
+                // runs out and the race is on again; the breaker is held
+                // open until then, and a poll past it.
+                let now = Instant::now();
+                self.probe_at = Some(later(now, self.lease).into());
+                self.breaker()?.open_for_fleet(later(now, self.grace));
             }
             _ => self.probe_alone()?,
         }

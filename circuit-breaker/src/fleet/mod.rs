@@ -14,10 +14,12 @@
 //!   for a lease on the probe in Redis; the winner's breaker turns
 //!   half-open and probes, the others stay open. The winner publishes the
 //!   verdict (closed, or open until when) under the lease's token, so a
-//!   replica whose lease ran out cannot overwrite a newer verdict. A
-//!   winner that dies mid-probe loses its lease after the breaker's
-//!   [`half_open_max_wait`](crate::ConfigBuilder::half_open_max_wait), and
-//!   the others race again. Should the fleet's open state be gone from
+//!   replica whose lease ran out cannot overwrite a newer verdict. The
+//!   lease lasts the breaker's
+//!   [`half_open_max_wait`](crate::ConfigBuilder::half_open_max_wait), from
+//!   the race and again from the winner's first probe call, so a probe
+//!   that starts late in its lease still has it to itself; a winner that
+//!   dies mid-probe loses it then, and the others race again. Should the fleet's open state be gone from
 //!   Redis with no verdict heard (evicted, lost in a failover), each
 //!   replica probes on its own: none closes without a probe that
 //!   succeeded. The winner's half-open is its breaker's own:
