@@ -560,3 +560,48 @@ async fn a_probe_started_late_in_its_lease_keeps_the_others_from_probing() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_reached_while_redis_was_away_is_given_when_it_is_back() {
+    let (proxy, url) = redis_proxy().await;
+    let prefix = format!("palisade-test:{}", fastrand::u64(..));
+    let joined = replicas(&fleet_under(&url, &prefix), 1, Duration::from_secs(30)).await;
+    let (breaker, member) = &joined[0];
+    trip(breaker);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let permit = loop {
+        if let Ok(permit) = breaker.try_acquire(Instant::now()) {
+            break permit;
+        }
+        assert!(Instant::now() < deadline, "it never probed");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    // Redis goes away mid-probe; the probe succeeds meanwhile.
+    proxy.cut().await;
+    eventually("the link notices", || member.is_alone()).await;
+    permit.record(Outcome::Success, Instant::now());
+    assert_eq!(breaker.state(), State::Closed);
+    proxy.resume().await;
+    eventually("the link is back", || !member.is_alone()).await;
+    none_opens(breaker, Duration::from_millis(600)).await;
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let open: Option<String> = redis::cmd("GET")
+        .arg(format!("{{{prefix}:dependency}}:open"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(open, None, "the fleet heard the verdict: closed");
+}
+
+/// Samples `breaker` for `how_long`: it must stay closed.
+async fn none_opens(breaker: &CircuitBreaker, how_long: Duration) {
+    let until = Instant::now() + how_long;
+    while Instant::now() < until {
+        assert_eq!(breaker.state(), State::Closed, "opened again");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

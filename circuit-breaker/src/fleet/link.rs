@@ -170,6 +170,9 @@ pub(super) struct Link {
     token: Option<String>,
     /// Whether it said it goes on alone, and has not said it is back.
     warned: bool,
+    /// The breaker's last transition while alone, for the fleet to hear
+    /// when Redis is back (a probe's verdict above all).
+    unsaid: Option<Own>,
 }
 
 impl Link {
@@ -204,6 +207,7 @@ impl Link {
             probe_at: None,
             token: None,
             warned: false,
+            unsaid: None,
         }
     }
 
@@ -245,9 +249,15 @@ impl Link {
                         Some(Event::Message(_)) => {}
                         None => return,
                     },
-                    own = told.recv() => if own.is_none() {
-                        self.hub.leave(&self.channel, self.link);
-                        return;
+                    own = told.recv() => match own {
+                        // Only a probe's verdict waits for Redis; the
+                        // breaker's own open period is caught up with.
+                        Some(own) if self.token.is_some() => self.unsaid = Some(own),
+                        Some(_) => {}
+                        None => {
+                            self.hub.leave(&self.channel, self.link);
+                            return;
+                        }
                     },
                 }
             }
@@ -261,8 +271,14 @@ impl Link {
         events: &mut mpsc::UnboundedReceiver<Event>,
         told: &mut mpsc::UnboundedReceiver<Own>,
     ) -> Left {
-        // What was missed while away: the fleet's state, and this
-        // breaker's own open period, which the fleet has not heard of.
+        // What was missed while away: what this breaker did (a probe it
+        // won before, its verdict), the fleet's state, and this breaker's
+        // own open period, which the fleet has not heard of.
+        if let Some(own) = self.unsaid.take()
+            && let Err(left) = self.on_own(own, &mut connection).await
+        {
+            return left;
+        }
         if let Err(left) = self.catch_up(&mut connection).await {
             return left;
         }
@@ -338,7 +354,7 @@ impl Link {
             // The probe starts now, maybe long after the race was won: its
             // lease runs from now, so no other replica probes beside it.
             (Own::HalfOpened, Some(token)) => {
-                let renewed: i64 = self
+                let renewed: Result<i64, Left> = self
                     .command(
                         RENEW_SCRIPT
                             .key(&self.open_key)
@@ -348,15 +364,15 @@ impl Link {
                             .arg(px(self.grace))
                             .invoke_async(connection),
                     )
-                    .await?;
-                if renewed == 0 {
+                    .await;
+                self.token = Some(token);
+                if renewed? == 0 {
                     tracing::debug!(
                         target: "palisade_circuit_breaker",
                         breaker = %self.name,
                         "probe started after its lease ran out"
                     );
                 }
-                self.token = Some(token);
             }
             (Own::HalfOpened, None) => {}
         }
@@ -552,7 +568,9 @@ impl Link {
     }
 
     /// Redis is away: the breaker goes on alone, and an open period the
-    /// fleet held it in ends when the fleet's would have.
+    /// fleet held it in ends when the fleet's would have. A probe lease it
+    /// won stays its own: the verdict is given when Redis is back, if the
+    /// lease still runs then.
     fn go_alone(&mut self, error: &dyn std::fmt::Display) {
         self.alone.store(true, Ordering::Release);
         if !std::mem::replace(&mut self.warned, true) {
@@ -562,6 +580,12 @@ impl Link {
                 %error,
                 "redis failed; the breaker goes on alone until it answers again"
             );
+        }
+        if self.token.is_some() {
+            // Its breaker probes (or will, with its next call): left as
+            // it is, its verdict still to give.
+            self.probe_at = None;
+            return;
         }
         if let (Some(until_ms), Some(breaker)) =
             (self.fleet_until, CircuitBreaker::upgrade(&self.breaker))
