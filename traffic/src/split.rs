@@ -1,0 +1,213 @@
+//! The canary split as a tower service.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower::Service;
+use tower::util::{Oneshot, ServiceExt};
+
+use crate::canary::Canary;
+use crate::key::Key;
+
+/// Which results count as the canary (or the stable service) failing.
+///
+/// Implemented for closures `Fn(&Result<T, E>) -> bool` (true: failed).
+pub trait Failure<T, E> {
+    /// Whether `result` is a failure.
+    fn is_failure(&self, result: &Result<T, E>) -> bool;
+}
+
+impl<T, E, F> Failure<T, E> for F
+where
+    F: Fn(&Result<T, E>) -> bool,
+{
+    fn is_failure(&self, result: &Result<T, E>) -> bool {
+        self(result)
+    }
+}
+
+/// Every `Err` is a failure (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErrorsAsFailures;
+
+impl<T, E> Failure<T, E> for ErrorsAsFailures {
+    fn is_failure(&self, result: &Result<T, E>) -> bool {
+        result.is_err()
+    }
+}
+
+/// 5xx responses and transport errors are failures (feature `http`).
+#[cfg(feature = "http")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerErrorsAsFailures;
+
+#[cfg(feature = "http")]
+impl<B, E> Failure<http::Response<B>, E> for ServerErrorsAsFailures {
+    fn is_failure(&self, result: &Result<http::Response<B>, E>) -> bool {
+        result
+            .as_ref()
+            .map_or(true, |response| response.status().is_server_error())
+    }
+}
+
+/// Sends each request to the stable or the canary service, as its
+/// [`Canary`] says, and tells the canary how each call went.
+///
+/// Sticky by key: a key goes to the canary while its hash falls within
+/// the canary's share, so a user sees one version, and stays on the
+/// canary as the share grows. A request that names no key picks a side at
+/// random, in proportion. Each call waits only for its own side's
+/// readiness (on a clone of that service), so a canary that is slow to be
+/// ready holds up only the calls sent to it.
+///
+/// Every call is timed and classified; the canary is judged against the
+/// stable service with each of its calls, and halted (every call to the
+/// stable service from then on) as its [`CanaryPlan`](crate::CanaryPlan)
+/// says.
+///
+/// # Example
+///
+/// ```
+/// use palisade_traffic::{Canary, CanaryPlan, CanarySplit};
+/// use tower::{BoxError, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// let stable = service_fn(|user: u64| async move { Ok::<_, BoxError>(("v1", user)) });
+/// let canary_service = service_fn(|user: u64| async move { Ok::<_, BoxError>(("v2", user)) });
+/// let canary = Canary::new(CanaryPlan::new())?;
+/// let split = CanarySplit::new(stable, canary_service, canary.clone(), |user: &u64| Some(*user));
+/// let (version, _) = split.oneshot(42).await?;
+/// assert!(version == "v1" || version == "v2");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct CanarySplit<St, Ca, K, F = ErrorsAsFailures> {
+    stable: St,
+    canary_service: Ca,
+    canary: Canary,
+    key: K,
+    failure: F,
+}
+
+impl<St, Ca, K> CanarySplit<St, Ca, K> {
+    /// Splits between `stable` and `canary_service` as `canary` says, by
+    /// `key`; every `Err` is a failure.
+    pub const fn new(stable: St, canary_service: Ca, canary: Canary, key: K) -> Self {
+        Self {
+            stable,
+            canary_service,
+            canary,
+            key,
+            failure: ErrorsAsFailures,
+        }
+    }
+}
+
+impl<St, Ca, K, F> CanarySplit<St, Ca, K, F> {
+    /// Decides with `failure` which results are failures.
+    pub fn failures<F2>(self, failure: F2) -> CanarySplit<St, Ca, K, F2> {
+        CanarySplit {
+            stable: self.stable,
+            canary_service: self.canary_service,
+            canary: self.canary,
+            key: self.key,
+            failure,
+        }
+    }
+
+    /// The canary this split routes by.
+    pub const fn canary(&self) -> &Canary {
+        &self.canary
+    }
+}
+
+impl<St, Ca, K, F, Req> Service<Req> for CanarySplit<St, Ca, K, F>
+where
+    St: Service<Req> + Clone,
+    Ca: Service<Req, Response = St::Response, Error = St::Error> + Clone,
+    K: Key<Req>,
+    F: Failure<St::Response, St::Error> + Clone,
+{
+    type Response = St::Response;
+    type Error = St::Error;
+    type Future = SplitFuture<St, Ca, Req, F>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let call = if self.canary.takes(self.key.key(&request)) {
+            Side::Canary {
+                call: self.canary_service.clone().oneshot(request),
+            }
+        } else {
+            Side::Stable {
+                call: self.stable.clone().oneshot(request),
+            }
+        };
+        SplitFuture {
+            call,
+            canary: self.canary.clone(),
+            failure: self.failure.clone(),
+            started: Instant::now(),
+        }
+    }
+}
+
+pin_project! {
+    #[project = SideProjection]
+    enum Side<St: Service<Req>, Ca: Service<Req>, Req> {
+        Stable { #[pin] call: Oneshot<St, Req> },
+        Canary { #[pin] call: Oneshot<Ca, Req> },
+    }
+}
+
+pin_project! {
+    /// Response future of [`CanarySplit`]: the call on its side, whose
+    /// outcome and latency the canary is told when it ends.
+    pub struct SplitFuture<St: Service<Req>, Ca: Service<Req>, Req, F> {
+        #[pin]
+        call: Side<St, Ca, Req>,
+        canary: Canary,
+        failure: F,
+        started: Instant,
+    }
+}
+
+impl<St, Ca, Req, F> std::fmt::Debug for SplitFuture<St, Ca, Req, F>
+where
+    St: Service<Req>,
+    Ca: Service<Req>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplitFuture").finish_non_exhaustive()
+    }
+}
+
+impl<St, Ca, Req, F> Future for SplitFuture<St, Ca, Req, F>
+where
+    St: Service<Req>,
+    Ca: Service<Req, Response = St::Response, Error = St::Error>,
+    F: Failure<St::Response, St::Error>,
+{
+    type Output = Result<St::Response, St::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let (result, on_canary) = match this.call.project() {
+            SideProjection::Stable { call } => (ready!(call.poll(cx)), false),
+            SideProjection::Canary { call } => (ready!(call.poll(cx)), true),
+        };
+        this.canary.record(
+            on_canary,
+            this.failure.is_failure(&result),
+            this.started.elapsed(),
+        );
+        Poll::Ready(result)
+    }
+}

@@ -1,0 +1,197 @@
+//! The canary split judging a canary by its calls: halted when worse,
+//! left alone when not, every step and the halt an event.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use palisade_traffic::{Canary, CanaryEvent, CanaryPlan, CanarySplit, HaltReason};
+use tower::{BoxError, Service, ServiceExt, service_fn};
+
+/// A service that fails every `every`-th call it gets, after `delay`.
+fn version(
+    every: u64,
+    delay: Duration,
+) -> impl Service<u64, Response = u64, Error = BoxError, Future: Send> + Clone + Send + Sync + 'static
+{
+    let calls = Arc::new(AtomicU64::new(0));
+    service_fn(move |user: u64| {
+        let call = calls.fetch_add(1, Ordering::Relaxed) + 1;
+        async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if call.is_multiple_of(every) {
+                Err::<u64, BoxError>("failed".into())
+            } else {
+                Ok(user)
+            }
+        }
+    })
+}
+
+/// Half the users on the canary at once, judged after 200 calls a side.
+fn plan() -> CanaryPlan {
+    CanaryPlan::new().steps([0.5, 1.0]).min_calls(200)
+}
+
+#[tokio::test]
+async fn a_canary_failing_more_is_halted_and_every_call_goes_back_to_stable() {
+    let canary = Canary::new(plan()).unwrap();
+    let mut events = canary.subscribe();
+    // The stable fails 1 call in 100, the canary 1 in 10.
+    let split = CanarySplit::new(
+        version(100, Duration::ZERO),
+        version(10, Duration::ZERO),
+        canary.clone(),
+        |user: &u64| Some(*user),
+    );
+    let mut user = 0;
+    while !canary.is_halted() {
+        let _ = split.clone().oneshot(user).await;
+        user += 1;
+        assert!(user < 10_000, "never halted");
+    }
+    let Ok(CanaryEvent::Halted {
+        reason: HaltReason::Errors {
+            canary: bad,
+            stable,
+        },
+    }) = events.recv().await
+    else {
+        panic!("halted for its errors");
+    };
+    assert!(bad > 0.05 && stable < 0.02, "{bad} against {stable}");
+    assert_eq!(canary.share(), 0.0);
+    let (_, (on_canary, _)) = canary.counts();
+    for more in 0..1_000 {
+        let _ = split.clone().oneshot(user + more).await;
+    }
+    assert_eq!(
+        canary.counts().1.0,
+        on_canary,
+        "no call went to the canary since"
+    );
+    assert!(canary.promote().is_err());
+}
+
+#[tokio::test]
+async fn a_canary_as_good_as_stable_is_left_to_run() {
+    let canary = Canary::new(plan()).unwrap();
+    let split = CanarySplit::new(
+        version(100, Duration::ZERO),
+        version(100, Duration::ZERO),
+        canary.clone(),
+        |user: &u64| Some(*user),
+    );
+    for user in 0..10_000 {
+        let _ = split.clone().oneshot(user).await;
+    }
+    assert!(!canary.is_halted());
+    let ((stable, _), (on_canary, _)) = canary.counts();
+    assert_eq!(stable + on_canary, 10_000);
+    assert!(
+        (4_000..6_000).contains(&on_canary),
+        "about half: {on_canary}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slower_canary_is_halted_for_its_latency() {
+    let canary = Canary::new(plan()).unwrap();
+    let mut events = canary.subscribe();
+    let split = CanarySplit::new(
+        version(u64::MAX, Duration::from_millis(10)),
+        version(u64::MAX, Duration::from_millis(20)),
+        canary.clone(),
+        |user: &u64| Some(*user),
+    );
+    let mut user = 0;
+    while !canary.is_halted() {
+        split.clone().oneshot(user).await.unwrap();
+        user += 1;
+        assert!(user < 10_000, "never halted");
+    }
+    let Ok(CanaryEvent::Halted {
+        reason: HaltReason::Latency {
+            canary: slow,
+            stable,
+        },
+    }) = events.recv().await
+    else {
+        panic!("halted for its latency");
+    };
+    assert!(slow >= Duration::from_millis(20) && stable < Duration::from_millis(20));
+}
+
+#[tokio::test]
+async fn each_step_is_an_event_and_starts_the_judging_again() {
+    let canary = Canary::new(CanaryPlan::new()).unwrap();
+    let mut events = canary.subscribe();
+    let split = CanarySplit::new(
+        version(u64::MAX, Duration::ZERO),
+        version(u64::MAX, Duration::ZERO),
+        canary.clone(),
+        |user: &u64| Some(*user),
+    );
+    for user in 0..100 {
+        split.clone().oneshot(user).await.unwrap();
+    }
+    assert_eq!(canary.promote().unwrap(), 0.1);
+    assert_eq!(
+        events.recv().await.unwrap(),
+        CanaryEvent::Promoted { share: 0.1 }
+    );
+    assert_eq!(
+        canary.counts(),
+        ((0, 0), (0, 0)),
+        "a new step, judged afresh"
+    );
+    canary.promote().unwrap();
+    canary.promote().unwrap();
+    assert_eq!(canary.share(), 1.0);
+    assert!(canary.promote().is_err(), "the last step");
+    canary.halt();
+    assert_eq!(
+        events.recv().await.unwrap(),
+        CanaryEvent::Promoted { share: 0.5 }
+    );
+    assert_eq!(
+        events.recv().await.unwrap(),
+        CanaryEvent::Promoted { share: 1.0 }
+    );
+    assert_eq!(
+        events.recv().await.unwrap(),
+        CanaryEvent::Halted {
+            reason: HaltReason::Operator
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_from_many_tasks_are_each_counted_on_one_side() {
+    let canary = Canary::new(plan().min_calls(u64::MAX)).unwrap();
+    let split = CanarySplit::new(
+        version(7, Duration::ZERO),
+        version(7, Duration::ZERO),
+        canary.clone(),
+        |user: &u64| Some(*user),
+    );
+    let tasks: Vec<_> = (0..8_u64)
+        .map(|task| {
+            let split = split.clone();
+            tokio::spawn(async move {
+                for call in 0..1_000 {
+                    let _ = split.clone().oneshot(task * 1_000 + call).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let ((stable, stable_errors), (on_canary, canary_errors)) = canary.counts();
+    assert_eq!(stable + on_canary, 8_000);
+    // Each side fails every seventh call it gets.
+    assert_eq!((stable_errors, canary_errors), (stable / 7, on_canary / 7));
+}
