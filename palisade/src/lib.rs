@@ -13,6 +13,8 @@
 //! | `outbox` | `palisade-outbox` | [`outbox`] |
 //! | `tracecontext` | `palisade-tracecontext` | [`tracecontext`] |
 //! | `pkce` | `palisade-pkce` | [`pkce`] |
+//! | `slo` | `palisade-slo` | [`slo`] |
+//! | `traffic` | `palisade-traffic` | [`traffic`] |
 //!
 //! and, for whichever of those are chosen: `http` (the presets that answer
 //! their own refusals with 503 or 429 and stack on an axum `Router` as
@@ -86,6 +88,17 @@ pub use palisade_token_bucket as rate_limit;
 /// (`palisade-retry`, feature `retry`).
 #[cfg(feature = "retry")]
 pub use palisade_retry as retry;
+
+/// Service level objectives: error budgets, burn-rate alerts and load
+/// shedding (`palisade-slo`, feature `slo`).
+#[cfg(feature = "slo")]
+pub use palisade_slo as slo;
+
+/// Cells and canaries: routing by key through an explicit table, and a
+/// canary split that halts itself (`palisade-traffic`, feature
+/// `traffic`).
+#[cfg(feature = "traffic")]
+pub use palisade_traffic as traffic;
 
 /// W3C Trace Context: parsing, the server layer and propagation
 /// (`palisade-tracecontext`, feature `tracecontext`).

@@ -62,7 +62,7 @@ pub struct ErrorBudget {
 }
 
 #[derive(Debug)]
-struct Inner {
+pub(crate) struct Inner {
     objective: Objective,
     fine: Ring,
     coarse: Option<Ring>,
@@ -72,6 +72,9 @@ struct Inner {
     alerts: Vec<(BurnAlert, Span, Span)>,
     clock: Clock,
     signal: Cached,
+    /// Its OpenTelemetry gauges, once registered.
+    #[cfg(feature = "otel")]
+    instruments: std::sync::OnceLock<crate::otel::Instruments>,
 }
 
 /// The budget's clock: the wall time when the budget was made, moved on by
@@ -209,8 +212,29 @@ impl ErrorBudget {
                     firing: AtomicU8::new(0),
                     remaining: AtomicU64::new(1.0_f64.to_bits()),
                 },
+                #[cfg(feature = "otel")]
+                instruments: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    #[cfg(feature = "otel")]
+    pub(crate) const fn from_inner(inner: Arc<Inner>) -> Self {
+        Self { inner }
+    }
+
+    /// Reports the budget's windows at each collection with OpenTelemetry
+    /// (feature `otel`): calls, budget remaining, burn rates and the
+    /// alerts firing; `name` becomes the `objective` attribute. Once per
+    /// budget and its clones; later calls change nothing. See the
+    /// [`otel`](crate::otel) module for the names.
+    #[cfg(feature = "otel")]
+    pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: impl Into<String>) {
+        let budget = Arc::downgrade(&self.inner);
+        let _ = self
+            .inner
+            .instruments
+            .get_or_init(|| crate::otel::Instruments::new(meter, name.into(), &budget));
     }
 
     /// The objective this budget is for.

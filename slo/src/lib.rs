@@ -18,6 +18,8 @@ pub mod future;
 mod http_mode;
 mod layer;
 mod objective;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod respond;
 mod service;
 mod shed;
