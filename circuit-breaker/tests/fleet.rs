@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use palisade_circuit_breaker::fleet::{AlreadyJoined, Fleet, Member};
 use palisade_circuit_breaker::{
-    CircuitBreaker, Config, KeyedCircuitBreakerLayer, Outcome, SlidingWindow, State,
+    CircuitBreaker, Config, KeyedCircuitBreakerLayer, Outcome, Permit, SlidingWindow, State,
 };
 use palisade_testkit::servers::{redis_proxy, redis_url};
 
@@ -64,6 +64,36 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(Instant::now() < deadline, "never: {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A connection of the test's own to Redis.
+async fn redis() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// The value of `key`, if Redis holds one.
+async fn get(
+    redis: &mut redis::aio::MultiplexedConnection,
+    key: impl redis::ToRedisArgs,
+) -> Option<String> {
+    redis::cmd("GET").arg(key).query_async(redis).await.unwrap()
+}
+
+/// The first permit `breaker` gives, asked every few milliseconds; fails
+/// the test, saying `what`, after ten seconds.
+async fn first_permit(breaker: &CircuitBreaker, what: &str) -> Permit {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(permit) = breaker.try_acquire(Instant::now()) {
+            return permit;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -173,14 +203,7 @@ async fn a_probe_whose_replica_went_away_is_taken_over_after_its_lease() {
     let (gone, _) = joined.pop().unwrap();
     tokio::time::sleep(Duration::from_millis(350)).await;
     drop(gone);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let permit = loop {
-        if let Ok(permit) = survivor.try_acquire(Instant::now()) {
-            break permit;
-        }
-        assert!(Instant::now() < deadline, "the survivor never probed");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let permit = first_permit(&survivor, "the survivor never probed").await;
     assert_eq!(survivor.state(), State::HalfOpen);
     permit.record(Outcome::Success, Instant::now());
     assert_eq!(survivor.state(), State::Closed);
@@ -255,16 +278,8 @@ async fn a_rejoining_replica_keeps_an_open_period_that_has_passed_to_itself() {
     // Back only once it has read the fleet's state and said its own.
     eventually("the link is back", || !member.is_alone()).await;
     assert_eq!(breaker.state(), State::Open);
-    let mut redis = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let open: Option<String> = redis::cmd("GET")
-        .arg(format!("{{{prefix}:dependency}}:open"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let mut redis = redis().await;
+    let open = get(&mut redis, format!("{{{prefix}:dependency}}:open")).await;
     assert_eq!(open, None, "an open period over already opens no one");
 }
 
@@ -373,11 +388,7 @@ async fn a_fleets_open_state_gone_from_redis_closes_no_one() {
         eventually("all open", || breaker.state() == State::Open).await;
     }
     // Evicted, lost in a failover: no verdict was given.
-    let mut redis = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = redis().await;
     let deleted: u32 = redis::cmd("DEL")
         .arg(format!("{{{prefix}:dependency}}:open"))
         .query_async(&mut redis)
@@ -408,11 +419,7 @@ async fn an_open_period_heard_far_in_the_future_is_held_no_longer_than_the_longe
         .unwrap();
     eventually("the link is up", || !member.is_alone()).await;
     // A replica an hour ahead of this one's clock, or anyone on the channel.
-    let mut redis = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = redis().await;
     let hour_ahead = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -482,21 +489,10 @@ async fn a_successful_probe_does_not_end_a_newer_trip() {
     .await;
     let breaker = &joined[0].0;
     trip(breaker);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let permit = loop {
-        if let Ok(permit) = breaker.try_acquire(Instant::now()) {
-            break permit;
-        }
-        assert!(Instant::now() < deadline, "it never probed");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
+    let permit = first_permit(breaker, "it never probed").await;
     // Meanwhile another replica, outside this open period, tripped; its
     // message is not heard yet.
-    let mut redis = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = redis().await;
     let newer = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -516,11 +512,7 @@ async fn a_successful_probe_does_not_end_a_newer_trip() {
         breaker.state() == State::Open
     })
     .await;
-    let standing: Option<String> = redis::cmd("GET")
-        .arg(&open_key)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let standing = get(&mut redis, &open_key).await;
     assert_eq!(standing, Some(newer.to_string()), "the newer trip stands");
 }
 
@@ -568,14 +560,7 @@ async fn a_verdict_reached_while_redis_was_away_is_given_when_it_is_back() {
     let joined = replicas(&fleet_under(&url, &prefix), 1, Duration::from_secs(30)).await;
     let (breaker, member) = &joined[0];
     trip(breaker);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let permit = loop {
-        if let Ok(permit) = breaker.try_acquire(Instant::now()) {
-            break permit;
-        }
-        assert!(Instant::now() < deadline, "it never probed");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
+    let permit = first_permit(breaker, "it never probed").await;
     // Redis goes away mid-probe; the probe succeeds meanwhile.
     proxy.cut().await;
     eventually("the link notices", || member.is_alone()).await;
@@ -584,16 +569,8 @@ async fn a_verdict_reached_while_redis_was_away_is_given_when_it_is_back() {
     proxy.resume().await;
     eventually("the link is back", || !member.is_alone()).await;
     none_opens(breaker, Duration::from_millis(600)).await;
-    let mut redis = redis::Client::open(redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let open: Option<String> = redis::cmd("GET")
-        .arg(format!("{{{prefix}:dependency}}:open"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let mut redis = redis().await;
+    let open = get(&mut redis, format!("{{{prefix}:dependency}}:open")).await;
     assert_eq!(open, None, "the fleet heard the verdict: closed");
 }
 
