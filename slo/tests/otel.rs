@@ -20,11 +20,13 @@ async fn the_budget_its_burn_and_its_alerts_are_reported() {
     for call in 0..10 {
         budget.record(call >= 8, budget.now());
     }
+    let mut calls = probe.points("palisade.slo.calls");
+    calls.sort();
     assert_eq!(
-        probe.points("palisade.slo.calls"),
+        calls,
         [
-            (vec!["objective=orders".into(), "result=good".into()], 2),
             (vec!["objective=orders".into(), "result=bad".into()], 8),
+            (vec!["objective=orders".into(), "result=good".into()], 2),
         ]
     );
     let remaining = probe.points_f64("palisade.slo.budget_remaining");

@@ -289,6 +289,9 @@ struct State {
     stable: Side,
     canary: Side,
     events: broadcast::Sender<CanaryEvent>,
+    /// Its OpenTelemetry instruments, once registered.
+    #[cfg(feature = "otel")]
+    instruments: std::sync::OnceLock<crate::otel::CanaryInstruments>,
 }
 
 /// A canary rollout: the share of traffic the canary takes, how it is
@@ -348,6 +351,8 @@ impl Canary {
                 stable: Side::new(),
                 canary: Side::new(),
                 events: broadcast::channel(64).0,
+                #[cfg(feature = "otel")]
+                instruments: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -401,8 +406,31 @@ impl Canary {
         state.stable.reset();
         state.canary.reset();
         state.weight.store(parts(share), Ordering::Release);
-        let _ = state.events.send(CanaryEvent::Promoted { share });
+        self.happened(CanaryEvent::Promoted { share });
         Ok(share)
+    }
+
+    /// Promotes the canary a step every `every` from now (the schedule),
+    /// on a task that stops when it is halted, at its last step, or once
+    /// every handle and split of it is gone. Each step is judged afresh,
+    /// so a canary worse than the stable service is halted within a step.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, or when `every` is zero.
+    pub fn promote_every(&self, every: Duration) {
+        assert!(!every.is_zero(), "a schedule's steps must be apart");
+        let state = Arc::downgrade(&self.state);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                ticks.tick().await;
+                let Some(state) = state.upgrade() else { return };
+                if (Self { state }).promote().is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Sends every call to the stable service from now on.
@@ -416,7 +444,35 @@ impl Canary {
             return;
         }
         state.weight.store(0, Ordering::Release);
-        let _ = state.events.send(CanaryEvent::Halted { reason });
+        self.happened(CanaryEvent::Halted { reason });
+    }
+
+    /// Tells subscribers (and the metrics) of `event`.
+    fn happened(&self, event: CanaryEvent) {
+        #[cfg(feature = "otel")]
+        if let Some(instruments) = self.state.instruments.get() {
+            instruments.decided(&event);
+        }
+        // No subscriber is not an error.
+        let _ = self.state.events.send(event);
+    }
+
+    /// Counts the split's calls by side and result, its promotions and
+    /// halts, and reports its share, with OpenTelemetry (feature `otel`);
+    /// `name` becomes the `canary` attribute. Once per canary and its
+    /// clones; later calls change nothing. See the [`otel`](crate::otel)
+    /// module for the names.
+    #[cfg(feature = "otel")]
+    pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: impl Into<String>) {
+        let state = Arc::downgrade(&self.state);
+        let share = move || {
+            let state = state.upgrade()?;
+            Some(f64::from(state.weight.load(Ordering::Acquire)) / f64::from(PARTS))
+        };
+        let _ = self
+            .state
+            .instruments
+            .get_or_init(|| crate::otel::CanaryInstruments::new(meter, name.into(), share));
     }
 
     /// Whether a request with `key` goes to the canary.
@@ -438,6 +494,10 @@ impl Canary {
     /// of its calls.
     pub(crate) fn record(&self, on_canary: bool, error: bool, latency: Duration) {
         let state = &*self.state;
+        #[cfg(feature = "otel")]
+        if let Some(instruments) = state.instruments.get() {
+            instruments.called(on_canary, error);
+        }
         if on_canary {
             state.canary.record(error, latency);
             if let Some(reason) = self.verdict() {

@@ -63,6 +63,9 @@ pub struct Cells<S> {
 struct Shared<S> {
     table: ArcSwap<Table<S>>,
     writer: Mutex<()>,
+    /// Its OpenTelemetry gauge, once registered.
+    #[cfg(feature = "otel")]
+    instruments: std::sync::OnceLock<opentelemetry::metrics::ObservableGauge<u64>>,
 }
 
 impl<S> Clone for Cells<S> {
@@ -242,6 +245,8 @@ impl<S: Clone> Cells<S> {
                     fallback: 0,
                 }),
                 writer: Mutex::new(()),
+                #[cfg(feature = "otel")]
+                instruments: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -408,6 +413,33 @@ impl<S> Cells<S> {
         let table = self.shared.table.load();
         let cell = table.index(name).ok()?;
         Some(table.cells[usize::from(cell)].in_flight.count())
+    }
+
+    /// Reports each cell's requests under way with OpenTelemetry (feature
+    /// `otel`); `name` becomes the `router` attribute. Once per cells and
+    /// their clones; later calls change nothing. See the
+    /// [`otel`](crate::otel) module for the names.
+    #[cfg(feature = "otel")]
+    pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: impl Into<String>)
+    where
+        S: Send + Sync + 'static,
+    {
+        let shared = Arc::downgrade(&self.shared);
+        let cells = move || {
+            let shared = shared.upgrade()?;
+            let table = shared.table.load();
+            Some(
+                table
+                    .cells
+                    .iter()
+                    .map(|cell| (Arc::clone(&cell.name), cell.in_flight.count()))
+                    .collect(),
+            )
+        };
+        let _ = self
+            .shared
+            .instruments
+            .get_or_init(|| crate::otel::in_flight_gauge(meter, name.into(), cells));
     }
 
     pub(crate) fn load(&self) -> arc_swap::Guard<Arc<Table<S>>> {

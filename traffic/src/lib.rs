@@ -3,6 +3,8 @@
 mod canary;
 mod cells;
 pub mod key;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod router;
 mod split;
 

@@ -195,3 +195,38 @@ async fn calls_from_many_tasks_are_each_counted_on_one_side() {
     // Each side fails every seventh call it gets.
     assert_eq!((stable_errors, canary_errors), (stable / 7, on_canary / 7));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_schedule_promotes_step_by_step_until_the_last() {
+    let canary = Canary::new(CanaryPlan::new()).unwrap();
+    let mut events = canary.subscribe();
+    canary.promote_every(Duration::from_secs(600));
+    for share in [0.1, 0.5, 1.0] {
+        assert_eq!(
+            events.recv().await.unwrap(),
+            CanaryEvent::Promoted { share }
+        );
+        assert_eq!(canary.share(), share);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_schedule_stops_with_the_halt() {
+    let canary = Canary::new(CanaryPlan::new()).unwrap();
+    let mut events = canary.subscribe();
+    canary.promote_every(Duration::from_secs(600));
+    assert_eq!(
+        events.recv().await.unwrap(),
+        CanaryEvent::Promoted { share: 0.1 }
+    );
+    canary.halt();
+    tokio::time::sleep(Duration::from_secs(3_600)).await;
+    assert_eq!(
+        events.recv().await.unwrap(),
+        CanaryEvent::Halted {
+            reason: HaltReason::Operator
+        }
+    );
+    assert!(events.try_recv().is_err(), "no step after the halt");
+    assert_eq!(canary.share(), 0.0);
+}
