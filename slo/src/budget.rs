@@ -36,7 +36,8 @@ const SIGNAL_EVERY_MS: u64 = 1_000;
 ///
 /// The windows live in this process and start empty: a 30-day budget
 /// reads what this process saw since it started ([`Report::since`] says
-/// when that was).
+/// when that was), unless it is [shared](Self::share) through Redis
+/// (feature `redis`), which keeps the fleet's window across restarts.
 ///
 /// # Example
 ///
@@ -75,6 +76,9 @@ pub(crate) struct Inner {
     /// Its OpenTelemetry gauges, once registered.
     #[cfg(feature = "otel")]
     instruments: std::sync::OnceLock<crate::otel::Instruments>,
+    /// The fleet's counts over the objective's window, once shared.
+    #[cfg(feature = "redis")]
+    pub(crate) fleet: std::sync::Mutex<Option<crate::fleet::View>>,
 }
 
 /// The budget's clock: the wall time when the budget was made, moved on by
@@ -98,7 +102,7 @@ impl Clock {
 
 /// Where a window is read: which ring, how many buckets.
 #[derive(Debug, Clone, Copy)]
-struct Span {
+pub(crate) struct Span {
     coarse: bool,
     buckets: usize,
 }
@@ -214,6 +218,8 @@ impl ErrorBudget {
                 },
                 #[cfg(feature = "otel")]
                 instruments: std::sync::OnceLock::new(),
+                #[cfg(feature = "redis")]
+                fleet: std::sync::Mutex::default(),
             }),
         })
     }
@@ -269,10 +275,37 @@ impl ErrorBudget {
     }
 
     fn counts(&self, span: Span, at_ms: u64) -> Counts {
+        self.ring(span).counts(at_ms, span.buckets)
+    }
+
+    /// The ring `span` is read on.
+    fn ring(&self, span: Span) -> &Ring {
         match (&self.inner.coarse, span.coarse) {
-            (Some(coarse), true) => coarse.counts(at_ms, span.buckets),
-            _ => self.inner.fine.counts(at_ms, span.buckets),
+            (Some(coarse), true) => coarse,
+            _ => &self.inner.fine,
         }
+    }
+
+    /// The ring the objective's window is read on, and how many of its
+    /// buckets the window spans.
+    #[cfg(feature = "redis")]
+    pub(crate) fn objective_ring(&self) -> (&Ring, usize) {
+        (self.ring(self.inner.slo), self.inner.slo.buckets)
+    }
+
+    #[cfg(feature = "redis")]
+    pub(crate) const fn from_shared(inner: Arc<Inner>) -> Self {
+        Self { inner }
+    }
+
+    #[cfg(feature = "redis")]
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    #[cfg(feature = "redis")]
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     /// What the windows say at `at`: the objective's counts and budget, and
@@ -285,7 +318,11 @@ impl ErrorBudget {
     fn report_ms(&self, at_ms: u64) -> Report {
         let inner = &*self.inner;
         let allowed = inner.objective.allowed_bad();
-        let counts = self.counts(inner.slo, at_ms);
+        let local = self.counts(inner.slo, at_ms);
+        #[cfg(feature = "redis")]
+        let (counts, fleet_as_of) = crate::fleet::counts(self, local, at_ms);
+        #[cfg(not(feature = "redis"))]
+        let (counts, fleet_as_of) = (local, None);
         let burn = |span| self.counts(span, at_ms).bad_ratio() / allowed;
         let burns: Vec<Burn> = inner
             .alerts
@@ -311,6 +348,7 @@ impl ErrorBudget {
             burns,
             firing,
             since: UNIX_EPOCH + Duration::from_millis(inner.clock.wall_ms),
+            fleet_as_of: fleet_as_of.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)),
         }
     }
 
@@ -365,6 +403,7 @@ pub struct Report {
     burns: Vec<Burn>,
     firing: Option<Severity>,
     since: SystemTime,
+    fleet_as_of: Option<SystemTime>,
 }
 
 impl Report {
@@ -394,10 +433,21 @@ impl Report {
     }
 
     /// When the windows started counting: a window reaching further back
-    /// holds only what was counted since.
+    /// holds only what was counted since, unless the fleet's counts are
+    /// in ([`fleet_as_of`](Self::fleet_as_of)).
     #[must_use]
     pub const fn since(&self) -> SystemTime {
         self.since
+    }
+
+    /// When the fleet's counts of the objective's window were last read
+    /// from Redis, when the budget is shared (feature `redis`) and they
+    /// are fresh: [`counts`](Self::counts) and the budget remaining are
+    /// then the fleet's, this process's calls since included. `None`: they
+    /// are this process's own.
+    #[must_use]
+    pub const fn fleet_as_of(&self) -> Option<SystemTime> {
+        self.fleet_as_of
     }
 }
 

@@ -13,6 +13,8 @@
 mod budget;
 mod classify;
 mod error;
+#[cfg(feature = "redis")]
+mod fleet;
 pub mod future;
 #[cfg(feature = "http")]
 mod http_mode;

@@ -100,6 +100,20 @@ impl Ring {
         bump(if good { &slot.good } else { &slot.bad }, tag(bucket));
     }
 
+    /// The bucket holding `at_ms`.
+    pub(crate) const fn bucket_of(&self, at_ms: u64) -> u64 {
+        at_ms / self.resolution_ms
+    }
+
+    /// The calls of bucket `bucket` (none if the ring has gone past it).
+    pub(crate) fn bucket_counts(&self, bucket: u64) -> Counts {
+        let slot = self.slot(bucket);
+        Counts {
+            good: read(&slot.good, tag(bucket)),
+            bad: read(&slot.bad, tag(bucket)),
+        }
+    }
+
     /// The calls of the `buckets` buckets up to the one holding `at_ms`.
     pub(crate) fn counts(&self, at_ms: u64, buckets: usize) -> Counts {
         let last = at_ms / self.resolution_ms;

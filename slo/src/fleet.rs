@@ -1,0 +1,171 @@
+//! A budget's window shared by the fleet through Redis (feature `redis`).
+//!
+//! Each process adds what it counted, bucket by bucket, to hashes in
+//! Redis (`{prefix:name}:<bucket>`, fields `good` and `bad`, expiring with
+//! the window) and reads the whole window back, so every process's budget
+//! is the fleet's, and a process that restarts finds the window where the
+//! fleet left it. Only the objective's window is shared; the burn-rate
+//! alerts stay each process's own (a rate is the same seen from any
+//! replica that takes its share of the traffic).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use tokio::time::Instant;
+
+use crate::budget::ErrorBudget;
+use crate::window::Counts;
+
+/// What the budget last read of the fleet's window.
+#[derive(Debug, Default)]
+pub(crate) struct View {
+    /// The fleet's counts over the window, as of `as_of_ms`; this
+    /// process's written counts included.
+    fleet: Counts,
+    as_of_ms: u64,
+    /// How stale the view may be before the budget stops trusting it.
+    fresh_for_ms: u64,
+    /// What this process had written of each bucket.
+    flushed: HashMap<u64, Counts>,
+}
+
+/// The objective's counts: the fleet's, and what this process counted
+/// since it last wrote its own, while the view is fresh; `local`
+/// otherwise. With when the fleet's were read.
+pub(crate) fn counts(budget: &ErrorBudget, local: Counts, at_ms: u64) -> (Counts, Option<u64>) {
+    let view = budget
+        .inner()
+        .fleet
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(view) = view.as_ref() else {
+        return (local, None);
+    };
+    if at_ms.saturating_sub(view.as_of_ms) > view.fresh_for_ms {
+        return (local, None);
+    }
+    let (ring, buckets) = budget.objective_ring();
+    let last = ring.bucket_of(at_ms);
+    let mut counts = view.fleet;
+    for bucket in last.saturating_sub(buckets as u64 - 1)..=last {
+        let here = ring.bucket_counts(bucket);
+        let added = view.flushed.get(&bucket).copied().unwrap_or_default();
+        counts.good += here.good.saturating_sub(added.good);
+        counts.bad += here.bad.saturating_sub(added.bad);
+    }
+    (counts, Some(view.as_of_ms))
+}
+
+impl ErrorBudget {
+    /// Shares the objective's window with every budget shared as `name`
+    /// on `redis` (under the `palisade:slo` prefix): every `every`, a task
+    /// adds this process's new counts to Redis and reads the fleet's
+    /// window back, until the budget is dropped. Reports are then the
+    /// fleet's ([`Report::fleet_as_of`](crate::Report::fleet_as_of)) and
+    /// outlive a restart; while Redis does not answer (for three rounds),
+    /// they are this process's own again, and what it counted meanwhile
+    /// is added when Redis is back.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, or when `every` is zero.
+    pub fn share<C>(&self, redis: C, name: &str, every: Duration)
+    where
+        C: ConnectionLike + Clone + Send + Sync + 'static,
+    {
+        assert!(!every.is_zero(), "a sharing round needs a period");
+        let budget = self.downgrade();
+        let prefix = format!("{{palisade:slo:{name}}}");
+        let replica = format!("{:016x}", fastrand::u64(..));
+        let fresh_for_ms = u64::try_from(every.saturating_mul(3).as_millis()).unwrap_or(u64::MAX);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            let mut warned = false;
+            loop {
+                ticks.tick().await;
+                let Some(inner) = budget.upgrade() else {
+                    return;
+                };
+                let budget = ErrorBudget::from_shared(inner);
+                match round(&budget, redis.clone(), (&prefix, &replica), fresh_for_ms).await {
+                    Ok(()) if std::mem::take(&mut warned) => tracing::info!(
+                        target: "palisade_slo",
+                        budget = %prefix,
+                        "redis answers again; the budget is the fleet's"
+                    ),
+                    Ok(()) => {}
+                    Err(error) if !std::mem::replace(&mut warned, true) => tracing::warn!(
+                        target: "palisade_slo",
+                        budget = %prefix,
+                        %error,
+                        "redis failed; the budget counts this process's calls alone until it answers"
+                    ),
+                    Err(_) => {}
+                }
+            }
+        });
+    }
+}
+
+/// One round: writes this process's counts of each bucket it has counts
+/// in (its own fields: rewriting them is harmless, so a round that failed
+/// half-way is simply done again), then reads the window.
+async fn round<C: ConnectionLike>(
+    budget: &ErrorBudget,
+    mut redis: C,
+    (prefix, replica): (&str, &str),
+    fresh_for_ms: u64,
+) -> redis::RedisResult<()> {
+    let at_ms = budget.at(Instant::now());
+    let (ring, buckets) = budget.objective_ring();
+    let last = ring.bucket_of(at_ms);
+    let first = last.saturating_sub(buckets as u64 - 1);
+    let keep_ms = ring.resolution_ms().saturating_mul(buckets as u64 + 1);
+    let (good, bad) = (format!("{replica}.good"), format!("{replica}.bad"));
+    let mut written = HashMap::new();
+    let mut write = redis::pipe();
+    for bucket in first..=last {
+        let here = ring.bucket_counts(bucket);
+        if here.total() == 0 {
+            continue;
+        }
+        let key = format!("{prefix}:{bucket}");
+        write
+            .hset_multiple(&key, &[(&good, here.good), (&bad, here.bad)])
+            .ignore()
+            .pexpire(&key, i64::try_from(keep_ms).unwrap_or(i64::MAX))
+            .ignore();
+        written.insert(bucket, here);
+    }
+    if !written.is_empty() {
+        write.query_async::<()>(&mut redis).await?;
+    }
+    let mut names = redis::pipe();
+    for bucket in first..=last {
+        names.hgetall(format!("{prefix}:{bucket}"));
+    }
+    let hashes: Vec<HashMap<String, u64>> = names.query_async(&mut redis).await?;
+    let mut fleet = Counts::default();
+    for hash in &hashes {
+        for (field, count) in hash {
+            if field.ends_with(".good") {
+                fleet.good += count;
+            } else if field.ends_with(".bad") {
+                fleet.bad += count;
+            }
+        }
+    }
+    let mut view = budget
+        .inner()
+        .fleet
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *view = Some(View {
+        fleet,
+        as_of_ms: at_ms,
+        fresh_for_ms,
+        flushed: written,
+    });
+    Ok(())
+}

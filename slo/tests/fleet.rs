@@ -1,0 +1,106 @@
+//! The objective's window shared through a real Redis (`REDIS_URL`,
+//! default `redis://127.0.0.1:6379`): budgets in one process stand for
+//! the processes of a fleet, each under a name of its test's own.
+#![cfg(feature = "redis")]
+
+use std::time::{Duration, Instant};
+
+use palisade_slo::{Counts, ErrorBudget, Objective, Report};
+use palisade_testkit::servers::{redis_proxy, redis_url};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+const EVERY: Duration = Duration::from_millis(50);
+
+async fn connect(url: &str) -> ConnectionManager {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(200)))
+        .set_response_timeout(Some(Duration::from_millis(200)))
+        .set_number_of_retries(1);
+    redis::Client::open(url)
+        .unwrap()
+        .get_connection_manager_with_config(config)
+        .await
+        .expect("a reachable Redis (run scripts/services)")
+}
+
+/// A budget shared as `name` on `url`, with `good` and `bad` calls.
+async fn member(url: &str, name: &str, good: u64, bad: u64) -> ErrorBudget {
+    let budget = ErrorBudget::new(Objective::new(0.99)).unwrap();
+    for call in 0..good + bad {
+        budget.record(call < good, budget.now());
+    }
+    budget.share(connect(url).await, name, EVERY);
+    budget
+}
+
+fn report(budget: &ErrorBudget) -> Report {
+    budget.report(budget.now())
+}
+
+/// Waits until `budget`'s report says so, or fails after ten seconds.
+async fn eventually(budget: &ErrorBudget, what: &str, done: impl Fn(&Report) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let report = report(budget);
+        if done(&report) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never: {what}: {report:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn name() -> String {
+    format!("test-{}", fastrand::u64(..))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_reads_the_fleets_window_and_a_newcomer_finds_it() {
+    let name = name();
+    let a = member(&redis_url(), &name, 10, 5).await;
+    let b = member(&redis_url(), &name, 20, 0).await;
+    let fleet = Counts { good: 30, bad: 5 };
+    for budget in [&a, &b] {
+        eventually(budget, "the fleet's counts", |report| {
+            report.counts() == fleet && report.fleet_as_of().is_some()
+        })
+        .await;
+    }
+    // A call counted here is in this member's report at once, and in the
+    // others' after a round.
+    a.record(false, a.now());
+    assert_eq!(report(&a).counts(), Counts { good: 30, bad: 6 });
+    eventually(&b, "the new call", |report| report.counts().bad == 6).await;
+    // A process that restarts (or joins) finds the window where the fleet
+    // left it, its leavers' calls included.
+    drop(a);
+    let newcomer = member(&redis_url(), &name, 0, 0).await;
+    eventually(&newcomer, "the fleet's window", |report| {
+        report.counts() == Counts { good: 30, bad: 6 }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_away_the_budget_is_the_processs_own_and_says_so() {
+    let (proxy, url) = redis_proxy().await;
+    let name = name();
+    let other = member(&redis_url(), &name, 100, 0).await;
+    let budget = member(&url, &name, 0, 3).await;
+    eventually(&budget, "the fleet's counts", |report| {
+        report.counts() == Counts { good: 100, bad: 3 }
+    })
+    .await;
+    proxy.cut().await;
+    eventually(&budget, "its own counts", |report| {
+        report.fleet_as_of().is_none() && report.counts() == Counts { good: 0, bad: 3 }
+    })
+    .await;
+    // Counted alone, added when Redis is back.
+    budget.record(false, budget.now());
+    proxy.resume().await;
+    eventually(&other, "the calls counted alone", |report| {
+        report.counts() == Counts { good: 100, bad: 4 }
+    })
+    .await;
+}
