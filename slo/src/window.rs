@@ -101,11 +101,13 @@ impl Ring {
     }
 
     /// The bucket holding `at_ms`.
+    #[cfg(feature = "redis")]
     pub(crate) const fn bucket_of(&self, at_ms: u64) -> u64 {
         at_ms / self.resolution_ms
     }
 
     /// The calls of bucket `bucket` (none if the ring has gone past it).
+    #[cfg(feature = "redis")]
     pub(crate) fn bucket_counts(&self, bucket: u64) -> Counts {
         let slot = self.slot(bucket);
         Counts {
