@@ -87,9 +87,20 @@ async fn three_hundred_orders_end_confirmed_or_cancelled_with_the_books_straight
         "palisade_circuit_breaker_calls_total{",
         "palisade_retry_attempts_total{",
         "palisade_read_model_lag_seconds_count{read_model=\"catalog\"}",
+        "palisade_slo_budget_remaining{objective=\"orders\"}",
+        "palisade_slo_burn_rate{",
+        "palisade_slo_alert_firing{",
     ] {
         assert!(text.contains(family), "{family} in {text}");
     }
+    // Every order placed went through the objective of `POST /orders`.
+    let counted = |result: &str| -> u64 {
+        let series = format!("palisade_slo_calls{{objective=\"orders\",result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .map_or(0, |value| value.parse().unwrap())
+    };
+    assert!(counted("good") + counted("bad") >= 300, "{text}");
     let families: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
     let distinct: std::collections::HashSet<&&str> = families.iter().collect();
     assert_eq!(families.len(), distinct.len(), "each family once");
