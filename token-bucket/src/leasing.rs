@@ -444,11 +444,12 @@ impl Drop for Awaiting<'_> {
     }
 }
 
-/// Ends a refill however its future ends (answered, or dropped while
-/// Redis was asked), and wakes the requests waiting for it.
-struct Refilling<'a>(&'a Lease);
+/// Ends a refill however its task ends (answered, dropped while Redis was
+/// asked, or never run: a runtime shutting down), and wakes the requests
+/// waiting for it.
+struct Refilling(Arc<Lease>);
 
-impl Drop for Refilling<'_> {
+impl Drop for Refilling {
     fn drop(&mut self) {
         self.0.held().refilling = false;
         self.0.refilled.notify_waiters();
@@ -672,10 +673,8 @@ where
             // polling loses neither the lease Redis grants nor the key's
             // other requests, which wait for it.
             let (caller, answer) = oneshot::channel();
-            tokio::spawn(
-                self.clone()
-                    .ask_redis(Arc::clone(lease), *bucket, ask, caller),
-            );
+            let refilling = Refilling(Arc::clone(lease));
+            tokio::spawn(self.clone().ask_redis(refilling, *bucket, ask, caller));
             let mut awaiting = Awaiting {
                 lease,
                 cost,
@@ -694,12 +693,12 @@ where
     /// the cost of a request granted after its caller left is kept too.
     async fn ask_redis(
         self,
-        lease: Arc<Lease>,
+        refilling: Refilling,
         bucket: Bucket,
         ask: Ask,
         caller: oneshot::Sender<Refilled>,
     ) {
-        let refilling = Refilling(&lease);
+        let lease = &refilling.0;
         let asked_at = Instant::now();
         let Answer { decision, ran } = self.redis.ask(&lease.name, &bucket, ask).await;
         let decided = decision.as_ref().ok().copied();

@@ -511,3 +511,34 @@ proptest::proptest! {
         });
     }
 }
+
+#[test]
+fn a_refill_whose_runtime_stopped_keeps_no_request_waiting() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let fixture = first.block_on(fixture(leasing(), FailurePolicy::FailOpen, &redis_url()));
+    let bucket = bucket(100);
+    // The refill's task is spawned, then the runtime stops before it ran.
+    first.block_on(async {
+        let mut asking = Box::pin(fixture.store.decide("k", &bucket, 1));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(asking.as_mut().poll(&mut cx).is_pending());
+    });
+    drop(first);
+    let decided = runtime().block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            fixture.store.decide("k", &bucket, 1),
+        )
+        .await
+    });
+    assert!(
+        decided.is_ok(),
+        "decided (by the failure policy: the connection died with its runtime), not left waiting"
+    );
+}
