@@ -60,6 +60,9 @@ pub struct Settings {
     /// How many `load-NN` demo users a first start makes (one per load
     /// worker gives each worker a rate limit of its own).
     pub demo_load_users: usize,
+    /// What the gateway promises (see
+    /// [`objectives`](crate::objectives)).
+    pub objectives: crate::objectives::Objectives,
 }
 
 impl Settings {
@@ -77,6 +80,7 @@ impl Settings {
             breaker: card::breaker_config(),
             identity: None,
             demo_load_users: 64,
+            objectives: crate::objectives::Objectives::default(),
         }
     }
 }
@@ -265,11 +269,11 @@ impl System {
         let address = listener.local_addr()?;
         let admin_listener = TcpListener::bind(settings.admin_listen).await?;
         let admin_address = admin_listener.local_addr()?;
-        let app = gateway::router(
-            services.clone(),
-            gateway::Shared::local(settings.limits, &meter),
-            &meter,
-        );
+        let shared = gateway::Shared {
+            objectives: settings.objectives,
+            ..gateway::Shared::local(settings.limits, &meter)
+        };
+        let app = gateway::router(services.clone(), shared, &meter);
         for (listener, app) in [
             (listener, app),
             (admin_listener, gateway::admin_router(services.clone())),

@@ -60,6 +60,8 @@ use axum::{Json, Router};
 use palisade_coalesce::http::{CachedResponse, CoalesceLayer, ResponseCache};
 use palisade_coalesce::{Cache, Freshness};
 use palisade_slo::{ErrorBudget, Objective, SloLayer};
+
+use crate::objectives::{Objectives, SagaRead, SagasEndInTime};
 use palisade_token_bucket::{LocalStore, RateLimitLayer, key};
 use palisade_tracecontext::TraceContextLayer;
 use serde::{Deserialize, Serialize};
@@ -147,6 +149,8 @@ pub struct Shared<St, R> {
     pub limits: Limited<St>,
     /// The cache in front of `GET /catalog/trending`.
     pub trending: R,
+    /// What the gateway promises (see [`objectives`](crate::objectives)).
+    pub objectives: Objectives,
 }
 
 impl Shared<LocalStore, Cache<String, CachedResponse, tower::BoxError>> {
@@ -159,6 +163,7 @@ impl Shared<LocalStore, Cache<String, CachedResponse, tower::BoxError>> {
         Self {
             limits: limits.stored(|_, _| LocalStore::default()),
             trending,
+            objectives: Objectives::default(),
         }
     }
 }
@@ -190,22 +195,14 @@ async fn healthz() -> &'static str {
 /// The largest sign-in form taken (`413` beyond).
 const SIGN_IN_BODY: usize = 16 * 1024;
 
-/// The objective of `POST /orders`: 99.5% answered 2xx (or 4xx: the
-/// caller's own mistakes) within 500 ms, over 30 days, with the SRE
-/// workbook's burn-rate alerts. A request the per-user rate limit refuses
-/// never reaches it.
-#[must_use]
-pub fn orders_objective() -> Objective {
-    Objective::new(0.995).latency(std::time::Duration::from_millis(500))
-}
-
 /// The gateway's routes, limiting and caching through `shared`; the rate
-/// limiter and the `POST /orders` error budget (`palisade_slo_*`, objective
-/// `orders`) report to `meter`.
+/// limiter and the error budgets of its
+/// [`objectives`](crate::objectives) (`palisade_slo_*`) report to
+/// `meter`.
 ///
 /// # Panics
 ///
-/// Never: [`orders_objective`] is a valid objective.
+/// When one of `shared`'s objectives is invalid.
 pub fn router<St, R>(
     services: Services,
     shared: Shared<St, R>,
@@ -233,8 +230,18 @@ where
     } = shared.limits;
     // Layers added later run first: the bearer check, then the user's
     // bucket (keyed by who the token stands for, never by the header).
-    let orders = ErrorBudget::new(orders_objective()).expect("the orders objective is valid");
-    orders.instrument(meter, "orders");
+    let budget = |objective: &Objective, name: &str| {
+        let budget = ErrorBudget::new(objective.clone())
+            .unwrap_or_else(|error| panic!("the {name} objective: {error}"));
+        budget.instrument(meter, name);
+        budget
+    };
+    let objectives = &shared.objectives;
+    let orders = budget(&objectives.orders, "orders");
+    let sagas =
+        SloLayer::new_for_http(budget(&objectives.sagas, "sagas")).classify(SagasEndInTime {
+            within: objectives.saga_within,
+        });
     let signed_in = Router::new()
         .route(
             "/orders",
@@ -242,7 +249,7 @@ where
                 .layer(SloLayer::new_for_http(orders))
                 .get(history),
         )
-        .route("/orders/{id}", get(order))
+        .route("/orders/{id}", get(order).layer(sagas))
         .merge(admin)
         .route_layer(
             RateLimitLayer::new_for_http(
@@ -562,7 +569,19 @@ async fn order(
 ) -> Response {
     let wait = std::time::Duration::from_millis(query.wait_ms.unwrap_or(0).min(30_000));
     match services.orders.wait_for_end(&user, &id, wait).await {
-        Ok(Some(order)) => Json(order).into_response(),
+        Ok(Some(order)) => {
+            let read = SagaRead {
+                waited: wait,
+                took: order
+                    .saga_ms
+                    .map(|ms| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+            };
+            let mut response = Json(order).into_response();
+            if !wait.is_zero() {
+                response.extensions_mut().insert(read);
+            }
+            response
+        }
         Ok(None) => {
             Problem::status(StatusCode::NOT_FOUND, format!("no order {id}")).into_response()
         }

@@ -122,7 +122,11 @@ pub(super) async fn gateway(
         consumers,
         peers: settings.peers.iter().map(|url| Gateway::new(url)).collect(),
     };
-    let shared = Shared { limits, trending };
+    let shared = Shared {
+        limits,
+        trending,
+        objectives: crate::objectives::Objectives::default(),
+    };
     let admin = gateway::admin_router(services.clone());
     let app = gateway::router(services, shared, &meter);
     tasks.spawn(serve_http(listener, app, stop.signal()));
