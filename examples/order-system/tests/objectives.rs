@@ -12,22 +12,7 @@ use palisade_order_system::load::Gateway;
 use palisade_slo::{BurnAlert, Objective, Severity};
 
 mod support;
-use support::{admin, signed_in};
-
-/// Sets whether the card processor is unavailable, as the operator.
-async fn processor_unavailable(operator: &Gateway, unavailable: bool) {
-    let body = serde_json::json!({ "unavailable": unavailable }).to_string();
-    let (status, reply) = operator
-        .send(
-            Method::PUT,
-            "/admin/processor",
-            &[("content-type", "application/json")],
-            Bytes::from(body),
-        )
-        .await
-        .unwrap();
-    assert!(status.is_success(), "{status}: {reply:?}");
-}
+use support::{admin, set_processor, signed_in};
 
 /// Places an order as `user` and waits for its saga up to `wait`: the
 /// order's status then.
@@ -94,14 +79,14 @@ async fn a_processor_outage_fires_the_sagas_alert_which_clears_after() {
     let alice = signed_in(&system, "alice").await;
     assert!(!sagas_page_fires(&system).await);
 
-    processor_unavailable(&operator, true).await;
+    set_processor(&operator, serde_json::json!({ "unavailable": true })).await;
     for _ in 0..3 {
         let status = place_and_wait(&alice, Duration::from_secs(1)).await;
         assert_eq!(status, "pending", "payment waits the outage out");
     }
     assert!(sagas_page_fires(&system).await, "three sagas late of three");
 
-    processor_unavailable(&operator, false).await;
+    set_processor(&operator, serde_json::json!({ "unavailable": false })).await;
     // Sagas end in time again; once the short window holds only them, the
     // alert clears.
     let deadline = Instant::now() + Duration::from_secs(60);

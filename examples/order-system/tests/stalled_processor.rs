@@ -7,27 +7,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Method;
-use palisade_order_system::load::{self, Gateway};
+use palisade_order_system::load;
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
 mod support;
-use support::{load_settings, signed_in, start};
-
-/// Sets the processor's delay through the gateway, as the operator.
-async fn set_delay(operator: &Gateway, delay_ms: u64) {
-    let body = serde_json::json!({ "delay_ms": delay_ms }).to_string();
-    let (status, reply) = operator
-        .send(
-            Method::PUT,
-            "/admin/processor",
-            &[("content-type", "application/json")],
-            Bytes::from(body),
-        )
-        .await
-        .unwrap();
-    assert!(status.is_success(), "{status}: {reply:?}");
-}
+use support::{load_settings, set_processor, signed_in, start};
 
 /// Whether a write transaction can be begun on `db` right now, with no
 /// wait: `false` while another connection holds one open.
@@ -65,7 +50,7 @@ async fn a_stalled_processor_opens_the_breaker_holds_no_transaction_and_every_sa
     };
 
     // A minute a charge: far past payment's deadline.
-    set_delay(&operator, 60_000).await;
+    set_processor(&operator, serde_json::json!({ "delay_ms": 60_000 })).await;
     let settings = load_settings(&system, 40, 16);
     let running = tokio::spawn(async move { load::run(&settings).await });
 
@@ -93,7 +78,7 @@ async fn a_stalled_processor_opens_the_breaker_holds_no_transaction_and_every_sa
 
     // The stall lifted, every saga ends and the books hold, none charged
     // twice (read from the processor's own ledger).
-    set_delay(&operator, 0).await;
+    set_processor(&operator, serde_json::json!({ "delay_ms": 0 })).await;
     let summary = running.await.unwrap().unwrap();
     println!("{}", summary.table());
     assert_eq!(summary.violations, Vec::<String>::new());

@@ -146,3 +146,18 @@ pub fn delivery(event: &SagaEvent) -> Delivery {
         attempt: 1,
     }
 }
+
+/// Sets the card processor's injected faults (`{"unavailable": true}`,
+/// `{"delay_ms": 200}`) through the gateway, as the operator.
+pub async fn set_processor(operator: &Gateway, faults: serde_json::Value) {
+    let (status, reply) = operator
+        .send(
+            http::Method::PUT,
+            "/admin/processor",
+            &[("content-type", "application/json")],
+            bytes::Bytes::from(faults.to_string()),
+        )
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{status}: {reply:?}");
+}
