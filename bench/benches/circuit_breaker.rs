@@ -66,13 +66,30 @@ fn callers() -> Vec<(&'static str, MakeCall)> {
     vec![
         ("bare", boxed(Tower(service_fn(noop)))),
         ("palisade", boxed(Tower(palisade()))),
+        ("palisade_leaked", boxed(Tower(palisade_leaked()))),
         ("failsafe", boxed(Failsafe(failsafe))),
         ("tower_resilience", boxed(Tower(tower_resilience()))),
     ]
 }
 
+/// The window the figures use: the last 100 calls.
+fn config() -> palisade_circuit_breaker::Config {
+    palisade_circuit_breaker::Config::builder()
+        .sliding_window(palisade_circuit_breaker::SlidingWindow::Count(100))
+        .build()
+        .expect("valid config")
+}
+
 fn palisade() -> impl Service<u64, Response = u64, Future: Send> + Clone + Send + Sync + 'static {
-    palisade_circuit_breaker::CircuitBreakerLayer::new(palisade_circuit_breaker::Config::default())
+    palisade_circuit_breaker::CircuitBreakerLayer::new(config()).layer(service_fn(noop))
+}
+
+/// The same breaker, leaked (`CircuitBreakerLayer::leak`): its calls
+/// count no references.
+fn palisade_leaked()
+-> impl Service<u64, Response = u64, Future: Send> + Clone + Send + Sync + 'static {
+    palisade_circuit_breaker::CircuitBreakerLayer::new(config())
+        .leak()
         .layer(service_fn(noop))
 }
 
@@ -80,7 +97,7 @@ fn tower_resilience()
 -> impl Service<u64, Response = u64, Future: Send> + Clone + Send + Sync + 'static {
     tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
         .failure_rate_threshold(0.5)
-        .sliding_window_size(20)
+        .sliding_window_size(100)
         .build()
         .expect("valid config")
         .layer(service_fn(noop))
@@ -119,6 +136,7 @@ fn compare(c: &mut Criterion) {
     let case = |name| BenchmarkId::new(name, "closed_ready_call");
     ready_then_call(&mut group, case("bare"), service_fn(noop));
     ready_then_call(&mut group, case("palisade"), palisade());
+    ready_then_call(&mut group, case("palisade_leaked"), palisade_leaked());
     ready_then_call(&mut group, case("tower_resilience"), tower_resilience());
     group.finish();
 }

@@ -193,7 +193,11 @@ fn ratio(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// Aligned to a cache line, so the reference counts before it in the
+/// `Arc` (written by every clone and drop) share no line with what each
+/// call reads.
 #[derive(Debug)]
+#[repr(align(64))]
 pub(crate) struct Inner {
     config: Config,
     base: Instant,
@@ -296,7 +300,41 @@ impl<F: Fn() -> Instant> LazyNow<F> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct CircuitBreaker {
-    inner: Arc<Inner>,
+    inner: Handle,
+}
+
+/// How a breaker, its clones and its permits reach the shared state:
+/// counted, or by reference once the breaker is [leaked](CircuitBreaker::leak).
+#[derive(Debug)]
+enum Handle {
+    Counted(Arc<Inner>),
+    Leaked(&'static Arc<Inner>),
+}
+
+impl Handle {
+    fn arc(&self) -> &Arc<Inner> {
+        match self {
+            Self::Counted(inner) => inner,
+            Self::Leaked(inner) => inner,
+        }
+    }
+}
+
+impl Clone for Handle {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Counted(inner) => Self::Counted(Arc::clone(inner)),
+            Self::Leaked(inner) => Self::Leaked(inner),
+        }
+    }
+}
+
+impl std::ops::Deref for Handle {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        self.arc()
+    }
 }
 
 /// What a permit lets its call do to the breaker.
@@ -319,13 +357,66 @@ enum Role {
 #[derive(Debug)]
 #[must_use = "a permit records nothing unless its outcome is recorded"]
 pub struct Permit {
-    inner: Arc<Inner>,
-    generation: u64,
-    role: Role,
-    /// When the call began; read only when slow calls are counted or the
-    /// window is time-based.
-    started: Option<Instant>,
-    settled: bool,
+    inner: Handle,
+    /// The generation granted in and the role, in one word (see
+    /// [`Ticket`]).
+    ticket: Ticket,
+    /// When the call began, in nanoseconds since the breaker's start;
+    /// [`NOT_READ`] unless slow calls are counted or the window is
+    /// time-based.
+    started_ns: u64,
+}
+
+/// `Permit::started_ns` when the clock was not read.
+const NOT_READ: u64 = u64::MAX;
+
+/// A permit's generation (bits 0..32) and role (32..64) in one word: a
+/// permit is written and moved whole, never a byte at a time (a byte
+/// written and then read back as part of a word stalls the load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ticket(u64);
+
+impl Ticket {
+    const ROLE_SHIFT: u32 = 32;
+    const COUNTED: u64 = 0;
+    const UNTRACKED: u64 = 1;
+    /// A probe: this plus its slot, or [`Self::NO_SLOT`] without one.
+    const PROBE: u64 = 2;
+    const NO_SLOT: u64 = 256;
+
+    const fn new(generation: u64, role: Role) -> Self {
+        let role = match role {
+            Role::Counted => Self::COUNTED,
+            Role::Untracked => Self::UNTRACKED,
+            Role::Probe(Some(slot)) => Self::PROBE + slot as u64,
+            Role::Probe(None) => Self::PROBE + Self::NO_SLOT,
+        };
+        Self((generation & GEN_MASK) | (role << Self::ROLE_SHIFT))
+    }
+
+    const fn generation(self) -> u64 {
+        self.0 & GEN_MASK
+    }
+
+    const fn role(self) -> Role {
+        match self.0 >> Self::ROLE_SHIFT {
+            Self::COUNTED => Role::Counted,
+            Self::UNTRACKED => Role::Untracked,
+            probe => {
+                let slot = probe - Self::PROBE;
+                Role::Probe(if slot < Self::NO_SLOT {
+                    Some(slot as u8)
+                } else {
+                    None
+                })
+            }
+        }
+    }
+
+    /// The same generation with nothing left to give back.
+    const fn settled(self) -> Self {
+        Self::new(self.generation(), Role::Untracked)
+    }
 }
 
 impl CircuitBreaker {
@@ -342,7 +433,7 @@ impl CircuitBreaker {
     pub fn new_at(config: Config, start: Instant) -> Self {
         let needs_clock = config_needs_clock(&config);
         Self {
-            inner: Arc::new(Inner {
+            inner: Handle::Counted(Arc::new(Inner {
                 window: Window::new(config.window),
                 probes: (0..config.half_open_permits)
                     .map(|_| AtomicU64::new(0))
@@ -357,7 +448,42 @@ impl CircuitBreaker {
                 instruments: std::sync::OnceLock::new(),
                 #[cfg(all(feature = "redis", not(palisade_loom)))]
                 fleet: std::sync::OnceLock::new(),
-            }),
+            })),
+        }
+    }
+
+    /// Gives this breaker the process's lifetime: its clones, the layers
+    /// and services holding them, and the permits of their calls then
+    /// reach it by a plain reference, with no reference count to raise
+    /// and lower on every call (on a breaker shared by threads, the count
+    /// is a cache line they all write).
+    ///
+    /// Leak a breaker built once at start-up and used until the process
+    /// ends. Its memory (a few hundred bytes plus the window) is never
+    /// freed, so never leak one per request, per key or per test.
+    /// Clones made before the leak stay counted; both kinds are the same
+    /// breaker. A breaker leaked again is unchanged.
+    ///
+    /// ```
+    /// use palisade_circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Config};
+    /// use tower::{ServiceBuilder, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let breaker = CircuitBreaker::new(Config::default()).leak();
+    /// let service = ServiceBuilder::new()
+    ///     .layer(CircuitBreakerLayer::from_breaker(breaker.clone()))
+    ///     .service(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// # drop(service);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn leak(self) -> Self {
+        match self.inner {
+            Handle::Leaked(_) => self,
+            Handle::Counted(inner) => Self {
+                inner: Handle::Leaked(Box::leak(Box::new(inner))),
+            },
         }
     }
 
@@ -446,6 +572,10 @@ impl CircuitBreaker {
     /// Lets a call through like [`try_acquire`](Self::try_acquire), reading
     /// `clock` only when the answer depends on the time: a closed breaker
     /// with a count-based window and no slow-call rule never reads it.
+    // Inlined into the response future's constructor: a permit returned
+    // through memory is written field by field and read back whole, and
+    // that read waits for the writes (a store-forwarding stall).
+    #[inline(always)]
     pub(crate) fn acquire_with(&self, clock: impl Fn() -> Instant) -> Result<Permit, Open> {
         let word = self.inner.load();
         match word.state() {
@@ -463,13 +593,12 @@ impl CircuitBreaker {
         self.permit(generation, Role::Probe(slot), Some(now))
     }
 
+    #[inline(always)]
     fn permit(&self, generation: u64, role: Role, now: Option<Instant>) -> Permit {
         Permit {
-            inner: Arc::clone(&self.inner),
-            generation,
-            role,
-            started: now,
-            settled: false,
+            inner: self.inner.clone(),
+            ticket: Ticket::new(generation, role),
+            started_ns: now.map_or(NOT_READ, |now| self.inner.nanos(now)),
         }
     }
 
@@ -506,7 +635,7 @@ impl CircuitBreaker {
     /// later calls change nothing.
     #[cfg(all(feature = "otel", not(palisade_loom)))]
     pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: impl Into<String>) {
-        let weak = Arc::downgrade(&self.inner);
+        let weak = Arc::downgrade(self.inner.arc());
         let _ = self
             .inner
             .instruments
@@ -546,11 +675,13 @@ impl CircuitBreaker {
     }
 
     pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
-        Arc::downgrade(&self.inner)
+        Arc::downgrade(self.inner.arc())
     }
 
     pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Self> {
-        weak.upgrade().map(|inner| Self { inner })
+        weak.upgrade().map(|inner| Self {
+            inner: Handle::Counted(inner),
+        })
     }
 
     /// Opens, or stays open, until `until`, as the fleet says: from
@@ -623,6 +754,14 @@ impl Inner {
 
     fn millis(&self, now: Instant) -> u64 {
         duration_ms(now.saturating_duration_since(self.base))
+    }
+
+    /// `now` in nanoseconds since the breaker's start (saturating, so
+    /// never [`NOT_READ`] before 584 years).
+    fn nanos(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.base).as_nanos())
+            .unwrap_or(NOT_READ - 1)
+            .min(NOT_READ - 1)
     }
 
     /// Opens from `current` (closed or half-open), for the backoff's
@@ -725,8 +864,16 @@ impl Inner {
         } else {
             0
         };
-        self.window.record(window_ms, failed, slow);
+        let before = self.window.record(window_ms, failed, slow);
         if word.state() != State::Closed {
+            return;
+        }
+        // A success lowers both rates: it opens only by bringing the
+        // calls up to the minimum, so a full enough ring needs no look.
+        if !failed
+            && !slow
+            && before.is_some_and(|calls| calls >= u64::from(self.config.minimum_calls))
+        {
             return;
         }
         let counts = self.window.counts(window_ms);
@@ -862,34 +1009,39 @@ impl Permit {
         hint: Option<Duration>,
         clock: impl Fn() -> Instant,
     ) {
-        self.settled = true;
+        let ticket = self.ticket;
+        // Nothing left for `drop` to give back.
+        self.ticket = ticket.settled();
         let inner = &*self.inner;
+        let generation = ticket.generation();
         let mut now = LazyNow::new(clock);
-        let slow = match (inner.config.slow_call, self.started) {
-            (Some((limit, _)), Some(started)) => {
-                now.get().saturating_duration_since(started) >= limit
+        let slow = match inner.config.slow_call {
+            Some((limit, _)) if self.started_ns != NOT_READ => {
+                let elapsed = inner.nanos(now.get()).saturating_sub(self.started_ns);
+                elapsed >= u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX)
             }
             _ => false,
         };
         let failed = outcome == Outcome::Failure;
+        let role = ticket.role();
         #[cfg(all(feature = "otel", not(palisade_loom)))]
-        if self.role != Role::Untracked
+        if role != Role::Untracked
             && let Some(instruments) = inner.instruments.get()
         {
             instruments.call(outcome);
         }
-        match (self.role, outcome) {
+        match (role, outcome) {
             (Role::Untracked, _) | (Role::Counted, Outcome::Ignored) => {}
             (Role::Counted, _) => {
-                inner.record_counted(self.generation, failed, slow, &mut now, hint);
+                inner.record_counted(generation, failed, slow, &mut now, hint);
             }
             (Role::Probe(slot), outcome) => {
                 // No longer running, whatever it counts for.
-                inner.free_probe_slot(slot, self.generation);
+                inner.free_probe_slot(slot, generation);
                 if outcome == Outcome::Ignored {
-                    inner.release_probe(self.generation);
+                    inner.release_probe(generation);
                 } else {
-                    inner.record_probe(self.generation, failed || slow, &mut now, hint);
+                    inner.record_probe(generation, failed || slow, &mut now, hint);
                 }
             }
         }
@@ -898,9 +1050,10 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let (false, Role::Probe(slot)) = (self.settled, self.role) {
-            self.inner.free_probe_slot(slot, self.generation);
-            self.inner.release_probe(self.generation);
+        if let Role::Probe(slot) = self.ticket.role() {
+            let generation = self.ticket.generation();
+            self.inner.free_probe_slot(slot, generation);
+            self.inner.release_probe(generation);
         }
     }
 }
@@ -911,4 +1064,29 @@ fn config_needs_clock(config: &Config) -> bool {
 
 fn duration_ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_keeps_its_generation_and_role() {
+        let roles = [
+            Role::Counted,
+            Role::Untracked,
+            Role::Probe(None),
+            Role::Probe(Some(0)),
+            Role::Probe(Some(u8::MAX)),
+        ];
+        for generation in [0, 1, GEN_MASK - 1, GEN_MASK, GEN_MASK + 1] {
+            for role in roles {
+                let ticket = Ticket::new(generation, role);
+                assert_eq!(ticket.generation(), generation & GEN_MASK);
+                assert_eq!(ticket.role(), role);
+                assert_eq!(ticket.settled().role(), Role::Untracked);
+                assert_eq!(ticket.settled().generation(), generation & GEN_MASK);
+            }
+        }
+    }
 }

@@ -91,6 +91,17 @@ impl<C, R> CircuitBreakerLayer<C, R> {
         }
     }
 
+    /// [Leaks](CircuitBreaker::leak) the layer's breaker: the services
+    /// the layer makes and their calls reach it without counting
+    /// references. For a layer built once at start-up.
+    #[must_use]
+    pub fn leak(self) -> Self {
+        Self {
+            breaker: self.breaker.leak(),
+            ..self
+        }
+    }
+
     /// The shared breaker: read its state and metrics, force it open,
     /// disable it, reset it.
     #[must_use]

@@ -159,6 +159,20 @@ const fn fast_mod(n: u32, len: u32, magic: u64) -> usize {
     ((low as u128 * len as u128) >> 64) as usize
 }
 
+/// A value alone on its cache line: written by every call, it must not
+/// make the readers of its neighbours miss.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct OwnLine<T>(T);
+
+impl<T> std::ops::Deref for OwnLine<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 #[derive(Debug)]
 pub(crate) enum Window {
     Count {
@@ -166,7 +180,7 @@ pub(crate) enum Window {
         /// `u64::MAX / slots.len() + 1`, for [`fast_mod`].
         magic: u64,
         /// Calls recorded since the last reset.
-        cursor: AtomicU64,
+        cursor: OwnLine<AtomicU64>,
         /// Failures and slow calls in the ring, packed.
         verdicts: AtomicU64,
     },
@@ -182,7 +196,7 @@ impl Window {
             SlidingWindow::Count(n) => Self::Count {
                 slots: (0..n).map(|_| AtomicU8::new(0)).collect(),
                 magic: (u64::MAX / u64::from(n)).wrapping_add(1),
-                cursor: AtomicU64::new(0),
+                cursor: OwnLine(AtomicU64::new(0)),
                 verdicts: AtomicU64::new(0),
             },
             SlidingWindow::Time { duration, buckets } => {
@@ -197,8 +211,9 @@ impl Window {
         }
     }
 
-    /// Records one call at `now_ms` (milliseconds since the breaker began).
-    pub(crate) fn record(&self, now_ms: u64, failed: bool, slow: bool) {
+    /// Records one call at `now_ms` (milliseconds since the breaker
+    /// began); for a ring, the calls it held before this one.
+    pub(crate) fn record(&self, now_ms: u64, failed: bool, slow: bool) -> Option<u64> {
         match self {
             Self::Count {
                 slots,
@@ -208,8 +223,8 @@ impl Window {
             } => {
                 // The index wraps with the low 32 bits of the cursor: once
                 // every 2^32 calls a few slots are reused early.
-                let position = cursor.fetch_add(1, Relaxed) as u32;
-                let index = fast_mod(position, slots.len() as u32, *magic);
+                let before = cursor.fetch_add(1, Relaxed);
+                let index = fast_mod(before as u32, slots.len() as u32, *magic);
                 // Add before subtracting, so no field ever goes below zero.
                 let added = verdicts(failed, slow);
                 if added != 0 {
@@ -230,10 +245,12 @@ impl Window {
                 if removed != 0 {
                     totals.fetch_sub(removed, Relaxed);
                 }
+                Some(before.min(slots.len() as u64))
             }
             Self::Time { bucket_ms, buckets } => {
                 let epoch = now_ms / bucket_ms;
                 buckets[(epoch % buckets.len() as u64) as usize].record(epoch, failed, slow);
+                None
             }
         }
     }
