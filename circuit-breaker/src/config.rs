@@ -14,6 +14,13 @@ pub(crate) const MAX_BUCKETS: u32 = 600;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlidingWindow {
     /// The last `n` calls, in a ring buffer.
+    ///
+    /// Exact for one thread, and while the ring fills. Once it is full, a
+    /// thread that keeps calling the breaker reserves its next positions
+    /// in the ring in batches (up to a quarter of a ring of 32 calls or
+    /// more, at most 64), so threads sharing it write no common cache
+    /// line per call; a position reserved and not yet used still holds
+    /// the call of one lap before.
     Count(u32),
     /// The calls of the last `duration`, in `buckets` buckets of equal
     /// length that expire whole.

@@ -94,6 +94,7 @@ mod keyed;
 mod layer;
 #[cfg(all(feature = "otel", not(palisade_loom)))]
 mod otel;
+mod positions;
 mod respond;
 mod service;
 mod sync;

@@ -5,7 +5,9 @@
 //! (the ring holds at most 2^21 - 1 calls, so they cannot overflow). It
 //! counts calls by its cursor and touches the packed counts only when a
 //! failure or a slow call enters or leaves it, so a success replacing a
-//! success costs one `fetch_add` and one `swap`. Under contention a read
+//! success costs a load of its slot and its share of a `fetch_add` on the
+//! cursor: one per call while the ring fills, one per batch of positions
+//! after (see [`positions`](crate::positions)). Under contention a read
 //! may include a call whose slot has not yet been subtracted; the error is
 //! at most the number of calls being recorded at that instant, and
 //! vanishes as they finish.
@@ -21,6 +23,7 @@ use crate::sync::Ordering::{Acquire, Relaxed, Release};
 use crate::sync::{AtomicU8, AtomicU64, fence};
 
 use crate::config::SlidingWindow;
+use crate::positions;
 
 const FIELD_BITS: u32 = 21;
 const FIELD_MASK: u64 = (1 << FIELD_BITS) - 1;
@@ -179,8 +182,12 @@ pub(crate) enum Window {
         slots: Box<[AtomicU8]>,
         /// `u64::MAX / slots.len() + 1`, for [`fast_mod`].
         magic: u64,
-        /// Calls recorded since the last reset.
+        /// Positions handed out since the last reset (see
+        /// [`positions`](crate::positions)).
         cursor: OwnLine<AtomicU64>,
+        /// The ring and its lap since the last reset, for the threads'
+        /// reserved positions.
+        lap: AtomicU64,
         /// Failures and slow calls in the ring, packed.
         verdicts: AtomicU64,
     },
@@ -197,6 +204,7 @@ impl Window {
                 slots: (0..n).map(|_| AtomicU8::new(0)).collect(),
                 magic: (u64::MAX / u64::from(n)).wrapping_add(1),
                 cursor: OwnLine(AtomicU64::new(0)),
+                lap: AtomicU64::new(positions::new_lap()),
                 verdicts: AtomicU64::new(0),
             },
             SlidingWindow::Time { duration, buckets } => {
@@ -219,11 +227,12 @@ impl Window {
                 slots,
                 magic,
                 cursor,
+                lap,
                 verdicts: totals,
             } => {
-                // The index wraps with the low 32 bits of the cursor: once
-                // every 2^32 calls a few slots are reused early.
-                let before = cursor.fetch_add(1, Relaxed);
+                // The index wraps with the low 32 bits of the position:
+                // once every 2^32 calls a few slots are reused early.
+                let before = positions::next(cursor, lap, slots.len() as u64);
                 let index = fast_mod(before as u32, slots.len() as u32, *magic);
                 // Add before subtracting, so no field ever goes below zero.
                 let added = verdicts(failed, slow);
@@ -287,9 +296,11 @@ impl Window {
             Self::Count {
                 slots,
                 cursor,
+                lap,
                 verdicts: totals,
                 ..
             } => {
+                lap.store(positions::new_lap(), Relaxed);
                 cursor.store(0, Relaxed);
                 for slot in slots.iter() {
                     let removed = slot_verdicts(slot.swap(0, Relaxed));

@@ -189,3 +189,66 @@ fn a_probe_that_never_ends_counts_as_failed_after_the_max_wait() {
     stuck.record(Outcome::Success, after);
     assert_eq!(breaker.state(), State::Open);
 }
+
+/// A ring large enough that each thread takes its positions in batches
+/// once it is full: the counts stay those of a full ring, failures
+/// pushed in by every thread open it, and a reset starts an exact count.
+#[test]
+fn threads_taking_positions_in_batches_keep_a_full_rings_counts() {
+    const LEN: u32 = 256;
+    let start = Instant::now();
+    let breaker = CircuitBreaker::new_at(
+        Config::builder()
+            .sliding_window(SlidingWindow::Count(LEN))
+            .minimum_calls(LEN)
+            .failure_rate_threshold(0.5)
+            .open_duration(OPEN)
+            .build()
+            .unwrap(),
+        start,
+    );
+    race(|_| {
+        for _ in 0..10_000 {
+            breaker
+                .try_acquire(start)
+                .unwrap()
+                .record(Outcome::Success, start);
+        }
+    });
+    let counts = breaker.metrics(start).counts;
+    assert_eq!((counts.calls, counts.failures), (u64::from(LEN), 0));
+    assert_eq!(breaker.state(), State::Closed);
+
+    // Failures from every thread until it opens: about half the ring,
+    // give or take the batches the threads hold.
+    let failures = AtomicUsize::new(0);
+    race(|_| {
+        while let Ok(permit) = breaker.try_acquire(start) {
+            failures.fetch_add(1, Ordering::Relaxed);
+            permit.record(Outcome::Failure, start);
+        }
+    });
+    assert_eq!(breaker.state(), State::Open);
+    let failed = failures.load(Ordering::Relaxed);
+    let batches = THREADS * 64;
+    assert!(
+        (128..=128 + batches + THREADS).contains(&failed),
+        "{failed} failures to open a ring of {LEN} at a rate of 0.5"
+    );
+
+    breaker.reset();
+    race(|_| {
+        for _ in 0..10 {
+            breaker
+                .try_acquire(start)
+                .unwrap()
+                .record(Outcome::Failure, start);
+        }
+    });
+    let counts = breaker.metrics(start).counts;
+    assert_eq!(
+        (counts.calls, counts.failures),
+        (THREADS as u64 * 10, THREADS as u64 * 10),
+        "a ring filling after a reset counts each call"
+    );
+}

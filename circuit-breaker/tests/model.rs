@@ -44,6 +44,9 @@ fn op() -> impl Strategy<Value = Op> {
 fn setup() -> impl Strategy<Value = Setup> {
     let window = prop_oneof![
         (1u32..8).prop_map(SlidingWindow::Count),
+        // Large enough that a thread's calls, once the ring is full, take
+        // their positions in batches.
+        (32u32..40).prop_map(SlidingWindow::Count),
         (1u64..5, 1u32..5).prop_map(|(s, b)| SlidingWindow::Time {
             duration: Duration::from_secs(s),
             buckets: b
@@ -98,7 +101,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn the_breaker_follows_the_model(setup in setup(), ops in proptest::collection::vec(op(), 1..120)) {
+    fn the_breaker_follows_the_model(setup in setup(), ops in proptest::collection::vec(op(), 1..200)) {
         if let Err(difference) = model::run(&setup, &ops) {
             prop_assert!(false, "{}", difference);
         }
