@@ -73,8 +73,9 @@ pub(crate) fn next(cursor: &AtomicU64, lap: &AtomicU64, len: u64) -> u64 {
             return held.next - 1;
         }
         // Only a thread whose last call was on this ring, once the ring is
-        // full, takes more than one.
-        let batch = if held.lap == lap && cursor.load(Relaxed) >= len {
+        // full, takes more than one (a batch of this lap says it is full:
+        // the cursor is a line the other threads write).
+        let batch = if held.lap == lap && (held.batch > 1 || cursor.load(Relaxed) >= len) {
             held.batch
                 .saturating_mul(2)
                 .clamp(1, (len / 4).min(LARGEST_BATCH))
