@@ -5,7 +5,8 @@
 //! besides; signed-in routes then through the bearer check
 //! ([`auth::require_bearer`]), then a token bucket per signed-in user,
 //! keyed by the user the token stands for (`RateLimitLayer`s, 429 with
-//! `Retry-After` beyond; see [`limits`]).
+//! `Retry-After` beyond; see [`limits`]), then to the user's cell
+//! ([`cells_router`]; one cell unless the embedded system runs several).
 //!
 //! - `GET`/`POST /authorize`, `POST /token`: the auth service's sign-in
 //!   form and PKCE login (see [`auth`]); no token needed.
@@ -60,6 +61,7 @@ use axum::{Json, Router};
 use palisade_coalesce::http::{CachedResponse, CoalesceLayer, ResponseCache};
 use palisade_coalesce::{Cache, Freshness};
 use palisade_slo::{ErrorBudget, Objective, SloLayer};
+use palisade_traffic::{CellRouter, Cells};
 
 use crate::objectives::{Objectives, SagaRead, SagasEndInTime};
 use palisade_token_bucket::{LocalStore, RateLimitLayer, key};
@@ -212,24 +214,47 @@ where
     St: palisade_token_bucket::Store,
     R: ResponseCache,
 {
-    let processor = match &services.processor {
-        Some(simulator) => crate::processor::admin(simulator.clone(), services.breaker.clone()),
-        None => Router::new().route("/admin/processor", any(processor_elsewhere)),
+    cells_router(vec![("a".to_owned(), services)], shared, meter)
+        .unwrap_or_else(|error| unreachable!("one cell named once: {error}"))
+        .0
+}
+
+/// The gateway's routes in front of `cells` (each cell's name and
+/// services), as [`router`] for one: sign-in, the catalog and health are
+/// the first cell's (whose auth and catalog every cell shares); the
+/// signed-in routes (`/orders…`, `/admin/…`) go to the cell of the user
+/// the bearer token stands for ([`palisade_traffic::CellRouter`], by a
+/// hash of the user's id), so a cell that fails touches only its own
+/// users. Also returns the routing table, to read or change who goes
+/// where.
+///
+/// # Errors
+///
+/// No cell, or two of one name.
+///
+/// # Panics
+///
+/// When one of `shared`'s objectives is invalid.
+pub fn cells_router<St, R>(
+    cells: Vec<(String, Services)>,
+    shared: Shared<St, R>,
+    meter: &opentelemetry::metrics::Meter,
+) -> Result<(Router, Cells<Router>), palisade_traffic::CellError>
+where
+    St: palisade_token_bucket::Store,
+    R: ResponseCache,
+{
+    let Some((_, front)) = cells.first() else {
+        return Err(palisade_traffic::CellError::Empty);
     };
-    let admin = Router::new()
-        .merge(processor)
-        .merge(dead_events::admin())
-        .route_layer(middleware::from_fn(|request, next| {
-            auth::require_role(Role::Operator, request, next)
-        }));
+    let front = front.clone();
     let Limited {
         per_address,
         sign_in,
         per_user,
         buckets,
     } = shared.limits;
-    // Layers added later run first: the bearer check, then the user's
-    // bucket (keyed by who the token stands for, never by the header).
+    // One budget per objective, whichever cell answers.
     let budget = |objective: &Objective, name: &str| {
         let budget = ErrorBudget::new(objective.clone())
             .unwrap_or_else(|error| panic!("the {name} objective: {error}"));
@@ -237,20 +262,45 @@ where
         budget
     };
     let objectives = &shared.objectives;
-    let orders = budget(&objectives.orders, "orders");
+    let orders = SloLayer::new_for_http(budget(&objectives.orders, "orders"));
     let sagas =
         SloLayer::new_for_http(budget(&objectives.sagas, "sagas")).classify(SagasEndInTime {
             within: objectives.saga_within,
         });
+    // A cell's signed-in routes, behind the bearer check (the request
+    // carries its `Principal`); every cell counts into the same budgets.
+    let cell_routes = |services: Services| -> Router {
+        Router::new()
+            .route("/orders", post(place).layer(orders.clone()).get(history))
+            .route("/orders/{id}", get(order).layer(sagas.clone()))
+            .merge(cell_admin(&services))
+            .with_state(services)
+    };
+    let cells = Cells::new(
+        cells
+            .into_iter()
+            .map(|(name, services)| (name, cell_routes(services))),
+    )?;
+    let to_cell = tower::ServiceBuilder::new()
+        .map_request(for_the_cell)
+        .service(CellRouter::new(
+            cells.clone(),
+            |request: &axum::extract::Request| {
+                request
+                    .extensions()
+                    .get::<Principal>()
+                    .map(|principal| principal.user.clone())
+            },
+        ));
+    // Layers added later run first: the bearer check, then the user's
+    // bucket (keyed by who the token stands for, never by the header),
+    // then the user's cell.
     let signed_in = Router::new()
-        .route(
-            "/orders",
-            post(place)
-                .layer(SloLayer::new_for_http(orders))
-                .get(history),
-        )
-        .route("/orders/{id}", get(order).layer(sagas))
-        .merge(admin)
+        .route_service("/orders", to_cell.clone())
+        .route_service("/orders/{id}", to_cell.clone())
+        .route_service("/admin/processor", to_cell.clone())
+        .route_service("/admin/dead-events/{service}", to_cell.clone())
+        .route_service("/admin/dead-events/{service}/requeue", to_cell)
         .route_layer(
             RateLimitLayer::new_for_http(
                 per_user,
@@ -260,7 +310,7 @@ where
             .instrument(meter, "per-user"),
         )
         .route_layer(middleware::from_fn_with_state(
-            services.auth.sessions().clone(),
+            front.auth.sessions().clone(),
             auth::require_bearer,
         ));
     let sign_in = Router::new()
@@ -285,11 +335,12 @@ where
         );
     // Every request draws on its address's bucket first, before a token
     // is looked up.
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .merge(sign_in)
-        .merge(signed_in)
         .merge(catalog)
+        .with_state(front)
+        .merge(signed_in)
         .layer(
             RateLimitLayer::new_for_http(
                 per_address,
@@ -298,8 +349,40 @@ where
             )
             .instrument(meter, "per-address"),
         )
-        .layer(TraceContextLayer::new())
-        .with_state(services)
+        .layer(TraceContextLayer::new());
+    Ok((router, cells))
+}
+
+/// A signed-in request as its cell's router takes it: with the
+/// [`Principal`] the bearer check found and the trace context, and
+/// nothing else the gateway's router put in (the cell's router matches
+/// the path again, and the path's parameters from both would clash).
+fn for_the_cell(mut request: axum::extract::Request) -> axum::extract::Request {
+    let extensions = request.extensions_mut();
+    let principal = extensions.remove::<Principal>();
+    let trace = extensions.remove::<palisade_tracecontext::TraceContext>();
+    extensions.clear();
+    if let Some(principal) = principal {
+        extensions.insert(principal);
+    }
+    if let Some(trace) = trace {
+        extensions.insert(trace);
+    }
+    request
+}
+
+/// The operators' routes over a cell's processor and dead events.
+fn cell_admin(services: &Services) -> Router<Services> {
+    let processor = match &services.processor {
+        Some(simulator) => crate::processor::admin(simulator.clone(), services.breaker.clone()),
+        None => Router::new().route("/admin/processor", any(processor_elsewhere)),
+    };
+    Router::new()
+        .merge(processor)
+        .merge(dead_events::admin())
+        .route_layer(middleware::from_fn(|request, next| {
+            auth::require_role(Role::Operator, request, next)
+        }))
 }
 
 async fn sign_in_form(

@@ -99,6 +99,14 @@ struct RunArgs {
     /// (keep it on loopback or a private network).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     admin_listen: SocketAddr,
+    /// Cells: complete saga stacks (each with its own SQLite files and
+    /// card processor, in DIR/cell-a, DIR/cell-b, …), each signed-in user
+    /// served by one, chosen by a hash of their id. Each cell's books and
+    /// metrics are at /cells/NAME/books and /cells/NAME/metrics on the
+    /// admin address.
+    #[arg(long, value_name = "N", default_value_t = 1,
+        value_parser = clap::value_parser!(u8).range(1..=26))]
+    cells: u8,
     #[command(flatten)]
     identity: IdentityFile,
 }
@@ -507,6 +515,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, String> {
     let mut settings = Settings::new(args.data, args.listen);
     settings.admin_listen = args.admin_listen;
     settings.identity = args.identity.path();
+    settings.cells = usize::from(args.cells);
     let system = System::start(settings).await.map_err(|e| e.to_string())?;
     if let Some(demo) = &system.demo {
         println!(
@@ -527,6 +536,15 @@ async fn run(args: RunArgs) -> Result<ExitCode, String> {
          stop: Ctrl-C",
         system.address, system.admin_address
     );
+    if system.cells.len() > 1 {
+        let names: Vec<&str> = system.cells.iter().map(|cell| cell.name.as_str()).collect();
+        println!(
+            "{} cells ({}): each one's books at http://{}/cells/NAME/books",
+            names.len(),
+            names.join(", "),
+            system.admin_address
+        );
+    }
     stop_signal().await;
     system.stop().await;
     Ok(ExitCode::SUCCESS)
@@ -655,5 +673,19 @@ mod tests {
         let cli = Cli::try_parse_from(["order-system", "--data", "elsewhere"]).unwrap();
         assert!(cli.command.is_none());
         assert_eq!(cli.run.data, PathBuf::from("elsewhere"));
+        assert_eq!(cli.run.cells, 1);
+    }
+
+    #[test]
+    fn cells_are_one_to_twenty_six() {
+        let cli = Cli::try_parse_from(["order-system", "run", "--cells", "2"]).unwrap();
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("run");
+        };
+        assert_eq!(run.cells, 2);
+        for cells in ["0", "27", "two"] {
+            let error = Cli::try_parse_from(["order-system", "--cells", cells]).unwrap_err();
+            assert!(error.to_string().contains("--cells"), "{error}");
+        }
     }
 }

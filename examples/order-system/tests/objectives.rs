@@ -8,43 +8,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Method;
 use palisade_order_system::embedded::System;
-use palisade_order_system::load::Gateway;
 use palisade_slo::{BurnAlert, Objective, Severity};
 
 mod support;
-use support::{admin, set_processor, signed_in};
-
-/// Places an order as `user` and waits for its saga up to `wait`: the
-/// order's status then.
-async fn place_and_wait(user: &Gateway, wait: Duration) -> String {
-    let key = format!("objectives-{}", fastrand::u64(..));
-    let (status, body) = user
-        .send(
-            Method::POST,
-            "/orders",
-            &[
-                ("content-type", "application/json"),
-                ("idempotency-key", key.as_str()),
-            ],
-            Bytes::from_static(br#"{"sku":"sku-1","quantity":1,"card":"4242424242424242"}"#),
-        )
-        .await
-        .unwrap();
-    assert!(status.is_success(), "{status}");
-    let order: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let path = format!(
-        "/orders/{}?wait_ms={}",
-        order["id"].as_str().unwrap(),
-        wait.as_millis()
-    );
-    let (status, body) = user
-        .send(Method::GET, &path, &[], Bytes::new())
-        .await
-        .unwrap();
-    assert!(status.is_success(), "{status}");
-    let order: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    order["status"].as_str().unwrap().to_owned()
-}
+use support::{admin, place_and_wait, set_processor, signed_in};
 
 /// Whether `/metrics` says the sagas' page alert fires.
 async fn sagas_page_fires(system: &System) -> bool {

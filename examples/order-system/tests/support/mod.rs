@@ -161,3 +161,35 @@ pub async fn set_processor(operator: &Gateway, faults: serde_json::Value) {
         .unwrap();
     assert!(status.is_success(), "{status}: {reply:?}");
 }
+
+/// Places an order as `user` and waits for its saga up to `wait`: the
+/// order's status then.
+pub async fn place_and_wait(user: &Gateway, wait: std::time::Duration) -> String {
+    let key = format!("order-{}", fastrand::u64(..));
+    let (status, body) = user
+        .send(
+            http::Method::POST,
+            "/orders",
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", key.as_str()),
+            ],
+            bytes::Bytes::from_static(br#"{"sku":"sku-1","quantity":1,"card":"4242424242424242"}"#),
+        )
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{status}: {body:?}");
+    let order: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let path = format!(
+        "/orders/{}?wait_ms={}",
+        order["id"].as_str().unwrap(),
+        wait.as_millis()
+    );
+    let (status, body) = user
+        .send(http::Method::GET, &path, &[], bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{status}: {body:?}");
+    let order: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    order["status"].as_str().unwrap().to_owned()
+}

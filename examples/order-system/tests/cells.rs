@@ -1,0 +1,123 @@
+//! Two cells in one embedded system: each user's orders go to the cell
+//! the gateway's routing table gives them, each cell has its own books,
+//! and one cell's card processor outage holds up its own users' sagas
+//! only, while the other cell's sagas end as usual.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use palisade_order_system::embedded::System;
+
+mod support;
+use support::{admin, place_and_wait, signed_in};
+
+/// How many orders cell `name`'s books hold with each of `statuses`.
+async fn orders_in<const N: usize>(system: &System, name: &str, statuses: [&str; N]) -> [i64; N] {
+    let (status, body) = admin(system)
+        .send(
+            Method::GET,
+            &format!("/cells/{name}/books"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{status}");
+    let books: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    // (status, reason, count) rows.
+    let rows = books["orders"].as_array().unwrap().clone();
+    statuses.map(|status| {
+        rows.iter()
+            .filter(|row| row[0] == status)
+            .map(|row| row[2].as_i64().unwrap())
+            .sum()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_cells_processor_outage_holds_up_only_its_own_users() {
+    let (mut settings, dir) = support::settings();
+    settings.cells = 2;
+    let system = System::start(settings).await.unwrap();
+    let names: Vec<&str> = system.cells.iter().map(|cell| cell.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    // A user of each cell, as the routing table places them.
+    let users: Vec<String> = ["alice", "bob"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain((0..16).map(|n| format!("load-{n:02}")))
+        .collect();
+    let in_cell = |name: &str| {
+        users
+            .iter()
+            .find(|user| system.cell_of(user).name == name)
+            .unwrap_or_else(|| panic!("no demo user in cell {name}"))
+            .clone()
+    };
+    let (user_a, user_b) = (in_cell("a"), in_cell("b"));
+    let (client_a, client_b) = (
+        signed_in(&system, &user_a).await,
+        signed_in(&system, &user_b).await,
+    );
+
+    // Cell b's card processor goes down.
+    system.cells[1]
+        .services
+        .processor
+        .as_ref()
+        .unwrap()
+        .faults()
+        .set_unavailable(true);
+    let wait = Duration::from_secs(20);
+    for _ in 0..3 {
+        assert_eq!(place_and_wait(&client_a, wait).await, "confirmed");
+    }
+    assert_eq!(
+        place_and_wait(&client_b, Duration::from_secs(1)).await,
+        "pending",
+        "cell b's payment waits its processor's outage out"
+    );
+    // Each cell's books hold its own users' orders only.
+    let statuses = ["confirmed", "pending", "cancelled"];
+    assert_eq!(orders_in(&system, "a", statuses).await, [3, 0, 0]);
+    assert_eq!(orders_in(&system, "b", statuses).await, [0, 1, 0]);
+    // A user of cell a sees only their own orders, all ended.
+    let (status, body) = client_a
+        .send(Method::GET, "/orders", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert!(status.is_success());
+    let history: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        history["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|order| order["status"] != "pending"),
+        "{history}"
+    );
+
+    // Back up: cell b's saga ends.
+    system.cells[1]
+        .services
+        .processor
+        .as_ref()
+        .unwrap()
+        .faults()
+        .set_unavailable(false);
+    assert_eq!(place_and_wait(&client_b, wait).await, "confirmed");
+    system.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_system_of_no_cells_or_too_many_is_refused() {
+    for cells in [0, 27] {
+        let (mut settings, dir) = support::settings();
+        settings.cells = cells;
+        let error = System::start(settings).await.unwrap_err().to_string();
+        assert!(error.contains("1 to 26"), "{error}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
