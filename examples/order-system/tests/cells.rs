@@ -62,13 +62,13 @@ async fn one_cells_processor_outage_holds_up_only_its_own_users() {
     );
 
     // Cell b's card processor goes down.
-    system.cells[1]
+    let processor_b = system.cells[1]
         .services
         .processor
         .as_ref()
         .unwrap()
-        .faults()
-        .set_unavailable(true);
+        .faults();
+    processor_b.set_unavailable(true);
     let wait = Duration::from_secs(20);
     for _ in 0..3 {
         assert_eq!(place_and_wait(&client_a, wait).await, "confirmed");
@@ -99,13 +99,7 @@ async fn one_cells_processor_outage_holds_up_only_its_own_users() {
     );
 
     // Back up: cell b's saga ends.
-    system.cells[1]
-        .services
-        .processor
-        .as_ref()
-        .unwrap()
-        .faults()
-        .set_unavailable(false);
+    processor_b.set_unavailable(false);
     assert_eq!(place_and_wait(&client_b, wait).await, "confirmed");
     system.stop().await;
     let _ = std::fs::remove_dir_all(dir);
