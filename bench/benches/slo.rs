@@ -10,7 +10,9 @@
 //! - `palisade_latency`: with a latency threshold, so each call is timed;
 //! - `palisade_shedding`: with a shedding rule that finds every call low
 //!   priority while nothing fires, so each call also reads the budget's
-//!   signal.
+//!   signal;
+//! - `palisade_keyed`: `SloLayer::keyed` over 1,000 keys, each call
+//!   looking its key's budget up (the key borrowed, as `HeaderKey` does).
 //!
 //! `budget` measures the core alone: `ErrorBudget::record`, and
 //! `ErrorBudget::report` over the workbook's six windows.
@@ -20,8 +22,26 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use palisade_bench::{noop, ready_then_call};
-use palisade_slo::{ErrorBudget, Objective, Shedding, SloLayer};
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use palisade_slo::{BudgetKey, ErrorBudget, KeyedBudgets, Objective, Shedding, SloLayer};
 use tower::{Layer, service_fn};
+
+/// 1,000 tenants' names.
+static TENANTS: LazyLock<Vec<String>> =
+    LazyLock::new(|| (0..1_000).map(|n| format!("tenant-{n}")).collect());
+
+/// Request `n` is tenant `n % 1000`'s, its name borrowed.
+#[derive(Clone)]
+struct Tenant;
+
+impl BudgetKey<u64> for Tenant {
+    fn key<'r>(&self, request: &'r u64) -> Option<Cow<'r, str>> {
+        let index = usize::try_from(*request % 1_000).unwrap_or(0);
+        Some(Cow::Borrowed(TENANTS[index].as_str()))
+    }
+}
 
 fn layer(c: &mut Criterion) {
     let budget = || ErrorBudget::new(Objective::new(0.999)).expect("a valid objective");
@@ -48,6 +68,15 @@ fn layer(c: &mut Criterion) {
         SloLayer::new(budget())
             .shed(Shedding::low_priority(|_: &u64| true))
             .layer(service_fn(noop)),
+    );
+    let budgets = KeyedBudgets::new(Objective::new(0.999), 1_000).expect("a valid objective");
+    for tenant in TENANTS.iter() {
+        let _ = budgets.budget(tenant);
+    }
+    ready_then_call(
+        &mut group,
+        case("palisade_keyed"),
+        SloLayer::keyed(budgets, Tenant).layer(service_fn(noop)),
     );
     group.finish();
 

@@ -236,11 +236,24 @@ impl ErrorBudget {
     /// [`otel`](crate::otel) module for the names.
     #[cfg(feature = "otel")]
     pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: impl Into<String>) {
+        self.instrument_with(
+            meter,
+            &[opentelemetry::KeyValue::new("objective", name.into())],
+        );
+    }
+
+    /// [`instrument`](Self::instrument) with `attributes` on every point.
+    #[cfg(feature = "otel")]
+    pub(crate) fn instrument_with(
+        &self,
+        meter: &opentelemetry::metrics::Meter,
+        attributes: &[opentelemetry::KeyValue],
+    ) {
         let budget = Arc::downgrade(&self.inner);
         let _ = self
             .inner
             .instruments
-            .get_or_init(|| crate::otel::Instruments::new(meter, name.into(), &budget));
+            .get_or_init(|| crate::otel::Instruments::new(meter, attributes, &budget));
     }
 
     /// The objective this budget is for.

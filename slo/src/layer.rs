@@ -4,6 +4,7 @@ use tower::Layer;
 
 use crate::budget::ErrorBudget;
 use crate::classify::ErrorsAreBad;
+use crate::keyed::{ByKey, KeyedBudgets};
 use crate::respond::BoxErrors;
 use crate::service::Slo;
 use crate::shed::{ShedNothing, Shedding};
@@ -37,9 +38,12 @@ use crate::shed::{ShedNothing, Shedding};
 /// # let _ = service;
 /// # Ok(()) }
 /// ```
+///
+/// Per key (a tenant, a customer), [`keyed`](Self::keyed) counts each
+/// key's calls into a budget of its own.
 #[derive(Debug, Clone)]
-pub struct SloLayer<C = ErrorsAreBad, R = BoxErrors, P = ShedNothing> {
-    budget: ErrorBudget,
+pub struct SloLayer<C = ErrorsAreBad, R = BoxErrors, P = ShedNothing, B = ErrorBudget> {
+    budget: B,
     classifier: C,
     respond: R,
     shedding: Shedding<P>,
@@ -58,10 +62,44 @@ impl SloLayer {
     }
 }
 
-impl<C, R, P> SloLayer<C, R, P> {
+impl<K> SloLayer<ErrorsAreBad, BoxErrors, ShedNothing, ByKey<K>> {
+    /// Counts each call into its key's budget in `budgets`, the key given
+    /// by `key` ([`BudgetKey`](crate::BudgetKey): a closure
+    /// `Fn(&Req) -> Option<String>`, say); a call with no key counts into
+    /// [`KeyedBudgets::others`]. Low-priority calls are shed while their
+    /// own key's budget burns.
+    ///
+    /// ```
+    /// use palisade_slo::{KeyedBudgets, Objective, SloLayer};
+    /// use tower::{ServiceBuilder, service_fn};
+    ///
+    /// struct Query { tenant: String }
+    ///
+    /// # fn main() -> Result<(), palisade_slo::ConfigError> {
+    /// let budgets = KeyedBudgets::new(Objective::new(0.999), 1_000)?;
+    /// let service = ServiceBuilder::new()
+    ///     .layer(SloLayer::keyed(budgets.clone(), |query: &Query| Some(query.tenant.clone())))
+    ///     .service(service_fn(|query: Query| async move {
+    ///         Ok::<_, std::io::Error>(query.tenant.len())
+    ///     }));
+    /// # let _ = service;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn keyed(budgets: KeyedBudgets, key: K) -> Self {
+        Self {
+            budget: ByKey::new(budgets, key),
+            classifier: ErrorsAreBad,
+            respond: BoxErrors,
+            shedding: Shedding::default(),
+        }
+    }
+}
+
+impl<C, R, P, B> SloLayer<C, R, P, B> {
     /// Decides with `classifier` how a call counts.
     #[must_use]
-    pub fn classify<C2>(self, classifier: C2) -> SloLayer<C2, R, P> {
+    pub fn classify<C2>(self, classifier: C2) -> SloLayer<C2, R, P, B> {
         SloLayer {
             budget: self.budget,
             classifier,
@@ -73,7 +111,7 @@ impl<C, R, P> SloLayer<C, R, P> {
     /// Answers shed calls, and maps the inner service's errors, with
     /// `respond`.
     #[must_use]
-    pub fn respond_with<R2>(self, respond: R2) -> SloLayer<C, R2, P> {
+    pub fn respond_with<R2>(self, respond: R2) -> SloLayer<C, R2, P, B> {
         SloLayer {
             budget: self.budget,
             classifier: self.classifier,
@@ -85,7 +123,7 @@ impl<C, R, P> SloLayer<C, R, P> {
     /// Sheds low-priority calls while the budget burns, as `shedding`
     /// says.
     #[must_use]
-    pub fn shed<P2>(self, shedding: Shedding<P2>) -> SloLayer<C, R, P2> {
+    pub fn shed<P2>(self, shedding: Shedding<P2>) -> SloLayer<C, R, P2, B> {
         SloLayer {
             budget: self.budget,
             classifier: self.classifier,
@@ -94,15 +132,16 @@ impl<C, R, P> SloLayer<C, R, P> {
         }
     }
 
-    /// The budget calls are counted into.
+    /// The budget calls are counted into: the [`ErrorBudget`], or
+    /// [`ByKey`] with its budgets.
     #[must_use]
-    pub const fn budget(&self) -> &ErrorBudget {
+    pub const fn budget(&self) -> &B {
         &self.budget
     }
 }
 
-impl<S, C: Clone, R: Clone, P: Clone> Layer<S> for SloLayer<C, R, P> {
-    type Service = Slo<S, C, R, P>;
+impl<S, C: Clone, R: Clone, P: Clone, B: Clone> Layer<S> for SloLayer<C, R, P, B> {
+    type Service = Slo<S, C, R, P, B>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Slo::new(

@@ -9,6 +9,8 @@
 //!   tower: a message consumer can feed it as well.
 //! - [`SloLayer`]: the tower adapter, with a [`Classify`] that decides
 //!   how a call counts and a [`Shedding`] that says what to shed.
+//! - [`KeyedBudgets`]: a budget per key (tenant, customer) of one
+//!   objective, bounded, for [`SloLayer::keyed`].
 
 mod budget;
 mod classify;
@@ -18,6 +20,7 @@ mod fleet;
 pub mod future;
 #[cfg(feature = "http")]
 mod http_mode;
+mod keyed;
 mod layer;
 mod objective;
 #[cfg(feature = "otel")]
@@ -31,7 +34,8 @@ pub use budget::{BudgetSignal, Burn, ErrorBudget, Report};
 pub use classify::{Classify, ErrorsAreBad, Event};
 pub use error::{ConfigError, Shed};
 #[cfg(feature = "http")]
-pub use http_mode::{LowPriority, Marked, ServerErrorsAreBad, ServiceUnavailable};
+pub use http_mode::{HeaderKey, LowPriority, Marked, ServerErrorsAreBad, ServiceUnavailable};
+pub use keyed::{BudgetKey, ByKey, KeyedBudgets, SelectBudget};
 pub use layer::SloLayer;
 pub use objective::{BurnAlert, Objective, Severity};
 pub use respond::{BoxErrors, Respond};

@@ -9,6 +9,11 @@
 //! | `palisade.slo.budget_remaining` | gauge (f64) | `objective`: 1 untouched, 0 spent, below 0 overspent |
 //! | `palisade.slo.burn_rate` | gauge (f64) | `objective`, `severity`, `factor`, `window` (`5m`, `1h`, …): each alert's burn rate over each of its windows |
 //! | `palisade.slo.alert_firing` | gauge | `objective`, `severity`: 1 while an alert of that severity fires |
+//!
+//! [`KeyedBudgets::instrument`](crate::KeyedBudgets::instrument) reports
+//! each key's budget the same way, with a `key` attribute after
+//! `objective` (`key="…"`; the budget of the calls with no key, or past
+//! the most keys, is `key=""`).
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -40,8 +45,11 @@ fn window_label(window: Duration) -> String {
 }
 
 impl Instruments {
-    pub(crate) fn new(meter: &Meter, name: String, budget: &Weak<Inner>) -> Self {
-        let objective = KeyValue::new("objective", name);
+    /// The gauges of `budget`, each point with `base` (the objective's
+    /// name, and a keyed budget's key) before its own attributes.
+    pub(crate) fn new(meter: &Meter, base: &[KeyValue], budget: &Weak<Inner>) -> Self {
+        let with =
+            |own: &[KeyValue]| -> Vec<KeyValue> { base.iter().chain(own).cloned().collect() };
         let report = {
             let budget = budget.clone();
             move || {
@@ -51,7 +59,7 @@ impl Instruments {
         };
         let calls = {
             let report = report.clone();
-            let result = |value: &'static str| [objective.clone(), KeyValue::new("result", value)];
+            let result = |value: &'static str| with(&[KeyValue::new("result", value)]);
             let (good, bad) = (result("good"), result("bad"));
             meter
                 .u64_observable_gauge("palisade.slo.calls")
@@ -66,7 +74,7 @@ impl Instruments {
         };
         let remaining = {
             let report = report.clone();
-            let attributes = [objective.clone()];
+            let attributes = with(&[]);
             meter
                 .f64_observable_gauge("palisade.slo.budget_remaining")
                 .with_description("The share of the error budget left over the objective's window")
@@ -79,7 +87,7 @@ impl Instruments {
         };
         let burn = {
             let report = report.clone();
-            let objective = objective.clone();
+            let base = with(&[]);
             meter
                 .f64_observable_gauge("palisade.slo.burn_rate")
                 .with_description("Each burn-rate alert's rate over its long and short windows")
@@ -91,15 +99,13 @@ impl Instruments {
                             (alert.long_window(), burn.long()),
                             (alert.short_window(), burn.short()),
                         ] {
-                            observer.observe(
-                                rate,
-                                &[
-                                    objective.clone(),
-                                    KeyValue::new("severity", alert.severity().as_str()),
-                                    KeyValue::new("factor", alert.factor().to_string()),
-                                    KeyValue::new("window", window_label(window)),
-                                ],
-                            );
+                            let mut attributes = base.clone();
+                            attributes.extend([
+                                KeyValue::new("severity", alert.severity().as_str()),
+                                KeyValue::new("factor", alert.factor().to_string()),
+                                KeyValue::new("window", window_label(window)),
+                            ]);
+                            observer.observe(rate, &attributes);
                         }
                     }
                 })
@@ -109,10 +115,7 @@ impl Instruments {
             let severity = |severity: Severity| {
                 (
                     severity,
-                    [
-                        objective.clone(),
-                        KeyValue::new("severity", severity.as_str()),
-                    ],
+                    with(&[KeyValue::new("severity", severity.as_str())]),
                 )
             };
             let severities = [severity(Severity::Ticket), severity(Severity::Page)];

@@ -9,6 +9,7 @@ use crate::budget::ErrorBudget;
 use crate::classify::Classify;
 use crate::error::Shed;
 use crate::future::ResponseFuture;
+use crate::keyed::SelectBudget;
 use crate::respond::Respond;
 use crate::shed::{Prioritize, Shedding};
 
@@ -17,18 +18,18 @@ use crate::shed::{Prioritize, Shedding};
 /// `poll_ready` is the inner service's; a shed call is answered from
 /// `call` at once, without calling the inner service.
 #[derive(Debug, Clone)]
-pub struct Slo<S, C, R, P> {
+pub struct Slo<S, C, R, P, B = ErrorBudget> {
     inner: S,
-    budget: ErrorBudget,
+    budget: B,
     classifier: C,
     respond: R,
     shedding: Shedding<P>,
 }
 
-impl<S, C, R, P> Slo<S, C, R, P> {
+impl<S, C, R, P, B> Slo<S, C, R, P, B> {
     pub(crate) const fn new(
         inner: S,
-        budget: ErrorBudget,
+        budget: B,
         classifier: C,
         respond: R,
         shedding: Shedding<P>,
@@ -42,8 +43,9 @@ impl<S, C, R, P> Slo<S, C, R, P> {
         }
     }
 
-    /// The budget calls are counted into.
-    pub const fn budget(&self) -> &ErrorBudget {
+    /// The budget calls are counted into: the [`ErrorBudget`], or
+    /// [`ByKey`](crate::ByKey) with its budgets.
+    pub const fn budget(&self) -> &B {
         &self.budget
     }
 
@@ -63,9 +65,10 @@ impl<S, C, R, P> Slo<S, C, R, P> {
     }
 }
 
-impl<S, Req, C, R, P> Service<Req> for Slo<S, C, R, P>
+impl<S, Req, C, R, P, B> Service<Req> for Slo<S, C, R, P, B>
 where
     S: Service<Req>,
+    B: SelectBudget<Req>,
     C: Classify<S::Response, S::Error> + Clone,
     R: Respond<S::Response, S::Error> + Clone,
     P: Prioritize<Req>,
@@ -81,8 +84,9 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
+        let budget = self.budget.select(&request).into_owned();
         if self.shedding.priority.is_low_priority(&request) {
-            let signal = self.budget.signal_ms(self.budget.at(Instant::now()));
+            let signal = budget.signal_ms(budget.at(Instant::now()));
             if signal.is_firing(self.shedding.when) {
                 let severity = signal.firing().unwrap_or(self.shedding.when);
                 let shed = Shed::new(severity, self.shedding.retry_after);
@@ -91,14 +95,13 @@ where
         }
         // Timed only when the objective has a threshold; the call is
         // counted at the time it ends either way.
-        let started = self
-            .budget
+        let started = budget
             .objective()
             .latency_threshold()
             .map(|_| Instant::now());
         ResponseFuture::called(
             self.inner.call(request),
-            self.budget.clone(),
+            budget,
             self.classifier.clone(),
             self.respond.clone(),
             started,

@@ -11,7 +11,8 @@ use axum::http::{Request, StatusCode, header::RETRY_AFTER};
 use axum::routing::get;
 use palisade_hints::{Refusal, RefusalReason};
 use palisade_slo::{
-    BurnAlert, Counts, ErrorBudget, LowPriority, Marked, Objective, Severity, Shedding, SloLayer,
+    BurnAlert, Counts, ErrorBudget, HeaderKey, KeyedBudgets, LowPriority, Marked, Objective,
+    Severity, Shedding, SloLayer,
 };
 use tower::ServiceExt;
 
@@ -92,4 +93,68 @@ async fn server_errors_burn_the_budget_and_marked_requests_are_shed() {
         budget.report(budget.now()).counts(),
         Counts { good: 3, bad: 10 }
     );
+}
+
+/// Per key: each tenant's server errors burn that tenant's budget, a
+/// request with no tenant counts into the others', and a low-priority
+/// request is shed while its own tenant's budget pages, not another's.
+#[tokio::test(start_paused = true)]
+async fn each_tenant_burns_its_own_budget_and_is_shed_alone() {
+    let budgets = KeyedBudgets::new(
+        Objective::new(0.9)
+            .over(60 * MINUTE)
+            .alerts([BurnAlert::new(Severity::Page, 5.0, 10 * MINUTE, MINUTE)]),
+        16,
+    )
+    .unwrap();
+    let app = Router::new()
+        .route("/reports", get(|| async { "report" }))
+        .route(
+            "/broken",
+            get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+        )
+        .layer(
+            SloLayer::keyed_for_http(
+                budgets.clone(),
+                HeaderKey::new(http::HeaderName::from_static("x-tenant")),
+            )
+            .shed(Shedding::low_priority(Marked)),
+        );
+    let call = |path: &str, tenant: Option<&str>, low_priority: bool| {
+        let mut request = Request::get(path);
+        if let Some(tenant) = tenant {
+            request = request.header("x-tenant", tenant);
+        }
+        let mut request = request.body(Body::empty()).unwrap();
+        if low_priority {
+            request.extensions_mut().insert(LowPriority);
+        }
+        app.clone().oneshot(request)
+    };
+    for _ in 0..10 {
+        call("/broken", Some("acme"), false).await.unwrap();
+        call("/reports", Some("globex"), false).await.unwrap();
+    }
+    call("/reports", None, false).await.unwrap();
+    tokio::time::advance(Duration::from_secs(1)).await;
+
+    let counts = |budget: ErrorBudget| budget.report(budget.now()).counts();
+    assert_eq!(
+        counts(budgets.get("acme").unwrap()),
+        Counts { good: 0, bad: 10 }
+    );
+    assert_eq!(
+        counts(budgets.get("globex").unwrap()),
+        Counts { good: 10, bad: 0 }
+    );
+    assert_eq!(counts(budgets.others().clone()), Counts { good: 1, bad: 0 });
+
+    let shed = call("/reports", Some("acme"), true).await.unwrap();
+    assert_eq!(
+        shed.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "acme's budget pages"
+    );
+    let served = call("/reports", Some("globex"), true).await.unwrap();
+    assert_eq!(served.status(), StatusCode::OK, "globex's does not");
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use palisade_slo::{BurnAlert, ErrorBudget, Objective, Severity};
+use palisade_slo::{BurnAlert, ErrorBudget, KeyedBudgets, Objective, Severity};
 use palisade_testkit::MetricsProbe;
 
 #[tokio::test(start_paused = true)]
@@ -54,5 +54,39 @@ async fn the_budget_its_burn_and_its_alerts_are_reported() {
     assert!(
         firing.contains(&(vec!["objective=orders".into(), "severity=ticket".into()], 0)),
         "{firing:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_keys_budget_is_reported_under_its_key() {
+    let probe = MetricsProbe::default();
+    let budgets = KeyedBudgets::new(Objective::new(0.99), 1).unwrap();
+    let acme = budgets.budget("acme");
+    budgets.instrument(&probe.meter(), "reports");
+    acme.record(false, acme.now());
+    // Past the most keys: the others' budget, `key=""`.
+    let globex = budgets.budget("globex");
+    globex.record(true, globex.now());
+    let mut calls = probe.points("palisade.slo.calls");
+    calls.sort();
+    let point = |key: &str, result: &str, calls: u64| {
+        (
+            // The SDK sorts the attributes by name.
+            vec![
+                format!("key={key}"),
+                "objective=reports".to_owned(),
+                format!("result={result}"),
+            ],
+            calls,
+        )
+    };
+    assert_eq!(
+        calls,
+        [
+            point("", "bad", 0),
+            point("", "good", 1),
+            point("acme", "bad", 1),
+            point("acme", "good", 0),
+        ]
     );
 }
