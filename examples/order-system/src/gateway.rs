@@ -30,7 +30,9 @@
 //! - `GET /healthz`.
 //! - `GET`/`PUT /admin/processor`: the card processor's injected faults
 //!   (`{"unavailable": true, "delay_ms": 200}`), for users granted
-//!   [`Role::Operator`] only.
+//!   [`Role::Operator`] only. With several cells, this and the dead
+//!   events' routes act on the cell named by `?cell=NAME`, or on the
+//!   operator's own.
 //! - `GET /admin/dead-events/{service}`, `POST
 //!   /admin/dead-events/{service}/requeue`: the service's dead events,
 //!   listed and put back in line ([`dead_events::admin`]), for
@@ -51,6 +53,7 @@
 //! An order's events continue the trace of the request that placed it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::{Extension, Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -276,31 +279,42 @@ where
             .merge(cell_admin(&services))
             .with_state(services)
     };
+    let names: Arc<[String]> = cells.iter().map(|(name, _)| name.clone()).collect();
     let cells = Cells::new(
         cells
             .into_iter()
             .map(|(name, services)| (name, cell_routes(services))),
     )?;
+    // An operator names a cell with `?cell=NAME`: its key is pinned there.
+    for name in names.iter() {
+        cells.pin(chosen_key(name), name)?;
+    }
     let to_cell = tower::ServiceBuilder::new()
         .map_request(for_the_cell)
         .service(CellRouter::new(
             cells.clone(),
             |request: &axum::extract::Request| {
-                request
-                    .extensions()
-                    .get::<Principal>()
-                    .map(|principal| principal.user.clone())
+                let extensions = request.extensions();
+                match extensions.get::<ChosenCell>() {
+                    Some(ChosenCell(name)) => Some(chosen_key(name)),
+                    None => extensions
+                        .get::<Principal>()
+                        .map(|principal| principal.user.clone()),
+                }
             },
         ));
+    let to_chosen_cell = tower::ServiceBuilder::new()
+        .layer(middleware::from_fn_with_state(names, choose_cell))
+        .service(to_cell.clone());
     // Layers added later run first: the bearer check, then the user's
     // bucket (keyed by who the token stands for, never by the header),
     // then the user's cell.
     let signed_in = Router::new()
         .route_service("/orders", to_cell.clone())
         .route_service("/orders/{id}", to_cell.clone())
-        .route_service("/admin/processor", to_cell.clone())
-        .route_service("/admin/dead-events/{service}", to_cell.clone())
-        .route_service("/admin/dead-events/{service}/requeue", to_cell)
+        .route_service("/admin/processor", to_chosen_cell.clone())
+        .route_service("/admin/dead-events/{service}", to_chosen_cell.clone())
+        .route_service("/admin/dead-events/{service}/requeue", to_chosen_cell)
         .route_layer(
             RateLimitLayer::new_for_http(
                 per_user,
@@ -361,6 +375,7 @@ fn for_the_cell(mut request: axum::extract::Request) -> axum::extract::Request {
     let extensions = request.extensions_mut();
     let principal = extensions.remove::<Principal>();
     let trace = extensions.remove::<palisade_tracecontext::TraceContext>();
+    let chosen = extensions.remove::<ChosenCell>();
     extensions.clear();
     if let Some(principal) = principal {
         extensions.insert(principal);
@@ -368,7 +383,44 @@ fn for_the_cell(mut request: axum::extract::Request) -> axum::extract::Request {
     if let Some(trace) = trace {
         extensions.insert(trace);
     }
+    if let Some(chosen) = chosen {
+        extensions.insert(chosen);
+    }
     request
+}
+
+/// The cell an operator's `/admin/…` request names (`?cell=NAME`).
+#[derive(Debug, Clone)]
+struct ChosenCell(String);
+
+/// The routing table's key pinned to cell `name`.
+fn chosen_key(name: &str) -> String {
+    format!("cell:{name}")
+}
+
+/// Middleware on the operators' routes: `?cell=NAME` sends the request to
+/// that cell (`404` for a cell the system does not have); without it, the
+/// request goes to the operator's own cell, as every signed-in request.
+async fn choose_cell(
+    State(names): State<Arc<[String]>>,
+    mut request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let chosen = request.uri().query().and_then(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(name, _)| name == "cell")
+            .map(|(_, cell)| cell.into_owned())
+    });
+    if let Some(cell) = chosen {
+        if !names.contains(&cell) {
+            return problem(
+                StatusCode::NOT_FOUND,
+                format!("no cell {cell:?}; the cells are {}", names.join(", ")),
+            );
+        }
+        request.extensions_mut().insert(ChosenCell(cell));
+    }
+    next.run(request).await
 }
 
 /// The operators' routes over a cell's processor and dead events.

@@ -10,7 +10,7 @@ use http::Method;
 use palisade_order_system::embedded::System;
 
 mod support;
-use support::{admin, place_and_wait, signed_in};
+use support::{admin, place_and_wait, processor_faults, signed_in};
 
 /// How many orders cell `name`'s books hold with each of `statuses`.
 async fn orders_in<const N: usize>(system: &System, name: &str, statuses: [&str; N]) -> [i64; N] {
@@ -114,4 +114,44 @@ async fn a_system_of_no_cells_or_too_many_is_refused() {
         assert!(error.contains("1 to 26"), "{error}");
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_names_the_cell_an_admin_request_is_for() {
+    let (mut settings, dir) = support::settings();
+    settings.cells = 2;
+    let system = System::start(settings).await.unwrap();
+    let operator = signed_in(&system, "operator").await;
+    let unavailable = |name: &str| {
+        let cell = system.cells.iter().find(|cell| cell.name == name).unwrap();
+        processor_faults(&cell.services).settings().unavailable
+    };
+    let put = |path: &'static str| {
+        operator.send(
+            Method::PUT,
+            path,
+            &[("content-type", "application/json")],
+            Bytes::from_static(br#"{"unavailable": true}"#),
+        )
+    };
+    let (status, body) = put("/admin/processor?cell=b").await.unwrap();
+    assert!(status.is_success(), "{status}: {body:?}");
+    assert!(unavailable("b"));
+    assert!(!unavailable("a"));
+
+    let (status, body) = put("/admin/processor?cell=z").await.unwrap();
+    assert_eq!(status, http::StatusCode::NOT_FOUND, "{body:?}");
+
+    // Without `?cell`, the operator's own cell.
+    let own = system.cell_of("operator").name.clone();
+    let other = if own == "a" { "b" } else { "a" };
+    for cell in &system.cells {
+        processor_faults(&cell.services).set_unavailable(false);
+    }
+    let (status, _) = put("/admin/processor").await.unwrap();
+    assert!(status.is_success());
+    assert!(unavailable(&own));
+    assert!(!unavailable(other));
+    system.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
 }

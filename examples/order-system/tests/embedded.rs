@@ -542,12 +542,7 @@ async fn a_processor_outage_opens_the_breaker_and_every_order_still_ends() {
     assert!(books.breaker_opens >= 1, "{books:?}");
     assert_eq!(books.breaker_state, "Closed", "recovered");
     assert!(
-        !system
-            .services
-            .processor
-            .as_ref()
-            .unwrap()
-            .faults()
+        !support::processor_faults(&system.services)
             .settings()
             .unavailable
     );

@@ -193,3 +193,14 @@ pub async fn place_and_wait(user: &Gateway, wait: std::time::Duration) -> String
     let order: serde_json::Value = serde_json::from_slice(&body).unwrap();
     order["status"].as_str().unwrap().to_owned()
 }
+
+/// The injected faults of the card processor `services` run in process.
+pub fn processor_faults(
+    services: &palisade_order_system::gateway::Services,
+) -> &palisade_order_system::processor::Faults {
+    services
+        .processor
+        .as_ref()
+        .expect("the embedded system runs its card processor")
+        .faults()
+}
