@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -130,10 +130,15 @@ impl<S: Clone> Clone for Table<S> {
     }
 }
 
-/// A cell's requests under way; told when the count falls to zero.
+/// A cell's requests under way; once the cell is being retired, told
+/// when the count falls to zero.
 #[derive(Debug, Default)]
 pub(crate) struct InFlight {
     count: AtomicUsize,
+    /// Whether `retire` waits for `idle`: until then a request that ends
+    /// wakes no one (waking takes `Notify`'s lock, a quarter of a routed
+    /// call's cost).
+    watched: AtomicBool,
     idle: Notify,
 }
 
@@ -154,7 +159,11 @@ pub(crate) struct Entered(Arc<InFlight>);
 
 impl Drop for Entered {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // With `retire`'s store and load, both sequentially consistent:
+        // either it sees the count at zero, or this sees it watching.
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.0.watched.load(Ordering::SeqCst)
+        {
             self.0.idle.notify_waiters();
         }
     }
@@ -369,11 +378,12 @@ impl<S: Clone> Cells<S> {
             shift(&mut table.fallback);
             Ok(removed)
         })?;
+        removed.in_flight.watched.store(true, Ordering::SeqCst);
         loop {
             let idle = removed.in_flight.idle.notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
-            if removed.in_flight.count() == 0 {
+            if removed.in_flight.count.load(Ordering::SeqCst) == 0 {
                 return Ok(removed.service);
             }
             idle.await;
