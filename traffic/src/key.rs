@@ -72,7 +72,11 @@ macro_rules! integer_keys {
                 let mut digits = [0_u8; 40];
                 let mut at = digits.len();
                 let negative = *self < 0 as $integer;
-                let mut rest = (*self as i128).unsigned_abs();
+                // Every magnitude of these types fits a `u64`, whose
+                // division by ten is a multiplication (a `u128`'s is a
+                // library call, most of a routed call's cost).
+                let mut rest = u64::try_from((*self as i128).unsigned_abs())
+                    .unwrap_or_else(|_| unreachable!("a 64-bit magnitude"));
                 loop {
                     at -= 1;
                     // A digit, 0..=9.
@@ -163,6 +167,8 @@ mod tests {
         assert_eq!(42_u64.key_hash(), "42".key_hash());
         assert_eq!((-7_i64).key_hash(), "-7".key_hash());
         assert_eq!(u64::MAX.key_hash(), "18446744073709551615".key_hash());
+        assert_eq!(i64::MIN.key_hash(), "-9223372036854775808".key_hash());
+        assert_eq!(i32::MIN.key_hash(), "-2147483648".key_hash());
         assert_ne!("user-1".key_hash(), "user-2".key_hash());
     }
 }
