@@ -161,8 +161,7 @@ impl Drop for Entered {
     fn drop(&mut self) {
         // With `retire`'s store and load, both sequentially consistent:
         // either it sees the count at zero, or this sees it watching.
-        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.0.watched.load(Ordering::SeqCst)
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 && self.0.watched.load(Ordering::SeqCst)
         {
             self.0.idle.notify_waiters();
         }
