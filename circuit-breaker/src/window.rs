@@ -351,6 +351,42 @@ mod tests {
         assert_eq!(window.counts(0), Counts::default());
     }
 
+    /// One thread takes a large ring's positions in batches once it is
+    /// full: its counts must stay exactly those of its last `len` calls,
+    /// through a reset too.
+    #[test]
+    fn a_large_ring_on_one_thread_keeps_exactly_its_last_calls() {
+        for len in [32_u32, 33, 40, 100, 257] {
+            let window = Window::new(SlidingWindow::Count(len));
+            let mut model = std::collections::VecDeque::new();
+            let mut seed = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(len);
+            for call in 0..5_000 {
+                seed = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let (failed, slow) = (
+                    (seed >> 33).is_multiple_of(3),
+                    (seed >> 40).is_multiple_of(5),
+                );
+                let _ = window.record(0, failed, slow);
+                model.push_back((failed, slow));
+                if model.len() > len as usize {
+                    model.pop_front();
+                }
+                let expected = Counts {
+                    calls: model.len() as u64,
+                    failures: model.iter().filter(|(failed, _)| *failed).count() as u64,
+                    slow: model.iter().filter(|(_, slow)| *slow).count() as u64,
+                };
+                assert_eq!(window.counts(0), expected, "call {call}, ring of {len}");
+                if call == 2_500 {
+                    window.reset();
+                    model.clear();
+                }
+            }
+        }
+    }
+
     #[test]
     fn fast_mod_is_modulo() {
         for len in [1u32, 2, 3, 7, 20, 1000, (1 << 21) - 1] {
