@@ -20,7 +20,7 @@ pub enum SlidingWindow {
     /// in the ring in batches (up to a quarter of a ring of 32 calls or
     /// more, at most 64), so threads sharing it write no common cache
     /// line per call; a position reserved and not yet used still holds
-    /// the call of one lap before.
+    /// an older call (a lap before, or more for a thread that paused).
     Count(u32),
     /// The calls of the last `duration`, in `buckets` buckets of equal
     /// length that expire whole.

@@ -10,9 +10,13 @@
 //! write at all.
 //!
 //! What it costs the window: a position reserved and not yet taken keeps
-//! the verdict the slot had one lap before, so under concurrency the ring
-//! is the last `len` calls with up to a batch per calling thread from the
-//! lap before. A thread that turns to another ring leaves the rest of its
+//! the verdict its slot had before, so under concurrency the ring is the
+//! last `len` calls with up to a batch per calling thread replaced by
+//! older ones (a lap older, or more if the thread then paused while the
+//! others went round); and a thread that comes back to its batch late
+//! writes over newer verdicts. A batch is taken only from a full ring of
+//! the lap the thread last saw, lap and position checked in one
+//! compare-and-swap, so a reset never gains calls nobody made. A thread that turns to another ring leaves the rest of its
 //! batch behind, which is why batches start at one and double only while
 //! a thread stays on one ring. A ring still filling (after its creation or
 //! a reset) takes positions one at a time, so its call count is exact, and
@@ -29,6 +33,11 @@ use crate::sync::Ordering::Relaxed;
 const SMALLEST_BATCHED: u64 = 32;
 /// The largest batch, whatever the ring.
 const LARGEST_BATCH: u64 = 64;
+/// A cursor word is the ring's lap (its low 16 bits, on top) and the next
+/// position (48 bits: a ring would need years of calls at millions a
+/// second to run them out).
+const POSITION_BITS: u32 = 48;
+const POSITION_MASK: u64 = (1 << POSITION_BITS) - 1;
 
 /// Identifies a ring and its lap since the last reset, across the process
 /// (0 is no ring).
@@ -39,6 +48,23 @@ static LAPS: ProcessCounter = ProcessCounter::new(1);
 /// emptied ring).
 pub(crate) fn new_lap() -> u64 {
     LAPS.fetch_add(1, Relaxed)
+}
+
+/// The cursor word of a ring starting lap `lap`: position 0. A reset is
+/// one store of it, so no thread sees the new position with the old lap
+/// or the reverse.
+pub(crate) const fn start(lap: u64) -> u64 {
+    lap << POSITION_BITS
+}
+
+/// The position in cursor word `word`.
+pub(crate) const fn position(word: u64) -> u64 {
+    word & POSITION_MASK
+}
+
+/// Whether cursor word `word` is of lap `lap`.
+const fn of_lap(word: u64, lap: u64) -> bool {
+    word >> POSITION_BITS == lap & (u64::MAX >> POSITION_BITS)
 }
 
 /// The positions this thread reserved: `next..end` in the ring at `lap`,
@@ -57,12 +83,12 @@ thread_local! {
     };
 }
 
-/// The position of a call in the ring of `len` slots whose cursor is
+/// The position of a call in the ring of `len` slots whose cursor word is
 /// `cursor` and lap `lap`.
 pub(crate) fn next(cursor: &AtomicU64, lap: &AtomicU64, len: u64) -> u64 {
     // The model checker explores the cursor's races, one call at a time.
     if cfg!(palisade_loom) || len < SMALLEST_BATCHED {
-        return cursor.fetch_add(1, Relaxed);
+        return position(cursor.fetch_add(1, Relaxed));
     }
     let lap = lap.load(Relaxed);
     RESERVED.with(|reserved| {
@@ -72,22 +98,39 @@ pub(crate) fn next(cursor: &AtomicU64, lap: &AtomicU64, len: u64) -> u64 {
             reserved.set(held);
             return held.next - 1;
         }
-        // Only a thread whose last call was on this ring, once the ring is
-        // full, takes more than one (a batch of this lap says it is full:
-        // the cursor is a line the other threads write).
-        let batch = if held.lap == lap && (held.batch > 1 || cursor.load(Relaxed) >= len) {
-            held.batch
-                .saturating_mul(2)
-                .clamp(1, (len / 4).min(LARGEST_BATCH))
-        } else {
-            1
-        };
-        let first = cursor.fetch_add(batch, Relaxed);
+        // Only a thread whose last call was on this ring takes more than
+        // one, and only from a full ring of this very lap: lap and
+        // position are checked and moved in one compare-and-swap, so a
+        // batch is never taken from a ring being reset (its positions
+        // would count as calls nobody made).
+        if held.lap == lap {
+            let seen = cursor.load(Relaxed);
+            let first = position(seen);
+            if of_lap(seen, lap) && first >= len {
+                let batch = held
+                    .batch
+                    .saturating_mul(2)
+                    .clamp(2, (len / 4).min(LARGEST_BATCH));
+                if cursor
+                    .compare_exchange(seen, seen + batch, Relaxed, Relaxed)
+                    .is_ok()
+                {
+                    reserved.set(Reserved {
+                        lap,
+                        next: first + 1,
+                        end: first + batch,
+                        batch,
+                    });
+                    return first;
+                }
+            }
+        }
+        let first = position(cursor.fetch_add(1, Relaxed));
         reserved.set(Reserved {
             lap,
-            next: first + 1,
-            end: first + batch,
-            batch,
+            next: 0,
+            end: 0,
+            batch: 1,
         });
         first
     })
@@ -97,56 +140,80 @@ pub(crate) fn next(cursor: &AtomicU64, lap: &AtomicU64, len: u64) -> u64 {
 mod tests {
     use super::*;
 
+    /// A ring's cursor word and lap, at `position`.
+    fn ring(at: u64) -> (AtomicU64, AtomicU64) {
+        let lap = new_lap();
+        (AtomicU64::new(start(lap) + at), AtomicU64::new(lap))
+    }
+
+    fn at(cursor: &AtomicU64) -> u64 {
+        position(cursor.load(Relaxed))
+    }
+
     #[test]
     fn one_thread_takes_every_position_in_order() {
-        let (cursor, lap) = (AtomicU64::new(0), AtomicU64::new(new_lap()));
+        let (cursor, lap) = ring(0);
         for expected in 0..1_000 {
             assert_eq!(next(&cursor, &lap, 100), expected);
         }
-        assert!(cursor.load(Relaxed) >= 1_000);
+        assert!(at(&cursor) >= 1_000);
     }
 
     #[test]
     fn a_filling_ring_counts_one_position_per_call() {
-        let (cursor, lap) = (AtomicU64::new(0), AtomicU64::new(new_lap()));
+        let (cursor, lap) = ring(0);
         for _ in 0..100 {
             let _ = next(&cursor, &lap, 100);
         }
-        assert_eq!(cursor.load(Relaxed), 100);
+        assert_eq!(at(&cursor), 100);
     }
 
     #[test]
     fn turning_between_rings_takes_one_position_at_a_time() {
-        let rings: Vec<_> = (0..2)
-            .map(|_| (AtomicU64::new(500), AtomicU64::new(new_lap())))
-            .collect();
+        let rings = [ring(500), ring(500)];
         for round in 0..50 {
             for (cursor, lap) in &rings {
                 assert_eq!(next(cursor, lap, 100), 500 + round);
             }
         }
         for (cursor, _) in &rings {
-            assert_eq!(cursor.load(Relaxed), 550, "nothing reserved and left");
+            assert_eq!(at(cursor), 550, "nothing reserved and left");
         }
     }
 
     #[test]
     fn a_new_lap_drops_the_batch_of_the_last() {
-        let (cursor, lap) = (AtomicU64::new(0), AtomicU64::new(new_lap()));
+        let (cursor, lap) = ring(0);
         for _ in 0..150 {
             let _ = next(&cursor, &lap, 100);
         }
-        assert!(cursor.load(Relaxed) > 150, "batches once full");
-        lap.store(new_lap(), Relaxed);
-        cursor.store(0, Relaxed);
+        assert!(at(&cursor) > 150, "batches once full");
+        let new = new_lap();
+        lap.store(new, Relaxed);
+        cursor.store(start(new), Relaxed);
         assert_eq!(next(&cursor, &lap, 100), 0);
         assert_eq!(next(&cursor, &lap, 100), 1);
-        assert_eq!(cursor.load(Relaxed), 2);
+        assert_eq!(at(&cursor), 2);
+    }
+
+    #[test]
+    fn a_ring_reset_under_a_thread_that_saw_the_old_lap_gives_it_no_batch() {
+        let (cursor, lap) = ring(0);
+        // Full, and this thread's batch spent: its next call would take
+        // a batch.
+        while at(&cursor) < 200 {
+            let _ = next(&cursor, &lap, 100);
+        }
+        while next(&cursor, &lap, 100) + 1 < at(&cursor) {}
+        // The ring is reset, and this thread still reads the old lap.
+        cursor.store(start(new_lap()), Relaxed);
+        let _ = next(&cursor, &lap, 100);
+        assert_eq!(at(&cursor), 1, "one position, counted, no batch");
     }
 
     #[test]
     fn threads_share_out_distinct_positions() {
-        let (cursor, lap) = (AtomicU64::new(0), AtomicU64::new(new_lap()));
+        let (cursor, lap) = ring(0);
         let taken: Vec<Vec<u64>> = std::thread::scope(|scope| {
             let threads: Vec<_> = (0..4)
                 .map(|_| scope.spawn(|| (0..5_000).map(|_| next(&cursor, &lap, 100)).collect()))
@@ -158,6 +225,6 @@ mod tests {
         let count = all.len();
         all.dedup();
         assert_eq!(all.len(), count, "no position taken twice");
-        assert!(cursor.load(Relaxed) >= 20_000);
+        assert!(at(&cursor) >= 20_000);
     }
 }

@@ -182,8 +182,8 @@ pub(crate) enum Window {
         slots: Box<[AtomicU8]>,
         /// `u64::MAX / slots.len() + 1`, for [`fast_mod`].
         magic: u64,
-        /// Positions handed out since the last reset (see
-        /// [`positions`](crate::positions)).
+        /// The lap and the positions handed out since the last reset, in
+        /// one word (see [`positions`](crate::positions)).
         cursor: OwnLine<AtomicU64>,
         /// The ring and its lap since the last reset, for the threads'
         /// reserved positions.
@@ -200,13 +200,16 @@ pub(crate) enum Window {
 impl Window {
     pub(crate) fn new(shape: SlidingWindow) -> Self {
         match shape {
-            SlidingWindow::Count(n) => Self::Count {
-                slots: (0..n).map(|_| AtomicU8::new(0)).collect(),
-                magic: (u64::MAX / u64::from(n)).wrapping_add(1),
-                cursor: OwnLine(AtomicU64::new(0)),
-                lap: AtomicU64::new(positions::new_lap()),
-                verdicts: AtomicU64::new(0),
-            },
+            SlidingWindow::Count(n) => {
+                let lap = positions::new_lap();
+                Self::Count {
+                    slots: (0..n).map(|_| AtomicU8::new(0)).collect(),
+                    magic: (u64::MAX / u64::from(n)).wrapping_add(1),
+                    cursor: OwnLine(AtomicU64::new(positions::start(lap))),
+                    lap: AtomicU64::new(lap),
+                    verdicts: AtomicU64::new(0),
+                }
+            }
             SlidingWindow::Time { duration, buckets } => {
                 let bucket_ms = u64::try_from(duration.as_millis() / u128::from(buckets))
                     .unwrap_or(u64::MAX)
@@ -273,7 +276,7 @@ impl Window {
                 verdicts: totals,
                 ..
             } => {
-                let calls = cursor.load(Relaxed).min(slots.len() as u64);
+                let calls = positions::position(cursor.load(Relaxed)).min(slots.len() as u64);
                 Counts::unpack(calls, totals.load(Relaxed))
             }
             Self::Time { bucket_ms, buckets } => {
@@ -300,8 +303,9 @@ impl Window {
                 verdicts: totals,
                 ..
             } => {
-                lap.store(positions::new_lap(), Relaxed);
-                cursor.store(0, Relaxed);
+                let next = positions::new_lap();
+                lap.store(next, Relaxed);
+                cursor.store(positions::start(next), Relaxed);
                 for slot in slots.iter() {
                     let removed = slot_verdicts(slot.swap(0, Relaxed));
                     if removed != 0 {
