@@ -140,8 +140,10 @@ impl<K> SloLayer<ServerErrorsAreBad, ServiceUnavailable, ShedNothing, ByKey<K>> 
 }
 
 /// A request's key in one of its headers (feature `http`), borrowed from
-/// the request; a request without the header, or with a value that is not
-/// visible ASCII, names none.
+/// the request; a request without the header, or with a value that is
+/// empty or not visible ASCII, names none. Use a header the service sets
+/// or checks (a gateway's tenant header after authentication), not one any
+/// client may invent (see [`KeyedBudgets`]).
 #[derive(Debug, Clone)]
 pub struct HeaderKey(HeaderName);
 

@@ -17,10 +17,15 @@ use crate::objective::Objective;
 /// and not as a fraction of everyone's.
 ///
 /// Memory is bounded: at most `max_keys` budgets are made (each the fixed
-/// size of one [`ErrorBudget`] of the objective). The calls of keys past
-/// that, and of requests with no key, count into one more budget,
-/// [`others`](Self::others). Looking a key up takes no lock; making a
-/// key's budget takes turns with the other keys being made.
+/// size of one [`ErrorBudget`] of the objective), and none is ever
+/// dropped. The calls of keys past that, and of requests with no key (or
+/// an empty one), count into one more budget, [`others`](Self::others).
+/// Looking a key up takes no lock; making a key's budget takes turns
+/// with the other keys being made.
+///
+/// Key by an identity the service has checked (a signed-in tenant), not
+/// by a value any client may set: made-up keys would take every budget,
+/// and the real keys would count with the others.
 ///
 /// Clones share the budgets. Put it in a layer with
 /// [`SloLayer::keyed`](crate::SloLayer::keyed).
@@ -91,18 +96,30 @@ impl KeyedBudgets {
     }
 
     /// `key`'s budget, made now if it has none and there is room; the
-    /// others' budget past the most keys.
+    /// others' budget past the most keys, and for the empty key.
     #[must_use]
     pub fn budget(&self, key: &str) -> ErrorBudget {
-        if let Some(budget) = self.inner.table.load().get(key) {
+        if key.is_empty() {
+            return self.inner.others.clone();
+        }
+        let table = self.inner.table.load();
+        if let Some(budget) = table.get(key) {
             return budget.clone();
         }
+        // The table only grows: once full, a new key needs no turn.
+        if table.len() >= self.inner.max_keys {
+            return self.inner.others.clone();
+        }
+        drop(table);
         self.add(key)
     }
 
     /// `key`'s budget, if it has one.
     #[must_use]
     pub fn get(&self, key: &str) -> Option<ErrorBudget> {
+        if key.is_empty() {
+            return None;
+        }
         self.inner.table.load().get(key).cloned()
     }
 
@@ -122,7 +139,8 @@ impl KeyedBudgets {
     /// Reports every key's budget with OpenTelemetry (feature `otel`), as
     /// [`ErrorBudget::instrument`] does, with a `key` attribute (`""` for
     /// [`others`](Self::others)); keys added later are reported from their
-    /// first call. Once; later calls change nothing.
+    /// first call. Once; later calls change nothing, and a budget of these
+    /// already instrumented on its own keeps the attributes it had.
     #[cfg(feature = "otel")]
     pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: impl Into<String>) {
         let name = name.into();
@@ -236,8 +254,10 @@ impl<K> ByKey<K> {
 impl<Req, K: BudgetKey<Req>> SelectBudget<Req> for ByKey<K> {
     fn select(&self, request: &Req) -> Cow<'_, ErrorBudget> {
         match self.key.key(request) {
-            Some(key) => Cow::Owned(self.budgets.budget(&key)),
-            None => Cow::Borrowed(self.budgets.others()),
+            Some(key) if !key.is_empty() => Cow::Owned(self.budgets.budget(&key)),
+            // An empty key is no key (and would read as the others' in
+            // the metrics, `key=""`).
+            _ => Cow::Borrowed(self.budgets.others()),
         }
     }
 }
@@ -264,6 +284,10 @@ mod tests {
         assert!(budgets.get("d").is_none());
         let others = budgets.others();
         assert_eq!(others.report(others.now()).counts().bad, 1);
+        let empty = budgets.budget("");
+        empty.record(true, empty.now());
+        assert!(budgets.get("").is_none(), "the empty key is no key");
+        assert_eq!(others.report(others.now()).counts().good, 1);
         let mut keys = budgets.keys();
         keys.sort();
         assert_eq!(keys, [Arc::from("a"), Arc::from("b"), Arc::from("c")]);
