@@ -207,14 +207,15 @@ fn threads_taking_positions_in_batches_keep_a_full_rings_counts() {
             .unwrap(),
         start,
     );
-    race(|_| {
-        for _ in 0..10_000 {
-            breaker
-                .try_acquire(start)
-                .unwrap()
-                .record(Outcome::Success, start);
-        }
-    });
+    // Every thread makes `calls` calls that end as `outcome`.
+    let each_thread = |calls: usize, outcome: Outcome| {
+        race(|_| {
+            for _ in 0..calls {
+                breaker.try_acquire(start).unwrap().record(outcome, start);
+            }
+        });
+    };
+    each_thread(10_000, Outcome::Success);
     let counts = breaker.metrics(start).counts;
     assert_eq!((counts.calls, counts.failures), (u64::from(LEN), 0));
     assert_eq!(breaker.state(), State::Closed);
@@ -237,14 +238,7 @@ fn threads_taking_positions_in_batches_keep_a_full_rings_counts() {
     );
 
     breaker.reset();
-    race(|_| {
-        for _ in 0..10 {
-            breaker
-                .try_acquire(start)
-                .unwrap()
-                .record(Outcome::Failure, start);
-        }
-    });
+    each_thread(10, Outcome::Failure);
     let counts = breaker.metrics(start).counts;
     assert_eq!(
         (counts.calls, counts.failures),

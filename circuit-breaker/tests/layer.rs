@@ -352,11 +352,15 @@ async fn a_leaked_breakers_probe_is_given_back_when_dropped_and_slow_calls_count
         tokio::time::Instant::now().into_std(),
     )
     .leak();
+    // Leaked again, it is still the same breaker.
+    let again = breaker.clone().leak();
+    again.force_open();
     assert_eq!(
-        breaker.clone().leak().state(),
-        State::Closed,
+        breaker.state(),
+        State::ForcedOpen,
         "leaked twice, one breaker"
     );
+    again.reset();
     let service = CircuitBreakerLayer::from_breaker(breaker.clone()).layer(service_fn(
         |wait: Duration| async move {
             tokio::time::sleep(wait).await;
@@ -364,23 +368,18 @@ async fn a_leaked_breakers_probe_is_given_back_when_dropped_and_slow_calls_count
         },
     ));
     // A call just under the limit is not slow; two at it open.
-    service
-        .clone()
-        .oneshot(Duration::from_millis(99))
-        .await
-        .unwrap();
-    service
-        .clone()
-        .oneshot(Duration::from_millis(100))
-        .await
-        .unwrap();
-    assert_eq!(breaker.state(), State::Closed);
-    service
-        .clone()
-        .oneshot(Duration::from_millis(100))
-        .await
-        .unwrap();
-    assert_eq!(breaker.state(), State::Open);
+    for (wait_ms, then) in [
+        (99, State::Closed),
+        (100, State::Closed),
+        (100, State::Open),
+    ] {
+        service
+            .clone()
+            .oneshot(Duration::from_millis(wait_ms))
+            .await
+            .unwrap();
+        assert_eq!(breaker.state(), then, "after a call of {wait_ms} ms");
+    }
 
     tokio::time::advance(Duration::from_secs(1)).await;
     let now = tokio::time::Instant::now().into_std();
