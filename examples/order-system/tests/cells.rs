@@ -12,19 +12,21 @@ use palisade_order_system::embedded::System;
 mod support;
 use support::{admin, place_and_wait, processor_faults, signed_in};
 
-/// How many orders cell `name`'s books hold with each of `statuses`.
-async fn orders_in<const N: usize>(system: &System, name: &str, statuses: [&str; N]) -> [i64; N] {
+/// `GET path` on the admin listener: its status and body.
+async fn admin_get(system: &System, path: &str) -> (http::StatusCode, String) {
     let (status, body) = admin(system)
-        .send(
-            Method::GET,
-            &format!("/cells/{name}/books"),
-            &[],
-            Bytes::new(),
-        )
+        .send(Method::GET, path, &[], Bytes::new())
         .await
         .unwrap();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// How many orders the books under `prefix` (`/cells/NAME`, or the
+/// unprefixed first cell's) hold with each of `statuses`.
+async fn orders_in<const N: usize>(system: &System, prefix: &str, statuses: [&str; N]) -> [i64; N] {
+    let (status, body) = admin_get(system, &format!("{prefix}/books")).await;
     assert!(status.is_success(), "{status}");
-    let books: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let books: serde_json::Value = serde_json::from_str(&body).unwrap();
     // (status, reason, count) rows.
     let rows = books["orders"].as_array().unwrap().clone();
     statuses.map(|status| {
@@ -80,8 +82,30 @@ async fn one_cells_processor_outage_holds_up_only_its_own_users() {
     );
     // Each cell's books hold its own users' orders only.
     let statuses = ["confirmed", "pending", "cancelled"];
-    assert_eq!(orders_in(&system, "a", statuses).await, [3, 0, 0]);
-    assert_eq!(orders_in(&system, "b", statuses).await, [0, 1, 0]);
+    assert_eq!(orders_in(&system, "/cells/a", statuses).await, [3, 0, 0]);
+    assert_eq!(orders_in(&system, "/cells/b", statuses).await, [0, 1, 0]);
+    assert_eq!(
+        orders_in(&system, "", statuses).await,
+        [3, 0, 0],
+        "the unprefixed books are the first cell's"
+    );
+    // So are the metrics; each cell's dashboard is its own page.
+    for (path, series) in [
+        (
+            "/metrics",
+            "palisade_orders{reason=\"\",status=\"confirmed\"} 3",
+        ),
+        (
+            "/cells/b/metrics",
+            "palisade_orders{reason=\"\",status=\"pending\"} 1",
+        ),
+    ] {
+        let (status, text) = admin_get(&system, path).await;
+        assert!(status.is_success(), "{path}: {status}");
+        assert!(text.contains(series), "{series} not in {path}:\n{text}");
+    }
+    let (status, _) = admin_get(&system, "/cells/b/dashboard").await;
+    assert!(status.is_success(), "{status}");
     // A user of cell a sees only their own orders, all ended.
     let (status, body) = client_a
         .send(Method::GET, "/orders", &[], Bytes::new())
