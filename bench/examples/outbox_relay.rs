@@ -242,9 +242,9 @@ async fn latencies(
 
 /// One relay draining the same number of events over fewer and fewer
 /// aggregates. Per-aggregate order lets a claim take one event of each
-/// aggregate, and its walk of the pending index does not stop before the
-/// batch is full: over few aggregates, every claim walks the whole
-/// backlog.
+/// aggregate, so over few aggregates a batch never fills: claims must not
+/// walk the backlog held behind the events in flight (they set it aside),
+/// and each aggregate moves one event per claim, publish and settle.
 async fn hot_aggregates(pool: &PgPool, context: &jetstream::Context) -> Result<(), Error> {
     const EVENTS: u32 = 10_000;
     for aggregates in [1000, 100, 10] {

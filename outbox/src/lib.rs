@@ -19,6 +19,10 @@
 //!   so a relay that stalled cannot undo what another did since.
 //! - Per-aggregate order (on by default): an event is published only after
 //!   every earlier event of its aggregate was acknowledged, in commit order.
+//!   In PostgreSQL, an event far back in its aggregate's line is set aside
+//!   until the events before it move, so a few hot aggregates with a deep
+//!   backlog, or a dead event's later ones, cost a claim no more than a few
+//!   events each.
 //! - An event the broker rejects backs off on its own, and is dead after
 //!   its last attempt, without stalling other aggregates; an operator
 //!   lists, requeues or discards dead events ([`DeadEvents`]). A broker

@@ -19,6 +19,8 @@ macro_rules! sql_outbox {
             /// Every connection of the pool wakes the relays on commit
             /// already (SQLite's `woken_by`): `enqueue` need not announce.
             hooked: bool,
+            /// When a claim of this outbox (or a clone) last swept.
+            swept: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
         }
 
         impl $name {
@@ -31,6 +33,7 @@ macro_rules! sql_outbox {
                     config: std::sync::Arc::new(config),
                     wake: std::sync::Arc::new(tokio::sync::Notify::new()),
                     hooked: false,
+                    swept: std::sync::Arc::default(),
                 }
             }
 
@@ -38,6 +41,17 @@ macro_rules! sql_outbox {
             #[must_use]
             pub fn config(&self) -> &$crate::config::OutboxConfig {
                 &self.config
+            }
+
+            /// Whether a claim is to sweep first: once per polling interval
+            /// among this outbox's clones.
+            fn sweep_due(&self) -> bool {
+                let mut swept = self.swept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if swept.is_some_and(|at| at.elapsed() < self.config.poll_interval) {
+                    return false;
+                }
+                *swept = Some(std::time::Instant::now());
+                true
             }
 
             /// Creates the table and its indexes if they are missing (and
@@ -52,11 +66,14 @@ macro_rules! sql_outbox {
                 for statement in &self.sql.migrate {
                     sqlx::query(statement).execute(&mut *tx).await?;
                 }
-                let has_claim_id: i64 = sqlx::query_scalar(&self.sql.has_claim_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                if has_claim_id == 0 {
-                    sqlx::query(&self.sql.add_claim_id).execute(&mut *tx).await?;
+                for (has, add) in &self.sql.columns {
+                    let has: i64 = sqlx::query_scalar(has).fetch_one(&mut *tx).await?;
+                    if has == 0 {
+                        sqlx::query(add).execute(&mut *tx).await?;
+                    }
+                }
+                for statement in &self.sql.indexes {
+                    sqlx::query(statement).execute(&mut *tx).await?;
                 }
                 tx.commit().await
             }
@@ -193,36 +210,76 @@ macro_rules! sql_outbox {
                 use sqlx::Row as _;
                 let claim = uuid::Uuid::now_v7();
                 let id = claim.to_string();
-                let query = || {
+                let batch = usize::try_from(self.config.batch_size).unwrap_or(usize::MAX);
+                let walk = i64::from(self.config.batch_size);
+                let round = |wanted: usize, after: i64| {
                     sqlx::query(&self.sql.claim)
-                        .bind(i64::from(self.config.batch_size))
+                        .bind(i64::try_from(wanted).unwrap_or(i64::MAX))
                         .bind($crate::stores::millis(self.config.lease))
                         .bind(&id)
+                        .bind(walk)
+                        .bind(after)
                 };
-                let rows = match self.sql.claim_plan {
+                // The events of a round's rows; how many events it walked,
+                // and the last seq.
+                let take = |rows: Vec<<$pool as $crate::stores::PoolRow>::Row>,
+                            messages: &mut Vec<$crate::Message>|
+                 -> Result<(i64, Option<i64>), sqlx::Error> {
+                    let mut walked = (0, None);
+                    for row in &rows {
+                        walked = (row.try_get("walked")?, row.try_get("last")?);
+                        let Some(seq) = row.try_get::<Option<i64>, _>("seq")? else {
+                            continue;
+                        };
+                        messages.push($crate::Message::from_row(
+                            (seq, claim),
+                            row.try_get::<&str, _>("id")?,
+                            (row.try_get("aggregate_type")?, row.try_get("aggregate_id")?),
+                            row.try_get("event_type")?,
+                            row.try_get("payload")?,
+                            row.try_get::<&str, _>("headers")?,
+                            (row.try_get("created_at_ms")?, row.try_get("attempts")?),
+                        ));
+                    }
+                    Ok(walked)
+                };
+                let mut messages = Vec::with_capacity(batch);
+                match self.sql.claim_plan {
                     Some(plan) => {
                         let mut tx = self.pool.begin().await?;
+                        if let Some(sweep) = &self.sql.sweep
+                            && self.sweep_due()
+                        {
+                            sqlx::query(sweep).execute(&mut *tx).await?;
+                        }
                         sqlx::query(plan).execute(&mut *tx).await?;
-                        let rows = query().fetch_all(&mut *tx).await?;
+                        // A round that walked as far as it may, with its
+                        // batch not full, is followed by one walking on
+                        // from its last event, until the batch is full or
+                        // the ready events end. A claim that has events
+                        // stops after a few rounds.
+                        let mut after = 0;
+                        for rounds in 1.. {
+                            let rows = round(batch - messages.len(), after).fetch_all(&mut *tx).await?;
+                            let (walked, last) = take(rows, &mut messages)?;
+                            match last {
+                                Some(last)
+                                    if walked >= walk
+                                        && messages.len() < batch
+                                        && (rounds < $crate::stores::CLAIM_ROUNDS
+                                            || messages.is_empty()) =>
+                                {
+                                    after = last;
+                                }
+                                _ => break,
+                            }
+                        }
                         tx.commit().await?;
-                        rows
                     }
-                    None => query().fetch_all(&self.pool).await?,
-                };
-                let mut messages: Vec<$crate::Message> = rows
-                    .iter()
-                    .map(|row| {
-                        $crate::Message::from_row(
-                            (row.get("seq"), claim),
-                            row.get::<&str, _>("id"),
-                            (row.get("aggregate_type"), row.get("aggregate_id")),
-                            row.get("event_type"),
-                            row.get("payload"),
-                            row.get::<&str, _>("headers"),
-                            (row.get("created_at_ms"), row.get("attempts")),
-                        )
-                    })
-                    .collect();
+                    None => {
+                        take(round(batch, 0).fetch_all(&self.pool).await?, &mut messages)?;
+                    }
+                }
                 messages.sort_by_key(|message| message.seq);
                 Ok(messages)
             }
@@ -459,6 +516,19 @@ use std::time::Duration;
 
 use crate::event::Message;
 use crate::store::Backlog;
+
+/// The rounds after which a claim that has events stops walking (the
+/// claims after it walk on).
+pub(crate) const CLAIM_ROUNDS: usize = 8;
+
+/// The row type of a pool's database.
+pub(crate) trait PoolRow {
+    type Row: sqlx::Row;
+}
+
+impl<DB: sqlx::Database> PoolRow for sqlx::Pool<DB> {
+    type Row = DB::Row;
+}
 
 /// A duration bound as milliseconds.
 pub(crate) fn millis(duration: Duration) -> f64 {

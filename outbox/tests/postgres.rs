@@ -5,11 +5,17 @@
 
 mod support;
 
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use palisade_outbox::{Event, MemoryBroker, OutboxConfig, PgInbox, PgOutbox, Relay};
+use palisade_outbox::{
+    Event, MemoryBroker, Message, OutboxConfig, OutboxStore, PgInbox, PgOutbox, PublishError,
+    Published, Publisher, Relay,
+};
 use sqlx::PgPool;
-use support::{Harness, drain, event};
+use support::{Harness, Poisoned, Recorded, by_aggregate, drain, event};
 use uuid::Uuid;
 
 struct Pg {
@@ -26,6 +32,21 @@ async fn pool() -> PgPool {
         .connect(&url)
         .await
         .expect("a reachable PostgreSQL (run scripts/services)")
+}
+
+impl Pg {
+    /// How many events are set aside (held behind their aggregate's first
+    /// unsent event), and how many pending events a claim would walk.
+    async fn set_aside(&self) -> (i64, i64) {
+        sqlx::query_as(&format!(
+            "SELECT count(*) FILTER (WHERE blocked), \
+             count(*) FILTER (WHERE status = 'pending' AND NOT blocked) FROM {}.outbox",
+            self.schema
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
 }
 
 impl Harness for Pg {
@@ -151,4 +172,203 @@ async fn a_bad_table_name_is_refused() {
         let error = PgInbox::new(pool().await, bad).unwrap_err();
         assert!(error.to_string().contains("table"), "{error}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_made_before_set_aside_events_gains_the_column() {
+    let h = Pg::start(|c| c).await;
+    let schema = &h.schema;
+    for statement in [
+        format!("ALTER TABLE {schema}.outbox DROP COLUMN blocked"),
+        format!(
+            "CREATE INDEX {schema}_outbox_due ON {schema}.outbox (seq) WHERE status = 'pending'"
+        ),
+    ] {
+        sqlx::query(&statement).execute(&h.pool).await.unwrap();
+    }
+    h.outbox.migrate().await.unwrap();
+    h.outbox.migrate().await.unwrap();
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 ORDER BY indexname",
+    )
+    .bind(schema)
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    let suffixes: Vec<&str> = indexes
+        .iter()
+        .filter_map(|index| index.strip_prefix(&format!("{schema}_outbox_")))
+        .collect();
+    assert_eq!(
+        suffixes,
+        ["blocked", "ready", "sent", "unsent"],
+        "{indexes:?}"
+    );
+    h.place(&[event("a", 1), event("a", 2)], true).await;
+    let relay = Relay::new(h.outbox.clone(), MemoryBroker::new(2));
+    assert_eq!(relay.run_once().await.unwrap().published, 1);
+    assert_eq!(relay.run_once().await.unwrap().published, 1);
+    h.finish().await;
+}
+
+/// A dead event holds 300 later events of its aggregate. The first claim
+/// sets aside all but the three next in line, so the claims after it walk
+/// those three (the others are out of the index claims walk); discarding
+/// the dead event frees one more, and each one sent frees the next, in
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_held_behind_a_dead_event_are_set_aside_and_walked_no_more() {
+    let h = Pg::start(|c| c.max_attempts(1).batch_size(50)).await;
+    let poison = Event::new("order", "p", "Poison", b"p".to_vec());
+    let poison_id = poison.id();
+    let mut held = vec![poison];
+    held.extend((1..=300).map(|n| event("p", n)));
+    h.place(&held, true).await;
+    let others: Vec<Event> = (1..=20).map(|n| event(&format!("o{n}"), 0)).collect();
+    h.place(&others, true).await;
+    let broker = MemoryBroker::new(1000);
+    let mut subscriber = broker.subscribe();
+    let relay = Relay::new(
+        h.outbox.clone(),
+        Poisoned {
+            broker,
+            failing: Arc::new(AtomicBool::new(true)),
+        },
+    );
+
+    let report = relay.run_once().await.unwrap();
+    assert_eq!(
+        (report.claimed, report.published, report.dead),
+        (21, 20, 1),
+        "one claim walks past the held events to the other aggregates"
+    );
+    assert_eq!(h.set_aside().await, (297, 3));
+    assert_eq!(relay.run_once().await.unwrap().claimed, 0);
+    let backlog = h.outbox.backlog().await.unwrap();
+    assert_eq!((backlog.pending, backlog.dead, backlog.held), (300, 1, 300));
+
+    assert!(h.discard(poison_id).await);
+    assert_eq!(h.set_aside().await, (296, 4), "p/1 is first in line");
+    drain(&mut subscriber);
+    while relay.run_once().await.unwrap().claimed > 0 {}
+    let got = drain(&mut subscriber);
+    assert_eq!(
+        by_aggregate(&got).remove("p"),
+        Some((1..=300).collect()),
+        "the aggregate moves on, in order"
+    );
+    assert_eq!(h.set_aside().await, (0, 0));
+    h.finish().await;
+}
+
+/// A claim that read an aggregate's first event as unsent just as a relay
+/// sent it sets the next one aside after that relay's settle freed it; the
+/// sweep a claim makes once per polling interval frees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_set_aside_by_a_race_is_freed_by_the_next_sweep() {
+    let h = Pg::start(|c| c.poll_interval(Duration::from_millis(20))).await;
+    h.place(
+        &[event("a", 1), event("a", 2), event("b", 1), event("c", 1)],
+        true,
+    )
+    .await;
+    // What the race leaves: a/1 and c/1, first in line, set aside (the
+    // sweep finds each aggregate's first set-aside event).
+    sqlx::query(&format!(
+        "UPDATE {}.outbox SET blocked = true WHERE aggregate_id <> 'b' \
+         AND seq IN (SELECT min(seq) FROM {0}.outbox GROUP BY aggregate_id)",
+        h.schema
+    ))
+    .execute(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(h.set_aside().await, (2, 2));
+    let broker = MemoryBroker::new(10);
+    let mut subscriber = broker.subscribe();
+    let relay = Relay::new(h.outbox.clone(), broker);
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        relay.run_once().await.unwrap();
+        got.extend(drain(&mut subscriber));
+        if got.len() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = by_aggregate(&got);
+    assert_eq!(
+        [&got["a"][..], &got["b"][..], &got["c"][..]],
+        [&[1, 2][..], &[1][..], &[1][..]]
+    );
+    assert_eq!(h.set_aside().await, (0, 0));
+    h.finish().await;
+}
+
+/// Rejects about one publish in four, for the relay to try again.
+#[derive(Clone)]
+struct Flaky(Recorded);
+
+impl Publisher for Flaky {
+    async fn publish(&self, message: &Message) -> Result<Published, PublishError> {
+        if fastrand::u8(..4) == 0 {
+            return Err(PublishError::rejected("the broker refused, this time"));
+        }
+        self.0.publish(message).await
+    }
+}
+
+/// Four relays drain eight aggregates' interleaved backlogs while publishes
+/// fail now and then: claims set events aside and settles free them under
+/// one another, and every event is still published once, in its
+/// aggregate's order, with none left set aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn relays_setting_events_aside_side_by_side_keep_each_aggregates_order() {
+    let h = Pg::start(|c| {
+        c.batch_size(16)
+            .max_attempts(1_000)
+            .backoff(Duration::from_millis(1), Duration::from_millis(5))
+            .poll_interval(Duration::from_millis(20))
+    })
+    .await;
+    let aggregates: Vec<String> = (0..8).map(|n| format!("agg{n}")).collect();
+    for n in 0..100 {
+        let events: Vec<Event> = aggregates.iter().map(|a| event(a, n)).collect();
+        h.place(&events, true).await;
+    }
+    let publisher = Flaky(Recorded {
+        broker: MemoryBroker::new(1_000),
+        published: Arc::default(),
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let relays: Vec<_> = (0..4)
+        .map(|_| {
+            let relay = Relay::new(h.outbox.clone(), publisher.clone());
+            let mut stopped = stopped.clone();
+            tokio::spawn(relay.run(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }))
+        })
+        .collect();
+    for _ in 0..1_200 {
+        if h.outbox.backlog().await.unwrap().pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).unwrap();
+    for relay in relays {
+        relay.await.unwrap();
+    }
+    let got = publisher.0.published.lock().unwrap().clone();
+    let ids: HashSet<_> = got.iter().map(|m| m.event.id()).collect();
+    assert_eq!((ids.len(), got.len()), (800, 800), "each event once");
+    for (aggregate, numbers) in by_aggregate(&got) {
+        assert_eq!(
+            numbers,
+            (0..100).collect::<Vec<_>>(),
+            "{aggregate} in order"
+        );
+    }
+    assert_eq!(h.set_aside().await, (0, 0));
+    h.finish().await;
 }

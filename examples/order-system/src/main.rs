@@ -412,7 +412,8 @@ fn main() -> ExitCode {
             None => run(cli.run).await,
             Some(Command::Run(args)) => run(args).await,
             Some(Command::Load(args)) => load_command(args).await,
-            Some(Command::Serve(args)) => serve_command(args).await,
+            // Boxed: a service process holds every store it serves.
+            Some(Command::Serve(args)) => Box::pin(serve_command(args)).await,
             Some(Command::Identity(args)) => identity_command(args).await,
             Some(Command::Token(args)) => token_command(args).await,
             Some(Command::DeadEvents(action)) => dead_events_command(action).await,

@@ -178,6 +178,18 @@ pub fn event(aggregate: &str, n: u32) -> Event {
     )
 }
 
+/// Each aggregate's payloads, in the order `messages` has them.
+pub fn by_aggregate(messages: &[Message]) -> HashMap<String, Vec<u32>> {
+    let mut by_aggregate: HashMap<String, Vec<u32>> = HashMap::new();
+    for message in messages {
+        by_aggregate
+            .entry(message.event.aggregate_id().to_owned())
+            .or_default()
+            .push(payload(message).parse().unwrap());
+    }
+    by_aggregate
+}
+
 pub fn drain(subscriber: &mut mpsc::Receiver<Message>) -> Vec<Message> {
     let mut got = Vec::new();
     while let Ok(message) = subscriber.try_recv() {
@@ -216,10 +228,11 @@ pub async fn an_event_exists_only_if_its_transaction_commits<H: Harness>() {
 
 /// Every publish a broker acknowledged, in order, duplicates included:
 /// what the relays did, before the broker's duplicate detection hides it.
+/// Records every event the broker took, in the order it took them.
 #[derive(Clone)]
-struct Recorded {
-    broker: MemoryBroker,
-    published: Arc<Mutex<Vec<Message>>>,
+pub struct Recorded {
+    pub broker: MemoryBroker,
+    pub published: Arc<Mutex<Vec<Message>>>,
 }
 
 impl Publisher for Recorded {
@@ -267,14 +280,7 @@ pub async fn two_relays_publish_each_event_once_in_aggregate_order<H: Harness>()
     let ids: HashSet<_> = got.iter().map(|m| m.event.id()).collect();
     assert_eq!(ids.len(), 120, "every event is published");
     assert_eq!(got.len(), 120, "no event published twice");
-    let mut by_aggregate: HashMap<String, Vec<u32>> = HashMap::new();
-    for message in &got {
-        by_aggregate
-            .entry(message.event.aggregate_id().to_owned())
-            .or_default()
-            .push(payload(message).parse().unwrap());
-    }
-    for (aggregate, numbers) in by_aggregate {
+    for (aggregate, numbers) in by_aggregate(&got) {
         assert_eq!(
             numbers,
             (0..40).collect::<Vec<_>>(),
@@ -286,9 +292,9 @@ pub async fn two_relays_publish_each_event_once_in_aggregate_order<H: Harness>()
 
 /// Fails every event of type `Poison` while `failing` is set.
 #[derive(Clone)]
-struct Poisoned {
-    broker: MemoryBroker,
-    failing: Arc<AtomicBool>,
+pub struct Poisoned {
+    pub broker: MemoryBroker,
+    pub failing: Arc<AtomicBool>,
 }
 
 impl Publisher for Poisoned {
