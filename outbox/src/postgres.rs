@@ -145,6 +145,24 @@ mod tests {
             }
         }
 
+        /// Commits `events` events, one after another over `aggregates`
+        /// aggregates.
+        async fn enqueue_over(&self, events: u32, aggregates: u32) {
+            let events: Vec<Event> = (0..events)
+                .map(|n| {
+                    Event::new(
+                        "order",
+                        format!("o-{}", n % aggregates),
+                        "Placed",
+                        b"{}".to_vec(),
+                    )
+                })
+                .collect();
+            let mut tx = self.pool.begin().await.unwrap();
+            self.outbox.enqueue_all(&mut tx, &events).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+
         async fn drop(self) {
             sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
                 .execute(&self.pool)
@@ -234,13 +252,8 @@ mod tests {
     #[tokio::test]
     async fn a_backlog_the_statistics_never_saw_is_claimed_in_index_order() {
         let fixture = Fixture::new("plan", |config| config.batch_size(500)).await;
-        let (pool, outbox) = (&fixture.pool, &fixture.outbox);
-        let events: Vec<Event> = (0..20_000)
-            .map(|n| Event::new("order", format!("o-{}", n % 1000), "Placed", b"{}".to_vec()))
-            .collect();
-        let mut tx = pool.begin().await.unwrap();
-        outbox.enqueue_all(&mut tx, &events).await.unwrap();
-        tx.commit().await.unwrap();
+        let outbox = &fixture.outbox;
+        fixture.enqueue_over(20_000, 1000).await;
 
         let plan = explain_claim(&fixture, false).await;
         assert!(!plan.contains("Bitmap"), "{plan}");
@@ -293,13 +306,8 @@ mod tests {
     async fn a_claim_walks_the_events_in_flight_not_the_backlog_behind_them() {
         use crate::store::OutboxStore as _;
         let fixture = Fixture::new("hot", |config| config.batch_size(500)).await;
-        let (pool, outbox) = (&fixture.pool, &fixture.outbox);
-        let events: Vec<Event> = (0..20_000)
-            .map(|n| Event::new("order", format!("o-{}", n % 10), "Placed", b"{}".to_vec()))
-            .collect();
-        let mut tx = pool.begin().await.unwrap();
-        outbox.enqueue_all(&mut tx, &events).await.unwrap();
-        tx.commit().await.unwrap();
+        let outbox = &fixture.outbox;
+        fixture.enqueue_over(20_000, 10).await;
 
         let heads = outbox.claim().await.unwrap();
         assert_eq!(heads.len(), 10);
@@ -313,6 +321,72 @@ mod tests {
         assert_eq!(seqs, (11..=20).collect::<Vec<_>>());
         let plan = explain_claim(&fixture, true).await;
         assert_eq!(walked(&plan, &fixture.schema), 40, "{plan}");
+        fixture.drop().await;
+    }
+
+    /// The race the sweep is for. A claim reads `a/5` with four unsent
+    /// events before it and sets it aside, but commits only after all four
+    /// were sent: their settles saw nothing set aside, so freed nothing,
+    /// and `a/5` is set aside at the front of its line. Within the polling
+    /// interval nothing frees it; the next sweep (here, a new outbox's
+    /// first claim) does.
+    #[tokio::test]
+    async fn an_event_set_aside_while_its_line_was_settled_is_freed_by_the_next_sweep() {
+        use crate::store::OutboxStore as _;
+        let an_hour = std::time::Duration::from_secs(3600);
+        let fixture = Fixture::new("race", |config| config.poll_interval(an_hour)).await;
+        let (pool, outbox) = (&fixture.pool, &fixture.outbox);
+        let enqueue = |numbers: std::ops::RangeInclusive<u8>| async move {
+            let events: Vec<Event> = numbers
+                .map(|n| Event::new("order", "a", "Placed", vec![n]))
+                .collect();
+            let mut tx = pool.begin().await.unwrap();
+            outbox.enqueue_all(&mut tx, &events).await.unwrap();
+            tx.commit().await.unwrap();
+        };
+        let seqs = |claimed: &[crate::Message]| -> Vec<i64> {
+            claimed.iter().map(|message| message.seq).collect()
+        };
+
+        // This outbox's first claim sweeps, and takes a/1; a/2 to a/4 are
+        // near the front of the line. a/5 comes after.
+        enqueue(1..=4).await;
+        let mut claimed = outbox.claim().await.unwrap();
+        assert_eq!(seqs(&claimed), [1]);
+        enqueue(5..=5).await;
+        let mut slow = pool.begin().await.unwrap();
+        let round = sqlx::query(&outbox.sql.claim)
+            .bind(100_i64)
+            .bind(30_000.0_f64)
+            .bind("slow")
+            .bind(100_i64)
+            .bind(0_i64)
+            .fetch_all(&mut *slow)
+            .await
+            .unwrap();
+        assert!(
+            round[0].get::<Option<i64>, _>("seq").is_none(),
+            "it claims nothing"
+        );
+        for next in 2..=4 {
+            assert_eq!(outbox.mark_sent(&claimed).await.unwrap(), 1);
+            claimed = outbox.claim().await.unwrap();
+            assert_eq!(seqs(&claimed), [next]);
+        }
+        assert_eq!(outbox.mark_sent(&claimed).await.unwrap(), 1);
+        slow.commit().await.unwrap();
+
+        assert!(outbox.claim().await.unwrap().is_empty(), "no sweep yet");
+        let blocked: bool = sqlx::query_scalar(&format!(
+            "SELECT blocked FROM {}.outbox WHERE seq = 5",
+            fixture.schema
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert!(blocked);
+        let another = PgOutbox::new(pool.clone(), outbox.config().clone());
+        assert_eq!(seqs(&another.claim().await.unwrap()), [5]);
         fixture.drop().await;
     }
 }

@@ -19,8 +19,9 @@ macro_rules! sql_outbox {
             /// Every connection of the pool wakes the relays on commit
             /// already (SQLite's `woken_by`): `enqueue` need not announce.
             hooked: bool,
-            /// When a claim of this outbox (or a clone) last swept.
-            swept: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+            /// When a claim of this outbox (or a clone) last swept, and
+            /// where.
+            swept: std::sync::Arc<std::sync::Mutex<$crate::stores::Sweep>>,
         }
 
         impl $name {
@@ -43,20 +44,35 @@ macro_rules! sql_outbox {
                 &self.config
             }
 
-            /// Whether a claim is to sweep first: once per polling interval
-            /// among this outbox's clones.
-            fn sweep_due(&self) -> bool {
-                let mut swept = self.swept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if swept.is_some_and(|at| at.elapsed() < self.config.poll_interval) {
-                    return false;
-                }
-                *swept = Some(std::time::Instant::now());
-                true
+            /// Frees set-aside events no longer held (`OutboxSql::sweep`),
+            /// once per polling interval among this outbox's clones, a
+            /// bounded number of aggregates at a time, each sweep going on
+            /// where the last stopped.
+            async fn sweep(&self, tx: &mut $conn) -> Result<(), sqlx::Error> {
+                let Some(sweep) = &self.sql.sweep else {
+                    return Ok(());
+                };
+                let Some((aggregate_type, aggregate_id, seq)) =
+                    $crate::stores::Sweep::due(&self.swept, self.config.poll_interval)
+                else {
+                    return Ok(());
+                };
+                let looked: Vec<(String, String, i64)> = sqlx::query_as(sweep)
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .bind(seq)
+                    .bind($crate::stores::SWEEP_AGGREGATES)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                $crate::stores::Sweep::done(&self.swept, looked);
+                Ok(())
             }
 
             /// Creates the table and its indexes if they are missing (and
             /// in PostgreSQL the schema), in one transaction; a table made
-            /// by an earlier version gains the columns it lacks.
+            /// by an earlier version gains the columns and indexes it lacks.
+            /// Adding them to a large table holds up writes to it while the
+            /// indexes are built: upgrade at a quiet time.
             ///
             /// # Errors
             ///
@@ -245,25 +261,39 @@ macro_rules! sql_outbox {
                 };
                 let mut messages = Vec::with_capacity(batch);
                 match self.sql.claim_plan {
+                    // Each round in a transaction of its own, so that what
+                    // it set aside counts for every claim from then on. A
+                    // round that walked as far as it may, with the batch not
+                    // full, is followed by one walking on from its last
+                    // event, until the batch is full or the ready events
+                    // end. A claim that has events stops after a few
+                    // rounds.
                     Some(plan) => {
-                        let mut tx = self.pool.begin().await?;
-                        if let Some(sweep) = &self.sql.sweep
-                            && self.sweep_due()
-                        {
-                            sqlx::query(sweep).execute(&mut *tx).await?;
-                        }
-                        sqlx::query(plan).execute(&mut *tx).await?;
-                        // A round that walked as far as it may, with its
-                        // batch not full, is followed by one walking on
-                        // from its last event, until the batch is full or
-                        // the ready events end. A claim that has events
-                        // stops after a few rounds.
                         let mut after = 0;
                         for rounds in 1.. {
-                            let rows = round(batch - messages.len(), after).fetch_all(&mut *tx).await?;
-                            let (walked, last) = take(rows, &mut messages)?;
-                            match last {
-                                Some(last)
+                            let attempt = async {
+                                let mut tx = self.pool.begin().await?;
+                                if rounds == 1 {
+                                    self.sweep(&mut *tx).await?;
+                                }
+                                sqlx::query(plan).execute(&mut *tx).await?;
+                                let rows = round(batch - messages.len(), after).fetch_all(&mut *tx).await?;
+                                tx.commit().await?;
+                                Ok::<_, sqlx::Error>(rows)
+                            };
+                            let walked = match attempt.await {
+                                Ok(rows) => take(rows, &mut messages)?,
+                                // The events claimed so far are under a
+                                // lease: publish them; the next claim meets
+                                // the error again.
+                                Err(error) if !messages.is_empty() => {
+                                    tracing::warn!(target: "palisade_outbox", %error, "a claim's later round failed");
+                                    break;
+                                }
+                                Err(error) => return Err(error),
+                            };
+                            match walked {
+                                (walked, Some(last))
                                     if walked >= walk
                                         && messages.len() < batch
                                         && (rounds < $crate::stores::CLAIM_ROUNDS
@@ -274,7 +304,6 @@ macro_rules! sql_outbox {
                                 _ => break,
                             }
                         }
-                        tx.commit().await?;
                     }
                     None => {
                         take(round(batch, 0).fetch_all(&self.pool).await?, &mut messages)?;
@@ -517,9 +546,50 @@ use std::time::Duration;
 use crate::event::Message;
 use crate::store::Backlog;
 
-/// The rounds after which a claim that has events stops walking (the
-/// claims after it walk on).
+/// The rounds after which a claim that has events stops walking (the next
+/// claim walks from the start again, past what this one set aside).
 pub(crate) const CLAIM_ROUNDS: usize = 8;
+
+/// How many aggregates with events set aside one sweep looks at.
+pub(crate) const SWEEP_AGGREGATES: i64 = 1_000;
+
+/// When an outbox last swept, and where the sweep goes on from.
+#[derive(Debug, Default)]
+pub(crate) struct Sweep {
+    at: Option<std::time::Instant>,
+    /// The last set-aside event a sweep that stopped at
+    /// `SWEEP_AGGREGATES` looked at: aggregate type, aggregate id, seq.
+    after: Option<(String, String, i64)>,
+}
+
+impl Sweep {
+    /// Where to sweep from, if a sweep is due (none in the last
+    /// `interval`); the sweep is then counted as made.
+    pub(crate) fn due(
+        sweep: &std::sync::Mutex<Self>,
+        interval: Duration,
+    ) -> Option<(String, String, i64)> {
+        let mut sweep = sweep
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if sweep.at.is_some_and(|at| at.elapsed() < interval) {
+            return None;
+        }
+        sweep.at = Some(std::time::Instant::now());
+        Some(sweep.after.clone().unwrap_or_default())
+    }
+
+    /// Records what a sweep `looked` at: the next goes on after the last
+    /// of them, or from the start when this one reached the end.
+    pub(crate) fn done(sweep: &std::sync::Mutex<Self>, looked: Vec<(String, String, i64)>) {
+        let full = i64::try_from(looked.len()).unwrap_or(i64::MAX) >= SWEEP_AGGREGATES;
+        let after = if full { looked.into_iter().max() } else { None };
+        sweep
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .after = after;
+    }
+}
 
 /// The row type of a pool's database.
 pub(crate) trait PoolRow {
