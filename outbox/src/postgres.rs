@@ -389,4 +389,45 @@ mod tests {
         assert_eq!(seqs(&another.claim().await.unwrap()), [5]);
         fixture.drop().await;
     }
+
+    /// A sweep looks at a bounded number of aggregates (here 2) from where
+    /// the last stopped, and from the start once one reached the end.
+    #[tokio::test]
+    async fn each_sweep_goes_on_where_the_last_stopped() {
+        let fixture = Fixture::new("sweeps", |config| {
+            config.poll_interval(std::time::Duration::ZERO)
+        })
+        .await;
+        let (pool, outbox) = (&fixture.pool, &fixture.outbox);
+        let events: Vec<Event> = ["a", "b", "c"]
+            .into_iter()
+            .flat_map(|line| [1, 2].map(|n| Event::new("order", line, "Placed", vec![n])))
+            .collect();
+        let mut tx = pool.begin().await.unwrap();
+        outbox.enqueue_all(&mut tx, &events).await.unwrap();
+        tx.commit().await.unwrap();
+        // Every event set aside: each line's first has nothing before it.
+        let table = format!("{}.outbox", fixture.schema);
+        sqlx::query(&format!("UPDATE {table} SET blocked = true"))
+            .execute(pool)
+            .await
+            .unwrap();
+        let sweep = || async {
+            let mut tx = pool.begin().await.unwrap();
+            let to = outbox.sweep(&mut tx, 2).await.unwrap().expect("due");
+            tx.commit().await.unwrap();
+            crate::stores::Sweep::done(&outbox.swept, to.clone());
+            let set_aside: i64 =
+                sqlx::query_scalar(&format!("SELECT count(*) FROM {table} WHERE blocked"))
+                    .fetch_one(pool)
+                    .await
+                    .unwrap();
+            (to, set_aside)
+        };
+        let after_b = Some(("order".to_owned(), "b".to_owned()));
+        assert_eq!(sweep().await, (after_b.clone(), 4), "a/1 and b/1 freed");
+        assert_eq!(sweep().await, (None, 3), "c/1 freed, the end reached");
+        assert_eq!(sweep().await, (after_b, 3), "a/2 and b/2 stay, held");
+        fixture.drop().await;
+    }
 }

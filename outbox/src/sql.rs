@@ -324,7 +324,10 @@ impl OutboxSql {
         // still carries that claim's id.
         let requeue = format!(
             "UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_at = {now}, \
-             last_error = NULL WHERE status = 'dead'"
+             last_error = NULL{unblocked} WHERE status = 'dead'",
+            // An event set aside and then dead (by an earlier version's
+            // relay, which claimed set-aside events) comes back in line.
+            unblocked = if sets_aside { ", blocked = false" } else { "" },
         );
         let seqs = match dialect {
             #[cfg(feature = "postgres")]
@@ -469,9 +472,11 @@ impl OutboxSql {
                     publishable = publishable("o"),
                 )
             },
-            // `$1`, `$2`, `$3`: where the last sweep stopped (aggregate type,
-            // aggregate id, seq); `$4`: how many aggregates to look at.
-            // Returns the set-aside events it looked at.
+            // `$1`, `$2`, `$3`: where the last sweep stopped (after aggregate
+            // type `$1`, id `$2`, with `$3` the largest seq, or '', '' and 0
+            // from the start); `$4`: how many aggregates to look at.
+            // Returns how many it looked at, and the last (type and id, in
+            // the index's order, which is the database's collation).
             sweep: sets_aside.then(|| {
                 let after = "(b.aggregate_type, b.aggregate_id, b.seq) > ($1, $2, $3)";
                 if config.ordered {
@@ -492,16 +497,19 @@ impl OutboxSql {
                          WHERE f.n < $4), \
                          freed AS (UPDATE {t} o SET blocked = false FROM firsts f \
                          WHERE o.seq = f.seq AND NOT {earlier_unsent}) \
-                         SELECT aggregate_type, aggregate_id, seq FROM firsts"
+                         SELECT (SELECT count(*) FROM firsts), last.aggregate_type, \
+                         last.aggregate_id FROM (SELECT) one LEFT JOIN (SELECT aggregate_type, \
+                         aggregate_id FROM firsts ORDER BY n DESC LIMIT 1) last ON true"
                     )
                 } else {
                     // Unordered, no event waits for another: events set
-                    // aside while the outbox was ordered are all freed.
+                    // aside while the outbox was ordered are all freed, and
+                    // leave the index, so each sweep starts from the start.
                     format!(
-                        "UPDATE {t} SET blocked = false WHERE seq IN (SELECT b.seq FROM {t} b \
-                         WHERE {set_aside} AND {after} \
-                         ORDER BY b.aggregate_type, b.aggregate_id, b.seq LIMIT $4) \
-                         RETURNING aggregate_type, aggregate_id, seq"
+                        "WITH freed AS (UPDATE {t} SET blocked = false WHERE seq IN \
+                         (SELECT b.seq FROM {t} b WHERE {set_aside} AND {after} \
+                         ORDER BY b.aggregate_type, b.aggregate_id, b.seq LIMIT $4) RETURNING 1) \
+                         SELECT count(*), NULL::text, NULL::text FROM freed"
                     )
                 }
             }),

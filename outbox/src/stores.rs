@@ -45,27 +45,35 @@ macro_rules! sql_outbox {
             }
 
             /// Frees set-aside events no longer held (`OutboxSql::sweep`),
-            /// once per polling interval among this outbox's clones, a
-            /// bounded number of aggregates at a time, each sweep going on
-            /// where the last stopped.
-            async fn sweep(&self, tx: &mut $conn) -> Result<(), sqlx::Error> {
+            /// looking at up to `aggregates` aggregates from where the
+            /// last sweep stopped, if a sweep is due (once per polling
+            /// interval among this outbox's clones). Returns where the next
+            /// is to go on from, for [`Sweep::done`] once `tx` commits.
+            ///
+            /// [`Sweep::done`]: $crate::stores::Sweep::done
+            async fn sweep(
+                &self,
+                tx: &mut $conn,
+                aggregates: i64,
+            ) -> Result<Option<$crate::stores::SweptTo>, sqlx::Error> {
                 let Some(sweep) = &self.sql.sweep else {
-                    return Ok(());
+                    return Ok(None);
                 };
-                let Some((aggregate_type, aggregate_id, seq)) =
-                    $crate::stores::Sweep::due(&self.swept, self.config.poll_interval)
-                else {
-                    return Ok(());
+                let Some(from) = $crate::stores::Sweep::due(&self.swept, self.config.poll_interval) else {
+                    return Ok(None);
                 };
-                let looked: Vec<(String, String, i64)> = sqlx::query_as(sweep)
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .bind(seq)
-                    .bind($crate::stores::SWEEP_AGGREGATES)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                $crate::stores::Sweep::done(&self.swept, looked);
-                Ok(())
+                let (looked, last_type, last_id): (i64, Option<String>, Option<String>) =
+                    sqlx::query_as(sweep)
+                        .bind(from.as_ref().map_or("", |(kind, _)| kind.as_str()))
+                        .bind(from.as_ref().map_or("", |(_, id)| id.as_str()))
+                        .bind(if from.is_some() { i64::MAX } else { 0 })
+                        .bind(aggregates)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                Ok(Some(match (last_type, last_id) {
+                    (Some(kind), Some(id)) if looked >= aggregates => Some((kind, id)),
+                    _ => None,
+                }))
             }
 
             /// Creates the table and its indexes if they are missing (and
@@ -269,20 +277,34 @@ macro_rules! sql_outbox {
                     // end. A claim that has events stops after a few
                     // rounds.
                     Some(plan) => {
+                        use sqlx::Connection as _;
+                        // One connection for every round, each round in a
+                        // transaction of its own.
+                        let mut connection = self.pool.acquire().await?;
                         let mut after = 0;
                         for rounds in 1.. {
                             let attempt = async {
-                                let mut tx = self.pool.begin().await?;
-                                if rounds == 1 {
-                                    self.sweep(&mut *tx).await?;
-                                }
+                                let mut tx = connection.begin().await?;
+                                let swept = if rounds == 1 {
+                                    self.sweep(&mut *tx, $crate::stores::SWEEP_AGGREGATES).await?
+                                } else {
+                                    None
+                                };
                                 sqlx::query(plan).execute(&mut *tx).await?;
                                 let rows = round(batch - messages.len(), after).fetch_all(&mut *tx).await?;
+                                let mut claimed = Vec::new();
+                                let walked = take(rows, &mut claimed)?;
                                 tx.commit().await?;
-                                Ok::<_, sqlx::Error>(rows)
+                                if let Some(to) = swept {
+                                    $crate::stores::Sweep::done(&self.swept, to);
+                                }
+                                Ok::<_, sqlx::Error>((claimed, walked))
                             };
                             let walked = match attempt.await {
-                                Ok(rows) => take(rows, &mut messages)?,
+                                Ok((claimed, walked)) => {
+                                    messages.extend(claimed);
+                                    walked
+                                }
                                 // The events claimed so far are under a
                                 // lease: publish them; the next claim meets
                                 // the error again.
@@ -553,22 +575,21 @@ pub(crate) const CLAIM_ROUNDS: usize = 8;
 /// How many aggregates with events set aside one sweep looks at.
 pub(crate) const SWEEP_AGGREGATES: i64 = 1_000;
 
-/// When an outbox last swept, and where the sweep goes on from.
+/// Where a sweep goes on from: after this aggregate (type, id), or from
+/// the start.
+pub(crate) type SweptTo = Option<(String, String)>;
+
+/// When an outbox last swept, and where the next sweep goes on from.
 #[derive(Debug, Default)]
 pub(crate) struct Sweep {
     at: Option<std::time::Instant>,
-    /// The last set-aside event a sweep that stopped at
-    /// `SWEEP_AGGREGATES` looked at: aggregate type, aggregate id, seq.
-    after: Option<(String, String, i64)>,
+    from: SweptTo,
 }
 
 impl Sweep {
     /// Where to sweep from, if a sweep is due (none in the last
-    /// `interval`); the sweep is then counted as made.
-    pub(crate) fn due(
-        sweep: &std::sync::Mutex<Self>,
-        interval: Duration,
-    ) -> Option<(String, String, i64)> {
+    /// `interval`); the sweep is then counted as made, wherever it stops.
+    pub(crate) fn due(sweep: &std::sync::Mutex<Self>, interval: Duration) -> Option<SweptTo> {
         let mut sweep = sweep
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -576,18 +597,16 @@ impl Sweep {
             return None;
         }
         sweep.at = Some(std::time::Instant::now());
-        Some(sweep.after.clone().unwrap_or_default())
+        Some(sweep.from.clone())
     }
 
-    /// Records what a sweep `looked` at: the next goes on after the last
-    /// of them, or from the start when this one reached the end.
-    pub(crate) fn done(sweep: &std::sync::Mutex<Self>, looked: Vec<(String, String, i64)>) {
-        let full = i64::try_from(looked.len()).unwrap_or(i64::MAX) >= SWEEP_AGGREGATES;
-        let after = if full { looked.into_iter().max() } else { None };
+    /// Where the next sweep goes on from, once the one that returned `to`
+    /// has committed.
+    pub(crate) fn done(sweep: &std::sync::Mutex<Self>, to: SweptTo) {
         sweep
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .after = after;
+            .from = to;
     }
 }
 
