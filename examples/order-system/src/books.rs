@@ -212,6 +212,83 @@ impl Books {
     }
 }
 
+impl Books {
+    /// Adds the books of another cell (a complete saga stack of its own,
+    /// named `cell`): counts are summed (orders by status and reason,
+    /// stock by product, stuck sagas, compensations, breaker opens), the
+    /// outboxes, consumers and unread services are listed as `cell/name`,
+    /// and the saga latency is the slower cell's. The books of several
+    /// cells balance, or not, as each cell's do.
+    pub fn add_cell(&mut self, cell: &str, other: Self) {
+        let named = |name: String| format!("{cell}/{name}");
+        self.unread.extend(other.unread.into_iter().map(named));
+        for (status, reason, count) in other.orders {
+            match self
+                .orders
+                .iter_mut()
+                .find(|kept| kept.0 == status && kept.1 == reason)
+            {
+                Some(kept) => kept.2 += count,
+                None => self.orders.push((status, reason, count)),
+            }
+        }
+        for level in other.stock {
+            match self.stock.iter_mut().find(|kept| kept.sku == level.sku) {
+                Some(kept) => {
+                    kept.initial += level.initial;
+                    kept.available += level.available;
+                    kept.reserved += level.reserved;
+                    kept.shipped += level.shipped;
+                }
+                None => self.stock.push(level),
+            }
+        }
+        self.stuck_sagas += other.stuck_sagas;
+        self.compensations += other.compensations;
+        self.compensations_repeated += other.compensations_repeated;
+        self.outboxes.extend(
+            other
+                .outboxes
+                .into_iter()
+                .map(|(name, pending, dead)| (named(name), pending, dead)),
+        );
+        self.consumers.extend(other.consumers.into_iter().map(
+            |(name, applied, duplicates, given_up)| (named(name), applied, duplicates, given_up),
+        ));
+        if other.breaker_state != self.breaker_state {
+            self.breaker_state = format!("{}, {cell}: {}", self.breaker_state, other.breaker_state);
+        }
+        self.breaker_opens += other.breaker_opens;
+        self.saga_latency_ms = match (self.saga_latency_ms, other.saga_latency_ms) {
+            (Some([p50, p99]), Some([other_p50, other_p99])) => {
+                Some([p50.max(other_p50), p99.max(other_p99)])
+            }
+            (kept, other) => kept.or(other),
+        };
+    }
+}
+
+/// The books of every cell (`(name, services)`, the first the one whose
+/// names stay as they are), added up: see [`Books::add_cell`].
+///
+/// # Errors
+///
+/// A database's error.
+pub async fn read_cells_books_stuck_after(
+    cells: &[(String, Services)],
+    stuck_after: Duration,
+) -> Result<Books, sqlx::Error> {
+    let mut cells = cells.iter();
+    let Some((_, first)) = cells.next() else {
+        return Ok(Books::default());
+    };
+    let mut books = read_books_stuck_after(first, stuck_after).await?;
+    for (name, services) in cells {
+        books.add_cell(name, read_books_stuck_after(services, stuck_after).await?);
+    }
+    Ok(books)
+}
+
 /// Reads every service's books, sagas counted as stuck after
 /// [`STUCK_AFTER`].
 ///
@@ -333,6 +410,69 @@ mod tests {
         assert_eq!(
             (books.breaker_state.as_str(), books.breaker_opens),
             ("Open", 1)
+        );
+    }
+
+    /// Two cells' books add up: counts summed by key, the second cell's
+    /// outboxes named after it, the slower latency kept, and a cell whose
+    /// stock does not balance still reported.
+    #[test]
+    fn cells_books_add_up_and_keep_each_cells_violations() {
+        let level = |available, reserved| StockLevel {
+            sku: "sku-1".to_owned(),
+            initial: 10,
+            available,
+            reserved,
+            shipped: 10 - available - reserved,
+        };
+        let cell = |confirmed, level, latency| Books {
+            orders: vec![("confirmed".to_owned(), None, confirmed)],
+            stock: vec![level],
+            breaker_state: "Closed".to_owned(),
+            saga_latency_ms: Some(latency),
+            ..part(Orders::NAME, 1)
+        };
+        let mut books = cell(3, level(5, 0), [40, 90]);
+        let mut b = cell(1, level(8, 2), [60, 80]);
+        b.orders.push(("pending".to_owned(), None, 1));
+        b.breaker_state = "Open".to_owned();
+        books.add_cell("b", b);
+        assert_eq!(
+            books.orders,
+            [
+                ("confirmed".to_owned(), None, 4),
+                ("pending".to_owned(), None, 1)
+            ]
+        );
+        assert_eq!(
+            (
+                books.stock[0].initial,
+                books.stock[0].available,
+                books.stock[0].reserved
+            ),
+            (20, 13, 2)
+        );
+        assert_eq!(books.outboxes[1], ("b/orders".to_owned(), 1, 0));
+        assert_eq!(books.breaker_state, "Closed, b: Open");
+        assert_eq!(books.saga_latency_ms, Some([60, 90]));
+        assert!(books.violations(false).is_empty());
+        assert!(
+            books
+                .violations(true)
+                .iter()
+                .any(|violation| violation.contains("still has 2 reserved")),
+            "{:?}",
+            books.violations(true)
+        );
+
+        let mut unbalanced = cell(0, level(5, 0), [1, 1]);
+        unbalanced.stock[0].shipped = 0;
+        books.add_cell("c", unbalanced);
+        assert!(
+            books
+                .violations(false)
+                .iter()
+                .any(|violation| violation.contains("does not balance")),
         );
     }
 

@@ -232,12 +232,28 @@ impl System {
             shared,
             &meter,
         )?;
+        // The unprefixed admin routes are the first cell's, but for
+        // `/books`, which adds up every cell's (what the load command
+        // checks); `/cells/NAME/…` are each cell's own.
         let first = cells[0].clone();
-        let mut admin = gateway::admin_router(first.services.clone());
+        let first_routes = gateway::admin_routes(first.services.clone());
+        let first_admin = first_routes
+            .clone()
+            .merge(gateway::books_route(first.services.clone()));
+        let mut admin = if cells.len() > 1 {
+            first_routes.merge(gateway::cells_books_route(
+                cells
+                    .iter()
+                    .map(|cell| (cell.name.clone(), cell.services.clone()))
+                    .collect(),
+            ))
+        } else {
+            first_admin.clone()
+        };
         if cells.len() > 1 {
             for cell in &cells {
                 let cell_admin = if cell.name == first.name {
-                    admin.clone()
+                    first_admin.clone()
                 } else {
                     gateway::admin_router(cell.services.clone())
                 };

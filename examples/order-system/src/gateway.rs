@@ -178,12 +178,16 @@ impl Shared<LocalStore, Cache<String, CachedResponse, tower::BoxError>> {
 /// address; the peers' books added), `GET /dashboard` (the live page
 /// drawn from `/metrics`, the peers' added), and `GET /healthz`.
 pub fn admin_router(services: Services) -> Router {
+    admin_routes(services.clone()).merge(books_route(services))
+}
+
+/// The admin listener's routes but `GET /books`: see [`admin_router`].
+pub fn admin_routes(services: Services) -> Router {
     let meter = services.telemetry.meter();
     crate::metrics::observe_consumers(&meter, &services.consumers);
     let books_read = crate::metrics::observe_books(&meter);
     let dashboard = crate::dashboard::routes(services.clone(), books_read.clone());
     Router::new()
-        .route("/books", get(books))
         .route(
             "/metrics",
             get(move |services, query| metrics(services, query, books_read)),
@@ -191,6 +195,22 @@ pub fn admin_router(services: Services) -> Router {
         .route("/healthz", get(healthz))
         .with_state(services)
         .merge(dashboard)
+}
+
+/// `GET /books` of `services`.
+pub fn books_route(services: Services) -> Router {
+    Router::new()
+        .route("/books", get(books))
+        .with_state(services)
+}
+
+/// `GET /books` of every cell added up (`(name, services)`, the first
+/// cell's names as they are, the others' outboxes and consumers as
+/// `NAME/service`).
+pub fn cells_books_route(cells: Vec<(String, Services)>) -> Router {
+    Router::new()
+        .route("/books", get(cells_books))
+        .with_state(Arc::<[(String, Services)]>::from(cells))
 }
 
 async fn healthz() -> &'static str {
@@ -767,11 +787,13 @@ struct BooksQuery {
 }
 
 impl BooksQuery {
+    fn stuck_after(&self) -> std::time::Duration {
+        self.stuck_after_ms
+            .map_or(STUCK_AFTER, std::time::Duration::from_millis)
+    }
+
     async fn read(&self, services: &Services) -> Result<crate::books::Books, sqlx::Error> {
-        let stuck_after = self
-            .stuck_after_ms
-            .map_or(STUCK_AFTER, std::time::Duration::from_millis);
-        crate::books::read_books_stuck_after(services, stuck_after).await
+        crate::books::read_books_stuck_after(services, self.stuck_after()).await
     }
 }
 
@@ -786,6 +808,16 @@ async fn metrics(
             services.telemetry.render_with(&books_read, books).await,
         )
             .into_response(),
+        Err(error) => internal(&error),
+    }
+}
+
+async fn cells_books(
+    State(cells): State<Arc<[(String, Services)]>>,
+    Query(query): Query<BooksQuery>,
+) -> Response {
+    match crate::books::read_cells_books_stuck_after(&cells, query.stuck_after()).await {
+        Ok(books) => Json(books).into_response(),
         Err(error) => internal(&error),
     }
 }

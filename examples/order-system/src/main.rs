@@ -103,7 +103,7 @@ struct RunArgs {
     /// card processor, in DIR/cell-a, DIR/cell-b, …), each signed-in user
     /// served by one, chosen by a hash of their id. Each cell's books and
     /// metrics are at /cells/NAME/books and /cells/NAME/metrics on the
-    /// admin address.
+    /// admin address; /books adds up every cell's.
     #[arg(long, value_name = "N", default_value_t = 1,
         value_parser = clap::value_parser!(u8).range(1..=26))]
     cells: u8,
