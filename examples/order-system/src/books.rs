@@ -67,6 +67,11 @@ pub struct Books {
     /// the last [`LATENCY_WINDOW`] took, in milliseconds; `None` when none
     /// ended.
     pub saga_latency_ms: Option<[i64; 2]>,
+    /// The cells added up, by name, when there are several (empty for
+    /// one): each has its own card processor, whose ledger an operator
+    /// reads at `/admin/processor?cell=NAME`.
+    #[serde(default)]
+    pub cells: Vec<String>,
 }
 
 /// The sagas [`Books::saga_latency_ms`] describes: those that ended this
@@ -278,14 +283,14 @@ pub async fn read_cells_books_stuck_after(
     cells: &[(String, Services)],
     stuck_after: Duration,
 ) -> Result<Books, sqlx::Error> {
-    let mut cells = cells.iter();
-    let Some((_, first)) = cells.next() else {
+    let Some(((_, first), others)) = cells.split_first() else {
         return Ok(Books::default());
     };
     let mut books = read_books_stuck_after(first, stuck_after).await?;
-    for (name, services) in cells {
+    for (name, services) in others {
         books.add_cell(name, read_books_stuck_after(services, stuck_after).await?);
     }
+    books.cells = cells.iter().map(|(name, _)| name.clone()).collect();
     Ok(books)
 }
 

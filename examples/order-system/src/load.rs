@@ -687,18 +687,28 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, BoxError> {
     };
     summary.violations = violations;
     // No order charged twice: the processor's own ledger, through its API
-    // (its data is its own).
+    // (its data is its own); with several cells, each cell's processor's.
     if let Some(operator) = &operator {
-        let ledger = operator
-            .get::<Report>("/admin/processor")
-            .await
-            .map_err(|error| {
+        let paths: Vec<String> = if books.cells.is_empty() {
+            vec!["/admin/processor".to_owned()]
+        } else {
+            books
+                .cells
+                .iter()
+                .map(|cell| format!("/admin/processor?cell={cell}"))
+                .collect()
+        };
+        let mut ledger = Ledger::default();
+        for path in paths {
+            let cell = operator.get::<Report>(&path).await.map_err(|error| {
                 format!(
-                    "the card processor's ledger: {error} (on real infrastructure, \
+                    "the card processor's ledger ({path}): {error} (on real infrastructure, \
                      --processor-admin says where its admin is)"
                 )
-            })?
-            .ledger;
+            })?;
+            ledger.charges += cell.ledger.charges;
+            ledger.charged_twice += cell.ledger.charged_twice;
+        }
         if ledger.charged_twice != 0 {
             summary.violations.push(format!(
                 "{} orders charged twice by the card processor",

@@ -180,3 +180,34 @@ async fn an_operator_names_the_cell_an_admin_request_is_for() {
     system.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The load command on two cells checks both: `/books` adds up their
+/// orders, and the card charges it reads are both cells' processors',
+/// one per confirmed order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_command_checks_every_cell() {
+    let (mut settings, dir) = support::settings();
+    settings.cells = 2;
+    let system = System::start(settings).await.unwrap();
+    let summary = palisade_order_system::load::run(&support::load_settings(&system, 60, 8))
+        .await
+        .unwrap();
+    assert!(summary.violations.is_empty(), "{:?}", summary.violations);
+    let books = summary.books.unwrap();
+    assert_eq!(books.cells, ["a", "b"]);
+    let placed: i64 = books.orders.iter().map(|(_, _, count)| count).sum();
+    assert_eq!(placed, 60, "both cells' orders");
+    let ledger = summary.ledger.unwrap();
+    assert_eq!(
+        (ledger.charges, ledger.charged_twice),
+        (u64::try_from(summary.confirmed).unwrap(), 0),
+        "both cells' processors"
+    );
+    // Each cell took some of the load's users.
+    for cell in ["a", "b"] {
+        let [ended] = orders_in(&system, &format!("/cells/{cell}"), ["confirmed"]).await;
+        assert!(ended > 0, "cell {cell} confirmed none");
+    }
+    system.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
