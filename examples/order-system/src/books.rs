@@ -70,7 +70,6 @@ pub struct Books {
     /// The cells added up, by name, when there are several (empty for
     /// one): each has its own card processor, whose ledger an operator
     /// reads at `/admin/processor?cell=NAME`.
-    #[serde(default)]
     pub cells: Vec<String>,
 }
 
@@ -219,13 +218,18 @@ impl Books {
 
 impl Books {
     /// Adds the books of another cell (a complete saga stack of its own,
-    /// named `cell`): counts are summed (orders by status and reason,
-    /// stock by product, stuck sagas, compensations, breaker opens), the
-    /// outboxes, consumers and unread services are listed as `cell/name`,
-    /// and the saga latency is the slower cell's. The books of several
-    /// cells balance, or not, as each cell's do.
+    /// named `cell`; `cells` names those added so far, the first first).
+    /// Counts are summed: orders by status and reason, stuck sagas,
+    /// compensations, breaker opens, and stock by product where both
+    /// levels balance with nothing reserved below zero (a level that does
+    /// not is listed apart, as `cell/sku`, so that two cells' errors cannot
+    /// cancel out). Services, outboxes, consumers and unread services are
+    /// listed as `cell/name`; the breaker's state is each cell's
+    /// (`a: Closed, b: Open`) when they differ; each saga latency quantile
+    /// is the larger of the cells'.
     pub fn add_cell(&mut self, cell: &str, other: Self) {
         let named = |name: String| format!("{cell}/{name}");
+        self.services.extend(other.services.into_iter().map(named));
         self.unread.extend(other.unread.into_iter().map(named));
         for (status, reason, count) in other.orders {
             match self
@@ -237,15 +241,25 @@ impl Books {
                 None => self.orders.push((status, reason, count)),
             }
         }
-        for level in other.stock {
-            match self.stock.iter_mut().find(|kept| kept.sku == level.sku) {
+        let sound = |level: &StockLevel| level.balances() && level.reserved >= 0;
+        for mut level in other.stock {
+            match self
+                .stock
+                .iter_mut()
+                .find(|kept| kept.sku == level.sku && sound(kept) && sound(&level))
+            {
                 Some(kept) => {
                     kept.initial += level.initial;
                     kept.available += level.available;
                     kept.reserved += level.reserved;
                     kept.shipped += level.shipped;
                 }
-                None => self.stock.push(level),
+                None => {
+                    if !sound(&level) || self.stock.iter().any(|kept| kept.sku == level.sku) {
+                        level.sku = named(level.sku);
+                    }
+                    self.stock.push(level);
+                }
             }
         }
         self.stuck_sagas += other.stuck_sagas;
@@ -260,9 +274,19 @@ impl Books {
         self.consumers.extend(other.consumers.into_iter().map(
             |(name, applied, duplicates, given_up)| (named(name), applied, duplicates, given_up),
         ));
-        if other.breaker_state != self.breaker_state {
+        // "NAME: state" for every cell once any differs (a state never
+        // holds ": ").
+        if self.breaker_state.contains(": ") {
             self.breaker_state = format!("{}, {cell}: {}", self.breaker_state, other.breaker_state);
+        } else if other.breaker_state != self.breaker_state {
+            let earlier: Vec<String> = self
+                .cells
+                .iter()
+                .map(|name| format!("{name}: {}", self.breaker_state))
+                .collect();
+            self.breaker_state = format!("{}, {cell}: {}", earlier.join(", "), other.breaker_state);
         }
+        self.cells.push(cell.to_owned());
         self.breaker_opens += other.breaker_opens;
         self.saga_latency_ms = match (self.saga_latency_ms, other.saga_latency_ms) {
             (Some([p50, p99]), Some([other_p50, other_p99])) => {
@@ -283,14 +307,14 @@ pub async fn read_cells_books_stuck_after(
     cells: &[(String, Services)],
     stuck_after: Duration,
 ) -> Result<Books, sqlx::Error> {
-    let Some(((_, first), others)) = cells.split_first() else {
+    let Some(((first_name, first), others)) = cells.split_first() else {
         return Ok(Books::default());
     };
     let mut books = read_books_stuck_after(first, stuck_after).await?;
+    books.cells = vec![first_name.clone()];
     for (name, services) in others {
         books.add_cell(name, read_books_stuck_after(services, stuck_after).await?);
     }
-    books.cells = cells.iter().map(|(name, _)| name.clone()).collect();
     Ok(books)
 }
 
@@ -419,8 +443,9 @@ mod tests {
     }
 
     /// Two cells' books add up: counts summed by key, the second cell's
-    /// outboxes named after it, the slower latency kept, and a cell whose
-    /// stock does not balance still reported.
+    /// outboxes named after it, each quantile the larger, the breakers'
+    /// states each cell's; and stock errors of two cells in opposite
+    /// directions are both reported, not cancelled out.
     #[test]
     fn cells_books_add_up_and_keep_each_cells_violations() {
         let level = |available, reserved| StockLevel {
@@ -430,17 +455,17 @@ mod tests {
             reserved,
             shipped: 10 - available - reserved,
         };
-        let cell = |confirmed, level, latency| Books {
+        let cell = |confirmed, level, latency, state: &str| Books {
             orders: vec![("confirmed".to_owned(), None, confirmed)],
             stock: vec![level],
-            breaker_state: "Closed".to_owned(),
+            breaker_state: state.to_owned(),
             saga_latency_ms: Some(latency),
             ..part(Orders::NAME, 1)
         };
-        let mut books = cell(3, level(5, 0), [40, 90]);
-        let mut b = cell(1, level(8, 2), [60, 80]);
+        let mut books = cell(3, level(5, 0), [40, 90], "Closed");
+        books.cells = vec!["a".to_owned()];
+        let mut b = cell(1, level(8, 2), [60, 80], "Closed");
         b.orders.push(("pending".to_owned(), None, 1));
-        b.breaker_state = "Open".to_owned();
         books.add_cell("b", b);
         assert_eq!(
             books.orders,
@@ -457,8 +482,9 @@ mod tests {
             ),
             (20, 13, 2)
         );
+        assert_eq!(books.services, ["orders", "b/orders"]);
         assert_eq!(books.outboxes[1], ("b/orders".to_owned(), 1, 0));
-        assert_eq!(books.breaker_state, "Closed, b: Open");
+        assert_eq!(books.breaker_state, "Closed");
         assert_eq!(books.saga_latency_ms, Some([60, 90]));
         assert!(books.violations(false).is_empty());
         assert!(
@@ -470,14 +496,30 @@ mod tests {
             books.violations(true)
         );
 
-        let mut unbalanced = cell(0, level(5, 0), [1, 1]);
-        unbalanced.stock[0].shipped = 0;
-        books.add_cell("c", unbalanced);
-        assert!(
-            books
-                .violations(false)
-                .iter()
-                .any(|violation| violation.contains("does not balance")),
+        // A unit lost in cell c and one made up in cell d: both reported.
+        let mut lost = cell(0, level(5, 0), [1, 1], "Open");
+        lost.stock[0].available = 4;
+        let mut made_up = cell(0, level(5, 0), [1, 1], "Closed");
+        made_up.stock[0].available = 6;
+        books.add_cell("c", lost);
+        books.add_cell("d", made_up);
+        let unbalanced: Vec<&str> = books
+            .stock
+            .iter()
+            .filter(|level| !level.balances())
+            .map(|level| level.sku.as_str())
+            .collect();
+        assert_eq!(unbalanced, ["c/sku-1", "d/sku-1"]);
+        assert_eq!(
+            books.violations(false).len(),
+            2,
+            "{:?}",
+            books.violations(false)
+        );
+        assert_eq!(books.cells, ["a", "b", "c", "d"]);
+        assert_eq!(
+            books.breaker_state,
+            "a: Closed, b: Closed, c: Open, d: Closed"
         );
     }
 

@@ -44,7 +44,8 @@
 //! - `GET /books`: every service's books and the invariants they must keep,
 //!   with the sagas pending past a threshold (`?stuck_after_ms=N`, by
 //!   default [`STUCK_AFTER`]): those of the services in this process and
-//!   those its peers give (see [`books`](crate::books)).
+//!   those its peers give (see [`books`](crate::books)); with several
+//!   cells, every cell's added up ([`cells_books_route`]).
 //! - `GET /metrics`: the same books in the Prometheus text format (the
 //!   same `?stuck_after_ms`), and the palisade crates' own OpenTelemetry
 //!   metrics (breaker, retry, rate limit, relays, catalog cache).

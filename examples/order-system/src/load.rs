@@ -689,7 +689,9 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, BoxError> {
     // No order charged twice: the processor's own ledger, through its API
     // (its data is its own); with several cells, each cell's processor's.
     if let Some(operator) = &operator {
-        let paths: Vec<String> = if books.cells.is_empty() {
+        // A processor admin of its own (`--processor-admin`) is one
+        // processor's, whatever the books say.
+        let paths: Vec<String> = if books.cells.is_empty() || settings.processor_admin.is_some() {
             vec!["/admin/processor".to_owned()]
         } else {
             books
