@@ -3,6 +3,7 @@
 //! and one cell's card processor outage holds up its own users' sagas
 //! only, while the other cell's sagas end as usual.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +20,20 @@ async fn admin_get(system: &System, path: &str) -> (http::StatusCode, String) {
         .await
         .unwrap();
     (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// An embedded system of two cells, `a` and `b`, in a data directory of
+/// its own.
+async fn two_cells() -> (System, PathBuf) {
+    let (mut settings, dir) = support::settings();
+    settings.cells = 2;
+    (System::start(settings).await.unwrap(), dir)
+}
+
+/// Stops `system` and removes its data directory.
+async fn stop(system: System, dir: PathBuf) {
+    system.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// How many orders the books under `prefix` (`/cells/NAME`, or the
@@ -39,9 +54,7 @@ async fn orders_in<const N: usize>(system: &System, prefix: &str, statuses: [&st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_cells_processor_outage_holds_up_only_its_own_users() {
-    let (mut settings, dir) = support::settings();
-    settings.cells = 2;
-    let system = System::start(settings).await.unwrap();
+    let (system, dir) = two_cells().await;
     let names: Vec<&str> = system.cells.iter().map(|cell| cell.name.as_str()).collect();
     assert_eq!(names, ["a", "b"]);
     // A user of each cell, as the routing table places them.
@@ -126,8 +139,7 @@ async fn one_cells_processor_outage_holds_up_only_its_own_users() {
     // Back up: cell b's saga ends.
     processor_b.set_unavailable(false);
     assert_eq!(place_and_wait(&client_b, wait).await, "confirmed");
-    system.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+    stop(system, dir).await;
 }
 
 #[tokio::test]
@@ -143,9 +155,7 @@ async fn a_system_of_no_cells_or_too_many_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_names_the_cell_an_admin_request_is_for() {
-    let (mut settings, dir) = support::settings();
-    settings.cells = 2;
-    let system = System::start(settings).await.unwrap();
+    let (system, dir) = two_cells().await;
     let operator = signed_in(&system, "operator").await;
     let unavailable = |name: &str| {
         let cell = system.cells.iter().find(|cell| cell.name == name).unwrap();
@@ -177,8 +187,7 @@ async fn an_operator_names_the_cell_an_admin_request_is_for() {
     assert!(status.is_success());
     assert!(unavailable(&own));
     assert!(!unavailable(other));
-    system.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+    stop(system, dir).await;
 }
 
 /// The load command on two cells checks both: `/books` adds up their
@@ -186,9 +195,7 @@ async fn an_operator_names_the_cell_an_admin_request_is_for() {
 /// one per confirmed order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_command_checks_every_cell() {
-    let (mut settings, dir) = support::settings();
-    settings.cells = 2;
-    let system = System::start(settings).await.unwrap();
+    let (system, dir) = two_cells().await;
     let summary = palisade_order_system::load::run(&support::load_settings(&system, 60, 8))
         .await
         .unwrap();
@@ -208,6 +215,5 @@ async fn the_load_command_checks_every_cell() {
         let [ended] = orders_in(&system, &format!("/cells/{cell}"), ["confirmed"]).await;
         assert!(ended > 0, "cell {cell} confirmed none");
     }
-    system.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+    stop(system, dir).await;
 }
