@@ -12,6 +12,7 @@
 //! processor's restart gets the same answer, charged once). Its [`Faults`]
 //! make it answer `UNAVAILABLE`, or slowly, on demand.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
@@ -218,6 +219,7 @@ impl ChargeStore {
             .busy_timeout(Duration::from_secs(30));
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         Self::Sqlite(pool).migrated().await
@@ -299,49 +301,101 @@ impl ChargeStore {
     }
 }
 
-/// Records `charges` in `tx` (see [`ChargeStore::charge_all`]).
+/// Charges one statement records at most (three parameters each, far
+/// below either database's limit).
+const CHARGES_PER_STATEMENT: usize = 500;
+
+/// Records `charges` in `tx` (see [`ChargeStore::charge_all`]) set by set:
+/// one insert of the group's orders, one of their captures, and one read
+/// of the answers recorded before, whatever the group's size (a statement
+/// per charge made the group's turn, which the calls queue for, grow with
+/// it).
 async fn charge_in<C: Tx>(
     tx: &mut C,
     charges: &[Pending],
 ) -> Result<Vec<Option<String>>, sqlx::Error> {
-    let mut answers = Vec::with_capacity(charges.len());
-    for charge in charges {
-        let first = tx
-            .execute(
-                "INSERT INTO charges (order_id, amount_cents, decline_reason) \
-                 VALUES ($1, $2, $3) ON CONFLICT (order_id) DO NOTHING",
-                &[
+    // An order asked twice in one group is recorded from its first call.
+    let mut seen = HashSet::with_capacity(charges.len());
+    let candidates: Vec<&Pending> = charges
+        .iter()
+        .filter(|charge| seen.insert(charge.order_id.as_str()))
+        .collect();
+    let mut recorded: HashMap<String, Option<String>> = HashMap::with_capacity(charges.len());
+    for chunk in candidates.chunks(CHARGES_PER_STATEMENT) {
+        let mut params = Vec::with_capacity(chunk.len() * 3);
+        for charge in chunk {
+            params.extend([
+                Param::Text(&charge.order_id),
+                Param::Int(charge.amount_cents),
+                Param::OptionalText(charge.reason.as_deref()),
+            ]);
+        }
+        let first: Vec<(String,)> = tx
+            .fetch_all(
+                &format!(
+                    "INSERT INTO charges (order_id, amount_cents, decline_reason) VALUES {} \
+                     ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+                    crate::db::placeholders(chunk.len(), 3)
+                ),
+                &params,
+            )
+            .await?;
+        let first: HashSet<String> = first.into_iter().map(|(order_id,)| order_id).collect();
+        let captured: Vec<&&Pending> = chunk
+            .iter()
+            .filter(|charge| charge.reason.is_none() && first.contains(&charge.order_id))
+            .collect();
+        if !captured.is_empty() {
+            let mut params = Vec::with_capacity(captured.len() * 2);
+            for charge in &captured {
+                params.extend([
                     Param::Text(&charge.order_id),
                     Param::Int(charge.amount_cents),
-                    Param::OptionalText(charge.reason.as_deref()),
-                ],
-            )
-            .await?
-            == 1;
-        answers.push(if first {
-            if charge.reason.is_none() {
-                tx.execute(
-                    "INSERT INTO ledger (order_id, amount_cents) VALUES ($1, $2)",
-                    &[
-                        Param::Text(&charge.order_id),
-                        Param::Int(charge.amount_cents),
-                    ],
-                )
-                .await?;
+                ]);
             }
-            charge.reason.clone()
-        } else {
-            let (recorded,): (Option<String>,) = tx
-                .fetch_optional(
-                    "SELECT decline_reason FROM charges WHERE order_id = $1",
-                    &[Param::Text(&charge.order_id)],
-                )
-                .await?
-                .ok_or(sqlx::Error::RowNotFound)?;
-            recorded
-        });
+            tx.execute(
+                &format!(
+                    "INSERT INTO ledger (order_id, amount_cents) VALUES {}",
+                    crate::db::placeholders(captured.len(), 2)
+                ),
+                &params,
+            )
+            .await?;
+        }
+        for charge in chunk {
+            if first.contains(&charge.order_id) {
+                recorded.insert(charge.order_id.clone(), charge.reason.clone());
+            }
+        }
     }
-    Ok(answers)
+    // The orders recorded before this group: their first answer stands.
+    let earlier: Vec<&str> = candidates
+        .iter()
+        .filter(|charge| !recorded.contains_key(&charge.order_id))
+        .map(|charge| charge.order_id.as_str())
+        .collect();
+    for chunk in earlier.chunks(CHARGES_PER_STATEMENT) {
+        let params: Vec<Param<'_>> = chunk.iter().map(|order_id| Param::Text(order_id)).collect();
+        let rows: Vec<(String, Option<String>)> = tx
+            .fetch_all(
+                &format!(
+                    "SELECT order_id, decline_reason FROM charges WHERE order_id IN {}",
+                    crate::db::placeholders(1, chunk.len())
+                ),
+                &params,
+            )
+            .await?;
+        recorded.extend(rows);
+    }
+    charges
+        .iter()
+        .map(|charge| {
+            recorded
+                .get(&charge.order_id)
+                .cloned()
+                .ok_or(sqlx::Error::RowNotFound)
+        })
+        .collect()
 }
 
 /// What `/admin/processor` shows: the simulator's own report (faults,
@@ -739,12 +793,9 @@ mod tests {
 
     /// Many concurrent charges share commits, and each order keeps the
     /// answer recorded first and is captured once, whichever call's turn
-    /// recorded it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_charges_committed_together_keep_one_answer_per_order() {
-        let dir = std::env::temp_dir().join(format!("palisade-charges-{}", fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = ChargeStore::open_sqlite(&dir).await.unwrap();
+    /// recorded it: on both stores (a group's charges are written set by
+    /// set, orders asked twice in one group among them).
+    async fn charges_committed_together_keep_one_answer_per_order(store: ChargeStore) {
         let recording = Arc::new(GroupCommit::default());
         let mut calls = tokio::task::JoinSet::new();
         for call in 0..200_u32 {
@@ -775,6 +826,28 @@ mod tests {
         let ledger = store.ledger().await.unwrap();
         assert_eq!(ledger.charges, u64::try_from(approved).unwrap());
         assert_eq!(ledger.charged_twice, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_charges_committed_together_keep_one_answer_per_order_in_sqlite() {
+        let dir = std::env::temp_dir().join(format!("palisade-charges-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        charges_committed_together_keep_one_answer_per_order(
+            ChargeStore::open_sqlite(&dir).await.unwrap(),
+        )
+        .await;
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_charges_committed_together_keep_one_answer_per_order_in_postgres() {
+        let schema = format!("charges_{}", fastrand::u64(..));
+        let url = "postgres://postgres@127.0.0.1:5432/test";
+        let store = ChargeStore::open_postgres(url, &schema).await.unwrap();
+        charges_committed_together_keep_one_answer_per_order(store.clone()).await;
+        store
+            .execute(&format!("DROP SCHEMA {schema} CASCADE"), &[])
+            .await
+            .unwrap();
     }
 }
