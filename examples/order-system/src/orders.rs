@@ -259,13 +259,21 @@ impl Orders {
         }
         let deadline = tokio::time::Instant::now() + wait;
         let waiter = self.waiters.register(id);
+        let mut read = false;
         loop {
             // Registered before reading, so an end committed between the
             // read and the wait is not missed. The wake-up comes after the
             // commit (`committed`); the short re-reads are for ends that a
             // consumer in another process commits.
             let notified = waiter.as_ref().map(waiters::Waiter::notified);
+            // Ended by this process's consumer: the wake-up carried it.
+            // Only once a read showed the order is `user`'s: the wait is
+            // by order id alone.
+            if read && let Some(ended) = waiter.as_ref().and_then(waiters::Waiter::ended) {
+                return Ok(Some(ended));
+            }
             let order = self.find(user, id).await?;
+            read = true;
             let ended = order.as_ref().is_none_or(|order| order.status != "pending");
             if ended || tokio::time::Instant::now() >= deadline {
                 return Ok(order);
@@ -441,9 +449,12 @@ impl Orders {
         status: &str,
         reason: Option<&str>,
     ) -> Result<(), BoxError> {
-        let done = tx
-            .execute(
-                "UPDATE orders SET status = $2, reason = $3, finished_ms = $4 WHERE id = $1 AND status = 'pending'",
+        let ended: Option<OrderRow> = tx
+            .fetch_optional(
+                "UPDATE orders SET status = $2, reason = $3, finished_ms = $4 \
+                 WHERE id = $1 AND status = 'pending' \
+                 RETURNING user_id, id, sku, quantity, amount_cents, status, reason, \
+                 finished_ms - created_ms",
                 &[
                     Param::Text(order_id),
                     Param::Text(status),
@@ -452,9 +463,11 @@ impl Orders {
                 ],
             )
             .await?;
-        if done != 1 {
+        let Some(ended) = ended else {
             return Err(format!("order {order_id} is not pending; cannot become {status}").into());
-        }
+        };
+        // Handed to the requests waiting for it once this commits.
+        self.waiters.written(Order::from(ended));
         let event = match reason {
             None => SagaEvent::OrderConfirmed {
                 order_id: order_id.to_owned(),
@@ -522,7 +535,7 @@ impl SagaService for Orders {
         Ok(())
     }
 
-    /// The saga's end is committed: whoever waits for it reads it now.
+    /// The saga's end is committed: whoever waits for it has it now.
     fn committed(&self, delivery: &Delivery) {
         // The event's subject is its aggregate: the order.
         let Some(order_id) = delivery.envelope.subject.as_deref() else {

@@ -1,5 +1,7 @@
 //! Requests waiting for an order's saga to end, by order id: a bounded
-//! map of wake-ups whose entries leave with their last waiter.
+//! map of wake-ups whose entries leave with their last waiter. A wake-up
+//! carries the ended order when this process's consumer ended it, so the
+//! woken requests answer without reading it again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -7,13 +9,37 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
+use super::Order;
+
+/// One order's wake-up, and its end once committed.
+#[derive(Debug, Default)]
+struct Slot {
+    notify: Notify,
+    end: Mutex<End>,
+}
+
+/// An order's end as the consumer's transaction wrote it: `written`
+/// before the commit (a rolled-back batch writes it again, or never
+/// commits it), `committed` once [`Waiters::wake`] ran after the commit.
+#[derive(Debug, Default)]
+struct End {
+    written: Option<Order>,
+    committed: Option<Order>,
+}
+
+impl Slot {
+    fn end(&self) -> MutexGuard<'_, End> {
+        self.end.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The order ids that requests wait for, with one wake-up each, holding
 /// at most `capacity` ids. An entry exists only while a [`Waiter`] for
 /// it lives: dropping the last one (an answer, an error, a client gone)
 /// removes it.
 #[derive(Debug, Clone)]
 pub(crate) struct Waiters {
-    waiting: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    waiting: Arc<Mutex<HashMap<String, Arc<Slot>>>>,
     capacity: usize,
 }
 
@@ -26,7 +52,7 @@ impl Waiters {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -34,22 +60,36 @@ impl Waiters {
     /// orders are waited for already (the caller then polls).
     pub(crate) fn register(&self, order_id: &str) -> Option<Waiter> {
         let mut waiting = self.lock();
-        let notify = match waiting.get(order_id) {
-            Some(notify) => Arc::clone(notify),
+        let slot = match waiting.get(order_id) {
+            Some(slot) => Arc::clone(slot),
             None if waiting.len() >= self.capacity => return None,
             None => Arc::clone(waiting.entry(order_id.to_owned()).or_default()),
         };
         Some(Waiter {
             waiters: self.clone(),
             order_id: order_id.to_owned(),
-            notify,
+            slot,
         })
     }
 
-    /// Wakes every request waiting for `order_id`.
+    /// Notes `order`'s end as written in a transaction not yet
+    /// committed, when someone waits for it; [`wake`](Self::wake) hands
+    /// it to them once the transaction commits.
+    pub(crate) fn written(&self, order: Order) {
+        if let Some(slot) = self.lock().get(&order.id) {
+            slot.end().written = Some(order);
+        }
+    }
+
+    /// Wakes every request waiting for `order_id`, whose end is
+    /// committed: with the end [`written`](Self::written) for it, if any.
     pub(crate) fn wake(&self, order_id: &str) {
-        if let Some(notify) = self.lock().get(order_id) {
-            notify.notify_waiters();
+        if let Some(slot) = self.lock().get(order_id) {
+            {
+                let mut end = slot.end();
+                end.committed = end.written.take();
+            }
+            slot.notify.notify_waiters();
         }
     }
 
@@ -65,14 +105,19 @@ impl Waiters {
 pub(crate) struct Waiter {
     waiters: Waiters,
     order_id: String,
-    notify: Arc<Notify>,
+    slot: Arc<Slot>,
 }
 
 impl Waiter {
     /// The next wake-up. It counts from this call, so create it before
     /// reading the order: an end committed in between is not missed.
     pub(crate) fn notified(&self) -> Notified<'_> {
-        self.notify.notified()
+        self.slot.notify.notified()
+    }
+
+    /// The order's end, once committed and woken for by this process.
+    pub(crate) fn ended(&self) -> Option<Order> {
+        self.slot.end().committed.clone()
     }
 }
 
@@ -81,7 +126,7 @@ impl Drop for Waiter {
         let mut waiting = self.waiters.lock();
         // Every clone of the wake-up is made under this lock: the map's
         // and this one's are the last two when no one else waits.
-        if Arc::strong_count(&self.notify) == 2 {
+        if Arc::strong_count(&self.slot) == 2 {
             waiting.remove(&self.order_id);
         }
     }
@@ -106,6 +151,39 @@ mod tests {
         assert!(waiters.register("c").is_some(), "room again");
         drop(b);
         assert_eq!(waiters.len(), 0, "c's waiter was dropped at once");
+    }
+
+    fn ended(id: &str, status: &str) -> Order {
+        Order {
+            id: id.to_owned(),
+            sku: "sku-1".to_owned(),
+            quantity: 1,
+            amount_cents: 100,
+            status: status.to_owned(),
+            reason: None,
+            saga_ms: Some(5),
+        }
+    }
+
+    #[test]
+    fn a_wake_hands_over_the_end_written_before_its_commit_and_no_other() {
+        let waiters = Waiters::new(4);
+        let waiter = waiters.register("a").unwrap();
+        waiters.written(ended("a", "cancelled"));
+        // A rolled-back batch's end is written again by the batch that
+        // commits.
+        waiters.written(ended("a", "confirmed"));
+        assert_eq!(waiter.ended(), None, "not committed yet");
+        waiters.wake("a");
+        assert_eq!(waiter.ended(), Some(ended("a", "confirmed")));
+        // An end no one waits for is not kept.
+        waiters.written(ended("b", "confirmed"));
+        assert_eq!(waiters.len(), 1);
+        // Woken with no end written here (another process's consumer):
+        // the waiter reads the order.
+        let c = waiters.register("c").unwrap();
+        waiters.wake("c");
+        assert_eq!(c.ended(), None);
     }
 
     #[tokio::test]
