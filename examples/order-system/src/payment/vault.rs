@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -210,7 +210,14 @@ struct Keys {
 pub struct Vault {
     db: ServiceDb,
     keys: Arc<Keys>,
+    /// The tokens of numbers seen, by lookup value: a card's row never
+    /// changes once stored, so a number seen before costs no read.
+    known: Arc<Mutex<HashMap<String, CardToken>>>,
 }
+
+/// The most tokens [`Vault`] keeps in memory; past it the memory starts
+/// again empty (the database holds them all).
+const KNOWN_TOKENS: usize = 100_000;
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -264,6 +271,7 @@ impl Vault {
                 cipher,
                 lookup: key.derive("palisade order-system card vault: lookup"),
             }),
+            known: Arc::default(),
         }
     }
 
@@ -287,9 +295,12 @@ impl Vault {
     /// When the system's random source fails.
     pub async fn tokenize(&self, number: &CardNumber) -> Result<CardToken, VaultError> {
         let lookup = self.lookup(number);
-        // A number seen before (the usual case) costs one read.
-        if let Some(known) = self.token_of(&lookup).await? {
-            return Ok(known);
+        if let Some(known) = self.known().get(&lookup) {
+            return Ok(known.clone());
+        }
+        // A number this process has not seen costs one read.
+        if let Some(stored) = self.token_of(&lookup).await? {
+            return Ok(self.remember(lookup, stored));
         }
         let token = format!("card_{}", crate::identity::random_secret());
         let mut nonce = [0_u8; 12];
@@ -320,9 +331,25 @@ impl Vault {
             )
             .await?;
         // Ours, or the one a concurrent request stored first.
-        self.token_of(&lookup)
+        let stored = self
+            .token_of(&lookup)
             .await?
-            .ok_or_else(|| VaultError::Database(sqlx::Error::RowNotFound))
+            .ok_or_else(|| VaultError::Database(sqlx::Error::RowNotFound))?;
+        Ok(self.remember(lookup, stored))
+    }
+
+    fn known(&self) -> MutexGuard<'_, HashMap<String, CardToken>> {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `token` as the one stored for `lookup`, and returns it.
+    fn remember(&self, lookup: String, token: CardToken) -> CardToken {
+        let mut known = self.known();
+        if known.len() >= KNOWN_TOKENS {
+            known.clear();
+        }
+        known.insert(lookup, token.clone());
+        token
     }
 
     /// The token stored for the number whose lookup is `lookup`, if any.
@@ -484,6 +511,38 @@ mod tests {
         for row in rows {
             assert!(!format!("{row:?}").contains("42424242"), "{row:?}");
         }
+    }
+
+    /// A number tokenized before is answered from memory; a vault that
+    /// did not see it (another process) reads the token stored.
+    #[tokio::test]
+    async fn a_number_seen_before_is_tokenized_without_the_database() {
+        let (db, dir) = payment_db().await;
+        let key = VaultKey::generate();
+        let vault = Vault::open(db.clone(), &key).await.unwrap();
+        let good = vault.tokenize(&card("4242424242424242")).await.unwrap();
+        let elsewhere = Vault::open(
+            ServiceDb::open_sqlite(&dir.0, "payment", &[TABLE])
+                .await
+                .unwrap(),
+            &key,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            elsewhere.tokenize(&card("4242424242424242")).await.unwrap(),
+            good,
+            "the stored token"
+        );
+        db.close().await;
+        assert_eq!(
+            vault.tokenize(&card("4242424242424242")).await.unwrap(),
+            good
+        );
+        assert!(matches!(
+            vault.tokenize(&card("4000000000000002")).await,
+            Err(VaultError::Database(_))
+        ));
     }
 
     #[tokio::test]
