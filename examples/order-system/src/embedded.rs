@@ -264,7 +264,7 @@ impl System {
             let shutdown = until_stopped();
             running.tasks.spawn(async move {
                 let app = app.into_make_service_with_connect_info::<SocketAddr>();
-                if let Err(error) = axum::serve(listener, app)
+                if let Err(error) = axum::serve(crate::net::http_listener(listener), app)
                     .with_graceful_shutdown(shutdown)
                     .await
                 {
@@ -369,9 +369,7 @@ where
     // it open, and the payment under way may still need it.
     let serving = tonic::transport::Server::builder()
         .add_service(ProcessorServer::new(simulator.clone()))
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(
-            processor_listener,
-        ));
+        .serve_with_incoming(crate::net::grpc_incoming(processor_listener));
     running.processors.push(tokio::spawn(async move {
         if let Err(error) = serving.await {
             tracing::error!(%error, "card processor stopped");

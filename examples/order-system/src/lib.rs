@@ -33,6 +33,7 @@ pub mod inventory;
 pub mod limits;
 pub mod load;
 pub mod metrics;
+pub mod net;
 pub mod objectives;
 pub mod orders;
 pub mod payment;

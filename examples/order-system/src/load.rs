@@ -211,7 +211,7 @@ impl Gateway {
     #[must_use]
     pub fn new(base: &str) -> Self {
         Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(crate::net::http_connector()),
             base: base.trim_end_matches('/').to_owned(),
             authorization: None,
         }
@@ -222,7 +222,7 @@ impl Gateway {
     /// see it (on loopback, any of `127.0.0.0/8`).
     #[must_use]
     pub fn from_address(base: &str, local: IpAddr) -> Self {
-        let mut connector = HttpConnector::new();
+        let mut connector = crate::net::http_connector();
         connector.set_local_address(Some(local));
         Self {
             client: Client::builder(TokioExecutor::new()).build(connector),

@@ -270,7 +270,7 @@ async fn serve_http(
     stopped: impl Future<Output = ()> + Send + 'static,
 ) {
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(error) = axum::serve(listener, app)
+    if let Err(error) = axum::serve(crate::net::http_listener(listener), app)
         .with_graceful_shutdown(stopped)
         .await
     {

@@ -81,7 +81,7 @@ impl RemoteVault {
         }
         Ok(Self {
             url: format!("{base}/cards"),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(crate::net::http_connector()),
         })
     }
 

@@ -30,10 +30,7 @@ pub(super) async fn processor(
     tracing::info!(address = %grpc.local_addr()?, "card processor (gRPC)");
     let serving = tonic::transport::Server::builder()
         .add_service(ProcessorServer::new(simulator.clone()))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(grpc),
-            stop.signal(),
-        );
+        .serve_with_incoming_shutdown(crate::net::grpc_incoming(grpc), stop.signal());
     tasks.spawn(async move {
         if let Err(error) = serving.await {
             tracing::error!(%error, "card processor stopped");
