@@ -20,6 +20,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use palisade::coalesce::http::CachedResponse;
 use palisade::coalesce::{Cache, Freshness};
 use palisade::prelude::*;
@@ -32,6 +33,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "127.0.0.1:8090".to_owned());
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
+    // axum leaves the sockets it accepts with Nagle's algorithm on, which
+    // holds a response's later writes back until the first is
+    // acknowledged.
+    let listener = listener.tap_io(|tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         app()?.into_make_service_with_connect_info::<SocketAddr>(),

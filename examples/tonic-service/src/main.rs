@@ -52,7 +52,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 .into_inner(),
         )
         .add_service(health)
-        .serve_with_incoming(TcpIncoming::from(listener));
+        // tonic leaves the sockets it accepts with Nagle's algorithm on,
+        // which holds a reply's later frames back until the first is
+        // acknowledged.
+        .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));
     tokio::spawn(server);
 
     // The client: trace context, retries, a breaker, then the channel.
