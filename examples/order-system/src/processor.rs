@@ -828,6 +828,54 @@ mod tests {
         assert_eq!(ledger.charged_twice, 0);
     }
 
+    fn pending(order_id: &str, reason: Option<&str>) -> Pending {
+        Pending {
+            order_id: order_id.to_owned(),
+            amount_cents: 100,
+            reason: reason.map(str::to_owned),
+            reply: oneshot::channel().0,
+        }
+    }
+
+    /// One group, written set by set: an order asked twice in it keeps
+    /// its first call's answer, and orders recorded by an earlier group
+    /// (two, so the read of earlier answers lists several) keep theirs.
+    #[tokio::test]
+    async fn a_group_answers_repeated_and_earlier_orders_with_their_first_answer() {
+        let dir = std::env::temp_dir().join(format!("palisade-charges-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = ChargeStore::open_sqlite(&dir).await.unwrap();
+        let earlier = [
+            pending("o-1", Some("insufficient_funds")),
+            pending("o-2", None),
+        ];
+        assert_eq!(
+            store.charge_all(&earlier).await.unwrap(),
+            [Some("insufficient_funds".to_owned()), None]
+        );
+        let group = [
+            pending("o-3", None),
+            pending("o-1", None),
+            pending("o-3", Some("insufficient_funds")),
+            pending("o-2", Some("insufficient_funds")),
+            pending("o-4", Some("insufficient_funds")),
+        ];
+        assert_eq!(
+            store.charge_all(&group).await.unwrap(),
+            [
+                None,
+                Some("insufficient_funds".to_owned()),
+                None,
+                None,
+                Some("insufficient_funds".to_owned()),
+            ]
+        );
+        // Captured: o-2 and o-3, once each.
+        let ledger = store.ledger().await.unwrap();
+        assert_eq!((ledger.charges, ledger.charged_twice), (2, 0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_charges_committed_together_keep_one_answer_per_order_in_sqlite() {
         let dir = std::env::temp_dir().join(format!("palisade-charges-{}", fastrand::u64(..)));
