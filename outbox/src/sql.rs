@@ -5,6 +5,10 @@
 
 use crate::config::OutboxConfig;
 
+/// The most events one statement writes (six values each: SQLite takes
+/// up to 32,766 in a statement).
+pub(crate) const INSERT_ROWS: usize = 500;
+
 /// How many unsent events of its aggregate an event waits behind before a
 /// claim sets it aside (see `OutboxSql::claim`).
 const SET_ASIDE_BEHIND: u32 = 4;
@@ -203,7 +207,12 @@ pub(crate) struct OutboxSql {
     pub(crate) columns: Vec<(String, String)>,
     /// The indexes, once the table has every column.
     pub(crate) indexes: Vec<String>,
+    /// Writes one event: `$1` to `$6` its id, aggregate type and id, event
+    /// type, payload and headers.
     pub(crate) insert: String,
+    /// Where one statement may write several events: the statement up to
+    /// its `VALUES` (see [`insert_rows`](Self::insert_rows)).
+    insert_values: Option<String>,
     /// One round of a claim: `$1` events at most, `$2` the lease in
     /// milliseconds, `$3` the claim id, `$4` how many ready events to walk,
     /// `$5` the seq after which to walk. Returns the claimed events, each
@@ -232,6 +241,24 @@ pub(crate) struct OutboxSql {
 }
 
 impl OutboxSql {
+    /// The statement writing `events` events (2 to [`INSERT_ROWS`]) at
+    /// once, their columns bound in [`insert`](Self::insert)'s order, one
+    /// event after another; `None` where each event takes a statement of
+    /// its own.
+    pub(crate) fn insert_rows(&self, events: usize) -> Option<String> {
+        let prefix = self.insert_values.as_deref()?;
+        const ROW: &str = "(?, ?, ?, ?, ?, ?)";
+        let mut statement = String::with_capacity(prefix.len() + events * (ROW.len() + 2));
+        statement.push_str(prefix);
+        for event in 0..events {
+            if event > 0 {
+                statement.push_str(", ");
+            }
+            statement.push_str(ROW);
+        }
+        Some(statement)
+    }
+
     pub(crate) fn new(dialect: Dialect, config: &OutboxConfig) -> Self {
         let t = &config.table;
         let now = dialect.now();
@@ -406,6 +433,19 @@ impl OutboxSql {
                     "INSERT INTO {t} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
                      VALUES ($1, $2, $3, $4, $5, $6)"
                 ),
+            },
+            // SQLite takes the rows of several events in one statement,
+            // inserted in the order listed: still one writer, so `seq`
+            // order is commit order, and that order within the statement.
+            // PostgreSQL's insert takes its aggregate's lock first, one
+            // event at a time.
+            insert_values: match dialect {
+                #[cfg(feature = "postgres")]
+                Dialect::Postgres => None,
+                #[cfg(feature = "sqlite")]
+                Dialect::Sqlite => Some(format!(
+                    "INSERT INTO {t} (id, aggregate_type, aggregate_id, event_type, payload, headers) VALUES "
+                )),
             },
             claim_plan: dialect.claim_plan(),
             claim: if sets_aside {

@@ -3,6 +3,20 @@
 //! connection types and its [`Dialect`](crate::sql::Dialect), and adds what
 //! only it has (PostgreSQL's `LISTEN`, SQLite's commit hook).
 
+/// `query` with `event`'s columns bound, in the order of the outbox's
+/// inserts.
+macro_rules! bind_event {
+    ($query:expr, $event:expr) => {
+        $query
+            .bind($event.id.to_string())
+            .bind(&$event.aggregate_type)
+            .bind(&$event.aggregate_id)
+            .bind(&$event.event_type)
+            .bind(&$event.payload)
+            .bind($event.headers_json())
+    };
+}
+
 /// Defines an outbox type: `$name` over `$pool` whose transactions are
 /// `$conn`s. The backend module implements `announce(&self, tx)`: have
 /// relays woken (through `self.wake` or the database) once the transaction
@@ -113,7 +127,10 @@ macro_rules! sql_outbox {
                 self.enqueue_all(tx, std::slice::from_ref(event)).await
             }
 
-            /// Writes `events`, in order, in the caller's transaction.
+            /// Writes `events`, in order, in the caller's transaction. On
+            /// SQLite one statement writes up to 500 of them (a statement
+            /// is a round trip to the connection's thread); on PostgreSQL
+            /// each takes its aggregate's lock, one at a time.
             ///
             /// # Errors
             ///
@@ -123,16 +140,27 @@ macro_rules! sql_outbox {
                 tx: &mut $conn,
                 events: &[$crate::Event],
             ) -> Result<(), sqlx::Error> {
-                for event in events {
-                    sqlx::query(&self.sql.insert)
-                        .bind(event.id.to_string())
-                        .bind(&event.aggregate_type)
-                        .bind(&event.aggregate_id)
-                        .bind(&event.event_type)
-                        .bind(&event.payload)
-                        .bind(event.headers_json())
-                        .execute(&mut *tx)
-                        .await?;
+                for chunk in events.chunks($crate::sql::INSERT_ROWS) {
+                    let rows = match chunk {
+                        [_, _, ..] => self.sql.insert_rows(chunk.len()),
+                        _ => None,
+                    };
+                    match rows {
+                        Some(statement) => {
+                            let mut query = sqlx::query(&statement);
+                            for event in chunk {
+                                query = $crate::stores::bind_event!(query, event);
+                            }
+                            query.execute(&mut *tx).await?;
+                        }
+                        None => {
+                            for event in chunk {
+                                $crate::stores::bind_event!(sqlx::query(&self.sql.insert), event)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                        }
+                    }
                 }
                 if self.hooked {
                     return Ok(());
@@ -560,7 +588,7 @@ macro_rules! sql_inbox {
     };
 }
 
-pub(crate) use {sql_inbox, sql_outbox};
+pub(crate) use {bind_event, sql_inbox, sql_outbox};
 
 use std::fmt::Write as _;
 use std::time::Duration;

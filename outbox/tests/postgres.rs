@@ -110,6 +110,7 @@ scenarios!(Pg:
     the_backlog_reports_the_oldest_pending_age,
     the_inbox_applies_each_message_once_with_its_effect,
     the_inbox_checks_a_batch_at_once,
+    a_transactions_many_events_keep_their_columns_and_order,
 );
 
 /// Two transactions writing one aggregate: the second waits for the first,

@@ -740,3 +740,39 @@ pub async fn the_inbox_checks_a_batch_at_once<H: Harness>() {
     assert_eq!(h.forget_inbox().await, 4);
     h.finish().await;
 }
+
+/// One transaction writing more events than one statement takes (SQLite
+/// writes up to 500 in a statement): each is published once, every column
+/// as written, and each aggregate's in the order written.
+pub async fn a_transactions_many_events_keep_their_columns_and_order<H: Harness>() {
+    let h = H::start(|c| c.batch_size(256)).await;
+    let events: Vec<Event> = (0..1203_u32)
+        .map(|n| {
+            let aggregate = ["a", "b", "c"][n as usize % 3];
+            let payload = [n.to_le_bytes().as_slice(), &[0, 255]].concat();
+            Event::new("order", aggregate, format!("Type{}", n % 7), payload)
+                .header("n", n.to_string())
+        })
+        .collect();
+    h.place(&events, true).await;
+    let broker = MemoryBroker::new(2000);
+    let mut subscriber = broker.subscribe();
+    let relay = Relay::new(h.store().clone(), broker);
+    while relay.run_once().await.unwrap().claimed > 0 {}
+    let got: Vec<Event> = drain(&mut subscriber)
+        .into_iter()
+        .map(|message| message.event)
+        .collect();
+    assert_eq!(got.len(), events.len());
+    for aggregate in ["a", "b", "c"] {
+        let of = |events: &[Event]| -> Vec<Event> {
+            events
+                .iter()
+                .filter(|event| event.aggregate_id() == aggregate)
+                .cloned()
+                .collect()
+        };
+        assert_eq!(of(&got), of(&events), "aggregate {aggregate}");
+    }
+    h.finish().await;
+}
