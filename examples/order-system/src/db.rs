@@ -471,6 +471,13 @@ pub trait Emit: Tx {
     /// Appends `event` to the outbox in this transaction, the one writing
     /// the change it announces.
     fn enqueue(&mut self, event: &Event) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Appends `events`, in order, as [`enqueue`](Self::enqueue) does
+    /// (on SQLite in one statement).
+    fn enqueue_all(
+        &mut self,
+        events: &[Event],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
 /// An outbox of either database, and the connection its events are
@@ -484,6 +491,13 @@ pub trait Outbox: Clone + Send + Sync + std::fmt::Debug + 'static {
         &self,
         connection: &mut Self::Connection,
         event: &Event,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Appends `events`, in order, on `connection`, in its transaction.
+    fn enqueue_all(
+        &self,
+        connection: &mut Self::Connection,
+        events: &[Event],
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
@@ -541,6 +555,13 @@ impl<O: Outbox> Tx for Emitting<'_, O> {
 impl<O: Outbox> Emit for Emitting<'_, O> {
     fn enqueue(&mut self, event: &Event) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
         self.outbox.enqueue(self.connection, event)
+    }
+
+    fn enqueue_all(
+        &mut self,
+        events: &[Event],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        self.outbox.enqueue_all(self.connection, events)
     }
 }
 
@@ -624,6 +645,14 @@ macro_rules! tx {
                 event: &Event,
             ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
                 <$outbox>::enqueue(self, connection, event)
+            }
+
+            fn enqueue_all(
+                &self,
+                connection: &mut $connection,
+                events: &[Event],
+            ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+                <$outbox>::enqueue_all(self, connection, events)
             }
         }
     };
@@ -726,6 +755,12 @@ impl Emit for ServiceTx {
     async fn enqueue(&mut self, event: &Event) -> Result<(), sqlx::Error> {
         in_tx!(self, |connection, outbox| outbox
             .enqueue(connection, event)
+            .await)
+    }
+
+    async fn enqueue_all(&mut self, events: &[Event]) -> Result<(), sqlx::Error> {
+        in_tx!(self, |connection, outbox| outbox
+            .enqueue_all(connection, events)
             .await)
     }
 }

@@ -27,6 +27,7 @@ pub mod dead_events;
 pub mod embedded;
 pub mod events;
 pub mod gateway;
+mod group_commit;
 pub mod history;
 pub mod identity;
 pub mod inventory;

@@ -9,16 +9,25 @@
 //! still being placed is refused too ([`PlaceError::InProgress`]). Past
 //! it, the key is released from its order when reused, and places a new
 //! one.
+//!
+//! New orders placed at the same time share a transaction of the orders
+//! database (a group commit): one insert of the
+//! orders, one of their `OrderCreated` events. Each is answered as it
+//! would be alone: an order whose key is taken, or whose group failed, is
+//! placed again on its own, and that answer is its.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_outbox::{BoxError, Delivery};
+use palisade_outbox::{BoxError, Delivery, Event};
 use serde::{Deserialize, Serialize};
 
 use crate::books::{Books, LATENCY_WINDOW, quantile};
 use crate::card::{CardNumber, CardToken};
 use crate::db::{Emit, Param, ServiceDb, Statements, Tx};
 use crate::events::{Line, SagaEvent, types};
+use crate::group_commit::GroupCommit;
 use crate::service::{SagaService, not_consumed};
 
 mod idempotency;
@@ -169,6 +178,99 @@ impl From<OrderRow> for Order {
     }
 }
 
+impl Order {
+    /// The order `line` describes, just placed.
+    fn placed(line: &Line) -> Self {
+        Self {
+            id: line.order_id.clone(),
+            sku: line.sku.clone(),
+            quantity: line.quantity,
+            amount_cents: line.amount_cents,
+            status: "pending".to_owned(),
+            reason: None,
+            saga_ms: None,
+        }
+    }
+}
+
+/// An order to place: its line, and its user's idempotency key and
+/// request fingerprint.
+#[derive(Debug, Clone)]
+struct Placing {
+    user: String,
+    idempotency_key: String,
+    fingerprint: String,
+    line: Line,
+    created_ms: i64,
+}
+
+/// The insert of new orders, up to its `VALUES`: [`ORDER_COLUMNS`]
+/// columns, as [`Placing::params`] binds them.
+const INSERT_ORDERS: &str = "INSERT INTO orders (id, user_id, idempotency_key, request_fingerprint, \
+     sku, quantity, amount_cents, card_token, card_last4, status, created_ms)";
+const ORDER_COLUMNS: usize = 11;
+
+/// Orders one statement inserts at most (eleven values each, far below
+/// either database's limit).
+const ORDERS_PER_STATEMENT: usize = 500;
+
+impl Placing {
+    /// Its row's values, in [`INSERT_ORDERS`]'s order.
+    fn params(&self) -> [Param<'_>; ORDER_COLUMNS] {
+        [
+            Param::Text(&self.line.order_id),
+            Param::Text(&self.user),
+            Param::Text(&self.idempotency_key),
+            Param::Text(&self.fingerprint),
+            Param::Text(&self.line.sku),
+            Param::Int(self.line.quantity),
+            Param::Int(self.line.amount_cents),
+            Param::Text(&self.line.card_token),
+            Param::Text(&self.line.card_last4),
+            Param::Text("pending"),
+            Param::Int(self.created_ms),
+        ]
+    }
+}
+
+/// Places `group` in one transaction of `db`, set by set: each order
+/// whose user's key is free, with its `OrderCreated`. Answers, in
+/// `group`'s order, which were placed; an order whose key has an order
+/// already is not.
+async fn place_all(db: &ServiceDb, group: Vec<(Placing, Event)>) -> Result<Vec<bool>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let mut placed = HashSet::with_capacity(group.len());
+    for chunk in group.chunks(ORDERS_PER_STATEMENT) {
+        let params: Vec<Param<'_>> = chunk
+            .iter()
+            .flat_map(|(placing, _)| placing.params())
+            .collect();
+        let ids: Vec<(String,)> = tx
+            .fetch_all(
+                &format!(
+                    "{INSERT_ORDERS} VALUES {} \
+                     ON CONFLICT (user_id, idempotency_key) DO NOTHING RETURNING id",
+                    crate::db::placeholders(chunk.len(), ORDER_COLUMNS)
+                ),
+                &params,
+            )
+            .await?;
+        placed.extend(ids.into_iter().map(|(id,)| id));
+    }
+    let answers: Vec<bool> = group
+        .iter()
+        .map(|(placing, _)| placed.contains(&placing.line.order_id))
+        .collect();
+    let events: Vec<Event> = group
+        .into_iter()
+        .zip(&answers)
+        .filter_map(|((_, event), placed)| placed.then_some(event))
+        .collect();
+    tx.enqueue_all(&events).await?;
+    tx.commit().await?;
+    Ok(answers)
+}
+
 /// The price of one unit of any product, in cents.
 pub const UNIT_PRICE_CENTS: i64 = 1_250;
 
@@ -187,6 +289,8 @@ pub struct Orders {
     window: Duration,
     /// The keys being placed now.
     placing: InFlight,
+    /// New orders waiting to be placed together.
+    placements: Arc<GroupCommit<(Placing, Event), bool>>,
     /// Requests waiting for an order's saga to end.
     waiters: Waiters,
     /// How often a waiting request reads its order again, for ends that
@@ -203,6 +307,7 @@ impl Orders {
             db,
             window: IDEMPOTENCY_WINDOW,
             placing: InFlight::default(),
+            placements: Arc::default(),
             waiters: Waiters::new(WAITED_ORDERS),
             reread: REREAD_ENDS,
         }
@@ -313,37 +418,58 @@ impl Orders {
             .placing
             .claim(user, idempotency_key)
             .ok_or(PlaceError::InProgress)?;
-        let fingerprint = fingerprint(order);
-        let line = Line {
-            order_id: uuid::Uuid::now_v7().to_string(),
-            user_id: user.to_owned(),
-            sku: order.sku.clone(),
-            quantity: order.quantity,
-            amount_cents: order.quantity * UNIT_PRICE_CENTS,
-            card_token: order.card.token.clone(),
-            card_last4: order.card.last4.clone(),
+        let placing = Placing {
+            user: user.to_owned(),
+            idempotency_key: idempotency_key.to_owned(),
+            fingerprint: fingerprint(order),
+            line: Line {
+                order_id: uuid::Uuid::now_v7().to_string(),
+                user_id: user.to_owned(),
+                sku: order.sku.clone(),
+                quantity: order.quantity,
+                amount_cents: order.quantity * UNIT_PRICE_CENTS,
+                card_token: order.card.token.clone(),
+                card_last4: order.card.last4.clone(),
+            },
+            created_ms: now_ms(),
         };
-        let now = now_ms();
+        // Most keys are new: placed together with the orders placed
+        // alongside, in one transaction.
+        let created = Placement::Created(Order::placed(&placing.line));
+        let event = SagaEvent::OrderCreated(placing.line.clone()).to_event();
+        let grouped = self
+            .placements
+            .write((placing.clone(), event), |group| place_all(&self.db, group))
+            .await;
+        match grouped {
+            Ok(true) => return Ok(created),
+            // The key has an order: whether to replay it is decided alone.
+            Ok(false) => {}
+            // Placed alone, this one's own error is the answer (and the
+            // others' bad input no concern of it).
+            Err(error) => {
+                tracing::debug!(%error, "orders placed together failed; placing alone");
+            }
+        }
+        self.place_alone(&placing).await
+    }
+
+    /// Places `placing` in a transaction of its own; the key may have an
+    /// order already (see [`place`](Self::place)).
+    async fn place_alone(&self, placing: &Placing) -> Result<Placement, PlaceError> {
+        let (user, idempotency_key) = (placing.user.as_str(), placing.idempotency_key.as_str());
+        let now = placing.created_ms;
         let window = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
-        let insert = "INSERT INTO orders (id, user_id, idempotency_key, request_fingerprint, sku, quantity, amount_cents, card_token, card_last4, status, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10) ON CONFLICT (user_id, idempotency_key) DO NOTHING";
-        let params = [
-            Param::Text(&line.order_id),
-            Param::Text(user),
-            Param::Text(idempotency_key),
-            Param::Text(&fingerprint),
-            Param::Text(&line.sku),
-            Param::Int(line.quantity),
-            Param::Int(line.amount_cents),
-            Param::Text(&line.card_token),
-            Param::Text(&line.card_last4),
-            Param::Int(now),
-        ];
-        let event = SagaEvent::OrderCreated(line.clone()).to_event();
+        let insert = format!(
+            "{INSERT_ORDERS} VALUES {} ON CONFLICT (user_id, idempotency_key) DO NOTHING",
+            crate::db::placeholders(1, ORDER_COLUMNS)
+        );
+        let params = placing.params();
+        let event = SagaEvent::OrderCreated(placing.line.clone()).to_event();
         let mut tx = self.db.begin().await?;
         // The insert comes first, so the transaction writes from its first
         // statement (SQLite never has to upgrade a reader to a writer).
-        if tx.execute(insert, &params).await? == 0 {
+        if tx.execute(&insert, &params).await? == 0 {
             let (first, recorded, placed_ms): (String, Option<String>, i64) = tx
                 .fetch_optional(
                     "SELECT id, request_fingerprint, created_ms FROM orders \
@@ -354,7 +480,7 @@ impl Orders {
                 .ok_or(sqlx::Error::RowNotFound)?;
             if placed_ms > now.saturating_sub(window) {
                 tx.rollback().await?;
-                if recorded.as_deref() != Some(fingerprint.as_str()) {
+                if recorded.as_deref() != Some(placing.fingerprint.as_str()) {
                     return Err(PlaceError::KeyReused);
                 }
                 let first = self.find(user, &first).await?;
@@ -370,22 +496,14 @@ impl Orders {
                 &[Param::Text(&first)],
             )
             .await?;
-            if tx.execute(insert, &params).await? == 0 {
+            if tx.execute(&insert, &params).await? == 0 {
                 tx.rollback().await?;
                 return Err(PlaceError::InProgress);
             }
         }
         tx.enqueue(&event).await?;
         tx.commit().await?;
-        Ok(Placement::Created(Order {
-            id: line.order_id,
-            sku: line.sku,
-            quantity: line.quantity,
-            amount_cents: line.amount_cents,
-            status: "pending".to_owned(),
-            reason: None,
-            saga_ms: None,
-        }))
+        Ok(Placement::Created(Order::placed(&placing.line)))
     }
 
     /// `user`'s order `id`.
@@ -542,5 +660,74 @@ impl SagaService for Orders {
             return;
         };
         self.waiters.wake(order_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placing(user: &str, key: &str) -> (Placing, Event) {
+        let line = Line {
+            order_id: uuid::Uuid::now_v7().to_string(),
+            user_id: user.to_owned(),
+            sku: "sku-1".to_owned(),
+            quantity: 1,
+            amount_cents: UNIT_PRICE_CENTS,
+            card_token: "card_0123456789abcdef0123456789abcdef".to_owned(),
+            card_last4: "4242".to_owned(),
+        };
+        let event = SagaEvent::OrderCreated(line.clone()).to_event();
+        let placing = Placing {
+            user: user.to_owned(),
+            idempotency_key: key.to_owned(),
+            fingerprint: "f".to_owned(),
+            line,
+            created_ms: now_ms(),
+        };
+        (placing, event)
+    }
+
+    /// One group, written set by set: the orders whose keys are free are
+    /// placed, each with its one `OrderCreated`; one whose key has an
+    /// order (from an earlier group, or earlier in this one) is not.
+    #[tokio::test]
+    async fn a_group_places_the_orders_whose_keys_are_free_with_their_events() {
+        let dir = std::env::temp_dir().join(format!("palisade-placing-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = ServiceDb::open_sqlite(&dir, Orders::NAME, Orders::TABLES)
+            .await
+            .unwrap();
+        assert_eq!(
+            place_all(&db, vec![placing("alice", "k1")]).await.unwrap(),
+            [true]
+        );
+        let group = vec![
+            placing("alice", "k2"),
+            placing("alice", "k1"),
+            placing("bob", "k1"),
+            placing("alice", "k2"),
+        ];
+        let ids: Vec<String> = group.iter().map(|(p, _)| p.line.order_id.clone()).collect();
+        assert_eq!(
+            place_all(&db, group).await.unwrap(),
+            [true, false, true, false]
+        );
+        let mut placed: Vec<(String, String)> = db
+            .fetch_all(
+                "SELECT o.id, e.event_type FROM orders o JOIN outbox e ON e.aggregate_id = o.id \
+                 WHERE o.id IN ($1, $2, $3, $4) ORDER BY e.seq",
+                &ids.iter().map(|id| Param::Text(id)).collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap();
+        placed.sort();
+        let mut expected = vec![
+            (ids[0].clone(), "OrderCreated".to_owned()),
+            (ids[2].clone(), "OrderCreated".to_owned()),
+        ];
+        expected.sort();
+        assert_eq!(placed, expected);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

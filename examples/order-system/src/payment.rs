@@ -405,9 +405,12 @@ impl Payment {
             &params,
         )
         .await?;
-        for (_, _, event) in &charged {
-            tx.enqueue(event).await?;
-        }
+        // One statement for the round's events too (on SQLite).
+        let events: Vec<Event> = charged
+            .iter()
+            .map(|(_, _, event)| (*event).clone())
+            .collect();
+        tx.enqueue_all(&events).await?;
         Ok(true)
     }
 

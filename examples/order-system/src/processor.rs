@@ -14,8 +14,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -28,11 +28,11 @@ use palisade_tracecontext::PropagateLayer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
-use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 use crate::card::CardNumber;
 use crate::db::{Param, Pool, Statements, Tx};
+use crate::group_commit::{GroupCommit, Unwritten};
 
 /// The card that is always declined.
 pub const DECLINED_CARD: &str = "4000000000000002";
@@ -263,7 +263,10 @@ impl ChargeStore {
     /// first time, its answer is recorded (and captured in the ledger when
     /// approved); every time, the answer recorded first comes back (in
     /// `charges`' order; `None` for approved, else the decline reason).
-    async fn charge_all(&self, charges: &[Pending]) -> Result<Vec<Option<String>>, sqlx::Error> {
+    async fn charge_all(
+        &self,
+        charges: &[ChargeRecord],
+    ) -> Result<Vec<Option<String>>, sqlx::Error> {
         match self {
             Self::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
@@ -312,11 +315,11 @@ const CHARGES_PER_STATEMENT: usize = 500;
 /// it).
 async fn charge_in<C: Tx>(
     tx: &mut C,
-    charges: &[Pending],
+    charges: &[ChargeRecord],
 ) -> Result<Vec<Option<String>>, sqlx::Error> {
     // An order asked twice in one group is recorded from its first call.
     let mut seen = HashSet::with_capacity(charges.len());
-    let candidates: Vec<&Pending> = charges
+    let candidates: Vec<&ChargeRecord> = charges
         .iter()
         .filter(|charge| seen.insert(charge.order_id.as_str()))
         .collect();
@@ -341,7 +344,7 @@ async fn charge_in<C: Tx>(
             )
             .await?;
         let first: HashSet<String> = first.into_iter().map(|(order_id,)| order_id).collect();
-        let captured: Vec<&&Pending> = chunk
+        let captured: Vec<&&ChargeRecord> = chunk
             .iter()
             .filter(|charge| charge.reason.is_none() && first.contains(&charge.order_id))
             .collect();
@@ -396,6 +399,32 @@ async fn charge_in<C: Tx>(
                 .ok_or(sqlx::Error::RowNotFound)
         })
         .collect()
+}
+
+/// Records `order_id`'s charge in `store` with the charges recorded
+/// alongside, and answers what was recorded for it first.
+async fn record(
+    recording: &Recording,
+    store: &ChargeStore,
+    order_id: String,
+    amount_cents: i64,
+    answer: Charge,
+) -> Result<Charge, Unwritten> {
+    let charge = ChargeRecord {
+        order_id,
+        amount_cents,
+        reason: match answer {
+            Charge::Approved => None,
+            Charge::Declined(reason) => Some(reason),
+        },
+    };
+    let recorded = recording
+        .write(
+            charge,
+            |group| async move { store.charge_all(&group).await },
+        )
+        .await?;
+    Ok(recorded.map_or(Charge::Approved, Charge::Declined))
 }
 
 /// What `/admin/processor` shows: the simulator's own report (faults,
@@ -463,95 +492,25 @@ async fn set_faults(State(admin): State<Admin>, body: Bytes) -> Response {
     }
 }
 
-/// A charge waiting for its answer to be recorded.
-struct Pending {
+/// A charge's answer, to be recorded with others ([`GroupCommit`]).
+struct ChargeRecord {
     order_id: String,
     amount_cents: i64,
     /// `None` to approve, else the decline reason.
     reason: Option<String>,
-    reply: oneshot::Sender<Result<Option<String>, Arc<str>>>,
 }
 
-/// Group commit of the charges' records: concurrent charges queue, and
-/// whoever holds the writer's turn records every charge queued by then in
-/// one transaction, so a round of calls costs a commit, not one each.
-#[derive(Debug, Default)]
-struct GroupCommit {
-    queue: std::sync::Mutex<Vec<Pending>>,
-    writing: tokio::sync::Mutex<()>,
-}
-
-impl std::fmt::Debug for Pending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending")
-            .field("order_id", &self.order_id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl GroupCommit {
-    /// Records `order_id`'s charge in `store` (with the charges queued
-    /// alongside) and answers what was recorded for it first.
-    async fn record(
-        &self,
-        store: &ChargeStore,
-        order_id: String,
-        amount_cents: i64,
-        answer: Charge,
-    ) -> Result<Charge, Arc<str>> {
-        let (reply, replied) = oneshot::channel();
-        let reason = match answer {
-            Charge::Approved => None,
-            Charge::Declined(reason) => Some(reason),
-        };
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Pending {
-                order_id,
-                amount_cents,
-                reason,
-                reply,
-            });
-        {
-            // Our charge is recorded by the time we hold the turn: by an
-            // earlier holder, or by us now.
-            let _turn = self.writing.lock().await;
-            let batch =
-                std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
-            if !batch.is_empty() {
-                match store.charge_all(&batch).await {
-                    Ok(answers) => {
-                        for (pending, answer) in batch.into_iter().zip(answers) {
-                            let _ = pending.reply.send(Ok(answer));
-                        }
-                    }
-                    Err(error) => {
-                        let error: Arc<str> = error.to_string().into();
-                        for pending in batch {
-                            let _ = pending.reply.send(Err(error.clone()));
-                        }
-                    }
-                }
-            }
-        }
-        match replied.await {
-            Ok(recorded) => {
-                recorded.map(|reason| reason.map_or(Charge::Approved, Charge::Declined))
-            }
-            // The call that held the turn was dropped mid-transaction:
-            // nothing of the batch was committed.
-            Err(_) => Err("the transaction recording the charge was abandoned".into()),
-        }
-    }
-}
+/// Group commit of the charges' records: a round of concurrent calls
+/// costs a commit, not one each. Each answers what was recorded first for
+/// its order (`None` for approved, else the decline reason).
+type Recording = GroupCommit<ChargeRecord, Option<String>>;
 
 /// The simulated processor: its charges (kept in its [`ChargeStore`]) and
 /// its faults.
 #[derive(Debug, Clone)]
 pub struct Simulator {
     charges: ChargeStore,
-    recording: Arc<GroupCommit>,
+    recording: Arc<Recording>,
     faults: Arc<Faults>,
     calls: Arc<AtomicU64>,
 }
@@ -613,19 +572,18 @@ impl Simulator {
         } else {
             Charge::Approved
         };
-        let answer = self
-            .recording
-            .record(
-                &self.charges,
-                request.order_id,
-                request.amount_cents,
-                answer,
-            )
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "charge not recorded");
-                tonic::Status::unavailable("the card processor cannot record charges")
-            })?;
+        let answer = record(
+            &self.recording,
+            &self.charges,
+            request.order_id,
+            request.amount_cents,
+            answer,
+        )
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "charge not recorded");
+            tonic::Status::unavailable("the card processor cannot record charges")
+        })?;
         Ok(match answer {
             Charge::Approved => ChargeReply {
                 approved: true,
@@ -796,7 +754,7 @@ mod tests {
     /// recorded it: on both stores (a group's charges are written set by
     /// set, orders asked twice in one group among them).
     async fn charges_committed_together_keep_one_answer_per_order(store: ChargeStore) {
-        let recording = Arc::new(GroupCommit::default());
+        let recording = Arc::new(Recording::default());
         let mut calls = tokio::task::JoinSet::new();
         for call in 0..200_u32 {
             let (store, recording) = (store.clone(), recording.clone());
@@ -808,8 +766,7 @@ mod tests {
                 } else {
                     Charge::Approved
                 };
-                let recorded = recording
-                    .record(&store, format!("o-{order}"), 100, answer)
+                let recorded = record(&recording, &store, format!("o-{order}"), 100, answer)
                     .await
                     .unwrap();
                 (order, recorded)
@@ -828,12 +785,11 @@ mod tests {
         assert_eq!(ledger.charged_twice, 0);
     }
 
-    fn pending(order_id: &str, reason: Option<&str>) -> Pending {
-        Pending {
+    fn pending(order_id: &str, reason: Option<&str>) -> ChargeRecord {
+        ChargeRecord {
             order_id: order_id.to_owned(),
             amount_cents: 100,
             reason: reason.map(str::to_owned),
-            reply: oneshot::channel().0,
         }
     }
 

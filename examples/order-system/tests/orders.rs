@@ -378,3 +378,87 @@ async fn on_postgres_a_duplicate_sent_to_another_gateway_waits_for_the_first_and
         .await
         .unwrap();
 }
+
+/// Placements at once (placed together, in whatever groups they fall)
+/// answer as each would alone: a new key places its order, once, with
+/// one `OrderCreated`; a key placed before replays its order for the same
+/// request and refuses another.
+async fn placements_at_once_answer_as_each_would_alone(db: ServiceDb) {
+    let orders = Orders::new(db.clone()).idempotency_window(Duration::from_secs(3_600));
+    let mut before = Vec::new();
+    for key in 0..100 {
+        let key = format!("old-{key}");
+        let Placement::Created(order) = orders.place("alice", &key, &new_order(1)).await.unwrap()
+        else {
+            panic!("a new key places its order");
+        };
+        before.push(order);
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for key in 0..100 {
+        let again = orders.clone();
+        calls.spawn(async move {
+            // The same request again, or another one, under a used key.
+            let quantity = if key % 2 == 0 { 1 } else { 2 };
+            let used = format!("old-{key}");
+            (key, again.place("alice", &used, &new_order(quantity)).await)
+        });
+        let new = orders.clone();
+        calls.spawn(async move {
+            let free = format!("new-{key}");
+            (key + 100, new.place("alice", &free, &new_order(3)).await)
+        });
+    }
+    let mut created = std::collections::HashSet::new();
+    while let Some(joined) = calls.join_next().await {
+        match joined.unwrap() {
+            (key, Ok(Placement::Created(order))) if key >= 100 => {
+                assert_eq!(order.quantity, 3);
+                assert!(created.insert(order.id));
+            }
+            (key, Ok(Placement::Replayed(order))) if key < 100 && key % 2 == 0 => {
+                assert_eq!(order, before[key]);
+            }
+            (key, Err(PlaceError::KeyReused)) if key < 100 && key % 2 == 1 => {}
+            (key, other) => panic!("key {key}: {other:?}"),
+        }
+    }
+    assert_eq!(created.len(), 100);
+    let (rows, events, ordered): (i64, i64, i64) = db
+        .fetch_one(
+            "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM outbox), \
+             (SELECT count(DISTINCT aggregate_id) FROM outbox WHERE event_type = 'OrderCreated')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((rows, events, ordered), (200, 200, 200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn placements_at_once_on_sqlite_answer_as_each_would_alone() {
+    let dir = std::env::temp_dir().join(format!("palisade-orders-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = ServiceDb::open_sqlite(&dir, Orders::NAME, Orders::TABLES)
+        .await
+        .unwrap();
+    placements_at_once_answer_as_each_would_alone(db).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn placements_at_once_on_postgres_answer_as_each_would_alone() {
+    let schema = format!("orders_at_once_{}", fastrand::u64(..));
+    let db = ServiceDb::open_postgres(
+        &palisade_testkit::servers::database_url(),
+        &schema,
+        Orders::TABLES,
+        4,
+    )
+    .await
+    .unwrap();
+    placements_at_once_answer_as_each_would_alone(db.clone()).await;
+    db.execute(&format!("DROP SCHEMA {schema} CASCADE"), &[])
+        .await
+        .unwrap();
+}
