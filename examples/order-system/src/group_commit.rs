@@ -3,11 +3,13 @@
 //! then in one transaction, so a burst of writes costs a commit (and, set
 //! by set, a few statements), not one each.
 //!
-//! There is no writer task: the first caller to take the turn writes, and
-//! the callers who queued meanwhile wait for its answer or the next turn.
-//! A caller dropped while holding the turn abandons the group it was
-//! writing; its members learn that ([`Unwritten::Abandoned`]) and decide
-//! for themselves (write again on their own, or fail).
+//! There is no writer task waiting for work: the first caller to take the
+//! turn hands the queued items to a task of their own, which writes them,
+//! answers each and gives the turn back; the callers who queued meanwhile
+//! wait for their answer or the next turn. So a caller that goes away
+//! (a request its client dropped) changes nothing for the others: an item
+//! whose caller went away before its group was taken is not written, and
+//! a group once taken is written and answered whoever leaves.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,8 +22,8 @@ pub(crate) enum Unwritten {
     /// The group's transaction failed with this error: nothing of it is
     /// committed.
     Failed(Arc<str>),
-    /// The call writing the group was dropped before it answered: whether
-    /// the group committed is unknown.
+    /// The task writing the group panicked, or the runtime is shutting
+    /// down: whether the group committed is unknown.
     Abandoned,
 }
 
@@ -38,7 +40,7 @@ impl std::fmt::Display for Unwritten {
 /// with an `A`.
 pub(crate) struct GroupCommit<T, A> {
     queue: Mutex<Vec<Queued<T, A>>>,
-    writing: tokio::sync::Mutex<()>,
+    writing: Arc<tokio::sync::Mutex<()>>,
 }
 
 type Queued<T, A> = (T, oneshot::Sender<Result<A, Arc<str>>>);
@@ -47,7 +49,7 @@ impl<T, A> Default for GroupCommit<T, A> {
     fn default() -> Self {
         Self {
             queue: Mutex::default(),
-            writing: tokio::sync::Mutex::default(),
+            writing: Arc::default(),
         }
     }
 }
@@ -65,11 +67,13 @@ impl<T, A> std::fmt::Debug for GroupCommit<T, A> {
     }
 }
 
-impl<T, A> GroupCommit<T, A> {
+impl<T: Send + 'static, A: Send + 'static> GroupCommit<T, A> {
     /// Queues `item` and answers what was written for it: by an earlier
-    /// holder of the turn, or by this call, which then hands `write` every
-    /// item queued by then, in the order queued; `write` commits them in
-    /// one transaction and answers each, in that order.
+    /// turn, or by this call's, which hands `write` every item queued by
+    /// then whose caller still waits, in the order queued; the future
+    /// `write` returns commits them in one transaction and answers each,
+    /// in that order. It runs as a task of its own (see the
+    /// [module](self)).
     ///
     /// # Errors
     ///
@@ -77,37 +81,34 @@ impl<T, A> GroupCommit<T, A> {
     pub(crate) async fn write<W, F, E>(&self, item: T, write: W) -> Result<A, Unwritten>
     where
         W: FnOnce(Vec<T>) -> F,
-        F: Future<Output = Result<Vec<A>, E>>,
+        F: Future<Output = Result<Vec<A>, E>> + Send + 'static,
         E: std::fmt::Display,
     {
-        let (reply, replied) = oneshot::channel();
+        let (reply, mut replied) = oneshot::channel();
         self.queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push((item, reply));
-        {
-            // Our item is written by the time we hold the turn: by an
-            // earlier holder, or by us now.
-            let _turn = self.writing.lock().await;
-            let group =
-                std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
-            if !group.is_empty() {
-                let (items, replies): (Vec<T>, Vec<_>) = group.into_iter().unzip();
-                match write(items).await {
-                    Ok(answers) => {
-                        for (reply, answer) in replies.into_iter().zip(answers) {
-                            let _ = reply.send(Ok(answer));
-                        }
-                    }
-                    Err(error) => {
-                        let error: Arc<str> = error.to_string().into();
-                        for reply in replies {
-                            let _ = reply.send(Err(error.clone()));
-                        }
-                    }
-                }
-            }
+        // Our item is written by the time we hold the turn (an earlier
+        // turn's task gives it back once its group is answered), or we
+        // write it now.
+        let turn = self.writing.clone().lock_owned().await;
+        match replied.try_recv() {
+            Ok(written) => return written.map_err(Unwritten::Failed),
+            Err(oneshot::error::TryRecvError::Closed) => return Err(Unwritten::Abandoned),
+            Err(oneshot::error::TryRecvError::Empty) => {}
         }
+        let (items, replies): (Vec<T>, Vec<_>) =
+            std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_iter()
+                .filter(|(_, reply)| !reply.is_closed())
+                .unzip();
+        let writing = write(items);
+        tokio::spawn(async move {
+            let answers = writing.await;
+            answer(replies, answers);
+            drop(turn);
+        });
         match replied.await {
             Ok(written) => written.map_err(Unwritten::Failed),
             Err(_) => Err(Unwritten::Abandoned),
@@ -115,74 +116,123 @@ impl<T, A> GroupCommit<T, A> {
     }
 }
 
+/// Sends each of a group's callers its answer, or the group's error.
+fn answer<A, E: std::fmt::Display>(
+    replies: Vec<oneshot::Sender<Result<A, Arc<str>>>>,
+    answers: Result<Vec<A>, E>,
+) {
+    match answers {
+        Ok(answers) => {
+            let given = answers.len();
+            let mut answers = answers.into_iter();
+            for reply in replies {
+                let _ = reply.send(answers.next().ok_or_else(|| {
+                    format!("the group's transaction gave {given} answers, too few").into()
+                }));
+            }
+        }
+        Err(error) => {
+            let error: Arc<str> = error.to_string().into();
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use futures_util::FutureExt as _;
 
     use super::*;
+
+    /// A write that records each group it is given and answers each item
+    /// doubled.
+    fn doubling(
+        groups: &Arc<Mutex<Vec<Vec<u32>>>>,
+    ) -> impl FnOnce(Vec<u32>) -> std::future::Ready<Result<Vec<u32>, &'static str>> {
+        let groups = groups.clone();
+        move |group| {
+            let answers = group.iter().map(|n| n * 2).collect();
+            groups.lock().unwrap().push(group);
+            std::future::ready(Ok(answers))
+        }
+    }
 
     /// Every caller gets its own item's answer, in whichever group it
     /// was written, and every item is written once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn each_caller_gets_its_own_answer_and_each_item_is_written_once() {
         let commits = Arc::new(GroupCommit::<u32, u32>::default());
-        let written = Arc::new(Mutex::new(Vec::<u32>::new()));
-        let groups = Arc::new(AtomicUsize::new(0));
+        let groups = Arc::new(Mutex::new(Vec::new()));
         let mut callers = tokio::task::JoinSet::new();
         for item in 0..500_u32 {
-            let (commits, written, groups) = (commits.clone(), written.clone(), groups.clone());
+            let (commits, groups) = (commits.clone(), groups.clone());
             callers.spawn(async move {
-                let answer = commits
-                    .write(item, |group: Vec<u32>| async move {
-                        groups.fetch_add(1, Ordering::Relaxed);
-                        tokio::task::yield_now().await;
-                        written.lock().unwrap().extend(&group);
-                        Ok::<_, std::convert::Infallible>(group.iter().map(|n| n * 2).collect())
-                    })
-                    .await
-                    .unwrap();
-                assert_eq!(answer, item * 2);
+                let answer = commits.write(item, doubling(&groups)).await;
+                assert_eq!(answer, Ok(item * 2));
             });
         }
         while let Some(joined) = callers.join_next().await {
             joined.unwrap();
         }
-        let mut written = written.lock().unwrap().clone();
+        let mut written: Vec<u32> = groups.lock().unwrap().concat();
         written.sort_unstable();
         assert_eq!(written, (0..500).collect::<Vec<_>>());
-        assert!(groups.load(Ordering::Relaxed) <= 500);
     }
 
-    /// A failed group's error reaches each of its members; an abandoned
-    /// group's members learn it was abandoned, and the next turn goes on.
+    /// Callers queued while the turn is held are written as one group,
+    /// in the order queued; one that went away before its group was
+    /// taken is not written at all.
     #[tokio::test]
-    async fn failed_and_abandoned_groups_answer_every_member() {
-        use futures_util::FutureExt as _;
-
+    async fn callers_queued_meanwhile_are_one_group_without_those_gone() {
         let commits = GroupCommit::<u32, u32>::default();
-        assert_eq!(
-            commits
-                .write(1, |_| async { Err::<Vec<u32>, _>("disk full") })
-                .await,
-            Err(Unwritten::Failed("disk full".into()))
-        );
-        // 2 and 3 queue while the turn is held; 2's call then takes the
-        // turn and the group of both, and is dropped before it answers.
-        let turn = commits.writing.lock().await;
-        let mut writer =
-            Box::pin(commits.write(2, |_| std::future::pending::<Result<Vec<u32>, &str>>()));
-        let mut member = Box::pin(commits.write(3, |_| async { Ok::<Vec<u32>, &str>(Vec::new()) }));
+        let groups = Arc::new(Mutex::new(Vec::new()));
+        let turn = commits.writing.clone().lock_owned().await;
+        let mut first = Box::pin(commits.write(1, doubling(&groups)));
+        let mut gone = Box::pin(commits.write(2, doubling(&groups)));
+        let mut third = Box::pin(commits.write(3, doubling(&groups)));
+        for caller in [&mut first, &mut gone, &mut third] {
+            assert!(caller.now_or_never().is_none(), "queued behind the turn");
+        }
+        drop(gone);
+        drop(turn);
+        assert_eq!(first.await, Ok(2));
+        assert_eq!(third.await, Ok(6));
+        assert_eq!(*groups.lock().unwrap(), [vec![1, 3]]);
+    }
+
+    /// A group whose writing caller goes away mid-transaction is still
+    /// written and its other members answered; a failed group's error
+    /// reaches each of its members.
+    #[tokio::test]
+    async fn a_group_is_answered_whoever_leaves_and_a_failure_reaches_all() {
+        let commits = GroupCommit::<u32, u32>::default();
+        let (go, going) = oneshot::channel::<()>();
+        let turn = commits.writing.clone().lock_owned().await;
+        let mut writer = Box::pin(commits.write(1, move |group: Vec<u32>| async move {
+            going.await.unwrap();
+            Ok::<_, &str>(group.iter().map(|n| n * 10).collect())
+        }));
+        let mut member = Box::pin(commits.write(2, |_| async { Ok::<_, &str>(Vec::new()) }));
         assert!((&mut writer).now_or_never().is_none());
         assert!((&mut member).now_or_never().is_none());
         drop(turn);
-        assert!((&mut writer).now_or_never().is_none(), "writing 2 and 3");
+        assert!((&mut writer).now_or_never().is_none(), "writing 1 and 2");
         drop(writer);
-        assert_eq!(member.await, Err(Unwritten::Abandoned));
+        go.send(()).unwrap();
+        assert_eq!(member.await, Ok(20));
+
+        let failing = |_| async { Err::<Vec<u32>, _>("disk full") };
         assert_eq!(
-            commits
-                .write(4, |group| async move { Ok::<_, &str>(group) })
-                .await,
-            Ok(4)
+            commits.write(3, failing).await,
+            Err(Unwritten::Failed("disk full".into()))
         );
+        // Too few answers fail the callers left without one.
+        let short = |_| async { Ok::<Vec<u32>, &str>(Vec::new()) };
+        assert!(matches!(
+            commits.write(4, short).await,
+            Err(Unwritten::Failed(_))
+        ));
     }
 }

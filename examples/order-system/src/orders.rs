@@ -193,11 +193,10 @@ impl Order {
     }
 }
 
-/// An order to place: its line, and its user's idempotency key and
-/// request fingerprint.
+/// An order to place: its line (with its user), and the user's
+/// idempotency key and request fingerprint.
 #[derive(Debug, Clone)]
 struct Placing {
-    user: String,
     idempotency_key: String,
     fingerprint: String,
     line: Line,
@@ -219,7 +218,7 @@ impl Placing {
     fn params(&self) -> [Param<'_>; ORDER_COLUMNS] {
         [
             Param::Text(&self.line.order_id),
-            Param::Text(&self.user),
+            Param::Text(&self.line.user_id),
             Param::Text(&self.idempotency_key),
             Param::Text(&self.fingerprint),
             Param::Text(&self.line.sku),
@@ -237,7 +236,7 @@ impl Placing {
 /// whose user's key is free, with its `OrderCreated`. Answers, in
 /// `group`'s order, which were placed; an order whose key has an order
 /// already is not.
-async fn place_all(db: &ServiceDb, group: Vec<(Placing, Event)>) -> Result<Vec<bool>, sqlx::Error> {
+async fn place_all(db: ServiceDb, group: Vec<(Placing, Event)>) -> Result<Vec<bool>, sqlx::Error> {
     let mut tx = db.begin().await?;
     let mut placed = HashSet::with_capacity(group.len());
     for chunk in group.chunks(ORDERS_PER_STATEMENT) {
@@ -419,7 +418,6 @@ impl Orders {
             .claim(user, idempotency_key)
             .ok_or(PlaceError::InProgress)?;
         let placing = Placing {
-            user: user.to_owned(),
             idempotency_key: idempotency_key.to_owned(),
             fingerprint: fingerprint(order),
             line: Line {
@@ -439,7 +437,9 @@ impl Orders {
         let event = SagaEvent::OrderCreated(placing.line.clone()).to_event();
         let grouped = self
             .placements
-            .write((placing.clone(), event), |group| place_all(&self.db, group))
+            .write((placing.clone(), event), |group| {
+                place_all(self.db.clone(), group)
+            })
             .await;
         match grouped {
             Ok(true) => return Ok(created),
@@ -457,7 +457,10 @@ impl Orders {
     /// Places `placing` in a transaction of its own; the key may have an
     /// order already (see [`place`](Self::place)).
     async fn place_alone(&self, placing: &Placing) -> Result<Placement, PlaceError> {
-        let (user, idempotency_key) = (placing.user.as_str(), placing.idempotency_key.as_str());
+        let (user, idempotency_key) = (
+            placing.line.user_id.as_str(),
+            placing.idempotency_key.as_str(),
+        );
         let now = placing.created_ms;
         let window = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
         let insert = format!(
@@ -679,7 +682,6 @@ mod tests {
         };
         let event = SagaEvent::OrderCreated(line.clone()).to_event();
         let placing = Placing {
-            user: user.to_owned(),
             idempotency_key: key.to_owned(),
             fingerprint: "f".to_owned(),
             line,
@@ -699,7 +701,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            place_all(&db, vec![placing("alice", "k1")]).await.unwrap(),
+            place_all(db.clone(), vec![placing("alice", "k1")])
+                .await
+                .unwrap(),
             [true]
         );
         let group = vec![
@@ -710,7 +714,7 @@ mod tests {
         ];
         let ids: Vec<String> = group.iter().map(|(p, _)| p.line.order_id.clone()).collect();
         assert_eq!(
-            place_all(&db, group).await.unwrap(),
+            place_all(db.clone(), group).await.unwrap(),
             [true, false, true, false]
         );
         let mut placed: Vec<(String, String)> = db

@@ -419,10 +419,10 @@ async fn record(
         },
     };
     let recorded = recording
-        .write(
-            charge,
-            |group| async move { store.charge_all(&group).await },
-        )
+        .write(charge, |group| {
+            let store = store.clone();
+            async move { store.charge_all(&group).await }
+        })
         .await?;
     Ok(recorded.map_or(Charge::Approved, Charge::Declined))
 }
