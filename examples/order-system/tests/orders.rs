@@ -283,17 +283,25 @@ fn new_order(quantity: i64) -> TokenizedOrder {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_keys_on_postgres_replay_refuse_and_expire() {
-    let schema = format!("orders_idempotency_{}", fastrand::u64(..));
+/// The orders service's tables in a new schema `prefix_<random>` of the
+/// test database, with `connections` connections: the database and the
+/// schema (for the test to drop).
+async fn orders_on_postgres(prefix: &str, connections: u32) -> (ServiceDb, String) {
+    let schema = format!("{prefix}_{}", fastrand::u64(..));
     let db = ServiceDb::open_postgres(
         &palisade_testkit::servers::database_url(),
         &schema,
         Orders::TABLES,
-        2,
+        connections,
     )
     .await
     .unwrap();
+    (db, schema)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_on_postgres_replay_refuse_and_expire() {
+    let (db, schema) = orders_on_postgres("orders_idempotency", 2).await;
     let orders = Orders::new(db.clone()).idempotency_window(Duration::from_secs(3_600));
 
     let Placement::Created(first) = orders.place("alice", "k", &new_order(1)).await.unwrap() else {
@@ -448,15 +456,7 @@ async fn placements_at_once_on_sqlite_answer_as_each_would_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn placements_at_once_on_postgres_answer_as_each_would_alone() {
-    let schema = format!("orders_at_once_{}", fastrand::u64(..));
-    let db = ServiceDb::open_postgres(
-        &palisade_testkit::servers::database_url(),
-        &schema,
-        Orders::TABLES,
-        4,
-    )
-    .await
-    .unwrap();
+    let (db, schema) = orders_on_postgres("orders_at_once", 4).await;
     placements_at_once_answer_as_each_would_alone(db.clone()).await;
     db.execute(&format!("DROP SCHEMA {schema} CASCADE"), &[])
         .await
