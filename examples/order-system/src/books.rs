@@ -36,8 +36,9 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Books {
     /// The services whose books these are.
     pub services: Vec<String>,
-    /// The services whose books no process gave (down, or not named by
-    /// `--peers`): a violation.
+    /// The services whose books were not read: a violation. Their
+    /// database failed, or no process gave them (down, or not named by
+    /// `--peers`).
     pub unread: Vec<String>,
     /// Orders by status and reason: (status, reason, count).
     pub orders: Vec<(String, Option<String>, i64)>,
@@ -98,7 +99,7 @@ impl Books {
         let mut violations = Vec::new();
         if !self.unread.is_empty() {
             violations.push(format!(
-                "no process gave the books of {}",
+                "the books of {} were not read",
                 self.unread.join(", ")
             ));
         }
@@ -298,53 +299,41 @@ impl Books {
 }
 
 /// The books of every cell (`(name, services)`, the first the one whose
-/// names stay as they are), added up: see [`Books::add_cell`].
-///
-/// # Errors
-///
-/// A database's error.
+/// names stay as they are), added up: see [`Books::add_cell`]. A cell's
+/// service whose books were not read is unread (`cell/name`), and the
+/// other cells' books are there still.
 pub async fn read_cells_books_stuck_after(
     cells: &[(String, Services)],
     stuck_after: Duration,
-) -> Result<Books, sqlx::Error> {
+) -> Books {
     let Some(((first_name, first), others)) = cells.split_first() else {
-        return Ok(Books::default());
+        return Books::default();
     };
-    let mut books = read_books_stuck_after(first, stuck_after).await?;
+    let mut books = read_books_stuck_after(first, stuck_after).await;
     books.cells = vec![first_name.clone()];
     for (name, services) in others {
-        books.add_cell(name, read_books_stuck_after(services, stuck_after).await?);
+        books.add_cell(name, read_books_stuck_after(services, stuck_after).await);
     }
-    Ok(books)
+    books
 }
 
 /// Reads every service's books, sagas counted as stuck after
 /// [`STUCK_AFTER`].
-///
-/// # Errors
-///
-/// A database's error.
-pub async fn read_books(services: &Services) -> Result<Books, sqlx::Error> {
+pub async fn read_books(services: &Services) -> Books {
     read_books_stuck_after(services, STUCK_AFTER).await
 }
 
 /// Reads every service's books, sagas counted as stuck once pending for
 /// longer than `stuck_after`: those of the services in this process, then
 /// those its peers give. A service whose books no one gave is named in
-/// [`Books::unread`].
-///
-/// # Errors
-///
-/// A database's error (in this process; a peer that fails is unread).
-pub async fn read_books_stuck_after(
-    services: &Services,
-    stuck_after: Duration,
-) -> Result<Books, sqlx::Error> {
-    let mut books = services.orders.books(stuck_after).await?;
+/// [`Books::unread`], as is one whose database failed (the others' books
+/// are there still: one failing database does not hide the rest).
+pub async fn read_books_stuck_after(services: &Services, stuck_after: Duration) -> Books {
+    let mut books = read_or_unread(&services.orders, stuck_after).await;
     if let Some(steps) = &services.steps {
-        books.merge(steps.inventory.books(stuck_after).await?);
-        books.merge(steps.payment.books(stuck_after).await?);
-        books.merge(steps.shipping.books(stuck_after).await?);
+        books.merge(read_or_unread(&steps.inventory, stuck_after).await);
+        books.merge(read_or_unread(&steps.payment, stuck_after).await);
+        books.merge(read_or_unread(&steps.shipping, stuck_after).await);
     }
     books.merge(consumers_books(&services.consumers));
     for part in peers_books(&services.peers).await {
@@ -362,7 +351,16 @@ pub async fn read_books_stuck_after(
         .filter(|service| !books.services.iter().any(|read| read == service))
         .map(str::to_owned)
         .collect();
-    Ok(books)
+    books
+}
+
+/// `service`'s books, or none (so it is counted unread) when its database
+/// fails.
+async fn read_or_unread<S: SagaService>(service: &S, stuck_after: Duration) -> Books {
+    service.books(stuck_after).await.unwrap_or_else(|error| {
+        tracing::warn!(service = S::NAME, %error, "the service's books could not be read");
+        Books::default()
+    })
 }
 
 /// The counters of a process's consumers, as books of no service.
@@ -531,7 +529,7 @@ mod tests {
         };
         assert_eq!(
             books.violations(false),
-            ["no process gave the books of shipping"]
+            ["the books of shipping were not read"]
         );
     }
 }

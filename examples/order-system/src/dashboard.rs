@@ -116,13 +116,7 @@ async fn sample(readings: Weak<Readings>, source: Arc<Source>) {
         let Some(readings) = readings.upgrade() else {
             return;
         };
-        let books = match crate::books::read_books(&source.services).await {
-            Ok(books) => books,
-            Err(error) => {
-                tracing::debug!(%error, "the dashboard could not read the books");
-                continue;
-            }
-        };
+        let books = crate::books::read_books(&source.services).await;
         let mut texts = vec![
             source
                 .services

@@ -793,7 +793,7 @@ impl BooksQuery {
             .map_or(STUCK_AFTER, std::time::Duration::from_millis)
     }
 
-    async fn read(&self, services: &Services) -> Result<crate::books::Books, sqlx::Error> {
+    async fn read(&self, services: &Services) -> crate::books::Books {
         crate::books::read_books_stuck_after(services, self.stuck_after()).await
     }
 }
@@ -803,29 +803,22 @@ async fn metrics(
     Query(query): Query<BooksQuery>,
     books_read: crate::metrics::BooksSlot,
 ) -> Response {
-    match query.read(&services).await {
-        Ok(books) => (
-            [(header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)],
-            services.telemetry.render_with(&books_read, books).await,
-        )
-            .into_response(),
-        Err(error) => internal(&error),
-    }
+    let books = query.read(&services).await;
+    (
+        [(header::CONTENT_TYPE, crate::telemetry::CONTENT_TYPE)],
+        services.telemetry.render_with(&books_read, books).await,
+    )
+        .into_response()
 }
 
 async fn cells_books(
     State(cells): State<Arc<[(String, Services)]>>,
     Query(query): Query<BooksQuery>,
 ) -> Response {
-    match crate::books::read_cells_books_stuck_after(&cells, query.stuck_after()).await {
-        Ok(books) => Json(books).into_response(),
-        Err(error) => internal(&error),
-    }
+    Json(crate::books::read_cells_books_stuck_after(&cells, query.stuck_after()).await)
+        .into_response()
 }
 
 async fn books(State(services): State<Services>, Query(query): Query<BooksQuery>) -> Response {
-    match query.read(&services).await {
-        Ok(books) => Json(books).into_response(),
-        Err(error) => internal(&error),
-    }
+    Json(query.read(&services).await).into_response()
 }

@@ -217,3 +217,37 @@ async fn the_load_command_checks_every_cell() {
     }
     stop(system, dir).await;
 }
+
+/// A cell whose database fails does not hide the others' books: the
+/// summed `/books` answers with that cell's service unread (a violation
+/// the load reports), every other service and cell read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cells_failing_database_leaves_its_service_unread_and_the_rest_read() {
+    use palisade_order_system::db::{Pool, Statements};
+    use palisade_order_system::service::SagaService;
+
+    let (system, dir) = two_cells().await;
+    let Pool::Sqlite(shipping) = system.cells[1].steps.shipping.db().pool() else {
+        panic!("the embedded system is on SQLite");
+    };
+    shipping.close().await;
+
+    let (status, body) = admin_get(&system, "/books").await;
+    assert!(status.is_success(), "{status}: {body}");
+    let books: palisade_order_system::books::Books = serde_json::from_str(&body).unwrap();
+    assert_eq!(books.cells, ["a", "b"]);
+    assert_eq!(books.unread, ["b/shipping"]);
+    assert!(books.services.contains(&"b/orders".to_owned()));
+    assert!(books.services.contains(&"shipping".to_owned()));
+    assert_eq!(
+        books.violations(false),
+        ["the books of b/shipping were not read"]
+    );
+    for (cell, unread) in [("a", vec![]), ("b", vec!["shipping"])] {
+        let (status, body) = admin_get(&system, &format!("/cells/{cell}/books")).await;
+        assert!(status.is_success(), "{status}: {body}");
+        let books: palisade_order_system::books::Books = serde_json::from_str(&body).unwrap();
+        assert_eq!(books.unread, unread, "cell {cell}");
+    }
+    stop(system, dir).await;
+}
