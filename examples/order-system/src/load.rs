@@ -451,20 +451,26 @@ impl Gateway {
         Ok(serde_json::from_slice(&body)?)
     }
 
-    /// Turns the card processor's outage on or off (signed in as an
-    /// operator).
-    async fn set_processor_unavailable(&self, unavailable: bool) -> Result<(), BoxError> {
-        let body = serde_json::to_vec(&crate::processor::FaultSettings {
+    /// Turns the outage of the card processors at `paths` (see
+    /// [`processor_paths`]) on or off (signed in as an operator).
+    async fn set_processors_unavailable(
+        &self,
+        paths: &[String],
+        unavailable: bool,
+    ) -> Result<(), BoxError> {
+        let body = Bytes::from(serde_json::to_vec(&crate::processor::FaultSettings {
             unavailable,
             delay_ms: 0,
-        })?;
-        self.send_ok(
-            Method::PUT,
-            "/admin/processor",
-            &[("content-type", "application/json")],
-            Bytes::from(body),
-        )
-        .await?;
+        })?);
+        for path in paths {
+            self.send_ok(
+                Method::PUT,
+                path,
+                &[("content-type", "application/json")],
+                body.clone(),
+            )
+            .await?;
+        }
         Ok(())
     }
 
@@ -627,19 +633,23 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, BoxError> {
         }
         None => None,
     };
+    let admin = Gateway::new(&settings.admin);
     let outage = match settings.processor_outage {
         Some(length) => {
             let operator = operator
                 .clone()
                 .ok_or("a processor outage needs the credentials of an operator")?;
+            // Every cell's processor goes down.
+            let cells = admin.get::<Books>("/books").await?.cells;
+            let paths = processor_paths(&cells, settings.processor_admin.is_some());
             let (next, quarter) = (next.clone(), settings.orders / 4);
             Some(tokio::spawn(async move {
                 while next.load(Ordering::Relaxed) < quarter {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                operator.set_processor_unavailable(true).await?;
+                operator.set_processors_unavailable(&paths, true).await?;
                 tokio::time::sleep(length).await;
-                operator.set_processor_unavailable(false).await
+                operator.set_processors_unavailable(&paths, false).await
             }))
         }
         None => None,
@@ -675,7 +685,6 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, BoxError> {
     // after a redelivery). The books must balance once the system is
     // quiet; what still does not after a minute is a violation.
     let deadline = Instant::now() + SETTLE_DEADLINE;
-    let admin = Gateway::new(&settings.admin);
     let (books, violations) = loop {
         let books: Books = admin.get("/books").await?;
         let unsent: u64 = books.outboxes.iter().map(|(_, pending, _)| pending).sum();
@@ -689,19 +698,8 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, BoxError> {
     // No order charged twice: the processor's own ledger, through its API
     // (its data is its own); with several cells, each cell's processor's.
     if let Some(operator) = &operator {
-        // A processor admin of its own (`--processor-admin`) is one
-        // processor's, whatever the books say.
-        let paths: Vec<String> = if books.cells.is_empty() || settings.processor_admin.is_some() {
-            vec!["/admin/processor".to_owned()]
-        } else {
-            books
-                .cells
-                .iter()
-                .map(|cell| format!("/admin/processor?cell={cell}"))
-                .collect()
-        };
         let mut ledger = Ledger::default();
-        for path in paths {
+        for path in processor_paths(&books.cells, settings.processor_admin.is_some()) {
             let cell = operator.get::<Report>(&path).await.map_err(|error| {
                 format!(
                     "the card processor's ledger ({path}): {error} (on real infrastructure, \
@@ -729,4 +727,17 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, BoxError> {
     summary.books = Some(books);
     let _ = std::io::stderr().flush();
     Ok(summary)
+}
+/// The card processors' admin paths on the admin listener: one per cell
+/// of `cells` (the books' cells), or the one processor's when there are
+/// no cells or its admin is its own (`own_admin`: `--processor-admin`, one
+/// processor's, whatever the books say).
+fn processor_paths(cells: &[String], own_admin: bool) -> Vec<String> {
+    if cells.is_empty() || own_admin {
+        return vec!["/admin/processor".to_owned()];
+    }
+    cells
+        .iter()
+        .map(|cell| format!("/admin/processor?cell={cell}"))
+        .collect()
 }

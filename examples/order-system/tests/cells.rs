@@ -251,3 +251,28 @@ async fn a_cells_failing_database_leaves_its_service_unread_and_the_rest_read() 
     }
     stop(system, dir).await;
 }
+
+/// The load's processor outage takes every cell's processor down (it
+/// took the operator's cell's only): each cell's breaker opens, and every
+/// order still ends with the books straight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loads_processor_outage_takes_every_cells_processor_down() {
+    let (system, dir) = two_cells().await;
+    let settings = palisade_order_system::load::LoadSettings {
+        processor_outage: Some(Duration::from_secs(2)),
+        ..support::load_settings(&system, 200, 16)
+    };
+    let summary = palisade_order_system::load::run(&settings).await.unwrap();
+    assert!(summary.violations.is_empty(), "{:?}", summary.violations);
+    assert_eq!((summary.placed, summary.unfinished), (200, 0));
+    for cell in ["a", "b"] {
+        let (status, body) = admin_get(&system, &format!("/cells/{cell}/books")).await;
+        assert!(status.is_success(), "{status}");
+        let books: palisade_order_system::books::Books = serde_json::from_str(&body).unwrap();
+        assert!(books.breaker_opens >= 1, "cell {cell}: {books:?}");
+    }
+    for cell in &system.cells {
+        assert!(!processor_faults(&cell.services).settings().unavailable);
+    }
+    stop(system, dir).await;
+}
