@@ -57,9 +57,9 @@ pub struct LoadSettings {
     /// (taken in turn), the outage as the first user granted
     /// [`Role::Operator`].
     pub credentials: Credentials,
-    /// Makes the card processor unavailable for this long, once a quarter
-    /// of the orders are placed (through `/admin/processor`, as an
-    /// operator).
+    /// Makes the card processor (every cell's) unavailable for this long,
+    /// once a quarter of the orders are placed (through
+    /// `/admin/processor`, as an operator).
     pub processor_outage: Option<Duration>,
     /// Where the card processor's faults are set, when it runs as a
     /// service of its own (its HTTP base URL); by default through the

@@ -52,9 +52,9 @@ enum Command {
     /// the books.
     ///
     /// Each worker signs in once as a user of the credentials file granted
-    /// no role. With --processor-outage, the card processor is down for that
-    /// long once a quarter of the orders are placed, set by the file's
-    /// operator through the gateway, or at --processor-admin.
+    /// no role. With --processor-outage, the card processor (every cell's)
+    /// is down for that long once a quarter of the orders are placed, set
+    /// by the file's operator through the gateway, or at --processor-admin.
     Load(LoadArgs),
     /// One service as a process of its own, on PostgreSQL, NATS JetStream
     /// and Redis.
