@@ -193,9 +193,9 @@ impl Payment {
     }
 
     /// Charges the payment intents as they become due, until `stopped`
-    /// completes (the charges under way are recorded first). Two rounds
-    /// run at once, so the next intents are claimed while a round's calls
-    /// are out. A round's database error is logged and the
+    /// completes (the charges under way are recorded first). Four rounds
+    /// (`CHARGERS`) run at once, so the next intents are claimed while a
+    /// round's calls are out. A round's database error is logged and the
     /// round tried again later: the intents stay recorded.
     pub async fn charge_intents(&self, stopped: impl Future<Output = ()>) {
         let (stop, stopping) = watch::channel(false);
