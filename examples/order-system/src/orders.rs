@@ -214,6 +214,24 @@ const ORDER_COLUMNS: usize = 11;
 const ORDERS_PER_STATEMENT: usize = 500;
 
 impl Placing {
+    /// `user`'s `order` under `idempotency_key`, with a new order id, now.
+    fn new(user: &str, idempotency_key: &str, order: &TokenizedOrder) -> Self {
+        Self {
+            idempotency_key: idempotency_key.to_owned(),
+            fingerprint: fingerprint(order),
+            line: Line {
+                order_id: uuid::Uuid::now_v7().to_string(),
+                user_id: user.to_owned(),
+                sku: order.sku.clone(),
+                quantity: order.quantity,
+                amount_cents: order.quantity * UNIT_PRICE_CENTS,
+                card_token: order.card.token.clone(),
+                card_last4: order.card.last4.clone(),
+            },
+            created_ms: now_ms(),
+        }
+    }
+
     /// Its row's values, in [`INSERT_ORDERS`]'s order.
     fn params(&self) -> [Param<'_>; ORDER_COLUMNS] {
         [
@@ -417,20 +435,7 @@ impl Orders {
             .placing
             .claim(user, idempotency_key)
             .ok_or(PlaceError::InProgress)?;
-        let placing = Placing {
-            idempotency_key: idempotency_key.to_owned(),
-            fingerprint: fingerprint(order),
-            line: Line {
-                order_id: uuid::Uuid::now_v7().to_string(),
-                user_id: user.to_owned(),
-                sku: order.sku.clone(),
-                quantity: order.quantity,
-                amount_cents: order.quantity * UNIT_PRICE_CENTS,
-                card_token: order.card.token.clone(),
-                card_last4: order.card.last4.clone(),
-            },
-            created_ms: now_ms(),
-        };
+        let placing = Placing::new(user, idempotency_key, order);
         // Most keys are new: placed together with the orders placed
         // alongside, in one transaction.
         let created = Placement::Created(Order::placed(&placing.line));
@@ -671,22 +676,16 @@ mod tests {
     use super::*;
 
     fn placing(user: &str, key: &str) -> (Placing, Event) {
-        let line = Line {
-            order_id: uuid::Uuid::now_v7().to_string(),
-            user_id: user.to_owned(),
+        let order = TokenizedOrder {
             sku: "sku-1".to_owned(),
             quantity: 1,
-            amount_cents: UNIT_PRICE_CENTS,
-            card_token: "card_0123456789abcdef0123456789abcdef".to_owned(),
-            card_last4: "4242".to_owned(),
+            card: CardToken {
+                token: "card_0123456789abcdef0123456789abcdef".to_owned(),
+                last4: "4242".to_owned(),
+            },
         };
-        let event = SagaEvent::OrderCreated(line.clone()).to_event();
-        let placing = Placing {
-            idempotency_key: key.to_owned(),
-            fingerprint: "f".to_owned(),
-            line,
-            created_ms: now_ms(),
-        };
+        let placing = Placing::new(user, key, &order);
+        let event = SagaEvent::OrderCreated(placing.line.clone()).to_event();
         (placing, event)
     }
 
