@@ -141,9 +141,11 @@ macro_rules! sql_outbox {
                 events: &[$crate::Event],
             ) -> Result<(), sqlx::Error> {
                 for chunk in events.chunks($crate::sql::INSERT_ROWS) {
-                    let rows = match chunk {
-                        [_, _, ..] => self.sql.insert_rows(chunk.len()),
-                        _ => None,
+                    // A lone event takes the one-row statement, prepared once.
+                    let rows = if chunk.len() > 1 {
+                        self.sql.insert_rows(chunk.len())
+                    } else {
+                        None
                     };
                     match rows {
                         Some(statement) => {
