@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::error::Open;
-use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering, OwnLine};
 use crate::window::{Counts, Window};
 use tokio::sync::broadcast;
 
@@ -298,16 +298,35 @@ impl<F: Fn() -> Instant> LazyNow<F> {
 /// assert_eq!(breaker.state(), State::Closed);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CircuitBreaker {
     inner: Handle,
+    /// A service has called through this handle once: see [`Handle`].
+    called: bool,
+}
+
+impl Clone for CircuitBreaker {
+    fn clone(&self) -> Self {
+        Self::from_handle(self.inner.clone())
+    }
 }
 
 /// How a breaker, its clones and its permits reach the shared state:
 /// counted, or by reference once the breaker is [leaked](CircuitBreaker::leak).
+///
+/// A breaker shared by threads has one reference count, a cache line every
+/// clone and drop writes: a permit raising and lowering it on every call
+/// makes the threads take turns owning that line. So a service that keeps
+/// calling (its second call through the same clone) gets a count of its
+/// own, on a line of its own, which its permits raise and lower instead.
+/// A service cloned for one call (as axum's router does per request) never
+/// allocates one.
 #[derive(Debug)]
 enum Handle {
+    /// The breaker's own count.
     Counted(Arc<Inner>),
+    /// A count of this handle's own, holding one of the breaker's.
+    Own(Arc<OwnLine<Arc<Inner>>>),
     Leaked(&'static Arc<Inner>),
 }
 
@@ -315,16 +334,36 @@ impl Handle {
     fn arc(&self) -> &Arc<Inner> {
         match self {
             Self::Counted(inner) => inner,
+            Self::Own(own) => own,
             Self::Leaked(inner) => inner,
+        }
+    }
+
+    /// The handle a permit keeps: on this handle's own count, if it has
+    /// one.
+    #[inline(always)]
+    fn for_permit(&self) -> Self {
+        match self {
+            Self::Own(own) => Self::Own(Arc::clone(own)),
+            other => other.clone(),
+        }
+    }
+
+    /// A count of its own for a counted handle.
+    fn own(&mut self) {
+        if let Self::Counted(inner) = self {
+            *self = Self::Own(Arc::new(OwnLine(Arc::clone(inner))));
         }
     }
 }
 
+/// A new holder's handle: a clone of the breaker never shares a count of
+/// its own with the handle it was cloned from.
 impl Clone for Handle {
     fn clone(&self) -> Self {
         match self {
-            Self::Counted(inner) => Self::Counted(Arc::clone(inner)),
             Self::Leaked(inner) => Self::Leaked(inner),
+            counted => Self::Counted(Arc::clone(counted.arc())),
         }
     }
 }
@@ -432,31 +471,30 @@ impl CircuitBreaker {
     #[must_use]
     pub fn new_at(config: Config, start: Instant) -> Self {
         let needs_clock = config_needs_clock(&config);
-        Self {
-            inner: Handle::Counted(Arc::new(Inner {
-                window: Window::new(config.window),
-                probes: (0..config.half_open_permits)
-                    .map(|_| AtomicU64::new(0))
-                    .collect(),
-                config,
-                base: start,
-                word: AtomicU64::new(Word::new(State::Closed, 0, 0).0),
-                reopens: AtomicU32::new(0),
-                needs_clock,
-                transitions: broadcast::channel(TRANSITION_BACKLOG).0,
-                #[cfg(all(feature = "otel", not(palisade_loom)))]
-                instruments: std::sync::OnceLock::new(),
-                #[cfg(all(feature = "redis", not(palisade_loom)))]
-                fleet: std::sync::OnceLock::new(),
-            })),
-        }
+        Self::from_handle(Handle::Counted(Arc::new(Inner {
+            window: Window::new(config.window),
+            probes: (0..config.half_open_permits)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            config,
+            base: start,
+            word: AtomicU64::new(Word::new(State::Closed, 0, 0).0),
+            reopens: AtomicU32::new(0),
+            needs_clock,
+            transitions: broadcast::channel(TRANSITION_BACKLOG).0,
+            #[cfg(all(feature = "otel", not(palisade_loom)))]
+            instruments: std::sync::OnceLock::new(),
+            #[cfg(all(feature = "redis", not(palisade_loom)))]
+            fleet: std::sync::OnceLock::new(),
+        })))
     }
 
     /// Gives this breaker the process's lifetime: its clones, the layers
     /// and services holding them, and the permits of their calls then
     /// reach it by a plain reference, with no reference count to raise
-    /// and lower on every call (on a breaker shared by threads, the count
-    /// is a cache line they all write).
+    /// and lower on every call (a counted breaker's services raise their
+    /// own count once they keep calling, the breaker's when cloned for
+    /// each call, as axum's router does).
     ///
     /// Leak a breaker built once at start-up and used until the process
     /// ends. Its memory (a few hundred bytes plus the window) is never
@@ -481,9 +519,27 @@ impl CircuitBreaker {
     pub fn leak(self) -> Self {
         match self.inner {
             Handle::Leaked(_) => self,
-            Handle::Counted(inner) => Self {
-                inner: Handle::Leaked(Box::leak(Box::new(inner))),
-            },
+            counted => Self::from_handle(Handle::Leaked(Box::leak(Box::new(Arc::clone(
+                counted.arc(),
+            ))))),
+        }
+    }
+
+    const fn from_handle(inner: Handle) -> Self {
+        Self {
+            inner,
+            called: false,
+        }
+    }
+
+    /// Called through by a service: its second call gives this handle a
+    /// count of its own (see [`Handle`]).
+    #[inline(always)]
+    pub(crate) fn called(&mut self) {
+        if !self.called {
+            self.called = true;
+        } else if let Handle::Counted(_) = self.inner {
+            self.inner.own();
         }
     }
 
@@ -596,7 +652,7 @@ impl CircuitBreaker {
     #[inline(always)]
     fn permit(&self, generation: u64, role: Role, now: Option<Instant>) -> Permit {
         Permit {
-            inner: self.inner.clone(),
+            inner: self.inner.for_permit(),
             ticket: Ticket::new(generation, role),
             started_ns: now.map_or(NOT_READ, |now| self.inner.nanos(now)),
         }
@@ -679,9 +735,8 @@ impl CircuitBreaker {
     }
 
     pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Self> {
-        weak.upgrade().map(|inner| Self {
-            inner: Handle::Counted(inner),
-        })
+        weak.upgrade()
+            .map(|inner| Self::from_handle(Handle::Counted(inner)))
     }
 
     /// Opens, or stays open, until `until`, as the fleet says: from
@@ -1069,6 +1124,47 @@ fn duration_ms(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The breaker's own reference count.
+    fn shared_count(breaker: &CircuitBreaker) -> usize {
+        Arc::strong_count(breaker.inner.arc())
+    }
+
+    #[test]
+    fn a_handle_that_keeps_calling_counts_its_permits_on_its_own() {
+        let now = Instant::now();
+        let breaker = CircuitBreaker::new_at(Config::default(), now);
+        let mut service = breaker.clone();
+        assert_eq!(shared_count(&breaker), 2);
+        service.called();
+        let permit = service.try_acquire(now).unwrap();
+        assert_eq!(
+            shared_count(&breaker),
+            3,
+            "the first call counts on the breaker's"
+        );
+        permit.record(Outcome::Success, now);
+        service.called();
+        assert!(matches!(service.inner, Handle::Own(_)));
+        assert_eq!(
+            shared_count(&breaker),
+            2,
+            "its own count holds one of the breaker's"
+        );
+        let permits: Vec<_> = (0..5).map(|_| service.try_acquire(now).unwrap()).collect();
+        assert_eq!(shared_count(&breaker), 2, "its permits count on its own");
+        let clone = service.clone();
+        assert!(matches!(clone.inner, Handle::Counted(_)) && !clone.called);
+        assert_eq!(shared_count(&breaker), 3, "a clone counts on the breaker's");
+        drop((service, clone));
+        assert_eq!(shared_count(&breaker), 2, "the permits keep the own count");
+        for permit in permits {
+            permit.record(Outcome::Failure, now);
+        }
+        assert_eq!(shared_count(&breaker), 1);
+        let counts = breaker.metrics(now).counts;
+        assert_eq!((counts.calls, counts.failures), (6, 5));
+    }
 
     #[test]
     fn a_ticket_keeps_its_generation_and_role() {

@@ -16,10 +16,25 @@ use crate::respond::Respond;
 pub trait SelectBreaker<Req> {
     /// The breaker `request` goes through.
     fn select(&self, request: &Req) -> Cow<'_, CircuitBreaker>;
+
+    /// The breaker `request` goes through, for a call through the service
+    /// holding `self`: [`select`](Self::select), by default. A
+    /// [`CircuitBreaker`] gives the service a reference count of its own
+    /// here once it keeps calling, so that services on different threads
+    /// do not write one count on every call.
+    fn select_for_call(&mut self, request: &Req) -> Cow<'_, CircuitBreaker> {
+        self.select(request)
+    }
 }
 
 impl<Req> SelectBreaker<Req> for CircuitBreaker {
     fn select(&self, _request: &Req) -> Cow<'_, CircuitBreaker> {
+        Cow::Borrowed(self)
+    }
+
+    #[inline(always)]
+    fn select_for_call(&mut self, _request: &Req) -> Cow<'_, CircuitBreaker> {
+        self.called();
         Cow::Borrowed(self)
     }
 }
@@ -88,7 +103,7 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let breaker = self.breakers.select(&request);
+        let breaker = self.breakers.select_for_call(&request);
         let inner = &mut self.inner;
         ResponseFuture::through(
             &breaker,

@@ -20,7 +20,7 @@
 //! counts into the current one.
 
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
-use crate::sync::{AtomicU8, AtomicU64, fence};
+use crate::sync::{AtomicU8, AtomicU64, OwnLine, fence};
 
 use crate::config::SlidingWindow;
 use crate::positions;
@@ -160,20 +160,6 @@ const fn slot_verdicts(slot: u8) -> u64 {
 const fn fast_mod(n: u32, len: u32, magic: u64) -> usize {
     let low = magic.wrapping_mul(n as u64);
     ((low as u128 * len as u128) >> 64) as usize
-}
-
-/// A value alone on its cache line: written by every call, it must not
-/// make the readers of its neighbours miss.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-pub(crate) struct OwnLine<T>(T);
-
-impl<T> std::ops::Deref for OwnLine<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        &self.0
-    }
 }
 
 #[derive(Debug)]

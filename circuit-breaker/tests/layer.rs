@@ -157,6 +157,82 @@ async fn every_clone_and_every_layered_service_share_one_breaker() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn services_that_keep_calling_on_many_threads_count_in_one_window() {
+    let layer = CircuitBreakerLayer::new(config(1_000));
+    let breaker = layer.breaker().clone();
+    let healthy = Arc::new(AtomicBool::new(true));
+    let flag = healthy.clone();
+    let service = layer.layer(service_fn(move |(): ()| {
+        answer(flag.load(Ordering::SeqCst))
+    }));
+    // Each task keeps its clone and calls it again and again, as a client
+    // or a connection's service does (a clone that keeps calling counts
+    // its permits on a count of its own; the window stays the breaker's).
+    let run = |calls: usize| {
+        let tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let mut service = service.clone();
+                tokio::spawn(async move {
+                    for _ in 0..calls {
+                        let _ = service.ready().await.unwrap().call(()).await;
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        async move {
+            for task in tasks {
+                task.await.unwrap();
+            }
+        }
+    };
+    run(20).await;
+    let counts = breaker.metrics(std::time::Instant::now()).counts;
+    assert_eq!(
+        (counts.calls, counts.failures),
+        (640, 0),
+        "a filling ring counts each call"
+    );
+    healthy.store(false, Ordering::SeqCst);
+    run(20).await;
+    assert_eq!(breaker.state(), State::Open, "their failures opened it");
+}
+
+#[tokio::test]
+async fn a_call_outliving_its_service_is_counted_in_the_breaker() {
+    let layer = CircuitBreakerLayer::new(config(10));
+    let breaker = layer.breaker().clone();
+    let (finish, finished) = oneshot::channel::<()>();
+    let finished = Arc::new(std::sync::Mutex::new(Some(finished)));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut service = layer.layer(service_fn(move |(): ()| {
+        // The third call waits until told to finish.
+        let wait = (calls.fetch_add(1, Ordering::SeqCst) == 2)
+            .then(|| finished.lock().unwrap().take())
+            .flatten();
+        async move {
+            if let Some(wait) = wait {
+                wait.await?;
+            }
+            Ok::<_, BoxError>(())
+        }
+    }));
+    for _ in 0..2 {
+        service.ready().await.unwrap().call(()).await.unwrap();
+    }
+    // By now the service counts its permits on a count of its own.
+    let late = service.ready().await.unwrap().call(());
+    drop((service, layer));
+    finish.send(()).unwrap();
+    late.await.unwrap();
+    let counts = breaker.metrics(std::time::Instant::now()).counts;
+    assert_eq!(
+        counts.calls, 3,
+        "the late call counted after its service was dropped"
+    );
+}
+
 /// Results that carry the dependency's own wait.
 #[derive(Clone)]
 struct Hinted;
