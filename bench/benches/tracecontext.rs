@@ -10,6 +10,12 @@
 //!   continues the trace with a span id of its own; the SDK builds its
 //!   `Context`).
 //!
+//! - `headers_alone`: no propagator, only what any propagator reading and
+//!   writing `http::HeaderMap`s must do in the same case: look up both
+//!   headers, make one new `traceparent` value, and write it and the
+//!   `tracestate`. No parsing, no ids. It bounds how much faster than the
+//!   SDK any propagator on these maps can be (`scripts/bench` prints it).
+//!
 //! Both sides write into one outgoing `HeaderMap` that is cleared between
 //! iterations, as a real outgoing request already has its header map:
 //! allocating a map is the client's cost, not propagation's.
@@ -21,7 +27,7 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -74,7 +80,27 @@ fn compare(c: &mut Criterion) {
             },
         );
     }
+    for (case, incoming) in requests() {
+        group.bench_with_input(
+            BenchmarkId::new("headers_alone", case),
+            &incoming,
+            |b, incoming| {
+                let mut outgoing = HeaderMap::with_capacity(8);
+                b.iter(|| {
+                    outgoing.clear();
+                    black_box(headers_alone(black_box(incoming), &mut outgoing));
+                    black_box(&outgoing);
+                });
+            },
+        );
+    }
     let (_, incoming) = &requests()[1];
+    group.bench_function(
+        BenchmarkId::new("headers_alone", "extract_4_members"),
+        |b| {
+            b.iter(|| black_box(read_headers(black_box(incoming))));
+        },
+    );
     group.bench_function(BenchmarkId::new("palisade", "extract_4_members"), |b| {
         b.iter(|| black_box(palisade.continue_or_start(black_box(incoming))));
     });
@@ -83,6 +109,36 @@ fn compare(c: &mut Criterion) {
         |b| b.iter(|| black_box(sdk.extract(&HeaderExtractor(black_box(incoming))))),
     );
     group.finish();
+}
+
+/// The two names, made once, as a propagator would keep them.
+static TRACEPARENT_NAME: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE_NAME: HeaderName = HeaderName::from_static("tracestate");
+
+/// The incoming `traceparent`, if it appears once, and `tracestate`:
+/// the lookups any propagator makes.
+fn read_headers(incoming: &HeaderMap) -> (Option<&HeaderValue>, Option<&HeaderValue>) {
+    let mut parents = incoming.get_all(&TRACEPARENT_NAME).iter();
+    let parent = parents.next().filter(|_| parents.next().is_none());
+    (parent, incoming.get(&TRACESTATE_NAME))
+}
+
+/// The header work of a propagation with no propagator: the lookups, one
+/// new `traceparent` value (its bytes copied and checked, as a value made
+/// of a new span id is), and both writes.
+fn headers_alone(incoming: &HeaderMap, outgoing: &mut HeaderMap) -> bool {
+    let (parent, state) = read_headers(incoming);
+    let Some(parent) = parent else { return false };
+    let mut value = [0u8; 55];
+    value.copy_from_slice(&parent.as_bytes()[..55]);
+    let Ok(value) = HeaderValue::from_bytes(black_box(&value)) else {
+        return false;
+    };
+    outgoing.insert(TRACEPARENT_NAME.clone(), value);
+    if let Some(state) = state {
+        outgoing.insert(TRACESTATE_NAME.clone(), state.clone());
+    }
+    true
 }
 
 /// Both sides must produce the same trace on the wire, or the timing
