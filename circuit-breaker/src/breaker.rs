@@ -794,6 +794,7 @@ impl CircuitBreaker {
 }
 
 impl Inner {
+    #[inline]
     fn load(&self) -> Word {
         Word(self.word.load(Ordering::Acquire))
     }

@@ -85,6 +85,7 @@ thread_local! {
 
 /// The position of a call in the ring of `len` slots whose cursor word is
 /// `cursor` and lap `lap`.
+#[inline]
 pub(crate) fn next(cursor: &AtomicU64, lap: &AtomicU64, len: u64) -> u64 {
     // The model checker explores the cursor's races, one call at a time.
     if cfg!(palisade_loom) || len < SMALLEST_BATCHED {

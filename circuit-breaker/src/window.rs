@@ -210,6 +210,7 @@ impl Window {
 
     /// Records one call at `now_ms` (milliseconds since the breaker
     /// began); for a ring, the calls it held before this one.
+    #[inline]
     pub(crate) fn record(&self, now_ms: u64, failed: bool, slow: bool) -> Option<u64> {
         match self {
             Self::Count {
