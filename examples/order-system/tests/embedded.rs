@@ -105,7 +105,53 @@ async fn three_hundred_orders_end_confirmed_or_cancelled_with_the_books_straight
     let distinct: std::collections::HashSet<&&str> = families.iter().collect();
     assert_eq!(families.len(), distinct.len(), "each family once");
     system.stop().await;
+
+    // Where the sagas spent their time, read from the stopped system's
+    // files as `scripts/order-system-load --hops` does: every saga, and
+    // every order's placement and first hop, are counted.
+    let hops = hops_of(&dir);
+    for step in [
+        "placement",
+        "OrderCreated → inventory/inventory",
+        "saga (placement → end)",
+    ] {
+        assert_eq!(hops.get(step), Some(&300), "{step} in {hops:?}");
+    }
+    assert_eq!(
+        hops.get("payment/payment: InventoryReserved → PaymentFailed"),
+        Some(&declined),
+        "{hops:?}"
+    );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `scripts/order-system-hops` on a stopped system's data: each step's
+/// count, by the step's name.
+fn hops_of(data: &std::path::Path) -> HashMap<String, usize> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/order-system-hops"
+    );
+    let output = std::process::Command::new(script)
+        .arg(data)
+        .output()
+        .expect("scripts/order-system-hops runs (it needs python3)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // A row is the step's name, then its count, mean, p50, p95 and p99.
+    stdout
+        .lines()
+        .skip(1)
+        .filter_map(|row| {
+            let words: Vec<&str> = row.split_whitespace().collect();
+            let name = words.len().checked_sub(5)?;
+            Some((words[..name].join(" "), words[name].parse().ok()?))
+        })
+        .collect()
 }
 
 async fn post_order(
