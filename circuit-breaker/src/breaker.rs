@@ -1065,15 +1065,56 @@ impl Permit {
         hint: Option<Duration>,
         clock: impl Fn() -> Instant,
     ) {
+        self.settle_here(outcome, hint, clock);
+    }
+
+    /// [`settle`](Self::settle) for the permit in `held`, read where it
+    /// is, which is left `None`.
+    #[inline]
+    pub(crate) fn settle_held(
+        held: &mut Option<Self>,
+        outcome: Outcome,
+        hint: Option<Duration>,
+        clock: impl Fn() -> Instant,
+    ) {
+        if let Some(permit) = held {
+            permit.settle_here(outcome, hint, clock);
+        }
+        *held = None;
+    }
+
+    /// Records the outcome and leaves the permit settled: nothing for
+    /// `drop` to give back.
+    #[inline]
+    fn settle_here(
+        &mut self,
+        outcome: Outcome,
+        hint: Option<Duration>,
+        clock: impl Fn() -> Instant,
+    ) {
         let ticket = self.ticket;
-        // Nothing left for `drop` to give back.
         self.ticket = ticket.settled();
-        let inner = &*self.inner;
+        self.inner
+            .settle(ticket, self.started_ns, outcome, hint, clock);
+    }
+}
+
+impl Inner {
+    /// Settles the call of a permit of `ticket` that started at
+    /// `started_ns` (or [`NOT_READ`]).
+    fn settle(
+        &self,
+        ticket: Ticket,
+        started_ns: u64,
+        outcome: Outcome,
+        hint: Option<Duration>,
+        clock: impl Fn() -> Instant,
+    ) {
         let generation = ticket.generation();
         let mut now = LazyNow::new(clock);
-        let slow = match inner.config.slow_call {
-            Some((limit, _)) if self.started_ns != NOT_READ => {
-                let elapsed = inner.nanos(now.get()).saturating_sub(self.started_ns);
+        let slow = match self.config.slow_call {
+            Some((limit, _)) if started_ns != NOT_READ => {
+                let elapsed = self.nanos(now.get()).saturating_sub(started_ns);
                 elapsed >= u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX)
             }
             _ => false,
@@ -1082,22 +1123,22 @@ impl Permit {
         let role = ticket.role();
         #[cfg(all(feature = "otel", not(palisade_loom)))]
         if role != Role::Untracked
-            && let Some(instruments) = inner.instruments.get()
+            && let Some(instruments) = self.instruments.get()
         {
             instruments.call(outcome);
         }
         match (role, outcome) {
             (Role::Untracked, _) | (Role::Counted, Outcome::Ignored) => {}
             (Role::Counted, _) => {
-                inner.record_counted(generation, failed, slow, &mut now, hint);
+                self.record_counted(generation, failed, slow, &mut now, hint);
             }
             (Role::Probe(slot), outcome) => {
                 // No longer running, whatever it counts for.
-                inner.free_probe_slot(slot, generation);
+                self.free_probe_slot(slot, generation);
                 if outcome == Outcome::Ignored {
-                    inner.release_probe(generation);
+                    self.release_probe(generation);
                 } else {
-                    inner.record_probe(generation, failed || slow, &mut now, hint);
+                    self.record_probe(generation, failed || slow, &mut now, hint);
                 }
             }
         }

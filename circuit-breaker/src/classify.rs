@@ -76,6 +76,28 @@ pub trait Settle<T, E> {
     ///
     /// The inner service's error, unchanged.
     fn settle(&self, result: Result<T, E>, permit: Permit) -> Result<Self::Response, E>;
+
+    /// Settles the permit in `held` like [`settle`](Self::settle), leaving
+    /// `None`: by default, it takes the permit out and settles it. A
+    /// classifier that settles at once reads the permit where the response
+    /// future keeps it instead, without moving it first (a permit just
+    /// written and then copied whole waits for its writes to land).
+    ///
+    /// # Errors
+    ///
+    /// The inner service's error, unchanged.
+    ///
+    /// # Panics
+    ///
+    /// When `held` is `None`.
+    fn settle_held(
+        &self,
+        result: Result<T, E>,
+        held: &mut Option<Permit>,
+    ) -> Result<Self::Response, E> {
+        let permit = held.take().expect("a permit to settle");
+        self.settle(result, permit)
+    }
 }
 
 /// Settles `permit` at once by `classifier`'s verdict and hint.
@@ -85,6 +107,22 @@ pub(crate) fn settle_at_once<T, E, C: Classify<T, E>>(
     permit: Permit,
 ) -> Result<T, E> {
     permit.settle(
+        classifier.classify(&result),
+        classifier.retry_after(&result),
+        now,
+    );
+    result
+}
+
+/// [`settle_at_once`] for the permit in `held`, where it is.
+#[inline]
+pub(crate) fn settle_held_at_once<T, E, C: Classify<T, E>>(
+    classifier: &C,
+    result: Result<T, E>,
+    held: &mut Option<Permit>,
+) -> Result<T, E> {
+    Permit::settle_held(
+        held,
         classifier.classify(&result),
         classifier.retry_after(&result),
         now,
@@ -125,6 +163,10 @@ impl<T, E, C: Classify<T, E>> Settle<T, E> for AtOnce<C> {
     fn settle(&self, result: Result<T, E>, permit: Permit) -> Result<T, E> {
         settle_at_once(&self.0, result, permit)
     }
+
+    fn settle_held(&self, result: Result<T, E>, held: &mut Option<Permit>) -> Result<T, E> {
+        settle_held_at_once(&self.0, result, held)
+    }
 }
 
 impl<T, E, F> Settle<T, E> for F
@@ -135,6 +177,10 @@ where
 
     fn settle(&self, result: Result<T, E>, permit: Permit) -> Result<T, E> {
         settle_at_once(self, result, permit)
+    }
+
+    fn settle_held(&self, result: Result<T, E>, held: &mut Option<Permit>) -> Result<T, E> {
+        settle_held_at_once(self, result, held)
     }
 }
 
@@ -166,6 +212,10 @@ impl<T, E: 'static> Settle<T, E> for ErrorsAsFailures {
 
     fn settle(&self, result: Result<T, E>, permit: Permit) -> Result<T, E> {
         settle_at_once(self, result, permit)
+    }
+
+    fn settle_held(&self, result: Result<T, E>, held: &mut Option<Permit>) -> Result<T, E> {
+        settle_held_at_once(self, result, held)
     }
 }
 

@@ -105,12 +105,10 @@ where
                 respond,
             } => {
                 let result = ready!(inner.poll(cx));
-                let permit = permit
-                    .take()
-                    .expect("ResponseFuture polled after completion");
+                assert!(permit.is_some(), "ResponseFuture polled after completion");
                 Poll::Ready(
                     classifier
-                        .settle(result, permit)
+                        .settle_held(result, permit)
                         .map_err(|err| respond.error(err)),
                 )
             }

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use palisade_circuit_breaker::{
-    AtOnce, CircuitBreaker, CircuitBreakerLayer, Classify, Config, Open, Outcome, SlidingWindow,
-    State,
+    AtOnce, CircuitBreaker, CircuitBreakerLayer, Classify, Config, Open, Outcome, Permit, Settle,
+    SlidingWindow, State,
 };
 use tokio::sync::oneshot;
 use tower::{BoxError, Layer, Service, ServiceExt, service_fn};
@@ -101,6 +101,37 @@ async fn a_dropped_probe_future_frees_its_permit_without_recording() {
     pass.send(true).unwrap();
     service.ready().await.unwrap().call(gate).await.unwrap();
     assert_eq!(breaker.state(), State::Closed);
+}
+
+/// A settle of one's own that hands the permit to the caller, to record
+/// when the caller knows how the call went.
+#[derive(Clone)]
+struct Later;
+
+impl Settle<(), BoxError> for Later {
+    type Response = Permit;
+
+    fn settle(&self, result: Result<(), BoxError>, permit: Permit) -> Result<Permit, BoxError> {
+        result.map(|()| permit)
+    }
+}
+
+#[tokio::test]
+async fn a_settle_of_ones_own_is_handed_the_permit_out_of_the_future() {
+    let layer = CircuitBreakerLayer::new(config(2)).classify(Later);
+    let breaker = layer.breaker().clone();
+    let mut service = layer.layer(service_fn(|(): ()| async { Ok::<_, BoxError>(()) }));
+    let now = std::time::Instant::now;
+    for calls in 0..2 {
+        let permit = service.ready().await.unwrap().call(()).await.unwrap();
+        assert_eq!(
+            breaker.metrics(now()).counts.calls,
+            calls,
+            "not yet recorded"
+        );
+        permit.record(Outcome::Failure, now());
+    }
+    assert_eq!(breaker.state(), State::Open, "both failures counted");
 }
 
 #[tokio::test]
