@@ -320,13 +320,17 @@ impl Clone for CircuitBreaker {
 /// calling (its second call through the same clone) gets a count of its
 /// own, on a line of its own, which its permits raise and lower instead.
 /// A service cloned for one call (as axum's router does per request) never
-/// allocates one.
+/// allocates one; a clone called again (a retry layer's per request)
+/// allocates one, once.
 #[derive(Debug)]
 enum Handle {
     /// The breaker's own count.
     Counted(Arc<Inner>),
-    /// A count of this handle's own, holding one of the breaker's.
+    /// A count of this handle's own, holding one of the breaker's. The
+    /// allocation is aligned to a cache line, so its counts, at its start,
+    /// share a line with no other handle's.
     Own(Arc<OwnLine<Arc<Inner>>>),
+    /// The breaker's `Arc`, leaked: nothing counted.
     Leaked(&'static Arc<Inner>),
 }
 
@@ -349,7 +353,8 @@ impl Handle {
         }
     }
 
-    /// A count of its own for a counted handle.
+    /// A count of its own for a counted handle: once per service clone.
+    #[cold]
     fn own(&mut self) {
         if let Self::Counted(inner) = self {
             *self = Self::Own(Arc::new(OwnLine(Arc::clone(inner))));
@@ -1206,6 +1211,38 @@ mod tests {
         assert_eq!(shared_count(&breaker), 1);
         let counts = breaker.metrics(now).counts;
         assert_eq!((counts.calls, counts.failures), (6, 5));
+    }
+
+    #[test]
+    fn a_probe_on_a_handles_own_count_dropped_unsettled_frees_its_slot() {
+        let start = Instant::now();
+        let config = Config::builder()
+            .sliding_window(crate::SlidingWindow::Count(2))
+            .minimum_calls(2)
+            .open_duration(Duration::from_secs(1))
+            .jitter(0.0)
+            .half_open_permits(1)
+            .build()
+            .unwrap();
+        let breaker = CircuitBreaker::new_at(config, start);
+        let mut service = breaker.clone();
+        service.called();
+        service.called();
+        assert!(matches!(service.inner, Handle::Own(_)));
+        for _ in 0..2 {
+            service
+                .try_acquire(start)
+                .unwrap()
+                .record(Outcome::Failure, start);
+        }
+        assert_eq!(breaker.state(), State::Open);
+        let later = start + Duration::from_secs(1);
+        let probe = service.try_acquire(later).unwrap();
+        assert!(breaker.try_acquire(later).is_err(), "one probe at a time");
+        drop(probe);
+        let probe = breaker.try_acquire(later).expect("the slot was given back");
+        probe.record(Outcome::Success, later);
+        assert_eq!(breaker.state(), State::Closed);
     }
 
     #[test]

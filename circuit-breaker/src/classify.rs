@@ -78,10 +78,11 @@ pub trait Settle<T, E> {
     fn settle(&self, result: Result<T, E>, permit: Permit) -> Result<Self::Response, E>;
 
     /// Settles the permit in `held` like [`settle`](Self::settle), leaving
-    /// `None`: by default, it takes the permit out and settles it. A
-    /// classifier that settles at once reads the permit where the response
-    /// future keeps it instead, without moving it first (a permit just
-    /// written and then copied whole waits for its writes to land).
+    /// `None`. The default takes the permit out and calls `settle`; keep it
+    /// in a classifier of your own. This crate's classifiers that settle at
+    /// once read the permit where the response future keeps it instead,
+    /// without moving it first (a permit just written and then copied
+    /// whole waits for its writes to land).
     ///
     /// # Errors
     ///

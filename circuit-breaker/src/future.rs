@@ -106,11 +106,9 @@ where
             } => {
                 let result = ready!(inner.poll(cx));
                 assert!(permit.is_some(), "ResponseFuture polled after completion");
-                Poll::Ready(
-                    classifier
-                        .settle_held(result, permit)
-                        .map_err(|err| respond.error(err)),
-                )
+                let settled = classifier.settle_held(result, permit);
+                debug_assert!(permit.is_none(), "settle_held leaves no permit");
+                Poll::Ready(settled.map_err(|err| respond.error(err)))
             }
             Projection::Rejected { open, respond } => {
                 let open = open.take().expect("ResponseFuture polled after completion");

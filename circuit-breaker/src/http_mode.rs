@@ -13,7 +13,7 @@ use http::{Response, StatusCode};
 use palisade_hints::Refusal;
 
 use crate::breaker::{Outcome, Permit};
-use crate::classify::{Classify, Settle, is_refusal, settle_at_once};
+use crate::classify::{Classify, Settle, is_refusal, settle_at_once, settle_held_at_once};
 use crate::config::Config;
 use crate::error::Open;
 use crate::layer::CircuitBreakerLayer;
@@ -63,6 +63,14 @@ impl<B, E: 'static> Settle<Response<B>, E> for ServerErrorsAsFailures {
 
     fn settle(&self, result: Result<Response<B>, E>, permit: Permit) -> Result<Response<B>, E> {
         settle_at_once(self, result, permit)
+    }
+
+    fn settle_held(
+        &self,
+        result: Result<Response<B>, E>,
+        held: &mut Option<Permit>,
+    ) -> Result<Response<B>, E> {
+        settle_held_at_once(self, result, held)
     }
 }
 

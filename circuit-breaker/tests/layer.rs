@@ -231,7 +231,7 @@ async fn services_that_keep_calling_on_many_threads_count_in_one_window() {
 }
 
 #[tokio::test]
-async fn a_call_outliving_its_service_is_counted_in_the_breaker() {
+async fn a_call_on_a_services_own_count_outliving_the_service_is_counted() {
     let layer = CircuitBreakerLayer::new(config(10));
     let breaker = layer.breaker().clone();
     let (finish, finished) = oneshot::channel::<()>();
