@@ -149,6 +149,9 @@ impl RetryBudget {
     }
 
     /// Records one request: it earns `ratio` of a retry.
+    // Inlined into the layer's call, compiled in the user's crate: a full
+    // account (the steady state) costs one load there.
+    #[inline]
     pub fn deposit(&self) {
         let account = &*self.account;
         let mut balance = account.balance.load(Ordering::Relaxed);

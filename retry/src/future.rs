@@ -37,12 +37,23 @@ pin_project! {
         #[pin]
         attempt: Attempt<S::Future, S::Response>,
         // Boxed, as the backoff wait is: a tokio `Sleep` is large, and only
-        // a call under a deadline pays for it; every other call's future
-        // stays small enough to build and move cheaply.
-        deadline: Option<Pin<Box<Sleep>>>,
-        total: Duration,
+        // a call under a deadline pays for it (and for its total and its
+        // attempt's start); every other call's future stays small enough
+        // to build and move cheaply.
+        deadline: Option<Pin<Box<Deadline>>>,
         retrying: Option<Retrying<S, L, R::Saved, R::Request>>,
         classify: PhantomData<fn() -> C>,
+    }
+}
+
+pin_project! {
+    /// A call's deadline: its timer, the total it was set from, and when
+    /// the current attempt started (the estimate of the next).
+    struct Deadline {
+        #[pin]
+        sleep: Sleep,
+        total: Duration,
+        started: Instant,
     }
 }
 
@@ -64,29 +75,42 @@ pub(crate) type RetryingFor<S, R, Req, L> =
     Retrying<S, L, <R as Replay<Req>>::Saved, <R as Replay<Req>>::Request>;
 
 /// What a retryable request keeps between attempts.
+///
+/// Only what every retryable call needs, so that its future is cheap to
+/// build and move: a value written field by field (a `Duration`, a `u32`,
+/// an `Option`) and then copied whole, as a future is, waits for each
+/// write to land (measured with `perf annotate`). What only a retried call
+/// needs is boxed at its first retry, as its backoff wait is.
 pub(crate) struct Retrying<S, L, Saved, Request> {
     service: S,
     /// The layer: an `Arc` or a `&'static` one, dereferenced to it.
     shared: L,
     saved: Saved,
-    next: Option<Request>,
+    retried: Option<Box<Retried<Request>>>,
+}
+
+/// How far a retried call has gone.
+struct Retried<Request> {
+    /// Attempts started.
     attempts: u32,
     previous_delay: Duration,
-    /// When the current attempt started; read only under a deadline.
-    started: Option<Instant>,
+    /// The next attempt's request, made when the wait is over.
+    next: Option<Request>,
 }
 
 impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
-    pub(crate) const fn new(service: S, shared: L, saved: Saved, started: Option<Instant>) -> Self {
+    pub(crate) const fn new(service: S, shared: L, saved: Saved) -> Self {
         Self {
             service,
             shared,
             saved,
-            next: None,
-            attempts: 1,
-            previous_delay: Duration::ZERO,
-            started,
+            retried: None,
         }
+    }
+
+    /// Attempts started so far.
+    fn attempts(&self) -> u32 {
+        self.retried.as_ref().map_or(1, |retried| retried.attempts)
     }
 
     /// The wait before the next attempt, or `None` when `result` goes back
@@ -95,7 +119,7 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
     fn next_attempt<C, R, Req, Res>(
         &mut self,
         result: &Result<Res, BoxError>,
-        deadline: Option<Instant>,
+        deadline: Option<&Deadline>,
     ) -> Option<Duration>
     where
         L: Deref<Target = RetryLayer<C, R>>,
@@ -108,31 +132,32 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
             Verdict::Retry => None,
             Verdict::RetryAfter(wait) => Some(wait),
         };
+        let attempts = self.attempts();
+        let previous_delay = self
+            .retried
+            .as_ref()
+            .map_or(Duration::ZERO, |retried| retried.previous_delay);
         let give_up = |reason| {
-            shared.events.gave_up(reason, self.attempts);
+            shared.events.gave_up(reason, attempts);
             None
         };
-        if self.attempts >= shared.config.max_attempts {
+        if attempts >= shared.config.max_attempts {
             return give_up(GiveUp::Attempts);
         }
         let backoff = shared.config.backoff;
         let delay = match hint {
             Some(wait) if wait > backoff.cap() => return give_up(GiveUp::HintOverCap),
             Some(wait) => wait,
-            None => backoff.delay(
-                self.attempts,
-                self.previous_delay,
-                &mut fastrand::Rng::new(),
-            ),
+            None => backoff.delay(attempts, previous_delay, &mut fastrand::Rng::new()),
         };
         let now = Instant::now();
-        if let (Some(deadline), Some(started)) = (deadline, self.started) {
+        if let Some(deadline) = deadline {
             // The attempt just finished is the estimate of the next one. A
             // server's hint can be as long as it likes: an end past what an
             // `Instant` holds is past any deadline.
-            let estimate = now.saturating_duration_since(started);
+            let estimate = now.saturating_duration_since(deadline.started);
             let end = now.checked_add(delay.saturating_add(estimate));
-            if end.is_none_or(|end| end > deadline) {
+            if end.is_none_or(|end| end > deadline.sleep.deadline()) {
                 return give_up(GiveUp::Deadline);
             }
         }
@@ -144,8 +169,15 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
         {
             return give_up(GiveUp::Budget);
         }
-        self.previous_delay = delay;
-        shared.events.retrying(self.attempts + 1, delay);
+        let retried = self.retried.get_or_insert_with(|| {
+            Box::new(Retried {
+                attempts,
+                previous_delay,
+                next: None,
+            })
+        });
+        retried.previous_delay = delay;
+        shared.events.retrying(attempts + 1, delay);
         Some(delay)
     }
 
@@ -158,11 +190,17 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
         R: Replay<Req, Saved = Saved, Request = Request>,
     {
         let shared = &*self.shared;
-        self.next = shared.replay.replay(&self.saved);
-        if self.next.is_none() {
-            shared.events.gave_up(GiveUp::NotReplayable, self.attempts);
+        let retried = self
+            .retried
+            .as_mut()
+            .expect("a retry was decided before its wait");
+        retried.next = shared.replay.replay(&self.saved);
+        if retried.next.is_none() {
+            shared
+                .events
+                .gave_up(GiveUp::NotReplayable, retried.attempts);
         }
-        self.next.is_some()
+        retried.next.is_some()
     }
 }
 
@@ -187,12 +225,15 @@ where
             let end = started
                 .checked_add(total)
                 .unwrap_or_else(|| started + FAR_FUTURE);
-            Box::pin(tokio::time::sleep_until(end))
+            Box::pin(Deadline {
+                sleep: tokio::time::sleep_until(end),
+                total,
+                started,
+            })
         });
         Self {
             attempt: Attempt::Calling { future },
             deadline,
-            total: total.unwrap_or_default(),
             retrying,
             classify: PhantomData,
         }
@@ -217,18 +258,13 @@ where
                     let result = match future.poll(cx) {
                         Poll::Ready(result) => result.map_err(Into::into),
                         Poll::Pending => {
-                            return past_deadline(
-                                this.deadline,
-                                cx,
-                                *this.total,
-                                this.retrying.as_ref(),
-                            );
+                            return past_deadline(this.deadline, cx, this.retrying.as_ref());
                         }
                     };
                     let Some(retrying) = this.retrying.as_mut() else {
                         return Poll::Ready(result);
                     };
-                    let deadline = this.deadline.as_ref().map(|sleep| sleep.deadline());
+                    let deadline = this.deadline.as_deref();
                     let Some(delay) = retrying.next_attempt(&result, deadline) else {
                         return Poll::Ready(result);
                     };
@@ -258,14 +294,18 @@ where
                         Poll::Ready(Ok(())) => {}
                         Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
                         Poll::Pending => {
-                            return past_deadline(this.deadline, cx, *this.total, Some(retrying));
+                            return past_deadline(this.deadline, cx, Some(retrying));
                         }
                     }
-                    let request = retrying.next.take().expect("made after the wait");
-                    retrying.attempts += 1;
+                    let retried = retrying
+                        .retried
+                        .as_mut()
+                        .expect("a retry was decided before its wait");
+                    let request = retried.next.take().expect("made after the wait");
+                    retried.attempts += 1;
                     retrying.shared.events.attempt();
-                    if retrying.started.is_some() {
-                        retrying.started = Some(Instant::now());
+                    if let Some(deadline) = this.deadline {
+                        *deadline.as_mut().project().started = Instant::now();
                     }
                     let future = retrying.service.call(request);
                     this.attempt.set(Attempt::Calling { future });
@@ -278,18 +318,17 @@ where
 /// `Pending`, unless the deadline has passed: then the attempt is
 /// abandoned with [`DeadlineExceeded`].
 fn past_deadline<T, S, L, Saved, Request>(
-    deadline: &mut Option<Pin<Box<Sleep>>>,
+    deadline: &mut Option<Pin<Box<Deadline>>>,
     cx: &mut Context<'_>,
-    total: Duration,
     retrying: Option<&Retrying<S, L, Saved, Request>>,
 ) -> Poll<Result<T, BoxError>> {
-    match deadline.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
-        Some(Poll::Ready(())) => {
-            let attempts = retrying.map_or(1, |retrying| retrying.attempts);
-            Poll::Ready(Err(DeadlineExceeded::new(total, attempts).into()))
-        }
-        _ => Poll::Pending,
-    }
+    let Some(deadline) = deadline else {
+        return Poll::Pending;
+    };
+    let deadline = deadline.as_mut().project();
+    ready!(deadline.sleep.poll(cx));
+    let attempts = retrying.map_or(1, Retrying::attempts);
+    Poll::Ready(Err(DeadlineExceeded::new(*deadline.total, attempts).into()))
 }
 
 impl<S, C, R, Req, L> std::fmt::Debug for ResponseFuture<S, C, R, Req, L>
@@ -301,7 +340,7 @@ where
         f.debug_struct("ResponseFuture")
             .field(
                 "attempts",
-                &self.retrying.as_ref().map_or(1, |r| r.attempts),
+                &self.retrying.as_ref().map_or(1, Retrying::attempts),
             )
             .field("retryable", &self.retrying.is_some())
             .finish_non_exhaustive()

@@ -81,8 +81,8 @@ where
         let started = shared.config.deadline.map(|_| Instant::now());
         let (first, saved) = shared.replay.prepare(request);
         let future = self.inner.call(first);
-        let retrying = saved
-            .map(|saved| Retrying::new(self.inner.clone(), self.shared.clone(), saved, started));
+        let retrying =
+            saved.map(|saved| Retrying::new(self.inner.clone(), self.shared.clone(), saved));
         ResponseFuture::new(future, retrying, shared.config.deadline, started)
     }
 }
