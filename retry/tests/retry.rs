@@ -205,6 +205,76 @@ async fn an_attempt_running_at_the_deadline_is_abandoned() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_attempt_abandoned_at_the_deadline_after_retries_counts_them_all() {
+    let config = Config::builder()
+        .max_attempts(5)
+        .backoff(Backoff::constant(ms(10)))
+        .unlimited_retries()
+        .deadline(ms(200))
+        .build()
+        .unwrap();
+    let calls = Arc::new(Mutex::new(0));
+    let counted = calls.clone();
+    // Two quick failures, then an attempt that never ends.
+    let service = service_fn(move |_: u32| {
+        let call = {
+            let mut calls = counted.lock().unwrap();
+            *calls += 1;
+            *calls
+        };
+        async move {
+            if call >= 3 {
+                std::future::pending::<()>().await;
+            }
+            Err::<u32, BoxError>("reset".into())
+        }
+    });
+    let err = RetryLayer::new(config)
+        .layer(service)
+        .oneshot(1)
+        .await
+        .unwrap_err();
+    let deadline = err
+        .downcast_ref::<DeadlineExceeded>()
+        .expect("deadline error");
+    assert_eq!(deadline.attempts(), 3);
+    assert_eq!(*calls.lock().unwrap(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn decorrelated_waits_grow_from_the_wait_before() {
+    let base = ms(10);
+    let config = Config::builder()
+        .max_attempts(8)
+        .backoff(Backoff::decorrelated(base, Duration::from_secs(100)))
+        .unlimited_retries()
+        .build()
+        .unwrap();
+    let mut longest = Duration::ZERO;
+    for _ in 0..50 {
+        let (service, calls) = always_failing(|| "reset".into());
+        RetryLayer::new(config.clone())
+            .layer(service)
+            .oneshot(1)
+            .await
+            .unwrap_err();
+        let gaps = gaps(&calls);
+        assert_eq!(gaps.len(), 7);
+        let mut previous = Duration::ZERO;
+        for &gap in &gaps {
+            // The timer rounds a wait up to its next millisecond.
+            assert!(gap >= base, "{gaps:?}");
+            assert!(gap <= previous.max(base) * 3 + ms(1), "{gaps:?}");
+            previous = gap;
+            longest = longest.max(gap);
+        }
+    }
+    // Waits built on the wait before grow past the first's ceiling (and
+    // its rounding); waits that forgot it never would.
+    assert!(longest > base * 3 + ms(1), "{longest:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_deadline_of_duration_max_does_not_panic() {
     let config = Config::builder()
         .max_attempts(3)
