@@ -95,9 +95,9 @@ impl<C, R> RetryLayer<C, R> {
     ///
     /// A layer kept as it is hands each call's response future a counted
     /// reference to its state: two atomic read-modify-writes a call, on a
-    /// cache line every caller of the layer shares, and most of what the
-    /// layer costs a call that succeeds. A leaked layer's calls touch no
-    /// reference count. Its memory (the layer, a few hundred bytes with its
+    /// cache line every caller of the layer shares (threads calling at once
+    /// take turns owning it). A leaked layer's calls touch no reference
+    /// count. Its memory (the layer, a few hundred bytes with its
     /// classifier and replay) is never freed, so leak a layer once, not one
     /// per request or per test case.
     ///
