@@ -229,6 +229,7 @@ async fn an_attempt_abandoned_at_the_deadline_after_retries_counts_them_all() {
             Err::<u32, BoxError>("reset".into())
         }
     });
+    let start = Instant::now();
     let err = RetryLayer::new(config)
         .layer(service)
         .oneshot(1)
@@ -238,7 +239,42 @@ async fn an_attempt_abandoned_at_the_deadline_after_retries_counts_them_all() {
         .downcast_ref::<DeadlineExceeded>()
         .expect("deadline error");
     assert_eq!(deadline.attempts(), 3);
+    assert_eq!(deadline.deadline(), ms(200));
+    assert_eq!(start.elapsed(), ms(200));
     assert_eq!(*calls.lock().unwrap(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_retry_estimates_the_next_attempt_from_the_one_just_finished() {
+    let config = Config::builder()
+        .max_attempts(10)
+        .backoff(Backoff::constant(ms(100)))
+        .unlimited_retries()
+        .deadline(ms(2000))
+        .build()
+        .unwrap();
+    // Every attempt takes 400 ms and fails. Attempts start at 0, 500,
+    // 1000 and 1500 ms; after the fourth (ending at 1900 ms) the next
+    // would end at 2400 ms, past the deadline. Measured from the first
+    // attempt's start instead, the third would already give up.
+    let calls = Arc::new(Mutex::new(0));
+    let counted = calls.clone();
+    let service = service_fn(move |_: u32| {
+        *counted.lock().unwrap() += 1;
+        async {
+            tokio::time::sleep(ms(400)).await;
+            Err::<u32, BoxError>("reset".into())
+        }
+    });
+    let start = Instant::now();
+    let err = RetryLayer::new(config)
+        .layer(service)
+        .oneshot(1)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "reset", "given up before the deadline");
+    assert_eq!(*calls.lock().unwrap(), 4);
+    assert_eq!(start.elapsed(), ms(1900));
 }
 
 #[tokio::test(start_paused = true)]
