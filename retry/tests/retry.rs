@@ -154,12 +154,14 @@ async fn a_hint_over_the_cap_ends_the_retries() {
     assert_eq!(calls.lock().unwrap().len(), 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn no_attempt_starts_that_cannot_finish_before_the_deadline() {
+/// Attempts that each take 400 ms and fail, 100 ms apart, under
+/// `deadline`: how many started, and when the caller had its answer.
+async fn slow_attempts_under(deadline: Duration) -> (usize, Duration) {
     let config = Config::builder()
         .max_attempts(10)
         .backoff(Backoff::constant(ms(100)))
-        .deadline(ms(1000))
+        .unlimited_retries()
+        .deadline(deadline)
         .build()
         .unwrap();
     let calls = Arc::new(Mutex::new(0));
@@ -177,10 +179,24 @@ async fn no_attempt_starts_that_cannot_finish_before_the_deadline() {
         .oneshot(1)
         .await
         .unwrap_err();
-    assert_eq!(err.to_string(), "timeout");
+    assert_eq!(err.to_string(), "timeout", "given up before the deadline");
+    let calls = *calls.lock().unwrap();
+    (calls, start.elapsed())
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_attempt_starts_that_cannot_finish_before_the_deadline() {
     // 0–400 first attempt, 500–900 second; a third would end at 1400.
-    assert_eq!(*calls.lock().unwrap(), 2);
-    assert_eq!(start.elapsed(), ms(900));
+    assert_eq!(slow_attempts_under(ms(1000)).await, (2, ms(900)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_retry_estimates_the_next_attempt_from_the_one_just_finished() {
+    // Attempts start at 0, 500, 1000 and 1500 ms; after the fourth (ending
+    // at 1900 ms) the next would end at 2400 ms, past the deadline.
+    // Measured from the first attempt's start instead, the third would
+    // already give up.
+    assert_eq!(slow_attempts_under(ms(2000)).await, (4, ms(1900)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -242,39 +258,6 @@ async fn an_attempt_abandoned_at_the_deadline_after_retries_counts_them_all() {
     assert_eq!(deadline.deadline(), ms(200));
     assert_eq!(start.elapsed(), ms(200));
     assert_eq!(*calls.lock().unwrap(), 3);
-}
-
-#[tokio::test(start_paused = true)]
-async fn each_retry_estimates_the_next_attempt_from_the_one_just_finished() {
-    let config = Config::builder()
-        .max_attempts(10)
-        .backoff(Backoff::constant(ms(100)))
-        .unlimited_retries()
-        .deadline(ms(2000))
-        .build()
-        .unwrap();
-    // Every attempt takes 400 ms and fails. Attempts start at 0, 500,
-    // 1000 and 1500 ms; after the fourth (ending at 1900 ms) the next
-    // would end at 2400 ms, past the deadline. Measured from the first
-    // attempt's start instead, the third would already give up.
-    let calls = Arc::new(Mutex::new(0));
-    let counted = calls.clone();
-    let service = service_fn(move |_: u32| {
-        *counted.lock().unwrap() += 1;
-        async {
-            tokio::time::sleep(ms(400)).await;
-            Err::<u32, BoxError>("reset".into())
-        }
-    });
-    let start = Instant::now();
-    let err = RetryLayer::new(config)
-        .layer(service)
-        .oneshot(1)
-        .await
-        .unwrap_err();
-    assert_eq!(err.to_string(), "reset", "given up before the deadline");
-    assert_eq!(*calls.lock().unwrap(), 4);
-    assert_eq!(start.elapsed(), ms(1900));
 }
 
 #[tokio::test(start_paused = true)]
