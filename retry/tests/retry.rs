@@ -199,39 +199,22 @@ async fn each_retry_estimates_the_next_attempt_from_the_one_just_finished() {
     assert_eq!(slow_attempts_under(ms(2000)).await, (4, ms(1900)));
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_attempt_running_at_the_deadline_is_abandoned() {
-    let config = Config::builder().deadline(ms(250)).build().unwrap();
-    let hanging = service_fn(|_: u32| async {
-        std::future::pending::<()>().await;
-        Ok::<u32, BoxError>(0)
-    });
-    let start = Instant::now();
-    let err = RetryLayer::new(config)
-        .layer(hanging)
-        .oneshot(1)
-        .await
-        .unwrap_err();
-    let deadline = err
-        .downcast_ref::<DeadlineExceeded>()
-        .expect("deadline error");
-    assert_eq!(deadline.deadline(), ms(250));
-    assert_eq!(deadline.attempts(), 1);
-    assert_eq!(start.elapsed(), ms(250));
-}
-
-#[tokio::test(start_paused = true)]
-async fn an_attempt_abandoned_at_the_deadline_after_retries_counts_them_all() {
+/// `quick_failures` attempts that fail at once, then one that never ends,
+/// under `deadline`: the deadline error's total and attempts, the calls
+/// made, and when the caller had its answer.
+async fn abandoned_after(
+    quick_failures: usize,
+    deadline: Duration,
+) -> (Duration, u32, usize, Duration) {
     let config = Config::builder()
         .max_attempts(5)
         .backoff(Backoff::constant(ms(10)))
         .unlimited_retries()
-        .deadline(ms(200))
+        .deadline(deadline)
         .build()
         .unwrap();
     let calls = Arc::new(Mutex::new(0));
     let counted = calls.clone();
-    // Two quick failures, then an attempt that never ends.
     let service = service_fn(move |_: u32| {
         let call = {
             let mut calls = counted.lock().unwrap();
@@ -239,7 +222,7 @@ async fn an_attempt_abandoned_at_the_deadline_after_retries_counts_them_all() {
             *calls
         };
         async move {
-            if call >= 3 {
+            if call > quick_failures {
                 std::future::pending::<()>().await;
             }
             Err::<u32, BoxError>("reset".into())
@@ -251,13 +234,26 @@ async fn an_attempt_abandoned_at_the_deadline_after_retries_counts_them_all() {
         .oneshot(1)
         .await
         .unwrap_err();
-    let deadline = err
+    let exceeded = err
         .downcast_ref::<DeadlineExceeded>()
         .expect("deadline error");
-    assert_eq!(deadline.attempts(), 3);
-    assert_eq!(deadline.deadline(), ms(200));
-    assert_eq!(start.elapsed(), ms(200));
-    assert_eq!(*calls.lock().unwrap(), 3);
+    let calls = *calls.lock().unwrap();
+    (
+        exceeded.deadline(),
+        exceeded.attempts(),
+        calls,
+        start.elapsed(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_running_at_the_deadline_is_abandoned() {
+    assert_eq!(abandoned_after(0, ms(250)).await, (ms(250), 1, 1, ms(250)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_abandoned_at_the_deadline_after_retries_counts_them_all() {
+    assert_eq!(abandoned_after(2, ms(200)).await, (ms(200), 3, 3, ms(200)));
 }
 
 #[tokio::test(start_paused = true)]
