@@ -14,11 +14,9 @@
 //! no such case.
 
 use std::hint::black_box;
-use std::thread;
-use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use palisade_bench::{complete, noop, ready_then_call};
+use palisade_bench::{complete, noop, on_two_threads, ready_then_call};
 use tower::{Layer, Service, service_fn};
 
 /// One way of making a call through a breaker, cloneable per thread.
@@ -114,24 +112,16 @@ fn compare(c: &mut Criterion) {
                 black_box(call(black_box(request)))
             });
         });
-        group.bench_function(BenchmarkId::new(name, "closed_2_threads"), |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                thread::scope(|scope| {
-                    for _ in 0..2 {
-                        let mut call = make();
-                        scope.spawn(move || {
-                            for request in 0..iters {
-                                black_box(call(black_box(request)));
-                            }
-                        });
-                    }
-                });
-                // Both threads made `iters` calls at once: the time per
-                // call each thread saw.
-                start.elapsed().max(Duration::from_nanos(1))
-            });
-        });
+        on_two_threads(
+            &mut group,
+            BenchmarkId::new(name, "closed_2_threads"),
+            || {
+                let mut call = make();
+                move |request| {
+                    black_box(call(request));
+                }
+            },
+        );
     }
     let case = |name| BenchmarkId::new(name, "closed_ready_call");
     ready_then_call(&mut group, case("bare"), service_fn(noop));

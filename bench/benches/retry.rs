@@ -15,13 +15,17 @@
 //! `success_ready_call` drives the same services as users drive a tower
 //! service: `ready().await`, then `call().await`, in one `block_on` of a
 //! current-thread runtime, so `poll_ready` is counted too.
+//!
+//! `success_2_threads`: two threads, each calling its own clone of one
+//! service at once, as `success` does (palisade's only: tower-resilience's
+//! future needs a runtime on the calling thread).
 
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use palisade_bench::{complete, noop, ready_then_call};
+use palisade_bench::{complete, noop, on_two_threads, ready_then_call};
 use tower::{Layer, Service, service_fn};
 
 fn bench_one<S>(
@@ -67,6 +71,36 @@ fn compare(c: &mut Criterion) {
     bench_one(&mut group, "palisade", palisade.clone());
     bench_one(&mut group, "palisade_leaked", leaked.clone());
     bench_one(&mut group, "tower_resilience", resilience.clone());
+    on_two_threads(
+        &mut group,
+        BenchmarkId::new("palisade", "success_2_threads"),
+        || {
+            let mut service = palisade.clone();
+            move |request| {
+                black_box(complete(service.call(request)).is_ok());
+            }
+        },
+    );
+    on_two_threads(
+        &mut group,
+        BenchmarkId::new("palisade_leaked", "success_2_threads"),
+        || {
+            let mut service = leaked.clone();
+            move |request| {
+                black_box(complete(service.call(request)).is_ok());
+            }
+        },
+    );
+    on_two_threads(
+        &mut group,
+        BenchmarkId::new("bare", "success_2_threads"),
+        || {
+            let mut service = service_fn(noop);
+            move |request| {
+                black_box(complete(service.call(request)).is_ok());
+            }
+        },
+    );
     let case = |name| BenchmarkId::new(name, "success_ready_call");
     ready_then_call(&mut group, case("bare"), service_fn(noop));
     ready_then_call(&mut group, case("palisade"), palisade);

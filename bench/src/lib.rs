@@ -1,13 +1,15 @@
 //! What every benchmark in `benches/` shares: the no-op service the layers
-//! wrap, a way to run a call's future to completion without a runtime, and
-//! a way to drive a service as its users do.
+//! wrap, a way to run a call's future to completion without a runtime, a
+//! way to drive a service as its users do, and two threads calling at
+//! once.
 
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::hint::black_box;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId};
@@ -33,6 +35,32 @@ pub fn complete<F: Future>(future: F) -> F::Output {
         }
         std::hint::spin_loop();
     }
+}
+
+/// Benchmarks two threads calling at once, each with its own `make()`
+/// (a clone of one service, say, sharing its layer's state): the time per
+/// call each thread saw, as both made `iters` calls side by side.
+pub fn on_two_threads<C: FnMut(u64) + Send>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    id: BenchmarkId,
+    make: impl Fn() -> C + Sync,
+) {
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            thread::scope(|scope| {
+                for _ in 0..2 {
+                    let mut call = make();
+                    scope.spawn(move || {
+                        for request in 0..iters {
+                            call(black_box(request));
+                        }
+                    });
+                }
+            });
+            start.elapsed().max(Duration::from_nanos(1))
+        });
+    });
 }
 
 /// Benchmarks `service` driven as users drive a tower service:
@@ -76,7 +104,7 @@ pub fn ready_then_call<S: Service<u64>>(
 ///
 /// When `sorted` is empty.
 #[must_use]
-pub fn percentile_ms(sorted: &[std::time::Duration], p: f64) -> f64 {
+pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     #[allow(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
