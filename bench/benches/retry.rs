@@ -44,6 +44,22 @@ fn bench_one<S>(
     });
 }
 
+/// Clones of `service` called on two threads at once, as `success` calls.
+fn two_threads<S>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    service: &S,
+) where
+    S: Service<u64> + Clone + Send + Sync,
+{
+    on_two_threads(group, BenchmarkId::new(name, "success_2_threads"), || {
+        let mut service = service.clone();
+        move |request| {
+            black_box(complete(service.call(request)).is_ok());
+        }
+    });
+}
+
 fn compare(c: &mut Criterion) {
     // tower-resilience's layer may touch tokio from its future.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -71,36 +87,9 @@ fn compare(c: &mut Criterion) {
     bench_one(&mut group, "palisade", palisade.clone());
     bench_one(&mut group, "palisade_leaked", leaked.clone());
     bench_one(&mut group, "tower_resilience", resilience.clone());
-    on_two_threads(
-        &mut group,
-        BenchmarkId::new("palisade", "success_2_threads"),
-        || {
-            let mut service = palisade.clone();
-            move |request| {
-                black_box(complete(service.call(request)).is_ok());
-            }
-        },
-    );
-    on_two_threads(
-        &mut group,
-        BenchmarkId::new("palisade_leaked", "success_2_threads"),
-        || {
-            let mut service = leaked.clone();
-            move |request| {
-                black_box(complete(service.call(request)).is_ok());
-            }
-        },
-    );
-    on_two_threads(
-        &mut group,
-        BenchmarkId::new("bare", "success_2_threads"),
-        || {
-            let mut service = service_fn(noop);
-            move |request| {
-                black_box(complete(service.call(request)).is_ok());
-            }
-        },
-    );
+    two_threads(&mut group, "bare", &service_fn(noop));
+    two_threads(&mut group, "palisade", &palisade);
+    two_threads(&mut group, "palisade_leaked", &leaked);
     let case = |name| BenchmarkId::new(name, "success_ready_call");
     ready_then_call(&mut group, case("bare"), service_fn(noop));
     ready_then_call(&mut group, case("palisade"), palisade);
