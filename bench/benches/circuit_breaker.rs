@@ -6,6 +6,8 @@
 //! plus polling the returned future to completion with a no-op waker (the
 //! inner future is ready at once, so no runtime is involved). `bare` is the
 //! no-op service alone: a breaker's cost is its time minus `bare`'s.
+//! `palisade_keyed` is a keyed layer with eight keys (one breaker per
+//! host, say): each call also finds its key's breaker in the registry.
 //!
 //! `closed_ready_call` drives the tower services as users do:
 //! `ServiceExt::ready(&mut service).await`, then `service.call(request)
@@ -65,6 +67,7 @@ fn callers() -> Vec<(&'static str, MakeCall)> {
         ("bare", boxed(Tower(service_fn(noop)))),
         ("palisade", boxed(Tower(palisade()))),
         ("palisade_leaked", boxed(Tower(palisade_leaked()))),
+        ("palisade_keyed", boxed(Tower(palisade_keyed()))),
         ("failsafe", boxed(Failsafe(failsafe))),
         ("tower_resilience", boxed(Tower(tower_resilience()))),
     ]
@@ -88,6 +91,14 @@ fn palisade_leaked()
 -> impl Service<u64, Response = u64, Future: Send> + Clone + Send + Sync + 'static {
     palisade_circuit_breaker::CircuitBreakerLayer::new(config())
         .leak()
+        .layer(service_fn(noop))
+}
+
+/// One breaker per key, as for a client of several hosts: eight keys, the
+/// request's number modulo 8, each with the same window.
+fn palisade_keyed()
+-> impl Service<u64, Response = u64, Future: Send> + Clone + Send + Sync + 'static {
+    palisade_circuit_breaker::KeyedCircuitBreakerLayer::new(config(), |request: &u64| request % 8)
         .layer(service_fn(noop))
 }
 
