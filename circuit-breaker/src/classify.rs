@@ -107,12 +107,7 @@ pub(crate) fn settle_at_once<T, E, C: Classify<T, E>>(
     result: Result<T, E>,
     permit: Permit,
 ) -> Result<T, E> {
-    permit.settle(
-        classifier.classify(&result),
-        classifier.retry_after(&result),
-        now,
-    );
-    result
+    settle_held_at_once(classifier, result, &mut Some(permit))
 }
 
 /// [`settle_at_once`] for the permit in `held`, where it is.
