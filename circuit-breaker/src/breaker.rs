@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::error::Open;
-use crate::sync::{Arc, AtomicU32, AtomicU64, Ordering, OwnLine};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::window::{Counts, Window};
+use palisade_hints::share::{Handle, Held, Shared};
 use tokio::sync::broadcast;
 
 const KIND_SHIFT: u32 = 61;
@@ -298,87 +299,11 @@ impl<F: Fn() -> Instant> LazyNow<F> {
 /// assert_eq!(breaker.state(), State::Closed);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CircuitBreaker {
-    inner: Handle,
-    /// A service has called through this handle once: see [`Handle`].
-    called: bool,
-}
-
-impl Clone for CircuitBreaker {
-    fn clone(&self) -> Self {
-        Self::from_handle(self.inner.clone())
-    }
-}
-
-/// How a breaker, its clones and its permits reach the shared state:
-/// counted, or by reference once the breaker is [leaked](CircuitBreaker::leak).
-///
-/// A breaker shared by threads has one reference count, a cache line every
-/// clone and drop writes: a permit raising and lowering it on every call
-/// makes the threads take turns owning that line. So a service that keeps
-/// calling (its second call through the same clone) gets a count of its
-/// own, on a line of its own, which its permits raise and lower instead.
-/// A service cloned for one call (as axum's router does per request) never
-/// allocates one; a clone called again (a retry layer's per request)
-/// allocates one, once.
-#[derive(Debug)]
-enum Handle {
-    /// The breaker's own count.
-    Counted(Arc<Inner>),
-    /// A count of this handle's own, holding one of the breaker's. The
-    /// allocation is aligned to a cache line, so its counts, at its start,
-    /// share a line with no other handle's.
-    Own(Arc<OwnLine<Arc<Inner>>>),
-    /// The breaker's `Arc`, leaked: nothing counted.
-    Leaked(&'static Arc<Inner>),
-}
-
-impl Handle {
-    fn arc(&self) -> &Arc<Inner> {
-        match self {
-            Self::Counted(inner) => inner,
-            Self::Own(own) => own,
-            Self::Leaked(inner) => inner,
-        }
-    }
-
-    /// The handle a permit keeps: on this handle's own count, if it has
-    /// one.
-    #[inline(always)]
-    fn for_permit(&self) -> Self {
-        match self {
-            Self::Own(own) => Self::Own(Arc::clone(own)),
-            other => other.clone(),
-        }
-    }
-
-    /// A count of its own for a counted handle: once per service clone.
-    #[cold]
-    fn own(&mut self) {
-        if let Self::Counted(inner) = self {
-            *self = Self::Own(Arc::new(OwnLine(Arc::clone(inner))));
-        }
-    }
-}
-
-/// A new holder's handle: a clone of the breaker never shares a count of
-/// its own with the handle it was cloned from.
-impl Clone for Handle {
-    fn clone(&self) -> Self {
-        match self {
-            Self::Leaked(inner) => Self::Leaked(inner),
-            counted => Self::Counted(Arc::clone(counted.arc())),
-        }
-    }
-}
-
-impl std::ops::Deref for Handle {
-    type Target = Inner;
-
-    fn deref(&self) -> &Inner {
-        self.arc()
-    }
+    /// A clone is a new holder, and a service that keeps calling through
+    /// one gets a count of its own for its permits: see [`Shared`].
+    inner: Shared<Inner>,
 }
 
 /// What a permit lets its call do to the breaker.
@@ -401,7 +326,7 @@ enum Role {
 #[derive(Debug)]
 #[must_use = "a permit records nothing unless its outcome is recorded"]
 pub struct Permit {
-    inner: Handle,
+    inner: Held<Inner>,
     /// The generation granted in and the role, in one word (see
     /// [`Ticket`]).
     ticket: Ticket,
@@ -476,7 +401,7 @@ impl CircuitBreaker {
     #[must_use]
     pub fn new_at(config: Config, start: Instant) -> Self {
         let needs_clock = config_needs_clock(&config);
-        Self::from_handle(Handle::Counted(Arc::new(Inner {
+        Self::from_shared(Shared::new(Inner {
             window: Window::new(config.window),
             probes: (0..config.half_open_permits)
                 .map(|_| AtomicU64::new(0))
@@ -491,7 +416,7 @@ impl CircuitBreaker {
             instruments: std::sync::OnceLock::new(),
             #[cfg(all(feature = "redis", not(palisade_loom)))]
             fleet: std::sync::OnceLock::new(),
-        })))
+        }))
     }
 
     /// Gives this breaker the process's lifetime: its clones, the layers
@@ -522,30 +447,18 @@ impl CircuitBreaker {
     /// ```
     #[must_use]
     pub fn leak(self) -> Self {
-        match self.inner {
-            Handle::Leaked(_) => self,
-            counted => Self::from_handle(Handle::Leaked(Box::leak(Box::new(Arc::clone(
-                counted.arc(),
-            ))))),
-        }
+        Self::from_shared(self.inner.leak())
     }
 
-    const fn from_handle(inner: Handle) -> Self {
-        Self {
-            inner,
-            called: false,
-        }
+    const fn from_shared(inner: Shared<Inner>) -> Self {
+        Self { inner }
     }
 
     /// Called through by a service: its second call gives this handle a
-    /// count of its own (see [`Handle`]).
+    /// count of its own (see [`Shared`]).
     #[inline(always)]
     pub(crate) fn called(&mut self) {
-        if !self.called {
-            self.called = true;
-        } else if let Handle::Counted(_) = self.inner {
-            self.inner.own();
-        }
+        self.inner.called();
     }
 
     /// The configuration.
@@ -657,7 +570,7 @@ impl CircuitBreaker {
     #[inline(always)]
     fn permit(&self, generation: u64, role: Role, now: Option<Instant>) -> Permit {
         Permit {
-            inner: self.inner.for_permit(),
+            inner: self.inner.held(),
             ticket: Ticket::new(generation, role),
             started_ns: now.map_or(NOT_READ, |now| self.inner.nanos(now)),
         }
@@ -696,7 +609,7 @@ impl CircuitBreaker {
     /// later calls change nothing.
     #[cfg(all(feature = "otel", not(palisade_loom)))]
     pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: impl Into<String>) {
-        let weak = Arc::downgrade(self.inner.arc());
+        let weak = std::sync::Arc::downgrade(self.inner.as_arc());
         let _ = self
             .inner
             .instruments
@@ -736,12 +649,12 @@ impl CircuitBreaker {
     }
 
     pub(crate) fn downgrade(&self) -> std::sync::Weak<Inner> {
-        Arc::downgrade(self.inner.arc())
+        std::sync::Arc::downgrade(self.inner.as_arc())
     }
 
     pub(crate) fn upgrade(weak: &std::sync::Weak<Inner>) -> Option<Self> {
         weak.upgrade()
-            .map(|inner| Self::from_handle(Handle::Counted(inner)))
+            .map(|inner| Self::from_shared(Shared::from_arc(inner)))
     }
 
     /// Opens, or stays open, until `until`, as the fleet says: from
@@ -1174,7 +1087,7 @@ mod tests {
 
     /// The breaker's own reference count.
     fn shared_count(breaker: &CircuitBreaker) -> usize {
-        Arc::strong_count(breaker.inner.arc())
+        std::sync::Arc::strong_count(breaker.inner.as_arc())
     }
 
     #[test]
@@ -1182,35 +1095,31 @@ mod tests {
         let now = Instant::now();
         let breaker = CircuitBreaker::new_at(Config::default(), now);
         let mut service = breaker.clone();
-        assert_eq!(shared_count(&breaker), 2);
         service.called();
-        let permit = service.try_acquire(now).unwrap();
-        assert_eq!(
-            shared_count(&breaker),
-            3,
-            "the first call counts on the breaker's"
-        );
-        permit.record(Outcome::Success, now);
+        service
+            .try_acquire(now)
+            .unwrap()
+            .record(Outcome::Success, now);
         service.called();
-        assert!(matches!(service.inner, Handle::Own(_)));
-        assert_eq!(
-            shared_count(&breaker),
-            2,
-            "its own count holds one of the breaker's"
-        );
+        let before = shared_count(&breaker);
         let permits: Vec<_> = (0..5).map(|_| service.try_acquire(now).unwrap()).collect();
-        assert_eq!(shared_count(&breaker), 2, "its permits count on its own");
-        let clone = service.clone();
-        assert!(matches!(clone.inner, Handle::Counted(_)) && !clone.called);
-        assert_eq!(shared_count(&breaker), 3, "a clone counts on the breaker's");
-        drop((service, clone));
-        assert_eq!(shared_count(&breaker), 2, "the permits keep the own count");
+        assert_eq!(
+            shared_count(&breaker),
+            before,
+            "its permits count on its own"
+        );
+        drop(service);
+        assert_eq!(
+            shared_count(&breaker),
+            before - 1,
+            "the permits keep the own count"
+        );
         for permit in permits {
             permit.record(Outcome::Failure, now);
         }
-        assert_eq!(shared_count(&breaker), 1);
+        assert_eq!(shared_count(&breaker), 1, "the last permit lets it go");
         let counts = breaker.metrics(now).counts;
-        assert_eq!((counts.calls, counts.failures), (6, 5));
+        assert_eq!((counts.calls, counts.failures), (6, 5), "in the one window");
     }
 
     #[test]
@@ -1228,7 +1137,10 @@ mod tests {
         let mut service = breaker.clone();
         service.called();
         service.called();
-        assert!(matches!(service.inner, Handle::Own(_)));
+        let before = shared_count(&breaker);
+        let own = service.try_acquire(start).unwrap();
+        assert_eq!(shared_count(&breaker), before, "on the service's own count");
+        drop(own);
         for _ in 0..2 {
             service
                 .try_acquire(start)

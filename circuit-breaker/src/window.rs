@@ -19,8 +19,10 @@
 //! counters (a sequence lock), so a read never mixes the previous lap's
 //! counts into the current one.
 
+use palisade_hints::share::OwnLine;
+
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
-use crate::sync::{AtomicU8, AtomicU64, OwnLine, fence};
+use crate::sync::{AtomicU8, AtomicU64, fence};
 
 use crate::config::SlidingWindow;
 use crate::positions;

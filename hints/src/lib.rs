@@ -14,6 +14,9 @@
 //! - [`grpc`] (feature `http`): `grpc-status` and `grpc-retry-pushback-ms`.
 //! - [`ConfigError`]: the error of every palisade builder, re-exported by
 //!   each crate.
+//! - [`share`]: how a layer's services and their calls reach the state they
+//!   share, without threads calling at once taking turns on one reference
+//!   count.
 //!
 //! It has no runtime and no tower types; users rarely need it directly.
 //!
@@ -38,6 +41,7 @@ pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
 mod refusal;
+pub mod share;
 
 pub use config_error::ConfigError;
 pub use refusal::{Refusal, RefusalReason};
