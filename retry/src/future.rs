@@ -4,10 +4,10 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use palisade_hints::share::{Handle, Shared};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Service};
@@ -26,11 +26,11 @@ pin_project! {
     /// The response future of [`Retry`](crate::Retry): the current attempt,
     /// the backoff wait, or the inner service getting ready again.
     ///
-    /// `L` is how the future reaches the layer: counted (an `Arc`, from a
-    /// [`RetryLayer`]) or by reference (from a
-    /// [`LeakedRetryLayer`](crate::LeakedRetryLayer)).
-    pub struct ResponseFuture<S, C, R, Req, L = Arc<RetryLayer<C, R>>>
+    /// `L` is how the service reaches the layer (see
+    /// [`Retry`](crate::Retry)); the future keeps what a call holds of it.
+    pub struct ResponseFuture<S, C, R, Req, L = Shared<RetryLayer<C, R>>>
     where
+        L: Handle,
         R: Replay<Req>,
         S: Service<R::Request>,
     {
@@ -41,7 +41,7 @@ pin_project! {
         // attempt's start); every other call's future stays small enough
         // to build and move cheaply.
         deadline: Option<Pin<Box<Deadline>>>,
-        retrying: Option<Retrying<S, L, R::Saved, R::Request>>,
+        retrying: Option<RetryingFor<S, R, Req, L>>,
         classify: PhantomData<fn() -> C>,
     }
 }
@@ -49,7 +49,7 @@ pin_project! {
 pin_project! {
     /// A call's deadline: its timer, the total it was set from, and when
     /// the current attempt started (the estimate of the next).
-    struct Deadline {
+    pub(crate) struct Deadline {
         #[pin]
         sleep: Sleep,
         total: Duration,
@@ -70,9 +70,10 @@ pin_project! {
     }
 }
 
-/// [`Retrying`] for the requests `R` keeps.
+/// [`Retrying`] for the requests `R` keeps, holding the layer as a call
+/// holds it.
 pub(crate) type RetryingFor<S, R, Req, L> =
-    Retrying<S, L, <R as Replay<Req>>::Saved, <R as Replay<Req>>::Request>;
+    Retrying<S, <L as Handle>::Held, <R as Replay<Req>>::Saved, <R as Replay<Req>>::Request>;
 
 /// What a retryable request keeps between attempts.
 ///
@@ -83,7 +84,7 @@ pub(crate) type RetryingFor<S, R, Req, L> =
 /// needs is boxed at its first retry, as its backoff wait is.
 pub(crate) struct Retrying<S, L, Saved, Request> {
     service: S,
-    /// The layer: an `Arc` or a `&'static` one, dereferenced to it.
+    /// The layer, as the call holds it (see [`Handle`]).
     shared: L,
     saved: Saved,
     retried: Option<Box<Retried<Request>>>,
@@ -206,6 +207,7 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
 
 impl<S, C, R, Req, L> ResponseFuture<S, C, R, Req, L>
 where
+    L: Handle,
     R: Replay<Req>,
     S: Service<R::Request>,
 {
@@ -213,24 +215,11 @@ where
     // the caller keeps it instead of being copied there (measured with
     // callgrind: 213 against 170 instructions a call).
     #[inline(always)]
-    pub(crate) fn new(
+    pub(crate) const fn new(
         future: S::Future,
+        deadline: Option<Pin<Box<Deadline>>>,
         retrying: Option<RetryingFor<S, R, Req, L>>,
-        total: Option<Duration>,
-        started: Option<Instant>,
     ) -> Self {
-        let deadline = total.zip(started).map(|(total, started)| {
-            // A deadline past what an `Instant` holds is as good as none:
-            // it becomes the farthest future tokio's own `sleep` uses.
-            let end = started
-                .checked_add(total)
-                .unwrap_or_else(|| started + FAR_FUTURE);
-            Box::pin(Deadline {
-                sleep: tokio::time::sleep_until(end),
-                total,
-                started,
-            })
-        });
         Self {
             attempt: Attempt::Calling { future },
             deadline,
@@ -240,9 +229,26 @@ where
     }
 }
 
+impl Deadline {
+    /// A deadline `total` from now, its first attempt starting now.
+    pub(crate) fn after(total: Duration) -> Pin<Box<Self>> {
+        let started = Instant::now();
+        // A deadline past what an `Instant` holds is as good as none: it
+        // becomes the farthest future tokio's own `sleep` uses.
+        let end = started
+            .checked_add(total)
+            .unwrap_or_else(|| started + FAR_FUTURE);
+        Box::pin(Self {
+            sleep: tokio::time::sleep_until(end),
+            total,
+            started,
+        })
+    }
+}
+
 impl<S, C, R, Req, L> Future for ResponseFuture<S, C, R, Req, L>
 where
-    L: Deref<Target = RetryLayer<C, R>>,
+    L: Handle<Target = RetryLayer<C, R>>,
     R: Replay<Req>,
     S: Service<R::Request>,
     S::Error: Into<BoxError>,
@@ -333,6 +339,7 @@ fn past_deadline<T, S, L, Saved, Request>(
 
 impl<S, C, R, Req, L> std::fmt::Debug for ResponseFuture<S, C, R, Req, L>
 where
+    L: Handle,
     R: Replay<Req>,
     S: Service<R::Request>,
 {

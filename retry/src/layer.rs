@@ -1,7 +1,6 @@
 //! The tower layer.
 
-use std::sync::Arc;
-
+use palisade_hints::share::Shared;
 use tower::Layer;
 
 use crate::budget::RetryBudget;
@@ -95,9 +94,9 @@ impl<C, R> RetryLayer<C, R> {
     ///
     /// A layer kept as it is hands each call's response future a counted
     /// reference to its state: two atomic read-modify-writes a call, on a
-    /// cache line every caller of the layer shares (threads calling at once
-    /// take turns owning it). A leaked layer's calls touch no reference
-    /// count. Its memory (the layer, a few hundred bytes with its
+    /// count of the calling service's own once it has called twice (see
+    /// [`Retry`]). A leaked layer's calls touch no reference count. Its
+    /// memory (the layer, a few hundred bytes with its
     /// classifier and replay) is never freed, so leak a layer once, not one
     /// per request or per test case.
     ///
@@ -125,11 +124,11 @@ impl<C, R> RetryLayer<C, R> {
     }
 }
 
-impl<S, C: Clone, R: Clone> Layer<S> for RetryLayer<C, R> {
+impl<S, C: Clone + 'static, R: Clone + 'static> Layer<S> for RetryLayer<C, R> {
     type Service = Retry<S, C, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Retry::new(inner, Arc::new(self.clone()))
+        Retry::new(inner, Shared::new(self.clone()))
     }
 }
 

@@ -1,15 +1,13 @@
 //! The retry service.
 
 use std::marker::PhantomData;
-use std::ops::Deref;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tokio::time::Instant;
+use palisade_hints::share::{Handle, Shared};
 use tower::{BoxError, Service};
 
 use crate::classify::{Classify, RetryErrors};
-use crate::future::{ResponseFuture, Retrying};
+use crate::future::{Deadline, ResponseFuture, Retrying};
 use crate::layer::RetryLayer;
 use crate::replay::{CloneRequest, Replay};
 
@@ -19,11 +17,13 @@ use crate::replay::{CloneRequest, Replay};
 /// to the service that was polled ready. Each retry goes to a clone kept in
 /// the response future, which is polled ready again before it is called.
 ///
-/// `L` is how the service and its calls reach the layer: counted (an
-/// `Arc`, from a [`RetryLayer`]) or by reference (from a
-/// [`LeakedRetryLayer`](crate::LeakedRetryLayer)).
+/// `L` is how the service and its calls reach the layer: counted (a
+/// [`Shared`] handle, from a [`RetryLayer`]) or by reference (from a
+/// [`LeakedRetryLayer`](crate::LeakedRetryLayer)). A counted service that
+/// keeps calling holds its calls on a count of its own, so threads
+/// calling their own clones at once do not take turns on one.
 #[derive(Debug, Clone)]
-pub struct Retry<S, C = RetryErrors, R = CloneRequest, L = Arc<RetryLayer<C, R>>> {
+pub struct Retry<S, C = RetryErrors, R = CloneRequest, L = Shared<RetryLayer<C, R>>> {
     inner: S,
     shared: L,
     layer: PhantomData<fn() -> (C, R)>,
@@ -56,7 +56,7 @@ impl<S, C, R, L> Retry<S, C, R, L> {
 
 impl<S, C, R, L, Req> Service<Req> for Retry<S, C, R, L>
 where
-    L: Deref<Target = RetryLayer<C, R>> + Clone,
+    L: Handle<Target = RetryLayer<C, R>>,
     R: Replay<Req>,
     S: Service<R::Request> + Clone,
     S::Error: Into<BoxError>,
@@ -78,11 +78,48 @@ where
             budget.deposit();
         }
         shared.events.attempt();
-        let started = shared.config.deadline.map(|_| Instant::now());
+        // The deadline first: the retry state, made last, is then written
+        // where the future is kept, not kept on the stack across a call and
+        // copied there whole (which stalls on the writes it reads back).
+        let deadline = shared.config.deadline.map(Deadline::after);
         let (first, saved) = shared.replay.prepare(request);
         let future = self.inner.call(first);
-        let retrying =
-            saved.map(|saved| Retrying::new(self.inner.clone(), self.shared.clone(), saved));
-        ResponseFuture::new(future, retrying, shared.config.deadline, started)
+        let retrying = saved.map(|saved| {
+            self.shared.called();
+            Retrying::new(self.inner.clone(), self.shared.held(), saved)
+        });
+        ResponseFuture::new(future, deadline, retrying)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::{Layer, service_fn};
+
+    use super::*;
+    use crate::Config;
+
+    #[test]
+    fn a_service_that_keeps_calling_holds_its_calls_on_a_count_of_its_own() {
+        let layer = RetryLayer::new(Config::default());
+        let mut service = layer.layer(service_fn(|n: u32| async move { Ok::<_, BoxError>(n) }));
+        let holders = |service: &Retry<_>| std::sync::Arc::strong_count(service.shared.as_arc());
+        let first = service.call(1);
+        assert_eq!(
+            holders(&service),
+            2,
+            "the first call holds the layer's count"
+        );
+        drop(first);
+        let second = service.call(2);
+        let before = holders(&service);
+        let later: Vec<_> = (0..5).map(|n| service.call(n)).collect();
+        assert_eq!(
+            holders(&service),
+            before,
+            "the later calls hold the service's own count"
+        );
+        drop((second, later));
+        assert_eq!(holders(&service), before, "which the service keeps");
     }
 }

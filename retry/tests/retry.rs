@@ -139,6 +139,42 @@ async fn a_leaked_layer_retries_alike_on_one_budget() {
     assert!(!budget.withdraw(Instant::now()));
 }
 
+/// Services that keep calling, each a clone of one on its own task of a
+/// multi-thread runtime (their calls held on counts of their own), all
+/// deposit into the layer's one budget: every call's deposit is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn services_that_keep_calling_on_many_threads_deposit_into_one_budget() {
+    const TASKS: usize = 16;
+    const CALLS: usize = 50;
+    // A whole retry deposited per call, nothing for free, room for all.
+    let config = Config::builder()
+        .budget(Budget::new(1.0).min_per_second(0).max_banked(10_000))
+        .build()
+        .unwrap();
+    let layer = RetryLayer::new(config);
+    let budget = layer.budget().expect("a budget").clone();
+    let service = layer.layer(service_fn(|n: u32| async move { Ok::<_, BoxError>(n) }));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let mut service = service.clone();
+            tokio::spawn(async move {
+                for n in 0..CALLS {
+                    let n = u32::try_from(n).unwrap();
+                    assert_eq!(service.ready().await.unwrap().call(n).await.unwrap(), n);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let now = Instant::now();
+    for taken in 0..TASKS * CALLS {
+        assert!(budget.withdraw(now), "deposit {taken} is missing");
+    }
+    assert!(!budget.withdraw(now), "no more than one deposit a call");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hint_over_the_cap_ends_the_retries() {
     let config = Config::builder()
