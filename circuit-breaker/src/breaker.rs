@@ -336,6 +336,26 @@ pub struct Permit {
     started_ns: u64,
 }
 
+/// A permit without its handle on the breaker: what the breaker decided,
+/// before the caller says how the permit holds the breaker.
+#[derive(Debug)]
+pub(crate) struct Grant {
+    ticket: Ticket,
+    started_ns: u64,
+}
+
+impl Grant {
+    /// The permit, holding the breaker by `inner`.
+    #[inline(always)]
+    pub(crate) const fn permit(self, inner: Held<Inner>) -> Permit {
+        Permit {
+            inner,
+            ticket: self.ticket,
+            started_ns: self.started_ns,
+        }
+    }
+}
+
 /// `Permit::started_ns` when the clock was not read.
 const NOT_READ: u64 = u64::MAX;
 
@@ -477,6 +497,12 @@ impl CircuitBreaker {
     /// [`Open`] while the circuit is open, forced open, or half-open with
     /// every probe slot taken.
     pub fn try_acquire(&self, now: Instant) -> Result<Permit, Open> {
+        self.grant(now).map(|grant| grant.permit(self.held()))
+    }
+
+    /// [`try_acquire`](Self::try_acquire)'s answer, the permit's handle
+    /// left to the caller; a refusal is counted.
+    fn grant(&self, now: Instant) -> Result<Grant, Open> {
         let decision = self.decide(now);
         #[cfg(all(feature = "otel", not(palisade_loom)))]
         if decision.is_err()
@@ -487,7 +513,7 @@ impl CircuitBreaker {
         decision
     }
 
-    fn decide(&self, now: Instant) -> Result<Permit, Open> {
+    fn decide(&self, now: Instant) -> Result<Grant, Open> {
         let inner = &*self.inner;
         let now_ms = inner.millis(now);
         let mut word = inner.load();
@@ -550,30 +576,43 @@ impl CircuitBreaker {
     // through memory is written field by field and read back whole, and
     // that read waits for the writes (a store-forwarding stall).
     #[inline(always)]
-    pub(crate) fn acquire_with(&self, clock: impl Fn() -> Instant) -> Result<Permit, Open> {
+    pub(crate) fn grant_with(&self, clock: impl Fn() -> Instant) -> Result<Grant, Open> {
         let word = self.inner.load();
         match word.state() {
             State::Closed | State::MetricsOnly if !self.inner.needs_clock => {
                 Ok(self.permit(word.generation(), Role::Counted, None))
             }
             State::Disabled => Ok(self.permit(word.generation(), Role::Untracked, None)),
-            _ => self.try_acquire(clock()),
+            _ => self.grant(clock()),
         }
     }
 
     /// A probe permit of `generation`, in a probe slot stamped `now_ms`.
-    fn probe(&self, generation: u64, now_ms: u64, now: Instant) -> Permit {
+    fn probe(&self, generation: u64, now_ms: u64, now: Instant) -> Grant {
         let slot = self.inner.claim_probe_slot(generation, now_ms);
         self.permit(generation, Role::Probe(slot), Some(now))
     }
 
     #[inline(always)]
-    fn permit(&self, generation: u64, role: Role, now: Option<Instant>) -> Permit {
-        Permit {
-            inner: self.inner.held(),
+    fn permit(&self, generation: u64, role: Role, now: Option<Instant>) -> Grant {
+        Grant {
             ticket: Ticket::new(generation, role),
             started_ns: now.map_or(NOT_READ, |now| self.inner.nanos(now)),
         }
+    }
+
+    /// What a permit of this breaker keeps of it: on the service's own
+    /// count, if it has one.
+    #[inline(always)]
+    pub(crate) fn held(&self) -> Held<Inner> {
+        self.inner.held()
+    }
+
+    /// What a permit keeps of this breaker, taken from it: no count raised
+    /// for a breaker made for this one call (a keyed layer's).
+    #[inline(always)]
+    pub(crate) fn into_held(self) -> Held<Inner> {
+        self.inner.into_held()
     }
 
     /// The current state. An open breaker whose duration has passed shows

@@ -1,5 +1,6 @@
 //! Future types.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -51,8 +52,11 @@ pub(crate) fn now() -> std::time::Instant {
 impl<F, C, R> ResponseFuture<F, C, R> {
     /// Asks `breaker` for a permit and makes the call with `call` if it
     /// gives one; the refusal otherwise.
+    ///
+    /// A breaker made for this call (a keyed layer's, looked up) is taken
+    /// into the permit rather than counted again.
     pub(crate) fn through(
-        breaker: &CircuitBreaker,
+        breaker: Cow<'_, CircuitBreaker>,
         call: impl FnOnce() -> F,
         classifier: &C,
         respond: &R,
@@ -61,8 +65,19 @@ impl<F, C, R> ResponseFuture<F, C, R> {
         C: Clone,
         R: Clone,
     {
-        match breaker.acquire_with(now) {
-            Ok(permit) => Self::called(call(), permit, classifier.clone(), respond.clone()),
+        match breaker.grant_with(now) {
+            Ok(grant) => {
+                let held = match breaker {
+                    Cow::Borrowed(breaker) => breaker.held(),
+                    Cow::Owned(breaker) => breaker.into_held(),
+                };
+                Self::called(
+                    call(),
+                    grant.permit(held),
+                    classifier.clone(),
+                    respond.clone(),
+                )
+            }
             Err(open) => Self::rejected(open, respond.clone()),
         }
     }

@@ -8,6 +8,7 @@ use std::hash::Hash;
 use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use palisade_hints::share::OwnLine;
 use tower::Layer;
 
 use crate::breaker::{CircuitBreaker, State};
@@ -41,7 +42,9 @@ pub struct BreakerRegistry<K> {
     capacity: usize,
     idle_after: Duration,
     start: Instant,
-    breakers: RwLock<Breakers<K>>,
+    /// On a line of its own: every lookup writes the lock's word, and the
+    /// fields read on every call beside it would miss with it.
+    breakers: OwnLine<RwLock<Breakers<K>>>,
     overflow: CircuitBreaker,
     /// Joins each breaker made to its fleet, once [shared](Self::share).
     #[cfg(all(feature = "redis", not(palisade_loom)))]
@@ -114,11 +117,11 @@ impl<K: Eq + Hash + Clone> BreakerRegistry<K> {
             capacity: capacity.max(1),
             idle_after,
             start,
-            breakers: RwLock::new(Breakers {
+            breakers: OwnLine(RwLock::new(Breakers {
                 index: HashMap::new(),
                 entries: Vec::new(),
                 hand: 0,
-            }),
+            })),
             #[cfg(all(feature = "redis", not(palisade_loom)))]
             fleet: std::sync::OnceLock::new(),
         }
@@ -135,7 +138,12 @@ impl<K: Eq + Hash + Clone> BreakerRegistry<K> {
         {
             let breakers = self.breakers.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(entry) = breakers.get(key) {
-                entry.last_used.store(now_ms, Ordering::Relaxed);
+                // Written once a millisecond at most: a line every caller
+                // of the key writes on every call is a line they take
+                // turns owning.
+                if entry.last_used.load(Ordering::Relaxed) != now_ms {
+                    entry.last_used.store(now_ms, Ordering::Relaxed);
+                }
                 return entry.breaker.clone();
             }
         }

@@ -106,7 +106,7 @@ where
         let breaker = self.breakers.select_for_call(&request);
         let inner = &mut self.inner;
         ResponseFuture::through(
-            &breaker,
+            breaker,
             || inner.call(request),
             &self.classifier,
             &self.respond,

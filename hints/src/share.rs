@@ -141,6 +141,17 @@ impl<T> Shared<T> {
         self.reach.arc()
     }
 
+    /// What a call keeps, taken from a handle made for that one call (a
+    /// clone looked up per call, say): no count raised.
+    #[inline(always)]
+    #[must_use]
+    pub fn into_held(self) -> Held<T> {
+        Held(match self.own {
+            Some(own) => Reach::Own(own),
+            None => self.reach,
+        })
+    }
+
     #[cold]
     fn own(&mut self) {
         if let Reach::Counted(arc) = &self.reach {
@@ -295,6 +306,11 @@ mod tests {
         assert_eq!(holders(&layer), 2, "the calls keep the own count");
         drop(calls);
         assert_eq!(holders(&layer), 1);
+
+        let taken = layer.clone().into_held();
+        assert_eq!(holders(&layer), 2, "a handle taken is its call's, no more");
+        drop(taken);
+        assert_eq!(holders(&layer), 1);
     }
 
     #[test]
@@ -313,5 +329,6 @@ mod tests {
         assert_eq!(Arc::strong_count(&arc), before);
         assert!(Arc::ptr_eq(clone.as_arc(), &arc));
         assert!(matches!(clone.leak().reach, Reach::Leaked(_)));
+        assert!(matches!(leaked.into_held().0, Reach::Leaked(_)));
     }
 }
