@@ -337,8 +337,11 @@ pub struct Permit {
 }
 
 /// A permit without its handle on the breaker: what the breaker decided,
-/// before the caller says how the permit holds the breaker.
+/// before the caller says how the permit holds the breaker. It gives
+/// nothing back when dropped (a probe's slot stays taken), so it becomes a
+/// [`Permit`] at once, before anything that can panic.
 #[derive(Debug)]
+#[must_use = "a grant dropped before it is a permit keeps a probe's slot"]
 pub(crate) struct Grant {
     ticket: Ticket,
     started_ns: u64,
@@ -521,9 +524,11 @@ impl CircuitBreaker {
             let generation = word.generation();
             match word.state() {
                 State::Closed | State::MetricsOnly => {
-                    return Ok(self.permit(generation, Role::Counted, Some(now)));
+                    return Ok(self.grant_of(generation, Role::Counted, Some(now)));
                 }
-                State::Disabled => return Ok(self.permit(generation, Role::Untracked, Some(now))),
+                State::Disabled => {
+                    return Ok(self.grant_of(generation, Role::Untracked, Some(now)));
+                }
                 State::ForcedOpen => return Err(Open::new(None)),
                 State::Open => {
                     let until = word.payload();
@@ -572,7 +577,7 @@ impl CircuitBreaker {
     /// Lets a call through like [`try_acquire`](Self::try_acquire), reading
     /// `clock` only when the answer depends on the time: a closed breaker
     /// with a count-based window and no slow-call rule never reads it.
-    // Inlined into the response future's constructor: a permit returned
+    // Inlined into the response future's constructor: a grant returned
     // through memory is written field by field and read back whole, and
     // that read waits for the writes (a store-forwarding stall).
     #[inline(always)]
@@ -580,21 +585,21 @@ impl CircuitBreaker {
         let word = self.inner.load();
         match word.state() {
             State::Closed | State::MetricsOnly if !self.inner.needs_clock => {
-                Ok(self.permit(word.generation(), Role::Counted, None))
+                Ok(self.grant_of(word.generation(), Role::Counted, None))
             }
-            State::Disabled => Ok(self.permit(word.generation(), Role::Untracked, None)),
+            State::Disabled => Ok(self.grant_of(word.generation(), Role::Untracked, None)),
             _ => self.grant(clock()),
         }
     }
 
-    /// A probe permit of `generation`, in a probe slot stamped `now_ms`.
+    /// A probe's grant of `generation`, in a probe slot stamped `now_ms`.
     fn probe(&self, generation: u64, now_ms: u64, now: Instant) -> Grant {
         let slot = self.inner.claim_probe_slot(generation, now_ms);
-        self.permit(generation, Role::Probe(slot), Some(now))
+        self.grant_of(generation, Role::Probe(slot), Some(now))
     }
 
     #[inline(always)]
-    fn permit(&self, generation: u64, role: Role, now: Option<Instant>) -> Grant {
+    fn grant_of(&self, generation: u64, role: Role, now: Option<Instant>) -> Grant {
         Grant {
             ticket: Ticket::new(generation, role),
             started_ns: now.map_or(NOT_READ, |now| self.inner.nanos(now)),

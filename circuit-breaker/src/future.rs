@@ -71,12 +71,10 @@ impl<F, C, R> ResponseFuture<F, C, R> {
                     Cow::Borrowed(breaker) => breaker.held(),
                     Cow::Owned(breaker) => breaker.into_held(),
                 };
-                Self::called(
-                    call(),
-                    grant.permit(held),
-                    classifier.clone(),
-                    respond.clone(),
-                )
+                // A permit before the call: a call that panics drops it,
+                // which gives a probe's slot back.
+                let permit = grant.permit(held);
+                Self::called(call(), permit, classifier.clone(), respond.clone())
             }
             Err(open) => Self::rejected(open, respond.clone()),
         }

@@ -103,6 +103,42 @@ async fn a_dropped_probe_future_frees_its_permit_without_recording() {
     assert_eq!(breaker.state(), State::Closed);
 }
 
+/// A probe whose inner `call` panics, the panic caught further out (as
+/// tower-http's `CatchPanic` does), gives its slot back: the next caller
+/// probes instead of waiting out the probe's longest wait.
+#[tokio::test(start_paused = true)]
+async fn a_probe_whose_call_panics_gives_its_slot_back() {
+    let layer = CircuitBreakerLayer::new(config(1));
+    let breaker = layer.breaker().clone();
+    let mut service = layer.layer(service_fn(|panics: bool| {
+        assert!(!panics, "the inner service panics in call");
+        async { Err::<(), BoxError>("down".into()) }
+    }));
+    service
+        .ready()
+        .await
+        .unwrap()
+        .call(false)
+        .await
+        .unwrap_err();
+    assert_eq!(breaker.state(), State::Open);
+    tokio::time::advance(Duration::from_secs(10)).await;
+
+    let ready = service.ready().await.unwrap();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ready.call(true)));
+    assert!(panicked.is_err());
+    assert_eq!(breaker.state(), State::HalfOpen);
+    let probe = service
+        .ready()
+        .await
+        .unwrap()
+        .call(false)
+        .await
+        .unwrap_err();
+    assert!(!probe.is::<Open>(), "let through as the probe: {probe}");
+    assert_eq!(breaker.state(), State::Open, "its failure reopens");
+}
+
 /// A settle of one's own that hands the permit to the caller, to record
 /// when the caller knows how the call went.
 #[derive(Clone)]
