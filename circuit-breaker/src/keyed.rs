@@ -138,10 +138,11 @@ impl<K: Eq + Hash + Clone> BreakerRegistry<K> {
         {
             let breakers = self.breakers.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(entry) = breakers.get(key) {
-                // Written once a millisecond at most: a line every caller
-                // of the key writes on every call is a line they take
-                // turns owning.
-                if entry.last_used.load(Ordering::Relaxed) != now_ms {
+                // Written when it moves on, about once a millisecond: a
+                // line every caller of the key writes on every call is a
+                // line they take turns owning. (A caller whose reading is
+                // older than the last writer's leaves the newer one.)
+                if entry.last_used.load(Ordering::Relaxed) < now_ms {
                     entry.last_used.store(now_ms, Ordering::Relaxed);
                 }
                 return entry.breaker.clone();
