@@ -154,9 +154,7 @@ impl<T> Shared<T> {
 
     #[cold]
     fn own(&mut self) {
-        if let Reach::Counted(arc) = &self.reach {
-            self.own = Some(Arc::new(OwnLine(Arc::clone(arc))));
-        }
+        self.own = Some(Arc::new(OwnLine(Arc::clone(self.reach.arc()))));
     }
 }
 
@@ -198,7 +196,7 @@ impl<T> Handle for Shared<T> {
     fn called(&mut self) {
         if !self.called {
             self.called = true;
-        } else if self.own.is_none() {
+        } else if self.own.is_none() && matches!(self.reach, Reach::Counted(_)) {
             self.own();
         }
     }
@@ -310,6 +308,13 @@ mod tests {
         let taken = layer.clone().into_held();
         assert_eq!(holders(&layer), 2, "a handle taken is its call's, no more");
         drop(taken);
+        let mut service = layer.clone();
+        service.called();
+        service.called();
+        let taken = service.into_held();
+        assert!(matches!(taken.0, Reach::Own(_)), "its own count goes along");
+        assert_eq!(holders(&layer), 2);
+        drop(taken);
         assert_eq!(holders(&layer), 1);
     }
 
@@ -325,6 +330,7 @@ mod tests {
             assert_eq!(*call, "state");
             assert!(matches!(call.0, Reach::Leaked(_)));
         }
+        assert!(leaked.own.is_none(), "no count of its own to make");
         let clone = leaked.clone();
         assert_eq!(Arc::strong_count(&arc), before);
         assert!(Arc::ptr_eq(clone.as_arc(), &arc));
