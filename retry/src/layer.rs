@@ -92,13 +92,14 @@ impl<C, R> RetryLayer<C, R> {
     /// start-up: the services it makes, and every call, then reach its
     /// configuration and budget by a plain reference.
     ///
-    /// A layer kept as it is hands each call's response future a counted
-    /// reference to its state: two atomic read-modify-writes a call, on a
-    /// count of the calling service's own once it has called twice (see
-    /// [`Retry`]). A leaked layer's calls touch no reference count. Its
-    /// memory (the layer, a few hundred bytes with its
-    /// classifier and replay) is never freed, so leak a layer once, not one
-    /// per request or per test case.
+    /// A layer kept as it is hands each retryable call's response future
+    /// a counted reference to its state: two atomic read-modify-writes a
+    /// call. They are on the layer's one count for a service cloned per
+    /// request (as axum's router does), and on a count of the service's own
+    /// from its second retryable call on (see [`Retry`]). A leaked layer's
+    /// calls touch no reference count. Its memory (the layer, a few hundred
+    /// bytes with its classifier and replay) is never freed, so leak a layer
+    /// once, not one per request or per test case.
     ///
     /// # Example
     ///

@@ -56,7 +56,9 @@
 //! A layer built once at start-up can be [leaked](RetryLayer::leak): its
 //! calls then reach its configuration and budget by a plain reference
 //! instead of a counted one, which is most of what the layer adds to a
-//! call that succeeds.
+//! call that succeeds. A layer kept as it is counts each retryable call,
+//! on a count of the calling service's own once it keeps calling, so
+//! threads calling their own clones do not take turns on one count.
 //!
 //! # Feature flags
 //!

@@ -19,9 +19,9 @@ use crate::replay::{CloneRequest, Replay};
 ///
 /// `L` is how the service and its calls reach the layer: counted (a
 /// [`Shared`] handle, from a [`RetryLayer`]) or by reference (from a
-/// [`LeakedRetryLayer`](crate::LeakedRetryLayer)). A counted service that
-/// keeps calling holds its calls on a count of its own, so threads
-/// calling their own clones at once do not take turns on one.
+/// [`LeakedRetryLayer`](crate::LeakedRetryLayer)). A counted service holds
+/// its retryable calls on a count of its own from the second on, so
+/// threads calling their own clones at once do not take turns on one.
 #[derive(Debug, Clone)]
 pub struct Retry<S, C = RetryErrors, R = CloneRequest, L = Shared<RetryLayer<C, R>>> {
     inner: S,
@@ -111,6 +111,7 @@ mod tests {
             "the first call holds the layer's count"
         );
         drop(first);
+        assert_eq!(holders(&service), 1, "no count of its own for one call");
         let second = service.call(2);
         let before = holders(&service);
         let later: Vec<_> = (0..5).map(|n| service.call(n)).collect();
