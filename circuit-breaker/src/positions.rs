@@ -15,12 +15,16 @@
 //! older ones (a lap older, or more if the thread then paused while the
 //! others went round); and a thread that comes back to its batch late
 //! writes over newer verdicts. A batch is taken only from a full ring of
-//! the lap the thread last saw, lap and position checked in one
-//! compare-and-swap, so a reset never gains calls nobody made. A thread that turns to another ring leaves the rest of its
-//! batch behind, which is why batches start at one and double only while
-//! a thread stays on one ring. A ring still filling (after its creation or
-//! a reset) takes positions one at a time, so its call count is exact, and
-//! rings of fewer than 32 calls never batch.
+//! the lap the thread last saw there, lap and position checked in one
+//! compare-and-swap, so a reset never gains calls nobody made.
+//!
+//! A thread keeps its batches in 16 slots, a ring's slot chosen by its
+//! lap, so a thread calling a few rings in turn (a keyed layer's breakers)
+//! keeps a batch on each. A ring that takes a slot from another leaves
+//! that ring's batch behind, which is why batches start at one and double
+//! only while a thread keeps coming back to a ring. A ring still filling
+//! (after its creation or a reset) takes positions one at a time, so its
+//! call count is exact, and rings of fewer than 32 calls never batch.
 
 use std::cell::Cell;
 // The laps are counted outside the model checker's world.
@@ -33,6 +37,8 @@ use crate::sync::Ordering::Relaxed;
 const SMALLEST_BATCHED: u64 = 32;
 /// The largest batch, whatever the ring.
 const LARGEST_BATCH: u64 = 64;
+/// The rings a thread keeps a batch on at once.
+const SLOTS: usize = 16;
 /// A cursor word is the ring's lap (its low 16 bits, on top) and the next
 /// position (48 bits: a ring would need years of calls at millions a
 /// second to run them out).
@@ -78,8 +84,8 @@ struct Reserved {
 }
 
 thread_local! {
-    static RESERVED: Cell<Reserved> = const {
-        Cell::new(Reserved { lap: 0, next: 0, end: 0, batch: 0 })
+    static RESERVED: [Cell<Reserved>; SLOTS] = const {
+        [const { Cell::new(Reserved { lap: 0, next: 0, end: 0, batch: 0 }) }; SLOTS]
     };
 }
 
@@ -92,7 +98,10 @@ pub(crate) fn next(cursor: &AtomicU64, lap: &AtomicU64, len: u64) -> u64 {
         return position(cursor.fetch_add(1, Relaxed));
     }
     let lap = lap.load(Relaxed);
-    RESERVED.with(|reserved| {
+    RESERVED.with(|slots| {
+        // Laps are numbered in turn, so the rings of one registry take
+        // different slots.
+        let reserved = &slots[(lap % SLOTS as u64) as usize];
         let mut held = reserved.get();
         if held.lap == lap && held.next < held.end {
             held.next += 1;
@@ -169,9 +178,33 @@ mod tests {
         assert_eq!(at(&cursor), 100);
     }
 
+    /// A ring's cursor word and lap, at `position`, whose slot is
+    /// `apart` slots on from the slot of the ring of `lap` (a lap of its
+    /// own, which this thread has not seen).
+    fn ring_after(lap: &AtomicU64, apart: u64, at: u64) -> (AtomicU64, AtomicU64) {
+        let lap = lap.load(Relaxed) + apart;
+        (AtomicU64::new(start(lap) + at), AtomicU64::new(lap))
+    }
+
     #[test]
-    fn turning_between_rings_takes_one_position_at_a_time() {
-        let rings = [ring(500), ring(500)];
+    fn turning_between_rings_keeps_a_batch_on_each() {
+        let first = ring(500);
+        let rings = [ring_after(&first.1, 1, 500), first];
+        for round in 0..50 {
+            for (cursor, lap) in &rings {
+                assert_eq!(next(cursor, lap, 100), 500 + round);
+            }
+        }
+        for (cursor, _) in &rings {
+            assert!(at(cursor) > 550, "batches reserved");
+            assert!(at(cursor) <= 550 + 25, "no more than a quarter ahead");
+        }
+    }
+
+    #[test]
+    fn rings_turning_in_one_slot_take_one_position_at_a_time() {
+        let first = ring(500);
+        let rings = [ring_after(&first.1, SLOTS as u64, 500), first];
         for round in 0..50 {
             for (cursor, lap) in &rings {
                 assert_eq!(next(cursor, lap, 100), 500 + round);
