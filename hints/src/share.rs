@@ -65,7 +65,7 @@ impl<T> Deref for OwnLine<T> {
 pub struct Shared<T: 'static> {
     /// The state, counted or leaked: what the handle itself reads through,
     /// one pointer away.
-    reach: Reach<T>,
+    root: Root<T>,
     /// The count of its own, once a second call went through the handle.
     own: Option<Arc<OwnLine<Arc<T>>>>,
     /// A call went through this handle: see [`Handle::called`].
@@ -76,6 +76,24 @@ pub struct Shared<T: 'static> {
 /// the handle's own count if it has one.
 pub struct Held<T: 'static>(Reach<T>);
 
+/// How a [`Shared`] handle itself reaches the state.
+enum Root<T: 'static> {
+    /// On the state's own count.
+    Counted(Arc<T>),
+    /// The state's `Arc`, leaked: nothing counted.
+    Leaked(&'static Arc<T>),
+}
+
+impl<T> Root<T> {
+    const fn arc(&self) -> &Arc<T> {
+        match self {
+            Self::Counted(arc) => arc,
+            Self::Leaked(arc) => arc,
+        }
+    }
+}
+
+/// How a [`Held`] handle reaches the state.
 enum Reach<T: 'static> {
     /// The state's own count.
     Counted(Arc<T>),
@@ -107,18 +125,18 @@ impl<T> Shared<T> {
     /// A handle counting on `arc`.
     #[must_use]
     pub const fn from_arc(arc: Arc<T>) -> Self {
-        Self::from_reach(Reach::Counted(arc))
+        Self::from_root(Root::Counted(arc))
     }
 
     /// A handle on state leaked already: nothing counted.
     #[must_use]
     pub const fn leaked(arc: &'static Arc<T>) -> Self {
-        Self::from_reach(Reach::Leaked(arc))
+        Self::from_root(Root::Leaked(arc))
     }
 
-    const fn from_reach(reach: Reach<T>) -> Self {
+    const fn from_root(root: Root<T>) -> Self {
         Self {
-            reach,
+            root,
             own: None,
             called: false,
         }
@@ -129,16 +147,16 @@ impl<T> Shared<T> {
     /// never freed, so leak state built once at start-up, not per request.
     #[must_use]
     pub fn leak(self) -> Self {
-        match self.reach {
-            Reach::Leaked(arc) => Self::leaked(arc),
-            counted => Self::leaked(Box::leak(Box::new(Arc::clone(counted.arc())))),
+        match self.root {
+            Root::Leaked(arc) => Self::leaked(arc),
+            Root::Counted(arc) => Self::leaked(Box::leak(Box::new(arc))),
         }
     }
 
     /// The state's own `Arc` (to count its holders, or take a `Weak`).
     #[must_use]
-    pub fn as_arc(&self) -> &Arc<T> {
-        self.reach.arc()
+    pub const fn as_arc(&self) -> &Arc<T> {
+        self.root.arc()
     }
 
     /// What a call keeps, taken from a handle made for that one call (a
@@ -146,15 +164,16 @@ impl<T> Shared<T> {
     #[inline(always)]
     #[must_use]
     pub fn into_held(self) -> Held<T> {
-        Held(match self.own {
-            Some(own) => Reach::Own(own),
-            None => self.reach,
+        Held(match (self.own, self.root) {
+            (Some(own), _) => Reach::Own(own),
+            (None, Root::Counted(arc)) => Reach::Counted(arc),
+            (None, Root::Leaked(arc)) => Reach::Leaked(arc),
         })
     }
 
     #[cold]
     fn own(&mut self) {
-        self.own = Some(Arc::new(OwnLine(Arc::clone(self.reach.arc()))));
+        self.own = Some(Arc::new(OwnLine(Arc::clone(self.root.arc()))));
     }
 }
 
@@ -196,17 +215,17 @@ impl<T> Handle for Shared<T> {
     fn called(&mut self) {
         if !self.called {
             self.called = true;
-        } else if self.own.is_none() && matches!(self.reach, Reach::Counted(_)) {
+        } else if self.own.is_none() && matches!(self.root, Root::Counted(_)) {
             self.own();
         }
     }
 
     #[inline(always)]
     fn held(&self) -> Held<T> {
-        Held(match (&self.own, &self.reach) {
+        Held(match (&self.own, &self.root) {
             (Some(own), _) => Reach::Own(Arc::clone(own)),
-            (None, Reach::Leaked(arc)) => Reach::Leaked(arc),
-            (None, counted) => Reach::Counted(Arc::clone(counted.arc())),
+            (None, Root::Counted(arc)) => Reach::Counted(Arc::clone(arc)),
+            (None, Root::Leaked(arc)) => Reach::Leaked(arc),
         })
     }
 }
@@ -214,9 +233,9 @@ impl<T> Handle for Shared<T> {
 /// A new holder: on the state's own count, or leaked as the original is.
 impl<T> Clone for Shared<T> {
     fn clone(&self) -> Self {
-        match self.reach {
-            Reach::Leaked(arc) => Self::leaked(arc),
-            ref counted => Self::from_arc(Arc::clone(counted.arc())),
+        match self.root {
+            Root::Counted(ref arc) => Self::from_arc(Arc::clone(arc)),
+            Root::Leaked(arc) => Self::leaked(arc),
         }
     }
 }
@@ -225,19 +244,20 @@ impl<T> Deref for Shared<T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        self.reach.arc()
+        self.root.arc()
     }
 }
 
 impl<T: fmt::Debug> fmt::Debug for Shared<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let how = match (&self.own, &self.reach) {
-            (Some(_), _) => "Own",
-            (None, Reach::Leaked(_)) => "Leaked",
-            (None, _) => "Counted",
+        let counted_on = match (&self.own, &self.root) {
+            (Some(_), _) => "its own count",
+            (None, Root::Counted(_)) => "the state's count",
+            (None, Root::Leaked(_)) => "nothing (leaked)",
         };
         f.debug_struct("Shared")
-            .field(how, &**self)
+            .field("state", &**self)
+            .field("counted_on", &counted_on)
             .field("called", &self.called)
             .finish()
     }
@@ -334,7 +354,7 @@ mod tests {
         let clone = leaked.clone();
         assert_eq!(Arc::strong_count(&arc), before);
         assert!(Arc::ptr_eq(clone.as_arc(), &arc));
-        assert!(matches!(clone.leak().reach, Reach::Leaked(_)));
+        assert!(matches!(clone.leak().root, Root::Leaked(_)));
         assert!(matches!(leaked.into_held().0, Reach::Leaked(_)));
     }
 }
