@@ -114,13 +114,7 @@ async fn a_probe_whose_call_panics_gives_its_slot_back() {
         assert!(!panics, "the inner service panics in call");
         async { Err::<(), BoxError>("down".into()) }
     }));
-    service
-        .ready()
-        .await
-        .unwrap()
-        .call(false)
-        .await
-        .unwrap_err();
+    service.clone().oneshot(false).await.unwrap_err();
     assert_eq!(breaker.state(), State::Open);
     tokio::time::advance(Duration::from_secs(10)).await;
 
@@ -128,13 +122,7 @@ async fn a_probe_whose_call_panics_gives_its_slot_back() {
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ready.call(true)));
     assert!(panicked.is_err());
     assert_eq!(breaker.state(), State::HalfOpen);
-    let probe = service
-        .ready()
-        .await
-        .unwrap()
-        .call(false)
-        .await
-        .unwrap_err();
+    let probe = service.oneshot(false).await.unwrap_err();
     assert!(!probe.is::<Open>(), "let through as the probe: {probe}");
     assert_eq!(breaker.state(), State::Open, "its failure reopens");
 }
