@@ -55,6 +55,10 @@ impl<F, C, R> ResponseFuture<F, C, R> {
     ///
     /// A breaker made for this call (a keyed layer's, looked up) is taken
     /// into the permit rather than counted again.
+    // Always inlined into the service's `call`: a future returned through
+    // memory is written field by field and read back whole, and that read
+    // waits for the writes (a store-forwarding stall; `perf annotate`).
+    #[inline(always)]
     pub(crate) fn through(
         breaker: Cow<'_, CircuitBreaker>,
         call: impl FnOnce() -> F,
