@@ -140,10 +140,9 @@ impl<K: Eq + Hash + Clone> BreakerRegistry<K> {
             if let Some(entry) = breakers.get(key) {
                 // Written when it moves on, about once a millisecond: a
                 // line every caller of the key writes on every call is a
-                // line they take turns owning. (A caller whose reading is
-                // older than the last writer's leaves the newer one.)
+                // line they take turns owning. It only moves forward.
                 if entry.last_used.load(Ordering::Relaxed) < now_ms {
-                    entry.last_used.store(now_ms, Ordering::Relaxed);
+                    entry.last_used.fetch_max(now_ms, Ordering::Relaxed);
                 }
                 return entry.breaker.clone();
             }

@@ -1,20 +1,25 @@
 //! Where a ring's calls land: positions handed out by the ring's cursor,
-//! one at a time, or a batch at a time to a thread that keeps calling the
-//! same ring.
+//! one at a time, or a batch at a time to a thread that keeps coming back
+//! to the ring.
 //!
 //! A cursor every call moves is a cache line every calling thread writes:
 //! two threads sharing a breaker would take turns owning it on every call.
-//! So a thread whose calls follow one another on one full ring reserves
+//! So a thread whose calls keep coming back to one full ring reserves
 //! its next positions with one `fetch_add` (two, then four, up to a
 //! quarter of the ring or 64) and takes them one by one with no shared
 //! write at all.
 //!
 //! What it costs the window: a position reserved and not yet taken keeps
 //! the verdict its slot had before, so under concurrency the ring is the
-//! last `len` calls with up to a batch per calling thread replaced by
-//! older ones (a lap older, or more if the thread then paused while the
-//! others went round); and a thread that comes back to its batch late
-//! writes over newer verdicts. A batch is taken only from a full ring of
+//! last `len` calls with up to a batch per calling thread and ring
+//! replaced by older ones (a lap older, or more if the thread then paused
+//! or called other rings while the others went round); and a thread that
+//! comes back to its batch late writes over newer verdicts. A batch left
+//! behind (its slot taken by another ring) is never written: its
+//! positions keep older verdicts until the cursor comes round again, and a
+//! thread whose runs on a ring keep ending alike can leave the same
+//! positions behind lap after lap. That is a known limit, not yet
+//! bounded. A batch is taken only from a full ring of
 //! the lap the thread last saw there, lap and position checked in one
 //! compare-and-swap, so a reset never gains calls nobody made.
 //!
@@ -99,8 +104,9 @@ pub(crate) fn next(cursor: &AtomicU64, lap: &AtomicU64, len: u64) -> u64 {
     }
     let lap = lap.load(Relaxed);
     RESERVED.with(|slots| {
-        // Laps are numbered in turn, so the rings of one registry take
-        // different slots.
+        // Laps are numbered in turn, so rings made one after another (a
+        // keyed registry's first keys) take different slots; rings reset
+        // since, or made among others, may share one.
         let reserved = &slots[(lap % SLOTS as u64) as usize];
         let mut held = reserved.get();
         if held.lap == lap && held.next < held.end {
@@ -179,10 +185,14 @@ mod tests {
     }
 
     /// A ring's cursor word and lap, at `position`, whose slot is
-    /// `apart` slots on from the slot of the ring of `lap` (a lap of its
-    /// own, which this thread has not seen).
+    /// `apart` slots on from the slot of the ring of `lap`: a new lap
+    /// (skipping those that fall elsewhere), no other ring's.
     fn ring_after(lap: &AtomicU64, apart: u64, at: u64) -> (AtomicU64, AtomicU64) {
-        let lap = lap.load(Relaxed) + apart;
+        let slot = |lap: u64| lap % SLOTS as u64;
+        let wanted = (slot(lap.load(Relaxed)) + apart) % SLOTS as u64;
+        let lap = std::iter::repeat_with(new_lap)
+            .find(|&lap| slot(lap) == wanted)
+            .unwrap_or_default();
         (AtomicU64::new(start(lap) + at), AtomicU64::new(lap))
     }
 

@@ -142,8 +142,8 @@ async fn a_leaked_layer_retries_alike_on_one_budget() {
 /// Services that keep calling, each a clone of one on its own task of a
 /// multi-thread runtime (their calls held on counts of their own), all
 /// deposit into and withdraw from the layer's one budget: every request
-/// fails once, each retry takes the retry its own call deposited, and the
-/// account ends empty.
+/// fails once, each retry takes a retry some call deposited before it,
+/// and the account ends empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn services_that_keep_calling_on_many_threads_share_one_budget() {
     const TASKS: u32 = 16;
