@@ -538,10 +538,15 @@ impl CircuitBreaker {
                     let next = Word::half_open(generation + 1, 1, 0);
                     match inner.swap(word, next) {
                         Ok(()) => {
+                            // The probe's slot before the news: a log sink
+                            // or exporter that panics must not leave a
+                            // probe counted with no slot, which no wait
+                            // would ever end.
+                            let probe = self.probe(next.generation(), now_ms, now);
                             inner.transitioned(State::Open, State::HalfOpen);
                             #[cfg(all(feature = "redis", not(palisade_loom)))]
                             inner.tell_fleet(Own::HalfOpened);
-                            return Ok(self.probe(next.generation(), now_ms, now));
+                            return Ok(probe);
                         }
                         Err(current) => word = current,
                     }
