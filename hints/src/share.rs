@@ -129,8 +129,7 @@ impl<T> Shared<T> {
     }
 
     /// A handle on state leaked already: nothing counted.
-    #[must_use]
-    pub const fn leaked(arc: &'static Arc<T>) -> Self {
+    const fn leaked(arc: &'static Arc<T>) -> Self {
         Self::from_root(Root::Leaked(arc))
     }
 
@@ -260,18 +259,6 @@ impl<T: fmt::Debug> fmt::Debug for Shared<T> {
             .field("counted_on", &counted_on)
             .field("called", &self.called)
             .finish()
-    }
-}
-
-/// Another holder on the same count.
-impl<T> Clone for Held<T> {
-    #[inline(always)]
-    fn clone(&self) -> Self {
-        Self(match &self.0 {
-            Reach::Counted(arc) => Reach::Counted(Arc::clone(arc)),
-            Reach::Own(own) => Reach::Own(Arc::clone(own)),
-            Reach::Leaked(arc) => Reach::Leaked(arc),
-        })
     }
 }
 
