@@ -1206,6 +1206,41 @@ mod tests {
         assert_eq!(breaker.state(), State::Closed);
     }
 
+    /// A thread that calls one breaker eight times, then once another
+    /// whose window keeps its batches in the same slot of the thread,
+    /// over and over, left 28 positions of a 60-call ring holding the
+    /// successes from before an outage: 53 % failures at most, and a
+    /// threshold of 0.6 never opened.
+    #[test]
+    fn an_outage_opens_a_breaker_whose_thread_keeps_turning_to_another() {
+        let now = Instant::now();
+        let config = Config::builder()
+            .sliding_window(crate::SlidingWindow::Count(60))
+            .minimum_calls(60)
+            .failure_rate_threshold(0.6)
+            .build()
+            .unwrap();
+        let breaker = CircuitBreaker::new_at(config.clone(), now);
+        let other = std::iter::repeat_with(|| CircuitBreaker::new_at(config.clone(), now))
+            .find(|other| breaker.inner.window.batches_beside(&other.inner.window))
+            .unwrap_or_else(|| unreachable!("laps come round every slot"));
+        let call = |breaker: &CircuitBreaker, outcome| {
+            breaker
+                .try_acquire(now)
+                .map(|permit| permit.record(outcome, now))
+        };
+        for _ in 0..60 {
+            call(&breaker, Outcome::Success).unwrap();
+        }
+        for _ in 0..100 {
+            for _ in 0..8 {
+                let _ = call(&breaker, Outcome::Failure);
+            }
+            call(&other, Outcome::Success).unwrap();
+        }
+        assert_eq!(breaker.state(), State::Open);
+    }
+
     #[test]
     fn a_ticket_keeps_its_generation_and_role() {
         let roles = [

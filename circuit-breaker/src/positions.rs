@@ -14,14 +14,10 @@
 //! last `len` calls with up to a batch per calling thread and ring
 //! replaced by older ones (a lap older, or more if the thread then paused
 //! or called other rings while the others went round); and a thread that
-//! comes back to its batch late writes over newer verdicts. A batch left
-//! behind (its slot taken by another ring) is never written: its
-//! positions keep older verdicts until the cursor comes round again, and a
-//! thread whose runs on a ring keep ending alike can leave the same
-//! positions behind lap after lap. That is a known limit, not yet
-//! bounded. A batch is taken only from a full ring of
-//! the lap the thread last saw there, lap and position checked in one
-//! compare-and-swap, so a reset never gains calls nobody made.
+//! comes back to its batch late writes over newer verdicts. A batch is
+//! taken only from a full ring of the lap the thread last saw there, lap
+//! and position checked in one compare-and-swap, so a reset never gains
+//! calls nobody made.
 //!
 //! A thread keeps its batches in 16 slots, a ring's slot chosen by its
 //! lap, so a thread calling a few rings in turn (a keyed layer's breakers)
@@ -30,8 +26,20 @@
 //! only while a thread keeps coming back to a ring. A ring still filling
 //! (after its creation or a reset) takes positions one at a time, so its
 //! call count is exact, and rings of fewer than 32 calls never batch.
+//!
+//! A batch left behind is owed: the thread's next call on that ring is
+//! handed the positions still in the window (less than `len` behind its
+//! own), and its verdict fills them (see [`window`](crate::window)). Left
+//! unwritten, a thread whose runs on a ring kept ending alike would leave
+//! the same positions behind lap after lap, and they would keep their
+//! verdicts for good: in an outage, the successes from before it. A slot
+//! owes one ring at a time, so what a ring is owed is lost only when a
+//! second ring leaves a batch in the same slot before the thread comes
+//! back, or when the thread never comes back (then the cursor hands those
+//! slots on within a lap).
 
 use std::cell::Cell;
+use std::ops::Range;
 // The laps are counted outside the model checker's world.
 use std::sync::atomic::AtomicU64 as ProcessCounter;
 
@@ -88,68 +96,159 @@ struct Reserved {
     batch: u64,
 }
 
-thread_local! {
-    static RESERVED: [Cell<Reserved>; SLOTS] = const {
-        [const { Cell::new(Reserved { lap: 0, next: 0, end: 0, batch: 0 }) }; SLOTS]
+/// The positions `next..end` a thread left behind in the ring at `lap`
+/// when another ring took their slot.
+#[derive(Debug, Clone, Copy)]
+struct Owed {
+    lap: u64,
+    next: u64,
+    end: u64,
+}
+
+impl Owed {
+    const NOTHING: Self = Self {
+        lap: 0,
+        next: 0,
+        end: 0,
     };
+}
+
+/// A thread's batch on a ring, and what it owes a ring it left.
+struct Slot {
+    reserved: Cell<Reserved>,
+    owed: Cell<Owed>,
+}
+
+thread_local! {
+    static SLOTS_OF_THREAD: [Slot; SLOTS] = const {
+        [const {
+            Slot {
+                reserved: Cell::new(Reserved { lap: 0, next: 0, end: 0, batch: 0 }),
+                owed: Cell::new(Owed::NOTHING),
+            }
+        }; SLOTS]
+    };
+}
+
+/// A call's position, and the positions its thread left behind on the
+/// ring, still in the window, which the call's verdict is to fill.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    pub(crate) position: u64,
+    pub(crate) left_behind: Range<u64>,
+}
+
+impl Taken {
+    const fn one(position: u64) -> Self {
+        Self {
+            position,
+            left_behind: 0..0,
+        }
+    }
 }
 
 /// The position of a call in the ring of `len` slots whose cursor word is
 /// `cursor` and lap `lap`.
 #[inline]
-pub(crate) fn next(cursor: &AtomicU64, lap: &AtomicU64, len: u64) -> u64 {
+pub(crate) fn next(cursor: &AtomicU64, lap: &AtomicU64, len: u64) -> Taken {
     // The model checker explores the cursor's races, one call at a time.
     if cfg!(palisade_loom) || len < SMALLEST_BATCHED {
-        return position(cursor.fetch_add(1, Relaxed));
+        return Taken::one(position(cursor.fetch_add(1, Relaxed)));
     }
     let lap = lap.load(Relaxed);
-    RESERVED.with(|slots| {
+    SLOTS_OF_THREAD.with(|slots| {
         // Laps are numbered in turn, so rings made one after another (a
         // keyed registry's first keys) take different slots; rings reset
         // since, or made among others, may share one.
-        let reserved = &slots[(lap % SLOTS as u64) as usize];
-        let mut held = reserved.get();
+        let slot = &slots[(lap % SLOTS as u64) as usize];
+        let mut held = slot.reserved.get();
         if held.lap == lap && held.next < held.end {
             held.next += 1;
-            reserved.set(held);
-            return held.next - 1;
+            slot.reserved.set(held);
+            return Taken::one(held.next - 1);
         }
-        // Only a thread whose last call was on this ring takes more than
-        // one, and only from a full ring of this very lap: lap and
-        // position are checked and moved in one compare-and-swap, so a
-        // batch is never taken from a ring being reset (its positions
-        // would count as calls nobody made).
-        if held.lap == lap {
-            let seen = cursor.load(Relaxed);
-            let first = position(seen);
-            if of_lap(seen, lap) && first >= len {
-                let batch = held
-                    .batch
-                    .saturating_mul(2)
-                    .clamp(2, (len / 4).min(LARGEST_BATCH));
-                if cursor
-                    .compare_exchange(seen, seen + batch, Relaxed, Relaxed)
-                    .is_ok()
-                {
-                    reserved.set(Reserved {
-                        lap,
-                        next: first + 1,
-                        end: first + batch,
-                        batch,
-                    });
-                    return first;
-                }
-            }
+        if held.lap == lap
+            && let Some(first) = take_batch(cursor, slot, held, len)
+        {
+            return Taken::one(first);
         }
         let first = position(cursor.fetch_add(1, Relaxed));
-        reserved.set(Reserved {
+        slot.reserved.set(Reserved {
             lap,
             next: 0,
             end: 0,
             batch: 1,
         });
-        first
+        if held.lap == lap {
+            return Taken::one(first);
+        }
+        turn(slot, held, lap, first, len)
     })
+}
+
+/// Reserves the next batch of positions on the ring of `held`'s lap for
+/// a thread whose last call was on it, and takes the first; none when
+/// the ring is not full, or is being reset, or its cursor moved under.
+///
+/// Only a full ring of this very lap gives a batch: lap and position are
+/// checked and moved in one compare-and-swap, so a batch is never taken
+/// from a ring being reset (its positions would count as calls nobody
+/// made).
+fn take_batch(cursor: &AtomicU64, slot: &Slot, held: Reserved, len: u64) -> Option<u64> {
+    let seen = cursor.load(Relaxed);
+    let first = position(seen);
+    if !of_lap(seen, held.lap) || first < len {
+        return None;
+    }
+    let batch = held
+        .batch
+        .saturating_mul(2)
+        .clamp(2, (len / 4).min(LARGEST_BATCH));
+    cursor
+        .compare_exchange(seen, seen + batch, Relaxed, Relaxed)
+        .ok()?;
+    slot.reserved.set(Reserved {
+        lap: held.lap,
+        next: first + 1,
+        end: first + batch,
+        batch,
+    });
+    Some(first)
+}
+
+/// A call at `first` on the ring of `lap` taking a slot whose last
+/// call, `held`, was on another ring: that ring's batch is left behind,
+/// owed until the thread comes back to it, and what this ring was owed
+/// is handed to the call, as far as it is still in the window (a
+/// position `len` or more behind this one has had its slot handed on).
+#[cold]
+fn turn(slot: &Slot, held: Reserved, lap: u64, first: u64, len: u64) -> Taken {
+    let owed = slot.owed.get();
+    let left_behind = if owed.lap == lap {
+        owed.next.max((first + 1).saturating_sub(len))..owed.end
+    } else {
+        0..0
+    };
+    if held.next < held.end {
+        slot.owed.set(Owed {
+            lap: held.lap,
+            next: held.next,
+            end: held.end,
+        });
+    } else if owed.lap == lap {
+        slot.owed.set(Owed::NOTHING);
+    }
+    Taken {
+        position: first,
+        left_behind,
+    }
+}
+
+/// Whether a thread keeps its batches on the rings of laps `a` and `b`
+/// in one slot.
+#[cfg(test)]
+pub(crate) const fn share_a_slot(a: u64, b: u64) -> bool {
+    a % SLOTS as u64 == b % SLOTS as u64
 }
 
 #[cfg(all(test, not(palisade_loom)))]
@@ -166,11 +265,16 @@ mod tests {
         position(cursor.load(Relaxed))
     }
 
+    /// The position of a call in a ring of 100.
+    fn take(cursor: &AtomicU64, lap: &AtomicU64) -> u64 {
+        next(cursor, lap, 100).position
+    }
+
     #[test]
     fn one_thread_takes_every_position_in_order() {
         let (cursor, lap) = ring(0);
         for expected in 0..1_000 {
-            assert_eq!(next(&cursor, &lap, 100), expected);
+            assert_eq!(take(&cursor, &lap), expected);
         }
         assert!(at(&cursor) >= 1_000);
     }
@@ -179,7 +283,7 @@ mod tests {
     fn a_filling_ring_counts_one_position_per_call() {
         let (cursor, lap) = ring(0);
         for _ in 0..100 {
-            let _ = next(&cursor, &lap, 100);
+            let _ = take(&cursor, &lap);
         }
         assert_eq!(at(&cursor), 100);
     }
@@ -202,7 +306,7 @@ mod tests {
         let rings = [ring_after(&first.1, 1, 500), first];
         for round in 0..50 {
             for (cursor, lap) in &rings {
-                assert_eq!(next(cursor, lap, 100), 500 + round);
+                assert_eq!(take(cursor, lap), 500 + round);
             }
         }
         for (cursor, _) in &rings {
@@ -217,7 +321,7 @@ mod tests {
         let rings = [ring_after(&first.1, SLOTS as u64, 500), first];
         for round in 0..50 {
             for (cursor, lap) in &rings {
-                assert_eq!(next(cursor, lap, 100), 500 + round);
+                assert_eq!(take(cursor, lap), 500 + round);
             }
         }
         for (cursor, _) in &rings {
@@ -225,18 +329,74 @@ mod tests {
         }
     }
 
+    /// Four calls on a full ring at 500 (one, a batch of two, the first
+    /// of a batch of four) leave 504..507 reserved; a ring in the same
+    /// slot then takes it. The cursors of the first ring and of that one.
+    fn left_behind_by_a_turn() -> ((AtomicU64, AtomicU64), (AtomicU64, AtomicU64)) {
+        let first = ring(500);
+        let other = ring_after(&first.1, SLOTS as u64, 500);
+        for expected in 500..504 {
+            assert_eq!(take(&first.0, &first.1), expected);
+        }
+        assert_eq!(at(&first.0), 507);
+        let turned = next(&other.0, &other.1, 100);
+        assert_eq!((turned.position, turned.left_behind), (500, 0..0));
+        (first, other)
+    }
+
+    #[test]
+    fn a_thread_back_on_a_ring_is_handed_the_positions_it_left_behind() {
+        let (first, other) = left_behind_by_a_turn();
+        let back = next(&first.0, &first.1, 100);
+        assert_eq!((back.position, back.left_behind), (507, 504..507));
+        // Handed once.
+        let _ = take(&other.0, &other.1);
+        let again = next(&first.0, &first.1, 100);
+        assert_eq!((again.position, again.left_behind), (508, 0..0));
+    }
+
+    #[test]
+    fn positions_left_behind_are_owed_past_rings_that_leave_none() {
+        let (first, other) = left_behind_by_a_turn();
+        let third = ring_after(&first.1, 2 * SLOTS as u64, 500);
+        let _ = take(&third.0, &third.1);
+        let _ = take(&other.0, &other.1);
+        let back = next(&first.0, &first.1, 100);
+        assert_eq!(back.left_behind, 504..507);
+    }
+
+    #[test]
+    fn positions_left_behind_whose_slots_were_handed_on_are_not_handed_back() {
+        let (first, _other) = left_behind_by_a_turn();
+        // Other threads take 98 positions: 504 and 505 are then a lap
+        // behind the next call's 605, their slots handed on.
+        first.0.fetch_add(98, Relaxed);
+        let back = next(&first.0, &first.1, 100);
+        assert_eq!((back.position, back.left_behind), (605, 506..507));
+    }
+
+    #[test]
+    fn a_ring_reset_since_is_owed_nothing() {
+        let (first, _other) = left_behind_by_a_turn();
+        let new = new_lap();
+        first.1.store(new, Relaxed);
+        first.0.store(start(new), Relaxed);
+        let back = next(&first.0, &first.1, 100);
+        assert_eq!((back.position, back.left_behind), (0, 0..0));
+    }
+
     #[test]
     fn a_new_lap_drops_the_batch_of_the_last() {
         let (cursor, lap) = ring(0);
         for _ in 0..150 {
-            let _ = next(&cursor, &lap, 100);
+            let _ = take(&cursor, &lap);
         }
         assert!(at(&cursor) > 150, "batches once full");
         let new = new_lap();
         lap.store(new, Relaxed);
         cursor.store(start(new), Relaxed);
-        assert_eq!(next(&cursor, &lap, 100), 0);
-        assert_eq!(next(&cursor, &lap, 100), 1);
+        assert_eq!(take(&cursor, &lap), 0);
+        assert_eq!(take(&cursor, &lap), 1);
         assert_eq!(at(&cursor), 2);
     }
 
@@ -246,12 +406,12 @@ mod tests {
         // Full, and this thread's batch spent: its next call would take
         // a batch.
         while at(&cursor) < 200 {
-            let _ = next(&cursor, &lap, 100);
+            let _ = take(&cursor, &lap);
         }
-        while next(&cursor, &lap, 100) + 1 < at(&cursor) {}
+        while take(&cursor, &lap) + 1 < at(&cursor) {}
         // The ring is reset, and this thread still reads the old lap.
         cursor.store(start(new_lap()), Relaxed);
-        let _ = next(&cursor, &lap, 100);
+        let _ = take(&cursor, &lap);
         assert_eq!(at(&cursor), 1, "one position, counted, no batch");
     }
 
@@ -260,7 +420,7 @@ mod tests {
         let (cursor, lap) = ring(0);
         let taken: Vec<Vec<u64>> = std::thread::scope(|scope| {
             let threads: Vec<_> = (0..4)
-                .map(|_| scope.spawn(|| (0..5_000).map(|_| next(&cursor, &lap, 100)).collect()))
+                .map(|_| scope.spawn(|| (0..5_000).map(|_| take(&cursor, &lap)).collect()))
                 .collect();
             threads.into_iter().map(|t| t.join().unwrap()).collect()
         });

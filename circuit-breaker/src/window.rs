@@ -19,6 +19,8 @@
 //! counters (a sequence lock), so a read never mixes the previous lap's
 //! counts into the current one.
 
+use std::ops::Range;
+
 use palisade_hints::share::OwnLine;
 
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
@@ -164,6 +166,56 @@ const fn fast_mod(n: u32, len: u32, magic: u64) -> usize {
     ((low as u128 * len as u128) >> 64) as usize
 }
 
+/// Writes slot value `value`, the verdict of a call on this ring, into
+/// the positions its thread reserved here earlier and left behind when
+/// another ring took their batch's slot (see
+/// [`positions`](crate::positions)). Left as they were, they would keep
+/// verdicts a lap or more older, and the same ones lap after lap when
+/// the thread's runs were alike.
+///
+/// Never fills an empty slot, and stops at one: a ring's slot is empty
+/// only while its fill's call is still being written or after a reset,
+/// and a verdict written past a reset ring's new cursor would count a
+/// call nobody made. A slot that changes under the filling keeps what
+/// its writer put there.
+#[inline(never)]
+fn fill_left_behind(
+    slots: &[AtomicU8],
+    magic: u64,
+    totals: &AtomicU64,
+    left_behind: Range<u64>,
+    value: u8,
+) {
+    let added = slot_verdicts(value);
+    for position in left_behind {
+        let slot = &slots[fast_mod(position as u32, slots.len() as u32, magic)];
+        let seen = slot.load(Relaxed);
+        if seen == 0 {
+            return;
+        }
+        if seen == value {
+            continue;
+        }
+        // Added before the slot shows it, so a writer replacing it next
+        // never subtracts what is not yet there.
+        if added != 0 {
+            totals.fetch_add(added, Relaxed);
+        }
+        match slot.compare_exchange(seen, value, Relaxed, Relaxed) {
+            Ok(_) => {
+                let removed = slot_verdicts(seen);
+                if removed != 0 {
+                    totals.fetch_sub(removed, Relaxed);
+                }
+            }
+            Err(_) if added != 0 => {
+                totals.fetch_sub(added, Relaxed);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) enum Window {
     Count {
@@ -224,7 +276,8 @@ impl Window {
             } => {
                 // The index wraps with the low 32 bits of the position:
                 // once every 2^32 calls a few slots are reused early.
-                let before = positions::next(cursor, lap, slots.len() as u64);
+                let taken = positions::next(cursor, lap, slots.len() as u64);
+                let before = taken.position;
                 let index = fast_mod(before as u32, slots.len() as u32, *magic);
                 // Add before subtracting, so no field ever goes below zero.
                 let added = verdicts(failed, slow);
@@ -245,6 +298,9 @@ impl Window {
                 let removed = slot_verdicts(old);
                 if removed != 0 {
                     totals.fetch_sub(removed, Relaxed);
+                }
+                if !taken.left_behind.is_empty() {
+                    fill_left_behind(slots, *magic, totals, taken.left_behind, value);
                 }
                 Some(before.min(slots.len() as u64))
             }
@@ -279,6 +335,18 @@ impl Window {
                 }
                 sum
             }
+        }
+    }
+
+    /// Whether a thread keeps its batches of positions on this ring and
+    /// on `other` in one slot.
+    #[cfg(test)]
+    pub(crate) fn batches_beside(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Count { lap, .. }, Self::Count { lap: other, .. }) => {
+                positions::share_a_slot(lap.load(Relaxed), other.load(Relaxed))
+            }
+            _ => false,
         }
     }
 
@@ -377,6 +445,89 @@ mod tests {
                     model.clear();
                 }
             }
+        }
+    }
+
+    /// A thread that turns, run after run, from a ring to another whose
+    /// batch takes the same slot leaves the rest of a batch behind each
+    /// time, and when its runs are alike, the same positions lap after
+    /// lap: here a run of 8 calls reserves 15 positions (batches of 1, 2,
+    /// 4 and 8), and 15 divides the ring. In a total outage those
+    /// positions must not keep the successes from before it.
+    #[test]
+    fn positions_left_behind_lap_after_lap_still_count_an_outage() {
+        let window = Window::new(SlidingWindow::Count(60));
+        let other = std::iter::repeat_with(|| Window::new(SlidingWindow::Count(60)))
+            .find(|other| window.batches_beside(other))
+            .unwrap_or_else(|| unreachable!("laps come round every slot"));
+        for _ in 0..60 {
+            let _ = window.record(0, false, false);
+        }
+        for _ in 0..100 {
+            for _ in 0..8 {
+                let _ = window.record(0, true, false);
+            }
+            let _ = other.record(0, true, false);
+        }
+        assert_eq!(
+            window.counts(0),
+            Counts {
+                calls: 60,
+                failures: 60,
+                slow: 0
+            }
+        );
+    }
+
+    /// The failures and slow calls the ring's slots hold, counted one by
+    /// one.
+    fn in_slots(window: &Window) -> (u64, u64) {
+        let Window::Count { slots, .. } = window else {
+            unreachable!("a count window")
+        };
+        slots.iter().fold((0, 0), |(failures, slow), slot| {
+            let slot = slot.load(Relaxed);
+            (
+                failures + u64::from(slot & 2 != 0),
+                slow + u64::from(slot & 4 != 0),
+            )
+        })
+    }
+
+    /// Threads turning between two rings that share their batch slot fill
+    /// what they left behind while others write: once they are done, each
+    /// ring's counts are what its slots hold. (A reset would give a ring
+    /// a lap in another slot.)
+    #[test]
+    fn counts_stay_those_of_the_slots_while_threads_fill_what_they_left_behind() {
+        let window = Window::new(SlidingWindow::Count(60));
+        let other = std::iter::repeat_with(|| Window::new(SlidingWindow::Count(60)))
+            .find(|other| window.batches_beside(other))
+            .unwrap_or_else(|| unreachable!("laps come round every slot"));
+        std::thread::scope(|scope| {
+            for thread in 0..4_u64 {
+                let (window, other) = (&window, &other);
+                scope.spawn(move || {
+                    let mut seed = 0x2545_f491_4f6c_dd1d_u64 ^ thread;
+                    for call in 0..50_000_u64 {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        let (failed, slow) = (seed.is_multiple_of(3), seed.is_multiple_of(5));
+                        let ring = if call.is_multiple_of(thread + 5) {
+                            other
+                        } else {
+                            window
+                        };
+                        let _ = ring.record(0, failed, slow);
+                    }
+                });
+            }
+        });
+        for ring in [&window, &other] {
+            let counts = ring.counts(0);
+            assert_eq!((counts.failures, counts.slow), in_slots(ring));
+            assert_eq!(counts.calls, 60);
         }
     }
 
