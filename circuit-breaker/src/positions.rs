@@ -113,21 +113,28 @@ impl Owed {
     };
 }
 
-/// A thread's batch on a ring, and what it owes a ring it left.
-struct Slot {
-    reserved: Cell<Reserved>,
-    owed: Cell<Owed>,
+/// A thread's slots: in each, its batch on a ring, and what it owes a
+/// ring it left. (Two arrays, so a call finds its batch at a shift of
+/// its slot number.)
+struct Slots {
+    reserved: [Cell<Reserved>; SLOTS],
+    owed: [Cell<Owed>; SLOTS],
 }
 
 thread_local! {
-    static SLOTS_OF_THREAD: [Slot; SLOTS] = const {
-        [const {
-            Slot {
-                reserved: Cell::new(Reserved { lap: 0, next: 0, end: 0, batch: 0 }),
-                owed: Cell::new(Owed::NOTHING),
-            }
-        }; SLOTS]
+    static SLOTS_OF_THREAD: Slots = const {
+        Slots {
+            reserved: [const { Cell::new(Reserved { lap: 0, next: 0, end: 0, batch: 0 }) }; SLOTS],
+            owed: [const { Cell::new(Owed::NOTHING) }; SLOTS],
+        }
     };
+}
+
+/// A slot of a thread's: where its batch on a ring is, and what it owes.
+#[derive(Clone, Copy)]
+struct Slot<'a> {
+    reserved: &'a Cell<Reserved>,
+    owed: &'a Cell<Owed>,
 }
 
 /// A call's position, and the positions its thread left behind on the
@@ -160,30 +167,46 @@ pub(crate) fn next(cursor: &AtomicU64, lap: &AtomicU64, len: u64) -> Taken {
         // Laps are numbered in turn, so rings made one after another (a
         // keyed registry's first keys) take different slots; rings reset
         // since, or made among others, may share one.
-        let slot = &slots[(lap % SLOTS as u64) as usize];
-        let mut held = slot.reserved.get();
+        let at = (lap % SLOTS as u64) as usize;
+        let reserved = &slots.reserved[at];
+        let mut held = reserved.get();
         if held.lap == lap && held.next < held.end {
             held.next += 1;
-            slot.reserved.set(held);
+            reserved.set(held);
             return Taken::one(held.next - 1);
         }
-        if held.lap == lap
-            && let Some(first) = take_batch(cursor, slot, held, len)
-        {
-            return Taken::one(first);
-        }
-        let first = position(cursor.fetch_add(1, Relaxed));
-        slot.reserved.set(Reserved {
-            lap,
-            next: 0,
-            end: 0,
-            batch: 1,
-        });
-        if held.lap == lap {
-            return Taken::one(first);
-        }
-        turn(slot, held, lap, first, len)
+        next_unreserved(cursor, slots, at, lap, len)
     })
+}
+
+/// The position of a call on the ring of `lap` whose thread holds no
+/// position reserved there, in its slot `at`: a new batch, or one
+/// position. Out of line, so the call path keeps only the look at the
+/// batch (and keeps it in registers: what the slot holds is read again
+/// here).
+#[inline(never)]
+fn next_unreserved(cursor: &AtomicU64, slots: &Slots, at: usize, lap: u64, len: u64) -> Taken {
+    let slot = Slot {
+        reserved: &slots.reserved[at],
+        owed: &slots.owed[at],
+    };
+    let held = slot.reserved.get();
+    if held.lap == lap
+        && let Some(first) = take_batch(cursor, slot, held, len)
+    {
+        return Taken::one(first);
+    }
+    let first = position(cursor.fetch_add(1, Relaxed));
+    slot.reserved.set(Reserved {
+        lap,
+        next: 0,
+        end: 0,
+        batch: 1,
+    });
+    if held.lap == lap {
+        return Taken::one(first);
+    }
+    turn(slot, held, lap, first, len)
 }
 
 /// Reserves the next batch of positions on the ring of `held`'s lap for
@@ -194,7 +217,7 @@ pub(crate) fn next(cursor: &AtomicU64, lap: &AtomicU64, len: u64) -> Taken {
 /// checked and moved in one compare-and-swap, so a batch is never taken
 /// from a ring being reset (its positions would count as calls nobody
 /// made).
-fn take_batch(cursor: &AtomicU64, slot: &Slot, held: Reserved, len: u64) -> Option<u64> {
+fn take_batch(cursor: &AtomicU64, slot: Slot<'_>, held: Reserved, len: u64) -> Option<u64> {
     let seen = cursor.load(Relaxed);
     let first = position(seen);
     if !of_lap(seen, held.lap) || first < len {
@@ -221,8 +244,7 @@ fn take_batch(cursor: &AtomicU64, slot: &Slot, held: Reserved, len: u64) -> Opti
 /// owed until the thread comes back to it, and what this ring was owed
 /// is handed to the call, as far as it is still in the window (a
 /// position `len` or more behind this one has had its slot handed on).
-#[cold]
-fn turn(slot: &Slot, held: Reserved, lap: u64, first: u64, len: u64) -> Taken {
+fn turn(slot: Slot<'_>, held: Reserved, lap: u64, first: u64, len: u64) -> Taken {
     let owed = slot.owed.get();
     let left_behind = if owed.lap == lap {
         owed.next.max((first + 1).saturating_sub(len))..owed.end
