@@ -22,24 +22,27 @@
 //! A thread keeps its batches in 16 slots, a ring's slot chosen by its
 //! lap, so a thread calling a few rings in turn (a keyed layer's breakers)
 //! keeps a batch on each. A ring that takes a slot from another leaves
-//! that ring's batch behind, which is why batches start at one and double
-//! only while a thread keeps coming back to a ring. A ring still filling
-//! (after its creation or a reset) takes positions one at a time, so its
-//! call count is exact, and rings of fewer than 32 calls never batch.
+//! that ring's batch behind, and the slot keeps it, owed: when the thread
+//! comes back to that ring, its calls take the positions left behind
+//! that the window still holds (those whose slot the cursor has not
+//! handed on, in the same lap) before any new one, so one thread's calls
+//! on a ring fill its positions in order however it turns between rings.
+//! Left unwritten, a thread whose runs on a ring kept ending alike would
+//! leave the same positions behind lap after lap, and they would keep
+//! their verdicts for good: in an outage, the successes from before it.
 //!
-//! A batch left behind is owed: the thread's next call on that ring is
-//! handed the positions still in the window (less than `len` behind its
-//! own), and its verdict fills them (see [`window`](crate::window)). Left
-//! unwritten, a thread whose runs on a ring kept ending alike would leave
-//! the same positions behind lap after lap, and they would keep their
-//! verdicts for good: in an outage, the successes from before it. A slot
-//! owes one ring at a time, so what a ring is owed is lost only when a
-//! second ring leaves a batch in the same slot before the thread comes
-//! back, or when the thread never comes back (then the cursor hands those
-//! slots on within a lap).
+//! A slot keeps the last four batches left behind in it. What a ring is
+//! owed is lost when four more rings leave batches in the same slot
+//! before the thread comes back to it, or when the thread never comes
+//! back; the cursor hands those positions' slots on within a lap, and
+//! only a thread turning in step among five or more rings of one slot
+//! could leave the same positions behind lap after lap, a known limit.
+//! Batches start at one and double only while a thread keeps coming back
+//! to a ring. A ring still filling (after its creation or a reset) takes
+//! positions one at a time, so its call count is exact, and rings of
+//! fewer than 32 calls never batch.
 
 use std::cell::Cell;
-use std::ops::Range;
 // The laps are counted outside the model checker's world.
 use std::sync::atomic::AtomicU64 as ProcessCounter;
 
@@ -96,71 +99,56 @@ struct Reserved {
     batch: u64,
 }
 
-/// The positions `next..end` a thread left behind in the ring at `lap`
-/// when another ring took their slot.
-#[derive(Debug, Clone, Copy)]
-struct Owed {
-    lap: u64,
-    next: u64,
-    end: u64,
-}
-
-impl Owed {
+impl Reserved {
     const NOTHING: Self = Self {
         lap: 0,
         next: 0,
         end: 0,
+        batch: 0,
     };
+
+    /// One position taken alone on the ring of `lap`, none reserved.
+    const fn one(lap: u64) -> Self {
+        Self {
+            lap,
+            next: 0,
+            end: 0,
+            batch: 1,
+        }
+    }
+
+    const fn is_unfinished(&self) -> bool {
+        self.next < self.end
+    }
 }
 
-/// A thread's slots: in each, its batch on a ring, and what it owes a
-/// ring it left. (Two arrays, so a call finds its batch at a shift of
-/// its slot number.)
+/// The batches a thread keeps owing in each slot.
+const OWED: usize = 4;
+
+/// A thread's slots: in each, its batch on a ring, and the batches it
+/// left behind there when another ring took the slot, most recent first.
+/// (Two arrays, so a call finds its batch at a shift of its slot number.)
 struct Slots {
     reserved: [Cell<Reserved>; SLOTS],
-    owed: [Cell<Owed>; SLOTS],
+    owed: [[Cell<Reserved>; OWED]; SLOTS],
 }
 
 thread_local! {
     static SLOTS_OF_THREAD: Slots = const {
         Slots {
-            reserved: [const { Cell::new(Reserved { lap: 0, next: 0, end: 0, batch: 0 }) }; SLOTS],
-            owed: [const { Cell::new(Owed::NOTHING) }; SLOTS],
+            reserved: [const { Cell::new(Reserved::NOTHING) }; SLOTS],
+            owed: [const { [const { Cell::new(Reserved::NOTHING) }; OWED] }; SLOTS],
         }
     };
-}
-
-/// A slot of a thread's: where its batch on a ring is, and what it owes.
-#[derive(Clone, Copy)]
-struct Slot<'a> {
-    reserved: &'a Cell<Reserved>,
-    owed: &'a Cell<Owed>,
-}
-
-/// A call's position, and the positions its thread left behind on the
-/// ring, still in the window, which the call's verdict is to fill.
-#[derive(Debug)]
-pub(crate) struct Taken {
-    pub(crate) position: u64,
-    pub(crate) left_behind: Range<u64>,
-}
-
-impl Taken {
-    const fn one(position: u64) -> Self {
-        Self {
-            position,
-            left_behind: 0..0,
-        }
-    }
 }
 
 /// The position of a call in the ring of `len` slots whose cursor word is
 /// `cursor` and lap `lap`.
 #[inline]
-pub(crate) fn next(cursor: &AtomicU64, lap: &AtomicU64, len: u64) -> Taken {
+pub(crate) fn next(cursor: &AtomicU64, lap: &AtomicU64, len: u64) -> u64 {
     // The model checker explores the cursor's races, one call at a time.
     if cfg!(palisade_loom) || len < SMALLEST_BATCHED {
-        return Taken::one(position(cursor.fetch_add(1, Relaxed)));
+        return position(cursor.fetch_add(1, Relaxed));
     }
     let lap = lap.load(Relaxed);
     SLOTS_OF_THREAD.with(|slots| {
@@ -173,40 +161,30 @@ pub(crate) fn next(cursor: &AtomicU64, lap: &AtomicU64, len: u64) -> Taken {
         if held.lap == lap && held.next < held.end {
             held.next += 1;
             reserved.set(held);
-            return Taken::one(held.next - 1);
+            return held.next - 1;
         }
         next_unreserved(cursor, slots, at, lap, len)
     })
 }
 
 /// The position of a call on the ring of `lap` whose thread holds no
-/// position reserved there, in its slot `at`: a new batch, or one
-/// position. Out of line, so the call path keeps only the look at the
-/// batch (and keeps it in registers: what the slot holds is read again
-/// here).
+/// position reserved there, in its slot `at`: a new batch, a batch it
+/// left behind, or one position. Out of line, so the call path keeps
+/// only the look at the batch (and keeps it in registers: what the slot
+/// holds is read again here).
 #[inline(never)]
-fn next_unreserved(cursor: &AtomicU64, slots: &Slots, at: usize, lap: u64, len: u64) -> Taken {
-    let slot = Slot {
-        reserved: &slots.reserved[at],
-        owed: &slots.owed[at],
-    };
-    let held = slot.reserved.get();
-    if held.lap == lap
-        && let Some(first) = take_batch(cursor, slot, held, len)
-    {
-        return Taken::one(first);
-    }
-    let first = position(cursor.fetch_add(1, Relaxed));
-    slot.reserved.set(Reserved {
-        lap,
-        next: 0,
-        end: 0,
-        batch: 1,
-    });
+fn next_unreserved(cursor: &AtomicU64, slots: &Slots, at: usize, lap: u64, len: u64) -> u64 {
+    let reserved = &slots.reserved[at];
+    let held = reserved.get();
     if held.lap == lap {
-        return Taken::one(first);
+        if let Some(first) = take_batch(cursor, reserved, held, len) {
+            return first;
+        }
+    } else if let Some(first) = turn(cursor, reserved, &slots.owed[at], held, lap, len) {
+        return first;
     }
-    turn(slot, held, lap, first, len)
+    reserved.set(Reserved::one(lap));
+    position(cursor.fetch_add(1, Relaxed))
 }
 
 /// Reserves the next batch of positions on the ring of `held`'s lap for
@@ -217,7 +195,12 @@ fn next_unreserved(cursor: &AtomicU64, slots: &Slots, at: usize, lap: u64, len: 
 /// checked and moved in one compare-and-swap, so a batch is never taken
 /// from a ring being reset (its positions would count as calls nobody
 /// made).
-fn take_batch(cursor: &AtomicU64, slot: Slot<'_>, held: Reserved, len: u64) -> Option<u64> {
+fn take_batch(
+    cursor: &AtomicU64,
+    reserved: &Cell<Reserved>,
+    held: Reserved,
+    len: u64,
+) -> Option<u64> {
     let seen = cursor.load(Relaxed);
     let first = position(seen);
     if !of_lap(seen, held.lap) || first < len {
@@ -230,7 +213,7 @@ fn take_batch(cursor: &AtomicU64, slot: Slot<'_>, held: Reserved, len: u64) -> O
     cursor
         .compare_exchange(seen, seen + batch, Relaxed, Relaxed)
         .ok()?;
-    slot.reserved.set(Reserved {
+    reserved.set(Reserved {
         lap: held.lap,
         next: first + 1,
         end: first + batch,
@@ -239,31 +222,52 @@ fn take_batch(cursor: &AtomicU64, slot: Slot<'_>, held: Reserved, len: u64) -> O
     Some(first)
 }
 
-/// A call at `first` on the ring of `lap` taking a slot whose last
-/// call, `held`, was on another ring: that ring's batch is left behind,
-/// owed until the thread comes back to it, and what this ring was owed
-/// is handed to the call, as far as it is still in the window (a
-/// position `len` or more behind this one has had its slot handed on).
-fn turn(slot: Slot<'_>, held: Reserved, lap: u64, first: u64, len: u64) -> Taken {
-    let owed = slot.owed.get();
-    let left_behind = if owed.lap == lap {
-        owed.next.max((first + 1).saturating_sub(len))..owed.end
-    } else {
-        0..0
-    };
-    if held.next < held.end {
-        slot.owed.set(Owed {
-            lap: held.lap,
-            next: held.next,
-            end: held.end,
+/// A call on the ring of `lap` taking a slot whose last call, `held`,
+/// was on another ring. That ring's unfinished batch is left behind, owed
+/// until the thread comes back to it (the slot keeps the last [`OWED`]),
+/// and the batch this ring was owed, if any, is the call's again: it
+/// takes its first position still in the window, and its calls take the
+/// rest. None when this ring is owed nothing the window still holds.
+///
+/// A position is still in the window while the cursor has not handed on
+/// its slot (its position plus `len`), and only in the lap it was
+/// reserved in: a ring reset since is owed nothing.
+fn turn(
+    cursor: &AtomicU64,
+    reserved: &Cell<Reserved>,
+    owed: &[Cell<Reserved>; OWED],
+    held: Reserved,
+    lap: u64,
+    len: u64,
+) -> Option<u64> {
+    let debt = owed
+        .iter()
+        .find(|debt| debt.get().lap == lap)
+        .map(|debt| debt.replace(Reserved::NOTHING));
+    if held.is_unfinished() {
+        // The oldest debt, or a paid one, makes room.
+        let free = owed
+            .iter()
+            .position(|debt| debt.get().lap == 0)
+            .unwrap_or(OWED - 1);
+        for at in (1..=free).rev() {
+            owed[at].set(owed[at - 1].get());
+        }
+        owed[0].set(held);
+    }
+    let debt = debt?;
+    let seen = cursor.load(Relaxed);
+    if !of_lap(seen, lap) {
+        return None;
+    }
+    let first = debt.next.max(position(seen).saturating_sub(len));
+    (first < debt.end).then(|| {
+        reserved.set(Reserved {
+            next: first + 1,
+            ..debt
         });
-    } else if owed.lap == lap {
-        slot.owed.set(Owed::NOTHING);
-    }
-    Taken {
-        position: first,
-        left_behind,
-    }
+        first
+    })
 }
 
 /// Whether a thread keeps its batches on the rings of laps `a` and `b`
@@ -289,7 +293,7 @@ mod tests {
 
     /// The position of a call in a ring of 100.
     fn take(cursor: &AtomicU64, lap: &AtomicU64) -> u64 {
-        next(cursor, lap, 100).position
+        next(cursor, lap, 100)
     }
 
     #[test]
@@ -314,10 +318,9 @@ mod tests {
     /// `apart` slots on from the slot of the ring of `lap`: a new lap
     /// (skipping those that fall elsewhere), no other ring's.
     fn ring_after(lap: &AtomicU64, apart: u64, at: u64) -> (AtomicU64, AtomicU64) {
-        let slot = |lap: u64| lap % SLOTS as u64;
-        let wanted = (slot(lap.load(Relaxed)) + apart) % SLOTS as u64;
+        let wanted = lap.load(Relaxed) + apart;
         let lap = std::iter::repeat_with(new_lap)
-            .find(|&lap| slot(lap) == wanted)
+            .find(|&lap| share_a_slot(lap, wanted))
             .unwrap_or_default();
         (AtomicU64::new(start(lap) + at), AtomicU64::new(lap))
     }
@@ -361,50 +364,65 @@ mod tests {
             assert_eq!(take(&first.0, &first.1), expected);
         }
         assert_eq!(at(&first.0), 507);
-        let turned = next(&other.0, &other.1, 100);
-        assert_eq!((turned.position, turned.left_behind), (500, 0..0));
+        assert_eq!(take(&other.0, &other.1), 500);
         (first, other)
     }
 
     #[test]
-    fn a_thread_back_on_a_ring_is_handed_the_positions_it_left_behind() {
-        let (first, other) = left_behind_by_a_turn();
-        let back = next(&first.0, &first.1, 100);
-        assert_eq!((back.position, back.left_behind), (507, 504..507));
-        // Handed once.
-        let _ = take(&other.0, &other.1);
-        let again = next(&first.0, &first.1, 100);
-        assert_eq!((again.position, again.left_behind), (508, 0..0));
-    }
-
-    #[test]
-    fn positions_left_behind_are_owed_past_rings_that_leave_none() {
-        let (first, other) = left_behind_by_a_turn();
-        let third = ring_after(&first.1, 2 * SLOTS as u64, 500);
-        let _ = take(&third.0, &third.1);
-        let _ = take(&other.0, &other.1);
-        let back = next(&first.0, &first.1, 100);
-        assert_eq!(back.left_behind, 504..507);
-    }
-
-    #[test]
-    fn positions_left_behind_whose_slots_were_handed_on_are_not_handed_back() {
+    fn a_thread_back_on_a_ring_takes_the_positions_it_left_behind() {
         let (first, _other) = left_behind_by_a_turn();
-        // Other threads take 98 positions: 504 and 505 are then a lap
-        // behind the next call's 605, their slots handed on.
+        for expected in 504..507 {
+            assert_eq!(take(&first.0, &first.1), expected);
+        }
+        assert_eq!(at(&first.0), 507, "no position taken from the cursor");
+        assert_eq!(take(&first.0, &first.1), 507, "then a batch");
+        assert!(at(&first.0) > 508);
+    }
+
+    #[test]
+    fn a_slot_owes_several_rings_at_once() {
+        let (first, other) = left_behind_by_a_turn();
+        // The second ring leaves a batch behind too (one call, then the
+        // first of a batch of two), and a third turns the slot again.
+        assert_eq!(take(&other.0, &other.1), 501);
+        let third = ring_after(&first.1, 2 * SLOTS as u64, 500);
+        assert_eq!(take(&third.0, &third.1), 500);
+        assert_eq!(take(&first.0, &first.1), 504);
+        assert_eq!(take(&other.0, &other.1), 502);
+        assert_eq!(at(&other.0), 503);
+    }
+
+    #[test]
+    fn positions_left_behind_whose_slots_were_handed_on_are_not_taken_back() {
+        let (first, _other) = left_behind_by_a_turn();
+        // Other threads take 98 positions: the cursor has handed on the
+        // slot of 504 (as 604), not yet that of 505.
         first.0.fetch_add(98, Relaxed);
-        let back = next(&first.0, &first.1, 100);
-        assert_eq!((back.position, back.left_behind), (605, 506..507));
+        assert_eq!(take(&first.0, &first.1), 505);
+        assert_eq!(take(&first.0, &first.1), 506);
+        assert_eq!(at(&first.0), 605);
     }
 
     #[test]
     fn a_ring_reset_since_is_owed_nothing() {
         let (first, _other) = left_behind_by_a_turn();
-        let new = new_lap();
+        // A new lap in the same slot, so a debt of the old one would be
+        // in sight.
+        let (_, new) = ring_after(&first.1, SLOTS as u64, 0);
+        let new = new.load(Relaxed);
         first.1.store(new, Relaxed);
         first.0.store(start(new), Relaxed);
-        let back = next(&first.0, &first.1, 100);
-        assert_eq!((back.position, back.left_behind), (0, 0..0));
+        assert_eq!(take(&first.0, &first.1), 0);
+        assert_eq!(at(&first.0), 1);
+    }
+
+    #[test]
+    fn a_call_that_read_the_lap_before_a_reset_is_owed_nothing() {
+        let (first, _other) = left_behind_by_a_turn();
+        // The ring is reset under a call that still reads the old lap.
+        first.0.store(start(new_lap()), Relaxed);
+        assert_eq!(take(&first.0, &first.1), 0);
+        assert_eq!(at(&first.0), 1, "one position, counted");
     }
 
     #[test]

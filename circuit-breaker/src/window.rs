@@ -19,11 +19,9 @@
 //! counters (a sequence lock), so a read never mixes the previous lap's
 //! counts into the current one.
 
-use std::ops::Range;
-
 use palisade_hints::share::OwnLine;
 
-use crate::sync::Ordering::{Acquire, Relaxed, Release};
+use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use crate::sync::{AtomicU8, AtomicU64, fence};
 
 use crate::config::SlidingWindow;
@@ -166,56 +164,6 @@ const fn fast_mod(n: u32, len: u32, magic: u64) -> usize {
     ((low as u128 * len as u128) >> 64) as usize
 }
 
-/// Writes slot value `value`, the verdict of a call on this ring, into
-/// the positions its thread reserved here earlier and left behind when
-/// another ring took their batch's slot (see
-/// [`positions`](crate::positions)). Left as they were, they would keep
-/// verdicts a lap or more older, and the same ones lap after lap when
-/// the thread's runs were alike.
-///
-/// Never fills an empty slot, and stops at one: a ring's slot is empty
-/// only while its fill's call is still being written or after a reset,
-/// and a verdict written past a reset ring's new cursor would count a
-/// call nobody made. A slot that changes under the filling keeps what
-/// its writer put there.
-#[inline(never)]
-fn fill_left_behind(
-    slots: &[AtomicU8],
-    magic: u64,
-    totals: &AtomicU64,
-    left_behind: Range<u64>,
-    value: u8,
-) {
-    let added = slot_verdicts(value);
-    for position in left_behind {
-        let slot = &slots[fast_mod(position as u32, slots.len() as u32, magic)];
-        let seen = slot.load(Relaxed);
-        if seen == 0 {
-            return;
-        }
-        if seen == value {
-            continue;
-        }
-        // Added before the slot shows it, so a writer replacing it next
-        // never subtracts what is not yet there.
-        if added != 0 {
-            totals.fetch_add(added, Relaxed);
-        }
-        match slot.compare_exchange(seen, value, Relaxed, Relaxed) {
-            Ok(_) => {
-                let removed = slot_verdicts(seen);
-                if removed != 0 {
-                    totals.fetch_sub(removed, Relaxed);
-                }
-            }
-            Err(_) if added != 0 => {
-                totals.fetch_sub(added, Relaxed);
-            }
-            Err(_) => {}
-        }
-    }
-}
-
 #[derive(Debug)]
 pub(crate) enum Window {
     Count {
@@ -276,8 +224,7 @@ impl Window {
             } => {
                 // The index wraps with the low 32 bits of the position:
                 // once every 2^32 calls a few slots are reused early.
-                let taken = positions::next(cursor, lap, slots.len() as u64);
-                let before = taken.position;
+                let before = positions::next(cursor, lap, slots.len() as u64);
                 let index = fast_mod(before as u32, slots.len() as u32, *magic);
                 // Add before subtracting, so no field ever goes below zero.
                 let added = verdicts(failed, slow);
@@ -290,17 +237,18 @@ impl Window {
                 // (`len` calls apart) then simply lands after this one.
                 let value = slot_value(failed, slow);
                 let slot = &slots[index];
+                // Release: whoever takes this verdict out of the slot (and
+                // subtracts it) sees it added. Acquire: this call sees the
+                // addition of the verdict it takes out. (On x86 the swap
+                // orders them anyway.)
                 let old = if slot.load(Relaxed) == value {
                     value
                 } else {
-                    slot.swap(value, Relaxed)
+                    slot.swap(value, AcqRel)
                 };
                 let removed = slot_verdicts(old);
                 if removed != 0 {
                     totals.fetch_sub(removed, Relaxed);
-                }
-                if !taken.left_behind.is_empty() {
-                    fill_left_behind(slots, *magic, totals, taken.left_behind, value);
                 }
                 Some(before.min(slots.len() as u64))
             }
@@ -364,7 +312,7 @@ impl Window {
                 lap.store(next, Relaxed);
                 cursor.store(positions::start(next), Relaxed);
                 for slot in slots.iter() {
-                    let removed = slot_verdicts(slot.swap(0, Relaxed));
+                    let removed = slot_verdicts(slot.swap(0, Acquire));
                     if removed != 0 {
                         totals.fetch_sub(removed, Relaxed);
                     }
@@ -448,6 +396,51 @@ mod tests {
         }
     }
 
+    /// A new ring of 60 whose batches take the same slot of a thread as
+    /// those of `window`.
+    fn beside(window: &Window) -> Window {
+        std::iter::repeat_with(|| Window::new(SlidingWindow::Count(60)))
+            .find(|other| window.batches_beside(other))
+            .unwrap_or_else(|| unreachable!("laps come round every slot"))
+    }
+
+    /// One thread turning at random between three rings whose batches
+    /// take one slot keeps each ring exactly its last calls: a batch left
+    /// behind is taken back when the thread comes back to its ring, so
+    /// every position holds a call of its own, in order.
+    #[test]
+    fn rings_sharing_a_slot_on_one_thread_keep_exactly_their_last_calls() {
+        let first = Window::new(SlidingWindow::Count(60));
+        let rings = [beside(&first), beside(&first), first];
+        let mut models: [std::collections::VecDeque<(bool, bool)>; 3] = Default::default();
+        let mut seed = 0x853c_49e6_748f_ea9b_u64;
+        let mut ring = 0;
+        for call in 0..20_000 {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            if (seed >> 20).is_multiple_of(4) {
+                ring = ((seed >> 30) % 3) as usize;
+            }
+            let (failed, slow) = (
+                (seed >> 33).is_multiple_of(3),
+                (seed >> 40).is_multiple_of(5),
+            );
+            let _ = rings[ring].record(0, failed, slow);
+            let model = &mut models[ring];
+            model.push_back((failed, slow));
+            if model.len() > 60 {
+                model.pop_front();
+            }
+            let expected = Counts {
+                calls: model.len() as u64,
+                failures: model.iter().filter(|(failed, _)| *failed).count() as u64,
+                slow: model.iter().filter(|(_, slow)| *slow).count() as u64,
+            };
+            assert_eq!(rings[ring].counts(0), expected, "call {call}, ring {ring}");
+        }
+    }
+
     /// A thread that turns, run after run, from a ring to another whose
     /// batch takes the same slot leaves the rest of a batch behind each
     /// time, and when its runs are alike, the same positions lap after
@@ -457,9 +450,7 @@ mod tests {
     #[test]
     fn positions_left_behind_lap_after_lap_still_count_an_outage() {
         let window = Window::new(SlidingWindow::Count(60));
-        let other = std::iter::repeat_with(|| Window::new(SlidingWindow::Count(60)))
-            .find(|other| window.batches_beside(other))
-            .unwrap_or_else(|| unreachable!("laps come round every slot"));
+        let other = beside(&window);
         for _ in 0..60 {
             let _ = window.record(0, false, false);
         }
@@ -494,16 +485,14 @@ mod tests {
         })
     }
 
-    /// Threads turning between two rings that share their batch slot fill
-    /// what they left behind while others write: once they are done, each
-    /// ring's counts are what its slots hold. (A reset would give a ring
-    /// a lap in another slot.)
+    /// Threads turning between two rings that share their batch slot take
+    /// back what they left behind while others write: once they are done,
+    /// each ring's counts are what its slots hold. (A reset would most
+    /// likely give a ring a lap in another slot.)
     #[test]
     fn counts_stay_those_of_the_slots_while_threads_fill_what_they_left_behind() {
         let window = Window::new(SlidingWindow::Count(60));
-        let other = std::iter::repeat_with(|| Window::new(SlidingWindow::Count(60)))
-            .find(|other| window.batches_beside(other))
-            .unwrap_or_else(|| unreachable!("laps come round every slot"));
+        let other = beside(&window);
         std::thread::scope(|scope| {
             for thread in 0..4_u64 {
                 let (window, other) = (&window, &other);
