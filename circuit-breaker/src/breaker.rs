@@ -1208,9 +1208,9 @@ mod tests {
 
     /// A thread that calls one breaker eight times, then once another
     /// whose window keeps its batches in the same slot of the thread,
-    /// over and over, left 28 positions of a 60-call ring holding the
-    /// successes from before an outage: 53 % failures at most, and a
-    /// threshold of 0.6 never opened.
+    /// over and over, left 27 positions of a 60-call ring holding the
+    /// successes from before an outage: 33 failures in 60 (55 %) at most,
+    /// and a threshold of 0.6 never opened.
     #[test]
     fn an_outage_opens_a_breaker_whose_thread_keeps_turning_to_another() {
         let now = Instant::now();

@@ -15,12 +15,15 @@ pub(crate) const MAX_BUCKETS: u32 = 600;
 pub enum SlidingWindow {
     /// The last `n` calls, in a ring buffer.
     ///
-    /// Exact for one thread, and while the ring fills. Once it is full, a
-    /// thread that keeps calling the breaker reserves its next positions
-    /// in the ring in batches (up to a quarter of a ring of 32 calls or
-    /// more, at most 64), so threads sharing it write no common cache
-    /// line per call; a position reserved and not yet used still holds
-    /// an older call (a lap before, or more for a thread that paused).
+    /// Exact while the ring fills, and for one thread (one turning among
+    /// many breakers too, unless six or more of their windows share one
+    /// of the thread's 16 batch slots). Once it is full, a thread that
+    /// keeps calling the breaker reserves its next positions in the ring
+    /// in batches (up to a quarter of a ring of 32 calls or more, at most
+    /// 64), so threads sharing it write no common cache line per call; a
+    /// position reserved and not yet used still holds an older call (a
+    /// lap before, or more for a thread that paused or turned to other
+    /// breakers meanwhile).
     Count(u32),
     /// The calls of the last `duration`, in `buckets` buckets of equal
     /// length that expire whole.

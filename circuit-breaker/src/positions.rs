@@ -5,9 +5,9 @@
 //! A cursor every call moves is a cache line every calling thread writes:
 //! two threads sharing a breaker would take turns owning it on every call.
 //! So a thread whose calls keep coming back to one full ring reserves
-//! its next positions with one `fetch_add` (two, then four, up to a
-//! quarter of the ring or 64) and takes them one by one with no shared
-//! write at all.
+//! its next positions with one compare-and-swap on the cursor (two, then
+//! four, up to a quarter of the ring or 64) and takes them one by one
+//! with no shared write at all.
 //!
 //! What it costs the window: a position reserved and not yet taken keeps
 //! the verdict its slot had before, so under concurrency the ring is the
@@ -19,28 +19,30 @@
 //! and position checked in one compare-and-swap, so a reset never gains
 //! calls nobody made.
 //!
-//! A thread keeps its batches in 16 slots, a ring's slot chosen by its
+//! A thread keeps its batches in 16 batch slots, a ring's chosen by its
 //! lap, so a thread calling a few rings in turn (a keyed layer's breakers)
-//! keeps a batch on each. A ring that takes a slot from another leaves
-//! that ring's batch behind, and the slot keeps it, owed: when the thread
-//! comes back to that ring, its calls take the positions left behind
-//! that the window still holds (those whose slot the cursor has not
-//! handed on, in the same lap) before any new one, so one thread's calls
-//! on a ring fill its positions in order however it turns between rings.
-//! Left unwritten, a thread whose runs on a ring kept ending alike would
-//! leave the same positions behind lap after lap, and they would keep
-//! their verdicts for good: in an outage, the successes from before it.
+//! keeps a batch on each. A ring that takes a batch slot from another
+//! leaves that ring's batch behind, and the batch slot keeps it, owed:
+//! when the thread comes back to that ring, its calls take the positions
+//! left behind that the window still holds (those whose ring slot the
+//! cursor has not handed on, in the same lap) before any new one. Left
+//! unwritten, a thread whose runs on a ring kept ending alike would leave
+//! the same positions behind lap after lap, and they would keep their
+//! verdicts for good: in an outage, the successes from before it.
 //!
-//! A slot keeps the last four batches left behind in it. What a ring is
-//! owed is lost when four more rings leave batches in the same slot
-//! before the thread comes back to it, or when the thread never comes
-//! back; the cursor hands those positions' slots on within a lap, and
-//! only a thread turning in step among five or more rings of one slot
-//! could leave the same positions behind lap after lap, a known limit.
-//! Batches start at one and double only while a thread keeps coming back
-//! to a ring. A ring still filling (after its creation or a reset) takes
-//! positions one at a time, so its call count is exact, and rings of
-//! fewer than 32 calls never batch.
+//! A batch slot keeps the last four batches left behind in it, so one
+//! thread's calls on a ring fill its positions in order while it turns
+//! among up to five rings (laps: a ring reset since counts again) whose
+//! batches share a batch slot. A ring's debt is lost when four other
+//! batches are left in its batch slot after it before the thread comes
+//! back, or when the thread never comes back; the cursor hands those
+//! positions' ring slots on within a lap, and only a thread turning in
+//! step among six or more rings of one batch slot could leave the same
+//! positions behind lap after lap, a known limit. Batches start at one
+//! and double only while a thread keeps coming back to a ring. A ring
+//! still filling (after its creation or a reset) takes positions one at a
+//! time, so its call count is exact, and rings of fewer than 32 calls
+//! never batch.
 
 use std::cell::Cell;
 // The laps are counted outside the model checker's world.
@@ -122,12 +124,13 @@ impl Reserved {
     }
 }
 
-/// The batches a thread keeps owing in each slot.
+/// The batches a thread keeps owing in each batch slot.
 const OWED: usize = 4;
 
-/// A thread's slots: in each, its batch on a ring, and the batches it
-/// left behind there when another ring took the slot, most recent first.
-/// (Two arrays, so a call finds its batch at a shift of its slot number.)
+/// A thread's batch slots: in each, its batch on a ring, and the batches
+/// it left behind there when another ring took the batch slot, most
+/// recent first. (Two arrays, so a call finds its batch at a shift of its
+/// batch slot's number.)
 struct Slots {
     reserved: [Cell<Reserved>; SLOTS],
     owed: [[Cell<Reserved>; OWED]; SLOTS],
@@ -158,7 +161,7 @@ pub(crate) fn next(cursor: &AtomicU64, lap: &AtomicU64, len: u64) -> u64 {
         let at = (lap % SLOTS as u64) as usize;
         let reserved = &slots.reserved[at];
         let mut held = reserved.get();
-        if held.lap == lap && held.next < held.end {
+        if held.lap == lap && held.is_unfinished() {
             held.next += 1;
             reserved.set(held);
             return held.next - 1;
@@ -168,10 +171,10 @@ pub(crate) fn next(cursor: &AtomicU64, lap: &AtomicU64, len: u64) -> u64 {
 }
 
 /// The position of a call on the ring of `lap` whose thread holds no
-/// position reserved there, in its slot `at`: a new batch, a batch it
-/// left behind, or one position. Out of line, so the call path keeps
-/// only the look at the batch (and keeps it in registers: what the slot
-/// holds is read again here).
+/// position reserved there, in its batch slot `at`: a new batch, a batch
+/// it left behind, or one position. Out of line, so the call path keeps
+/// only the look at the batch (and keeps it in registers: what the batch
+/// slot holds is read again here).
 #[inline(never)]
 fn next_unreserved(cursor: &AtomicU64, slots: &Slots, at: usize, lap: u64, len: u64) -> u64 {
     let reserved = &slots.reserved[at];
@@ -222,15 +225,16 @@ fn take_batch(
     Some(first)
 }
 
-/// A call on the ring of `lap` taking a slot whose last call, `held`,
-/// was on another ring. That ring's unfinished batch is left behind, owed
-/// until the thread comes back to it (the slot keeps the last [`OWED`]),
-/// and the batch this ring was owed, if any, is the call's again: it
-/// takes its first position still in the window, and its calls take the
-/// rest. None when this ring is owed nothing the window still holds.
+/// A call on the ring of `lap` taking a batch slot whose last call,
+/// `held`, was on another ring. That ring's unfinished batch is left
+/// behind, owed until the thread comes back to it (the batch slot keeps
+/// the last [`OWED`]), and the batch this ring was owed, if any, is the
+/// call's again: it takes its first position still in the window, and
+/// its calls take the rest. None when this ring is owed nothing the
+/// window still holds.
 ///
 /// A position is still in the window while the cursor has not handed on
-/// its slot (its position plus `len`), and only in the lap it was
+/// its ring slot (its position plus `len`), and only in the lap it was
 /// reserved in: a ring reset since is owed nothing.
 fn turn(
     cursor: &AtomicU64,
@@ -453,6 +457,39 @@ mod tests {
         cursor.store(start(new_lap()), Relaxed);
         let _ = take(&cursor, &lap);
         assert_eq!(at(&cursor), 1, "one position, counted, no batch");
+    }
+
+    #[test]
+    fn threads_turning_between_rings_of_one_slot_share_out_distinct_positions() {
+        let first = ring(0);
+        let other = ring_after(&first.1, SLOTS as u64, 0);
+        let rings = [&first, &other];
+        let taken: Vec<Vec<(usize, u64)>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4_u64)
+                .map(|thread| {
+                    scope.spawn(move || {
+                        (0..20_000_u64)
+                            .map(|call| {
+                                let at = usize::from(call.is_multiple_of(thread + 3));
+                                (at, take(&rings[at].0, &rings[at].1))
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let mut all: Vec<(usize, u64)> = taken.into_iter().flatten().collect();
+        all.sort_unstable();
+        let count = all.len();
+        all.dedup();
+        assert_eq!(all.len(), count, "no position taken twice");
+        for (at, (cursor, _)) in rings.iter().enumerate() {
+            assert!(
+                all.iter()
+                    .all(|&(ring, position)| ring != at || position < self::at(cursor))
+            );
+        }
     }
 
     #[test]
