@@ -73,7 +73,7 @@ pub struct Lookup<V> {
 /// # }
 /// ```
 pub struct Cache<K, V, E> {
-    entries: Arc<Mutex<HashMap<K, Entry<V>, foldhash::fast::RandomState>>>,
+    store: Arc<Mutex<Store<K, V>>>,
     capacity: usize,
     freshness: Freshness,
     flights: Coalescer<K, V, E>,
@@ -82,7 +82,7 @@ pub struct Cache<K, V, E> {
 impl<K, V, E> Clone for Cache<K, V, E> {
     fn clone(&self) -> Self {
         Self {
-            entries: self.entries.clone(),
+            store: self.store.clone(),
             capacity: self.capacity,
             freshness: self.freshness,
             flights: self.flights.clone(),
@@ -109,7 +109,11 @@ where
     #[must_use]
     pub fn new(capacity: usize, freshness: Freshness) -> Self {
         Self {
-            entries: Arc::new(Mutex::new(HashMap::default())),
+            store: Arc::new(Mutex::new(Store {
+                entries: HashMap::default(),
+                computing: HashMap::default(),
+                computations: 0,
+            })),
             capacity: capacity.max(1),
             freshness,
             flights: Coalescer::new(capacity.max(1)),
@@ -134,7 +138,7 @@ where
     /// Entries held now.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 
     /// Whether the cache holds nothing.
@@ -144,13 +148,21 @@ where
     }
 
     /// Drops the value stored for `key`, if any: the next lookup computes
-    /// it. A flight already running still stores what it computes.
+    /// it. A computation of `key` already running (which may have read
+    /// the origin before the write that calls for this) is left to the
+    /// callers waiting on it, and what it finds is not stored; the next
+    /// lookup starts a computation of its own.
     pub fn invalidate(&self, key: &K) {
-        self.lock().remove(key);
+        let mut store = self.lock();
+        store.entries.remove(key);
+        store.computing.remove(key);
+        // Under the store's lock, so no lookup finds the value gone and
+        // joins the old computation.
+        self.flights.detach(key);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Entry<V>, foldhash::fast::RandomState>> {
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store<K, V>> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The value for `key`, from the cache or from `compute`.
@@ -193,7 +205,7 @@ where
         Fut: Future<Output = Result<(V, Option<Freshness>), E>> + Send + 'static,
     {
         let now = Instant::now();
-        let cached = self.lock().get(&key).cloned();
+        let cached = self.lock().entries.get(&key).cloned();
         let Some(entry) = cached else {
             let filled = self.fill(key, compute).await;
             if filled.is_ok() {
@@ -276,7 +288,8 @@ where
         });
     }
 
-    /// The flight's work: compute, time it, store the entry.
+    /// The flight's work: compute, time it, store the entry, unless the
+    /// key was invalidated since the computation started.
     fn computation<F, Fut>(
         &self,
         key: K,
@@ -286,29 +299,86 @@ where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<(V, Option<Freshness>), E>> + Send + 'static,
     {
-        let (entries, capacity) = (self.entries.clone(), self.capacity);
+        let (store, capacity) = (self.store.clone(), self.capacity);
         move || {
+            // Called when the flight starts: from now on an invalidation
+            // of the key takes this computation's place away.
+            let computing = Computing::start(store, key);
             Box::pin(async move {
                 let started = Instant::now();
                 let (value, fresh_for) = compute().await?;
+                let mut store = computing.finish();
+                let Some(store) = store.as_mut() else {
+                    return Ok(value);
+                };
+                let key = computing.key.clone();
                 let Some(freshness) = fresh_for else {
                     // Not to be kept: nor is an older value to be served
                     // (stale, or in place of an error) in its place.
-                    entries
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&key);
+                    store.entries.remove(&key);
                     return Ok(value);
                 };
                 let now = Instant::now();
                 let entry = freshness.entry(value.clone(), now, now - started);
-                let mut entries = entries.lock().unwrap_or_else(PoisonError::into_inner);
-                if entries.len() >= capacity && !entries.contains_key(&key) {
-                    evict(&mut entries, now);
+                if store.entries.len() >= capacity && !store.entries.contains_key(&key) {
+                    evict(&mut store.entries, now);
                 }
-                entries.insert(key, entry);
+                store.entries.insert(key, entry);
                 Ok(value)
             })
+        }
+    }
+}
+
+/// What a cache holds: its values, and the computation of each key now
+/// allowed to store its value.
+struct Store<K, V> {
+    entries: HashMap<K, Entry<V>, foldhash::fast::RandomState>,
+    /// Each key's current computation, by number; an invalidation removes
+    /// it, so an older computation finds another number, or none.
+    computing: HashMap<K, u64, foldhash::fast::RandomState>,
+    /// Computations numbered so far.
+    computations: u64,
+}
+
+/// A computation's place in its cache's store, left when it ends however
+/// it ends (its value, its error, or its task cancelled).
+struct Computing<K: Hash + Eq, V> {
+    store: Arc<Mutex<Store<K, V>>>,
+    key: K,
+    number: u64,
+}
+
+impl<K: Hash + Eq + Clone, V> Computing<K, V> {
+    fn start(store: Arc<Mutex<Store<K, V>>>, key: K) -> Self {
+        let number = {
+            let mut held = store.lock().unwrap_or_else(PoisonError::into_inner);
+            held.computations += 1;
+            let number = held.computations;
+            held.computing.insert(key.clone(), number);
+            number
+        };
+        Self { store, key, number }
+    }
+
+    /// The store, locked, if this computation may still store the key's
+    /// value (nothing invalidated the key since it started); it leaves
+    /// its place either way.
+    fn finish(&self) -> Option<std::sync::MutexGuard<'_, Store<K, V>>> {
+        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = store.computing.get(&self.key) == Some(&self.number);
+        if current {
+            store.computing.remove(&self.key);
+        }
+        current.then_some(store)
+    }
+}
+
+impl<K: Hash + Eq, V> Drop for Computing<K, V> {
+    fn drop(&mut self) {
+        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        if store.computing.get(&self.key) == Some(&self.number) {
+            store.computing.remove(&self.key);
         }
     }
 }

@@ -231,6 +231,14 @@ where
         self.launch(key, &flight, sender, compute);
     }
 
+    /// Takes `key`'s flight, if one is running, out of the map: its
+    /// waiters still get its result, and a caller from now on starts a
+    /// new flight (a cache's invalidation: the running one may have read
+    /// what was just overwritten).
+    pub(crate) fn detach(&self, key: &K) {
+        lock(&self.inner.flights).remove(key);
+    }
+
     /// Joins `key`'s flight, or starts it with `compute`.
     fn board<F, Fut>(&self, key: &K, compute: F) -> Boarding<V, E, F>
     where

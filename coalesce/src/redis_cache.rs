@@ -338,14 +338,23 @@ where
     }
 
     /// Drops the value stored for `key` in Redis, if any: the next lookup
-    /// in any process computes it. A leader already computing still
-    /// stores what it computes; when Redis is unreachable, nothing is
-    /// dropped (and the failure is logged).
+    /// in any process computes it. A leader already computing (which may
+    /// have read the origin before the write that calls for this) loses
+    /// its lock with the value, so what it finds is not stored: its
+    /// waiters get it, and the next lookup computes anew. In this process
+    /// the next lookup does not join that leader's flight either; in
+    /// another, a caller that joins the flight there before it ends gets
+    /// its value. When Redis is unreachable, nothing is dropped (and the
+    /// failure is logged).
     pub async fn invalidate(&self, key: &str) {
+        self.local.detach(&key.to_owned());
         let mut connection = self.shared.connection.clone();
+        // One command: both keys share a hash tag, so one Cluster slot.
         let _ = self
             .shared
-            .call(connection.del::<_, i64>(self.shared.value_key(key)))
+            .call(
+                connection.del::<_, i64>(&[self.shared.value_key(key), self.shared.lock_key(key)]),
+            )
             .await;
     }
 
@@ -754,7 +763,7 @@ where
         .arg(key)
         .arg(token);
     if shared.call(fill.invoke_async::<i64>(&mut connection)).await == Some(0) {
-        tracing::warn!(target: "palisade_coalesce", "the lock's lease ran out before the value was stored; another process's value stands");
+        tracing::warn!(target: "palisade_coalesce", "the lock was lost (its lease ran out, or the key was invalidated) before the value was stored; it is not stored");
     }
     Ok(value)
 }

@@ -195,3 +195,68 @@ async fn a_refresh_that_may_not_be_stored_drops_the_old_entry() {
         .unwrap();
     assert_eq!((next.value, next.served), (3, Served::Miss));
 }
+
+/// A write lands while a computation of the key is running, and the
+/// writer invalidates: the next lookup must not join the computation that
+/// read the old version, and what that computation finds must not be
+/// stored as fresh after the invalidation.
+#[tokio::test(start_paused = true)]
+async fn an_invalidation_is_not_undone_by_a_computation_already_running() {
+    let cache = Trending::new(10, Freshness::new(s(60)));
+    let (read, version_1) = tokio::sync::oneshot::channel::<u64>();
+    let before = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_with("k", || async move { Ok(version_1.await.unwrap_or(0)) })
+                .await
+        }
+    });
+    // The origin has read version 1 and is slow to answer; the write of
+    // version 2 lands and invalidates.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    cache.invalidate(&"k");
+    let after = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get_with("k", || async { Ok(2) }).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    read.send(1).unwrap();
+    assert_eq!(
+        before.await.unwrap().unwrap().value,
+        1,
+        "asked before the write"
+    );
+    let after = after.await.unwrap().unwrap();
+    assert_eq!((after.value, after.served), (2, Served::Miss));
+    let later = cache.get_with("k", || async { Ok(3) }).await.unwrap();
+    assert_eq!((later.value, later.served), (2, Served::Fresh));
+}
+
+/// The same, with a background refresh running when the write lands.
+#[tokio::test(start_paused = true)]
+async fn an_invalidation_is_not_undone_by_a_refresh_already_running() {
+    let cache = Trending::new(10, Freshness::new(s(1)).stale_while_revalidate(s(60)));
+    cache.get_with("k", || async { Ok(0) }).await.unwrap();
+    tokio::time::advance(s(2)).await;
+    let (read, version_1) = tokio::sync::oneshot::channel::<u64>();
+    let stale = cache
+        .get_with("k", || async move { Ok(version_1.await.unwrap_or(0)) })
+        .await
+        .unwrap();
+    assert_eq!((stale.value, stale.served), (0, Served::Stale));
+    cache.invalidate(&"k");
+    // Bounded: a lookup that joined the refresh would wait for `read`.
+    let after = tokio::time::timeout(s(10), cache.get_with("k", || async { Ok(2) }))
+        .await
+        .expect("a new computation, not the running refresh")
+        .unwrap();
+    assert_eq!((after.value, after.served), (2, Served::Miss));
+    read.send(1).unwrap();
+    settle().await;
+    let later = cache.get_with("k", || async { Ok(3) }).await.unwrap();
+    assert_eq!(
+        later.value, 2,
+        "the refresh that read version 1 is not stored"
+    );
+}

@@ -433,3 +433,64 @@ async fn a_refresh_that_may_not_be_stored_drops_the_shared_entry() {
         .unwrap();
     assert_eq!((next.value, next.served), (Bytes::from("v2"), Served::Miss));
 }
+
+/// A write lands while a leader computes the key (it read the old
+/// version), and the writer invalidates: the next lookup, here and in
+/// another process, computes anew, and the leader's value is not stored
+/// over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_is_not_undone_by_a_leader_already_computing() {
+    let prefix = prefix();
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)).early_refresh(0.0))
+        .prefix(&prefix);
+    let (leader, other) = (
+        process(&redis_url(), settings.clone()).await,
+        process(&redis_url(), settings).await,
+    );
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let before = {
+        let (leader, gate) = (leader.clone(), gate.clone());
+        tokio::spawn(async move {
+            leader
+                .get_with("k", move || async move {
+                    gate.notified().await;
+                    Ok(Bytes::from("version 1"))
+                })
+                .await
+        })
+    };
+    let mut redis = direct().await;
+    let lock = format!("{{{prefix}:k}}:lock");
+    while !redis.exists::<_, bool>(&lock).await.unwrap() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    leader.invalidate("k").await;
+    // Bounded: a lookup that joined the leader's flight would wait for
+    // the gate, opened only after it.
+    let here = tokio::time::timeout(
+        Duration::from_secs(10),
+        leader.get_with("k", || async { Ok(Bytes::from("version 2")) }),
+    )
+    .await
+    .expect("a new computation, not the running one")
+    .unwrap();
+    assert_eq!(
+        (here.value, here.served),
+        (Bytes::from("version 2"), Served::Miss)
+    );
+    gate.notify_one();
+    assert_eq!(
+        before.await.unwrap().unwrap().value,
+        "version 1",
+        "asked before the write"
+    );
+    let there = other
+        .get_with("k", || async { Ok(Bytes::from("version 3")) })
+        .await
+        .unwrap();
+    assert_eq!(
+        (there.value, there.served),
+        (Bytes::from("version 2"), Served::Fresh),
+        "the leader that read version 1 stored nothing"
+    );
+}
