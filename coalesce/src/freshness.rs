@@ -5,6 +5,16 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// How far ahead a window of `Duration::MAX` ("for ever") reaches: an
+/// `Instant` plus `Duration::MAX` overflows, and Redis takes no expiry
+/// that far out.
+pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// `at` plus `by`, or plus [`FOREVER`] when that is nearer.
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by.min(FOREVER)).unwrap_or(at)
+}
+
 /// The lifetime of a cached value.
 ///
 /// - **Fresh** for `ttl`: served as is.
@@ -99,13 +109,13 @@ impl Freshness {
     /// The entry for `value`, computed in `compute_time`, stored at `now`.
     #[must_use]
     pub fn entry<V>(&self, value: V, now: Instant, compute_time: Duration) -> Entry<V> {
-        let fresh_until = now + self.ttl;
+        let fresh_until = later(now, self.ttl);
         Entry {
             value,
             stored_at: now,
             fresh_until,
-            stale_until: fresh_until + self.stale_while_revalidate,
-            usable_on_error_until: fresh_until + self.stale_if_error,
+            stale_until: later(fresh_until, self.stale_while_revalidate),
+            usable_on_error_until: later(fresh_until, self.stale_if_error),
             compute_time,
             beta: if self.beta.is_finite() && self.beta > 0.0 {
                 self.beta
@@ -186,7 +196,7 @@ impl<V> Entry<V> {
     ) -> Self {
         let at = |ms: u64| {
             if ms >= unix_now {
-                now + Duration::from_millis(ms - unix_now)
+                later(now, Duration::from_millis(ms - unix_now))
             } else {
                 now.checked_sub(Duration::from_millis(unix_now - ms))
                     .unwrap_or(now)

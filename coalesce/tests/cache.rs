@@ -260,3 +260,20 @@ async fn an_invalidation_is_not_undone_by_a_refresh_already_running() {
         "the refresh that read version 1 is not stored"
     );
 }
+
+/// `Duration::MAX` as a way of saying "forever": kept, served fresh, and
+/// no lookup panics (an `Instant` plus it overflows).
+#[tokio::test(start_paused = true)]
+async fn a_value_fresh_for_ever_is_kept_and_served() {
+    let cache = Trending::new(
+        10,
+        Freshness::new(Duration::MAX)
+            .stale_while_revalidate(Duration::MAX)
+            .stale_if_error(Duration::MAX),
+    );
+    let first = cache.get_with("k", || async { Ok(1) }).await.unwrap();
+    assert_eq!((first.value, first.served), (1, Served::Miss));
+    tokio::time::advance(s(365 * 86_400)).await;
+    let later = cache.get_with("k", || async { Ok(2) }).await.unwrap();
+    assert_eq!((later.value, later.served), (1, Served::Fresh));
+}
