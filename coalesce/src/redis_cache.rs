@@ -689,8 +689,80 @@ fn is_fresh(entry: &Entry<Bytes>) -> bool {
 ///
 /// A fresh value stored since the caller saw `seen` (by a leader that
 /// released the lock between the caller's look and its lock attempt) is
-/// taken rather than computed again.
+/// taken rather than computed again. A lead cut short gives the lock
+/// back ([`Held`]).
 async fn lead<C, F, Fut, E>(
+    shared: &Shared<C>,
+    key: &str,
+    token: &str,
+    seen: Option<WallTimes>,
+    compute: F,
+) -> Result<Bytes, E>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>>,
+{
+    let held = Held {
+        connection: shared.connection.clone(),
+        lock_key: shared.lock_key(key),
+        token: token.to_owned(),
+        timeout: shared.settings.timeout,
+        ended: false,
+    };
+    let led = lead_to_the_end(shared, key, token, seen, compute).await;
+    held.end();
+    led
+}
+
+/// A lock a leader holds, given back if the lead is cut short: its future
+/// dropped (every caller left, so the flight was cancelled) or unwound by
+/// a panic in the computation. Without it the lock would stand until its
+/// lease ran out, and every caller of the key, in every process, would
+/// wait for a leader that is gone.
+struct Held<C: ConnectionLike + Clone + Send + 'static> {
+    connection: C,
+    lock_key: String,
+    token: String,
+    timeout: Duration,
+    /// The lead ended by itself: it released, stored or forgot already.
+    ended: bool,
+}
+
+impl<C: ConnectionLike + Clone + Send + 'static> Held<C> {
+    fn end(mut self) {
+        self.ended = true;
+    }
+}
+
+impl<C: ConnectionLike + Clone + Send + 'static> Drop for Held<C> {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        // Outside a runtime (it is shutting down) the lease runs out.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (mut connection, timeout) = (self.connection.clone(), self.timeout);
+        let mut release = RELEASE.key(std::mem::take(&mut self.lock_key));
+        release.arg(std::mem::take(&mut self.token));
+        runtime.spawn(async move {
+            let released = tokio::time::timeout(
+                timeout,
+                release.invoke_async::<i64>(&mut connection),
+            )
+            .await;
+            if !matches!(released, Ok(Ok(_))) {
+                tracing::debug!(target: "palisade_coalesce", "a lead cut short could not give its lock back; its lease runs out");
+            }
+        });
+    }
+}
+
+/// [`lead`]'s work, each of its ends giving the lock back itself (a
+/// release, or the store or the forgetting that also releases).
+async fn lead_to_the_end<C, F, Fut, E>(
     shared: &Shared<C>,
     key: &str,
     token: &str,

@@ -494,3 +494,58 @@ async fn an_invalidation_is_not_undone_by_a_leader_already_computing() {
         "the leader that read version 1 stored nothing"
     );
 }
+
+/// Waits, a while at most, for `lock` to be gone from Redis; whether it
+/// went.
+async fn released(redis: &mut MultiplexedConnection, lock: &str) -> bool {
+    for _ in 0..500 {
+        if !redis.exists::<_, bool>(lock).await.unwrap() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Every caller of a leader leaves (their own timeouts): its computation
+/// is cancelled, and its lock goes with it, so the next caller anywhere
+/// need not wait out the lease (a minute here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_callers_all_left_gives_its_lock_back() {
+    let prefix = prefix();
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
+        .prefix(&prefix)
+        .lock_ttl(Duration::from_secs(60));
+    let leader = process(&redis_url(), settings).await;
+    let mut redis = direct().await;
+    let lock = format!("{{{prefix}:k}}:lock");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let left = tokio::time::timeout(
+        Duration::from_millis(300),
+        leader.get_with("k", origin(&calls, Duration::from_secs(3600))),
+    )
+    .await;
+    assert!(left.is_err(), "the caller left");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "it had led");
+    assert!(released(&mut redis, &lock).await, "the lock went with it");
+}
+
+/// The same when the computation panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_computation_panics_gives_its_lock_back() {
+    let prefix = prefix();
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
+        .prefix(&prefix)
+        .lock_ttl(Duration::from_secs(60));
+    let leader = process(&redis_url(), settings).await;
+    let mut redis = direct().await;
+    let lock = format!("{{{prefix}:k}}:lock");
+    let panicked = leader
+        .get_with("k", || async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            panic!("the origin's client panicked")
+        })
+        .await;
+    assert!(panicked.is_err());
+    assert!(released(&mut redis, &lock).await, "the lock went with it");
+}
