@@ -217,11 +217,11 @@ where
             State::Fresh => Served::Fresh,
             State::RefreshEarly => {
                 self.flights.events().early_refresh();
-                self.refresh_in_background(&key, compute);
+                self.refresh_in_background(&key, entry.refresh_alone_until(now), compute);
                 Served::Fresh
             }
             State::Stale => {
-                self.refresh_in_background(&key, compute);
+                self.refresh_in_background(&key, entry.refresh_alone_until(now), compute);
                 Served::Stale
             }
             State::Expired | State::Dead => {
@@ -269,14 +269,16 @@ where
 
     /// Starts one background refresh of `key`, unless a flight of `key`
     /// is running already (decided now, not when a task first runs, so a
-    /// burst of stale reads starts one refresh and one task).
-    fn refresh_in_background<F, Fut>(&self, key: &K, compute: F)
+    /// burst of stale reads starts one refresh and one task). It runs on
+    /// its own until `alone_until` (see [`Entry::refresh_alone_until`]),
+    /// then only while lookups wait on it.
+    fn refresh_in_background<F, Fut>(&self, key: &K, alone_until: Instant, compute: F)
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<(V, Option<Freshness>), E>> + Send + 'static,
     {
         let computation = self.computation(key.clone(), compute);
-        self.flights.start(key, move || {
+        self.flights.start(key, alone_until, move || {
             let refreshing = computation();
             async move {
                 let refreshed = refreshing.await;

@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use crate::error::FlightError;
 use crate::events::Events;
@@ -210,9 +211,12 @@ where
 {
     /// Starts a flight for `key` with `compute` unless one is running,
     /// without waiting for it: a background refresh. The flight counts
-    /// one waiter that never leaves, so it runs to its end whoever joins
-    /// and leaves it. With the map full, nothing starts.
-    pub(crate) fn start<F, Fut>(&self, key: &K, compute: F)
+    /// one waiter that stays until it lands or `alone_until` passes, so it
+    /// runs on whoever joins and leaves it until then, and after that
+    /// only while callers wait on it (an origin that never answers holds
+    /// the key no longer than a miss would). With the map full, nothing
+    /// starts.
+    pub(crate) fn start<F, Fut>(&self, key: &K, alone_until: Instant, compute: F)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
@@ -228,7 +232,7 @@ where
         }
         let (flight, sender) = insert(&mut flights, key);
         drop(flights);
-        self.launch(key, &flight, sender, compute);
+        self.launch(key, &flight, sender, Some(alone_until), compute);
     }
 
     /// Takes `key`'s flight, if one is running, out of the map: its
@@ -256,18 +260,21 @@ where
         }
         let (flight, sender) = insert(&mut flights, key);
         drop(flights);
-        self.launch(key, &flight, sender, compute);
+        self.launch(key, &flight, sender, None, compute);
         let landing = flight.landing.clone();
         Boarding::Aboard(flight, landing)
     }
 
     /// Calls `compute` and runs its future as `flight`'s task. The map's
     /// lock is not held: the closure may panic or use this coalescer.
+    /// With `alone_until`, the starter's place is the task's own, left
+    /// when that passes (a background refresh's: see [`start`](Self::start)).
     fn launch<F, Fut>(
         &self,
         key: &K,
         flight: &Arc<Flight<V, E>>,
         sender: LandingSender<V, E>,
+        alone_until: Option<Instant>,
         compute: F,
     ) where
         F: FnOnce() -> Fut,
@@ -281,7 +288,26 @@ where
             Arc::downgrade(flight),
         );
         let task = tokio::spawn(async move {
-            let result = land(computation.await);
+            let mut computation = std::pin::pin!(computation);
+            let caught = match alone_until {
+                Some(until) => tokio::select! {
+                    caught = &mut computation => caught,
+                    () = tokio::time::sleep_until(until) => {
+                        // The starter leaves: unless callers wait on the
+                        // flight, this cancels it (this very task).
+                        if let (Some(inner), Some(flight)) = (inner.upgrade(), own.upgrade()) {
+                            drop(Waiting {
+                                inner: &inner,
+                                key: &own_key,
+                                flight: &flight,
+                            });
+                        }
+                        computation.await
+                    }
+                },
+                None => computation.await,
+            };
+            let result = land(caught);
             // Leave the map first (unless a newer flight of the key took
             // this one's place): a caller from now on starts anew.
             if let Some(inner) = inner.upgrade() {

@@ -237,6 +237,15 @@ impl<V> Entry<V> {
         self.compute_time
     }
 
+    /// Until when a background refresh of the entry started at `now`
+    /// runs on its own: through the stale window, and for as long as a
+    /// fresh value lasts at least (one that takes longer has missed its
+    /// purpose, and callers then wait on it only as on a miss).
+    pub(crate) fn refresh_alone_until(&self, now: Instant) -> Instant {
+        self.stale_until
+            .max(later(now, self.fresh_until - self.stored_at))
+    }
+
     /// Until when the entry is worth keeping at all.
     #[must_use]
     pub fn keep_until(&self) -> Instant {

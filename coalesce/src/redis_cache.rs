@@ -537,11 +537,25 @@ where
             State::Fresh => Some(Served::Fresh),
             State::RefreshEarly => {
                 shared.events.early_refresh();
-                tokio::spawn(refresh(shared.clone(), key.clone(), seen, compute));
+                let alone_until = entry.refresh_alone_until(now);
+                tokio::spawn(refresh(
+                    shared.clone(),
+                    key.clone(),
+                    seen,
+                    alone_until,
+                    compute,
+                ));
                 return Ok(served(entry, Served::Fresh));
             }
             State::Stale => {
-                tokio::spawn(refresh(shared.clone(), key.clone(), seen, compute));
+                let alone_until = entry.refresh_alone_until(now);
+                tokio::spawn(refresh(
+                    shared.clone(),
+                    key.clone(),
+                    seen,
+                    alone_until,
+                    compute,
+                ));
                 return Ok(served(entry, Served::Stale));
             }
             State::Expired | State::Dead => None,
@@ -579,21 +593,34 @@ fn served(entry: &Entry<Bytes>, served: Served) -> Lookup<Bytes> {
 }
 
 /// A background refresh of the entry `seen`: leads if it wins the lock,
-/// else leaves it to the process that did.
+/// else leaves it to the process that did. It is given up at
+/// `alone_until` (see [`Entry::refresh_alone_until`]), giving its lock
+/// back: an origin that never answers would otherwise hold the key's lock,
+/// its lease extended for ever, and every process's callers would wait
+/// on it.
 async fn refresh<C, F, Fut, E>(
     shared: Arc<Shared<C>>,
     key: String,
     seen: Option<WallTimes>,
+    alone_until: Instant,
     compute: F,
 ) where
     C: ConnectionLike + Clone + Send + Sync + 'static,
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>> + Send + 'static,
 {
-    if let Some(Some(token)) = shared.try_lock(&key).await
-        && lead(&shared, &key, &token, seen, compute).await.is_err()
+    let refreshing = async {
+        if let Some(Some(token)) = shared.try_lock(&key).await
+            && lead(&shared, &key, &token, seen, compute).await.is_err()
+        {
+            tracing::warn!(target: "palisade_coalesce", "background refresh failed; keeping the stale value");
+        }
+    };
+    if tokio::time::timeout_at(alone_until, refreshing)
+        .await
+        .is_err()
     {
-        tracing::warn!(target: "palisade_coalesce", "background refresh failed; keeping the stale value");
+        tracing::warn!(target: "palisade_coalesce", "background refresh given up: the origin took too long");
     }
 }
 

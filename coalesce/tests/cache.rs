@@ -277,3 +277,31 @@ async fn a_value_fresh_for_ever_is_kept_and_served() {
     let later = cache.get_with("k", || async { Ok(2) }).await.unwrap();
     assert_eq!((later.value, later.served), (1, Served::Fresh));
 }
+
+/// A background refresh whose origin never answers runs on its own only
+/// through the value's stale window (and one fresh lifetime): after it, a
+/// lookup computes anew instead of joining it for ever.
+#[tokio::test(start_paused = true)]
+async fn a_refresh_that_never_ends_does_not_hold_its_key_past_the_stale_window() {
+    let cache = Trending::new(
+        10,
+        Freshness::new(s(1))
+            .stale_while_revalidate(s(1))
+            .early_refresh(0.0),
+    );
+    cache.get_with("k", || async { Ok(1) }).await.unwrap();
+    tokio::time::advance(Duration::from_millis(1_500)).await;
+    let stale = cache
+        .get_with("k", std::future::pending::<Result<u64, OriginDown>>)
+        .await
+        .unwrap();
+    assert_eq!((stale.value, stale.served), (1, Served::Stale));
+    // An hour goes by (the refresh's task runs when its time comes).
+    tokio::time::sleep(s(3_600)).await;
+    // Bounded: a lookup that joined the hung refresh would never return.
+    let later = tokio::time::timeout(s(5), cache.get_with("k", || async { Ok(2) }))
+        .await
+        .expect("a new computation, not the hung refresh")
+        .unwrap();
+    assert_eq!((later.value, later.served), (2, Served::Miss));
+}

@@ -549,3 +549,39 @@ async fn a_leader_whose_computation_panics_gives_its_lock_back() {
     assert!(panicked.is_err());
     assert!(released(&mut redis, &lock).await, "the lock went with it");
 }
+
+/// A background refresh whose origin never answers is given up once its
+/// value's stale window (and a fresh lifetime) has passed, and gives its
+/// lock back: it used to extend its lease for ever, and every process's
+/// callers of the key waited on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_that_never_ends_gives_its_lock_back() {
+    let prefix = prefix();
+    let settings = RedisSettings::new(
+        Freshness::new(Duration::from_secs(1))
+            .stale_while_revalidate(Duration::from_secs(1))
+            .early_refresh(0.0),
+    )
+    .prefix(&prefix)
+    .lock_ttl(Duration::from_secs(60));
+    let cache = process(&redis_url(), settings).await;
+    let mut redis = direct().await;
+    let lock = format!("{{{prefix}:k}}:lock");
+    cache
+        .get_with("k", || async { Ok(Bytes::from("v1")) })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let stale = cache
+        .get_with("k", std::future::pending::<Result<Bytes, OriginDown>>)
+        .await
+        .unwrap();
+    assert_eq!(stale.served, Served::Stale);
+    while !redis.exists::<_, bool>(&lock).await.unwrap() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Past the stale window (2 s after the store) and a fresh lifetime
+    // after the refresh began (2.2 s), far before the lease's minute.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert!(released(&mut redis, &lock).await, "the lock went with it");
+}
