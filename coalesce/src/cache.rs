@@ -149,13 +149,17 @@ where
 
     /// Drops the value stored for `key`, if any: the next lookup computes
     /// it. A computation of `key` already running (which may have read
-    /// the origin before the write that calls for this) is left to the
-    /// callers waiting on it, and what it finds is not stored; the next
-    /// lookup starts a computation of its own.
+    /// the origin before the write that calls for this) goes on only for
+    /// the callers waiting on it (a background refresh nobody waits on is
+    /// dropped), and what it finds is not stored; the next lookup starts
+    /// a computation of its own.
     pub fn invalidate(&self, key: &K) {
         let mut store = self.lock();
         store.entries.remove(key);
-        store.computing.remove(key);
+        let last = store.computations;
+        if let Some(computing) = store.computing.get_mut(key) {
+            computing.fence = last;
+        }
         // Under the store's lock, so no lookup finds the value gone and
         // joins the old computation.
         self.flights.detach(key);
@@ -304,16 +308,14 @@ where
         let (store, capacity) = (self.store.clone(), self.capacity);
         move || {
             // Called when the flight starts: from now on an invalidation
-            // of the key takes this computation's place away.
-            let computing = Computing::start(store, key);
+            // of the key fences this computation off.
+            let mut computing = Computing::start(store, key.clone());
             Box::pin(async move {
                 let started = Instant::now();
                 let (value, fresh_for) = compute().await?;
-                let mut store = computing.finish();
-                let Some(store) = store.as_mut() else {
+                let Some(mut store) = computing.end() else {
                     return Ok(value);
                 };
-                let key = computing.key.clone();
                 let Some(freshness) = fresh_for else {
                     // Not to be kept: nor is an older value to be served
                     // (stale, or in place of an error) in its place.
@@ -332,23 +334,31 @@ where
     }
 }
 
-/// What a cache holds: its values, and the computation of each key now
-/// allowed to store its value.
+/// What a cache holds: its values, and the computations of each key
+/// running now, fenced by the key's last invalidation.
 struct Store<K, V> {
     entries: HashMap<K, Entry<V>, foldhash::fast::RandomState>,
-    /// Each key's current computation, by number; an invalidation removes
-    /// it, so an older computation finds another number, or none.
-    computing: HashMap<K, u64, foldhash::fast::RandomState>,
+    /// The keys with computations running.
+    computing: HashMap<K, Computations, foldhash::fast::RandomState>,
     /// Computations numbered so far.
     computations: u64,
 }
 
+/// The computations of one key running now.
+struct Computations {
+    running: usize,
+    /// Computations numbered up to this one started before the key's
+    /// last invalidation: what they find is not stored.
+    fence: u64,
+}
+
 /// A computation's place in its cache's store, left when it ends however
 /// it ends (its value, its error, or its task cancelled).
-struct Computing<K: Hash + Eq, V> {
+struct Computing<K: Hash + Eq + Clone, V> {
     store: Arc<Mutex<Store<K, V>>>,
     key: K,
     number: u64,
+    ended: bool,
 }
 
 impl<K: Hash + Eq + Clone, V> Computing<K, V> {
@@ -357,30 +367,47 @@ impl<K: Hash + Eq + Clone, V> Computing<K, V> {
             let mut held = store.lock().unwrap_or_else(PoisonError::into_inner);
             held.computations += 1;
             let number = held.computations;
-            held.computing.insert(key.clone(), number);
+            held.computing
+                .entry(key.clone())
+                .or_insert(Computations {
+                    running: 0,
+                    fence: 0,
+                })
+                .running += 1;
             number
         };
-        Self { store, key, number }
+        Self {
+            store,
+            key,
+            number,
+            ended: false,
+        }
     }
 
-    /// The store, locked, if this computation may still store the key's
-    /// value (nothing invalidated the key since it started); it leaves
-    /// its place either way.
-    fn finish(&self) -> Option<std::sync::MutexGuard<'_, Store<K, V>>> {
+    /// Leaves the computation's place; the store, locked, if it may store
+    /// the key's value (it started after the key's last invalidation).
+    fn end(&mut self) -> Option<std::sync::MutexGuard<'_, Store<K, V>>> {
+        self.ended = true;
         let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
-        let current = store.computing.get(&self.key) == Some(&self.number);
-        if current {
-            store.computing.remove(&self.key);
-        }
-        current.then_some(store)
+        let fenced = match store.computing.get_mut(&self.key) {
+            Some(computing) => {
+                computing.running -= 1;
+                let fenced = self.number <= computing.fence;
+                if computing.running == 0 {
+                    store.computing.remove(&self.key);
+                }
+                fenced
+            }
+            None => false,
+        };
+        (!fenced).then_some(store)
     }
 }
 
-impl<K: Hash + Eq, V> Drop for Computing<K, V> {
+impl<K: Hash + Eq + Clone, V> Drop for Computing<K, V> {
     fn drop(&mut self) {
-        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
-        if store.computing.get(&self.key) == Some(&self.number) {
-            store.computing.remove(&self.key);
+        if !self.ended {
+            drop(self.end());
         }
     }
 }

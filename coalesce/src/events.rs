@@ -106,7 +106,7 @@ mod otel {
                 #[cfg(feature = "redis")]
                 lock_takeovers: counter(
                     "palisade.coalesce.lock_takeovers",
-                    "Redis locks won after the leader's expired",
+                    "Redis locks won by a waiter after the leader's lock went",
                 ),
                 served: [
                     served("fresh"),

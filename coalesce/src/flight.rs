@@ -150,7 +150,8 @@ where
     }
 
     /// Callers waiting on `key`'s flight now (0 when none is in flight; a
-    /// cache's background refresh counts as one).
+    /// cache's background refresh counts as one until it runs on
+    /// without its starter).
     #[must_use]
     pub fn waiters(&self, key: &K) -> usize {
         lock(&self.inner.flights)
@@ -238,9 +239,16 @@ where
     /// Takes `key`'s flight, if one is running, out of the map: its
     /// waiters still get its result, and a caller from now on starts a
     /// new flight (a cache's invalidation: the running one may have read
-    /// what was just overwritten).
+    /// what was just overwritten). A flight no caller waits on (a
+    /// background refresh's: only the map holds it) is cancelled.
     pub(crate) fn detach(&self, key: &K) {
-        lock(&self.inner.flights).remove(key);
+        let mut flights = lock(&self.inner.flights);
+        if let Some(flight) = flights.remove(key)
+            && Arc::strong_count(&flight) == 1
+            && let Some(task) = flight.task.get()
+        {
+            task.abort();
+        }
     }
 
     /// Joins `key`'s flight, or starts it with `compute`.
@@ -293,14 +301,17 @@ where
                 Some(until) => tokio::select! {
                     caught = &mut computation => caught,
                     () = tokio::time::sleep_until(until) => {
-                        // The starter leaves: unless callers wait on the
-                        // flight, this cancels it (this very task).
-                        if let (Some(inner), Some(flight)) = (inner.upgrade(), own.upgrade()) {
-                            drop(Waiting {
-                                inner: &inner,
-                                key: &own_key,
-                                flight: &flight,
-                            });
+                        // The starter leaves. With no caller waiting (none
+                        // can once the coalescer or the flight, detached
+                        // and joined by none, is gone), the flight ends
+                        // here, its computation dropped.
+                        let abandoned = match (inner.upgrade(), own.upgrade()) {
+                            (Some(inner), Some(flight)) => leave(&inner, &own_key, &flight),
+                            _ => true,
+                        };
+                        if abandoned {
+                            tracing::debug!(target: "palisade_coalesce", "background refresh given up: the origin took too long");
+                            return;
                         }
                         computation.await
                     }
@@ -322,8 +333,9 @@ where
             sender.send_replace(Some(result));
         });
         // The starting caller counts as a waiter until it has returned
-        // from here, so no one can find the flight abandoned before this
-        // is set.
+        // from here, so no caller can find the flight abandoned before
+        // this is set (a background refresh's task, whose place is the
+        // starter's, ends by itself when it finds it abandoned).
         let _ = flight.task.set(task.abort_handle());
     }
 }
@@ -361,21 +373,26 @@ struct Waiting<'a, K: Hash + Eq, V, E> {
 
 impl<K: Hash + Eq, V, E> Drop for Waiting<'_, K, V, E> {
     fn drop(&mut self) {
-        let mut flights = lock(&self.inner.flights);
-        let left = self.flight.waiters.fetch_sub(1, Ordering::Relaxed) - 1;
-        if left == 0 && self.flight.landing.borrow().is_none() {
+        if leave(self.inner, self.key, self.flight) {
             if let Some(task) = self.flight.task.get() {
                 task.abort();
-            }
-            if flights
-                .get(self.key)
-                .is_some_and(|f| Arc::ptr_eq(f, self.flight))
-            {
-                flights.remove(self.key);
             }
             tracing::debug!(target: "palisade_coalesce", "every waiter left; flight cancelled");
         }
     }
+}
+
+/// One waiter leaves `key`'s `flight`. Whether the flight is abandoned
+/// (that was the last, and it has not landed): it is then out of the map,
+/// so no caller joins it, and its task is to end.
+fn leave<K: Hash + Eq, V, E>(inner: &Inner<K, V, E>, key: &K, flight: &Arc<Flight<V, E>>) -> bool {
+    let mut flights = lock(&inner.flights);
+    let left = flight.waiters.fetch_sub(1, Ordering::Relaxed) - 1;
+    let abandoned = left == 0 && flight.landing.borrow().is_none();
+    if abandoned && flights.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+        flights.remove(key);
+    }
+    abandoned
 }
 
 /// A computation's end as what its waiters get.

@@ -767,7 +767,8 @@ impl<C: ConnectionLike + Clone + Send + 'static> Drop for Held<C> {
         if self.ended {
             return;
         }
-        // Outside a runtime (it is shutting down) the lease runs out.
+        // Outside a runtime, or in one shutting down (the release is then
+        // dropped unrun), the lease runs out.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };

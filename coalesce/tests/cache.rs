@@ -252,12 +252,15 @@ async fn an_invalidation_is_not_undone_by_a_refresh_already_running() {
         .expect("a new computation, not the running refresh")
         .unwrap();
     assert_eq!((after.value, after.served), (2, Served::Miss));
-    read.send(1).unwrap();
+    assert!(
+        read.send(1).is_err(),
+        "the refresh, waited on by none, is dropped"
+    );
     settle().await;
     let later = cache.get_with("k", || async { Ok(3) }).await.unwrap();
     assert_eq!(
         later.value, 2,
-        "the refresh that read version 1 is not stored"
+        "the refresh that read version 1 stored nothing"
     );
 }
 
@@ -291,17 +294,89 @@ async fn a_refresh_that_never_ends_does_not_hold_its_key_past_the_stale_window()
     );
     cache.get_with("k", || async { Ok(1) }).await.unwrap();
     tokio::time::advance(Duration::from_millis(1_500)).await;
+    let (origin_dropped, mut hung) = tokio::sync::oneshot::channel::<()>();
     let stale = cache
-        .get_with("k", std::future::pending::<Result<u64, OriginDown>>)
+        .get_with("k", || async move {
+            let _held = origin_dropped;
+            std::future::pending::<Result<u64, OriginDown>>().await
+        })
         .await
         .unwrap();
     assert_eq!((stale.value, stale.served), (1, Served::Stale));
     // An hour goes by (the refresh's task runs when its time comes).
     tokio::time::sleep(s(3_600)).await;
+    assert_eq!(
+        hung.try_recv(),
+        Err(tokio::sync::oneshot::error::TryRecvError::Closed),
+        "the refresh was given up"
+    );
     // Bounded: a lookup that joined the hung refresh would never return.
     let later = tokio::time::timeout(s(5), cache.get_with("k", || async { Ok(2) }))
         .await
         .expect("a new computation, not the hung refresh")
         .unwrap();
     assert_eq!((later.value, later.served), (2, Served::Miss));
+}
+
+/// A refresh whose origin never answers, its key invalidated while nobody
+/// waits on it: it is dropped, not left running.
+#[tokio::test(start_paused = true)]
+async fn an_invalidated_refresh_nobody_waits_on_is_dropped() {
+    let cache = Trending::new(10, Freshness::new(s(1)).stale_while_revalidate(s(60)));
+    cache.get_with("k", || async { Ok(1) }).await.unwrap();
+    tokio::time::advance(s(2)).await;
+    let (origin_dropped, mut hung) = tokio::sync::oneshot::channel::<()>();
+    let stale = cache
+        .get_with("k", || async move {
+            let _held = origin_dropped;
+            std::future::pending::<Result<u64, OriginDown>>().await
+        })
+        .await
+        .unwrap();
+    assert_eq!(stale.served, Served::Stale);
+    cache.invalidate(&"k");
+    settle().await;
+    assert_eq!(
+        hung.try_recv(),
+        Err(tokio::sync::oneshot::error::TryRecvError::Closed),
+        "the refresh was dropped"
+    );
+}
+
+/// With the flight map full, callers of a key compute on their own: the
+/// first to finish stores its value, whatever the others still running.
+#[tokio::test(start_paused = true)]
+async fn uncoalesced_computations_do_not_keep_each_other_from_storing() {
+    // Room for one flight, taken by a key that never answers.
+    let cache = Trending::new(1, Freshness::new(s(60)));
+    tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_with("full", std::future::pending::<Result<u64, OriginDown>>)
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // Two callers of "k", the first to start the first to finish.
+    let lookup = |answer: tokio::sync::oneshot::Receiver<u64>| {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_with("k", || async move { Ok(answer.await.unwrap_or(0)) })
+                .await
+        })
+    };
+    let (answer_first, first) = tokio::sync::oneshot::channel();
+    let first = lookup(first);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let (answer_second, second) = tokio::sync::oneshot::channel();
+    let second = lookup(second);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    answer_first.send(1).unwrap();
+    assert_eq!(first.await.unwrap().unwrap().value, 1);
+    let read = cache.get_with("k", || async { Ok(3) }).await.unwrap();
+    assert_eq!((read.value, read.served), (1, Served::Fresh));
+    answer_second.send(2).unwrap();
+    assert_eq!(second.await.unwrap().unwrap().value, 2);
 }

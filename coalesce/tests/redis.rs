@@ -461,9 +461,7 @@ async fn an_invalidation_is_not_undone_by_a_leader_already_computing() {
     };
     let mut redis = direct().await;
     let lock = format!("{{{prefix}:k}}:lock");
-    while !redis.exists::<_, bool>(&lock).await.unwrap() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    assert!(locked(&mut redis, &lock).await, "it leads");
     leader.invalidate("k").await;
     // Bounded: a lookup that joined the leader's flight would wait for
     // the gate, opened only after it.
@@ -495,6 +493,18 @@ async fn an_invalidation_is_not_undone_by_a_leader_already_computing() {
     );
 }
 
+/// Waits, a while at most, for `lock` to be taken in Redis; whether it
+/// was.
+async fn locked(redis: &mut MultiplexedConnection, lock: &str) -> bool {
+    for _ in 0..500 {
+        if redis.exists::<_, bool>(lock).await.unwrap() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
 /// Waits, a while at most, for `lock` to be gone from Redis; whether it
 /// went.
 async fn released(redis: &mut MultiplexedConnection, lock: &str) -> bool {
@@ -520,13 +530,14 @@ async fn a_leader_whose_callers_all_left_gives_its_lock_back() {
     let mut redis = direct().await;
     let lock = format!("{{{prefix}:k}}:lock");
     let calls = Arc::new(AtomicUsize::new(0));
-    let left = tokio::time::timeout(
-        Duration::from_millis(300),
-        leader.get_with("k", origin(&calls, Duration::from_secs(3600))),
-    )
-    .await;
-    assert!(left.is_err(), "the caller left");
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "it had led");
+    let caller = tokio::spawn({
+        let origin = origin(&calls, Duration::from_secs(3600));
+        async move { leader.get_with("k", origin).await }
+    });
+    assert!(locked(&mut redis, &lock).await, "it leads");
+    // Its only caller leaves (its own timeout, say).
+    caller.abort();
+    assert!(caller.await.is_err());
     assert!(released(&mut redis, &lock).await, "the lock went with it");
 }
 
@@ -540,13 +551,21 @@ async fn a_leader_whose_computation_panics_gives_its_lock_back() {
     let leader = process(&redis_url(), settings).await;
     let mut redis = direct().await;
     let lock = format!("{{{prefix}:k}}:lock");
-    let panicked = leader
-        .get_with("k", || async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            panic!("the origin's client panicked")
-        })
-        .await;
-    assert!(panicked.is_err());
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let caller = tokio::spawn({
+        let gate = gate.clone();
+        async move {
+            leader
+                .get_with("k", move || async move {
+                    gate.notified().await;
+                    panic!("the origin's client panicked")
+                })
+                .await
+        }
+    });
+    assert!(locked(&mut redis, &lock).await, "it leads");
+    gate.notify_one();
+    assert!(caller.await.unwrap().is_err(), "a panic, as an error");
     assert!(released(&mut redis, &lock).await, "the lock went with it");
 }
 
@@ -572,14 +591,17 @@ async fn a_refresh_that_never_ends_gives_its_lock_back() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let stale = cache
-        .get_with("k", std::future::pending::<Result<Bytes, OriginDown>>)
-        .await
-        .unwrap();
+    // Bounded: past the stale window this lookup would wait on the hung
+    // origin itself.
+    let stale = tokio::time::timeout(
+        Duration::from_secs(5),
+        cache.get_with("k", std::future::pending::<Result<Bytes, OriginDown>>),
+    )
+    .await
+    .expect("served stale at once")
+    .unwrap();
     assert_eq!(stale.served, Served::Stale);
-    while !redis.exists::<_, bool>(&lock).await.unwrap() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    assert!(locked(&mut redis, &lock).await, "the refresh leads");
     // Past the stale window (2 s after the store) and a fresh lifetime
     // after the refresh began (2.2 s), far before the lease's minute.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
