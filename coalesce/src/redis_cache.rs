@@ -535,8 +535,13 @@ where
         let now = Instant::now();
         let served = match entry.state(now, 1.0 - fastrand::f64()) {
             State::Fresh => Some(Served::Fresh),
-            State::RefreshEarly => {
-                shared.events.early_refresh();
+            state @ (State::RefreshEarly | State::Stale) => {
+                let how = if state == State::Stale {
+                    Served::Stale
+                } else {
+                    shared.events.early_refresh();
+                    Served::Fresh
+                };
                 let alone_until = entry.refresh_alone_until(now);
                 tokio::spawn(refresh(
                     shared.clone(),
@@ -545,18 +550,7 @@ where
                     alone_until,
                     compute,
                 ));
-                return Ok(served(entry, Served::Fresh));
-            }
-            State::Stale => {
-                let alone_until = entry.refresh_alone_until(now);
-                tokio::spawn(refresh(
-                    shared.clone(),
-                    key.clone(),
-                    seen,
-                    alone_until,
-                    compute,
-                ));
-                return Ok(served(entry, Served::Stale));
+                return Ok(served(entry, how));
             }
             State::Expired | State::Dead => None,
         };

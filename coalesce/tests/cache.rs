@@ -12,6 +12,9 @@ struct OriginDown;
 
 type Trending = Cache<&'static str, u64, OriginDown>;
 
+/// An origin's work, as the tests hand it over.
+type Computation = std::pin::Pin<Box<dyn Future<Output = Result<u64, OriginDown>> + Send>>;
+
 fn s(n: u64) -> Duration {
     Duration::from_secs(n)
 }
@@ -25,12 +28,7 @@ struct Origin {
 }
 
 impl Origin {
-    fn compute(
-        &self,
-        took: Duration,
-    ) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<u64, OriginDown>> + Send>>
-    + Send
-    + 'static {
+    fn compute(&self, took: Duration) -> impl FnOnce() -> Computation + Send + 'static {
         let origin = self.clone();
         move || {
             Box::pin(async move {
@@ -281,6 +279,22 @@ async fn a_value_fresh_for_ever_is_kept_and_served() {
     assert_eq!((later.value, later.served), (1, Served::Fresh));
 }
 
+/// An origin that never answers, and what says when its computation was
+/// dropped (closed then).
+fn never_answering() -> (
+    impl FnOnce() -> Computation + Send + 'static,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let (held, given_up) = tokio::sync::oneshot::channel::<()>();
+    let origin = move || -> Computation {
+        Box::pin(async move {
+            let _held = held;
+            std::future::pending().await
+        })
+    };
+    (origin, given_up)
+}
+
 /// A background refresh whose origin never answers runs on its own only
 /// through the value's stale window (and one fresh lifetime): after it, a
 /// lookup computes anew instead of joining it for ever.
@@ -294,19 +308,13 @@ async fn a_refresh_that_never_ends_does_not_hold_its_key_past_the_stale_window()
     );
     cache.get_with("k", || async { Ok(1) }).await.unwrap();
     tokio::time::advance(Duration::from_millis(1_500)).await;
-    let (origin_dropped, mut hung) = tokio::sync::oneshot::channel::<()>();
-    let stale = cache
-        .get_with("k", || async move {
-            let _held = origin_dropped;
-            std::future::pending::<Result<u64, OriginDown>>().await
-        })
-        .await
-        .unwrap();
+    let (hung, mut given_up) = never_answering();
+    let stale = cache.get_with("k", hung).await.unwrap();
     assert_eq!((stale.value, stale.served), (1, Served::Stale));
     // An hour goes by (the refresh's task runs when its time comes).
     tokio::time::sleep(s(3_600)).await;
     assert_eq!(
-        hung.try_recv(),
+        given_up.try_recv(),
         Err(tokio::sync::oneshot::error::TryRecvError::Closed),
         "the refresh was given up"
     );
@@ -325,19 +333,13 @@ async fn an_invalidated_refresh_nobody_waits_on_is_dropped() {
     let cache = Trending::new(10, Freshness::new(s(1)).stale_while_revalidate(s(60)));
     cache.get_with("k", || async { Ok(1) }).await.unwrap();
     tokio::time::advance(s(2)).await;
-    let (origin_dropped, mut hung) = tokio::sync::oneshot::channel::<()>();
-    let stale = cache
-        .get_with("k", || async move {
-            let _held = origin_dropped;
-            std::future::pending::<Result<u64, OriginDown>>().await
-        })
-        .await
-        .unwrap();
+    let (hung, mut given_up) = never_answering();
+    let stale = cache.get_with("k", hung).await.unwrap();
     assert_eq!(stale.served, Served::Stale);
     cache.invalidate(&"k");
     settle().await;
     assert_eq!(
-        hung.try_recv(),
+        given_up.try_recv(),
         Err(tokio::sync::oneshot::error::TryRecvError::Closed),
         "the refresh was dropped"
     );
