@@ -731,7 +731,75 @@ where
         timeout: shared.settings.timeout,
         ended: false,
     };
-    let led = lead_to_the_end(shared, key, token, seen, compute).await;
+    // Each end of the lead gives the lock back itself (a release, or
+    // the store or the forgetting that also releases).
+    let led = async {
+        let lock_key = shared.lock_key(key);
+        if let Some(Some(stored)) = shared.read(key).await
+            && Some(stored.times) != seen
+            && is_fresh(&stored.entry)
+        {
+            tracing::debug!(target: "palisade_coalesce", "a value was stored before the lock was won; not computing");
+            release(shared, &lock_key, token).await;
+            return Ok(stored.entry.into_value());
+        }
+        let started = Instant::now();
+        let lease = shared.settings.lock_ttl;
+        let extend = async {
+            loop {
+                tokio::time::sleep(lease / 2).await;
+                let mut connection = shared.connection.clone();
+                let mut extension = EXTEND.key(&lock_key);
+                extension.arg(token).arg(ms(lease));
+                let _ = shared
+                    .call(extension.invoke_async::<i64>(&mut connection))
+                    .await;
+            }
+        };
+        let computed = tokio::select! {
+            computed = compute() => computed,
+            () = extend => unreachable!("the lease loop never ends"),
+        };
+        let mut connection = shared.connection.clone();
+        let (value, freshness) = match computed {
+            Ok((value, Some(freshness))) => (value, freshness),
+            Ok((value, None)) => {
+                // Not to be kept, nor the old value served in its place: drop
+                // it and free the lock so the next caller computes.
+                let mut forget = FORGET.key(shared.value_key(key));
+                forget.key(&lock_key).arg(token);
+                let _ = shared
+                    .call(forget.invoke_async::<i64>(&mut connection))
+                    .await;
+                return Ok(value);
+            }
+            Err(error) => {
+                release(shared, &lock_key, token).await;
+                return Err(error);
+            }
+        };
+        let now = Instant::now();
+        let unix_now = unix_ms();
+        let entry = freshness.entry(value.clone(), now, now - started);
+        let times = entry.wall_times(now, unix_now);
+        let keep = times
+            .stale_until
+            .max(times.usable_on_error_until)
+            .saturating_sub(unix_now)
+            .max(1);
+        let mut fill = FILL.key(shared.value_key(key));
+        fill.key(&lock_key)
+            .arg(codec::encode(&times, &value).as_ref())
+            .arg(keep)
+            .arg(&shared.channel)
+            .arg(key)
+            .arg(token);
+        if shared.call(fill.invoke_async::<i64>(&mut connection)).await == Some(0) {
+            tracing::warn!(target: "palisade_coalesce", "the lock was lost (its lease ran out, or the key was invalidated) before the value was stored; it is not stored");
+        }
+        Ok(value)
+    }
+    .await;
     held.end();
     led
 }
@@ -780,86 +848,6 @@ impl<C: ConnectionLike + Clone + Send + 'static> Drop for Held<C> {
             }
         });
     }
-}
-
-/// [`lead`]'s work, each of its ends giving the lock back itself (a
-/// release, or the store or the forgetting that also releases).
-async fn lead_to_the_end<C, F, Fut, E>(
-    shared: &Shared<C>,
-    key: &str,
-    token: &str,
-    seen: Option<WallTimes>,
-    compute: F,
-) -> Result<Bytes, E>
-where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>>,
-{
-    let lock_key = shared.lock_key(key);
-    if let Some(Some(stored)) = shared.read(key).await
-        && Some(stored.times) != seen
-        && is_fresh(&stored.entry)
-    {
-        tracing::debug!(target: "palisade_coalesce", "a value was stored before the lock was won; not computing");
-        release(shared, &lock_key, token).await;
-        return Ok(stored.entry.into_value());
-    }
-    let started = Instant::now();
-    let lease = shared.settings.lock_ttl;
-    let extend = async {
-        loop {
-            tokio::time::sleep(lease / 2).await;
-            let mut connection = shared.connection.clone();
-            let mut extension = EXTEND.key(&lock_key);
-            extension.arg(token).arg(ms(lease));
-            let _ = shared
-                .call(extension.invoke_async::<i64>(&mut connection))
-                .await;
-        }
-    };
-    let computed = tokio::select! {
-        computed = compute() => computed,
-        () = extend => unreachable!("the lease loop never ends"),
-    };
-    let mut connection = shared.connection.clone();
-    let (value, freshness) = match computed {
-        Ok((value, Some(freshness))) => (value, freshness),
-        Ok((value, None)) => {
-            // Not to be kept, nor the old value served in its place: drop
-            // it and free the lock so the next caller computes.
-            let mut forget = FORGET.key(shared.value_key(key));
-            forget.key(&lock_key).arg(token);
-            let _ = shared
-                .call(forget.invoke_async::<i64>(&mut connection))
-                .await;
-            return Ok(value);
-        }
-        Err(error) => {
-            release(shared, &lock_key, token).await;
-            return Err(error);
-        }
-    };
-    let now = Instant::now();
-    let unix_now = unix_ms();
-    let entry = freshness.entry(value.clone(), now, now - started);
-    let times = entry.wall_times(now, unix_now);
-    let keep = times
-        .stale_until
-        .max(times.usable_on_error_until)
-        .saturating_sub(unix_now)
-        .max(1);
-    let mut fill = FILL.key(shared.value_key(key));
-    fill.key(&lock_key)
-        .arg(codec::encode(&times, &value).as_ref())
-        .arg(keep)
-        .arg(&shared.channel)
-        .arg(key)
-        .arg(token);
-    if shared.call(fill.invoke_async::<i64>(&mut connection)).await == Some(0) {
-        tracing::warn!(target: "palisade_coalesce", "the lock was lost (its lease ran out, or the key was invalidated) before the value was stored; it is not stored");
-    }
-    Ok(value)
 }
 
 /// Releases the lock if it is still ours.
