@@ -151,8 +151,8 @@ where
     /// it. A computation of `key` already running (which may have read
     /// the origin before the write that calls for this) goes on only for
     /// the callers waiting on it (a background refresh nobody waits on is
-    /// dropped), and what it finds is not stored; the next lookup starts
-    /// a computation of its own.
+    /// dropped, or given up at the end of its window), and what it finds
+    /// is not stored; the next lookup starts a computation of its own.
     pub fn invalidate(&self, key: &K) {
         let mut store = self.lock();
         store.entries.remove(key);
@@ -398,7 +398,8 @@ impl<K: Hash + Eq + Clone, V> Computing<K, V> {
                 }
                 fenced
             }
-            None => false,
+            // Not there only if the count went wrong: store nothing.
+            None => true,
         };
         (!fenced).then_some(store)
     }

@@ -52,7 +52,7 @@ impl Events {
 
     #[cfg(feature = "redis")]
     pub(crate) fn took_over(&self) {
-        tracing::info!(target: "palisade_coalesce", "the leader's lock expired; this process took over");
+        tracing::info!(target: "palisade_coalesce", "the leader's lock went; this process took over");
         #[cfg(feature = "otel")]
         if let Some(instruments) = self.instruments.get() {
             instruments.lock_takeovers.add(1, &instruments.cache);

@@ -232,8 +232,18 @@ where
             return;
         }
         let (flight, sender) = insert(&mut flights, key);
+        // The task's place is the one counted; this caller holds one more
+        // until the task's abort handle is set, so no caller that joins
+        // and leaves meanwhile finds the flight abandoned with no handle
+        // to cancel it.
+        flight.waiters.fetch_add(1, Ordering::Relaxed);
         drop(flights);
         self.launch(key, &flight, sender, Some(alone_until), compute);
+        if leave(&self.inner, key, &flight)
+            && let Some(task) = flight.task.get()
+        {
+            task.abort();
+        }
     }
 
     /// Takes `key`'s flight, if one is running, out of the map: its
@@ -333,9 +343,9 @@ where
             sender.send_replace(Some(result));
         });
         // The starting caller counts as a waiter until it has returned
-        // from here, so no caller can find the flight abandoned before
-        // this is set (a background refresh's task, whose place is the
-        // starter's, ends by itself when it finds it abandoned).
+        // from here (a background refresh's starter too, beside its
+        // task's own place), so no caller can find the flight abandoned
+        // before this is set.
         let _ = flight.task.set(task.abort_handle());
     }
 }

@@ -28,7 +28,7 @@
 //! | `palisade.coalesce.origin_calls` | `cache` | computations started |
 //! | `palisade.coalesce.coalesced` | `cache` | callers that joined a computation already running |
 //! | `palisade.coalesce.early_refreshes` | `cache` | early refreshes (XFetch) started |
-//! | `palisade.coalesce.lock_takeovers` | `cache` | Redis locks won by a waiter after the leader's lock went (its lease expired, it gave the lock back cut short, or the key was invalidated) |
+//! | `palisade.coalesce.lock_takeovers` | `cache` | Redis locks won by a waiter after the leader's lock went, whatever took it (its lease ran out, the leader gave it back, the key was invalidated) |
 
 mod cache;
 #[cfg(feature = "redis")]

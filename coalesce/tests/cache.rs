@@ -382,3 +382,34 @@ async fn uncoalesced_computations_do_not_keep_each_other_from_storing() {
     answer_second.send(2).unwrap();
     assert_eq!(second.await.unwrap().unwrap().value, 2);
 }
+
+/// Callers computing on their own (the flight map full), one started
+/// before an invalidation and one after: the later one's value stands,
+/// whichever finishes last.
+#[tokio::test(start_paused = true)]
+async fn an_invalidation_fences_off_callers_computing_on_their_own() {
+    let cache = Trending::new(1, Freshness::new(s(60)));
+    let (full, _never) = never_answering();
+    tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.get_with("full", full).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let (answer_before, before) = tokio::sync::oneshot::channel::<u64>();
+    let before = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_with("k", || async move { Ok(before.await.unwrap_or(0)) })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    cache.invalidate(&"k");
+    let after = cache.get_with("k", || async { Ok(2) }).await.unwrap();
+    assert_eq!((after.value, after.served), (2, Served::Miss));
+    answer_before.send(1).unwrap();
+    assert_eq!(before.await.unwrap().unwrap().value, 1, "asked before");
+    let read = cache.get_with("k", || async { Ok(3) }).await.unwrap();
+    assert_eq!((read.value, read.served), (2, Served::Fresh));
+}
