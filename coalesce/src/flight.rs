@@ -165,7 +165,8 @@ where
     /// `compute` is called only if no flight for `key` is running, outside
     /// the coalescer's lock (it may look at this coalescer), and its future
     /// runs on the Tokio runtime as a task of its own. A panic in either
-    /// reaches every waiter as [`FlightError::Panicked`].
+    /// reaches every waiter as [`FlightError::Panicked`]. With the map full,
+    /// or asked outside a Tokio runtime, a caller computes alone.
     ///
     /// # Errors
     ///
@@ -180,8 +181,8 @@ where
     {
         let (flight, mut landing) = match self.board(&key, compute) {
             Boarding::Aboard(flight, landing) => (flight, landing),
-            Boarding::Full(compute) => {
-                tracing::debug!(target: "palisade_coalesce", "flight map full; computing uncoalesced");
+            Boarding::Alone(compute) => {
+                tracing::debug!(target: "palisade_coalesce", "no flight to join or start (the map full, or no Tokio runtime here); computing uncoalesced");
                 self.inner.events.started();
                 return land(CatchUnwind::call(compute).await);
             }
@@ -226,9 +227,10 @@ where
         if flights.contains_key(key) {
             return;
         }
-        if flights.len() >= self.inner.max_flights {
+        if flights.len() >= self.inner.max_flights || tokio::runtime::Handle::try_current().is_err()
+        {
             drop(flights);
-            tracing::debug!(target: "palisade_coalesce", "flight map full; background refresh skipped");
+            tracing::debug!(target: "palisade_coalesce", "flight map full, or no Tokio runtime here; background refresh skipped");
             return;
         }
         let (flight, sender) = insert(&mut flights, key);
@@ -273,8 +275,12 @@ where
             self.inner.events.joined();
             return Boarding::Aboard(flight.clone(), flight.landing.clone());
         }
-        if flights.len() >= self.inner.max_flights {
-            return Boarding::Full(compute);
+        // A flight's task needs a Tokio runtime; asked outside one (a
+        // caller of its own executor), a caller computes alone rather than
+        // leave a flight no task will ever land.
+        if flights.len() >= self.inner.max_flights || tokio::runtime::Handle::try_current().is_err()
+        {
+            return Boarding::Alone(compute);
         }
         let (flight, sender) = insert(&mut flights, key);
         drop(flights);
@@ -369,8 +375,8 @@ fn insert<K: Hash + Eq + Clone, V, E>(
 enum Boarding<V, E, F> {
     /// Waiting on this flight.
     Aboard(Arc<Flight<V, E>>, watch::Receiver<Landing<V, E>>),
-    /// No room: compute alone.
-    Full(F),
+    /// No room, or no runtime to run a flight on: compute alone.
+    Alone(F),
 }
 
 /// One caller's place in a flight: leaving makes the flight one waiter

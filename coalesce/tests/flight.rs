@@ -314,3 +314,21 @@ async fn a_synchronous_panic_in_the_closure_does_not_escape() {
         .await;
     assert!(matches!(alone, Err(FlightError::Panicked(_))));
 }
+
+/// Asked outside a Tokio runtime (a caller polling with an executor of its
+/// own), there is no task to run a flight on: the caller computes alone,
+/// and the key is left free, where the flight used to stay in the map for
+/// good (its spawn panicked before anything could take it out).
+#[test]
+fn a_caller_outside_a_runtime_computes_alone_and_leaves_the_key_free() {
+    let coalescer = Flights::new(10);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    for _ in 0..2 {
+        let run = std::pin::pin!(coalescer.run("k", || async { Ok(1) }));
+        assert!(matches!(
+            run.poll(&mut context),
+            std::task::Poll::Ready(Ok(1))
+        ));
+        assert_eq!(coalescer.in_flight(), 0);
+    }
+}
