@@ -107,6 +107,16 @@ struct Flight<V, E> {
     waiters: AtomicUsize,
 }
 
+impl<K: Hash + Eq, V, E> Inner<K, V, E> {
+    /// Whether a new flight may start beside `flights`: there is room,
+    /// and a Tokio runtime to run its task (asked outside one, by a caller
+    /// of its own executor, a caller computes alone rather than leave a
+    /// flight no task will ever land).
+    fn can_start(&self, flights: &FlightMap<K, V, E>) -> bool {
+        flights.len() < self.max_flights && tokio::runtime::Handle::try_current().is_ok()
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -227,8 +237,7 @@ where
         if flights.contains_key(key) {
             return;
         }
-        if flights.len() >= self.inner.max_flights || tokio::runtime::Handle::try_current().is_err()
-        {
+        if !self.inner.can_start(&flights) {
             drop(flights);
             tracing::debug!(target: "palisade_coalesce", "flight map full, or no Tokio runtime here; background refresh skipped");
             return;
@@ -275,11 +284,7 @@ where
             self.inner.events.joined();
             return Boarding::Aboard(flight.clone(), flight.landing.clone());
         }
-        // A flight's task needs a Tokio runtime; asked outside one (a
-        // caller of its own executor), a caller computes alone rather than
-        // leave a flight no task will ever land.
-        if flights.len() >= self.inner.max_flights || tokio::runtime::Handle::try_current().is_err()
-        {
+        if !self.inner.can_start(&flights) {
             return Boarding::Alone(compute);
         }
         let (flight, sender) = insert(&mut flights, key);

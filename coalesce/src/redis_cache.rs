@@ -734,13 +734,13 @@ where
     // Each end of the lead gives the lock back itself (a release, or
     // the store or the forgetting that also releases).
     let led = async {
-        let lock_key = shared.lock_key(key);
+        let lock_key = &held.lock_key;
         if let Some(Some(stored)) = shared.read(key).await
             && Some(stored.times) != seen
             && is_fresh(&stored.entry)
         {
             tracing::debug!(target: "palisade_coalesce", "a value was stored before the lock was won; not computing");
-            release(shared, &lock_key, token).await;
+            release(shared, lock_key, token).await;
             return Ok(stored.entry.into_value());
         }
         let started = Instant::now();
@@ -749,7 +749,7 @@ where
             loop {
                 tokio::time::sleep(lease / 2).await;
                 let mut connection = shared.connection.clone();
-                let mut extension = EXTEND.key(&lock_key);
+                let mut extension = EXTEND.key(lock_key);
                 extension.arg(token).arg(ms(lease));
                 let _ = shared
                     .call(extension.invoke_async::<i64>(&mut connection))
@@ -767,14 +767,14 @@ where
                 // Not to be kept, nor the old value served in its place: drop
                 // it and free the lock so the next caller computes.
                 let mut forget = FORGET.key(shared.value_key(key));
-                forget.key(&lock_key).arg(token);
+                forget.key(lock_key).arg(token);
                 let _ = shared
                     .call(forget.invoke_async::<i64>(&mut connection))
                     .await;
                 return Ok(value);
             }
             Err(error) => {
-                release(shared, &lock_key, token).await;
+                release(shared, lock_key, token).await;
                 return Err(error);
             }
         };
@@ -788,7 +788,7 @@ where
             .saturating_sub(unix_now)
             .max(1);
         let mut fill = FILL.key(shared.value_key(key));
-        fill.key(&lock_key)
+        fill.key(lock_key)
             .arg(codec::encode(&times, &value).as_ref())
             .arg(keep)
             .arg(&shared.channel)
