@@ -234,8 +234,14 @@ impl Service<Request<Empty<Bytes>>> for Origin {
     fn call(&mut self, request: Request<Empty<Bytes>>) -> Self::Future {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let response = (self.answer)(&request, n);
+        // A second, or as long as the answer's `x-test-delay` says.
+        let delay = response
+            .headers()
+            .get("x-test-delay")
+            .and_then(|delay| delay.to_str().ok()?.parse().ok())
+            .unwrap_or(1);
         Box::pin(async move {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_secs(delay)).await;
             Ok(response)
         })
     }
@@ -649,6 +655,43 @@ async fn an_unsafe_method_invalidates_the_cached_get_of_its_uri() {
     call(&service, "DELETE", "/orders", &[]).await;
     let after = call(&service, "GET", "/orders", &[]).await;
     assert_eq!(body_of(&after), "call 4", "the DELETE invalidated it");
+}
+
+/// A write lands while a refresh of its URI, which read the origin
+/// before it, is still running: the `GET` after the write gets the new
+/// representation, and the refresh does not store the old one over it.
+#[tokio::test(start_paused = true)]
+async fn a_write_during_a_refresh_of_its_uri_is_not_undone_by_the_refresh() {
+    let (service, _) = layered(&[], |request, n| {
+        // Every GET after the first (the refresh among them) is slow to
+        // answer, so the refresh still runs when the PUT has landed.
+        let delay = if request.method() == http::Method::GET && n > 1 {
+            "5"
+        } else {
+            "1"
+        };
+        answer(
+            &[
+                ("cache-control", "max-age=60".into()),
+                ("x-test-delay", delay.into()),
+            ],
+            format!("call {n}"),
+        )
+    });
+    call(&service, "GET", "/orders", &[]).await;
+    tokio::time::advance(Duration::from_secs(70)).await;
+    let stale = call(&service, "GET", "/orders", &[]).await;
+    assert_eq!(body_of(&stale), "call 1", "served stale while it refreshes");
+    call(&service, "PUT", "/orders", &[]).await;
+    let after = call(&service, "GET", "/orders", &[]).await;
+    assert_eq!(
+        body_of(&after),
+        "call 4",
+        "not the refresh that read before the PUT"
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let later = call(&service, "GET", "/orders", &[]).await;
+    assert_eq!(body_of(&later), "call 4", "the refresh stored nothing");
 }
 
 #[tokio::test(start_paused = true)]
