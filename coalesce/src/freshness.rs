@@ -153,62 +153,75 @@ pub enum State {
     Dead,
 }
 
-/// An entry's instants as milliseconds since the Unix epoch, for stores
-/// outside this process.
+/// An entry's windows as milliseconds after it was stored, for stores
+/// outside this process (Redis). They hold no instant: how old an entry is
+/// comes from the store's own clock, so processes whose clocks disagree
+/// agree on where an entry stands.
 #[cfg(feature = "redis")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct WallTimes {
-    pub(crate) stored_at: u64,
-    pub(crate) fresh_until: u64,
-    pub(crate) stale_until: u64,
-    pub(crate) usable_on_error_until: u64,
+pub(crate) struct Lifetime {
+    pub(crate) fresh_ms: u64,
+    pub(crate) stale_ms: u64,
+    pub(crate) usable_on_error_ms: u64,
     pub(crate) compute_ms: u64,
 }
 
 #[cfg(feature = "redis")]
+impl Lifetime {
+    /// Whether the windows are in order (a fresh value is also usable
+    /// while stale and on error).
+    pub(crate) const fn is_ordered(&self) -> bool {
+        self.fresh_ms <= self.stale_ms && self.fresh_ms <= self.usable_on_error_ms
+    }
+
+    /// How long after it was stored the entry is worth keeping (at least
+    /// 1 ms: a store takes no expiry of zero).
+    pub(crate) fn keep_ms(&self) -> u64 {
+        self.stale_ms.max(self.usable_on_error_ms).max(1)
+    }
+}
+
+#[cfg(feature = "redis")]
 impl<V> Entry<V> {
-    /// The entry's instants on the wall clock, `now` being `unix_now` ms.
-    pub(crate) fn wall_times(&self, now: Instant, unix_now: u64) -> WallTimes {
-        let wall = |at: Instant| {
-            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-            if at >= now {
-                unix_now.saturating_add(ms(at - now))
-            } else {
-                unix_now.saturating_sub(ms(now - at))
-            }
-        };
-        WallTimes {
-            stored_at: wall(self.stored_at),
-            fresh_until: wall(self.fresh_until),
-            stale_until: wall(self.stale_until),
-            usable_on_error_until: wall(self.usable_on_error_until),
-            compute_ms: u64::try_from(self.compute_time.as_millis()).unwrap_or(u64::MAX),
+    /// The entry's windows after its storing.
+    pub(crate) fn lifetime(&self) -> Lifetime {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let after = |at: Instant| ms(at.saturating_duration_since(self.stored_at));
+        Lifetime {
+            fresh_ms: after(self.fresh_until),
+            stale_ms: after(self.stale_until),
+            usable_on_error_ms: after(self.usable_on_error_until),
+            compute_ms: ms(self.compute_time),
         }
     }
 
-    /// The entry stored with `times`, read at `now` (`unix_now` ms).
-    pub(crate) fn from_wall_times(
+    /// The entry stored with `lifetime`, read at `now` when it is `age`
+    /// old.
+    pub(crate) fn with_lifetime(
         value: V,
-        times: WallTimes,
+        lifetime: Lifetime,
         beta: f64,
+        age: Duration,
         now: Instant,
-        unix_now: u64,
     ) -> Self {
+        // Each instant from `now`: an instant before this process's clock
+        // began (an entry older than the machine's uptime) is `now`, past
+        // all the same.
         let at = |ms: u64| {
-            if ms >= unix_now {
-                later(now, Duration::from_millis(ms - unix_now))
+            let after = Duration::from_millis(ms);
+            if after >= age {
+                later(now, after - age)
             } else {
-                now.checked_sub(Duration::from_millis(unix_now - ms))
-                    .unwrap_or(now)
+                now.checked_sub(age - after).unwrap_or(now)
             }
         };
         Self {
             value,
-            stored_at: at(times.stored_at),
-            fresh_until: at(times.fresh_until),
-            stale_until: at(times.stale_until),
-            usable_on_error_until: at(times.usable_on_error_until),
-            compute_time: Duration::from_millis(times.compute_ms),
+            stored_at: at(0),
+            fresh_until: at(lifetime.fresh_ms),
+            stale_until: at(lifetime.stale_ms),
+            usable_on_error_until: at(lifetime.usable_on_error_ms),
+            compute_time: Duration::from_millis(lifetime.compute_ms),
             beta,
         }
     }

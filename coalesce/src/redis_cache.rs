@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -18,7 +18,17 @@ use crate::codec;
 use crate::error::FlightError;
 use crate::events::Events;
 use crate::flight::Coalescer;
-use crate::freshness::{Entry, Freshness, State, WallTimes};
+use crate::freshness::{Entry, Freshness, State};
+
+/// An entry and how long Redis keeps it still (its `PTTL`), read at
+/// once: the entry's age is Redis's count, not a client clock's.
+static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local stored = redis.call('GET', KEYS[1])
+if not stored then return false end
+return {redis.call('PTTL', KEYS[1]), stored}",
+    )
+});
 
 /// Releases the lock if it is still ours.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
@@ -168,6 +178,9 @@ impl RedisSettings {
 /// Stale values are served while one process refreshes them
 /// (stale-while-revalidate), cover a failing origin within their window
 /// (stale-if-error), and hot keys are refreshed early (XFetch).
+/// An entry is stored with its windows as offsets and expires with the
+/// last of them; its age is what Redis has counted off that expiry, so
+/// every process agrees on where it stands whatever its own clock says.
 ///
 /// When Redis is unreachable the value is computed in this process (still
 /// coalesced), never waited for: a Redis outage costs coalescing across
@@ -234,11 +247,10 @@ impl Wakeups {
     }
 }
 
-/// An entry as read from Redis, with its stored instants, which tell one
-/// write from another.
+/// An entry as read from Redis, with the write that stored it.
 struct Stored {
     entry: Entry<Bytes>,
-    times: WallTimes,
+    write: Token,
 }
 
 /// What a waiter found.
@@ -246,12 +258,6 @@ enum Waited {
     Value(Bytes),
     LockGone,
     GaveUp,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl<C, E> RedisCache<C, E>
@@ -474,31 +480,41 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
     }
 
     /// The entry stored for `key`, if any; `None` when Redis failed.
+    ///
+    /// Its age is what Redis has counted off its expiry, which was its
+    /// whole lifetime when stored; an entry without an expiry is not one
+    /// of ours, and a miss.
     async fn read(&self, key: &str) -> Option<Option<Stored>> {
         let mut connection = self.connection.clone();
-        let stored: Option<Vec<u8>> = self.call(connection.get(self.value_key(key))).await?;
-        let decoded = stored.and_then(|stored| codec::decode(Bytes::from(stored)));
-        Some(decoded.map(|(times, value)| Stored {
-            entry: Entry::from_wall_times(
-                value,
-                times,
-                self.settings.freshness.beta(),
-                Instant::now(),
-                unix_ms(),
-            ),
-            times,
+        let read = READ.key(self.value_key(key));
+        let stored: Option<(i64, Vec<u8>)> = self.call(read.invoke_async(&mut connection)).await?;
+        let now = Instant::now();
+        Some(stored.and_then(|(left_ms, stored)| {
+            let left_ms = u64::try_from(left_ms).ok()?;
+            let decoded = codec::decode(Bytes::from(stored))?;
+            let age = decoded.lifetime.keep_ms().saturating_sub(left_ms);
+            Some(Stored {
+                entry: Entry::with_lifetime(
+                    decoded.value,
+                    decoded.lifetime,
+                    self.settings.freshness.beta(),
+                    Duration::from_millis(age),
+                    now,
+                ),
+                write: Token(decoded.write),
+            })
         }))
     }
 
     /// The lock's token if this process won it; `None` when Redis failed.
-    async fn try_lock(&self, key: &str) -> Option<Option<String>> {
-        let token = format!("{:032x}", fastrand::u128(..));
+    async fn try_lock(&self, key: &str) -> Option<Option<Token>> {
+        let token = Token(fastrand::u128(..));
         let mut connection = self.connection.clone();
         let won: Option<String> = self
             .call(
                 redis::cmd("SET")
                     .arg(self.lock_key(key))
-                    .arg(&token)
+                    .arg(token.to_string())
                     .arg("NX")
                     .arg("PX")
                     .arg(ms(self.settings.lock_ttl))
@@ -506,6 +522,17 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
             )
             .await?;
         Some(won.map(|_| token))
+    }
+}
+
+/// A lock's token: random, so only its holder releases it, and also the
+/// mark of the write it makes, which tells one write from another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Token(u128);
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
     }
 }
 
@@ -530,7 +557,7 @@ where
     let Some(stored) = shared.read(&key).await else {
         return compute().await.map(|(value, _)| miss(value));
     };
-    let seen = stored.as_ref().map(|stored| stored.times);
+    let seen = stored.as_ref().map(|stored| stored.write);
     if let Some(Stored { entry, .. }) = &stored {
         let now = Instant::now();
         let served = match entry.state(now, 1.0 - fastrand::f64()) {
@@ -595,7 +622,7 @@ fn served(entry: &Entry<Bytes>, served: Served) -> Lookup<Bytes> {
 async fn refresh<C, F, Fut, E>(
     shared: Arc<Shared<C>>,
     key: String,
-    seen: Option<WallTimes>,
+    seen: Option<Token>,
     alone_until: Instant,
     compute: F,
 ) where
@@ -605,7 +632,7 @@ async fn refresh<C, F, Fut, E>(
 {
     let refreshing = async {
         if let Some(Some(token)) = shared.try_lock(&key).await
-            && lead(&shared, &key, &token, seen, compute).await.is_err()
+            && lead(&shared, &key, token, seen, compute).await.is_err()
         {
             tracing::warn!(target: "palisade_coalesce", "background refresh failed; keeping the stale value");
         }
@@ -623,7 +650,7 @@ async fn refresh<C, F, Fut, E>(
 async fn fill<C, F, Fut, E>(
     shared: &Shared<C>,
     key: &str,
-    seen: Option<WallTimes>,
+    seen: Option<Token>,
     compute: F,
 ) -> Result<Bytes, E>
 where
@@ -641,7 +668,7 @@ where
             if leader_gone {
                 shared.events.took_over();
             }
-            return lead(shared, key, &token, seen, compute).await;
+            return lead(shared, key, token, seen, compute).await;
         }
         match wait(shared, key, deadline).await {
             Waited::Value(value) => return Ok(value),
@@ -715,8 +742,8 @@ fn is_fresh(entry: &Entry<Bytes>) -> bool {
 async fn lead<C, F, Fut, E>(
     shared: &Shared<C>,
     key: &str,
-    token: &str,
-    seen: Option<WallTimes>,
+    token: Token,
+    seen: Option<Token>,
     compute: F,
 ) -> Result<Bytes, E>
 where
@@ -727,20 +754,20 @@ where
     let held = Held {
         connection: shared.connection.clone(),
         lock_key: shared.lock_key(key),
-        token: token.to_owned(),
+        token: token.to_string(),
         timeout: shared.settings.timeout,
         ended: false,
     };
     // Each end of the lead gives the lock back itself (a release, or
     // the store or the forgetting that also releases).
     let led = async {
-        let lock_key = &held.lock_key;
+        let (lock_key, token_arg) = (&held.lock_key, &held.token);
         if let Some(Some(stored)) = shared.read(key).await
-            && Some(stored.times) != seen
+            && Some(stored.write) != seen
             && is_fresh(&stored.entry)
         {
             tracing::debug!(target: "palisade_coalesce", "a value was stored before the lock was won; not computing");
-            release(shared, lock_key, token).await;
+            release(shared, lock_key, token_arg).await;
             return Ok(stored.entry.into_value());
         }
         let started = Instant::now();
@@ -750,7 +777,7 @@ where
                 tokio::time::sleep(lease / 2).await;
                 let mut connection = shared.connection.clone();
                 let mut extension = EXTEND.key(lock_key);
-                extension.arg(token).arg(ms(lease));
+                extension.arg(token_arg).arg(ms(lease));
                 let _ = shared
                     .call(extension.invoke_async::<i64>(&mut connection))
                     .await;
@@ -767,33 +794,26 @@ where
                 // Not to be kept, nor the old value served in its place: drop
                 // it and free the lock so the next caller computes.
                 let mut forget = FORGET.key(shared.value_key(key));
-                forget.key(lock_key).arg(token);
+                forget.key(lock_key).arg(token_arg);
                 let _ = shared
                     .call(forget.invoke_async::<i64>(&mut connection))
                     .await;
                 return Ok(value);
             }
             Err(error) => {
-                release(shared, lock_key, token).await;
+                release(shared, lock_key, token_arg).await;
                 return Err(error);
             }
         };
         let now = Instant::now();
-        let unix_now = unix_ms();
-        let entry = freshness.entry(value.clone(), now, now - started);
-        let times = entry.wall_times(now, unix_now);
-        let keep = times
-            .stale_until
-            .max(times.usable_on_error_until)
-            .saturating_sub(unix_now)
-            .max(1);
+        let lifetime = freshness.entry((), now, now - started).lifetime();
         let mut fill = FILL.key(shared.value_key(key));
         fill.key(lock_key)
-            .arg(codec::encode(&times, &value).as_ref())
-            .arg(keep)
+            .arg(codec::encode(token.0, &lifetime, &value).as_ref())
+            .arg(lifetime.keep_ms())
             .arg(&shared.channel)
             .arg(key)
-            .arg(token);
+            .arg(token_arg);
         if shared.call(fill.invoke_async::<i64>(&mut connection)).await == Some(0) {
             tracing::warn!(target: "palisade_coalesce", "the lock was lost (its lease ran out, or the key was invalidated) before the value was stored; it is not stored");
         }

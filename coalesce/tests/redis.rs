@@ -191,6 +191,51 @@ async fn a_failing_origin_is_covered_by_the_stale_value() {
     );
 }
 
+/// An entry is as old as Redis counts it, whatever the clocks of the
+/// processes that store and read it say: ten minutes counted off its
+/// expiry make it ten minutes old to every process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_is_as_old_as_redis_counts_it() {
+    let prefix = prefix();
+    let freshness = Freshness::new(Duration::from_secs(60))
+        .stale_while_revalidate(Duration::from_secs(600))
+        .early_refresh(0.0);
+    let settings = RedisSettings::new(freshness).prefix(&prefix);
+    let (writer, reader) = (
+        process(&redis_url(), settings.clone()).await,
+        process(&redis_url(), settings).await,
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    writer
+        .get_with("k", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    let mut redis = direct().await;
+    let kept: i64 = redis.pttl(value_key(&prefix, "k")).await.unwrap();
+    assert!(
+        kept > 655_000,
+        "kept for its fresh and stale windows: {kept} ms"
+    );
+    // Ten minutes pass, on Redis's clock only.
+    let _: bool = redis
+        .pexpire(value_key(&prefix, "k"), kept - 600_000)
+        .await
+        .unwrap();
+    let read = reader
+        .get_with("k", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(
+        (read.value, read.served),
+        (Bytes::from("v1"), Served::Stale)
+    );
+    assert!(
+        (Duration::from_secs(599)..Duration::from_secs(601)).contains(&read.age),
+        "{:?}",
+        read.age
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_values_are_computed_here_and_nothing_hangs() {
     let (proxy, through) = redis_proxy().await;
