@@ -4,6 +4,8 @@ use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
 
+use palisade_hints::Refusal;
+
 /// Why a coalesced computation gave no value; every waiter gets the same.
 #[derive(Debug)]
 pub enum FlightError<E> {
@@ -14,6 +16,13 @@ pub enum FlightError<E> {
     /// The computation's task was cancelled from outside (the runtime
     /// shutting down).
     Cancelled,
+    /// Nothing was computed: the store shared with other processes
+    /// (Redis) does not answer, and the cache's failure policy refuses to
+    /// compute without it. The [`Refusal`] (reason
+    /// [`StoreDown`](palisade_hints::RefusalReason::StoreDown)) is also
+    /// the error's [`source`](Error::source), for layers that look for
+    /// one.
+    Refused(Refusal),
 }
 
 impl<E> Clone for FlightError<E> {
@@ -22,6 +31,7 @@ impl<E> Clone for FlightError<E> {
             Self::Failed(error) => Self::Failed(error.clone()),
             Self::Panicked(message) => Self::Panicked(message.clone()),
             Self::Cancelled => Self::Cancelled,
+            Self::Refused(refusal) => Self::Refused(*refusal),
         }
     }
 }
@@ -43,6 +53,7 @@ impl<E: fmt::Display> fmt::Display for FlightError<E> {
             Self::Failed(error) => write!(f, "computation failed: {error}"),
             Self::Panicked(message) => write!(f, "computation panicked: {message}"),
             Self::Cancelled => f.write_str("computation cancelled"),
+            Self::Refused(refusal) => write!(f, "not computed: {refusal}"),
         }
     }
 }
@@ -51,6 +62,7 @@ impl<E: Error + 'static> Error for FlightError<E> {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
             Self::Failed(error) => Some(&**error),
+            Self::Refused(refusal) => Some(refusal),
             _ => None,
         }
     }

@@ -50,6 +50,28 @@ impl Events {
         }
     }
 
+    /// A Redis call failed or went unanswered.
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis_failed(&self) {
+        #[cfg(feature = "otel")]
+        if let Some(instruments) = self.instruments.get() {
+            instruments.redis_errors.add(1, &instruments.cache);
+        }
+    }
+
+    /// A lookup that needed Redis was answered by the failure policy:
+    /// computed here, or `refused`.
+    #[cfg(feature = "redis")]
+    pub(crate) fn without_redis(&self, refused: bool) {
+        #[cfg(feature = "otel")]
+        if let Some(instruments) = self.instruments.get() {
+            instruments
+                .without_redis
+                .add(1, &instruments.policy[usize::from(refused)]);
+        }
+        let _ = refused;
+    }
+
     #[cfg(feature = "redis")]
     pub(crate) fn took_over(&self) {
         tracing::info!(target: "palisade_coalesce", "the leader's lock went; this process took over");
@@ -74,6 +96,13 @@ mod otel {
         pub(super) early_refreshes: Counter<u64>,
         #[cfg(feature = "redis")]
         pub(super) lock_takeovers: Counter<u64>,
+        #[cfg(feature = "redis")]
+        pub(super) redis_errors: Counter<u64>,
+        #[cfg(feature = "redis")]
+        pub(super) without_redis: Counter<u64>,
+        /// `outcome` computed, refused.
+        #[cfg(feature = "redis")]
+        pub(super) policy: [[KeyValue; 2]; 2],
         pub(super) cache: [KeyValue; 1],
         /// By `Served as usize`.
         pub(super) served: [[KeyValue; 2]; 4],
@@ -108,6 +137,21 @@ mod otel {
                     "palisade.coalesce.lock_takeovers",
                     "Redis locks won by a waiter after the leader's lock went",
                 ),
+                #[cfg(feature = "redis")]
+                redis_errors: counter(
+                    "palisade.coalesce.redis_errors",
+                    "Redis calls that failed or were not answered in time",
+                ),
+                #[cfg(feature = "redis")]
+                without_redis: counter(
+                    "palisade.coalesce.without_redis",
+                    "Lookups the failure policy answered while Redis was down, by outcome",
+                ),
+                #[cfg(feature = "redis")]
+                policy: [
+                    [cache.clone(), KeyValue::new("outcome", "computed")],
+                    [cache.clone(), KeyValue::new("outcome", "refused")],
+                ],
                 served: [
                     served("fresh"),
                     served("stale"),

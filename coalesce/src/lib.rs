@@ -11,7 +11,9 @@
 //!   process wins a Redis lock (`SET NX PX`, lease extended while it
 //!   computes) and computes; the others wait for a pub/sub wake-up (with a
 //!   polling fallback and a timeout); if the leader dies exactly one waiter
-//!   takes over; without Redis, values are computed in process.
+//!   takes over. While Redis does not answer, a [`FailurePolicy`]
+//!   decides: compute in process (the default), up to a limit, or refuse;
+//!   one lookup per probe interval asks Redis again.
 //! - [`http::CoalesceLayer`] (feature `http`): whole `GET`/`HEAD`
 //!   responses served from a [`Cache`], the origin's `Cache-Control`
 //!   deciding what is kept and for how long.
@@ -29,6 +31,8 @@
 //! | `palisade.coalesce.coalesced` | `cache` | callers that joined a computation already running |
 //! | `palisade.coalesce.early_refreshes` | `cache` | early refreshes (XFetch) started |
 //! | `palisade.coalesce.lock_takeovers` | `cache` | Redis locks won by a waiter after the leader's lock went, whatever took it (its lease ran out, the leader gave it back, the key was invalidated) |
+//! | `palisade.coalesce.redis_errors` | `cache` | Redis calls that failed or were not answered within the timeout |
+//! | `palisade.coalesce.without_redis` | `cache`, `outcome` (`computed`, `refused`) | lookups that needed Redis while it was down, answered by the [`FailurePolicy`] |
 
 mod cache;
 #[cfg(feature = "redis")]
@@ -47,7 +51,7 @@ pub use error::FlightError;
 pub use flight::Coalescer;
 pub use freshness::{Entry, Freshness, State};
 #[cfg(feature = "redis")]
-pub use redis_cache::{RedisCache, RedisSettings};
+pub use redis_cache::{FailurePolicy, RedisCache, RedisSettings};
 
 /// The README's example, compiled and run as a doctest so it stays true.
 #[doc = include_str!("../README.md")]

@@ -2,12 +2,14 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use palisade_hints::Refusal;
+use palisade_hints::reachability::{Change, Reachability};
 use redis::aio::ConnectionLike;
 use redis::{AsyncCommands, Script};
 use tokio::sync::Notify;
@@ -92,12 +94,16 @@ pub struct RedisSettings {
     poll_interval: Duration,
     timeout: Duration,
     wake_ups: bool,
+    on_failure: FailurePolicy,
+    probe_interval: Duration,
 }
 
 impl RedisSettings {
     /// Entries with `freshness`; keys under `palisade:coalesce`; a 10 s
     /// lock lease, waits of at most 30 s polled every 250 ms besides the
-    /// wake-up, and 250 ms per Redis call.
+    /// wake-up, 250 ms per Redis call, and while Redis does not answer,
+    /// values computed here ([`FailurePolicy::ComputeHere`]) and Redis
+    /// asked again every 500 ms.
     #[must_use]
     pub fn new(freshness: Freshness) -> Self {
         Self {
@@ -108,7 +114,25 @@ impl RedisSettings {
             poll_interval: Duration::from_millis(250),
             timeout: Duration::from_millis(250),
             wake_ups: true,
+            on_failure: FailurePolicy::ComputeHere,
+            probe_interval: Duration::from_millis(500),
         }
+    }
+
+    /// What lookups do while Redis does not answer; see [`FailurePolicy`].
+    #[must_use]
+    pub const fn on_failure(mut self, policy: FailurePolicy) -> Self {
+        self.on_failure = policy;
+        self
+    }
+
+    /// While Redis does not answer, how often one lookup asks it again;
+    /// the others apply the [failure policy](Self::on_failure) at once,
+    /// without waiting out a [timeout](Self::timeout).
+    #[must_use]
+    pub const fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
+        self
     }
 
     /// The prefix of every key: `{prefix:key}:value` and `{prefix:key}:lock`.
@@ -159,6 +183,43 @@ impl RedisSettings {
     }
 }
 
+/// What a [`RedisCache`] does while Redis does not answer (a call failed,
+/// or took longer than [`RedisSettings::timeout`]).
+///
+/// Each choice is a trade. Computing here keeps every lookup answered, but
+/// the origin then sees one call per key from each process instead of one
+/// from the fleet; refusing keeps the origin's load where it was and fails
+/// the lookups; a limit does some of each. Whichever applies, one lookup
+/// per [probe interval](RedisSettings::probe_interval) asks Redis again and
+/// the others do not wait for it; the change of state is logged once each
+/// way, and the lookups the policy answered are counted (feature `otel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Compute in this process, still coalesced among its callers (the
+    /// default): an outage of Redis costs coalescing across processes,
+    /// not availability.
+    ComputeHere,
+    /// Compute in this process, for at most this many keys at once; a
+    /// lookup that would compute another fails with
+    /// [`FlightError::Refused`].
+    ComputeHereUpTo(usize),
+    /// Compute nothing: a lookup fails with [`FlightError::Refused`], whose
+    /// `retry_after` is the probe interval, unless a stale value Redis gave
+    /// it may stand in ([`Served::StaleIfError`]).
+    Refuse,
+}
+
+impl FailurePolicy {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::ComputeHere => "compute here",
+            Self::ComputeHereUpTo(_) => "compute here up to a limit",
+            Self::Refuse => "refuse",
+        }
+    }
+}
+
 /// A cache shared by every process through Redis, computing each value once
 /// across all of them.
 ///
@@ -182,12 +243,15 @@ impl RedisSettings {
 /// last of them; its age is what Redis has counted off that expiry, so
 /// every process agrees on where it stands whatever its own clock says.
 ///
-/// When Redis is unreachable the value is computed in this process (still
-/// coalesced), never waited for: a Redis outage costs coalescing across
-/// processes, not availability.
+/// When Redis does not answer, its [`FailurePolicy`] decides: by default
+/// the value is computed in this process (still coalesced), never waited
+/// for, so a Redis outage costs coalescing across processes, not
+/// availability.
 pub struct RedisCache<C, E> {
     shared: Arc<Shared<C>>,
-    local: Coalescer<String, Lookup<Bytes>, E>,
+    /// Flights in this process, landing on a lookup or on the failure
+    /// policy's refusal.
+    local: Coalescer<String, Result<Lookup<Bytes>, Refusal>, E>,
 }
 
 impl<C, E> Clone for RedisCache<C, E> {
@@ -212,7 +276,10 @@ struct Shared<C> {
     settings: RedisSettings,
     channel: String,
     wakeups: Arc<Wakeups>,
-    redis_down: AtomicBool,
+    redis: Reachability,
+    /// Computations running without Redis, for
+    /// [`FailurePolicy::ComputeHereUpTo`].
+    alone: AtomicUsize,
     events: Arc<Events>,
 }
 
@@ -258,6 +325,26 @@ enum Waited {
     Value(Bytes),
     LockGone,
     GaveUp,
+    RedisDown,
+}
+
+/// Why a lookup got no value of its own.
+enum Unanswered<E> {
+    /// The origin failed.
+    Origin(E),
+    /// Redis did not answer, and the failure policy let nothing be
+    /// computed.
+    Refused(Refusal),
+}
+
+/// A computation running without Redis, counted for
+/// [`FailurePolicy::ComputeHereUpTo`] until it ends.
+struct Alone<'a>(&'a AtomicUsize);
+
+impl Drop for Alone<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl<C, E> RedisCache<C, E>
@@ -300,10 +387,11 @@ where
         Ok(Self {
             shared: Arc::new(Shared {
                 connection,
+                redis: Reachability::new(settings.probe_interval),
                 settings,
                 channel,
                 wakeups,
-                redis_down: AtomicBool::new(false),
+                alone: AtomicUsize::new(0),
                 events: local.events().clone(),
             }),
             local,
@@ -393,7 +481,8 @@ where
         let lookup = self
             .local
             .run(key.to_owned(), move || resolve(shared, owned, compute))
-            .await?;
+            .await?
+            .map_err(FlightError::Refused)?;
         self.shared.events.served(lookup.served);
         Ok(lookup)
     }
@@ -458,25 +547,67 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
         format!("{{{}:{key}}}:lock", self.settings.prefix)
     }
 
-    /// One Redis call within the timeout; `None` when Redis failed.
+    /// One Redis call within the timeout; `None` when Redis failed, or
+    /// is down and this call is not the one that asks it again.
     async fn call<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Option<T> {
-        match tokio::time::timeout(self.settings.timeout, call).await {
+        let asked = Instant::now();
+        if !self.redis.should_try(asked.into_std()) {
+            return None;
+        }
+        let error = match tokio::time::timeout(self.settings.timeout, call).await {
             Ok(Ok(value)) => {
-                if self.redis_down.swap(false, Ordering::AcqRel) {
+                if self.redis.answered() == Change::CameBack {
                     tracing::info!(target: "palisade_coalesce", "redis answers again; coalescing across processes");
                 }
-                Some(value)
+                return Some(value);
             }
-            Ok(Err(error)) => self.failed(&error),
-            Err(_) => self.failed(&"timed out"),
-        }
-    }
-
-    fn failed<T>(&self, error: &dyn std::fmt::Display) -> Option<T> {
-        if !self.redis_down.swap(true, Ordering::AcqRel) {
-            tracing::warn!(target: "palisade_coalesce", %error, "redis failed; computing in this process");
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {:?}", self.settings.timeout),
+        };
+        self.events.redis_failed();
+        if self.redis.failed(asked.into_std()) == Change::WentDown {
+            tracing::warn!(
+                target: "palisade_coalesce",
+                %error,
+                policy = self.settings.on_failure.name(),
+                "redis failed; applying the failure policy until it answers again"
+            );
         }
         None
+    }
+
+    /// The value computed without Redis, if the failure policy lets this
+    /// process compute it.
+    async fn compute_alone<F, Fut, E>(&self, compute: F) -> Result<Bytes, Unanswered<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>>,
+    {
+        let _alone = match self.settings.on_failure {
+            FailurePolicy::ComputeHere => None,
+            FailurePolicy::ComputeHereUpTo(limit) => {
+                let taken = self
+                    .alone
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |alone| {
+                        (alone < limit).then_some(alone + 1)
+                    });
+                if taken.is_err() {
+                    return Err(self.refuse());
+                }
+                Some(Alone(&self.alone))
+            }
+            FailurePolicy::Refuse => return Err(self.refuse()),
+        };
+        self.events.without_redis(false);
+        compute()
+            .await
+            .map(|(value, _)| value)
+            .map_err(Unanswered::Origin)
+    }
+
+    fn refuse<E>(&self) -> Unanswered<E> {
+        self.events.without_redis(true);
+        Unanswered::Refused(Refusal::store_down(Some(self.settings.probe_interval)))
     }
 
     /// The entry stored for `key`, if any; `None` when Redis failed.
@@ -547,7 +678,7 @@ async fn resolve<C, F, Fut, E>(
     shared: Arc<Shared<C>>,
     key: String,
     compute: F,
-) -> Result<Lookup<Bytes>, E>
+) -> Result<Result<Lookup<Bytes>, Refusal>, E>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
     F: FnOnce() -> Fut + Send + 'static,
@@ -555,7 +686,7 @@ where
     E: Send + 'static,
 {
     let Some(stored) = shared.read(&key).await else {
-        return compute().await.map(|(value, _)| miss(value));
+        return answer(shared.compute_alone(compute).await.map(miss));
     };
     let seen = stored.as_ref().map(|stored| stored.write);
     if let Some(Stored { entry, .. }) = &stored {
@@ -577,23 +708,35 @@ where
                     alone_until,
                     compute,
                 ));
-                return Ok(served(entry, how));
+                return Ok(Ok(served(entry, how)));
             }
             State::Expired | State::Dead => None,
         };
         if let Some(how) = served {
-            return Ok(self::served(entry, how));
+            return Ok(Ok(self::served(entry, how)));
         }
     }
     match fill(&shared, &key, seen, compute).await {
-        Ok(value) => Ok(miss(value)),
-        Err(error) => match stored {
+        Ok(value) => Ok(Ok(miss(value))),
+        Err(unanswered) => match stored {
             Some(Stored { entry, .. }) if entry.usable_on_error(Instant::now()) => {
-                tracing::warn!(target: "palisade_coalesce", "origin failed; serving a stale value");
-                Ok(served(&entry, Served::StaleIfError))
+                tracing::warn!(target: "palisade_coalesce", "no value of its own (the origin failed, or redis did and the policy refused); serving a stale value");
+                Ok(Ok(served(&entry, Served::StaleIfError)))
             }
-            _ => Err(error),
+            _ => answer(Err(unanswered)),
         },
+    }
+}
+
+/// A lookup as the in-process flight lands it: its value or the failure
+/// policy's refusal, or the origin's error.
+fn answer<E>(
+    lookup: Result<Lookup<Bytes>, Unanswered<E>>,
+) -> Result<Result<Lookup<Bytes>, Refusal>, E> {
+    match lookup {
+        Ok(lookup) => Ok(Ok(lookup)),
+        Err(Unanswered::Refused(refusal)) => Ok(Err(refusal)),
+        Err(Unanswered::Origin(error)) => Err(error),
     }
 }
 
@@ -652,7 +795,7 @@ async fn fill<C, F, Fut, E>(
     key: &str,
     seen: Option<Token>,
     compute: F,
-) -> Result<Bytes, E>
+) -> Result<Bytes, Unanswered<E>>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
     F: FnOnce() -> Fut,
@@ -662,13 +805,15 @@ where
     let mut leader_gone = false;
     loop {
         let Some(won) = shared.try_lock(key).await else {
-            return compute().await.map(|(value, _)| value);
+            return shared.compute_alone(compute).await;
         };
         if let Some(token) = won {
             if leader_gone {
                 shared.events.took_over();
             }
-            return lead(shared, key, token, seen, compute).await;
+            return lead(shared, key, token, seen, compute)
+                .await
+                .map_err(Unanswered::Origin);
         }
         match wait(shared, key, deadline).await {
             Waited::Value(value) => return Ok(value),
@@ -678,8 +823,12 @@ where
             }
             Waited::GaveUp => {
                 tracing::warn!(target: "palisade_coalesce", "no value before the wait timeout; computing here");
-                return compute().await.map(|(value, _)| value);
+                return compute()
+                    .await
+                    .map(|(value, _)| value)
+                    .map_err(Unanswered::Origin);
             }
+            Waited::RedisDown => return shared.compute_alone(compute).await,
         }
     }
 }
@@ -696,7 +845,7 @@ where
         tokio::pin!(woken);
         woken.as_mut().enable();
         match shared.read(key).await {
-            None => return Waited::GaveUp,
+            None => return Waited::RedisDown,
             Some(Some(Stored { entry, .. })) if is_fresh(&entry) => {
                 return Waited::Value(entry.into_value());
             }
@@ -707,7 +856,7 @@ where
             .call(connection.exists::<_, bool>(shared.lock_key(key)))
             .await
         {
-            None => return Waited::GaveUp,
+            None => return Waited::RedisDown,
             Some(false) => return Waited::LockGone,
             Some(true) => {}
         }

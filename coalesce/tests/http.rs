@@ -195,6 +195,49 @@ async fn instances_sharing_redis_reach_the_origin_once() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
+/// An instance whose `RedisCache` refuses while Redis is down answers
+/// `503` with `Retry-After` (the probe interval) and the refusal in the
+/// extensions, as palisade layers answer what they refuse, and its origin
+/// is not called.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_refusing_without_redis_answers_503_with_retry_after() {
+    use palisade_coalesce::{FailurePolicy, RedisCache, RedisSettings};
+
+    let (proxy, through) = palisade_testkit::servers::redis_proxy().await;
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
+        .prefix(&format!("palisade-test:{}", fastrand::u64(..)))
+        .on_failure(FailurePolicy::Refuse)
+        .probe_interval(Duration::from_secs(2));
+    let client = redis::Client::open(through.as_str()).unwrap();
+    let connection = client.get_multiplexed_async_connection().await.unwrap();
+    let cache: RedisCache<_, BoxError> = RedisCache::connect(&client, connection, settings)
+        .await
+        .unwrap();
+    proxy.cut().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = calls.clone();
+    let app = Router::new()
+        .route(
+            "/trending",
+            get(move || async move {
+                origin.fetch_add(1, Ordering::SeqCst);
+                "[7, 3, 9]"
+            }),
+        )
+        .layer(CoalesceLayer::new(cache).answer_failures());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    for _ in 0..3 {
+        let (status, headers, _) =
+            send(address, "GET", "/trending", &[("host", "catalog.example")]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers["retry-after"], "2");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the origin is not called");
+}
+
 // The layer over an origin in process, under paused time: the faults where
 // one user, one request or one origin answer meets another.
 

@@ -652,3 +652,168 @@ async fn a_refresh_that_never_ends_gives_its_lock_back() {
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert!(released(&mut redis, &lock).await, "the lock went with it");
 }
+
+/// Redis stops answering (connected, silent): the first lookup waits out
+/// the timeout and marks it down; until the next probe the others compute
+/// at once, without asking it. Counted: one Redis error for ten lookups.
+#[cfg(feature = "otel")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_costs_one_lookup_per_probe_interval_its_timeout() {
+    let probe = palisade_testkit::MetricsProbe::default();
+    let (proxy, through) = redis_proxy().await;
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
+        .prefix(&prefix())
+        .timeout(Duration::from_millis(200))
+        .probe_interval(Duration::from_secs(3600))
+        .wake_ups(false);
+    let cache = process(&through, settings).await;
+    cache.instrument(&probe.meter(), "silent");
+    proxy.stall();
+    let calls = Arc::new(AtomicUsize::new(0));
+    for key in 0..10 {
+        let lookup = cache
+            .get_with(&format!("k{key}"), origin(&calls, Duration::ZERO))
+            .await
+            .unwrap();
+        assert_eq!(lookup.served, Served::Miss);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 10, "each computed here");
+    let label = || vec!["cache=silent".to_owned()];
+    assert_eq!(
+        probe.points("palisade.coalesce.redis_errors"),
+        vec![(label(), 1)],
+        "Redis asked once, not once a lookup"
+    );
+    assert_eq!(
+        probe.points("palisade.coalesce.without_redis"),
+        vec![(
+            vec!["cache=silent".to_owned(), "outcome=computed".to_owned()],
+            10
+        )]
+    );
+}
+
+/// After an outage, the next probe finds Redis and the cache coalesces
+/// across processes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_redis_answers_again_processes_share_values_again() {
+    let (proxy, through) = redis_proxy().await;
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)).early_refresh(0.0))
+        .prefix(&prefix())
+        .timeout(Duration::from_millis(200))
+        .probe_interval(Duration::from_millis(50))
+        .wake_ups(false);
+    let cache = process(&through, settings.clone()).await;
+    proxy.stall();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let alone = cache
+        .get_with("k", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(alone.value, "v1");
+    proxy.resume().await;
+    // Each lookup computes here until one probes Redis and finds it; the
+    // first lookup through Redis stores its value.
+    let mut stored = false;
+    for _ in 0..200 {
+        let lookup = cache
+            .get_with("k", origin(&calls, Duration::ZERO))
+            .await
+            .unwrap();
+        if lookup.served == Served::Fresh {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(stored, "a value stored in Redis once it answered");
+    let before = calls.load(Ordering::SeqCst);
+    let other = process(&redis_url(), settings).await;
+    let shared = other
+        .get_with("k", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(shared.served, Served::Fresh);
+    assert_eq!(calls.load(Ordering::SeqCst), before, "no origin call");
+}
+
+/// Under `FailurePolicy::Refuse` a Redis outage reaches no origin: every
+/// lookup fails with the store-down refusal, which says when Redis is
+/// asked again and is found through the error's sources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_while_redis_is_down_reaches_no_origin() {
+    use palisade_coalesce::{FailurePolicy, FlightError};
+    use palisade_hints::{Refusal, RefusalReason};
+
+    let (proxy, through) = redis_proxy().await;
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
+        .prefix(&prefix())
+        .timeout(Duration::from_millis(200))
+        .on_failure(FailurePolicy::Refuse)
+        .probe_interval(Duration::from_secs(3600));
+    let cache = process(&through, settings).await;
+    proxy.cut().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let lookups: Vec<_> = (0..20)
+        .map(|i| {
+            let (cache, compute) = (cache.clone(), origin(&calls, Duration::ZERO));
+            tokio::spawn(async move { cache.get_with(&format!("k{}", i % 4), compute).await })
+        })
+        .collect();
+    for lookup in lookups {
+        let error = lookup.await.unwrap().unwrap_err();
+        let FlightError::Refused(refusal) = error else {
+            panic!("refused, not {error:?}");
+        };
+        assert_eq!(refusal.reason(), RefusalReason::StoreDown);
+        assert_eq!(refusal.retry_after(), Some(Duration::from_secs(3600)));
+        let boxed: Box<dyn std::error::Error> =
+            Box::new(FlightError::<std::io::Error>::Refused(refusal));
+        assert_eq!(Refusal::find(&*boxed), Some(&refusal));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "no origin call");
+}
+
+/// Under `FailurePolicy::ComputeHereUpTo(1)` one key computes while Redis
+/// is down; a lookup of another key meanwhile is refused, and computes
+/// once the first is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn computing_here_up_to_a_limit_refuses_past_it() {
+    use palisade_coalesce::{FailurePolicy, FlightError};
+
+    let (proxy, through) = redis_proxy().await;
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
+        .prefix(&prefix())
+        .on_failure(FailurePolicy::ComputeHereUpTo(1));
+    let cache = process(&through, settings).await;
+    proxy.cut().await;
+    let (started, mut computing) = tokio::sync::mpsc::channel::<()>(1);
+    let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+    let first = tokio::spawn({
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_with("a", move || async move {
+                    started.send(()).await.unwrap();
+                    finished.await.unwrap();
+                    Ok::<_, OriginDown>(Bytes::from("a"))
+                })
+                .await
+        }
+    });
+    computing.recv().await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let refused = cache.get_with("b", origin(&calls, Duration::ZERO)).await;
+    assert!(
+        matches!(refused, Err(FlightError::Refused(_))),
+        "{refused:?}"
+    );
+    finish.send(()).unwrap();
+    assert_eq!(first.await.unwrap().unwrap().value, "a");
+    let computed = cache
+        .get_with("b", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(computed.value, "v1");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

@@ -14,6 +14,9 @@
 //! - [`grpc`] (feature `http`): `grpc-status` and `grpc-retry-pushback-ms`.
 //! - [`ConfigError`]: the error of every palisade builder, re-exported by
 //!   each crate.
+//! - [`reachability`]: whether a store that calls share (Redis) answers,
+//!   and when to ask it again, so an outage costs one call per probe
+//!   interval its timeout, not every call.
 //! - [`share`]: how a layer's services and their calls reach the state they
 //!   share, without threads calling at once taking turns on one reference
 //!   count.
@@ -40,6 +43,7 @@ mod config_error;
 pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod reachability;
 mod refusal;
 pub mod share;
 

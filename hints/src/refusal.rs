@@ -15,6 +15,11 @@ pub enum RefusalReason {
     /// Load shedding: a low-priority call refused while the service's
     /// error budget burns too fast.
     Shed,
+    /// A store the layer shares with other processes (Redis) does not
+    /// answer, and its failure policy refuses what it would need the store
+    /// for (a coalescing cache that would otherwise let every process call
+    /// the origin at once).
+    StoreDown,
 }
 
 /// A call a palisade layer refused without calling the dependency.
@@ -63,6 +68,16 @@ impl Refusal {
         }
     }
 
+    /// A refusal while the store a layer shares with other processes does
+    /// not answer; the layer asks it again after `retry_after`.
+    #[must_use]
+    pub const fn store_down(retry_after: Option<Duration>) -> Self {
+        Self {
+            reason: RefusalReason::StoreDown,
+            retry_after,
+        }
+    }
+
     /// Why the call was refused.
     #[must_use]
     pub const fn reason(&self) -> RefusalReason {
@@ -101,6 +116,7 @@ impl fmt::Display for Refusal {
             RefusalReason::CircuitOpen => "circuit open",
             RefusalReason::RateLimited => "rate limited",
             RefusalReason::Shed => "shed while the error budget burns",
+            RefusalReason::StoreDown => "the shared store does not answer",
         })?;
         match self.retry_after {
             Some(wait) => write!(f, ", retry after {} ms", wait.as_millis()),

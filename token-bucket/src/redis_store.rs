@@ -3,10 +3,10 @@
 use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use palisade_hints::reachability::{Change, Reachability};
 use redis::Script;
 use redis::aio::ConnectionLike;
 use sha2::{Digest, Sha256};
@@ -169,7 +169,7 @@ pub struct RedisStore<C> {
     prefix: Arc<str>,
     timeout: Duration,
     policy: Arc<FailurePolicy>,
-    health: Arc<Health>,
+    health: Arc<Reachability>,
     #[cfg(feature = "otel")]
     instruments: Option<Arc<crate::otel::StoreInstruments>>,
 }
@@ -180,60 +180,8 @@ impl<C> std::fmt::Debug for RedisStore<C> {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("policy", &self.policy.name())
-            .field("redis_down", &self.health.down.load(Ordering::Relaxed))
+            .field("redis_down", &self.health.is_down())
             .finish_non_exhaustive()
-    }
-}
-
-/// Whether Redis answers, and when to try it again if not.
-#[derive(Debug)]
-struct Health {
-    down: AtomicBool,
-    /// While down: the next probe, in milliseconds since `origin`.
-    next_probe: AtomicU64,
-    probe_interval: Duration,
-    origin: Instant,
-}
-
-impl Health {
-    fn millis(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Whether this call should ask Redis: always while it is up; while
-    /// down, one call per probe interval.
-    fn should_try(&self, now: Instant) -> bool {
-        if !self.down.load(Ordering::Acquire) {
-            return true;
-        }
-        let now = self.millis(now);
-        let due = self.next_probe.load(Ordering::Acquire);
-        let next = now + u64::try_from(self.probe_interval.as_millis()).unwrap_or(u64::MAX);
-        now >= due
-            && self
-                .next_probe
-                .compare_exchange(due, next, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-    }
-
-    fn answered(&self) {
-        if self.down.swap(false, Ordering::AcqRel) {
-            tracing::info!(target: "palisade_token_bucket", "redis answers again; deciding in redis");
-        }
-    }
-
-    fn failed(&self, error: &StoreError, policy: &FailurePolicy, now: Instant) {
-        let next =
-            self.millis(now) + u64::try_from(self.probe_interval.as_millis()).unwrap_or(u64::MAX);
-        self.next_probe.store(next, Ordering::Release);
-        if !self.down.swap(true, Ordering::AcqRel) {
-            tracing::warn!(
-                target: "palisade_token_bucket",
-                %error,
-                policy = policy.name(),
-                "redis failed; applying the failure policy until it answers again"
-            );
-        }
     }
 }
 
@@ -251,12 +199,7 @@ where
             prefix: Arc::from("palisade:rl"),
             timeout: Duration::from_millis(10),
             policy: Arc::new(policy),
-            health: Arc::new(Health {
-                down: AtomicBool::new(false),
-                next_probe: AtomicU64::new(0),
-                probe_interval: Duration::from_millis(500),
-                origin: Instant::now(),
-            }),
+            health: Arc::new(Reachability::new(Duration::from_millis(500))),
             #[cfg(feature = "otel")]
             instruments: None,
         }
@@ -274,11 +217,7 @@ where
         name: impl Into<String>,
     ) -> Self {
         let health = Arc::downgrade(&self.health);
-        let degraded = move || {
-            health
-                .upgrade()
-                .is_some_and(|h| h.down.load(Ordering::Acquire))
-        };
+        let degraded = move || health.upgrade().is_some_and(|h| h.is_down());
         self.instruments = Some(Arc::new(crate::otel::StoreInstruments::new(
             meter,
             name.into(),
@@ -339,7 +278,7 @@ where
     /// Whether the store is applying its failure policy now.
     #[must_use]
     pub fn is_degraded(&self) -> bool {
-        self.health.down.load(Ordering::Acquire)
+        self.health.is_down()
     }
 
     fn fall_back(
@@ -354,7 +293,7 @@ where
             FailurePolicy::FailClosed => Ok(Decision::without_store(
                 bucket,
                 false,
-                self.health.probe_interval,
+                self.health.probe_interval(),
             )),
             FailurePolicy::Fallback { store, bucket } => Ok(store.decide_now(key, bucket, cost)),
             FailurePolicy::Propagate => Err(error),
@@ -429,7 +368,7 @@ where
             decision: self.fall_back(key, bucket, ask.cost, error),
             ran,
         };
-        if !self.health.should_try(now) {
+        if !self.health.should_try(now.into_std()) {
             return policy(
                 StoreError::backend("redis is down; not tried until the next probe"),
                 Ran::No,
@@ -450,7 +389,9 @@ where
         .await
         {
             Ok(Ok(reply)) => {
-                self.health.answered();
+                if self.health.answered() == Change::CameBack {
+                    tracing::info!(target: "palisade_token_bucket", "redis answers again; deciding in redis");
+                }
                 return answer(bucket, reply);
             }
             Ok(Err(error)) => {
@@ -467,7 +408,14 @@ where
         if let Some(instruments) = &self.instruments {
             instruments.failed(error.is_timeout());
         }
-        self.health.failed(&error, &self.policy, now);
+        if self.health.failed(now.into_std()) == Change::WentDown {
+            tracing::warn!(
+                target: "palisade_token_bucket",
+                %error,
+                policy = self.policy.name(),
+                "redis failed; applying the failure policy until it answers again"
+            );
+        }
         policy(error, ran)
     }
 }

@@ -71,6 +71,8 @@ use http::header::{
 use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
+use palisade_hints::Refusal;
+use palisade_hints::http::refusal_response;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
 pub use cache_control::CacheControl;
@@ -356,7 +358,11 @@ impl<B, E: Into<BoxError>> Failures<B, E> for BoxErrors {
 /// Failures as `502 Bad Gateway` with an empty body and the failure in the
 /// extensions ([`SharedError`]), for inner services that never fail (an
 /// axum `Router`'s routes); made by
-/// [`CoalesceLayer::answer_failures`].
+/// [`CoalesceLayer::answer_failures`]. A lookup its cache refused
+/// ([`FlightError::Refused`]: Redis down, and a failure policy that
+/// computes nothing without it) is answered `503 Service Unavailable`,
+/// with `Retry-After` and the [`Refusal`] in the extensions, as every
+/// palisade layer answers a call it refused.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BadGateway;
 
@@ -367,6 +373,13 @@ impl<B> Failures<B, std::convert::Infallible> for BadGateway {
         &self,
         failure: BoxError,
     ) -> Result<Response<CoalesceBody<B>>, std::convert::Infallible> {
+        if let Some(refusal) = failure.downcast_ref::<Refusal>() {
+            tracing::debug!(target: "palisade_coalesce", %refusal, "coalesced request refused; answering 503");
+            return Ok(
+                refusal_response::<()>(StatusCode::SERVICE_UNAVAILABLE, *refusal)
+                    .map(|()| CoalesceBody::cached(Bytes::new())),
+            );
+        }
         tracing::warn!(target: "palisade_coalesce", error = %failure, "coalesced request failed; answering 502");
         let mut response = Response::new(CoalesceBody::cached(Bytes::new()));
         *response.status_mut() = StatusCode::BAD_GATEWAY;
@@ -764,6 +777,7 @@ fn flight_error(error: FlightError<BoxError>) -> BoxError {
         FlightError::Failed(shared) => Box::new(SharedError(shared)),
         FlightError::Panicked(message) => format!("the origin panicked: {message}").into(),
         FlightError::Cancelled => "the origin call was cancelled".into(),
+        FlightError::Refused(refusal) => Box::new(refusal),
     }
 }
 

@@ -1,0 +1,165 @@
+//! Whether a store that several calls share (Redis, a broker) answers, and
+//! when to ask it again after it failed.
+//!
+//! A call on a store that is down costs the caller the call's timeout. A
+//! [`Reachability`] spares all but one caller that cost: while the store
+//! answers every call asks it; once a call failed, one call per probe
+//! interval asks it again, and the others apply their failure policy at
+//! once. The first answer marks it up again.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use palisade_hints::reachability::{Change, Reachability};
+//!
+//! let redis = Reachability::new(Duration::from_millis(500));
+//! let now = Instant::now();
+//! assert!(redis.should_try(now));
+//! assert_eq!(redis.failed(now), Change::WentDown);
+//! // Until the next probe, calls do without it.
+//! assert!(!redis.should_try(now + Duration::from_millis(100)));
+//! // Then one call, and only one, probes it.
+//! let later = now + Duration::from_millis(500);
+//! assert!(redis.should_try(later));
+//! assert!(!redis.should_try(later));
+//! assert_eq!(redis.answered(), Change::CameBack);
+//! assert!(redis.should_try(later));
+//! ```
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Whether a shared store answers; see the [module docs](self).
+#[derive(Debug)]
+pub struct Reachability {
+    down: AtomicBool,
+    /// While down: the next probe, in milliseconds since `origin`.
+    next_probe: AtomicU64,
+    probe_interval: Duration,
+    origin: Instant,
+}
+
+/// What a call's outcome changed, for the caller to log once each way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The store was up and still is, or was down and still is.
+    None,
+    /// The store answered after being down.
+    CameBack,
+    /// The store failed after answering.
+    WentDown,
+}
+
+impl Reachability {
+    /// A store taken to answer, asked again once per `probe_interval`
+    /// while it does not.
+    #[must_use]
+    pub fn new(probe_interval: Duration) -> Self {
+        Self {
+            down: AtomicBool::new(false),
+            next_probe: AtomicU64::new(0),
+            probe_interval,
+            origin: Instant::now(),
+        }
+    }
+
+    /// How long calls do without the store after a failure before one asks
+    /// it again.
+    #[must_use]
+    pub const fn probe_interval(&self) -> Duration {
+        self.probe_interval
+    }
+
+    /// Whether the store failed and has not answered since.
+    #[must_use]
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
+    /// Whether a call at `now` should ask the store: always while it
+    /// answers; while it is down, the first call at or after each probe
+    /// time, and no other.
+    #[must_use]
+    pub fn should_try(&self, now: Instant) -> bool {
+        if !self.is_down() {
+            return true;
+        }
+        let now = self.millis(now);
+        let due = self.next_probe.load(Ordering::Acquire);
+        now >= due
+            && self
+                .next_probe
+                .compare_exchange(
+                    due,
+                    now.saturating_add(self.interval_ms()),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+    }
+
+    /// The store answered a call.
+    pub fn answered(&self) -> Change {
+        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::AcqRel) {
+            Change::CameBack
+        } else {
+            Change::None
+        }
+    }
+
+    /// A call made at `now` failed (an error, or no answer in time): the
+    /// next probe is a probe interval after it.
+    pub fn failed(&self, now: Instant) -> Change {
+        let next = self.millis(now).saturating_add(self.interval_ms());
+        self.next_probe.store(next, Ordering::Release);
+        if self.down.swap(true, Ordering::AcqRel) {
+            Change::None
+        } else {
+            Change::WentDown
+        }
+    }
+
+    fn millis(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn interval_ms(&self) -> u64 {
+        u64::try_from(self.probe_interval.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_call_per_probe_interval_asks_a_store_that_is_down() {
+        let store = Reachability::new(Duration::from_secs(1));
+        let start = Instant::now();
+        assert_eq!(store.failed(start), Change::WentDown);
+        assert_eq!(store.failed(start), Change::None, "logged once");
+        for second in 1..5 {
+            let at = start + Duration::from_secs(second);
+            let asked = (0..100).filter(|_| store.should_try(at)).count();
+            assert_eq!(asked, 1, "second {second}");
+            assert_eq!(store.failed(at), Change::None);
+        }
+        assert_eq!(store.answered(), Change::CameBack);
+        assert_eq!(store.answered(), Change::None, "logged once");
+        assert!(!store.is_down());
+    }
+
+    #[test]
+    fn threads_share_out_one_probe() {
+        let store = std::sync::Arc::new(Reachability::new(Duration::from_secs(60)));
+        let start = Instant::now();
+        store.failed(start);
+        let at = start + Duration::from_secs(60);
+        let asked: usize = std::thread::scope(|scope| {
+            let askers: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| (0..1000).filter(|_| store.should_try(at)).count()))
+                .collect();
+            askers.into_iter().map(|asker| asker.join().unwrap()).sum()
+        });
+        assert_eq!(asked, 1);
+    }
+}
