@@ -2,7 +2,7 @@
 //! service, judged as it runs.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -282,16 +282,25 @@ fn upper(index: usize) -> Duration {
 struct State {
     plan: CanaryPlan,
     z: f64,
-    /// The canary's share, in parts of 10,000.
-    weight: AtomicU32,
-    step: AtomicUsize,
-    halted: AtomicBool,
+    /// Where the rollout stands, in one word so a promotion and a halt
+    /// cannot interleave: see [`Rollout`].
+    rollout: AtomicU64,
     stable: Side,
     canary: Side,
     events: broadcast::Sender<CanaryEvent>,
     /// Its OpenTelemetry instruments, once registered.
     #[cfg(feature = "otel")]
     instruments: std::sync::OnceLock<crate::otel::CanaryInstruments>,
+}
+
+impl State {
+    fn rollout(&self) -> Rollout {
+        Rollout::of(self.rollout.load(Ordering::Acquire))
+    }
+
+    fn share(&self) -> f64 {
+        f64::from(self.rollout().weight) / f64::from(PARTS)
+    }
 }
 
 /// A canary rollout: the share of traffic the canary takes, how it is
@@ -323,6 +332,35 @@ pub struct Canary {
     state: Arc<State>,
 }
 
+/// A rollout's step and the canary's share at it (in parts of 10,000), as
+/// one word: the step in the high half, the share in the low. A halted
+/// canary is at step [`Rollout::HALTED`] with no share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rollout {
+    step: u32,
+    weight: u32,
+}
+
+impl Rollout {
+    const HALTED: u32 = u32::MAX;
+
+    const fn word(self) -> u64 {
+        ((self.step as u64) << 32) | self.weight as u64
+    }
+
+    #[allow(clippy::cast_possible_truncation)]
+    const fn of(word: u64) -> Self {
+        Self {
+            step: (word >> 32) as u32,
+            weight: word as u32,
+        }
+    }
+
+    const fn is_halted(self) -> bool {
+        self.step == Self::HALTED
+    }
+}
+
 /// A share as parts of 10,000.
 fn parts(share: f64) -> u32 {
     // Within 0..=10,000.
@@ -345,9 +383,13 @@ impl Canary {
             state: Arc::new(State {
                 plan,
                 z,
-                weight: AtomicU32::new(first),
-                step: AtomicUsize::new(0),
-                halted: AtomicBool::new(false),
+                rollout: AtomicU64::new(
+                    Rollout {
+                        step: 0,
+                        weight: first,
+                    }
+                    .word(),
+                ),
                 stable: Side::new(),
                 canary: Side::new(),
                 events: broadcast::channel(64).0,
@@ -360,13 +402,13 @@ impl Canary {
     /// The share of traffic the canary takes now.
     #[must_use]
     pub fn share(&self) -> f64 {
-        f64::from(self.state.weight.load(Ordering::Acquire)) / f64::from(PARTS)
+        self.state.share()
     }
 
     /// Whether it was halted.
     #[must_use]
     pub fn is_halted(&self) -> bool {
-        self.state.halted.load(Ordering::Acquire)
+        self.state.rollout().is_halted()
     }
 
     /// Events as they happen: promotions and the halt.
@@ -384,20 +426,31 @@ impl Canary {
     /// the last step.
     pub fn promote(&self) -> Result<f64, CanaryError> {
         let state = &*self.state;
-        if self.is_halted() {
+        let now = state.rollout();
+        if now.is_halted() {
             return Err(CanaryError::Halted);
         }
-        let step = state.step.load(Ordering::Acquire) + 1;
-        let Some(&share) = state.plan.steps.get(step) else {
+        let step = now.step + 1;
+        let Some(&share) = usize::try_from(step)
+            .ok()
+            .and_then(|step| state.plan.steps.get(step))
+        else {
             return Err(CanaryError::Complete);
         };
-        if state
-            .step
-            .compare_exchange(step - 1, step, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            // Another promotion or the halt came first: its answer stands.
-            return if self.is_halted() {
+        let next = Rollout {
+            step,
+            weight: parts(share),
+        };
+        // The step and the share move together, and only from where this
+        // promotion found them: a halt or another promotion in between
+        // makes it fail, and their answer stands.
+        if let Err(found) = state.rollout.compare_exchange(
+            now.word(),
+            next.word(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            return if Rollout::of(found).is_halted() {
                 Err(CanaryError::Halted)
             } else {
                 Ok(self.share())
@@ -405,7 +458,6 @@ impl Canary {
         }
         state.stable.reset();
         state.canary.reset();
-        state.weight.store(parts(share), Ordering::Release);
         self.happened(CanaryEvent::Promoted { share });
         Ok(share)
     }
@@ -439,11 +491,14 @@ impl Canary {
     }
 
     fn halt_for(&self, reason: HaltReason) {
-        let state = &*self.state;
-        if state.halted.swap(true, Ordering::AcqRel) {
+        let halted = Rollout {
+            step: Rollout::HALTED,
+            weight: 0,
+        };
+        let before = Rollout::of(self.state.rollout.swap(halted.word(), Ordering::AcqRel));
+        if before.is_halted() {
             return;
         }
-        state.weight.store(0, Ordering::Release);
         self.happened(CanaryEvent::Halted { reason });
     }
 
@@ -465,10 +520,7 @@ impl Canary {
     #[cfg(feature = "otel")]
     pub fn instrument(&self, meter: &opentelemetry::metrics::Meter, name: impl Into<String>) {
         let state = Arc::downgrade(&self.state);
-        let share = move || {
-            let state = state.upgrade()?;
-            Some(f64::from(state.weight.load(Ordering::Acquire)) / f64::from(PARTS))
-        };
+        let share = move || Some(state.upgrade()?.share());
         let _ = self
             .state
             .instruments
@@ -477,7 +529,7 @@ impl Canary {
 
     /// Whether a request with `key` goes to the canary.
     pub(crate) fn takes(&self, key: Option<KeyHash>) -> bool {
-        let weight = self.state.weight.load(Ordering::Acquire);
+        let weight = self.state.rollout().weight;
         if weight == 0 {
             return false;
         }

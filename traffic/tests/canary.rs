@@ -230,3 +230,80 @@ async fn a_schedule_stops_with_the_halt() {
     assert!(events.try_recv().is_err(), "no step after the halt");
     assert_eq!(canary.share(), 0.0);
 }
+
+/// A halt racing a promotion wins: a halted canary takes no traffic,
+/// whichever of the two lands first. (The promotion used to store its
+/// share after the halt had stored zero.) Also: two promotions racing
+/// never move the share back.
+#[test]
+fn a_halt_racing_a_promotion_leaves_the_canary_without_traffic() {
+    let plan = CanaryPlan::new().steps([0.1, 0.5, 1.0]);
+    let barrier = std::sync::Barrier::new(3);
+    let canaries: Vec<Canary> = (0..5_000)
+        .map(|_| Canary::new(plan.clone()).unwrap())
+        .collect();
+    std::thread::scope(|scope| {
+        let racers = [0, 1].map(|racer| {
+            let (barrier, canaries) = (&barrier, &canaries);
+            scope.spawn(move || {
+                barrier.wait();
+                for canary in canaries {
+                    if racer == 0 {
+                        let _ = canary.promote();
+                    } else {
+                        canary.halt();
+                    }
+                }
+            })
+        });
+        barrier.wait();
+        for racer in racers {
+            racer.join().unwrap();
+        }
+    });
+    for canary in &canaries {
+        assert!(canary.is_halted());
+        assert_eq!(canary.share(), 0.0, "a halted canary takes no traffic");
+    }
+}
+
+#[test]
+fn promotions_racing_never_move_the_share_back() {
+    let plan = CanaryPlan::new().steps([0.01, 0.1, 0.5, 1.0]);
+    let canaries: Vec<Canary> = (0..5_000)
+        .map(|_| Canary::new(plan.clone()).unwrap())
+        .collect();
+    let barrier = std::sync::Barrier::new(3);
+    let seen = std::thread::scope(|scope| {
+        let racers = [0, 1].map(|_| {
+            let (barrier, canaries) = (&barrier, &canaries);
+            scope.spawn(move || {
+                barrier.wait();
+                for canary in canaries {
+                    let _ = canary.promote();
+                }
+            })
+        });
+        barrier.wait();
+        // Watch each canary's share while the racers promote it.
+        let mut backwards = 0;
+        for canary in &canaries {
+            let mut last = 0.0;
+            for _ in 0..4 {
+                let now = canary.share();
+                if now < last {
+                    backwards += 1;
+                }
+                last = now;
+            }
+        }
+        for racer in racers {
+            racer.join().unwrap();
+        }
+        backwards
+    });
+    assert_eq!(seen, 0, "a share moved back");
+    for canary in &canaries {
+        assert!(canary.share() >= 0.1, "each promoted at least once");
+    }
+}
