@@ -66,7 +66,9 @@ impl<B, E> Failure<http::Response<B>, E> for ServerErrorsAsFailures {
 /// Every call is timed and classified; the canary is judged against the
 /// stable service with each of its calls, and halted (every call to the
 /// stable service from then on) as its [`CanaryPlan`](crate::CanaryPlan)
-/// says.
+/// says. A call dropped before it ends (the caller's timeout, a client
+/// gone) counts for as long as it ran, with no verdict on its result: a
+/// canary that hangs is halted for its latency.
 ///
 /// # Example
 ///
@@ -155,6 +157,7 @@ where
             canary: self.canary.clone(),
             failure: self.failure.clone(),
             started: Instant::now(),
+            ended: false,
         }
     }
 }
@@ -169,13 +172,25 @@ pin_project! {
 
 pin_project! {
     /// Response future of [`CanarySplit`]: the call on its side, whose
-    /// outcome and latency the canary is told when it ends.
+    /// outcome and latency the canary is told when it ends, or its latency
+    /// alone when it is dropped first.
     pub struct SplitFuture<St: Service<Req>, Ca: Service<Req>, Req, F> {
         #[pin]
         call: Side<St, Ca, Req>,
         canary: Canary,
         failure: F,
         started: Instant,
+        ended: bool,
+    }
+
+    impl<St: Service<Req>, Ca: Service<Req>, Req, F> PinnedDrop for SplitFuture<St, Ca, Req, F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !*this.ended {
+                let on_canary = matches!(this.call.project(), SideProjection::Canary { .. });
+                this.canary.record(on_canary, false, this.started.elapsed());
+            }
+        }
     }
 }
 
@@ -203,6 +218,7 @@ where
             SideProjection::Stable { call } => (ready!(call.poll(cx)), false),
             SideProjection::Canary { call } => (ready!(call.poll(cx)), true),
         };
+        *this.ended = true;
         this.canary.record(
             on_canary,
             this.failure.is_failure(&result),

@@ -124,6 +124,28 @@ async fn a_slower_canary_is_halted_for_its_latency() {
     assert!(slow >= Duration::from_millis(20) && stable < Duration::from_millis(20));
 }
 
+/// A canary that never answers is halted though no call of it ends: the
+/// callers' own timeout drops each call, which counts for as long as it
+/// ran. (Dropped calls used to count for nothing, so the canary was never
+/// judged and kept its share of users for good.)
+#[tokio::test(start_paused = true)]
+async fn a_canary_that_hangs_is_halted_through_its_callers_timeouts() {
+    let canary = Canary::new(plan()).unwrap();
+    let split = CanarySplit::new(
+        version(u64::MAX, Duration::from_millis(10)),
+        service_fn(|_: u64| std::future::pending::<Result<u64, BoxError>>()),
+        canary.clone(),
+        |user: &u64| Some(*user),
+    );
+    let mut user = 0;
+    while !canary.is_halted() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), split.clone().oneshot(user)).await;
+        user += 1;
+        assert!(user < 10_000, "never halted: {:?}", canary.counts());
+    }
+    assert_eq!(canary.share(), 0.0);
+}
+
 #[tokio::test]
 async fn each_step_is_an_event_and_starts_the_judging_again() {
     let canary = Canary::new(CanaryPlan::new()).unwrap();
