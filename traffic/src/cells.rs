@@ -143,9 +143,15 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
-    pub(crate) fn enter(self: &Arc<Self>) -> Entered {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        Entered(Arc::clone(self))
+    /// A request under way on the cell, unless `retire` took the cell
+    /// meanwhile (then `None`: route again). With `retire`'s table swap,
+    /// store of `watched` and load of the count, all sequentially
+    /// consistent: either it sees this count, and waits for it, or this
+    /// sees it watching, and leaves.
+    pub(crate) fn enter(self: &Arc<Self>) -> Option<Entered> {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let entered = Entered(Arc::clone(self));
+        (!self.watched.load(Ordering::SeqCst)).then_some(entered)
     }
 
     fn count(&self) -> usize {

@@ -76,11 +76,20 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let table = self.cells.load();
-        let cell = &table.cells[usize::from(table.route(self.key.key(&request)))];
-        CellFuture {
-            call: cell.service.clone().oneshot(request),
-            _entered: cell.in_flight.enter(),
+        // The key first: the user's function may take its time, and the
+        // table is read just before the cell is entered.
+        let key = self.key.key(&request);
+        loop {
+            let table = self.cells.load();
+            let cell = &table.cells[usize::from(table.route(key))];
+            // A cell retired since the table was read refuses the entry;
+            // the next table no longer has it.
+            if let Some(entered) = cell.in_flight.enter() {
+                return CellFuture {
+                    call: cell.service.clone().oneshot(request),
+                    _entered: entered,
+                };
+            }
         }
     }
 }

@@ -314,3 +314,49 @@ async fn requests_routed_while_keys_move_are_each_served_once() {
         (Some(0), Some(0))
     );
 }
+
+/// A request whose key is being worked out while its cell is retired goes
+/// to a cell still serving: `retire` hands the old cell's service back
+/// only when no request can reach it. (The router read the table before
+/// the key function ran, so a request could enter a cell that `retire`
+/// had already found idle and handed back.)
+#[tokio::test]
+async fn a_request_routed_while_its_cell_retires_reaches_a_serving_cell() {
+    let served_by_old = Arc::new(AtomicUsize::new(0));
+    let old = {
+        let served = Arc::clone(&served_by_old);
+        service_fn(move |user: u64| {
+            served.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, BoxError>(user) }
+        })
+    };
+    let new = service_fn(|user: u64| async move { Ok::<_, BoxError>(user) });
+    let cells = Cells::new([
+        ("old", old.boxed_clone_sync()),
+        ("new", new.boxed_clone_sync()),
+    ])
+    .unwrap();
+    cells.assign(0..SLOTS, "old").unwrap();
+    let (keying, keyed) = std::sync::mpsc::channel::<()>();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let wait = Arc::new(std::sync::Mutex::new(wait));
+    let mut router = CellRouter::new(cells.clone(), move |user: &u64| {
+        keying.send(()).unwrap();
+        wait.lock().unwrap().recv().unwrap();
+        Some(*user)
+    });
+    let routing = std::thread::spawn(move || router.call(7));
+    keyed.recv().unwrap();
+    // While the request's key is worked out, every key moves, and the old
+    // cell is retired: it has no request under way.
+    cells.assign(0..SLOTS, "new").unwrap();
+    cells.fallback("new").unwrap();
+    cells.retire("old").await.unwrap();
+    go.send(()).unwrap();
+    assert_eq!(routing.join().unwrap().await.unwrap(), 7);
+    assert_eq!(
+        served_by_old.load(Ordering::SeqCst),
+        0,
+        "the retired cell served nothing after retire returned"
+    );
+}
