@@ -1,11 +1,9 @@
 //! Deciding from a call's result whether the dependency is unwell.
 
 use std::any::Any;
-use std::error::Error;
 use std::time::Duration;
 
 use palisade_hints::Refusal;
-use tower::BoxError;
 
 use crate::breaker::{Outcome, Permit};
 use crate::error::Open;
@@ -186,7 +184,7 @@ where
 /// An error that carries the [`Refusal`] marker (an [`Open`] breaker or a
 /// rate limiter beneath this layer refused the call without reaching the
 /// dependency) is neither: it is ignored. The marker is found in a
-/// [`BoxError`]'s source chain (tower's error type, which palisade's layers
+/// [`BoxError`](tower::BoxError)'s source chain (tower's error type, which palisade's layers
 /// return) or when the error is a [`Refusal`] or an [`Open`] itself; for
 /// other error types that wrap one, write a classifier that looks with
 /// [`Refusal::find`].
@@ -215,18 +213,11 @@ impl<T, E: 'static> Settle<T, E> for ErrorsAsFailures {
     }
 }
 
-/// Whether `error` carries the [`Refusal`] marker: it is a [`BoxError`]
+/// Whether `error` carries the [`Refusal`] marker: it is a [`BoxError`](tower::BoxError)
 /// (or a non-`Send` boxed error) with one in its source chain, or a
 /// [`Refusal`] or an [`Open`] itself.
 pub(crate) fn is_refusal<E: 'static>(error: &E) -> bool {
-    let error: &dyn Any = error;
-    if let Some(boxed) = error.downcast_ref::<BoxError>() {
-        Refusal::find(&**boxed).is_some()
-    } else if let Some(boxed) = error.downcast_ref::<Box<dyn Error>>() {
-        Refusal::find(&**boxed).is_some()
-    } else {
-        error.is::<Refusal>() || error.is::<Open>()
-    }
+    Refusal::in_error(error).is_some() || (error as &dyn Any).is::<Open>()
 }
 
 impl<T, E, F> Classify<T, E> for F

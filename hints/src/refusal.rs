@@ -1,5 +1,6 @@
 //! The marker of a call refused locally, before it reached the dependency.
 
+use std::any::Any;
 use std::error::Error;
 use std::fmt;
 use std::time::Duration;
@@ -96,6 +97,23 @@ impl Refusal {
         self.retry_after
     }
 
+    /// The refusal a service's error carries, whatever its type: found in
+    /// the source chain of a boxed error (tower's `BoxError`, which
+    /// palisade's layers return, or a non-`Send` `Box<dyn Error>`), or the
+    /// error itself when it is a `Refusal`. Other error types that wrap
+    /// one are looked into with [`find`](Self::find).
+    #[must_use]
+    pub fn in_error<E: 'static>(error: &E) -> Option<&Self> {
+        let error: &dyn Any = error;
+        if let Some(boxed) = error.downcast_ref::<Box<dyn Error + Send + Sync>>() {
+            Self::find(&**boxed)
+        } else if let Some(boxed) = error.downcast_ref::<Box<dyn Error>>() {
+            Self::find(&**boxed)
+        } else {
+            error.downcast_ref::<Self>()
+        }
+    }
+
     /// The refusal in `error` or anywhere in its source chain.
     #[must_use]
     pub fn find<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a Self> {
@@ -154,6 +172,13 @@ mod tests {
         assert_eq!(Refusal::find(&refusal), Some(&refusal));
         let unrelated = std::io::Error::other("down");
         assert_eq!(Refusal::find(&unrelated), None);
+
+        let boxed: Box<dyn Error + Send + Sync> = Box::new(Wrapper(refusal));
+        assert_eq!(Refusal::in_error(&boxed), Some(&refusal));
+        let local: Box<dyn Error> = Box::new(refusal);
+        assert_eq!(Refusal::in_error(&local), Some(&refusal));
+        assert_eq!(Refusal::in_error(&refusal), Some(&refusal));
+        assert_eq!(Refusal::in_error(&unrelated), None);
     }
 
     #[test]

@@ -1,10 +1,6 @@
 //! Deciding from a call's result whether it met the objective.
 
-use std::any::Any;
-use std::error::Error;
-
 use palisade_hints::{Refusal, RefusalReason};
-use tower::BoxError;
 
 /// How a call counts against an objective.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,7 +49,7 @@ where
 /// which is excluded.
 ///
 /// An open breaker's refusal is bad: the caller got no answer. The marker
-/// is found in a [`BoxError`]'s source chain, or when the error is a
+/// is found in a [`BoxError`](tower::BoxError)'s source chain, or when the error is a
 /// [`Refusal`] itself.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ErrorsAreBad;
@@ -63,24 +59,13 @@ impl<T, E: 'static> Classify<T, E> for ErrorsAreBad {
         match result {
             Ok(_) => Event::Good,
             Err(error)
-                if refusal(error).is_some_and(|r| r.reason() == RefusalReason::RateLimited) =>
+                if Refusal::in_error(error)
+                    .is_some_and(|r| r.reason() == RefusalReason::RateLimited) =>
             {
                 Event::Excluded
             }
             Err(_) => Event::Bad,
         }
-    }
-}
-
-/// The [`Refusal`] `error` carries, if it carries one.
-fn refusal<E: 'static>(error: &E) -> Option<&Refusal> {
-    let error: &dyn Any = error;
-    if let Some(boxed) = error.downcast_ref::<BoxError>() {
-        Refusal::find(&**boxed)
-    } else if let Some(boxed) = error.downcast_ref::<Box<dyn Error>>() {
-        Refusal::find(&**boxed)
-    } else {
-        error.downcast_ref::<Refusal>()
     }
 }
 
@@ -92,7 +77,7 @@ mod tests {
 
     #[test]
     fn errors_are_bad_but_a_caller_over_its_limit_is_excluded() {
-        let event = |result: Result<(), BoxError>| ErrorsAreBad.classify(&result);
+        let event = |result: Result<(), tower::BoxError>| ErrorsAreBad.classify(&result);
         assert_eq!(event(Ok(())), Event::Good);
         assert_eq!(event(Err("boom".into())), Event::Bad);
         let limited = Refusal::rate_limited(Some(Duration::from_secs(1)));

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use palisade_hints::Refusal;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::Service;
@@ -15,9 +16,25 @@ use crate::key::Key;
 /// Which results count as the canary (or the stable service) failing.
 ///
 /// Implemented for closures `Fn(&Result<T, E>) -> bool` (true: failed).
+///
+/// A call a palisade layer refused itself (a [`Refusal`]: an open breaker,
+/// an empty token bucket inside a side's stack) is neither a success nor
+/// a failure of its side, and counts for neither: the version did not
+/// answer it, and one client over its own limit must not halt a canary.
 pub trait Failure<T, E> {
     /// Whether `result` is a failure.
     fn is_failure(&self, result: &Result<T, E>) -> bool;
+
+    /// Whether a palisade layer refused the call itself. By default, when
+    /// the error carries a [`Refusal`] ([`Refusal::in_error`]).
+    fn is_refusal(&self, result: &Result<T, E>) -> bool
+    where
+        E: 'static,
+    {
+        result
+            .as_ref()
+            .is_err_and(|error| Refusal::in_error(error).is_some())
+    }
 }
 
 impl<T, E, F> Failure<T, E> for F
@@ -29,7 +46,7 @@ where
     }
 }
 
-/// Every `Err` is a failure (the default).
+/// Every `Err` is a failure (the default), but a [`Refusal`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ErrorsAsFailures;
 
@@ -39,7 +56,9 @@ impl<T, E> Failure<T, E> for ErrorsAsFailures {
     }
 }
 
-/// 5xx responses and transport errors are failures (feature `http`).
+/// 5xx responses and transport errors are failures (feature `http`), but
+/// a [`Refusal`], on the error or in the response's extensions (a
+/// palisade layer's own 503 or 429).
 #[cfg(feature = "http")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerErrorsAsFailures;
@@ -50,6 +69,16 @@ impl<B, E> Failure<http::Response<B>, E> for ServerErrorsAsFailures {
         result
             .as_ref()
             .map_or(true, |response| response.status().is_server_error())
+    }
+
+    fn is_refusal(&self, result: &Result<http::Response<B>, E>) -> bool
+    where
+        E: 'static,
+    {
+        match result {
+            Ok(response) => response.extensions().get::<Refusal>().is_some(),
+            Err(error) => Refusal::in_error(error).is_some(),
+        }
     }
 }
 
@@ -130,6 +159,7 @@ impl<St, Ca, K, F> CanarySplit<St, Ca, K, F> {
 impl<St, Ca, K, F, Req> Service<Req> for CanarySplit<St, Ca, K, F>
 where
     St: Service<Req> + Clone,
+    St::Error: 'static,
     Ca: Service<Req, Response = St::Response, Error = St::Error> + Clone,
     K: Key<Req>,
     F: Failure<St::Response, St::Error> + Clone,
@@ -207,6 +237,7 @@ where
 impl<St, Ca, Req, F> Future for SplitFuture<St, Ca, Req, F>
 where
     St: Service<Req>,
+    St::Error: 'static,
     Ca: Service<Req, Response = St::Response, Error = St::Error>,
     F: Failure<St::Response, St::Error>,
 {
@@ -219,11 +250,13 @@ where
             SideProjection::Canary { call } => (ready!(call.poll(cx)), true),
         };
         *this.ended = true;
-        this.canary.record(
-            on_canary,
-            this.failure.is_failure(&result),
-            this.started.elapsed(),
-        );
+        if !this.failure.is_refusal(&result) {
+            this.canary.record(
+                on_canary,
+                this.failure.is_failure(&result),
+                this.started.elapsed(),
+            );
+        }
         Poll::Ready(result)
     }
 }

@@ -329,3 +329,27 @@ fn promotions_racing_never_move_the_share_back() {
         assert!(canary.share() >= 0.1, "each promoted at least once");
     }
 }
+
+/// Calls a palisade layer inside the canary's stack refused (a rate
+/// limiter's, here for every user) count for neither side: the canary
+/// did not answer them, so they cannot halt it. (They counted as its
+/// failures.)
+#[tokio::test]
+async fn refusals_inside_a_side_count_for_neither_side() {
+    let canary = Canary::new(plan()).unwrap();
+    let split = CanarySplit::new(
+        version(u64::MAX, Duration::ZERO),
+        service_fn(|_: u64| async {
+            Err::<u64, BoxError>(Box::new(palisade_hints::Refusal::rate_limited(None)))
+        }),
+        canary.clone(),
+        |user: &u64| Some(*user),
+    );
+    for user in 0..2_000 {
+        let _ = split.clone().oneshot(user).await;
+    }
+    assert!(!canary.is_halted());
+    let ((stable, _), (on_canary, _)) = canary.counts();
+    assert!(stable > 800, "{stable}");
+    assert_eq!(on_canary, 0, "no refused call counted");
+}
