@@ -32,7 +32,7 @@
 //! | `palisade.coalesce.early_refreshes` | `cache` | early refreshes (XFetch) started |
 //! | `palisade.coalesce.lock_takeovers` | `cache` | Redis locks won by a waiter after the leader's lock went, whatever took it (its lease ran out, the leader gave it back, the key was invalidated) |
 //! | `palisade.coalesce.redis_errors` | `cache` | Redis calls that failed or were not answered within the timeout |
-//! | `palisade.coalesce.without_redis` | `cache`, `outcome` (`computed`, `refused`) | lookups that needed Redis while it was down, answered by the [`FailurePolicy`] |
+//! | `palisade.coalesce.without_redis` | `cache`, `outcome` (`computed`, `refused`) | in-process flights (one for all the callers of a key at once) that Redis did not answer, answered by the [`FailurePolicy`]; a refused one may still have served a stale value |
 
 mod cache;
 #[cfg(feature = "redis")]

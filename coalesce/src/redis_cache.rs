@@ -387,7 +387,7 @@ where
         Ok(Self {
             shared: Arc::new(Shared {
                 connection,
-                redis: Reachability::new(settings.probe_interval),
+                redis: Reachability::new(settings.probe_interval, Instant::now().into_std()),
                 settings,
                 channel,
                 wakeups,
@@ -444,12 +444,15 @@ where
         self.local.detach(&key.to_owned());
         let mut connection = self.shared.connection.clone();
         // One command: both keys share a hash tag, so one Cluster slot.
-        let _ = self
+        let dropped = self
             .shared
             .call(
                 connection.del::<_, i64>(&[self.shared.value_key(key), self.shared.lock_key(key)]),
             )
             .await;
+        if dropped.is_none() {
+            tracing::warn!(target: "palisade_coalesce", key, "redis failed; the invalidation was not applied");
+        }
     }
 
     /// The freshness values get when the computation does not say.
@@ -547,16 +550,21 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
         format!("{{{}:{key}}}:lock", self.settings.prefix)
     }
 
-    /// One Redis call within the timeout; `None` when Redis failed, or
-    /// is down and this call is not the one that asks it again.
+    /// Whether a lookup should ask Redis: while it is down, one lookup
+    /// per probe interval does; the others apply the failure policy at
+    /// once. Only a lookup's first call is gated: the calls after it, and
+    /// the writes that keep entries and locks right (storing, releasing,
+    /// extending, invalidating), are always made.
+    fn may_ask(&self) -> bool {
+        self.redis.should_try(Instant::now().into_std())
+    }
+
+    /// One Redis call within the timeout; `None` when Redis failed.
     async fn call<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Option<T> {
         let asked = Instant::now();
-        if !self.redis.should_try(asked.into_std()) {
-            return None;
-        }
         let error = match tokio::time::timeout(self.settings.timeout, call).await {
             Ok(Ok(value)) => {
-                if self.redis.answered() == Change::CameBack {
+                if self.redis.answered(asked.into_std()) == Change::CameBack {
                     tracing::info!(target: "palisade_coalesce", "redis answers again; coalescing across processes");
                 }
                 return Some(value);
@@ -685,7 +693,12 @@ where
     Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>> + Send + 'static,
     E: Send + 'static,
 {
-    let Some(stored) = shared.read(&key).await else {
+    let read = if shared.may_ask() {
+        shared.read(&key).await
+    } else {
+        None
+    };
+    let Some(stored) = read else {
         return answer(shared.compute_alone(compute).await.map(miss));
     };
     let seen = stored.as_ref().map(|stored| stored.write);

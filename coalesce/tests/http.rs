@@ -195,10 +195,10 @@ async fn instances_sharing_redis_reach_the_origin_once() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
-/// An instance whose `RedisCache` refuses while Redis is down answers
-/// `503` with `Retry-After` (the probe interval) and the refusal in the
-/// extensions, as palisade layers answer what they refuse, and its origin
-/// is not called.
+/// A `RedisCache` that refuses while Redis is down answers `503` with
+/// `Retry-After` (the probe interval) and the refusal in the extensions,
+/// as palisade layers answer what they refuse, and its origin is not
+/// called.
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_refusing_without_redis_answers_503_with_retry_after() {
@@ -226,14 +226,19 @@ async fn a_cache_refusing_without_redis_answers_503_with_retry_after() {
             }),
         )
         .layer(CoalesceLayer::new(cache).answer_failures());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     for _ in 0..3 {
-        let (status, headers, _) =
-            send(address, "GET", "/trending", &[("host", "catalog.example")]).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(headers["retry-after"], "2");
+        let request = Request::get("/trending")
+            .header("host", "catalog.example")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "2");
+        let refusal = response.extensions().get::<palisade_hints::Refusal>();
+        assert_eq!(
+            refusal.map(palisade_hints::Refusal::reason),
+            Some(palisade_hints::RefusalReason::StoreDown)
+        );
     }
     assert_eq!(calls.load(Ordering::SeqCst), 0, "the origin is not called");
 }

@@ -817,3 +817,37 @@ async fn computing_here_up_to_a_limit_refuses_past_it() {
     assert_eq!(computed.value, "v1");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// One call that Redis left unanswered marks it down until the next
+/// probe, but the writes that keep entries right are still made: an
+/// invalidation right after Redis is back is applied. (Every Redis call
+/// was gated by the probe, so the invalidation was dropped unlogged, and
+/// the other process went on serving the old value.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_is_applied_while_redis_waits_for_its_next_probe() {
+    let (proxy, through) = redis_proxy().await;
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)).early_refresh(0.0))
+        .prefix(&prefix())
+        .timeout(Duration::from_millis(200))
+        .probe_interval(Duration::from_secs(3600))
+        .wake_ups(false);
+    let writer = process(&through, settings.clone()).await;
+    let reader = process(&redis_url(), settings).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    reader
+        .get_with("k", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    proxy.stall();
+    writer
+        .get_with("other", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    proxy.resume().await;
+    writer.invalidate("k").await;
+    let after = reader
+        .get_with("k", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(after.served, Served::Miss, "the invalidation was applied");
+}

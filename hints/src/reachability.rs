@@ -5,14 +5,20 @@
 //! [`Reachability`] spares all but one caller that cost: while the store
 //! answers every call asks it; once a call failed, one call per probe
 //! interval asks it again, and the others apply their failure policy at
-//! once. The first answer marks it up again.
+//! once. The first answer marks it up again; a failure of a call asked
+//! before the last answer (a slow call outlived by a probe) does not
+//! mark it down.
+//!
+//! Every instant given to one `Reachability` is read from one clock (with
+//! tokio, `tokio::time::Instant::now().into_std()`, so paused time in
+//! tests moves it too).
 //!
 //! ```
 //! use std::time::{Duration, Instant};
 //! use palisade_hints::reachability::{Change, Reachability};
 //!
-//! let redis = Reachability::new(Duration::from_millis(500));
 //! let now = Instant::now();
+//! let redis = Reachability::new(Duration::from_millis(500), now);
 //! assert!(redis.should_try(now));
 //! assert_eq!(redis.failed(now), Change::WentDown);
 //! // Until the next probe, calls do without it.
@@ -21,7 +27,7 @@
 //! let later = now + Duration::from_millis(500);
 //! assert!(redis.should_try(later));
 //! assert!(!redis.should_try(later));
-//! assert_eq!(redis.answered(), Change::CameBack);
+//! assert_eq!(redis.answered(later), Change::CameBack);
 //! assert!(redis.should_try(later));
 //! ```
 
@@ -34,6 +40,9 @@ pub struct Reachability {
     down: AtomicBool,
     /// While down: the next probe, in milliseconds since `origin`.
     next_probe: AtomicU64,
+    /// When the latest call that got an answer was asked, in milliseconds
+    /// since `origin`.
+    answered_asked: AtomicU64,
     probe_interval: Duration,
     origin: Instant,
 }
@@ -51,14 +60,16 @@ pub enum Change {
 
 impl Reachability {
     /// A store taken to answer, asked again once per `probe_interval`
-    /// while it does not.
+    /// while it does not; `now` on the clock every later instant is read
+    /// from.
     #[must_use]
-    pub fn new(probe_interval: Duration) -> Self {
+    pub const fn new(probe_interval: Duration, now: Instant) -> Self {
         Self {
             down: AtomicBool::new(false),
             next_probe: AtomicU64::new(0),
+            answered_asked: AtomicU64::new(0),
             probe_interval,
-            origin: Instant::now(),
+            origin: now,
         }
     }
 
@@ -97,8 +108,10 @@ impl Reachability {
                 .is_ok()
     }
 
-    /// The store answered a call.
-    pub fn answered(&self) -> Change {
+    /// The store answered a call asked at `asked`.
+    pub fn answered(&self, asked: Instant) -> Change {
+        self.answered_asked
+            .fetch_max(self.millis(asked), Ordering::AcqRel);
         if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::AcqRel) {
             Change::CameBack
         } else {
@@ -106,11 +119,16 @@ impl Reachability {
         }
     }
 
-    /// A call made at `now` failed (an error, or no answer in time): the
-    /// next probe is a probe interval after it.
-    pub fn failed(&self, now: Instant) -> Change {
-        let next = self.millis(now).saturating_add(self.interval_ms());
-        self.next_probe.store(next, Ordering::Release);
+    /// A call asked at `asked` failed (an error, or no answer in time):
+    /// the next probe is a probe interval after it. A call asked before
+    /// one that got an answer changes nothing: the store answered since.
+    pub fn failed(&self, asked: Instant) -> Change {
+        let asked = self.millis(asked);
+        if asked < self.answered_asked.load(Ordering::Acquire) {
+            return Change::None;
+        }
+        self.next_probe
+            .fetch_max(asked.saturating_add(self.interval_ms()), Ordering::AcqRel);
         if self.down.swap(true, Ordering::AcqRel) {
             Change::None
         } else {
@@ -133,8 +151,8 @@ mod tests {
 
     #[test]
     fn one_call_per_probe_interval_asks_a_store_that_is_down() {
-        let store = Reachability::new(Duration::from_secs(1));
         let start = Instant::now();
+        let store = Reachability::new(Duration::from_secs(1), start);
         assert_eq!(store.failed(start), Change::WentDown);
         assert_eq!(store.failed(start), Change::None, "logged once");
         for second in 1..5 {
@@ -143,15 +161,44 @@ mod tests {
             assert_eq!(asked, 1, "second {second}");
             assert_eq!(store.failed(at), Change::None);
         }
-        assert_eq!(store.answered(), Change::CameBack);
-        assert_eq!(store.answered(), Change::None, "logged once");
+        let back = start + Duration::from_secs(5);
+        assert_eq!(store.answered(back), Change::CameBack);
+        assert_eq!(store.answered(back), Change::None, "logged once");
         assert!(!store.is_down());
+    }
+
+    /// A slow call asked before a probe that got an answer fails after
+    /// it: the store answered since, and stays up.
+    #[test]
+    fn a_failure_older_than_the_last_answer_changes_nothing() {
+        let start = Instant::now();
+        let interval = Duration::from_secs(1);
+        let store = Reachability::new(interval, start);
+        store.failed(start);
+        let probe = start + interval;
+        assert!(store.should_try(probe));
+        assert_eq!(store.answered(probe), Change::CameBack);
+        let slow = probe - Duration::from_millis(10);
+        assert_eq!(store.failed(slow), Change::None);
+        assert!(!store.is_down());
+    }
+
+    /// Failures reported out of order never bring the next probe nearer.
+    #[test]
+    fn the_next_probe_never_moves_back() {
+        let start = Instant::now();
+        let interval = Duration::from_secs(1);
+        let store = Reachability::new(interval, start);
+        store.failed(start + Duration::from_secs(3));
+        store.failed(start);
+        assert!(!store.should_try(start + Duration::from_secs(2)));
+        assert!(store.should_try(start + Duration::from_secs(4)));
     }
 
     #[test]
     fn threads_share_out_one_probe() {
-        let store = std::sync::Arc::new(Reachability::new(Duration::from_secs(60)));
         let start = Instant::now();
+        let store = std::sync::Arc::new(Reachability::new(Duration::from_secs(60), start));
         store.failed(start);
         let at = start + Duration::from_secs(60);
         let asked: usize = std::thread::scope(|scope| {

@@ -122,9 +122,11 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut flowing: watc
         if flowing.wait_for(|flowing| *flowing).await.is_err() {
             return;
         }
+        // A stall first: bytes already readable when it began stay held.
         let read = tokio::select! {
-            read = from.read(&mut buffer) => read,
+            biased;
             _ = flowing.wait_for(|flowing| !*flowing) => continue,
+            read = from.read(&mut buffer) => read,
         };
         match read {
             Ok(0) | Err(_) => break,

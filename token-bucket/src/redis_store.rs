@@ -199,7 +199,10 @@ where
             prefix: Arc::from("palisade:rl"),
             timeout: Duration::from_millis(10),
             policy: Arc::new(policy),
-            health: Arc::new(Reachability::new(Duration::from_millis(500))),
+            health: Arc::new(Reachability::new(
+                Duration::from_millis(500),
+                Instant::now().into_std(),
+            )),
             #[cfg(feature = "otel")]
             instruments: None,
         }
@@ -389,7 +392,7 @@ where
         .await
         {
             Ok(Ok(reply)) => {
-                if self.health.answered() == Change::CameBack {
+                if self.health.answered(now.into_std()) == Change::CameBack {
                     tracing::info!(target: "palisade_token_bucket", "redis answers again; deciding in redis");
                 }
                 return answer(bucket, reply);

@@ -379,3 +379,61 @@ fn the_script_replicates_effects_before_it_writes_after_time() {
         .expect("effects replication asked for");
     assert!(replicate < script.find("'TIME'").unwrap());
 }
+
+/// A connection whose every command fails at once, counting them.
+#[derive(Clone, Default)]
+struct Refusing {
+    commands: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl redis::aio::ConnectionLike for Refusing {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        _: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        self.commands
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Err((redis::ErrorKind::Io, "refused").into()) })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        _: &'a redis::Pipeline,
+        _: usize,
+        _: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.commands
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Err((redis::ErrorKind::Io, "refused").into()) })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+/// While Redis is down the store asks it once per probe interval (500
+/// ms) on tokio's clock, paused time included: a test that advances the
+/// clock by an interval sees the next probe.
+#[tokio::test(start_paused = true)]
+async fn a_down_redis_is_probed_once_per_interval_on_tokios_clock() {
+    let connection = Refusing::default();
+    let store = RedisStore::new(connection.clone(), FailurePolicy::FailOpen);
+    let bucket = Bucket::new(5, 10.0).unwrap();
+    let commands = || {
+        connection
+            .commands
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    assert!(store.decide("k", &bucket, 1).await.unwrap().is_allowed());
+    let asked = commands();
+    assert!(asked >= 1);
+    assert!(store.is_degraded());
+    for _ in 0..10 {
+        assert!(store.decide("k", &bucket, 1).await.unwrap().is_allowed());
+    }
+    assert_eq!(commands(), asked, "not asked until the next probe");
+    tokio::time::advance(Duration::from_millis(500)).await;
+    assert!(store.decide("k", &bucket, 1).await.unwrap().is_allowed());
+    assert!(commands() > asked, "probed after an interval");
+}
