@@ -23,11 +23,13 @@ use crate::flight::Coalescer;
 use crate::freshness::{Entry, Freshness, State};
 
 /// An entry and how long Redis keeps it still (its `PTTL`), read at
-/// once: the entry's age is Redis's count, not a client clock's.
+/// once: the entry's age is Redis's count, not a client clock's. A key of
+/// another type (not ours) reads as absent, and the next store replaces
+/// it.
 static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"local stored = redis.call('GET', KEYS[1])
-if not stored then return false end
+        r"local stored = redis.pcall('GET', KEYS[1])
+if not stored or type(stored) == 'table' then return false end
 return {redis.call('PTTL', KEYS[1]), stored}",
     )
 });
@@ -569,6 +571,14 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
                 }
                 return Some(value);
             }
+            Ok(Err(error)) if !unreachable(&error) => {
+                // Redis answered, with an error of this call's own (a key
+                // of another type, memory full): the call failed, Redis
+                // is up.
+                self.events.redis_failed();
+                tracing::warn!(target: "palisade_coalesce", %error, "a redis call failed");
+                return None;
+            }
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no answer within {:?}", self.settings.timeout),
         };
@@ -662,6 +672,24 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
             .await?;
         Some(won.map(|_| token))
     }
+}
+
+/// Whether `error` says Redis cannot be reached (or cannot serve anyone
+/// now), rather than that one call was wrong.
+fn unreachable(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || matches!(
+            error.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                )
+        )
 }
 
 /// A lock's token: random, so only its holder releases it, and also the

@@ -851,3 +851,35 @@ async fn an_invalidation_is_applied_while_redis_waits_for_its_next_probe() {
         .unwrap();
     assert_eq!(after.served, Served::Miss, "the invalidation was applied");
 }
+
+/// A value key another program left of another type reads as a miss, is
+/// replaced by the next store, and leaves Redis counted as up: the other
+/// keys go on being shared. (Its WRONGTYPE error counted as Redis down:
+/// the key was never stored again, and every key was computed alone
+/// until the next probe.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_another_type_is_replaced_and_redis_stays_up() {
+    let prefix = prefix();
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)).early_refresh(0.0))
+        .prefix(&prefix)
+        .probe_interval(Duration::from_secs(3600));
+    let cache = process(&redis_url(), settings).await;
+    let mut redis = direct().await;
+    let _: i64 = redis
+        .hset(value_key(&prefix, "k"), "field", "value")
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    for (key, served) in [
+        ("k", Served::Miss),
+        ("k", Served::Fresh),
+        ("other", Served::Miss),
+        ("other", Served::Fresh),
+    ] {
+        let lookup = cache
+            .get_with(key, origin(&calls, Duration::ZERO))
+            .await
+            .unwrap();
+        assert_eq!(lookup.served, served, "{key}");
+    }
+}
