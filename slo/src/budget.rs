@@ -23,6 +23,8 @@ const COARSE_BUCKETS_MAX: u64 = 20_000;
 const BUCKETS_PER_WINDOW: u64 = 10;
 /// How often the signal other layers read is worked out again, at most.
 const SIGNAL_EVERY_MS: u64 = 1_000;
+/// A signal not worked out yet.
+const NEVER: u64 = u64::MAX;
 
 /// An objective's error budget, fed by every call: cheap to clone, every
 /// clone counting into the same windows.
@@ -110,8 +112,9 @@ pub(crate) struct Span {
 /// The last signal worked out, for readers on the hot path.
 #[derive(Debug)]
 struct Cached {
-    /// When it is next worked out, in milliseconds since the epoch.
-    next_ms: AtomicU64,
+    /// When it was worked out, in milliseconds since the epoch
+    /// ([`NEVER`] before the first time).
+    at_ms: AtomicU64,
     /// `0` none, `1 + Severity as u8` otherwise.
     firing: AtomicU8,
     /// The budget remaining, as `f64` bits.
@@ -212,7 +215,7 @@ impl ErrorBudget {
                     start: Instant::now(),
                 },
                 signal: Cached {
-                    next_ms: AtomicU64::new(0),
+                    at_ms: AtomicU64::new(NEVER),
                     firing: AtomicU8::new(0),
                     remaining: AtomicU64::new(1.0_f64.to_bits()),
                 },
@@ -374,16 +377,14 @@ impl ErrorBudget {
 
     pub(crate) fn signal_ms(&self, at_ms: u64) -> BudgetSignal {
         let cached = &self.inner.signal;
-        let next = cached.next_ms.load(Ordering::Acquire);
-        if at_ms >= next
+        let worked_out = cached.at_ms.load(Ordering::Acquire);
+        // Worked out again a second after, or a second before: a reader
+        // whose clock runs ahead (or behind) of the others' does not hold
+        // the signal where its time put it.
+        if (worked_out == NEVER || at_ms.abs_diff(worked_out) >= SIGNAL_EVERY_MS)
             && cached
-                .next_ms
-                .compare_exchange(
-                    next,
-                    at_ms + SIGNAL_EVERY_MS,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
+                .at_ms
+                .compare_exchange(worked_out, at_ms, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
             let report = self.report_ms(at_ms);

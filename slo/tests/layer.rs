@@ -180,3 +180,30 @@ async fn calls_from_many_tasks_are_each_counted_once() {
         }
     );
 }
+
+/// A reader whose clock runs ahead (a wall clock read after an NTP step)
+/// does not freeze the signal for the layer, which reads the budget's own
+/// clock: shedding starts within a second of the burn all the same. (The
+/// reader's time set the next refresh an hour ahead, and nothing was shed
+/// for that hour.)
+#[tokio::test(start_paused = true)]
+async fn a_signal_read_ahead_of_the_budgets_clock_does_not_freeze_shedding() {
+    let budget = ErrorBudget::new(objective()).unwrap();
+    let shedding = Shedding::low_priority(|ask: &Ask| *ask == Ask::Report);
+    let mut service = SloLayer::new(budget.clone())
+        .shed(shedding)
+        .layer(service());
+    let mut call = async |request| service.ready().await.unwrap().call(request).await;
+    assert_eq!(budget.signal(budget.now() + 60 * MINUTE).firing(), None);
+    for _ in 0..10 {
+        call(Ask::Fail).await.unwrap_err();
+    }
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let shed = call(Ask::Report).await;
+    assert!(
+        shed.as_ref().is_err_and(|error| error.is::<Shed>()),
+        "shed: {shed:?}"
+    );
+    // A reader at the far end of time panics nowhere.
+    let _ = budget.signal(std::time::UNIX_EPOCH + Duration::from_secs(u64::MAX / 2));
+}
