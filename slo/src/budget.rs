@@ -81,6 +81,9 @@ pub(crate) struct Inner {
     /// The fleet's counts over the objective's window, once shared.
     #[cfg(feature = "redis")]
     pub(crate) fleet: std::sync::Mutex<Option<crate::fleet::View>>,
+    /// Whether the budget is shared already (once per budget).
+    #[cfg(feature = "redis")]
+    pub(crate) shared: std::sync::atomic::AtomicBool,
 }
 
 /// The budget's clock: the wall time when the budget was made, moved on by
@@ -223,6 +226,8 @@ impl ErrorBudget {
                 instruments: std::sync::OnceLock::new(),
                 #[cfg(feature = "redis")]
                 fleet: std::sync::Mutex::default(),
+                #[cfg(feature = "redis")]
+                shared: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }

@@ -65,7 +65,12 @@ impl ErrorBudget {
     /// fleet's ([`Report::fleet_as_of`](crate::Report::fleet_as_of)) and
     /// outlive a restart; while Redis does not answer (for three rounds),
     /// they are this process's own again, and what it counted meanwhile
-    /// is added when Redis is back.
+    /// is added when Redis is back. A round that Redis has not answered
+    /// by the next is given up.
+    ///
+    /// Once per budget and its clones: a later call shares nothing more
+    /// (it would add this process's counts to the fleet's twice), and
+    /// says so in a warning.
     ///
     /// # Panics
     ///
@@ -75,6 +80,14 @@ impl ErrorBudget {
         C: ConnectionLike + Clone + Send + Sync + 'static,
     {
         assert!(!every.is_zero(), "a sharing round needs a period");
+        if self
+            .inner()
+            .shared
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            tracing::warn!(target: "palisade_slo", name, "this budget is shared already; not shared again");
+            return;
+        }
         let budget = self.downgrade();
         let prefix = format!("{{palisade:slo:{name}}}");
         let replica = format!("{:016x}", fastrand::u64(..));
@@ -88,7 +101,13 @@ impl ErrorBudget {
                     return;
                 };
                 let budget = ErrorBudget::from_shared(inner);
-                match round(&budget, redis.clone(), (&prefix, &replica), fresh_for_ms).await {
+                let round = round(&budget, redis.clone(), (&prefix, &replica), fresh_for_ms);
+                let done = tokio::time::timeout(every, round)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err((redis::ErrorKind::Io, "no answer within a sharing round").into())
+                    });
+                match done {
                     Ok(()) if std::mem::take(&mut warned) => tracing::info!(
                         target: "palisade_slo",
                         budget = %prefix,

@@ -104,3 +104,119 @@ async fn with_redis_away_the_budget_is_the_processs_own_and_says_so() {
     })
     .await;
 }
+
+/// A connection that stops answering (its commands never complete) while
+/// `silent`, counting the commands sent meanwhile.
+#[derive(Clone)]
+struct Silenced {
+    inner: ConnectionManager,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    unanswered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Silenced {
+    fn unanswered<'a, T: Send + 'a>(&self) -> redis::RedisFuture<'a, T> {
+        self.unanswered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(std::future::pending())
+    }
+
+    fn is_silent(&self) -> bool {
+        self.silent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl redis::aio::ConnectionLike for Silenced {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        if self.is_silent() {
+            return self.unanswered();
+        }
+        self.inner.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        if self.is_silent() {
+            return self.unanswered();
+        }
+        self.inner.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+/// A Redis that stops answering holds up no round for good: each is
+/// given up by the next, which asks again, and sharing resumes when it
+/// answers. (A round waited for its answer for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_stops_answering_holds_up_no_round_for_good() {
+    let name = name();
+    let connection = Silenced {
+        inner: connect(&redis_url()).await,
+        silent: std::sync::Arc::default(),
+        unanswered: std::sync::Arc::default(),
+    };
+    let budget = ErrorBudget::new(Objective::new(0.99)).unwrap();
+    budget.record(true, budget.now());
+    budget.share(connection.clone(), &name, EVERY);
+    eventually(&budget, "the fleet's counts", |report| {
+        report.fleet_as_of().is_some()
+    })
+    .await;
+    connection
+        .silent
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connection
+        .unanswered
+        .load(std::sync::atomic::Ordering::SeqCst)
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "rounds stopped at the first unanswered one"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eventually(&budget, "its own counts", |report| {
+        report.fleet_as_of().is_none()
+    })
+    .await;
+    connection
+        .silent
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    budget.record(false, budget.now());
+    eventually(&budget, "the fleet's counts again", |report| {
+        report.fleet_as_of().is_some() && report.counts() == Counts { good: 1, bad: 1 }
+    })
+    .await;
+}
+
+/// Sharing a budget twice shares it once: its counts are not the fleet's
+/// twice over. (Each call made a replica of its own, each writing every
+/// count.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_shared_twice_counts_once() {
+    let name = name();
+    let budget = member(&redis_url(), &name, 10, 0).await;
+    budget
+        .clone()
+        .share(connect(&redis_url()).await, &name, EVERY);
+    let newcomer = member(&redis_url(), &name, 0, 0).await;
+    eventually(&newcomer, "the fleet's counts", |report| {
+        report.counts() == Counts { good: 10, bad: 0 }
+    })
+    .await;
+    // Rounds enough for a second replica to have written its counts too.
+    tokio::time::sleep(EVERY * 6).await;
+    assert_eq!(report(&newcomer).counts(), Counts { good: 10, bad: 0 });
+}
