@@ -278,11 +278,23 @@ struct Shared<C> {
     settings: RedisSettings,
     channel: String,
     wakeups: Arc<Wakeups>,
+    /// The task keeping the wake-up subscription, ended with the cache:
+    /// it waits on its subscription, and would otherwise hold it open for
+    /// as long as no message came.
+    dispatching: Option<tokio::task::AbortHandle>,
     redis: Reachability,
     /// Computations running without Redis, for
     /// [`FailurePolicy::ComputeHereUpTo`].
     alone: AtomicUsize,
     events: Arc<Events>,
+}
+
+impl<C> Drop for Shared<C> {
+    fn drop(&mut self) {
+        if let Some(dispatching) = &self.dispatching {
+            dispatching.abort();
+        }
+    }
 }
 
 /// Waiters by key, woken by the pub/sub dispatcher.
@@ -373,17 +385,19 @@ where
     ) -> redis::RedisResult<Self> {
         let channel = format!("{}:filled", settings.prefix);
         let wakeups = Arc::new(Wakeups::default());
+        let mut dispatching = None;
         if settings.wake_ups {
             let pubsub = subscribe(client, &channel, settings.timeout).await;
             if let Err(error) = &pubsub {
                 tracing::warn!(target: "palisade_coalesce", %error, "no wake-up subscription; waiters poll until it is made");
             }
-            tokio::spawn(dispatch(
+            let task = tokio::spawn(dispatch(
                 client.clone(),
                 channel.clone(),
                 pubsub.ok(),
                 Arc::downgrade(&wakeups),
             ));
+            dispatching = Some(task.abort_handle());
         }
         let local = Coalescer::new(100_000);
         Ok(Self {
@@ -393,6 +407,7 @@ where
                 settings,
                 channel,
                 wakeups,
+                dispatching,
                 alone: AtomicUsize::new(0),
                 events: local.events().clone(),
             }),

@@ -883,3 +883,38 @@ async fn a_key_of_another_type_is_replaced_and_redis_stays_up() {
         assert_eq!(lookup.served, served, "{key}");
     }
 }
+
+/// The wake-up subscription ends with the cache: once every clone is
+/// dropped, Redis counts no subscriber on its channel. (The task keeping
+/// it waited on the subscription, so it held the connection open for as
+/// long as no message came.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_cache_leaves_no_subscription_behind() {
+    let prefix = prefix();
+    let cache = process(
+        &redis_url(),
+        RedisSettings::new(Freshness::new(Duration::from_secs(60))).prefix(&prefix),
+    )
+    .await;
+    let mut redis = direct().await;
+    let channel = format!("{prefix}:filled");
+    let subscribers = async |redis: &mut MultiplexedConnection| {
+        let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query_async(redis)
+            .await
+            .unwrap();
+        counts[0].1
+    };
+    assert_eq!(subscribers(&mut redis).await, 1);
+    let clone = cache.clone();
+    drop(cache);
+    assert_eq!(subscribers(&mut redis).await, 1, "a clone keeps it");
+    drop(clone);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while subscribers(&mut redis).await != 0 {
+        assert!(std::time::Instant::now() < deadline, "still subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
