@@ -93,6 +93,10 @@ struct Inner<K, V, E> {
     flights: Mutex<FlightMap<K, V, E>>,
     max_flights: usize,
     events: Arc<Events>,
+    /// Whether a flight is a call to the origin, counted as one; a
+    /// flight that relays to a shared store counts its origin calls
+    /// itself.
+    counts_origin_calls: bool,
 }
 
 /// The flights by key.
@@ -130,12 +134,30 @@ where
     /// A coalescer with room for `max_flights` keys in flight at once.
     #[must_use]
     pub fn new(max_flights: usize) -> Self {
+        Self::with_origin_calls(max_flights, true)
+    }
+
+    /// A coalescer whose flights relay to a shared store, which calls the
+    /// origin (and counts those calls) only when it must.
+    #[cfg(feature = "redis")]
+    pub(crate) fn relaying(max_flights: usize) -> Self {
+        Self::with_origin_calls(max_flights, false)
+    }
+
+    fn with_origin_calls(max_flights: usize, counts_origin_calls: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 flights: Mutex::new(HashMap::default()),
                 max_flights,
                 events: Arc::default(),
+                counts_origin_calls,
             }),
+        }
+    }
+
+    fn started(&self) {
+        if self.inner.counts_origin_calls {
+            self.inner.events.started();
         }
     }
 
@@ -193,7 +215,7 @@ where
             Boarding::Aboard(flight, landing) => (flight, landing),
             Boarding::Alone(compute) => {
                 tracing::debug!(target: "palisade_coalesce", "no flight to join or start (the map full, or no Tokio runtime here); computing uncoalesced");
-                self.inner.events.started();
+                self.started();
                 return land(CatchUnwind::call(compute).await);
             }
         };
@@ -309,7 +331,7 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
-        self.inner.events.started();
+        self.started();
         let computation = CatchUnwind::call(compute);
         let (inner, own_key, own) = (
             Arc::downgrade(&self.inner),

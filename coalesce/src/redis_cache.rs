@@ -399,7 +399,7 @@ where
             ));
             dispatching = Some(task.abort_handle());
         }
-        let local = Coalescer::new(100_000);
+        let local = Coalescer::relaying(100_000);
         Ok(Self {
             shared: Arc::new(Shared {
                 connection,
@@ -498,6 +498,13 @@ where
     {
         let shared = self.shared.clone();
         let owned = key.to_owned();
+        // Counted when the origin is called, not when a flight starts:
+        // most flights find the value in Redis.
+        let events = self.shared.events.clone();
+        let compute = move || {
+            events.started();
+            compute()
+        };
         let lookup = self
             .local
             .run(key.to_owned(), move || resolve(shared, owned, compute))

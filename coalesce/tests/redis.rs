@@ -918,3 +918,44 @@ async fn a_dropped_cache_leaves_no_subscription_behind() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A process that finds the value in Redis counts no origin call: the
+/// counter counts calls to the origin, not lookups. (Every in-process
+/// flight counted as one, whether it read Redis or called the origin.)
+#[cfg(feature = "otel")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_calls_to_the_origin_count_as_origin_calls() {
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)).early_refresh(0.0))
+        .prefix(&prefix());
+    let (computing, reading) = (
+        palisade_testkit::MetricsProbe::default(),
+        palisade_testkit::MetricsProbe::default(),
+    );
+    let first = process(&redis_url(), settings.clone()).await;
+    first.instrument(&computing.meter(), "catalog");
+    let second = process(&redis_url(), settings).await;
+    second.instrument(&reading.meter(), "catalog");
+    let calls = Arc::new(AtomicUsize::new(0));
+    first
+        .get_with("k", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let read = second
+            .get_with("k", origin(&calls, Duration::ZERO))
+            .await
+            .unwrap();
+        assert_eq!(read.served, Served::Fresh);
+    }
+    let label = || vec!["cache=catalog".to_owned()];
+    assert_eq!(
+        computing.points("palisade.coalesce.origin_calls"),
+        vec![(label(), 1)]
+    );
+    let counted: u64 = reading
+        .points("palisade.coalesce.origin_calls")
+        .iter()
+        .map(|(_, count)| count)
+        .sum();
+    assert_eq!(counted, 0, "the reading process called no origin");
+}
