@@ -11,9 +11,13 @@ use crate::key::KeyHash;
 
 /// Parts of the traffic a weight is counted in: 10,000 (basis points).
 const PARTS: u32 = 10_000;
-/// Latency buckets: bucket `i` holds calls under `64 µs × √2^i`, so 48
-/// of them reach past an hour.
-const LATENCY_BUCKETS: usize = 48;
+/// Latency buckets to an octave: each is 2^(1/8), about 9%, wider than
+/// the one before, so latencies are compared to within that.
+const BUCKETS_PER_OCTAVE: f64 = 8.0;
+/// Latency buckets: bucket 0 holds calls under 64 µs, bucket `i` those
+/// under `64 µs × 2^(i/8)`; 24 octaves reach about 18 minutes, and the
+/// last bucket holds every call slower.
+const LATENCY_BUCKETS: usize = 1 + 8 * 24;
 
 /// How a [`Canary`] judges the canary against the stable service, and the
 /// steps it promotes through.
@@ -84,6 +88,9 @@ impl CanaryPlan {
     }
 
     /// How much slower the canary's p95 may be (0.25: a quarter).
+    /// Latencies are compared to within about 9% (the width of the
+    /// buckets they are counted in), so a margin below that halts a
+    /// canary a bucket slower than the stable.
     #[must_use]
     pub const fn latency_margin(mut self, margin: f64) -> Self {
         self.latency_margin = margin;
@@ -259,7 +266,8 @@ impl Side {
 }
 
 /// The bucket of `latency`: bucket 0 holds calls under 64 µs, bucket
-/// `i` those under `64 µs × √2^i` and not under the bucket before's bound.
+/// `i` those under `64 µs × 2^(i/8)` and not under the bucket before's
+/// bound.
 fn bucket(latency: Duration) -> usize {
     let ratio = latency.as_secs_f64() / 64e-6;
     if ratio < 1.0 {
@@ -267,14 +275,14 @@ fn bucket(latency: Duration) -> usize {
     }
     // At least 0, and capped below.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let index = (2.0 * ratio.log2()).floor() as usize + 1;
+    let index = (BUCKETS_PER_OCTAVE * ratio.log2()).floor() as usize + 1;
     index.min(LATENCY_BUCKETS - 1)
 }
 
 /// The upper bound of bucket `index`.
 fn upper(index: usize) -> Duration {
-    let halves = i32::try_from(index).unwrap_or(i32::MAX);
-    Duration::from_secs_f64(64e-6 * std::f64::consts::SQRT_2.powi(halves))
+    let octaves = f64::from(u32::try_from(index).unwrap_or(u32::MAX)) / BUCKETS_PER_OCTAVE;
+    Duration::from_secs_f64(64e-6 * octaves.exp2())
 }
 
 /// A canary's state, shared by every clone of its handle and its split.
@@ -620,7 +628,7 @@ mod tests {
     }
 
     #[test]
-    fn latency_buckets_are_half_octaves() {
+    fn latency_buckets_are_eighth_octaves() {
         assert_eq!(bucket(Duration::ZERO), 0);
         assert_eq!(bucket(Duration::from_micros(63)), 0);
         for index in 1..LATENCY_BUCKETS - 1 {

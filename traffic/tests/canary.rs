@@ -146,6 +146,30 @@ async fn a_canary_that_hangs_is_halted_through_its_callers_timeouts() {
     assert_eq!(canary.share(), 0.0);
 }
 
+/// The latency margin is kept to within a tenth: a canary 3% slower is
+/// left to run, one 39% slower is halted (margin 25%). (Latencies were
+/// compared by buckets 41% wide: the first was halted, the second not.)
+#[tokio::test(start_paused = true)]
+async fn the_latency_margin_holds_to_within_a_tenth() {
+    for (stable, canary, halted) in [(90, 93, false), (66, 92, true)] {
+        let judged = Canary::new(plan()).unwrap();
+        let split = CanarySplit::new(
+            version(u64::MAX, Duration::from_millis(stable)),
+            version(u64::MAX, Duration::from_millis(canary)),
+            judged.clone(),
+            |user: &u64| Some(*user),
+        );
+        for user in 0..2_000 {
+            split.clone().oneshot(user).await.unwrap();
+        }
+        assert_eq!(
+            judged.is_halted(),
+            halted,
+            "stable {stable} ms, canary {canary} ms"
+        );
+    }
+}
+
 #[tokio::test]
 async fn each_step_is_an_event_and_starts_the_judging_again() {
     let canary = Canary::new(CanaryPlan::new()).unwrap();
