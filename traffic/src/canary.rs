@@ -462,16 +462,31 @@ impl Canary {
                 Ok(self.share())
             };
         }
-        state.stable.reset();
+        // At a step that takes every call the stable side gets none: the
+        // canary is judged against the stable's calls of the step before.
+        if next.weight < PARTS {
+            state.stable.reset();
+        }
         state.canary.reset();
         self.happened(CanaryEvent::Promoted { share });
         Ok(share)
     }
 
+    /// Whether the step has been judged: each side made the plan's
+    /// [`min_calls`](CanaryPlan::min_calls), and at least one.
+    fn judged(&self) -> bool {
+        let state = &*self.state;
+        let enough = state.plan.min_calls.max(1);
+        state.canary.counts().0 >= enough && state.stable.counts().0 >= enough
+    }
+
     /// Promotes the canary a step every `every` from now (the schedule),
     /// on a task that stops when it is halted, at its last step, or once
     /// every handle and split of it is gone. Each step is judged afresh,
-    /// so a canary worse than the stable service is halted within a step.
+    /// so a canary worse than the stable service is halted within a step;
+    /// a step not judged yet (a side short of
+    /// [`min_calls`](CanaryPlan::min_calls)) is not promoted from until it
+    /// is, so a quiet hour never promotes a canary nobody has used.
     ///
     /// # Panics
     ///
@@ -484,7 +499,11 @@ impl Canary {
             loop {
                 ticks.tick().await;
                 let Some(state) = state.upgrade() else { return };
-                if (Self { state }).promote().is_err() {
+                let canary = Self { state };
+                if canary.is_halted() {
+                    return;
+                }
+                if canary.judged() && canary.promote().is_err() {
                     return;
                 }
             }
@@ -572,7 +591,9 @@ impl Canary {
         let plan = &state.plan;
         let (canary_calls, canary_errors) = state.canary.counts();
         let (stable_calls, stable_errors) = state.stable.counts();
-        if canary_calls < plan.min_calls || stable_calls < plan.min_calls {
+        // Nothing to judge against without a call on each side.
+        let enough = plan.min_calls.max(1);
+        if canary_calls < enough || stable_calls < enough {
             return None;
         }
         #[allow(clippy::cast_precision_loss)]

@@ -244,10 +244,22 @@ async fn calls_from_many_tasks_are_each_counted_on_one_side() {
 
 #[tokio::test(start_paused = true)]
 async fn a_schedule_promotes_step_by_step_until_the_last() {
-    let canary = Canary::new(CanaryPlan::new()).unwrap();
+    let canary = Canary::new(CanaryPlan::new().min_calls(20)).unwrap();
     let mut events = canary.subscribe();
+    let split = CanarySplit::new(
+        version(u64::MAX, Duration::ZERO),
+        version(u64::MAX, Duration::ZERO),
+        canary.clone(),
+        |user: &u64| Some(*user),
+    );
     canary.promote_every(Duration::from_secs(600));
+    let mut user = 0;
     for share in [0.1, 0.5, 1.0] {
+        // Enough calls on each side for the step to be judged.
+        while !matches!(canary.counts(), ((stable, _), (on, _)) if stable >= 20 && on >= 20) {
+            split.clone().oneshot(user).await.unwrap();
+            user += 1;
+        }
         assert_eq!(
             events.recv().await.unwrap(),
             CanaryEvent::Promoted { share }
@@ -256,11 +268,69 @@ async fn a_schedule_promotes_step_by_step_until_the_last() {
     }
 }
 
+/// A schedule never promotes from a step nobody used: with no calls, an
+/// hour of ten-minute steps leaves the canary at its first. (It promoted
+/// step after step, unjudged.)
+#[tokio::test(start_paused = true)]
+async fn a_schedule_waits_for_a_step_to_be_judged() {
+    let canary = Canary::new(CanaryPlan::new()).unwrap();
+    canary.promote_every(Duration::from_secs(600));
+    tokio::time::sleep(Duration::from_secs(3_600)).await;
+    assert_eq!(canary.share(), 0.01);
+}
+
+/// At a step that takes every call, the canary is judged against the
+/// stable's calls of the step before: one failing more is halted there
+/// too. (The stable side, reset and given no call, left it unjudged.)
+#[tokio::test]
+async fn a_canary_taking_every_call_is_still_judged() {
+    let canary = Canary::new(plan()).unwrap();
+    // The canary goes bad once it takes every call.
+    let bad = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let canary_service = {
+        let (bad, failing) = (Arc::clone(&bad), version(5, Duration::ZERO));
+        service_fn(move |user: u64| {
+            let (bad, call) = (bad.load(Ordering::SeqCst), failing.clone().oneshot(user));
+            async move { if bad { call.await } else { Ok(user) } }
+        })
+    };
+    let split = CanarySplit::new(
+        version(100, Duration::ZERO),
+        canary_service,
+        canary.clone(),
+        |user: &u64| Some(*user),
+    );
+    let mut user = 0;
+    while canary.counts().0.0 < 200 {
+        let _ = split.clone().oneshot(user).await;
+        user += 1;
+    }
+    assert!(!canary.is_halted());
+    assert_eq!(canary.promote().unwrap(), 1.0);
+    bad.store(true, Ordering::SeqCst);
+    while !canary.is_halted() {
+        let _ = split.clone().oneshot(user).await;
+        user += 1;
+        assert!(user < 10_000, "never halted: {:?}", canary.counts());
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_schedule_stops_with_the_halt() {
-    let canary = Canary::new(CanaryPlan::new()).unwrap();
+    let canary = Canary::new(CanaryPlan::new().min_calls(20)).unwrap();
     let mut events = canary.subscribe();
+    let split = CanarySplit::new(
+        version(u64::MAX, Duration::ZERO),
+        version(u64::MAX, Duration::ZERO),
+        canary.clone(),
+        |user: &u64| Some(*user),
+    );
     canary.promote_every(Duration::from_secs(600));
+    let mut user = 0;
+    while canary.counts().1.0 < 20 {
+        split.clone().oneshot(user).await.unwrap();
+        user += 1;
+    }
     assert_eq!(
         events.recv().await.unwrap(),
         CanaryEvent::Promoted { share: 0.1 }
@@ -376,4 +446,23 @@ async fn refusals_inside_a_side_count_for_neither_side() {
     let ((stable, _), (on_canary, _)) = canary.counts();
     assert!(stable > 800, "{stable}");
     assert_eq!(on_canary, 0, "no refused call counted");
+}
+
+/// With `min_calls(0)` a canary is still judged only against some stable
+/// calls: one taking every call from the start is never halted for a
+/// stable that made none. (Its p95 was compared with an empty stable's,
+/// zero, and it was halted at its 64th call.)
+#[tokio::test(start_paused = true)]
+async fn a_canary_is_judged_only_against_stable_calls() {
+    let canary = Canary::new(CanaryPlan::new().steps([1.0]).min_calls(0)).unwrap();
+    let split = CanarySplit::new(
+        version(u64::MAX, Duration::from_millis(10)),
+        version(u64::MAX, Duration::from_millis(10)),
+        canary.clone(),
+        |user: &u64| Some(*user),
+    );
+    for user in 0..200 {
+        split.clone().oneshot(user).await.unwrap();
+    }
+    assert!(!canary.is_halted());
 }
