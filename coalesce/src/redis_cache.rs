@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use palisade_hints::Refusal;
-use palisade_hints::reachability::{Change, Reachability};
+use palisade_hints::reachability::{Change, Reachability, unreachable};
 use redis::aio::ConnectionLike;
 use redis::{AsyncCommands, Script};
 use tokio::sync::Notify;
@@ -694,24 +694,6 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
             .await?;
         Some(won.map(|_| token))
     }
-}
-
-/// Whether `error` says Redis cannot be reached (or cannot serve anyone
-/// now), rather than that one call was wrong.
-fn unreachable(error: &redis::RedisError) -> bool {
-    use redis::{ErrorKind, ServerErrorKind};
-    error.is_io_error()
-        || error.is_connection_dropped()
-        || matches!(
-            error.kind(),
-            ErrorKind::ClusterConnectionNotFound
-                | ErrorKind::Server(
-                    ServerErrorKind::BusyLoading
-                        | ServerErrorKind::TryAgain
-                        | ServerErrorKind::ClusterDown
-                        | ServerErrorKind::MasterDown
-                )
-        )
 }
 
 /// A lock's token: random, so only its holder releases it, and also the

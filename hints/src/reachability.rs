@@ -145,6 +145,29 @@ impl Reachability {
     }
 }
 
+/// Whether a Redis `error` says Redis cannot serve anyone now (it cannot
+/// be reached, the connection dropped, it is loading, or its cluster or
+/// master is down), rather than that one call was wrong (a key of another
+/// type, memory full, a script error): only the first should count as the
+/// store failing.
+#[cfg(feature = "redis")]
+#[must_use]
+pub fn unreachable(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || matches!(
+            error.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                )
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use palisade_hints::reachability::{Change, Reachability};
+use palisade_hints::reachability::{Change, Reachability, unreachable};
 use redis::Script;
 use redis::aio::ConnectionLike;
 use sha2::{Digest, Sha256};
@@ -385,7 +385,7 @@ where
             .arg(ask.cost)
             .arg(ask.want)
             .arg(ask.give_back);
-        let (error, ran) = match tokio::time::timeout(
+        let (error, ran, down) = match tokio::time::timeout(
             self.timeout,
             invocation.invoke_async::<(i64, i64, i64, i64, i64)>(&mut connection),
         )
@@ -403,15 +403,21 @@ where
                 } else {
                     Ran::Unknown
                 };
-                (StoreError::backend(error), ran)
+                // An error of this call's own (memory full, a key of
+                // another type under the prefix) fails this decision;
+                // Redis still answers the others.
+                let down = unreachable(&error);
+                (StoreError::backend(error), ran, down)
             }
-            Err(_) => (StoreError::timeout(self.timeout), Ran::Unknown),
+            Err(_) => (StoreError::timeout(self.timeout), Ran::Unknown, true),
         };
         #[cfg(feature = "otel")]
         if let Some(instruments) = &self.instruments {
             instruments.failed(error.is_timeout());
         }
-        if self.health.failed(now.into_std()) == Change::WentDown {
+        if !down {
+            tracing::warn!(target: "palisade_token_bucket", %error, policy = self.policy.name(), "a decision failed in redis; applying the failure policy to it");
+        } else if self.health.failed(now.into_std()) == Change::WentDown {
             tracing::warn!(
                 target: "palisade_token_bucket",
                 %error,

@@ -437,3 +437,23 @@ async fn a_down_redis_is_probed_once_per_interval_on_tokios_clock() {
     assert!(store.decide("k", &bucket, 1).await.unwrap().is_allowed());
     assert!(commands() > asked, "probed after an interval");
 }
+
+/// A key of another type under the store's prefix (another program's)
+/// fails the decisions on it, as the policy says, and only them: Redis
+/// still decides every other key. (Its WRONGTYPE error counted as Redis
+/// down, so every key was refused until the next probe.)
+#[tokio::test]
+async fn a_key_of_another_type_fails_its_own_decisions_only() {
+    let store = store(FailurePolicy::FailClosed).await;
+    let mut redis = connect(&redis_url()).await;
+    let _: i64 = redis
+        .hset(store.key("bad"), "field", "value")
+        .await
+        .unwrap();
+    let bucket = Bucket::new(5, 10.0).unwrap();
+    assert!(!store.decide("bad", &bucket, 1).await.unwrap().is_allowed());
+    assert!(!store.is_degraded(), "Redis answers");
+    let decided = store.decide("good", &bucket, 1).await.unwrap();
+    assert!(decided.is_allowed());
+    assert_eq!(decided.remaining(), 4, "decided in Redis");
+}
