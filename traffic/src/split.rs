@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use palisade_hints::Refusal;
+use palisade_hints::{Refusal, RefusalReason};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::Service;
@@ -17,24 +17,30 @@ use crate::key::Key;
 ///
 /// Implemented for closures `Fn(&Result<T, E>) -> bool` (true: failed).
 ///
-/// A call a palisade layer refused itself (a [`Refusal`]: an open breaker,
-/// an empty token bucket inside a side's stack) is neither a success nor
-/// a failure of its side, and counts for neither: the version did not
-/// answer it, and one client over its own limit must not halt a canary.
+/// A call a rate limiter inside a side's stack refused (a [`Refusal`] of
+/// reason [`RateLimited`](RefusalReason::RateLimited)) counts for neither
+/// side: it says the client is over its own limit, nothing of the
+/// version, and one such client must not halt a canary. Other refusals
+/// (an open breaker, a shed call) are the side's failures: the version's
+/// own failures caused them, and its users got no answer.
 pub trait Failure<T, E> {
     /// Whether `result` is a failure.
     fn is_failure(&self, result: &Result<T, E>) -> bool;
 
-    /// Whether a palisade layer refused the call itself. By default, when
-    /// the error carries a [`Refusal`] ([`Refusal::in_error`]).
-    fn is_refusal(&self, result: &Result<T, E>) -> bool
+    /// Whether the call counts for neither side. By default, when the
+    /// error carries a rate limiter's [`Refusal`] ([`Refusal::in_error`]).
+    fn is_excluded(&self, result: &Result<T, E>) -> bool
     where
         E: 'static,
     {
         result
             .as_ref()
-            .is_err_and(|error| Refusal::in_error(error).is_some())
+            .is_err_and(|error| rate_limited(Refusal::in_error(error)))
     }
+}
+
+fn rate_limited(refusal: Option<&Refusal>) -> bool {
+    refusal.is_some_and(|refusal| refusal.reason() == RefusalReason::RateLimited)
 }
 
 impl<T, E, F> Failure<T, E> for F
@@ -46,7 +52,8 @@ where
     }
 }
 
-/// Every `Err` is a failure (the default), but a [`Refusal`].
+/// Every `Err` is a failure (the default), but a rate limiter's
+/// [`Refusal`], which is excluded.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ErrorsAsFailures;
 
@@ -56,9 +63,9 @@ impl<T, E> Failure<T, E> for ErrorsAsFailures {
     }
 }
 
-/// 5xx responses and transport errors are failures (feature `http`), but
-/// a [`Refusal`], on the error or in the response's extensions (a
-/// palisade layer's own 503 or 429).
+/// 5xx responses and transport errors are failures (feature `http`); a
+/// rate limiter's [`Refusal`], on the error or in the response's
+/// extensions (its 429), is excluded.
 #[cfg(feature = "http")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerErrorsAsFailures;
@@ -71,14 +78,14 @@ impl<B, E> Failure<http::Response<B>, E> for ServerErrorsAsFailures {
             .map_or(true, |response| response.status().is_server_error())
     }
 
-    fn is_refusal(&self, result: &Result<http::Response<B>, E>) -> bool
+    fn is_excluded(&self, result: &Result<http::Response<B>, E>) -> bool
     where
         E: 'static,
     {
-        match result {
-            Ok(response) => response.extensions().get::<Refusal>().is_some(),
-            Err(error) => Refusal::in_error(error).is_some(),
-        }
+        rate_limited(match result {
+            Ok(response) => response.extensions().get::<Refusal>(),
+            Err(error) => Refusal::in_error(error),
+        })
     }
 }
 
@@ -96,8 +103,10 @@ impl<B, E> Failure<http::Response<B>, E> for ServerErrorsAsFailures {
 /// stable service with each of its calls, and halted (every call to the
 /// stable service from then on) as its [`CanaryPlan`](crate::CanaryPlan)
 /// says. A call dropped before it ends (the caller's timeout, a client
-/// gone) counts for as long as it ran, with no verdict on its result: a
-/// canary that hangs is halted for its latency.
+/// gone) counts for as long as it ran, with no verdict on its result, so
+/// a canary that hangs is halted for its latency; one dropped by its own
+/// panic (a `CatchPanicLayer` above) is a failure; one never polled does
+/// not count.
 ///
 /// # Example
 ///
@@ -187,6 +196,8 @@ where
             canary: self.canary.clone(),
             failure: self.failure.clone(),
             started: Instant::now(),
+            polled: false,
+            polling: false,
             ended: false,
         }
     }
@@ -210,15 +221,18 @@ pin_project! {
         canary: Canary,
         failure: F,
         started: Instant,
+        polled: bool,
+        polling: bool,
         ended: bool,
     }
 
     impl<St: Service<Req>, Ca: Service<Req>, Req, F> PinnedDrop for SplitFuture<St, Ca, Req, F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if !*this.ended {
+            let panicked = *this.polling;
+            if (*this.polled || panicked) && !*this.ended {
                 let on_canary = matches!(this.call.project(), SideProjection::Canary { .. });
-                this.canary.record(on_canary, false, this.started.elapsed());
+                this.canary.record(on_canary, panicked, this.started.elapsed());
             }
         }
     }
@@ -245,12 +259,18 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let (result, on_canary) = match this.call.project() {
-            SideProjection::Stable { call } => (ready!(call.poll(cx)), false),
-            SideProjection::Canary { call } => (ready!(call.poll(cx)), true),
+        // Set while the call is polled: a poll that unwinds leaves it
+        // set, for the drop to count a panic.
+        *this.polling = true;
+        let polled = match this.call.project() {
+            SideProjection::Stable { call } => call.poll(cx).map(|result| (result, false)),
+            SideProjection::Canary { call } => call.poll(cx).map(|result| (result, true)),
         };
+        *this.polling = false;
+        *this.polled = true;
+        let (result, on_canary) = ready!(polled);
         *this.ended = true;
-        if !this.failure.is_refusal(&result) {
+        if !this.failure.is_excluded(&result) {
             this.canary.record(
                 on_canary,
                 this.failure.is_failure(&result),

@@ -424,12 +424,12 @@ fn promotions_racing_never_move_the_share_back() {
     }
 }
 
-/// Calls a palisade layer inside the canary's stack refused (a rate
-/// limiter's, here for every user) count for neither side: the canary
-/// did not answer them, so they cannot halt it. (They counted as its
-/// failures.)
+/// Calls a rate limiter inside the canary's stack refused (for every
+/// user, here) count for neither side: they say the clients are over
+/// their limits, nothing of the canary, so they cannot halt it. (They
+/// counted as its failures.)
 #[tokio::test]
-async fn refusals_inside_a_side_count_for_neither_side() {
+async fn rate_limited_calls_count_for_neither_side() {
     let canary = Canary::new(plan()).unwrap();
     let split = CanarySplit::new(
         version(u64::MAX, Duration::ZERO),
@@ -446,6 +446,51 @@ async fn refusals_inside_a_side_count_for_neither_side() {
     let ((stable, _), (on_canary, _)) = canary.counts();
     assert!(stable > 800, "{stable}");
     assert_eq!(on_canary, 0, "no refused call counted");
+}
+
+/// A canary whose own breaker opens on it is halted: the breaker's
+/// refusals are its failures (its users got no answer because of them).
+#[tokio::test]
+async fn a_canary_behind_its_own_open_breaker_is_halted() {
+    let canary = Canary::new(plan()).unwrap();
+    let split = CanarySplit::new(
+        version(u64::MAX, Duration::ZERO),
+        service_fn(|_: u64| async {
+            Err::<u64, BoxError>(Box::new(palisade_hints::Refusal::circuit_open(Some(
+                Duration::from_secs(5),
+            ))))
+        }),
+        canary.clone(),
+        |user: &u64| Some(*user),
+    );
+    let mut user = 0;
+    while !canary.is_halted() {
+        let _ = split.clone().oneshot(user).await;
+        user += 1;
+        assert!(user < 10_000, "never halted: {:?}", canary.counts());
+    }
+}
+
+/// A canary call that panics, caught above the split, counts as a failure.
+#[tokio::test]
+async fn a_canary_call_that_panics_is_a_failure() {
+    use futures_util::FutureExt;
+
+    let canary = Canary::new(CanaryPlan::new().steps([1.0])).unwrap();
+    let split = CanarySplit::new(
+        version(u64::MAX, Duration::ZERO),
+        service_fn(|user: u64| async move {
+            assert!(user == u64::MAX, "the canary's bug");
+            Ok::<u64, BoxError>(user)
+        }),
+        canary.clone(),
+        |user: &u64| Some(*user),
+    );
+    for user in 0..10 {
+        let call = std::panic::AssertUnwindSafe(split.clone().oneshot(user));
+        assert!(call.catch_unwind().await.is_err());
+    }
+    assert_eq!(canary.counts().1, (10, 10), "each a failure");
 }
 
 /// With `min_calls(0)` a canary is still judged only against some stable
