@@ -122,6 +122,14 @@ impl CanaryPlan {
                 "steps must be rising shares within (0, 1]",
             ));
         }
+        // Shares are taken in parts of 10,000: a smaller one, or two that
+        // round alike, would be a step that changes nothing.
+        let in_parts: Vec<u32> = self.steps.iter().map(|&step| parts(step)).collect();
+        if in_parts[0] == 0 || in_parts.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err(CanaryError::Plan(
+                "steps must be at least 0.0001 (one part in 10,000) apart",
+            ));
+        }
         if !(self.error_margin >= 0.0 && self.error_margin < 1.0) {
             return Err(CanaryError::Plan("error_margin must be within [0, 1)"));
         }
@@ -456,10 +464,11 @@ impl Canary {
             Ordering::AcqRel,
             Ordering::Acquire,
         ) {
-            return if Rollout::of(found).is_halted() {
+            let found = Rollout::of(found);
+            return if found.is_halted() {
                 Err(CanaryError::Halted)
             } else {
-                Ok(self.share())
+                Ok(f64::from(found.weight) / f64::from(PARTS))
             };
         }
         // At a step that takes every call the stable side gets none: the
@@ -638,6 +647,8 @@ mod tests {
             CanaryPlan::new().steps([0.5, 0.1]),
             CanaryPlan::new().steps([0.0, 1.0]),
             CanaryPlan::new().steps([0.5, 1.5]),
+            CanaryPlan::new().steps([0.000_01, 1.0]),
+            CanaryPlan::new().steps([0.5, 0.500_01]),
             CanaryPlan::new().error_margin(-0.1),
             CanaryPlan::new().latency_margin(f64::INFINITY),
             CanaryPlan::new().confidence(0.5),
