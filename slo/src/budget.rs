@@ -115,8 +115,8 @@ pub(crate) struct Span {
 /// The last signal worked out, for readers on the hot path.
 #[derive(Debug)]
 struct Cached {
-    /// When it was worked out, in milliseconds since the epoch
-    /// ([`NEVER`] before the first time).
+    /// When it was worked out, on the budget's clock, in milliseconds
+    /// since the epoch ([`NEVER`] before the first time).
     at_ms: AtomicU64,
     /// `0` none, `1 + Severity as u8` otherwise.
     firing: AtomicU8,
@@ -377,19 +377,21 @@ impl ErrorBudget {
     /// a second: cheap enough to read on every call.
     #[must_use]
     pub fn signal(&self, at: SystemTime) -> BudgetSignal {
-        self.signal_ms(millis(at))
+        self.signal_ms(millis(at), self.at(Instant::now()))
     }
 
-    pub(crate) fn signal_ms(&self, at_ms: u64) -> BudgetSignal {
+    /// The signal as of `at_ms`, worked out again when a second has
+    /// passed since the last time on the budget's own clock (`now_ms`,
+    /// which never goes back): a reader whose clock runs ahead of the
+    /// budget's, or two readers whose clocks disagree, neither hold the
+    /// signal where their time put it nor work it out on every read.
+    pub(crate) fn signal_ms(&self, at_ms: u64, now_ms: u64) -> BudgetSignal {
         let cached = &self.inner.signal;
         let worked_out = cached.at_ms.load(Ordering::Acquire);
-        // Worked out again a second after, or a second before: a reader
-        // whose clock runs ahead (or behind) of the others' does not hold
-        // the signal where its time put it.
-        if (worked_out == NEVER || at_ms.abs_diff(worked_out) >= SIGNAL_EVERY_MS)
+        if (worked_out == NEVER || now_ms >= worked_out.saturating_add(SIGNAL_EVERY_MS))
             && cached
                 .at_ms
-                .compare_exchange(worked_out, at_ms, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(worked_out, now_ms, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
             let report = self.report_ms(at_ms);
@@ -599,19 +601,36 @@ mod tests {
     fn the_signal_is_worked_out_again_at_most_once_a_second() {
         let budget = budget(Objective::new(0.9));
         let t0 = 1_000 * MINUTE;
-        assert_eq!(budget.signal_ms(t0).firing(), None);
+        let signal = |at: u64| budget.signal_ms(at, at);
+        assert_eq!(signal(t0).firing(), None);
         for _ in 0..10 {
             budget.record_ms(false, t0);
         }
-        assert_eq!(
-            budget.signal_ms(t0 + 999).firing(),
-            None,
-            "as of a second ago"
-        );
-        let signal = budget.signal_ms(t0 + 1_000);
+        assert_eq!(signal(t0 + 999).firing(), None, "as of a second ago");
+        let signal = signal(t0 + 1_000);
         assert!(signal.is_firing(Severity::Page));
         assert!(signal.is_firing(Severity::Ticket));
         assert!(signal.budget_remaining() < 0.0);
+    }
+
+    /// Readers whose clocks disagree by hours share one working out of
+    /// the signal a second on the budget's own clock, rather than work
+    /// it out again on each read. (It was worked out again whenever a
+    /// reader's time was a second from the last, so two such readers
+    /// rebuilt the report on every read.)
+    #[test]
+    fn readers_whose_clocks_disagree_share_one_working_out_a_second() {
+        let budget = budget(Objective::new(0.9));
+        let t0 = 1_000 * MINUTE;
+        for _ in 0..10 {
+            budget.record_ms(false, t0);
+        }
+        let ahead = budget.signal_ms(t0 + 120 * MINUTE, t0);
+        assert!(!ahead.is_firing(Severity::Page), "nothing in its hour");
+        let behind = budget.signal_ms(t0, t0 + 10);
+        assert!(!behind.is_firing(Severity::Page), "the same working out");
+        let later = budget.signal_ms(t0, t0 + 1_000);
+        assert!(later.is_firing(Severity::Page), "a second on");
     }
 
     #[test]

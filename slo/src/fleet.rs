@@ -66,11 +66,12 @@ impl ErrorBudget {
     /// outlive a restart; while Redis does not answer (for three rounds),
     /// they are this process's own again, and what it counted meanwhile
     /// is added when Redis is back. A round that Redis has not answered
-    /// by the next is given up.
+    /// within three periods (when the fleet's counts it would read are
+    /// stale anyway) is given up, and the next starts a period after.
     ///
-    /// Once per budget and its clones: a later call shares nothing more
-    /// (it would add this process's counts to the fleet's twice), and
-    /// says so in a warning.
+    /// Once per budget and its clones while its sharing runs: a second
+    /// call shares nothing more (it would add this process's counts to
+    /// the fleet's twice), and says so in a warning.
     ///
     /// # Panics
     ///
@@ -80,6 +81,7 @@ impl ErrorBudget {
         C: ConnectionLike + Clone + Send + Sync + 'static,
     {
         assert!(!every.is_zero(), "a sharing round needs a period");
+        let runtime = tokio::runtime::Handle::current();
         if self
             .inner()
             .shared
@@ -91,9 +93,14 @@ impl ErrorBudget {
         let budget = self.downgrade();
         let prefix = format!("{{palisade:slo:{name}}}");
         let replica = format!("{:016x}", fastrand::u64(..));
-        let fresh_for_ms = u64::try_from(every.saturating_mul(3).as_millis()).unwrap_or(u64::MAX);
-        tokio::spawn(async move {
+        let give_up_after = every.saturating_mul(3);
+        let fresh_for_ms = u64::try_from(give_up_after.as_millis()).unwrap_or(u64::MAX);
+        runtime.spawn(async move {
+            // However the task ends (the budget dropped, its runtime shut
+            // down), the budget may be shared again.
+            let _sharing = Sharing(budget.clone());
             let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut warned = false;
             loop {
                 ticks.tick().await;
@@ -102,7 +109,7 @@ impl ErrorBudget {
                 };
                 let budget = ErrorBudget::from_shared(inner);
                 let round = round(&budget, redis.clone(), (&prefix, &replica), fresh_for_ms);
-                let done = tokio::time::timeout(every, round)
+                let done = tokio::time::timeout(give_up_after, round)
                     .await
                     .unwrap_or_else(|_| {
                         Err((redis::ErrorKind::Io, "no answer within a sharing round").into())
@@ -124,6 +131,19 @@ impl ErrorBudget {
                 }
             }
         });
+    }
+}
+
+/// A budget's sharing, under way until dropped.
+struct Sharing(std::sync::Weak<crate::budget::Inner>);
+
+impl Drop for Sharing {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner
+                .shared
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
     }
 }
 

@@ -220,3 +220,23 @@ async fn a_budget_shared_twice_counts_once() {
     tokio::time::sleep(EVERY * 6).await;
     assert_eq!(report(&newcomer).counts(), Counts { good: 10, bad: 0 });
 }
+
+/// A budget whose sharing ended with its runtime can be shared again.
+/// (The flag that keeps a budget from being shared twice stayed set.)
+#[test]
+fn a_budget_can_be_shared_again_once_its_sharing_ended() {
+    let name = name();
+    let budget = ErrorBudget::new(Objective::new(0.99)).unwrap();
+    budget.record(true, budget.now());
+    let first = tokio::runtime::Runtime::new().unwrap();
+    first.block_on(async { budget.share(connect(&redis_url()).await, &name, EVERY) });
+    drop(first);
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        budget.share(connect(&redis_url()).await, &name, EVERY);
+        eventually(&budget, "shared again", |report| {
+            report.fleet_as_of().is_some()
+        })
+        .await;
+    });
+}
