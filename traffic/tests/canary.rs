@@ -30,6 +30,15 @@ fn version(
     })
 }
 
+/// A user's id, the key a split goes by.
+type ByUser = fn(&u64) -> Option<u64>;
+
+/// A split of users between `stable` and `canary_service`, as `canary`
+/// says.
+fn by_user<St, Ca>(stable: St, canary_service: Ca, canary: &Canary) -> CanarySplit<St, Ca, ByUser> {
+    CanarySplit::new(stable, canary_service, canary.clone(), |user| Some(*user))
+}
+
 /// Half the users on the canary at once, judged after 200 calls a side.
 fn plan() -> CanaryPlan {
     CanaryPlan::new().steps([0.5, 1.0]).min_calls(200)
@@ -40,11 +49,10 @@ async fn a_canary_failing_more_is_halted_and_every_call_goes_back_to_stable() {
     let canary = Canary::new(plan()).unwrap();
     let mut events = canary.subscribe();
     // The stable fails 1 call in 100, the canary 1 in 10.
-    let split = CanarySplit::new(
+    let split = by_user(
         version(100, Duration::ZERO),
         version(10, Duration::ZERO),
-        canary.clone(),
-        |user: &u64| Some(*user),
+        &canary,
     );
     let mut user = 0;
     while !canary.is_halted() {
@@ -78,11 +86,10 @@ async fn a_canary_failing_more_is_halted_and_every_call_goes_back_to_stable() {
 #[tokio::test]
 async fn a_canary_as_good_as_stable_is_left_to_run() {
     let canary = Canary::new(plan()).unwrap();
-    let split = CanarySplit::new(
+    let split = by_user(
         version(100, Duration::ZERO),
         version(100, Duration::ZERO),
-        canary.clone(),
-        |user: &u64| Some(*user),
+        &canary,
     );
     for user in 0..10_000 {
         let _ = split.clone().oneshot(user).await;
@@ -100,11 +107,10 @@ async fn a_canary_as_good_as_stable_is_left_to_run() {
 async fn a_slower_canary_is_halted_for_its_latency() {
     let canary = Canary::new(plan()).unwrap();
     let mut events = canary.subscribe();
-    let split = CanarySplit::new(
+    let split = by_user(
         version(u64::MAX, Duration::from_millis(10)),
         version(u64::MAX, Duration::from_millis(20)),
-        canary.clone(),
-        |user: &u64| Some(*user),
+        &canary,
     );
     let mut user = 0;
     while !canary.is_halted() {
@@ -131,11 +137,10 @@ async fn a_slower_canary_is_halted_for_its_latency() {
 #[tokio::test(start_paused = true)]
 async fn a_canary_that_hangs_is_halted_through_its_callers_timeouts() {
     let canary = Canary::new(plan()).unwrap();
-    let split = CanarySplit::new(
+    let split = by_user(
         version(u64::MAX, Duration::from_millis(10)),
         service_fn(|_: u64| std::future::pending::<Result<u64, BoxError>>()),
-        canary.clone(),
-        |user: &u64| Some(*user),
+        &canary,
     );
     let mut user = 0;
     while !canary.is_halted() {
@@ -153,11 +158,10 @@ async fn a_canary_that_hangs_is_halted_through_its_callers_timeouts() {
 async fn the_latency_margin_holds_to_within_a_tenth() {
     for (stable, canary, halted) in [(90, 93, false), (66, 92, true)] {
         let judged = Canary::new(plan()).unwrap();
-        let split = CanarySplit::new(
+        let split = by_user(
             version(u64::MAX, Duration::from_millis(stable)),
             version(u64::MAX, Duration::from_millis(canary)),
-            judged.clone(),
-            |user: &u64| Some(*user),
+            &judged,
         );
         for user in 0..2_000 {
             split.clone().oneshot(user).await.unwrap();
@@ -174,11 +178,10 @@ async fn the_latency_margin_holds_to_within_a_tenth() {
 async fn each_step_is_an_event_and_starts_the_judging_again() {
     let canary = Canary::new(CanaryPlan::new()).unwrap();
     let mut events = canary.subscribe();
-    let split = CanarySplit::new(
+    let split = by_user(
         version(u64::MAX, Duration::ZERO),
         version(u64::MAX, Duration::ZERO),
-        canary.clone(),
-        |user: &u64| Some(*user),
+        &canary,
     );
     for user in 0..100 {
         split.clone().oneshot(user).await.unwrap();
@@ -217,11 +220,10 @@ async fn each_step_is_an_event_and_starts_the_judging_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn calls_from_many_tasks_are_each_counted_on_one_side() {
     let canary = Canary::new(plan().min_calls(u64::MAX)).unwrap();
-    let split = CanarySplit::new(
+    let split = by_user(
         version(7, Duration::ZERO),
         version(7, Duration::ZERO),
-        canary.clone(),
-        |user: &u64| Some(*user),
+        &canary,
     );
     let tasks: Vec<_> = (0..8_u64)
         .map(|task| {
@@ -246,11 +248,10 @@ async fn calls_from_many_tasks_are_each_counted_on_one_side() {
 async fn a_schedule_promotes_step_by_step_until_the_last() {
     let canary = Canary::new(CanaryPlan::new().min_calls(20)).unwrap();
     let mut events = canary.subscribe();
-    let split = CanarySplit::new(
+    let split = by_user(
         version(u64::MAX, Duration::ZERO),
         version(u64::MAX, Duration::ZERO),
-        canary.clone(),
-        |user: &u64| Some(*user),
+        &canary,
     );
     canary.promote_every(Duration::from_secs(600));
     let mut user = 0;
@@ -294,12 +295,7 @@ async fn a_canary_taking_every_call_is_still_judged() {
             async move { if bad { call.await } else { Ok(user) } }
         })
     };
-    let split = CanarySplit::new(
-        version(100, Duration::ZERO),
-        canary_service,
-        canary.clone(),
-        |user: &u64| Some(*user),
-    );
+    let split = by_user(version(100, Duration::ZERO), canary_service, &canary);
     let mut user = 0;
     while canary.counts().0.0 < 200 {
         let _ = split.clone().oneshot(user).await;
@@ -319,11 +315,10 @@ async fn a_canary_taking_every_call_is_still_judged() {
 async fn a_schedule_stops_with_the_halt() {
     let canary = Canary::new(CanaryPlan::new().min_calls(20)).unwrap();
     let mut events = canary.subscribe();
-    let split = CanarySplit::new(
+    let split = by_user(
         version(u64::MAX, Duration::ZERO),
         version(u64::MAX, Duration::ZERO),
-        canary.clone(),
-        |user: &u64| Some(*user),
+        &canary,
     );
     canary.promote_every(Duration::from_secs(600));
     let mut user = 0;
@@ -431,13 +426,12 @@ fn promotions_racing_never_move_the_share_back() {
 #[tokio::test]
 async fn rate_limited_calls_count_for_neither_side() {
     let canary = Canary::new(plan()).unwrap();
-    let split = CanarySplit::new(
+    let split = by_user(
         version(u64::MAX, Duration::ZERO),
         service_fn(|_: u64| async {
             Err::<u64, BoxError>(Box::new(palisade_hints::Refusal::rate_limited(None)))
         }),
-        canary.clone(),
-        |user: &u64| Some(*user),
+        &canary,
     );
     for user in 0..2_000 {
         let _ = split.clone().oneshot(user).await;
@@ -453,15 +447,14 @@ async fn rate_limited_calls_count_for_neither_side() {
 #[tokio::test]
 async fn a_canary_behind_its_own_open_breaker_is_halted() {
     let canary = Canary::new(plan()).unwrap();
-    let split = CanarySplit::new(
+    let split = by_user(
         version(u64::MAX, Duration::ZERO),
         service_fn(|_: u64| async {
             Err::<u64, BoxError>(Box::new(palisade_hints::Refusal::circuit_open(Some(
                 Duration::from_secs(5),
             ))))
         }),
-        canary.clone(),
-        |user: &u64| Some(*user),
+        &canary,
     );
     let mut user = 0;
     while !canary.is_halted() {
@@ -477,14 +470,13 @@ async fn a_canary_call_that_panics_is_a_failure() {
     use futures_util::FutureExt;
 
     let canary = Canary::new(CanaryPlan::new().steps([1.0])).unwrap();
-    let split = CanarySplit::new(
+    let split = by_user(
         version(u64::MAX, Duration::ZERO),
         service_fn(|user: u64| async move {
             assert!(user == u64::MAX, "the canary's bug");
             Ok::<u64, BoxError>(user)
         }),
-        canary.clone(),
-        |user: &u64| Some(*user),
+        &canary,
     );
     for user in 0..10 {
         let call = std::panic::AssertUnwindSafe(split.clone().oneshot(user));
@@ -500,11 +492,10 @@ async fn a_canary_call_that_panics_is_a_failure() {
 #[tokio::test(start_paused = true)]
 async fn a_canary_is_judged_only_against_stable_calls() {
     let canary = Canary::new(CanaryPlan::new().steps([1.0]).min_calls(0)).unwrap();
-    let split = CanarySplit::new(
+    let split = by_user(
         version(u64::MAX, Duration::from_millis(10)),
         version(u64::MAX, Duration::from_millis(10)),
-        canary.clone(),
-        |user: &u64| Some(*user),
+        &canary,
     );
     for user in 0..200 {
         split.clone().oneshot(user).await.unwrap();
