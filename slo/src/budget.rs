@@ -373,19 +373,29 @@ impl ErrorBudget {
         }
     }
 
-    /// The budget's state for other layers, worked out again at most once
-    /// a second: cheap enough to read on every call.
+    /// The budget's state for other layers as of `at`. At the budget's
+    /// own time ([`now`](Self::now), within a second) it is worked out
+    /// again at most once a second, so it is cheap enough to read on
+    /// every call; at another time (a reader whose clock is off the
+    /// budget's), it is worked out as of that time, each read, and leaves
+    /// the signal the layer sheds by as it was.
     #[must_use]
     pub fn signal(&self, at: SystemTime) -> BudgetSignal {
-        self.signal_ms(millis(at), self.at(Instant::now()))
+        let (at, now) = (millis(at), self.at(Instant::now()));
+        if at.abs_diff(now) < SIGNAL_EVERY_MS {
+            return self.signal_ms(now);
+        }
+        let report = self.report_ms(at);
+        BudgetSignal {
+            firing: report.firing,
+            budget_remaining: report.budget_remaining,
+        }
     }
 
-    /// The signal as of `at_ms`, worked out again when a second has
-    /// passed since the last time on the budget's own clock (`now_ms`,
-    /// which never goes back): a reader whose clock runs ahead of the
-    /// budget's, or two readers whose clocks disagree, neither hold the
-    /// signal where their time put it nor work it out on every read.
-    pub(crate) fn signal_ms(&self, at_ms: u64, now_ms: u64) -> BudgetSignal {
+    /// The signal at `now_ms` on the budget's own clock (which never goes
+    /// back), worked out again once a second has passed since the last
+    /// time.
+    pub(crate) fn signal_ms(&self, now_ms: u64) -> BudgetSignal {
         let cached = &self.inner.signal;
         let worked_out = cached.at_ms.load(Ordering::Acquire);
         if (worked_out == NEVER || now_ms >= worked_out.saturating_add(SIGNAL_EVERY_MS))
@@ -394,7 +404,7 @@ impl ErrorBudget {
                 .compare_exchange(worked_out, now_ms, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            let report = self.report_ms(at_ms);
+            let report = self.report_ms(now_ms);
             let firing = report.firing.map_or(0, |severity| 1 + severity as u8);
             cached
                 .remaining
@@ -601,7 +611,7 @@ mod tests {
     fn the_signal_is_worked_out_again_at_most_once_a_second() {
         let budget = budget(Objective::new(0.9));
         let t0 = 1_000 * MINUTE;
-        let signal = |at: u64| budget.signal_ms(at, at);
+        let signal = |at: u64| budget.signal_ms(at);
         assert_eq!(signal(t0).firing(), None);
         for _ in 0..10 {
             budget.record_ms(false, t0);
@@ -611,26 +621,6 @@ mod tests {
         assert!(signal.is_firing(Severity::Page));
         assert!(signal.is_firing(Severity::Ticket));
         assert!(signal.budget_remaining() < 0.0);
-    }
-
-    /// Readers whose clocks disagree by hours share one working out of
-    /// the signal a second on the budget's own clock, rather than work
-    /// it out again on each read. (It was worked out again whenever a
-    /// reader's time was a second from the last, so two such readers
-    /// rebuilt the report on every read.)
-    #[test]
-    fn readers_whose_clocks_disagree_share_one_working_out_a_second() {
-        let budget = budget(Objective::new(0.9));
-        let t0 = 1_000 * MINUTE;
-        for _ in 0..10 {
-            budget.record_ms(false, t0);
-        }
-        let ahead = budget.signal_ms(t0 + 120 * MINUTE, t0);
-        assert!(!ahead.is_firing(Severity::Page), "nothing in its hour");
-        let behind = budget.signal_ms(t0, t0 + 10);
-        assert!(!behind.is_firing(Severity::Page), "the same working out");
-        let later = budget.signal_ms(t0, t0 + 1_000);
-        assert!(later.is_firing(Severity::Page), "a second on");
     }
 
     #[test]

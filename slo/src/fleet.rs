@@ -95,10 +95,11 @@ impl ErrorBudget {
         let replica = format!("{:016x}", fastrand::u64(..));
         let give_up_after = every.saturating_mul(3);
         let fresh_for_ms = u64::try_from(give_up_after.as_millis()).unwrap_or(u64::MAX);
+        // However the task ends (the budget dropped, its runtime shut
+        // down, even before it first ran), the budget may be shared again.
+        let sharing = Sharing(budget.clone());
         runtime.spawn(async move {
-            // However the task ends (the budget dropped, its runtime shut
-            // down), the budget may be shared again.
-            let _sharing = Sharing(budget.clone());
+            let _sharing = sharing;
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut warned = false;
@@ -112,6 +113,8 @@ impl ErrorBudget {
                 let done = tokio::time::timeout(give_up_after, round)
                     .await
                     .unwrap_or_else(|_| {
+                        // The next round a period from now, not at once.
+                        ticks.reset();
                         Err((redis::ErrorKind::Io, "no answer within a sharing round").into())
                     });
                 match done {

@@ -86,8 +86,7 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let budget = self.budget.select(&request).into_owned();
         if self.shedding.priority.is_low_priority(&request) {
-            let now = budget.at(Instant::now());
-            let signal = budget.signal_ms(now, now);
+            let signal = budget.signal_ms(budget.at(Instant::now()));
             if signal.is_firing(self.shedding.when) {
                 let severity = signal.firing().unwrap_or(self.shedding.when);
                 let shed = Shed::new(severity, self.shedding.retry_after);
