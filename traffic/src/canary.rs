@@ -253,8 +253,9 @@ impl Side {
         )
     }
 
-    /// The upper bound of the bucket holding the 95th percentile.
-    fn p95(&self) -> Duration {
+    /// The upper bound of the bucket holding the 95th percentile; `None`
+    /// for no call, or for counters reset while they were read.
+    fn p95(&self) -> Option<Duration> {
         // Two passes over the counters, with no copy of them: calls
         // counted between the passes move the rank by a hair at most.
         let count = |bucket: &AtomicU64| bucket.load(Ordering::Relaxed);
@@ -264,10 +265,10 @@ impl Side {
         for (index, bucket) in self.latency.iter().enumerate() {
             seen += count(bucket);
             if seen >= rank {
-                return upper(index);
+                return Some(upper(index));
             }
         }
-        Duration::ZERO
+        None
     }
 }
 
@@ -512,7 +513,16 @@ impl Canary {
                 if canary.is_halted() {
                     return;
                 }
-                if canary.judged() && canary.promote().is_err() {
+                if !canary.judged() {
+                    continue;
+                }
+                // The step's last judging, latency included, before the
+                // next: a canary found worse is halted, not promoted.
+                if let Some(reason) = canary.verdict(true) {
+                    canary.halt_for(reason);
+                    return;
+                }
+                if canary.promote().is_err() {
                     return;
                 }
             }
@@ -586,7 +596,7 @@ impl Canary {
         }
         if on_canary {
             state.canary.record(error, latency);
-            if let Some(reason) = self.verdict() {
+            if let Some(reason) = self.verdict(false) {
                 self.halt_for(reason);
             }
         } else {
@@ -595,7 +605,9 @@ impl Canary {
     }
 
     /// Why the canary should be halted, if it should.
-    fn verdict(&self) -> Option<HaltReason> {
+    /// `every_latency`: compare the latencies now, not only at every
+    /// 64th canary call.
+    fn verdict(&self, every_latency: bool) -> Option<HaltReason> {
         let state = &*self.state;
         let plan = &state.plan;
         let (canary_calls, canary_errors) = state.canary.counts();
@@ -618,11 +630,12 @@ impl Canary {
             });
         }
         // The quantiles cost a pass over the buckets: every 64th call.
-        if canary_calls % 64 == 0 {
-            let (canary, stable) = (state.canary.p95(), state.stable.p95());
-            if canary.as_secs_f64() > stable.as_secs_f64() * (1.0 + plan.latency_margin) {
-                return Some(HaltReason::Latency { canary, stable });
-            }
+        // A side reset between the passes of its p95 reads none.
+        if (every_latency || canary_calls % 64 == 0)
+            && let (Some(canary), Some(stable)) = (state.canary.p95(), state.stable.p95())
+            && canary.as_secs_f64() > stable.as_secs_f64() * (1.0 + plan.latency_margin)
+        {
+            return Some(HaltReason::Latency { canary, stable });
         }
         None
     }

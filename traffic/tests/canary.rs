@@ -280,6 +280,33 @@ async fn a_schedule_waits_for_a_step_to_be_judged() {
     assert_eq!(canary.share(), 0.01);
 }
 
+/// A schedule judges a step's latency before promoting from it, however
+/// few calls past `min_calls` it made: a canary twice as slow, with 220
+/// calls (the latency was compared at every 64th call from the 200th, so
+/// not yet), is halted, not promoted.
+#[tokio::test(start_paused = true)]
+async fn a_schedule_compares_latencies_before_it_promotes() {
+    let canary = Canary::new(CanaryPlan::new().steps([0.5, 1.0]).min_calls(200)).unwrap();
+    let split = by_user(
+        version(u64::MAX, Duration::from_millis(10)),
+        version(u64::MAX, Duration::from_millis(20)),
+        &canary,
+    );
+    let mut user = 0;
+    while canary.counts().1.0 < 220 || canary.counts().0.0 < 200 {
+        if canary.counts().1.0 >= 250 {
+            break;
+        }
+        split.clone().oneshot(user).await.unwrap();
+        user += 1;
+    }
+    assert!(!canary.is_halted(), "not judged for latency yet");
+    canary.promote_every(Duration::from_secs(600));
+    tokio::time::sleep(Duration::from_secs(601)).await;
+    assert!(canary.is_halted(), "halted at the schedule's judging");
+    assert_eq!(canary.share(), 0.0);
+}
+
 /// At a step that takes every call, the canary is judged against the
 /// stable's calls of the step before: one failing more is halted there
 /// too. (The stable side, reset and given no call, left it unjudged.)
