@@ -14,6 +14,14 @@ pub enum Verdict {
     Retry,
     /// Worth another attempt, but no sooner than the dependency asked.
     RetryAfter(Duration),
+    /// A palisade layer below refused the call without reaching the
+    /// dependency (a rate limiter, a load shedder: a
+    /// [`Refusal`] with a wait), and says when to try again: another
+    /// attempt after that wait, which spends no retry budget, since the
+    /// dependency saw no load (DESIGN's "a refusal is not a failure").
+    /// It still counts towards the attempts, so a limiter that keeps
+    /// refusing ends the retries.
+    RetryRefused(Duration),
 }
 
 /// Decides whether a result is worth another attempt.
@@ -58,7 +66,7 @@ impl<Res> Classify<Res> for RetryErrors {
 /// the budget), a rate-limit refusal only after the wait it names.
 pub(crate) fn refused(refusal: &Refusal) -> Verdict {
     match refusal.retry_after() {
-        Some(wait) if !refusal.is_circuit_open() => Verdict::RetryAfter(wait),
+        Some(wait) if !refusal.is_circuit_open() => Verdict::RetryRefused(wait),
         _ => Verdict::Return,
     }
 }
@@ -78,7 +86,7 @@ mod tests {
         );
         assert_eq!(
             verdict(Box::new(Refusal::rate_limited(Some(wait)))),
-            Verdict::RetryAfter(wait)
+            Verdict::RetryRefused(wait)
         );
         assert_eq!(
             verdict(Box::new(Refusal::rate_limited(None))),

@@ -128,10 +128,11 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
         R: Replay<Req, Saved = Saved, Request = Request>,
     {
         let shared = &*self.shared;
-        let hint = match shared.classify.classify(result) {
+        let (hint, refused) = match shared.classify.classify(result) {
             Verdict::Return => return None,
-            Verdict::Retry => None,
-            Verdict::RetryAfter(wait) => Some(wait),
+            Verdict::Retry => (None, false),
+            Verdict::RetryAfter(wait) => (Some(wait), false),
+            Verdict::RetryRefused(wait) => (Some(wait), true),
         };
         let attempts = self.attempts();
         let previous_delay = self
@@ -146,10 +147,14 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
             return give_up(GiveUp::Attempts);
         }
         let backoff = shared.config.backoff;
+        let drawn = || backoff.delay(attempts, previous_delay, &mut fastrand::Rng::new());
         let delay = match hint {
             Some(wait) if wait > backoff.cap() => return give_up(GiveUp::HintOverCap),
-            Some(wait) => wait,
-            None => backoff.delay(attempts, previous_delay, &mut fastrand::Rng::new()),
+            // No sooner than asked, and no sooner than the backoff's own
+            // draw: a hint of zero (`Retry-After: 0`, a date already past
+            // by the server's clock) would send every client back at once.
+            Some(wait) => wait.max(drawn()),
+            None => drawn(),
         };
         let now = Instant::now();
         if let Some(deadline) = deadline {
@@ -166,6 +171,7 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
             return give_up(GiveUp::NotReplayable);
         }
         if let Some(budget) = &shared.budget
+            && !refused
             && !budget.withdraw(now)
         {
             return give_up(GiveUp::Budget);

@@ -9,9 +9,14 @@
 //! response from a proxy without any `grpc-status` is mapped as gRPC clients
 //! map it: HTTP 429, 502, 503 and 504 are `UNAVAILABLE`, and retried.
 //!
-//! Every gRPC request is a `POST`, so the idempotency gate is open:
-//! `UNAVAILABLE` means the server did not process the call. Message bodies
-//! are recorded up to [`DEFAULT_BODY_CAP`] and replayed.
+//! Every gRPC request is a `POST`, so the idempotency gate is open, and
+//! only what says the server did not process the call is retried:
+//! `UNAVAILABLE` from the server, or a transport error that proves the
+//! call never left (a refused connection, no route). A reset connection,
+//! a timeout, or a proxy's 504 (its upstream timed out) are returned: the
+//! server may have run the call, and a method that must not run twice
+//! would. Message bodies are recorded up to [`DEFAULT_BODY_CAP`] and
+//! replayed.
 //!
 //! # Presets
 //!
@@ -29,18 +34,20 @@ use tower::BoxError;
 
 use crate::classify::{Classify, Verdict, refused};
 use crate::config::Config;
-use crate::http::{BufferBody, DEFAULT_BODY_CAP, HttpReplay, Idempotency, classify_error};
+use crate::http::{BufferBody, DEFAULT_BODY_CAP, HttpReplay, Idempotency, classify_unsent_error};
 use crate::layer::RetryLayer;
 
 /// The gRPC default: `UNAVAILABLE` is retried (after the pushback when
 /// there is one), `RESOURCE_EXHAUSTED` only with a pushback, and a negative
-/// or unreadable pushback means no retry; connect and timeout errors are
-/// retried; an open breaker's own `UNAVAILABLE` is not.
+/// or unreadable pushback means no retry; transport errors only when the
+/// call surely never left (a refused connection, no route), not a reset or
+/// a timeout; an open breaker's own `UNAVAILABLE` is not.
 ///
 /// A response without a `grpc-status` of its own (a proxy or load balancer
 /// answered) is read as gRPC clients read it
-/// ([`palisade_hints::grpc::head_status`]): 429, 502, 503 and 504 are
-/// `UNAVAILABLE` and retried, other statuses are answers.
+/// ([`palisade_hints::grpc::head_status`]): 429, 502 and 503 are
+/// `UNAVAILABLE` and retried; a 504 (the proxy's upstream timed out, and
+/// may have run the call) and other statuses are answers.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RetryUnavailable;
 
@@ -48,12 +55,16 @@ impl<B> Classify<Response<B>> for RetryUnavailable {
     fn classify(&self, result: &Result<Response<B>, BoxError>) -> Verdict {
         let response = match result {
             Ok(response) => response,
-            Err(error) => return classify_error(&**error),
+            Err(error) => return classify_unsent_error(&**error),
         };
         if let Some(refusal) = response.extensions().get::<Refusal>() {
             return refused(refusal);
         }
         let headers = response.headers();
+        if response.status() == http::StatusCode::GATEWAY_TIMEOUT && grpc::status(headers).is_none()
+        {
+            return Verdict::Return;
+        }
         match (
             grpc::head_status(response.status(), headers),
             grpc::pushback(headers),
@@ -163,10 +174,12 @@ mod tests {
             }
             RetryUnavailable.classify(&Ok(response))
         };
-        // A proxy or load balancer answered, not the gRPC server.
-        for status in [429, 502, 503, 504] {
+        // A proxy or load balancer answered, not the gRPC server; its 504
+        // says its upstream timed out, and may have run the call.
+        for status in [429, 502, 503] {
             assert_eq!(verdict(status, None), Verdict::Retry, "{status}");
         }
+        assert_eq!(verdict(504, None), Verdict::Return);
         assert_eq!(
             verdict(503, Some("40")),
             Verdict::RetryAfter(Duration::from_millis(40))
@@ -177,5 +190,30 @@ mod tests {
         }
         // A 200's status is still to come, in the trailers.
         assert_eq!(verdict(200, None), Verdict::Return);
+    }
+
+    /// Every gRPC call passes the idempotency gate, so a transport error
+    /// is retried only when the call surely never left. (A timeout or a
+    /// reset was retried, and a method that must not run twice ran twice.)
+    #[test]
+    fn only_transport_errors_of_calls_never_sent_are_retried() {
+        use std::io;
+        let verdict = |error: BoxError| RetryUnavailable.classify(&Err::<Response<()>, _>(error));
+        let io = |kind: io::ErrorKind| -> BoxError { Box::new(io::Error::from(kind)) };
+        assert_eq!(
+            verdict(io(io::ErrorKind::ConnectionRefused)),
+            Verdict::Retry
+        );
+        for kind in [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::TimedOut,
+        ] {
+            assert_eq!(verdict(io(kind)), Verdict::Return, "{kind:?}");
+        }
+        assert_eq!(
+            verdict(Box::new(tower::timeout::error::Elapsed::new())),
+            Verdict::Return
+        );
     }
 }

@@ -401,3 +401,39 @@ async fn on_a_router_a_deadline_passed_is_a_504_not_an_error() {
         "{failure}"
     );
 }
+
+/// A call a palisade layer below refused is answered as palisade layers
+/// answer their refusals, not as a failed retry: `503` with `Retry-After`
+/// and the `Refusal` in the extensions (`429` for a rate limit), so a
+/// breaker above does not count it against the dependency. (It was a
+/// `502` with the marker only deep in the failure's sources.)
+#[tokio::test(start_paused = true)]
+async fn on_a_router_a_refusal_below_is_answered_as_a_refusal() {
+    use palisade_hints::{Refusal, RefusalReason};
+    use tower::Layer;
+
+    for (refusal, status) in [
+        (
+            Refusal::circuit_open(Some(Duration::from_secs(2))),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (Refusal::rate_limited(None), StatusCode::TOO_MANY_REQUESTS),
+    ] {
+        let refusing = tower::service_fn(move |_: Request<Body>| async move {
+            Err::<axum::response::Response, BoxError>(Box::new(refusal))
+        });
+        let retry = RetryLayer::new_for_http(Config::default())
+            .buffer_bodies_into(1024, Body::new)
+            .answer_failures();
+        let response = retry
+            .layer(refusing)
+            .oneshot(Request::get("/quote").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status);
+        assert_eq!(response.extensions().get::<Refusal>(), Some(&refusal));
+        if refusal.reason() == RefusalReason::CircuitOpen {
+            assert_eq!(response.headers()["retry-after"], "2");
+        }
+    }
+}

@@ -481,3 +481,53 @@ proptest! {
         prop_assert!(elapsed <= deadline, "{elapsed:?} > {deadline:?}");
     }
 }
+
+/// A rate limiter's refusal below the layer is retried after its wait
+/// without spending the retry budget: the dependency saw no load. The
+/// budget's one retry is left for the dependency's own failure. (The
+/// refusal spent it, and the dependency's failure was not retried.)
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_refusal_spends_no_retry_budget() {
+    let config = Config::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(20)))
+        .budget(Budget::new(0.0).min_per_second(1).max_banked(1))
+        .build()
+        .unwrap();
+    let answers = Arc::new(Mutex::new(0u32));
+    let service = service_fn(move |_: u32| {
+        let answer = {
+            let mut answers = answers.lock().unwrap();
+            *answers += 1;
+            *answers
+        };
+        async move {
+            match answer {
+                1 => Err::<u32, BoxError>(Box::new(Refusal::rate_limited(Some(ms(10))))),
+                2 => Err("connection reset".into()),
+                _ => Ok(answer),
+            }
+        }
+    });
+    let answered = RetryLayer::new(config).layer(service).oneshot(1).await;
+    assert_eq!(answered.unwrap(), 3);
+}
+
+/// A wait of zero (a `Retry-After: 0`, a limiter's refusal with no time
+/// left) is no reason to skip the backoff: every client would come back
+/// at once. (The hint was the whole wait.)
+#[tokio::test(start_paused = true)]
+async fn a_zero_hint_still_waits_out_the_backoff() {
+    let config = Config::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(ms(100)))
+        .build()
+        .unwrap();
+    let (service, calls) = always_failing(|| Box::new(Refusal::rate_limited(Some(Duration::ZERO))));
+    RetryLayer::new(config)
+        .layer(service)
+        .oneshot(1)
+        .await
+        .unwrap_err();
+    assert_eq!(gaps(&calls), [ms(100), ms(100)]);
+}

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{Response, StatusCode};
+use palisade_hints::http::refusal_response;
+use palisade_hints::{Refusal, RefusalReason};
 use tower::util::Oneshot;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
@@ -26,7 +28,12 @@ impl<C, R> RetryLayer<C, R> {
     /// Answers what the retries end in, when it is not a response, instead
     /// of failing: `504 Gateway Timeout` for the [`DeadlineExceeded`],
     /// `502 Bad Gateway` for the last attempt's error, each with an empty
-    /// body and the error in the extensions as a [`RetryFailure`]. The
+    /// body and the error in the extensions as a [`RetryFailure`]. A call
+    /// a palisade layer below refused (an open breaker, a rate limiter: a
+    /// [`Refusal`] in the error) is answered as palisade layers answer
+    /// their refusals: `429` for a rate limit, else `503`, with
+    /// `Retry-After` when it says when, and the `Refusal` in the
+    /// extensions, so a breaker above does not count it as a failure. The
     /// service's error type is `Infallible`, so it stacks on an axum
     /// `Router` (or a route) as it is, with no `HandleErrorLayer`.
     ///
@@ -123,6 +130,18 @@ where
         Poll::Ready(Ok(match ready!(self.project().inner.poll(cx)) {
             Ok(response) => response,
             Err(error) => {
+                if let Some(&refusal) = Refusal::find(&*error) {
+                    let status = if refusal.reason() == RefusalReason::RateLimited {
+                        StatusCode::TOO_MANY_REQUESTS
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    let mut response = refusal_response(status, refusal);
+                    response
+                        .extensions_mut()
+                        .insert(RetryFailure(Arc::from(error)));
+                    return Poll::Ready(Ok(response));
+                }
                 let status = if error.is::<DeadlineExceeded>() {
                     StatusCode::GATEWAY_TIMEOUT
                 } else {

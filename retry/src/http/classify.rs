@@ -59,40 +59,80 @@ pub(crate) fn classify_error(error: &(dyn Error + 'static)) -> Verdict {
     }
 }
 
+/// The verdict on a transport error of a call that must not run twice
+/// unless the server surely never got it: a local refusal by its marker,
+/// an error that proves the call never left (a refused connection, no
+/// route) retried, anything else (a reset, a timeout: the server may
+/// have run it) returned.
+pub(crate) fn classify_unsent_error(error: &(dyn Error + 'static)) -> Verdict {
+    if let Some(refusal) = Refusal::find(error) {
+        return refused(refusal);
+    }
+    if io_error_of(error, |kind| {
+        matches!(
+            kind,
+            io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::AddrNotAvailable
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable
+        )
+    }) {
+        Verdict::Retry
+    } else {
+        Verdict::Return
+    }
+}
+
+/// Whether `error` or any error in its source chain is an I/O error of a
+/// kind `of` picks.
+fn io_error_of(error: &(dyn Error + 'static), of: impl Fn(io::ErrorKind) -> bool) -> bool {
+    in_chain(error, |error| {
+        error
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io| of(io.kind()))
+    })
+}
+
+/// Whether `error` or any error in its source chain is one `found` picks,
+/// looking inside I/O errors too (whose `source` skips the error they
+/// wrap).
+fn in_chain(error: &(dyn Error + 'static), found: impl Fn(&(dyn Error + 'static)) -> bool) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if found(error) {
+            return true;
+        }
+        next = match error
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+        {
+            Some(wrapped) => Some(wrapped),
+            None => error.source(),
+        };
+    }
+    false
+}
+
 /// Whether `error` or any error in its source chain says the connection
 /// could not be made or the call timed out: the I/O error kinds of a
 /// refused, reset or aborted connection and of a timeout, and the timeout
 /// errors of tower and tokio.
 pub fn is_connect_or_timeout(error: &(dyn Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if let Some(io) = error.downcast_ref::<io::Error>() {
-            if matches!(
-                io.kind(),
-                io::ErrorKind::ConnectionRefused
-                    | io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::NotConnected
-                    | io::ErrorKind::AddrNotAvailable
-                    | io::ErrorKind::HostUnreachable
-                    | io::ErrorKind::NetworkUnreachable
-                    | io::ErrorKind::TimedOut
-            ) {
-                return true;
-            }
-            // An I/O error's `source` skips the error it wraps; look inside.
-            if let Some(wrapped) = io.get_ref() {
-                next = Some(wrapped);
-                continue;
-            }
-        }
-        if error.is::<tower::timeout::error::Elapsed>() || error.is::<tokio::time::error::Elapsed>()
-        {
-            return true;
-        }
-        next = error.source();
-    }
-    false
+    io_error_of(error, |kind| {
+        matches!(
+            kind,
+            io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::NotConnected
+                | io::ErrorKind::AddrNotAvailable
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable
+                | io::ErrorKind::TimedOut
+        )
+    }) || in_chain(error, |error| {
+        error.is::<tower::timeout::error::Elapsed>() || error.is::<tokio::time::error::Elapsed>()
+    })
 }
 
 #[cfg(test)]
