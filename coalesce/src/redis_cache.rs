@@ -583,22 +583,29 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
         self.redis.should_try(Instant::now().into_std())
     }
 
+    /// Redis answered a call asked at `asked`.
+    fn answered(&self, asked: Instant) {
+        if self.redis.answered(asked.into_std()) == Change::CameBack {
+            tracing::info!(target: "palisade_coalesce", "redis answers again; coalescing across processes");
+        }
+    }
+
     /// One Redis call within the timeout; `None` when Redis failed.
     async fn call<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Option<T> {
         let asked = Instant::now();
         let error = match tokio::time::timeout(self.settings.timeout, call).await {
             Ok(Ok(value)) => {
-                if self.redis.answered(asked.into_std()) == Change::CameBack {
-                    tracing::info!(target: "palisade_coalesce", "redis answers again; coalescing across processes");
-                }
+                self.answered(asked);
                 return Some(value);
             }
             Ok(Err(error)) if !unreachable(&error) => {
                 // Redis answered, with an error of this call's own (a key
                 // of another type, memory full): the call failed, Redis
-                // is up.
+                // is up. Counted; logged at debug, as it may be every
+                // call's.
                 self.events.redis_failed();
-                tracing::warn!(target: "palisade_coalesce", %error, "a redis call failed");
+                tracing::debug!(target: "palisade_coalesce", %error, "a redis call failed");
+                self.answered(asked);
                 return None;
             }
             Ok(Err(error)) => error.to_string(),

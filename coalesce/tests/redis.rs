@@ -407,6 +407,59 @@ async fn a_waiter_that_wins_the_lock_after_the_value_was_written_reads_it() {
     assert_eq!(calls.load(Ordering::SeqCst), 1, "no second origin call");
 }
 
+/// Under `FailurePolicy::Refuse`, an expired value that Redis gave a
+/// lookup before it went away stands in for the refusal (stale-if-error),
+/// and the origin is not called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_lookup_is_covered_by_the_stale_value_it_read() {
+    use palisade_coalesce::FailurePolicy;
+
+    let prefix = prefix();
+    let freshness = Freshness::new(Duration::from_secs(60))
+        .stale_if_error(Duration::from_secs(600))
+        .early_refresh(0.0);
+    let settings = RedisSettings::new(freshness)
+        .prefix(&prefix)
+        .on_failure(FailurePolicy::Refuse)
+        .probe_interval(Duration::from_secs(3600))
+        .wake_ups(false);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let writer = process(&redis_url(), settings.clone()).await;
+    writer
+        .get_with("k", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    // Two minutes old on Redis's clock: expired, usable on error.
+    let mut redis = direct().await;
+    let kept: i64 = redis.pttl(value_key(&prefix, "k")).await.unwrap();
+    let _: bool = redis
+        .pexpire(value_key(&prefix, "k"), kept - 120_000)
+        .await
+        .unwrap();
+    // The reader reads the entry, then Redis goes away before its lock
+    // attempt.
+    let (proxy, through) = redis_proxy().await;
+    let client = redis::Client::open(through).unwrap();
+    let cut = Box::pin(async move { proxy.cut().await });
+    let connection = BeforeLock {
+        inner: client.get_multiplexed_async_connection().await.unwrap(),
+        hook: Arc::new(std::sync::Mutex::new(Some(cut))),
+    };
+    let reader: RedisCache<BeforeLock, OriginDown> =
+        RedisCache::connect(&client, connection, settings)
+            .await
+            .unwrap();
+    let covered = reader
+        .get_with("k", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(
+        (covered.value, covered.served),
+        (Bytes::from("v1"), Served::StaleIfError)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "only the writer's call");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_succeeds_when_pub_sub_cannot_connect() {
     // Nothing listens on port 1: the wake-up subscription cannot connect.

@@ -363,6 +363,13 @@ impl<C> RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
+    /// Redis answered a decision asked at `asked`.
+    fn answered(&self, asked: Instant) {
+        if self.health.answered(asked.into_std()) == Change::CameBack {
+            tracing::info!(target: "palisade_token_bucket", "redis answers again; deciding in redis");
+        }
+    }
+
     /// Runs the script for `key` within the timeout; when Redis fails, is
     /// slow or is known to be down, the failure policy decides.
     pub(crate) async fn ask(&self, key: &str, bucket: &Bucket, ask: Ask) -> Answer {
@@ -392,9 +399,7 @@ where
         .await
         {
             Ok(Ok(reply)) => {
-                if self.health.answered(now.into_std()) == Change::CameBack {
-                    tracing::info!(target: "palisade_token_bucket", "redis answers again; deciding in redis");
-                }
+                self.answered(now);
                 return answer(bucket, reply);
             }
             Ok(Err(error)) => {
@@ -416,7 +421,10 @@ where
             instruments.failed(error.is_timeout());
         }
         if !down {
-            tracing::warn!(target: "palisade_token_bucket", %error, policy = self.policy.name(), "a decision failed in redis; applying the failure policy to it");
+            // Redis answered: it is up. Counted; logged at debug, as it
+            // may be every decision's.
+            tracing::debug!(target: "palisade_token_bucket", %error, policy = self.policy.name(), "a decision failed in redis; applying the failure policy to it");
+            self.answered(now);
         } else if self.health.failed(now.into_std()) == Change::WentDown {
             tracing::warn!(
                 target: "palisade_token_bucket",
