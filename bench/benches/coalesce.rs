@@ -5,6 +5,9 @@
 //! One iteration is a fresh key, 100 spawned callers on a 2-worker runtime,
 //! and waiting for all of them; the time is per 100 callers. Each peer is
 //! used as its documentation shows; moka's cache is the coalescer there.
+//!
+//! And a miss on a full cache of 10,000 entries, the cost of storing a
+//! value and making room for it, against moka's bounded cache.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -100,5 +103,44 @@ fn compare(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(coalesce, compare);
+/// A miss on a full cache of 10,000 fresh entries (each iteration a new
+/// key, so each stores a value and makes room for it), against moka's
+/// bounded cache used alike.
+fn miss_at_capacity(c: &mut Criterion) {
+    const CAPACITY: u64 = 10_000;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut group = c.benchmark_group("peers-cache");
+    let ours: palisade_coalesce::Cache<u64, u64, Infallible> = palisade_coalesce::Cache::new(
+        usize::try_from(CAPACITY).expect("small"),
+        palisade_coalesce::Freshness::new(Duration::from_secs(3600)),
+    );
+    let moka: moka::future::Cache<u64, u64> = moka::future::Cache::new(CAPACITY);
+    runtime.block_on(async {
+        for key in 0..CAPACITY {
+            ours.get_with(key, move || compute(key))
+                .await
+                .expect("a value");
+            moka.get_with(key, async move { key }).await;
+        }
+    });
+    let mut key = CAPACITY;
+    group.bench_function(BenchmarkId::new("palisade", "miss_at_capacity_10k"), |b| {
+        b.iter(|| {
+            key += 1;
+            runtime.block_on(ours.get_with(key, move || compute(key)))
+        });
+    });
+    group.bench_function(BenchmarkId::new("moka", "miss_at_capacity_10k"), |b| {
+        b.iter(|| {
+            key += 1;
+            runtime.block_on(moka.get_with(key, async move { key }))
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(coalesce, compare, miss_at_capacity);
 criterion_main!(coalesce);

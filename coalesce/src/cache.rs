@@ -50,7 +50,8 @@ pub struct Lookup<V> {
 ///
 /// Background refreshes run as Tokio tasks; their errors keep the old value
 /// (and are logged). The cache holds at most `capacity` entries: past it,
-/// entries past all their windows go first, then the oldest.
+/// entries past all their windows go first, else the sixteenth stored
+/// longest ago.
 ///
 /// # Example
 ///
@@ -416,20 +417,25 @@ impl<K: Hash + Eq + Clone, V> Drop for Computing<K, V> {
 /// The boxed work of one flight.
 type ComputeFuture<V, E> = std::pin::Pin<Box<dyn Future<Output = Result<V, E>> + Send>>;
 
-/// Makes room for one entry: everything past all its windows, else the
-/// entry stored longest ago.
-fn evict<K: Hash + Eq + Clone, V>(
+/// Makes room: everything past all its windows goes, else the sixteenth
+/// of the entries stored longest ago (at least one). Each eviction is a
+/// pass over the map under its lock; evicting a sixteenth at a time makes
+/// that one pass per sixteenth of the capacity inserts, not one per
+/// insert.
+fn evict<K: Hash + Eq, V>(
     entries: &mut HashMap<K, Entry<V>, foldhash::fast::RandomState>,
     now: Instant,
 ) {
     let before = entries.len();
     entries.retain(|_, entry| entry.keep_until() > now);
-    if entries.len() == before
-        && let Some(oldest) = entries
-            .iter()
-            .min_by_key(|(_, entry)| now - entry.age(now))
-            .map(|(key, _)| key.clone())
-    {
-        entries.remove(&oldest);
+    if entries.len() < before {
+        return;
     }
+    let mut stored: Vec<Instant> = entries.values().map(|entry| now - entry.age(now)).collect();
+    if stored.is_empty() {
+        return;
+    }
+    let oldest = (stored.len() / 16).max(1) - 1;
+    let (_, &mut cutoff, _) = stored.select_nth_unstable(oldest);
+    entries.retain(|_, entry| now - entry.age(now) > cutoff);
 }

@@ -43,9 +43,9 @@ mod replay;
 
 pub use answer::{AnswerFailures, AnswerFailuresLayer, AnsweredFuture, RetryFailure};
 pub use body::ReplayBody;
-pub use classify::{RetryServerErrors, is_connect_or_timeout};
 #[cfg(feature = "grpc")]
 pub(crate) use classify::classify_unsent_error;
+pub use classify::{RetryServerErrors, is_connect_or_timeout};
 pub use idempotency::Idempotency;
 #[cfg(feature = "tonic")]
 pub use replay::TonicBody;
