@@ -64,6 +64,7 @@ pub(crate) fn classify_error(error: &(dyn Error + 'static)) -> Verdict {
 /// an error that proves the call never left (a refused connection, no
 /// route) retried, anything else (a reset, a timeout: the server may
 /// have run it) returned.
+#[cfg(feature = "grpc")]
 pub(crate) fn classify_unsent_error(error: &(dyn Error + 'static)) -> Verdict {
     if let Some(refusal) = Refusal::find(error) {
         return refused(refusal);
