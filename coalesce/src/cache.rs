@@ -435,7 +435,17 @@ fn evict<K: Hash + Eq, V>(
     if stored.is_empty() {
         return;
     }
-    let oldest = (stored.len() / 16).max(1) - 1;
-    let (_, &mut cutoff, _) = stored.select_nth_unstable(oldest);
-    entries.retain(|_, entry| now - entry.age(now) > cutoff);
+    let evicting = (stored.len() / 16).max(1);
+    let (_, &mut cutoff, _) = stored.select_nth_unstable(evicting - 1);
+    // Everything stored before the cutoff goes, and of the entries stored
+    // at it (many, under a paused clock) only as many as make the count.
+    let mut tied = evicting - stored.iter().filter(|&&at| at < cutoff).count();
+    entries.retain(|_, entry| {
+        let at = now - entry.age(now);
+        if at == cutoff && tied > 0 {
+            tied -= 1;
+            return false;
+        }
+        at >= cutoff
+    });
 }

@@ -167,6 +167,21 @@ async fn the_cache_holds_at_most_its_capacity() {
     assert!(cache.len() <= 16, "{} entries", cache.len());
 }
 
+/// A full cache makes room a sixteenth at a time, however many entries
+/// were stored at the same instant (all of them, under a paused clock):
+/// eviction removed every entry stored at its cutoff, so the whole cache.
+#[tokio::test(start_paused = true)]
+async fn an_eviction_keeps_fifteen_sixteenths_of_the_cache() {
+    let cache: Cache<u32, u32, OriginDown> = Cache::new(32, Freshness::new(s(30)));
+    for key in 0..33 {
+        cache
+            .get_with(key, move || async move { Ok(key) })
+            .await
+            .unwrap();
+    }
+    assert_eq!(cache.len(), 31, "two evicted, the new one stored");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_refresh_that_may_not_be_stored_drops_the_old_entry() {
     let freshness = Freshness::new(s(30))
