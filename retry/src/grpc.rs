@@ -7,7 +7,8 @@
 //! the trailers, after the caller has the response (gRPC's own retry design
 //! draws the same line). That is how servers answer `UNAVAILABLE`. A
 //! response from a proxy without any `grpc-status` is mapped as gRPC clients
-//! map it: HTTP 429, 502, 503 and 504 are `UNAVAILABLE`, and retried.
+//! map it: HTTP 429, 502 and 503 are `UNAVAILABLE`, and retried (504 too
+//! in gRPC's mapping, but see below).
 //!
 //! Every gRPC request is a `POST`, so the idempotency gate is open, and
 //! only what says the server did not process the call is retried:
@@ -163,7 +164,7 @@ mod tests {
     }
 
     #[test]
-    fn http_429_502_503_504_without_grpc_status_are_unavailable_and_retried() {
+    fn http_429_502_503_without_grpc_status_are_retried_and_504_is_not() {
         let verdict = |status: u16, pushback: Option<&'static str>| {
             let mut response = Response::new(());
             *response.status_mut() = http::StatusCode::from_u16(status).unwrap();

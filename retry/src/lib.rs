@@ -16,16 +16,20 @@
 //!   1.2× its normal traffic. When it is spent the last result is returned;
 //!   see [`Budget`].
 //! - **Server hints**: a `Retry-After` (seconds or HTTP date) or
-//!   `grpc-retry-pushback-ms` sets the wait; a hint longer than the
-//!   backoff's cap or than the time left ends the retries.
+//!   `grpc-retry-pushback-ms` sets the least wait (the backoff's draw when
+//!   that is longer, so a hint of zero does not send every client back at
+//!   once); a hint longer than the backoff's cap or than the time left ends
+//!   the retries.
 //! - **A deadline** across all attempts, if set: no attempt starts that is
 //!   not expected to finish in time, and one still running when it passes is
 //!   abandoned.
-//! - **Local refusals are never retried**: an open circuit breaker's
-//!   rejection (from `palisade-circuit-breaker`) returns at once and spends
-//!   no budget; a rate limiter's only after the wait it names. They are
-//!   recognised by the [`palisade_hints::Refusal`] marker, with no
-//!   dependency on those crates.
+//! - **Local refusals spend no budget**: an open circuit breaker's
+//!   rejection (from `palisade-circuit-breaker`) returns at once; a rate
+//!   limiter's is retried only after the wait it names
+//!   ([`Verdict::RetryRefused`]), and counts as an attempt but not against
+//!   the dependency's budget. They are recognised by the
+//!   [`palisade_hints::Refusal`] marker, with no dependency on those
+//!   crates.
 //! - The inner service is **polled ready again before every retry**.
 //!
 //! The policy is plain data ([`Config`]); [`Backoff`] and [`RetryBudget`]
@@ -68,9 +72,11 @@
 //!   with an `Idempotency-Key`); bodies that are not `Clone` are replayed
 //!   from a bounded buffer ([`http::ReplayBody`]).
 //! - `grpc`: [`RetryLayer::new_for_grpc`]: retries `UNAVAILABLE` (and a
-//!   proxy's 429, 502, 503 or 504 without a `grpc-status`, which gRPC reads
-//!   as `UNAVAILABLE`), and `RESOURCE_EXHAUSTED` when the server sends a
-//!   pushback, honouring `grpc-retry-pushback-ms`.
+//!   proxy's 429, 502 or 503 without a `grpc-status`, which gRPC reads as
+//!   `UNAVAILABLE`), `RESOURCE_EXHAUSTED` when the server sends a pushback,
+//!   honouring `grpc-retry-pushback-ms`, and transport errors only of
+//!   calls that never left (not a reset, a timeout or a proxy's 504, after
+//!   which the server may have run the call).
 //! - `tonic` (implies `grpc`): `RetryLayer::new_for_tonic`, the same taking
 //!   and passing on `tonic::body::Body`, straight in front of a tonic
 //!   `Channel`.

@@ -44,7 +44,6 @@ mod replay;
 pub use answer::{AnswerFailures, AnswerFailuresLayer, AnsweredFuture, RetryFailure};
 pub use body::ReplayBody;
 #[cfg(feature = "grpc")]
-#[cfg(feature = "grpc")]
 pub(crate) use classify::classify_unsent_error;
 pub use classify::{RetryServerErrors, is_connect_or_timeout};
 pub use idempotency::Idempotency;
