@@ -600,11 +600,15 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
             }
             Ok(Err(error)) if !unreachable(&error) => {
                 // Redis answered, with an error of this call's own (a key
-                // of another type, memory full): the call failed, Redis
-                // is up. Counted; logged at debug, as it may be every
-                // call's.
+                // of another type, memory full, a permission): the call
+                // failed, Redis is up. Counted; a warning once a probe
+                // interval, as it may be every call's.
                 self.events.redis_failed();
-                tracing::debug!(target: "palisade_coalesce", %error, "a redis call failed");
+                if self.redis.warning_due(asked.into_std()) {
+                    tracing::warn!(target: "palisade_coalesce", %error, "a redis call failed (redis answers; more such failures are logged at debug for a probe interval)");
+                } else {
+                    tracing::debug!(target: "palisade_coalesce", %error, "a redis call failed");
+                }
                 self.answered(asked);
                 return None;
             }

@@ -43,6 +43,9 @@ pub struct Reachability {
     /// When the latest call that got an answer was asked, in milliseconds
     /// since `origin`.
     answered_asked: AtomicU64,
+    /// When an error of a call's own may next be logged, in milliseconds
+    /// since `origin`.
+    next_warning: AtomicU64,
     probe_interval: Duration,
     origin: Instant,
 }
@@ -68,6 +71,7 @@ impl Reachability {
             down: AtomicBool::new(false),
             next_probe: AtomicU64::new(0),
             answered_asked: AtomicU64::new(0),
+            next_warning: AtomicU64::new(0),
             probe_interval,
             origin: now,
         }
@@ -134,6 +138,26 @@ impl Reachability {
         } else {
             Change::WentDown
         }
+    }
+
+    /// Whether an error a call got at `now` that is its own (the store
+    /// answered: a key of another type, memory full, a permission) is to
+    /// be logged as a warning: once per probe interval, since it may be
+    /// every call's, and otherwise only counted.
+    #[must_use]
+    pub fn warning_due(&self, now: Instant) -> bool {
+        let now = self.millis(now);
+        let due = self.next_warning.load(Ordering::Acquire);
+        now >= due
+            && self
+                .next_warning
+                .compare_exchange(
+                    due,
+                    now.saturating_add(self.interval_ms()),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
     }
 
     fn millis(&self, now: Instant) -> u64 {
@@ -204,6 +228,17 @@ mod tests {
         let slow = probe - Duration::from_millis(10);
         assert_eq!(store.failed(slow), Change::None);
         assert!(!store.is_down());
+    }
+
+    /// An error of a call's own is worth a warning once per interval.
+    #[test]
+    fn a_calls_own_error_is_a_warning_once_an_interval() {
+        let start = Instant::now();
+        let store = Reachability::new(Duration::from_secs(1), start);
+        let warned = |at| (0..100).filter(|_| store.warning_due(at)).count();
+        assert_eq!(warned(start), 1);
+        assert_eq!(warned(start + Duration::from_millis(999)), 0);
+        assert_eq!(warned(start + Duration::from_secs(1)), 1);
     }
 
     /// Failures reported out of order never bring the next probe nearer.

@@ -421,9 +421,13 @@ where
             instruments.failed(error.is_timeout());
         }
         if !down {
-            // Redis answered: it is up. Counted; logged at debug, as it
-            // may be every decision's.
-            tracing::debug!(target: "palisade_token_bucket", %error, policy = self.policy.name(), "a decision failed in redis; applying the failure policy to it");
+            // Redis answered: it is up. A warning once a probe interval,
+            // as it may be every decision's.
+            if self.health.warning_due(now.into_std()) {
+                tracing::warn!(target: "palisade_token_bucket", %error, policy = self.policy.name(), "a decision failed in redis; applying the failure policy to it (more such failures are logged at debug for a probe interval)");
+            } else {
+                tracing::debug!(target: "palisade_token_bucket", %error, policy = self.policy.name(), "a decision failed in redis; applying the failure policy to it");
+            }
             self.answered(now);
         } else if self.health.failed(now.into_std()) == Change::WentDown {
             tracing::warn!(
