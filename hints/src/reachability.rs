@@ -95,21 +95,7 @@ impl Reachability {
     /// time, and no other.
     #[must_use]
     pub fn should_try(&self, now: Instant) -> bool {
-        if !self.is_down() {
-            return true;
-        }
-        let now = self.millis(now);
-        let due = self.next_probe.load(Ordering::Acquire);
-        now >= due
-            && self
-                .next_probe
-                .compare_exchange(
-                    due,
-                    now.saturating_add(self.interval_ms()),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
+        !self.is_down() || self.turn(&self.next_probe, now)
     }
 
     /// The store answered a call asked at `asked`.
@@ -146,11 +132,16 @@ impl Reachability {
     /// every call's, and otherwise only counted.
     #[must_use]
     pub fn warning_due(&self, now: Instant) -> bool {
+        self.turn(&self.next_warning, now)
+    }
+
+    /// Whether `now` is the first call at or after the time in `next`,
+    /// which then moves a probe interval on: one caller a turn.
+    fn turn(&self, next: &AtomicU64, now: Instant) -> bool {
         let now = self.millis(now);
-        let due = self.next_warning.load(Ordering::Acquire);
+        let due = next.load(Ordering::Acquire);
         now >= due
-            && self
-                .next_warning
+            && next
                 .compare_exchange(
                     due,
                     now.saturating_add(self.interval_ms()),
