@@ -82,6 +82,14 @@ impl Budget {
         if self.max_banked > 1_000_000_000 {
             return Err(config_error("budget max_banked", "must be at most 10^9"));
         }
+        // The floor is kept as nanoseconds between its retries: a faster
+        // one would be a gap of zero, which means no floor at all.
+        if self.min_per_second > 1_000_000_000 {
+            return Err(config_error(
+                "budget min_per_second",
+                "must be at most 10^9",
+            ));
+        }
         Ok(())
     }
 }
@@ -119,8 +127,8 @@ impl RetryBudget {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when the ratio is outside `0.0..=10.0` or more than
-    /// 10^9 retries could be banked.
+    /// [`ConfigError`] when the ratio is outside `0.0..=10.0`, more than
+    /// 10^9 retries could be banked, or the floor is over 10^9 a second.
     pub fn new(budget: Budget) -> Result<Self, ConfigError> {
         budget.validate()?;
         Ok(Self::from_valid(budget))
@@ -259,6 +267,17 @@ mod tests {
             let err = RetryBudget::new(Budget::new(ratio)).unwrap_err();
             assert_eq!(err.setting(), "budget ratio");
         }
+    }
+
+    #[test]
+    fn a_floor_too_fast_to_keep_is_refused() {
+        let err = RetryBudget::new(Budget::new(0.2).min_per_second(1_000_000_001)).unwrap_err();
+        assert_eq!(err.setting(), "budget min_per_second");
+        let fastest = RetryBudget::new(Budget::new(0.0).min_per_second(1_000_000_000)).unwrap();
+        assert!(
+            fastest.withdraw(Instant::now()),
+            "the fastest floor kept is a floor"
+        );
     }
 
     proptest! {

@@ -127,7 +127,8 @@ impl ConfigBuilder {
     ///
     /// [`ConfigError`] naming the first setting out of range: attempts
     /// outside 1..=100, a backoff whose base exceeds its cap, a budget
-    /// ratio outside 0.0..=10.0, or a zero deadline.
+    /// ratio outside 0.0..=10.0, more than 10^9 retries banked or a floor
+    /// over 10^9 a second, or a zero deadline.
     pub fn build(self) -> Result<Config, ConfigError> {
         let config = self.config;
         if !(1..=MAX_ATTEMPTS).contains(&config.max_attempts) {

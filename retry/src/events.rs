@@ -10,7 +10,8 @@ pub(crate) enum GiveUp {
     Attempts,
     /// The dependency asked for a wait longer than the backoff's cap.
     HintOverCap,
-    /// The next attempt could not finish before the deadline.
+    /// The next attempt could not finish before the deadline, or the
+    /// deadline passed during an attempt (which is abandoned).
     Deadline,
     /// The retry budget is spent.
     Budget,

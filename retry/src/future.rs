@@ -328,18 +328,24 @@ where
 }
 
 /// `Pending`, unless the deadline has passed: then the attempt is
-/// abandoned with [`DeadlineExceeded`].
-fn past_deadline<T, S, L, Saved, Request>(
+/// abandoned with [`DeadlineExceeded`], a give-up for the deadline.
+fn past_deadline<T, S, L, Saved, Request, C, R>(
     deadline: &mut Option<Pin<Box<Deadline>>>,
     cx: &mut Context<'_>,
     retrying: Option<&Retrying<S, L, Saved, Request>>,
-) -> Poll<Result<T, BoxError>> {
+) -> Poll<Result<T, BoxError>>
+where
+    L: Deref<Target = RetryLayer<C, R>>,
+{
     let Some(deadline) = deadline else {
         return Poll::Pending;
     };
     let deadline = deadline.as_mut().project();
     ready!(deadline.sleep.poll(cx));
     let attempts = retrying.map_or(1, Retrying::attempts);
+    if let Some(retrying) = retrying {
+        retrying.shared.events.gave_up(GiveUp::Deadline, attempts);
+    }
     Poll::Ready(Err(DeadlineExceeded::new(*deadline.total, attempts).into()))
 }
 

@@ -44,3 +44,33 @@ async fn attempts_retries_exhaustions_and_give_ups_are_counted() {
     let reason = |r: &str| vec!["client=inventory".to_owned(), format!("reason={r}")];
     assert_eq!(give_ups, [(reason("attempts"), 1), (reason("budget"), 1)]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_cut_by_the_deadline_is_a_give_up_for_the_deadline() {
+    let probe = MetricsProbe::default();
+    let config = Config::builder()
+        .max_attempts(3)
+        .backoff(Backoff::constant(Duration::from_millis(10)))
+        .deadline(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let layer = RetryLayer::new(config).instrument(&probe.meter(), "payment");
+    // The first attempt fails at once; the second never answers.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let hanging = layer.layer(service_fn(move |(): ()| {
+        let call = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            if call == 0 {
+                return Err::<(), BoxError>("reset".into());
+            }
+            std::future::pending().await
+        }
+    }));
+    let err = hanging.oneshot(()).await.unwrap_err();
+    assert!(err.is::<palisade_retry::DeadlineExceeded>(), "{err}");
+    let reason = |r: &str| vec!["client=payment".to_owned(), format!("reason={r}")];
+    assert_eq!(
+        probe.points("palisade.retry.give_ups"),
+        [(reason("deadline"), 1)]
+    );
+}
