@@ -3,11 +3,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Bits of a counter word that count; the rest tag the bucket.
-const COUNT_BITS: u32 = 40;
-const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
-/// Tags are bucket numbers modulo 2^24.
-const TAG_MASK: u64 = (1 << (64 - COUNT_BITS)) - 1;
+/// The most calls a bucket counts each millisecond of its length, as a
+/// power of two: 2^20, about a billion calls a second. A counter word
+/// keeps as many bits for its count as its bucket's length needs for that
+/// rate, and the rest for its tag, so tags wrap only after some 2^44 ms
+/// (over 250 years) whatever the bucket length.
+const CALLS_PER_MS_BITS: u32 = 20;
 
 /// Good and bad calls over a window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,17 +54,97 @@ struct Slot {
 pub(crate) struct Ring {
     resolution_ms: u64,
     mask: u64,
+    /// How a counter word splits into count and tag.
+    word: Word,
     slots: Box<[Slot]>,
 }
 
-const fn tag(bucket: u64) -> u64 {
-    bucket & TAG_MASK
+/// The split of a counter word: its low `count_bits` count, the rest tag
+/// the bucket number (modulo the tag's width).
+#[derive(Debug, Clone, Copy)]
+struct Word {
+    count_bits: u32,
 }
 
-/// Whether tag `ours` is of a later bucket than tag `theirs` (tags wrap).
-const fn is_later(ours: u64, theirs: u64) -> bool {
-    let ahead = ours.wrapping_sub(theirs) & TAG_MASK;
-    ahead != 0 && ahead < TAG_MASK / 2
+impl Word {
+    /// Counts wide enough for 2^20 calls a millisecond of `resolution_ms`.
+    const fn for_buckets_of(resolution_ms: u64) -> Self {
+        let length_bits = u64::BITS - resolution_ms.saturating_sub(1).leading_zeros();
+        let count_bits = CALLS_PER_MS_BITS + length_bits;
+        Self {
+            // At least 8 bits of tag, whatever the length (a length of
+            // 2^36 ms and more is far past any objective's window).
+            count_bits: if count_bits > 56 { 56 } else { count_bits },
+        }
+    }
+
+    const fn tag_mask(self) -> u64 {
+        (1 << (u64::BITS - self.count_bits)) - 1
+    }
+
+    const fn count_mask(self) -> u64 {
+        (1 << self.count_bits) - 1
+    }
+
+    const fn tag(self, bucket: u64) -> u64 {
+        bucket & self.tag_mask()
+    }
+
+    /// The tag of `word`.
+    const fn tag_of(self, word: u64) -> u64 {
+        word >> self.count_bits
+    }
+
+    /// A word counting one call of the bucket tagged `tag`.
+    const fn first(self, tag: u64) -> u64 {
+        (tag << self.count_bits) | 1
+    }
+
+    /// Whether tag `ours` is of a later bucket than tag `theirs` (tags
+    /// wrap).
+    const fn is_later(self, ours: u64, theirs: u64) -> bool {
+        let ahead = ours.wrapping_sub(theirs) & self.tag_mask();
+        ahead != 0 && ahead < self.tag_mask() / 2
+    }
+
+    /// Adds one to `word` for the bucket tagged `tag`.
+    fn bump(self, word: &AtomicU64, tag: u64) {
+        let mut seen = word.load(Ordering::Relaxed);
+        loop {
+            let theirs = self.tag_of(seen);
+            if theirs == tag {
+                // The tag can change under this add only when the ring
+                // has gone a whole lap since the load (minutes at least).
+                word.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if !self.is_later(tag, theirs) && seen != 0 {
+                // A call from a bucket the ring has already gone past a
+                // lap beyond: older than any window, counted nowhere.
+                return;
+            }
+            match word.compare_exchange_weak(
+                seen,
+                self.first(tag),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(now) => seen = now,
+            }
+        }
+    }
+
+    /// The count `word` holds for the bucket tagged `tag`; 0 if it holds
+    /// an other bucket's.
+    fn read(self, word: &AtomicU64, tag: u64) -> u64 {
+        let word = word.load(Ordering::Relaxed);
+        if self.tag_of(word) == tag {
+            word & self.count_mask()
+        } else {
+            0
+        }
+    }
 }
 
 impl Ring {
@@ -73,6 +154,7 @@ impl Ring {
         Self {
             resolution_ms,
             mask: len as u64 - 1,
+            word: Word::for_buckets_of(resolution_ms),
             slots: (0..len).map(|_| Slot::default()).collect(),
         }
     }
@@ -97,7 +179,8 @@ impl Ring {
     pub(crate) fn record(&self, at_ms: u64, good: bool) {
         let bucket = at_ms / self.resolution_ms;
         let slot = self.slot(bucket);
-        bump(if good { &slot.good } else { &slot.bad }, tag(bucket));
+        let word = self.word;
+        word.bump(if good { &slot.good } else { &slot.bad }, word.tag(bucket));
     }
 
     /// The bucket holding `at_ms`.
@@ -109,10 +192,10 @@ impl Ring {
     /// The calls of bucket `bucket` (none if the ring has gone past it).
     #[cfg(feature = "redis")]
     pub(crate) fn bucket_counts(&self, bucket: u64) -> Counts {
-        let slot = self.slot(bucket);
+        let (slot, word) = (self.slot(bucket), self.word);
         Counts {
-            good: read(&slot.good, tag(bucket)),
-            bad: read(&slot.bad, tag(bucket)),
+            good: word.read(&slot.good, word.tag(bucket)),
+            bad: word.read(&slot.bad, word.tag(bucket)),
         }
     }
 
@@ -122,50 +205,11 @@ impl Ring {
         let buckets = buckets.min(self.slots.len()) as u64;
         let mut counts = Counts::default();
         for bucket in last.saturating_sub(buckets - 1)..=last {
-            let slot = self.slot(bucket);
-            counts.good += read(&slot.good, tag(bucket));
-            counts.bad += read(&slot.bad, tag(bucket));
+            let (slot, word) = (self.slot(bucket), self.word);
+            counts.good += word.read(&slot.good, word.tag(bucket));
+            counts.bad += word.read(&slot.bad, word.tag(bucket));
         }
         counts
-    }
-}
-
-/// Adds one to `word` for the bucket tagged `tag`.
-fn bump(word: &AtomicU64, tag: u64) {
-    let mut seen = word.load(Ordering::Relaxed);
-    loop {
-        let theirs = seen >> COUNT_BITS;
-        if theirs == tag {
-            // The tag can change under this add only when the ring has
-            // gone a whole lap since the load (minutes at least).
-            word.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if !is_later(tag, theirs) && seen != 0 {
-            // A call from a bucket the ring has already gone past a lap
-            // beyond: older than any window, counted nowhere.
-            return;
-        }
-        match word.compare_exchange_weak(
-            seen,
-            (tag << COUNT_BITS) | 1,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        ) {
-            Ok(_) => return,
-            Err(now) => seen = now,
-        }
-    }
-}
-
-/// The count `word` holds for the bucket tagged `tag`; 0 if it holds an
-/// other bucket's.
-fn read(word: &AtomicU64, tag: u64) -> u64 {
-    let word = word.load(Ordering::Relaxed);
-    if word >> COUNT_BITS == tag {
-        word & COUNT_MASK
-    } else {
-        0
     }
 }
 
@@ -191,10 +235,44 @@ mod tests {
 
     #[test]
     fn tags_compare_across_their_wrap() {
-        assert!(is_later(0, TAG_MASK));
-        assert!(is_later(5, 3));
-        assert!(!is_later(3, 5));
-        assert!(!is_later(3, 3));
+        let word = Word::for_buckets_of(1_000);
+        assert!(word.is_later(0, word.tag_mask()));
+        assert!(word.is_later(5, 3));
+        assert!(!word.is_later(3, 5));
+        assert!(!word.is_later(3, 3));
+    }
+
+    #[test]
+    fn counts_are_wide_enough_for_a_billion_calls_a_second() {
+        for resolution_ms in [1, 1_000, 1_024, 3_600_000, 48 * 3_600_000] {
+            let word = Word::for_buckets_of(resolution_ms);
+            assert!(
+                word.count_mask() >= resolution_ms * 1_000_000,
+                "{resolution_ms} ms"
+            );
+            let tag_span_ms = (word.tag_mask() + 1).saturating_mul(resolution_ms);
+            assert!(
+                tag_span_ms >= 1 << 43,
+                "{resolution_ms} ms: tags wrap too soon"
+            );
+        }
+    }
+
+    #[test]
+    fn a_slot_left_idle_for_a_year_counts_again() {
+        // A slot of a one-second ring that no call reached for a year
+        // (a service called now and then): its next call counts (24-bit
+        // tags, half round since, took it for a late call and dropped it),
+        // and an old call is not read as a new one.
+        let ring = Ring::new(1_000, 4);
+        ring.record(0, true);
+        let year_ms = 366 * 86_400_000;
+        ring.record(year_ms, true);
+        assert_eq!(ring.counts(year_ms, 4), Counts { good: 1, bad: 0 });
+        // Where 24-bit tags came round again, 2^24 s on: nothing counted.
+        let ring = Ring::new(1_000, 4);
+        ring.record(0, false);
+        assert_eq!(ring.counts((1 << 24) * 1_000, 1), Counts::default());
     }
 
     proptest! {
