@@ -159,6 +159,18 @@ impl System {
             )
             .into());
         }
+        // The addresses asked for are bound first, before anything of the
+        // system's own takes a port (each cell's card processor listens on
+        // a port the system picks, which may be one of these).
+        let bind = |address: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(address)
+                .await
+                .map_err(|error| format!("{what} {address}: {error}"))
+        };
+        let listener = bind(settings.listen, "listen").await?;
+        let address = listener.local_addr()?;
+        let admin_listener = bind(settings.admin_listen, "admin listen").await?;
+        let admin_address = admin_listener.local_addr()?;
         std::fs::create_dir_all(&settings.data_dir)?;
         let dir = &settings.data_dir;
         let (identity, demo) = match &settings.identity {
@@ -216,10 +228,6 @@ impl System {
             });
         }
 
-        let listener = TcpListener::bind(settings.listen).await?;
-        let address = listener.local_addr()?;
-        let admin_listener = TcpListener::bind(settings.admin_listen).await?;
-        let admin_address = admin_listener.local_addr()?;
         let shared = gateway::Shared {
             objectives: settings.objectives,
             ..gateway::Shared::local(settings.limits, &meter)

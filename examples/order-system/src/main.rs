@@ -440,18 +440,30 @@ fn init_logs() {
         .init();
 }
 
-/// Completes on Ctrl-C or `SIGTERM`.
-async fn stop_signal() {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = async {
-            match terminate.as_mut() {
-                Some(terminate) => { terminate.recv().await; }
-                None => std::future::pending().await,
+/// Listens for Ctrl-C (`SIGINT`) and `SIGTERM` from the call on (not from
+/// the first poll: a signal that comes while the system starts is kept,
+/// not met by the default action that ends the process unshut); the
+/// future completes on the first.
+fn stop_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    let received = |listening: std::io::Result<tokio::signal::unix::Signal>| async move {
+        match listening {
+            Ok(mut signal) => {
+                signal.recv().await;
             }
-        } => {}
+            Err(error) => {
+                eprintln!("order-system: cannot listen for a stop signal: {error}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    async move {
+        tokio::select! {
+            () = received(interrupt) => {}
+            () = received(terminate) => {}
+        }
     }
 }
 
@@ -513,6 +525,7 @@ async fn remove_namespace(args: OnServers) -> Result<ExitCode, String> {
 
 async fn run(args: RunArgs) -> Result<ExitCode, String> {
     init_logs();
+    let stopped = stop_signal();
     let mut settings = Settings::new(args.data, args.listen);
     settings.admin_listen = args.admin_listen;
     settings.identity = args.identity.path();
@@ -546,7 +559,7 @@ async fn run(args: RunArgs) -> Result<ExitCode, String> {
             system.admin_address
         );
     }
-    stop_signal().await;
+    stopped.await;
     system.stop().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -153,6 +153,35 @@ async fn a_system_of_no_cells_or_too_many_is_refused() {
     }
 }
 
+/// The addresses asked for are bound before anything else starts, so
+/// none of the system's own ports (a cell's card processor listens on one
+/// it picks) can take one of them; one in use is named in the error.
+#[tokio::test]
+async fn an_address_in_use_is_refused_by_name_before_anything_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().map(|address| (taken, address)).unwrap();
+    for admin in [false, true] {
+        let (mut settings, dir) = support::settings();
+        let what = if admin {
+            settings.admin_listen = taken.1;
+            "admin listen"
+        } else {
+            settings.listen = taken.1;
+            "listen"
+        };
+        let error = System::start(settings).await.unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("{what} {}: ", taken.1)),
+            "{error}"
+        );
+        assert!(
+            !dir.join("orders.db").exists(),
+            "a database was opened first"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_names_the_cell_an_admin_request_is_for() {
     let (system, dir) = two_cells().await;

@@ -15,7 +15,8 @@ use palisade_order_system::identity::Credentials;
 use palisade_order_system::load::{self, Gateway, LoadSettings, Progress};
 
 /// How long the system may take to settle after its last start: the
-/// events a killed relay had claimed wait out their lease (30 s) first.
+/// events a killed relay had claimed wait out their lease (5 s) first, and
+/// the payments it had claimed theirs (10 s).
 const SETTLE: Duration = Duration::from_secs(180);
 
 /// `order-system run` on a data directory of its own.
@@ -30,17 +31,37 @@ impl Embedded {
     fn new() -> Self {
         let dir = std::env::temp_dir().join(format!("palisade-crash-{}", fastrand::u64(..)));
         std::fs::create_dir_all(&dir).unwrap();
-        let free = || {
-            TcpListener::bind("127.0.0.1:0")
-                .and_then(|listener| listener.local_addr())
-                .expect("a free port")
-        };
+        // A loopback address of its own (127.2.0.0/16 and up: the load's
+        // clients use 127.1.x.y), so no port the system, the other test or
+        // anything on 127.0.0.1 picks can be one of its two, whose ports
+        // are picked while both are held (so they differ).
+        let host = std::net::Ipv4Addr::new(
+            127,
+            fastrand::u8(2..=254),
+            fastrand::u8(..),
+            fastrand::u8(1..=254),
+        );
+        let pick =
+            || TcpListener::bind((host, 0)).expect("a free port on its own loopback address");
+        let (listener, admin_listener) = (pick(), pick());
         Self {
             dir,
-            listen: free(),
-            admin_listen: free(),
+            listen: listener.local_addr().unwrap(),
+            admin_listen: admin_listener.local_addr().unwrap(),
             child: None,
         }
+    }
+
+    /// What the system logged, to go with a failure.
+    fn log(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("order-system.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        format!(
+            "{} (last lines of {}):\n{}",
+            self.dir.display(),
+            self.dir.join("order-system.log").display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
     }
 
     fn gateway(&self) -> Gateway {
@@ -80,16 +101,24 @@ impl Embedded {
                 return;
             }
             if let Ok(Some(exit)) = self.child.as_mut().unwrap().try_wait() {
-                panic!("exited ({exit}); see {}", self.dir.display());
+                panic!("exited ({exit}) while starting; {}", self.log());
             }
-            assert!(Instant::now() < deadline, "not healthy after 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "not healthy after 60 s; {}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// `SIGKILL`: no shutdown of any kind.
+    /// `SIGKILL`: no shutdown of any kind (of a process still running:
+    /// one that ended by itself under the load is a failure).
     fn kill(&mut self) {
         let mut child = self.child.take().unwrap();
+        if let Some(exit) = child.try_wait().unwrap() {
+            panic!("exited ({exit}) under load; {}", self.log());
+        }
         child.kill().unwrap();
         child.wait().unwrap();
     }
@@ -107,10 +136,18 @@ impl Embedded {
             if let Some(exit) = child.try_wait().unwrap() {
                 break exit;
             }
-            assert!(Instant::now() < deadline, "still running 60 s after Ctrl-C");
+            assert!(
+                Instant::now() < deadline,
+                "still running 60 s after Ctrl-C; {}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        assert!(exit.success(), "Ctrl-C ended it with {exit}");
+        assert!(
+            exit.success(),
+            "Ctrl-C ended it with {exit}; {}",
+            self.log()
+        );
     }
 
     /// A load that runs until it is aborted (the process dies under it).
@@ -141,8 +178,8 @@ impl Embedded {
                 .admin()
                 .send(http::Method::GET, "/books", &[], bytes::Bytes::new())
                 .await
-                .unwrap();
-            assert!(status.is_success(), "GET /books: {status}");
+                .unwrap_or_else(|error| panic!("GET /books: {error}; {}", self.log()));
+            assert!(status.is_success(), "GET /books: {status}; {}", self.log());
             let books: Books = serde_json::from_slice(&body).unwrap();
             let violations = books.violations(true);
             if violations.is_empty() {
@@ -150,8 +187,9 @@ impl Embedded {
             }
             assert!(
                 Instant::now() < deadline,
-                "not settled after {} s: {violations:#?}\n{books:?}",
-                SETTLE.as_secs()
+                "not settled after {} s: {violations:#?}\n{books:?}\n{}",
+                SETTLE.as_secs(),
+                self.log()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
