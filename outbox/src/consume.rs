@@ -179,7 +179,8 @@ pub struct ConsumerStats {
     /// Handler or database failures, delivered again later.
     pub retried: u64,
     /// Deliveries given up on (sent to the dead-letter subject, on
-    /// JetStream).
+    /// JetStream; back to the producer's outbox as rejected, on a
+    /// [`HandoffBroker`](crate::HandoffBroker)).
     pub dead_lettered: u64,
 }
 
@@ -433,7 +434,12 @@ where
 /// outside the transaction must be idempotent); it is tried again
 /// after a growing delay, before any later message, and after
 /// `max_deliver` tries it is given up on (logged as an error and counted as
-/// dead-lettered) and the next message goes; a [`Transient`] error is
+/// dead-lettered) and the next message goes: on a
+/// [`HandoffBroker`](crate::HandoffBroker) subscription it goes back to
+/// the producer's outbox as rejected ([`Handoff::reject`](crate::Handoff::reject)),
+/// where it spends an attempt and, after its last, is dead and kept
+/// for an operator; on a [`MemoryBroker`](crate::MemoryBroker)'s, which
+/// keeps nothing, it is gone; a [`Transient`] error is
 /// tried again until it goes through. A database failure
 /// is retried until the database answers, never given up on. Messages whose
 /// type is not among [`only`](Self::only) are skipped without a
@@ -588,36 +594,52 @@ where
                     Err(_) => break,
                 }
             }
-            self.process(&batch).await;
-            batch.drain(..).for_each(Inbound::settle);
+            let given_up = self.process(&batch).await;
+            for (index, message) in batch.drain(..).enumerate() {
+                match given_up.iter().find(|(given_up, _)| *given_up == index) {
+                    Some((_, error)) => message.reject(error),
+                    None => message.settle(),
+                }
+            }
         }
     }
 
     /// Applies `messages` in order, as many per transaction as go through;
-    /// one that fails is retried on its own before the next.
-    async fn process<M: Inbound>(&self, messages: &[M]) {
-        let deliveries: Vec<Delivery> = messages
+    /// one that fails is retried on its own before the next. Returns those
+    /// given up on (their places in `messages`), with the last error.
+    async fn process<M: Inbound>(&self, messages: &[M]) -> Vec<(usize, BoxError)> {
+        let (places, deliveries): (Vec<usize>, Vec<Delivery>) = messages
             .iter()
             .map(Inbound::message)
-            .filter(|message| self.only.admits(message.event.event_type()))
-            .map(|message| Delivery {
-                envelope: Envelope::of(message, "/palisade-outbox/memory"),
-                subject: format!(
-                    "{}.{}",
-                    message.event.aggregate_type(),
-                    message.event.event_type()
-                ),
-                payload: bytes::Bytes::copy_from_slice(message.event.payload()),
-                attempt: 1,
+            .enumerate()
+            .filter(|(_, message)| self.only.admits(message.event.event_type()))
+            .map(|(place, message)| {
+                (
+                    place,
+                    Delivery {
+                        envelope: Envelope::of(message, "/palisade-outbox/memory"),
+                        subject: format!(
+                            "{}.{}",
+                            message.event.aggregate_type(),
+                            message.event.event_type()
+                        ),
+                        payload: bytes::Bytes::copy_from_slice(message.event.payload()),
+                        attempt: 1,
+                    },
+                )
             })
-            .collect();
-        let mut rest = &deliveries[..];
-        while !rest.is_empty() {
+            .unzip();
+        let mut given_up = Vec::new();
+        let mut next = 0;
+        while next < deliveries.len() {
+            let rest = &deliveries[next..];
             match apply_batch(&self.inbox, &self.name, &self.handler, &self.counters, rest).await {
-                Ok((done, None)) => rest = &rest[done..],
+                Ok((done, None)) => next += done,
                 Ok((done, Some(error))) => {
-                    self.retry(rest[done].clone(), error).await;
-                    rest = &rest[done + 1..];
+                    if let Some(error) = self.retry(rest[done].clone(), error).await {
+                        given_up.push((places[next + done], error));
+                    }
+                    next += done + 1;
                 }
                 Err(error) => {
                     tracing::warn!(target: "palisade_outbox", consumer = %self.name, %error, "inbox database failed; trying again later");
@@ -626,11 +648,12 @@ where
                 }
             }
         }
+        given_up
     }
 
     /// Tries `delivery` again in place after its handler failed with
-    /// `error`; gives up on it after its last try.
-    async fn retry(&self, mut delivery: Delivery, error: BoxError) {
+    /// `error`; gives up on it after its last try, with the last error.
+    async fn retry(&self, mut delivery: Delivery, error: BoxError) -> Option<BoxError> {
         let sleep = |delay| async move {
             tokio::time::sleep(delay).await;
             true
@@ -646,9 +669,13 @@ where
             sleep,
         )
         .await;
-        if let Retried::GaveUp(error) = retried {
-            Counters::add(&self.counters.dead_lettered);
-            tracing::error!(target: "palisade_outbox", consumer = %self.name, id = %delivery.envelope.id, attempt = delivery.attempt, %error, "handler failed its last try; given up on");
+        match retried {
+            Retried::GaveUp(error) => {
+                Counters::add(&self.counters.dead_lettered);
+                tracing::error!(target: "palisade_outbox", consumer = %self.name, id = %delivery.envelope.id, attempt = delivery.attempt, %error, "handler failed its last try; given up on");
+                Some(error)
+            }
+            Retried::Applied | Retried::Stopped => None,
         }
     }
 }

@@ -99,13 +99,21 @@ struct Subscriber {
 }
 
 /// A message handed to a subscriber, with its acknowledgement: settle it
-/// once the message is applied (or ignored, or given up on). Dropping it
-/// unsettled tells the publisher the message was not applied, and the
-/// relay publishes it again later.
+/// once the message is applied (or ignored), reject it when the consumer
+/// gives up on it. Dropping it unsettled tells the publisher the message
+/// was not applied, and the relay publishes it again later.
 #[derive(Debug)]
 pub struct Handoff {
     message: Message,
-    ack: oneshot::Sender<()>,
+    ack: oneshot::Sender<Outcome>,
+}
+
+/// What a subscriber made of a message.
+#[derive(Debug)]
+enum Outcome {
+    Settled,
+    /// Given up on, for this reason.
+    Rejected(String),
 }
 
 impl Handoff {
@@ -118,7 +126,18 @@ impl Handoff {
     /// Acknowledges the message: its publish completes.
     pub fn settle(self) {
         // The publisher may have given up (its lease ended): nothing to do.
-        let _ = self.ack.send(());
+        let _ = self.ack.send(Outcome::Settled);
+    }
+
+    /// Hands the message back as one its consumer gave up on: the publish
+    /// fails as [`Rejected`](crate::PublishErrorKind::Rejected), which
+    /// spends one of the event's attempts in the producer's outbox; after
+    /// its last, the event is dead there, kept for an operator to send
+    /// again ([`SqliteOutbox::requeue`](crate::SqliteOutbox::requeue))
+    /// or drop. The consumers that applied it drop the copies that come
+    /// again (their inboxes).
+    pub fn reject(self, reason: impl std::fmt::Display) {
+        let _ = self.ack.send(Outcome::Rejected(reason.to_string()));
     }
 }
 
@@ -129,9 +148,22 @@ pub trait Inbound: Send + 'static {
     /// The message.
     fn message(&self) -> &Message;
 
-    /// Tells the transport the message is applied (or ignored, or given up
-    /// on).
+    /// Tells the transport the message is applied (or ignored).
     fn settle(self);
+
+    /// Tells the transport the consumer gave up on the message after its
+    /// last try, for `reason`. What the transport does with it is its
+    /// own: a [`Handoff`] goes back to the producer's outbox as rejected;
+    /// by default the message is settled (a
+    /// [`MemoryBroker`](crate::MemoryBroker)'s keeps nothing to go back
+    /// to).
+    fn reject(self, reason: &dyn std::fmt::Display)
+    where
+        Self: Sized,
+    {
+        let _ = reason;
+        self.settle();
+    }
 }
 
 impl Inbound for Message {
@@ -150,6 +182,10 @@ impl Inbound for Handoff {
     fn settle(self) {
         Self::settle(self);
     }
+
+    fn reject(self, reason: &dyn std::fmt::Display) {
+        Self::reject(self, reason);
+    }
 }
 
 /// A subscriber ended before it applied the event.
@@ -163,6 +199,18 @@ impl std::fmt::Display for NotApplied {
 }
 
 impl std::error::Error for NotApplied {}
+
+/// A subscriber gave up on the event.
+#[derive(Debug)]
+struct GivenUp(String);
+
+impl std::fmt::Display for GivenUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a consumer gave up on the event: {}", self.0)
+    }
+}
+
+impl std::error::Error for GivenUp {}
 
 impl HandoffBroker {
     /// A transport with queues of `capacity` events per subscriber (at
@@ -229,7 +277,13 @@ impl Publisher for HandoffBroker {
         for (queue, acked) in takers.iter().zip(acks) {
             tokio::select! {
                 biased;
-                settled = acked => settled.map_err(|_| PublishError::unavailable(NotApplied))?,
+                settled = acked => match settled {
+                    Ok(Outcome::Settled) => {}
+                    Ok(Outcome::Rejected(reason)) => {
+                        return Err(PublishError::rejected(GivenUp(reason)));
+                    }
+                    Err(_) => return Err(PublishError::unavailable(NotApplied)),
+                },
                 // Ended with the event still queued: not applied.
                 () = queue.closed() => return Err(PublishError::unavailable(NotApplied)),
             }

@@ -25,10 +25,7 @@ async fn outbox_with(events: &[Event]) -> (SqlitePool, SqliteOutbox, SqliteInbox
     outbox.migrate().await.unwrap();
     let inbox = SqliteInbox::new(pool.clone(), "inbox").unwrap();
     inbox.migrate().await.unwrap();
-    sqlx::query("CREATE TABLE applied (id TEXT)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    Apply::create_table(&pool).await;
     let mut tx = pool.begin().await.unwrap();
     outbox.enqueue_all(&mut tx, events).await.unwrap();
     tx.commit().await.unwrap();
@@ -47,17 +44,32 @@ struct Apply {
     applied: watch::Sender<usize>,
 }
 
+impl Apply {
+    /// The table of what was applied, in `pool`.
+    async fn create_table(pool: &SqlitePool) {
+        sqlx::query("CREATE TABLE applied (id TEXT)")
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+
+    /// Records `delivery` as applied, in `tx`.
+    async fn record(tx: &mut SqliteConnection, delivery: &Delivery) -> Result<Handled, BoxError> {
+        sqlx::query("INSERT INTO applied (id) VALUES ($1)")
+            .bind(&delivery.envelope.id)
+            .execute(tx)
+            .await?;
+        Ok(Handled::Applied)
+    }
+}
+
 impl Handler<SqliteConnection> for Apply {
     async fn handle(
         &self,
         tx: &mut SqliteConnection,
         delivery: &Delivery,
     ) -> Result<Handled, BoxError> {
-        sqlx::query("INSERT INTO applied (id) VALUES ($1)")
-            .bind(&delivery.envelope.id)
-            .execute(tx)
-            .await?;
-        Ok(Handled::Applied)
+        Self::record(tx, delivery).await
     }
 
     fn committed(&self, _: &Delivery) {
@@ -192,4 +204,100 @@ async fn every_event_is_applied_once_across_a_stop_and_a_restart() {
             .await
             .unwrap();
     assert_eq!((rows, distinct), (i64::from(EVENTS), i64::from(EVENTS)));
+}
+
+/// Applies every event but one, which it always fails.
+#[derive(Debug)]
+struct FailsOne {
+    poison: String,
+}
+
+impl Handler<SqliteConnection> for FailsOne {
+    async fn handle(
+        &self,
+        tx: &mut SqliteConnection,
+        delivery: &Delivery,
+    ) -> Result<Handled, BoxError> {
+        if delivery.payload.as_ref() == self.poison.as_bytes() {
+            return Err("the handler cannot apply this one".into());
+        }
+        Apply::record(tx, delivery).await
+    }
+}
+
+/// A consumer that gives up on an event hands it back to the outbox as
+/// rejected: it spends the event's attempts there, and after its last the
+/// event is dead in the outbox, kept for an operator, not marked sent.
+#[tokio::test]
+async fn an_event_its_consumer_gives_up_on_is_dead_in_the_outbox_not_sent() {
+    let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
+    let config = OutboxConfig::default()
+        .ordered(false)
+        .max_attempts(2)
+        .backoff(Duration::from_millis(1), Duration::from_millis(1));
+    let outbox = SqliteOutbox::new(pool.clone(), config);
+    outbox.migrate().await.unwrap();
+    let inbox = SqliteInbox::new(pool.clone(), "inbox").unwrap();
+    inbox.migrate().await.unwrap();
+    Apply::create_table(&pool).await;
+    let events: Vec<Event> = ["a", "poison", "b"]
+        .into_iter()
+        .map(|payload| {
+            Event::new(
+                "order",
+                payload,
+                "OrderCreated",
+                payload.as_bytes().to_vec(),
+            )
+        })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_all(&mut tx, &events).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let broker = HandoffBroker::new(16);
+    let subscription = broker.subscribe();
+    let consumer = MemoryConsumer::new(
+        "recorder",
+        inbox,
+        FailsOne {
+            poison: "poison".to_owned(),
+        },
+    )
+    .max_deliver(2)
+    .retry_delay(Duration::from_millis(1), Duration::from_millis(1));
+    let consuming = tokio::spawn(async move {
+        consumer.run(subscription, std::future::pending()).await;
+        consumer
+    });
+    let relay = Relay::new(outbox.clone(), broker.clone());
+    for _ in 0..1000 {
+        relay.run_once().await.unwrap();
+        if outbox.backlog().await.unwrap().pending == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let backlog = outbox.backlog().await.unwrap();
+    assert_eq!((backlog.pending, backlog.dead), (0, 1));
+    let dead = outbox.dead_events(10).await.unwrap();
+    assert_eq!(dead[0].aggregate_id, "poison");
+    assert_eq!(dead[0].attempts, 2);
+    let reason = dead[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("the handler cannot apply this one"),
+        "{reason}"
+    );
+    drop((relay, broker));
+    let consumer = consuming.await.unwrap();
+    assert_eq!(
+        consumer.stats().dead_lettered,
+        2,
+        "given up on at each attempt"
+    );
+    let applied: Vec<String> = sqlx::query_scalar("SELECT id FROM applied")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied.len(), 2, "the others applied, once each");
 }
