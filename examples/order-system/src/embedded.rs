@@ -313,8 +313,12 @@ impl System {
     }
 
     /// Stops every task, letting the batch or message under way finish,
-    /// then the card processors.
+    /// then the card processors. Requests waiting for a saga's end are
+    /// answered at once, with their order as it stands.
     pub async fn stop(mut self) {
+        for cell in &self.cells {
+            cell.services.orders.end_waits();
+        }
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
         for processor in self.processor_tasks {

@@ -355,6 +355,15 @@ impl Orders {
         self.placing.len()
     }
 
+    /// Answers every request waiting for an order's saga to end with the
+    /// order as it stands, now and from now on: for a stop, whose
+    /// graceful shutdown would otherwise wait out their waits (up to 30 s,
+    /// as long as a deployment's grace period) while the consumers that
+    /// end the sagas are stopping.
+    pub fn end_waits(&self) {
+        self.waiters.close();
+    }
+
     /// How many orders someone waits for now.
     #[must_use]
     pub fn waiting(&self) -> usize {
@@ -397,7 +406,10 @@ impl Orders {
             let order = self.find(user, id).await?;
             read = true;
             let ended = order.as_ref().is_none_or(|order| order.status != "pending");
-            if ended || tokio::time::Instant::now() >= deadline {
+            // Read after the wake-up was registered: a stop that comes
+            // after this check wakes it.
+            let stopping = self.waiters.closed();
+            if ended || stopping || tokio::time::Instant::now() >= deadline {
                 return Ok(order);
             }
             let now = tokio::time::Instant::now();

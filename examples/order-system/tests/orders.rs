@@ -206,23 +206,8 @@ async fn a_wait_dropped_by_its_client_leaves_no_waiter() {
     let (system, dir) = start().await;
     let alice = signed_in(&system, "alice").await;
     let operator = signed_in(&system, "operator").await;
-    let faults = |unavailable: bool| {
-        let operator = operator.clone();
-        async move {
-            let (status, _) = operator
-                .send(
-                    Method::PUT,
-                    "/admin/processor",
-                    &[("content-type", "application/json")],
-                    Bytes::from(format!(r#"{{"unavailable":{unavailable}}}"#)),
-                )
-                .await
-                .unwrap();
-            assert_eq!(status, StatusCode::OK);
-        }
-    };
     // The card processor down: the order stays pending.
-    faults(true).await;
+    processor_unavailable(&operator, true).await;
     let (_, _, order) = post_order(&alice, "key-1", ORDER).await;
     let path = format!("/orders/{}?wait_ms=30000", order["id"].as_str().unwrap());
     let orders = system.services.orders.clone();
@@ -245,8 +230,52 @@ async fn a_wait_dropped_by_its_client_leaves_no_waiter() {
     waits[1].abort();
     eventually("the dropped waits are gone", || orders.waiting() == 0).await;
 
-    faults(false).await;
+    processor_unavailable(&operator, false).await;
     stop(system, dir).await;
+}
+
+/// Puts the card processor out of service (or back), as an operator.
+async fn processor_unavailable(operator: &Gateway, unavailable: bool) {
+    let (status, _) = operator
+        .send(
+            Method::PUT,
+            "/admin/processor",
+            &[("content-type", "application/json")],
+            Bytes::from(format!(r#"{{"unavailable":{unavailable}}}"#)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// A stop answers the requests waiting for a saga's end with their order
+/// as it stands: the server's graceful shutdown waited them out (30 s
+/// each), while the consumers that would end the sagas were stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_answers_the_requests_waiting_for_a_saga_at_once() {
+    let (system, dir) = start().await;
+    let alice = signed_in(&system, "alice").await;
+    let operator = signed_in(&system, "operator").await;
+    // The card processor down: the order stays pending.
+    processor_unavailable(&operator, true).await;
+    let (_, _, order) = post_order(&alice, "key-1", ORDER).await;
+    let path = format!("/orders/{}?wait_ms=30000", order["id"].as_str().unwrap());
+    let orders = system.services.orders.clone();
+    let wait = tokio::spawn(async move { alice.send(Method::GET, &path, &[], Bytes::new()).await });
+    eventually("the request waits", || orders.waiting() == 1).await;
+
+    // Far less than the wait: only a failure waits this long.
+    let stopped = tokio::time::timeout(Duration::from_secs(20), async {
+        system.stop().await;
+        wait.await.unwrap().unwrap()
+    })
+    .await
+    .expect("the stop waited for the request's wait");
+    let (status, body) = stopped;
+    assert_eq!(status, StatusCode::OK);
+    let answered: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answered["status"], "pending", "{answered}");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

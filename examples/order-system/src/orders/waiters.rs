@@ -4,6 +4,7 @@
 //! woken requests answer without reading it again.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
@@ -41,6 +42,8 @@ impl Slot {
 pub(crate) struct Waiters {
     waiting: Arc<Mutex<HashMap<String, Arc<Slot>>>>,
     capacity: usize,
+    /// Set for a stop: every wait ends at once, now and from now on.
+    closed: Arc<AtomicBool>,
 }
 
 impl Waiters {
@@ -49,7 +52,22 @@ impl Waiters {
         Self {
             waiting: Arc::default(),
             capacity,
+            closed: Arc::default(),
         }
+    }
+
+    /// Ends every wait, now and from now on: each waiter is woken, and
+    /// [`closed`](Self::closed) tells it to answer as things stand.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for slot in self.lock().values() {
+            slot.notify.notify_waiters();
+        }
+    }
+
+    /// Whether the waits are over ([`close`](Self::close)).
+    pub(crate) fn closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {

@@ -128,6 +128,14 @@ pub(super) async fn gateway(
         objectives: crate::objectives::Objectives::default(),
     };
     let admin = gateway::admin_router(services.clone());
+    // Requests waiting for a saga's end are answered as the order stands
+    // once stopping, so the server's graceful shutdown does not wait
+    // them out.
+    let (waited, stopping) = (services.orders.clone(), stop.signal());
+    tasks.spawn(async move {
+        stopping.await;
+        waited.end_waits();
+    });
     let app = gateway::router(services, shared, &meter);
     tasks.spawn(serve_http(listener, app, stop.signal()));
     tasks.spawn(serve_http(admin_listener, admin, stop.signal()));
