@@ -17,10 +17,22 @@ use tokio::sync::watch;
 /// one in-memory database, with `events` enqueued, and a table of what
 /// was applied.
 async fn outbox_with(events: &[Event]) -> (SqlitePool, SqliteOutbox, SqliteInbox) {
-    let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
-    let config = OutboxConfig::default()
+    outbox_of(unordered(), events).await
+}
+
+/// Unordered, each retry after a millisecond.
+fn unordered() -> OutboxConfig {
+    OutboxConfig::default()
         .ordered(false)
-        .backoff(Duration::from_millis(1), Duration::from_millis(1));
+        .backoff(Duration::from_millis(1), Duration::from_millis(1))
+}
+
+/// [`outbox_with`] under `config`.
+async fn outbox_of(
+    config: OutboxConfig,
+    events: &[Event],
+) -> (SqlitePool, SqliteOutbox, SqliteInbox) {
+    let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
     let outbox = SqliteOutbox::new(pool.clone(), config);
     outbox.migrate().await.unwrap();
     let inbox = SqliteInbox::new(pool.clone(), "inbox").unwrap();
@@ -230,16 +242,6 @@ impl Handler<SqliteConnection> for FailsOne {
 /// event is dead in the outbox, kept for an operator, not marked sent.
 #[tokio::test]
 async fn an_event_its_consumer_gives_up_on_is_dead_in_the_outbox_not_sent() {
-    let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
-    let config = OutboxConfig::default()
-        .ordered(false)
-        .max_attempts(2)
-        .backoff(Duration::from_millis(1), Duration::from_millis(1));
-    let outbox = SqliteOutbox::new(pool.clone(), config);
-    outbox.migrate().await.unwrap();
-    let inbox = SqliteInbox::new(pool.clone(), "inbox").unwrap();
-    inbox.migrate().await.unwrap();
-    Apply::create_table(&pool).await;
     let events: Vec<Event> = ["a", "poison", "b"]
         .into_iter()
         .map(|payload| {
@@ -251,9 +253,7 @@ async fn an_event_its_consumer_gives_up_on_is_dead_in_the_outbox_not_sent() {
             )
         })
         .collect();
-    let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue_all(&mut tx, &events).await.unwrap();
-    tx.commit().await.unwrap();
+    let (pool, outbox, inbox) = outbox_of(unordered().max_attempts(2), &events).await;
 
     let broker = HandoffBroker::new(16);
     let subscription = broker.subscribe();

@@ -201,15 +201,21 @@ async fn an_idempotency_key_past_its_window_places_a_new_order() {
     stop(system, dir).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wait_dropped_by_its_client_leaves_no_waiter() {
-    let (system, dir) = start().await;
-    let alice = signed_in(&system, "alice").await;
-    let operator = signed_in(&system, "operator").await;
-    // The card processor down: the order stays pending.
+/// An order of alice's that stays pending (the card processor is out of
+/// service): alice, the operator, and the path of a 30 s wait for it.
+async fn a_pending_order(system: &System) -> (Gateway, Gateway, String) {
+    let alice = signed_in(system, "alice").await;
+    let operator = signed_in(system, "operator").await;
     processor_unavailable(&operator, true).await;
     let (_, _, order) = post_order(&alice, "key-1", ORDER).await;
     let path = format!("/orders/{}?wait_ms=30000", order["id"].as_str().unwrap());
+    (alice, operator, path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_dropped_by_its_client_leaves_no_waiter() {
+    let (system, dir) = start().await;
+    let (alice, operator, path) = a_pending_order(&system).await;
     let orders = system.services.orders.clone();
 
     let waits: Vec<_> = (0..2)
@@ -254,12 +260,7 @@ async fn processor_unavailable(operator: &Gateway, unavailable: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_answers_the_requests_waiting_for_a_saga_at_once() {
     let (system, dir) = start().await;
-    let alice = signed_in(&system, "alice").await;
-    let operator = signed_in(&system, "operator").await;
-    // The card processor down: the order stays pending.
-    processor_unavailable(&operator, true).await;
-    let (_, _, order) = post_order(&alice, "key-1", ORDER).await;
-    let path = format!("/orders/{}?wait_ms=30000", order["id"].as_str().unwrap());
+    let (alice, _, path) = a_pending_order(&system).await;
     let orders = system.services.orders.clone();
     let wait = tokio::spawn(async move { alice.send(Method::GET, &path, &[], Bytes::new()).await });
     eventually("the request waits", || orders.waiting() == 1).await;
