@@ -13,7 +13,8 @@ const RETRY: i64 = 1000;
 /// The settings of a retry budget; [`RetryBudget`] is the live account.
 ///
 /// Every request deposits `ratio` of a retry; every retry withdraws a whole
-/// one. While the dependency fails every call, retries therefore add at
+/// one (when it is decided, before its wait; given back if it is never
+/// made: its call dropped in the wait, its request not made again). While the dependency fails every call, retries therefore add at
 /// most `ratio` to its traffic (0.2 by default: 1.2× the normal load), plus
 /// the floor of `min_per_second` retries each second that keeps a quiet
 /// service able to retry at all, plus at most `max_banked` retries saved up
@@ -92,6 +93,15 @@ impl Budget {
         }
         Ok(())
     }
+}
+
+/// Where a retry taken from a [`RetryBudget`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Withdrawal {
+    /// The balance that requests deposit into.
+    Banked,
+    /// The floor of retries each second.
+    Floor,
 }
 
 /// A live retry budget, shared by every clone of the layer that made it
@@ -180,7 +190,45 @@ impl RetryBudget {
     /// Takes one retry from the account; `false` when the budget is spent.
     #[must_use]
     pub fn withdraw(&self, now: Instant) -> bool {
-        self.withdraw_banked() || self.withdraw_floor(now)
+        self.take(now).is_some()
+    }
+
+    /// Takes one retry from the account, saying from where; `None` when
+    /// the budget is spent.
+    pub(crate) fn take(&self, now: Instant) -> Option<Withdrawal> {
+        if self.withdraw_banked() {
+            Some(Withdrawal::Banked)
+        } else if self.withdraw_floor(now) {
+            Some(Withdrawal::Floor)
+        } else {
+            None
+        }
+    }
+
+    /// Gives back a retry taken and never made (its call was dropped in
+    /// the wait, or its request could not be made again): a banked one to
+    /// the balance, up to its ceiling; one of the floor by moving the
+    /// floor's next arrival back by its interval.
+    pub(crate) fn give_back(&self, withdrawal: Withdrawal) {
+        let account = &*self.account;
+        match withdrawal {
+            Withdrawal::Banked => {
+                let _ =
+                    account
+                        .balance
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |balance| {
+                            Some((balance + RETRY).min(account.ceiling))
+                        });
+            }
+            Withdrawal::Floor => {
+                let _ =
+                    account
+                        .floor_tat
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                            Some(tat.saturating_sub(account.floor_interval))
+                        });
+            }
+        }
     }
 
     fn withdraw_banked(&self) -> bool {

@@ -12,6 +12,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Service};
 
+use crate::budget::{RetryBudget, Withdrawal};
 use crate::classify::{Classify, Verdict};
 use crate::error::DeadlineExceeded;
 use crate::events::GiveUp;
@@ -97,6 +98,26 @@ struct Retried<Request> {
     previous_delay: Duration,
     /// The next attempt's request, made when the wait is over.
     next: Option<Request>,
+    /// The retry the budget gave for the next attempt, until it is made:
+    /// given back if it never is.
+    unspent: Option<(RetryBudget, Withdrawal)>,
+}
+
+impl<Request> Retried<Request> {
+    /// Gives back the retry taken for an attempt that will not be made.
+    fn give_back(&mut self) {
+        if let Some((budget, withdrawal)) = self.unspent.take() {
+            budget.give_back(withdrawal);
+        }
+    }
+}
+
+impl<Request> Drop for Retried<Request> {
+    // A call dropped in its wait (its caller gone, a timeout above) or
+    // cut by its deadline before the attempt: the retry was not made.
+    fn drop(&mut self) {
+        self.give_back();
+    }
 }
 
 impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
@@ -170,20 +191,23 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
         if !shared.replay.can_replay(&self.saved) {
             return give_up(GiveUp::NotReplayable);
         }
-        if let Some(budget) = &shared.budget
-            && !refused
-            && !budget.withdraw(now)
-        {
-            return give_up(GiveUp::Budget);
-        }
+        let unspent = match &shared.budget {
+            Some(budget) if !refused => match budget.take(now) {
+                Some(withdrawal) => Some((budget.clone(), withdrawal)),
+                None => return give_up(GiveUp::Budget),
+            },
+            _ => None,
+        };
         let retried = self.retried.get_or_insert_with(|| {
             Box::new(Retried {
                 attempts,
                 previous_delay,
                 next: None,
+                unspent: None,
             })
         });
         retried.previous_delay = delay;
+        retried.unspent = unspent;
         shared.events.retrying(attempts + 1, delay);
         Some(delay)
     }
@@ -203,6 +227,7 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
             .expect("a retry was decided before its wait");
         retried.next = shared.replay.replay(&self.saved);
         if retried.next.is_none() {
+            retried.give_back();
             shared
                 .events
                 .gave_up(GiveUp::NotReplayable, retried.attempts);
@@ -315,6 +340,8 @@ where
                         .expect("a retry was decided before its wait");
                     let request = retried.next.take().expect("made after the wait");
                     retried.attempts += 1;
+                    // Spent: the retry is made.
+                    retried.unspent = None;
                     retrying.shared.events.attempt();
                     if let Some(deadline) = this.deadline {
                         *deadline.as_mut().project().started = Instant::now();

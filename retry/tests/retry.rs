@@ -531,3 +531,34 @@ async fn a_zero_hint_still_waits_out_the_backoff() {
         .unwrap_err();
     assert_eq!(gaps(&calls), [ms(100), ms(100)]);
 }
+
+/// A call dropped while it waits for its retry (its caller gone, a
+/// timeout above) gives back the retry the budget gave it, whether from
+/// the balance or from the floor: that retry never reached the
+/// dependency.
+#[tokio::test(start_paused = true)]
+async fn a_retry_dropped_in_its_wait_gives_its_budget_back() {
+    for budget in [
+        // One request deposits one retry; no floor.
+        Budget::new(1.0).min_per_second(0).max_banked(1),
+        // Nothing banked; a floor of one a second.
+        Budget::new(0.0).min_per_second(1).max_banked(0),
+    ] {
+        let config = Config::builder()
+            .max_attempts(3)
+            .backoff(Backoff::constant(ms(1_000)))
+            .budget(budget)
+            .build()
+            .unwrap();
+        let layer = RetryLayer::new(config);
+        let account = layer.budget().unwrap().clone();
+        let (service, calls) = always_failing(|| "reset".into());
+        let cut = tokio::time::timeout(ms(500), layer.layer(service).oneshot(1)).await;
+        assert!(cut.is_err(), "dropped in its wait");
+        assert_eq!(calls.lock().unwrap().len(), 1);
+        assert!(
+            account.withdraw(Instant::now()),
+            "the retry not made is back: {budget:?}"
+        );
+    }
+}
