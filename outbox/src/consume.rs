@@ -569,9 +569,12 @@ where
     /// Consumes `subscription` (of a [`MemoryBroker`](crate::MemoryBroker)
     /// or a [`HandoffBroker`](crate::HandoffBroker)) until `shutdown`
     /// completes or the broker is gone; the messages under way are
-    /// finished, and settled, first. Each message is settled once its
-    /// transaction committed (or it was skipped, a duplicate, or given up
-    /// on); those still queued when it stops are not.
+    /// finished, and settled, first. Each message is settled as soon as
+    /// its transaction committed (or it was skipped, or a duplicate), and
+    /// rejected as soon as it is given up on, not at the end of its batch:
+    /// a [`HandoffBroker`](crate::HandoffBroker)'s publisher waits for it
+    /// only until its lease ends. Those still queued when it stops are
+    /// left unsettled.
     pub async fn run<M: Inbound>(
         &self,
         mut subscription: mpsc::Receiver<M>,
@@ -587,59 +590,74 @@ where
                     None => return,
                 },
             };
-            batch.push(first);
+            batch.push(Some(first));
             while batch.len() < self.batch {
                 match subscription.try_recv() {
-                    Ok(message) => batch.push(message),
+                    Ok(message) => batch.push(Some(message)),
                     Err(_) => break,
                 }
             }
-            let given_up = self.process(&batch).await;
-            for (index, message) in batch.drain(..).enumerate() {
-                match given_up.iter().find(|(given_up, _)| *given_up == index) {
-                    Some((_, error)) => message.reject(error),
-                    None => message.settle(),
-                }
-            }
+            self.process(&mut batch).await;
+            batch.clear();
         }
     }
 
     /// Applies `messages` in order, as many per transaction as go through;
-    /// one that fails is retried on its own before the next. Returns those
-    /// given up on (their places in `messages`), with the last error.
-    async fn process<M: Inbound>(&self, messages: &[M]) -> Vec<(usize, BoxError)> {
-        let (places, deliveries): (Vec<usize>, Vec<Delivery>) = messages
-            .iter()
-            .map(Inbound::message)
-            .enumerate()
-            .filter(|(_, message)| self.only.admits(message.event.event_type()))
-            .map(|(place, message)| {
-                (
-                    place,
-                    Delivery {
-                        envelope: Envelope::of(message, "/palisade-outbox/memory"),
-                        subject: format!(
-                            "{}.{}",
-                            message.event.aggregate_type(),
-                            message.event.event_type()
-                        ),
-                        payload: bytes::Bytes::copy_from_slice(message.event.payload()),
-                        attempt: 1,
-                    },
-                )
-            })
-            .unzip();
-        let mut given_up = Vec::new();
+    /// one that fails is retried on its own before the next. Each is
+    /// taken out and settled (or rejected) as soon as it is done with;
+    /// one left in was not applied (dropped, its publish fails and the
+    /// relay sends it again).
+    async fn process<M: Inbound>(&self, messages: &mut [Option<M>]) {
+        let done_with =
+            |messages: &mut [Option<M>], place: usize, outcome: Result<(), &BoxError>| {
+                if let Some(message) = messages[place].take() {
+                    match outcome {
+                        Ok(()) => message.settle(),
+                        Err(error) => message.reject(format!("consumer {}: {error}", self.name)),
+                    }
+                }
+            };
+        let mut places = Vec::with_capacity(messages.len());
+        let mut deliveries = Vec::with_capacity(messages.len());
+        for place in 0..messages.len() {
+            let Some(message) = messages[place].as_ref().map(Inbound::message) else {
+                continue;
+            };
+            if !self.only.admits(message.event.event_type()) {
+                done_with(messages, place, Ok(()));
+                continue;
+            }
+            deliveries.push(Delivery {
+                envelope: Envelope::of(message, "/palisade-outbox/memory"),
+                subject: format!(
+                    "{}.{}",
+                    message.event.aggregate_type(),
+                    message.event.event_type()
+                ),
+                payload: bytes::Bytes::copy_from_slice(message.event.payload()),
+                attempt: 1,
+            });
+            places.push(place);
+        }
         let mut next = 0;
         while next < deliveries.len() {
             let rest = &deliveries[next..];
             match apply_batch(&self.inbox, &self.name, &self.handler, &self.counters, rest).await {
-                Ok((done, None)) => next += done,
-                Ok((done, Some(error))) => {
-                    if let Some(error) = self.retry(rest[done].clone(), error).await {
-                        given_up.push((places[next + done], error));
+                Ok((done, failure)) => {
+                    for &place in &places[next..next + done] {
+                        done_with(messages, place, Ok(()));
                     }
-                    next += done + 1;
+                    next += done;
+                    if let Some(error) = failure {
+                        match self.retry(deliveries[next].clone(), error).await {
+                            Retried::Applied => done_with(messages, places[next], Ok(())),
+                            Retried::GaveUp(error) => {
+                                done_with(messages, places[next], Err(&error));
+                            }
+                            Retried::Stopped => {}
+                        }
+                        next += 1;
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(target: "palisade_outbox", consumer = %self.name, %error, "inbox database failed; trying again later");
@@ -648,12 +666,11 @@ where
                 }
             }
         }
-        given_up
     }
 
     /// Tries `delivery` again in place after its handler failed with
-    /// `error`; gives up on it after its last try, with the last error.
-    async fn retry(&self, mut delivery: Delivery, error: BoxError) -> Option<BoxError> {
+    /// `error`; gives up on it after its last try.
+    async fn retry(&self, mut delivery: Delivery, error: BoxError) -> Retried {
         let sleep = |delay| async move {
             tokio::time::sleep(delay).await;
             true
@@ -669,13 +686,10 @@ where
             sleep,
         )
         .await;
-        match retried {
-            Retried::GaveUp(error) => {
-                Counters::add(&self.counters.dead_lettered);
-                tracing::error!(target: "palisade_outbox", consumer = %self.name, id = %delivery.envelope.id, attempt = delivery.attempt, %error, "handler failed its last try; given up on");
-                Some(error)
-            }
-            Retried::Applied | Retried::Stopped => None,
+        if let Retried::GaveUp(error) = &retried {
+            Counters::add(&self.counters.dead_lettered);
+            tracing::error!(target: "palisade_outbox", consumer = %self.name, id = %delivery.envelope.id, attempt = delivery.attempt, %error, "handler failed its last try; given up on");
         }
+        retried
     }
 }

@@ -34,7 +34,13 @@ use crate::publisher::{Published, Publisher};
 /// The relay waits for the acknowledgements of a batch before it claims
 /// the next, so its pace is its consumers'; a consumer slower than the
 /// outbox's lease (a handler retried in place for long) has the event
-/// published again after the lease, and the inbox drops the copy.
+/// published again after the lease, and the inbox drops the copy if it
+/// was applied meanwhile. A consumer that gives up on an event hands it
+/// back as rejected ([`Handoff::reject`]): it spends one of the event's
+/// attempts, if the rejection comes within the lease (a rejection after
+/// it is taken for an outage, as any acknowledgement that comes late, and
+/// spends nothing): a consumer's tries in place must fit in the
+/// producer's lease for a poison event to end dead.
 ///
 /// # Example
 ///
@@ -157,7 +163,7 @@ pub trait Inbound: Send + 'static {
     /// by default the message is settled (a
     /// [`MemoryBroker`](crate::MemoryBroker)'s keeps nothing to go back
     /// to).
-    fn reject(self, reason: &dyn std::fmt::Display)
+    fn reject(self, reason: String)
     where
         Self: Sized,
     {
@@ -183,7 +189,7 @@ impl Inbound for Handoff {
         Self::settle(self);
     }
 
-    fn reject(self, reason: &dyn std::fmt::Display) {
+    fn reject(self, reason: String) {
         Self::reject(self, reason);
     }
 }

@@ -301,3 +301,56 @@ async fn an_event_its_consumer_gives_up_on_is_dead_in_the_outbox_not_sent() {
         .unwrap();
     assert_eq!(applied.len(), 2, "the others applied, once each");
 }
+
+/// A consumer's rejections reach the relay one by one, each as soon as it
+/// gives up, not together at the end of its batch: the relay waits for an
+/// acknowledgement only until its lease ends, and one that comes later is
+/// taken for an outage (no attempt spent). Twelve poison events, each
+/// given up on after 200 ms of tries in place: the first rejections come
+/// well within a 2 s lease, the batch's end after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumers_rejections_reach_the_relay_within_its_lease() {
+    let events: Vec<Event> = (0..12)
+        .map(|n| {
+            Event::new(
+                "order",
+                format!("o-{n}"),
+                "OrderCreated",
+                b"poison".to_vec(),
+            )
+        })
+        .collect();
+    let config = unordered().max_attempts(1).lease(Duration::from_secs(2));
+    let (_pool, outbox, inbox) = outbox_of(config, &events).await;
+    let broker = HandoffBroker::new(16);
+    let subscription = broker.subscribe();
+    let consumer = MemoryConsumer::new(
+        "recorder",
+        inbox,
+        FailsOne {
+            poison: "poison".to_owned(),
+        },
+    )
+    .max_deliver(2)
+    .retry_delay(Duration::from_millis(200), Duration::from_millis(200));
+    tokio::spawn(async move { consumer.run(subscription, std::future::pending()).await });
+    let relay = Relay::new(outbox.clone(), broker.clone());
+    // Each batch takes a lease (2 s) at most; those whose rejection came
+    // late wait out the relay's outage backoff before they are claimed.
+    // (A bound for a failure only: it takes a few seconds.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if relay.run_once().await.unwrap().claimed == 0 {
+            if outbox.backlog().await.unwrap().pending == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let backlog = outbox.backlog().await.unwrap();
+    assert_eq!(
+        (backlog.pending, backlog.dead),
+        (0, 12),
+        "every poison event dead"
+    );
+}

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The most calls a bucket counts each millisecond of its length, as a
 /// power of two: 2^20, about a billion calls a second. A counter word
 /// keeps as many bits for its count as its bucket's length needs for that
-/// rate, and the rest for its tag, so tags wrap only after some 2^44 ms
-/// (over 250 years) whatever the bucket length.
+/// rate, and the rest for its tag, so tags wrap only after 2^43 to 2^44
+/// ms (over 250 years; half that is as far apart as two tags can be told
+/// in order) whatever the bucket length.
 const CALLS_PER_MS_BITS: u32 = 20;
 
 /// Good and bad calls over a window.

@@ -125,7 +125,7 @@ impl Books {
         }
         for (service, _, _, given_up) in &self.consumers {
             if *given_up != 0 {
-                violations.push(format!("{service} gave up on {given_up} events"));
+                violations.push(format!("{service} gave up on events {given_up} times"));
             }
         }
         for (service, pending, dead) in &self.outboxes {

@@ -11,9 +11,11 @@
 //! with `order-system dead-events` on a data directory or a PostgreSQL
 //! database ([`Location`]).
 //!
-//! A consumer that gives up on an event keeps no copy of it here: the
-//! embedded consumer logs it, a JetStream consumer publishes it to its
-//! dead-letter subject; the books count either as given up.
+//! An event the embedded system's consumer gives up on goes back to its
+//! producer's outbox as rejected, where it is dead after its last attempt
+//! (and listed here); a JetStream consumer that gives up publishes it to
+//! its dead-letter subject and keeps no copy here. The books count each
+//! give-up either way.
 //!
 //! # Example
 //!

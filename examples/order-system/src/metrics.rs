@@ -29,7 +29,7 @@ pub fn observe_consumers(meter: &Meter, consumers: &Consumers) {
         ),
         (
             "palisade.consumer.given_up",
-            "Events a consumer gave up on, by service.",
+            "Times a consumer gave up on an event (each delivery given up on), by service.",
             |stats| stats.dead_lettered,
         ),
     ];
