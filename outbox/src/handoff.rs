@@ -36,11 +36,13 @@ use crate::publisher::{Published, Publisher};
 /// outbox's lease (a handler retried in place for long) has the event
 /// published again after the lease, and the inbox drops the copy if it
 /// was applied meanwhile. A consumer that gives up on an event hands it
-/// back as rejected ([`Handoff::reject`]): it spends one of the event's
-/// attempts, if the rejection comes within the lease (a rejection after
-/// it is taken for an outage, as any acknowledgement that comes late, and
-/// spends nothing): a consumer's tries in place must fit in the
-/// producer's lease for a poison event to end dead.
+/// back as rejected ([`Handoff::reject`]), which spends one of the
+/// event's attempts if it comes within the lease. Like any late
+/// acknowledgement, a rejection after the lease is taken for an outage
+/// and spends nothing. The relay publishes a whole batch under one lease
+/// and a consumer works through it in order, so for a poison event to
+/// end dead, the tries in place of the poison events ahead of it in the
+/// batch, and its own, must fit in the producer's lease.
 ///
 /// # Example
 ///

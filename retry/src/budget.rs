@@ -14,7 +14,8 @@ const RETRY: i64 = 1000;
 ///
 /// Every request deposits `ratio` of a retry; every retry withdraws a whole
 /// one (when it is decided, before its wait; given back if it is never
-/// made: its call dropped in the wait, its request not made again). While the dependency fails every call, retries therefore add at
+/// made: its call dropped or cut by its deadline before the attempt, its
+/// request not made again, its service failing to get ready). While the dependency fails every call, retries therefore add at
 /// most `ratio` to its traffic (0.2 by default: 1.2× the normal load), plus
 /// the floor of `min_per_second` retries each second that keeps a quiet
 /// service able to retry at all, plus at most `max_banked` retries saved up
@@ -100,8 +101,9 @@ impl Budget {
 pub(crate) enum Withdrawal {
     /// The balance that requests deposit into.
     Banked,
-    /// The floor of retries each second.
-    Floor,
+    /// The floor of retries each second: the floor's arrival time the
+    /// withdrawal moved it to (ns since the account's origin).
+    Floor { until: u64 },
 }
 
 /// A live retry budget, shared by every clone of the layer that made it
@@ -198,18 +200,20 @@ impl RetryBudget {
     pub(crate) fn take(&self, now: Instant) -> Option<Withdrawal> {
         if self.withdraw_banked() {
             Some(Withdrawal::Banked)
-        } else if self.withdraw_floor(now) {
-            Some(Withdrawal::Floor)
         } else {
-            None
+            self.withdraw_floor(now)
+                .map(|until| Withdrawal::Floor { until })
         }
     }
 
-    /// Gives back a retry taken and never made (its call was dropped in
-    /// the wait, or its request could not be made again): a banked one to
-    /// the balance, up to its ceiling; one of the floor by moving the
-    /// floor's next arrival back by its interval.
-    pub(crate) fn give_back(&self, withdrawal: Withdrawal) {
+    /// Gives back, at `now`, a retry taken and never made (its call was
+    /// dropped in the wait, or its request could not be made again): a
+    /// banked one to the balance, up to its ceiling; one of the floor by
+    /// moving the floor's next arrival back by its interval, unless the
+    /// time it had reserved has passed (the floor has refilled it since:
+    /// giving it back too would let more than the floor's burst through at
+    /// once).
+    pub(crate) fn give_back(&self, withdrawal: Withdrawal, now: Instant) {
         let account = &*self.account;
         match withdrawal {
             Withdrawal::Banked => {
@@ -220,7 +224,10 @@ impl RetryBudget {
                             Some((balance + RETRY).min(account.ceiling))
                         });
             }
-            Withdrawal::Floor => {
+            Withdrawal::Floor { until } => {
+                if self.nanos(now) >= until {
+                    return;
+                }
                 let _ =
                     account
                         .floor_tat
@@ -240,20 +247,31 @@ impl RetryBudget {
             .is_ok()
     }
 
-    fn withdraw_floor(&self, now: Instant) -> bool {
+    /// Takes a retry from the floor: the floor's arrival time it moved
+    /// to, or `None` when the floor is spent.
+    fn withdraw_floor(&self, now: Instant) -> Option<u64> {
         let account = &*self.account;
         if account.floor_interval == 0 {
-            return false;
+            return None;
         }
-        let now = u64::try_from(now.saturating_duration_since(account.origin).as_nanos())
-            .unwrap_or(u64::MAX);
+        let now = self.nanos(now);
         account
             .floor_tat
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
                 let tat = tat.max(now);
                 (tat - now <= account.floor_burst).then(|| tat + account.floor_interval)
             })
-            .is_ok()
+            .ok()
+            .map(|tat| tat.max(now) + account.floor_interval)
+    }
+
+    /// `now` in nanoseconds since the account's origin.
+    fn nanos(&self, now: Instant) -> u64 {
+        u64::try_from(
+            now.saturating_duration_since(self.account.origin)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX)
     }
 
     /// Whole retries banked now (the floor not included).
@@ -318,6 +336,26 @@ mod tests {
     }
 
     #[test]
+    fn a_floor_retry_given_back_after_its_time_gives_nothing_more() {
+        let budget = RetryBudget::new(Budget::new(0.0).min_per_second(1).max_banked(0)).unwrap();
+        let start = Instant::now();
+        // Given back within its second: the next is granted at once.
+        let early = budget.take(start).expect("the floor's first");
+        let half = start + Duration::from_millis(500);
+        budget.give_back(early, half);
+        let kept = budget.take(half).expect("given back in time");
+        // At 1.5 s the floor grants its next; `kept`, given back only then,
+        // was refilled by that grant already.
+        let later = start + Duration::from_millis(1_500);
+        assert!(budget.take(later).is_some(), "the floor's next");
+        budget.give_back(kept, later);
+        assert!(
+            budget.take(later).is_none(),
+            "one a second, given back or not"
+        );
+    }
+
+    #[test]
     fn a_floor_too_fast_to_keep_is_refused() {
         let err = RetryBudget::new(Budget::new(0.2).min_per_second(1_000_000_001)).unwrap_err();
         assert_eq!(err.setting(), "budget min_per_second");
@@ -329,37 +367,69 @@ mod tests {
     }
 
     proptest! {
-        /// Over any run, granted retries never exceed ratio × requests plus
-        /// the banked ceiling plus the floor over the elapsed time.
+        /// Over any run, retries made (granted and not given back) never
+        /// exceed ratio × requests plus the banked ceiling plus the floor
+        /// over the elapsed time; and at any one instant, no more are
+        /// granted than the balance, the floor's burst and what was given
+        /// back then allow. Some grants are given back a step later (their
+        /// calls dropped in the wait), whether their time has passed or not.
         #[test]
         fn grants_stay_within_the_bound(
             ratio in 0.0f64..2.0,
             floor in 0u32..20,
             banked in 0u32..50,
-            steps in proptest::collection::vec((0u8..4, 0u64..500), 1..400),
+            steps in proptest::collection::vec((0u8..4, 0u64..1_500, 0usize..4), 1..400),
         ) {
             let budget = RetryBudget::new(
                 Budget::new(ratio).min_per_second(floor).max_banked(banked),
             ).unwrap();
             let start = Instant::now();
-            let (mut now, mut requests, mut retries) = (start, 0u64, 0u64);
-            for (requests_then, advance_ms) in steps {
+            let (mut now, mut requests, mut made) = (start, 0u64, 0u64);
+            let mut last_grants: Vec<Withdrawal> = Vec::new();
+            for (requests_then, advance_ms, given_back) in steps {
                 now += Duration::from_millis(advance_ms);
                 for _ in 0..requests_then {
                     budget.deposit();
                     requests += 1;
                 }
-                while budget.withdraw(now) {
-                    retries += 1;
+                let balance = budget.banked();
+                let mut grants = Vec::new();
+                while let Some(withdrawal) = budget.take(now) {
+                    grants.push(withdrawal);
                 }
+                // Then some of the last step's grants come back (after this
+                // instant's grants: their time may have passed since), and
+                // what they bring back is granted too. A floor retry given
+                // back before its time comes back; one whose time passed
+                // was refilled already.
+                let given_back = given_back.min(last_grants.len());
+                let (mut banked_back, mut floor_back) = (0_u32, 0_u32);
+                for withdrawal in last_grants.drain(..given_back) {
+                    match withdrawal {
+                        Withdrawal::Banked => banked_back += 1,
+                        Withdrawal::Floor { until } => {
+                            floor_back += u32::from(budget.nanos(now) < until);
+                        }
+                    }
+                    budget.give_back(withdrawal, now);
+                    made -= 1;
+                }
+                while let Some(withdrawal) = budget.take(now) {
+                    grants.push(withdrawal);
+                }
+                let at_once = balance + banked_back + floor + floor_back;
+                let granted_now = u32::try_from(grants.len()).unwrap();
+                prop_assert!(granted_now <= at_once, "{granted_now} at once > {at_once}");
+                made += u64::from(granted_now);
+                last_grants = grants;
             }
             let seconds = (now - start).as_secs_f64();
             #[allow(clippy::cast_precision_loss)]
             let bound = (ratio * 1.001).mul_add(requests as f64, f64::from(banked))
                 + f64::from(floor) * (seconds + 1.0);
             #[allow(clippy::cast_precision_loss)]
-            let granted = retries as f64;
-            prop_assert!(granted <= bound + 1.0, "{retries} > {bound}");
+            let made_f = made as f64;
+            prop_assert!(made_f <= bound + 1.0, "{made} > {bound}");
         }
     }
 }

@@ -100,21 +100,33 @@ struct Retried<Request> {
     next: Option<Request>,
     /// The retry the budget gave for the next attempt, until it is made:
     /// given back if it never is.
-    unspent: Option<(RetryBudget, Withdrawal)>,
+    unspent: Unspent,
 }
 
-impl<Request> Retried<Request> {
-    /// Gives back the retry taken for an attempt that will not be made.
+/// A retry taken from the budget for an attempt not made yet. Apart from
+/// [`Retried`], so that the drop that gives it back puts no bound on the
+/// request type.
+#[derive(Default)]
+struct Unspent(Option<(RetryBudget, Withdrawal)>);
+
+impl Unspent {
+    /// Gives the retry back: its attempt will not be made.
     fn give_back(&mut self) {
-        if let Some((budget, withdrawal)) = self.unspent.take() {
-            budget.give_back(withdrawal);
+        if let Some((budget, withdrawal)) = self.0.take() {
+            budget.give_back(withdrawal, Instant::now());
         }
+    }
+
+    /// The attempt is made: the retry is spent.
+    fn spend(&mut self) {
+        self.0 = None;
     }
 }
 
-impl<Request> Drop for Retried<Request> {
-    // A call dropped in its wait (its caller gone, a timeout above) or
-    // cut by its deadline before the attempt: the retry was not made.
+impl Drop for Unspent {
+    // A call dropped in its wait (its caller gone, a timeout above), cut
+    // by its deadline before the attempt, or whose service failed to get
+    // ready: the retry was not made.
     fn drop(&mut self) {
         self.give_back();
     }
@@ -203,11 +215,15 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
                 attempts,
                 previous_delay,
                 next: None,
-                unspent: None,
+                unspent: Unspent::default(),
             })
         });
         retried.previous_delay = delay;
-        retried.unspent = unspent;
+        debug_assert!(
+            retried.unspent.0.is_none(),
+            "spent before a new retry is taken"
+        );
+        retried.unspent = Unspent(unspent);
         shared.events.retrying(attempts + 1, delay);
         Some(delay)
     }
@@ -227,7 +243,7 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
             .expect("a retry was decided before its wait");
         retried.next = shared.replay.replay(&self.saved);
         if retried.next.is_none() {
-            retried.give_back();
+            retried.unspent.give_back();
             shared
                 .events
                 .gave_up(GiveUp::NotReplayable, retried.attempts);
@@ -340,8 +356,7 @@ where
                         .expect("a retry was decided before its wait");
                     let request = retried.next.take().expect("made after the wait");
                     retried.attempts += 1;
-                    // Spent: the retry is made.
-                    retried.unspent = None;
+                    retried.unspent.spend();
                     retrying.shared.events.attempt();
                     if let Some(deadline) = this.deadline {
                         *deadline.as_mut().project().started = Instant::now();

@@ -97,7 +97,8 @@ impl<C, R> RetryLayer<C, R> {
     /// call. They are on the layer's one count for a service cloned per
     /// request (as axum's router does), and on a count of the service's own
     /// from its second retryable call on (see [`Retry`]). A leaked layer's
-    /// calls touch no reference count. Its memory (the layer, a few hundred
+    /// calls touch no reference count, but for a retried call's hold on its
+    /// budget from the retry's decision to its attempt. Its memory (the layer, a few hundred
     /// bytes with its classifier and replay) is never freed, so leak a layer
     /// once, not one per request or per test case.
     ///
