@@ -59,9 +59,16 @@ impl Error for RateLimited {
 
 /// A store could not decide: Redis unreachable, too slow, or answering
 /// something unexpected.
+///
+/// Its [`source`](Error::source) is a [`Refusal`] (`StoreDown`), as a
+/// [`RateLimited`]'s is: the limiter refused the request itself, so the
+/// layers above do not count it against the service (a breaker does not
+/// record it, retry does not spend its budget on it). The backend's own
+/// error is [`backend_error`](Self::backend_error), and in the message.
 #[derive(Debug)]
 pub struct StoreError {
     kind: StoreErrorKind,
+    refusal: Refusal,
 }
 
 #[derive(Debug)]
@@ -77,6 +84,7 @@ impl StoreError {
     pub const fn timeout(after: Duration) -> Self {
         Self {
             kind: StoreErrorKind::Timeout(after),
+            refusal: Refusal::store_down(None),
         }
     }
 
@@ -85,6 +93,30 @@ impl StoreError {
     pub fn backend(error: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
         Self {
             kind: StoreErrorKind::Backend(error.into()),
+            refusal: Refusal::store_down(None),
+        }
+    }
+
+    /// The same failure, with a wait before the store is worth asking
+    /// again (the refusal's, and the answer's `Retry-After`).
+    #[must_use]
+    pub const fn retry_after(mut self, wait: Duration) -> Self {
+        self.refusal = Refusal::store_down(Some(wait));
+        self
+    }
+
+    /// The refusal marker shared by palisade's layers (`StoreDown`).
+    #[must_use]
+    pub const fn refusal(&self) -> Refusal {
+        self.refusal
+    }
+
+    /// The backend's error, when the store failed rather than timed out.
+    #[must_use]
+    pub fn backend_error(&self) -> Option<&(dyn Error + Send + Sync + 'static)> {
+        match &self.kind {
+            StoreErrorKind::Timeout(_) => None,
+            StoreErrorKind::Backend(error) => Some(&**error),
         }
     }
 
@@ -112,10 +144,7 @@ impl fmt::Display for StoreError {
 
 impl Error for StoreError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        match &self.kind {
-            StoreErrorKind::Timeout(_) => None,
-            StoreErrorKind::Backend(error) => Some(&**error),
-        }
+        Some(&self.refusal)
     }
 }
 

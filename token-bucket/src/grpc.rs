@@ -17,12 +17,15 @@
 //! process read the refusal right: `palisade-retry` retries it only after
 //! the pushback, and a `palisade-circuit-breaker` in gRPC mode does not
 //! count it as the server failing. A store that cannot decide (and whose
-//! failure policy is to propagate) answers a trailers-only `UNAVAILABLE`.
+//! failure policy is to propagate) answers a trailers-only `UNAVAILABLE`,
+//! its `StoreDown` refusal in the extensions (a breaker above does not
+//! record it) and `grpc-retry-pushback-ms` when the store says when to
+//! ask again.
 //! The service's error type stays the inner service's, so the layer stacks
 //! on a tonic `Server` or `Channel` as it is.
 
 use http::Response;
-use palisade_hints::grpc::{RESOURCE_EXHAUSTED, UNAVAILABLE, refusal_response, trailers_only};
+use palisade_hints::grpc::{RESOURCE_EXHAUSTED, UNAVAILABLE, refusal_response};
 
 use crate::bucket::{Bucket, Decision};
 use crate::error::{RateLimited, StoreError};
@@ -51,9 +54,12 @@ impl<B: Default, E> Respond<Response<B>, E> for ResourceExhausted {
 
     fn store_failed(&self, error: StoreError) -> Result<Response<B>, E> {
         tracing::warn!(target: "palisade_token_bucket", %error, "no rate limit decision; answering UNAVAILABLE");
-        Ok(trailers_only(
+        // Marked as the limiter's own refusal, so that a breaker or a
+        // retry above does not take it for the service failing.
+        Ok(refusal_response(
             UNAVAILABLE,
             "rate%20limit%20store%20unavailable",
+            error.refusal(),
         ))
     }
 

@@ -48,7 +48,10 @@ static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining"
 static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// Answers refused requests with `429` and `Retry-After`, a store that
-/// cannot decide with `503`, and puts the RateLimit fields on every
+/// cannot decide with `503` (with `Retry-After` when the store says when
+/// to ask again, and its `StoreDown` [`Refusal`](palisade_hints::Refusal)
+/// in the extensions, so a breaker above does not record it), and puts
+/// the RateLimit fields on every
 /// response a bucket decided (none when a failure policy answered without
 /// one); keeps the inner service's error type.
 ///
@@ -116,9 +119,12 @@ impl<B: Default, E> Respond<Response<B>, E> for TooManyRequests {
 
     fn store_failed(&self, error: StoreError) -> Result<Response<B>, E> {
         tracing::warn!(target: "palisade_token_bucket", %error, "no rate limit decision; answering 503");
-        let mut response = Response::new(B::default());
-        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        Ok(response)
+        // Marked as the limiter's own refusal, so that a breaker or a
+        // retry above does not take it for the service failing.
+        Ok(palisade_hints::http::refusal_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            error.refusal(),
+        ))
     }
 
     fn error(&self, error: E) -> E {

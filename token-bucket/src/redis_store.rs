@@ -299,7 +299,8 @@ where
                 self.health.probe_interval(),
             )),
             FailurePolicy::Fallback { store, bucket } => Ok(store.decide_now(key, bucket, cost)),
-            FailurePolicy::Propagate => Err(error),
+            // Asking again is worth it at the next probe at the soonest.
+            FailurePolicy::Propagate => Err(error.retry_after(self.health.probe_interval())),
         };
         #[cfg(feature = "otel")]
         if let (Ok(_), Some(instruments)) = (&decided, &self.instruments) {

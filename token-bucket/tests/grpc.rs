@@ -160,6 +160,40 @@ async fn a_refusal_beneath_a_grpc_breaker_is_not_a_failure() {
     assert_eq!(reached.load(Ordering::SeqCst), 1);
 }
 
+/// A store that cannot decide (Redis down, failure policy `Propagate`):
+/// the limiter answers UNAVAILABLE itself, marked as its own refusal, so a
+/// breaker above does not count a healthy service's calls as failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_beneath_a_grpc_breaker_is_not_a_failure() {
+    let (url, reached) = serve(None::<Limit<LocalStore>>).await;
+    let breaker = CircuitBreakerLayer::new_for_grpc(
+        BreakerConfig::builder()
+            .minimum_calls(1)
+            .failure_rate_threshold(0.5)
+            .build()
+            .unwrap(),
+    );
+    let state = breaker.breaker().clone();
+    let limit =
+        RateLimitLayer::new_for_grpc(Down, Bucket::new(2, 0.5).unwrap(), global("everyone"));
+    let stack = ServiceBuilder::new()
+        .layer(breaker)
+        .layer(limit)
+        .service(channel(&url).await);
+    let mut client = HealthClient::new(stack);
+    for _ in 0..5 {
+        let status = client
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+    assert_eq!(state.state(), State::Closed);
+    let counts = state.metrics(std::time::Instant::now()).counts;
+    assert_eq!((counts.calls, counts.failures), (0, 0), "{counts:?}");
+    assert_eq!(reached.load(Ordering::SeqCst), 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn retry_waits_out_the_pushback_of_a_refusal_beneath_it() {
     let (url, reached) = serve(None::<Limit<LocalStore>>).await;

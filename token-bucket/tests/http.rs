@@ -99,3 +99,28 @@ async fn a_request_without_the_api_key_falls_back_to_its_client_address() {
         "with a key, the key's bucket"
     );
 }
+
+/// A store that could not decide is answered 503, marked as the limiter's
+/// own refusal (a breaker above does not record it) with the wait until
+/// the store is worth asking again.
+#[test]
+fn a_store_failure_is_a_marked_503_with_its_wait() {
+    use palisade_hints::{Refusal, RefusalReason};
+    use palisade_token_bucket::http::TooManyRequests;
+    use palisade_token_bucket::{Respond, StoreError};
+
+    let failed = StoreError::backend("connection refused")
+        .retry_after(std::time::Duration::from_millis(500));
+    assert_eq!(
+        Refusal::find(&failed).map(Refusal::reason),
+        Some(RefusalReason::StoreDown),
+        "the marker is in the error's source chain"
+    );
+    let response: Response<()> =
+        Respond::<Response<()>, BoxError>::store_failed(&TooManyRequests::default(), failed)
+            .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let refusal = response.extensions().get::<Refusal>().expect("the marker");
+    assert_eq!(refusal.reason(), RefusalReason::StoreDown);
+}
