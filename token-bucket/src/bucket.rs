@@ -45,8 +45,9 @@ impl Bucket {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when the capacity is 0 or over [`MAX_CAPACITY`], or
-    /// the rate is not a finite number in `0.000001..=1e9` per second.
+    /// [`ConfigError`] when the capacity is 0 or over [`MAX_CAPACITY`], the
+    /// rate is not a finite number in `0.000001..=1e9` per second, or the
+    /// bucket would take 584 years or more to fill (`capacity / rate`).
     pub fn new(capacity: u32, per_second: f64) -> Result<Self, ConfigError> {
         if capacity == 0 || capacity > MAX_CAPACITY {
             return Err(config_error("capacity", "must be within 1..=1e9"));
@@ -57,6 +58,15 @@ impl Bucket {
         // Rounded up, so rounding never admits more than the rate.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let interval_ns = (1e9 / per_second).ceil() as u64;
+        // The time the bucket takes to fill, in nanoseconds, is what every
+        // decision compares with: past a u64 (584 years) it would saturate
+        // and admit everything.
+        if interval_ns.checked_mul(u64::from(capacity)).is_none() {
+            return Err(config_error(
+                "rate",
+                "capacity / rate (the time the bucket takes to fill) must be under 584 years",
+            ));
+        }
         Ok(Self {
             capacity,
             rate: per_second,
@@ -313,6 +323,18 @@ impl fmt::Display for Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bucket_too_slow_to_fill_within_a_u64_of_nanoseconds_is_refused() {
+        let error = Bucket::new(1_000_000, 1e-6).unwrap_err();
+        assert_eq!(error.setting(), "rate");
+        // Just within: ten thousand tokens, one every million seconds.
+        let slow = Bucket::new(10_000, 1e-6).unwrap();
+        let (tat, first) = slow.decide(0, 0, 10_000);
+        assert!(first.is_allowed());
+        let (_, second) = slow.decide(tat.unwrap(), 0, 1);
+        assert!(!second.is_allowed(), "a full bucket's worth, then none");
+    }
 
     const SEC: u64 = 1_000_000_000;
 
