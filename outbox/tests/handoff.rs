@@ -237,6 +237,23 @@ impl Handler<SqliteConnection> for FailsOne {
     }
 }
 
+/// A consumer that gives up on the events whose payload is `poison` after
+/// two tries, `retry` apart.
+fn giving_up_on_poison(
+    inbox: SqliteInbox,
+    retry: Duration,
+) -> MemoryConsumer<SqliteInbox, FailsOne> {
+    MemoryConsumer::new(
+        "recorder",
+        inbox,
+        FailsOne {
+            poison: "poison".to_owned(),
+        },
+    )
+    .max_deliver(2)
+    .retry_delay(retry, retry)
+}
+
 /// A consumer that gives up on an event hands it back to the outbox as
 /// rejected: it spends the event's attempts there, and after its last the
 /// event is dead in the outbox, kept for an operator, not marked sent.
@@ -257,15 +274,7 @@ async fn an_event_its_consumer_gives_up_on_is_dead_in_the_outbox_not_sent() {
 
     let broker = HandoffBroker::new(16);
     let subscription = broker.subscribe();
-    let consumer = MemoryConsumer::new(
-        "recorder",
-        inbox,
-        FailsOne {
-            poison: "poison".to_owned(),
-        },
-    )
-    .max_deliver(2)
-    .retry_delay(Duration::from_millis(1), Duration::from_millis(1));
+    let consumer = giving_up_on_poison(inbox, Duration::from_millis(1));
     let consuming = tokio::spawn(async move {
         consumer.run(subscription, std::future::pending()).await;
         consumer
@@ -324,15 +333,7 @@ async fn a_consumers_rejections_reach_the_relay_within_its_lease() {
     let (_pool, outbox, inbox) = outbox_of(config, &events).await;
     let broker = HandoffBroker::new(16);
     let subscription = broker.subscribe();
-    let consumer = MemoryConsumer::new(
-        "recorder",
-        inbox,
-        FailsOne {
-            poison: "poison".to_owned(),
-        },
-    )
-    .max_deliver(2)
-    .retry_delay(Duration::from_millis(200), Duration::from_millis(200));
+    let consumer = giving_up_on_poison(inbox, Duration::from_millis(200));
     tokio::spawn(async move { consumer.run(subscription, std::future::pending()).await });
     let relay = Relay::new(outbox.clone(), broker.clone());
     // Each batch takes a lease (2 s) at most; those whose rejection came

@@ -124,16 +124,19 @@ async fn a_store_that_cannot_decide_is_unavailable_not_unknown() {
     assert_eq!(reached.load(Ordering::SeqCst), 0);
 }
 
+/// A breaker that opens on the first call that fails.
+fn opens_on_one_failure() -> BreakerConfig {
+    BreakerConfig::builder()
+        .minimum_calls(1)
+        .failure_rate_threshold(0.5)
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_beneath_a_grpc_breaker_is_not_a_failure() {
     let (url, reached) = serve(None::<Limit<LocalStore>>).await;
-    let breaker = CircuitBreakerLayer::new_for_grpc(
-        BreakerConfig::builder()
-            .minimum_calls(1)
-            .failure_rate_threshold(0.5)
-            .build()
-            .unwrap(),
-    );
+    let breaker = CircuitBreakerLayer::new_for_grpc(opens_on_one_failure());
     let state = breaker.breaker().clone();
     // One call, then nothing for a thousand seconds.
     let limit = RateLimitLayer::new_for_grpc(
@@ -166,13 +169,7 @@ async fn a_refusal_beneath_a_grpc_breaker_is_not_a_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_failure_beneath_a_grpc_breaker_is_not_a_failure() {
     let (url, reached) = serve(None::<Limit<LocalStore>>).await;
-    let breaker = CircuitBreakerLayer::new_for_grpc(
-        BreakerConfig::builder()
-            .minimum_calls(1)
-            .failure_rate_threshold(0.5)
-            .build()
-            .unwrap(),
-    );
+    let breaker = CircuitBreakerLayer::new_for_grpc(opens_on_one_failure());
     let state = breaker.breaker().clone();
     let limit =
         RateLimitLayer::new_for_grpc(Down, Bucket::new(2, 0.5).unwrap(), global("everyone"));
