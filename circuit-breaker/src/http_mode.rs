@@ -25,7 +25,8 @@ use crate::respond::Respond;
 /// the breaker stay open longer than configured, never shorter.
 ///
 /// A response or error carrying the [`Refusal`] marker (the 429 of a
-/// palisade rate limiter beneath, the 503 of another breaker) is neither a
+/// palisade rate limiter beneath, or its 503 when its store cannot decide,
+/// the 503 of another breaker) is neither a
 /// success nor a failure: it is ignored, so one client over its own quota
 /// cannot open the breaker for everyone.
 #[derive(Debug, Clone, Copy, Default)]

@@ -19,7 +19,7 @@ pub enum RefusalReason {
     /// A store the layer shares with other processes (Redis) does not
     /// answer, and its failure policy refuses what it would need the store
     /// for (a coalescing cache that would otherwise let every process call
-    /// the origin at once).
+    /// the origin at once; a rate limiter that cannot decide).
     StoreDown,
 }
 

@@ -47,7 +47,7 @@ impl Bucket {
     ///
     /// [`ConfigError`] when the capacity is 0 or over [`MAX_CAPACITY`], the
     /// rate is not a finite number in `0.000001..=1e9` per second, or the
-    /// bucket would take 584 years or more to fill (`capacity / rate`).
+    /// bucket would take 292 years or more to fill (`capacity / rate`).
     pub fn new(capacity: u32, per_second: f64) -> Result<Self, ConfigError> {
         if capacity == 0 || capacity > MAX_CAPACITY {
             return Err(config_error("capacity", "must be within 1..=1e9"));
@@ -59,12 +59,15 @@ impl Bucket {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let interval_ns = (1e9 / per_second).ceil() as u64;
         // The time the bucket takes to fill, in nanoseconds, is what every
-        // decision compares with: past a u64 (584 years) it would saturate
-        // and admit everything.
-        if interval_ns.checked_mul(u64::from(capacity)).is_none() {
+        // decision compares with, added to a store's clock: past half a
+        // u64 (292 years) the sum could saturate, and admit everything.
+        if interval_ns
+            .checked_mul(u64::from(capacity))
+            .is_none_or(|fill| fill > u64::MAX / 2)
+        {
             return Err(config_error(
                 "rate",
-                "capacity / rate (the time the bucket takes to fill) must be under 584 years",
+                "is too slow for the capacity: the bucket must fill in under 292 years",
             ));
         }
         Ok(Self {
@@ -328,11 +331,16 @@ mod tests {
     fn a_bucket_too_slow_to_fill_within_a_u64_of_nanoseconds_is_refused() {
         let error = Bucket::new(1_000_000, 1e-6).unwrap_err();
         assert_eq!(error.setting(), "rate");
-        // Just within: ten thousand tokens, one every million seconds.
-        let slow = Bucket::new(10_000, 1e-6).unwrap();
-        let (tat, first) = slow.decide(0, 0, 10_000);
+        // One token every million seconds: 9,223 fill in under 292 years,
+        // 9,224 do not.
+        assert!(Bucket::new(9_224, 1e-6).is_err());
+        let slow = Bucket::new(9_223, 1e-6).unwrap();
+        // Decided late in a store's life (a century in): a full bucket's
+        // worth, then none.
+        let late = 100 * 365 * 86_400 * 1_000_000_000_u64;
+        let (tat, first) = slow.decide(0, late, 9_223);
         assert!(first.is_allowed());
-        let (_, second) = slow.decide(tat.unwrap(), 0, 1);
+        let (_, second) = slow.decide(tat.unwrap(), late, 1);
         assert!(!second.is_allowed(), "a full bucket's worth, then none");
     }
 

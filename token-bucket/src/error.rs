@@ -63,8 +63,10 @@ impl Error for RateLimited {
 /// Its [`source`](Error::source) is a [`Refusal`] (`StoreDown`), as a
 /// [`RateLimited`]'s is: the limiter refused the request itself, so the
 /// layers above do not count it against the service (a breaker does not
-/// record it, retry does not spend its budget on it). The backend's own
-/// error is [`backend_error`](Self::backend_error), and in the message.
+/// record it; retry waits out its [`retry_after`](Self::retry_after)
+/// without spending its budget, and returns it when there is none). The
+/// backend's own error is [`backend_error`](Self::backend_error), and in
+/// the message.
 #[derive(Debug)]
 pub struct StoreError {
     kind: StoreErrorKind,
@@ -98,11 +100,18 @@ impl StoreError {
     }
 
     /// The same failure, with a wait before the store is worth asking
-    /// again (the refusal's, and the answer's `Retry-After`).
+    /// again (the refusal's, and the answer's `Retry-After`). Without one,
+    /// `palisade-retry` returns the failure rather than retry it.
     #[must_use]
-    pub const fn retry_after(mut self, wait: Duration) -> Self {
+    pub const fn with_retry_after(mut self, wait: Duration) -> Self {
         self.refusal = Refusal::store_down(Some(wait));
         self
+    }
+
+    /// How long until the store is worth asking again, if known.
+    #[must_use]
+    pub const fn retry_after(&self) -> Option<Duration> {
+        self.refusal.retry_after()
     }
 
     /// The refusal marker shared by palisade's layers (`StoreDown`).

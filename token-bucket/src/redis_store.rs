@@ -96,6 +96,11 @@ pub enum FailurePolicy {
     /// Admit every request.
     FailOpen,
     /// Refuse every request, with the time until Redis is tried again.
+    ///
+    /// The refusal is answered as a rate limiter's (`429`,
+    /// `RESOURCE_EXHAUSTED`, [`RateLimited`](crate::RateLimited)), where
+    /// [`Propagate`](Self::Propagate)'s is a store's (`503`,
+    /// `UNAVAILABLE`, a `StoreDown` refusal).
     FailClosed,
     /// Decide in process against `bucket` (usually smaller than the
     /// shared one).
@@ -299,8 +304,7 @@ where
                 self.health.probe_interval(),
             )),
             FailurePolicy::Fallback { store, bucket } => Ok(store.decide_now(key, bucket, cost)),
-            // Asking again is worth it at the next probe at the soonest.
-            FailurePolicy::Propagate => Err(error.retry_after(self.health.probe_interval())),
+            FailurePolicy::Propagate => Err(error),
         };
         #[cfg(feature = "otel")]
         if let (Ok(_), Some(instruments)) = (&decided, &self.instruments) {
@@ -381,7 +385,8 @@ where
         };
         if !self.health.should_try(now.into_std()) {
             return policy(
-                StoreError::backend("redis is down; not tried until the next probe"),
+                StoreError::backend("redis is down; not tried until the next probe")
+                    .with_retry_after(self.health.probe_interval()),
                 Ran::No,
             );
         }
@@ -413,9 +418,21 @@ where
                 // another type under the prefix) fails this decision;
                 // Redis still answers the others.
                 let down = unreachable(&error);
-                (StoreError::backend(error), ran, down)
+                // Down: worth asking again at the next probe at the
+                // soonest; an error of the call's own names no such time.
+                let failed = StoreError::backend(error);
+                let failed = if down {
+                    failed.with_retry_after(self.health.probe_interval())
+                } else {
+                    failed
+                };
+                (failed, ran, down)
             }
-            Err(_) => (StoreError::timeout(self.timeout), Ran::Unknown, true),
+            Err(_) => (
+                StoreError::timeout(self.timeout).with_retry_after(self.health.probe_interval()),
+                Ran::Unknown,
+                true,
+            ),
         };
         #[cfg(feature = "otel")]
         if let Some(instruments) = &self.instruments {

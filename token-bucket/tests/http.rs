@@ -110,7 +110,7 @@ fn a_store_failure_is_a_marked_503_with_its_wait() {
     use palisade_token_bucket::{Respond, StoreError};
 
     let failed = StoreError::backend("connection refused")
-        .retry_after(std::time::Duration::from_millis(500));
+        .with_retry_after(std::time::Duration::from_millis(500));
     assert_eq!(
         Refusal::find(&failed).map(Refusal::reason),
         Some(RefusalReason::StoreDown),
