@@ -36,8 +36,11 @@ pub trait Publisher: Send + Sync + 'static {
 /// publish is acknowledged once every subscriber's queue took the event,
 /// so a subscriber that falls `capacity` events behind holds the relays
 /// back until it catches up (drop the receiver to unsubscribe). An event id
-/// seen among the last `capacity` is acknowledged as a duplicate and not
-/// delivered again, as JetStream does within its window.
+/// published among the last `capacity` is acknowledged as a duplicate and
+/// not delivered again, as JetStream does within its window; one whose
+/// publish was given up before every subscriber took it is delivered
+/// again (the subscribers that had it get it twice, as from any broker
+/// after a lost acknowledgement).
 ///
 /// Its acknowledgement is not durable: events acknowledged (and so marked
 /// sent by the relay) but not yet consumed when the process ends, or when
@@ -93,6 +96,33 @@ impl MemoryBroker {
         }
         false
     }
+
+    /// Forgets `id`: its publish did not reach every subscriber.
+    fn forget(&self, id: uuid::Uuid) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let (seen, order) = &mut *recent;
+        if seen.remove(&id) {
+            order.retain(|recorded| *recorded != id);
+        }
+    }
+}
+
+/// An id recorded as published while its publish runs: forgotten if the
+/// publish is dropped before every subscriber took the event (the relay
+/// gave up at the end of its lease), so the next publish delivers it
+/// rather than taking it for a duplicate.
+struct Publishing<'a> {
+    broker: &'a MemoryBroker,
+    id: uuid::Uuid,
+    done: bool,
+}
+
+impl Drop for Publishing<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.broker.forget(self.id);
+        }
+    }
 }
 
 impl Publisher for MemoryBroker {
@@ -100,6 +130,11 @@ impl Publisher for MemoryBroker {
         if self.seen(message.event.id) {
             return Ok(Published::Duplicate);
         }
+        let mut publishing = Publishing {
+            broker: self,
+            id: message.event.id,
+            done: false,
+        };
         let subscribers: Vec<_> = self
             .subscribers
             .lock()
@@ -116,6 +151,7 @@ impl Publisher for MemoryBroker {
                 .unwrap_or_else(PoisonError::into_inner)
                 .retain(|subscriber| !subscriber.is_closed());
         }
+        publishing.done = true;
         // No subscriber is not an error: the broker has it.
         Ok(Published::Stored)
     }

@@ -33,6 +33,36 @@ async fn messages(events: Vec<Event>) -> (SqlitePool, Vec<Message>) {
     (pool, got)
 }
 
+/// A publish given up while one subscriber's queue was full (the relay's
+/// lease ended) is not a duplicate the next time: the subscriber that had
+/// no room gets the event then, rather than never.
+#[tokio::test]
+async fn a_publish_given_up_half_way_is_delivered_again_to_all() {
+    let events: Vec<Event> = (0..2)
+        .map(|n| Event::new("order", format!("o-{n}"), "Placed", vec![n]))
+        .collect();
+    let (_, source) = messages(events).await;
+    let broker = MemoryBroker::new(1);
+    let (mut quick, mut slow) = (broker.subscribe(), broker.subscribe());
+    assert_eq!(broker.publish(&source[0]).await.unwrap(), Published::Stored);
+    assert_eq!(quick.recv().await.unwrap().event.payload(), [0]);
+    // The slow subscriber's queue is full: the quick one takes the second
+    // event, then the publish is given up.
+    let mut second = Box::pin(broker.publish(&source[1]));
+    assert!(second.as_mut().now_or_never().is_none(), "waits for room");
+    drop(second);
+    assert_eq!(quick.recv().await.unwrap().event.payload(), [1]);
+    assert_eq!(slow.recv().await.unwrap().event.payload(), [0]);
+    assert_eq!(
+        broker.publish(&source[1]).await.unwrap(),
+        Published::Stored,
+        "not a duplicate: not every subscriber took it"
+    );
+    assert_eq!(slow.recv().await.unwrap().event.payload(), [1]);
+    // The quick one gets it twice, as after any lost acknowledgement.
+    assert_eq!(quick.recv().await.unwrap().event.payload(), [1]);
+}
+
 #[tokio::test]
 async fn a_full_subscriber_holds_publishes_back_and_loses_nothing() {
     let events: Vec<Event> = (0..3)
