@@ -444,11 +444,7 @@ fn land<V, E>(caught: Result<Result<V, E>, Box<dyn Any + Send>>) -> Result<V, Fl
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(FlightError::Failed(Arc::new(error))),
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a non-string panic".to_owned());
+            let message = palisade_hints::panic_message(&*panic);
             tracing::error!(target: "palisade_coalesce", %message, "the computation panicked");
             Err(FlightError::Panicked(message.into()))
         }

@@ -20,6 +20,8 @@
 //! - [`share`]: how a layer's services and their calls reach the state they
 //!   share, without threads calling at once taking turns on one reference
 //!   count.
+//! - [`panic_message`]: what a caught panic says, for the layers that turn
+//!   a panic in a user's code into an error.
 //!
 //! It has no runtime and no tower types; users rarely need it directly.
 //!
@@ -43,11 +45,13 @@ mod config_error;
 pub mod grpc;
 #[cfg(feature = "http")]
 pub mod http;
+mod panic;
 pub mod reachability;
 mod refusal;
 pub mod share;
 
 pub use config_error::ConfigError;
+pub use panic::panic_message;
 pub use refusal::{Refusal, RefusalReason};
 
 /// The README's example, compiled and run as a doctest so it stays true.
