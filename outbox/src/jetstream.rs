@@ -51,12 +51,18 @@ impl ConsumerConfig {
     /// gives up on to `dead_letter_subject` (which a stream must capture).
     /// `durable` is also the consumer's name in the inbox. Defaults: every
     /// subject of the stream, 5 deliveries, retries after 1 s doubling to
-    /// 1 min, a 30 s ack wait.
+    /// 1 min, a 30 s ack wait. A consumer may not read its own dead-letter
+    /// subject: when the stream captures it, as the stream that
+    /// [`ensure_stream`](crate::NatsJetStreamPublisher::ensure_stream) makes
+    /// captures `<prefix>.dead`, give the consumer a
+    /// [`filter_subject`](Self::filter_subject) that leaves it out.
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] when a name is empty or `durable` holds a character
-    /// JetStream refuses in consumer names (`.`, `*`, `>`, whitespace).
+    /// [`ConfigError`] when a name is empty, `durable` holds a character
+    /// JetStream refuses in consumer names (`.`, `*`, `>`, whitespace), or
+    /// `dead_letter_subject` is not one to publish to (an empty token, a
+    /// wildcard, whitespace).
     pub fn new(
         stream: &str,
         durable: &str,
@@ -75,8 +81,15 @@ impl ConsumerConfig {
                 "must be a non-empty name without `.`, `*`, `>` or whitespace",
             ));
         }
-        if dead_letter_subject.is_empty() {
-            return Err(config_error("dead_letter_subject", "must not be empty"));
+        if dead_letter_subject
+            .split('.')
+            .any(|token| token.is_empty() || token == "*" || token == ">")
+            || dead_letter_subject.contains(char::is_whitespace)
+        {
+            return Err(config_error(
+                "dead_letter_subject",
+                "must be a subject to publish to: non-empty tokens, no wildcards or whitespace",
+            ));
         }
         Ok(Self {
             stream: stream.to_owned(),
@@ -159,6 +172,10 @@ impl ConsumerConfig {
 ///   `palisade-consumer` and `palisade-deliveries`) and terminated.
 /// - A message without a valid envelope goes to the dead-letter subject at
 ///   once: no retry can fix it.
+/// - A handler that panics, or that went on after a statement of its own
+///   failed (on PostgreSQL the transaction can then only roll back, and
+///   the consumer asks before it commits), has failed as if it returned
+///   the error.
 /// - A database failure (begin, inbox, commit) is waited out, in place, and
 ///   never dead-letters: it is not the message's fault.
 /// - If the dead-letter publish is not acknowledged, the message is nak'ed
@@ -218,8 +235,12 @@ where
     ///
     /// # Errors
     ///
-    /// [`ConsumerSetupError`] when the stream is missing or the consumer
-    /// cannot be created.
+    /// [`ConsumerSetupError`] when the stream is missing, the consumer
+    /// would read its own dead-letter subject (the stream captures it, and
+    /// the consumer's filter, if it has one, matches it: what it gives up
+    /// on would come back to it, to fail and be sent there again, for
+    /// ever), the consumer cannot be created, or it exists with another
+    /// filter (JetStream keeps a durable consumer as it was first made).
     pub async fn new(
         context: jetstream::Context,
         config: ConsumerConfig,
@@ -229,6 +250,37 @@ where
         let mut stream = context.get_stream(&config.stream).await.map_err(|error| {
             ConsumerSetupError(format!("stream {} is not there: {error}", config.stream))
         })?;
+        let filter = config
+            .filter_subject
+            .as_deref()
+            .filter(|filter| !filter.is_empty());
+        let dead = config.dead_letter_subject.as_str();
+        let (captured, window) = {
+            let stream_config = &stream
+                .info()
+                .await
+                .map_err(|error| ConsumerSetupError(format!("stream {}: {error}", config.stream)))?
+                .config;
+            let captured = stream_config
+                .subjects
+                .iter()
+                .find(|subject| matches_subject(subject, dead))
+                .cloned();
+            (captured, stream_config.duplicate_window)
+        };
+        if let Some(captured) = captured
+            && filter.is_none_or(|filter| matches_subject(filter, dead))
+        {
+            return Err(ConsumerSetupError(format!(
+                "consumer {} would read its own dead-letter subject {dead} (stream {} captures \
+                 it through {captured}, and the consumer's filter {} lets it through): what it \
+                 gives up on would come back to it for ever; filter it (filter_subject) or \
+                 dead-letter to a subject it does not read",
+                config.durable,
+                config.stream,
+                filter.unwrap_or("(none)"),
+            )));
+        }
         let consumer = stream
             .get_or_create_consumer(
                 &config.durable,
@@ -250,12 +302,22 @@ where
                     config.durable, config.stream
                 ))
             })?;
-        let window = stream
-            .info()
-            .await
-            .map_err(|error| ConsumerSetupError(format!("stream {}: {error}", config.stream)))?
-            .config
-            .duplicate_window;
+        // JetStream keeps a durable consumer as it was first made.
+        let made = &consumer.cached_info().config;
+        let made_filter = [made.filter_subject.as_str()]
+            .into_iter()
+            .chain(made.filter_subjects.iter().map(String::as_str))
+            .filter(|filter| !filter.is_empty())
+            .collect::<Vec<_>>();
+        if made_filter != filter.into_iter().collect::<Vec<_>>() {
+            return Err(ConsumerSetupError(format!(
+                "consumer {} on stream {} exists with filter {made_filter:?}, not {:?} as asked: \
+                 JetStream keeps the first; remove the consumer or name another",
+                config.durable,
+                config.stream,
+                filter.into_iter().collect::<Vec<_>>(),
+            )));
+        }
         Ok(Self {
             retention: config.redelivery_horizon().max(window),
             context,
@@ -671,6 +733,21 @@ async fn read_history(
 /// How many messages a replay pulls at once.
 const REPLAY_BATCH: usize = 512;
 
+/// Whether the NATS subject `pattern` (`*` a token, a last `>` one token
+/// or more) matches the subject `subject`.
+fn matches_subject(pattern: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for wanted in pattern.split('.') {
+        match (wanted, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (wanted, Some(token)) if wanted == token => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
+}
+
 fn read_envelope(message: &jetstream::Message) -> Result<Envelope, EnvelopeError> {
     let empty = HeaderMap::new();
     let headers = message.headers.as_ref().unwrap_or(&empty);
@@ -684,4 +761,33 @@ fn read_envelope(message: &jetstream::Message) -> Result<Envelope, EnvelopeError
 /// A header value must be one line.
 fn one_line(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches_subject;
+
+    #[test]
+    fn subjects_match_as_nats_matches_them() {
+        for (pattern, subject, matches) in [
+            ("orders.dead", "orders.dead", true),
+            ("orders.>", "orders.dead", true),
+            ("orders.>", "orders.dead.inventory", true),
+            ("orders.>", "orders", false),
+            ("orders.*", "orders.dead", true),
+            ("orders.*", "orders.dead.inventory", false),
+            ("orders.*.inventory", "orders.dead.inventory", true),
+            ("orders.order.>", "orders.dead", false),
+            ("*.dead", "orders.dead", true),
+            (">", "orders.dead", true),
+            ("orders.dead", "orders.dead.x", false),
+            ("orders.dead.x", "orders.dead", false),
+        ] {
+            assert_eq!(
+                matches_subject(pattern, subject),
+                matches,
+                "{pattern} on {subject}"
+            );
+        }
+    }
 }

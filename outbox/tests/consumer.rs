@@ -137,6 +137,15 @@ impl Rig {
         }
     }
 
+    /// The consumer `durable` of the stream's order events, which
+    /// dead-letters to `<prefix>.dead` (in the stream, out of its filter).
+    fn config(&self, durable: &str) -> ConsumerConfig {
+        let prefix = self.stream.to_ascii_lowercase();
+        ConsumerConfig::new(&self.stream, durable, &format!("{prefix}.dead"))
+            .unwrap()
+            .filter_subject(&format!("{prefix}.order.>"))
+    }
+
     fn handler(&self) -> Apply {
         Apply {
             schema: self.db.name.clone(),
@@ -369,8 +378,7 @@ async fn only_the_types_asked_for_reach_the_handler_and_the_rest_are_acknowledge
         .collect();
     rig.publish(&events).await;
 
-    let dead_letters = format!("{}.dead", rig.stream.to_ascii_lowercase());
-    let config = ConsumerConfig::new(&rig.stream, "goods", &dead_letters).unwrap();
+    let config = rig.config("goods");
     let consumer = Arc::new(
         JetStreamConsumer::new(
             rig.context.clone(),
@@ -428,9 +436,8 @@ async fn a_retried_message_holds_back_later_messages_of_its_aggregate() {
         Event::new("order", "o-1", "Good", b"second".to_vec()),
     ];
     rig.publish(&events).await;
-    let dead_letters = format!("{}.dead", rig.stream.to_ascii_lowercase());
-    let config = ConsumerConfig::new(&rig.stream, "ordered", &dead_letters)
-        .unwrap()
+    let config = rig
+        .config("ordered")
         .retry_delay(Duration::from_millis(20), Duration::from_millis(100));
     let consumer = Arc::new(
         JetStreamConsumer::new(
@@ -469,9 +476,8 @@ async fn stopping_while_a_message_waits_for_its_retry_hands_it_back() {
     let rig = Rig::new().await;
     rig.publish(&[Event::new("order", "o-1", "Bad", b"b".to_vec())])
         .await;
-    let dead_letters = format!("{}.dead", rig.stream.to_ascii_lowercase());
-    let config = ConsumerConfig::new(&rig.stream, "stopping", &dead_letters)
-        .unwrap()
+    let config = rig
+        .config("stopping")
         .max_deliver(100)
         .retry_delay(Duration::from_secs(600), Duration::from_secs(600));
     let consumer = Arc::new(
@@ -524,8 +530,7 @@ async fn custom_event_headers_reach_nats_and_the_handler() {
         stored.headers
     );
 
-    let dead_letters = format!("{}.dead", rig.stream.to_ascii_lowercase());
-    let config = ConsumerConfig::new(&rig.stream, "tenants", &dead_letters).unwrap();
+    let config = rig.config("tenants");
     let consumer = Arc::new(
         JetStreamConsumer::new(
             rig.context.clone(),
@@ -587,6 +592,69 @@ fn the_redelivery_horizon_counts_every_delay_and_ack_wait() {
     );
 }
 
+/// A consumer reading its own dead-letter subject got back what it gave
+/// up on, failed it again and sent it there again, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_would_read_its_own_dead_letters_is_refused() {
+    let rig = Rig::new().await;
+    let prefix = rig.stream.to_ascii_lowercase();
+    let dead = format!("{prefix}.dead");
+    for filter in [
+        None,
+        Some(format!("{prefix}.>")),
+        Some(format!("{prefix}.*")),
+    ] {
+        let config = ConsumerConfig::new(&rig.stream, "looping", &dead).unwrap();
+        let config = match &filter {
+            Some(filter) => config.filter_subject(filter),
+            None => config,
+        };
+        let refused = JetStreamConsumer::new(
+            rig.context.clone(),
+            config,
+            rig.inbox.clone(),
+            rig.handler(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            refused.contains(&format!("own dead-letter subject {dead}")),
+            "{filter:?}: {refused}"
+        );
+    }
+    let stream = rig.context.get_stream(&rig.stream).await.unwrap();
+    assert!(
+        stream.consumer_info("looping").await.is_err(),
+        "refused before the durable consumer is made"
+    );
+    let config = rig.config("apart");
+    JetStreamConsumer::new(
+        rig.context.clone(),
+        config,
+        rig.inbox.clone(),
+        rig.handler(),
+    )
+    .await
+    .unwrap();
+    // The same durable asked again with another filter: JetStream would
+    // keep the first.
+    let config = rig
+        .config("apart")
+        .filter_subject(&format!("{prefix}.order.Good"));
+    let refused = JetStreamConsumer::new(
+        rig.context.clone(),
+        config,
+        rig.inbox.clone(),
+        rig.handler(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("exists with filter"), "{refused}");
+    rig.remove().await;
+}
+
 #[test]
 fn consumer_names_are_checked() {
     for (stream, durable, dead) in [
@@ -594,6 +662,11 @@ fn consumer_names_are_checked() {
         ("S", "a.b", "d"),
         ("S", "a b", "d"),
         ("S", "a", ""),
+        ("S", "a", "orders.*"),
+        ("S", "a", "orders.>"),
+        ("S", "a", "orders..dead"),
+        ("S", "a", "orders.dead."),
+        ("S", "a", "orders dead"),
     ] {
         let error = ConsumerConfig::new(stream, durable, dead).unwrap_err();
         assert!(error.to_string().contains("outbox"), "{error}");

@@ -129,7 +129,8 @@ async fn run() {
                 "apply",
                 &format!("{}.dead", stream.to_ascii_lowercase()),
             )
-            .unwrap(),
+            .unwrap()
+            .filter_subject(&format!("{}.order.>", stream.to_ascii_lowercase())),
             inbox,
             Apply {
                 schema: schema.clone(),
