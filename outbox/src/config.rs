@@ -125,11 +125,14 @@ impl OutboxConfig {
     }
 
     /// How long sent rows are kept, and how many are deleted per
-    /// statement when they go.
+    /// statement when they go (at least 1): a relay deletes a batch when it
+    /// starts and then every [`clean_up_every`](crate::Relay::clean_up_every)
+    /// (a minute by default), and again at each of its turns while the
+    /// batches it deletes are full.
     #[must_use]
     pub const fn retention(mut self, age: Duration, batch: u32) -> Self {
         self.retention = age;
-        self.cleanup_batch = batch;
+        self.cleanup_batch = if batch == 0 { 1 } else { batch };
         self
     }
 

@@ -5,9 +5,11 @@
 
 use std::error::Error;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
 
 use crate::envelope::Envelope;
@@ -123,6 +125,17 @@ pub enum Handled {
 /// Return `Err` for a failure worth retrying: the transaction is rolled
 /// back, and the message is delivered again after a delay, until its last
 /// attempt gives up on it (to the dead-letter subject, on JetStream).
+///
+/// A panic in [`handle`](Self::handle) or [`prepare`](Self::prepare) is
+/// the delivery's failure as well: it is tried again and given up on as
+/// any other, and the consumer goes on.
+///
+/// A statement that fails is the delivery's failure even when its error is
+/// not returned: on PostgreSQL it aborts the transaction, so nothing of it
+/// can commit. The consumer asks the database before it commits and takes
+/// such a delivery for failed, as if the handler had returned the error
+/// (the statement's own error is gone by then: return it, or run a
+/// statement whose failure is expected in a savepoint).
 pub trait Handler<C>: Send + Sync + 'static {
     /// Applies `delivery` in `tx`; the consumer commits it.
     fn handle(
@@ -246,15 +259,21 @@ where
 }
 
 /// Applies `deliveries` in order in one transaction, stopping at the first
-/// the handler fails: returns how many were applied and committed, and that
-/// failure. The whole batch is counted once committed; a database error
-/// applies nothing.
+/// the handler fails: returns how many were applied and committed, and the
+/// failure that stopped them, if one did. The whole batch is counted once
+/// committed; a database error applies nothing.
 ///
 /// Failures are rare, so the batch runs without savepoints: when the
 /// handler fails on one, the transaction is rolled back and the deliveries
 /// before it are applied again without it. Handlers may therefore run twice
-/// for those; what they do outside the transaction must be idempotent (it
-/// must be anyway: a broker redelivers).
+/// for those (and more often after a transaction left aborted, below);
+/// what they do outside the transaction must be idempotent (it must be
+/// anyway: a broker redelivers).
+///
+/// A transaction a failed statement left aborted (PostgreSQL) is the
+/// failure of the delivery whose handler ran that statement and went on:
+/// once one is seen, the deliveries are applied one a transaction, which
+/// finds it.
 pub(crate) async fn apply_batch<I, H>(
     inbox: &I,
     consumer: &str,
@@ -269,42 +288,179 @@ where
     let mut len = deliveries.len();
     let mut failure = None;
     while len > 0 {
-        let mut tx = inbox.begin().await?;
-        let ids: Vec<&str> = deliveries[..len]
-            .iter()
-            .map(|delivery| delivery.envelope.id.as_str())
-            .collect();
-        let first_times = inbox.process_all(&mut tx, consumer, &ids).await?;
-        let mut settled: Vec<&AtomicU64> = Vec::with_capacity(len);
-        let mut prepared = false;
-        for (delivery, first_time) in deliveries[..len].iter().zip(first_times) {
-            let applied = if first_time {
-                apply_in(handler, counters, &mut *tx, delivery, &mut prepared).await
-            } else {
-                Ok(&counters.duplicates)
-            };
-            match applied {
-                Ok(counter) => settled.push(counter),
-                Err(error) => {
-                    failure = Some(error);
-                    break;
-                }
+        match transaction(inbox, consumer, handler, counters, &deliveries[..len]).await? {
+            Ran::Committed => return Ok((len, failure)),
+            Ran::Failed { at, error } if at == 0 || !aborted(&*error) => {
+                failure = Some(error);
+                len = at;
+            }
+            // An earlier delivery's handler went on after a statement
+            // failed, so that this one's statements could not run; or one
+            // did so and the commit found out. Which one, a transaction
+            // each tells.
+            // (Boxed: rare, and it would double every caller's future.)
+            Ran::Failed { .. } | Ran::Aborted(_) => {
+                return Box::pin(one_at_a_time(
+                    inbox, consumer, handler, counters, deliveries,
+                ))
+                .await;
             }
         }
-        if settled.len() == len {
-            tx.commit().await?;
-            for (counter, delivery) in settled.iter().zip(deliveries) {
-                Counters::add(counter);
-                if std::ptr::eq(*counter, &counters.applied) {
-                    handler.committed(delivery);
-                }
-            }
-            return Ok((len, failure));
-        }
-        // Rolled back as `tx` drops; again without the failing one.
-        len = settled.len();
     }
     Ok((0, failure))
+}
+
+/// [`apply_batch`] one delivery a transaction.
+async fn one_at_a_time<I, H>(
+    inbox: &I,
+    consumer: &str,
+    handler: &H,
+    counters: &Counters,
+    deliveries: &[Delivery],
+) -> Result<(usize, Option<BoxError>), sqlx::Error>
+where
+    I: InboxStore,
+    H: Handler<<I::Database as sqlx::Database>::Connection>,
+{
+    for (done, delivery) in deliveries.iter().enumerate() {
+        let one = std::slice::from_ref(delivery);
+        match transaction(inbox, consumer, handler, counters, one).await {
+            Ok(Ran::Committed) => {}
+            Ok(Ran::Failed { error, .. }) => return Ok((done, Some(error))),
+            Ok(Ran::Aborted(error)) => {
+                return Ok((done, Some(Box::new(LeftAborted(error.into())))));
+            }
+            Err(error) if done == 0 => return Err(error),
+            // What committed is counted: the caller goes on from the rest,
+            // and meets the database's error there.
+            Err(_) => return Ok((done, None)),
+        }
+    }
+    Ok((deliveries.len(), None))
+}
+
+/// What became of one transaction over some deliveries.
+enum Ran {
+    /// Committed, and counted.
+    Committed,
+    /// The handler failed delivery `at`: rolled back.
+    Failed { at: usize, error: BoxError },
+    /// The database rolled it back at its commit (a statement failed in
+    /// it, and a handler went on).
+    Aborted(sqlx::Error),
+}
+
+/// Applies `deliveries` in one transaction, up to the first the handler
+/// fails.
+async fn transaction<I, H>(
+    inbox: &I,
+    consumer: &str,
+    handler: &H,
+    counters: &Counters,
+    deliveries: &[Delivery],
+) -> Result<Ran, sqlx::Error>
+where
+    I: InboxStore,
+    H: Handler<<I::Database as sqlx::Database>::Connection>,
+{
+    let mut tx = inbox.begin().await?;
+    let ids: Vec<&str> = deliveries
+        .iter()
+        .map(|delivery| delivery.envelope.id.as_str())
+        .collect();
+    let first_times = inbox.process_all(&mut tx, consumer, &ids).await?;
+    let mut settled: Vec<&AtomicU64> = Vec::with_capacity(deliveries.len());
+    let mut prepared = false;
+    for (at, (delivery, first_time)) in deliveries.iter().zip(first_times).enumerate() {
+        let applied = if first_time {
+            apply_in(handler, counters, &mut *tx, delivery, &mut prepared).await
+        } else {
+            Ok(&counters.duplicates)
+        };
+        match applied {
+            Ok(counter) => settled.push(counter),
+            // Rolled back as `tx` drops. The first statement refused as
+            // its transaction is aborted is the handler's own doing when
+            // it is the first delivery's.
+            Err(error) if at == 0 && aborted(&*error) => {
+                return Ok(Ran::Failed {
+                    at,
+                    error: Box::new(LeftAborted(error)),
+                });
+            }
+            Err(error) => return Ok(Ran::Failed { at, error }),
+        }
+    }
+    match inbox.commit(tx).await {
+        Ok(()) => {}
+        Err(error) if aborted(&error) => return Ok(Ran::Aborted(error)),
+        Err(error) => return Err(error),
+    }
+    for (counter, delivery) in settled.iter().zip(deliveries) {
+        Counters::add(counter);
+        if std::ptr::eq(*counter, &counters.applied) {
+            let told = std::panic::catch_unwind(AssertUnwindSafe(|| handler.committed(delivery)));
+            if let Err(panic) = told {
+                tracing::error!(target: "palisade_outbox", consumer, id = %delivery.envelope.id, panic = %palisade_hints::panic_message(&*panic), "the handler's `committed` panicked; the delivery is applied all the same");
+            }
+        }
+    }
+    Ok(Ran::Committed)
+}
+
+/// Whether `error`, or one it wraps, is the database refusing a statement
+/// in a transaction an earlier failed statement aborted (PostgreSQL's
+/// `25P02`).
+fn aborted(error: &(dyn Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        let code = error
+            .downcast_ref::<sqlx::Error>()
+            .and_then(sqlx::Error::as_database_error)
+            .and_then(sqlx::error::DatabaseError::code);
+        if code.as_deref() == Some(IN_FAILED_SQL_TRANSACTION) {
+            return true;
+        }
+        // An error type that hides sqlx's (`anyhow`'s source chain skips
+        // it) still shows PostgreSQL's own.
+        #[cfg(feature = "postgres")]
+        if error
+            .downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .is_some_and(|error| error.code() == IN_FAILED_SQL_TRANSACTION)
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+/// PostgreSQL's SQLSTATE for a statement in an aborted transaction.
+const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+
+/// A delivery whose transaction could only roll back: a statement failed
+/// in it and the handler went on as if it had not (on PostgreSQL that
+/// aborts the transaction: every later statement is refused, and its
+/// `COMMIT` rolls back).
+#[derive(Debug)]
+struct LeftAborted(BoxError);
+
+impl std::fmt::Display for LeftAborted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a statement failed in the handler's transaction and the handler went on, so it \
+             can only roll back: return the statement's error, or run the statement in a \
+             savepoint ({})",
+            self.0
+        )
+    }
+}
+
+impl Error for LeftAborted {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.0)
+    }
 }
 
 /// The handler for one delivery seen for the first time, in `tx` (which
@@ -321,17 +477,41 @@ where
     H: Handler<C>,
 {
     if !*prepared {
-        handler.prepare(tx).await?;
+        caught(handler.prepare(tx)).await?;
         *prepared = true;
     }
     let handling = handler.handle(tx, delivery);
     #[cfg(feature = "tracecontext")]
     let handling = delivery.trace_context().scope(handling);
-    handling.await.map(|handled| match handled {
+    Ok(match caught(handling).await? {
         Handled::Applied => &counters.applied,
         Handled::Ignored => &counters.ignored,
     })
 }
+
+/// `handling`'s outcome, a panic in it as its error. The transaction is
+/// rolled back as the caller drops it: nothing a panicking handler left
+/// half-done in it survives.
+async fn caught<T>(handling: impl Future<Output = Result<T, BoxError>>) -> Result<T, BoxError> {
+    match AssertUnwindSafe(handling).catch_unwind().await {
+        Ok(outcome) => outcome,
+        Err(panic) => Err(Box::new(Panicked(palisade_hints::panic_message(&*panic)))),
+    }
+}
+
+/// A handler (or its `prepare`) that panicked: the delivery's failure,
+/// tried again and given up on as any other, rather than the end of the
+/// consumer, which would leave every later message unapplied.
+#[derive(Debug)]
+struct Panicked(String);
+
+impl std::fmt::Display for Panicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the handler panicked: {}", self.0)
+    }
+}
+
+impl Error for Panicked {}
 
 /// The delay before delivery `attempt + 1`: `base`, doubling up to `cap`.
 pub(crate) fn retry_delay(base: Duration, cap: Duration, attempt: u64) -> Duration {

@@ -129,7 +129,7 @@ pub use relay::{BatchReport, Relay};
 pub use sqlite::{CommitWake, SqliteInbox, SqliteOutbox};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use store::InboxStore;
-pub use store::{Backlog, DeadEvent, DeadEvents, Failed, OutboxStore};
+pub use store::{Backlog, CleanUp, DeadEvent, DeadEvents, Failed, OutboxStore};
 
 /// The README's example, compiled as a doctest so it stays true.
 #[doc = include_str!("../README.md")]

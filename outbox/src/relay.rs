@@ -105,6 +105,15 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
         }
     }
 
+    /// How often sent events past their retention are deleted when the
+    /// last clean-up left none behind (a full batch is followed by the next
+    /// at the relay's next turn); every minute by default.
+    #[must_use]
+    pub const fn clean_up_every(mut self, interval: Duration) -> Self {
+        self.clean_up_every = interval;
+        self
+    }
+
     /// How long events wait when the broker could not take them: `base`
     /// after the first batch that reached no broker, doubling while the
     /// outage lasts, up to `cap` (or until a breaker that refused them lets
@@ -356,14 +365,19 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
 
     /// Runs until `shutdown` completes: a full batch is followed at once by
     /// the next; otherwise the relay waits to be woken or for the polling
-    /// interval. Sent events past their retention are deleted now and then.
+    /// interval. Sent events past their retention are deleted a batch at a
+    /// time (see [`OutboxConfig::retention`](crate::OutboxConfig::retention)):
+    /// at the first turn, then after each [`clean_up_every`](Self::clean_up_every),
+    /// and at each turn while the batches deleted are full, so a busy
+    /// outbox's clean-up keeps up with what it sends.
     ///
     /// Shutdown is graceful: a batch under way is published and settled
     /// first, so no event is left claimed (and published again after its
     /// lease) by a relay that was asked to stop.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut last_clean_up = Instant::now();
+        let mut last_clean_up: Option<Instant> = None;
+        let mut more_to_clean = false;
         let mut last_observed: Option<Instant> = None;
         loop {
             let busy = match self.run_once().await {
@@ -389,17 +403,20 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
                 last_observed = Some(Instant::now());
                 self.observe_backlog().await;
             }
-            if last_clean_up.elapsed() >= self.clean_up_every {
-                last_clean_up = Instant::now();
-                match self.store.clean_up().await {
-                    Ok(deleted) if deleted > 0 => {
-                        tracing::debug!(target: "palisade_outbox", deleted, "sent events cleaned up");
+            if more_to_clean || last_clean_up.is_none_or(|at| at.elapsed() >= self.clean_up_every) {
+                last_clean_up = Some(Instant::now());
+                more_to_clean = match self.store.clean_up().await {
+                    Ok(done) => {
+                        if done.deleted > 0 {
+                            tracing::debug!(target: "palisade_outbox", deleted = done.deleted, "sent events cleaned up");
+                        }
+                        done.full
                     }
-                    Ok(_) => {}
                     Err(error) => {
                         tracing::warn!(target: "palisade_outbox", %error, "clean-up failed");
+                        false
                     }
-                }
+                };
             }
         }
     }

@@ -65,6 +65,22 @@ impl Dialect {
         }
     }
 
+    /// A statement that fails in an aborted transaction, where one can be
+    /// aborted and still take `COMMIT` without an error: PostgreSQL's (a
+    /// failed statement aborts the transaction, and its `COMMIT` then
+    /// answers `ROLLBACK`, which sqlx takes for success). In SQLite most
+    /// failures leave the transaction as it was, and the few that roll it
+    /// back (a full disk, `RAISE(ROLLBACK)`) end it, so that its `COMMIT`
+    /// fails by itself.
+    const fn still_open(self) -> Option<&'static str> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres => Some("SELECT 1"),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite => None,
+        }
+    }
+
     /// The column type of a point in time.
     const fn time_type(self) -> &'static str {
         match self {
@@ -618,6 +634,10 @@ pub(crate) struct InboxSql {
     /// those not recorded before.
     pub(crate) record_all: String,
     pub(crate) forget: String,
+    /// A statement that fails in a transaction a failed statement left
+    /// aborted, where the database keeps such a state (PostgreSQL: its
+    /// `COMMIT` rolls back and answers success all the same).
+    pub(crate) still_open: Option<&'static str>,
 }
 
 impl InboxSql {
@@ -650,6 +670,7 @@ impl InboxSql {
                  FROM {table} WHERE processed_at < {cutoff} ORDER BY processed_at LIMIT $2)",
                 cutoff = dialect.shifted('-', "$1"),
             ),
+            still_open: dialect.still_open(),
         }
     }
 }

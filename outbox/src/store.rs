@@ -20,6 +20,18 @@ pub struct Backlog {
     pub oldest_pending: Option<Duration>,
 }
 
+/// What one [`OutboxStore::clean_up`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CleanUp {
+    /// How many sent events it deleted.
+    pub deleted: u64,
+    /// Whether that was a full batch, so that more may be past their
+    /// retention: a relay cleans up again at its next turn rather than
+    /// after its interval.
+    pub full: bool,
+}
+
 /// What [`OutboxStore::mark_failed`] did with a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -82,9 +94,8 @@ pub trait OutboxStore: Clone + Send + Sync + 'static {
         error: &str,
     ) -> impl Future<Output = Result<Failed, sqlx::Error>> + Send;
 
-    /// Deletes sent events past their retention, one bounded batch;
-    /// returns how many went.
-    fn clean_up(&self) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+    /// Deletes sent events past their retention, one bounded batch.
+    fn clean_up(&self) -> impl Future<Output = Result<CleanUp, sqlx::Error>> + Send;
 
     /// Pending and dead counts and the oldest pending age.
     fn backlog(&self) -> impl Future<Output = Result<Backlog, sqlx::Error>> + Send;
@@ -163,6 +174,18 @@ pub trait InboxStore: Clone + Send + Sync + 'static {
         consumer: &str,
         message_ids: &[&str],
     ) -> impl Future<Output = Result<Vec<bool>, sqlx::Error>> + Send;
+
+    /// Commits `tx`, as the inbox's own `commit`: an error, never a
+    /// silent rollback, for a transaction a failed statement aborted.
+    /// Just the commit by default; an inbox in a database whose aborted
+    /// transactions take a `COMMIT` without an error (PostgreSQL) asks
+    /// first, as [`PgInbox`](crate::PgInbox) does.
+    fn commit(
+        &self,
+        tx: sqlx::Transaction<'static, Self::Database>,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        tx.commit()
+    }
 
     /// As the inbox's own `forget_older_than`.
     fn forget_older_than(

@@ -424,13 +424,17 @@ macro_rules! sql_outbox {
                 })
             }
 
-            async fn clean_up(&self) -> Result<u64, sqlx::Error> {
+            async fn clean_up(&self) -> Result<$crate::CleanUp, sqlx::Error> {
                 let done = sqlx::query(&self.sql.clean_up)
                     .bind($crate::stores::millis(self.config.retention))
                     .bind(i64::from(self.config.cleanup_batch))
                     .execute(&self.pool)
                     .await?;
-                Ok(done.rows_affected())
+                let deleted = done.rows_affected();
+                Ok($crate::CleanUp {
+                    deleted,
+                    full: deleted >= u64::from(self.config.cleanup_batch),
+                })
             }
 
             async fn backlog(&self) -> Result<$crate::Backlog, sqlx::Error> {
@@ -540,6 +544,32 @@ macro_rules! sql_inbox {
                 Ok($crate::stores::first_times(message_ids, recorded))
             }
 
+            /// Commits `tx`, a transaction in which messages were
+            /// recorded with their effects, or fails: on PostgreSQL a
+            /// statement that failed in it (its error taken for handled
+            /// and not returned, say a unique violation read as "already
+            /// done") aborted it, and its `COMMIT` would roll back every
+            /// effect and record while answering success, so it first
+            /// asks, one round trip more. Such a transaction fails with
+            /// the database's `25P02` (`in_failed_sql_transaction`) and
+            /// is rolled back: return a failed statement's error, or run
+            /// the statement in a savepoint (a nested
+            /// [`begin`](sqlx::Connection::begin)) when its failure is
+            /// expected.
+            ///
+            /// # Errors
+            ///
+            /// The database's error.
+            pub async fn commit(
+                &self,
+                mut tx: sqlx::Transaction<'static, $db>,
+            ) -> Result<(), sqlx::Error> {
+                if let Some(still_open) = self.sql.still_open {
+                    sqlx::query(still_open).execute(&mut *tx).await?;
+                }
+                tx.commit().await
+            }
+
             /// Forgets records older than `age`, at most `batch` of them;
             /// returns how many went. Keep `age` longer than the broker may
             /// redeliver or duplicate (JetStream: its duplicate window and
@@ -577,6 +607,10 @@ macro_rules! sql_inbox {
                 message_ids: &[&str],
             ) -> Result<Vec<bool>, sqlx::Error> {
                 $name::process_all(self, tx, consumer, message_ids).await
+            }
+
+            async fn commit(&self, tx: sqlx::Transaction<'static, $db>) -> Result<(), sqlx::Error> {
+                $name::commit(self, tx).await
             }
 
             async fn forget_older_than(

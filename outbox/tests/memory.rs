@@ -103,7 +103,8 @@ async fn a_full_subscriber_holds_publishes_back_and_loses_nothing() {
     );
 }
 
-/// Records applied payloads; `Flaky` fails twice, `Bad` always.
+/// Records applied payloads; `Flaky` fails twice, `Bad` always, `Panics`
+/// panics.
 #[derive(Debug, Default)]
 struct Record {
     tries: Mutex<HashMap<String, u32>>,
@@ -122,6 +123,7 @@ impl Handler<SqliteConnection> for Record {
             *n += 1;
             *n
         };
+        assert!(kind != "Panics", "{kind} panics (try {tries})");
         if kind == "Bad" || (kind == "Flaky" && tries <= 2) {
             return Err(format!("{kind} fails (try {tries})").into());
         }
@@ -175,6 +177,43 @@ async fn the_memory_consumer_applies_once_retries_and_gives_up() {
         .await
         .unwrap();
     assert_eq!(applied, ["Good", "Flaky"]);
+}
+
+/// A handler that panics fails its delivery, which is tried again and
+/// given up on as any other; the consumer goes on with the next (the
+/// panic ended the consumer: nothing after it was ever applied).
+#[tokio::test]
+async fn a_handler_that_panics_fails_its_delivery_and_the_consumer_goes_on() {
+    let events = ["Panics", "Good"]
+        .iter()
+        .map(|kind| Event::new("order", "o-1", *kind, b"{}".to_vec()))
+        .collect();
+    let (pool, source) = messages(events).await;
+    sqlx::query("CREATE TABLE applied (kind TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let inbox = SqliteInbox::new(pool.clone(), "inbox").unwrap();
+    inbox.migrate().await.unwrap();
+    let consumer = MemoryConsumer::new("recorder", inbox, Record::default())
+        .max_deliver(2)
+        .retry_delay(Duration::from_millis(1), Duration::from_millis(2));
+    let (sender, receiver) = mpsc::channel(4);
+    for message in &source {
+        sender.send(message.clone()).await.unwrap();
+    }
+    drop(sender);
+    consumer.run(receiver, std::future::pending()).await;
+    let stats = consumer.stats();
+    assert_eq!(
+        (stats.applied, stats.retried, stats.dead_lettered),
+        (1, 1, 1)
+    );
+    let applied: Vec<String> = sqlx::query_scalar("SELECT kind FROM applied")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, ["Good"]);
 }
 
 /// Prepares each transaction by writing a row in it, counting its calls;

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use palisade_outbox::{
-    Event, MemoryBroker, Message, OutboxConfig, OutboxStore, PgInbox, PgOutbox, PublishError,
-    Published, Publisher, Relay,
+    BoxError, Delivery, Event, Handled, Handler, MemoryBroker, MemoryConsumer, Message,
+    OutboxConfig, OutboxStore, PgInbox, PgOutbox, PublishError, Published, Publisher, Relay,
 };
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use support::{Harness, Poisoned, Recorded, by_aggregate, drain, event};
 use uuid::Uuid;
 
@@ -107,6 +107,7 @@ scenarios!(Pg:
     a_publish_never_outlives_its_lease,
     a_commit_wakes_a_relay_that_would_poll_only_every_minute,
     sent_events_are_cleaned_up_in_bounded_batches,
+    a_relay_cleans_up_batch_after_batch_while_they_are_full,
     the_backlog_reports_the_oldest_pending_age,
     the_inbox_applies_each_message_once_with_its_effect,
     the_inbox_checks_a_batch_at_once,
@@ -414,5 +415,113 @@ async fn relays_setting_events_aside_side_by_side_keep_each_aggregates_order() {
         );
     }
     assert_eq!(h.set_aside().await, (0, 0));
+    h.finish().await;
+}
+
+/// Applies an event by recording its id in `applied`, except the event
+/// whose payload is `1`: it records the id `taken`, which is there
+/// already, and takes the unique violation for "already done", carrying on
+/// without its error, as a handler written for MySQL or SQLite would. The
+/// event whose payload is `3` fails before any statement.
+struct TakesAFailureForDone {
+    applied: String,
+}
+
+impl Handler<PgConnection> for TakesAFailureForDone {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        delivery: &Delivery,
+    ) -> Result<Handled, BoxError> {
+        if delivery.payload[..] == *b"3" {
+            return Err("3 is not for us".into());
+        }
+        let id = if delivery.payload[..] == *b"1" {
+            "taken"
+        } else {
+            &delivery.envelope.id
+        };
+        let recorded = sqlx::query(&format!("INSERT INTO {} (id) VALUES ($1)", self.applied))
+            .bind(id)
+            .execute(&mut *tx)
+            .await;
+        match recorded {
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {}
+            recorded => {
+                recorded?;
+            }
+        }
+        Ok(Handled::Applied)
+    }
+}
+
+/// A statement that failed aborts a PostgreSQL transaction, whose `COMMIT`
+/// then rolls back and answers success: a handler that went on without
+/// the statement's error had its whole batch acknowledged as applied with
+/// nothing written (and the delivery after it blamed for the failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_going_on_after_a_failed_statement_has_failed_its_delivery() {
+    let h = Pg::start(|c| c).await;
+    let applied = format!("{}.applied", h.schema);
+    for statement in [
+        format!("CREATE TABLE {applied} (id TEXT PRIMARY KEY)"),
+        format!("INSERT INTO {applied} (id) VALUES ('taken')"),
+    ] {
+        sqlx::query(&statement).execute(&h.pool).await.unwrap();
+    }
+    // Found at the commit (b, its next delivery failing by itself), and at
+    // the next delivery's first statement (e).
+    let events = [
+        event("a", 0),
+        event("b", 1),
+        event("d", 3),
+        event("c", 2),
+        event("e", 1),
+        event("f", 2),
+    ];
+    h.place(&events, true).await;
+    let broker = MemoryBroker::new(10);
+    let subscription = broker.subscribe();
+    let sent = Relay::new(h.outbox.clone(), broker)
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!(sent.published, 6);
+    let consumer = MemoryConsumer::new(
+        "orders",
+        h.inbox.clone(),
+        TakesAFailureForDone {
+            applied: applied.clone(),
+        },
+    )
+    .max_deliver(2)
+    .retry_delay(Duration::from_millis(1), Duration::from_millis(1));
+    // One batch, as the six are queued; the subscription ends with them.
+    consumer.run(subscription, std::future::pending()).await;
+
+    let stats = consumer.stats();
+    assert_eq!(
+        (stats.applied, stats.retried, stats.dead_lettered),
+        (3, 3, 3),
+        "b, d and e failed, each tried twice; no other was blamed: {stats:?}"
+    );
+    let mut recorded: Vec<String> = sqlx::query_scalar(&format!("SELECT id FROM {applied}"))
+        .fetch_all(&h.pool)
+        .await
+        .unwrap();
+    recorded.sort();
+    let mut expected = vec![
+        events[0].id().to_string(),
+        events[3].id().to_string(),
+        events[5].id().to_string(),
+        "taken".to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(recorded, expected);
+    let inbox: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}.inbox", h.schema))
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(inbox, 3, "only what was applied is recorded");
     h.finish().await;
 }

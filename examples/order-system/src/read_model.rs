@@ -97,7 +97,10 @@ where
             Err(error) => return Err(error),
         }
     }
-    transaction.commit().await?;
+    // An error left out above may have aborted the transaction
+    // (PostgreSQL): the inbox's commit says so rather than roll back in
+    // silence.
+    inbox.commit(transaction).await?;
     Ok(applied)
 }
 

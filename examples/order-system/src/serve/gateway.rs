@@ -141,10 +141,11 @@ pub(super) async fn gateway(
     tasks.spawn(serve_http(admin_listener, admin, stop.signal()));
     // Any consumer failing stops the process with its error, rather than
     // serving sagas or read models that no longer move.
+    // (Boxed: three consumers' futures side by side are large.)
     let consumed = tokio::try_join!(
-        consumer.run(stop.signal()),
-        ranking.run(stop.signal()),
-        histories.run(stop.signal())
+        Box::pin(consumer.run(stop.signal())),
+        Box::pin(ranking.run(stop.signal())),
+        Box::pin(histories.run(stop.signal()))
     )
     .map(drop);
     if consumed.is_ok() {
