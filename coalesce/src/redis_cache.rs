@@ -177,10 +177,13 @@ impl RedisSettings {
         self
     }
 
-    /// How long one Redis call may take before Redis counts as unreachable.
+    /// How long one Redis call may take before Redis counts as
+    /// unreachable: from a millisecond to a minute, a `timeout` outside
+    /// taken as the nearer bound
+    /// ([`call_timeout`](palisade_hints::reachability::call_timeout)).
     #[must_use]
     pub const fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = palisade_hints::reachability::call_timeout(timeout);
         self
     }
 }

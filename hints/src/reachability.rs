@@ -34,6 +34,33 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// A call's timeout as a store takes it: at least a millisecond and at
+/// most a minute. Zero is no bound to keep (a timer rounds it up to its
+/// next millisecond, so calls would fail at random), and a bound longer
+/// than a minute is none in practice (`Duration::MAX` overflows the
+/// deadline, and a call to a silent store would then wait for ever).
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_hints::reachability::call_timeout;
+///
+/// assert_eq!(call_timeout(Duration::ZERO), Duration::from_millis(1));
+/// assert_eq!(call_timeout(Duration::from_millis(50)), Duration::from_millis(50));
+/// assert_eq!(call_timeout(Duration::MAX), Duration::from_secs(60));
+/// ```
+#[must_use]
+pub const fn call_timeout(timeout: Duration) -> Duration {
+    const LEAST: Duration = Duration::from_millis(1);
+    const MOST: Duration = Duration::from_secs(60);
+    if timeout.as_nanos() < LEAST.as_nanos() {
+        LEAST
+    } else if timeout.as_nanos() > MOST.as_nanos() {
+        MOST
+    } else {
+        timeout
+    }
+}
+
 /// Whether a shared store answers; see the [module docs](self).
 #[derive(Debug)]
 pub struct Reachability {

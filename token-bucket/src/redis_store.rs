@@ -241,13 +241,15 @@ where
         self
     }
 
-    /// How long one decision may take before the policy applies.
+    /// How long one decision may take before the policy applies: from a
+    /// millisecond to a minute, a `timeout` outside taken as the nearer
+    /// bound ([`call_timeout`](palisade_hints::reachability::call_timeout)).
     ///
     /// A call that times out is abandoned, not undone: Redis may still run
     /// the script and take the tokens of a request the policy decided.
     #[must_use]
     pub const fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = palisade_hints::reachability::call_timeout(timeout);
         self
     }
 

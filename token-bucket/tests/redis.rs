@@ -419,6 +419,46 @@ impl redis::aio::ConnectionLike for Refusing {
     }
 }
 
+/// A connection that never answers.
+#[derive(Clone)]
+struct Silent;
+
+impl redis::aio::ConnectionLike for Silent {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        _: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(std::future::pending())
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        _: &'a redis::Pipeline,
+        _: usize,
+        _: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(std::future::pending())
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+/// A timeout too long to make a deadline of (`Duration::MAX`) still ends
+/// the wait for a silent Redis, after a minute: it overflowed the
+/// deadline, and the decision waited for ever.
+#[tokio::test(start_paused = true)]
+async fn an_unbounded_timeout_still_ends_the_wait() {
+    let store = RedisStore::new(Silent, FailurePolicy::Propagate).timeout(Duration::MAX);
+    let bucket = Bucket::new(5, 10.0).unwrap();
+    let decided = tokio::time::timeout(Duration::from_secs(3_600), store.decide("k", &bucket, 1))
+        .await
+        .expect("the store's own timeout ends the wait");
+    let error = decided.unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+}
+
 /// While Redis is down the store asks it once per probe interval (500
 /// ms) on tokio's clock, paused time included: a test that advances the
 /// clock by an interval sees the next probe.
