@@ -89,6 +89,13 @@ impl Bucket {
         Self::new(capacity, f64::from(capacity) / period.as_secs_f64())
     }
 
+    /// What a layer puts before its keys: `<capacity>/<interval in ns>:`,
+    /// the same for equal buckets and apart for any two others (the first
+    /// `:` ends it).
+    pub(crate) fn tag(&self) -> String {
+        format!("{}/{}:", self.capacity, self.interval_ns)
+    }
+
     /// The most tokens the bucket holds: the largest burst.
     #[must_use]
     pub const fn capacity(&self) -> u32 {

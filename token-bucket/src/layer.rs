@@ -29,6 +29,11 @@ pub struct RateLimitLayer<St: Store, K, W = OneToken, R = BoxErrors> {
     pub(crate) cost: W,
     pub(crate) respond: R,
     pub(crate) events: Events,
+    /// What the layer puts before every key it hands the store: its
+    /// bucket, so that layers with other buckets on one store (two
+    /// `RedisStore`s with the default prefix, one `LocalStore` cloned)
+    /// keep state of their own for a key they share.
+    pub(crate) tag: Arc<str>,
     /// The bucket of a [fixed](crate::key::Key::fixed) key, pinned on the
     /// first request and shared by every service the layer makes.
     pub(crate) pinned: Arc<OnceLock<St::Pinned>>,
@@ -37,10 +42,18 @@ pub struct RateLimitLayer<St: Store, K, W = OneToken, R = BoxErrors> {
 impl<St: Store, K> RateLimitLayer<St, K> {
     /// Limits each key to `bucket` in `store`; refusals are
     /// [`RateLimited`](crate::RateLimited) errors.
+    ///
+    /// The store keeps a key's state under the key and the bucket
+    /// (`<capacity>/<interval in ns>:<key>`): layers with other buckets
+    /// keep apart on one store, so a per-second and a per-day limit on
+    /// one user may share a Redis prefix. A change of bucket therefore
+    /// starts its keys full, and during a rolling deploy that changes it
+    /// the old and the new bucket are both enforced.
     #[must_use]
     pub fn new(store: St, bucket: Bucket, key: K) -> Self {
         Self {
             store,
+            tag: Arc::from(bucket.tag()),
             bucket,
             key,
             cost: OneToken,
@@ -62,6 +75,7 @@ impl<St: Store, K, W, R> RateLimitLayer<St, K, W, R> {
             cost,
             respond: self.respond,
             events: self.events,
+            tag: self.tag,
             pinned: self.pinned,
         }
     }
@@ -76,6 +90,7 @@ impl<St: Store, K, W, R> RateLimitLayer<St, K, W, R> {
             cost: self.cost,
             respond,
             events: self.events,
+            tag: self.tag,
             pinned: self.pinned,
         }
     }

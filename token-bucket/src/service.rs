@@ -65,7 +65,9 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let layer = &self.layer;
         let decision = if let Some(key) = layer.key.fixed() {
-            let pinned = layer.pinned.get_or_init(|| layer.store.pin(key));
+            let pinned = layer
+                .pinned
+                .get_or_init(|| layer.store.pin(&tagged(&layer.tag, key)));
             let cost = layer.cost.cost(&request);
             layer.store.decide_pinned(pinned, &layer.bucket, cost)
         } else {
@@ -77,7 +79,9 @@ where
                 );
             };
             let cost = layer.cost.cost(&request);
-            layer.store.decide(&key, &layer.bucket, cost)
+            layer
+                .store
+                .decide(&tagged(&layer.tag, &key), &layer.bucket, cost)
         };
         // The service polled ready answers once the store has decided.
         let clone = self.inner.clone();
@@ -90,4 +94,12 @@ where
             layer.events.clone(),
         )
     }
+}
+
+/// `key` after the layer's `tag`, as the store keeps it.
+fn tagged(tag: &str, key: &str) -> String {
+    let mut tagged = String::with_capacity(tag.len() + key.len());
+    tagged.push_str(tag);
+    tagged.push_str(key);
+    tagged
 }

@@ -22,6 +22,11 @@ pub trait Store: Clone + Send + Sync + 'static {
     type Pinned: Clone + Debug + Send + Sync + 'static;
 
     /// Takes `cost` tokens from `key`'s bucket if it holds them.
+    ///
+    /// A key's state is for one bucket: decided with another, it is read
+    /// with the wrong tolerance. A [`RateLimitLayer`](crate::RateLimitLayer)
+    /// puts its bucket before each key for that reason; calling a store
+    /// directly, keep one bucket a key.
     fn decide(&self, key: &str, bucket: &Bucket, cost: u32) -> Self::Future;
 
     /// Holds `key`'s bucket for [`decide_pinned`](Self::decide_pinned):

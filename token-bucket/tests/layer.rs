@@ -89,8 +89,13 @@ async fn global_layers_share_one_pinned_bucket_with_the_key_s_name() {
     let store = LocalStore::default();
     // No refill within the test: exactly the capacity is admitted.
     let bucket = Bucket::new(200, 1e-6).unwrap();
-    for _ in 0..50 {
-        assert!(store.decide_now("api", &bucket, 1).is_allowed());
+    // 50 spent through a layer that names the key on each request.
+    let by_name = RateLimitLayer::new(store.clone(), bucket, |_: &(String, u32)| {
+        Some("api".to_owned())
+    })
+    .layer(echo());
+    for n in 0..50 {
+        by_name.clone().oneshot(("anyone".into(), n)).await.unwrap();
     }
     // Two layers naming the same key, each making a service per task, as
     // axum makes one per connection.
@@ -119,5 +124,36 @@ async fn global_layers_share_one_pinned_bucket_with_the_key_s_name() {
         admitted += task.await.unwrap();
     }
     assert_eq!(admitted, 150, "the 200 tokens less the 50 spent by name");
-    assert!(!store.decide_now("api", &bucket, 1).is_allowed());
+    assert!(by_name.oneshot(("anyone".into(), 0)).await.is_err());
+}
+
+/// Two limits on one user, a burst a second and a day's worth, on one
+/// store: each keeps its own state. They shared the key's state, and the
+/// day's first request pushed it 86 s ahead, so the per-second limit
+/// refused the user for the next 86 s.
+#[tokio::test(start_paused = true)]
+async fn two_buckets_on_one_store_keep_their_own_state() {
+    let store = LocalStore::with_clock(1000, Clock::Tokio);
+    let per_second = Bucket::new(10, 10.0).unwrap();
+    let per_day = Bucket::per(1000, Duration::from_secs(86_400)).unwrap();
+    let user = |(user, _): &(String, u32)| Some(user.clone());
+    let service = tower::ServiceBuilder::new()
+        .layer(RateLimitLayer::new(store.clone(), per_day, user))
+        .layer(RateLimitLayer::new(store, per_second, user))
+        .service(echo());
+    for n in 0..10 {
+        let admitted = service.clone().oneshot(("alice".into(), n)).await;
+        assert!(admitted.is_ok(), "call {n}: {admitted:?}");
+    }
+    let err = service
+        .clone()
+        .oneshot(("alice".into(), 10))
+        .await
+        .unwrap_err();
+    let limited = err.downcast_ref::<RateLimited>().expect("RateLimited");
+    assert_eq!(
+        limited.retry_after(),
+        Some(Duration::from_millis(100)),
+        "the second's burst is spent, a token a tenth of a second"
+    );
 }
