@@ -30,9 +30,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let port = flag("--port").map_or(Ok(3000), |p| p.parse())?;
     let bucket = Bucket::new(5, 1.0)?;
+    // A demo takes any API key; a service keys by one its authentication
+    // checked in front of the limiter (any made-up key would be a fresh
+    // bucket: see `key::header`).
     let by_api_key = key::or(
         key::header(http::HeaderName::from_static("x-api-key")),
-        key::extension(|ConnectInfo(peer): &ConnectInfo<SocketAddr>| peer.ip().to_string()),
+        key::extension(|ConnectInfo(peer): &ConnectInfo<SocketAddr>| key::address_block(peer.ip())),
     );
     let routes = Router::new().route("/orders", get(|| async { "your orders\n" }));
     let app = match flag("--redis") {

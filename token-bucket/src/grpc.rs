@@ -76,11 +76,11 @@ impl<St: Store, K> RateLimitLayer<St, K, OneToken, ResourceExhausted> {
     ///
     /// # Example
     ///
-    /// A tonic server that lets each client address make 100 calls at once
-    /// and 10 a second:
+    /// A tonic server that lets each client address (an IPv6 client's
+    /// `/64`) make 100 calls at once and 10 a second:
     ///
     /// ```
-    /// use palisade_token_bucket::{Bucket, LocalStore, RateLimitLayer};
+    /// use palisade_token_bucket::{Bucket, LocalStore, RateLimitLayer, key};
     /// use tonic::transport::Server;
     ///
     /// # fn main() -> Result<(), palisade_token_bucket::ConfigError> {
@@ -94,7 +94,7 @@ impl<St: Store, K> RateLimitLayer<St, K, OneToken, ResourceExhausted> {
     ///                 .extensions()
     ///                 .get::<tonic::transport::server::TcpConnectInfo>()
     ///                 .and_then(|info| info.remote_addr())
-    ///                 .map(|address| address.ip().to_string())
+    ///                 .map(|address| key::address_block(address.ip()))
     ///         },
     ///     ))
     ///     .add_service(health);

@@ -143,7 +143,8 @@ impl<St: Store, K> RateLimitLayer<St, K, OneToken, TooManyRequests> {
     /// # Example
     ///
     /// ```
-    /// use axum::{Router, routing::get};
+    /// use std::net::SocketAddr;
+    /// use axum::{Router, extract::ConnectInfo, routing::get};
     /// use palisade_token_bucket::{Bucket, LocalStore, RateLimitLayer, key};
     ///
     /// # fn main() -> Result<(), palisade_token_bucket::ConfigError> {
@@ -152,7 +153,9 @@ impl<St: Store, K> RateLimitLayer<St, K, OneToken, TooManyRequests> {
     ///     .layer(RateLimitLayer::new_for_http(
     ///         LocalStore::default(),
     ///         Bucket::new(100, 10.0)?,
-    ///         key::header(http::HeaderName::from_static("x-api-key")),
+    ///         key::extension(|ConnectInfo(peer): &ConnectInfo<SocketAddr>| {
+    ///             key::address_block(peer.ip())
+    ///         }),
     ///     ));
     /// # Ok(()) }
     /// ```

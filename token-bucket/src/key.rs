@@ -11,12 +11,18 @@
 /// use std::net::SocketAddr;
 /// use axum::extract::ConnectInfo;
 ///
-/// let by_ip = |request: &http::Request<axum::body::Body>| {
+/// let by_address = |request: &http::Request<axum::body::Body>| {
 ///     let ConnectInfo(peer) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
-///     Some(peer.ip().to_string())
+///     Some(palisade_token_bucket::key::address_block(peer.ip()))
 /// };
-/// # let _ = by_ip;
+/// # let _ = by_address;
 /// ```
+///
+/// Key by what the client cannot choose: an identity an authentication
+/// layer verified (in front of the limiter), or its address block
+/// ([`address_block`]). A key the client picks (an API key header read
+/// before anyone checked it, a whole IPv6 address in a `/64` it owns) is a
+/// fresh bucket each time it picks another: never limited.
 pub trait Key<Req> {
     /// The key of `request`'s bucket.
     fn key(&self, request: &Req) -> Option<String>;
@@ -119,9 +125,10 @@ pub struct Or<A, B> {
 /// use axum::extract::ConnectInfo;
 /// use palisade_token_bucket::key::{self, Key};
 ///
+/// // The API key as the authentication layer in front checked it.
 /// let by_api_key_or_address = key::or(
 ///     key::header(http::HeaderName::from_static("x-api-key")),
-///     key::extension(|ConnectInfo(peer): &ConnectInfo<SocketAddr>| peer.ip().to_string()),
+///     key::extension(|ConnectInfo(peer): &ConnectInfo<SocketAddr>| key::address_block(peer.ip())),
 /// );
 /// let mut anonymous = http::Request::new(());
 /// anonymous
@@ -149,9 +156,53 @@ impl<Req, A: Key<Req>, B: Key<Req>> Key<Req> for Or<A, B> {
     }
 }
 
+/// The block of addresses one client holds, as a bucket's key: an IPv4
+/// address whole, an IPv6 address as its `/64` (the smallest network a
+/// provider hands out, so a client rotating addresses within it keeps one
+/// bucket),
+/// an IPv4-mapped IPv6 address as the IPv4 address.
+///
+/// # Example
+///
+/// ```
+/// use std::net::SocketAddr;
+/// use axum::extract::ConnectInfo;
+/// use palisade_token_bucket::key::{self, Key};
+///
+/// let by_address =
+///     key::extension(|ConnectInfo(peer): &ConnectInfo<SocketAddr>| key::address_block(peer.ip()));
+/// let from = |peer: &str| {
+///     let mut request = http::Request::new(());
+///     request.extensions_mut().insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+///     by_address.key(&request)
+/// };
+/// assert_eq!(from("[2001:db8:0:7::1]:5000"), from("[2001:db8:0:7:a:b:c:d]:5001"));
+/// assert_eq!(from("[2001:db8:0:7::1]:5000").as_deref(), Some("2001:db8:0:7::/64"));
+/// assert_eq!(from("[::ffff:10.0.0.2]:5000").as_deref(), Some("10.0.0.2"));
+/// ```
+#[must_use]
+pub fn address_block(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                format!("{a:x}:{b:x}:{c:x}:{d:x}::/64")
+            }
+        },
+    }
+}
+
 /// The bucket named by a request header (an API key, a tenant id); a
 /// request without the header, or with a value that is not visible ASCII,
 /// is not limited by this layer unless a fallback names one ([`or`]).
+///
+/// The client writes the header: key by it only where its value was
+/// verified before the limiter (an authentication layer in front of it
+/// that refuses unknown keys) or is set by a proxy you trust. Read before
+/// that, each new value is a full bucket, and a client that sends another
+/// with each request is never limited.
 #[cfg(feature = "http")]
 #[derive(Debug, Clone)]
 pub struct Header(http::HeaderName);
@@ -244,5 +295,20 @@ where
 {
     fn key(&self, request: &http::Request<B>) -> Option<String> {
         request.extensions().get::<T>().map(&self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address_block;
+
+    #[test]
+    fn an_ipv6_client_is_its_block_and_a_mapped_ipv4_its_address() {
+        let key = |ip: &str| address_block(ip.parse().unwrap());
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:bbbb::9"), key("2001:db8:1:2:aaaa::1"));
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
     }
 }

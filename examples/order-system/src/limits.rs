@@ -33,7 +33,7 @@
 //! has the proxy's address: limit there, or key by the address it
 //! forwards, which only a proxy you run may be trusted to set.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use axum::extract::ConnectInfo;
 use palisade_token_bucket::key;
@@ -111,38 +111,13 @@ pub type ClientAddress = key::Or<
 >;
 
 fn peer_key(ConnectInfo(peer): &ConnectInfo<SocketAddr>) -> String {
-    address_key(peer.ip())
-}
-
-/// An address as its bucket's key: IPv4 whole, IPv6 by its `/64` (an
-/// IPv4-mapped IPv6 address as the IPv4 address).
-fn address_key(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let [a, b, c, d, ..] = v6.segments();
-                format!("{a:x}:{b:x}:{c:x}:{d:x}::/64")
-            }
-        },
-    }
+    key::address_block(peer.ip())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use palisade_token_bucket::key::Key;
-
-    #[test]
-    fn an_ipv6_client_is_its_block_and_a_mapped_ipv4_its_address() {
-        let key = |ip: &str| address_key(ip.parse().unwrap());
-        assert_eq!(key("192.0.2.7"), "192.0.2.7");
-        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
-        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
-        assert_eq!(key("2001:db8:1:2:bbbb::9"), key("2001:db8:1:2:aaaa::1"));
-        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
-    }
 
     #[test]
     fn a_request_without_an_address_draws_on_one_shared_bucket() {
