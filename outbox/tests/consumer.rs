@@ -609,15 +609,7 @@ async fn a_consumer_that_would_read_its_own_dead_letters_is_refused() {
             Some(filter) => config.filter_subject(filter),
             None => config,
         };
-        let refused = JetStreamConsumer::new(
-            rig.context.clone(),
-            config,
-            rig.inbox.clone(),
-            rig.handler(),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+        let refused = refusal(&rig, config).await;
         assert!(
             refused.contains(&format!("own dead-letter subject {dead}")),
             "{filter:?}: {refused}"
@@ -642,7 +634,14 @@ async fn a_consumer_that_would_read_its_own_dead_letters_is_refused() {
     let config = rig
         .config("apart")
         .filter_subject(&format!("{prefix}.order.Good"));
-    let refused = JetStreamConsumer::new(
+    let refused = refusal(&rig, config).await;
+    assert!(refused.contains("exists with filter"), "{refused}");
+    rig.remove().await;
+}
+
+/// The error of a consumer made from `config` on `rig`, which must refuse it.
+async fn refusal(rig: &Rig, config: ConsumerConfig) -> String {
+    JetStreamConsumer::new(
         rig.context.clone(),
         config,
         rig.inbox.clone(),
@@ -650,9 +649,7 @@ async fn a_consumer_that_would_read_its_own_dead_letters_is_refused() {
     )
     .await
     .unwrap_err()
-    .to_string();
-    assert!(refused.contains("exists with filter"), "{refused}");
-    rig.remove().await;
+    .to_string()
 }
 
 #[test]

@@ -184,7 +184,22 @@ async fn the_memory_consumer_applies_once_retries_and_gives_up() {
 /// panic ended the consumer: nothing after it was ever applied).
 #[tokio::test]
 async fn a_handler_that_panics_fails_its_delivery_and_the_consumer_goes_on() {
-    let events = ["Panics", "Good"]
+    let (stats, applied) = recorded(&["Panics", "Good"], |consumer| consumer.max_deliver(2)).await;
+    assert_eq!(
+        (stats.applied, stats.retried, stats.dead_lettered),
+        (1, 1, 1)
+    );
+    assert_eq!(applied, ["Good"]);
+}
+
+/// Events of `kinds` on one order, each once, through a [`Record`]ing
+/// consumer set up by `configure` (retries after a millisecond or two):
+/// its stats, and the kinds it applied in order.
+async fn recorded(
+    kinds: &[&str],
+    configure: impl FnOnce(MemoryConsumer<SqliteInbox, Record>) -> MemoryConsumer<SqliteInbox, Record>,
+) -> (ConsumerStats, Vec<String>) {
+    let events = kinds
         .iter()
         .map(|kind| Event::new("order", "o-1", *kind, b"{}".to_vec()))
         .collect();
@@ -195,25 +210,21 @@ async fn a_handler_that_panics_fails_its_delivery_and_the_consumer_goes_on() {
         .unwrap();
     let inbox = SqliteInbox::new(pool.clone(), "inbox").unwrap();
     inbox.migrate().await.unwrap();
-    let consumer = MemoryConsumer::new("recorder", inbox, Record::default())
-        .max_deliver(2)
-        .retry_delay(Duration::from_millis(1), Duration::from_millis(2));
-    let (sender, receiver) = mpsc::channel(4);
+    let consumer = configure(
+        MemoryConsumer::new("recorder", inbox, Record::default())
+            .retry_delay(Duration::from_millis(1), Duration::from_millis(2)),
+    );
+    let (sender, receiver) = mpsc::channel(source.len());
     for message in &source {
         sender.send(message.clone()).await.unwrap();
     }
     drop(sender);
     consumer.run(receiver, std::future::pending()).await;
-    let stats = consumer.stats();
-    assert_eq!(
-        (stats.applied, stats.retried, stats.dead_lettered),
-        (1, 1, 1)
-    );
-    let applied: Vec<String> = sqlx::query_scalar("SELECT kind FROM applied")
+    let applied = sqlx::query_scalar("SELECT kind FROM applied ORDER BY rowid")
         .fetch_all(&pool)
         .await
         .unwrap();
-    assert_eq!(applied, ["Good"]);
+    (consumer.stats(), applied)
 }
 
 /// Prepares each transaction by writing a row in it, counting its calls;
@@ -343,28 +354,6 @@ async fn a_transient_failure_is_retried_past_max_deliver() {
 
 #[tokio::test]
 async fn a_retried_message_holds_back_later_messages_of_its_aggregate() {
-    let events = ["Flaky", "Good"]
-        .iter()
-        .map(|kind| Event::new("order", "o-1", *kind, b"{}".to_vec()))
-        .collect();
-    let (pool, source) = messages(events).await;
-    sqlx::query("CREATE TABLE applied (kind TEXT)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let inbox = SqliteInbox::new(pool.clone(), "inbox").unwrap();
-    inbox.migrate().await.unwrap();
-    let consumer = MemoryConsumer::new("recorder", inbox, Record::default())
-        .retry_delay(Duration::from_millis(1), Duration::from_millis(2));
-    let (sender, receiver) = mpsc::channel(4);
-    for message in &source {
-        sender.send(message.clone()).await.unwrap();
-    }
-    drop(sender);
-    consumer.run(receiver, std::future::pending()).await;
-    let applied: Vec<String> = sqlx::query_scalar("SELECT kind FROM applied ORDER BY rowid")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let (_, applied) = recorded(&["Flaky", "Good"], |consumer| consumer).await;
     assert_eq!(applied, ["Flaky", "Good"]);
 }
