@@ -39,6 +39,10 @@ pub struct Bucket {
     interval_ns: u64,
 }
 
+/// The longest [`Bucket::tag`]: a `u32` capacity and a `u64` interval, in
+/// digits, and their two separators.
+pub(crate) const MAX_TAG_BYTES: usize = 10 + 1 + 20 + 1;
+
 impl Bucket {
     /// A bucket of `capacity` tokens refilled at `per_second` tokens a
     /// second.
@@ -90,10 +94,14 @@ impl Bucket {
     }
 
     /// What a layer puts before its keys: `<capacity>/<interval in ns>:`,
-    /// the same for equal buckets and apart for any two others (the first
-    /// `:` ends it).
+    /// the same for buckets that refill alike (capacity and interval) and
+    /// apart for any two others (the first `:` ends it); at most
+    /// [`MAX_TAG_BYTES`] long.
     pub(crate) fn tag(&self) -> String {
-        format!("{}/{}:", self.capacity, self.interval_ns)
+        use std::fmt::Write as _;
+        let mut tag = String::with_capacity(MAX_TAG_BYTES);
+        let _ = write!(tag, "{}/{}:", self.capacity, self.interval_ns);
+        tag
     }
 
     /// The most tokens the bucket holds: the largest burst.

@@ -26,9 +26,17 @@
 //! tried again. A [`Fallback`](crate::FailurePolicy::Fallback) bucket's
 //! decisions are described as its own.
 //!
+//! Several limiters on one route (per address, then per user) each add
+//! their policy and state to the fields, as the draft lists several: name
+//! them with [`policy_name`](RateLimitLayer::policy_name). A `Retry-After`
+//! is the refusing limiter's.
+//!
 //! [`legacy_headers`](RateLimitLayer::legacy_headers) adds the older
-//! `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`.
+//! `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`;
+//! they hold one limit, so of several limiters the one with the fewest
+//! left.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
@@ -58,9 +66,11 @@ static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 /// A 429's extensions hold the [`RateLimited`] error and its
 /// [`Refusal`](palisade_hints::Refusal), so `palisade-retry` further out
 /// knows the refusal is local and waits as told.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct TooManyRequests {
     legacy: bool,
+    /// The policy's name in the fields; `default` when none was given.
+    policy: Option<Arc<str>>,
 }
 
 /// Whole seconds, rounded up.
@@ -83,16 +93,23 @@ impl TooManyRequests {
             return;
         }
         let (quota, window) = quota_and_window(decision);
-        let policy = format!("\"default\";q={quota};w={window}");
+        let name = self.policy.as_deref().unwrap_or("default");
+        let policy = format!("\"{name}\";q={quota};w={window}");
         let state = format!(
-            "\"default\";r={};t={}",
+            "\"{name}\";r={};t={}",
             decision.remaining(),
             seconds(decision.reset())
         );
         let value = |text: String| HeaderValue::try_from(text).expect("digits and ASCII");
-        headers.insert(RATELIMIT_POLICY.clone(), value(policy));
-        headers.insert(RATELIMIT.clone(), value(state));
-        if self.legacy {
+        // Added to what a limiter further in wrote: each policy an item.
+        headers.append(RATELIMIT_POLICY.clone(), value(policy));
+        headers.append(RATELIMIT.clone(), value(state));
+        // The legacy fields hold one limit: the one with the fewest left.
+        let fewer_left = headers
+            .get(&X_REMAINING)
+            .and_then(|left| left.to_str().ok()?.parse::<u32>().ok())
+            .is_none_or(|left| decision.remaining() < left);
+        if self.legacy && fewer_left {
             headers.insert(X_LIMIT.clone(), HeaderValue::from(decision.capacity()));
             headers.insert(X_REMAINING.clone(), HeaderValue::from(decision.remaining()));
             headers.insert(
@@ -161,11 +178,47 @@ impl<St: Store, K> RateLimitLayer<St, K, OneToken, TooManyRequests> {
     /// ```
     #[must_use]
     pub fn new_for_http(store: St, bucket: Bucket, key: K) -> Self {
-        RateLimitLayer::new(store, bucket, key).respond_with(TooManyRequests { legacy: false })
+        RateLimitLayer::new(store, bucket, key).respond_with(TooManyRequests::default())
     }
 }
 
 impl<St: Store, K, W> RateLimitLayer<St, K, W, TooManyRequests> {
+    /// Names the limiter's policy in the RateLimit fields (`default`
+    /// unless named). Name each of several limiters a response passes
+    /// through (per address, then per user): each adds its policy and
+    /// state to the fields, as the draft lists several, rather than
+    /// replace what a limiter further in wrote.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use palisade_token_bucket::{Bucket, LocalStore, RateLimitLayer, key};
+    ///
+    /// # fn main() -> Result<(), palisade_token_bucket::ConfigError> {
+    /// // RateLimit-Policy: "per-address";q=100;w=10
+    /// let per_address =
+    ///     RateLimitLayer::new_for_http(LocalStore::default(), Bucket::new(100, 10.0)?, key::global("all"))
+    ///         .policy_name("per-address")?;
+    /// # let _ = per_address;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`](crate::ConfigError) when `name` is empty or holds
+    /// anything but printable ASCII other than `"` and `\`.
+    pub fn policy_name(mut self, name: &str) -> Result<Self, crate::ConfigError> {
+        let printable = |byte: u8| (b' '..=b'~').contains(&byte) && byte != b'"' && byte != b'\\';
+        if name.is_empty() || !name.bytes().all(printable) {
+            return Err(crate::error::config_error(
+                "policy_name",
+                "must be non-empty printable ASCII without `\"` or `\\`",
+            ));
+        }
+        self.respond.policy = Some(Arc::from(name));
+        Ok(self)
+    }
+
     /// Also writes `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
     /// `X-RateLimit-Reset` (seconds), for clients that read only those.
     #[must_use]

@@ -46,9 +46,12 @@ impl<St: Store, K> RateLimitLayer<St, K> {
     /// The store keeps a key's state under the key and the bucket
     /// (`<capacity>/<interval in ns>:<key>`): layers with other buckets
     /// keep apart on one store, so a per-second and a per-day limit on
-    /// one user may share a Redis prefix. A change of bucket therefore
-    /// starts its keys full, and during a rolling deploy that changes it
-    /// the old and the new bucket are both enforced.
+    /// one user may share a Redis prefix (layers with equal buckets and
+    /// keys share their state, as two instances of a service must). A
+    /// change of bucket therefore starts its keys full, and during a
+    /// rolling deploy that changes it the old and the new bucket are both
+    /// enforced. [`store_key`](Self::store_key) names the state a key has
+    /// in the store, for an operator reading it there.
     #[must_use]
     pub fn new(store: St, bucket: Bucket, key: K) -> Self {
         Self {
@@ -105,6 +108,21 @@ impl<St: Store, K, W, R> RateLimitLayer<St, K, W, R> {
     #[must_use]
     pub const fn bucket(&self) -> &Bucket {
         &self.bucket
+    }
+
+    /// The key under which the store keeps `key`'s state for this layer:
+    /// `key` with the layer's bucket before it.
+    ///
+    /// ```
+    /// use palisade_token_bucket::{Bucket, LocalStore, RateLimitLayer, key};
+    ///
+    /// let layer = RateLimitLayer::new(LocalStore::default(), Bucket::new(10, 2.0)?, key::global("all"));
+    /// assert_eq!(layer.store_key("alice"), "10/500000000:alice");
+    /// # Ok::<(), palisade_token_bucket::ConfigError>(())
+    /// ```
+    #[must_use]
+    pub fn store_key(&self, key: &str) -> String {
+        crate::service::tagged(&self.tag, key)
     }
 }
 

@@ -181,8 +181,9 @@ impl Leasing {
 ///   client gone) loses nothing: the lease Redis grants is kept, the
 ///   abandoned request's cost included, and the key's other requests get
 ///   their answer. The store needs a Tokio runtime.
-/// - A key longer than [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES) is decided
-///   in Redis one request at a time, as is a key past
+/// - A key longer than [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES) (not counting
+///   the bucket a [`RateLimitLayer`](crate::RateLimitLayer) puts before
+///   it) is decided in Redis one request at a time, as is a key past
 ///   [`Leasing::max_keys`].
 ///
 /// A cold key (a user seen once a minute) leases only what it asks for,
@@ -468,7 +469,8 @@ impl Leases {
     /// `key`'s lease, made if there is room (or `pinned`: pins are over
     /// and above `max_keys`).
     fn find_or_make(&self, key: &str, pinned: bool) -> Option<Arc<Lease>> {
-        if key.len() > crate::MAX_KEY_BYTES {
+        // The layer's bucket before the key does not count against it.
+        if key.len() > crate::MAX_KEY_BYTES + crate::bucket::MAX_TAG_BYTES {
             return None;
         }
         let mut shard = self

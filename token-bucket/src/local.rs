@@ -19,7 +19,10 @@ const SHARDS: usize = 16;
 
 /// The longest key a [`LocalStore`] remembers as it is: a longer one is
 /// remembered by a 128-bit hash of itself (seeded per store), so no key
-/// costs the store more than this many bytes.
+/// costs the store more than this many bytes. A key a
+/// [`RateLimitLayer`](crate::RateLimitLayer) hands a store has the layer's
+/// bucket before it (`<capacity>/<interval in ns>:`, some 15 bytes), which
+/// counts.
 pub const MAX_KEY_BYTES: usize = 64;
 
 /// Entries a new key looks at, at most, to find an idle one to replace

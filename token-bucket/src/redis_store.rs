@@ -132,7 +132,9 @@ impl FailurePolicy {
 ///   `NOSCRIPT`) that reads Redis's own `TIME`, so client clocks never
 ///   matter and N instances sharing a key admit at most
 ///   `capacity + rate × elapsed` over any interval.
-/// - **Cluster-ready:** a key is stored as `{prefix:key}`, one hash slot.
+/// - **Cluster-ready:** a key is stored as `{prefix:key}`, one hash slot
+///   (a [`RateLimitLayer`](crate::RateLimitLayer)'s key with its bucket
+///   before it: `{prefix:<capacity>/<interval in ns>:key}`).
 /// - **Self-cleaning:** a key expires when its bucket would be full again.
 /// - **Bounded waits:** each call has a timeout (10 ms by default); when
 ///   Redis fails or is slow the [`FailurePolicy`] decides, and while Redis

@@ -97,7 +97,7 @@ where
 }
 
 /// `key` after the layer's `tag`, as the store keeps it.
-fn tagged(tag: &str, key: &str) -> String {
+pub(crate) fn tagged(tag: &str, key: &str) -> String {
     let mut tagged = String::with_capacity(tag.len() + key.len());
     tagged.push_str(tag);
     tagged.push_str(key);

@@ -53,6 +53,59 @@ async fn a_sub_second_refill_advertises_the_enforced_rate_not_capacity_per_secon
     );
 }
 
+/// Two limiters a response passes through, per address outside and per
+/// user inside: the answer carries each one's policy and state. The outer
+/// replaced the inner's, so the per-user limit's 429 said 97 were left.
+#[tokio::test(start_paused = true)]
+async fn stacked_limiters_each_advertise_their_policy() {
+    let limiter = |bucket, name| {
+        RateLimitLayer::new_for_http(
+            LocalStore::with_clock(100, Clock::Tokio),
+            bucket,
+            key::global(name),
+        )
+        .policy_name(name)
+        .unwrap()
+    };
+    let service = tower::ServiceBuilder::new()
+        .layer(limiter(Bucket::new(100, 10.0).unwrap(), "per-address"))
+        .layer(limiter(Bucket::new(2, 1.0).unwrap(), "per-user"))
+        .service(ok());
+    for _ in 0..2 {
+        let admitted = service.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(admitted.status(), StatusCode::OK);
+    }
+    let refused = service.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let fields = |name: &str| {
+        refused
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|value| value.to_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        fields("ratelimit-policy"),
+        ["\"per-user\";q=2;w=2", "\"per-address\";q=100;w=10"]
+    );
+    assert_eq!(
+        fields("ratelimit"),
+        ["\"per-user\";r=0;t=2", "\"per-address\";r=97;t=1"]
+    );
+    assert_eq!(fields("retry-after"), ["1"], "the refusing limiter's");
+
+    for bad in ["", "per \"user\"", "a\\b", "naïve", "tab\there"] {
+        let named = RateLimitLayer::new_for_http(
+            LocalStore::default(),
+            Bucket::new(1, 1.0).unwrap(),
+            key::global("all"),
+        )
+        .policy_name(bad);
+        assert!(named.is_err(), "{bad:?}");
+    }
+}
+
 fn from(peer: &str, api_key: Option<&str>) -> Request<()> {
     let mut request = Request::get("/orders");
     if let Some(api_key) = api_key {

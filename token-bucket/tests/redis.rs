@@ -182,7 +182,9 @@ async fn two_buckets_under_one_prefix_keep_their_own_state() {
     let per_second = Bucket::new(10, 10.0).unwrap();
     let per_day = Bucket::per(1000, Duration::from_secs(86_400)).unwrap();
     let store = async || {
-        RedisStore::new(connect(&redis_url()).await, FailurePolicy::Propagate).prefix(&prefix)
+        RedisStore::new(connect(&redis_url()).await, FailurePolicy::Propagate)
+            .prefix(&prefix)
+            .timeout(Duration::from_millis(250))
     };
     let user = |user: &String| Some(user.clone());
     let service = tower::ServiceBuilder::new()
@@ -407,10 +409,32 @@ fn the_script_replicates_effects_before_it_writes_after_time() {
     assert!(replicate < script.find("'TIME'").unwrap());
 }
 
-/// A connection whose every command fails at once, counting them.
+/// A connection whose every command fails at once, counting them; or,
+/// [`silent`](Self::silent), never answers.
 #[derive(Clone, Default)]
 struct Refusing {
     commands: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    silent: bool,
+}
+
+impl Refusing {
+    fn silent() -> Self {
+        Self {
+            silent: true,
+            ..Self::default()
+        }
+    }
+
+    /// The answer to a command, counted.
+    fn answer<'a, T: Send + 'a>(&self) -> redis::RedisFuture<'a, T> {
+        self.commands
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self.silent {
+            Box::pin(std::future::pending())
+        } else {
+            Box::pin(async { Err((redis::ErrorKind::Io, "refused").into()) })
+        }
+    }
 }
 
 impl redis::aio::ConnectionLike for Refusing {
@@ -418,9 +442,7 @@ impl redis::aio::ConnectionLike for Refusing {
         &'a mut self,
         _: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
-        self.commands
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(async { Err((redis::ErrorKind::Io, "refused").into()) })
+        self.answer()
     }
 
     fn req_packed_commands<'a>(
@@ -429,35 +451,7 @@ impl redis::aio::ConnectionLike for Refusing {
         _: usize,
         _: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        self.commands
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(async { Err((redis::ErrorKind::Io, "refused").into()) })
-    }
-
-    fn get_db(&self) -> i64 {
-        0
-    }
-}
-
-/// A connection that never answers.
-#[derive(Clone)]
-struct Silent;
-
-impl redis::aio::ConnectionLike for Silent {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        _: &'a redis::Cmd,
-    ) -> redis::RedisFuture<'a, redis::Value> {
-        Box::pin(std::future::pending())
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        _: &'a redis::Pipeline,
-        _: usize,
-        _: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        Box::pin(std::future::pending())
+        self.answer()
     }
 
     fn get_db(&self) -> i64 {
@@ -470,7 +464,8 @@ impl redis::aio::ConnectionLike for Silent {
 /// deadline, and the decision waited for ever.
 #[tokio::test(start_paused = true)]
 async fn an_unbounded_timeout_still_ends_the_wait() {
-    let store = RedisStore::new(Silent, FailurePolicy::Propagate).timeout(Duration::MAX);
+    let store =
+        RedisStore::new(Refusing::silent(), FailurePolicy::Propagate).timeout(Duration::MAX);
     let bucket = Bucket::new(5, 10.0).unwrap();
     let decided = tokio::time::timeout(Duration::from_secs(3_600), store.decide("k", &bucket, 1))
         .await

@@ -342,6 +342,8 @@ where
                 buckets.per_user,
                 key::extension(|principal: &Principal| principal.user.clone()),
             )
+            .policy_name("per-user")
+            .unwrap_or_else(|error| unreachable!("a policy name of ours: {error}"))
             .instrument(meter, "per-user"),
         )
         .route_layer(middleware::from_fn_with_state(
@@ -354,6 +356,8 @@ where
         .layer(axum::extract::DefaultBodyLimit::max(SIGN_IN_BODY))
         .route_layer(
             RateLimitLayer::new_for_http(sign_in, buckets.sign_in, limits::client_address())
+                .policy_name("sign-in")
+                .unwrap_or_else(|error| unreachable!("a policy name of ours: {error}"))
                 .instrument(meter, "sign-in"),
         );
     // The ranking is the same for everyone: cached whole, computed once
@@ -382,6 +386,8 @@ where
                 buckets.per_address,
                 limits::client_address(),
             )
+            .policy_name("per-address")
+            .unwrap_or_else(|error| unreachable!("a policy name of ours: {error}"))
             .instrument(meter, "per-address"),
         )
         .layer(TraceContextLayer::new());
