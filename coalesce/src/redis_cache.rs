@@ -847,6 +847,9 @@ async fn refresh<C, F, Fut, E>(
     }
 }
 
+/// A deadline no wait reaches: thirty years.
+const FOR_EVER: Duration = Duration::from_secs(30 * 365 * 86_400);
+
 /// Computes `key` once across processes: leads, or waits for the leader
 /// and takes over if it dies. `seen` is the entry the caller found, if any.
 async fn fill<C, F, Fut, E>(
@@ -860,7 +863,11 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>>,
 {
-    let deadline = Instant::now() + shared.settings.wait_timeout;
+    // A wait too long to make a deadline of is a wait with none.
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(shared.settings.wait_timeout)
+        .unwrap_or_else(|| now + FOR_EVER);
     let mut leader_gone = false;
     loop {
         let Some(won) = shared.try_lock(key).await else {

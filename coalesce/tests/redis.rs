@@ -124,6 +124,22 @@ async fn when_the_leader_dies_exactly_one_waiter_takes_over() {
     assert_eq!(takeovers.load(Ordering::SeqCst), 1, "exactly one takeover");
 }
 
+/// A wait for another process's computation too long to make a deadline
+/// of (`Duration::MAX`) is a wait with none: every miss panicked.
+#[tokio::test]
+async fn an_unbounded_wait_for_the_leader_is_taken() {
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
+        .prefix(&prefix())
+        .wait_timeout(Duration::MAX);
+    let cache = process(&redis_url(), settings).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let value = cache
+        .get_with("k", origin(&calls, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(value.value, Bytes::from("v1"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_values_are_served_while_one_process_refreshes() {
     let freshness = Freshness::new(Duration::from_millis(200))

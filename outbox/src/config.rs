@@ -78,18 +78,28 @@ impl OutboxConfig {
         })
     }
 
-    /// Events claimed per batch.
+    /// Events claimed per batch (at least 1: none would never publish).
     #[must_use]
     pub const fn batch_size(mut self, events: u32) -> Self {
-        self.batch_size = events;
+        self.batch_size = if events == 0 { 1 } else { events };
         self
     }
 
     /// How long a claim lasts: a relay that dies loses its claims after
-    /// this long and another relay picks the events up.
+    /// this long and another relay picks the events up. From a
+    /// millisecond to a day, a `lease` outside taken as the nearer bound
+    /// (`Duration::MAX` made no deadline: every batch panicked).
     #[must_use]
     pub const fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
+        const LEAST: Duration = Duration::from_millis(1);
+        const MOST: Duration = Duration::from_secs(86_400);
+        self.lease = if lease.as_nanos() < LEAST.as_nanos() {
+            LEAST
+        } else if lease.as_nanos() > MOST.as_nanos() {
+            MOST
+        } else {
+            lease
+        };
         self
     }
 

@@ -722,6 +722,17 @@ pub async fn a_relay_cleans_up_batch_after_batch_while_they_are_full<H: Harness>
     h.finish().await;
 }
 
+/// A batch of none (nothing was ever published) and a lease too long to
+/// make a deadline of (every batch panicked) are taken at their bounds.
+pub async fn a_config_out_of_bounds_is_taken_at_its_bound<H: Harness>() {
+    let h = H::start(|c| c.batch_size(0).lease(Duration::MAX)).await;
+    h.place(&[event("a", 1)], true).await;
+    let relay = Relay::new(h.store().clone(), MemoryBroker::new(10));
+    assert_eq!(relay.run_once().await.unwrap().published, 1);
+    assert_eq!(h.store().lease(), Duration::from_secs(86_400));
+    h.finish().await;
+}
+
 pub async fn the_backlog_reports_the_oldest_pending_age<H: Harness>() {
     let h = H::start(|c| c).await;
     assert_eq!(h.store().backlog().await.unwrap().oldest_pending, None);
