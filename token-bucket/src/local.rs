@@ -1,6 +1,6 @@
 //! The in-process store.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::{Ready, ready};
 use std::hash::BuildHasher;
 
@@ -60,8 +60,8 @@ pub enum Clock {
 /// unknown key), looking at a few of them in the order they came, so
 /// admitting a new key costs the same however many are remembered. When
 /// those it looks at are all active, the new key shares one overflow bucket
-/// with the others, so an attacker rotating keys can neither exhaust memory
-/// nor escape the limit.
+/// with the others (one for each bucket keys are decided with), so an
+/// attacker rotating keys can neither exhaust memory nor escape the limit.
 ///
 /// # Example
 ///
@@ -85,8 +85,10 @@ pub struct LocalStore {
 struct Inner {
     shards: [RwLock<Shard>; SHARDS],
     per_shard: usize,
-    /// The bucket shared by new keys while the map is full of active ones.
-    overflow: AtomicU64,
+    /// The buckets shared by new keys while the map is full of active
+    /// ones: one for each bucket (capacity and interval) they are decided
+    /// with, as layers with other buckets keep their keys apart.
+    overflow: RwLock<HashMap<(u32, Duration), Arc<AtomicU64>>>,
     hasher: RandomState,
     /// A second, independent hash: with `hasher`, 128 bits of a long key.
     long_hasher: RandomState,
@@ -103,6 +105,27 @@ struct Inner {
 enum Slot {
     Own(AtomicU64),
     Pinned(Arc<AtomicU64>),
+}
+
+impl Inner {
+    /// The overflow bucket of keys decided with `bucket`.
+    fn overflow(&self, bucket: &Bucket) -> Arc<AtomicU64> {
+        let id = (bucket.capacity(), bucket.interval());
+        let known = self
+            .overflow
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned();
+        known.unwrap_or_else(|| {
+            self.overflow
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(id)
+                .or_default()
+                .clone()
+        })
+    }
 }
 
 impl Slot {
@@ -215,7 +238,7 @@ impl LocalStore {
                     })
                 }),
                 per_shard: max_keys.div_ceil(SHARDS).max(1),
-                overflow: AtomicU64::new(0),
+                overflow: RwLock::default(),
                 hasher,
                 long_hasher: RandomState::default(),
                 clock,
@@ -271,7 +294,8 @@ impl LocalStore {
         if shard.map.len() - shard.pinned >= inner.per_shard && !shard.make_room(now, &inner.hasher)
         {
             tracing::debug!(target: "palisade_token_bucket", "key map full; using the overflow bucket");
-            return take(&inner.overflow, bucket, now, cost);
+            drop(shard);
+            return take(&inner.overflow(bucket), bucket, now, cost);
         }
         let (key, slot) = shard.insert(hash, key, Slot::Own(AtomicU64::new(0)), &inner.hasher);
         let decision = take(slot.tat(), bucket, now, cost);

@@ -298,3 +298,20 @@ fn rotating_keys_from_many_threads_stay_within_the_bound() {
     let later = Duration::from_secs(10);
     assert!(store.decide_at("late", &bucket, 1, later).is_allowed());
 }
+
+/// Keys past a full map share an overflow bucket, one for each bucket they
+/// are decided with: a per-day limit's overflowed keys pushed the one
+/// overflow state hours ahead, and a per-second limit's keys were refused.
+#[test]
+fn the_overflow_keeps_each_bucket_apart() {
+    let store = LocalStore::new(16);
+    let per_second = Bucket::new(10, 10.0).unwrap();
+    let per_day = Bucket::per(1000, Duration::from_secs(86_400)).unwrap();
+    // The map full of the day's active keys, the rest in its overflow.
+    for key in 0..1000 {
+        let day = store.decide_at(&format!("day-{key}"), &per_day, 1, Duration::ZERO);
+        assert!(day.is_allowed(), "the day's burst is 1,000");
+    }
+    let second = store.decide_at("second", &per_second, 1, Duration::ZERO);
+    assert!(second.is_allowed(), "{second:?}");
+}
