@@ -28,13 +28,15 @@
 //!
 //! Several limiters on one route (per address, then per user) each add
 //! their policy and state to the fields, as the draft lists several: name
-//! them with [`policy_name`](RateLimitLayer::policy_name). A `Retry-After`
-//! is the refusing limiter's.
+//! them with [`policy_name`](RateLimitLayer::policy_name) (of two by one
+//! name, the item with fewer left is kept, and a warning logged once). The
+//! innermost replaces any fields the service wrote. A `Retry-After` is the
+//! refusing limiter's.
 //!
 //! [`legacy_headers`](RateLimitLayer::legacy_headers) adds the older
 //! `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`;
-//! they hold one limit, so of several limiters the one with the fewest
-//! left.
+//! they hold one limit: of all the limiters a response passed through,
+//! the one with the fewest left, once any of them asks for the fields.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,12 +68,37 @@ static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 /// A 429's extensions hold the [`RateLimited`] error and its
 /// [`Refusal`](palisade_hints::Refusal), so `palisade-retry` further out
 /// knows the refusal is local and waits as told.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TooManyRequests {
     legacy: bool,
-    /// The policy's name in the fields; `default` when none was given.
-    policy: Option<Arc<str>>,
+    /// The policy's name in the fields.
+    policy: Arc<str>,
 }
+
+impl Default for TooManyRequests {
+    fn default() -> Self {
+        Self {
+            legacy: false,
+            policy: Arc::from("default"),
+        }
+    }
+}
+
+/// What the limiters a response passed through wrote in it, kept in its
+/// extensions: the policies named, each with the tokens it had left, and
+/// the legacy fields' one limit.
+#[derive(Debug, Clone, Default)]
+struct Advertised {
+    policies: Vec<(Arc<str>, u32)>,
+    /// Whether a limiter asked for the legacy fields.
+    legacy: bool,
+    /// The fewest tokens left of them all: remaining, capacity, and
+    /// seconds until full.
+    least: Option<(u32, u32, u64)>,
+}
+
+/// Whether two limiters of one name were met already (warned once).
+static SAME_NAME_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Whole seconds, rounded up.
 fn seconds(duration: Duration) -> u64 {
@@ -88,35 +115,76 @@ fn quota_and_window(decision: &Decision) -> (u128, u64) {
 }
 
 impl TooManyRequests {
-    fn write(&self, headers: &mut HeaderMap, decision: &Decision) {
+    fn write<B>(&self, response: &mut Response<B>, decision: &Decision) {
         if !decision.is_from_bucket() {
             return;
         }
-        let (quota, window) = quota_and_window(decision);
-        let name = self.policy.as_deref().unwrap_or("default");
-        let policy = format!("\"{name}\";q={quota};w={window}");
-        let state = format!(
-            "\"{name}\";r={};t={}",
-            decision.remaining(),
-            seconds(decision.reset())
-        );
-        let value = |text: String| HeaderValue::try_from(text).expect("digits and ASCII");
-        // Added to what a limiter further in wrote: each policy an item.
-        headers.append(RATELIMIT_POLICY.clone(), value(policy));
-        headers.append(RATELIMIT.clone(), value(state));
-        // The legacy fields hold one limit: the one with the fewest left.
-        let fewer_left = headers
-            .get(&X_REMAINING)
-            .and_then(|left| left.to_str().ok()?.parse::<u32>().ok())
-            .is_none_or(|left| decision.remaining() < left);
-        if self.legacy && fewer_left {
-            headers.insert(X_LIMIT.clone(), HeaderValue::from(decision.capacity()));
-            headers.insert(X_REMAINING.clone(), HeaderValue::from(decision.remaining()));
-            headers.insert(
-                X_RESET.clone(),
-                HeaderValue::from(seconds(decision.reset())),
-            );
+        let mut written = response.extensions_mut().remove::<Advertised>();
+        let headers = response.headers_mut();
+        if written.is_none() {
+            // The first limiter's fields replace any the service wrote:
+            // one malformed item would have clients ignore them all.
+            headers.remove(&RATELIMIT_POLICY);
+            headers.remove(&RATELIMIT);
         }
+        let advertised = written.get_or_insert_default();
+        let (quota, window) = quota_and_window(decision);
+        let (remaining, reset) = (decision.remaining(), seconds(decision.reset()));
+        let name = &*self.policy;
+        let value = |text: String| HeaderValue::try_from(text).expect("digits and ASCII");
+        let policy = value(format!("\"{name}\";q={quota};w={window}"));
+        let state = value(format!("\"{name}\";r={remaining};t={reset}"));
+        // Each policy an item, added to those of the limiters further in;
+        // of two by one name (unnamed, say), the one with fewer left.
+        let named = advertised
+            .policies
+            .iter_mut()
+            .find(|(other, _)| **other == *name);
+        if let Some((_, left)) = named {
+            if !SAME_NAME_WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(target: "palisade_token_bucket", policy = name, "two rate limiters of one policy name on a response: name each (policy_name)");
+            }
+            if *left > remaining {
+                *left = remaining;
+                drop_items(headers, &RATELIMIT_POLICY, name);
+                drop_items(headers, &RATELIMIT, name);
+                headers.append(RATELIMIT_POLICY.clone(), policy);
+                headers.append(RATELIMIT.clone(), state);
+            }
+        } else {
+            advertised.policies.push((self.policy.clone(), remaining));
+            headers.append(RATELIMIT_POLICY.clone(), policy);
+            headers.append(RATELIMIT.clone(), state);
+        }
+        // The legacy fields hold one limit: the one with the fewest left,
+        // whichever limiter asked for them.
+        advertised.legacy |= self.legacy;
+        if advertised.least.is_none_or(|(left, ..)| remaining < left) {
+            advertised.least = Some((remaining, decision.capacity(), reset));
+        }
+        if let (true, Some((left, capacity, reset))) = (advertised.legacy, advertised.least) {
+            headers.insert(X_LIMIT.clone(), HeaderValue::from(capacity));
+            headers.insert(X_REMAINING.clone(), HeaderValue::from(left));
+            headers.insert(X_RESET.clone(), HeaderValue::from(reset));
+        }
+        if let Some(written) = written {
+            response.extensions_mut().insert(written);
+        }
+    }
+}
+
+/// Removes the items of policy `name` from the field `field`.
+fn drop_items(headers: &mut HeaderMap, field: &HeaderName, name: &str) {
+    let prefix = format!("\"{name}\";");
+    let kept: Vec<HeaderValue> = headers
+        .get_all(field)
+        .iter()
+        .filter(|item| !item.as_bytes().starts_with(prefix.as_bytes()))
+        .cloned()
+        .collect();
+    headers.remove(field);
+    for item in kept {
+        headers.append(field.clone(), item);
     }
 }
 
@@ -129,7 +197,7 @@ impl<B: Default, E> Respond<Response<B>, E> for TooManyRequests {
             StatusCode::TOO_MANY_REQUESTS,
             refused.refusal(),
         );
-        self.write(response.headers_mut(), decision);
+        self.write(&mut response, decision);
         response.extensions_mut().insert(refused);
         Ok(response)
     }
@@ -149,7 +217,7 @@ impl<B: Default, E> Respond<Response<B>, E> for TooManyRequests {
     }
 
     fn admitted(&self, response: &mut Response<B>, decision: &Decision) {
-        self.write(response.headers_mut(), decision);
+        self.write(response, decision);
     }
 }
 
@@ -215,7 +283,7 @@ impl<St: Store, K, W> RateLimitLayer<St, K, W, TooManyRequests> {
                 "must be non-empty printable ASCII without `\"` or `\\`",
             ));
         }
-        self.respond.policy = Some(Arc::from(name));
+        self.respond.policy = Arc::from(name);
         Ok(self)
     }
 

@@ -77,14 +77,7 @@ async fn stacked_limiters_each_advertise_their_policy() {
     }
     let refused = service.oneshot(Request::new(())).await.unwrap();
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-    let fields = |name: &str| {
-        refused
-            .headers()
-            .get_all(name)
-            .iter()
-            .map(|value| value.to_str().unwrap().to_owned())
-            .collect::<Vec<_>>()
-    };
+    let fields = |name: &str| items(&refused, name);
     assert_eq!(
         fields("ratelimit-policy"),
         ["\"per-user\";q=2;w=2", "\"per-address\";q=100;w=10"]
@@ -95,6 +88,29 @@ async fn stacked_limiters_each_advertise_their_policy() {
     );
     assert_eq!(fields("retry-after"), ["1"], "the refusing limiter's");
 
+    // Unnamed, the two would be one name: the item with fewer left is
+    // kept. The legacy fields, asked for by the outer one alone, hold the
+    // limit with the fewest left, the inner one's.
+    let unnamed = |bucket| {
+        RateLimitLayer::new_for_http(
+            LocalStore::with_clock(100, Clock::Tokio),
+            bucket,
+            key::global("all"),
+        )
+    };
+    let service = tower::ServiceBuilder::new()
+        .layer(unnamed(Bucket::new(100, 10.0).unwrap()).legacy_headers())
+        .layer(unnamed(Bucket::new(2, 1.0).unwrap()))
+        .service(ok());
+    for _ in 0..2 {
+        service.clone().oneshot(Request::new(())).await.unwrap();
+    }
+    let refused = service.oneshot(Request::new(())).await.unwrap();
+    let fields = |name: &str| items(&refused, name);
+    assert_eq!(fields("ratelimit"), ["\"default\";r=0;t=2"]);
+    assert_eq!(fields("x-ratelimit-remaining"), ["0"]);
+    assert_eq!(fields("x-ratelimit-limit"), ["2"]);
+
     for bad in ["", "per \"user\"", "a\\b", "naïve", "tab\there"] {
         let named = RateLimitLayer::new_for_http(
             LocalStore::default(),
@@ -104,6 +120,16 @@ async fn stacked_limiters_each_advertise_their_policy() {
         .policy_name(bad);
         assert!(named.is_err(), "{bad:?}");
     }
+}
+
+/// The values of the field `name` in `response`, in order.
+fn items(response: &Response<()>, name: &str) -> Vec<String> {
+    response
+        .headers()
+        .get_all(name)
+        .iter()
+        .map(|value| value.to_str().unwrap().to_owned())
+        .collect()
 }
 
 fn from(peer: &str, api_key: Option<&str>) -> Request<()> {
