@@ -529,6 +529,28 @@ pub(crate) struct RetryPolicy {
     pub(crate) cap: Duration,
 }
 
+impl RetryPolicy {
+    /// The longest delay between tries: a day.
+    const LONGEST: Duration = Duration::from_secs(86_400);
+
+    /// Retries after `base`, doubling up to `cap`, each at most
+    /// [`LONGEST`](Self::LONGEST).
+    pub(crate) const fn delays(mut self, base: Duration, cap: Duration) -> Self {
+        let longest = Self::LONGEST.as_nanos();
+        self.base = if base.as_nanos() > longest {
+            Self::LONGEST
+        } else {
+            base
+        };
+        self.cap = if cap.as_nanos() > longest {
+            Self::LONGEST
+        } else {
+            cap
+        };
+        self
+    }
+}
+
 /// What became of a delivery retried in place.
 pub(crate) enum Retried {
     /// Applied and committed at last.
@@ -726,11 +748,11 @@ where
         self
     }
 
-    /// The delay before the second try, doubling up to `cap`.
+    /// The delay before the second try, doubling up to `cap` (each a day
+    /// at most).
     #[must_use]
     pub const fn retry_delay(mut self, base: Duration, cap: Duration) -> Self {
-        self.retry.base = base;
-        self.retry.cap = cap;
+        self.retry = self.retry.delays(base, cap);
         self
     }
 

@@ -120,11 +120,11 @@ impl ConsumerConfig {
         self
     }
 
-    /// The delay before the second delivery, doubling up to `cap`.
+    /// The delay before the second delivery, doubling up to `cap` (each
+    /// a day at most: a longer one made no deadline).
     #[must_use]
     pub const fn retry_delay(mut self, base: Duration, cap: Duration) -> Self {
-        self.retry.base = base;
-        self.retry.cap = cap;
+        self.retry = self.retry.delays(base, cap);
         self
     }
 
@@ -143,10 +143,11 @@ impl ConsumerConfig {
     pub fn redelivery_horizon(&self) -> Duration {
         (1..self.retry.max_deliver)
             .map(|attempt| self.delay_after(attempt))
-            .sum::<Duration>()
-            + self
-                .ack_wait
-                .saturating_mul(u32::try_from(self.retry.max_deliver).unwrap_or(u32::MAX))
+            .fold(Duration::ZERO, Duration::saturating_add)
+            .saturating_add(
+                self.ack_wait
+                    .saturating_mul(u32::try_from(self.retry.max_deliver).unwrap_or(u32::MAX)),
+            )
     }
 
     fn delay_after(&self, attempt: u64) -> Duration {

@@ -146,6 +146,20 @@ impl Rig {
             .filter_subject(&format!("{prefix}.order.>"))
     }
 
+    /// A consumer made from `config`, applying with [`handler`](Self::handler).
+    async fn consumer(
+        &self,
+        config: ConsumerConfig,
+    ) -> Result<JetStreamConsumer<PgInbox, Apply>, palisade_outbox::ConsumerSetupError> {
+        JetStreamConsumer::new(
+            self.context.clone(),
+            config,
+            self.inbox.clone(),
+            self.handler(),
+        )
+        .await
+    }
+
     fn handler(&self) -> Apply {
         Apply {
             schema: self.db.name.clone(),
@@ -220,11 +234,7 @@ async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
         .filter_subject(&format!("{prefix}.order.>"))
         .max_deliver(3)
         .retry_delay(Duration::from_millis(20), Duration::from_millis(100));
-    let consumer = Arc::new(
-        JetStreamConsumer::new(context.clone(), config, rig.inbox.clone(), rig.handler())
-            .await
-            .unwrap(),
-    );
+    let consumer = Arc::new(rig.consumer(config).await.unwrap());
     let (stop, running) = start(&consumer);
     let expected = ConsumerStats {
         applied: 6,
@@ -379,17 +389,7 @@ async fn only_the_types_asked_for_reach_the_handler_and_the_rest_are_acknowledge
     rig.publish(&events).await;
 
     let config = rig.config("goods");
-    let consumer = Arc::new(
-        JetStreamConsumer::new(
-            rig.context.clone(),
-            config,
-            rig.inbox.clone(),
-            rig.handler(),
-        )
-        .await
-        .unwrap()
-        .only(["Good"]),
-    );
+    let consumer = Arc::new(rig.consumer(config).await.unwrap().only(["Good"]));
     let (stop, running) = start(&consumer);
     let mut durable = rig
         .context
@@ -439,16 +439,7 @@ async fn a_retried_message_holds_back_later_messages_of_its_aggregate() {
     let config = rig
         .config("ordered")
         .retry_delay(Duration::from_millis(20), Duration::from_millis(100));
-    let consumer = Arc::new(
-        JetStreamConsumer::new(
-            rig.context.clone(),
-            config,
-            rig.inbox.clone(),
-            rig.handler(),
-        )
-        .await
-        .unwrap(),
-    );
+    let consumer = Arc::new(rig.consumer(config).await.unwrap());
     let (stop, running) = start(&consumer);
     for _ in 0..600 {
         if consumer.stats().applied == 2 {
@@ -480,16 +471,7 @@ async fn stopping_while_a_message_waits_for_its_retry_hands_it_back() {
         .config("stopping")
         .max_deliver(100)
         .retry_delay(Duration::from_secs(600), Duration::from_secs(600));
-    let consumer = Arc::new(
-        JetStreamConsumer::new(
-            rig.context.clone(),
-            config,
-            rig.inbox.clone(),
-            rig.handler(),
-        )
-        .await
-        .unwrap(),
-    );
+    let consumer = Arc::new(rig.consumer(config).await.unwrap());
     let (stop, running) = start(&consumer);
     for _ in 0..600 {
         if consumer.stats().retried == 1 {
@@ -531,16 +513,7 @@ async fn custom_event_headers_reach_nats_and_the_handler() {
     );
 
     let config = rig.config("tenants");
-    let consumer = Arc::new(
-        JetStreamConsumer::new(
-            rig.context.clone(),
-            config,
-            rig.inbox.clone(),
-            rig.handler(),
-        )
-        .await
-        .unwrap(),
-    );
+    let consumer = Arc::new(rig.consumer(config).await.unwrap());
     let (stop, running) = start(&consumer);
     for _ in 0..600 {
         if consumer.stats().applied == 1 {
@@ -609,7 +582,7 @@ async fn a_consumer_that_would_read_its_own_dead_letters_is_refused() {
             Some(filter) => config.filter_subject(filter),
             None => config,
         };
-        let refused = refusal(&rig, config).await;
+        let refused = rig.consumer(config).await.unwrap_err().to_string();
         assert!(
             refused.contains(&format!("own dead-letter subject {dead}")),
             "{filter:?}: {refused}"
@@ -621,35 +594,33 @@ async fn a_consumer_that_would_read_its_own_dead_letters_is_refused() {
         "refused before the durable consumer is made"
     );
     let config = rig.config("apart");
-    JetStreamConsumer::new(
-        rig.context.clone(),
-        config,
-        rig.inbox.clone(),
-        rig.handler(),
-    )
-    .await
-    .unwrap();
+    rig.consumer(config).await.unwrap();
     // The same durable asked again with another filter: JetStream would
     // keep the first.
     let config = rig
         .config("apart")
         .filter_subject(&format!("{prefix}.order.Good"));
-    let refused = refusal(&rig, config).await;
+    let refused = rig.consumer(config).await.unwrap_err().to_string();
     assert!(refused.contains("exists with filter"), "{refused}");
     rig.remove().await;
 }
 
-/// The error of a consumer made from `config` on `rig`, which must refuse it.
-async fn refusal(rig: &Rig, config: ConsumerConfig) -> String {
-    JetStreamConsumer::new(
-        rig.context.clone(),
-        config,
-        rig.inbox.clone(),
-        rig.handler(),
-    )
-    .await
-    .unwrap_err()
-    .to_string()
+/// Settings past any use (a `Duration::MAX` delay or ack wait) overflowed
+/// the horizon's sum, and `JetStreamConsumer::new`, which asks for it,
+/// panicked.
+#[test]
+fn an_unbounded_redelivery_horizon_saturates() {
+    let config = ConsumerConfig::new("S", "c", "dead")
+        .unwrap()
+        .max_deliver(3)
+        .retry_delay(Duration::MAX, Duration::MAX);
+    // Two delays of a day at most, and three ack waits of 30 s.
+    assert_eq!(
+        config.redelivery_horizon(),
+        Duration::from_secs(2 * 86_400 + 90)
+    );
+    let config = config.ack_wait(Duration::MAX);
+    assert_eq!(config.redelivery_horizon(), Duration::MAX);
 }
 
 #[test]
