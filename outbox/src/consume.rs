@@ -530,8 +530,8 @@ pub(crate) struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The longest delay between tries: a day.
-    const LONGEST: Duration = Duration::from_secs(86_400);
+    /// The longest delay between tries, and the longest ack wait: a day.
+    pub(crate) const LONGEST: Duration = Duration::from_secs(86_400);
 
     /// Retries after `base`, doubling up to `cap`, each at most
     /// [`LONGEST`](Self::LONGEST).

@@ -129,10 +129,20 @@ impl ConsumerConfig {
     }
 
     /// How long JetStream waits for an acknowledgement before delivering
-    /// again (a consumer that died mid-message).
+    /// again (a consumer that died mid-message): from a millisecond to a
+    /// day, a `wait` outside taken as the nearer bound (`Duration::MAX`
+    /// reached JetStream as -1 ns, and overflowed the consumer's own
+    /// deadlines).
     #[must_use]
     pub const fn ack_wait(mut self, wait: Duration) -> Self {
-        self.ack_wait = wait;
+        const LEAST: Duration = Duration::from_millis(1);
+        self.ack_wait = if wait.as_nanos() < LEAST.as_nanos() {
+            LEAST
+        } else if wait.as_nanos() > RetryPolicy::LONGEST.as_nanos() {
+            RetryPolicy::LONGEST
+        } else {
+            wait
+        };
         self
     }
 

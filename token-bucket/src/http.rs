@@ -30,7 +30,9 @@
 //! their policy and state to the fields, as the draft lists several: name
 //! them with [`policy_name`](RateLimitLayer::policy_name) (of two by one
 //! name, the item with fewer left is kept, and a warning logged once). The
-//! innermost replaces any fields the service wrote. A `Retry-After` is the
+//! first to write (the innermost, unless a layer between them dropped the
+//! response's extensions) replaces any fields the service wrote. A
+//! `Retry-After` is the
 //! refusing limiter's.
 //!
 //! [`legacy_headers`](RateLimitLayer::legacy_headers) adds the older

@@ -111,6 +111,16 @@ async fn stacked_limiters_each_advertise_their_policy() {
     assert_eq!(fields("x-ratelimit-remaining"), ["0"]);
     assert_eq!(fields("x-ratelimit-limit"), ["2"]);
 
+    // The service's own fields give way to the first limiter's.
+    let service = unnamed(Bucket::new(2, 1.0).unwrap()).layer(service_fn(|_: Request<()>| async {
+        let mut response = Response::new(());
+        let own = http::HeaderValue::from_static("\"svc\";r=1;t=1");
+        response.headers_mut().insert("ratelimit", own);
+        Ok::<_, BoxError>(response)
+    }));
+    let admitted = service.oneshot(Request::new(())).await.unwrap();
+    assert_eq!(items(&admitted, "ratelimit"), ["\"default\";r=1;t=1"]);
+
     for bad in ["", "per \"user\"", "a\\b", "naïve", "tab\there"] {
         let named = RateLimitLayer::new_for_http(
             LocalStore::default(),
