@@ -110,11 +110,22 @@ impl OutboxConfig {
         self
     }
 
-    /// The wait after the first failure, doubling up to `cap`.
+    /// The wait after the first failure, doubling up to `cap` (each a
+    /// day at most: `Duration::MAX` overflowed the retry horizon and made
+    /// an interval PostgreSQL refuses).
     #[must_use]
     pub const fn backoff(mut self, base: Duration, cap: Duration) -> Self {
-        self.backoff_base = base;
-        self.backoff_cap = cap;
+        const DAY: Duration = Duration::from_secs(86_400);
+        self.backoff_base = if base.as_nanos() > DAY.as_nanos() {
+            DAY
+        } else {
+            base
+        };
+        self.backoff_cap = if cap.as_nanos() > DAY.as_nanos() {
+            DAY
+        } else {
+            cap
+        };
         self
     }
 
@@ -165,8 +176,7 @@ impl OutboxConfig {
     pub fn retry_horizon(&self) -> Duration {
         (0..self.max_attempts)
             .map(|attempt| self.backoff_after(attempt))
-            .sum::<Duration>()
-            + self.lease
+            .fold(self.lease, Duration::saturating_add)
     }
 
     /// The wait after failed attempt number `attempt` (0 for the first).
@@ -175,5 +185,24 @@ impl OutboxConfig {
         self.backoff_base
             .saturating_mul(1 << attempt.min(30))
             .min(self.backoff_cap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::OutboxConfig;
+
+    /// A `Duration::MAX` backoff overflowed the horizon's sum (the
+    /// publisher's `ensure_stream` asks for it, and panicked).
+    #[test]
+    fn an_unbounded_backoff_is_a_day_at_most() {
+        let config = OutboxConfig::default()
+            .max_attempts(3)
+            .lease(Duration::from_secs(30))
+            .backoff(Duration::MAX, Duration::MAX);
+        assert_eq!(config.backoff_after(0), Duration::from_secs(86_400));
+        assert_eq!(config.retry_horizon(), Duration::from_secs(3 * 86_400 + 30));
     }
 }
