@@ -40,6 +40,7 @@
 //! assert_eq!(found.retry_after(), Some(Duration::from_secs(5)));
 //! ```
 
+mod bounds;
 mod config_error;
 #[cfg(feature = "http")]
 pub mod grpc;
@@ -50,6 +51,7 @@ pub mod reachability;
 mod refusal;
 pub mod share;
 
+pub use bounds::bounded;
 pub use config_error::ConfigError;
 pub use panic::panic_message;
 pub use refusal::{Refusal, RefusalReason};

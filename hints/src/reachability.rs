@@ -50,15 +50,7 @@ use std::time::{Duration, Instant};
 /// ```
 #[must_use]
 pub const fn call_timeout(timeout: Duration) -> Duration {
-    const LEAST: Duration = Duration::from_millis(1);
-    const MOST: Duration = Duration::from_secs(60);
-    if timeout.as_nanos() < LEAST.as_nanos() {
-        LEAST
-    } else if timeout.as_nanos() > MOST.as_nanos() {
-        MOST
-    } else {
-        timeout
-    }
+    crate::bounded(timeout, Duration::from_millis(1), Duration::from_secs(60))
 }
 
 /// Whether a shared store answers; see the [module docs](self).

@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use crate::error::{ConfigError, config_error};
 
+/// The longest lease, backoff, retry delay or ack wait: a day (longer ones
+/// overflowed deadlines and sums, or made intervals a database refuses).
+pub(crate) const DAY: Duration = Duration::from_secs(86_400);
+
 /// The outbox's table and the relay's pace.
 ///
 /// # Example
@@ -91,15 +95,7 @@ impl OutboxConfig {
     /// (`Duration::MAX` made no deadline: every batch panicked).
     #[must_use]
     pub const fn lease(mut self, lease: Duration) -> Self {
-        const LEAST: Duration = Duration::from_millis(1);
-        const MOST: Duration = Duration::from_secs(86_400);
-        self.lease = if lease.as_nanos() < LEAST.as_nanos() {
-            LEAST
-        } else if lease.as_nanos() > MOST.as_nanos() {
-            MOST
-        } else {
-            lease
-        };
+        self.lease = palisade_hints::bounded(lease, Duration::from_millis(1), DAY);
         self
     }
 
@@ -115,17 +111,8 @@ impl OutboxConfig {
     /// an interval PostgreSQL refuses).
     #[must_use]
     pub const fn backoff(mut self, base: Duration, cap: Duration) -> Self {
-        const DAY: Duration = Duration::from_secs(86_400);
-        self.backoff_base = if base.as_nanos() > DAY.as_nanos() {
-            DAY
-        } else {
-            base
-        };
-        self.backoff_cap = if cap.as_nanos() > DAY.as_nanos() {
-            DAY
-        } else {
-            cap
-        };
+        self.backoff_base = palisade_hints::bounded(base, Duration::ZERO, DAY);
+        self.backoff_cap = palisade_hints::bounded(cap, Duration::ZERO, DAY);
         self
     }
 

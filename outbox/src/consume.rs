@@ -531,22 +531,13 @@ pub(crate) struct RetryPolicy {
 
 impl RetryPolicy {
     /// The longest delay between tries, and the longest ack wait: a day.
-    pub(crate) const LONGEST: Duration = Duration::from_secs(86_400);
+    pub(crate) const LONGEST: Duration = crate::config::DAY;
 
     /// Retries after `base`, doubling up to `cap`, each at most
     /// [`LONGEST`](Self::LONGEST).
     pub(crate) const fn delays(mut self, base: Duration, cap: Duration) -> Self {
-        let longest = Self::LONGEST.as_nanos();
-        self.base = if base.as_nanos() > longest {
-            Self::LONGEST
-        } else {
-            base
-        };
-        self.cap = if cap.as_nanos() > longest {
-            Self::LONGEST
-        } else {
-            cap
-        };
+        self.base = palisade_hints::bounded(base, Duration::ZERO, Self::LONGEST);
+        self.cap = palisade_hints::bounded(cap, Duration::ZERO, Self::LONGEST);
         self
     }
 }

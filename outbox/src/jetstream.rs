@@ -135,14 +135,8 @@ impl ConsumerConfig {
     /// deadlines).
     #[must_use]
     pub const fn ack_wait(mut self, wait: Duration) -> Self {
-        const LEAST: Duration = Duration::from_millis(1);
-        self.ack_wait = if wait.as_nanos() < LEAST.as_nanos() {
-            LEAST
-        } else if wait.as_nanos() > RetryPolicy::LONGEST.as_nanos() {
-            RetryPolicy::LONGEST
-        } else {
-            wait
-        };
+        self.ack_wait =
+            palisade_hints::bounded(wait, Duration::from_millis(1), RetryPolicy::LONGEST);
         self
     }
 
