@@ -2,6 +2,11 @@
 
 use std::time::Duration;
 
+/// A day: the longest the builders take for a wait (a lease, a backoff, a
+/// retry delay) where a longer one only overflowed a deadline or reached a
+/// server as a value it refuses.
+pub const DAY: Duration = Duration::from_secs(86_400);
+
 /// `value` within `least ..= most`: the nearer bound when it is outside.
 /// For the builders' `const fn` setters, where `Duration::clamp` is not
 /// available.

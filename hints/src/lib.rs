@@ -51,7 +51,7 @@ pub mod reachability;
 mod refusal;
 pub mod share;
 
-pub use bounds::bounded;
+pub use bounds::{DAY, bounded};
 pub use config_error::ConfigError;
 pub use panic::panic_message;
 pub use refusal::{Refusal, RefusalReason};

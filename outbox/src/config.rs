@@ -2,11 +2,9 @@
 
 use std::time::Duration;
 
-use crate::error::{ConfigError, config_error};
+use palisade_hints::DAY;
 
-/// The longest lease, backoff, retry delay or ack wait: a day (longer ones
-/// overflowed deadlines and sums, or made intervals a database refuses).
-pub(crate) const DAY: Duration = Duration::from_secs(86_400);
+use crate::error::{ConfigError, config_error};
 
 /// The outbox's table and the relay's pace.
 ///

@@ -127,8 +127,11 @@ pub enum Handled {
 /// attempt gives up on it (to the dead-letter subject, on JetStream).
 ///
 /// A panic in [`handle`](Self::handle) or [`prepare`](Self::prepare) is
-/// the delivery's failure as well: it is tried again and given up on as
-/// any other, and the consumer goes on.
+/// the delivery's failure as well, and so is either taking longer than
+/// the consumer's handler timeout (a minute unless set): it is tried again
+/// and given up on as any other, and the consumer goes on. A timeout drops
+/// the handler's future where it waits, so what it does outside the
+/// transaction must bear being cut off (it must bear a crash anyway).
 ///
 /// A statement that fails is the delivery's failure even when its error is
 /// not returned: on PostgreSQL it aborts the transaction, so nothing of it
@@ -223,120 +226,262 @@ impl Counters {
 }
 
 /// Why one message was not acknowledged as applied.
-pub(crate) enum Failure {
+enum Failure {
     /// The database: retry, never dead-letter.
     Database(sqlx::Error),
     /// The handler: retry, then dead-letter.
     Handler(BoxError),
 }
 
-/// Applies one delivery: the inbox check and `handler` in one transaction
-/// of `inbox`'s database, as `consumer`, counted once committed.
-pub(crate) async fn apply<I, H>(
-    inbox: &I,
-    consumer: &str,
-    handler: &H,
-    counters: &Counters,
-    delivery: &Delivery,
-) -> Result<(), Failure>
+/// How a consumer treats a delivery: how long its handler may take over
+/// it, how often it is tried and how long between tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeliveryPolicy {
+    pub(crate) handler_timeout: Duration,
+    pub(crate) max_deliver: u64,
+    pub(crate) base: Duration,
+    pub(crate) cap: Duration,
+}
+
+impl DeliveryPolicy {
+    /// The longest delay between tries, handler timeout and ack wait: a
+    /// day.
+    pub(crate) const LONGEST: Duration = palisade_hints::DAY;
+
+    /// A handler's time over one delivery, unless set: a minute.
+    pub(crate) const HANDLER_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// Retries after `base`, doubling up to `cap`, each at most
+    /// [`LONGEST`](Self::LONGEST).
+    pub(crate) const fn delays(mut self, base: Duration, cap: Duration) -> Self {
+        self.base = palisade_hints::bounded(base, Duration::ZERO, Self::LONGEST);
+        self.cap = palisade_hints::bounded(cap, Duration::ZERO, Self::LONGEST);
+        self
+    }
+
+    /// A handler's time over one delivery: from a millisecond to
+    /// [`LONGEST`](Self::LONGEST).
+    pub(crate) const fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout =
+            palisade_hints::bounded(timeout, Duration::from_millis(1), Self::LONGEST);
+        self
+    }
+}
+
+/// One consumer applying deliveries: its inbox and its name there, its
+/// handler, its counters and its policy.
+pub(crate) struct Applier<'a, I, H> {
+    pub(crate) inbox: &'a I,
+    pub(crate) consumer: &'a str,
+    pub(crate) handler: &'a H,
+    pub(crate) counters: &'a Counters,
+    pub(crate) policy: DeliveryPolicy,
+}
+
+impl<'a, I, H> Applier<'a, I, H>
 where
     I: InboxStore,
     H: Handler<<I::Database as sqlx::Database>::Connection>,
 {
-    match apply_batch(
-        inbox,
-        consumer,
-        handler,
-        counters,
-        std::slice::from_ref(delivery),
-    )
-    .await
+    /// Applies one delivery: the inbox check and the handler in one
+    /// transaction of the inbox's database, counted once committed.
+    async fn apply(&self, delivery: &Delivery) -> Result<(), Failure> {
+        match self.apply_batch(std::slice::from_ref(delivery)).await {
+            Ok((_, None)) => Ok(()),
+            Ok((_, Some(error))) => Err(Failure::Handler(error)),
+            Err(error) => Err(Failure::Database(error)),
+        }
+    }
+
+    /// Applies `deliveries` in order in one transaction, stopping at the
+    /// first the handler fails: returns how many were applied and
+    /// committed, and the failure that stopped them, if one did. The whole
+    /// batch is counted once committed; a database error applies nothing.
+    ///
+    /// Failures are rare, so the batch runs without savepoints: when the
+    /// handler fails on one, the transaction is rolled back and the
+    /// deliveries before it are applied again without it. Handlers may
+    /// therefore run twice for those (and more often after a transaction
+    /// left aborted, below); what they do outside the transaction must be
+    /// idempotent (it must be anyway: a broker redelivers).
+    ///
+    /// A transaction a failed statement left aborted (PostgreSQL) is the
+    /// failure of the delivery whose handler ran that statement and went
+    /// on: once one is seen, the deliveries are applied one a transaction,
+    /// which finds it.
+    pub(crate) async fn apply_batch(
+        &self,
+        deliveries: &[Delivery],
+    ) -> Result<(usize, Option<BoxError>), sqlx::Error> {
+        let mut len = deliveries.len();
+        let mut failure = None;
+        while len > 0 {
+            match self.transaction(&deliveries[..len]).await? {
+                Ran::Committed => return Ok((len, failure)),
+                Ran::Failed { at, error } if at == 0 || !aborted(&*error) => {
+                    failure = Some(error);
+                    len = at;
+                }
+                // An earlier delivery's handler went on after a statement
+                // failed, so that this one's statements could not run; or
+                // one did so and the commit found out. Which one, a
+                // transaction each tells.
+                // (Boxed: rare, and it would double every caller's future.)
+                Ran::Failed { .. } | Ran::Aborted(_) => {
+                    return Box::pin(self.one_at_a_time(deliveries)).await;
+                }
+            }
+        }
+        Ok((0, failure))
+    }
+
+    /// [`apply_batch`](Self::apply_batch) one delivery a transaction.
+    async fn one_at_a_time(
+        &self,
+        deliveries: &[Delivery],
+    ) -> Result<(usize, Option<BoxError>), sqlx::Error> {
+        for (done, delivery) in deliveries.iter().enumerate() {
+            match self.transaction(std::slice::from_ref(delivery)).await {
+                Ok(Ran::Committed) => {}
+                Ok(Ran::Failed { error, .. }) => return Ok((done, Some(error))),
+                Ok(Ran::Aborted(error)) => {
+                    return Ok((done, Some(Box::new(LeftAborted(error.into())))));
+                }
+                Err(error) if done == 0 => return Err(error),
+                // What committed is counted: the caller goes on from the
+                // rest, and meets the database's error there.
+                Err(_) => return Ok((done, None)),
+            }
+        }
+        Ok((deliveries.len(), None))
+    }
+
+    /// Applies `deliveries` in one transaction, up to the first the
+    /// handler fails.
+    async fn transaction(&self, deliveries: &[Delivery]) -> Result<Ran, sqlx::Error> {
+        let counters = self.counters;
+        let mut tx = self.inbox.begin().await?;
+        let ids: Vec<&str> = deliveries
+            .iter()
+            .map(|delivery| delivery.envelope.id.as_str())
+            .collect();
+        let first_times = self.inbox.process_all(&mut tx, self.consumer, &ids).await?;
+        let mut settled: Vec<&AtomicU64> = Vec::with_capacity(deliveries.len());
+        let mut prepared = false;
+        for (at, (delivery, first_time)) in deliveries.iter().zip(first_times).enumerate() {
+            let applied = if first_time {
+                self.apply_in(&mut *tx, delivery, &mut prepared).await
+            } else {
+                Ok(&counters.duplicates)
+            };
+            match applied {
+                Ok(counter) => settled.push(counter),
+                // Rolled back as `tx` drops. The first statement refused as
+                // its transaction is aborted is the handler's own doing
+                // when it is the first delivery's.
+                Err(error) if at == 0 && aborted(&*error) => {
+                    return Ok(Ran::Failed {
+                        at,
+                        error: Box::new(LeftAborted(error)),
+                    });
+                }
+                Err(error) => return Ok(Ran::Failed { at, error }),
+            }
+        }
+        match self.inbox.commit(tx).await {
+            Ok(()) => {}
+            Err(error) if aborted(&error) => return Ok(Ran::Aborted(error)),
+            Err(error) => return Err(error),
+        }
+        for (counter, delivery) in settled.iter().zip(deliveries) {
+            Counters::add(counter);
+            if std::ptr::eq(*counter, &counters.applied) {
+                let told =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.committed(delivery)));
+                if let Err(panic) = told {
+                    tracing::error!(target: "palisade_outbox", consumer = self.consumer, id = %delivery.envelope.id, panic = %palisade_hints::panic_message(&*panic), "the handler's `committed` panicked; the delivery is applied all the same");
+                }
+            }
+        }
+        Ok(Ran::Committed)
+    }
+
+    /// The handler for one delivery seen for the first time, in `tx`
+    /// (which it prepares first unless `prepared`): the counter to bump,
+    /// or the handler's error (the caller rolls back).
+    async fn apply_in(
+        &self,
+        tx: &mut <I::Database as sqlx::Database>::Connection,
+        delivery: &Delivery,
+        prepared: &mut bool,
+    ) -> Result<&'a AtomicU64, BoxError> {
+        let timeout = self.policy.handler_timeout;
+        if !*prepared {
+            caught(timeout, self.handler.prepare(tx)).await?;
+            *prepared = true;
+        }
+        let handling = self.handler.handle(tx, delivery);
+        #[cfg(feature = "tracecontext")]
+        let handling = delivery.trace_context().scope(handling);
+        Ok(match caught(timeout, handling).await? {
+            Handled::Applied => &self.counters.applied,
+            Handled::Ignored => &self.counters.ignored,
+        })
+    }
+
+    /// Tries `delivery` again, alone and in place, after its handler
+    /// failed with `error`: after the growing delay, until it is applied,
+    /// or its last try fails ([`Transient`] failures spend no try, so
+    /// never for one). Nothing after it is applied meanwhile, so
+    /// per-aggregate order holds. A database failure is waited out and
+    /// does not count as a try. `wait(delay)` sleeps (a JetStream consumer
+    /// keeps the message's acknowledgement alive meanwhile) and says
+    /// `false` when the consumer is stopping.
+    pub(crate) async fn retry_in_place<W, F>(
+        &self,
+        delivery: &mut Delivery,
+        mut error: BoxError,
+        mut wait: W,
+    ) -> Retried
+    where
+        W: FnMut(Duration) -> F,
+        F: Future<Output = bool>,
     {
-        Ok((_, None)) => Ok(()),
-        Ok((_, Some(error))) => Err(Failure::Handler(error)),
-        Err(error) => Err(Failure::Database(error)),
-    }
-}
-
-/// Applies `deliveries` in order in one transaction, stopping at the first
-/// the handler fails: returns how many were applied and committed, and the
-/// failure that stopped them, if one did. The whole batch is counted once
-/// committed; a database error applies nothing.
-///
-/// Failures are rare, so the batch runs without savepoints: when the
-/// handler fails on one, the transaction is rolled back and the deliveries
-/// before it are applied again without it. Handlers may therefore run twice
-/// for those (and more often after a transaction left aborted, below);
-/// what they do outside the transaction must be idempotent (it must be
-/// anyway: a broker redelivers).
-///
-/// A transaction a failed statement left aborted (PostgreSQL) is the
-/// failure of the delivery whose handler ran that statement and went on:
-/// once one is seen, the deliveries are applied one a transaction, which
-/// finds it.
-pub(crate) async fn apply_batch<I, H>(
-    inbox: &I,
-    consumer: &str,
-    handler: &H,
-    counters: &Counters,
-    deliveries: &[Delivery],
-) -> Result<(usize, Option<BoxError>), sqlx::Error>
-where
-    I: InboxStore,
-    H: Handler<<I::Database as sqlx::Database>::Connection>,
-{
-    let mut len = deliveries.len();
-    let mut failure = None;
-    while len > 0 {
-        match transaction(inbox, consumer, handler, counters, &deliveries[..len]).await? {
-            Ran::Committed => return Ok((len, failure)),
-            Ran::Failed { at, error } if at == 0 || !aborted(&*error) => {
-                failure = Some(error);
-                len = at;
+        let (consumer, counters, policy) = (self.consumer, self.counters, self.policy);
+        // Transient failures are not the message's: they spend none of its
+        // tries.
+        let mut transient = 0;
+        loop {
+            if Transient::is(&*error) {
+                transient += 1;
+            } else if delivery.attempt.saturating_sub(transient) >= policy.max_deliver {
+                return Retried::GaveUp(error);
             }
-            // An earlier delivery's handler went on after a statement
-            // failed, so that this one's statements could not run; or one
-            // did so and the commit found out. Which one, a transaction
-            // each tells.
-            // (Boxed: rare, and it would double every caller's future.)
-            Ran::Failed { .. } | Ran::Aborted(_) => {
-                return Box::pin(one_at_a_time(
-                    inbox, consumer, handler, counters, deliveries,
-                ))
-                .await;
+            tracing::warn!(target: "palisade_outbox", consumer, id = %delivery.envelope.id, attempt = delivery.attempt, %error, "handler failed; trying again later");
+            Counters::add(&counters.retried);
+            if !wait(retry_delay(policy.base, policy.cap, delivery.attempt)).await {
+                return Retried::Stopped;
+            }
+            delivery.attempt += 1;
+            loop {
+                match self.apply(delivery).await {
+                    Ok(()) => return Retried::Applied,
+                    Err(Failure::Handler(again)) => {
+                        error = again;
+                        break;
+                    }
+                    // Not the message's fault: this try does not count.
+                    Err(Failure::Database(failure)) => {
+                        tracing::warn!(target: "palisade_outbox", consumer, id = %delivery.envelope.id, error = %failure, "inbox database failed; trying again later");
+                        Counters::add(&counters.retried);
+                        if !wait(policy.base).await {
+                            return Retried::Stopped;
+                        }
+                    }
+                }
             }
         }
     }
-    Ok((0, failure))
-}
-
-/// [`apply_batch`] one delivery a transaction.
-async fn one_at_a_time<I, H>(
-    inbox: &I,
-    consumer: &str,
-    handler: &H,
-    counters: &Counters,
-    deliveries: &[Delivery],
-) -> Result<(usize, Option<BoxError>), sqlx::Error>
-where
-    I: InboxStore,
-    H: Handler<<I::Database as sqlx::Database>::Connection>,
-{
-    for (done, delivery) in deliveries.iter().enumerate() {
-        let one = std::slice::from_ref(delivery);
-        match transaction(inbox, consumer, handler, counters, one).await {
-            Ok(Ran::Committed) => {}
-            Ok(Ran::Failed { error, .. }) => return Ok((done, Some(error))),
-            Ok(Ran::Aborted(error)) => {
-                return Ok((done, Some(Box::new(LeftAborted(error.into())))));
-            }
-            Err(error) if done == 0 => return Err(error),
-            // What committed is counted: the caller goes on from the rest,
-            // and meets the database's error there.
-            Err(_) => return Ok((done, None)),
-        }
-    }
-    Ok((deliveries.len(), None))
 }
 
 /// What became of one transaction over some deliveries.
@@ -348,64 +493,6 @@ enum Ran {
     /// The database rolled it back at its commit (a statement failed in
     /// it, and a handler went on).
     Aborted(sqlx::Error),
-}
-
-/// Applies `deliveries` in one transaction, up to the first the handler
-/// fails.
-async fn transaction<I, H>(
-    inbox: &I,
-    consumer: &str,
-    handler: &H,
-    counters: &Counters,
-    deliveries: &[Delivery],
-) -> Result<Ran, sqlx::Error>
-where
-    I: InboxStore,
-    H: Handler<<I::Database as sqlx::Database>::Connection>,
-{
-    let mut tx = inbox.begin().await?;
-    let ids: Vec<&str> = deliveries
-        .iter()
-        .map(|delivery| delivery.envelope.id.as_str())
-        .collect();
-    let first_times = inbox.process_all(&mut tx, consumer, &ids).await?;
-    let mut settled: Vec<&AtomicU64> = Vec::with_capacity(deliveries.len());
-    let mut prepared = false;
-    for (at, (delivery, first_time)) in deliveries.iter().zip(first_times).enumerate() {
-        let applied = if first_time {
-            apply_in(handler, counters, &mut *tx, delivery, &mut prepared).await
-        } else {
-            Ok(&counters.duplicates)
-        };
-        match applied {
-            Ok(counter) => settled.push(counter),
-            // Rolled back as `tx` drops. The first statement refused as
-            // its transaction is aborted is the handler's own doing when
-            // it is the first delivery's.
-            Err(error) if at == 0 && aborted(&*error) => {
-                return Ok(Ran::Failed {
-                    at,
-                    error: Box::new(LeftAborted(error)),
-                });
-            }
-            Err(error) => return Ok(Ran::Failed { at, error }),
-        }
-    }
-    match inbox.commit(tx).await {
-        Ok(()) => {}
-        Err(error) if aborted(&error) => return Ok(Ran::Aborted(error)),
-        Err(error) => return Err(error),
-    }
-    for (counter, delivery) in settled.iter().zip(deliveries) {
-        Counters::add(counter);
-        if std::ptr::eq(*counter, &counters.applied) {
-            let told = std::panic::catch_unwind(AssertUnwindSafe(|| handler.committed(delivery)));
-            if let Err(panic) = told {
-                tracing::error!(target: "palisade_outbox", consumer, id = %delivery.envelope.id, panic = %palisade_hints::panic_message(&*panic), "the handler's `committed` panicked; the delivery is applied all the same");
-            }
-        }
-    }
-    Ok(Ran::Committed)
 }
 
 /// Whether `error`, or one it wraps, is the database refusing a statement
@@ -463,39 +550,18 @@ impl Error for LeftAborted {
     }
 }
 
-/// The handler for one delivery seen for the first time, in `tx` (which
-/// it prepares first unless `prepared`): the counter to bump, or the
-/// handler's error (the caller rolls back).
-async fn apply_in<'c, C, H>(
-    handler: &H,
-    counters: &'c Counters,
-    tx: &mut C,
-    delivery: &Delivery,
-    prepared: &mut bool,
-) -> Result<&'c AtomicU64, BoxError>
-where
-    H: Handler<C>,
-{
-    if !*prepared {
-        caught(handler.prepare(tx)).await?;
-        *prepared = true;
-    }
-    let handling = handler.handle(tx, delivery);
-    #[cfg(feature = "tracecontext")]
-    let handling = delivery.trace_context().scope(handling);
-    Ok(match caught(handling).await? {
-        Handled::Applied => &counters.applied,
-        Handled::Ignored => &counters.ignored,
-    })
-}
-
-/// `handling`'s outcome, a panic in it as its error. The transaction is
-/// rolled back as the caller drops it: nothing a panicking handler left
-/// half-done in it survives.
-async fn caught<T>(handling: impl Future<Output = Result<T, BoxError>>) -> Result<T, BoxError> {
-    match AssertUnwindSafe(handling).catch_unwind().await {
-        Ok(outcome) => outcome,
-        Err(panic) => Err(Box::new(Panicked(palisade_hints::panic_message(&*panic)))),
+/// `handling`'s outcome, a panic in it or its taking longer than
+/// `timeout` as its error. The transaction is rolled back as the caller
+/// drops it: nothing a panicking or hanging handler left half-done in it
+/// survives.
+async fn caught<T>(
+    timeout: Duration,
+    handling: impl Future<Output = Result<T, BoxError>>,
+) -> Result<T, BoxError> {
+    match tokio::time::timeout(timeout, AssertUnwindSafe(handling).catch_unwind()).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(panic)) => Err(Box::new(Panicked(palisade_hints::panic_message(&*panic)))),
+        Err(_) => Err(Box::new(TimedOut(timeout))),
     }
 }
 
@@ -513,33 +579,31 @@ impl std::fmt::Display for Panicked {
 
 impl Error for Panicked {}
 
+/// A handler (or its `prepare`) that took longer than the consumer's
+/// handler timeout over one delivery: the delivery's failure, rather than
+/// a consumer that waits for ever and applies nothing after it.
+#[derive(Debug)]
+struct TimedOut(Duration);
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the handler took longer than the consumer's handler timeout ({:?}); its \
+             transaction is rolled back",
+            self.0
+        )
+    }
+}
+
+impl Error for TimedOut {}
+
 /// The delay before delivery `attempt + 1`: `base`, doubling up to `cap`.
 pub(crate) fn retry_delay(base: Duration, cap: Duration, attempt: u64) -> Duration {
     let doublings = u32::try_from(attempt.saturating_sub(1))
         .unwrap_or(u32::MAX)
         .min(30);
     base.saturating_mul(1 << doublings).min(cap)
-}
-
-/// How a consumer retries a failing delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RetryPolicy {
-    pub(crate) max_deliver: u64,
-    pub(crate) base: Duration,
-    pub(crate) cap: Duration,
-}
-
-impl RetryPolicy {
-    /// The longest delay between tries, and the longest ack wait: a day.
-    pub(crate) const LONGEST: Duration = crate::config::DAY;
-
-    /// Retries after `base`, doubling up to `cap`, each at most
-    /// [`LONGEST`](Self::LONGEST).
-    pub(crate) const fn delays(mut self, base: Duration, cap: Duration) -> Self {
-        self.base = palisade_hints::bounded(base, Duration::ZERO, Self::LONGEST);
-        self.cap = palisade_hints::bounded(cap, Duration::ZERO, Self::LONGEST);
-        self
-    }
 }
 
 /// What became of a delivery retried in place.
@@ -550,68 +614,6 @@ pub(crate) enum Retried {
     GaveUp(BoxError),
     /// The consumer is stopping: the delivery is not settled.
     Stopped,
-}
-
-/// Tries `delivery` again, alone and in place, after its handler failed
-/// with `error`: after the growing delay, until it is applied, or its last
-/// try fails ([`Transient`] failures spend no try, so never for one). Nothing after it is applied
-/// meanwhile, so per-aggregate order holds. A database failure is waited
-/// out and does not count as a try. `wait(delay)` sleeps (a JetStream
-/// consumer keeps the message's acknowledgement alive meanwhile) and says
-/// `false` when the consumer is stopping.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "apply's four, and the retry's own four"
-)]
-pub(crate) async fn retry_in_place<I, H, W, F>(
-    inbox: &I,
-    consumer: &str,
-    handler: &H,
-    counters: &Counters,
-    policy: RetryPolicy,
-    delivery: &mut Delivery,
-    mut error: BoxError,
-    mut wait: W,
-) -> Retried
-where
-    I: InboxStore,
-    H: Handler<<I::Database as sqlx::Database>::Connection>,
-    W: FnMut(Duration) -> F,
-    F: Future<Output = bool>,
-{
-    // Transient failures are not the message's: they spend none of its
-    // tries.
-    let mut transient = 0;
-    loop {
-        if Transient::is(&*error) {
-            transient += 1;
-        } else if delivery.attempt.saturating_sub(transient) >= policy.max_deliver {
-            return Retried::GaveUp(error);
-        }
-        tracing::warn!(target: "palisade_outbox", consumer, id = %delivery.envelope.id, attempt = delivery.attempt, %error, "handler failed; trying again later");
-        Counters::add(&counters.retried);
-        if !wait(retry_delay(policy.base, policy.cap, delivery.attempt)).await {
-            return Retried::Stopped;
-        }
-        delivery.attempt += 1;
-        loop {
-            match apply(inbox, consumer, handler, counters, delivery).await {
-                Ok(()) => return Retried::Applied,
-                Err(Failure::Handler(again)) => {
-                    error = again;
-                    break;
-                }
-                // Not the message's fault: this try does not count.
-                Err(Failure::Database(failure)) => {
-                    tracing::warn!(target: "palisade_outbox", consumer, id = %delivery.envelope.id, error = %failure, "inbox database failed; trying again later");
-                    Counters::add(&counters.retried);
-                    if !wait(policy.base).await {
-                        return Retried::Stopped;
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Consumes an in-process subscription into a database, applying each
@@ -625,7 +627,9 @@ where
 /// them. A handler error rolls that message back alone (the messages
 /// before it are applied again in a new transaction: what a handler does
 /// outside the transaction must be idempotent); it is tried again
-/// after a growing delay, before any later message, and after
+/// after a growing delay, before any later message (a handler that panics
+/// or takes longer than [`handler_timeout`](Self::handler_timeout) over
+/// one message has failed as well), and after
 /// `max_deliver` tries it is given up on (logged as an error and counted as
 /// dead-lettered) and the next message goes: on a
 /// [`HandoffBroker`](crate::HandoffBroker) subscription it goes back to
@@ -688,7 +692,7 @@ pub struct MemoryConsumer<I, H> {
     counters: Counters,
     only: EventTypes,
     batch: usize,
-    retry: RetryPolicy,
+    policy: DeliveryPolicy,
 }
 
 impl<I, H> MemoryConsumer<I, H>
@@ -698,7 +702,8 @@ where
 {
     /// The consumer `name` (its name in the inbox), applying messages with
     /// `handler`. Defaults: every event type, up to 64 queued messages per
-    /// transaction, 5 tries, retries after 100 ms doubling to 5 s.
+    /// transaction, a minute for the handler over one message, 5 tries,
+    /// retries after 100 ms doubling to 5 s.
     #[must_use]
     pub fn new(name: &str, inbox: I, handler: H) -> Self {
         Self {
@@ -708,7 +713,8 @@ where
             counters: Counters::default(),
             only: EventTypes::default(),
             batch: 64,
-            retry: RetryPolicy {
+            policy: DeliveryPolicy {
+                handler_timeout: DeliveryPolicy::HANDLER_TIMEOUT,
                 max_deliver: 5,
                 base: Duration::from_millis(100),
                 cap: Duration::from_secs(5),
@@ -735,7 +741,7 @@ where
     /// Tries before a failing message is given up on (at least 1).
     #[must_use]
     pub fn max_deliver(mut self, tries: u64) -> Self {
-        self.retry.max_deliver = tries.max(1);
+        self.policy.max_deliver = tries.max(1);
         self
     }
 
@@ -743,7 +749,17 @@ where
     /// at most).
     #[must_use]
     pub const fn retry_delay(mut self, base: Duration, cap: Duration) -> Self {
-        self.retry = self.retry.delays(base, cap);
+        self.policy = self.policy.delays(base, cap);
+        self
+    }
+
+    /// The longest the handler may take over one message (and its
+    /// `prepare` over one transaction), from a millisecond to a day: past
+    /// it the try has failed, its transaction rolls back, and it is tried
+    /// again and given up on as any other failure. A minute unless set.
+    #[must_use]
+    pub const fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.policy = self.policy.handler_timeout(timeout);
         self
     }
 
@@ -835,7 +851,7 @@ where
         let mut next = 0;
         while next < deliveries.len() {
             let rest = &deliveries[next..];
-            match apply_batch(&self.inbox, &self.name, &self.handler, &self.counters, rest).await {
+            match self.applier().apply_batch(rest).await {
                 Ok((done, failure)) => {
                     for &place in &places[next..next + done] {
                         done_with(messages, place, Ok(()));
@@ -855,9 +871,19 @@ where
                 Err(error) => {
                     tracing::warn!(target: "palisade_outbox", consumer = %self.name, %error, "inbox database failed; trying again later");
                     Counters::add(&self.counters.retried);
-                    tokio::time::sleep(self.retry.base).await;
+                    tokio::time::sleep(self.policy.base).await;
                 }
             }
+        }
+    }
+
+    fn applier(&self) -> Applier<'_, I, H> {
+        Applier {
+            inbox: &self.inbox,
+            consumer: &self.name,
+            handler: &self.handler,
+            counters: &self.counters,
+            policy: self.policy,
         }
     }
 
@@ -868,17 +894,10 @@ where
             tokio::time::sleep(delay).await;
             true
         };
-        let retried = retry_in_place(
-            &self.inbox,
-            &self.name,
-            &self.handler,
-            &self.counters,
-            self.retry,
-            &mut delivery,
-            error,
-            sleep,
-        )
-        .await;
+        let retried = self
+            .applier()
+            .retry_in_place(&mut delivery, error, sleep)
+            .await;
         if let Retried::GaveUp(error) = &retried {
             Counters::add(&self.counters.dead_lettered);
             tracing::error!(target: "palisade_outbox", consumer = %self.name, id = %delivery.envelope.id, attempt = delivery.attempt, %error, "handler failed its last try; given up on");

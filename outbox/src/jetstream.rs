@@ -6,6 +6,7 @@ use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -15,8 +16,8 @@ use futures_util::future::Shared;
 use futures_util::{FutureExt, StreamExt};
 
 use crate::consume::{
-    BoxError, ConsumerStats, Counters, Delivery, EventTypes, Handler, Retried, RetryPolicy,
-    apply_batch, retry_delay, retry_in_place,
+    Applier, BoxError, ConsumerStats, Counters, Delivery, DeliveryPolicy, EventTypes, Handler,
+    Retried, retry_delay,
 };
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::{ConfigError, config_error};
@@ -42,7 +43,7 @@ pub struct ConsumerConfig {
     durable: String,
     dead_letter_subject: String,
     filter_subject: Option<String>,
-    retry: RetryPolicy,
+    policy: DeliveryPolicy,
     ack_wait: Duration,
 }
 
@@ -96,7 +97,8 @@ impl ConsumerConfig {
             durable: durable.to_owned(),
             dead_letter_subject: dead_letter_subject.to_owned(),
             filter_subject: None,
-            retry: RetryPolicy {
+            policy: DeliveryPolicy {
+                handler_timeout: DeliveryPolicy::HANDLER_TIMEOUT,
                 max_deliver: 5,
                 base: Duration::from_secs(1),
                 cap: Duration::from_secs(60),
@@ -116,7 +118,7 @@ impl ConsumerConfig {
     /// subject (at least 1).
     #[must_use]
     pub fn max_deliver(mut self, deliveries: u64) -> Self {
-        self.retry.max_deliver = deliveries.max(1);
+        self.policy.max_deliver = deliveries.max(1);
         self
     }
 
@@ -124,7 +126,21 @@ impl ConsumerConfig {
     /// a day at most: a longer one made no deadline).
     #[must_use]
     pub const fn retry_delay(mut self, base: Duration, cap: Duration) -> Self {
-        self.retry = self.retry.delays(base, cap);
+        self.policy = self.policy.delays(base, cap);
+        self
+    }
+
+    /// The longest the handler may take over one message (and its
+    /// `prepare` over one transaction), from a millisecond to a day: past
+    /// it the delivery has failed, its transaction rolls back, and it is
+    /// delivered again and dead-lettered as any other failure (a handler
+    /// that hung held its consumer for ever). A minute unless set; the
+    /// consumer keeps the acknowledgements of the messages it is applying
+    /// alive meanwhile, so a handler slower than the ack wait is not
+    /// delivered again under it.
+    #[must_use]
+    pub const fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.policy = self.policy.handler_timeout(timeout);
         self
     }
 
@@ -136,7 +152,7 @@ impl ConsumerConfig {
     #[must_use]
     pub const fn ack_wait(mut self, wait: Duration) -> Self {
         self.ack_wait =
-            palisade_hints::bounded(wait, Duration::from_millis(1), RetryPolicy::LONGEST);
+            palisade_hints::bounded(wait, Duration::from_millis(1), DeliveryPolicy::LONGEST);
         self
     }
 
@@ -145,17 +161,17 @@ impl ConsumerConfig {
     /// consumer that died holding it).
     #[must_use]
     pub fn redelivery_horizon(&self) -> Duration {
-        (1..self.retry.max_deliver)
+        (1..self.policy.max_deliver)
             .map(|attempt| self.delay_after(attempt))
             .fold(Duration::ZERO, Duration::saturating_add)
             .saturating_add(
                 self.ack_wait
-                    .saturating_mul(u32::try_from(self.retry.max_deliver).unwrap_or(u32::MAX)),
+                    .saturating_mul(u32::try_from(self.policy.max_deliver).unwrap_or(u32::MAX)),
             )
     }
 
     fn delay_after(&self, attempt: u64) -> Duration {
-        retry_delay(self.retry.base, self.retry.cap, attempt)
+        retry_delay(self.policy.base, self.policy.cap, attempt)
     }
 }
 
@@ -177,10 +193,14 @@ impl ConsumerConfig {
 ///   `palisade-consumer` and `palisade-deliveries`) and terminated.
 /// - A message without a valid envelope goes to the dead-letter subject at
 ///   once: no retry can fix it.
-/// - A handler that panics, or that went on after a statement of its own
-///   failed (on PostgreSQL the transaction can then only roll back, and
-///   the consumer asks before it commits), has failed as if it returned
-///   the error.
+/// - A handler that panics, that takes longer than
+///   [`handler_timeout`](ConsumerConfig::handler_timeout) (a minute by
+///   default) over one message, or that went on after a statement of its
+///   own failed (on PostgreSQL the transaction can then only roll back,
+///   and the consumer asks before it commits), has failed as if it
+///   returned the error. The acknowledgements of the messages not yet
+///   settled are kept alive while the consumer works: JetStream does not
+///   deliver them again under it.
 /// - A database failure (begin, inbox, commit) is waited out, in place, and
 ///   never dead-letters: it is not the message's fault.
 /// - If the dead-letter publish is not acknowledged, the message is nak'ed
@@ -482,67 +502,95 @@ where
             kept.push(message);
             deliveries.push(delivery);
         }
-        let policy = self.config.retry;
-        let mut at = 0;
-        while at < deliveries.len() {
-            let rest = &deliveries[at..];
-            let applied = apply_batch(
-                &self.inbox,
-                &self.config.durable,
-                &*self.handler,
-                &self.counters,
-                rest,
-            )
-            .await;
-            let (done, failure) = match applied {
-                Ok(outcome) => outcome,
-                Err(error) => {
-                    // Waited out in place: naks would let later messages
-                    // of an aggregate overtake earlier ones.
-                    tracing::warn!(target: "palisade_outbox", %error, "inbox database failed; trying again later");
-                    Counters::add(&self.counters.retried);
-                    if !self.hold(&kept[at..], policy.base, shutdown).await {
+        let applier = Applier {
+            inbox: &self.inbox,
+            consumer: &self.config.durable,
+            handler: &*self.handler,
+            counters: &self.counters,
+            policy: self.config.policy,
+        };
+        // `kept[..settled]` are settled; the rest are kept alive.
+        let settled = AtomicUsize::new(0);
+        let applying = async {
+            let mut at = 0;
+            while at < deliveries.len() {
+                let applied = applier.apply_batch(&deliveries[at..]).await;
+                let (done, failure) = match applied {
+                    Ok(outcome) => outcome,
+                    Err(error) => {
+                        // Waited out in place: naks would let later
+                        // messages of an aggregate overtake earlier ones.
+                        tracing::warn!(target: "palisade_outbox", %error, "inbox database failed; trying again later");
+                        Counters::add(&self.counters.retried);
+                        if !Self::pause(applier.policy.base, shutdown).await {
+                            self.release(&kept[at..]).await;
+                            return false;
+                        }
+                        continue;
+                    }
+                };
+                // Acknowledged after the commit: a lost ack means a
+                // redelivery, which the inbox turns into a duplicate.
+                for message in &kept[at..at + done] {
+                    Self::ack(message).await;
+                }
+                at += done;
+                settled.store(at, Ordering::Relaxed);
+                let Some(error) = failure else { continue };
+                let retried = applier
+                    .retry_in_place(&mut deliveries[at], error, |delay| {
+                        Self::pause(delay, shutdown)
+                    })
+                    .await;
+                let (message, delivery) = (kept[at], &deliveries[at]);
+                match retried {
+                    Retried::Applied => Self::ack(message).await,
+                    Retried::GaveUp(error) => {
+                        tracing::error!(target: "palisade_outbox", id = %delivery.envelope.id, attempt = delivery.attempt, %error, "handler failed its last delivery; dead-lettered");
+                        self.dead_letter(message, delivery.attempt, &error.to_string())
+                            .await;
+                    }
+                    Retried::Stopped => {
                         self.release(&kept[at..]).await;
                         return false;
                     }
-                    continue;
                 }
-            };
-            // Acknowledged after the commit: a lost ack means a
-            // redelivery, which the inbox turns into a duplicate.
-            for message in &kept[at..at + done] {
-                Self::ack(message).await;
+                at += 1;
+                settled.store(at, Ordering::Relaxed);
             }
-            at += done;
-            let Some(error) = failure else { continue };
-            let held = &kept[at..];
-            let retried = retry_in_place(
-                &self.inbox,
-                &self.config.durable,
-                &*self.handler,
-                &self.counters,
-                policy,
-                &mut deliveries[at],
-                error,
-                |delay| self.hold(held, delay, shutdown),
-            )
-            .await;
-            let (message, delivery) = (kept[at], &deliveries[at]);
-            match retried {
-                Retried::Applied => Self::ack(message).await,
-                Retried::GaveUp(error) => {
-                    tracing::error!(target: "palisade_outbox", id = %delivery.envelope.id, attempt = delivery.attempt, %error, "handler failed its last delivery; dead-lettered");
-                    self.dead_letter(message, delivery.attempt, &error.to_string())
-                        .await;
-                }
-                Retried::Stopped => {
-                    self.release(held).await;
-                    return false;
+            true
+        };
+        self.kept_alive(&kept, &settled, applying).await
+    }
+
+    /// `applying`'s outcome, keeping the acknowledgements of `messages`
+    /// from `settled` on alive until it ends: JetStream would deliver them
+    /// again after the ack wait, while the handler still applies them or
+    /// one before them is retried in place.
+    async fn kept_alive<T>(
+        &self,
+        messages: &[&jetstream::Message],
+        settled: &AtomicUsize,
+        applying: impl Future<Output = T>,
+    ) -> T {
+        let step = (self.config.ack_wait / 2).max(Duration::from_millis(100));
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut applying = std::pin::pin!(applying);
+        loop {
+            tokio::select! {
+                biased;
+                outcome = &mut applying => return outcome,
+                _ = ticks.tick() => {
+                    let from = settled.load(Ordering::Relaxed).min(messages.len());
+                    for message in &messages[from..] {
+                        if let Err(error) = message.ack_with(AckKind::Progress).await {
+                            tracing::debug!(target: "palisade_outbox", %error, "in-progress ack lost; JetStream may deliver the message again");
+                        }
+                    }
                 }
             }
-            at += 1;
         }
-        true
     }
 
     async fn ack(message: &jetstream::Message) {
@@ -551,35 +599,15 @@ where
         }
     }
 
-    /// Waits `delay` while holding `messages` back, keeping their
-    /// acknowledgements alive (JetStream would deliver them again after
-    /// the ack wait); `false` when `shutdown` came first.
-    async fn hold<S>(
-        &self,
-        messages: &[&jetstream::Message],
-        delay: Duration,
-        shutdown: &Shared<S>,
-    ) -> bool
+    /// Waits `delay`; `false` when `shutdown` came first.
+    async fn pause<S>(delay: Duration, shutdown: &Shared<S>) -> bool
     where
         S: Future<Output = ()> + Unpin,
     {
-        let deadline = tokio::time::Instant::now() + delay;
-        let step = (self.config.ack_wait / 2).max(Duration::from_millis(100));
-        loop {
-            for message in messages {
-                if let Err(error) = message.ack_with(AckKind::Progress).await {
-                    tracing::debug!(target: "palisade_outbox", %error, "in-progress ack lost; JetStream may deliver the message again");
-                }
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return true;
-            }
-            tokio::select! {
-                biased;
-                () = shutdown.clone() => return false,
-                () = tokio::time::sleep_until(deadline.min(now + step)) => {}
-            }
+        tokio::select! {
+            biased;
+            () = shutdown.clone() => false,
+            () = tokio::time::sleep(delay) => true,
         }
     }
 

@@ -28,7 +28,8 @@ async fn jetstream() -> jetstream::Context {
 }
 
 /// Writes each applied event into `applied`; `Flaky` fails its first two
-/// deliveries, `Bad` every one; unknown types are ignored.
+/// deliveries, `Bad` every one; `Slow` takes [`SLOW`] over its first,
+/// `Hangs` never ends; unknown types are ignored.
 struct Apply {
     schema: String,
     deliveries: Mutex<HashMap<String, u32>>,
@@ -57,6 +58,9 @@ impl Handler<PgConnection> for Apply {
             "Good" => {}
             "Flaky" if seen > 2 => {}
             "Flaky" | "Bad" => return Err(format!("cannot apply yet (delivery {seen})").into()),
+            "Slow" if seen == 1 => tokio::time::sleep(SLOW).await,
+            "Slow" => {}
+            "Hangs" => std::future::pending::<()>().await,
             _ => return Ok(Handled::Ignored),
         }
         self.extensions
@@ -85,6 +89,9 @@ impl Handler<PgConnection> for Apply {
             .push(delivery.envelope.id.clone());
     }
 }
+
+/// How long `Slow` takes over its first delivery.
+const SLOW: Duration = Duration::from_secs(3);
 
 /// A schema with an outbox, an inbox and the `applied` table, and a
 /// fresh stream the outbox's events are relayed to.
@@ -457,6 +464,63 @@ async fn a_retried_message_holds_back_later_messages_of_its_aggregate() {
     .await
     .unwrap();
     assert_eq!(order, [b"first".to_vec(), b"second".to_vec()]);
+    rig.remove().await;
+}
+
+/// A handler slower than the ack wait keeps its messages: the consumer
+/// keeps the acknowledgements of what it has not settled alive, so
+/// JetStream does not deliver them again under it (it did after the ack
+/// wait: each came back a duplicate). A handler that hangs fails its
+/// delivery at the handler timeout (it held the consumer for ever): the
+/// message is dead-lettered, and the one after it applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_handler_keeps_its_messages_and_a_hanging_one_is_cut_off() {
+    let rig = Rig::new().await;
+    let events = [
+        Event::new("order", "o-1", "Slow", b"slow".to_vec()),
+        Event::new("order", "o-1", "Good", b"after slow".to_vec()),
+        Event::new("order", "o-2", "Hangs", b"hangs".to_vec()),
+        Event::new("order", "o-2", "Good", b"after hangs".to_vec()),
+    ];
+    rig.publish(&events).await;
+    let config = rig
+        .config("cut-off")
+        .ack_wait(Duration::from_secs(1))
+        .handler_timeout(SLOW + Duration::from_secs(1))
+        .max_deliver(1);
+    let consumer = Arc::new(rig.consumer(config).await.unwrap());
+    let (stop, running) = start(&consumer);
+    for _ in 0..600 {
+        if consumer.stats().applied == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Anything JetStream delivered again would have come back by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let stats = consumer.stats();
+    assert_eq!(
+        (stats.applied, stats.duplicates, stats.dead_lettered),
+        (3, 0, 1),
+        "{stats:?}"
+    );
+    let order: Vec<Vec<u8>> = sqlx::query_scalar(&format!(
+        "SELECT payload FROM {}.applied ORDER BY n",
+        rig.db.name
+    ))
+    .fetch_all(&rig.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        order,
+        [
+            b"slow".to_vec(),
+            b"after slow".to_vec(),
+            b"after hangs".to_vec()
+        ]
+    );
     rig.remove().await;
 }
 

@@ -104,7 +104,7 @@ async fn a_full_subscriber_holds_publishes_back_and_loses_nothing() {
 }
 
 /// Records applied payloads; `Flaky` fails twice, `Bad` always, `Panics`
-/// panics.
+/// panics, `Hangs` never ends.
 #[derive(Debug, Default)]
 struct Record {
     tries: Mutex<HashMap<String, u32>>,
@@ -124,6 +124,9 @@ impl Handler<SqliteConnection> for Record {
             *n
         };
         assert!(kind != "Panics", "{kind} panics (try {tries})");
+        if kind == "Hangs" {
+            std::future::pending::<()>().await;
+        }
         if kind == "Bad" || (kind == "Flaky" && tries <= 2) {
             return Err(format!("{kind} fails (try {tries})").into());
         }
@@ -163,6 +166,24 @@ async fn the_memory_consumer_applies_once_retries_and_gives_up() {
 async fn a_handler_that_panics_fails_its_delivery_and_the_consumer_goes_on() {
     let (stats, applied) =
         recorded(&["Panics", "Good"], 1, |consumer| consumer.max_deliver(2)).await;
+    assert_eq!(
+        (stats.applied, stats.retried, stats.dead_lettered),
+        (1, 1, 1)
+    );
+    assert_eq!(applied, ["Good"]);
+}
+
+/// A handler that hangs fails its delivery at the handler timeout, and
+/// is tried again and given up on as any other; the consumer goes on with
+/// the next (it waited for ever: nothing after it was applied).
+#[tokio::test]
+async fn a_handler_that_hangs_fails_its_delivery_and_the_consumer_goes_on() {
+    let (stats, applied) = recorded(&["Hangs", "Good"], 1, |consumer| {
+        consumer
+            .max_deliver(2)
+            .handler_timeout(Duration::from_secs(1))
+    })
+    .await;
     assert_eq!(
         (stats.applied, stats.retried, stats.dead_lettered),
         (1, 1, 1)
