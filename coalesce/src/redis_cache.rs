@@ -146,9 +146,12 @@ impl RedisSettings {
 
     /// The leader's lease on the lock, extended every half of it while it
     /// computes; a leader that dies is replaced after at most this long.
+    /// From a millisecond to a day, a `ttl` outside taken as the nearer
+    /// bound (Redis refused a lease too long for `PX`, so that every lock
+    /// failed and Redis counted as down).
     #[must_use]
     pub const fn lock_ttl(mut self, ttl: Duration) -> Self {
-        self.lock_ttl = ttl;
+        self.lock_ttl = palisade_hints::bounded(ttl, Duration::from_millis(1), palisade_hints::DAY);
         self
     }
 

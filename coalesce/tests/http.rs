@@ -195,6 +195,65 @@ async fn instances_sharing_redis_reach_the_origin_once() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
+/// A layer varying on `Authorization` keeps each user's response apart
+/// without writing the credential to Redis: the key holds a digest of the
+/// varying values (the bearer token was in the key's name, and in the
+/// wake-up published to every process).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_varied_on_stay_out_of_redis() {
+    use palisade_coalesce::{RedisCache, RedisSettings};
+    use redis::AsyncCommands as _;
+
+    let prefix = format!("palisade-test:{}", fastrand::u64(..));
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)).early_refresh(0.0))
+        .prefix(&prefix);
+    let client = redis::Client::open(palisade_testkit::servers::redis_url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let cache: RedisCache<_, BoxError> = RedisCache::connect(&client, connection.clone(), settings)
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = calls.clone();
+    let app = Router::new()
+        .route(
+            "/me",
+            get(move |headers: HeaderMap| async move {
+                origin.fetch_add(1, Ordering::SeqCst);
+                format!("hello {}", headers["authorization"].to_str().unwrap())
+            }),
+        )
+        .layer(
+            CoalesceLayer::new(cache)
+                .vary([http::header::AUTHORIZATION])
+                .answer_failures(),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    for _ in 0..2 {
+        for user in ["Bearer alice-secret", "Bearer bob-secret"] {
+            let (status, _, body) = send(address, "GET", "/me", &[("authorization", user)]).await;
+            assert_eq!(
+                (status, body),
+                (StatusCode::OK, Bytes::from(format!("hello {user}")))
+            );
+        }
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one response a user, stored"
+    );
+    let keys: Vec<String> = connection.keys(format!("*{prefix}*")).await.unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|key| !key.contains("secret") && !key.contains("Bearer")),
+        "{keys:?}"
+    );
+}
+
 /// A `RedisCache` that refuses while Redis is down answers `503` with
 /// `Retry-After` (the probe interval) and the refusal in the extensions,
 /// as palisade layers answer what they refuse, and its origin is not
@@ -740,6 +799,43 @@ async fn a_write_during_a_refresh_of_its_uri_is_not_undone_by_the_refresh() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let later = call(&service, "GET", "/orders", &[]).await;
     assert_eq!(body_of(&later), "call 4", "the refresh stored nothing");
+}
+
+/// An origin's server error is an error, as RFC 5861 counts it: the
+/// stored response stands, served while it revalidates and, within
+/// `stale-if-error`, in place of the error (the 503 dropped it, and every
+/// later request met the failing origin); with nothing stored, the 503 is
+/// the answer.
+#[tokio::test(start_paused = true)]
+async fn an_origins_server_error_keeps_the_stored_response() {
+    let (service, calls) = layered(&[], |_, n| {
+        if n == 1 {
+            let directives = "max-age=10, stale-while-revalidate=10, stale-if-error=600";
+            return answer(&[("cache-control", directives.into())], "call 1".into());
+        }
+        let mut failed = answer(&[], format!("call {n} failed"));
+        *failed.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        failed
+    });
+    call(&service, "GET", "/", &[]).await;
+    tokio::time::advance(Duration::from_secs(15)).await;
+    let stale = call(&service, "GET", "/", &[]).await;
+    assert_eq!(body_of(&stale), "call 1", "stale while it revalidates");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the refresh met a 503");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let covered = call(&service, "GET", "/", &[]).await;
+    assert_eq!(
+        (covered.0, body_of(&covered)),
+        (StatusCode::OK, "call 1"),
+        "in place of the 503"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let unstored = call(&service, "GET", "/elsewhere", &[]).await;
+    assert_eq!(
+        (unstored.0, body_of(&unstored)),
+        (StatusCode::SERVICE_UNAVAILABLE, "call 4 failed")
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -140,6 +140,29 @@ async fn an_unbounded_wait_for_the_leader_is_taken() {
     assert_eq!(value.value, Bytes::from("v1"));
 }
 
+/// A lock lease longer than Redis takes for `PX` (`Duration::MAX`) is a
+/// day: Redis refused the lock's `SET`, so every lookup took Redis for
+/// down and computed the value here, storing nothing for the fleet.
+#[tokio::test]
+async fn an_unbounded_lock_lease_is_taken() {
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
+        .prefix(&prefix())
+        .lock_ttl(Duration::MAX);
+    let (first, second) = (
+        process(&redis_url(), settings.clone()).await,
+        process(&redis_url(), settings).await,
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    for process in [&first, &second] {
+        let value = process
+            .get_with("k", origin(&calls, Duration::ZERO))
+            .await
+            .unwrap();
+        assert_eq!(value.value, Bytes::from("v1"));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "stored for the fleet");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_values_are_served_while_one_process_refreshes() {
     let freshness = Freshness::new(Duration::from_millis(200))

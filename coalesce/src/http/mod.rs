@@ -27,6 +27,16 @@
 //! - **Writes invalidate.** A successful (2xx or 3xx) response to an unsafe
 //!   method (`POST`, `PUT`, `DELETE`…) drops the cached `GET` and `HEAD`
 //!   responses of its URI (those keyed with the same `vary` values).
+//! - **A server error is an error.** An origin's 500, 502, 503 or 504
+//!   (RFC 5861 §4) leaves the stored response as it was: it is served
+//!   while it revalidates, and within `stale-if-error` in place of the
+//!   error; a request nothing stored can answer gets the origin's
+//!   response.
+//! - **Credentials stay out of the store.** The varying fields' values
+//!   enter the key as a SHA-256 digest, so an `Authorization` or `Cookie`
+//!   the layer varies on is not written in a shared store's key names (nor
+//!   published in its wake-ups); the method, host, path and query are
+//!   written as they are, so keep secrets out of cached URLs.
 //! - A request with `Cache-Control: no-cache` goes to the origin.
 //!
 //! Bodies are kept whole, up to [`max_body`](CoalesceLayer::max_body)
@@ -477,7 +487,19 @@ impl<S, R, F> Coalesce<S, R, F> {
                     fetch(origin, request, max_body, default, &fetch_vary).await
                 }
             };
-            let lookup = cache.lookup(key, compute).await.map_err(flight_error)?;
+            let lookup = match cache.lookup(key, compute).await {
+                Ok(lookup) => lookup,
+                Err(error) => match ServerError::answer(&error) {
+                    // Nothing stored stood in for it: the origin's answer
+                    // is the caller's.
+                    Some(answer) => Lookup {
+                        value: answer,
+                        served: crate::Served::Miss,
+                        age: Duration::ZERO,
+                    },
+                    None => return Err(flight_error(error)),
+                },
+            };
             if !shareable(&lookup.value.headers, &vary)
                 && let Some(request) = take(&own)
             {
@@ -551,11 +573,38 @@ fn bypasses<B>(request: &Request<B>, vary: &[HeaderName]) -> bool {
 }
 
 /// The cache key of `request` as `method`: the method, the host (the
-/// URI's authority, else `Host`, lowercased), the path and query, then
-/// each varying field's values. Field values are escaped, and each ends
-/// with a comma, so a comma inside a value, two field lines and no line
-/// at all give three keys.
+/// URI's authority, else `Host`, lowercased), the path and query, then a
+/// SHA-256 digest of each varying field's values, so that credentials
+/// (`Authorization`, `Cookie`) never reach a shared store's key names or
+/// its wake-up messages. Field values are escaped, and each ends with a
+/// comma, so a comma inside a value, two field lines and no line at all
+/// give three keys.
 fn key<B>(method: &Method, request: &Request<B>, vary: &[HeaderName]) -> String {
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    let mut key = unvaried_key(method, request);
+    if vary.is_empty() {
+        return key;
+    }
+    let mut varied = String::new();
+    for name in vary {
+        varied.push_str(name.as_str());
+        varied.push(':');
+        for value in request.headers().get_all(name) {
+            escape(&mut varied, value.as_bytes());
+            varied.push(',');
+        }
+        varied.push('\n');
+    }
+    key.push_str("\nvary:");
+    for byte in sha2::Sha256::digest(varied.as_bytes()) {
+        let _ = write!(key, "{byte:02x}");
+    }
+    key
+}
+
+/// The key's method, host, path and query.
+fn unvaried_key<B>(method: &Method, request: &Request<B>) -> String {
     let uri = request.uri();
     let host = uri.authority().map_or_else(
         || {
@@ -572,15 +621,6 @@ fn key<B>(method: &Method, request: &Request<B>, vary: &[HeaderName]) -> String 
     key.push(' ');
     escape(&mut key, &host.to_ascii_lowercase());
     key.push_str(path);
-    for name in vary {
-        key.push('\n');
-        key.push_str(name.as_str());
-        key.push(':');
-        for value in request.headers().get_all(name) {
-            escape(&mut key, value.as_bytes());
-            key.push(',');
-        }
-    }
     key
 }
 
@@ -725,8 +765,42 @@ fn storable(status: StatusCode) -> bool {
     )
 }
 
+/// Statuses that are the origin failing rather than an answer to store or
+/// drop (RFC 5861 §4): 500, 502, 503 and 504.
+fn server_error(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// An origin's server error, as the flight's error: the stored response
+/// stands (served while it revalidates, and within `stale-if-error` in
+/// place of the error), and a caller nothing stored could answer gets the
+/// origin's response.
+#[derive(Debug)]
+struct ServerError(CachedResponse);
+
+impl ServerError {
+    /// The origin's response, when `error` is one.
+    fn answer(error: &FlightError<BoxError>) -> Option<CachedResponse> {
+        match error {
+            FlightError::Failed(shared) => {
+                shared.downcast_ref::<Self>().map(|failed| failed.0.clone())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the origin answered {}", self.0.status)
+    }
+}
+
+impl Error for ServerError {}
+
 /// The flight's work: ask the origin (without the caller's own
-/// conditions), keep the whole response, and say how long it may be kept.
+/// conditions), keep the whole response, and say how long it may be kept;
+/// a server error is the flight's error.
 async fn fetch<S, ReqBody, ResBody>(
     origin: S,
     mut request: Request<ReqBody>,
@@ -751,6 +825,13 @@ where
         }
         Err(error) => return Err(error),
     };
+    if server_error(parts.status) {
+        return Err(Box::new(ServerError(CachedResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })));
+    }
     let freshness = if storable(parts.status) && shareable(&parts.headers, vary) {
         // The response is `Age` old already (RFC 9111 §4.2.3).
         let age = age_of(&parts.headers);
