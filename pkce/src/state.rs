@@ -54,7 +54,8 @@ macro_rules! random_token_type {
             }
 
             #[doc = concat!("Restores a ", $what, " kept between the request and the response,")]
-            /// for instance in a session.
+            /// for instance in a session. An empty value (a session that
+            /// kept none, read with a default) matches nothing.
             #[must_use]
             pub fn from_stored(value: impl Into<String>) -> Self {
                 Self { value: value.into() }
@@ -66,10 +67,13 @@ macro_rules! random_token_type {
                 &self.value
             }
 
-            #[doc = concat!("Whether `received` is this ", $what, ", compared in constant time.")]
+            #[doc = concat!("Whether `received` is this ", $what, ", compared in constant time;")]
+            /// never when this one is empty (restored from a session that
+            /// kept none: a callback no request of this client started,
+            /// with an empty parameter, matched it).
             #[must_use]
             pub fn matches(&self, received: &str) -> bool {
-                self.value.as_bytes().ct_eq(received.as_bytes()).into()
+                !self.value.is_empty() && bool::from(self.value.as_bytes().ct_eq(received.as_bytes()))
             }
         }
 
@@ -124,3 +128,19 @@ random_token_type!(
     Nonce,
     "nonce"
 );
+
+#[cfg(test)]
+mod tests {
+    use super::{Nonce, State};
+
+    /// A session that kept no state, read with a default, matched a
+    /// callback with an empty `state` (login cross-site request forgery).
+    #[test]
+    fn an_empty_stored_value_matches_nothing() {
+        assert!(!State::from_stored("").matches(""));
+        assert!(!Nonce::from_stored(String::new()).matches(""));
+        let state = State::generate();
+        assert!(State::from_stored(state.as_str()).matches(state.as_str()));
+        assert!(!State::from_stored(state.as_str()).matches(""));
+    }
+}
