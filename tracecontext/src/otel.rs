@@ -62,12 +62,26 @@ impl CarrierMut for InjectorCarrier<'_> {
 /// received, with the trace it belongs to.
 struct Received {
     trace_id: TraceId,
+    flags: TraceFlags,
     state: TraceState,
+}
+
+/// What this process received of a trace, to take back what OpenTelemetry
+/// drops of it: the trace, its flags and its `tracestate`.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    trace_id: TraceId,
+    flags: TraceFlags,
+    state: &'a TraceState,
 }
 
 impl TextMapPropagator for Propagator {
     fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
-        let received = cx.get::<Received>().map(|r| (r.trace_id, &r.state));
+        let received = cx.get::<Received>().map(|r| Known {
+            trace_id: r.trace_id,
+            flags: r.flags,
+            state: &r.state,
+        });
         if let Some(context) = from_span_context(cx.span().span_context(), received) {
             self.inject(&context, &mut InjectorCarrier(injector));
         }
@@ -78,6 +92,7 @@ impl TextMapPropagator for Propagator {
             Ok((parent, state)) => {
                 let received = Received {
                     trace_id: parent.trace_id(),
+                    flags: parent.flags(),
                     state: state.clone(),
                 };
                 let context = TraceContext::continue_from(parent, state);
@@ -121,32 +136,39 @@ fn otel_trace_state(state: &TraceState) -> otel::TraceState {
 
 /// Our view of an OpenTelemetry span: `None` when it is not valid.
 ///
-/// `received` is the `tracestate` this process received for a trace: when
-/// it is the span's trace and the span's state is what OpenTelemetry made
-/// of it, unchanged, the received state is taken whole, with the members
-/// OpenTelemetry could not hold.
+/// `received` is what this process received of a trace. When it is the
+/// span's trace, its random flag is kept (it says how the trace id was
+/// made, so it travels with the id: the SDK gives a span it does not
+/// sample no flags at all), and when the span's state is what
+/// OpenTelemetry made of the received one, unchanged, the received state
+/// is taken whole, with the members OpenTelemetry could not hold.
 fn from_span_context(
     span: &otel::SpanContext,
-    received: Option<(TraceId, &TraceState)>,
+    received: Option<Known<'_>>,
 ) -> Option<TraceContext> {
     if !span.is_valid() {
         return None;
     }
     let held = span.trace_state();
-    let state = match received {
-        Some((trace_id, state))
-            if trace_id.to_bytes() == span.trace_id().to_bytes()
-                && (state.iter().eq(held) || otel_trace_state(state) == *held) =>
-        {
-            state.clone()
+    let mut flags = TraceFlags::from_wire(span.trace_flags().to_u8());
+    let mut state = None;
+    if let Some(known) =
+        received.filter(|known| known.trace_id.to_bytes() == span.trace_id().to_bytes())
+    {
+        if known.flags.is_random() {
+            flags = flags.union(TraceFlags::RANDOM);
         }
-        _ => TraceState::parse_lines([held.header().as_bytes()]).unwrap_or_default(),
-    };
+        if known.state.iter().eq(held) || otel_trace_state(known.state) == *held {
+            state = Some(known.state.clone());
+        }
+    }
+    let state = state
+        .unwrap_or_else(|| TraceState::parse_lines([held.header().as_bytes()]).unwrap_or_default());
     Some(TraceContext::from_parts(
         TraceId::from_bytes(span.trace_id().to_bytes())?,
         SpanId::from_bytes(span.span_id().to_bytes())?,
         None,
-        TraceFlags::from_wire(span.trace_flags().to_u8()),
+        flags,
         state,
     ))
 }
@@ -188,8 +210,10 @@ pub(crate) fn current_span_context() -> Option<TraceContext> {
     let current = tracing::Span::current().context();
     let span = current.span();
     let ours = TraceContext::current();
-    let received = ours
-        .as_ref()
-        .map(|ours| (ours.trace_id(), ours.trace_state()));
+    let received = ours.as_ref().map(|ours| Known {
+        trace_id: ours.trace_id(),
+        flags: ours.flags(),
+        state: ours.trace_state(),
+    });
     from_span_context(span.span_context(), received)
 }

@@ -140,6 +140,20 @@ async fn a_new_trace_takes_the_sdk_ids() {
     );
 }
 
+/// The random flag says how the trace id was made, so it travels with the
+/// id: an outgoing call in a trace the SDK does not sample carries it
+/// still (the SDK gives such a span no flags, and it went out as `00`).
+#[tokio::test]
+async fn the_random_flag_travels_where_the_sdk_does_not_sample() {
+    let (_exporter, _provider, _guard) = exporting();
+    let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-02";
+    let (server, sent) = call(app(), &[("traceparent", unsampled)]).await;
+    assert!(server.flags().is_random());
+    assert!(sent.flags().is_random(), "sent {sent}");
+    assert!(!sent.flags().is_sampled(), "sent {sent}");
+    assert_eq!(sent.trace_id(), server.trace_id());
+}
+
 #[tokio::test]
 async fn without_an_otel_layer_the_layers_work_alone() {
     let (server, sent) = call(app(), &[("traceparent", TP)]).await;
