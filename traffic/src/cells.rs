@@ -215,10 +215,27 @@ impl fmt::Display for CellError {
 
 impl std::error::Error for CellError {}
 
+/// The cell of `slot` when `count` cells share the slots at first: runs
+/// of `SLOTS / count` rounded up, unless that leaves a cell without a slot
+/// (the runs were rounded up so far that the last cells got none: 65
+/// cells left the 65th none), then runs that differ by one at most.
+fn first_runs(count: u16, slot: u16) -> u16 {
+    let (count, slot, slots) = (u32::from(count), u32::from(slot), u32::from(SLOTS));
+    let run = slots.div_ceil(count);
+    let cell = if run * (count - 1) < slots {
+        slot / run
+    } else {
+        slot * count / slots
+    };
+    u16::try_from(cell).unwrap_or(u16::MAX)
+}
+
 impl<S: Clone> Cells<S> {
     /// The cells `cells` (name, service), the slots shared among them in
-    /// equal runs in the order given; the first is the fallback for
-    /// requests that name no key.
+    /// runs in the order given, of `SLOTS / n` rounded up each and the
+    /// last taking what is left, or, where that would leave the last cells
+    /// none (65 cells or more, for most counts), of `SLOTS / n` rounded up
+    /// or down; the first is the fallback for requests that name no key.
     ///
     /// # Errors
     ///
@@ -246,10 +263,7 @@ impl<S: Clone> Cells<S> {
         if count > SLOTS {
             return Err(CellError::TooMany);
         }
-        let run = u32::from(SLOTS).div_ceil(u32::from(count));
-        let slots = (0..u32::from(SLOTS))
-            .map(|slot| u16::try_from(slot / run).unwrap_or(count - 1))
-            .collect();
+        let slots = (0..SLOTS).map(|slot| first_runs(count, slot)).collect();
         Ok(Self {
             shared: Arc::new(Shared {
                 table: ArcSwap::from_pointee(Table {

@@ -151,6 +151,47 @@ async fn a_canary_that_hangs_is_halted_through_its_callers_timeouts() {
     assert_eq!(canary.share(), 0.0);
 }
 
+/// A canary that hangs on one call in 25 is halted for it: a call its
+/// caller abandons is a failure. (It counted as a success, and the hung
+/// calls, under 5%, stayed above the 95th percentile: the canary ran on.)
+#[tokio::test(start_paused = true)]
+async fn a_canary_that_hangs_now_and_then_is_halted_for_its_abandoned_calls() {
+    let canary = Canary::new(plan()).unwrap();
+    let mut events = canary.subscribe();
+    let calls = Arc::new(AtomicU64::new(0));
+    let hangs_now_and_then = service_fn(move |user: u64| {
+        let call = calls.fetch_add(1, Ordering::Relaxed) + 1;
+        async move {
+            if call.is_multiple_of(25) {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok::<_, BoxError>(user)
+        }
+    });
+    let split = by_user(
+        version(u64::MAX, Duration::from_millis(10)),
+        hangs_now_and_then,
+        &canary,
+    );
+    let mut user = 0;
+    while !canary.is_halted() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), split.clone().oneshot(user)).await;
+        user += 1;
+        assert!(user < 20_000, "never halted: {:?}", canary.counts());
+    }
+    let Ok(CanaryEvent::Halted {
+        reason: HaltReason::Errors {
+            canary: bad,
+            stable,
+        },
+    }) = events.recv().await
+    else {
+        panic!("halted for its errors");
+    };
+    assert!(bad > 0.02 && stable == 0.0, "{bad} against {stable}");
+}
+
 /// The latency margin is kept to within a tenth: a canary 3% slower is
 /// left to run, one 39% slower is halted (margin 25%). (Latencies were
 /// compared by buckets 41% wide: the first was halted, the second not.)
