@@ -632,6 +632,13 @@ impl CircuitBreaker {
         self.inner.state()
     }
 
+    /// Until when an open breaker stays open, as it stands.
+    pub(crate) fn open_until(&self) -> Option<Instant> {
+        let word = self.inner.load();
+        (word.state() == State::Open)
+            .then(|| self.inner.base + Duration::from_millis(word.payload()))
+    }
+
     /// The state and the window's counts at `now`.
     #[must_use]
     pub fn metrics(&self, now: Instant) -> Metrics {
@@ -750,13 +757,6 @@ impl CircuitBreaker {
         inner.window.reset();
         inner.reopens.store(0, Ordering::Relaxed);
         inner.transitioned(word.state(), State::Closed);
-    }
-
-    /// Until when an open breaker stays open, as it stands.
-    pub(crate) fn open_until(&self) -> Option<Instant> {
-        let word = self.inner.load();
-        (word.state() == State::Open)
-            .then(|| self.inner.base + Duration::from_millis(word.payload()))
     }
 }
 

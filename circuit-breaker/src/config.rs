@@ -240,9 +240,9 @@ impl ConfigBuilder {
         self
     }
 
-    /// Counts calls slower than `duration` as slow, whatever their result,
-    /// and opens when their rate reaches `rate` (off by default). A slow
-    /// probe counts as failed.
+    /// Counts calls slower than `duration` (positive) as slow, whatever
+    /// their result, and opens when their rate reaches `rate` (off by
+    /// default). A slow probe counts as failed.
     #[must_use]
     pub const fn slow_calls(mut self, duration: Duration, rate: f64) -> Self {
         self.config.slow_call = Some((duration, rate));
@@ -349,10 +349,15 @@ impl ConfigBuilder {
         if !rate_ok(config.failure_rate_threshold) {
             return Err(config_error("failure_rate_threshold", "must be in (0, 1]"));
         }
-        if let Some((_, rate)) = config.slow_call
-            && !rate_ok(rate)
-        {
-            return Err(config_error("slow_calls", "rate must be in (0, 1]"));
+        if let Some((duration, rate)) = config.slow_call {
+            if !rate_ok(rate) {
+                return Err(config_error("slow_calls", "rate must be in (0, 1]"));
+            }
+            // Every call would be slow: the breaker would open at its
+            // minimum calls and every probe fail, for good.
+            if duration.is_zero() {
+                return Err(config_error("slow_calls", "duration must be positive"));
+            }
         }
         if config.open_duration.is_zero() {
             return Err(config_error("open_duration", "must be positive"));
@@ -444,5 +449,22 @@ mod tests {
         let longest = extreme.open_ms(64, Some(Duration::MAX), 0.99);
         assert!(longest >= 1);
         assert!(u128::from(longest) <= Duration::MAX.as_millis());
+    }
+
+    /// A zero slow-call duration made every call slow: the breaker opened
+    /// at its minimum calls and every probe failed, for good.
+    #[test]
+    fn a_zero_slow_call_duration_is_refused() {
+        let refused = Config::builder()
+            .slow_calls(Duration::ZERO, 0.5)
+            .build()
+            .unwrap_err();
+        assert!(refused.to_string().contains("slow_calls"), "{refused}");
+        assert!(
+            Config::builder()
+                .slow_calls(Duration::from_nanos(1), 0.5)
+                .build()
+                .is_ok()
+        );
     }
 }

@@ -28,9 +28,14 @@ const SCAN_BUDGET: usize = 16;
 /// key from one configuration, and bounded.
 ///
 /// When it holds `capacity` breakers and a new key arrives, a breaker that
-/// is closed and unused for `idle_after` is retired to make room; an open,
-/// half-open, forced or recently used breaker is never retired, so a
-/// failing key cannot escape its breaker by crowding it out. The search is
+/// is closed and unused for `idle_after` is retired to make room, or else
+/// one unused for as long that is done being open (its open duration has
+/// passed, or it is half-open: its next call would be a probe); a breaker
+/// still open, forced or recently used is never retired, so a failing key
+/// cannot escape its breaker by crowding it out (one that comes back after
+/// `idle_after` may find a new breaker, which lets `minimum_calls` calls
+/// through before it opens, where its own would have let one probe). The
+/// search is
 /// a clock: a hand goes round the breakers and looks at 16 at most per new
 /// key, from where it stopped last, so admitting a key costs the same
 /// however full the registry is and a flood of new keys cannot make the
@@ -77,18 +82,33 @@ impl<K: Eq + Hash + Clone> Breakers<K> {
     }
 
     /// Moves the hand over at most [`SCAN_BUDGET`] entries; the place of
-    /// the first closed one unused for `idle_ms`, if any.
-    fn retirable(&mut self, now_ms: u64, idle_ms: u64) -> Option<usize> {
+    /// the first closed one unused for `idle_ms`, else of the first one
+    /// unused for as long that is done being open (its open duration
+    /// passed, or half-open with no call to probe it), if any.
+    fn retirable(&mut self, now: Instant, now_ms: u64, idle_ms: u64) -> Option<usize> {
+        let mut done_being_open = None;
         for _ in 0..SCAN_BUDGET.min(self.entries.len()) {
             let at = self.hand;
             self.hand = (at + 1) % self.entries.len();
             let entry = &self.entries[at];
-            let idle = now_ms.saturating_sub(entry.last_used.load(Ordering::Relaxed)) >= idle_ms;
-            if idle && entry.breaker.state() == State::Closed {
-                return Some(at);
+            if now_ms.saturating_sub(entry.last_used.load(Ordering::Relaxed)) < idle_ms {
+                continue;
+            }
+            match entry.breaker.state() {
+                State::Closed => return Some(at),
+                // Such a breaker never changed again: only a call moves an
+                // open breaker on, so a registry full of them took no new
+                // key for good.
+                State::Open if entry.breaker.open_until().is_some_and(|until| until <= now) => {
+                    done_being_open.get_or_insert(at);
+                }
+                State::HalfOpen => {
+                    done_being_open.get_or_insert(at);
+                }
+                _ => {}
             }
         }
-        None
+        done_being_open
     }
 
     /// Puts `entry` at `at` (a retired entry's place) or at the end.
@@ -156,7 +176,7 @@ impl<K: Eq + Hash + Clone> BreakerRegistry<K> {
         }
         let place = if breakers.entries.len() >= self.capacity {
             let idle_ms = u64::try_from(self.idle_after.as_millis()).unwrap_or(u64::MAX);
-            let Some(place) = breakers.retirable(now_ms, idle_ms) else {
+            let Some(place) = breakers.retirable(at, now_ms, idle_ms) else {
                 tracing::warn!(
                     target: "palisade_circuit_breaker",
                     capacity = self.capacity,

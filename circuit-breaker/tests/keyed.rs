@@ -63,6 +63,38 @@ async fn idle_closed_breakers_make_room_and_open_ones_stay() {
     assert_eq!(registry().breaker(&"sick").unwrap().state(), State::Open);
 }
 
+/// Breakers done being open make room once unused for the idle time: a
+/// registry full of keys that tripped and went away (pods replaced) gave
+/// every new key the one overflow breaker for good, since only a call
+/// moves an open breaker on.
+#[tokio::test(start_paused = true)]
+async fn idle_breakers_done_being_open_make_room() {
+    let layer = KeyedCircuitBreakerLayer::new(config(), |request: &(&'static str, bool)| request.0)
+        .capacity(2, Duration::from_secs(60));
+    let service = layer.layer(service_fn(upstream));
+    for key in ["gone-1", "gone-2"] {
+        for _ in 0..2 {
+            let _ = service.clone().oneshot((key, true)).await;
+        }
+        assert_eq!(layer.registry().breaker(&key).unwrap().state(), State::Open);
+    }
+    // Not unused for the idle time yet: kept.
+    tokio::time::advance(Duration::from_secs(20)).await;
+    service.clone().oneshot(("new", false)).await.unwrap();
+    assert!(
+        layer.registry().breaker(&"new").is_none(),
+        "shares the overflow"
+    );
+    // Done being open (30 s) and unused for the idle time (60 s).
+    tokio::time::advance(Duration::from_secs(41)).await;
+    service.clone().oneshot(("new", false)).await.unwrap();
+    assert!(
+        layer.registry().breaker(&"new").is_some(),
+        "a breaker of its own"
+    );
+    assert_eq!(layer.registry().len(), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn clones_share_the_registry() {
     let layer = KeyedCircuitBreakerLayer::new(config(), |request: &(&'static str, bool)| request.0);
