@@ -62,12 +62,13 @@ pin_project! {
     #[project = AttemptProj]
     enum Attempt<F, T> {
         Calling { #[pin] future: F },
-        // The failed attempt's result is kept through the wait: it goes back
-        // to the caller if the request cannot be made again after all.
+        // The failed attempt's result is kept through the wait and the
+        // readiness: it goes back to the caller if the request cannot be
+        // made again after all.
         // The wait is boxed: a tokio `Sleep` is large, and only a call that
         // is retried pays for it, not every call's future.
         Waiting { sleep: Pin<Box<Sleep>>, last: Option<Result<T, BoxError>> },
-        Readying,
+        Readying { last: Option<Result<T, BoxError>> },
     }
 }
 
@@ -96,6 +97,9 @@ struct Retried<Request> {
     /// Attempts started.
     attempts: u32,
     previous_delay: Duration,
+    /// How long the next attempt is expected to take: as long as the one
+    /// before it.
+    estimate: Duration,
     /// The next attempt's request, made when the wait is over.
     next: Option<Request>,
     /// The retry the budget gave for the next attempt, until it is made:
@@ -190,15 +194,12 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
             None => drawn(),
         };
         let now = Instant::now();
-        if let Some(deadline) = deadline {
-            // The attempt just finished is the estimate of the next one. A
-            // server's hint can be as long as it likes: an end past what an
-            // `Instant` holds is past any deadline.
-            let estimate = now.saturating_duration_since(deadline.started);
-            let end = now.checked_add(delay.saturating_add(estimate));
-            if end.is_none_or(|end| end > deadline.sleep.deadline()) {
-                return give_up(GiveUp::Deadline);
-            }
+        // The attempt just finished is the estimate of the next one.
+        let estimate = deadline.map_or(Duration::ZERO, |deadline| {
+            now.saturating_duration_since(deadline.started)
+        });
+        if deadline.is_some_and(|deadline| !deadline.leaves(now, delay.saturating_add(estimate))) {
+            return give_up(GiveUp::Deadline);
         }
         if !shared.replay.can_replay(&self.saved) {
             return give_up(GiveUp::NotReplayable);
@@ -214,11 +215,13 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
             Box::new(Retried {
                 attempts,
                 previous_delay,
+                estimate,
                 next: None,
                 unspent: Unspent::default(),
             })
         });
         retried.previous_delay = delay;
+        retried.estimate = estimate;
         debug_assert!(
             retried.unspent.0.is_none(),
             "spent before a new retry is taken"
@@ -277,6 +280,14 @@ where
 }
 
 impl Deadline {
+    /// Whether work of `length` starting `now` ends by the deadline. A
+    /// server's hint can be as long as it likes: an end past what an
+    /// `Instant` holds is past any deadline.
+    fn leaves(&self, now: Instant, length: Duration) -> bool {
+        now.checked_add(length)
+            .is_some_and(|end| end <= self.sleep.deadline())
+    }
+
     /// A deadline `total` from now, its first attempt starting now.
     pub(crate) fn after(total: Duration) -> Pin<Box<Self>> {
         let started = Instant::now();
@@ -336,9 +347,10 @@ where
                         let last = last.take().expect("kept until the wait is over");
                         return Poll::Ready(last);
                     }
-                    this.attempt.set(Attempt::Readying);
+                    let last = last.take();
+                    this.attempt.set(Attempt::Readying { last });
                 }
-                AttemptProj::Readying => {
+                AttemptProj::Readying { last } => {
                     let retrying = this
                         .retrying
                         .as_mut()
@@ -354,6 +366,21 @@ where
                         .retried
                         .as_mut()
                         .expect("a retry was decided before its wait");
+                    // The wait for readiness may have taken the time the
+                    // attempt needs: none starts that is not expected to
+                    // finish in time.
+                    if this
+                        .deadline
+                        .as_deref()
+                        .is_some_and(|deadline| !deadline.leaves(Instant::now(), retried.estimate))
+                    {
+                        retried.unspent.give_back();
+                        retrying
+                            .shared
+                            .events
+                            .gave_up(GiveUp::Deadline, retried.attempts);
+                        return Poll::Ready(last.take().expect("kept until the attempt is made"));
+                    }
                     let request = retried.next.take().expect("made after the wait");
                     retried.attempts += 1;
                     retried.unspent.spend();

@@ -428,6 +428,36 @@ async fn the_inner_service_is_polled_ready_before_each_retry() {
     assert_eq!(response.await.unwrap().unwrap(), 70);
 }
 
+/// A retry whose service is ready too late for the attempt to finish by
+/// the deadline is not made: the caller has the last attempt's result
+/// (the attempt was sent, and abandoned at the deadline: a write the
+/// dependency may have applied, reported as failed).
+#[tokio::test(start_paused = true)]
+async fn a_retry_ready_too_late_for_the_deadline_is_not_made() {
+    let config = Config::builder()
+        .backoff(Backoff::constant(ms(50)))
+        .deadline(ms(1000))
+        .build()
+        .unwrap();
+    let (inner, mut handle) = mock::pair::<u32, u32>();
+    let mut service = RetryLayer::new(config).layer(inner);
+    handle.allow(1);
+    service.ready().await.unwrap();
+    let response = tokio::spawn(service.call(7));
+    let (request, answer) = handle.next_request().await.unwrap();
+    assert_eq!(request, 7);
+    // The first attempt takes 100 ms: the estimate of the next.
+    tokio::time::sleep(ms(100)).await;
+    answer.send_error("reset");
+    // Ready again at 950 ms: an attempt would end at 1050 ms.
+    tokio::time::sleep(ms(850)).await;
+    handle.allow(1);
+    let err = response.await.unwrap().unwrap_err();
+    assert_eq!(err.to_string(), "reset");
+    drop(service);
+    assert!(handle.next_request().await.is_none(), "no second attempt");
+}
+
 /// A hint a server may send: none, a wait of a few hundred milliseconds, or
 /// one as long as a `Duration` holds.
 fn any_hint() -> impl Strategy<Value = Option<Duration>> {
