@@ -14,8 +14,8 @@ use crate::respond::Respond;
 
 pin_project! {
     /// Response future of [`Slo`](crate::Slo): counts the call into the
-    /// budget when it ends (or, dropped unfinished, when it had already
-    /// run past the objective's latency threshold).
+    /// budget when it ends, as bad when it panics (or, dropped unfinished,
+    /// when it had already run past the objective's latency threshold).
     #[derive(Debug)]
     pub struct ResponseFuture<F, C, R> {
         #[pin]
@@ -49,6 +49,9 @@ struct Call<C> {
     started: Option<Instant>,
     /// How the call ended; `None` while it has not.
     event: Option<Event>,
+    /// Set while the inner future is polled: still set when the call is
+    /// dropped, it panicked.
+    polling: bool,
 }
 
 impl<C> Drop for Call<C> {
@@ -63,6 +66,9 @@ impl<C> Drop for Call<C> {
         let good = match self.event {
             Some(Event::Good) => !slow,
             Some(Event::Bad) => false,
+            // Unwound out of the inner future: it panicked, a failure to
+            // its caller (a catch-panic layer's 500).
+            None if self.polling => false,
             // Dropped unfinished: counted only when it was already too slow.
             None if slow => false,
             Some(Event::Excluded) | None => return,
@@ -87,6 +93,7 @@ impl<F, C, R> ResponseFuture<F, C, R> {
                     classifier,
                     started,
                     event: None,
+                    polling: false,
                 }),
                 respond,
             },
@@ -120,7 +127,14 @@ where
                 call,
                 respond,
             } => {
-                let result = ready!(inner.poll(cx));
+                if let Some(call) = call.as_mut() {
+                    call.polling = true;
+                }
+                let polled = inner.poll(cx);
+                if let Some(call) = call.as_mut() {
+                    call.polling = false;
+                }
+                let result = ready!(polled);
                 if let Some(mut call) = call.take() {
                     call.event = Some(call.classifier.classify(&result));
                 }

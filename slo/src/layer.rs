@@ -18,9 +18,10 @@ use crate::shed::{ShedNothing, Shedding};
 ///
 /// A call is counted when its response future ends, as its classifier
 /// says ([`ErrorsAreBad`] by default), and bad if it took longer than the
-/// objective's latency threshold. A call dropped before it ended (a
-/// client gone, a timeout further out) is counted bad if it had already
-/// run past the threshold, and not at all otherwise.
+/// objective's latency threshold. A call whose service panicked is bad
+/// (its caller sees a failure: a catch-panic layer's 500). A call dropped
+/// before it ended (a client gone, a timeout further out) is counted bad
+/// if it had already run past the threshold, and not at all otherwise.
 ///
 /// # Example
 ///

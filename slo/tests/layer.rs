@@ -90,6 +90,21 @@ async fn a_call_slower_than_the_threshold_is_bad_however_it_ends() {
     assert_eq!(counts(&budget), Counts { good: 0, bad: 2 });
 }
 
+/// A call whose service panics is bad: its caller sees a failure (a
+/// catch-panic layer's 500), where the budget counted nothing.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_panics_is_bad() {
+    let budget = ErrorBudget::new(objective()).unwrap();
+    let service = SloLayer::new(budget.clone()).layer(service_fn(|ask: Ask| async move {
+        assert!(ask != Ask::Fail, "the handler panics");
+        Ok::<_, BoxError>(ask)
+    }));
+    let panicked = tokio::spawn(service.clone().oneshot(Ask::Fail)).await;
+    assert!(panicked.unwrap_err().is_panic());
+    service.oneshot(Ask::Ok).await.unwrap();
+    assert_eq!(counts(&budget), Counts { good: 1, bad: 1 });
+}
+
 #[tokio::test(start_paused = true)]
 async fn low_priority_calls_are_shed_while_the_budget_pages_and_not_counted() {
     let budget = ErrorBudget::new(objective()).unwrap();
