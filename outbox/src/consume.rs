@@ -360,7 +360,10 @@ where
     /// handler fails.
     async fn transaction(&self, deliveries: &[Delivery]) -> Result<Ran, sqlx::Error> {
         let counters = self.counters;
-        let mut tx = self.inbox.begin().await?;
+        let mut tx = self
+            .inbox
+            .begin_bounded(self.policy.handler_timeout)
+            .await?;
         let ids: Vec<&str> = deliveries
             .iter()
             .map(|delivery| delivery.envelope.id.as_str())

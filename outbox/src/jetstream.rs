@@ -260,7 +260,9 @@ where
     ///
     /// # Errors
     ///
-    /// [`ConsumerSetupError`] when the stream is missing, the consumer
+    /// [`ConsumerSetupError`] when the stream is missing, no stream
+    /// captures the dead-letter subject (a message given up on could not
+    /// be stored, and would be delivered again for ever), the consumer
     /// would read its own dead-letter subject (the stream captures it, and
     /// the consumer's filter, if it has one, matches it: what it gives up
     /// on would come back to it, to fail and be sent there again, for
@@ -293,6 +295,28 @@ where
                 .cloned();
             (captured, stream_config.duplicate_window)
         };
+        // What the consumer gives up on must be stored somewhere: a
+        // dead letter no stream takes is refused every time, and its
+        // message delivered, failed and offered again for ever.
+        if captured.is_none() {
+            use jetstream::context::GetStreamByNameErrorKind;
+            match context.stream_by_subject(dead).await {
+                Ok(_) => {}
+                Err(error) if error.kind() == GetStreamByNameErrorKind::NotFound => {
+                    return Err(ConsumerSetupError(format!(
+                        "no stream captures the dead-letter subject {dead} of consumer {}: what \
+                         it gives up on could not be stored, and would be delivered again for \
+                         ever; add the subject to a stream",
+                        config.durable,
+                    )));
+                }
+                Err(error) => {
+                    return Err(ConsumerSetupError(format!(
+                        "the stream of dead-letter subject {dead}: {error}"
+                    )));
+                }
+            }
+        }
         if let Some(captured) = captured
             && filter.is_none_or(|filter| matches_subject(filter, dead))
         {
@@ -523,6 +547,7 @@ where
                         tracing::warn!(target: "palisade_outbox", %error, "inbox database failed; trying again later");
                         Counters::add(&self.counters.retried);
                         if !Self::pause(applier.policy.base, shutdown).await {
+                            settled.store(kept.len(), Ordering::Relaxed);
                             self.release(&kept[at..]).await;
                             return false;
                         }
@@ -530,12 +555,14 @@ where
                     }
                 };
                 // Acknowledged after the commit: a lost ack means a
-                // redelivery, which the inbox turns into a duplicate.
+                // redelivery, which the inbox turns into a duplicate. (Kept
+                // alive no more from now: an in-progress ack after an ack
+                // or a nak would hold the message for another ack wait.)
+                settled.store(at + done, Ordering::Relaxed);
                 for message in &kept[at..at + done] {
                     Self::ack(message).await;
                 }
                 at += done;
-                settled.store(at, Ordering::Relaxed);
                 let Some(error) = failure else { continue };
                 let retried = applier
                     .retry_in_place(&mut deliveries[at], error, |delay| {
@@ -543,6 +570,14 @@ where
                     })
                     .await;
                 let (message, delivery) = (kept[at], &deliveries[at]);
+                settled.store(
+                    if matches!(retried, Retried::Stopped) {
+                        kept.len()
+                    } else {
+                        at + 1
+                    },
+                    Ordering::Relaxed,
+                );
                 match retried {
                     Retried::Applied => Self::ack(message).await,
                     Retried::GaveUp(error) => {
@@ -556,7 +591,6 @@ where
                     }
                 }
                 at += 1;
-                settled.store(at, Ordering::Relaxed);
             }
             true
         };

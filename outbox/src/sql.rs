@@ -3,6 +3,8 @@
 //! Times are the database's own (`now()` in PostgreSQL, `julianday('now')`
 //! in SQLite), never a relay's clock; durations are bound as milliseconds.
 
+use std::time::Duration;
+
 use crate::config::OutboxConfig;
 
 /// The most events one statement writes (six values each: SQLite takes
@@ -62,6 +64,28 @@ impl Dialect {
             Self::Postgres => format!("(extract(epoch FROM {column}) * 1000)::bigint"),
             #[cfg(feature = "sqlite")]
             Self::Sqlite => column.to_owned(),
+        }
+    }
+
+    /// The statement that begins a transaction in which no statement
+    /// runs longer than `limit`, where the database can bound one on its
+    /// side: PostgreSQL's `statement_timeout`, set for the transaction in
+    /// the same round trip as its `BEGIN`. (A statement whose client gave
+    /// up on it runs on there: a lock wait would hold what the
+    /// transaction wrote until the lock came.) SQLite runs statements in
+    /// process, and waits for locks no longer than its busy timeout.
+    fn bounded_begin(self, limit: Duration) -> Option<String> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres => Some(format!(
+                "BEGIN; SET LOCAL statement_timeout = {}",
+                limit.as_millis().clamp(1, i32::MAX as u128)
+            )),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite => {
+                let _ = limit;
+                None
+            }
         }
     }
 
@@ -638,6 +662,7 @@ pub(crate) struct InboxSql {
     /// aborted, where the database keeps such a state (PostgreSQL: its
     /// `COMMIT` rolls back and answers success all the same).
     pub(crate) still_open: Option<&'static str>,
+    dialect: Dialect,
 }
 
 impl InboxSql {
@@ -671,6 +696,13 @@ impl InboxSql {
                 cutoff = dialect.shifted('-', "$1"),
             ),
             still_open: dialect.still_open(),
+            dialect,
         }
+    }
+
+    /// The statement that begins a transaction in which no statement runs
+    /// longer than `limit`, where the database can bound one.
+    pub(crate) fn bounded_begin(&self, limit: Duration) -> Option<String> {
+        self.dialect.bounded_begin(limit)
     }
 }

@@ -166,6 +166,22 @@ pub trait InboxStore: Clone + Send + Sync + 'static {
         &self,
     ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>> + Send;
 
+    /// Begins a transaction in which no statement runs longer than
+    /// `limit`, where the database can bound statements on its side
+    /// (PostgreSQL: `statement_timeout`, set with the `BEGIN`): a consumer
+    /// that cuts off a handler past its handler timeout gives up on the
+    /// handler's statement, which would otherwise run on (a lock wait)
+    /// holding what the transaction wrote, so that the next try waited on
+    /// it. Just [`begin`](Self::begin) by default.
+    fn begin_bounded(
+        &self,
+        limit: Duration,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>> + Send
+    {
+        let _ = limit;
+        self.begin()
+    }
+
     /// As the inbox's own `process_all`: for each of `message_ids`, `true`
     /// the first time `consumer` sees it, all recorded in `tx`.
     fn process_all(

@@ -600,6 +600,16 @@ macro_rules! sql_inbox {
                 self.pool.begin().await
             }
 
+            async fn begin_bounded(
+                &self,
+                limit: std::time::Duration,
+            ) -> Result<sqlx::Transaction<'static, $db>, sqlx::Error> {
+                match self.sql.bounded_begin(limit) {
+                    Some(statement) => self.pool.begin_with(statement).await,
+                    None => self.pool.begin().await,
+                }
+            }
+
             async fn process_all(
                 &self,
                 tx: &mut $conn,

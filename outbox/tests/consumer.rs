@@ -91,7 +91,7 @@ impl Handler<PgConnection> for Apply {
 }
 
 /// How long `Slow` takes over its first delivery.
-const SLOW: Duration = Duration::from_secs(3);
+const SLOW: Duration = Duration::from_secs(4);
 
 /// A schema with an outbox, an inbox and the `applied` table, and a
 /// fresh stream the outbox's events are relayed to.
@@ -485,7 +485,7 @@ async fn a_slow_handler_keeps_its_messages_and_a_hanging_one_is_cut_off() {
     rig.publish(&events).await;
     let config = rig
         .config("cut-off")
-        .ack_wait(Duration::from_secs(1))
+        .ack_wait(Duration::from_secs(3))
         .handler_timeout(SLOW + Duration::from_secs(1))
         .max_deliver(1);
     let consumer = Arc::new(rig.consumer(config).await.unwrap());
@@ -497,7 +497,7 @@ async fn a_slow_handler_keeps_its_messages_and_a_hanging_one_is_cut_off() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Anything JetStream delivered again would have come back by now.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
     let stats = consumer.stats();
@@ -521,6 +521,23 @@ async fn a_slow_handler_keeps_its_messages_and_a_hanging_one_is_cut_off() {
             b"after hangs".to_vec()
         ]
     );
+    rig.remove().await;
+}
+
+/// A dead-letter subject no stream captures is refused when the consumer
+/// is made: what it gave up on could not be stored, and came back to fail
+/// and be refused again, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_subject_no_stream_captures_is_refused() {
+    let rig = Rig::new().await;
+    let nowhere = format!("nowhere{}.dead", fastrand::u64(..));
+    let config = ConsumerConfig::new(&rig.stream, "unstored", &nowhere)
+        .unwrap()
+        .filter_subject(&format!("{}.order.>", rig.stream.to_ascii_lowercase()));
+    let Err(error) = rig.consumer(config).await else {
+        panic!("made");
+    };
+    assert!(error.to_string().contains("no stream captures"), "{error}");
     rig.remove().await;
 }
 

@@ -526,3 +526,79 @@ async fn a_handler_going_on_after_a_failed_statement_has_failed_its_delivery() {
     assert_eq!(inbox, 3, "only what was applied is recorded");
     h.finish().await;
 }
+
+/// Waits for a row lock another session holds, for ever, on the delivery
+/// whose payload is `1`; records the others in `table`.
+struct WaitsForALock {
+    table: String,
+}
+
+impl Handler<PgConnection> for WaitsForALock {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        delivery: &Delivery,
+    ) -> Result<Handled, BoxError> {
+        if delivery.payload[..] == *b"1" {
+            let held = format!("SELECT id FROM {} WHERE id = 'held' FOR UPDATE", self.table);
+            sqlx::query(&held).execute(&mut *tx).await?;
+        }
+        sqlx::query(&format!("INSERT INTO {} (id) VALUES ($1)", self.table))
+            .bind(&delivery.envelope.id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(Handled::Applied)
+    }
+}
+
+/// A handler the handler timeout cuts off while PostgreSQL waits for a
+/// lock leaves no wait behind: the transaction bounds its statements on
+/// the server too. (The abandoned statement waited on, holding the inbox
+/// rows its transaction wrote, and the next try waited on those: the
+/// consumer hung until the lock came.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_cut_off_in_a_lock_wait_leaves_no_wait_behind() {
+    let h = Pg::start(|c| c).await;
+    let table = format!("{}.applied", h.schema);
+    for statement in [
+        format!("CREATE TABLE {table} (id TEXT PRIMARY KEY)"),
+        format!("INSERT INTO {table} (id) VALUES ('held')"),
+    ] {
+        sqlx::query(&statement).execute(&h.pool).await.unwrap();
+    }
+    let mut holder = h.pool.begin().await.unwrap();
+    sqlx::query(&format!(
+        "SELECT id FROM {table} WHERE id = 'held' FOR UPDATE"
+    ))
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    h.place(&[event("a", 1), event("b", 2)], true).await;
+    let broker = MemoryBroker::new(10);
+    let subscription = broker.subscribe();
+    let sent = Relay::new(h.outbox.clone(), broker)
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!(sent.published, 2);
+    let consumer = MemoryConsumer::new(
+        "orders",
+        h.inbox.clone(),
+        WaitsForALock {
+            table: table.clone(),
+        },
+    )
+    .handler_timeout(Duration::from_secs(1))
+    .max_deliver(2)
+    .retry_delay(Duration::from_millis(1), Duration::from_millis(1));
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        consumer.run(subscription, std::future::pending()),
+    )
+    .await
+    .expect("the consumer went on past the lock wait");
+    let stats = consumer.stats();
+    assert_eq!((stats.applied, stats.dead_lettered), (1, 1), "{stats:?}");
+    holder.rollback().await.unwrap();
+    h.finish().await;
+}
