@@ -632,6 +632,21 @@ impl CircuitBreaker {
         self.inner.state()
     }
 
+    /// Whether a probe of a half-open breaker is under way at `now`, and
+    /// not yet past the half-open maximum wait (after which the next call
+    /// counts it as failed).
+    pub(crate) fn probing(&self, now: Instant) -> bool {
+        let inner = &*self.inner;
+        let word = inner.load();
+        word.state() == State::HalfOpen
+            && inner
+                .oldest_probe(word.generation())
+                .is_some_and(|started| {
+                    inner.millis(now).saturating_sub(started)
+                        < duration_ms(inner.config.half_open_max_wait)
+                })
+    }
+
     /// Until when an open breaker stays open, as it stands.
     pub(crate) fn open_until(&self) -> Option<Instant> {
         let word = self.inner.load();

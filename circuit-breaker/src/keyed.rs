@@ -30,8 +30,9 @@ const SCAN_BUDGET: usize = 16;
 /// When it holds `capacity` breakers and a new key arrives, a breaker that
 /// is closed and unused for `idle_after` is retired to make room, or else
 /// one unused for as long that is done being open (its open duration has
-/// passed, or it is half-open: its next call would be a probe); a breaker
-/// still open, forced or recently used is never retired, so a failing key
+/// passed, or it is half-open with no probe under way: its next call would
+/// be a probe); a breaker still open, probing, forced or recently used is
+/// never retired, so a failing key
 /// cannot escape its breaker by crowding it out (one that comes back after
 /// `idle_after` may find a new breaker, which lets `minimum_calls` calls
 /// through before it opens, where its own would have let one probe). The
@@ -84,7 +85,7 @@ impl<K: Eq + Hash + Clone> Breakers<K> {
     /// Moves the hand over at most [`SCAN_BUDGET`] entries; the place of
     /// the first closed one unused for `idle_ms`, else of the first one
     /// unused for as long that is done being open (its open duration
-    /// passed, or half-open with no call to probe it), if any.
+    /// passed, or half-open with no probe under way), if any.
     fn retirable(&mut self, now: Instant, now_ms: u64, idle_ms: u64) -> Option<usize> {
         let mut done_being_open = None;
         for _ in 0..SCAN_BUDGET.min(self.entries.len()) {
@@ -102,7 +103,8 @@ impl<K: Eq + Hash + Clone> Breakers<K> {
                 State::Open if entry.breaker.open_until().is_some_and(|until| until <= now) => {
                     done_being_open.get_or_insert(at);
                 }
-                State::HalfOpen => {
+                // Not while its probe is under way: its outcome decides.
+                State::HalfOpen if !entry.breaker.probing(now) => {
                     done_being_open.get_or_insert(at);
                 }
                 _ => {}

@@ -54,8 +54,8 @@ async fn idle_closed_breakers_make_room_and_open_ones_stay() {
     assert!(registry().breaker(&"new").is_none());
     assert_eq!(registry().len(), 2);
 
-    // After the idle time the quiet closed breaker is retired; the open
-    // one is kept, idle or not.
+    // After the idle time the quiet closed breaker is retired, before the
+    // open one (done being open by now, it would go next).
     tokio::time::advance(Duration::from_secs(61)).await;
     service.clone().oneshot(("new", false)).await.unwrap();
     assert!(registry().breaker(&"quiet").is_none());
@@ -93,6 +93,47 @@ async fn idle_breakers_done_being_open_make_room() {
         "a breaker of its own"
     );
     assert_eq!(layer.registry().len(), 2);
+}
+
+/// A half-open breaker whose probe is under way is kept however long ago
+/// its key's last call began: the probe's outcome decides, and a new
+/// breaker would let `minimum_calls` calls through to a dependency that
+/// may be hanging.
+#[tokio::test(start_paused = true)]
+async fn a_breaker_whose_probe_is_under_way_is_kept() {
+    let config = Config::builder()
+        .sliding_window(SlidingWindow::Count(2))
+        .minimum_calls(2)
+        .open_duration(Duration::from_secs(30))
+        .half_open_max_wait(Duration::from_secs(300))
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    let layer = KeyedCircuitBreakerLayer::new(config, |request: &(&'static str, bool)| request.0)
+        .capacity(1, Duration::from_secs(60));
+    // Every call fails, or hangs when asked to.
+    let service = layer.layer(service_fn(|(_, hang): (&'static str, bool)| async move {
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        Err::<(), BoxError>("down".into())
+    }));
+    for _ in 0..2 {
+        let _ = service.clone().oneshot(("hanging", false)).await;
+    }
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let probe = tokio::spawn(service.clone().oneshot(("hanging", true)));
+    while layer.registry().breaker(&"hanging").unwrap().state() != State::HalfOpen {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let _ = service.clone().oneshot(("new", false)).await;
+    assert!(
+        layer.registry().breaker(&"new").is_none(),
+        "shares the overflow"
+    );
+    assert!(layer.registry().breaker(&"hanging").is_some());
+    probe.abort();
 }
 
 #[tokio::test(start_paused = true)]
