@@ -359,7 +359,19 @@ where
                         Poll::Ready(Ok(())) => {}
                         Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
                         Poll::Pending => {
-                            return past_deadline(this.deadline, cx, Some(retrying));
+                            let past: Poll<Self::Output> =
+                                past_deadline(this.deadline, cx, Some(retrying));
+                            if past.is_pending() {
+                                return Poll::Pending;
+                            }
+                            // No attempt is under way: the last one's
+                            // result is the answer, not the deadline.
+                            if let Some(retried) = retrying.retried.as_mut() {
+                                retried.unspent.give_back();
+                            }
+                            return Poll::Ready(
+                                last.take().expect("kept until the attempt is made"),
+                            );
                         }
                     }
                     let retried = retrying

@@ -458,6 +458,28 @@ async fn a_retry_ready_too_late_for_the_deadline_is_not_made() {
     assert!(handle.next_request().await.is_none(), "no second attempt");
 }
 
+/// A retry whose service is not ready by the deadline answers with the
+/// last attempt's result: no attempt was under way to be abandoned (it
+/// answered `DeadlineExceeded`, where a service ready a moment sooner
+/// answered with the result).
+#[tokio::test(start_paused = true)]
+async fn a_retry_never_ready_answers_with_the_last_result() {
+    let config = Config::builder()
+        .backoff(Backoff::constant(ms(50)))
+        .deadline(ms(1000))
+        .build()
+        .unwrap();
+    let (inner, mut handle) = mock::pair::<u32, u32>();
+    let mut service = RetryLayer::new(config).layer(inner);
+    handle.allow(1);
+    service.ready().await.unwrap();
+    let response = tokio::spawn(service.call(7));
+    let (_, answer) = handle.next_request().await.unwrap();
+    answer.send_error("reset");
+    let err = response.await.unwrap().unwrap_err();
+    assert_eq!(err.to_string(), "reset");
+}
+
 /// A hint a server may send: none, a wait of a few hundred milliseconds, or
 /// one as long as a `Duration` holds.
 fn any_hint() -> impl Strategy<Value = Option<Duration>> {
