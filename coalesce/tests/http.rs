@@ -213,6 +213,22 @@ async fn credentials_varied_on_stay_out_of_redis() {
     let cache: RedisCache<_, BoxError> = RedisCache::connect(&client, connection.clone(), settings)
         .await
         .unwrap();
+    // What the wake-ups carry, as another process hears them.
+    let mut wake_ups = client.get_async_pubsub().await.unwrap();
+    wake_ups
+        .subscribe(format!("{prefix}:filled"))
+        .await
+        .unwrap();
+    let heard = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let listening = {
+        let heard = heard.clone();
+        tokio::spawn(async move {
+            let mut messages = wake_ups.into_on_message();
+            while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
+                heard.lock().unwrap().push(message.get_payload().unwrap());
+            }
+        })
+    };
     let calls = Arc::new(AtomicUsize::new(0));
     let origin = calls.clone();
     let app = Router::new()
@@ -251,6 +267,21 @@ async fn credentials_varied_on_stay_out_of_redis() {
         keys.iter()
             .all(|key| !key.contains("secret") && !key.contains("Bearer")),
         "{keys:?}"
+    );
+    for _ in 0..1_000 {
+        if heard.lock().unwrap().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    listening.abort();
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(heard.len(), 2, "a wake-up a stored response: {heard:?}");
+    assert!(
+        heard
+            .iter()
+            .all(|key| !key.contains("secret") && !key.contains("Bearer")),
+        "{heard:?}"
     );
 }
 

@@ -212,8 +212,8 @@ pin_project! {
 
 pin_project! {
     /// Response future of [`CanarySplit`]: the call on its side, whose
-    /// outcome and latency the canary is told when it ends, or its latency
-    /// alone when it is dropped first.
+    /// outcome and latency the canary is told when it ends, or a failure
+    /// and its latency when it is dropped first.
     pub struct SplitFuture<St: Service<Req>, Ca: Service<Req>, Req, F> {
         #[pin]
         call: Side<St, Ca, Req>,
