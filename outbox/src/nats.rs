@@ -118,9 +118,10 @@ impl NatsJetStreamPublisher {
         }
     }
 
-    /// Checks that the stream exists and that its duplicate window covers
-    /// `config`'s retry horizon; with `create`, creates the stream (on
-    /// `<prefix>.>`) or widens its window instead of failing.
+    /// Checks that the stream exists, keeps its messages on file (not in
+    /// memory, which a restart of NATS empties), and that its duplicate
+    /// window covers `config`'s retry horizon; with `create`, creates the
+    /// stream (on `<prefix>.>`) or widens its window instead of failing.
     ///
     /// # Errors
     ///
@@ -136,6 +137,15 @@ impl NatsJetStreamPublisher {
                 let info = existing.info().await.map_err(|error| {
                     StreamSetupError(format!("stream {}: {error}", self.stream))
                 })?;
+                // Stored means delivered: in memory, a restart of NATS
+                // loses what the relay counted delivered and deleted.
+                if info.config.storage == stream::StorageType::Memory {
+                    return Err(StreamSetupError(format!(
+                        "stream {} keeps its messages in memory: a restart of NATS would lose \
+                         events the outbox counts as delivered; give it file storage",
+                        self.stream
+                    )));
+                }
                 let window = info.config.duplicate_window;
                 if window >= horizon {
                     return Ok(());

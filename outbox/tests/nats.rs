@@ -66,6 +66,34 @@ async fn the_stream_must_remember_ids_for_the_retry_horizon() {
     context.delete_stream(&name).await.unwrap();
 }
 
+/// A stream that keeps its messages in memory is refused, created or not:
+/// a restart of NATS would lose events the outbox counted as delivered
+/// (it was taken).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_in_memory_is_refused() {
+    let context = jetstream().await;
+    let name = unique();
+    context
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{}.>", name.to_ascii_lowercase())],
+            duplicate_window: Duration::from_secs(3600),
+            storage: stream::StorageType::Memory,
+            ..stream::Config::default()
+        })
+        .await
+        .unwrap();
+    let publisher = NatsJetStreamPublisher::new(context.clone(), &name, "/test");
+    for create in [false, true] {
+        let refused = publisher
+            .ensure_stream(&OutboxConfig::default(), create)
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("in memory"), "{refused}");
+    }
+    context.delete_stream(&name).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_jetstream_once_with_their_envelope() {
     let db = support::PgSchema::new().await;
