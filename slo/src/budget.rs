@@ -84,6 +84,11 @@ pub(crate) struct Inner {
     /// Whether the budget is shared already (once per budget).
     #[cfg(feature = "redis")]
     pub(crate) shared: std::sync::atomic::AtomicBool,
+    /// The budget's name among the fleet's replicas, one for its life: a
+    /// budget shared again (its sharing ended with its runtime) writes
+    /// over its own counts rather than beside them.
+    #[cfg(feature = "redis")]
+    pub(crate) replica: u64,
 }
 
 /// The budget's clock: the wall time when the budget was made, moved on by
@@ -228,6 +233,8 @@ impl ErrorBudget {
                 fleet: std::sync::Mutex::default(),
                 #[cfg(feature = "redis")]
                 shared: std::sync::atomic::AtomicBool::new(false),
+                #[cfg(feature = "redis")]
+                replica: fastrand::u64(..),
             }),
         })
     }

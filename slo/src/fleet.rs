@@ -92,7 +92,7 @@ impl ErrorBudget {
         }
         let budget = self.downgrade();
         let prefix = format!("{{palisade:slo:{name}}}");
-        let replica = format!("{:016x}", fastrand::u64(..));
+        let replica = format!("{:016x}", self.inner().replica);
         let give_up_after = every.saturating_mul(3);
         let fresh_for_ms = u64::try_from(give_up_after.as_millis()).unwrap_or(u64::MAX);
         // However the task ends (the budget dropped, its runtime shut

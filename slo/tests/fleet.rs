@@ -221,22 +221,35 @@ async fn a_budget_shared_twice_counts_once() {
     assert_eq!(report(&newcomer).counts(), Counts { good: 10, bad: 0 });
 }
 
-/// A budget whose sharing ended with its runtime can be shared again.
-/// (The flag that keeps a budget from being shared twice stayed set.)
+/// A budget whose sharing ended with its runtime can be shared again,
+/// and its counts are the fleet's once. (The flag that keeps a budget
+/// from being shared twice stayed set; then each sharing wrote the counts
+/// under a replica name of its own, and the fleet counted them twice.)
 #[test]
 fn a_budget_can_be_shared_again_once_its_sharing_ended() {
     let name = name();
     let budget = ErrorBudget::new(Objective::new(0.99)).unwrap();
     budget.record(true, budget.now());
+    let shared_once = |report: &Report| report.counts() == Counts { good: 1, bad: 0 };
     let first = tokio::runtime::Runtime::new().unwrap();
-    first.block_on(async { budget.share(connect(&redis_url()).await, &name, EVERY) });
+    first.block_on(async {
+        budget.share(connect(&redis_url()).await, &name, EVERY);
+        eventually(&budget, "shared", |report| {
+            report.fleet_as_of().is_some() && shared_once(report)
+        })
+        .await;
+    });
     drop(first);
     let second = tokio::runtime::Runtime::new().unwrap();
     second.block_on(async {
         budget.share(connect(&redis_url()).await, &name, EVERY);
+        let again = report(&budget).fleet_as_of();
         eventually(&budget, "shared again", |report| {
-            report.fleet_as_of().is_some()
+            report.fleet_as_of() > again
         })
         .await;
+        // Rounds enough for a second replica's counts to show.
+        tokio::time::sleep(EVERY * 6).await;
+        assert_eq!(report(&budget).counts(), Counts { good: 1, bad: 0 });
     });
 }
