@@ -177,6 +177,17 @@ impl Rig {
         }
     }
 
+    /// The payloads applied, in the order they were.
+    async fn applied_in_order(&self) -> Vec<Vec<u8>> {
+        sqlx::query_scalar(&format!(
+            "SELECT payload FROM {}.applied ORDER BY n",
+            self.db.name
+        ))
+        .fetch_all(&self.db.pool)
+        .await
+        .unwrap()
+    }
+
     async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {}.{table}", self.db.name))
             .fetch_one(&self.db.pool)
@@ -250,15 +261,8 @@ async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
         retried: 4,
         dead_lettered: 2,
     };
-    let mut stats = consumer.stats();
-    for _ in 0..600 {
-        if stats == expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        stats = consumer.stats();
-    }
-    assert_eq!(stats, expected);
+    until(&consumer, |stats| stats == expected).await;
+    assert_eq!(consumer.stats(), expected);
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
 
@@ -448,21 +452,10 @@ async fn a_retried_message_holds_back_later_messages_of_its_aggregate() {
         .retry_delay(Duration::from_millis(20), Duration::from_millis(100));
     let consumer = Arc::new(rig.consumer(config).await.unwrap());
     let (stop, running) = start(&consumer);
-    for _ in 0..600 {
-        if consumer.stats().applied == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(&consumer, |stats| stats.applied == 2).await;
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
-    let order: Vec<Vec<u8>> = sqlx::query_scalar(&format!(
-        "SELECT payload FROM {}.applied ORDER BY n",
-        rig.db.name
-    ))
-    .fetch_all(&rig.db.pool)
-    .await
-    .unwrap();
+    let order = rig.applied_in_order().await;
     assert_eq!(order, [b"first".to_vec(), b"second".to_vec()]);
     rig.remove().await;
 }
@@ -490,12 +483,7 @@ async fn a_slow_handler_keeps_its_messages_and_a_hanging_one_is_cut_off() {
         .max_deliver(1);
     let consumer = Arc::new(rig.consumer(config).await.unwrap());
     let (stop, running) = start(&consumer);
-    for _ in 0..600 {
-        if consumer.stats().applied == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(&consumer, |stats| stats.applied == 3).await;
     // Anything JetStream delivered again would have come back by now.
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop.send(()).unwrap();
@@ -506,13 +494,7 @@ async fn a_slow_handler_keeps_its_messages_and_a_hanging_one_is_cut_off() {
         (3, 0, 1),
         "{stats:?}"
     );
-    let order: Vec<Vec<u8>> = sqlx::query_scalar(&format!(
-        "SELECT payload FROM {}.applied ORDER BY n",
-        rig.db.name
-    ))
-    .fetch_all(&rig.db.pool)
-    .await
-    .unwrap();
+    let order = rig.applied_in_order().await;
     assert_eq!(
         order,
         [
@@ -554,12 +536,7 @@ async fn stopping_while_a_message_waits_for_its_retry_hands_it_back() {
         .retry_delay(Duration::from_secs(600), Duration::from_secs(600));
     let consumer = Arc::new(rig.consumer(config).await.unwrap());
     let (stop, running) = start(&consumer);
-    for _ in 0..600 {
-        if consumer.stats().retried == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(&consumer, |stats| stats.retried == 1).await;
     assert_eq!(consumer.stats().retried, 1, "waiting for its retry");
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(30), running)
@@ -596,12 +573,7 @@ async fn custom_event_headers_reach_nats_and_the_handler() {
     let config = rig.config("tenants");
     let consumer = Arc::new(rig.consumer(config).await.unwrap());
     let (stop, running) = start(&consumer);
-    for _ in 0..600 {
-        if consumer.stats().applied == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(&consumer, |stats| stats.applied == 1).await;
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
     let seen = consumer.handler().extensions.lock().unwrap().clone();
@@ -614,6 +586,16 @@ async fn custom_event_headers_reach_nats_and_the_handler() {
 }
 
 /// Runs `consumer` until the returned sender is used.
+/// Waits (half a minute at most) until `consumer`'s stats are `done`.
+async fn until(consumer: &JetStreamConsumer<PgInbox, Apply>, done: impl Fn(ConsumerStats) -> bool) {
+    for _ in 0..600 {
+        if done(consumer.stats()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn start(
     consumer: &Arc<JetStreamConsumer<PgInbox, Apply>>,
 ) -> (

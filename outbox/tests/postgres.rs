@@ -35,6 +35,21 @@ async fn pool() -> PgPool {
 }
 
 impl Pg {
+    /// A table `applied` of ids in the schema, holding `row`: its name.
+    async fn applied_with(&self, row: &str) -> String {
+        let table = format!("{}.applied", self.schema);
+        sqlx::query(&format!("CREATE TABLE {table} (id TEXT PRIMARY KEY)"))
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        sqlx::query(&format!("INSERT INTO {table} (id) VALUES ($1)"))
+            .bind(row)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        table
+    }
+
     /// How many events are set aside (held behind their aggregate's first
     /// unsent event), and how many pending events a claim would walk.
     async fn set_aside(&self) -> (i64, i64) {
@@ -463,13 +478,7 @@ impl Handler<PgConnection> for TakesAFailureForDone {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_going_on_after_a_failed_statement_has_failed_its_delivery() {
     let h = Pg::start(|c| c).await;
-    let applied = format!("{}.applied", h.schema);
-    for statement in [
-        format!("CREATE TABLE {applied} (id TEXT PRIMARY KEY)"),
-        format!("INSERT INTO {applied} (id) VALUES ('taken')"),
-    ] {
-        sqlx::query(&statement).execute(&h.pool).await.unwrap();
-    }
+    let applied = h.applied_with("taken").await;
     // Found at the commit (b, its next delivery failing by itself), and at
     // the next delivery's first statement (e).
     let events = [
@@ -559,13 +568,7 @@ impl Handler<PgConnection> for WaitsForALock {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_cut_off_in_a_lock_wait_leaves_no_wait_behind() {
     let h = Pg::start(|c| c).await;
-    let table = format!("{}.applied", h.schema);
-    for statement in [
-        format!("CREATE TABLE {table} (id TEXT PRIMARY KEY)"),
-        format!("INSERT INTO {table} (id) VALUES ('held')"),
-    ] {
-        sqlx::query(&statement).execute(&h.pool).await.unwrap();
-    }
+    let table = h.applied_with("held").await;
     let mut holder = h.pool.begin().await.unwrap();
     sqlx::query(&format!(
         "SELECT id FROM {table} WHERE id = 'held' FOR UPDATE"

@@ -434,6 +434,25 @@ async fn the_inner_service_is_polled_ready_before_each_retry() {
 /// dependency may have applied, reported as failed).
 #[tokio::test(start_paused = true)]
 async fn a_retry_ready_too_late_for_the_deadline_is_not_made() {
+    // The first attempt takes 100 ms: the estimate of the next.
+    let (response, mut handle) = first_attempt_fails_after(ms(100)).await;
+    // Ready again at 950 ms: an attempt would end at 1050 ms.
+    tokio::time::sleep(ms(850)).await;
+    handle.allow(1);
+    let err = response.await.unwrap().unwrap_err();
+    assert_eq!(err.to_string(), "reset");
+    assert!(handle.next_request().await.is_none(), "no second attempt");
+}
+
+/// A call of 7 under a 1 s deadline, retried after 50 ms, to a service
+/// with room for one call, which fails after `took`: the caller's answer
+/// to come, and the service's handle (no room left).
+async fn first_attempt_fails_after(
+    took: Duration,
+) -> (
+    tokio::task::JoinHandle<Result<u32, BoxError>>,
+    mock::Handle<u32, u32>,
+) {
     let config = Config::builder()
         .backoff(Backoff::constant(ms(50)))
         .deadline(ms(1000))
@@ -446,16 +465,9 @@ async fn a_retry_ready_too_late_for_the_deadline_is_not_made() {
     let response = tokio::spawn(service.call(7));
     let (request, answer) = handle.next_request().await.unwrap();
     assert_eq!(request, 7);
-    // The first attempt takes 100 ms: the estimate of the next.
-    tokio::time::sleep(ms(100)).await;
+    tokio::time::sleep(took).await;
     answer.send_error("reset");
-    // Ready again at 950 ms: an attempt would end at 1050 ms.
-    tokio::time::sleep(ms(850)).await;
-    handle.allow(1);
-    let err = response.await.unwrap().unwrap_err();
-    assert_eq!(err.to_string(), "reset");
-    drop(service);
-    assert!(handle.next_request().await.is_none(), "no second attempt");
+    (response, handle)
 }
 
 /// A retry whose service is not ready by the deadline answers with the
@@ -464,18 +476,7 @@ async fn a_retry_ready_too_late_for_the_deadline_is_not_made() {
 /// answered with the result).
 #[tokio::test(start_paused = true)]
 async fn a_retry_never_ready_answers_with_the_last_result() {
-    let config = Config::builder()
-        .backoff(Backoff::constant(ms(50)))
-        .deadline(ms(1000))
-        .build()
-        .unwrap();
-    let (inner, mut handle) = mock::pair::<u32, u32>();
-    let mut service = RetryLayer::new(config).layer(inner);
-    handle.allow(1);
-    service.ready().await.unwrap();
-    let response = tokio::spawn(service.call(7));
-    let (_, answer) = handle.next_request().await.unwrap();
-    answer.send_error("reset");
+    let (response, _handle) = first_attempt_fails_after(Duration::ZERO).await;
     let err = response.await.unwrap().unwrap_err();
     assert_eq!(err.to_string(), "reset");
 }

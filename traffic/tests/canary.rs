@@ -39,6 +39,20 @@ fn by_user<St, Ca>(stable: St, canary_service: Ca, canary: &Canary) -> CanarySpl
     CanarySplit::new(stable, canary_service, canary.clone(), |user| Some(*user))
 }
 
+/// The error rates of the canary and the stable service the halt `events`
+/// tell of; it must be a halt for the canary's errors.
+async fn halted_for_errors(
+    events: &mut tokio::sync::broadcast::Receiver<CanaryEvent>,
+) -> (f64, f64) {
+    let Ok(CanaryEvent::Halted {
+        reason: HaltReason::Errors { canary, stable },
+    }) = events.recv().await
+    else {
+        panic!("halted for its errors");
+    };
+    (canary, stable)
+}
+
 /// Half the users on the canary at once, judged after 200 calls a side.
 fn plan() -> CanaryPlan {
     CanaryPlan::new().steps([0.5, 1.0]).min_calls(200)
@@ -60,15 +74,7 @@ async fn a_canary_failing_more_is_halted_and_every_call_goes_back_to_stable() {
         user += 1;
         assert!(user < 10_000, "never halted");
     }
-    let Ok(CanaryEvent::Halted {
-        reason: HaltReason::Errors {
-            canary: bad,
-            stable,
-        },
-    }) = events.recv().await
-    else {
-        panic!("halted for its errors");
-    };
+    let (bad, stable) = halted_for_errors(&mut events).await;
     assert!(bad > 0.05 && stable < 0.02, "{bad} against {stable}");
     assert_eq!(canary.share(), 0.0);
     let (_, (on_canary, _)) = canary.counts();
@@ -180,15 +186,7 @@ async fn a_canary_that_hangs_now_and_then_is_halted_for_its_abandoned_calls() {
         user += 1;
         assert!(user < 20_000, "never halted: {:?}", canary.counts());
     }
-    let Ok(CanaryEvent::Halted {
-        reason: HaltReason::Errors {
-            canary: bad,
-            stable,
-        },
-    }) = events.recv().await
-    else {
-        panic!("halted for its errors");
-    };
+    let (bad, stable) = halted_for_errors(&mut events).await;
     assert!(bad > 0.02 && stable == 0.0, "{bad} against {stable}");
 }
 
