@@ -250,19 +250,17 @@ fn classify(error: JetStreamError) -> PublishError {
 }
 
 /// Whether JetStream's error answer to a publish refuses the message
-/// itself: too large, or any other 4xx. A stream or an account at its
-/// limits (`maximum messages exceeded` comes as a 503 "store failed") is
-/// the broker full, not the message at fault: it is waited out until
-/// there is room (counted as the message's, a full stream spent every
-/// event's attempts and made them all dead). Other answers (503
-/// "JetStream not enabled", "temporarily unavailable", a cluster without
-/// quorum) say the broker cannot take messages now.
+/// itself: over the stream's or the account's limits (`maximum messages
+/// exceeded` comes as a 503 "store failed"), too large, or any other 4xx.
+/// Other answers (503 "JetStream not enabled", "temporarily unavailable", a
+/// cluster without quorum) say the broker cannot take messages now.
 fn refuses_message(answer: &jetstream::Error) -> bool {
-    match answer.error_code() {
-        ErrorCode::STREAM_STORE_FAILED | ErrorCode::ACCOUNT_RESOURCES_EXCEEDED => false,
-        ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => true,
-        _ => (400..500).contains(&answer.code()),
-    }
+    matches!(
+        answer.error_code(),
+        ErrorCode::STREAM_STORE_FAILED
+            | ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM
+            | ErrorCode::ACCOUNT_RESOURCES_EXCEEDED
+    ) || (400..500).contains(&answer.code())
 }
 
 #[cfg(test)]
@@ -303,17 +301,15 @@ mod tests {
     }
 
     #[test]
-    fn jetstream_answering_503_or_full_is_unavailable() {
-        for (code, err_code, description) in [
-            (503, 10076, "jetstream not enabled"),
-            (503, 10008, "jetstream system temporarily unavailable"),
-            (503, 10023, "insufficient resources"),
-            (503, 10077, "maximum messages exceeded"),
-            (400, 10002, "resource limits exceeded for account"),
+    fn jetstream_answering_503_is_unavailable() {
+        for (err_code, description) in [
+            (10076, "jetstream not enabled"),
+            (10008, "jetstream system temporarily unavailable"),
+            (10023, "insufficient resources"),
         ] {
             let error = JetStreamError::with_source(
                 PublishErrorKind::Other,
-                answer(code, err_code, description),
+                answer(503, err_code, description),
             );
             assert_eq!(verdict(error), Verdict::Unavailable, "{description}");
         }
@@ -322,7 +318,9 @@ mod tests {
     #[test]
     fn a_message_the_stream_refuses_is_rejected() {
         for (code, err_code, description) in [
+            (503, 10077, "maximum messages exceeded"),
             (400, 10054, "message size exceeds maximum allowed"),
+            (400, 10002, "resource limits exceeded for account"),
             (400, 10999, "a refusal this crate does not know"),
         ] {
             let error = JetStreamError::with_source(

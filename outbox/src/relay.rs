@@ -57,8 +57,7 @@ pub struct BatchReport {
 ///   and after its last attempt is dead, without holding up other
 ///   aggregates;
 /// - the broker was **unavailable** (cannot connect, timeout, no
-///   responders, no stream, 503, a stream at its limits): the event is
-///   handed back with its
+///   responders, no stream, 503): the event is handed back with its
 ///   attempts untouched, to wait [`outage_backoff`](Self::outage_backoff)
 ///   (doubling while the outage lasts), for as long as the outage lasts. The
 ///   outage is logged once when it starts and once when it ends.

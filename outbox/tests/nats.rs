@@ -177,12 +177,11 @@ async fn events_reach_jetstream_once_with_their_envelope() {
     db.drop().await;
 }
 
-/// A message the stream refuses (too large) is the message's fault and
-/// spends an attempt; a stream at its limits, and a subject no stream
-/// captures (no responders), are the broker's: they are waited out. (A
-/// full stream spent every event's attempts: all dead.)
+/// A message the stream refuses (over its limits, too large) is the
+/// message's fault and spends an attempt; a subject no stream captures is
+/// the broker's (no responders): it is waited out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_message_is_rejected_and_a_full_or_missing_stream_is_unavailable() {
+async fn a_refused_message_is_rejected_and_no_stream_is_unavailable() {
     let db = support::PgSchema::new().await;
     let pool = db.pool.clone();
     let outbox = db.outbox(|c| c.max_attempts(1)).await;
@@ -217,7 +216,7 @@ async fn a_refused_message_is_rejected_and_a_full_or_missing_stream_is_unavailab
         Published::Stored
     );
     let full = publisher.publish(&claimed[1]).await.unwrap_err();
-    assert_eq!(full.kind(), PublishErrorKind::Unavailable, "{full}");
+    assert_eq!(full.kind(), PublishErrorKind::Rejected, "{full}");
     let large = publisher.publish(&claimed[2]).await.unwrap_err();
     assert_eq!(large.kind(), PublishErrorKind::Rejected, "{large}");
 
