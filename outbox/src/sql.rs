@@ -70,17 +70,23 @@ impl Dialect {
     /// The statement that begins a transaction in which no statement
     /// runs longer than `limit`, where the database can bound one on its
     /// side: PostgreSQL's `statement_timeout`, set for the transaction in
-    /// the same round trip as its `BEGIN`. (A statement whose client gave
-    /// up on it runs on there: a lock wait would hold what the
-    /// transaction wrote until the lock came.) SQLite runs statements in
-    /// process, and waits for locks no longer than its busy timeout.
+    /// the same round trip as its `BEGIN`, and only ever tightened (a
+    /// shorter one set for the role or the database stands). (A statement
+    /// whose client gave up on it runs on there: a lock wait would hold
+    /// what the transaction wrote until the lock came.) SQLite runs
+    /// statements in process, and waits for locks no longer than its busy
+    /// timeout.
     fn bounded_begin(self, limit: Duration) -> Option<String> {
         match self {
             #[cfg(feature = "postgres")]
-            Self::Postgres => Some(format!(
-                "BEGIN; SET LOCAL statement_timeout = {}",
-                limit.as_millis().clamp(1, i32::MAX as u128)
-            )),
+            Self::Postgres => {
+                let ms = limit.as_millis().clamp(1, i32::MAX as u128);
+                Some(format!(
+                    "BEGIN; SELECT set_config('statement_timeout', CASE WHEN setting::bigint \
+                     BETWEEN 1 AND {ms} THEN setting ELSE '{ms}' END, true) FROM pg_settings \
+                     WHERE name = 'statement_timeout'"
+                ))
+            }
             #[cfg(feature = "sqlite")]
             Self::Sqlite => {
                 let _ = limit;

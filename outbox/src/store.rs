@@ -168,7 +168,9 @@ pub trait InboxStore: Clone + Send + Sync + 'static {
 
     /// Begins a transaction in which no statement runs longer than
     /// `limit`, where the database can bound statements on its side
-    /// (PostgreSQL: `statement_timeout`, set with the `BEGIN`): a consumer
+    /// (PostgreSQL: `statement_timeout`, set with the `BEGIN`, never
+    /// longer than one already set; a handler that sets its own in the
+    /// transaction lifts the bound): a consumer
     /// that cuts off a handler past its handler timeout gives up on the
     /// handler's statement, which would otherwise run on (a lock wait)
     /// holding what the transaction wrote, so that the next try waited on

@@ -519,7 +519,12 @@ async fn a_dead_letter_subject_no_stream_captures_is_refused() {
     let Err(error) = rig.consumer(config).await else {
         panic!("made");
     };
-    assert!(error.to_string().contains("no stream captures"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("captures the dead-letter subject"),
+        "{error}"
+    );
     rig.remove().await;
 }
 

@@ -605,3 +605,67 @@ async fn a_handler_cut_off_in_a_lock_wait_leaves_no_wait_behind() {
     holder.rollback().await.unwrap();
     h.finish().await;
 }
+
+/// Sleeps a second in PostgreSQL on the delivery whose payload is `1`,
+/// then records each delivery in `table`.
+struct SleepsASecond {
+    table: String,
+}
+
+impl Handler<PgConnection> for SleepsASecond {
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        delivery: &Delivery,
+    ) -> Result<Handled, BoxError> {
+        if delivery.payload[..] == *b"1" {
+            sqlx::query("SELECT pg_sleep(1)").execute(&mut *tx).await?;
+        }
+        sqlx::query(&format!("INSERT INTO {} (id) VALUES ($1)", self.table))
+            .bind(&delivery.envelope.id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(Handled::Applied)
+    }
+}
+
+/// The consumer's bound on its transaction's statements only tightens a
+/// `statement_timeout` already in force (here the connection's 300 ms,
+/// as a role's or a database's would be): the handler's one-second
+/// statement is cut at 300 ms, not let run for the handler timeout's
+/// minute (the bound replaced the tighter limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tighter_statement_timeout_in_force_stands() {
+    let h = Pg::start(|c| c).await;
+    let table = h.applied_with("unused").await;
+    let options: sqlx::postgres::PgConnectOptions = palisade_testkit::servers::database_url()
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .options([("statement_timeout", "300")]);
+    let tight = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let inbox = PgInbox::new(tight, &format!("{}.inbox", h.schema)).unwrap();
+    h.place(&[event("a", 1), event("b", 2)], true).await;
+    let broker = MemoryBroker::new(10);
+    let subscription = broker.subscribe();
+    let sent = Relay::new(h.outbox.clone(), broker)
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!(sent.published, 2);
+    let consumer = MemoryConsumer::new(
+        "orders",
+        inbox,
+        SleepsASecond {
+            table: table.clone(),
+        },
+    )
+    .max_deliver(1);
+    consumer.run(subscription, std::future::pending()).await;
+    let stats = consumer.stats();
+    assert_eq!((stats.applied, stats.dead_lettered), (1, 1), "{stats:?}");
+    h.finish().await;
+}
