@@ -198,9 +198,12 @@ impl ConsumerConfig {
 ///   default) over one message, or that went on after a statement of its
 ///   own failed (on PostgreSQL the transaction can then only roll back,
 ///   and the consumer asks before it commits), has failed as if it
-///   returned the error. The acknowledgements of the messages not yet
-///   settled are kept alive while the consumer works: JetStream does not
-///   deliver them again under it.
+///   returned the error. The acknowledgements of the batch's messages not
+///   yet settled are kept alive while the consumer works on it: JetStream
+///   does not deliver them again under it. (Messages the client has
+///   pulled ahead of the batch, up to 200, are not: a batch slower than
+///   the ack wait has those delivered again, and the inbox takes them for
+///   duplicates.)
 /// - A database failure (begin, inbox, commit) is waited out, in place, and
 ///   never dead-letters: it is not the message's fault.
 /// - If the dead-letter publish is not acknowledged, the message is nak'ed
