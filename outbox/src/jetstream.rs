@@ -2,6 +2,7 @@
 //! durable pull consumer whose handler runs in a transaction with the inbox
 //! check, acknowledged after the commit.
 
+use std::collections::VecDeque;
 use std::error::Error;
 use std::fmt;
 use std::future::Future;
@@ -199,17 +200,15 @@ impl ConsumerConfig {
 ///   own failed (on PostgreSQL the transaction can then only roll back,
 ///   and the consumer asks before it commits), has failed as if it
 ///   returned the error. The acknowledgements of the batch's messages not
-///   yet settled are kept alive while the consumer works on it: JetStream
-///   does not deliver them again under it. (Messages the client has
-///   pulled ahead of the batch, up to 200, are not: a batch slower than
-///   the ack wait has those delivered again, and the inbox takes them for
-///   duplicates.)
+///   yet settled, and of those that arrive meanwhile (applied next), are
+///   kept alive while the consumer works on it: JetStream does not
+///   deliver them again under it.
 /// - A database failure (begin, inbox, commit) is waited out, in place, and
 ///   never dead-letters: it is not the message's fault.
 /// - If the dead-letter publish is not acknowledged, the message is nak'ed
 ///   instead: nothing is dropped.
-/// - Asked to stop while it retries, the consumer naks what it holds,
-///   for JetStream to deliver again.
+/// - Asked to stop while it retries, the consumer naks what it holds
+///   (and what arrived meanwhile), for JetStream to deliver again.
 ///
 /// Messages that have already arrived when one is taken (up to
 /// [`batch`](Self::batch), 64 by default) are applied in one transaction,
@@ -237,6 +236,47 @@ impl<I, H> fmt::Debug for JetStreamConsumer<I, H> {
             .field("config", &self.config)
             .field("stats", &self.counters.snapshot())
             .finish_non_exhaustive()
+    }
+}
+
+/// The pull subscription, and what it delivered ahead of the batch under
+/// way: taken in while the batch is applied, kept alive with it, and the
+/// next batch's first messages. (Left in the client's buffer, their ack
+/// wait ran out under a slow batch and JetStream delivered them again.)
+struct Pulled {
+    stream: pull::Stream,
+    ahead: VecDeque<jetstream::Message>,
+    /// The subscription ended.
+    ended: bool,
+}
+
+impl Pulled {
+    /// Takes in what the subscription has received already.
+    fn take_in(&mut self) {
+        while !self.ended {
+            match self.stream.next().now_or_never() {
+                Some(next) => {
+                    self.ended = next.is_none();
+                    take(next, &mut self.ahead);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// Adds a pulled message to `batch`; a pull error is logged (the
+/// stream pulls again).
+fn take<E: fmt::Display>(
+    next: Option<Result<jetstream::Message, E>>,
+    batch: &mut impl Extend<jetstream::Message>,
+) {
+    match next {
+        Some(Ok(message)) => batch.extend([message]),
+        Some(Err(error)) => {
+            tracing::warn!(target: "palisade_outbox", %error, "pulling messages failed; pulling again");
+        }
+        None => {}
     }
 }
 
@@ -449,53 +489,53 @@ where
     /// The pull subscription's error, when JetStream refuses it.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
         let mut shutdown = Box::pin(shutdown).shared();
-        let mut messages = self.consumer.messages().await?;
+        let mut pulled = Pulled {
+            stream: self.consumer.messages().await?,
+            ahead: VecDeque::new(),
+            ended: false,
+        };
         let mut batch = Vec::with_capacity(self.batch);
         loop {
-            let next = tokio::select! {
-                biased;
-                () = &mut shutdown => return Ok(()),
-                next = messages.next() => next,
-            };
-            let mut ended = next.is_none();
-            Self::take(next, &mut batch);
-            // What has already arrived joins the batch; nothing waits.
-            while !ended && batch.len() < self.batch {
-                match messages.next().now_or_never() {
-                    Some(next) => {
-                        ended = next.is_none();
-                        Self::take(next, &mut batch);
-                    }
-                    None => break,
+            if pulled.ahead.is_empty() {
+                if pulled.ended {
+                    return Ok(());
                 }
+                let next = tokio::select! {
+                    biased;
+                    () = &mut shutdown => return Ok(()),
+                    next = pulled.stream.next() => next,
+                };
+                pulled.ended = next.is_none();
+                take(next, &mut pulled.ahead);
+            } else if (&mut shutdown).now_or_never().is_some() {
+                break;
             }
-            let stopped = !self.process(&batch, &shutdown).await;
+            // What has already arrived joins the batch; nothing waits.
+            pulled.take_in();
+            let taken = pulled.ahead.len().min(self.batch);
+            batch.extend(pulled.ahead.drain(..taken));
+            let stopped = !self.process(&batch, &shutdown, &mut pulled).await;
             batch.clear();
-            if ended || stopped {
-                return Ok(());
+            if stopped {
+                break;
             }
         }
-    }
-
-    /// Adds a pulled message to `batch`; a pull error is logged (the
-    /// stream pulls again).
-    fn take<E: fmt::Display>(
-        next: Option<Result<jetstream::Message, E>>,
-        batch: &mut Vec<jetstream::Message>,
-    ) {
-        match next {
-            Some(Ok(message)) => batch.push(message),
-            Some(Err(error)) => {
-                tracing::warn!(target: "palisade_outbox", %error, "pulling messages failed; pulling again");
-            }
-            None => {}
-        }
+        // What arrived and was not applied goes back at once, for another
+        // instance to take.
+        let ahead: Vec<&jetstream::Message> = pulled.ahead.iter().collect();
+        self.release(&ahead).await;
+        Ok(())
     }
 
     /// Applies `messages` in order, as many per transaction as go through,
     /// and settles each with JetStream; `false` when it stopped for
     /// `shutdown`.
-    async fn process<S>(&self, messages: &[jetstream::Message], shutdown: &Shared<S>) -> bool
+    async fn process<S>(
+        &self,
+        messages: &[jetstream::Message],
+        shutdown: &Shared<S>,
+        pulled: &mut Pulled,
+    ) -> bool
     where
         S: Future<Output = ()> + Unpin,
     {
@@ -597,17 +637,19 @@ where
             }
             true
         };
-        self.kept_alive(&kept, &settled, applying).await
+        self.kept_alive(&kept, &settled, pulled, applying).await
     }
 
     /// `applying`'s outcome, keeping the acknowledgements of `messages`
-    /// from `settled` on alive until it ends: JetStream would deliver them
-    /// again after the ack wait, while the handler still applies them or
-    /// one before them is retried in place.
+    /// from `settled` on alive until it ends, and of what the subscription
+    /// delivers meanwhile (taken in at each turn): JetStream would deliver
+    /// them again after the ack wait, while the handler still applies them
+    /// or one before them is retried in place.
     async fn kept_alive<T>(
         &self,
         messages: &[&jetstream::Message],
         settled: &AtomicUsize,
+        pulled: &mut Pulled,
         applying: impl Future<Output = T>,
     ) -> T {
         let step = (self.config.ack_wait / 2).max(Duration::from_millis(100));
@@ -619,8 +661,9 @@ where
                 biased;
                 outcome = &mut applying => return outcome,
                 _ = ticks.tick() => {
+                    pulled.take_in();
                     let from = settled.load(Ordering::Relaxed).min(messages.len());
-                    for message in &messages[from..] {
+                    for message in messages[from..].iter().copied().chain(&pulled.ahead) {
                         if let Err(error) = message.ack_with(AckKind::Progress).await {
                             tracing::debug!(target: "palisade_outbox", %error, "in-progress ack lost; JetStream may deliver the message again");
                         }

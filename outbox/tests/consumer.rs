@@ -487,6 +487,41 @@ async fn a_handler_slower_than_the_ack_wait_keeps_its_message() {
     rig.remove().await;
 }
 
+/// A message that arrives while a slow batch is applied is kept alive
+/// too, and applied next: it waited in the client's buffer, where its ack
+/// wait ran out, and JetStream delivered it again (a duplicate, and one
+/// try fewer before it is dead-lettered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_arriving_under_a_slow_batch_is_kept_alive() {
+    let rig = Rig::new().await;
+    rig.publish(&[Event::new("order", "o-1", "Slow", b"slow".to_vec())])
+        .await;
+    let config = rig
+        .config("ahead")
+        .ack_wait(Duration::from_secs(3))
+        .handler_timeout(SLOW + Duration::from_secs(1));
+    let consumer = Arc::new(rig.consumer(config).await.unwrap());
+    let (stop, running) = start(&consumer);
+    // The slow one is being applied: the next arrives under it.
+    while consumer.handler().deliveries.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rig.publish(&[Event::new("order", "o-2", "Good", b"under".to_vec())])
+        .await;
+    until(&consumer, |stats| stats.applied == 2).await;
+    // Anything JetStream delivered again would have come back by now.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let stats = consumer.stats();
+    assert_eq!((stats.applied, stats.duplicates), (2, 0), "{stats:?}");
+    assert_eq!(
+        rig.applied_in_order().await,
+        [b"slow".to_vec(), b"under".to_vec()]
+    );
+    rig.remove().await;
+}
+
 /// A handler that hangs fails its delivery at the handler timeout (it
 /// held the consumer for ever): the message is dead-lettered, and the one
 /// after it applied.
