@@ -23,6 +23,19 @@ async fn jetstream() -> jetstream::Context {
     )
 }
 
+/// Creates the stream `name` on `<name>.>` (lowercase), as `config` has it
+/// otherwise.
+async fn stream_of(context: &jetstream::Context, name: &str, config: stream::Config) {
+    context
+        .create_stream(stream::Config {
+            name: name.to_owned(),
+            subjects: vec![format!("{}.>", name.to_ascii_lowercase())],
+            ..config
+        })
+        .await
+        .unwrap();
+}
+
 fn unique() -> String {
     format!("T{}", fastrand::u64(..))
 }
@@ -36,15 +49,15 @@ async fn the_stream_must_remember_ids_for_the_retry_horizon() {
     let missing = publisher.ensure_stream(&config, false).await.unwrap_err();
     assert!(missing.to_string().contains("is not there"), "{missing}");
 
-    context
-        .create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("{}.>", name.to_ascii_lowercase())],
+    stream_of(
+        &context,
+        &name,
+        stream::Config {
             duplicate_window: Duration::from_secs(1),
             ..stream::Config::default()
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let short = publisher.ensure_stream(&config, false).await.unwrap_err();
     assert!(
         short
@@ -73,16 +86,16 @@ async fn the_stream_must_remember_ids_for_the_retry_horizon() {
 async fn a_stream_in_memory_is_refused() {
     let context = jetstream().await;
     let name = unique();
-    context
-        .create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("{}.>", name.to_ascii_lowercase())],
+    stream_of(
+        &context,
+        &name,
+        stream::Config {
             duplicate_window: Duration::from_secs(3600),
             storage: stream::StorageType::Memory,
             ..stream::Config::default()
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let publisher = NatsJetStreamPublisher::new(context.clone(), &name, "/test");
     for create in [false, true] {
         let refused = publisher
@@ -187,18 +200,18 @@ async fn a_refused_message_is_rejected_and_no_stream_is_unavailable() {
     let outbox = db.outbox(|c| c.max_attempts(1)).await;
     let context = jetstream().await;
     let name = unique();
-    context
-        .create_stream(stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("{}.>", name.to_ascii_lowercase())],
+    stream_of(
+        &context,
+        &name,
+        stream::Config {
             max_messages: 1,
             max_message_size: 1024,
             discard: stream::DiscardPolicy::New,
             duplicate_window: Duration::from_secs(120),
             ..stream::Config::default()
-        })
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let events = [
         Event::new("order", "o-1", "Placed", b"{}".to_vec()),
         Event::new("order", "o-2", "Placed", b"{}".to_vec()),

@@ -35,6 +35,20 @@ async fn pool() -> PgPool {
 }
 
 impl Pg {
+    /// Commits `events` and relays them all, at once, to an in-process
+    /// broker: the subscription they went to.
+    async fn relayed(&self, events: &[Event]) -> tokio::sync::mpsc::Receiver<Message> {
+        self.place(events, true).await;
+        let broker = MemoryBroker::new(10);
+        let subscription = broker.subscribe();
+        let sent = Relay::new(self.outbox.clone(), broker)
+            .run_once()
+            .await
+            .unwrap();
+        assert_eq!(sent.published, events.len());
+        subscription
+    }
+
     /// A table `applied` of ids in the schema, holding `row`: its name.
     async fn applied_with(&self, row: &str) -> String {
         let table = format!("{}.applied", self.schema);
@@ -489,14 +503,7 @@ async fn a_handler_going_on_after_a_failed_statement_has_failed_its_delivery() {
         event("e", 1),
         event("f", 2),
     ];
-    h.place(&events, true).await;
-    let broker = MemoryBroker::new(10);
-    let subscription = broker.subscribe();
-    let sent = Relay::new(h.outbox.clone(), broker)
-        .run_once()
-        .await
-        .unwrap();
-    assert_eq!(sent.published, 6);
+    let subscription = h.relayed(&events).await;
     let consumer = MemoryConsumer::new(
         "orders",
         h.inbox.clone(),
@@ -536,21 +543,21 @@ async fn a_handler_going_on_after_a_failed_statement_has_failed_its_delivery() {
     h.finish().await;
 }
 
-/// Waits for a row lock another session holds, for ever, on the delivery
-/// whose payload is `1`; records the others in `table`.
-struct WaitsForALock {
+/// Runs `stall` on the delivery whose payload is `1`, then records each
+/// delivery in `table`.
+struct Stalls {
     table: String,
+    stall: String,
 }
 
-impl Handler<PgConnection> for WaitsForALock {
+impl Handler<PgConnection> for Stalls {
     async fn handle(
         &self,
         tx: &mut PgConnection,
         delivery: &Delivery,
     ) -> Result<Handled, BoxError> {
         if delivery.payload[..] == *b"1" {
-            let held = format!("SELECT id FROM {} WHERE id = 'held' FOR UPDATE", self.table);
-            sqlx::query(&held).execute(&mut *tx).await?;
+            sqlx::query(&self.stall).execute(&mut *tx).await?;
         }
         sqlx::query(&format!("INSERT INTO {} (id) VALUES ($1)", self.table))
             .bind(&delivery.envelope.id)
@@ -576,18 +583,13 @@ async fn a_handler_cut_off_in_a_lock_wait_leaves_no_wait_behind() {
     .execute(&mut *holder)
     .await
     .unwrap();
-    h.place(&[event("a", 1), event("b", 2)], true).await;
-    let broker = MemoryBroker::new(10);
-    let subscription = broker.subscribe();
-    let sent = Relay::new(h.outbox.clone(), broker)
-        .run_once()
-        .await
-        .unwrap();
-    assert_eq!(sent.published, 2);
+    let subscription = h.relayed(&[event("a", 1), event("b", 2)]).await;
     let consumer = MemoryConsumer::new(
         "orders",
         h.inbox.clone(),
-        WaitsForALock {
+        Stalls {
+            // A row lock another session holds: waited for, for ever.
+            stall: format!("SELECT id FROM {table} WHERE id = 'held' FOR UPDATE"),
             table: table.clone(),
         },
     )
@@ -604,29 +606,6 @@ async fn a_handler_cut_off_in_a_lock_wait_leaves_no_wait_behind() {
     assert_eq!((stats.applied, stats.dead_lettered), (1, 1), "{stats:?}");
     holder.rollback().await.unwrap();
     h.finish().await;
-}
-
-/// Sleeps a second in PostgreSQL on the delivery whose payload is `1`,
-/// then records each delivery in `table`.
-struct SleepsASecond {
-    table: String,
-}
-
-impl Handler<PgConnection> for SleepsASecond {
-    async fn handle(
-        &self,
-        tx: &mut PgConnection,
-        delivery: &Delivery,
-    ) -> Result<Handled, BoxError> {
-        if delivery.payload[..] == *b"1" {
-            sqlx::query("SELECT pg_sleep(1)").execute(&mut *tx).await?;
-        }
-        sqlx::query(&format!("INSERT INTO {} (id) VALUES ($1)", self.table))
-            .bind(&delivery.envelope.id)
-            .execute(&mut *tx)
-            .await?;
-        Ok(Handled::Applied)
-    }
 }
 
 /// The consumer's bound on its transaction's statements only tightens a
@@ -648,18 +627,12 @@ async fn a_tighter_statement_timeout_in_force_stands() {
         .await
         .unwrap();
     let inbox = PgInbox::new(tight, &format!("{}.inbox", h.schema)).unwrap();
-    h.place(&[event("a", 1), event("b", 2)], true).await;
-    let broker = MemoryBroker::new(10);
-    let subscription = broker.subscribe();
-    let sent = Relay::new(h.outbox.clone(), broker)
-        .run_once()
-        .await
-        .unwrap();
-    assert_eq!(sent.published, 2);
+    let subscription = h.relayed(&[event("a", 1), event("b", 2)]).await;
     let consumer = MemoryConsumer::new(
         "orders",
         inbox,
-        SleepsASecond {
+        Stalls {
+            stall: "SELECT pg_sleep(1)".to_owned(),
             table: table.clone(),
         },
     )

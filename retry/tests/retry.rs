@@ -414,11 +414,7 @@ async fn the_inner_service_is_polled_ready_before_each_retry() {
         .backoff(Backoff::constant(ms(5)))
         .build()
         .unwrap();
-    let (inner, mut handle) = mock::pair::<u32, u32>();
-    let mut service = RetryLayer::new(config).layer(inner);
-    handle.allow(1);
-    service.ready().await.unwrap();
-    let response = tokio::spawn(service.call(7));
+    let (response, mut handle) = called(config).await;
     assert_request_eq!(handle, 7).send_error("reset");
     // No capacity: the retry waits for readiness instead of calling.
     tokio::time::sleep(ms(50)).await;
@@ -444,6 +440,22 @@ async fn a_retry_ready_too_late_for_the_deadline_is_not_made() {
     assert!(handle.next_request().await.is_none(), "no second attempt");
 }
 
+/// A call of 7 through a retry layer set up by `config`, to a service
+/// with room for one call, under way: its answer to come, and the
+/// service's handle.
+async fn called(
+    config: Config,
+) -> (
+    tokio::task::JoinHandle<Result<u32, BoxError>>,
+    mock::Handle<u32, u32>,
+) {
+    let (inner, mut handle) = mock::pair::<u32, u32>();
+    let mut service = RetryLayer::new(config).layer(inner);
+    handle.allow(1);
+    service.ready().await.unwrap();
+    (tokio::spawn(service.call(7)), handle)
+}
+
 /// A call of 7 under a 1 s deadline, retried after 50 ms, to a service
 /// with room for one call, which fails after `took`: the caller's answer
 /// to come, and the service's handle (no room left).
@@ -458,11 +470,7 @@ async fn first_attempt_fails_after(
         .deadline(ms(1000))
         .build()
         .unwrap();
-    let (inner, mut handle) = mock::pair::<u32, u32>();
-    let mut service = RetryLayer::new(config).layer(inner);
-    handle.allow(1);
-    service.ready().await.unwrap();
-    let response = tokio::spawn(service.call(7));
+    let (response, mut handle) = called(config).await;
     let (request, answer) = handle.next_request().await.unwrap();
     assert_eq!(request, 7);
     tokio::time::sleep(took).await;
