@@ -255,28 +255,22 @@ impl Pulled {
     fn take_in(&mut self) {
         while !self.ended {
             match self.stream.next().now_or_never() {
-                Some(next) => {
-                    self.ended = next.is_none();
-                    take(next, &mut self.ahead);
-                }
+                Some(next) => self.take(next),
                 None => break,
             }
         }
     }
-}
 
-/// Adds a pulled message to `batch`; a pull error is logged (the
-/// stream pulls again).
-fn take<E: fmt::Display>(
-    next: Option<Result<jetstream::Message, E>>,
-    batch: &mut impl Extend<jetstream::Message>,
-) {
-    match next {
-        Some(Ok(message)) => batch.extend([message]),
-        Some(Err(error)) => {
-            tracing::warn!(target: "palisade_outbox", %error, "pulling messages failed; pulling again");
+    /// Takes in what the subscription gave: a message, its end, or a pull
+    /// error, which is logged (the stream pulls again).
+    fn take<E: fmt::Display>(&mut self, next: Option<Result<jetstream::Message, E>>) {
+        match next {
+            Some(Ok(message)) => self.ahead.push_back(message),
+            Some(Err(error)) => {
+                tracing::warn!(target: "palisade_outbox", %error, "pulling messages failed; pulling again");
+            }
+            None => self.ended = true,
         }
-        None => {}
     }
 }
 
@@ -505,8 +499,7 @@ where
                     () = &mut shutdown => return Ok(()),
                     next = pulled.stream.next() => next,
                 };
-                pulled.ended = next.is_none();
-                take(next, &mut pulled.ahead);
+                pulled.take(next);
             } else if (&mut shutdown).now_or_never().is_some() {
                 break;
             }
