@@ -54,6 +54,11 @@ if stored then
     ahead = math.max(0, (tonumber(s) - now_s) * 1e9 + (tonumber(ns) - now_ns))
   end
 end
+-- No bucket is more than a whole refill ahead: one stored further ahead
+-- was written before the clock stepped back (a failover to a replica
+-- whose clock is behind) and is taken as empty, not as refusing for as
+-- long as the clock stepped.
+ahead = math.min(ahead, tolerance)
 local function store(ahead)
   if ahead > 0 then
     local total = now_ns + ahead

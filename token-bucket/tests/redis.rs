@@ -519,3 +519,28 @@ async fn a_key_of_another_type_fails_its_own_decisions_only() {
     assert!(decided.is_allowed());
     assert_eq!(decided.remaining(), 4, "decided in Redis");
 }
+
+/// A bucket stored further ahead of Redis's clock than a whole refill
+/// (written before the clock stepped back, as after a failover to a
+/// replica whose clock is behind) is an empty bucket, not one that
+/// refuses for as long as the clock stepped: every decision on it was
+/// refused for the hour the clock went back.
+#[tokio::test]
+async fn a_clock_stepped_back_costs_at_most_one_refill() {
+    let store = store(FailurePolicy::Propagate).await;
+    let mut redis = connect(&redis_url()).await;
+    let (now, _): (u64, u64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+    let _: () = redis
+        .pset_ex(store.key("k"), format!("{}:0", now + 3600), 3_600_000)
+        .await
+        .unwrap();
+    let bucket = Bucket::new(5, 10.0).unwrap();
+    let refused = store.decide("k", &bucket, 1).await.unwrap();
+    assert!(!refused.is_allowed(), "an empty bucket");
+    assert!(
+        refused.retry_after() <= Duration::from_millis(100),
+        "one token's wait, not the hour: {:?}",
+        refused.retry_after()
+    );
+    assert!(refused.reset() <= Duration::from_millis(500));
+}
