@@ -157,12 +157,17 @@ impl Leasing {
 ///   traffic here needs over [`Leasing::cover`], never more than
 ///   [`Leasing::max_share`] of the bucket nor more than the bucket holds.
 ///   One request per key asks at a time; the others wait for its answer.
+///   Where a lease could hold no more than the request that asks for it
+///   (`max_share` of the bucket is at most one request's cost), there
+///   is nothing to wait for: each request asks Redis for its own cost, side
+///   by side, as in the [`RedisStore`].
 /// - **Refusals are remembered:** when Redis refuses a request, requests
 ///   of that cost or more for the key are refused here, with the wait
 ///   Redis named, until it has passed.
 /// - **Nothing is kept from the others:** tokens unspent after
 ///   [`Leasing::hold`] go back to Redis with the key's next refill, or with
-///   the store's sweep (a task started with the first lease, which runs
+///   the store's sweep (a task started with the first request that asks
+///   Redis, which runs
 ///   every `hold` while a clone of the store lives) when the key has gone
 ///   quiet. [`give_back`](Self::give_back) returns every token at once,
 ///   for a process about to stop.
@@ -318,7 +323,10 @@ impl Held {
             Some((until, refused)) if cost >= refused && now < until => {
                 self.demand += u64::from(cost);
                 let left = self.left_in_redis;
-                Some(Decision::counted(bucket, false, left, until - now, reset))
+                // A heavier request waits for its further tokens too.
+                let further = bucket.interval().saturating_mul(cost - refused);
+                let wait = (until - now).saturating_add(further);
+                Some(Decision::counted(bucket, false, left, wait, reset))
             }
             _ => None,
         }
@@ -378,19 +386,26 @@ impl Held {
             // given back is unknown, so they are not spent twice.
             _ => return,
         };
-        self.full_at = asked_at + decision.reset();
-        self.left_in_redis = decision.remaining();
+        self.heard(&decision, ask.cost, asked_at);
         if decision.is_allowed() {
             self.keep(taken.saturating_sub(ask.cost));
             self.expires = asked_at + hold;
             self.bucket = Some(*bucket);
-            self.refused = None;
-        } else {
+        }
+    }
+
+    /// Keeps what Redis said of the bucket to a request of `cost` asked at
+    /// `asked_at` (the waits it names count from then), its refusal
+    /// included.
+    fn heard(&mut self, decision: &Decision, cost: u32, asked_at: Instant) {
+        self.full_at = asked_at + decision.reset();
+        self.left_in_redis = decision.remaining();
+        self.refused = (!decision.is_allowed()).then(|| {
             let until = asked_at
                 .checked_add(decision.retry_after())
                 .unwrap_or_else(|| asked_at + LONGEST_HOLD * 365);
-            self.refused = Some((until, ask.cost));
-        }
+            (until, cost)
+        });
     }
 
     /// Adds `tokens` taken from Redis to those held.
@@ -420,6 +435,17 @@ impl Lease {
     fn held(&self) -> MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// What a request that found no tokens held does next.
+enum Turn {
+    /// Asks Redis for a lease, its own cost included.
+    Ask(Ask),
+    /// Waits for the refill under way.
+    Wait,
+    /// Asks Redis for its own cost alone: no lease of the bucket could
+    /// hold more than the request that asks for it.
+    Alone,
 }
 
 /// A refill's answer to the request that asked for it.
@@ -642,6 +668,9 @@ where
 
     /// Asks Redis for `lease`'s key, one request at a time: a request
     /// that finds another asking waits for its answer, then decides again.
+    /// Where a lease could hold nothing past the request that asks for it,
+    /// each asks for its own cost at once: waiting would only make the
+    /// key's requests reach Redis one after another.
     async fn refill(
         &self,
         lease: &Arc<Lease>,
@@ -649,6 +678,7 @@ where
         cost: u32,
     ) -> Result<Decision, StoreError> {
         let settings = &self.leases.settings;
+        self.sweep_from_now_on();
         loop {
             let mut answered = pin!(lease.refilled.notified());
             let next = {
@@ -657,18 +687,33 @@ where
                 if let Some(decision) = held.decide_here(bucket, cost, now) {
                     return Ok(decision);
                 }
-                if held.refilling {
+                if settings.largest(bucket, cost) == cost {
+                    Turn::Alone
+                } else if held.refilling {
                     // Registered before the lock is let go: the refill
                     // ends under it, so its wake-up cannot come first.
                     answered.as_mut().enable();
-                    None
+                    Turn::Wait
                 } else {
-                    Some(held.ask(settings, bucket, cost, now))
+                    Turn::Ask(held.ask(settings, bucket, cost, now))
                 }
             };
-            let Some(ask) = next else {
-                answered.await;
-                continue;
+            let ask = match next {
+                Turn::Ask(ask) => ask,
+                Turn::Wait => {
+                    answered.await;
+                    continue;
+                }
+                Turn::Alone => {
+                    let asked_at = Instant::now();
+                    let decided = self.redis.decide(&lease.name, bucket, cost).await;
+                    if let Ok(decision) = &decided
+                        && decision.is_from_bucket()
+                    {
+                        lease.held().heard(decision, cost, asked_at);
+                    }
+                    return decided;
+                }
             };
             // Redis's answer is kept by a task of its own, so a caller that
             // stops waiting (a timeout above, a client gone) or stops
@@ -707,9 +752,6 @@ where
         if let Ran::Took(taken) = ran {
             self.leases
                 .refilled(taken.saturating_sub(ask.cost), ask.give_back);
-            if taken > ask.cost {
-                self.sweep_from_now_on();
-            }
         }
         let spent = matches!(ran, Ran::Took(_)) && decided.is_some_and(|d| d.is_allowed());
         let unread = caller.send(Refilled { decision, spent }).is_err();
@@ -724,7 +766,10 @@ where
         drop(refilling);
     }
 
-    /// Starts the sweep with the first lease of more than one request.
+    /// Starts the sweep with the first request that asks Redis: besides
+    /// giving back what is held past its time, it forgets idle keys, cold
+    /// ones included, which would otherwise fill [`Leasing::max_keys`] for
+    /// good.
     fn sweep_from_now_on(&self) {
         if self.leases.sweeping.swap(true, Ordering::AcqRel) {
             return;
@@ -931,6 +976,32 @@ mod tests {
             held.decide_here(&bucket, 1, asked_at + wait).is_none(),
             "Redis is asked again once the wait it named has passed"
         );
+    }
+
+    /// A request heavier than the one Redis refused waits for its further
+    /// tokens too: it was told the lighter one's wait (100 ms where 50
+    /// tokens at ten a second take 5 s), came back, and was refused again.
+    #[test]
+    fn a_heavier_request_waits_for_its_further_tokens() {
+        let settings = Leasing::new();
+        let bucket = Bucket::new(100, 10.0).unwrap();
+        let asked_at = Instant::now();
+        let mut held = Held::new(asked_at);
+        let ask = held.ask(&settings, &bucket, 1, asked_at);
+        let wait = Duration::from_millis(100);
+        let refused = Decision::counted(&bucket, false, 0, wait, Duration::from_secs(10));
+        held.refilled(
+            Some(refused),
+            Ran::Took(0),
+            ask,
+            &bucket,
+            settings.hold,
+            asked_at,
+        );
+        held.refilling = false;
+        let heavier = held.decide_here(&bucket, 50, asked_at).unwrap();
+        assert!(!heavier.is_allowed());
+        assert_eq!(heavier.retry_after(), Duration::from_millis(5_000));
     }
 
     #[test]

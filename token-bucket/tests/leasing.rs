@@ -76,6 +76,17 @@ async fn leasing_store(
     leasing: Leasing,
     policy: FailurePolicy,
 ) -> (LeasingStore<Counting>, Arc<AtomicUsize>) {
+    let (redis, commands) = counted(prefix, url, policy).await;
+    let redis = redis.timeout(Duration::from_millis(250));
+    (LeasingStore::new(redis, leasing).unwrap(), commands)
+}
+
+/// A Redis store on `url` under `prefix`, counting its round trips.
+async fn counted(
+    prefix: &str,
+    url: &str,
+    policy: FailurePolicy,
+) -> (RedisStore<Counting>, Arc<AtomicUsize>) {
     let commands = Arc::new(AtomicUsize::new(0));
     let inner = connect(url).await;
     // Loads the script on this connection first, so counts start after it.
@@ -89,10 +100,7 @@ async fn leasing_store(
         inner,
         commands: Arc::clone(&commands),
     };
-    let redis = RedisStore::new(counting, policy)
-        .prefix(prefix)
-        .timeout(Duration::from_millis(250));
-    (LeasingStore::new(redis, leasing).unwrap(), commands)
+    (RedisStore::new(counting, policy).prefix(prefix), commands)
 }
 
 struct Fixture {
@@ -311,6 +319,66 @@ async fn with_redis_away_leased_tokens_still_spend_then_the_policy_decides() {
     assert!(!closed.is_allowed());
     assert!(!closed.is_from_bucket(), "the failure policy decided");
     assert!(fixture.store.redis().is_degraded());
+}
+
+/// Where a lease could hold no more than the request that asks for it (a
+/// hundredth of a bucket of 100), a key's requests ask Redis side by
+/// side: each waited for the refill under way, which brought it nothing,
+/// so a process reached Redis one request after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_a_lease_cannot_serve_ask_redis_side_by_side() {
+    let (proxy, url) = redis_proxy().await;
+    let (redis, commands) = counted(&prefix(), &url, FailurePolicy::Propagate).await;
+    // Long enough that no answer comes by a timeout while Redis is held.
+    let redis = redis.timeout(Duration::from_secs(60));
+    let store = LeasingStore::new(redis, leasing().max_share(0.01)).unwrap();
+    let bucket = bucket(100);
+    proxy.stall();
+    let requests: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.decide("k", &bucket, 1).await })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while commands.load(Ordering::Relaxed) < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of 4 requests reached Redis",
+            commands.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.resume().await;
+    for request in requests {
+        assert!(request.await.unwrap().unwrap().is_allowed());
+    }
+}
+
+/// Keys seen once are forgotten by the sweep too, so they do not fill the
+/// store for good: the sweep started only with a lease of more than one
+/// request's cost, which cold keys never take, and a key that turned hot
+/// later found no room and never leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_keys_leave_room_for_a_hot_one() {
+    let leasing = Leasing::new()
+        .cover(Duration::from_millis(50))
+        .hold(Duration::from_millis(50))
+        .max_keys(16);
+    let fixture = fixture(leasing, FailurePolicy::Propagate, &redis_url()).await;
+    let bucket = bucket(1_000);
+    // A thousand keys leave no shard of the sixteen empty.
+    for user in 0..1_000 {
+        assert!(fixture.admits(&format!("cold-{user}"), &bucket, 1).await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fixture.store.held() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hot key never leased"
+        );
+        assert!(fixture.admits("hot", &bucket, 1).await);
+    }
 }
 
 #[tokio::test]
