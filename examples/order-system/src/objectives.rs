@@ -44,7 +44,8 @@ impl Default for Objectives {
 /// by the gateway for [`SagasEndInTime`] to judge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SagaRead {
-    /// How long the client waited at most.
+    /// How long the read waited for the saga's end (less than the client
+    /// asked for when the saga ended, or the server stopped, before).
     pub waited: Duration,
     /// How long the saga took, if it ended.
     pub took: Option<Duration>,
