@@ -70,7 +70,7 @@ use consume::consume;
 use gateway::gateway;
 use processor::processor;
 use relays::relays;
-use stream::{connect_jetstream, consumer, ensure_stream, filter_subject, publisher};
+use stream::{connect_jetstream, consumer, ensure_stream, filter_subject, publisher, run_consumer};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -101,9 +101,16 @@ use crate::telemetry::Telemetry;
 /// stream.
 pub const STREAM: &str = "ORDERS";
 
-/// Where payment's replicas share their breaker in Redis (under the
-/// namespace): keys and channel `{palisade:order-system:cb:card-processor}`.
-pub const FLEET_PREFIX: &str = "palisade:order-system:cb";
+/// The first part of every Redis key and channel the system writes, after
+/// its namespace (`<namespace>:palisade:order-system:…`, in braces where a
+/// key names its Cluster slot): all that
+/// [`remove_namespace`] removes.
+pub const REDIS_ROOT: &str = "palisade:order-system";
+
+/// Where payment's replicas share their breaker in Redis, under
+/// [`REDIS_ROOT`] and the namespace: keys and channel
+/// `{palisade:order-system:cb:card-processor}`.
+pub const FLEET_FAMILY: &str = "cb";
 
 /// The services that own a database, with their tables.
 pub(crate) const DATABASES: [(&str, &[&str]); 4] = [
@@ -173,7 +180,7 @@ pub async fn serve(
             let redis = redis::Client::open(settings.infrastructure.redis.as_str())
                 .map_err(|error| format!("--redis: {error}"))?;
             Fleet::new(redis)
-                .prefix(&settings.namespaced(FLEET_PREFIX, ":"))
+                .prefix(&settings.redis_prefix(FLEET_FAMILY))
                 .join(card::BREAKER, &breaker)?;
             let vault_key = match &settings.vault_key {
                 Some(key) => key.clone(),

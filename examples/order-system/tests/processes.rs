@@ -25,7 +25,8 @@ use palisade_order_system::load::{self, Gateway, LoadSettings, Progress, Summary
 use palisade_order_system::payment::vault::{KEY_VARIABLE, VaultKey};
 use palisade_order_system::processor::{AdminStatus, BREAKER, DECLINED_CARD, GOOD_CARD};
 use palisade_order_system::serve::{
-    FLEET_PREFIX, Infrastructure, Removed, rebuild_catalog, rebuild_history, remove_namespace,
+    FLEET_FAMILY, Infrastructure, REDIS_ROOT, Removed, rebuild_catalog, rebuild_history,
+    remove_namespace,
 };
 use palisade_testkit::servers::{database_url, nats_url, redis_url};
 
@@ -673,6 +674,45 @@ impl Drop for System {
 }
 
 /// The servers the tests run on.
+/// Removing a namespace removes the system's keys in it and nothing else:
+/// `--namespace palisade` matched `palisade:*`, every key of the default
+/// system (its users signed out, its limits and breaker reset), and a
+/// namespace named like another application's keys took those.
+#[tokio::test]
+async fn removing_a_namespace_leaves_other_keys_alone() {
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let other = format!("otherapp_{}", fastrand::u32(..));
+    let theirs = [
+        // The default system's sign-in and rate limits.
+        format!("{REDIS_ROOT}:auth:token:probe-{other}"),
+        format!("{{{REDIS_ROOT}:rl:per-user:probe-{other}}}"),
+        // Another application's, named like the namespace.
+        format!("{other}:session"),
+    ];
+    let ours = format!("{{{other}:{REDIS_ROOT}:rl:per-user:probe}}");
+    for key in theirs.iter().chain([&ours]) {
+        let () = redis::AsyncCommands::set_ex(&mut redis, key, "kept", 60)
+            .await
+            .unwrap();
+    }
+    for namespace in ["palisade", other.as_str()] {
+        remove_namespace(infrastructure(), namespace).await.unwrap();
+    }
+    for key in &theirs {
+        let kept: bool = redis::AsyncCommands::exists(&mut redis, key).await.unwrap();
+        assert!(kept, "{key} was removed");
+        let _: i64 = redis::AsyncCommands::del(&mut redis, key).await.unwrap();
+    }
+    let gone: bool = redis::AsyncCommands::exists(&mut redis, &ours)
+        .await
+        .unwrap();
+    assert!(!gone, "the namespace's own key stays");
+}
+
 fn infrastructure() -> Infrastructure {
     Infrastructure {
         postgres: database_url(),
@@ -932,7 +972,7 @@ impl FleetMessages {
             .get_async_pubsub()
             .await
             .unwrap();
-        let channel = format!("{{{namespace}:{FLEET_PREFIX}:{BREAKER}}}");
+        let channel = format!("{{{namespace}:{REDIS_ROOT}:{FLEET_FAMILY}:{BREAKER}}}");
         pubsub.subscribe(&channel).await.unwrap();
         let heard: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>> =
             std::sync::Arc::default();

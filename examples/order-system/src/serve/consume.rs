@@ -2,21 +2,19 @@
 //! `/books` (the service's books, for the gateway's), and its inbox kept
 //! short.
 
-use std::time::Duration;
-
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use palisade_outbox::BoxError;
 
-use super::{Process, ServeSettings, consumer, internal, serve_http};
+use super::{Process, ServeSettings, consumer, internal, run_consumer, serve_http};
 use crate::books::{Books, consumers_books};
 use crate::service::{Consumers, SagaService};
 use crate::stuck::STUCK_AFTER;
 
-/// Runs `service`'s consumer (see [`consumer`]) with `/healthz`, `/metrics`,
-/// `/books` and the process's routes on its listener, and forgets its
-/// inbox records once JetStream can no longer bring them back.
+/// Runs `service`'s consumer (see [`consumer`] and [`run_consumer`]) with
+/// `/healthz`, `/metrics`, `/books` and the process's routes on its
+/// listener.
 pub(super) async fn consume<S: SagaService>(
     settings: &ServeSettings,
     service: S,
@@ -37,21 +35,7 @@ pub(super) async fn consume<S: SagaService>(
         internal(telemetry).merge(routes).merge(books),
         stop.signal(),
     ));
-    let (forgetting, signal) = (consumer.clone(), stop.signal());
-    tasks.spawn(async move {
-        tokio::pin!(signal);
-        let retention = forgetting.inbox_retention();
-        loop {
-            tokio::select! {
-                () = &mut signal => return,
-                () = tokio::time::sleep(Duration::from_secs(60)) => {}
-            }
-            if let Err(error) = forgetting.forget_processed(retention, 10_000).await {
-                tracing::warn!(%error, "old inbox records not forgotten; trying again later");
-            }
-        }
-    });
-    let consumed = consumer.run(stop.signal()).await;
+    let consumed = run_consumer(&consumer, stop.signal()).await;
     tasks.shutdown().await;
     consumed
 }

@@ -8,7 +8,7 @@ use palisade_outbox::BoxError;
 use palisade_token_bucket::{FailurePolicy, Leasing, LeasingStore, LocalStore, RedisStore};
 use tokio::net::TcpListener;
 
-use super::{Process, ServeSettings, connect_redis, consumer, open, serve_http};
+use super::{Process, ServeSettings, connect_redis, consumer, open, run_consumer, serve_http};
 use crate::auth::{self, Sessions};
 use crate::catalog::Catalog;
 use crate::db::redact_url;
@@ -64,7 +64,7 @@ pub(super) async fn gateway(
                 bucket,
             },
         )
-        .prefix(&settings.namespaced(&format!("palisade:order-system:rl:{name}"), ":"))
+        .prefix(&settings.redis_prefix(&format!("rl:{name}")))
         // Redis shares the gateway's cores: under full load a 10 ms answer
         // is late for reasons that are not Redis's; 50 ms still fails fast.
         .timeout(Duration::from_millis(50))
@@ -85,7 +85,7 @@ pub(super) async fn gateway(
         &client,
         connection.clone(),
         RedisSettings::new(Freshness::new(Duration::from_secs(5)))
-            .prefix(&settings.namespaced("palisade:order-system:catalog", ":")),
+            .prefix(&settings.redis_prefix("catalog")),
     )
     .await
     .map_err(|error| {
@@ -143,9 +143,9 @@ pub(super) async fn gateway(
     // serving sagas or read models that no longer move.
     // (Boxed: three consumers' futures side by side are large.)
     let consumed = tokio::try_join!(
-        Box::pin(consumer.run(stop.signal())),
-        Box::pin(ranking.run(stop.signal())),
-        Box::pin(histories.run(stop.signal()))
+        Box::pin(run_consumer(&consumer, stop.signal())),
+        Box::pin(run_consumer(&ranking, stop.signal())),
+        Box::pin(run_consumer(&histories, stop.signal()))
     )
     .map(drop);
     if consumed.is_ok() {

@@ -76,11 +76,13 @@ pub async fn remove_namespace(
     };
 
     let (_, mut redis) = connect_redis(&settings).await?;
-    // Every key the system writes is under `namespaced(…, ":")`, some of
-    // them in braces (one Redis Cluster slot a key: rate limits, the
-    // breaker payment's replicas share).
-    let namespace = settings.namespaced("", ":");
-    for pattern in [format!("{namespace}*"), format!("{{{namespace}*")] {
+    // Every key the system writes begins with its root in the namespace,
+    // some in braces (one Redis Cluster slot a key: rate limits, the
+    // breaker payment's replicas share). Nothing else is matched: the
+    // namespace's name alone (`palisade:*`) matched the default system's
+    // keys, and any other application's under that name.
+    let root = settings.redis_root();
+    for pattern in [format!("{root}:*"), format!("{{{root}:*")] {
         let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::STREAM;
+use super::{REDIS_ROOT, STREAM};
 use crate::db::redact_url;
 use crate::inventory::Inventory;
 use crate::limits::Limits;
@@ -196,7 +196,22 @@ impl ServeSettings {
 
     /// The prefix of the sign-in store's keys in Redis.
     pub(super) fn sessions_prefix(&self) -> String {
-        self.namespaced("palisade:order-system:auth", ":")
+        self.redis_prefix("auth")
+    }
+
+    /// The prefix of one `family` of the system's Redis keys: under the
+    /// namespace and [`REDIS_ROOT`], where [`remove_namespace`] looks
+    /// for them.
+    ///
+    /// [`remove_namespace`]: super::remove_namespace
+    pub(super) fn redis_prefix(&self, family: &str) -> String {
+        self.namespaced(&format!("{REDIS_ROOT}:{family}"), ":")
+    }
+
+    /// What every Redis key of the system in this namespace begins with
+    /// (after a `{` where the key is hash-tagged).
+    pub(super) fn redis_root(&self) -> String {
+        self.namespaced(REDIS_ROOT, ":")
     }
 
     /// The first token of the stream's subjects.

@@ -92,3 +92,26 @@ pub(super) async fn consumer<S: SagaService>(
         .only(S::CONSUMES.iter().copied());
     Ok(Arc::new(consumer))
 }
+
+/// Runs `consumer` until `stop` completes, and meanwhile forgets its
+/// inbox's records once JetStream can no longer bring them back, every
+/// minute: every consumer of every process runs through here, so no inbox
+/// grows for ever (the gateway's three did).
+pub(super) async fn run_consumer<S: SagaService>(
+    consumer: &JetStreamConsumer<PgInbox, Consuming<S, PgOutbox>>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), BoxError> {
+    let retention = consumer.inbox_retention();
+    let forgetting = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            if let Err(error) = consumer.forget_processed(retention, 10_000).await {
+                tracing::warn!(%error, consumer = S::NAME, "old inbox records not forgotten; trying again later");
+            }
+        }
+    };
+    tokio::select! {
+        consumed = consumer.run(stop) => consumed,
+        () = forgetting => unreachable!("forgetting never ends"),
+    }
+}
