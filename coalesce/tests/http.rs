@@ -869,6 +869,58 @@ async fn an_origins_server_error_keeps_the_stored_response() {
     );
 }
 
+/// A call a layer below refused (an open breaker's 503, a limiter's 429)
+/// reaches the caller as that layer answered it, its `Refusal` marker
+/// included, and the stored response stands and covers for it: the
+/// marker was dropped, so a retry above took an open circuit for the
+/// origin's 503 and spent its budget on it, and a limiter's 429, not
+/// storable, dropped the stored response.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_from_below_keeps_its_marker_and_the_stored_response() {
+    use palisade_hints::Refusal;
+    use palisade_hints::http::refusal_response;
+
+    for (status, refusal) in [
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::circuit_open(Some(Duration::from_secs(2))),
+        ),
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            Refusal::rate_limited(Some(Duration::from_secs(1))),
+        ),
+    ] {
+        let (service, calls) = layered(&[], move |_, n| {
+            if n == 1 {
+                let directives = "max-age=10, stale-while-revalidate=10, stale-if-error=600";
+                return answer(&[("cache-control", directives.into())], "call 1".into());
+            }
+            refusal_response(status, refusal)
+        });
+        call(&service, "GET", "/", &[]).await;
+        tokio::time::advance(Duration::from_secs(15)).await;
+        let stale = call(&service, "GET", "/", &[]).await;
+        assert_eq!(body_of(&stale), "call 1", "stale while it revalidates");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the refresh was refused");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let covered = call(&service, "GET", "/", &[]).await;
+        assert_eq!(
+            (covered.0, body_of(&covered)),
+            (StatusCode::OK, "call 1"),
+            "in place of the {status}"
+        );
+        let request = Request::get("/elsewhere").body(Empty::new()).unwrap();
+        let refused = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(refused.status(), status);
+        assert_eq!(
+            refused.extensions().get::<Refusal>(),
+            Some(&refusal),
+            "the refusal's marker, for the layers above"
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn vary_keys_tell_a_comma_in_a_value_from_two_lines() {
     let (service, calls) = layered(&[http::header::ACCEPT], |_, n| {

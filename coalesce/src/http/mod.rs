@@ -32,6 +32,12 @@
 //!   while it revalidates, and within `stale-if-error` in place of the
 //!   error; a request nothing stored can answer gets the origin's
 //!   response.
+//! - **So is a refusal from below.** A response a palisade layer beneath
+//!   answered for a call it refused (an open breaker's `503`, a rate
+//!   limiter's `429`: a [`Refusal`] in its extensions) is the flight's
+//!   error too, whatever its status: the stored response stands, and a
+//!   request nothing stored can answer gets that response with its
+//!   `Refusal`, so the layers above still tell it from the origin's.
 //! - **Credentials stay out of the store.** The varying fields' values
 //!   enter the key as a SHA-256 digest, so an `Authorization` or `Cookie`
 //!   the layer varies on is not written in a shared store's key names (nor
@@ -487,16 +493,19 @@ impl<S, R, F> Coalesce<S, R, F> {
                     fetch(origin, request, max_body, default, &fetch_vary).await
                 }
             };
-            let lookup = match cache.lookup(key, compute).await {
-                Ok(lookup) => lookup,
-                Err(error) => match ServerError::answer(&error) {
-                    // Nothing stored stood in for it: the origin's answer
-                    // is the caller's.
-                    Some(answer) => Lookup {
-                        value: answer,
-                        served: crate::Served::Miss,
-                        age: Duration::ZERO,
-                    },
+            let (lookup, refusal) = match cache.lookup(key, compute).await {
+                Ok(lookup) => (lookup, None),
+                Err(error) => match Unanswered::of(&error) {
+                    // Nothing stored stood in for it: the answer from
+                    // below is the caller's.
+                    Some(Unanswered { response, refusal }) => {
+                        let lookup = Lookup {
+                            value: response.clone(),
+                            served: crate::Served::Miss,
+                            age: Duration::ZERO,
+                        };
+                        (lookup, *refusal)
+                    }
                     None => return Err(flight_error(error)),
                 },
             };
@@ -508,7 +517,11 @@ impl<S, R, F> Coalesce<S, R, F> {
                 let response = fallback.oneshot(request).await.map_err(Into::into)?;
                 return Ok(response.map(CoalesceBody::origin));
             }
-            Ok(respond(lookup, head, &conditions))
+            let mut response = respond(lookup, head, &conditions);
+            if let Some(refusal) = refusal {
+                response.extensions_mut().insert(refusal);
+            }
+            Ok(response)
         })
     }
 }
@@ -771,36 +784,43 @@ fn server_error(status: StatusCode) -> bool {
     matches!(status.as_u16(), 500 | 502 | 503 | 504)
 }
 
-/// An origin's server error, as the flight's error: the stored response
-/// stands (served while it revalidates, and within `stale-if-error` in
-/// place of the error), and a caller nothing stored could answer gets the
-/// origin's response.
+/// A response that is no answer to store or drop, as the flight's error:
+/// an origin's server error, or a call a layer below refused. The stored
+/// response stands (served while it revalidates, and within
+/// `stale-if-error` in place of this), and a caller nothing stored could
+/// answer gets this response, with its refusal.
 #[derive(Debug)]
-struct ServerError(CachedResponse);
+struct Unanswered {
+    response: CachedResponse,
+    /// The [`Refusal`] in the response's extensions, if a layer below
+    /// refused the call.
+    refusal: Option<Refusal>,
+}
 
-impl ServerError {
-    /// The origin's response, when `error` is one.
-    fn answer(error: &FlightError<BoxError>) -> Option<CachedResponse> {
+impl Unanswered {
+    /// The response, when `error` is one.
+    fn of(error: &FlightError<BoxError>) -> Option<&Self> {
         match error {
-            FlightError::Failed(shared) => {
-                shared.downcast_ref::<Self>().map(|failed| failed.0.clone())
-            }
+            FlightError::Failed(shared) => shared.downcast_ref::<Self>(),
             _ => None,
         }
     }
 }
 
-impl fmt::Display for ServerError {
+impl fmt::Display for Unanswered {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the origin answered {}", self.0.status)
+        match &self.refusal {
+            Some(refusal) => write!(f, "refused below ({}): {refusal}", self.response.status),
+            None => write!(f, "the origin answered {}", self.response.status),
+        }
     }
 }
 
-impl Error for ServerError {}
+impl Error for Unanswered {}
 
 /// The flight's work: ask the origin (without the caller's own
 /// conditions), keep the whole response, and say how long it may be kept;
-/// a server error is the flight's error.
+/// a server error or a refusal from below is the flight's error.
 async fn fetch<S, ReqBody, ResBody>(
     origin: S,
     mut request: Request<ReqBody>,
@@ -818,6 +838,7 @@ where
     request.headers_mut().remove(IF_MODIFIED_SINCE);
     let response = origin.oneshot(request).await.map_err(Into::into)?;
     let (parts, body) = response.into_parts();
+    let refusal = parts.extensions.get::<Refusal>().copied();
     let body = match Limited::new(body, max_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
@@ -825,12 +846,13 @@ where
         }
         Err(error) => return Err(error),
     };
-    if server_error(parts.status) {
-        return Err(Box::new(ServerError(CachedResponse {
+    if refusal.is_some() || server_error(parts.status) {
+        let response = CachedResponse {
             status: parts.status,
             headers: parts.headers,
             body,
-        })));
+        };
+        return Err(Box::new(Unanswered { response, refusal }));
     }
     let freshness = if storable(parts.status) && shareable(&parts.headers, vary) {
         // The response is `Age` old already (RFC 9111 §4.2.3).
