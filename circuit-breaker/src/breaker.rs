@@ -1030,7 +1030,7 @@ impl Permit {
     }
 
     /// Records how the call went, with the dependency's own word on how
-    /// long to stay away (a `Retry-After` on a 503 or 429): when this
+    /// long to stay away (a `Retry-After` on a 503): when this
     /// failure opens the breaker, a hint longer than the configured open
     /// duration (with backoff) lengthens it, jittered and bounded by
     /// [`max_open_duration`](crate::ConfigBuilder::max_open_duration); a

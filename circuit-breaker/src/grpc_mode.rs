@@ -26,8 +26,12 @@ use crate::respond::Respond;
 /// The outcome a `grpc-status` code stands for: the codes that say the
 /// dependency is unwell are failures, and every other code, OK included, a
 /// success (the dependency answered).
-fn outcome_of(code: u32) -> Outcome {
-    if grpc::is_dependency_failure(code) {
+fn outcome_of(code: u32, fields: &HeaderMap) -> Outcome {
+    if code == grpc::RESOURCE_EXHAUSTED && pushback(fields).is_some() {
+        // The server paces this caller (a quota) and says when to come
+        // back: an answer, not the dependency failing.
+        Outcome::Ignored
+    } else if grpc::is_dependency_failure(code) {
         Outcome::Failure
     } else {
         Outcome::Success
@@ -52,7 +56,12 @@ fn pushback(fields: &HeaderMap) -> Option<Duration> {
 /// clients give it: 429, 502, 503 and 504 are UNAVAILABLE, 400 INTERNAL,
 /// 401, 403 and 404 answers, anything else UNKNOWN. A response or error
 /// carrying the [`Refusal`] marker (a palisade layer beneath refused the
-/// call itself) is neither a success nor a failure.
+/// call itself) is neither a success nor a failure, and nor is a
+/// RESOURCE_EXHAUSTED with a `grpc-retry-pushback-ms` wait: the server
+/// paces this caller (a quota, as a palisade rate limiter on the server
+/// answers) and says when to come back, which a retry above waits out; a
+/// client over its quota would otherwise open the breaker for every
+/// caller. A RESOURCE_EXHAUSTED naming no wait is a failure.
 ///
 /// [`CircuitBreakerLayer::new_for_grpc`] pairs it with [`Unavailable`]; a
 /// [`KeyedCircuitBreakerLayer`](crate::KeyedCircuitBreakerLayer) takes the
@@ -144,7 +153,8 @@ fn settle_on_headers<B>(response: Response<B>, permit: Permit) -> Response<GrpcB
         permit.settle(Outcome::Ignored, None, now);
         None
     } else if let Some(code) = grpc::head_status(response.status(), response.headers()) {
-        permit.settle(outcome_of(code), pushback(response.headers()), now);
+        let fields = response.headers();
+        permit.settle(outcome_of(code, fields), pushback(fields), now);
         None
     } else {
         Some(permit)
@@ -191,7 +201,8 @@ impl<B: Body> Body for GrpcBody<B> {
             match &frame {
                 Some(Ok(frame)) => match frame.trailers_ref() {
                     Some(trailers) => {
-                        let outcome = grpc::status(trailers).map_or(Outcome::Failure, outcome_of);
+                        let outcome = grpc::status(trailers)
+                            .map_or(Outcome::Failure, |code| outcome_of(code, trailers));
                         permit.settle(outcome, pushback(trailers), now);
                     }
                     None => *this.permit = Some(permit),

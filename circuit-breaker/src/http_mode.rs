@@ -19,10 +19,15 @@ use crate::error::Open;
 use crate::layer::CircuitBreakerLayer;
 use crate::respond::Respond;
 
-/// Classifies HTTP responses: 5xx and 429 are failures, every other status
-/// a success, and a transport error a failure. A `Retry-After` on a 503 or
-/// 429 (seconds or an HTTP date) is the dependency's own wait: it may make
-/// the breaker stay open longer than configured, never shorter.
+/// Classifies HTTP responses: 5xx and a 429 naming no wait are failures,
+/// every other status a success, and a transport error a failure. A
+/// `Retry-After` on a 503 (seconds or an HTTP date) is the dependency's
+/// own wait: it may make the breaker stay open longer than configured,
+/// never shorter. A 429 with a `Retry-After` is neither a success nor a
+/// failure: the dependency paces this caller (a quota, as a palisade rate
+/// limiter on a server answers) and says when to come back, which a retry
+/// above waits out; one client over its quota would otherwise open the
+/// breaker for every caller.
 ///
 /// A response or error carrying the [`Refusal`] marker (the 429 of a
 /// palisade rate limiter beneath, or its 503 when its store cannot decide,
@@ -36,12 +41,18 @@ impl<B, E: 'static> Classify<Response<B>, E> for ServerErrorsAsFailures {
     fn classify(&self, result: &Result<Response<B>, E>) -> Outcome {
         match result {
             Ok(response) if response.extensions().get::<Refusal>().is_some() => Outcome::Ignored,
-            Ok(response)
-                if response.status().is_server_error()
-                    || response.status() == StatusCode::TOO_MANY_REQUESTS =>
-            {
-                Outcome::Failure
+            Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
+                // Paced, told when to come back (a quota): an answer.
+                let paced =
+                    palisade_hints::http::retry_after(response.headers(), SystemTime::now())
+                        .is_some();
+                if paced {
+                    Outcome::Ignored
+                } else {
+                    Outcome::Failure
+                }
             }
+            Ok(response) if response.status().is_server_error() => Outcome::Failure,
             Ok(_) => Outcome::Success,
             Err(error) if is_refusal(error) => Outcome::Ignored,
             Err(_) => Outcome::Failure,
@@ -51,7 +62,7 @@ impl<B, E: 'static> Classify<Response<B>, E> for ServerErrorsAsFailures {
     fn retry_after(&self, result: &Result<Response<B>, E>) -> Option<Duration> {
         let response = result.as_ref().ok()?;
         match response.status() {
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+            StatusCode::SERVICE_UNAVAILABLE => {
                 palisade_hints::http::retry_after(response.headers(), SystemTime::now())
             }
             _ => None,
@@ -99,10 +110,10 @@ impl<B: Default, E> Respond<Response<B>, E> for ServiceUnavailable {
 }
 
 impl CircuitBreakerLayer<ServerErrorsAsFailures, ServiceUnavailable> {
-    /// A breaker for HTTP services (feature `http`): 5xx and 429 responses
-    /// and transport errors count as failures (unless a palisade layer
-    /// beneath refused the call itself), a `Retry-After` on a 503 or 429
-    /// may lengthen the open duration, and an open breaker answers 503 with
+    /// A breaker for HTTP services (feature `http`): 5xx responses, 429s
+    /// naming no wait and transport errors count as failures (unless a
+    /// palisade layer beneath refused the call itself), a `Retry-After` on
+    /// a 503 may lengthen the open duration, and an open breaker answers 503 with
     /// `Retry-After` itself, keeping the inner service's error type.
     ///
     /// # Example

@@ -38,8 +38,9 @@
 //!
 //! # Feature flags
 //!
-//! - `http`: [`CircuitBreakerLayer::new_for_http`]: 5xx and 429 count as
-//!   failures, `Retry-After` may lengthen the open duration, and an open
+//! - `http`: [`CircuitBreakerLayer::new_for_http`]: 5xx and a 429 naming
+//!   no wait count as failures (a 429 with `Retry-After` paces its caller:
+//!   neither), `Retry-After` may lengthen the open duration, and an open
 //!   breaker answers 503 itself, so the layer goes straight on an axum
 //!   `Router`.
 //! - `grpc`: [`CircuitBreakerLayer::new_for_grpc`]: `grpc-status` decides,

@@ -178,6 +178,43 @@ async fn a_body_dropped_before_its_trailers_counts_nothing() {
     assert_eq!(breaker.state(), State::Closed);
 }
 
+/// A server's quota answer that says when to come back (RESOURCE_EXHAUSTED
+/// with a `grpc-retry-pushback-ms` wait, what a palisade rate limiter on
+/// the server sends) paces this caller and is no failure: a client over
+/// its quota, its retry waiting out each pushback, opened its breaker for
+/// everyone (the tonic example's twelfth call failed "circuit open"). A
+/// RESOURCE_EXHAUSTED that names no wait still fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_answer_naming_its_wait_is_not_a_failure() {
+    let paced = HealthServer::start(|_| {
+        let mut status = tonic::Status::resource_exhausted("quota");
+        status
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", "500".parse().unwrap());
+        Some(status)
+    })
+    .await;
+    let (mut paced_client, breaker) = client(&paced).await;
+    for _ in 0..10 {
+        let status = paced_client
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    }
+    assert_eq!(breaker.state(), State::Closed);
+    let exhausted =
+        HealthServer::start(|_| Some(tonic::Status::resource_exhausted("out of memory"))).await;
+    let (mut exhausted_client, breaker) = client(&exhausted).await;
+    for _ in 0..3 {
+        exhausted_client
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap_err();
+    }
+    assert_eq!(breaker.state(), State::Open);
+}
+
 /// A response with HTTP status `status` and no `grpc-status`: a proxy's
 /// answer, not the gRPC server's.
 fn proxied(status: u16) -> Response<Full<Bytes>> {

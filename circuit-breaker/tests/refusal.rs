@@ -104,6 +104,28 @@ mod http_mode {
         assert_eq!(breaker.metrics(Instant::now()).counts.calls, 0);
     }
 
+    /// A dependency's 429 that says when to come back paces this caller,
+    /// as a remote rate limiter does: no failure, or one client over its
+    /// quota opens the breaker for every caller.
+    #[tokio::test]
+    async fn a_429_naming_its_wait_is_not_a_failure() {
+        let layer = CircuitBreakerLayer::new_for_http(config());
+        let breaker = layer.breaker().clone();
+        let service = layer.layer(service_fn(|(): ()| async {
+            let mut response = Response::new(String::new());
+            *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+            response
+                .headers_mut()
+                .insert(::http::header::RETRY_AFTER, "1".parse().unwrap());
+            Ok::<_, std::convert::Infallible>(response)
+        }));
+        for _ in 0..10 {
+            service.clone().oneshot(()).await.unwrap();
+        }
+        assert_eq!(breaker.state(), State::Closed);
+        assert_eq!(breaker.metrics(Instant::now()).counts.calls, 0);
+    }
+
     #[tokio::test]
     async fn a_503_from_an_open_breaker_beneath_is_not_a_failure() {
         let inner = CircuitBreakerLayer::new_for_http(config());
