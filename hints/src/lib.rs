@@ -3,8 +3,10 @@
 //!
 //! Several palisade crates read the same signals: a circuit breaker opens
 //! for as long as a `Retry-After` asks, a retry layer waits for it, and
-//! neither may retry a call that a local breaker or rate limiter refused
-//! without reaching the dependency. This crate is the one place those
+//! neither takes a call that a local breaker or rate limiter refused for
+//! the dependency's failure (a retry never retries an open circuit's
+//! refusal, and a rate limiter's only after the wait it names). This
+//! crate is the one place those
 //! signals are defined, so every crate reads them the same way:
 //!
 //! - [`Refusal`]: the marker a palisade layer attaches to a call it refused

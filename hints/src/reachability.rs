@@ -31,8 +31,19 @@
 //! assert!(redis.should_try(later));
 //! ```
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[cfg(palisade_loom)]
+use loom::sync::atomic::AtomicU64;
+#[cfg(not(palisade_loom))]
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// The bit of [`Reachability::state`] that says the store is down.
+const DOWN: u64 = 1 << 63;
+
+/// The bits of [`Reachability::state`] that say when the latest call that
+/// got an answer was asked.
+const ANSWERED: u64 = DOWN - 1;
 
 /// A call's timeout as a store takes it: at least a millisecond and at
 /// most a minute. Zero is no bound to keep (a timer rounds it up to its
@@ -56,12 +67,13 @@ pub const fn call_timeout(timeout: Duration) -> Duration {
 /// Whether a shared store answers; see the [module docs](self).
 #[derive(Debug)]
 pub struct Reachability {
-    down: AtomicBool,
+    /// Whether the store is down ([`DOWN`]), and when the latest call that
+    /// got an answer was asked ([`ANSWERED`], in milliseconds since
+    /// `origin`): one word, so a failure cannot mark the store down past
+    /// an answer to a later call that came in meanwhile.
+    state: AtomicU64,
     /// While down: the next probe, in milliseconds since `origin`.
     next_probe: AtomicU64,
-    /// When the latest call that got an answer was asked, in milliseconds
-    /// since `origin`.
-    answered_asked: AtomicU64,
     /// When an error of a call's own may next be logged, in milliseconds
     /// since `origin`.
     next_warning: AtomicU64,
@@ -85,11 +97,10 @@ impl Reachability {
     /// while it does not; `now` on the clock every later instant is read
     /// from.
     #[must_use]
-    pub const fn new(probe_interval: Duration, now: Instant) -> Self {
+    pub fn new(probe_interval: Duration, now: Instant) -> Self {
         Self {
-            down: AtomicBool::new(false),
+            state: AtomicU64::new(0),
             next_probe: AtomicU64::new(0),
-            answered_asked: AtomicU64::new(0),
             next_warning: AtomicU64::new(0),
             probe_interval,
             origin: now,
@@ -106,7 +117,7 @@ impl Reachability {
     /// Whether the store failed and has not answered since.
     #[must_use]
     pub fn is_down(&self) -> bool {
-        self.down.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) & DOWN != 0
     }
 
     /// Whether a call at `now` should ask the store: always while it
@@ -118,30 +129,52 @@ impl Reachability {
     }
 
     /// The store answered a call asked at `asked`.
+    #[must_use = "a change is for the caller to log"]
     pub fn answered(&self, asked: Instant) -> Change {
-        self.answered_asked
-            .fetch_max(self.millis(asked), Ordering::AcqRel);
-        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::AcqRel) {
-            Change::CameBack
-        } else {
-            Change::None
+        let asked = self.millis(asked).min(ANSWERED);
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            let next = (state & ANSWERED).max(asked);
+            if next == state {
+                return Change::None;
+            }
+            match self
+                .state
+                .compare_exchange_weak(state, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) if state & DOWN != 0 => return Change::CameBack,
+                Ok(_) => return Change::None,
+                Err(now) => state = now,
+            }
         }
     }
 
     /// A call asked at `asked` failed (an error, or no answer in time):
     /// the next probe is a probe interval after it. A call asked before
     /// one that got an answer changes nothing: the store answered since.
+    #[must_use = "a change is for the caller to log"]
     pub fn failed(&self, asked: Instant) -> Change {
-        let asked = self.millis(asked);
-        if asked < self.answered_asked.load(Ordering::Acquire) {
+        let asked = self.millis(asked).min(ANSWERED);
+        let mut state = self.state.load(Ordering::Acquire);
+        if asked < state & ANSWERED {
             return Change::None;
         }
+        // Before the store shows down, so no call probes at once.
         self.next_probe
             .fetch_max(asked.saturating_add(self.interval_ms()), Ordering::AcqRel);
-        if self.down.swap(true, Ordering::AcqRel) {
-            Change::None
-        } else {
-            Change::WentDown
+        loop {
+            if asked < state & ANSWERED || state & DOWN != 0 {
+                return Change::None;
+            }
+            match self.state.compare_exchange_weak(
+                state,
+                state | DOWN,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Change::WentDown,
+                Err(now) => state = now,
+            }
         }
     }
 
@@ -231,7 +264,7 @@ mod tests {
         let start = Instant::now();
         let interval = Duration::from_secs(1);
         let store = Reachability::new(interval, start);
-        store.failed(start);
+        assert_eq!(store.failed(start), Change::WentDown);
         let probe = start + interval;
         assert!(store.should_try(probe));
         assert_eq!(store.answered(probe), Change::CameBack);
@@ -257,8 +290,11 @@ mod tests {
         let start = Instant::now();
         let interval = Duration::from_secs(1);
         let store = Reachability::new(interval, start);
-        store.failed(start + Duration::from_secs(3));
-        store.failed(start);
+        assert_eq!(
+            store.failed(start + Duration::from_secs(3)),
+            Change::WentDown
+        );
+        assert_eq!(store.failed(start), Change::None);
         assert!(!store.should_try(start + Duration::from_secs(2)));
         assert!(store.should_try(start + Duration::from_secs(4)));
     }
@@ -267,7 +303,7 @@ mod tests {
     fn threads_share_out_one_probe() {
         let start = Instant::now();
         let store = std::sync::Arc::new(Reachability::new(Duration::from_secs(60), start));
-        store.failed(start);
+        assert_eq!(store.failed(start), Change::WentDown);
         let at = start + Duration::from_secs(60);
         let asked: usize = std::thread::scope(|scope| {
             let askers: Vec<_> = (0..8)

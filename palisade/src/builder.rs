@@ -21,8 +21,9 @@ use tower::layer::util::Stack;
 ///
 /// Implemented for `tower::ServiceBuilder` only.
 pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
-    /// A circuit breaker for generic services: `Err` is a failure, and an
-    /// open breaker fails calls with
+    /// A circuit breaker for generic services: `Err` is a failure (but a
+    /// palisade layer's refusal beneath, which is neither), and an open
+    /// breaker fails calls with
     /// [`Open`](palisade_circuit_breaker::Open) (feature `breaker`).
     #[cfg(feature = "breaker")]
     #[must_use]
@@ -66,8 +67,9 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         >,
     >;
 
-    /// Retries for generic services: every error is retried (feature
-    /// `retry`).
+    /// Retries for generic services: every error is retried but a
+    /// palisade layer's refusal (an open circuit's never, a rate limit's
+    /// once the wait it names has passed) (feature `retry`).
     #[cfg(feature = "retry")]
     #[must_use]
     fn retry(
