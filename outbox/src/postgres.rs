@@ -88,6 +88,9 @@ impl PgOutbox {
     /// LISTEN needs a session: give the pool direct connections, not a
     /// PgBouncer in transaction mode.
     ///
+    /// It ends, closing its connection, when the outbox is dropped or its
+    /// pool closed.
+    ///
     /// # Errors
     ///
     /// The error of the first connection; later losses reconnect.
@@ -103,6 +106,7 @@ impl PgOutbox {
                 };
                 match received {
                     Ok(_) => wake.notify_one(),
+                    Err(sqlx::Error::PoolClosed) => return,
                     Err(error) => {
                         tracing::warn!(target: "palisade_outbox", %error, "LISTEN failed; polling until it is back");
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;

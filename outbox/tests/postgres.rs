@@ -144,6 +144,36 @@ scenarios!(Pg:
     a_transactions_many_events_keep_their_columns_and_order,
 );
 
+/// Closing the pool of an outbox that listens closes the listening
+/// connection too: the listening task kept it open on the server, and
+/// warned "LISTEN failed" every second, until the outbox was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_pool_of_a_listening_outbox_closes_its_connection() {
+    let pg = Pg::start(|config| config).await;
+    pg.listen().await;
+    let schema = pg.schema.clone();
+    tokio::time::timeout(Duration::from_secs(30), pg.pool.close())
+        .await
+        .expect("the pool closes with the outbox listening");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while pg.pool.size() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} connections still open after the pool closed",
+            pg.pool.size()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut cleanup: PgConnection =
+        sqlx::Connection::connect(&palisade_testkit::servers::database_url())
+            .await
+            .unwrap();
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&mut cleanup)
+        .await
+        .unwrap();
+}
+
 /// Two transactions writing one aggregate: the second waits for the first,
 /// so events are published in commit order even though neither relay nor
 /// reader sees uncommitted rows.
