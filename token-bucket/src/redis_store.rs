@@ -56,9 +56,10 @@ if stored then
 end
 -- No bucket is more than a whole refill ahead: one stored further ahead
 -- was written before the clock stepped back (a failover to a replica
--- whose clock is behind) and is taken as empty, not as refusing for as
--- long as the clock stepped.
-ahead = math.min(ahead, tolerance)
+-- whose clock is behind). It is taken, and stored again, as empty, not
+-- as refusing for as long as the clock stepped.
+local stepped = ahead > tolerance
+if stepped then ahead = tolerance end
 local function store(ahead)
   if ahead > 0 then
     local total = now_ns + ahead
@@ -79,7 +80,7 @@ if after <= tolerance then
   store(after)
   return {1, math.floor((tolerance - after) / interval + 1e-9), 0, math.ceil(after / 1000), take}
 end
-if give_back > 0 then store(ahead) end
+if give_back > 0 or stepped then store(ahead) end
 local retry = -1
 if cost <= capacity then retry = math.ceil((ahead + interval * cost - tolerance) / 1000) end
 return {0, math.floor((tolerance - ahead) / interval + 1e-9), retry, math.ceil(ahead / 1000), 0}

@@ -543,4 +543,7 @@ async fn a_clock_stepped_back_costs_at_most_one_refill() {
         refused.retry_after()
     );
     assert!(refused.reset() <= Duration::from_millis(500));
+    // And the bucket refills from now on: after that wait, a token.
+    tokio::time::sleep(refused.retry_after() + Duration::from_millis(5)).await;
+    assert!(store.decide("k", &bucket, 1).await.unwrap().is_allowed());
 }
