@@ -156,20 +156,22 @@ impl Leasing {
 ///   for its own cost and for as many more tokens as the key's recent
 ///   traffic here needs over [`Leasing::cover`], never more than
 ///   [`Leasing::max_share`] of the bucket nor more than the bucket holds.
-///   One request per key asks at a time; the others wait for its answer.
-///   Where a lease could hold no more than the request that asks for it
-///   (`max_share` of the bucket is at most one request's cost), there
-///   is nothing to wait for: each request asks Redis for its own cost, side
-///   by side, as in the [`RedisStore`].
+///   One refill per key asks at a time; requests its spare tokens could
+///   serve wait for its answer (others may spend them first). The rest
+///   (past those spare tokens, all of them at a key's first lease, and,
+///   with no tokens held, every request where `max_share` of the bucket
+///   is at most one request's cost) ask Redis for their own cost side by
+///   side, as in the [`RedisStore`], rather than reach it one after
+///   another; the next lease covers them.
 /// - **Refusals are remembered:** when Redis refuses a request, requests
-///   of that cost or more for the key are refused here, with the wait
-///   Redis named, until it has passed.
+///   of that cost or more for the key are refused here until the wait
+///   Redis named has passed (a heavier one told the wait for its further
+///   tokens too).
 /// - **Nothing is kept from the others:** tokens unspent after
 ///   [`Leasing::hold`] go back to Redis with the key's next refill, or with
-///   the store's sweep (a task started with the first request that asks
-///   Redis, which runs
-///   every `hold` while a clone of the store lives) when the key has gone
-///   quiet. [`give_back`](Self::give_back) returns every token at once,
+///   the store's sweep (a task started with the first key the store
+///   sees, which runs every `hold` while a clone of the store lives) when
+///   the key has gone quiet. [`give_back`](Self::give_back) returns every token at once,
 ///   for a process about to stop.
 /// - **The bound:** tokens are taken from the shared bucket before they
 ///   are spent, so the fleet never admits more than the bucket hands out.
@@ -185,7 +187,9 @@ impl Leasing {
 ///   so a request abandoned mid-call (a timeout above the limiter, a
 ///   client gone) loses nothing: the lease Redis grants is kept, the
 ///   abandoned request's cost included, and the key's other requests get
-///   their answer. The store needs a Tokio runtime.
+///   their answer. (A request asking Redis for its own cost alone is as
+///   in the [`RedisStore`]: abandoned once sent, its tokens may be spent.)
+///   The store needs a Tokio runtime.
 /// - A key longer than [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES) (not counting
 ///   the bucket a [`RateLimitLayer`](crate::RateLimitLayer) puts before
 ///   it) is decided in Redis one request at a time, as is a key past
@@ -287,6 +291,9 @@ struct Held {
     since: Instant,
     /// Whether a request is asking Redis for this key.
     refilling: bool,
+    /// Tokens the refill under way asks for beyond its request's cost
+    /// that no request waiting for it counts on yet.
+    unclaimed: u32,
 }
 
 impl Held {
@@ -301,6 +308,7 @@ impl Held {
             demand: 0,
             since: now,
             refilling: false,
+            unclaimed: 0,
         }
     }
 
@@ -360,6 +368,7 @@ impl Held {
         self.demand = 0;
         self.since = now;
         self.refilling = true;
+        self.unclaimed = want - cost;
         Ask {
             cost,
             want,
@@ -437,14 +446,13 @@ impl Lease {
     }
 }
 
-/// What a request that found no tokens held does next.
+/// What a request that found too few tokens held does next.
 enum Turn {
     /// Asks Redis for a lease, its own cost included.
     Ask(Ask),
-    /// Waits for the refill under way.
+    /// Waits for the refill under way, which asks for its tokens too.
     Wait,
-    /// Asks Redis for its own cost alone: no lease of the bucket could
-    /// hold more than the request that asks for it.
+    /// Asks Redis for its own cost alone.
     Alone,
 }
 
@@ -478,7 +486,11 @@ struct Refilling(Arc<Lease>);
 
 impl Drop for Refilling {
     fn drop(&mut self) {
-        self.0.held().refilling = false;
+        {
+            let mut held = self.0.held();
+            held.refilling = false;
+            held.unclaimed = 0;
+        }
         self.0.refilled.notify_waiters();
     }
 }
@@ -666,11 +678,13 @@ where
         LeaseDecision::asking(async move { store.refill(&lease, &bucket, cost).await })
     }
 
-    /// Asks Redis for `lease`'s key, one request at a time: a request
-    /// that finds another asking waits for its answer, then decides again.
-    /// Where a lease could hold nothing past the request that asks for it,
-    /// each asks for its own cost at once: waiting would only make the
-    /// key's requests reach Redis one after another.
+    /// Asks Redis for `lease`'s key, one refill at a time: a request that
+    /// finds a refill under way asking for its tokens too waits for its
+    /// answer, then decides again. One that does not (the refill asks for
+    /// fewer spare tokens than the waiting requests need, a key's first
+    /// lease asks for none, or no lease of the bucket could hold more than
+    /// the request) asks Redis for its own cost at once: waiting would
+    /// only make the key's requests reach Redis one after another.
     async fn refill(
         &self,
         lease: &Arc<Lease>,
@@ -678,6 +692,7 @@ where
         cost: u32,
     ) -> Result<Decision, StoreError> {
         let settings = &self.leases.settings;
+        // Here too: the key may have been made outside a runtime.
         self.sweep_from_now_on();
         loop {
             let mut answered = pin!(lease.refilled.notified());
@@ -687,13 +702,22 @@ where
                 if let Some(decision) = held.decide_here(bucket, cost, now) {
                     return Ok(decision);
                 }
-                if settings.largest(bucket, cost) == cost {
-                    Turn::Alone
-                } else if held.refilling {
+                if held.refilling && held.unclaimed >= cost {
+                    held.unclaimed -= cost;
                     // Registered before the lock is let go: the refill
                     // ends under it, so its wake-up cannot come first.
                     answered.as_mut().enable();
                     Turn::Wait
+                } else if held.refilling
+                    || (held.tokens == 0 && settings.largest(bucket, cost) == cost)
+                {
+                    // Waiting would bring this request nothing but a turn
+                    // at the next refill (the one under way asks for no
+                    // token of its, or no lease could hold more than it):
+                    // the key's requests would reach Redis one after
+                    // another. Counted, so the next lease covers it.
+                    held.demand += u64::from(cost);
+                    Turn::Alone
                 } else {
                     Turn::Ask(held.ask(settings, bucket, cost, now))
                 }
@@ -745,7 +769,7 @@ where
         ask: Ask,
         caller: oneshot::Sender<Refilled>,
     ) {
-        let lease = &refilling.0;
+        let lease = Arc::clone(&refilling.0);
         let asked_at = Instant::now();
         let Answer { decision, ran } = self.redis.ask(&lease.name, &bucket, ask).await;
         let decided = decision.as_ref().ok().copied();
@@ -754,30 +778,37 @@ where
                 .refilled(taken.saturating_sub(ask.cost), ask.give_back);
         }
         let spent = matches!(ran, Ran::Took(_)) && decided.is_some_and(|d| d.is_allowed());
-        let unread = caller.send(Refilled { decision, spent }).is_err();
-        {
-            let mut held = lease.held();
-            let hold = self.leases.settings.hold;
-            held.refilled(decided, ran, ask, &bucket, hold, asked_at);
-            if unread && spent {
-                held.keep(ask.cost);
-            }
-        }
+        let hold = self.leases.settings.hold;
+        lease
+            .held()
+            .refilled(decided, ran, ask, &bucket, hold, asked_at);
+        // The refill ends before its caller hears: the caller's next
+        // request finds the lease as Redis left it, no refill under way.
         drop(refilling);
+        if caller.send(Refilled { decision, spent }).is_err() && spent {
+            // Its caller left: the cost Redis took for it is the lease's.
+            lease.held().keep(ask.cost);
+        }
     }
 
-    /// Starts the sweep with the first request that asks Redis: besides
-    /// giving back what is held past its time, it forgets idle keys, cold
-    /// ones included, which would otherwise fill [`Leasing::max_keys`] for
-    /// good.
+    /// Starts the sweep with the first new key decided or pinned, or the
+    /// first refill, in a Tokio runtime: besides giving back what is held
+    /// past its time, it forgets idle keys, cold ones included, which would
+    /// otherwise fill [`Leasing::max_keys`] for good.
     fn sweep_from_now_on(&self) {
+        if self.leases.sweeping.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if self.leases.sweeping.swap(true, Ordering::AcqRel) {
             return;
         }
         let leases = Arc::downgrade(&self.leases);
         let redis = self.redis.clone();
         let every = self.leases.settings.hold;
-        tokio::spawn(sweep(leases, redis, every));
+        runtime.spawn(sweep(leases, redis, every));
     }
 }
 
@@ -864,6 +895,7 @@ where
                 return self.decide_on(lease, bucket, cost);
             }
         }
+        self.sweep_from_now_on();
         match self.leases.find_or_make(key, false) {
             Some(lease) => self.decide_on(&lease, bucket, cost),
             None => LeaseDecision::asking(self.redis.decide(key, bucket, cost)),
@@ -871,6 +903,7 @@ where
     }
 
     fn pin(&self, key: &str) -> LeasedKey {
+        self.sweep_from_now_on();
         LeasedKey(match self.leases.find_or_make(key, true) {
             Some(lease) => Pinned::Lease(lease),
             None => Pinned::Name(Arc::from(key)),
@@ -950,24 +983,25 @@ mod tests {
         }
     }
 
+    /// A key's lease whose refill for a request of one token, asked at
+    /// `asked_at`, Redis refused with `wait`.
+    fn refused_with(bucket: &Bucket, wait: Duration, asked_at: Instant) -> Held {
+        let settings = Leasing::new();
+        let mut held = Held::new(asked_at);
+        let ask = held.ask(&settings, bucket, 1, asked_at);
+        let refused = Decision::counted(bucket, false, 0, wait, bucket.refill_time());
+        let took = Ran::Took(0);
+        held.refilled(Some(refused), took, ask, bucket, settings.hold, asked_at);
+        held.refilling = false;
+        held
+    }
+
     #[test]
     fn a_refusal_counts_its_wait_from_when_redis_was_asked() {
-        let settings = Leasing::new();
         let bucket = Bucket::new(10, 1.0).unwrap();
         let asked_at = Instant::now();
-        let mut held = Held::new(asked_at);
-        let ask = held.ask(&settings, &bucket, 1, asked_at);
         let wait = Duration::from_millis(100);
-        let refused = Decision::counted(&bucket, false, 0, wait, Duration::from_secs(1));
-        held.refilled(
-            Some(refused),
-            Ran::Took(0),
-            ask,
-            &bucket,
-            settings.hold,
-            asked_at,
-        );
-        held.refilling = false;
+        let mut held = refused_with(&bucket, wait, asked_at);
         let later = asked_at + Duration::from_millis(40);
         let remembered = held.decide_here(&bucket, 1, later).unwrap();
         assert!(!remembered.is_allowed());
@@ -983,22 +1017,9 @@ mod tests {
     /// tokens at ten a second take 5 s), came back, and was refused again.
     #[test]
     fn a_heavier_request_waits_for_its_further_tokens() {
-        let settings = Leasing::new();
         let bucket = Bucket::new(100, 10.0).unwrap();
         let asked_at = Instant::now();
-        let mut held = Held::new(asked_at);
-        let ask = held.ask(&settings, &bucket, 1, asked_at);
-        let wait = Duration::from_millis(100);
-        let refused = Decision::counted(&bucket, false, 0, wait, Duration::from_secs(10));
-        held.refilled(
-            Some(refused),
-            Ran::Took(0),
-            ask,
-            &bucket,
-            settings.hold,
-            asked_at,
-        );
-        held.refilling = false;
+        let mut held = refused_with(&bucket, Duration::from_millis(100), asked_at);
         let heavier = held.decide_here(&bucket, 50, asked_at).unwrap();
         assert!(!heavier.is_allowed());
         assert_eq!(heavier.retry_after(), Duration::from_millis(5_000));

@@ -321,37 +321,41 @@ async fn with_redis_away_leased_tokens_still_spend_then_the_policy_decides() {
     assert!(fixture.store.redis().is_degraded());
 }
 
-/// Where a lease could hold no more than the request that asks for it (a
-/// hundredth of a bucket of 100), a key's requests ask Redis side by
-/// side: each waited for the refill under way, which brought it nothing,
-/// so a process reached Redis one request after another.
+/// Requests that the refill under way asks no tokens for (all but the
+/// first at a key's first lease, which asks for its own cost only) ask
+/// Redis for their own side by side: each waited for that refill, which
+/// brought it nothing, then for the next, so a key's requests reached
+/// Redis one after another. Where a lease could hold no more than one
+/// request (a hundredth of a bucket of 100), every request does so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_a_lease_cannot_serve_ask_redis_side_by_side() {
+async fn requests_a_refill_asks_nothing_for_ask_redis_side_by_side() {
     let (proxy, url) = redis_proxy().await;
-    let (redis, commands) = counted(&prefix(), &url, FailurePolicy::Propagate).await;
-    // Long enough that no answer comes by a timeout while Redis is held.
-    let redis = redis.timeout(Duration::from_secs(60));
-    let store = LeasingStore::new(redis, leasing().max_share(0.01)).unwrap();
-    let bucket = bucket(100);
-    proxy.stall();
-    let requests: Vec<_> = (0..4)
-        .map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move { store.decide("k", &bucket, 1).await })
-        })
-        .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while commands.load(Ordering::Relaxed) < 4 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of 4 requests reached Redis",
-            commands.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    proxy.resume().await;
-    for request in requests {
-        assert!(request.await.unwrap().unwrap().is_allowed());
+    for (key, max_share) in [("first-lease", 0.5), ("share-of-one", 0.01)] {
+        let (redis, commands) = counted(&prefix(), &url, FailurePolicy::Propagate).await;
+        // Long enough that no answer comes by a timeout while Redis is held.
+        let redis = redis.timeout(Duration::from_secs(60));
+        let store = LeasingStore::new(redis, leasing().max_share(max_share)).unwrap();
+        let bucket = bucket(100);
+        proxy.stall();
+        let requests: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.decide(key, &bucket, 1).await })
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while commands.load(Ordering::Relaxed) < 4 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{key}: {} of 4 requests reached Redis",
+                commands.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        proxy.resume().await;
+        for request in requests {
+            assert!(request.await.unwrap().unwrap().is_allowed());
+        }
     }
 }
 
@@ -361,9 +365,11 @@ async fn requests_a_lease_cannot_serve_ask_redis_side_by_side() {
 /// later found no room and never leased.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_keys_leave_room_for_a_hot_one() {
+    // Two requests of the hot key within half a second lease a token
+    // beyond their own; the sweep runs every second.
     let leasing = Leasing::new()
-        .cover(Duration::from_millis(50))
-        .hold(Duration::from_millis(50))
+        .cover(Duration::from_secs(1))
+        .hold(Duration::from_secs(1))
         .max_keys(16);
     let fixture = fixture(leasing, FailurePolicy::Propagate, &redis_url()).await;
     let bucket = bucket(1_000);
@@ -378,6 +384,7 @@ async fn cold_keys_leave_room_for_a_hot_one() {
             "the hot key never leased"
         );
         assert!(fixture.admits("hot", &bucket, 1).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -385,6 +392,9 @@ async fn cold_keys_leave_room_for_a_hot_one() {
 async fn a_refill_dropped_mid_call_leaves_no_request_waiting() {
     let fixture = fixture(leasing(), FailurePolicy::Propagate, &redis_url()).await;
     let bucket = bucket(100);
+    // Past the key's first lease, a refill asks for the next request's
+    // token too, and that request waits for it.
+    assert!(fixture.admits("k", &bucket, 1).await);
     {
         // Sent to Redis, then abandoned before the answer.
         let mut asking = pin!(fixture.store.decide("k", &bucket, 1));
@@ -434,6 +444,9 @@ async fn a_refill_abandoned_mid_call_keeps_the_lease_redis_granted() {
 async fn a_refill_polled_once_and_left_keeps_no_request_waiting() {
     let fixture = fixture(leasing(), FailurePolicy::Propagate, &redis_url()).await;
     let bucket = bucket(100);
+    // Past the key's first lease, a refill asks for the next request's
+    // token too, and that request waits for it.
+    assert!(fixture.admits("k", &bucket, 1).await);
     // Its caller polls it once, then stops polling without dropping it.
     let mut stalled = Box::pin(fixture.store.decide("k", &bucket, 1));
     let mut cx = Context::from_waker(Waker::noop());
@@ -591,6 +604,9 @@ fn a_refill_whose_runtime_stopped_keeps_no_request_waiting() {
     let first = runtime();
     let fixture = first.block_on(fixture(leasing(), FailurePolicy::FailOpen, &redis_url()));
     let bucket = bucket(100);
+    // Past the key's first lease, a refill asks for the next request's
+    // token too, and that request waits for it.
+    first.block_on(async { assert!(fixture.admits("k", &bucket, 1).await) });
     // The refill's task is spawned, then the runtime stops before it ran.
     first.block_on(async {
         let mut asking = Box::pin(fixture.store.decide("k", &bucket, 1));
