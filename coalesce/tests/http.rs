@@ -839,34 +839,42 @@ async fn a_write_during_a_refresh_of_its_uri_is_not_undone_by_the_refresh() {
 /// the answer.
 #[tokio::test(start_paused = true)]
 async fn an_origins_server_error_keeps_the_stored_response() {
-    let (service, calls) = layered(&[], |_, n| {
-        if n == 1 {
-            let directives = "max-age=10, stale-while-revalidate=10, stale-if-error=600";
-            return answer(&[("cache-control", directives.into())], "call 1".into());
-        }
-        let mut failed = answer(&[], format!("call {n} failed"));
-        *failed.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        failed
-    });
-    call(&service, "GET", "/", &[]).await;
-    tokio::time::advance(Duration::from_secs(15)).await;
-    let stale = call(&service, "GET", "/", &[]).await;
-    assert_eq!(body_of(&stale), "call 1", "stale while it revalidates");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "the refresh met a 503");
-    tokio::time::advance(Duration::from_secs(30)).await;
-    let covered = call(&service, "GET", "/", &[]).await;
-    assert_eq!(
-        (covered.0, body_of(&covered)),
-        (StatusCode::OK, "call 1"),
-        "in place of the 503"
-    );
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
-    let unstored = call(&service, "GET", "/elsewhere", &[]).await;
-    assert_eq!(
-        (unstored.0, body_of(&unstored)),
-        (StatusCode::SERVICE_UNAVAILABLE, "call 4 failed")
-    );
+    // A 429 too: the origin pacing its callers (it dropped the stored
+    // response, not storable, and every request then reached the origin).
+    for status in [
+        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::TOO_MANY_REQUESTS,
+    ] {
+        let (service, calls) = layered(&[], move |_, n| {
+            if n == 1 {
+                let directives = "max-age=10, stale-while-revalidate=10, stale-if-error=600";
+                return answer(&[("cache-control", directives.into())], "call 1".into());
+            }
+            let mut failed = answer(&[], format!("call {n} failed"));
+            *failed.status_mut() = status;
+            failed
+        });
+        call(&service, "GET", "/", &[]).await;
+        tokio::time::advance(Duration::from_secs(15)).await;
+        let stale = call(&service, "GET", "/", &[]).await;
+        assert_eq!(body_of(&stale), "call 1", "stale while it revalidates");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "the refresh met a {status}"
+        );
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let covered = call(&service, "GET", "/", &[]).await;
+        assert_eq!(
+            (covered.0, body_of(&covered)),
+            (StatusCode::OK, "call 1"),
+            "in place of the {status}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        let unstored = call(&service, "GET", "/elsewhere", &[]).await;
+        assert_eq!((unstored.0, body_of(&unstored)), (status, "call 4 failed"));
+    }
 }
 
 /// A call a layer below refused (an open breaker's 503, a limiter's 429)

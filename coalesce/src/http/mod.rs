@@ -28,10 +28,10 @@
 //!   method (`POST`, `PUT`, `DELETE`…) drops the cached `GET` and `HEAD`
 //!   responses of its URI (those keyed with the same `vary` values).
 //! - **A server error is an error.** An origin's 500, 502, 503 or 504
-//!   (RFC 5861 §4) leaves the stored response as it was: it is served
-//!   while it revalidates, and within `stale-if-error` in place of the
-//!   error; a request nothing stored can answer gets the origin's
-//!   response.
+//!   (RFC 5861 §4), or its 429 (pacing its callers), leaves the stored
+//!   response as it was: it is served while it revalidates, and within
+//!   `stale-if-error` in place of the error; a request nothing stored can
+//!   answer gets the origin's response.
 //! - **So is a refusal from below.** A response a palisade layer beneath
 //!   answered for a call it refused (an open breaker's `503`, a rate
 //!   limiter's `429`: a [`Refusal`] in its extensions) is the flight's
@@ -779,9 +779,10 @@ fn storable(status: StatusCode) -> bool {
 }
 
 /// Statuses that are the origin failing rather than an answer to store or
-/// drop (RFC 5861 §4): 500, 502, 503 and 504.
+/// drop (RFC 5861 §4): 500, 502, 503 and 504; and 429, the origin pacing
+/// its callers, which is no reason to drop what it answered before.
 fn server_error(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+    matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504)
 }
 
 /// A response that is no answer to store or drop, as the flight's error:
