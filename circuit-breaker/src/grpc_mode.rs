@@ -23,9 +23,10 @@ use crate::future::now;
 use crate::layer::CircuitBreakerLayer;
 use crate::respond::Respond;
 
-/// The outcome a `grpc-status` code stands for: the codes that say the
-/// dependency is unwell are failures, and every other code, OK included, a
-/// success (the dependency answered).
+/// The outcome a `grpc-status` code stands for, with the `fields` it came
+/// in: the codes that say the dependency is unwell are failures (but a
+/// RESOURCE_EXHAUSTED naming a wait: neither), and every other code, OK
+/// included, a success (the dependency answered).
 fn outcome_of(code: u32, fields: &HeaderMap) -> Outcome {
     if code == grpc::RESOURCE_EXHAUSTED && pushback(fields).is_some() {
         // The server paces this caller (a quota) and says when to come
@@ -44,8 +45,9 @@ fn pushback(fields: &HeaderMap) -> Option<Duration> {
 }
 
 /// Classifies gRPC calls, for clients and servers (a tonic `Channel` or
-/// `Server`): `grpc-status` UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
-/// INTERNAL and UNAVAILABLE are failures, read from the headers or, when
+/// `Server`): `grpc-status` UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED
+/// (naming no wait, below), INTERNAL and UNAVAILABLE are failures, read
+/// from the headers or, when
 /// only the trailers carry it, at the end of the body ([`GrpcBody`] carries
 /// the permit there); transport errors are failures;
 /// `grpc-retry-pushback-ms` may lengthen the open duration, never shorten

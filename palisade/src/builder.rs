@@ -32,8 +32,9 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         config: palisade_circuit_breaker::Config,
     ) -> ServiceBuilder<Stack<palisade_circuit_breaker::CircuitBreakerLayer, L>>;
 
-    /// A circuit breaker for HTTP: 5xx and 429 are failures, and an open
-    /// breaker answers 503 itself (features `breaker`, `http`).
+    /// A circuit breaker for HTTP: 5xx and a 429 naming no wait are
+    /// failures, and an open breaker answers 503 itself (features
+    /// `breaker`, `http`).
     #[cfg(all(feature = "breaker", feature = "http"))]
     #[must_use]
     fn circuit_breaker_for_http(
@@ -68,8 +69,9 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     >;
 
     /// Retries for generic services: every error is retried but a
-    /// palisade layer's refusal (an open circuit's never, a rate limit's
-    /// once the wait it names has passed) (feature `retry`).
+    /// palisade layer's refusal, which is retried only where it names a
+    /// wait and after it (a rate limit's, a store's that is down), never an
+    /// open circuit's (feature `retry`).
     #[cfg(feature = "retry")]
     #[must_use]
     fn retry(

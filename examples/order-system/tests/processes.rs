@@ -673,7 +673,6 @@ impl Drop for System {
     }
 }
 
-/// The servers the tests run on.
 /// Removing a namespace removes the system's keys in it and nothing else:
 /// `--namespace palisade` matched `palisade:*`, every key of the default
 /// system (its users signed out, its limits and breaker reset), and a
@@ -713,6 +712,7 @@ async fn removing_a_namespace_leaves_other_keys_alone() {
     assert!(!gone, "the namespace's own key stays");
 }
 
+/// The servers the tests run on.
 fn infrastructure() -> Infrastructure {
     Infrastructure {
         postgres: database_url(),

@@ -95,8 +95,8 @@ pub(super) async fn consumer<S: SagaService>(
 
 /// Runs `consumer` until `stop` completes, and meanwhile forgets its
 /// inbox's records once JetStream can no longer bring them back, every
-/// minute: every consumer of every process runs through here, so no inbox
-/// grows for ever (the gateway's three did).
+/// minute: every consumer of the server processes runs through here, so
+/// no inbox of theirs grows for ever (the gateway's three did).
 pub(super) async fn run_consumer<S: SagaService>(
     consumer: &JetStreamConsumer<PgInbox, Consuming<S, PgOutbox>>,
     stop: impl Future<Output = ()>,
