@@ -47,6 +47,11 @@ impl Bucket {
     /// A bucket of `capacity` tokens refilled at `per_second` tokens a
     /// second.
     ///
+    /// A token's refill [`interval`](Self::interval) is a whole number of
+    /// nanoseconds, rounded up, so a bucket never admits more than its
+    /// rate; past ten million a second that rounding shows (7e8 a second
+    /// refills one token every 2 ns: 5e8 a second).
+    ///
     /// # Errors
     ///
     /// [`ConfigError`] when the capacity is 0 or over [`MAX_CAPACITY`], the
