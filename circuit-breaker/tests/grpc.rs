@@ -106,8 +106,19 @@ async fn successful_calls_are_read_from_the_trailers_and_keep_it_closed() {
 fn trailed(
     code: &'static str,
 ) -> Response<impl hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Default> {
+    trailed_with(code, &[])
+}
+
+/// As [`trailed`], with `fields` in the trailers too.
+fn trailed_with(
+    code: &'static str,
+    fields: &[(&'static str, &'static str)],
+) -> Response<impl hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Default> {
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", code.parse().unwrap());
+    for (name, value) in fields {
+        trailers.insert(*name, value.parse().unwrap());
+    }
     let body = Full::new(Bytes::from_static(b"\0\0\0\0\0"))
         .with_trailers(std::future::ready(Some(Ok(trailers))));
     Response::new(DefaultBody(Some(body)))
@@ -154,6 +165,25 @@ async fn a_failure_in_the_trailers_counts_when_the_body_ends() {
     let collected = response.into_body().collect().await.unwrap();
     assert_eq!(collected.trailers().unwrap()["grpc-status"], "14");
     assert_eq!(breaker.state(), State::Open);
+}
+
+/// A quota answer naming its wait in the trailers is no failure either;
+/// one naming none is.
+#[tokio::test]
+async fn a_quota_answer_in_the_trailers_counts_as_in_the_headers() {
+    for (fields, state) in [
+        (&[("grpc-retry-pushback-ms", "500")][..], State::Closed),
+        (&[][..], State::Open),
+    ] {
+        let layer = CircuitBreakerLayer::new_for_grpc(config(1));
+        let breaker = layer.breaker().clone();
+        let service = layer.layer(service_fn(move |_: Request<()>| async move {
+            Ok::<_, std::convert::Infallible>(trailed_with("8", fields))
+        }));
+        let response = service.oneshot(Request::new(())).await.unwrap();
+        response.into_body().collect().await.unwrap();
+        assert_eq!(breaker.state(), state, "{fields:?}");
+    }
 }
 
 #[tokio::test]
