@@ -840,41 +840,56 @@ async fn a_write_during_a_refresh_of_its_uri_is_not_undone_by_the_refresh() {
 #[tokio::test(start_paused = true)]
 async fn an_origins_server_error_keeps_the_stored_response() {
     // A 429 too: the origin pacing its callers (it dropped the stored
-    // response, not storable, and every request then reached the origin).
+    // response, not storable, and callers got the 429 in its place).
     for status in [
         StatusCode::SERVICE_UNAVAILABLE,
         StatusCode::TOO_MANY_REQUESTS,
     ] {
-        let (service, calls) = layered(&[], move |_, n| {
-            if n == 1 {
-                let directives = "max-age=10, stale-while-revalidate=10, stale-if-error=600";
-                return answer(&[("cache-control", directives.into())], "call 1".into());
-            }
+        let (service, calls) = stored_then(move |n| {
             let mut failed = answer(&[], format!("call {n} failed"));
             *failed.status_mut() = status;
             failed
-        });
-        call(&service, "GET", "/", &[]).await;
-        tokio::time::advance(Duration::from_secs(15)).await;
-        let stale = call(&service, "GET", "/", &[]).await;
-        assert_eq!(body_of(&stale), "call 1", "stale while it revalidates");
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            2,
-            "the refresh met a {status}"
-        );
-        tokio::time::advance(Duration::from_secs(30)).await;
-        let covered = call(&service, "GET", "/", &[]).await;
-        assert_eq!(
-            (covered.0, body_of(&covered)),
-            (StatusCode::OK, "call 1"),
-            "in place of the {status}"
-        );
+        })
+        .await;
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         let unstored = call(&service, "GET", "/elsewhere", &[]).await;
         assert_eq!((unstored.0, body_of(&unstored)), (status, "call 4 failed"));
     }
+}
+
+/// The layer over an origin whose first answer is stored (fresh for 10 s,
+/// served stale for 10 s more while it revalidates, and for 600 s in place
+/// of an error) and whose later answers are `failing`'s: checks that the
+/// refresh meets the failure and that the stored answer then stands in
+/// for it.
+async fn stored_then(
+    failing: impl Fn(usize) -> Response<String> + Send + Sync + 'static,
+) -> (Layered, Arc<AtomicUsize>) {
+    let (service, calls) = layered(&[], move |_, n| {
+        if n == 1 {
+            let directives = "max-age=10, stale-while-revalidate=10, stale-if-error=600";
+            return answer(&[("cache-control", directives.into())], "call 1".into());
+        }
+        failing(n)
+    });
+    call(&service, "GET", "/", &[]).await;
+    tokio::time::advance(Duration::from_secs(15)).await;
+    let stale = call(&service, "GET", "/", &[]).await;
+    assert_eq!(body_of(&stale), "call 1", "stale while it revalidates");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the refresh met the failure"
+    );
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let covered = call(&service, "GET", "/", &[]).await;
+    assert_eq!(
+        (covered.0, body_of(&covered)),
+        (StatusCode::OK, "call 1"),
+        "in place of the failure"
+    );
+    (service, calls)
 }
 
 /// A call a layer below refused (an open breaker's 503, a limiter's 429)
@@ -898,26 +913,7 @@ async fn a_refusal_from_below_keeps_its_marker_and_the_stored_response() {
             Refusal::rate_limited(Some(Duration::from_secs(1))),
         ),
     ] {
-        let (service, calls) = layered(&[], move |_, n| {
-            if n == 1 {
-                let directives = "max-age=10, stale-while-revalidate=10, stale-if-error=600";
-                return answer(&[("cache-control", directives.into())], "call 1".into());
-            }
-            refusal_response(status, refusal)
-        });
-        call(&service, "GET", "/", &[]).await;
-        tokio::time::advance(Duration::from_secs(15)).await;
-        let stale = call(&service, "GET", "/", &[]).await;
-        assert_eq!(body_of(&stale), "call 1", "stale while it revalidates");
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "the refresh was refused");
-        tokio::time::advance(Duration::from_secs(30)).await;
-        let covered = call(&service, "GET", "/", &[]).await;
-        assert_eq!(
-            (covered.0, body_of(&covered)),
-            (StatusCode::OK, "call 1"),
-            "in place of the {status}"
-        );
+        let (service, _) = stored_then(move |_| refusal_response(status, refusal)).await;
         let request = Request::get("/elsewhere").body(Empty::new()).unwrap();
         let refused = service.clone().oneshot(request).await.unwrap();
         assert_eq!(refused.status(), status);

@@ -125,41 +125,6 @@ async fn when_the_leader_dies_exactly_one_waiter_takes_over() {
     assert_eq!(takeovers.load(Ordering::SeqCst), 1, "exactly one takeover");
 }
 
-/// A connection that counts the looks at a lock (a `GET` or `EXISTS`): a
-/// waiter's, once it waits for the leader.
-#[derive(Clone)]
-struct Watching {
-    inner: MultiplexedConnection,
-    lock_reads: Arc<AtomicUsize>,
-}
-
-impl redis::aio::ConnectionLike for Watching {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a redis::Cmd,
-    ) -> redis::RedisFuture<'a, redis::Value> {
-        let packed = cmd.get_packed_command();
-        // `GET` or `EXISTS` of the lock: the key is the last argument.
-        if packed.ends_with(b":lock\r\n") {
-            self.lock_reads.fetch_add(1, Ordering::SeqCst);
-        }
-        self.inner.req_packed_command(cmd)
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        self.inner.req_packed_commands(pipeline, offset, count)
-    }
-
-    fn get_db(&self) -> i64 {
-        self.inner.get_db()
-    }
-}
-
 /// The waiters of a leader whose computation fails share its failure, in
 /// every process, as the waiters of one process do: they took the lock
 /// one after another, each calling the failing origin again, the last
@@ -184,15 +149,16 @@ async fn the_waiters_of_a_failing_leader_share_its_failure() {
     let (calls, lock_reads) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut waiters = Vec::new();
     for _ in 0..3 {
-        let client = redis::Client::open(redis_url()).unwrap();
-        let watching = Watching {
-            inner: client.get_multiplexed_async_connection().await.unwrap(),
-            lock_reads: lock_reads.clone(),
-        };
-        let process: RedisCache<Watching, OriginDown> =
-            RedisCache::connect(&client, watching, settings.clone())
-                .await
-                .unwrap();
+        // Counts its looks at the lock (a `GET` or `EXISTS`, the key
+        // last): a waiter's, once it waits for the leader.
+        let looks = lock_reads.clone();
+        let watcher: Watcher = Arc::new(move |cmd: &redis::Cmd| {
+            if cmd.get_packed_command().ends_with(b":lock\r\n") {
+                looks.fetch_add(1, Ordering::SeqCst);
+            }
+            None
+        });
+        let process = Watched::cache(watcher, settings.clone()).await;
         let compute = origin(&calls, Duration::ZERO);
         waiters.push(tokio::spawn(
             async move { process.get_with("k", compute).await },
@@ -468,30 +434,65 @@ async fn a_leader_paused_past_its_lease_does_not_overwrite_the_newer_value() {
     );
 }
 
-/// What [`BeforeLock`] runs once.
+/// What a [`Watched`] connection runs before a command reaches Redis.
 type Hook = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// A connection that runs a hook just before its first lock attempt
-/// (`SET ... NX`) reaches Redis.
+/// Sees each command a [`Watched`] connection sends, and may hold it back
+/// with a hook.
+type Watcher = Arc<dyn Fn(&redis::Cmd) -> Option<Hook> + Send + Sync>;
+
+/// A connection that shows each command to its watcher first.
 #[derive(Clone)]
-struct BeforeLock {
+struct Watched {
     inner: MultiplexedConnection,
-    hook: Arc<std::sync::Mutex<Option<Hook>>>,
+    watcher: Watcher,
 }
 
-impl redis::aio::ConnectionLike for BeforeLock {
+impl Watched {
+    /// A connection to Redis, and the cache of a "process" on it.
+    async fn cache(watcher: Watcher, settings: RedisSettings) -> RedisCache<Self, OriginDown> {
+        Self::cache_on(&redis_url(), watcher, settings).await
+    }
+
+    /// As [`cache`](Self::cache), through `url`.
+    async fn cache_on(
+        url: &str,
+        watcher: Watcher,
+        settings: RedisSettings,
+    ) -> RedisCache<Self, OriginDown> {
+        let client = redis::Client::open(url).unwrap();
+        let watched = Self {
+            inner: client.get_multiplexed_async_connection().await.unwrap(),
+            watcher,
+        };
+        RedisCache::connect(&client, watched, settings)
+            .await
+            .unwrap()
+    }
+}
+
+/// A watcher that runs `hook` just before the first lock attempt (`SET
+/// ... NX`) reaches Redis.
+fn before_lock(hook: Hook) -> Watcher {
+    let hook = std::sync::Mutex::new(Some(hook));
+    Arc::new(move |cmd: &redis::Cmd| {
+        let locking = cmd
+            .args_iter()
+            .any(|arg| matches!(arg, redis::Arg::Simple(b"NX")));
+        if locking {
+            hook.lock().unwrap().take()
+        } else {
+            None
+        }
+    })
+}
+
+impl redis::aio::ConnectionLike for Watched {
     fn req_packed_command<'a>(
         &'a mut self,
         cmd: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
-        let locking = cmd
-            .args_iter()
-            .any(|arg| matches!(arg, redis::Arg::Simple(b"NX")));
-        let hook = if locking {
-            self.hook.lock().unwrap().take()
-        } else {
-            None
-        };
+        let hook = (self.watcher)(cmd);
         Box::pin(async move {
             if let Some(hook) = hook {
                 hook.await;
@@ -523,21 +524,13 @@ async fn a_waiter_that_wins_the_lock_after_the_value_was_written_reads_it() {
     let leader = process(&redis_url(), settings.clone()).await;
     // Between this process's first look (nothing stored) and its lock
     // attempt, another process computes, stores and releases the lock.
-    let before_lock = {
+    let meanwhile = {
         let compute = origin(&calls, Duration::ZERO);
         Box::pin(async move {
             leader.get_with("k", compute).await.unwrap();
         })
     };
-    let client = redis::Client::open(redis_url()).unwrap();
-    let connection = BeforeLock {
-        inner: client.get_multiplexed_async_connection().await.unwrap(),
-        hook: Arc::new(std::sync::Mutex::new(Some(before_lock))),
-    };
-    let late: RedisCache<BeforeLock, OriginDown> =
-        RedisCache::connect(&client, connection, settings)
-            .await
-            .unwrap();
+    let late = Watched::cache(before_lock(meanwhile), settings).await;
     let lookup = late
         .get_with("k", origin(&calls, Duration::ZERO))
         .await
@@ -578,16 +571,8 @@ async fn a_refused_lookup_is_covered_by_the_stale_value_it_read() {
     // The reader reads the entry, then Redis goes away before its lock
     // attempt.
     let (proxy, through) = redis_proxy().await;
-    let client = redis::Client::open(through).unwrap();
     let cut = Box::pin(async move { proxy.cut().await });
-    let connection = BeforeLock {
-        inner: client.get_multiplexed_async_connection().await.unwrap(),
-        hook: Arc::new(std::sync::Mutex::new(Some(cut))),
-    };
-    let reader: RedisCache<BeforeLock, OriginDown> =
-        RedisCache::connect(&client, connection, settings)
-            .await
-            .unwrap();
+    let reader = Watched::cache_on(&through, before_lock(cut), settings).await;
     let covered = reader
         .get_with("k", origin(&calls, Duration::ZERO))
         .await
