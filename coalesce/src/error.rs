@@ -16,14 +16,12 @@ pub enum FlightError<E> {
     /// The computation's task was cancelled from outside (the runtime
     /// shutting down).
     Cancelled,
-    /// Nothing was computed here: the store shared with other processes
+    /// Nothing was computed: the store shared with other processes
     /// (Redis) does not answer, and the cache's failure policy refuses to
-    /// compute without it (reason
-    /// [`StoreDown`](palisade_hints::RefusalReason::StoreDown)), or the
-    /// computation waited for in another process failed (reason
-    /// [`LeaderFailed`](palisade_hints::RefusalReason::LeaderFailed)). The
-    /// [`Refusal`] is also the error's [`source`](Error::source), for
-    /// layers that look for one.
+    /// compute without it. The [`Refusal`] (reason
+    /// [`StoreDown`](palisade_hints::RefusalReason::StoreDown)) is also
+    /// the error's [`source`](Error::source), for layers that look for
+    /// one.
     Refused(Refusal),
 }
 

@@ -62,21 +62,6 @@ return 1",
     )
 });
 
-/// If the lock is still ours: releases it, leaves the leader's failure for
-/// the waiters of its lead (marked with the lock's token, kept as long as
-/// a lease) and wakes them, in one round trip: they share the failure, as
-/// the waiters of one process do, rather than take the lock one after
-/// another, each calling the failing origin again.
-static FAIL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1",
-    )
-});
-
 /// If the lock is still ours: drops the stored value (the origin said the
 /// new one may not be kept, so the old one may not be served either) and
 /// releases the lock.
@@ -252,18 +237,12 @@ impl FailurePolicy {
 /// value with its [`Freshness`], publishes a wake-up and releases the
 /// lock; a leader computing for longer than half its lease extends it,
 /// and one whose lease ran out anyway (a long pause) stores nothing, so
-/// the value of the process that took over stands. The others wait for
-/// the wake-up (one pub/sub connection per cache, fanned out by key), look
-/// again every poll interval, and after the wait timeout compute on their
-/// own. If the leader's computation fails, its waiters in every process
-/// share the failure, as a process's callers of one flight do: theirs is a
-/// [`FlightError::Refused`] with a
-/// [`LeaderFailed`](palisade_hints::RefusalReason::LeaderFailed) refusal
-/// (a stale value covers it within `stale-if-error`), and the next lookup
-/// computes anew. If the leader dies, its lease expires and exactly one
-/// waiter wins the lock and takes over. Inside a process, callers of one
-/// key are coalesced first, so a process sends one request per key
-/// however many callers it has.
+/// the value of the process that took over stands. The others wait for the wake-up (one pub/sub connection per
+/// cache, fanned out by key), look again every poll interval, and after the
+/// wait timeout compute on their own. If the leader dies, its lease
+/// expires and exactly one waiter wins the lock and takes over. Inside a
+/// process, callers of one key are coalesced first, so a process sends one
+/// request per key however many callers it has.
 ///
 /// Stale values are served while one process refreshes them
 /// (stale-while-revalidate), cover a failing origin within their window
@@ -365,8 +344,6 @@ struct Stored {
 enum Waited {
     Value(Bytes),
     LockGone,
-    /// The leader waited for failed.
-    LeaderFailed,
     GaveUp,
     RedisDown,
 }
@@ -601,10 +578,6 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
 
     fn lock_key(&self, key: &str) -> String {
         format!("{{{}:{key}}}:lock", self.settings.prefix)
-    }
-
-    fn failed_key(&self, key: &str) -> String {
-        format!("{{{}:{key}}}:failed", self.settings.prefix)
     }
 
     /// Whether a lookup should ask Redis: while it is down, one lookup
@@ -917,10 +890,6 @@ where
                 tracing::debug!(target: "palisade_coalesce", "the leader's lock is gone; trying to take over");
                 leader_gone = true;
             }
-            Waited::LeaderFailed => {
-                tracing::debug!(target: "palisade_coalesce", "the leader's computation failed; sharing its failure");
-                return Err(Unanswered::Refused(Refusal::leader_failed()));
-            }
             Waited::GaveUp => {
                 tracing::warn!(target: "palisade_coalesce", "no value before the wait timeout; computing here");
                 return compute()
@@ -934,15 +903,12 @@ where
 }
 
 /// Waits for another process's value: woken by its publish, looking again
-/// every poll interval, until the lock is gone (the leader's failure, if
-/// it left one) or the deadline passes.
+/// every poll interval, until the lock is gone or the deadline passes.
 async fn wait<C>(shared: &Shared<C>, key: &str, deadline: Instant) -> Waited
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     let wakeup = shared.wakeups.register(key);
-    // The token of the lock last seen held: the lead this wait is for.
-    let mut leader: Option<String> = None;
     loop {
         let woken = wakeup.notified();
         tokio::pin!(woken);
@@ -956,24 +922,12 @@ where
         }
         let mut connection = shared.connection.clone();
         match shared
-            .call(connection.get::<_, Option<String>>(shared.lock_key(key)))
+            .call(connection.exists::<_, bool>(shared.lock_key(key)))
             .await
         {
             None => return Waited::RedisDown,
-            Some(None) => {
-                let Some(leader) = leader else {
-                    return Waited::LockGone;
-                };
-                let failed = shared
-                    .call(connection.get::<_, Option<String>>(shared.failed_key(key)))
-                    .await;
-                return match failed {
-                    None => Waited::RedisDown,
-                    Some(failed) if failed.as_ref() == Some(&leader) => Waited::LeaderFailed,
-                    Some(_) => Waited::LockGone,
-                };
-            }
-            Some(Some(token)) => leader = Some(token),
+            Some(false) => return Waited::LockGone,
+            Some(true) => {}
         }
         let now = Instant::now();
         if now >= deadline {
@@ -1065,15 +1019,7 @@ where
                 return Ok(value);
             }
             Err(error) => {
-                let mut fail = FAIL.key(lock_key);
-                fail.key(shared.failed_key(key))
-                    .arg(token_arg)
-                    .arg(ms(lease))
-                    .arg(&shared.channel)
-                    .arg(key);
-                let _ = shared
-                    .call(fail.invoke_async::<i64>(&mut connection))
-                    .await;
+                release(shared, lock_key, token_arg).await;
                 return Err(error);
             }
         };

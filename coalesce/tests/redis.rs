@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use palisade_coalesce::{FlightError, Freshness, RedisCache, RedisSettings, Served};
-use palisade_hints::RefusalReason;
+use palisade_coalesce::{Freshness, RedisCache, RedisSettings, Served};
 use palisade_testkit::servers::{redis_proxy, redis_url};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
@@ -123,71 +122,6 @@ async fn when_the_leader_dies_exactly_one_waiter_takes_over() {
         assert_eq!(waiter.await.unwrap().unwrap().value, "v1");
     }
     assert_eq!(takeovers.load(Ordering::SeqCst), 1, "exactly one takeover");
-}
-
-/// The waiters of a leader whose computation fails share its failure, in
-/// every process, as the waiters of one process do: they took the lock
-/// one after another, each calling the failing origin again, the last
-/// after every other's failure (or all at once at the wait's deadline).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_waiters_of_a_failing_leader_share_its_failure() {
-    let prefix = prefix();
-    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60))).prefix(&prefix);
-    let leader = process(&redis_url(), settings.clone()).await;
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let opened = gate.clone();
-    let failing = tokio::spawn(async move {
-        leader
-            .get_with("k", || async move {
-                opened.notified().await;
-                Err::<Bytes, _>(OriginDown)
-            })
-            .await
-    });
-    let mut redis = direct().await;
-    assert!(locked(&mut redis, &format!("{{{prefix}:k}}:lock")).await);
-    let (calls, lock_reads) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut waiters = Vec::new();
-    for _ in 0..3 {
-        // Counts its looks at the lock (a `GET` or `EXISTS`, the key
-        // last): a waiter's, once it waits for the leader.
-        let looks = lock_reads.clone();
-        let watcher: Watcher = Arc::new(move |cmd: &redis::Cmd| {
-            if cmd.get_packed_command().ends_with(b":lock\r\n") {
-                looks.fetch_add(1, Ordering::SeqCst);
-            }
-            None
-        });
-        let process = Watched::cache(watcher, settings.clone()).await;
-        let compute = origin(&calls, Duration::ZERO);
-        waiters.push(tokio::spawn(
-            async move { process.get_with("k", compute).await },
-        ));
-    }
-    // Every waiter waits for the leader; then its computation fails.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while lock_reads.load(Ordering::SeqCst) < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of 3 waiters read the lock",
-            lock_reads.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    gate.notify_one();
-    assert!(failing.await.unwrap().is_err());
-    for waiter in waiters {
-        let error = waiter.await.unwrap().unwrap_err();
-        let FlightError::Refused(refusal) = error else {
-            panic!("the leader's failure, shared: {error:?}");
-        };
-        assert_eq!(refusal.reason(), RefusalReason::LeaderFailed);
-    }
-    assert_eq!(calls.load(Ordering::SeqCst), 0, "no origin call after it");
-    // The next lookup computes anew.
-    let next = process(&redis_url(), settings).await;
-    let value = next.get_with("k", origin(&calls, Duration::ZERO)).await;
-    assert_eq!(value.unwrap().value, "v1");
 }
 
 /// A wait for another process's computation too long to make a deadline

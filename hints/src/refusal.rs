@@ -21,11 +21,6 @@ pub enum RefusalReason {
     /// for (a coalescing cache that would otherwise let every process call
     /// the origin at once; a rate limiter that cannot decide).
     StoreDown,
-    /// The computation the call waited for in another process (a
-    /// coalescing cache's leader) failed: the call is not made again at
-    /// once, as callers of one computation in one process share its
-    /// failure.
-    LeaderFailed,
 }
 
 /// A call a palisade layer refused without calling the dependency.
@@ -81,16 +76,6 @@ impl Refusal {
         Self {
             reason: RefusalReason::StoreDown,
             retry_after,
-        }
-    }
-
-    /// A refusal because the computation the call waited for failed in
-    /// another process; it names no wait.
-    #[must_use]
-    pub const fn leader_failed() -> Self {
-        Self {
-            reason: RefusalReason::LeaderFailed,
-            retry_after: None,
         }
     }
 
@@ -150,9 +135,6 @@ impl fmt::Display for Refusal {
             RefusalReason::RateLimited => "rate limited",
             RefusalReason::Shed => "shed while the error budget burns",
             RefusalReason::StoreDown => "the shared store does not answer",
-            RefusalReason::LeaderFailed => {
-                "the computation it waited for failed in another process"
-            }
         })?;
         match self.retry_after {
             Some(wait) => write!(f, ", retry after {} ms", wait.as_millis()),
