@@ -89,7 +89,7 @@ impl PgOutbox {
     /// PgBouncer in transaction mode.
     ///
     /// It ends, closing its connection, when the outbox is dropped or its
-    /// pool closed.
+    /// pool closed (within a second).
     ///
     /// # Errors
     ///
@@ -98,9 +98,15 @@ impl PgOutbox {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(&self.config.notify_channel()).await?;
         let wake = Arc::downgrade(&self.wake);
+        let pool = self.pool.clone();
         tokio::spawn(async move {
             loop {
-                let received = listener.recv().await;
+                let received = tokio::select! {
+                    received = listener.recv() => received,
+                    // The listener's own close event is missed when the
+                    // pool closes just as its wait begins: look too.
+                    () = closed(&pool) => return,
+                };
                 let Some(wake) = wake.upgrade() else {
                     return;
                 };
@@ -115,6 +121,13 @@ impl PgOutbox {
             }
         });
         Ok(())
+    }
+}
+
+/// Completes once `pool` is closed, looking every second.
+async fn closed(pool: &PgPool) {
+    while !pool.is_closed() {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 
