@@ -11,7 +11,8 @@
 //!   process wins a Redis lock (`SET NX PX`, lease extended while it
 //!   computes) and computes; the others wait for a pub/sub wake-up (with a
 //!   polling fallback and a timeout); if the leader dies exactly one waiter
-//!   takes over. While Redis does not answer, a [`FailurePolicy`]
+//!   takes over, and if its computation fails the waiters get its failure
+//!   ([`RedisCache::share_failures`]). While Redis does not answer, a [`FailurePolicy`]
 //!   decides: compute in process (the default), up to a limit, or refuse;
 //!   one lookup per probe interval asks Redis again.
 //! - [`http::CoalesceLayer`] (feature `http`): whole `GET`/`HEAD`

@@ -34,6 +34,35 @@ return {redis.call('PTTL', KEYS[1]), stored}",
     )
 });
 
+/// Takes the lock for `ARGV[1]` if no one holds it, with a lease of
+/// `ARGV[2]` ms; returns its holder either way (`ARGV[1]` when won), or an
+/// empty string for a key of another type. One step: a waiter knows whose
+/// failure to look for even when the leader fails before its first look.
+static LOCK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return ARGV[1] end
+local holder = redis.pcall('GET', KEYS[1])
+if type(holder) ~= 'string' then return '' end
+return holder",
+    )
+});
+
+/// Who holds the lock (its token; an empty string for a value not a
+/// token, or a key of another type; `false` when free), and the failure
+/// left under `KEYS[2]`, if it is given and there is one, read at once.
+static LOOK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local holder = redis.pcall('GET', KEYS[1])
+if type(holder) ~= 'string' then holder = redis.call('EXISTS', KEYS[1]) == 1 and '' end
+local failed = false
+if KEYS[2] then
+  failed = redis.pcall('GET', KEYS[2])
+  if type(failed) ~= 'string' then failed = false end
+end
+return {holder, failed}",
+    )
+});
+
 /// Releases the lock if it is still ours.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -69,6 +98,19 @@ static FORGET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
+return 1",
+    )
+});
+
+/// If the lock is still ours: leaves the computation's failure for the
+/// waiters of this lead (under a key named by the lock's token, kept
+/// `ARGV[2]` ms), wakes them and releases the lock, in one round trip.
+static FAIL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"if redis.call('GET', KEYS[1]) ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+redis.call('DEL', KEYS[1])
 return 1",
     )
 });
@@ -240,7 +282,11 @@ impl FailurePolicy {
 /// the value of the process that took over stands. The others wait for the wake-up (one pub/sub connection per
 /// cache, fanned out by key), look again every poll interval, and after the
 /// wait timeout compute on their own. If the leader dies, its lease
-/// expires and exactly one waiter wins the lock and takes over. Inside a
+/// expires and exactly one waiter wins the lock and takes over. A
+/// leader whose computation fails gives the lock back, and its waiters
+/// take it in turn, unless its failures are shared
+/// ([`share_failures`](Self::share_failures)): each then gets the
+/// failure, as the leader's callers in its own process do. Inside a
 /// process, callers of one key are coalesced first, so a process sends one
 /// request per key however many callers it has.
 ///
@@ -260,6 +306,8 @@ pub struct RedisCache<C, E> {
     /// Flights in this process, landing on a lookup or on the failure
     /// policy's refusal.
     local: Coalescer<String, Result<Lookup<Bytes>, Refusal>, E>,
+    /// How failures reach other processes' waiters, if they do.
+    failures: Option<Arc<FailureSharing<E>>>,
 }
 
 impl<C, E> Clone for RedisCache<C, E> {
@@ -267,6 +315,32 @@ impl<C, E> Clone for RedisCache<C, E> {
         Self {
             shared: self.shared.clone(),
             local: self.local.clone(),
+            failures: self.failures.clone(),
+        }
+    }
+}
+
+/// How a computation's failure travels to the callers waiting for it in
+/// other processes; see [`RedisCache::share_failures`].
+pub(crate) struct FailureSharing<E> {
+    encode: Box<Encode<E>>,
+    decode: Box<Decode<E>>,
+}
+
+/// The bytes a failure travels as, if it is shared.
+type Encode<E> = dyn Fn(&E) -> Option<Bytes> + Send + Sync;
+
+/// The failure its bytes stand for, if they can be read.
+type Decode<E> = dyn Fn(Bytes) -> Option<E> + Send + Sync;
+
+impl<E> FailureSharing<E> {
+    pub(crate) fn new(
+        encode: impl Fn(&E) -> Option<Bytes> + Send + Sync + 'static,
+        decode: impl Fn(Bytes) -> Option<E> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            encode: Box::new(encode),
+            decode: Box::new(decode),
         }
     }
 }
@@ -340,9 +414,56 @@ struct Stored {
     write: Token,
 }
 
+/// One key's lookup across processes, run by this process's flight.
+struct Flight<C, E> {
+    shared: Arc<Shared<C>>,
+    key: String,
+    failures: Option<Arc<FailureSharing<E>>>,
+}
+
+impl<C, E> Clone for Flight<C, E> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            key: self.key.clone(),
+            failures: self.failures.clone(),
+        }
+    }
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static, E> Flight<C, E> {
+    /// Ends the lead of `token`, whose computation failed with `error`:
+    /// leaves the failure for its waiters in other processes if it is to
+    /// be shared, and gives the lock back.
+    fn failed<'a>(&'a self, error: &E, token: Token) -> impl Future<Output = ()> + use<'a, C, E> {
+        let shared_failure = self
+            .failures
+            .as_ref()
+            .and_then(|failures| (failures.encode)(error));
+        async move {
+            let shared = &self.shared;
+            let lock_key = shared.lock_key(&self.key);
+            let Some(failure) = shared_failure else {
+                return release(shared, &lock_key, &token.to_string()).await;
+            };
+            let mut connection = shared.connection.clone();
+            let mut fail = FAIL.key(&lock_key);
+            fail.key(shared.failed_key(&self.key, token))
+                .arg(failure.as_ref())
+                .arg(ms(shared.failure_kept()))
+                .arg(token.to_string())
+                .arg(&shared.channel)
+                .arg(&self.key);
+            let _ = shared.call(fail.invoke_async::<i64>(&mut connection)).await;
+        }
+    }
+}
+
 /// What a waiter found.
-enum Waited {
+enum Waited<E> {
     Value(Bytes),
+    /// The leader's computation failed, with this error to share.
+    Failed(E),
     LockGone,
     GaveUp,
     RedisDown,
@@ -418,7 +539,63 @@ where
                 events: local.events().clone(),
             }),
             local,
+            failures: None,
         })
+    }
+
+    /// Shares a computation's failure with the callers waiting for it in
+    /// other processes, as its callers in this process share it: the
+    /// leader leaves `encode`'s bytes for them under its lock's token
+    /// (kept for the longer of the lock's lease and two polls) and wakes
+    /// them, and each gets `decode`'s error of them (or serves a stale
+    /// value within its `stale-if-error` window). A caller that comes
+    /// after the failure asks the origin anew.
+    ///
+    /// `encode` says `None` of a failure that is this process's own
+    /// rather than the origin's (its breaker open, a limit of its own):
+    /// the waiters elsewhere then take the lock in turn and ask the origin
+    /// through their own stack, as they do for every failure without
+    /// this, and as they do when `decode` says `None`. The HTTP layer
+    /// shares the origin's `5xx` and `429` answers this way, whatever is
+    /// set here.
+    ///
+    /// ```
+    /// # async fn example(client: redis::Client) -> redis::RedisResult<()> {
+    /// use std::time::Duration;
+    /// use bytes::Bytes;
+    /// use palisade_coalesce::{Freshness, RedisCache, RedisSettings};
+    ///
+    /// #[derive(Debug)]
+    /// enum PriceError {
+    ///     /// The pricing service answered with this error.
+    ///     Origin(String),
+    ///     /// This process could not reach it.
+    ///     Unreachable,
+    /// }
+    ///
+    /// let connection = client.get_multiplexed_async_connection().await?;
+    /// let settings = RedisSettings::new(Freshness::new(Duration::from_secs(30)));
+    /// let prices: RedisCache<_, PriceError> = RedisCache::connect(&client, connection, settings)
+    ///     .await?
+    ///     .share_failures(
+    ///         |error| match error {
+    ///             PriceError::Origin(message) => Some(Bytes::from(message.clone())),
+    ///             PriceError::Unreachable => None,
+    ///         },
+    ///         |bytes| String::from_utf8(bytes.into()).ok().map(PriceError::Origin),
+    ///     );
+    /// # let _ = prices;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn share_failures(
+        mut self,
+        encode: impl Fn(&E) -> Option<Bytes> + Send + Sync + 'static,
+        decode: impl Fn(Bytes) -> Option<E> + Send + Sync + 'static,
+    ) -> Self {
+        self.failures = Some(Arc::new(FailureSharing::new(encode, decode)));
+        self
     }
 
     /// Counts lookups by how they were served, computations, coalesced
@@ -502,8 +679,26 @@ where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>> + Send + 'static,
     {
-        let shared = self.shared.clone();
-        let owned = key.to_owned();
+        self.get_sharing(key, compute, self.failures.clone()).await
+    }
+
+    /// A lookup whose failures reach other processes' waiters through
+    /// `failures`, if any.
+    pub(crate) async fn get_sharing<F, Fut>(
+        &self,
+        key: &str,
+        compute: F,
+        failures: Option<Arc<FailureSharing<E>>>,
+    ) -> Result<Lookup<Bytes>, FlightError<E>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>> + Send + 'static,
+    {
+        let flight = Flight {
+            shared: self.shared.clone(),
+            key: key.to_owned(),
+            failures,
+        };
         // Counted when the origin is called, not when a flight starts:
         // most flights find the value in Redis.
         let events = self.shared.events.clone();
@@ -513,7 +708,7 @@ where
         };
         let lookup = self
             .local
-            .run(key.to_owned(), move || resolve(shared, owned, compute))
+            .run(key.to_owned(), move || resolve(flight, compute))
             .await?
             .map_err(FlightError::Refused)?;
         self.shared.events.served(lookup.served);
@@ -578,6 +773,23 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
 
     fn lock_key(&self, key: &str) -> String {
         format!("{{{}:{key}}}:lock", self.settings.prefix)
+    }
+
+    /// Where the lead of `token` leaves its failure for its waiters.
+    fn failed_key(&self, key: &str, token: Token) -> String {
+        format!("{{{}:{key}}}:failed:{token}", self.settings.prefix)
+    }
+
+    /// How long a failure is left for the waiters of its lead: each looks
+    /// again within a poll interval and a call's timeout, or at once when
+    /// woken.
+    fn failure_kept(&self) -> Duration {
+        let settings = &self.settings;
+        settings
+            .poll_interval
+            .saturating_add(settings.timeout)
+            .saturating_mul(2)
+            .max(settings.lock_ttl)
     }
 
     /// Whether a lookup should ask Redis: while it is down, one lookup
@@ -694,29 +906,69 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
         }))
     }
 
-    /// The lock's token if this process won it; `None` when Redis failed.
-    async fn try_lock(&self, key: &str) -> Option<Option<Token>> {
+    /// Tries the lock; `None` when Redis failed.
+    async fn try_lock(&self, key: &str) -> Option<Locked> {
         let token = Token(fastrand::u128(..));
         let mut connection = self.connection.clone();
-        let won: Option<String> = self
-            .call(
-                redis::cmd("SET")
-                    .arg(self.lock_key(key))
-                    .arg(token.to_string())
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms(self.settings.lock_ttl))
-                    .query_async(&mut connection),
-            )
-            .await?;
-        Some(won.map(|_| token))
+        let mut lock = LOCK.key(self.lock_key(key));
+        lock.arg(token.to_string()).arg(ms(self.settings.lock_ttl));
+        let holder: String = self.call(lock.invoke_async(&mut connection)).await?;
+        Some(match Token::parse(&holder) {
+            Some(holder) if holder == token => Locked::Won(token),
+            holder => Locked::HeldBy(holder),
+        })
     }
+
+    /// Whether `holder` still holds `key`'s lock, or who took it after
+    /// it, or the failure it left if `sharing`; `None` when Redis failed.
+    async fn look(&self, key: &str, holder: Option<Token>, sharing: bool) -> Option<Look> {
+        let mut connection = self.connection.clone();
+        let mut look = LOOK.key(self.lock_key(key));
+        if let Some(holder) = holder.filter(|_| sharing) {
+            look.key(self.failed_key(key, holder));
+        }
+        let (lock, failed): (Option<String>, Option<Vec<u8>>) =
+            self.call(look.invoke_async(&mut connection)).await?;
+        Some(match (failed, lock) {
+            (Some(failed), _) => Look::Failed(Bytes::from(failed)),
+            (None, Some(lock)) => Look::Held(Token::parse(&lock)),
+            (None, None) => Look::Gone,
+        })
+    }
+}
+
+/// What a lock attempt found.
+enum Locked {
+    /// This process leads, with this token.
+    Won(Token),
+    /// Another holds the lock (`None`: a holder not of ours).
+    HeldBy(Option<Token>),
+}
+
+/// What a waiter's look at the lock found.
+enum Look {
+    /// The lock is held, by this holder.
+    Held(Option<Token>),
+    /// The holder waited for failed, leaving this.
+    Failed(Bytes),
+    /// The lock is free.
+    Gone,
 }
 
 /// A lock's token: random, so only its holder releases it, and also the
 /// mark of the write it makes, which tells one write from another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Token(u128);
+
+impl Token {
+    /// The token written as `Display` writes it.
+    fn parse(written: &str) -> Option<Self> {
+        (written.len() == 32)
+            .then(|| u128::from_str_radix(written, 16).ok())
+            .flatten()
+            .map(Self)
+    }
+}
 
 impl std::fmt::Display for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -732,8 +984,7 @@ fn ms(duration: Duration) -> u64 {
 
 /// One process's answer for `key` (run inside its in-process flight).
 async fn resolve<C, F, Fut, E>(
-    shared: Arc<Shared<C>>,
-    key: String,
+    flight: Flight<C, E>,
     compute: F,
 ) -> Result<Result<Lookup<Bytes>, Refusal>, E>
 where
@@ -742,8 +993,9 @@ where
     Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>> + Send + 'static,
     E: Send + 'static,
 {
+    let Flight { shared, key, .. } = &flight;
     let read = if shared.may_ask() {
-        shared.read(&key).await
+        shared.read(key).await
     } else {
         None
     };
@@ -763,13 +1015,7 @@ where
                     Served::Fresh
                 };
                 let alone_until = entry.refresh_alone_until(now);
-                tokio::spawn(refresh(
-                    shared.clone(),
-                    key.clone(),
-                    seen,
-                    alone_until,
-                    compute,
-                ));
+                tokio::spawn(refresh(flight.clone(), seen, alone_until, compute));
                 return Ok(Ok(served(entry, how)));
             }
             State::Expired | State::Dead => None,
@@ -778,7 +1024,7 @@ where
             return Ok(Ok(self::served(entry, how)));
         }
     }
-    match fill(&shared, &key, seen, compute).await {
+    match fill(&flight, seen, compute).await {
         Ok(value) => Ok(Ok(miss(value))),
         Err(unanswered) => match stored {
             Some(Stored { entry, .. }) if entry.usable_on_error(Instant::now()) => {
@@ -825,8 +1071,7 @@ fn served(entry: &Entry<Bytes>, served: Served) -> Lookup<Bytes> {
 /// its lease extended for ever, and every process's callers would wait
 /// on it.
 async fn refresh<C, F, Fut, E>(
-    shared: Arc<Shared<C>>,
-    key: String,
+    flight: Flight<C, E>,
     seen: Option<Token>,
     alone_until: Instant,
     compute: F,
@@ -836,8 +1081,8 @@ async fn refresh<C, F, Fut, E>(
     Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>> + Send + 'static,
 {
     let refreshing = async {
-        if let Some(Some(token)) = shared.try_lock(&key).await
-            && lead(&shared, &key, token, seen, compute).await.is_err()
+        if let Some(Locked::Won(token)) = flight.shared.try_lock(&flight.key).await
+            && lead(&flight, token, seen, compute).await.is_err()
         {
             tracing::warn!(target: "palisade_coalesce", "background refresh failed; keeping the stale value");
         }
@@ -856,8 +1101,7 @@ const FOR_EVER: Duration = Duration::from_secs(30 * 365 * 86_400);
 /// Computes `key` once across processes: leads, or waits for the leader
 /// and takes over if it dies. `seen` is the entry the caller found, if any.
 async fn fill<C, F, Fut, E>(
-    shared: &Shared<C>,
-    key: &str,
+    flight: &Flight<C, E>,
     seen: Option<Token>,
     compute: F,
 ) -> Result<Bytes, Unanswered<E>>
@@ -866,6 +1110,7 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>>,
 {
+    let Flight { shared, key, .. } = flight;
     // A wait too long to make a deadline of is a wait with none.
     let now = Instant::now();
     let deadline = now
@@ -876,16 +1121,20 @@ where
         let Some(won) = shared.try_lock(key).await else {
             return shared.compute_alone(compute).await;
         };
-        if let Some(token) = won {
-            if leader_gone {
-                shared.events.took_over();
+        let holder = match won {
+            Locked::Won(token) => {
+                if leader_gone {
+                    shared.events.took_over();
+                }
+                return lead(flight, token, seen, compute)
+                    .await
+                    .map_err(Unanswered::Origin);
             }
-            return lead(shared, key, token, seen, compute)
-                .await
-                .map_err(Unanswered::Origin);
-        }
-        match wait(shared, key, deadline).await {
+            Locked::HeldBy(holder) => holder,
+        };
+        match wait(flight, holder, deadline).await {
             Waited::Value(value) => return Ok(value),
+            Waited::Failed(error) => return Err(Unanswered::Origin(error)),
             Waited::LockGone => {
                 tracing::debug!(target: "palisade_coalesce", "the leader's lock is gone; trying to take over");
                 leader_gone = true;
@@ -903,11 +1152,23 @@ where
 }
 
 /// Waits for another process's value: woken by its publish, looking again
-/// every poll interval, until the lock is gone or the deadline passes.
-async fn wait<C>(shared: &Shared<C>, key: &str, deadline: Instant) -> Waited
+/// every poll interval, until the lock is gone, its holder left a failure
+/// to share, or the deadline passes. `holder` is the lock's holder when
+/// it was tried; a holder that takes the lock after it is waited for in
+/// its turn.
+async fn wait<C, E>(
+    flight: &Flight<C, E>,
+    mut holder: Option<Token>,
+    deadline: Instant,
+) -> Waited<E>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
+    let Flight {
+        shared,
+        key,
+        failures,
+    } = flight;
     let wakeup = shared.wakeups.register(key);
     loop {
         let woken = wakeup.notified();
@@ -920,14 +1181,24 @@ where
             }
             Some(_) => {}
         }
-        let mut connection = shared.connection.clone();
-        match shared
-            .call(connection.exists::<_, bool>(shared.lock_key(key)))
-            .await
-        {
+        match shared.look(key, holder, failures.is_some()).await {
             None => return Waited::RedisDown,
-            Some(false) => return Waited::LockGone,
-            Some(true) => {}
+            Some(Look::Held(now)) => holder = now,
+            Some(Look::Failed(failed)) => {
+                // A failure that cannot be read is not shared: this
+                // waiter takes over, as without sharing.
+                return match failures
+                    .as_ref()
+                    .and_then(|failures| (failures.decode)(failed))
+                {
+                    Some(error) => {
+                        tracing::debug!(target: "palisade_coalesce", "the leader's computation failed; sharing its failure");
+                        Waited::Failed(error)
+                    }
+                    None => Waited::LockGone,
+                };
+            }
+            Some(Look::Gone) => return Waited::LockGone,
         }
         let now = Instant::now();
         if now >= deadline {
@@ -958,8 +1229,7 @@ fn is_fresh(entry: &Entry<Bytes>) -> bool {
 /// taken rather than computed again. A lead cut short gives the lock
 /// back ([`Held`]).
 async fn lead<C, F, Fut, E>(
-    shared: &Shared<C>,
-    key: &str,
+    flight: &Flight<C, E>,
     token: Token,
     seen: Option<Token>,
     compute: F,
@@ -969,6 +1239,7 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>>,
 {
+    let Flight { shared, key, .. } = flight;
     let held = Held {
         connection: shared.connection.clone(),
         lock_key: shared.lock_key(key),
@@ -1019,7 +1290,7 @@ where
                 return Ok(value);
             }
             Err(error) => {
-                release(shared, lock_key, token_arg).await;
+                flight.failed(&error, token).await;
                 return Err(error);
             }
         };

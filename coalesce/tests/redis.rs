@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use palisade_coalesce::{Freshness, RedisCache, RedisSettings, Served};
+use palisade_coalesce::{FlightError, Freshness, RedisCache, RedisSettings, Served};
 use palisade_testkit::servers::{redis_proxy, redis_url};
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
+use tokio::sync::Notify;
 
 #[derive(Debug)]
 struct OriginDown;
@@ -327,7 +328,7 @@ async fn a_leader_paused_past_its_lease_does_not_overwrite_the_newer_value() {
         process(&redis_url(), settings.clone()).await,
         process(&redis_url(), settings).await,
     );
-    let gate = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(Notify::new());
     let slow = {
         let gate = gate.clone();
         tokio::spawn(async move {
@@ -384,16 +385,19 @@ struct Watched {
 
 impl Watched {
     /// A connection to Redis, and the cache of a "process" on it.
-    async fn cache(watcher: Watcher, settings: RedisSettings) -> RedisCache<Self, OriginDown> {
+    async fn cache<E: Send + Sync + 'static>(
+        watcher: Watcher,
+        settings: RedisSettings,
+    ) -> RedisCache<Self, E> {
         Self::cache_on(&redis_url(), watcher, settings).await
     }
 
     /// As [`cache`](Self::cache), through `url`.
-    async fn cache_on(
+    async fn cache_on<E: Send + Sync + 'static>(
         url: &str,
         watcher: Watcher,
         settings: RedisSettings,
-    ) -> RedisCache<Self, OriginDown> {
+    ) -> RedisCache<Self, E> {
         let client = redis::Client::open(url).unwrap();
         let watched = Self {
             inner: client.get_multiplexed_async_connection().await.unwrap(),
@@ -405,15 +409,36 @@ impl Watched {
     }
 }
 
-/// A watcher that runs `hook` just before the first lock attempt (`SET
-/// ... NX`) reaches Redis.
+/// Whether `cmd` names a key ending in `suffix`.
+fn names(cmd: &redis::Cmd, suffix: &[u8]) -> bool {
+    cmd.args_iter()
+        .any(|arg| matches!(arg, redis::Arg::Simple(arg) if arg.ends_with(suffix)))
+}
+
+/// A watcher that runs `hook` just before the first lock attempt reaches
+/// Redis (the first command on the lock).
 fn before_lock(hook: Hook) -> Watcher {
     let hook = std::sync::Mutex::new(Some(hook));
     Arc::new(move |cmd: &redis::Cmd| {
-        let locking = cmd
-            .args_iter()
-            .any(|arg| matches!(arg, redis::Arg::Simple(b"NX")));
-        if locking {
+        if names(cmd, b":lock") {
+            hook.lock().unwrap().take()
+        } else {
+            None
+        }
+    })
+}
+
+/// A watcher that runs `hook` just before a waiter's first look for the
+/// value once its lock attempt found the lock held: the first read of the
+/// value after a command on the lock.
+fn after_lock_attempt(hook: Hook) -> Watcher {
+    let hook = std::sync::Mutex::new(Some(hook));
+    let tried = std::sync::atomic::AtomicBool::new(false);
+    Arc::new(move |cmd: &redis::Cmd| {
+        if names(cmd, b":lock") {
+            tried.store(true, Ordering::SeqCst);
+            None
+        } else if tried.load(Ordering::SeqCst) && names(cmd, b":value") {
             hook.lock().unwrap().take()
         } else {
             None
@@ -603,7 +628,7 @@ async fn an_invalidation_is_not_undone_by_a_leader_already_computing() {
         process(&redis_url(), settings.clone()).await,
         process(&redis_url(), settings).await,
     );
-    let gate = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(Notify::new());
     let before = {
         let (leader, gate) = (leader.clone(), gate.clone());
         tokio::spawn(async move {
@@ -707,7 +732,7 @@ async fn a_leader_whose_computation_panics_gives_its_lock_back() {
     let leader = process(&redis_url(), settings).await;
     let mut redis = direct().await;
     let lock = format!("{{{prefix}:k}}:lock");
-    let gate = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(Notify::new());
     let caller = tokio::spawn({
         let gate = gate.clone();
         async move {
@@ -1069,4 +1094,239 @@ async fn only_calls_to_the_origin_count_as_origin_calls() {
         .map(|(_, count)| count)
         .sum();
     assert_eq!(counted, 0, "the reading process called no origin");
+}
+
+/// A lead held in another process: `lead` runs a lookup whose computation
+/// says when it starts (the first `Notify`; its process holds the lock
+/// then) and ends once the second is notified. Returns, once it computes,
+/// a hook that lets it end and waits for it, and its outcome.
+async fn held_lead<T, Fut>(
+    lead: impl FnOnce(Arc<Notify>, Arc<Notify>) -> Fut,
+) -> (Hook, tokio::sync::oneshot::Receiver<T>)
+where
+    T: Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let (computing, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let leader = tokio::spawn(lead(computing.clone(), go.clone()));
+    computing.notified().await;
+    let (tell, outcome) = tokio::sync::oneshot::channel();
+    let hook = Box::pin(async move {
+        go.notify_one();
+        let _ = tell.send(leader.await.unwrap());
+    });
+    (hook, outcome)
+}
+
+/// The cache, sharing `OriginDown` with other processes' waiters as
+/// "down"; `own` makes it a failure the leading process keeps.
+fn sharing_failures<C>(cache: RedisCache<C, OriginDown>, own: bool) -> RedisCache<C, OriginDown>
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    cache.share_failures(
+        move |_| (!own).then(|| Bytes::from_static(b"down")),
+        |failure| (failure == "down").then_some(OriginDown),
+    )
+}
+
+/// A leader in one process fails just as a caller in another finds its
+/// lock held, before that caller's first look (as a fast failure does):
+/// the caller gets the failure, as the leader's callers in its own
+/// process do, and does not call the origin again. It took the lock and
+/// called the origin on the code before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaders_failure_reaches_its_waiters_in_every_process() {
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
+        .prefix(&prefix())
+        .timeout(Duration::from_secs(10));
+    let leader = sharing_failures(process(&redis_url(), settings.clone()).await, false);
+    let (failing, led) = held_lead(|computing, go| async move {
+        let compute = move || async move {
+            computing.notify_one();
+            go.notified().await;
+            Err(OriginDown)
+        };
+        leader.get_with("k", compute).await.err()
+    })
+    .await;
+    let waiter = sharing_failures(
+        Watched::cache(after_lock_attempt(failing), settings).await,
+        false,
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let waited = waiter.get_with("k", origin(&calls, Duration::ZERO)).await;
+    let led = led.await.unwrap();
+    assert!(matches!(led, Some(FlightError::Failed(_))), "{led:?}");
+    assert!(
+        matches!(waited, Err(FlightError::Failed(_))),
+        "the leader's failure: {waited:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "no second origin call");
+}
+
+/// A failure the leading process keeps as its own (or one not shared at
+/// all, as without `share_failures`) leaves the waiters elsewhere to take
+/// the lock and ask the origin themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_the_leader_keeps_leaves_its_waiters_to_take_over() {
+    for shared in [false, true] {
+        let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
+            .prefix(&prefix())
+            .timeout(Duration::from_secs(10));
+        let leader = process(&redis_url(), settings.clone()).await;
+        let leader = if shared {
+            sharing_failures(leader, true)
+        } else {
+            leader
+        };
+        let (failing, led) = held_lead(|computing, go| async move {
+            let compute = move || async move {
+                computing.notify_one();
+                go.notified().await;
+                Err(OriginDown)
+            };
+            leader.get_with("k", compute).await.err()
+        })
+        .await;
+        let waiter = Watched::cache(after_lock_attempt(failing), settings).await;
+        let waiter = if shared {
+            sharing_failures(waiter, false)
+        } else {
+            waiter
+        };
+        let calls = Arc::new(AtomicUsize::new(0));
+        let waited = waiter
+            .get_with("k", origin(&calls, Duration::ZERO))
+            .await
+            .unwrap();
+        assert!(led.await.unwrap().is_some(), "the leader failed");
+        assert_eq!(waited.value, "v1", "its own value");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}
+
+/// The HTTP layer of one process whose origin answers `503` with a
+/// `Retry-After` (or a layer below it refuses) just as a request in
+/// another finds its lock held. The origin's answer is the other
+/// process's answer too, without a second origin call; a refusal is the
+/// leading process's own, and the other asks the origin through its own
+/// stack. The other took the lock and called the origin on the code
+/// before, for both.
+#[cfg(feature = "http")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origins_failure_answers_the_http_layers_waiters_in_every_process() {
+    use http::{Request, Response, StatusCode};
+    use palisade_coalesce::http::CoalesceLayer;
+    use palisade_hints::Refusal;
+    use palisade_hints::http::refusal_response;
+    use tower::{BoxError, Layer, ServiceExt};
+
+    /// What a request got: status, `Retry-After`, refusal and body.
+    type Got = (StatusCode, Option<String>, Option<Refusal>, String);
+
+    /// `GET /item` through the layer on `cache` over `origin`.
+    fn get<S>(
+        cache: RedisCache<Watched, BoxError>,
+        origin: S,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Got> + Send>>
+    where
+        S: tower::Service<Request<String>, Response = Response<String>, Error = BoxError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send,
+    {
+        use http_body_util::BodyExt;
+        let request = Request::get("http://catalog.example/item")
+            .body(String::new())
+            .unwrap();
+        // Boxed here, where its types are named: the future's `Send`
+        // check cannot see through the layer's otherwise.
+        let service =
+            tower::util::BoxCloneSyncService::new(CoalesceLayer::new(cache).layer(origin));
+        Box::pin(async move {
+            let (parts, body) = service.oneshot(request).await.unwrap().into_parts();
+            let retry_after = parts.headers.get("retry-after");
+            (
+                parts.status,
+                retry_after.map(|wait| wait.to_str().unwrap().to_owned()),
+                parts.extensions.get::<Refusal>().copied(),
+                String::from_utf8(body.collect().await.unwrap().to_bytes().into()).unwrap(),
+            )
+        })
+    }
+
+    let unavailable = || {
+        Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header("retry-after", "7")
+            .body("busy".to_owned())
+            .unwrap()
+    };
+    let refused = || {
+        let refusal = Refusal::circuit_open(Some(Duration::from_secs(2)));
+        refusal_response::<String>(StatusCode::SERVICE_UNAVAILABLE, refusal)
+    };
+    for (failure, shared) in [
+        (unavailable as fn() -> Response<String>, true),
+        (refused, false),
+    ] {
+        let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
+            .prefix(&prefix())
+            .timeout(Duration::from_secs(10));
+        let leader: RedisCache<_, BoxError> =
+            Watched::cache(Arc::new(|_: &redis::Cmd| None), settings.clone()).await;
+        let (failing, led) = held_lead(|computing, go| {
+            let origin = tower::service_fn(move |_: Request<String>| {
+                let (computing, go) = (computing.clone(), go.clone());
+                async move {
+                    computing.notify_one();
+                    go.notified().await;
+                    Ok::<_, BoxError>(failure())
+                }
+            });
+            get(leader, origin)
+        })
+        .await;
+        let waiter = Watched::cache(after_lock_attempt(failing), settings).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let origin = tower::service_fn(move |_: Request<String>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {
+                Ok::<_, BoxError>(
+                    Response::builder()
+                        .header("cache-control", "max-age=60")
+                        .body("fresh".to_owned())
+                        .unwrap(),
+                )
+            }
+        });
+        let waited = get(waiter, origin).await;
+        let led = led.await.unwrap();
+        assert_eq!(led.0, StatusCode::SERVICE_UNAVAILABLE);
+        if shared {
+            assert_eq!(
+                waited,
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some("7".to_owned()),
+                    None,
+                    "busy".to_owned()
+                ),
+                "the origin's answer"
+            );
+            assert_eq!(calls.load(Ordering::SeqCst), 0, "no second origin call");
+        } else {
+            assert!(led.2.is_some(), "refused below the leader");
+            assert_eq!(
+                (waited.0, waited.3.as_str()),
+                (StatusCode::OK, "fresh"),
+                "its own origin's answer"
+            );
+            assert_eq!(calls.load(Ordering::SeqCst), 1);
+        }
+    }
 }

@@ -31,13 +31,17 @@
 //!   (RFC 5861 §4), or its 429 (pacing its callers), leaves the stored
 //!   response as it was: it is served while it revalidates, and within
 //!   `stale-if-error` in place of the error; a request nothing stored can
-//!   answer gets the origin's response.
+//!   answer gets the origin's response. On a
+//!   [`RedisCache`](crate::RedisCache), so do the requests waiting for it
+//!   in other processes, without calling the origin again.
 //! - **So is a refusal from below.** A response a palisade layer beneath
 //!   answered for a call it refused (an open breaker's `503`, a rate
 //!   limiter's `429`: a [`Refusal`] in its extensions) is the flight's
 //!   error too, whatever its status: the stored response stands, and a
 //!   request nothing stored can answer gets that response with its
-//!   `Refusal`, so the layers above still tell it from the origin's.
+//!   `Refusal`, so the layers above still tell it from the origin's. A
+//!   refusal is the refusing process's own: the requests waiting for it in
+//!   other processes ask the origin through their own stack.
 //! - **Credentials stay out of the store.** The varying fields' values
 //!   enter the key as a SHA-256 digest, so an `Authorization` or `Cookie`
 //!   the layer varies on is not written in a shared store's key names (nor
@@ -173,7 +177,9 @@ where
             }
         };
         async move {
-            let lookup = self.get_with_freshness(&key, fetch).await?;
+            let lookup = self
+                .get_sharing(&key, fetch, Some(Unanswered::sharing()))
+                .await?;
             let response = CachedResponse::from_bytes(lookup.value).ok_or_else(|| {
                 FlightError::Failed(Arc::new(BoxError::from(
                     "a stored response could not be read",
@@ -805,6 +811,34 @@ impl Unanswered {
             FlightError::Failed(shared) => shared.downcast_ref::<Self>(),
             _ => None,
         }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Unanswered {
+    /// How a [`RedisCache`](crate::RedisCache)'s waiters in other
+    /// processes get the origin's answer when the leading process's flight
+    /// failed with it; a refusal from below is the leading process's own,
+    /// and a failure to reach the origin may be too: neither is shared.
+    fn sharing() -> Arc<crate::redis_cache::FailureSharing<BoxError>> {
+        static SHARING: std::sync::LazyLock<Arc<crate::redis_cache::FailureSharing<BoxError>>> =
+            std::sync::LazyLock::new(|| {
+                Arc::new(crate::redis_cache::FailureSharing::new(
+                    |error: &BoxError| {
+                        let unanswered = error.downcast_ref::<Unanswered>()?;
+                        unanswered
+                            .refusal
+                            .is_none()
+                            .then(|| unanswered.response.to_bytes())
+                    },
+                    |bytes| {
+                        let response = CachedResponse::from_bytes(bytes)?;
+                        let refusal = None;
+                        Some(Box::new(Unanswered { response, refusal }) as BoxError)
+                    },
+                ))
+            });
+        SHARING.clone()
     }
 }
 
