@@ -925,6 +925,32 @@ async fn a_refusal_from_below_keeps_its_marker_and_the_stored_response() {
     }
 }
 
+/// The service `poll_ready` readied takes the flight's request: a
+/// concurrency limit's permit, taken when it readied, was kept by the
+/// layer's idle inner service while the flight's clone waited for
+/// another, for ever with a limit of one (timed out on the code before).
+#[tokio::test(start_paused = true)]
+async fn the_readied_service_takes_the_request() {
+    let cache: Cache<String, CachedResponse, BoxError> =
+        Cache::new(10, Freshness::new(Duration::from_secs(60)));
+    let origin = Origin {
+        calls: Arc::new(AtomicUsize::new(0)),
+        answer: Arc::new(|_, n| answer(&[], format!("call {n}"))),
+    };
+    let limited = tower::limit::ConcurrencyLimit::new(origin, 1);
+    let mut service = CoalesceLayer::new(cache).layer(limited);
+    for n in 1..=2 {
+        let request = Request::get(format!("/{n}")).body(Empty::new()).unwrap();
+        let answered = tokio::time::timeout(Duration::from_secs(3600), async {
+            service.ready().await.unwrap().call(request).await
+        })
+        .await;
+        let response = answered.expect("answered, not waiting for a permit");
+        let body = response.unwrap().into_body().collect().await.unwrap();
+        assert_eq!(body.to_bytes(), format!("call {n}"));
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn vary_keys_tell_a_comma_in_a_value_from_two_lines() {
     let (service, calls) = layered(&[http::header::ACCEPT], |_, n| {

@@ -477,8 +477,12 @@ impl<S, R, F> Coalesce<S, R, F> {
         let key = key(request.method(), &request, &self.layer.vary);
         let head = request.method() == Method::HEAD;
         let conditions = Conditions::of(request.headers());
-        let (origin, fallback, cache, vary, max_body) = (
-            self.inner.clone(),
+        // The service `poll_ready` readied goes with this request's flight
+        // (it may hold what readiness took: a concurrency permit, a
+        // buffer's slot); a clone takes its place for the next call.
+        let clone = self.inner.clone();
+        let origin = std::mem::replace(&mut self.inner, clone);
+        let (fallback, cache, vary, max_body) = (
             self.inner.clone(),
             self.layer.cache.clone(),
             self.layer.vary.clone(),
