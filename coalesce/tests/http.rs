@@ -951,6 +951,44 @@ async fn the_readied_service_takes_the_request() {
     }
 }
 
+/// `Expires` less `Date` is the lifetime when no `max-age` says
+/// otherwise, and an `Expires` that is no date has expired: both were
+/// kept for the cache's default lifetime (60 s here) on the code before.
+#[tokio::test(start_paused = true)]
+async fn expires_gives_the_lifetime_when_max_age_does_not() {
+    const DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let (service, calls) = layered(&[], |request, n| {
+        let fields = match request.uri().path() {
+            "/expired" => vec![("expires", "0".to_owned())],
+            "/overridden" => vec![
+                ("expires", "0".to_owned()),
+                ("cache-control", "max-age=60".to_owned()),
+            ],
+            _ => vec![
+                ("date", DATE.to_owned()),
+                ("expires", "Sun, 06 Nov 1994 08:49:47 GMT".to_owned()),
+            ],
+        };
+        answer(&fields, format!("call {n}"))
+    });
+    for _ in 0..2 {
+        call(&service, "GET", "/expired", &[]).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "an invalid Expires");
+    for _ in 0..2 {
+        call(&service, "GET", "/overridden", &[]).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "max-age wins");
+    call(&service, "GET", "/ten-seconds", &[]).await;
+    tokio::time::advance(Duration::from_secs(8)).await;
+    call(&service, "GET", "/ten-seconds", &[]).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 4, "fresh for ten seconds");
+    tokio::time::advance(Duration::from_secs(3)).await;
+    call(&service, "GET", "/ten-seconds", &[]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 5, "then refreshed");
+}
+
 #[tokio::test(start_paused = true)]
 async fn vary_keys_tell_a_comma_in_a_value_from_two_lines() {
     let (service, calls) = layered(&[http::header::ACCEPT], |_, n| {

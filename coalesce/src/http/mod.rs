@@ -19,8 +19,10 @@
 //!   conditions itself (`304 Not Modified`). Requests with `Range`,
 //!   `If-Range`, `If-Match` or `If-Unmodified-Since` go to the origin on
 //!   their own.
-//! - **The origin's lifetime.** `s-maxage` or `max-age` sets it (the cache's
-//!   [`Freshness`] when absent), less the `Age` the response already has;
+//! - **The origin's lifetime.** `s-maxage` or `max-age` sets it, else
+//!   `Expires` less `Date` (an `Expires` that is no date, such as `0`, has
+//!   expired: the response is not stored), else the cache's [`Freshness`];
+//!   less the `Age` the response already has;
 //!   `stale-while-revalidate` and `stale-if-error` open their windows, which
 //!   `must-revalidate`, `proxy-revalidate` and `s-maxage` close. Served
 //!   responses carry `Age`: the origin's plus the time spent in the cache.
@@ -683,6 +685,25 @@ fn shareable(headers: &HeaderMap, vary: &[HeaderName]) -> bool {
 
 /// The `Age` a response carries (RFC 9111 §5.1); 0 when absent or
 /// unreadable.
+/// The time a field holds, if it holds an HTTP date.
+fn http_date(value: Option<&HeaderValue>) -> Option<std::time::SystemTime> {
+    value
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| httpdate::parse_http_date(value).ok())
+}
+
+/// The lifetime a response's `Expires` gives it, counted from its `Date`
+/// or else from now (RFC 9111 §4.2.1), if it has an `Expires`: one that
+/// is not a date (`0`, say) has expired already (§5.3).
+fn expires_lifetime(headers: &HeaderMap) -> Option<Duration> {
+    let expires = headers.get(EXPIRES)?;
+    let Some(expires) = http_date(Some(expires)) else {
+        return Some(Duration::ZERO);
+    };
+    let date = http_date(headers.get(DATE)).unwrap_or_else(std::time::SystemTime::now);
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+}
+
 fn age_of(headers: &HeaderMap) -> Duration {
     headers
         .get(AGE)
@@ -724,14 +745,9 @@ impl Conditions {
                 })
             });
         }
-        let date = |value: Option<&HeaderValue>| {
-            value
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| httpdate::parse_http_date(value).ok())
-        };
         match (
-            date(self.if_modified_since.as_ref()),
-            date(headers.get(LAST_MODIFIED)),
+            http_date(self.if_modified_since.as_ref()),
+            http_date(headers.get(LAST_MODIFIED)),
         ) {
             (Some(since), Some(modified)) => modified <= since,
             _ => false,
@@ -896,12 +912,19 @@ where
     let freshness = if storable(parts.status) && shareable(&parts.headers, vary) {
         // The response is `Age` old already (RFC 9111 §4.2.3).
         let age = age_of(&parts.headers);
-        CacheControl::parse(&parts.headers)
-            .freshness(default)
-            .and_then(|freshness| {
-                let ttl = freshness.ttl().saturating_sub(age);
-                (!ttl.is_zero()).then(|| freshness.with_ttl(ttl))
-            })
+        let directives = CacheControl::parse(&parts.headers);
+        // An `Expires` is the lifetime when no `max-age` or `s-maxage`
+        // says otherwise; the default is for responses that name none.
+        let default = match expires_lifetime(&parts.headers) {
+            Some(lifetime) if directives.max_age.is_none() && directives.s_maxage.is_none() => {
+                default.with_ttl(lifetime)
+            }
+            _ => default,
+        };
+        directives.freshness(default).and_then(|freshness| {
+            let ttl = freshness.ttl().saturating_sub(age);
+            (!ttl.is_zero()).then(|| freshness.with_ttl(ttl))
+        })
     } else {
         None
     };
