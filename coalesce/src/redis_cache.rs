@@ -206,10 +206,13 @@ impl RedisSettings {
     }
 
     /// How often a waiter looks for the value besides being woken (in case
-    /// a wake-up is lost with the pub/sub connection).
+    /// a wake-up is lost with the pub/sub connection): from a millisecond
+    /// to a day, an `interval` outside taken as the nearer bound (at zero,
+    /// every waiter read Redis back to back for as long as it waited).
     #[must_use]
     pub const fn poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval;
+        self.poll_interval =
+            palisade_hints::bounded(interval, Duration::from_millis(1), palisade_hints::DAY);
         self
     }
 

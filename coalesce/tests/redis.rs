@@ -1330,3 +1330,15 @@ async fn the_origins_failure_answers_the_http_layers_waiters_in_every_process() 
         }
     }
 }
+
+/// A poll interval of zero is taken as a millisecond: every waiter read
+/// Redis back to back, for as long as it waited, on the code before.
+#[test]
+fn a_poll_interval_of_zero_is_taken_as_a_millisecond() {
+    let settings =
+        RedisSettings::new(Freshness::new(Duration::from_secs(60))).poll_interval(Duration::ZERO);
+    assert!(
+        format!("{settings:?}").contains("poll_interval: 1ms"),
+        "{settings:?}"
+    );
+}
