@@ -169,4 +169,11 @@ impl TraceContext {
     pub fn scope<F: Future>(self, future: F) -> TaskLocalFuture<Self, F> {
         CURRENT.scope(self, future)
     }
+
+    /// Runs `f` with this context [current](Self::current), at once: for
+    /// the synchronous part of a call, such as a service's `call`, whose
+    /// future [`scope`](Self::scope) covers.
+    pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self, f)
+    }
 }

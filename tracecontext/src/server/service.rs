@@ -71,7 +71,14 @@ where
             .then(|| HeaderValue::from_bytes(&context.traceparent().encode()).ok())
             .flatten();
         request.extensions_mut().insert(context.clone());
-        let inner = context.scope(self.inner.call(request)).instrument(span);
+        // The layers below do work in `call` too (tower-http's trace layer
+        // makes its span there): in the request's span and context, as
+        // their futures' work is.
+        let called = {
+            let _entered = span.enter();
+            context.clone().sync_scope(|| self.inner.call(request))
+        };
+        let inner = context.scope(called).instrument(span);
         ResponseFuture::new(inner, traceresponse)
     }
 }
