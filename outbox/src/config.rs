@@ -6,6 +6,9 @@ use palisade_hints::DAY;
 
 use crate::error::{ConfigError, config_error};
 
+/// The largest batch a relay claims.
+const MAX_BATCH: u32 = 100_000;
+
 /// The outbox's table and the relay's pace.
 ///
 /// # Example
@@ -80,10 +83,19 @@ impl OutboxConfig {
         })
     }
 
-    /// Events claimed per batch (at least 1: none would never publish).
+    /// Events claimed per batch, from 1 (none would never publish) to
+    /// 100,000 (a relay makes room for a whole batch at once: `u32::MAX`
+    /// asked for hundreds of gigabytes and aborted the process), a number
+    /// outside taken as the nearer bound.
     #[must_use]
     pub const fn batch_size(mut self, events: u32) -> Self {
-        self.batch_size = if events == 0 { 1 } else { events };
+        self.batch_size = if events == 0 {
+            1
+        } else if events > MAX_BATCH {
+            MAX_BATCH
+        } else {
+            events
+        };
         self
     }
 
@@ -114,10 +126,12 @@ impl OutboxConfig {
         self
     }
 
-    /// How often the relay looks for work when nothing wakes it.
+    /// How often the relay looks for work when nothing wakes it: from a
+    /// millisecond to a day, an `interval` outside taken as the nearer
+    /// bound (at zero, an idle relay claimed, and swept, back to back).
     #[must_use]
     pub const fn poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval;
+        self.poll_interval = palisade_hints::bounded(interval, Duration::from_millis(1), DAY);
         self
     }
 

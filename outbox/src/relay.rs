@@ -118,10 +118,17 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
     /// after the first batch that reached no broker, doubling while the
     /// outage lasts, up to `cap` (or until a breaker that refused them lets
     /// a probe through, if sooner). Their attempts are untouched however
-    /// long it lasts.
+    /// long it lasts. Each from a millisecond to a day, a value outside
+    /// taken as the nearer bound: at zero, the events handed back came due
+    /// at once, and the relay claimed and published them back to back for
+    /// as long as the outage lasted.
     #[must_use]
     pub const fn outage_backoff(mut self, base: Duration, cap: Duration) -> Self {
-        self.outage_backoff = (base, cap);
+        let least = Duration::from_millis(1);
+        self.outage_backoff = (
+            palisade_hints::bounded(base, least, palisade_hints::DAY),
+            palisade_hints::bounded(cap, least, palisade_hints::DAY),
+        );
         self
     }
 

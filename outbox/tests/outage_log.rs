@@ -82,12 +82,14 @@ async fn an_outage_is_logged_once_each_way() {
         broker: MemoryBroker::new(10),
         down: Arc::new(AtomicBool::new(true)),
     };
-    let relay = Relay::new(outbox.clone(), publisher.clone())
-        .outage_backoff(Duration::ZERO, Duration::ZERO);
+    // The shortest backoff there is, waited out before each turn.
+    let backoff = Duration::from_millis(1);
+    let relay = Relay::new(outbox.clone(), publisher.clone()).outage_backoff(backoff, backoff);
 
     place(&["a", "b"]).await;
     for _ in 0..20 {
         assert_eq!(relay.run_once().await.unwrap().unavailable, 2);
+        tokio::time::sleep(backoff * 2).await;
     }
     publisher.down.store(false, Ordering::SeqCst);
     assert_eq!(relay.run_once().await.unwrap().published, 2);

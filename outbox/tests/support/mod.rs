@@ -731,6 +731,21 @@ pub async fn a_config_out_of_bounds_is_taken_at_its_bound<H: Harness>() {
     assert_eq!(relay.run_once().await.unwrap().published, 1);
     assert_eq!(h.store().lease(), Duration::from_secs(86_400));
     h.finish().await;
+    // A batch of `u32::MAX` asked for room for as many events at once,
+    // and aborted the process; an idle relay polling every 0 s spun.
+    let h = H::start(|c| c.batch_size(u32::MAX).poll_interval(Duration::ZERO)).await;
+    h.place(&[event("a", 1)], true).await;
+    let relay = Relay::new(h.store().clone(), MemoryBroker::new(10));
+    assert_eq!(relay.run_once().await.unwrap().published, 1);
+    h.finish().await;
+    let config = OutboxConfig::default()
+        .batch_size(u32::MAX)
+        .poll_interval(Duration::ZERO);
+    let config = format!("{config:?}");
+    assert!(
+        config.contains("batch_size: 100000") && config.contains("poll_interval: 1ms"),
+        "{config}"
+    );
 }
 
 pub async fn the_backlog_reports_the_oldest_pending_age<H: Harness>() {
