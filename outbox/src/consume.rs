@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
+use futures_util::future::Shared;
 use tokio::sync::mpsc;
 
 use crate::envelope::Envelope;
@@ -781,18 +782,20 @@ where
     /// Consumes `subscription` (of a [`MemoryBroker`](crate::MemoryBroker)
     /// or a [`HandoffBroker`](crate::HandoffBroker)) until `shutdown`
     /// completes or the broker is gone; the messages under way are
-    /// finished, and settled, first. Each message is settled as soon as
-    /// its transaction committed (or it was skipped, or a duplicate), and
-    /// rejected as soon as it is given up on, not at the end of its batch:
-    /// a [`HandoffBroker`](crate::HandoffBroker)'s publisher waits for it
-    /// only until its lease ends. Those still queued when it stops are
-    /// left unsettled.
+    /// finished, and settled, first, but for one waiting to be tried
+    /// again (or for the inbox's database to answer), which is left
+    /// unsettled with the rest of its batch. Each message is settled as
+    /// soon as its transaction committed (or it was skipped, or a
+    /// duplicate), and rejected as soon as it is given up on, not at the
+    /// end of its batch: a [`HandoffBroker`](crate::HandoffBroker)'s
+    /// publisher waits for it only until its lease ends. Those still
+    /// queued when it stops are left unsettled.
     pub async fn run<M: Inbound>(
         &self,
         mut subscription: mpsc::Receiver<M>,
         shutdown: impl Future<Output = ()>,
     ) {
-        tokio::pin!(shutdown);
+        let mut shutdown = Box::pin(shutdown).shared();
         let mut batch = Vec::with_capacity(self.batch);
         loop {
             let first = tokio::select! {
@@ -809,8 +812,11 @@ where
                     Err(_) => break,
                 }
             }
-            self.process(&mut batch).await;
+            let stopped = !self.process(&mut batch, &shutdown).await;
             batch.clear();
+            if stopped {
+                return;
+            }
         }
     }
 
@@ -818,8 +824,13 @@ where
     /// one that fails is retried on its own before the next. Each is
     /// taken out and settled (or rejected) as soon as it is done with;
     /// one left in was not applied (dropped, its publish fails and the
-    /// relay sends it again).
-    async fn process<M: Inbound>(&self, messages: &mut [Option<M>]) {
+    /// relay sends it again). `false` when it stopped for `shutdown`
+    /// while a message waited to be tried again.
+    async fn process<M, S>(&self, messages: &mut [Option<M>], shutdown: &Shared<S>) -> bool
+    where
+        M: Inbound,
+        S: Future<Output = ()> + Unpin,
+    {
         let done_with =
             |messages: &mut [Option<M>], place: usize, outcome: Result<(), &BoxError>| {
                 if let Some(message) = messages[place].take() {
@@ -861,12 +872,12 @@ where
                     }
                     next += done;
                     if let Some(error) = failure {
-                        match self.retry(deliveries[next].clone(), error).await {
+                        match self.retry(deliveries[next].clone(), error, shutdown).await {
                             Retried::Applied => done_with(messages, places[next], Ok(())),
                             Retried::GaveUp(error) => {
                                 done_with(messages, places[next], Err(&error));
                             }
-                            Retried::Stopped => {}
+                            Retried::Stopped => return false,
                         }
                         next += 1;
                     }
@@ -874,10 +885,13 @@ where
                 Err(error) => {
                     tracing::warn!(target: "palisade_outbox", consumer = %self.name, %error, "inbox database failed; trying again later");
                     Counters::add(&self.counters.retried);
-                    tokio::time::sleep(self.policy.base).await;
+                    if !pause(self.policy.base, shutdown).await {
+                        return false;
+                    }
                 }
             }
         }
+        true
     }
 
     fn applier(&self) -> Applier<'_, I, H> {
@@ -892,11 +906,16 @@ where
 
     /// Tries `delivery` again in place after its handler failed with
     /// `error`; gives up on it after its last try.
-    async fn retry(&self, mut delivery: Delivery, error: BoxError) -> Retried {
-        let sleep = |delay| async move {
-            tokio::time::sleep(delay).await;
-            true
-        };
+    async fn retry<S>(
+        &self,
+        mut delivery: Delivery,
+        error: BoxError,
+        shutdown: &Shared<S>,
+    ) -> Retried
+    where
+        S: Future<Output = ()> + Unpin,
+    {
+        let sleep = |delay| pause(delay, shutdown);
         let retried = self
             .applier()
             .retry_in_place(&mut delivery, error, sleep)
@@ -906,5 +925,17 @@ where
             tracing::error!(target: "palisade_outbox", consumer = %self.name, id = %delivery.envelope.id, attempt = delivery.attempt, %error, "handler failed its last try; given up on");
         }
         retried
+    }
+}
+
+/// Waits `delay`; `false` when `shutdown` came first.
+pub(crate) async fn pause<S>(delay: Duration, shutdown: &Shared<S>) -> bool
+where
+    S: Future<Output = ()> + Unpin,
+{
+    tokio::select! {
+        biased;
+        () = shutdown.clone() => false,
+        () = tokio::time::sleep(delay) => true,
     }
 }

@@ -18,7 +18,7 @@ use futures_util::{FutureExt, StreamExt};
 
 use crate::consume::{
     Applier, BoxError, ConsumerStats, Counters, Delivery, DeliveryPolicy, EventTypes, Handler,
-    Retried, retry_delay,
+    Retried, pause, retry_delay,
 };
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::{ConfigError, config_error};
@@ -582,7 +582,7 @@ where
                         // messages of an aggregate overtake earlier ones.
                         tracing::warn!(target: "palisade_outbox", %error, "inbox database failed; trying again later");
                         Counters::add(&self.counters.retried);
-                        if !Self::pause(applier.policy.base, shutdown).await {
+                        if !pause(applier.policy.base, shutdown).await {
                             settled.store(kept.len(), Ordering::Relaxed);
                             self.release(&kept[at..]).await;
                             return false;
@@ -601,9 +601,7 @@ where
                 at += done;
                 let Some(error) = failure else { continue };
                 let retried = applier
-                    .retry_in_place(&mut deliveries[at], error, |delay| {
-                        Self::pause(delay, shutdown)
-                    })
+                    .retry_in_place(&mut deliveries[at], error, |delay| pause(delay, shutdown))
                     .await;
                 let (message, delivery) = (kept[at], &deliveries[at]);
                 settled.store(
@@ -669,18 +667,6 @@ where
     async fn ack(message: &jetstream::Message) {
         if let Err(error) = message.ack().await {
             tracing::warn!(target: "palisade_outbox", %error, "ack lost; the redelivery will be a duplicate");
-        }
-    }
-
-    /// Waits `delay`; `false` when `shutdown` came first.
-    async fn pause<S>(delay: Duration, shutdown: &Shared<S>) -> bool
-    where
-        S: Future<Output = ()> + Unpin,
-    {
-        tokio::select! {
-            biased;
-            () = shutdown.clone() => false,
-            () = tokio::time::sleep(delay) => true,
         }
     }
 

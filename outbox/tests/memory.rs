@@ -4,7 +4,7 @@
 #![cfg(feature = "sqlite")]
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -350,6 +350,45 @@ async fn a_transient_failure_is_retried_past_max_deliver() {
         (stats.applied, stats.retried, stats.dead_lettered),
         (1, 5, 0)
     );
+}
+
+/// Down for good, and says when it was first tried.
+#[derive(Debug)]
+struct Down {
+    tried: Arc<tokio::sync::Notify>,
+}
+
+impl Handler<SqliteConnection> for Down {
+    async fn handle(&self, _: &mut SqliteConnection, _: &Delivery) -> Result<Handled, BoxError> {
+        self.tried.notify_one();
+        Err(Box::new(Transient::new("the card processor is down")))
+    }
+}
+
+/// A consumer told to stop while a message waits to be tried again stops
+/// (the message left unsettled, for its publisher to send again): it
+/// waited out the delay and tried again, for ever for a transient
+/// failure, and the embedded system's `stop` with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_stops_while_a_message_waits_to_be_tried_again() {
+    let (pool, source) = messages(vec![Event::new("order", "o-1", "Paid", b"{}".to_vec())]).await;
+    let inbox = SqliteInbox::new(pool, "inbox").unwrap();
+    inbox.migrate().await.unwrap();
+    let tried = Arc::new(tokio::sync::Notify::new());
+    let down = Down {
+        tried: tried.clone(),
+    };
+    let consumer = MemoryConsumer::new("payment", inbox, down)
+        .retry_delay(Duration::from_secs(3600), Duration::from_secs(3600));
+    let (sender, receiver) = mpsc::channel(1);
+    sender.send(source[0].clone()).await.unwrap();
+    let shutdown = async move { tried.notified().await };
+    let stopped =
+        tokio::time::timeout(Duration::from_secs(60), consumer.run(receiver, shutdown)).await;
+    assert!(stopped.is_ok(), "stopped, not waiting to try again");
+    let stats = consumer.stats();
+    assert_eq!((stats.applied, stats.dead_lettered), (0, 0));
+    drop(sender);
 }
 
 #[tokio::test]
