@@ -248,6 +248,8 @@ struct Pulled {
     ahead: VecDeque<jetstream::Message>,
     /// The subscription ended.
     ended: bool,
+    /// The last pull error, which may say why it ended.
+    failed: Option<String>,
 }
 
 impl Pulled {
@@ -268,9 +270,17 @@ impl Pulled {
             Some(Ok(message)) => self.ahead.push_back(message),
             Some(Err(error)) => {
                 tracing::warn!(target: "palisade_outbox", %error, "pulling messages failed; pulling again");
+                self.failed = Some(error.to_string());
             }
             None => self.ended = true,
         }
+    }
+
+    /// Why the subscription ended, as `run`'s error.
+    fn end(&self) -> BoxError {
+        let why = self.failed.as_deref().unwrap_or("no error given");
+        format!("the pull subscription ended ({why}): the consumer was deleted, or the connection closed")
+            .into()
     }
 }
 
@@ -480,19 +490,23 @@ where
     ///
     /// # Errors
     ///
-    /// The pull subscription's error, when JetStream refuses it.
+    /// The pull subscription's error, when JetStream refuses it; and its
+    /// end before `shutdown` (the durable consumer deleted, the client's
+    /// connection closed), once what it delivered is applied: nothing is
+    /// consumed after it, which a quiet return would hide.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
         let mut shutdown = Box::pin(shutdown).shared();
         let mut pulled = Pulled {
             stream: self.consumer.messages().await?,
             ahead: VecDeque::new(),
             ended: false,
+            failed: None,
         };
         let mut batch = Vec::with_capacity(self.batch);
         loop {
             if pulled.ahead.is_empty() {
                 if pulled.ended {
-                    return Ok(());
+                    return Err(pulled.end());
                 }
                 let next = tokio::select! {
                     biased;

@@ -460,6 +460,30 @@ async fn a_retried_message_holds_back_later_messages_of_its_aggregate() {
     rig.remove().await;
 }
 
+/// A consumer whose durable is deleted under it (`nats consumer rm`, or
+/// its stream deleted and made again) says so: `run` returned `Ok`, as at
+/// a shutdown, and the service stood with nothing consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_deleted_under_a_running_consumer_is_an_error() {
+    let rig = Rig::new().await;
+    rig.publish(&[Event::new("order", "o-1", "Good", b"first".to_vec())])
+        .await;
+    let consumer = Arc::new(rig.consumer(rig.config("gone")).await.unwrap());
+    let (_stop, running) = start(&consumer);
+    until(&consumer, |stats| stats.applied == 1).await;
+    let stream = rig.context.get_stream(&rig.stream).await.unwrap();
+    stream.delete_consumer("gone").await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .expect("run ends with its subscription")
+        .unwrap();
+    let error = ended
+        .expect_err("an error, not a shutdown's Ok")
+        .to_string();
+    assert!(error.contains("pull subscription ended"), "{error}");
+    rig.remove().await;
+}
+
 /// A handler slower than the ack wait keeps its message: the consumer
 /// keeps the acknowledgements of the batch it works on alive, so
 /// JetStream does not deliver it again under the handler (it did after the
