@@ -45,6 +45,30 @@ pub fn is_dependency_failure(code: u32) -> bool {
     DEPENDENCY_FAILURES.contains(&code)
 }
 
+/// Whether a response's head says the server failed, for HTTP and gRPC
+/// alike: a 5xx, or a trailers-only gRPC answer (HTTP 200, as tonic sends
+/// a handler's `Err(Status)`) whose `grpc-status` is one of
+/// [`DEPENDENCY_FAILURES`]. A status that comes only in the trailers is
+/// not in the head.
+///
+/// # Example
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use palisade_hints::grpc::head_failed;
+///
+/// let mut headers = HeaderMap::new();
+/// assert!(head_failed(StatusCode::BAD_GATEWAY, &headers));
+/// headers.insert("grpc-status", "14".parse().unwrap());
+/// assert!(head_failed(StatusCode::OK, &headers), "UNAVAILABLE");
+/// headers.insert("grpc-status", "5".parse().unwrap());
+/// assert!(!head_failed(StatusCode::OK, &headers), "NOT_FOUND is an answer");
+/// ```
+#[must_use]
+pub fn head_failed(status: StatusCode, headers: &HeaderMap) -> bool {
+    status.is_server_error() || self::status(headers).is_some_and(is_dependency_failure)
+}
+
 /// The `grpc-status` in `fields` (headers or trailers), if it is there and
 /// a number.
 #[must_use]

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use http::{HeaderName, Request, Response, StatusCode};
-use palisade_hints::{Refusal, RefusalReason};
+use palisade_hints::{Refusal, RefusalReason, grpc};
 
 use crate::budget::ErrorBudget;
 use crate::classify::{Classify, Event};
@@ -19,6 +19,15 @@ use crate::shed::{Prioritize, ShedNothing};
 /// caller got no answer), a transport error is bad, and every other status
 /// is good, except a palisade rate limiter's 429 to a caller over its own
 /// limit, which is excluded.
+///
+/// A gRPC call that failed in its head (a tonic handler's `Err(Status)`,
+/// answered trailers-only: HTTP 200 with its `grpc-status`) is bad when
+/// its code says the service is unwell
+/// ([`DEPENDENCY_FAILURES`](palisade_hints::grpc::DEPENDENCY_FAILURES):
+/// UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL,
+/// UNAVAILABLE), good otherwise. A status that comes only in the
+/// trailers, after a streamed body, is not seen: the call counts as its
+/// head says.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerErrorsAreBad;
 
@@ -33,7 +42,7 @@ impl<B, E> Classify<Response<B>, E> for ServerErrorsAreBad {
             {
                 Event::Excluded
             }
-            Ok(response) if response.status().is_server_error() => Event::Bad,
+            Ok(response) if grpc::head_failed(response.status(), response.headers()) => Event::Bad,
             Ok(_) => Event::Good,
             Err(_) => Event::Bad,
         }

@@ -47,6 +47,14 @@ fn app(budget: &ErrorBudget) -> Router {
             }),
         )
         .route("/reports", get(|| async { "report" }))
+        .route(
+            "/grpc/{code}",
+            get(
+                |axum::extract::Path(code): axum::extract::Path<u32>| async move {
+                    palisade_hints::grpc::trailers_only::<Body>(code, "as asked")
+                },
+            ),
+        )
         .layer(SloLayer::new_for_http(budget.clone()).shed(Shedding::low_priority(Marked)))
 }
 
@@ -92,6 +100,25 @@ async fn server_errors_burn_the_budget_and_marked_requests_are_shed() {
     assert_eq!(
         budget.report(budget.now()).counts(),
         Counts { good: 3, bad: 10 }
+    );
+}
+
+/// A gRPC call whose head says the service failed (a tonic handler's
+/// `Err(Status::unavailable(..))`, answered trailers-only with HTTP 200)
+/// is bad; one whose code is the caller's (NOT_FOUND) is good. Every one
+/// was good on the code before.
+#[tokio::test(start_paused = true)]
+async fn a_grpc_call_that_failed_in_its_head_is_bad() {
+    let budget = budget();
+    let app = app(&budget);
+    for code in [0, 5, 13, 14] {
+        let response = get_status(&app, &format!("/grpc/{code}"), false).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        budget.report(budget.now()).counts(),
+        Counts { good: 2, bad: 2 },
+        "OK and NOT_FOUND good, INTERNAL and UNAVAILABLE bad"
     );
 }
 

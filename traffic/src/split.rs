@@ -63,9 +63,12 @@ impl<T, E> Failure<T, E> for ErrorsAsFailures {
     }
 }
 
-/// 5xx responses and transport errors are failures (feature `http`); a
-/// rate limiter's [`Refusal`], on the error or in the response's
-/// extensions (its 429), is excluded.
+/// 5xx responses and transport errors are failures (feature `http`), and
+/// so is a gRPC call that failed in its head (a trailers-only answer whose
+/// `grpc-status` says the service is unwell, see
+/// [`head_failed`](palisade_hints::grpc::head_failed); a status that
+/// comes only in the trailers is not seen); a rate limiter's [`Refusal`],
+/// on the error or in the response's extensions (its 429), is excluded.
 #[cfg(feature = "http")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerErrorsAsFailures;
@@ -73,9 +76,9 @@ pub struct ServerErrorsAsFailures;
 #[cfg(feature = "http")]
 impl<B, E> Failure<http::Response<B>, E> for ServerErrorsAsFailures {
     fn is_failure(&self, result: &Result<http::Response<B>, E>) -> bool {
-        result
-            .as_ref()
-            .map_or(true, |response| response.status().is_server_error())
+        result.as_ref().map_or(true, |response| {
+            palisade_hints::grpc::head_failed(response.status(), response.headers())
+        })
     }
 
     fn is_excluded(&self, result: &Result<http::Response<B>, E>) -> bool

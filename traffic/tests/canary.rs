@@ -568,3 +568,29 @@ async fn a_canary_is_judged_only_against_stable_calls() {
     }
     assert!(!canary.is_halted());
 }
+
+/// A canary whose gRPC calls fail in their heads (a tonic handler's
+/// `Err(Status::internal(..))`, answered trailers-only with HTTP 200) is
+/// halted: every such call was a success on the code before, and the
+/// canary ran for ever.
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn a_canary_failing_its_grpc_calls_is_halted() {
+    use http::Response;
+    use palisade_hints::grpc::trailers_only;
+    use palisade_traffic::ServerErrorsAsFailures;
+
+    let canary = Canary::new(plan()).unwrap();
+    let answered = |code: u32| {
+        service_fn(move |_: u64| async move {
+            Ok::<Response<String>, BoxError>(trailers_only(code, "as asked"))
+        })
+    };
+    let split = by_user(answered(5), answered(13), &canary).failures(ServerErrorsAsFailures);
+    let mut user = 0;
+    while !canary.is_halted() {
+        let _ = split.clone().oneshot(user).await;
+        user += 1;
+        assert!(user < 10_000, "never halted: {:?}", canary.counts());
+    }
+}
