@@ -64,7 +64,9 @@ impl Budget {
         self
     }
 
-    /// The most retries the deposits of healthy traffic can save up.
+    /// The most retries the deposits of healthy traffic can save up; at
+    /// least one, the retry the ratio is earning (at zero, the ratio
+    /// granted none: only the floor retried).
     #[must_use]
     pub const fn max_banked(mut self, retries: u32) -> Self {
         self.max_banked = retries;
@@ -159,7 +161,7 @@ impl RetryBudget {
             account: Arc::new(Account {
                 balance: AtomicI64::new(0),
                 deposit,
-                ceiling: i64::from(budget.max_banked) * RETRY,
+                ceiling: i64::from(budget.max_banked.max(1)) * RETRY,
                 floor_tat: AtomicU64::new(0),
                 floor_interval,
                 floor_burst: floor_interval * u64::from(budget.min_per_second.saturating_sub(1)),
@@ -300,6 +302,23 @@ mod tests {
             }
         }
         assert_eq!(retries, 2000);
+    }
+
+    /// Nothing to save up is not nothing to earn: a budget banking no
+    /// retry still grants the ratio's (it granted none, and with no floor
+    /// never retried).
+    #[test]
+    fn a_budget_banking_nothing_still_grants_the_ratio() {
+        let budget = RetryBudget::new(Budget::new(0.5).min_per_second(0).max_banked(0)).unwrap();
+        let now = Instant::now();
+        let mut retries = 0;
+        for _ in 0..10 {
+            budget.deposit();
+            if budget.withdraw(now) {
+                retries += 1;
+            }
+        }
+        assert_eq!(retries, 5);
     }
 
     #[test]
