@@ -136,6 +136,14 @@ impl<B: Body> Recording<B> {
     }
 }
 
+impl<B> Drop for Recording<B> {
+    fn drop(&mut self) {
+        // No attempt comes after the one under way: its body records
+        // nothing more, and lets go of the tape once it has sent it.
+        lock(&self.tape).spoiled = true;
+    }
+}
+
 impl<B> std::fmt::Debug for Recording<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recording").finish_non_exhaustive()
@@ -199,6 +207,11 @@ where
             if let Some(chunk) = tape.chunks.get(self.cursor) {
                 self.cursor += 1;
                 return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
+            }
+            if tape.spoiled {
+                // Sent, and never to be replayed: a stream that outlives
+                // its retries (a gRPC client stream) holds no copy.
+                tape.chunks = Vec::new();
             }
             if tape.ended {
                 if !self.trailers_sent {
@@ -354,6 +367,32 @@ mod tests {
         assert_eq!(bytes, "abcdef");
         let (bytes, _) = collect(recording.replay().unwrap()).await;
         assert_eq!(bytes, "abcdef", "and again, all from the tape");
+    }
+
+    /// Once no attempt can come after it (the retries are over: the
+    /// response's head arrived, a request streaming on), the body records
+    /// nothing more and lets go of what it kept; it kept up to the cap
+    /// for the life of the stream. A replay under way sends its kept
+    /// chunks first.
+    #[tokio::test]
+    async fn a_body_whose_retries_are_over_keeps_no_copy() {
+        let (mut first, recording) = ReplayBody::recorded(body(&["ab", "cd", "ef"], false), 16);
+        first.frame().await.unwrap().unwrap();
+        drop(first);
+        let mut replay = recording.replay().unwrap();
+        let kept = |body: &ReplayBody<Frames>| match &body.kind {
+            Kind::Recorded { reader } => lock(&reader.tape).chunks.len(),
+            Kind::Once { .. } => unreachable!("recorded"),
+        };
+        assert_eq!(kept(&replay), 1);
+        drop(recording);
+        let chunk = replay.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(chunk, "ab", "the kept chunk first");
+        let chunk = replay.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(chunk, "cd");
+        assert_eq!(kept(&replay), 0, "nothing kept, nothing more recorded");
+        let (rest, _) = collect(replay).await;
+        assert_eq!(rest, "ef");
     }
 
     #[tokio::test]
