@@ -48,16 +48,19 @@ return holder",
 });
 
 /// Who holds the lock (its token; an empty string for a value not a
-/// token, or a key of another type; `false` when free), and the failure
-/// left under `KEYS[2]`, if it is given and there is one, read at once.
+/// token, or a key of another type; `false` when free), and, if `KEYS[2]`
+/// is given, the failure the lead of token `ARGV[1]` left there, read at
+/// once.
 static LOOK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local holder = redis.pcall('GET', KEYS[1])
 if type(holder) ~= 'string' then holder = redis.call('EXISTS', KEYS[1]) == 1 and '' end
 local failed = false
 if KEYS[2] then
-  failed = redis.pcall('GET', KEYS[2])
-  if type(failed) ~= 'string' then failed = false end
+  local left = redis.pcall('GET', KEYS[2])
+  if type(left) == 'string' and string.sub(left, 1, 32) == ARGV[1] then
+    failed = string.sub(left, 33)
+  end
 end
 return {holder, failed}",
     )
@@ -103,12 +106,13 @@ return 1",
 });
 
 /// If the lock is still ours: leaves the computation's failure for the
-/// waiters of this lead (under a key named by the lock's token, kept
-/// `ARGV[2]` ms), wakes them and releases the lock, in one round trip.
+/// waiters of this lead (after the lock's token, in the key's one failure
+/// entry, kept `ARGV[2]` ms), wakes them and releases the lock, in one
+/// round trip.
 static FAIL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('GET', KEYS[1]) ~= ARGV[3] then return 0 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3] .. ARGV[1], 'PX', ARGV[2])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 redis.call('DEL', KEYS[1])
 return 1",
@@ -451,13 +455,23 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static, E> Flight<C, E> {
             };
             let mut connection = shared.connection.clone();
             let mut fail = FAIL.key(&lock_key);
-            fail.key(shared.failed_key(&self.key, token))
+            let token = token.to_string();
+            fail.key(shared.failed_key(&self.key))
                 .arg(failure.as_ref())
                 .arg(ms(shared.failure_kept()))
-                .arg(token.to_string())
+                .arg(&token)
                 .arg(&shared.channel)
                 .arg(&self.key);
-            let _ = shared.call(fail.invoke_async::<i64>(&mut connection)).await;
+            if shared
+                .call(fail.invoke_async::<i64>(&mut connection))
+                .await
+                .is_none()
+            {
+                // Not left (Redis refused the write: memory full, say): the
+                // lock goes all the same, so its waiters take over rather
+                // than wait out its lease.
+                release(shared, &lock_key, &token).await;
+            }
         }
     }
 }
@@ -548,9 +562,10 @@ where
 
     /// Shares a computation's failure with the callers waiting for it in
     /// other processes, as its callers in this process share it: the
-    /// leader leaves `encode`'s bytes for them under its lock's token
-    /// (kept for the longer of the lock's lease and two polls) and wakes
-    /// them, and each gets `decode`'s error of them (or serves a stale
+    /// leader leaves `encode`'s bytes for them, marked with its lock's
+    /// token, in the key's one failure entry (`{prefix:key}:failed`, kept
+    /// for the longer of the lock's lease and two polls, and taken by the
+    /// next failure), and wakes them, and each gets `decode`'s error of them (or serves a stale
     /// value within its `stale-if-error` window). A caller that comes
     /// after the failure asks the origin anew.
     ///
@@ -646,13 +661,13 @@ where
     pub async fn invalidate(&self, key: &str) {
         self.local.detach(&key.to_owned());
         let mut connection = self.shared.connection.clone();
-        // One command: both keys share a hash tag, so one Cluster slot.
-        let dropped = self
-            .shared
-            .call(
-                connection.del::<_, i64>(&[self.shared.value_key(key), self.shared.lock_key(key)]),
-            )
-            .await;
+        // One command: the keys share a hash tag, so one Cluster slot.
+        let keys = [
+            self.shared.value_key(key),
+            self.shared.lock_key(key),
+            self.shared.failed_key(key),
+        ];
+        let dropped = self.shared.call(connection.del::<_, i64>(&keys)).await;
         if dropped.is_none() {
             tracing::warn!(target: "palisade_coalesce", key, "redis failed; the invalidation was not applied");
         }
@@ -778,9 +793,10 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
         format!("{{{}:{key}}}:lock", self.settings.prefix)
     }
 
-    /// Where the lead of `token` leaves its failure for its waiters.
-    fn failed_key(&self, key: &str, token: Token) -> String {
-        format!("{{{}:{key}}}:failed:{token}", self.settings.prefix)
+    /// Where a lead leaves its failure for its waiters, after its token:
+    /// one entry a key, the last failure's.
+    fn failed_key(&self, key: &str) -> String {
+        format!("{{{}:{key}}}:failed", self.settings.prefix)
     }
 
     /// How long a failure is left for the waiters of its lead: each looks
@@ -928,7 +944,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
         let mut connection = self.connection.clone();
         let mut look = LOOK.key(self.lock_key(key));
         if let Some(holder) = holder.filter(|_| sharing) {
-            look.key(self.failed_key(key, holder));
+            look.key(self.failed_key(key)).arg(holder.to_string());
         }
         let (lock, failed): (Option<String>, Option<Vec<u8>>) =
             self.call(look.invoke_async(&mut connection)).await?;
@@ -1138,11 +1154,13 @@ where
         match wait(flight, holder, deadline).await {
             Waited::Value(value) => return Ok(value),
             Waited::Failed(error) => return Err(Unanswered::Origin(error)),
-            Waited::LockGone => {
+            // Past the wait timeout, a lock that came and went (leads
+            // ending one after another) is waited for no longer.
+            Waited::LockGone if Instant::now() < deadline => {
                 tracing::debug!(target: "palisade_coalesce", "the leader's lock is gone; trying to take over");
                 leader_gone = true;
             }
-            Waited::GaveUp => {
+            Waited::GaveUp | Waited::LockGone => {
                 tracing::warn!(target: "palisade_coalesce", "no value before the wait timeout; computing here");
                 return compute()
                     .await

@@ -925,12 +925,12 @@ async fn a_refusal_from_below_keeps_its_marker_and_the_stored_response() {
     }
 }
 
-/// The service `poll_ready` readied takes the flight's request: a
-/// concurrency limit's permit, taken when it readied, was kept by the
-/// layer's idle inner service while the flight's clone waited for
-/// another, for ever with a limit of one (timed out on the code before).
+/// What `poll_ready` took is given back at the call: a concurrency
+/// limit's permit, taken when the layer's service readied, was kept by it
+/// while the flight's clone waited for another, for ever with a limit of
+/// one (timed out on the code before).
 #[tokio::test(start_paused = true)]
-async fn the_readied_service_takes_the_request() {
+async fn a_layer_kept_and_called_again_holds_no_permit_its_flight_needs() {
     let cache: Cache<String, CachedResponse, BoxError> =
         Cache::new(10, Freshness::new(Duration::from_secs(60)));
     let origin = Origin {

@@ -1137,8 +1137,9 @@ where
 /// called the origin on the code before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaders_failure_reaches_its_waiters_in_every_process() {
+    let prefix = prefix();
     let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
-        .prefix(&prefix())
+        .prefix(&prefix)
         .timeout(Duration::from_secs(10));
     let leader = sharing_failures(process(&redis_url(), settings.clone()).await, false);
     let (failing, led) = held_lead(|computing, go| async move {
@@ -1163,6 +1164,18 @@ async fn a_leaders_failure_reaches_its_waiters_in_every_process() {
         "the leader's failure: {waited:?}"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 0, "no second origin call");
+    // Each failure takes the place of the last: one entry a key, however
+    // many leads fail.
+    for _ in 0..3 {
+        let failing = waiter.get_with("k", || async { Err(OriginDown) }).await;
+        assert!(failing.is_err());
+    }
+    let left: Vec<String> = direct()
+        .await
+        .keys(format!("{{{prefix}:k}}:failed*"))
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
 }
 
 /// A failure the leading process keeps as its own (or one not shared at
@@ -1269,12 +1282,22 @@ async fn the_origins_failure_answers_the_http_layers_waiters_in_every_process() 
         let refusal = Refusal::circuit_open(Some(Duration::from_secs(2)));
         refusal_response::<String>(StatusCode::SERVICE_UNAVAILABLE, refusal)
     };
+    // Not to be written to Redis: every waiter asks its own origin.
+    let unstorable = || {
+        Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header("cache-control", "no-store")
+            .body("busy".to_owned())
+            .unwrap()
+    };
     for (failure, shared) in [
         (unavailable as fn() -> Response<String>, true),
         (refused, false),
+        (unstorable, false),
     ] {
+        let prefix = prefix();
         let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
-            .prefix(&prefix())
+            .prefix(&prefix)
             .timeout(Duration::from_secs(10));
         let leader: RedisCache<_, BoxError> =
             Watched::cache(Arc::new(|_: &redis::Cmd| None), settings.clone()).await;
@@ -1320,13 +1343,18 @@ async fn the_origins_failure_answers_the_http_layers_waiters_in_every_process() 
             );
             assert_eq!(calls.load(Ordering::SeqCst), 0, "no second origin call");
         } else {
-            assert!(led.2.is_some(), "refused below the leader");
             assert_eq!(
                 (waited.0, waited.3.as_str()),
                 (StatusCode::OK, "fresh"),
                 "its own origin's answer"
             );
             assert_eq!(calls.load(Ordering::SeqCst), 1);
+            let left: Vec<String> = direct()
+                .await
+                .keys(format!("{{{prefix}:*}}:failed*"))
+                .await
+                .unwrap();
+            assert!(left.is_empty(), "nothing left in Redis: {left:?}");
         }
     }
 }

@@ -479,12 +479,16 @@ impl<S, R, F> Coalesce<S, R, F> {
         let key = key(request.method(), &request, &self.layer.vary);
         let head = request.method() == Method::HEAD;
         let conditions = Conditions::of(request.headers());
-        // The service `poll_ready` readied goes with this request's flight
-        // (it may hold what readiness took: a concurrency permit, a
-        // buffer's slot); a clone takes its place for the next call.
+        // What readiness took (a concurrency permit, a buffer's slot) is
+        // given back: this request may never call the origin, or only
+        // after waiting for another's flight (in another process, as long
+        // as the wait timeout). The flight's clone is made ready when it
+        // calls; kept here, the readied service held the permit it waits
+        // for.
         let clone = self.inner.clone();
-        let origin = std::mem::replace(&mut self.inner, clone);
-        let (fallback, cache, vary, max_body) = (
+        drop(std::mem::replace(&mut self.inner, clone));
+        let (origin, fallback, cache, vary, max_body) = (
+            self.inner.clone(),
             self.inner.clone(),
             self.layer.cache.clone(),
             self.layer.vary.clone(),
@@ -683,8 +687,6 @@ fn shareable(headers: &HeaderMap, vary: &[HeaderName]) -> bool {
     })
 }
 
-/// The `Age` a response carries (RFC 9111 §5.1); 0 when absent or
-/// unreadable.
 /// The time a field holds, if it holds an HTTP date.
 fn http_date(value: Option<&HeaderValue>) -> Option<std::time::SystemTime> {
     value
@@ -704,6 +706,8 @@ fn expires_lifetime(headers: &HeaderMap) -> Option<Duration> {
     Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
 }
 
+/// The `Age` a response carries (RFC 9111 §5.1); 0 when absent or
+/// unreadable.
 fn age_of(headers: &HeaderMap) -> Duration {
     headers
         .get(AGE)
@@ -839,17 +843,22 @@ impl Unanswered {
     /// How a [`RedisCache`](crate::RedisCache)'s waiters in other
     /// processes get the origin's answer when the leading process's flight
     /// failed with it; a refusal from below is the leading process's own,
-    /// and a failure to reach the origin may be too: neither is shared.
+    /// and a failure to reach the origin may be too: neither is shared,
+    /// nor an answer that is `no-store`, `private` or sets a cookie (it
+    /// would be written to Redis).
     fn sharing() -> Arc<crate::redis_cache::FailureSharing<BoxError>> {
         static SHARING: std::sync::LazyLock<Arc<crate::redis_cache::FailureSharing<BoxError>>> =
             std::sync::LazyLock::new(|| {
                 Arc::new(crate::redis_cache::FailureSharing::new(
                     |error: &BoxError| {
-                        let unanswered = error.downcast_ref::<Unanswered>()?;
-                        unanswered
-                            .refusal
-                            .is_none()
-                            .then(|| unanswered.response.to_bytes())
+                        let Unanswered { response, refusal } = error.downcast_ref()?;
+                        let directives = CacheControl::parse(&response.headers);
+                        // Nor one that may not be stored (`no-store`) or
+                        // handed to other callers.
+                        let unkept = directives.no_store
+                            || directives.private
+                            || response.headers.contains_key(SET_COOKIE);
+                        (refusal.is_none() && !unkept).then(|| response.to_bytes())
                     },
                     |bytes| {
                         let response = CachedResponse::from_bytes(bytes)?;
