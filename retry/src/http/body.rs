@@ -208,9 +208,10 @@ where
                 self.cursor += 1;
                 return Poll::Ready(Some(Ok(Frame::data(chunk.clone()))));
             }
-            if tape.spoiled {
-                // Sent, and never to be replayed: a stream that outlives
-                // its retries (a gRPC client stream) holds no copy.
+            if tape.spoiled && Arc::strong_count(&self.tape) == 1 {
+                // Sent, never to be replayed, and no other attempt still
+                // reading it: a stream that outlives its retries (a gRPC
+                // client stream) holds no copy.
                 tape.chunks = Vec::new();
             }
             if tape.ended {
@@ -393,6 +394,20 @@ mod tests {
         assert_eq!(kept(&replay), 0, "nothing kept, nothing more recorded");
         let (rest, _) = collect(replay).await;
         assert_eq!(rest, "ef");
+    }
+
+    /// An attempt that reaches its end once the retries are over leaves
+    /// the copy alone while another still reads it: the other sent the
+    /// trailers and ended, its body cut short.
+    #[tokio::test]
+    async fn an_attempt_at_its_end_leaves_the_copy_to_another_still_reading() {
+        let (first, recording) = ReplayBody::recorded(body(&["ab", "cd", "ef"], true), 16);
+        let (whole, trailers) = collect(first).await;
+        let (ahead, behind) = (recording.replay().unwrap(), recording.replay().unwrap());
+        drop(recording);
+        assert_eq!(collect(ahead).await, (whole.clone(), trailers.clone()));
+        assert!(!behind.is_end_stream());
+        assert_eq!(collect(behind).await, (whole, trailers));
     }
 
     #[tokio::test]
