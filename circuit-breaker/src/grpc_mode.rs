@@ -28,7 +28,7 @@ use crate::respond::Respond;
 /// RESOURCE_EXHAUSTED naming a wait: neither), and every other code, OK
 /// included, a success (the dependency answered).
 fn outcome_of(code: u32, fields: &HeaderMap) -> Outcome {
-    if code == grpc::RESOURCE_EXHAUSTED && pushback(fields).is_some() {
+    if grpc::is_paced(code, fields) {
         // The server paces this caller (a quota) and says when to come
         // back: an answer, not the dependency failing.
         Outcome::Ignored

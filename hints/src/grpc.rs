@@ -45,11 +45,21 @@ pub fn is_dependency_failure(code: u32) -> bool {
     DEPENDENCY_FAILURES.contains(&code)
 }
 
+/// Whether `code`, in `fields` (the headers of a trailers-only answer, or
+/// the trailers), is the server pacing its caller: a RESOURCE_EXHAUSTED
+/// that names its wait in `grpc-retry-pushback-ms` (a quota, as a palisade
+/// rate limiter answers). An answer, as an HTTP 429 is, not the server
+/// failing.
+#[must_use]
+pub fn is_paced(code: u32, fields: &HeaderMap) -> bool {
+    code == RESOURCE_EXHAUSTED && pushback(fields).and_then(Pushback::wait).is_some()
+}
+
 /// Whether a response's head says the server failed, for HTTP and gRPC
 /// alike: a 5xx, or a trailers-only gRPC answer (HTTP 200, as tonic sends
 /// a handler's `Err(Status)`) whose `grpc-status` is one of
-/// [`DEPENDENCY_FAILURES`]. A status that comes only in the trailers is
-/// not in the head.
+/// [`DEPENDENCY_FAILURES`], but a caller [paced](is_paced) by its quota.
+/// A status that comes only in the trailers is not in the head.
 ///
 /// # Example
 ///
@@ -63,10 +73,16 @@ pub fn is_dependency_failure(code: u32) -> bool {
 /// assert!(head_failed(StatusCode::OK, &headers), "UNAVAILABLE");
 /// headers.insert("grpc-status", "5".parse().unwrap());
 /// assert!(!head_failed(StatusCode::OK, &headers), "NOT_FOUND is an answer");
+/// headers.insert("grpc-status", "8".parse().unwrap());
+/// assert!(head_failed(StatusCode::OK, &headers), "RESOURCE_EXHAUSTED");
+/// headers.insert("grpc-retry-pushback-ms", "100".parse().unwrap());
+/// assert!(!head_failed(StatusCode::OK, &headers), "a quota naming its wait");
 /// ```
 #[must_use]
 pub fn head_failed(status: StatusCode, headers: &HeaderMap) -> bool {
-    status.is_server_error() || self::status(headers).is_some_and(is_dependency_failure)
+    status.is_server_error()
+        || self::status(headers)
+            .is_some_and(|code| is_dependency_failure(code) && !is_paced(code, headers))
 }
 
 /// The `grpc-status` in `fields` (headers or trailers), if it is there and

@@ -25,9 +25,10 @@ use crate::shed::{Prioritize, ShedNothing};
 /// its code says the service is unwell
 /// ([`DEPENDENCY_FAILURES`](palisade_hints::grpc::DEPENDENCY_FAILURES):
 /// UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL,
-/// UNAVAILABLE), good otherwise. A status that comes only in the
-/// trailers, after a streamed body, is not seen: the call counts as its
-/// head says.
+/// UNAVAILABLE), good otherwise, a RESOURCE_EXHAUSTED naming its wait
+/// (a caller over its quota, as a 429 is) included. A status that comes
+/// only in the trailers, after a streamed body, is not seen: the call
+/// counts as its head says.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerErrorsAreBad;
 

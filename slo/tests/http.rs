@@ -55,6 +55,17 @@ fn app(budget: &ErrorBudget) -> Router {
                 },
             ),
         )
+        .route(
+            "/quota",
+            get(|| async {
+                let mut exhausted = palisade_hints::grpc::trailers_only::<Body>(8, "quota");
+                let wait = palisade_hints::grpc::pushback_value(Duration::from_millis(100));
+                exhausted
+                    .headers_mut()
+                    .insert("grpc-retry-pushback-ms", wait);
+                exhausted
+            }),
+        )
         .layer(SloLayer::new_for_http(budget.clone()).shed(Shedding::low_priority(Marked)))
 }
 
@@ -105,20 +116,21 @@ async fn server_errors_burn_the_budget_and_marked_requests_are_shed() {
 
 /// A gRPC call whose head says the service failed (a tonic handler's
 /// `Err(Status::unavailable(..))`, answered trailers-only with HTTP 200)
-/// is bad; one whose code is the caller's (NOT_FOUND) is good. Every one
-/// was good on the code before.
+/// is bad; one whose code is the caller's (NOT_FOUND), or a quota naming
+/// its wait (as a 429 is), is good. Every one was good on the code
+/// before.
 #[tokio::test(start_paused = true)]
 async fn a_grpc_call_that_failed_in_its_head_is_bad() {
     let budget = budget();
     let app = app(&budget);
-    for code in [0, 5, 13, 14] {
-        let response = get_status(&app, &format!("/grpc/{code}"), false).await;
+    for path in ["/grpc/0", "/grpc/5", "/grpc/13", "/grpc/14", "/quota"] {
+        let response = get_status(&app, path, false).await;
         assert_eq!(response.status(), StatusCode::OK);
     }
     assert_eq!(
         budget.report(budget.now()).counts(),
-        Counts { good: 2, bad: 2 },
-        "OK and NOT_FOUND good, INTERNAL and UNAVAILABLE bad"
+        Counts { good: 3, bad: 2 },
+        "OK, NOT_FOUND and a paced RESOURCE_EXHAUSTED good; INTERNAL and UNAVAILABLE bad"
     );
 }
 
