@@ -784,7 +784,10 @@ where
     /// completes or the broker is gone; the messages under way are
     /// finished, and settled, first, but for one waiting to be tried
     /// again (or for the inbox's database to answer), which is left
-    /// unsettled with the rest of its batch. Each message is settled as
+    /// unsettled with the rest of its batch: a
+    /// [`HandoffBroker`](crate::HandoffBroker)'s publisher sends them
+    /// again; a [`MemoryBroker`](crate::MemoryBroker)'s, settled when
+    /// queued, are lost as its queue is. Each message is settled as
     /// soon as its transaction committed (or it was skipped, or a
     /// duplicate), and rejected as soon as it is given up on, not at the
     /// end of its batch: a [`HandoffBroker`](crate::HandoffBroker)'s

@@ -248,7 +248,8 @@ struct Pulled {
     ahead: VecDeque<jetstream::Message>,
     /// The subscription ended.
     ended: bool,
-    /// The last pull error, which may say why it ended.
+    /// The pull error since the last message, which may say why it
+    /// ended.
     failed: Option<String>,
 }
 
@@ -267,7 +268,10 @@ impl Pulled {
     /// error, which is logged (the stream pulls again).
     fn take<E: fmt::Display>(&mut self, next: Option<Result<jetstream::Message, E>>) {
         match next {
-            Some(Ok(message)) => self.ahead.push_back(message),
+            Some(Ok(message)) => {
+                self.failed = None;
+                self.ahead.push_back(message);
+            }
             Some(Err(error)) => {
                 tracing::warn!(target: "palisade_outbox", %error, "pulling messages failed; pulling again");
                 self.failed = Some(error.to_string());

@@ -297,7 +297,9 @@ macro_rules! sql_outbox {
                     }
                     Ok(walked)
                 };
-                let mut messages = Vec::with_capacity(batch);
+                // Room as events come: an idle claim (most of them) asks
+                // for none, however large the batch may be.
+                let mut messages = Vec::new();
                 match self.sql.claim_plan {
                     // Each round in a transaction of its own, so that what
                     // it set aside counts for every claim from then on. A
