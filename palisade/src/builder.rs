@@ -6,6 +6,7 @@ use tower::ServiceBuilder;
     feature = "retry",
     feature = "rate-limit",
     feature = "coalesce",
+    feature = "slo",
     feature = "tracecontext"
 ))]
 use tower::layer::util::Stack;
@@ -14,8 +15,10 @@ use tower::layer::util::Stack;
 /// style: `.circuit_breaker_for_http(config)` is
 /// `.layer(CircuitBreakerLayer::new_for_http(config))`.
 ///
-/// A method exists for each feature chosen; the first layer added is the
-/// outermost, as with `ServiceBuilder::layer`. To keep a handle on a
+/// A method exists for each layer feature chosen; the cells and canaries
+/// of `traffic` are services over other services, not layers, and are
+/// used as such. The first layer added is the outermost, as with
+/// `ServiceBuilder::layer`. To keep a handle on a
 /// layer's shared state (a breaker to watch, a limiter's store), build the
 /// layer and give it to `layer` instead.
 ///
@@ -181,6 +184,36 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     #[must_use]
     fn trace_context(self) -> ServiceBuilder<Stack<palisade_tracecontext::TraceContextLayer, L>>;
 
+    /// Counts every call against `budget`'s objective, for generic
+    /// services: `Err` is bad (but a rate limiter's refusal of a caller
+    /// over its own limit, not counted) (feature `slo`). Shedding is set
+    /// on the layer: build it and give it to `layer`.
+    #[cfg(feature = "slo")]
+    #[must_use]
+    fn error_budget(
+        self,
+        budget: palisade_slo::ErrorBudget,
+    ) -> ServiceBuilder<Stack<palisade_slo::SloLayer, L>>;
+
+    /// Counts every call against `budget`'s objective, for HTTP and gRPC
+    /// servers: a 5xx, a transport error and a gRPC call that failed in
+    /// its head are bad (features `slo`, `http`).
+    #[cfg(all(feature = "slo", feature = "http"))]
+    #[must_use]
+    fn error_budget_for_http(
+        self,
+        budget: palisade_slo::ErrorBudget,
+    ) -> ServiceBuilder<
+        Stack<
+            palisade_slo::SloLayer<
+                palisade_slo::ServerErrorsAreBad,
+                palisade_slo::ServiceUnavailable,
+                palisade_slo::ShedNothing,
+            >,
+            L,
+        >,
+    >;
+
     /// Coalesces identical `GET`s to a router's routes into one handler
     /// call, through `cache`; a failed flight answers 502, so the stack
     /// goes on an axum `Router` as it is (features `coalesce`, `http`). For
@@ -345,6 +378,31 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     #[cfg(feature = "tracecontext")]
     fn trace_context(self) -> ServiceBuilder<Stack<palisade_tracecontext::TraceContextLayer, L>> {
         self.layer(palisade_tracecontext::TraceContextLayer::new())
+    }
+
+    #[cfg(feature = "slo")]
+    fn error_budget(
+        self,
+        budget: palisade_slo::ErrorBudget,
+    ) -> ServiceBuilder<Stack<palisade_slo::SloLayer, L>> {
+        self.layer(palisade_slo::SloLayer::new(budget))
+    }
+
+    #[cfg(all(feature = "slo", feature = "http"))]
+    fn error_budget_for_http(
+        self,
+        budget: palisade_slo::ErrorBudget,
+    ) -> ServiceBuilder<
+        Stack<
+            palisade_slo::SloLayer<
+                palisade_slo::ServerErrorsAreBad,
+                palisade_slo::ServiceUnavailable,
+                palisade_slo::ShedNothing,
+            >,
+            L,
+        >,
+    > {
+        self.layer(palisade_slo::SloLayer::new_for_http(budget))
     }
 
     #[cfg(all(feature = "coalesce", feature = "http"))]
