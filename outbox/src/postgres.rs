@@ -1,9 +1,10 @@
 //! The outbox and the inbox in PostgreSQL (feature `postgres`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use sqlx::PgConnection;
 use sqlx::postgres::{PgListener, PgPool};
+use tokio::sync::Notify;
 
 use crate::sql::Dialect;
 use crate::stores::{sql_inbox, sql_outbox};
@@ -88,8 +89,9 @@ impl PgOutbox {
     /// LISTEN needs a session: give the pool direct connections, not a
     /// PgBouncer in transaction mode.
     ///
-    /// It ends, closing its connection, when the outbox is dropped or its
-    /// pool closed (within a second).
+    /// It ends, giving its connection back (or closing it), when the
+    /// outbox and its clones are dropped or its pool closed (within a
+    /// second).
     ///
     /// # Errors
     ///
@@ -103,9 +105,11 @@ impl PgOutbox {
             loop {
                 let received = tokio::select! {
                     received = listener.recv() => received,
-                    // The listener's own close event is missed when the
-                    // pool closes just as its wait begins: look too.
-                    () = closed(&pool) => return,
+                    // Looked for, not only found at the next NOTIFY (which
+                    // may never come): the outbox dropped, or its pool
+                    // closed (the listener's own close event is missed
+                    // when the pool closes just as its wait begins).
+                    () = unneeded(&pool, &wake) => return,
                 };
                 let Some(wake) = wake.upgrade() else {
                     return;
@@ -124,9 +128,10 @@ impl PgOutbox {
     }
 }
 
-/// Completes once `pool` is closed, looking every second.
-async fn closed(pool: &PgPool) {
-    while !pool.is_closed() {
+/// Completes once `pool` is closed or the outbox `wake` belongs to is
+/// dropped, looking every second.
+async fn unneeded(pool: &PgPool, wake: &Weak<Notify>) {
+    while !pool.is_closed() && wake.strong_count() > 0 {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }

@@ -174,6 +174,36 @@ async fn closing_the_pool_of_a_listening_outbox_closes_its_connection() {
         .unwrap();
 }
 
+/// Dropping an outbox that listens gives its listening connection back to
+/// the pool, with no NOTIFY to wake the task: it held it, in use, for as
+/// long as the pool lived and nothing was enqueued on the channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_listening_outbox_gives_its_connection_back() {
+    let pg = Pg::start(|config| config).await;
+    let in_use = |pool: &PgPool| pool.size() - u32::try_from(pool.num_idle()).unwrap();
+    pg.listen().await;
+    assert_eq!(in_use(&pg.pool), 1, "the listening connection");
+    let Pg {
+        pool,
+        outbox,
+        inbox,
+        schema,
+    } = pg;
+    drop((outbox, inbox));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while in_use(&pool) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still listening 30 s after the outbox was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
 /// Two transactions writing one aggregate: the second waits for the first,
 /// so events are published in commit order even though neither relay nor
 /// reader sees uncommitted rows.
