@@ -1118,6 +1118,28 @@ where
     (hook, outcome)
 }
 
+/// A lead of "k" held in `leader`'s process (see [`held_lead`]) whose
+/// computation, once let go, fails with `OriginDown`.
+async fn failing_lead<C>(
+    leader: RedisCache<C, OriginDown>,
+) -> (
+    Hook,
+    tokio::sync::oneshot::Receiver<Option<FlightError<OriginDown>>>,
+)
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    held_lead(|computing, go| async move {
+        let compute = move || async move {
+            computing.notify_one();
+            go.notified().await;
+            Err(OriginDown)
+        };
+        leader.get_with("k", compute).await.err()
+    })
+    .await
+}
+
 /// The cache, sharing `OriginDown` with other processes' waiters as
 /// "down"; `own` makes it a failure the leading process keeps.
 fn sharing_failures<C>(cache: RedisCache<C, OriginDown>, own: bool) -> RedisCache<C, OriginDown>
@@ -1142,15 +1164,7 @@ async fn a_leaders_failure_reaches_its_waiters_in_every_process() {
         .prefix(&prefix)
         .timeout(Duration::from_secs(10));
     let leader = sharing_failures(process(&redis_url(), settings.clone()).await, false);
-    let (failing, led) = held_lead(|computing, go| async move {
-        let compute = move || async move {
-            computing.notify_one();
-            go.notified().await;
-            Err(OriginDown)
-        };
-        leader.get_with("k", compute).await.err()
-    })
-    .await;
+    let (failing, led) = failing_lead(leader).await;
     let waiter = sharing_failures(
         Watched::cache(after_lock_attempt(failing), settings).await,
         false,
@@ -1193,15 +1207,7 @@ async fn a_failure_the_leader_keeps_leaves_its_waiters_to_take_over() {
         } else {
             leader
         };
-        let (failing, led) = held_lead(|computing, go| async move {
-            let compute = move || async move {
-                computing.notify_one();
-                go.notified().await;
-                Err(OriginDown)
-            };
-            leader.get_with("k", compute).await.err()
-        })
-        .await;
+        let (failing, led) = failing_lead(leader).await;
         let waiter = Watched::cache(after_lock_attempt(failing), settings).await;
         let waiter = if shared {
             sharing_failures(waiter, false)
