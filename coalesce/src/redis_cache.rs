@@ -183,7 +183,10 @@ impl RedisSettings {
         self
     }
 
-    /// The prefix of every key: `{prefix:key}:value` and `{prefix:key}:lock`.
+    /// The prefix of every key: `{prefix:key}:value`, `{prefix:key}:lock`
+    /// and, where failures are shared
+    /// ([`share_failures`](RedisCache::share_failures), the HTTP layer),
+    /// `{prefix:key}:failed`.
     #[must_use]
     pub fn prefix(mut self, prefix: &str) -> Self {
         prefix.clone_into(&mut self.prefix);
