@@ -44,7 +44,13 @@ impl<Req> SelectBreaker<Req> for CircuitBreaker {
 /// [`KeyedCircuitBreakerLayer`](crate::KeyedCircuitBreakerLayer).
 ///
 /// `poll_ready` is the inner service's; an open breaker answers from `call`
-/// at once, without calling the inner service.
+/// at once, without calling the inner service. What the inner service's
+/// readiness took (a `ConcurrencyLimit` permit, a `Buffer` slot) then
+/// stays with this service until its next call or its drop, as with
+/// tower's `Filter`: call a clone per request, as axum and hyper do (or
+/// `ServiceExt::oneshot`), rather than one service kept across calls,
+/// where a refused call would hold back the capacity other keys' calls
+/// wait for.
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerService<S, B, C, R> {
     inner: S,
