@@ -26,7 +26,8 @@ pub enum SlidingWindow {
     /// breakers meanwhile).
     Count(u32),
     /// The calls of the last `duration`, in `buckets` buckets of equal
-    /// length that expire whole.
+    /// length that expire whole (each a whole number of milliseconds,
+    /// rounded up, so the window reaches at least `duration` back).
     Time {
         /// How far back the window reaches.
         duration: Duration,
@@ -179,23 +180,29 @@ impl Config {
     ///
     /// The backoff's duration is the floor, varied by up to the jitter
     /// either way. A hint longer than the floor replaces it and is varied
-    /// upwards only (it is the dependency's minimum); a shorter one (a
-    /// `Retry-After: 0`, a date in the past) changes nothing. Past
-    /// `max_open_duration` the time is drawn below it instead, so an
-    /// instance capped by a long hint is jittered too. No setting or hint
-    /// overflows: the arithmetic is in `f64` and saturates.
+    /// upwards only (it is the dependency's minimum), up to
+    /// `max_open_duration`; a shorter one (a `Retry-After: 0`, a date in
+    /// the past) changes nothing. A time past `max_open_duration` is drawn
+    /// below it instead, so an instance capped by a hint longer than the
+    /// cap is jittered too. No setting or hint overflows: the arithmetic
+    /// is in `f64` and saturates.
     pub(crate) fn open_ms(&self, reopens: u32, hint: Option<Duration>, unit: f64) -> u64 {
         let floor = self.base_open_ms(reopens);
         let max = millis(self.max_open_duration);
         let jitter = self.jitter;
-        let jittered = match hint.map(millis).filter(|&hint| hint > floor) {
-            Some(hint) => hint * (1.0 + jitter * unit),
-            None => floor * (1.0 + jitter * (2.0 * unit - 1.0)),
-        };
-        let ms = if jittered <= max {
-            jittered
-        } else {
-            max * (1.0 - jitter * unit)
+        let ms = match hint.map(millis).filter(|&hint| hint > floor) {
+            // Between the hint and its jittered length or the cap,
+            // whichever is shorter: never under the dependency's minimum.
+            Some(hint) if hint <= max => hint + (max.min(hint * (1.0 + jitter)) - hint) * unit,
+            Some(_) => max * (1.0 - jitter * unit),
+            None => {
+                let jittered = floor * (1.0 + jitter * (2.0 * unit - 1.0));
+                if jittered <= max {
+                    jittered
+                } else {
+                    max * (1.0 - jitter * unit)
+                }
+            }
         };
         // Rounded up: a breaker never half-opens before its time, and
         // stays open at least 1 ms. `as` saturates.
@@ -438,6 +445,11 @@ mod tests {
         assert_eq!(config.open_ms(0, hint(12), 0.9), 17_400);
         assert_eq!(config.open_ms(0, hint(100), 0.0), 20_000);
         assert_eq!(config.open_ms(0, hint(100), 0.5), 15_000);
+        // A hint under the cap whose jitter would pass it stays between
+        // the two: it was drawn below the cap, under the hint (14 s).
+        assert_eq!(config.open_ms(0, hint(18), 0.0), 18_000);
+        assert_eq!(config.open_ms(0, hint(18), 0.5), 19_000);
+        assert_eq!(config.open_ms(0, hint(18), 0.6), 19_200);
         // Whatever the numbers, no overflow and at least 1 ms.
         let extreme = Config::builder()
             .open_duration(Duration::from_nanos(1))

@@ -199,7 +199,8 @@ impl Window {
                 }
             }
             SlidingWindow::Time { duration, buckets } => {
-                let bucket_ms = u64::try_from(duration.as_millis() / u128::from(buckets))
+                // Rounded up: the window reaches at least `duration` back.
+                let bucket_ms = u64::try_from(duration.as_millis().div_ceil(u128::from(buckets)))
                     .unwrap_or(u64::MAX)
                     .max(1);
                 Self::Time {
@@ -523,6 +524,19 @@ mod tests {
             }
         );
         assert_eq!(window.counts(10_000), Counts::default());
+    }
+
+    /// 1,999 ms in 1,000 buckets were buckets of 1 ms: the window kept
+    /// the last second, not the last two.
+    #[test]
+    fn time_buckets_reach_back_the_whole_duration() {
+        let window = Window::new(SlidingWindow::Time {
+            duration: Duration::from_millis(1_999),
+            buckets: 1_000,
+        });
+        window.record(10_000, true, false);
+        window.record(11_998, true, false);
+        assert_eq!(window.counts(11_998).calls, 2);
     }
 
     #[test]

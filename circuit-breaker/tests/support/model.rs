@@ -72,7 +72,7 @@ impl Model {
         let in_window: Vec<_> = match self.config.sliding_window() {
             SlidingWindow::Count(n) => self.window.iter().rev().take(n as usize).collect(),
             SlidingWindow::Time { duration, buckets } => {
-                let bucket = (ms(duration) / u64::from(buckets)).max(1);
+                let bucket = ms(duration).div_ceil(u64::from(buckets)).max(1);
                 let current = now / bucket;
                 let oldest = current.saturating_sub(u64::from(buckets) - 1);
                 self.window
@@ -171,8 +171,9 @@ impl Model {
 
     /// The open duration's bounds in milliseconds, written from the
     /// specification: the backoff's duration is the floor, jittered either
-    /// way; a longer hint replaces it, jittered upwards only; past the
-    /// maximum, the time is drawn below the maximum.
+    /// way; a longer hint replaces it, jittered upwards only up to the
+    /// maximum; a hint past the maximum, or a floor jittered past it, is
+    /// drawn below the maximum.
     fn open_bounds(&self, reopens: u32, hint: Option<u64>) -> (u64, u64) {
         let max = ms(Duration::from_secs(10)) as f64;
         let jitter = self.config.jitter();
@@ -183,7 +184,8 @@ impl Model {
             open
         } as f64;
         let (low, high) = match hint.map(|hint| hint as f64).filter(|&hint| hint > floor) {
-            Some(hint) => (hint, hint * (1.0 + jitter)),
+            Some(hint) if hint <= max => (hint, max.min(hint * (1.0 + jitter))),
+            Some(_) => (max * (1.0 - jitter), max),
             None => (floor * (1.0 - jitter), floor * (1.0 + jitter)),
         };
         let (low, high) = if high > max {
