@@ -215,8 +215,11 @@ impl<B: Body> Body for GrpcBody<B> {
         Poll::Ready(frame)
     }
 
+    /// Not while the call is unsettled: a reader may stop at an ended
+    /// body without polling it again (hyper's server does), and the poll
+    /// that finds no `grpc-status` at the end is what counts the failure.
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.permit.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

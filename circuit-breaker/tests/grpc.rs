@@ -186,6 +186,28 @@ async fn a_quota_answer_in_the_trailers_counts_as_in_the_headers() {
     }
 }
 
+/// A body that ends without a `grpc-status` fails its call, though a
+/// reader that takes a body's word that it has ended (as hyper's server
+/// does) never polls it for the end: it said it had ended before the poll
+/// that counts the failure, and the call counted nothing.
+#[tokio::test]
+async fn a_body_ending_without_a_status_fails_for_a_reader_stopping_at_its_end() {
+    let layer = CircuitBreakerLayer::new_for_grpc(config(1));
+    let breaker = layer.breaker().clone();
+    let service = layer.layer(service_fn(|_: Request<()>| async {
+        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+    }));
+    let mut body = service.oneshot(Request::new(())).await.unwrap().into_body();
+    while !hyper::body::Body::is_end_stream(&body) {
+        if body.frame().await.is_none() {
+            break;
+        }
+    }
+    drop(body);
+    assert_eq!(breaker.metrics(std::time::Instant::now()).counts.calls, 1);
+    assert_eq!(breaker.state(), State::Open);
+}
+
 #[tokio::test]
 async fn a_body_dropped_before_its_trailers_counts_nothing() {
     let layer = CircuitBreakerLayer::new_for_grpc(config(1));
