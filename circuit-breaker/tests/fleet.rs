@@ -12,6 +12,7 @@ use palisade_circuit_breaker::fleet::{AlreadyJoined, Fleet, Member};
 use palisade_circuit_breaker::{
     CircuitBreaker, Config, KeyedCircuitBreakerLayer, Outcome, Permit, SlidingWindow, State,
 };
+use palisade_testkit::proxy::Proxy;
 use palisade_testkit::servers::{redis_proxy, redis_url};
 
 /// Ten failures open it for 300 ms; one probe, whose success closes it.
@@ -553,14 +554,22 @@ async fn a_probe_started_late_in_its_lease_keeps_the_others_from_probing() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_verdict_reached_while_redis_was_away_is_given_when_it_is_back() {
+/// One replica joined through a proxy to Redis, tripped and probing
+/// (for up to 30 s): the proxy, the fleet's prefix, the replica and its
+/// probe.
+async fn one_replica_probing() -> (Proxy, String, (CircuitBreaker, Member), Permit) {
     let (proxy, url) = redis_proxy().await;
     let prefix = format!("palisade-test:{}", fastrand::u64(..));
-    let joined = replicas(&fleet_under(&url, &prefix), 1, Duration::from_secs(30)).await;
-    let (breaker, member) = &joined[0];
-    trip(breaker);
-    let permit = first_permit(breaker, "it never probed").await;
+    let mut joined = replicas(&fleet_under(&url, &prefix), 1, Duration::from_secs(30)).await;
+    let replica = joined.remove(0);
+    trip(&replica.0);
+    let permit = first_permit(&replica.0, "it never probed").await;
+    (proxy, prefix, replica, permit)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_reached_while_redis_was_away_is_given_when_it_is_back() {
+    let (proxy, prefix, (breaker, member), permit) = one_replica_probing().await;
     // Redis goes away mid-probe; the probe succeeds meanwhile.
     proxy.cut().await;
     eventually("the link notices", || member.is_alone()).await;
@@ -568,10 +577,36 @@ async fn a_verdict_reached_while_redis_was_away_is_given_when_it_is_back() {
     assert_eq!(breaker.state(), State::Closed);
     proxy.resume().await;
     eventually("the link is back", || !member.is_alone()).await;
-    none_opens(breaker, Duration::from_millis(600)).await;
+    none_opens(&breaker, Duration::from_millis(600)).await;
     let mut redis = redis().await;
     let open = get(&mut redis, format!("{{{prefix}:dependency}}:open")).await;
     assert_eq!(open, None, "the fleet heard the verdict: closed");
+}
+
+/// A probe's verdict whose command fails (Redis stalled, its connections
+/// open: no outage heard) is given once Redis answers. It was lost with
+/// the probe's lease: the link, gone alone, opened the breaker that had
+/// just closed until the open period probed (past), and the fleet never
+/// heard it closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_whose_command_fails_is_given_when_redis_answers() {
+    let (proxy, prefix, (breaker, member), permit) = one_replica_probing().await;
+    proxy.stall();
+    permit.record(Outcome::Success, Instant::now());
+    assert_eq!(breaker.state(), State::Closed);
+    eventually("the link gives up on Redis", || member.is_alone()).await;
+    // Its commands time out after a second, and are tried again after a
+    // poll: the verdict's has failed within four.
+    none_opens(&breaker, Duration::from_secs(4)).await;
+    proxy.resume().await;
+    let mut redis = redis().await;
+    let open_key = format!("{{{prefix}:dependency}}:open");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&mut redis, &open_key).await.is_some() {
+        assert!(Instant::now() < deadline, "the fleet never heard it closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(breaker.state(), State::Closed);
 }
 
 /// Samples `breaker` for `how_long`: it must stay closed.

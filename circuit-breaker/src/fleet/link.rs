@@ -332,7 +332,10 @@ impl Link {
         match (own, self.token.take()) {
             (Own::Opened(until), Some(token)) => {
                 let until_ms = unix_ms(until);
-                match self.verdict(connection, &token, Some(until_ms)).await? {
+                match self
+                    .give_verdict(own, &token, Some(until_ms), connection)
+                    .await?
+                {
                     Verdict::Given => self.hold_open(until_ms)?,
                     // The lease ran out before the probe failed, or a
                     // newer trip stands: its failure is a trip all the
@@ -344,10 +347,12 @@ impl Link {
                 }
             }
             (Own::Opened(until), None) => self.publish_trip(unix_ms(until), connection).await?,
-            (Own::Closed, Some(token)) => match self.verdict(connection, &token, None).await? {
-                Verdict::NewerOpen(until_ms) => self.hold_open(until_ms)?,
-                Verdict::Given | Verdict::LeaseGone => self.leave_open_period(),
-            },
+            (Own::Closed, Some(token)) => {
+                match self.give_verdict(own, &token, None, connection).await? {
+                    Verdict::NewerOpen(until_ms) => self.hold_open(until_ms)?,
+                    Verdict::Given | Verdict::LeaseGone => self.leave_open_period(),
+                }
+            }
             // A cycle of its own while the fleet was away: nothing the
             // fleet is waiting to hear.
             (Own::Closed, None) => self.leave_open_period(),
@@ -403,6 +408,26 @@ impl Link {
 
     /// Publishes the probe's verdict under `token`: `Some(until)` open
     /// again, `None` closed.
+    /// [`verdict`](Self::verdict), for what this breaker did (`own`).
+    /// A command that fails keeps the lease and the verdict, to be given
+    /// once Redis answers: they were lost, and with them the breaker's
+    /// closing (the link left the fleet holding it open until the period
+    /// probed, now past) or its backed-off open period.
+    async fn give_verdict(
+        &mut self,
+        own: Own,
+        token: &str,
+        until_ms: Option<u64>,
+        connection: &mut ConnectionManager,
+    ) -> Result<Verdict, Left> {
+        let given = self.verdict(connection, token, until_ms).await;
+        if given.is_err() {
+            self.token = Some(token.to_owned());
+            self.unsaid = Some(own);
+        }
+        given
+    }
+
     async fn verdict(
         &self,
         connection: &mut ConnectionManager,
