@@ -730,13 +730,19 @@ where
                 }
                 Turn::Alone => {
                     let asked_at = Instant::now();
-                    let decided = self.redis.decide(&lease.name, bucket, cost).await;
-                    if let Ok(decision) = &decided
-                        && decision.is_from_bucket()
-                    {
+                    let ask = Ask {
+                        cost,
+                        want: cost,
+                        give_back: 0,
+                    };
+                    let Answer { decision, ran } = self.redis.ask(&lease.name, bucket, ask).await;
+                    // What Redis said, not the failure policy: a fallback
+                    // bucket's refusal kept would go on refusing the key,
+                    // without asking, long after Redis is back.
+                    if let (Ok(decision), Ran::Took(_)) = (&decision, ran) {
                         lease.held().heard(decision, cost, asked_at);
                     }
-                    return decided;
+                    return decision;
                 }
             };
             // Redis's answer is kept by a task of its own, so a caller that

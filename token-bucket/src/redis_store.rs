@@ -109,7 +109,9 @@ pub enum FailurePolicy {
     /// `UNAVAILABLE`, a `StoreDown` refusal).
     FailClosed,
     /// Decide in process against `bucket` (usually smaller than the
-    /// shared one).
+    /// shared one). A request heavier than `bucket` but not than the
+    /// shared one is refused until Redis is tried again, as under
+    /// [`FailClosed`](Self::FailClosed), not as one that never fits.
     Fallback {
         /// The in-process buckets.
         store: LocalStore,
@@ -313,6 +315,17 @@ where
                 false,
                 self.health.probe_interval(),
             )),
+            // Heavier than the fallback bucket but not than the shared
+            // one: it fits once Redis is back, not never.
+            FailurePolicy::Fallback { bucket: alone, .. }
+                if cost > alone.capacity() && cost <= bucket.capacity() =>
+            {
+                Ok(Decision::without_store(
+                    bucket,
+                    false,
+                    self.health.probe_interval(),
+                ))
+            }
             FailurePolicy::Fallback { store, bucket } => Ok(store.decide_now(key, bucket, cost)),
             FailurePolicy::Propagate => Err(error),
         };

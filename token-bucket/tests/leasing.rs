@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use palisade_testkit::servers::{redis_proxy, redis_url};
 use palisade_token_bucket::{
-    Bucket, FailurePolicy, Leasing, LeasingStore, RateLimitLayer, RateLimited, RedisStore, Store,
-    key,
+    Bucket, FailurePolicy, Leasing, LeasingStore, LocalStore, RateLimitLayer, RateLimited,
+    RedisStore, Store, key,
 };
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
@@ -319,6 +319,42 @@ async fn with_redis_away_leased_tokens_still_spend_then_the_policy_decides() {
     assert!(!closed.is_allowed());
     assert!(!closed.is_from_bucket(), "the failure policy decided");
     assert!(fixture.store.redis().is_degraded());
+}
+
+/// A key whose lease can hold no more than one request asks Redis for
+/// each; with Redis away the fallback bucket decides, and its refusal was
+/// kept as Redis's: the key was refused without asking for as long as
+/// the fallback named (a thousand seconds here) after Redis was back.
+#[tokio::test]
+async fn a_fallback_refusal_is_not_kept_once_redis_is_back() {
+    let (proxy, url) = redis_proxy().await;
+    let fallback = FailurePolicy::Fallback {
+        store: LocalStore::new(100),
+        bucket: Bucket::new(1, 0.001).unwrap(),
+    };
+    let fixture = fixture(leasing().max_share(0.01), fallback, &url).await;
+    let bucket = bucket(100);
+    assert!(fixture.admits("k", &bucket, 1).await);
+    proxy.cut().await;
+    assert!(
+        fixture.admits("k", &bucket, 1).await,
+        "the fallback's token"
+    );
+    let refused = fixture.store.decide("k", &bucket, 1).await.unwrap();
+    assert!(!refused.is_allowed());
+    assert!(refused.retry_after() > Duration::from_secs(900));
+    assert!(fixture.store.redis().is_degraded());
+    proxy.resume().await;
+    // Redis decides again from its next probe (every 500 ms).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !fixture.admits("k", &bucket, 1).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still refused 30 s after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fixture.left_in_redis("k", &bucket).await, 98);
 }
 
 /// Requests that the refill under way asks no tokens for (all but the

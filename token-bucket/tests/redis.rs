@@ -318,6 +318,11 @@ async fn the_local_fallback_applies_its_own_limit_and_errors_can_propagate() {
         admitted += usize::from(decide(&store, &shared).await.is_allowed());
     }
     assert!(admitted <= 2, "{admitted} admitted by a 2-token fallback");
+    // Heavier than the fallback, not than the shared bucket: it waits for
+    // Redis, where it was told it never fits (no Retry-After, no retry).
+    let heavy = store.decide("k", &shared, 5).await.unwrap();
+    assert!(!heavy.is_allowed());
+    assert_eq!(heavy.retry_after(), Duration::from_millis(500));
 
     let (store, proxy) = behind_proxy(FailurePolicy::Propagate).await;
     proxy.cut().await;
