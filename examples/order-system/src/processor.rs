@@ -92,7 +92,11 @@ pub struct Faults {
 }
 
 /// The faults as set, for the admin endpoint.
+///
+/// A field it does not know is refused: a misspelt one read as "no fault"
+/// would end an outage the operator meant to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FaultSettings {
     /// Every charge answers `UNAVAILABLE`.
     #[serde(default)]
@@ -107,8 +111,8 @@ impl FaultSettings {
     ///
     /// # Errors
     ///
-    /// What is wrong with the body: not JSON of this shape, or a delay
-    /// over a minute.
+    /// What is wrong with the body: not JSON of this shape (a field it
+    /// does not know included), or a delay over a minute.
     pub fn from_json(body: &[u8]) -> Result<Self, String> {
         let settings: Self = serde_json::from_slice(body)
             .map_err(|error| format!("not processor faults: {error}"))?;
