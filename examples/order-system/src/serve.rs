@@ -271,6 +271,18 @@ fn internal(telemetry: Telemetry) -> Router {
         )
 }
 
+/// Ends a process's other `tasks` once its consumers `consumed`:
+/// stopped, they were told to stop too and finish the work under way
+/// (a charge at the processor is recorded, a request answered); failed,
+/// they are cut short, the process ending with the consumers' error.
+async fn end_tasks(mut tasks: JoinSet<()>, consumed: &Result<(), BoxError>) {
+    if consumed.is_ok() {
+        while tasks.join_next().await.is_some() {}
+    } else {
+        tasks.shutdown().await;
+    }
+}
+
 async fn serve_http(
     listener: TcpListener,
     app: Router,

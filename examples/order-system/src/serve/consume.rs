@@ -7,7 +7,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use palisade_outbox::BoxError;
 
-use super::{Process, ServeSettings, consumer, internal, run_consumer, serve_http};
+use super::{Process, ServeSettings, consumer, end_tasks, internal, run_consumer, serve_http};
 use crate::books::{Books, consumers_books};
 use crate::service::{Consumers, SagaService};
 use crate::stuck::STUCK_AFTER;
@@ -36,7 +36,7 @@ pub(super) async fn consume<S: SagaService>(
         stop.signal(),
     ));
     let consumed = run_consumer(&consumer, stop.signal()).await;
-    tasks.shutdown().await;
+    end_tasks(tasks, &consumed).await;
     consumed
 }
 

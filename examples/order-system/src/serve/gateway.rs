@@ -8,7 +8,9 @@ use palisade_outbox::BoxError;
 use palisade_token_bucket::{FailurePolicy, Leasing, LeasingStore, LocalStore, RedisStore};
 use tokio::net::TcpListener;
 
-use super::{Process, ServeSettings, connect_redis, consumer, open, run_consumer, serve_http};
+use super::{
+    Process, ServeSettings, connect_redis, consumer, end_tasks, open, run_consumer, serve_http,
+};
 use crate::auth::{self, Sessions};
 use crate::catalog::Catalog;
 use crate::db::redact_url;
@@ -148,12 +150,7 @@ pub(super) async fn gateway(
         Box::pin(run_consumer(&histories, stop.signal()))
     )
     .map(drop);
-    if consumed.is_ok() {
-        // Stopped: the servers finish what they serve.
-        while tasks.join_next().await.is_some() {}
-    } else {
-        tasks.shutdown().await;
-    }
+    end_tasks(tasks, &consumed).await;
     // The users' unspent leased tokens go back to the other gateways.
     per_user.give_back().await;
     consumed
