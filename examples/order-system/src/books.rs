@@ -218,6 +218,14 @@ impl Books {
 }
 
 impl Books {
+    /// Whether `service`'s books went unread, in any cell.
+    #[must_use]
+    pub fn is_unread(&self, service: &str) -> bool {
+        self.unread
+            .iter()
+            .any(|name| name.rsplit('/').next() == Some(service))
+    }
+
     /// Adds the books of another cell (a complete saga stack of its own,
     /// named `cell`; `cells` names those added so far, the first first).
     /// Counts are summed: orders by status and reason, stuck sagas,

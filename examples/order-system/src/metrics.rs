@@ -55,41 +55,61 @@ pub type BooksSlot = Arc<Mutex<Option<Books>>>;
 type Points = Vec<(i64, Vec<KeyValue>)>;
 
 /// Measures the books a scrape put in the slot it returns.
+///
+/// A figure drawn from a service whose books went unread at the scrape
+/// (its database failed, its process did not answer) is left out rather
+/// than shown as nothing: `palisade_sagas_stuck 0` while the orders
+/// database is down would silence the alert meant for it, and a counter
+/// going to 0 reads as a reset. `palisade_books_unread` counts them.
 #[must_use]
 pub fn observe_books(meter: &Meter) -> BooksSlot {
     let slot = BooksSlot::default();
-    let gauge =
-        |name: &'static str, description: &'static str, observe: fn(&Books, &mut Points)| {
-            let slot = slot.clone();
-            let _ = meter
-                .i64_observable_gauge(name)
-                .with_description(description)
-                .with_callback(move |observer| {
-                    let mut points = Vec::new();
-                    if let Some(books) = &*slot.lock().unwrap_or_else(PoisonError::into_inner) {
-                        observe(books, &mut points);
-                    }
-                    for (value, attributes) in points {
-                        observer.observe(value, &attributes);
-                    }
-                })
-                .build();
-        };
-    let counter = |name: &'static str, description: &'static str, pick: fn(&Books) -> u64| {
+    let gauge = |name: &'static str,
+                 description: &'static str,
+                 from: &'static str,
+                 observe: fn(&Books, &mut Points)| {
+        let slot = slot.clone();
+        let _ = meter
+            .i64_observable_gauge(name)
+            .with_description(description)
+            .with_callback(move |observer| {
+                let mut points = Vec::new();
+                with_books_of(&slot, from, |books| observe(books, &mut points));
+                for (value, attributes) in points {
+                    observer.observe(value, &attributes);
+                }
+            })
+            .build();
+    };
+    let counter = |name: &'static str,
+                   description: &'static str,
+                   from: &'static str,
+                   pick: fn(&Books) -> u64| {
         let slot = slot.clone();
         let _ = meter
             .u64_observable_counter(name)
             .with_description(description)
             .with_callback(move |observer| {
-                if let Some(books) = &*slot.lock().unwrap_or_else(PoisonError::into_inner) {
-                    observer.observe(pick(books), &[]);
-                }
+                with_books_of(&slot, from, |books| observer.observe(pick(books), &[]));
             })
             .build();
     };
+    let unread = slot.clone();
+    let _ = meter
+        .u64_observable_gauge("palisade.books.unread")
+        .with_description(
+            "Services whose books could not be read at this scrape; what they give is left out.",
+        )
+        .with_callback(move |observer| {
+            if let Some(books) = &*unread.lock().unwrap_or_else(PoisonError::into_inner) {
+                observer.observe(books.unread.len() as u64, &[]);
+            }
+        })
+        .build();
     gauge(
         "palisade.orders",
         "Orders by status and cancellation reason.",
+        ORDERS,
         |books, points| {
             for (status, reason, count) in &books.orders {
                 points.push((
@@ -105,6 +125,7 @@ pub fn observe_books(meter: &Meter) -> BooksSlot {
     gauge(
         "palisade.stock.units",
         "Units of each product, by where they are.",
+        INVENTORY,
         |books, points| {
             for level in &books.stock {
                 for (state, units) in [
@@ -127,6 +148,7 @@ pub fn observe_books(meter: &Meter) -> BooksSlot {
     gauge(
         "palisade.sagas.stuck",
         "Orders pending for longer than palisade_sagas_stuck_after_seconds.",
+        ORDERS,
         |books, points| {
             points.push((
                 i64::try_from(books.stuck_sagas).unwrap_or(i64::MAX),
@@ -137,16 +159,19 @@ pub fn observe_books(meter: &Meter) -> BooksSlot {
     gauge(
         "palisade.breaker.open",
         "Whether the card processor's circuit breaker refuses calls now.",
+        PAYMENT,
         |books, points| points.push((i64::from(books.breaker_state.contains("Open")), Vec::new())),
     );
     counter(
         "palisade.breaker.opens",
         "Times the card processor's circuit breaker opened.",
+        PAYMENT,
         |books| books.breaker_opens,
     );
     counter(
         "palisade.compensations",
         "Compensations run (reservations released).",
+        INVENTORY,
         |books| u64::try_from(books.compensations).unwrap_or(0),
     );
     let stuck_after = slot.clone();
@@ -155,12 +180,12 @@ pub fn observe_books(meter: &Meter) -> BooksSlot {
         .with_description("How long an order may be pending before it counts as stuck.")
         .with_unit("s")
         .with_callback(move |observer| {
-            if let Some(books) = &*stuck_after.lock().unwrap_or_else(PoisonError::into_inner) {
+            with_books_of(&stuck_after, ORDERS, |books| {
                 observer.observe(
                     std::time::Duration::from_millis(books.stuck_after_ms).as_secs_f64(),
                     &[],
                 );
-            }
+            });
         })
         .build();
     let latency = slot.clone();
@@ -169,19 +194,36 @@ pub fn observe_books(meter: &Meter) -> BooksSlot {
         .with_description("How long the sagas that ended in the last minute took, by quantile.")
         .with_unit("s")
         .with_callback(move |observer| {
-            let books = latency.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some([p50, p99]) = books.as_ref().and_then(|books| books.saga_latency_ms) {
-                for (quantile, ms) in [("0.5", p50), ("0.99", p99)] {
+            with_books_of(&latency, ORDERS, |books| {
+                for (quantile, ms) in books
+                    .saga_latency_ms
+                    .into_iter()
+                    .flat_map(|[p50, p99]| [("0.5", p50), ("0.99", p99)])
+                {
                     #[allow(clippy::cast_precision_loss)]
                     let seconds = ms as f64 / 1000.0;
                     observer.observe(seconds, &[KeyValue::new("quantile", quantile)]);
                 }
-            }
+            });
         })
         .build();
     // The outboxes' backlogs are the relays' own gauges
     // (`palisade_outbox_pending{relay}`).
     slot
+}
+
+/// The services the books' figures are drawn from.
+const ORDERS: &str = "orders";
+const INVENTORY: &str = "inventory";
+const PAYMENT: &str = "payment";
+
+/// Runs `measure` on the books in `slot`, if a scrape put some there and
+/// `from`'s were read in every cell.
+fn with_books_of(slot: &BooksSlot, from: &str, measure: impl FnOnce(&Books)) {
+    let books = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(books) = books.as_ref().filter(|books| !books.is_unread(from)) {
+        measure(books);
+    }
 }
 
 #[cfg(test)]
@@ -233,10 +275,39 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} not in:\n{text}");
         }
+        assert!(text.contains("palisade_books_unread 0\n"), "{text}");
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|line| !line.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+
+    /// A service whose books went unread (its database down) gives none
+    /// of its figures, rather than zeros: the stuck sagas read 0 while
+    /// the orders database was down, and the breaker's opens went back to
+    /// 0 like a reset counter while payment's was.
+    #[tokio::test]
+    async fn a_services_figures_are_left_out_while_its_books_are_unread() {
+        let books = Books {
+            services: vec!["inventory".into(), "b/orders".into()],
+            unread: vec!["orders".into(), "payment".into(), "b/inventory".into()],
+            stuck_after_ms: 60_000,
+            breaker_state: "Closed".into(),
+            ..Books::default()
+        };
+        let telemetry = Telemetry::default();
+        let slot = observe_books(&telemetry.meter());
+        let text = telemetry.render_with(&slot, books).await;
+        assert!(text.contains("palisade_books_unread 3\n"), "{text}");
+        for left_out in [
+            "palisade_sagas_stuck ",
+            "palisade_sagas_stuck_after_seconds ",
+            "palisade_breaker_open ",
+            "palisade_breaker_opens_total ",
+            "palisade_compensations_total ",
+        ] {
+            assert!(!text.contains(left_out), "{left_out:?} in:\n{text}");
         }
     }
 }
