@@ -248,6 +248,20 @@ impl Decision {
         }
     }
 
+    /// The same decision with `remaining` tokens left (a lease's spare
+    /// tokens counted besides what Redis holds).
+    #[cfg(feature = "redis")]
+    pub(crate) const fn counting(self, remaining: u32) -> Self {
+        Self {
+            counted: if remaining < self.capacity {
+                remaining
+            } else {
+                self.capacity
+            },
+            ..self
+        }
+    }
+
     /// Whether the request is admitted.
     #[must_use]
     pub const fn is_allowed(&self) -> bool {

@@ -386,14 +386,17 @@ impl Held {
         bucket: &Bucket,
         hold: Duration,
         asked_at: Instant,
-    ) {
+    ) -> Option<u32> {
         let (decision, taken) = match (decision, ran) {
             (Some(decision), Ran::Took(taken)) => (decision, taken),
             // The tokens given back never reached Redis: still ours.
-            (_, Ran::No) => return self.keep(ask.give_back),
+            (_, Ran::No) => {
+                self.keep(ask.give_back);
+                return None;
+            }
             // The failure policy decided; whether Redis took the tokens
             // given back is unknown, so they are not spent twice.
-            _ => return,
+            _ => return None,
         };
         self.heard(&decision, ask.cost, asked_at);
         if decision.is_allowed() {
@@ -401,6 +404,7 @@ impl Held {
             self.expires = asked_at + hold;
             self.bucket = Some(*bucket);
         }
+        Some(self.left_in_redis.saturating_add(self.tokens))
     }
 
     /// Keeps what Redis said of the bucket to a request of `cost` asked at
@@ -785,9 +789,15 @@ where
         }
         let spent = matches!(ran, Ran::Took(_)) && decided.is_some_and(|d| d.is_allowed());
         let hold = self.leases.settings.hold;
-        lease
+        let left = lease
             .held()
             .refilled(decided, ran, ask, &bucket, hold, asked_at);
+        // The tokens the lease keeps are left too, as the decisions made
+        // from it say: Redis's count alone dropped by them at each refill.
+        let decision = match (decision, left) {
+            (Ok(decision), Some(left)) => Ok(decision.counting(left)),
+            (decision, _) => decision,
+        };
         // The refill ends before its caller hears: the caller's next
         // request finds the lease as Redis left it, no refill under way.
         drop(refilling);

@@ -149,9 +149,12 @@ impl Fixture {
 async fn a_hot_key_spends_leased_tokens_without_asking_redis_each_time() {
     let fixture = fixture(leasing(), FailurePolicy::Propagate, &redis_url()).await;
     let bucket = bucket(1_000);
-    for _ in 0..1_000 {
+    for spent in 1..=1_000 {
         let decision = fixture.store.decide("hot", &bucket, 1).await.unwrap();
         assert!(decision.is_allowed());
+        // Counted down one by one: at each refill Redis's count alone
+        // dropped by the tokens the new lease kept.
+        assert_eq!(decision.remaining(), 1_000 - spent);
     }
     // Leases double from one token up to half the bucket (500): 1, 2, 4,
     // …, 256, then what is left.
