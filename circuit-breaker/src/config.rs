@@ -26,8 +26,10 @@ pub enum SlidingWindow {
     /// breakers meanwhile).
     Count(u32),
     /// The calls of the last `duration`, in `buckets` buckets of equal
-    /// length that expire whole (each a whole number of milliseconds,
-    /// rounded up, so the window reaches at least `duration` back).
+    /// length that expire whole: the window reaches back between
+    /// `duration` less a bucket and `duration`. A bucket lasts a whole
+    /// number of milliseconds, rounded up; when that makes fewer buckets
+    /// enough, only those count.
     Time {
         /// How far back the window reaches.
         duration: Duration,
@@ -182,9 +184,11 @@ impl Config {
     /// either way. A hint longer than the floor replaces it and is varied
     /// upwards only (it is the dependency's minimum), up to
     /// `max_open_duration`; a shorter one (a `Retry-After: 0`, a date in
-    /// the past) changes nothing. A time past `max_open_duration` is drawn
-    /// below it instead, so an instance capped by a hint longer than the
-    /// cap is jittered too. No setting or hint overflows: the arithmetic
+    /// the past) changes nothing. A time at or past `max_open_duration`
+    /// is drawn below it instead, so instances capped by a hint as long
+    /// as the cap or longer are jittered too. (A hint just under the cap
+    /// has only the room up to the cap: the dependency's minimum comes
+    /// first.) No setting or hint overflows: the arithmetic
     /// is in `f64` and saturates.
     pub(crate) fn open_ms(&self, reopens: u32, hint: Option<Duration>, unit: f64) -> u64 {
         let floor = self.base_open_ms(reopens);
@@ -193,7 +197,7 @@ impl Config {
         let ms = match hint.map(millis).filter(|&hint| hint > floor) {
             // Between the hint and its jittered length or the cap,
             // whichever is shorter: never under the dependency's minimum.
-            Some(hint) if hint <= max => hint + (max.min(hint * (1.0 + jitter)) - hint) * unit,
+            Some(hint) if hint < max => hint + (max.min(hint * (1.0 + jitter)) - hint) * unit,
             Some(_) => max * (1.0 - jitter * unit),
             None => {
                 let jittered = floor * (1.0 + jitter * (2.0 * unit - 1.0));
@@ -450,6 +454,8 @@ mod tests {
         assert_eq!(config.open_ms(0, hint(18), 0.0), 18_000);
         assert_eq!(config.open_ms(0, hint(18), 0.5), 19_000);
         assert_eq!(config.open_ms(0, hint(18), 0.6), 19_200);
+        // A hint as long as the cap is jittered below it, as a longer one.
+        assert_eq!(config.open_ms(0, hint(20), 0.5), 15_000);
         // Whatever the numbers, no overflow and at least 1 ms.
         let extreme = Config::builder()
             .open_duration(Duration::from_nanos(1))

@@ -181,6 +181,10 @@ pub(crate) enum Window {
     },
     Time {
         bucket_ms: u64,
+        /// How many of the latest buckets the window counts: the fewest
+        /// that reach back `duration` (all of them, unless rounding the
+        /// buckets' length up made fewer enough).
+        live: u64,
         buckets: Box<[Bucket]>,
     },
 }
@@ -199,12 +203,18 @@ impl Window {
                 }
             }
             SlidingWindow::Time { duration, buckets } => {
-                // Rounded up: the window reaches at least `duration` back.
-                let bucket_ms = u64::try_from(duration.as_millis().div_ceil(u128::from(buckets)))
-                    .unwrap_or(u64::MAX)
-                    .max(1);
+                // Whole milliseconds, rounded up; then only as many of
+                // the latest buckets as reach back `duration`, so the
+                // window neither falls short of it nor keeps older calls
+                // (601 ms in 600 buckets: 301 buckets of 2 ms).
+                let duration_ms = duration.as_millis();
+                let bucket_ms = duration_ms.div_ceil(u128::from(buckets)).max(1);
+                let live = duration_ms
+                    .div_ceil(bucket_ms)
+                    .clamp(1, u128::from(buckets));
                 Self::Time {
-                    bucket_ms,
+                    bucket_ms: u64::try_from(bucket_ms).unwrap_or(u64::MAX),
+                    live: u64::try_from(live).unwrap_or(1),
                     buckets: (0..buckets).map(|_| Bucket::new()).collect(),
                 }
             }
@@ -253,7 +263,9 @@ impl Window {
                 }
                 Some(before.min(slots.len() as u64))
             }
-            Self::Time { bucket_ms, buckets } => {
+            Self::Time {
+                bucket_ms, buckets, ..
+            } => {
                 let epoch = now_ms / bucket_ms;
                 buckets[(epoch % buckets.len() as u64) as usize].record(epoch, failed, slow);
                 None
@@ -273,9 +285,13 @@ impl Window {
                 let calls = positions::position(cursor.load(Relaxed)).min(slots.len() as u64);
                 Counts::unpack(calls, totals.load(Relaxed))
             }
-            Self::Time { bucket_ms, buckets } => {
+            Self::Time {
+                bucket_ms,
+                live,
+                buckets,
+            } => {
                 let current = now_ms / bucket_ms;
-                let oldest = current.saturating_sub(buckets.len() as u64 - 1);
+                let oldest = current.saturating_sub(live - 1);
                 let mut sum = Counts::default();
                 for bucket in buckets {
                     if let Some(counts) = bucket.counts(oldest..=current) {
@@ -526,17 +542,30 @@ mod tests {
         assert_eq!(window.counts(10_000), Counts::default());
     }
 
-    /// 1,999 ms in 1,000 buckets were buckets of 1 ms: the window kept
-    /// the last second, not the last two.
+    /// 1,199 ms in 600 buckets were buckets of 1 ms: the window kept the
+    /// last 600 ms, not the last 1,199.
     #[test]
     fn time_buckets_reach_back_the_whole_duration() {
         let window = Window::new(SlidingWindow::Time {
-            duration: Duration::from_millis(1_999),
-            buckets: 1_000,
+            duration: Duration::from_millis(1_199),
+            buckets: 600,
         });
         window.record(10_000, true, false);
-        window.record(11_998, true, false);
-        assert_eq!(window.counts(11_998).calls, 2);
+        window.record(11_198, true, false);
+        assert_eq!(window.counts(11_198).calls, 2);
+    }
+
+    /// Buckets rounded up to 2 ms for 601 ms in 600 would reach back
+    /// 1,200 ms: only the 301 latest count.
+    #[test]
+    fn time_buckets_rounded_up_reach_no_further_than_the_duration() {
+        let window = Window::new(SlidingWindow::Time {
+            duration: Duration::from_millis(601),
+            buckets: 600,
+        });
+        window.record(10_000, true, false);
+        assert_eq!(window.counts(10_601).calls, 1);
+        assert_eq!(window.counts(10_602).calls, 0);
     }
 
     #[test]

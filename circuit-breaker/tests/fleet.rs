@@ -598,6 +598,9 @@ async fn a_verdict_whose_command_fails_is_given_when_redis_answers() {
     // Its commands time out after a second, and are tried again after a
     // poll: the verdict's has failed within four.
     none_opens(&breaker, Duration::from_secs(4)).await;
+    // The commands held so far are dropped, not sent late: the verdict
+    // reaches the fleet only if the link gives it again.
+    proxy.cut().await;
     proxy.resume().await;
     let mut redis = redis().await;
     let open_key = format!("{{{prefix}:dependency}}:open");
@@ -607,6 +610,47 @@ async fn a_verdict_whose_command_fails_is_given_when_redis_answers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(breaker.state(), State::Closed);
+}
+
+/// A probe that failed after its lease ran out is a trip of the
+/// breaker's own; when Redis fails the command that publishes it, the
+/// breaker keeps its own open period. The link, going on alone, held it
+/// open only until the fleet's period it probed, already past: it probed
+/// again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trip_redis_fails_to_publish_keeps_its_open_period() {
+    let (_proxy, prefix, (breaker, member), permit) = one_replica_probing().await;
+    let mut redis = redis().await;
+    let (open_key, probe_key) = (
+        format!("{{{prefix}:dependency}}:open"),
+        format!("{{{prefix}:dependency}}:probe"),
+    );
+    // The lease gone, and an open state the publishing script fails on.
+    let () = redis::cmd("DEL")
+        .arg(&probe_key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg(&open_key)
+        .arg("not a time")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let failed_at = Instant::now();
+    permit.record(Outcome::Failure, failed_at);
+    eventually("the link gives up on Redis", || member.is_alone()).await;
+    assert!(
+        breaker.try_acquire(failed_at).is_err(),
+        "open for its own 300 ms from the failure"
+    );
+    let () = redis::cmd("DEL")
+        .arg(&open_key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
 }
 
 /// Samples `breaker` for `how_long`: it must stay closed.

@@ -346,7 +346,9 @@ impl Link {
                     }
                 }
             }
-            (Own::Opened(until), None) => self.publish_trip(unix_ms(until), connection).await?,
+            (Own::Opened(until), None) => {
+                self.publish_trip(unix_ms(until), connection).await?;
+            }
             (Own::Closed, Some(token)) => {
                 match self.give_verdict(own, &token, None, connection).await? {
                     Verdict::NewerOpen(until_ms) => self.hold_open(until_ms)?,
@@ -385,12 +387,17 @@ impl Link {
     }
 
     /// Publishes this breaker's own trip, open until `until_ms` (or
-    /// later, when a later open period stands), and holds it open.
+    /// later, when a later open period stands), and holds it open. Any
+    /// open period of the fleet's it was held in is over for it first:
+    /// should Redis fail the command, the link goes on alone with the
+    /// breaker's own period, where it held it until the fleet's period
+    /// probed (past), cutting the breaker's short.
     async fn publish_trip(
         &mut self,
         until_ms: u64,
         connection: &mut ConnectionManager,
     ) -> Result<(), Left> {
+        self.leave_open_period();
         let message = format!("open {until_ms} {} trip", self.replica);
         let standing: u64 = self
             .command(
@@ -406,8 +413,6 @@ impl Link {
         self.hold_open(standing)
     }
 
-    /// Publishes the probe's verdict under `token`: `Some(until)` open
-    /// again, `None` closed.
     /// [`verdict`](Self::verdict), for what this breaker did (`own`).
     /// A command that fails keeps the lease and the verdict, to be given
     /// once Redis answers: they were lost, and with them the breaker's
@@ -428,6 +433,8 @@ impl Link {
         given
     }
 
+    /// Publishes the probe's verdict under `token`: `Some(until)` open
+    /// again, `None` closed.
     async fn verdict(
         &self,
         connection: &mut ConnectionManager,

@@ -73,8 +73,9 @@ impl Model {
             SlidingWindow::Count(n) => self.window.iter().rev().take(n as usize).collect(),
             SlidingWindow::Time { duration, buckets } => {
                 let bucket = ms(duration).div_ceil(u64::from(buckets)).max(1);
+                let live = ms(duration).div_ceil(bucket).clamp(1, u64::from(buckets));
                 let current = now / bucket;
-                let oldest = current.saturating_sub(u64::from(buckets) - 1);
+                let oldest = current.saturating_sub(live - 1);
                 self.window
                     .iter()
                     .filter(|(t, _, _)| (oldest..=current).contains(&(t / bucket)))
@@ -184,7 +185,7 @@ impl Model {
             open
         } as f64;
         let (low, high) = match hint.map(|hint| hint as f64).filter(|&hint| hint > floor) {
-            Some(hint) if hint <= max => (hint, max.min(hint * (1.0 + jitter))),
+            Some(hint) if hint < max => (hint, max.min(hint * (1.0 + jitter))),
             Some(_) => (max * (1.0 - jitter), max),
             None => (floor * (1.0 - jitter), floor * (1.0 + jitter)),
         };
