@@ -216,15 +216,13 @@ async fn observer() -> PgConnection {
 }
 
 /// The server process of the session whose last statement is the LISTEN
-/// on the outbox channel of `schema` (its name is in the channel's).
+/// on the channel of the outbox in `schema` (as sqlx sends it).
 async fn listening_session(observer: &mut PgConnection, schema: &str) -> Option<i32> {
-    sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN %' AND strpos(query, $1) > 0",
-    )
-    .bind(schema)
-    .fetch_optional(observer)
-    .await
-    .unwrap()
+    sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE query = $1")
+        .bind(format!(r#"LISTEN "palisade_outbox_{schema}_outbox""#))
+        .fetch_optional(observer)
+        .await
+        .unwrap()
 }
 
 async fn session_exists(observer: &mut PgConnection, pid: i32) -> bool {

@@ -357,7 +357,10 @@ async fn a_fallback_refusal_is_not_kept_once_redis_is_back() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(fixture.left_in_redis("k", &bucket).await, 98);
+    // One token taken before the cut and one after: a command that timed
+    // out on its way back may have taken one more.
+    let left = fixture.left_in_redis("k", &bucket).await;
+    assert!((97..=98).contains(&left), "{left} left in Redis");
 }
 
 /// Requests that the refill under way asks no tokens for (all but the
