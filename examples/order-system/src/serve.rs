@@ -74,6 +74,8 @@ use stream::{connect_jetstream, consumer, ensure_stream, filter_subject, publish
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::header;
@@ -122,15 +124,24 @@ pub(crate) const DATABASES: [(&str, &[&str]); 4] = [
 
 /// Tells every task of a process to stop.
 #[derive(Debug, Clone)]
-struct Stop(watch::Receiver<bool>);
+struct Stop(Arc<watch::Sender<bool>>);
 
 impl Stop {
+    fn new() -> Self {
+        Self(Arc::new(watch::Sender::new(false)))
+    }
+
     /// Completes once the process is asked to stop.
     fn signal(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut stopped = self.0.clone();
+        let mut stopped = self.0.subscribe();
         async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         }
+    }
+
+    /// Asks every task to stop (again: no harm).
+    fn now(&self) {
+        self.0.send_replace(true);
     }
 }
 
@@ -146,12 +157,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     settings.check()?;
-    let (stop, stopped) = watch::channel(false);
+    let stop = Stop::new();
+    let asked = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop.send(true);
+        asked.now();
     });
-    let stop = Stop(stopped);
     let listener = TcpListener::bind(settings.listen).await?;
     tracing::info!(service = settings.role.name(), address = %listener.local_addr()?, "starting");
     let mut process = Process {
@@ -271,16 +282,32 @@ fn internal(telemetry: Telemetry) -> Router {
         )
 }
 
-/// Ends a process's other `tasks` once its consumers `consumed`:
-/// stopped, they were told to stop too and finish the work under way
-/// (a charge at the processor is recorded, a request answered); failed,
-/// they are cut short, the process ending with the consumers' error.
-async fn end_tasks(mut tasks: JoinSet<()>, consumed: &Result<(), BoxError>) {
-    if consumed.is_ok() {
-        while tasks.join_next().await.is_some() {}
-    } else {
+/// Ends a process's `tasks` once its main work has ended (asked to
+/// stop, or its consumer failed): every task is told to stop, and
+/// finishes the work under way (a charge at the processor is recorded, a
+/// request answered) within `grace`; what is still running then is cut
+/// short.
+async fn end_tasks(mut tasks: JoinSet<()>, stop: &Stop, grace: Duration) {
+    stop.now();
+    let finished = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, finished).await.is_err() {
+        tracing::warn!(
+            tasks = tasks.len(),
+            ?grace,
+            "work still under way after the stop's grace; cut short"
+        );
         tasks.shutdown().await;
     }
+}
+
+/// Runs a process whose work is all in `tasks` until it is asked to
+/// stop (or every task has ended), then ends them as [`end_tasks`] does.
+async fn run_until_stopped(mut tasks: JoinSet<()>, stop: &Stop, grace: Duration) {
+    tokio::select! {
+        () = stop.signal() => {}
+        () = async { while tasks.join_next().await.is_some() {} } => {}
+    }
+    end_tasks(tasks, stop, grace).await;
 }
 
 async fn serve_http(

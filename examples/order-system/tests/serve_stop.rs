@@ -1,11 +1,15 @@
-//! `serve` asked to stop lets the work under way finish, on real
-//! PostgreSQL, NATS JetStream and Redis: a payment process stopping while
-//! a charge is at the card processor records what came of it. The charge
-//! was cut short, its intent left claimed until its lease ran out and no
-//! payment written, though the processor had charged the card.
+//! `serve` asked to stop lets the work under way finish, within its grace,
+//! on real PostgreSQL, NATS JetStream and Redis: a payment process
+//! stopping while a charge is at the card processor records what came of
+//! it (the charge was cut short, its intent left claimed until its lease
+//! ran out and no payment written, though the processor had charged the
+//! card), and a client that never finishes its request holds the stop no
+//! longer than the grace.
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use palisade_order_system::card::CardNumber;
 use palisade_order_system::db::{Param, ServiceDb, Statements};
@@ -16,6 +20,13 @@ use palisade_order_system::processor::{ChargeStore, GOOD_CARD, ProcessorServer, 
 use palisade_order_system::serve::{Infrastructure, Role, ServeSettings, remove_namespace, serve};
 use palisade_order_system::service::SagaService;
 use palisade_testkit::servers::{database_url, nats_url, redis_url};
+
+/// A free port on loopback (the process binds it a moment later).
+fn free_address() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+}
 
 fn infrastructure() -> Infrastructure {
     Infrastructure {
@@ -77,10 +88,7 @@ async fn a_stopping_payment_process_records_the_charge_under_way() {
     .await
     .unwrap();
 
-    let listen: SocketAddr = TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .unwrap();
-    let mut settings = ServeSettings::new(Role::Payment, infrastructure(), listen);
+    let mut settings = ServeSettings::new(Role::Payment, infrastructure(), free_address());
     settings.processor = processor;
     settings.vault_key = Some(key);
     settings.namespace.clone_from(&namespace);
@@ -120,4 +128,53 @@ async fn a_stopping_payment_process_records_the_charge_under_way() {
         .await
         .unwrap();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A client that sends half a request body and no more held a stopping
+/// process for good: the HTTP server's graceful shutdown waits for every
+/// request under way, here payment's `/cards` reading its body. The
+/// stop's grace ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_never_finished_holds_a_stop_no_longer_than_its_grace() {
+    let namespace = format!("grace{}", fastrand::u32(..));
+    let listen = free_address();
+    let mut settings = ServeSettings::new(Role::Payment, infrastructure(), listen);
+    settings.processor = "http://127.0.0.1:1".to_owned();
+    settings.vault_key = Some(VaultKey::generate());
+    settings.namespace.clone_from(&namespace);
+    settings.stop_grace = Duration::from_secs(1);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(serve(settings, async {
+        let _ = stopped.await;
+    }));
+    // One whole request answered on the connection, so it is served;
+    // then the start of another.
+    let mut client = loop {
+        if let Ok(client) = tokio::net::TcpStream::connect(listen).await {
+            break client;
+        }
+        assert!(!serving.is_finished(), "{:?}", serving.await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    client
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0; 12];
+    client.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    client
+        .write_all(b"POST /cards HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"number\"")
+        .await
+        .unwrap();
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), serving)
+        .await
+        .expect("stopped within its grace")
+        .unwrap()
+        .unwrap();
+    drop(client);
+    remove_namespace(infrastructure(), &namespace)
+        .await
+        .unwrap();
 }

@@ -20,9 +20,16 @@ pub(super) async fn consume<S: SagaService>(
     service: S,
     process: Process<'_>,
 ) -> Result<(), BoxError> {
-    let consumer = consumer(settings, service.clone()).await?;
     let routes = process.routes.clone();
     let (listener, telemetry, mut tasks, stop) = process.into_parts();
+    // The tasks already running (payment's charges) finish what they do.
+    let consumer = match consumer(settings, service.clone()).await {
+        Ok(consumer) => consumer,
+        Err(error) => {
+            end_tasks(tasks, stop, settings.stop_grace).await;
+            return Err(error);
+        }
+    };
     let consumers = Consumers::default();
     consumers.add(S::NAME, consumer.clone());
     crate::metrics::observe_consumers(&telemetry.meter(), &consumers);
@@ -36,7 +43,7 @@ pub(super) async fn consume<S: SagaService>(
         stop.signal(),
     ));
     let consumed = run_consumer(&consumer, stop.signal()).await;
-    end_tasks(tasks, &consumed).await;
+    end_tasks(tasks, stop, settings.stop_grace).await;
     consumed
 }
 

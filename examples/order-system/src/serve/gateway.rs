@@ -150,7 +150,7 @@ pub(super) async fn gateway(
         Box::pin(run_consumer(&histories, stop.signal()))
     )
     .map(drop);
-    end_tasks(tasks, &consumed).await;
+    end_tasks(tasks, stop, settings.stop_grace).await;
     // The users' unspent leased tokens go back to the other gateways.
     per_user.give_back().await;
     consumed

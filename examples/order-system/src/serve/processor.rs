@@ -5,7 +5,7 @@ use axum::middleware;
 use palisade_outbox::BoxError;
 use tokio::net::TcpListener;
 
-use super::{Process, Role, ServeSettings, connect_redis, internal, serve_http};
+use super::{Process, Role, ServeSettings, connect_redis, internal, run_until_stopped, serve_http};
 use crate::auth::{self, Sessions};
 use crate::identity::{self};
 use crate::processor::{self as card, ChargeStore, ProcessorServer, Simulator};
@@ -47,6 +47,6 @@ pub(super) async fn processor(
             )),
     );
     tasks.spawn(serve_http(listener, app, stop.signal()));
-    while tasks.join_next().await.is_some() {}
+    run_until_stopped(tasks, stop, settings.stop_grace).await;
     Ok(())
 }

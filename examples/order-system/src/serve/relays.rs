@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{
     DATABASES, Process, ServeSettings, connect_jetstream, ensure_stream, internal, open, postgres,
-    publisher, serve_http,
+    publisher, run_until_stopped, serve_http,
 };
 use palisade_circuit_breaker::CircuitBreaker;
 use palisade_outbox::{BoxError, Relay};
@@ -30,7 +30,7 @@ pub(super) async fn relays(settings: &ServeSettings, process: Process<'_>) -> Re
         tasks.spawn(relay.run(stop.signal()));
     }
     tasks.spawn(serve_http(listener, internal(telemetry), stop.signal()));
-    while tasks.join_next().await.is_some() {}
+    run_until_stopped(tasks, stop, settings.stop_grace).await;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::{REDIS_ROOT, STREAM};
 use crate::db::redact_url;
@@ -131,6 +132,12 @@ pub struct ServeSettings {
     /// `/books` adds the books of the services they run (it reads no
     /// other service's tables), and its dashboard their `/metrics`.
     pub peers: Vec<String>,
+    /// How long a process asked to stop (or whose consumer failed) lets
+    /// the work under way finish before cutting it short: 25 s by
+    /// default, within the 30 s an orchestrator usually allows. A client
+    /// that never finishes sending its request would otherwise hold the
+    /// stop for good.
+    pub stop_grace: Duration,
 }
 
 impl ServeSettings {
@@ -152,6 +159,7 @@ impl ServeSettings {
             namespace: String::new(),
             identity: None,
             peers: Vec::new(),
+            stop_grace: Duration::from_secs(25),
         }
     }
 
