@@ -43,6 +43,7 @@ const DRAWN: &[&str] = &[
     "palisade_sagas_latency_seconds{",
     "palisade_breaker_open ",
     "palisade_breaker_opens_total ",
+    "palisade_books_unread{",
     "palisade_token_bucket_decisions_total{",
     "palisade_outbox_pending{",
     "palisade_outbox_dead_events{",

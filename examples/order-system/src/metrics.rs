@@ -94,18 +94,18 @@ pub fn observe_books(meter: &Meter) -> BooksSlot {
             })
             .build();
     };
-    let unread = slot.clone();
-    let _ = meter
-        .u64_observable_gauge("palisade.books.unread")
-        .with_description(
-            "Services whose books could not be read at this scrape; what they give is left out.",
-        )
-        .with_callback(move |observer| {
-            if let Some(books) = &*unread.lock().unwrap_or_else(PoisonError::into_inner) {
-                observer.observe(books.unread.len() as u64, &[]);
+    gauge(
+        "palisade.books.unread",
+        "Whether each service's books could not be read at this scrape (1), leaving its figures out.",
+        EVERY_SERVICE,
+        |books, points| {
+            let read = books.services.iter().map(|service| (service, 0));
+            let unread = books.unread.iter().map(|service| (service, 1));
+            for (service, value) in read.chain(unread) {
+                points.push((value, vec![KeyValue::new("service", service.clone())]));
             }
-        })
-        .build();
+        },
+    );
     gauge(
         "palisade.orders",
         "Orders by status and cancellation reason.",
@@ -217,6 +217,9 @@ const ORDERS: &str = "orders";
 const INVENTORY: &str = "inventory";
 const PAYMENT: &str = "payment";
 
+/// Figures about every service, read or not.
+const EVERY_SERVICE: &str = "";
+
 /// Runs `measure` on the books in `slot`, if a scrape put some there and
 /// `from`'s were read in every cell.
 fn with_books_of(slot: &BooksSlot, from: &str, measure: impl FnOnce(&Books)) {
@@ -275,7 +278,6 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} not in:\n{text}");
         }
-        assert!(text.contains("palisade_books_unread 0\n"), "{text}");
         // Every sample line is `name{labels} value` or `name value`.
         for line in text.lines().filter(|line| !line.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
@@ -286,28 +288,66 @@ mod tests {
     /// A service whose books went unread (its database down) gives none
     /// of its figures, rather than zeros: the stuck sagas read 0 while
     /// the orders database was down, and the breaker's opens went back to
-    /// 0 like a reset counter while payment's was.
+    /// 0 like a reset counter while payment's was. The others' stay.
     #[tokio::test]
     async fn a_services_figures_are_left_out_while_its_books_are_unread() {
-        let books = Books {
-            services: vec!["inventory".into(), "b/orders".into()],
-            unread: vec!["orders".into(), "payment".into(), "b/inventory".into()],
+        let books = |read: &[&str], unread: &[&str]| Books {
+            services: read.iter().map(|&service| service.to_owned()).collect(),
+            unread: unread.iter().map(|&service| service.to_owned()).collect(),
+            orders: vec![("confirmed".into(), None, 7)],
+            stock: vec![StockLevel {
+                sku: "sku-1".into(),
+                initial: 10,
+                available: 10,
+                reserved: 0,
+                shipped: 0,
+            }],
             stuck_after_ms: 60_000,
+            compensations: 2,
             breaker_state: "Closed".into(),
+            breaker_opens: 1,
+            saga_latency_ms: Some([12, 1_250]),
             ..Books::default()
         };
-        let telemetry = Telemetry::default();
-        let slot = observe_books(&telemetry.meter());
-        let text = telemetry.render_with(&slot, books).await;
-        assert!(text.contains("palisade_books_unread 3\n"), "{text}");
-        for left_out in [
+        let orders_figures = [
+            "palisade_orders{",
             "palisade_sagas_stuck ",
             "palisade_sagas_stuck_after_seconds ",
-            "palisade_breaker_open ",
-            "palisade_breaker_opens_total ",
-            "palisade_compensations_total ",
+            "palisade_sagas_latency_seconds{",
+        ];
+        let inventory_figures = ["palisade_stock_units{", "palisade_compensations_total "];
+        let payment_figures = ["palisade_breaker_open ", "palisade_breaker_opens_total "];
+        for (read, unread, kept, left_out) in [
+            (
+                &["orders", "inventory", "shipping"][..],
+                &["payment"][..],
+                [&orders_figures[..], &inventory_figures[..]].concat(),
+                payment_figures.to_vec(),
+            ),
+            (
+                &["inventory", "payment", "shipping", "b/orders"][..],
+                &["orders", "b/inventory"][..],
+                payment_figures.to_vec(),
+                [&orders_figures[..], &inventory_figures[..]].concat(),
+            ),
         ] {
-            assert!(!text.contains(left_out), "{left_out:?} in:\n{text}");
+            let telemetry = Telemetry::default();
+            let slot = observe_books(&telemetry.meter());
+            let text = telemetry.render_with(&slot, books(read, unread)).await;
+            for service in unread {
+                let line = format!("palisade_books_unread{{service=\"{service}\"}} 1\n");
+                assert!(text.contains(&line), "{line:?} not in:\n{text}");
+            }
+            for service in read {
+                let line = format!("palisade_books_unread{{service=\"{service}\"}} 0\n");
+                assert!(text.contains(&line), "{line:?} not in:\n{text}");
+            }
+            for figure in kept {
+                assert!(text.contains(figure), "{figure:?} not in:\n{text}");
+            }
+            for figure in left_out {
+                assert!(!text.contains(figure), "{figure:?} in:\n{text}");
+            }
         }
     }
 }

@@ -9,8 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use palisade_order_system::books::read_books;
+use palisade_order_system::db::Statements;
 use palisade_order_system::embedded::System;
 use palisade_order_system::load;
+use palisade_order_system::service::SagaService;
 
 mod support;
 use support::{load_settings, start};
@@ -161,6 +163,22 @@ async fn the_dashboard_shows_sagas_ending_and_the_breaker_opening() {
     let after = page_showing(&system, |page| page.number("sagas-ended") == 90).await;
     assert_eq!(after.text("breaker-state"), "closed");
     assert!(after.dom.contains("data-state=\"closed\""));
+    system.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// While payment's books cannot be read, `/metrics` leaves the breaker's
+/// figures out, and the page says it does not know: it drew the breaker
+/// closed, never opened, from their absence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_breaker_unknown_while_payments_books_are_unread() {
+    let (system, dir) = start().await;
+    let steps = system.services.steps.as_ref().unwrap();
+    Statements::close(SagaService::db(&steps.payment)).await;
+    let page = page_showing(&system, |_| true).await;
+    assert_eq!(page.text("breaker-state"), "unknown");
+    assert_eq!(page.text("breaker-opens"), "–");
+    assert_eq!(page.number("sagas-ended"), 0, "the orders' books are read");
     system.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
