@@ -665,9 +665,13 @@ async fn place(
         Ok(card) => card,
         Err(error) => {
             tracing::error!(%error, "card not tokenized; no order placed");
+            // Not "no order was placed": a request sent again after its
+            // answer was lost may have placed one, which this one could
+            // not be checked against; a new key would place a second.
             return Problem::status(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "payment could not take the card; no order was placed; try again",
+                "payment could not take the card, so this request placed no order; \
+                 try again with the same Idempotency-Key",
             )
             .into_response();
         }
