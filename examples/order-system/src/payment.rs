@@ -327,9 +327,7 @@ impl Payment {
             .map(|(line, traceparent)| {
                 Ok(Intent {
                     line: serde_json::from_str(&line)?,
-                    trace: traceparent
-                        .and_then(|text| TraceParent::from_str(&text).ok())
-                        .map(|parent| TraceContext::continue_from(parent, TraceState::default())),
+                    trace: traceparent.as_deref().and_then(stored_context),
                 })
             })
             .collect()
@@ -523,13 +521,36 @@ async fn charge(
     Ok((step, event))
 }
 
+/// The trace context an intent keeps, for its charge and the events
+/// after: the `traceparent`, then the `tracestate` on a line of its own
+/// when it has members (a header value holds no line break). One column,
+/// as intents kept only the `traceparent` before and their tables have
+/// it; the vendors' state was lost from payment's step on.
+fn stored_trace(context: &TraceContext) -> String {
+    match context.trace_state().header_value() {
+        Some(state) => format!("{}\n{state}", context.traceparent()),
+        None => context.traceparent().to_string(),
+    }
+}
+
+/// The trace [`stored_trace`] kept (or a bare `traceparent`, as intents
+/// written before have), continued. An invalid `tracestate` is dropped
+/// and the `traceparent` kept, as the specification asks.
+fn stored_context(stored: &str) -> Option<TraceContext> {
+    let (parent, state) = stored.split_once('\n').unwrap_or((stored, ""));
+    let parent = TraceParent::from_str(parent).ok()?;
+    let state = TraceState::parse_lines([state.as_bytes()]).unwrap_or_default();
+    Some(TraceContext::continue_from(parent, state))
+}
+
 impl SagaService for Payment {
     const NAME: &'static str = "payment";
     const TABLES: &'static [&'static str] = &[
         "CREATE TABLE IF NOT EXISTS payments (order_id TEXT PRIMARY KEY, amount_cents BIGINT NOT NULL, \
          status TEXT NOT NULL, reason TEXT)",
-        // Charges to make: the order's line (JSON), the trace it belongs to,
-        // when it is next due (a claim moves it past the claim's lease) and
+        // Charges to make: the order's line (JSON), the trace it belongs to
+        // (its `traceparent`, then its `tracestate` on a line of its own:
+        // see `stored_trace`), when it is next due (a claim moves it past the claim's lease) and
         // the claim that holds it.
         "CREATE TABLE IF NOT EXISTS payment_intents (order_id TEXT PRIMARY KEY, line TEXT NOT NULL, \
          traceparent TEXT, due_ms BIGINT NOT NULL, attempts BIGINT NOT NULL DEFAULT 0, claim TEXT)",
@@ -563,7 +584,7 @@ impl SagaService for Payment {
             return Err(not_consumed(Self::NAME, &event));
         };
         // The intent only: the charge is made outside this transaction.
-        let traceparent = TraceContext::current().map(|context| context.traceparent().to_string());
+        let traceparent = TraceContext::current().map(|context| stored_trace(&context));
         tx.execute(
             "INSERT INTO payment_intents (order_id, line, traceparent, due_ms) \
              VALUES ($1, $2, $3, $4)",
@@ -616,6 +637,26 @@ mod tests {
     async fn texts(db: &ServiceDb, sql: &str) -> Vec<String> {
         let rows: Vec<(String,)> = db.fetch_all(sql, &[]).await.unwrap();
         rows.into_iter().map(|(text,)| text).collect()
+    }
+
+    /// A stored trace reads back whole; a bare `traceparent` (as intents
+    /// written before carry) or one with an invalid `tracestate` keeps its
+    /// trace, with no vendor state.
+    #[test]
+    fn a_stored_trace_reads_back() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let state = TraceState::parse_lines([&b"congo=t61rcWkgMzE"[..]]).unwrap();
+        let context = TraceContext::continue_from(TraceParent::from_str(parent).unwrap(), state);
+        let read = stored_context(&stored_trace(&context)).unwrap();
+        assert_eq!(read.trace_id(), context.trace_id());
+        assert_eq!(read.parent_id(), Some(context.span_id()));
+        assert_eq!(read.trace_state().header_value(), Some("congo=t61rcWkgMzE"));
+        for stored in [parent.to_owned(), format!("{parent}\nnot a member")] {
+            let read = stored_context(&stored).unwrap();
+            assert_eq!(read.trace_id(), context.trace_id(), "{stored}");
+            assert_eq!(read.trace_state().header_value(), None, "{stored}");
+        }
+        assert!(stored_context("not a traceparent").is_none());
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ use palisade_order_system::embedded::System;
 use palisade_order_system::load::Gateway;
 use palisade_order_system::orders::{self, Orders, PlaceError, Placement, TokenizedOrder};
 use palisade_order_system::service::SagaService;
+use sqlx::Connection;
 
 mod support;
 use support::{signed_in, start};
@@ -489,4 +490,61 @@ async fn placements_at_once_on_postgres_answer_as_each_would_alone() {
     db.execute(&format!("DROP SCHEMA {schema} CASCADE"), &[])
         .await
         .unwrap();
+}
+
+/// The trace's vendor state (`tracestate`) reaches every step's events:
+/// payment kept only the `traceparent` of the charges it had to make, so
+/// its events, and the steps' after it, had lost it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orders_tracestate_reaches_every_step() {
+    let (system, dir) = start().await;
+    let alice = signed_in(&system, "alice").await;
+    let (trace_id, state) = ("4bf92f3577b34da6a3ce929d0e0e4736", "congo=t61rcWkgMzE");
+    let reply = alice
+        .exchange(
+            Method::POST,
+            "/orders",
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", "traced"),
+                ("traceparent", &format!("00-{trace_id}-00f067aa0ba902b7-01")),
+                ("tracestate", state),
+            ],
+            Bytes::from(ORDER),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::CREATED);
+    let order: serde_json::Value = serde_json::from_slice(reply.body()).unwrap();
+    let path = format!("/orders/{}?wait_ms=30000", order["id"].as_str().unwrap());
+    let (_, body) = alice
+        .send(Method::GET, &path, &[], Bytes::new())
+        .await
+        .unwrap();
+    let ended: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(ended["status"], "confirmed", "{ended}");
+    for (service, event) in [
+        ("inventory", "InventoryReserved"),
+        ("payment", "PaymentSucceeded"),
+        ("shipping", "ShippingScheduled"),
+        ("orders", "OrderConfirmed"),
+    ] {
+        let mut db = sqlx::sqlite::SqliteConnection::connect(&format!(
+            "sqlite://{}",
+            dir.join(format!("{service}.db")).display()
+        ))
+        .await
+        .unwrap();
+        let (headers,): (String,) =
+            sqlx::query_as("SELECT headers FROM outbox WHERE event_type = $1")
+                .bind(event)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        let headers: serde_json::Value = serde_json::from_str(&headers).unwrap();
+        assert_eq!(headers["tracestate"], state, "{event}: {headers}");
+        let traceparent = headers["traceparent"].as_str().unwrap();
+        assert!(traceparent.contains(trace_id), "{event}: {headers}");
+    }
+    stop(system, dir).await;
 }
