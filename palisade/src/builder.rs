@@ -5,7 +5,7 @@ use tower::ServiceBuilder;
     feature = "breaker",
     feature = "retry",
     feature = "rate-limit",
-    feature = "coalesce",
+    all(feature = "coalesce", feature = "http"),
     feature = "slo",
     feature = "tracecontext"
 ))]

@@ -21,8 +21,12 @@
 //! they are), `grpc` (grpc-status, pushback, trailers-only refusals),
 //! `tonic` (the stack takes and gives `tonic::body::Body`, so a `Channel`
 //! and a generated client take it as it is), `redis` (shared and leased
-//! buckets, shared caches, the breaker a fleet shares) and `otel`
-//! (OpenTelemetry metrics). [`hints`] is always there:
+//! buckets, shared caches, the breaker a fleet shares), `postgres`,
+//! `sqlite` and `nats` (the outbox's stores, inboxes, publisher and
+//! consumer) and `otel` (OpenTelemetry metrics). Features that meet are
+//! joined: `outbox` with `tracecontext` carries the trace across the
+//! broker, with `breaker` puts the relay's publisher behind a breaker.
+//! [`hints`] is always there:
 //! the signals every layer reads the same way.
 //!
 //! # Example
@@ -70,7 +74,8 @@ pub use palisade_circuit_breaker as circuit_breaker;
 pub use palisade_coalesce as coalesce;
 
 /// Transactional outbox, its relay and inbox (`palisade-outbox`, feature
-/// `outbox`).
+/// `outbox`; its stores and inboxes with `postgres` or `sqlite`, its
+/// JetStream publisher and consumer with `nats`).
 #[cfg(feature = "outbox")]
 pub use palisade_outbox as outbox;
 
