@@ -236,6 +236,16 @@ struct ServeArgs {
         env = "PALISADE_PEERS"
     )]
     peers: Vec<String>,
+    /// How long the process, asked to stop (SIGTERM, Ctrl-C), lets the
+    /// work under way finish before cutting it short.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 25,
+        env = "PALISADE_STOP_GRACE",
+        value_parser = clap::value_parser!(u64).range(1..=600)
+    )]
+    stop_grace: u64,
 }
 
 /// Where the servers are.
@@ -477,6 +487,7 @@ async fn serve_command(args: ServeArgs) -> Result<ExitCode, String> {
     settings.namespace = args.namespace.name;
     settings.identity = args.identity.path();
     settings.peers = args.peers;
+    settings.stop_grace = Duration::from_secs(args.stop_grace);
     init_logs();
     serve::serve(settings, stop_signal())
         .await

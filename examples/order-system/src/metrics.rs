@@ -60,7 +60,8 @@ type Points = Vec<(i64, Vec<KeyValue>)>;
 /// (its database failed, its process did not answer) is left out rather
 /// than shown as nothing: `palisade_sagas_stuck 0` while the orders
 /// database is down would silence the alert meant for it, and a counter
-/// going to 0 reads as a reset. `palisade_books_unread` counts them.
+/// going to 0 reads as a reset. `palisade_books_unread{service}` is 1
+/// for each of them.
 #[must_use]
 pub fn observe_books(meter: &Meter) -> BooksSlot {
     let slot = BooksSlot::default();

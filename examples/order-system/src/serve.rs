@@ -85,6 +85,7 @@ use palisade_outbox::{BoxError, PgInbox, PgOutbox};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::db::{ServiceDb, redact_url};
 use crate::inventory::Inventory;
@@ -122,26 +123,49 @@ pub(crate) const DATABASES: [(&str, &[&str]); 4] = [
     (Shipping::NAME, Shipping::TABLES),
 ];
 
-/// Tells every task of a process to stop.
+/// Tells every task of a process to stop, and keeps when it did.
 #[derive(Debug, Clone)]
-struct Stop(Arc<watch::Sender<bool>>);
+struct Stop(Arc<watch::Sender<Option<Instant>>>);
 
 impl Stop {
     fn new() -> Self {
-        Self(Arc::new(watch::Sender::new(false)))
+        Self(Arc::new(watch::Sender::new(None)))
     }
 
     /// Completes once the process is asked to stop.
     fn signal(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut stopped = self.0.subscribe();
+        let mut asked = self.0.subscribe();
         async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
+            let _ = asked.wait_for(Option::is_some).await;
         }
     }
 
-    /// Asks every task to stop (again: no harm).
+    /// Asks every task to stop; asking again changes nothing (the first
+    /// time stands).
     fn now(&self) {
-        self.0.send_replace(true);
+        self.0.send_if_modified(|asked| {
+            let first = asked.is_none();
+            if first {
+                *asked = Some(Instant::now());
+            }
+            first
+        });
+    }
+
+    /// Completes `grace` after the process was asked to stop: the end of
+    /// the time the work under way has to finish.
+    fn grace_over(&self, grace: Duration) -> impl Future<Output = ()> + Send + 'static {
+        let mut asked = self.0.subscribe();
+        async move {
+            let at = match asked.wait_for(Option::is_some).await {
+                Ok(asked) => *asked,
+                Err(_) => None,
+            };
+            match at {
+                Some(at) => tokio::time::sleep_until(at + grace).await,
+                None => std::future::pending().await,
+            }
+        }
     }
 }
 
@@ -285,12 +309,17 @@ fn internal(telemetry: Telemetry) -> Router {
 /// Ends a process's `tasks` once its main work has ended (asked to
 /// stop, or its consumer failed): every task is told to stop, and
 /// finishes the work under way (a charge at the processor is recorded, a
-/// request answered) within `grace`; what is still running then is cut
-/// short.
+/// request answered) within `grace` of the stop; what is still running
+/// then is cut short.
 async fn end_tasks(mut tasks: JoinSet<()>, stop: &Stop, grace: Duration) {
     stop.now();
     let finished = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, finished).await.is_err() {
+    // From when the stop was asked, not from now: one grace for the whole
+    // stop, the consumers' last batch included.
+    if tokio::select! {
+        () = finished => false,
+        () = stop.grace_over(grace) => true,
+    } {
         tracing::warn!(
             tasks = tasks.len(),
             ?grace,

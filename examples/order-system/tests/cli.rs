@@ -120,6 +120,7 @@ fn each_command_has_its_help_with_the_variables_it_reads() {
         "PALISADE_NAMESPACE",
         "PALISADE_IDENTITY",
         "PAYMENT_VAULT_KEY",
+        "PALISADE_STOP_GRACE",
     ] {
         assert!(serve.contains(variable), "{variable}: {serve}");
     }

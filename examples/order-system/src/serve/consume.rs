@@ -42,7 +42,7 @@ pub(super) async fn consume<S: SagaService>(
         internal(telemetry).merge(routes).merge(books),
         stop.signal(),
     ));
-    let consumed = run_consumer(&consumer, stop.signal()).await;
+    let consumed = run_consumer(&consumer, stop, settings.stop_grace).await;
     end_tasks(tasks, stop, settings.stop_grace).await;
     consumed
 }

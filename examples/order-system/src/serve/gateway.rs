@@ -145,9 +145,9 @@ pub(super) async fn gateway(
     // serving sagas or read models that no longer move.
     // (Boxed: three consumers' futures side by side are large.)
     let consumed = tokio::try_join!(
-        Box::pin(run_consumer(&consumer, stop.signal())),
-        Box::pin(run_consumer(&ranking, stop.signal())),
-        Box::pin(run_consumer(&histories, stop.signal()))
+        Box::pin(run_consumer(&consumer, stop, settings.stop_grace)),
+        Box::pin(run_consumer(&ranking, stop, settings.stop_grace)),
+        Box::pin(run_consumer(&histories, stop, settings.stop_grace))
     )
     .map(drop);
     end_tasks(tasks, stop, settings.stop_grace).await;

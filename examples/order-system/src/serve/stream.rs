@@ -10,7 +10,7 @@ use palisade_outbox::{
     PgOutbox,
 };
 
-use super::{ServeSettings, postgres};
+use super::{ServeSettings, Stop, postgres};
 use crate::db::redact_url;
 use crate::service::{Consuming, SagaService};
 
@@ -97,9 +97,14 @@ pub(super) async fn consumer<S: SagaService>(
 /// inbox's records once JetStream can no longer bring them back, every
 /// minute: every consumer of the server processes runs through here, so
 /// no inbox of theirs grows for ever (the gateway's three did).
+/// Once the process is asked to stop, the batch under way has until the
+/// stop's `grace` is over (a statement hung on a lost database would
+/// hold the stop for good); it is cut short then, its messages left to
+/// come back.
 pub(super) async fn run_consumer<S: SagaService>(
     consumer: &JetStreamConsumer<PgInbox, Consuming<S, PgOutbox>>,
-    stop: impl Future<Output = ()>,
+    stop: &Stop,
+    grace: Duration,
 ) -> Result<(), BoxError> {
     let retention = consumer.inbox_retention();
     let forgetting = async {
@@ -111,7 +116,11 @@ pub(super) async fn run_consumer<S: SagaService>(
         }
     };
     tokio::select! {
-        consumed = consumer.run(stop) => consumed,
+        consumed = consumer.run(stop.signal()) => consumed,
         () = forgetting => unreachable!("forgetting never ends"),
+        () = stop.grace_over(grace) => {
+            tracing::warn!(consumer = S::NAME, "the batch under way outlasted the stop's grace; cut short");
+            Ok(())
+        }
     }
 }
