@@ -332,7 +332,7 @@ where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
     {
         self.started();
-        let computation = CatchUnwind::call(compute);
+        let computation = crate::context::in_starters_context(CatchUnwind::call(compute));
         let (inner, own_key, own) = (
             Arc::downgrade(&self.inner),
             key.clone(),

@@ -38,6 +38,7 @@
 mod cache;
 #[cfg(feature = "redis")]
 mod codec;
+mod context;
 pub mod error;
 mod events;
 mod flight;

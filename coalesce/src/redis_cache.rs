@@ -1037,7 +1037,12 @@ where
                     Served::Fresh
                 };
                 let alone_until = entry.refresh_alone_until(now);
-                tokio::spawn(refresh(flight.clone(), seen, alone_until, compute));
+                tokio::spawn(crate::context::in_starters_context(refresh(
+                    flight.clone(),
+                    seen,
+                    alone_until,
+                    compute,
+                )));
                 return Ok(Ok(served(entry, how)));
             }
             State::Expired | State::Dead => None,

@@ -332,3 +332,22 @@ fn a_caller_outside_a_runtime_computes_alone_and_leaves_the_key_free() {
         assert_eq!(coalescer.in_flight(), 0);
     }
 }
+
+/// A computation runs in its starter's trace context, though on a task
+/// of its own: the origin a handler under the coalescing layer called,
+/// and every call it made in turn, began a trace of its own.
+#[cfg(feature = "tracecontext")]
+#[tokio::test]
+async fn a_computation_runs_in_its_starters_trace_context() {
+    use palisade_tracecontext::{TraceContext, TraceFlags, TraceId};
+    let coalescer: Coalescer<&'static str, Option<TraceId>, OriginDown> = Coalescer::new(16);
+    let starter = TraceContext::new_root(TraceFlags::SAMPLED);
+    let seen = starter
+        .clone()
+        .scope(coalescer.run("key", || async {
+            Ok(TraceContext::current().map(|context| context.trace_id()))
+        }))
+        .await
+        .unwrap();
+    assert_eq!(seen, Some(starter.trace_id()));
+}

@@ -25,7 +25,9 @@
 //! `sqlite` and `nats` (the outbox's stores, inboxes, publisher and
 //! consumer) and `otel` (OpenTelemetry metrics). Features that meet are
 //! joined: `outbox` with `tracecontext` carries the trace across the
-//! broker, with `breaker` puts the relay's publisher behind a breaker.
+//! broker, with `breaker` puts the relay's publisher behind a breaker;
+//! `coalesce` with `tracecontext` runs each computation in its starter's
+//! trace.
 //! [`hints`] is always there:
 //! the signals every layer reads the same way.
 //!
