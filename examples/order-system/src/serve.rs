@@ -161,8 +161,9 @@ impl Stop {
                 Ok(asked) => *asked,
                 Err(_) => None,
             };
-            match at {
-                Some(at) => tokio::time::sleep_until(at + grace).await,
+            // A grace past what an instant holds is no end.
+            match at.and_then(|at| at.checked_add(grace)) {
+                Some(over) => tokio::time::sleep_until(over).await,
                 None => std::future::pending().await,
             }
         }
@@ -317,6 +318,7 @@ async fn end_tasks(mut tasks: JoinSet<()>, stop: &Stop, grace: Duration) {
     // From when the stop was asked, not from now: one grace for the whole
     // stop, the consumers' last batch included.
     if tokio::select! {
+        biased;
         () = finished => false,
         () = stop.grace_over(grace) => true,
     } {
@@ -369,4 +371,24 @@ async fn connect_redis(
         .await
         .map_err(redis_error)?;
     Ok((client, connection))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A grace past what an instant can hold (`Duration::MAX`, "wait as
+    /// long as it takes") never ends; it panicked adding to the stop's
+    /// instant.
+    #[tokio::test]
+    async fn a_grace_past_what_an_instant_holds_never_ends() {
+        let stop = Stop::new();
+        stop.now();
+        let over = stop.grace_over(Duration::MAX);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), over)
+                .await
+                .is_err()
+        );
+    }
 }

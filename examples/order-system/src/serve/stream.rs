@@ -116,6 +116,7 @@ pub(super) async fn run_consumer<S: SagaService>(
         }
     };
     tokio::select! {
+        biased;
         consumed = consumer.run(stop.signal()) => consumed,
         () = forgetting => unreachable!("forgetting never ends"),
         () = stop.grace_over(grace) => {
