@@ -28,6 +28,40 @@ fn free_address() -> SocketAddr {
         .unwrap()
 }
 
+/// A process `serve` runs until told to stop.
+struct Serving {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), palisade_outbox::BoxError>>,
+}
+
+impl Serving {
+    fn start(settings: ServeSettings) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(serve(settings, async {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    /// Fails the test, with its error, if the process has ended unasked.
+    async fn still_running(&mut self) {
+        if self.task.is_finished() {
+            panic!("the process ended: {:?}", (&mut self.task).await);
+        }
+    }
+
+    /// Tells the process to stop; fails the test unless it ends cleanly
+    /// within `limit`.
+    async fn stop_within(self, limit: Duration) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(limit, self.task)
+            .await
+            .expect("the process stops in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
 fn infrastructure() -> Infrastructure {
     Infrastructure {
         postgres: database_url(),
@@ -92,21 +126,13 @@ async fn a_stopping_payment_process_records_the_charge_under_way() {
     settings.processor = processor;
     settings.vault_key = Some(key);
     settings.namespace.clone_from(&namespace);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(serve(settings, async {
-        let _ = stopped.await;
-    }));
+    let mut serving = Serving::start(settings);
     // Stopped while the charge is at the processor.
     while simulator.calls() == 0 {
-        assert!(!serving.is_finished(), "{:?}", serving.await);
+        serving.still_running().await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), serving)
-        .await
-        .expect("the process stops")
-        .unwrap()
-        .unwrap();
+    serving.stop_within(Duration::from_secs(30)).await;
 
     let paid: Vec<(String, String)> = db
         .fetch_all("SELECT order_id, status FROM payments", &[])
@@ -143,17 +169,14 @@ async fn a_request_never_finished_holds_a_stop_no_longer_than_its_grace() {
     settings.vault_key = Some(VaultKey::generate());
     settings.namespace.clone_from(&namespace);
     settings.stop_grace = Duration::from_secs(1);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(serve(settings, async {
-        let _ = stopped.await;
-    }));
+    let mut serving = Serving::start(settings);
     // One whole request answered on the connection, so it is served;
     // then the start of another.
     let mut client = loop {
         if let Ok(client) = tokio::net::TcpStream::connect(listen).await {
             break client;
         }
-        assert!(!serving.is_finished(), "{:?}", serving.await);
+        serving.still_running().await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     client
@@ -167,13 +190,8 @@ async fn a_request_never_finished_holds_a_stop_no_longer_than_its_grace() {
         .write_all(b"POST /cards HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"number\"")
         .await
         .unwrap();
-    stop.send(()).unwrap();
     // Well under the default grace (25 s): the one set is kept.
-    tokio::time::timeout(Duration::from_secs(10), serving)
-        .await
-        .expect("stopped within its grace")
-        .unwrap()
-        .unwrap();
+    serving.stop_within(Duration::from_secs(10)).await;
     drop(client);
     remove_namespace(infrastructure(), &namespace)
         .await
