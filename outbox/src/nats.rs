@@ -250,17 +250,22 @@ fn classify(error: JetStreamError) -> PublishError {
 }
 
 /// Whether JetStream's error answer to a publish refuses the message
-/// itself: over the stream's or the account's limits (`maximum messages
-/// exceeded` comes as a 503 "store failed"), too large, or any other 4xx.
-/// Other answers (503 "JetStream not enabled", "temporarily unavailable", a
-/// cluster without quorum) say the broker cannot take messages now.
+/// itself: too large for the stream, or any other 4xx.
+///
+/// A stream or account that is full (`maximum messages exceeded` under
+/// `DiscardPolicy::New` comes as a 503 "store failed", an account over its
+/// resources as a 400) or whose store failed (the same 503: a file store
+/// that cannot be opened, a stream closing while its leader changes)
+/// cannot take *any* message now: nothing is wrong with this one, so it is
+/// waited out like the other 503s ("JetStream not enabled", "temporarily
+/// unavailable", a cluster without quorum), and an outage of the store
+/// never turns events dead.
 fn refuses_message(answer: &jetstream::Error) -> bool {
-    matches!(
-        answer.error_code(),
-        ErrorCode::STREAM_STORE_FAILED
-            | ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM
-            | ErrorCode::ACCOUNT_RESOURCES_EXCEEDED
-    ) || (400..500).contains(&answer.code())
+    match answer.error_code() {
+        ErrorCode::STREAM_STORE_FAILED | ErrorCode::ACCOUNT_RESOURCES_EXCEEDED => false,
+        ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => true,
+        _ => (400..500).contains(&answer.code()),
+    }
 }
 
 #[cfg(test)]
@@ -301,15 +306,21 @@ mod tests {
     }
 
     #[test]
-    fn jetstream_answering_503_is_unavailable() {
-        for (err_code, description) in [
-            (10076, "jetstream not enabled"),
-            (10008, "jetstream system temporarily unavailable"),
-            (10023, "insufficient resources"),
+    fn jetstream_taking_no_message_now_is_unavailable() {
+        for (code, err_code, description) in [
+            (503, 10076, "jetstream not enabled"),
+            (503, 10008, "jetstream system temporarily unavailable"),
+            (503, 10023, "insufficient resources"),
+            // A full stream, a full account and a failed store take no
+            // message at all: nothing is wrong with this one.
+            (503, 10077, "maximum messages exceeded"),
+            (503, 10077, "maximum messages per subject exceeded"),
+            (503, 10077, "error opening msg block file"),
+            (400, 10002, "resource limits exceeded for account"),
         ] {
             let error = JetStreamError::with_source(
                 PublishErrorKind::Other,
-                answer(503, err_code, description),
+                answer(code, err_code, description),
             );
             assert_eq!(verdict(error), Verdict::Unavailable, "{description}");
         }
@@ -318,9 +329,7 @@ mod tests {
     #[test]
     fn a_message_the_stream_refuses_is_rejected() {
         for (code, err_code, description) in [
-            (503, 10077, "maximum messages exceeded"),
             (400, 10054, "message size exceeds maximum allowed"),
-            (400, 10002, "resource limits exceeded for account"),
             (400, 10999, "a refusal this crate does not know"),
         ] {
             let error = JetStreamError::with_source(

@@ -10,8 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use palisade_outbox::{
-    Event, NatsJetStreamPublisher, OutboxConfig, OutboxStore, PgOutbox, PublishErrorKind,
-    Published, Publisher, Relay,
+    Event, NatsJetStreamPublisher, OutboxConfig, OutboxStore, PgOutbox, Published, Publisher, Relay,
 };
 
 async fn jetstream() -> jetstream::Context {
@@ -190,11 +189,13 @@ async fn events_reach_jetstream_once_with_their_envelope() {
     db.drop().await;
 }
 
-/// A message the stream refuses (over its limits, too large) is the
-/// message's fault and spends an attempt; a subject no stream captures is
-/// the broker's (no responders): it is waited out.
+/// A message too large for the stream is the message's fault and spends
+/// an attempt; a stream that is full (`DiscardPolicy::New`) takes no
+/// message at all, and a subject no stream captures has no responders:
+/// both are the broker's, waited out with the event's attempts untouched.
+/// With one attempt each, the full stream's event would be dead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_message_is_rejected_and_no_stream_is_unavailable() {
+async fn a_message_too_large_is_rejected_and_a_full_or_missing_stream_is_waited_out() {
     let db = support::PgSchema::new().await;
     let pool = db.pool.clone();
     let outbox = db.outbox(|c| c.max_attempts(1)).await;
@@ -214,35 +215,62 @@ async fn a_refused_message_is_rejected_and_no_stream_is_unavailable() {
     .await;
     let events = [
         Event::new("order", "o-1", "Placed", b"{}".to_vec()),
-        Event::new("order", "o-2", "Placed", b"{}".to_vec()),
-        Event::new("order", "o-3", "Placed", vec![b'x'; 2048]),
+        Event::new("order", "o-2", "Placed", vec![b'x'; 2048]),
     ];
     let mut tx = pool.begin().await.unwrap();
     outbox.enqueue_all(&mut tx, &events).await.unwrap();
     tx.commit().await.unwrap();
-    let claimed = outbox.claim().await.unwrap();
-    assert_eq!(claimed.len(), 3);
-
     let publisher = NatsJetStreamPublisher::new(context.clone(), &name, "/test");
-    assert_eq!(
-        publisher.publish(&claimed[0]).await.unwrap(),
-        Published::Stored
-    );
-    let full = publisher.publish(&claimed[1]).await.unwrap_err();
-    assert_eq!(full.kind(), PublishErrorKind::Rejected, "{full}");
-    let large = publisher.publish(&claimed[2]).await.unwrap_err();
-    assert_eq!(large.kind(), PublishErrorKind::Rejected, "{large}");
+    let relay = Relay::new(outbox.clone(), publisher.clone());
+    let report = relay.run_once().await.unwrap();
+    assert_eq!((report.published, report.dead), (1, 1), "{report:?}");
 
+    // The stream is full now, and a subject no stream captures has no
+    // responders: a third event is waited out by both, not spent.
+    let third = Event::new("order", "o-3", "Placed", b"{}".to_vec());
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &third).await.unwrap();
+    tx.commit().await.unwrap();
     let nowhere = NatsJetStreamPublisher::new(context.clone(), &name, "/test")
         .subject_prefix(&format!("nowhere{}", unique().to_ascii_lowercase()));
-    let unavailable = nowhere.publish(&claimed[1]).await.unwrap_err();
-    assert_eq!(
-        unavailable.kind(),
-        PublishErrorKind::Unavailable,
-        "{unavailable}"
-    );
+    for relay in [
+        Relay::new(outbox.clone(), publisher),
+        Relay::new(outbox.clone(), nowhere),
+    ] {
+        let report = run_until_claimed(&relay).await;
+        assert_eq!((report.unavailable, report.dead), (1, 0), "{report:?}");
+    }
+    let dead = outbox.dead_events(10).await.unwrap();
+    assert_eq!(dead.len(), 1, "only the large message is dead: {dead:?}");
+    assert_eq!(dead[0].id, events[1].id());
+
+    // Room again: the waiting event goes through.
+    context
+        .get_stream(&name)
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    let report = run_until_claimed(&relay).await;
+    assert_eq!(report.published, 1, "{report:?}");
     context.delete_stream(&name).await.unwrap();
     db.drop().await;
+}
+
+/// One turn of `relay` that claimed something, once the events handed back
+/// by the turns before are due again.
+async fn run_until_claimed<P: Publisher>(
+    relay: &Relay<PgOutbox, P>,
+) -> palisade_outbox::BatchReport {
+    for _ in 0..600 {
+        let report = relay.run_once().await.unwrap();
+        if report.claimed > 0 {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing came due in 30 s");
 }
 
 /// The outbox message of `event`, as a relay would claim it again.
