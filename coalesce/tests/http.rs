@@ -925,6 +925,92 @@ async fn a_refusal_from_below_keeps_its_marker_and_the_stored_response() {
     }
 }
 
+/// A refusal from below answers the request that was refused, not the
+/// others of its flight: a caller over its own rate limit leads a flight
+/// and gets its 429, and the two callers that joined it, under their
+/// limits, get the origin's answer from one flight of their own (they got
+/// the 429 with the leader's `Refusal`, refused without drawing on their
+/// own limits).
+#[tokio::test(start_paused = true)]
+async fn a_leaders_refusal_from_below_is_not_handed_to_its_waiters() {
+    use palisade_hints::Refusal;
+    use palisade_hints::http::refusal_response;
+
+    let refusal = Refusal::rate_limited(Some(Duration::from_secs(5)));
+    let (service, calls) = layered(&[], move |request, n| {
+        if field(request, "x-client") == "greedy" {
+            refusal_response(StatusCode::TOO_MANY_REQUESTS, refusal)
+        } else {
+            answer(
+                &[("cache-control", "max-age=60".into())],
+                format!("{} {n}", field(request, "x-client")),
+            )
+        }
+    });
+    let greedy = {
+        let service = service.clone();
+        tokio::spawn(
+            async move { call(&service, "GET", "/ranking", &[("x-client", "greedy")]).await },
+        )
+    };
+    while calls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let polite = ["polite-1", "polite-2"].map(|client| {
+        let service = service.clone();
+        tokio::spawn(
+            async move { call(&service, "GET", "/ranking", &[("x-client", client)]).await },
+        )
+    });
+    let greedy = greedy.await.unwrap();
+    assert_eq!(greedy.0, StatusCode::TOO_MANY_REQUESTS);
+    let [first, second] = polite;
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!(first.0, StatusCode::OK, "{:?}", body_of(&first));
+    assert_eq!(body_of(&first), body_of(&second), "one flight of their own");
+    assert!(body_of(&first).ends_with(" 2"), "{:?}", body_of(&first));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // Stored by the second flight: the next caller gets it.
+    let later = call(&service, "GET", "/ranking", &[("x-client", "greedy")]).await;
+    assert_eq!(body_of(&later), body_of(&first));
+}
+
+/// Callers whose flights' leaders are refused turn after turn each end
+/// with their own answer (after a few turns, sent on their own): every
+/// caller but one is over its limit, and the one under it is served.
+#[tokio::test(start_paused = true)]
+async fn callers_refused_turn_after_turn_each_end_with_their_own_answer() {
+    use palisade_hints::Refusal;
+    use palisade_hints::http::refusal_response;
+
+    let refusal = Refusal::rate_limited(Some(Duration::from_secs(5)));
+    let (service, calls) = layered(&[], move |request, _| {
+        if field(request, "x-client") == "polite" {
+            answer(&[("cache-control", "no-store".into())], "served".into())
+        } else {
+            refusal_response(StatusCode::TOO_MANY_REQUESTS, refusal)
+        }
+    });
+    let mut greedy = Vec::new();
+    for n in 0..8 {
+        let service = service.clone();
+        greedy.push(tokio::spawn(async move {
+            let client = format!("greedy-{n}");
+            call(&service, "GET", "/ranking", &[("x-client", &client)]).await
+        }));
+        while calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let polite = call(&service, "GET", "/ranking", &[("x-client", "polite")]).await;
+    assert_eq!(polite.0, StatusCode::OK);
+    assert_eq!(body_of(&polite), "served");
+    for greedy in greedy {
+        assert_eq!(greedy.await.unwrap().0, StatusCode::TOO_MANY_REQUESTS);
+    }
+}
+
 /// What `poll_ready` took is given back at the call: a concurrency
 /// limit's permit, taken when the layer's service readied, was kept by it
 /// while the flight's clone waited for another, for ever with a limit of

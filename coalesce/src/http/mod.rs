@@ -42,8 +42,9 @@
 //!   error too, whatever its status: the stored response stands, and a
 //!   request nothing stored can answer gets that response with its
 //!   `Refusal`, so the layers above still tell it from the origin's. A
-//!   refusal is the refusing process's own: the requests waiting for it in
-//!   other processes ask the origin through their own stack.
+//!   refusal is the refused request's own: the requests waiting for it,
+//!   in this process or another, ask the origin through their own stack,
+//!   coalesced anew among themselves.
 //! - **Credentials stay out of the store.** The varying fields' values
 //!   enter the key as a SHA-256 digest, so an `Authorization` or `Cookie`
 //!   the layer varies on is not written in a shared store's key names (nor
@@ -500,16 +501,39 @@ impl<S, R, F> Coalesce<S, R, F> {
         // shared.
         let own = Arc::new(std::sync::Mutex::new(Some(request)));
         Box::pin(async move {
-            let sent = own.clone();
-            let fetch_vary = vary.clone();
-            let compute = move || {
-                let request = take(&sent);
-                async move {
-                    let request = request.ok_or("the request was sent already")?;
-                    fetch(origin, request, max_body, default, &fetch_vary).await
+            let (mut key, mut turn) = (key, 1);
+            let outcome = loop {
+                let sent = own.clone();
+                let fetch_vary = vary.clone();
+                let origin = origin.clone();
+                let compute = move || {
+                    let request = take(&sent);
+                    async move {
+                        let request = request.ok_or("the request was sent already")?;
+                        fetch(origin, request, max_body, default, &fetch_vary).await
+                    }
+                };
+                let outcome = cache.lookup(key, compute).await;
+                // A refusal from below (the leader's rate limit, a
+                // breaker's open circuit) answers the request that was
+                // sent, not the others of its flight: a caller whose own
+                // request was not sent asks again, in a new flight led by
+                // one of them, and after a few turns on its own.
+                if outcome.as_ref().is_err_and(refused_below)
+                    && let Some(again) = unsent_key(&own, &vary)
+                {
+                    if turn < REFUSED_TURNS {
+                        (key, turn) = (again, turn + 1);
+                        continue;
+                    }
+                    if let Some(request) = take(&own) {
+                        let response = fallback.oneshot(request).await.map_err(Into::into)?;
+                        return Ok(response.map(CoalesceBody::origin));
+                    }
                 }
+                break outcome;
             };
-            let (lookup, refusal) = match cache.lookup(key, compute).await {
+            let (lookup, refusal) = match outcome {
                 Ok(lookup) => (lookup, None),
                 Err(error) => match Unanswered::of(&error) {
                     // Nothing stored stood in for it: the answer from
@@ -582,6 +606,38 @@ fn take<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
     slot.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take()
+}
+
+/// The key of the request in `slot`, if it is still there: the caller's
+/// own was not sent.
+fn unsent_key<B>(
+    slot: &std::sync::Mutex<Option<Request<B>>>,
+    vary: &[HeaderName],
+) -> Option<String> {
+    let unsent = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    unsent
+        .as_ref()
+        .map(|request| key(request.method(), request, vary))
+}
+
+/// How many flights a caller joins whose leader a layer below refused
+/// before it sends its own request on its own.
+const REFUSED_TURNS: usize = 4;
+
+/// Whether a flight failed because a layer below refused its leader's
+/// request (a [`Refusal`] on the response or in the error): that
+/// leader's own answer, not the origin's.
+fn refused_below(error: &FlightError<BoxError>) -> bool {
+    match error {
+        FlightError::Failed(failure) => Unanswered::of(error).map_or_else(
+            || Refusal::find(&***failure).is_some(),
+            |unanswered| unanswered.refusal.is_some(),
+        ),
+        // The cache's own refusal (Redis out of reach) answers everyone.
+        FlightError::Refused(_) | FlightError::Panicked(_) | FlightError::Cancelled => false,
+    }
 }
 
 /// Whether the request goes to the origin on its own: it asks to skip the
