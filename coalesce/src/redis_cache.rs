@@ -521,6 +521,14 @@ where
     /// refused), the cache still works: it is retried in the background
     /// while waiters poll, as when it is lost later.
     ///
+    /// `connection` carries every command, and the cache does not replace
+    /// it: give one that reconnects by itself (a `ConnectionManager`, a
+    /// cluster connection, a pool). A `MultiplexedConnection` does not:
+    /// once Redis restarts, every command on it fails until the process
+    /// makes a new one, so every lookup is answered by the
+    /// [`FailurePolicy`] and no longer coalesced across processes, long
+    /// after Redis is back.
+    ///
     /// # Errors
     ///
     /// None today: the `Result` leaves room for settings checked against
@@ -594,7 +602,8 @@ where
     ///     Unreachable,
     /// }
     ///
-    /// let connection = client.get_multiplexed_async_connection().await?;
+    /// // A connection that reconnects by itself (see `connect`).
+    /// let connection = client.get_connection_manager().await?;
     /// let settings = RedisSettings::new(Freshness::new(Duration::from_secs(30)));
     /// let prices: RedisCache<_, PriceError> = RedisCache::connect(&client, connection, settings)
     ///     .await?
