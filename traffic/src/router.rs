@@ -1,8 +1,9 @@
 //! The router: each request to its key's cell.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tower::Service;
@@ -23,6 +24,13 @@ use crate::key::Key;
 /// A request that names no key goes to the fallback cell (the first, or
 /// as [`Cells::fallback`] says). Routing takes no lock and allocates
 /// nothing beyond what the key function and the cell's service clone do.
+///
+/// A request counts as under way on its cell ([`Cells::in_flight`], and
+/// what [`Cells::retire`] waits for) until its response is ready. An HTTP
+/// response may go on long after its head (a download, server-sent
+/// events, a gRPC stream whose status comes in the trailers):
+/// [`new_for_http`](CellRouter::new_for_http) (feature `http`) counts
+/// such a request until its body ends or is dropped.
 ///
 /// # Example
 ///
@@ -45,20 +53,58 @@ use crate::key::Key;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
-pub struct CellRouter<S, K> {
+pub struct CellRouter<S, K, U = UntilResponse> {
     cells: Cells<S>,
     key: K,
+    _until: U,
 }
 
+/// A request counts as under way on its cell until its response is
+/// ready: [`CellRouter::new`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UntilResponse;
+
 impl<S, K> CellRouter<S, K> {
-    /// Routes by `key` to `cells`.
+    /// Routes by `key` to `cells`; a request counts as under way on its
+    /// cell until its response is ready.
     pub const fn new(cells: Cells<S>, key: K) -> Self {
-        Self { cells, key }
+        Self::with_until(cells, key, UntilResponse)
+    }
+}
+
+impl<S, K, U> CellRouter<S, K, U> {
+    pub(crate) const fn with_until(cells: Cells<S>, key: K, until: U) -> Self {
+        Self {
+            cells,
+            key,
+            _until: until,
+        }
     }
 
     /// The cells routed to.
     pub const fn cells(&self) -> &Cells<S> {
         &self.cells
+    }
+
+    /// Enters `request`'s cell: the call on it, and the entry that counts
+    /// it as under way there.
+    pub(crate) fn enter<Req>(&self, request: Req) -> (Oneshot<S, Req>, Entered)
+    where
+        S: Service<Req> + Clone,
+        K: Key<Req>,
+    {
+        // The key first: the user's function may take its time, and the
+        // table is read just before the cell is entered.
+        let key = self.key.key(&request);
+        loop {
+            let table = self.cells.load();
+            let cell = &table.cells[usize::from(table.route(key))];
+            // A cell retired since the table was read refuses the entry;
+            // the next table no longer has it.
+            if let Some(entered) = cell.in_flight.enter() {
+                return (cell.service.clone().oneshot(request), entered);
+            }
+        }
     }
 }
 
@@ -76,35 +122,47 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        // The key first: the user's function may take its time, and the
-        // table is read just before the cell is entered.
-        let key = self.key.key(&request);
-        loop {
-            let table = self.cells.load();
-            let cell = &table.cells[usize::from(table.route(key))];
-            // A cell retired since the table was read refuses the entry;
-            // the next table no longer has it.
-            if let Some(entered) = cell.in_flight.enter() {
-                return CellFuture {
-                    call: cell.service.clone().oneshot(request),
-                    _entered: entered,
-                };
-            }
-        }
+        let (call, entered) = self.enter(request);
+        CellFuture::new(call, entered)
     }
 }
 
 pin_project! {
     /// Response future of [`CellRouter`]: the call on its cell, counted
-    /// as under way on the cell until it ends or is dropped.
-    pub struct CellFuture<S: Service<Req>, Req> {
+    /// as under way on the cell until it ends or is dropped (and, from
+    /// [`CellRouter::new_for_http`], then in the response's body).
+    pub struct CellFuture<S: Service<Req>, Req, U = UntilResponse> {
         #[pin]
         call: Oneshot<S, Req>,
-        _entered: Entered,
+        entered: Option<Entered>,
+        _until: PhantomData<fn() -> U>,
     }
 }
 
-impl<S, Req> std::fmt::Debug for CellFuture<S, Req>
+/// A call's result, and its entry on the cell (if not ended yet).
+pub(crate) type Ended<T, E> = (Result<T, E>, Option<Entered>);
+
+impl<S: Service<Req>, Req, U> CellFuture<S, Req, U> {
+    pub(crate) const fn new(call: Oneshot<S, Req>, entered: Entered) -> Self {
+        Self {
+            call,
+            entered: Some(entered),
+            _until: PhantomData,
+        }
+    }
+
+    /// The call's result, and its entry on the cell.
+    pub(crate) fn poll_entered(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Ended<S::Response, S::Error>> {
+        let this = self.project();
+        let result = ready!(this.call.poll(cx));
+        Poll::Ready((result, this.entered.take()))
+    }
+}
+
+impl<S, Req, U> std::fmt::Debug for CellFuture<S, Req, U>
 where
     S: Service<Req>,
 {
@@ -117,6 +175,7 @@ impl<S: Service<Req>, Req> Future for CellFuture<S, Req> {
     type Output = Result<S::Response, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().call.poll(cx)
+        // The entry ends here, with the response.
+        self.poll_entered(cx).map(|(result, _entered)| result)
     }
 }

@@ -284,6 +284,75 @@ async fn a_retired_cell_finishes_its_requests_under_way_first() {
     assert_eq!(cells.in_flight("old"), None, "gone");
 }
 
+/// A response body that ends when its sender says (or at once, with
+/// none).
+#[cfg(feature = "http")]
+struct Streaming(Option<tokio::sync::oneshot::Receiver<()>>);
+
+#[cfg(feature = "http")]
+impl http_body::Body for Streaming {
+    type Data = &'static [u8];
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, BoxError>>> {
+        if let Some(finished) = self.0.as_mut() {
+            let _ = std::task::ready!(Pin::new(finished).poll(cx));
+        }
+        Poll::Ready(None)
+    }
+}
+
+/// An HTTP request routed with `new_for_http` is under way on its cell
+/// until its response's body ends: `retire` waits for a download or a
+/// stream that outlives its response's head (it returned at the head,
+/// and the stream was cut when the cell's backend went).
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn a_retired_cell_waits_for_the_bodies_of_its_responses() {
+    use http::{HeaderName, Request, Response};
+    use http_body::Body as _;
+    use palisade_traffic::key;
+
+    let cell = |finished: Option<tokio::sync::oneshot::Receiver<()>>| {
+        let finished = Arc::new(std::sync::Mutex::new(finished));
+        service_fn(move |_: Request<()>| {
+            let body = Streaming(finished.lock().unwrap().take());
+            async move { Ok::<_, BoxError>(Response::new(body)) }
+        })
+    };
+    let (finish, finished) = tokio::sync::oneshot::channel();
+    let cells = Cells::new([("old", cell(Some(finished)))]).unwrap();
+    let user = key::header(HeaderName::from_static("x-user"));
+    let router = CellRouter::new_for_http(cells.clone(), user);
+    let streaming = router.clone().oneshot(Request::new(())).await.unwrap();
+    assert_eq!(cells.in_flight("old"), Some(1), "its body is under way");
+
+    cells.add("new", cell(None)).unwrap();
+    cells.assign(0..SLOTS, "new").unwrap();
+    cells.fallback("new").unwrap();
+    let served = router.clone().oneshot(Request::new(())).await.unwrap();
+    drop(served);
+    assert_eq!(cells.in_flight("new"), Some(0), "a dropped body ends");
+    let retiring = tokio::spawn({
+        let cells = cells.clone();
+        async move { cells.retire("old").await.map(|_| ()) }
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!retiring.is_finished(), "waits for the body under way");
+
+    finish.send(()).unwrap();
+    let mut body = streaming.into_body();
+    let end = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+    assert!(end.is_none());
+    retiring.await.unwrap().unwrap();
+    assert_eq!(cells.in_flight("old"), None, "gone");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_routed_while_keys_move_are_each_served_once() {
     let served = Arc::new(AtomicUsize::new(0));

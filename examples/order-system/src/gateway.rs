@@ -312,7 +312,7 @@ where
     }
     let to_cell = tower::ServiceBuilder::new()
         .map_request(for_the_cell)
-        .service(CellRouter::new(
+        .service(CellRouter::new_for_http(
             cells.clone(),
             |request: &axum::extract::Request| {
                 let extensions = request.extensions();
