@@ -20,9 +20,11 @@ pub enum PublishErrorKind {
     /// untouched and published once the broker is back, however long that
     /// takes.
     Unavailable,
-    /// The broker refused this message (too large, over the stream's
-    /// limits): the failure spends one of the event's attempts, and after
-    /// its last one the event is dead.
+    /// The broker refused this message (too large for the stream, or
+    /// against the stream's rules): the failure spends one of the event's
+    /// attempts, and after its last one the event is dead. A stream that is
+    /// full takes no message at all: that is
+    /// [`Unavailable`](Self::Unavailable).
     Rejected,
 }
 

@@ -193,24 +193,62 @@ impl NatsJetStreamPublisher {
 impl Publisher for NatsJetStreamPublisher {
     async fn publish(&self, message: &Message) -> Result<Published, PublishError> {
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", message.event.id().to_string().as_str());
+        let id = message.event.id().to_string();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        let subject = self.subject_of(&message.event);
+        // What the stream stores of it at the least: its subject, header
+        // fields and payload (framing and the store's own overhead come on
+        // top).
+        let mut size =
+            subject.len() + "Nats-Msg-Id".len() + id.len() + message.event.payload().len();
         for (name, value) in Envelope::of(message, &self.source).to_headers() {
+            size += name.len() + value.len();
             headers.insert(name.as_str(), value.as_str());
         }
         let payload = bytes::Bytes::copy_from_slice(message.event.payload());
-        let ack = self
-            .context
-            .publish_with_headers(self.subject_of(&message.event), headers, payload)
-            .await
-            .map_err(classify)?
-            .await
-            .map_err(classify)?;
+        let published = async {
+            self.context
+                .publish_with_headers(subject, headers, payload)
+                .await?
+                .await
+        };
+        let ack = match published.await {
+            Ok(ack) => ack,
+            // The same answer says the stream is full and that this
+            // message alone is larger than the stream may hold: the one
+            // is waited out, the other can never be stored.
+            Err(error) if stores_nothing(&error) && self.never_fits(size).await => {
+                return Err(PublishError::rejected(error));
+            }
+            Err(error) => return Err(classify(error)),
+        };
         Ok(if ack.duplicate {
             Published::Duplicate
         } else {
             Published::Stored
         })
     }
+}
+
+impl NatsJetStreamPublisher {
+    /// Whether a message of at least `size` bytes can never be stored: the
+    /// stream holds fewer bytes than that (`max_bytes`), even empty. When
+    /// the stream cannot be read, the message is taken to fit.
+    async fn never_fits(&self, size: usize) -> bool {
+        let Ok(stream) = self.context.get_stream(&self.stream).await else {
+            return false;
+        };
+        let max_bytes = stream.cached_info().config.max_bytes;
+        max_bytes > 0 && i64::try_from(size).unwrap_or(i64::MAX) >= max_bytes
+    }
+}
+
+/// Whether JetStream answered a publish with "store failed": the stream
+/// is full, its store failed, or the message is larger than the stream.
+fn stores_nothing(error: &JetStreamError) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|answer| answer.error_code() == ErrorCode::STREAM_STORE_FAILED)
 }
 
 /// Says whether a JetStream publish failed for the broker (waited out, the
@@ -259,7 +297,9 @@ fn classify(error: JetStreamError) -> PublishError {
 /// cannot take *any* message now: nothing is wrong with this one, so it is
 /// waited out like the other 503s ("JetStream not enabled", "temporarily
 /// unavailable", a cluster without quorum), and an outage of the store
-/// never turns events dead.
+/// never turns events dead. (A message larger than the whole stream gets
+/// the same "store failed": the publisher tells it apart by the stream's
+/// `max_bytes`: `NatsJetStreamPublisher::never_fits`.)
 fn refuses_message(answer: &jetstream::Error) -> bool {
     match answer.error_code() {
         ErrorCode::STREAM_STORE_FAILED | ErrorCode::ACCOUNT_RESOURCES_EXCEEDED => false,

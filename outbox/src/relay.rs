@@ -60,7 +60,9 @@ pub struct BatchReport {
 ///   responders, no stream, 503): the event is handed back with its
 ///   attempts untouched, to wait [`outage_backoff`](Self::outage_backoff)
 ///   (doubling while the outage lasts), for as long as the outage lasts. The
-///   outage is logged once when it starts and once when it ends.
+///   outage is logged once when it starts and once when it ends. Events
+///   the broker would not take while it took others of their batch (a
+///   full subject of a stream) wait the backoff's cap, logged each time.
 ///
 /// With feature `circuit-breaker`, [`circuit_breaker`](Self::circuit_breaker)
 /// puts a breaker in front of the publisher: once enough publishes found
@@ -305,19 +307,40 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
                 0
             };
             if let Some(error) = unavailable_errors.first() {
-                let wait = self.wait_for_broker(&unavailable_errors, outage);
+                // The broker took other events of the batch but not these
+                // (a subject of a full stream, a message larger than the
+                // account allows): no outage to back off from, so they
+                // wait the longest outage wait rather than come straight
+                // back, and say so.
+                let partial = outage == 0;
+                let wait = if partial {
+                    self.outage_backoff.1
+                } else {
+                    self.wait_for_broker(&unavailable_errors, outage)
+                };
                 let settled = self
                     .store
                     .release(&unavailable, wait, &error.to_string())
                     .await?;
                 report.superseded += unavailable.len().saturating_sub(settled);
-                tracing::debug!(
-                    target: "palisade_outbox",
-                    events = unavailable.len(),
-                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                    %error,
-                    "broker unavailable; events handed back, attempts untouched"
-                );
+                let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                if partial {
+                    tracing::warn!(
+                        target: "palisade_outbox",
+                        events = unavailable.len(),
+                        wait_ms,
+                        %error,
+                        "the broker took other events but not these; they wait, their attempts untouched"
+                    );
+                } else {
+                    tracing::debug!(
+                        target: "palisade_outbox",
+                        events = unavailable.len(),
+                        wait_ms,
+                        %error,
+                        "broker unavailable; events handed back, attempts untouched"
+                    );
+                }
             }
             #[cfg(feature = "otel")]
             let latencies: Vec<i64> = {

@@ -258,6 +258,92 @@ async fn a_message_too_large_is_rejected_and_a_full_or_missing_stream_is_waited_
     db.drop().await;
 }
 
+/// A message larger than the whole stream (`max_bytes`, no
+/// `max_message_size` to say so apart) gets the same "store failed" as a
+/// full stream, but can never be stored: it is rejected and, at its last
+/// attempt, dead, where it waited for ever and held its aggregate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_larger_than_the_whole_stream_is_rejected() {
+    let db = support::PgSchema::new().await;
+    let pool = db.pool.clone();
+    let outbox = db.outbox(|c| c.max_attempts(1)).await;
+    let context = jetstream().await;
+    let name = unique();
+    stream_of(
+        &context,
+        &name,
+        stream::Config {
+            max_bytes: 1024,
+            discard: stream::DiscardPolicy::New,
+            duplicate_window: Duration::from_secs(120),
+            ..stream::Config::default()
+        },
+    )
+    .await;
+    let large = Event::new("order", "o-1", "Placed", vec![b'x'; 2048]);
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &large).await.unwrap();
+    tx.commit().await.unwrap();
+    let publisher = NatsJetStreamPublisher::new(context.clone(), &name, "/test");
+    let report = Relay::new(outbox.clone(), publisher)
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!((report.dead, report.unavailable), (1, 0), "{report:?}");
+    context.delete_stream(&name).await.unwrap();
+    db.drop().await;
+}
+
+/// Events the broker would not take while it took others of their batch
+/// (a subject of the stream full under `discard_new_per_subject`) wait
+/// the outage backoff's cap, where they came straight back after its
+/// base, claimed and published again and again for as long as the
+/// subject stayed full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_a_full_subject_refuses_while_others_pass_wait_the_longest_backoff() {
+    let db = support::PgSchema::new().await;
+    let pool = db.pool.clone();
+    let outbox = db.outbox(|c| c).await;
+    let context = jetstream().await;
+    let name = unique();
+    stream_of(
+        &context,
+        &name,
+        stream::Config {
+            max_messages_per_subject: 1,
+            discard: stream::DiscardPolicy::New,
+            discard_new_per_subject: true,
+            duplicate_window: Duration::from_secs(120),
+            ..stream::Config::default()
+        },
+    )
+    .await;
+    let publisher = NatsJetStreamPublisher::new(context.clone(), &name, "/test");
+    let relay = Relay::new(outbox.clone(), publisher)
+        .outage_backoff(Duration::from_millis(1), Duration::from_secs(600));
+    let first = Event::new("order", "o-1", "Placed", b"{}".to_vec());
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &first).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(relay.run_once().await.unwrap().published, 1);
+
+    // The subject `order.Placed` is full now; `order.Paid` is not.
+    let events = [
+        Event::new("order", "o-2", "Placed", b"{}".to_vec()),
+        Event::new("order", "o-3", "Paid", b"{}".to_vec()),
+    ];
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_all(&mut tx, &events).await.unwrap();
+    tx.commit().await.unwrap();
+    let report = relay.run_once().await.unwrap();
+    assert_eq!((report.published, report.unavailable), (1, 1), "{report:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = relay.run_once().await.unwrap();
+    assert_eq!(again.claimed, 0, "not due again so soon: {again:?}");
+    context.delete_stream(&name).await.unwrap();
+    db.drop().await;
+}
+
 /// One turn of `relay` that claimed something, once the events handed back
 /// by the turns before are due again.
 async fn run_until_claimed<P: Publisher>(
