@@ -522,8 +522,8 @@ where
     /// while waiters poll, as when it is lost later.
     ///
     /// `connection` carries every command, and the cache does not replace
-    /// it: give one that reconnects by itself (a `ConnectionManager`, a
-    /// cluster connection, a pool). A `MultiplexedConnection` does not:
+    /// it: give one that reconnects by itself (a `ConnectionManager` or a
+    /// cluster connection). A `MultiplexedConnection` does not:
     /// once Redis restarts, every command on it fails until the process
     /// makes a new one, so every lookup is answered by the
     /// [`FailurePolicy`] and no longer coalesced across processes, long

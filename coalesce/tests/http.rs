@@ -976,39 +976,119 @@ async fn a_leaders_refusal_from_below_is_not_handed_to_its_waiters() {
     assert_eq!(body_of(&later), body_of(&first));
 }
 
-/// Callers whose flights' leaders are refused turn after turn each end
-/// with their own answer (after a few turns, sent on their own): every
-/// caller but one is over its limit, and the one under it is served.
-#[tokio::test(start_paused = true)]
-async fn callers_refused_turn_after_turn_each_end_with_their_own_answer() {
+/// A refusal answering `x-client`'s request for its own sake (over its
+/// rate limit), naming whom it refused.
+fn refused_for(request: &Request<Empty<Bytes>>) -> Response<String> {
     use palisade_hints::Refusal;
     use palisade_hints::http::refusal_response;
 
     let refusal = Refusal::rate_limited(Some(Duration::from_secs(5)));
-    let (service, calls) = layered(&[], move |request, _| {
-        if field(request, "x-client") == "polite" {
-            answer(&[("cache-control", "no-store".into())], "served".into())
-        } else {
-            refusal_response(StatusCode::TOO_MANY_REQUESTS, refusal)
-        }
-    });
-    let mut greedy = Vec::new();
-    for n in 0..8 {
+    let mut refused = refusal_response(StatusCode::TOO_MANY_REQUESTS, refusal);
+    let client = field(request, "x-client");
+    refused
+        .headers_mut()
+        .insert("x-refused", client.parse().unwrap());
+    refused
+}
+
+/// `clients`' requests for one URI at once, the first reaching the origin
+/// before the others are sent.
+async fn all_at_once(
+    service: &Layered,
+    calls: &AtomicUsize,
+    clients: &[&'static str],
+) -> Vec<(StatusCode, HeaderMap, Bytes)> {
+    let mut answers = Vec::new();
+    for &client in clients {
         let service = service.clone();
-        greedy.push(tokio::spawn(async move {
-            let client = format!("greedy-{n}");
-            call(&service, "GET", "/ranking", &[("x-client", &client)]).await
+        answers.push(tokio::spawn(async move {
+            call(&service, "GET", "/ranking", &[("x-client", client)]).await
         }));
         while calls.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
         }
     }
-    let polite = call(&service, "GET", "/ranking", &[("x-client", "polite")]).await;
-    assert_eq!(polite.0, StatusCode::OK);
-    assert_eq!(body_of(&polite), "served");
-    for greedy in greedy {
-        assert_eq!(greedy.await.unwrap().0, StatusCode::TOO_MANY_REQUESTS);
+    let mut done = Vec::new();
+    for answer in answers {
+        done.push(answer.await.unwrap());
     }
+    done
+}
+
+/// Callers whose flights' leaders are refused turn after turn each end
+/// with their own answer, every request sent once: every caller but one
+/// is over its limit, and the one under it is served.
+#[tokio::test(start_paused = true)]
+async fn callers_refused_turn_after_turn_each_end_with_their_own_answer() {
+    let (service, calls) = layered(&[], |request, _| {
+        if field(request, "x-client") == "polite" {
+            answer(&[("cache-control", "no-store".into())], "served".into())
+        } else {
+            refused_for(request)
+        }
+    });
+    let clients = [
+        "greedy-0", "greedy-1", "greedy-2", "polite", "greedy-3", "greedy-4",
+    ];
+    let answers = all_at_once(&service, &calls, &clients).await;
+    for (client, answer) in clients.iter().zip(&answers) {
+        if *client == "polite" {
+            assert_eq!(answer.0, StatusCode::OK);
+            assert_eq!(body_of(answer), "served");
+        } else {
+            assert_eq!(answer.0, StatusCode::TOO_MANY_REQUESTS, "{client}");
+            assert_eq!(answer.1["x-refused"], *client, "its own refusal");
+        }
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        clients.len(),
+        "each sent once"
+    );
+}
+
+/// Callers refused for their own sake in every flight they join end,
+/// after three more flights, by sending their own requests on their own:
+/// each gets its own refusal, and no caller waits for ever.
+#[tokio::test(start_paused = true)]
+async fn callers_refused_in_every_flight_send_their_own_after_three_more() {
+    let (service, calls) = layered(&[], |request, _| refused_for(request));
+    let started = tokio::time::Instant::now();
+    let clients = ["a", "b", "c", "d", "e", "f", "g"];
+    let answers = all_at_once(&service, &calls, &clients).await;
+    for (client, answer) in clients.iter().zip(&answers) {
+        assert_eq!(answer.0, StatusCode::TOO_MANY_REQUESTS, "{client}");
+        assert_eq!(answer.1["x-refused"], *client, "its own refusal");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        clients.len(),
+        "each sent once"
+    );
+    // A second a flight: the first, three more, then their own.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+}
+
+/// A refusal any caller would get (an open circuit) answers the whole
+/// flight, as before: one call for all.
+#[tokio::test(start_paused = true)]
+async fn an_open_circuits_refusal_answers_the_whole_flight() {
+    use palisade_hints::Refusal;
+    use palisade_hints::http::refusal_response;
+
+    let open = Refusal::circuit_open(Some(Duration::from_secs(5)));
+    let (service, calls) = layered(&[], move |_, _| {
+        refusal_response(StatusCode::SERVICE_UNAVAILABLE, open)
+    });
+    let answers = all_at_once(&service, &calls, &["a", "b", "c", "d"]).await;
+    for answer in &answers {
+        assert_eq!(answer.0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
 /// What `poll_ready` took is given back at the call: a concurrency

@@ -57,8 +57,8 @@
 //! # Feature flags
 //!
 //! - `redis`: [`RedisStore`], [`LeasingStore`] and [`FailurePolicy`], generic over any
-//!   `redis::aio::ConnectionLike + Clone` (a `ConnectionManager`, a cluster
-//!   connection, a pool).
+//!   `redis::aio::ConnectionLike + Clone` (a `ConnectionManager` or a
+//!   cluster connection, which reconnect by themselves).
 //! - `http`: [`RateLimitLayer::new_for_http`] answers `429` with
 //!   `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` fields
 //!   (on admitted responses too), optionally the legacy `X-RateLimit-*`;

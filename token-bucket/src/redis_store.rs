@@ -159,8 +159,8 @@ impl FailurePolicy {
 ///   3.2 introduced, before writing after `TIME`); no module needed.
 ///
 /// Generic over any `redis::aio::ConnectionLike + Clone`: a
-/// `ConnectionManager` (which reconnects by itself), a cluster connection,
-/// or a pooled connection.
+/// `ConnectionManager` or a cluster connection, which reconnect by
+/// themselves (a pool's connection is not `Clone`).
 ///
 /// # Example
 ///

@@ -42,9 +42,13 @@
 //!   error too, whatever its status: the stored response stands, and a
 //!   request nothing stored can answer gets that response with its
 //!   `Refusal`, so the layers above still tell it from the origin's. A
-//!   refusal is the refused request's own: the requests waiting for it,
-//!   in this process or another, ask the origin through their own stack,
-//!   coalesced anew among themselves.
+//!   refusal is the refusing process's own: the requests waiting for it in
+//!   other processes ask the origin through their own stack. One for the
+//!   refused request's own sake (its caller over a rate limit, shed for
+//!   its low priority) is that request's alone: the requests waiting for
+//!   it in this process ask again, in a flight led by one of them (up to
+//!   three such flights, then each on its own); an open circuit answers
+//!   them all.
 //! - **Credentials stay out of the store.** The varying fields' values
 //!   enter the key as a SHA-256 digest, so an `Authorization` or `Cookie`
 //!   the layer varies on is not written in a shared store's key names (nor
@@ -94,8 +98,8 @@ use http::header::{
 use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
-use palisade_hints::Refusal;
 use palisade_hints::http::refusal_response;
+use palisade_hints::{Refusal, RefusalReason};
 use tower::{BoxError, Layer, Service, ServiceExt};
 
 pub use cache_control::CacheControl;
@@ -514,11 +518,12 @@ impl<S, R, F> Coalesce<S, R, F> {
                     }
                 };
                 let outcome = cache.lookup(key, compute).await;
-                // A refusal from below (the leader's rate limit, a
-                // breaker's open circuit) answers the request that was
-                // sent, not the others of its flight: a caller whose own
-                // request was not sent asks again, in a new flight led by
-                // one of them, and after a few turns on its own.
+                // A refusal from below for the leader's own sake (its
+                // rate limit, its low priority shed) answers the request
+                // that was sent, not the others of its flight: a caller
+                // whose own request was not sent asks again, in a new
+                // flight led by one of them, and after a few turns on its
+                // own.
                 if outcome.as_ref().is_err_and(refused_below)
                     && let Some(again) = unsent_key(&own, &vary)
                 {
@@ -623,21 +628,32 @@ fn unsent_key<B>(
 }
 
 /// How many flights a caller joins whose leader a layer below refused
-/// before it sends its own request on its own.
+/// for that request's own sake before it sends its own request on its
+/// own: its first and three more.
 const REFUSED_TURNS: usize = 4;
 
 /// Whether a flight failed because a layer below refused its leader's
-/// request (a [`Refusal`] on the response or in the error): that
-/// leader's own answer, not the origin's.
+/// request for that request's own sake (a [`Refusal`] on the response or
+/// in the error): its caller over a rate limit, or shed for its low
+/// priority. That is the leader's own answer, not the origin's, and
+/// another caller's request may well pass. An open circuit or a shared
+/// store out of reach refuses every caller alike: that refusal answers the
+/// whole flight.
 fn refused_below(error: &FlightError<BoxError>) -> bool {
-    match error {
-        FlightError::Failed(failure) => Unanswered::of(error).map_or_else(
-            || Refusal::find(&***failure).is_some(),
-            |unanswered| unanswered.refusal.is_some(),
-        ),
+    let refusal = match error {
+        FlightError::Failed(failure) => match Unanswered::of(error) {
+            Some(unanswered) => unanswered.refusal,
+            None => Refusal::find(&***failure).copied(),
+        },
         // The cache's own refusal (Redis out of reach) answers everyone.
-        FlightError::Refused(_) | FlightError::Panicked(_) | FlightError::Cancelled => false,
-    }
+        FlightError::Refused(_) | FlightError::Panicked(_) | FlightError::Cancelled => None,
+    };
+    refusal.is_some_and(|refusal| {
+        matches!(
+            refusal.reason(),
+            RefusalReason::RateLimited | RefusalReason::Shed
+        )
+    })
 }
 
 /// Whether the request goes to the origin on its own: it asks to skip the
