@@ -215,7 +215,10 @@ impl ConsumerConfig {
 /// in order, and acknowledged after its commit; one whose handler fails is
 /// rolled back alone (the others are applied again without it) and settled
 /// as above. Run more instances on the same durable consumer to share the
-/// work.
+/// work; an aggregate's order then holds within each instance only:
+/// JetStream hands an aggregate's later message to another instance while
+/// one works on, or retries, its earlier one. Where that order matters,
+/// run one instance per durable consumer.
 pub struct JetStreamConsumer<I, H> {
     context: jetstream::Context,
     consumer: jetstream::consumer::Consumer<pull::Config>,
@@ -461,8 +464,16 @@ where
         self.counters.snapshot()
     }
 
-    /// The shortest safe retention of the inbox's records: the longer of
-    /// the redelivery horizon and the stream's duplicate window.
+    /// The shortest retention of the inbox's records that covers
+    /// JetStream: the longer of the redelivery horizon and the stream's
+    /// duplicate window.
+    ///
+    /// It does not cover the producer: a relay that published a batch and
+    /// stopped before marking it sent publishes it again when a relay next
+    /// claims it, and past the stream's duplicate window (every relay down
+    /// that long, or the broker out of reach) JetStream stores it again. Its
+    /// records gone by then, the inbox applies it twice. Keep them as long
+    /// as your relays may all be down.
     #[must_use]
     pub const fn inbox_retention(&self) -> Duration {
         self.retention

@@ -31,7 +31,9 @@ type SubjectOf = Arc<dyn Fn(&Event) -> String + Send + Sync>;
 /// retry horizon: otherwise a late retry would be stored twice. An outage
 /// spends no attempts and may outlast any window: an event whose publish
 /// was stored but whose acknowledgement was lost as the broker went away
-/// may be stored again after the outage, which consumers' inboxes drop.
+/// may be stored again after the outage, which consumers' inboxes drop as
+/// long as they keep their records that long
+/// (`JetStreamConsumer::inbox_retention`).
 ///
 /// # Example
 ///

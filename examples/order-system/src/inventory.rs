@@ -98,6 +98,22 @@ impl Inventory {
     }
 
     async fn reserve<C: Emit>(&self, tx: &mut C, line: Line) -> Result<(), BoxError> {
+        // Answered once per order: an order created message delivered
+        // again after its inbox record was forgotten (a relay back after
+        // the broker's duplicate window) found an order the stock had
+        // refused reserved now, and charged and shipped it though the
+        // customer was told it was cancelled.
+        let answered: Option<(i64,)> = tx
+            .fetch_optional(
+                "SELECT 1 FROM reservations WHERE order_id = $1 \
+                 UNION ALL SELECT 1 FROM rejections WHERE order_id = $1",
+                &[Param::Text(&line.order_id)],
+            )
+            .await?;
+        if answered.is_some() {
+            tracing::debug!(order_id = %line.order_id, "order answered already; the reservation asked again is dropped");
+            return Ok(());
+        }
         let taken = tx
             .execute(
                 "UPDATE stock SET available = available - $2, reserved = reserved + $2 \
@@ -117,6 +133,11 @@ impl Inventory {
             .await?;
             SagaEvent::InventoryReserved(line)
         } else {
+            tx.execute(
+                "INSERT INTO rejections (order_id) VALUES ($1)",
+                &[Param::Text(&line.order_id)],
+            )
+            .await?;
             SagaEvent::InventoryRejected {
                 order_id: line.order_id,
             }
@@ -166,6 +187,8 @@ impl SagaService for Inventory {
          CHECK (available >= 0 AND reserved >= 0 AND shipped >= 0))",
         "CREATE TABLE IF NOT EXISTS reservations (order_id TEXT PRIMARY KEY, sku TEXT NOT NULL, \
          quantity BIGINT NOT NULL, status TEXT NOT NULL CHECK (status IN ('reserved', 'released', 'shipped')))",
+        // The orders the stock could not serve, so each is answered once.
+        "CREATE TABLE IF NOT EXISTS rejections (order_id TEXT PRIMARY KEY)",
         // Every compensation run, to prove none ran twice.
         "CREATE TABLE IF NOT EXISTS compensations (order_id TEXT NOT NULL, kind TEXT NOT NULL)",
     ];
@@ -219,5 +242,91 @@ impl SagaService for Inventory {
             other => return Err(not_consumed(Self::NAME, &other)),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(order_id: &str, sku: &str, quantity: i64) -> Line {
+        Line {
+            order_id: order_id.to_owned(),
+            user_id: "alice".into(),
+            sku: sku.to_owned(),
+            quantity,
+            amount_cents: 1250,
+            card_token: "card_0123456789abcdef0123456789abcdef".to_owned(),
+            card_last4: "4242".to_owned(),
+        }
+    }
+
+    /// An order answered once, reserved or refused, is not answered
+    /// again when its reservation is asked again: a refused order whose
+    /// message came back once stock was in was reserved (and paid and
+    /// shipped), and a reserved one failed on its reservation's key until
+    /// it was dead-lettered.
+    #[tokio::test]
+    async fn an_order_is_answered_once_whatever_comes_again() {
+        let dir = std::env::temp_dir().join(format!("palisade-inventory-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = ServiceDb::open_sqlite(&dir, Inventory::NAME, Inventory::TABLES)
+            .await
+            .unwrap();
+        let inventory = Inventory::new(db.clone()).await.unwrap();
+        let orders = [
+            line("refused", "sku-rare", 41),
+            line("reserved", "sku-1", 2),
+        ];
+        let apply = |line: Line| {
+            let (db, inventory) = (db.clone(), &inventory);
+            async move {
+                let mut tx = db.begin().await.unwrap();
+                inventory
+                    .apply(&mut tx, SagaEvent::OrderCreated(line))
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            }
+        };
+        for order in &orders {
+            apply(order.clone()).await;
+        }
+        // Stock comes in; then both orders' messages come again.
+        db.execute(
+            "UPDATE stock SET available = 1000 WHERE sku = 'sku-rare'",
+            &[],
+        )
+        .await
+        .unwrap();
+        for order in &orders {
+            apply(order.clone()).await;
+        }
+        let events: Vec<(String, String)> = db
+            .fetch_all(
+                "SELECT aggregate_id, event_type FROM outbox ORDER BY seq",
+                &[],
+            )
+            .await
+            .unwrap();
+        let events: Vec<(&str, &str)> = events
+            .iter()
+            .map(|(order, kind)| (order.as_str(), kind.as_str()))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                ("refused", types::INVENTORY_REJECTED),
+                ("reserved", types::INVENTORY_RESERVED)
+            ]
+        );
+        let stock = inventory.stock().await.unwrap();
+        let level = |sku: &str| stock.iter().find(|level| level.sku == sku).unwrap().clone();
+        assert_eq!(
+            (level("sku-rare").available, level("sku-rare").reserved),
+            (1000, 0)
+        );
+        assert_eq!(level("sku-1").reserved, 2);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

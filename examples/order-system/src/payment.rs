@@ -395,17 +395,32 @@ impl Payment {
                 Param::OptionalText(reason),
             ]);
         }
-        tx.execute(
-            &format!(
-                "INSERT INTO payments (order_id, amount_cents, status, reason) VALUES {}",
-                crate::db::placeholders(charged.len(), 4)
-            ),
-            &params,
-        )
-        .await?;
+        // An order paid already keeps its payment and gets no second
+        // event; the others of the round are recorded all the same.
+        let recorded: Vec<(String,)> = tx
+            .fetch_all(
+                &format!(
+                    "INSERT INTO payments (order_id, amount_cents, status, reason) VALUES {} \
+                     ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+                    crate::db::placeholders(charged.len(), 4)
+                ),
+                &params,
+            )
+            .await?;
+        if recorded.len() < charged.len() {
+            tracing::warn!(
+                paid_already = charged.len() - recorded.len(),
+                "intents of orders paid already: their payments stand, no event again"
+            );
+        }
         // One statement for the round's events too (on SQLite).
         let events: Vec<Event> = charged
             .iter()
+            .filter(|(intent, _, _)| {
+                recorded
+                    .iter()
+                    .any(|(order_id,)| *order_id == intent.line.order_id)
+            })
             .map(|(_, _, event)| (*event).clone())
             .collect();
         tx.enqueue_all(&events).await?;
@@ -435,17 +450,22 @@ impl Payment {
             return Ok(());
         }
         let (status, reason) = payment_status(step);
-        tx.execute(
-            "INSERT INTO payments (order_id, amount_cents, status, reason) VALUES ($1, $2, $3, $4)",
-            &[
-                Param::Text(order_id),
-                Param::Int(intent.line.amount_cents),
-                Param::Text(status),
-                Param::OptionalText(reason),
-            ],
-        )
-        .await?;
-        tx.enqueue(event).await?;
+        let recorded = tx
+            .execute(
+                "INSERT INTO payments (order_id, amount_cents, status, reason) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (order_id) DO NOTHING",
+                &[
+                    Param::Text(order_id),
+                    Param::Int(intent.line.amount_cents),
+                    Param::Text(status),
+                    Param::OptionalText(reason),
+                ],
+            )
+            .await?;
+        // An order paid already keeps its payment and gets no second event.
+        if recorded == 1 {
+            tx.enqueue(event).await?;
+        }
         Ok(())
     }
 
@@ -584,10 +604,15 @@ impl SagaService for Payment {
             return Err(not_consumed(Self::NAME, &event));
         };
         // The intent only: the charge is made outside this transaction.
+        // Once per order, whatever comes again: an order paid already, or
+        // whose intent waits, gets none (a reservation delivered again
+        // after its inbox entry was forgotten would charge it twice, and
+        // its payment could not be recorded).
         let traceparent = TraceContext::current().map(|context| stored_trace(&context));
         tx.execute(
             "INSERT INTO payment_intents (order_id, line, traceparent, due_ms) \
-             VALUES ($1, $2, $3, $4)",
+             SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM payments WHERE order_id = $1) \
+             ON CONFLICT (order_id) DO NOTHING",
             &[
                 Param::Text(&line.order_id),
                 Param::Text(&serde_json::to_string(&line)?),
@@ -712,6 +737,54 @@ mod tests {
         assert_eq!(texts(&db, waiting).await, ["c:-:1", "e:c3:0"]);
         let events = "SELECT aggregate_id FROM outbox ORDER BY seq";
         assert_eq!(texts(&db, events).await, ["a", "b", "d"]);
+
+        // An intent of an order paid already (a reservation delivered
+        // again): its round is recorded, the others' payments and events
+        // with it, and the paid order keeps its one payment and event.
+        // The round failed on the payment's key, and was claimed again
+        // and failed for good, its other orders never paid.
+        for order_id in ["a", "f"] {
+            db.execute(
+                "INSERT INTO payment_intents (order_id, line, due_ms, claim) \
+                 VALUES ($1, '{}', 0, 'c4')",
+                &[Param::Text(order_id)],
+            )
+            .await
+            .unwrap();
+        }
+        payment
+            .record("c4", &[charged("a"), charged("f")])
+            .await
+            .unwrap();
+        assert_eq!(texts(&db, paid).await, ["a", "b", "d", "f"]);
+        assert_eq!(texts(&db, waiting).await, ["c:-:1", "e:c3:0"]);
+        assert_eq!(texts(&db, events).await, ["a", "b", "d", "f"]);
+        // On its own (a lapsed claim's path) too.
+        db.execute(
+            "INSERT INTO payment_intents (order_id, line, due_ms, claim) VALUES ('b', '{}', 0, 'c5')",
+            &[],
+        )
+        .await
+        .unwrap();
+        let mut tx = db.begin().await.unwrap();
+        payment
+            .settle_one(&mut tx, "c5", &intent("b"), &charged("b").1)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(texts(&db, events).await, ["a", "b", "d", "f"]);
+
+        // A reservation delivered again makes no intent for a paid order,
+        // nor a second one for an order whose intent waits.
+        for order_id in ["a", "c"] {
+            let mut tx = db.begin().await.unwrap();
+            payment
+                .apply(&mut tx, SagaEvent::InventoryReserved(line(order_id)))
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+        assert_eq!(texts(&db, waiting).await, ["c:-:1", "e:c3:0"]);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

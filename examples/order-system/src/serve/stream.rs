@@ -93,9 +93,16 @@ pub(super) async fn consumer<S: SagaService>(
     Ok(Arc::new(consumer))
 }
 
+/// How long a consumer's inbox keeps a record at least: JetStream's own
+/// horizon (two minutes here) does not cover a relay that published a
+/// batch and was down past the stream's duplicate window before marking
+/// it sent; the batch published again then is stored again, and applied
+/// again once its records are forgotten.
+const INBOX_KEPT: Duration = Duration::from_secs(24 * 3_600);
+
 /// Runs `consumer` until `stop` completes, and meanwhile forgets its
-/// inbox's records once JetStream can no longer bring them back, every
-/// minute: every consumer of the server processes runs through here, so
+/// inbox's records once JetStream can no longer bring them back (and
+/// after [`INBOX_KEPT`] at least), every minute: every consumer of the server processes runs through here, so
 /// no inbox of theirs grows for ever (the gateway's three did).
 /// Once the process is asked to stop, the batch under way has until the
 /// stop's `grace` is over (a statement hung on a lost database would
@@ -106,7 +113,7 @@ pub(super) async fn run_consumer<S: SagaService>(
     stop: &Stop,
     grace: Duration,
 ) -> Result<(), BoxError> {
-    let retention = consumer.inbox_retention();
+    let retention = consumer.inbox_retention().max(INBOX_KEPT);
     let forgetting = async {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
