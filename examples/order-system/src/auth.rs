@@ -26,9 +26,10 @@
 //! logins are refused (`temporarily_unavailable`) rather than memory
 //! growing. Or in Redis ([`Sessions::redis`], shared by every gateway and
 //! by the card processor's admin): each with its lifetime as its TTL, a
-//! user's bound kept by one script (Redis 5 or later, one server, not a
-//! cluster: it drops a user's oldest entries by name), a code taken with
-//! `GETDEL` so that it works once whichever gateway redeems it. Redis down
+//! user's bound kept by one script (one server, not a cluster: it drops a
+//! user's oldest entries by name), a code taken with `GETDEL` so that it
+//! works once whichever gateway redeems it: Redis 6.2 or later (`GETDEL`
+//! came with 6.2; on older servers every sign-in answers 503). Redis down
 //! means no sign-in and no token check: `503`, never a token let through
 //! unchecked. A token stands for a [`Principal`]: the user and the roles
 //! granted at sign-in.
@@ -333,6 +334,9 @@ impl IntoResponse for OAuthError {
         let status = match self.error {
             "temporarily_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             "access_denied" => StatusCode::UNAUTHORIZED,
+            // The sign-in store holds what this gateway cannot read (a
+            // newer one's record): the fault is ours, not the request's.
+            "server_error" => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         };
         (status, Json(self)).into_response()
@@ -740,6 +744,20 @@ pub fn form_page(params: &HashMap<String, String>, problem: Option<&str>) -> Htm
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stored token or code this gateway cannot read is its own fault:
+    /// 500, where it answered 400 (the client's request at fault) on every
+    /// signed-in route.
+    #[test]
+    fn a_record_the_store_holds_unreadable_is_a_server_error() {
+        let unreadable = from_json::<Principal>("{").unwrap_err();
+        assert_eq!(
+            unreadable.into_response().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let refused = OAuthError::new("invalid_grant", &"code used already");
+        assert_eq!(refused.into_response().status(), StatusCode::BAD_REQUEST);
+    }
 
     #[tokio::test]
     async fn tokens_and_codes_are_kept_under_their_digest_only() {

@@ -710,6 +710,14 @@ struct HistoryQuery {
     before: Option<String>,
 }
 
+/// An order id as the orders service writes it (a UUID, lowercase with
+/// hyphens), or `None` for text that names no order. Only such ids reach
+/// a database: a NUL byte, which PostgreSQL refuses in text, answered 503
+/// and counted against the objectives.
+fn order_id(text: &str) -> Option<String> {
+    uuid::Uuid::try_parse(text).ok().map(|id| id.to_string())
+}
+
 /// `GET /orders`: the signed-in user's orders, newest first, from the
 /// history read model.
 async fn history(
@@ -717,9 +725,26 @@ async fn history(
     Extension(Principal { user, .. }): Extension<Principal>,
     Query(query): Query<HistoryQuery>,
 ) -> Response {
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=crate::history::MAX_PAGE).contains(&limit) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be from 1 to {}", crate::history::MAX_PAGE),
+        );
+    }
+    let before = match query.before.as_deref().map(order_id) {
+        None => None,
+        Some(Some(before)) => Some(before),
+        Some(None) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "before must be an order's id, as the orders listed give it",
+            );
+        }
+    };
     let page = services
         .history
-        .of_user(&user, query.before.as_deref(), query.limit.unwrap_or(20))
+        .of_user(&user, before.as_deref(), limit)
         .await;
     match page {
         Ok(orders) => Json(serde_json::json!({ "orders": orders })).into_response(),
@@ -733,9 +758,12 @@ async fn order(
     Path(id): Path<String>,
     Query(query): Query<OrderQuery>,
 ) -> Response {
+    let Some(known) = order_id(&id) else {
+        return Problem::status(StatusCode::NOT_FOUND, format!("no order {id}")).into_response();
+    };
     let wait = std::time::Duration::from_millis(query.wait_ms.unwrap_or(0).min(30_000));
     let started = tokio::time::Instant::now();
-    match services.orders.wait_for_end(&user, &id, wait).await {
+    match services.orders.wait_for_end(&user, &known, wait).await {
         Ok(Some(order)) => {
             let read = SagaRead {
                 // As long as it waited, not as long as it asked to: a wait

@@ -136,6 +136,31 @@ fn argon2() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
+/// The most memory (KiB), passes and lanes a stored hash may ask of a
+/// sign-in: its check runs with the hash's own costs, on one of a few
+/// hashing threads, so a hash past these held a thread for days, or ran
+/// the host out of memory, at each sign-in.
+const MOST_COSTS: (u32, u32, u32) = (256 * 1024, 16, 8);
+
+/// Whether `hash` can be checked at all (its costs readable, its output
+/// there) and at a sign-in's cost.
+fn check_costs(hash: &argon2::password_hash::phc::PasswordHash) -> Result<(), String> {
+    let params = Params::try_from(hash).map_err(|error| format!("costs: {error}"))?;
+    if hash.hash.is_none() {
+        return Err("holds no hash: nobody could sign in".to_owned());
+    }
+    let (memory, passes, lanes) = MOST_COSTS;
+    if params.m_cost() > memory || params.t_cost() > passes || params.p_cost() > lanes {
+        return Err(format!(
+            "asks m={}, t={}, p={}: past m={memory} (KiB), t={passes}, p={lanes}, what a sign-in may take",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        ));
+    }
+    Ok(())
+}
+
 /// An Argon2id PHC string of `password`, with a random salt. Slow on
 /// purpose (tens of milliseconds): call it off the runtime's workers.
 ///
@@ -222,6 +247,9 @@ impl Identity {
                     user.name, hash.algorithm
                 )));
             }
+            check_costs(&hash).map_err(|why| {
+                IdentityError(format!("user {:?}: password_hash {why}", user.name))
+            })?;
             let name = user.name.clone();
             if users.insert(name.clone(), user).is_some() {
                 return Err(IdentityError(format!("user {name:?} is listed twice")));
@@ -461,6 +489,34 @@ mod tests {
     fn user(name: &str, roles: &str) -> String {
         let hash = hash_password("pw").unwrap();
         format!(r#"{{"name":"{name}","password_hash":"{hash}","roles":{roles}}}"#)
+    }
+
+    /// A hash is checked with its own costs: one asking days of a hashing
+    /// thread, or gigabytes, or holding no hash at all, is refused when
+    /// the file is read (it was taken, and hung sign-in or locked its
+    /// user out).
+    #[test]
+    fn a_hash_a_sign_in_could_not_check_is_refused() {
+        let ours = hash_password("pw").unwrap();
+        assert!(ours.contains("$m=19456,t=2,p=1$"), "{ours}");
+        let (head, _hash) = ours.rsplit_once('$').unwrap();
+        for (bad, why) in [
+            (ours.replace("t=2,", "t=4000000000,"), "t=4000000000"),
+            (ours.replace("m=19456,", "m=4194304,"), "m=4194304"),
+            (ours.replace("p=1$", "p=64$"), "p=64"),
+            (head.to_owned(), "holds no hash"),
+        ] {
+            let file = format!(
+                r#"{{"users":[{{"name":"a","password_hash":"{bad}","roles":[]}}],"clients":[]}}"#
+            );
+            let error = Identity::from_json(&file).unwrap_err().to_string();
+            assert!(
+                error.contains("password_hash") && error.contains(why),
+                "{bad}: {error}"
+            );
+        }
+        let file = format!(r#"{{"users":[{}],"clients":[]}}"#, user("a", "[]"));
+        assert!(Identity::from_json(&file).is_ok());
     }
 
     #[test]

@@ -528,19 +528,23 @@ fn worker_address(worker: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 1, third, fourth))
 }
 
+/// The longest `Retry-After` the client waits out: a server asking for
+/// more is answered with its error.
+const LONGEST_WAIT: Duration = Duration::from_secs(60);
+
 /// How long to wait before sending a request again after `reply` (the
-/// `attempt`th, from 0): a `429`'s `Retry-After` (1 s without one), a
-/// short backoff for a `503` (the service busy); `None` for any other
-/// answer.
+/// `attempt`th, from 0): a `429`'s `Retry-After`, in seconds or as a date
+/// (1 s without one, or with one that cannot be read), up to
+/// [`LONGEST_WAIT`]; a short backoff for a `503` (the service busy);
+/// `None` for any other answer, and for a wait past the longest (a huge
+/// `Retry-After` slept for good).
 fn again_after(reply: &http::Response<Bytes>, attempt: u32) -> Option<Duration> {
     match reply.status() {
         StatusCode::TOO_MANY_REQUESTS => {
-            let seconds = reply
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|value| value.to_str().ok()?.parse().ok())
-                .unwrap_or(1);
-            Some(Duration::from_secs(seconds))
+            let asked =
+                palisade_hints::http::retry_after(reply.headers(), std::time::SystemTime::now())
+                    .unwrap_or(Duration::from_secs(1));
+            (asked <= LONGEST_WAIT).then_some(asked)
         }
         StatusCode::SERVICE_UNAVAILABLE => Some(Duration::from_millis(50 << attempt.min(6))),
         _ => None,
@@ -740,4 +744,37 @@ fn processor_paths(cells: &[String], own_admin: bool) -> Vec<String> {
         .iter()
         .map(|cell| format!("/admin/processor?cell={cell}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limited(retry_after: &str) -> http::Response<Bytes> {
+        http::Response::builder()
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .header(http::header::RETRY_AFTER, retry_after)
+            .body(Bytes::new())
+            .unwrap()
+    }
+
+    /// A `Retry-After` is read in seconds or as a date, and one longer
+    /// than the client waits ends the retries: a huge one was slept for
+    /// good, and a date taken for 1 s.
+    #[test]
+    fn retry_after_is_read_either_way_and_bounded() {
+        assert_eq!(again_after(&limited("3"), 0), Some(Duration::from_secs(3)));
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        let wait = again_after(&limited(&soon), 0).unwrap();
+        assert!(
+            wait > Duration::from_secs(20) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
+        assert_eq!(again_after(&limited("18446744073709551615"), 0), None);
+        assert_eq!(again_after(&limited("3600"), 0), None);
+        assert_eq!(
+            again_after(&limited("soon"), 0),
+            Some(Duration::from_secs(1))
+        );
+    }
 }

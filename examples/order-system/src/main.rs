@@ -350,8 +350,9 @@ enum DeadEvents {
     List {
         #[command(flatten)]
         service: DeadEventsOf,
-        /// At most this many.
-        #[arg(long, value_name = "N", default_value_t = 100)]
+        /// At most this many (1 to 1,000).
+        #[arg(long, value_name = "N", default_value_t = 100,
+              value_parser = clap::value_parser!(u32).range(1..=1_000))]
         limit: u32,
     },
     /// Puts dead events back in line, their attempts reset.
@@ -699,6 +700,27 @@ mod tests {
         assert!(cli.command.is_none());
         assert_eq!(cli.run.data, PathBuf::from("elsewhere"));
         assert_eq!(cli.run.cells, 1);
+    }
+
+    /// A limit of 0 listed nothing and said there were no dead events.
+    #[test]
+    fn dead_events_are_listed_one_to_a_thousand_at_a_time() {
+        let list = |limit: &str| {
+            Cli::try_parse_from([
+                "order-system",
+                "dead-events",
+                "list",
+                "--service",
+                "payment",
+                "--limit",
+                limit,
+            ])
+        };
+        assert!(list("1000").is_ok());
+        for limit in ["0", "1001"] {
+            let error = list(limit).unwrap_err();
+            assert!(error.to_string().contains("--limit"), "{error}");
+        }
     }
 
     #[test]

@@ -123,8 +123,31 @@ async fn each_user_sees_their_own_orders_newest_first_as_they_ended() {
 
     // Nobody else's.
     assert_eq!(history(&bob, "").await, (StatusCode::OK, Vec::new()));
-    // A misspelt parameter is refused, not ignored.
-    assert_eq!(history(&alice, "?limt=1").await.0, StatusCode::BAD_REQUEST);
+    // A misspelt parameter is refused, not ignored; so are a page size
+    // out of range (it was made 1 or 100) and a `before` that names no
+    // order (an empty one answered no orders at all; a NUL byte reached
+    // PostgreSQL, which answered 503).
+    for query in [
+        "?limt=1",
+        "?limit=0",
+        "?limit=101",
+        "?before=",
+        "?before=%00",
+        "?before=o-1",
+    ] {
+        assert_eq!(
+            history(&alice, query).await.0,
+            StatusCode::BAD_REQUEST,
+            "{query}"
+        );
+    }
+    for path in ["/orders/%00", "/orders/not-an-order"] {
+        let (status, _) = alice
+            .send(Method::GET, path, &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
     system.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
