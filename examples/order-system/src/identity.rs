@@ -466,20 +466,10 @@ pub async fn seed_demo(dir: &Path, load_users: usize) -> Result<Seeded, Identity
 }
 
 /// Writes `value` as JSON to `path`, readable and writable by its owner
-/// only (0600).
+/// only (0600), whole or not at all ([`crate::private_file::write`]).
 fn write_private(path: &Path, value: &impl Serialize) -> Result<(), IdentityError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     let json = serde_json::to_vec_pretty(value).map_err(|error| IdentityError::at(path, error))?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|error| IdentityError::at(path, error))?;
-    file.write_all(&json)
-        .map_err(|error| IdentityError::at(path, error))
+    crate::private_file::write(path, &json, false).map_err(|error| IdentityError::at(path, error))
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ pub mod net;
 pub mod objectives;
 pub mod orders;
 pub mod payment;
+mod private_file;
 pub mod processor;
 pub mod read_model;
 pub mod serve;

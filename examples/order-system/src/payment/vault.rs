@@ -164,8 +164,6 @@ impl VaultKey {
     /// [`VaultError::Key`] when the file cannot be read or written, or
     /// does not hold a key.
     pub fn load_or_create(path: &Path) -> Result<Self, VaultError> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
         let at =
             |error: &dyn std::fmt::Display| VaultError::Key(format!("{}: {error}", path.display()));
         match std::fs::read_to_string(path) {
@@ -176,14 +174,8 @@ impl VaultKey {
             Err(error) => return Err(at(&error)),
         }
         let key = Self::generate();
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|error| at(&error))?;
-        file.write_all(key.to_hex().as_bytes())
-            .and_then(|()| file.sync_all())
+        // Whole or not at all: a key file cut short stopped every start.
+        crate::private_file::write(path, key.to_hex().as_bytes(), true)
             .map_err(|error| at(&error))?;
         Ok(key)
     }

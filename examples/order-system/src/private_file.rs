@@ -1,0 +1,86 @@
+//! Files only their owner may read, written whole or not at all.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+
+/// Writes `bytes` to `path`, readable and writable by its owner only
+/// (0600), whole or not at all: into a file of its own beside `path`,
+/// synced, then moved into place and the directory synced. With `new`,
+/// it is put there only if nothing is (a file another start made
+/// meanwhile is kept, and this fails as `AlreadyExists`).
+///
+/// A process killed midway leaves the file as it was (or none), never a
+/// part of it: a key or identity file cut short at the first start
+/// stopped every later start until someone deleted it by hand.
+///
+/// # Errors
+///
+/// The file system's.
+pub(crate) fn write(path: &Path, bytes: &[u8], new: bool) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("no file name"))?;
+    let part = dir.join(format!(
+        ".{}.{:016x}.part",
+        name.to_string_lossy(),
+        fastrand::u64(..)
+    ));
+    let placed = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&part)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
+        .and_then(|()| {
+            if new {
+                fs::hard_link(&part, path)
+            } else {
+                fs::rename(&part, path)
+            }
+        });
+    // Gone already once renamed; a link leaves the part's name behind.
+    let _ = fs::remove_file(&part);
+    placed?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_file_is_written_whole_private_and_alone() {
+        let dir = std::env::temp_dir().join(format!("palisade-private-{}", fastrand::u64(..)));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key");
+        write(&path, b"first", true).unwrap();
+        let again = write(&path, b"second", true).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            b"first",
+            "a new file never replaces one"
+        );
+        write(&path, b"third", false).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"third");
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["key"], "no part left behind");
+        let _ = fs::remove_dir_all(dir);
+    }
+}
