@@ -375,6 +375,14 @@ impl<S: Clone> Cells<S> {
     /// Removes cell `name` once it serves no key and its last request
     /// under way has finished; returns its service.
     ///
+    /// The cell leaves the table at once; the wait is for its requests
+    /// under way, and under
+    /// [`CellRouter::new_for_http`](crate::CellRouter::new_for_http) for
+    /// their response bodies too, which a stream that never ends (server
+    /// events, a watch) holds for ever. Bound it with a timeout where
+    /// that may be: dropped, `retire` drops the service with it (the
+    /// requests under way keep their own clones), and the cell is gone.
+    ///
     /// # Errors
     ///
     /// [`CellError::Serving`] while slots, pinned keys or the fallback
