@@ -105,8 +105,8 @@ impl Inventory {
         // customer was told it was cancelled.
         let answered: Option<(i64,)> = tx
             .fetch_optional(
-                "SELECT 1 FROM reservations WHERE order_id = $1 \
-                 UNION ALL SELECT 1 FROM rejections WHERE order_id = $1",
+                "SELECT CAST(1 AS BIGINT) FROM reservations WHERE order_id = $1 \
+                 UNION ALL SELECT CAST(1 AS BIGINT) FROM rejections WHERE order_id = $1",
                 &[Param::Text(&line.order_id)],
             )
             .await?;
@@ -266,13 +266,7 @@ mod tests {
     /// message came back once stock was in was reserved (and paid and
     /// shipped), and a reserved one failed on its reservation's key until
     /// it was dead-lettered.
-    #[tokio::test]
-    async fn an_order_is_answered_once_whatever_comes_again() {
-        let dir = std::env::temp_dir().join(format!("palisade-inventory-{}", fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = ServiceDb::open_sqlite(&dir, Inventory::NAME, Inventory::TABLES)
-            .await
-            .unwrap();
+    async fn answered_once(db: ServiceDb) {
         let inventory = Inventory::new(db.clone()).await.unwrap();
         let orders = [
             line("refused", "sku-rare", 41),
@@ -327,6 +321,31 @@ mod tests {
             (1000, 0)
         );
         assert_eq!(level("sku-1").reserved, 2);
+    }
+
+    #[tokio::test]
+    async fn an_order_is_answered_once_whatever_comes_again_on_sqlite() {
+        let dir = std::env::temp_dir().join(format!("palisade-inventory-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = ServiceDb::open_sqlite(&dir, Inventory::NAME, Inventory::TABLES)
+            .await
+            .unwrap();
+        answered_once(db).await;
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// On PostgreSQL too, where the check read an `INT4` as an `i64` and
+    /// failed whenever the order had been answered.
+    #[tokio::test]
+    async fn an_order_is_answered_once_whatever_comes_again_on_postgres() {
+        let schema = format!("inventory_once_{}", fastrand::u64(..));
+        let url = palisade_testkit::servers::database_url();
+        let db = ServiceDb::open_postgres(&url, &schema, Inventory::TABLES, 2)
+            .await
+            .unwrap();
+        answered_once(db.clone()).await;
+        db.execute(&format!("DROP SCHEMA {schema} CASCADE"), &[])
+            .await
+            .unwrap();
     }
 }

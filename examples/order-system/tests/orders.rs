@@ -285,7 +285,12 @@ async fn a_wait_whose_lookup_fails_leaves_no_waiter() {
     let (system, dir) = start().await;
     let alice = signed_in(&system, "alice").await;
     system.services.orders.db().close().await;
-    for id in ["unknown-1", "unknown-2"] {
+    // Ids no order has, in the shape of one (anything else is answered
+    // 404 without a lookup).
+    for id in [
+        "0190a000-0000-7000-8000-000000000001",
+        "0190a000-0000-7000-8000-000000000002",
+    ] {
         let (status, _) = alice
             .send(
                 Method::GET,
