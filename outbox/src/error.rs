@@ -23,9 +23,15 @@ pub enum PublishErrorKind {
     /// The broker refused this message (too large for the stream, or
     /// against the stream's rules): the failure spends one of the event's
     /// attempts, and after its last one the event is dead. A stream that is
-    /// full takes no message at all: that is
-    /// [`Unavailable`](Self::Unavailable).
+    /// full takes no message at all: that is [`Full`](Self::Full).
     Rejected,
+    /// The broker answered, but has no room for the message now (a stream,
+    /// or its subject, full; its store failing): waited out as
+    /// [`Unavailable`](Self::Unavailable) is, its attempts untouched, but
+    /// the broker is up: a relay's breaker does not count it as the broker
+    /// failing, and events refused so while others of their batch were
+    /// taken wait the longest outage wait rather than come straight back.
+    Full,
 }
 
 /// A publisher could not hand an event to the broker.
@@ -59,6 +65,15 @@ impl PublishError {
         }
     }
 
+    /// The broker has no room for messages now: wait it out
+    /// ([`PublishErrorKind::Full`]).
+    pub fn full(error: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        Self {
+            kind: PublishErrorKind::Full,
+            source: error.into(),
+        }
+    }
+
     /// The broker refused this message: it spends an attempt.
     pub fn rejected(error: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
         Self {
@@ -73,10 +88,14 @@ impl PublishError {
         self.kind
     }
 
-    /// Whether the broker could not take any message.
+    /// Whether the broker could not take the message now, for want of
+    /// reach or of room: the event waits, its attempts untouched.
     #[must_use]
     pub const fn is_unavailable(&self) -> bool {
-        matches!(self.kind, PublishErrorKind::Unavailable)
+        matches!(
+            self.kind,
+            PublishErrorKind::Unavailable | PublishErrorKind::Full
+        )
     }
 }
 
@@ -85,6 +104,7 @@ impl fmt::Display for PublishError {
         match self.kind {
             PublishErrorKind::Unavailable => write!(f, "broker unavailable: {}", self.source),
             PublishErrorKind::Rejected => write!(f, "message rejected: {}", self.source),
+            PublishErrorKind::Full => write!(f, "broker full: {}", self.source),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The NATS JetStream publisher (feature `nats`).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +55,9 @@ pub struct NatsJetStreamPublisher {
     source: String,
     prefix: String,
     subject: Option<SubjectOf>,
+    /// The `max_bytes` of the stream of each subject lately refused as
+    /// "store failed", and when it was read.
+    limits: Arc<tokio::sync::Mutex<HashMap<String, (i64, std::time::Instant)>>>,
 }
 
 impl fmt::Debug for NatsJetStreamPublisher {
@@ -91,6 +95,7 @@ impl NatsJetStreamPublisher {
             source: source.to_owned(),
             prefix: stream.to_ascii_lowercase(),
             subject: None,
+            limits: Arc::default(),
         }
     }
 
@@ -197,7 +202,8 @@ impl Publisher for NatsJetStreamPublisher {
         let mut headers = HeaderMap::new();
         let id = message.event.id().to_string();
         headers.insert("Nats-Msg-Id", id.as_str());
-        let subject = self.subject_of(&message.event);
+        // Shared, not copied, with the publish: read again on a failure.
+        let subject = async_nats::Subject::from(self.subject_of(&message.event));
         // What the stream stores of it at the least: its subject, header
         // fields and payload (framing and the store's own overhead come on
         // top).
@@ -210,7 +216,7 @@ impl Publisher for NatsJetStreamPublisher {
         let payload = bytes::Bytes::copy_from_slice(message.event.payload());
         let published = async {
             self.context
-                .publish_with_headers(subject, headers, payload)
+                .publish_with_headers(subject.clone(), headers, payload)
                 .await?
                 .await
         };
@@ -219,7 +225,7 @@ impl Publisher for NatsJetStreamPublisher {
             // The same answer says the stream is full and that this
             // message alone is larger than the stream may hold: the one
             // is waited out, the other can never be stored.
-            Err(error) if stores_nothing(&error) && self.never_fits(size).await => {
+            Err(error) if stores_nothing(&error) && self.never_fits(&subject, size).await => {
                 return Err(PublishError::rejected(error));
             }
             Err(error) => return Err(classify(error)),
@@ -233,17 +239,46 @@ impl Publisher for NatsJetStreamPublisher {
 }
 
 impl NatsJetStreamPublisher {
-    /// Whether a message of at least `size` bytes can never be stored: the
-    /// stream holds fewer bytes than that (`max_bytes`), even empty. When
-    /// the stream cannot be read, the message is taken to fit.
-    async fn never_fits(&self, size: usize) -> bool {
-        let Ok(stream) = self.context.get_stream(&self.stream).await else {
-            return false;
+    /// Whether a message on `subject` of at least `size` bytes can never be
+    /// stored: the stream that captures `subject` holds fewer bytes than
+    /// that (`max_bytes`), even empty. When the stream cannot be read, the
+    /// message is taken to fit.
+    ///
+    /// Read on a "store failed" answer only, and kept a few seconds per
+    /// subject: a full stream answers every message of a batch so, and
+    /// each asked the stream again.
+    async fn never_fits(&self, subject: &str, size: usize) -> bool {
+        let mut limits = self.limits.lock().await;
+        let now = std::time::Instant::now();
+        let max_bytes = match limits.get(subject) {
+            Some(&(max_bytes, read)) if now.duration_since(read) < LIMITS_KEPT => max_bytes,
+            _ => {
+                let Some(max_bytes) = self.max_bytes_of(subject).await else {
+                    return false;
+                };
+                if limits.len() >= LIMITS_HELD {
+                    limits.clear();
+                }
+                limits.insert(subject.to_owned(), (max_bytes, now));
+                max_bytes
+            }
         };
-        let max_bytes = stream.cached_info().config.max_bytes;
         max_bytes > 0 && i64::try_from(size).unwrap_or(i64::MAX) >= max_bytes
     }
+
+    /// The `max_bytes` of the stream that captures `subject`.
+    async fn max_bytes_of(&self, subject: &str) -> Option<i64> {
+        let name = self.context.stream_by_subject(subject).await.ok()?;
+        let stream = self.context.get_stream(name).await.ok()?;
+        Some(stream.cached_info().config.max_bytes)
+    }
 }
+
+/// How long a stream's `max_bytes` read for a subject is used.
+const LIMITS_KEPT: Duration = Duration::from_secs(10);
+
+/// The most subjects whose stream's `max_bytes` are kept at once.
+const LIMITS_HELD: usize = 1_024;
 
 /// Whether JetStream answered a publish with "store failed": the stream
 /// is full, its store failed, or the message is larger than the stream.
@@ -254,8 +289,16 @@ fn stores_nothing(error: &JetStreamError) -> bool {
 }
 
 /// Says whether a JetStream publish failed for the broker (waited out, the
-/// event's attempts untouched) or for the message (an attempt spent).
+/// event's attempts untouched: out of reach, or without room) or for the
+/// message (an attempt spent).
 fn classify(error: JetStreamError) -> PublishError {
+    let source = std::error::Error::source(&error);
+    if source
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(has_no_room)
+    {
+        return PublishError::full(error);
+    }
     let rejected = match error.kind() {
         // The message itself: too large for the server, or an expectation
         // of the stream it does not meet.
@@ -310,6 +353,15 @@ fn refuses_message(answer: &jetstream::Error) -> bool {
     }
 }
 
+/// Whether JetStream's answer says it has no room now (a stream, subject
+/// or account full; its store failing): the broker is up.
+fn has_no_room(answer: &jetstream::Error) -> bool {
+    matches!(
+        answer.error_code(),
+        ErrorCode::STREAM_STORE_FAILED | ErrorCode::ACCOUNT_RESOURCES_EXCEEDED
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,8 +405,17 @@ mod tests {
             (503, 10076, "jetstream not enabled"),
             (503, 10008, "jetstream system temporarily unavailable"),
             (503, 10023, "insufficient resources"),
-            // A full stream, a full account and a failed store take no
-            // message at all: nothing is wrong with this one.
+        ] {
+            let error = JetStreamError::with_source(
+                PublishErrorKind::Other,
+                answer(code, err_code, description),
+            );
+            assert_eq!(verdict(error), Verdict::Unavailable, "{description}");
+        }
+        // A full stream, subject or account and a failed store take no
+        // message now: nothing is wrong with this one, and the broker is
+        // up.
+        for (code, err_code, description) in [
             (503, 10077, "maximum messages exceeded"),
             (503, 10077, "maximum messages per subject exceeded"),
             (503, 10077, "error opening msg block file"),
@@ -364,7 +425,7 @@ mod tests {
                 PublishErrorKind::Other,
                 answer(code, err_code, description),
             );
-            assert_eq!(verdict(error), Verdict::Unavailable, "{description}");
+            assert_eq!(verdict(error), Verdict::Full, "{description}");
         }
     }
 

@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 use tracing::Instrument;
 
 use crate::availability::{Availability, outage_backoff};
-use crate::error::PublishError;
+use crate::error::{PublishError, PublishErrorKind};
 use crate::publisher::{Published, Publisher};
 use crate::store::{Failed, OutboxStore};
 
@@ -60,9 +60,11 @@ pub struct BatchReport {
 ///   responders, no stream, 503): the event is handed back with its
 ///   attempts untouched, to wait [`outage_backoff`](Self::outage_backoff)
 ///   (doubling while the outage lasts), for as long as the outage lasts. The
-///   outage is logged once when it starts and once when it ends. Events
-///   the broker would not take while it took others of their batch (a
-///   full subject of a stream) wait the backoff's cap, logged each time.
+///   outage is logged once when it starts and once when it ends. A broker
+///   with no room ([`Full`](crate::PublishErrorKind::Full): a stream full)
+///   is waited out the same way; events it has no room for while it took
+///   others of their batch (a full subject) wait the backoff's cap,
+///   logged each time.
 ///
 /// With feature `circuit-breaker`, [`circuit_breaker`](Self::circuit_breaker)
 /// puts a breaker in front of the publisher: once enough publishes found
@@ -220,7 +222,10 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
         #[cfg(feature = "circuit-breaker")]
         if let Some(permit) = permit {
             use palisade_circuit_breaker::Outcome;
-            let broker_failed = outcome.as_ref().is_err_and(PublishError::is_unavailable);
+            // Out of reach, not out of room: a full stream answered.
+            let broker_failed = outcome
+                .as_ref()
+                .is_err_and(|error| error.kind() == PublishErrorKind::Unavailable);
             let recorded = if broker_failed {
                 Outcome::Failure
             } else {
@@ -306,40 +311,49 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
                 self.availability.reached();
                 0
             };
-            if let Some(error) = unavailable_errors.first() {
-                // The broker took other events of the batch but not these
-                // (a subject of a full stream, a message larger than the
-                // account allows): no outage to back off from, so they
-                // wait the longest outage wait rather than come straight
-                // back, and say so.
-                let partial = outage == 0;
-                let wait = if partial {
-                    self.outage_backoff.1
-                } else {
-                    self.wait_for_broker(&unavailable_errors, outage)
-                };
-                let settled = self
-                    .store
-                    .release(&unavailable, wait, &error.to_string())
-                    .await?;
-                report.superseded += unavailable.len().saturating_sub(settled);
-                let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-                if partial {
-                    tracing::warn!(
-                        target: "palisade_outbox",
-                        events = unavailable.len(),
-                        wait_ms,
-                        %error,
-                        "the broker took other events but not these; they wait, their attempts untouched"
-                    );
-                } else {
-                    tracing::debug!(
-                        target: "palisade_outbox",
-                        events = unavailable.len(),
-                        wait_ms,
-                        %error,
-                        "broker unavailable; events handed back, attempts untouched"
-                    );
+            if !unavailable.is_empty() {
+                // Refused for want of room (a full subject) while the
+                // broker took others of the batch: no outage to back off
+                // from, and a retry soon is refused again, so they wait
+                // the longest outage wait, and say so. The rest (out of
+                // reach, a breaker's refusal, a timeout) wait as an
+                // outage's batches do.
+                let out_wait = self.wait_for_broker(&unavailable_errors, outage);
+                let (full, out_of_reach): (Vec<_>, Vec<_>) = unavailable
+                    .into_iter()
+                    .zip(&unavailable_errors)
+                    .partition(|(_, error)| {
+                        outage == 0 && error.kind() == PublishErrorKind::Full
+                    });
+                for (group, wait, roomless) in [
+                    (full, self.outage_backoff.1, true),
+                    (out_of_reach, out_wait, false),
+                ] {
+                    let (events, errors): (Vec<crate::Message>, Vec<&PublishError>) =
+                        group.into_iter().unzip();
+                    let Some(error) = errors.first() else {
+                        continue;
+                    };
+                    let settled = self.store.release(&events, wait, &error.to_string()).await?;
+                    report.superseded += events.len().saturating_sub(settled);
+                    let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                    if roomless {
+                        tracing::warn!(
+                            target: "palisade_outbox",
+                            events = events.len(),
+                            wait_ms,
+                            %error,
+                            "the broker took other events but has no room for these; they wait, their attempts untouched"
+                        );
+                    } else {
+                        tracing::debug!(
+                            target: "palisade_outbox",
+                            events = events.len(),
+                            wait_ms,
+                            %error,
+                            "broker unavailable; events handed back, attempts untouched"
+                        );
+                    }
                 }
             }
             #[cfg(feature = "otel")]

@@ -344,6 +344,119 @@ async fn events_a_full_subject_refuses_while_others_pass_wait_the_longest_backof
     db.drop().await;
 }
 
+/// A message larger than a stream it is not published to is not judged
+/// by that stream: a publisher named for one stream whose subjects land
+/// in another, only full, waits (it read the named stream's `max_bytes`
+/// and rejected the message, dead at its one attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_is_measured_against_the_stream_that_takes_its_subject() {
+    let db = support::PgSchema::new().await;
+    let pool = db.pool.clone();
+    let outbox = db.outbox(|c| c.max_attempts(1)).await;
+    let context = jetstream().await;
+    let (named, taking) = (unique(), unique());
+    stream_of(
+        &context,
+        &named,
+        stream::Config {
+            max_bytes: 1024,
+            duplicate_window: Duration::from_secs(120),
+            ..stream::Config::default()
+        },
+    )
+    .await;
+    stream_of(
+        &context,
+        &taking,
+        stream::Config {
+            max_messages: 1,
+            discard: stream::DiscardPolicy::New,
+            duplicate_window: Duration::from_secs(120),
+            ..stream::Config::default()
+        },
+    )
+    .await;
+    let elsewhere = format!("{}.events", taking.to_ascii_lowercase());
+    context
+        .publish(elsewhere.clone(), "first".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let publisher = NatsJetStreamPublisher::new(context.clone(), &named, "/test")
+        .subject(move |_| elsewhere.clone());
+    let large = Event::new("order", "o-1", "Placed", vec![b'x'; 2048]);
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &large).await.unwrap();
+    tx.commit().await.unwrap();
+    let report = Relay::new(outbox.clone(), publisher)
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!((report.unavailable, report.dead), (1, 0), "{report:?}");
+    for name in [named, taking] {
+        context.delete_stream(&name).await.unwrap();
+    }
+    db.drop().await;
+}
+
+/// A stream with no room answered: a relay's breaker does not take that
+/// for the broker failing (it opened on a full subject, and every relay
+/// sharing it stopped publishing to the subjects with room).
+#[cfg(feature = "circuit-breaker")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_subject_does_not_open_the_relays_breaker() {
+    use palisade_circuit_breaker::{CircuitBreaker, Config};
+
+    let db = support::PgSchema::new().await;
+    let pool = db.pool.clone();
+    let outbox = db.outbox(|c| c).await;
+    let context = jetstream().await;
+    let name = unique();
+    stream_of(
+        &context,
+        &name,
+        stream::Config {
+            max_messages_per_subject: 1,
+            discard: stream::DiscardPolicy::New,
+            discard_new_per_subject: true,
+            duplicate_window: Duration::from_secs(120),
+            ..stream::Config::default()
+        },
+    )
+    .await;
+    let breaker = CircuitBreaker::new(
+        Config::builder()
+            .minimum_calls(2)
+            .open_duration(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+    );
+    let relay = Relay::new(
+        outbox.clone(),
+        NatsJetStreamPublisher::new(context.clone(), &name, "/test"),
+    )
+    .circuit_breaker(breaker);
+    // One `Placed` fills its subject; four more find it full.
+    let placed: Vec<Event> = (0..5)
+        .map(|n| Event::new("order", format!("p-{n}"), "Placed", b"{}".to_vec()))
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue_all(&mut tx, &placed).await.unwrap();
+    tx.commit().await.unwrap();
+    let report = relay.run_once().await.unwrap();
+    assert_eq!((report.published, report.unavailable), (1, 4), "{report:?}");
+
+    let paid = Event::new("order", "o-1", "Paid", b"{}".to_vec());
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &paid).await.unwrap();
+    tx.commit().await.unwrap();
+    let report = relay.run_once().await.unwrap();
+    assert_eq!((report.published, report.unavailable), (1, 0), "{report:?}");
+    context.delete_stream(&name).await.unwrap();
+    db.drop().await;
+}
+
 /// One turn of `relay` that claimed something, once the events handed back
 /// by the turns before are due again.
 async fn run_until_claimed<P: Publisher>(
