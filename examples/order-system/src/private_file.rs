@@ -8,8 +8,10 @@ use std::path::Path;
 /// Writes `bytes` to `path`, readable and writable by its owner only
 /// (0600), whole or not at all: into a file of its own beside `path`,
 /// synced, then moved into place and the directory synced. With `new`,
-/// it is put there only if nothing is (a file another start made
-/// meanwhile is kept, and this fails as `AlreadyExists`).
+/// it is linked there only if nothing is (a file another start made
+/// meanwhile is kept, and this fails as `AlreadyExists`); on a file
+/// system without links it is made in place as new instead. A part an
+/// earlier, killed write left beside it is removed.
 ///
 /// A process killed midway leaves the file as it was (or none), never a
 /// part of it: a key or identity file cut short at the first start
@@ -25,12 +27,19 @@ pub(crate) fn write(path: &Path, bytes: &[u8], new: bool) -> io::Result<()> {
         .unwrap_or_else(|| Path::new("."));
     let name = path
         .file_name()
-        .ok_or_else(|| io::Error::other("no file name"))?;
-    let part = dir.join(format!(
-        ".{}.{:016x}.part",
-        name.to_string_lossy(),
-        fastrand::u64(..)
-    ));
+        .ok_or_else(|| io::Error::other("no file name"))?
+        .to_string_lossy();
+    // Parts an earlier write left when its process was killed: each holds
+    // what it was writing (a key, password hashes).
+    let prefix = format!(".{name}.");
+    for entry in fs::read_dir(dir)?.flatten() {
+        let left = entry.file_name();
+        let left = left.to_string_lossy();
+        if left.starts_with(&prefix) && left.ends_with(".part") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    let part = dir.join(format!("{prefix}{:016x}.part", fastrand::u64(..)));
     let placed = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -41,10 +50,22 @@ pub(crate) fn write(path: &Path, bytes: &[u8], new: bool) -> io::Result<()> {
             file.sync_all()
         })
         .and_then(|()| {
-            if new {
-                fs::hard_link(&part, path)
-            } else {
-                fs::rename(&part, path)
+            if !new {
+                return fs::rename(&part, path);
+            }
+            match fs::hard_link(&part, path) {
+                Err(error) if error.kind() != io::ErrorKind::AlreadyExists => {
+                    // A file system without links (FAT, some network and
+                    // FUSE mounts): made in place, as new, instead.
+                    let mut file = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(path)?;
+                    file.write_all(bytes)?;
+                    file.sync_all()
+                }
+                linked => linked,
             }
         });
     // Gone already once renamed; a link leaves the part's name behind.
@@ -81,6 +102,14 @@ mod tests {
             .map(|entry| entry.unwrap().file_name())
             .collect();
         assert_eq!(names, ["key"], "no part left behind");
+        // A part a killed write left is taken away by the next write.
+        fs::write(dir.join(".key.0123456789abcdef.part"), b"half").unwrap();
+        write(&path, b"fourth", false).unwrap();
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["key"], "the earlier part is gone");
         let _ = fs::remove_dir_all(dir);
     }
 }
