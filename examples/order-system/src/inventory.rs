@@ -147,9 +147,15 @@ impl Inventory {
     }
 
     /// Moves the reservation of `order_id` from `reserved` to `to`
-    /// (`released`: back on the shelf; `shipped`: gone), with the stock; an
-    /// error if it is not reserved (a step run twice).
-    async fn settle<C: Emit>(&self, tx: &mut C, order_id: &str, to: &str) -> Result<(), BoxError> {
+    /// (`released`: back on the shelf; `shipped`: gone), with the stock:
+    /// `true`, or `false` when it is `to` already (its message came again:
+    /// nothing to do); an error if it is neither.
+    async fn settle<C: Emit>(
+        &self,
+        tx: &mut C,
+        order_id: &str,
+        to: &str,
+    ) -> Result<bool, BoxError> {
         let column = if to == "released" {
             "available"
         } else {
@@ -172,10 +178,24 @@ impl Inventory {
                 &[Param::Text(order_id), Param::Text(to)],
             )
             .await?;
-        if moved != 1 || marked != 1 {
-            return Err(format!("order {order_id} has no reservation to mark {to}").into());
+        if moved == 1 && marked == 1 {
+            return Ok(true);
         }
-        Ok(())
+        let settled: Option<(i64,)> = tx
+            .fetch_optional(
+                "SELECT CAST(1 AS BIGINT) FROM reservations WHERE order_id = $1 AND status = $2",
+                &[Param::Text(order_id), Param::Text(to)],
+            )
+            .await?;
+        if settled.is_some() {
+            tracing::debug!(
+                order_id,
+                to,
+                "reservation settled already; the message that came again is dropped"
+            );
+            return Ok(false);
+        }
+        Err(format!("order {order_id} has no reservation to mark {to}").into())
     }
 }
 
@@ -225,7 +245,9 @@ impl SagaService for Inventory {
         match event {
             SagaEvent::OrderCreated(line) => self.reserve(tx, line).await?,
             SagaEvent::PaymentFailed { line, .. } => {
-                self.settle(tx, &line.order_id, "released").await?;
+                if !self.settle(tx, &line.order_id, "released").await? {
+                    return Ok(());
+                }
                 tx.execute(
                     "INSERT INTO compensations (order_id, kind) VALUES ($1, 'release')",
                     &[Param::Text(&line.order_id)],
@@ -321,6 +343,47 @@ mod tests {
             (1000, 0)
         );
         assert_eq!(level("sku-1").reserved, 2);
+
+        // A release and a shipment that come again are dropped: no second
+        // compensation, no second event, the stock moved once (they
+        // failed, no reservation to mark, until dead-lettered).
+        let (released, shipped) = (line("released", "sku-2", 3), line("shipped", "sku-3", 4));
+        for order in [&released, &shipped] {
+            apply(order.clone()).await;
+        }
+        let settle = |event: SagaEvent| {
+            let (db, inventory) = (db.clone(), &inventory);
+            async move {
+                let mut tx = db.begin().await.unwrap();
+                inventory.apply(&mut tx, event).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        };
+        for _ in 0..2 {
+            settle(SagaEvent::PaymentFailed {
+                line: released.clone(),
+                reason: "declined".into(),
+            })
+            .await;
+            settle(SagaEvent::ShippingScheduled(shipped.clone())).await;
+        }
+        let (compensations, repeated) = inventory.compensations().await.unwrap();
+        assert_eq!((compensations, repeated), (1, 0));
+        let (releases,): (i64,) = db
+            .fetch_one(
+                "SELECT count(*) FROM outbox WHERE event_type = 'InventoryReleased'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(releases, 1);
+        let stock = inventory.stock().await.unwrap();
+        let level = |sku: &str| stock.iter().find(|level| level.sku == sku).unwrap().clone();
+        assert_eq!(
+            (level("sku-2").reserved, level("sku-2").available),
+            (0, 1_000_000)
+        );
+        assert_eq!((level("sku-3").reserved, level("sku-3").shipped), (0, 4));
     }
 
     #[tokio::test]

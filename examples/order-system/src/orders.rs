@@ -602,6 +602,23 @@ impl Orders {
             )
             .await?;
         let Some(ended) = ended else {
+            // Ended so already: its message came again, nothing to do.
+            // Ended otherwise: the saga contradicts itself, for an
+            // operator to see.
+            let now: Option<(String, Option<String>)> = tx
+                .fetch_optional(
+                    "SELECT status, reason FROM orders WHERE id = $1",
+                    &[Param::Text(order_id)],
+                )
+                .await?;
+            if now.is_some_and(|(was, why)| was == status && why.as_deref() == reason) {
+                tracing::debug!(
+                    order_id,
+                    status,
+                    "order ended so already; the message that came again is dropped"
+                );
+                return Ok(());
+            }
             return Err(format!("order {order_id} is not pending; cannot become {status}").into());
         };
         // Handed to the requests waiting for it once this commits.
@@ -743,6 +760,54 @@ mod tests {
         ];
         expected.sort();
         assert_eq!(placed, expected);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An order's end that comes again is dropped (it failed, "not
+    /// pending", until it was dead-lettered); an end that contradicts the
+    /// one it has is still an error, for an operator to see.
+    #[tokio::test]
+    async fn an_end_that_comes_again_is_dropped_and_a_contradiction_is_not() {
+        let dir = std::env::temp_dir().join(format!("palisade-ending-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = ServiceDb::open_sqlite(&dir, Orders::NAME, Orders::TABLES)
+            .await
+            .unwrap();
+        let orders = Orders::new(db.clone());
+        let (placed, created) = placing("alice", "k1");
+        let line = placed.line.clone();
+        assert_eq!(
+            place_all(db.clone(), vec![(placed, created)])
+                .await
+                .unwrap(),
+            [true]
+        );
+        let apply = |event: SagaEvent| {
+            let (db, orders) = (db.clone(), &orders);
+            async move {
+                let mut tx = db.begin().await.unwrap();
+                let applied = orders.apply(&mut tx, event).await;
+                tx.commit().await.unwrap();
+                applied
+            }
+        };
+        for _ in 0..2 {
+            apply(SagaEvent::ShippingScheduled(line.clone()))
+                .await
+                .unwrap();
+        }
+        let ends: Vec<(String,)> = db
+            .fetch_all(
+                "SELECT event_type FROM outbox WHERE event_type <> 'OrderCreated'",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(ends, [("OrderConfirmed".to_owned(),)]);
+        let contradiction = SagaEvent::InventoryRejected {
+            order_id: line.order_id.clone(),
+        };
+        assert!(apply(contradiction).await.is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

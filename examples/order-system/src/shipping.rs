@@ -35,17 +35,24 @@ impl SagaService for Shipping {
         let SagaEvent::PaymentSucceeded(line) = event else {
             return Err(not_consumed(Self::NAME, &event));
         };
-        tx.execute(
-            "INSERT INTO shipments (order_id, sku, quantity) VALUES ($1, $2, $3)",
-            &[
-                Param::Text(&line.order_id),
-                Param::Text(&line.sku),
-                Param::Int(line.quantity),
-            ],
-        )
-        .await?;
-        tx.enqueue(&SagaEvent::ShippingScheduled(line).to_event())
+        // Once per order: a payment's message that came again ships
+        // nothing more (it failed on the shipment's key until it was
+        // dead-lettered).
+        let scheduled = tx
+            .execute(
+                "INSERT INTO shipments (order_id, sku, quantity) VALUES ($1, $2, $3) \
+                 ON CONFLICT (order_id) DO NOTHING",
+                &[
+                    Param::Text(&line.order_id),
+                    Param::Text(&line.sku),
+                    Param::Int(line.quantity),
+                ],
+            )
             .await?;
+        if scheduled == 1 {
+            tx.enqueue(&SagaEvent::ShippingScheduled(line).to_event())
+                .await?;
+        }
         Ok(())
     }
 }

@@ -54,8 +54,27 @@ async fn a_service_applies_what_it_consumes_and_ignores_the_rest_unseen() {
     assert_eq!(shipments().await, 0);
 
     let paid = SagaEvent::PaymentSucceeded(line.clone());
-    assert_eq!(handle(paid).await, Handled::Applied);
+    assert_eq!(handle(paid.clone()).await, Handled::Applied);
     assert_eq!(shipments().await, 1);
+    // Its message once more (its inbox record forgotten): nothing ships
+    // again, and no second event goes out (it failed on the shipment's
+    // key until it was dead-lettered).
+    let mut tx = pool.begin().await.unwrap();
+    let mut emitting = Emitting {
+        connection: &mut *tx,
+        outbox: &outbox,
+    };
+    Shipping::new(db.clone())
+        .apply(&mut emitting, paid)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(shipments().await, 1);
+    let (scheduled,): (i64,) = db
+        .fetch_one("SELECT count(*) FROM outbox", &[])
+        .await
+        .unwrap();
+    assert_eq!(scheduled, 1);
 
     // Given anyway, an event it does not consume is an error, never a
     // silent success.
