@@ -1015,6 +1015,25 @@ async fn all_at_once(
     done
 }
 
+/// Each of `clients` got its own answer (`polite` served, the others
+/// their own refusal), every request sent once.
+fn each_its_own(clients: &[&str], answers: &[(StatusCode, HeaderMap, Bytes)], calls: &AtomicUsize) {
+    for (client, answer) in clients.iter().zip(answers) {
+        if *client == "polite" {
+            assert_eq!(answer.0, StatusCode::OK);
+            assert_eq!(body_of(answer), "served");
+        } else {
+            assert_eq!(answer.0, StatusCode::TOO_MANY_REQUESTS, "{client}");
+            assert_eq!(answer.1["x-refused"], *client, "its own refusal");
+        }
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        clients.len(),
+        "each sent once"
+    );
+}
+
 /// Callers whose flights' leaders are refused turn after turn each end
 /// with their own answer, every request sent once: every caller but one
 /// is over its limit, and the one under it is served.
@@ -1031,20 +1050,7 @@ async fn callers_refused_turn_after_turn_each_end_with_their_own_answer() {
         "greedy-0", "greedy-1", "greedy-2", "polite", "greedy-3", "greedy-4",
     ];
     let answers = all_at_once(&service, &calls, &clients).await;
-    for (client, answer) in clients.iter().zip(&answers) {
-        if *client == "polite" {
-            assert_eq!(answer.0, StatusCode::OK);
-            assert_eq!(body_of(answer), "served");
-        } else {
-            assert_eq!(answer.0, StatusCode::TOO_MANY_REQUESTS, "{client}");
-            assert_eq!(answer.1["x-refused"], *client, "its own refusal");
-        }
-    }
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        clients.len(),
-        "each sent once"
-    );
+    each_its_own(&clients, &answers, &calls);
 }
 
 /// Callers refused for their own sake in every flight they join end,
@@ -1056,15 +1062,7 @@ async fn callers_refused_in_every_flight_send_their_own_after_three_more() {
     let started = tokio::time::Instant::now();
     let clients = ["a", "b", "c", "d", "e", "f", "g"];
     let answers = all_at_once(&service, &calls, &clients).await;
-    for (client, answer) in clients.iter().zip(&answers) {
-        assert_eq!(answer.0, StatusCode::TOO_MANY_REQUESTS, "{client}");
-        assert_eq!(answer.1["x-refused"], *client, "its own refusal");
-    }
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        clients.len(),
-        "each sent once"
-    );
+    each_its_own(&clients, &answers, &calls);
     // A second a flight: the first, three more, then their own.
     let took = started.elapsed();
     assert!(

@@ -189,6 +189,56 @@ async fn events_reach_jetstream_once_with_their_envelope() {
     db.drop().await;
 }
 
+/// An outbox in a schema of its own, and a stream of its own (as
+/// [`stream_of`] makes it) with a two-minute duplicate window and
+/// `config` otherwise.
+struct Streamed {
+    db: support::PgSchema,
+    outbox: PgOutbox,
+    context: jetstream::Context,
+    name: String,
+}
+
+impl Streamed {
+    async fn new(
+        outbox: impl FnOnce(OutboxConfig) -> OutboxConfig,
+        config: stream::Config,
+    ) -> Self {
+        let db = support::PgSchema::new().await;
+        let outbox = db.outbox(outbox).await;
+        let context = jetstream().await;
+        let name = unique();
+        let config = stream::Config {
+            duplicate_window: Duration::from_secs(120),
+            ..config
+        };
+        stream_of(&context, &name, config).await;
+        Self {
+            db,
+            outbox,
+            context,
+            name,
+        }
+    }
+
+    /// A publisher to the stream.
+    fn publisher(&self) -> NatsJetStreamPublisher {
+        NatsJetStreamPublisher::new(self.context.clone(), &self.name, "/test")
+    }
+
+    /// Enqueues `events` in one committed transaction.
+    async fn enqueue(&self, events: &[Event]) {
+        let mut tx = self.db.pool.begin().await.unwrap();
+        self.outbox.enqueue_all(&mut tx, events).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    async fn end(self) {
+        self.context.delete_stream(&self.name).await.unwrap();
+        self.db.drop().await;
+    }
+}
+
 /// A message too large for the stream is the message's fault and spends
 /// an attempt; a stream that is full (`DiscardPolicy::New`) takes no
 /// message at all, and a subject no stream captures has no responders:
@@ -196,66 +246,47 @@ async fn events_reach_jetstream_once_with_their_envelope() {
 /// With one attempt each, the full stream's event would be dead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_too_large_is_rejected_and_a_full_or_missing_stream_is_waited_out() {
-    let db = support::PgSchema::new().await;
-    let pool = db.pool.clone();
-    let outbox = db.outbox(|c| c.max_attempts(1)).await;
-    let context = jetstream().await;
-    let name = unique();
-    stream_of(
-        &context,
-        &name,
-        stream::Config {
-            max_messages: 1,
-            max_message_size: 1024,
-            discard: stream::DiscardPolicy::New,
-            duplicate_window: Duration::from_secs(120),
-            ..stream::Config::default()
-        },
-    )
-    .await;
+    let full = stream::Config {
+        max_messages: 1,
+        max_message_size: 1024,
+        discard: stream::DiscardPolicy::New,
+        ..stream::Config::default()
+    };
+    let streamed = Streamed::new(|c| c.max_attempts(1), full).await;
     let events = [
         Event::new("order", "o-1", "Placed", b"{}".to_vec()),
         Event::new("order", "o-2", "Placed", vec![b'x'; 2048]),
     ];
-    let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue_all(&mut tx, &events).await.unwrap();
-    tx.commit().await.unwrap();
-    let publisher = NatsJetStreamPublisher::new(context.clone(), &name, "/test");
-    let relay = Relay::new(outbox.clone(), publisher.clone());
+    streamed.enqueue(&events).await;
+    let relay = Relay::new(streamed.outbox.clone(), streamed.publisher());
     let report = relay.run_once().await.unwrap();
     assert_eq!((report.published, report.dead), (1, 1), "{report:?}");
 
     // The stream is full now, and a subject no stream captures has no
     // responders: a third event is waited out by both, not spent.
-    let third = Event::new("order", "o-3", "Placed", b"{}".to_vec());
-    let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue(&mut tx, &third).await.unwrap();
-    tx.commit().await.unwrap();
-    let nowhere = NatsJetStreamPublisher::new(context.clone(), &name, "/test")
+    streamed
+        .enqueue(&[Event::new("order", "o-3", "Placed", b"{}".to_vec())])
+        .await;
+    let nowhere = streamed
+        .publisher()
         .subject_prefix(&format!("nowhere{}", unique().to_ascii_lowercase()));
     for relay in [
-        Relay::new(outbox.clone(), publisher),
-        Relay::new(outbox.clone(), nowhere),
+        Relay::new(streamed.outbox.clone(), streamed.publisher()),
+        Relay::new(streamed.outbox.clone(), nowhere),
     ] {
         let report = run_until_claimed(&relay).await;
         assert_eq!((report.unavailable, report.dead), (1, 0), "{report:?}");
     }
-    let dead = outbox.dead_events(10).await.unwrap();
+    let dead = streamed.outbox.dead_events(10).await.unwrap();
     assert_eq!(dead.len(), 1, "only the large message is dead: {dead:?}");
     assert_eq!(dead[0].id, events[1].id());
 
     // Room again: the waiting event goes through.
-    context
-        .get_stream(&name)
-        .await
-        .unwrap()
-        .purge()
-        .await
-        .unwrap();
+    let stream = streamed.context.get_stream(&streamed.name).await.unwrap();
+    stream.purge().await.unwrap();
     let report = run_until_claimed(&relay).await;
     assert_eq!(report.published, 1, "{report:?}");
-    context.delete_stream(&name).await.unwrap();
-    db.drop().await;
+    streamed.end().await;
 }
 
 /// A message larger than the whole stream (`max_bytes`, no
@@ -264,34 +295,29 @@ async fn a_message_too_large_is_rejected_and_a_full_or_missing_stream_is_waited_
 /// attempt, dead, where it waited for ever and held its aggregate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_larger_than_the_whole_stream_is_rejected() {
-    let db = support::PgSchema::new().await;
-    let pool = db.pool.clone();
-    let outbox = db.outbox(|c| c.max_attempts(1)).await;
-    let context = jetstream().await;
-    let name = unique();
-    stream_of(
-        &context,
-        &name,
-        stream::Config {
-            max_bytes: 1024,
-            discard: stream::DiscardPolicy::New,
-            duplicate_window: Duration::from_secs(120),
-            ..stream::Config::default()
-        },
-    )
-    .await;
-    let large = Event::new("order", "o-1", "Placed", vec![b'x'; 2048]);
-    let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue(&mut tx, &large).await.unwrap();
-    tx.commit().await.unwrap();
-    let publisher = NatsJetStreamPublisher::new(context.clone(), &name, "/test");
-    let report = Relay::new(outbox.clone(), publisher)
-        .run_once()
-        .await
-        .unwrap();
+    let small = stream::Config {
+        max_bytes: 1024,
+        discard: stream::DiscardPolicy::New,
+        ..stream::Config::default()
+    };
+    let streamed = Streamed::new(|c| c.max_attempts(1), small).await;
+    streamed
+        .enqueue(&[Event::new("order", "o-1", "Placed", vec![b'x'; 2048])])
+        .await;
+    let relay = Relay::new(streamed.outbox.clone(), streamed.publisher());
+    let report = relay.run_once().await.unwrap();
     assert_eq!((report.dead, report.unavailable), (1, 0), "{report:?}");
-    context.delete_stream(&name).await.unwrap();
-    db.drop().await;
+    streamed.end().await;
+}
+
+/// A stream whose subjects hold one message each, refusing more.
+fn one_per_subject() -> stream::Config {
+    stream::Config {
+        max_messages_per_subject: 1,
+        discard: stream::DiscardPolicy::New,
+        discard_new_per_subject: true,
+        ..stream::Config::default()
+    }
 }
 
 /// Events the broker would not take while it took others of their batch
@@ -301,47 +327,27 @@ async fn a_message_larger_than_the_whole_stream_is_rejected() {
 /// subject stayed full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_a_full_subject_refuses_while_others_pass_wait_the_longest_backoff() {
-    let db = support::PgSchema::new().await;
-    let pool = db.pool.clone();
-    let outbox = db.outbox(|c| c).await;
-    let context = jetstream().await;
-    let name = unique();
-    stream_of(
-        &context,
-        &name,
-        stream::Config {
-            max_messages_per_subject: 1,
-            discard: stream::DiscardPolicy::New,
-            discard_new_per_subject: true,
-            duplicate_window: Duration::from_secs(120),
-            ..stream::Config::default()
-        },
-    )
-    .await;
-    let publisher = NatsJetStreamPublisher::new(context.clone(), &name, "/test");
-    let relay = Relay::new(outbox.clone(), publisher)
+    let streamed = Streamed::new(|c| c, one_per_subject()).await;
+    let relay = Relay::new(streamed.outbox.clone(), streamed.publisher())
         .outage_backoff(Duration::from_millis(1), Duration::from_secs(600));
-    let first = Event::new("order", "o-1", "Placed", b"{}".to_vec());
-    let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue(&mut tx, &first).await.unwrap();
-    tx.commit().await.unwrap();
+    streamed
+        .enqueue(&[Event::new("order", "o-1", "Placed", b"{}".to_vec())])
+        .await;
     assert_eq!(relay.run_once().await.unwrap().published, 1);
 
     // The subject `order.Placed` is full now; `order.Paid` is not.
-    let events = [
-        Event::new("order", "o-2", "Placed", b"{}".to_vec()),
-        Event::new("order", "o-3", "Paid", b"{}".to_vec()),
-    ];
-    let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue_all(&mut tx, &events).await.unwrap();
-    tx.commit().await.unwrap();
+    streamed
+        .enqueue(&[
+            Event::new("order", "o-2", "Placed", b"{}".to_vec()),
+            Event::new("order", "o-3", "Paid", b"{}".to_vec()),
+        ])
+        .await;
     let report = relay.run_once().await.unwrap();
     assert_eq!((report.published, report.unavailable), (1, 1), "{report:?}");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let again = relay.run_once().await.unwrap();
     assert_eq!(again.claimed, 0, "not due again so soon: {again:?}");
-    context.delete_stream(&name).await.unwrap();
-    db.drop().await;
+    streamed.end().await;
 }
 
 /// A message larger than a stream it is not published to is not judged
@@ -350,54 +356,31 @@ async fn events_a_full_subject_refuses_while_others_pass_wait_the_longest_backof
 /// and rejected the message, dead at its one attempt).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_is_measured_against_the_stream_that_takes_its_subject() {
-    let db = support::PgSchema::new().await;
-    let pool = db.pool.clone();
-    let outbox = db.outbox(|c| c.max_attempts(1)).await;
-    let context = jetstream().await;
-    let (named, taking) = (unique(), unique());
-    stream_of(
-        &context,
-        &named,
-        stream::Config {
-            max_bytes: 1024,
-            duplicate_window: Duration::from_secs(120),
-            ..stream::Config::default()
-        },
-    )
-    .await;
-    stream_of(
-        &context,
-        &taking,
-        stream::Config {
-            max_messages: 1,
-            discard: stream::DiscardPolicy::New,
-            duplicate_window: Duration::from_secs(120),
-            ..stream::Config::default()
-        },
-    )
-    .await;
+    let named = stream::Config {
+        max_bytes: 1024,
+        ..stream::Config::default()
+    };
+    let streamed = Streamed::new(|c| c.max_attempts(1), named).await;
+    let taking = unique();
+    let full = stream::Config {
+        max_messages: 1,
+        discard: stream::DiscardPolicy::New,
+        ..stream::Config::default()
+    };
+    stream_of(&streamed.context, &taking, full).await;
     let elsewhere = format!("{}.events", taking.to_ascii_lowercase());
-    context
-        .publish(elsewhere.clone(), "first".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let publisher = NatsJetStreamPublisher::new(context.clone(), &named, "/test")
-        .subject(move |_| elsewhere.clone());
-    let large = Event::new("order", "o-1", "Placed", vec![b'x'; 2048]);
-    let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue(&mut tx, &large).await.unwrap();
-    tx.commit().await.unwrap();
-    let report = Relay::new(outbox.clone(), publisher)
-        .run_once()
-        .await
-        .unwrap();
+    let context = &streamed.context;
+    let first = context.publish(elsewhere.clone(), "first".into()).await;
+    first.unwrap().await.unwrap();
+    let publisher = streamed.publisher().subject(move |_| elsewhere.clone());
+    streamed
+        .enqueue(&[Event::new("order", "o-1", "Placed", vec![b'x'; 2048])])
+        .await;
+    let relay = Relay::new(streamed.outbox.clone(), publisher);
+    let report = relay.run_once().await.unwrap();
     assert_eq!((report.unavailable, report.dead), (1, 0), "{report:?}");
-    for name in [named, taking] {
-        context.delete_stream(&name).await.unwrap();
-    }
-    db.drop().await;
+    context.delete_stream(&taking).await.unwrap();
+    streamed.end().await;
 }
 
 /// A stream with no room answered: a relay's breaker does not take that
@@ -408,23 +391,7 @@ async fn a_message_is_measured_against_the_stream_that_takes_its_subject() {
 async fn a_full_subject_does_not_open_the_relays_breaker() {
     use palisade_circuit_breaker::{CircuitBreaker, Config};
 
-    let db = support::PgSchema::new().await;
-    let pool = db.pool.clone();
-    let outbox = db.outbox(|c| c).await;
-    let context = jetstream().await;
-    let name = unique();
-    stream_of(
-        &context,
-        &name,
-        stream::Config {
-            max_messages_per_subject: 1,
-            discard: stream::DiscardPolicy::New,
-            discard_new_per_subject: true,
-            duplicate_window: Duration::from_secs(120),
-            ..stream::Config::default()
-        },
-    )
-    .await;
+    let streamed = Streamed::new(|c| c, one_per_subject()).await;
     let breaker = CircuitBreaker::new(
         Config::builder()
             .minimum_calls(2)
@@ -432,29 +399,21 @@ async fn a_full_subject_does_not_open_the_relays_breaker() {
             .build()
             .unwrap(),
     );
-    let relay = Relay::new(
-        outbox.clone(),
-        NatsJetStreamPublisher::new(context.clone(), &name, "/test"),
-    )
-    .circuit_breaker(breaker);
+    let relay = Relay::new(streamed.outbox.clone(), streamed.publisher()).circuit_breaker(breaker);
     // One `Placed` fills its subject; four more find it full.
     let placed: Vec<Event> = (0..5)
         .map(|n| Event::new("order", format!("p-{n}"), "Placed", b"{}".to_vec()))
         .collect();
-    let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue_all(&mut tx, &placed).await.unwrap();
-    tx.commit().await.unwrap();
+    streamed.enqueue(&placed).await;
     let report = relay.run_once().await.unwrap();
     assert_eq!((report.published, report.unavailable), (1, 4), "{report:?}");
 
-    let paid = Event::new("order", "o-1", "Paid", b"{}".to_vec());
-    let mut tx = pool.begin().await.unwrap();
-    outbox.enqueue(&mut tx, &paid).await.unwrap();
-    tx.commit().await.unwrap();
+    streamed
+        .enqueue(&[Event::new("order", "o-1", "Paid", b"{}".to_vec())])
+        .await;
     let report = relay.run_once().await.unwrap();
     assert_eq!((report.published, report.unavailable), (1, 0), "{report:?}");
-    context.delete_stream(&name).await.unwrap();
-    db.drop().await;
+    streamed.end().await;
 }
 
 /// One turn of `relay` that claimed something, once the events handed back
