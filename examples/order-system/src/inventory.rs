@@ -388,11 +388,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_order_is_answered_once_whatever_comes_again_on_sqlite() {
-        let dir = std::env::temp_dir().join(format!("palisade-inventory-{}", fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = ServiceDb::open_sqlite(&dir, Inventory::NAME, Inventory::TABLES)
-            .await
-            .unwrap();
+        let (db, dir) = crate::service::scratch_db::<Inventory>().await;
         answered_once(db).await;
         let _ = std::fs::remove_dir_all(dir);
     }

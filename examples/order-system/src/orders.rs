@@ -723,11 +723,7 @@ mod tests {
     /// order (from an earlier group, or earlier in this one) is not.
     #[tokio::test]
     async fn a_group_places_the_orders_whose_keys_are_free_with_their_events() {
-        let dir = std::env::temp_dir().join(format!("palisade-placing-{}", fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = ServiceDb::open_sqlite(&dir, Orders::NAME, Orders::TABLES)
-            .await
-            .unwrap();
+        let (db, dir) = crate::service::scratch_db::<Orders>().await;
         assert_eq!(
             place_all(db.clone(), vec![placing("alice", "k1")])
                 .await
@@ -768,11 +764,7 @@ mod tests {
     /// one it has is still an error, for an operator to see.
     #[tokio::test]
     async fn an_end_that_comes_again_is_dropped_and_a_contradiction_is_not() {
-        let dir = std::env::temp_dir().join(format!("palisade-ending-{}", fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = ServiceDb::open_sqlite(&dir, Orders::NAME, Orders::TABLES)
-            .await
-            .unwrap();
+        let (db, dir) = crate::service::scratch_db::<Orders>().await;
         let orders = Orders::new(db.clone());
         let (placed, created) = placing("alice", "k1");
         let line = placed.line.clone();

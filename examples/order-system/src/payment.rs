@@ -686,11 +686,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_round_is_settled_at_once_unless_a_claim_lapsed() {
-        let dir = std::env::temp_dir().join(format!("palisade-payment-{}", fastrand::u64(..)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db = ServiceDb::open_sqlite(&dir, Payment::NAME, Payment::TABLES)
-            .await
-            .unwrap();
+        let (db, dir) = crate::service::scratch_db::<Payment>().await;
         let vault = Vault::open(db.clone(), &VaultKey::generate())
             .await
             .unwrap();

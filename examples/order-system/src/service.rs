@@ -160,3 +160,16 @@ impl Consumers {
             .collect()
     }
 }
+
+/// `S`'s tables in a SQLite file of a new directory under the system's
+/// temporary one, for a unit test: the database, and the directory (for
+/// the test to remove).
+#[cfg(test)]
+pub(crate) async fn scratch_db<S: SagaService>() -> (ServiceDb, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("palisade-{}-{}", S::NAME, fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = ServiceDb::open_sqlite(&dir, S::NAME, S::TABLES)
+        .await
+        .unwrap();
+    (db, dir)
+}
