@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -57,7 +57,7 @@ pub struct NatsJetStreamPublisher {
     subject: Option<SubjectOf>,
     /// The `max_bytes` of the stream of each subject lately refused as
     /// "store failed", and when it was read.
-    limits: Arc<tokio::sync::Mutex<HashMap<String, (i64, std::time::Instant)>>>,
+    limits: Arc<Mutex<HashMap<String, (i64, std::time::Instant)>>>,
 }
 
 impl fmt::Debug for NatsJetStreamPublisher {
@@ -245,17 +245,28 @@ impl NatsJetStreamPublisher {
     /// message is taken to fit.
     ///
     /// Read on a "store failed" answer only, and kept a few seconds per
-    /// subject: a full stream answers every message of a batch so, and
-    /// each asked the stream again.
+    /// subject (a full stream answers every message of a batch so, and
+    /// each asked the stream again), a read that failed or took over a
+    /// second as "holds anything".
     async fn never_fits(&self, subject: &str, size: usize) -> bool {
-        let mut limits = self.limits.lock().await;
         let now = std::time::Instant::now();
-        let max_bytes = match limits.get(subject) {
-            Some(&(max_bytes, read)) if now.duration_since(read) < LIMITS_KEPT => max_bytes,
-            _ => {
-                let Some(max_bytes) = self.max_bytes_of(subject).await else {
-                    return false;
-                };
+        let known = self
+            .limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(subject)
+            .filter(|(_, read)| now.duration_since(*read) < LIMITS_KEPT)
+            .map(|&(max_bytes, _)| max_bytes);
+        let max_bytes = match known {
+            Some(max_bytes) => max_bytes,
+            None => {
+                // Not under the lock, and briefly: the stream may answer
+                // nothing (a leader being elected), and the publish waiting
+                // for this is cut at its claim's lease. A stream that does
+                // not answer is taken to hold anything, for a while too.
+                let read = tokio::time::timeout(LIMITS_READ, self.max_bytes_of(subject));
+                let max_bytes = read.await.ok().flatten().unwrap_or(0);
+                let mut limits = self.limits.lock().unwrap_or_else(PoisonError::into_inner);
                 if limits.len() >= LIMITS_HELD {
                     limits.clear();
                 }
@@ -273,6 +284,9 @@ impl NatsJetStreamPublisher {
         Some(stream.cached_info().config.max_bytes)
     }
 }
+
+/// How long reading a stream's `max_bytes` may take.
+const LIMITS_READ: Duration = Duration::from_secs(1);
 
 /// How long a stream's `max_bytes` read for a subject is used.
 const LIMITS_KEPT: Duration = Duration::from_secs(10);
@@ -353,12 +367,16 @@ fn refuses_message(answer: &jetstream::Error) -> bool {
     }
 }
 
-/// Whether JetStream's answer says it has no room now (a stream, subject
-/// or account full; its store failing): the broker is up.
+/// Whether JetStream's answer says it has no room now: a stream, subject
+/// or account full, its store failing ("store failed" says both, in
+/// words that vary by server version), or the server's own storage spent
+/// ("insufficient resources"). The broker is up.
 fn has_no_room(answer: &jetstream::Error) -> bool {
     matches!(
         answer.error_code(),
-        ErrorCode::STREAM_STORE_FAILED | ErrorCode::ACCOUNT_RESOURCES_EXCEEDED
+        ErrorCode::STREAM_STORE_FAILED
+            | ErrorCode::ACCOUNT_RESOURCES_EXCEEDED
+            | ErrorCode::INSUFFICIENT_RESOURCES
     )
 }
 
@@ -404,7 +422,6 @@ mod tests {
         for (code, err_code, description) in [
             (503, 10076, "jetstream not enabled"),
             (503, 10008, "jetstream system temporarily unavailable"),
-            (503, 10023, "insufficient resources"),
         ] {
             let error = JetStreamError::with_source(
                 PublishErrorKind::Other,
@@ -420,6 +437,7 @@ mod tests {
             (503, 10077, "maximum messages per subject exceeded"),
             (503, 10077, "error opening msg block file"),
             (400, 10002, "resource limits exceeded for account"),
+            (503, 10023, "insufficient resources"),
         ] {
             let error = JetStreamError::with_source(
                 PublishErrorKind::Other,

@@ -60,11 +60,11 @@ pub struct BatchReport {
 ///   responders, no stream, 503): the event is handed back with its
 ///   attempts untouched, to wait [`outage_backoff`](Self::outage_backoff)
 ///   (doubling while the outage lasts), for as long as the outage lasts. The
-///   outage is logged once when it starts and once when it ends. A broker
-///   with no room ([`Full`](crate::PublishErrorKind::Full): a stream full)
-///   is waited out the same way; events it has no room for while it took
-///   others of their batch (a full subject) wait the backoff's cap,
-///   logged each time.
+///   outage is logged once when it starts and once when it ends;
+/// - the broker had **no room** ([`Full`](crate::PublishErrorKind::Full):
+///   a stream or subject full, its store failing): the broker answered, so
+///   this is no outage; the events wait the backoff's cap, their attempts
+///   untouched, logged each time.
 ///
 /// With feature `circuit-breaker`, [`circuit_breaker`](Self::circuit_breaker)
 /// puts a breaker in front of the publisher: once enough publishes found
@@ -303,28 +303,31 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
                 report.superseded += sent.len().saturating_sub(settled);
             }
             report.unavailable = unavailable.len();
-            let outage = if sent.is_empty() && failed.is_empty() {
-                unavailable_errors
-                    .first()
-                    .map_or(0, |error| self.availability.unreachable(error))
-            } else {
-                self.availability.reached();
-                0
+            // An outage is a batch the broker answered none of; a broker
+            // with no room answered.
+            let answered = !sent.is_empty()
+                || !failed.is_empty()
+                || unavailable_errors
+                    .iter()
+                    .any(|error| error.kind() == PublishErrorKind::Full);
+            let outage = match unavailable_errors.first() {
+                Some(error) if !answered => self.availability.unreachable(error),
+                _ => {
+                    self.availability.reached();
+                    0
+                }
             };
             if !unavailable.is_empty() {
-                // Refused for want of room (a full subject) while the
-                // broker took others of the batch: no outage to back off
-                // from, and a retry soon is refused again, so they wait
-                // the longest outage wait, and say so. The rest (out of
-                // reach, a breaker's refusal, a timeout) wait as an
+                // Refused for want of room (a full stream or subject): the
+                // broker is up, and a retry soon is refused again, so they
+                // wait the longest outage wait, and say so. The rest (out
+                // of reach, a breaker's refusal, a timeout) wait as an
                 // outage's batches do.
                 let out_wait = self.wait_for_broker(&unavailable_errors, outage);
                 let (full, out_of_reach): (Vec<_>, Vec<_>) = unavailable
                     .into_iter()
                     .zip(&unavailable_errors)
-                    .partition(|(_, error)| {
-                        outage == 0 && error.kind() == PublishErrorKind::Full
-                    });
+                    .partition(|(_, error)| error.kind() == PublishErrorKind::Full);
                 for (group, wait, roomless) in [
                     (full, self.outage_backoff.1, true),
                     (out_of_reach, out_wait, false),
@@ -343,7 +346,7 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
                             events = events.len(),
                             wait_ms,
                             %error,
-                            "the broker took other events but has no room for these; they wait, their attempts untouched"
+                            "the broker has no room for these events; they wait, their attempts untouched"
                         );
                     } else {
                         tracing::debug!(
