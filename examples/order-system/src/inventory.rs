@@ -181,6 +181,10 @@ impl Inventory {
         if moved == 1 && marked == 1 {
             return Ok(true);
         }
+        if moved != 0 || marked != 0 {
+            // Half a move: rolled back with the error below.
+            return Err(format!("order {order_id}: its stock and reservation disagree").into());
+        }
         let settled: Option<(i64,)> = tx
             .fetch_optional(
                 "SELECT CAST(1 AS BIGINT) FROM reservations WHERE order_id = $1 AND status = $2",

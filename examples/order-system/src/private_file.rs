@@ -5,13 +5,17 @@ use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
+/// How old a part must be to be taken for one a killed write left.
+const STALE_PART: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Writes `bytes` to `path`, readable and writable by its owner only
 /// (0600), whole or not at all: into a file of its own beside `path`,
 /// synced, then moved into place and the directory synced. With `new`,
 /// it is linked there only if nothing is (a file another start made
 /// meanwhile is kept, and this fails as `AlreadyExists`); on a file
-/// system without links it is made in place as new instead. A part an
-/// earlier, killed write left beside it is removed.
+/// system without links it is made in place as new instead (and removed
+/// if it could not be written whole). A part an earlier, killed write
+/// left beside it (a minute old) is removed.
 ///
 /// A process killed midway leaves the file as it was (or none), never a
 /// part of it: a key or identity file cut short at the first start
@@ -30,12 +34,17 @@ pub(crate) fn write(path: &Path, bytes: &[u8], new: bool) -> io::Result<()> {
         .ok_or_else(|| io::Error::other("no file name"))?
         .to_string_lossy();
     // Parts an earlier write left when its process was killed: each holds
-    // what it was writing (a key, password hashes).
+    // what it was writing (a key, password hashes). Not one another
+    // writer may be filling now: only those a minute old.
     let prefix = format!(".{name}.");
     for entry in fs::read_dir(dir)?.flatten() {
         let left = entry.file_name();
         let left = left.to_string_lossy();
-        if left.starts_with(&prefix) && left.ends_with(".part") {
+        let stale = entry
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .is_ok_and(|modified| modified.elapsed().is_ok_and(|age| age > STALE_PART));
+        if left.starts_with(&prefix) && left.ends_with(".part") && stale {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -54,16 +63,25 @@ pub(crate) fn write(path: &Path, bytes: &[u8], new: bool) -> io::Result<()> {
                 return fs::rename(&part, path);
             }
             match fs::hard_link(&part, path) {
-                Err(error) if error.kind() != io::ErrorKind::AlreadyExists => {
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied
+                    ) =>
+                {
                     // A file system without links (FAT, some network and
-                    // FUSE mounts): made in place, as new, instead.
+                    // FUSE mounts): made in place, as new, instead, and
+                    // taken away again if it could not be written whole.
                     let mut file = OpenOptions::new()
                         .write(true)
                         .create_new(true)
                         .mode(0o600)
                         .open(path)?;
-                    file.write_all(bytes)?;
-                    file.sync_all()
+                    file.write_all(bytes)
+                        .and_then(|()| file.sync_all())
+                        .inspect_err(|_| {
+                            let _ = fs::remove_file(path);
+                        })
                 }
                 linked => linked,
             }
@@ -103,13 +121,33 @@ mod tests {
             .collect();
         assert_eq!(names, ["key"], "no part left behind");
         // A part a killed write left is taken away by the next write.
-        fs::write(dir.join(".key.0123456789abcdef.part"), b"half").unwrap();
+        let left = dir.join(".key.0123456789abcdef.part");
+        fs::write(&left, b"half").unwrap();
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3_600);
+        File::options()
+            .write(true)
+            .open(&left)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        // One another writer is filling now stays.
+        let filling = dir.join(".key.fedcba9876543210.part");
+        fs::write(&filling, b"filling").unwrap();
         write(&path, b"fourth", false).unwrap();
         let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|entry| entry.unwrap().file_name())
             .collect();
-        assert_eq!(names, ["key"], "the earlier part is gone");
+        let mut names: Vec<_> = names
+            .into_iter()
+            .map(|name| name.into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [".key.fedcba9876543210.part", "key"],
+            "the killed write's part is gone, the one being filled is not"
+        );
         let _ = fs::remove_dir_all(dir);
     }
 }
