@@ -22,6 +22,12 @@ pub enum Verdict {
     /// It still counts towards the attempts, so a limiter that keeps
     /// refusing ends the retries.
     RetryRefused(Duration),
+    /// A palisade layer below refused the call without reaching the
+    /// dependency and names no wait worth retrying after (an open
+    /// breaker): return this result, as [`Return`](Self::Return) does;
+    /// a retry the budget paid for that led to it goes back to the
+    /// budget, since the dependency saw no load.
+    Refused,
 }
 
 /// Decides whether a result is worth another attempt.
@@ -67,7 +73,7 @@ impl<Res> Classify<Res> for RetryErrors {
 pub(crate) fn refused(refusal: &Refusal) -> Verdict {
     match refusal.retry_after() {
         Some(wait) if !refusal.is_circuit_open() => Verdict::RetryRefused(wait),
-        _ => Verdict::Return,
+        _ => Verdict::Refused,
     }
 }
 
@@ -82,7 +88,7 @@ mod tests {
         let wait = Duration::from_millis(300);
         assert_eq!(
             verdict(Box::new(Refusal::circuit_open(Some(wait)))),
-            Verdict::Return
+            Verdict::Refused
         );
         assert_eq!(
             verdict(Box::new(Refusal::rate_limited(Some(wait)))),
@@ -90,7 +96,7 @@ mod tests {
         );
         assert_eq!(
             verdict(Box::new(Refusal::rate_limited(None))),
-            Verdict::Return
+            Verdict::Refused
         );
         assert_eq!(
             RetryErrors.classify(&Ok::<_, BoxError>(())),

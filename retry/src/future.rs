@@ -105,6 +105,9 @@ struct Retried<Request> {
     /// The retry the budget gave for the next attempt, until it is made:
     /// given back if it never is.
     unspent: Unspent,
+    /// The retry the budget gave for the attempt under way, until its
+    /// result is known: given back if a layer below refused it.
+    paid: Option<(RetryBudget, Withdrawal)>,
 }
 
 /// A retry taken from the budget for an attempt not made yet. Apart from
@@ -121,9 +124,10 @@ impl Unspent {
         }
     }
 
-    /// The attempt is made: the retry is spent.
-    fn spend(&mut self) {
-        self.0 = None;
+    /// The attempt is made: the retry is spent, unless the attempt turns
+    /// out refused below (the caller keeps what this returns till then).
+    fn spend(&mut self) -> Option<(RetryBudget, Withdrawal)> {
+        self.0.take()
     }
 }
 
@@ -165,8 +169,16 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
         R: Replay<Req, Saved = Saved, Request = Request>,
     {
         let shared = &*self.shared;
-        let (hint, refused) = match shared.classify.classify(result) {
-            Verdict::Return => return None,
+        let verdict = shared.classify.classify(result);
+        // The attempt just made: paid for, unless it never reached the
+        // dependency.
+        if let Some((budget, withdrawal)) = self.retried.as_mut().and_then(|r| r.paid.take())
+            && matches!(verdict, Verdict::Refused | Verdict::RetryRefused(_))
+        {
+            budget.give_back(withdrawal, Instant::now());
+        }
+        let (hint, refused) = match verdict {
+            Verdict::Return | Verdict::Refused => return None,
             Verdict::Retry => (None, false),
             Verdict::RetryAfter(wait) => (Some(wait), false),
             Verdict::RetryRefused(wait) => (Some(wait), true),
@@ -218,6 +230,7 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
                 estimate,
                 next: None,
                 unspent: Unspent::default(),
+                paid: None,
             })
         });
         retried.previous_delay = delay;
@@ -395,7 +408,7 @@ where
                     }
                     let request = retried.next.take().expect("made after the wait");
                     retried.attempts += 1;
-                    retried.unspent.spend();
+                    retried.paid = retried.unspent.spend();
                     retrying.shared.events.attempt();
                     if let Some(deadline) = this.deadline {
                         *deadline.as_mut().project().started = Instant::now();

@@ -27,7 +27,9 @@
 //!   rejection (from `palisade-circuit-breaker`) returns at once; a rate
 //!   limiter's is retried only after the wait it names
 //!   ([`Verdict::RetryRefused`]), and counts as an attempt but not against
-//!   the dependency's budget. They are recognised by the
+//!   the dependency's budget; a retry the budget paid for that a layer
+//!   below refused goes back to it ([`Verdict::Refused`]). They are
+//!   recognised by the
 //!   [`palisade_hints::Refusal`] marker, with no dependency on those
 //!   crates.
 //! - The inner service is **polled ready again before every retry**.

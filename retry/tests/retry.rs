@@ -593,6 +593,55 @@ async fn a_zero_hint_still_waits_out_the_backoff() {
     assert_eq!(gaps(&calls), [ms(100), ms(100)]);
 }
 
+/// A retry the budget paid for whose attempt a layer below refused (a
+/// breaker that opened meanwhile, a limiter) goes back to the budget:
+/// that attempt never reached the dependency (it was spent, and a bank
+/// emptied by refusals had none for the dependency once it was back).
+#[tokio::test(start_paused = true)]
+async fn a_retry_refused_below_gives_its_budget_back() {
+    let refusals: [fn() -> BoxError; 2] = [
+        || Box::new(Refusal::circuit_open(Some(Duration::from_secs(5)))),
+        || Box::new(Refusal::rate_limited(Some(Duration::from_millis(10)))),
+    ];
+    for refusal in refusals {
+        for budget in [
+            Budget::new(1.0).min_per_second(0).max_banked(1),
+            Budget::new(0.0).min_per_second(1).max_banked(0),
+        ] {
+            let config = Config::builder()
+                .max_attempts(3)
+                .backoff(Backoff::constant(ms(100)))
+                .budget(budget)
+                .build()
+                .unwrap();
+            let layer = RetryLayer::new(config);
+            let account = layer.budget().unwrap().clone();
+            // A failure, then the refusal of its retry, then an answer.
+            let calls = Arc::new(Mutex::new(0_u32));
+            let count = calls.clone();
+            let service = service_fn(move |_: u32| {
+                let call = {
+                    let mut calls = count.lock().unwrap();
+                    *calls += 1;
+                    *calls
+                };
+                async move {
+                    match call {
+                        1 => Err::<u32, BoxError>("reset".into()),
+                        2 => Err(refusal()),
+                        _ => Ok(call),
+                    }
+                }
+            });
+            let _ = layer.layer(service).oneshot(1).await;
+            assert!(
+                account.withdraw(Instant::now()),
+                "the refused retry is back: {budget:?}"
+            );
+        }
+    }
+}
+
 /// A call dropped while it waits for its retry (its caller gone, a
 /// timeout above) gives back the retry the budget gave it, whether from
 /// the balance or from the floor: that retry never reached the

@@ -178,7 +178,7 @@ mod tests {
         *open.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
         open.extensions_mut()
             .insert(Refusal::circuit_open(Some(Duration::from_secs(1))));
-        assert_eq!(RetryServerErrors.classify(&Ok(open)), Verdict::Return);
+        assert_eq!(RetryServerErrors.classify(&Ok(open)), Verdict::Refused);
     }
 
     #[test]
