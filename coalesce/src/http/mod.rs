@@ -505,11 +505,12 @@ impl<S, R, F> Coalesce<S, R, F> {
         // shared.
         let own = Arc::new(std::sync::Mutex::new(Some(request)));
         Box::pin(async move {
-            let (mut key, mut turn) = (key, 1);
+            let (mut key, mut turn, mut origin) = (key, 1, Some(origin));
             let outcome = loop {
                 let sent = own.clone();
                 let fetch_vary = vary.clone();
-                let origin = origin.clone();
+                // A clone only for a turn after the first.
+                let origin = origin.take().unwrap_or_else(|| fallback.clone());
                 let compute = move || {
                     let request = take(&sent);
                     async move {
