@@ -22,6 +22,9 @@ struct Outage {
 pub(crate) struct Availability {
     available: AtomicBool,
     outage: Mutex<Option<Outage>>,
+    /// Whether the broker's last answer on a batch was that it had no
+    /// room for some of it.
+    roomless: AtomicBool,
 }
 
 impl Default for Availability {
@@ -29,11 +32,32 @@ impl Default for Availability {
         Self {
             available: AtomicBool::new(true),
             outage: Mutex::new(None),
+            roomless: AtomicBool::new(false),
         }
     }
 }
 
 impl Availability {
+    /// The broker had no room for `events` of a batch, answering `error`:
+    /// said once, when it starts (each batch after at debug), and once
+    /// when a batch finds room again ([`room`](Self::room)).
+    pub(crate) fn no_room(&self, events: usize, wait: Duration, error: &PublishError) {
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        if self.roomless.swap(true, Ordering::Relaxed) {
+            tracing::debug!(target: "palisade_outbox", events, wait_ms, %error, "the broker still has no room for some events; they wait");
+        } else {
+            tracing::warn!(target: "palisade_outbox", events, wait_ms, %error, "the broker has no room for some events; they wait, their attempts untouched, until it has");
+        }
+    }
+
+    /// A batch the broker answered found room for all it was not refused
+    /// for other reasons.
+    pub(crate) fn room(&self) {
+        if self.roomless.swap(false, Ordering::Relaxed) {
+            tracing::info!(target: "palisade_outbox", "the broker has room again");
+        }
+    }
+
     /// A batch reached the broker (it stored or refused a message): an
     /// outage under way is over.
     pub(crate) fn reached(&self) {

@@ -29,8 +29,8 @@ pub enum PublishErrorKind {
     /// or its subject, full; its store failing): waited out as
     /// [`Unavailable`](Self::Unavailable) is, its attempts untouched, but
     /// the broker is up: a relay's breaker does not count it as the broker
-    /// failing, and events refused so while others of their batch were
-    /// taken wait the longest outage wait rather than come straight back.
+    /// failing, a batch refused only so is no outage, and the events wait
+    /// the longest outage wait rather than come straight back.
     Full,
 }
 

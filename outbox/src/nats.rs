@@ -17,6 +17,10 @@ use crate::publisher::{Published, Publisher};
 /// Picks the subject of an event.
 type SubjectOf = Arc<dyn Fn(&Event) -> String + Send + Sync>;
 
+/// The `max_bytes` of a subject's stream, once read, and when it was
+/// asked for.
+type Limit = (Arc<tokio::sync::OnceCell<i64>>, std::time::Instant);
+
 /// Publishes events to a JetStream stream with acknowledgement.
 ///
 /// Each message carries `Nats-Msg-Id` = the event id, so JetStream drops a
@@ -57,7 +61,7 @@ pub struct NatsJetStreamPublisher {
     subject: Option<SubjectOf>,
     /// The `max_bytes` of the stream of each subject lately refused as
     /// "store failed", and when it was read.
-    limits: Arc<Mutex<HashMap<String, (i64, std::time::Instant)>>>,
+    limits: Arc<Mutex<HashMap<String, Limit>>>,
 }
 
 impl fmt::Debug for NatsJetStreamPublisher {
@@ -250,30 +254,34 @@ impl NatsJetStreamPublisher {
     /// second as "holds anything".
     async fn never_fits(&self, subject: &str, size: usize) -> bool {
         let now = std::time::Instant::now();
-        let known = self
-            .limits
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(subject)
-            .filter(|(_, read)| now.duration_since(*read) < LIMITS_KEPT)
-            .map(|&(max_bytes, _)| max_bytes);
-        let max_bytes = match known {
-            Some(max_bytes) => max_bytes,
-            None => {
-                // Not under the lock, and briefly: the stream may answer
-                // nothing (a leader being elected), and the publish waiting
-                // for this is cut at its claim's lease. A stream that does
-                // not answer is taken to hold anything, for a while too.
-                let read = tokio::time::timeout(LIMITS_READ, self.max_bytes_of(subject));
-                let max_bytes = read.await.ok().flatten().unwrap_or(0);
-                let mut limits = self.limits.lock().unwrap_or_else(PoisonError::into_inner);
-                if limits.len() >= LIMITS_HELD {
-                    limits.clear();
+        let read = {
+            let mut limits = self.limits.lock().unwrap_or_else(PoisonError::into_inner);
+            match limits.get(subject) {
+                Some((read, at)) if now.duration_since(*at) < LIMITS_KEPT => Arc::clone(read),
+                _ => {
+                    if limits.len() >= LIMITS_HELD {
+                        limits.clear();
+                    }
+                    let read = Arc::new(tokio::sync::OnceCell::new());
+                    limits.insert(subject.to_owned(), (Arc::clone(&read), now));
+                    read
                 }
-                limits.insert(subject.to_owned(), (max_bytes, now));
-                max_bytes
             }
         };
+        // One read a subject at a time, not under the lock, and briefly:
+        // the publishes refused together wait for the same one, and the
+        // stream may answer nothing (a leader being elected) while each
+        // publish is cut at its claim's lease. A stream that does not
+        // answer is taken to hold anything, for a while too.
+        let max_bytes = *read
+            .get_or_init(|| async {
+                tokio::time::timeout(LIMITS_READ, self.max_bytes_of(subject))
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            })
+            .await;
         max_bytes > 0 && i64::try_from(size).unwrap_or(i64::MAX) >= max_bytes
     }
 

@@ -63,8 +63,9 @@ pub struct BatchReport {
 ///   outage is logged once when it starts and once when it ends;
 /// - the broker had **no room** ([`Full`](crate::PublishErrorKind::Full):
 ///   a stream or subject full, its store failing): the broker answered, so
-///   this is no outage; the events wait the backoff's cap, their attempts
-///   untouched, logged each time.
+///   a batch refused only so is no outage; the events wait the backoff's
+///   cap, their attempts untouched. It is logged once when it starts and
+///   once when a batch finds room again.
 ///
 /// With feature `circuit-breaker`, [`circuit_breaker`](Self::circuit_breaker)
 /// puts a breaker in front of the publisher: once enough publishes found
@@ -303,15 +304,15 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
                 report.superseded += sent.len().saturating_sub(settled);
             }
             report.unavailable = unavailable.len();
-            // An outage is a batch the broker answered none of; a broker
-            // with no room answered.
-            let answered = !sent.is_empty()
-                || !failed.is_empty()
-                || unavailable_errors
-                    .iter()
-                    .any(|error| error.kind() == PublishErrorKind::Full);
-            let outage = match unavailable_errors.first() {
-                Some(error) if !answered => self.availability.unreachable(error),
+            // An outage is a batch that stored or refused nothing while
+            // some publish could not reach the broker; a batch the broker
+            // only said it had no room for reached it.
+            let stored_or_refused = !sent.is_empty() || !failed.is_empty();
+            let out_of_reach = unavailable_errors
+                .iter()
+                .find(|error| error.kind() != PublishErrorKind::Full);
+            let outage = match out_of_reach {
+                Some(error) if !stored_or_refused => self.availability.unreachable(error),
                 _ => {
                     self.availability.reached();
                     0
@@ -339,25 +340,25 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
                     };
                     let settled = self.store.release(&events, wait, &error.to_string()).await?;
                     report.superseded += events.len().saturating_sub(settled);
-                    let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
                     if roomless {
-                        tracing::warn!(
-                            target: "palisade_outbox",
-                            events = events.len(),
-                            wait_ms,
-                            %error,
-                            "the broker has no room for these events; they wait, their attempts untouched"
-                        );
+                        self.availability.no_room(events.len(), wait, error);
                     } else {
                         tracing::debug!(
                             target: "palisade_outbox",
                             events = events.len(),
-                            wait_ms,
+                            wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                             %error,
                             "broker unavailable; events handed back, attempts untouched"
                         );
                     }
                 }
+            }
+            if stored_or_refused
+                && !unavailable_errors
+                    .iter()
+                    .any(|error| error.kind() == PublishErrorKind::Full)
+            {
+                self.availability.room();
             }
             #[cfg(feature = "otel")]
             let latencies: Vec<i64> = {

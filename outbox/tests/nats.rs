@@ -425,6 +425,48 @@ async fn a_full_subject_does_not_open_the_relays_breaker() {
     streamed.end().await;
 }
 
+/// The publishes a full stream refuses together read its limit once,
+/// not once each (a batch of a hundred sent two hundred requests to a
+/// broker that had just said it had no room).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publishes_a_full_stream_refuses_together_read_its_limit_once() {
+    let small = stream::Config {
+        max_bytes: 600,
+        discard: stream::DiscardPolicy::New,
+        ..stream::Config::default()
+    };
+    let streamed = Streamed::new(|c| c, small).await;
+    let filler = format!("{}.filler", streamed.name.to_ascii_lowercase());
+    let filled = streamed
+        .context
+        .publish(filler, vec![b'x'; 400].into())
+        .await;
+    filled.unwrap().await.unwrap();
+    let watcher = async_nats::connect(palisade_testkit::servers::nats_url())
+        .await
+        .unwrap();
+    let mut reads = watcher
+        .subscribe(format!("$JS.API.STREAM.INFO.{}", streamed.name))
+        .await
+        .unwrap();
+    watcher.flush().await.unwrap();
+    let events: Vec<Event> = (0..20)
+        .map(|n| Event::new("order", format!("o-{n}"), "Placed", b"{}".to_vec()))
+        .collect();
+    streamed.enqueue(&events).await;
+    let relay = Relay::new(streamed.outbox.clone(), streamed.publisher());
+    let report = relay.run_once().await.unwrap();
+    assert_eq!((report.claimed, report.unavailable), (20, 20), "{report:?}");
+    // Every read the relay made is in before the server answers this.
+    watcher.flush().await.unwrap();
+    let mut count = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), reads.next()).await {
+        count += 1;
+    }
+    assert_eq!(count, 1, "one read of the stream's limit");
+    streamed.end().await;
+}
+
 /// One turn of `relay` that claimed something, once the events handed back
 /// by the turns before are due again.
 async fn run_until_claimed<P: Publisher>(
