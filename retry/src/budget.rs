@@ -15,7 +15,9 @@ const RETRY: i64 = 1000;
 /// Every request deposits `ratio` of a retry; every retry withdraws a whole
 /// one (when it is decided, before its wait; given back if it is never
 /// made: its call dropped or cut by its deadline before the attempt, its
-/// request not made again, its service failing to get ready). While the dependency fails every call, retries therefore add at
+/// request not made again, its service failing to get ready; or if a
+/// palisade layer below refused the attempt, which never reached the
+/// dependency). While the dependency fails every call, retries therefore add at
 /// most `ratio` to its traffic (0.2 by default: 1.2× the normal load), plus
 /// the floor of `min_per_second` retries each second that keeps a quiet
 /// service able to retry at all, plus at most `max_banked` retries saved up
@@ -209,7 +211,8 @@ impl RetryBudget {
     }
 
     /// Gives back, at `now`, a retry taken and never made (its call was
-    /// dropped in the wait, or its request could not be made again): a
+    /// dropped in the wait, or its request could not be made again), or
+    /// made and refused below before it reached the dependency: a
     /// banked one to the balance, up to its ceiling; one of the floor by
     /// moving the floor's next arrival back by its interval, unless the
     /// time it had reserved has passed (the floor has refilled it since:
