@@ -406,6 +406,18 @@ mod tests {
         classify(error).kind()
     }
 
+    /// Checks the verdict on each of JetStream's error `answers` to a
+    /// publish (HTTP code, error code, description) is `expected`.
+    fn all_answered(answers: &[(u16, u64, &str)], expected: Verdict) {
+        for &(code, err_code, description) in answers {
+            let error = JetStreamError::with_source(
+                PublishErrorKind::Other,
+                answer(code, err_code, description),
+            );
+            assert_eq!(verdict(error), expected, "{description}");
+        }
+    }
+
     #[test]
     fn the_broker_out_of_reach_is_unavailable() {
         for kind in [
@@ -427,46 +439,37 @@ mod tests {
 
     #[test]
     fn jetstream_taking_no_message_now_is_unavailable() {
-        for (code, err_code, description) in [
-            (503, 10076, "jetstream not enabled"),
-            (503, 10008, "jetstream system temporarily unavailable"),
-        ] {
-            let error = JetStreamError::with_source(
-                PublishErrorKind::Other,
-                answer(code, err_code, description),
-            );
-            assert_eq!(verdict(error), Verdict::Unavailable, "{description}");
-        }
+        all_answered(
+            &[
+                (503, 10076, "jetstream not enabled"),
+                (503, 10008, "jetstream system temporarily unavailable"),
+            ],
+            Verdict::Unavailable,
+        );
         // A full stream, subject or account and a failed store take no
         // message now: nothing is wrong with this one, and the broker is
         // up.
-        for (code, err_code, description) in [
-            (503, 10077, "maximum messages exceeded"),
-            (503, 10077, "maximum messages per subject exceeded"),
-            (503, 10077, "error opening msg block file"),
-            (400, 10002, "resource limits exceeded for account"),
-            (503, 10023, "insufficient resources"),
-        ] {
-            let error = JetStreamError::with_source(
-                PublishErrorKind::Other,
-                answer(code, err_code, description),
-            );
-            assert_eq!(verdict(error), Verdict::Full, "{description}");
-        }
+        all_answered(
+            &[
+                (503, 10077, "maximum messages exceeded"),
+                (503, 10077, "maximum messages per subject exceeded"),
+                (503, 10077, "error opening msg block file"),
+                (400, 10002, "resource limits exceeded for account"),
+                (503, 10023, "insufficient resources"),
+            ],
+            Verdict::Full,
+        );
     }
 
     #[test]
     fn a_message_the_stream_refuses_is_rejected() {
-        for (code, err_code, description) in [
-            (400, 10054, "message size exceeds maximum allowed"),
-            (400, 10999, "a refusal this crate does not know"),
-        ] {
-            let error = JetStreamError::with_source(
-                PublishErrorKind::Other,
-                answer(code, err_code, description),
-            );
-            assert_eq!(verdict(error), Verdict::Rejected, "{description}");
-        }
+        all_answered(
+            &[
+                (400, 10054, "message size exceeds maximum allowed"),
+                (400, 10999, "a refusal this crate does not know"),
+            ],
+            Verdict::Rejected,
+        );
         for kind in [
             PublishErrorKind::MaxPayloadExceeded,
             PublishErrorKind::WrongLastMessageId,

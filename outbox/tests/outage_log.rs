@@ -97,11 +97,15 @@ async fn an_outage_is_logged_once_each_way() {
     let backoff = Duration::from_millis(1);
     let relay = Relay::new(outbox.clone(), publisher.clone()).outage_backoff(backoff, backoff);
 
+    // Twenty batches of the two events waiting, none taken.
+    let twenty_refused = async || {
+        for _ in 0..20 {
+            assert_eq!(relay.run_once().await.unwrap().unavailable, 2);
+            tokio::time::sleep(backoff * 2).await;
+        }
+    };
     place(&["a", "b"]).await;
-    for _ in 0..20 {
-        assert_eq!(relay.run_once().await.unwrap().unavailable, 2);
-        tokio::time::sleep(backoff * 2).await;
-    }
+    twenty_refused().await;
     publisher.mode.store(UP, Ordering::SeqCst);
     assert_eq!(relay.run_once().await.unwrap().published, 2);
     place(&["c"]).await;
@@ -113,10 +117,7 @@ async fn an_outage_is_logged_once_each_way() {
     // batch), and no outage, for the broker answered.
     publisher.mode.store(FULL, Ordering::SeqCst);
     place(&["d", "e"]).await;
-    for _ in 0..20 {
-        assert_eq!(relay.run_once().await.unwrap().unavailable, 2);
-        tokio::time::sleep(backoff * 2).await;
-    }
+    twenty_refused().await;
     publisher.mode.store(UP, Ordering::SeqCst);
     assert_eq!(relay.run_once().await.unwrap().published, 2);
     assert_eq!(logs.count("the broker has no room for some events"), 1);
