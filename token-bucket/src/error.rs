@@ -4,28 +4,50 @@ use std::error::Error;
 use std::fmt;
 use std::time::Duration;
 
-use palisade_hints::Refusal;
+use palisade_hints::{Refusal, RefusalReason};
 
-/// A request refused because its bucket is empty.
+use crate::Decision;
+
+/// A request refused because its bucket is empty, or because a store that
+/// could not reach its bucket refused it by its
+/// [failure policy](crate::FailurePolicy) (failing closed, or a request
+/// heavier than the fallback bucket).
 ///
 /// Its [`source`](Error::source) is a [`Refusal`], the marker by which
 /// `palisade-retry` knows the dependency was never called, and that it may
-/// retry after [`retry_after`](Self::retry_after).
+/// retry after [`retry_after`](Self::retry_after). The marker says which:
+/// `RateLimited` for a bucket's answer, the caller over its own limit;
+/// `StoreDown` for a failure policy's, which the limiter's outage caused
+/// (so an SLO above counts it against the service, as it does a 503 from
+/// [`StoreError`]). [`is_store_down`](Self::is_store_down) tells them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimited {
     refusal: Refusal,
 }
 
 impl RateLimited {
-    pub(crate) const fn new(retry_after: Duration) -> Self {
+    /// The refusal of `decision`, a request not admitted.
+    pub(crate) const fn new(decision: &Decision) -> Self {
+        let retry_after = decision.retry_after();
         let wait = if retry_after.as_secs() == u64::MAX {
             None
         } else {
             Some(retry_after)
         };
         Self {
-            refusal: Refusal::rate_limited(wait),
+            refusal: if decision.is_from_bucket() {
+                Refusal::rate_limited(wait)
+            } else {
+                Refusal::store_down(wait)
+            },
         }
+    }
+
+    /// Whether the request was refused by a failure policy while the
+    /// store could not reach its bucket, rather than by the bucket.
+    #[must_use]
+    pub const fn is_store_down(&self) -> bool {
+        matches!(self.refusal.reason(), RefusalReason::StoreDown)
     }
 
     /// How long until the same request would be admitted; `None` when its
@@ -44,9 +66,17 @@ impl RateLimited {
 
 impl fmt::Display for RateLimited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.retry_after() {
-            Some(wait) => write!(f, "rate limited, retry after {} ms", wait.as_millis()),
-            None => f.write_str("rate limited: the request costs more than the bucket holds"),
+        match (self.is_store_down(), self.retry_after()) {
+            (true, Some(wait)) => write!(
+                f,
+                "rate limited while the rate limit store is unreachable, retry after {} ms",
+                wait.as_millis()
+            ),
+            (true, None) => f.write_str("rate limited while the rate limit store is unreachable"),
+            (false, Some(wait)) => write!(f, "rate limited, retry after {} ms", wait.as_millis()),
+            (false, None) => {
+                f.write_str("rate limited: the request costs more than the bucket holds")
+            }
         }
     }
 }

@@ -45,7 +45,7 @@ impl<B: Default, E> Respond<Response<B>, E> for ResourceExhausted {
     type Error = E;
 
     fn refused(&self, decision: &Decision) -> Result<Response<B>, E> {
-        let refused = RateLimited::new(decision.retry_after());
+        let refused = RateLimited::new(decision);
         let mut response =
             refusal_response(RESOURCE_EXHAUSTED, "rate%20limited", refused.refusal());
         response.extensions_mut().insert(refused);

@@ -194,7 +194,7 @@ impl<B: Default, E> Respond<Response<B>, E> for TooManyRequests {
     type Error = E;
 
     fn refused(&self, decision: &Decision) -> Result<Response<B>, E> {
-        let refused = RateLimited::new(decision.retry_after());
+        let refused = RateLimited::new(decision);
         let mut response = palisade_hints::http::refusal_response(
             StatusCode::TOO_MANY_REQUESTS,
             refused.refusal(),

@@ -106,7 +106,9 @@ pub enum FailurePolicy {
     /// The refusal is answered as a rate limiter's (`429`,
     /// `RESOURCE_EXHAUSTED`, [`RateLimited`](crate::RateLimited)), where
     /// [`Propagate`](Self::Propagate)'s is a store's (`503`,
-    /// `UNAVAILABLE`, a `StoreDown` refusal).
+    /// `UNAVAILABLE`). Both carry a `StoreDown` refusal: the limiter's
+    /// outage, not the caller over its limit, so an SLO or a canary
+    /// judge above counts it against the service.
     FailClosed,
     /// Decide in process against `bucket` (usually smaller than the
     /// shared one). A request heavier than `bucket` but not than the

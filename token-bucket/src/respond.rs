@@ -46,7 +46,7 @@ impl<T, E: Into<BoxError>> Respond<T, E> for BoxErrors {
     type Error = BoxError;
 
     fn refused(&self, decision: &Decision) -> Result<T, BoxError> {
-        Err(Box::new(RateLimited::new(decision.retry_after())))
+        Err(Box::new(RateLimited::new(decision)))
     }
 
     fn store_failed(&self, error: StoreError) -> Result<T, BoxError> {

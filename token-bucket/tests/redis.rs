@@ -400,6 +400,20 @@ async fn failing_closed_or_open_advertises_no_ratelimit_it_does_not_know() {
             );
         }
         assert_eq!(headers.contains_key("retry-after"), closed);
+        // The refusal is the limiter's outage, not the caller over its
+        // limit: an SLO above counts it, as it does a store error's 503.
+        let refusal = response.extensions().get::<palisade_hints::Refusal>();
+        assert_eq!(
+            refusal.map(palisade_hints::Refusal::reason),
+            closed.then_some(palisade_hints::RefusalReason::StoreDown)
+        );
+        if closed {
+            let limited = response
+                .extensions()
+                .get::<palisade_token_bucket::RateLimited>()
+                .expect("the refusal's error in the extensions");
+            assert!(limited.is_store_down(), "{limited}");
+        }
     }
 }
 
