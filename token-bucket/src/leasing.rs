@@ -824,13 +824,27 @@ where
         let leases = Arc::downgrade(&self.leases);
         let redis = self.redis.clone();
         let every = self.leases.settings.hold;
-        runtime.spawn(sweep(leases, redis, every));
+        runtime.spawn(sweep(Sweeping(leases), redis, every));
+    }
+}
+
+/// The sweep's hold on the leases: when its task ends, dropped with a
+/// runtime that shut down included, the next decision starts another
+/// (in the runtime it runs in). Without it the store went unswept for
+/// good once the runtime it first decided in was gone.
+struct Sweeping(Weak<Leases>);
+
+impl Drop for Sweeping {
+    fn drop(&mut self) {
+        if let Some(leases) = self.0.upgrade() {
+            leases.sweeping.store(false, Ordering::Release);
+        }
     }
 }
 
 /// Every `every`, gives back the tokens held past their time and forgets
 /// idle keys, until the store is gone.
-async fn sweep<C>(leases: Weak<Leases>, redis: RedisStore<C>, every: Duration)
+async fn sweep<C>(sweeping: Sweeping, redis: RedisStore<C>, every: Duration)
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
@@ -839,7 +853,7 @@ where
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        let Some(leases) = leases.upgrade() else {
+        let Some(leases) = sweeping.0.upgrade() else {
             return;
         };
         let unspent = leases.take_unspent(false);

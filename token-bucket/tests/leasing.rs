@@ -668,3 +668,46 @@ fn a_refill_whose_runtime_stopped_keeps_no_request_waiting() {
         "decided (by the failure policy: the connection died with its runtime), not left waiting"
     );
 }
+
+#[test]
+fn the_sweep_starts_again_once_the_runtime_it_ran_in_is_gone() {
+    // The connection lives in a runtime of its own, which stays.
+    let lasting = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let leasing = Leasing::new()
+        .cover(Duration::from_millis(50))
+        .hold(Duration::from_millis(200))
+        .max_share(0.5);
+    let fixture = lasting.block_on(fixture(leasing, FailurePolicy::Propagate, &redis_url()));
+    let bucket = bucket(100);
+    // The first decision starts the sweep, in a runtime that then stops.
+    let passing = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    passing.block_on(async { assert!(fixture.admits("first", &bucket, 1).await) });
+    drop(passing);
+    lasting.block_on(async {
+        let mut spent = 0;
+        loop {
+            assert!(fixture.admits("quiet", &bucket, 1).await);
+            spent += 1;
+            if fixture.store.held() > 0 {
+                break;
+            }
+        }
+        // The key goes quiet: a sweep gives its lease back.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while fixture.store.held() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the lease is still held: no sweep runs"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(fixture.left_in_redis("quiet", &bucket).await, 100 - spent);
+    });
+}
