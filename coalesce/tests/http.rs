@@ -795,6 +795,32 @@ async fn an_unsafe_method_invalidates_the_cached_get_of_its_uri() {
     assert_eq!(body_of(&after), "call 4", "the DELETE invalidated it");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_write_its_caller_stopped_waiting_for_still_invalidates() {
+    let (service, _) = layered(&[], |request, n| {
+        let mut fields = vec![("cache-control", "max-age=60".to_owned())];
+        if request.method() == "PUT" {
+            fields.push(("x-test-delay", "5".to_owned()));
+        }
+        answer(&fields, format!("call {n}"))
+    });
+    call(&service, "GET", "/orders/7", &[]).await;
+    // The origin applies the write; its caller gives up after a second.
+    let cut = tokio::time::timeout(
+        Duration::from_secs(1),
+        call(&service, "PUT", "/orders/7", &[]),
+    )
+    .await;
+    assert!(cut.is_err(), "the caller stopped waiting");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let after = call(&service, "GET", "/orders/7", &[]).await;
+    assert_eq!(
+        body_of(&after),
+        "call 3",
+        "the response from before the write is not served"
+    );
+}
+
 /// A write lands while a refresh of its URI, which read the origin
 /// before it, is still running: the `GET` after the write gets the new
 /// representation, and the refresh does not store the old one over it.

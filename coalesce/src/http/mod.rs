@@ -26,9 +26,12 @@
 //!   `stale-while-revalidate` and `stale-if-error` open their windows, which
 //!   `must-revalidate`, `proxy-revalidate` and `s-maxage` close. Served
 //!   responses carry `Age`: the origin's plus the time spent in the cache.
-//! - **Writes invalidate.** A successful (2xx or 3xx) response to an unsafe
-//!   method (`POST`, `PUT`, `DELETE`…) drops the cached `GET` and `HEAD`
-//!   responses of its URI (those keyed with the same `vary` values).
+//! - **Writes invalidate.** A request of an unsafe method (`POST`, `PUT`,
+//!   `DELETE`…) drops the cached `GET` and `HEAD` responses of its URI
+//!   (those keyed with the same `vary` values) unless the origin answers
+//!   that it failed (4xx, 5xx): after a 2xx or 3xx, after a transport
+//!   error, and when its caller stops waiting first (a timeout above, a
+//!   client gone), since the origin may have applied it.
 //! - **A server error is an error.** An origin's 500, 502, 503 or 504
 //!   (RFC 5861 §4), or its 429 (pacing its callers), leaves the stored
 //!   response as it was: it is served while it revalidates, and within
@@ -573,8 +576,9 @@ impl<S, R, F> Coalesce<S, R, F> {
 }
 
 impl<S, R, F> Coalesce<S, R, F> {
-    /// A request of another method: to the origin; an unsafe one that
-    /// succeeds drops the cached `GET` and `HEAD` of its URI.
+    /// A request of another method: to the origin; an unsafe one drops
+    /// the cached `GET` and `HEAD` of its URI unless the origin answers
+    /// that it failed (a 4xx or a 5xx).
     fn call_uncached<ReqBody, ResBody>(
         &mut self,
         request: Request<ReqBody>,
@@ -587,23 +591,80 @@ impl<S, R, F> Coalesce<S, R, F> {
         ResBody: Send + 'static,
     {
         let safe = matches!(*request.method(), Method::OPTIONS | Method::TRACE);
-        let stale = (!safe).then(|| {
-            [Method::GET, Method::HEAD].map(|method| key(&method, &request, &self.layer.vary))
+        let stale = (!safe).then(|| Invalidation {
+            cache: self.layer.cache.clone(),
+            keys: [Method::GET, Method::HEAD]
+                .map(|method| key(&method, &request, &self.layer.vary))
+                .into(),
         });
-        let cache = self.layer.cache.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
-            let response = response.await.map_err(Into::into)?;
-            let status = response.status();
-            if let Some(stale) = stale
-                && (status.is_success() || status.is_redirection())
-            {
-                for key in stale {
-                    cache.invalidate(key).await;
+            // Armed from the moment the request is sent: once the origin
+            // may have applied it, only its answer that it failed keeps
+            // the cached responses.
+            let response = response.await.map_err(Into::into);
+            if let Some(stale) = stale {
+                match &response {
+                    Ok(response) if response.status().is_client_error() => stale.disarm(),
+                    Ok(response) if response.status().is_server_error() => stale.disarm(),
+                    // Applied, or no answer to tell: a transport that failed
+                    // after the origin took the request.
+                    _ => stale.run().await,
                 }
             }
-            Ok(response.map(CoalesceBody::origin))
+            Ok(response?.map(CoalesceBody::origin))
         })
+    }
+}
+
+/// The cached `GET` and `HEAD` of an unsafe request's URI, to be dropped.
+///
+/// Dropped unfinished (its caller gone before the answer: a timeout above,
+/// a client that hung up), it drops them in a task of its own: the origin
+/// may have applied the request, and serving the old response until it
+/// expires would hide the change from the very caller that made it. A
+/// needless invalidation costs one miss.
+struct Invalidation<R: ResponseCache> {
+    cache: R,
+    /// The keys not dropped yet, the one being dropped last.
+    keys: Vec<String>,
+}
+
+impl<R: ResponseCache> Invalidation<R> {
+    async fn run(mut self) {
+        // Popped once done: a key cut short is left for the drop.
+        while let Some(key) = self.keys.last() {
+            self.cache.invalidate(key.clone()).await;
+            self.keys.pop();
+        }
+    }
+
+    /// The origin said the request failed: nothing changed.
+    fn disarm(mut self) {
+        self.keys.clear();
+    }
+}
+
+impl<R: ResponseCache> Drop for Invalidation<R> {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let (cache, keys) = (self.cache.clone(), std::mem::take(&mut self.keys));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    for key in keys {
+                        cache.invalidate(key).await;
+                    }
+                });
+            }
+            Err(_) => tracing::warn!(
+                target: "palisade_coalesce",
+                keys = keys.len(),
+                "an unsafe request was dropped outside a runtime; its URI's cached responses are kept"
+            ),
+        }
     }
 }
 
