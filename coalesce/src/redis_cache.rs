@@ -938,15 +938,33 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
     }
 
     /// Tries the lock; `None` when Redis failed.
-    async fn try_lock(&self, key: &str) -> Option<Locked> {
+    ///
+    /// The lock is [`Held`] from before it is asked for: an attempt cut
+    /// short (by the call's timeout, or its caller's future dropped) may
+    /// still take it once the command reaches Redis, and nobody else knows
+    /// its token to give it back before its lease ends. Its release is
+    /// fenced by the token, so giving back a lock never taken changes
+    /// nothing.
+    async fn try_lock(&self, key: &str) -> Option<Locked<C>> {
         let token = Token(fastrand::u128(..));
+        let held = Held {
+            connection: self.connection.clone(),
+            lock_key: self.lock_key(key),
+            token,
+            token_arg: token.to_string(),
+            timeout: self.settings.timeout,
+            ended: false,
+        };
         let mut connection = self.connection.clone();
-        let mut lock = LOCK.key(self.lock_key(key));
-        lock.arg(token.to_string()).arg(ms(self.settings.lock_ttl));
+        let mut lock = LOCK.key(&held.lock_key);
+        lock.arg(&held.token_arg).arg(ms(self.settings.lock_ttl));
         let holder: String = self.call(lock.invoke_async(&mut connection)).await?;
         Some(match Token::parse(&holder) {
-            Some(holder) if holder == token => Locked::Won(token),
-            holder => Locked::HeldBy(holder),
+            Some(holder) if holder == token => Locked::Won(held),
+            holder => {
+                held.end();
+                Locked::HeldBy(holder)
+            }
         })
     }
 
@@ -969,9 +987,9 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
 }
 
 /// What a lock attempt found.
-enum Locked {
-    /// This process leads, with this token.
-    Won(Token),
+enum Locked<C: ConnectionLike + Clone + Send + 'static> {
+    /// This process leads, holding the lock.
+    Won(Held<C>),
     /// Another holds the lock (`None`: a holder not of ours).
     HeldBy(Option<Token>),
 }
@@ -1117,8 +1135,8 @@ async fn refresh<C, F, Fut, E>(
     Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>> + Send + 'static,
 {
     let refreshing = async {
-        if let Some(Locked::Won(token)) = flight.shared.try_lock(&flight.key).await
-            && lead(&flight, token, seen, compute).await.is_err()
+        if let Some(Locked::Won(held)) = flight.shared.try_lock(&flight.key).await
+            && lead(&flight, held, seen, compute).await.is_err()
         {
             tracing::warn!(target: "palisade_coalesce", "background refresh failed; keeping the stale value");
         }
@@ -1158,11 +1176,11 @@ where
             return shared.compute_alone(compute).await;
         };
         let holder = match won {
-            Locked::Won(token) => {
+            Locked::Won(held) => {
                 if leader_gone {
                     shared.events.took_over();
                 }
-                return lead(flight, token, seen, compute)
+                return lead(flight, held, seen, compute)
                     .await
                     .map_err(Unanswered::Origin);
             }
@@ -1268,7 +1286,7 @@ fn is_fresh(entry: &Entry<Bytes>) -> bool {
 /// back ([`Held`]).
 async fn lead<C, F, Fut, E>(
     flight: &Flight<C, E>,
-    token: Token,
+    held: Held<C>,
     seen: Option<Token>,
     compute: F,
 ) -> Result<Bytes, E>
@@ -1278,17 +1296,11 @@ where
     Fut: Future<Output = Result<(Bytes, Option<Freshness>), E>>,
 {
     let Flight { shared, key, .. } = flight;
-    let held = Held {
-        connection: shared.connection.clone(),
-        lock_key: shared.lock_key(key),
-        token: token.to_string(),
-        timeout: shared.settings.timeout,
-        ended: false,
-    };
+    let token = held.token;
     // Each end of the lead gives the lock back itself (a release, or
     // the store or the forgetting that also releases).
     let led = async {
-        let (lock_key, token_arg) = (&held.lock_key, &held.token);
+        let (lock_key, token_arg) = (&held.lock_key, &held.token_arg);
         if let Some(Some(stored)) = shared.read(key).await
             && Some(stored.write) != seen
             && is_fresh(&stored.entry)
@@ -1351,15 +1363,18 @@ where
     led
 }
 
-/// A lock a leader holds, given back if the lead is cut short: its future
-/// dropped (every caller left, so the flight was cancelled) or unwound by
-/// a panic in the computation. Without it the lock would stand until its
-/// lease ran out, and every caller of the key, in every process, would
-/// wait for a leader that is gone.
+/// A lock a leader holds (or may hold: its attempt is under way), given
+/// back if the lead is cut short: its future dropped (every caller left,
+/// so the flight was cancelled; a refresh given up) or unwound by a panic
+/// in the computation, or the attempt's answer lost. Without it the lock
+/// would stand until its lease ran out, and every caller of the key, in
+/// every process, would wait for a leader that is gone.
 struct Held<C: ConnectionLike + Clone + Send + 'static> {
     connection: C,
     lock_key: String,
-    token: String,
+    token: Token,
+    /// `token` as the scripts take it.
+    token_arg: String,
     timeout: Duration,
     /// The lead ended by itself: it released, stored or forgot already.
     ended: bool,
@@ -1383,7 +1398,7 @@ impl<C: ConnectionLike + Clone + Send + 'static> Drop for Held<C> {
         };
         let (mut connection, timeout) = (self.connection.clone(), self.timeout);
         let mut release = RELEASE.key(std::mem::take(&mut self.lock_key));
-        release.arg(std::mem::take(&mut self.token));
+        release.arg(std::mem::take(&mut self.token_arg));
         runtime.spawn(async move {
             let released = tokio::time::timeout(
                 timeout,

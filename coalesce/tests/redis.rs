@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 #[derive(Debug)]
 struct OriginDown;
 
-type Shared = RedisCache<MultiplexedConnection, OriginDown>;
+type Shared<C = MultiplexedConnection> = RedisCache<C, OriginDown>;
 
 fn prefix() -> String {
     format!("palisade-test:{}", fastrand::u64(..))
@@ -720,6 +720,76 @@ async fn a_leader_whose_callers_all_left_gives_its_lock_back() {
     caller.abort();
     assert!(caller.await.is_err());
     assert!(released(&mut redis, &lock).await, "the lock went with it");
+}
+
+/// A connection that loses the answer to the first lock command Redis
+/// carries out: the command runs, its caller never hears back.
+#[derive(Clone)]
+struct LosesLockAnswer {
+    inner: MultiplexedConnection,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl redis::aio::ConnectionLike for LosesLockAnswer {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let answer = self.inner.req_packed_command(cmd).await;
+            // An error (the script not loaded yet) took no lock.
+            if answer.is_ok() && names(cmd, b":lock") && !self.lost.swap(true, Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            answer
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.inner.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+/// A lock attempt cut by the call's timeout (Redis slow, failing over)
+/// that took the lock all the same gives it back: no one else knows its
+/// token, and every process's callers of the key waited out its lease (a
+/// minute here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_attempt_whose_answer_is_lost_gives_the_lock_back() {
+    let prefix = prefix();
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
+        .prefix(&prefix)
+        .lock_ttl(Duration::from_secs(60));
+    let client = redis::Client::open(redis_url()).unwrap();
+    let connection = LosesLockAnswer {
+        inner: client.get_multiplexed_async_connection().await.unwrap(),
+        lost: Arc::default(),
+    };
+    let cache: Shared<LosesLockAnswer> = RedisCache::connect(&client, connection.clone(), settings)
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let computed = cache.get_with("k", origin(&calls, Duration::ZERO)).await;
+    assert!(computed.is_ok(), "computed here once the attempt timed out");
+    assert!(
+        connection.lost.load(Ordering::SeqCst),
+        "the lock's answer was lost"
+    );
+    let mut redis = direct().await;
+    let lock = format!("{{{prefix}:k}}:lock");
+    assert!(
+        released(&mut redis, &lock).await,
+        "the lock it took went back"
+    );
 }
 
 /// The same when the computation panics.
