@@ -24,6 +24,10 @@
 //!   count.
 //! - [`panic_message`]: what a caught panic says, for the layers that turn
 //!   a panic in a user's code into an error.
+//! - [`SECONDS_BOUNDARIES`]: the buckets of the latency histograms palisade
+//!   records in seconds.
+//! - [`Throttle`]: one warning an interval, for warnings that can come with
+//!   every call.
 //!
 //! It has no runtime and no tower types; users rarely need it directly.
 //!
@@ -43,6 +47,7 @@
 //! ```
 
 mod bounds;
+mod buckets;
 mod config_error;
 #[cfg(feature = "http")]
 pub mod grpc;
@@ -52,11 +57,14 @@ mod panic;
 pub mod reachability;
 mod refusal;
 pub mod share;
+mod throttle;
 
 pub use bounds::{DAY, bounded};
+pub use buckets::SECONDS_BOUNDARIES;
 pub use config_error::ConfigError;
 pub use panic::panic_message;
 pub use refusal::{Refusal, RefusalReason};
+pub use throttle::Throttle;
 
 /// The README's example, compiled and run as a doctest so it stays true.
 #[doc = include_str!("../README.md")]
