@@ -183,7 +183,7 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
         self.instruments = Some(Arc::new(crate::otel::Instruments::new(
             meter,
             name.into(),
-            self.availability.clone(),
+            &self.availability,
         )));
         self
     }
@@ -299,67 +299,6 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
                 }
             }
             report.published = sent.len();
-            if !sent.is_empty() {
-                let settled = self.store.mark_sent(&sent).await?;
-                report.superseded += sent.len().saturating_sub(settled);
-            }
-            report.unavailable = unavailable.len();
-            // An outage is a batch that stored or refused nothing while
-            // some publish could not reach the broker; a batch the broker
-            // only said it had no room for reached it.
-            let stored_or_refused = !sent.is_empty() || !failed.is_empty();
-            let out_of_reach = unavailable_errors
-                .iter()
-                .find(|error| error.kind() != PublishErrorKind::Full);
-            let outage = match out_of_reach {
-                Some(error) if !stored_or_refused => self.availability.unreachable(error),
-                _ => {
-                    self.availability.reached();
-                    0
-                }
-            };
-            if !unavailable.is_empty() {
-                // Refused for want of room (a full stream or subject): the
-                // broker is up, and a retry soon is refused again, so they
-                // wait the longest outage wait, and say so. The rest (out
-                // of reach, a breaker's refusal, a timeout) wait as an
-                // outage's batches do.
-                let out_wait = self.wait_for_broker(&unavailable_errors, outage);
-                let (full, out_of_reach): (Vec<_>, Vec<_>) = unavailable
-                    .into_iter()
-                    .zip(&unavailable_errors)
-                    .partition(|(_, error)| error.kind() == PublishErrorKind::Full);
-                for (group, wait, roomless) in [
-                    (full, self.outage_backoff.1, true),
-                    (out_of_reach, out_wait, false),
-                ] {
-                    let (events, errors): (Vec<crate::Message>, Vec<&PublishError>) =
-                        group.into_iter().unzip();
-                    let Some(error) = errors.first() else {
-                        continue;
-                    };
-                    let settled = self.store.release(&events, wait, &error.to_string()).await?;
-                    report.superseded += events.len().saturating_sub(settled);
-                    if roomless {
-                        self.availability.no_room(events.len(), wait, error);
-                    } else {
-                        tracing::debug!(
-                            target: "palisade_outbox",
-                            events = events.len(),
-                            wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                            %error,
-                            "broker unavailable; events handed back, attempts untouched"
-                        );
-                    }
-                }
-            }
-            if stored_or_refused
-                && !unavailable_errors
-                    .iter()
-                    .any(|error| error.kind() == PublishErrorKind::Full)
-            {
-                self.availability.room();
-            }
             #[cfg(feature = "otel")]
             let latencies: Vec<i64> = {
                 let now_ms = std::time::SystemTime::now()
@@ -367,36 +306,105 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
                     .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
                 sent.iter().map(|message| now_ms - message.created_at_ms).collect()
             };
-            for (message, error) in failed {
-                match self.store.mark_failed(&message, &error.to_string()).await? {
-                    Failed::Dead => {
-                        report.dead += 1;
-                        tracing::error!(
-                            target: "palisade_outbox",
-                            id = %message.event.id,
-                            aggregate = %message.event.aggregate_id,
-                            %error,
-                            "event dead after its last attempt"
-                        );
-                    }
-                    Failed::BackingOff => {
-                        report.failed += 1;
-                        tracing::warn!(target: "palisade_outbox", id = %message.event.id, %error, "publish rejected; backing off");
-                    }
-                    Failed::Superseded => report.superseded += 1,
+            // Each count goes into the report as its change is written, and
+            // the report is measured whatever stopped the settling: a
+            // database error halfway through loses none of what was done.
+            let settling = async {
+                if !sent.is_empty() {
+                    let settled = self.store.mark_sent(&sent).await?;
+                    report.superseded += sent.len().saturating_sub(settled);
                 }
+                report.unavailable = unavailable.len();
+                // An outage is a batch that stored or refused nothing while
+                // some publish could not reach the broker; a batch the broker
+                // only said it had no room for reached it.
+                let stored_or_refused = !sent.is_empty() || !failed.is_empty();
+                let out_of_reach = unavailable_errors
+                    .iter()
+                    .find(|error| error.kind() != PublishErrorKind::Full);
+                let outage = match out_of_reach {
+                    Some(error) if !stored_or_refused => self.availability.unreachable(error),
+                    _ => {
+                        self.availability.reached();
+                        0
+                    }
+                };
+                if !unavailable.is_empty() {
+                    // Refused for want of room (a full stream or subject): the
+                    // broker is up, and a retry soon is refused again, so they
+                    // wait the longest outage wait, and say so. The rest (out
+                    // of reach, a breaker's refusal, a timeout) wait as an
+                    // outage's batches do.
+                    let out_wait = self.wait_for_broker(&unavailable_errors, outage);
+                    let (full, out_of_reach): (Vec<_>, Vec<_>) = unavailable
+                        .into_iter()
+                        .zip(&unavailable_errors)
+                        .partition(|(_, error)| error.kind() == PublishErrorKind::Full);
+                    for (group, wait, roomless) in [
+                        (full, self.outage_backoff.1, true),
+                        (out_of_reach, out_wait, false),
+                    ] {
+                        let (events, errors): (Vec<crate::Message>, Vec<&PublishError>) =
+                            group.into_iter().unzip();
+                        let Some(error) = errors.first() else {
+                            continue;
+                        };
+                        let settled = self.store.release(&events, wait, &error.to_string()).await?;
+                        report.superseded += events.len().saturating_sub(settled);
+                        if roomless {
+                            self.availability.no_room(events.len(), wait, error);
+                        } else {
+                            tracing::debug!(
+                                target: "palisade_outbox",
+                                events = events.len(),
+                                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                                %error,
+                                "broker unavailable; events handed back, attempts untouched"
+                            );
+                        }
+                    }
+                }
+                if stored_or_refused
+                    && !unavailable_errors
+                        .iter()
+                        .any(|error| error.kind() == PublishErrorKind::Full)
+                {
+                    self.availability.room();
+                }
+                for (message, error) in failed {
+                    match self.store.mark_failed(&message, &error.to_string()).await? {
+                        Failed::Dead => {
+                            report.dead += 1;
+                            tracing::error!(
+                                target: "palisade_outbox",
+                                id = %message.event.id,
+                                aggregate = %message.event.aggregate_id,
+                                %error,
+                                "event dead after its last attempt"
+                            );
+                        }
+                        Failed::BackingOff => {
+                            report.failed += 1;
+                            tracing::warn!(target: "palisade_outbox", id = %message.event.id, %error, "publish rejected; backing off");
+                        }
+                        Failed::Superseded => report.superseded += 1,
+                    }
+                }
+                if report.superseded > 0 {
+                    tracing::warn!(
+                        target: "palisade_outbox",
+                        superseded = report.superseded,
+                        "claims ended before they were settled; left to the relays that claimed them since"
+                    );
+                }
+                Ok::<(), sqlx::Error>(())
             }
-            if report.superseded > 0 {
-                tracing::warn!(
-                    target: "palisade_outbox",
-                    superseded = report.superseded,
-                    "claims ended before they were settled; left to the relays that claimed them since"
-                );
-            }
+            .await;
             #[cfg(feature = "otel")]
             if let Some(instruments) = &self.instruments {
                 instruments.settled(&report, &latencies);
             }
+            settling?;
             tracing::debug!(
                 target: "palisade_outbox",
                 published = report.published,

@@ -54,6 +54,10 @@ async fn published_dead_latency_and_backlog_are_reported() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(
+        probe.points_f64("palisade.outbox.pending"),
+        [(relay_label(), 0.0)]
+    );
     stop.send(true).unwrap();
     running.await.unwrap();
 
@@ -67,9 +71,24 @@ async fn published_dead_latency_and_backlog_are_reported() {
         [(relay_label(), 2.0)],
         "two samples"
     );
+    // In seconds, bucketed for seconds: under the SDK's default buckets
+    // (for milliseconds) any latency under 5 s fell in the first two.
+    let buckets = probe.buckets("palisade.outbox.publish_latency");
+    let [(labels, buckets)] = &buckets[..] else {
+        panic!("one series: {buckets:?}")
+    };
+    assert_eq!(labels, &relay_label());
+    let bounds: Vec<f64> = buckets.iter().map(|&(bound, _)| bound).collect();
+    let finite = &bounds[..bounds.len() - 1];
+    assert!(
+        finite.len() > 2 && finite[0] <= 0.01 && finite[finite.len() - 1] >= 60.0,
+        "buckets from milliseconds to minutes: {bounds:?}"
+    );
+    assert_eq!(buckets.iter().map(|&(_, n)| n).sum::<u64>(), 2);
     assert_eq!(
         probe.points_f64("palisade.outbox.pending"),
-        [(relay_label(), 0.0)]
+        [],
+        "the relay is gone: its backlog is no longer reported"
     );
     db.drop().await;
 }

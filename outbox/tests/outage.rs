@@ -233,3 +233,93 @@ async fn transient_failures_spend_none_of_a_consumers_tries() {
         "{stats:?}"
     );
 }
+
+/// An outbox whose `mark_failed` fails from its second call on, as a
+/// database that goes away halfway through settling a batch.
+#[derive(Clone)]
+struct LostHalfway {
+    outbox: SqliteOutbox,
+    marked: Arc<AtomicUsize>,
+}
+
+impl OutboxStore for LostHalfway {
+    async fn claim(&self) -> Result<Vec<Message>, sqlx::Error> {
+        self.outbox.claim().await
+    }
+
+    fn lease(&self) -> Duration {
+        self.outbox.lease()
+    }
+
+    async fn mark_sent(&self, sent: &[Message]) -> Result<usize, sqlx::Error> {
+        self.outbox.mark_sent(sent).await
+    }
+
+    async fn release(
+        &self,
+        released: &[Message],
+        delay: Duration,
+        error: &str,
+    ) -> Result<usize, sqlx::Error> {
+        self.outbox.release(released, delay, error).await
+    }
+
+    async fn mark_failed(
+        &self,
+        message: &Message,
+        error: &str,
+    ) -> Result<palisade_outbox::Failed, sqlx::Error> {
+        if self.marked.fetch_add(1, Ordering::SeqCst) > 0 {
+            return Err(sqlx::Error::PoolTimedOut);
+        }
+        self.outbox.mark_failed(message, error).await
+    }
+
+    async fn clean_up(&self) -> Result<palisade_outbox::CleanUp, sqlx::Error> {
+        self.outbox.clean_up().await
+    }
+
+    async fn backlog(&self) -> Result<palisade_outbox::Backlog, sqlx::Error> {
+        self.outbox.backlog().await
+    }
+
+    async fn wait_for_work(&self) {
+        self.outbox.wait_for_work().await;
+    }
+}
+
+/// Rejects every message.
+#[derive(Clone)]
+struct Rejecting;
+
+impl Publisher for Rejecting {
+    async fn publish(&self, _: &Message) -> Result<Published, PublishError> {
+        Err(PublishError::rejected("refused"))
+    }
+}
+
+#[tokio::test]
+async fn what_a_batch_settled_before_the_database_failed_is_counted() {
+    let (pool, outbox) = outbox().await;
+    place(&pool, &outbox, &[event("a"), event("b")]).await;
+    let probe = MetricsProbe::default();
+    let store = LostHalfway {
+        outbox,
+        marked: Arc::default(),
+    };
+    let relay = Relay::new(store, Rejecting).instrument(&probe.meter(), "orders");
+    relay
+        .run_once()
+        .await
+        .expect_err("the second settle's error");
+    assert_eq!(
+        attempts(&pool).await.iter().sum::<i64>(),
+        1,
+        "one rejection recorded"
+    );
+    assert_eq!(
+        probe.points("palisade.outbox.failed"),
+        [(vec!["relay=orders".to_owned()], 1)],
+        "and counted"
+    );
+}

@@ -16,4 +16,4 @@ pub mod redis_cluster;
 pub mod servers;
 
 #[cfg(feature = "otel")]
-pub use metrics::MetricsProbe;
+pub use metrics::{Buckets, MetricsProbe};

@@ -4,6 +4,9 @@ use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 
+/// A histogram's buckets: each one's upper bound and count.
+pub type Buckets = Vec<(f64, u64)>;
+
 /// A meter whose `u64` data points can be read back.
 #[derive(Debug)]
 pub struct MetricsProbe {
@@ -79,6 +82,28 @@ impl MetricsProbe {
                 );
             }
             _ => {}
+        })
+    }
+
+    /// The buckets of the `f64` histogram `name`, by attributes (as
+    /// [`points`](Self::points)): each bucket's upper bound and count, the
+    /// last (unbounded) bucket's bound `f64::INFINITY`.
+    ///
+    /// # Panics
+    ///
+    /// When the SDK cannot flush or export.
+    #[must_use]
+    pub fn buckets(&self, name: &str) -> Vec<(Vec<String>, Buckets)> {
+        self.collect(name, |data, found| {
+            if let AggregatedMetrics::F64(MetricData::Histogram(histogram)) = data {
+                found.extend(histogram.data_points().map(|p| {
+                    let bounds = p.bounds().chain(std::iter::once(f64::INFINITY));
+                    (
+                        label(p.attributes()),
+                        bounds.zip(p.bucket_counts()).collect(),
+                    )
+                }));
+            }
         })
     }
 

@@ -118,6 +118,7 @@ impl Lag {
             meter
                 .f64_histogram("palisade.read_model.lag")
                 .with_unit("s")
+                .with_boundaries(palisade_hints::SECONDS_BOUNDARIES.to_vec())
                 .with_description("From an event's creation to its commit in a read model")
                 .build(),
         ))

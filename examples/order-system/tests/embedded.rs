@@ -87,6 +87,9 @@ async fn three_hundred_orders_end_confirmed_or_cancelled_with_the_books_straight
         "palisade_circuit_breaker_calls_total{",
         "palisade_retry_attempts_total{",
         "palisade_read_model_lag_seconds_count{read_model=\"catalog\"}",
+        // Bucketed for seconds, not the SDK's milliseconds.
+        "palisade_read_model_lag_seconds_bucket{read_model=\"catalog\",le=\"0.005\"}",
+        "palisade_outbox_publish_latency_seconds_bucket{relay=\"orders\",le=\"0.005\"}",
         "palisade_slo_budget_remaining{objective=\"orders\"}",
         "palisade_slo_burn_rate{",
         "palisade_slo_alert_firing{",
