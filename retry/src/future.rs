@@ -15,7 +15,7 @@ use tower::{BoxError, Service};
 use crate::budget::{RetryBudget, Withdrawal};
 use crate::classify::{Classify, Verdict};
 use crate::error::DeadlineExceeded;
-use crate::events::GiveUp;
+use crate::events::{Events, GiveUp};
 use crate::layer::RetryLayer;
 use crate::replay::Replay;
 
@@ -48,13 +48,16 @@ pin_project! {
 }
 
 pin_project! {
-    /// A call's deadline: its timer, the total it was set from, and when
-    /// the current attempt started (the estimate of the next).
+    /// A call's deadline: its timer, the total it was set from, when
+    /// the current attempt started (the estimate of the next), and where
+    /// a give-up for it is reported (a request sent once has no retry
+    /// state to report it through).
     pub(crate) struct Deadline {
         #[pin]
         sleep: Sleep,
         total: Duration,
         started: Instant,
+        events: Events,
     }
 }
 
@@ -301,8 +304,9 @@ impl Deadline {
             .is_some_and(|end| end <= self.sleep.deadline())
     }
 
-    /// A deadline `total` from now, its first attempt starting now.
-    pub(crate) fn after(total: Duration) -> Pin<Box<Self>> {
+    /// A deadline `total` from now, its first attempt starting now, its
+    /// give-up reported to `events`.
+    pub(crate) fn after(total: Duration, events: &Events) -> Pin<Box<Self>> {
         let started = Instant::now();
         // A deadline past what an `Instant` holds is as good as none: it
         // becomes the farthest future tokio's own `sleep` uses.
@@ -313,6 +317,7 @@ impl Deadline {
             sleep: tokio::time::sleep_until(end),
             total,
             started,
+            events: events.clone(),
         })
     }
 }
@@ -422,24 +427,20 @@ where
 }
 
 /// `Pending`, unless the deadline has passed: then the attempt is
-/// abandoned with [`DeadlineExceeded`], a give-up for the deadline.
-fn past_deadline<T, S, L, Saved, Request, C, R>(
+/// abandoned with [`DeadlineExceeded`], a give-up for the deadline
+/// (whether or not the request could have been sent again).
+fn past_deadline<T, S, L, Saved, Request>(
     deadline: &mut Option<Pin<Box<Deadline>>>,
     cx: &mut Context<'_>,
     retrying: Option<&Retrying<S, L, Saved, Request>>,
-) -> Poll<Result<T, BoxError>>
-where
-    L: Deref<Target = RetryLayer<C, R>>,
-{
+) -> Poll<Result<T, BoxError>> {
     let Some(deadline) = deadline else {
         return Poll::Pending;
     };
     let deadline = deadline.as_mut().project();
     ready!(deadline.sleep.poll(cx));
     let attempts = retrying.map_or(1, Retrying::attempts);
-    if let Some(retrying) = retrying {
-        retrying.shared.events.gave_up(GiveUp::Deadline, attempts);
-    }
+    deadline.events.gave_up(GiveUp::Deadline, attempts);
     Poll::Ready(Err(DeadlineExceeded::new(*deadline.total, attempts).into()))
 }
 

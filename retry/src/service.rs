@@ -81,7 +81,10 @@ where
         // The deadline first: the retry state, made last, is then written
         // where the future is kept, not kept on the stack across a call and
         // copied there whole (which stalls on the writes it reads back).
-        let deadline = shared.config.deadline.map(Deadline::after);
+        let deadline = shared
+            .config
+            .deadline
+            .map(|total| Deadline::after(total, &shared.events));
         let (first, saved) = shared.replay.prepare(request);
         let future = self.inner.call(first);
         let retrying = saved.map(|saved| {

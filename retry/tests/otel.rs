@@ -74,3 +74,42 @@ async fn an_attempt_cut_by_the_deadline_is_a_give_up_for_the_deadline() {
         [(reason("deadline"), 1)]
     );
 }
+
+/// Sends each request once: none is kept to send again.
+#[derive(Clone, Copy)]
+struct Once;
+
+impl palisade_retry::Replay<()> for Once {
+    type Request = ();
+    type Saved = ();
+
+    fn prepare(&self, request: ()) -> ((), Option<()>) {
+        (request, None)
+    }
+
+    fn replay(&self, (): &()) -> Option<()> {
+        None
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_sent_once_and_cut_by_the_deadline_is_a_give_up_for_it_too() {
+    let probe = MetricsProbe::default();
+    let config = Config::builder()
+        .deadline(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let layer = RetryLayer::new(config)
+        .replay(Once)
+        .instrument(&probe.meter(), "payment");
+    let hanging = layer.layer(service_fn(|(): ()| {
+        std::future::pending::<Result<(), BoxError>>()
+    }));
+    let err = hanging.oneshot(()).await.unwrap_err();
+    assert!(err.is::<palisade_retry::DeadlineExceeded>(), "{err}");
+    let reason = |r: &str| vec!["client=payment".to_owned(), format!("reason={r}")];
+    assert_eq!(
+        probe.points("palisade.retry.give_ups"),
+        [(reason("deadline"), 1)]
+    );
+}
