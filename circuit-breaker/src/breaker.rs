@@ -879,7 +879,11 @@ impl Inner {
             self.window.reset();
             self.reopens.store(0, Ordering::Relaxed);
         }
-        self.transitioned(current.state(), state);
+        // A reset of a closed breaker empties its window, and changes no
+        // state: nothing to announce, count or broadcast.
+        if current.state() != state {
+            self.transitioned(current.state(), state);
+        }
     }
 
     /// Counts a call made while closed (or metrics-only) and opens when a

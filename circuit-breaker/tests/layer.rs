@@ -358,6 +358,11 @@ async fn subscribers_see_every_transition_in_order() {
     let _ = service.clone().oneshot(()).await;
     breaker.force_open();
     breaker.reset();
+    // An operator's call that leaves the state as it was is no transition.
+    breaker.reset();
+    breaker.force_open();
+    breaker.force_open();
+    breaker.reset();
     let mut seen = Vec::new();
     while let Ok(Transition { from, to }) = transitions.try_recv() {
         seen.push((from, to));
@@ -369,6 +374,8 @@ async fn subscribers_see_every_transition_in_order() {
             (State::Open, State::HalfOpen),
             (State::HalfOpen, State::Open),
             (State::Open, State::ForcedOpen),
+            (State::ForcedOpen, State::Closed),
+            (State::Closed, State::ForcedOpen),
             (State::ForcedOpen, State::Closed),
         ]
     );
