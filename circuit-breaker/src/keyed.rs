@@ -179,7 +179,8 @@ impl<K: Eq + Hash + Clone> BreakerRegistry<K> {
         let place = if breakers.entries.len() >= self.capacity {
             let idle_ms = u64::try_from(self.idle_after.as_millis()).unwrap_or(u64::MAX);
             let Some(place) = breakers.retirable(at, now_ms, idle_ms) else {
-                tracing::warn!(
+                // Every new key's while the registry stays full.
+                palisade_hints::warn_throttled!(
                     target: "palisade_circuit_breaker",
                     capacity = self.capacity,
                     "breaker registry full of busy or open breakers: a new key shares the overflow breaker"

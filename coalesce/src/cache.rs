@@ -232,7 +232,7 @@ where
             State::Expired | State::Dead => {
                 let filled = match self.fill(key, compute).await {
                     Err(_) if entry.usable_on_error(Instant::now()) => {
-                        tracing::warn!(target: "palisade_coalesce", "origin failed; serving a stale value");
+                        palisade_hints::warn_throttled!(target: "palisade_coalesce", "origin failed; serving a stale value");
                         Ok(Lookup {
                             age: entry.age(Instant::now()),
                             value: entry.into_value(),
@@ -288,7 +288,7 @@ where
             async move {
                 let refreshed = refreshing.await;
                 if refreshed.is_err() {
-                    tracing::warn!(target: "palisade_coalesce", "background refresh failed; keeping the stale value");
+                    palisade_hints::warn_throttled!(target: "palisade_coalesce", "background refresh failed; keeping the stale value");
                 }
                 refreshed
             }

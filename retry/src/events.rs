@@ -66,7 +66,8 @@ impl Events {
     /// A failed attempt is returned to the caller for `reason`.
     pub(crate) fn gave_up(&self, reason: GiveUp, attempts: u32) {
         if reason == GiveUp::Budget {
-            tracing::warn!(
+            // Every failing call's while the budget is spent.
+            palisade_hints::warn_throttled!(
                 target: "palisade_retry",
                 attempts,
                 "retry budget exhausted; returning the last result"

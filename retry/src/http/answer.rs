@@ -147,7 +147,8 @@ where
                 } else {
                     StatusCode::BAD_GATEWAY
                 };
-                tracing::warn!(target: "palisade_retry", %error, %status, "retries failed; answering");
+                // Every call's while the dependency is down.
+                palisade_hints::warn_throttled!(target: "palisade_retry", %error, %status, "retries failed; answering");
                 let mut response = Response::new(B::default());
                 *response.status_mut() = status;
                 response
