@@ -14,7 +14,8 @@ use crate::objective::Severity;
 /// Its [`source`](Error::source) is a [`Refusal`], the marker by which
 /// other palisade layers know the service was never called: a breaker
 /// does not count it, and a retry waits [`retry_after`](Self::retry_after)
-/// before trying again.
+/// before trying again when that wait is within its backoff cap (and
+/// returns the refusal at once when it is not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shed {
     refusal: Refusal,
