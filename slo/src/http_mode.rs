@@ -18,7 +18,10 @@ use crate::shed::{Prioritize, ShedNothing};
 /// Classifies HTTP responses: a 5xx is bad (a breaker's 503 too: the
 /// caller got no answer), a transport error is bad, and every other status
 /// is good, except a palisade rate limiter's 429 to a caller over its own
-/// limit, which is excluded.
+/// limit, which is excluded. A response a palisade layer refused for any
+/// other reason is bad whatever its status: a rate limiter failing closed
+/// while its store is away answers 429 too, with a `StoreDown` refusal,
+/// and that is the limiter's outage, not the caller's doing.
 ///
 /// A gRPC call that failed in its head (a tonic handler's `Err(Status)`,
 /// answered trailers-only: HTTP 200 with its `grpc-status`) is bad when
@@ -35,16 +38,12 @@ pub struct ServerErrorsAreBad;
 impl<B, E> Classify<Response<B>, E> for ServerErrorsAreBad {
     fn classify(&self, result: &Result<Response<B>, E>) -> Event {
         match result {
-            Ok(response)
-                if response
-                    .extensions()
-                    .get::<Refusal>()
-                    .is_some_and(|refusal| refusal.reason() == RefusalReason::RateLimited) =>
-            {
-                Event::Excluded
-            }
-            Ok(response) if grpc::head_failed(response.status(), response.headers()) => Event::Bad,
-            Ok(_) => Event::Good,
+            Ok(response) => match response.extensions().get::<Refusal>() {
+                Some(refusal) if refusal.reason() == RefusalReason::RateLimited => Event::Excluded,
+                Some(_) => Event::Bad,
+                None if grpc::head_failed(response.status(), response.headers()) => Event::Bad,
+                None => Event::Good,
+            },
             Err(_) => Event::Bad,
         }
     }
@@ -217,6 +216,25 @@ mod tests {
         assert_eq!(
             event(StatusCode::TOO_MANY_REQUESTS, Some(limited)),
             Event::Excluded
+        );
+        // A limiter failing closed while its store is away: its outage.
+        let store_down = Refusal::store_down(Some(Duration::from_secs(1)));
+        assert_eq!(
+            event(StatusCode::TOO_MANY_REQUESTS, Some(store_down)),
+            Event::Bad
+        );
+        let mut exhausted = Response::new(());
+        exhausted
+            .headers_mut()
+            .insert("grpc-status", "8".parse().unwrap());
+        exhausted
+            .headers_mut()
+            .insert("grpc-retry-pushback-ms", "1000".parse().unwrap());
+        exhausted.extensions_mut().insert(store_down);
+        assert_eq!(
+            ServerErrorsAreBad.classify(&Ok::<_, ()>(exhausted)),
+            Event::Bad,
+            "a RESOURCE_EXHAUSTED naming its wait, refused for the store"
         );
         assert_eq!(
             ServerErrorsAreBad.classify(&Err::<Response<()>, _>("reset")),

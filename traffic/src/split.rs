@@ -69,6 +69,9 @@ impl<T, E> Failure<T, E> for ErrorsAsFailures {
 /// [`head_failed`](palisade_hints::grpc::head_failed); a status that
 /// comes only in the trailers is not seen); a rate limiter's [`Refusal`],
 /// on the error or in the response's extensions (its 429), is excluded.
+/// A response a palisade layer refused for another reason is a failure
+/// whatever its status (a rate limiter failing closed while its store is
+/// away answers 429 with a `StoreDown` refusal), as the error is.
 #[cfg(feature = "http")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerErrorsAsFailures;
@@ -77,7 +80,8 @@ pub struct ServerErrorsAsFailures;
 impl<B, E> Failure<http::Response<B>, E> for ServerErrorsAsFailures {
     fn is_failure(&self, result: &Result<http::Response<B>, E>) -> bool {
         result.as_ref().map_or(true, |response| {
-            palisade_hints::grpc::head_failed(response.status(), response.headers())
+            response.extensions().get::<Refusal>().is_some()
+                || palisade_hints::grpc::head_failed(response.status(), response.headers())
         })
     }
 

@@ -594,3 +594,32 @@ async fn a_canary_failing_its_grpc_calls_is_halted() {
         assert!(user < 10_000, "never halted: {:?}", canary.counts());
     }
 }
+
+/// A canary whose own rate limiter fails closed (its store away: a 429
+/// with a `StoreDown` refusal) is halted: its users got no answer, and
+/// on the code before the 429s were its successes.
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn a_canary_whose_limiter_fails_closed_is_halted() {
+    use http::{Response, StatusCode};
+    use palisade_hints::Refusal;
+    use palisade_hints::http::refusal_response;
+    use palisade_traffic::ServerErrorsAsFailures;
+
+    let canary = Canary::new(plan()).unwrap();
+    let stable =
+        service_fn(|_: u64| async { Ok::<Response<String>, BoxError>(Response::default()) });
+    let refused = service_fn(|_: u64| async {
+        Ok::<Response<String>, BoxError>(refusal_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            Refusal::store_down(Some(Duration::from_millis(500))),
+        ))
+    });
+    let split = by_user(stable, refused, &canary).failures(ServerErrorsAsFailures);
+    let mut user = 0;
+    while !canary.is_halted() {
+        let _ = split.clone().oneshot(user).await;
+        user += 1;
+        assert!(user < 10_000, "never halted: {:?}", canary.counts());
+    }
+}
