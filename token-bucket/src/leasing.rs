@@ -666,7 +666,9 @@ where
     /// did not get (it was known to be down, or refused the connection)
     /// stay held for a later call or the sweep; those it may have got (a
     /// timeout, a connection lost mid-call) are dropped: a shortfall to the
-    /// bucket until it refills, never an excess.
+    /// bucket until it refills, never an excess. Cut short (its future
+    /// dropped, by a shutdown's timeout say), it keeps held the tokens it
+    /// had not offered yet.
     pub async fn give_back(&self) -> u64 {
         give_back(&self.redis, &self.leases, self.leases.take_unspent(true)).await
     }
@@ -872,7 +874,11 @@ where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     let mut given = 0;
-    for (name, bucket, tokens) in unspent {
+    let mut unoffered = Unoffered {
+        leases,
+        tokens: unspent.into_iter(),
+    };
+    for (name, bucket, tokens) in unoffered.tokens.by_ref() {
         let ask = Ask {
             cost: 0,
             want: 0,
@@ -893,6 +899,24 @@ where
         }
     }
     given
+}
+
+/// The tokens of a give-back not offered to Redis yet: put back in their
+/// leases if the give-back is dropped midway (a shutdown's timeout cut
+/// it), since Redis surely did not get them. The tokens being offered
+/// when it is dropped may have reached Redis, and are dropped, as a
+/// timeout's are: a shortfall, never an excess.
+struct Unoffered<'a> {
+    leases: &'a Leases,
+    tokens: std::vec::IntoIter<(Arc<str>, Bucket, u32)>,
+}
+
+impl Drop for Unoffered<'_> {
+    fn drop(&mut self) {
+        for (name, bucket, tokens) in self.tokens.by_ref() {
+            self.leases.keep(&name, bucket, tokens);
+        }
+    }
 }
 
 /// A key held by a limiter whose every request names it

@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Waker};
 use std::time::Duration;
 
@@ -710,4 +710,72 @@ fn the_sweep_starts_again_once_the_runtime_it_ran_in_is_gone() {
         }
         assert_eq!(fixture.left_in_redis("quiet", &bucket).await, 100 - spent);
     });
+}
+
+/// A connection whose next command, once `stall` is set, is never sent
+/// and never answered.
+#[derive(Clone)]
+struct Stalling {
+    inner: ConnectionManager,
+    stall: Arc<AtomicBool>,
+}
+
+impl ConnectionLike for Stalling {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        if self.stall.swap(false, Ordering::SeqCst) {
+            return Box::pin(std::future::pending());
+        }
+        self.inner.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.inner.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+#[tokio::test]
+async fn a_give_back_cut_short_keeps_the_tokens_it_had_not_offered() {
+    let inner = connect(&redis_url()).await;
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(RedisStore::<ConnectionManager>::script_source())
+        .exec_async(&mut inner.clone())
+        .await
+        .unwrap();
+    let stall = Arc::new(AtomicBool::new(false));
+    let connection = Stalling {
+        inner,
+        stall: Arc::clone(&stall),
+    };
+    // A store timeout far past the give-back's own: only the latter cuts.
+    let redis = RedisStore::new(connection, FailurePolicy::Propagate)
+        .prefix(&prefix())
+        .timeout(Duration::from_secs(10));
+    let store = LeasingStore::new(redis, leasing()).unwrap();
+    let bucket = bucket(100);
+    for key in ["a", "b"] {
+        let before = store.held();
+        while store.held() == before {
+            assert!(store.decide(key, &bucket, 1).await.unwrap().is_allowed());
+        }
+    }
+    let held = store.held();
+    // The first key's give-back never comes back; the process stops.
+    stall.store(true, Ordering::SeqCst);
+    let cut = tokio::time::timeout(Duration::from_millis(200), store.give_back()).await;
+    assert!(cut.is_err(), "cut short");
+    let kept = store.held();
+    assert!(
+        kept > 0 && kept < held,
+        "the key not offered yet keeps its tokens, the one offered drops its own: {kept} of {held}"
+    );
 }
