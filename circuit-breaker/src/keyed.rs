@@ -52,6 +52,8 @@ pub struct BreakerRegistry<K> {
     /// fields read on every call beside it would miss with it.
     breakers: OwnLine<RwLock<Breakers<K>>>,
     overflow: CircuitBreaker,
+    /// The registry's "full" warnings: one every few seconds.
+    warnings: palisade_hints::Throttle,
     /// Joins each breaker made to its fleet, once [shared](Self::share).
     #[cfg(all(feature = "redis", not(palisade_loom)))]
     fleet: std::sync::OnceLock<Joiner<K>>,
@@ -144,6 +146,7 @@ impl<K: Eq + Hash + Clone> BreakerRegistry<K> {
                 entries: Vec::new(),
                 hand: 0,
             })),
+            warnings: palisade_hints::Throttle::default(),
             #[cfg(all(feature = "redis", not(palisade_loom)))]
             fleet: std::sync::OnceLock::new(),
         }
@@ -180,7 +183,7 @@ impl<K: Eq + Hash + Clone> BreakerRegistry<K> {
             let idle_ms = u64::try_from(self.idle_after.as_millis()).unwrap_or(u64::MAX);
             let Some(place) = breakers.retirable(at, now_ms, idle_ms) else {
                 // Every new key's while the registry stays full.
-                palisade_hints::warn_throttled!(
+                palisade_hints::throttled!(warn, by: &self.warnings,
                     target: "palisade_circuit_breaker",
                     capacity = self.capacity,
                     "breaker registry full of busy or open breakers: a new key shares the overflow breaker"

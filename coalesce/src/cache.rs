@@ -232,7 +232,7 @@ where
             State::Expired | State::Dead => {
                 let filled = match self.fill(key, compute).await {
                     Err(_) if entry.usable_on_error(Instant::now()) => {
-                        palisade_hints::warn_throttled!(target: "palisade_coalesce", "origin failed; serving a stale value");
+                        palisade_hints::throttled!(warn, by: &self.flights.events().warnings, target: "palisade_coalesce", "origin failed; serving a stale value");
                         Ok(Lookup {
                             age: entry.age(Instant::now()),
                             value: entry.into_value(),
@@ -283,12 +283,13 @@ where
         Fut: Future<Output = Result<(V, Option<Freshness>), E>> + Send + 'static,
     {
         let computation = self.computation(key.clone(), compute);
+        let events = Arc::clone(self.flights.events());
         self.flights.start(key, alone_until, move || {
             let refreshing = computation();
             async move {
                 let refreshed = refreshing.await;
                 if refreshed.is_err() {
-                    palisade_hints::warn_throttled!(target: "palisade_coalesce", "background refresh failed; keeping the stale value");
+                    palisade_hints::throttled!(warn, by: &events.warnings, target: "palisade_coalesce", "background refresh failed; keeping the stale value");
                 }
                 refreshed
             }

@@ -8,6 +8,9 @@ use crate::cache::Served;
 pub(crate) struct Events {
     #[cfg(feature = "otel")]
     instruments: std::sync::OnceLock<otel::Instruments>,
+    /// The cache's warnings that may come with every lookup while its
+    /// origin fails: one every few seconds, the rest at debug.
+    pub(crate) warnings: palisade_hints::Throttle,
 }
 
 impl Events {

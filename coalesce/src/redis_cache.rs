@@ -1082,7 +1082,7 @@ where
         Ok(value) => Ok(Ok(miss(value))),
         Err(unanswered) => match stored {
             Some(Stored { entry, .. }) if entry.usable_on_error(Instant::now()) => {
-                palisade_hints::warn_throttled!(target: "palisade_coalesce", "no value of its own (the origin failed, or redis did and the policy refused); serving a stale value");
+                palisade_hints::throttled!(warn, by: &flight.shared.events.warnings, target: "palisade_coalesce", "no value of its own (the origin failed, or redis did and the policy refused); serving a stale value");
                 Ok(Ok(served(&entry, Served::StaleIfError)))
             }
             _ => answer(Err(unanswered)),
@@ -1138,14 +1138,14 @@ async fn refresh<C, F, Fut, E>(
         if let Some(Locked::Won(held)) = flight.shared.try_lock(&flight.key).await
             && lead(&flight, held, seen, compute).await.is_err()
         {
-            palisade_hints::warn_throttled!(target: "palisade_coalesce", "background refresh failed; keeping the stale value");
+            palisade_hints::throttled!(warn, by: &flight.shared.events.warnings, target: "palisade_coalesce", "background refresh failed; keeping the stale value");
         }
     };
     if tokio::time::timeout_at(alone_until, refreshing)
         .await
         .is_err()
     {
-        palisade_hints::warn_throttled!(target: "palisade_coalesce", "background refresh given up: the origin took too long");
+        palisade_hints::throttled!(warn, by: &flight.shared.events.warnings, target: "palisade_coalesce", "background refresh given up: the origin took too long");
     }
 }
 

@@ -76,29 +76,52 @@ impl Throttle {
     }
 }
 
-/// Logs a `tracing` warning that can come with every call through a
-/// [`Throttle`] of its own (one per place the macro is written, letting
-/// one warning through per [`Throttle::DEFAULT_INTERVAL`]); the warnings
-/// it holds back are logged at debug level. Takes what `tracing::warn!`
-/// takes; the crate using it depends on `tracing`.
+/// Logs a `tracing` event that can come with every call at its level
+/// (`warn`, `error`…) once an interval, and at debug level the rest.
+///
+/// `throttled!(warn, by: &throttle, …)` lets through what the
+/// [`Throttle`] `throttle` admits: one a layer or a dependency keeps, so
+/// that one failing at a high rate does not take the only warning of
+/// another. Without `by:`, the place the macro is written has a throttle
+/// of its own ([`Throttle::DEFAULT_INTERVAL`]), shared by every instance
+/// that logs from there. The rest is what `tracing::warn!` takes; the
+/// crate using it depends on `tracing`.
 ///
 /// ```
+/// use palisade_hints::{Throttle, throttled};
+///
 /// # fn call_origin() -> Result<(), std::io::Error> { Ok(()) }
+/// struct Layer {
+///     warnings: Throttle,
+/// }
+///
+/// let layer = Layer { warnings: Throttle::new(Throttle::DEFAULT_INTERVAL) };
 /// if let Err(error) = call_origin() {
-///     palisade_hints::warn_throttled!(target: "my_layer", %error, "origin failed; serving a stale value");
+///     throttled!(warn, by: &layer.warnings, target: "my_layer", %error, "origin failed; serving a stale value");
+///     throttled!(error, target: "my_layer", %error, "origin failed");
 /// }
 /// ```
 #[macro_export]
-macro_rules! warn_throttled {
-    ($($field:tt)+) => {{
-        static WARNINGS: $crate::Throttle =
-            $crate::Throttle::new($crate::Throttle::DEFAULT_INTERVAL);
-        if WARNINGS.admits(::std::time::Instant::now()) {
-            ::tracing::warn!($($field)+);
+macro_rules! throttled {
+    ($level:ident, by: $throttle:expr, $($field:tt)+) => {{
+        if $crate::Throttle::admits($throttle, ::std::time::Instant::now()) {
+            ::tracing::$level!($($field)+);
         } else {
             ::tracing::debug!($($field)+);
         }
     }};
+    ($level:ident, $($field:tt)+) => {{
+        static THROTTLE: $crate::Throttle =
+            $crate::Throttle::new($crate::Throttle::DEFAULT_INTERVAL);
+        $crate::throttled!($level, by: &THROTTLE, $($field)+)
+    }};
+}
+
+impl Default for Throttle {
+    /// A throttle of [`DEFAULT_INTERVAL`](Self::DEFAULT_INTERVAL).
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_INTERVAL)
+    }
 }
 
 /// `now` in milliseconds since the first instant any throttle was asked

@@ -37,6 +37,8 @@ impl GiveUp {
 pub(crate) struct Events {
     #[cfg(feature = "otel")]
     pub(crate) instruments: Option<std::sync::Arc<crate::otel::Instruments>>,
+    /// The layer's "budget exhausted" warnings: one every few seconds.
+    warnings: std::sync::Arc<palisade_hints::Throttle>,
 }
 
 impl Events {
@@ -67,7 +69,7 @@ impl Events {
     pub(crate) fn gave_up(&self, reason: GiveUp, attempts: u32) {
         if reason == GiveUp::Budget {
             // Every failing call's while the budget is spent.
-            palisade_hints::warn_throttled!(
+            palisade_hints::throttled!(warn, by: &self.warnings,
                 target: "palisade_retry",
                 attempts,
                 "retry budget exhausted; returning the last result"

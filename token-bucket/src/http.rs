@@ -207,7 +207,7 @@ impl<B: Default, E> Respond<Response<B>, E> for TooManyRequests {
     fn store_failed(&self, error: StoreError) -> Result<Response<B>, E> {
         // With every request while the store is away (a `RedisStore` also
         // says once when Redis goes and comes back).
-        palisade_hints::warn_throttled!(target: "palisade_token_bucket", %error, "no rate limit decision; answering 503");
+        palisade_hints::throttled!(warn, target: "palisade_token_bucket", %error, "no rate limit decision; answering 503");
         // Marked as the limiter's own refusal, so that a breaker or a
         // retry above does not take it for the service failing.
         Ok(palisade_hints::http::refusal_response(

@@ -412,7 +412,7 @@ impl<B> Failures<B, std::convert::Infallible> for BadGateway {
                     .map(|()| CoalesceBody::cached(Bytes::new())),
             );
         }
-        palisade_hints::warn_throttled!(target: "palisade_coalesce", error = %failure, "coalesced request failed; answering 502");
+        palisade_hints::throttled!(warn, target: "palisade_coalesce", error = %failure, "coalesced request failed; answering 502");
         let mut response = Response::new(CoalesceBody::cached(Bytes::new()));
         *response.status_mut() = StatusCode::BAD_GATEWAY;
         let shared = match failure.downcast::<SharedError>() {

@@ -184,7 +184,7 @@ impl Default for Sessions {
 /// The sign-in store did not answer.
 fn unavailable(error: &redis::RedisError) -> OAuthError {
     // Every signed-in request's while Redis is away.
-    palisade_hints::warn_throttled!(%error, "sign-in store (Redis) failed");
+    palisade_hints::throttled!(warn, %error, "sign-in store (Redis) failed");
     OAuthError::new(
         "temporarily_unavailable",
         &"the sign-in store is not answering; try again shortly",

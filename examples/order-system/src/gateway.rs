@@ -512,8 +512,8 @@ pub(crate) fn problem(status: StatusCode, detail: impl Into<String>) -> Response
 
 pub(crate) fn internal(error: &dyn std::error::Error) -> Response {
     // Every request's while a store is down: one line every few seconds,
-    // the rest at debug (the `sagas` and `orders` objectives count them).
-    palisade_hints::warn_throttled!(%error, "request failed");
+    // the rest at debug.
+    palisade_hints::throttled!(error, %error, "request failed");
     problem(
         StatusCode::SERVICE_UNAVAILABLE,
         "the service could not complete the request; try again",

@@ -148,7 +148,7 @@ where
                     StatusCode::BAD_GATEWAY
                 };
                 // Every call's while the dependency is down.
-                palisade_hints::warn_throttled!(target: "palisade_retry", %error, %status, "retries failed; answering");
+                palisade_hints::throttled!(warn, target: "palisade_retry", %error, %status, "retries failed; answering");
                 let mut response = Response::new(B::default());
                 *response.status_mut() = status;
                 response
