@@ -213,9 +213,7 @@ where
         let cached = self.lock().entries.get(&key).cloned();
         let Some(entry) = cached else {
             let filled = self.fill(key, compute).await;
-            if filled.is_ok() {
-                self.flights.events().served(Served::Miss);
-            }
+            self.flights.events().looked_up(&filled);
             return filled;
         };
         let served = match entry.state(now, 1.0 - fastrand::f64()) {
@@ -241,9 +239,7 @@ where
                     }
                     result => result,
                 };
-                if let Ok(lookup) = &filled {
-                    self.flights.events().served(lookup.served);
-                }
+                self.flights.events().looked_up(&filled);
                 return filled;
             }
         };

@@ -45,6 +45,23 @@ impl Events {
         let _ = served;
     }
 
+    /// A lookup ended without a value: the origin failed (or its failure
+    /// was shared), or the flight was refused.
+    pub(crate) fn failed(&self) {
+        #[cfg(feature = "otel")]
+        if let Some(instruments) = self.instruments.get() {
+            instruments.lookups.add(1, &instruments.failed);
+        }
+    }
+
+    /// Counts the lookup `result` ended as.
+    pub(crate) fn looked_up<V, E>(&self, result: &Result<crate::Lookup<V>, E>) {
+        match result {
+            Ok(lookup) => self.served(lookup.served),
+            Err(_) => self.failed(),
+        }
+    }
+
     pub(crate) fn early_refresh(&self) {
         tracing::debug!(target: "palisade_coalesce", "early refresh");
         #[cfg(feature = "otel")]
@@ -109,6 +126,8 @@ mod otel {
         pub(super) cache: [KeyValue; 1],
         /// By `Served as usize`.
         pub(super) served: [[KeyValue; 2]; 4],
+        /// `served` failed: no value.
+        pub(super) failed: [KeyValue; 2],
     }
 
     impl Instruments {
@@ -161,6 +180,7 @@ mod otel {
                     served("miss"),
                     served("stale_if_error"),
                 ],
+                failed: served("failed"),
                 cache: [cache],
             }
         }

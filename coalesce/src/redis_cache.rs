@@ -736,13 +736,13 @@ where
             events.started();
             compute()
         };
-        let lookup = self
+        let looked_up = self
             .local
             .run(key.to_owned(), move || resolve(flight, compute))
-            .await?
-            .map_err(FlightError::Refused)?;
-        self.shared.events.served(lookup.served);
-        Ok(lookup)
+            .await
+            .and_then(|answered| answered.map_err(FlightError::Refused));
+        self.shared.events.looked_up(&looked_up);
+        looked_up
     }
 }
 
@@ -841,11 +841,20 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
 
     /// One Redis call within the timeout; `None` when Redis failed.
     async fn call<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Option<T> {
+        self.attempt(call).await.ok()
+    }
+
+    /// One Redis call within the timeout, and when it failed, whether
+    /// Redis answered it (with an error of the call's own).
+    async fn attempt<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Failed> {
         let asked = Instant::now();
         let error = match tokio::time::timeout(self.settings.timeout, call).await {
             Ok(Ok(value)) => {
                 self.answered(asked);
-                return Some(value);
+                return Ok(value);
             }
             Ok(Err(error)) if !unreachable(&error) => {
                 // Redis answered, with an error of this call's own (a key
@@ -859,7 +868,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
                     tracing::debug!(target: "palisade_coalesce", %error, "a redis call failed");
                 }
                 self.answered(asked);
-                return None;
+                return Err(Failed::Answered);
             }
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no answer within {:?}", self.settings.timeout),
@@ -873,7 +882,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
                 "redis failed; applying the failure policy until it answers again"
             );
         }
-        None
+        Err(Failed::Unanswered)
     }
 
     /// The value computed without Redis, if the failure policy lets this
@@ -958,7 +967,16 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
         let mut connection = self.connection.clone();
         let mut lock = LOCK.key(&held.lock_key);
         lock.arg(&held.token_arg).arg(ms(self.settings.lock_ttl));
-        let holder: String = self.call(lock.invoke_async(&mut connection)).await?;
+        let holder: String = match self.attempt(lock.invoke_async(&mut connection)).await {
+            Ok(holder) => holder,
+            // Redis refused the command itself: it took no lock.
+            Err(Failed::Answered) => {
+                held.end();
+                return None;
+            }
+            // It may have taken it: `held` gives it back.
+            Err(Failed::Unanswered) => return None,
+        };
         Some(match Token::parse(&holder) {
             Some(holder) if holder == token => Locked::Won(held),
             holder => {
@@ -984,6 +1002,14 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
             (None, None) => Look::Gone,
         })
     }
+}
+
+/// How a Redis call failed.
+enum Failed {
+    /// Redis answered, with an error of the call's own.
+    Answered,
+    /// No answer: Redis unreachable, the connection lost, or the timeout.
+    Unanswered,
 }
 
 /// What a lock attempt found.

@@ -57,6 +57,50 @@ async fn lookups_origin_calls_and_coalesced_callers_are_counted() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_lookup_left_without_a_value_is_counted_as_failed() {
+    let probe = MetricsProbe::default();
+    let cache: Cache<&str, u32, OriginDown> =
+        Cache::new(100, Freshness::new(Duration::from_secs(10)));
+    cache.instrument(&probe.meter(), "trending");
+    cache
+        .get_with("top", || async { Err(OriginDown) })
+        .await
+        .unwrap_err();
+    cache.get_with("top", || async { Ok(7) }).await.unwrap();
+    let served = |how: &str| vec!["cache=trending".to_owned(), format!("served={how}")];
+    let mut lookups = probe.points("palisade.coalesce.lookups");
+    lookups.sort();
+    assert_eq!(lookups, [(served("failed"), 1), (served("miss"), 1)]);
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_lookup_left_without_a_value_is_counted_as_failed() {
+    use palisade_coalesce::{RedisCache, RedisSettings};
+
+    let probe = MetricsProbe::default();
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(10)))
+        .prefix(&format!("palisade-test:{}", fastrand::u64(..)));
+    let client = redis::Client::open(palisade_testkit::servers::redis_url()).unwrap();
+    let connection = client.get_multiplexed_async_connection().await.unwrap();
+    let cache: RedisCache<_, OriginDown> = RedisCache::connect(&client, connection, settings)
+        .await
+        .unwrap();
+    cache.instrument(&probe.meter(), "trending");
+    cache
+        .get_with("top", || async { Err(OriginDown) })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        probe.points("palisade.coalesce.lookups"),
+        [(
+            vec!["cache=trending".to_owned(), "served=failed".to_owned()],
+            1
+        )]
+    );
+}
+
 #[cfg(feature = "http")]
 #[tokio::test]
 async fn a_layer_is_instrumented_in_the_builder_shape() {
