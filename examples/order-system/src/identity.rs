@@ -177,17 +177,31 @@ pub fn hash_password(password: &str) -> Result<String, IdentityError> {
 /// Runs `work` (hashing) on tokio's blocking threads, at most one per
 /// core at once: each hash takes 19 MiB, so a crowd signing in costs a
 /// queue, not a thread and 19 MiB each; and the runtime's workers stay
-/// free.
+/// free. The place is the hash's until it ends: a caller that leaves
+/// (its client gone, a timeout) does not end the blocking work it
+/// started, and a place given back then let a crowd of cancelled
+/// sign-ins hash at once.
 async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    static HASHERS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
-    let hashers = HASHERS.get_or_init(|| {
-        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, usize::from))
-    });
-    let _permit = hashers.acquire().await;
+    let permit = hashers()
+        .acquire()
+        .await
+        .unwrap_or_else(|_| unreachable!("the hashers' semaphore is never closed"));
+    let work = move || {
+        let _place = permit;
+        work()
+    };
     match tokio::task::spawn_blocking(work).await {
         Ok(done) => done,
         Err(error) => std::panic::resume_unwind(error.into_panic()),
     }
+}
+
+/// The places of the hashes under way: one per core.
+fn hashers() -> &'static tokio::sync::Semaphore {
+    static HASHERS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    HASHERS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, usize::from))
+    })
 }
 
 /// A hash no password matches, checked for unknown users so that they
@@ -475,6 +489,63 @@ fn write_private(path: &Path, value: &impl Serialize) -> Result<(), IdentityErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Blocks the hashes waiting on it until opened, or until any of its
+    /// handles is dropped (a failed assertion must not leave blocking
+    /// threads waiting for ever).
+    #[derive(Clone, Default)]
+    struct Gate(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+    impl Gate {
+        fn wait(&self) {
+            let (open, opened) = &*self.0;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = opened.wait(open).unwrap();
+            }
+        }
+
+        fn open(&self) {
+            let (open, opened) = &*self.0;
+            *open.lock().unwrap() = true;
+            opened.notify_all();
+        }
+    }
+
+    impl Drop for Gate {
+        fn drop(&mut self) {
+            self.open();
+        }
+    }
+
+    /// Hashes whose callers left (their clients gone) keep their places
+    /// until they end: no more run at once than there are places.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hash_whose_caller_left_keeps_its_place_until_it_ends() {
+        let places = std::thread::available_parallelism().map_or(2, usize::from);
+        let (tell, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let gate = Gate::default();
+        let caller = |n: usize| {
+            let (tell, gate) = (tell.clone(), gate.clone());
+            tokio::spawn(hashing(move || {
+                let _ = tell.send(n);
+                gate.wait();
+            }))
+        };
+        for n in 0..places {
+            let left = caller(n);
+            assert_eq!(started.recv().await, Some(n));
+            left.abort();
+            let _ = left.await;
+        }
+        let last = caller(places);
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(200), started.recv()).await;
+        assert!(early.is_err(), "a hash began while every place was taken");
+        gate.open();
+        assert_eq!(started.recv().await, Some(places));
+        last.await.unwrap();
+    }
 
     fn user(name: &str, roles: &str) -> String {
         let hash = hash_password("pw").unwrap();
