@@ -99,6 +99,30 @@ impl<S: SagaService, O: Outbox> Handler<O::Connection> for Consuming<S, O> {
     }
 }
 
+/// How long a consumer's inbox keeps a record at least: a relay that
+/// published a batch and was down (past JetStream's duplicate window, or
+/// with the embedded broker, any time) before marking it sent publishes
+/// it again once back, and a record forgotten by then lets it be applied
+/// again.
+pub(crate) const INBOX_KEPT: Duration = Duration::from_secs(24 * 3_600);
+
+/// Forgets old inbox records with `forget` (up to a batch of them) once a
+/// minute, for as long as it is polled: every consumer, embedded or per
+/// process, runs beside it, so that no inbox grows for ever. `consumer`
+/// names the inbox in the warning of a round that failed.
+pub(crate) async fn forget_old_records<F, Fut>(consumer: &str, mut forget: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<u64, sqlx::Error>>,
+{
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        if let Err(error) = forget().await {
+            tracing::warn!(%error, consumer, "old inbox records not forgotten; trying again later");
+        }
+    }
+}
+
 /// The error of a service given an event it does not consume: the wiring
 /// delivers none, so this is a bug, failed loudly rather than ignored.
 #[must_use]
@@ -172,4 +196,40 @@ pub(crate) async fn scratch_db<S: SagaService>() -> (ServiceDb, std::path::PathB
         .await
         .unwrap();
     (db, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// Old records are forgotten once a minute, and a round that failed
+    /// (the database away) does not end the rounds.
+    #[tokio::test(start_paused = true)]
+    async fn old_inbox_records_are_forgotten_every_minute_whatever_fails() {
+        let rounds = Arc::new(AtomicU32::new(0));
+        let forgetting = {
+            let rounds = Arc::clone(&rounds);
+            tokio::spawn(async move {
+                forget_old_records("inventory", || {
+                    let round = rounds.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if round == 0 {
+                            Err(sqlx::Error::PoolTimedOut)
+                        } else {
+                            Ok(10)
+                        }
+                    }
+                })
+                .await;
+            })
+        };
+        for minute in 1..=3 {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            tokio::task::yield_now().await;
+            assert_eq!(rounds.load(Ordering::SeqCst), minute, "one round a minute");
+        }
+        forgetting.abort();
+    }
 }

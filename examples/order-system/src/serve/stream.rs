@@ -12,7 +12,7 @@ use palisade_outbox::{
 
 use super::{ServeSettings, Stop, postgres};
 use crate::db::redact_url;
-use crate::service::{Consuming, SagaService};
+use crate::service::{Consuming, INBOX_KEPT, SagaService, forget_old_records};
 
 pub(super) async fn connect_jetstream(
     settings: &ServeSettings,
@@ -93,13 +93,6 @@ pub(super) async fn consumer<S: SagaService>(
     Ok(Arc::new(consumer))
 }
 
-/// How long a consumer's inbox keeps a record at least: JetStream's own
-/// horizon (two minutes here) does not cover a relay that published a
-/// batch and was down past the stream's duplicate window before marking
-/// it sent; the batch published again then is stored again, and applied
-/// again once its records are forgotten.
-const INBOX_KEPT: Duration = Duration::from_secs(24 * 3_600);
-
 /// Runs `consumer` until `stop` completes, and meanwhile forgets its
 /// inbox's records once JetStream can no longer bring them back (and
 /// after [`INBOX_KEPT`] at least), every minute: every consumer of the server processes runs through here, so
@@ -114,14 +107,7 @@ pub(super) async fn run_consumer<S: SagaService>(
     grace: Duration,
 ) -> Result<(), BoxError> {
     let retention = consumer.inbox_retention().max(INBOX_KEPT);
-    let forgetting = async {
-        loop {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            if let Err(error) = consumer.forget_processed(retention, 10_000).await {
-                tracing::warn!(%error, consumer = S::NAME, "old inbox records not forgotten; trying again later");
-            }
-        }
-    };
+    let forgetting = forget_old_records(S::NAME, || consumer.forget_processed(retention, 10_000));
     tokio::select! {
         biased;
         consumed = consumer.run(stop.signal()) => consumed,
