@@ -85,10 +85,14 @@ impl<T: Send + 'static, A: Send + 'static> GroupCommit<T, A> {
         E: std::fmt::Display,
     {
         let (reply, mut replied) = oneshot::channel();
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((item, reply));
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            // Callers gone while a turn's write stalls (their timeouts,
+            // their clients) leave no item behind: the queue holds no
+            // more than the callers waiting.
+            queue.retain(|(_, reply)| !reply.is_closed());
+            queue.push((item, reply));
+        }
         // Our item is written by the time we hold the turn (an earlier
         // turn's task gives it back once its group is answered), or we
         // write it now.
@@ -200,6 +204,32 @@ mod tests {
         assert_eq!(first.await, Ok(2));
         assert_eq!(third.await, Ok(6));
         assert_eq!(*groups.lock().unwrap(), [vec![1, 3]]);
+    }
+
+    /// Callers that go away while the turn is held (a stalled write)
+    /// leave nothing queued: the queue holds the callers still waiting.
+    #[tokio::test]
+    async fn callers_gone_while_a_write_stalls_leave_nothing_queued() {
+        let commits = GroupCommit::<u32, u32>::default();
+        let groups = Arc::new(Mutex::new(Vec::new()));
+        let turn = commits.writing.clone().lock_owned().await;
+        for item in 0..1_000 {
+            let mut gone = Box::pin(commits.write(item, doubling(&groups)));
+            assert!(
+                (&mut gone).now_or_never().is_none(),
+                "queued behind the turn"
+            );
+        }
+        let mut waiting = Box::pin(commits.write(7, doubling(&groups)));
+        assert!((&mut waiting).now_or_never().is_none());
+        assert_eq!(
+            commits.queue.lock().unwrap().len(),
+            1,
+            "only the caller still waiting"
+        );
+        drop(turn);
+        assert_eq!(waiting.await, Ok(14));
+        assert_eq!(*groups.lock().unwrap(), [vec![7]]);
     }
 
     /// A group whose writing caller goes away mid-transaction is still
