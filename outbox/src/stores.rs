@@ -697,7 +697,11 @@ impl<DB: sqlx::Database> PoolRow for sqlx::Pool<DB> {
 
 /// A duration bound as milliseconds.
 pub(crate) fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
+    // PostgreSQL refuses an interval (or a timestamp shifted by one) past
+    // a few thousand years as out of range: a retention of
+    // `Duration::MAX` ("keep for good") failed every clean-up.
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    duration.min(CENTURY).as_secs_f64() * 1000.0
 }
 
 /// `messages` in runs of one claim each, in order.

@@ -136,6 +136,7 @@ scenarios!(Pg:
     a_publish_never_outlives_its_lease,
     a_commit_wakes_a_relay_that_would_poll_only_every_minute,
     sent_events_are_cleaned_up_in_bounded_batches,
+    an_endless_retention_keeps_every_row,
     a_relay_cleans_up_batch_after_batch_while_they_are_full,
     a_config_out_of_bounds_is_taken_at_its_bound,
     the_backlog_reports_the_oldest_pending_age,

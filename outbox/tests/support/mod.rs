@@ -690,6 +690,21 @@ pub async fn sent_events_are_cleaned_up_in_bounded_batches<H: Harness>() {
     h.finish().await;
 }
 
+/// A retention of `Duration::MAX` ("keep them for good") keeps every row
+/// and fails nothing: PostgreSQL refused its interval as out of range, and
+/// every clean-up failed.
+pub async fn an_endless_retention_keeps_every_row<H: Harness>() {
+    let h = H::start(|c| c.retention(Duration::MAX, 2)).await;
+    let events: Vec<Event> = (0..2).map(|n| event(&format!("x{n}"), n)).collect();
+    h.place(&events, true).await;
+    let relay = Relay::new(h.store().clone(), MemoryBroker::new(10));
+    assert_eq!(relay.run_once().await.unwrap().published, 2);
+    let done = h.store().clean_up().await.unwrap();
+    assert_eq!(done.deleted, 0);
+    assert_eq!(h.rows().await, 2);
+    h.finish().await;
+}
+
 /// A relay deletes a batch of sent events when it starts, and the next
 /// at its next turn while the batches are full, not one batch a minute
 /// (a thousand rows a minute by default, about 17 events a second: a
