@@ -496,13 +496,16 @@ impl Canary {
     /// so a canary worse than the stable service is halted within a step;
     /// a step not judged yet (a side short of
     /// [`min_calls`](CanaryPlan::min_calls)) is not promoted from until it
-    /// is, so a quiet hour never promotes a canary nobody has used.
+    /// is, so a quiet hour never promotes a canary nobody has used. A
+    /// step longer than a year is a year (a longer one overflowed the
+    /// clock, and the schedule's task died at once).
     ///
     /// # Panics
     ///
     /// Outside a tokio runtime, or when `every` is zero.
     pub fn promote_every(&self, every: Duration) {
         assert!(!every.is_zero(), "a schedule's steps must be apart");
+        let every = every.min(Duration::from_secs(365 * 86_400));
         let state = Arc::downgrade(&self.state);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);

@@ -308,6 +308,30 @@ async fn a_schedule_promotes_step_by_step_until_the_last() {
     }
 }
 
+/// A step as long as `Duration::MAX` is a year: the schedule's task
+/// panicked at once on the overflow, and the canary was never promoted.
+#[tokio::test(start_paused = true)]
+async fn a_schedule_of_endless_steps_promotes_after_a_year() {
+    let canary = Canary::new(CanaryPlan::new().min_calls(20)).unwrap();
+    let mut events = canary.subscribe();
+    let split = by_user(
+        version(u64::MAX, Duration::ZERO),
+        version(u64::MAX, Duration::ZERO),
+        &canary,
+    );
+    canary.promote_every(Duration::MAX);
+    let mut user = 0;
+    while !matches!(canary.counts(), ((stable, _), (on, _)) if stable >= 20 && on >= 20) {
+        split.clone().oneshot(user).await.unwrap();
+        user += 1;
+    }
+    let promoted = tokio::time::timeout(Duration::from_secs(400 * 86_400), events.recv()).await;
+    assert_eq!(
+        promoted.expect("promoted within the year").unwrap(),
+        CanaryEvent::Promoted { share: 0.1 }
+    );
+}
+
 /// A schedule never promotes from a step nobody used: with no calls, an
 /// hour of ten-minute steps leaves the canary at its first. (It promoted
 /// step after step, unjudged.)
