@@ -69,6 +69,15 @@ fn leasing() -> Leasing {
         .max_share(0.5)
 }
 
+/// Leases that cover 50 ms, held 200 ms: a quiet key's lease is given
+/// back within a test's time.
+fn swept_soon() -> Leasing {
+    Leasing::new()
+        .cover(Duration::from_millis(50))
+        .hold(Duration::from_millis(200))
+        .max_share(0.5)
+}
+
 /// A leasing store on `url` under `prefix`, counting its round trips.
 async fn leasing_store(
     prefix: &str,
@@ -142,6 +151,30 @@ impl Fixture {
 
     fn commands(&self) -> usize {
         self.commands.load(Ordering::Relaxed)
+    }
+
+    /// Spends tokens of `key` (a bucket of 100) until it holds a lease,
+    /// then lets it go quiet: a sweep gives the lease back (waited for,
+    /// 30 s at most), and Redis has every token not spent.
+    async fn lease_then_go_quiet(&self, key: &str) {
+        let bucket = bucket(100);
+        let mut spent = 0;
+        loop {
+            assert!(self.admits(key, &bucket, 1).await);
+            spent += 1;
+            if self.store.held() > 0 {
+                break;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.store.held() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the lease is still held: no sweep gave it back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(self.left_in_redis(key, &bucket).await, 100 - spent);
     }
 }
 
@@ -282,27 +315,8 @@ async fn a_cold_key_leases_only_what_it_asks_for() {
 
 #[tokio::test]
 async fn unspent_tokens_go_back_once_held_long_enough() {
-    let leasing = Leasing::new()
-        .cover(Duration::from_millis(50))
-        .hold(Duration::from_millis(200))
-        .max_share(0.5);
-    let fixture = fixture(leasing, FailurePolicy::Propagate, &redis_url()).await;
-    let bucket = bucket(100);
-    let mut spent = 0;
-    while fixture.store.held() == 0 {
-        assert!(fixture.admits("quiet", &bucket, 1).await);
-        spent += 1;
-    }
-    // The key goes quiet: the sweep gives its lease back.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while fixture.store.held() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the lease is still held"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(fixture.left_in_redis("quiet", &bucket).await, 100 - spent);
+    let fixture = fixture(swept_soon(), FailurePolicy::Propagate, &redis_url()).await;
+    fixture.lease_then_go_quiet("quiet").await;
 }
 
 #[tokio::test]
@@ -677,11 +691,11 @@ fn the_sweep_starts_again_once_the_runtime_it_ran_in_is_gone() {
         .enable_all()
         .build()
         .unwrap();
-    let leasing = Leasing::new()
-        .cover(Duration::from_millis(50))
-        .hold(Duration::from_millis(200))
-        .max_share(0.5);
-    let fixture = lasting.block_on(fixture(leasing, FailurePolicy::Propagate, &redis_url()));
+    let fixture = lasting.block_on(fixture(
+        swept_soon(),
+        FailurePolicy::Propagate,
+        &redis_url(),
+    ));
     let bucket = bucket(100);
     // The first decision starts the sweep, in a runtime that then stops.
     let passing = tokio::runtime::Builder::new_current_thread()
@@ -690,26 +704,7 @@ fn the_sweep_starts_again_once_the_runtime_it_ran_in_is_gone() {
         .unwrap();
     passing.block_on(async { assert!(fixture.admits("first", &bucket, 1).await) });
     drop(passing);
-    lasting.block_on(async {
-        let mut spent = 0;
-        loop {
-            assert!(fixture.admits("quiet", &bucket, 1).await);
-            spent += 1;
-            if fixture.store.held() > 0 {
-                break;
-            }
-        }
-        // The key goes quiet: a sweep gives its lease back.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while fixture.store.held() > 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the lease is still held: no sweep runs"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert_eq!(fixture.left_in_redis("quiet", &bucket).await, 100 - spent);
-    });
+    lasting.block_on(fixture.lease_then_go_quiet("quiet"));
 }
 
 /// A connection whose next command, once `stall` is set, is never sent
