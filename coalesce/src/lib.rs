@@ -27,7 +27,7 @@
 //!
 //! | name | attributes | counts |
 //! |---|---|---|
-//! | `palisade.coalesce.lookups` | `cache`, `served` (`fresh`, `stale`, `miss`, `stale_if_error`, `failed`) | lookups, by how they were served (`failed`: with no value, the origin failed or the flight was refused) |
+//! | `palisade.coalesce.lookups` | `cache`, `served` (`fresh`, `stale`, `miss`, `stale_if_error`, `failed`) | lookups, by how they were served (`failed`: with no value, the origin failed or the flight was refused; the HTTP layer looks up again, each a lookup, when a layer below refused the leader's request for its own sake) |
 //! | `palisade.coalesce.origin_calls` | `cache` | calls to the origin (computations started); a `RedisCache` counts those this process made, not the lookups it answered from Redis |
 //! | `palisade.coalesce.coalesced` | `cache` | callers that joined a computation already running |
 //! | `palisade.coalesce.early_refreshes` | `cache` | early refreshes (XFetch) started |

@@ -821,40 +821,6 @@ async fn a_write_its_caller_stopped_waiting_for_still_invalidates() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_write_refused_below_keeps_the_cached_response() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let origin = {
-        let calls = calls.clone();
-        tower::service_fn(move |request: Request<Empty<Bytes>>| {
-            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-            async move {
-                if request.method() == "PUT" {
-                    // An open breaker below: the origin never has it.
-                    let refused = palisade_hints::Refusal::circuit_open(None);
-                    return Err::<Response<String>, BoxError>(Box::new(refused));
-                }
-                Ok(answer(
-                    &[("cache-control", "max-age=60".into())],
-                    format!("call {n}"),
-                ))
-            }
-        })
-    };
-    let cache: Cache<String, CachedResponse, BoxError> =
-        Cache::new(1000, Freshness::new(Duration::from_secs(60)));
-    let service: Layered = BoxCloneSyncService::new(CoalesceLayer::new(cache).layer(origin));
-    call(&service, "GET", "/orders/7", &[]).await;
-    let put = Request::put("/orders/7").body(Empty::new()).unwrap();
-    service.clone().oneshot(put).await.unwrap_err();
-    let after = call(&service, "GET", "/orders/7", &[]).await;
-    assert_eq!(
-        body_of(&after),
-        "call 1",
-        "kept: the write never reached the origin"
-    );
-}
-
 /// A write lands while a refresh of its URI, which read the origin
 /// before it, is still running: the `GET` after the write gets the new
 /// representation, and the refresh does not store the old one over it.

@@ -29,10 +29,11 @@
 //! - **Writes invalidate.** A request of an unsafe method (`POST`, `PUT`,
 //!   `DELETE`…) drops the cached `GET` and `HEAD` responses of its URI
 //!   (those keyed with the same `vary` values) unless the origin answers
-//!   that it failed (4xx, 5xx) or a layer below refused it (an error
-//!   carrying a `Refusal`): after a 2xx or 3xx, after a transport error,
-//!   and when its caller stops waiting first (a timeout above, a client
-//!   gone), since the origin may have applied it. A `GET` of the URI in
+//!   that it failed (4xx, 5xx): after a 2xx or 3xx, after any error (a
+//!   transport's, or a layer's below: a retry there may have sent it
+//!   once before a breaker refused it), and when its caller stops waiting
+//!   first (a timeout above, a client gone), since the origin may have
+//!   applied it. A `GET` of the URI in
 //!   the moment between a caller leaving and the origin applying the write
 //!   may still store the old representation.
 //! - **A server error is an error.** An origin's 500, 502, 503 or 504
@@ -610,9 +611,6 @@ impl<S, R, F> Coalesce<S, R, F> {
                 match &response {
                     Ok(response) if response.status().is_client_error() => stale.disarm(),
                     Ok(response) if response.status().is_server_error() => stale.disarm(),
-                    // Refused below (an open circuit, a rate limit): the
-                    // origin never had it.
-                    Err(error) if Refusal::find(&**error).is_some() => stale.disarm(),
                     // Applied, or no answer to tell: a transport that failed
                     // after the origin took the request.
                     _ => stale.run().await,
