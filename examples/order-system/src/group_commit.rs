@@ -88,9 +88,13 @@ impl<T: Send + 'static, A: Send + 'static> GroupCommit<T, A> {
         {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             // Callers gone while a turn's write stalls (their timeouts,
-            // their clients) leave no item behind: the queue holds no
-            // more than the callers waiting.
-            queue.retain(|(_, reply)| !reply.is_closed());
+            // their clients) leave their items behind: dropped whenever
+            // the queue reaches a power of two past 64, so it holds at
+            // most twice the callers waiting (or 64), at a cost of one
+            // look at each item, amortized.
+            if queue.len() >= 64 && queue.len().is_power_of_two() {
+                queue.retain(|(_, reply)| !reply.is_closed());
+            }
             queue.push((item, reply));
         }
         // Our item is written by the time we hold the turn (an earlier
@@ -207,9 +211,10 @@ mod tests {
     }
 
     /// Callers that go away while the turn is held (a stalled write)
-    /// leave nothing queued: the queue holds the callers still waiting.
+    /// leave at most a bounded queue behind: it grew by each of them
+    /// until the write ended.
     #[tokio::test]
-    async fn callers_gone_while_a_write_stalls_leave_nothing_queued() {
+    async fn callers_gone_while_a_write_stalls_leave_a_bounded_queue() {
         let commits = GroupCommit::<u32, u32>::default();
         let groups = Arc::new(Mutex::new(Vec::new()));
         let turn = commits.writing.clone().lock_owned().await;
@@ -222,11 +227,8 @@ mod tests {
         }
         let mut waiting = Box::pin(commits.write(7, doubling(&groups)));
         assert!((&mut waiting).now_or_never().is_none());
-        assert_eq!(
-            commits.queue.lock().unwrap().len(),
-            1,
-            "only the caller still waiting"
-        );
+        let queued = commits.queue.lock().unwrap().len();
+        assert!(queued <= 64, "one caller waits, {queued} queued");
         drop(turn);
         assert_eq!(waiting.await, Ok(14));
         assert_eq!(*groups.lock().unwrap(), [vec![7]]);
