@@ -18,7 +18,7 @@
 //! see the same outbox backlog).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use axum::Router;
@@ -63,11 +63,36 @@ struct Reading {
 #[derive(Debug, Default)]
 struct Readings {
     kept: Mutex<VecDeque<Reading>>,
-    /// Set once the readings started.
-    sampling: OnceLock<()>,
+    watch: Mutex<Watch>,
+}
+
+/// Whether the readings are being taken, and when a page last asked for
+/// them: they are taken while a page watches, not for good once one did.
+#[derive(Debug, Default)]
+struct Watch {
+    sampling: bool,
+    asked: Option<tokio::time::Instant>,
 }
 
 impl Readings {
+    /// A page asks for the readings: whether the sampling is to start.
+    fn asked(&self) -> bool {
+        let mut watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
+        watch.asked = Some(tokio::time::Instant::now());
+        !std::mem::replace(&mut watch.sampling, true)
+    }
+
+    /// Whether the sampling stops: no page asked for [`KEPT`] (it starts
+    /// again with the next that does).
+    fn unwatched(&self) -> bool {
+        let mut watch = self.watch.lock().unwrap_or_else(PoisonError::into_inner);
+        let stale = watch.asked.is_none_or(|asked| asked.elapsed() > KEPT);
+        if stale {
+            watch.sampling = false;
+        }
+        stale
+    }
+
     fn push(&self, reading: Reading) {
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         let oldest = reading.at - i64::try_from(KEPT.as_millis()).unwrap_or(i64::MAX);
@@ -100,12 +125,14 @@ struct Source {
 }
 
 impl Dashboard {
-    /// Starts reading the metrics, once: until the routes are dropped.
+    /// Starts reading the metrics, unless they are: until the routes are
+    /// dropped, or no page has asked for them for [`KEPT`] (each reading
+    /// reads the books, every service's tables).
     fn sample(&self) {
-        self.readings.sampling.get_or_init(|| {
+        if self.readings.asked() {
             let readings = Arc::downgrade(&self.readings);
             tokio::spawn(sample(readings, self.source.clone()));
-        });
+        }
     }
 }
 
@@ -117,6 +144,9 @@ async fn sample(readings: Weak<Readings>, source: Arc<Source>) {
         let Some(readings) = readings.upgrade() else {
             return;
         };
+        if readings.unwatched() {
+            return;
+        }
         let books = crate::books::read_books(&source.services).await;
         let mut texts = vec![
             source
@@ -219,7 +249,23 @@ async fn readings(
 
 #[cfg(test)]
 mod tests {
-    use super::drawn;
+    use super::*;
+
+    /// The readings are taken while a page asks for them, and stop once
+    /// none has for five minutes (they went on for good once a page had
+    /// been opened, reading every table each second); the next page
+    /// starts them again.
+    #[tokio::test(start_paused = true)]
+    async fn readings_stop_once_no_page_asks_and_start_with_the_next() {
+        let readings = Readings::default();
+        assert!(readings.asked(), "the first page starts them");
+        assert!(!readings.asked(), "once");
+        tokio::time::advance(KEPT).await;
+        assert!(!readings.unwatched(), "asked five minutes ago");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(readings.unwatched(), "no page since");
+        assert!(readings.asked(), "the next page starts them again");
+    }
 
     #[test]
     fn processes_counters_add_up_and_their_gauges_take_the_largest() {
