@@ -148,7 +148,8 @@ impl OutboxConfig {
     /// statement when they go (at least 1): a relay deletes a batch when it
     /// starts and then every [`clean_up_every`](crate::Relay::clean_up_every)
     /// (a minute by default), and again at each of its turns while the
-    /// batches it deletes are full.
+    /// batches it deletes are full. An age past a hundred years is taken
+    /// as a hundred years (`Duration::MAX` keeps rows for good).
     #[must_use]
     pub const fn retention(mut self, age: Duration, batch: u32) -> Self {
         self.retention = age;

@@ -576,7 +576,8 @@ macro_rules! sql_inbox {
             /// returns how many went. Keep `age` longer than the broker may
             /// redeliver or duplicate (JetStream: its duplicate window and
             /// the consumer's redelivery horizon): a message redelivered
-            /// after its record is gone would be processed again.
+            /// after its record is gone would be processed again. An age
+            /// past a hundred years is taken as a hundred years.
             ///
             /// # Errors
             ///
