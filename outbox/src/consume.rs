@@ -455,16 +455,19 @@ where
         // Transient failures are not the message's: they spend none of its
         // tries.
         let mut transient = 0;
+        let mut counted = false;
         loop {
             if Transient::is(&*error) {
                 transient += 1;
             } else if delivery.attempt.saturating_sub(transient) >= policy.max_deliver {
                 return Retried::GaveUp(error);
+            } else {
+                counted = true;
             }
             tracing::warn!(target: "palisade_outbox", consumer, id = %delivery.envelope.id, attempt = delivery.attempt, %error, "handler failed; trying again later");
             Counters::add(&counters.retried);
             if !wait(retry_delay(policy.base, policy.cap, delivery.attempt)).await {
-                return Retried::Stopped;
+                return Retried::Stopped { counted };
             }
             delivery.attempt += 1;
             loop {
@@ -479,7 +482,7 @@ where
                         tracing::warn!(target: "palisade_outbox", consumer, id = %delivery.envelope.id, error = %failure, "inbox database failed; trying again later");
                         Counters::add(&counters.retried);
                         if !wait(policy.base).await {
-                            return Retried::Stopped;
+                            return Retried::Stopped { counted };
                         }
                     }
                 }
@@ -616,8 +619,13 @@ pub(crate) enum Retried {
     Applied,
     /// Its last try failed with this error: give up on it.
     GaveUp(BoxError),
-    /// The consumer is stopping: the delivery is not settled.
-    Stopped,
+    /// The consumer is stopping: the delivery is not settled; `counted`
+    /// when one of its tries failed other than [`Transient`]ly.
+    Stopped {
+        // Read by the JetStream consumer, which hands back the rest.
+        #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+        counted: bool,
+    },
 }
 
 /// Consumes an in-process subscription into a database, applying each
@@ -880,7 +888,7 @@ where
                             Retried::GaveUp(error) => {
                                 done_with(messages, places[next], Err(&error));
                             }
-                            Retried::Stopped => return false,
+                            Retried::Stopped { .. } => return false,
                         }
                         next += 1;
                     }

@@ -116,7 +116,11 @@ impl ConsumerConfig {
     }
 
     /// Deliveries after which a failing message goes to the dead-letter
-    /// subject (at least 1).
+    /// subject (at least 1). A delivery the consumer handed back untried
+    /// (it was stopping while the message waited, or tried it only to
+    /// fail [`Transient`](crate::Transient)ly) is not one: the inbox counts
+    /// those, and takes them from JetStream's count. One that crashed the
+    /// process is (a message that always does ends dead-lettered).
     #[must_use]
     pub fn max_deliver(mut self, deliveries: u64) -> Self {
         self.policy.max_deliver = deliveries.max(1);
@@ -241,6 +245,12 @@ impl<I, H> fmt::Debug for JetStreamConsumer<I, H> {
             .finish_non_exhaustive()
     }
 }
+
+/// How long a message handed back waits before JetStream delivers it
+/// again: at once, it went back into the stopping consumer's own pending
+/// pull (its subscription not yet gone), where it waited out the ack wait
+/// and counted one delivery more.
+const HANDED_BACK_AFTER: Duration = Duration::from_secs(1);
 
 /// The pull subscription, and what it delivered ahead of the batch under
 /// way: taken in while the batch is applied, kept alive with it, and the
@@ -545,7 +555,7 @@ where
         // What arrived and was not applied goes back at once, for another
         // instance to take.
         let ahead: Vec<&jetstream::Message> = pulled.ahead.iter().collect();
-        self.release(&ahead).await;
+        self.hand_back(&ahead).await;
         Ok(())
     }
 
@@ -591,6 +601,7 @@ where
             kept.push(message);
             deliveries.push(delivery);
         }
+        self.untried_deliveries_subtracted(&mut deliveries).await;
         let applier = Applier {
             inbox: &self.inbox,
             consumer: &self.config.durable,
@@ -613,7 +624,7 @@ where
                         Counters::add(&self.counters.retried);
                         if !pause(applier.policy.base, shutdown).await {
                             settled.store(kept.len(), Ordering::Relaxed);
-                            self.release(&kept[at..]).await;
+                            self.hand_back(&kept[at..]).await;
                             return false;
                         }
                         continue;
@@ -634,7 +645,7 @@ where
                     .await;
                 let (message, delivery) = (kept[at], &deliveries[at]);
                 settled.store(
-                    if matches!(retried, Retried::Stopped) {
+                    if matches!(retried, Retried::Stopped { .. }) {
                         kept.len()
                     } else {
                         at + 1
@@ -648,8 +659,17 @@ where
                         self.dead_letter(message, delivery.attempt, &error.to_string())
                             .await;
                     }
-                    Retried::Stopped => {
-                        self.release(&kept[at..]).await;
+                    // Handed back: the messages after it untried, and it
+                    // too if its tries failed only transiently (an outage
+                    // is no try of the message's).
+                    Retried::Stopped { counted } => {
+                        let from = if counted {
+                            self.release(&kept[at..=at]).await;
+                            at + 1
+                        } else {
+                            at
+                        };
+                        self.hand_back(&kept[from..]).await;
                         return false;
                     }
                 }
@@ -658,6 +678,33 @@ where
             true
         };
         self.kept_alive(&kept, &settled, pulled, applying).await
+    }
+
+    /// Takes from each delivery's attempt (JetStream's count of its
+    /// deliveries) those this consumer handed back untried
+    /// ([`hand_back`](Self::hand_back)). Only messages delivered before
+    /// are looked up; an inbox that cannot answer leaves JetStream's count.
+    async fn untried_deliveries_subtracted(&self, deliveries: &mut [Delivery]) {
+        let ids: Vec<&str> = deliveries
+            .iter()
+            .filter(|delivery| delivery.attempt > 1)
+            .map(|delivery| delivery.envelope.id.as_str())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let handed = match self.inbox.handed_back(&self.config.durable, &ids).await {
+            Ok(handed) => handed,
+            Err(error) => {
+                tracing::debug!(target: "palisade_outbox", %error, "deliveries handed back not read: each counts as a try");
+                return;
+            }
+        };
+        for delivery in deliveries {
+            if let Some(&untried) = handed.get(&delivery.envelope.id) {
+                delivery.attempt = delivery.attempt.saturating_sub(untried).max(1);
+            }
+        }
     }
 
     /// `applying`'s outcome, keeping the acknowledgements of `messages`
@@ -699,10 +746,32 @@ where
         }
     }
 
-    /// Hands `messages` back to JetStream at once (the consumer stops).
+    /// Hands `messages` back to JetStream untried (the consumer stops, or
+    /// its inbox's database failed under them), counting each in the
+    /// inbox first: JetStream counts a delivery for each, which their next
+    /// delivery does not take for a try. (Counted as tries, a few stops
+    /// during an outage spent a message's tries, and its first real
+    /// failure then dead-lettered it.)
+    async fn hand_back(&self, messages: &[&jetstream::Message]) {
+        let ids: Vec<String> = messages
+            .iter()
+            .filter_map(|message| read_envelope(message).ok().map(|envelope| envelope.id))
+            .collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        if let Err(error) = self.inbox.hand_back(&self.config.durable, &ids).await {
+            tracing::debug!(target: "palisade_outbox", %error, "deliveries handed back not counted: they count as tries");
+        }
+        self.release(messages).await;
+    }
+
+    /// Hands `messages` back to JetStream, to be delivered again after
+    /// [`HANDED_BACK_AFTER`].
     async fn release(&self, messages: &[&jetstream::Message]) {
         for message in messages {
-            if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
+            if let Err(error) = message
+                .ack_with(AckKind::Nak(Some(HANDED_BACK_AFTER)))
+                .await
+            {
                 tracing::warn!(target: "palisade_outbox", %error, "nak lost; JetStream delivers again after the ack wait");
             }
         }

@@ -664,6 +664,14 @@ pub(crate) struct InboxSql {
     /// those not recorded before.
     pub(crate) record_all: String,
     pub(crate) forget: String,
+    /// Counts one more delivery handed back untried for each of a JSON
+    /// array of message ids (`$2`) of consumer `$1`.
+    pub(crate) hand_back: String,
+    /// The deliveries handed back untried of a JSON array of message ids
+    /// (`$2`) of consumer `$1`, as (id, count) rows.
+    pub(crate) handed_back: String,
+    /// Forgets the counts of deliveries handed back older than `$1` ms.
+    pub(crate) forget_handed_back: String,
     /// A statement that fails in a transaction a failed statement left
     /// aborted, where the database keeps such a state (PostgreSQL: its
     /// `COMMIT` rolls back and answers success all the same).
@@ -684,8 +692,36 @@ impl InboxSql {
         migrate.push(format!(
             "CREATE INDEX IF NOT EXISTS {index} ON {on} (processed_at)"
         ));
+        // Deliveries a consumer handed back to the broker untried (it was
+        // stopping): the broker counts them as deliveries, the consumer's
+        // tries do not.
+        let handed = format!("{table}_handed_back");
+        migrate.push(format!(
+            "CREATE TABLE IF NOT EXISTS {handed} (consumer TEXT NOT NULL, message_id TEXT NOT NULL, \
+             deliveries BIGINT NOT NULL, handed_back_at {time} NOT NULL DEFAULT ({now}), \
+             PRIMARY KEY (consumer, message_id))",
+            time = dialect.time_type(),
+            now = dialect.now(),
+        ));
         Self {
             migrate,
+            hand_back: format!(
+                "INSERT INTO {handed} AS h (consumer, message_id, deliveries) \
+                 SELECT $1, id, 1 FROM {ids} WHERE true \
+                 ON CONFLICT (consumer, message_id) DO UPDATE \
+                 SET deliveries = h.deliveries + 1, handed_back_at = {now}",
+                ids = dialect.json_texts("$2"),
+                now = dialect.now(),
+            ),
+            handed_back: format!(
+                "SELECT message_id, deliveries FROM {handed} \
+                 WHERE consumer = $1 AND message_id IN (SELECT id FROM {ids})",
+                ids = dialect.json_texts("$2"),
+            ),
+            forget_handed_back: format!(
+                "DELETE FROM {handed} WHERE handed_back_at < {cutoff}",
+                cutoff = dialect.shifted('-', "$1"),
+            ),
             record: format!(
                 "INSERT INTO {table} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
             ),

@@ -211,4 +211,28 @@ pub trait InboxStore: Clone + Send + Sync + 'static {
         age: Duration,
         batch: u32,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// As the inbox's own `hand_back`: counts one more delivery of each
+    /// of `message_ids` that `consumer` handed back untried. Nothing is
+    /// counted by default (every delivery is then a try).
+    fn hand_back(
+        &self,
+        consumer: &str,
+        message_ids: &[&str],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        let _ = (consumer, message_ids);
+        std::future::ready(Ok(()))
+    }
+
+    /// As the inbox's own `handed_back`: the deliveries of each of
+    /// `message_ids` that `consumer` handed back untried. None by default.
+    fn handed_back(
+        &self,
+        consumer: &str,
+        message_ids: &[&str],
+    ) -> impl Future<Output = Result<std::collections::HashMap<String, u64>, sqlx::Error>> + Send
+    {
+        let _ = (consumer, message_ids);
+        std::future::ready(Ok(std::collections::HashMap::new()))
+    }
 }

@@ -592,7 +592,61 @@ macro_rules! sql_inbox {
                     .bind(i64::from(batch))
                     .execute(&self.pool)
                     .await?;
+                sqlx::query(&self.sql.forget_handed_back)
+                    .bind($crate::stores::millis(age))
+                    .execute(&self.pool)
+                    .await?;
                 Ok(done.rows_affected())
+            }
+
+            /// Counts one more delivery of each of `message_ids` that
+            /// `consumer` handed back to the broker untried (it was
+            /// stopping): the broker counts it a delivery, and a consumer
+            /// that takes the broker's count for its tries subtracts it.
+            ///
+            /// # Errors
+            ///
+            /// The database's error.
+            pub async fn hand_back<S: AsRef<str>>(
+                &self,
+                consumer: &str,
+                message_ids: &[S],
+            ) -> Result<(), sqlx::Error> {
+                if message_ids.is_empty() {
+                    return Ok(());
+                }
+                sqlx::query(&self.sql.hand_back)
+                    .bind(consumer)
+                    .bind($crate::stores::json_list(message_ids))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            /// The deliveries of each of `message_ids` that `consumer`
+            /// handed back untried ([`hand_back`](Self::hand_back)), for
+            /// those it handed back.
+            ///
+            /// # Errors
+            ///
+            /// The database's error.
+            pub async fn handed_back<S: AsRef<str>>(
+                &self,
+                consumer: &str,
+                message_ids: &[S],
+            ) -> Result<std::collections::HashMap<String, u64>, sqlx::Error> {
+                if message_ids.is_empty() {
+                    return Ok(std::collections::HashMap::new());
+                }
+                let rows: Vec<(String, i64)> = sqlx::query_as(&self.sql.handed_back)
+                    .bind(consumer)
+                    .bind($crate::stores::json_list(message_ids))
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, deliveries)| (id, u64::try_from(deliveries).unwrap_or(0)))
+                    .collect())
             }
         }
 
@@ -632,6 +686,18 @@ macro_rules! sql_inbox {
                 batch: u32,
             ) -> Result<u64, sqlx::Error> {
                 $name::forget_older_than(self, age, batch).await
+            }
+
+            async fn hand_back(&self, consumer: &str, message_ids: &[&str]) -> Result<(), sqlx::Error> {
+                $name::hand_back(self, consumer, message_ids).await
+            }
+
+            async fn handed_back(
+                &self,
+                consumer: &str,
+                message_ids: &[&str],
+            ) -> Result<std::collections::HashMap<String, u64>, sqlx::Error> {
+                $name::handed_back(self, consumer, message_ids).await
             }
         }
     };

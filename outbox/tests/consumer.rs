@@ -6,6 +6,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
 use palisade_outbox::{
     BoxError, ConsumerConfig, ConsumerStats, Delivery, Event, Handled, Handler, JetStreamConsumer,
-    NatsJetStreamPublisher, PgInbox, PgOutbox, Relay,
+    NatsJetStreamPublisher, PgInbox, PgOutbox, Relay, Transient,
 };
 use palisade_tracecontext::{TraceContext, TraceFlags, TraceId};
 use sqlx::PgConnection;
@@ -29,9 +30,11 @@ async fn jetstream() -> jetstream::Context {
 
 /// Writes each applied event into `applied`; `Flaky` fails its first two
 /// deliveries, `Bad` every one; `Slow` takes [`SLOW`] over its first,
-/// `Hangs` never ends; unknown types are ignored.
+/// `Hangs` never ends; `Outage` fails as [`Transient`] while the rig's
+/// outage lasts, then once plainly; unknown types are ignored.
 struct Apply {
     schema: String,
+    outage: Arc<AtomicBool>,
     deliveries: Mutex<HashMap<String, u32>>,
     /// The trace each applied event was handled in, by event id (a batch
     /// rolled back for another event's failure runs the handler again).
@@ -61,6 +64,11 @@ impl Handler<PgConnection> for Apply {
             "Slow" if seen == 1 => tokio::time::sleep(SLOW).await,
             "Slow" => {}
             "Hangs" => std::future::pending::<()>().await,
+            "Outage" if self.outage.load(Ordering::SeqCst) => {
+                return Err(Box::new(Transient::new("the store is away")));
+            }
+            "Outage" if seen == 1 => return Err("a plain failure".into()),
+            "Outage" => {}
             _ => return Ok(Handled::Ignored),
         }
         self.extensions
@@ -97,6 +105,8 @@ const SLOW: Duration = Duration::from_secs(4);
 /// fresh stream the outbox's events are relayed to.
 struct Rig {
     db: support::PgSchema,
+    /// Whether `Outage` events fail as transient.
+    outage: Arc<AtomicBool>,
     outbox: PgOutbox,
     inbox: PgInbox,
     context: jetstream::Context,
@@ -124,6 +134,7 @@ impl Rig {
             .unwrap();
         Self {
             db,
+            outage: Arc::default(),
             outbox,
             inbox,
             context,
@@ -170,6 +181,7 @@ impl Rig {
     fn handler(&self) -> Apply {
         Apply {
             schema: self.db.name.clone(),
+            outage: Arc::clone(&self.outage),
             deliveries: Mutex::default(),
             traces: Mutex::default(),
             committed: Mutex::default(),
@@ -616,6 +628,43 @@ async fn stopping_while_a_message_waits_for_its_retry_hands_it_back() {
         .unwrap()
         .unwrap();
     assert_eq!(consumer.stats().dead_lettered, 0);
+    rig.remove().await;
+}
+
+/// Stops during an outage (a handler failing [`Transient`]) spend none of
+/// a message's tries, though JetStream counts a delivery for each hand
+/// back: once the outage is over, a plain failure is tried again, not
+/// dead-lettered at once. (Deliveries counted as tries: after two
+/// restarts, the first plain failure dead-lettered it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stops_during_an_outage_spend_none_of_a_messages_tries() {
+    let rig = Rig::new().await;
+    rig.publish(&[Event::new("order", "o-1", "Outage", b"o".to_vec())])
+        .await;
+    rig.outage.store(true, Ordering::SeqCst);
+    let config = rig
+        .config("outage")
+        .max_deliver(2)
+        .retry_delay(Duration::from_millis(10), Duration::from_millis(10));
+    for _ in 0..3 {
+        let consumer = Arc::new(rig.consumer(config.clone()).await.unwrap());
+        let (stop, running) = start(&consumer);
+        until(&consumer, |stats| stats.retried >= 1).await;
+        stop.send(()).unwrap();
+        running.await.unwrap().unwrap();
+    }
+    rig.outage.store(false, Ordering::SeqCst);
+    let consumer = Arc::new(rig.consumer(config).await.unwrap());
+    let (stop, running) = start(&consumer);
+    until(&consumer, |stats| stats.applied + stats.dead_lettered >= 1).await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let stats = consumer.stats();
+    assert_eq!(
+        (stats.applied, stats.dead_lettered),
+        (1, 0),
+        "tried again after its plain failure: {stats:?}"
+    );
     rig.remove().await;
 }
 

@@ -98,6 +98,7 @@ scenarios!(Lite:
     the_backlog_reports_the_oldest_pending_age,
     the_inbox_applies_each_message_once_with_its_effect,
     the_inbox_checks_a_batch_at_once,
+    deliveries_handed_back_are_counted_per_consumer,
     a_transactions_many_events_keep_their_columns_and_order,
 );
 

@@ -36,6 +36,11 @@ pub trait Harness: Sized + Send + Sync {
     /// The same for a batch of message ids, checked at once.
     async fn process_all(&self, consumer: &str, messages: &[&str], commit: bool) -> Vec<bool>;
     async fn forget_inbox(&self) -> u64;
+    /// Counts one more delivery of each of `messages` handed back untried
+    /// by `consumer`.
+    async fn hand_back(&self, consumer: &str, messages: &[&str]);
+    /// The deliveries `consumer` handed back untried, of `messages`.
+    async fn handed_back(&self, consumer: &str, messages: &[&str]) -> Vec<(String, u64)>;
     /// How many rows the outbox table holds, sent ones included.
     async fn rows(&self) -> i64;
     /// Cleans up after a test that passed.
@@ -106,6 +111,22 @@ macro_rules! same_on_every_database {
                 .forget_older_than(Duration::ZERO, 10)
                 .await
                 .unwrap()
+        }
+
+        async fn hand_back(&self, consumer: &str, messages: &[&str]) {
+            self.inbox.hand_back(consumer, messages).await.unwrap();
+        }
+
+        async fn handed_back(&self, consumer: &str, messages: &[&str]) -> Vec<(String, u64)> {
+            let mut handed: Vec<_> = self
+                .inbox
+                .handed_back(consumer, messages)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+            handed.sort();
+            handed
         }
 
         async fn rows(&self) -> i64 {
@@ -822,6 +843,29 @@ pub async fn the_inbox_checks_a_batch_at_once<H: Harness>() {
     assert!(h.process_all("notify", &[], true).await.is_empty());
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(h.forget_inbox().await, 4);
+    h.finish().await;
+}
+
+/// The deliveries a consumer handed back untried are counted per consumer
+/// and message, and forgotten with the inbox's old records.
+pub async fn deliveries_handed_back_are_counted_per_consumer<H: Harness>() {
+    let h = H::start(|c| c).await;
+    let odd = "a,b \"c\"";
+    h.hand_back("reserve", &["m-1", odd]).await;
+    h.hand_back("reserve", &["m-1"]).await;
+    h.hand_back("notify", &["m-1"]).await;
+    h.hand_back("reserve", &[]).await;
+    assert_eq!(
+        h.handed_back("reserve", &["m-1", odd, "m-9"]).await,
+        [(odd.to_owned(), 1), ("m-1".to_owned(), 2)]
+    );
+    assert_eq!(
+        h.handed_back("notify", &["m-1"]).await,
+        [("m-1".to_owned(), 1)]
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    h.forget_inbox().await;
+    assert_eq!(h.handed_back("reserve", &["m-1", odd]).await, []);
     h.finish().await;
 }
 
