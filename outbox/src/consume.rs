@@ -31,7 +31,9 @@ pub struct Delivery {
     pub subject: String,
     /// The payload.
     pub payload: bytes::Bytes,
-    /// Which delivery this is (1 for the first).
+    /// Which try this is (1 for the first): the broker's count of the
+    /// message's deliveries, less those a consumer handed back untried
+    /// (JetStream), and the tries made in place since.
     pub attempt: u64,
 }
 

@@ -119,8 +119,10 @@ impl ConsumerConfig {
     /// subject (at least 1). A delivery the consumer handed back untried
     /// (it was stopping while the message waited, or tried it only to
     /// fail [`Transient`](crate::Transient)ly) is not one: the inbox counts
-    /// those, and takes them from JetStream's count. One that crashed the
-    /// process is (a message that always does ends dead-lettered).
+    /// those, and JetStream's count is taken less them. (While the inbox's
+    /// database is away they are not counted, and count as tries.) A
+    /// handler that never returns, because it crashes the process, is
+    /// delivered again for ever: the count is checked when a try fails.
     #[must_use]
     pub fn max_deliver(mut self, deliveries: u64) -> Self {
         self.policy.max_deliver = deliveries.max(1);
@@ -249,7 +251,8 @@ impl<I, H> fmt::Debug for JetStreamConsumer<I, H> {
 /// How long a message handed back waits before JetStream delivers it
 /// again: at once, it went back into the stopping consumer's own pending
 /// pull (its subscription not yet gone), where it waited out the ack wait
-/// and counted one delivery more.
+/// and counted one delivery more. Also the bound on counting the hand-back
+/// in the inbox, so that the count is made before the redelivery.
 const HANDED_BACK_AFTER: Duration = Duration::from_secs(1);
 
 /// The pull subscription, and what it delivered ahead of the batch under
@@ -552,8 +555,8 @@ where
                 break;
             }
         }
-        // What arrived and was not applied goes back at once, for another
-        // instance to take.
+        // What arrived and was not applied goes back (after a second), for
+        // another instance to take.
         let ahead: Vec<&jetstream::Message> = pulled.ahead.iter().collect();
         self.hand_back(&ahead).await;
         Ok(())
@@ -693,10 +696,19 @@ where
         if ids.is_empty() {
             return;
         }
-        let handed = match self.inbox.handed_back(&self.config.durable, &ids).await {
-            Ok(handed) => handed,
-            Err(error) => {
-                tracing::debug!(target: "palisade_outbox", %error, "deliveries handed back not read: each counts as a try");
+        let read = tokio::time::timeout(
+            HANDED_BACK_AFTER,
+            self.inbox.handed_back(&self.config.durable, &ids),
+        )
+        .await;
+        let handed = match read {
+            Ok(Ok(handed)) => handed,
+            Ok(Err(error)) => {
+                tracing::warn!(target: "palisade_outbox", %error, "deliveries handed back not read: each counts as a try");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(target: "palisade_outbox", "deliveries handed back not read in time: each counts as a try");
                 return;
             }
         };
@@ -758,8 +770,20 @@ where
             .filter_map(|message| read_envelope(message).ok().map(|envelope| envelope.id))
             .collect();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        if let Err(error) = self.inbox.hand_back(&self.config.durable, &ids).await {
-            tracing::debug!(target: "palisade_outbox", %error, "deliveries handed back not counted: they count as tries");
+        // Bounded: a stop waits on a database that may be what failed.
+        let counted = tokio::time::timeout(
+            HANDED_BACK_AFTER,
+            self.inbox.hand_back(&self.config.durable, &ids),
+        )
+        .await;
+        match counted {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(target: "palisade_outbox", %error, messages = ids.len(), "deliveries handed back not counted: they count as tries");
+            }
+            Err(_) => {
+                tracing::warn!(target: "palisade_outbox", messages = ids.len(), "deliveries handed back not counted in time: they count as tries");
+            }
         }
         self.release(messages).await;
     }

@@ -705,11 +705,13 @@ impl InboxSql {
         ));
         Self {
             migrate,
+            // Grouped: PostgreSQL refuses an upsert that meets one row
+            // twice (an id twice in the list).
             hand_back: format!(
                 "INSERT INTO {handed} AS h (consumer, message_id, deliveries) \
-                 SELECT $1, id, 1 FROM {ids} WHERE true \
+                 SELECT $1, id, count(*) FROM {ids} WHERE true GROUP BY id \
                  ON CONFLICT (consumer, message_id) DO UPDATE \
-                 SET deliveries = h.deliveries + 1, handed_back_at = {now}",
+                 SET deliveries = h.deliveries + excluded.deliveries, handed_back_at = {now}",
                 ids = dialect.json_texts("$2"),
                 now = dialect.now(),
             ),

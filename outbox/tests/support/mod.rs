@@ -851,13 +851,15 @@ pub async fn the_inbox_checks_a_batch_at_once<H: Harness>() {
 pub async fn deliveries_handed_back_are_counted_per_consumer<H: Harness>() {
     let h = H::start(|c| c).await;
     let odd = "a,b \"c\"";
-    h.hand_back("reserve", &["m-1", odd]).await;
+    // An id twice in one hand-back (a stale delivery beside its
+    // redelivery) counts twice.
+    h.hand_back("reserve", &["m-1", odd, "m-1"]).await;
     h.hand_back("reserve", &["m-1"]).await;
     h.hand_back("notify", &["m-1"]).await;
     h.hand_back("reserve", &[]).await;
     assert_eq!(
         h.handed_back("reserve", &["m-1", odd, "m-9"]).await,
-        [(odd.to_owned(), 1), ("m-1".to_owned(), 2)]
+        [(odd.to_owned(), 1), ("m-1".to_owned(), 3)]
     );
     assert_eq!(
         h.handed_back("notify", &["m-1"]).await,
