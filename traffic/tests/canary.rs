@@ -283,8 +283,9 @@ async fn calls_from_many_tasks_are_each_counted_on_one_side() {
     assert_eq!((stable_errors, canary_errors), (stable / 7, on_canary / 7));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_schedule_promotes_step_by_step_until_the_last() {
+/// A canary promoted every `every` through `shares`, each step judged
+/// (enough calls on each side) and promoted within `within`.
+async fn promoted_by_a_schedule(every: Duration, shares: &[f64], within: Duration) {
     let canary = Canary::new(CanaryPlan::new().min_calls(20)).unwrap();
     let mut events = canary.subscribe();
     let split = by_user(
@@ -292,44 +293,37 @@ async fn a_schedule_promotes_step_by_step_until_the_last() {
         version(u64::MAX, Duration::ZERO),
         &canary,
     );
-    canary.promote_every(Duration::from_secs(600));
+    canary.promote_every(every);
     let mut user = 0;
-    for share in [0.1, 0.5, 1.0] {
-        // Enough calls on each side for the step to be judged.
+    for &share in shares {
         while !matches!(canary.counts(), ((stable, _), (on, _)) if stable >= 20 && on >= 20) {
             split.clone().oneshot(user).await.unwrap();
             user += 1;
         }
+        let promoted = tokio::time::timeout(within, events.recv()).await;
         assert_eq!(
-            events.recv().await.unwrap(),
+            promoted.expect("promoted in time").unwrap(),
             CanaryEvent::Promoted { share }
         );
         assert_eq!(canary.share(), share);
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_schedule_promotes_step_by_step_until_the_last() {
+    promoted_by_a_schedule(
+        Duration::from_secs(600),
+        &[0.1, 0.5, 1.0],
+        Duration::from_secs(86_400),
+    )
+    .await;
+}
+
 /// A step as long as `Duration::MAX` is a year: the schedule's task
 /// panicked at once on the overflow, and the canary was never promoted.
 #[tokio::test(start_paused = true)]
 async fn a_schedule_of_endless_steps_promotes_after_a_year() {
-    let canary = Canary::new(CanaryPlan::new().min_calls(20)).unwrap();
-    let mut events = canary.subscribe();
-    let split = by_user(
-        version(u64::MAX, Duration::ZERO),
-        version(u64::MAX, Duration::ZERO),
-        &canary,
-    );
-    canary.promote_every(Duration::MAX);
-    let mut user = 0;
-    while !matches!(canary.counts(), ((stable, _), (on, _)) if stable >= 20 && on >= 20) {
-        split.clone().oneshot(user).await.unwrap();
-        user += 1;
-    }
-    let promoted = tokio::time::timeout(Duration::from_secs(400 * 86_400), events.recv()).await;
-    assert_eq!(
-        promoted.expect("promoted within the year").unwrap(),
-        CanaryEvent::Promoted { share: 0.1 }
-    );
+    promoted_by_a_schedule(Duration::MAX, &[0.1], Duration::from_secs(400 * 86_400)).await;
 }
 
 /// A schedule never promotes from a step nobody used: with no calls, an
