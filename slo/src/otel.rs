@@ -50,10 +50,15 @@ impl Instruments {
     pub(crate) fn new(meter: &Meter, base: &[KeyValue], budget: &Weak<Inner>) -> Self {
         let with =
             |own: &[KeyValue]| -> Vec<KeyValue> { base.iter().chain(own).cloned().collect() };
+        // The reader collects on a thread of its own, outside the runtime,
+        // where tokio's clock is the real one: the budget's clock is read
+        // in the runtime the budget was instrumented in (paused, in tests).
+        let runtime = tokio::runtime::Handle::try_current().ok();
         let report = {
             let budget = budget.clone();
             move || {
                 let budget = ErrorBudget::from_inner(budget.upgrade()?);
+                let _clock = runtime.as_ref().map(tokio::runtime::Handle::enter);
                 Some(budget.report(budget.now()))
             }
         };

@@ -90,3 +90,32 @@ async fn each_keys_budget_is_reported_under_its_key() {
         ]
     );
 }
+
+/// The gauges read the budget's clock as its calls are counted: paused
+/// and two hours on, the calls just counted are reported (the exporter's
+/// thread read the real clock, two hours behind them, and reported none).
+#[tokio::test(start_paused = true)]
+async fn the_gauges_read_the_clock_the_calls_are_counted_by() {
+    let probe = MetricsProbe::default();
+    let minute = Duration::from_secs(60);
+    let budget = ErrorBudget::new(
+        Objective::new(0.9)
+            .over(60 * minute)
+            .alerts([BurnAlert::new(Severity::Page, 5.0, 10 * minute, minute)]),
+    )
+    .unwrap();
+    budget.instrument(&probe.meter(), "orders");
+    tokio::time::advance(120 * minute).await;
+    for call in 0..10 {
+        budget.record(call >= 8, budget.now());
+    }
+    let mut calls = probe.points("palisade.slo.calls");
+    calls.sort();
+    assert_eq!(
+        calls,
+        [
+            (vec!["objective=orders".into(), "result=bad".into()], 8),
+            (vec!["objective=orders".into(), "result=good".into()], 2),
+        ]
+    );
+}
