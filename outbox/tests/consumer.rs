@@ -668,6 +668,37 @@ async fn stops_during_an_outage_spend_none_of_a_messages_tries() {
     rig.remove().await;
 }
 
+/// A stop after a plain failure hands the message back as tried: its next
+/// delivery counts it, and with `max_deliver(2)` its next failure is its
+/// last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_after_a_plain_failure_counts_that_try() {
+    let rig = Rig::new().await;
+    rig.publish(&[Event::new("order", "o-1", "Bad", b"b".to_vec())])
+        .await;
+    let config = rig
+        .config("tried")
+        .max_deliver(2)
+        .retry_delay(Duration::from_secs(600), Duration::from_secs(600));
+    let consumer = Arc::new(rig.consumer(config.clone()).await.unwrap());
+    let (stop, running) = start(&consumer);
+    until(&consumer, |stats| stats.retried >= 1).await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let consumer = Arc::new(rig.consumer(config).await.unwrap());
+    let (stop, running) = start(&consumer);
+    until(&consumer, |stats| stats.dead_lettered + stats.retried >= 1).await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let stats = consumer.stats();
+    assert_eq!(
+        (stats.dead_lettered, stats.retried),
+        (1, 0),
+        "its second try, its last: {stats:?}"
+    );
+    rig.remove().await;
+}
+
 /// An event's own headers (a tenant) travel as CloudEvents extension
 /// attributes, `ce-<name>`, and reach the handler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
