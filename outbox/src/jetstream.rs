@@ -255,6 +255,11 @@ impl<I, H> fmt::Debug for JetStreamConsumer<I, H> {
 /// in the inbox, so that the count is made before the redelivery.
 const HANDED_BACK_AFTER: Duration = Duration::from_secs(1);
 
+/// How long a delivery's hand-backs are waited for before JetStream's
+/// count is taken whole: a slow database taken for none would count
+/// every hand-back as a try, and could dead-letter a message early.
+const HANDED_BACK_READ: Duration = Duration::from_secs(5);
+
 /// The pull subscription, and what it delivered ahead of the batch under
 /// way: taken in while the batch is applied, kept alive with it, and the
 /// next batch's first messages. (Left in the client's buffer, their ack
@@ -697,7 +702,7 @@ where
             return;
         }
         let read = tokio::time::timeout(
-            HANDED_BACK_AFTER,
+            HANDED_BACK_READ,
             self.inbox.handed_back(&self.config.durable, &ids),
         )
         .await;
