@@ -178,6 +178,21 @@ impl Rig {
         .await
     }
 
+    /// Runs a consumer made from `config` until its stats are `done`
+    /// (half a minute at most), then stops it; its stats.
+    async fn run_until(
+        &self,
+        config: ConsumerConfig,
+        done: impl Fn(ConsumerStats) -> bool,
+    ) -> ConsumerStats {
+        let consumer = Arc::new(self.consumer(config).await.unwrap());
+        let (stop, running) = start(&consumer);
+        until(&consumer, done).await;
+        stop.send(()).unwrap();
+        running.await.unwrap().unwrap();
+        consumer.stats()
+    }
+
     fn handler(&self) -> Apply {
         Apply {
             schema: self.db.name.clone(),
@@ -647,19 +662,13 @@ async fn stops_during_an_outage_spend_none_of_a_messages_tries() {
         .max_deliver(2)
         .retry_delay(Duration::from_millis(10), Duration::from_millis(10));
     for _ in 0..3 {
-        let consumer = Arc::new(rig.consumer(config.clone()).await.unwrap());
-        let (stop, running) = start(&consumer);
-        until(&consumer, |stats| stats.retried >= 1).await;
-        stop.send(()).unwrap();
-        running.await.unwrap().unwrap();
+        rig.run_until(config.clone(), |stats| stats.retried >= 1)
+            .await;
     }
     rig.outage.store(false, Ordering::SeqCst);
-    let consumer = Arc::new(rig.consumer(config).await.unwrap());
-    let (stop, running) = start(&consumer);
-    until(&consumer, |stats| stats.applied + stats.dead_lettered >= 1).await;
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
-    let stats = consumer.stats();
+    let stats = rig
+        .run_until(config, |stats| stats.applied + stats.dead_lettered >= 1)
+        .await;
     assert_eq!(
         (stats.applied, stats.dead_lettered),
         (1, 0),
@@ -680,17 +689,11 @@ async fn a_stop_after_a_plain_failure_counts_that_try() {
         .config("tried")
         .max_deliver(2)
         .retry_delay(Duration::from_secs(600), Duration::from_secs(600));
-    let consumer = Arc::new(rig.consumer(config.clone()).await.unwrap());
-    let (stop, running) = start(&consumer);
-    until(&consumer, |stats| stats.retried >= 1).await;
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
-    let consumer = Arc::new(rig.consumer(config).await.unwrap());
-    let (stop, running) = start(&consumer);
-    until(&consumer, |stats| stats.dead_lettered + stats.retried >= 1).await;
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
-    let stats = consumer.stats();
+    rig.run_until(config.clone(), |stats| stats.retried >= 1)
+        .await;
+    let stats = rig
+        .run_until(config, |stats| stats.dead_lettered + stats.retried >= 1)
+        .await;
     assert_eq!(
         (stats.dead_lettered, stats.retried),
         (1, 0),

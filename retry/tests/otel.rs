@@ -66,13 +66,7 @@ async fn an_attempt_cut_by_the_deadline_is_a_give_up_for_the_deadline() {
             std::future::pending().await
         }
     }));
-    let err = hanging.oneshot(()).await.unwrap_err();
-    assert!(err.is::<palisade_retry::DeadlineExceeded>(), "{err}");
-    let reason = |r: &str| vec!["client=payment".to_owned(), format!("reason={r}")];
-    assert_eq!(
-        probe.points("palisade.retry.give_ups"),
-        [(reason("deadline"), 1)]
-    );
+    deadline_exceeded_once(hanging.oneshot(()).await, &probe);
 }
 
 /// Sends each request once: none is kept to send again.
@@ -105,7 +99,13 @@ async fn a_request_sent_once_and_cut_by_the_deadline_is_a_give_up_for_it_too() {
     let hanging = layer.layer(service_fn(|(): ()| {
         std::future::pending::<Result<(), BoxError>>()
     }));
-    let err = hanging.oneshot(()).await.unwrap_err();
+    deadline_exceeded_once(hanging.oneshot(()).await, &probe);
+}
+
+/// `answered` is the deadline's error, counted as the one give-up, for
+/// the deadline, of client `payment`.
+fn deadline_exceeded_once(answered: Result<(), BoxError>, probe: &MetricsProbe) {
+    let err = answered.unwrap_err();
     assert!(err.is::<palisade_retry::DeadlineExceeded>(), "{err}");
     let reason = |r: &str| vec!["client=payment".to_owned(), format!("reason={r}")];
     assert_eq!(
