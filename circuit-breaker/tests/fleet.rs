@@ -449,7 +449,8 @@ async fn an_open_period_heard_far_in_the_future_is_held_no_longer_than_the_longe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extreme_settings_neither_panic_nor_leave_the_fleet() {
-    // A fleet that polls all the time; then no wait limit on a probe.
+    // A fleet that polls all the time; one that never polls nor times
+    // out; then no wait limit on a probe.
     let endless = Config::builder()
         .sliding_window(SlidingWindow::Count(10))
         .minimum_calls(10)
@@ -459,6 +460,12 @@ async fn extreme_settings_neither_panic_nor_leave_the_fleet() {
     for (fleet, config) in [
         (
             fleet(&redis_url()).poll_every(Duration::ZERO),
+            config(Duration::from_secs(5)),
+        ),
+        (
+            fleet(&redis_url())
+                .poll_every(Duration::MAX)
+                .timeout(Duration::MAX),
             config(Duration::from_secs(5)),
         ),
         (fleet(&redis_url()), endless),
@@ -660,4 +667,36 @@ async fn none_opens(breaker: &CircuitBreaker, how_long: Duration) {
         assert_eq!(breaker.state(), State::Closed, "opened again");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// A fleet kept across runtimes (a `static` one, with tests that each run
+/// their own) starts its connection again on the runtime of the next
+/// breaker to join: the task of the first was gone with its runtime, and
+/// every later join was taken silently, its breaker alone for good. The
+/// breaker whose link ended with its runtime says it is alone.
+#[test]
+fn a_fleet_outlives_the_runtime_its_connection_started_in() {
+    let fleet = fleet(&redis_url());
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let (breaker, member) = first.block_on(async {
+        let mut joined = replicas(&fleet, 1, Duration::from_secs(1)).await;
+        joined.pop().unwrap()
+    });
+    drop(first);
+    assert!(member.is_alone(), "its link ended with its runtime");
+    runtime().block_on(async {
+        let joined = replicas(&fleet, 2, Duration::from_secs(1)).await;
+        trip(&joined[0].0);
+        eventually("the other replica opens with it", || {
+            joined[1].0.state() == State::Open
+        })
+        .await;
+    });
+    drop(breaker);
 }

@@ -57,6 +57,11 @@ impl Hub {
         }
     }
 
+    /// Whether the task still runs: it is dropped with its runtime.
+    pub(super) fn is_running(&self) -> bool {
+        !self.commands.is_closed()
+    }
+
     /// Subscribes `channel` for a new link, which hears of it through
     /// what this returns (an `Up` first when Redis answers), and is named
     /// by the number returned, to [`leave`](Self::leave).

@@ -175,6 +175,15 @@ pub(super) struct Link {
     unsaid: Option<Own>,
 }
 
+/// However the task ends (its breaker gone, its runtime shut down), the
+/// link leaves its channel and its member is alone.
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.hub.leave(&self.channel, self.link);
+        self.alone.store(true, Ordering::Release);
+    }
+}
+
 impl Link {
     pub(super) fn new(
         breaker: &CircuitBreaker,
@@ -222,7 +231,7 @@ impl Link {
         loop {
             if let Some(up) = connection.clone() {
                 match self.serve(up, &mut events, &mut told).await {
-                    Left::Gone => break,
+                    Left::Gone => return,
                     Left::Failed(error) => self.go_alone(&error),
                     Left::Down(error) => {
                         connection = None;
@@ -254,15 +263,11 @@ impl Link {
                         // breaker's own open period is caught up with.
                         Some(own) if self.token.is_some() => self.unsaid = Some(own),
                         Some(_) => {}
-                        None => {
-                            self.hub.leave(&self.channel, self.link);
-                            return;
-                        }
+                        None => return,
                     },
                 }
             }
         }
-        self.hub.leave(&self.channel, self.link);
     }
 
     async fn serve(

@@ -44,7 +44,7 @@ mod hub;
 mod link;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -81,8 +81,9 @@ pub struct Fleet {
     poll: Duration,
     timeout: Duration,
     /// The connection and subscription the fleet's links share, started
-    /// with the first to join.
-    hub: Arc<OnceLock<Hub>>,
+    /// with the first to join, and again by the next once the runtime it
+    /// ran in is gone.
+    hub: Arc<Mutex<Option<Hub>>>,
 }
 
 /// One breaker's place in its fleet, from [`Fleet::join`].
@@ -159,7 +160,12 @@ impl Fleet {
 
     /// Shares `breaker`'s transitions with every breaker that joined as
     /// `name`, from a task spawned on the current tokio runtime, which
-    /// ends when the breaker is dropped.
+    /// ends when the breaker is dropped. Should that runtime shut down
+    /// first, the breaker goes on alone (its [`Member`] says so); the
+    /// fleet's connection, started on the runtime of the first breaker to
+    /// join, is started again on the runtime of the next to join after it
+    /// is gone, so a fleet may outlive runtimes (a `static` fleet in tests
+    /// that each run their own, say).
     ///
     /// # Errors
     ///
@@ -173,9 +179,7 @@ impl Fleet {
         if !breaker.join_fleet(tell) {
             return Err(AlreadyJoined);
         }
-        let hub = self
-            .hub
-            .get_or_init(|| Hub::start(self.client.clone(), self.poll, self.timeout));
+        let hub = self.hub();
         let alone = Arc::new(AtomicBool::new(true));
         let channel = format!("{{{}:{name}}}", self.prefix);
         let (link, events) = hub.join(&channel);
@@ -183,12 +187,25 @@ impl Fleet {
             breaker,
             name,
             channel,
-            (hub.clone(), link),
+            (hub, link),
             self.poll,
             self.timeout,
             Arc::clone(&alone),
         );
         tokio::spawn(link.run(told, events));
         Ok(Member { alone })
+    }
+
+    /// The running hub, started on the current runtime if there is none:
+    /// a fleet kept across runtimes (a `static` one, a runtime per test)
+    /// outlives the task of the first.
+    fn hub(&self) -> Hub {
+        let mut hub = self.hub.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*hub {
+            Some(running) if running.is_running() => running.clone(),
+            _ => hub
+                .insert(Hub::start(self.client.clone(), self.poll, self.timeout))
+                .clone(),
+        }
     }
 }
