@@ -1043,6 +1043,22 @@ impl Permit {
         self.settle(outcome, hint, || now);
     }
 
+    /// Tells the breaker the call was cut short at `now`, before it had
+    /// an outcome (a timeout above the breaker, a caller that left): a
+    /// call that ran past the [slow-call](crate::ConfigBuilder::slow_calls)
+    /// threshold counts as a slow one (a half-open probe, as failed); any
+    /// other counts nothing, as a permit dropped unrecorded does.
+    ///
+    /// The layer does this for every call whose response future (or, for
+    /// a classifier that waits for the body's end, body) is dropped
+    /// unfinished.
+    pub fn cut_short(mut self, now: Instant) {
+        let ticket = self.ticket;
+        if self.inner.cut_short(ticket, self.started_ns, now) {
+            self.ticket = ticket.settled();
+        }
+    }
+
     /// Records the outcome, reading `clock` only if the breaker needs the
     /// time for it.
     pub(crate) fn settle(
@@ -1096,27 +1112,64 @@ impl Inner {
         hint: Option<Duration>,
         clock: impl Fn() -> Instant,
     ) {
-        let generation = ticket.generation();
         let mut now = LazyNow::new(clock);
-        let slow = match self.config.slow_call {
+        let slow = self.ran_slow(started_ns, &mut now);
+        #[cfg(all(feature = "otel", not(palisade_loom)))]
+        if ticket.role() != Role::Untracked
+            && let Some(instruments) = self.instruments.get()
+        {
+            instruments.call(outcome);
+        }
+        self.count(ticket, outcome, slow, &mut now, hint);
+    }
+
+    /// Counts the call of a permit of `ticket` that started at
+    /// `started_ns` and was cut short at `now`, if it ran slow, as a slow
+    /// call (a probe, as failed); whether it did.
+    fn cut_short(&self, ticket: Ticket, started_ns: u64, now: Instant) -> bool {
+        #[cfg(all(feature = "otel", not(palisade_loom)))]
+        if ticket.role() != Role::Untracked
+            && let Some(instruments) = self.instruments.get()
+        {
+            instruments.cut_short();
+        }
+        let mut now = LazyNow::new(|| now);
+        if ticket.role() == Role::Untracked || !self.ran_slow(started_ns, &mut now) {
+            return false;
+        }
+        self.count(ticket, Outcome::Success, true, &mut now, None);
+        true
+    }
+
+    /// Whether a call that started at `started_ns` (or [`NOT_READ`]) has
+    /// run past the slow-call threshold by `now`.
+    #[inline(always)]
+    fn ran_slow<F: Fn() -> Instant>(&self, started_ns: u64, now: &mut LazyNow<F>) -> bool {
+        match self.config.slow_call {
             Some((limit, _)) if started_ns != NOT_READ => {
                 let elapsed = self.nanos(now.get()).saturating_sub(started_ns);
                 elapsed >= u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX)
             }
             _ => false,
-        };
-        let failed = outcome == Outcome::Failure;
-        let role = ticket.role();
-        #[cfg(all(feature = "otel", not(palisade_loom)))]
-        if role != Role::Untracked
-            && let Some(instruments) = self.instruments.get()
-        {
-            instruments.call(outcome);
         }
-        match (role, outcome) {
+    }
+
+    /// Counts a call of `ticket` that ended with `outcome`, `slow` or not.
+    #[inline(always)]
+    fn count<F: Fn() -> Instant>(
+        &self,
+        ticket: Ticket,
+        outcome: Outcome,
+        slow: bool,
+        now: &mut LazyNow<F>,
+        hint: Option<Duration>,
+    ) {
+        let generation = ticket.generation();
+        let failed = outcome == Outcome::Failure;
+        match (ticket.role(), outcome) {
             (Role::Untracked, _) | (Role::Counted, Outcome::Ignored) => {}
             (Role::Counted, _) => {
-                self.record_counted(generation, failed, slow, &mut now, hint);
+                self.record_counted(generation, failed, slow, now, hint);
             }
             (Role::Probe(slot), outcome) => {
                 // No longer running, whatever it counts for.
@@ -1124,7 +1177,7 @@ impl Inner {
                 if outcome == Outcome::Ignored {
                     self.release_probe(generation);
                 } else {
-                    self.record_probe(generation, failed || slow, &mut now, hint);
+                    self.record_probe(generation, failed || slow, now, hint);
                 }
             }
         }

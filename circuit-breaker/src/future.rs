@@ -17,8 +17,11 @@ pin_project! {
     ///
     /// It holds the call's permit: the outcome is recorded when the inner
     /// future finishes (or, for a classifier that waits for the end of the
-    /// response body, when the body ends), and dropping it unfinished
-    /// releases the permit without recording anything.
+    /// response body, when the body ends). Dropped unfinished (a timeout
+    /// above the breaker, a caller that left), the call is
+    /// [cut short](Permit::cut_short): slow if it ran past the slow-call
+    /// threshold, and nothing otherwise. Put a timeout *beneath* the
+    /// breaker for a call that hangs to count as failed.
     #[derive(Debug)]
     pub struct ResponseFuture<F, C, R> {
         #[pin]
@@ -33,7 +36,7 @@ pin_project! {
         Called {
             #[pin]
             inner: F,
-            permit: Option<Permit>,
+            permit: Running,
             classifier: C,
             respond: R,
         },
@@ -47,6 +50,20 @@ pin_project! {
 /// The layer's clock: tokio's, so tests can pause it.
 pub(crate) fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
+}
+
+/// The permit of a call under way: dropped before it is settled (its
+/// future or body dropped unfinished), the call is cut short as of the
+/// layer's clock.
+#[derive(Debug)]
+pub(crate) struct Running(pub(crate) Option<Permit>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(permit) = self.0.take() {
+            permit.cut_short(now());
+        }
+    }
 }
 
 impl<F, C, R> ResponseFuture<F, C, R> {
@@ -88,7 +105,7 @@ impl<F, C, R> ResponseFuture<F, C, R> {
         Self {
             kind: Kind::Called {
                 inner,
-                permit: Some(permit),
+                permit: Running(Some(permit)),
                 classifier,
                 respond,
             },
@@ -122,6 +139,7 @@ where
                 respond,
             } => {
                 let result = ready!(inner.poll(cx));
+                let permit = &mut permit.0;
                 assert!(permit.is_some(), "ResponseFuture polled after completion");
                 let settled = classifier.settle_held(result, permit);
                 debug_assert!(permit.is_none(), "settle_held leaves no permit");

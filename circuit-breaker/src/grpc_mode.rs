@@ -19,7 +19,7 @@ use crate::breaker::{Outcome, Permit};
 use crate::classify::{Settle, is_refusal};
 use crate::config::Config;
 use crate::error::Open;
-use crate::future::now;
+use crate::future::{Running, now};
 use crate::layer::CircuitBreakerLayer;
 use crate::respond::Respond;
 
@@ -163,20 +163,20 @@ fn settle_on_headers<B>(response: Response<B>, permit: Permit) -> Response<GrpcB
     };
     response.map(|inner| GrpcBody {
         inner,
-        permit: settled,
+        permit: Running(settled),
     })
 }
 
 pin_project! {
     /// A response body that settles its call's permit when the trailers
     /// (and their `grpc-status`) arrive. A body that ends without a
-    /// `grpc-status` counts as failed; one dropped before its end counts
-    /// nothing.
+    /// `grpc-status` counts as failed; one dropped before its end is
+    /// [cut short](crate::Permit::cut_short).
     #[derive(Debug)]
     pub struct GrpcBody<B> {
         #[pin]
         inner: B,
-        permit: Option<Permit>,
+        permit: Running,
     }
 }
 
@@ -184,7 +184,7 @@ impl<B: Default> Default for GrpcBody<B> {
     fn default() -> Self {
         Self {
             inner: B::default(),
-            permit: None,
+            permit: Running(None),
         }
     }
 }
@@ -199,7 +199,7 @@ impl<B: Body> Body for GrpcBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
-        if let Some(permit) = this.permit.take() {
+        if let Some(permit) = this.permit.0.take() {
             match &frame {
                 Some(Ok(frame)) => match frame.trailers_ref() {
                     Some(trailers) => {
@@ -207,7 +207,7 @@ impl<B: Body> Body for GrpcBody<B> {
                             .map_or(Outcome::Failure, |code| outcome_of(code, trailers));
                         permit.settle(outcome, pushback(trailers), now);
                     }
-                    None => *this.permit = Some(permit),
+                    None => this.permit.0 = Some(permit),
                 },
                 Some(Err(_)) | None => permit.settle(Outcome::Failure, None, now),
             }
@@ -219,7 +219,7 @@ impl<B: Body> Body for GrpcBody<B> {
     /// body without polling it again (hyper's server does), and the poll
     /// that finds no `grpc-status` at the end is what counts the failure.
     fn is_end_stream(&self) -> bool {
-        self.permit.is_none() && self.inner.is_end_stream()
+        self.permit.0.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

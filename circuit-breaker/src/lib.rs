@@ -36,6 +36,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A timeout goes *beneath* the breaker (`.layer(breaker).timeout(d)`):
+//! a call it cuts reaches the breaker as an error, a failure. One above
+//! the breaker (or a retry's deadline, or a caller that leaves) drops the
+//! call before it has an outcome: the breaker counts it as a slow call
+//! when it ran past [`slow_calls`](ConfigBuilder::slow_calls)' threshold,
+//! and otherwise not at all, so a dependency that hangs would never open
+//! it.
+//!
 //! # Feature flags
 //!
 //! - `http`: [`CircuitBreakerLayer::new_for_http`]: 5xx and a 429 naming

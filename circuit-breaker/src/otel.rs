@@ -3,7 +3,7 @@
 //!
 //! | name | kind | attributes |
 //! |---|---|---|
-//! | `palisade.circuit_breaker.calls` | counter | `breaker`, `outcome` (`success`, `failure`, `ignored`) |
+//! | `palisade.circuit_breaker.calls` | counter | `breaker`, `outcome` (`success`, `failure`, `ignored`, `cut_short`: dropped before its outcome) |
 //! | `palisade.circuit_breaker.rejected` | counter | `breaker` |
 //! | `palisade.circuit_breaker.transitions` | counter | `breaker`, `from`, `to` |
 //! | `palisade.circuit_breaker.state` | gauge | `breaker`; 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled, 5 metrics only |
@@ -23,7 +23,7 @@ pub(crate) struct Instruments {
     transitions: Counter<u64>,
     _state: ObservableGauge<u64>,
     breaker: [KeyValue; 1],
-    outcomes: [[KeyValue; 2]; 3],
+    outcomes: [[KeyValue; 2]; 4],
 }
 
 impl Instruments {
@@ -55,7 +55,12 @@ impl Instruments {
                     }
                 })
                 .build(),
-            outcomes: [outcome("success"), outcome("failure"), outcome("ignored")],
+            outcomes: [
+                outcome("success"),
+                outcome("failure"),
+                outcome("ignored"),
+                outcome("cut_short"),
+            ],
             breaker: [breaker],
         }
     }
@@ -67,6 +72,11 @@ impl Instruments {
             Outcome::Ignored => 2,
         };
         self.calls.add(1, &self.outcomes[index]);
+    }
+
+    /// A call cut short before its outcome ([`Permit::cut_short`](crate::Permit::cut_short)).
+    pub(crate) fn cut_short(&self) {
+        self.calls.add(1, &self.outcomes[3]);
     }
 
     pub(crate) fn rejected(&self) {

@@ -529,3 +529,49 @@ async fn a_leaked_breakers_probe_is_given_back_when_dropped_and_slow_calls_count
     probe.record(Outcome::Success, now);
     assert_eq!(breaker.state(), State::Closed);
 }
+
+/// A breaker of four calls, half of which may be slow (past 50 ms).
+fn slow_config() -> Config {
+    Config::builder()
+        .sliding_window(SlidingWindow::Count(4))
+        .minimum_calls(4)
+        .slow_calls(Duration::from_millis(50), 0.5)
+        .open_duration(Duration::from_secs(10))
+        .jitter(0.0)
+        .half_open_permits(1)
+        .half_open_successes(1)
+        .build()
+        .unwrap()
+}
+
+/// Calls to a dependency that hangs, each cut short by a timeout above the
+/// breaker after `after`.
+async fn cut_short_calls(breaker: &CircuitBreaker, calls: usize, after: Duration) {
+    let mut service =
+        CircuitBreakerLayer::from_breaker(breaker.clone()).layer(service_fn(|(): ()| {
+            std::future::pending::<Result<(), BoxError>>()
+        }));
+    for _ in 0..calls {
+        let call = service.ready().await.unwrap().call(());
+        assert!(tokio::time::timeout(after, call).await.is_err());
+    }
+}
+
+/// A call a timeout above the breaker cut short (its future dropped before
+/// an outcome) counts as slow once it ran past the slow-call threshold, a
+/// probe as failed: a dependency that hung behind such a timeout never
+/// opened the breaker, and its probes never reopened it. One cut before
+/// the threshold counts nothing.
+#[tokio::test(start_paused = true)]
+async fn calls_cut_short_above_the_breaker_count_as_slow_past_the_threshold() {
+    let breaker = CircuitBreaker::new(slow_config());
+    cut_short_calls(&breaker, 8, Duration::from_millis(10)).await;
+    assert_eq!(breaker.state(), State::Closed, "cut before the threshold");
+
+    cut_short_calls(&breaker, 4, Duration::from_millis(100)).await;
+    assert_eq!(breaker.state(), State::Open);
+
+    tokio::time::advance(Duration::from_secs(10)).await;
+    cut_short_calls(&breaker, 1, Duration::from_millis(100)).await;
+    assert_eq!(breaker.state(), State::Open, "the probe hung");
+}

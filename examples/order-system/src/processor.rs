@@ -681,7 +681,7 @@ pub fn stack(
         .layer(RetryLayer::new_for_tonic(retries).instrument(meter, BREAKER))
         .layer(breaker)
         // Under the breaker, so that an attempt cut short is recorded as
-        // a failure rather than dropped unrecorded.
+        // a failure (above it, it would count only as a slow call).
         .timeout(ATTEMPT_TIMEOUT)
         .service(channel);
     (service, handle)
