@@ -583,7 +583,9 @@ macro_rules! sql_inbox {
             ///
             /// # Errors
             ///
-            /// The database's error.
+            /// The database's error, for the records or for the counts
+            /// (the records went then); an inbox not migrated since it
+            /// had no counts forgets its records and warns.
             pub async fn forget_older_than(
                 &self,
                 age: std::time::Duration,
@@ -597,14 +599,18 @@ macro_rules! sql_inbox {
                 // The counts of deliveries handed back, all of that age at
                 // once (a few per stop); an inbox not migrated since it
                 // had them forgets its records all the same.
-                if let Err(error) = sqlx::query(&self.sql.forget_handed_back)
+                match sqlx::query(&self.sql.forget_handed_back)
                     .bind($crate::stores::millis(age))
                     .execute(&self.pool)
                     .await
                 {
-                    tracing::warn!(target: "palisade_outbox", %error, "old counts of deliveries handed back not forgotten (is the inbox migrated?)");
+                    Ok(_) => Ok(done.rows_affected()),
+                    Err(error) if $crate::stores::is_missing_table(&error) => {
+                        tracing::warn!(target: "palisade_outbox", %error, "no counts of deliveries handed back to forget: the inbox is not migrated");
+                        Ok(done.rows_affected())
+                    }
+                    Err(error) => Err(error),
                 }
-                Ok(done.rows_affected())
             }
 
             /// Counts one more delivery of each of `message_ids` that
@@ -777,6 +783,17 @@ pub(crate) fn millis(duration: Duration) -> f64 {
     // `Duration::MAX` ("keep for good") failed every clean-up.
     const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
     duration.min(CENTURY).as_secs_f64() * 1000.0
+}
+
+/// Whether the database answered `error` for a table it does not have
+/// (PostgreSQL's `undefined_table`, SQLite's "no such table").
+pub(crate) fn is_missing_table(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(error) => {
+            error.code().as_deref() == Some("42P01") || error.message().starts_with("no such table")
+        }
+        _ => false,
+    }
 }
 
 /// `messages` in runs of one claim each, in order.

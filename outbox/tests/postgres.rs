@@ -733,3 +733,42 @@ async fn a_tighter_statement_timeout_in_force_stands() {
     assert_eq!((stats.applied, stats.dead_lettered), (1, 1), "{stats:?}");
     h.finish().await;
 }
+
+/// Forgetting old records tells of a failure to forget the old counts of
+/// deliveries handed back (it was a warning, and the call said it
+/// succeeded), but not of an inbox not migrated since it had no counts.
+#[tokio::test]
+async fn forgetting_reports_a_failure_to_forget_the_counts_handed_back() {
+    let pg = Pg::start(|config| config).await;
+    let schema = &pg.schema;
+    for statement in [
+        format!(
+            "CREATE FUNCTION {schema}.refuse() RETURNS trigger LANGUAGE plpgsql \
+             AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$"
+        ),
+        format!(
+            "CREATE TRIGGER refuse BEFORE DELETE ON {schema}.inbox_handed_back \
+             FOR EACH STATEMENT EXECUTE FUNCTION {schema}.refuse()"
+        ),
+    ] {
+        sqlx::query(&statement).execute(&pg.pool).await.unwrap();
+    }
+    let error = pg
+        .inbox
+        .forget_older_than(Duration::ZERO, 100)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("refused"), "{error}");
+    sqlx::query(&format!("DROP TABLE {schema}.inbox_handed_back"))
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        pg.inbox
+            .forget_older_than(Duration::ZERO, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    pg.finish().await;
+}

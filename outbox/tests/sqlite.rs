@@ -111,3 +111,24 @@ mod hooked {
         two_relays_publish_each_event_once_in_aggregate_order,
     );
 }
+
+/// An inbox not migrated since it had no counts of deliveries handed back
+/// forgets its old records all the same.
+#[tokio::test]
+async fn an_inbox_without_counts_handed_back_forgets_its_records() {
+    let lite = Lite::<false>::start(|config| config).await;
+    sqlx::query("DROP TABLE inbox_handed_back")
+        .execute(&lite.pool)
+        .await
+        .unwrap();
+    assert!(lite.process_once("reserve", Uuid::now_v7(), true).await);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        lite.inbox
+            .forget_older_than(Duration::ZERO, 100)
+            .await
+            .unwrap(),
+        1
+    );
+    lite.finish().await;
+}
