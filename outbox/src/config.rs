@@ -164,10 +164,11 @@ impl OutboxConfig {
     }
 
     /// The `NOTIFY` channel of the table's relays in PostgreSQL: its name
-    /// with `_` for `.` (an identifier, so safe within a statement).
+    /// with `_` for `.` (an identifier, so safe within a statement), made
+    /// to fit PostgreSQL's 63 bytes.
     #[cfg(feature = "postgres")]
     pub(crate) fn notify_channel(&self) -> String {
-        format!("palisade_outbox_{}", self.table.replace('.', "_"))
+        crate::sql::identifier(&format!("palisade_outbox_{}", self.table.replace('.', "_")))
     }
 
     /// The longest an event may wait between its first and last attempt:

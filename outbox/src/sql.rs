@@ -7,6 +7,29 @@ use std::time::Duration;
 
 use crate::config::OutboxConfig;
 
+/// `name` as PostgreSQL keeps it whole: a name longer than its 63 bytes
+/// (which it cuts, silently for an index, so that the indexes of a long
+/// table name were one and the rest never made; with an error for a
+/// `NOTIFY` channel, failing every write) is cut shorter and ends with a
+/// hash of the whole name.
+#[cfg(feature = "postgres")]
+pub(crate) fn identifier(name: &str) -> String {
+    const LONGEST: usize = 63;
+    const HASHED: usize = LONGEST - 17;
+    if name.len() <= LONGEST {
+        return name.to_owned();
+    }
+    // FNV-1a: the same in every process and version.
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let cut = (0..=HASHED)
+        .rev()
+        .find(|&at| name.is_char_boundary(at))
+        .unwrap_or(0);
+    format!("{}_{hash:016x}", &name[..cut])
+}
+
 /// The most events one statement writes (six values each: SQLite takes
 /// up to 32,766 in a statement).
 pub(crate) const INSERT_ROWS: usize = 500;
@@ -131,10 +154,38 @@ impl Dialect {
             (Self::Sqlite, Some((schema, name))) => {
                 (format!("{schema}.{name}_{suffix}"), name.to_owned())
             }
-            _ => (
-                format!("{}_{suffix}", table.replace('.', "_")),
+            #[cfg(feature = "sqlite")]
+            (Self::Sqlite, None) => (format!("{table}_{suffix}"), table.to_owned()),
+            #[cfg(feature = "postgres")]
+            (Self::Postgres, _) => (
+                identifier(&format!("{}_{suffix}", table.replace('.', "_"))),
                 table.to_owned(),
             ),
+        }
+    }
+
+    /// Creates `table`'s index `suffix` on `definition` (its columns, and
+    /// filter) if it is missing. PostgreSQL takes a share lock on the
+    /// table for `CREATE INDEX IF NOT EXISTS` even when the index exists:
+    /// every start waited for the transactions writing the table, and
+    /// held up every later write meanwhile. It is asked first.
+    fn create_index(self, table: &str, suffix: &str, definition: &str) -> String {
+        let (index, on) = self.index(table, suffix);
+        let create = format!("CREATE INDEX IF NOT EXISTS {index} ON {on} {definition}");
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres => {
+                // The index is in its table's schema.
+                let qualified = match table.split_once('.') {
+                    Some((schema, _)) => format!("{schema}.{index}"),
+                    None => index,
+                };
+                format!(
+                    "DO $$ BEGIN IF to_regclass('{qualified}') IS NULL THEN {create}; END IF; END $$"
+                )
+            }
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite => create,
         }
     }
 
@@ -221,19 +272,20 @@ impl Dialect {
     }
 
     /// Statements run before creating the tables: PostgreSQL makes the
-    /// schema (one instance at a time); SQLite's `schema` is an attached
-    /// database, there already.
+    /// schema, one migration of the schema's tables at a time (two
+    /// tables' migrations making one new schema at once failed the second
+    /// with a duplicate key); SQLite's `schema` is an attached database,
+    /// there already.
     fn prelude(self, table: &str) -> Vec<String> {
         match self {
             #[cfg(feature = "postgres")]
-            Self::Postgres => {
-                let mut prelude =
-                    vec![format!("SELECT pg_advisory_xact_lock(hashtext('{table}'))")];
-                if let Some((schema, _)) = table.split_once('.') {
-                    prelude.push(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
-                }
-                prelude
-            }
+            Self::Postgres => match table.split_once('.') {
+                Some((schema, _)) => vec![
+                    format!("SELECT pg_advisory_xact_lock(hashtext('palisade_outbox:{schema}'))"),
+                    format!("CREATE SCHEMA IF NOT EXISTS {schema}"),
+                ],
+                None => vec![format!("SELECT pg_advisory_xact_lock(hashtext('{table}'))")],
+            },
             #[cfg(feature = "sqlite")]
             Self::Sqlite => {
                 let _ = table;
@@ -380,10 +432,7 @@ impl OutboxSql {
             vec![unsent, ("due", "seq", "status = 'pending'"), sent]
         };
         for (suffix, columns, filter) in on_every {
-            let (index, on) = dialect.index(t, suffix);
-            indexes.push(format!(
-                "CREATE INDEX IF NOT EXISTS {index} ON {on} ({columns}) WHERE {filter}"
-            ));
+            indexes.push(dialect.create_index(t, suffix, &format!("({columns}) WHERE {filter}")));
         }
 
         // Per-aggregate order: only the first unsent event of an aggregate
@@ -688,10 +737,7 @@ impl InboxSql {
             time = dialect.time_type(),
             now = dialect.now(),
         ));
-        let (index, on) = dialect.index(table, "processed");
-        migrate.push(format!(
-            "CREATE INDEX IF NOT EXISTS {index} ON {on} (processed_at)"
-        ));
+        migrate.push(dialect.create_index(table, "processed", "(processed_at)"));
         // Deliveries a consumer handed back to the broker untried (it was
         // stopping): the broker counts them as deliveries, the consumer's
         // tries do not.

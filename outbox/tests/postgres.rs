@@ -772,3 +772,110 @@ async fn forgetting_reports_a_failure_to_forget_the_counts_handed_back() {
     );
     pg.finish().await;
 }
+
+/// A start against tables set up already (a replica restarting) waits on
+/// no transaction writing them: `CREATE INDEX IF NOT EXISTS` took a share
+/// lock on each table, so the start waited for every open transaction
+/// that wrote the outbox or the inbox, and every write after it waited on
+/// the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_waits_on_no_transaction_writing_the_tables() {
+    let pg = Pg::start(|config| config).await;
+    let mut producing = pg.pool.begin().await.unwrap();
+    pg.outbox
+        .enqueue(&mut producing, &event("a", 1))
+        .await
+        .unwrap();
+    let mut consuming = pg.pool.begin().await.unwrap();
+    assert!(
+        pg.inbox
+            .process_once(&mut consuming, "reserve", Uuid::now_v7())
+            .await
+            .unwrap()
+    );
+    tokio::time::timeout(Duration::from_secs(10), async {
+        pg.outbox.migrate().await.unwrap();
+        pg.inbox.migrate().await.unwrap();
+    })
+    .await
+    .expect("the start waited on the open transactions");
+    producing.commit().await.unwrap();
+    consuming.commit().await.unwrap();
+    pg.finish().await;
+}
+
+/// Two tables of one new schema migrated at once (a relay's outbox and a
+/// consumer's inbox, in two processes starting together) both start: each
+/// made the schema under a lock of its own table's, and the second
+/// `CREATE SCHEMA` failed on the first's row. Here the outbox's migration
+/// holds the schema's lock with the schema made and not yet committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tables_migrated_at_once_make_their_schema_once() {
+    let pool = pool().await;
+    let schema = format!("outbox_test_{}", fastrand::u64(..));
+    let mut outbox_migration = pool.begin().await.unwrap();
+    for statement in [
+        format!("SELECT pg_advisory_xact_lock(hashtext('palisade_outbox:{schema}'))"),
+        format!("CREATE SCHEMA IF NOT EXISTS {schema}"),
+    ] {
+        sqlx::query(&statement)
+            .execute(&mut *outbox_migration)
+            .await
+            .unwrap();
+    }
+    let inbox = PgInbox::new(pool.clone(), &format!("{schema}.inbox")).unwrap();
+    let inbox_migration = tokio::spawn(async move { inbox.migrate().await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0",
+        )
+        .bind(&schema)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the inbox's migration never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    outbox_migration.commit().await.unwrap();
+    inbox_migration.await.unwrap().unwrap();
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+/// A table whose name makes PostgreSQL's names longer than its 63 bytes
+/// works: the `NOTIFY` channel was refused as too long (every write
+/// failed), and its indexes' names, cut to one, made only the first.
+#[tokio::test]
+async fn a_table_with_a_long_name_takes_writes_and_has_every_index() {
+    let schema = format!("outbox_test_long_{}", fastrand::u64(..));
+    let pool = pool().await;
+    let table = format!("{schema}.{}", "o".repeat(40));
+    let outbox = PgOutbox::new(pool.clone(), OutboxConfig::new(&table).unwrap());
+    outbox.migrate().await.unwrap();
+    outbox.migrate().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox.enqueue(&mut tx, &event("a", 1)).await.unwrap();
+    tx.commit().await.unwrap();
+    let indexes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND indexdef NOT LIKE '%UNIQUE%'",
+    )
+    .bind(&schema)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(indexes, 4, "unsent, ready, sent and blocked");
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
