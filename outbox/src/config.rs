@@ -6,8 +6,16 @@ use palisade_hints::DAY;
 
 use crate::error::{ConfigError, config_error};
 
-/// The largest batch a relay claims.
-const MAX_BATCH: u32 = 100_000;
+/// The largest batch a relay claims, or a consumer applies in one
+/// transaction.
+pub(crate) const MAX_BATCH: u32 = 100_000;
+
+/// A consumer's batch within `1 ..= MAX_BATCH` (the batch's buffer is
+/// made at once: `usize::MAX` overflowed it).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub(crate) fn consumer_batch(messages: usize) -> usize {
+    messages.clamp(1, MAX_BATCH as usize)
+}
 
 /// The outbox's table and the relay's pace.
 ///

@@ -744,11 +744,11 @@ where
     }
 
     /// Messages applied per transaction at most, when they queue up (at
-    /// least 1). One that fails is rolled back alone and retried before the
-    /// next.
+    /// least 1, at most 100,000). One that fails is rolled back alone and
+    /// retried before the next.
     #[must_use]
     pub fn batch(mut self, messages: usize) -> Self {
-        self.batch = messages.max(1);
+        self.batch = crate::config::consumer_batch(messages);
         self
     }
 

@@ -222,12 +222,12 @@ impl std::error::Error for GivenUp {}
 
 impl HandoffBroker {
     /// A transport with queues of `capacity` events per subscriber (at
-    /// least 1).
+    /// least 1, at most what a tokio channel takes, `usize::MAX >> 3`).
     #[must_use]
     pub fn new(capacity: usize) -> Self {
         Self {
             subscribers: Arc::default(),
-            capacity: capacity.max(1),
+            capacity: crate::publisher::queue_capacity(capacity),
         }
     }
 

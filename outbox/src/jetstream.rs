@@ -463,10 +463,10 @@ where
     }
 
     /// Messages applied per transaction at most, when they have arrived
-    /// together (at least 1).
+    /// together (at least 1, at most 100,000).
     #[must_use]
     pub fn batch(mut self, messages: usize) -> Self {
-        self.batch = messages.max(1);
+        self.batch = crate::config::consumer_batch(messages);
         self
     }
 

@@ -56,15 +56,22 @@ pub struct MemoryBroker {
     capacity: usize,
 }
 
+/// A subscriber queue's `capacity` within what a tokio channel takes: a
+/// larger one panicked at `subscribe`.
+pub(crate) fn queue_capacity(capacity: usize) -> usize {
+    capacity.clamp(1, tokio::sync::Semaphore::MAX_PERMITS)
+}
+
 impl MemoryBroker {
     /// A broker with queues of `capacity` events per subscriber, and
-    /// duplicate detection over the last `capacity` ids.
+    /// duplicate detection over the last `capacity` ids (at least 1, at
+    /// most what a tokio channel takes, `usize::MAX >> 3`).
     #[must_use]
     pub fn new(capacity: usize) -> Self {
         Self {
             subscribers: Arc::default(),
             recent: Arc::default(),
-            capacity: capacity.max(1),
+            capacity: queue_capacity(capacity),
         }
     }
 

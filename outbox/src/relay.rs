@@ -304,7 +304,9 @@ impl<St: OutboxStore, P: Publisher> Relay<St, P> {
                 let now_ms = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-                sent.iter().map(|message| now_ms - message.created_at_ms).collect()
+                sent.iter()
+                    .map(|message| now_ms.saturating_sub(message.created_at_ms))
+                    .collect()
             };
             // Each count goes into the report as its change is written, and
             // the report is measured whatever stopped the settling: a

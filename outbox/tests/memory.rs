@@ -396,3 +396,14 @@ async fn a_retried_message_holds_back_later_messages_of_its_aggregate() {
     let (_, applied) = recorded(&["Flaky", "Good"], 1, |consumer| consumer).await;
     assert_eq!(applied, ["Flaky", "Good"]);
 }
+
+/// Settings at their extremes: a consumer's batch of `usize::MAX` (its
+/// buffer overflowed at once) and a broker's queues of `usize::MAX`
+/// (tokio's channel refused them at `subscribe`) work.
+#[tokio::test]
+async fn the_largest_batch_and_queues_work() {
+    let (_, applied) = recorded(&["A", "B"], 1, |consumer| consumer.batch(usize::MAX)).await;
+    assert_eq!(applied, ["A", "B"]);
+    let _subscription = MemoryBroker::new(usize::MAX).subscribe();
+    let _handed_off = palisade_outbox::HandoffBroker::new(usize::MAX).subscribe();
+}
