@@ -42,7 +42,8 @@ impl CachedResponse {
     }
 
     /// A response read back; `None` for anything that is not a response in
-    /// this format (truncated, an invalid status, name or value).
+    /// this format (truncated, an invalid status, name or value, more
+    /// fields than a `HeaderMap` holds).
     #[must_use]
     pub fn from_bytes(mut bytes: Bytes) -> Option<Self> {
         if bytes.len() < 10 || &bytes[..4] != MAGIC {
@@ -57,7 +58,9 @@ impl CachedResponse {
             let name = HeaderName::from_bytes(&take(&mut bytes, name_len)?).ok()?;
             let value_len = usize::try_from(take_u32(&mut bytes)?).ok()?;
             let value = HeaderValue::from_maybe_shared(take(&mut bytes, value_len)?).ok()?;
-            headers.append(name, value);
+            // A count past what a map holds (written by hand, or by
+            // someone else: the store is shared) panicked in `append`.
+            headers.try_append(name, value).ok()?;
         }
         Some(Self {
             status,
@@ -100,5 +103,22 @@ mod tests {
         );
         let truncated = response.to_bytes().slice(..20);
         assert_eq!(CachedResponse::from_bytes(truncated), None);
+    }
+
+    #[test]
+    fn more_fields_than_a_header_map_holds_are_no_response() {
+        let fields = 40_000_u32;
+        let mut bytes = BytesMut::new();
+        bytes.put_slice(MAGIC);
+        bytes.put_u16(200);
+        bytes.put_u32(fields);
+        for field in 0..fields {
+            let name = format!("x{field}");
+            bytes.put_u16(u16::try_from(name.len()).unwrap());
+            bytes.put_slice(name.as_bytes());
+            bytes.put_u32(1);
+            bytes.put_u8(b'v');
+        }
+        assert_eq!(CachedResponse::from_bytes(bytes.freeze()), None);
     }
 }
