@@ -51,8 +51,12 @@ pub(crate) fn counts(budget: &ErrorBudget, local: Counts, at_ms: u64) -> (Counts
     for bucket in last.saturating_sub(buckets as u64 - 1)..=last {
         let here = ring.bucket_counts(bucket);
         let added = view.flushed.get(&bucket).copied().unwrap_or_default();
-        counts.good += here.good.saturating_sub(added.good);
-        counts.bad += here.bad.saturating_sub(added.bad);
+        counts.good = counts
+            .good
+            .saturating_add(here.good.saturating_sub(added.good));
+        counts.bad = counts
+            .bad
+            .saturating_add(here.bad.saturating_sub(added.bad));
     }
     (counts, Some(view.as_of_ms))
 }
@@ -191,10 +195,12 @@ async fn round<C: ConnectionLike>(
     let mut fleet = Counts::default();
     for hash in &hashes {
         for (field, count) in hash {
+            // Saturating: a count edited by hand (or a faulty replica's)
+            // near 2^64 must not wrap into a small one.
             if field.ends_with(".good") {
-                fleet.good += count;
+                fleet.good = fleet.good.saturating_add(*count);
             } else if field.ends_with(".bad") {
-                fleet.bad += count;
+                fleet.bad = fleet.bad.saturating_add(*count);
             }
         }
     }

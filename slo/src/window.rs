@@ -24,7 +24,7 @@ impl Counts {
     /// Every call counted.
     #[must_use]
     pub const fn total(&self) -> u64 {
-        self.good + self.bad
+        self.good.saturating_add(self.bad)
     }
 
     /// The share of calls that were bad (0 when there were none).
@@ -218,6 +218,16 @@ impl Ring {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn counts_near_the_limit_saturate() {
+        let counts = Counts {
+            good: u64::MAX,
+            bad: 1,
+        };
+        assert_eq!(counts.total(), u64::MAX);
+        assert!(counts.bad_ratio() < 1e-9);
+    }
 
     #[test]
     fn a_bucket_of_an_earlier_lap_reads_empty_and_restarts() {
