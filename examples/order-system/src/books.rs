@@ -258,10 +258,10 @@ impl Books {
                 .find(|kept| kept.sku == level.sku && sound(kept) && sound(&level))
             {
                 Some(kept) => {
-                    kept.initial += level.initial;
-                    kept.available += level.available;
-                    kept.reserved += level.reserved;
-                    kept.shipped += level.shipped;
+                    kept.initial = kept.initial.saturating_add(level.initial);
+                    kept.available = kept.available.saturating_add(level.available);
+                    kept.reserved = kept.reserved.saturating_add(level.reserved);
+                    kept.shipped = kept.shipped.saturating_add(level.shipped);
                 }
                 None => {
                     if !sound(&level) || self.stock.iter().any(|kept| kept.sku == level.sku) {

@@ -41,7 +41,9 @@ impl StockLevel {
     /// Whether nothing was created or lost.
     #[must_use]
     pub const fn balances(&self) -> bool {
-        self.initial == self.available + self.reserved + self.shipped
+        // Wide: a row edited by hand near the limits must not overflow.
+        self.initial as i128
+            == self.available as i128 + self.reserved as i128 + self.shipped as i128
     }
 }
 
@@ -274,6 +276,19 @@ impl SagaService for Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stock_near_the_limits_is_checked_without_overflow() {
+        let level = |initial, available| StockLevel {
+            sku: "sku".to_owned(),
+            initial,
+            available,
+            reserved: 1,
+            shipped: 0,
+        };
+        assert!(!level(i64::MAX, i64::MAX).balances());
+        assert!(level(i64::MAX, i64::MAX - 1).balances());
+    }
 
     fn line(order_id: &str, sku: &str, quantity: i64) -> Line {
         Line {
