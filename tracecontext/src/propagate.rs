@@ -20,6 +20,12 @@ use crate::propagator::Propagator;
 /// replaced. Works on any `http` client service: hyper, a tonic `Channel`,
 /// or a `reqwest`-style middleware stack.
 ///
+/// The current trace is the calling task's: put this layer *above* any
+/// layer that calls the service beneath it from a task of its own
+/// (tower's `Buffer`, a balancer's worker), or the requests it sends from
+/// there start new traces. Below such a layer, give each request its
+/// parent in its extensions.
+///
 /// # Example
 ///
 /// ```
