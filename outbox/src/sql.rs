@@ -164,26 +164,41 @@ impl Dialect {
         }
     }
 
+    /// The table beside `table` (in its schema) named `table`'s name and
+    /// `suffix`: in PostgreSQL within its 63 bytes (a longer name, cut to
+    /// `table`'s own, was `table`).
+    fn beside(self, table: &str, suffix: &str) -> String {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres => match table.split_once('.') {
+                Some((schema, name)) => {
+                    format!("{schema}.{}", identifier(&format!("{name}_{suffix}")))
+                }
+                None => identifier(&format!("{table}_{suffix}")),
+            },
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite => format!("{table}_{suffix}"),
+        }
+    }
+
     /// Creates `table`'s index `suffix` on `definition` (its columns, and
     /// filter) if it is missing. PostgreSQL takes a share lock on the
     /// table for `CREATE INDEX IF NOT EXISTS` even when the index exists:
     /// every start waited for the transactions writing the table, and
-    /// held up every later write meanwhile. It is asked first.
+    /// held up every later write meanwhile. The table's indexes are asked
+    /// first (those of this table: a name looked up on the search path
+    /// could find another schema's).
     fn create_index(self, table: &str, suffix: &str, definition: &str) -> String {
         let (index, on) = self.index(table, suffix);
         let create = format!("CREATE INDEX IF NOT EXISTS {index} ON {on} {definition}");
         match self {
             #[cfg(feature = "postgres")]
-            Self::Postgres => {
-                // The index is in its table's schema.
-                let qualified = match table.split_once('.') {
-                    Some((schema, _)) => format!("{schema}.{index}"),
-                    None => index,
-                };
-                format!(
-                    "DO $$ BEGIN IF to_regclass('{qualified}') IS NULL THEN {create}; END IF; END $$"
-                )
-            }
+            Self::Postgres => format!(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_index i \
+                 JOIN pg_class c ON c.oid = i.indexrelid \
+                 WHERE i.indrelid = '{table}'::regclass AND c.relname = '{index}') \
+                 THEN {create}; END IF; END $$"
+            ),
             #[cfg(feature = "sqlite")]
             Self::Sqlite => create,
         }
@@ -279,13 +294,19 @@ impl Dialect {
     fn prelude(self, table: &str) -> Vec<String> {
         match self {
             #[cfg(feature = "postgres")]
-            Self::Postgres => match table.split_once('.') {
-                Some((schema, _)) => vec![
-                    format!("SELECT pg_advisory_xact_lock(hashtext('palisade_outbox:{schema}'))"),
-                    format!("CREATE SCHEMA IF NOT EXISTS {schema}"),
-                ],
-                None => vec![format!("SELECT pg_advisory_xact_lock(hashtext('{table}'))")],
-            },
+            Self::Postgres => {
+                // The table's lock first, as earlier versions take it, so
+                // that they and this one take turns in a rolling upgrade.
+                let mut prelude =
+                    vec![format!("SELECT pg_advisory_xact_lock(hashtext('{table}'))")];
+                if let Some((schema, _)) = table.split_once('.') {
+                    prelude.push(format!(
+                        "SELECT pg_advisory_xact_lock(hashtext('palisade_outbox:{schema}'))"
+                    ));
+                    prelude.push(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
+                }
+                prelude
+            }
             #[cfg(feature = "sqlite")]
             Self::Sqlite => {
                 let _ = table;
@@ -741,7 +762,7 @@ impl InboxSql {
         // Deliveries a consumer handed back to the broker untried (it was
         // stopping): the broker counts them as deliveries, the consumer's
         // tries do not.
-        let handed = format!("{table}_handed_back");
+        let handed = dialect.beside(table, "handed_back");
         migrate.push(format!(
             "CREATE TABLE IF NOT EXISTS {handed} (consumer TEXT NOT NULL, message_id TEXT NOT NULL, \
              deliveries BIGINT NOT NULL, handed_back_at {time} NOT NULL DEFAULT ({now}), \

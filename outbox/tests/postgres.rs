@@ -854,7 +854,9 @@ async fn two_tables_migrated_at_once_make_their_schema_once() {
 
 /// A table whose name makes PostgreSQL's names longer than its 63 bytes
 /// works: the `NOTIFY` channel was refused as too long (every write
-/// failed), and its indexes' names, cut to one, made only the first.
+/// failed), and its indexes' names, cut to one, made only the first; an
+/// inbox's table of hand-back counts, its name cut to the inbox's own,
+/// was the inbox.
 #[tokio::test]
 async fn a_table_with_a_long_name_takes_writes_and_has_every_index() {
     let schema = format!("outbox_test_long_{}", fastrand::u64(..));
@@ -874,6 +876,13 @@ async fn a_table_with_a_long_name_takes_writes_and_has_every_index() {
     .await
     .unwrap();
     assert_eq!(indexes, 4, "unsent, ready, sent and blocked");
+    let inbox = PgInbox::new(pool.clone(), &format!("{schema}.{}", "i".repeat(63))).unwrap();
+    inbox.migrate().await.unwrap();
+    inbox.hand_back("reserve", &["m-1"]).await.unwrap();
+    assert_eq!(
+        inbox.handed_back("reserve", &["m-1"]).await.unwrap(),
+        std::collections::HashMap::from([("m-1".to_owned(), 1)])
+    );
     sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&pool)
         .await
