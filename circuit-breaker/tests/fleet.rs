@@ -700,3 +700,43 @@ fn a_fleet_outlives_the_runtime_its_connection_started_in() {
     });
     drop(breaker);
 }
+
+/// A breaker that joined from another runtime than the one the fleet's
+/// connection ran in goes on with its fleet once that runtime is gone: its
+/// link starts the connection again on its own (it ended with the
+/// connection, and its breaker could never join again).
+#[test]
+fn a_link_outlives_the_runtime_its_fleets_connection_ran_in() {
+    let fleet = fleet(&redis_url());
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let second = runtime();
+    let started = first.block_on(async {
+        let mut joined = replicas(&fleet, 1, Duration::from_secs(1)).await;
+        joined.pop().unwrap()
+    });
+    let (breaker, member) = second.block_on(async {
+        let mut joined = replicas(&fleet, 1, Duration::from_secs(1)).await;
+        joined.pop().unwrap()
+    });
+    drop(first);
+    second.block_on(async {
+        let (other, _other_member) = replicas(&fleet, 1, Duration::from_secs(1))
+            .await
+            .pop()
+            .unwrap();
+        eventually("the link is with its fleet again", || !member.is_alone()).await;
+        trip(&breaker);
+        eventually("the other replica opens with it", || {
+            other.state() == State::Open
+        })
+        .await;
+    });
+    drop(started);
+}

@@ -4,13 +4,54 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::RedisError;
 use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
 use tokio::sync::mpsc;
+
+/// Where a fleet keeps its hub, and what starts one: the first breaker to
+/// join starts it on its runtime, and once that runtime is gone the next
+/// to join, or a link whose hub ended with it, starts another on its own.
+#[derive(Debug, Clone)]
+pub(super) struct HubSlot {
+    hub: Arc<Mutex<Option<Hub>>>,
+    client: redis::Client,
+    /// The fleet's poll, which its hub and links keep.
+    pub(super) poll: Duration,
+    /// The fleet's command timeout, which its hub and links keep.
+    pub(super) timeout: Duration,
+}
+
+impl HubSlot {
+    /// An empty slot for a hub on `client`'s server with these settings.
+    pub(super) fn new(client: redis::Client, poll: Duration, timeout: Duration) -> Self {
+        Self {
+            hub: Arc::default(),
+            client,
+            poll,
+            timeout,
+        }
+    }
+
+    /// An empty slot for a hub on the same server with other settings.
+    pub(super) fn with(&self, poll: Duration, timeout: Duration) -> Self {
+        Self::new(self.client.clone(), poll, timeout)
+    }
+
+    /// The running hub, started on the current runtime if there is none.
+    pub(super) fn hub(&self) -> Hub {
+        let mut hub = self.hub.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*hub {
+            Some(running) if running.is_running() => running.clone(),
+            _ => hub
+                .insert(Hub::start(self.client.clone(), self.poll, self.timeout))
+                .clone(),
+        }
+    }
+}
 
 /// What a link hears from the hub.
 #[derive(Clone)]
@@ -48,7 +89,7 @@ pub(super) struct Hub {
 
 impl Hub {
     /// Starts the hub's task on the current tokio runtime.
-    pub(super) fn start(client: redis::Client, poll: Duration, timeout: Duration) -> Self {
+    fn start(client: redis::Client, poll: Duration, timeout: Duration) -> Self {
         let (commands, received) = mpsc::unbounded_channel();
         tokio::spawn(run(client, poll, timeout, received));
         Self {
@@ -58,7 +99,7 @@ impl Hub {
     }
 
     /// Whether the task still runs: it is dropped with its runtime.
-    pub(super) fn is_running(&self) -> bool {
+    fn is_running(&self) -> bool {
         !self.commands.is_closed()
     }
 

@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
 use tokio::sync::mpsc;
 
-use super::hub::{Event, Hub, within};
+use super::hub::{Event, Hub, HubSlot, within};
 use crate::breaker::{CircuitBreaker, Inner, Own};
 
 /// The scripts, hashed once; run with `EVALSHA`, loaded again on
@@ -96,6 +96,8 @@ enum Verdict {
 enum Left {
     /// The breaker is gone: nothing left to share.
     Gone,
+    /// The hub ended with the runtime it ran in: another is to be joined.
+    HubGone,
     /// A command failed; the connection may serve again after a poll.
     Failed(RedisError),
     /// The hub lost Redis: nothing is heard until it is back.
@@ -139,6 +141,8 @@ impl<'a> Heard<'a> {
 
 /// One breaker's link with its fleet, run by one task.
 pub(super) struct Link {
+    /// Where the fleet's hub is, to join another should this one end.
+    slot: HubSlot,
     hub: Hub,
     /// This link's number at the hub.
     link: u64,
@@ -185,18 +189,22 @@ impl Drop for Link {
 }
 
 impl Link {
+    /// The link of `breaker`, joined to the hub in `slot` (started there if
+    /// need be), and what it hears from the hub.
     pub(super) fn new(
         breaker: &CircuitBreaker,
         name: &str,
         channel: String,
-        (hub, link): (Hub, u64),
-        poll: Duration,
-        timeout: Duration,
+        slot: HubSlot,
         alone: Arc<AtomicBool>,
-    ) -> Self {
+    ) -> (Self, mpsc::UnboundedReceiver<Event>) {
         let lease = breaker.config().half_open_max_wait();
         let longest = breaker.config().max_open_duration();
-        Self {
+        let (poll, timeout) = (slot.poll, slot.timeout);
+        let hub = slot.hub();
+        let (link, events) = hub.join(&channel);
+        let link = Self {
+            slot,
             hub,
             link,
             breaker: breaker.downgrade(),
@@ -217,7 +225,17 @@ impl Link {
             token: None,
             warned: false,
             unsaid: None,
-        }
+        };
+        (link, events)
+    }
+
+    /// Joins the fleet's running hub (started on this runtime if need be)
+    /// once the one it had ended with its runtime: what it hears now.
+    fn rejoin(&mut self) -> mpsc::UnboundedReceiver<Event> {
+        self.hub = self.slot.hub();
+        let (link, events) = self.hub.join(&self.channel);
+        self.link = link;
+        events
     }
 
     /// Works with the fleet while Redis answers, alone while it does not,
@@ -232,6 +250,11 @@ impl Link {
             if let Some(up) = connection.clone() {
                 match self.serve(up, &mut events, &mut told).await {
                     Left::Gone => return,
+                    Left::HubGone => {
+                        connection = None;
+                        self.go_alone(&"the fleet's connection ended with its runtime");
+                        events = self.rejoin();
+                    }
                     Left::Failed(error) => self.go_alone(&error),
                     Left::Down(error) => {
                         connection = None;
@@ -256,7 +279,10 @@ impl Link {
                             self.go_alone(&error);
                         }
                         Some(Event::Message(_)) => {}
-                        None => return,
+                        None => {
+                            connection = None;
+                            events = self.rejoin();
+                        }
                     },
                     own = told.recv() => match own {
                         // Only a probe's verdict waits for Redis; the
@@ -317,7 +343,7 @@ impl Link {
                         self.catch_up(&mut connection).await
                     }
                     Some(Event::Down(error)) => Err(Left::Down(error)),
-                    None => Err(Left::Gone),
+                    None => Err(Left::HubGone),
                 },
                 () = race => self.race_for_probe(&mut connection).await,
                 _ = poll.tick() => self.catch_up(&mut connection).await,

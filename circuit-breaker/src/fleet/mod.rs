@@ -43,14 +43,14 @@
 mod hub;
 mod link;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::breaker::CircuitBreaker;
-use hub::Hub;
+use hub::HubSlot;
 use link::Link;
 
 /// Where a fleet's breakers meet: a Redis server, and the prefix of the
@@ -76,14 +76,10 @@ use link::Link;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Fleet {
-    client: redis::Client,
     prefix: Arc<str>,
-    poll: Duration,
-    timeout: Duration,
-    /// The connection and subscription the fleet's links share, started
-    /// with the first to join, and again by the next once the runtime it
-    /// ran in is gone.
-    hub: Arc<Mutex<Option<Hub>>>,
+    /// The connection and subscription the fleet's links share, with the
+    /// settings they are made with.
+    hub: HubSlot,
 }
 
 /// One breaker's place in its fleet, from [`Fleet::join`].
@@ -122,11 +118,8 @@ impl Fleet {
     #[must_use]
     pub fn new(client: redis::Client) -> Self {
         Self {
-            client,
             prefix: Arc::from("palisade:cb"),
-            poll: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
-            hub: Arc::default(),
+            hub: HubSlot::new(client, Duration::from_secs(1), Duration::from_secs(1)),
         }
     }
 
@@ -143,9 +136,10 @@ impl Fleet {
     /// millisecond at most.
     #[must_use]
     pub fn poll_every(mut self, every: Duration) -> Self {
-        self.poll = every.max(Duration::from_millis(1));
         // Settings are the hub's from its start: a changed fleet has its own.
-        self.hub = Arc::default();
+        self.hub = self
+            .hub
+            .with(every.max(Duration::from_millis(1)), self.hub.timeout);
         self
     }
 
@@ -153,19 +147,20 @@ impl Fleet {
     /// taken as away (one second by default, a millisecond at least).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout.max(Duration::from_millis(1));
-        self.hub = Arc::default();
+        self.hub = self
+            .hub
+            .with(self.hub.poll, timeout.max(Duration::from_millis(1)));
         self
     }
 
     /// Shares `breaker`'s transitions with every breaker that joined as
     /// `name`, from a task spawned on the current tokio runtime, which
     /// ends when the breaker is dropped. Should that runtime shut down
-    /// first, the breaker goes on alone (its [`Member`] says so); the
-    /// fleet's connection, started on the runtime of the first breaker to
-    /// join, is started again on the runtime of the next to join after it
-    /// is gone, so a fleet may outlive runtimes (a `static` fleet in tests
-    /// that each run their own, say).
+    /// first, the breaker goes on alone (its [`Member`] says so). The
+    /// fleet's connection runs on the runtime of the first breaker to
+    /// join; once that runtime is gone, the next to join, or a link that
+    /// still runs, starts it again on its own: a fleet may outlive
+    /// runtimes (a `static` fleet in tests that each run their own, say).
     ///
     /// # Errors
     ///
@@ -179,33 +174,11 @@ impl Fleet {
         if !breaker.join_fleet(tell) {
             return Err(AlreadyJoined);
         }
-        let hub = self.hub();
         let alone = Arc::new(AtomicBool::new(true));
         let channel = format!("{{{}:{name}}}", self.prefix);
-        let (link, events) = hub.join(&channel);
-        let link = Link::new(
-            breaker,
-            name,
-            channel,
-            (hub, link),
-            self.poll,
-            self.timeout,
-            Arc::clone(&alone),
-        );
+        let (link, events) =
+            Link::new(breaker, name, channel, self.hub.clone(), Arc::clone(&alone));
         tokio::spawn(link.run(told, events));
         Ok(Member { alone })
-    }
-
-    /// The running hub, started on the current runtime if there is none:
-    /// a fleet kept across runtimes (a `static` one, a runtime per test)
-    /// outlives the task of the first.
-    fn hub(&self) -> Hub {
-        let mut hub = self.hub.lock().unwrap_or_else(PoisonError::into_inner);
-        match &*hub {
-            Some(running) if running.is_running() => running.clone(),
-            _ => hub
-                .insert(Hub::start(self.client.clone(), self.poll, self.timeout))
-                .clone(),
-        }
     }
 }
