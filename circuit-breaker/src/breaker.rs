@@ -1046,12 +1046,15 @@ impl Permit {
     /// Tells the breaker the call was cut short at `now`, before it had
     /// an outcome (a timeout above the breaker, a caller that left): a
     /// call that ran past the [slow-call](crate::ConfigBuilder::slow_calls)
-    /// threshold counts as a slow one (a half-open probe, as failed); any
-    /// other counts nothing, as a permit dropped unrecorded does.
+    /// threshold counts as a slow one, and a half-open probe that ran past
+    /// it or past the [half-open maximum
+    /// wait](crate::ConfigBuilder::half_open_max_wait) as failed; any
+    /// other counts nothing, as a permit dropped unrecorded does. A call
+    /// that a layer beneath would have refused, cut short while it waited
+    /// there, counts the same: nothing tells it apart.
     ///
-    /// The layer does this for every call whose response future (or, for
-    /// a classifier that waits for the body's end, body) is dropped
-    /// unfinished.
+    /// The layer does this for every call whose response future, or
+    /// `GrpcBody` (feature `grpc`), is dropped unfinished.
     pub fn cut_short(mut self, now: Instant) {
         let ticket = self.ticket;
         if self.inner.cut_short(ticket, self.started_ns, now) {
@@ -1125,7 +1128,8 @@ impl Inner {
 
     /// Counts the call of a permit of `ticket` that started at
     /// `started_ns` and was cut short at `now`, if it ran slow, as a slow
-    /// call (a probe, as failed); whether it did.
+    /// call, and a probe that ran slow or past the half-open maximum wait
+    /// as failed; whether it counted.
     fn cut_short(&self, ticket: Ticket, started_ns: u64, now: Instant) -> bool {
         #[cfg(all(feature = "otel", not(palisade_loom)))]
         if ticket.role() != Role::Untracked
@@ -1134,11 +1138,30 @@ impl Inner {
             instruments.cut_short();
         }
         let mut now = LazyNow::new(|| now);
-        if ticket.role() == Role::Untracked || !self.ran_slow(started_ns, &mut now) {
-            return false;
+        let counted = match ticket.role() {
+            Role::Untracked => false,
+            Role::Counted => self.ran_slow(started_ns, &mut now),
+            Role::Probe(slot) => {
+                self.ran_slow(started_ns, &mut now)
+                    || self.probe_outwaited(slot, ticket.generation(), now.get())
+            }
+        };
+        if counted {
+            self.count(ticket, Outcome::Success, true, &mut now, None);
         }
-        self.count(ticket, Outcome::Success, true, &mut now, None);
-        true
+        counted
+    }
+
+    /// Whether the probe holding `slot` in `generation` has run past the
+    /// half-open maximum wait by `now`.
+    fn probe_outwaited(&self, slot: Option<u8>, generation: u64, now: Instant) -> bool {
+        slot.and_then(|slot| self.probes.get(usize::from(slot)))
+            .map(|slot| slot.load(Ordering::Acquire))
+            .filter(|&value| slot_held_by(value, generation))
+            .is_some_and(|value| {
+                self.millis(now).saturating_sub(value & PAYLOAD_MASK)
+                    >= duration_ms(self.config.half_open_max_wait)
+            })
     }
 
     /// Whether a call that started at `started_ns` (or [`NOT_READ`]) has

@@ -4,7 +4,7 @@
 //!
 //! When the status is only in the trailers, the call's permit moves into
 //! the response body and is settled when the trailers arrive; a body
-//! dropped before its end settles nothing (a cancelled call).
+//! dropped before its end is a call [cut short](crate::Permit::cut_short).
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};

@@ -564,7 +564,7 @@ async fn cut_short_calls(breaker: &CircuitBreaker, calls: usize, after: Duration
 /// the threshold counts nothing.
 #[tokio::test(start_paused = true)]
 async fn calls_cut_short_above_the_breaker_count_as_slow_past_the_threshold() {
-    let breaker = CircuitBreaker::new(slow_config());
+    let breaker = CircuitBreaker::new_at(slow_config(), tokio::time::Instant::now().into_std());
     cut_short_calls(&breaker, 8, Duration::from_millis(10)).await;
     assert_eq!(breaker.state(), State::Closed, "cut before the threshold");
 
@@ -574,4 +574,36 @@ async fn calls_cut_short_above_the_breaker_count_as_slow_past_the_threshold() {
     tokio::time::advance(Duration::from_secs(10)).await;
     cut_short_calls(&breaker, 1, Duration::from_millis(100)).await;
     assert_eq!(breaker.state(), State::Open, "the probe hung");
+}
+
+/// A probe cut short above the breaker once it ran past the half-open
+/// maximum wait counts as failed, slow calls counted or not: each such
+/// probe gave its slot back to the next, and the breaker stayed half-open
+/// for as long as probes hung.
+#[tokio::test(start_paused = true)]
+async fn a_probe_cut_short_past_the_half_open_wait_reopens_the_breaker() {
+    let config = Config::builder()
+        .sliding_window(SlidingWindow::Count(2))
+        .minimum_calls(2)
+        .open_duration(Duration::from_secs(10))
+        .jitter(0.0)
+        .half_open_permits(1)
+        .half_open_max_wait(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let breaker = CircuitBreaker::new_at(config, tokio::time::Instant::now().into_std());
+    let mut failing = CircuitBreakerLayer::from_breaker(breaker.clone()).layer(service_fn(failing));
+    for _ in 0..2 {
+        let _ = failing.ready().await.unwrap().call(()).await;
+    }
+    assert_eq!(breaker.state(), State::Open);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    cut_short_calls(&breaker, 1, Duration::from_millis(20)).await;
+    assert_eq!(
+        breaker.state(),
+        State::HalfOpen,
+        "cut before the wait: nothing"
+    );
+    cut_short_calls(&breaker, 1, Duration::from_millis(100)).await;
+    assert_eq!(breaker.state(), State::Open, "the probe outwaited its wait");
 }
