@@ -251,18 +251,25 @@ impl Books {
             }
         }
         let sound = |level: &StockLevel| level.balances() && level.reserved >= 0;
+        // Two sound rows whose sums fit; rows near the limits (edited by
+        // hand) are kept apart rather than overflow.
+        let merged = |kept: &StockLevel, level: &StockLevel| {
+            Some(StockLevel {
+                sku: kept.sku.clone(),
+                initial: kept.initial.checked_add(level.initial)?,
+                available: kept.available.checked_add(level.available)?,
+                reserved: kept.reserved.checked_add(level.reserved)?,
+                shipped: kept.shipped.checked_add(level.shipped)?,
+            })
+            .filter(|_| kept.sku == level.sku && sound(kept) && sound(level))
+        };
         for mut level in other.stock {
             match self
                 .stock
                 .iter_mut()
-                .find(|kept| kept.sku == level.sku && sound(kept) && sound(&level))
+                .find_map(|kept| merged(kept, &level).map(|sum| (kept, sum)))
             {
-                Some(kept) => {
-                    kept.initial = kept.initial.saturating_add(level.initial);
-                    kept.available = kept.available.saturating_add(level.available);
-                    kept.reserved = kept.reserved.saturating_add(level.reserved);
-                    kept.shipped = kept.shipped.saturating_add(level.shipped);
-                }
+                Some((kept, sum)) => *kept = sum,
                 None => {
                     if !sound(&level) || self.stock.iter().any(|kept| kept.sku == level.sku) {
                         level.sku = named(level.sku);
