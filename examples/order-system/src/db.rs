@@ -369,6 +369,35 @@ pub fn redact_url(url: &str) -> String {
     } else {
         true
     };
+    // A password in the query (`?password=` for sqlx, `?pass=` for a
+    // Redis socket) as well.
+    let secret = |key: &str| {
+        [
+            "password",
+            "pass",
+            "passwd",
+            "pwd",
+            "sslpassword",
+            "token",
+            "secret",
+        ]
+        .iter()
+        .any(|name| key.eq_ignore_ascii_case(name))
+    };
+    if parsed.query_pairs().any(|(key, _)| secret(&key)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if secret(&key) {
+                    "***".to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
     if redacted {
         parsed.to_string()
     } else {
@@ -788,6 +817,14 @@ mod tests {
                 "postgres://postgres@127.0.0.1:5432/test",
             ),
             ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
+            (
+                "postgres://u@h/db?sslmode=disable&password=secret",
+                "postgres://u@h/db?sslmode=disable&password=***",
+            ),
+            (
+                "redis+unix:///run/redis.sock?db=0&pass=secret",
+                "redis+unix:///run/redis.sock?db=0&pass=***",
+            ),
             ("not a url : secret@", "<URL not shown>"),
             ("not a url", "not a url"),
         ] {
