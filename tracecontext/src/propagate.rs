@@ -23,8 +23,9 @@ use crate::propagator::Propagator;
 /// The current trace is the calling task's: put this layer *above* any
 /// layer that calls the service beneath it from a task of its own
 /// (tower's `Buffer`, a balancer's worker), or the requests it sends from
-/// there start new traces. Below such a layer, give each request its
-/// parent in its extensions.
+/// there start new traces (with feature `otel`, the current span is read
+/// instead, which `Buffer` enters in its worker). Below such a layer,
+/// give each request its parent in its extensions.
 ///
 /// # Example
 ///
