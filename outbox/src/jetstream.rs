@@ -328,7 +328,9 @@ where
 {
     /// Creates (or binds to) the durable pull consumer described by
     /// `config`, applying messages with `handler` and deduplicating them
-    /// with `inbox`.
+    /// with `inbox`. A durable made before with another ack wait keeps it
+    /// (JetStream keeps a durable consumer as it was first made): the
+    /// consumer works with that one, and warns.
     ///
     /// # Errors
     ///
@@ -342,7 +344,7 @@ where
     /// filter (JetStream keeps a durable consumer as it was first made).
     pub async fn new(
         context: jetstream::Context,
-        config: ConsumerConfig,
+        mut config: ConsumerConfig,
         inbox: I,
         handler: H,
     ) -> Result<Self, ConsumerSetupError> {
@@ -438,6 +440,19 @@ where
                 config.stream,
                 filter.into_iter().collect::<Vec<_>>(),
             )));
+        }
+        // Its ack wait too: the consumer paces its "in progress" answers
+        // and keeps its inbox records by the wait JetStream redelivers
+        // after, not the one asked.
+        if made.ack_wait != config.ack_wait {
+            tracing::warn!(
+                target: "palisade_outbox",
+                consumer = %config.durable,
+                made = ?made.ack_wait,
+                asked = ?config.ack_wait,
+                "the consumer exists with another ack wait, which JetStream keeps; working with it (remove the consumer to change it)"
+            );
+            config.ack_wait = made.ack_wait;
         }
         Ok(Self {
             retention: config.redelivery_horizon().max(window),

@@ -822,6 +822,28 @@ async fn a_consumer_that_would_read_its_own_dead_letters_is_refused() {
     rig.remove().await;
 }
 
+/// A durable consumer made before with another ack wait keeps it, and the
+/// consumer works with that one: it worked with the one asked, pacing its
+/// "in progress" answers by it (a longer wait asked than made let
+/// JetStream deliver a message again while it was applied) and keeping
+/// its inbox records by it (a shorter one forgot them before a late
+/// redelivery).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_made_with_another_ack_wait_is_worked_with_its_own() {
+    let rig = Rig::new().await;
+    let made = rig
+        .consumer(rig.config("kept").ack_wait(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let asked = rig
+        .consumer(rig.config("kept").ack_wait(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert!(made.inbox_retention() >= Duration::from_secs(600));
+    assert_eq!(asked.inbox_retention(), made.inbox_retention());
+    rig.remove().await;
+}
+
 /// Settings past any use (a `Duration::MAX` delay or ack wait) overflowed
 /// the horizon's sum, and `JetStreamConsumer::new`, which asks for it,
 /// panicked.
