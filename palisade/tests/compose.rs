@@ -124,6 +124,52 @@ async fn a_coalesced_route_reaches_its_handler_once_for_a_crowd() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
+/// A timeout beneath a client's cache reaches a retry above it as the
+/// timeout it is: the flight's shared error skipped it in its source
+/// chain, so a cache in between turned off the retrying of timeouts.
+#[cfg(feature = "coalesce")]
+#[tokio::test(start_paused = true)]
+async fn a_retry_above_a_cache_retries_a_timeout_beneath_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use palisade::coalesce::http::{CachedResponse, CoalesceLayer};
+    use palisade::coalesce::{Cache, Freshness};
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let origin = tower::service_fn(move |_: Request<String>| {
+        let call = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if call == 0 {
+                // The first call times out, as one beneath a timeout does.
+                tokio::time::timeout(Duration::from_millis(50), std::future::pending::<()>())
+                    .await?;
+            }
+            Ok::<_, tower::BoxError>(http::Response::new(axum::body::Body::from("served")))
+        }
+    });
+    let cache: Cache<String, CachedResponse, tower::BoxError> =
+        Cache::new(100, Freshness::new(Duration::from_secs(60)));
+    let retries = RetryConfig::builder()
+        .backoff(Backoff::constant(Duration::from_millis(5)))
+        .build()
+        .unwrap();
+    let response = ServiceBuilder::new()
+        .retry_for_http(retries)
+        .layer(CoalesceLayer::new(cache))
+        .service(origin)
+        .oneshot(
+            Request::get("http://origin/ranking")
+                .body(String::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the timeout was retried");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tonic_server_takes_the_grpc_presets_with_layer() {
     use tonic::transport::Server;

@@ -1093,19 +1093,21 @@ fn flight_error(error: FlightError<BoxError>) -> BoxError {
     }
 }
 
-/// One origin error, delivered to every request of its flight.
+/// One origin error, delivered to every request of its flight: the
+/// origin's error is its [`source`](Error::source), so whatever walks the
+/// chain (a retry's classifier looking for a timeout) finds it.
 #[derive(Debug, Clone)]
 pub struct SharedError(pub Arc<BoxError>);
 
 impl fmt::Display for SharedError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&**self.0, f)
+        f.write_str("the origin call this request shared failed")
     }
 }
 
 impl Error for SharedError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        self.0.source()
+        Some(&**self.0)
     }
 }
 
