@@ -267,6 +267,11 @@ const HANDED_BACK_READ: Duration = Duration::from_secs(5);
 struct Pulled {
     stream: pull::Stream,
     ahead: VecDeque<jetstream::Message>,
+    /// When what is under way and ahead is next kept alive: one pace
+    /// across batches (a pace of each batch's own, restarted with it,
+    /// never came round while batches took less than it, and messages
+    /// waiting ahead through a few of them were delivered again).
+    keep_alive_at: tokio::time::Instant,
     /// The subscription ended.
     ended: bool,
     /// The pull error since the last message, which may say why it
@@ -547,6 +552,7 @@ where
         let mut pulled = Pulled {
             stream: self.consumer.messages().await?,
             ahead: VecDeque::new(),
+            keep_alive_at: tokio::time::Instant::now() + self.keep_alive_every(),
             ended: false,
             failed: None,
         };
@@ -624,7 +630,15 @@ where
             kept.push(message);
             deliveries.push(delivery);
         }
-        self.untried_deliveries_subtracted(&mut deliveries).await;
+        // Kept alive meanwhile: the inbox may take seconds to answer.
+        let no_one_settled = AtomicUsize::new(0);
+        self.kept_alive(
+            &kept,
+            &no_one_settled,
+            pulled,
+            self.untried_deliveries_subtracted(&mut deliveries),
+        )
+        .await;
         let applier = Applier {
             inbox: &self.inbox,
             consumer: &self.config.durable,
@@ -751,15 +765,14 @@ where
         pulled: &mut Pulled,
         applying: impl Future<Output = T>,
     ) -> T {
-        let step = (self.config.ack_wait / 2).max(Duration::from_millis(100));
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let every = self.keep_alive_every();
         let mut applying = std::pin::pin!(applying);
         loop {
             tokio::select! {
                 biased;
                 outcome = &mut applying => return outcome,
-                _ = ticks.tick() => {
+                () = tokio::time::sleep_until(pulled.keep_alive_at) => {
+                    pulled.keep_alive_at = tokio::time::Instant::now() + every;
                     pulled.take_in();
                     let from = settled.load(Ordering::Relaxed).min(messages.len());
                     for message in messages[from..].iter().copied().chain(&pulled.ahead) {
@@ -770,6 +783,12 @@ where
                 }
             }
         }
+    }
+
+    /// How often what is under way and ahead is kept alive: every half
+    /// ack wait.
+    fn keep_alive_every(&self) -> Duration {
+        (self.config.ack_wait / 2).max(Duration::from_millis(100))
     }
 
     async fn ack(message: &jetstream::Message) {

@@ -30,8 +30,9 @@ async fn jetstream() -> jetstream::Context {
 
 /// Writes each applied event into `applied`; `Flaky` fails its first two
 /// deliveries, `Bad` every one; `Slow` takes [`SLOW`] over its first,
-/// `Hangs` never ends; `Outage` fails as [`Transient`] while the rig's
-/// outage lasts, then once plainly; unknown types are ignored.
+/// `Hangs` never ends; `Dawdles` takes [`DAWDLE`] over each; `Outage`
+/// fails as [`Transient`] while the rig's outage lasts, then once plainly;
+/// unknown types are ignored.
 struct Apply {
     schema: String,
     outage: Arc<AtomicBool>,
@@ -64,6 +65,7 @@ impl Handler<PgConnection> for Apply {
             "Slow" if seen == 1 => tokio::time::sleep(SLOW).await,
             "Slow" => {}
             "Hangs" => std::future::pending::<()>().await,
+            "Dawdles" => tokio::time::sleep(DAWDLE).await,
             "Outage" if self.outage.load(Ordering::SeqCst) => {
                 return Err(Box::new(Transient::new("the store is away")));
             }
@@ -100,6 +102,9 @@ impl Handler<PgConnection> for Apply {
 
 /// How long `Slow` takes over its first delivery.
 const SLOW: Duration = Duration::from_secs(4);
+
+/// How long `Dawdles` takes over each delivery.
+const DAWDLE: Duration = Duration::from_millis(1_900);
 
 /// A schema with an outbox, an inbox and the `applied` table, and a
 /// fresh stream the outbox's events are relayed to.
@@ -819,6 +824,35 @@ async fn a_consumer_that_would_read_its_own_dead_letters_is_refused() {
         .filter_subject(&format!("{prefix}.order.Good"));
     let refused = rig.consumer(config).await.unwrap_err().to_string();
     assert!(refused.contains("exists with filter"), "{refused}");
+    rig.remove().await;
+}
+
+/// Messages waiting behind a few batches, each shorter than half the ack
+/// wait, are kept alive all the while: each batch kept them alive at a
+/// pace of its own, which never came round, and JetStream delivered them
+/// again (a delivery more, taken for a try).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_waiting_behind_short_batches_are_kept_alive() {
+    let rig = Rig::new().await;
+    let events: Vec<Event> = (0..4_u8)
+        .map(|n| Event::new("order", format!("o-{n}"), "Dawdles", vec![n]))
+        .collect();
+    rig.publish(&events).await;
+    let config = rig.config("dawdling").ack_wait(Duration::from_secs(4));
+    let consumer = Arc::new(rig.consumer(config).await.unwrap().batch(1));
+    let (stop, running) = start(&consumer);
+    until(&consumer, |stats| stats.applied == 4).await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    let info = rig
+        .context
+        .get_stream(&rig.stream)
+        .await
+        .unwrap()
+        .consumer_info("dawdling")
+        .await
+        .unwrap();
+    assert_eq!(info.delivered.consumer_sequence, 4, "each delivered once");
     rig.remove().await;
 }
 
