@@ -1093,15 +1093,16 @@ fn flight_error(error: FlightError<BoxError>) -> BoxError {
     }
 }
 
-/// One origin error, delivered to every request of its flight: the
-/// origin's error is its [`source`](Error::source), so whatever walks the
-/// chain (a retry's classifier looking for a timeout) finds it.
+/// One origin error, delivered to every request of its flight. It reads
+/// as the origin's error, and has it as its [`source`](Error::source), so
+/// whatever walks the chain (a retry's classifier looking for a timeout)
+/// finds it; a report of the whole chain names it twice.
 #[derive(Debug, Clone)]
 pub struct SharedError(pub Arc<BoxError>);
 
 impl fmt::Display for SharedError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the origin call this request shared failed")
+        fmt::Display::fmt(&**self.0, f)
     }
 }
 
