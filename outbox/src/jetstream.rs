@@ -334,8 +334,10 @@ where
     /// Creates (or binds to) the durable pull consumer described by
     /// `config`, applying messages with `handler` and deduplicating them
     /// with `inbox`. A durable made before with another ack wait keeps it
-    /// (JetStream keeps a durable consumer as it was first made): the
-    /// consumer works with that one, and warns.
+    /// (JetStream creates a durable only once; its ack wait changes only
+    /// when the consumer is edited): the consumer works with that one,
+    /// and warns. It does not edit the durable itself, which replicas of
+    /// another version share.
     ///
     /// # Errors
     ///
@@ -455,7 +457,7 @@ where
                 consumer = %config.durable,
                 made = ?made.ack_wait,
                 asked = ?config.ack_wait,
-                "the consumer exists with another ack wait, which JetStream keeps; working with it (remove the consumer to change it)"
+                "the consumer exists with another ack wait, which JetStream keeps; working with it (edit the consumer, as `nats consumer edit` does, to change it)"
             );
             config.ack_wait = made.ack_wait;
         }

@@ -104,7 +104,7 @@ impl Handler<PgConnection> for Apply {
 const SLOW: Duration = Duration::from_secs(4);
 
 /// How long `Dawdles` takes over each delivery.
-const DAWDLE: Duration = Duration::from_millis(1_900);
+const DAWDLE: Duration = Duration::from_millis(1_500);
 
 /// A schema with an outbox, an inbox and the `applied` table, and a
 /// fresh stream the outbox's events are relayed to.
@@ -834,14 +834,16 @@ async fn a_consumer_that_would_read_its_own_dead_letters_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_waiting_behind_short_batches_are_kept_alive() {
     let rig = Rig::new().await;
-    let events: Vec<Event> = (0..4_u8)
+    // Each batch 1.5 s, the pace 2 s, the ack wait 4 s: the fifth waits
+    // 6 s.
+    let events: Vec<Event> = (0..5_u8)
         .map(|n| Event::new("order", format!("o-{n}"), "Dawdles", vec![n]))
         .collect();
     rig.publish(&events).await;
     let config = rig.config("dawdling").ack_wait(Duration::from_secs(4));
     let consumer = Arc::new(rig.consumer(config).await.unwrap().batch(1));
     let (stop, running) = start(&consumer);
-    until(&consumer, |stats| stats.applied == 4).await;
+    until(&consumer, |stats| stats.applied == 5).await;
     stop.send(()).unwrap();
     running.await.unwrap().unwrap();
     let info = rig
@@ -852,7 +854,7 @@ async fn messages_waiting_behind_short_batches_are_kept_alive() {
         .consumer_info("dawdling")
         .await
         .unwrap();
-    assert_eq!(info.delivered.consumer_sequence, 4, "each delivered once");
+    assert_eq!(info.delivered.consumer_sequence, 5, "each delivered once");
     rig.remove().await;
 }
 
