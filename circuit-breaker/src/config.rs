@@ -311,7 +311,9 @@ impl ConfigBuilder {
 
     /// How long a probe may run before it counts as failed (default 60 s):
     /// once the oldest probe still running has run this long, the next
-    /// caller that finds every probe slot taken re-opens the breaker.
+    /// caller that finds every probe slot taken re-opens the breaker, as
+    /// does a probe cut short (dropped by a timeout above the breaker)
+    /// after this long.
     #[must_use]
     pub const fn half_open_max_wait(mut self, wait: Duration) -> Self {
         self.config.half_open_max_wait = wait;

@@ -20,8 +20,9 @@ pin_project! {
     /// response body, when the body ends). Dropped unfinished (a timeout
     /// above the breaker, a caller that left), the call is
     /// [cut short](Permit::cut_short): slow if it ran past the slow-call
-    /// threshold, and nothing otherwise. Put a timeout *beneath* the
-    /// breaker for a call that hangs to count as failed.
+    /// threshold (a probe failed, past that or the half-open maximum
+    /// wait), and nothing otherwise. Put a timeout *beneath* the breaker
+    /// for a call that hangs to count as failed.
     #[derive(Debug)]
     pub struct ResponseFuture<F, C, R> {
         #[pin]

@@ -40,9 +40,11 @@
 //! a call it cuts reaches the breaker as an error, a failure. One above
 //! the breaker (or a retry's deadline, or a caller that leaves) drops the
 //! call before it has an outcome: the breaker counts it as a slow call
-//! when it ran past [`slow_calls`](ConfigBuilder::slow_calls)' threshold,
-//! and otherwise not at all, so a dependency that hangs would never open
-//! it.
+//! when it ran past [`slow_calls`](ConfigBuilder::slow_calls)' threshold
+//! (a half-open probe as failed, past that or
+//! [`half_open_max_wait`](ConfigBuilder::half_open_max_wait)), and
+//! otherwise not at all: without slow calls counted, a dependency that
+//! hangs would never open it.
 //!
 //! # Feature flags
 //!

@@ -99,7 +99,7 @@ impl Hub {
     }
 
     /// Whether the task still runs: it is dropped with its runtime.
-    fn is_running(&self) -> bool {
+    pub(super) fn is_running(&self) -> bool {
         !self.commands.is_closed()
     }
 

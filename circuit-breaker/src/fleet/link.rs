@@ -230,12 +230,18 @@ impl Link {
     }
 
     /// Joins the fleet's running hub (started on this runtime if need be)
-    /// once the one it had ended with its runtime: what it hears now.
-    fn rejoin(&mut self) -> mpsc::UnboundedReceiver<Event> {
+    /// once the one it had ended with its runtime: what it hears now;
+    /// `None` when its breaker is gone, or no hub runs even so (this
+    /// runtime shutting down too), and the link is to end.
+    fn rejoin(&mut self) -> Option<mpsc::UnboundedReceiver<Event>> {
+        self.breaker().ok()?;
         self.hub = self.slot.hub();
+        if !self.hub.is_running() {
+            return None;
+        }
         let (link, events) = self.hub.join(&self.channel);
         self.link = link;
-        events
+        Some(events)
     }
 
     /// Works with the fleet while Redis answers, alone while it does not,
@@ -253,7 +259,10 @@ impl Link {
                     Left::HubGone => {
                         connection = None;
                         self.go_alone(&"the fleet's connection ended with its runtime");
-                        events = self.rejoin();
+                        let Some(rejoined) = self.rejoin() else {
+                            return;
+                        };
+                        events = rejoined;
                     }
                     Left::Failed(error) => self.go_alone(&error),
                     Left::Down(error) => {
@@ -281,7 +290,8 @@ impl Link {
                         Some(Event::Message(_)) => {}
                         None => {
                             connection = None;
-                            events = self.rejoin();
+                            let Some(rejoined) = self.rejoin() else { return };
+                            events = rejoined;
                         }
                     },
                     own = told.recv() => match own {
