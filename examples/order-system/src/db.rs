@@ -340,9 +340,10 @@ impl ServiceDb {
 }
 
 /// `url` fit for an error or a log: its password (and a NATS token, the
-/// user part of a `nats://` or `tls://` URL without a password) replaced by
-/// `***`. A URL that does not parse is shown as `<URL not shown>` unless it
-/// has no `@` (so no credentials) at all.
+/// user part of a `nats://` or `tls://` URL without a password; and a
+/// password in the query, `?password=` or `?pass=`) replaced by `***`. A
+/// URL that does not parse is shown as `<URL not shown>` unless it has no
+/// `@` and no such query (so no credentials) at all.
 ///
 /// ```
 /// use palisade_order_system::db::redact_url;
@@ -352,23 +353,6 @@ impl ServiceDb {
 /// ```
 #[must_use]
 pub fn redact_url(url: &str) -> String {
-    let Ok(mut parsed) = url::Url::parse(url) else {
-        return if url.contains('@') {
-            "<URL not shown>".to_owned()
-        } else {
-            url.to_owned()
-        };
-    };
-    let token = matches!(parsed.scheme(), "nats" | "tls")
-        && parsed.password().is_none()
-        && !parsed.username().is_empty();
-    let redacted = if parsed.password().is_some() {
-        parsed.set_password(Some("***")).is_ok()
-    } else if token {
-        parsed.set_username("***").is_ok()
-    } else {
-        true
-    };
     // A password in the query (`?password=` for sqlx, `?pass=` for a
     // Redis socket) as well.
     let secret = |key: &str| {
@@ -383,6 +367,27 @@ pub fn redact_url(url: &str) -> String {
         ]
         .iter()
         .any(|name| key.eq_ignore_ascii_case(name))
+    };
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        let query = url.split_once('?').map_or("", |(_, query)| query);
+        let named = query
+            .split('&')
+            .any(|pair| secret(pair.split_once('=').map_or(pair, |(key, _)| key)));
+        return if url.contains('@') || named {
+            "<URL not shown>".to_owned()
+        } else {
+            url.to_owned()
+        };
+    };
+    let token = matches!(parsed.scheme(), "nats" | "tls")
+        && parsed.password().is_none()
+        && !parsed.username().is_empty();
+    let redacted = if parsed.password().is_some() {
+        parsed.set_password(Some("***")).is_ok()
+    } else if token {
+        parsed.set_username("***").is_ok()
+    } else {
+        true
     };
     if parsed.query_pairs().any(|(key, _)| secret(&key)) {
         let pairs: Vec<(String, String)> = parsed
@@ -826,6 +831,7 @@ mod tests {
                 "redis+unix:///run/redis.sock?db=0&pass=***",
             ),
             ("not a url : secret@", "<URL not shown>"),
+            ("postgres://h:99999/db?password=secret", "<URL not shown>"),
             ("not a url", "not a url"),
         ] {
             let redacted = redact_url(url);
