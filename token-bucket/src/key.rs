@@ -22,7 +22,9 @@
 /// layer verified (in front of the limiter), or its address block
 /// ([`address_block`]). A key the client picks (an API key header read
 /// before anyone checked it, a whole IPv6 address in a `/64` it owns) is a
-/// fresh bucket each time it picks another: never limited.
+/// fresh bucket each time it picks another: never limited. A key that is a
+/// secret (an API key) goes into a shared store as it is: [`hashed`]
+/// names its bucket by a hash.
 pub trait Key<Req> {
     /// The key of `request`'s bucket.
     fn key(&self, request: &Req) -> Option<String>;
@@ -154,6 +156,52 @@ impl<Req, A: Key<Req>, B: Key<Req>> Key<Req> for Or<A, B> {
         tagged.push_str(&key);
         Some(tagged)
     }
+}
+
+/// The bucket `key` names, named by a hash of its name: a key that is a
+/// secret (an API key) then reaches no store, no Redis key name or
+/// command, and no log line; only the first 128 bits of its SHA-256 do, in
+/// hex after a `#`. Every process hashes alike, so a fleet shares the
+/// bucket. Put it around the whole key, [`or`] and all.
+///
+/// # Example
+///
+/// ```
+/// use palisade_token_bucket::key::{self, Key};
+///
+/// let by_api_key = key::hashed(key::header(http::HeaderName::from_static("x-api-key")));
+/// let request = http::Request::get("/").header("x-api-key", "sk_live_42").body(()).unwrap();
+/// let name = by_api_key.key(&request).unwrap();
+/// assert!(!name.contains("sk_live_42"));
+/// assert_eq!(name.len(), 33);
+/// ```
+#[must_use]
+pub const fn hashed<K>(key: K) -> Hashed<K> {
+    Hashed(key)
+}
+
+/// A key named by a hash of its name; made by [`hashed`].
+#[derive(Debug, Clone)]
+pub struct Hashed<K>(K);
+
+impl<Req, K: Key<Req>> Key<Req> for Hashed<K> {
+    fn key(&self, request: &Req) -> Option<String> {
+        let key = self.0.key(request)?;
+        Some(format!("#{}", sha256_hex(&key, 16)))
+    }
+}
+
+/// The first `bytes` bytes of `text`'s SHA-256, in hex.
+pub(crate) fn sha256_hex(text: &str, bytes: usize) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+
+    let digest = Sha256::digest(text.as_bytes());
+    let mut hex = String::with_capacity(2 * bytes);
+    for byte in digest.iter().take(bytes) {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
 }
 
 /// The block of addresses one client holds, as a bucket's key: an IPv4

@@ -1,6 +1,5 @@
 //! The Redis store (feature `redis`).
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
@@ -9,7 +8,6 @@ use std::time::Duration;
 use palisade_hints::reachability::{Change, Reachability, unreachable};
 use redis::Script;
 use redis::aio::ConnectionLike;
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::bucket::{Bucket, Decision};
@@ -289,12 +287,7 @@ where
         if key.len() <= crate::MAX_KEY_BYTES {
             return format!("{{{}:{key}}}", self.prefix);
         }
-        let digest = Sha256::digest(key.as_bytes());
-        let mut hex = String::with_capacity(2 * digest.len());
-        for byte in digest {
-            let _ = write!(hex, "{byte:02x}");
-        }
-        format!("{{{}:#{hex}}}", self.prefix)
+        format!("{{{}:#{}}}", self.prefix, crate::key::sha256_hex(key, 32))
     }
 
     /// Whether the store is applying its failure policy now.

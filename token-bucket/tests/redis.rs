@@ -566,3 +566,28 @@ async fn a_clock_stepped_back_costs_at_most_one_refill() {
     tokio::time::sleep(refused.retry_after() + Duration::from_millis(5)).await;
     assert!(store.decide("k", &bucket, 1).await.unwrap().is_allowed());
 }
+
+/// A hashed key (an API key) reaches Redis as its hash only: its bucket's
+/// key name holds no part of the secret.
+#[cfg(feature = "http")]
+#[tokio::test]
+async fn a_hashed_key_reaches_redis_as_its_hash_only() {
+    let prefix = prefix();
+    let store =
+        RedisStore::new(connect(&redis_url()).await, FailurePolicy::Propagate).prefix(&prefix);
+    let by_api_key = key::hashed(key::header(http::HeaderName::from_static("x-api-key")));
+    let limited = RateLimitLayer::new(store, Bucket::new(5, 1.0).unwrap(), by_api_key).layer(
+        service_fn(|_: http::Request<()>| async { Ok::<_, BoxError>(()) }),
+    );
+    for _ in 0..2 {
+        let request = http::Request::get("/")
+            .header("x-api-key", "sk_live_secret")
+            .body(())
+            .unwrap();
+        limited.clone().oneshot(request).await.unwrap();
+    }
+    let mut redis = connect(&redis_url()).await;
+    let keys: Vec<String> = redis.keys(format!("{{{prefix}:*")).await.unwrap();
+    assert_eq!(keys.len(), 1, "one bucket for one key: {keys:?}");
+    assert!(!keys[0].contains("sk_live"), "{keys:?}");
+}
