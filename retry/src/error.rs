@@ -41,7 +41,18 @@ impl fmt::Display for DeadlineExceeded {
     }
 }
 
-impl Error for DeadlineExceeded {}
+/// With feature `tonic`, its source is a `DEADLINE_EXCEEDED` status, which
+/// a tonic client finds in the chain and answers the call with: it
+/// answered `UNKNOWN`, knowing nothing of this error.
+impl Error for DeadlineExceeded {
+    #[cfg(feature = "tonic")]
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        static STATUS: std::sync::LazyLock<tonic::Status> = std::sync::LazyLock::new(|| {
+            tonic::Status::deadline_exceeded("the retry deadline passed")
+        });
+        Some(&*STATUS)
+    }
+}
 
 pub use palisade_hints::ConfigError;
 

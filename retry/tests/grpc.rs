@@ -100,3 +100,33 @@ async fn a_negative_pushback_means_no_retry_and_other_codes_are_answers() {
     assert_eq!(status.code(), tonic::Code::Internal);
     assert_eq!(server.calls(), 1);
 }
+
+/// A call past the retry's deadline reaches the tonic client as
+/// `DEADLINE_EXCEEDED`; it was `UNKNOWN`, tonic knowing nothing of the
+/// retry's error. The server accepts the connection and never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_the_deadline_is_deadline_exceeded() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = silent.local_addr().unwrap();
+    let _silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect_lazy();
+    let config = Config::builder()
+        .deadline(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let channel = ServiceBuilder::new()
+        .layer(RetryLayer::new_for_tonic(config))
+        .service(channel);
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+}

@@ -707,8 +707,8 @@ impl ProcessorClient {
     ///
     /// # Errors
     ///
-    /// The call's status: `UNAVAILABLE` once retries are spent, while the
-    /// breaker is open, or past the deadline.
+    /// The call's status: `UNAVAILABLE` once retries are spent or while
+    /// the breaker is open, `DEADLINE_EXCEEDED` past the deadline.
     pub async fn charge(
         &self,
         order_id: &str,
