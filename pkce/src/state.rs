@@ -77,9 +77,12 @@ macro_rules! random_token_type {
             }
         }
 
+        /// Redacted, as the code verifier's is: a session or a request
+        /// logged whole would give the value away, which is all an
+        /// attacker needs to answer in its place.
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.debug_tuple(stringify!($name)).field(&self.value).finish()
+                write!(f, "{}(<redacted, {} chars>)", stringify!($name), self.value.len())
             }
         }
 
@@ -132,6 +135,16 @@ random_token_type!(
 #[cfg(test)]
 mod tests {
     use super::{Nonce, State};
+
+    #[test]
+    fn debug_keeps_the_value_out_of_logs() {
+        let state = State::from_stored("s3cr3t-state");
+        let nonce = Nonce::from_stored("s3cr3t-nonce");
+        for shown in [format!("{state:?}"), format!("{nonce:?}")] {
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert!(shown.contains("12 chars"), "{shown}");
+        }
+    }
 
     /// A session that kept no state, read with a default, matched a
     /// callback with an empty `state` (login cross-site request forgery).
