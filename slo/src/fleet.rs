@@ -170,7 +170,10 @@ async fn round<C: ConnectionLike>(
     let keep_ms = ring.resolution_ms().saturating_mul(buckets as u64 + 1);
     let (good, bad) = (format!("{replica}.good"), format!("{replica}.bad"));
     let mut written = HashMap::new();
+    // One transaction: a count is never left without its expiry (a
+    // failover or a cut between the two commands kept the key for good).
     let mut write = redis::pipe();
+    write.atomic();
     for bucket in first..=last {
         let here = ring.bucket_counts(bucket);
         if here.total() == 0 {
