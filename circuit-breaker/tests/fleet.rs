@@ -59,6 +59,12 @@ async fn replicas(
     joined
 }
 
+/// One breaker joined to `fleet`, once its link is up.
+async fn replica(fleet: &Fleet) -> (CircuitBreaker, Member) {
+    let mut joined = replicas(fleet, 1, Duration::from_secs(1)).await;
+    joined.pop().unwrap()
+}
+
 /// Waits until `done` says so, or fails the test after ten seconds.
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -684,10 +690,7 @@ fn a_fleet_outlives_the_runtime_its_connection_started_in() {
             .unwrap()
     };
     let first = runtime();
-    let (breaker, member) = first.block_on(async {
-        let mut joined = replicas(&fleet, 1, Duration::from_secs(1)).await;
-        joined.pop().unwrap()
-    });
+    let (breaker, member) = first.block_on(replica(&fleet));
     drop(first);
     assert!(member.is_alone(), "its link ended with its runtime");
     runtime().block_on(async {
@@ -717,20 +720,11 @@ fn a_link_outlives_the_runtime_its_fleets_connection_ran_in() {
     };
     let first = runtime();
     let second = runtime();
-    let started = first.block_on(async {
-        let mut joined = replicas(&fleet, 1, Duration::from_secs(1)).await;
-        joined.pop().unwrap()
-    });
-    let (breaker, member) = second.block_on(async {
-        let mut joined = replicas(&fleet, 1, Duration::from_secs(1)).await;
-        joined.pop().unwrap()
-    });
+    let started = first.block_on(replica(&fleet));
+    let (breaker, member) = second.block_on(replica(&fleet));
     drop(first);
     second.block_on(async {
-        let (other, _other_member) = replicas(&fleet, 1, Duration::from_secs(1))
-            .await
-            .pop()
-            .unwrap();
+        let (other, _other_member) = replica(&fleet).await;
         eventually("the link is with its fleet again", || !member.is_alone()).await;
         trip(&breaker);
         eventually("the other replica opens with it", || {
