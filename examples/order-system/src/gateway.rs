@@ -69,7 +69,7 @@ use palisade_traffic::{CellRouter, Cells};
 
 use crate::objectives::{Objectives, SagaRead, SagasEndInTime};
 use palisade_token_bucket::{LocalStore, RateLimitLayer, key};
-use palisade_tracecontext::TraceContextLayer;
+use palisade_tracecontext::{Propagator, TraceContextLayer};
 use serde::{Deserialize, Serialize};
 
 use crate::auth;
@@ -390,10 +390,19 @@ where
             .unwrap_or_else(|error| unreachable!("a policy name of ours: {error}"))
             .instrument(meter, "per-address"),
         )
-        .layer(TraceContextLayer::new());
+        // A client's `tracestate` is cut to the specification's 512
+        // characters: whole, 32 members of 512 went into every event of
+        // the saga, kept in the stream for good.
+        .layer(
+            TraceContextLayer::new()
+                .propagator(Propagator::new().tracestate_limit(TRACESTATE_KEPT)),
+        );
     Ok((router, cells))
 }
 
+/// The longest `tracestate` the gateway passes on, in characters: the
+/// least a propagator must keep (W3C Trace Context, "tracestate limits").
+pub const TRACESTATE_KEPT: usize = 512;
 /// A signed-in request as its cell's router takes it: with the
 /// [`Principal`] the bearer check found and the trace context, and
 /// nothing else the gateway's router put in (the cell's router matches
@@ -666,7 +675,9 @@ async fn place(
     let card = match services.cards.tokenize(&order.card).await {
         Ok(card) => card,
         Err(error) => {
-            tracing::error!(%error, "card not tokenized; no order placed");
+            // Once an interval: every order fails this way while the
+            // vault is away.
+            palisade_hints::throttled!(error, %error, "card not tokenized; no order placed");
             // Not "no order was placed": a request sent again after its
             // answer was lost may have placed one, which this one could
             // not be checked against; a new key would place a second.

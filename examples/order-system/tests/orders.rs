@@ -551,5 +551,58 @@ async fn the_orders_tracestate_reaches_every_step() {
         let traceparent = headers["traceparent"].as_str().unwrap();
         assert!(traceparent.contains(trace_id), "{event}: {headers}");
     }
+
+    // A client's tracestate of 32 long members is cut at the gateway to
+    // 512 characters: whole, it went into every event of the saga.
+    let long = (0..32)
+        .map(|n| format!("v{n}={}", "x".repeat(200)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let long_trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let reply = alice
+        .exchange(
+            Method::POST,
+            "/orders",
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", "traced-long"),
+                (
+                    "traceparent",
+                    &format!("00-{long_trace}-00f067aa0ba902b7-01"),
+                ),
+                ("tracestate", &long),
+            ],
+            Bytes::from(ORDER),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::CREATED);
+    let mut db = sqlx::sqlite::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        dir.join("orders.db").display()
+    ))
+    .await
+    .unwrap();
+    let placed: Vec<(String,)> =
+        sqlx::query_as("SELECT headers FROM outbox WHERE event_type = 'OrderCreated'")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    let headers: serde_json::Value = placed
+        .iter()
+        .map(|(headers,)| serde_json::from_str::<serde_json::Value>(headers).unwrap())
+        .find(|headers| {
+            headers["traceparent"]
+                .as_str()
+                .unwrap()
+                .contains(long_trace)
+        })
+        .expect("the second order's event");
+    let kept = headers["tracestate"].as_str().unwrap_or_default();
+    assert!(
+        !kept.is_empty() && kept.len() <= palisade_order_system::gateway::TRACESTATE_KEPT,
+        "{} characters kept",
+        kept.len()
+    );
     stop(system, dir).await;
 }

@@ -138,7 +138,7 @@ async fn tokenize(State(vault): State<Vault>, body: Bytes) -> Response {
     match vault.tokenize(&request.number).await {
         Ok(token) => axum::Json(token).into_response(),
         Err(error) => {
-            tracing::error!(%error, "card not tokenized");
+            palisade_hints::throttled!(error, %error, "card not tokenized");
             problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the card vault is unavailable; try again".to_owned(),
