@@ -1245,3 +1245,21 @@ async fn the_502_carries_the_failure() {
         "{failure}"
     );
 }
+
+/// A request naming its resource in more than 8 KiB goes to the origin on
+/// its own: its key (up to a megabyte, from a padded `Host` or query)
+/// took memory the cache's count of entries does not bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_too_long_to_key_goes_to_the_origin() {
+    let (address, calls) = serve().await;
+    let long = format!("/slow?{}", "q".repeat(9_000));
+    for call in ["call 1", "call 2"] {
+        let (status, _, body) = send(address, "GET", &long, &[]).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, call.as_bytes()));
+    }
+    let (_, _, body) = send(address, "GET", "/slow?q", &[]).await;
+    assert_eq!(body, "call 3");
+    let (_, _, body) = send(address, "GET", "/slow?q", &[]).await;
+    assert_eq!(body, "call 3", "a short one is cached");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}

@@ -18,7 +18,8 @@
 //!   `If-None-Match` and `If-Modified-Since`; the layer answers each caller's
 //!   conditions itself (`304 Not Modified`). Requests with `Range`,
 //!   `If-Range`, `If-Match` or `If-Unmodified-Since` go to the origin on
-//!   their own.
+//!   their own, as do those naming their resource (host, path and query)
+//!   in more than 8 KiB.
 //! - **The origin's lifetime.** `s-maxage` or `max-age` sets it, else
 //!   `Expires` less `Date` (an `Expires` that is no date, such as `0`, has
 //!   expired: the response is not stored), else the cache's [`Freshness`];
@@ -722,13 +723,27 @@ fn refused_below(error: &FlightError<BoxError>) -> bool {
     })
 }
 
+/// The longest host, path and query a request is cached by, in bytes.
+const LONGEST_KEYED: usize = 8 * 1024;
+
 /// Whether the request goes to the origin on its own: it asks to skip the
-/// cache (`no-cache`), carries credentials the key does not include, or
-/// asks for part of a response or a condition the layer does not answer.
+/// cache (`no-cache`), carries credentials the key does not include, asks
+/// for part of a response or a condition the layer does not answer, or
+/// names its resource in more than [`LONGEST_KEYED`] bytes (a padded
+/// `Host` or query made keys of up to a megabyte each, memory the cache's
+/// count of entries does not bound, and names in a shared store).
 fn bypasses<B>(request: &Request<B>, vary: &[HeaderName]) -> bool {
     let headers = request.headers();
     let personal = |field: &HeaderName| headers.contains_key(field) && !vary.contains(field);
-    CacheControl::parse(headers).no_cache
+    let named = request.uri().authority().map_or_else(
+        || headers.get(HOST).map_or(0, HeaderValue::len),
+        |authority| authority.as_str().len(),
+    ) + request
+        .uri()
+        .path_and_query()
+        .map_or(1, |path| path.as_str().len());
+    named > LONGEST_KEYED
+        || CacheControl::parse(headers).no_cache
         || headers
             .get(PRAGMA)
             .is_some_and(|pragma| pragma.as_bytes().eq_ignore_ascii_case(b"no-cache"))
