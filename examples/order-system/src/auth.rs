@@ -557,7 +557,11 @@ impl Auth {
         let param = |name: &str| params.get(name).map(String::as_str).unwrap_or_default();
         let principal = match (param("username"), param("password")) {
             ("", _) | (_, "") => None,
-            (user, password) => self.identity.verify(user, password).await,
+            (user, password) => self
+                .identity
+                .verify(user, password)
+                .await
+                .map_err(|busy| OAuthError::new("temporarily_unavailable", &busy))?,
         }
         .ok_or_else(|| OAuthError::new("access_denied", &"wrong user name or password"))?;
         let mut callback = Url::parse(request.redirect_uri)

@@ -174,34 +174,103 @@ pub fn hash_password(password: &str) -> Result<String, IdentityError> {
         .map_err(|error| IdentityError(format!("cannot hash a password: {error}")))
 }
 
-/// Runs `work` (hashing) on tokio's blocking threads, at most one per
-/// core at once: each hash takes 19 MiB, so a crowd signing in costs a
-/// queue, not a thread and 19 MiB each; and the runtime's workers stay
-/// free. The place is the hash's until it ends: a caller that leaves
-/// (its client gone, a timeout) does not end the blocking work it
-/// started, and a place given back then let a crowd of cancelled
-/// sign-ins hash at once.
-async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    let permit = hashers()
-        .acquire()
-        .await
-        .unwrap_or_else(|_| unreachable!("the hashers' semaphore is never closed"));
-    let work = move || {
-        let _place = permit;
-        work()
-    };
-    match tokio::task::spawn_blocking(work).await {
-        Ok(done) => done,
-        Err(error) => std::panic::resume_unwind(error.into_panic()),
+/// Sign-ins that may wait for a hashing place, for each place: past that,
+/// a sign-in is refused at once ([`Busy`]). Each waits its turn behind
+/// those before it (tens of milliseconds a hash), so this bounds how long
+/// a real sign-in waits behind a crowd of made-up ones (a client with many
+/// addresses, each within its own sign-in limit, queued thousands).
+const WAITING_PER_PLACE: usize = 16;
+
+/// Every hashing place is taken and as many sign-ins wait as may: this one
+/// is refused rather than queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("too many sign-ins at once; try again in a moment")
     }
 }
 
-/// The places of the hashes under way: one per core.
-fn hashers() -> &'static tokio::sync::Semaphore {
-    static HASHERS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
-    HASHERS.get_or_init(|| {
-        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, usize::from))
-    })
+impl std::error::Error for Busy {}
+
+/// The places where passwords are hashed, on tokio's blocking threads:
+/// each hash takes 19 MiB, so a crowd signing in costs a queue, not a
+/// thread and 19 MiB each; and the runtime's workers stay free.
+#[derive(Debug)]
+struct Hashers {
+    places: tokio::sync::Semaphore,
+    /// Callers waiting for a place now.
+    waiting: std::sync::atomic::AtomicUsize,
+    /// The most that may wait, for a bounded caller.
+    most_waiting: usize,
+}
+
+impl Hashers {
+    fn new(places: usize) -> Self {
+        Self {
+            places: tokio::sync::Semaphore::new(places),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            most_waiting: places.saturating_mul(WAITING_PER_PLACE),
+        }
+    }
+
+    /// Runs `work` (hashing) in a place of its own once there is one; with
+    /// `bounded`, [`Busy`] at once when as many callers wait as may. The
+    /// place is the hash's until it ends: a caller that leaves (its client
+    /// gone, a timeout) does not end the blocking work it started, and a
+    /// place given back then let a crowd of cancelled sign-ins hash at
+    /// once.
+    async fn run<T: Send + 'static>(
+        &'static self,
+        bounded: bool,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Busy> {
+        use std::sync::atomic::Ordering;
+
+        /// A caller waiting, counted until it has a place or leaves.
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+
+        let waiting = Waiting(&self.waiting);
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.most_waiting
+            && bounded
+            && self.places.available_permits() == 0
+        {
+            return Err(Busy);
+        }
+        let permit = self
+            .places
+            .acquire()
+            .await
+            .unwrap_or_else(|_| unreachable!("the hashers' semaphore is never closed"));
+        drop(waiting);
+        let work = move || {
+            let _place = permit;
+            work()
+        };
+        match tokio::task::spawn_blocking(work).await {
+            Ok(done) => Ok(done),
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+    }
+}
+
+/// Runs `work` (hashing) in the process's hashing places, one per core;
+/// as [`Hashers::run`] says.
+async fn hashing<T: Send + 'static>(
+    bounded: bool,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Busy> {
+    static HASHERS: OnceLock<Hashers> = OnceLock::new();
+    HASHERS
+        .get_or_init(|| Hashers::new(std::thread::available_parallelism().map_or(2, usize::from)))
+        .run(bounded, work)
+        .await
 }
 
 /// A hash no password matches, checked for unknown users so that they
@@ -318,10 +387,15 @@ impl Identity {
     /// The user `name` with its roles, if `password` is theirs. The check
     /// runs on a blocking thread (one per core at once), and takes as long
     /// for an unknown user.
-    pub async fn verify(&self, name: &str, password: &str) -> Option<Principal> {
+    ///
+    /// # Errors
+    ///
+    /// [`Busy`] when every place is taken and as many sign-ins wait as
+    /// may (16 a core).
+    pub async fn verify(&self, name: &str, password: &str) -> Result<Option<Principal>, Busy> {
         let user = self.users.get(name).cloned();
         let password = password.to_owned();
-        hashing(move || {
+        hashing(true, move || {
             let hash = user
                 .as_ref()
                 .map_or_else(|| decoy(), |user| user.password_hash.as_str());
@@ -449,7 +523,7 @@ pub async fn seed_demo(dir: &Path, load_users: usize) -> Result<Seeded, Identity
     let mut hashes = tokio::task::JoinSet::new();
     for credential in &credentials {
         let credential = credential.clone();
-        hashes.spawn(hashing(move || {
+        hashes.spawn(hashing(false, move || {
             hash_password(&credential.password).map(|password_hash| UserEntry {
                 name: credential.name,
                 password_hash,
@@ -459,7 +533,8 @@ pub async fn seed_demo(dir: &Path, load_users: usize) -> Result<Seeded, Identity
     }
     let mut users = Vec::new();
     while let Some(user) = hashes.join_next().await {
-        users.push(user.map_err(|error| IdentityError(error.to_string()))??);
+        let user = user.map_err(|error| IdentityError(error.to_string()))?;
+        users.push(user.unwrap_or_else(|Busy| unreachable!("an unbounded caller is never busy"))?);
     }
     users.sort_by(|a, b| a.name.cmp(&b.name));
     let identity = IdentityFile {
@@ -527,7 +602,7 @@ mod tests {
         let gate = Gate::default();
         let caller = |n: usize| {
             let (tell, gate) = (tell.clone(), gate.clone());
-            tokio::spawn(hashing(move || {
+            tokio::spawn(hashing(false, move || {
                 let _ = tell.send(n);
                 gate.wait();
             }))
@@ -544,7 +619,41 @@ mod tests {
         assert!(early.is_err(), "a hash began while every place was taken");
         gate.open();
         assert_eq!(started.recv().await, Some(places));
-        last.await.unwrap();
+        last.await.unwrap().unwrap();
+    }
+
+    /// A sign-in finding every place taken and as many waiting as may is
+    /// refused at once: the queue had no bound, and a crowd of made-up
+    /// sign-ins (each address within its own limit) held every real one
+    /// behind it. Those waiting still get their turn.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sign_in_past_a_full_queue_is_refused_at_once() {
+        use std::sync::atomic::Ordering;
+
+        let hashers: &'static Hashers = Box::leak(Box::new(Hashers::new(1)));
+        let gate = Gate::default();
+        let (tell, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let first = {
+            let gate = gate.clone();
+            tokio::spawn(hashers.run(true, move || {
+                let _ = tell.send(());
+                gate.wait();
+            }))
+        };
+        assert_eq!(started.recv().await, Some(()), "the one place is taken");
+        let queued: Vec<_> = (0..WAITING_PER_PLACE)
+            .map(|_| tokio::spawn(hashers.run(true, || ())))
+            .collect();
+        while hashers.waiting.load(Ordering::Acquire) < WAITING_PER_PLACE {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(hashers.run(true, || ()).await, Err(Busy));
+        gate.open();
+        first.await.unwrap().unwrap();
+        for waiting in queued {
+            waiting.await.unwrap().unwrap();
+        }
+        assert_eq!(hashers.run(true, || 7).await, Ok(7));
     }
 
     fn user(name: &str, roles: &str) -> String {
@@ -643,9 +752,9 @@ mod tests {
             user("ops", r#"["operator"]"#)
         ))
         .unwrap();
-        let principal = identity.verify("ops", "pw").await.unwrap();
+        let principal = identity.verify("ops", "pw").await.unwrap().unwrap();
         assert!(principal.has(Role::Operator));
-        assert_eq!(identity.verify("ops", "wrong").await, None);
-        assert_eq!(identity.verify("nobody", "pw").await, None);
+        assert_eq!(identity.verify("ops", "wrong").await, Ok(None));
+        assert_eq!(identity.verify("nobody", "pw").await, Ok(None));
     }
 }
