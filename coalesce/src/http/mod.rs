@@ -595,7 +595,10 @@ impl<S, R, F> Coalesce<S, R, F> {
         S::Error: Into<BoxError>,
         ResBody: Send + 'static,
     {
-        let safe = matches!(*request.method(), Method::OPTIONS | Method::TRACE);
+        // A resource named too long to key has no cached response to
+        // drop (its `GET` goes to the origin on its own).
+        let safe = matches!(*request.method(), Method::OPTIONS | Method::TRACE)
+            || too_long_to_key(&request);
         let stale = (!safe).then(|| Invalidation {
             cache: self.layer.cache.clone(),
             keys: [Method::GET, Method::HEAD]
@@ -735,14 +738,7 @@ const LONGEST_KEYED: usize = 8 * 1024;
 fn bypasses<B>(request: &Request<B>, vary: &[HeaderName]) -> bool {
     let headers = request.headers();
     let personal = |field: &HeaderName| headers.contains_key(field) && !vary.contains(field);
-    let named = request.uri().authority().map_or_else(
-        || headers.get(HOST).map_or(0, HeaderValue::len),
-        |authority| authority.as_str().len(),
-    ) + request
-        .uri()
-        .path_and_query()
-        .map_or(1, |path| path.as_str().len());
-    named > LONGEST_KEYED
+    too_long_to_key(request)
         || CacheControl::parse(headers).no_cache
         || headers
             .get(PRAGMA)
@@ -752,6 +748,17 @@ fn bypasses<B>(request: &Request<B>, vary: &[HeaderName]) -> bool {
         || [RANGE, IF_RANGE, IF_MATCH, IF_UNMODIFIED_SINCE]
             .iter()
             .any(|field| headers.contains_key(field))
+}
+
+/// Whether `request` names its resource (host, path and query) in more
+/// than [`LONGEST_KEYED`] bytes.
+fn too_long_to_key<B>(request: &Request<B>) -> bool {
+    let uri = request.uri();
+    let host = uri.authority().map_or_else(
+        || request.headers().get(HOST).map_or(0, HeaderValue::len),
+        |authority| authority.as_str().len(),
+    );
+    host + uri.path_and_query().map_or(1, |path| path.as_str().len()) > LONGEST_KEYED
 }
 
 /// The cache key of `request` as `method`: the method, the host (the
