@@ -551,7 +551,9 @@ impl Auth {
     ///
     /// [`OAuthError`] for an unknown client or redirect URI or a request
     /// that is not a PKCE code request; `access_denied` for a missing or
-    /// wrong user name or password.
+    /// wrong user name or password; `temporarily_unavailable` when as
+    /// many sign-ins wait for a hashing place as may (a 503, answered in
+    /// JSON, not with the form).
     pub async fn authorize(&self, params: &HashMap<String, String>) -> Result<Url, OAuthError> {
         let request = self.code_request(params)?;
         let param = |name: &str| params.get(name).map(String::as_str).unwrap_or_default();

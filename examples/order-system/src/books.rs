@@ -232,8 +232,8 @@ impl Books {
     /// compensations, breaker opens, and stock by product where both
     /// levels balance with nothing reserved below zero (a level that does
     /// not is listed apart, as `cell/sku`, so that two cells' errors cannot
-    /// cancel out; so are levels whose sums would overflow). Services, outboxes, consumers and unread services are
-    /// listed as `cell/name`; the breaker's state is each cell's
+    /// cancel out; so are levels whose sums would overflow). Services,
+    /// outboxes, consumers and unread services are listed as `cell/name`; the breaker's state is each cell's
     /// (`a: Closed, b: Open`) when they differ; each saga latency quantile
     /// is the larger of the cells'.
     pub fn add_cell(&mut self, cell: &str, other: Self) {

@@ -532,6 +532,10 @@ fn worker_address(worker: usize) -> IpAddr {
 /// more is answered with its error.
 const LONGEST_WAIT: Duration = Duration::from_secs(60);
 
+/// Sign-ins a load makes at once: well within what the gateway lets wait
+/// for its hashing (16 a core) on one core.
+const SIGN_INS_AT_ONCE: usize = 8;
+
 /// How long to wait before sending a request again after `reply` (the
 /// `attempt`th, from 0): a `429`'s `Retry-After`, in seconds or as a date
 /// (1 s without one, or with one that cannot be read), up to
@@ -596,6 +600,9 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, BoxError> {
     // users of a real gateway are: the gateway limits by address too.
     let on_loopback = Url::parse(&settings.gateway)
         .is_ok_and(|url| matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback()));
+    // A few sign-ins at once: the gateway refuses a crowd of them with a
+    // 503 rather than queue it behind its hashing (one a core at once).
+    let signing_in = Arc::new(tokio::sync::Semaphore::new(SIGN_INS_AT_ONCE));
     for worker in 0..settings.concurrency.clamp(1, settings.orders.max(1)) {
         let mut gateway = if on_loopback {
             Gateway::from_address(&settings.gateway, worker_address(worker))
@@ -605,10 +612,16 @@ pub async fn run(settings: &LoadSettings) -> Result<Summary, BoxError> {
         let (next, rate_limited) = (next.clone(), rate_limited.clone());
         let user = users[worker % users.len()].clone();
         let (total, decline_rate, meter) = (settings.orders, settings.decline_rate, meter.clone());
+        let signing_in = signing_in.clone();
         workers.spawn(async move {
             // Each worker signs in once, as a user of its own (while there
             // are enough), with its own rate limit.
+            let turn = signing_in
+                .acquire()
+                .await
+                .unwrap_or_else(|_| unreachable!("the sign-ins' semaphore is never closed"));
             gateway.sign_in(&user).await?;
+            drop(turn);
             let mut ended = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let sent = Instant::now();

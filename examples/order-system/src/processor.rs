@@ -707,7 +707,9 @@ impl ProcessorClient {
     ///
     /// # Errors
     ///
-    /// The call's status: `UNAVAILABLE` once retries are spent or while
+    /// The call's status: the last attempt's once retries are spent
+    /// (`UNAVAILABLE`, or `UNKNOWN` for an attempt past
+    /// [`ATTEMPT_TIMEOUT`], which tonic does not know), `UNAVAILABLE` while
     /// the breaker is open, `DEADLINE_EXCEEDED` past the deadline.
     pub async fn charge(
         &self,
