@@ -81,7 +81,9 @@
 //!   which the server may have run the call).
 //! - `tonic` (implies `grpc`): `RetryLayer::new_for_tonic`, the same taking
 //!   and passing on `tonic::body::Body`, straight in front of a tonic
-//!   `Channel`.
+//!   `Channel`; and [`DeadlineExceeded`] has a `DEADLINE_EXCEEDED` status
+//!   as its source, so that a tonic client answers a call cut by the
+//!   deadline with it (it answered `UNKNOWN`).
 //! - `otel`: [`RetryLayer::instrument`] registers OpenTelemetry counters:
 //!   `palisade.retry.attempts`, `.retries`, `.budget_exhausted` and
 //!   `.give_ups` (by `reason`), each with the attribute `client`.
