@@ -753,12 +753,24 @@ fn bypasses<B>(request: &Request<B>, vary: &[HeaderName]) -> bool {
 /// Whether `request` names its resource (host, path and query) in more
 /// than [`LONGEST_KEYED`] bytes.
 fn too_long_to_key<B>(request: &Request<B>) -> bool {
+    let (host, path) = resource(request);
+    host.len() + path.len() > LONGEST_KEYED
+}
+
+/// What `request` names its resource by: the host (the URI's authority,
+/// else `Host`) and the path and query.
+fn resource<B>(request: &Request<B>) -> (&[u8], &str) {
     let uri = request.uri();
     let host = uri.authority().map_or_else(
-        || request.headers().get(HOST).map_or(0, HeaderValue::len),
-        |authority| authority.as_str().len(),
+        || {
+            request
+                .headers()
+                .get(HOST)
+                .map_or(&b""[..], HeaderValue::as_bytes)
+        },
+        |authority| authority.as_str().as_bytes(),
     );
-    host + uri.path_and_query().map_or(1, |path| path.as_str().len()) > LONGEST_KEYED
+    (host, uri.path_and_query().map_or("/", |path| path.as_str()))
 }
 
 /// The cache key of `request` as `method`: the method, the host (the
@@ -794,17 +806,7 @@ fn key<B>(method: &Method, request: &Request<B>, vary: &[HeaderName]) -> String 
 
 /// The key's method, host, path and query.
 fn unvaried_key<B>(method: &Method, request: &Request<B>) -> String {
-    let uri = request.uri();
-    let host = uri.authority().map_or_else(
-        || {
-            request
-                .headers()
-                .get(HOST)
-                .map_or(&b""[..], HeaderValue::as_bytes)
-        },
-        |authority| authority.as_str().as_bytes(),
-    );
-    let path = uri.path_and_query().map_or("/", |path| path.as_str());
+    let (host, path) = resource(request);
     let mut key = String::with_capacity(method.as_str().len() + host.len() + path.len() + 2);
     key.push_str(method.as_str());
     key.push(' ');
