@@ -166,7 +166,8 @@ async fn an_unbounded_lock_lease_is_taken() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_values_are_served_while_one_process_refreshes() {
-    let freshness = Freshness::new(Duration::from_millis(200))
+    // Fresh for two seconds: the refreshed value is read well within them.
+    let freshness = Freshness::new(Duration::from_secs(2))
         .stale_while_revalidate(Duration::from_secs(30))
         .early_refresh(0.0);
     let settings = RedisSettings::new(freshness).prefix(&prefix());
@@ -179,30 +180,45 @@ async fn stale_values_are_served_while_one_process_refreshes() {
         .get_with("k", origin(&calls, Duration::ZERO))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    // The refresh answers only once every stale read is done.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = |calls: &Arc<AtomicUsize>| {
+        let (calls, gate) = (calls.clone(), gate.clone());
+        move || async move {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let _open = gate.acquire().await;
+            Ok::<_, OriginDown>(Bytes::from(format!("v{n}")))
+        }
+    };
     for process in [&first, &second, &first, &second] {
-        let stale = process
-            .get_with("k", origin(&calls, Duration::from_millis(100)))
-            .await
-            .unwrap();
+        let stale = process.get_with("k", held(&calls)).await.unwrap();
         assert_eq!(
             (stale.value, stale.served),
             (Bytes::from("v1"), Served::Stale)
         );
     }
-    while calls.load(Ordering::SeqCst) < 2 {
+    gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let fresh = loop {
+        let read = second
+            .get_with("k", origin(&calls, Duration::ZERO))
+            .await
+            .unwrap();
+        if read.value != "v1" {
+            break read;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refresh never stored its value"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "one refresh for the fleet");
-    let fresh = second
-        .get_with("k", origin(&calls, Duration::ZERO))
-        .await
-        .unwrap();
+    };
     assert_eq!(
         (fresh.value, fresh.served),
         (Bytes::from("v2"), Served::Fresh)
     );
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one refresh for the fleet");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

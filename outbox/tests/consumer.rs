@@ -744,8 +744,8 @@ async fn custom_event_headers_reach_nats_and_the_handler() {
     rig.remove().await;
 }
 
-/// Runs `consumer` until the returned sender is used.
-/// Waits (half a minute at most) until `consumer`'s stats are `done`.
+/// Waits until `consumer`'s stats are `done`; fails the test after half a
+/// minute (a caller asserting nothing after it would pass otherwise).
 async fn until(consumer: &JetStreamConsumer<PgInbox, Apply>, done: impl Fn(ConsumerStats) -> bool) {
     for _ in 0..600 {
         if done(consumer.stats()) {
@@ -753,8 +753,10 @@ async fn until(consumer: &JetStreamConsumer<PgInbox, Apply>, done: impl Fn(Consu
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    panic!("the consumer never got there: {:?}", consumer.stats());
 }
 
+/// Runs `consumer` until the returned sender is used.
 fn start(
     consumer: &Arc<JetStreamConsumer<PgInbox, Apply>>,
 ) -> (

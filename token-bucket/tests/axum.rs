@@ -104,7 +104,7 @@ async fn two_instances_share_one_bucket_through_redis() {
             .unwrap();
         let store = RedisStore::new(redis, FailurePolicy::FailClosed)
             .prefix(&prefix)
-            .timeout(Duration::from_millis(250));
+            .timeout(Duration::from_secs(5));
         instances.push(
             serve(RateLimitLayer::new_for_http(
                 store,

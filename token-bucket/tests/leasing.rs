@@ -86,7 +86,7 @@ async fn leasing_store(
     policy: FailurePolicy,
 ) -> (LeasingStore<Counting>, Arc<AtomicUsize>) {
     let (redis, commands) = counted(prefix, url, policy).await;
-    let redis = redis.timeout(Duration::from_millis(250));
+    let redis = redis.timeout(Duration::from_secs(5));
     (LeasingStore::new(redis, leasing).unwrap(), commands)
 }
 

@@ -42,7 +42,7 @@ async fn store_errors_fallbacks_and_the_degraded_state_are_reported() {
         .unwrap();
     let store = RedisStore::new(connection, FailurePolicy::FailOpen)
         .prefix(&format!("palisade-test:{}", fastrand::u64(..)))
-        .timeout(Duration::from_millis(50))
+        .timeout(Duration::from_secs(1))
         .instrument(&probe.meter(), "shared");
     let bucket = Bucket::new(10, 10.0).unwrap();
     store.decide("k", &bucket, 1).await.unwrap();
