@@ -734,3 +734,35 @@ fn a_link_outlives_the_runtime_its_fleets_connection_ran_in() {
     });
     drop(started);
 }
+
+/// The fleet's timeout is how long a link waits on Redis: a reply slower
+/// than half a second, within that timeout, keeps it with its fleet. The
+/// link's connection gave up at redis-rs's own default of 500 ms whatever
+/// the timeout said, and the breaker went on alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_within_the_fleets_timeout_keeps_the_link_with_its_fleet() {
+    let (proxy, url) = redis_proxy().await;
+    let prefix = format!("palisade-test:{}", fastrand::u64(..));
+    let fleet = fleet_under(&url, &prefix).timeout(Duration::from_secs(60));
+    let (breaker, member) = replica(&fleet).await;
+    proxy.stall();
+    trip(&breaker);
+    let stalled = Instant::now();
+    while stalled.elapsed() < Duration::from_millis(1_500) {
+        assert!(
+            !member.is_alone(),
+            "gone alone {:?} into the stall",
+            stalled.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.resume().await;
+    let mut redis = redis().await;
+    let open_key = format!("{{{prefix}:dependency}}:open");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&mut redis, &open_key).await.is_none() {
+        assert!(Instant::now() < deadline, "the fleet never heard the trip");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!member.is_alone());
+}

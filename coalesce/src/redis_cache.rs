@@ -236,6 +236,11 @@ impl RedisSettings {
     /// unreachable: from a millisecond to a minute, a `timeout` outside
     /// taken as the nearer bound
     /// ([`call_timeout`](palisade_hints::reachability::call_timeout)).
+    ///
+    /// The connection's own response timeout still cuts a call short:
+    /// redis-rs gives the connections of `get_multiplexed_async_connection`
+    /// and `get_connection_manager` one of 500 ms, so a `timeout` past it
+    /// needs a connection made with a longer one, or none.
     #[must_use]
     pub const fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = palisade_hints::reachability::call_timeout(timeout);

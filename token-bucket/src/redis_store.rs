@@ -257,6 +257,11 @@ where
     ///
     /// A call that times out is abandoned, not undone: Redis may still run
     /// the script and take the tokens of a request the policy decided.
+    ///
+    /// The connection's own response timeout still cuts a call short:
+    /// redis-rs gives the connections of `get_multiplexed_async_connection`
+    /// and `get_connection_manager` one of 500 ms, so a `timeout` past it
+    /// needs a connection made with a longer one, or none.
     #[must_use]
     pub const fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = palisade_hints::reachability::call_timeout(timeout);
