@@ -763,13 +763,14 @@ impl CircuitBreaker {
             if !matches!(word.state(), State::Open | State::HalfOpen) {
                 return;
             }
+            // Emptied before "closed" is seen (see `Inner::close`).
+            inner.window.reset();
             let next = Word::new(State::Closed, word.generation() + 1, 0);
             match inner.swap(word, next) {
                 Ok(()) => break,
                 Err(current) => word = current,
             }
         }
-        inner.window.reset();
         inner.reopens.store(0, Ordering::Relaxed);
         inner.transitioned(word.state(), State::Closed);
     }
@@ -844,12 +845,19 @@ impl Inner {
     }
 
     /// Closes from half-open after enough successful probes.
+    ///
+    /// The window is emptied before "closed" is published: a caller of the
+    /// closed breaker would otherwise read the failures that opened it,
+    /// and one failure of its own would open it again. Emptying it while
+    /// not closed is harmless whether or not the swap wins: nothing reads
+    /// the window of an open or half-open breaker, and the next close
+    /// empties it again.
     fn close(&self, current: Word) -> Result<(), Word> {
+        self.window.reset();
         self.swap(
             current,
             Word::new(State::Closed, current.generation() + 1, 0),
         )?;
-        self.window.reset();
         self.reopens.store(0, Ordering::Relaxed);
         self.transitioned(State::HalfOpen, State::Closed);
         #[cfg(all(feature = "redis", not(palisade_loom)))]
@@ -867,6 +875,10 @@ impl Inner {
 
     /// An operator's transition, from any state.
     fn set(&self, state: State) {
+        // Emptied before "closed" is seen (see `close`).
+        if state == State::Closed {
+            self.window.reset();
+        }
         let mut current = self.load();
         loop {
             let next = Word::new(state, current.generation() + 1, 0);
@@ -876,7 +888,6 @@ impl Inner {
             }
         }
         if state == State::Closed {
-            self.window.reset();
             self.reopens.store(0, Ordering::Relaxed);
         }
         // A reset of a closed breaker empties its window, and changes no

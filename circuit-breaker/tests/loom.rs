@@ -167,3 +167,44 @@ fn a_reused_bucket_is_never_read_with_the_previous_laps_counts() {
         assert!(counts.calls <= 1, "{counts:?}");
     });
 }
+
+/// A probe's success closing the breaker races a caller of the closed
+/// breaker whose call fails: that one failure must not find the failures
+/// that opened it. The window was emptied after "closed" was published,
+/// so a caller in between read the old window and opened it again (and,
+/// in a fleet, told every replica).
+#[test]
+fn a_failure_racing_the_close_never_reads_the_window_that_opened_it() {
+    loom::model(|| {
+        let start = Instant::now();
+        let config = Config::builder()
+            .sliding_window(SlidingWindow::Count(2))
+            .minimum_calls(2)
+            .open_duration(OPEN)
+            .jitter(0.0)
+            .half_open_permits(1)
+            .half_open_successes(1)
+            .build()
+            .unwrap();
+        let breaker = CircuitBreaker::new_at(config, start);
+        for _ in 0..2 {
+            breaker
+                .try_acquire(start)
+                .unwrap()
+                .record(Outcome::Failure, start);
+        }
+        assert_eq!(breaker.state(), State::Open);
+        let later = start + OPEN;
+        let probe = breaker.try_acquire(later).unwrap();
+        let caller = breaker.clone();
+        let closing = thread::spawn(move || probe.record(Outcome::Success, later));
+        let failing = thread::spawn(move || {
+            if let Ok(permit) = caller.try_acquire(later) {
+                permit.record(Outcome::Failure, later);
+            }
+        });
+        closing.join().unwrap();
+        failing.join().unwrap();
+        assert_eq!(breaker.state(), State::Closed, "one failure reopened it");
+    });
+}
