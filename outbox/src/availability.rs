@@ -61,13 +61,18 @@ impl Availability {
     /// A batch reached the broker (it stored or refused a message): an
     /// outage under way is over.
     pub(crate) fn reached(&self) {
-        let ended = self
-            .outage
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let ended = {
+            let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
+            // Under the lock, as `unreachable` stores `false`: stored after
+            // it, a relay's clone starting the next outage meanwhile would
+            // be read as available for that whole outage.
+            let ended = outage.take();
+            if ended.is_some() {
+                self.available.store(true, Ordering::Relaxed);
+            }
+            ended
+        };
         if let Some(outage) = ended {
-            self.available.store(true, Ordering::Relaxed);
             tracing::info!(
                 target: "palisade_outbox",
                 down_for_ms = u64::try_from(outage.since.elapsed().as_millis()).unwrap_or(u64::MAX),
