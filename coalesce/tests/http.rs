@@ -119,6 +119,19 @@ async fn no_cache_requests_and_posts_go_to_the_origin() {
     assert_eq!(body, "call 4", "a successful POST invalidated it");
 }
 
+/// A request asking that nothing of its exchange be stored (`Cache-Control:
+/// no-store`, RFC 9111 §5.2.1.5: a cache must not store its response) goes
+/// to the origin on its own. Its response was stored, and served to the
+/// requests after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_asking_no_store_leaves_its_response_unstored() {
+    let (address, _) = serve().await;
+    let (_, _, body) = send(address, "GET", "/slow", &[("cache-control", "no-store")]).await;
+    assert_eq!(body, "call 1");
+    let (_, _, body) = send(address, "GET", "/slow", &[]).await;
+    assert_eq!(body, "call 2", "the no-store request's response was stored");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_origins_cache_control_decides_what_is_stored() {
     let (address, calls) = serve().await;

@@ -62,7 +62,13 @@
 //!   the layer varies on is not written in a shared store's key names (nor
 //!   published in its wake-ups); the method, host, path and query are
 //!   written as they are, so keep secrets out of cached URLs.
-//! - A request with `Cache-Control: no-cache` goes to the origin.
+//! - A request with `Cache-Control: no-cache` goes to the origin, and so
+//!   does one with `no-store`, whose response is stored nowhere.
+//! - **The scheme is not in the key.** A server's HTTP/1.1 requests carry
+//!   none and its HTTP/2 requests do, and both must find, and drop, one
+//!   entry. A client's layer reaching one host by both `http` and `https`
+//!   shares their responses (a `301` from `http` to `https` would be
+//!   served for `https` too): give each scheme a layer of its own.
 //!
 //! Bodies are kept whole, up to [`max_body`](CoalesceLayer::max_body)
 //! bytes (1 MiB by default); a larger response fails its flight with
@@ -730,7 +736,8 @@ fn refused_below(error: &FlightError<BoxError>) -> bool {
 const LONGEST_KEYED: usize = 8 * 1024;
 
 /// Whether the request goes to the origin on its own: it asks to skip the
-/// cache (`no-cache`), carries credentials the key does not include, asks
+/// cache (`no-cache`) or that its response be stored nowhere (`no-store`),
+/// carries credentials the key does not include, asks
 /// for part of a response or a condition the layer does not answer, or
 /// names its resource in more than [`LONGEST_KEYED`] bytes (a padded
 /// `Host` or query made keys of up to a megabyte each, memory the cache's
@@ -738,8 +745,10 @@ const LONGEST_KEYED: usize = 8 * 1024;
 fn bypasses<B>(request: &Request<B>, vary: &[HeaderName]) -> bool {
     let headers = request.headers();
     let personal = |field: &HeaderName| headers.contains_key(field) && !vary.contains(field);
+    let control = CacheControl::parse(headers);
     too_long_to_key(request)
-        || CacheControl::parse(headers).no_cache
+        || control.no_cache
+        || control.no_store
         || headers
             .get(PRAGMA)
             .is_some_and(|pragma| pragma.as_bytes().eq_ignore_ascii_case(b"no-cache"))
