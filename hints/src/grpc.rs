@@ -1,4 +1,4 @@
-//! gRPC status codes and `grpc-retry-pushback-ms`.
+//! gRPC status codes, `grpc-retry-pushback-ms` and `grpc-timeout`.
 //!
 //! A gRPC call's outcome is its `grpc-status`, in the response headers of a
 //! trailers-only response or in the trailers at the end of the body; both
@@ -191,6 +191,65 @@ pub fn pushback_value(wait: Duration) -> HeaderValue {
     HeaderValue::from(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
+/// The time a call's caller gives it, from the request's `grpc-timeout`
+/// (gRPC over HTTP/2: at most 8 digits and a unit, `H`, `M`, `S`, `m`,
+/// `u` or `n`); `None` when there is none or it is not one.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use http::HeaderMap;
+/// use palisade_hints::grpc::{timeout, timeout_value};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("grpc-timeout", "300m".parse().unwrap());
+/// assert_eq!(timeout(&headers), Some(Duration::from_millis(300)));
+/// assert_eq!(timeout_value(Duration::from_millis(120)), "120000u");
+/// ```
+#[must_use]
+pub fn timeout(fields: &HeaderMap) -> Option<Duration> {
+    let text = fields.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = text.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let value = digits
+        .iter()
+        .fold(0u64, |value, digit| value * 10 + u64::from(digit - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(value * 3600),
+        b'M' => Duration::from_secs(value * 60),
+        b'S' => Duration::from_secs(value),
+        b'm' => Duration::from_millis(value),
+        b'u' => Duration::from_micros(value),
+        b'n' => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+/// `grpc-timeout` for the time left, in the finest unit whose 8 digits
+/// hold it, rounded down (a caller is never told of more time than it
+/// has); past what hours hold, the longest value.
+#[must_use]
+pub fn timeout_value(left: Duration) -> HeaderValue {
+    const MOST: u128 = 99_999_999;
+    let nanos = left.as_nanos();
+    let (value, unit) = [
+        (1, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ]
+    .into_iter()
+    .map(|(per, unit)| (nanos / per, unit))
+    .find(|&(value, _)| value <= MOST)
+    .unwrap_or((MOST, 'H'));
+    HeaderValue::try_from(format!("{value}{unit}")).unwrap_or(HeaderValue::from_static("0n"))
+}
+
 /// The trailers-only response a layer answers for a call it refused:
 /// `grpc-status` `code` (UNAVAILABLE for an open circuit,
 /// RESOURCE_EXHAUSTED for an empty bucket) with `message`
@@ -254,6 +313,58 @@ mod tests {
     fn fields(name: &'static str, value: &'static str) -> HeaderMap {
         let mut map = HeaderMap::new();
         map.insert(name, value.parse().unwrap());
+        map
+    }
+
+    #[test]
+    fn a_timeout_is_read_in_each_unit_and_refused_when_malformed() {
+        let read = |value| timeout(&fields("grpc-timeout", value));
+        assert_eq!(read("2H"), Some(Duration::from_secs(7_200)));
+        assert_eq!(read("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(read("99999999S"), Some(Duration::from_secs(99_999_999)));
+        assert_eq!(read("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(read("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(read("0n"), Some(Duration::ZERO));
+        for malformed in [
+            "",
+            "S",
+            "100",
+            "123456789m",
+            "1.5S",
+            "-1S",
+            "10s",
+            " 10S",
+            "10S ",
+        ] {
+            assert_eq!(read(malformed), None, "{malformed:?}");
+        }
+        assert_eq!(timeout(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_timeout_is_written_in_the_finest_unit_that_holds_it_rounded_down() {
+        let written = |left| timeout_value(left).to_str().unwrap().to_owned();
+        assert_eq!(written(Duration::from_nanos(99_999_999)), "99999999n");
+        assert_eq!(written(Duration::from_millis(120)), "120000u");
+        assert_eq!(written(Duration::from_nanos(100_000_999_999)), "100000m");
+        assert_eq!(written(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(written(Duration::from_secs(99_999_999 * 60)), "99999999M");
+        assert_eq!(written(Duration::from_secs(100_000_000 * 60)), "1666666H");
+        assert_eq!(written(Duration::MAX), "99999999H");
+        for left in [
+            Duration::from_millis(1),
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        ] {
+            let value = timeout_value(left);
+            let read = timeout(&fields_of("grpc-timeout", value));
+            assert_eq!(read, Some(left), "{left:?} round trips");
+        }
+    }
+
+    fn fields_of(name: &'static str, value: HeaderValue) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(name, value);
         map
     }
 
