@@ -19,6 +19,12 @@
 //! would. Message bodies are recorded up to [`DEFAULT_BODY_CAP`] and
 //! replayed.
 //!
+//! A request's `grpc-timeout` is the caller's time for the whole call,
+//! retries included (gRPC's own retry design): each attempt after the
+//! first tells the server the time left, and none is made once it is up
+//! (the last answer goes back). [`Config::deadline`] bounds the retries
+//! as well, on the client's side.
+//!
 //! # Presets
 //!
 //! - [`RetryLayer::new_for_tonic`] (feature `tonic`): takes and passes on

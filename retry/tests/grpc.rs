@@ -1,9 +1,17 @@
 //! gRPC mode: a tonic client behind the retry layer against a tonic server
-//! on loopback that answers trailers-only errors on demand.
+//! on loopback that answers trailers-only errors on demand, and the layer
+//! alone on a paused clock where the time a call takes is the point.
 #![cfg(feature = "tonic")]
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use palisade_hints::grpc;
+use palisade_retry::http::ReplayBody;
+use tower::{BoxError, ServiceExt};
 
 use palisade_retry::grpc::RetryUnavailable;
 use palisade_retry::http::{HttpReplay, TonicBody};
@@ -129,4 +137,55 @@ async fn a_call_past_the_deadline_is_deadline_exceeded() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+}
+
+/// A call's `grpc-timeout` is the whole call's, retries included: each
+/// attempt tells the server the time its caller has left, and none starts
+/// once that is up. Every attempt sent the first one's `300m` again, and a
+/// call retried twice ran past three times what its caller gave it.
+#[tokio::test(start_paused = true)]
+async fn each_attempt_tells_the_server_the_time_its_caller_has_left() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let server = tower::service_fn(move |request: http::Request<ReplayBody<Full<Bytes>>>| {
+        let record = record.clone();
+        async move {
+            record
+                .lock()
+                .unwrap()
+                .push(grpc::timeout(request.headers()));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, BoxError>(grpc::trailers_only::<()>(grpc::UNAVAILABLE, "restarting"))
+        }
+    });
+    let config = Config::builder()
+        .backoff(Backoff::constant(Duration::from_millis(100)))
+        .max_attempts(10)
+        .build()
+        .unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("http://server/grpc.health.v1.Health/Check")
+        .header("content-type", "application/grpc")
+        .header("grpc-timeout", "300m")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let response = ServiceBuilder::new()
+        .layer(RetryLayer::new_for_grpc(config))
+        .service(server)
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(grpc::status(response.headers()), Some(grpc::UNAVAILABLE));
+    // Attempts at 0 and 150 ms (50 ms each, 100 ms apart); at 300 ms the
+    // caller's time is up and the last answer is returned.
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            Some(Duration::from_millis(300)),
+            Some(Duration::from_millis(150))
+        ]
+    );
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
 }

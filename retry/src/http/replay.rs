@@ -1,8 +1,12 @@
 //! Keeping HTTP requests for another attempt, behind the idempotency gate.
 
+use std::time::Duration;
+
 use http::Request;
 use http::request::Parts;
 use http_body::Body;
+use palisade_hints::grpc;
+use tokio::time::Instant;
 use tower::BoxError;
 
 use super::body::{Recording, ReplayBody};
@@ -53,11 +57,14 @@ impl<B: Clone> Replay<Request<B>> for HttpReplay<CloneBody> {
 }
 
 /// What [`HttpReplay<BufferBody>`] keeps between attempts: the request
-/// head and the body's recording.
+/// head and the body's recording, and when a gRPC caller's time is up.
 #[derive(Debug)]
 pub struct RecordedRequest<B> {
     head: Parts,
     recording: Recording<B>,
+    /// The end of the time the request's `grpc-timeout` gave the whole
+    /// call, retries included.
+    deadline: Option<Instant>,
 }
 
 impl<B> Replay<Request<B>> for HttpReplay<BufferBody>
@@ -94,21 +101,42 @@ fn record<B: Body>(
     }
     let (head, body) = request.into_parts();
     let (body, recording) = ReplayBody::recorded(body, cap);
+    let deadline = grpc::timeout(&head.headers).and_then(|left| Instant::now().checked_add(left));
     let saved = RecordedRequest {
         head: head.clone(),
         recording,
+        deadline,
     };
     (Request::from_parts(head, body), Some(saved))
 }
 
 impl<B: Body> RecordedRequest<B> {
+    /// Another attempt, telling the server the time the caller has left in
+    /// its `grpc-timeout` (gRPC's deadline is the whole call's: each
+    /// attempt sent the first one's again, and a call retried twice ran
+    /// for three times what its caller gave it); none once that is up.
     fn replay(&self) -> Option<Request<ReplayBody<B>>> {
+        let left = self.time_left();
+        if left == Some(Duration::ZERO) {
+            return None;
+        }
         let body = self.recording.replay()?;
-        Some(Request::from_parts(self.head.clone(), body))
+        let mut head = self.head.clone();
+        if let Some(left) = left {
+            head.headers
+                .insert("grpc-timeout", grpc::timeout_value(left));
+        }
+        Some(Request::from_parts(head, body))
     }
 
     fn can_replay(&self) -> bool {
-        !self.recording.is_spoiled()
+        !self.recording.is_spoiled() && self.time_left() != Some(Duration::ZERO)
+    }
+
+    /// What is left of the gRPC caller's time, if it gave one.
+    fn time_left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
     }
 }
 
