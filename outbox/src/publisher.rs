@@ -1,6 +1,7 @@
 //! Where the relay publishes: a broker that acknowledges.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -40,7 +41,9 @@ pub trait Publisher: Send + Sync + 'static {
 /// not delivered again, as JetStream does within its window; one whose
 /// publish was given up before every subscriber took it is delivered
 /// again (the subscribers that had it get it twice, as from any broker
-/// after a lost acknowledgement).
+/// after a lost acknowledgement). An event published again while its
+/// first publish still waits for room is refused as
+/// [`Full`](crate::PublishErrorKind::Full): that one may yet be given up.
 ///
 /// Its acknowledgement is not durable: events acknowledged (and so marked
 /// sent by the relay) but not yet consumed when the process ends, or when
@@ -52,8 +55,22 @@ pub trait Publisher: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct MemoryBroker {
     subscribers: Arc<Mutex<Vec<mpsc::Sender<Message>>>>,
-    recent: Arc<Mutex<(HashSet<uuid::Uuid>, VecDeque<uuid::Uuid>)>>,
+    recent: Arc<Mutex<Recent>>,
     capacity: usize,
+}
+
+/// The last `capacity` ids, each with whether its publish reached every
+/// subscriber (`false` while it runs), and the order they were first seen.
+type Recent = (HashMap<uuid::Uuid, bool>, VecDeque<uuid::Uuid>);
+
+/// What the broker knows of an id.
+enum Seen {
+    /// Not among the recent ids: now recorded, its publish under way.
+    New,
+    /// Published to every subscriber.
+    Published,
+    /// Its publish still runs (waiting for room).
+    Publishing,
 }
 
 /// A subscriber queue's `capacity` within what a tokio channel takes: a
@@ -88,12 +105,17 @@ impl MemoryBroker {
         receiver
     }
 
-    /// Whether `id` was seen among the last `capacity` ids; records it.
-    fn seen(&self, id: uuid::Uuid) -> bool {
+    /// Whether `id` is among the last `capacity` ids, and how far its
+    /// publish went; records a new one as publishing.
+    fn seen(&self, id: uuid::Uuid) -> Seen {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         let (seen, order) = &mut *recent;
-        if !seen.insert(id) {
-            return true;
+        match seen.entry(id) {
+            Entry::Occupied(published) if *published.get() => return Seen::Published,
+            Entry::Occupied(_) => return Seen::Publishing,
+            Entry::Vacant(new) => {
+                new.insert(false);
+            }
         }
         order.push_back(id);
         if order.len() > self.capacity
@@ -101,23 +123,43 @@ impl MemoryBroker {
         {
             seen.remove(&oldest);
         }
-        false
+        Seen::New
+    }
+
+    /// Records that `id`'s publish reached every subscriber.
+    fn published(&self, id: uuid::Uuid) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(published) = recent.0.get_mut(&id) {
+            *published = true;
+        }
     }
 
     /// Forgets `id`: its publish did not reach every subscriber.
     fn forget(&self, id: uuid::Uuid) {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         let (seen, order) = &mut *recent;
-        if seen.remove(&id) {
+        if seen.remove(&id).is_some() {
             order.retain(|recorded| *recorded != id);
         }
     }
 }
 
-/// An id recorded as published while its publish runs: forgotten if the
-/// publish is dropped before every subscriber took the event (the relay
-/// gave up at the end of its lease), so the next publish delivers it
-/// rather than taking it for a duplicate.
+/// An event published again while its first publish waits for room.
+#[derive(Debug)]
+struct StillPublishing;
+
+impl std::fmt::Display for StillPublishing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the event's earlier publish still waits for room in a subscriber's queue")
+    }
+}
+
+impl std::error::Error for StillPublishing {}
+
+/// An id recorded as publishing while its publish runs: published once
+/// every subscriber took the event, forgotten if the publish is dropped
+/// before (the relay gave up at the end of its lease), so the next publish
+/// delivers it rather than taking it for a duplicate.
 struct Publishing<'a> {
     broker: &'a MemoryBroker,
     id: uuid::Uuid,
@@ -126,7 +168,9 @@ struct Publishing<'a> {
 
 impl Drop for Publishing<'_> {
     fn drop(&mut self) {
-        if !self.done {
+        if self.done {
+            self.broker.published(self.id);
+        } else {
             self.broker.forget(self.id);
         }
     }
@@ -134,8 +178,10 @@ impl Drop for Publishing<'_> {
 
 impl Publisher for MemoryBroker {
     async fn publish(&self, message: &Message) -> Result<Published, PublishError> {
-        if self.seen(message.event.id) {
-            return Ok(Published::Duplicate);
+        match self.seen(message.event.id) {
+            Seen::New => {}
+            Seen::Published => return Ok(Published::Duplicate),
+            Seen::Publishing => return Err(PublishError::full(StillPublishing)),
         }
         let mut publishing = Publishing {
             broker: self,

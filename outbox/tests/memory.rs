@@ -10,7 +10,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use palisade_outbox::{
     BoxError, ConsumerStats, Delivery, Event, Handled, Handler, MemoryBroker, MemoryConsumer,
-    Message, OutboxConfig, Published, Publisher, Relay, SqliteInbox, SqliteOutbox, Transient,
+    Message, OutboxConfig, PublishErrorKind, Published, Publisher, Relay, SqliteInbox,
+    SqliteOutbox, Transient,
 };
 use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::mpsc;
@@ -61,6 +62,33 @@ async fn a_publish_given_up_half_way_is_delivered_again_to_all() {
     assert_eq!(slow.recv().await.unwrap().event.payload(), [1]);
     // The quick one gets it twice, as after any lost acknowledgement.
     assert_eq!(quick.recv().await.unwrap().event.payload(), [1]);
+}
+
+/// A second publish of an event whose first still waits for room (a relay
+/// that reclaimed it after the first one's lease ended) is no duplicate:
+/// the first may yet be given up. It was acknowledged as one, the relay
+/// marked the event sent, and the first, given up, left the subscriber
+/// without the event for good.
+#[tokio::test]
+async fn a_publish_racing_one_still_waiting_for_room_is_not_a_duplicate() {
+    let events: Vec<Event> = (0..2)
+        .map(|n| Event::new("order", format!("o-{n}"), "Placed", vec![n]))
+        .collect();
+    let (_, source) = messages(events).await;
+    let broker = MemoryBroker::new(1);
+    let mut slow = broker.subscribe();
+    assert_eq!(broker.publish(&source[0]).await.unwrap(), Published::Stored);
+    let mut first = Box::pin(broker.publish(&source[1]));
+    assert!(first.as_mut().now_or_never().is_none(), "waits for room");
+    let second = broker
+        .publish(&source[1])
+        .await
+        .expect_err("not acknowledged while the first may be given up");
+    assert_eq!(second.kind(), PublishErrorKind::Full, "{second}");
+    drop(first);
+    assert_eq!(slow.recv().await.unwrap().event.payload(), [0]);
+    assert_eq!(broker.publish(&source[1]).await.unwrap(), Published::Stored);
+    assert_eq!(slow.recv().await.unwrap().event.payload(), [1]);
 }
 
 #[tokio::test]
