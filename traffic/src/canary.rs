@@ -238,19 +238,23 @@ impl Side {
         self.latency[bucket(latency)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Zeroes the counts, errors first: a call recorded between the two
+    /// stores may leave an error of its own behind, never the old errors
+    /// over the new calls.
     fn reset(&self) {
-        self.calls.store(0, Ordering::Relaxed);
         self.errors.store(0, Ordering::Relaxed);
+        self.calls.store(0, Ordering::Relaxed);
         for bucket in &self.latency {
             bucket.store(0, Ordering::Relaxed);
         }
     }
 
+    /// Calls and errors, the errors never more than the calls (read
+    /// apart from them while calls are recorded).
     fn counts(&self) -> (u64, u64) {
-        (
-            self.calls.load(Ordering::Relaxed),
-            self.errors.load(Ordering::Relaxed),
-        )
+        let errors = self.errors.load(Ordering::Relaxed);
+        let calls = self.calls.load(Ordering::Relaxed);
+        (calls, errors.min(calls))
     }
 
     /// The upper bound of the bucket holding the 95th percentile; `None`
