@@ -184,6 +184,17 @@ impl EventTypes {
             .as_ref()
             .is_none_or(|only| only.iter().any(|t| t == event_type))
     }
+
+    /// Whether both admit the same types, in whatever order named.
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(mine), Some(theirs)) => {
+                mine.iter().all(|t| theirs.contains(t)) && theirs.iter().all(|t| mine.contains(t))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The consumer's counters since it started.

@@ -27,9 +27,11 @@ use crate::publisher::{Published, Publisher};
 /// subscriber takes is acknowledged at once (no consumer needs it). A
 /// subscription that ends (its receiver dropped, as a
 /// [`MemoryConsumer`](crate::MemoryConsumer) drops it when it stops) stays
-/// registered: publishes it would take fail (and the relay tries them again
-/// later) instead of passing it by. Each subscriber has a queue of
-/// `capacity` events; a publish waits for room (backpressure).
+/// registered until a subscription to the same event types takes its
+/// place (its consumer started again): meanwhile, publishes it would take
+/// fail (and the relay tries them again later) instead of passing it by.
+/// Each subscriber has a queue of `capacity` events; a publish waits for
+/// room (backpressure).
 ///
 /// The relay waits for the acknowledgements of a batch before it claims
 /// the next, so its pace is its consumers'; a consumer slower than the
@@ -250,10 +252,14 @@ impl HandoffBroker {
 
     fn subscribe_with(&self, takes: EventTypes) -> mpsc::Receiver<Handoff> {
         let (queue, receiver) = mpsc::channel(self.capacity);
-        self.subscribers
+        let mut subscribers = self
+            .subscribers
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Subscriber { queue, takes });
+            .unwrap_or_else(PoisonError::into_inner);
+        // An ended subscription to the same types is this one's
+        // predecessor: what it held back is this one's to take.
+        subscribers.retain(|ended| !(ended.queue.is_closed() && ended.takes.same_as(&takes)));
+        subscribers.push(Subscriber { queue, takes });
         receiver
     }
 }

@@ -128,6 +128,29 @@ async fn an_ended_subscription_fails_the_publishes_it_would_take() {
     );
 }
 
+/// A subscription to the same event types takes the place of one that
+/// ended (its consumer started again): what the ended one held back
+/// reaches the new one. The ended one stayed registered for good, and
+/// every publish of its types failed, however often the consumer started
+/// again, until the process did.
+#[tokio::test]
+async fn a_consumer_subscribing_again_takes_the_place_of_its_ended_subscription() {
+    let (_pool, outbox, _) = outbox_with(&events(1)).await;
+    let message = outbox.claim().await.unwrap().remove(0);
+    let broker = HandoffBroker::new(4);
+    let other = broker.subscribe_to(["OrderConfirmed"]);
+    drop(other);
+    drop(broker.subscribe_to(["OrderCreated", "OrderShipped"]));
+    let error = broker.publish(&message).await.unwrap_err();
+    assert!(error.is_unavailable(), "{error}");
+
+    let mut again = broker.subscribe_to(["OrderShipped", "OrderCreated"]);
+    let mut publish = Box::pin(broker.publish(&message));
+    assert!(publish.as_mut().now_or_never().is_none(), "handed over");
+    again.recv().await.unwrap().settle();
+    assert_eq!(publish.await.unwrap(), Published::Stored);
+}
+
 #[tokio::test]
 async fn a_consumer_that_stops_with_events_queued_leaves_them_in_the_outbox() {
     let (pool, outbox, _) = outbox_with(&events(5)).await;
