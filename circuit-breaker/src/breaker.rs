@@ -849,9 +849,10 @@ impl Inner {
     /// The window is emptied before "closed" is published: a caller of the
     /// closed breaker would otherwise read the failures that opened it,
     /// and one failure of its own would open it again. Emptying it while
-    /// not closed is harmless whether or not the swap wins: nothing reads
-    /// the window of an open or half-open breaker, and the next close
-    /// empties it again.
+    /// not closed is harmless whether or not the swap wins: no decision
+    /// reads the window of an open or half-open breaker (only
+    /// [`metrics`](CircuitBreaker::metrics) shows it, empty after a lost
+    /// close), and the next close empties it again.
     fn close(&self, current: Word) -> Result<(), Word> {
         self.window.reset();
         self.swap(
@@ -875,12 +876,14 @@ impl Inner {
 
     /// An operator's transition, from any state.
     fn set(&self, state: State) {
-        // Emptied before "closed" is seen (see `close`).
-        if state == State::Closed {
-            self.window.reset();
-        }
         let mut current = self.load();
         loop {
+            // Emptied before "closed" is seen (see `close`), and again
+            // after a lost swap: a closed breaker's callers may have filled
+            // it, and opened it, meanwhile.
+            if state == State::Closed {
+                self.window.reset();
+            }
             let next = Word::new(state, current.generation() + 1, 0);
             match self.swap(current, next) {
                 Ok(()) => break,

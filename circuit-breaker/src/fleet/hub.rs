@@ -165,7 +165,7 @@ async fn run(
 ) {
     let mut routes = Routes::new();
     loop {
-        let error = match within(timeout, connect(&client, &routes, timeout)).await {
+        let error = match within(timeout, connect(&client, &routes)).await {
             Ok((sink, stream, connection)) => {
                 tell(&routes, &Event::Up(connection.clone()));
                 match serve(
@@ -210,20 +210,17 @@ async fn run(
 
 /// The subscription and the links' connection. The connection waits on
 /// a reply as long as Redis takes: each link bounds its commands by the
-/// fleet's `timeout` (redis-rs's own default, half a second, cut them
-/// short of a longer one); a reconnection is bounded by it too.
+/// fleet's timeout (redis-rs's own default, half a second, cut them short
+/// of a longer one).
 async fn connect(
     client: &redis::Client,
     routes: &Routes,
-    timeout: Duration,
 ) -> Result<(PubSubSink, PubSubStream, ConnectionManager), RedisError> {
     let (mut sink, stream) = client.get_async_pubsub().await?.split();
     if !routes.is_empty() {
         sink.subscribe(routes.keys().collect::<Vec<_>>()).await?;
     }
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(None)
-        .set_connection_timeout(Some(timeout));
+    let config = ConnectionManagerConfig::new().set_response_timeout(None);
     let connection = client.get_connection_manager_with_config(config).await?;
     Ok((sink, stream, connection))
 }
