@@ -36,6 +36,20 @@ async fn process(url: &str, settings: RedisSettings) -> Shared {
         .unwrap()
 }
 
+/// A process on the test's Redis whose connection waits on a reply as
+/// long as `settings` allow (redis-rs's own default cuts it at 500 ms).
+async fn patient_process(settings: RedisSettings) -> Shared {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let connection = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("a reachable Redis");
+    RedisCache::connect(&client, connection, settings)
+        .await
+        .unwrap()
+}
+
 /// An origin counting its calls; it answers "v<n>" after `took`.
 fn origin(
     calls: &Arc<AtomicUsize>,
@@ -170,10 +184,14 @@ async fn stale_values_are_served_while_one_process_refreshes() {
     let freshness = Freshness::new(Duration::from_secs(2))
         .stale_while_revalidate(Duration::from_secs(30))
         .early_refresh(0.0);
-    let settings = RedisSettings::new(freshness).prefix(&prefix());
+    // Patient with Redis: a read that gave up on it would compute the
+    // value itself, and wait on the held refresh's gate.
+    let settings = RedisSettings::new(freshness)
+        .prefix(&prefix())
+        .timeout(Duration::from_secs(30));
     let (first, second) = (
-        process(&redis_url(), settings.clone()).await,
-        process(&redis_url(), settings).await,
+        patient_process(settings.clone()).await,
+        patient_process(settings).await,
     );
     let calls = Arc::new(AtomicUsize::new(0));
     first
@@ -192,7 +210,11 @@ async fn stale_values_are_served_while_one_process_refreshes() {
         }
     };
     for process in [&first, &second, &first, &second] {
-        let stale = process.get_with("k", held(&calls)).await.unwrap();
+        let stale =
+            tokio::time::timeout(Duration::from_secs(60), process.get_with("k", held(&calls)))
+                .await
+                .expect("a stale read waits on no refresh")
+                .unwrap();
         assert_eq!(
             (stale.value, stale.served),
             (Bytes::from("v1"), Served::Stale)

@@ -1,6 +1,7 @@
 //! Processes sharing one bucket through a real Redis admit at most
-//! `capacity + rate × elapsed` and nearly all of it. A short run with
-//! generous bounds; the `accuracy` example gives the full-length figure.
+//! `capacity + rate × elapsed`, and at least half of it on a loaded
+//! machine. A short run with generous bounds; the `accuracy` example gives
+//! the full-length figure (nearly all of it).
 #![cfg(feature = "redis")]
 
 #[path = "../examples/accuracy/fleet.rs"]

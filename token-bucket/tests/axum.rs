@@ -97,9 +97,12 @@ async fn two_instances_share_one_bucket_through_redis() {
     let prefix = format!("palisade-test:{}", fastrand::u64(..));
     let mut instances = Vec::new();
     for _ in 0..2 {
+        // Waits on a reply as long as the store allows (redis-rs's own
+        // default cuts it at 500 ms).
+        let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(None);
         let redis = redis::Client::open(url.as_str())
             .unwrap()
-            .get_connection_manager()
+            .get_connection_manager_with_config(config)
             .await
             .unwrap();
         let store = RedisStore::new(redis, FailurePolicy::FailClosed)

@@ -35,9 +35,12 @@ async fn decisions_are_counted_by_result() {
 async fn store_errors_fallbacks_and_the_degraded_state_are_reported() {
     let probe = MetricsProbe::default();
     let (proxy, through) = redis_proxy().await;
+    // Waits on a reply as long as the store allows (redis-rs's own default
+    // cuts it at 500 ms); a cut proxy fails it at once.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     let connection = redis::Client::open(through)
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .unwrap();
     let store = RedisStore::new(connection, FailurePolicy::FailOpen)
