@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::Refusal;
 
@@ -209,7 +209,9 @@ pub fn pushback_value(wait: Duration) -> HeaderValue {
 /// ```
 #[must_use]
 pub fn timeout(fields: &HeaderMap) -> Option<Duration> {
-    let text = fields.get("grpc-timeout")?.as_bytes();
+    // Named once: a lookup by `&str` parses the name each time.
+    static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+    let text = fields.get(&GRPC_TIMEOUT)?.as_bytes();
     let (&unit, digits) = text.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;

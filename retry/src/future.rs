@@ -216,6 +216,15 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
         if deadline.is_some_and(|deadline| !deadline.leaves(now, delay.saturating_add(estimate))) {
             return give_up(GiveUp::Deadline);
         }
+        // The request's own time (a gRPC caller's): the next attempt must
+        // start before it is up.
+        if shared
+            .replay
+            .deadline(&self.saved)
+            .is_some_and(|end| now.checked_add(delay).is_none_or(|start| start >= end))
+        {
+            return give_up(GiveUp::Deadline);
+        }
         if !shared.replay.can_replay(&self.saved) {
             return give_up(GiveUp::NotReplayable);
         }

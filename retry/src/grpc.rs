@@ -21,9 +21,12 @@
 //!
 //! A request's `grpc-timeout` is the caller's time for the whole call,
 //! retries included (gRPC's own retry design): each attempt after the
-//! first tells the server the time left, and none is made once it is up
-//! (the last answer goes back). [`Config::deadline`] bounds the retries
-//! as well, on the client's side.
+//! first tells the server the time left, and none starts, nor is waited
+//! for, once it would be up (the last answer goes back). Both presets
+//! (and [`buffer_bodies`](crate::RetryLayer::buffer_bodies) in HTTP mode)
+//! do this; a layer that clones `Clone` bodies sends the first attempt's
+//! value again. [`Config::deadline`] bounds the retries as well, on the
+//! client's side.
 //!
 //! # Presets
 //!

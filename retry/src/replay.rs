@@ -32,6 +32,16 @@ pub trait Replay<Req> {
         let _ = saved;
         true
     }
+
+    /// When the request's own time is up, if it carries one (a gRPC
+    /// call's `grpc-timeout`, read by the buffered HTTP modes): no retry
+    /// starts at or past it, and none waits a backoff that ends there
+    /// (a give-up for the deadline). `None`, the default, leaves the
+    /// deadline to [`Config::deadline`](crate::ConfigBuilder::deadline).
+    fn deadline(&self, saved: &Self::Saved) -> Option<tokio::time::Instant> {
+        let _ = saved;
+        None
+    }
 }
 
 /// The generic default: requests that are `Clone` are cloned for each

@@ -139,12 +139,18 @@ async fn a_call_past_the_deadline_is_deadline_exceeded() {
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
 }
 
-/// A call's `grpc-timeout` is the whole call's, retries included: each
-/// attempt tells the server the time its caller has left, and none starts
-/// once that is up. Every attempt sent the first one's `300m` again, and a
-/// call retried twice ran past three times what its caller gave it.
-#[tokio::test(start_paused = true)]
-async fn each_attempt_tells_the_server_the_time_its_caller_has_left() {
+/// The `grpc-timeout` of each call a server received, in order.
+type Seen = Arc<Mutex<Vec<Option<Duration>>>>;
+
+/// A server taking 50 ms to answer each call `UNAVAILABLE`, recording
+/// the `grpc-timeout` each call came with, behind the gRPC preset with a
+/// constant `backoff`.
+fn unavailable_behind_retries(
+    backoff: Duration,
+) -> (
+    impl tower::Service<http::Request<Full<Bytes>>, Response = http::Response<()>, Error = BoxError>,
+    Seen,
+) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
     let server = tower::service_fn(move |request: http::Request<ReplayBody<Full<Bytes>>>| {
@@ -159,27 +165,40 @@ async fn each_attempt_tells_the_server_the_time_its_caller_has_left() {
         }
     });
     let config = Config::builder()
-        .backoff(Backoff::constant(Duration::from_millis(100)))
+        .backoff(Backoff::constant(backoff))
         .max_attempts(10)
         .build()
         .unwrap();
-    let request = http::Request::builder()
+    let retried = ServiceBuilder::new()
+        .layer(RetryLayer::new_for_grpc(config))
+        .service(server);
+    (retried, seen)
+}
+
+/// A gRPC call whose caller gives it `timeout` (a `grpc-timeout` value).
+fn call_within(timeout: &'static str) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
         .method("POST")
         .uri("http://server/grpc.health.v1.Health/Check")
         .header("content-type", "application/grpc")
-        .header("grpc-timeout", "300m")
+        .header("grpc-timeout", timeout)
         .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
-        .unwrap();
+        .unwrap()
+}
+
+/// A call's `grpc-timeout` is the whole call's, retries included: each
+/// attempt tells the server the time its caller has left, and none starts
+/// once that is up. Every attempt sent the first one's `300m` again, and a
+/// call retried twice ran past three times what its caller gave it.
+#[tokio::test(start_paused = true)]
+async fn each_attempt_tells_the_server_the_time_its_caller_has_left() {
+    let (retried, seen) = unavailable_behind_retries(Duration::from_millis(100));
     let started = tokio::time::Instant::now();
-    let response = ServiceBuilder::new()
-        .layer(RetryLayer::new_for_grpc(config))
-        .service(server)
-        .oneshot(request)
-        .await
-        .unwrap();
+    let response = retried.oneshot(call_within("300m")).await.unwrap();
     assert_eq!(grpc::status(response.headers()), Some(grpc::UNAVAILABLE));
-    // Attempts at 0 and 150 ms (50 ms each, 100 ms apart); at 300 ms the
-    // caller's time is up and the last answer is returned.
+    // Attempts at 0 and 150 ms (50 ms each, 100 ms apart); the next would
+    // start at 300 ms, when the caller's time is up: the second answer
+    // goes back as it comes.
     assert_eq!(
         *seen.lock().unwrap(),
         [
@@ -187,5 +206,18 @@ async fn each_attempt_tells_the_server_the_time_its_caller_has_left() {
             Some(Duration::from_millis(150))
         ]
     );
-    assert_eq!(started.elapsed(), Duration::from_millis(300));
+    assert_eq!(started.elapsed(), Duration::from_millis(200));
+}
+
+/// No backoff is waited that ends past the caller's time: the answer goes
+/// back as the attempt before it ends. The retry slept the whole backoff
+/// (a second, against 300 ms) before it found the time up.
+#[tokio::test(start_paused = true)]
+async fn no_backoff_is_waited_past_the_time_its_caller_has() {
+    let (retried, seen) = unavailable_behind_retries(Duration::from_secs(1));
+    let started = tokio::time::Instant::now();
+    let response = retried.oneshot(call_within("300m")).await.unwrap();
+    assert_eq!(grpc::status(response.headers()), Some(grpc::UNAVAILABLE));
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(started.elapsed(), Duration::from_millis(50));
 }

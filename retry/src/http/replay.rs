@@ -86,6 +86,10 @@ where
     fn can_replay(&self, saved: &RecordedRequest<B>) -> bool {
         saved.can_replay()
     }
+
+    fn deadline(&self, saved: &RecordedRequest<B>) -> Option<Instant> {
+        saved.deadline
+    }
 }
 
 /// The first attempt's request, recording its body when the gate allows a
@@ -130,7 +134,7 @@ impl<B: Body> RecordedRequest<B> {
     }
 
     fn can_replay(&self) -> bool {
-        !self.recording.is_spoiled() && self.time_left() != Some(Duration::ZERO)
+        !self.recording.is_spoiled()
     }
 
     /// What is left of the gRPC caller's time, if it gave one.
@@ -170,6 +174,10 @@ impl Replay<Request<tonic::body::Body>> for HttpReplay<TonicBody> {
     fn can_replay(&self, saved: &Self::Saved) -> bool {
         saved.can_replay()
     }
+
+    fn deadline(&self, saved: &Self::Saved) -> Option<Instant> {
+        saved.deadline
+    }
 }
 
 /// Bodies are recorded as with [`BufferBody`], and each attempt's body is
@@ -202,5 +210,9 @@ where
 
     fn can_replay(&self, saved: &RecordedRequest<B>) -> bool {
         saved.can_replay()
+    }
+
+    fn deadline(&self, saved: &RecordedRequest<B>) -> Option<Instant> {
+        saved.deadline
     }
 }
