@@ -1,5 +1,6 @@
 //! Where the outbox lives and how the relay works it.
 
+use std::ops::Range;
 use std::time::Duration;
 
 use palisade_hints::DAY;
@@ -183,9 +184,10 @@ impl OutboxConfig {
     /// a broker's duplicate window must cover it.
     #[must_use]
     pub fn retry_horizon(&self) -> Duration {
-        (0..self.max_attempts)
-            .map(|attempt| self.backoff_after(attempt))
-            .fold(self.lease, Duration::saturating_add)
+        total_delay(0..u64::from(self.max_attempts), |attempt| {
+            self.backoff_after(u32::try_from(attempt).unwrap_or(u32::MAX))
+        })
+        .saturating_add(self.lease)
     }
 
     /// The wait after failed attempt number `attempt` (0 for the first).
@@ -195,6 +197,31 @@ impl OutboxConfig {
             .saturating_mul(1 << attempt.min(30))
             .min(self.backoff_cap)
     }
+}
+
+/// The sum of `delay(attempt)` over `attempts`, where `delay` doubles at
+/// most 30 times and so changes no more past the range's 32nd attempt: the
+/// first 32 are added up and the rest multiplied, so a limit of
+/// `u64::MAX` attempts (never give up) costs no more than 32. Added one by
+/// one, such a limit never returned.
+pub(crate) fn total_delay(attempts: Range<u64>, delay: impl Fn(u64) -> Duration) -> Duration {
+    let stepped = attempts.start..attempts.end.min(attempts.start.saturating_add(32));
+    let mut total = stepped
+        .clone()
+        .map(&delay)
+        .fold(Duration::ZERO, Duration::saturating_add);
+    let rest = attempts.end - stepped.end;
+    if rest > 0 {
+        let nanos = delay(stepped.end)
+            .as_nanos()
+            .saturating_mul(u128::from(rest));
+        let whole = u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX);
+        // Below a second, so it fits.
+        #[allow(clippy::cast_possible_truncation)]
+        let part = (nanos % 1_000_000_000) as u32;
+        total = total.saturating_add(Duration::new(whole, part));
+    }
+    total
 }
 
 #[cfg(test)]
@@ -213,5 +240,36 @@ mod tests {
             .backoff(Duration::MAX, Duration::MAX);
         assert_eq!(config.backoff_after(0), Duration::from_secs(86_400));
         assert_eq!(config.retry_horizon(), Duration::from_secs(3 * 86_400 + 30));
+    }
+
+    /// The horizon of any number of attempts is worked out at once, and
+    /// is the sum of every backoff. `max_attempts(u32::MAX)` added four
+    /// billion backoffs one by one (`ensure_stream` asks for it at start).
+    #[test]
+    fn the_horizon_of_any_number_of_attempts_is_their_backoffs_summed() {
+        let config = |attempts| {
+            OutboxConfig::default()
+                .max_attempts(attempts)
+                .lease(Duration::from_secs(30))
+                .backoff(Duration::from_nanos(1), Duration::from_secs(1))
+        };
+        for attempts in [0, 1, 2, 31, 32, 33, 40, 1_000] {
+            let config = config(attempts);
+            let one_by_one = (0..attempts)
+                .map(|attempt| config.backoff_after(attempt))
+                .fold(Duration::from_secs(30), Duration::saturating_add);
+            assert_eq!(config.retry_horizon(), one_by_one, "{attempts} attempts");
+        }
+        // 30 doublings of a nanosecond pass a second: past the first 31
+        // attempts, each waits the cap.
+        let most = config(u32::MAX).retry_horizon();
+        assert!(
+            most > Duration::from_secs(u64::from(u32::MAX) - 32),
+            "{most:?}"
+        );
+        assert!(
+            most < Duration::from_secs(u64::from(u32::MAX) + 31),
+            "{most:?}"
+        );
     }
 }

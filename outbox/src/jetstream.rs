@@ -168,13 +168,13 @@ impl ConsumerConfig {
     /// consumer that died holding it).
     #[must_use]
     pub fn redelivery_horizon(&self) -> Duration {
-        (1..self.policy.max_deliver)
-            .map(|attempt| self.delay_after(attempt))
-            .fold(Duration::ZERO, Duration::saturating_add)
-            .saturating_add(
-                self.ack_wait
-                    .saturating_mul(u32::try_from(self.policy.max_deliver).unwrap_or(u32::MAX)),
-            )
+        crate::config::total_delay(1..self.policy.max_deliver, |attempt| {
+            self.delay_after(attempt)
+        })
+        .saturating_add(
+            self.ack_wait
+                .saturating_mul(u32::try_from(self.policy.max_deliver).unwrap_or(u32::MAX)),
+        )
     }
 
     fn delay_after(&self, attempt: u64) -> Duration {
@@ -1020,7 +1020,22 @@ fn one_line(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::matches_subject;
+    use std::time::Duration;
+
+    use super::{ConsumerConfig, matches_subject};
+
+    /// A consumer that never gives up (`max_deliver(u64::MAX)`) has its
+    /// horizon worked out at once: a delay was added for each delivery,
+    /// one by one, and the consumer was never built.
+    #[test]
+    fn the_horizon_of_a_consumer_that_never_gives_up_is_worked_out_at_once() {
+        let config = ConsumerConfig::new("S", "c", "S.dead").unwrap();
+        // Retries after 1, 2, 4 and 8 s, and an ack wait of 30 s for each
+        // of the 5 deliveries.
+        assert_eq!(config.redelivery_horizon(), Duration::from_secs(165));
+        let forever = config.max_deliver(u64::MAX);
+        assert_eq!(forever.redelivery_horizon(), Duration::MAX);
+    }
 
     #[test]
     fn subjects_match_as_nats_matches_them() {
