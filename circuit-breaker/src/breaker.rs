@@ -941,15 +941,20 @@ impl Inner {
 
     fn should_open(&self, counts: Counts) -> bool {
         let config = &self.config;
-        if counts.calls < u64::from(config.minimum_calls) {
+        if counts.calls < u64::from(config.minimum_calls) || counts.calls == 0 {
             return false;
         }
-        // Multiplied out, so the hot path divides nothing.
+        // Divided, not multiplied out: a rate exactly at the threshold is
+        // the threshold's own f64 (7 / 100 is 0.07), where the product
+        // could land past the count (0.07 × 100 is 7.000000000000001) and
+        // open the breaker one failure late, or never at the exact rate.
+        // A closed breaker's successes do not come here once the window
+        // holds its minimum (see `record_counted`).
         let calls = counts.calls as f64;
-        counts.failures as f64 >= config.failure_rate_threshold * calls
+        counts.failures as f64 / calls >= config.failure_rate_threshold
             || config
                 .slow_call
-                .is_some_and(|(_, rate)| counts.slow as f64 >= rate * calls)
+                .is_some_and(|(_, rate)| counts.slow as f64 / calls >= rate)
     }
 
     /// Settles a probe: a failure re-opens, enough successes close.
@@ -1246,6 +1251,51 @@ mod tests {
     /// The breaker's own reference count.
     fn shared_count(breaker: &CircuitBreaker) -> usize {
         std::sync::Arc::strong_count(breaker.inner.as_arc())
+    }
+
+    /// A failure (or slow-call) rate exactly at its threshold opens the
+    /// breaker, whatever the threshold's decimals. Compared as a product,
+    /// 0.07 × 100 came to 7.000000000000001, and 7 failures in 100 calls
+    /// left it closed.
+    #[test]
+    fn a_rate_exactly_at_its_threshold_opens_the_breaker() {
+        let slow = Duration::from_secs(1);
+        for (threshold, calls) in [(0.07, 100), (0.55, 100), (0.14, 50), (0.28, 200), (0.5, 10)] {
+            // Share of `calls` at the threshold; exact for these.
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss
+            )]
+            let failing = (threshold * calls as f64).round() as u32;
+            for slow_calls in [false, true] {
+                let config = Config::builder()
+                    .sliding_window(crate::SlidingWindow::Count(calls))
+                    .minimum_calls(calls);
+                let config = if slow_calls {
+                    config.slow_calls(slow, threshold)
+                } else {
+                    config.failure_rate_threshold(threshold)
+                };
+                let now = Instant::now();
+                let breaker = CircuitBreaker::new_at(config.build().unwrap(), now);
+                for n in 0..calls {
+                    let permit = breaker.try_acquire(now).unwrap();
+                    if n < calls - failing {
+                        permit.record(Outcome::Success, now);
+                    } else if slow_calls {
+                        permit.record(Outcome::Success, now + slow + slow);
+                    } else {
+                        permit.record(Outcome::Failure, now);
+                    }
+                }
+                assert_eq!(
+                    breaker.state(),
+                    State::Open,
+                    "{failing} of {calls} at {threshold} (slow calls: {slow_calls})"
+                );
+            }
+        }
     }
 
     #[test]
