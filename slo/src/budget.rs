@@ -614,6 +614,36 @@ mod tests {
         );
     }
 
+    /// A burn exactly at an alert's factor fires it, and a budget spent
+    /// exactly has none left. With `1 - 0.99` as it comes in `f64`, one
+    /// bad call in ten burned at 9.999999999999991, under the page's 10.
+    #[test]
+    fn a_burn_exactly_at_the_factor_fires() {
+        let objective = Objective::new(0.99).alerts([BurnAlert::new(
+            Severity::Page,
+            10.0,
+            Duration::from_secs(3_600),
+            Duration::from_secs(300),
+        )]);
+        let burning = budget(objective);
+        let t0 = 1_000 * MINUTE;
+        for call in 0..1_000 {
+            burning.record_ms(call % 10 != 0, t0);
+        }
+        let report = burning.report_ms(t0 + 1_000);
+        assert_eq!(
+            report.firing(),
+            Some(Severity::Page),
+            "{:?}",
+            report.burns()
+        );
+        let spent = budget(Objective::new(0.99));
+        for call in 0..1_000 {
+            spent.record_ms(call % 100 != 0, t0);
+        }
+        assert_eq!(spent.report_ms(t0 + 1_000).budget_remaining(), 0.0);
+    }
+
     #[test]
     fn the_signal_is_worked_out_again_at_most_once_a_second() {
         let budget = budget(Objective::new(0.9));
