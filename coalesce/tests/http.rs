@@ -783,6 +783,26 @@ async fn the_origins_age_counts_against_its_lifetime() {
     );
 }
 
+/// An `Age` past what 64 bits hold is the longest age (RFC 9111 §1.2.2),
+/// so the response is stale from the start. It was read as no age at all,
+/// and the response was served fresh for its whole `max-age`.
+#[tokio::test(start_paused = true)]
+async fn an_age_past_64_bits_is_as_old_as_an_age_gets() {
+    let (service, calls) = layered(&[], |_, n| {
+        answer(
+            &[
+                ("cache-control", "max-age=60".into()),
+                ("age", "99999999999999999999".into()),
+            ],
+            format!("call {n}"),
+        )
+    });
+    call(&service, "GET", "/", &[]).await;
+    call(&service, "GET", "/", &[]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "stale from the start");
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_unsafe_method_invalidates_the_cached_get_of_its_uri() {
     let (service, _) = layered(&[], |request, n| {

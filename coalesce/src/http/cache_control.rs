@@ -9,7 +9,7 @@ use http::header::CACHE_CONTROL;
 use crate::freshness::Freshness;
 
 /// RFC 9111's ceiling for delta-seconds that overflow.
-const MAX_DELTA: u64 = 2_147_483_648;
+pub(super) const MAX_DELTA: u64 = 2_147_483_648;
 
 /// The directives of every `Cache-Control` field of a message.
 ///

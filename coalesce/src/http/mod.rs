@@ -877,14 +877,23 @@ fn expires_lifetime(headers: &HeaderMap) -> Option<Duration> {
     Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
 }
 
-/// The `Age` a response carries (RFC 9111 §5.1); 0 when absent or
-/// unreadable.
+/// The `Age` a response carries (RFC 9111 §5.1); 0 when absent or not
+/// digits. Digits past what a `u64` holds are the longest age (RFC 9111
+/// §1.2.2: at least 2^31 seconds), not none: read as 0, a response aged
+/// past any lifetime was stored as new.
 fn age_of(headers: &HeaderMap) -> Duration {
-    headers
-        .get(AGE)
-        .and_then(|age| age.to_str().ok())
-        .and_then(|age| age.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs)
+    let Some(age) = headers.get(AGE).map(|age| age.as_bytes().trim_ascii()) else {
+        return Duration::ZERO;
+    };
+    if age.is_empty() || !age.iter().all(u8::is_ascii_digit) {
+        return Duration::ZERO;
+    }
+    let seconds = std::str::from_utf8(age)
+        .ok()
+        .and_then(|age| age.parse().ok())
+        .unwrap_or(cache_control::MAX_DELTA)
+        .min(cache_control::MAX_DELTA);
+    Duration::from_secs(seconds)
 }
 
 /// A caller's own `If-None-Match` and `If-Modified-Since`, which the
