@@ -309,7 +309,8 @@ impl ConfigBuilder {
         self
     }
 
-    /// How long a probe may run before it counts as failed (default 60 s):
+    /// How long a probe may run before it counts as failed (default 60 s,
+    /// at least a millisecond):
     /// once the oldest probe still running has run this long, the next
     /// caller that finds every probe slot taken re-opens the breaker, as
     /// does a probe cut short (dropped by a timeout above the breaker)
@@ -405,8 +406,10 @@ impl ConfigBuilder {
                 "must be 1 to half_open_permits",
             ));
         }
-        if config.half_open_max_wait.is_zero() {
-            return Err(config_error("half_open_max_wait", "must be positive"));
+        // The breaker keeps a probe's start in whole milliseconds: a wait
+        // under one was none, and a second caller failed the probe at once.
+        if config.half_open_max_wait < Duration::from_millis(1) {
+            return Err(config_error("half_open_max_wait", "must be at least 1 ms"));
         }
         Ok(config)
     }
@@ -469,6 +472,27 @@ mod tests {
         let longest = extreme.open_ms(64, Some(Duration::MAX), 0.99);
         assert!(longest >= 1);
         assert!(u128::from(longest) <= Duration::MAX.as_millis());
+    }
+
+    /// A half-open wait under a millisecond counted as none (the breaker
+    /// keeps a probe's start in milliseconds): the next caller failed the
+    /// probe under way, and the breaker opened again.
+    #[test]
+    fn a_half_open_wait_under_a_millisecond_is_refused() {
+        let refused = Config::builder()
+            .half_open_max_wait(Duration::from_micros(999))
+            .build()
+            .unwrap_err();
+        assert!(
+            refused.to_string().contains("half_open_max_wait"),
+            "{refused}"
+        );
+        assert!(
+            Config::builder()
+                .half_open_max_wait(Duration::from_millis(1))
+                .build()
+                .is_ok()
+        );
     }
 
     /// A zero slow-call duration made every call slow: the breaker opened
