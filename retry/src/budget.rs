@@ -7,8 +7,10 @@ use tokio::time::Instant;
 
 use crate::error::{ConfigError, config_error};
 
-/// One retry, in the budget's fixed-point unit (thousandths of a retry).
-const RETRY: i64 = 1000;
+/// One retry, in the budget's fixed-point unit (millionths of a retry:
+/// thousandths earned nothing below a ratio of 0.0005, and rounded 0.0015 up
+/// by a third).
+const RETRY: i64 = 1_000_000;
 
 /// The settings of a retry budget; [`RetryBudget`] is the live account.
 ///
@@ -122,11 +124,11 @@ pub struct RetryBudget {
 
 #[derive(Debug)]
 struct Account {
-    /// Banked retries, in thousandths.
+    /// Banked retries, in millionths.
     balance: AtomicI64,
-    /// What one request deposits, in thousandths of a retry.
+    /// What one request deposits, in millionths of a retry.
     deposit: i64,
-    /// The most the balance may hold, in thousandths.
+    /// The most the balance may hold, in millionths.
     ceiling: i64,
     /// The floor as a GCRA: the theoretical arrival time of the next floor
     /// retry, in nanoseconds since `origin`.
@@ -152,7 +154,7 @@ impl RetryBudget {
 
     /// An account for settings already validated.
     pub(crate) fn from_valid(budget: Budget) -> Self {
-        // Rounded to thousandths of a retry; the ratio is validated finite.
+        // Rounded to millionths of a retry; the ratio is validated finite.
         #[allow(clippy::cast_possible_truncation)]
         let deposit = (budget.ratio * RETRY as f64).round() as i64;
         let floor_interval = match budget.min_per_second {
@@ -305,6 +307,25 @@ mod tests {
             }
         }
         assert_eq!(retries, 2000);
+    }
+
+    /// A small ratio earns its share of retries, and an odd one its own
+    /// share. Counted in thousandths, 0.0004 earned nothing (rounded to
+    /// 0) and 0.0015 earned 0.002.
+    #[test]
+    fn small_ratios_earn_their_own_share() {
+        for (ratio, earned) in [(0.0004, 4), (0.0015, 15), (0.000_001, 0)] {
+            let budget = RetryBudget::new(Budget::new(ratio).min_per_second(0)).unwrap();
+            let now = Instant::now();
+            let mut retries = 0;
+            for _ in 0..10_000 {
+                budget.deposit();
+                if budget.withdraw(now) {
+                    retries += 1;
+                }
+            }
+            assert_eq!(retries, earned, "{ratio}");
+        }
     }
 
     /// Nothing to save up is not nothing to earn: a budget banking no
