@@ -136,11 +136,7 @@ impl Catalog {
             Ok(ranking) => (
                 [(
                     header::CACHE_CONTROL,
-                    format!(
-                        "public, max-age={}, stale-while-revalidate={}",
-                        self.max_age.as_secs(),
-                        self.stale_while_revalidate.as_secs()
-                    ),
+                    cache_control(self.max_age, self.stale_while_revalidate),
                 )],
                 Json(ranking),
             )
@@ -199,10 +195,37 @@ impl ReadModel for Catalog {
     const PROJECTED: &'static [&'static str] = &["trending"];
 }
 
+/// The ranking's `Cache-Control`, in whole seconds rounded up: a
+/// freshness under a second written as `max-age=0` was never cached.
+fn cache_control(max_age: Duration, stale_while_revalidate: Duration) -> String {
+    let seconds = |span: Duration| span.as_secs() + u64::from(span.subsec_nanos() > 0);
+    format!(
+        "public, max-age={}, stale-while-revalidate={}",
+        seconds(max_age),
+        seconds(stale_while_revalidate)
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::PRODUCTS;
+    use std::time::Duration;
+
+    use super::{PRODUCTS, cache_control};
     use crate::inventory::STARTING_STOCK;
+
+    /// A freshness under a second is a second, not `max-age=0` (which the
+    /// cache takes for "do not store").
+    #[test]
+    fn the_caching_instructions_round_up_to_whole_seconds() {
+        assert_eq!(
+            cache_control(Duration::from_millis(500), Duration::from_millis(1_500)),
+            "public, max-age=1, stale-while-revalidate=2"
+        );
+        assert_eq!(
+            cache_control(Duration::from_secs(5), Duration::from_secs(60)),
+            "public, max-age=5, stale-while-revalidate=60"
+        );
+    }
 
     #[test]
     fn every_product_on_sale_is_stocked_and_nothing_else_is() {
