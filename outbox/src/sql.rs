@@ -134,6 +134,22 @@ impl Dialect {
         }
     }
 
+    /// How a migration's transaction begins, where the default will not
+    /// do. SQLite's deferred `BEGIN` reads first (does the table exist,
+    /// has it the column) and then writes: taking the write lock then
+    /// fails at once when another connection holds it or wrote since, the
+    /// busy timeout never waited on, so a migration beside a running relay
+    /// failed with "database is locked". `IMMEDIATE` takes the write lock
+    /// first, waiting out the busy timeout.
+    const fn migration_begin(self) -> Option<&'static str> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres => None,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite => Some("BEGIN IMMEDIATE"),
+        }
+    }
+
     /// The column type of a point in time.
     const fn time_type(self) -> &'static str {
         match self {
@@ -319,6 +335,8 @@ impl Dialect {
 /// The outbox's statements, with its table in them.
 #[derive(Debug)]
 pub(crate) struct OutboxSql {
+    /// How the migration's transaction begins, when not as others do.
+    pub(crate) migration_begin: Option<&'static str>,
     /// The schema and the table.
     pub(crate) migrate: Vec<String>,
     /// Columns added since the table was first made: for each, whether the
@@ -525,6 +543,7 @@ impl OutboxSql {
         );
         let discard = format!("DELETE FROM {t} WHERE id = $1 AND status = 'dead'");
         Self {
+            migration_begin: dialect.migration_begin(),
             migrate,
             columns,
             indexes,
@@ -728,6 +747,8 @@ impl OutboxSql {
 /// The inbox's statements.
 #[derive(Debug)]
 pub(crate) struct InboxSql {
+    /// How the migration's transaction begins, when not as others do.
+    pub(crate) migration_begin: Option<&'static str>,
     pub(crate) migrate: Vec<String>,
     pub(crate) record: String,
     /// Records a JSON array of message ids (`$2`) at once, returning
@@ -771,6 +792,7 @@ impl InboxSql {
             now = dialect.now(),
         ));
         Self {
+            migration_begin: dialect.migration_begin(),
             migrate,
             // Grouped: PostgreSQL refuses an upsert that meets one row
             // twice (an id twice in the list).

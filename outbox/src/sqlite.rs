@@ -239,6 +239,53 @@ mod tests {
         assert_eq!(report.published, 1);
     }
 
+    /// A migration beside a writer (a relay running while a replica
+    /// upgrades) waits for the write lock. It began deferred, read (does
+    /// the table have the column), then could not take the write lock its
+    /// read transaction needed (SQLite waits for no such upgrade), and
+    /// failed with "database is locked" at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_migration_beside_a_writer_waits_for_it() {
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+        let path =
+            std::env::temp_dir().join(format!("palisade-migrate-{}.db", uuid::Uuid::now_v7()));
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(60));
+        let pool = SqlitePool::connect_with(options.clone()).await.unwrap();
+        let outbox = SqliteOutbox::new(pool.clone(), OutboxConfig::new("outbox").unwrap());
+        outbox.migrate().await.unwrap();
+        sqlx::query("ALTER TABLE outbox DROP COLUMN claim_id")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let writer_pool = SqlitePool::connect_with(options).await.unwrap();
+        let mut writer = writer_pool.acquire().await.unwrap();
+        for statement in ["BEGIN IMMEDIATE", "CREATE TABLE orders (id TEXT)"] {
+            sqlx::query(statement).execute(&mut *writer).await.unwrap();
+        }
+        let migrating = tokio::spawn(async move { outbox.migrate().await });
+        // Long enough for the migration to meet the lock: then it must wait.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        sqlx::query("COMMIT").execute(&mut *writer).await.unwrap();
+        migrating.await.unwrap().expect("waited for the writer");
+        let has: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pragma_table_info('outbox') WHERE name = 'claim_id'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(has, 1);
+        drop(writer);
+        pool.close().await;
+        writer_pool.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
     #[tokio::test]
     async fn only_a_committed_transaction_that_enqueued_wakes_the_relays() {
         let config = OutboxConfig::new("outbox").unwrap();

@@ -100,7 +100,10 @@ macro_rules! sql_outbox {
             ///
             /// The database's error.
             pub async fn migrate(&self) -> Result<(), sqlx::Error> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = match self.sql.migration_begin {
+                    Some(begin) => self.pool.begin_with(begin).await?,
+                    None => self.pool.begin().await?,
+                };
                 for statement in &self.sql.migrate {
                     sqlx::query(statement).execute(&mut *tx).await?;
                 }
@@ -489,7 +492,10 @@ macro_rules! sql_inbox {
             ///
             /// The database's error.
             pub async fn migrate(&self) -> Result<(), sqlx::Error> {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = match self.sql.migration_begin {
+                    Some(begin) => self.pool.begin_with(begin).await?,
+                    None => self.pool.begin().await?,
+                };
                 for statement in &self.sql.migrate {
                     sqlx::query(statement).execute(&mut *tx).await?;
                 }
