@@ -73,6 +73,11 @@ impl ErrorBudget {
     /// within three periods (when the fleet's counts it would read are
     /// stale anyway) is given up, and the next starts a period after.
     ///
+    /// `name` alone says which budgets are one: deployments sharing a
+    /// Redis (staging beside production, two tenants' systems) need names
+    /// of their own, such as `staging:checkout`, or each burns the other's
+    /// budget.
+    ///
     /// Once per budget and its clones while its sharing runs: a second
     /// call shares nothing more (it would add this process's counts to
     /// the fleet's twice), and says so in a warning.
