@@ -10,8 +10,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use palisade_hints::Refusal;
 use palisade_hints::reachability::{Change, Reachability, unreachable};
+use redis::Script;
 use redis::aio::ConnectionLike;
-use redis::{AsyncCommands, Script};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -66,10 +66,15 @@ return {holder, failed}",
     )
 });
 
-/// Releases the lock if it is still ours.
+/// Releases the lock if it is still ours, and wakes the waiters (on
+/// channel `ARGV[2]`, for key `ARGV[3]`) to take it: without a wake-up
+/// they found it gone at their next poll only.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1",
     )
 });
 
@@ -95,13 +100,25 @@ return 1",
 });
 
 /// If the lock is still ours: drops the stored value (the origin said the
-/// new one may not be kept, so the old one may not be served either) and
-/// releases the lock.
+/// new one may not be kept, so the old one may not be served either),
+/// releases the lock and wakes the waiters to take it.
 static FORGET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1",
+    )
+});
+
+/// Drops a key's value, lock and failure; wakes the waiters of a lock it
+/// dropped (on channel `ARGV[1]`, for key `ARGV[2]`).
+static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"local locked = redis.call('EXISTS', KEYS[2])
+local dropped = redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+if locked == 1 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return dropped",
     )
 });
 
@@ -459,7 +476,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static, E> Flight<C, E> {
             let shared = &self.shared;
             let lock_key = shared.lock_key(&self.key);
             let Some(failure) = shared_failure else {
-                return release(shared, &lock_key, &token.to_string()).await;
+                return release(shared, &self.key, &lock_key, &token.to_string()).await;
             };
             let mut connection = shared.connection.clone();
             let mut fail = FAIL.key(&lock_key);
@@ -478,7 +495,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static, E> Flight<C, E> {
                 // Not left (Redis refused the write: memory full, say): the
                 // lock goes all the same, so its waiters take over rather
                 // than wait out its lease.
-                release(shared, &lock_key, &token).await;
+                release(shared, &self.key, &lock_key, &token).await;
             }
         }
     }
@@ -678,13 +695,17 @@ where
     pub async fn invalidate(&self, key: &str) {
         self.local.detach(&key.to_owned());
         let mut connection = self.shared.connection.clone();
-        // One command: the keys share a hash tag, so one Cluster slot.
-        let keys = [
-            self.shared.value_key(key),
-            self.shared.lock_key(key),
-            self.shared.failed_key(key),
-        ];
-        let dropped = self.shared.call(connection.del::<_, i64>(&keys)).await;
+        // One script: the keys share a hash tag, so one Cluster slot.
+        let mut invalidate = INVALIDATE.key(self.shared.value_key(key));
+        invalidate
+            .key(self.shared.lock_key(key))
+            .key(self.shared.failed_key(key))
+            .arg(&self.shared.channel)
+            .arg(key);
+        let dropped = self
+            .shared
+            .call(invalidate.invoke_async::<i64>(&mut connection))
+            .await;
         if dropped.is_none() {
             tracing::warn!(target: "palisade_coalesce", key, "redis failed; the invalidation was not applied");
         }
@@ -966,6 +987,8 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
             lock_key: self.lock_key(key),
             token,
             token_arg: token.to_string(),
+            channel: self.channel.clone(),
+            key: key.to_owned(),
             timeout: self.settings.timeout,
             ended: false,
         };
@@ -1337,7 +1360,7 @@ where
             && is_fresh(&stored.entry)
         {
             tracing::debug!(target: "palisade_coalesce", "a value was stored before the lock was won; not computing");
-            release(shared, lock_key, token_arg).await;
+            release(shared, key, lock_key, token_arg).await;
             return Ok(stored.entry.into_value());
         }
         let started = Instant::now();
@@ -1364,7 +1387,11 @@ where
                 // Not to be kept, nor the old value served in its place: drop
                 // it and free the lock so the next caller computes.
                 let mut forget = FORGET.key(shared.value_key(key));
-                forget.key(lock_key).arg(token_arg);
+                forget
+                    .key(lock_key)
+                    .arg(token_arg)
+                    .arg(&shared.channel)
+                    .arg(key);
                 let _ = shared
                     .call(forget.invoke_async::<i64>(&mut connection))
                     .await;
@@ -1406,6 +1433,9 @@ struct Held<C: ConnectionLike + Clone + Send + 'static> {
     token: Token,
     /// `token` as the scripts take it.
     token_arg: String,
+    /// Where, and as what key, its release wakes the waiters.
+    channel: String,
+    key: String,
     timeout: Duration,
     /// The lead ended by itself: it released, stored or forgot already.
     ended: bool,
@@ -1429,7 +1459,10 @@ impl<C: ConnectionLike + Clone + Send + 'static> Drop for Held<C> {
         };
         let (mut connection, timeout) = (self.connection.clone(), self.timeout);
         let mut release = RELEASE.key(std::mem::take(&mut self.lock_key));
-        release.arg(std::mem::take(&mut self.token_arg));
+        release
+            .arg(std::mem::take(&mut self.token_arg))
+            .arg(std::mem::take(&mut self.channel))
+            .arg(std::mem::take(&mut self.key));
         runtime.spawn(async move {
             let released = tokio::time::timeout(
                 timeout,
@@ -1443,14 +1476,14 @@ impl<C: ConnectionLike + Clone + Send + 'static> Drop for Held<C> {
     }
 }
 
-/// Releases the lock if it is still ours.
-async fn release<C>(shared: &Shared<C>, lock_key: &str, token: &str)
+/// Releases `key`'s lock if it is still ours, waking its waiters.
+async fn release<C>(shared: &Shared<C>, key: &str, lock_key: &str, token: &str)
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     let mut connection = shared.connection.clone();
     let mut release = RELEASE.key(lock_key);
-    release.arg(token);
+    release.arg(token).arg(&shared.channel).arg(key);
     let _ = shared
         .call(release.invoke_async::<i64>(&mut connection))
         .await;

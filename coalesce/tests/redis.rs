@@ -1484,3 +1484,85 @@ fn a_poll_interval_of_zero_is_taken_as_a_millisecond() {
         "{settings:?}"
     );
 }
+
+/// How a lead in another process ends without a value for its waiters.
+#[derive(Debug, Clone, Copy)]
+enum LeadEnd {
+    /// Its computation fails, and the failure stays its own.
+    KeepsItsFailure,
+    /// Its computation says the value may not be kept (`None` freshness).
+    NotToBeKept,
+    /// Its caller leaves mid-computation.
+    CutShort,
+}
+
+/// A lead that ends in any of these ways frees the lock and wakes the
+/// waiters in other processes, which take over at once. Only a stored
+/// value or a shared failure woke them: the others left them to find the
+/// lock gone at their next poll (here a day away, so they waited until
+/// their wait timeout, also a day).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_ending_without_a_value_wakes_its_waiters() {
+    for end in [
+        LeadEnd::KeepsItsFailure,
+        LeadEnd::NotToBeKept,
+        LeadEnd::CutShort,
+    ] {
+        let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60)))
+            .prefix(&prefix())
+            .timeout(Duration::from_secs(10))
+            .poll_interval(Duration::from_secs(86_400))
+            .wait_timeout(Duration::from_secs(86_400));
+        let leader: Shared = process(&redis_url(), settings.clone()).await;
+        let (computing, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let lead = tokio::spawn({
+            let (computing, go) = (computing.clone(), go.clone());
+            async move {
+                let compute = move || async move {
+                    computing.notify_one();
+                    go.notified().await;
+                    match end {
+                        LeadEnd::KeepsItsFailure => Err(OriginDown),
+                        LeadEnd::NotToBeKept => Ok((Bytes::from("not kept"), None)),
+                        LeadEnd::CutShort => std::future::pending().await,
+                    }
+                };
+                let _ = leader.get_with_freshness("k", compute).await;
+            }
+        });
+        computing.notified().await;
+        // Once the waiter has found the lock held (its second command on
+        // the lock: the attempt, then the look), the lead ends.
+        let ending: Hook = Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            go.notify_one();
+        });
+        let lead_abort = lead.abort_handle();
+        let ending: Hook = match end {
+            LeadEnd::CutShort => Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                lead_abort.abort();
+            }),
+            _ => ending,
+        };
+        let ending = std::sync::Mutex::new(Some(ending));
+        let on_lock = AtomicUsize::new(0);
+        let watcher: Watcher = Arc::new(move |cmd: &redis::Cmd| {
+            if names(cmd, b":lock") && on_lock.fetch_add(1, Ordering::SeqCst) == 1 {
+                tokio::spawn(ending.lock().unwrap().take()?);
+            }
+            None
+        });
+        let waiter = Watched::cache(watcher, settings).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let waited = tokio::time::timeout(
+            Duration::from_secs(60),
+            waiter.get_with("k", origin(&calls, Duration::ZERO)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{end:?}: the waiter was never woken"))
+        .unwrap();
+        assert_eq!(waited.value, "v1", "{end:?}: took over");
+        let _ = lead.await;
+    }
+}
