@@ -217,10 +217,10 @@ fuzz_target!(|input: Input| {
             }
         }
         // The budget never goes below zero: the retries taken are at most
-        // what the calls deposited (ratio of a retry each, in thousandths).
-        let deposited = u64::from(calls) * (ratio * 1000.0).round() as u64;
+        // what the calls deposited (ratio of a retry each, in millionths).
+        let deposited = u64::from(calls) * (ratio * 1_000_000.0).round() as u64;
         assert!(
-            retries as u64 * 1000 <= deposited,
+            retries as u64 * 1_000_000 <= deposited,
             "{retries} retries on {calls} calls at {ratio}"
         );
     });

@@ -11,7 +11,9 @@ pub(crate) enum GiveUp {
     /// The dependency asked for a wait longer than the backoff's cap.
     HintOverCap,
     /// The next attempt could not finish before the deadline, or the
-    /// deadline passed during an attempt (which is abandoned).
+    /// deadline passed during an attempt (which is abandoned); or the
+    /// request's own time (a gRPC caller's `grpc-timeout`) would be up
+    /// before the next attempt starts.
     Deadline,
     /// The retry budget is spent.
     Budget,

@@ -264,11 +264,17 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
         L: Deref<Target = RetryLayer<C, R>>,
         R: Replay<Req, Saved = Saved, Request = Request>,
     {
+        let time_is_up = self.time_is_up::<C, R, Req>();
         let shared = &*self.shared;
         let retried = self
             .retried
             .as_mut()
             .expect("a retry was decided before its wait");
+        if time_is_up {
+            retried.unspent.give_back();
+            shared.events.gave_up(GiveUp::Deadline, retried.attempts);
+            return false;
+        }
         retried.next = shared.replay.replay(&self.saved);
         if retried.next.is_none() {
             retried.unspent.give_back();
@@ -277,6 +283,18 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
                 .gave_up(GiveUp::NotReplayable, retried.attempts);
         }
         retried.next.is_some()
+    }
+
+    /// Whether the request's own time ([`Replay::deadline`]) is up.
+    fn time_is_up<C, R, Req>(&self) -> bool
+    where
+        L: Deref<Target = RetryLayer<C, R>>,
+        R: Replay<Req, Saved = Saved, Request = Request>,
+    {
+        self.shared
+            .replay
+            .deadline(&self.saved)
+            .is_some_and(|end| Instant::now() >= end)
     }
 }
 
@@ -401,17 +419,19 @@ where
                             );
                         }
                     }
+                    let time_is_up = retrying.time_is_up::<C, R, Req>();
                     let retried = retrying
                         .retried
                         .as_mut()
                         .expect("a retry was decided before its wait");
                     // The wait for readiness may have taken the time the
                     // attempt needs: none starts that is not expected to
-                    // finish in time.
-                    if this
-                        .deadline
-                        .as_deref()
-                        .is_some_and(|deadline| !deadline.leaves(Instant::now(), retried.estimate))
+                    // finish in time, nor once the request's own time is
+                    // up.
+                    if time_is_up
+                        || this.deadline.as_deref().is_some_and(|deadline| {
+                            !deadline.leaves(Instant::now(), retried.estimate)
+                        })
                     {
                         retried.unspent.give_back();
                         retrying

@@ -23,9 +23,13 @@
 //! retries included (gRPC's own retry design): each attempt after the
 //! first tells the server the time left, and none starts, nor is waited
 //! for, once it would be up (the last answer goes back). Both presets
-//! (and [`buffer_bodies`](crate::RetryLayer::buffer_bodies) in HTTP mode)
-//! do this; a layer that clones `Clone` bodies sends the first attempt's
-//! value again. [`Config::deadline`] bounds the retries as well, on the
+//! (and [`buffer_bodies`](crate::RetryLayer::buffer_bodies) and
+//! [`buffer_bodies_into`](crate::RetryLayer::buffer_bodies_into) in HTTP
+//! mode) do this; a layer that clones `Clone` bodies sends the first
+//! attempt's value again. The time left is written as the attempt is
+//! made, before its service is ready: a wait for readiness (behind a
+//! concurrency limit) is not taken from it, though an attempt whose time
+//! ran out during that wait is not sent. [`Config::deadline`] bounds the retries as well, on the
 //! client's side.
 //!
 //! # Presets
