@@ -361,7 +361,7 @@ impl ErrorBudget {
                     alert,
                     long,
                     short,
-                    firing: long >= alert.factor() && short >= alert.factor(),
+                    firing: reaches(long, alert.factor()) && reaches(short, alert.factor()),
                 }
             })
             .collect();
@@ -427,6 +427,14 @@ impl ErrorBudget {
             budget_remaining: f64::from_bits(cached.remaining.load(Ordering::Acquire)),
         }
     }
+}
+
+/// Whether `burn` reaches `factor`, but for the last bits of rounding: a
+/// burn is a ratio of ratios (bad over calls, over the allowed share), each
+/// rounded, so one exactly at the factor may come out a hair under it
+/// (9 bad calls in 625 against 0.999 burn at 14.399999999999999).
+fn reaches(burn: f64, factor: f64) -> bool {
+    burn >= factor * (1.0 - 1e-12)
 }
 
 fn to_len(buckets: u64) -> usize {
@@ -637,6 +645,31 @@ mod tests {
             "{:?}",
             report.burns()
         );
+        // And where the ratio of ratios itself rounds under the factor:
+        // the workbook's 14.4 against 0.999 (9 bad calls in 625), 6
+        // against 0.9999 (6 in 10,000), 6 against 0.9 (3 in 5).
+        for (target, factor, bad, calls) in [
+            (0.999, 14.4, 9, 625),
+            (0.9999, 6.0, 6, 10_000),
+            (0.9, 6.0, 3, 5),
+        ] {
+            let budget = budget(Objective::new(target).alerts([BurnAlert::new(
+                Severity::Page,
+                factor,
+                Duration::from_secs(3_600),
+                Duration::from_secs(300),
+            )]));
+            for call in 0..calls {
+                budget.record_ms(call >= bad, t0);
+            }
+            let report = budget.report_ms(t0 + 1_000);
+            assert_eq!(
+                report.firing(),
+                Some(Severity::Page),
+                "{target} at {factor}: {:?}",
+                report.burns()
+            );
+        }
         let spent = budget(Objective::new(0.99));
         for call in 0..1_000 {
             spent.record_ms(call % 100 != 0, t0);

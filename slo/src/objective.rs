@@ -96,14 +96,21 @@ impl Objective {
 
     /// The share of calls that may be bad: the budget, as a rate.
     ///
-    /// `1 - target` to fifteen decimal places: the target's own `f64`
-    /// error comes through the subtraction whole (1 - 0.99 is
+    /// `1 - target` to fifteen decimal places, where that moves it by no
+    /// more than a billionth of itself: the target's own `f64` error (up
+    /// to 1.1e-16) comes through the subtraction whole (1 - 0.99 is
     /// 0.010000000000000009), which took a burn exactly at an alert's
-    /// factor for one under it (9.999999999999991 against 10).
+    /// factor for one under it (9.999999999999991 against 10), and a
+    /// budget spent exactly for one with a sliver left. A target within
+    /// 1e-15 of 1 is left as it is.
     pub(crate) fn allowed_bad(&self) -> f64 {
         let exact = 1.0 - self.target;
         let decimal = (exact * 1e15).round() / 1e15;
-        if decimal > 0.0 { decimal } else { exact }
+        if (decimal - exact).abs() <= exact * 1e-9 {
+            decimal
+        } else {
+            exact
+        }
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
