@@ -134,13 +134,15 @@ impl Dialect {
         }
     }
 
-    /// How a migration's transaction begins, where the default will not
-    /// do. SQLite's deferred `BEGIN` reads first (does the table exist,
-    /// has it the column) and then writes: taking the write lock then
-    /// fails at once when another connection holds it or wrote since, the
-    /// busy timeout never waited on, so a migration beside a running relay
-    /// failed with "database is locked". `IMMEDIATE` takes the write lock
-    /// first, waiting out the busy timeout.
+    /// How a migration that found the database busy begins its second
+    /// try, where the default will not do. SQLite's deferred `BEGIN` reads
+    /// first (does the table exist, has it the column) and then writes:
+    /// taking the write lock then fails at once when another connection
+    /// holds it or wrote since (the busy timeout is not waited on), so a
+    /// migration with something to add beside a running relay failed with
+    /// "database is locked". `IMMEDIATE` takes the write lock first,
+    /// waiting out the busy timeout (asked for by such a second try
+    /// only).
     const fn migration_begin(self) -> Option<&'static str> {
         match self {
             #[cfg(feature = "postgres")]
@@ -332,10 +334,22 @@ impl Dialect {
     }
 }
 
+/// Whether `error` is SQLite's "database is locked" (`SQLITE_BUSY`, and
+/// its extended codes such as a stale snapshot's).
+pub(crate) fn is_busy(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(error) = error else {
+        return false;
+    };
+    error
+        .code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == 5)
+}
+
 /// The outbox's statements, with its table in them.
 #[derive(Debug)]
 pub(crate) struct OutboxSql {
-    /// How the migration's transaction begins, when not as others do.
+    /// How a migration's second try begins, after the database was busy.
     pub(crate) migration_begin: Option<&'static str>,
     /// The schema and the table.
     pub(crate) migrate: Vec<String>,
@@ -747,7 +761,7 @@ impl OutboxSql {
 /// The inbox's statements.
 #[derive(Debug)]
 pub(crate) struct InboxSql {
-    /// How the migration's transaction begins, when not as others do.
+    /// How a migration's second try begins, after the database was busy.
     pub(crate) migration_begin: Option<&'static str>,
     pub(crate) migrate: Vec<String>,
     pub(crate) record: String,

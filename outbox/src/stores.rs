@@ -100,7 +100,21 @@ macro_rules! sql_outbox {
             ///
             /// The database's error.
             pub async fn migrate(&self) -> Result<(), sqlx::Error> {
-                let mut tx = match self.sql.migration_begin {
+                match self.migrate_begun(None).await {
+                    Err(error)
+                        if self.sql.migration_begin.is_some()
+                            && $crate::sql::is_busy(&error) =>
+                    {
+                        self.migrate_begun(self.sql.migration_begin).await
+                    }
+                    migrated => migrated,
+                }
+            }
+
+            /// The migration, in a transaction begun with `begin` (the
+            /// database's default when `None`).
+            async fn migrate_begun(&self, begin: Option<&'static str>) -> Result<(), sqlx::Error> {
+                let mut tx = match begin {
                     Some(begin) => self.pool.begin_with(begin).await?,
                     None => self.pool.begin().await?,
                 };
@@ -492,7 +506,21 @@ macro_rules! sql_inbox {
             ///
             /// The database's error.
             pub async fn migrate(&self) -> Result<(), sqlx::Error> {
-                let mut tx = match self.sql.migration_begin {
+                match self.migrate_begun(None).await {
+                    Err(error)
+                        if self.sql.migration_begin.is_some()
+                            && $crate::sql::is_busy(&error) =>
+                    {
+                        self.migrate_begun(self.sql.migration_begin).await
+                    }
+                    migrated => migrated,
+                }
+            }
+
+            /// The migration, in a transaction begun with `begin` (the
+            /// database's default when `None`).
+            async fn migrate_begun(&self, begin: Option<&'static str>) -> Result<(), sqlx::Error> {
+                let mut tx = match begin {
                     Some(begin) => self.pool.begin_with(begin).await?,
                     None => self.pool.begin().await?,
                 };
