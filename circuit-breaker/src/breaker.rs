@@ -563,7 +563,7 @@ impl CircuitBreaker {
                     // Every slot is taken: wait for the oldest probe, or
                     // count it as failed once it has run too long. A
                     // reading older than its start has waited nothing.
-                    let max_wait = duration_ms(inner.config.half_open_max_wait);
+                    let max_wait = inner.config.half_open_max_wait_ms();
                     let elapsed = inner
                         .oldest_probe(generation)
                         .map_or(0, |started| now_ms.saturating_sub(started));
@@ -642,8 +642,7 @@ impl CircuitBreaker {
             && inner
                 .oldest_probe(word.generation())
                 .is_some_and(|started| {
-                    inner.millis(now).saturating_sub(started)
-                        < duration_ms(inner.config.half_open_max_wait)
+                    inner.millis(now).saturating_sub(started) < inner.config.half_open_max_wait_ms()
                 })
     }
 
@@ -1179,7 +1178,7 @@ impl Inner {
             .filter(|&value| slot_held_by(value, generation))
             .is_some_and(|value| {
                 self.millis(now).saturating_sub(value & PAYLOAD_MASK)
-                    >= duration_ms(self.config.half_open_max_wait)
+                    >= self.config.half_open_max_wait_ms()
             })
     }
 

@@ -164,6 +164,15 @@ impl Config {
         self.half_open_max_wait
     }
 
+    /// [`half_open_max_wait`](Self::half_open_max_wait) as the breaker
+    /// counts it: whole milliseconds, rounded up.
+    pub(crate) fn half_open_max_wait_ms(&self) -> u64 {
+        let wait = self.half_open_max_wait;
+        u64::try_from(wait.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(u64::from(!wait.subsec_nanos().is_multiple_of(1_000_000)))
+    }
+
     /// The open duration after `reopens` consecutive re-openings, before
     /// jitter, in milliseconds: grows by the backoff factor, capped.
     fn base_open_ms(&self, reopens: u32) -> f64 {
@@ -309,8 +318,8 @@ impl ConfigBuilder {
         self
     }
 
-    /// How long a probe may run before it counts as failed (default 60 s,
-    /// at least a millisecond):
+    /// How long a probe may run before it counts as failed (default 60 s;
+    /// counted in whole milliseconds, rounded up):
     /// once the oldest probe still running has run this long, the next
     /// caller that finds every probe slot taken re-opens the breaker, as
     /// does a probe cut short (dropped by a timeout above the breaker)
@@ -406,10 +415,8 @@ impl ConfigBuilder {
                 "must be 1 to half_open_permits",
             ));
         }
-        // The breaker keeps a probe's start in whole milliseconds: a wait
-        // under one was none, and a second caller failed the probe at once.
-        if config.half_open_max_wait < Duration::from_millis(1) {
-            return Err(config_error("half_open_max_wait", "must be at least 1 ms"));
+        if config.half_open_max_wait.is_zero() {
+            return Err(config_error("half_open_max_wait", "must be positive"));
         }
         Ok(config)
     }
@@ -474,25 +481,24 @@ mod tests {
         assert!(u128::from(longest) <= Duration::MAX.as_millis());
     }
 
-    /// A half-open wait under a millisecond counted as none (the breaker
-    /// keeps a probe's start in milliseconds): the next caller failed the
-    /// probe under way, and the breaker opened again.
+    /// A half-open wait is counted in whole milliseconds, rounded up. Cut
+    /// down, one under a millisecond was none (the next caller failed the
+    /// probe under way, and the breaker opened again), and 1.9 ms was 1.
     #[test]
-    fn a_half_open_wait_under_a_millisecond_is_refused() {
-        let refused = Config::builder()
-            .half_open_max_wait(Duration::from_micros(999))
-            .build()
-            .unwrap_err();
-        assert!(
-            refused.to_string().contains("half_open_max_wait"),
-            "{refused}"
-        );
-        assert!(
-            Config::builder()
-                .half_open_max_wait(Duration::from_millis(1))
+    fn a_half_open_wait_counts_in_whole_milliseconds_rounded_up() {
+        for (wait, counted) in [
+            (1, 1),
+            (999, 1),
+            (1_000, 1),
+            (1_900, 2),
+            (60_000_000, 60_000),
+        ] {
+            let config = Config::builder()
+                .half_open_max_wait(Duration::from_micros(wait))
                 .build()
-                .is_ok()
-        );
+                .unwrap();
+            assert_eq!(config.half_open_max_wait_ms(), counted, "{wait} µs");
+        }
     }
 
     /// A zero slow-call duration made every call slow: the breaker opened
