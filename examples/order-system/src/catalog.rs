@@ -195,10 +195,15 @@ impl ReadModel for Catalog {
     const PROJECTED: &'static [&'static str] = &["trending"];
 }
 
-/// The ranking's `Cache-Control`, in whole seconds rounded up: a
-/// freshness under a second written as `max-age=0` was never cached.
+/// The ranking's `Cache-Control`, in whole seconds rounded up (a
+/// freshness under a second written as `max-age=0` was never cached), at
+/// most 2^31 (RFC 9111's ceiling for delta-seconds).
 fn cache_control(max_age: Duration, stale_while_revalidate: Duration) -> String {
-    let seconds = |span: Duration| span.as_secs() + u64::from(span.subsec_nanos() > 0);
+    let seconds = |span: Duration| {
+        span.as_secs()
+            .saturating_add(u64::from(span.subsec_nanos() > 0))
+            .min(1 << 31)
+    };
     format!(
         "public, max-age={}, stale-while-revalidate={}",
         seconds(max_age),
@@ -224,6 +229,10 @@ mod tests {
         assert_eq!(
             cache_control(Duration::from_secs(5), Duration::from_secs(60)),
             "public, max-age=5, stale-while-revalidate=60"
+        );
+        assert_eq!(
+            cache_control(Duration::MAX, Duration::MAX),
+            "public, max-age=2147483648, stale-while-revalidate=2147483648"
         );
     }
 
