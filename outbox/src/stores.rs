@@ -21,6 +21,24 @@ macro_rules! bind_event {
 /// `$conn`s. The backend module implements `announce(&self, tx)`: have
 /// relays woken (through `self.wake` or the database) once the transaction
 /// commits.
+/// A migration (`migrate`, given how to begin its transaction: `None`
+/// for the default), tried once more begun with `again` when the database
+/// was busy (SQLite's deferred transaction cannot wait to upgrade a read
+/// to a write: see `Dialect::migration_begin`).
+pub(crate) async fn again_when_busy<F, Fut>(
+    again: Option<&'static str>,
+    migrate: F,
+) -> Result<(), sqlx::Error>
+where
+    F: Fn(Option<&'static str>) -> Fut,
+    Fut: Future<Output = Result<(), sqlx::Error>>,
+{
+    match migrate(None).await {
+        Err(error) if again.is_some() && crate::sql::is_busy(&error) => migrate(again).await,
+        migrated => migrated,
+    }
+}
+
 macro_rules! sql_outbox {
     ($(#[$doc:meta])* $name:ident, $pool:ty, $conn:ty, $dialect:expr) => {
         $(#[$doc])*
@@ -100,15 +118,10 @@ macro_rules! sql_outbox {
             ///
             /// The database's error.
             pub async fn migrate(&self) -> Result<(), sqlx::Error> {
-                match self.migrate_begun(None).await {
-                    Err(error)
-                        if self.sql.migration_begin.is_some()
-                            && $crate::sql::is_busy(&error) =>
-                    {
-                        self.migrate_begun(self.sql.migration_begin).await
-                    }
-                    migrated => migrated,
-                }
+                $crate::stores::again_when_busy(self.sql.migration_begin, |begin| {
+                    self.migrate_begun(begin)
+                })
+                .await
             }
 
             /// The migration, in a transaction begun with `begin` (the
@@ -506,15 +519,10 @@ macro_rules! sql_inbox {
             ///
             /// The database's error.
             pub async fn migrate(&self) -> Result<(), sqlx::Error> {
-                match self.migrate_begun(None).await {
-                    Err(error)
-                        if self.sql.migration_begin.is_some()
-                            && $crate::sql::is_busy(&error) =>
-                    {
-                        self.migrate_begun(self.sql.migration_begin).await
-                    }
-                    migrated => migrated,
-                }
+                $crate::stores::again_when_busy(self.sql.migration_begin, |begin| {
+                    self.migrate_begun(begin)
+                })
+                .await
             }
 
             /// The migration, in a transaction begun with `begin` (the
