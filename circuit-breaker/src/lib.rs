@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! A circuit breaker: fail fast while a dependency is unwell, then probe it
 //! carefully before trusting it again.
 //!

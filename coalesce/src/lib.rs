@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! Request coalescing: a thousand concurrent requests for one cold key
 //! cause one computation, not a thousand.
 //!

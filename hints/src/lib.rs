@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! What a dependency, or a palisade layer standing in front of it, says
 //! about when to call again.
 //!

@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! A transactional outbox: events written in the same transaction as the
 //! business rows, published by a relay, deduplicated by consumers.
 //!

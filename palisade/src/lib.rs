@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! Resilience patterns as tower layers, behind one crate's features.
 //!
 //! Each pattern is a crate of its own, usable alone; this crate re-exports

@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! PKCE (Proof Key for Code Exchange, RFC 7636) for both sides of the OAuth
 //! authorization code flow, made hard to misuse.
 //!

@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! Retries that cannot melt a dependency: bounded attempts, backoff with
 //! jitter, a retry budget shared by every clone, the dependency's own
 //! `Retry-After`, an idempotency gate and an overall deadline.

@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! A token-bucket rate limiter for tower, shared through Redis or kept in
 //! process.
 //!

@@ -1,3 +1,4 @@
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! W3C Trace Context, exact to the specification, propagated through
 //! `tower`.
 //!
