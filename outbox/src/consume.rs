@@ -669,7 +669,10 @@ pub(crate) enum Retried {
 ///
 /// # Example
 ///
-/// ```
+/// On SQLite (run as a doctest with feature `sqlite`):
+///
+#[cfg_attr(feature = "sqlite", doc = "```")]
+#[cfg_attr(not(feature = "sqlite"), doc = "```ignore")]
 /// use palisade_outbox::{
 ///     BoxError, Delivery, Event, Handled, Handler, MemoryBroker, MemoryConsumer, OutboxConfig,
 ///     Relay, SqliteInbox, SqliteOutbox,

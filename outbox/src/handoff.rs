@@ -48,7 +48,10 @@ use crate::publisher::{Published, Publisher};
 ///
 /// # Example
 ///
-/// ```
+/// On SQLite (run as a doctest with feature `sqlite`):
+///
+#[cfg_attr(feature = "sqlite", doc = "```")]
+#[cfg_attr(not(feature = "sqlite"), doc = "```ignore")]
 /// use palisade_outbox::{
 ///     BoxError, Delivery, Event, Handled, Handler, HandoffBroker, MemoryConsumer, OutboxConfig,
 ///     Relay, SqliteInbox, SqliteOutbox,

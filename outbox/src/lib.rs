@@ -132,7 +132,8 @@ pub use sqlite::{CommitWake, SqliteInbox, SqliteOutbox};
 pub use store::InboxStore;
 pub use store::{Backlog, CleanUp, DeadEvent, DeadEvents, Failed, OutboxStore};
 
-/// The README's example, compiled as a doctest so it stays true.
+/// The README's example, compiled as a doctest so it stays true (it uses
+/// PostgreSQL).
 #[doc = include_str!("../README.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "postgres"))]
 pub struct ReadmeDoctests;

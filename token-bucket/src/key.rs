@@ -123,6 +123,7 @@ pub struct Or<A, B> {
 /// # Example
 ///
 /// ```
+/// # #[cfg(feature = "http")] {
 /// use std::net::SocketAddr;
 /// use axum::extract::ConnectInfo;
 /// use palisade_token_bucket::key::{self, Key};
@@ -139,6 +140,7 @@ pub struct Or<A, B> {
 /// let keyed = http::Request::get("/").header("x-api-key", "10.0.0.2").body(()).unwrap();
 /// assert!(by_api_key_or_address.key(&anonymous).is_some());
 /// assert_ne!(by_api_key_or_address.key(&anonymous), by_api_key_or_address.key(&keyed));
+/// # }
 /// ```
 #[must_use]
 pub const fn or<A, B>(first: A, fallback: B) -> Or<A, B> {
@@ -167,6 +169,7 @@ impl<Req, A: Key<Req>, B: Key<Req>> Key<Req> for Or<A, B> {
 /// # Example
 ///
 /// ```
+/// # #[cfg(feature = "http")] {
 /// use palisade_token_bucket::key::{self, Key};
 ///
 /// let by_api_key = key::hashed(key::header(http::HeaderName::from_static("x-api-key")));
@@ -174,6 +177,7 @@ impl<Req, A: Key<Req>, B: Key<Req>> Key<Req> for Or<A, B> {
 /// let name = by_api_key.key(&request).unwrap();
 /// assert!(!name.contains("sk_live_42"));
 /// assert_eq!(name.len(), 33);
+/// # }
 /// ```
 #[must_use]
 pub const fn hashed<K>(key: K) -> Hashed<K> {
@@ -213,6 +217,7 @@ pub(crate) fn sha256_hex(text: &str, bytes: usize) -> String {
 /// # Example
 ///
 /// ```
+/// # #[cfg(feature = "http")] {
 /// use std::net::SocketAddr;
 /// use axum::extract::ConnectInfo;
 /// use palisade_token_bucket::key::{self, Key};
@@ -227,6 +232,7 @@ pub(crate) fn sha256_hex(text: &str, bytes: usize) -> String {
 /// assert_eq!(from("[2001:db8:0:7::1]:5000"), from("[2001:db8:0:7:a:b:c:d]:5001"));
 /// assert_eq!(from("[2001:db8:0:7::1]:5000").as_deref(), Some("2001:db8:0:7::/64"));
 /// assert_eq!(from("[::ffff:10.0.0.2]:5000").as_deref(), Some("10.0.0.2"));
+/// # }
 /// ```
 #[must_use]
 pub fn address_block(ip: std::net::IpAddr) -> String {

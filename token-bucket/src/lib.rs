@@ -108,7 +108,8 @@ pub use respond::{BoxErrors, Respond};
 pub use service::RateLimit;
 pub use store::Store;
 
-/// The README's example, compiled and run as a doctest so it stays true.
+/// The README's example, compiled and run as a doctest so it stays true
+/// (it uses the HTTP mode).
 #[doc = include_str!("../README.md")]
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "http"))]
 pub struct ReadmeDoctests;
