@@ -336,14 +336,22 @@ impl Dialect {
 
 /// Whether `error` is SQLite's "database is locked" (`SQLITE_BUSY`, and
 /// its extended codes such as a stale snapshot's).
+/// Another database's error is never that (a PostgreSQL SQLSTATE such as
+/// `42501` would read as one by its number).
 pub(crate) fn is_busy(error: &sqlx::Error) -> bool {
-    let sqlx::Error::Database(error) = error else {
-        return false;
-    };
-    error
-        .code()
-        .and_then(|code| code.parse::<i32>().ok())
-        .is_some_and(|code| code & 0xff == 5)
+    #[cfg(feature = "sqlite")]
+    if let sqlx::Error::Database(error) = error
+        && error
+            .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+            .is_some()
+    {
+        return error
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| code & 0xff == 5);
+    }
+    let _ = error;
+    false
 }
 
 /// The outbox's statements, with its table in them.

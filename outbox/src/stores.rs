@@ -17,10 +17,6 @@ macro_rules! bind_event {
     };
 }
 
-/// Defines an outbox type: `$name` over `$pool` whose transactions are
-/// `$conn`s. The backend module implements `announce(&self, tx)`: have
-/// relays woken (through `self.wake` or the database) once the transaction
-/// commits.
 /// A migration (`migrate`, given how to begin its transaction: `None`
 /// for the default), tried once more begun with `again` when the database
 /// was busy (SQLite's deferred transaction cannot wait to upgrade a read
@@ -36,6 +32,27 @@ where
     match migrate(None).await {
         Err(error) if again.is_some() && crate::sql::is_busy(&error) => migrate(again).await,
         migrated => migrated,
+    }
+}
+
+/// Defines an outbox type: `$name` over `$pool` whose transactions are
+/// `$conn`s. The backend module implements `announce(&self, tx)`: have
+/// relays woken (through `self.wake` or the database) once the transaction
+/// commits.
+/// Commits a migration that went through; rolls back one that failed,
+/// before its error is returned (a dropped transaction's rollback is only
+/// queued, and a second try on another connection would meet its locks).
+pub(crate) async fn settle_migration<DB: sqlx::Database>(
+    tx: sqlx::Transaction<'static, DB>,
+    migrated: Result<(), sqlx::Error>,
+) -> Result<(), sqlx::Error> {
+    match migrated {
+        Ok(()) => tx.commit().await,
+        Err(error) => {
+            // The migration's error is the one to report.
+            let _ = tx.rollback().await;
+            Err(error)
+        }
     }
 }
 
@@ -131,19 +148,23 @@ macro_rules! sql_outbox {
                     Some(begin) => self.pool.begin_with(begin).await?,
                     None => self.pool.begin().await?,
                 };
-                for statement in &self.sql.migrate {
-                    sqlx::query(statement).execute(&mut *tx).await?;
-                }
-                for (has, add) in &self.sql.columns {
-                    let has: i64 = sqlx::query_scalar(has).fetch_one(&mut *tx).await?;
-                    if has == 0 {
-                        sqlx::query(add).execute(&mut *tx).await?;
+                let migrated = async {
+                    for statement in &self.sql.migrate {
+                        sqlx::query(statement).execute(&mut *tx).await?;
                     }
+                    for (has, add) in &self.sql.columns {
+                        let has: i64 = sqlx::query_scalar(has).fetch_one(&mut *tx).await?;
+                        if has == 0 {
+                            sqlx::query(add).execute(&mut *tx).await?;
+                        }
+                    }
+                    for statement in &self.sql.indexes {
+                        sqlx::query(statement).execute(&mut *tx).await?;
+                    }
+                    Ok::<(), sqlx::Error>(())
                 }
-                for statement in &self.sql.indexes {
-                    sqlx::query(statement).execute(&mut *tx).await?;
-                }
-                tx.commit().await
+                .await;
+                $crate::stores::settle_migration(tx, migrated).await
             }
 
             /// Writes `event` in the caller's transaction (nothing is
@@ -532,10 +553,14 @@ macro_rules! sql_inbox {
                     Some(begin) => self.pool.begin_with(begin).await?,
                     None => self.pool.begin().await?,
                 };
-                for statement in &self.sql.migrate {
-                    sqlx::query(statement).execute(&mut *tx).await?;
+                let migrated = async {
+                    for statement in &self.sql.migrate {
+                        sqlx::query(statement).execute(&mut *tx).await?;
+                    }
+                    Ok::<(), sqlx::Error>(())
                 }
-                tx.commit().await
+                .await;
+                $crate::stores::settle_migration(tx, migrated).await
             }
 
             /// Records that `consumer` processes `message_id` (an outbox
