@@ -96,9 +96,9 @@ impl Objective {
 
     /// The share of calls that may be bad: the budget, as a rate.
     ///
-    /// `1 - target` to fifteen decimal places, where that moves it by no
-    /// more than a billionth of itself: the target's own `f64` error (up
-    /// to 1.1e-16) comes through the subtraction whole (1 - 0.99 is
+    /// `1 - target` to fifteen decimal places, where the target is `1`
+    /// less that: the target's own `f64` error (up to 1.1e-16) comes
+    /// through the subtraction whole (1 - 0.99 is
     /// 0.010000000000000009), which took a burn exactly at an alert's
     /// factor for one under it (9.999999999999991 against 10), and a
     /// budget spent exactly for one with a sliver left. A target within
@@ -106,7 +106,10 @@ impl Objective {
     pub(crate) fn allowed_bad(&self) -> f64 {
         let exact = 1.0 - self.target;
         let decimal = (exact * 1e15).round() / 1e15;
-        if (decimal - exact).abs() <= exact * 1e-9 {
+        // The decimal share, where it is the one the target was written
+        // from (0.99999999 is 1e-8 off by 5e-9 of itself).
+        #[allow(clippy::float_cmp)]
+        if 1.0 - decimal == self.target {
             decimal
         } else {
             exact
@@ -256,6 +259,29 @@ impl BurnAlert {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The allowed share is the decimal one the target was written from,
+    /// however many nines (0.99999999's `1 - target` is 1e-8 off by 5e-9
+    /// of itself), and what the subtraction gives where no decimal is.
+    #[test]
+    fn the_allowed_share_is_the_decimal_the_target_was_written_from() {
+        for (target, allowed) in [
+            (0.99, 0.01),
+            (0.999, 0.001),
+            (0.9999, 0.0001),
+            (0.999_999_99, 1e-8),
+            (0.999_999_999, 1e-9),
+            (0.9, 0.1),
+        ] {
+            #[allow(clippy::float_cmp)]
+            let exact = Objective::new(target).allowed_bad() == allowed;
+            assert!(exact, "{target}: {}", Objective::new(target).allowed_bad());
+        }
+        let nearly_one = 1.0 - 5e-16;
+        #[allow(clippy::float_cmp)]
+        let kept = Objective::new(nearly_one).allowed_bad() == 1.0 - nearly_one;
+        assert!(kept);
+    }
 
     #[test]
     fn objectives_that_cannot_hold_are_refused() {
