@@ -198,7 +198,8 @@ impl Link {
         slot: HubSlot,
         alone: Arc<AtomicBool>,
     ) -> (Self, mpsc::UnboundedReceiver<Event>) {
-        let lease = breaker.config().half_open_max_wait();
+        // As the breaker counts it: whole milliseconds, rounded up.
+        let lease = Duration::from_millis(breaker.config().half_open_max_wait_ms());
         let longest = breaker.config().max_open_duration();
         let (poll, timeout) = (slot.poll, slot.timeout);
         let hub = slot.hub();
