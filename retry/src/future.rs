@@ -71,7 +71,9 @@ pin_project! {
         // The wait is boxed: a tokio `Sleep` is large, and only a call that
         // is retried pays for it, not every call's future.
         Waiting { sleep: Pin<Box<Sleep>>, last: Option<Result<T, BoxError>> },
-        Readying { last: Option<Result<T, BoxError>> },
+        // `until`: the request's own time (a gRPC caller's), when it has
+        // one, so a service that stays unready cannot hold the call past it.
+        Readying { last: Option<Result<T, BoxError>>, until: Option<Pin<Box<Sleep>>> },
     }
 }
 
@@ -291,10 +293,17 @@ impl<S, L, Saved, Request> Retrying<S, L, Saved, Request> {
         L: Deref<Target = RetryLayer<C, R>>,
         R: Replay<Req, Saved = Saved, Request = Request>,
     {
-        self.shared
-            .replay
-            .deadline(&self.saved)
+        self.own_deadline::<C, R, Req>()
             .is_some_and(|end| Instant::now() >= end)
+    }
+
+    /// The request's own deadline ([`Replay::deadline`]), if it has one.
+    fn own_deadline<C, R, Req>(&self) -> Option<Instant>
+    where
+        L: Deref<Target = RetryLayer<C, R>>,
+        R: Replay<Req, Saved = Saved, Request = Request>,
+    {
+        self.shared.replay.deadline(&self.saved)
     }
 }
 
@@ -393,9 +402,12 @@ where
                         return Poll::Ready(last);
                     }
                     let last = last.take();
-                    this.attempt.set(Attempt::Readying { last });
+                    let until = retrying
+                        .own_deadline::<C, R, Req>()
+                        .map(|end| Box::pin(tokio::time::sleep_until(end)));
+                    this.attempt.set(Attempt::Readying { last, until });
                 }
-                AttemptProj::Readying { last } => {
+                AttemptProj::Readying { last, until } => {
                     let retrying = this
                         .retrying
                         .as_mut()
@@ -406,8 +418,23 @@ where
                         Poll::Pending => {
                             let past: Poll<Self::Output> =
                                 past_deadline(this.deadline, cx, Some(retrying));
-                            if past.is_pending() {
+                            let time_up = until
+                                .as_mut()
+                                .is_some_and(|until| until.as_mut().poll(cx).is_ready());
+                            if past.is_pending() && !time_up {
                                 return Poll::Pending;
+                            }
+                            // Reported here when the request's own time
+                            // ended the wait (the overall deadline's is
+                            // reported as it passes).
+                            if time_up
+                                && past.is_pending()
+                                && let Some(retried) = retrying.retried.as_ref()
+                            {
+                                retrying
+                                    .shared
+                                    .events
+                                    .gave_up(GiveUp::Deadline, retried.attempts);
                             }
                             // No attempt is under way: the last one's
                             // result is the answer, not the deadline.

@@ -221,3 +221,63 @@ async fn no_backoff_is_waited_past_the_time_its_caller_has() {
     assert_eq!(seen.lock().unwrap().len(), 1);
     assert_eq!(started.elapsed(), Duration::from_millis(50));
 }
+
+/// A server that answers `UNAVAILABLE` after 50 ms and, once it has been
+/// called, is never ready again (a concurrency limit that never frees).
+#[derive(Clone)]
+struct ReadyOnce {
+    called: Arc<Mutex<bool>>,
+}
+
+impl tower::Service<http::Request<ReplayBody<Full<Bytes>>>> for ReadyOnce {
+    type Response = http::Response<()>;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<http::Response<()>, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        if *self.called.lock().unwrap() {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn call(&mut self, _: http::Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
+        *self.called.lock().unwrap() = true;
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(grpc::trailers_only::<()>(grpc::UNAVAILABLE, "restarting"))
+        })
+    }
+}
+
+/// A retry whose service does not get ready returns the last answer once
+/// the caller's time is up. It waited for readiness with nothing but
+/// `Config::deadline` to end the wait (none here): for as long as the
+/// service stayed unready.
+#[tokio::test(start_paused = true)]
+async fn a_retry_waiting_for_readiness_ends_with_its_callers_time() {
+    let config = Config::builder()
+        .backoff(Backoff::constant(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let retried = ServiceBuilder::new()
+        .layer(RetryLayer::new_for_grpc(config))
+        .service(ReadyOnce {
+            called: Arc::new(Mutex::new(false)),
+        });
+    let started = tokio::time::Instant::now();
+    let response = tokio::time::timeout(
+        Duration::from_secs(3_600),
+        retried.oneshot(call_within("300m")),
+    )
+    .await
+    .expect("ended by the caller's time, not held for the service")
+    .unwrap();
+    assert_eq!(grpc::status(response.headers()), Some(grpc::UNAVAILABLE));
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+}
