@@ -219,15 +219,22 @@ mod tests {
         wake.wake.notified().now_or_never().is_some()
     }
 
-    #[tokio::test]
-    async fn a_table_made_before_claim_ids_gains_the_column() {
-        let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
+    /// An outbox in `pool` whose table an earlier version made: without
+    /// the `claim_id` column.
+    async fn made_before_claim_ids(pool: &SqlitePool) -> SqliteOutbox {
         let outbox = SqliteOutbox::new(pool.clone(), OutboxConfig::new("outbox").unwrap());
         outbox.migrate().await.unwrap();
         sqlx::query("ALTER TABLE outbox DROP COLUMN claim_id")
-            .execute(&pool)
+            .execute(pool)
             .await
             .unwrap();
+        outbox
+    }
+
+    #[tokio::test]
+    async fn a_table_made_before_claim_ids_gains_the_column() {
+        let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let outbox = made_before_claim_ids(&pool).await;
         outbox.migrate().await.unwrap();
         outbox.migrate().await.unwrap();
         let mut tx = pool.begin().await.unwrap();
@@ -255,12 +262,7 @@ mod tests {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(std::time::Duration::from_secs(60));
         let pool = SqlitePool::connect_with(options.clone()).await.unwrap();
-        let outbox = SqliteOutbox::new(pool.clone(), OutboxConfig::new("outbox").unwrap());
-        outbox.migrate().await.unwrap();
-        sqlx::query("ALTER TABLE outbox DROP COLUMN claim_id")
-            .execute(&pool)
-            .await
-            .unwrap();
+        let outbox = made_before_claim_ids(&pool).await;
         let writer_pool = SqlitePool::connect_with(options).await.unwrap();
         let mut writer = writer_pool.acquire().await.unwrap();
         for statement in ["BEGIN IMMEDIATE", "CREATE TABLE orders (id TEXT)"] {
