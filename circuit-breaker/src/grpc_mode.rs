@@ -7,11 +7,12 @@
 //! dropped before its end is a call [cut short](crate::Permit::cut_short).
 
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
+use palisade_hints::grpc::{AtEnd, StatusBody};
 use palisade_hints::{Refusal, grpc};
 use pin_project_lite::pin_project;
 
@@ -151,7 +152,7 @@ impl CircuitBreakerLayer {
 /// Settles the permit on a trailers-only response, an HTTP error or a
 /// local refusal, or hands it to the body to settle at the trailers.
 fn settle_on_headers<B>(response: Response<B>, permit: Permit) -> Response<GrpcBody<B>> {
-    let settled = if response.extensions().get::<Refusal>().is_some() {
+    let waiting = if response.extensions().get::<Refusal>().is_some() {
         permit.settle(Outcome::Ignored, None, now);
         None
     } else if let Some(code) = grpc::head_status(response.status(), response.headers()) {
@@ -159,33 +160,40 @@ fn settle_on_headers<B>(response: Response<B>, permit: Permit) -> Response<GrpcB
         permit.settle(outcome_of(code, fields), pushback(fields), now);
         None
     } else {
-        Some(permit)
+        Some(Running(Some(permit)))
     };
     response.map(|inner| GrpcBody {
-        inner,
-        permit: Running(settled),
+        inner: StatusBody::new(inner, waiting),
     })
+}
+
+/// At the body's end: the trailers' `grpc-status` settles the call, and a
+/// body that ends without one failed.
+impl AtEnd for Running {
+    fn ended(mut self, trailers: Option<&HeaderMap>) {
+        if let Some(permit) = self.0.take() {
+            let outcome = trailers
+                .and_then(|trailers| Some((grpc::status(trailers)?, trailers)))
+                .map_or(Outcome::Failure, |(code, trailers)| {
+                    outcome_of(code, trailers)
+                });
+            permit.settle(outcome, trailers.and_then(pushback), now);
+        }
+    }
 }
 
 pin_project! {
     /// A response body that settles its call's permit when the trailers
     /// (and their `grpc-status`) arrive. A body that ends without a
     /// `grpc-status` counts as failed; one dropped before its end is
-    /// [cut short](crate::Permit::cut_short).
-    #[derive(Debug)]
+    /// [cut short](crate::Permit::cut_short). It tells no end of stream
+    /// while the call is unsettled (a reader may stop at an ended body
+    /// without polling it again, as hyper's server does, and the poll that
+    /// finds no `grpc-status` at the end is what counts the failure).
+    #[derive(Debug, Default)]
     pub struct GrpcBody<B> {
         #[pin]
-        inner: B,
-        permit: Running,
-    }
-}
-
-impl<B: Default> Default for GrpcBody<B> {
-    fn default() -> Self {
-        Self {
-            inner: B::default(),
-            permit: Running(None),
-        }
+        inner: StatusBody<B, Running>,
     }
 }
 
@@ -197,29 +205,11 @@ impl<B: Body> Body for GrpcBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        if let Some(permit) = this.permit.0.take() {
-            match &frame {
-                Some(Ok(frame)) => match frame.trailers_ref() {
-                    Some(trailers) => {
-                        let outcome = grpc::status(trailers)
-                            .map_or(Outcome::Failure, |code| outcome_of(code, trailers));
-                        permit.settle(outcome, pushback(trailers), now);
-                    }
-                    None => this.permit.0 = Some(permit),
-                },
-                Some(Err(_)) | None => permit.settle(Outcome::Failure, None, now),
-            }
-        }
-        Poll::Ready(frame)
+        self.project().inner.poll_frame(cx)
     }
 
-    /// Not while the call is unsettled: a reader may stop at an ended
-    /// body without polling it again (hyper's server does), and the poll
-    /// that finds no `grpc-status` at the end is what counts the failure.
     fn is_end_stream(&self) -> bool {
-        self.permit.0.is_none() && self.inner.is_end_stream()
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -2,7 +2,9 @@
 //!
 //! A gRPC call's outcome is its `grpc-status`, in the response headers of a
 //! trailers-only response or in the trailers at the end of the body; both
-//! are header maps, which is what these functions read.
+//! are header maps, which is what these functions read. When only the
+//! trailers carry it, a [`StatusBody`] takes what waits for it (a permit,
+//! an uncounted call) to the body's end.
 
 use std::time::Duration;
 
@@ -10,6 +12,10 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::Refusal;
+
+mod body;
+
+pub use body::{AtEnd, StatusBody};
 
 /// `grpc-status` UNAUTHENTICATED.
 const UNAUTHENTICATED: u32 = 16;
@@ -80,9 +86,15 @@ pub fn is_paced(code: u32, fields: &HeaderMap) -> bool {
 /// ```
 #[must_use]
 pub fn head_failed(status: StatusCode, headers: &HeaderMap) -> bool {
-    status.is_server_error()
-        || self::status(headers)
-            .is_some_and(|code| is_dependency_failure(code) && !is_paced(code, headers))
+    status.is_server_error() || self::status(headers).is_some_and(|code| failed(code, headers))
+}
+
+/// Whether `code`, in `fields` (the headers of a trailers-only answer, or
+/// the trailers), says the call failed: one of [`DEPENDENCY_FAILURES`],
+/// but a caller [paced](is_paced) by its quota.
+#[must_use]
+pub fn failed(code: u32, fields: &HeaderMap) -> bool {
+    is_dependency_failure(code) && !is_paced(code, fields)
 }
 
 /// The `grpc-status` in `fields` (headers or trailers), if it is there and

@@ -14,7 +14,8 @@
 //!   locally (an open circuit, an empty token bucket), found in an error's
 //!   source chain or in a response's extensions.
 //! - [`http`] (feature `http`): `Retry-After` as seconds or an HTTP date.
-//! - [`grpc`] (feature `http`): `grpc-status` and `grpc-retry-pushback-ms`.
+//! - [`grpc`] (feature `http`): `grpc-status` and `grpc-retry-pushback-ms`,
+//!   and the response body that settles a call at its trailers.
 //! - [`ConfigError`]: the error of every palisade builder, re-exported by
 //!   each crate.
 //! - [`reachability`]: whether a store that calls share (Redis) answers,

@@ -195,9 +195,10 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         budget: palisade_slo::ErrorBudget,
     ) -> ServiceBuilder<Stack<palisade_slo::SloLayer, L>>;
 
-    /// Counts every call against `budget`'s objective, for HTTP and gRPC
-    /// servers: a 5xx, a transport error and a gRPC call that failed in
-    /// its head are bad (features `slo`, `http`).
+    /// Counts every call against `budget`'s objective, for HTTP servers:
+    /// a 5xx, a transport error and a gRPC call that failed in its head
+    /// are bad (features `slo`, `http`). For gRPC, whose status may come
+    /// only in the trailers, `error_budget_for_grpc`.
     #[cfg(all(feature = "slo", feature = "http"))]
     #[must_use]
     fn error_budget_for_http(
@@ -208,6 +209,26 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
             palisade_slo::SloLayer<
                 palisade_slo::ServerErrorsAreBad,
                 palisade_slo::ServiceUnavailable,
+                palisade_slo::ShedNothing,
+            >,
+            L,
+        >,
+    >;
+
+    /// Counts every call against `budget`'s objective, for gRPC servers
+    /// and clients: the `grpc-status` decides, from the head or, when only
+    /// the trailers carry it, at the end of the body (features `slo`,
+    /// `grpc`).
+    #[cfg(all(feature = "slo", feature = "grpc"))]
+    #[must_use]
+    fn error_budget_for_grpc(
+        self,
+        budget: palisade_slo::ErrorBudget,
+    ) -> ServiceBuilder<
+        Stack<
+            palisade_slo::SloLayer<
+                palisade_slo::GrpcStatus,
+                palisade_slo::Unavailable,
                 palisade_slo::ShedNothing,
             >,
             L,
@@ -403,6 +424,23 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         >,
     > {
         self.layer(palisade_slo::SloLayer::new_for_http(budget))
+    }
+
+    #[cfg(all(feature = "slo", feature = "grpc"))]
+    fn error_budget_for_grpc(
+        self,
+        budget: palisade_slo::ErrorBudget,
+    ) -> ServiceBuilder<
+        Stack<
+            palisade_slo::SloLayer<
+                palisade_slo::GrpcStatus,
+                palisade_slo::Unavailable,
+                palisade_slo::ShedNothing,
+            >,
+            L,
+        >,
+    > {
+        self.layer(palisade_slo::SloLayer::new_for_grpc(budget))
     }
 
     #[cfg(all(feature = "coalesce", feature = "http"))]

@@ -44,3 +44,28 @@ async fn the_builder_counts_calls_against_the_budget() {
         Counts { good: 1, bad: 2 }
     );
 }
+
+/// The gRPC preset reads a status that comes only in the trailers, at the
+/// end of the body.
+#[cfg(feature = "grpc")]
+#[tokio::test]
+async fn the_grpc_builder_counts_a_failure_in_the_trailers() {
+    use http_body_util::BodyExt;
+
+    let budget = ErrorBudget::new(Objective::new(0.99)).unwrap();
+    let service = ServiceBuilder::new()
+        .error_budget_for_grpc(budget.clone())
+        .service(service_fn(|_: Request<()>| async {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "14".parse().unwrap());
+            let body = http_body_util::Full::new(tonic::codegen::Bytes::from_static(b"\0\0\0\0\0"))
+                .with_trailers(std::future::ready(Some(Ok(trailers))));
+            Ok::<_, BoxError>(http::Response::new(tonic::body::Body::new(body)))
+        }));
+    let response = service.oneshot(Request::new(())).await.unwrap();
+    response.into_body().collect().await.unwrap();
+    assert_eq!(
+        budget.report(budget.now()).counts(),
+        Counts { good: 0, bad: 1 }
+    );
+}

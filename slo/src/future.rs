@@ -1,4 +1,4 @@
-//! Future types.
+//! Future types, and the call a classifier counts.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,14 +8,16 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use crate::budget::ErrorBudget;
-use crate::classify::{Classify, Event};
+use crate::classify::{Event, Settle};
 use crate::error::Shed;
 use crate::respond::Respond;
 
 pin_project! {
     /// Response future of [`Slo`](crate::Slo): counts the call into the
-    /// budget when it ends, as bad when it panics (or, dropped unfinished,
-    /// when it had already run past the objective's latency threshold).
+    /// budget when it ends (or hands it to the response's body, for a
+    /// classifier that decides at the body's end), as bad when it panics
+    /// (or, dropped unfinished, when it had already run past the
+    /// objective's latency threshold).
     #[derive(Debug)]
     pub struct ResponseFuture<F, C, R> {
         #[pin]
@@ -30,7 +32,8 @@ pin_project! {
         Called {
             #[pin]
             inner: F,
-            call: Option<Call<C>>,
+            pending: Option<Pending>,
+            classifier: C,
             respond: R,
         },
         Shed {
@@ -40,11 +43,17 @@ pin_project! {
     }
 }
 
-/// A call under way: counted when dropped, as `event` says by then.
+/// A call under way, not yet counted: [`count`](Self::count) counts it
+/// into its budget, bad whatever the event if it took longer than the
+/// objective's latency threshold. A classifier of its own
+/// ([`Settle`]) gets one with each result.
+///
+/// Dropped uncounted, it is counted as an unfinished call is: bad if its
+/// service panicked or it had already run past the threshold, not at all
+/// otherwise.
 #[derive(Debug)]
-struct Call<C> {
+pub struct Pending {
     budget: ErrorBudget,
-    classifier: C,
     /// When it started, if the objective has a latency threshold.
     started: Option<Instant>,
     /// How the call ended; `None` while it has not.
@@ -54,7 +63,15 @@ struct Call<C> {
     polling: bool,
 }
 
-impl<C> Drop for Call<C> {
+impl Pending {
+    /// Counts the call as `event` says (a good one that was too slow is
+    /// bad; an excluded one is not counted).
+    pub fn count(mut self, event: Event) {
+        self.event = Some(event);
+    }
+}
+
+impl Drop for Pending {
     fn drop(&mut self) {
         let ended = Instant::now();
         let slow = match (self.budget.objective().latency_threshold(), self.started) {
@@ -88,13 +105,13 @@ impl<F, C, R> ResponseFuture<F, C, R> {
         Self {
             kind: Kind::Called {
                 inner,
-                call: Some(Call {
+                pending: Some(Pending {
                     budget,
-                    classifier,
                     started,
                     event: None,
                     polling: false,
                 }),
+                classifier,
                 respond,
             },
         }
@@ -115,30 +132,32 @@ impl<F, C, R> ResponseFuture<F, C, R> {
 impl<F, C, R, T, E> Future for ResponseFuture<F, C, R>
 where
     F: Future<Output = Result<T, E>>,
-    C: Classify<T, E>,
-    R: Respond<T, E>,
+    C: Settle<T, E>,
+    R: Respond<C::Response, E>,
 {
-    type Output = Result<T, R::Error>;
+    type Output = Result<C::Response, R::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             Projection::Called {
                 inner,
-                call,
+                pending,
+                classifier,
                 respond,
             } => {
-                if let Some(call) = call.as_mut() {
-                    call.polling = true;
-                }
+                let Some(call) = pending.as_mut() else {
+                    panic!("ResponseFuture polled after it was ready");
+                };
+                call.polling = true;
                 let polled = inner.poll(cx);
-                if let Some(call) = call.as_mut() {
-                    call.polling = false;
-                }
+                call.polling = false;
                 let result = ready!(polled);
-                if let Some(mut call) = call.take() {
-                    call.event = Some(call.classifier.classify(&result));
-                }
-                Poll::Ready(result.map_err(|error| respond.error(error)))
+                let call = pending.take().expect("the call under way");
+                Poll::Ready(
+                    classifier
+                        .settle(result, call)
+                        .map_err(|error| respond.error(error)),
+                )
             }
             Projection::Shed { shed, respond } => Poll::Ready(
                 respond.refused(

@@ -8,8 +8,9 @@ use http::{HeaderName, Request, Response, StatusCode};
 use palisade_hints::{Refusal, RefusalReason, grpc};
 
 use crate::budget::ErrorBudget;
-use crate::classify::{Classify, Event};
+use crate::classify::{Classify, Event, Settle, settle_at_once};
 use crate::error::Shed;
+use crate::future::Pending;
 use crate::keyed::{BudgetKey, ByKey, KeyedBudgets};
 use crate::layer::SloLayer;
 use crate::respond::Respond;
@@ -30,10 +31,19 @@ use crate::shed::{Prioritize, ShedNothing};
 /// UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL,
 /// UNAVAILABLE), good otherwise, a RESOURCE_EXHAUSTED naming its wait
 /// (a caller over its quota, as a 429 is) included. A status that comes
-/// only in the trailers, after a streamed body, is not seen: the call
-/// counts as its head says.
+/// only in the trailers, after a streamed body, is not seen (the call
+/// counts as its head says): for gRPC servers and clients,
+/// `SloLayer::new_for_grpc` (feature `grpc`) reads it there.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ServerErrorsAreBad;
+
+impl<B, E> Settle<Response<B>, E> for ServerErrorsAreBad {
+    type Response = Response<B>;
+
+    fn settle(&self, result: Result<Response<B>, E>, call: Pending) -> Result<Response<B>, E> {
+        settle_at_once(self, result, call)
+    }
+}
 
 impl<B, E> Classify<Response<B>, E> for ServerErrorsAreBad {
     fn classify(&self, result: &Result<Response<B>, E>) -> Event {

@@ -17,7 +17,9 @@ use crate::shed::{ShedNothing, Shedding};
 /// handler reads the same windows the layer counts into.
 ///
 /// A call is counted when its response future ends, as its classifier
-/// says ([`ErrorsAreBad`] by default), and bad if it took longer than the
+/// says ([`ErrorsAreBad`] by default), or, in gRPC mode
+/// (`SloLayer::new_for_grpc`, feature `grpc`), when its response's body
+/// ends if only the trailers carry its status; bad if it took longer than the
 /// objective's latency threshold. A call whose service panicked is bad
 /// (its caller sees a failure: a catch-panic layer's 500). A call dropped
 /// before it ended (a client gone, a timeout further out) is counted bad
@@ -98,7 +100,10 @@ impl<K> SloLayer<ErrorsAreBad, BoxErrors, ShedNothing, ByKey<K>> {
 }
 
 impl<C, R, P, B> SloLayer<C, R, P, B> {
-    /// Decides with `classifier` how a call counts.
+    /// Decides with `classifier` how a call counts: a closure
+    /// `Fn(&Result<T, E>) -> Event`, a preset, or a
+    /// [`Classify`](crate::Classify) of your own as
+    /// [`AtOnce`](crate::AtOnce)`(classifier)` (see [`Settle`](crate::Settle)).
     #[must_use]
     pub fn classify<C2>(self, classifier: C2) -> SloLayer<C2, R, P, B> {
         SloLayer {

@@ -8,8 +8,10 @@
 //! - [`ErrorBudget`]: the rolling windows, fed by [`record`](ErrorBudget::record)
 //!   and read as a [`Report`] or a [`BudgetSignal`]. It knows nothing of
 //!   tower: a message consumer can feed it as well.
-//! - [`SloLayer`]: the tower adapter, with a [`Classify`] that decides
-//!   how a call counts and a [`Shedding`] that says what to shed.
+//! - [`SloLayer`]: the tower adapter, with a classifier that decides how
+//!   a call counts ([`Settle`]: a closure, a [`Classify`] of your own as
+//!   [`AtOnce`], or a preset, at once or at the end of a gRPC response's
+//!   body) and a [`Shedding`] that says what to shed.
 //! - [`KeyedBudgets`]: a budget per key (tenant, customer) of one
 //!   objective, bounded, for [`SloLayer::keyed`].
 
@@ -19,6 +21,8 @@ mod error;
 #[cfg(feature = "redis")]
 mod fleet;
 pub mod future;
+#[cfg(feature = "grpc")]
+mod grpc_mode;
 #[cfg(feature = "http")]
 mod http_mode;
 mod keyed;
@@ -32,8 +36,11 @@ mod shed;
 mod window;
 
 pub use budget::{BudgetSignal, Burn, ErrorBudget, Report};
-pub use classify::{Classify, ErrorsAreBad, Event};
+pub use classify::{AtOnce, Classify, ErrorsAreBad, Event, Settle};
 pub use error::{ConfigError, Shed};
+pub use future::Pending;
+#[cfg(feature = "grpc")]
+pub use grpc_mode::{GrpcBody, GrpcStatus, Unavailable};
 #[cfg(feature = "http")]
 pub use http_mode::{HeaderKey, LowPriority, Marked, ServerErrorsAreBad, ServiceUnavailable};
 pub use keyed::{BudgetKey, ByKey, KeyedBudgets, SelectBudget};

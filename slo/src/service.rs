@@ -6,7 +6,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::budget::ErrorBudget;
-use crate::classify::Classify;
+use crate::classify::Settle;
 use crate::error::Shed;
 use crate::future::ResponseFuture;
 use crate::keyed::SelectBudget;
@@ -69,11 +69,11 @@ impl<S, Req, C, R, P, B> Service<Req> for Slo<S, C, R, P, B>
 where
     S: Service<Req>,
     B: SelectBudget<Req>,
-    C: Classify<S::Response, S::Error> + Clone,
-    R: Respond<S::Response, S::Error> + Clone,
+    C: Settle<S::Response, S::Error> + Clone,
+    R: Respond<C::Response, S::Error> + Clone,
     P: Prioritize<Req>,
 {
-    type Response = S::Response;
+    type Response = C::Response;
     type Error = R::Error;
     type Future = ResponseFuture<S::Future, C, R>;
 

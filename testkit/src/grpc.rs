@@ -35,6 +35,26 @@ impl HealthServer {
     pub async fn start(
         answer: impl FnMut(usize) -> Option<tonic::Status> + Send + 'static,
     ) -> Self {
+        Self::serve(answer, false).await
+    }
+
+    /// As [`start`](Self::start), but a status the script gives comes
+    /// after a message, in the trailers (as a server that streamed and then
+    /// failed, or a proxy that does not answer trailers-only, sends it).
+    ///
+    /// # Panics
+    ///
+    /// When no loopback port can be bound.
+    pub async fn start_in_trailers(
+        answer: impl FnMut(usize) -> Option<tonic::Status> + Send + 'static,
+    ) -> Self {
+        Self::serve(answer, true).await
+    }
+
+    async fn serve(
+        answer: impl FnMut(usize) -> Option<tonic::Status> + Send + 'static,
+        in_trailers: bool,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a loopback port");
@@ -52,6 +72,7 @@ impl HealthServer {
                     inner,
                     script: script.clone(),
                     calls: counted.clone(),
+                    in_trailers,
                 }))
                 .add_service(health)
                 .serve_with_incoming(TcpIncoming::from(listener)),
@@ -72,6 +93,8 @@ struct Scripted<S> {
     inner: S,
     script: Arc<Mutex<Answer>>,
     calls: Arc<AtomicUsize>,
+    /// A scripted status comes in the trailers, after a message.
+    in_trailers: bool,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -93,10 +116,33 @@ where
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let answer = (self.script.lock().expect("script lock"))(n);
         match answer {
+            Some(status) if self.in_trailers => Box::pin(async move { Ok(in_trailers(&status)) }),
             Some(status) => Box::pin(async move { Ok(status.into_http()) }),
             None => Box::pin(self.inner.call(request)),
         }
     }
+}
+
+/// An HTTP 200 whose body is one empty message (a `HealthCheckResponse`
+/// of default fields) and then trailers carrying `status`.
+fn in_trailers(status: &tonic::Status) -> Response<Body> {
+    use http_body_util::BodyExt;
+
+    let (head, _) = status.clone().into_http::<Body>().into_parts();
+    let mut trailers = http::HeaderMap::new();
+    for (name, value) in &head.headers {
+        if name.as_str().starts_with("grpc-") {
+            trailers.insert(name, value.clone());
+        }
+    }
+    let body = http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0"))
+        .with_trailers(std::future::ready(Some(Ok(trailers))));
+    let mut response = Response::new(Body::new(body));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
 }
 
 /// The `grpc-retry-pushback-ms` a status carries, in milliseconds.

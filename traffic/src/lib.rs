@@ -3,20 +3,26 @@
 
 mod canary;
 mod cells;
+#[cfg(feature = "grpc")]
+mod grpc_mode;
 #[cfg(feature = "http")]
 mod http_body;
 pub mod key;
 #[cfg(feature = "otel")]
 pub mod otel;
 mod router;
+mod settle;
 mod split;
 
 pub use canary::{Canary, CanaryError, CanaryEvent, CanaryPlan, HaltReason};
 pub use cells::{CellError, Cells, SLOTS, slot_of};
+#[cfg(feature = "grpc")]
+pub use grpc_mode::{GrpcBody, GrpcStatus};
 #[cfg(feature = "http")]
 pub use http_body::{CellBody, UntilBodyEnds};
 pub use key::{AsKey, Key, KeyHash};
 pub use router::{CellFuture, CellRouter, UntilResponse};
 #[cfg(feature = "http")]
-pub use split::ServerErrorsAsFailures;
-pub use split::{CanarySplit, ErrorsAsFailures, Failure, SplitFuture};
+pub use settle::ServerErrorsAsFailures;
+pub use settle::{AtOnce, ErrorsAsFailures, Failure, Pending, Settle};
+pub use split::{CanarySplit, SplitFuture};

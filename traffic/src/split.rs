@@ -4,7 +4,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use palisade_hints::{Refusal, RefusalReason};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::Service;
@@ -12,89 +11,7 @@ use tower::util::{Oneshot, ServiceExt};
 
 use crate::canary::Canary;
 use crate::key::Key;
-
-/// Which results count as the canary (or the stable service) failing.
-///
-/// Implemented for closures `Fn(&Result<T, E>) -> bool` (true: failed).
-///
-/// A call a rate limiter inside a side's stack refused (a [`Refusal`] of
-/// reason [`RateLimited`](RefusalReason::RateLimited)) counts for neither
-/// side: it says the client is over its own limit, nothing of the
-/// version, and one such client must not halt a canary. Other refusals
-/// (an open breaker, a shed call) are the side's failures: the version's
-/// own failures caused them, and its users got no answer.
-pub trait Failure<T, E> {
-    /// Whether `result` is a failure.
-    fn is_failure(&self, result: &Result<T, E>) -> bool;
-
-    /// Whether the call counts for neither side. By default, when the
-    /// error carries a rate limiter's [`Refusal`] ([`Refusal::in_error`]).
-    fn is_excluded(&self, result: &Result<T, E>) -> bool
-    where
-        E: 'static,
-    {
-        result
-            .as_ref()
-            .is_err_and(|error| rate_limited(Refusal::in_error(error)))
-    }
-}
-
-fn rate_limited(refusal: Option<&Refusal>) -> bool {
-    refusal.is_some_and(|refusal| refusal.reason() == RefusalReason::RateLimited)
-}
-
-impl<T, E, F> Failure<T, E> for F
-where
-    F: Fn(&Result<T, E>) -> bool,
-{
-    fn is_failure(&self, result: &Result<T, E>) -> bool {
-        self(result)
-    }
-}
-
-/// Every `Err` is a failure (the default), but a rate limiter's
-/// [`Refusal`], which is excluded.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ErrorsAsFailures;
-
-impl<T, E> Failure<T, E> for ErrorsAsFailures {
-    fn is_failure(&self, result: &Result<T, E>) -> bool {
-        result.is_err()
-    }
-}
-
-/// 5xx responses and transport errors are failures (feature `http`), and
-/// so is a gRPC call that failed in its head (a trailers-only answer whose
-/// `grpc-status` says the service is unwell, see
-/// [`head_failed`](palisade_hints::grpc::head_failed); a status that
-/// comes only in the trailers is not seen); a rate limiter's [`Refusal`],
-/// on the error or in the response's extensions (its 429), is excluded.
-/// A response a palisade layer refused for another reason is a failure
-/// whatever its status (a rate limiter failing closed while its store is
-/// away answers 429 with a `StoreDown` refusal), as the error is.
-#[cfg(feature = "http")]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ServerErrorsAsFailures;
-
-#[cfg(feature = "http")]
-impl<B, E> Failure<http::Response<B>, E> for ServerErrorsAsFailures {
-    fn is_failure(&self, result: &Result<http::Response<B>, E>) -> bool {
-        result.as_ref().map_or(true, |response| {
-            response.extensions().get::<Refusal>().is_some()
-                || palisade_hints::grpc::head_failed(response.status(), response.headers())
-        })
-    }
-
-    fn is_excluded(&self, result: &Result<http::Response<B>, E>) -> bool
-    where
-        E: 'static,
-    {
-        rate_limited(match result {
-            Ok(response) => response.extensions().get::<Refusal>(),
-            Err(error) => Refusal::in_error(error),
-        })
-    }
-}
+use crate::settle::{ErrorsAsFailures, Pending, Settle};
 
 /// Sends each request to the stable or the canary service, as its
 /// [`Canary`] says, and tells the canary how each call went.
@@ -154,7 +71,10 @@ impl<St, Ca, K> CanarySplit<St, Ca, K> {
 }
 
 impl<St, Ca, K, F> CanarySplit<St, Ca, K, F> {
-    /// Decides with `failure` which results are failures.
+    /// Decides with `failure` which results are failures: a closure
+    /// `Fn(&Result<T, E>) -> bool`, a preset, or a
+    /// [`Failure`](crate::Failure) of your own as
+    /// [`AtOnce`](crate::AtOnce)`(failure)` (see [`Settle`]).
     pub fn failures<F2>(self, failure: F2) -> CanarySplit<St, Ca, K, F2> {
         CanarySplit {
             stable: self.stable,
@@ -177,9 +97,9 @@ where
     St::Error: 'static,
     Ca: Service<Req, Response = St::Response, Error = St::Error> + Clone,
     K: Key<Req>,
-    F: Failure<St::Response, St::Error> + Clone,
+    F: Settle<St::Response, St::Error> + Clone,
 {
-    type Response = St::Response;
+    type Response = F::Response;
     type Error = St::Error;
     type Future = SplitFuture<St, Ca, Req, F>;
 
@@ -188,7 +108,8 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let call = if self.canary.takes(self.key.key(&request)) {
+        let on_canary = self.canary.takes(self.key.key(&request));
+        let call = if on_canary {
             Side::Canary {
                 call: self.canary_service.clone().oneshot(request),
             }
@@ -199,12 +120,10 @@ where
         };
         SplitFuture {
             call,
-            canary: self.canary.clone(),
+            pending: Some(Pending::new(self.canary.clone(), on_canary, Instant::now())),
             failure: self.failure.clone(),
-            started: Instant::now(),
             polled: false,
             polling: false,
-            ended: false,
         }
     }
 }
@@ -219,28 +138,30 @@ pin_project! {
 
 pin_project! {
     /// Response future of [`CanarySplit`]: the call on its side, whose
-    /// outcome and latency the canary is told when it ends, or a failure
-    /// and its latency when it is dropped first.
+    /// outcome and latency the canary is told when it ends (or, for a
+    /// judge that reads a gRPC response's trailers, when its body ends),
+    /// or a failure and its latency when it is dropped first.
     pub struct SplitFuture<St: Service<Req>, Ca: Service<Req>, Req, F> {
         #[pin]
         call: Side<St, Ca, Req>,
-        canary: Canary,
+        pending: Option<Pending>,
         failure: F,
-        started: Instant,
         polled: bool,
         polling: bool,
-        ended: bool,
     }
 
     impl<St: Service<Req>, Ca: Service<Req>, Req, F> PinnedDrop for SplitFuture<St, Ca, Req, F> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            // Abandoned or panicked: its caller had no answer. (Counted a
-            // success, a canary that hung on one call in 25 stayed under
-            // its latency margin and was promoted.)
-            if (*this.polled || *this.polling) && !*this.ended {
-                let on_canary = matches!(this.call.project(), SideProjection::Canary { .. });
-                this.canary.record(on_canary, true, this.started.elapsed());
+            // Abandoned or panicked, the pending call's drop counts a
+            // failure: its caller had no answer. (Counted a success, a
+            // canary that hung on one call in 25 stayed under its latency
+            // margin and was promoted.) Never polled, it never ran.
+            if !*this.polled
+                && !*this.polling
+                && let Some(pending) = this.pending.take()
+            {
+                pending.forget();
             }
         }
     }
@@ -261,9 +182,9 @@ where
     St: Service<Req>,
     St::Error: 'static,
     Ca: Service<Req, Response = St::Response, Error = St::Error>,
-    F: Failure<St::Response, St::Error>,
+    F: Settle<St::Response, St::Error>,
 {
-    type Output = Result<St::Response, St::Error>;
+    type Output = Result<F::Response, St::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -271,20 +192,16 @@ where
         // set, for the drop to count a panic.
         *this.polling = true;
         let polled = match this.call.project() {
-            SideProjection::Stable { call } => call.poll(cx).map(|result| (result, false)),
-            SideProjection::Canary { call } => call.poll(cx).map(|result| (result, true)),
+            SideProjection::Stable { call } => call.poll(cx),
+            SideProjection::Canary { call } => call.poll(cx),
         };
         *this.polling = false;
         *this.polled = true;
-        let (result, on_canary) = ready!(polled);
-        *this.ended = true;
-        if !this.failure.is_excluded(&result) {
-            this.canary.record(
-                on_canary,
-                this.failure.is_failure(&result),
-                this.started.elapsed(),
-            );
-        }
-        Poll::Ready(result)
+        let result = ready!(polled);
+        let pending = this
+            .pending
+            .take()
+            .expect("SplitFuture polled after it was ready");
+        Poll::Ready(this.failure.settle(result, pending))
     }
 }

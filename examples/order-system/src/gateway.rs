@@ -64,7 +64,7 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use palisade_coalesce::http::{CachedResponse, CoalesceLayer, ResponseCache};
 use palisade_coalesce::{Cache, Freshness};
-use palisade_slo::{ErrorBudget, Objective, SloLayer};
+use palisade_slo::{AtOnce, ErrorBudget, Objective, SloLayer};
 use palisade_traffic::{CellRouter, Cells};
 
 use crate::objectives::{Objectives, SagaRead, SagasEndInTime};
@@ -287,10 +287,11 @@ where
     };
     let objectives = &shared.objectives;
     let orders = SloLayer::new_for_http(budget(&objectives.orders, "orders"));
-    let sagas =
-        SloLayer::new_for_http(budget(&objectives.sagas, "sagas")).classify(SagasEndInTime {
+    let sagas = SloLayer::new_for_http(budget(&objectives.sagas, "sagas")).classify(AtOnce(
+        SagasEndInTime {
             within: objectives.saga_within,
-        });
+        },
+    ));
     // A cell's signed-in routes, behind the bearer check (the request
     // carries its `Principal`); every cell counts into the same budgets.
     let cell_routes = |services: Services| -> Router {

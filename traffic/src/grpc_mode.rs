@@ -1,0 +1,102 @@
+//! gRPC mode (feature `grpc`): a side's `grpc-status` judges its call,
+//! whether it comes in the response headers (a trailers-only response) or
+//! in the trailers at the end of the body.
+
+use http::{HeaderMap, Response};
+use palisade_hints::grpc::{self, AtEnd, StatusBody};
+use palisade_hints::{Refusal, RefusalReason};
+
+use crate::settle::{Pending, Settle};
+
+/// A gRPC response body that tells the canary how its call went when the
+/// trailers arrive: failed when their `grpc-status` says the service is
+/// unwell, or when the body ends without one; dropped before its end, a
+/// failure that took as long as it ran.
+pub type GrpcBody<B> = StatusBody<B, Pending>;
+
+/// At the body's end: the trailers' `grpc-status` judges the call, and a
+/// body that ends without one (or with an error) failed.
+impl AtEnd for Pending {
+    fn ended(self, trailers: Option<&HeaderMap>) {
+        let failed = trailers
+            .and_then(|trailers| Some(grpc::failed(grpc::status(trailers)?, trailers)))
+            .unwrap_or(true);
+        self.judge(failed);
+    }
+}
+
+/// Tells the canary of a refusal by a palisade layer in a side's stack: a
+/// caller over its rate limit counts for neither side; any other refusal
+/// is the side's failure.
+fn refused(call: Pending, refusal: &Refusal) {
+    if refusal.reason() == RefusalReason::RateLimited {
+        call.exclude();
+    } else {
+        call.judge(true);
+    }
+}
+
+/// Judges gRPC calls, on servers and clients: `grpc-status` UNKNOWN,
+/// DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED (naming no wait), INTERNAL and
+/// UNAVAILABLE are failures, read from the headers or, when only the
+/// trailers carry it (a stream that fails after its messages), at the end
+/// of the body ([`GrpcBody`] carries the call there, and its latency is
+/// the time to the trailers); a body that ends without a status, or with
+/// an error, and a transport error are failures. A response whose HTTP
+/// status is not 200 and that carries no `grpc-status` (a proxy answered)
+/// counts as the status gRPC clients give it. A palisade rate limiter's
+/// refusal counts for neither side; any other palisade refusal is a
+/// failure.
+///
+/// # Example
+///
+/// ```
+/// use http::{Request, Response};
+/// use palisade_traffic::{Canary, CanaryPlan, CanarySplit, GrpcStatus};
+/// use tower::{BoxError, service_fn};
+///
+/// # fn main() -> Result<(), BoxError> {
+/// let side = |version: &'static str| {
+///     service_fn(move |_: Request<()>| async move {
+///         Ok::<_, BoxError>(Response::new(tonic::body::Body::empty()))
+///     })
+/// };
+/// let canary = Canary::new(CanaryPlan::new())?;
+/// let split = CanarySplit::new(side("v1"), side("v2"), canary, |_: &Request<()>| None::<u64>)
+///     .failures(GrpcStatus);
+/// # let _ = split;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcStatus;
+
+impl<B, E: 'static> Settle<Response<B>, E> for GrpcStatus {
+    type Response = Response<GrpcBody<B>>;
+
+    fn settle(
+        &self,
+        result: Result<Response<B>, E>,
+        call: Pending,
+    ) -> Result<Response<GrpcBody<B>>, E> {
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                match Refusal::in_error(&error) {
+                    Some(refusal) => refused(call, refusal),
+                    None => call.judge(true),
+                }
+                return Err(error);
+            }
+        };
+        let waiting = if let Some(refusal) = response.extensions().get::<Refusal>() {
+            refused(call, refusal);
+            None
+        } else if let Some(code) = grpc::head_status(response.status(), response.headers()) {
+            call.judge(grpc::failed(code, response.headers()));
+            None
+        } else {
+            Some(call)
+        };
+        Ok(response.map(|inner| StatusBody::new(inner, waiting)))
+    }
+}
