@@ -766,3 +766,71 @@ async fn a_reply_within_the_fleets_timeout_keeps_the_link_with_its_fleet() {
     }
     assert!(!member.is_alone());
 }
+
+/// `redis_url()` on database `database`.
+fn on_database(database: u8) -> String {
+    format!("{}/{database}", redis_url().trim_end_matches('/'))
+}
+
+/// Fleets on two databases of one server, under one prefix (staging and
+/// production with the default prefix, say), stay apart: pub/sub spans
+/// every database, and a trip on database 1 held database 0's breakers
+/// open for its whole open period too (here an hour, where database 0's
+/// own trip opens for a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleets_on_two_databases_of_one_server_stay_apart() {
+    let prefix = format!("palisade-test:{}", fastrand::u64(..));
+    let (zero, one) = (
+        fleet_under(&on_database(0), &prefix),
+        fleet_under(&on_database(1), &prefix),
+    );
+    let open_for = |open: Duration| {
+        Config::builder()
+            .sliding_window(SlidingWindow::Count(10))
+            .minimum_calls(10)
+            .open_duration(open)
+            .max_open_duration(open)
+            .half_open_max_wait(Duration::from_secs(1))
+            .jitter(0.0)
+            .build()
+            .unwrap()
+    };
+    let (hour, minute) = (
+        open_for(Duration::from_secs(3_600)),
+        open_for(Duration::from_secs(60)),
+    );
+    let joined = |fleet: &Fleet, config: &Config| {
+        let breaker = CircuitBreaker::new(config.clone());
+        let member = fleet.join("dependency", &breaker).unwrap();
+        (breaker, member)
+    };
+    let (tripping, tripping_member) = joined(&one, &hour);
+    let (peer, peer_member) = joined(&one, &hour);
+    // It would hold an hour heard, as its own longest is an hour.
+    let (watched, watched_member) = joined(&zero, &hour);
+    let (second, second_member) = joined(&zero, &minute);
+    for member in [
+        &tripping_member,
+        &peer_member,
+        &watched_member,
+        &second_member,
+    ] {
+        eventually("every link is up", || !member.is_alone()).await;
+    }
+
+    trip(&tripping);
+    eventually("database 1's peer opens", || peer.state() == State::Open).await;
+    // Database 0's fleet hears its own trip after anything published
+    // before it on a channel it subscribes (one subscription, in order).
+    trip(&second);
+    eventually("database 0's peer opens", || watched.state() == State::Open).await;
+    let wait = watched
+        .try_acquire(Instant::now())
+        .unwrap_err()
+        .retry_after()
+        .unwrap();
+    assert!(
+        wait <= Duration::from_secs(600),
+        "held open for {wait:?}: database 1's hour, not its own peer's minute"
+    );
+}

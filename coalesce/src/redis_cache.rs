@@ -204,6 +204,12 @@ impl RedisSettings {
     /// and, where failures are shared
     /// ([`share_failures`](RedisCache::share_failures), the HTTP layer),
     /// `{prefix:key}:failed`.
+    ///
+    /// Caches under one prefix in one Redis database are one cache: a
+    /// key's value and its computation are theirs together. Give each
+    /// cache whose keys mean something else (`prices` and `stock` keyed
+    /// by SKU), and each deployment sharing the database (staging beside
+    /// production), a prefix of its own.
     #[must_use]
     pub fn prefix(mut self, prefix: &str) -> Self {
         prefix.clone_into(&mut self.prefix);

@@ -246,6 +246,11 @@ where
 
     /// The prefix of every key: `{prefix:key}`.
     #[must_use]
+    ///
+    /// Stores under one prefix in one Redis database share their buckets:
+    /// two services limiting one key with one rate spend one bucket
+    /// between them. Give each service or deployment whose limits are its
+    /// own (staging beside production) a prefix of its own.
     pub fn prefix(mut self, prefix: &str) -> Self {
         self.prefix = Arc::from(prefix);
         self

@@ -36,6 +36,12 @@ impl HubSlot {
         }
     }
 
+    /// The database number of the server's connections (pub/sub spans
+    /// them all).
+    pub(super) fn database(&self) -> i64 {
+        self.client.get_connection_info().redis_settings().db()
+    }
+
     /// An empty slot for a hub on the same server with other settings.
     pub(super) fn with(&self, poll: Duration, timeout: Duration) -> Self {
         Self::new(self.client.clone(), poll, timeout)

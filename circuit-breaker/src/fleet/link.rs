@@ -190,11 +190,12 @@ impl Drop for Link {
 
 impl Link {
     /// The link of `breaker`, joined to the hub in `slot` (started there if
-    /// need be), and what it hears from the hub.
+    /// need be), with its keys under `keys` and its messages on `channel`,
+    /// and what it hears from the hub.
     pub(super) fn new(
         breaker: &CircuitBreaker,
         name: &str,
-        channel: String,
+        (keys, channel): (String, String),
         slot: HubSlot,
         alone: Arc<AtomicBool>,
     ) -> (Self, mpsc::UnboundedReceiver<Event>) {
@@ -210,8 +211,8 @@ impl Link {
             link,
             breaker: breaker.downgrade(),
             name: Arc::from(name),
-            open_key: format!("{channel}:open"),
-            probe_key: format!("{channel}:probe"),
+            open_key: format!("{keys}:open"),
+            probe_key: format!("{keys}:probe"),
             channel,
             replica: format!("{:016x}", fastrand::u64(..)),
             probes: 0,

@@ -36,9 +36,16 @@
 //! the probe lease keeps it to one probe all the same.
 //!
 //! What operators can watch: the channel `{prefix:name}` carries `open
-//! UNTIL_MS REPLICA trip|probe` and `closed REPLICA`; the key
-//! `{prefix:name}:open` holds the fleet's open period while it lasts, and
-//! `{prefix:name}:probe` the token of the replica probing.
+//! UNTIL_MS REPLICA trip|probe` and `closed REPLICA` (`{prefix:name}:dbN`
+//! on a database N other than 0: pub/sub is the server's, whatever the
+//! database); the key `{prefix:name}:open` holds the fleet's open period
+//! while it lasts, and `{prefix:name}:probe` the token of the replica
+//! probing.
+//!
+//! A fleet is its Redis database, prefix and name: breakers that share
+//! all three act as one, whatever they guard. Give each deployment that
+//! shares a database (staging beside production) a prefix of its own, and
+//! each dependency a name of its own.
 
 mod hub;
 mod link;
@@ -123,7 +130,10 @@ impl Fleet {
         }
     }
 
-    /// The prefix of the fleet's keys and channels: `{prefix:name}`.
+    /// The prefix of the fleet's keys and channels: `{prefix:name}`. The
+    /// breakers of every deployment that uses one Redis database and one
+    /// prefix are one fleet: give staging and production prefixes of their
+    /// own (`palisade:cb:staging`, say) when they share a database.
     #[must_use]
     pub fn prefix(mut self, prefix: &str) -> Self {
         self.prefix = Arc::from(prefix);
@@ -175,9 +185,21 @@ impl Fleet {
             return Err(AlreadyJoined);
         }
         let alone = Arc::new(AtomicBool::new(true));
-        let channel = format!("{{{}:{name}}}", self.prefix);
-        let (link, events) =
-            Link::new(breaker, name, channel, self.hub.clone(), Arc::clone(&alone));
+        let keys = format!("{{{}:{name}}}", self.prefix);
+        // Pub/sub is the server's, whatever the database: fleets on two
+        // databases of one server (staging and production, say) would
+        // hear each other's transitions on one channel.
+        let channel = match self.hub.database() {
+            0 => keys.clone(),
+            database => format!("{keys}:db{database}"),
+        };
+        let (link, events) = Link::new(
+            breaker,
+            name,
+            (keys, channel),
+            self.hub.clone(),
+            Arc::clone(&alone),
+        );
         tokio::spawn(link.run(told, events));
         Ok(Member { alone })
     }
