@@ -62,7 +62,7 @@
 //!   answer ([`Unavailable`]), so keyed breakers serve gRPC too.
 //!
 //! In every mode, a call a palisade layer beneath refused itself (the
-//! [`Refusal`](palisade_hints::Refusal) marker on the error or the
+//! [`Refusal`] marker on the error or the
 //! response) is neither a success nor a failure.
 //! - `otel`: [`CircuitBreaker::instrument`] registers OpenTelemetry metrics:
 //!   `palisade.circuit_breaker.calls` (by `outcome`), `.rejected`,
@@ -124,6 +124,11 @@ pub use keyed::{
     BreakerRegistry, KeyedBreakers, KeyedCircuitBreakerLayer, KeyedCircuitBreakerService,
 };
 pub use layer::CircuitBreakerLayer;
+/// The OpenTelemetry API this crate records to (feature `otel`): take
+/// the `Meter` you hand it from this version.
+#[cfg(feature = "otel")]
+pub use opentelemetry;
+pub use palisade_hints::{Refusal, RefusalReason};
 pub use respond::{BoxErrors, Respond};
 pub use service::{CircuitBreakerService, SelectBreaker};
 pub use window::Counts;

@@ -16,6 +16,7 @@ use crate::freshness::{Entry, Freshness, State};
 
 /// How a lookup was served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Served {
     /// A fresh value from the cache.
     Fresh,

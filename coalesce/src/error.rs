@@ -8,6 +8,7 @@ use palisade_hints::Refusal;
 
 /// Why a coalesced computation gave no value; every waiter gets the same.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum FlightError<E> {
     /// The computation failed; its error, shared by every waiter.
     Failed(Arc<E>),

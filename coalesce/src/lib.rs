@@ -53,6 +53,11 @@ pub use cache::{Cache, Lookup, Served};
 pub use error::FlightError;
 pub use flight::Coalescer;
 pub use freshness::{Entry, Freshness, State};
+/// The OpenTelemetry API this crate records to (feature `otel`): take
+/// the `Meter` you hand it from this version.
+#[cfg(feature = "otel")]
+pub use opentelemetry;
+pub use palisade_hints::{Refusal, RefusalReason};
 #[cfg(feature = "redis")]
 pub use redis_cache::{FailurePolicy, RedisCache, RedisSettings};
 

@@ -110,6 +110,10 @@ mod store;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod stores;
 
+/// The async-nats whose JetStream context the publisher and consumer
+/// take (feature `nats`).
+#[cfg(feature = "nats")]
+pub use async_nats;
 pub use config::OutboxConfig;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use consume::{BoxError, ConsumerStats, Delivery, Handled, Handler, MemoryConsumer, Transient};
@@ -122,12 +126,19 @@ pub use handoff::{Handoff, HandoffBroker, Inbound};
 pub use jetstream::{ConsumerConfig, ConsumerSetupError, JetStreamConsumer, replay};
 #[cfg(feature = "nats")]
 pub use nats::{NatsJetStreamPublisher, StreamSetupError};
+/// The OpenTelemetry API this crate records to (feature `otel`): take
+/// the `Meter` you hand it from this version.
+#[cfg(feature = "otel")]
+pub use opentelemetry;
 #[cfg(feature = "postgres")]
 pub use postgres::{PgInbox, PgOutbox};
 pub use publisher::{MemoryBroker, Published, Publisher};
 pub use relay::{BatchReport, Relay};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{CommitWake, SqliteInbox, SqliteOutbox};
+/// The sqlx whose pools, transactions and errors the stores take and
+/// give.
+pub use sqlx;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use store::InboxStore;
 pub use store::{Backlog, CleanUp, DeadEvent, DeadEvents, Failed, OutboxStore};

@@ -7,6 +7,7 @@ use tower::BoxError;
 
 /// What a result says about trying again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Verdict {
     /// Return this result to the caller.
     Return,

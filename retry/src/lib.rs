@@ -115,8 +115,17 @@ pub use classify::{Classify, RetryErrors, Verdict};
 pub use config::{Config, ConfigBuilder};
 pub use error::{ConfigError, DeadlineExceeded};
 pub use layer::{LeakedRetryLayer, RetryLayer};
+/// The OpenTelemetry API this crate records to (feature `otel`): take
+/// the `Meter` you hand it from this version.
+#[cfg(feature = "otel")]
+pub use opentelemetry;
+pub use palisade_hints::{Refusal, RefusalReason};
 pub use replay::{CloneRequest, Replay};
 pub use service::Retry;
+/// The tonic whose bodies and statuses the `tonic` presets take and give
+/// (feature `tonic`).
+#[cfg(feature = "tonic")]
+pub use tonic;
 
 /// The README's example, compiled and run as a doctest so it stays true.
 #[doc = include_str!("../README.md")]

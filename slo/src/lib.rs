@@ -46,6 +46,11 @@ pub use http_mode::{HeaderKey, LowPriority, Marked, ServerErrorsAreBad, ServiceU
 pub use keyed::{BudgetKey, ByKey, KeyedBudgets, SelectBudget};
 pub use layer::SloLayer;
 pub use objective::{BurnAlert, Objective, Severity};
+/// The OpenTelemetry API this crate records to (feature `otel`): take
+/// the `Meter` you hand it from this version.
+#[cfg(feature = "otel")]
+pub use opentelemetry;
+pub use palisade_hints::{Refusal, RefusalReason};
 pub use respond::{BoxErrors, Respond};
 pub use service::Slo;
 pub use shed::{Prioritize, ShedNothing, Shedding};

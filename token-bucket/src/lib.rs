@@ -102,6 +102,11 @@ pub use layer::RateLimitLayer;
 #[cfg(feature = "redis")]
 pub use leasing::{LeaseDecision, LeasedKey, Leasing, LeasingStore};
 pub use local::{Clock, LocalStore, MAX_KEY_BYTES, PinnedBucket};
+/// The OpenTelemetry API this crate records to (feature `otel`): take
+/// the `Meter` you hand it from this version.
+#[cfg(feature = "otel")]
+pub use opentelemetry;
+pub use palisade_hints::{Refusal, RefusalReason};
 #[cfg(feature = "redis")]
 pub use redis_store::{FailurePolicy, RedisStore};
 pub use respond::{BoxErrors, Respond};

@@ -96,6 +96,7 @@ static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(DECIDE));
 /// all, and a local fallback limits each instance on its own, so the fleet
 /// admits up to (instances × its limit): give it a smaller bucket.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum FailurePolicy {
     /// Admit every request.
     FailOpen,
@@ -245,12 +246,12 @@ where
     }
 
     /// The prefix of every key: `{prefix:key}`.
-    #[must_use]
     ///
     /// Stores under one prefix in one Redis database share their buckets:
     /// two services limiting one key with one rate spend one bucket
     /// between them. Give each service or deployment whose limits are its
     /// own (staging beside production) a prefix of its own.
+    #[must_use]
     pub fn prefix(mut self, prefix: &str) -> Self {
         self.prefix = Arc::from(prefix);
         self

@@ -105,11 +105,20 @@ pub use carrier::{Carrier, CarrierMut, TRACEPARENT, TRACERESPONSE, TRACESTATE};
 pub use context::TraceContext;
 pub use error::{ExtractError, TraceParentError, TraceStateError};
 pub use ids::{SpanId, TraceFlags, TraceId};
+/// The OpenTelemetry API whose contexts the bridge reads and writes
+/// (feature `otel`): set up the SDK from this version.
+#[cfg(feature = "otel")]
+pub use opentelemetry;
 pub use propagate::{Propagate, PropagateLayer};
 pub use propagator::Propagator;
 pub use server::{TraceContextLayer, TraceContextService};
 pub use traceparent::TraceParent;
 pub use tracestate::{MAX_MEMBERS, MIN_PROPAGATED_LEN, TraceState};
+/// The `tracing-opentelemetry` whose span data the bridge reads (feature
+/// `otel`): a subscriber built with another version's layer gives it
+/// nothing to read, and server spans start new traces.
+#[cfg(feature = "otel")]
+pub use tracing_opentelemetry;
 
 /// The README's example, compiled and run as a doctest so it stays true.
 #[doc = include_str!("../README.md")]

@@ -21,6 +21,11 @@ pub use grpc_mode::{GrpcBody, GrpcStatus};
 #[cfg(feature = "http")]
 pub use http_body::{CellBody, UntilBodyEnds};
 pub use key::{AsKey, Key, KeyHash};
+/// The OpenTelemetry API this crate records to (feature `otel`): take
+/// the `Meter` you hand it from this version.
+#[cfg(feature = "otel")]
+pub use opentelemetry;
+pub use palisade_hints::{Refusal, RefusalReason};
 pub use router::{CellFuture, CellRouter, UntilResponse};
 #[cfg(feature = "http")]
 pub use settle::ServerErrorsAsFailures;
