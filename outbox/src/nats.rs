@@ -130,9 +130,16 @@ impl NatsJetStreamPublisher {
     }
 
     /// Checks that the stream exists, keeps its messages on file (not in
-    /// memory, which a restart of NATS empties), and that its duplicate
-    /// window covers `config`'s retry horizon; with `create`, creates the
-    /// stream (on `<prefix>.>`) or widens its window instead of failing.
+    /// memory, which a restart of NATS empties), captures subjects under
+    /// the publisher's prefix (unless [`subject`](Self::subject) picks
+    /// them), and that its duplicate window covers `config`'s retry
+    /// horizon; with `create`, creates the stream (on `<prefix>.>`) or
+    /// widens its window instead of failing.
+    ///
+    /// A stream made here stores every message published under
+    /// `<prefix>.>` in the account, a request sent there by another
+    /// application included (JetStream even answers it): give the
+    /// publisher a prefix no one else publishes under.
     ///
     /// # Errors
     ///
@@ -155,6 +162,23 @@ impl NatsJetStreamPublisher {
                         "stream {} keeps its messages in memory: a restart of NATS would lose \
                          events the outbox counts as delivered; give it file storage",
                         self.stream
+                    )));
+                }
+                // A stream that captures none of the publisher's subjects
+                // answers no publish: each would find no stream, read as
+                // NATS away, and be retried for ever.
+                if self.subject.is_none()
+                    && !info
+                        .config
+                        .subjects
+                        .iter()
+                        .any(|pattern| captures_under(pattern, &self.prefix))
+                {
+                    return Err(StreamSetupError(format!(
+                        "stream {} captures {:?}, none of the publisher's subjects {}.<aggregate>.<type>: \
+                         every publish would find no stream; give the publisher the stream's prefix \
+                         (subject_prefix), or add {}.> to the stream",
+                        self.stream, info.config.subjects, self.prefix, self.prefix
                     )));
                 }
                 let window = info.config.duplicate_window;
@@ -388,10 +412,54 @@ fn has_no_room(answer: &jetstream::Error) -> bool {
     )
 }
 
+/// Whether the stream subject `pattern` captures some subject of the
+/// publisher's layout under `prefix`: `<prefix>.<aggregate>.<type>`.
+fn captures_under(pattern: &str, prefix: &str) -> bool {
+    let mut wanted = pattern.split('.');
+    for token in prefix.split('.') {
+        match wanted.next() {
+            Some(">") => return true,
+            Some(exact) if exact == "*" || exact == token => {}
+            _ => return false,
+        }
+    }
+    // The aggregate and the type: any two tokens.
+    for _ in 0..2 {
+        match wanted.next() {
+            Some(">") => return true,
+            Some(_) => {}
+            None => return false,
+        }
+    }
+    wanted.next().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::PublishErrorKind as Verdict;
+
+    #[test]
+    fn a_stream_subject_captures_the_layout_under_a_prefix() {
+        for (pattern, prefix, captures) in [
+            ("orders.>", "orders", true),
+            ("orders.order.>", "orders", true),
+            ("orders.*.*", "orders", true),
+            ("orders.*", "orders", false),
+            ("orders.*.*.*", "orders", false),
+            ("payments.>", "pay", false),
+            ("a.b.>", "a.b", true),
+            ("a.>", "a.b", true),
+            ("a.c.>", "a.b", false),
+            (">", "anything", true),
+        ] {
+            assert_eq!(
+                captures_under(pattern, prefix),
+                captures,
+                "{pattern} under {prefix}"
+            );
+        }
+    }
 
     fn answer(code: u16, err_code: u64, description: &str) -> jetstream::Error {
         serde_json::from_value(serde_json::json!({

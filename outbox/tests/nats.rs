@@ -106,6 +106,61 @@ async fn a_stream_in_memory_is_refused() {
     context.delete_stream(&name).await.unwrap();
 }
 
+/// A stream that captures none of the publisher's subjects is refused:
+/// every publish would find no stream, read as NATS away, and be retried
+/// for ever (it was taken). One that captures some (an aggregate's) is
+/// taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_capturing_none_of_the_publishers_subjects_is_refused() {
+    let context = jetstream().await;
+    let name = unique();
+    stream_of(
+        &context,
+        &name,
+        stream::Config {
+            duplicate_window: Duration::from_secs(3600),
+            ..stream::Config::default()
+        },
+    )
+    .await;
+    let config = OutboxConfig::default();
+    for create in [false, true] {
+        let refused = NatsJetStreamPublisher::new(context.clone(), &name, "/test")
+            .subject_prefix("elsewhere")
+            .ensure_stream(&config, create)
+            .await
+            .unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("none of the publisher's subjects"),
+            "{refused}"
+        );
+    }
+    NatsJetStreamPublisher::new(context.clone(), &name, "/test")
+        .ensure_stream(&config, false)
+        .await
+        .unwrap();
+    context.delete_stream(&name).await.unwrap();
+
+    let narrow = unique();
+    let prefix = narrow.to_ascii_lowercase();
+    context
+        .create_stream(stream::Config {
+            name: narrow.clone(),
+            subjects: vec![format!("{prefix}.order.>")],
+            duplicate_window: Duration::from_secs(3600),
+            ..stream::Config::default()
+        })
+        .await
+        .unwrap();
+    NatsJetStreamPublisher::new(context.clone(), &narrow, "/test")
+        .ensure_stream(&config, false)
+        .await
+        .unwrap();
+    context.delete_stream(&narrow).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_jetstream_once_with_their_envelope() {
     let db = support::PgSchema::new().await;
