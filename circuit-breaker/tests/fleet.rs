@@ -421,9 +421,8 @@ async fn an_open_period_heard_far_in_the_future_is_held_no_longer_than_the_longe
         .build()
         .unwrap();
     let breaker = CircuitBreaker::new(config);
-    let member = fleet_under(&redis_url(), &prefix)
-        .join("dependency", &breaker)
-        .unwrap();
+    let fleet = fleet_under(&redis_url(), &prefix);
+    let member = fleet.join("dependency", &breaker).unwrap();
     eventually("the link is up", || !member.is_alone()).await;
     // A replica an hour ahead of this one's clock, or anyone on the channel.
     let mut redis = redis().await;
@@ -441,7 +440,7 @@ async fn an_open_period_heard_far_in_the_future_is_held_no_longer_than_the_longe
         .await
         .unwrap();
     let _: u32 = redis::cmd("PUBLISH")
-        .arg(format!("{{{prefix}:dependency}}"))
+        .arg(fleet.channel("dependency"))
         .arg(format!("open {hour_ahead} 00ff trip"))
         .query_async(&mut redis)
         .await
@@ -767,9 +766,11 @@ async fn a_reply_within_the_fleets_timeout_keeps_the_link_with_its_fleet() {
     assert!(!member.is_alone());
 }
 
-/// `redis_url()` on database `database`.
-fn on_database(database: u8) -> String {
-    format!("{}/{database}", redis_url().trim_end_matches('/'))
+/// `redis_url()`'s server, on database `database`.
+fn on_database(database: i64) -> redis::ConnectionInfo {
+    let info = redis::IntoConnectionInfo::into_connection_info(redis_url()).unwrap();
+    let settings = info.redis_settings().clone().set_db(database);
+    info.set_redis_settings(settings)
 }
 
 /// Fleets on two databases of one server, under one prefix (staging and
@@ -780,9 +781,19 @@ fn on_database(database: u8) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleets_on_two_databases_of_one_server_stay_apart() {
     let prefix = format!("palisade-test:{}", fastrand::u64(..));
-    let (zero, one) = (
-        fleet_under(&on_database(0), &prefix),
-        fleet_under(&on_database(1), &prefix),
+    let on = |database| {
+        Fleet::new(redis::Client::open(on_database(database)).unwrap())
+            .prefix(&prefix)
+            .poll_every(Duration::from_millis(200))
+    };
+    let (zero, one) = (on(0), on(1));
+    assert_eq!(
+        zero.channel("dependency"),
+        format!("{{{prefix}:dependency}}")
+    );
+    assert_eq!(
+        one.channel("dependency"),
+        format!("{{{prefix}:dependency}}:db1")
     );
     let open_for = |open: Duration| {
         Config::builder()

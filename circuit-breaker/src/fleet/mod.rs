@@ -163,6 +163,25 @@ impl Fleet {
         self
     }
 
+    /// Where the keys of the breakers joined as `name` begin:
+    /// `{prefix:name}`.
+    fn keys(&self, name: &str) -> String {
+        format!("{{{}:{name}}}", self.prefix)
+    }
+
+    /// The channel the breakers joined as `name` talk on, for a tool
+    /// that listens: `{prefix:name}`, and `{prefix:name}:dbN` on a
+    /// database N other than 0 (pub/sub is the server's, whatever the
+    /// database, so fleets on two databases of one server would hear each
+    /// other's transitions on one channel).
+    #[must_use]
+    pub fn channel(&self, name: &str) -> String {
+        match self.hub.database() {
+            0 => self.keys(name),
+            database => format!("{}:db{database}", self.keys(name)),
+        }
+    }
+
     /// Shares `breaker`'s transitions with every breaker that joined as
     /// `name`, from a task spawned on the current tokio runtime, which
     /// ends when the breaker is dropped. Should that runtime shut down
@@ -185,18 +204,10 @@ impl Fleet {
             return Err(AlreadyJoined);
         }
         let alone = Arc::new(AtomicBool::new(true));
-        let keys = format!("{{{}:{name}}}", self.prefix);
-        // Pub/sub is the server's, whatever the database: fleets on two
-        // databases of one server (staging and production, say) would
-        // hear each other's transitions on one channel.
-        let channel = match self.hub.database() {
-            0 => keys.clone(),
-            database => format!("{keys}:db{database}"),
-        };
         let (link, events) = Link::new(
             breaker,
             name,
-            (keys, channel),
+            (self.keys(name), self.channel(name)),
             self.hub.clone(),
             Arc::clone(&alone),
         );

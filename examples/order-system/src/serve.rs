@@ -112,7 +112,8 @@ pub const REDIS_ROOT: &str = "palisade:order-system";
 
 /// Where payment's replicas share their breaker in Redis, under
 /// [`REDIS_ROOT`] and the namespace: keys and channel
-/// `{palisade:order-system:cb:card-processor}`.
+/// `{palisade:order-system:cb:card-processor}` (the channel with `:dbN`
+/// after it on a database N other than 0, as `Fleet::channel` says).
 pub const FLEET_FAMILY: &str = "cb";
 
 /// The services that own a database, with their tables.

@@ -978,7 +978,10 @@ impl FleetMessages {
             .get_async_pubsub()
             .await
             .unwrap();
-        let channel = format!("{{{namespace}:{REDIS_ROOT}:{FLEET_FAMILY}:{BREAKER}}}");
+        let channel =
+            palisade_circuit_breaker::fleet::Fleet::new(redis::Client::open(redis_url()).unwrap())
+                .prefix(&format!("{namespace}:{REDIS_ROOT}:{FLEET_FAMILY}"))
+                .channel(BREAKER);
         pubsub.subscribe(&channel).await.unwrap();
         let heard: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>> =
             std::sync::Arc::default();
