@@ -49,8 +49,8 @@ pin_project! {
 /// ([`Settle`]) gets one with each result.
 ///
 /// Dropped uncounted, it is counted as an unfinished call is: bad if its
-/// service panicked or it had already run past the threshold, not at all
-/// otherwise.
+/// service panicked (in its future, or in its response's body) or it had
+/// already run past the threshold, not at all otherwise.
 #[derive(Debug)]
 pub struct Pending {
     budget: ErrorBudget,
@@ -83,9 +83,10 @@ impl Drop for Pending {
         let good = match self.event {
             Some(Event::Good) => !slow,
             Some(Event::Bad) => false,
-            // Unwound out of the inner future: it panicked, a failure to
-            // its caller (a catch-panic layer's 500).
-            None if self.polling => false,
+            // Unwound out of the inner future, or out of its response's
+            // body (where it counts at the body's end): the service
+            // panicked, a failure to its caller (a catch-panic layer's 500).
+            None if self.polling || std::thread::panicking() => false,
             // Dropped unfinished: counted only when it was already too slow.
             None if slow => false,
             Some(Event::Excluded) | None => return,

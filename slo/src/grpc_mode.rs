@@ -73,9 +73,10 @@ impl AtEnd for Pending {
 /// quota), say nothing of the service: the first is not counted, the
 /// second is good, as in HTTP mode. Any other palisade refusal is bad.
 ///
-/// A streamed call is counted when its stream ends, so with a latency
-/// threshold a long stream is slow: give streaming services an objective
-/// without one.
+/// A call whose status comes in the trailers is counted when they arrive:
+/// its latency runs to the end of its body (for a unary call on a server,
+/// the flush of its answer too), so with a latency threshold a long
+/// stream is slow; give streaming services an objective without one.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcStatus;
 

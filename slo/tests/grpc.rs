@@ -202,3 +202,76 @@ async fn a_shed_call_is_answered_unavailable_with_its_wait() {
     );
     assert_eq!(counts(&budget), Counts { good: 0, bad: 10 });
 }
+
+/// A body dropped unfinished after the objective's latency threshold is a
+/// slow call, bad, as a future dropped unfinished then is.
+#[tokio::test(start_paused = true)]
+async fn a_body_dropped_past_the_threshold_is_bad() {
+    let budget = ErrorBudget::new(
+        Objective::new(0.9)
+            .over(60 * MINUTE)
+            .alerts([BurnAlert::new(Severity::Page, 5.0, 10 * MINUTE, MINUTE)])
+            .latency(Duration::from_millis(100)),
+    )
+    .unwrap();
+    let service =
+        SloLayer::new_for_grpc(budget.clone()).layer(service_fn(|code: &'static str| async move {
+            Ok::<_, std::convert::Infallible>(trailed(code))
+        }));
+    let response = service.oneshot("0").await.unwrap();
+    tokio::time::advance(Duration::from_millis(200)).await;
+    drop(response);
+    assert_eq!(counts(&budget), Counts { good: 0, bad: 1 });
+}
+
+/// A body whose stream panics (a tonic streaming handler's) counts its
+/// call bad, as a service that panics in its future does; the call had
+/// moved into the body, out of the future's watch.
+#[tokio::test(start_paused = true)]
+async fn a_body_that_panics_counts_its_call_bad() {
+    struct Panics;
+
+    impl hyper::body::Body for Panics {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            panic!("the stream failed");
+        }
+    }
+
+    let budget = budget();
+    let service = SloLayer::new_for_grpc(budget.clone()).layer(service_fn(|_: ()| async {
+        Ok::<_, std::convert::Infallible>(Response::new(tonic::body::Body::new(Panics)))
+    }));
+    let response = service.oneshot(()).await.unwrap();
+    let read = tokio::spawn(async move { response.into_body().collect().await });
+    assert!(read.await.unwrap_err().is_panic());
+    assert_eq!(counts(&budget), Counts { good: 0, bad: 1 });
+}
+
+/// A closure decides at once, as before the two phases.
+#[tokio::test(start_paused = true)]
+async fn a_closure_classifies_at_once() {
+    let budget = budget();
+    let service = SloLayer::new(budget.clone())
+        .classify(|result: &Result<u32, std::io::Error>| match result {
+            Ok(n) if *n > 10 => palisade_slo::Event::Bad,
+            Ok(_) => palisade_slo::Event::Good,
+            Err(_) => palisade_slo::Event::Excluded,
+        })
+        .layer(service_fn(|n: u32| async move {
+            if n == 0 {
+                Err(std::io::Error::other("refused"))
+            } else {
+                Ok(n)
+            }
+        }));
+    for n in [0, 1, 20] {
+        let _ = service.clone().oneshot(n).await;
+    }
+    assert_eq!(counts(&budget), Counts { good: 1, bad: 1 });
+}

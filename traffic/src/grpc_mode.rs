@@ -10,8 +10,9 @@ use crate::settle::{Pending, Settle};
 
 /// A gRPC response body that tells the canary how its call went when the
 /// trailers arrive: failed when their `grpc-status` says the service is
-/// unwell, or when the body ends without one; dropped before its end, a
-/// failure that took as long as it ran.
+/// unwell, or when the body ends without one (or with an error); dropped
+/// before its end (a client that stopped reading a stream), for neither
+/// side.
 pub type GrpcBody<B> = StatusBody<B, Pending>;
 
 /// At the body's end: the trailers' `grpc-status` judges the call, and a
@@ -95,7 +96,7 @@ impl<B, E: 'static> Settle<Response<B>, E> for GrpcStatus {
             call.judge(grpc::failed(code, response.headers()));
             None
         } else {
-            Some(call)
+            Some(call.into_body())
         };
         Ok(response.map(|inner| StatusBody::new(inner, waiting)))
     }

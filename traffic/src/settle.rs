@@ -60,7 +60,8 @@ impl<T, E> Failure<T, E> for ErrorsAsFailures {
 /// so is a gRPC call that failed in its head (a trailers-only answer whose
 /// `grpc-status` says the service is unwell, see
 /// [`head_failed`](palisade_hints::grpc::head_failed); a status that
-/// comes only in the trailers is not seen); a rate limiter's [`Refusal`],
+/// comes only in the trailers is not seen: judge gRPC calls with
+/// `GrpcStatus`, feature `grpc`); a rate limiter's [`Refusal`],
 /// on the error or in the response's extensions (its 429), is excluded.
 /// A response a palisade layer refused for another reason is a failure
 /// whatever its status (a rate limiter failing closed while its store is
@@ -187,15 +188,20 @@ impl<B, E: 'static> Settle<http::Response<B>, E> for ServerErrorsAsFailures {
 /// [`exclude`](Self::exclude) that it counts for neither side. A
 /// [`Settle`] of your own gets one with each result.
 ///
-/// Dropped untold (its response's body dropped before its end: a client
-/// gone, a timeout above), it is a failure that took as long as it ran,
-/// as a call dropped before its answer is.
+/// Dropped untold before the call's answer (a client gone, a timeout
+/// above), it is a failure that took as long as it ran: a canary that
+/// hangs is halted. Dropped untold once carried into a response's body
+/// ([`GrpcBody`](crate::GrpcBody)), before the body's end, it counts for
+/// neither side: the answer came, and a client may stop reading a stream
+/// when it has what it wanted.
 #[derive(Debug)]
 pub struct Pending {
     canary: Canary,
     on_canary: bool,
     started: Instant,
     told: bool,
+    /// Whether a drop untold is a failure: until it moves into a body.
+    abandoned_fails: bool,
 }
 
 impl Pending {
@@ -205,7 +211,16 @@ impl Pending {
             on_canary,
             started,
             told: false,
+            abandoned_fails: true,
         }
+    }
+
+    /// The call, carried into its response's body: dropped there untold,
+    /// it counts for neither side.
+    #[cfg(feature = "grpc")]
+    pub(crate) fn into_body(mut self) -> Self {
+        self.abandoned_fails = false;
+        self
     }
 
     /// Whether the call went to the canary.
@@ -235,7 +250,7 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if !self.told {
+        if !self.told && self.abandoned_fails {
             self.canary
                 .record(self.on_canary, true, self.started.elapsed());
         }

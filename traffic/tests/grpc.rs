@@ -30,7 +30,8 @@ fn trailed(code: &'static str) -> Response<tonic::body::Body> {
 }
 
 /// Judged when the trailers arrive, not before; a body dropped before its
-/// end is a failure (its caller had no whole answer). The HTTP judge,
+/// end (a client that stopped reading a stream) counts for neither side.
+/// The HTTP judge,
 /// `ServerErrorsAsFailures`, the only gRPC-aware one before, read the head
 /// (HTTP 200, no `grpc-status`) and judged the failed call a success.
 #[tokio::test(start_paused = true)]
@@ -49,8 +50,8 @@ async fn a_failure_in_the_trailers_is_judged_when_the_body_ends() {
     response.into_body().collect().await.unwrap();
     assert_eq!(total(&canary), (2, 1));
 
-    drop(split.oneshot("0").await.unwrap());
-    assert_eq!(total(&canary), (3, 2), "dropped before its end");
+    drop(split.oneshot("14").await.unwrap());
+    assert_eq!(total(&canary), (2, 1), "dropped before its end");
 }
 
 /// A status in the head judges at once; a rate limiter's refusal counts
@@ -119,4 +120,62 @@ async fn a_canary_server_failing_in_its_trailers_is_halted() {
         client.check(HealthCheckRequest::default()).await.unwrap();
     }
     assert_eq!(stable.calls(), served + 10, "every call back on stable");
+}
+
+/// A call never polled never ran: it counts for neither side; one
+/// abandoned while it ran is a failure.
+#[tokio::test(start_paused = true)]
+async fn a_call_never_polled_does_not_count_and_one_abandoned_fails() {
+    use std::future::Future;
+    use tower::Service;
+
+    let side = service_fn(|wait: bool| async move {
+        if wait {
+            std::future::pending::<()>().await;
+        }
+        Ok::<_, BoxError>(())
+    });
+    let canary = Canary::new(CanaryPlan::new()).unwrap();
+    let mut split = CanarySplit::new(side, side, canary.clone(), |_: &bool| None::<u64>);
+    std::future::poll_fn(|cx| split.poll_ready(cx))
+        .await
+        .unwrap();
+    drop(split.call(false));
+    assert_eq!(total(&canary), (0, 0), "never polled");
+
+    let mut call = Box::pin(split.call(true));
+    let cx = &mut std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(call.as_mut().poll(cx).is_pending());
+    drop(call);
+    assert_eq!(total(&canary), (1, 1), "abandoned while it ran");
+}
+
+/// A closure judges at once, as a `Failure` of your own does through
+/// `AtOnce`.
+#[tokio::test(start_paused = true)]
+async fn closures_and_failures_of_your_own_judge_at_once() {
+    #[derive(Clone)]
+    struct Odd;
+
+    impl palisade_traffic::Failure<u32, BoxError> for Odd {
+        fn is_failure(&self, result: &Result<u32, BoxError>) -> bool {
+            result.as_ref().is_ok_and(|n| n % 2 == 1)
+        }
+    }
+
+    let side = service_fn(|n: u32| async move { Ok::<_, BoxError>(n) });
+    let canary = Canary::new(CanaryPlan::new()).unwrap();
+    let by_closure = CanarySplit::new(side, side, canary.clone(), |_: &u32| None::<u64>)
+        .failures(|result: &Result<u32, BoxError>| result.as_ref().is_ok_and(|n| *n > 10));
+    for n in [1, 20] {
+        by_closure.clone().oneshot(n).await.unwrap();
+    }
+    assert_eq!(total(&canary), (2, 1));
+
+    let own = CanarySplit::new(side, side, canary.clone(), |_: &u32| None::<u64>)
+        .failures(palisade_traffic::AtOnce(Odd));
+    for n in [1, 2] {
+        own.clone().oneshot(n).await.unwrap();
+    }
+    assert_eq!(total(&canary), (4, 2));
 }

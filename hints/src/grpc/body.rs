@@ -37,6 +37,7 @@ pin_project! {
 impl<B, W> StatusBody<B, W> {
     /// `inner`, with `waiting` told at its end (`None`: the head already
     /// settled the call).
+    #[must_use]
     pub const fn new(inner: B, waiting: Option<W>) -> Self {
         Self { inner, waiting }
     }
