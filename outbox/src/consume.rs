@@ -171,7 +171,7 @@ pub trait Handler<C>: Send + Sync + 'static {
 
 /// The event types a consumer hands to its handler: every type, unless
 /// narrowed with `only`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct EventTypes(Option<Vec<String>>);
 
 impl EventTypes {
@@ -183,21 +183,6 @@ impl EventTypes {
         self.0
             .as_ref()
             .is_none_or(|only| only.iter().any(|t| t == event_type))
-    }
-
-    /// The types, as a durable consumer records them: `*` for every type,
-    /// else their names sorted, once each, separated by `, `.
-    #[cfg(feature = "nats")]
-    pub(crate) fn recorded(&self) -> String {
-        match &self.0 {
-            None => "*".to_owned(),
-            Some(types) => {
-                let mut types: Vec<&str> = types.iter().map(String::as_str).collect();
-                types.sort_unstable();
-                types.dedup();
-                types.join(", ")
-            }
-        }
     }
 
     /// Whether both admit the same types, in whatever order named.

@@ -44,7 +44,6 @@ pub struct ConsumerConfig {
     durable: String,
     dead_letter_subject: String,
     filter_subject: Option<String>,
-    only: EventTypes,
     policy: DeliveryPolicy,
     ack_wait: Duration,
 }
@@ -99,7 +98,6 @@ impl ConsumerConfig {
             durable: durable.to_owned(),
             dead_letter_subject: dead_letter_subject.to_owned(),
             filter_subject: None,
-            only: EventTypes::default(),
             policy: DeliveryPolicy {
                 handler_timeout: DeliveryPolicy::HANDLER_TIMEOUT,
                 max_deliver: 5,
@@ -114,24 +112,6 @@ impl ConsumerConfig {
     #[must_use]
     pub fn filter_subject(mut self, filter: &str) -> Self {
         self.filter_subject = Some(filter.to_owned());
-        self
-    }
-
-    /// Only messages of these event types reach the handler; others are
-    /// acknowledged without a transaction. On a NATS server older than
-    /// 2.10 (one filter subject per consumer), this is how a service takes
-    /// a few types from a stream carrying many.
-    ///
-    /// The durable consumer records the types it was made with, and a
-    /// consumer asking for others is refused at
-    /// [`new`](JetStreamConsumer::new): replicas that share a durable and
-    /// take different types would each acknowledge, unapplied, messages of
-    /// the types only the others take (a rolling deploy of a version that
-    /// takes a new type lost about half of them). A version that takes
-    /// other types takes a durable of its own.
-    #[must_use]
-    pub fn only<T: Into<String>>(mut self, event_types: impl IntoIterator<Item = T>) -> Self {
-        self.only = EventTypes::only(event_types);
         self
     }
 
@@ -251,6 +231,7 @@ pub struct JetStreamConsumer<I, H> {
     config: ConsumerConfig,
     inbox: I,
     handler: Arc<H>,
+    only: EventTypes,
     batch: usize,
     counters: Arc<Counters>,
     /// How long the inbox must remember a message: the longer of the
@@ -266,10 +247,6 @@ impl<I, H> fmt::Debug for JetStreamConsumer<I, H> {
             .finish_non_exhaustive()
     }
 }
-
-/// How a durable consumer's description records the event types its
-/// replicas take ([`ConsumerConfig::only`]).
-const TAKES: &str = "palisade-outbox consumer of event types: ";
 
 /// How long a message handed back waits before JetStream delivers it
 /// again: at once, it went back into the stopping consumer's own pending
@@ -439,7 +416,6 @@ where
                 &config.durable,
                 pull::Config {
                     durable_name: Some(config.durable.clone()),
-                    description: Some(format!("{TAKES}{}", config.only.recorded())),
                     filter_subject: config.filter_subject.clone().unwrap_or_default(),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait: config.ack_wait,
@@ -472,30 +448,6 @@ where
                 filter.into_iter().collect::<Vec<_>>(),
             )));
         }
-        // And the event types it takes: replicas taking others would
-        // acknowledge, unapplied, the messages only the others take.
-        let asked = config.only.recorded();
-        match made
-            .description
-            .as_deref()
-            .and_then(|d| d.strip_prefix(TAKES))
-        {
-            Some(taken) if taken == asked => {}
-            Some(taken) => {
-                return Err(ConsumerSetupError(format!(
-                    "consumer {} on stream {} exists taking event types [{taken}], not [{asked}] \
-                     as asked: replicas sharing it would each acknowledge, unapplied, the \
-                     messages of the types only the others take; name another durable for \
-                     a version that takes other types",
-                    config.durable, config.stream,
-                )));
-            }
-            None => tracing::warn!(
-                target: "palisade_outbox",
-                consumer = %config.durable,
-                "the consumer was made without a record of the event types it takes (by an earlier version, or by hand); replicas taking other types are not caught"
-            ),
-        }
         // Its ack wait too: the consumer paces its "in progress" answers
         // and keeps its inbox records by the wait JetStream redelivers
         // after, not the one asked.
@@ -516,20 +468,19 @@ where
             config,
             inbox,
             handler: Arc::new(handler),
+            only: EventTypes::default(),
             batch: 64,
             counters: Arc::default(),
         })
     }
 
     /// Only messages of these event types reach the handler; others are
-    /// acknowledged without a transaction.
-    #[deprecated(
-        since = "0.1.0",
-        note = "give the types to `ConsumerConfig::only`, which the durable records: replicas taking other types are then refused, not left to acknowledge each other's messages unapplied"
-    )]
+    /// acknowledged without a transaction. On a NATS server older than
+    /// 2.10 (one filter subject per consumer), this is how a service takes
+    /// a few types from a stream carrying many.
     #[must_use]
     pub fn only<T: Into<String>>(mut self, event_types: impl IntoIterator<Item = T>) -> Self {
-        self.config.only = EventTypes::only(event_types);
+        self.only = EventTypes::only(event_types);
         self
     }
 
@@ -666,7 +617,7 @@ where
                     continue;
                 }
             };
-            if !self.config.only.admits(&envelope.event_type) {
+            if !self.only.admits(&envelope.event_type) {
                 if let Err(error) = message.ack().await {
                     tracing::debug!(target: "palisade_outbox", %error, "ack of a skipped message lost; it will be skipped again");
                 }

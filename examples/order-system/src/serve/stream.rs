@@ -82,14 +82,14 @@ pub(super) async fn consumer<S: SagaService>(
         &format!("{subjects}.dead.{}", S::NAME),
     )?
     .filter_subject(&filter_subject(&subjects, S::CONSUMES))
-    .only(S::CONSUMES.iter().copied())
     .max_deliver(5)
     .retry_delay(Duration::from_millis(200), Duration::from_secs(5))
     // A replica killed holding a message: another gets it after this.
     .ack_wait(Duration::from_secs(10));
     let (outbox, inbox) = (outbox.clone(), inbox.clone());
-    let consumer =
-        JetStreamConsumer::new(context, config, inbox, Consuming(service, outbox)).await?;
+    let consumer = JetStreamConsumer::new(context, config, inbox, Consuming(service, outbox))
+        .await?
+        .only(S::CONSUMES.iter().copied());
     Ok(Arc::new(consumer))
 }
 
