@@ -413,7 +413,8 @@ fn has_no_room(answer: &jetstream::Error) -> bool {
 }
 
 /// Whether the stream subject `pattern` captures some subject of the
-/// publisher's layout under `prefix`: `<prefix>.<aggregate>.<type>`.
+/// publisher's layout under `prefix`: `<prefix>.<aggregate>.<type>`, the
+/// type maybe dotted.
 fn captures_under(pattern: &str, prefix: &str) -> bool {
     let mut wanted = pattern.split('.');
     for token in prefix.split('.') {
@@ -423,7 +424,8 @@ fn captures_under(pattern: &str, prefix: &str) -> bool {
             _ => return false,
         }
     }
-    // The aggregate and the type: any two tokens.
+    // The aggregate and the type: two tokens or more (a type may be
+    // dotted, as CloudEvents types often are).
     for _ in 0..2 {
         match wanted.next() {
             Some(">") => return true,
@@ -431,7 +433,7 @@ fn captures_under(pattern: &str, prefix: &str) -> bool {
             None => return false,
         }
     }
-    wanted.next().is_none()
+    true
 }
 
 #[cfg(test)]
@@ -446,7 +448,8 @@ mod tests {
             ("orders.order.>", "orders", true),
             ("orders.*.*", "orders", true),
             ("orders.*", "orders", false),
-            ("orders.*.*.*", "orders", false),
+            ("orders.*.*.*", "orders", true),
+            ("orders.order.com.example.>", "orders", true),
             ("payments.>", "pay", false),
             ("a.b.>", "a.b", true),
             ("a.>", "a.b", true),
