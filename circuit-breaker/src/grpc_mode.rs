@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
-use palisade_hints::grpc::{AtEnd, StatusBody};
-use palisade_hints::{Refusal, grpc};
+use palisade_hints::grpc;
+use palisade_hints::grpc::{AtEnd, Head, StatusBody};
 use pin_project_lite::pin_project;
 
 use crate::breaker::{Outcome, Permit};
@@ -58,7 +58,7 @@ fn pushback(fields: &HeaderMap) -> Option<Duration> {
 /// `grpc-status` (a proxy or load balancer answered) gets the status gRPC
 /// clients give it: 429, 502, 503 and 504 are UNAVAILABLE, 400 INTERNAL,
 /// 401, 403 and 404 answers, anything else UNKNOWN. A response or error
-/// carrying the [`Refusal`] marker (a palisade layer beneath refused the
+/// carrying the [`Refusal`](crate::Refusal) marker (a palisade layer beneath refused the
 /// call itself) is neither a success nor a failure, and nor is a
 /// RESOURCE_EXHAUSTED with a `grpc-retry-pushback-ms` wait: the server
 /// paces this caller (a quota, as a palisade rate limiter on the server
@@ -98,7 +98,7 @@ impl<B, E: 'static> Settle<Response<B>, E> for GrpcStatus {
 /// Answers a call refused by an open breaker with a trailers-only
 /// `UNAVAILABLE` and the wait as `grpc-retry-pushback-ms`, without calling
 /// the inner service; keeps the inner service's error type. The response's
-/// extensions hold the [`Open`] error and its [`Refusal`], so a retry layer
+/// extensions hold the [`Open`] error and its [`Refusal`](crate::Refusal), so a retry layer
 /// further out does not retry it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unavailable;
@@ -152,15 +152,16 @@ impl CircuitBreakerLayer {
 /// Settles the permit on a trailers-only response, an HTTP error or a
 /// local refusal, or hands it to the body to settle at the trailers.
 fn settle_on_headers<B>(response: Response<B>, permit: Permit) -> Response<GrpcBody<B>> {
-    let waiting = if response.extensions().get::<Refusal>().is_some() {
-        permit.settle(Outcome::Ignored, None, now);
-        None
-    } else if let Some(code) = grpc::head_status(response.status(), response.headers()) {
-        let fields = response.headers();
-        permit.settle(outcome_of(code, fields), pushback(fields), now);
-        None
-    } else {
-        Some(Running(Some(permit)))
+    let waiting = match Head::of(&response) {
+        Head::Refused(_) => {
+            permit.settle(Outcome::Ignored, None, now);
+            None
+        }
+        Head::Status(code, fields) => {
+            permit.settle(outcome_of(code, fields), pushback(fields), now);
+            None
+        }
+        Head::InTrailers => Some(Running(Some(permit))),
     };
     response.map(|inner| GrpcBody {
         inner: StatusBody::new(inner, waiting),

@@ -149,6 +149,47 @@ pub fn head_status(status: StatusCode, headers: &HeaderMap) -> Option<u32> {
     self::status(headers).or_else(|| status_of_http(status))
 }
 
+/// What a gRPC response's head settles of its call: the first phase of a
+/// two-phase classifier, the second being the trailers at the end of the
+/// body ([`StatusBody`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Head<'a> {
+    /// A palisade layer refused the call itself (an open breaker, an
+    /// empty bucket, a shed call): its marker says why.
+    Refused(&'a Refusal),
+    /// The head carries the call's status: a trailers-only answer's
+    /// `grpc-status`, or the one a gRPC client gives an HTTP error that
+    /// carries none ([`head_status`]); with the fields it came in.
+    Status(u32, &'a HeaderMap),
+    /// The status is still to come, in the trailers.
+    InTrailers,
+}
+
+impl<'a> Head<'a> {
+    /// What `response`'s head settles: a [`Refusal`] in its extensions
+    /// first, then its status.
+    #[must_use]
+    pub fn of<B>(response: &'a Response<B>) -> Self {
+        if let Some(refusal) = response.extensions().get::<Refusal>() {
+            Self::Refused(refusal)
+        } else if let Some(code) = head_status(response.status(), response.headers()) {
+            Self::Status(code, response.headers())
+        } else {
+            Self::InTrailers
+        }
+    }
+}
+
+/// Whether a call whose body ended with `trailers` (`None`: it ended
+/// without them, or with an error) failed: no `grpc-status`, or one that
+/// says the call [failed].
+#[must_use]
+pub fn ended_failed(trailers: Option<&HeaderMap>) -> bool {
+    trailers
+        .and_then(|trailers| Some(failed(status(trailers)?, trailers)))
+        .unwrap_or(true)
+}
+
 /// What a server's `grpc-retry-pushback-ms` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushback {

@@ -58,9 +58,9 @@ pub struct Pending {
     started: Option<Instant>,
     /// How the call ended; `None` while it has not.
     event: Option<Event>,
-    /// Set while the inner future is polled: still set when the call is
-    /// dropped, it panicked.
-    polling: bool,
+    /// Set while the inner future (or the response's body) is polled:
+    /// still set when the call is dropped, it panicked.
+    pub(crate) polling: bool,
 }
 
 impl Pending {
@@ -86,7 +86,7 @@ impl Drop for Pending {
             // Unwound out of the inner future, or out of its response's
             // body (where it counts at the body's end): the service
             // panicked, a failure to its caller (a catch-panic layer's 500).
-            None if self.polling || std::thread::panicking() => false,
+            None if self.polling => false,
             // Dropped unfinished: counted only when it was already too slow.
             None if slow => false,
             Some(Event::Excluded) | None => return,

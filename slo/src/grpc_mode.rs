@@ -7,7 +7,7 @@
 //! body dropped before its end is a call dropped unfinished.
 
 use http::{HeaderMap, Response};
-use palisade_hints::grpc::{self, AtEnd, StatusBody};
+use palisade_hints::grpc::{self, AtEnd, Head, StatusBody};
 use palisade_hints::{Refusal, RefusalReason};
 
 use crate::budget::ErrorBudget;
@@ -47,13 +47,23 @@ fn event_of_refusal(refusal: &Refusal) -> Event {
 }
 
 /// At the body's end: the trailers' `grpc-status` counts the call, and a
-/// body that ends without one (or with an error) is bad.
+/// body that ends without one (or with an error) is bad; a body that
+/// panics while polled is bad, as a future that panics is.
 impl AtEnd for Pending {
+    fn polling(&mut self) {
+        self.polling = true;
+    }
+
+    fn polled(&mut self, _waiting: bool) {
+        self.polling = false;
+    }
+
     fn ended(self, trailers: Option<&HeaderMap>) {
-        let event = trailers
-            .and_then(|trailers| Some(event_of(grpc::status(trailers)?, trailers)))
-            .unwrap_or(Event::Bad);
-        self.count(event);
+        self.count(if grpc::ended_failed(trailers) {
+            Event::Bad
+        } else {
+            Event::Good
+        });
     }
 }
 
@@ -95,14 +105,16 @@ impl<B, E: 'static> Settle<Response<B>, E> for GrpcStatus {
                 return Err(error);
             }
         };
-        let waiting = if let Some(refusal) = response.extensions().get::<Refusal>() {
-            call.count(event_of_refusal(refusal));
-            None
-        } else if let Some(code) = grpc::head_status(response.status(), response.headers()) {
-            call.count(event_of(code, response.headers()));
-            None
-        } else {
-            Some(call)
+        let waiting = match Head::of(&response) {
+            Head::Refused(refusal) => {
+                call.count(event_of_refusal(refusal));
+                None
+            }
+            Head::Status(code, fields) => {
+                call.count(event_of(code, fields));
+                None
+            }
+            Head::InTrailers => Some(call),
         };
         Ok(response.map(|inner| StatusBody::new(inner, waiting)))
     }

@@ -275,3 +275,21 @@ async fn a_closure_classifies_at_once() {
     }
     assert_eq!(counts(&budget), Counts { good: 1, bad: 1 });
 }
+
+/// A call never polled says nothing, even dropped by a task that panics
+/// for its own reasons.
+#[tokio::test(start_paused = true)]
+async fn a_call_never_polled_says_nothing_when_its_task_panics() {
+    let budget = budget();
+    let mut service =
+        SloLayer::new_for_grpc(budget.clone()).layer(service_fn(|code: &'static str| async move {
+            Ok::<_, std::convert::Infallible>(trailed(code))
+        }));
+    let call = tower::Service::call(&mut service, "0");
+    let task = tokio::spawn(async move {
+        let _call = call;
+        panic!("the caller's own");
+    });
+    assert!(task.await.unwrap_err().is_panic());
+    assert_eq!(counts(&budget), Counts::default());
+}

@@ -3,7 +3,7 @@
 //! in the trailers at the end of the body.
 
 use http::{HeaderMap, Response};
-use palisade_hints::grpc::{self, AtEnd, StatusBody};
+use palisade_hints::grpc::{self, AtEnd, Head, StatusBody};
 use palisade_hints::{Refusal, RefusalReason};
 
 use crate::settle::{Pending, Settle};
@@ -11,18 +11,24 @@ use crate::settle::{Pending, Settle};
 /// A gRPC response body that tells the canary how its call went when the
 /// trailers arrive: failed when their `grpc-status` says the service is
 /// unwell, or when the body ends without one (or with an error); dropped
-/// before its end (a client that stopped reading a stream), for neither
-/// side.
+/// before its end, a failure while its reader waits for a frame (a stream
+/// that hangs) or it panics, and for neither side after a frame (a client
+/// that stopped reading a stream).
 pub type GrpcBody<B> = StatusBody<B, Pending>;
 
 /// At the body's end: the trailers' `grpc-status` judges the call, and a
 /// body that ends without one (or with an error) failed.
 impl AtEnd for Pending {
+    fn polling(&mut self) {
+        self.abandoned_fails = true;
+    }
+
+    fn polled(&mut self, waiting: bool) {
+        self.abandoned_fails = waiting;
+    }
+
     fn ended(self, trailers: Option<&HeaderMap>) {
-        let failed = trailers
-            .and_then(|trailers| Some(grpc::failed(grpc::status(trailers)?, trailers)))
-            .unwrap_or(true);
-        self.judge(failed);
+        self.judge(grpc::ended_failed(trailers));
     }
 }
 
@@ -89,14 +95,16 @@ impl<B, E: 'static> Settle<Response<B>, E> for GrpcStatus {
                 return Err(error);
             }
         };
-        let waiting = if let Some(refusal) = response.extensions().get::<Refusal>() {
-            refused(call, refusal);
-            None
-        } else if let Some(code) = grpc::head_status(response.status(), response.headers()) {
-            call.judge(grpc::failed(code, response.headers()));
-            None
-        } else {
-            Some(call.into_body())
+        let waiting = match Head::of(&response) {
+            Head::Refused(refusal) => {
+                refused(call, refusal);
+                None
+            }
+            Head::Status(code, fields) => {
+                call.judge(grpc::failed(code, fields));
+                None
+            }
+            Head::InTrailers => Some(call.into_body()),
         };
         Ok(response.map(|inner| StatusBody::new(inner, waiting)))
     }

@@ -190,18 +190,22 @@ impl<B, E: 'static> Settle<http::Response<B>, E> for ServerErrorsAsFailures {
 ///
 /// Dropped untold before the call's answer (a client gone, a timeout
 /// above), it is a failure that took as long as it ran: a canary that
-/// hangs is halted. Dropped untold once carried into a response's body
-/// ([`GrpcBody`](crate::GrpcBody)), before the body's end, it counts for
-/// neither side: the answer came, and a client may stop reading a stream
-/// when it has what it wanted.
+/// hangs is halted. Carried into a response's body
+/// ([`GrpcBody`](crate::GrpcBody)) and dropped untold before the body's
+/// end, it is a failure too while its reader waits for a frame (a stream
+/// that hangs, cut by a timeout) or the body panics, and counts for
+/// neither side after a frame (a client that stopped reading a stream
+/// when it had what it wanted).
 #[derive(Debug)]
 pub struct Pending {
     canary: Canary,
     on_canary: bool,
     started: Instant,
     told: bool,
-    /// Whether a drop untold is a failure: until it moves into a body.
-    abandoned_fails: bool,
+    /// Whether a drop untold is a failure: until it moves into a body,
+    /// and there while the body is polled (a panic unwinds) or its reader
+    /// waits for a frame (a hang that a timeout cuts).
+    pub(crate) abandoned_fails: bool,
 }
 
 impl Pending {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use http::{HeaderMap, Request, Response};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
 use palisade_hints::Refusal;
 use palisade_testkit::grpc::HealthServer;
@@ -178,4 +179,80 @@ async fn closures_and_failures_of_your_own_judge_at_once() {
         own.clone().oneshot(n).await.unwrap();
     }
     assert_eq!(total(&canary), (4, 2));
+}
+
+/// A body frame by frame: each `Some` a frame, `None` a poll with none
+/// yet (a stream that waits), `Err` a panic.
+struct Scripted(std::collections::VecDeque<Result<Option<&'static str>, ()>>);
+
+impl http_body::Body for Scripted {
+    type Data = tonic::codegen::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        match self.0.pop_front() {
+            Some(Ok(Some(data))) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(
+                tonic::codegen::Bytes::from_static(data.as_bytes()),
+            )))),
+            Some(Ok(None)) => std::task::Poll::Pending,
+            Some(Err(())) => panic!("the stream failed"),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+/// A streamed body dropped before its end: after a frame (a client that
+/// took what it wanted), for neither side; while its reader waits for the
+/// next (a stream that hangs, cut by a timeout), or as it panics, a
+/// failure.
+#[tokio::test(start_paused = true)]
+async fn a_stream_dropped_while_waiting_or_panicking_fails_and_one_read_in_part_does_not() {
+    let side = service_fn(|script: Vec<Result<Option<&'static str>, ()>>| async move {
+        Ok::<_, BoxError>(Response::new(tonic::body::Body::new(Scripted(
+            script.into(),
+        ))))
+    });
+    let canary = Canary::new(CanaryPlan::new()).unwrap();
+    let split =
+        CanarySplit::new(side, side, canary.clone(), |_: &Vec<_>| None::<u64>).failures(GrpcStatus);
+    let cx = &mut std::task::Context::from_waker(std::task::Waker::noop());
+
+    let mut taken = split
+        .clone()
+        .oneshot(vec![Ok(Some("one")), Ok(Some("two"))])
+        .await
+        .unwrap();
+    assert!(
+        std::pin::Pin::new(taken.body_mut())
+            .poll_frame(cx)
+            .is_ready()
+    );
+    drop(taken);
+    assert_eq!(total(&canary), (0, 0), "read in part");
+
+    let mut hung = split
+        .clone()
+        .oneshot(vec![Ok(Some("one")), Ok(None)])
+        .await
+        .unwrap();
+    assert!(
+        std::pin::Pin::new(hung.body_mut())
+            .poll_frame(cx)
+            .is_ready()
+    );
+    assert!(
+        std::pin::Pin::new(hung.body_mut())
+            .poll_frame(cx)
+            .is_pending()
+    );
+    drop(hung);
+    assert_eq!(total(&canary), (1, 1), "dropped while waiting");
+
+    let panics = split.oneshot(vec![Err(())]).await.unwrap();
+    let read = tokio::spawn(async move { panics.into_body().collect().await });
+    assert!(read.await.unwrap_err().is_panic());
+    assert_eq!(total(&canary), (2, 2), "panicked");
 }

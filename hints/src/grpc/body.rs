@@ -16,6 +16,19 @@ pub trait AtEnd {
     /// The body ended: `trailers` are its trailers frame, or `None` when it
     /// ended without one, or with an error (for gRPC, a call that failed).
     fn ended(self, trailers: Option<&HeaderMap>);
+
+    /// Told before each poll of the inner body, so that a drop while it
+    /// is told (and [`polled`](Self::polled) is not) unwinds a panic of
+    /// the body. Nothing by default.
+    fn polling(&mut self) {}
+
+    /// Told after each poll of the inner body that returned: `waiting`
+    /// when it had no frame yet (a drop then leaves a reader waiting for
+    /// the stream, as a timeout does; a drop after a frame is a reader
+    /// that took what it wanted). Nothing by default.
+    fn polled(&mut self, waiting: bool) {
+        let _ = waiting;
+    }
 }
 
 pin_project! {
@@ -59,7 +72,14 @@ impl<B: Body, W: AtEnd> Body for StatusBody<B, W> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(waiting) = this.waiting.as_mut() {
+            waiting.polling();
+        }
+        let polled = this.inner.poll_frame(cx);
+        if let Some(waiting) = this.waiting.as_mut() {
+            waiting.polled(polled.is_pending());
+        }
+        let frame = ready!(polled);
         if let Some(waiting) = this.waiting.take() {
             match &frame {
                 Some(Ok(frame)) => match frame.trailers_ref() {
