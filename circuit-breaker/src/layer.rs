@@ -36,11 +36,20 @@ use crate::service::CircuitBreakerService;
 /// assert_eq!(breaker.state(), palisade_circuit_breaker::State::Open);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CircuitBreakerLayer<C = ErrorsAsFailures, R = BoxErrors> {
     breaker: CircuitBreaker,
     classifier: C,
     respond: R,
+}
+
+/// Its breaker; not its classifier or answers, which may be closures.
+impl<C, R> std::fmt::Debug for CircuitBreakerLayer<C, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreakerLayer")
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CircuitBreakerLayer {

@@ -18,13 +18,24 @@ use crate::service::Retry;
 /// ([`CloneRequest`] by default). The retry budget is created with the
 /// layer, so every service it makes (axum makes one per connection) and
 /// every clone of those draws on one account.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RetryLayer<C = RetryErrors, R = CloneRequest> {
     pub(crate) config: Config,
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) classify: C,
     pub(crate) replay: R,
     pub(crate) events: Events,
+}
+
+/// Its config and budget; not its classifier or replay, which may be
+/// closures.
+impl<C, R> std::fmt::Debug for RetryLayer<C, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("config", &self.config)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RetryLayer {
@@ -137,10 +148,15 @@ impl<S, C: Clone + 'static, R: Clone + 'static> Layer<S> for RetryLayer<C, R> {
 /// A [`RetryLayer`] given the process's lifetime by
 /// [`RetryLayer::leak`]: the services it makes share it by reference.
 /// Copy it freely; every copy is the same layer, with one budget.
-#[derive(Debug)]
 pub struct LeakedRetryLayer<C: 'static = RetryErrors, R: 'static = CloneRequest>(
     &'static RetryLayer<C, R>,
 );
+
+impl<C, R> std::fmt::Debug for LeakedRetryLayer<C, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LeakedRetryLayer").field(self.0).finish()
+    }
+}
 
 impl<C, R> Clone for LeakedRetryLayer<C, R> {
     fn clone(&self) -> Self {

@@ -234,10 +234,19 @@ impl<Req> SelectBudget<Req> for ErrorBudget {
 
 /// A request's budget in [`KeyedBudgets`], by the key `K` gives
 /// (what [`SloLayer::keyed`](crate::SloLayer::keyed) counts into).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ByKey<K> {
     budgets: KeyedBudgets,
     key: K,
+}
+
+/// Its budgets; not its key, which may be a closure.
+impl<K> std::fmt::Debug for ByKey<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ByKey")
+            .field("budgets", &self.budgets)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<K> ByKey<K> {

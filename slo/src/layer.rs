@@ -44,12 +44,22 @@ use crate::shed::{ShedNothing, Shedding};
 ///
 /// Per key (a tenant, a customer), [`keyed`](Self::keyed) counts each
 /// key's calls into a budget of its own.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SloLayer<C = ErrorsAreBad, R = BoxErrors, P = ShedNothing, B = ErrorBudget> {
     budget: B,
     classifier: C,
     respond: R,
     shedding: Shedding<P>,
+}
+
+/// Its budget; not its classifier, answers or shedding, which may be
+/// closures.
+impl<C, R, P, B: std::fmt::Debug> std::fmt::Debug for SloLayer<C, R, P, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SloLayer")
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SloLayer {

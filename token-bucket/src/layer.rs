@@ -21,7 +21,7 @@ use crate::store::Store;
 /// `K` picks each request's bucket ([`Key`](crate::key::Key)), `W` its cost
 /// ([`Cost`](crate::key::Cost), one token by default) and `R` how refusals
 /// look ([`Respond`](crate::Respond)).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RateLimitLayer<St: Store, K, W = OneToken, R = BoxErrors> {
     pub(crate) store: St,
     pub(crate) bucket: Bucket,
@@ -37,6 +37,16 @@ pub struct RateLimitLayer<St: Store, K, W = OneToken, R = BoxErrors> {
     /// The bucket of a [fixed](crate::key::Key::fixed) key, pinned on the
     /// first request and shared by every service the layer makes.
     pub(crate) pinned: Arc<OnceLock<St::Pinned>>,
+}
+
+/// Its bucket; not its store, key, cost or answers, which may be closures
+/// or hold connections.
+impl<St: Store, K, W, R> std::fmt::Debug for RateLimitLayer<St, K, W, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<St: Store, K> RateLimitLayer<St, K> {

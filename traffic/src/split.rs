@@ -47,13 +47,22 @@ use crate::settle::{ErrorsAsFailures, Pending, Settle};
 /// assert!(version == "v1" || version == "v2");
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CanarySplit<St, Ca, K, F = ErrorsAsFailures> {
     stable: St,
     canary_service: Ca,
     canary: Canary,
     key: K,
     failure: F,
+}
+
+/// Its canary; not its services, key or judge, which may be closures.
+impl<St, Ca, K, F> std::fmt::Debug for CanarySplit<St, Ca, K, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CanarySplit")
+            .field("canary", &self.canary)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<St, Ca, K> CanarySplit<St, Ca, K> {
