@@ -59,6 +59,62 @@ impl<E: fmt::Display> fmt::Display for FlightError<E> {
     }
 }
 
+/// The error type of services and `?`: what
+/// [`into_box_error`](FlightError::into_box_error) makes.
+type BoxError = Box<dyn Error + Send + Sync>;
+
+impl FlightError<BoxError> {
+    /// The flight's error as a `BoxError` (`tower::BoxError`), for a
+    /// cache whose computations fail with one: `FlightError<BoxError>` is
+    /// no [`Error`] itself (a boxed error is not), so `?` cannot take it
+    /// into a `BoxError` as it is. A failure becomes a [`SharedError`]
+    /// (the computation's error as its source, found by whatever walks
+    /// the chain), a refusal its [`Refusal`], a panic or a cancellation an
+    /// error saying so.
+    ///
+    /// ```
+    /// use palisade_coalesce::{Cache, FlightError};
+    /// use tower::BoxError;
+    ///
+    /// async fn price(cache: &Cache<String, u64, BoxError>) -> Result<u64, BoxError> {
+    ///     let lookup = cache
+    ///         .get_with("sku-1".to_owned(), || async { Ok::<_, BoxError>(42) })
+    ///         .await
+    ///         .map_err(FlightError::into_box_error)?;
+    ///     Ok(lookup.value)
+    /// }
+    /// ```
+    #[must_use]
+    pub fn into_box_error(self) -> BoxError {
+        match self {
+            Self::Failed(shared) => Box::new(SharedError(shared)),
+            Self::Panicked(message) => format!("the origin panicked: {message}").into(),
+            Self::Cancelled => "the origin call was cancelled".into(),
+            Self::Refused(refusal) => Box::new(refusal),
+        }
+    }
+}
+
+/// One computation's error, delivered to every caller of its flight. It
+/// reads as the computation's error, and has it as its
+/// [`source`](Error::source), so whatever walks the chain (a retry's
+/// classifier looking for a timeout) finds it; a report of the whole chain
+/// names it twice.
+#[derive(Debug, Clone)]
+pub struct SharedError(pub Arc<BoxError>);
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&**self.0, f)
+    }
+}
+
+impl Error for SharedError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&**self.0)
+    }
+}
+
 impl<E: Error + 'static> Error for FlightError<E> {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {

@@ -50,7 +50,7 @@ pub mod http;
 mod redis_cache;
 
 pub use cache::{Cache, Lookup, Served};
-pub use error::FlightError;
+pub use error::{FlightError, SharedError};
 pub use flight::Coalescer;
 pub use freshness::{Entry, Freshness, State};
 /// The OpenTelemetry API this crate records to (feature `otel`): take

@@ -116,6 +116,7 @@ use palisade_hints::http::refusal_response;
 use palisade_hints::{Refusal, RefusalReason};
 use tower::{BoxError, Layer, Service, ServiceExt};
 
+pub use crate::error::SharedError;
 pub use cache_control::CacheControl;
 pub use response::CachedResponse;
 
@@ -566,7 +567,7 @@ impl<S, R, F> Coalesce<S, R, F> {
                         };
                         (lookup, *refusal)
                     }
-                    None => return Err(flight_error(error)),
+                    None => return Err(FlightError::into_box_error(error)),
                 },
             };
             if !shareable(&lookup.value.headers, &vary)
@@ -1123,35 +1124,6 @@ where
         body,
     };
     Ok((response, freshness))
-}
-
-/// A flight's error, as the service's.
-fn flight_error(error: FlightError<BoxError>) -> BoxError {
-    match error {
-        FlightError::Failed(shared) => Box::new(SharedError(shared)),
-        FlightError::Panicked(message) => format!("the origin panicked: {message}").into(),
-        FlightError::Cancelled => "the origin call was cancelled".into(),
-        FlightError::Refused(refusal) => Box::new(refusal),
-    }
-}
-
-/// One origin error, delivered to every request of its flight. It reads
-/// as the origin's error, and has it as its [`source`](Error::source), so
-/// whatever walks the chain (a retry's classifier looking for a timeout)
-/// finds it; a report of the whole chain names it twice.
-#[derive(Debug, Clone)]
-pub struct SharedError(pub Arc<BoxError>);
-
-impl fmt::Display for SharedError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&**self.0, f)
-    }
-}
-
-impl Error for SharedError {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&**self.0)
-    }
 }
 
 /// A response body over the layer's [`max_body`](CoalesceLayer::max_body).
