@@ -10,21 +10,25 @@ use crate::settle::{Pending, Settle};
 
 /// A gRPC response body that tells the canary how its call went when the
 /// trailers arrive: failed when their `grpc-status` says the service is
-/// unwell, or when the body ends without one (or with an error); dropped
-/// before its end, a failure while its reader waits for a frame (a stream
-/// that hangs) or it panics, and for neither side after a frame (a client
-/// that stopped reading a stream).
+/// unwell, or when the body ends without one (or with an error), or
+/// panics; dropped before its end (a client that stopped reading a
+/// stream, or cancelled it), for neither side.
 pub type GrpcBody<B> = StatusBody<B, Pending>;
 
 /// At the body's end: the trailers' `grpc-status` judges the call, and a
-/// body that ends without one (or with an error) failed.
+/// body that ends without one (or with an error) failed; a body that
+/// panics while polled failed too. A drop between polls says nothing: a
+/// client that stops reading, or cancels a stream while it waits for the
+/// next message, looks the same to a server (whose reader polls again as
+/// soon as a frame is sent) as a stream that hangs and is cut by a
+/// timeout, and only the first is common.
 impl AtEnd for Pending {
     fn polling(&mut self) {
         self.abandoned_fails = true;
     }
 
-    fn polled(&mut self, waiting: bool) {
-        self.abandoned_fails = waiting;
+    fn polled(&mut self, _waiting: bool) {
+        self.abandoned_fails = false;
     }
 
     fn ended(self, trailers: Option<&HeaderMap>) {

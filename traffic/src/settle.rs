@@ -192,10 +192,9 @@ impl<B, E: 'static> Settle<http::Response<B>, E> for ServerErrorsAsFailures {
 /// above), it is a failure that took as long as it ran: a canary that
 /// hangs is halted. Carried into a response's body
 /// ([`GrpcBody`](crate::GrpcBody)) and dropped untold before the body's
-/// end, it is a failure too while its reader waits for a frame (a stream
-/// that hangs, cut by a timeout) or the body panics, and counts for
-/// neither side after a frame (a client that stopped reading a stream
-/// when it had what it wanted).
+/// end, it counts for neither side (the answer began; a client may stop
+/// reading a stream, or cancel it, when it likes), unless the body
+/// panicked while polled: a failure.
 #[derive(Debug)]
 pub struct Pending {
     canary: Canary,
@@ -203,8 +202,7 @@ pub struct Pending {
     started: Instant,
     told: bool,
     /// Whether a drop untold is a failure: until it moves into a body,
-    /// and there while the body is polled (a panic unwinds) or its reader
-    /// waits for a frame (a hang that a timeout cuts).
+    /// and there while the body is polled (a panic unwinds).
     pub(crate) abandoned_fails: bool,
 }
 
@@ -219,8 +217,8 @@ impl Pending {
         }
     }
 
-    /// The call, carried into its response's body: dropped there untold,
-    /// it counts for neither side.
+    /// The call, carried into its response's body: dropped there untold
+    /// between polls, it counts for neither side.
     #[cfg(feature = "grpc")]
     pub(crate) fn into_body(mut self) -> Self {
         self.abandoned_fails = false;

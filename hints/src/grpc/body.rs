@@ -107,14 +107,27 @@ mod tests {
 
     use super::*;
 
-    /// Writes down what it was told, or that it was dropped untold.
-    struct Told(Arc<Mutex<Vec<String>>>, bool);
+    /// Writes down what it was told, or that it was dropped untold; the
+    /// polls too, when `hooks`.
+    struct Told(Arc<Mutex<Vec<String>>>, bool, bool);
 
     impl AtEnd for Told {
         fn ended(mut self, trailers: Option<&HeaderMap>) {
             self.1 = true;
             let status = trailers.and_then(|t| t.get("grpc-status"));
             self.0.lock().unwrap().push(format!("ended {status:?}"));
+        }
+
+        fn polling(&mut self) {
+            if self.2 {
+                self.0.lock().unwrap().push("polling".into());
+            }
+        }
+
+        fn polled(&mut self, waiting: bool) {
+            if self.2 {
+                self.0.lock().unwrap().push(format!("polled {waiting}"));
+            }
         }
     }
 
@@ -148,7 +161,8 @@ mod tests {
 
     fn drain(frames: Vec<Result<Frame<&'static [u8]>, &'static str>>) -> Vec<String> {
         let told = Arc::new(Mutex::new(Vec::new()));
-        let mut body = StatusBody::new(Frames(frames, true), Some(Told(told.clone(), false)));
+        let mut body =
+            StatusBody::new(Frames(frames, true), Some(Told(told.clone(), false, false)));
         let mut cx = Context::from_waker(std::task::Waker::noop());
         while let Poll::Ready(Some(_)) = Pin::new(&mut body).poll_frame(&mut cx) {}
         assert!(body.is_end_stream());
@@ -169,10 +183,57 @@ mod tests {
         assert_eq!(drain(vec![data(), Err("reset")]), ["ended None"]);
     }
 
+    /// A body that waits once, then gives a frame, then its trailers.
+    struct Slow(u8);
+
+    impl Body for Slow {
+        type Data = &'static [u8];
+        type Error = &'static str;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            self.0 += 1;
+            match self.0 {
+                1 => Poll::Pending,
+                2 => Poll::Ready(Some(Ok(Frame::data(&b"\0"[..])))),
+                3 => Poll::Ready(Some(Ok(Frame::trailers(HeaderMap::new())))),
+                _ => Poll::Ready(None),
+            }
+        }
+    }
+
+    #[test]
+    fn what_waits_hears_each_poll_until_it_is_told_the_end() {
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let mut body = StatusBody::new(Slow(0), Some(Told(told.clone(), false, true)));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for _ in 0..4 {
+            let _ = Pin::new(&mut body).poll_frame(&mut cx);
+        }
+        assert_eq!(
+            *told.lock().unwrap(),
+            [
+                "polling",
+                "polled true",
+                "polling",
+                "polled false",
+                "polling",
+                "polled false",
+                "ended None",
+            ],
+            "nothing after the end"
+        );
+    }
+
     #[test]
     fn an_unsettled_body_does_not_say_it_ended_and_is_dropped_untold() {
         let told = Arc::new(Mutex::new(Vec::new()));
-        let body = StatusBody::new(Frames(Vec::new(), true), Some(Told(told.clone(), false)));
+        let body = StatusBody::new(
+            Frames(Vec::new(), true),
+            Some(Told(told.clone(), false, false)),
+        );
         assert!(!body.is_end_stream(), "the end is still to be polled");
         drop(body);
         assert_eq!(*told.lock().unwrap(), ["dropped"]);
