@@ -51,12 +51,25 @@ impl<Req> SelectBreaker<Req> for CircuitBreaker {
 /// `ServiceExt::oneshot`), rather than one service kept across calls,
 /// where a refused call would hold back the capacity other keys' calls
 /// wait for.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CircuitBreakerService<S, B, C, R> {
     inner: S,
     breakers: B,
     classifier: C,
     respond: R,
+}
+
+/// Its inner service and breaker; not its classifier or answers, which
+/// may be closures.
+impl<S: std::fmt::Debug, B: std::fmt::Debug, C, R> std::fmt::Debug
+    for CircuitBreakerService<S, B, C, R>
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreakerService")
+            .field("inner", &self.inner)
+            .field("breakers", &self.breakers)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S, B, C, R> CircuitBreakerService<S, B, C, R> {

@@ -124,3 +124,29 @@ impl<E: Error + 'static> Error for FlightError<E> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_flights_error_as_a_box_error_keeps_what_it_says() {
+        let timeout: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        let failed = FlightError::Failed(Arc::new(timeout)).into_box_error();
+        let shared = failed.downcast_ref::<SharedError>().expect("a SharedError");
+        let source = shared.source().expect("the computation's error");
+        assert_eq!(
+            source
+                .downcast_ref::<std::io::Error>()
+                .map(std::io::Error::kind),
+            Some(std::io::ErrorKind::TimedOut)
+        );
+        let refusal = Refusal::store_down(Some(Duration::from_secs(1)));
+        let refused = FlightError::<BoxError>::Refused(refusal).into_box_error();
+        assert_eq!(Refusal::find(&*refused), Some(&refusal));
+        let panicked = FlightError::<BoxError>::Panicked(Arc::from("boom")).into_box_error();
+        assert!(panicked.to_string().contains("boom"));
+    }
+}

@@ -22,11 +22,22 @@ use crate::replay::{CloneRequest, Replay};
 /// [`LeakedRetryLayer`](crate::LeakedRetryLayer)). A counted service holds
 /// its retryable calls on a count of its own from the second on, so
 /// threads calling their own clones at once do not take turns on one.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Retry<S, C = RetryErrors, R = CloneRequest, L = Shared<RetryLayer<C, R>>> {
     inner: S,
     shared: L,
     layer: PhantomData<fn() -> (C, R)>,
+}
+
+/// Its inner service and layer; not its classifier or replay, which may
+/// be closures.
+impl<S: std::fmt::Debug, C, R, L: std::fmt::Debug> std::fmt::Debug for Retry<S, C, R, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("layer", &self.shared)
+            .finish()
+    }
 }
 
 impl<S, C, R, L> Retry<S, C, R, L> {

@@ -59,9 +59,18 @@ const NEVER: u64 = u64::MAX;
 /// assert!(report.budget_remaining() < 0.0, "more than the budget is spent");
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ErrorBudget {
     inner: Arc<Inner>,
+}
+
+/// Its objective; not its windows' thousands of buckets.
+impl std::fmt::Debug for ErrorBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ErrorBudget")
+            .field("objective", &self.inner.objective)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]

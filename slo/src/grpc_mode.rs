@@ -54,7 +54,7 @@ impl AtEnd for Pending {
         self.polling = true;
     }
 
-    fn polled(&mut self, _waiting: bool) {
+    fn polled(&mut self) {
         self.polling = false;
     }
 

@@ -47,12 +47,23 @@ use crate::objective::Objective;
 /// assert_eq!(budgets.others().report(initech.now()).counts().good, 1);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KeyedBudgets {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+/// Its objective and how many keys it has, of how many; not the keys
+/// (tenants, users), nor their budgets.
+impl std::fmt::Debug for KeyedBudgets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedBudgets")
+            .field("objective", &self.inner.objective)
+            .field("keys", &self.inner.table.load().len())
+            .field("max_keys", &self.inner.max_keys)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     objective: Objective,
     max_keys: usize,

@@ -52,12 +52,13 @@ pub struct SloLayer<C = ErrorsAreBad, R = BoxErrors, P = ShedNothing, B = ErrorB
     shedding: Shedding<P>,
 }
 
-/// Its budget; not its classifier, answers or shedding, which may be
+/// Its budget and shedding; not its classifier or answers, which may be
 /// closures.
 impl<C, R, P, B: std::fmt::Debug> std::fmt::Debug for SloLayer<C, R, P, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SloLayer")
             .field("budget", &self.budget)
+            .field("shedding", &self.shedding)
             .finish_non_exhaustive()
     }
 }

@@ -17,13 +17,24 @@ use crate::shed::{Prioritize, Shedding};
 ///
 /// `poll_ready` is the inner service's; a shed call is answered from
 /// `call` at once, without calling the inner service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Slo<S, C, R, P, B = ErrorBudget> {
     inner: S,
     budget: B,
     classifier: C,
     respond: R,
     shedding: Shedding<P>,
+}
+
+/// Its inner service and budget; not its classifier, answers or shedding,
+/// which may be closures.
+impl<S: std::fmt::Debug, C, R, P, B: std::fmt::Debug> std::fmt::Debug for Slo<S, C, R, P, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slo")
+            .field("inner", &self.inner)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S, C, R, P, B> Slo<S, C, R, P, B> {

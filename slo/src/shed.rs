@@ -54,11 +54,22 @@ impl<Req> Prioritize<Req> for ShedNothing {
 ///     .retry_after(Duration::from_secs(60));
 /// # let _ = shedding;
 /// ```
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Shedding<P> {
     pub(crate) priority: P,
     pub(crate) when: Severity,
     pub(crate) retry_after: Duration,
+}
+
+/// When it sheds and the wait it answers; not what it sheds by, which may
+/// be a closure.
+impl<P> std::fmt::Debug for Shedding<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shedding")
+            .field("when", &self.when)
+            .field("retry_after", &self.retry_after)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Shedding<ShedNothing> {

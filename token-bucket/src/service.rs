@@ -16,10 +16,19 @@ use crate::store::Store;
 /// `poll_ready` delegates to the inner service. `call` asks the store; an
 /// admitted request goes to the service that was polled ready, and a
 /// refused one is answered without calling it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RateLimit<S, St: Store, K, W, R> {
     inner: S,
     layer: RateLimitLayer<St, K, W, R>,
+}
+
+impl<S: std::fmt::Debug, St: Store, K, W, R> std::fmt::Debug for RateLimit<S, St, K, W, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
 }
 
 impl<S, St: Store, K, W, R> RateLimit<S, St, K, W, R> {

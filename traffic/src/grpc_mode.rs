@@ -27,7 +27,7 @@ impl AtEnd for Pending {
         self.abandoned_fails = true;
     }
 
-    fn polled(&mut self, _waiting: bool) {
+    fn polled(&mut self) {
         self.abandoned_fails = false;
     }
 
@@ -57,7 +57,10 @@ fn refused(call: Pending, refusal: &Refusal) {
 /// status is not 200 and that carries no `grpc-status` (a proxy answered)
 /// counts as the status gRPC clients give it. A palisade rate limiter's
 /// refusal counts for neither side; any other palisade refusal is a
-/// failure.
+/// failure. A body dropped before its end, once its head has come, counts
+/// for neither side: a client that cancels a stream and a stream that
+/// hangs after its head look alike, so a canary whose streams hang that
+/// way is not halted for it.
 ///
 /// # Example
 ///

@@ -52,11 +52,20 @@ use crate::key::Key;
 /// assert_eq!(Some(served), cells.cell_of(42_u64).as_deref());
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CellRouter<S, K, U = UntilResponse> {
     cells: Cells<S>,
     key: K,
     _until: U,
+}
+
+/// Its cells; not its key, which may be a closure.
+impl<S, K, U> std::fmt::Debug for CellRouter<S, K, U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CellRouter")
+            .field("cells", &self.cells)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A request counts as under way on its cell until its response is

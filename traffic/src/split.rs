@@ -29,7 +29,11 @@ use crate::settle::{ErrorsAsFailures, Pending, Settle};
 /// says. A call dropped before it ends (the caller's timeout, a client
 /// gone) or by its own panic (a `CatchPanicLayer` above) is a failure, on
 /// either side, that took as long as it ran, so a canary that hangs, even
-/// now and then, is halted; one never polled does not count.
+/// now and then, is halted; one never polled does not count. With a judge
+/// that reads a gRPC response's trailers ([`GrpcStatus`](crate::GrpcStatus)),
+/// a call whose head has come and whose body is dropped before its end
+/// counts for neither side: a client's cancel of a stream and a stream
+/// that hangs after its head look alike, and only the first is common.
 ///
 /// # Example
 ///

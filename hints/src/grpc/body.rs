@@ -17,18 +17,16 @@ pub trait AtEnd {
     /// ended without one, or with an error (for gRPC, a call that failed).
     fn ended(self, trailers: Option<&HeaderMap>);
 
-    /// Told before each poll of the inner body, so that a drop while it
-    /// is told (and [`polled`](Self::polled) is not) unwinds a panic of
-    /// the body. Nothing by default.
+    /// Told before each poll of the inner body: a drop after it and
+    /// before [`polled`](Self::polled) unwinds a panic of the body.
+    /// Nothing by default.
     fn polling(&mut self) {}
 
-    /// Told after each poll of the inner body that returned: `waiting`
-    /// when it had no frame yet (a drop then leaves a reader waiting for
-    /// the stream, as a timeout does; a drop after a frame is a reader
-    /// that took what it wanted). Nothing by default.
-    fn polled(&mut self, waiting: bool) {
-        let _ = waiting;
-    }
+    /// Told after each poll of the inner body that returned. (A drop
+    /// between polls says nothing of the stream: a reader that stopped,
+    /// or cancelled while waiting for the next frame, looks to a server
+    /// as one cut by a timeout does.) Nothing by default.
+    fn polled(&mut self) {}
 }
 
 pin_project! {
@@ -77,7 +75,7 @@ impl<B: Body, W: AtEnd> Body for StatusBody<B, W> {
         }
         let polled = this.inner.poll_frame(cx);
         if let Some(waiting) = this.waiting.as_mut() {
-            waiting.polled(polled.is_pending());
+            waiting.polled();
         }
         let frame = ready!(polled);
         if let Some(waiting) = this.waiting.take() {
@@ -124,9 +122,9 @@ mod tests {
             }
         }
 
-        fn polled(&mut self, waiting: bool) {
+        fn polled(&mut self) {
             if self.2 {
-                self.0.lock().unwrap().push(format!("polled {waiting}"));
+                self.0.lock().unwrap().push("polled".into());
             }
         }
     }
@@ -183,7 +181,8 @@ mod tests {
         assert_eq!(drain(vec![data(), Err("reset")]), ["ended None"]);
     }
 
-    /// A body that waits once, then gives a frame, then its trailers.
+    /// A body that waits once, then gives a frame, its trailers and its
+    /// end, and panics if polled again.
     struct Slow(u8);
 
     impl Body for Slow {
@@ -198,8 +197,13 @@ mod tests {
             match self.0 {
                 1 => Poll::Pending,
                 2 => Poll::Ready(Some(Ok(Frame::data(&b"\0"[..])))),
-                3 => Poll::Ready(Some(Ok(Frame::trailers(HeaderMap::new())))),
-                _ => Poll::Ready(None),
+                3 => {
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                }
+                4 => Poll::Ready(None),
+                _ => panic!("the stream failed"),
             }
         }
     }
@@ -216,15 +220,27 @@ mod tests {
             *told.lock().unwrap(),
             [
                 "polling",
-                "polled true",
+                "polled",
                 "polling",
-                "polled false",
+                "polled",
                 "polling",
-                "polled false",
-                "ended None",
+                "polled",
+                "ended Some(\"0\")",
             ],
             "nothing after the end"
         );
+    }
+
+    #[test]
+    fn a_body_that_panics_drops_what_waits_told_it_was_polling() {
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let mut body = StatusBody::new(Slow(4), Some(Told(told.clone(), false, true)));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _ = Pin::new(&mut body).poll_frame(&mut cx);
+        }));
+        assert!(unwound.is_err());
+        assert_eq!(*told.lock().unwrap(), ["polling", "dropped"]);
     }
 
     #[test]

@@ -19,9 +19,17 @@ use crate::layer::RetryLayer;
 
 /// A retry layer whose failures are answers: made by
 /// [`RetryLayer::answer_failures`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AnswerFailuresLayer<C, R> {
     retry: RetryLayer<C, R>,
+}
+
+impl<C, R> fmt::Debug for AnswerFailuresLayer<C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnswerFailuresLayer")
+            .field("retry", &self.retry)
+            .finish()
+    }
 }
 
 impl<C, R> RetryLayer<C, R> {
