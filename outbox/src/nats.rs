@@ -32,8 +32,9 @@ type Limit = (Arc<tokio::sync::OnceCell<i64>>, std::time::Instant);
 /// [`subject`](Self::subject).
 ///
 /// [`ensure_stream`](Self::ensure_stream) checks, before the relay starts,
-/// that the stream exists and that its duplicate window covers the relay's
-/// retry horizon: otherwise a late retry would be stored twice. An outage
+/// that the stream exists, captures the publisher's subjects, and that its
+/// duplicate window covers the relay's retry horizon: otherwise a late
+/// retry would be stored twice. An outage
 /// spends no attempts and may outlast any window: an event whose publish
 /// was stored but whose acknowledgement was lost as the broker went away
 /// may be stored again after the outage, which consumers' inboxes drop as

@@ -19,10 +19,13 @@
 //!
 //! and, for whichever of those are chosen: `http` (the presets that answer
 //! their own refusals with 503 or 429 and stack on an axum `Router` as
-//! they are), `grpc` (grpc-status, pushback, trailers-only refusals),
+//! they are), `grpc` (grpc-status from the head or the trailers,
+//! pushback, trailers-only refusals; the SLO layer's and the canary
+//! split's gRPC modes),
 //! `tonic` (the stack takes and gives `tonic::body::Body`, so a `Channel`
 //! and a generated client take it as it is), `redis` (shared and leased
-//! buckets, shared caches, the breaker a fleet shares), `postgres`,
+//! buckets, shared caches, the breaker and the error budget a fleet
+//! shares), `postgres`,
 //! `sqlite` and `nats` (the outbox's stores, inboxes, publisher and
 //! consumer) and `otel` (OpenTelemetry metrics). Features that meet are
 //! joined: `outbox` with `tracecontext` carries the trace across the

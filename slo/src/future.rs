@@ -45,7 +45,7 @@ pin_project! {
 
 /// A call under way, not yet counted: [`count`](Self::count) counts it
 /// into its budget, bad whatever the event if it took longer than the
-/// objective's latency threshold. A classifier of its own
+/// objective's latency threshold. A classifier of your own
 /// ([`Settle`]) gets one with each result.
 ///
 /// Dropped uncounted, it is counted as an unfinished call is: bad if its
