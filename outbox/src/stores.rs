@@ -35,10 +35,19 @@ where
     }
 }
 
-/// Defines an outbox type: `$name` over `$pool` whose transactions are
-/// `$conn`s. The backend module implements `announce(&self, tx)`: have
-/// relays woken (through `self.wake` or the database) once the transaction
-/// commits.
+/// A transaction on `pool`, begun with `statement` (SQLite's `BEGIN
+/// IMMEDIATE`, a PostgreSQL begin with a statement timeout), or the
+/// database's default begin when `None`.
+pub(crate) async fn begin<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    statement: Option<impl Into<std::borrow::Cow<'static, str>>>,
+) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    match statement {
+        Some(statement) => pool.begin_with(statement).await,
+        None => pool.begin().await,
+    }
+}
+
 /// Commits a migration that went through; rolls back one that failed,
 /// before its error is returned (a dropped transaction's rollback is only
 /// queued, and a second try on another connection would meet its locks).
@@ -56,6 +65,10 @@ pub(crate) async fn settle_migration<DB: sqlx::Database>(
     }
 }
 
+/// Defines an outbox type: `$name` over `$pool` whose transactions are
+/// `$conn`s. The backend module implements `announce(&self, tx)`: have
+/// relays woken (through `self.wake` or the database) once the transaction
+/// commits.
 macro_rules! sql_outbox {
     ($(#[$doc:meta])* $name:ident, $pool:ty, $conn:ty, $dialect:expr) => {
         $(#[$doc])*
@@ -144,10 +157,7 @@ macro_rules! sql_outbox {
             /// The migration, in a transaction begun with `begin` (the
             /// database's default when `None`).
             async fn migrate_begun(&self, begin: Option<&'static str>) -> Result<(), sqlx::Error> {
-                let mut tx = match begin {
-                    Some(begin) => self.pool.begin_with(begin).await?,
-                    None => self.pool.begin().await?,
-                };
+                let mut tx = $crate::stores::begin(&self.pool, begin).await?;
                 let migrated = async {
                     for statement in &self.sql.migrate {
                         sqlx::query(statement).execute(&mut *tx).await?;
@@ -549,10 +559,7 @@ macro_rules! sql_inbox {
             /// The migration, in a transaction begun with `begin` (the
             /// database's default when `None`).
             async fn migrate_begun(&self, begin: Option<&'static str>) -> Result<(), sqlx::Error> {
-                let mut tx = match begin {
-                    Some(begin) => self.pool.begin_with(begin).await?,
-                    None => self.pool.begin().await?,
-                };
+                let mut tx = $crate::stores::begin(&self.pool, begin).await?;
                 let migrated = async {
                     for statement in &self.sql.migrate {
                         sqlx::query(statement).execute(&mut *tx).await?;
@@ -742,10 +749,7 @@ macro_rules! sql_inbox {
                 &self,
                 limit: std::time::Duration,
             ) -> Result<sqlx::Transaction<'static, $db>, sqlx::Error> {
-                match self.sql.bounded_begin(limit) {
-                    Some(statement) => self.pool.begin_with(statement).await,
-                    None => self.pool.begin().await,
-                }
+                $crate::stores::begin(&self.pool, self.sql.bounded_begin(limit)).await
             }
 
             async fn process_all(
