@@ -154,8 +154,14 @@ async fn the_random_flag_travels_where_the_sdk_does_not_sample() {
     assert_eq!(sent.trace_id(), server.trace_id());
 }
 
+/// A subscriber without the OpenTelemetry layer. Every test of this file
+/// holds a subscriber while it runs: `tracing` caches whether a span is
+/// made at all the first time any thread passes its place, so a test
+/// passing the server layer with none could leave another's exporter
+/// without its `request` span.
 #[tokio::test]
 async fn without_an_otel_layer_the_layers_work_alone() {
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry());
     let (server, sent) = call(app(), &[("traceparent", TP)]).await;
     assert_eq!(
         server.trace_id(),
