@@ -531,17 +531,18 @@ async fn a_successful_probe_does_not_end_a_newer_trip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_started_late_in_its_lease_keeps_the_others_from_probing() {
-    // Open 300 ms; a probe may run a second.
+    // Open 300 ms; a probe may run two seconds.
     let fleet = fleet(&redis_url());
-    let joined = replicas(&fleet, 2, Duration::from_secs(1)).await;
+    let joined = replicas(&fleet, 2, Duration::from_secs(2)).await;
     let tripped = Instant::now();
     trip(&joined[0].0);
     for (breaker, _) in &joined {
         eventually("all open", || breaker.state() == State::Open).await;
     }
     // The race is won at about 300 ms; the winner's first call comes
-    // 600 ms into its lease.
-    tokio::time::sleep_until((tripped + Duration::from_millis(900)).into()).await;
+    // 700 ms into its lease, 1.3 s before it runs out (the time its
+    // renewal has to reach Redis).
+    tokio::time::sleep_until((tripped + Duration::from_millis(1_000)).into()).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let (winner, _probe) = 'won: loop {
         for (replica, (breaker, _)) in joined.iter().enumerate() {
@@ -556,7 +557,7 @@ async fn a_probe_started_late_in_its_lease_keeps_the_others_from_probing() {
     let other = &joined[1 - winner].0;
     // Its lease runs from the probe's start: the other replica does not
     // probe beside it, though the lease taken at the race has run out.
-    while started.elapsed() < Duration::from_millis(900) {
+    while started.elapsed() < Duration::from_millis(1_900) {
         assert!(
             other.try_acquire(Instant::now()).is_err(),
             "a second probe {:?} into the first",
