@@ -185,6 +185,12 @@ impl EventTypes {
             .is_none_or(|only| only.iter().any(|t| t == event_type))
     }
 
+    /// The types named, or `None` for every type.
+    #[cfg(feature = "nats")]
+    pub(crate) fn named(&self) -> Option<&[String]> {
+        self.0.as_deref()
+    }
+
     /// Whether both admit the same types, in whatever order named.
     pub(crate) fn same_as(&self, other: &Self) -> bool {
         match (&self.0, &other.0) {
@@ -212,6 +218,10 @@ pub struct ConsumerStats {
     /// JetStream; back to the producer's outbox as rejected, on a
     /// [`HandoffBroker`](crate::HandoffBroker)).
     pub dead_lettered: u64,
+    /// Deliveries of a type this instance does not take and another
+    /// running instance of its JetStream durable does: handed back, for
+    /// JetStream to deliver to another instance.
+    pub handed_on: u64,
 }
 
 #[derive(Debug, Default)]
@@ -221,6 +231,7 @@ pub(crate) struct Counters {
     pub(crate) ignored: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
+    pub(crate) handed_on: AtomicU64,
 }
 
 impl Counters {
@@ -235,6 +246,7 @@ impl Counters {
             ignored: self.ignored.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            handed_on: self.handed_on.load(Ordering::Relaxed),
         }
     }
 }

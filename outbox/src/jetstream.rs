@@ -22,6 +22,7 @@ use crate::consume::{
 };
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::{ConfigError, config_error};
+use crate::roster::{self, Roster};
 use crate::store::InboxStore;
 
 /// How a [`JetStreamConsumer`] pulls, retries and gives up.
@@ -232,6 +233,9 @@ pub struct JetStreamConsumer<I, H> {
     inbox: I,
     handler: Arc<H>,
     only: EventTypes,
+    /// The types the durable's running instances take; `None` when the
+    /// account keeps no key-value bucket for it.
+    roster: Option<Roster>,
     batch: usize,
     counters: Arc<Counters>,
     /// How long the inbox must remember a message: the longer of the
@@ -461,6 +465,13 @@ where
             );
             config.ack_wait = made.ack_wait;
         }
+        let roster = match Roster::open(&context, &config.stream, &config.durable).await {
+            Ok(roster) => Some(roster),
+            Err(why) => {
+                tracing::warn!(target: "palisade_outbox", consumer = %config.durable, bucket = roster::BUCKET, %why, "which types the other instances of this durable take cannot be kept: a type this instance does not take is acknowledged unapplied, whoever else takes it");
+                None
+            }
+        };
         Ok(Self {
             retention: config.redelivery_horizon().max(window),
             context,
@@ -469,6 +480,7 @@ where
             inbox,
             handler: Arc::new(handler),
             only: EventTypes::default(),
+            roster,
             batch: 64,
             counters: Arc::default(),
         })
@@ -478,6 +490,21 @@ where
     /// acknowledged without a transaction. On a NATS server older than
     /// 2.10 (one filter subject per consumer), this is how a service takes
     /// a few types from a stream carrying many.
+    ///
+    /// Instances of one durable may take different types (in a rolling
+    /// deploy of a version that takes a new one, say): while it runs,
+    /// each instance keeps the types it takes in the key-value bucket
+    /// `palisade_consumers` (made when missing, its entries kept 30
+    /// seconds past their last write), and a message of a type this
+    /// instance does not take but another running instance does is
+    /// handed back for JetStream to deliver again (counted in
+    /// [`ConsumerStats::handed_on`], and spending none of its tries), not
+    /// acknowledged. Each instance watches the others' entries, and an
+    /// instance starting reads them before it takes a message; one that
+    /// stops removes its entry, and one that dies holds its types until
+    /// its entry runs out. An account not allowed key-value buckets is
+    /// warned of at start, and its instances acknowledge what they do not
+    /// take.
     #[must_use]
     pub fn only<T: Into<String>>(mut self, event_types: impl IntoIterator<Item = T>) -> Self {
         self.only = EventTypes::only(event_types);
@@ -550,6 +577,22 @@ where
     /// connection closed), once what it delivered is applied: nothing is
     /// consumed after it, which a quiet return would hide.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
+        let Some(roster) = &self.roster else {
+            return self.consume(shutdown).await;
+        };
+        // Boxed: a watch is large, and `run`'s future is held whole by
+        // its callers.
+        let watch = Box::pin(roster.enlist(&self.only)).await;
+        let consumed = tokio::select! {
+            consumed = self.consume(shutdown) => consumed,
+            never = Box::pin(roster.keep(&self.only, watch)) => match never {},
+        };
+        roster.leave().await;
+        consumed
+    }
+
+    /// [`run`](Self::run), this instance's entry kept meanwhile.
+    async fn consume(&self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
         let mut shutdown = Box::pin(shutdown).shared();
         let mut pulled = Pulled {
             stream: self.consumer.messages().await?,
@@ -605,6 +648,8 @@ where
         // The messages to apply, and their deliveries, index for index.
         let mut kept: Vec<&jetstream::Message> = Vec::with_capacity(messages.len());
         let mut deliveries: Vec<Delivery> = Vec::with_capacity(messages.len());
+        // Of types another instance takes and this one does not.
+        let mut handed_on: Vec<&jetstream::Message> = Vec::new();
         for message in messages {
             let attempt = message
                 .info()
@@ -618,7 +663,12 @@ where
                 }
             };
             if !self.only.admits(&envelope.event_type) {
-                if let Err(error) = message.ack().await {
+                if let Some(roster) = &self.roster
+                    && roster.taken(&envelope.event_type)
+                {
+                    Counters::add(&self.counters.handed_on);
+                    handed_on.push(message);
+                } else if let Err(error) = message.ack().await {
                     tracing::debug!(target: "palisade_outbox", %error, "ack of a skipped message lost; it will be skipped again");
                 }
                 continue;
@@ -631,6 +681,9 @@ where
             };
             kept.push(message);
             deliveries.push(delivery);
+        }
+        if !handed_on.is_empty() {
+            self.hand_back(&handed_on).await;
         }
         // Kept alive meanwhile: the inbox may take seconds to answer.
         let no_one_settled = AtomicUsize::new(0);
@@ -799,8 +852,9 @@ where
         }
     }
 
-    /// Hands `messages` back to JetStream untried (the consumer stops, or
-    /// its inbox's database failed under them), counting each in the
+    /// Hands `messages` back to JetStream untried (the consumer stops, its
+    /// inbox's database failed under them, or another instance takes
+    /// their type), counting each in the
     /// inbox first: JetStream counts a delivery for each, which their next
     /// delivery does not take for a try. (Counted as tries, a few stops
     /// during an outage spent a message's tries, and its first real

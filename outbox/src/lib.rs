@@ -102,6 +102,8 @@ pub mod otel;
 mod postgres;
 mod publisher;
 mod relay;
+#[cfg(all(feature = "nats", any(feature = "postgres", feature = "sqlite")))]
+mod roster;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod sql;
 #[cfg(feature = "sqlite")]

@@ -59,7 +59,8 @@ impl Handler<PgConnection> for Apply {
             *seen
         };
         match delivery.envelope.event_type.as_str() {
-            "Good" => {}
+            // `New` is a type a newer version of the service takes.
+            "Good" | "New" => {}
             "Flaky" if seen > 2 => {}
             "Flaky" | "Bad" => return Err(format!("cannot apply yet (delivery {seen})").into()),
             "Slow" if seen == 1 => tokio::time::sleep(SLOW).await,
@@ -292,6 +293,7 @@ async fn each_event_is_applied_once_and_failures_end_as_dead_letters() {
         ignored: 1,
         retried: 4,
         dead_lettered: 2,
+        handed_on: 0,
     };
     until(&consumer, |stats| stats == expected).await;
     assert_eq!(consumer.stats(), expected);
@@ -465,6 +467,138 @@ async fn only_the_types_asked_for_reach_the_handler_and_the_rest_are_acknowledge
         rig.count("inbox").await,
         3,
         "skipped messages cost no inbox record"
+    );
+    rig.remove().await;
+}
+
+/// The events `Good` and `New`, alternating, `n` of them.
+fn good_and_new(n: u8) -> Vec<Event> {
+    (0..n)
+        .map(|n| {
+            let kind = if n % 2 == 0 { "Good" } else { "New" };
+            Event::new("order", format!("o-{n}"), kind, vec![n])
+        })
+        .collect()
+}
+
+/// The instances' bucket, and the keys of `durable`'s entries in it.
+async fn entries(rig: &Rig, durable: &str) -> (jetstream::kv::Store, Vec<String>) {
+    let store = rig
+        .context
+        .get_key_value("palisade_consumers")
+        .await
+        .unwrap();
+    let prefix = format!("{}.{durable}.", rig.stream);
+    let keys = store
+        .keys()
+        .await
+        .unwrap()
+        .filter_map(|key| std::future::ready(key.ok().filter(|key| key.starts_with(&prefix))))
+        .collect()
+        .await;
+    (store, keys)
+}
+
+/// In a rolling deploy, an instance of the old version (taking `Good`)
+/// shares the durable with one of the new (taking `Good` and `New`): the
+/// old one hands `New` back rather than acknowledge it. It acknowledged
+/// them unapplied before, and the new instance never saw them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_another_instance_takes_is_handed_on_not_dropped() {
+    let rig = Rig::new().await;
+    let old = Arc::new(
+        rig.consumer(rig.config("shared"))
+            .await
+            .unwrap()
+            .only(["Good"]),
+    );
+    // The new instance's entry, as it writes it while it runs.
+    let (store, _) = entries(&rig, "shared").await;
+    let elsewhere = format!("{}.shared.elsewhere", rig.stream);
+    store
+        .put(&elsewhere, r#"["Good","New"]"#.into())
+        .await
+        .unwrap();
+    rig.publish(&good_and_new(6)).await;
+
+    let (stop, running) = start(&old);
+    until(&old, |stats| stats.applied == 3 && stats.handed_on >= 3).await;
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
+    assert_eq!(rig.count("applied").await, 3, "the old one applied its own");
+    assert!(
+        entries(&rig, "shared").await.1 == [elsewhere.clone()],
+        "the old one removed its entry when it stopped"
+    );
+
+    store.delete(&elsewhere).await.unwrap();
+    let new = rig
+        .run_until(rig.config("shared"), |stats| stats.applied == 3)
+        .await;
+    assert_eq!(
+        new,
+        ConsumerStats {
+            applied: 3,
+            ..ConsumerStats::default()
+        },
+        "every New event reached the new instance; handing on spent none of their tries"
+    );
+    assert_eq!(rig.count("applied").await, 6);
+    rig.remove().await;
+}
+
+/// Two running instances taking different types: each message is applied
+/// once, every `New` one by the instance taking it; each keeps an entry
+/// while it runs and removes it when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_taking_different_types_share_a_durable_and_drop_nothing() {
+    let rig = Rig::new().await;
+    let new = Arc::new(
+        rig.consumer(rig.config("pair"))
+            .await
+            .unwrap()
+            .only(["Good", "New"]),
+    );
+    let (stop_new, running_new) = start(&new);
+    for _ in 0..600 {
+        if !entries(&rig, "pair").await.1.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let old = Arc::new(
+        rig.consumer(rig.config("pair"))
+            .await
+            .unwrap()
+            .only(["Good"]),
+    );
+    let (stop_old, running_old) = start(&old);
+    for _ in 0..600 {
+        if entries(&rig, "pair").await.1.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(entries(&rig, "pair").await.1.len(), 2, "one entry each");
+
+    rig.publish(&good_and_new(40)).await;
+    for _ in 0..600 {
+        if old.stats().applied + new.stats().applied == 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_old.send(()).unwrap();
+    stop_new.send(()).unwrap();
+    running_old.await.unwrap().unwrap();
+    running_new.await.unwrap().unwrap();
+    let (old, new) = (old.stats(), new.stats());
+    assert_eq!(old.applied + new.applied, 40, "old {old:?}, new {new:?}");
+    assert!(old.applied <= 20, "the old instance applied Good only");
+    assert_eq!(rig.count("applied").await, 40);
+    assert!(
+        entries(&rig, "pair").await.1.is_empty(),
+        "both removed theirs"
     );
     rig.remove().await;
 }

@@ -182,6 +182,7 @@ async fn the_memory_consumer_applies_once_retries_and_gives_up() {
             // Flaky twice; Bad twice, on each of its two deliveries.
             retried: 6,
             dead_lettered: 2,
+            handed_on: 0,
         }
     );
     assert_eq!(applied, ["Good", "Flaky"]);
