@@ -19,10 +19,12 @@ sql_outbox! {
     /// relay's events are claimed again when its lease runs out.
     ///
     /// Per-aggregate order is commit order: `enqueue` takes a
-    /// transaction-scoped advisory lock on the event's aggregate, so a
-    /// second transaction writing the same aggregate waits for the first to
-    /// commit or roll back. Two transactions that each write two aggregates
-    /// in opposite orders can deadlock; PostgreSQL then aborts one of them.
+    /// transaction-scoped advisory lock on the event's aggregate in this
+    /// table, so a second transaction writing the same aggregate to it
+    /// waits for the first to commit or roll back. Two transactions that
+    /// each write two aggregates in opposite orders can deadlock;
+    /// PostgreSQL then aborts one of them. Outboxes of other tables (other
+    /// services' in the same database) take locks of their own.
     ///
     /// # Example
     ///

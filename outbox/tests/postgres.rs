@@ -271,6 +271,36 @@ async fn events_of_one_aggregate_are_published_in_commit_order() {
     h.finish().await;
 }
 
+/// Outboxes in two schemas of one database, as the order system's
+/// services have them: a transaction writing an aggregate to one does not
+/// wait for one writing the same aggregate to the other. It waited (the
+/// lock was the aggregate's in the whole database), and two transactions
+/// writing two aggregates in opposite orders to two outboxes deadlocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outboxes_of_two_tables_do_not_wait_on_each_others_aggregates() {
+    let (one, other) = (Pg::start(|c| c).await, Pg::start(|c| c).await);
+    let mut holding = one.pool.begin().await.unwrap();
+    one.outbox
+        .enqueue(&mut holding, &event("a", 1))
+        .await
+        .unwrap();
+    let mut tx = other.pool.begin().await.unwrap();
+    // A wait for a lock fails rather than hang (it would end with `holding`).
+    sqlx::query("SET LOCAL lock_timeout = '2s'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    other
+        .outbox
+        .enqueue(&mut tx, &event("a", 1))
+        .await
+        .expect("no wait on the other table's aggregate");
+    tx.commit().await.unwrap();
+    holding.commit().await.unwrap();
+    one.finish().await;
+    other.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_made_before_claim_ids_gains_the_column() {
     let h = Pg::start(|c| c).await;
