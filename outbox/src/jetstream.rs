@@ -118,8 +118,9 @@ impl ConsumerConfig {
 
     /// Deliveries after which a failing message goes to the dead-letter
     /// subject (at least 1). A delivery the consumer handed back untried
-    /// (it was stopping while the message waited, or tried it only to
-    /// fail [`Transient`](crate::Transient)ly) is not one: the inbox counts
+    /// (it was stopping while the message waited, tried it only to fail
+    /// [`Transient`](crate::Transient)ly, or handed it on to an instance
+    /// taking its type: see [`only`](JetStreamConsumer::only)) is not one: the inbox counts
     /// those, and JetStream's count is taken less them. (While the inbox's
     /// database is away they are not counted, and count as tries.) A
     /// handler that never returns, because it crashes the process, is
@@ -235,7 +236,7 @@ pub struct JetStreamConsumer<I, H> {
     only: EventTypes,
     /// The types the durable's running instances take; `None` when the
     /// account keeps no key-value bucket for it.
-    roster: Option<Roster>,
+    roster: Option<Arc<Roster>>,
     batch: usize,
     counters: Arc<Counters>,
     /// How long the inbox must remember a message: the longer of the
@@ -249,6 +250,18 @@ impl<I, H> fmt::Debug for JetStreamConsumer<I, H> {
             .field("config", &self.config)
             .field("stats", &self.counters.snapshot())
             .finish_non_exhaustive()
+    }
+}
+
+/// The roster of `config`'s durable, or `None` (warned of) when the
+/// account keeps no bucket for it.
+async fn open_roster(context: &jetstream::Context, config: &ConsumerConfig) -> Option<Arc<Roster>> {
+    match Roster::open(context, &config.stream, &config.durable).await {
+        Ok(roster) => Some(Arc::new(roster)),
+        Err(why) => {
+            tracing::warn!(target: "palisade_outbox", consumer = %config.durable, bucket = roster::BUCKET, %why, "which types the other instances of this durable take cannot be kept: a type this instance does not take is acknowledged unapplied, whoever else takes it");
+            None
+        }
     }
 }
 
@@ -465,13 +478,7 @@ where
             );
             config.ack_wait = made.ack_wait;
         }
-        let roster = match Roster::open(&context, &config.stream, &config.durable).await {
-            Ok(roster) => Some(roster),
-            Err(why) => {
-                tracing::warn!(target: "palisade_outbox", consumer = %config.durable, bucket = roster::BUCKET, %why, "which types the other instances of this durable take cannot be kept: a type this instance does not take is acknowledged unapplied, whoever else takes it");
-                None
-            }
-        };
+        let roster = open_roster(&context, &config).await;
         Ok(Self {
             retention: config.redelivery_horizon().max(window),
             context,
@@ -486,10 +493,11 @@ where
         })
     }
 
-    /// Only messages of these event types reach the handler; others are
-    /// acknowledged without a transaction. On a NATS server older than
-    /// 2.10 (one filter subject per consumer), this is how a service takes
-    /// a few types from a stream carrying many.
+    /// Only messages of these event types reach the handler; a message of
+    /// another type is acknowledged without a transaction, unless another
+    /// running instance of the durable takes its type (below). On a NATS
+    /// server older than 2.10 (one filter subject per consumer), this is
+    /// how a service takes a few types from a stream carrying many.
     ///
     /// Instances of one durable may take different types (in a rolling
     /// deploy of a version that takes a new one, say): while it runs,
@@ -499,12 +507,24 @@ where
     /// instance does not take but another running instance does is
     /// handed back for JetStream to deliver again (counted in
     /// [`ConsumerStats::handed_on`], and spending none of its tries), not
-    /// acknowledged. Each instance watches the others' entries, and an
-    /// instance starting reads them before it takes a message; one that
-    /// stops removes its entry, and one that dies holds its types until
-    /// its entry runs out. An account not allowed key-value buckets is
-    /// warned of at start, and its instances acknowledge what they do not
-    /// take.
+    /// acknowledged. An instance reads the others' entries when it starts,
+    /// before it takes a message (handing back what it does not take
+    /// until it could), and watches them; one that stops removes its
+    /// entry, and one whose entry is neither written again nor removed
+    /// (it died, or cannot reach the bucket) holds its types a minute
+    /// past the entry's end.
+    ///
+    /// What this does not cover: the instances of a version before this
+    /// one keep no entry and read none (the deploy that brings this
+    /// version in is not protected; the ones after it are); a message of
+    /// a type no running instance takes is acknowledged (events of a new
+    /// type published before any instance taking it runs); a type's
+    /// message handed on reaches its instance a second or more late, after
+    /// later messages of its aggregate, perhaps (with several instances,
+    /// an aggregate's order holds within each only, as said on
+    /// [`JetStreamConsumer`]). An account not allowed key-value buckets
+    /// is warned of at start, and its instances acknowledge what they do
+    /// not take.
     #[must_use]
     pub fn only<T: Into<String>>(mut self, event_types: impl IntoIterator<Item = T>) -> Self {
         self.only = EventTypes::only(event_types);
@@ -577,17 +597,22 @@ where
     /// connection closed), once what it delivered is applied: nothing is
     /// consumed after it, which a quiet return would hide.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
-        let Some(roster) = &self.roster else {
+        // Opened again when it could not be at `new`.
+        let roster = match &self.roster {
+            Some(roster) => Some(Arc::clone(roster)),
+            None => Box::pin(open_roster(&self.context, &self.config)).await,
+        };
+        let Some(roster) = roster else {
             return self.consume(shutdown).await;
         };
         // Boxed: a watch is large, and `run`'s future is held whole by
         // its callers.
-        let watch = Box::pin(roster.enlist(&self.only)).await;
+        let (enlisted, watch) = Box::pin(roster.enlist(&self.only)).await;
         let consumed = tokio::select! {
             consumed = self.consume(shutdown) => consumed,
-            never = Box::pin(roster.keep(&self.only, watch)) => match never {},
+            never = Box::pin(enlisted.keep(&self.only, watch)) => match never {},
         };
-        roster.leave().await;
+        enlisted.leave().await;
         consumed
     }
 

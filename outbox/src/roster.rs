@@ -8,24 +8,28 @@
 //! takes a new type, the old instances would take about half of that
 //! type's messages and drop them. So each running instance keeps an entry
 //! in the JetStream key-value bucket [`BUCKET`], under
-//! `<stream>.<durable>.<instance>`: the types it takes (a JSON array of
-//! them, or `"*"` for every type). An instance meeting a type it does not
-//! take hands the message back when another entry of its durable takes
-//! it, and acknowledges it only when none does.
+//! `<stream>.<durable>.<run>`: the types it takes (a JSON array of them,
+//! or `"*"` for every type). An instance meeting a type it does not take
+//! hands the message back when another entry of its durable takes it, and
+//! acknowledges it only when none does.
 //!
 //! An entry is a lease: the bucket keeps it [`LEASE`] after its last write
 //! (the bucket's `max_age`), each instance writes its own again every
-//! third of that, and removes it when it stops; one that dies holds its
-//! types until its entry runs out. Each instance reads its durable's
-//! entries when it starts, before it takes any message, and watches
-//! them: it knows of a new instance's types as soon as that instance has
-//! written them. The bucket drops an entry that ran out without a word
-//! to the watches, so each instance reads them all again each time it
-//! writes its own; should a read fail, it goes by what it read before.
+//! third of that, and removes it when it stops. Each instance reads its
+//! durable's entries when it starts, before it takes any message, and
+//! watches them: it knows of a new instance's types as soon as that
+//! instance has written them. The bucket drops an entry that ran out
+//! without a word to the watches, so each instance reads them all again
+//! each time it writes its own, and forgets an entry that was neither
+//! written again nor removed [`GRACE`] after the lease: an instance whose
+//! writes fail for a while (a partition, a stalled process) keeps its
+//! types meanwhile, and one that died holds them that long. Until an
+//! instance has read the entries once (for up to [`GRACE`]), it hands
+//! back every type it does not take.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
@@ -40,6 +44,11 @@ pub(crate) const BUCKET: &str = "palisade_consumers";
 /// How long the bucket keeps an entry after its last write, when this
 /// crate makes the bucket.
 pub(crate) const LEASE: Duration = Duration::from_secs(30);
+
+/// How long past its lease an entry gone without a removal keeps its
+/// types, and how long an instance that could not read the entries yet
+/// hands back what it does not take.
+pub(crate) const GRACE: Duration = Duration::from_secs(60);
 
 /// How long an instance waits for the entries already written when it
 /// reads them.
@@ -79,18 +88,75 @@ impl Takes {
     }
 }
 
-/// One instance's view of its durable's entries, and its own entry.
+/// What an instance knows of its durable's entries.
+#[derive(Debug)]
+struct Known {
+    /// Each entry's types, and when it was last seen written.
+    entries: HashMap<String, (Takes, Instant)>,
+    /// How long an entry is kept after it was last seen written.
+    kept: Duration,
+    /// When the entries were first read whole; `None` before.
+    read: Option<Instant>,
+    /// When this instance began to keep them.
+    since: Instant,
+}
+
+impl Known {
+    fn new(lease: Duration, now: Instant) -> Self {
+        Self {
+            entries: HashMap::new(),
+            kept: lease.saturating_add(GRACE),
+            read: None,
+            since: now,
+        }
+    }
+
+    /// Takes in an entry written or removed.
+    fn saw(&mut self, entry: kv::Entry, now: Instant) {
+        match entry.operation {
+            kv::Operation::Put => self.written(entry.key, &entry.value, now),
+            kv::Operation::Delete | kv::Operation::Purge => self.removed(&entry.key),
+        }
+    }
+
+    fn written(&mut self, key: String, value: &[u8], now: Instant) {
+        self.entries.insert(key, (Takes::read(value), now));
+    }
+
+    fn removed(&mut self, key: &str) {
+        self.entries.remove(key);
+    }
+
+    /// Whether some instance of the durable takes `event_type`: some
+    /// entry seen within its lease and grace takes it. Before the entries
+    /// were read once, any type may be taken (for [`GRACE`] at most).
+    fn taken(&self, event_type: &str, now: Instant) -> bool {
+        if self.read.is_none() {
+            return now.saturating_duration_since(self.since) < GRACE;
+        }
+        self.entries.values().any(|(takes, seen)| {
+            now.saturating_duration_since(*seen) < self.kept && takes.take(event_type)
+        })
+    }
+
+    /// Forgets the entries past their lease and grace.
+    fn forget_stale(&mut self, now: Instant) {
+        let kept = self.kept;
+        self.entries
+            .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < kept);
+    }
+}
+
+/// One instance's view of its durable's entries.
 #[derive(Debug)]
 pub(crate) struct Roster {
+    context: jetstream::Context,
     store: kv::Store,
     /// `<stream>.<durable>.`, its names made key-safe.
     prefix: String,
-    /// This instance's key.
-    key: String,
     /// How long the bucket keeps an entry after its last write.
     lease: Duration,
-    /// The durable's entries by key, as last read and watched since.
-    entries: Mutex<HashMap<String, Takes>>,
+    known: Mutex<Known>,
 }
 
 impl Roster {
@@ -103,28 +169,7 @@ impl Roster {
         durable: &str,
     ) -> Result<Self, String> {
         if context.get_key_value(BUCKET).await.is_err() {
-            // Made as a key-value bucket is, but not by
-            // `create_key_value`: it asks the account's limits first, in a
-            // form NATS servers before 2.10 do not answer.
-            context
-                .get_or_create_stream(stream::Config {
-                    name: format!("KV_{BUCKET}"),
-                    description: Some(
-                        "palisade-outbox: the event types each running instance of a durable \
-                         consumer takes"
-                            .to_owned(),
-                    ),
-                    subjects: vec![format!("$KV.{BUCKET}.>")],
-                    max_messages_per_subject: 1,
-                    max_age: LEASE,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    discard: stream::DiscardPolicy::New,
-                    ..stream::Config::default()
-                })
-                .await
-                .map_err(|error| error.to_string())?;
+            make_bucket(context).await?;
         }
         let store = context
             .get_key_value(BUCKET)
@@ -137,80 +182,59 @@ impl Roster {
                  died would hold its types for ever"
             ));
         }
-        let prefix = format!("{}.{}.", key_safe(stream), key_safe(durable));
-        let key = format!("{prefix}{}", uuid::Uuid::now_v7().simple());
         Ok(Self {
+            context: context.clone(),
             store,
-            prefix,
-            key,
+            prefix: format!("{}.{}.", key_safe(stream), key_safe(durable)),
             lease,
-            entries: Mutex::default(),
+            known: Mutex::new(Known::new(lease, Instant::now())),
         })
     }
 
-    /// Writes this instance's entry (the types `only` admits), and reads
-    /// every entry of its durable; the watch of them from there, if they
-    /// could be read.
-    pub(crate) async fn enlist(&self, only: &EventTypes) -> Option<kv::Watch> {
-        self.write(only).await;
-        self.watch().await
+    /// Enters a run of this instance: writes its entry (the types `only`
+    /// admits) and reads every entry of its durable; the watch of them
+    /// from there, if they could be read. The entry is removed when the
+    /// run [leaves](Enlisted::leave), or when the returned handle is
+    /// dropped.
+    pub(crate) async fn enlist(
+        self: &Arc<Self>,
+        only: &EventTypes,
+    ) -> (Enlisted, Option<kv::Watch>) {
+        let enlisted = Enlisted {
+            roster: Arc::clone(self),
+            key: format!("{}{}", self.prefix, uuid::Uuid::now_v7().simple()),
+            left: false,
+        };
+        let watch = enlisted.renew(only).await;
+        (enlisted, watch)
     }
 
-    /// Keeps this instance's entry, and what it knows of the others',
-    /// fresh until dropped: takes in every entry written or removed
-    /// through `watch`, writes its own again every third of the lease,
-    /// and then reads them all again (the bucket drops an entry that ran
-    /// out without a word to the watches), watching from there.
-    pub(crate) async fn keep(
-        &self,
-        only: &EventTypes,
-        mut watch: Option<kv::Watch>,
-    ) -> std::convert::Infallible {
-        let every = self.lease / 3;
-        let mut write_at = Instant::now() + every;
-        loop {
-            let seen = async {
-                match &mut watch {
-                    Some(watching) => watching.next().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                () = tokio::time::sleep_until(write_at) => {
-                    write_at = Instant::now() + every;
-                    if let Some(renewed) = self.enlist(only).await {
-                        watch = Some(renewed);
-                    }
-                }
-                seen = seen => match seen {
-                    Some(Ok(entry)) => saw(&mut self.lock(), entry),
-                    // Watched again at the next write; what is known
-                    // stands meanwhile.
-                    Some(Err(error)) => {
-                        tracing::warn!(target: "palisade_outbox", bucket = BUCKET, %error, "watching the other instances' entries failed; reading them again shortly");
-                        watch = None;
-                    }
-                    None => watch = None,
-                },
-            }
-        }
+    /// Whether some running instance of the durable takes `event_type`.
+    pub(crate) fn taken(&self, event_type: &str) -> bool {
+        self.lock().taken(event_type, Instant::now())
     }
 
     /// Reads every entry of the durable, and watches them from there.
     /// `None`, what was known kept, when they could not all be read.
     async fn watch(&self) -> Option<kv::Watch> {
-        let mut watch = match self.store.watch_with_history(self.subjects()).await {
+        let mut watch = match self
+            .store
+            .watch_with_history(format!("{}>", self.prefix))
+            .await
+        {
             Ok(watch) => watch,
             Err(error) => {
                 tracing::warn!(target: "palisade_outbox", bucket = BUCKET, %error, "could not read which types the other instances of this durable take; going by what was read before");
                 return None;
             }
         };
-        let mut entries = HashMap::new();
+        // Each entry is taken in as it comes; the entries count as read
+        // once the last has come. (The history holds this run's own entry
+        // at the least, once written.)
         let read = tokio::time::timeout(PATIENCE, async {
             while let Some(Ok(entry)) = watch.next().await {
                 let last = entry.delta == 0;
-                saw(&mut entries, entry);
+                self.lock().saw(entry, Instant::now());
                 if last {
                     return true;
                 }
@@ -222,55 +246,156 @@ impl Roster {
             tracing::warn!(target: "palisade_outbox", bucket = BUCKET, "the entries of this durable's instances were not all read in time; going by what was read before");
             return None;
         }
-        *self.lock() = entries;
+        let mut known = self.lock();
+        let now = Instant::now();
+        known.read.get_or_insert(now);
+        known.forget_stale(now);
         Some(watch)
     }
 
-    /// Removes this instance's entry.
-    pub(crate) async fn leave(&self) {
-        if let Err(error) = self.store.delete(&self.key).await {
-            tracing::debug!(target: "palisade_outbox", key = %self.key, %error, "could not remove this instance's entry; it runs out with its lease");
-        }
-    }
-
-    /// Whether some running instance of the durable takes `event_type`.
-    pub(crate) fn taken(&self, event_type: &str) -> bool {
-        self.lock().values().any(|takes| takes.take(event_type))
-    }
-
-    async fn write(&self, only: &EventTypes) {
-        let entry = match only.named() {
-            Some(types) => serde_json::to_vec(types),
-            None => serde_json::to_vec("*"),
-        }
-        .unwrap_or_default();
-        if let Err(error) = self.store.put(&self.key, entry.into()).await {
-            tracing::warn!(target: "palisade_outbox", key = %self.key, %error, "could not write this instance's entry in {BUCKET}; the other instances of its durable may drop the types it takes");
-        }
-    }
-
-    /// The subjects of the durable's entries, as a watch takes them.
-    fn subjects(&self) -> String {
-        format!("{}>", self.prefix)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Takes>> {
-        self.entries
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// Takes `entry` into `entries`: written, or removed.
-fn saw(entries: &mut HashMap<String, Takes>, entry: kv::Entry) {
-    match entry.operation {
-        kv::Operation::Put => {
-            entries.insert(entry.key, Takes::read(&entry.value));
-        }
-        kv::Operation::Delete | kv::Operation::Purge => {
-            entries.remove(&entry.key);
+/// A run of an instance, its entry written: removed when it leaves, or
+/// (by a task of its own) when dropped without leaving.
+#[derive(Debug)]
+pub(crate) struct Enlisted {
+    roster: Arc<Roster>,
+    key: String,
+    left: bool,
+}
+
+impl Enlisted {
+    /// Keeps this run's entry, and what it knows of the others', fresh
+    /// until dropped: takes in every entry written or removed through
+    /// `watch`, writes its own again every third of the lease, and then
+    /// reads them all again (the bucket drops an entry that ran out
+    /// without a word to the watches), watching from there.
+    pub(crate) async fn keep(
+        &self,
+        only: &EventTypes,
+        mut watch: Option<kv::Watch>,
+    ) -> std::convert::Infallible {
+        let every = self.roster.lease / 3;
+        let mut write_at = Instant::now() + every;
+        loop {
+            let seen = async {
+                match &mut watch {
+                    Some(watching) => watching.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(write_at) => {
+                    write_at = Instant::now() + every;
+                    if let Some(renewed) = self.renew(only).await {
+                        watch = Some(renewed);
+                    }
+                }
+                seen = seen => match seen {
+                    Some(Ok(entry)) => self.roster.lock().saw(entry, Instant::now()),
+                    // A missed heartbeat, say: the watch goes on.
+                    Some(Err(error)) => {
+                        tracing::debug!(target: "palisade_outbox", bucket = BUCKET, %error, "watching the other instances' entries");
+                    }
+                    // Read and watched again at the next write; what is
+                    // known stands meanwhile.
+                    None => watch = None,
+                },
+            }
         }
     }
+
+    /// Removes this run's entry.
+    pub(crate) async fn leave(mut self) {
+        self.left = true;
+        self.roster.remove(&self.key).await;
+    }
+
+    /// Writes this run's entry, and reads and watches the durable's.
+    async fn renew(&self, only: &EventTypes) -> Option<kv::Watch> {
+        self.roster.write(&self.key, only).await;
+        self.roster.watch().await
+    }
+}
+
+impl Drop for Enlisted {
+    fn drop(&mut self) {
+        if self.left {
+            return;
+        }
+        // The run was dropped (cancelled): its entry would otherwise hold
+        // its types until it ran out.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let roster = Arc::clone(&self.roster);
+            let key = std::mem::take(&mut self.key);
+            runtime.spawn(async move { roster.remove(&key).await });
+        }
+    }
+}
+
+impl Roster {
+    async fn write(&self, key: &str, only: &EventTypes) {
+        let entry: bytes::Bytes = match only.named() {
+            Some(types) => serde_json::to_vec(types),
+            None => serde_json::to_vec("*"),
+        }
+        .unwrap_or_default()
+        .into();
+        if self.store.put(key, entry.clone()).await.is_ok() {
+            return;
+        }
+        // The bucket may have been removed: made again, and tried once
+        // more.
+        let written = match make_bucket(&self.context).await {
+            Ok(()) => self
+                .store
+                .put(key, entry)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = written {
+            tracing::warn!(target: "palisade_outbox", key, %error, "could not write this instance's entry in {BUCKET}; the other instances of its durable keep its types {GRACE:?} past their lease, then may drop them");
+        }
+    }
+
+    async fn remove(&self, key: &str) {
+        if let Err(error) = self.store.delete(key).await {
+            tracing::debug!(target: "palisade_outbox", key, %error, "could not remove this instance's entry; it runs out with its lease");
+        }
+    }
+}
+
+/// Makes the bucket as a key-value bucket is made, but not by
+/// `create_key_value`: it asks the account's limits first, in a form NATS
+/// servers before 2.10 do not answer.
+async fn make_bucket(context: &jetstream::Context) -> Result<(), String> {
+    context
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{BUCKET}"),
+            description: Some(
+                "palisade-outbox: the event types each running instance of a durable consumer \
+                 takes"
+                    .to_owned(),
+            ),
+            subjects: vec![format!("$KV.{BUCKET}.>")],
+            max_messages_per_subject: 1,
+            max_age: LEASE,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..stream::Config::default()
+        })
+        .await
+        .map(drop)
+        .map_err(|error| error.to_string())
 }
 
 /// `name` as a key-value key's token: letters, digits, `-` and `_` kept,
@@ -309,5 +434,40 @@ mod tests {
             Takes::read(b"{not json").take("anything"),
             "a writer not understood keeps all"
         );
+    }
+
+    #[test]
+    fn before_the_first_read_every_type_is_handed_back_for_the_grace() {
+        let start = Instant::now();
+        let known = Known::new(LEASE, start);
+        assert!(known.taken("Any", start));
+        assert!(known.taken("Any", start + GRACE - Duration::from_millis(1)));
+        assert!(!known.taken("Any", start + GRACE), "the bucket unreadable");
+    }
+
+    #[test]
+    fn an_entry_gone_without_removal_keeps_its_types_for_the_grace() {
+        let start = Instant::now();
+        let mut known = Known::new(LEASE, start);
+        known.written("s.d.a".to_owned(), br#"["New"]"#, start);
+        known.read = Some(start);
+        assert!(known.taken("New", start) && !known.taken("Other", start));
+        // Not written again (its writes fail, or it died): kept through
+        // its lease and the grace, then forgotten.
+        let last = start + LEASE + GRACE - Duration::from_millis(1);
+        assert!(known.taken("New", last));
+        assert!(!known.taken("New", last + Duration::from_millis(1)));
+        known.forget_stale(last + Duration::from_millis(1));
+        assert!(known.entries.is_empty());
+    }
+
+    #[test]
+    fn a_removed_entry_is_forgotten_at_once() {
+        let start = Instant::now();
+        let mut known = Known::new(LEASE, start);
+        known.written("s.d.a".to_owned(), br#"["New"]"#, start);
+        known.read = Some(start);
+        known.removed("s.d.a");
+        assert!(!known.taken("New", start));
     }
 }

@@ -527,7 +527,11 @@ async fn a_type_another_instance_takes_is_handed_on_not_dropped() {
     running.await.unwrap().unwrap();
     assert_eq!(rig.count("applied").await, 3, "the old one applied its own");
     assert!(
-        entries(&rig, "shared").await.1 == [elsewhere.clone()],
+        entries(&rig, "shared")
+            .await
+            .1
+            .iter()
+            .all(|key| *key == elsewhere),
         "the old one removed its entry when it stopped"
     );
 
@@ -600,6 +604,37 @@ async fn instances_taking_different_types_share_a_durable_and_drop_nothing() {
         entries(&rig, "pair").await.1.is_empty(),
         "both removed theirs"
     );
+    rig.remove().await;
+}
+
+/// A run dropped (its task aborted, as a process's grace ends) removes its
+/// entry still, rather than hold its types for the entry's lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_removes_its_entry() {
+    let rig = Rig::new().await;
+    let consumer = Arc::new(
+        rig.consumer(rig.config("cut"))
+            .await
+            .unwrap()
+            .only(["Good"]),
+    );
+    let (_stop, running) = start(&consumer);
+    for _ in 0..600 {
+        if !entries(&rig, "cut").await.1.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(entries(&rig, "cut").await.1.len(), 1, "entered");
+    running.abort();
+    // Well within the 30 s the bucket keeps an entry.
+    for _ in 0..200 {
+        if entries(&rig, "cut").await.1.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(entries(&rig, "cut").await.1.is_empty(), "removed");
     rig.remove().await;
 }
 

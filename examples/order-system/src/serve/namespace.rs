@@ -24,7 +24,10 @@ pub struct Removed {
 /// services' and the processor's schemas, the stream, and the Redis keys
 /// (rate limits, cached answers, sign-in), so that a namespace used for a
 /// test or a measurement leaves nothing behind. Its processes must be
-/// stopped first. What is already gone is skipped.
+/// stopped first. What is already gone is skipped. (The services'
+/// entries in the account's `palisade_consumers` bucket, which their
+/// consumers remove when they stop, run out within a minute otherwise;
+/// the bucket is every durable's and stays.)
 ///
 /// # Errors
 ///
