@@ -257,6 +257,12 @@ impl Publisher for NatsJetStreamPublisher {
             Err(error) if stores_nothing(&error) && self.never_fits(&subject, size).await => {
                 return Err(PublishError::rejected(error));
             }
+            Err(error) if error.kind() == PublishErrorKind::StreamNotFound => {
+                return Err(PublishError::unavailable(Unanswered {
+                    subject: subject.to_string(),
+                    source: error,
+                }));
+            }
             Err(error) => return Err(classify(error)),
         };
         Ok(if ack.duplicate {
@@ -376,6 +382,32 @@ fn classify(error: JetStreamError) -> PublishError {
         PublishError::rejected(error)
     } else {
         PublishError::unavailable(error)
+    }
+}
+
+/// A publish no stream answered (NATS's "no responders"), naming its
+/// subject: JetStream is down, or no stream captures the subject, which
+/// the relay cannot tell apart and waits out as the broker's.
+#[derive(Debug)]
+struct Unanswered {
+    subject: String,
+    source: JetStreamError,
+}
+
+impl fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no stream answered a publish on {}: JetStream is down, or no stream captures the \
+             subject ({})",
+            self.subject, self.source
+        )
+    }
+}
+
+impl std::error::Error for Unanswered {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
     }
 }
 

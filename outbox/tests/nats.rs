@@ -319,12 +319,10 @@ async fn a_message_too_large_is_rejected_and_a_full_or_missing_stream_is_waited_
 
     // The stream is full now, and a subject no stream captures has no
     // responders: a third event is waited out by both, not spent.
-    streamed
-        .enqueue(&[Event::new("order", "o-3", "Placed", b"{}".to_vec())])
-        .await;
-    let nowhere = streamed
-        .publisher()
-        .subject_prefix(&format!("nowhere{}", unique().to_ascii_lowercase()));
+    let third = Event::new("order", "o-3", "Placed", b"{}".to_vec());
+    streamed.enqueue(std::slice::from_ref(&third)).await;
+    let nowhere_prefix = format!("nowhere{}", unique().to_ascii_lowercase());
+    let nowhere = streamed.publisher().subject_prefix(&nowhere_prefix);
     for relay in [
         Relay::new(streamed.outbox.clone(), streamed.publisher()),
         Relay::new(streamed.outbox.clone(), nowhere),
@@ -332,6 +330,19 @@ async fn a_message_too_large_is_rejected_and_a_full_or_missing_stream_is_waited_
         let report = run_until_claimed(&relay).await;
         assert_eq!((report.unavailable, report.dead), (1, 0), "{report:?}");
     }
+    // The missing stream's error names the subject no stream took.
+    let last_error: String = sqlx::query_scalar(&format!(
+        "SELECT last_error FROM {} WHERE id = $1",
+        streamed.outbox.config().table()
+    ))
+    .bind(third.id().to_string())
+    .fetch_one(&streamed.db.pool)
+    .await
+    .unwrap();
+    assert!(
+        last_error.contains(&format!("{nowhere_prefix}.order.Placed")),
+        "{last_error}"
+    );
     let dead = streamed.outbox.dead_events(10).await.unwrap();
     assert_eq!(dead.len(), 1, "only the large message is dead: {dead:?}");
     assert_eq!(dead[0].id, events[1].id());
