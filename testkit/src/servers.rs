@@ -41,17 +41,15 @@ pub async fn nats_proxy() -> (Proxy, String) {
 }
 
 /// A proxy to the server of `url` (port `default_port` unless it names
-/// one), and `url`'s scheme with the proxy's address.
+/// one), and `url` with the proxy's address for its host and port: its
+/// credentials, database and options kept, so that a test's proxied and
+/// direct clients reach the same database as the same user.
 async fn proxy_for(url: &str, default_port: u16) -> (Proxy, String) {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("tcp", url));
-    let authority = rest.split('/').next().unwrap_or_default();
-    let authority = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    let authority = if authority.contains(':') {
-        authority.to_owned()
+    let parts = UrlParts::of(url);
+    let authority = if parts.host.contains(':') {
+        parts.host.to_owned()
     } else {
-        format!("{authority}:{default_port}")
+        format!("{}:{default_port}", parts.host)
     };
     let target = tokio::net::lookup_host(authority)
         .await
@@ -59,6 +57,67 @@ async fn proxy_for(url: &str, default_port: u16) -> (Proxy, String) {
         .and_then(|mut addresses| addresses.next())
         .expect("the server's host resolves");
     let proxy = Proxy::start(target).await;
-    let through = format!("{scheme}://{}", proxy.address());
+    let through = parts.with_host(&proxy.address().to_string());
     (proxy, through)
+}
+
+/// A server URL cut around its host: `scheme://[userinfo@]host[/path][?query]`.
+#[derive(Debug, PartialEq, Eq)]
+struct UrlParts<'a> {
+    scheme: &'a str,
+    /// With its `@`, or empty.
+    userinfo: &'a str,
+    host: &'a str,
+    /// From the `/` or `?` after the host, or empty.
+    rest: &'a str,
+}
+
+impl<'a> UrlParts<'a> {
+    fn of(url: &'a str) -> Self {
+        let (scheme, after) = url.split_once("://").unwrap_or(("tcp", url));
+        let end = after.find(['/', '?']).unwrap_or(after.len());
+        let (authority, rest) = after.split_at(end);
+        let (userinfo, host) = match authority.rfind('@') {
+            Some(at) => authority.split_at(at + 1),
+            None => ("", authority),
+        };
+        Self {
+            scheme,
+            userinfo,
+            host,
+            rest,
+        }
+    }
+
+    fn with_host(&self, host: &str) -> String {
+        format!("{}://{}{host}{}", self.scheme, self.userinfo, self.rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UrlParts;
+
+    #[test]
+    fn a_proxied_url_keeps_all_but_its_host() {
+        for (url, through) in [
+            ("redis://127.0.0.1:6379", "redis://10.0.0.1:1"),
+            (
+                "redis://:secret@localhost:6379/3",
+                "redis://:secret@10.0.0.1:1/3",
+            ),
+            (
+                "postgres://postgres@127.0.0.1:5432/test?sslmode=disable",
+                "postgres://postgres@10.0.0.1:1/test?sslmode=disable",
+            ),
+            (
+                "nats://user:p%40ss@nats?x=1",
+                "nats://user:p%40ss@10.0.0.1:1?x=1",
+            ),
+            ("127.0.0.1:4222", "tcp://10.0.0.1:1"),
+        ] {
+            assert_eq!(UrlParts::of(url).with_host("10.0.0.1:1"), through, "{url}");
+        }
+        assert_eq!(UrlParts::of("redis://a:b@host:1/2").host, "host:1");
+    }
 }
