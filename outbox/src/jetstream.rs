@@ -459,7 +459,10 @@ where
         if made_filter != filter.into_iter().collect::<Vec<_>>() {
             return Err(ConsumerSetupError(format!(
                 "consumer {} on stream {} exists with filter {made_filter:?}, not {:?} as asked: \
-                 JetStream keeps the first; remove the consumer or name another",
+                 JetStream keeps the first. Edit its filter (NATS 2.10 or later), or ask for \
+                 the one it has: a consumer removed and made again, or named anew, is \
+                 delivered the stream from its start, and applies again what its inbox \
+                 (keyed by the consumer's name) has no record of",
                 config.durable,
                 config.stream,
                 filter.into_iter().collect::<Vec<_>>(),
@@ -603,21 +606,26 @@ where
             None => Box::pin(open_roster(&self.context, &self.config)).await,
         };
         let Some(roster) = roster else {
-            return self.consume(shutdown).await;
+            return self.consume(shutdown, None).await;
         };
         // Boxed: a watch is large, and `run`'s future is held whole by
         // its callers.
         let (enlisted, watch) = Box::pin(roster.enlist(&self.only)).await;
         let consumed = tokio::select! {
-            consumed = self.consume(shutdown) => consumed,
+            consumed = self.consume(shutdown, Some(&roster)) => consumed,
             never = Box::pin(enlisted.keep(&self.only, watch)) => match never {},
         };
         enlisted.leave().await;
         consumed
     }
 
-    /// [`run`](Self::run), this instance's entry kept meanwhile.
-    async fn consume(&self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
+    /// [`run`](Self::run), the types the durable's instances take read
+    /// from `roster` (none: the account keeps no bucket for them).
+    async fn consume(
+        &self,
+        shutdown: impl Future<Output = ()>,
+        roster: Option<&Roster>,
+    ) -> Result<(), BoxError> {
         let mut shutdown = Box::pin(shutdown).shared();
         let mut pulled = Pulled {
             stream: self.consumer.messages().await?,
@@ -645,7 +653,7 @@ where
             pulled.take_in();
             let taken = pulled.ahead.len().min(self.batch);
             batch.extend(pulled.ahead.drain(..taken));
-            let stopped = !self.process(&batch, &shutdown, &mut pulled).await;
+            let stopped = !self.process(&batch, &shutdown, &mut pulled, roster).await;
             batch.clear();
             if stopped {
                 break;
@@ -666,6 +674,7 @@ where
         messages: &[jetstream::Message],
         shutdown: &Shared<S>,
         pulled: &mut Pulled,
+        roster: Option<&Roster>,
     ) -> bool
     where
         S: Future<Output = ()> + Unpin,
@@ -688,7 +697,7 @@ where
                 }
             };
             if !self.only.admits(&envelope.event_type) {
-                if let Some(roster) = &self.roster
+                if let Some(roster) = roster
                     && roster.taken(&envelope.event_type)
                 {
                     Counters::add(&self.counters.handed_on);

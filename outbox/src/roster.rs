@@ -88,16 +88,25 @@ impl Takes {
     }
 }
 
+/// An entry as seen.
+#[derive(Debug)]
+struct Seen {
+    takes: Takes,
+    revision: u64,
+    at: Instant,
+}
+
 /// What an instance knows of its durable's entries.
 #[derive(Debug)]
 struct Known {
-    /// Each entry's types, and when it was last seen written.
-    entries: HashMap<String, (Takes, Instant)>,
+    /// Each entry's types, its revision, and when that revision was
+    /// first seen.
+    entries: HashMap<String, Seen>,
     /// How long an entry is kept after it was last seen written.
     kept: Duration,
     /// When the entries were first read whole; `None` before.
     read: Option<Instant>,
-    /// When this instance began to keep them.
+    /// When this instance began to read them (its run's start).
     since: Instant,
 }
 
@@ -114,13 +123,30 @@ impl Known {
     /// Takes in an entry written or removed.
     fn saw(&mut self, entry: kv::Entry, now: Instant) {
         match entry.operation {
-            kv::Operation::Put => self.written(entry.key, &entry.value, now),
+            kv::Operation::Put => self.written(entry.key, &entry.value, entry.revision, now),
             kv::Operation::Delete | kv::Operation::Purge => self.removed(&entry.key),
         }
     }
 
-    fn written(&mut self, key: String, value: &[u8], now: Instant) {
-        self.entries.insert(key, (Takes::read(value), now));
+    /// An entry written: seen now unless this revision was seen before
+    /// (read again, not written again: its lease runs from its write).
+    fn written(&mut self, key: String, value: &[u8], revision: u64, now: Instant) {
+        if self
+            .entries
+            .get(&key)
+            .is_some_and(|seen| seen.revision == revision)
+        {
+            return;
+        }
+        let takes = Takes::read(value);
+        self.entries.insert(
+            key,
+            Seen {
+                takes,
+                revision,
+                at: now,
+            },
+        );
     }
 
     fn removed(&mut self, key: &str) {
@@ -134,8 +160,8 @@ impl Known {
         if self.read.is_none() {
             return now.saturating_duration_since(self.since) < GRACE;
         }
-        self.entries.values().any(|(takes, seen)| {
-            now.saturating_duration_since(*seen) < self.kept && takes.take(event_type)
+        self.entries.values().any(|seen| {
+            now.saturating_duration_since(seen.at) < self.kept && seen.takes.take(event_type)
         })
     }
 
@@ -143,7 +169,7 @@ impl Known {
     fn forget_stale(&mut self, now: Instant) {
         let kept = self.kept;
         self.entries
-            .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < kept);
+            .retain(|_, seen| now.saturating_duration_since(seen.at) < kept);
     }
 }
 
@@ -200,9 +226,16 @@ impl Roster {
         self: &Arc<Self>,
         only: &EventTypes,
     ) -> (Enlisted, Option<kv::Watch>) {
+        {
+            let mut known = self.lock();
+            if known.read.is_none() {
+                known.since = Instant::now();
+            }
+        }
         let enlisted = Enlisted {
             roster: Arc::clone(self),
             key: format!("{}{}", self.prefix, uuid::Uuid::now_v7().simple()),
+            runtime: tokio::runtime::Handle::current(),
             left: false,
         };
         let watch = enlisted.renew(only).await;
@@ -266,6 +299,8 @@ impl Roster {
 pub(crate) struct Enlisted {
     roster: Arc<Roster>,
     key: String,
+    /// The runtime the run is on, where a dropped run's entry is removed.
+    runtime: tokio::runtime::Handle,
     left: bool,
 }
 
@@ -298,12 +333,13 @@ impl Enlisted {
                 }
                 seen = seen => match seen {
                     Some(Ok(entry)) => self.roster.lock().saw(entry, Instant::now()),
-                    // A missed heartbeat, say: the watch goes on.
-                    Some(Err(error)) => {
-                        tracing::debug!(target: "palisade_outbox", bucket = BUCKET, %error, "watching the other instances' entries");
-                    }
                     // Read and watched again at the next write; what is
-                    // known stands meanwhile.
+                    // known stands meanwhile. (A watch that failed once is
+                    // not polled again: its connection may be gone.)
+                    Some(Err(error)) => {
+                        tracing::debug!(target: "palisade_outbox", bucket = BUCKET, %error, "watching the other instances' entries failed; reading them again at the next write");
+                        watch = None;
+                    }
                     None => watch = None,
                 },
             }
@@ -312,8 +348,8 @@ impl Enlisted {
 
     /// Removes this run's entry.
     pub(crate) async fn leave(mut self) {
-        self.left = true;
         self.roster.remove(&self.key).await;
+        self.left = true;
     }
 
     /// Writes this run's entry, and reads and watches the durable's.
@@ -328,13 +364,12 @@ impl Drop for Enlisted {
         if self.left {
             return;
         }
-        // The run was dropped (cancelled): its entry would otherwise hold
-        // its types until it ran out.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let roster = Arc::clone(&self.roster);
-            let key = std::mem::take(&mut self.key);
-            runtime.spawn(async move { roster.remove(&key).await });
-        }
+        // The run was dropped (its task aborted, or `leave` cut short):
+        // its entry would otherwise hold its types until it ran out. (A
+        // runtime shutting down runs no new task: then it runs out.)
+        let roster = Arc::clone(&self.roster);
+        let key = std::mem::take(&mut self.key);
+        self.runtime.spawn(async move { roster.remove(&key).await });
     }
 }
 
@@ -449,9 +484,11 @@ mod tests {
     fn an_entry_gone_without_removal_keeps_its_types_for_the_grace() {
         let start = Instant::now();
         let mut known = Known::new(LEASE, start);
-        known.written("s.d.a".to_owned(), br#"["New"]"#, start);
+        known.written("s.d.a".to_owned(), br#"["New"]"#, 7, start);
         known.read = Some(start);
         assert!(known.taken("New", start) && !known.taken("Other", start));
+        // Read again, not written again: its lease runs from its write.
+        known.written("s.d.a".to_owned(), br#"["New"]"#, 7, start + LEASE);
         // Not written again (its writes fail, or it died): kept through
         // its lease and the grace, then forgotten.
         let last = start + LEASE + GRACE - Duration::from_millis(1);
@@ -465,7 +502,7 @@ mod tests {
     fn a_removed_entry_is_forgotten_at_once() {
         let start = Instant::now();
         let mut known = Known::new(LEASE, start);
-        known.written("s.d.a".to_owned(), br#"["New"]"#, start);
+        known.written("s.d.a".to_owned(), br#"["New"]"#, 7, start);
         known.read = Some(start);
         known.removed("s.d.a");
         assert!(!known.taken("New", start));
