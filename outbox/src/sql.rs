@@ -573,15 +573,16 @@ impl OutboxSql {
                 // A transaction-scoped lock per aggregate of this table: a
                 // second transaction writing the same aggregate here waits
                 // for the first to end before it takes its `seq`, so `seq`
-                // order is commit order within an aggregate. (The table is
-                // in the key: outboxes of other tables in the database,
-                // other services' with the same aggregate ids, neither
-                // wait on nor deadlock with it.) The same statement asks
+                // order is commit order within an aggregate. (The table's
+                // oid is in the key, whatever name found it: outboxes of
+                // other tables in the database, other services' with the
+                // same aggregate ids, neither wait on nor deadlock with
+                // it.) The same statement asks
                 // PostgreSQL to wake the listening relays once the
                 // transaction commits: no round trip of its own.
                 #[cfg(feature = "postgres")]
                 Dialect::Postgres => format!(
-                    "WITH aggregate AS (SELECT pg_advisory_xact_lock(hashtextextended('{t}/' || $2 || '/' || $3, 0))), \
+                    "WITH aggregate AS (SELECT pg_advisory_xact_lock(hashtextextended('{t}'::regclass::oid::text || '/' || $2 || '/' || $3, 0))), \
                      wake AS (SELECT pg_notify('{channel}', '')) \
                      INSERT INTO {t} (id, aggregate_type, aggregate_id, event_type, payload, headers) \
                      SELECT $1, $2, $3, $4, $5, $6 FROM aggregate, wake",
