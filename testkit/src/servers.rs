@@ -46,12 +46,7 @@ pub async fn nats_proxy() -> (Proxy, String) {
 /// direct clients reach the same database as the same user.
 async fn proxy_for(url: &str, default_port: u16) -> (Proxy, String) {
     let parts = UrlParts::of(url);
-    let authority = if parts.host.contains(':') {
-        parts.host.to_owned()
-    } else {
-        format!("{}:{default_port}", parts.host)
-    };
-    let target = tokio::net::lookup_host(authority)
+    let target = tokio::net::lookup_host(parts.authority(default_port))
         .await
         .ok()
         .and_then(|mut addresses| addresses.next())
@@ -89,6 +84,20 @@ impl<'a> UrlParts<'a> {
         }
     }
 
+    /// The host with its port, `default_port` unless it names one (an
+    /// IPv6 address is bracketed, colons and all).
+    fn authority(&self, default_port: u16) -> String {
+        let after_address = self
+            .host
+            .rsplit_once(']')
+            .map_or(self.host, |(_, after)| after);
+        if after_address.contains(':') {
+            self.host.to_owned()
+        } else {
+            format!("{}:{default_port}", self.host)
+        }
+    }
+
     fn with_host(&self, host: &str) -> String {
         format!("{}://{}{host}{}", self.scheme, self.userinfo, self.rest)
     }
@@ -119,5 +128,13 @@ mod tests {
             assert_eq!(UrlParts::of(url).with_host("10.0.0.1:1"), through, "{url}");
         }
         assert_eq!(UrlParts::of("redis://a:b@host:1/2").host, "host:1");
+        for (url, authority) in [
+            ("redis://[::1]/0", "[::1]:6379"),
+            ("redis://[::1]:7000", "[::1]:7000"),
+            ("redis://localhost", "localhost:6379"),
+            ("redis://u:p@localhost:7000/1", "localhost:7000"),
+        ] {
+            assert_eq!(UrlParts::of(url).authority(6379), authority, "{url}");
+        }
     }
 }
