@@ -146,6 +146,34 @@ pub struct Message {
 }
 
 impl Message {
+    /// `event` as a relay hands it to a [`Publisher`](crate::Publisher),
+    /// enqueued at `created_at_ms` (milliseconds since the Unix epoch) and
+    /// failed `attempts` times before: for testing a publisher of your
+    /// own, or driving one without a store. It carries no claim, so no
+    /// store's settle changes anything for it.
+    ///
+    /// ```
+    /// use palisade_outbox::{Event, MemoryBroker, Message, Published, Publisher};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let broker = MemoryBroker::new(16);
+    /// let event = Event::new("order", "o-1", "OrderPlaced", b"{}".to_vec());
+    /// let published = broker.publish(&Message::new(event, 0, 0)).await;
+    /// assert!(matches!(published, Ok(Published::Stored)));
+    /// # }
+    /// ```
+    #[must_use]
+    pub const fn new(event: Event, created_at_ms: i64, attempts: i32) -> Self {
+        Self {
+            seq: 0,
+            claim: Uuid::nil(),
+            event,
+            created_at_ms,
+            attempts,
+        }
+    }
+
     #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub(crate) fn from_row(
         (seq, claim): (i64, Uuid),

@@ -221,11 +221,16 @@ pub struct Decision {
 }
 
 impl Decision {
-    #[cfg(feature = "redis")]
-    /// A decision made without a bucket to consult (a store that failed
-    /// open or closed): `remaining` and `reset` describe nothing (see
-    /// [`Decision::is_from_bucket`]).
-    pub(crate) fn without_store(bucket: &Bucket, allowed: bool, retry_after: Duration) -> Self {
+    /// A decision made without a bucket to consult, by a store that
+    /// failed open or closed (as [`FailurePolicy`](crate::FailurePolicy)
+    /// has Redis do): `remaining` and `reset` describe nothing (see
+    /// [`Decision::is_from_bucket`]), and a denied request is told to come
+    /// back after `retry_after`.
+    ///
+    /// For a [`Store`](crate::Store) of your own, and for testing code
+    /// that reads decisions.
+    #[must_use]
+    pub fn without_store(bucket: &Bucket, allowed: bool, retry_after: Duration) -> Self {
         Self {
             from_bucket: false,
             counted: bucket.capacity,
@@ -233,9 +238,29 @@ impl Decision {
         }
     }
 
-    /// A decision as a store counted it itself (Redis, in microseconds).
-    #[cfg(feature = "redis")]
-    pub(crate) fn counted(
+    /// A decision as a store counted it itself (as the Redis store does):
+    /// whether the request is `allowed`, the whole tokens `remaining`
+    /// after it (at most `bucket`'s capacity), for a denied request the
+    /// wait until it would fit (`Duration::MAX`: it never will; zero when
+    /// allowed), and the time until the bucket is full again.
+    ///
+    /// For a [`Store`](crate::Store) of your own, and for testing code
+    /// that reads decisions.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use palisade_token_bucket::{Bucket, Decision};
+    ///
+    /// let bucket = Bucket::new(10, 5.0)?;
+    /// let wait = Duration::from_millis(200);
+    /// let denied = Decision::counted(&bucket, false, 0, wait, Duration::from_secs(2));
+    /// assert!(!denied.is_allowed() && denied.is_from_bucket());
+    /// assert_eq!((denied.retry_after(), denied.remaining()), (wait, 0));
+    /// assert_eq!(denied.reset(), Duration::from_secs(2));
+    /// # Ok::<(), palisade_token_bucket::ConfigError>(())
+    /// ```
+    #[must_use]
+    pub fn counted(
         bucket: &Bucket,
         allowed: bool,
         remaining: u32,
