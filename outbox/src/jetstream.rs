@@ -514,8 +514,8 @@ where
     /// before it takes a message (handing back what it does not take
     /// until it could), and watches them; one that stops removes its
     /// entry, and one whose entry is neither written again nor removed
-    /// (it died, or cannot reach the bucket) holds its types a minute
-    /// past the entry's end.
+    /// (it died, or cannot reach the bucket) holds its types a minute or
+    /// so past the entry's end.
     ///
     /// What this does not cover: the instances of a version before this
     /// one keep no entry and read none (the deploy that brings this

@@ -21,11 +21,13 @@
 //! instance has written them. The bucket drops an entry that ran out
 //! without a word to the watches, so each instance reads them all again
 //! each time it writes its own, and forgets an entry that was neither
-//! written again nor removed [`GRACE`] after the lease: an instance whose
+//! written again nor removed [`GRACE`] after its lease (after its lease
+//! as this instance first saw it: up to a lease more when that was in a
+//! read): an instance whose
 //! writes fail for a while (a partition, a stalled process) keeps its
-//! types meanwhile, and one that died holds them that long. Until an
-//! instance has read the entries once (for up to [`GRACE`]), it hands
-//! back every type it does not take.
+//! types meanwhile, and one that died holds them that long. Until a run
+//! has read the entries (for up to [`GRACE`]), it hands back every type
+//! it does not take.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -104,9 +106,10 @@ struct Known {
     entries: HashMap<String, Seen>,
     /// How long an entry is kept after it was last seen written.
     kept: Duration,
-    /// When the entries were first read whole; `None` before.
+    /// When the entries were last read whole; `None` before.
     read: Option<Instant>,
-    /// When this instance began to read them (its run's start).
+    /// When the latest run began (entries read before it may be stale:
+    /// nothing watched them between runs).
     since: Instant,
 }
 
@@ -155,9 +158,10 @@ impl Known {
 
     /// Whether some instance of the durable takes `event_type`: some
     /// entry seen within its lease and grace takes it. Before the entries
-    /// were read once, any type may be taken (for [`GRACE`] at most).
+    /// were read in the latest run, any type may be taken (for [`GRACE`]
+    /// at most).
     fn taken(&self, event_type: &str, now: Instant) -> bool {
-        if self.read.is_none() {
+        if self.read.is_none_or(|read| read < self.since) {
             return now.saturating_duration_since(self.since) < GRACE;
         }
         self.entries.values().any(|seen| {
@@ -226,12 +230,7 @@ impl Roster {
         self: &Arc<Self>,
         only: &EventTypes,
     ) -> (Enlisted, Option<kv::Watch>) {
-        {
-            let mut known = self.lock();
-            if known.read.is_none() {
-                known.since = Instant::now();
-            }
-        }
+        self.lock().since = Instant::now();
         let enlisted = Enlisted {
             roster: Arc::clone(self),
             key: format!("{}{}", self.prefix, uuid::Uuid::now_v7().simple()),
@@ -281,7 +280,7 @@ impl Roster {
         }
         let mut known = self.lock();
         let now = Instant::now();
-        known.read.get_or_insert(now);
+        known.read = Some(now);
         known.forget_stale(now);
         Some(watch)
     }
@@ -478,6 +477,21 @@ mod tests {
         assert!(known.taken("Any", start));
         assert!(known.taken("Any", start + GRACE - Duration::from_millis(1)));
         assert!(!known.taken("Any", start + GRACE), "the bucket unreadable");
+    }
+
+    #[test]
+    fn a_new_run_hands_back_until_it_has_read_the_entries_again() {
+        let start = Instant::now();
+        let mut known = Known::new(LEASE, start);
+        known.read = Some(start);
+        assert!(!known.taken("New", start), "read: no one takes it");
+        // A later run, whose first read has not come (or failed): an
+        // instance may have joined since, unwatched.
+        let rerun = start + Duration::from_secs(100);
+        known.since = rerun;
+        assert!(known.taken("New", rerun));
+        known.read = Some(rerun);
+        assert!(!known.taken("New", rerun), "read again");
     }
 
     #[test]
