@@ -149,8 +149,8 @@ impl Message {
     /// `event` as a relay hands it to a [`Publisher`](crate::Publisher),
     /// enqueued at `created_at_ms` (milliseconds since the Unix epoch) and
     /// failed `attempts` times before: for testing a publisher of your
-    /// own, or driving one without a store. It carries no claim, so no
-    /// store's settle changes anything for it.
+    /// own, or driving one without a store. It carries no claim, so
+    /// neither of this crate's stores changes anything when settling it.
     ///
     /// ```
     /// use palisade_outbox::{Event, MemoryBroker, Message, Published, Publisher};

@@ -222,10 +222,11 @@ pub struct Decision {
 
 impl Decision {
     /// A decision made without a bucket to consult, by a store that
-    /// failed open or closed (as [`FailurePolicy`](crate::FailurePolicy)
-    /// has Redis do): `remaining` and `reset` describe nothing (see
+    /// failed open or closed (as the Redis store's failure policy has it
+    /// do): `remaining` and `reset` describe nothing (see
     /// [`Decision::is_from_bucket`]), and a denied request is told to come
-    /// back after `retry_after`.
+    /// back after `retry_after` (an allowed one's wait is zero, whatever
+    /// is passed).
     ///
     /// For a [`Store`](crate::Store) of your own, and for testing code
     /// that reads decisions.
@@ -234,15 +235,16 @@ impl Decision {
         Self {
             from_bucket: false,
             counted: bucket.capacity,
-            ..bucket.decision(allowed, 0, nanos(retry_after))
+            ..bucket.decision(allowed, 0, wait(allowed, retry_after))
         }
     }
 
     /// A decision as a store counted it itself (as the Redis store does):
     /// whether the request is `allowed`, the whole tokens `remaining`
     /// after it (at most `bucket`'s capacity), for a denied request the
-    /// wait until it would fit (`Duration::MAX`: it never will; zero when
-    /// allowed), and the time until the bucket is full again.
+    /// wait until it would fit (`Duration::MAX`: it never will; taken as
+    /// zero when allowed), and the time until the bucket is full again (at
+    /// most its refill time).
     ///
     /// For a [`Store`](crate::Store) of your own, and for testing code
     /// that reads decisions.
@@ -257,6 +259,12 @@ impl Decision {
     /// assert!(!denied.is_allowed() && denied.is_from_bucket());
     /// assert_eq!((denied.retry_after(), denied.remaining()), (wait, 0));
     /// assert_eq!(denied.reset(), Duration::from_secs(2));
+    ///
+    /// // An allowed request waits for nothing; the bucket is full again
+    /// // within its refill time.
+    /// let allowed = Decision::counted(&bucket, true, 9, wait, Duration::from_secs(9));
+    /// assert_eq!(allowed.retry_after(), Duration::ZERO);
+    /// assert_eq!(allowed.reset(), bucket.refill_time());
     /// # Ok::<(), palisade_token_bucket::ConfigError>(())
     /// ```
     #[must_use]
@@ -269,7 +277,11 @@ impl Decision {
     ) -> Self {
         Self {
             counted: remaining.min(bucket.capacity),
-            ..bucket.decision(allowed, nanos(reset), nanos(retry_after))
+            ..bucket.decision(
+                allowed,
+                nanos(reset.min(bucket.refill_time())),
+                wait(allowed, retry_after),
+            )
         }
     }
 
@@ -364,6 +376,11 @@ impl PartialEq for Decision {
 impl Eq for Decision {}
 
 /// `duration` in nanoseconds, saturating (585 years, which is never).
+/// A decision's wait in nanoseconds: none for an allowed request.
+fn wait(allowed: bool, retry_after: Duration) -> u64 {
+    if allowed { 0 } else { nanos(retry_after) }
+}
+
 pub(crate) fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
