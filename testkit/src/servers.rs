@@ -56,9 +56,10 @@ async fn proxy_for(url: &str, default_port: u16) -> (Proxy, String) {
     (proxy, through)
 }
 
-/// A server URL cut around its host: `scheme://[userinfo@]host[/path][?query]`.
+/// A server URL cut around its host: `[scheme://][userinfo@]host[/path][?query]`.
 #[derive(Debug, PartialEq, Eq)]
 struct UrlParts<'a> {
+    /// With its `://`, or empty.
     scheme: &'a str,
     /// With its `@`, or empty.
     userinfo: &'a str,
@@ -69,7 +70,10 @@ struct UrlParts<'a> {
 
 impl<'a> UrlParts<'a> {
     fn of(url: &'a str) -> Self {
-        let (scheme, after) = url.split_once("://").unwrap_or(("tcp", url));
+        let (scheme, after) = match url.find("://") {
+            Some(at) => url.split_at(at + 3),
+            None => ("", url),
+        };
         let end = after.find(['/', '?']).unwrap_or(after.len());
         let (authority, rest) = after.split_at(end);
         let (userinfo, host) = match authority.rfind('@') {
@@ -99,7 +103,7 @@ impl<'a> UrlParts<'a> {
     }
 
     fn with_host(&self, host: &str) -> String {
-        format!("{}://{}{host}{}", self.scheme, self.userinfo, self.rest)
+        format!("{}{}{host}{}", self.scheme, self.userinfo, self.rest)
     }
 }
 
@@ -123,7 +127,7 @@ mod tests {
                 "nats://user:p%40ss@nats?x=1",
                 "nats://user:p%40ss@10.0.0.1:1?x=1",
             ),
-            ("127.0.0.1:4222", "tcp://10.0.0.1:1"),
+            ("127.0.0.1:4222", "10.0.0.1:1"),
         ] {
             assert_eq!(UrlParts::of(url).with_host("10.0.0.1:1"), through, "{url}");
         }
