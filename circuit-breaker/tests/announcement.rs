@@ -3,32 +3,14 @@
 //! the first time any thread passes it, and a test passing the same place
 //! with no subscriber at that moment would leave this one's sink unasked.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use palisade_circuit_breaker::{CircuitBreaker, Config, Outcome, SlidingWindow, State};
+use palisade_circuit_breaker::{Outcome, State};
 
-const OPEN: Duration = Duration::from_secs(1);
-const MAX_WAIT: Duration = Duration::from_secs(5);
+#[path = "support/opened.rs"]
+mod opened;
 
-/// A breaker with one probe slot that one failure opens, open at `start`.
-fn opened(start: Instant) -> CircuitBreaker {
-    let config = Config::builder()
-        .sliding_window(SlidingWindow::Count(1))
-        .minimum_calls(1)
-        .open_duration(OPEN)
-        .jitter(0.0)
-        .half_open_permits(1)
-        .half_open_max_wait(MAX_WAIT)
-        .build()
-        .unwrap();
-    let breaker = CircuitBreaker::new_at(config, start);
-    breaker
-        .try_acquire(start)
-        .unwrap()
-        .record(Outcome::Failure, start);
-    assert_eq!(breaker.state(), State::Open);
-    breaker
-}
+use opened::{MAX_WAIT, OPEN, opened};
 
 /// A log sink (or exporter) that fails on every event.
 struct PanicsOnEvents;
@@ -61,7 +43,7 @@ impl tracing::Subscriber for PanicsOnEvents {
 #[test]
 fn a_turn_to_half_open_whose_announcement_panics_still_ends_its_probe() {
     let start = Instant::now();
-    let breaker = opened(start);
+    let breaker = opened(1, start);
     let half_open = start + OPEN;
     let announced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         tracing::subscriber::with_default(PanicsOnEvents, || {

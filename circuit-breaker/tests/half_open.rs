@@ -4,31 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use palisade_circuit_breaker::{CircuitBreaker, Config, Outcome, SlidingWindow, State};
+use palisade_circuit_breaker::{Outcome, State};
 
-const OPEN: Duration = Duration::from_secs(1);
-const MAX_WAIT: Duration = Duration::from_secs(5);
+#[path = "support/opened.rs"]
+mod opened;
 
-/// A breaker with `permits` probe slots that one failure opens, open at
-/// `start`.
-fn opened(permits: u8, start: Instant) -> CircuitBreaker {
-    let config = Config::builder()
-        .sliding_window(SlidingWindow::Count(1))
-        .minimum_calls(1)
-        .open_duration(OPEN)
-        .jitter(0.0)
-        .half_open_permits(permits)
-        .half_open_max_wait(MAX_WAIT)
-        .build()
-        .unwrap();
-    let breaker = CircuitBreaker::new_at(config, start);
-    breaker
-        .try_acquire(start)
-        .unwrap()
-        .record(Outcome::Failure, start);
-    assert_eq!(breaker.state(), State::Open);
-    breaker
-}
+use opened::{MAX_WAIT, OPEN, opened};
 
 #[test]
 fn half_open_survives_an_older_clock_reading() {
