@@ -120,11 +120,12 @@ impl ConsumerConfig {
     /// subject (at least 1). A delivery the consumer handed back untried
     /// (it was stopping while the message waited, tried it only to fail
     /// [`Transient`](crate::Transient)ly, or handed it on to an instance
-    /// taking its type: see [`only`](JetStreamConsumer::only)) is not one: the inbox counts
-    /// those, and JetStream's count is taken less them. (While the inbox's
-    /// database is away they are not counted, and count as tries.) A
-    /// handler that never returns, because it crashes the process, is
-    /// delivered again for ever: the count is checked when a try fails.
+    /// taking its type: see [`only`](JetStreamConsumer::only)) is not
+    /// one: the inbox counts those, and JetStream's count is taken less
+    /// them. (While the inbox's database is away they are not counted,
+    /// and count as tries.) A handler that never returns, because it
+    /// crashes the process, is delivered again for ever: the count is
+    /// checked when a try fails.
     #[must_use]
     pub fn max_deliver(mut self, deliveries: u64) -> Self {
         self.policy.max_deliver = deliveries.max(1);

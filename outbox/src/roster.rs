@@ -159,10 +159,12 @@ impl Known {
     /// Whether some instance of the durable takes `event_type`: some
     /// entry seen within its lease and grace takes it. Before the entries
     /// were read in the latest run, any type may be taken (for [`GRACE`]
-    /// at most).
+    /// at most; then what is known stands).
     fn taken(&self, event_type: &str, now: Instant) -> bool {
-        if self.read.is_none_or(|read| read < self.since) {
-            return now.saturating_duration_since(self.since) < GRACE;
+        if self.read.is_none_or(|read| read < self.since)
+            && now.saturating_duration_since(self.since) < GRACE
+        {
+            return true;
         }
         self.entries.values().any(|seen| {
             now.saturating_duration_since(seen.at) < self.kept && seen.takes.take(event_type)
@@ -492,6 +494,15 @@ mod tests {
         assert!(known.taken("New", rerun));
         known.read = Some(rerun);
         assert!(!known.taken("New", rerun), "read again");
+
+        // Never read in a run: after the grace, what an earlier run read
+        // stands.
+        known.written("s.d.a".to_owned(), br#"["Old"]"#, 3, rerun);
+        let later = rerun + Duration::from_secs(10);
+        known.since = later;
+        assert!(known.taken("New", later + GRACE - Duration::from_millis(1)));
+        assert!(known.taken("Old", later + GRACE));
+        assert!(!known.taken("New", later + GRACE));
     }
 
     #[test]

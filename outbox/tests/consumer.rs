@@ -499,6 +499,19 @@ async fn entries(rig: &Rig, durable: &str) -> (jetstream::kv::Store, Vec<String>
     (store, keys)
 }
 
+/// Waits until `durable` has `count` entries (half a minute at most);
+/// their keys.
+async fn until_entries(rig: &Rig, durable: &str, count: usize) -> Vec<String> {
+    for _ in 0..600 {
+        let (_, keys) = entries(rig, durable).await;
+        if keys.len() == count {
+            return keys;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    entries(rig, durable).await.1
+}
+
 /// In a rolling deploy, an instance of the old version (taking `Good`)
 /// shares the durable with one of the new (taking `Good` and `New`): the
 /// old one hands `New` back rather than acknowledge it. It acknowledged
@@ -564,12 +577,7 @@ async fn instances_taking_different_types_share_a_durable_and_drop_nothing() {
             .only(["Good", "New"]),
     );
     let (stop_new, running_new) = start(&new);
-    for _ in 0..600 {
-        if !entries(&rig, "pair").await.1.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(until_entries(&rig, "pair", 1).await.len(), 1, "entered");
     let old = Arc::new(
         rig.consumer(rig.config("pair"))
             .await
@@ -577,13 +585,11 @@ async fn instances_taking_different_types_share_a_durable_and_drop_nothing() {
             .only(["Good"]),
     );
     let (stop_old, running_old) = start(&old);
-    for _ in 0..600 {
-        if entries(&rig, "pair").await.1.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(entries(&rig, "pair").await.1.len(), 2, "one entry each");
+    assert_eq!(
+        until_entries(&rig, "pair", 2).await.len(),
+        2,
+        "one entry each"
+    );
 
     rig.publish(&good_and_new(40)).await;
     for _ in 0..600 {
@@ -619,13 +625,7 @@ async fn a_cancelled_run_removes_its_entry() {
             .only(["Good"]),
     );
     let (_stop, running) = start(&consumer);
-    for _ in 0..600 {
-        if !entries(&rig, "cut").await.1.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(entries(&rig, "cut").await.1.len(), 1, "entered");
+    assert_eq!(until_entries(&rig, "cut", 1).await.len(), 1, "entered");
     running.abort();
     // Well within the 30 s the bucket keeps an entry.
     for _ in 0..200 {
