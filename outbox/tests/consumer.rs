@@ -482,6 +482,10 @@ fn good_and_new(n: u8) -> Vec<Event> {
 }
 
 /// The instances' bucket, and the keys of `durable`'s entries in it.
+///
+/// Each listing is bounded and tried again: async-nats's `keys` waits for
+/// ever when the entries it counted at its start run out (the bucket drops
+/// them 30 s after their last write) before it is sent them.
 async fn entries(rig: &Rig, durable: &str) -> (jetstream::kv::Store, Vec<String>) {
     let store = rig
         .context
@@ -489,14 +493,24 @@ async fn entries(rig: &Rig, durable: &str) -> (jetstream::kv::Store, Vec<String>
         .await
         .unwrap();
     let prefix = format!("{}.{durable}.", rig.stream);
-    let keys = store
-        .keys()
-        .await
-        .unwrap()
-        .filter_map(|key| std::future::ready(key.ok().filter(|key| key.starts_with(&prefix))))
-        .collect()
+    for _ in 0..5 {
+        let listed = tokio::time::timeout(Duration::from_secs(5), async {
+            store
+                .keys()
+                .await
+                .unwrap()
+                .filter_map(|key| {
+                    std::future::ready(key.ok().filter(|key| key.starts_with(&prefix)))
+                })
+                .collect::<Vec<String>>()
+                .await
+        })
         .await;
-    (store, keys)
+        if let Ok(keys) = listed {
+            return (store, keys);
+        }
+    }
+    panic!("the bucket's keys could not be listed");
 }
 
 /// Waits until `durable` has `count` entries (half a minute at most);
