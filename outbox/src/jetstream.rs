@@ -45,6 +45,8 @@ pub struct ConsumerConfig {
     durable: String,
     dead_letter_subject: String,
     filter_subject: Option<String>,
+    /// The consumer's name in the inbox, when not the durable's.
+    inbox_name: Option<String>,
     policy: DeliveryPolicy,
     ack_wait: Duration,
 }
@@ -52,7 +54,8 @@ pub struct ConsumerConfig {
 impl ConsumerConfig {
     /// The durable consumer `durable` on `stream`, which sends messages it
     /// gives up on to `dead_letter_subject` (which a stream must capture).
-    /// `durable` is also the consumer's name in the inbox. Defaults: every
+    /// `durable` is also the consumer's name in the inbox (unless
+    /// [`inbox_name`](Self::inbox_name) says another). Defaults: every
     /// subject of the stream, 5 deliveries, retries after 1 s doubling to
     /// 1 min, a 30 s ack wait. A consumer may not read its own dead-letter
     /// subject: when the stream captures it, as the stream that
@@ -99,6 +102,7 @@ impl ConsumerConfig {
             durable: durable.to_owned(),
             dead_letter_subject: dead_letter_subject.to_owned(),
             filter_subject: None,
+            inbox_name: None,
             policy: DeliveryPolicy {
                 handler_timeout: DeliveryPolicy::HANDLER_TIMEOUT,
                 max_deliver: 5,
@@ -107,6 +111,28 @@ impl ConsumerConfig {
             },
             ack_wait: Duration::from_secs(30),
         })
+    }
+
+    /// The consumer's name in the inbox (the durable's by default; an
+    /// empty name too), under which it records what it applied.
+    ///
+    /// JetStream keeps a durable consumer's filter as first made, and a
+    /// NATS server before 2.10 cannot edit it: to take another filter, make
+    /// a durable under a new name and give it the old one's inbox name.
+    /// A new durable is delivered the stream from its start; under the old
+    /// inbox name it applies nothing the inbox has a record of (what is
+    /// older than the inbox's retention, it applies again). Two durables
+    /// running at once under one inbox name apply each message once
+    /// between them.
+    #[must_use]
+    pub fn inbox_name(mut self, name: &str) -> Self {
+        self.inbox_name = (!name.is_empty()).then(|| name.to_owned());
+        self
+    }
+
+    /// The consumer's name in the inbox.
+    fn inbox_consumer(&self) -> &str {
+        self.inbox_name.as_deref().unwrap_or(&self.durable)
     }
 
     /// Only messages on subjects matching `filter`.
@@ -461,9 +487,9 @@ where
             return Err(ConsumerSetupError(format!(
                 "consumer {} on stream {} exists with filter {made_filter:?}, not {:?} as asked: \
                  JetStream keeps the first. Edit its filter (NATS 2.10 or later), or ask for \
-                 the one it has: a consumer removed and made again, or named anew, is \
-                 delivered the stream from its start, and applies again what its inbox \
-                 (keyed by the consumer's name) has no record of",
+                 the one it has, or name a new consumer and give it this one's inbox name \
+                 (ConsumerConfig::inbox_name): a consumer made anew is delivered the stream \
+                 from its start, and applies again what its inbox has no record of",
                 config.durable,
                 config.stream,
                 filter.into_iter().collect::<Vec<_>>(),
@@ -731,7 +757,7 @@ where
         .await;
         let applier = Applier {
             inbox: &self.inbox,
-            consumer: &self.config.durable,
+            consumer: self.config.inbox_consumer(),
             handler: &*self.handler,
             counters: &self.counters,
             policy: self.config.policy,
@@ -822,7 +848,7 @@ where
         }
         let read = tokio::time::timeout(
             HANDED_BACK_READ,
-            self.inbox.handed_back(&self.config.durable, &ids),
+            self.inbox.handed_back(self.config.inbox_consumer(), &ids),
         )
         .await;
         let handed = match read {
@@ -903,7 +929,7 @@ where
         // Bounded: a stop waits on a database that may be what failed.
         let counted = tokio::time::timeout(
             HANDED_BACK_AFTER,
-            self.inbox.hand_back(&self.config.durable, &ids),
+            self.inbox.hand_back(self.config.inbox_consumer(), &ids),
         )
         .await;
         match counted {

@@ -652,6 +652,34 @@ async fn a_cancelled_run_removes_its_entry() {
     rig.remove().await;
 }
 
+/// A durable made anew under another name (to take another filter where
+/// NATS cannot edit one), keeping the first one's inbox name, is delivered
+/// the stream again and applies none of it twice. The inbox was keyed by
+/// the durable's name alone, and the new durable applied it all again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_named_anew_with_the_old_inbox_name_applies_nothing_twice() {
+    let rig = Rig::new().await;
+    rig.publish(&good_and_new(4)).await;
+    let first = rig
+        .run_until(rig.config("first"), |stats| stats.applied == 4)
+        .await;
+    assert_eq!(first.applied, 4);
+    let second = rig
+        .run_until(rig.config("second").inbox_name("first"), |stats| {
+            stats.duplicates == 4
+        })
+        .await;
+    assert_eq!(
+        second,
+        ConsumerStats {
+            duplicates: 4,
+            ..ConsumerStats::default()
+        }
+    );
+    assert_eq!(rig.count("applied").await, 4);
+    rig.remove().await;
+}
+
 /// The event `Flaky` fails its first two deliveries: the aggregate's next
 /// event must not be applied before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
