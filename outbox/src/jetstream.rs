@@ -114,16 +114,21 @@ impl ConsumerConfig {
     }
 
     /// The consumer's name in the inbox (the durable's by default; an
-    /// empty name too), under which it records what it applied.
+    /// empty name too), under which it records what it applied. (The
+    /// deliveries it handed back untried stay counted under the durable's
+    /// name: JetStream counts deliveries per durable.)
     ///
     /// JetStream keeps a durable consumer's filter as first made, and a
     /// NATS server before 2.10 cannot edit it: to take another filter, make
     /// a durable under a new name and give it the old one's inbox name.
     /// A new durable is delivered the stream from its start; under the old
-    /// inbox name it applies nothing the inbox has a record of (what is
-    /// older than the inbox's retention, it applies again). Two durables
-    /// running at once under one inbox name apply each message once
-    /// between them.
+    /// inbox name it applies nothing the inbox has a record of, and again
+    /// what the inbox has forgotten
+    /// ([`forget_processed`](JetStreamConsumer::forget_processed)): every
+    /// older message the stream still holds. Two durables running at once
+    /// under one inbox name do not apply a message twice; their retries
+    /// and dead letters stay their own (one may dead-letter a message the
+    /// other applies).
     #[must_use]
     pub fn inbox_name(mut self, name: &str) -> Self {
         self.inbox_name = (!name.is_empty()).then(|| name.to_owned());
@@ -539,7 +544,7 @@ where
     /// [`ConsumerStats::handed_on`], and spending none of its tries), not
     /// acknowledged. An instance reads the others' entries when it starts,
     /// before it takes a message (handing back what it does not take
-    /// until it could), and watches them; one that stops removes its
+    /// until it could, for a minute at most), and watches them; one that stops removes its
     /// entry, and one whose entry is neither written again nor removed
     /// (it died, or cannot reach the bucket) holds its types a minute or
     /// so past the entry's end.
@@ -848,7 +853,7 @@ where
         }
         let read = tokio::time::timeout(
             HANDED_BACK_READ,
-            self.inbox.handed_back(self.config.inbox_consumer(), &ids),
+            self.inbox.handed_back(&self.config.durable, &ids),
         )
         .await;
         let handed = match read {
@@ -929,7 +934,7 @@ where
         // Bounded: a stop waits on a database that may be what failed.
         let counted = tokio::time::timeout(
             HANDED_BACK_AFTER,
-            self.inbox.hand_back(self.config.inbox_consumer(), &ids),
+            self.inbox.hand_back(&self.config.durable, &ids),
         )
         .await;
         match counted {

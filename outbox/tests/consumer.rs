@@ -495,18 +495,17 @@ async fn entries(rig: &Rig, durable: &str) -> (jetstream::kv::Store, Vec<String>
     let prefix = format!("{}.{durable}.", rig.stream);
     for _ in 0..5 {
         let listed = tokio::time::timeout(Duration::from_secs(5), async {
-            store
-                .keys()
-                .await
-                .unwrap()
-                .filter_map(|key| {
+            let keys = store.keys().await.ok()?;
+            Some(
+                keys.filter_map(|key| {
                     std::future::ready(key.ok().filter(|key| key.starts_with(&prefix)))
                 })
                 .collect::<Vec<String>>()
-                .await
+                .await,
+            )
         })
         .await;
-        if let Ok(keys) = listed {
+        if let Ok(Some(keys)) = listed {
             return (store, keys);
         }
     }
@@ -516,7 +515,8 @@ async fn entries(rig: &Rig, durable: &str) -> (jetstream::kv::Store, Vec<String>
 /// Waits until `durable` has `count` entries (half a minute at most);
 /// their keys.
 async fn until_entries(rig: &Rig, durable: &str, count: usize) -> Vec<String> {
-    for _ in 0..600 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
         let (_, keys) = entries(rig, durable).await;
         if keys.len() == count {
             return keys;
@@ -641,14 +641,16 @@ async fn a_cancelled_run_removes_its_entry() {
     let (_stop, running) = start(&consumer);
     assert_eq!(until_entries(&rig, "cut", 1).await.len(), 1, "entered");
     running.abort();
-    // Well within the 30 s the bucket keeps an entry.
-    for _ in 0..200 {
-        if entries(&rig, "cut").await.1.is_empty() {
-            break;
-        }
+    let aborted = tokio::time::Instant::now();
+    while !entries(&rig, "cut").await.1.is_empty() && aborted.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(entries(&rig, "cut").await.1.is_empty(), "removed");
+    let (_, left) = entries(&rig, "cut").await;
+    // Judged only well within the 30 s the bucket keeps an entry: past
+    // them, it would be gone without the guard too (a stalled machine).
+    if aborted.elapsed() < Duration::from_secs(25) {
+        assert!(left.is_empty(), "removed");
+    }
     rig.remove().await;
 }
 
