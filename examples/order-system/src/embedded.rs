@@ -485,7 +485,7 @@ fn spawn_consumer<S: SagaService>(
     let subscription = broker.subscribe_to(S::CONSUMES.iter().copied());
     tasks.spawn(async move {
         let forgetting =
-            forget_old_records(S::NAME, || inbox.forget_older_than(INBOX_KEPT, 10_000));
+            forget_old_records(S::NAME, |batch| inbox.forget_older_than(INBOX_KEPT, batch));
         tokio::select! {
             biased;
             () = consumer.run(subscription, shutdown) => {}

@@ -106,19 +106,32 @@ impl<S: SagaService, O: Outbox> Handler<O::Connection> for Consuming<S, O> {
 /// again.
 pub(crate) const INBOX_KEPT: Duration = Duration::from_secs(24 * 3_600);
 
-/// Forgets old inbox records with `forget` (up to a batch of them) once a
-/// minute, for as long as it is polled: every consumer, embedded or per
-/// process, runs beside it, so that no inbox grows for ever. `consumer`
-/// names the inbox in the warning of a round that failed.
+/// How many old inbox records one statement forgets.
+pub(crate) const FORGET_BATCH: u32 = 10_000;
+
+/// Forgets old inbox records with `forget` (given the batch, it forgets
+/// up to that many) once a minute, batch after batch while they come back
+/// full, for as long as it is polled: every consumer, embedded or per
+/// process, runs beside it, so that no inbox grows for ever (one batch a
+/// minute fell behind a service taking more than about 170 messages a
+/// second). `consumer` names the inbox in the warning of a round that
+/// failed.
 pub(crate) async fn forget_old_records<F, Fut>(consumer: &str, mut forget: F)
 where
-    F: FnMut() -> Fut,
+    F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<u64, sqlx::Error>>,
 {
     loop {
         tokio::time::sleep(Duration::from_secs(60)).await;
-        if let Err(error) = forget().await {
-            tracing::warn!(%error, consumer, "old inbox records not forgotten; trying again later");
+        loop {
+            match forget(FORGET_BATCH).await {
+                Ok(forgotten) if forgotten >= u64::from(FORGET_BATCH) => {}
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, consumer, "old inbox records not forgotten; trying again later");
+                    break;
+                }
+            }
         }
     }
 }
@@ -212,7 +225,7 @@ mod tests {
         let forgetting = {
             let rounds = Arc::clone(&rounds);
             tokio::spawn(async move {
-                forget_old_records("inventory", || {
+                forget_old_records("inventory", |_| {
                     let round = rounds.fetch_add(1, Ordering::SeqCst);
                     async move {
                         if round == 0 {
@@ -230,6 +243,34 @@ mod tests {
             tokio::task::yield_now().await;
             assert_eq!(rounds.load(Ordering::SeqCst), minute, "one round a minute");
         }
+        forgetting.abort();
+    }
+
+    /// A round forgets batch after batch while they come back full: one
+    /// batch a minute fell behind an inbox taking more than a batch a
+    /// minute, and it grew for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_round_goes_on_while_its_batches_come_back_full() {
+        let batches = Arc::new(AtomicU32::new(0));
+        let forgetting = {
+            let batches = Arc::clone(&batches);
+            tokio::spawn(async move {
+                forget_old_records("inventory", |batch| {
+                    // Three full batches, then what is left.
+                    let done = batches.fetch_add(1, Ordering::SeqCst);
+                    let forgotten = if done < 3 { batch } else { 7 };
+                    async move { Ok(u64::from(forgotten)) }
+                })
+                .await;
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(
+            batches.load(Ordering::SeqCst),
+            4,
+            "until one came back short"
+        );
         forgetting.abort();
     }
 }

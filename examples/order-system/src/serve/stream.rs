@@ -107,7 +107,8 @@ pub(super) async fn run_consumer<S: SagaService>(
     grace: Duration,
 ) -> Result<(), BoxError> {
     let retention = consumer.inbox_retention().max(INBOX_KEPT);
-    let forgetting = forget_old_records(S::NAME, || consumer.forget_processed(retention, 10_000));
+    let forgetting =
+        forget_old_records(S::NAME, |batch| consumer.forget_processed(retention, batch));
     tokio::select! {
         biased;
         consumed = consumer.run(stop.signal()) => consumed,
