@@ -45,12 +45,12 @@ pub(crate) const BUCKET: &str = "palisade_consumers";
 
 /// How long the bucket keeps an entry after its last write, when this
 /// crate makes the bucket.
-pub(crate) const LEASE: Duration = Duration::from_secs(30);
+const LEASE: Duration = Duration::from_secs(30);
 
 /// How long past its lease an entry gone without a removal keeps its
 /// types, and how long an instance that could not read the entries yet
 /// hands back what it does not take.
-pub(crate) const GRACE: Duration = Duration::from_secs(60);
+const GRACE: Duration = Duration::from_secs(60);
 
 /// How long an instance waits for the entries already written when it
 /// reads them.
