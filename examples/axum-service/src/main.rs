@@ -10,7 +10,7 @@
 //!
 //! A user is the `x-user` header (a real service would take it from a
 //! verified token); a request without one is limited by its client's
-//! address. Each user may make 5 requests at once, then 1 a second.
+//! address block (the address, or its IPv6 /64). Each user may make 5 requests at once, then 1 a second.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,7 +60,9 @@ fn app() -> Result<Router, Box<dyn std::error::Error>> {
         Cache::new(1_000, Freshness::new(Duration::from_secs(10)));
     let user_or_address = key::or(
         key::header(http::HeaderName::from_static("x-user")),
-        key::extension(|ConnectInfo(peer): &ConnectInfo<SocketAddr>| peer.ip().to_string()),
+        // The address's block (its IPv6 /64): a client picks among a
+        // block's addresses at will, and each address would be a bucket.
+        key::extension(|ConnectInfo(peer): &ConnectInfo<SocketAddr>| key::address_block(peer.ip())),
     );
     Ok(Router::new()
         .route(
@@ -73,4 +75,40 @@ fn app() -> Result<Router, Box<dyn std::error::Error>> {
                 .layer(TraceContextLayer::new().traceresponse(true))
                 .rate_limit_for_http(LocalStore::default(), Bucket::new(5, 1.0)?, user_or_address),
         ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    /// The addresses of one IPv6 /64 share a limit: keyed by the whole
+    /// address, a client stepping through its block was never limited.
+    #[tokio::test]
+    async fn the_addresses_of_one_ipv6_block_share_a_limit() {
+        let app = super::app().unwrap();
+        let started = Instant::now();
+        let mut limited = 0;
+        for n in 1..=20 {
+            let peer: SocketAddr = format!("[2001:db8:0:7::{n:x}]:40000").parse().unwrap();
+            let request = Request::get("/hello")
+                .extension(ConnectInfo(peer))
+                .body(Body::empty())
+                .unwrap();
+            let status = app.clone().oneshot(request).await.unwrap().status();
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                limited += 1;
+            }
+        }
+        // 5 at once, then 1 a second: judged only when the 20 took less
+        // than 10 s (a stalled machine refills the bucket meanwhile).
+        if started.elapsed().as_secs() < 10 {
+            assert!(limited >= 5, "{limited} of 20 limited");
+        }
+    }
 }
