@@ -478,7 +478,22 @@ impl Payment {
         error: &BoxError,
     ) -> Result<(), BoxError> {
         let order_id = intent.line.order_id.as_str();
-        tracing::debug!(order_id, %error, "charge failed; the intent waits");
+        // Refused for payment's own standing (its credentials, a method
+        // the processor lacks): every charge waits until someone mends
+        // it, which no one will learn of at debug level.
+        let refused = error.downcast_ref::<tonic::Status>().is_some_and(|status| {
+            matches!(
+                status.code(),
+                tonic::Code::Unauthenticated
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::Unimplemented
+            )
+        });
+        if refused {
+            palisade_hints::throttled!(error, order_id, %error, "the card processor refuses payment's calls; every charge waits");
+        } else {
+            tracing::debug!(order_id, %error, "charge failed; the intent waits");
+        }
         tx.execute(
             "UPDATE payment_intents SET due_ms = $1, attempts = attempts + 1, claim = NULL \
              WHERE order_id = $2 AND claim = $3",
@@ -505,7 +520,8 @@ fn payment_status(step: &SagaEvent) -> (&'static str, Option<&str>) {
 /// channel's deadline): the saga's next step and its event, in the current
 /// trace, or the failure to try again after (the processor down, slow, or
 /// behind an open breaker). A card the vault does not have, or cannot
-/// open, fails the payment: trying again would not find it.
+/// open, fails the payment: trying again would not find it; so does a
+/// charge the processor refuses for what it asks.
 async fn charge(
     processor: &ProcessorClient,
     revealed: Result<CardNumber, VaultError>,
@@ -518,10 +534,23 @@ async fn charge(
     let step = match revealed {
         Ok(number) => match processor
             .charge(&line.order_id, &number, line.amount_cents)
-            .await?
+            .await
         {
-            Charge::Approved => SagaEvent::PaymentSucceeded(line.clone()),
-            Charge::Declined(reason) => failed(&reason),
+            Ok(Charge::Approved) => SagaEvent::PaymentSucceeded(line.clone()),
+            Ok(Charge::Declined(reason)) => failed(&reason),
+            // The processor refused this request, charging nothing: no
+            // later try of it would pass, and waiting for one held the
+            // saga for ever.
+            Err(status) if refuses_the_charge(status.code()) => {
+                tracing::warn!(
+                    order_id = %line.order_id,
+                    code = ?status.code(),
+                    message = status.message(),
+                    "the card processor refused the charge; the payment fails"
+                );
+                failed("processor_refused")
+            }
+            Err(status) => return Err(status.into()),
         },
         Err(VaultError::UnknownToken) => {
             tracing::warn!(order_id = %line.order_id, "the order's card token is not in the vault");
@@ -539,6 +568,17 @@ async fn charge(
     };
     let event = step.to_event();
     Ok((step, event))
+}
+
+/// Whether a call that ended with `code` was refused by the processor
+/// for what it asked (not for the processor's state, nor for payment's
+/// credentials, which a later try may find mended): it charged nothing,
+/// and the same request never will.
+const fn refuses_the_charge(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::FailedPrecondition
+    )
 }
 
 /// The trace context an intent keeps, for its charge and the events
@@ -633,6 +673,44 @@ impl SagaService for Payment {
 mod tests {
     use super::*;
     use crate::payment::vault::VaultKey;
+    use crate::processor::{self as card, ChargeStore, GOOD_CARD, ProcessorServer, Simulator};
+
+    /// A charge the processor refuses for what it asks (a zero amount:
+    /// `INVALID_ARGUMENT`) fails the payment, for the compensations to
+    /// run: it was tried again for ever, and its saga never ended.
+    #[tokio::test]
+    async fn a_charge_the_processor_refuses_fails_the_payment() {
+        let dir = std::env::temp_dir().join(format!("palisade-refused-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let simulator = Simulator::new(ChargeStore::open_sqlite(&dir).await.unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ProcessorServer::new(simulator))
+                .serve_with_incoming(crate::net::grpc_incoming(listener)),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect_lazy();
+        let meter = opentelemetry::global::meter("payment-test");
+        let (channel, _) = card::stack(channel, card::breaker_config(), &meter);
+        let processor = ProcessorClient::new(channel);
+        let number = CardNumber::parse(GOOD_CARD).unwrap();
+
+        let mut free = line("o-free");
+        free.amount_cents = 0;
+        let (step, _) = charge(&processor, Ok(number.clone()), &free).await.unwrap();
+        assert!(
+            matches!(&step, SagaEvent::PaymentFailed { reason, .. } if reason == "processor_refused"),
+            "{step:?}"
+        );
+        let (step, _) = charge(&processor, Ok(number), &line("o-paid"))
+            .await
+            .unwrap();
+        assert!(matches!(step, SagaEvent::PaymentSucceeded(_)), "{step:?}");
+        std::fs::remove_dir_all(dir).ok();
+    }
 
     fn line(order_id: &str) -> Line {
         Line {

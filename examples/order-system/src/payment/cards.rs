@@ -18,7 +18,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use palisade_tracecontext::{Propagate, PropagateLayer, TraceContextLayer};
 use serde::{Deserialize, Serialize};
+use tower::{Layer, ServiceExt};
 
 use super::vault::Vault;
 use crate::card::{CardNumber, CardToken};
@@ -60,7 +62,9 @@ impl Tokenizer {
 #[derive(Debug, Clone)]
 pub struct RemoteVault {
     url: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// Each request carries the order's trace, so payment's work for it
+    /// is part of the trace.
+    client: Propagate<Client<HttpConnector, Full<Bytes>>>,
 }
 
 impl RemoteVault {
@@ -81,7 +85,8 @@ impl RemoteVault {
         }
         Ok(Self {
             url: format!("{base}/cards"),
-            client: Client::builder(TokioExecutor::new()).build(crate::net::http_connector()),
+            client: PropagateLayer::new()
+                .layer(Client::builder(TokioExecutor::new()).build(crate::net::http_connector())),
         })
     }
 
@@ -93,7 +98,7 @@ impl RemoteVault {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))?;
         let exchange = async {
-            let response = self.client.request(request).await?;
+            let response = self.client.clone().oneshot(request).await?;
             let status = response.status();
             let body = response.into_body().collect().await?.to_bytes();
             Ok::<_, BoxError>((status, body))
@@ -124,6 +129,8 @@ pub fn routes(vault: Vault) -> Router {
     Router::new()
         .route("/cards", post(tokenize))
         .with_state(vault)
+        // The gateway's trace continues here.
+        .layer(TraceContextLayer::new())
 }
 
 async fn tokenize(State(vault): State<Vault>, body: Bytes) -> Response {
@@ -144,5 +151,52 @@ async fn tokenize(State(vault): State<Vault>, body: Bytes) -> Response {
                 "the card vault is unavailable; try again".to_owned(),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use palisade_tracecontext::{TraceContext, TraceFlags};
+
+    use super::*;
+
+    /// The gateway's call to payment carries the order's trace: payment's
+    /// work for an order was a trace of its own.
+    #[tokio::test]
+    async fn a_tokenization_carries_the_callers_trace() {
+        let seen = Arc::new(Mutex::new(None::<String>));
+        let payment = {
+            let seen = Arc::clone(&seen);
+            Router::new().route(
+                "/cards",
+                post(move |headers: http::HeaderMap| async move {
+                    *seen.lock().unwrap() = headers
+                        .get("traceparent")
+                        .and_then(|value| value.to_str().ok())
+                        .map(str::to_owned);
+                    axum::Json(CardToken {
+                        token: "card_0123456789abcdef0123456789abcdef".to_owned(),
+                        last4: "4242".to_owned(),
+                    })
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, payment).await });
+
+        let vault = RemoteVault::new(&format!("http://{address}")).unwrap();
+        let number = CardNumber::parse("4242424242424242").unwrap();
+        let trace = TraceContext::new_root(TraceFlags::SAMPLED);
+        let token = trace
+            .clone()
+            .scope(async { vault.tokenize(&number).await })
+            .await
+            .unwrap();
+        assert_eq!(token.last4, "4242");
+        let sent = seen.lock().unwrap().clone().expect("a traceparent sent");
+        assert!(sent.contains(&trace.trace_id().to_string()), "{sent}");
     }
 }
