@@ -14,6 +14,7 @@ use futures_util::future::Shared;
 use tokio::sync::mpsc;
 
 use crate::envelope::Envelope;
+use crate::forget::{KEEP_RECORDS, forget_old_records};
 use crate::handoff::Inbound;
 use crate::store::InboxStore;
 
@@ -43,6 +44,11 @@ impl Delivery {
     /// trace when it carries none, or an invalid one). The consumer runs
     /// the handler with it current, so events the handler enqueues
     /// continue the trace.
+    ///
+    /// Its `tracestate` is cut to [`TRACESTATE_KEPT`] characters, whole
+    /// members removed as the specification allows: a message carrying
+    /// 32 members of 256 characters had every event after it carry them
+    /// too, into every store and stream the saga passes.
     #[must_use]
     pub fn trace_context(&self) -> palisade_tracecontext::TraceContext {
         let mut carrier = std::collections::BTreeMap::new();
@@ -58,9 +64,17 @@ impl Delivery {
                 carrier.insert(name.to_owned(), value.clone());
             }
         }
-        palisade_tracecontext::Propagator::new().continue_or_start(&carrier)
+        palisade_tracecontext::Propagator::new()
+            .tracestate_limit(TRACESTATE_KEPT)
+            .continue_or_start(&carrier)
     }
 }
+
+/// The longest `tracestate` a consumer passes on from a message, in
+/// characters: the least a propagator must keep (W3C Trace Context,
+/// "tracestate limits").
+#[cfg(feature = "tracecontext")]
+pub const TRACESTATE_KEPT: usize = 512;
 
 /// A handler error that is not the message's fault (a dependency down, a
 /// circuit open): the consumer tries the message again, with the growing
@@ -733,6 +747,8 @@ pub struct MemoryConsumer<I, H> {
     only: EventTypes,
     batch: usize,
     policy: DeliveryPolicy,
+    /// How long the inbox keeps a record.
+    kept: Duration,
 }
 
 impl<I, H> MemoryConsumer<I, H>
@@ -743,7 +759,7 @@ where
     /// The consumer `name` (its name in the inbox), applying messages with
     /// `handler`. Defaults: every event type, up to 64 queued messages per
     /// transaction, a minute for the handler over one message, 5 tries,
-    /// retries after 100 ms doubling to 5 s.
+    /// retries after 100 ms doubling to 5 s, records kept a day.
     #[must_use]
     pub fn new(name: &str, inbox: I, handler: H) -> Self {
         Self {
@@ -759,7 +775,24 @@ where
                 base: Duration::from_millis(100),
                 cap: Duration::from_secs(5),
             },
+            kept: KEEP_RECORDS,
         }
+    }
+
+    /// How long the inbox keeps the record of a message applied (a day
+    /// unless set). While it runs, the consumer forgets older records: at
+    /// its start, then every minute, 10,000 a statement, batch after batch
+    /// while they come back full. `Duration::MAX` keeps them for ever.
+    ///
+    /// A message that comes again after its record is gone is applied
+    /// again: a relay stopped between a publish and marking it sent
+    /// publishes it again when a relay next runs, however long after.
+    /// The inbox's table is shared: the records of every consumer in it
+    /// go at the shortest age any of them keeps.
+    #[must_use]
+    pub const fn keep_records(mut self, age: Duration) -> Self {
+        self.kept = age;
+        self
     }
 
     /// Only these event types reach the handler; others are skipped.
@@ -829,7 +862,24 @@ where
     /// end of its batch: a [`HandoffBroker`](crate::HandoffBroker)'s
     /// publisher waits for it only until its lease ends. Those still
     /// queued when it stops are left unsettled.
+    ///
+    /// Meanwhile the inbox forgets its old records (see
+    /// [`keep_records`](Self::keep_records)).
     pub async fn run<M: Inbound>(
+        &self,
+        subscription: mpsc::Receiver<M>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let forgetting = forget_old_records(&self.inbox, &self.name, self.kept);
+        tokio::select! {
+            biased;
+            () = self.consume(subscription, shutdown) => {}
+            never = forgetting => match never {},
+        }
+    }
+
+    /// [`run`](Self::run), but for forgetting.
+    async fn consume<M: Inbound>(
         &self,
         mut subscription: mpsc::Receiver<M>,
         shutdown: impl Future<Output = ()>,
@@ -976,5 +1026,52 @@ where
         biased;
         () = shutdown.clone() => false,
         () = tokio::time::sleep(delay) => true,
+    }
+}
+
+#[cfg(all(test, feature = "tracecontext"))]
+mod tests {
+    use super::{Delivery, TRACESTATE_KEPT};
+    use crate::Envelope;
+
+    /// A message's `tracestate` reaches the handler's trace cut to 512
+    /// characters: it went on whole into every event after it.
+    #[test]
+    fn a_messages_tracestate_is_passed_on_cut_to_the_specifications_least() {
+        let state: Vec<String> = (0..32)
+            .map(|n| format!("k{n}={}", "v".repeat(250)))
+            .collect();
+        let state = state.join(",");
+        let envelope = Envelope::from_headers([
+            ("ce-specversion", "1.0"),
+            ("ce-id", "1"),
+            ("ce-source", "/elsewhere"),
+            ("ce-type", "Shipped"),
+            (
+                "ce-traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("ce-tracestate", state.as_str()),
+        ])
+        .unwrap();
+        let delivery = Delivery {
+            envelope,
+            subject: "orders.order.Shipped".to_owned(),
+            payload: bytes::Bytes::new(),
+            attempt: 1,
+        };
+        let context = delivery.trace_context();
+        assert_eq!(
+            context.trace_id().to_string(),
+            "0af7651916cd43dd8448eb211c80319c",
+            "the trace continued"
+        );
+        let kept = context.trace_state().header_value().unwrap_or_default();
+        assert!(
+            !kept.is_empty() && kept.len() <= TRACESTATE_KEPT,
+            "{} characters kept",
+            kept.len()
+        );
+        assert!(kept.starts_with("k0="), "the first members kept: {kept}");
     }
 }

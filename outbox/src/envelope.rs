@@ -80,6 +80,10 @@ impl fmt::Display for EnvelopeError {
 
 impl std::error::Error for EnvelopeError {}
 
+/// The longest `ce-id` a consumer takes, in bytes: what an inbox keys
+/// its records by (this crate's ids are UUIDs, 36 bytes).
+const LONGEST_ID: usize = 256;
+
 fn problem(text: impl Into<String>) -> EnvelopeError {
     EnvelopeError {
         problem: text.into(),
@@ -196,8 +200,10 @@ impl Envelope {
     /// # Errors
     ///
     /// [`EnvelopeError`] when `ce-specversion` is not `1.0`, `ce-id`,
-    /// `ce-source` or `ce-type` is missing or empty, a `ce-` value is not
-    /// valid percent-encoded UTF-8, or `ce-time` is not an RFC 3339 time.
+    /// `ce-source` or `ce-type` is missing or empty, `ce-id` is longer
+    /// than 256 bytes or holds a control character, a `ce-`
+    /// value is not valid percent-encoded UTF-8, or `ce-time` is not an
+    /// RFC 3339 time.
     pub fn from_headers<'a>(
         headers: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self, EnvelopeError> {
@@ -228,6 +234,18 @@ impl Envelope {
                 .ok_or_else(|| problem(format!("no ce-{name}")))
         };
         let (id, source, event_type) = (required("id")?, required("source")?, required("type")?);
+        // The id is the inbox's key: one PostgreSQL cannot index (too long
+        // for its index, or a NUL, which it refuses in text) failed every
+        // try of its batch as if the database were away, for ever.
+        if id.len() > LONGEST_ID {
+            return Err(problem(format!(
+                "ce-id is {} bytes long, more than {LONGEST_ID}",
+                id.len()
+            )));
+        }
+        if id.contains(char::is_control) {
+            return Err(problem(format!("ce-id {id:?} holds a control character")));
+        }
         let time_ms = match attributes.remove("time") {
             Some(time) => {
                 Some(parse_rfc3339(&time).ok_or_else(|| problem("ce-time is not RFC 3339"))?)
@@ -487,6 +505,25 @@ mod tests {
             Envelope::from_headers(minimal("order%2017")).unwrap().id,
             "order 17"
         );
+    }
+
+    /// An id an inbox cannot key a record by is refused (its message is
+    /// dead-lettered): PostgreSQL refused a NUL or an id past its index's
+    /// size, and the consumer took that for the database away, for ever.
+    #[test]
+    fn an_id_too_long_or_with_a_control_character_is_refused() {
+        let longest = "x".repeat(256);
+        assert!(Envelope::from_headers(minimal(&longest)).is_ok());
+        let longer = "x".repeat(257);
+        let refused = Envelope::from_headers(minimal(&longer)).unwrap_err();
+        assert!(refused.to_string().contains("257 bytes"), "{refused}");
+        for id in ["a%00b", "a%0Ab", "%7F"] {
+            let refused = Envelope::from_headers(minimal(id)).unwrap_err();
+            assert!(
+                refused.to_string().contains("control character"),
+                "{id}: {refused}"
+            );
+        }
     }
 
     #[test]

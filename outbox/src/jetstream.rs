@@ -22,6 +22,7 @@ use crate::consume::{
 };
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::error::{ConfigError, config_error};
+use crate::forget::{KEEP_RECORDS, forget_old_records};
 use crate::roster::{self, Roster};
 use crate::store::InboxStore;
 
@@ -49,6 +50,8 @@ pub struct ConsumerConfig {
     inbox_name: Option<String>,
     policy: DeliveryPolicy,
     ack_wait: Duration,
+    /// How long the inbox keeps a record, at the least.
+    kept: Duration,
 }
 
 impl ConsumerConfig {
@@ -57,7 +60,7 @@ impl ConsumerConfig {
     /// `durable` is also the consumer's name in the inbox (unless
     /// [`inbox_name`](Self::inbox_name) says another). Defaults: every
     /// subject of the stream, 5 deliveries, retries after 1 s doubling to
-    /// 1 min, a 30 s ack wait. A consumer may not read its own dead-letter
+    /// 1 min, a 30 s ack wait, records kept a day. A consumer may not read its own dead-letter
     /// subject: when the stream captures it, as the stream that
     /// [`ensure_stream`](crate::NatsJetStreamPublisher::ensure_stream) makes
     /// captures `<prefix>.dead`, give the consumer a
@@ -110,7 +113,29 @@ impl ConsumerConfig {
                 cap: Duration::from_secs(60),
             },
             ack_wait: Duration::from_secs(30),
+            kept: KEEP_RECORDS,
         })
+    }
+
+    /// How long the inbox keeps the record of a message applied: a day
+    /// unless set, and at least
+    /// [`inbox_retention`](JetStreamConsumer::inbox_retention) (as long as
+    /// JetStream may deliver it again or store it twice). While it runs,
+    /// the consumer forgets older records: at its start, then every
+    /// minute, 10,000 a statement, batch after batch while they come back
+    /// full. `Duration::MAX` keeps them for ever.
+    ///
+    /// A message that comes again after its record is gone is applied
+    /// again: a relay stopped between a publish and marking it sent
+    /// publishes it again when a relay next runs, and past the stream's
+    /// duplicate window JetStream stores it again. Keep the records as
+    /// long as your relays may all be down. The inbox's table is shared:
+    /// the records of every consumer in it go at the shortest age any of
+    /// them keeps.
+    #[must_use]
+    pub const fn keep_records(mut self, age: Duration) -> Self {
+        self.kept = age;
+        self
     }
 
     /// The consumer's name in the inbox (the durable's by default; an
@@ -631,7 +656,22 @@ where
     /// end before `shutdown` (the durable consumer deleted, the client's
     /// connection closed), once what it delivered is applied: nothing is
     /// consumed after it, which a quiet return would hide.
+    ///
+    /// Meanwhile the inbox forgets its old records (see
+    /// [`keep_records`](ConsumerConfig::keep_records)).
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
+        let kept = self.config.kept.max(self.retention);
+        let forgetting = forget_old_records(&self.inbox, self.config.inbox_consumer(), kept);
+        tokio::select! {
+            biased;
+            consumed = Box::pin(self.enlisted(shutdown)) => consumed,
+            never = Box::pin(forgetting) => match never {},
+        }
+    }
+
+    /// [`run`](Self::run), but for forgetting: enlisted in the roster of
+    /// the durable's instances where the account keeps one.
+    async fn enlisted(&self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
         // Opened again when it could not be at `new`.
         let roster = match &self.roster {
             Some(roster) => Some(Arc::clone(roster)),
@@ -1013,101 +1053,6 @@ where
     }
 }
 
-/// Every message of `stream` on subjects matching `filter`, from the first
-/// the stream keeps to the last it held when called, in stream order, as
-/// deliveries: what a read model is built again from (a projection's
-/// rebuild). A message without a valid envelope is left out, with a
-/// warning. Nothing is acknowledged or changed: the messages are read
-/// through an ephemeral consumer, deleted once read.
-///
-/// The whole history is held in memory: replay a stream whose matching
-/// messages fit in it.
-///
-/// # Errors
-///
-/// JetStream's, when the stream is missing or its messages cannot be read.
-pub async fn replay(
-    context: &jetstream::Context,
-    stream: &str,
-    filter: &str,
-) -> Result<Vec<Delivery>, BoxError> {
-    let mut stream = context.get_stream(stream).await?;
-    // The end of the history: the last message stored now.
-    let last = stream.info().await?.state.last_sequence;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            filter_subject: filter.to_owned(),
-            deliver_policy: jetstream::consumer::DeliverPolicy::All,
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            // Gone on its own should this process die while reading.
-            inactive_threshold: Duration::from_secs(60),
-            ..pull::Config::default()
-        })
-        .await?;
-    let (name, matching) = {
-        let info = consumer.cached_info();
-        (info.name.clone(), info.num_pending)
-    };
-    let read = read_history(&consumer, last, matching).await;
-    if let Err(error) = stream.delete_consumer(&name).await {
-        tracing::debug!(target: "palisade_outbox", %error, "replay's consumer not deleted; it goes once inactive");
-    }
-    read
-}
-
-/// `consumer`'s messages up to the stream's sequence `last`, as
-/// deliveries. It ends there, once it read the `matching` messages the
-/// consumer had when made, or at the first pull that finds nothing (some
-/// may have been removed by the stream's limits since): it never waits
-/// for messages to come.
-async fn read_history(
-    consumer: &jetstream::consumer::Consumer<pull::Config>,
-    last: u64,
-    matching: u64,
-) -> Result<Vec<Delivery>, BoxError> {
-    let mut deliveries = Vec::new();
-    let mut read = 0;
-    while read < matching {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(REPLAY_BATCH)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await?;
-        let mut pulled = 0;
-        while let Some(message) = batch.next().await {
-            let message = message?;
-            pulled += 1;
-            read += 1;
-            let sequence = message.info()?.stream_sequence;
-            if sequence > last {
-                return Ok(deliveries);
-            }
-            match read_envelope(&message) {
-                Ok(envelope) => deliveries.push(Delivery {
-                    envelope,
-                    subject: message.subject.to_string(),
-                    payload: message.payload.clone(),
-                    attempt: 1,
-                }),
-                Err(error) => {
-                    tracing::warn!(target: "palisade_outbox", subject = %message.subject, %error, "not a CloudEvents message; left out of the replay");
-                }
-            }
-            if sequence == last || read == matching {
-                return Ok(deliveries);
-            }
-        }
-        if pulled == 0 {
-            return Ok(deliveries);
-        }
-    }
-    Ok(deliveries)
-}
-
-/// How many messages a replay pulls at once.
-const REPLAY_BATCH: usize = 512;
-
 /// Whether the NATS subject `pattern` (`*` a token, a last `>` one token
 /// or more) matches the subject `subject`.
 fn matches_subject(pattern: &str, subject: &str) -> bool {
@@ -1123,7 +1068,7 @@ fn matches_subject(pattern: &str, subject: &str) -> bool {
     tokens.next().is_none()
 }
 
-fn read_envelope(message: &jetstream::Message) -> Result<Envelope, EnvelopeError> {
+pub(crate) fn read_envelope(message: &jetstream::Message) -> Result<Envelope, EnvelopeError> {
     let empty = HeaderMap::new();
     let headers = message.headers.as_ref().unwrap_or(&empty);
     Envelope::from_headers(

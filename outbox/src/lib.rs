@@ -91,6 +91,8 @@ mod envelope;
 pub mod error;
 mod event;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod forget;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod handoff;
 #[cfg(all(feature = "nats", any(feature = "postgres", feature = "sqlite")))]
 mod jetstream;
@@ -102,6 +104,8 @@ pub mod otel;
 mod postgres;
 mod publisher;
 mod relay;
+#[cfg(all(feature = "nats", any(feature = "postgres", feature = "sqlite")))]
+mod replay;
 #[cfg(all(feature = "nats", any(feature = "postgres", feature = "sqlite")))]
 mod roster;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -117,6 +121,11 @@ mod stores;
 #[cfg(feature = "nats")]
 pub use async_nats;
 pub use config::OutboxConfig;
+#[cfg(all(
+    feature = "tracecontext",
+    any(feature = "postgres", feature = "sqlite")
+))]
+pub use consume::TRACESTATE_KEPT;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use consume::{BoxError, ConsumerStats, Delivery, Handled, Handler, MemoryConsumer, Transient};
 pub use envelope::{Envelope, EnvelopeError};
@@ -125,7 +134,7 @@ pub use event::{Event, Message};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use handoff::{Handoff, HandoffBroker, Inbound};
 #[cfg(all(feature = "nats", any(feature = "postgres", feature = "sqlite")))]
-pub use jetstream::{ConsumerConfig, ConsumerSetupError, JetStreamConsumer, replay};
+pub use jetstream::{ConsumerConfig, ConsumerSetupError, JetStreamConsumer};
 #[cfg(feature = "nats")]
 pub use nats::{NatsJetStreamPublisher, StreamSetupError};
 /// The OpenTelemetry API this crate records to (feature `otel`): take
@@ -136,6 +145,8 @@ pub use opentelemetry;
 pub use postgres::{PgInbox, PgOutbox};
 pub use publisher::{MemoryBroker, Published, Publisher};
 pub use relay::{BatchReport, Relay};
+#[cfg(all(feature = "nats", any(feature = "postgres", feature = "sqlite")))]
+pub use replay::{Replay, replay};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{CommitWake, SqliteInbox, SqliteOutbox};
 /// The sqlx whose pools, transactions and errors the stores take and

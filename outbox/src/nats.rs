@@ -60,6 +60,8 @@ pub struct NatsJetStreamPublisher {
     source: String,
     prefix: String,
     subject: Option<SubjectOf>,
+    /// What `ensure_stream` makes a missing stream with.
+    template: stream::Config,
     /// The `max_bytes` of the stream of each subject lately refused as
     /// "store failed", and when it was read.
     limits: Arc<Mutex<HashMap<String, Limit>>>,
@@ -100,8 +102,47 @@ impl NatsJetStreamPublisher {
             source: source.to_owned(),
             prefix: stream.to_ascii_lowercase(),
             subject: None,
+            template: stream::Config::default(),
             limits: Arc::default(),
         }
+    }
+
+    /// Makes a missing stream, when [`ensure_stream`](Self::ensure_stream)
+    /// is let create it, with `template`'s settings: its limits, replicas,
+    /// placement, retention. The stream's name is the publisher's, its
+    /// subjects `<prefix>.>` unless the template names some, and its
+    /// duplicate window the template's or the relay's retry horizon,
+    /// whichever is longer (two minutes at least).
+    ///
+    /// By default a stream is made with JetStream's defaults: one replica,
+    /// on file, and no limits, so it keeps every message for ever. Give a
+    /// stream in a cluster its `num_replicas` (one replica is lost with its
+    /// server), and the limits your consumers can live with: JetStream
+    /// removes a message past `max_age` whether or not every consumer has
+    /// applied it, so `max_age` must outlast the longest a consumer may be
+    /// down. A stream that exists already is not changed (only its
+    /// duplicate window widened).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// use async_nats::jetstream::stream;
+    /// use palisade_outbox::{NatsJetStreamPublisher, OutboxConfig};
+    ///
+    /// # async fn run(context: async_nats::jetstream::Context) -> Result<(), Box<dyn std::error::Error>> {
+    /// let publisher = NatsJetStreamPublisher::new(context, "ORDERS", "/orders").creating(stream::Config {
+    ///     num_replicas: 3,
+    ///     max_age: Duration::from_secs(14 * 24 * 3_600),
+    ///     max_bytes: 50 << 30,
+    ///     ..stream::Config::default()
+    /// });
+    /// publisher.ensure_stream(&OutboxConfig::default(), true).await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn creating(mut self, template: stream::Config) -> Self {
+        self.template = template;
+        self
     }
 
     /// Subjects are `<prefix>.<aggregate type>.<event type>`.
@@ -134,8 +175,9 @@ impl NatsJetStreamPublisher {
     /// memory, which a restart of NATS empties), captures subjects under
     /// the publisher's prefix (unless [`subject`](Self::subject) picks
     /// them), and that its duplicate window covers `config`'s retry
-    /// horizon; with `create`, creates the stream (on `<prefix>.>`) or
-    /// widens its window instead of failing.
+    /// horizon; with `create`, creates the stream (on `<prefix>.>`, with
+    /// [`creating`](Self::creating)'s settings) or widens its window
+    /// instead of failing.
     ///
     /// A stream made here stores every message published under
     /// `<prefix>.>` in the account, a request sent there by another
@@ -205,17 +247,10 @@ impl NatsJetStreamPublisher {
                 Ok(())
             }
             Err(_) if create => {
-                self.context
-                    .create_stream(stream::Config {
-                        name: self.stream.clone(),
-                        subjects: vec![format!("{}.>", self.prefix)],
-                        duplicate_window: horizon.max(Duration::from_secs(120)),
-                        ..stream::Config::default()
-                    })
-                    .await
-                    .map_err(|error| {
-                        StreamSetupError(format!("creating stream {}: {error}", self.stream))
-                    })?;
+                let made = self.made(horizon)?;
+                self.context.create_stream(made).await.map_err(|error| {
+                    StreamSetupError(format!("creating stream {}: {error}", self.stream))
+                })?;
                 Ok(())
             }
             Err(error) => Err(StreamSetupError(format!(
@@ -223,6 +258,40 @@ impl NatsJetStreamPublisher {
                 self.stream
             ))),
         }
+    }
+
+    /// The stream `ensure_stream` makes: the template, named and given
+    /// its subjects and window here.
+    fn made(&self, horizon: Duration) -> Result<stream::Config, StreamSetupError> {
+        let mut made = self.template.clone();
+        // Stored means delivered (as for a stream that exists).
+        if made.storage == stream::StorageType::Memory {
+            return Err(StreamSetupError(format!(
+                "stream {} would keep its messages in memory: a restart of NATS would lose \
+                 events the outbox counts as delivered; give the template file storage",
+                self.stream
+            )));
+        }
+        made.name.clone_from(&self.stream);
+        if made.subjects.is_empty() {
+            made.subjects = vec![format!("{}.>", self.prefix)];
+        } else if self.subject.is_none()
+            && !made
+                .subjects
+                .iter()
+                .any(|pattern| captures_under(pattern, &self.prefix))
+        {
+            return Err(StreamSetupError(format!(
+                "stream {} would capture {:?}, none of the publisher's subjects {}.<aggregate>.<type>: \
+                 add {}.> to the template's subjects, or leave them out",
+                self.stream, made.subjects, self.prefix, self.prefix
+            )));
+        }
+        made.duplicate_window = made
+            .duplicate_window
+            .max(horizon)
+            .max(Duration::from_secs(120));
+        Ok(made)
     }
 }
 

@@ -682,6 +682,99 @@ async fn a_durable_named_anew_with_the_old_inbox_name_applies_nothing_twice() {
     rig.remove().await;
 }
 
+/// While it runs, the consumer's inbox forgets the records older than it
+/// keeps them (a day by default, and never less than JetStream may bring a
+/// message back), from its start; newer ones stay. The inbox grew for ever
+/// unless its user forgot them by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_consumer_forgets_the_records_it_keeps_no_longer() {
+    let rig = Rig::new().await;
+    let schema = &rig.db.name;
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.inbox (consumer, message_id, processed_at) VALUES \
+         ('other', 'old', now() - interval '25 hours'), ('other', 'new', now() - interval '23 hours')"
+    ))
+    .execute(&rig.db.pool)
+    .await
+    .unwrap();
+    let kept = || async {
+        sqlx::query_scalar::<_, String>(&format!(
+            "SELECT message_id FROM {schema}.inbox ORDER BY message_id"
+        ))
+        .fetch_all(&rig.db.pool)
+        .await
+        .unwrap()
+    };
+    // Runs a consumer made from `config` until the inbox keeps `left`.
+    let run_until_kept = |config: ConsumerConfig, left: &'static [&'static str]| {
+        let rig = &rig;
+        async move {
+            let consumer = Arc::new(rig.consumer(config).await.unwrap());
+            let (stop, running) = start(&consumer);
+            let started = tokio::time::Instant::now();
+            while kept().await != left && started.elapsed() < Duration::from_secs(30) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stop.send(()).unwrap();
+            running.await.unwrap().unwrap();
+            consumer.inbox_retention()
+        }
+    };
+    run_until_kept(rig.config("forgets"), &["new"]).await;
+    assert_eq!(kept().await, ["new"], "forgotten at the start");
+
+    // Kept a second, but never less than JetStream's horizon.
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.inbox (consumer, message_id, processed_at) VALUES \
+         ('other', 'recent', now() - interval '10 seconds')"
+    ))
+    .execute(&rig.db.pool)
+    .await
+    .unwrap();
+    let horizon = run_until_kept(
+        rig.config("short").keep_records(Duration::from_secs(1)),
+        &["recent"],
+    )
+    .await;
+    assert!(horizon > Duration::from_secs(10), "{horizon:?}");
+    assert_eq!(kept().await, ["recent"], "kept for JetStream's horizon");
+    rig.remove().await;
+}
+
+/// A message whose id PostgreSQL cannot take as the inbox's key (a NUL,
+/// or past what its index holds) is dead-lettered, and the messages after
+/// it applied: its batch failed at the inbox every time, taken for the
+/// database away, and the consumer stalled for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_id_no_inbox_can_key_is_dead_lettered() {
+    let rig = Rig::new().await;
+    let prefix = rig.stream.to_ascii_lowercase();
+    let long = "x".repeat(8_000);
+    for id in ["nul%00inside", long.as_str()] {
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in [
+            ("ce-specversion", "1.0"),
+            ("ce-id", id),
+            ("ce-source", "/elsewhere"),
+            ("ce-type", "Good"),
+        ] {
+            headers.insert(name, value);
+        }
+        rig.context
+            .publish_with_headers(format!("{prefix}.order.Good"), headers, "hostile".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    rig.publish(&good_and_new(1)).await;
+    let stats = rig
+        .run_until(rig.config("keys"), |stats| stats.applied >= 1)
+        .await;
+    assert_eq!((stats.applied, stats.dead_lettered), (1, 2), "{stats:?}");
+    rig.remove().await;
+}
+
 /// The event `Flaky` fails its first two deliveries: the aggregate's next
 /// event must not be applied before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

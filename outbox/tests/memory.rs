@@ -436,3 +436,54 @@ async fn the_largest_batch_and_queues_work() {
     let _subscription = MemoryBroker::new(usize::MAX).subscribe();
     let _handed_off = palisade_outbox::HandoffBroker::new(usize::MAX).subscribe();
 }
+
+/// While it runs, the consumer's inbox forgets the records older than it
+/// keeps them (a day by default), from its start: the inbox grew for ever
+/// unless its user forgot them by hand. Newer ones stay, as do all of a
+/// consumer keeping them for ever.
+#[tokio::test]
+async fn a_running_consumer_forgets_the_records_it_keeps_no_longer() {
+    let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
+    let inbox = SqliteInbox::new(pool.clone(), "inbox").unwrap();
+    inbox.migrate().await.unwrap();
+    let day_ms = 24 * 3_600 * 1_000;
+    sqlx::query(
+        "INSERT INTO inbox (consumer, message_id, processed_at) VALUES \
+         ('reserve', 'old', CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) - $1), \
+         ('reserve', 'new', CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) - $2)",
+    )
+    .bind(day_ms + 60_000)
+    .bind(day_ms - 60_000)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let kept = || async {
+        sqlx::query_scalar::<_, String>("SELECT message_id FROM inbox ORDER BY message_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+
+    let forever = MemoryConsumer::new("reserve", inbox.clone(), Record::default())
+        .keep_records(Duration::MAX);
+    let (_sender, receiver) = mpsc::channel::<Message>(1);
+    let ran = tokio::time::timeout(
+        Duration::from_millis(300),
+        forever.run(receiver, std::future::pending()),
+    )
+    .await;
+    assert!(ran.is_err(), "it runs until stopped");
+    assert_eq!(kept().await, ["new", "old"], "kept for ever");
+
+    let consumer = MemoryConsumer::new("reserve", inbox, Record::default());
+    let (_sender, receiver) = mpsc::channel::<Message>(1);
+    let forgotten = async {
+        while kept().await.len() > 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), consumer.run(receiver, forgotten))
+        .await
+        .expect("the record older than a day is forgotten at the start");
+    assert_eq!(kept().await, ["new"]);
+}

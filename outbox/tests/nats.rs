@@ -8,9 +8,10 @@ mod support;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use palisade_outbox::{
-    Event, NatsJetStreamPublisher, OutboxConfig, OutboxStore, PgOutbox, Published, Publisher, Relay,
+    Delivery, Event, Message, NatsJetStreamPublisher, OutboxConfig, OutboxStore, PgOutbox,
+    Published, Publisher, Relay,
 };
 
 async fn jetstream() -> jetstream::Context {
@@ -104,6 +105,76 @@ async fn a_stream_in_memory_is_refused() {
         assert!(refused.to_string().contains("in memory"), "{refused}");
     }
     context.delete_stream(&name).await.unwrap();
+}
+
+/// A stream the publisher makes has the template's limits and replicas,
+/// the publisher's name and subjects, and a window covering the retry
+/// horizon (it was made with JetStream's defaults, keeping every message
+/// for ever); a template in memory, or one capturing none of the
+/// publisher's subjects, makes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_made_by_the_publisher_has_the_templates_settings() {
+    let context = jetstream().await;
+    let config = OutboxConfig::default();
+    let template = stream::Config {
+        name: "ignored".to_owned(),
+        max_age: Duration::from_secs(3_600),
+        max_bytes: 1 << 20,
+        max_messages: 10_000,
+        num_replicas: 1,
+        duplicate_window: Duration::from_secs(1),
+        ..stream::Config::default()
+    };
+
+    let name = unique();
+    let publisher =
+        NatsJetStreamPublisher::new(context.clone(), &name, "/test").creating(template.clone());
+    publisher.ensure_stream(&config, true).await.unwrap();
+    let made = context
+        .get_stream(&name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    assert_eq!(made.name, name);
+    assert_eq!(made.subjects, [format!("{}.>", name.to_ascii_lowercase())]);
+    assert_eq!(
+        (made.max_age, made.max_bytes, made.max_messages),
+        (Duration::from_secs(3_600), 1 << 20, 10_000)
+    );
+    assert!(made.duplicate_window >= config.retry_horizon());
+    publisher.ensure_stream(&config, false).await.unwrap();
+    context.delete_stream(&name).await.unwrap();
+
+    let refusals = [
+        (
+            stream::Config {
+                storage: stream::StorageType::Memory,
+                ..template.clone()
+            },
+            "in memory",
+        ),
+        (
+            stream::Config {
+                subjects: vec!["elsewhere.>".to_owned()],
+                ..template
+            },
+            "none of the publisher's subjects",
+        ),
+    ];
+    for (template, says) in refusals {
+        let name = unique();
+        let refused = NatsJetStreamPublisher::new(context.clone(), &name, "/test")
+            .creating(template)
+            .ensure_stream(&config, true)
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains(says), "{refused}");
+        assert!(context.get_stream(&name).await.is_err(), "nothing made");
+    }
 }
 
 /// A stream that captures none of the publisher's subjects is refused:
@@ -554,7 +625,7 @@ async fn outbox_message(
     pool: &sqlx::PgPool,
     schema: &str,
     event: &Event,
-) -> palisade_outbox::Message {
+) -> Message {
     sqlx::query(&format!(
         "UPDATE {schema}.outbox SET status = 'pending' WHERE id = $1"
     ))
@@ -585,9 +656,7 @@ async fn a_replay_reads_the_matching_history_in_order_and_changes_nothing() {
         .ensure_stream(outbox.config(), true)
         .await
         .unwrap();
-    let empty = palisade_outbox::replay(&context, &name, &format!("{prefix}.order.Shipped"))
-        .await
-        .unwrap();
+    let empty = replayed(&context, &name, &format!("{prefix}.order.Shipped")).await;
     assert!(empty.is_empty());
 
     let events: Vec<Event> = (0..12)
@@ -617,9 +686,7 @@ async fn a_replay_reads_the_matching_history_in_order_and_changes_nothing() {
         .map(|event| event.id().to_string())
         .collect();
     for _ in 0..2 {
-        let replayed = palisade_outbox::replay(&context, &name, &format!("{prefix}.order.Shipped"))
-            .await
-            .unwrap();
+        let replayed = replayed(&context, &name, &format!("{prefix}.order.Shipped")).await;
         let ids: Vec<&str> = replayed.iter().map(|d| d.envelope.id.as_str()).collect();
         assert_eq!(ids, shipped);
         assert_eq!(replayed[1].payload.as_ref(), [3]);
@@ -636,4 +703,71 @@ async fn a_replay_reads_the_matching_history_in_order_and_changes_nothing() {
 
     context.delete_stream(&name).await.unwrap();
     db.drop().await;
+}
+
+/// Every delivery of a replay of `stream` on `filter`.
+async fn replayed(context: &jetstream::Context, stream: &str, filter: &str) -> Vec<Delivery> {
+    palisade_outbox::replay(context, stream, filter)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+/// A history longer than one pull comes whole and in order, as it is
+/// pulled (the replay held all of it in memory before), and ends where
+/// the stream ended when the replay began: what is published while it
+/// is read is not part of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_longer_than_a_pull_comes_in_order_and_ends_where_the_stream_did() {
+    let context = jetstream().await;
+    let name = unique();
+    let prefix = name.to_ascii_lowercase();
+    let publisher = NatsJetStreamPublisher::new(context.clone(), &name, "/orders");
+    publisher
+        .ensure_stream(&OutboxConfig::default(), true)
+        .await
+        .unwrap();
+    let publish = |n: usize| {
+        let publisher = publisher.clone();
+        async move {
+            let event = Event::new(
+                "order",
+                format!("o-{n}"),
+                "Shipped",
+                n.to_be_bytes().to_vec(),
+            );
+            let id = event.id().to_string();
+            let published = publisher.publish(&Message::new(event, 0, 0)).await;
+            assert!(matches!(published, Ok(Published::Stored)), "{published:?}");
+            id
+        }
+    };
+    let mut history = Vec::new();
+    for n in 0..1_100 {
+        history.push(publish(n).await);
+    }
+
+    let mut replay = palisade_outbox::replay(&context, &name, &format!("{prefix}.>"))
+        .await
+        .unwrap();
+    let first = replay.try_next().await.unwrap().unwrap();
+    for n in 1_100..1_110 {
+        publish(n).await;
+    }
+    let mut ids = vec![first.envelope.id];
+    while let Some(delivery) = replay.try_next().await.unwrap() {
+        ids.push(delivery.envelope.id);
+    }
+    assert_eq!(ids.len(), history.len());
+    assert!(ids == history, "the replay's order is the stream's");
+    assert!(replay.try_next().await.unwrap().is_none(), "it stays ended");
+    let mut stream = context.get_stream(&name).await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.consumer_count,
+        0,
+        "its consumer is deleted at its end"
+    );
+    context.delete_stream(&name).await.unwrap();
 }

@@ -36,7 +36,7 @@ use crate::payment::Payment;
 use crate::payment::cards::Tokenizer;
 use crate::payment::vault::{self, Vault, VaultKey};
 use crate::processor::{self as card, ChargeStore, ProcessorClient, ProcessorServer, Simulator};
-use crate::service::{Consumers, Consuming, INBOX_KEPT, SagaService, forget_old_records};
+use crate::service::{Consumers, Consuming, INBOX_KEPT, SagaService};
 use crate::shipping::Shipping;
 
 /// Where and how the embedded system runs.
@@ -478,18 +478,11 @@ fn spawn_consumer<S: SagaService>(
     let (outbox, inbox) = sqlite(service.db());
     let (outbox, inbox) = (outbox.clone(), inbox.clone());
     let consumer = Arc::new(
-        MemoryConsumer::new(S::NAME, inbox.clone(), Consuming(service, outbox))
-            .only(S::CONSUMES.iter().copied()),
+        MemoryConsumer::new(S::NAME, inbox, Consuming(service, outbox))
+            .only(S::CONSUMES.iter().copied())
+            .keep_records(INBOX_KEPT),
     );
     consumers.add(S::NAME, consumer.clone());
     let subscription = broker.subscribe_to(S::CONSUMES.iter().copied());
-    tasks.spawn(async move {
-        let forgetting =
-            forget_old_records(S::NAME, |batch| inbox.forget_older_than(INBOX_KEPT, batch));
-        tokio::select! {
-            biased;
-            () = consumer.run(subscription, shutdown) => {}
-            () = forgetting => unreachable!("forgetting never ends"),
-        }
-    });
+    tasks.spawn(async move { consumer.run(subscription, shutdown).await });
 }

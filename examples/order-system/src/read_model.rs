@@ -8,6 +8,7 @@
 
 use std::future::Future;
 
+use futures_util::{Stream, TryStreamExt};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter};
 use palisade_outbox::{BoxError, Delivery, Handled, Handler, InboxStore};
@@ -28,6 +29,9 @@ pub trait ReadModel: SagaService {
 /// then every event in it applied as the consumer would. Returns the
 /// events applied.
 ///
+/// The history is read and applied [`REBUILT_AT_ONCE`] events at a time,
+/// so a rebuild holds that many in memory however long the stream.
+///
 /// The consumer may run meanwhile and loses nothing: the history is read
 /// once the lock is held, so it holds every event the consumer committed
 /// before; the consumer's later writes wait for the rebuild to end, then
@@ -39,10 +43,11 @@ pub trait ReadModel: SagaService {
 /// # Errors
 ///
 /// The database's, the history's, or an event that cannot be read.
-pub async fn rebuild<R, F>(model: &R, history: F) -> Result<u64, BoxError>
+pub async fn rebuild<R, F, H>(model: &R, history: F) -> Result<u64, BoxError>
 where
     R: ReadModel,
-    F: Future<Output = Result<Vec<Delivery>, BoxError>> + Send,
+    F: Future<Output = Result<H, BoxError>> + Send,
+    H: Stream<Item = Result<Delivery, BoxError>> + Send,
 {
     match model.db() {
         ServiceDb::Sqlite { inbox, outbox, .. } => rebuild_in(model, inbox, outbox, history).await,
@@ -52,7 +57,10 @@ where
     }
 }
 
-async fn rebuild_in<R, I, O, F>(
+/// How many events of its history a rebuild reads and applies at once.
+pub const REBUILT_AT_ONCE: usize = 512;
+
+async fn rebuild_in<R, I, O, F, H>(
     model: &R,
     inbox: &I,
     outbox: &O,
@@ -63,7 +71,8 @@ where
     I: InboxStore,
     <I::Database as sqlx::Database>::Connection: Tx,
     O: Outbox<Connection = <I::Database as sqlx::Database>::Connection>,
-    F: Future<Output = Result<Vec<Delivery>, BoxError>> + Send,
+    F: Future<Output = Result<H, BoxError>> + Send,
+    H: Stream<Item = Result<Delivery, BoxError>> + Send,
 {
     let mut transaction = inbox.begin().await?;
     let tx = &mut *transaction;
@@ -78,23 +87,25 @@ where
         &[Param::Text(R::NAME)],
     )
     .await?;
-    let deliveries = history.await?;
-    let ids: Vec<&str> = deliveries.iter().map(|d| d.envelope.id.as_str()).collect();
-    let first_times = inbox.process_all(tx, R::NAME, &ids).await?;
     let handler = Consuming(model.clone(), outbox.clone());
     handler.prepare(tx).await?;
+    let mut history = std::pin::pin!(history.await?.try_chunks(REBUILT_AT_ONCE));
     let mut applied = 0;
-    for (delivery, first_time) in deliveries.iter().zip(first_times) {
-        if !first_time {
-            continue;
-        }
-        match handler.handle(tx, delivery).await {
-            Ok(Handled::Applied) => applied += 1,
-            Ok(Handled::Ignored) => {}
-            Err(error) if error.is::<serde_json::Error>() => {
-                tracing::warn!(id = %delivery.envelope.id, %error, "unreadable event left out of the rebuild");
+    while let Some(deliveries) = history.try_next().await.map_err(|error| error.1)? {
+        let ids: Vec<&str> = deliveries.iter().map(|d| d.envelope.id.as_str()).collect();
+        let first_times = inbox.process_all(tx, R::NAME, &ids).await?;
+        for (delivery, first_time) in deliveries.iter().zip(first_times) {
+            if !first_time {
+                continue;
             }
-            Err(error) => return Err(error),
+            match handler.handle(tx, delivery).await {
+                Ok(Handled::Applied) => applied += 1,
+                Ok(Handled::Ignored) => {}
+                Err(error) if error.is::<serde_json::Error>() => {
+                    tracing::warn!(id = %delivery.envelope.id, %error, "unreadable event left out of the rebuild");
+                }
+                Err(error) => return Err(error),
+            }
         }
     }
     // An error left out above may have aborted the transaction

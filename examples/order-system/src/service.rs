@@ -106,36 +106,6 @@ impl<S: SagaService, O: Outbox> Handler<O::Connection> for Consuming<S, O> {
 /// again.
 pub(crate) const INBOX_KEPT: Duration = Duration::from_secs(24 * 3_600);
 
-/// How many old inbox records one statement forgets.
-pub(crate) const FORGET_BATCH: u32 = 10_000;
-
-/// Forgets old inbox records with `forget` (given the batch, it forgets
-/// up to that many) once a minute, batch after batch while they come back
-/// full, for as long as it is polled: every consumer, embedded or per
-/// process, runs beside it, so that no inbox grows for ever (one batch a
-/// minute fell behind a service taking more than about 170 messages a
-/// second). `consumer` names the inbox in the warning of a round that
-/// failed.
-pub(crate) async fn forget_old_records<F, Fut>(consumer: &str, mut forget: F)
-where
-    F: FnMut(u32) -> Fut,
-    Fut: Future<Output = Result<u64, sqlx::Error>>,
-{
-    loop {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        loop {
-            match forget(FORGET_BATCH).await {
-                Ok(forgotten) if forgotten >= u64::from(FORGET_BATCH) => {}
-                Ok(_) => break,
-                Err(error) => {
-                    tracing::warn!(%error, consumer, "old inbox records not forgotten; trying again later");
-                    break;
-                }
-            }
-        }
-    }
-}
-
 /// The error of a service given an event it does not consume: the wiring
 /// delivers none, so this is a bug, failed loudly rather than ignored.
 #[must_use]
@@ -209,68 +179,4 @@ pub(crate) async fn scratch_db<S: SagaService>() -> (ServiceDb, std::path::PathB
         .await
         .unwrap();
     (db, dir)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    use super::*;
-
-    /// Old records are forgotten once a minute, and a round that failed
-    /// (the database away) does not end the rounds.
-    #[tokio::test(start_paused = true)]
-    async fn old_inbox_records_are_forgotten_every_minute_whatever_fails() {
-        let rounds = Arc::new(AtomicU32::new(0));
-        let forgetting = {
-            let rounds = Arc::clone(&rounds);
-            tokio::spawn(async move {
-                forget_old_records("inventory", |_| {
-                    let round = rounds.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        if round == 0 {
-                            Err(sqlx::Error::PoolTimedOut)
-                        } else {
-                            Ok(10)
-                        }
-                    }
-                })
-                .await;
-            })
-        };
-        for minute in 1..=3 {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            tokio::task::yield_now().await;
-            assert_eq!(rounds.load(Ordering::SeqCst), minute, "one round a minute");
-        }
-        forgetting.abort();
-    }
-
-    /// A round forgets batch after batch while they come back full: one
-    /// batch a minute fell behind an inbox taking more than a batch a
-    /// minute, and it grew for ever.
-    #[tokio::test(start_paused = true)]
-    async fn a_round_goes_on_while_its_batches_come_back_full() {
-        let batches = Arc::new(AtomicU32::new(0));
-        let forgetting = {
-            let batches = Arc::clone(&batches);
-            tokio::spawn(async move {
-                forget_old_records("inventory", |batch| {
-                    // Three full batches, then what is left.
-                    let done = batches.fetch_add(1, Ordering::SeqCst);
-                    let forgotten = if done < 3 { batch } else { 7 };
-                    async move { Ok(u64::from(forgotten)) }
-                })
-                .await;
-            })
-        };
-        tokio::time::sleep(Duration::from_secs(61)).await;
-        tokio::task::yield_now().await;
-        assert_eq!(
-            batches.load(Ordering::SeqCst),
-            4,
-            "until one came back short"
-        );
-        forgetting.abort();
-    }
 }

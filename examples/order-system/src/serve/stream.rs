@@ -12,7 +12,7 @@ use palisade_outbox::{
 
 use super::{ServeSettings, Stop, postgres};
 use crate::db::redact_url;
-use crate::service::{Consuming, INBOX_KEPT, SagaService, forget_old_records};
+use crate::service::{Consuming, INBOX_KEPT, SagaService};
 
 pub(super) async fn connect_jetstream(
     settings: &ServeSettings,
@@ -85,7 +85,8 @@ pub(super) async fn consumer<S: SagaService>(
     .max_deliver(5)
     .retry_delay(Duration::from_millis(200), Duration::from_secs(5))
     // A replica killed holding a message: another gets it after this.
-    .ack_wait(Duration::from_secs(10));
+    .ack_wait(Duration::from_secs(10))
+    .keep_records(INBOX_KEPT);
     let (outbox, inbox) = (outbox.clone(), inbox.clone());
     let consumer = JetStreamConsumer::new(context, config, inbox, Consuming(service, outbox))
         .await?
@@ -93,26 +94,19 @@ pub(super) async fn consumer<S: SagaService>(
     Ok(Arc::new(consumer))
 }
 
-/// Runs `consumer` until `stop` completes, and meanwhile forgets its
-/// inbox's records once JetStream can no longer bring them back (and
-/// after [`INBOX_KEPT`] at least), every minute: every consumer of the server processes runs through here, so
-/// no inbox of theirs grows for ever (the gateway's three did).
-/// Once the process is asked to stop, the batch under way has until the
-/// stop's `grace` is over (a statement hung on a lost database would
-/// hold the stop for good); it is cut short then, its messages left to
-/// come back.
+/// Runs `consumer` until `stop` completes (its inbox forgets records
+/// older than [`INBOX_KEPT`] meanwhile). Once the process is asked to
+/// stop, the batch under way has until the stop's `grace` is over (a
+/// statement hung on a lost database would hold the stop for good); it is
+/// cut short then, its messages left to come back.
 pub(super) async fn run_consumer<S: SagaService>(
     consumer: &JetStreamConsumer<PgInbox, Consuming<S, PgOutbox>>,
     stop: &Stop,
     grace: Duration,
 ) -> Result<(), BoxError> {
-    let retention = consumer.inbox_retention().max(INBOX_KEPT);
-    let forgetting =
-        forget_old_records(S::NAME, |batch| consumer.forget_processed(retention, batch));
     tokio::select! {
         biased;
         consumed = consumer.run(stop.signal()) => consumed,
-        () = forgetting => unreachable!("forgetting never ends"),
         () = stop.grace_over(grace) => {
             tracing::warn!(consumer = S::NAME, "the batch under way outlasted the stop's grace; cut short");
             Ok(())
