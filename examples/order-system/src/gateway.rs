@@ -67,7 +67,7 @@ use palisade_coalesce::{Cache, Freshness};
 use palisade_slo::{AtOnce, ErrorBudget, Objective, SloLayer};
 use palisade_traffic::{CellRouter, Cells};
 
-use crate::objectives::{Objectives, SagaRead, SagasEndInTime};
+use crate::objectives::{Judged, Objectives, SagaRead, SagasEndInTime};
 use palisade_token_bucket::{LocalStore, RateLimitLayer, key};
 use palisade_tracecontext::{Propagator, TraceContextLayer};
 use serde::{Deserialize, Serialize};
@@ -290,6 +290,7 @@ where
     let sagas = SloLayer::new_for_http(budget(&objectives.sagas, "sagas")).classify(AtOnce(
         SagasEndInTime {
             within: objectives.saga_within,
+            judged: Judged::default(),
         },
     ));
     // A cell's signed-in routes, behind the bearer check (the request
@@ -728,8 +729,8 @@ struct HistoryQuery {
 /// hyphens), or `None` for text that names no order. Only such ids reach
 /// a database: a NUL byte, which PostgreSQL refuses in text, answered 503
 /// and counted against the objectives.
-fn order_id(text: &str) -> Option<String> {
-    uuid::Uuid::try_parse(text).ok().map(|id| id.to_string())
+fn order_id(text: &str) -> Option<uuid::Uuid> {
+    uuid::Uuid::try_parse(text).ok()
 }
 
 /// `GET /orders`: the signed-in user's orders, newest first, from the
@@ -748,7 +749,7 @@ async fn history(
     }
     let before = match query.before.as_deref().map(order_id) {
         None => None,
-        Some(Some(before)) => Some(before),
+        Some(Some(before)) => Some(before.to_string()),
         Some(None) => {
             return problem(
                 StatusCode::BAD_REQUEST,
@@ -772,14 +773,16 @@ async fn order(
     Path(id): Path<String>,
     Query(query): Query<OrderQuery>,
 ) -> Response {
-    let Some(known) = order_id(&id) else {
+    let Some(order_id) = order_id(&id) else {
         return Problem::status(StatusCode::NOT_FOUND, format!("no order {id}")).into_response();
     };
+    let known = order_id.to_string();
     let wait = std::time::Duration::from_millis(query.wait_ms.unwrap_or(0).min(30_000));
     let started = tokio::time::Instant::now();
     match services.orders.wait_for_end(&user, &known, wait).await {
         Ok(Some(order)) => {
             let read = SagaRead {
+                order: order_id,
                 // As long as it waited, not as long as it asked to: a wait
                 // a stopping server ended early proves no saga late.
                 waited: started.elapsed(),

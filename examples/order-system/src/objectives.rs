@@ -11,8 +11,11 @@
 //!   longer, or a wait at least that long that ends with the saga still
 //!   pending, is bad; a shorter wait that ends pending says nothing. A card
 //!   processor that is down leaves sagas pending (payment waits it out),
-//!   so this is the objective an outage burns.
+//!   so this is the objective an outage burns. A gateway judges each saga
+//!   once, however often it is read ([`Judged`]).
 
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::response::Response;
@@ -44,6 +47,8 @@ impl Default for Objectives {
 /// by the gateway for [`SagasEndInTime`] to judge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SagaRead {
+    /// The order read.
+    pub order: uuid::Uuid,
     /// How long the read waited for the saga's end (less than the client
     /// asked for when the saga ended, or the server stopped, before).
     pub waited: Duration,
@@ -54,10 +59,12 @@ pub struct SagaRead {
 /// Classifies waited reads of orders for the `sagas` objective (see the
 /// module's docs); every other answer is excluded, but a 5xx or a
 /// transport error, which is bad.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SagasEndInTime {
     /// How long a saga may take and still be good.
     pub within: Duration,
+    /// The sagas judged already.
+    pub judged: Judged,
 }
 
 impl<E> Classify<Response, E> for SagasEndInTime {
@@ -68,14 +75,57 @@ impl<E> Classify<Response, E> for SagasEndInTime {
         if response.status().is_server_error() {
             return Event::Bad;
         }
-        match response.extensions().get::<SagaRead>() {
-            Some(SagaRead {
-                took: Some(took), ..
-            }) if *took <= self.within => Event::Good,
-            Some(SagaRead { took: Some(_), .. }) => Event::Bad,
-            Some(SagaRead { waited, took: None }) if *waited >= self.within => Event::Bad,
-            Some(SagaRead { took: None, .. }) | None => Event::Excluded,
+        let Some(read) = response.extensions().get::<SagaRead>() else {
+            return Event::Excluded;
+        };
+        let event = match read.took {
+            Some(took) if took <= self.within => Event::Good,
+            Some(_) => Event::Bad,
+            None if read.waited >= self.within => Event::Bad,
+            None => Event::Excluded,
+        };
+        if event != Event::Excluded && !self.judged.first_time(read.order) {
+            return Event::Excluded;
         }
+        event
+    }
+}
+
+/// How many judged sagas a gateway remembers: the last 100,000 (about
+/// 3 MB), minutes of orders at the load command's pace.
+const JUDGED_KEPT: usize = 100_000;
+
+/// The orders whose saga a gateway has judged, the latest 100,000: each
+/// saga counts once however often it is read. A client polling one late
+/// saga counted it bad at every read (50 a second within its rate limit),
+/// and one polling a quick saga hid an outage under good reads. A saga
+/// read through several gateways counts once in each.
+#[derive(Debug, Clone, Default)]
+pub struct Judged(Arc<Mutex<Remembered>>);
+
+#[derive(Debug, Default)]
+struct Remembered {
+    orders: HashSet<u128>,
+    /// In the order they were judged: the first goes when room is needed.
+    oldest_first: VecDeque<u128>,
+}
+
+impl Judged {
+    /// Whether `order`'s saga is judged for the first time (remembered
+    /// from now on).
+    fn first_time(&self, order: uuid::Uuid) -> bool {
+        let order = order.as_u128();
+        let mut remembered = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !remembered.orders.insert(order) {
+            return false;
+        }
+        remembered.oldest_first.push_back(order);
+        if remembered.oldest_first.len() > JUDGED_KEPT
+            && let Some(oldest) = remembered.oldest_first.pop_front()
+        {
+            remembered.orders.remove(&oldest);
+        }
+        true
     }
 }
 
@@ -83,41 +133,85 @@ impl<E> Classify<Response, E> for SagasEndInTime {
 mod tests {
     use super::*;
 
+    fn sagas() -> SagasEndInTime {
+        SagasEndInTime {
+            within: Duration::from_secs(5),
+            judged: Judged::default(),
+        }
+    }
+
+    fn read(sagas: &SagasEndInTime, read: Option<SagaRead>) -> Event {
+        let mut response = Response::new(axum::body::Body::empty());
+        if let Some(read) = read {
+            response.extensions_mut().insert(read);
+        }
+        sagas.classify(&Ok::<_, ()>(response))
+    }
+
+    fn saga_read(waited: u64, took: Option<u64>) -> Option<SagaRead> {
+        Some(SagaRead {
+            order: uuid::Uuid::now_v7(),
+            waited: Duration::from_secs(waited),
+            took: took.map(Duration::from_secs),
+        })
+    }
+
     #[test]
     fn a_saga_is_judged_by_how_long_it_took_or_was_waited_for() {
-        let sagas = SagasEndInTime {
-            within: Duration::from_secs(5),
-        };
-        let read = |read: Option<SagaRead>| {
-            let mut response = Response::new(axum::body::Body::empty());
-            if let Some(read) = read {
-                response.extensions_mut().insert(read);
-            }
-            sagas.classify(&Ok::<_, ()>(response))
-        };
-        let secs = Duration::from_secs;
-        let ended = |took| {
-            Some(SagaRead {
-                waited: secs(30),
-                took: Some(took),
-            })
-        };
-        assert_eq!(read(ended(secs(1))), Event::Good);
-        assert_eq!(read(ended(secs(6))), Event::Bad);
+        let sagas = sagas();
+        assert_eq!(read(&sagas, saga_read(30, Some(1))), Event::Good);
+        assert_eq!(read(&sagas, saga_read(30, Some(6))), Event::Bad);
+        assert_eq!(read(&sagas, saga_read(5, None)), Event::Bad);
+        assert_eq!(read(&sagas, saga_read(1, None)), Event::Excluded);
         assert_eq!(
-            read(Some(SagaRead {
-                waited: secs(5),
-                took: None
-            })),
-            Event::Bad
+            read(&sagas, None),
+            Event::Excluded,
+            "a read that did not wait"
         );
-        assert_eq!(
-            read(Some(SagaRead {
-                waited: secs(1),
-                took: None
-            })),
-            Event::Excluded
-        );
-        assert_eq!(read(None), Event::Excluded, "a read that did not wait");
+    }
+
+    /// A saga counts once however often it is read: a client polling a
+    /// late saga counted it bad at every read, one polling a quick saga
+    /// good at every read.
+    #[test]
+    fn a_saga_read_again_is_not_judged_again() {
+        let sagas = sagas();
+        let late = saga_read(30, Some(6));
+        assert_eq!(read(&sagas, late), Event::Bad);
+        assert_eq!(read(&sagas, late), Event::Excluded);
+        let quick = saga_read(30, Some(1));
+        assert_eq!(read(&sagas, quick), Event::Good);
+        assert_eq!(read(&sagas, quick), Event::Excluded);
+
+        // Waited out pending, then read ended: judged at the first.
+        let mut stuck = saga_read(5, None).unwrap();
+        assert_eq!(read(&sagas, Some(stuck)), Event::Bad);
+        stuck.took = Some(Duration::from_secs(9));
+        assert_eq!(read(&sagas, Some(stuck)), Event::Excluded);
+
+        // A short wait that says nothing does not use up the judgement.
+        let pending = saga_read(1, None).unwrap();
+        assert_eq!(read(&sagas, Some(pending)), Event::Excluded);
+        let ended = SagaRead {
+            took: Some(Duration::from_secs(2)),
+            ..pending
+        };
+        assert_eq!(read(&sagas, Some(ended)), Event::Good);
+    }
+
+    /// The judged sagas are bounded: the oldest is forgotten first.
+    #[test]
+    fn the_judged_sagas_kept_are_bounded() {
+        let judged = Judged::default();
+        let first = uuid::Uuid::now_v7();
+        assert!(judged.first_time(first));
+        for _ in 0..JUDGED_KEPT {
+            assert!(judged.first_time(uuid::Uuid::now_v7()));
+        }
+        let remembered = judged.0.lock().unwrap();
+        assert_eq!(remembered.orders.len(), JUDGED_KEPT);
+        assert_eq!(remembered.oldest_first.len(), JUDGED_KEPT);
+        drop(remembered);
+        assert!(judged.first_time(first), "forgotten, the oldest");
     }
 }
