@@ -45,8 +45,8 @@ impl Delivery {
     /// the handler with it current, so events the handler enqueues
     /// continue the trace.
     ///
-    /// Its `tracestate` is cut to [`TRACESTATE_KEPT`] characters, whole
-    /// members removed as the specification allows: a message carrying
+    /// Its `tracestate` is cut to the 512 characters the specification
+    /// asks every participant to pass on, whole members removed: a message carrying
     /// 32 members of 256 characters had every event after it carry them
     /// too, into every store and stream the saga passes.
     #[must_use]
@@ -65,16 +65,10 @@ impl Delivery {
             }
         }
         palisade_tracecontext::Propagator::new()
-            .tracestate_limit(TRACESTATE_KEPT)
+            .tracestate_limit(palisade_tracecontext::MIN_PROPAGATED_LEN)
             .continue_or_start(&carrier)
     }
 }
-
-/// The longest `tracestate` a consumer passes on from a message, in
-/// characters: the least a propagator must keep (W3C Trace Context,
-/// "tracestate limits").
-#[cfg(feature = "tracecontext")]
-pub const TRACESTATE_KEPT: usize = 512;
 
 /// A handler error that is not the message's fault (a dependency down, a
 /// circuit open): the consumer tries the message again, with the growing
@@ -787,8 +781,8 @@ where
     /// A message that comes again after its record is gone is applied
     /// again: a relay stopped between a publish and marking it sent
     /// publishes it again when a relay next runs, however long after.
-    /// The inbox's table is shared: the records of every consumer in it
-    /// go at the shortest age any of them keeps.
+    /// The consumer forgets its own records only; the inbox's other
+    /// consumers keep theirs.
     #[must_use]
     pub const fn keep_records(mut self, age: Duration) -> Self {
         self.kept = age;
@@ -1031,7 +1025,9 @@ where
 
 #[cfg(all(test, feature = "tracecontext"))]
 mod tests {
-    use super::{Delivery, TRACESTATE_KEPT};
+    use palisade_tracecontext::MIN_PROPAGATED_LEN;
+
+    use super::Delivery;
     use crate::Envelope;
 
     /// A message's `tracestate` reaches the handler's trace cut to 512
@@ -1068,7 +1064,7 @@ mod tests {
         );
         let kept = context.trace_state().header_value().unwrap_or_default();
         assert!(
-            !kept.is_empty() && kept.len() <= TRACESTATE_KEPT,
+            !kept.is_empty() && kept.len() <= MIN_PROPAGATED_LEN,
             "{} characters kept",
             kept.len()
         );

@@ -17,10 +17,13 @@ const BATCH: u32 = 10_000;
 /// How often a round of forgetting runs.
 const EVERY: Duration = Duration::from_secs(60);
 
-/// Forgets `inbox`'s records older than `age` at once, then every minute,
-/// for as long as it is polled; `Duration::MAX` keeps them for ever.
-/// `consumer` names the inbox in the warning of a round that failed (the
-/// next round tries again).
+/// The pause between two batches of one round.
+const BETWEEN_BATCHES: Duration = Duration::from_millis(100);
+
+/// Forgets `consumer`'s records in `inbox` older than `age` (the table's
+/// other consumers keep theirs as long as they keep them) at once, then
+/// every minute, for as long as it is polled; `Duration::MAX` keeps them
+/// for ever. A round that failed is warned of; the next tries again.
 pub(crate) async fn forget_old_records<I: InboxStore>(
     inbox: &I,
     consumer: &str,
@@ -29,7 +32,10 @@ pub(crate) async fn forget_old_records<I: InboxStore>(
     if age == Duration::MAX {
         return std::future::pending().await;
     }
-    rounds(consumer, |batch| inbox.forget_older_than(age, batch)).await
+    rounds(consumer, |batch| {
+        inbox.forget_records_of(consumer, age, batch)
+    })
+    .await
 }
 
 /// Runs a round of `forget` (given the batch, it forgets up to that many)
@@ -43,7 +49,10 @@ where
     loop {
         loop {
             match forget(BATCH).await {
-                Ok(forgotten) if forgotten >= u64::from(BATCH) => {}
+                // A breath between batches for the database's other work.
+                Ok(forgotten) if forgotten >= u64::from(BATCH) => {
+                    tokio::time::sleep(BETWEEN_BATCHES).await;
+                }
                 Ok(_) => break,
                 Err(error) => {
                     tracing::warn!(target: "palisade_outbox", %error, consumer, "old inbox records not forgotten; trying again in a minute");

@@ -129,9 +129,10 @@ impl ConsumerConfig {
     /// again: a relay stopped between a publish and marking it sent
     /// publishes it again when a relay next runs, and past the stream's
     /// duplicate window JetStream stores it again. Keep the records as
-    /// long as your relays may all be down. The inbox's table is shared:
-    /// the records of every consumer in it go at the shortest age any of
-    /// them keeps.
+    /// long as your relays may all be down. The consumer forgets its own
+    /// records only (under its [`inbox_name`](Self::inbox_name)), a few
+    /// instances of it side by side; the inbox's other consumers keep
+    /// theirs.
     #[must_use]
     pub const fn keep_records(mut self, age: Duration) -> Self {
         self.kept = age;

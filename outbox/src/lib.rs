@@ -121,11 +121,6 @@ mod stores;
 #[cfg(feature = "nats")]
 pub use async_nats;
 pub use config::OutboxConfig;
-#[cfg(all(
-    feature = "tracecontext",
-    any(feature = "postgres", feature = "sqlite")
-))]
-pub use consume::TRACESTATE_KEPT;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use consume::{BoxError, ConsumerStats, Delivery, Handled, Handler, MemoryConsumer, Transient};
 pub use envelope::{Envelope, EnvelopeError};

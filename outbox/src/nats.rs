@@ -109,7 +109,7 @@ impl NatsJetStreamPublisher {
 
     /// Makes a missing stream, when [`ensure_stream`](Self::ensure_stream)
     /// is let create it, with `template`'s settings: its limits, replicas,
-    /// placement, retention. The stream's name is the publisher's, its
+    /// placement. The stream's name is the publisher's, its
     /// subjects `<prefix>.>` unless the template names some, and its
     /// duplicate window the template's or the relay's retry horizon,
     /// whichever is longer (two minutes at least).
@@ -122,6 +122,16 @@ impl NatsJetStreamPublisher {
     /// applied it, so `max_age` must outlast the longest a consumer may be
     /// down. A stream that exists already is not changed (only its
     /// duplicate window widened).
+    ///
+    /// Refused at `ensure_stream`, as no outbox can work with them: memory
+    /// storage (a restart of NATS loses what was counted delivered), a
+    /// retention other than limits (work-queue or interest retention
+    /// removes a message once one consumer, or every consumer then known,
+    /// took it: another durable, or a replay, finds it gone), `no_ack`
+    /// (no publish is acknowledged), a per-subject message limit (a
+    /// subject per aggregate type and event type: older events dropped),
+    /// subjects capturing none of the publisher's, and a `max_age` shorter
+    /// than the duplicate window (JetStream refuses it).
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -291,6 +301,32 @@ impl NatsJetStreamPublisher {
             .duplicate_window
             .max(horizon)
             .max(Duration::from_secs(120));
+        let refused = |why: String| Err(StreamSetupError(format!("stream {}: {why}", self.stream)));
+        if made.retention != stream::RetentionPolicy::Limits {
+            return refused(format!(
+                "the template's retention {:?} removes a message once taken, before other \
+                 durables or a replay read it; give it limits retention",
+                made.retention
+            ));
+        }
+        if made.no_ack {
+            return refused("the template's no_ack would have no publish acknowledged".to_owned());
+        }
+        if made.max_messages_per_subject > 0 {
+            return refused(format!(
+                "the template keeps {} messages a subject, and every event of a type is on one \
+                 subject: older events would be dropped; leave max_messages_per_subject out",
+                made.max_messages_per_subject
+            ));
+        }
+        if !made.max_age.is_zero() && made.max_age < made.duplicate_window {
+            return refused(format!(
+                "the template's max_age of {} s is shorter than the duplicate window of {} s \
+                 (the relay's retry horizon); keep messages longer",
+                made.max_age.as_secs(),
+                made.duplicate_window.as_secs()
+            ));
+        }
         Ok(made)
     }
 }

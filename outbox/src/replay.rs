@@ -1,6 +1,7 @@
 //! Reading a stream's history again (feature `nats` with a database): what
 //! a read model is built again from.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -16,16 +17,21 @@ use crate::jetstream::read_envelope;
 /// How many messages a replay pulls at once: what it holds in memory.
 const REPLAY_BATCH: usize = 512;
 
+/// How long JetStream keeps a replay's consumer after its last pull.
+const INACTIVE: Duration = Duration::from_secs(5 * 60);
+
 /// Every message of `stream` on subjects matching `filter`, from the first
 /// the stream keeps to the last it held when called, in stream order, as
 /// deliveries: what a read model is built again from (a projection's
 /// rebuild). A message without a valid envelope is left out, with a
 /// warning. Nothing is acknowledged or changed: the messages are read
 /// through an ephemeral consumer, deleted once the replay ends (or, when
-/// it is dropped before its end, by JetStream a minute later).
+/// it is dropped before its end, by JetStream five minutes after its
+/// last pull).
 ///
 /// The history comes as it is pulled, 512 messages at a time:
-/// a stream of any length is replayed in the memory of one pull.
+/// a stream of any length is replayed in the memory of one pull. A reader
+/// may take its time over each delivery, up to five minutes a pull.
 ///
 /// # Example
 ///
@@ -45,7 +51,9 @@ const REPLAY_BATCH: usize = 512;
 /// # Errors
 ///
 /// JetStream's, when the stream is missing or its consumer cannot be made;
-/// the replay's items, when a pull fails on the way.
+/// the replay's items, when a pull fails on the way, or messages of the
+/// history went missing between pulls (the replay then ends: replay
+/// again).
 pub async fn replay(
     context: &jetstream::Context,
     stream: &str,
@@ -60,8 +68,9 @@ pub async fn replay(
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
             ack_policy: jetstream::consumer::AckPolicy::None,
             // Gone on its own should the replay be dropped, or this
-            // process die, while reading.
-            inactive_threshold: Duration::from_secs(60),
+            // process die, while reading; kept while its reader works
+            // through a pull for minutes.
+            inactive_threshold: INACTIVE,
             ..pull::Config::default()
         })
         .await?;
@@ -72,7 +81,8 @@ pub async fn replay(
         last,
         matching,
         read: 0,
-        pull: None,
+        delivered: 0,
+        pulled: VecDeque::new(),
     };
     let deliveries = stream::try_unfold(history, |mut history| async move {
         let next = history.next().await;
@@ -108,8 +118,8 @@ impl Stream for Replay {
     }
 }
 
-/// Where a replay stands: its consumer, the pull under way, and how far
-/// it has read.
+/// Where a replay stands: its consumer, the messages pulled and not yet
+/// handed out, and how far it has read.
 struct History {
     stream: jetstream::stream::Stream,
     consumer: jetstream::consumer::Consumer<pull::Config>,
@@ -117,47 +127,48 @@ struct History {
     last: u64,
     /// The messages the consumer had when made.
     matching: u64,
-    /// The messages read so far.
+    /// The messages read so far, and the consumer's delivery sequence of
+    /// the last: the next must follow it, or messages were lost between.
     read: u64,
-    /// The pull under way, and whether it brought anything yet.
-    pull: Option<(pull::Batch, bool)>,
+    delivered: u64,
+    /// The last pull's messages, taken from it whole as it came: a pull
+    /// left unread past its expiry ends, and drops what it still holds
+    /// (the consumer acknowledges nothing, so they never come again).
+    pulled: VecDeque<jetstream::Message>,
 }
 
+/// How many pulls in a row may come back empty while the consumer still
+/// has messages for the replay, before it fails.
+const EMPTY_PULLS: u32 = 3;
+
 impl History {
-    /// The next delivery of the history, pulling more when a pull is
-    /// used up. The history ends at the stream's sequence `last`, once it
-    /// read the `matching` messages, or at the first pull that finds
-    /// nothing (some may have been removed by the stream's limits since):
-    /// it never waits for messages to come.
+    /// The next delivery of the history, pulling more when the last pull
+    /// is used up. The history ends at the stream's sequence `last`, once
+    /// it read the `matching` messages, or when the consumer has nothing
+    /// more for it (some may have been removed by the stream's limits
+    /// since): it never waits for messages to come.
     async fn next(&mut self) -> Result<Option<Delivery>, BoxError> {
         loop {
             if self.read >= self.matching {
                 return Ok(None);
             }
-            let (pull, pulled) = match &mut self.pull {
-                Some(pull) => pull,
-                None => {
-                    let batch = self
-                        .consumer
-                        .fetch()
-                        .max_messages(REPLAY_BATCH)
-                        .expires(Duration::from_secs(1))
-                        .messages()
-                        .await?;
-                    self.pull.insert((batch, false))
-                }
-            };
-            let Some(message) = pull.next().await else {
-                if !*pulled {
+            let Some(message) = self.pulled.pop_front() else {
+                if !self.pull().await? {
                     return Ok(None);
                 }
-                self.pull = None;
                 continue;
             };
-            *pulled = true;
-            let message = message?;
+            let info = message.info()?;
+            if info.consumer_sequence != self.delivered + 1 {
+                return Err(format!(
+                    "the replay lost messages: delivery {} came after {}; replay again",
+                    info.consumer_sequence, self.delivered
+                )
+                .into());
+            }
+            self.delivered = info.consumer_sequence;
             self.read += 1;
-            let sequence = message.info()?.stream_sequence;
+            let sequence = info.stream_sequence;
             if sequence > self.last {
                 self.matching = 0;
                 return Ok(None);
@@ -180,6 +191,34 @@ impl History {
                 }
             }
         }
+    }
+
+    /// Pulls the next messages, whole; `false` when the consumer has none
+    /// left for the replay.
+    async fn pull(&mut self) -> Result<bool, BoxError> {
+        for _ in 0..EMPTY_PULLS {
+            let mut batch = self
+                .consumer
+                .fetch()
+                .max_messages(REPLAY_BATCH)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await?;
+            while let Some(message) = batch.next().await {
+                self.pulled.push_back(message?);
+            }
+            if !self.pulled.is_empty() {
+                return Ok(true);
+            }
+            if self.consumer.info().await?.num_pending == 0 {
+                return Ok(false);
+            }
+        }
+        Err(format!(
+            "the replay's last {EMPTY_PULLS} pulls came back empty while its consumer held \
+             messages for it; replay again"
+        )
+        .into())
     }
 
     /// Deletes the replay's consumer, now that it has read all it will.

@@ -164,6 +164,19 @@ impl Dialect {
 
     /// `table` (maybe `schema.name`) and the name of its index `suffix`, as
     /// `CREATE INDEX` wants them.
+    /// What a subquery picking rows to change ends with so that several
+    /// writers pick apart: PostgreSQL lets several relays claim and clean
+    /// up (and consumers forget) side by side; SQLite has one writer at a
+    /// time.
+    const fn skip_locked(self) -> &'static str {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres => "FOR UPDATE SKIP LOCKED",
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite => "",
+        }
+    }
+
     fn index(self, table: &str, suffix: &str) -> (String, String) {
         match (self, table.split_once('.')) {
             // SQLite: the index is named in the table's (attached) database
@@ -518,14 +531,7 @@ impl OutboxSql {
             #[cfg(feature = "sqlite")]
             Dialect::Sqlite => "seq IN (SELECT value FROM json_each('[' || $1 || ']'))".to_owned(),
         };
-        // PostgreSQL lets several relays claim and clean up side by side;
-        // SQLite has one writer at a time.
-        let skip_locked = match dialect {
-            #[cfg(feature = "postgres")]
-            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
-            #[cfg(feature = "sqlite")]
-            Dialect::Sqlite => "",
-        };
+        let skip_locked = dialect.skip_locked();
         let lease = dialect.shifted('+', "$2");
         let claimed = format!(
             "RETURNING seq, id, aggregate_type, aggregate_id, event_type, payload, headers, \
@@ -781,6 +787,8 @@ pub(crate) struct InboxSql {
     /// those not recorded before.
     pub(crate) record_all: String,
     pub(crate) forget: String,
+    /// Forgets consumer `$3`'s records older than `$1` ms, `$2` at most.
+    pub(crate) forget_of: String,
     /// Counts one more delivery handed back untried for each of a JSON
     /// array of message ids (`$2`) of consumer `$1`.
     pub(crate) hand_back: String,
@@ -789,6 +797,9 @@ pub(crate) struct InboxSql {
     pub(crate) handed_back: String,
     /// Forgets the counts of deliveries handed back older than `$1` ms.
     pub(crate) forget_handed_back: String,
+    /// Forgets consumer `$2`'s counts of deliveries handed back older than
+    /// `$1` ms.
+    pub(crate) forget_handed_back_of: String,
     /// A statement that fails in a transaction a failed statement left
     /// aborted, where the database keeps such a state (PostgreSQL: its
     /// `COMMIT` rolls back and answers success all the same).
@@ -806,6 +817,8 @@ impl InboxSql {
             now = dialect.now(),
         ));
         migrate.push(dialect.create_index(table, "processed", "(processed_at)"));
+        // Each consumer forgets its own records, oldest first.
+        migrate.push(dialect.create_index(table, "consumer_processed", "(consumer, processed_at)"));
         // Deliveries a consumer handed back to the broker untried (it was
         // stopping): the broker counts them as deliveries, the consumer's
         // tries do not.
@@ -839,6 +852,10 @@ impl InboxSql {
                 "DELETE FROM {handed} WHERE handed_back_at < {cutoff}",
                 cutoff = dialect.shifted('-', "$1"),
             ),
+            forget_handed_back_of: format!(
+                "DELETE FROM {handed} WHERE consumer = $2 AND handed_back_at < {cutoff}",
+                cutoff = dialect.shifted('-', "$1"),
+            ),
             record: format!(
                 "INSERT INTO {table} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
             ),
@@ -853,6 +870,13 @@ impl InboxSql {
                 "DELETE FROM {table} WHERE (consumer, message_id) IN (SELECT consumer, message_id \
                  FROM {table} WHERE processed_at < {cutoff} ORDER BY processed_at LIMIT $2)",
                 cutoff = dialect.shifted('-', "$1"),
+            ),
+            forget_of: format!(
+                "DELETE FROM {table} WHERE (consumer, message_id) IN (SELECT consumer, message_id \
+                 FROM {table} WHERE consumer = $3 AND processed_at < {cutoff} \
+                 ORDER BY processed_at LIMIT $2 {skip_locked})",
+                cutoff = dialect.shifted('-', "$1"),
+                skip_locked = dialect.skip_locked(),
             ),
             still_open: dialect.still_open(),
             dialect,

@@ -212,6 +212,20 @@ pub trait InboxStore: Clone + Send + Sync + 'static {
         batch: u32,
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
+    /// As the inbox's own `forget_records_of`: `consumer`'s records older
+    /// than `age`, at most `batch`, what a running consumer forgets. By
+    /// default nothing is forgotten (an inbox of your own keeps its
+    /// records until you forget them).
+    fn forget_records_of(
+        &self,
+        consumer: &str,
+        age: Duration,
+        batch: u32,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send {
+        let _ = (consumer, age, batch);
+        std::future::ready(Ok(0))
+    }
+
     /// As the inbox's own `hand_back`: counts one more delivery of each
     /// of `message_ids` that `consumer` handed back untried. Nothing is
     /// counted by default (every delivery is then a try).

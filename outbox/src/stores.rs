@@ -655,6 +655,9 @@ macro_rules! sql_inbox {
             /// after its record is gone would be processed again. An age
             /// past a hundred years is taken as a hundred years.
             ///
+            /// Every consumer's records go; a running consumer forgets its
+            /// own only ([`forget_records_of`](Self::forget_records_of)).
+            ///
             /// # Errors
             ///
             /// The database's error, for the records or for the counts
@@ -665,19 +668,57 @@ macro_rules! sql_inbox {
                 age: std::time::Duration,
                 batch: u32,
             ) -> Result<u64, sqlx::Error> {
-                let done = sqlx::query(&self.sql.forget)
-                    .bind($crate::stores::millis(age))
-                    .bind(i64::from(batch))
-                    .execute(&self.pool)
-                    .await?;
+                self.forget(None, age, batch).await
+            }
+
+            /// As [`forget_older_than`](Self::forget_older_than), for
+            /// `consumer`'s records and counts only, the table's other
+            /// consumers' kept as long as they keep them: what a running
+            /// consumer does (see `keep_records`). Several instances of
+            /// one consumer forget side by side, each taking rows the
+            /// others have not.
+            ///
+            /// # Errors
+            ///
+            /// As [`forget_older_than`](Self::forget_older_than).
+            pub async fn forget_records_of(
+                &self,
+                consumer: &str,
+                age: std::time::Duration,
+                batch: u32,
+            ) -> Result<u64, sqlx::Error> {
+                self.forget(Some(consumer), age, batch).await
+            }
+
+            /// Forgets the records (and counts) older than `age` of
+            /// `consumer`, or of every consumer.
+            async fn forget(
+                &self,
+                consumer: Option<&str>,
+                age: std::time::Duration,
+                batch: u32,
+            ) -> Result<u64, sqlx::Error> {
+                let millis = $crate::stores::millis(age);
+                let records = match consumer {
+                    Some(consumer) => sqlx::query(&self.sql.forget_of)
+                        .bind(millis)
+                        .bind(i64::from(batch))
+                        .bind(consumer),
+                    None => sqlx::query(&self.sql.forget)
+                        .bind(millis)
+                        .bind(i64::from(batch)),
+                };
+                let done = records.execute(&self.pool).await?;
                 // The counts of deliveries handed back, all of that age at
                 // once (a few per stop); an inbox not migrated since it
                 // had them forgets its records all the same.
-                match sqlx::query(&self.sql.forget_handed_back)
-                    .bind($crate::stores::millis(age))
-                    .execute(&self.pool)
-                    .await
-                {
+                let counts = match consumer {
+                    Some(consumer) => sqlx::query(&self.sql.forget_handed_back_of)
+                        .bind(millis)
+                        .bind(consumer),
+                    None => sqlx::query(&self.sql.forget_handed_back).bind(millis),
+                };
+                match counts.execute(&self.pool).await {
                     Ok(_) => Ok(done.rows_affected()),
                     Err(error) if $crate::stores::is_missing_table(&error) => {
                         tracing::warn!(target: "palisade_outbox", %error, "no counts of deliveries handed back to forget: the inbox is not migrated");
@@ -771,6 +812,15 @@ macro_rules! sql_inbox {
                 batch: u32,
             ) -> Result<u64, sqlx::Error> {
                 $name::forget_older_than(self, age, batch).await
+            }
+
+            async fn forget_records_of(
+                &self,
+                consumer: &str,
+                age: std::time::Duration,
+                batch: u32,
+            ) -> Result<u64, sqlx::Error> {
+                $name::forget_records_of(self, consumer, age, batch).await
             }
 
             async fn hand_back(&self, consumer: &str, message_ids: &[&str]) -> Result<(), sqlx::Error> {

@@ -682,17 +682,20 @@ async fn a_durable_named_anew_with_the_old_inbox_name_applies_nothing_twice() {
     rig.remove().await;
 }
 
-/// While it runs, the consumer's inbox forgets the records older than it
-/// keeps them (a day by default, and never less than JetStream may bring a
-/// message back), from its start; newer ones stay. The inbox grew for ever
-/// unless its user forgot them by hand.
+/// While it runs, the consumer forgets its records older than it keeps
+/// them (a day by default, and never less than JetStream may bring a
+/// message back), from its start; newer ones stay, and so do the other
+/// consumers' records. The inbox grew for ever unless its user forgot
+/// them by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_consumer_forgets_the_records_it_keeps_no_longer() {
     let rig = Rig::new().await;
     let schema = &rig.db.name;
     sqlx::query(&format!(
         "INSERT INTO {schema}.inbox (consumer, message_id, processed_at) VALUES \
-         ('other', 'old', now() - interval '25 hours'), ('other', 'new', now() - interval '23 hours')"
+         ('forgets', 'old', now() - interval '25 hours'), \
+         ('forgets', 'new', now() - interval '23 hours'), \
+         ('other', 'others', now() - interval '25 hours')"
     ))
     .execute(&rig.db.pool)
     .await
@@ -720,24 +723,29 @@ async fn a_running_consumer_forgets_the_records_it_keeps_no_longer() {
             consumer.inbox_retention()
         }
     };
-    run_until_kept(rig.config("forgets"), &["new"]).await;
-    assert_eq!(kept().await, ["new"], "forgotten at the start");
+    run_until_kept(rig.config("forgets"), &["new", "others"]).await;
+    assert_eq!(kept().await, ["new", "others"], "forgotten at the start");
 
     // Kept a second, but never less than JetStream's horizon.
     sqlx::query(&format!(
         "INSERT INTO {schema}.inbox (consumer, message_id, processed_at) VALUES \
-         ('other', 'recent', now() - interval '10 seconds')"
+         ('short', 'recent', now() - interval '10 seconds'), \
+         ('short', 'stale', now() - interval '25 hours')"
     ))
     .execute(&rig.db.pool)
     .await
     .unwrap();
     let horizon = run_until_kept(
         rig.config("short").keep_records(Duration::from_secs(1)),
-        &["recent"],
+        &["new", "others", "recent"],
     )
     .await;
     assert!(horizon > Duration::from_secs(10), "{horizon:?}");
-    assert_eq!(kept().await, ["recent"], "kept for JetStream's horizon");
+    assert_eq!(
+        kept().await,
+        ["new", "others", "recent"],
+        "kept for JetStream's horizon"
+    );
     rig.remove().await;
 }
 

@@ -437,20 +437,23 @@ async fn the_largest_batch_and_queues_work() {
     let _handed_off = palisade_outbox::HandoffBroker::new(usize::MAX).subscribe();
 }
 
-/// While it runs, the consumer's inbox forgets the records older than it
-/// keeps them (a day by default), from its start: the inbox grew for ever
-/// unless its user forgot them by hand. Newer ones stay, as do all of a
-/// consumer keeping them for ever.
+/// While it runs, the consumer forgets its records older than it keeps
+/// them (a day by default), from its start: the inbox grew for ever unless
+/// its user forgot them by hand. Newer ones stay, as do the other
+/// consumers' and all of a consumer keeping them for ever.
 #[tokio::test]
 async fn a_running_consumer_forgets_the_records_it_keeps_no_longer() {
     let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
     let inbox = SqliteInbox::new(pool.clone(), "inbox").unwrap();
     inbox.migrate().await.unwrap();
     let day_ms = 24 * 3_600 * 1_000;
+    // Milliseconds since the Unix epoch; the oldest past the hundred years
+    // an age is taken as at most.
     sqlx::query(
         "INSERT INTO inbox (consumer, message_id, processed_at) VALUES \
          ('reserve', 'old', CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) - $1), \
-         ('reserve', 'new', CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) - $2)",
+         ('reserve', 'new', CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) - $2), \
+         ('reserve', 'oldest', -10000000000000), ('other', 'others', -10000000000000)",
     )
     .bind(day_ms + 60_000)
     .bind(day_ms - 60_000)
@@ -473,17 +476,21 @@ async fn a_running_consumer_forgets_the_records_it_keeps_no_longer() {
     )
     .await;
     assert!(ran.is_err(), "it runs until stopped");
-    assert_eq!(kept().await, ["new", "old"], "kept for ever");
+    assert_eq!(
+        kept().await,
+        ["new", "old", "oldest", "others"],
+        "kept for ever"
+    );
 
     let consumer = MemoryConsumer::new("reserve", inbox, Record::default());
     let (_sender, receiver) = mpsc::channel::<Message>(1);
     let forgotten = async {
-        while kept().await.len() > 1 {
+        while kept().await.len() > 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
     tokio::time::timeout(Duration::from_secs(30), consumer.run(receiver, forgotten))
         .await
-        .expect("the record older than a day is forgotten at the start");
-    assert_eq!(kept().await, ["new"]);
+        .expect("the records older than a day are forgotten at the start");
+    assert_eq!(kept().await, ["new", "others"]);
 }

@@ -110,8 +110,10 @@ async fn a_stream_in_memory_is_refused() {
 /// A stream the publisher makes has the template's limits and replicas,
 /// the publisher's name and subjects, and a window covering the retry
 /// horizon (it was made with JetStream's defaults, keeping every message
-/// for ever); a template in memory, or one capturing none of the
-/// publisher's subjects, makes nothing.
+/// for ever); a template no outbox can work with (in memory, capturing
+/// none of the publisher's subjects, removing messages once taken, no
+/// acks, a message a subject, messages gone before the window) makes
+/// nothing, and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_made_by_the_publisher_has_the_templates_settings() {
     let context = jetstream().await;
@@ -160,9 +162,37 @@ async fn a_stream_made_by_the_publisher_has_the_templates_settings() {
         (
             stream::Config {
                 subjects: vec!["elsewhere.>".to_owned()],
-                ..template
+                ..template.clone()
             },
             "none of the publisher's subjects",
+        ),
+        (
+            stream::Config {
+                retention: stream::RetentionPolicy::WorkQueue,
+                ..template.clone()
+            },
+            "retention",
+        ),
+        (
+            stream::Config {
+                no_ack: true,
+                ..template.clone()
+            },
+            "no_ack",
+        ),
+        (
+            stream::Config {
+                max_messages_per_subject: 1,
+                ..template.clone()
+            },
+            "max_messages_per_subject",
+        ),
+        (
+            stream::Config {
+                max_age: Duration::from_secs(60),
+                ..template
+            },
+            "max_age",
         ),
     ];
     for (template, says) in refusals {
@@ -716,9 +746,9 @@ async fn replayed(context: &jetstream::Context, stream: &str, filter: &str) -> V
 }
 
 /// A history longer than one pull comes whole and in order, as it is
-/// pulled (the replay held all of it in memory before), and ends where
-/// the stream ended when the replay began: what is published while it
-/// is read is not part of it.
+/// pulled (the replay held all of it in memory before), to a reader slow
+/// over a delivery too, and ends where the stream ended when the replay
+/// began: what is published while it is read is not part of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_longer_than_a_pull_comes_in_order_and_ends_where_the_stream_did() {
     let context = jetstream().await;
@@ -756,6 +786,9 @@ async fn a_replay_longer_than_a_pull_comes_in_order_and_ends_where_the_stream_di
     for n in 1_100..1_110 {
         publish(n).await;
     }
+    // A reader slow over one delivery: past the pull's expiry (a pull
+    // read as the reader went dropped what it still held, unsaid).
+    tokio::time::sleep(Duration::from_secs(7)).await;
     let mut ids = vec![first.envelope.id];
     while let Some(delivery) = replay.try_next().await.unwrap() {
         ids.push(delivery.envelope.id);

@@ -69,7 +69,7 @@ use palisade_traffic::{CellRouter, Cells};
 
 use crate::objectives::{Judged, Objectives, SagaRead, SagasEndInTime};
 use palisade_token_bucket::{LocalStore, RateLimitLayer, key};
-use palisade_tracecontext::{Propagator, TraceContextLayer};
+use palisade_tracecontext::{MIN_PROPAGATED_LEN, Propagator, TraceContextLayer};
 use serde::{Deserialize, Serialize};
 
 use crate::auth;
@@ -397,14 +397,11 @@ where
         // the saga, kept in the stream for good.
         .layer(
             TraceContextLayer::new()
-                .propagator(Propagator::new().tracestate_limit(TRACESTATE_KEPT)),
+                .propagator(Propagator::new().tracestate_limit(MIN_PROPAGATED_LEN)),
         );
     Ok((router, cells))
 }
 
-/// The longest `tracestate` the gateway passes on, in characters: the
-/// least a propagator must keep (W3C Trace Context, "tracestate limits").
-pub const TRACESTATE_KEPT: usize = 512;
 /// A signed-in request as its cell's router takes it: with the
 /// [`Principal`] the bearer check found and the trace context, and
 /// nothing else the gateway's router put in (the cell's router matches

@@ -18,7 +18,9 @@
 //! the saga's events carry the token and the last four digits only. The
 //! worker reveals a number to hand it to the processor; a token the vault
 //! does not know, or a row that does not decrypt, fails the payment
-//! (`PaymentFailed` with the reason `card_unknown` or `card_unreadable`).
+//! (`PaymentFailed` with the reason `card_unknown` or `card_unreadable`),
+//! as does a charge the processor refuses for what it asks
+//! (`INVALID_ARGUMENT`, `OUT_OF_RANGE`: `processor_refused`).
 
 use std::future::Future;
 use std::str::FromStr;
@@ -490,7 +492,7 @@ impl Payment {
             )
         });
         if refused {
-            palisade_hints::throttled!(error, order_id, %error, "the card processor refuses payment's calls; every charge waits");
+            palisade_hints::throttled!(warn, order_id, %error, "the card processor refuses payment's calls; every charge waits");
         } else {
             tracing::debug!(order_id, %error, "charge failed; the intent waits");
         }
@@ -575,10 +577,10 @@ async fn charge(
 /// credentials, which a later try may find mended): it charged nothing,
 /// and the same request never will.
 const fn refuses_the_charge(code: tonic::Code) -> bool {
-    matches!(
-        code,
-        tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::FailedPrecondition
-    )
+    // Not FAILED_PRECONDITION: the processor's state (an order charged by
+    // an earlier try whose answer was lost, say), which failing the
+    // payment would cancel though paid.
+    matches!(code, tonic::Code::InvalidArgument | tonic::Code::OutOfRange)
 }
 
 /// The trace context an intent keeps, for its charge and the events

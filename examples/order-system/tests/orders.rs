@@ -600,7 +600,7 @@ async fn the_orders_tracestate_reaches_every_step() {
         .expect("the second order's event");
     let kept = headers["tracestate"].as_str().unwrap_or_default();
     assert!(
-        !kept.is_empty() && kept.len() <= palisade_order_system::gateway::TRACESTATE_KEPT,
+        !kept.is_empty() && kept.len() <= palisade_tracecontext::MIN_PROPAGATED_LEN,
         "{} characters kept",
         kept.len()
     );

@@ -18,7 +18,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use palisade_tracecontext::{Propagate, PropagateLayer, TraceContextLayer};
+use palisade_tracecontext::{
+    MIN_PROPAGATED_LEN, Propagate, PropagateLayer, Propagator, TraceContextLayer,
+};
 use serde::{Deserialize, Serialize};
 use tower::{Layer, ServiceExt};
 
@@ -129,8 +131,12 @@ pub fn routes(vault: Vault) -> Router {
     Router::new()
         .route("/cards", post(tokenize))
         .with_state(vault)
-        // The gateway's trace continues here.
-        .layer(TraceContextLayer::new())
+        // The gateway's trace continues here, its vendors' state cut as
+        // the gateway cuts a client's.
+        .layer(
+            TraceContextLayer::new()
+                .propagator(Propagator::new().tracestate_limit(MIN_PROPAGATED_LEN)),
+        )
 }
 
 async fn tokenize(State(vault): State<Vault>, body: Bytes) -> Response {
