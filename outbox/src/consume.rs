@@ -864,7 +864,7 @@ where
         subscription: mpsc::Receiver<M>,
         shutdown: impl Future<Output = ()>,
     ) {
-        let forgetting = forget_old_records(&self.inbox, &self.name, self.kept);
+        let forgetting = forget_old_records(&self.inbox, &self.name, &self.name, self.kept);
         tokio::select! {
             biased;
             () = self.consume(subscription, shutdown) => {}

@@ -20,20 +20,23 @@ const EVERY: Duration = Duration::from_secs(60);
 /// The pause between two batches of one round.
 const BETWEEN_BATCHES: Duration = Duration::from_millis(100);
 
-/// Forgets `consumer`'s records in `inbox` older than `age` (the table's
-/// other consumers keep theirs as long as they keep them) at once, then
-/// every minute, for as long as it is polled; `Duration::MAX` keeps them
-/// for ever. A round that failed is warned of; the next tries again.
+/// Forgets `consumer`'s records in `inbox` older than `age`, and its
+/// counts of deliveries handed back (under `counted_as`) as old, the
+/// table's other consumers keeping theirs as long as they keep them: at
+/// once, then every minute, for as long as it is polled. `Duration::MAX`
+/// keeps them for ever. A round that failed is warned of; the next tries
+/// again.
 pub(crate) async fn forget_old_records<I: InboxStore>(
     inbox: &I,
     consumer: &str,
+    counted_as: &str,
     age: Duration,
 ) -> Infallible {
     if age == Duration::MAX {
         return std::future::pending().await;
     }
     rounds(consumer, |batch| {
-        inbox.forget_records_of(consumer, age, batch)
+        inbox.forget_records_of(consumer, counted_as, age, batch)
     })
     .await
 }

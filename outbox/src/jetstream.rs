@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::{self, consumer::pull};
 use futures_util::future::Shared;
@@ -147,14 +148,17 @@ impl ConsumerConfig {
     /// JetStream keeps a durable consumer's filter as first made, and a
     /// NATS server before 2.10 cannot edit it: to take another filter, make
     /// a durable under a new name and give it the old one's inbox name.
-    /// A new durable is delivered the stream from its start; under the old
-    /// inbox name it applies nothing the inbox has a record of, and again
-    /// what the inbox has forgotten
-    /// ([`forget_processed`](JetStreamConsumer::forget_processed)): every
-    /// older message the stream still holds. Two durables running at once
-    /// under one inbox name do not apply a message twice; their retries
-    /// and dead letters stay their own (one may dead-letter a message the
-    /// other applies).
+    /// Made so, the new durable starts where the old one's
+    /// acknowledgements reached (what the old one held unacknowledged comes
+    /// again, and the inbox skips what was applied), or, the old one gone
+    /// from the stream, at what the inbox still has records of
+    /// ([`keep_records`](Self::keep_records) ago): it applies nothing
+    /// twice. (Made from the stream's start, it applied again every older
+    /// message whose record the inbox had forgotten.) Messages from before
+    /// that start on subjects only the new filter takes are not delivered
+    /// to it. Two durables running at once under one inbox name do not
+    /// apply a message twice; their retries and dead letters stay their
+    /// own (one may dead-letter a message the other applies).
     #[must_use]
     pub fn inbox_name(mut self, name: &str) -> Self {
         self.inbox_name = (!name.is_empty()).then(|| name.to_owned());
@@ -309,6 +313,42 @@ impl<I, H> fmt::Debug for JetStreamConsumer<I, H> {
             .field("stats", &self.counters.snapshot())
             .finish_non_exhaustive()
     }
+}
+
+/// Where the durable of `config`, made now, starts: at the stream's first
+/// message, unless it is made anew under another name with the inbox name
+/// of an earlier durable. Then where that one's acknowledgements reached
+/// (what it held unacknowledged comes again, skipped by the inbox where
+/// applied), or, that one gone from the stream, `kept` ago: what the inbox
+/// still has records of. From the stream's start, every message whose
+/// record the inbox had forgotten was applied a second time.
+async fn first_delivery(
+    stream: &mut jetstream::stream::Stream,
+    config: &ConsumerConfig,
+    kept: Duration,
+) -> DeliverPolicy {
+    let Some(earlier) = config
+        .inbox_name
+        .as_deref()
+        .filter(|name| *name != config.durable)
+    else {
+        return DeliverPolicy::All;
+    };
+    let start = match stream.consumer_info(earlier).await {
+        Ok(info) => DeliverPolicy::ByStartSequence {
+            start_sequence: info.ack_floor.stream_sequence + 1,
+        },
+        Err(_) => match time::Duration::try_from(kept)
+            .ok()
+            .and_then(|kept| time::OffsetDateTime::now_utc().checked_sub(kept))
+        {
+            Some(start_time) => DeliverPolicy::ByStartTime { start_time },
+            // Kept for ever: the inbox remembers every message.
+            None => DeliverPolicy::All,
+        },
+    };
+    tracing::info!(target: "palisade_outbox", consumer = %config.durable, inbox_name = earlier, ?start, "durable made anew under an earlier one's inbox name; starting where that one was");
+    start
 }
 
 /// The roster of `config`'s durable, or `None` (warned of) when the
@@ -486,6 +526,14 @@ where
                 filter.unwrap_or("(none)"),
             )));
         }
+        // Where a durable made now starts; one that exists is kept as made.
+        let deliver_policy = match stream.consumer_info(&config.durable).await {
+            Ok(_) => DeliverPolicy::All,
+            Err(_) => {
+                let kept = config.kept.max(config.redelivery_horizon().max(window));
+                first_delivery(&mut stream, &config, kept).await
+            }
+        };
         let consumer = stream
             .get_or_create_consumer(
                 &config.durable,
@@ -497,6 +545,7 @@ where
                     // Redeliveries are counted here, not capped by the
                     // server: the last one goes to the dead-letter subject.
                     max_deliver: -1,
+                    deliver_policy,
                     ..pull::Config::default()
                 },
             )
@@ -519,8 +568,8 @@ where
                 "consumer {} on stream {} exists with filter {made_filter:?}, not {:?} as asked: \
                  JetStream keeps the first. Edit its filter (NATS 2.10 or later), or ask for \
                  the one it has, or name a new consumer and give it this one's inbox name \
-                 (ConsumerConfig::inbox_name): a consumer made anew is delivered the stream \
-                 from its start, and applies again what its inbox has no record of",
+                 (ConsumerConfig::inbox_name): made so, it starts where this one's \
+                 acknowledgements reached and applies nothing twice",
                 config.durable,
                 config.stream,
                 filter.into_iter().collect::<Vec<_>>(),
@@ -541,6 +590,7 @@ where
         }
         let roster = open_roster(&context, &config).await;
         Ok(Self {
+            // By the ack wait the durable has.
             retention: config.redelivery_horizon().max(window),
             context,
             consumer,
@@ -628,7 +678,9 @@ where
     }
 
     /// Forgets inbox records of this consumer's database older than `age`,
-    /// at most `batch` of them. Warns when `age` is shorter than
+    /// at most `batch` of them: every consumer's in its table (the running
+    /// consumer forgets its own only, see
+    /// [`keep_records`](ConsumerConfig::keep_records)). Warns when `age` is shorter than
     /// [`inbox_retention`](Self::inbox_retention): a message redelivered
     /// after its record is gone would be applied again.
     ///
@@ -662,7 +714,14 @@ where
     /// [`keep_records`](ConsumerConfig::keep_records)).
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), BoxError> {
         let kept = self.config.kept.max(self.retention);
-        let forgetting = forget_old_records(&self.inbox, self.config.inbox_consumer(), kept);
+        // Its records under its inbox name, its hand-backs under its
+        // durable's (JetStream counts deliveries per durable).
+        let forgetting = forget_old_records(
+            &self.inbox,
+            self.config.inbox_consumer(),
+            &self.config.durable,
+            kept,
+        );
         tokio::select! {
             biased;
             consumed = Box::pin(self.enlisted(shutdown)) => consumed,

@@ -321,8 +321,9 @@ impl NatsJetStreamPublisher {
         }
         if !made.max_age.is_zero() && made.max_age < made.duplicate_window {
             return refused(format!(
-                "the template's max_age of {} s is shorter than the duplicate window of {} s \
-                 (the relay's retry horizon); keep messages longer",
+                "the template's max_age of {} s is shorter than the stream's duplicate window \
+                 of {} s (the template's, the relay's retry horizon, or two minutes: the \
+                 longest); keep messages longer",
                 made.max_age.as_secs(),
                 made.duplicate_window.as_secs()
             ));

@@ -141,6 +141,10 @@ struct History {
 /// has messages for the replay, before it fails.
 const EMPTY_PULLS: u32 = 3;
 
+/// The pause before the second empty pull, growing by as much before
+/// each next.
+const EMPTY_PULL_PAUSE: Duration = Duration::from_millis(200);
+
 impl History {
     /// The next delivery of the history, pulling more when the last pull
     /// is used up. The history ends at the stream's sequence `last`, once
@@ -196,7 +200,11 @@ impl History {
     /// Pulls the next messages, whole; `false` when the consumer has none
     /// left for the replay.
     async fn pull(&mut self) -> Result<bool, BoxError> {
-        for _ in 0..EMPTY_PULLS {
+        for tries in 0..EMPTY_PULLS {
+            if tries > 0 {
+                // Room for a brief hiccup (a leader elected) to pass.
+                tokio::time::sleep(EMPTY_PULL_PAUSE * tries).await;
+            }
             let mut batch = self
                 .consumer
                 .fetch()
@@ -210,7 +218,18 @@ impl History {
             if !self.pulled.is_empty() {
                 return Ok(true);
             }
-            if self.consumer.info().await?.num_pending == 0 {
+            let info = self.consumer.info().await?;
+            // Delivered by JetStream, never reached here: a pull cut short
+            // on its way (its expiry came first) drops what it had left.
+            if info.delivered.consumer_sequence != self.delivered {
+                return Err(format!(
+                    "the replay lost messages: JetStream delivered {} of them, {} arrived; \
+                     replay again",
+                    info.delivered.consumer_sequence, self.delivered
+                )
+                .into());
+            }
+            if info.num_pending == 0 {
                 return Ok(false);
             }
         }

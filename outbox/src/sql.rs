@@ -162,8 +162,6 @@ impl Dialect {
         }
     }
 
-    /// `table` (maybe `schema.name`) and the name of its index `suffix`, as
-    /// `CREATE INDEX` wants them.
     /// What a subquery picking rows to change ends with so that several
     /// writers pick apart: PostgreSQL lets several relays claim and clean
     /// up (and consumers forget) side by side; SQLite has one writer at a
@@ -177,6 +175,8 @@ impl Dialect {
         }
     }
 
+    /// `table` (maybe `schema.name`) and the name of its index `suffix`, as
+    /// `CREATE INDEX` wants them.
     fn index(self, table: &str, suffix: &str) -> (String, String) {
         match (self, table.split_once('.')) {
             // SQLite: the index is named in the table's (attached) database

@@ -213,18 +213,16 @@ pub trait InboxStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
     /// As the inbox's own `forget_records_of`: `consumer`'s records older
-    /// than `age`, at most `batch`, what a running consumer forgets. By
-    /// default nothing is forgotten (an inbox of your own keeps its
-    /// records until you forget them).
+    /// than `age`, at most `batch`, and the counts of deliveries handed
+    /// back under `counted_as` as old: what a running consumer forgets,
+    /// at its start and every minute.
     fn forget_records_of(
         &self,
         consumer: &str,
+        counted_as: &str,
         age: Duration,
         batch: u32,
-    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send {
-        let _ = (consumer, age, batch);
-        std::future::ready(Ok(0))
-    }
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
     /// As the inbox's own `hand_back`: counts one more delivery of each
     /// of `message_ids` that `consumer` handed back untried. Nothing is

@@ -660,9 +660,10 @@ macro_rules! sql_inbox {
             ///
             /// # Errors
             ///
-            /// The database's error, for the records or for the counts
-            /// (the records went then); an inbox not migrated since it
-            /// had no counts forgets its records and warns.
+            /// The database's error, for the counts (the records are then
+            /// left for the next try) or for the records; an inbox not
+            /// migrated since it had no counts forgets its records and
+            /// warns.
             pub async fn forget_older_than(
                 &self,
                 age: std::time::Duration,
@@ -671,12 +672,14 @@ macro_rules! sql_inbox {
                 self.forget(None, age, batch).await
             }
 
-            /// As [`forget_older_than`](Self::forget_older_than), for
-            /// `consumer`'s records and counts only, the table's other
-            /// consumers' kept as long as they keep them: what a running
-            /// consumer does (see `keep_records`). Several instances of
-            /// one consumer forget side by side, each taking rows the
-            /// others have not.
+            /// As [`forget_older_than`](Self::forget_older_than), for the
+            /// records of `consumer` and the counts of deliveries handed
+            /// back under `counted_as` only (a JetStream consumer counts
+            /// them under its durable's name, which its inbox name may
+            /// not be), the table's other consumers' kept as long as they
+            /// keep them: what a running consumer does (see
+            /// `keep_records`). Several instances of one consumer forget
+            /// side by side, each taking rows the others have not.
             ///
             /// # Errors
             ///
@@ -684,23 +687,42 @@ macro_rules! sql_inbox {
             pub async fn forget_records_of(
                 &self,
                 consumer: &str,
+                counted_as: &str,
                 age: std::time::Duration,
                 batch: u32,
             ) -> Result<u64, sqlx::Error> {
-                self.forget(Some(consumer), age, batch).await
+                self.forget(Some((consumer, counted_as)), age, batch).await
             }
 
-            /// Forgets the records (and counts) older than `age` of
-            /// `consumer`, or of every consumer.
+            /// Forgets the records (and counts) older than `age` of a
+            /// consumer (its records' name, its counts'), or of every
+            /// consumer.
             async fn forget(
                 &self,
-                consumer: Option<&str>,
+                consumer: Option<(&str, &str)>,
                 age: std::time::Duration,
                 batch: u32,
             ) -> Result<u64, sqlx::Error> {
                 let millis = $crate::stores::millis(age);
+                // The counts of deliveries handed back, all of that age at
+                // once (a few per stop), then the records; an inbox not
+                // migrated since it had counts forgets its records all the
+                // same.
+                let counts = match consumer {
+                    Some((_, counted_as)) => sqlx::query(&self.sql.forget_handed_back_of)
+                        .bind(millis)
+                        .bind(counted_as),
+                    None => sqlx::query(&self.sql.forget_handed_back).bind(millis),
+                };
+                match counts.execute(&self.pool).await {
+                    Ok(_) => {}
+                    Err(error) if $crate::stores::is_missing_table(&error) => {
+                        tracing::warn!(target: "palisade_outbox", %error, "no counts of deliveries handed back to forget: the inbox is not migrated");
+                    }
+                    Err(error) => return Err(error),
+                }
                 let records = match consumer {
-                    Some(consumer) => sqlx::query(&self.sql.forget_of)
+                    Some((consumer, _)) => sqlx::query(&self.sql.forget_of)
                         .bind(millis)
                         .bind(i64::from(batch))
                         .bind(consumer),
@@ -708,24 +730,7 @@ macro_rules! sql_inbox {
                         .bind(millis)
                         .bind(i64::from(batch)),
                 };
-                let done = records.execute(&self.pool).await?;
-                // The counts of deliveries handed back, all of that age at
-                // once (a few per stop); an inbox not migrated since it
-                // had them forgets its records all the same.
-                let counts = match consumer {
-                    Some(consumer) => sqlx::query(&self.sql.forget_handed_back_of)
-                        .bind(millis)
-                        .bind(consumer),
-                    None => sqlx::query(&self.sql.forget_handed_back).bind(millis),
-                };
-                match counts.execute(&self.pool).await {
-                    Ok(_) => Ok(done.rows_affected()),
-                    Err(error) if $crate::stores::is_missing_table(&error) => {
-                        tracing::warn!(target: "palisade_outbox", %error, "no counts of deliveries handed back to forget: the inbox is not migrated");
-                        Ok(done.rows_affected())
-                    }
-                    Err(error) => Err(error),
-                }
+                Ok(records.execute(&self.pool).await?.rows_affected())
             }
 
             /// Counts one more delivery of each of `message_ids` that
@@ -817,10 +822,11 @@ macro_rules! sql_inbox {
             async fn forget_records_of(
                 &self,
                 consumer: &str,
+                counted_as: &str,
                 age: std::time::Duration,
                 batch: u32,
             ) -> Result<u64, sqlx::Error> {
-                $name::forget_records_of(self, consumer, age, batch).await
+                $name::forget_records_of(self, consumer, counted_as, age, batch).await
             }
 
             async fn hand_back(&self, consumer: &str, message_ids: &[&str]) -> Result<(), sqlx::Error> {

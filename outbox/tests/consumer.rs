@@ -655,9 +655,11 @@ async fn a_cancelled_run_removes_its_entry() {
 }
 
 /// A durable made anew under another name (to take another filter where
-/// NATS cannot edit one), keeping the first one's inbox name, is delivered
-/// the stream again and applies none of it twice. The inbox was keyed by
-/// the durable's name alone, and the new durable applied it all again.
+/// NATS cannot edit one), keeping the first one's inbox name, and
+/// delivered again what the inbox remembers (the first one gone from the
+/// stream, it starts a day back), applies none of it twice. The inbox was
+/// keyed by the durable's name alone, and the new durable applied it all
+/// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_durable_named_anew_with_the_old_inbox_name_applies_nothing_twice() {
     let rig = Rig::new().await;
@@ -666,6 +668,8 @@ async fn a_durable_named_anew_with_the_old_inbox_name_applies_nothing_twice() {
         .run_until(rig.config("first"), |stats| stats.applied == 4)
         .await;
     assert_eq!(first.applied, 4);
+    let stream = rig.context.get_stream(&rig.stream).await.unwrap();
+    stream.delete_consumer("first").await.unwrap();
     let second = rig
         .run_until(rig.config("second").inbox_name("first"), |stats| {
             stats.duplicates == 4
@@ -693,9 +697,18 @@ async fn a_running_consumer_forgets_the_records_it_keeps_no_longer() {
     let schema = &rig.db.name;
     sqlx::query(&format!(
         "INSERT INTO {schema}.inbox (consumer, message_id, processed_at) VALUES \
-         ('forgets', 'old', now() - interval '25 hours'), \
-         ('forgets', 'new', now() - interval '23 hours'), \
+         ('records', 'old', now() - interval '25 hours'), \
+         ('records', 'new', now() - interval '23 hours'), \
          ('other', 'others', now() - interval '25 hours')"
+    ))
+    .execute(&rig.db.pool)
+    .await
+    .unwrap();
+    // Deliveries handed back are counted under the durable's name.
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.inbox_handed_back (consumer, message_id, deliveries, handed_back_at) \
+         VALUES ('forgets', 'old', 1, now() - interval '25 hours'), \
+         ('other', 'others', 1, now() - interval '25 hours')"
     ))
     .execute(&rig.db.pool)
     .await
@@ -723,8 +736,23 @@ async fn a_running_consumer_forgets_the_records_it_keeps_no_longer() {
             consumer.inbox_retention()
         }
     };
-    run_until_kept(rig.config("forgets"), &["new", "others"]).await;
+    run_until_kept(
+        rig.config("forgets").inbox_name("records"),
+        &["new", "others"],
+    )
+    .await;
     assert_eq!(kept().await, ["new", "others"], "forgotten at the start");
+    let counted: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT consumer FROM {schema}.inbox_handed_back ORDER BY consumer"
+    ))
+    .fetch_all(&rig.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        counted,
+        ["other"],
+        "its hand-backs, under its durable's name"
+    );
 
     // Kept a second, but never less than JetStream's horizon.
     sqlx::query(&format!(
@@ -780,6 +808,60 @@ async fn a_message_whose_id_no_inbox_can_key_is_dead_lettered() {
         .run_until(rig.config("keys"), |stats| stats.applied >= 1)
         .await;
     assert_eq!((stats.applied, stats.dead_lettered), (1, 2), "{stats:?}");
+    rig.remove().await;
+}
+
+/// A durable made anew under another name with an earlier one's inbox
+/// name starts where that one's acknowledgements reached: what the inbox
+/// has forgotten is not applied again (it was delivered the stream from
+/// its start, and applied again every message whose record was gone).
+/// With the earlier one gone from the stream, it starts at what the inbox
+/// remembers: a day ago.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_made_anew_starts_where_the_earlier_one_was() {
+    let rig = Rig::new().await;
+    rig.publish(&good_and_new(4)).await;
+    let first = rig
+        .run_until(rig.config("first"), |stats| stats.applied == 4)
+        .await;
+    assert_eq!(first.applied, 4);
+    // Its records forgotten, as they are after a day.
+    sqlx::query(&format!("DELETE FROM {}.inbox", rig.db.name))
+        .execute(&rig.db.pool)
+        .await
+        .unwrap();
+    rig.publish(&[Event::new("order", "o-9", "Good", vec![9])])
+        .await;
+    let second = rig
+        .run_until(rig.config("second").inbox_name("first"), |stats| {
+            stats.applied >= 1
+        })
+        .await;
+    assert_eq!(
+        second,
+        ConsumerStats {
+            applied: 1,
+            ..ConsumerStats::default()
+        }
+    );
+    assert_eq!(rig.count("applied").await, 5);
+
+    let stream = rig.context.get_stream(&rig.stream).await.unwrap();
+    stream.delete_consumer("first").await.unwrap();
+    let made = tokio::time::Instant::now();
+    rig.consumer(rig.config("third").inbox_name("first"))
+        .await
+        .unwrap();
+    let info = stream.consumer_info("third").await.unwrap();
+    let consumer::DeliverPolicy::ByStartTime { start_time } = info.config.deliver_policy else {
+        panic!("{:?}", info.config.deliver_policy);
+    };
+    let day_ago = time::OffsetDateTime::now_utc() - Duration::from_secs(24 * 3_600);
+    let slack = Duration::from_secs(60) + made.elapsed();
+    assert!(
+        (start_time - day_ago).unsigned_abs() < slack,
+        "{start_time} against {day_ago}"
+    );
     rig.remove().await;
 }
 

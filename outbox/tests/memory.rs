@@ -447,8 +447,9 @@ async fn a_running_consumer_forgets_the_records_it_keeps_no_longer() {
     let inbox = SqliteInbox::new(pool.clone(), "inbox").unwrap();
     inbox.migrate().await.unwrap();
     let day_ms = 24 * 3_600 * 1_000;
-    // Milliseconds since the Unix epoch; the oldest past the hundred years
-    // an age is taken as at most.
+    // Milliseconds since the Unix epoch. The oldest is older than any age
+    // an inbox forgets at (a hundred years at most): only keeping them for
+    // ever keeps it.
     sqlx::query(
         "INSERT INTO inbox (consumer, message_id, processed_at) VALUES \
          ('reserve', 'old', CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) - $1), \

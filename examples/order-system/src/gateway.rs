@@ -722,8 +722,8 @@ struct HistoryQuery {
     before: Option<String>,
 }
 
-/// An order id as the orders service writes it (a UUID, lowercase with
-/// hyphens), or `None` for text that names no order. Only such ids reach
+/// The order `text` names (a UUID, which the orders service writes
+/// lowercase with hyphens), or `None` for text that names none. Only such ids reach
 /// a database: a NUL byte, which PostgreSQL refuses in text, answered 503
 /// and counted against the objectives.
 fn order_id(text: &str) -> Option<uuid::Uuid> {

@@ -92,7 +92,7 @@ impl<E> Classify<Response, E> for SagasEndInTime {
 }
 
 /// How many judged sagas a gateway remembers: the last 100,000 (about
-/// 3 MB), minutes of orders at the load command's pace.
+/// 4 MB), minutes of orders at the load command's pace.
 const JUDGED_KEPT: usize = 100_000;
 
 /// The orders whose saga a gateway has judged, the latest 100,000: each

@@ -481,14 +481,15 @@ impl Payment {
     ) -> Result<(), BoxError> {
         let order_id = intent.line.order_id.as_str();
         // Refused for payment's own standing (its credentials, a method
-        // the processor lacks): every charge waits until someone mends
-        // it, which no one will learn of at debug level.
+        // the processor lacks) or the processor's state: the charge waits
+        // until someone mends it, which no one learns of at debug level.
         let refused = error.downcast_ref::<tonic::Status>().is_some_and(|status| {
             matches!(
                 status.code(),
                 tonic::Code::Unauthenticated
                     | tonic::Code::PermissionDenied
                     | tonic::Code::Unimplemented
+                    | tonic::Code::FailedPrecondition
             )
         });
         if refused {
