@@ -53,6 +53,8 @@ pub struct ConsumerConfig {
     ack_wait: Duration,
     /// How long the inbox keeps a record, at the least.
     kept: Duration,
+    /// The durable this one, made now, starts after.
+    after: Option<String>,
 }
 
 impl ConsumerConfig {
@@ -115,6 +117,7 @@ impl ConsumerConfig {
             },
             ack_wait: Duration::from_secs(30),
             kept: KEEP_RECORDS,
+            after: None,
         })
     }
 
@@ -147,21 +150,39 @@ impl ConsumerConfig {
     ///
     /// JetStream keeps a durable consumer's filter as first made, and a
     /// NATS server before 2.10 cannot edit it: to take another filter, make
-    /// a durable under a new name and give it the old one's inbox name.
-    /// Made so, the new durable starts where the old one's
-    /// acknowledgements reached (what the old one held unacknowledged comes
-    /// again, and the inbox skips what was applied), or, the old one gone
-    /// from the stream, at what the inbox still has records of
-    /// ([`keep_records`](Self::keep_records) ago): it applies nothing
-    /// twice. (Made from the stream's start, it applied again every older
-    /// message whose record the inbox had forgotten.) Messages from before
-    /// that start on subjects only the new filter takes are not delivered
-    /// to it. Two durables running at once under one inbox name do not
-    /// apply a message twice; their retries and dead letters stay their
-    /// own (one may dead-letter a message the other applies).
+    /// a durable under a new name that
+    /// [starts after](Self::starting_after) the old one and keeps its inbox
+    /// name. A new durable is otherwise delivered the stream from its
+    /// start: under the old inbox name it applies nothing the inbox has a
+    /// record of, and again what the inbox has forgotten (records older
+    /// than [`keep_records`](Self::keep_records)). Two durables running at
+    /// once under one inbox name do not apply a message twice; their
+    /// retries and dead letters stay their own (one may dead-letter a
+    /// message the other applies).
     #[must_use]
     pub fn inbox_name(mut self, name: &str) -> Self {
         self.inbox_name = (!name.is_empty()).then(|| name.to_owned());
+        self
+    }
+
+    /// Made now, the durable starts after the last message the durable
+    /// `earlier` acknowledged, where it starts at the stream's first
+    /// otherwise: the way to take another filter under a new durable
+    /// without the old one's history (keep the old one's
+    /// [`inbox_name`](Self::inbox_name) too). An existing durable is kept
+    /// as made; `earlier` must be on the stream when the new durable is
+    /// made, or [`JetStreamConsumer::new`] fails.
+    ///
+    /// Stop `earlier`'s instances first, and delete it once the new one
+    /// runs. What `earlier` held unacknowledged is delivered again, and
+    /// skipped where the inbox has its record; a message it never
+    /// acknowledged for longer than the inbox keeps records (one retried
+    /// for days) holds its acknowledgements back, and what came after it
+    /// and was forgotten is applied again. Messages before the start on
+    /// subjects only the new filter takes are not delivered.
+    #[must_use]
+    pub fn starting_after(mut self, earlier: &str) -> Self {
+        self.after = (!earlier.is_empty()).then(|| earlier.to_owned());
         self
     }
 
@@ -315,40 +336,38 @@ impl<I, H> fmt::Debug for JetStreamConsumer<I, H> {
     }
 }
 
-/// Where the durable of `config`, made now, starts: at the stream's first
-/// message, unless it is made anew under another name with the inbox name
-/// of an earlier durable. Then where that one's acknowledgements reached
-/// (what it held unacknowledged comes again, skipped by the inbox where
-/// applied), or, that one gone from the stream, `kept` ago: what the inbox
-/// still has records of. From the stream's start, every message whose
-/// record the inbox had forgotten was applied a second time.
+/// Where the durable of `config` starts if it is made now: at the stream's
+/// first message, or after the last message the durable it starts after
+/// acknowledged. Asked only when the durable is not there yet (an existing
+/// one is kept as made).
+///
+/// # Errors
+///
+/// The durable it starts after is not on the stream, or cannot be read.
 async fn first_delivery(
-    stream: &mut jetstream::stream::Stream,
+    stream: &jetstream::stream::Stream,
     config: &ConsumerConfig,
-    kept: Duration,
-) -> DeliverPolicy {
-    let Some(earlier) = config
-        .inbox_name
-        .as_deref()
-        .filter(|name| *name != config.durable)
-    else {
-        return DeliverPolicy::All;
+) -> Result<DeliverPolicy, ConsumerSetupError> {
+    let Some(earlier) = config.after.as_deref() else {
+        return Ok(DeliverPolicy::All);
     };
-    let start = match stream.consumer_info(earlier).await {
-        Ok(info) => DeliverPolicy::ByStartSequence {
-            start_sequence: info.ack_floor.stream_sequence + 1,
-        },
-        Err(_) => match time::Duration::try_from(kept)
-            .ok()
-            .and_then(|kept| time::OffsetDateTime::now_utc().checked_sub(kept))
-        {
-            Some(start_time) => DeliverPolicy::ByStartTime { start_time },
-            // Kept for ever: the inbox remembers every message.
-            None => DeliverPolicy::All,
-        },
-    };
-    tracing::info!(target: "palisade_outbox", consumer = %config.durable, inbox_name = earlier, ?start, "durable made anew under an earlier one's inbox name; starting where that one was");
-    start
+    if stream.consumer_info(&config.durable).await.is_ok() {
+        return Ok(DeliverPolicy::All);
+    }
+    match stream.consumer_info(earlier).await {
+        Ok(info) => {
+            let start_sequence = info.ack_floor.stream_sequence + 1;
+            tracing::info!(target: "palisade_outbox", consumer = %config.durable, after = earlier, start_sequence, "durable made to start after an earlier one's last acknowledged message");
+            Ok(DeliverPolicy::ByStartSequence { start_sequence })
+        }
+        Err(error) => Err(ConsumerSetupError(format!(
+            "consumer {} starts after consumer {earlier}, which cannot be read on stream {} \
+             ({error}): keep it until the new one is made (stop its instances first), or \
+             make the new one without starting_after, to be delivered the stream from its \
+             start",
+            config.durable, config.stream
+        ))),
+    }
 }
 
 /// The roster of `config`'s durable, or `None` (warned of) when the
@@ -526,15 +545,9 @@ where
                 filter.unwrap_or("(none)"),
             )));
         }
-        // Where a durable made now starts; one that exists is kept as made.
-        let deliver_policy = match stream.consumer_info(&config.durable).await {
-            Ok(_) => DeliverPolicy::All,
-            Err(_) => {
-                let kept = config.kept.max(config.redelivery_horizon().max(window));
-                first_delivery(&mut stream, &config, kept).await
-            }
-        };
-        let consumer = stream
+        // Boxed: two lookups more is a large future to hold in `new`'s.
+        let deliver_policy = Box::pin(first_delivery(&stream, &config)).await?;
+        let created = stream
             .get_or_create_consumer(
                 &config.durable,
                 pull::Config {
@@ -549,13 +562,20 @@ where
                     ..pull::Config::default()
                 },
             )
-            .await
-            .map_err(|error| {
-                ConsumerSetupError(format!(
-                    "consumer {} on stream {}: {error}",
-                    config.durable, config.stream
-                ))
-            })?;
+            .await;
+        let consumer = match created {
+            Ok(consumer) => consumer,
+            // Made meanwhile by another instance (with a start a moment
+            // later than this one's): that one is the durable.
+            Err(error) => Box::pin(stream.get_consumer(&config.durable))
+                .await
+                .map_err(|_| {
+                    ConsumerSetupError(format!(
+                        "consumer {} on stream {}: {error}",
+                        config.durable, config.stream
+                    ))
+                })?,
+        };
         // JetStream keeps a durable consumer as it was first made.
         let made = &consumer.cached_info().config;
         let made_filter = [made.filter_subject.as_str()]
@@ -567,9 +587,8 @@ where
             return Err(ConsumerSetupError(format!(
                 "consumer {} on stream {} exists with filter {made_filter:?}, not {:?} as asked: \
                  JetStream keeps the first. Edit its filter (NATS 2.10 or later), or ask for \
-                 the one it has, or name a new consumer and give it this one's inbox name \
-                 (ConsumerConfig::inbox_name): made so, it starts where this one's \
-                 acknowledgements reached and applies nothing twice",
+                 the one it has, or name a new consumer that starts after this one and keeps \
+                 its inbox name (ConsumerConfig::starting_after, inbox_name)",
                 config.durable,
                 config.stream,
                 filter.into_iter().collect::<Vec<_>>(),

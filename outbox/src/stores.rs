@@ -660,10 +660,9 @@ macro_rules! sql_inbox {
             ///
             /// # Errors
             ///
-            /// The database's error, for the counts (the records are then
-            /// left for the next try) or for the records; an inbox not
-            /// migrated since it had no counts forgets its records and
-            /// warns.
+            /// The database's error, for the records or for the counts
+            /// (the records went then); an inbox not migrated since it
+            /// had no counts forgets its records and warns.
             pub async fn forget_older_than(
                 &self,
                 age: std::time::Duration,
@@ -704,23 +703,6 @@ macro_rules! sql_inbox {
                 batch: u32,
             ) -> Result<u64, sqlx::Error> {
                 let millis = $crate::stores::millis(age);
-                // The counts of deliveries handed back, all of that age at
-                // once (a few per stop), then the records; an inbox not
-                // migrated since it had counts forgets its records all the
-                // same.
-                let counts = match consumer {
-                    Some((_, counted_as)) => sqlx::query(&self.sql.forget_handed_back_of)
-                        .bind(millis)
-                        .bind(counted_as),
-                    None => sqlx::query(&self.sql.forget_handed_back).bind(millis),
-                };
-                match counts.execute(&self.pool).await {
-                    Ok(_) => {}
-                    Err(error) if $crate::stores::is_missing_table(&error) => {
-                        tracing::warn!(target: "palisade_outbox", %error, "no counts of deliveries handed back to forget: the inbox is not migrated");
-                    }
-                    Err(error) => return Err(error),
-                }
                 let records = match consumer {
                     Some((consumer, _)) => sqlx::query(&self.sql.forget_of)
                         .bind(millis)
@@ -730,7 +712,24 @@ macro_rules! sql_inbox {
                         .bind(millis)
                         .bind(i64::from(batch)),
                 };
-                Ok(records.execute(&self.pool).await?.rows_affected())
+                let done = records.execute(&self.pool).await?;
+                // The counts of deliveries handed back, all of that age at
+                // once (a few per stop); an inbox not migrated since it
+                // had them forgets its records all the same.
+                let counts = match consumer {
+                    Some((_, counted_as)) => sqlx::query(&self.sql.forget_handed_back_of)
+                        .bind(millis)
+                        .bind(counted_as),
+                    None => sqlx::query(&self.sql.forget_handed_back).bind(millis),
+                };
+                match counts.execute(&self.pool).await {
+                    Ok(_) => Ok(done.rows_affected()),
+                    Err(error) if $crate::stores::is_missing_table(&error) => {
+                        tracing::warn!(target: "palisade_outbox", %error, "no counts of deliveries handed back to forget: the inbox is not migrated");
+                        Ok(done.rows_affected())
+                    }
+                    Err(error) => Err(error),
+                }
             }
 
             /// Counts one more delivery of each of `message_ids` that

@@ -655,11 +655,9 @@ async fn a_cancelled_run_removes_its_entry() {
 }
 
 /// A durable made anew under another name (to take another filter where
-/// NATS cannot edit one), keeping the first one's inbox name, and
-/// delivered again what the inbox remembers (the first one gone from the
-/// stream, it starts a day back), applies none of it twice. The inbox was
-/// keyed by the durable's name alone, and the new durable applied it all
-/// again.
+/// NATS cannot edit one), keeping the first one's inbox name, is delivered
+/// the stream again and applies none of it twice. The inbox was keyed by
+/// the durable's name alone, and the new durable applied it all again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_durable_named_anew_with_the_old_inbox_name_applies_nothing_twice() {
     let rig = Rig::new().await;
@@ -668,8 +666,6 @@ async fn a_durable_named_anew_with_the_old_inbox_name_applies_nothing_twice() {
         .run_until(rig.config("first"), |stats| stats.applied == 4)
         .await;
     assert_eq!(first.applied, 4);
-    let stream = rig.context.get_stream(&rig.stream).await.unwrap();
-    stream.delete_consumer("first").await.unwrap();
     let second = rig
         .run_until(rig.config("second").inbox_name("first"), |stats| {
             stats.duplicates == 4
@@ -736,20 +732,31 @@ async fn a_running_consumer_forgets_the_records_it_keeps_no_longer() {
             consumer.inbox_retention()
         }
     };
-    run_until_kept(
-        rig.config("forgets").inbox_name("records"),
-        &["new", "others"],
-    )
-    .await;
+    let counted = || async {
+        sqlx::query_scalar::<_, String>(&format!(
+            "SELECT consumer FROM {schema}.inbox_handed_back ORDER BY consumer"
+        ))
+        .fetch_all(&rig.db.pool)
+        .await
+        .unwrap()
+    };
+    let consumer = Arc::new(
+        rig.consumer(rig.config("forgets").inbox_name("records"))
+            .await
+            .unwrap(),
+    );
+    let (stop, running) = start(&consumer);
+    let started = tokio::time::Instant::now();
+    while (kept().await != ["new", "others"] || counted().await != ["other"])
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap().unwrap();
     assert_eq!(kept().await, ["new", "others"], "forgotten at the start");
-    let counted: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT consumer FROM {schema}.inbox_handed_back ORDER BY consumer"
-    ))
-    .fetch_all(&rig.db.pool)
-    .await
-    .unwrap();
     assert_eq!(
-        counted,
+        counted().await,
         ["other"],
         "its hand-backs, under its durable's name"
     );
@@ -811,20 +818,30 @@ async fn a_message_whose_id_no_inbox_can_key_is_dead_lettered() {
     rig.remove().await;
 }
 
-/// A durable made anew under another name with an earlier one's inbox
-/// name starts where that one's acknowledgements reached: what the inbox
-/// has forgotten is not applied again (it was delivered the stream from
-/// its start, and applied again every message whose record was gone).
-/// With the earlier one gone from the stream, it starts at what the inbox
-/// remembers: a day ago.
+/// A durable made to start after an earlier one (keeping its inbox name)
+/// is delivered what came after the earlier one's last acknowledged
+/// message only: what the inbox has forgotten is not applied again (from
+/// the stream's start, every message whose record was gone was applied a
+/// second time). Made to start after a durable the stream does not have,
+/// it is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_durable_made_anew_starts_where_the_earlier_one_was() {
+async fn a_durable_made_to_start_after_another_applies_only_what_came_after() {
     let rig = Rig::new().await;
     rig.publish(&good_and_new(4)).await;
     let first = rig
         .run_until(rig.config("first"), |stats| stats.applied == 4)
         .await;
     assert_eq!(first.applied, 4);
+    // Its acknowledgements reach JetStream after the stop: waited for.
+    let stream = rig.context.get_stream(&rig.stream).await.unwrap();
+    let started = tokio::time::Instant::now();
+    while stream.consumer_info("first").await.unwrap().num_ack_pending > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Its records forgotten, as they are after a day.
     sqlx::query(&format!("DELETE FROM {}.inbox", rig.db.name))
         .execute(&rig.db.pool)
@@ -833,9 +850,12 @@ async fn a_durable_made_anew_starts_where_the_earlier_one_was() {
     rig.publish(&[Event::new("order", "o-9", "Good", vec![9])])
         .await;
     let second = rig
-        .run_until(rig.config("second").inbox_name("first"), |stats| {
-            stats.applied >= 1
-        })
+        .run_until(
+            rig.config("second")
+                .inbox_name("first")
+                .starting_after("first"),
+            |stats| stats.applied >= 1,
+        )
         .await;
     assert_eq!(
         second,
@@ -844,24 +864,13 @@ async fn a_durable_made_anew_starts_where_the_earlier_one_was() {
             ..ConsumerStats::default()
         }
     );
-    assert_eq!(rig.count("applied").await, 5);
 
-    let stream = rig.context.get_stream(&rig.stream).await.unwrap();
-    stream.delete_consumer("first").await.unwrap();
-    let made = tokio::time::Instant::now();
-    rig.consumer(rig.config("third").inbox_name("first"))
+    let refused = rig
+        .consumer(rig.config("third").starting_after("gone"))
         .await
-        .unwrap();
-    let info = stream.consumer_info("third").await.unwrap();
-    let consumer::DeliverPolicy::ByStartTime { start_time } = info.config.deliver_policy else {
-        panic!("{:?}", info.config.deliver_policy);
-    };
-    let day_ago = time::OffsetDateTime::now_utc() - Duration::from_secs(24 * 3_600);
-    let slack = Duration::from_secs(60) + made.elapsed();
-    assert!(
-        (start_time - day_ago).unsigned_abs() < slack,
-        "{start_time} against {day_ago}"
-    );
+        .expect_err("refused");
+    assert!(refused.to_string().contains("gone"), "{refused}");
+    assert!(stream.consumer_info("third").await.is_err(), "nothing made");
     rig.remove().await;
 }
 

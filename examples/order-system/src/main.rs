@@ -490,7 +490,8 @@ async fn serve_command(args: ServeArgs) -> Result<ExitCode, String> {
     settings.peers = args.peers;
     settings.stop_grace = Duration::from_secs(args.stop_grace);
     init_logs();
-    serve::serve(settings, stop_signal())
+    // Boxed: every service's future, a large one to hold in `main`'s.
+    Box::pin(serve::serve(settings, stop_signal()))
         .await
         .map_err(|error| format!("{}: {error}", role.name()))?;
     Ok(ExitCode::SUCCESS)
