@@ -203,7 +203,11 @@ impl RedisSettings {
     /// The prefix of every key: `{prefix:key}:value`, `{prefix:key}:lock`
     /// and, where failures are shared
     /// ([`share_failures`](RedisCache::share_failures), the HTTP layer),
-    /// `{prefix:key}:failed`.
+    /// `{prefix:key}:failed`. A key holding a `}` (which would end the
+    /// Redis Cluster hash tag early: every key a client sent as `}…`, or
+    /// every path under one holding a `}`, in one slot) or starting with
+    /// `#` is named by its hash, `{prefix:#<SHA-256 in hex>}` (see
+    /// [`palisade_hints::hash_tag`]).
     ///
     /// Caches under one prefix in one Redis database are one cache: a
     /// key's value and its computation are theirs together. Give each
@@ -829,18 +833,23 @@ async fn dispatch(
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> Shared<C> {
+    /// `key`'s hash tag, which all its entries share: one Cluster slot.
+    fn tagged(&self, key: &str) -> String {
+        palisade_hints::hash_tag::tagged(&self.settings.prefix, key, usize::MAX)
+    }
+
     fn value_key(&self, key: &str) -> String {
-        format!("{{{}:{key}}}:value", self.settings.prefix)
+        self.tagged(key) + ":value"
     }
 
     fn lock_key(&self, key: &str) -> String {
-        format!("{{{}:{key}}}:lock", self.settings.prefix)
+        self.tagged(key) + ":lock"
     }
 
     /// Where a lead leaves its failure for its waiters, after its token:
     /// one entry a key, the last failure's.
     fn failed_key(&self, key: &str) -> String {
-        format!("{{{}:{key}}}:failed", self.settings.prefix)
+        self.tagged(key) + ":failed"
     }
 
     /// How long a failure is left for the waiters of its lead: each looks

@@ -348,6 +348,36 @@ fn value_key(prefix: &str, key: &str) -> String {
     format!("{{{prefix}:{key}}}:value")
 }
 
+/// A key holding a `}` is stored under its hash, the Cluster hash tag the
+/// whole of it: named as it was, `{prefix:}a}:value`'s tag was `prefix:`,
+/// and every key a client sent as `}…` went to one slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_would_end_its_hash_tag_early_is_stored_under_its_hash() {
+    let prefix = prefix();
+    let settings = RedisSettings::new(Freshness::new(Duration::from_secs(60))).prefix(&prefix);
+    let cache = process(&redis_url(), settings).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    for key in ["}a", "}b"] {
+        cache
+            .get_with(key, origin(&calls, Duration::ZERO))
+            .await
+            .unwrap();
+    }
+    let mut redis = direct().await;
+    let (a, b) = (
+        palisade_hints::hash_tag::tagged(&prefix, "}a", usize::MAX) + ":value",
+        palisade_hints::hash_tag::tagged(&prefix, "}b", usize::MAX) + ":value",
+    );
+    assert!(a.starts_with(&format!("{{{prefix}:#")), "{a}");
+    assert_ne!(a, b);
+    for name in [&a, &b] {
+        let exists: bool = redis.exists(name).await.unwrap();
+        assert!(exists, "{name}");
+    }
+    let plain: bool = redis.exists(value_key(&prefix, "}a")).await.unwrap();
+    assert!(!plain, "not under the name whose tag ends early");
+}
+
 async fn direct() -> MultiplexedConnection {
     redis::Client::open(redis_url())
         .unwrap()

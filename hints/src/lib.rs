@@ -53,6 +53,8 @@ mod buckets;
 mod config_error;
 #[cfg(feature = "http")]
 pub mod grpc;
+#[cfg(feature = "redis")]
+pub mod hash_tag;
 #[cfg(feature = "http")]
 pub mod http;
 mod panic;

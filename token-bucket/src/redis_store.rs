@@ -290,15 +290,15 @@ where
     /// The Redis key of `key`'s bucket: `{prefix:key}`, or, for a key
     /// longer than [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES) (an 8 KiB header
     /// value, say), `{prefix:#<SHA-256 of the key, in hex>}`, so Redis
-    /// memory is bounded in bytes as well as by the keys' expiry. The hash
-    /// is the same in every process, so a fleet shares the bucket; no short
-    /// key can spell it (it is one byte longer than the longest).
+    /// memory is bounded in bytes as well as by the keys' expiry. A key
+    /// holding a `}` (which would end the Cluster hash tag early, so that
+    /// a client picking such keys put all their buckets in one slot) or
+    /// starting with `#` is named by its hash too. The hash is the same in
+    /// every process, so a fleet shares the bucket (see
+    /// [`palisade_hints::hash_tag`]).
     #[must_use]
     pub fn key(&self, key: &str) -> String {
-        if key.len() <= crate::MAX_KEY_BYTES {
-            return format!("{{{}:{key}}}", self.prefix);
-        }
-        format!("{{{}:#{}}}", self.prefix, crate::key::sha256_hex(key, 32))
+        palisade_hints::hash_tag::tagged(&self.prefix, key, crate::MAX_KEY_BYTES)
     }
 
     /// Whether the store is applying its failure policy now.

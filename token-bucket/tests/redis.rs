@@ -221,6 +221,14 @@ async fn keys_are_hash_tagged_and_the_script_survives_a_flush() {
         RedisStore::new(connect(&redis_url()).await, FailurePolicy::Propagate).prefix("api");
     // Everything between the braces picks the slot: one slot per decision.
     assert_eq!(store.key("user:7"), "{api:user:7}");
+    // A key holding `}` ended the tag early: every key a client sent as
+    // `}…` shared one slot. It is named by its hash, the tag the whole name.
+    for odd in ["}user:7", "}user:8", "user}:7"] {
+        let name = store.key(odd);
+        assert!(name.starts_with("{api:#"), "{name}");
+        assert_eq!(name.find('}'), Some(name.len() - 1), "{name}");
+    }
+    assert_ne!(store.key("}user:7"), store.key("}user:8"));
     let store = store.prefix(&prefix());
     let bucket = Bucket::new(3, 1.0).unwrap();
     store.decide("k", &bucket, 1).await.unwrap();

@@ -1,0 +1,68 @@
+//! Redis key names that keep one caller's keys in one Redis Cluster slot,
+//! whatever the caller's key holds (feature `redis`).
+//!
+//! Cluster hashes a key by its hash tag, what lies between its first `{`
+//! and the first `}` after it, so every key of one decision (a bucket and
+//! its lease, a cached value and its lock) is named `{prefix:key}…` and
+//! lands in one slot. A caller's key holding a `}` ends the tag early:
+//! `{prefix:}a}` and `{prefix:}b}` hash alike, and a client that picks its
+//! keys (a header value, a path) puts the load of all of them on one
+//! shard. Such a key, or one too long to keep in memory as it is, is named
+//! by its hash instead.
+
+use std::fmt::Write as _;
+
+use sha2::{Digest, Sha256};
+
+/// The hash-tagged name of `key`'s state under `prefix`: `{prefix:key}`,
+/// or `{prefix:#<SHA-256 of key, in hex>}` when `key` holds a `}`, starts
+/// with `#` or is longer than `longest` bytes. The hash is the same in
+/// every process, so a fleet shares the state, and no key kept as it is
+/// spells a hashed name.
+///
+/// ```
+/// use palisade_hints::hash_tag::tagged;
+///
+/// assert_eq!(tagged("limits", "alice", 64), "{limits:alice}");
+/// let odd = tagged("limits", "}alice", 64);
+/// assert!(odd.starts_with("{limits:#") && odd.ends_with('}') && odd.len() == 74);
+/// assert_ne!(odd, tagged("limits", "}bob", 64));
+/// ```
+#[must_use]
+pub fn tagged(prefix: &str, key: &str, longest: usize) -> String {
+    if key.len() <= longest && !key.contains('}') && !key.starts_with('#') {
+        return format!("{{{prefix}:{key}}}");
+    }
+    let mut name = String::with_capacity(prefix.len() + 68);
+    let _ = write!(name, "{{{prefix}:#");
+    for byte in Sha256::digest(key.as_bytes()) {
+        let _ = write!(name, "{byte:02x}");
+    }
+    name.push('}');
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tagged;
+
+    /// A key that would end the hash tag early, one that could spell a
+    /// hashed name, or a long one, is named by its hash: one slot for the
+    /// whole name, a fixed length.
+    #[test]
+    fn a_key_holding_a_brace_or_too_long_is_named_by_its_hash() {
+        assert_eq!(tagged("p", "a{b", 64), "{p:a{b}");
+        for key in ["}", "a}b", "#a", &"x".repeat(65)] {
+            let name = tagged("p", key, 64);
+            let tag = &name[1..name.find('}').unwrap()];
+            assert_eq!(tag.len(), 2 + 1 + 64, "{name}");
+            assert!(tag.starts_with("p:#"), "{name}");
+            assert_eq!(name.len(), tag.len() + 2, "the tag is the whole name");
+        }
+        assert_eq!(
+            tagged("p", &"x".repeat(64), 64),
+            format!("{{p:{}}}", "x".repeat(64))
+        );
+        assert_ne!(tagged("p", "}a", 64), tagged("p", "}b", 64));
+    }
+}
