@@ -205,9 +205,9 @@ impl RedisSettings {
     /// ([`share_failures`](RedisCache::share_failures), the HTTP layer),
     /// `{prefix:key}:failed`. A key holding a `}` (which would end the
     /// Redis Cluster hash tag early: every key a client sent as `}…`, or
-    /// every path under one holding a `}`, in one slot) or starting with
-    /// `#` is named by its hash, `{prefix:#<SHA-256 in hex>}` (see
-    /// [`palisade_hints::hash_tag`]).
+    /// every path under one holding a `}`, in one slot) or spelling a
+    /// hashed name is named by its hash, `{prefix:#<SHA-256 in hex>}` (see
+    /// [`palisade_hints::hash_tag`]). The prefix must hold no `}`.
     ///
     /// Caches under one prefix in one Redis database are one cache: a
     /// key's value and its computation are theirs together. Give each

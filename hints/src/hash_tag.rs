@@ -14,11 +14,15 @@ use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
 
-/// The hash-tagged name of `key`'s state under `prefix`: `{prefix:key}`,
-/// or `{prefix:#<SHA-256 of key, in hex>}` when `key` holds a `}`, starts
-/// with `#` or is longer than `longest` bytes. The hash is the same in
-/// every process, so a fleet shares the state, and no key kept as it is
-/// spells a hashed name.
+/// How long a hashed name's part after the prefix is: `#` and 64 hex
+/// digits.
+const HASHED_LEN: usize = 65;
+
+/// The hash-tagged name of `key`'s state under `prefix` (which holds no
+/// `}`): `{prefix:key}`, or `{prefix:#<SHA-256 of key, in hex>}` when
+/// `key` holds a `}`, is longer than `longest` bytes, or could spell a
+/// hashed name itself (`#` and 64 more bytes). The hash is the same in
+/// every process, so a fleet shares the state.
 ///
 /// ```
 /// use palisade_hints::hash_tag::tagged;
@@ -30,7 +34,8 @@ use sha2::{Digest, Sha256};
 /// ```
 #[must_use]
 pub fn tagged(prefix: &str, key: &str, longest: usize) -> String {
-    if key.len() <= longest && !key.contains('}') && !key.starts_with('#') {
+    let spells_a_hash = key.len() == HASHED_LEN && key.starts_with('#');
+    if key.len() <= longest && !key.contains('}') && !spells_a_hash {
         return format!("{{{prefix}:{key}}}");
     }
     let mut name = String::with_capacity(prefix.len() + 68);
@@ -46,13 +51,14 @@ pub fn tagged(prefix: &str, key: &str, longest: usize) -> String {
 mod tests {
     use super::tagged;
 
-    /// A key that would end the hash tag early, one that could spell a
-    /// hashed name, or a long one, is named by its hash: one slot for the
-    /// whole name, a fixed length.
+    /// A key that would end the hash tag early, one that spells a hashed
+    /// name, or a long one, is named by its hash: one slot for the whole
+    /// name, a fixed length.
     #[test]
     fn a_key_holding_a_brace_or_too_long_is_named_by_its_hash() {
         assert_eq!(tagged("p", "a{b", 64), "{p:a{b}");
-        for key in ["}", "a}b", "#a", &"x".repeat(65)] {
+        let spelled = format!("#{}", "a".repeat(64));
+        for key in ["}", "a}b", spelled.as_str(), &"x".repeat(65)] {
             let name = tagged("p", key, 64);
             let tag = &name[1..name.find('}').unwrap()];
             assert_eq!(tag.len(), 2 + 1 + 64, "{name}");
@@ -64,5 +70,7 @@ mod tests {
             format!("{{p:{}}}", "x".repeat(64))
         );
         assert_ne!(tagged("p", "}a", 64), tagged("p", "}b", 64));
+        // A `#` key of another length (`key::hashed`'s) is kept as it is.
+        assert_eq!(tagged("p", "#abc", 64), "{p:#abc}");
     }
 }

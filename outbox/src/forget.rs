@@ -58,7 +58,7 @@ where
                 }
                 Ok(_) => break,
                 Err(error) => {
-                    tracing::warn!(target: "palisade_outbox", %error, consumer, "old inbox records not forgotten; trying again in a minute");
+                    tracing::warn!(target: "palisade_outbox", %error, consumer, "old inbox records (or their counts of hand-backs) not forgotten; trying again in a minute");
                     break;
                 }
             }

@@ -343,7 +343,8 @@ impl<I, H> fmt::Debug for JetStreamConsumer<I, H> {
 ///
 /// # Errors
 ///
-/// The durable it starts after is not on the stream, or cannot be read.
+/// The durable cannot be read, or the one it starts after is not on the
+/// stream or cannot be read.
 async fn first_delivery(
     stream: &jetstream::stream::Stream,
     config: &ConsumerConfig,
@@ -351,8 +352,19 @@ async fn first_delivery(
     let Some(earlier) = config.after.as_deref() else {
         return Ok(DeliverPolicy::All);
     };
-    if stream.consumer_info(&config.durable).await.is_ok() {
-        return Ok(DeliverPolicy::All);
+    use jetstream::context::ConsumerInfoErrorKind;
+    match stream.consumer_info(&config.durable).await {
+        Ok(_) => return Ok(DeliverPolicy::All),
+        Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {}
+        // Not known to be missing: made from its start, it would apply the
+        // history `earlier` applied.
+        Err(error) => {
+            return Err(ConsumerSetupError(format!(
+                "consumer {} on stream {} cannot be read ({error}), so whether to make it \
+                 after consumer {earlier} is not known",
+                config.durable, config.stream
+            )));
+        }
     }
     match stream.consumer_info(earlier).await {
         Ok(info) => {
@@ -567,7 +579,13 @@ where
             Ok(consumer) => consumer,
             // Made meanwhile by another instance (with a start a moment
             // later than this one's): that one is the durable.
-            Err(error) => Box::pin(stream.get_consumer(&config.durable))
+            Err(error) => Box::pin(async {
+                let made = stream.get_consumer(&config.durable).await;
+                if made.is_ok() {
+                    tracing::debug!(target: "palisade_outbox", consumer = %config.durable, %error, "another instance made the durable first; taking it as made");
+                }
+                made
+            })
                 .await
                 .map_err(|_| {
                     ConsumerSetupError(format!(

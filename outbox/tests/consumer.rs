@@ -864,6 +864,21 @@ async fn a_durable_made_to_start_after_another_applies_only_what_came_after() {
             ..ConsumerStats::default()
         }
     );
+    let made = stream.consumer_info("second").await.unwrap().config;
+    assert_eq!(
+        made.deliver_policy,
+        consumer::DeliverPolicy::ByStartSequence { start_sequence: 5 },
+        "after the first's four"
+    );
+    // Made already, it is taken as made, the earlier one gone or not.
+    stream.delete_consumer("first").await.unwrap();
+    rig.consumer(
+        rig.config("second")
+            .inbox_name("first")
+            .starting_after("first"),
+    )
+    .await
+    .unwrap();
 
     let refused = rig
         .consumer(rig.config("third").starting_after("gone"))

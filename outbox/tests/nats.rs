@@ -36,6 +36,12 @@ async fn stream_of(context: &jetstream::Context, name: &str, config: stream::Con
         .unwrap();
 }
 
+/// The configuration of the stream `name`.
+async fn stream_config(context: &jetstream::Context, name: &str) -> stream::Config {
+    let mut stream = context.get_stream(name).await.unwrap();
+    stream.info().await.unwrap().config.clone()
+}
+
 fn unique() -> String {
     format!("T{}", fastrand::u64(..))
 }
@@ -66,15 +72,7 @@ async fn the_stream_must_remember_ids_for_the_retry_horizon() {
         "{short}"
     );
     publisher.ensure_stream(&config, true).await.unwrap();
-    let window = context
-        .get_stream(&name)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .duplicate_window;
+    let window = stream_config(&context, &name).await.duplicate_window;
     assert!(window >= config.retry_horizon());
     context.delete_stream(&name).await.unwrap();
 }
@@ -132,15 +130,7 @@ async fn a_stream_made_by_the_publisher_has_the_templates_settings() {
     let publisher =
         NatsJetStreamPublisher::new(context.clone(), &name, "/test").creating(template.clone());
     publisher.ensure_stream(&config, true).await.unwrap();
-    let made = context
-        .get_stream(&name)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .config
-        .clone();
+    let made = stream_config(&context, &name).await;
     assert_eq!(made.name, name);
     assert_eq!(made.subjects, [format!("{}.>", name.to_ascii_lowercase())]);
     assert_eq!(

@@ -143,7 +143,8 @@ impl FailurePolicy {
 ///   `capacity + rate × elapsed` over any interval.
 /// - **Cluster-ready:** a key is stored as `{prefix:key}`, one hash slot
 ///   (a [`RateLimitLayer`](crate::RateLimitLayer)'s key with its bucket
-///   before it: `{prefix:<capacity>/<interval in ns>:key}`).
+///   before it: `{prefix:<capacity>/<interval in ns>:key}`), or by its hash
+///   where it could not be (see [`key`](Self::key)).
 /// - **Self-cleaning:** a key expires when its bucket would be full again.
 /// - **Bounded waits:** each call has a timeout (10 ms by default); when
 ///   Redis fails or is slow the [`FailurePolicy`] decides, and while Redis
@@ -293,8 +294,8 @@ where
     /// memory is bounded in bytes as well as by the keys' expiry. A key
     /// holding a `}` (which would end the Cluster hash tag early, so that
     /// a client picking such keys put all their buckets in one slot) or
-    /// starting with `#` is named by its hash too. The hash is the same in
-    /// every process, so a fleet shares the bucket (see
+    /// spelling a hashed name is named by its hash too. The hash is the
+    /// same in every process, so a fleet shares the bucket (see
     /// [`palisade_hints::hash_tag`]).
     #[must_use]
     pub fn key(&self, key: &str) -> String {
