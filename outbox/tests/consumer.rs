@@ -148,6 +148,15 @@ impl Rig {
         }
     }
 
+    /// Four events, applied by the durable `first`, run until then.
+    async fn first_applies_four(&self) {
+        self.publish(&good_and_new(4)).await;
+        let first = self
+            .run_until(self.config("first"), |stats| stats.applied == 4)
+            .await;
+        assert_eq!(first.applied, 4);
+    }
+
     /// Writes `events` in one transaction and relays every one.
     async fn publish(&self, events: &[Event]) {
         let mut tx = self.db.pool.begin().await.unwrap();
@@ -661,11 +670,7 @@ async fn a_cancelled_run_removes_its_entry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_durable_named_anew_with_the_old_inbox_name_applies_nothing_twice() {
     let rig = Rig::new().await;
-    rig.publish(&good_and_new(4)).await;
-    let first = rig
-        .run_until(rig.config("first"), |stats| stats.applied == 4)
-        .await;
-    assert_eq!(first.applied, 4);
+    rig.first_applies_four().await;
     let second = rig
         .run_until(rig.config("second").inbox_name("first"), |stats| {
             stats.duplicates == 4
@@ -827,11 +832,7 @@ async fn a_message_whose_id_no_inbox_can_key_is_dead_lettered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_durable_made_to_start_after_another_applies_only_what_came_after() {
     let rig = Rig::new().await;
-    rig.publish(&good_and_new(4)).await;
-    let first = rig
-        .run_until(rig.config("first"), |stats| stats.applied == 4)
-        .await;
-    assert_eq!(first.applied, 4);
+    rig.first_applies_four().await;
     // Its acknowledgements reach JetStream after the stop: waited for.
     let stream = rig.context.get_stream(&rig.stream).await.unwrap();
     let started = tokio::time::Instant::now();
