@@ -148,6 +148,32 @@ impl Rig {
         }
     }
 
+    /// Runs a consumer made from `config` until `seen` (half a minute at
+    /// most), then stops it; its inbox retention.
+    async fn run_until_seen<F: Future<Output = bool>>(
+        &self,
+        config: ConsumerConfig,
+        seen: impl Fn() -> F,
+    ) -> Duration {
+        let consumer = Arc::new(self.consumer(config).await.unwrap());
+        let (stop, running) = start(&consumer);
+        let started = tokio::time::Instant::now();
+        while !seen().await && started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.send(()).unwrap();
+        running.await.unwrap().unwrap();
+        consumer.inbox_retention()
+    }
+
+    /// The one text column `sql` selects, row by row.
+    async fn texts(&self, sql: String) -> Vec<String> {
+        sqlx::query_scalar(&sql)
+            .fetch_all(&self.db.pool)
+            .await
+            .unwrap()
+    }
+
     /// Four events, applied by the durable `first`, run until then.
     async fn first_applies_four(&self) {
         self.publish(&good_and_new(4)).await;
@@ -714,51 +740,20 @@ async fn a_running_consumer_forgets_the_records_it_keeps_no_longer() {
     .execute(&rig.db.pool)
     .await
     .unwrap();
-    let kept = || async {
-        sqlx::query_scalar::<_, String>(&format!(
+    let kept = || {
+        rig.texts(format!(
             "SELECT message_id FROM {schema}.inbox ORDER BY message_id"
         ))
-        .fetch_all(&rig.db.pool)
-        .await
-        .unwrap()
     };
-    // Runs a consumer made from `config` until the inbox keeps `left`.
-    let run_until_kept = |config: ConsumerConfig, left: &'static [&'static str]| {
-        let rig = &rig;
-        async move {
-            let consumer = Arc::new(rig.consumer(config).await.unwrap());
-            let (stop, running) = start(&consumer);
-            let started = tokio::time::Instant::now();
-            while kept().await != left && started.elapsed() < Duration::from_secs(30) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            stop.send(()).unwrap();
-            running.await.unwrap().unwrap();
-            consumer.inbox_retention()
-        }
-    };
-    let counted = || async {
-        sqlx::query_scalar::<_, String>(&format!(
+    let counted = || {
+        rig.texts(format!(
             "SELECT consumer FROM {schema}.inbox_handed_back ORDER BY consumer"
         ))
-        .fetch_all(&rig.db.pool)
-        .await
-        .unwrap()
     };
-    let consumer = Arc::new(
-        rig.consumer(rig.config("forgets").inbox_name("records"))
-            .await
-            .unwrap(),
-    );
-    let (stop, running) = start(&consumer);
-    let started = tokio::time::Instant::now();
-    while (kept().await != ["new", "others"] || counted().await != ["other"])
-        && started.elapsed() < Duration::from_secs(30)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    rig.run_until_seen(rig.config("forgets").inbox_name("records"), || async {
+        kept().await == ["new", "others"] && counted().await == ["other"]
+    })
+    .await;
     assert_eq!(kept().await, ["new", "others"], "forgotten at the start");
     assert_eq!(
         counted().await,
@@ -775,11 +770,12 @@ async fn a_running_consumer_forgets_the_records_it_keeps_no_longer() {
     .execute(&rig.db.pool)
     .await
     .unwrap();
-    let horizon = run_until_kept(
-        rig.config("short").keep_records(Duration::from_secs(1)),
-        &["new", "others", "recent"],
-    )
-    .await;
+    let horizon = rig
+        .run_until_seen(
+            rig.config("short").keep_records(Duration::from_secs(1)),
+            || async { kept().await == ["new", "others", "recent"] },
+        )
+        .await;
     assert!(horizon > Duration::from_secs(10), "{horizon:?}");
     assert_eq!(
         kept().await,
