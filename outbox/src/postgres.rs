@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::Notify;
 
-use crate::sql::Dialect;
+use crate::sql::{ConcurrentIndex, Dialect};
 use crate::stores::{sql_inbox, sql_outbox};
 
 sql_outbox! {
@@ -136,6 +136,71 @@ async fn unneeded(pool: &PgPool, wake: &Weak<Notify>) {
     while !pool.is_closed() && wake.strong_count() > 0 {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+}
+
+/// Builds the indexes `table`, made by an earlier version, lacks (or holds
+/// invalid: a build cut off) without holding up its writers: `CREATE INDEX
+/// CONCURRENTLY`, one at a time, on a session of its own that no timeout
+/// of the pool's cuts short. One process builds at a time: it holds a
+/// session lock the others only try for, so a process starting meanwhile
+/// goes on without the indexes (they make claims and forgetting faster;
+/// nothing waits on them). The session is closed afterwards, and its lock
+/// with it, whatever happened; dropped mid-build, the server finishes the
+/// build on its own.
+async fn build_concurrently(
+    pool: &PgPool,
+    table: &str,
+    indexes: Vec<&ConcurrentIndex>,
+) -> Result<(), sqlx::Error> {
+    if indexes.is_empty() {
+        return Ok(());
+    }
+    let mut session = pool.acquire().await?.detach();
+    let built = async {
+        sqlx::query(
+            "SELECT set_config('statement_timeout', '0', false), \
+             set_config('lock_timeout', '0', false)",
+        )
+        .execute(&mut session)
+        .await?;
+        let builder: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtext('palisade_outbox_build:' || $1))",
+        )
+        .bind(table)
+        .fetch_one(&mut session)
+        .await?;
+        if !builder {
+            tracing::info!(
+                target: "palisade_outbox",
+                table,
+                "another process builds the indexes the table lacks; this one goes on without them"
+            );
+            return Ok(());
+        }
+        for index in indexes {
+            let valid: Option<bool> = sqlx::query_scalar(&index.state)
+                .fetch_optional(&mut session)
+                .await?;
+            match valid {
+                Some(true) => continue,
+                Some(false) => {
+                    sqlx::query(&index.drop).execute(&mut session).await?;
+                }
+                None => {}
+            }
+            tracing::info!(
+                target: "palisade_outbox",
+                table,
+                index = %index.name,
+                "building an index the table lacks, concurrently: writers go on meanwhile"
+            );
+            sqlx::query(&index.build).execute(&mut session).await?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = sqlx::Connection::close(session).await;
+    built
 }
 
 #[cfg(test)]

@@ -38,6 +38,57 @@ pub(crate) const INSERT_ROWS: usize = 500;
 /// claim sets it aside (see `OutboxSql::claim`).
 const SET_ASIDE_BEHIND: u32 = 4;
 
+/// How long a migration waits on a table others are using before it gives
+/// way, to try again (PostgreSQL).
+#[cfg(feature = "postgres")]
+pub(crate) const MIGRATION_LOCK_WAIT: Duration = Duration::from_millis(500);
+
+/// How a store's tables are made, and brought up to this version from an
+/// earlier one's, in one transaction.
+#[derive(Debug)]
+pub(crate) struct Migration {
+    /// The table indexed.
+    pub(crate) table: String,
+    /// How the migration's second try begins, after the database was busy.
+    pub(crate) begin_again: Option<&'static str>,
+    /// The migration's locks and the schema (see `Dialect::prelude`).
+    pub(crate) prelude: Vec<String>,
+    /// Whether the indexed table is there already (see
+    /// `Dialect::existed`).
+    pub(crate) existed: Option<String>,
+    /// The tables.
+    pub(crate) tables: Vec<String>,
+    /// Columns added since the table was first made: for each, whether the
+    /// table has it (1) or not (0), and the statement that adds it.
+    pub(crate) columns: Vec<(String, String)>,
+    /// The indexes, once the table has every column.
+    pub(crate) indexes: Vec<IndexSql>,
+}
+
+/// An index a migration makes.
+#[derive(Debug)]
+pub(crate) struct IndexSql {
+    /// Makes it, if missing, in the migration's transaction.
+    pub(crate) create: String,
+    /// How it is built on a table that was there before (PostgreSQL).
+    pub(crate) concurrently: Option<ConcurrentIndex>,
+}
+
+/// An index built without holding up the table's writers (PostgreSQL's
+/// `CREATE INDEX CONCURRENTLY`), out of any transaction.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) struct ConcurrentIndex {
+    /// Its qualified name, for the log.
+    pub(crate) name: String,
+    /// Whether it is valid: no row when missing, `false` while it is
+    /// being built or when a build was cut off.
+    pub(crate) state: String,
+    pub(crate) build: String,
+    /// Drops it, to build it again after a build cut off.
+    pub(crate) drop: String,
+}
+
 /// The SQL dialect of a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dialect {
@@ -177,7 +228,7 @@ impl Dialect {
 
     /// `table` (maybe `schema.name`) and the name of its index `suffix`, as
     /// `CREATE INDEX` wants them.
-    fn index(self, table: &str, suffix: &str) -> (String, String) {
+    fn index_names(self, table: &str, suffix: &str) -> (String, String) {
         match (self, table.split_once('.')) {
             // SQLite: the index is named in the table's (attached) database
             // and the table without it.
@@ -212,26 +263,48 @@ impl Dialect {
         }
     }
 
-    /// Creates `table`'s index `suffix` on `definition` (its columns, and
-    /// filter) if it is missing. PostgreSQL takes a share lock on the
-    /// table for `CREATE INDEX IF NOT EXISTS` even when the index exists:
-    /// every start waited for the transactions writing the table, and
-    /// held up every later write meanwhile. The table's indexes are asked
-    /// first (those of this table: a name looked up on the search path
-    /// could find another schema's).
-    fn create_index(self, table: &str, suffix: &str, definition: &str) -> String {
-        let (index, on) = self.index(table, suffix);
+    /// `table`'s index `suffix` on `definition` (its columns, and filter).
+    /// In the migration's transaction it is made if missing: PostgreSQL
+    /// takes a share lock on the table for `CREATE INDEX IF NOT EXISTS`
+    /// even when the index exists, so every start waited for the
+    /// transactions writing the table, and held up every later write
+    /// meanwhile; the table's indexes are asked first (those of this
+    /// table: a name looked up on the search path could find another
+    /// schema's). On a PostgreSQL table made before, it is built after the
+    /// transaction, concurrently.
+    fn index(self, table: &str, suffix: &str, definition: &str) -> IndexSql {
+        let (index, on) = self.index_names(table, suffix);
         let create = format!("CREATE INDEX IF NOT EXISTS {index} ON {on} {definition}");
         match self {
             #[cfg(feature = "postgres")]
-            Self::Postgres => format!(
-                "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_index i \
-                 JOIN pg_class c ON c.oid = i.indexrelid \
-                 WHERE i.indrelid = '{table}'::regclass AND c.relname = '{index}') \
-                 THEN {create}; END IF; END $$"
-            ),
+            Self::Postgres => {
+                let state = format!(
+                    "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                     WHERE i.indrelid = '{table}'::regclass AND c.relname = '{index}'"
+                );
+                let qualified = match table.split_once('.') {
+                    Some((schema, _)) => format!("{schema}.{index}"),
+                    None => index.clone(),
+                };
+                IndexSql {
+                    create: format!(
+                        "DO $$ BEGIN IF NOT EXISTS ({state}) THEN {create}; END IF; END $$"
+                    ),
+                    concurrently: Some(ConcurrentIndex {
+                        build: format!(
+                            "CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {on} {definition}"
+                        ),
+                        drop: format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"),
+                        name: qualified,
+                        state,
+                    }),
+                }
+            }
             #[cfg(feature = "sqlite")]
-            Self::Sqlite => create,
+            Self::Sqlite => IndexSql {
+                create,
+                concurrently: None,
+            },
         }
     }
 
@@ -317,7 +390,23 @@ impl Dialect {
         }
     }
 
-    /// Statements run before creating the tables: PostgreSQL makes the
+    /// Whether `table` is there (PostgreSQL: the indexes such a table
+    /// lacks are built after the migration's transaction, concurrently);
+    /// `None` where every index is made in the transaction.
+    fn existed(self, table: &str) -> Option<String> {
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres => Some(format!("SELECT to_regclass('{table}') IS NOT NULL")),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite => {
+                let _ = table;
+                None
+            }
+        }
+    }
+
+    /// Statements run before creating the tables: PostgreSQL takes the
+    /// migration's locks, bounds its waits on the table, and makes the
     /// schema, one migration of the schema's tables at a time (two
     /// tables' migrations making one new schema at once failed the second
     /// with a duplicate key); SQLite's `schema` is an attached database,
@@ -334,6 +423,18 @@ impl Dialect {
                     prelude.push(format!(
                         "SELECT pg_advisory_xact_lock(hashtext('palisade_outbox:{schema}'))"
                     ));
+                }
+                // Adding a column waits for every transaction using the
+                // table, and every statement on the table waits behind it:
+                // a long transaction held up all the table's writers (and
+                // readers) for as long as it lasted. Waiting on the table
+                // gives way after half a second, and the migration tries
+                // again (`stores::again_when_held`).
+                prelude.push(format!(
+                    "SELECT set_config('lock_timeout', '{}ms', true)",
+                    MIGRATION_LOCK_WAIT.as_millis()
+                ));
+                if let Some((schema, _)) = table.split_once('.') {
                     prelude.push(format!("CREATE SCHEMA IF NOT EXISTS {schema}"));
                 }
                 prelude
@@ -367,18 +468,16 @@ pub(crate) fn is_busy(error: &sqlx::Error) -> bool {
     false
 }
 
+/// Whether `error` is PostgreSQL giving up a wait on a lock
+/// (`lock_not_available`, after `lock_timeout`).
+pub(crate) fn is_lock_timeout(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(error) if error.code().as_deref() == Some("55P03"))
+}
+
 /// The outbox's statements, with its table in them.
 #[derive(Debug)]
 pub(crate) struct OutboxSql {
-    /// How a migration's second try begins, after the database was busy.
-    pub(crate) migration_begin: Option<&'static str>,
-    /// The schema and the table.
-    pub(crate) migrate: Vec<String>,
-    /// Columns added since the table was first made: for each, whether the
-    /// table has it (1) or not (0), and the statement that adds it.
-    pub(crate) columns: Vec<(String, String)>,
-    /// The indexes, once the table has every column.
-    pub(crate) indexes: Vec<String>,
+    pub(crate) migration: Migration,
     /// Writes one event: `$1` to `$6` its id, aggregate type and id, event
     /// type, payload and headers.
     pub(crate) insert: String,
@@ -446,7 +545,7 @@ impl OutboxSql {
         // are the others.
         let sets_aside = dialect.sets_held_aside();
         let blocks = sets_aside && config.ordered;
-        let mut migrate = dialect.prelude(t);
+        let mut migrate = Vec::new();
         migrate.push(format!(
             "CREATE TABLE IF NOT EXISTS {t} (\
              seq {seq}, \
@@ -506,7 +605,7 @@ impl OutboxSql {
             vec![unsent, ("due", "seq", "status = 'pending'"), sent]
         };
         for (suffix, columns, filter) in on_every {
-            indexes.push(dialect.create_index(t, suffix, &format!("({columns}) WHERE {filter}")));
+            indexes.push(dialect.index(t, suffix, &format!("({columns}) WHERE {filter}")));
         }
 
         // Per-aggregate order: only the first unsent event of an aggregate
@@ -571,10 +670,15 @@ impl OutboxSql {
         );
         let discard = format!("DELETE FROM {t} WHERE id = $1 AND status = 'dead'");
         Self {
-            migration_begin: dialect.migration_begin(),
-            migrate,
-            columns,
-            indexes,
+            migration: Migration {
+                table: t.clone(),
+                begin_again: dialect.migration_begin(),
+                prelude: dialect.prelude(t),
+                existed: dialect.existed(t),
+                tables: migrate,
+                columns,
+                indexes,
+            },
             insert: match dialect {
                 // A transaction-scoped lock per aggregate of this table: a
                 // second transaction writing the same aggregate here waits
@@ -779,9 +883,7 @@ impl OutboxSql {
 /// The inbox's statements.
 #[derive(Debug)]
 pub(crate) struct InboxSql {
-    /// How a migration's second try begins, after the database was busy.
-    pub(crate) migration_begin: Option<&'static str>,
-    pub(crate) migrate: Vec<String>,
+    pub(crate) migration: Migration,
     pub(crate) record: String,
     /// Records a JSON array of message ids (`$2`) at once, returning
     /// those not recorded before.
@@ -809,16 +911,18 @@ pub(crate) struct InboxSql {
 
 impl InboxSql {
     pub(crate) fn new(dialect: Dialect, table: &str) -> Self {
-        let mut migrate = dialect.prelude(table);
+        let mut migrate = Vec::new();
         migrate.push(format!(
             "CREATE TABLE IF NOT EXISTS {table} (consumer TEXT NOT NULL, message_id TEXT NOT NULL, \
              processed_at {time} NOT NULL DEFAULT ({now}), PRIMARY KEY (consumer, message_id))",
             time = dialect.time_type(),
             now = dialect.now(),
         ));
-        migrate.push(dialect.create_index(table, "processed", "(processed_at)"));
-        // Each consumer forgets its own records, oldest first.
-        migrate.push(dialect.create_index(table, "consumer_processed", "(consumer, processed_at)"));
+        let indexes = vec![
+            dialect.index(table, "processed", "(processed_at)"),
+            // Each consumer forgets its own records, oldest first.
+            dialect.index(table, "consumer_processed", "(consumer, processed_at)"),
+        ];
         // Deliveries a consumer handed back to the broker untried (it was
         // stopping): the broker counts them as deliveries, the consumer's
         // tries do not.
@@ -831,8 +935,15 @@ impl InboxSql {
             now = dialect.now(),
         ));
         Self {
-            migration_begin: dialect.migration_begin(),
-            migrate,
+            migration: Migration {
+                table: table.to_owned(),
+                begin_again: dialect.migration_begin(),
+                prelude: dialect.prelude(table),
+                existed: dialect.existed(table),
+                tables: migrate,
+                columns: Vec::new(),
+                indexes,
+            },
             // Grouped: PostgreSQL refuses an upsert that meets one row
             // twice (an id twice in the list).
             hand_back: format!(

@@ -18,22 +18,46 @@ macro_rules! bind_event {
 }
 
 /// A migration (`migrate`, given how to begin its transaction: `None`
-/// for the default), tried once more begun with `again` when the database
-/// was busy (SQLite's deferred transaction cannot wait to upgrade a read
-/// to a write: see `Dialect::migration_begin`).
-pub(crate) async fn again_when_busy<F, Fut>(
+/// for the default), tried again while it gave way on a table others were
+/// using (PostgreSQL's `lock_timeout`, see `Dialect::prelude`), for up to
+/// [`MIGRATION_PATIENCE`], and once more begun with `again` when the
+/// database was busy (SQLite's deferred transaction cannot wait to upgrade
+/// a read to a write: see `Dialect::migration_begin`).
+pub(crate) async fn again_when_held<T, F, Fut>(
+    table: &str,
     again: Option<&'static str>,
     migrate: F,
-) -> Result<(), sqlx::Error>
+) -> Result<T, sqlx::Error>
 where
     F: Fn(Option<&'static str>) -> Fut,
-    Fut: Future<Output = Result<(), sqlx::Error>>,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
 {
-    match migrate(None).await {
-        Err(error) if again.is_some() && crate::sql::is_busy(&error) => migrate(again).await,
-        migrated => migrated,
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match migrate(None).await {
+            Err(error) if again.is_some() && crate::sql::is_busy(&error) => {
+                return migrate(again).await;
+            }
+            Err(error)
+                if crate::sql::is_lock_timeout(&error)
+                    && started.elapsed() < MIGRATION_PATIENCE =>
+            {
+                tracing::warn!(
+                    target: "palisade_outbox",
+                    table,
+                    "the migration gave way to transactions using the table; it tries again in {pause:?}"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            migrated => return migrated,
+        }
     }
 }
+
+/// How long a migration keeps trying while others hold its table.
+const MIGRATION_PATIENCE: Duration = Duration::from_secs(120);
 
 /// A transaction on `pool`, begun with `statement` (SQLite's `BEGIN
 /// IMMEDIATE`, a PostgreSQL begin with a statement timeout), or the
@@ -51,18 +75,89 @@ pub(crate) async fn begin<DB: sqlx::Database>(
 /// Commits a migration that went through; rolls back one that failed,
 /// before its error is returned (a dropped transaction's rollback is only
 /// queued, and a second try on another connection would meet its locks).
-pub(crate) async fn settle_migration<DB: sqlx::Database>(
+pub(crate) async fn settle_migration<DB: sqlx::Database, T>(
     tx: sqlx::Transaction<'static, DB>,
-    migrated: Result<(), sqlx::Error>,
-) -> Result<(), sqlx::Error> {
+    migrated: Result<T, sqlx::Error>,
+) -> Result<T, sqlx::Error> {
     match migrated {
-        Ok(()) => tx.commit().await,
+        Ok(done) => tx.commit().await.map(|()| done),
         Err(error) => {
             // The migration's error is the one to report.
             let _ = tx.rollback().await;
             Err(error)
         }
     }
+}
+
+/// A store's `migrate` (documented by the attributes given), with its
+/// statements in `self.sql.migration`, on `self.pool`; the backend module
+/// has `build_concurrently(pool, table, indexes)`, given the indexes
+/// missing on a table that was there before.
+macro_rules! migration_methods {
+    ($(#[$doc:meta])*) => {
+        $(#[$doc])*
+        ///
+        /// # Errors
+        ///
+        /// The database's error.
+        pub async fn migrate(&self) -> Result<(), sqlx::Error> {
+            let migration = &self.sql.migration;
+            let late = $crate::stores::again_when_held(
+                &migration.table,
+                migration.begin_again,
+                |begin| self.migrate_begun(begin),
+            )
+            .await?;
+            build_concurrently(&self.pool, &migration.table, late).await
+        }
+
+        /// The migration's transaction, begun with `begin` (the database's
+        /// default when `None`): the indexes left to build concurrently.
+        async fn migrate_begun(
+            &self,
+            begin: Option<&'static str>,
+        ) -> Result<Vec<&$crate::sql::ConcurrentIndex>, sqlx::Error> {
+            let migration = &self.sql.migration;
+            let mut tx = $crate::stores::begin(&self.pool, begin).await?;
+            let migrated = async {
+                for statement in &migration.prelude {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                let existed = match &migration.existed {
+                    Some(existed) => sqlx::query_scalar(existed).fetch_one(&mut *tx).await?,
+                    None => false,
+                };
+                for statement in &migration.tables {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                for (has, add) in &migration.columns {
+                    let has: i64 = sqlx::query_scalar(has).fetch_one(&mut *tx).await?;
+                    if has == 0 {
+                        sqlx::query(add).execute(&mut *tx).await?;
+                    }
+                }
+                let mut late = Vec::new();
+                for index in &migration.indexes {
+                    match &index.concurrently {
+                        Some(concurrently) if existed => {
+                            let valid: Option<bool> = sqlx::query_scalar(&concurrently.state)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                            if valid != Some(true) {
+                                late.push(concurrently);
+                            }
+                        }
+                        _ => {
+                            sqlx::query(&index.create).execute(&mut *tx).await?;
+                        }
+                    }
+                }
+                Ok::<_, sqlx::Error>(late)
+            }
+            .await;
+            $crate::stores::settle_migration(tx, migrated).await
+        }
+    };
 }
 
 /// Defines an outbox type: `$name` over `$pool` whose transactions are
@@ -138,43 +233,21 @@ macro_rules! sql_outbox {
                 }))
             }
 
-            /// Creates the table and its indexes if they are missing (and
-            /// in PostgreSQL the schema), in one transaction; a table made
-            /// by an earlier version gains the columns and indexes it lacks.
-            /// Adding them to a large table holds up writes to it while the
-            /// indexes are built: upgrade at a quiet time.
-            ///
-            /// # Errors
-            ///
-            /// The database's error.
-            pub async fn migrate(&self) -> Result<(), sqlx::Error> {
-                $crate::stores::again_when_busy(self.sql.migration_begin, |begin| {
-                    self.migrate_begun(begin)
-                })
-                .await
-            }
-
-            /// The migration, in a transaction begun with `begin` (the
-            /// database's default when `None`).
-            async fn migrate_begun(&self, begin: Option<&'static str>) -> Result<(), sqlx::Error> {
-                let mut tx = $crate::stores::begin(&self.pool, begin).await?;
-                let migrated = async {
-                    for statement in &self.sql.migrate {
-                        sqlx::query(statement).execute(&mut *tx).await?;
-                    }
-                    for (has, add) in &self.sql.columns {
-                        let has: i64 = sqlx::query_scalar(has).fetch_one(&mut *tx).await?;
-                        if has == 0 {
-                            sqlx::query(add).execute(&mut *tx).await?;
-                        }
-                    }
-                    for statement in &self.sql.indexes {
-                        sqlx::query(statement).execute(&mut *tx).await?;
-                    }
-                    Ok::<(), sqlx::Error>(())
-                }
-                .await;
-                $crate::stores::settle_migration(tx, migrated).await
+            $crate::stores::migration_methods! {
+                /// Creates the table and its indexes if they are missing (and
+                /// in PostgreSQL the schema), in one transaction; a table made
+                /// by an earlier version gains the columns and indexes it
+                /// lacks.
+                ///
+                /// Upgrading a PostgreSQL table others use: adding a column
+                /// waits on the transactions using the table, and every
+                /// statement on it waits behind; the migration gives way
+                /// after half a second and tries again for up to two
+                /// minutes. The indexes the table lacks are then built
+                /// concurrently, by one process at a time (`CREATE INDEX
+                /// CONCURRENTLY`): writers go on meanwhile, and this start
+                /// waits for the builds (a start while another process
+                /// builds goes on without them).
             }
 
             /// Writes `event` in the caller's transaction (nothing is
@@ -543,31 +616,12 @@ macro_rules! sql_inbox {
                 })
             }
 
-            /// Creates the table if missing (and in PostgreSQL the
-            /// schema), in one transaction.
-            ///
-            /// # Errors
-            ///
-            /// The database's error.
-            pub async fn migrate(&self) -> Result<(), sqlx::Error> {
-                $crate::stores::again_when_busy(self.sql.migration_begin, |begin| {
-                    self.migrate_begun(begin)
-                })
-                .await
-            }
-
-            /// The migration, in a transaction begun with `begin` (the
-            /// database's default when `None`).
-            async fn migrate_begun(&self, begin: Option<&'static str>) -> Result<(), sqlx::Error> {
-                let mut tx = $crate::stores::begin(&self.pool, begin).await?;
-                let migrated = async {
-                    for statement in &self.sql.migrate {
-                        sqlx::query(statement).execute(&mut *tx).await?;
-                    }
-                    Ok::<(), sqlx::Error>(())
-                }
-                .await;
-                $crate::stores::settle_migration(tx, migrated).await
+            $crate::stores::migration_methods! {
+                /// Creates the tables and their indexes if they are missing
+                /// (and in PostgreSQL the schema), in one transaction. The
+                /// indexes a PostgreSQL table made by an earlier version
+                /// lacks are built concurrently: see
+                /// [`PgOutbox::migrate`](crate::PgOutbox::migrate).
             }
 
             /// Records that `consumer` processes `message_id` (an outbox
@@ -843,7 +897,7 @@ macro_rules! sql_inbox {
     };
 }
 
-pub(crate) use {bind_event, sql_inbox, sql_outbox};
+pub(crate) use {bind_event, migration_methods, sql_inbox, sql_outbox};
 
 use std::fmt::Write as _;
 use std::time::Duration;

@@ -855,31 +855,190 @@ async fn two_tables_migrated_at_once_make_their_schema_once() {
     }
     let inbox = PgInbox::new(pool.clone(), &format!("{schema}.inbox")).unwrap();
     let inbox_migration = tokio::spawn(async move { inbox.migrate().await });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0",
-        )
-        .bind(&schema)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the inbox's migration never waited"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    seen_waiting(&pool, &schema, "").await;
     outbox_migration.commit().await.unwrap();
     inbox_migration.await.unwrap().unwrap();
     sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&pool)
         .await
         .unwrap();
+}
+
+/// Returns once a statement naming `schema` and holding `words` waits on
+/// a lock.
+async fn seen_waiting(pool: &PgPool, schema: &str, words: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0 AND strpos(query, $2) > 0",
+        )
+        .bind(schema)
+        .bind(words)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no statement on {schema} holding {words:?} waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether `schema`'s index `name` is there and valid (`None`: missing).
+async fn index_valid(pool: &PgPool, schema: &str, name: &str) -> Option<bool> {
+    sqlx::query_scalar(
+        "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+    )
+    .bind(schema)
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+/// A table made by an earlier version gains the index it lacks while
+/// writers go on: the index was built in the migration's transaction,
+/// whose share lock on the table waited for the transactions writing it
+/// and held up every write after it until the build ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_a_table_lacks_is_built_while_writers_go_on() {
+    let pg = Pg::start(|config| config).await;
+    let schema = pg.schema.clone();
+    let ready = format!("{schema}_outbox_ready");
+    sqlx::query(&format!("DROP INDEX {schema}.{ready}"))
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    let mut writing = pg.pool.begin().await.unwrap();
+    pg.outbox
+        .enqueue(&mut writing, &event("a", 1))
+        .await
+        .unwrap();
+    let outbox = pg.outbox.clone();
+    let migration = tokio::spawn(async move { outbox.migrate().await });
+    seen_waiting(&pg.pool, &schema, "INDEX").await;
+    tokio::time::timeout(Duration::from_secs(30), pg.place(&[event("b", 1)], true))
+        .await
+        .expect("a write waited on the index's build");
+    writing.commit().await.unwrap();
+    migration.await.unwrap().unwrap();
+    assert_eq!(index_valid(&pg.pool, &schema, &ready).await, Some(true));
+    pg.finish().await;
+}
+
+/// Adding a column waits on the transactions using the table, and every
+/// statement on the table waits behind it: the migration gives way and
+/// tries again, so writers go on while a long transaction reads the
+/// table (they all waited for it to end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_column_gives_way_to_writers() {
+    let pg = Pg::start(|config| config).await;
+    let schema = pg.schema.clone();
+    sqlx::query(&format!("ALTER TABLE {schema}.outbox DROP COLUMN claim_id"))
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    let mut reading = pg.pool.begin().await.unwrap();
+    sqlx::query(&format!("SELECT count(*) FROM {schema}.outbox"))
+        .execute(&mut *reading)
+        .await
+        .unwrap();
+    let outbox = pg.outbox.clone();
+    let migration = tokio::spawn(async move { outbox.migrate().await });
+    seen_waiting(&pg.pool, &schema, "ADD COLUMN").await;
+    tokio::time::timeout(Duration::from_secs(30), pg.place(&[event("b", 1)], true))
+        .await
+        .expect("a write waited on the migration");
+    reading.commit().await.unwrap();
+    migration.await.unwrap().unwrap();
+    let relay = Relay::new(pg.outbox.clone(), MemoryBroker::new(1));
+    assert_eq!(relay.run_once().await.unwrap().published, 1);
+    pg.finish().await;
+}
+
+/// An index whose build was cut off (a process stopped mid-build leaves
+/// it invalid: PostgreSQL keeps it up to date but never reads it) is
+/// built again; it was taken for there, and never used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_build_cut_off_is_built_again() {
+    let pg = Pg::start(|config| config).await;
+    let schema = pg.schema.clone();
+    let ready = format!("{schema}_outbox_ready");
+    sqlx::query(&format!(
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = '{schema}.{ready}'::regclass"
+    ))
+    .execute(&pg.pool)
+    .await
+    .unwrap();
+    pg.outbox.migrate().await.unwrap();
+    assert_eq!(index_valid(&pg.pool, &schema, &ready).await, Some(true));
+    pg.finish().await;
+}
+
+/// Processes starting together on a table made before all start, and the
+/// index it lacked is built once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processes_upgrading_one_table_together_all_start() {
+    let pg = Pg::start(|config| config).await;
+    let schema = pg.schema.clone();
+    let ready = format!("{schema}_outbox_ready");
+    sqlx::query(&format!("DROP INDEX {schema}.{ready}"))
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let outbox = PgOutbox::new(
+                pg.pool.clone(),
+                OutboxConfig::new(&format!("{schema}.outbox")).unwrap(),
+            );
+            tokio::spawn(async move { outbox.migrate().await })
+        })
+        .collect();
+    for start in starts {
+        start.await.unwrap().unwrap();
+    }
+    assert_eq!(index_valid(&pg.pool, &schema, &ready).await, Some(true));
+    pg.finish().await;
+}
+
+/// An inbox made by an earlier version gains the index it lacks while
+/// consumers go on recording what they processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_an_inbox_lacks_is_built_while_consumers_record() {
+    let pg = Pg::start(|config| config).await;
+    let schema = pg.schema.clone();
+    let index = format!("{schema}_inbox_consumer_processed");
+    sqlx::query(&format!("DROP INDEX {schema}.{index}"))
+        .execute(&pg.pool)
+        .await
+        .unwrap();
+    let mut consuming = pg.pool.begin().await.unwrap();
+    assert!(
+        pg.inbox
+            .process_once(&mut consuming, "reserve", Uuid::now_v7())
+            .await
+            .unwrap()
+    );
+    let inbox = pg.inbox.clone();
+    let migration = tokio::spawn(async move { inbox.migrate().await });
+    seen_waiting(&pg.pool, &schema, "INDEX").await;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        pg.process_once("ship", Uuid::now_v7(), true),
+    )
+    .await
+    .expect("a consumer waited on the index's build");
+    consuming.commit().await.unwrap();
+    migration.await.unwrap().unwrap();
+    assert_eq!(index_valid(&pg.pool, &schema, &index).await, Some(true));
+    pg.finish().await;
 }
 
 /// A table whose name makes PostgreSQL's names longer than its 63 bytes
