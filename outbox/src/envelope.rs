@@ -18,7 +18,10 @@ use crate::event::Message;
 /// percent-encoded (space, `"`, `%` and anything outside printable ASCII),
 /// so no value can break a header. Reading also accepts double-quoted
 /// values, and `content-type`, `traceparent` and `tracestate` without the
-/// prefix from older writers.
+/// prefix from older writers. A value that is not percent-encoded (a
+/// broken escape such as `50%off`, or escapes that are not UTF-8) was
+/// written as it stands, by an earlier version or another writer, and is
+/// read as it stands.
 ///
 /// # Example
 ///
@@ -195,14 +198,14 @@ impl Envelope {
     }
 
     /// Reads an envelope from header fields (names case-insensitive,
-    /// values percent-decoded).
+    /// values percent-decoded; one that is not percent-encoded is taken as
+    /// it stands).
     ///
     /// # Errors
     ///
     /// [`EnvelopeError`] when `ce-specversion` is not `1.0`, `ce-id`,
     /// `ce-source` or `ce-type` is missing or empty, `ce-id` is longer
-    /// than 256 bytes or holds a control character, a `ce-`
-    /// value is not valid percent-encoded UTF-8, or `ce-time` is not an
+    /// than 256 bytes or holds a control character, or `ce-time` is not an
     /// RFC 3339 time.
     pub fn from_headers<'a>(
         headers: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -213,8 +216,10 @@ impl Envelope {
             let name = name.to_ascii_lowercase();
             match name.strip_prefix("ce-") {
                 Some(attribute) => {
-                    let value = percent_decode(value)
-                        .ok_or_else(|| problem(format!("{name} is not percent-encoded UTF-8")))?;
+                    // Refusing it dead-lettered every message of a writer
+                    // that sent its values raw (palisade's before they
+                    // were encoded) holding a `%`.
+                    let value = percent_decode(value).unwrap_or_else(|| value.trim().to_owned());
                     attributes.insert(attribute.to_owned(), value);
                 }
                 None => {
@@ -527,7 +532,7 @@ mod tests {
     }
 
     #[test]
-    fn values_are_percent_decoded_and_broken_escapes_refused() {
+    fn values_are_percent_decoded_and_others_read_as_they_stand() {
         let mut headers = minimal("1");
         headers.push(("ce-tenant", "\"acme%20%E2%82%ac\""));
         headers.push(("ce-Region", "eu"));
@@ -541,10 +546,12 @@ mod tests {
             ]
             .into()
         );
-        for broken in ["%", "%4", "%zz", "%C0%A0", "%FF"] {
-            let mut headers = minimal("1");
-            headers.push(("ce-tenant", broken));
-            assert!(Envelope::from_headers(headers).is_err(), "{broken}");
+        for raw in ["%", "%4", "50%off", "%C0%A0", "%FF", "\"open"] {
+            let mut headers = minimal(raw);
+            headers.push(("ce-tenant", raw));
+            let envelope = Envelope::from_headers(headers).unwrap();
+            assert_eq!(envelope.id, raw);
+            assert_eq!(envelope.extensions["tenant"], raw);
         }
     }
 
