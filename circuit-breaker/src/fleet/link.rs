@@ -113,6 +113,11 @@ impl From<RedisError> for Left {
 /// A message on the fleet's channel: `open UNTIL REPLICA WHY` (`trip`: its
 /// own window tripped; `probe`: the fleet's probe failed) or `closed
 /// REPLICA` (the fleet's probe succeeded), for operators to watch too.
+///
+/// Replicas of other versions share the channel during a rolling upgrade:
+/// an `open` is read by its first three words (earlier versions wrote no
+/// `WHY`) and a `closed` by its first two, so words a later version adds
+/// after them are passed over rather than the message ignored.
 #[derive(Debug, PartialEq, Eq)]
 enum Heard<'a> {
     Open { until_ms: u64, replica: &'a str },
@@ -121,19 +126,13 @@ enum Heard<'a> {
 
 impl<'a> Heard<'a> {
     fn parse(message: &'a str) -> Option<Self> {
-        let mut words = message.split(' ');
-        match (
-            words.next()?,
-            words.next()?,
-            words.next(),
-            words.next(),
-            words.next(),
-        ) {
-            ("open", until, Some(replica), Some("trip" | "probe"), None) => Some(Self::Open {
+        let mut words = message.split(' ').filter(|word| !word.is_empty());
+        match (words.next()?, words.next()?, words.next()) {
+            ("open", until, Some(replica)) => Some(Self::Open {
                 until_ms: until.parse().ok()?,
                 replica,
             }),
-            ("closed", replica, None, None, None) => Some(Self::Closed { replica }),
+            ("closed", replica, _) => Some(Self::Closed { replica }),
             _ => None,
         }
     }
@@ -166,7 +165,10 @@ pub(super) struct Link {
     poll: Duration,
     timeout: Duration,
     alone: Arc<AtomicBool>,
-    /// The fleet's open period this breaker is in, until then (Unix ms).
+    /// The fleet's time, by which open periods are told.
+    clock: FleetClock,
+    /// The fleet's open period this breaker is in, until then (fleet
+    /// time, Unix ms).
     fleet_until: Option<u64>,
     /// When to race for the probe.
     probe_at: Option<tokio::time::Instant>,
@@ -222,6 +224,7 @@ impl Link {
             poll,
             timeout,
             alone,
+            clock: FleetClock::default(),
             fleet_until: None,
             probe_at: None,
             token: None,
@@ -374,7 +377,7 @@ impl Link {
     async fn on_own(&mut self, own: Own, connection: &mut ConnectionManager) -> Result<(), Left> {
         match (own, self.token.take()) {
             (Own::Opened(until), Some(token)) => {
-                let until_ms = unix_ms(until);
+                let until_ms = self.clock.unix_ms(until);
                 match self
                     .give_verdict(own, &token, Some(until_ms), connection)
                     .await?
@@ -390,7 +393,8 @@ impl Link {
                 }
             }
             (Own::Opened(until), None) => {
-                self.publish_trip(unix_ms(until), connection).await?;
+                self.publish_trip(self.clock.unix_ms(until), connection)
+                    .await?;
             }
             (Own::Closed, Some(token)) => {
                 match self.give_verdict(own, &token, None, connection).await? {
@@ -533,14 +537,16 @@ impl Link {
     fn hold_open(&mut self, until_ms: u64) -> Result<(), Left> {
         self.fleet_until = Some(until_ms);
         let until_ms = self.held_until(until_ms);
-        if until_ms <= unix_now_ms() && self.token.is_none() {
+        if until_ms <= self.clock.now_ms() && self.token.is_none() {
             // Over already: the race for the probe is now.
             self.probe_at = Some(tokio::time::Instant::now());
         } else {
-            self.probe_at = Some(tokio::time::Instant::from_std(instant_of(until_ms)));
+            self.probe_at = Some(tokio::time::Instant::from_std(
+                self.clock.instant_of(until_ms),
+            ));
         }
         self.breaker()?
-            .open_for_fleet(later(instant_of(until_ms), self.grace));
+            .open_for_fleet(later(self.clock.instant_of(until_ms), self.grace));
         Ok(())
     }
 
@@ -548,7 +554,7 @@ impl Link {
     /// `until_ms`: no longer than its own longest from now (a replica's
     /// clock far ahead, or a stray message, holds it no longer).
     fn held_until(&self, until_ms: u64) -> u64 {
-        until_ms.min(unix_now_ms().saturating_add(millis(self.longest)))
+        until_ms.min(self.clock.now_ms().saturating_add(millis(self.longest)))
     }
 
     /// A probe elsewhere succeeded.
@@ -613,13 +619,17 @@ impl Link {
     /// Reads the fleet's state and follows it: what a lost message or a
     /// time away from Redis missed.
     async fn catch_up(&mut self, connection: &mut ConnectionManager) -> Result<(), Left> {
-        let standing: Option<u64> = self
+        let sent = Instant::now();
+        let (standing, time): (Option<u64>, (u64, u64)) = self
             .command(
-                redis::cmd("GET")
+                redis::pipe()
+                    .cmd("GET")
                     .arg(&self.open_key)
+                    .cmd("TIME")
                     .query_async(connection),
             )
             .await?;
+        self.clock.read(time, sent, Instant::now());
         let breaker = self.breaker()?;
         match standing {
             Some(until_ms) if self.fleet_until != Some(until_ms) && self.token.is_none() => {
@@ -665,7 +675,7 @@ impl Link {
         if let (Some(until_ms), Some(breaker)) =
             (self.fleet_until, CircuitBreaker::upgrade(&self.breaker))
         {
-            breaker.open_for_fleet(instant_of(self.held_until(until_ms)));
+            breaker.open_for_fleet(self.clock.instant_of(self.held_until(until_ms)));
         }
         self.leave_open_period();
     }
@@ -674,7 +684,7 @@ impl Link {
     /// then the grace for the probe's verdict.
     fn px(&self, until_ms: u64) -> u64 {
         px(
-            Duration::from_millis(until_ms.saturating_sub(unix_now_ms()))
+            Duration::from_millis(until_ms.saturating_sub(self.clock.now_ms()))
                 .saturating_add(self.grace),
         )
     }
@@ -711,32 +721,65 @@ fn later(instant: Instant, duration: Duration) -> Instant {
         .unwrap_or_else(|| instant + Duration::from_millis(LONGEST_PX))
 }
 
-/// Now, in Unix milliseconds.
-fn unix_now_ms() -> u64 {
-    millis(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default(),
-    )
+/// The fleet's clock, in Unix milliseconds: Redis's (its `TIME`, read
+/// with every catch-up and taken as of halfway through the round trip),
+/// run on from there by this process's monotonic clock; this process's
+/// wall clock until Redis is first read. Open periods cross replicas as
+/// times on it: on each replica's own wall clock, one 40 s behind the
+/// others published open periods already over for them (they raced for
+/// the probe at once, and its success closed the whole fleet), and a
+/// wall clock stepped back or forward moved them.
+#[derive(Debug, Clone, Copy, Default)]
+struct FleetClock {
+    /// When Redis was read, and its time then.
+    read: Option<(Instant, u64)>,
 }
 
-/// An instant on this process's monotonic clock in Unix milliseconds.
-fn unix_ms(instant: Instant) -> u64 {
-    let (now, current) = (Instant::now(), unix_now_ms());
-    match instant.checked_duration_since(now) {
-        Some(ahead) => current + millis(ahead),
-        None => current.saturating_sub(millis(now.duration_since(instant))),
+impl FleetClock {
+    /// Redis's `TIME` (`seconds`, `microseconds`), asked at `sent` and
+    /// answered at `answered`.
+    fn read(&mut self, (seconds, micros): (u64, u64), sent: Instant, answered: Instant) {
+        let halfway = sent + answered.saturating_duration_since(sent) / 2;
+        let ms = seconds.saturating_mul(1_000).saturating_add(micros / 1_000);
+        self.read = Some((halfway, ms));
     }
-}
 
-/// Unix milliseconds as an instant on this process's monotonic clock.
-fn instant_of(unix_ms: u64) -> Instant {
-    let (now, current) = (Instant::now(), unix_now_ms());
-    if unix_ms >= current {
-        later(now, Duration::from_millis(unix_ms - current))
-    } else {
-        now.checked_sub(Duration::from_millis(current - unix_ms))
-            .unwrap_or(now)
+    /// The fleet's time now, and the instant it is taken at.
+    fn now(self) -> (Instant, u64) {
+        let now = Instant::now();
+        let ms = match self.read {
+            Some((at, ms)) => ms.saturating_add(millis(now.saturating_duration_since(at))),
+            None => millis(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default(),
+            ),
+        };
+        (now, ms)
+    }
+
+    fn now_ms(self) -> u64 {
+        self.now().1
+    }
+
+    /// An instant on this process's monotonic clock as fleet time.
+    fn unix_ms(self, instant: Instant) -> u64 {
+        let (now, current) = self.now();
+        match instant.checked_duration_since(now) {
+            Some(ahead) => current.saturating_add(millis(ahead)),
+            None => current.saturating_sub(millis(now.duration_since(instant))),
+        }
+    }
+
+    /// Fleet time as an instant on this process's monotonic clock.
+    fn instant_of(self, unix_ms: u64) -> Instant {
+        let (now, current) = self.now();
+        if unix_ms >= current {
+            later(now, Duration::from_millis(unix_ms - current))
+        } else {
+            now.checked_sub(Duration::from_millis(current - unix_ms))
+                .unwrap_or(now)
+        }
     }
 }
 
@@ -761,8 +804,8 @@ mod tests {
             "",
             "open",
             "open soon ab12",
+            "open 17",
             "closed",
-            "closed a b",
             "opened 1 a",
         ] {
             assert_eq!(Heard::parse(garbage), None, "{garbage:?}");
@@ -770,10 +813,54 @@ mod tests {
     }
 
     #[test]
-    fn unix_time_and_instants_round_trip_to_the_millisecond() {
-        let later = Instant::now() + Duration::from_secs(5);
-        let back = instant_of(unix_ms(later));
-        let apart = back.max(later) - back.min(later);
-        assert!(apart <= Duration::from_millis(2), "{apart:?}");
+    fn messages_of_earlier_and_later_versions_are_read() {
+        let open = Some(Heard::Open {
+            until_ms: 1_700_000_000_000,
+            replica: "ab12",
+        });
+        // Before open messages said why.
+        assert_eq!(Heard::parse("open 1700000000000 ab12"), open);
+        // A later version's words after those read here.
+        assert_eq!(Heard::parse("open 1700000000000 ab12 drain 3"), open);
+        assert_eq!(
+            Heard::parse("closed ab12 by-operator"),
+            Some(Heard::Closed { replica: "ab12" })
+        );
+    }
+
+    #[test]
+    fn fleet_time_and_instants_round_trip_to_the_millisecond() {
+        let mut clock = FleetClock::default();
+        for _ in 0..2 {
+            let later = Instant::now() + Duration::from_secs(5);
+            let back = clock.instant_of(clock.unix_ms(later));
+            let apart = back.max(later) - back.min(later);
+            assert!(apart <= Duration::from_millis(2), "{apart:?}");
+            let now = Instant::now();
+            clock.read((1_700_000_000, 0), now, now);
+        }
+    }
+
+    /// A replica 40 s behind this one trips for 30 s: its open period,
+    /// told on Redis's clock, lasts 30 s here. On the wall clocks it was
+    /// over 10 s before it began.
+    #[test]
+    fn an_open_period_lasts_its_length_whatever_this_machines_clock_says() {
+        let redis_ms = FleetClock::default().now_ms() - 40_000;
+        let mut clock = FleetClock::default();
+        let sent = Instant::now();
+        clock.read(
+            (redis_ms / 1_000, redis_ms % 1_000 * 1_000),
+            sent,
+            Instant::now(),
+        );
+        let until_ms = redis_ms + 30_000;
+        let held = clock
+            .instant_of(until_ms)
+            .saturating_duration_since(Instant::now());
+        assert!(
+            held > Duration::from_secs(20) && held <= Duration::from_secs(30),
+            "{held:?}"
+        );
     }
 }

@@ -31,14 +31,17 @@
 //!   ends when its own would have), says so once in the log, and rejoins
 //!   when Redis answers again.
 //!
-//! Clocks: open periods cross replicas as wall-clock times, so replicas
-//! whose clocks disagree by a few milliseconds half-open that much apart;
-//! the probe lease keeps it to one probe all the same.
+//! Clocks: open periods cross replicas as times on Redis's clock (its
+//! `TIME`, read with each poll, run on by each replica's monotonic clock),
+//! so replicas whose wall clocks disagree, or step, still hold an open
+//! period for its length; they half-open within a round trip of each
+//! other, and the probe lease keeps it to one probe all the same.
 //!
 //! What operators can watch: the channel `{prefix:name}` carries `open
 //! UNTIL_MS REPLICA trip|probe` and `closed REPLICA` (`{prefix:name}:dbN`
 //! on a database N other than 0: pub/sub is the server's, whatever the
-//! database); the key `{prefix:name}:open` holds the fleet's open period
+//! database; a replica reads the words it knows and passes over any a
+//! later version adds after them); the key `{prefix:name}:open` holds the fleet's open period
 //! while it lasts, and `{prefix:name}:probe` the token of the replica
 //! probing.
 //!
