@@ -460,26 +460,52 @@ enum Turn {
     Alone,
 }
 
-/// A refill's answer to the request that asked for it.
+/// Redis's answer to the request that asked (in a refill, or alone).
 struct Refilled {
     decision: Result<Decision, StoreError>,
     /// Whether Redis took the request's cost.
     spent: bool,
 }
 
-/// A request waiting for its refill's answer: dropped before reading an
-/// answer whose cost Redis took, it leaves that cost to the lease.
+/// A request waiting for Redis's answer, asked by a task of its own (a
+/// refill's, or its own alone): dropped before reading an answer whose
+/// cost Redis took, it leaves that cost to the lease.
 struct Awaiting<'a> {
     lease: &'a Lease,
     cost: u32,
     answer: oneshot::Receiver<Refilled>,
 }
 
+impl Awaiting<'_> {
+    /// The answer, or an error saying what stopped before Redis answered.
+    async fn answer(&mut self, asking: &str) -> Result<Decision, StoreError> {
+        match (&mut self.answer).await {
+            Ok(refilled) => refilled.decision,
+            Err(_) => Err(StoreError::backend(format!(
+                "{asking} stopped before Redis answered"
+            ))),
+        }
+    }
+}
+
 impl Drop for Awaiting<'_> {
     fn drop(&mut self) {
+        // Closed first: an answer sent after it fails, and its task keeps
+        // the cost; one sent before is read here. (Read, then dropped, an
+        // answer sent in between was lost with its cost.)
+        self.answer.close();
         if let Ok(Refilled { spent: true, .. }) = self.answer.try_recv() {
             self.lease.held().keep(self.cost);
         }
+    }
+}
+
+/// Tells `caller` Redis's answer to a request of `cost`; the cost Redis
+/// took for a caller that left is the lease's.
+fn tell(lease: &Lease, caller: oneshot::Sender<Refilled>, refilled: Refilled, cost: u32) {
+    let spent = refilled.spent;
+    if caller.send(refilled).is_err() && spent {
+        lease.held().keep(cost);
     }
 }
 
@@ -735,20 +761,20 @@ where
                     continue;
                 }
                 Turn::Alone => {
-                    let asked_at = Instant::now();
-                    let ask = Ask {
+                    // In a task of its own, as a refill: a caller that
+                    // stops waiting leaves the cost Redis took to the
+                    // lease (it was neither admitted nor held).
+                    let (caller, answer) = oneshot::channel();
+                    tokio::spawn(
+                        self.clone()
+                            .ask_alone(Arc::clone(lease), *bucket, cost, caller),
+                    );
+                    let mut awaiting = Awaiting {
+                        lease,
                         cost,
-                        want: cost,
-                        give_back: 0,
+                        answer,
                     };
-                    let Answer { decision, ran } = self.redis.ask(&lease.name, bucket, ask).await;
-                    // What Redis said, not the failure policy: a fallback
-                    // bucket's refusal kept would go on refusing the key,
-                    // without asking, long after Redis is back.
-                    if let (Ok(decision), Ran::Took(_)) = (&decision, ran) {
-                        lease.held().heard(decision, cost, asked_at);
-                    }
-                    return decision;
+                    return awaiting.answer("the request's call to Redis").await;
                 }
             };
             // Redis's answer is kept by a task of its own, so a caller that
@@ -763,13 +789,34 @@ where
                 cost,
                 answer,
             };
-            return match (&mut awaiting.answer).await {
-                Ok(refilled) => refilled.decision,
-                Err(_) => Err(StoreError::backend(
-                    "the lease's refill stopped before Redis answered",
-                )),
-            };
+            return awaiting.answer("the lease's refill").await;
         }
+    }
+
+    /// Asks Redis for `lease`'s key for a request's `cost` alone, and
+    /// tells `caller`.
+    async fn ask_alone(
+        self,
+        lease: Arc<Lease>,
+        bucket: Bucket,
+        cost: u32,
+        caller: oneshot::Sender<Refilled>,
+    ) {
+        let asked_at = Instant::now();
+        let ask = Ask {
+            cost,
+            want: cost,
+            give_back: 0,
+        };
+        let Answer { decision, ran } = self.redis.ask(&lease.name, &bucket, ask).await;
+        // What Redis said, not the failure policy: a fallback bucket's
+        // refusal kept would go on refusing the key, without asking, long
+        // after Redis is back.
+        if let (Ok(decision), Ran::Took(_)) = (&decision, ran) {
+            lease.held().heard(decision, cost, asked_at);
+        }
+        let spent = matches!(ran, Ran::Took(_)) && decision.as_ref().is_ok_and(|d| d.is_allowed());
+        tell(&lease, caller, Refilled { decision, spent }, cost);
     }
 
     /// Asks Redis for `lease`'s key, tells `caller` and keeps the answer;
@@ -803,10 +850,7 @@ where
         // The refill ends before its caller hears: the caller's next
         // request finds the lease as Redis left it, no refill under way.
         drop(refilling);
-        if caller.send(Refilled { decision, spent }).is_err() && spent {
-            // Its caller left: the cost Redis took for it is the lease's.
-            lease.held().keep(ask.cost);
-        }
+        tell(&lease, caller, Refilled { decision, spent }, ask.cost);
     }
 
     /// Starts the sweep with the first new key decided or pinned, or the

@@ -496,6 +496,61 @@ async fn a_refill_abandoned_mid_call_keeps_the_lease_redis_granted() {
     );
 }
 
+/// A request that asks Redis for its own cost beside a refill (a key's
+/// first lease asks for its first request's cost only), dropped once
+/// asked, leaves the cost Redis took to the lease: it was neither
+/// admitted nor held, a token lost until the bucket refilled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_asking_alone_and_dropped_leaves_its_cost_to_the_lease() {
+    let (proxy, url) = redis_proxy().await;
+    let fixture = fixture(leasing(), FailurePolicy::Propagate, &url).await;
+    let bucket = bucket(100);
+    let asked = |count: usize| {
+        let commands = Arc::clone(&fixture.commands);
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while commands.load(Ordering::Relaxed) < count {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{count} commands never reached Redis"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    proxy.stall();
+    let first = {
+        let store = fixture.store.clone();
+        tokio::spawn(async move { store.decide("k", &bucket, 1).await })
+    };
+    asked(1).await;
+    {
+        let mut alone = pin!(fixture.store.decide("k", &bucket, 1));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(alone.as_mut().poll(&mut cx).is_pending());
+        asked(2).await;
+        // The client sends a command whose caller left before it went out
+        // no more; one gone out is Redis's to run. Time for it to go out
+        // (it passes either way: once out, the cost must not be lost).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    proxy.resume().await;
+    assert!(first.await.unwrap().unwrap().is_allowed());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = fixture.left_in_redis("k", &bucket).await;
+        let held = u32::try_from(fixture.store.held()).unwrap();
+        if left + held + 1 == 100 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} left in Redis, {held} held and one admitted: a token lost"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_refill_polled_once_and_left_keeps_no_request_waiting() {
     let fixture = fixture(leasing(), FailurePolicy::Propagate, &redis_url()).await;
