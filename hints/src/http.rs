@@ -45,9 +45,43 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
 }
 
 /// The wait asked for by the first `Retry-After` in `headers`, if any.
+///
+/// An HTTP date is measured on the server's clock where the response
+/// says what its clock read (its `Date`, less its `Age` where a cache
+/// held it): the date minus the server's now, whatever this machine's
+/// clock says. On `now`, a server whose clock ran 2 minutes ahead asking
+/// for 30 s was read as 150 s (a retry gave up on a wait over its cap, a
+/// breaker stayed open minutes). Without a `Date`, it is measured from
+/// `now`.
+///
+/// # Example
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use http::HeaderMap;
+/// use palisade_hints::http::retry_after;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("retry-after", "Sun, 06 Nov 1994 08:50:27 GMT".parse().unwrap());
+/// headers.insert("date", "Sun, 06 Nov 1994 08:49:57 GMT".parse().unwrap());
+/// // This machine's clock is an hour behind the server's.
+/// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_797 - 3_600);
+/// assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(30)));
+/// ```
 #[must_use]
 pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    parse_retry_after(headers.get(RETRY_AFTER)?, now)
+    let value = headers.get(RETRY_AFTER)?;
+    let servers_now = headers
+        .get(http::header::DATE)
+        .and_then(|date| httpdate::parse_http_date(date.to_str().ok()?.trim()).ok())
+        .map(|date| {
+            let age = headers
+                .get(http::header::AGE)
+                .and_then(|age| age.to_str().ok()?.trim().parse().ok())
+                .map_or(Duration::ZERO, Duration::from_secs);
+            date.checked_add(age).unwrap_or(date)
+        });
+    parse_retry_after(value, servers_now.unwrap_or(now))
 }
 
 /// `Retry-After` for a wait, in whole seconds rounded up and at least 1,
@@ -136,6 +170,33 @@ mod tests {
         }
         let opaque = HeaderValue::from_bytes(b"\xff12").unwrap();
         assert_eq!(parse_retry_after(&opaque, now()), None);
+    }
+
+    /// A date is measured on the server's clock, here two minutes ahead
+    /// of this machine's: it asked for 30 s, not 150.
+    #[test]
+    fn a_date_is_measured_from_the_servers_own_now() {
+        let servers_now = now() + Duration::from_secs(120);
+        let header = |at: SystemTime| HeaderValue::from_str(&httpdate::fmt_http_date(at)).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, header(servers_now + Duration::from_secs(30)));
+        assert_eq!(
+            retry_after(&headers, now()),
+            Some(Duration::from_secs(150)),
+            "without its Date, from this machine's now"
+        );
+        headers.insert(http::header::DATE, header(servers_now));
+        assert_eq!(retry_after(&headers, now()), Some(Duration::from_secs(30)));
+        // Held 10 s by a cache: 10 s of the wait are over.
+        headers.insert(http::header::AGE, HeaderValue::from_static("10"));
+        assert_eq!(retry_after(&headers, now()), Some(Duration::from_secs(20)));
+        // Seconds are seconds, whatever the clocks.
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        assert_eq!(retry_after(&headers, now()), Some(Duration::from_secs(5)));
+        // A Date that does not parse is no clock.
+        headers.insert(RETRY_AFTER, header(now() + Duration::from_secs(30)));
+        headers.insert(http::header::DATE, HeaderValue::from_static("yesterday"));
+        assert_eq!(retry_after(&headers, now()), Some(Duration::from_secs(30)));
     }
 
     #[test]
