@@ -67,7 +67,7 @@ use palisade_coalesce::{Cache, Freshness};
 use palisade_slo::{AtOnce, ErrorBudget, Objective, SloLayer};
 use palisade_traffic::{CellRouter, Cells};
 
-use crate::objectives::{Judged, Objectives, SagaRead, SagasEndInTime};
+use crate::objectives::{GivenUp, Judged, Objectives, SagaRead, SagasEndInTime};
 use palisade_token_bucket::{LocalStore, RateLimitLayer, key};
 use palisade_tracecontext::{MIN_PROPAGATED_LEN, Propagator, TraceContextLayer};
 use serde::{Deserialize, Serialize};
@@ -287,12 +287,13 @@ where
     };
     let objectives = &shared.objectives;
     let orders = SloLayer::new_for_http(budget(&objectives.orders, "orders"));
-    let sagas = SloLayer::new_for_http(budget(&objectives.sagas, "sagas")).classify(AtOnce(
-        SagasEndInTime {
-            within: objectives.saga_within,
-            judged: Judged::default(),
-        },
-    ));
+    let judge = SagasEndInTime {
+        within: objectives.saga_within,
+        judged: Judged::default(),
+    };
+    let sagas_budget = budget(&objectives.sagas, "sagas");
+    let given_up = GivenUp::new(sagas_budget.clone(), judge.clone());
+    let sagas = SloLayer::new_for_http(sagas_budget).classify(AtOnce(judge));
     // A cell's signed-in routes, behind the bearer check (the request
     // carries its `Principal`); every cell counts into the same budgets.
     let cell_routes = |services: Services| -> Router {
@@ -301,6 +302,7 @@ where
             .route("/orders/{id}", get(order).layer(sagas.clone()))
             .merge(cell_admin(&services))
             .with_state(services)
+            .layer(Extension(given_up.clone()))
     };
     let names: Arc<[String]> = cells.iter().map(|(name, _)| name.clone()).collect();
     let cells = Cells::new(
@@ -767,6 +769,7 @@ async fn history(
 async fn order(
     State(services): State<Services>,
     Extension(Principal { user, .. }): Extension<Principal>,
+    Extension(given_up): Extension<GivenUp>,
     Path(id): Path<String>,
     Query(query): Query<OrderQuery>,
 ) -> Response {
@@ -776,7 +779,13 @@ async fn order(
     let known = order_id.to_string();
     let wait = std::time::Duration::from_millis(query.wait_ms.unwrap_or(0).min(30_000));
     let started = tokio::time::Instant::now();
-    match services.orders.wait_for_end(&user, &known, wait).await {
+    // A wait is judged should its client give up on it (dropped here).
+    let waiting = (!wait.is_zero()).then(|| given_up.waiting(order_id, started));
+    let ended = services.orders.wait_for_end(&user, &known, wait).await;
+    if let Some(waiting) = waiting {
+        waiting.answered();
+    }
+    match ended {
         Ok(Some(order)) => {
             let read = SagaRead {
                 order: order_id,

@@ -11,15 +11,17 @@
 //!   longer, or a wait at least that long that ends with the saga still
 //!   pending, is bad; a shorter wait that ends pending says nothing. A card
 //!   processor that is down leaves sagas pending (payment waits it out),
-//!   so this is the objective an outage burns. A gateway judges each saga
-//!   once, however often it is read ([`Judged`]).
+//!   so this is the objective an outage burns. A wait its client gives
+//!   up on counts as it would have ended: bad once it had waited that long
+//!   ([`GivenUp`]). A gateway judges each saga once, however often it is
+//!   read ([`Judged`]).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::response::Response;
-use palisade_slo::{Classify, Event, Objective};
+use palisade_slo::{Classify, ErrorBudget, Event, Objective};
 
 /// The gateway's objectives.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +90,66 @@ impl<E> Classify<Response, E> for SagasEndInTime {
             return Event::Excluded;
         }
         event
+    }
+}
+
+/// The `sagas` objective's judgement of waits their clients gave up on.
+/// A client gone drops its read before it answers, so the objective's
+/// layer saw no answer and counted nothing: in an outage whose clients
+/// time out before their `wait_ms`, the late sagas burned no budget and
+/// the page never fired. A wait given up after waiting
+/// [`within`](SagasEndInTime::within) or longer, its saga pending at its
+/// last look, judges the saga bad (once, with the reads' judgements).
+#[derive(Debug, Clone)]
+pub struct GivenUp {
+    budget: ErrorBudget,
+    sagas: SagasEndInTime,
+}
+
+impl GivenUp {
+    /// Judges into `budget` (the `sagas` objective's) as `sagas` judges
+    /// the reads that answer.
+    #[must_use]
+    pub const fn new(budget: ErrorBudget, sagas: SagasEndInTime) -> Self {
+        Self { budget, sagas }
+    }
+
+    /// A waited read of `order`, begun at `started`, to be judged should
+    /// it be dropped before it answers ([`Waiting::answered`]).
+    #[must_use]
+    pub fn waiting(&self, order: uuid::Uuid, started: tokio::time::Instant) -> Waiting {
+        Waiting {
+            given_up: Some(self.clone()),
+            order,
+            started,
+        }
+    }
+}
+
+/// A waited read under way (see [`GivenUp`]).
+#[derive(Debug)]
+pub struct Waiting {
+    /// `None` once answered.
+    given_up: Option<GivenUp>,
+    order: uuid::Uuid,
+    started: tokio::time::Instant,
+}
+
+impl Waiting {
+    /// The read answers: the objective's layer judges its answer.
+    pub fn answered(mut self) {
+        self.given_up = None;
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let Some(GivenUp { budget, sagas }) = self.given_up.take() else {
+            return;
+        };
+        if self.started.elapsed() >= sagas.within && sagas.judged.first_time(self.order) {
+            budget.record(false, budget.now());
+        }
     }
 }
 
@@ -197,6 +259,38 @@ mod tests {
             ..pending
         };
         assert_eq!(read(&sagas, Some(ended)), Event::Good);
+    }
+
+    /// A wait given up once it had waited as long as a saga may take
+    /// judges the saga bad, once; one given up sooner, or answered,
+    /// judges nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_given_up_late_judges_its_saga_bad_once() {
+        let budget = ErrorBudget::new(Objective::new(0.99)).unwrap();
+        let sagas = sagas();
+        let given_up = GivenUp::new(budget.clone(), sagas.clone());
+        let bad = || budget.report(budget.now()).counts().bad;
+        let (late, early) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let started = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        drop(given_up.waiting(early, tokio::time::Instant::now()));
+        given_up.waiting(late, started).answered();
+        assert_eq!(bad(), 0, "given up early, or answered");
+        drop(given_up.waiting(late, started));
+        assert_eq!(bad(), 1);
+        drop(given_up.waiting(late, started));
+        assert_eq!(
+            read(
+                &sagas,
+                Some(SagaRead {
+                    order: late,
+                    waited: Duration::from_secs(30),
+                    took: None
+                })
+            ),
+            Event::Excluded
+        );
+        assert_eq!(bad(), 1, "judged once");
     }
 
     /// The judged sagas are bounded: the oldest is forgotten first.

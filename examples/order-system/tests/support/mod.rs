@@ -165,6 +165,18 @@ pub async fn set_processor(operator: &Gateway, faults: serde_json::Value) {
 /// Places an order as `user` and waits for its saga up to `wait`: the
 /// order's status then.
 pub async fn place_and_wait(user: &Gateway, wait: std::time::Duration) -> String {
+    let path = format!("/orders/{}?wait_ms={}", place(user).await, wait.as_millis());
+    let (status, body) = user
+        .send(http::Method::GET, &path, &[], bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{status}: {body:?}");
+    let order: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    order["status"].as_str().unwrap().to_owned()
+}
+
+/// Places an order as `user`: its id.
+pub async fn place(user: &Gateway) -> String {
     let key = format!("order-{}", fastrand::u64(..));
     let (status, body) = user
         .send(
@@ -180,18 +192,7 @@ pub async fn place_and_wait(user: &Gateway, wait: std::time::Duration) -> String
         .unwrap();
     assert!(status.is_success(), "{status}: {body:?}");
     let order: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let path = format!(
-        "/orders/{}?wait_ms={}",
-        order["id"].as_str().unwrap(),
-        wait.as_millis()
-    );
-    let (status, body) = user
-        .send(http::Method::GET, &path, &[], bytes::Bytes::new())
-        .await
-        .unwrap();
-    assert!(status.is_success(), "{status}: {body:?}");
-    let order: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    order["status"].as_str().unwrap().to_owned()
+    order["id"].as_str().unwrap().to_owned()
 }
 
 /// The injected faults of the card processor `services` run in process.
