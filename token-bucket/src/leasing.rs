@@ -186,10 +186,10 @@ impl Leasing {
 /// - **Callers that leave:** Redis is asked by a task of the store's own,
 ///   so a request abandoned mid-call (a timeout above the limiter, a
 ///   client gone) loses nothing: the lease Redis grants is kept, the
-///   abandoned request's cost included, and the key's other requests get
-///   their answer. (A request asking Redis for its own cost alone is as
-///   in the [`RedisStore`]: abandoned once sent, its tokens may be spent.)
-///   The store needs a Tokio runtime.
+///   abandoned request's cost included (a request asking Redis for its
+///   own cost alone, beside a refill or where no lease could hold more
+///   than it, too), and the key's other requests get their answer. The
+///   store needs a Tokio runtime.
 /// - A key longer than [`MAX_KEY_BYTES`](crate::MAX_KEY_BYTES) (not counting
 ///   the bucket a [`RateLimitLayer`](crate::RateLimitLayer) puts before
 ///   it) is decided in Redis one request at a time, as is a key past
@@ -426,6 +426,14 @@ impl Held {
         self.tokens = self.tokens.saturating_add(tokens);
     }
 
+    /// Adds `tokens` taken from `bucket` in Redis to those held, to be
+    /// given back there if not spent: a lease no refill made knew no
+    /// bucket, and held such tokens for good (its key never forgotten).
+    fn keep_of(&mut self, bucket: Bucket, tokens: u32) {
+        self.keep(tokens);
+        self.bucket.get_or_insert(bucket);
+    }
+
     /// Takes the tokens to give back: every one, or only expired ones.
     fn take_unspent(&mut self, now: Instant, all: bool) -> Option<(Bucket, u32)> {
         if self.tokens == 0 || self.refilling || !(all || now >= self.expires) {
@@ -472,6 +480,7 @@ struct Refilled {
 /// cost Redis took, it leaves that cost to the lease.
 struct Awaiting<'a> {
     lease: &'a Lease,
+    bucket: Bucket,
     cost: u32,
     answer: oneshot::Receiver<Refilled>,
 }
@@ -495,17 +504,22 @@ impl Drop for Awaiting<'_> {
         // answer sent in between was lost with its cost.)
         self.answer.close();
         if let Ok(Refilled { spent: true, .. }) = self.answer.try_recv() {
-            self.lease.held().keep(self.cost);
+            self.lease.held().keep_of(self.bucket, self.cost);
         }
     }
 }
 
-/// Tells `caller` Redis's answer to a request of `cost`; the cost Redis
-/// took for a caller that left is the lease's.
-fn tell(lease: &Lease, caller: oneshot::Sender<Refilled>, refilled: Refilled, cost: u32) {
+/// Tells `caller` Redis's answer to a request of `cost` in `bucket`; the
+/// cost Redis took for a caller that left is the lease's.
+fn tell(
+    lease: &Lease,
+    caller: oneshot::Sender<Refilled>,
+    refilled: Refilled,
+    (bucket, cost): (Bucket, u32),
+) {
     let spent = refilled.spent;
     if caller.send(refilled).is_err() && spent {
-        lease.held().keep(cost);
+        lease.held().keep_of(bucket, cost);
     }
 }
 
@@ -586,9 +600,7 @@ impl Leases {
         let Some(lease) = self.find_or_make(name, true) else {
             return;
         };
-        let mut held = lease.held();
-        held.keep(tokens);
-        held.bucket.get_or_insert(bucket);
+        lease.held().keep_of(bucket, tokens);
     }
 
     /// Counts a refill that leased `leased` tokens beyond its request's
@@ -771,6 +783,7 @@ where
                     );
                     let mut awaiting = Awaiting {
                         lease,
+                        bucket: *bucket,
                         cost,
                         answer,
                     };
@@ -786,6 +799,7 @@ where
             tokio::spawn(self.clone().ask_redis(refilling, *bucket, ask, caller));
             let mut awaiting = Awaiting {
                 lease,
+                bucket: *bucket,
                 cost,
                 answer,
             };
@@ -816,7 +830,7 @@ where
             lease.held().heard(decision, cost, asked_at);
         }
         let spent = matches!(ran, Ran::Took(_)) && decision.as_ref().is_ok_and(|d| d.is_allowed());
-        tell(&lease, caller, Refilled { decision, spent }, cost);
+        tell(&lease, caller, Refilled { decision, spent }, (bucket, cost));
     }
 
     /// Asks Redis for `lease`'s key, tells `caller` and keeps the answer;
@@ -850,7 +864,12 @@ where
         // The refill ends before its caller hears: the caller's next
         // request finds the lease as Redis left it, no refill under way.
         drop(refilling);
-        tell(&lease, caller, Refilled { decision, spent }, ask.cost);
+        tell(
+            &lease,
+            caller,
+            Refilled { decision, spent },
+            (bucket, ask.cost),
+        );
     }
 
     /// Starts the sweep with the first new key decided or pinned, or the

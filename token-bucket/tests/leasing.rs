@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Waker};
 use std::time::Duration;
 
+use palisade_testkit::proxy::Proxy;
 use palisade_testkit::servers::{redis_proxy, redis_url};
 use palisade_token_bucket::{
     Bucket, FailurePolicy, Leasing, LeasingStore, LocalStore, RateLimitLayer, RateLimited,
@@ -138,6 +139,37 @@ impl Fixture {
     /// Tokens Redis has for anyone now.
     async fn left_in_redis(&self, key: &str, bucket: &Bucket) -> u32 {
         self.plain.decide(key, bucket, 0).await.unwrap().remaining()
+    }
+
+    /// Returns once `count` commands have reached the (maybe stalled)
+    /// connection to Redis.
+    async fn reached_redis(&self, count: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.commands.load(Ordering::Relaxed) < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{count} commands never reached Redis"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Asks for one token of `key` once, with Redis stalled, and drops the
+    /// request once its command has gone out.
+    async fn abandon_once_asked(&self, proxy: &Proxy, key: &str, bucket: &Bucket, asked: usize) {
+        proxy.stall();
+        {
+            let mut asking = pin!(self.store.decide(key, bucket, 1));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(asking.as_mut().poll(&mut cx).is_pending());
+            self.reached_redis(asked).await;
+            // The client sends a command whose caller left before it went
+            // out no more; one gone out is Redis's to run. Time for it to
+            // go out (it passes either way: once out, the cost must not be
+            // lost).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        proxy.resume().await;
     }
 
     /// Whether the leasing store admits a request of `cost` for `key`.
@@ -505,36 +537,13 @@ async fn a_request_asking_alone_and_dropped_leaves_its_cost_to_the_lease() {
     let (proxy, url) = redis_proxy().await;
     let fixture = fixture(leasing(), FailurePolicy::Propagate, &url).await;
     let bucket = bucket(100);
-    let asked = |count: usize| {
-        let commands = Arc::clone(&fixture.commands);
-        async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while commands.load(Ordering::Relaxed) < count {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "{count} commands never reached Redis"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
     proxy.stall();
     let first = {
         let store = fixture.store.clone();
         tokio::spawn(async move { store.decide("k", &bucket, 1).await })
     };
-    asked(1).await;
-    {
-        let mut alone = pin!(fixture.store.decide("k", &bucket, 1));
-        let mut cx = Context::from_waker(Waker::noop());
-        assert!(alone.as_mut().poll(&mut cx).is_pending());
-        asked(2).await;
-        // The client sends a command whose caller left before it went out
-        // no more; one gone out is Redis's to run. Time for it to go out
-        // (it passes either way: once out, the cost must not be lost).
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    proxy.resume().await;
+    fixture.reached_redis(1).await;
+    fixture.abandon_once_asked(&proxy, "k", &bucket, 2).await;
     assert!(first.await.unwrap().unwrap().is_allowed());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -546,6 +555,38 @@ async fn a_request_asking_alone_and_dropped_leaves_its_cost_to_the_lease() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{left} left in Redis, {held} held and one admitted: a token lost"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A request no lease could hold more than (a hundredth of a bucket of
+/// 100), dropped once asked: the cost Redis took for it goes back to
+/// Redis. Its lease, never refilled, knew no bucket to give it back to,
+/// and held it for good, its key never forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cost_left_on_a_key_that_never_leased_goes_back_to_redis() {
+    let (proxy, url) = redis_proxy().await;
+    let fixture = fixture(swept_soon().max_share(0.01), FailurePolicy::Propagate, &url).await;
+    let bucket = bucket(100);
+    fixture.abandon_once_asked(&proxy, "k", &bucket, 1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fixture.left_in_redis("k", &bucket).await == 100 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    loop {
+        let left = fixture.left_in_redis("k", &bucket).await;
+        let held = fixture.store.held();
+        if (left, held) == (100, 0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} left in Redis and {held} held: the token never went back"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
