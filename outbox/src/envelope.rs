@@ -18,10 +18,11 @@ use crate::event::Message;
 /// percent-encoded (space, `"`, `%` and anything outside printable ASCII),
 /// so no value can break a header. Reading also accepts double-quoted
 /// values, and `content-type`, `traceparent` and `tracestate` without the
-/// prefix from older writers. A value that is not percent-encoded (a
+/// prefix from older writers. A value that cannot be percent-encoding (a
 /// broken escape such as `50%off`, or escapes that are not UTF-8) was
 /// written as it stands, by an earlier version or another writer, and is
-/// read as it stands.
+/// read as it stands (a raw value that happens to hold valid escapes,
+/// such as `a%20b`, cannot be told apart, and is decoded).
 ///
 /// # Example
 ///
@@ -198,8 +199,8 @@ impl Envelope {
     }
 
     /// Reads an envelope from header fields (names case-insensitive,
-    /// values percent-decoded; one that is not percent-encoded is taken as
-    /// it stands).
+    /// values percent-decoded; one that cannot be percent-encoding is
+    /// taken as it stands).
     ///
     /// # Errors
     ///
@@ -216,10 +217,11 @@ impl Envelope {
             let name = name.to_ascii_lowercase();
             match name.strip_prefix("ce-") {
                 Some(attribute) => {
-                    // Refusing it dead-lettered every message of a writer
-                    // that sent its values raw (palisade's before they
-                    // were encoded) holding a `%`.
-                    let value = percent_decode(value).unwrap_or_else(|| value.trim().to_owned());
+                    // Refusing one that is not percent-encoding
+                    // dead-lettered every message of a writer that sent
+                    // its values raw (palisade's before they were encoded)
+                    // holding a `%`.
+                    let value = percent_decode(value);
                     attributes.insert(attribute.to_owned(), value);
                 }
                 None => {
@@ -303,23 +305,28 @@ fn percent_encode(value: &str) -> String {
 }
 
 /// A header value as the NATS binding reads it: a double-quoted string
-/// unescaped, then one round of percent-decoding; `None` for a broken
-/// escape or bytes that are not UTF-8.
-fn percent_decode(value: &str) -> Option<String> {
-    let unquoted;
-    let value = match value.trim().strip_prefix('"') {
-        Some(quoted) => {
-            let quoted = quoted.strip_suffix('"')?;
-            let mut out = String::with_capacity(quoted.len());
-            let mut chars = quoted.chars();
-            while let Some(c) = chars.next() {
-                out.push(if c == '\\' { chars.next()? } else { c });
-            }
-            unquoted = out;
-            unquoted.as_str()
+/// unescaped, then one round of percent-decoding. A value that is not
+/// percent-encoding (a broken escape, or escapes that are not UTF-8) was
+/// written as it stands (by an earlier version, or another writer), and
+/// is read so, unquoted; a quote never closed is part of the value.
+fn percent_decode(value: &str) -> String {
+    let value = value.trim();
+    let unquoted = value.strip_prefix('"').and_then(|quoted| {
+        let quoted = quoted.strip_suffix('"')?;
+        let mut out = String::with_capacity(quoted.len());
+        let mut chars = quoted.chars();
+        while let Some(c) = chars.next() {
+            out.push(if c == '\\' { chars.next()? } else { c });
         }
-        None => value.trim(),
-    };
+        Some(out)
+    });
+    let value = unquoted.as_deref().unwrap_or(value);
+    decode_escapes(value).unwrap_or_else(|| value.to_owned())
+}
+
+/// `value` with its `%XY` escapes decoded; `None` for a broken escape or
+/// bytes that are not UTF-8.
+fn decode_escapes(value: &str) -> Option<String> {
     let hex = |b: u8| {
         char::from(b)
             .to_digit(16)
@@ -546,12 +553,21 @@ mod tests {
             ]
             .into()
         );
-        for raw in ["%", "%4", "50%off", "%C0%A0", "%FF", "\"open"] {
-            let mut headers = minimal(raw);
-            headers.push(("ce-tenant", raw));
+        for (sent, read) in [
+            ("%", "%"),
+            ("%4", "%4"),
+            ("50%off", "50%off"),
+            ("%C0%A0", "%C0%A0"),
+            ("%FF", "%FF"),
+            ("\"open", "\"open"),
+            ("\"50%off\"", "50%off"),
+            ("\"a\\\"b%zz\"", "a\"b%zz"),
+        ] {
+            let mut headers = minimal(sent);
+            headers.push(("ce-tenant", sent));
             let envelope = Envelope::from_headers(headers).unwrap();
-            assert_eq!(envelope.id, raw);
-            assert_eq!(envelope.extensions["tenant"], raw);
+            assert_eq!(envelope.id, read, "{sent}");
+            assert_eq!(envelope.extensions["tenant"], read, "{sent}");
         }
     }
 

@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 use sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::Notify;
 
-use crate::sql::{ConcurrentIndex, Dialect};
+use crate::sql::{Dialect, Migration};
 use crate::stores::{sql_inbox, sql_outbox};
 
 sql_outbox! {
@@ -138,23 +138,44 @@ async fn unneeded(pool: &PgPool, wake: &Weak<Notify>) {
     }
 }
 
-/// Builds the indexes `table`, made by an earlier version, lacks (or holds
-/// invalid: a build cut off) without holding up its writers: `CREATE INDEX
-/// CONCURRENTLY`, one at a time, on a session of its own that no timeout
-/// of the pool's cuts short. One process builds at a time: it holds a
-/// session lock the others only try for, so a process starting meanwhile
-/// goes on without the indexes (they make claims and forgetting faster;
-/// nothing waits on them). The session is closed afterwards, and its lock
-/// with it, whatever happened; dropped mid-build, the server finishes the
-/// build on its own.
-async fn build_concurrently(
-    pool: &PgPool,
-    table: &str,
-    indexes: Vec<&ConcurrentIndex>,
-) -> Result<(), sqlx::Error> {
-    if indexes.is_empty() {
-        return Ok(());
+/// Builds in the background the indexes (`late`, their places in
+/// `migration.indexes`) that a table made by an earlier version lacks, or
+/// holds invalid (a build cut off), without holding up its writers: see
+/// [`build_late`].
+fn build_concurrently(pool: &PgPool, migration: &Arc<Migration>, late: &[usize]) {
+    if late.is_empty() {
+        return;
     }
+    let (pool, migration, late) = (pool.clone(), Arc::clone(migration), late.to_vec());
+    tokio::spawn(async move {
+        let table = &migration.table;
+        match build_late(&pool, &migration, &late).await {
+            Ok(()) => {}
+            Err(error) => tracing::warn!(
+                target: "palisade_outbox",
+                table,
+                %error,
+                "building the indexes the table lacks failed; the next start builds them"
+            ),
+        }
+    });
+}
+
+/// `CREATE INDEX CONCURRENTLY`, one index at a time, on a session of its
+/// own that no timeout of the pool's cuts short. One process builds at a
+/// time: it holds a session lock the others only try for, so a process
+/// starting meanwhile leaves the builds to it. An invalid index that is
+/// being built (by someone else: an operator's own build) is left to that
+/// build; one that is not is dropped and built again. The session is
+/// closed afterwards, and its lock with it, whatever happened; dropped
+/// mid-build (its runtime stopping), the server finishes the build on its
+/// own.
+async fn build_late(
+    pool: &PgPool,
+    migration: &Migration,
+    late: &[usize],
+) -> Result<(), sqlx::Error> {
+    let table = &migration.table;
     let mut session = pool.acquire().await?.detach();
     let built = async {
         sqlx::query(
@@ -173,17 +194,29 @@ async fn build_concurrently(
             tracing::info!(
                 target: "palisade_outbox",
                 table,
-                "another process builds the indexes the table lacks; this one goes on without them"
+                "another process builds the indexes the table lacks"
             );
             return Ok(());
         }
-        for index in indexes {
+        for index in late.iter().filter_map(|&at| migration.indexes.get(at)?.concurrently.as_ref()) {
             let valid: Option<bool> = sqlx::query_scalar(&index.state)
                 .fetch_optional(&mut session)
                 .await?;
             match valid {
                 Some(true) => continue,
                 Some(false) => {
+                    let building: bool = sqlx::query_scalar(&index.building)
+                        .fetch_one(&mut session)
+                        .await?;
+                    if building {
+                        tracing::info!(
+                            target: "palisade_outbox",
+                            table,
+                            index = %index.name,
+                            "an index the table lacks is being built already; it is left to that build"
+                        );
+                        continue;
+                    }
                     sqlx::query(&index.drop).execute(&mut session).await?;
                 }
                 None => {}
@@ -195,6 +228,7 @@ async fn build_concurrently(
                 "building an index the table lacks, concurrently: writers go on meanwhile"
             );
             sqlx::query(&index.build).execute(&mut session).await?;
+            tracing::info!(target: "palisade_outbox", table, index = %index.name, "index built");
         }
         Ok(())
     }

@@ -38,8 +38,9 @@ pub(crate) const INSERT_ROWS: usize = 500;
 /// claim sets it aside (see `OutboxSql::claim`).
 const SET_ASIDE_BEHIND: u32 = 4;
 
-/// How long a migration waits on a table others are using before it gives
-/// way, to try again (PostgreSQL).
+/// How long past PostgreSQL's deadlock timeout (when an autovacuum in the
+/// way is cancelled) a migration waits on a table others are using before
+/// it gives way, to try again.
 #[cfg(feature = "postgres")]
 pub(crate) const MIGRATION_LOCK_WAIT: Duration = Duration::from_millis(500);
 
@@ -84,6 +85,9 @@ pub(crate) struct ConcurrentIndex {
     /// Whether it is valid: no row when missing, `false` while it is
     /// being built or when a build was cut off.
     pub(crate) state: String,
+    /// Whether a build of it is under way (someone else's: an operator's
+    /// own `CREATE INDEX CONCURRENTLY`), one row.
+    pub(crate) building: String,
     pub(crate) build: String,
     /// Drops it, to build it again after a build cut off.
     pub(crate) drop: String,
@@ -295,6 +299,10 @@ impl Dialect {
                             "CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {on} {definition}"
                         ),
                         drop: format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"),
+                        building: format!(
+                            "SELECT EXISTS (SELECT 1 FROM pg_stat_progress_create_index \
+                             WHERE index_relid = to_regclass('{qualified}'))"
+                        ),
                         name: qualified,
                         state,
                     }),
@@ -428,10 +436,14 @@ impl Dialect {
                 // table, and every statement on the table waits behind it:
                 // a long transaction held up all the table's writers (and
                 // readers) for as long as it lasted. Waiting on the table
-                // gives way after half a second, and the migration tries
-                // again (`stores::again_when_held`).
+                // gives way, and the migration tries again
+                // (`stores::again_when_held`): half a second past the
+                // deadlock timeout, when PostgreSQL cancels an autovacuum
+                // in the way (one that gave way sooner never got past a
+                // table autovacuum was working on).
                 prelude.push(format!(
-                    "SELECT set_config('lock_timeout', '{}ms', true)",
+                    "SELECT set_config('lock_timeout', (extract(epoch FROM \
+                     current_setting('deadlock_timeout')::interval) * 1000 + {})::bigint::text, true)",
                     MIGRATION_LOCK_WAIT.as_millis()
                 ));
                 if let Some((schema, _)) = table.split_once('.') {
@@ -477,7 +489,7 @@ pub(crate) fn is_lock_timeout(error: &sqlx::Error) -> bool {
 /// The outbox's statements, with its table in them.
 #[derive(Debug)]
 pub(crate) struct OutboxSql {
-    pub(crate) migration: Migration,
+    pub(crate) migration: std::sync::Arc<Migration>,
     /// Writes one event: `$1` to `$6` its id, aggregate type and id, event
     /// type, payload and headers.
     pub(crate) insert: String,
@@ -670,7 +682,7 @@ impl OutboxSql {
         );
         let discard = format!("DELETE FROM {t} WHERE id = $1 AND status = 'dead'");
         Self {
-            migration: Migration {
+            migration: std::sync::Arc::new(Migration {
                 table: t.clone(),
                 begin_again: dialect.migration_begin(),
                 prelude: dialect.prelude(t),
@@ -678,7 +690,7 @@ impl OutboxSql {
                 tables: migrate,
                 columns,
                 indexes,
-            },
+            }),
             insert: match dialect {
                 // A transaction-scoped lock per aggregate of this table: a
                 // second transaction writing the same aggregate here waits
@@ -883,7 +895,7 @@ impl OutboxSql {
 /// The inbox's statements.
 #[derive(Debug)]
 pub(crate) struct InboxSql {
-    pub(crate) migration: Migration,
+    pub(crate) migration: std::sync::Arc<Migration>,
     pub(crate) record: String,
     /// Records a JSON array of message ids (`$2`) at once, returning
     /// those not recorded before.
@@ -935,7 +947,7 @@ impl InboxSql {
             now = dialect.now(),
         ));
         Self {
-            migration: Migration {
+            migration: std::sync::Arc::new(Migration {
                 table: table.to_owned(),
                 begin_again: dialect.migration_begin(),
                 prelude: dialect.prelude(table),
@@ -943,7 +955,7 @@ impl InboxSql {
                 tables: migrate,
                 columns: Vec::new(),
                 indexes,
-            },
+            }),
             // Grouped: PostgreSQL refuses an upsert that meets one row
             // twice (an id twice in the list).
             hand_back: format!(

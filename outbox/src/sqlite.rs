@@ -8,7 +8,7 @@ use sqlx::SqliteConnection;
 use sqlx::sqlite::{SqliteOperation, SqlitePool};
 use tokio::sync::Notify;
 
-use crate::sql::{ConcurrentIndex, Dialect};
+use crate::sql::{Dialect, Migration};
 use crate::stores::{sql_inbox, sql_outbox};
 
 sql_outbox! {
@@ -208,17 +208,11 @@ impl SqliteOutbox {
 
 /// SQLite makes every index in the migration's transaction (see
 /// `Dialect::existed`): none is left to build after it.
-#[allow(clippy::unused_async)]
-async fn build_concurrently(
-    _: &SqlitePool,
-    _: &str,
-    indexes: Vec<&ConcurrentIndex>,
-) -> Result<(), sqlx::Error> {
+fn build_concurrently(_: &SqlitePool, _: &Arc<Migration>, late: &[usize]) {
     debug_assert!(
-        indexes.is_empty(),
+        late.is_empty(),
         "SQLite builds its indexes in the migration"
     );
-    Ok(())
 }
 
 #[cfg(test)]

@@ -91,8 +91,8 @@ pub(crate) async fn settle_migration<DB: sqlx::Database, T>(
 
 /// A store's `migrate` (documented by the attributes given), with its
 /// statements in `self.sql.migration`, on `self.pool`; the backend module
-/// has `build_concurrently(pool, table, indexes)`, given the indexes
-/// missing on a table that was there before.
+/// has `build_concurrently(pool, migration, late)`, given the places of
+/// the indexes missing on a table that was there before.
 macro_rules! migration_methods {
     ($(#[$doc:meta])*) => {
         $(#[$doc])*
@@ -108,15 +108,17 @@ macro_rules! migration_methods {
                 |begin| self.migrate_begun(begin),
             )
             .await?;
-            build_concurrently(&self.pool, &migration.table, late).await
+            build_concurrently(&self.pool, migration, &late);
+            Ok(())
         }
 
         /// The migration's transaction, begun with `begin` (the database's
-        /// default when `None`): the indexes left to build concurrently.
+        /// default when `None`): the indexes left to build concurrently
+        /// (their places in `migration.indexes`).
         async fn migrate_begun(
             &self,
             begin: Option<&'static str>,
-        ) -> Result<Vec<&$crate::sql::ConcurrentIndex>, sqlx::Error> {
+        ) -> Result<Vec<usize>, sqlx::Error> {
             let migration = &self.sql.migration;
             let mut tx = $crate::stores::begin(&self.pool, begin).await?;
             let migrated = async {
@@ -137,14 +139,14 @@ macro_rules! migration_methods {
                     }
                 }
                 let mut late = Vec::new();
-                for index in &migration.indexes {
+                for (at, index) in migration.indexes.iter().enumerate() {
                     match &index.concurrently {
                         Some(concurrently) if existed => {
                             let valid: Option<bool> = sqlx::query_scalar(&concurrently.state)
                                 .fetch_optional(&mut *tx)
                                 .await?;
                             if valid != Some(true) {
-                                late.push(concurrently);
+                                late.push(at);
                             }
                         }
                         _ => {
@@ -242,12 +244,18 @@ macro_rules! sql_outbox {
                 /// Upgrading a PostgreSQL table others use: adding a column
                 /// waits on the transactions using the table, and every
                 /// statement on it waits behind; the migration gives way
-                /// after half a second and tries again for up to two
-                /// minutes. The indexes the table lacks are then built
-                /// concurrently, by one process at a time (`CREATE INDEX
-                /// CONCURRENTLY`): writers go on meanwhile, and this start
-                /// waits for the builds (a start while another process
-                /// builds goes on without them).
+                /// half a second past the deadlock timeout (1.5 s by
+                /// default: an autovacuum in the way is cancelled first)
+                /// and tries again, for up to two minutes. The indexes the
+                /// table lacks are then built in the background, after
+                /// `migrate` returns, with `CREATE INDEX CONCURRENTLY`:
+                /// writers go on meanwhile, and so does the start (a build
+                /// waits for every older transaction in the database,
+                /// which may be waiting on this process). One process
+                /// builds at a time; a build that fails is logged, and
+                /// made again at the next start. The builds take a session
+                /// of their own (a session lock): behind a pooler in
+                /// transaction mode, migrate through a direct connection.
             }
 
             /// Writes `event` in the caller's transaction (nothing is

@@ -341,6 +341,9 @@ async fn a_table_made_before_set_aside_events_gains_the_column() {
     }
     h.outbox.migrate().await.unwrap();
     h.outbox.migrate().await.unwrap();
+    for built_now in ["ready", "blocked"] {
+        built(&h.pool, schema, &format!("{schema}_outbox_{built_now}")).await;
+    }
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 ORDER BY indexname",
     )
@@ -902,12 +905,27 @@ async fn index_valid(pool: &PgPool, schema: &str, name: &str) -> Option<bool> {
     .unwrap()
 }
 
+/// Returns once `schema`'s index `name` is built and valid.
+async fn built(pool: &PgPool, schema: &str, name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while index_valid(pool, schema, name).await != Some(true) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{schema}.{name} was never built"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A table made by an earlier version gains the index it lacks while
 /// writers go on: the index was built in the migration's transaction,
 /// whose share lock on the table waited for the transactions writing it
-/// and held up every write after it until the build ended.
+/// and held up every write after it until the build ended. The start
+/// does not wait for the build either: it waits for every older
+/// transaction in the database, one of which may be waiting on the
+/// starting process (a lock it holds while it migrates).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_index_a_table_lacks_is_built_while_writers_go_on() {
+async fn an_index_a_table_lacks_is_built_while_writers_and_the_start_go_on() {
     let pg = Pg::start(|config| config).await;
     let schema = pg.schema.clone();
     let ready = format!("{schema}_outbox_ready");
@@ -920,15 +938,16 @@ async fn an_index_a_table_lacks_is_built_while_writers_go_on() {
         .enqueue(&mut writing, &event("a", 1))
         .await
         .unwrap();
-    let outbox = pg.outbox.clone();
-    let migration = tokio::spawn(async move { outbox.migrate().await });
+    tokio::time::timeout(Duration::from_secs(30), pg.outbox.migrate())
+        .await
+        .expect("the start waited on the index's build")
+        .unwrap();
     seen_waiting(&pg.pool, &schema, "INDEX").await;
     tokio::time::timeout(Duration::from_secs(30), pg.place(&[event("b", 1)], true))
         .await
         .expect("a write waited on the index's build");
     writing.commit().await.unwrap();
-    migration.await.unwrap().unwrap();
-    assert_eq!(index_valid(&pg.pool, &schema, &ready).await, Some(true));
+    built(&pg.pool, &schema, &ready).await;
     pg.finish().await;
 }
 
@@ -977,12 +996,12 @@ async fn an_index_build_cut_off_is_built_again() {
     .await
     .unwrap();
     pg.outbox.migrate().await.unwrap();
-    assert_eq!(index_valid(&pg.pool, &schema, &ready).await, Some(true));
+    built(&pg.pool, &schema, &ready).await;
     pg.finish().await;
 }
 
 /// Processes starting together on a table made before all start, and the
-/// index it lacked is built once.
+/// index it lacked is built.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn processes_upgrading_one_table_together_all_start() {
     let pg = Pg::start(|config| config).await;
@@ -992,19 +1011,18 @@ async fn processes_upgrading_one_table_together_all_start() {
         .execute(&pg.pool)
         .await
         .unwrap();
-    let starts: Vec<_> = (0..4)
-        .map(|_| {
-            let outbox = PgOutbox::new(
-                pg.pool.clone(),
-                OutboxConfig::new(&format!("{schema}.outbox")).unwrap(),
-            );
-            tokio::spawn(async move { outbox.migrate().await })
-        })
-        .collect();
+    let mut starts = Vec::new();
+    for _ in 0..4 {
+        let outbox = PgOutbox::new(
+            pool().await,
+            OutboxConfig::new(&format!("{schema}.outbox")).unwrap(),
+        );
+        starts.push(tokio::spawn(async move { outbox.migrate().await }));
+    }
     for start in starts {
         start.await.unwrap().unwrap();
     }
-    assert_eq!(index_valid(&pg.pool, &schema, &ready).await, Some(true));
+    built(&pg.pool, &schema, &ready).await;
     pg.finish().await;
 }
 
@@ -1037,7 +1055,7 @@ async fn an_index_an_inbox_lacks_is_built_while_consumers_record() {
     .expect("a consumer waited on the index's build");
     consuming.commit().await.unwrap();
     migration.await.unwrap().unwrap();
-    assert_eq!(index_valid(&pg.pool, &schema, &index).await, Some(true));
+    built(&pg.pool, &schema, &index).await;
     pg.finish().await;
 }
 
