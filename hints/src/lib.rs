@@ -30,6 +30,8 @@
 //!   records in seconds.
 //! - [`Throttle`]: one warning an interval, for warnings that can come with
 //!   every call.
+//! - [`clock`]: a server's clock (Redis's, a database's), which processes
+//!   sharing the server agree on where their own wall clocks may not.
 //!
 //! It has no runtime and no tower types; users rarely need it directly.
 //!
@@ -50,6 +52,7 @@
 
 mod bounds;
 mod buckets;
+pub mod clock;
 mod config_error;
 #[cfg(feature = "http")]
 pub mod grpc;

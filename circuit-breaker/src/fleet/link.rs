@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use palisade_hints::clock::ServerClock;
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script};
 use tokio::sync::mpsc;
@@ -722,64 +723,55 @@ fn later(instant: Instant, duration: Duration) -> Instant {
 }
 
 /// The fleet's clock, in Unix milliseconds: Redis's (its `TIME`, read
-/// with every catch-up and taken as of halfway through the round trip),
-/// run on from there by this process's monotonic clock; this process's
-/// wall clock until Redis is first read. Open periods cross replicas as
-/// times on it: on each replica's own wall clock, one 40 s behind the
-/// others published open periods already over for them (they raced for
-/// the probe at once, and its success closed the whole fleet), and a
-/// wall clock stepped back or forward moved them.
-#[derive(Debug, Clone, Copy, Default)]
-struct FleetClock {
-    /// When Redis was read, and its time then.
-    read: Option<(Instant, u64)>,
+/// with every catch-up), run on from there by this process's monotonic
+/// clock ([`ServerClock`]); this process's wall clock until Redis is first
+/// read. Open periods cross replicas as times on it: on each replica's own
+/// wall clock, one 40 s behind the others published open periods already
+/// over for them (they raced for the probe at once, and its success closed
+/// the whole fleet), and a wall clock stepped back or forward moved them.
+#[derive(Debug, Clone, Copy)]
+struct FleetClock(ServerClock);
+
+impl Default for FleetClock {
+    fn default() -> Self {
+        let now = Instant::now();
+        let wall = millis(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        Self(ServerClock::read(wall, now, now))
+    }
 }
 
 impl FleetClock {
     /// Redis's `TIME` (`seconds`, `microseconds`), asked at `sent` and
     /// answered at `answered`.
     fn read(&mut self, (seconds, micros): (u64, u64), sent: Instant, answered: Instant) {
-        let halfway = sent + answered.saturating_duration_since(sent) / 2;
         let ms = seconds.saturating_mul(1_000).saturating_add(micros / 1_000);
-        self.read = Some((halfway, ms));
-    }
-
-    /// The fleet's time now, and the instant it is taken at.
-    fn now(self) -> (Instant, u64) {
-        let now = Instant::now();
-        let ms = match self.read {
-            Some((at, ms)) => ms.saturating_add(millis(now.saturating_duration_since(at))),
-            None => millis(
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default(),
-            ),
-        };
-        (now, ms)
+        self.0 = ServerClock::read(ms, sent, answered);
     }
 
     fn now_ms(self) -> u64 {
-        self.now().1
+        self.0.at(Instant::now())
     }
 
     /// An instant on this process's monotonic clock as fleet time.
     fn unix_ms(self, instant: Instant) -> u64 {
-        let (now, current) = self.now();
-        match instant.checked_duration_since(now) {
-            Some(ahead) => current.saturating_add(millis(ahead)),
-            None => current.saturating_sub(millis(now.duration_since(instant))),
-        }
+        self.0.at(instant)
     }
 
-    /// Fleet time as an instant on this process's monotonic clock.
+    /// Fleet time as an instant on this process's monotonic clock (ten
+    /// years from now, or now, past what an instant can hold).
     fn instant_of(self, unix_ms: u64) -> Instant {
-        let (now, current) = self.now();
-        if unix_ms >= current {
-            later(now, Duration::from_millis(unix_ms - current))
-        } else {
-            now.checked_sub(Duration::from_millis(current - unix_ms))
-                .unwrap_or(now)
-        }
+        let now = Instant::now();
+        self.0.instant_of(unix_ms).unwrap_or_else(|| {
+            if unix_ms >= self.0.at(now) {
+                later(now, Duration::from_millis(LONGEST_PX))
+            } else {
+                now
+            }
+        })
     }
 }
 
