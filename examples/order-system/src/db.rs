@@ -14,11 +14,18 @@
 //! with its service's outbox offers (a [`ServiceTx`], or a consumer's
 //! transaction as [`Emitting`] hands it to the service), so no
 //! transaction can write to another database's outbox.
+//!
+//! Points in time that several processes compare (when a payment's claim
+//! runs out, how long a saga took from one gateway's placing to another's
+//! end) are told on the database's clock ([`ServiceDb::now_ms`]), which
+//! every process sharing the database reads alike.
 
 use std::future::Future;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
+use palisade_hints::clock::ServerClock;
 use palisade_outbox::{
     Backlog, CommitWake, Event, OutboxConfig, OutboxStore, PgInbox, PgOutbox, SqliteInbox,
     SqliteOutbox,
@@ -52,7 +59,40 @@ pub enum ServiceDb {
         outbox: PgOutbox,
         /// The events it has applied.
         inbox: PgInbox,
+        /// The database's clock, as last read.
+        clock: DbClock,
     },
+}
+
+/// How long a reading of the database's clock is run on by this process's
+/// monotonic clock before the database is asked again.
+const CLOCK_READ_EVERY: Duration = Duration::from_secs(10);
+
+/// The database's clock as this process last read it (see
+/// [`ServiceDb::now_ms`]).
+#[derive(Debug, Clone, Default)]
+pub struct DbClock(Arc<Mutex<Option<ServerClock>>>);
+
+impl DbClock {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ServerClock>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps the database's time `server_ms`, asked at `sent`: now on it.
+    fn remember(&self, server_ms: i64, sent: Instant) -> i64 {
+        let read = ServerClock::read(u64::try_from(server_ms).unwrap_or(0), sent, Instant::now());
+        *self.lock() = Some(read);
+        as_i64(read.at(Instant::now()))
+    }
+}
+
+/// The database's time now, in Unix milliseconds (PostgreSQL).
+const ASK_CLOCK: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+/// Now on the database's clock, or the clock to read it into.
+enum Reading<'a> {
+    Known(i64),
+    Ask(&'a DbClock),
 }
 
 /// A pool of either database, borrowed.
@@ -162,6 +202,10 @@ impl Statements for ServiceDb {
             Self::Postgres { pool, .. } => Pool::Postgres(pool),
         }
     }
+}
+
+fn as_i64(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 /// The inbox's table in each service's database.
@@ -284,6 +328,7 @@ impl ServiceDb {
                 pool,
                 outbox,
                 inbox,
+                clock: DbClock::default(),
             })
         }
         .await;
@@ -307,6 +352,67 @@ impl ServiceDb {
         match self {
             Self::Postgres { outbox, inbox, .. } => Some((outbox, inbox)),
             Self::Sqlite { .. } => None,
+        }
+    }
+
+    /// Now on the database's clock, in Unix milliseconds: PostgreSQL's,
+    /// read at most every 10 s and run on by this process's monotonic
+    /// clock between reads; SQLite's is this machine's, its only user's.
+    /// Each process's own wall clock disagrees with the others' and steps:
+    /// a payment worker 10 s ahead took the others' claimed intents as due
+    /// and charged them again, and a saga placed by one gateway and ended
+    /// by another took as long as their clocks said.
+    ///
+    /// # Errors
+    ///
+    /// The database's error, when it is read.
+    pub async fn now_ms(&self) -> Result<i64, sqlx::Error> {
+        match self.reading() {
+            Reading::Known(now) => Ok(now),
+            Reading::Ask(clock) => {
+                let sent = Instant::now();
+                let (server_ms,): (i64,) = self.fetch_one(ASK_CLOCK, &[]).await?;
+                Ok(clock.remember(server_ms, sent))
+            }
+        }
+    }
+
+    /// [`now_ms`](Self::now_ms), asked through `tx` when the database is
+    /// to be read (a transaction holding a connection need not wait for
+    /// another).
+    ///
+    /// # Errors
+    ///
+    /// The database's error, when it is read.
+    pub async fn now_ms_in<T: Tx>(&self, tx: &mut T) -> Result<i64, sqlx::Error> {
+        match self.reading() {
+            Reading::Known(now) => Ok(now),
+            Reading::Ask(clock) => {
+                let sent = Instant::now();
+                let (server_ms,): (i64,) = tx
+                    .fetch_optional(ASK_CLOCK, &[])
+                    .await?
+                    .ok_or(sqlx::Error::RowNotFound)?;
+                Ok(clock.remember(server_ms, sent))
+            }
+        }
+    }
+
+    /// Now, when known without asking the database.
+    fn reading(&self) -> Reading<'_> {
+        match self {
+            Self::Sqlite { .. } => Reading::Known(crate::orders::now_ms()),
+            Self::Postgres { clock, .. } => {
+                let now = Instant::now();
+                match *clock.lock() {
+                    Some(read)
+                        if now.saturating_duration_since(read.read_at()) < CLOCK_READ_EVERY =>
+                    {
+                        Reading::Known(as_i64(read.at(now)))
+                    }
+                    _ => Reading::Ask(clock),
+                }
+            }
         }
     }
 
@@ -838,5 +944,66 @@ mod tests {
             assert_eq!(redacted, shown, "{url}");
             assert!(!redacted.contains("secret"), "{redacted}");
         }
+    }
+
+    /// On PostgreSQL the times processes compare are the database's: its
+    /// reading here says an hour past this machine's clock (as a gateway
+    /// whose clock is an hour behind the others' would find), and an
+    /// order is placed at the database's time. Once the reading is old,
+    /// the database is asked again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgres_an_order_is_placed_at_the_databases_time() {
+        use crate::orders::{Orders, TokenizedOrder};
+        use crate::service::SagaService;
+        let schema = format!("db_clock_{}", fastrand::u64(..));
+        let db = ServiceDb::open_postgres(
+            &palisade_testkit::servers::database_url(),
+            &schema,
+            Orders::TABLES,
+            2,
+        )
+        .await
+        .unwrap();
+        let ServiceDb::Postgres { clock, .. } = &db else {
+            unreachable!("opened on PostgreSQL")
+        };
+        let hour = 3_600_000;
+        clock.remember(crate::orders::now_ms() + hour, Instant::now());
+        let order = TokenizedOrder {
+            sku: "sku-1".to_owned(),
+            quantity: 1,
+            card: crate::card::CardToken {
+                token: "card_0123456789abcdef0123456789abcdef".to_owned(),
+                last4: "4242".to_owned(),
+            },
+        };
+        Orders::new(db.clone())
+            .place("alice", "k", &order)
+            .await
+            .unwrap();
+        let (created_ms,): (i64,) = db
+            .fetch_one("SELECT created_ms FROM orders", &[])
+            .await
+            .unwrap();
+        let here = crate::orders::now_ms();
+        assert!(
+            (here + hour - 60_000..=here + hour).contains(&created_ms),
+            "placed at {created_ms}, this machine's clock says {here}"
+        );
+        // A reading older than it may be: the database is asked.
+        *clock.lock() = Some(ServerClock::read(
+            0,
+            Instant::now() - CLOCK_READ_EVERY,
+            Instant::now() - CLOCK_READ_EVERY,
+        ));
+        let (asked,): (i64,) = db.fetch_one(ASK_CLOCK, &[]).await.unwrap();
+        let now = db.now_ms().await.unwrap();
+        assert!(
+            (asked..asked + 60_000).contains(&now),
+            "{now} against {asked}"
+        );
+        db.execute(&format!("DROP SCHEMA {schema} CASCADE"), &[])
+            .await
+            .unwrap();
     }
 }

@@ -214,8 +214,9 @@ const ORDER_COLUMNS: usize = 11;
 const ORDERS_PER_STATEMENT: usize = 500;
 
 impl Placing {
-    /// `user`'s `order` under `idempotency_key`, with a new order id, now.
-    fn new(user: &str, idempotency_key: &str, order: &TokenizedOrder) -> Self {
+    /// `user`'s `order` under `idempotency_key`, with a new order id,
+    /// placed at `now_ms` (the database's clock).
+    fn new(user: &str, idempotency_key: &str, order: &TokenizedOrder, now_ms: i64) -> Self {
         Self {
             idempotency_key: idempotency_key.to_owned(),
             fingerprint: fingerprint(order),
@@ -228,7 +229,7 @@ impl Placing {
                 card_token: order.card.token.clone(),
                 card_last4: order.card.last4.clone(),
             },
-            created_ms: now_ms(),
+            created_ms: now_ms,
         }
     }
 
@@ -447,7 +448,8 @@ impl Orders {
             .placing
             .claim(user, idempotency_key)
             .ok_or(PlaceError::InProgress)?;
-        let placing = Placing::new(user, idempotency_key, order);
+        let now = self.db.now_ms().await?;
+        let placing = Placing::new(user, idempotency_key, order, now);
         // Most keys are new: placed together with the orders placed
         // alongside, in one transaction.
         let created = Placement::Created(Order::placed(&placing.line));
@@ -568,7 +570,8 @@ impl Orders {
     ///
     /// The database's error.
     pub async fn recent_saga_ms(&self, window: Duration) -> Result<Vec<i64>, sqlx::Error> {
-        let since = now_ms().saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+        let now = self.db.now_ms().await?;
+        let since = now.saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
         let rows: Vec<(i64,)> = self
             .db
             .fetch_all(
@@ -587,6 +590,7 @@ impl Orders {
         status: &str,
         reason: Option<&str>,
     ) -> Result<(), BoxError> {
+        let now = self.db.now_ms_in(tx).await?;
         let ended: Option<OrderRow> = tx
             .fetch_optional(
                 "UPDATE orders SET status = $2, reason = $3, finished_ms = $4 \
@@ -597,7 +601,7 @@ impl Orders {
                     Param::Text(order_id),
                     Param::Text(status),
                     Param::OptionalText(reason),
-                    Param::Int(now_ms()),
+                    Param::Int(now),
                 ],
             )
             .await?;
@@ -713,7 +717,7 @@ mod tests {
                 last4: "4242".to_owned(),
             },
         };
-        let placing = Placing::new(user, key, &order);
+        let placing = Placing::new(user, key, &order, now_ms());
         let event = SagaEvent::OrderCreated(placing.line.clone()).to_event();
         (placing, event)
     }

@@ -308,7 +308,7 @@ impl Payment {
     /// Claims up to [`BATCH`] due intents for [`CLAIM`]: no other worker
     /// takes them meanwhile.
     async fn claim(&self, claim: &str) -> Result<Vec<Intent>, BoxError> {
-        let now = crate::orders::now_ms();
+        let now = self.db.now_ms().await?;
         let lease = i64::try_from(CLAIM.as_millis()).unwrap_or(i64::MAX);
         let rows: Vec<(String, Option<String>)> = self
             .db
@@ -371,7 +371,7 @@ impl Payment {
         for (intent, outcome) in outcomes {
             match outcome {
                 Ok((step, event)) => charged.push((intent, step, event)),
-                Err(error) => Self::due_again(tx, claim, intent, error).await?,
+                Err(error) => self.due_again(tx, claim, intent, error).await?,
             }
         }
         if charged.is_empty() {
@@ -439,7 +439,7 @@ impl Payment {
     ) -> Result<(), BoxError> {
         let (step, event) = match outcome {
             Ok(charged) => charged,
-            Err(error) => return Self::due_again(tx, claim, intent, error).await,
+            Err(error) => return self.due_again(tx, claim, intent, error).await,
         };
         let order_id = intent.line.order_id.as_str();
         let settled = tx
@@ -474,6 +474,7 @@ impl Payment {
     /// An intent whose charge failed with `error`: due again now (the
     /// worker backs off), fenced by `claim`.
     async fn due_again<C: Tx>(
+        &self,
         tx: &mut C,
         claim: &str,
         intent: &Intent,
@@ -497,14 +498,11 @@ impl Payment {
         } else {
             tracing::debug!(order_id, %error, "charge failed; the intent waits");
         }
+        let now = self.db.now_ms_in(tx).await?;
         tx.execute(
             "UPDATE payment_intents SET due_ms = $1, attempts = attempts + 1, claim = NULL \
              WHERE order_id = $2 AND claim = $3",
-            &[
-                Param::Int(crate::orders::now_ms()),
-                Param::Text(order_id),
-                Param::Text(claim),
-            ],
+            &[Param::Int(now), Param::Text(order_id), Param::Text(claim)],
         )
         .await?;
         Ok(())
@@ -652,6 +650,7 @@ impl SagaService for Payment {
         // after its inbox entry was forgotten would charge it twice, and
         // its payment could not be recorded).
         let traceparent = TraceContext::current().map(|context| stored_trace(&context));
+        let now = self.db.now_ms_in(tx).await?;
         tx.execute(
             "INSERT INTO payment_intents (order_id, line, traceparent, due_ms) \
              SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM payments WHERE order_id = $1) \
@@ -660,7 +659,7 @@ impl SagaService for Payment {
                 Param::Text(&line.order_id),
                 Param::Text(&serde_json::to_string(&line)?),
                 Param::OptionalText(traceparent.as_deref()),
-                Param::Int(crate::orders::now_ms()),
+                Param::Int(now),
             ],
         )
         .await?;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::db::{Param, Statements};
-use crate::orders::{Orders, now_ms};
+use crate::orders::Orders;
 use crate::service::SagaService;
 
 /// How long a saga may be pending before it counts as stuck, unless the
@@ -21,7 +21,7 @@ pub const STUCK_AFTER: Duration = Duration::from_secs(60);
 /// The database's error.
 pub async fn count(orders: &Orders, after: Duration) -> Result<u64, sqlx::Error> {
     let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
-    let placed_before = now_ms().saturating_sub(after_ms);
+    let placed_before = orders.db().now_ms().await?.saturating_sub(after_ms);
     let (stuck,): (i64,) = orders
         .db()
         .fetch_one(
