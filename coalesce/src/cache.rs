@@ -211,7 +211,10 @@ where
         Fut: Future<Output = Result<(V, Option<Freshness>), E>> + Send + 'static,
     {
         let now = Instant::now();
-        let cached = self.lock().entries.get(&key).cloned();
+        // The entry's reference only, under the lock: its value is cloned
+        // after (a response's whole header map, every hit, held every
+        // other lookup of every key up).
+        let cached = self.lock().entries.get(&key).map(Arc::clone);
         let Some(entry) = cached else {
             let filled = self.fill(key, compute).await;
             self.flights.events().looked_up(&filled);
@@ -234,7 +237,7 @@ where
                         palisade_hints::throttled!(warn, by: &self.flights.events().warnings, target: "palisade_coalesce", "origin failed; serving a stale value");
                         Ok(Lookup {
                             age: entry.age(Instant::now()),
-                            value: entry.into_value(),
+                            value: entry.value().clone(),
                             served: Served::StaleIfError,
                         })
                     }
@@ -247,7 +250,7 @@ where
         self.flights.events().served(served);
         Ok(Lookup {
             age: entry.age(now),
-            value: entry.into_value(),
+            value: entry.value().clone(),
             served,
         })
     }
@@ -323,10 +326,16 @@ where
                 };
                 let now = Instant::now();
                 let entry = freshness.entry(value.clone(), now, now - started);
-                if store.entries.len() >= capacity && !store.entries.contains_key(&key) {
-                    evict(&mut store.entries, now);
-                }
-                store.entries.insert(key, entry);
+                let evicted =
+                    if store.entries.len() >= capacity && !store.entries.contains_key(&key) {
+                        evict(&mut store.entries, now)
+                    } else {
+                        Vec::new()
+                    };
+                store.entries.insert(key, Arc::new(entry));
+                // Dropped once the lock is let go.
+                drop(store);
+                drop(evicted);
                 Ok(value)
             })
         }
@@ -336,7 +345,7 @@ where
 /// What a cache holds: its values, and the computations of each key
 /// running now, fenced by the key's last invalidation.
 struct Store<K, V> {
-    entries: HashMap<K, Entry<V>, foldhash::fast::RandomState>,
+    entries: HashMap<K, Arc<Entry<V>>, foldhash::fast::RandomState>,
     /// The keys with computations running.
     computing: HashMap<K, Computations, foldhash::fast::RandomState>,
     /// Computations numbered so far.
@@ -415,35 +424,94 @@ impl<K: Hash + Eq + Clone, V> Drop for Computing<K, V> {
 /// The boxed work of one flight.
 type ComputeFuture<V, E> = std::pin::Pin<Box<dyn Future<Output = Result<V, E>> + Send>>;
 
-/// Makes room: everything past all its windows goes, else the sixteenth
-/// of the entries stored longest ago (at least one). Each eviction is a
-/// pass over the map under its lock; evicting a sixteenth at a time makes
-/// that one pass per sixteenth of the capacity inserts, not one per
-/// insert.
+/// Makes room: everything past all its windows goes, and, while that is
+/// less than a sixteenth of the entries (at least one), the entries stored
+/// longest ago up to a sixteenth. Each eviction is a pass over the map
+/// under its lock; evicting a sixteenth at a time makes that one pass per
+/// sixteenth of the capacity inserts, not one per insert. (Evicting only
+/// what had expired, one entry among long-lived ones, made room for one:
+/// the next insert passed over the whole map again, every miss of a cache
+/// whose entries' lifetimes differ, as HTTP responses' do.) The evicted
+/// entries are returned, to be dropped once the lock is let go.
 fn evict<K: Hash + Eq, V>(
-    entries: &mut HashMap<K, Entry<V>, foldhash::fast::RandomState>,
+    entries: &mut HashMap<K, Arc<Entry<V>>, foldhash::fast::RandomState>,
     now: Instant,
-) {
-    let before = entries.len();
-    entries.retain(|_, entry| entry.keep_until() > now);
-    if entries.len() < before {
-        return;
-    }
+) -> Vec<Arc<Entry<V>>> {
+    let evicting = (entries.len() / 16).max(1);
+    let mut evicted: Vec<Arc<Entry<V>>> = entries
+        .extract_if(|_, entry| entry.keep_until() <= now)
+        .map(|(_, entry)| entry)
+        .collect();
+    let Some(more) = evicting.checked_sub(evicted.len()).filter(|&more| more > 0) else {
+        return evicted;
+    };
     let mut stored: Vec<Instant> = entries.values().map(|entry| now - entry.age(now)).collect();
     if stored.is_empty() {
-        return;
+        return evicted;
     }
-    let evicting = (stored.len() / 16).max(1);
-    let (_, &mut cutoff, _) = stored.select_nth_unstable(evicting - 1);
+    let more = more.min(stored.len());
+    let (_, &mut cutoff, _) = stored.select_nth_unstable(more - 1);
     // Everything stored before the cutoff goes, and of the entries stored
     // at it (many, under a paused clock) only as many as make the count.
-    let mut tied = evicting - stored.iter().filter(|&&at| at < cutoff).count();
-    entries.retain(|_, entry| {
-        let at = now - entry.age(now);
-        if at == cutoff && tied > 0 {
-            tied -= 1;
-            return false;
+    let mut tied = more - stored.iter().filter(|&&at| at < cutoff).count();
+    evicted.extend(
+        entries
+            .extract_if(|_, entry| {
+                let at = now - entry.age(now);
+                if at == cutoff && tied > 0 {
+                    tied -= 1;
+                    return true;
+                }
+                at < cutoff
+            })
+            .map(|(_, entry)| entry),
+    );
+    evicted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full cache holding one expired entry among long-lived ones makes
+    /// a sixteenth of its room: it made room for that one only.
+    #[test]
+    fn an_eviction_makes_a_sixteenth_of_room_with_one_entry_expired() {
+        let now = Instant::now();
+        let long = Freshness::new(Duration::from_secs(3_600));
+        let short = Freshness::new(Duration::from_millis(1));
+        let mut entries = HashMap::with_hasher(foldhash::fast::RandomState::default());
+        for key in 0..1_023 {
+            entries.insert(key, Arc::new(long.entry((), now, Duration::ZERO)));
         }
-        at >= cutoff
-    });
+        entries.insert(1_023, Arc::new(short.entry((), now, Duration::ZERO)));
+        let evicted = evict(&mut entries, now + Duration::from_secs(1));
+        assert_eq!(evicted.len(), 64);
+        assert_eq!(entries.len(), 1_024 - 64);
+        assert!(!entries.contains_key(&1_023), "the expired entry went");
+    }
+
+    /// Entries past their windows all go, however many; with none, the
+    /// sixteenth stored longest ago.
+    #[test]
+    fn an_eviction_takes_the_expired_then_the_oldest() {
+        let now = Instant::now();
+        let long = Freshness::new(Duration::from_secs(3_600));
+        let short = Freshness::new(Duration::from_millis(1));
+        let mut entries = HashMap::with_hasher(foldhash::fast::RandomState::default());
+        for key in 0..100 {
+            entries.insert(key, Arc::new(short.entry((), now, Duration::ZERO)));
+        }
+        for key in 100..160 {
+            let stored = now + Duration::from_millis(key);
+            entries.insert(key, Arc::new(long.entry((), stored, Duration::ZERO)));
+        }
+        let later = now + Duration::from_secs(1);
+        assert_eq!(evict(&mut entries, later).len(), 100);
+        assert_eq!(entries.len(), 60);
+        assert_eq!(evict(&mut entries, later).len(), 3);
+        let mut kept: Vec<u64> = entries.keys().copied().collect();
+        kept.sort_unstable();
+        assert_eq!(kept, (103..160).collect::<Vec<u64>>(), "the oldest went");
+    }
 }

@@ -422,18 +422,38 @@ impl<C> Drop for Shared<C> {
 /// Waiters by key, woken by the pub/sub dispatcher.
 #[derive(Default)]
 struct Wakeups {
-    by_key: Mutex<HashMap<String, Weak<Notify>>>,
+    by_key: Mutex<ByKey>,
 }
+
+/// The wake-ups of the keys waited for, and how many were left at the
+/// last sweep of those no one waits for any more.
+#[derive(Default)]
+struct ByKey {
+    wakeups: HashMap<String, Weak<Notify>>,
+    swept: usize,
+}
+
+/// Wake-ups kept before the first sweep.
+const UNSWEPT: usize = 64;
 
 impl Wakeups {
     fn register(&self, key: &str) -> Arc<Notify> {
         let mut by_key = self.by_key.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(notify) = by_key.get(key).and_then(Weak::upgrade) {
+        if let Some(notify) = by_key.wakeups.get(key).and_then(Weak::upgrade) {
             return notify;
         }
-        by_key.retain(|_, notify| notify.strong_count() > 0);
+        // Swept once their number doubled since the last sweep: swept at
+        // every new key, thousands of keys waited for at once (a fleet's
+        // cold misses after a flush) cost a pass over all of them each,
+        // under the lock the dispatcher's every wake-up takes.
+        if by_key.wakeups.len() >= (2 * by_key.swept).max(UNSWEPT) {
+            by_key.wakeups.retain(|_, notify| notify.strong_count() > 0);
+            by_key.swept = by_key.wakeups.len();
+        }
         let notify = Arc::new(Notify::new());
-        by_key.insert(key.to_owned(), Arc::downgrade(&notify));
+        by_key
+            .wakeups
+            .insert(key.to_owned(), Arc::downgrade(&notify));
         notify
     }
 
@@ -442,6 +462,7 @@ impl Wakeups {
             .by_key
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .wakeups
             .get(key)
             .and_then(Weak::upgrade);
         if let Some(notify) = notify {
@@ -1502,4 +1523,44 @@ where
     let _ = shared
         .call(release.invoke_async::<i64>(&mut connection))
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wake-ups of keys no one waits for any more are swept once the
+    /// keys' number doubled since the last sweep: a sweep at every new key
+    /// cost a pass over every key waited for, so thousands waited for at
+    /// once cost millions of steps under the dispatcher's lock.
+    #[test]
+    fn wakeups_are_swept_as_their_number_doubles() {
+        let wakeups = Wakeups::default();
+        let swept = || wakeups.by_key.lock().unwrap().swept;
+        let held: Vec<Arc<Notify>> = (0..1_000)
+            .map(|key| wakeups.register(&format!("a{key}")))
+            .collect();
+        assert!(
+            Arc::ptr_eq(&held[7], &wakeups.register("a7")),
+            "one per key"
+        );
+        // Swept at 64, 128, 256 and 512 keys: each pass found every key
+        // still waited for.
+        assert_eq!(swept(), 512);
+        drop(held);
+        let held: Vec<Arc<Notify>> = (0..1_000)
+            .map(|key| wakeups.register(&format!("b{key}")))
+            .collect();
+        let kept = wakeups.by_key.lock().unwrap().wakeups.len();
+        assert!(kept <= 2 * held.len() + UNSWEPT, "{kept} kept");
+        let live = wakeups
+            .by_key
+            .lock()
+            .unwrap()
+            .wakeups
+            .values()
+            .filter(|notify| notify.strong_count() > 0)
+            .count();
+        assert_eq!(live, 1_000);
+    }
 }
