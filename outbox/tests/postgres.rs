@@ -64,6 +64,17 @@ impl Pg {
         table
     }
 
+    /// Drops the schema's index `{schema}_{suffix}`, as a table made by
+    /// an earlier version lacks it: its name.
+    async fn without_index(&self, suffix: &str) -> String {
+        let index = format!("{}_{suffix}", self.schema);
+        sqlx::query(&format!("DROP INDEX {}.{index}", self.schema))
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        index
+    }
+
     /// How many events are set aside (held behind their aggregate's first
     /// unsent event), and how many pending events a claim would walk.
     async fn set_aside(&self) -> (i64, i64) {
@@ -928,11 +939,7 @@ async fn built(pool: &PgPool, schema: &str, name: &str) {
 async fn an_index_a_table_lacks_is_built_while_writers_and_the_start_go_on() {
     let pg = Pg::start(|config| config).await;
     let schema = pg.schema.clone();
-    let ready = format!("{schema}_outbox_ready");
-    sqlx::query(&format!("DROP INDEX {schema}.{ready}"))
-        .execute(&pg.pool)
-        .await
-        .unwrap();
+    let ready = pg.without_index("outbox_ready").await;
     let mut writing = pg.pool.begin().await.unwrap();
     pg.outbox
         .enqueue(&mut writing, &event("a", 1))
@@ -1006,11 +1013,7 @@ async fn an_index_build_cut_off_is_built_again() {
 async fn processes_upgrading_one_table_together_all_start() {
     let pg = Pg::start(|config| config).await;
     let schema = pg.schema.clone();
-    let ready = format!("{schema}_outbox_ready");
-    sqlx::query(&format!("DROP INDEX {schema}.{ready}"))
-        .execute(&pg.pool)
-        .await
-        .unwrap();
+    let ready = pg.without_index("outbox_ready").await;
     let mut starts = Vec::new();
     for _ in 0..4 {
         let outbox = PgOutbox::new(
@@ -1032,11 +1035,7 @@ async fn processes_upgrading_one_table_together_all_start() {
 async fn an_index_an_inbox_lacks_is_built_while_consumers_record() {
     let pg = Pg::start(|config| config).await;
     let schema = pg.schema.clone();
-    let index = format!("{schema}_inbox_consumer_processed");
-    sqlx::query(&format!("DROP INDEX {schema}.{index}"))
-        .execute(&pg.pool)
-        .await
-        .unwrap();
+    let index = pg.without_index("inbox_consumer_processed").await;
     let mut consuming = pg.pool.begin().await.unwrap();
     assert!(
         pg.inbox
