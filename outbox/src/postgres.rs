@@ -161,6 +161,19 @@ fn build_concurrently(pool: &PgPool, migration: &Arc<Migration>, late: &[usize])
     });
 }
 
+/// Drops an invalid index (`drop`), giving way after a second spent
+/// waiting on its table: someone's build of it holds the table.
+async fn drop_invalid(session: &mut PgConnection, drop: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT set_config('lock_timeout', '1s', false)")
+        .execute(&mut *session)
+        .await?;
+    let dropped = sqlx::query(drop).execute(&mut *session).await.map(|_| ());
+    sqlx::query("SELECT set_config('lock_timeout', '0', false)")
+        .execute(&mut *session)
+        .await?;
+    dropped
+}
+
 /// `CREATE INDEX CONCURRENTLY`, one index at a time, on a session of its
 /// own that no timeout of the pool's cuts short. One process builds at a
 /// time: it holds a session lock the others only try for, so a process
@@ -208,7 +221,18 @@ async fn build_late(
                     let building: bool = sqlx::query_scalar(&index.building)
                         .fetch_one(&mut session)
                         .await?;
-                    if building {
+                    // A build under another role does not show to this
+                    // one without `pg_read_all_stats`: a drop that waits
+                    // on the table (a build holds it) gives way too.
+                    let dropped = if building {
+                        false
+                    } else {
+                        match drop_invalid(&mut session, &index.drop).await {
+                            Err(error) if crate::sql::is_lock_timeout(&error) => false,
+                            dropped => dropped.map(|()| true)?,
+                        }
+                    };
+                    if !dropped {
                         tracing::info!(
                             target: "palisade_outbox",
                             table,
@@ -217,7 +241,6 @@ async fn build_late(
                         );
                         continue;
                     }
-                    sqlx::query(&index.drop).execute(&mut session).await?;
                 }
                 None => {}
             }

@@ -253,8 +253,10 @@ macro_rules! sql_outbox {
                 /// waits for every older transaction in the database,
                 /// which may be waiting on this process). One process
                 /// builds at a time; a build that fails is logged, and
-                /// made again at the next start. The builds take a session
-                /// of their own (a session lock): behind a pooler in
+                /// made again at the next start, as is one whose process
+                /// ended first (a one-shot migration job: the services'
+                /// next start builds them). The builds take a session of
+                /// their own (a session lock): behind a pooler in
                 /// transaction mode, migrate through a direct connection.
             }
 

@@ -779,9 +779,15 @@ async fn order(
     let known = order_id.to_string();
     let wait = std::time::Duration::from_millis(query.wait_ms.unwrap_or(0).min(30_000));
     let started = tokio::time::Instant::now();
-    // A wait is judged should its client give up on it (dropped here).
-    let waiting = (!wait.is_zero()).then(|| given_up.waiting(order_id, started));
-    let ended = services.orders.wait_for_end(&user, &known, wait).await;
+    // A wait for a saga of the user's, seen pending, is judged should
+    // its client give up on it (dropped here).
+    let mut waiting = None;
+    let ended = services
+        .orders
+        .wait_for_end_seen(&user, &known, wait, || {
+            waiting = Some(given_up.waiting(order_id, started));
+        })
+        .await;
     if let Some(waiting) = waiting {
         waiting.answered();
     }

@@ -114,8 +114,9 @@ impl GivenUp {
         Self { budget, sagas }
     }
 
-    /// A waited read of `order`, begun at `started`, to be judged should
-    /// it be dropped before it answers ([`Waiting::answered`]).
+    /// A waited read of `order` (the user's, seen pending), begun at
+    /// `started`, to be judged should it be dropped before it answers
+    /// ([`Waiting::answered`]).
     #[must_use]
     pub fn waiting(&self, order: uuid::Uuid, started: tokio::time::Instant) -> Waiting {
         Waiting {
@@ -147,6 +148,11 @@ impl Drop for Waiting {
         let Some(GivenUp { budget, sagas }) = self.given_up.take() else {
             return;
         };
+        // Counted by the objective's layer: a read that panicked, or one
+        // dropped past a latency threshold the objective was given.
+        if std::thread::panicking() || budget.objective().latency_threshold().is_some() {
+            return;
+        }
         if self.started.elapsed() >= sagas.within && sagas.judged.first_time(self.order) {
             budget.record(false, budget.now());
         }
@@ -291,6 +297,19 @@ mod tests {
             Event::Excluded
         );
         assert_eq!(bad(), 1, "judged once");
+    }
+
+    /// An objective given a latency threshold counts a read dropped past
+    /// it in its own layer: the wait given up is not counted again.
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_given_up_is_left_to_an_objective_with_a_threshold() {
+        let objective = Objective::new(0.99).latency(Duration::from_secs(5));
+        let budget = ErrorBudget::new(objective).unwrap();
+        let given_up = GivenUp::new(budget.clone(), sagas());
+        let started = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        drop(given_up.waiting(uuid::Uuid::now_v7(), started));
+        assert_eq!(budget.report(budget.now()).counts().bad, 0);
     }
 
     /// The judged sagas are bounded: the oldest is forgotten first.

@@ -386,6 +386,24 @@ impl Orders {
         id: &str,
         wait: Duration,
     ) -> Result<Option<Order>, sqlx::Error> {
+        self.wait_for_end_seen(user, id, wait, || {}).await
+    }
+
+    /// [`wait_for_end`](Self::wait_for_end), calling `pending` once a
+    /// read showed `user`'s order pending: the wait is for a saga of
+    /// theirs (not for an id that is no order, or another user's).
+    ///
+    /// # Errors
+    ///
+    /// The database's error.
+    pub async fn wait_for_end_seen(
+        &self,
+        user: &str,
+        id: &str,
+        wait: Duration,
+        pending: impl FnOnce(),
+    ) -> Result<Option<Order>, sqlx::Error> {
+        let mut pending = Some(pending);
         if wait.is_zero() {
             return self.find(user, id).await;
         }
@@ -407,6 +425,9 @@ impl Orders {
             let order = self.find(user, id).await?;
             read = true;
             let ended = order.as_ref().is_none_or(|order| order.status != "pending");
+            if !ended && let Some(pending) = pending.take() {
+                pending();
+            }
             // Read after the wake-up was registered: a stop that comes
             // after this check wakes it.
             let stopping = self.waiters.closed();
