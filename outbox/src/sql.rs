@@ -69,7 +69,8 @@ pub(crate) struct Migration {
 /// An index a migration makes.
 #[derive(Debug)]
 pub(crate) struct IndexSql {
-    /// Makes it, if missing, in the migration's transaction.
+    /// Makes it, if missing, in the migration's transaction (on a table
+    /// the transaction makes, in PostgreSQL).
     pub(crate) create: String,
     /// How it is built on a table that was there before (PostgreSQL).
     pub(crate) concurrently: Option<ConcurrentIndex>,
@@ -267,15 +268,16 @@ impl Dialect {
         }
     }
 
-    /// `table`'s index `suffix` on `definition` (its columns, and filter).
-    /// In the migration's transaction it is made if missing: PostgreSQL
-    /// takes a share lock on the table for `CREATE INDEX IF NOT EXISTS`
-    /// even when the index exists, so every start waited for the
+    /// `table`'s index `suffix` on `definition` (its columns, and filter),
+    /// made in the migration's transaction on a table that transaction
+    /// makes (and on any SQLite table). On a PostgreSQL table made before,
+    /// the migration only asks the table's indexes whether it is there and
+    /// valid (those of this table: a name looked up on the search path
+    /// could find another schema's), and builds it after the transaction,
+    /// concurrently: `CREATE INDEX IF NOT EXISTS` takes a share lock on
+    /// the table even when the index exists, so every start waited for the
     /// transactions writing the table, and held up every later write
-    /// meanwhile; the table's indexes are asked first (those of this
-    /// table: a name looked up on the search path could find another
-    /// schema's). On a PostgreSQL table made before, it is built after the
-    /// transaction, concurrently.
+    /// meanwhile.
     fn index(self, table: &str, suffix: &str, definition: &str) -> IndexSql {
         let (index, on) = self.index_names(table, suffix);
         let create = format!("CREATE INDEX IF NOT EXISTS {index} ON {on} {definition}");
@@ -291,9 +293,7 @@ impl Dialect {
                     None => index.clone(),
                 };
                 IndexSql {
-                    create: format!(
-                        "DO $$ BEGIN IF NOT EXISTS ({state}) THEN {create}; END IF; END $$"
-                    ),
+                    create,
                     concurrently: Some(ConcurrentIndex {
                         build: format!(
                             "CREATE INDEX CONCURRENTLY IF NOT EXISTS {index} ON {on} {definition}"
